@@ -1,0 +1,77 @@
+"""One class's density model: PCA of its latents, then the product spline model (formula (2)).
+
+The paper decorrelates the latent components with PCA and models the density as a
+product of one-dimensional spline marginals over the leading components. The fit is
+stored, so new images of the class can be scored and embedded later without refitting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dedup_assets.core.atomic_io import save_npz
+from dedup_assets.core.pca import PCAFit, fit_pca
+from dedup_assets.core.spline import BinRule, ProductSplineDensity
+
+
+@dataclass(frozen=True)
+class ClassDensityModel:
+    """PCA axes plus a spline marginal per leading component."""
+
+    pca: PCAFit
+    density: ProductSplineDensity | None
+    bin_rule: str
+
+    @property
+    def n_components(self) -> int:
+        return self.pca.n_components
+
+    def scores(self, latents: np.ndarray) -> np.ndarray:
+        return self.pca.transform(latents)
+
+    def log_density(self, latents: np.ndarray) -> np.ndarray:
+        """Spline log-density of each latent (sum of marginal log-densities)."""
+        if self.density is None:
+            return np.zeros(len(latents))
+        return self.density.logpdf(self.scores(latents))
+
+    def save(self, path: Path | str) -> Path:
+        arrays = {
+            "pca_mean": self.pca.mean,
+            "pca_components": self.pca.components,
+            "pca_variances": self.pca.variances,
+            "pca_total_variance": np.array(self.pca.total_variance),
+            "pca_n_samples": np.array(self.pca.n_samples),
+            "bin_rule": np.array(self.bin_rule),
+        }
+        if self.density is not None:
+            arrays |= {f"spline_{k}": v for k, v in self.density.to_arrays().items()}
+        return save_npz(path, **arrays)
+
+    @classmethod
+    def load(cls, path: Path | str) -> ClassDensityModel:
+        with np.load(path, allow_pickle=False) as z:
+            pca = PCAFit(
+                mean=z["pca_mean"],
+                components=z["pca_components"],
+                variances=z["pca_variances"],
+                total_variance=float(z["pca_total_variance"]),
+                n_samples=int(z["pca_n_samples"]),
+            )
+            spline = {k[len("spline_") :]: z[k] for k in z.files if k.startswith("spline_")}
+            density = ProductSplineDensity.from_arrays(spline) if spline else None
+            return cls(pca, density, str(z["bin_rule"]))
+
+
+def fit_class_density(
+    latents: np.ndarray, n_components: int, bin_rule: BinRule = "fd"
+) -> ClassDensityModel:
+    """PCA to at most `n_components` axes, then one spline marginal per axis."""
+    pca = fit_pca(latents, n_components)
+    if pca.n_components == 0:
+        return ClassDensityModel(pca, None, bin_rule)
+    density = ProductSplineDensity.fit(pca.transform(latents), rule=bin_rule)
+    return ClassDensityModel(pca, density, bin_rule)

@@ -1,0 +1,428 @@
+"""The built-in demo dataset: synthetic aerial-like textures with planted near-duplicates.
+
+Lets the pipeline run end to end without downloading anything. Six classes of 64x64 RGB PNGs
+(``forest``, ``water``, ``farmland``, ``urban``, ``desert``, ``road``) are drawn with vectorised
+numpy (smooth noise from upsampled random fields, sinusoids, masks). Every image is its own
+scene (positions, angles, frequencies, colours and noise are random per image) so unplanted
+images are not near-duplicates of each other, while each class keeps a consistent look.
+
+On top of the originals the generator plants, reusing :mod:`dedup_assets.core.planting`:
+
+* transformed near-duplicates of ``duplicate_fraction`` of each class (``<stem>__dup_<t>.png``
+  or ``.jpg``), listed in ``ground_truth.csv``;
+* two byte-identical copies (``<stem>__dup_exact.png``), also listed in ``ground_truth.csv``;
+* one corrupt file, ``urban/broken.png`` (a few random bytes), so the pipeline's quarantine of
+  unreadable files is exercised. It is *not* in the ground truth.
+
+Everything is deterministic in ``seed``. The tree is written atomically (temporary sibling +
+rename) and described by ``.demo_manifest.json`` (parameters, counts and a content digest); a
+second call with the same parameters on an intact tree returns without regenerating.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dedup_assets.core.planting import (
+    GROUND_TRUTH_FILENAME,
+    TRANSFORMS,
+    GroundTruthPair,
+    atomic_directory,
+    duplicate_name,
+    plant_copies,
+    transform_of,
+    write_ground_truth,
+)
+
+__all__ = [
+    "CORRUPT_FILE",
+    "DEMO_CLASSES",
+    "MANIFEST_FILENAME",
+    "DemoSummary",
+    "generate_demo_dataset",
+]
+
+SIZE = 64
+MANIFEST_FILENAME = ".demo_manifest.json"
+CORRUPT_FILE = "urban/broken.png"
+"""Deliberately unreadable file (relative to the dataset root); never in the ground truth."""
+N_EXACT = 2
+"""Byte-identical ``__dup_exact`` copies planted, in distinct classes, of originals that have no
+transformed copy (fewer if no such original is left)."""
+_GENERATOR_TAG = "latent-dedup demo dataset"
+_FORMAT_VERSION = 1  # bump when the images change, so stale trees are regenerated
+
+# Coordinate grids shared by all generators (pixel centres, 0..63).
+_YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Texture primitives
+# --------------------------------------------------------------------------------------------
+
+
+def _smooth(rng: np.random.Generator, cells: int) -> np.ndarray:
+    """Smooth random field in ~[-1, 1]: a ``cells``x``cells`` grid upsampled bicubically.
+
+    A random sub-box of a slightly larger grid is used, so features don't sit on a fixed lattice.
+    """
+    grid = rng.standard_normal((cells + 2, cells + 2)).astype(np.float32)
+    ox, oy = rng.uniform(0.0, 1.0, size=2)
+    box = (ox, oy, ox + cells + 1, oy + cells + 1)
+    field = Image.fromarray(grid, mode="F").resize((SIZE, SIZE), Image.Resampling.BICUBIC, box=box)
+    return np.asarray(field, dtype=np.float32) / 1.5
+
+
+def _fractal(rng: np.random.Generator, base_cells: int, octaves: int = 3) -> np.ndarray:
+    """Sum of smooth fields at doubling frequency and halving amplitude (normalised to ~[-1, 1])."""
+    total = np.zeros((SIZE, SIZE), np.float32)
+    amp, norm = 1.0, 0.0
+    for o in range(octaves):
+        total += amp * _smooth(rng, min(SIZE, base_cells * 2**o))
+        norm += amp
+        amp *= 0.5
+    return total / norm
+
+
+def _jitter(rng: np.random.Generator, rgb: tuple[float, float, float], spread: float) -> np.ndarray:
+    """Colour with per-channel Gaussian jitter, shape (3,)."""
+    return np.asarray(rgb, np.float32) + rng.normal(0.0, spread, 3).astype(np.float32)
+
+
+def _proj(theta: float, x0: float = 0.0, y0: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rotated coordinates: (along, across) a direction at angle ``theta`` through (x0, y0)."""
+    c, s = np.cos(theta), np.sin(theta)
+    dx, dy = _XX - x0, _YY - y0
+    return dx * c + dy * s, -dx * s + dy * c
+
+
+def _finish(rng: np.random.Generator, img: np.ndarray, sigma: float = 2.5) -> np.ndarray:
+    """Add sensor noise and quantise to uint8."""
+    img = img + rng.normal(0.0, sigma, img.shape).astype(np.float32)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _mix(mask: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Blend images/colours ``a`` (mask=1) and ``b`` (mask=0); mask is (H, W)."""
+    m = mask[..., None]
+    return m * a + (1.0 - m) * b
+
+
+# --------------------------------------------------------------------------------------------
+# Class generators: (rng) -> float32 (64, 64, 3) in roughly 0..255
+# --------------------------------------------------------------------------------------------
+
+
+def _forest(rng: np.random.Generator) -> np.ndarray:
+    """Dark green mottled canopy: many Gaussian tree crowns over shadowed ground."""
+    n = int(rng.integers(45, 90))
+    cx, cy = rng.uniform(-4, SIZE + 4, n), rng.uniform(-4, SIZE + 4, n)
+    r = rng.uniform(2.0, 4.5, n)
+    d2 = (_XX[..., None] - cx) ** 2 + (_YY[..., None] - cy) ** 2
+    crowns = np.exp(-d2 / (2 * r**2)).max(axis=-1)
+    tone = _fractal(rng, 3, 2)
+    base = _jitter(rng, (34, 62, 30), 5)
+    light = base * rng.uniform(1.5, 1.9) + _jitter(rng, (0, 8, 0), 3)
+    img = _mix(np.clip(crowns * (0.8 + 0.25 * tone), 0, 1), light, base * 0.55)
+    img *= (1.0 + 0.12 * _fractal(rng, 6, 2))[..., None]
+    return img
+
+
+def _water(rng: np.random.Generator) -> np.ndarray:
+    """Smooth blue water: large-scale depth gradient, faint waves and a few glints."""
+    deep = _jitter(rng, (22, 52, 98), 10)
+    shallow = deep + _jitter(rng, (18, 40, 40), 8)
+    gx, gy = rng.normal(0, 1, 2)
+    depth = 0.5 + 0.6 * _smooth(rng, 2) + 0.012 * (gx * (_XX - 32) + gy * (_YY - 32))
+    depth = np.clip(depth, 0, 1)
+    img = _mix(depth, shallow, deep)
+    along, _ = _proj(rng.uniform(0, np.pi))
+    waves = np.sin(along * rng.uniform(0.5, 1.3) + 2.5 * _smooth(rng, 4) + rng.uniform(0, 6.3))
+    img += (rng.uniform(2.5, 5.0) * waves)[..., None]
+    glint = np.clip((_smooth(rng, 32) - rng.uniform(1.1, 1.4)) * 4.0, 0, 1)
+    img += (glint * rng.uniform(40, 70))[..., None]
+    return img
+
+
+def _farmland(rng: np.random.Generator) -> np.ndarray:
+    """Field parcels (Voronoi cells), each with crop stripes of two tones at its own angle."""
+    palette = np.array(
+        [(112, 138, 58), (150, 120, 72), (196, 176, 108), (88, 116, 50), (170, 150, 90)],
+        np.float32,
+    )
+    k = int(rng.integers(2, 5))
+    sx, sy = rng.uniform(0, SIZE, k), rng.uniform(0, SIZE, k)
+    d2 = (_XX[..., None] - sx) ** 2 + (_YY[..., None] - sy) ** 2
+    parcel = d2.argmin(axis=-1)
+    img = np.zeros((SIZE, SIZE, 3), np.float32)
+    for p in range(k):  # a handful of parcels, each fully vectorised
+        along, across = _proj(rng.uniform(0, np.pi))
+        period = rng.uniform(3.0, 7.0)
+        stripes = 0.5 + 0.5 * np.sin(2 * np.pi * across / period + rng.uniform(0, 6.3))
+        a, b = rng.choice(len(palette), 2, replace=False)
+        tone_a = palette[a] + rng.normal(0, 8, 3)
+        tone_b = palette[b] + rng.normal(0, 8, 3)
+        field_img = _mix(stripes ** rng.uniform(0.6, 1.6), tone_a, tone_b)
+        img = np.where((parcel == p)[..., None], field_img, img)
+    # Dark boundaries between parcels (where the nearest and second-nearest seeds tie).
+    ds = np.sort(np.sqrt(d2), axis=-1)
+    edge = np.clip(1.0 - (ds[..., 1] - ds[..., 0]) / 1.5, 0, 1) if k > 1 else 0 * _XX
+    img *= (1.0 - 0.35 * edge)[..., None]
+    img *= (1.0 + 0.08 * _fractal(rng, 4, 2))[..., None]
+    return img
+
+
+def _urban(rng: np.random.Generator) -> np.ndarray:
+    """Grey/beige building blocks on a (slightly rotated) street grid."""
+    theta = rng.uniform(-0.5, 0.5) + rng.choice([0.0, np.pi / 2])
+    u, v = _proj(theta, rng.uniform(0, SIZE), rng.uniform(0, SIZE))
+    su, sv = rng.uniform(8, 15, 2)
+    street = rng.uniform(1.8, 3.2)
+    iu, iv = np.floor(u / su).astype(np.int64), np.floor(v / sv).astype(np.int64)
+    on_street = ((u % su) < street) | ((v % sv) < street)
+    # One roof colour per block, from a lookup table indexed by the block coordinates.
+    n = 24
+    table = rng.uniform(0, 1, (n, n)).astype(np.float32)
+    roof_t = table[iu % n, iv % n]
+    grey = _jitter(rng, (150, 148, 145), 8)
+    beige = _jitter(rng, (186, 170, 140), 8)
+    roofs = _mix(roof_t, grey, beige) * (0.8 + 0.35 * table[(iv + 7) % n, (iu + 3) % n])[..., None]
+    roofs *= (1.0 + 0.07 * _smooth(rng, 16))[..., None]
+    asphalt = _jitter(rng, (82, 82, 86), 5)
+    return np.where(on_street[..., None], asphalt, roofs)
+
+
+def _desert(rng: np.random.Generator) -> np.ndarray:
+    """Sand-coloured dunes: warped, asymmetric sinusoidal ridges with shading."""
+    sand = _jitter(rng, (214, 184, 132), 8)
+    along, across = _proj(rng.uniform(0, np.pi))
+    period = rng.uniform(9.0, 20.0)
+    phase = 2 * np.pi * across / period + 3.0 * _smooth(rng, 3) + rng.uniform(0, 6.3)
+    ridge = np.sin(phase + 0.6 * np.sin(phase))  # asymmetric: steep lee face, long stoss slope
+    shade = 1.0 + rng.uniform(0.08, 0.16) * ridge + 0.05 * _fractal(rng, 4, 3)
+    return sand * shade[..., None]
+
+
+def _road(rng: np.random.Generator) -> np.ndarray:
+    """A grey road band across mottled grass at a random angle, sometimes with a junction."""
+    grass = _jitter(rng, (92, 138, 62), 8)
+    img = grass * (1.0 + 0.14 * _fractal(rng, 4, 3))[..., None]
+    asphalt = np.float32(rng.uniform(100, 135)) + _jitter(rng, (0, 0, 2), 2)
+    x0, y0 = rng.uniform(16, 48, 2)
+    theta = rng.uniform(0, np.pi)
+    roads = [(theta, rng.uniform(5.0, 10.0), -np.inf)]
+    if rng.random() < 0.4:  # a side road from the junction (T) or through it (crossing)
+        start = 0.0 if rng.random() < 0.5 else -np.inf
+        roads.append((theta + rng.uniform(0.5, np.pi - 0.5), rng.uniform(4.0, 8.0), start))
+    bands, shoulders = [], []
+    for angle, width, start in roads:
+        along, across = _proj(angle, x0, y0)
+        extent = along > start
+        bands.append((np.abs(across) < width / 2) & extent)
+        shoulders.append((np.abs(np.abs(across) - width / 2) < 0.8) & extent)
+    img = np.where(np.logical_or.reduce(shoulders)[..., None], img * 0.8 + 30, img)
+    img = np.where(np.logical_or.reduce(bands)[..., None], asphalt, img)
+    along, across = _proj(theta, x0, y0)
+    dash = (np.abs(across) < 0.5) & ((along % 8.0) < 4.0)  # main road's centre line
+    if len(bands) > 1:
+        dash &= ~bands[1]
+    return np.where(dash[..., None], np.float32(225), img)
+
+
+_GENERATORS: dict[str, Callable[[np.random.Generator], np.ndarray]] = {
+    "forest": _forest,
+    "water": _water,
+    "farmland": _farmland,
+    "urban": _urban,
+    "desert": _desert,
+    "road": _road,
+}
+DEMO_CLASSES: tuple[str, ...] = tuple(_GENERATORS)
+"""Class names of the demo dataset."""
+
+
+def _render(class_name: str, seed: int, index: int) -> np.ndarray:
+    """Image ``index`` of a class: its own generator, seeded by (seed, class, index)."""
+    key = zlib.crc32(class_name.encode("utf-8"))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, key, index]))
+    return _finish(rng, _GENERATORS[class_name](rng).astype(np.float32))
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    """What :func:`generate_demo_dataset` produced (or found already in place).
+
+    ``originals_per_class`` counts generated originals (``broken.png`` excluded);
+    ``copies_per_class`` / ``copies_per_transform`` count planted copies including the
+    ``exact`` ones; ``corrupt_files`` are paths relative to ``root``; ``regenerated`` is False
+    when an intact tree with the same parameters was reused.
+    """
+
+    root: Path
+    ground_truth: Path
+    seed: int
+    per_class: int
+    duplicate_fraction: float
+    originals_per_class: dict[str, int]
+    copies_per_class: dict[str, int]
+    copies_per_transform: dict[str, int]
+    corrupt_files: tuple[str, ...]
+    digest: str
+    regenerated: bool
+
+    @property
+    def n_images(self) -> int:
+        """All image files written, corrupt ones included."""
+        return (
+            sum(self.originals_per_class.values())
+            + sum(self.copies_per_class.values())
+            + len(self.corrupt_files)
+        )
+
+
+def _tree_digest(root: Path) -> str:
+    """SHA-256 over (relative path, content hash) of every file except the manifest."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel == MANIFEST_FILENAME:
+            continue
+        h.update(rel.encode("utf-8") + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _params(seed: int, per_class: int, duplicate_fraction: float) -> dict[str, object]:
+    return {
+        "generator": _GENERATOR_TAG,
+        "version": _FORMAT_VERSION,
+        "seed": seed,
+        "per_class": per_class,
+        "duplicate_fraction": duplicate_fraction,
+    }
+
+
+def _read_manifest(dest: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads((dest / MANIFEST_FILENAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("generator") == _GENERATOR_TAG else None
+
+
+def _summary_from_manifest(dest: Path, manifest: dict, regenerated: bool) -> DemoSummary:
+    return DemoSummary(
+        root=dest,
+        ground_truth=dest / GROUND_TRUTH_FILENAME,
+        seed=manifest["seed"],
+        per_class=manifest["per_class"],
+        duplicate_fraction=manifest["duplicate_fraction"],
+        originals_per_class=dict(manifest["originals_per_class"]),
+        copies_per_class=dict(manifest["copies_per_class"]),
+        copies_per_transform=dict(manifest["copies_per_transform"]),
+        corrupt_files=tuple(manifest["corrupt_files"]),
+        digest=manifest["digest"],
+        regenerated=regenerated,
+    )
+
+
+def generate_demo_dataset(
+    dest: Path, *, seed: int = 0, per_class: int = 60, duplicate_fraction: float = 0.15
+) -> DemoSummary:
+    """Write the demo ImageFolder dataset to ``dest`` (deterministic in the arguments).
+
+    Layout: ``dest/<class>/<class>_<NNN>.png`` originals, planted copies next to them,
+    ``dest/urban/broken.png`` (corrupt), ``dest/ground_truth.csv`` and
+    ``dest/.demo_manifest.json``. Returns immediately if ``dest`` already holds an intact
+    dataset made with the same parameters. A non-empty ``dest`` that is not a demo dataset is
+    refused (``FileExistsError``); a stale or damaged demo dataset is replaced atomically.
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    if not 0.0 <= duplicate_fraction <= 1.0:
+        raise ValueError(f"duplicate_fraction must be in [0, 1], got {duplicate_fraction}")
+    dest = Path(dest).resolve()
+    params = _params(seed, per_class, duplicate_fraction)
+
+    if dest.exists():
+        manifest = _read_manifest(dest)
+        if manifest is not None:
+            if all(manifest.get(k) == v for k, v in params.items()) and manifest.get(
+                "digest"
+            ) == _tree_digest(dest):
+                return _summary_from_manifest(dest, manifest, regenerated=False)
+        elif not dest.is_dir() or any(dest.iterdir()):
+            raise FileExistsError(
+                f"{dest} exists, is not empty and is not a demo dataset "
+                f"(no {MANIFEST_FILENAME}); refusing to overwrite"
+            )
+
+    width = max(3, len(str(per_class - 1)))
+    with atomic_directory(dest) as tmp:
+        originals: dict[str, list[str]] = {}
+        for class_name in DEMO_CLASSES:
+            (tmp / class_name).mkdir()
+            names = [f"{class_name}_{i:0{width}d}.png" for i in range(per_class)]
+            for i, name in enumerate(names):
+                Image.fromarray(_render(class_name, seed, i), mode="RGB").save(
+                    tmp / class_name / name
+                )
+            originals[class_name] = names
+
+        pairs = plant_copies(tmp, originals, fraction=duplicate_fraction, seed=seed)
+        pairs += _plant_exact(tmp, originals, pairs, seed)
+        pairs.sort()
+        write_ground_truth(tmp / GROUND_TRUTH_FILENAME, pairs)
+
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB40CE2]))
+        (tmp / CORRUPT_FILE).write_bytes(rng.integers(0, 256, 37, dtype=np.uint8).tobytes())
+
+        copies_per_class = dict.fromkeys(DEMO_CLASSES, 0)
+        copies_per_transform = dict.fromkeys([*TRANSFORMS, "exact"], 0)
+        for pair in pairs:
+            copies_per_class[pair.class_name] += 1
+            copies_per_transform[transform_of(pair.copy)] += 1
+        manifest = {
+            **params,
+            "originals_per_class": {c: len(v) for c, v in originals.items()},
+            "copies_per_class": copies_per_class,
+            "copies_per_transform": copies_per_transform,
+            "corrupt_files": [CORRUPT_FILE],
+            "digest": _tree_digest(tmp),
+        }
+        (tmp / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+    return _summary_from_manifest(dest, manifest, regenerated=True)
+
+
+def _plant_exact(
+    root: Path, originals: dict[str, list[str]], planted: list[GroundTruthPair], seed: int
+) -> list[GroundTruthPair]:
+    """Byte-identical copies of ``N_EXACT`` not-yet-planted originals in distinct classes."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xE7AC7]))
+    used = {(p.class_name, p.original) for p in planted}
+    classes = sorted(originals)
+    pairs: list[GroundTruthPair] = []
+    for ci in rng.choice(len(classes), size=min(N_EXACT, len(classes)), replace=False):
+        class_name = classes[int(ci)]
+        free = [n for n in originals[class_name] if (class_name, n) not in used]
+        if not free:
+            continue
+        original = free[int(rng.integers(len(free)))]
+        copy = duplicate_name(original, "exact")
+        shutil.copyfile(root / class_name / original, root / class_name / copy)
+        pairs.append(GroundTruthPair(class_name, original, copy))
+    return pairs

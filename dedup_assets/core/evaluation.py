@@ -1,0 +1,216 @@
+"""Scoring a similarity against known duplicate pairs (ground truth).
+
+Known pairs are grouped within their class (A~B and A~C make {A, B, C} one group), and
+every pair inside a group counts as a positive. Every other within-class pair is a
+negative. Average precision ranks all within-class pairs of all classes together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dedup_assets.core.keep_policy import greedy_keep
+from dedup_assets.core.similarity import DEFAULT_BLOCK, iter_similarity_blocks
+
+
+@dataclass(frozen=True)
+class ClassPairs:
+    """One class's unit vectors, its known positive pairs (i < j) and visit order."""
+
+    name: str
+    vectors: np.ndarray
+    positives: np.ndarray  # (p, 2) int indices, i < j
+    order: np.ndarray
+    in_ground_truth: np.ndarray  # (n,) bool: image takes part in a known pair
+
+
+def positive_pairs(n: int, edges: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs inside the connected groups of `edges`, and which images are in any group."""
+    parent = list(range(n))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    involved = np.zeros(n, dtype=bool)
+    for a, b in edges:
+        involved[a] = involved[b] = True
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for i in np.flatnonzero(involved):
+        groups.setdefault(find(int(i)), []).append(int(i))
+    pairs = [
+        (g[x], g[y]) for g in groups.values() for x in range(len(g)) for y in range(x + 1, len(g))
+    ]
+    return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2), involved
+
+
+@dataclass
+class MethodEvaluation:
+    """How one similarity ranks and removes known duplicates."""
+
+    name: str
+    average_precision: float
+    n_positive_pairs: int
+    n_pairs: int
+    recall_curve: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    precision_curve: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    per_threshold: list[dict] = field(default_factory=list)
+
+
+def _count_at_least(x: np.ndarray, values: np.ndarray, block: int) -> np.ndarray:
+    """For each value, how many pairs i < j have similarity >= value (blocked, exact)."""
+    counts = np.zeros(len(values), dtype=np.int64)
+    for row0, col0, s in iter_similarity_blocks(x, block):
+        rows = np.arange(row0, row0 + len(s))
+        cols = np.arange(col0, col0 + s.shape[1])
+        flat = np.sort(s[cols[None, :] > rows[:, None]])
+        counts += len(flat) - np.searchsorted(flat, values, side="left")
+    return counts
+
+
+def evaluate_method(
+    name: str,
+    classes: Sequence[ClassPairs],
+    thresholds: Sequence[float],
+    *,
+    block: int = DEFAULT_BLOCK,
+) -> MethodEvaluation:
+    """Average precision over all within-class pairs, and recall/precision/removals per T."""
+    pos_scores = []
+    for c in classes:
+        if len(c.positives):
+            a, b = c.positives[:, 0], c.positives[:, 1]
+            pos_scores.append(np.einsum("ij,ij->i", c.vectors[a], c.vectors[b]))
+    pos = np.sort(np.concatenate(pos_scores))[::-1] if pos_scores else np.zeros(0, np.float32)
+    n_pairs = sum(len(c.vectors) * (len(c.vectors) - 1) // 2 for c in classes)
+    thresholds = [float(t) for t in thresholds]
+    probe = np.concatenate([pos, np.nextafter(np.float32(thresholds), np.float32(2))]).astype(
+        np.float32
+    )
+    counts = np.zeros(len(probe), dtype=np.int64)
+    for c in classes:
+        if len(c.vectors) > 1:
+            counts += _count_at_least(c.vectors, probe, block)
+    at_pos, above_t = counts[: len(pos)], counts[len(pos) :]
+    # Positives scoring >= each positive: tied scores share one operating point, as in
+    # scikit-learn's average_precision_score.
+    ascending = pos[::-1]
+    tp_at = len(pos) - np.searchsorted(ascending, pos, side="left")
+    precision = tp_at / np.maximum(at_pos, 1)
+    recall = tp_at / max(len(pos), 1)
+    ap = float(precision.mean()) if len(pos) else float("nan")
+
+    evaluation = MethodEvaluation(name, ap, len(pos), n_pairs, recall, precision)
+    for t, flagged in zip(thresholds, above_t, strict=True):
+        tp = int((pos > t).sum())
+        removed = removed_known = kept_clean = n_clean = 0
+        for c in classes:
+            decision = greedy_keep(c.vectors, c.order, t, block=min(block, 2048))
+            gone = ~decision.kept
+            removed += int(gone.sum())
+            removed_known += int((gone & c.in_ground_truth).sum())
+            kept_clean += int((decision.kept & ~c.in_ground_truth).sum())
+            n_clean += int((~c.in_ground_truth).sum())
+        evaluation.per_threshold.append(
+            {
+                "threshold": t,
+                "recall": tp / max(len(pos), 1),
+                "precision": tp / flagged if flagged else float("nan"),
+                "pairs_flagged": int(flagged),
+                "images_removed": removed,
+                "removed_in_ground_truth": removed_known,
+                "unrelated_kept_fraction": kept_clean / n_clean if n_clean else float("nan"),
+            }
+        )
+    return evaluation
+
+
+METHODS = ("raw", "whitened", "spline_copula", "phash")
+
+
+def ground_truth_edges(
+    catalog_ok, pairs: Sequence, class_key_of: dict[str, str]
+) -> tuple[dict[str, list[tuple[str, str]]], int]:
+    """Known pairs as image-id edges per class key; also how many rows matched no image.
+
+    catalog_ok: decoded images (class, path, image_id); pairs: GroundTruthPair rows whose
+    file names are relative to their class folder.
+    """
+    by_path = dict(zip(catalog_ok["path"].to_list(), catalog_ok["image_id"].to_list(), strict=True))
+    edges: dict[str, list[tuple[str, str]]] = {}
+    unmatched = 0
+    for row in pairs:
+        a = by_path.get(f"{row.class_name}/{row.original}")
+        b = by_path.get(f"{row.class_name}/{row.copy}")
+        if a is None or b is None or row.class_name not in class_key_of:
+            unmatched += 1
+            continue
+        edges.setdefault(class_key_of[row.class_name], []).append((a, b))
+    return edges, unmatched
+
+
+def evaluate_against_ground_truth(
+    layout,
+    ground_truth_path,
+    thresholds: Sequence[float],
+    *,
+    methods: Sequence[str] = METHODS,
+    keep_policy: str = "density",
+    block: int = DEFAULT_BLOCK,
+    log=None,
+) -> tuple[list[MethodEvaluation], dict]:
+    """Score every similarity space and the pHash baseline on the same images."""
+    from dedup_assets.core.artifacts import catalog_images, open_pixels, read_catalog, read_latents
+    from dedup_assets.core.class_density import ClassDensityModel
+    from dedup_assets.core.keep_policy import visit_order
+    from dedup_assets.core.phash import hash_vectors, phash_bits
+    from dedup_assets.core.planting import read_ground_truth
+    from dedup_assets.core.similarity import embed
+
+    catalog = catalog_images(read_catalog(layout))
+    class_key_of = dict(
+        zip(catalog["class"].to_list(), catalog["class_key"].to_list(), strict=True)
+    )
+    edges, unmatched = ground_truth_edges(
+        catalog, read_ground_truth(ground_truth_path), class_key_of
+    )
+    pixels = open_pixels(layout)
+    row_of = dict(zip(catalog["image_id"].to_list(), catalog["row"].to_list(), strict=True))
+    per_method: dict[str, list[ClassPairs]] = {m: [] for m in methods}
+    for key in sorted(set(class_key_of.values())):
+        table, latents = read_latents(layout.latents(key))
+        ids = table["image_id"].to_list()
+        index = {i: k for k, i in enumerate(ids)}
+        pairs, involved = positive_pairs(
+            len(ids),
+            [(index[a], index[b]) for a, b in edges.get(key, []) if a in index and b in index],
+        )
+        model = ClassDensityModel.load(layout.spline_fit(key))
+        density_order = visit_order(
+            ids, keep_policy, model.log_density(latents) if keep_policy == "density" else None
+        )
+        for method in methods:
+            if method == "phash":
+                vectors = hash_vectors(phash_bits(np.asarray(pixels[[row_of[i] for i in ids]])))
+                order = visit_order(ids, "first")
+            else:
+                vectors = embed(latents, method, model)
+                order = density_order
+            per_method[method].append(ClassPairs(key, vectors, pairs, order, involved))
+        if log is not None:
+            log(f"evaluation: prepared {key} ({len(ids)} images, {len(pairs)} known pairs)")
+    results = [evaluate_method(m, per_method[m], thresholds, block=block) for m in methods]
+    info = {
+        "ground_truth_rows_unmatched": unmatched,
+        "known_pairs": results[0].n_positive_pairs if results else 0,
+        "within_class_pairs": results[0].n_pairs if results else 0,
+    }
+    return results, info

@@ -1,0 +1,96 @@
+"""Data-quality rules for latents and keep lists; each returns the list of problems found."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from dedup_assets.core.artifacts import KEEP_LIST_COLUMNS
+
+
+def latent_problems(
+    image_ids: list[str], latents: np.ndarray, expected_ids: list[str]
+) -> list[str]:
+    """Latents must be finite and cover each catalogued image of the class exactly once."""
+    problems = []
+    if latents.ndim != 2 or latents.shape[0] != len(image_ids):
+        problems.append(f"latent matrix shape {latents.shape} does not match {len(image_ids)} ids")
+    bad = ~np.isfinite(latents).all(axis=1) if latents.ndim == 2 else np.array([])
+    if bad.any():
+        problems.append(f"{int(bad.sum())} latent vectors contain NaN or infinite values")
+    if len(set(image_ids)) != len(image_ids):
+        problems.append(f"{len(image_ids) - len(set(image_ids))} duplicated image ids")
+    missing = set(expected_ids) - set(image_ids)
+    extra = set(image_ids) - set(expected_ids)
+    if missing:
+        problems.append(
+            f"{len(missing)} catalogued images have no latent (e.g. {sorted(missing)[0]})"
+        )
+    if extra:
+        problems.append(
+            f"{len(extra)} latents belong to no catalogued image (e.g. {sorted(extra)[0]})"
+        )
+    return problems
+
+
+def keep_list_problems(keep: pl.DataFrame, catalog_ok: pl.DataFrame, threshold: float) -> list[str]:
+    """A keep list must account for every image once, empty no class, and justify each removal.
+
+    catalog_ok: the decoded images (columns image_id, class). Every removed image must name
+    a kept image of the same class with similarity > threshold.
+    """
+    problems: list[str] = []
+    missing_cols = [c for c in KEEP_LIST_COLUMNS if c not in keep.columns]
+    if missing_cols:
+        return [f"keep list lacks columns {missing_cols}"]
+    n_rows, n_ids = keep.height, keep["image_id"].n_unique()
+    if n_ids != n_rows:
+        problems.append(f"{n_rows - n_ids} image ids appear more than once")
+    want = set(catalog_ok["image_id"].to_list())
+    have = set(keep["image_id"].to_list())
+    if want - have:
+        problems.append(f"{len(want - have)} catalogued images are missing from the keep list")
+    if have - want:
+        problems.append(f"{len(have - want)} keep-list images are not in the catalog")
+    per_class = (
+        catalog_ok.group_by("class")
+        .len("catalogued")
+        .join(
+            keep.group_by("class").agg(
+                pl.len().alias("listed"), pl.col("kept").sum().alias("kept")
+            ),
+            on="class",
+            how="full",
+            coalesce=True,
+        )
+        .fill_null(0)
+    )
+    emptied = per_class.filter((pl.col("kept") == 0) & (pl.col("catalogued") > 0))
+    if emptied.height:
+        problems.append(f"classes emptied by removal: {sorted(emptied['class'].to_list())}")
+    off = per_class.filter(pl.col("listed") != pl.col("catalogued"))
+    if off.height:
+        problems.append(f"per-class counts do not add up for {sorted(off['class'].to_list())}")
+    kept = keep.filter(pl.col("kept"))
+    removed = keep.filter(~pl.col("kept"))
+    if kept["duplicate_of"].is_not_null().any() or kept["similarity"].is_not_null().any():
+        problems.append("kept images must have empty duplicate_of and similarity")
+    target = removed.join(
+        kept.select(
+            pl.col("image_id").alias("duplicate_of"), pl.col("class").alias("target_class")
+        ),
+        on="duplicate_of",
+        how="left",
+    )
+    no_target = target.filter(pl.col("target_class").is_null())
+    if no_target.height:
+        problems.append(f"{no_target.height} removed images do not point to a kept image")
+    cross = target.filter(
+        pl.col("target_class").is_not_null() & (pl.col("target_class") != pl.col("class"))
+    )
+    if cross.height:
+        problems.append(f"{cross.height} removed images point to a kept image of another class")
+    weak = removed.filter(pl.col("similarity").is_null() | (pl.col("similarity") <= threshold))
+    if weak.height:
+        problems.append(f"{weak.height} removed images have similarity <= T = {threshold}")
+    return problems

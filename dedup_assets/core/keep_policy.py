@@ -1,0 +1,156 @@
+"""Which image of a group of duplicates is kept: a deterministic greedy policy.
+
+Images are visited in a fixed order; an image is kept unless its similarity to an image
+already kept exceeds T, in which case it is removed and names the most similar kept
+image. The kept set is the lexicographically-first maximal independent set of the
+"similarity > T" graph, so chains (A~B, B~C, A!~C) resolve as: A kept, B removed, C kept.
+
+Orders (the paper leaves the choice open):
+- `first`: ascending image id (a content hash), independent of file names and order;
+- `density`: ascending spline log-density, ties by id, so dense regions thin out first.
+
+The join is blocked: a block of images in visit order is compared with the kept set so
+far, then resolved inside the block in a few vectorised rounds (greedy MIS needs few
+rounds on average, Blelloch, Fineman and Shun 2012), so memory is O(block x N).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+KeepPolicy = Literal["first", "density"]
+KEEP_POLICIES: tuple[str, ...] = ("first", "density")
+
+
+@dataclass(frozen=True)
+class KeepDecision:
+    """Per image (input order): kept?, index of the kept image it duplicates, similarity."""
+
+    kept: np.ndarray
+    duplicate_of: np.ndarray
+    similarity: np.ndarray
+    rounds: int = 0
+
+    @property
+    def n_kept(self) -> int:
+        return int(self.kept.sum())
+
+
+def visit_order(
+    image_ids: np.ndarray | list[str],
+    policy: KeepPolicy,
+    log_density: np.ndarray | None = None,
+) -> np.ndarray:
+    """Indices in the order the greedy policy visits them."""
+    ids = np.asarray(image_ids, dtype=object).astype(str)
+    if policy == "first":
+        return np.argsort(ids, kind="stable")
+    if policy == "density":
+        if log_density is None:
+            raise ValueError("the 'density' keep policy needs each image's log-density")
+        dens = np.asarray(log_density, dtype=np.float64)
+        if len(dens) != len(ids):
+            raise ValueError("log_density and image_ids differ in length")
+        return np.lexsort((ids, dens))
+    raise ValueError(f"unknown keep policy {policy!r}; choose one of {KEEP_POLICIES}")
+
+
+def greedy_keep(
+    x: np.ndarray,
+    order: np.ndarray,
+    threshold: float,
+    *,
+    block: int = 1024,
+    progress: Callable[[int, int], None] | None = None,
+) -> KeepDecision:
+    """Greedy keep over unit vectors `x` (n, d) visited in `order`; see the module doc.
+
+    Every removed image names a kept image (same input array) with similarity > threshold.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    n = len(x)
+    order = np.asarray(order, dtype=np.int64)
+    if len(order) != n or not np.array_equal(np.sort(order), np.arange(n)):
+        raise ValueError("order must be a permutation of range(len(x))")
+    xo = x[order]
+    kept_vecs = np.empty_like(xo)
+    kept_pos = np.empty(n, dtype=np.int64)  # visit positions of kept images
+    n_kept = 0
+    kept_o = np.zeros(n, dtype=bool)
+    dup_o = np.full(n, -1, dtype=np.int64)  # visit position of the kept image
+    sim_o = np.full(n, np.nan, dtype=np.float32)
+    max_rounds = 0
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        xb = xo[start:stop]
+        best = np.full(stop - start, -np.inf, dtype=np.float32)
+        best_at = np.full(stop - start, -1, dtype=np.int64)
+        for k0 in range(0, n_kept, block * 4):
+            k1 = min(k0 + block * 4, n_kept)
+            s = xb @ kept_vecs[k0:k1].T
+            arg = s.argmax(axis=1)
+            val = s[np.arange(len(s)), arg]
+            better = val > best
+            best[better] = val[better]
+            best_at[better] = kept_pos[k0 + arg[better]]
+        removed_by_earlier = best > threshold
+        dup_o[start:stop][removed_by_earlier] = best_at[removed_by_earlier]
+        sim_o[start:stop][removed_by_earlier] = best[removed_by_earlier]
+        cand = np.flatnonzero(~removed_by_earlier)
+        if len(cand):
+            kept_local, dup_local, sim_local, rounds = _resolve_block(xb[cand], threshold)
+            max_rounds = max(max_rounds, rounds)
+            pos = start + cand
+            kept_o[pos[kept_local]] = True
+            gone = ~kept_local
+            dup_o[pos[gone]] = pos[dup_local[gone]]
+            sim_o[pos[gone]] = sim_local[gone]
+            new = pos[kept_local]
+            kept_vecs[n_kept : n_kept + len(new)] = xo[new]
+            kept_pos[n_kept : n_kept + len(new)] = new
+            n_kept += len(new)
+        if progress is not None:
+            progress(stop, n)
+    kept = np.zeros(n, dtype=bool)
+    kept[order] = kept_o
+    duplicate_of = np.full(n, -1, dtype=np.int64)
+    has = dup_o >= 0
+    duplicate_of[order[has]] = order[dup_o[has]]
+    similarity = np.full(n, np.nan, dtype=np.float32)
+    similarity[order] = sim_o
+    return KeepDecision(kept, duplicate_of, similarity, max_rounds)
+
+
+def _resolve_block(
+    xc: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Greedy MIS inside one block (rows in visit order), in vectorised rounds.
+
+    A row is kept once every earlier neighbour is removed; it is removed as soon as one
+    earlier neighbour is kept. Each round decides at least the first undecided row.
+    """
+    m = len(xc)
+    s = xc @ xc.T
+    adj = (s > threshold) & np.tri(m, k=-1, dtype=bool)  # adj[i, j]: j earlier than i
+    adj_f = adj.astype(np.float32)
+    undecided = np.ones(m, dtype=bool)
+    kept = np.zeros(m, dtype=bool)
+    rounds = 0
+    while undecided.any():
+        rounds += 1
+        has_kept = (adj_f @ kept.astype(np.float32)) > 0
+        open_earlier = (adj_f @ undecided.astype(np.float32)) > 0
+        newly_removed = undecided & has_kept
+        newly_kept = undecided & ~has_kept & ~open_earlier
+        kept |= newly_kept
+        undecided &= ~(newly_removed | newly_kept)
+    sk = np.where(adj & kept[None, :], s, -np.inf)
+    dup = sk.argmax(axis=1)
+    sim = sk[np.arange(m), dup].astype(np.float32)
+    dup[kept] = -1
+    sim[kept] = np.nan
+    return kept, dup, sim, rounds

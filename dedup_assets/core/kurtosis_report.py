@@ -1,0 +1,256 @@
+"""The paper's evaluation of a removal: kurtosis and entropy of the leading principal
+components per class, before and after, with Theil-Sen lines (Tables 2-3, figures 1-3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from dedup_assets.core import plots
+from dedup_assets.core.spline import SplineDensity1D
+from dedup_assets.core.statistics import ComponentRegression, excess_kurtosis, kurtosis_gate
+
+COMPONENTS = ("pc1", "pc2", "pc3")
+
+# The paper's results on its 33-class, 128,401-image aerial dataset.
+PAPER_TABLE_2 = {"no removal": 128_401, "0.97": 81_018, "0.95": 64_953, "0.93": 48_607}
+PAPER_TABLE_3 = {
+    "0.97": ("0.82x + 0.05", "0.78x + 0.08", "0.74x + 0.22"),
+    "0.95": ("0.51x + 0.10", "0.52x + 0.18", "0.61x + 0.43"),
+    "0.93": ("0.30x + 0.14", "0.30x + 0.26", "0.42x + 0.80"),
+}
+
+
+def kurtosis_by_class(scores: pl.DataFrame, keep: pl.DataFrame) -> pl.DataFrame:
+    """Per class: images and excess kurtosis of PC1-3 before and after removal.
+
+    scores: class, image_id, pc1..pc3 (on the class's original axes); keep: image_id, kept.
+    """
+    joined = scores.join(keep.select("image_id", "kept"), on="image_id", how="left")
+    if joined["kept"].is_null().any():
+        missing = joined.filter(pl.col("kept").is_null()).height
+        raise ValueError(f"{missing} scored images are absent from the keep list")
+    rows = []
+    for (name,), group in joined.sort("class").group_by("class", maintain_order=True):
+        z = group.select(COMPONENTS).to_numpy()
+        kept = group["kept"].to_numpy()
+        before, after = excess_kurtosis(z), excess_kurtosis(z[kept])
+        rows.append(
+            {"class": name, "n_before": len(z), "n_after": int(kept.sum())}
+            | {f"k{c + 1}_before": float(before[c]) for c in range(3)}
+            | {f"k{c + 1}_after": float(after[c]) for c in range(3)}
+        )
+    return pl.DataFrame(rows)
+
+
+def gate_arrays(table: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(classes, 3) arrays of kurtosis before and after, in table order."""
+    before = table.select([f"k{c}_before" for c in (1, 2, 3)]).to_numpy()
+    after = table.select([f"k{c}_after" for c in (1, 2, 3)]).to_numpy()
+    return before, after
+
+
+def entropy_by_class(scores: pl.DataFrame, keep: pl.DataFrame, bin_rule: str) -> pl.DataFrame:
+    """Differential entropy (nats) of each spline marginal of PC1-3, before and after."""
+    joined = scores.join(keep.select("image_id", "kept"), on="image_id", how="left")
+    rows = []
+    for (name,), group in joined.sort("class").group_by("class", maintain_order=True):
+        z = group.select(COMPONENTS).to_numpy()
+        kept = group["kept"].to_numpy()
+        row = {"class": name}
+        for c in range(3):
+            row[f"h{c + 1}_before"] = _entropy(z[:, c], bin_rule)
+            row[f"h{c + 1}_after"] = _entropy(z[kept, c], bin_rule)
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def _entropy(x: np.ndarray, bin_rule: str) -> float:
+    x = x[np.isfinite(x)]
+    if len(x) < 2 or np.ptp(x) == 0:
+        return float("nan")
+    return SplineDensity1D.fit(x, rule=bin_rule).entropy()
+
+
+@dataclass(frozen=True)
+class KurtosisReport:
+    markdown: str
+    figures: dict[str, bytes]
+    regressions: tuple[ComponentRegression, ...]
+    table: pl.DataFrame
+    entropy: pl.DataFrame
+
+    def summary(self, threshold: str) -> dict:
+        """The numbers behind Tables 2 and 3 for this threshold, JSON-ready."""
+        return {
+            "threshold": threshold,
+            "images_before": int(self.table["n_before"].sum()),
+            "images_after": int(self.table["n_after"].sum()),
+            "regressions": [
+                {
+                    "component": r.component,
+                    "slope": r.slope,
+                    "intercept": r.intercept,
+                    "equation": r.equation(),
+                    "fraction_reduced": r.fraction_reduced,
+                    "excess_at_median": r.excess_at_median,
+                }
+                for r in self.regressions
+            ],
+            "entropy_change": [
+                float(np.nanmean(self.entropy[f"h{c}_after"] - self.entropy[f"h{c}_before"]))
+                for c in (1, 2, 3)
+            ],
+        }
+
+
+def build_report(
+    threshold: str,
+    scores: pl.DataFrame,
+    keep: pl.DataFrame,
+    *,
+    bin_rule: str = "fd",
+    tolerance: float = 0.0,
+    method: str = "",
+) -> KurtosisReport:
+    """Markdown and figures of one threshold's removal (the paper's section 5)."""
+    table = kurtosis_by_class(scores, keep)
+    entropy = entropy_by_class(scores, keep, bin_rule)
+    before, after = gate_arrays(table)
+    gate = kurtosis_gate(before, after, tolerance)
+    labels = table["class"].to_list()
+    figures = {}
+    for c, reg in enumerate(gate.regressions):
+        figures[f"kurtosis_pc{c + 1}.png"] = plots.kurtosis_scatter(
+            before[:, c], after[:, c], labels, reg, threshold
+        )
+    joined = scores.join(keep.select("image_id", "kept"), on="image_id")
+    for c in range(3):
+        figures[f"density_pc{c + 1}.png"] = _density_grid(joined, c, threshold, bin_rule)
+
+    n_before, n_after = int(table["n_before"].sum()), int(table["n_after"].sum())
+    lines = [
+        f"# Kurtosis report, T = {threshold}",
+        "",
+        f"Method: {method}" if method else "",
+        f"Gate: **{gate.severity.upper()}** (tolerance {tolerance}). " + "; ".join(gate.reasons),
+        "",
+        "## Images left (the paper's Table 2)",
+        "",
+        "| T | images | fraction | paper | paper fraction |",
+        "|---|---|---|---|---|",
+        f"| no removal | {n_before:,} | 1.000 | {PAPER_TABLE_2['no removal']:,} | 1.000 |",
+        f"| {threshold} | {n_after:,} | {n_after / max(n_before, 1):.3f} | "
+        + (
+            f"{PAPER_TABLE_2[threshold]:,} | {PAPER_TABLE_2[threshold] / PAPER_TABLE_2['no removal']:.3f} |"
+            if threshold in PAPER_TABLE_2
+            else "n/a | n/a |"
+        ),
+        "",
+        "## Theil-Sen lines, kurtosis after on before (the paper's Table 3)",
+        "",
+        "| component | this dataset | slope 95% CI | classes reduced | line - median at median | paper |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c, reg in enumerate(gate.regressions):
+        paper = PAPER_TABLE_3.get(threshold, ("n/a",) * 3)[c]
+        lines.append(
+            f"| PC{c + 1} | {reg.equation()} | [{reg.slope_low:.2f}, {reg.slope_high:.2f}] | "
+            f"{reg.fraction_reduced:.0%} | {reg.excess_at_median:+.3f} | {paper} |"
+        )
+    lines += [
+        "",
+        "## Differential entropy of the spline marginals (nats, mean over classes)",
+        "",
+        "| component | before | after | change | classes where entropy rose |",
+        "|---|---|---|---|---|",
+    ]
+    for c in range(1, 4):
+        b, a = entropy[f"h{c}_before"].to_numpy(), entropy[f"h{c}_after"].to_numpy()
+        ok = np.isfinite(a) & np.isfinite(b)
+        rose = float(np.mean(a[ok] > b[ok])) if ok.any() else float("nan")
+        lines.append(
+            f"| PC{c} | {np.nanmean(b):.4f} | {np.nanmean(a):.4f} | {np.nanmean(a - b):+.4f} | {rose:.0%} |"
+        )
+    lines += ["", "## Per class", "", _class_table(table, entropy), ""]
+    lines += [f"![{name}]({name})" for name in figures]
+    return KurtosisReport("\n".join(lines) + "\n", figures, gate.regressions, table, entropy)
+
+
+def _class_table(table: pl.DataFrame, entropy: pl.DataFrame) -> str:
+    head = "| class | images | kept | PC1 kurt. before -> after | PC2 | PC3 | PC1 entropy before -> after |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for row, ent in zip(table.iter_rows(named=True), entropy.iter_rows(named=True), strict=True):
+        cells = [f"{row[f'k{c}_before']:.3f} -> {row[f'k{c}_after']:.3f}" for c in (1, 2, 3)]
+        lines.append(
+            f"| {row['class']} | {row['n_before']:,} | {row['n_after']:,} | "
+            + " | ".join(cells)
+            + f" | {ent['h1_before']:.3f} -> {ent['h1_after']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def _density_grid(joined: pl.DataFrame, component: int, threshold: str, bin_rule: str) -> bytes:
+    """Small multiples: one class per panel, spline density of one component before/after."""
+    panels = []
+    for (name,), group in joined.sort("class").group_by("class", maintain_order=True):
+        x = group[COMPONENTS[component]].to_numpy()
+        kept = group["kept"].to_numpy()
+        x_after = x[kept]
+        if len(x) < 2 or np.ptp(x) == 0 or len(x_after) < 2 or np.ptp(x_after) == 0:
+            continue
+        panels.append(
+            (
+                name,
+                SplineDensity1D.fit(x, rule=bin_rule),
+                SplineDensity1D.fit(x_after, rule=bin_rule),
+            )
+        )
+    return plots.density_panels(panels, component + 1, threshold)
+
+
+def summary_markdown(summaries: list[dict]) -> str:
+    """Tables 2 and 3 across thresholds (highest T first), beside the paper's values."""
+    summaries = sorted(summaries, key=lambda s: -float(s["threshold"]))
+    n0 = summaries[0]["images_before"]
+    p0 = PAPER_TABLE_2["no removal"]
+    out = [
+        "# Deduplication summary",
+        "",
+        "## Images left (the paper's Table 2)",
+        "",
+        "| T | images | fraction | paper fraction |",
+        "|---|---|---|---|",
+        f"| no removal | {n0:,} | 1.000 | 1.000 |",
+    ]
+    for s in summaries:
+        paper = PAPER_TABLE_2.get(s["threshold"])
+        pf = f"{paper / p0:.3f}" if paper else "n/a"
+        out.append(
+            f"| {s['threshold']} | {s['images_after']:,} | {s['images_after'] / max(n0, 1):.3f} | {pf} |"
+        )
+    out += [
+        "",
+        "## Theil-Sen lines of kurtosis after on before (the paper's Table 3)",
+        "",
+        "| T | PC1 | PC2 | PC3 | paper PC1 | paper PC2 | paper PC3 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        eqs = [r["equation"] for r in s["regressions"]]
+        paper = PAPER_TABLE_3.get(s["threshold"], ("n/a",) * 3)
+        out.append(f"| {s['threshold']} | " + " | ".join(eqs) + " | " + " | ".join(paper) + " |")
+    out += [
+        "",
+        "## Entropy change of the spline marginals (nats, mean over classes)",
+        "",
+        "| T | PC1 | PC2 | PC3 |",
+        "|---|---|---|---|",
+    ]
+    for s in summaries:
+        out.append(
+            f"| {s['threshold']} | " + " | ".join(f"{v:+.4f}" for v in s["entropy_change"]) + " |"
+        )
+    return "\n".join(out) + "\n"

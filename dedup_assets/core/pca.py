@@ -1,0 +1,77 @@
+"""Principal component analysis of one class's latent vectors.
+
+The paper makes the latent components independent with PCA before fitting the product
+spline model, and measures kurtosis on the first three components.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class PCAFit:
+    """Mean, orthonormal components (k, d) and the variance along each component."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    variances: np.ndarray
+    total_variance: float
+    n_samples: int
+
+    @property
+    def n_components(self) -> int:
+        return len(self.variances)
+
+    @property
+    def explained_ratio(self) -> np.ndarray:
+        return self.variances / self.total_variance if self.total_variance > 0 else self.variances
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Component scores (n, k) of latent vectors (n, d)."""
+        x = np.asarray(x, dtype=np.float32)
+        return (x - self.mean.astype(np.float32)) @ self.components.T.astype(np.float32)
+
+
+def fit_pca(x: np.ndarray, n_components: int) -> PCAFit:
+    """Leading principal components; at most min(n - 1, d) of them.
+
+    The covariance is accumulated in float64 over row chunks (memory stays O(d^2)), then
+    diagonalised. Each component's sign is fixed so its largest loading is positive, which
+    makes fits reproducible.
+    """
+    x = np.asarray(x)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"PCA needs a non-empty (n, d) array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("PCA input contains NaN or infinite values")
+    n, d = x.shape
+    mean = x.mean(axis=0, dtype=np.float64)
+    cov = np.zeros((d, d), dtype=np.float64)
+    for start in range(0, n, _CHUNK):
+        c = (x[start : start + _CHUNK] - mean).astype(np.float32)
+        cov += (c.T @ c).astype(np.float64)
+    cov /= max(n - 1, 1)
+    evals, evecs = np.linalg.eigh(cov)
+    evals, evecs = evals[::-1].clip(min=0.0), evecs[:, ::-1]
+    k = int(max(0, min(n_components, n - 1, d)))
+    comps = evecs[:, :k].T.copy()
+    signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
+    comps *= np.where(signs == 0, 1.0, signs)[:, None]
+    return PCAFit(
+        mean=mean,
+        components=comps,
+        variances=evals[:k].copy(),
+        total_variance=float(evals.sum()),
+        n_samples=n,
+    )
+
+
+def components_for_variance(fit: PCAFit, fraction: float) -> int:
+    """Smallest number of components whose explained variance reaches `fraction`."""
+    cumulative = np.cumsum(fit.explained_ratio)
+    return int(min(len(cumulative), np.searchsorted(cumulative, fraction) + 1))

@@ -1,0 +1,174 @@
+"""Figures for the UI and the reports, rendered off-screen to PNG bytes."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dedup_assets.core.spline import SplineDensity1D  # noqa: E402
+from dedup_assets.core.statistics import ComponentRegression  # noqa: E402
+
+DPI = 80
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def loss_curve(losses: Sequence[float]) -> bytes:
+    """Reconstruction loss per epoch."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(np.arange(1, len(losses) + 1), losses, marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE (images in [-1, 1])")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.set_title("autoencoder training loss")
+    return _png(fig)
+
+
+def image_rows(rows: Sequence[np.ndarray], labels: Sequence[str], scale: int = 2) -> bytes:
+    """Rows of uint8 images (each row (n, H, W, 3)) stacked into one picture with labels."""
+    n = max(len(r) for r in rows)
+    fig, axes = plt.subplots(
+        len(rows), n, figsize=(n * 0.6 * scale, len(rows) * 0.7 * scale), squeeze=False
+    )
+    for r, (row, label) in enumerate(zip(rows, labels, strict=True)):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(row):
+                ax.imshow(row[c], interpolation="nearest")
+        axes[r][0].set_title(label, fontsize=8, loc="left")
+    fig.subplots_adjust(wspace=0.05, hspace=0.3)
+    return _png(fig)
+
+
+def duplicate_pairs(
+    kept: np.ndarray, removed: np.ndarray, similarities: Sequence[float], captions: Sequence[str]
+) -> bytes:
+    """Kept image above the removed one it duplicates, with similarity and caption."""
+    n = len(kept)
+    fig, axes = plt.subplots(2, max(n, 1), figsize=(max(n, 1) * 1.4, 3.4), squeeze=False)
+    for c in range(max(n, 1)):
+        for r in range(2):
+            axes[r][c].axis("off")
+        if c >= n:
+            continue
+        axes[0][c].imshow(kept[c], interpolation="nearest")
+        axes[1][c].imshow(removed[c], interpolation="nearest")
+        axes[0][c].set_title(f"{similarities[c]:.3f}\n{captions[c]}", fontsize=6)
+    axes[0][0].text(-8, 32, "kept", rotation=90, va="center", ha="right", fontsize=8)
+    axes[1][0].text(-8, 32, "removed", rotation=90, va="center", ha="right", fontsize=8)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return _png(fig)
+
+
+def marginal_densities(
+    fits: Sequence[SplineDensity1D], samples: Sequence[np.ndarray], title: str
+) -> bytes:
+    """Spline densities of the leading components over the histogram of their scores."""
+    fig, axes = plt.subplots(1, len(fits), figsize=(3.2 * len(fits), 2.6), squeeze=False)
+    for k, (fit, x) in enumerate(zip(fits, samples, strict=True)):
+        ax = axes[0][k]
+        lo, hi = fit.support
+        t = np.linspace(lo, hi, 400)
+        ax.hist(
+            x,
+            bins=fit.nodes.size,
+            range=(fit.nodes[0] - fit.step / 2, fit.nodes[-1] + fit.step / 2),
+            density=True,
+            alpha=0.35,
+            color="tab:gray",
+            label="histogram",
+        )
+        ax.plot(t, fit.pdf(t), color="tab:blue", label="spline S2")
+        ax.set_title(f"PC{k + 1}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def density_panels(
+    panels: Sequence[tuple[str, SplineDensity1D, SplineDensity1D]], component: int, threshold: str
+) -> bytes:
+    """One component's spline density before and after removal, one panel per class."""
+    n = max(len(panels), 1)
+    cols = min(n, 5)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (name, before, after) in zip(axes.flat, panels, strict=False):
+        ax.axis("on")
+        lo = min(before.support[0], after.support[0])
+        hi = max(before.support[1], after.support[1])
+        t = np.linspace(lo, hi, 400)
+        ax.plot(t, before.pdf(t), lw=1.2, label=f"before H={before.entropy():.2f}")
+        ax.plot(t, after.pdf(t), lw=1.2, label=f"after H={after.entropy():.2f}")
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6)
+    fig.suptitle(
+        f"PC{component} spline density before and after removal, T = {threshold}", fontsize=9
+    )
+    fig.tight_layout()
+    return _png(fig)
+
+
+def kurtosis_scatter(
+    before: np.ndarray,
+    after: np.ndarray,
+    labels: Sequence[str],
+    reg: ComponentRegression,
+    threshold: str,
+) -> bytes:
+    """The paper's figures 1-3: kurtosis after vs before, Theil-Sen line and y = x."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    ok = np.isfinite(before) & np.isfinite(after)
+    ax.scatter(before[ok], after[ok], s=18, color="tab:blue", zorder=3)
+    for x, y, lab in zip(before[ok], after[ok], np.asarray(labels)[ok], strict=True):
+        ax.annotate(lab, (x, y), fontsize=6, alpha=0.7, xytext=(2, 2), textcoords="offset points")
+    if ok.any():
+        lo = float(min(before[ok].min(), after[ok].min()))
+        hi = float(max(before[ok].max(), after[ok].max()))
+        pad = 0.05 * (hi - lo + 1e-9)
+        t = np.linspace(lo - pad, hi + pad, 10)
+        ax.plot(t, t, "--", color="gray", label="y = x")
+        if np.isfinite(reg.slope):
+            ax.plot(
+                t,
+                reg.slope * t + reg.intercept,
+                color="tab:red",
+                label=f"Theil-Sen {reg.equation()}",
+            )
+    ax.set_xlabel("excess kurtosis before")
+    ax.set_ylabel("excess kurtosis after")
+    ax.set_title(f"PC{reg.component}, T = {threshold}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def precision_recall(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> bytes:
+    """Precision-recall curves, one per method: name -> (recall, precision, AP)."""
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    for name, (recall, precision, ap) in curves.items():
+        ax.plot(recall, precision, label=f"{name} (AP {ap:.3f})")
+    ax.set_xlabel("recall of known duplicate pairs")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)

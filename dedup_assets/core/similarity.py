@@ -1,0 +1,102 @@
+"""Cosine similarity within a class, computed in blocks so memory grows with N, not N^2.
+
+Three similarity spaces are offered (PAPER.md section 7 measures them):
+- `raw`: the paper as written, cosine of the 1024 post-ReLU latents;
+- `whitened`: cosine of the leading principal components divided by their std;
+- `spline_copula`: each leading component mapped through its spline CDF to a normal
+  score, then cosine (the default: it ranks near-duplicates best).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+
+from dedup_assets.core.class_density import ClassDensityModel
+
+SimilaritySpace = Literal["raw", "whitened", "spline_copula"]
+SIMILARITY_SPACES: tuple[str, ...] = ("raw", "whitened", "spline_copula")
+DEFAULT_BLOCK = 2048
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, float32; an all-zero row stays zero (similarity 0)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def embed(
+    latents: np.ndarray, space: SimilaritySpace, model: ClassDensityModel | None = None
+) -> np.ndarray:
+    """Unit vectors whose dot products are the cosine similarities of `space`.
+
+    `whitened` and `spline_copula` need the class's density model (PCA + spline fits).
+    A class too small for any component embeds to zero vectors: nothing is similar.
+    """
+    if space == "raw":
+        return l2_normalize(latents)
+    if space not in SIMILARITY_SPACES:
+        raise ValueError(f"unknown similarity space {space!r}; choose one of {SIMILARITY_SPACES}")
+    if model is None:
+        raise ValueError(f"similarity space {space!r} needs the class's density model")
+    if model.density is None:
+        return np.zeros((len(latents), 1), dtype=np.float32)
+    scores = model.scores(latents)
+    if space == "whitened":
+        std = np.sqrt(model.pca.variances).astype(np.float32)
+        return l2_normalize(scores / np.where(std > 0, std, 1.0))
+    return l2_normalize(model.density.normal_scores(scores))
+
+
+def iter_similarity_blocks(
+    x: np.ndarray, block: int = DEFAULT_BLOCK
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield (row_start, col_start, S) where S = x[rows] @ x[col_start:].T, upper triangle only.
+
+    Peak memory is one block x N slab; rows below col_start are never computed twice.
+    """
+    n = len(x)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        yield start, start, x[start:stop] @ x[start:].T
+
+
+def pairs_above(
+    x: np.ndarray, threshold: float, block: int = DEFAULT_BLOCK
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs i < j with cosine(x_i, x_j) > threshold, for unit rows x.
+
+    Returns (i, j, similarity) arrays; memory is the output plus one block slab.
+    """
+    ii: list[np.ndarray] = []
+    jj: list[np.ndarray] = []
+    ss: list[np.ndarray] = []
+    for row0, col0, s in iter_similarity_blocks(x, block):
+        rows = np.arange(row0, row0 + len(s))
+        cols = np.arange(col0, col0 + s.shape[1])
+        mask = s > threshold
+        mask &= cols[None, :] > rows[:, None]
+        r, c = np.nonzero(mask)
+        ii.append(rows[r])
+        jj.append(cols[c])
+        ss.append(s[r, c])
+    if not ii:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return np.concatenate(ii), np.concatenate(jj), np.concatenate(ss).astype(np.float32)
+
+
+def count_pairs_above(
+    x: np.ndarray, thresholds: np.ndarray, block: int = DEFAULT_BLOCK
+) -> np.ndarray:
+    """How many pairs i < j have similarity > each threshold (no pair list kept)."""
+    thresholds = np.asarray(thresholds, dtype=np.float32)
+    counts = np.zeros(len(thresholds), dtype=np.int64)
+    for row0, col0, s in iter_similarity_blocks(x, block):
+        rows = np.arange(row0, row0 + len(s))
+        cols = np.arange(col0, col0 + s.shape[1])
+        vals = np.sort(s[cols[None, :] > rows[:, None]])
+        counts += len(vals) - np.searchsorted(vals, thresholds, side="right")
+    return counts

@@ -1,0 +1,49 @@
+"""Where the labelled images come from: an ImageFolder root, or the built-in demo set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from dedup_assets.core.demo_data import generate_demo_dataset
+
+GROUND_TRUTH_NAME = "ground_truth.csv"
+
+
+class ImageSource(dg.ConfigurableResource):
+    """An ImageFolder (`<root>/<class>/<image>`), read only; never modified.
+
+    root: the dataset folder; empty means the built-in demo dataset, generated
+    deterministically from `demo_seed` into `demo_dir` on first use.
+    ground_truth: a CSV `class,original,copy` of known duplicate pairs; empty means
+    `<root>/ground_truth.csv` when that file exists.
+    """
+
+    root: str = ""
+    ground_truth: str = ""
+    demo_dir: str = "dedup_output/demo_dataset"
+    demo_seed: int = 0
+
+    @property
+    def is_demo(self) -> bool:
+        return not self.root
+
+    def resolve_root(self) -> Path:
+        if self.root:
+            root = Path(self.root).expanduser().resolve()
+            if not root.is_dir():
+                raise FileNotFoundError(f"image source {root} does not exist or is not a folder")
+            return root
+        demo = Path(self.demo_dir).expanduser().resolve()
+        generate_demo_dataset(demo, seed=self.demo_seed)
+        return demo
+
+    def ground_truth_path(self) -> Path | None:
+        if self.ground_truth:
+            path = Path(self.ground_truth).expanduser().resolve()
+            if not path.is_file():
+                raise FileNotFoundError(f"ground truth file {path} does not exist")
+            return path
+        candidate = self.resolve_root() / GROUND_TRUTH_NAME
+        return candidate if candidate.is_file() else None

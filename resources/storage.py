@@ -1,0 +1,18 @@
+"""Where the pipeline writes its artefacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from dedup_assets.core.layout import OutputLayout
+
+
+class DedupStorage(dg.ConfigurableResource):
+    """The output folder; every asset's files live under it (see OutputLayout)."""
+
+    base_dir: str = "dedup_output"
+
+    def layout(self) -> OutputLayout:
+        return OutputLayout(Path(self.base_dir).expanduser().resolve())
