@@ -19,6 +19,7 @@ import dagster as dg
 from dedup_assets.assets.autoencoder import autoencoder
 from dedup_assets.assets.catalog import image_catalog
 from dedup_assets.assets.clean_dataset import clean_dataset
+from dedup_assets.assets.evaluation import dedup_evaluation
 from dedup_assets.assets.keep_lists import class_keep_list, keep_list
 from dedup_assets.assets.latents import class_latents
 from dedup_assets.assets.reports import dedup_summary, kurtosis_report
@@ -36,6 +37,7 @@ ASSETS = [
     kurtosis_report,
     dedup_summary,
     clean_dataset,
+    dedup_evaluation,
 ]
 CHECKS = [latents_valid, keep_list_integrity, kurtosis_reduction]
 

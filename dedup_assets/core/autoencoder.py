@@ -107,6 +107,13 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def make_optimizer(
+    model: nn.Module, learning_rate: float, device: torch.device
+) -> torch.optim.Adam:
+    """Adam; the fused kernel on CUDA (one launch per step instead of one per tensor)."""
+    return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=device.type == "cuda")
+
+
 def stage_pixels(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
     """Put the whole uint8 store on the device once (4x smaller than float32)."""
     t = torch.from_numpy(np.ascontiguousarray(pixels))
@@ -135,7 +142,7 @@ def train_autoencoder(
     device = torch.device(device)
     torch.manual_seed(seed)
     model = ConvAutoencoder().to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    optimizer = make_optimizer(model, learning_rate, device)
     data = stage_pixels(pixels, device)
     n = len(pixels)
     generator = torch.Generator(device="cpu").manual_seed(seed)

@@ -66,11 +66,22 @@ class ClassDensityModel:
             return cls(pca, density, str(z["bin_rule"]))
 
 
+# A class of n images supports at most n / SAMPLES_PER_COMPONENT components: beyond that
+# the trailing components are noise, and whitening them drowns the signal (measured on the
+# demo dataset, 70 images per class: average precision 0.87 at 16 components, 0.70 at 64).
+SAMPLES_PER_COMPONENT = 4
+
+
+def effective_components(n_images: int, requested: int) -> int:
+    """How many components a class of n_images gets when `requested` are asked for."""
+    return int(max(0, min(requested, max(1, n_images // SAMPLES_PER_COMPONENT), n_images - 1)))
+
+
 def fit_class_density(
     latents: np.ndarray, n_components: int, bin_rule: BinRule = "fd"
 ) -> ClassDensityModel:
-    """PCA to at most `n_components` axes, then one spline marginal per axis."""
-    pca = fit_pca(latents, n_components)
+    """PCA to the class's effective number of axes, then one spline marginal per axis."""
+    pca = fit_pca(latents, effective_components(len(latents), n_components))
     if pca.n_components == 0:
         return ClassDensityModel(pca, None, bin_rule)
     density = ProductSplineDensity.fit(pca.transform(latents), rule=bin_rule)

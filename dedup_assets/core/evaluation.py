@@ -76,6 +76,17 @@ def _count_at_least(x: np.ndarray, values: np.ndarray, block: int) -> np.ndarray
     return counts
 
 
+def _pair_scores(x: np.ndarray, pairs: np.ndarray, block: int) -> np.ndarray:
+    """Similarities of given pairs (i < j), taken from the same blocked products as the
+    counts, so a pair's score compares with itself exactly (no rounding mismatch)."""
+    i, j = pairs[:, 0], pairs[:, 1]
+    out = np.empty(len(pairs), dtype=np.float32)
+    for row0, col0, s in iter_similarity_blocks(x, block):
+        sel = (i >= row0) & (i < row0 + len(s))
+        out[sel] = s[i[sel] - row0, j[sel] - col0]
+    return out
+
+
 def evaluate_method(
     name: str,
     classes: Sequence[ClassPairs],
@@ -84,11 +95,7 @@ def evaluate_method(
     block: int = DEFAULT_BLOCK,
 ) -> MethodEvaluation:
     """Average precision over all within-class pairs, and recall/precision/removals per T."""
-    pos_scores = []
-    for c in classes:
-        if len(c.positives):
-            a, b = c.positives[:, 0], c.positives[:, 1]
-            pos_scores.append(np.einsum("ij,ij->i", c.vectors[a], c.vectors[b]))
+    pos_scores = [_pair_scores(c.vectors, c.positives, block) for c in classes if len(c.positives)]
     pos = np.sort(np.concatenate(pos_scores))[::-1] if pos_scores else np.zeros(0, np.float32)
     n_pairs = sum(len(c.vectors) * (len(c.vectors) - 1) // 2 for c in classes)
     thresholds = [float(t) for t in thresholds]

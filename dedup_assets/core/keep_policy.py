@@ -97,22 +97,27 @@ def greedy_keep(
             better = val > best
             best[better] = val[better]
             best_at[better] = kept_pos[k0 + arg[better]]
-        removed_by_earlier = best > threshold
-        dup_o[start:stop][removed_by_earlier] = best_at[removed_by_earlier]
-        sim_o[start:stop][removed_by_earlier] = best[removed_by_earlier]
-        cand = np.flatnonzero(~removed_by_earlier)
+        s_block = xb @ xb.T
+        cand = np.flatnonzero(best <= threshold)  # not removed by an earlier block
+        kept_block = np.zeros(stop - start, dtype=bool)
         if len(cand):
-            kept_local, dup_local, sim_local, rounds = _resolve_block(xb[cand], threshold)
+            kept_cand, rounds = _resolve_block(s_block[np.ix_(cand, cand)], threshold)
+            kept_block[cand[kept_cand]] = True
             max_rounds = max(max_rounds, rounds)
-            pos = start + cand
-            kept_o[pos[kept_local]] = True
-            gone = ~kept_local
-            dup_o[pos[gone]] = pos[dup_local[gone]]
-            sim_o[pos[gone]] = sim_local[gone]
-            new = pos[kept_local]
-            kept_vecs[n_kept : n_kept + len(new)] = xo[new]
-            kept_pos[n_kept : n_kept + len(new)] = new
-            n_kept += len(new)
+        # A removed image names the most similar image kept before it, in this block or earlier.
+        local = np.where(np.tri(len(xb), k=-1, dtype=bool) & kept_block[None, :], s_block, -np.inf)
+        local_at = local.argmax(axis=1)
+        local_best = local[np.arange(len(xb)), local_at]
+        use_local = local_best > best
+        gone = ~kept_block
+        pos = np.arange(start, stop)
+        kept_o[pos[kept_block]] = True
+        dup_o[pos[gone]] = np.where(use_local, start + local_at, best_at)[gone]
+        sim_o[pos[gone]] = np.where(use_local, local_best, best)[gone]
+        new = pos[kept_block]
+        kept_vecs[n_kept : n_kept + len(new)] = xo[new]
+        kept_pos[n_kept : n_kept + len(new)] = new
+        n_kept += len(new)
         if progress is not None:
             progress(stop, n)
     kept = np.zeros(n, dtype=bool)
@@ -125,32 +130,23 @@ def greedy_keep(
     return KeepDecision(kept, duplicate_of, similarity, max_rounds)
 
 
-def _resolve_block(
-    xc: np.ndarray, threshold: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Greedy MIS inside one block (rows in visit order), in vectorised rounds.
+def _resolve_block(s: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
+    """Greedy MIS inside one block, in vectorised rounds; s: similarities in visit order.
 
     A row is kept once every earlier neighbour is removed; it is removed as soon as one
     earlier neighbour is kept. Each round decides at least the first undecided row.
     """
-    m = len(xc)
-    s = xc @ xc.T
-    adj = (s > threshold) & np.tri(m, k=-1, dtype=bool)  # adj[i, j]: j earlier than i
-    adj_f = adj.astype(np.float32)
+    m = len(s)
+    adj = ((s > threshold) & np.tri(m, k=-1, dtype=bool)).astype(np.float32)  # j earlier than i
     undecided = np.ones(m, dtype=bool)
     kept = np.zeros(m, dtype=bool)
     rounds = 0
     while undecided.any():
         rounds += 1
-        has_kept = (adj_f @ kept.astype(np.float32)) > 0
-        open_earlier = (adj_f @ undecided.astype(np.float32)) > 0
+        has_kept = (adj @ kept.astype(np.float32)) > 0
+        open_earlier = (adj @ undecided.astype(np.float32)) > 0
         newly_removed = undecided & has_kept
         newly_kept = undecided & ~has_kept & ~open_earlier
         kept |= newly_kept
         undecided &= ~(newly_removed | newly_kept)
-    sk = np.where(adj & kept[None, :], s, -np.inf)
-    dup = sk.argmax(axis=1)
-    sim = sk[np.arange(m), dup].astype(np.float32)
-    dup[kept] = -1
-    sim[kept] = np.nan
-    return kept, dup, sim, rounds
+    return kept, rounds

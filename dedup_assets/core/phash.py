@@ -1,7 +1,9 @@
 """The perceptual-hash baseline: imagehash's pHash, similarity 1 - Hamming/64.
 
 To reuse the blocked cosine machinery, each 64-bit hash b is mapped to a unit vector
-v = [(2b - 1) / 8, 1] / sqrt(2), for which v_i . v_j = 1 - Hamming(b_i, b_j) / 64 exactly.
+v = [s / 16, s / 16, 1/2, 1/2] with s = 2b - 1 (+-1 per bit), for which
+v_i . v_j = s_i . s_j / 128 + 1/2 = 1 - Hamming(b_i, b_j) / 64, exactly in float32: every
+term is a multiple of 1/256.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ def phash_bits(pixels: np.ndarray, workers: int = 2) -> np.ndarray:
 
 def hash_vectors(bits: np.ndarray) -> np.ndarray:
     """Unit vectors whose dot products equal 1 - Hamming/64 (see the module doc)."""
-    signs = bits.astype(np.float32) * 2.0 - 1.0
-    v = np.concatenate([signs / 8.0, np.ones((len(bits), 1), np.float32)], axis=1)
-    return v / np.float32(np.sqrt(2.0))
+    s = (bits.astype(np.float32) * 2.0 - 1.0) / 16.0
+    half = np.full((len(bits), 2), 0.5, dtype=np.float32)
+    return np.concatenate([s, s, half], axis=1)
 
 
 def hamming_similarity(a: np.ndarray, b: np.ndarray) -> float:

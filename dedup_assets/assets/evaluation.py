@@ -1,0 +1,101 @@
+"""Asset: ground-truth evaluation of every similarity space against the pHash baseline."""
+
+import time
+
+import dagster as dg
+import polars as pl
+
+from dedup_assets.assets.catalog import image_catalog
+from dedup_assets.assets.latents import class_latents
+from dedup_assets.assets.spline_fits import spline_fits
+from dedup_assets.core import plots
+from dedup_assets.core.atomic_io import atomic_dir
+from dedup_assets.core.evaluation import evaluate_against_ground_truth
+from dedup_assets.partitions import threshold_partitions
+from dedup_assets.ui import image_metadata, md_table
+from resources import DedupSettings, DedupStorage, ImageSource
+
+
+@dg.asset(
+    group_name="evaluation",
+    kinds={"numpy", "matplotlib"},
+    deps=[
+        image_catalog,
+        dg.AssetDep(class_latents, partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep(spline_fits, partition_mapping=dg.AllPartitionMapping()),
+    ],
+    description="With a ground-truth CSV (class,original,copy): average precision over all "
+    "within-class pairs, and recall, precision and images removed per threshold, for the "
+    "raw, whitened and spline_copula spaces and imagehash's pHash; precision-recall plot.",
+)
+def dedup_evaluation(
+    context: dg.AssetExecutionContext,
+    image_source: ImageSource,
+    storage: DedupStorage,
+    settings: DedupSettings,
+) -> dg.MaterializeResult:
+    layout = storage.layout()
+    gt = image_source.ground_truth_path()
+    if gt is None:
+        context.log.info("no ground truth configured or found: nothing to evaluate")
+        return dg.MaterializeResult(
+            metadata={
+                "status": "no ground truth: set ImageSource.ground_truth or add ground_truth.csv"
+            }
+        )
+    thresholds = [float(t) for t in threshold_partitions.get_partition_keys()]
+    start = time.perf_counter()
+    results, info = evaluate_against_ground_truth(
+        layout,
+        gt,
+        thresholds,
+        keep_policy=settings.keep_policy,
+        block=settings.block_size,
+        log=context.log.info,
+    )
+    seconds = time.perf_counter() - start
+    rows = [
+        {"method": r.name, "average_precision": r.average_precision} | p
+        for r in results
+        for p in r.per_threshold
+    ]
+    table = pl.DataFrame(rows)
+    figure = plots.precision_recall(
+        {r.name: (r.recall_curve, r.precision_curve, r.average_precision) for r in results}
+    )
+    with atomic_dir(layout.evaluation_dir) as tmp:
+        table.write_csv(tmp / "evaluation.csv")
+        (tmp / "precision_recall.png").write_bytes(figure)
+    ap_table = md_table(
+        ["method", "average precision"], [(r.name, r.average_precision) for r in results]
+    )
+    threshold_table = md_table(
+        ["method", "T", "recall", "precision", "pairs flagged", "images removed", "unrelated kept"],
+        [
+            (
+                r["method"],
+                r["threshold"],
+                r["recall"],
+                r["precision"],
+                r["pairs_flagged"],
+                r["images_removed"],
+                r["unrelated_kept_fraction"],
+            )
+            for r in rows
+        ],
+    )
+    context.log.info(
+        "average precision: " + ", ".join(f"{r.name} {r.average_precision:.3f}" for r in results)
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "ground_truth": dg.MetadataValue.path(str(gt)),
+            **info,
+            "seconds": round(seconds, 2),
+            "average_precision": dg.MetadataValue.md(ap_table),
+            "per_threshold": dg.MetadataValue.md(threshold_table),
+            "precision_recall": image_metadata(figure, "precision-recall"),
+            **{f"ap_{r.name}": r.average_precision for r in results},
+            "path": dg.MetadataValue.path(str(layout.evaluation_dir / "evaluation.csv")),
+        }
+    )

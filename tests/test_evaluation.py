@@ -1,0 +1,258 @@
+"""Tests for scoring against known pairs (dedup_assets.core.evaluation) and pHash (phash.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image
+
+from dedup_assets.core.evaluation import ClassPairs, evaluate_method, positive_pairs
+from dedup_assets.core.keep_policy import greedy_keep
+from dedup_assets.core.phash import HASH_BITS, hamming_similarity, hash_vectors, phash_bits
+
+
+def test_positive_pairs_groups_transitively():
+    pairs, involved = positive_pairs(8, [(0, 1), (2, 1), (5, 6), (6, 5), (3, 3)])
+    assert pairs.tolist() == [[0, 1], [0, 2], [1, 2], [5, 6]]
+    assert involved.tolist() == [True, True, True, True, False, True, True, False]
+    assert pairs.dtype == np.int64 and pairs.shape == (4, 2)
+
+
+def test_positive_pairs_merges_groups_and_handles_empty():
+    pairs, involved = positive_pairs(6, [(0, 1), (2, 3), (4, 5), (1, 3), (5, 3)])
+    assert pairs.tolist() == [[i, j] for i in range(6) for j in range(i + 1, 6)]
+    assert involved.all()
+    pairs, involved = positive_pairs(4, [])
+    assert pairs.shape == (0, 2) and not involved.any()
+
+
+def _classes_from(vectors: list[np.ndarray], edges: list[list[tuple[int, int]]], seed: int = 0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for k, (x, e) in enumerate(zip(vectors, edges, strict=True)):
+        pairs, involved = positive_pairs(len(x), e)
+        out.append(ClassPairs(f"c{k}", x, pairs, rng.permutation(len(x)), involved))
+    return out
+
+
+def _brute_scores(classes, exact=None):
+    """All within-class pair scores and the positive ones (float64 unless `exact` given)."""
+    all_s, pos_s = [], []
+    for k, c in enumerate(classes):
+        s = (
+            c.vectors.astype(np.float64) @ c.vectors.astype(np.float64).T
+            if exact is None
+            else exact[k]
+        )
+        all_s.append(s[np.triu_indices(len(c.vectors), 1)])
+        pos_s.extend(s[i, j] for i, j in c.positives)
+    return np.concatenate(all_s), np.array(pos_s)
+
+
+def _brute_ap(all_s: np.ndarray, pos_s: np.ndarray) -> float:
+    return float(np.mean([(pos_s >= s).sum() / (all_s >= s).sum() for s in pos_s]))
+
+
+def test_ap_is_one_when_known_pairs_are_the_most_similar():
+    rng = np.random.default_rng(0)
+    vectors, edges = [], []
+    for _ in range(3):
+        x = rng.normal(size=(30, 16))
+        e = [(0, 1), (2, 3), (3, 4), (10, 20)]
+        for a, b in e:
+            x[b] = x[a] + 0.01 * rng.normal(size=16)
+        vectors.append((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
+        edges.append(e)
+    classes = _classes_from(vectors, edges)
+    ev = evaluate_method("m", classes, [0.9])
+    assert ev.n_positive_pairs == 3 * (1 + 3 + 1)  # {0,1}, {2,3,4}, {10,20}
+    assert ev.n_pairs == 3 * 30 * 29 // 2
+    assert ev.average_precision == 1.0
+    np.testing.assert_array_equal(ev.precision_curve, 1.0)
+    assert ev.recall_curve.max() == 1.0
+    row = ev.per_threshold[0]
+    assert row["recall"] == 1.0 and row["precision"] == 1.0
+    assert row["pairs_flagged"] == 15
+
+
+# 24 unit vectors in 4-D whose pairwise dot products are exactly -1, -0.5, 0, 0.5 or 1:
+# all sign patterns of (0.5, 0.5, 0.5, 0.5) and the signed axes. Many exact ties.
+_HALF = np.array(list(itertools.product([-0.5, 0.5], repeat=4)))
+_AXES = np.concatenate([np.eye(4), -np.eye(4)])
+TIED = np.concatenate([_HALF, _AXES]).astype(np.float32)
+
+
+def _tied_classes(seed: int):
+    rng = np.random.default_rng(seed)
+    vectors, edges = [], []
+    for _ in range(3):
+        n = int(rng.integers(2, 40))
+        vectors.append(TIED[rng.integers(0, len(TIED), n)])
+        edges.append([(int(a), int(b)) for a, b in rng.integers(0, n, (6, 2)) if a != b])
+    return _classes_from(vectors, edges, seed)
+
+
+THRESHOLDS = (-0.5, 0.0, 0.25, 0.5, 0.9)
+
+
+@pytest.mark.parametrize("block", [1, 5, 2048])
+@pytest.mark.parametrize("seed", range(6))
+def test_ap_and_thresholds_match_brute_force_with_ties(seed, block):
+    classes = _tied_classes(seed)
+    all_s, pos_s = _brute_scores(classes)
+    assert set(np.unique(all_s)) <= {-1.0, -0.5, 0.0, 0.5, 1.0}
+    ev = evaluate_method("m", classes, THRESHOLDS, block=block)
+    assert ev.n_pairs == len(all_s)
+    assert ev.n_positive_pairs == len(pos_s)
+    if len(pos_s):
+        assert ev.average_precision == pytest.approx(_brute_ap(all_s, pos_s), abs=1e-12)
+    else:
+        assert np.isnan(ev.average_precision)
+    for t, row in zip(THRESHOLDS, ev.per_threshold, strict=True):
+        flagged = int((all_s > t).sum())
+        tp = int((pos_s > t).sum())
+        assert row["threshold"] == t
+        assert row["pairs_flagged"] == flagged
+        assert row["recall"] == pytest.approx(tp / max(len(pos_s), 1))
+        if flagged:
+            assert row["precision"] == pytest.approx(tp / flagged)
+        else:
+            assert np.isnan(row["precision"])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ap_matches_brute_force_on_random_data(seed):
+    rng = np.random.default_rng(seed)
+    vectors, edges = [], []
+    for _ in range(3):
+        n = 40
+        x = rng.normal(size=(n, 16))
+        e = [(int(a), int(b)) for a, b in rng.integers(0, n, (8, 2)) if a != b]
+        for a, b in e:
+            x[b] = x[a] + rng.uniform(0.05, 1.5) * rng.normal(size=16)
+        vectors.append((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
+        edges.append(e)
+    classes = _classes_from(vectors, edges, seed)
+    all_s, pos_s = _brute_scores(classes)
+    thresholds = (0.3, 0.6, 0.9)
+    ev = evaluate_method("m", classes, thresholds, block=7)
+    ref = _brute_ap(all_s, pos_s)
+    assert 0.0 < ref < 1.0
+    assert ev.average_precision == pytest.approx(ref, abs=1e-9)
+    assert (ev.precision_curve <= 1.0).all() and (ev.recall_curve <= 1.0).all()
+    for t, row in zip(thresholds, ev.per_threshold, strict=True):
+        assert row["pairs_flagged"] == int((all_s > t).sum())
+        assert row["recall"] == pytest.approx((pos_s > t).sum() / len(pos_s))
+
+
+def test_per_threshold_removals_match_greedy_keep():
+    classes = _tied_classes(3)
+    ev = evaluate_method("m", classes, [0.25, 0.9], block=4)
+    for t, row in zip([0.25, 0.9], ev.per_threshold, strict=True):
+        removed = removed_known = kept_clean = n_clean = 0
+        for c in classes:
+            d = greedy_keep(c.vectors, c.order, t, block=4)
+            removed += int((~d.kept).sum())
+            removed_known += int((~d.kept & c.in_ground_truth).sum())
+            kept_clean += int((d.kept & ~c.in_ground_truth).sum())
+            n_clean += int((~c.in_ground_truth).sum())
+        assert row["images_removed"] == removed > 0
+        assert row["removed_in_ground_truth"] == removed_known
+        assert row["unrelated_kept_fraction"] == pytest.approx(kept_clean / n_clean)
+
+
+def test_class_without_positives_or_pairs():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5, 3))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    classes = _classes_from([x, x[:1]], [[], []])
+    ev = evaluate_method("m", classes, [0.5])
+    assert ev.n_positive_pairs == 0 and np.isnan(ev.average_precision)
+    assert ev.n_pairs == 10
+    assert ev.per_threshold[0]["recall"] == 0.0
+
+
+def _hamming(bits: np.ndarray) -> np.ndarray:
+    return (bits[:, None, :] != bits[None, :, :]).sum(axis=-1)
+
+
+def test_hash_vectors_are_unit_and_match_hamming_closely():
+    bits = np.random.default_rng(0).random((200, HASH_BITS)) < 0.5
+    v = hash_vectors(bits)
+    assert v.shape == (200, 2 * HASH_BITS + 2) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v.astype(np.float64), axis=1), 1.0, atol=1e-7)
+    ref = 1.0 - _hamming(bits) / 64.0
+    s = v @ v.T
+    np.testing.assert_allclose(s, ref, atol=2e-7)
+    # ranking by similarity is ranking by Hamming distance (levels are 1/64 apart)
+    for i in range(5):
+        order = np.argsort(-s[i].astype(np.float64), kind="stable")
+        assert np.all(np.diff(ref[i][order]) <= 0)
+    assert hamming_similarity(bits[0], bits[1]) == pytest.approx(ref[0, 1], abs=0)
+
+
+def test_hash_vector_dot_products_are_exact():
+    bits = np.random.default_rng(0).random((200, HASH_BITS)) < 0.5
+    bits[1] = bits[0]  # an identical pair
+    v = hash_vectors(bits)
+    ref = (1.0 - _hamming(bits) / 64.0).astype(np.float32)  # exactly representable
+    assert float(v[0] @ v[1]) == 1.0
+    np.testing.assert_array_equal(v @ v.T, ref)
+
+
+def test_phash_ap_equals_exact_hamming_ap():
+    deviations = []
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        vectors, edges, exact = [], [], []
+        for _ in range(2):
+            n = 60
+            base = rng.random((3, HASH_BITS)) < 0.5
+            bits = base[rng.integers(0, 3, n)].copy()
+            for i in range(n):
+                bits[i, rng.choice(HASH_BITS, rng.integers(0, 8), replace=False)] ^= True
+            vectors.append(hash_vectors(bits))
+            exact.append(1.0 - _hamming(bits) / 64.0)
+            edges.append([(int(a), int(b)) for a, b in rng.integers(0, n, (12, 2)) if a != b])
+        classes = _classes_from(vectors, edges, seed)
+        ref = _brute_ap(*_brute_scores(classes, exact))
+        deviations.append(abs(evaluate_method("phash", classes, [0.9]).average_precision - ref))
+    assert max(deviations) < 1e-12
+
+
+def _test_images(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:64, 0:64] / 63.0
+    out = np.empty((n, 64, 64, 3), dtype=np.uint8)
+    for i in range(n):
+        if i % 2:
+            out[i] = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        else:
+            a, b, f = rng.uniform(-3, 3, 3)
+            img = 127.5 + 127.5 * np.sin(f * (a * xx + b * yy))[..., None] * [1.0, 0.6, 0.3]
+            out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+def test_phash_bits_equal_imagehash():
+    px = _test_images(9, 0)
+    bits = phash_bits(px)
+    assert bits.shape == (9, 64) and bits.dtype == bool
+    for i in range(9):
+        ref = imagehash.phash(Image.fromarray(px[i]))
+        np.testing.assert_array_equal(bits[i], ref.hash.reshape(-1))
+        # Hamming similarity agrees with imagehash's distance
+        other = imagehash.phash(Image.fromarray(px[(i + 1) % 9]))
+        assert hamming_similarity(bits[i], bits[(i + 1) % 9]) == 1 - (ref - other) / 64
+    assert phash_bits(np.zeros((0, 64, 64, 3), np.uint8)).shape == (0, 64)
+
+
+def test_phash_bits_thread_pool_keeps_order():
+    px = _test_images(6, 1)
+    one = phash_bits(px, workers=1)
+    many = phash_bits(px, workers=3)
+    np.testing.assert_array_equal(one, many)
+    assert len({tuple(b) for b in one}) == 6

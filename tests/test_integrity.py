@@ -1,0 +1,256 @@
+"""Tests for the data-quality rules on latents and keep lists (dedup_assets.core.integrity)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from dedup_assets.core.artifacts import KEEP_LIST_COLUMNS
+from dedup_assets.core.integrity import keep_list_problems, latent_problems
+from dedup_assets.core.keep_policy import greedy_keep
+
+T = 0.9
+SCHEMA = {
+    "image_id": pl.String,
+    "class": pl.String,
+    "path": pl.String,
+    "kept": pl.Boolean,
+    "duplicate_of": pl.String,
+    "similarity": pl.Float32,
+}
+
+# image_id, class, kept, duplicate_of, similarity
+ROWS = [
+    ("a1", "A", True, None, None),
+    ("a2", "A", False, "a1", 0.95),
+    ("a3", "A", True, None, None),
+    ("a4", "A", False, "a3", 0.99),
+    ("b1", "B", True, None, None),
+    ("b2", "B", False, "b1", 0.91),
+    ("c1", "C", True, None, None),
+]
+
+
+def _keep(rows=ROWS) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "image_id": [r[0] for r in rows],
+            "class": [r[1] for r in rows],
+            "path": [f"{r[1]}/{r[0]}.png" for r in rows],
+            "kept": [r[2] for r in rows],
+            "duplicate_of": [r[3] for r in rows],
+            "similarity": [r[4] for r in rows],
+        },
+        schema=SCHEMA,
+    )
+
+
+def _catalog(rows=ROWS) -> pl.DataFrame:
+    return pl.DataFrame({"image_id": [r[0] for r in rows], "class": [r[1] for r in rows]})
+
+
+def _edit(image_id: str, **changes) -> list[tuple]:
+    out = []
+    for r in ROWS:
+        if r[0] == image_id:
+            d = dict(
+                zip(("image_id", "class", "kept", "duplicate_of", "similarity"), r, strict=True)
+            )
+            d.update(changes)
+            r = tuple(d.values())
+        out.append(r)
+    return out
+
+
+def _has(problems: list[str], *fragments: str) -> None:
+    assert len(problems) == len(fragments), problems
+    for frag in fragments:
+        assert any(frag in p for p in problems), (frag, problems)
+
+
+def test_valid_keep_list_has_no_problems():
+    keep = _keep()
+    assert tuple(keep.columns) == KEEP_LIST_COLUMNS
+    assert keep_list_problems(keep, _catalog(), T) == []
+
+
+def test_valid_keep_list_without_removals():
+    rows = [(r[0], r[1], True, None, None) for r in ROWS]
+    assert keep_list_problems(_keep(rows), _catalog(rows), T) == []
+
+
+def test_class_emptied():
+    rows = _edit("b1", kept=False, duplicate_of="b2", similarity=0.95)
+    rows = [(*r[:2], False, "b1", 0.95) if r[0] == "b2" else r for r in rows]  # b1 -> b2, b2 -> b1
+    _has(
+        keep_list_problems(_keep(rows), _catalog(), T),
+        "classes emptied by removal: ['B']",
+        "2 removed images do not point to a kept image",
+    )
+
+
+def test_removed_points_to_removed_image():
+    rows = _edit("a4", duplicate_of="a2")
+    _has(keep_list_problems(_keep(rows), _catalog(), T), "1 removed images do not point")
+
+
+def test_removed_points_to_other_class():
+    rows = _edit("b2", duplicate_of="a1")
+    _has(
+        keep_list_problems(_keep(rows), _catalog(), T),
+        "1 removed images point to a kept image of another class",
+    )
+
+
+def test_removed_points_to_missing_id():
+    rows = _edit("a2", duplicate_of="zzz")
+    _has(keep_list_problems(_keep(rows), _catalog(), T), "1 removed images do not point")
+
+
+@pytest.mark.parametrize("sim", [0.9, 0.5, -0.2, None])
+def test_removed_with_similarity_not_above_threshold(sim):
+    rows = _edit("a2", similarity=sim)
+    _has(keep_list_problems(_keep(rows), _catalog(), T), "1 removed images have similarity <= T")
+
+
+def test_similarity_just_above_threshold_in_float32_is_accepted():
+    above = float(np.nextafter(np.float32(T), np.float32(1)))
+    assert keep_list_problems(_keep(_edit("a2", similarity=above)), _catalog(), T) == []
+    equal = float(np.float32(T))  # 0.899999976 <= 0.9
+    _has(keep_list_problems(_keep(_edit("a2", similarity=equal)), _catalog(), T), "<= T")
+
+
+def test_missing_catalogued_image():
+    # c1 is listed under another id: per-class counts add up, the ids do not
+    rows = [r for r in ROWS if r[0] != "c1"] + [("c2", "C", True, None, None)]
+    _has(
+        keep_list_problems(_keep(rows), _catalog(), T),
+        "1 catalogued images are missing from the keep list",
+        "1 keep-list images are not in the catalog",
+    )
+    rows = [r for r in ROWS if r[0] != "a2"]
+    _has(
+        keep_list_problems(_keep(rows), _catalog(), T),
+        "1 catalogued images are missing from the keep list",
+        "per-class counts do not add up for ['A']",
+    )
+
+
+def test_extra_image_not_in_catalog():
+    catalog = _catalog([r for r in ROWS if r[0] != "a4"])
+    _has(
+        keep_list_problems(_keep(), catalog, T),
+        "1 keep-list images are not in the catalog",
+        "per-class counts do not add up for ['A']",
+    )
+
+
+def test_duplicated_row():
+    keep = pl.concat([_keep(), _keep().filter(pl.col("image_id") == "b2")])
+    _has(
+        keep_list_problems(keep, _catalog(), T),
+        "1 image ids appear more than once",
+        "per-class counts do not add up for ['B']",
+    )
+
+
+@pytest.mark.parametrize(("dup", "sim"), [("a3", None), (None, 0.95), ("a3", 0.95)])
+def test_kept_image_with_duplicate_of(dup, sim):
+    rows = _edit("a1", duplicate_of=dup, similarity=sim)
+    _has(
+        keep_list_problems(_keep(rows), _catalog(), T),
+        "kept images must have empty duplicate_of and similarity",
+    )
+
+
+def test_missing_columns():
+    problems = keep_list_problems(_keep().drop("similarity"), _catalog(), T)
+    assert problems == ["keep list lacks columns ['similarity']"]
+
+
+def test_every_defect_at_once_is_reported():
+    rows = _edit("a2", duplicate_of="zzz", similarity=0.1)
+    rows = [(*r[:3], "a3", 0.99) if r[0] == "c1" else r for r in rows]
+    rows = [(r[0], "A", *r[2:]) if r[0] == "b2" else r for r in rows]  # b2 moved to class A
+    _has(
+        keep_list_problems(_keep(rows), _catalog(), T),
+        "per-class counts do not add up for ['A', 'B']",
+        "kept images must have empty duplicate_of",
+        "1 removed images do not point",
+        "1 removed images point to a kept image of another class",
+        "1 removed images have similarity <= T",
+    )
+
+
+def test_greedy_keep_output_passes_the_rules():
+    rng = np.random.default_rng(0)
+    frames = []
+    catalog = []
+    for name in ("A", "B", "C"):
+        c = rng.normal(size=(5, 12))
+        x = c[rng.integers(0, 5, 60)] + 0.25 * rng.normal(size=(60, 12))
+        x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+        ids = np.array([f"{name}{i:03d}" for i in range(60)])
+        d = greedy_keep(x, rng.permutation(60), T, block=7)
+        assert 0 < d.n_kept < 60
+        dup = np.where(d.duplicate_of >= 0, ids[np.maximum(d.duplicate_of, 0)], None)
+        sim = [None if np.isnan(s) else float(s) for s in d.similarity]
+        frames.append(
+            pl.DataFrame(
+                {
+                    "image_id": ids.tolist(),
+                    "class": [name] * 60,
+                    "path": [f"{name}/{i}.png" for i in ids],
+                    "kept": d.kept.tolist(),
+                    "duplicate_of": dup.tolist(),
+                    "similarity": sim,
+                },
+                schema=SCHEMA,
+            )
+        )
+        catalog.append(pl.DataFrame({"image_id": ids.tolist(), "class": [name] * 60}))
+    assert keep_list_problems(pl.concat(frames), pl.concat(catalog), T) == []
+
+
+IDS = ["x1", "x2", "x3", "x4"]
+
+
+def _latents(n: int = 4) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32)
+
+
+def test_latents_valid():
+    assert latent_problems(IDS, _latents(), IDS) == []
+    assert latent_problems(IDS[::-1], _latents(), IDS) == []
+
+
+def test_latents_non_finite_rows():
+    z = _latents()
+    z[1, 3] = np.nan
+    z[2, 0] = np.inf
+    z[2, 5] = -np.inf
+    _has(latent_problems(IDS, z, IDS), "2 latent vectors contain NaN or infinite values")
+
+
+def test_latents_missing_and_extra_ids():
+    _has(
+        latent_problems(["x1", "x2", "x3", "y9"], _latents(), IDS),
+        "1 catalogued images have no latent (e.g. x4)",
+        "1 latents belong to no catalogued image (e.g. y9)",
+    )
+    _has(latent_problems(IDS[:3], _latents(3), IDS), "1 catalogued images have no latent (e.g. x4)")
+
+
+def test_latents_duplicated_ids():
+    _has(
+        latent_problems(["x1", "x2", "x2", "x3", "x4"], _latents(5), IDS),
+        "1 duplicated image ids",
+    )
+
+
+def test_latents_shape_mismatch():
+    problems = latent_problems(IDS, _latents(3), IDS)
+    assert any("does not match 4 ids" in p for p in problems)
+    problems = latent_problems(IDS, np.zeros(4, np.float32), IDS)
+    assert any("does not match" in p for p in problems)

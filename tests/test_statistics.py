@@ -1,0 +1,185 @@
+"""Tests for kurtosis, Theil-Sen regression and the kurtosis gate (dedup_assets.core.statistics)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dedup_assets.core.statistics import excess_kurtosis, kurtosis_gate, theil_sen
+
+
+def test_excess_kurtosis_of_normal_is_zero():
+    z = np.random.default_rng(0).normal(size=(200_000, 3))
+    k = excess_kurtosis(z)
+    assert k.shape == (3,)
+    assert np.all(np.abs(k) < 0.1)
+
+
+def test_excess_kurtosis_of_laplace_is_three():
+    z = np.random.default_rng(1).laplace(size=(400_000, 2))
+    k = excess_kurtosis(z)
+    assert np.all(np.abs(k - 3.0) < 0.3)
+
+
+def test_excess_kurtosis_of_uniform_is_minus_six_fifths():
+    z = np.random.default_rng(2).uniform(size=100_000)
+    k = excess_kurtosis(z)
+    assert k.shape == (1,)
+    assert k[0] == pytest.approx(-1.2, abs=0.03)
+
+
+def test_excess_kurtosis_uses_plain_moments():
+    # (-1, -1, 1, 1): m4 / m2^2 = 1, excess -2 (biased estimator, no small-sample correction)
+    k = excess_kurtosis(np.array([[-1.0], [-1.0], [1.0], [1.0]]))
+    assert k[0] == pytest.approx(-2.0, abs=1e-12)
+    x = np.array([0.0, 0.0, 0.0, 0.0, 10.0])
+    c = x - x.mean()
+    ref = np.mean(c**4) / np.mean(c**2) ** 2 - 3.0
+    assert excess_kurtosis(x)[0] == pytest.approx(ref, rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
+def test_excess_kurtosis_is_nan_below_four(n):
+    z = np.random.default_rng(n).normal(size=(n, 2))
+    k = excess_kurtosis(z)
+    assert k.shape == (2,)
+    assert np.isnan(k).all()
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
+def test_excess_kurtosis_constant_column_is_nan():
+    z = np.random.default_rng(3).normal(size=(50, 3))
+    z[:, 1] = 4.0
+    k = excess_kurtosis(z)
+    assert np.isnan(k[1]) and np.isfinite(k[[0, 2]]).all()
+
+
+def test_theil_sen_recovers_line_despite_outlier():
+    x = np.arange(11, dtype=float)
+    y = 0.7 * x + 0.25
+    y[10] = 1000.0  # gross outlier at the largest x
+    r = theil_sen(x, y, component=2)
+    assert r.component == 2
+    assert r.slope == pytest.approx(0.7, abs=1e-12)
+    assert r.intercept == pytest.approx(0.25, abs=1e-12)
+    assert r.slope_low <= 0.7 <= r.slope_high
+    assert r.n_classes == 11
+    assert r.median_before == 5.0
+    assert r.line_at_median == pytest.approx(0.7 * 5 + 0.25, abs=1e-12)
+    assert r.excess_at_median == pytest.approx(0.7 * 5 + 0.25 - 5, abs=1e-12)
+    # y < x everywhere except the outlier (and x = 0, where y = 0.25)
+    assert r.fraction_reduced == pytest.approx(9 / 11)
+    assert r.equation() == "0.70x + 0.25"
+
+
+def test_theil_sen_ignores_nan_points():
+    x = np.array([1.0, 2.0, np.nan, 3.0, 4.0, 5.0])
+    y = np.array([2.0, 4.0, 100.0, np.nan, 8.0, 10.0])
+    r = theil_sen(x, y)
+    assert r.n_classes == 4
+    assert r.slope == pytest.approx(2.0)
+    assert r.intercept == pytest.approx(0.0, abs=1e-12)
+
+
+def test_theil_sen_degenerate_inputs():
+    r = theil_sen(np.array([np.nan, 1.0]), np.array([1.0, np.nan]))
+    assert r.n_classes == 0 and np.isnan(r.slope)
+    r = theil_sen(np.array([2.0, 2.0, 2.0]), np.array([1.0, 3.0, 2.0]))
+    assert r.n_classes == 3
+    assert np.isnan(r.slope) and r.equation() == "n/a"
+    assert r.median_before == 2.0 and r.line_at_median == 2.0
+    assert r.excess_at_median == 0.0
+
+
+BEFORE = np.array(
+    [
+        [2.0, 1.0, 0.5],
+        [3.0, 4.0, 1.5],
+        [5.0, 2.5, 0.8],
+        [1.0, 6.0, 2.2],
+        [4.0, 3.0, 1.1],
+    ]
+)
+
+
+def test_gate_passes_when_kurtosis_halves():
+    g = kurtosis_gate(BEFORE, 0.5 * BEFORE, tolerance=0.1)
+    assert g.severity == "pass" and g.passed
+    assert len(g.regressions) == 3 and len(g.reasons) == 3
+    for c, r in enumerate(g.regressions):
+        assert r.component == c + 1
+        assert r.slope == pytest.approx(0.5)
+        assert r.intercept == pytest.approx(0.0, abs=1e-12)
+        assert r.fraction_reduced == 1.0
+        assert r.excess_at_median == pytest.approx(-0.5 * np.median(BEFORE[:, c]))
+
+
+def test_gate_errors_when_kurtosis_rises_beyond_tolerance():
+    g = kurtosis_gate(BEFORE, BEFORE + 1.0, tolerance=0.1)
+    assert g.severity == "error" and not g.passed
+    for r in g.regressions:
+        assert r.excess_at_median == pytest.approx(1.0)
+        assert r.fraction_reduced == 0.0
+
+
+def test_gate_warns_when_kurtosis_unchanged():
+    g = kurtosis_gate(BEFORE, BEFORE.copy(), tolerance=0.1)
+    assert g.severity == "warn"
+    assert all(r.excess_at_median == pytest.approx(0.0, abs=1e-12) for r in g.regressions)
+    g0 = kurtosis_gate(BEFORE, BEFORE.copy(), tolerance=0.0)
+    assert g0.severity == "warn"
+
+
+def test_gate_warns_when_rise_is_within_tolerance():
+    g = kurtosis_gate(BEFORE, BEFORE + 0.05, tolerance=0.1)
+    assert g.severity == "warn"
+    # the same rise with zero tolerance is an error
+    assert kurtosis_gate(BEFORE, BEFORE + 0.05, tolerance=0.0).severity == "error"
+
+
+def test_gate_worst_component_decides():
+    after = 0.5 * BEFORE
+    after[:, 1] = BEFORE[:, 1] + 1.0  # only PC2 rises
+    g = kurtosis_gate(BEFORE, after, tolerance=0.1)
+    assert g.severity == "error"
+    assert g.reasons[1].startswith("PC2") and "above" in g.reasons[1]
+    after[:, 1] = BEFORE[:, 1]  # PC2 unchanged
+    assert kurtosis_gate(BEFORE, after, tolerance=0.1).severity == "warn"
+
+
+def test_gate_ignores_nan_classes():
+    # each extra class has a NaN kurtosis (before or after) in every component
+    before = np.vstack([BEFORE, [[np.nan, 50.0, 50.0]], [[50.0, np.nan, 50.0]]])
+    after = np.vstack([0.5 * BEFORE, [[500.0, np.nan, np.nan]], [[np.nan, 500.0, np.nan]]])
+    g = kurtosis_gate(before, after, tolerance=0.1)
+    ref = kurtosis_gate(BEFORE, 0.5 * BEFORE, tolerance=0.1)
+    assert g.severity == "pass"
+    for r, r0 in zip(g.regressions, ref.regressions, strict=True):
+        assert r.n_classes == 5
+        assert r.slope == pytest.approx(r0.slope)
+        assert r.intercept == pytest.approx(r0.intercept, abs=1e-12)
+
+
+def test_gate_single_class():
+    before = np.array([[3.0, 2.0, 1.0]])
+    g = kurtosis_gate(before, 0.5 * before)
+    assert g.severity == "pass"
+    for c, r in enumerate(g.regressions):
+        assert np.isnan(r.slope) and r.n_classes == 1
+        assert r.excess_at_median == pytest.approx(-0.5 * before[0, c])
+    assert kurtosis_gate(before, before + 1.0, tolerance=0.1).severity == "error"
+    assert kurtosis_gate(before, before, tolerance=0.1).severity == "warn"
+    # a 1-D row of one class per component also works
+    assert kurtosis_gate(np.array([3.0, 2.0]), np.array([1.0, 1.0])).severity == "pass"
+
+
+def test_gate_without_usable_classes_warns():
+    nan = np.full((3, 2), np.nan)
+    g = kurtosis_gate(nan, nan)
+    assert g.severity == "warn"
+    assert all(r.n_classes == 0 for r in g.regressions)
+
+
+def test_gate_rejects_shape_mismatch():
+    with pytest.raises(ValueError):
+        kurtosis_gate(np.zeros((4, 3)), np.zeros((4, 2)))
