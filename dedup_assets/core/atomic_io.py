@@ -39,23 +39,31 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
-    """Yield a fresh temporary folder; on success it takes the place of `path`."""
+    """Yield a fresh hidden sibling folder to fill; on success it takes the place of `path`.
+
+    On any exception (KeyboardInterrupt included) the temporary tree is removed and an
+    existing `path` is left as it was; if the final swap fails, the old tree is put back.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o755)
     try:
         yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "tree")
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old / "tree", path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_parquet(df: pl.DataFrame, path: Path | str) -> Path:

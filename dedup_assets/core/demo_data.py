@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dedup_assets.core.atomic_io import atomic_dir
 from dedup_assets.core.planting import (
     GROUND_TRUTH_FILENAME,
     TRANSFORMS,
     GroundTruthPair,
-    atomic_directory,
     duplicate_name,
     plant_copies,
     transform_of,
@@ -372,7 +372,7 @@ def generate_demo_dataset(
             )
 
     width = max(3, len(str(per_class - 1)))
-    with atomic_directory(dest) as tmp:
+    with atomic_dir(dest) as tmp:
         originals: dict[str, list[str]] = {}
         for class_name in DEMO_CLASSES:
             (tmp / class_name).mkdir()

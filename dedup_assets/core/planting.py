@@ -14,21 +14,20 @@ ranges are chosen so that a copy is visibly the same scene but never pixel-ident
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
-import os
 import shutil
-import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
+
+from dedup_assets.core.atomic_io import atomic_dir
 
 __all__ = [
     "DEFAULT_PROPORTIONS",
@@ -41,7 +40,6 @@ __all__ = [
     "PlantingSummary",
     "SkippedFile",
     "apply_transform",
-    "atomic_directory",
     "duplicate_name",
     "list_class_images",
     "plant_copies",
@@ -347,36 +345,6 @@ def plant_copies(
     return pairs
 
 
-@contextlib.contextmanager
-def atomic_directory(dest: Path) -> Iterator[Path]:
-    """Yield a fresh hidden sibling of ``dest`` to fill; rename it to ``dest`` on success.
-
-    On any exception (including KeyboardInterrupt) the temporary tree is removed, so an
-    interrupted run never leaves a half-written ``dest``. An existing ``dest`` is replaced: the
-    caller must have decided that is allowed (an empty folder or a stale generated dataset).
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(dest, old)
-            try:
-                os.replace(tmp, dest)
-            except BaseException:
-                os.replace(old, dest)  # put the previous tree back
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _check_source_dest(source: Path, dest: Path) -> tuple[Path, Path]:
     src = Path(source).resolve()
     dst = Path(dest).resolve()
@@ -456,7 +424,7 @@ def plant_duplicates(
     classes = list_class_images(src, extensions)
     skipped: list[SkippedFile] = []
     copied: dict[str, list[str]] = {}
-    with atomic_directory(dst) as tmp:
+    with atomic_dir(dst) as tmp:
         for class_name, files in classes.items():
             if per_class is not None and len(files) > per_class:
                 rng = _class_rng(seed, class_name, stream=0)
