@@ -87,7 +87,7 @@ def main() -> None:
         )
     )
     path = write_result(
-        f"training_{device.type}",
+        f"training_{device.type}_{args.precision}",
         {
             "device": str(device),
             "precision": args.precision,

@@ -8,6 +8,7 @@ threshold. Partitioned checks are a preview feature of Dagster 1.13 (hence the p
 import warnings
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from dedup_assets.assets.keep_lists import keep_list
@@ -20,7 +21,11 @@ from dedup_assets.core.artifacts import (
     read_scores,
 )
 from dedup_assets.core.integrity import keep_list_problems, latent_problems
-from dedup_assets.core.kurtosis_report import gate_arrays, kurtosis_by_class
+from dedup_assets.core.kurtosis_report import (
+    gate_arrays,
+    kurtosis_by_class,
+    random_removal_baseline,
+)
 from dedup_assets.core.statistics import kurtosis_gate
 from dedup_assets.partitions import class_partitions, threshold_partitions
 from dedup_assets.ui import md_table
@@ -95,19 +100,25 @@ def kurtosis_reduction(
     threshold = context.partition_key
     keep = read_keep_list(layout.keep_list(threshold))
     class_keys = sorted(catalog_images(read_catalog(layout))["class_key"].unique().to_list())
-    table = kurtosis_by_class(read_scores(layout, class_keys), keep)
+    scores = read_scores(layout, class_keys)
+    table = kurtosis_by_class(scores, keep)
     gate = kurtosis_gate(*gate_arrays(table), tolerance=settings.kurtosis_tolerance)
-    return kurtosis_check_result(gate, table, settings.kurtosis_tolerance)
+    chance = random_removal_baseline(scores, keep)
+    return kurtosis_check_result(gate, table, settings.kurtosis_tolerance, chance)
 
 
-def kurtosis_check_result(gate, table: pl.DataFrame, tolerance: float) -> dg.AssetCheckResult:
-    """The check result of a kurtosis gate outcome, with slopes and per-class changes."""
+def kurtosis_check_result(
+    gate, table: pl.DataFrame, tolerance: float, chance: np.ndarray
+) -> dg.AssetCheckResult:
+    """The check result of a kurtosis gate outcome, with slopes, per-class changes and the
+    excess that removing the same numbers of images at random reaches (95%), for context."""
     metadata: dict = {"tolerance": tolerance, "outcome": "; ".join(gate.reasons)}
     for r in gate.regressions:
         metadata[f"pc{r.component}_slope"] = r.slope
         metadata[f"pc{r.component}_intercept"] = r.intercept
         metadata[f"pc{r.component}_excess_at_median"] = r.excess_at_median
         metadata[f"pc{r.component}_classes_reduced"] = r.fraction_reduced
+        metadata[f"pc{r.component}_random_removal_excess_95"] = float(chance[r.component - 1])
     metadata["per_class"] = dg.MetadataValue.md(
         md_table(
             ["class", "kept / images", "PC1 change", "PC2 change", "PC3 change"],

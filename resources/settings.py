@@ -25,7 +25,7 @@ class DedupSettings(dg.ConfigurableResource):
     batch_size: int = 128
     learning_rate: float = 1e-3
     seed: int = 0
-    n_components: int = 64
+    n_components: int = 128
     bin_rule: str = "fd"
     similarity_space: str = "spline_copula"
     keep_policy: str = "density"

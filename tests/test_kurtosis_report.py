@@ -62,3 +62,28 @@ def test_report_states_reduction_entropy_and_figures():
     assert all(v > 0 for v in summary["entropy_change"])
     md = summary_markdown([summary])
     assert "| 0.95 | 1,500 | 0.667 | 0.506 |" in md
+
+
+def test_random_removal_baseline_separates_chance_from_a_real_effect():
+    from dedup_assets.core.kurtosis_report import gate_arrays, random_removal_baseline
+    from dedup_assets.core.statistics import kurtosis_gate
+
+    rng = np.random.default_rng(1)
+    rows, keep = [], []
+    for c in range(6):
+        z = rng.standard_normal((600, 3))
+        # keep the peak and the far tails, thin the shoulders: kurtosis must rise
+        a = np.abs(z[:, 0])
+        keep_mask = (a < 0.5) | (a > 2.0) | (rng.random(600) < 0.2)
+        for i, v in enumerate(z):
+            rows.append(
+                {"class": f"c{c}", "image_id": f"{c}-{i}", "pc1": v[0], "pc2": v[1], "pc3": v[2]}
+            )
+            keep.append({"image_id": f"{c}-{i}", "kept": bool(keep_mask[i])})
+    scores, keep = pl.DataFrame(rows), pl.DataFrame(keep)
+    chance = random_removal_baseline(scores, keep, draws=100)
+    assert chance.shape == (3,) and np.isfinite(chance).all()
+    assert (chance > 0).all() and (chance < 1.0).all()
+    gate = kurtosis_gate(*gate_arrays(kurtosis_by_class(scores, keep)), tolerance=0.1)
+    assert gate.severity == "error"
+    assert gate.regressions[0].excess_at_median > 3 * chance[0]

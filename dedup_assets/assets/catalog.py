@@ -1,5 +1,6 @@
 """Asset: the image catalog and its uint8 pixel store."""
 
+import hashlib
 import time
 
 import dagster as dg
@@ -155,6 +156,5 @@ def image_catalog(
 
 
 def _digest(items: list[str]) -> str:
-    import hashlib
-
+    """A short stable digest of a list of strings (content hashes, digests)."""
     return hashlib.sha1("\n".join(items).encode()).hexdigest()[:16]

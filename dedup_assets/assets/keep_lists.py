@@ -116,7 +116,10 @@ def _pairs_picture(layout, keep: pl.DataFrame, catalog: pl.DataFrame) -> bytes |
     pixels = open_pixels(layout)
     kept_px = np.stack([pixels[rows[i]] for i in picked["duplicate_of"]])
     removed_px = np.stack([pixels[rows[i]] for i in picked["image_id"]])
-    captions = [p.rsplit("/", 1)[-1][:18] for p in picked["path"]]
+    captions = [
+        f"{c[:12]}\n{p.rsplit('/', 1)[-1][:14]}"
+        for c, p in zip(picked["class"], picked["path"], strict=True)
+    ]
     return plots.duplicate_pairs(kept_px, removed_px, picked["similarity"].to_list(), captions)
 
 

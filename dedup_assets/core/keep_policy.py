@@ -22,6 +22,8 @@ from typing import Literal
 
 import numpy as np
 
+from dedup_assets.core.similarity import MAX_SLAB_BYTES
+
 KeepPolicy = Literal["first", "density"]
 KEEP_POLICIES: tuple[str, ...] = ("first", "density")
 
@@ -77,6 +79,7 @@ def greedy_keep(
     if len(order) != n or not np.array_equal(np.sort(order), np.arange(n)):
         raise ValueError("order must be a permutation of range(len(x))")
     xo = x[order]
+    chunk = max(block, MAX_SLAB_BYTES // (4 * block))  # kept images compared per product
     kept_vecs = np.empty_like(xo)
     kept_pos = np.empty(n, dtype=np.int64)  # visit positions of kept images
     n_kept = 0
@@ -89,8 +92,8 @@ def greedy_keep(
         xb = xo[start:stop]
         best = np.full(stop - start, -np.inf, dtype=np.float32)
         best_at = np.full(stop - start, -1, dtype=np.int64)
-        for k0 in range(0, n_kept, block * 4):
-            k1 = min(k0 + block * 4, n_kept)
+        for k0 in range(0, n_kept, chunk):
+            k1 = min(k0 + chunk, n_kept)
             s = xb @ kept_vecs[k0:k1].T
             arg = s.argmax(axis=1)
             val = s[np.arange(len(s)), arg]

@@ -10,15 +10,17 @@ Three similarity spaces are offered (PAPER.md section 7 measures them):
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from dedup_assets.core.class_density import ClassDensityModel
+if TYPE_CHECKING:  # the join itself needs only numpy
+    from dedup_assets.core.class_density import ClassDensityModel
 
 SimilaritySpace = Literal["raw", "whitened", "spline_copula"]
 SIMILARITY_SPACES: tuple[str, ...] = ("raw", "whitened", "spline_copula")
 DEFAULT_BLOCK = 2048
+MAX_SLAB_BYTES = 256 * 2**20  # one block of similarities: 256 MiB at most
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -51,16 +53,22 @@ def embed(
     return l2_normalize(model.density.normal_scores(scores))
 
 
+def block_rows(n: int, block: int = DEFAULT_BLOCK) -> int:
+    """Rows per block: at most `block`, fewer for huge classes so a slab stays in budget."""
+    return int(max(1, min(block, max(64, MAX_SLAB_BYTES // (4 * max(n, 1))))))
+
+
 def iter_similarity_blocks(
     x: np.ndarray, block: int = DEFAULT_BLOCK
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield (row_start, col_start, S) where S = x[rows] @ x[col_start:].T, upper triangle only.
 
-    Peak memory is one block x N slab; rows below col_start are never computed twice.
+    Peak memory is one block x N slab (see MAX_SLAB_BYTES); pairs are never computed twice.
     """
     n = len(x)
-    for start in range(0, n, block):
-        stop = min(start + block, n)
+    rows = block_rows(n, block)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
         yield start, start, x[start:stop] @ x[start:].T
 
 
@@ -75,14 +83,13 @@ def pairs_above(
     jj: list[np.ndarray] = []
     ss: list[np.ndarray] = []
     for row0, col0, s in iter_similarity_blocks(x, block):
-        rows = np.arange(row0, row0 + len(s))
-        cols = np.arange(col0, col0 + s.shape[1])
-        mask = s > threshold
-        mask &= cols[None, :] > rows[:, None]
-        r, c = np.nonzero(mask)
-        ii.append(rows[r])
-        jj.append(cols[c])
-        ss.append(s[r, c])
+        m = len(s)
+        s[:, :m][np.tri(m, dtype=bool)] = -np.inf  # the diagonal square: keep j > i only
+        flat = np.flatnonzero(s > threshold)  # much faster than a 2-D nonzero
+        r, c = np.divmod(flat, s.shape[1])
+        ii.append(row0 + r)
+        jj.append(col0 + c)
+        ss.append(s.reshape(-1)[flat])
     if not ii:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     return np.concatenate(ii), np.concatenate(jj), np.concatenate(ss).astype(np.float32)

@@ -141,3 +141,31 @@ def kurtosis_gate(before: np.ndarray, after: np.ndarray, tolerance: float = 0.0)
         else:
             reasons.append(f"PC{r.component}: reduced by {-excess:.3f} at the median")
     return KurtosisGate(severity, regs, tuple(reasons))
+
+
+def random_removal_excess(
+    groups: list[np.ndarray],
+    kept_counts: list[int],
+    *,
+    draws: int = 200,
+    seed: int = 0,
+    quantile: float = 0.95,
+) -> np.ndarray:
+    """What the gate would read if each class lost the same number of images at random.
+
+    groups: per class, its (n, k) component scores; kept_counts: images kept per class. The
+    `quantile` of the line's excess at the median, per component, over `draws` random
+    removals: an observed excess above it is more than chance.
+    """
+    rng = np.random.default_rng(seed)
+    before = np.array([excess_kurtosis(z) for z in groups])
+    excess = np.empty((draws, before.shape[1]))
+    for d in range(draws):
+        after = np.array(
+            [
+                excess_kurtosis(z[rng.permutation(len(z))[:k]])
+                for z, k in zip(groups, kept_counts, strict=True)
+            ]
+        )
+        excess[d] = [r.excess_at_median for r in kurtosis_gate(before, after).regressions]
+    return np.nanquantile(excess, quantile, axis=0)

@@ -1,0 +1,157 @@
+"""End to end: deduplicating a dataset with a trained model, against imagededup's pHash.
+
+Ours, per stage, with the numerical core the assets run (no orchestration overhead):
+decode every file, encode with a trained autoencoder, fit each class's density model,
+and decide the keep list at one threshold. imagededup (PHash.find_duplicates, class by
+class, as a user would run it on class folders) runs in its own virtual environment, in a
+subprocess of this same benchmark, on the same files.
+
+    python benchmarks/bench_end_to_end.py --source DIR --model autoencoder.pt \
+        [--imagededup-python /path/to/venv/bin/python] [--threshold 0.95]
+
+imagededup needs torchvision; install it beside the project, not into it:
+    python3.11 -m venv /tmp/idd && /tmp/idd/bin/pip install torch==2.14.1 torchvision==0.29.1 imagededup
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import table, write_result  # noqa: E402
+from dedup_assets.core.autoencoder import encode_images, load_state  # noqa: E402
+from dedup_assets.core.class_density import fit_class_density  # noqa: E402
+from dedup_assets.core.image_folder import read_and_decode, scan_image_folder  # noqa: E402
+from dedup_assets.core.keep_policy import greedy_keep, visit_order  # noqa: E402
+from dedup_assets.core.similarity import embed  # noqa: E402
+
+IMAGEDEDUP_SCRIPT = r"""
+import json, sys, time, logging
+logging.disable(logging.WARNING)
+from pathlib import Path
+from imagededup.methods import PHash
+root, max_distance = Path(sys.argv[1]), int(sys.argv[2])
+hasher = PHash(verbose=False)
+out = {"encode_seconds": 0.0, "search_seconds": 0.0, "images": 0, "images_with_duplicates": 0}
+for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+    t = time.perf_counter()
+    encodings = hasher.encode_images(image_dir=str(class_dir))
+    out["encode_seconds"] += time.perf_counter() - t
+    t = time.perf_counter()
+    dups = hasher.find_duplicates(encoding_map=encodings, max_distance_threshold=max_distance)
+    out["search_seconds"] += time.perf_counter() - t
+    out["images"] += len(encodings)
+    out["images_with_duplicates"] += sum(1 for v in dups.values() if v)
+print(json.dumps(out))
+"""
+
+
+def ours(source: Path, model_path: Path, threshold: float, space: str, device: str) -> dict:
+    stages: dict[str, float] = {}
+    t = time.perf_counter()
+    files = scan_image_folder(source)
+    decoded = read_and_decode(source, files)
+    ok = [i for i, d in enumerate(decoded) if d.pixels is not None]
+    pixels = np.stack([decoded[i].pixels for i in ok])
+    classes = np.array([files[i].class_name for i in ok])
+    ids = np.array([decoded[i].content_hash for i in ok])
+    stages["decode"] = time.perf_counter() - t
+    t = time.perf_counter()
+    model = load_state(model_path, device)
+    latents = encode_images(model, pixels, device=device)
+    stages["encode"] = time.perf_counter() - t
+    fit_s = join_s = 0.0
+    kept = 0
+    for name in sorted(set(classes)):
+        sel = classes == name
+        t = time.perf_counter()
+        density = fit_class_density(latents[sel], 64)
+        fit_s += time.perf_counter() - t
+        t = time.perf_counter()
+        x = embed(latents[sel], space, density)
+        order = visit_order(ids[sel], "density", density.log_density(latents[sel]))
+        kept += greedy_keep(x, order, threshold).n_kept
+        join_s += time.perf_counter() - t
+    stages["density fit"] = fit_s
+    stages["join + keep"] = join_s
+    return {
+        "images": len(ok),
+        "kept": kept,
+        "stages": stages,
+        "total_seconds": sum(stages.values()),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--source", required=True, type=Path)
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--imagededup-python", default=None)
+    p.add_argument("--threshold", type=float, default=0.95)
+    p.add_argument("--space", default="spline_copula")
+    p.add_argument("--max-distance", type=int, default=10, help="imagededup's Hamming threshold")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    result = {"ours": ours(args.source, args.model, args.threshold, args.space, args.device)}
+    n = result["ours"]["images"]
+    rows = [[f"latent-dedup: {k}", v, v / n * 1e3] for k, v in result["ours"]["stages"].items()]
+    rows.append(
+        [
+            "latent-dedup: total",
+            result["ours"]["total_seconds"],
+            result["ours"]["total_seconds"] / n * 1e3,
+        ]
+    )
+    if args.imagededup_python:
+        proc = subprocess.run(
+            [
+                args.imagededup_python,
+                "-c",
+                IMAGEDEDUP_SCRIPT,
+                str(args.source),
+                str(args.max_distance),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        idd = json.loads(proc.stdout.strip().splitlines()[-1])
+        idd["total_seconds"] = idd["encode_seconds"] + idd["search_seconds"]
+        result["imagededup_phash"] = idd
+        rows += [
+            [
+                "imagededup pHash: hashing",
+                idd["encode_seconds"],
+                idd["encode_seconds"] / idd["images"] * 1e3,
+            ],
+            [
+                "imagededup pHash: search",
+                idd["search_seconds"],
+                idd["search_seconds"] / idd["images"] * 1e3,
+            ],
+            [
+                "imagededup pHash: total",
+                idd["total_seconds"],
+                idd["total_seconds"] / idd["images"] * 1e3,
+            ],
+        ]
+        result["speedup_per_image"] = (idd["total_seconds"] / idd["images"]) / (
+            result["ours"]["total_seconds"] / n
+        )
+    print(table(["stage", "seconds", "ms/image"], rows))
+    if "speedup_per_image" in result:
+        print(f"latent-dedup is {result['speedup_per_image']:.2f}x imagededup's pHash per image")
+    print(
+        f"-> {write_result(f'end_to_end_{args.device}', {'source': str(args.source), 'threshold': args.threshold, **result})}"
+    )
+
+
+if __name__ == "__main__":
+    main()
