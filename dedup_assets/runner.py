@@ -92,9 +92,7 @@ def run_pipeline(
         outcome.stages.append(StageTiming(name, seconds, len(keys)))
         log(f"[{name}] {len(keys)} run(s) in {seconds:.1f}s")
 
-    by_key = {
-        a.key.to_user_string(): a for a in graph if not isinstance(a, dg.AssetChecksDefinition)
-    }
+    by_key = {a.key.to_user_string(): a for a in ASSETS}
     first = [by_key["image_catalog"]] + ([by_key["autoencoder"]] if train else [])
     stage("catalog + training" if train else "catalog", first, [None])
     if outcome.failures:
