@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import table, write_result  # noqa: E402
-from dedup_assets.core.autoencoder import encode_images, load_state  # noqa: E402
+from dedup_assets.core.autoencoder import cpu_supports_bf16, encode_images, load_state  # noqa: E402
 from dedup_assets.core.class_density import fit_class_density  # noqa: E402
 from dedup_assets.core.image_folder import read_and_decode, scan_image_folder  # noqa: E402
 from dedup_assets.core.keep_policy import greedy_keep, visit_order  # noqa: E402
@@ -65,7 +65,10 @@ def ours(source: Path, model_path: Path, threshold: float, space: str, device: s
     stages["decode"] = time.perf_counter() - t
     t = time.perf_counter()
     model = load_state(model_path, device)
-    latents = encode_images(model, pixels, device=device)
+    bf16 = torch.cuda.is_bf16_supported() if device.startswith("cuda") else cpu_supports_bf16()
+    latents = encode_images(
+        model, pixels, device=device, amp_dtype=torch.bfloat16 if bf16 else None
+    )
     stages["encode"] = time.perf_counter() - t
     fit_s = join_s = 0.0
     kept = 0

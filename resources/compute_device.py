@@ -7,15 +7,9 @@ import re
 import dagster as dg
 import torch
 
+from dedup_assets.core.autoencoder import cpu_supports_bf16
+
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-
-
-def cpu_supports_bf16() -> bool:
-    """True when oneDNN has bf16 kernels for this CPU (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 class ComputeDevice(dg.ConfigurableResource):

@@ -34,7 +34,9 @@ def class_latents(
     device = compute.torch_device()
     model = load_state(layout.model, device)
     start = time.perf_counter()
-    latents = encode_images(model, pixels, device=device)
+    # bf16 where the device has it: measured on planted EuroSAT, the latents' cosine to the
+    # fp32 ones is 1 - 1e-5 and average precision is unchanged (0.802 vs 0.801).
+    latents = encode_images(model, pixels, device=device, amp_dtype=compute.amp_dtype())
     seconds = time.perf_counter() - start
     path = write_latents(
         layout.latents(key), images["image_id"].to_list(), images["path"].to_list(), latents

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing
 import os
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -128,37 +129,72 @@ def decode_image_bytes(data: bytes) -> DecodedImage:
     return DecodedImage(digest, len(data), width, height, mode, pixels, None)
 
 
+# Below this many files decoding stays in-process; above, worker processes share it (Pillow's
+# per-image Python work holds the GIL, so threads do not scale: measured slower than one).
+PROCESS_POOL_MIN_FILES = 2000
+CHUNK_FILES = 500
+
+
+def _read_decode_chunk(paths: list[str]) -> list[DecodedImage]:
+    """Worker: read and decode a chunk of files (a module-level function, so it pickles)."""
+    return [_read_decode(Path(p)) for p in paths]
+
+
+def _read_decode(path: Path) -> DecodedImage:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return DecodedImage("", 0, 0, 0, "", None, f"unreadable file: {exc}")
+    return decode_image_bytes(data)
+
+
 def read_and_decode(
     root: Path | str,
     files: Iterable[ImageFile],
     *,
     known: Callable[[str, int], DecodedImage | None] | None = None,
-    workers: int = 4,
+    workers: int | None = None,
 ) -> list[DecodedImage]:
-    """Read and decode files in a thread pool (Pillow decodes without the GIL).
+    """Read and decode files, in input order; failures come back as errors, never raised.
 
     `known(content_hash, size_bytes)` may return the image as an earlier run decoded it,
-    so unchanged images are not decoded again.
+    so unchanged images are not decoded again. Large jobs are spread over `workers`
+    processes (default: one per CPU), each reading and decoding chunks of files.
     """
     root = Path(root)
-
-    def one(f: ImageFile) -> DecodedImage:
+    files = list(files)
+    results: list[DecodedImage | None] = [None] * len(files)
+    todo: list[int] = []
+    for i, f in enumerate(files):
+        if known is None:
+            todo.append(i)
+            continue
         try:
             data = (root / f.rel_path).read_bytes()
         except OSError as exc:
-            return DecodedImage("", 0, 0, 0, "", None, f"unreadable file: {exc}")
-        if known is not None:
-            digest = hashlib.sha1(data).hexdigest()[:16]
-            cached = known(digest, len(data))
-            if cached is not None:
-                return cached
-        return decode_image_bytes(data)
-
-    files = list(files)
-    if workers <= 1 or len(files) < 64:
-        return [one(f) for f in files]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, files, chunksize=64))
+            results[i] = DecodedImage("", 0, 0, 0, "", None, f"unreadable file: {exc}")
+            continue
+        cached = known(hashlib.sha1(data).hexdigest()[:16], len(data))
+        if cached is not None:
+            results[i] = cached
+        else:
+            todo.append(i)
+    workers = workers or os.cpu_count() or 1
+    # Forked workers only decode with Pillow and numpy (no OpenMP, no torch), which is safe
+    # in a child of a threaded process; spawn would re-import the caller's __main__.
+    can_fork = "fork" in multiprocessing.get_all_start_methods()
+    if can_fork and workers > 1 and len(todo) >= PROCESS_POOL_MIN_FILES:
+        chunks = [todo[k : k + CHUNK_FILES] for k in range(0, len(todo), CHUNK_FILES)]
+        paths = [[str(root / files[i].rel_path) for i in chunk] for chunk in chunks]
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            for chunk, decoded in zip(chunks, pool.map(_read_decode_chunk, paths), strict=True):
+                for i, d in zip(chunk, decoded, strict=True):
+                    results[i] = d
+    else:
+        for i in todo:
+            results[i] = _read_decode(root / files[i].rel_path)
+    return results  # type: ignore[return-value]
 
 
 def unique_ids(content_hashes: list[str], rel_paths: list[str]) -> list[str]:
