@@ -28,7 +28,7 @@ def main() -> None:
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     n = args.images or (27_000 if gpu else 8_192)
-    batch = args.batch_size or (4_096 if gpu else 1_024)
+    batch = args.batch_size or (4_096 if gpu else 256)
     pixels = np.random.default_rng(0).integers(0, 256, size=(n, 64, 64, 3), dtype=np.uint8)
     model = ConvAutoencoder().to(device).eval()
     rows, record = [], {}
