@@ -23,6 +23,19 @@ from benchmarks.common import table, write_result  # noqa: E402
 from dedup_assets.core.keep_policy import greedy_keep  # noqa: E402
 from dedup_assets.core.similarity import DEFAULT_BLOCK, l2_normalize, pairs_above  # noqa: E402
 
+HEADERS = [
+    "n",
+    "d",
+    "floor s",
+    "join s",
+    "join ratio",
+    "keep s",
+    "keep ratio",
+    "join MiB",
+    "keep MiB",
+    "floor GFLOP/s",
+]
+
 
 def vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
     """Unit vectors with 5% planted near-duplicates, so the join has pairs to return."""
@@ -102,18 +115,7 @@ def main() -> None:
             )
             print(
                 table(
-                    [
-                        "n",
-                        "d",
-                        "floor s",
-                        "join s",
-                        "join ratio",
-                        "keep s",
-                        "keep ratio",
-                        "join MiB",
-                        "keep MiB",
-                        "floor GFLOP/s",
-                    ],
+                    HEADERS,
                     rows[-1:],
                 ),
                 flush=True,
@@ -121,18 +123,7 @@ def main() -> None:
     print()
     print(
         table(
-            [
-                "n",
-                "d",
-                "floor s",
-                "join s",
-                "join ratio",
-                "keep s",
-                "keep ratio",
-                "join MiB",
-                "keep MiB",
-                "floor GFLOP/s",
-            ],
+            HEADERS,
             rows,
         )
     )

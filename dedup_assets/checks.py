@@ -14,6 +14,7 @@ import polars as pl
 from dedup_assets.assets.keep_lists import keep_list
 from dedup_assets.assets.latents import class_latents
 from dedup_assets.core.artifacts import (
+    catalog_class_keys,
     catalog_images,
     read_catalog,
     read_keep_list,
@@ -99,7 +100,7 @@ def kurtosis_reduction(
     layout = storage.layout()
     threshold = context.partition_key
     keep = read_keep_list(layout.keep_list(threshold))
-    class_keys = sorted(catalog_images(read_catalog(layout))["class_key"].unique().to_list())
+    class_keys = catalog_class_keys(layout)
     scores = read_scores(layout, class_keys)
     table = kurtosis_by_class(scores, keep)
     gate = kurtosis_gate(*gate_arrays(table), tolerance=settings.kurtosis_tolerance)

@@ -8,8 +8,7 @@ from dedup_assets.assets.catalog import image_catalog
 from dedup_assets.assets.keep_lists import class_keep_list
 from dedup_assets.assets.spline_fits import spline_fits
 from dedup_assets.core.artifacts import (
-    catalog_images,
-    read_catalog,
+    catalog_class_keys,
     read_class_keep_lists,
     read_scores,
 )
@@ -45,7 +44,7 @@ def kurtosis_report(
 ) -> dg.MaterializeResult:
     layout = storage.layout()
     threshold = context.partition_key
-    class_keys = sorted(catalog_images(read_catalog(layout))["class_key"].unique().to_list())
+    class_keys = catalog_class_keys(layout)
     scores = read_scores(layout, class_keys)
     keep = read_class_keep_lists(layout, threshold, class_keys)
     report = build_report(

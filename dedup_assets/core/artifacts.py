@@ -32,6 +32,11 @@ def catalog_images(catalog: pl.DataFrame, class_key: str | None = None) -> pl.Da
     return ok.sort("row")
 
 
+def catalog_class_keys(layout: OutputLayout) -> list[str]:
+    """Partition keys of the classes that have decoded images, sorted."""
+    return sorted(catalog_images(read_catalog(layout))["class_key"].unique().to_list())
+
+
 def open_pixels(layout: OutputLayout) -> np.ndarray:
     """The uint8 pixel store (N, 64, 64, 3), memory-mapped read-only."""
     return np.load(_require(layout.pixels, "pixel store"), mmap_mode="r")
