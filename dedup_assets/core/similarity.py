@@ -83,13 +83,12 @@ def pairs_above(
     jj: list[np.ndarray] = []
     ss: list[np.ndarray] = []
     for row0, col0, s in iter_similarity_blocks(x, block):
-        m = len(s)
-        s[:, :m][np.tri(m, dtype=bool)] = -np.inf  # the diagonal square: keep j > i only
         flat = np.flatnonzero(s > threshold)  # much faster than a 2-D nonzero
         r, c = np.divmod(flat, s.shape[1])
-        ii.append(row0 + r)
-        jj.append(col0 + c)
-        ss.append(s.reshape(-1)[flat])
+        upper = c > r  # the block's first columns are its own rows: keep j > i only
+        ii.append(row0 + r[upper])
+        jj.append(col0 + c[upper])
+        ss.append(s.reshape(-1)[flat[upper]])
     if not ii:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     return np.concatenate(ii), np.concatenate(jj), np.concatenate(ss).astype(np.float32)
