@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dedup_assets.core.keep_policy import greedy_keep
-from dedup_assets.core.similarity import DEFAULT_BLOCK, iter_similarity_blocks
+from dedup_assets.core.similarity import DEFAULT_BLOCK, count_pairs_above, iter_similarity_blocks
 
 
 @dataclass(frozen=True)
@@ -65,17 +65,6 @@ class MethodEvaluation:
     per_threshold: list[dict] = field(default_factory=list)
 
 
-def _count_at_least(x: np.ndarray, values: np.ndarray, block: int) -> np.ndarray:
-    """For each value, how many pairs i < j have similarity >= value (blocked, exact)."""
-    counts = np.zeros(len(values), dtype=np.int64)
-    for row0, col0, s in iter_similarity_blocks(x, block):
-        rows = np.arange(row0, row0 + len(s))
-        cols = np.arange(col0, col0 + s.shape[1])
-        flat = np.sort(s[cols[None, :] > rows[:, None]])
-        counts += len(flat) - np.searchsorted(flat, values, side="left")
-    return counts
-
-
 def _pair_scores(x: np.ndarray, pairs: np.ndarray, block: int) -> np.ndarray:
     """Similarities of given pairs (i < j), taken from the same blocked products as the
     counts, so a pair's score compares with itself exactly (no rounding mismatch)."""
@@ -105,7 +94,7 @@ def evaluate_method(
     counts = np.zeros(len(probe), dtype=np.int64)
     for c in classes:
         if len(c.vectors) > 1:
-            counts += _count_at_least(c.vectors, probe, block)
+            counts += count_pairs_above(c.vectors, probe, block, inclusive=True)
     at_pos, above_t = counts[: len(pos)], counts[len(pos) :]
     # Positives scoring >= each positive: tied scores share one operating point, as in
     # scikit-learn's average_precision_score.

@@ -95,14 +95,19 @@ def pairs_above(
 
 
 def count_pairs_above(
-    x: np.ndarray, thresholds: np.ndarray, block: int = DEFAULT_BLOCK
+    x: np.ndarray, thresholds: np.ndarray, block: int = DEFAULT_BLOCK, *, inclusive: bool = False
 ) -> np.ndarray:
-    """How many pairs i < j have similarity > each threshold (no pair list kept)."""
+    """How many pairs i < j have similarity > each threshold (>= when `inclusive`).
+
+    Exact and blocked: no pair list is kept, only each block's sorted similarities.
+    """
     thresholds = np.asarray(thresholds, dtype=np.float32)
     counts = np.zeros(len(thresholds), dtype=np.int64)
     for row0, col0, s in iter_similarity_blocks(x, block):
         rows = np.arange(row0, row0 + len(s))
         cols = np.arange(col0, col0 + s.shape[1])
         vals = np.sort(s[cols[None, :] > rows[:, None]])
-        counts += len(vals) - np.searchsorted(vals, thresholds, side="right")
+        counts += len(vals) - np.searchsorted(
+            vals, thresholds, side="left" if inclusive else "right"
+        )
     return counts
