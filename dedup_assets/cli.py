@@ -4,41 +4,97 @@ dedup demo                      # built-in demo dataset -> ./dedup_output
 dedup run --source DIR --output DIR [--thresholds 0.93,0.95,0.97] [--epochs N] [--device auto]
 dedup plant --source DIR --dest DIR [--fraction 0.05]   # planted near-duplicates + ground truth
 dedup ui --output DIR           # dagster dev on the same instance and data
+
+Exit status: 0 when every stage ran and no blocking gate failed, 1 when a run failed or a
+gate blocked a clean copy, 2 for bad arguments or settings. Errors are one line naming
+the cause; `--verbose` adds tracebacks and Dagster's own log.
 """
+
+from __future__ import annotations
 
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad arguments or settings: exit status 2."""
 
 
 def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
     if with_source:
         p.add_argument("--source", required=True, help="ImageFolder root: <source>/<class>/<image>")
         p.add_argument(
-            "--ground-truth", default=None, help="CSV class,original,copy of known duplicates"
+            "--ground-truth",
+            default=None,
+            help="CSV with columns class,original,copy of known duplicates "
+            "(default: <source>/ground_truth.csv when present)",
         )
     p.add_argument(
-        "--output", default="dedup_output", help="output folder (default ./dedup_output)"
+        "--output",
+        default="dedup_output",
+        help="output folder, new or made by latent-dedup, outside the source "
+        "(default ./dedup_output)",
     )
     p.add_argument(
         "--thresholds",
         default=None,
-        help="comma-separated cosine thresholds (default 0.93,0.95,0.97)",
+        help="comma-separated cosine thresholds in (0, 1), one keep list each "
+        "(default 0.93,0.95,0.97)",
     )
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: auto)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--learning-rate", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--precision", default=None, help="auto | fp32 | bf16")
-    p.add_argument("--space", default=None, help="similarity space: raw | whitened | spline_copula")
-    p.add_argument("--policy", default=None, help="keep policy: first | density")
-    p.add_argument("--components", type=int, default=None, help="principal components per class")
-    p.add_argument("--kurtosis-tolerance", type=float, default=None)
-    p.add_argument("--clean-copy-mode", default=None, help="copy | hardlink | symlink")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 0 = auto)")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch (default 128)")
     p.add_argument(
-        "--reuse-model", action="store_true", help="keep the trained autoencoder if one exists"
+        "--learning-rate", type=float, default=None, help="Adam learning rate (default 1e-3)"
+    )
+    p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
+    p.add_argument(
+        "--device", default=None, help="auto | cpu | cuda | cuda:N (default auto; never saved)"
+    )
+    p.add_argument(
+        "--precision", default=None, help="auto | fp32 | bf16 (default auto; never saved)"
+    )
+    p.add_argument(
+        "--space",
+        default=None,
+        help="similarity space: raw | whitened | spline_copula (default spline_copula)",
+    )
+    p.add_argument("--policy", default=None, help="keep policy: first | density (default density)")
+    p.add_argument(
+        "--components",
+        type=int,
+        default=None,
+        help="principal components per class, at most a quarter of its size (default 128)",
+    )
+    p.add_argument(
+        "--kurtosis-tolerance",
+        type=float,
+        default=None,
+        help="how far the kurtosis line may rise above the median before the gate fails, "
+        "on top of what random removal does (default 0.1)",
+    )
+    p.add_argument(
+        "--clean-copy-mode",
+        default=None,
+        help="how clean/<T> holds the kept images: copy | hardlink | symlink (default copy)",
+    )
+    p.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=None,
+        help="files larger than this are skipped unread (default 268435456)",
+    )
+    p.add_argument(
+        "--reuse-model",
+        action="store_true",
+        help="keep the trained autoencoder in the output folder if there is one",
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="Dagster's log and full tracebacks on errors"
     )
 
 
@@ -52,28 +108,31 @@ def build_parser() -> argparse.ArgumentParser:
     plant = sub.add_parser(
         "plant", help="copy a dataset and plant near-duplicates with ground truth"
     )
-    plant.add_argument("--source", required=True)
-    plant.add_argument("--dest", required=True)
+    plant.add_argument("--source", required=True, help="ImageFolder to copy (only read)")
+    plant.add_argument("--dest", required=True, help="new folder for the copy with plants")
     plant.add_argument(
         "--fraction", type=float, default=0.05, help="fraction of originals copied per class"
     )
     plant.add_argument(
         "--per-class", type=int, default=None, help="sample this many originals per class"
     )
-    plant.add_argument("--seed", type=int, default=0)
+    plant.add_argument("--seed", type=int, default=0, help="seed of the sampling and transforms")
     plant.add_argument(
         "--proportions", default=None, help="transform weights, e.g. jpeg=1,brightness=1,noise=2"
     )
+    plant.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     ui = sub.add_parser("ui", help="open dagster dev on the output folder's instance")
-    ui.add_argument("--output", default="dedup_output")
-    ui.add_argument("--source", default=None)
+    ui.add_argument("--output", default="dedup_output", help="the output folder of dedup run")
+    ui.add_argument("--source", default=None, help="override the saved source folder")
+    ui.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     return parser
 
 
-def _settings(args: argparse.Namespace):
-    from resources import DedupSettings
+def config_from_args(args: argparse.Namespace):
+    """The PipelineConfig of `dedup run`/`demo`: command-line options over the defaults."""
+    from dedup_assets.config import ConfigError, PipelineConfig
 
-    mapping = {
+    method = {
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
@@ -84,63 +143,67 @@ def _settings(args: argparse.Namespace):
         "kurtosis_tolerance": args.kurtosis_tolerance,
         "clean_copy_mode": args.clean_copy_mode,
     }
-    return DedupSettings(**{k: v for k, v in mapping.items() if v is not None}).validate()
+    values = {
+        "source": getattr(args, "source", None) or "",
+        "output": args.output,
+        "ground_truth": getattr(args, "ground_truth", None) or "",
+        "thresholds": args.thresholds,
+        "device": args.device,
+        "precision": args.precision,
+        "max_file_bytes": args.max_file_bytes,
+        "method": {k: v for k, v in method.items() if v is not None},
+    }
+    try:
+        return PipelineConfig.build(**{k: v for k, v in values.items() if v is not None})
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.thresholds:
-        from dedup_assets.partitions import parse_thresholds
-
-        os.environ["DEDUP_THRESHOLDS"] = ",".join(parse_thresholds(args.thresholds))
-    output = Path(args.output).resolve()
-    os.environ["DEDUP_OUTPUT"] = str(output)
-    from dedup_assets.core.atomic_io import write_json
-    from dedup_assets.definitions import PIPELINE_FILE, build_resources
+    config = config_from_args(args)
     from dedup_assets.runner import instance_for, run_pipeline
 
-    resources = build_resources(
-        source=getattr(args, "source", None) or "",
-        output=str(output),
-        ground_truth=getattr(args, "ground_truth", None) or "",
-        device=args.device,
-        precision=args.precision,
-        settings=_settings(args),
-    )
+    output = Path(config.output)
+    say = lambda text: print(text, flush=True)  # noqa: E731 - progress lines, unbuffered
+    say(f"latent-dedup: {config.source or 'built-in demo dataset'} -> {output}")
     instance = instance_for(output)
-    layout = resources["storage"].layout()
-    write_json(
-        {
-            "source": resources["image_source"].root,
-            "ground_truth": resources["image_source"].ground_truth,
-            "thresholds": os.environ.get("DEDUP_THRESHOLDS", ""),
-            "device": resources["compute"].device,
-            "precision": resources["compute"].precision,
-            "settings": resources["settings"].model_dump(),
-        },
-        output / PIPELINE_FILE,
+    from dedup_assets.core.layout import OutputLayout
+
+    layout = OutputLayout(output)
+    outcome = run_pipeline(
+        config,
+        instance,
+        train=not (args.reuse_model and layout.model.exists()),
+        log=say,
+        log_level="INFO" if args.verbose else "CRITICAL",
     )
-    train = not (args.reuse_model and layout.model.exists())
-    print(f"latent-dedup: {resources['image_source'].root or 'built-in demo dataset'} -> {output}")
-    outcome = run_pipeline(resources, instance, train=train)
-    print("\nstage                                      runs   seconds")
+    say("\nstage                                                  runs   seconds")
     for s in outcome.stages:
-        print(f"{s.name:<42} {s.runs:>4} {s.seconds:>9.1f}")
-    print(f"{'total':<42} {'':>4} {outcome.total_seconds:>9.1f}")
-    for t in outcome.thresholds:
-        if layout.keep_list(t).exists():
-            print(f"keep list T={t}: {layout.keep_list(t)} (+ .csv)")
-    for w in outcome.check_warnings:
-        print(f"WARN  check {w}")
-    for f in outcome.check_failures:
-        print(f"FAIL  check {f} (downstream cleaned copy not written)")
+        say(f"{s.name:<54} {s.runs:>4} {s.seconds:>9.1f}")
+    say(f"{'total':<54} {'':>4} {outcome.total_seconds:>9.1f}")
+    failed_thresholds = {c.partition for c in outcome.check_failures}
+    if not outcome.failures and not outcome.skipped:
+        for t in outcome.thresholds:
+            say(f"keep list T={t}: {layout.keep_list(t)} (+ .csv)")
+    for c in outcome.check_warnings:
+        say(f"WARN  {c.line()}")
+    for c in outcome.check_failures:
+        say(f"FAIL  {c.line()} (clean/{c.partition} not written)")
+    for t in outcome.stale_clean:
+        note = "" if t in failed_thresholds else " "
+        say(
+            f"STALE clean/{t}: made from an earlier keep list, kept as it was{note}"
+            f"(see {layout.clean_stale_note(t)})"
+        )
     for f in outcome.failures:
-        print(f"ERROR {f}")
-    summary = layout.root / "reports" / "summary.md"
-    if summary.exists():
-        print(f"\nreport: {summary}")
-        print(f"per-threshold reports: {layout.root / 'reports'}/<T>/report.md")
-    print(f"open in the UI: dedup ui --output {output}")
-    return 0 if outcome.ok else 1
+        say(f"ERROR {f}")
+    for s in outcome.skipped:
+        say(f"SKIPPED {s}")
+    if outcome.summary_written:
+        say(f"\nreport: {layout.summary}")
+        say(f"per-threshold reports: {layout.reports_dir}/<T>/report.md")
+    say(f"open in the UI: dedup ui --output {output}")
+    return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
 def _plant(args: argparse.Namespace) -> int:
@@ -151,50 +214,69 @@ def _plant(args: argparse.Namespace) -> int:
         proportions = {}
         for item in args.proportions.split(","):
             name, _, weight = item.partition("=")
-            proportions[name.strip()] = float(weight or 1)
-    summary = plant_duplicates(
-        Path(args.source),
-        Path(args.dest),
-        fraction=args.fraction,
-        per_class=args.per_class,
-        proportions=proportions,
-        seed=args.seed,
-    )
+            try:
+                proportions[name.strip()] = float(weight or 1)
+            except ValueError:
+                raise UsageError(f"--proportions: {weight!r} is not a number") from None
+    try:
+        summary = plant_duplicates(
+            Path(args.source),
+            Path(args.dest),
+            fraction=args.fraction,
+            per_class=args.per_class,
+            proportions=proportions,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     print(
         f"copied {summary.n_originals:,} originals and planted {summary.n_copies:,} near-duplicates "
         f"into {summary.dest}; ground truth: {summary.ground_truth}"
     )
     for path, reason in summary.skipped:
         print(f"skipped {path}: {reason}")
-    return 0
+    return EXIT_OK
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from dedup_assets.definitions import PIPELINE_FILE, read_pipeline_file
+    from dedup_assets.config import PIPELINE_FILE, PipelineConfig
 
     output = Path(args.output).resolve()
     env = dict(os.environ, DEDUP_OUTPUT=str(output), DAGSTER_HOME=str(output / ".dagster"))
     if args.source:
         env["DEDUP_SOURCE"] = str(Path(args.source).resolve())
-    saved = read_pipeline_file(output)
-    if saved.get("thresholds") and "DEDUP_THRESHOLDS" not in env:
-        env["DEDUP_THRESHOLDS"] = saved["thresholds"]
-    if not saved:
+    from dedup_assets.config import ConfigError
+
+    try:
+        config = PipelineConfig.from_environment(env)  # fail here, not inside dagster dev
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if not (output / PIPELINE_FILE).is_file():
         print(f"note: no {PIPELINE_FILE} in {output}; the UI starts with default settings")
+    print(f"thresholds: {', '.join(config.thresholds)}; source: {config.source or 'demo'}")
     (output / ".dagster").mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "dedup_assets.definitions"]
-    print(" ".join(cmd), f"(DAGSTER_HOME={env['DAGSTER_HOME']})")
+    print(" ".join(cmd), f"(DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
     os.execvpe(cmd[0], cmd, env)
-    return 0
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("demo", "run"):
-        return _run(args)
-    if args.command == "plant":
-        return _plant(args)
-    return _ui(args)
+    handlers = {"demo": _run, "run": _run, "plant": _plant, "ui": _ui}
+    try:
+        return handlers[args.command](args)
+    except UsageError as exc:
+        print(f"dedup {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"dedup {args.command}: interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - one line for the user; --verbose for the rest
+        if args.verbose:
+            traceback.print_exc()
+        print(f"dedup {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

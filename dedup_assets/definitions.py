@@ -1,87 +1,90 @@
-"""The Dagster code location: assets, checks and resources of latent-dedup.
+"""The Dagster code location: assets, checks, jobs and resources of latent-dedup.
 
-Resources take their defaults from the environment, so `dagster dev` and the `dedup`
-command see the same data: DEDUP_SOURCE (an ImageFolder; unset = the built-in demo),
-DEDUP_OUTPUT (default ./dedup_output), DEDUP_GROUND_TRUTH, DEDUP_DEVICE (auto),
-DEDUP_PRECISION (auto), DEDUP_THRESHOLDS (0.93,0.95,0.97). Where the environment is
-silent, `<output>/pipeline.json` (written by `dedup run`) supplies the values of the last
-command-line run, so the UI opened on that folder continues the same pipeline.
+`build_definitions(config)` makes the whole graph from one `PipelineConfig`: the threshold
+partitions, the resources and the named jobs all come from that value. `dedup run`
+builds its config from the command line; `dagster dev` (workspace.yaml, `dedup ui`) loads
+`defs` below, which builds it from the environment when the code location loads, not at
+import: DEDUP_OUTPUT's saved `pipeline.json`, then DEDUP_SOURCE, DEDUP_THRESHOLDS, ...
 """
 
 from __future__ import annotations
-
-import json
-import os
-from pathlib import Path
 
 import dagster as dg
 
 from dedup_assets.assets.autoencoder import autoencoder
 from dedup_assets.assets.catalog import image_catalog
-from dedup_assets.assets.clean_dataset import clean_dataset
-from dedup_assets.assets.evaluation import dedup_evaluation
-from dedup_assets.assets.keep_lists import class_keep_list, keep_list
+from dedup_assets.assets.clean_dataset import build_clean_dataset_asset
+from dedup_assets.assets.evaluation import build_evaluation_asset
+from dedup_assets.assets.keep_lists import build_keep_list_assets
 from dedup_assets.assets.latents import class_latents
-from dedup_assets.assets.reports import dedup_summary, kurtosis_report
+from dedup_assets.assets.reports import build_report_assets
 from dedup_assets.assets.spline_fits import spline_fits
-from dedup_assets.checks import keep_list_integrity, kurtosis_reduction, latents_valid
-from resources import ComputeDevice, DedupSettings, DedupStorage, ImageSource
+from dedup_assets.checks import latents_valid
+from dedup_assets.config import PipelineConfig
+from dedup_assets.partitions import threshold_partitions
 
-ASSETS = [
-    image_catalog,
-    autoencoder,
-    class_latents,
-    spline_fits,
-    class_keep_list,
-    keep_list,
-    kurtosis_report,
-    dedup_summary,
-    clean_dataset,
-    dedup_evaluation,
-]
-CHECKS = [latents_valid, keep_list_integrity, kurtosis_reduction]
+# The stages of the main job, in order; each is a named job of the code location.
+INGEST_JOB = "ingest_job"
+TRAIN_JOB = "train_job"
+CLASS_JOB = "class_job"
+THRESHOLD_JOB = "threshold_job"
+SUMMARY_JOB = "summary_job"
 
 
-def build_resources(
-    source: str | None = None,
-    output: str | None = None,
-    ground_truth: str | None = None,
-    device: str | None = None,
-    precision: str | None = None,
-    settings: DedupSettings | None = None,
-) -> dict[str, dg.ConfigurableResource]:
-    """The pipeline's resources; arguments left None fall back to the environment, then to
-    the output folder's pipeline.json, then to the defaults."""
-    out = Path(output or os.environ.get("DEDUP_OUTPUT") or "dedup_output")
-    saved = read_pipeline_file(out)
-
-    def pick(arg: str | None, env_name: str, key: str, default: str) -> str:
-        if arg is not None:
-            return arg
-        return os.environ.get(env_name) or saved.get(key) or default
-
-    return {
-        "image_source": ImageSource(
-            root=pick(source, "DEDUP_SOURCE", "source", ""),
-            ground_truth=pick(ground_truth, "DEDUP_GROUND_TRUTH", "ground_truth", ""),
-            demo_dir=str(out / "demo_dataset"),
+def build_definitions(config: PipelineConfig) -> dg.Definitions:
+    """Every asset, check, job and resource, for this configuration."""
+    thresholds = threshold_partitions(config.thresholds)
+    class_keep_lists, keep_list, keep_list_integrity = build_keep_list_assets(thresholds)
+    kurtosis_report, dedup_summary = build_report_assets(thresholds, keep_list)
+    clean_dataset = build_clean_dataset_asset(thresholds, keep_list, kurtosis_report)
+    dedup_evaluation = build_evaluation_asset(thresholds)
+    jobs = [
+        dg.define_asset_job(
+            INGEST_JOB,
+            selection=[image_catalog],
+            description="Scan the source, decode new images, register the class partitions.",
         ),
-        "storage": DedupStorage(base_dir=str(out)),
-        "compute": ComputeDevice(
-            device=pick(device, "DEDUP_DEVICE", "device", "auto"),
-            precision=pick(precision, "DEDUP_PRECISION", "precision", "auto"),
+        dg.define_asset_job(
+            TRAIN_JOB,
+            selection=[autoencoder],
+            description="Train the autoencoder on every catalogued image.",
         ),
-        "settings": settings or DedupSettings(**saved.get("settings", {})),
-    }
+        dg.define_asset_job(
+            CLASS_JOB,
+            selection=[class_latents, spline_fits, class_keep_lists],
+            description="One class: encode, fit the spline density, decide at every threshold.",
+        ),
+        dg.define_asset_job(
+            THRESHOLD_JOB,
+            selection=[keep_list, kurtosis_report, clean_dataset],
+            description="One threshold: keep list, gates, kurtosis report, clean copy.",
+        ),
+        dg.define_asset_job(
+            SUMMARY_JOB,
+            selection=[dedup_summary, dedup_evaluation],
+            description="Tables across thresholds and the ground-truth evaluation.",
+        ),
+    ]
+    return dg.Definitions(
+        assets=[
+            image_catalog,
+            autoencoder,
+            class_latents,
+            spline_fits,
+            class_keep_lists,
+            keep_list,
+            kurtosis_report,
+            dedup_summary,
+            clean_dataset,
+            dedup_evaluation,
+        ],
+        asset_checks=[latents_valid, keep_list_integrity],
+        jobs=jobs,
+        resources=config.resources(),
+    )
 
 
-PIPELINE_FILE = "pipeline.json"
-
-
-def read_pipeline_file(output: Path) -> dict:
-    """The configuration `dedup run` saved in an output folder, or {}."""
-    path = Path(output) / PIPELINE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, resources=build_resources())
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location `dagster dev` loads: configured from the environment at load time."""
+    return build_definitions(PipelineConfig.from_environment())

@@ -1,20 +1,48 @@
-"""Materialize the whole graph in one call: every asset, check and partition, stage by stage.
+"""The main job: every asset, check and partition, stage by stage, through the named jobs.
 
-Dagster runs one partition per run, and the assets here have four partitionings
-(none, class, class x threshold, threshold), so the main job is a sequence of in-process
-runs against one persistent instance. The same instance backs `dagster dev`, so the UI
-shows every run, check verdict and plot afterwards.
+Dagster runs one partition per run and the assets have four partitionings (none, class,
+threshold), so the main job runs the code location's named jobs in order against one
+persistent instance (the same one `dagster dev` shows). A stage that fails stops every
+stage downstream of it in this run; files left by earlier runs are never used in its
+place (each reader checks provenance, see `core.artifacts`).
+
+Before it starts, a run takes the output folder's lock, sweeps what an interrupted run
+left (temporary files, half-swapped folders) and marks runs of a dead process as failed.
 """
 
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
-from dedup_assets.definitions import ASSETS, CHECKS
-from dedup_assets.partitions import class_partitions, class_threshold_key, threshold_partitions
+from dedup_assets.config import PipelineConfig
+from dedup_assets.core.atomic_io import sweep_interrupted, write_json
+from dedup_assets.core.layout import OutputLayout
+from dedup_assets.definitions import (
+    CLASS_JOB,
+    INGEST_JOB,
+    SUMMARY_JOB,
+    THRESHOLD_JOB,
+    TRAIN_JOB,
+    build_definitions,
+)
+from dedup_assets.partitions import class_partitions
+
+PID_TAG = "latent_dedup/pid"
+HOST_TAG = "latent_dedup/host"
+STAGE_TAG = "latent_dedup/stage"
+
+
+class OutputLocked(RuntimeError):
+    """Another `dedup run` is writing to the same output folder."""
 
 
 @dataclass
@@ -25,20 +53,46 @@ class StageTiming:
 
 
 @dataclass
+class CheckOutcome:
+    """A check that did not pass: which, on which partition, how bad and why."""
+
+    check: str
+    asset: str
+    partition: str | None
+    severity: str  # "ERROR" or "WARN"
+    reason: str
+
+    def line(self) -> str:
+        where = f" [{self.partition}]" if self.partition else ""
+        return f"{self.check} on {self.asset}{where}: {self.reason}"
+
+
+@dataclass
 class PipelineOutcome:
-    """What the main job did: timings per stage, failed runs and failed checks."""
+    """What the main job did: timings per stage, failures, checks and what was skipped."""
 
     output: Path
     stages: list[StageTiming] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
-    check_failures: list[str] = field(default_factory=list)
-    check_warnings: list[str] = field(default_factory=list)
+    checks: list[CheckOutcome] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    stale_clean: list[str] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
     thresholds: list[str] = field(default_factory=list)
+    summary_written: bool = False
+
+    @property
+    def check_failures(self) -> list[CheckOutcome]:
+        return [c for c in self.checks if c.severity == "ERROR"]
+
+    @property
+    def check_warnings(self) -> list[CheckOutcome]:
+        return [c for c in self.checks if c.severity != "ERROR"]
 
     @property
     def ok(self) -> bool:
-        return not self.failures and not self.check_failures
+        return not self.failures and not self.check_failures and not self.skipped
 
     @property
     def total_seconds(self) -> float:
@@ -47,98 +101,195 @@ class PipelineOutcome:
 
 def instance_for(output: Path) -> dg.DagsterInstance:
     """The persistent Dagster instance under <output>/.dagster (or $DAGSTER_HOME if set)."""
-    import os
+    if not os.environ.get("DAGSTER_HOME"):
+        home = OutputLayout(Path(output).resolve()).dagster_home
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "dagster.yaml"
+        if not config.exists():
+            config.write_text("telemetry:\n  enabled: false\n")
+        os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
 
-    if os.environ.get("DAGSTER_HOME"):
-        return dg.DagsterInstance.get()
-    home = (output / ".dagster").resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
-    from dagster._core.instance.ref import InstanceRef
 
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+@contextmanager
+def output_lock(layout: OutputLayout) -> Iterator[None]:
+    """Hold the output folder's lock: one `dedup run` writes to a folder at a time."""
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with open(layout.lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise OutputLocked(
+                f"output {layout.root} is in use by another dedup run ({holder}); "
+                "wait for it to finish"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark runs this host started and whose process has died (SIGKILL, crash) as failed."""
+    host = socket.gethostname()
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING],
+            tags={HOST_TAG: host},
+        )
+    )
+    done = []
+    for run in runs:
+        pid = int(run.tags.get(PID_TAG, "0") or 0)
+        if pid and pid != os.getpid() and not _process_alive(pid):
+            instance.report_run_failed(
+                run, f"the process that ran it (pid {pid}) ended without finishing the run"
+            )
+            done.append(f"marked run {run.run_id[:8]} of dead process {pid} as failed")
+    return done
+
+
+def root_cause(error) -> str:
+    """One line naming the real cause of a step failure (not Dagster's wrapper)."""
+    while error is not None and error.cause is not None and error.cls_name.startswith("Dagster"):
+        error = error.cause
+    if error is None:
+        return "failed"
+    lines = [line for line in error.message.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else error.cls_name
 
 
 def run_pipeline(
-    resources: dict,
+    config: PipelineConfig,
     instance: dg.DagsterInstance,
     *,
     train: bool = True,
     log: Callable[[str], None] = print,
-    log_level: str = "INFO",
+    log_level: str = "WARNING",
 ) -> PipelineOutcome:
     """Materialize every asset and check, for every class and threshold partition."""
-    output = resources["storage"].layout().root
-    outcome = PipelineOutcome(output=output, thresholds=threshold_partitions.get_partition_keys())
-    graph = [*ASSETS, *CHECKS]
+    layout = OutputLayout(Path(config.output))
+    layout.claim()
+    with output_lock(layout):
+        outcome = PipelineOutcome(output=layout.root, thresholds=list(config.thresholds))
+        outcome.recovered = sweep_interrupted(layout.root) + fail_orphaned_runs(instance)
+        for line in outcome.recovered:
+            log(f"recovered: {line}")
+        _run_stages(config, instance, layout, outcome, train=train, log=log, log_level=log_level)
+        if not outcome.failures and not outcome.skipped:  # every stage ran to its end
+            write_json(config.saved(), layout.pipeline_file)
+        return outcome
 
-    def stage(name: str, selection: Sequence, keys: Sequence) -> None:
+
+def _run_stages(
+    config: PipelineConfig,
+    instance: dg.DagsterInstance,
+    layout: OutputLayout,
+    outcome: PipelineOutcome,
+    *,
+    train: bool,
+    log: Callable[[str], None],
+    log_level: str,
+) -> None:
+    defs = build_definitions(config)
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+
+    def stage(
+        name: str, job_name: str, keys: Sequence[str | None], assets: list[str] | None = None
+    ) -> list[str | None]:
+        """Run one job per key; returns the keys whose run failed."""
+        log(f"[{name}] starting: {len(keys)} run(s)")
+        job = defs.resolve_job_def(job_name)
+        failed = []
         start = time.perf_counter()
         for key in keys:
-            result = dg.materialize(
-                graph,
-                selection=selection,
+            result = job.execute_in_process(
                 partition_key=key,
-                resources=resources,
                 instance=instance,
                 raise_on_error=False,
-                tags={"latent_dedup/stage": name},
-                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+                tags={**tags, STAGE_TAG: name},
+                run_config=run_config,
+                asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
             )
-            _collect(result, name, key, outcome)
+            if not _collect(result, name, key, outcome):
+                failed.append(key)
         seconds = time.perf_counter() - start
         outcome.stages.append(StageTiming(name, seconds, len(keys)))
         log(f"[{name}] {len(keys)} run(s) in {seconds:.1f}s")
+        return failed
 
-    by_key = {a.key.to_user_string(): a for a in ASSETS}
-    first = [by_key["image_catalog"]] + ([by_key["autoencoder"]] if train else [])
-    stage("catalog + training" if train else "catalog", first, [None])
-    if outcome.failures:
-        return outcome
+    if stage("catalog", INGEST_JOB, [None]):
+        outcome.skipped.append("every later stage: the catalog failed")
+        return
+    needs_training = train or not layout.model.exists()
+    if needs_training and stage("training", TRAIN_JOB, [None]):
+        outcome.skipped.append("every later stage: training failed")
+        return
     outcome.classes = sorted(instance.get_dynamic_partitions(class_partitions.name))
-    stage(
-        "latents + spline fits",
-        [by_key["class_latents"], by_key["spline_fits"], *_checks_of("class_latents")],
-        outcome.classes,
+    failed = stage("classes: latents, spline fits, keep decisions", CLASS_JOB, outcome.classes)
+    if failed:
+        outcome.skipped.append(
+            f"keep lists, reports, clean copies and evaluation: the class stage failed for "
+            f"{', '.join(str(k) for k in failed)}"
+        )
+        return
+    failed = stage(
+        "thresholds: keep lists, gates, reports, clean copies", THRESHOLD_JOB, outcome.thresholds
     )
-    pairs = [class_threshold_key(c, t) for c in outcome.classes for t in outcome.thresholds]
-    stage("keep lists per class", [by_key["class_keep_list"]], pairs)
-    stage(
-        "keep lists, gates, reports, clean copies",
-        [
-            by_key["keep_list"],
-            *_checks_of("keep_list"),
-            by_key["kurtosis_report"],
-            by_key["clean_dataset"],
-        ],
-        outcome.thresholds,
-    )
-    stage("summary + evaluation", [by_key["dedup_summary"], by_key["dedup_evaluation"]], [None])
-    return outcome
+    outcome.stale_clean = [t for t in outcome.thresholds if layout.clean_stale_note(t).exists()]
+    assets = ["dedup_evaluation"] + ([] if failed else ["dedup_summary"])
+    if failed:
+        outcome.skipped.append(
+            f"the summary across thresholds: T={', '.join(str(t) for t in failed)} failed"
+        )
+    if not stage("summary + evaluation", SUMMARY_JOB, [None], assets):
+        outcome.summary_written = "dedup_summary" in assets
 
 
-def _checks_of(asset_name: str) -> list:
-    return [
-        c for c in CHECKS if any(k.asset_key.to_user_string() == asset_name for k in c.check_keys)
-    ]
-
-
-def _collect(result, stage: str, key, outcome: PipelineOutcome) -> None:
+def _collect(result: dg.ExecuteInProcessResult, stage: str, key, outcome: PipelineOutcome) -> bool:
+    """Record failed steps and checks; True unless a step failed (a blocking check that
+    stopped a downstream asset is a verdict, not a failure of the stage)."""
+    for evaluation in result.get_asset_check_evaluations():
+        if evaluation.passed:
+            continue
+        meta = evaluation.metadata or {}
+        reason = meta.get("outcome") or meta.get("problems")
+        outcome.checks.append(
+            CheckOutcome(
+                check=evaluation.check_name,
+                asset=evaluation.asset_key.to_user_string(),
+                partition=key,
+                severity="ERROR" if evaluation.severity == dg.AssetCheckSeverity.ERROR else "WARN",
+                reason=str(reason.value) if reason is not None else "see the check's metadata",
+            )
+        )
     where = f"{stage} [{key}]" if key is not None else stage
+    ran = True
     for event in result.all_events:
-        if event.event_type_value == "ASSET_CHECK_EVALUATION":
-            evaluation = event.event_specific_data
-            if not evaluation.passed:
-                text = f"{evaluation.check_name} on {evaluation.asset_key.to_user_string()} [{key}]"
-                if evaluation.severity == dg.AssetCheckSeverity.ERROR:
-                    outcome.check_failures.append(text)
-                else:
-                    outcome.check_warnings.append(text)
-        elif event.is_step_failure:
-            error = event.event_specific_data.error
-            if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
-                continue  # already counted as a failed check
-            message = error.message.strip().splitlines()[-1] if error else "failed"
-            outcome.failures.append(f"{where}: {event.step_key}: {message}")
+        if not event.is_step_failure:
+            continue
+        error = event.event_specific_data.error
+        if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
+            continue  # a blocking check stopped what depends on it: recorded above
+        outcome.failures.append(f"{where}: {event.step_key}: {root_cause(error)}")
+        ran = False
+    return ran

@@ -1,42 +1,55 @@
-"""The torch device and numeric precision every model step runs with."""
+"""The torch device and numeric precision every model step runs with (the GPU resource)."""
 
 from __future__ import annotations
 
-import re
+from enum import StrEnum
 
 import dagster as dg
 import torch
+from pydantic import Field
 
 from dedup_assets.core.autoencoder import cpu_supports_bf16
 
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+)$"
+
+
+class Precision(StrEnum):
+    """auto: bf16 autocast where the device has fast bf16, else fp32."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class DeviceUnavailable(RuntimeError):
+    """The configured device does not exist on this machine."""
 
 
 class ComputeDevice(dg.ConfigurableResource):
     """Which torch device trains and encodes, and in which precision.
 
-    device: `auto` (CUDA if present, else CPU), `cpu`, `cuda` or `cuda:N`.
-    precision: `auto` (bf16 autocast where the device has fast bf16, else fp32), `fp32`, `bf16`.
+    device: `auto` (CUDA if present, else CPU), `cpu`, `cuda` or `cuda:N`; checked at
+    construction. Whether the device exists is checked when it is first used, so a
+    configuration naming `cuda` can be written on a machine without one.
     """
 
-    device: str = "auto"
-    precision: str = "auto"
+    device: str = Field(default="auto", pattern=DEVICE_PATTERN)
+    precision: Precision = Precision.auto
 
     def torch_device(self) -> torch.device:
-        if not _DEVICE_PATTERN.match(self.device):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dev = torch.device(self.device)
         if dev.type == "cuda":
             if not torch.cuda.is_available():
-                raise RuntimeError(
+                raise DeviceUnavailable(
                     f"device {self.device!r} was requested but CUDA is not available to this "
-                    f"torch build ({torch.__version__}); use device='cpu' or 'auto'"
+                    f"torch build ({torch.__version__}); use --device cpu or auto"
                 )
             if dev.index is not None and dev.index >= torch.cuda.device_count():
-                raise RuntimeError(
-                    f"device {self.device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)"
+                raise DeviceUnavailable(
+                    f"device {self.device!r} does not exist: "
+                    f"{torch.cuda.device_count()} CUDA device(s)"
                 )
         return dev
 
@@ -47,14 +60,12 @@ class ComputeDevice(dg.ConfigurableResource):
         return cpu_supports_bf16()
 
     def amp_dtype(self) -> torch.dtype | None:
-        """The autocast dtype for training, or None for plain fp32."""
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
-        if self.precision == "fp32":
+        """The autocast dtype for training and encoding, or None for plain fp32."""
+        if self.precision == Precision.fp32:
             return None
-        if self.precision == "bf16":
+        if self.precision == Precision.bf16:
             if not self.supports_bf16():
-                raise RuntimeError(
+                raise DeviceUnavailable(
                     f"bf16 was requested but {self.torch_device()} has no bf16 support"
                 )
             return torch.bfloat16

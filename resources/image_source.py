@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
 from dedup_assets.core.demo_data import generate_demo_dataset
+from dedup_assets.core.image_folder import DEFAULT_MAX_FILE_BYTES
 
 GROUND_TRUTH_NAME = "ground_truth.csv"
 
@@ -18,12 +20,14 @@ class ImageSource(dg.ConfigurableResource):
     deterministically from `demo_seed` into `demo_dir` on first use.
     ground_truth: a CSV `class,original,copy` of known duplicate pairs; empty means
     `<root>/ground_truth.csv` when that file exists.
+    max_file_bytes: files larger than this are quarantined unread.
     """
 
     root: str = ""
     ground_truth: str = ""
     demo_dir: str = "dedup_output/demo_dataset"
     demo_seed: int = 0
+    max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)
 
     @property
     def is_demo(self) -> bool:

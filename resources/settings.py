@@ -2,36 +2,47 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import dagster as dg
+from pydantic import Field
 
-from dedup_assets.core.keep_policy import KEEP_POLICIES
-from dedup_assets.core.similarity import SIMILARITY_SPACES
+from dedup_assets.core.keep_policy import KeepPolicy
+from dedup_assets.core.similarity import SimilaritySpace
+from dedup_assets.core.spline import BinRule
 
-BIN_RULES = ("fd", "scott", "sturges")
-COPY_MODES = ("copy", "hardlink", "symlink")
 AUTO_MIN_STEPS = 2000
 AUTO_MIN_EPOCHS = 10
 AUTO_MAX_EPOCHS = 60
 
 
+class CopyMode(StrEnum):
+    """How `clean/<T>` holds the kept images."""
+
+    copy = "copy"
+    hardlink = "hardlink"
+    symlink = "symlink"
+
+
 class DedupSettings(dg.ConfigurableResource):
     """How the method runs; defaults are the measured choices (see README).
 
-    epochs = 0 means auto: enough epochs for about AUTO_MIN_STEPS optimiser steps,
-    between AUTO_MIN_EPOCHS and AUTO_MAX_EPOCHS (small datasets need more passes).
+    Every field is checked by pydantic when the object is built, so a bad value fails
+    before any work starts. epochs = 0 means auto: enough epochs for about AUTO_MIN_STEPS
+    optimiser steps, between AUTO_MIN_EPOCHS and AUTO_MAX_EPOCHS.
     """
 
-    epochs: int = 0
-    batch_size: int = 128
-    learning_rate: float = 1e-3
+    epochs: int = Field(default=0, ge=0, description="training epochs; 0 = auto")
+    batch_size: int = Field(default=128, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
     seed: int = 0
-    n_components: int = 128
-    bin_rule: str = "fd"
-    similarity_space: str = "spline_copula"
-    keep_policy: str = "density"
-    kurtosis_tolerance: float = 0.1
-    block_size: int = 2048
-    clean_copy_mode: str = "copy"
+    n_components: int = Field(default=128, ge=1, description="principal components per class")
+    bin_rule: BinRule = BinRule.fd
+    similarity_space: SimilaritySpace = SimilaritySpace.spline_copula
+    keep_policy: KeepPolicy = KeepPolicy.density
+    kurtosis_tolerance: float = Field(default=0.1, ge=0)
+    block_size: int = Field(default=2048, ge=16, le=65536)
+    clean_copy_mode: CopyMode = CopyMode.copy
 
     def resolved_epochs(self, n_images: int) -> int:
         """The number of training epochs for a dataset of n_images."""
@@ -41,22 +52,9 @@ class DedupSettings(dg.ConfigurableResource):
         wanted = -(-AUTO_MIN_STEPS // steps_per_epoch)
         return int(min(AUTO_MAX_EPOCHS, max(AUTO_MIN_EPOCHS, wanted)))
 
-    def validate(self) -> DedupSettings:
-        """Raise a clear error for a setting outside its allowed values."""
-        checks = {
-            "bin_rule": (self.bin_rule, BIN_RULES),
-            "similarity_space": (self.similarity_space, SIMILARITY_SPACES),
-            "keep_policy": (self.keep_policy, KEEP_POLICIES),
-            "clean_copy_mode": (self.clean_copy_mode, COPY_MODES),
-        }
-        for name, (value, allowed) in checks.items():
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
-        if self.epochs < 0:
-            raise ValueError(f"epochs must be 0 (auto) or positive, not {self.epochs}")
-        for name in ("batch_size", "n_components", "block_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, not {self.learning_rate}")
-        return self
+    def label(self) -> str:
+        """One line naming the method, for reports."""
+        return (
+            f"similarity space `{self.similarity_space}`, keep policy `{self.keep_policy}`, "
+            f"up to {self.n_components} components per class, bin rule `{self.bin_rule}`"
+        )

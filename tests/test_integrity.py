@@ -7,8 +7,8 @@ import polars as pl
 import pytest
 
 from dedup_assets.core.artifacts import KEEP_LIST_COLUMNS
+from dedup_assets.core.class_decision import keep_decisions
 from dedup_assets.core.integrity import keep_list_problems, latent_problems
-from dedup_assets.core.keep_policy import greedy_keep
 
 T = 0.9
 SCHEMA = {
@@ -18,6 +18,7 @@ SCHEMA = {
     "kept": pl.Boolean,
     "duplicate_of": pl.String,
     "similarity": pl.Float32,
+    "match": pl.String,
 }
 
 # image_id, class, kept, duplicate_of, similarity
@@ -41,6 +42,7 @@ def _keep(rows=ROWS) -> pl.DataFrame:
             "kept": [r[2] for r in rows],
             "duplicate_of": [r[3] for r in rows],
             "similarity": [r[4] for r in rows],
+            "match": [None if r[2] else "near" for r in rows],
         },
         schema=SCHEMA,
     )
@@ -183,19 +185,22 @@ def test_every_defect_at_once_is_reported():
     )
 
 
-def test_greedy_keep_output_passes_the_rules():
-    rng = np.random.default_rng(0)
-    frames = []
-    catalog = []
+def _decided_keep_list(seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Keep lists made by the pipeline's decision (exact copies first), and their catalog."""
+    rng = np.random.default_rng(seed)
+    frames, catalog = [], []
     for name in ("A", "B", "C"):
         c = rng.normal(size=(5, 12))
         x = c[rng.integers(0, 5, 60)] + 0.25 * rng.normal(size=(60, 12))
+        hashes = np.array([f"h{name}{i}" for i in range(60)])
+        copies = rng.choice(60, 10, replace=False)  # 10 exact copies of other images
+        sources = rng.choice(np.setdiff1d(np.arange(60), copies), 10)
+        x[copies], hashes[copies] = x[sources], hashes[sources]
         x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
         ids = np.array([f"{name}{i:03d}" for i in range(60)])
-        d = greedy_keep(x, rng.permutation(60), T, block=7)
-        assert 0 < d.n_kept < 60
+        d = keep_decisions(x, rng.permutation(60), hashes, [T], block=7)[0]
+        assert 0 < d.n_kept < 60 and d.exact.sum() > 0
         dup = np.where(d.duplicate_of >= 0, ids[np.maximum(d.duplicate_of, 0)], None)
-        sim = [None if np.isnan(s) else float(s) for s in d.similarity]
         frames.append(
             pl.DataFrame(
                 {
@@ -204,13 +209,39 @@ def test_greedy_keep_output_passes_the_rules():
                     "path": [f"{name}/{i}.png" for i in ids],
                     "kept": d.kept.tolist(),
                     "duplicate_of": dup.tolist(),
-                    "similarity": sim,
+                    "similarity": [None if np.isnan(v) else float(v) for v in d.similarity],
+                    "match": np.where(d.kept, None, np.where(d.exact, "exact", "near")).tolist(),
                 },
                 schema=SCHEMA,
             )
         )
-        catalog.append(pl.DataFrame({"image_id": ids.tolist(), "class": [name] * 60}))
-    assert keep_list_problems(pl.concat(frames), pl.concat(catalog), T) == []
+        catalog.append(
+            pl.DataFrame(
+                {"image_id": ids.tolist(), "class": [name] * 60, "pixel_hash": hashes.tolist()}
+            )
+        )
+    return pl.concat(frames), pl.concat(catalog)
+
+
+def test_decided_keep_list_passes_the_rules():
+    keep, catalog = _decided_keep_list()
+    assert keep_list_problems(keep, catalog, T) == []
+
+
+def test_exact_copy_naming_a_different_image_is_a_problem():
+    keep, catalog = _decided_keep_list()
+    near = keep.filter(pl.col("match") == "near").row(0, named=True)
+    broken = keep.with_columns(
+        pl.when(pl.col("image_id") == near["image_id"])
+        .then(pl.lit("exact"))
+        .otherwise(pl.col("match"))
+        .alias("match")
+    )
+    problems = keep_list_problems(broken, catalog, T)
+    assert problems == [
+        "1 images marked exact copies differ in pixels from the image they name or do not "
+        "have similarity 1.0"
+    ]
 
 
 IDS = ["x1", "x2", "x3", "x4"]

@@ -81,9 +81,10 @@ def test_random_removal_baseline_separates_chance_from_a_real_effect():
             )
             keep.append({"image_id": f"{c}-{i}", "kept": bool(keep_mask[i])})
     scores, keep = pl.DataFrame(rows), pl.DataFrame(keep)
-    chance = random_removal_baseline(scores, keep, draws=100)
+    classes = [f"c{c}" for c in range(6)]
+    chance = random_removal_baseline(scores, keep, classes, draws=300)
     assert chance.shape == (3,) and np.isfinite(chance).all()
     assert (chance > 0).all() and (chance < 1.0).all()
-    gate = kurtosis_gate(*gate_arrays(kurtosis_by_class(scores, keep)), tolerance=0.1)
+    gate = kurtosis_gate(*gate_arrays(kurtosis_by_class(scores, keep)), 0.1, chance)
     assert gate.severity == "error"
     assert gate.regressions[0].excess_at_median > 3 * chance[0]

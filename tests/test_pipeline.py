@@ -7,13 +7,15 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from dedup_assets.config import PipelineConfig
 from dedup_assets.core.artifacts import KEEP_LIST_COLUMNS
 from dedup_assets.core.demo_data import generate_demo_dataset
+from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.planting import read_ground_truth
-from dedup_assets.definitions import ASSETS, CHECKS, build_resources, defs
-from dedup_assets.partitions import THRESHOLDS
+from dedup_assets.definitions import build_definitions
 from dedup_assets.runner import run_pipeline
-from resources import DedupSettings
+
+THRESHOLDS = ("0.93", "0.95", "0.97")
 
 
 def _tree_digest(root: Path) -> str:
@@ -31,42 +33,58 @@ def tiny_run(tmp_path_factory):
     source = base / "source"
     generate_demo_dataset(source, seed=3, per_class=16, duplicate_fraction=0.25)
     before = _tree_digest(source)
-    resources = build_resources(
+    config = PipelineConfig.build(
         source=str(source),
         output=str(base / "out"),
-        ground_truth="",
+        thresholds=THRESHOLDS,
         device="cpu",
         precision="fp32",
-        # The gate's tolerance is wide here: 16-image classes give noisy kurtosis; the gate
-        # itself is exercised in test_failing_kurtosis_gate_blocks_the_clean_copy.
-        settings=DedupSettings(epochs=2, batch_size=32, n_components=8, kurtosis_tolerance=50.0),
+        method={"epochs": 2, "batch_size": 32, "n_components": 8},
     )
     instance = dg.DagsterInstance.ephemeral()
-    outcome = run_pipeline(resources, instance, log=lambda _: None, log_level="WARNING")
+    outcome = run_pipeline(config, instance, log=lambda _: None)
     return {
         "source": source,
         "before": before,
-        "layout": resources["storage"].layout(),
+        "config": config,
+        "layout": OutputLayout(base / "out"),
         "outcome": outcome,
         "instance": instance,
     }
 
 
-def test_definitions_load_every_asset_and_check():
+def test_definitions_load_every_asset_check_and_job(tmp_path):
+    defs = build_definitions(PipelineConfig.build(output=str(tmp_path)))
     graph = defs.resolve_asset_graph()
     names = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert names == {a.key.to_user_string() for a in ASSETS}
-    assert len(names) == 10
-    check_names = {k.name for c in CHECKS for k in c.check_keys}
-    assert check_names == {"latents_valid", "keep_list_integrity", "kurtosis_reduction"}
+    assert names == {
+        "image_catalog",
+        "autoencoder",
+        "class_latents",
+        "spline_fits",
+        "class_keep_lists",
+        "keep_list",
+        "kurtosis_report",
+        "dedup_summary",
+        "clean_dataset",
+        "dedup_evaluation",
+    }
+    checks = {k.name for k in graph.asset_check_keys}
+    assert checks == {"latents_valid", "keep_list_integrity", "kurtosis_reduction"}
+    jobs = {j.name for j in defs.resolve_all_job_defs()} - {"__ASSET_JOB"}
+    assert jobs == {"ingest_job", "train_job", "class_job", "threshold_job", "summary_job"}
 
 
 def test_whole_graph_materializes(tiny_run):
     outcome = tiny_run["outcome"]
     assert outcome.failures == []
+    assert outcome.skipped == []
+    # Only planted copies and the demo's near-duplicates go: the gate must not block that.
     assert outcome.check_failures == []
     assert len(outcome.classes) == 6
-    assert [s.runs for s in outcome.stages] == [1, 6, 6 * len(THRESHOLDS), len(THRESHOLDS), 1]
+    assert [s.runs for s in outcome.stages] == [1, 1, 6, len(THRESHOLDS), 1]
+    saved = __import__("json").loads(tiny_run["layout"].pipeline_file.read_text())
+    assert saved["thresholds"] == list(THRESHOLDS) and "device" not in saved
 
 
 def test_source_is_never_modified(tiny_run):
@@ -89,6 +107,7 @@ def test_keep_lists_follow_the_contract(tiny_run):
         keep = pl.read_parquet(layout.keep_list(t))
         assert tuple(keep.columns) == KEEP_LIST_COLUMNS
         assert pl.read_csv(layout.keep_list(t, "csv")).height == keep.height
+        assert set(keep["match"].drop_nulls()) <= {"exact", "near"}
         assert keep.height == catalog.height
         removed = keep.filter(~pl.col("kept"))
         kept_ids = set(keep.filter(pl.col("kept"))["image_id"])
@@ -113,7 +132,8 @@ def test_exact_duplicates_are_removed_at_every_threshold(tiny_run):
             assert a["kept"] != b["kept"], f"exactly one of {p} survives at T={t}"
             removed, kept = (b, a) if a["kept"] else (a, b)
             assert removed["duplicate_of"] == kept["image_id"]
-            assert removed["similarity"] == pytest.approx(1.0, abs=1e-5)
+            assert removed["similarity"] == 1.0
+            assert removed["match"] == "exact"
 
 
 def test_clean_copy_holds_exactly_the_kept_images(tiny_run):
@@ -123,7 +143,7 @@ def test_clean_copy_holds_exactly_the_kept_images(tiny_run):
         files = sorted(
             p.relative_to(layout.clean_dir(t)).as_posix()
             for p in layout.clean_dir(t).rglob("*")
-            if p.is_file()
+            if p.is_file() and p != layout.clean_manifest(t)
         )
         assert files == sorted(keep.filter(pl.col("kept"))["path"].to_list())
 
@@ -148,44 +168,48 @@ def test_evaluation_scores_every_method(tiny_run):
 
 def test_checks_recorded_per_partition(tiny_run):
     instance = tiny_run["instance"]
-    records = instance.event_log_storage.get_asset_check_execution_history(
+    for asset, check in [
+        ("keep_list", "keep_list_integrity"),
+        ("kurtosis_report", "kurtosis_reduction"),
+    ]:
+        records = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey(asset), check), limit=10
+        )
+        assert sorted(r.partition for r in records) == sorted(THRESHOLDS)
+    integrity = instance.event_log_storage.get_asset_check_execution_history(
         dg.AssetCheckKey(dg.AssetKey("keep_list"), "keep_list_integrity"), limit=10
     )
-    assert len(records) == len(THRESHOLDS)
-    assert all(r.evaluation.passed for r in records if r.evaluation is not None)
+    assert all(r.evaluation.passed for r in integrity)
 
 
-def test_failing_kurtosis_gate_blocks_the_clean_copy(tiny_run, tmp_path):
-    """A crafted impossible tolerance makes the real gate fail: clean_dataset must not run."""
+def test_failing_kurtosis_gate_blocks_the_clean_copy(tiny_run, monkeypatch):
+    """The wiring of the gate: an ERROR verdict of the kurtosis report stops clean_dataset
+    and leaves the earlier copy as it was (the statistics are tested in test_statistics)."""
+    from dedup_assets.core import kurtosis_report
+    from dedup_assets.core.statistics import KurtosisGate
+
+    real_gate = kurtosis_report.kurtosis_gate
+
+    def failing_gate(*args, **kwargs):
+        gate = real_gate(*args, **kwargs)
+        return KurtosisGate("error", gate.regressions, ("PC1: forced to fail by the test",))
+
+    monkeypatch.setattr(kurtosis_report, "kurtosis_gate", failing_gate)
     layout = tiny_run["layout"]
-    resources = build_resources(
-        source=str(tiny_run["source"]),
-        output=str(layout.root),
-        ground_truth="",
-        device="cpu",
-        precision="fp32",
-        settings=DedupSettings(epochs=2, batch_size=32, n_components=8, kurtosis_tolerance=-1000.0),
-    )
     t = THRESHOLDS[0]
-    marker = layout.clean_dir(t) / ".marker"
+    marker = layout.clean_dir(t) / "old_file.txt"
     marker.write_text("from the first run")
-    by_name = {a.key.to_user_string(): a for a in ASSETS}
-    result = dg.materialize(
-        [*ASSETS, *CHECKS],
-        selection=[by_name["keep_list"], by_name["clean_dataset"], *CHECKS[1:]],
+    job = build_definitions(tiny_run["config"]).resolve_job_def("threshold_job")
+    result = job.execute_in_process(
         partition_key=t,
-        resources=resources,
         instance=tiny_run["instance"],
         raise_on_error=False,
+        asset_selection=[dg.AssetKey("kurtosis_report"), dg.AssetKey("clean_dataset")],
     )
-    evaluations = {
-        e.event_specific_data.check_name: e.event_specific_data
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION"
-    }
-    assert evaluations["kurtosis_reduction"].passed is False
-    assert evaluations["kurtosis_reduction"].severity == dg.AssetCheckSeverity.ERROR
-    assert evaluations["keep_list_integrity"].passed is True
+    gate = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert gate["kurtosis_reduction"].passed is False
+    assert gate["kurtosis_reduction"].severity == dg.AssetCheckSeverity.ERROR
     steps = {e.step_key for e in result.all_events if e.is_step_start}
-    assert "clean_dataset" not in steps
-    assert marker.read_text() == "from the first run", "the blocked asset left the old copy alone"
+    assert "kurtosis_report" in steps and "clean_dataset" not in steps
+    assert marker.read_text() == "from the first run", "the blocked asset left it alone"
+    marker.unlink()

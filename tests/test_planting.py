@@ -134,16 +134,29 @@ def test_ground_truth_roundtrip(tmp_path: Path) -> None:
 def test_read_ground_truth_rejects_wrong_header(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("label,a,b\nForest,x.png,y.png\n")
-    with pytest.raises(ValueError, match="expected header 'class,original,copy'"):
+    with pytest.raises(ValueError, match="expected the columns class,original,copy"):
         read_ground_truth(bad)
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    with pytest.raises(ValueError, match="header"):
+    with pytest.raises(ValueError, match="missing class,original,copy"):
         read_ground_truth(empty)
     short = tmp_path / "short.csv"
     short.write_text("class,original,copy\nForest,x.png\n")
-    with pytest.raises(ValueError, match=":2: expected 3"):
+    with pytest.raises(ValueError, match=":2: class, original and copy must all be filled"):
         read_ground_truth(short)
+
+
+def test_read_ground_truth_ignores_extra_columns_in_any_order(tmp_path: Path) -> None:
+    wide = tmp_path / "wide.csv"
+    wide.write_text(
+        "copy,transform,class,original,note\n"
+        "x__dup_jpeg.jpg,jpeg,Forest,x.png,q=40\n"
+        "y__dup_crop.png,crop,River,y.png,\n"
+    )
+    assert read_ground_truth(wide) == [
+        GroundTruthPair("Forest", "x.png", "x__dup_jpeg.jpg"),
+        GroundTruthPair("River", "y.png", "y__dup_crop.png"),
+    ]
 
 
 # ---------------------------------------------------------------------------- plant_duplicates

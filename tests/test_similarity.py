@@ -180,8 +180,10 @@ def test_embed_raw_is_cosine_of_latents(class_model):
     e = embed(latents, "raw")
     ref = latents / np.linalg.norm(latents, axis=1, keepdims=True)
     np.testing.assert_allclose(e, ref, rtol=1e-5, atol=1e-6)
-    z = embed(np.zeros((2, 5)), "raw")
-    np.testing.assert_array_equal(z, np.zeros((2, 5)))
+    # zero latents get the origin axis: identical to each other, similar to nothing else
+    z = embed(np.vstack([np.zeros((2, 5)), np.ones((1, 5))]), "raw")
+    assert z.shape == (3, 6)
+    np.testing.assert_allclose(z @ z.T, [[1, 1, 0], [1, 1, 0], [0, 0, 1]], atol=1e-6)
 
 
 def test_embed_whitened_divides_by_component_std(class_model):
@@ -193,9 +195,12 @@ def test_embed_whitened_divides_by_component_std(class_model):
     np.testing.assert_allclose(e, ref, atol=1e-5)
     # whitened scores have unit variance per component
     np.testing.assert_allclose(w.std(axis=0, ddof=1), 1.0, rtol=1e-3)
-    # the class mean sits at the origin: a zero vector, similar to nothing
-    m = embed(model.pca.mean[None, :].astype(np.float32), "whitened", model)
-    np.testing.assert_array_equal(m, np.zeros((1, 8), np.float32))
+    # the class mean sits at the origin: it gets the origin axis, so two images at the
+    # mean are duplicates of each other (a zero vector would hide them) and of nothing else
+    at_mean = np.repeat(model.pca.mean[None, :].astype(np.float32), 2, axis=0)
+    m = embed(np.vstack([at_mean, latents[:1]]), "whitened", model)
+    assert m.shape == (3, 9)
+    np.testing.assert_allclose(m @ m.T, np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]]), atol=1e-6)
 
 
 def test_embed_spline_copula_uses_normal_scores(class_model):
@@ -218,14 +223,14 @@ def test_embed_identical_latents_are_maximally_similar(class_model):
         np.testing.assert_allclose(np.einsum("ij,ij->i", e[:5], e[5:]), 1.0, atol=1e-6)
 
 
-def test_embed_tiny_class_gives_zero_vectors():
+def test_embed_one_image_class_gives_a_unit_vector():
     latents = np.ones((1, 6), dtype=np.float32)
     model = fit_class_density(latents, n_components=4)
     assert model.density is None
     for space in ("whitened", "spline_copula"):
         e = embed(latents, space, model)
         assert e.shape[0] == 1
-        np.testing.assert_array_equal(e, np.zeros_like(e))
+        np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0)
 
 
 def test_embed_unknown_space_raises(class_model):

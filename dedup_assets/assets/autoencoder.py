@@ -5,7 +5,7 @@ import numpy as np
 
 from dedup_assets.assets.catalog import image_catalog
 from dedup_assets.core import plots
-from dedup_assets.core.artifacts import open_pixels
+from dedup_assets.core.artifacts import file_digest, open_pixels
 from dedup_assets.core.atomic_io import atomic_path, write_json
 from dedup_assets.core.autoencoder import (
     TOTAL_PARAMETERS,
@@ -33,7 +33,6 @@ def autoencoder(
     storage: DedupStorage,
     settings: DedupSettings,
 ) -> dg.MaterializeResult:
-    settings.validate()
     layout = storage.layout()
     pixels = np.array(open_pixels(layout))  # in memory: training reads it many times
     device, amp = compute.torch_device(), compute.amp_dtype()
@@ -73,6 +72,7 @@ def autoencoder(
         "learning_rate": settings.learning_rate,
         "seed": settings.seed,
         "images": len(pixels),
+        "model_digest": file_digest(layout.model),
     }
     write_json(history, layout.training_log)
     context.log.info(
@@ -93,5 +93,6 @@ def autoencoder(
             "reconstructions": image_metadata(grid, "originals vs reconstructions"),
             "epoch_losses": dg.MetadataValue.json(result.epoch_losses),
             "model_path": dg.MetadataValue.path(str(layout.model)),
+            "model_digest": history["model_digest"],
         }
     )

@@ -9,30 +9,48 @@ from dedup_assets.assets.catalog import image_catalog
 from dedup_assets.assets.latents import class_latents
 from dedup_assets.assets.spline_fits import spline_fits
 from dedup_assets.core import plots
+from dedup_assets.core.artifacts import CurrentInputs
 from dedup_assets.core.atomic_io import atomic_dir
 from dedup_assets.core.evaluation import evaluate_against_ground_truth
-from dedup_assets.partitions import threshold_partitions
 from dedup_assets.ui import image_metadata, md_table
 from resources import DedupSettings, DedupStorage, ImageSource
 
 
-@dg.asset(
-    group_name="evaluation",
-    kinds={"numpy", "matplotlib"},
-    deps=[
-        image_catalog,
-        dg.AssetDep(class_latents, partition_mapping=dg.AllPartitionMapping()),
-        dg.AssetDep(spline_fits, partition_mapping=dg.AllPartitionMapping()),
-    ],
-    description="With a ground-truth CSV (class,original,copy): average precision over all "
-    "within-class pairs, and recall, precision and images removed per threshold, for the "
-    "raw, whitened and spline_copula spaces and imagehash's pHash; precision-recall plot.",
-)
-def dedup_evaluation(
+def build_evaluation_asset(
+    thresholds_def: dg.StaticPartitionsDefinition,
+) -> dg.AssetsDefinition:
+    """dedup_evaluation, scored at the configured thresholds."""
+    thresholds = [float(t) for t in thresholds_def.get_partition_keys()]
+
+    @dg.asset(
+        group_name="evaluation",
+        kinds={"numpy", "matplotlib"},
+        deps=[
+            image_catalog,
+            dg.AssetDep(class_latents, partition_mapping=dg.AllPartitionMapping()),
+            dg.AssetDep(spline_fits, partition_mapping=dg.AllPartitionMapping()),
+        ],
+        description="With a ground-truth CSV (class,original,copy): average precision over all "
+        "within-class pairs, and recall, precision and images removed per threshold, for the "
+        "raw, whitened and spline_copula spaces and imagehash's pHash; precision-recall plot.",
+    )
+    def dedup_evaluation(
+        context: dg.AssetExecutionContext,
+        image_source: ImageSource,
+        storage: DedupStorage,
+        settings: DedupSettings,
+    ) -> dg.MaterializeResult:
+        return _evaluate(context, image_source, storage, settings, thresholds)
+
+    return dedup_evaluation
+
+
+def _evaluate(
     context: dg.AssetExecutionContext,
     image_source: ImageSource,
     storage: DedupStorage,
     settings: DedupSettings,
+    thresholds: list[float],
 ) -> dg.MaterializeResult:
     layout = storage.layout()
     gt = image_source.ground_truth_path()
@@ -43,7 +61,6 @@ def dedup_evaluation(
                 "status": "no ground truth: set ImageSource.ground_truth or add ground_truth.csv"
             }
         )
-    thresholds = [float(t) for t in threshold_partitions.get_partition_keys()]
     start = time.perf_counter()
     results, info = evaluate_against_ground_truth(
         layout,
@@ -51,6 +68,7 @@ def dedup_evaluation(
         thresholds,
         keep_policy=settings.keep_policy,
         block=settings.block_size,
+        current=CurrentInputs.of(layout, settings),
         log=context.log.info,
     )
     seconds = time.perf_counter() - start

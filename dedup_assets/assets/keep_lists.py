@@ -1,109 +1,89 @@
-"""Assets: keep lists per class x threshold, and the combined keep list per threshold."""
+"""Assets: every class's keep decisions at every threshold, and the keep list per threshold."""
 
+import json
 import time
+from collections.abc import Callable, Sequence
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
 from dedup_assets.assets.catalog import image_catalog
-from dedup_assets.assets.latents import class_latents
 from dedup_assets.assets.spline_fits import spline_fits
 from dedup_assets.core import plots
 from dedup_assets.core.artifacts import (
     KEEP_LIST_COLUMNS,
+    CurrentInputs,
     catalog_images,
+    class_names,
+    digest,
+    load_class_data,
     open_pixels,
     read_catalog,
     read_class_keep_lists,
-    read_latents,
+    require_current,
+    write_table,
 )
-from dedup_assets.core.atomic_io import write_bytes, write_csv, write_json, write_parquet
-from dedup_assets.core.class_density import ClassDensityModel
-from dedup_assets.core.image_folder import class_name_from_key
-from dedup_assets.core.keep_policy import greedy_keep, visit_order
-from dedup_assets.core.similarity import embed
-from dedup_assets.partitions import (
-    CLASS_DIM,
-    THRESHOLD_DIM,
-    by_class,
-    by_threshold,
-    class_threshold_partitions,
-    threshold_partitions,
-)
+from dedup_assets.core.atomic_io import write_bytes, write_csv, write_json, write_text
+from dedup_assets.core.class_decision import decide_class
+from dedup_assets.core.integrity import keep_list_problems
+from dedup_assets.core.layout import OutputLayout
+from dedup_assets.partitions import class_partitions
 from dedup_assets.ui import image_metadata, md_table
 from resources import DedupSettings, DedupStorage
 
 PAIRS_SHOWN = 8
 
 
-def build_class_keep_list(
-    layout, class_key: str, threshold: str, settings: DedupSettings, log=None
-) -> tuple[pl.DataFrame, dict]:
-    """Decide which images of one class survive at one threshold (plain function)."""
-    table, latents = read_latents(layout.latents(class_key))
-    model = ClassDensityModel.load(layout.spline_fit(class_key))
-    ids = table["image_id"].to_numpy().astype(str)
+def decide_class_keep_lists(
+    layout: OutputLayout,
+    key: str,
+    thresholds: Sequence[str],
+    settings: DedupSettings,
+    current: CurrentInputs,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, pl.DataFrame]:
+    """One class's keep list at every threshold, from its current latents and fit."""
+    table, data = load_class_data(layout, key, current)
     start = time.perf_counter()
-    x = embed(latents, settings.similarity_space, model)
-    log_density = model.log_density(latents) if settings.keep_policy == "density" else None
-    order = visit_order(ids, settings.keep_policy, log_density)
-    decision = greedy_keep(x, order, float(threshold), block=min(settings.block_size, 4096))
+    decisions = decide_class(
+        data,
+        [float(t) for t in thresholds],
+        space=settings.similarity_space,
+        policy=settings.keep_policy,
+        block=settings.block_size,
+    )
     seconds = time.perf_counter() - start
-    dup_ids = np.where(decision.duplicate_of >= 0, ids[np.maximum(decision.duplicate_of, 0)], None)
-    keep = pl.DataFrame(
-        {
-            "image_id": ids,
-            "class": class_name_from_key(class_key),
-            "path": table["path"],
-            "kept": decision.kept,
-            "duplicate_of": pl.Series(dup_ids.tolist(), dtype=pl.String),
-            "similarity": pl.Series(
-                [None if np.isnan(s) else float(s) for s in decision.similarity], dtype=pl.Float64
-            ),
-        }
-    ).select(KEEP_LIST_COLUMNS)
-    stats = {
-        "images": len(ids),
-        "kept": decision.n_kept,
-        "removed": len(ids) - decision.n_kept,
-        "join_seconds": round(seconds, 4),
-        "resolution_rounds": decision.rounds,
-        "similarity_space": settings.similarity_space,
-        "keep_policy": settings.keep_policy,
-    }
+    name = class_names(layout)[key]
+    ids = data.image_ids
+    out = {}
+    for t, d in zip(thresholds, decisions, strict=True):
+        dup = np.where(d.duplicate_of >= 0, ids[np.maximum(d.duplicate_of, 0)], None)
+        match = np.where(d.kept, None, np.where(d.exact, "exact", "near"))
+        out[t] = pl.DataFrame(
+            {
+                "image_id": pl.Series(ids.tolist(), dtype=pl.String),
+                "class": pl.Series([name] * len(ids), dtype=pl.String),
+                "path": table["path"],
+                "kept": pl.Series(d.kept.tolist(), dtype=pl.Boolean),
+                "duplicate_of": pl.Series(dup.tolist(), dtype=pl.String),
+                "similarity": pl.Series(
+                    [None if np.isnan(s) else float(s) for s in d.similarity], dtype=pl.Float64
+                ),
+                "match": pl.Series(match.tolist(), dtype=pl.String),
+            }
+        ).select(KEEP_LIST_COLUMNS)
+        if log is not None:
+            log(
+                f"{key} @ T={t}: kept {d.n_kept:,} of {len(ids):,} "
+                f"({int(d.exact.sum())} exact copies removed)"
+            )
     if log is not None:
-        log(
-            f"{class_key} @ T={threshold}: kept {stats['kept']:,} of {stats['images']:,} "
-            f"({settings.similarity_space}, {settings.keep_policy}) in {seconds:.2f}s"
-        )
-    return keep, stats
+        log(f"{key}: {len(thresholds)} thresholds decided in {seconds:.2f}s")
+    return out
 
 
-@dg.asset(
-    group_name="deduplication",
-    kinds={"numpy", "parquet"},
-    partitions_def=class_threshold_partitions,
-    deps=[
-        dg.AssetDep(class_latents, partition_mapping=by_class),
-        dg.AssetDep(spline_fits, partition_mapping=by_class),
-    ],
-    description="Per class and threshold T: cosine similarity over all pairs in blocks; an "
-    "image is removed when it is more similar than T to an image already kept.",
-)
-def class_keep_list(
-    context: dg.AssetExecutionContext, storage: DedupStorage, settings: DedupSettings
-) -> dg.MaterializeResult:
-    settings.validate()
-    layout = storage.layout()
-    keys = context.partition_key.keys_by_dimension
-    class_key, threshold = keys[CLASS_DIM], keys[THRESHOLD_DIM]
-    keep, stats = build_class_keep_list(layout, class_key, threshold, settings, context.log.info)
-    path = write_parquet(keep, layout.class_keep_list(threshold, class_key))
-    return dg.MaterializeResult(metadata={**stats, "path": dg.MetadataValue.path(str(path))})
-
-
-def _pairs_picture(layout, keep: pl.DataFrame, catalog: pl.DataFrame) -> bytes | None:
+def _pairs_picture(layout: OutputLayout, keep: pl.DataFrame, catalog: pl.DataFrame) -> bytes | None:
     """The least and the most similar removed pairs: what a reviewer should look at."""
     removed = keep.filter(~pl.col("kept")).sort("similarity")
     if removed.height == 0:
@@ -123,59 +103,178 @@ def _pairs_picture(layout, keep: pl.DataFrame, catalog: pl.DataFrame) -> bytes |
     return plots.duplicate_pairs(kept_px, removed_px, picked["similarity"].to_list(), captions)
 
 
-@dg.asset(
-    group_name="deduplication",
-    kinds={"parquet", "csv"},
-    partitions_def=threshold_partitions,
-    deps=[image_catalog, dg.AssetDep(class_keep_list, partition_mapping=by_threshold)],
-    description="The keep list for one threshold over all classes, as parquet and CSV "
-    "(keep_lists/<T>.parquet): image_id, class, path, kept, duplicate_of, similarity.",
-)
-def keep_list(
-    context: dg.AssetExecutionContext, storage: DedupStorage, settings: DedupSettings
-) -> dg.MaterializeResult:
-    layout = storage.layout()
-    threshold = context.partition_key
-    catalog = catalog_images(read_catalog(layout))
-    class_keys = sorted(catalog["class_key"].unique().to_list())
-    keep = read_class_keep_lists(layout, threshold, class_keys).sort("class", "path")
-    write_parquet(keep, layout.keep_list(threshold, "parquet"))
-    write_csv(keep, layout.keep_list(threshold, "csv"))
-    per_class = (
-        keep.group_by("class")
-        .agg(pl.len().alias("images"), pl.col("kept").sum().alias("kept"))
-        .with_columns((pl.col("images") - pl.col("kept")).alias("removed"))
-        .sort("class")
+def mark_clean_copy_stale(layout: OutputLayout, threshold: str, keep_digest: str) -> bool:
+    """Say inside `clean/<T>` when it was made from another keep list than the current one."""
+    manifest = layout.clean_manifest(threshold)
+    if not layout.clean_dir(threshold).is_dir():
+        return False
+    try:
+        made_from = json.loads(manifest.read_text())["keep_list"]
+    except (OSError, ValueError, KeyError, TypeError):
+        made_from = None
+    if made_from == keep_digest:
+        return False
+    write_text(
+        "STALE: this copy was made from an earlier keep list than "
+        f"keep_lists/{threshold}.parquet.\nIt is replaced when clean_dataset next succeeds "
+        "for this threshold (a failed data-quality gate blocks it); do not train on it.\n",
+        layout.clean_stale_note(threshold),
     )
-    kept_total = int(keep["kept"].sum())
-    summary = {
-        "threshold": threshold,
-        "images": keep.height,
-        "kept": kept_total,
-        "removed": keep.height - kept_total,
-        "similarity_space": settings.similarity_space,
-        "keep_policy": settings.keep_policy,
-        "per_class": per_class.to_dicts(),
-    }
-    write_json(summary, layout.keep_list(threshold, "json"))
-    metadata = {
-        "images": keep.height,
-        "kept": kept_total,
-        "removed": keep.height - kept_total,
-        "kept_fraction": kept_total / max(keep.height, 1),
-        "similarity_space": settings.similarity_space,
-        "keep_policy": settings.keep_policy,
-        "per_class": dg.MetadataValue.md(
-            md_table(
-                ["class", "images", "kept", "removed"],
-                per_class.select("class", "images", "kept", "removed").rows(),
+    return True
+
+
+def build_keep_list_assets(
+    thresholds_def: dg.StaticPartitionsDefinition,
+) -> tuple[dg.AssetsDefinition, dg.AssetsDefinition, dg.AssetChecksDefinition]:
+    """class_keep_lists (per class, every threshold), keep_list (per threshold) and its
+    integrity check, for the configured thresholds."""
+    thresholds = thresholds_def.get_partition_keys()
+
+    @dg.asset(
+        group_name="deduplication",
+        kinds={"numpy", "parquet"},
+        partitions_def=class_partitions,
+        deps=[spline_fits],
+        description="Per class, at every threshold T: pixel-identical copies removed first "
+        "(similarity 1.0), then an image is removed when it is more similar than T to an "
+        "image already kept (cosine in the configured space, blocked join).",
+    )
+    def class_keep_lists(
+        context: dg.AssetExecutionContext, storage: DedupStorage, settings: DedupSettings
+    ) -> dg.MaterializeResult:
+        layout = storage.layout()
+        key = context.partition_key
+        current = CurrentInputs.of(layout, settings)
+        tables = decide_class_keep_lists(
+            layout, key, thresholds, settings, current, context.log.info
+        )
+        for t, keep in tables.items():
+            write_table(keep, layout.class_keep_list(t, key), current.keep(key, t))
+        return dg.MaterializeResult(
+            metadata={
+                "images": next(iter(tables.values())).height,
+                "similarity_space": str(settings.similarity_space),
+                "keep_policy": str(settings.keep_policy),
+                "kept_per_threshold": dg.MetadataValue.md(
+                    md_table(
+                        ["T", "kept", "removed", "exact copies"],
+                        [
+                            (
+                                t,
+                                int(k["kept"].sum()),
+                                int((~k["kept"]).sum()),
+                                int((k["match"] == "exact").sum()),
+                            )
+                            for t, k in tables.items()
+                        ],
+                    )
+                ),
+            }
+        )
+
+    @dg.asset(
+        group_name="deduplication",
+        kinds={"parquet", "csv"},
+        partitions_def=thresholds_def,
+        deps=[
+            image_catalog,
+            dg.AssetDep(class_keep_lists, partition_mapping=dg.AllPartitionMapping()),
+        ],
+        description="The keep list for one threshold over all classes, as parquet and CSV "
+        "(keep_lists/&lt;T&gt;.parquet): image_id, class, path, kept, duplicate_of, "
+        "similarity, match (exact or near).",
+    )
+    def keep_list(
+        context: dg.AssetExecutionContext, storage: DedupStorage, settings: DedupSettings
+    ) -> dg.MaterializeResult:
+        layout = storage.layout()
+        threshold = context.partition_key
+        current = CurrentInputs.of(layout, settings)
+        class_keys = sorted(current.class_digests)
+        for k in class_keys:
+            require_current(
+                layout.class_keep_list(threshold, k),
+                current.keep(k, threshold),
+                f"keep decisions of class {k} at T={threshold}",
+                "materialize class_keep_lists for this class first",
             )
-        ),
-        "path": dg.MetadataValue.path(str(layout.keep_list(threshold))),
-    }
-    picture = _pairs_picture(layout, keep, catalog)
-    if picture is not None:
-        write_bytes(picture, layout.duplicate_pairs_image(threshold))
-        metadata["duplicate_pairs"] = image_metadata(picture, "removed pairs to review")
-    context.log.info(f"T={threshold}: kept {kept_total:,} of {keep.height:,} images")
-    return dg.MaterializeResult(metadata=metadata)
+        keep = read_class_keep_lists(layout, threshold, class_keys).sort("class", "path")
+        provenance = current.keep_list(threshold)
+        write_table(keep, layout.keep_list(threshold, "parquet"), provenance)
+        write_csv(keep, layout.keep_list(threshold, "csv"))
+        per_class = (
+            keep.group_by("class")
+            .agg(
+                pl.len().alias("images"),
+                pl.col("kept").sum().alias("kept"),
+                (pl.col("match") == "exact").sum().alias("exact_copies"),
+            )
+            .with_columns((pl.col("images") - pl.col("kept")).alias("removed"))
+            .sort("class")
+        )
+        kept_total = int(keep["kept"].sum())
+        summary = {
+            "threshold": threshold,
+            "images": keep.height,
+            "kept": kept_total,
+            "removed": keep.height - kept_total,
+            "exact_copies_removed": int((keep["match"] == "exact").sum()),
+            "similarity_space": str(settings.similarity_space),
+            "keep_policy": str(settings.keep_policy),
+            "per_class": per_class.to_dicts(),
+        }
+        write_json(summary, layout.keep_list(threshold, "json"))
+        stale = mark_clean_copy_stale(layout, threshold, digest(provenance))
+        metadata = {
+            "images": keep.height,
+            "kept": kept_total,
+            "removed": keep.height - kept_total,
+            "exact_copies_removed": summary["exact_copies_removed"],
+            "kept_fraction": kept_total / max(keep.height, 1),
+            "similarity_space": str(settings.similarity_space),
+            "keep_policy": str(settings.keep_policy),
+            "clean_copy_stale": stale,
+            "per_class": dg.MetadataValue.md(
+                md_table(
+                    ["class", "images", "kept", "removed", "exact copies"],
+                    per_class.select("class", "images", "kept", "removed", "exact_copies").rows(),
+                )
+            ),
+            "path": dg.MetadataValue.path(str(layout.keep_list(threshold))),
+        }
+        catalog = catalog_images(read_catalog(layout))
+        picture = _pairs_picture(layout, keep, catalog)
+        if picture is not None:
+            write_bytes(picture, layout.duplicate_pairs_image(threshold))
+            metadata["duplicate_pairs"] = image_metadata(picture, "removed pairs to review")
+        elif layout.duplicate_pairs_image(threshold).exists():
+            layout.duplicate_pairs_image(threshold).unlink()
+        context.log.info(f"T={threshold}: kept {kept_total:,} of {keep.height:,} images")
+        return dg.MaterializeResult(metadata=metadata)
+
+    @dg.asset_check(
+        asset=keep_list,
+        blocking=True,
+        partitions_def=thresholds_def,
+        description="No class emptied; every removed image points to a kept image of the "
+        "same class with similarity > T (exactly 1.0 for exact copies); counts add up to the "
+        "catalog.",
+    )
+    def keep_list_integrity(
+        context: dg.AssetCheckExecutionContext, storage: DedupStorage
+    ) -> dg.AssetCheckResult:
+        layout = storage.layout()
+        threshold = context.partition_key
+        keep = pl.read_parquet(layout.keep_list(threshold))
+        catalog = catalog_images(read_catalog(layout))
+        problems = keep_list_problems(keep, catalog, float(threshold))
+        return dg.AssetCheckResult(
+            passed=not problems,
+            metadata={
+                "images": keep.height,
+                "kept": int(keep["kept"].sum()),
+                "problems": "; ".join(problems) or "none",
+            },
+        )
+
+    return class_keep_lists, keep_list, keep_list_integrity

@@ -1,106 +1,186 @@
-"""Assets: the kurtosis regression report per threshold, and the summary across thresholds."""
+"""Assets: the kurtosis report per threshold (which carries the kurtosis gate) and the
+summary across thresholds."""
 
 import json
 
 import dagster as dg
+import polars as pl
 
-from dedup_assets.assets.catalog import image_catalog
-from dedup_assets.assets.keep_lists import class_keep_list
-from dedup_assets.assets.spline_fits import spline_fits
 from dedup_assets.core.artifacts import (
-    catalog_class_keys,
-    read_class_keep_lists,
+    CurrentInputs,
+    digest,
+    read_classes,
+    read_keep_list,
     read_scores,
+    require_current,
 )
 from dedup_assets.core.atomic_io import atomic_dir, write_text
 from dedup_assets.core.kurtosis_report import build_report, summary_markdown
-from dedup_assets.partitions import by_threshold, threshold_partitions
-from dedup_assets.ui import md_image
+from dedup_assets.ui import md_image, md_table
 from resources import DedupSettings, DedupStorage
 
-
-def method_label(settings: DedupSettings) -> str:
-    return (
-        f"similarity space `{settings.similarity_space}`, keep policy `{settings.keep_policy}`, "
-        f"{settings.n_components} components, bin rule `{settings.bin_rule}`"
-    )
+GATE = "kurtosis_reduction"
 
 
-@dg.asset(
-    group_name="reports",
-    kinds={"scipy", "matplotlib"},
-    partitions_def=threshold_partitions,
-    deps=[
-        image_catalog,
-        dg.AssetDep(class_keep_list, partition_mapping=by_threshold),
-        dg.AssetDep(spline_fits, partition_mapping=dg.AllPartitionMapping()),
-    ],
-    description="Excess kurtosis of PC1-3 per class before and after removal, Theil-Sen "
-    "lines of after on before (the paper's Tables 2-3 and figures 1-3), and the entropy of "
-    "the spline marginals before and after.",
-)
-def kurtosis_report(
-    context: dg.AssetExecutionContext, storage: DedupStorage, settings: DedupSettings
-) -> dg.MaterializeResult:
-    layout = storage.layout()
-    threshold = context.partition_key
-    class_keys = catalog_class_keys(layout)
-    scores = read_scores(layout, class_keys)
-    keep = read_class_keep_lists(layout, threshold, class_keys)
-    report = build_report(
-        threshold,
-        scores,
-        keep,
-        bin_rule=settings.bin_rule,
-        tolerance=settings.kurtosis_tolerance,
-        method=method_label(settings),
-    )
-    with atomic_dir(layout.report_dir(threshold)) as tmp:
-        (tmp / "report.md").write_text(report.markdown)
-        for name, png in report.figures.items():
-            (tmp / name).write_bytes(png)
-        report.table.join(report.entropy, on="class").write_csv(tmp / "per_class.csv")
-        (tmp / "summary.json").write_text(json.dumps(report.summary(threshold), indent=2))
-    metadata = {
-        "report": dg.MetadataValue.md(report.markdown.split("![")[0]),
-        "path": dg.MetadataValue.path(str(layout.report_dir(threshold) / "report.md")),
+def gate_check_result(summary: dict, table: pl.DataFrame) -> dg.AssetCheckResult:
+    """The kurtosis gate as a Dagster check, from the numbers the report computed once."""
+    gate = summary["gate"]
+    metadata: dict = {
+        "tolerance": gate["tolerance"],
+        "outcome": "; ".join(gate["reasons"]),
+        "classes_measured": summary["classes_measured"],
+        "classes_not_measured": ", ".join(summary["classes_not_measured"]) or "none",
     }
-    for c, reg in enumerate(report.regressions, start=1):
-        metadata[f"pc{c}_slope"] = reg.slope
-        metadata[f"pc{c}_intercept"] = reg.intercept
-        metadata[f"pc{c}_classes_reduced"] = reg.fraction_reduced
-        metadata[f"pc{c}_figure"] = dg.MetadataValue.md(
-            md_image(report.figures[f"kurtosis_pc{c}.png"])
+    for r, chance in zip(summary["regressions"], gate["random_removal_excess_95"], strict=True):
+        c = r["component"]
+        metadata[f"pc{c}_slope"] = r["slope"]
+        metadata[f"pc{c}_intercept"] = r["intercept"]
+        metadata[f"pc{c}_excess_at_median"] = r["excess_at_median"]
+        metadata[f"pc{c}_classes_reduced"] = r["fraction_reduced"]
+        metadata[f"pc{c}_random_removal_excess_95"] = chance
+    metadata["per_class"] = dg.MetadataValue.md(
+        md_table(
+            ["class", "kept / images", "measured", "PC1 change", "PC2 change", "PC3 change"],
+            [
+                (
+                    row["class"],
+                    f"{row['n_after']} / {row['n_before']}",
+                    "yes" if row["measured"] else row["note"],
+                    *(row[f"k{c}_after"] - row[f"k{c}_before"] for c in (1, 2, 3)),
+                )
+                for row in table.iter_rows(named=True)
+            ],
         )
-        metadata[f"pc{c}_densities"] = dg.MetadataValue.md(
-            md_image(report.figures[f"density_pc{c}.png"])
-        )
-    context.log.info(
-        f"T={threshold}: Theil-Sen "
-        + ", ".join(f"PC{c}: {r.equation()}" for c, r in enumerate(report.regressions, 1))
     )
-    return dg.MaterializeResult(metadata=metadata)
+    severity = (
+        dg.AssetCheckSeverity.ERROR if gate["severity"] == "error" else dg.AssetCheckSeverity.WARN
+    )
+    return dg.AssetCheckResult(
+        check_name=GATE, passed=gate["severity"] == "pass", severity=severity, metadata=metadata
+    )
 
 
-@dg.asset(
-    group_name="reports",
-    kinds={"markdown"},
-    deps=[dg.AssetDep(kurtosis_report, partition_mapping=dg.AllPartitionMapping())],
-    description="Tables 2 and 3 for this dataset across every threshold, beside the paper's.",
-)
-def dedup_summary(context: dg.AssetExecutionContext, storage: DedupStorage) -> dg.MaterializeResult:
-    layout = storage.layout()
-    summaries = []
-    for threshold in threshold_partitions.get_partition_keys():
-        path = layout.report_dir(threshold) / "summary.json"
-        if path.exists():
-            summaries.append(json.loads(path.read_text()))
-        else:
-            context.log.warning(f"no kurtosis report for T={threshold} yet")
-    if not summaries:
-        raise FileNotFoundError("no kurtosis report exists: materialize kurtosis_report first")
-    text = summary_markdown(summaries)
-    path = write_text(text, layout.root / "reports" / "summary.md")
-    return dg.MaterializeResult(
-        metadata={"summary": dg.MetadataValue.md(text), "path": dg.MetadataValue.path(str(path))}
+def build_report_assets(
+    thresholds_def: dg.StaticPartitionsDefinition, keep_list: dg.AssetsDefinition
+) -> tuple[dg.AssetsDefinition, dg.AssetsDefinition]:
+    """kurtosis_report (per threshold, with the blocking kurtosis gate) and dedup_summary."""
+
+    @dg.asset(
+        group_name="reports",
+        kinds={"scipy", "matplotlib"},
+        partitions_def=thresholds_def,
+        deps=[keep_list],
+        check_specs=[
+            dg.AssetCheckSpec(
+                GATE,
+                asset="kurtosis_report",
+                blocking=True,
+                partitions_def=thresholds_def,
+                description="Removal must not make the classes' distributions more peaked: "
+                "ERROR when the Theil-Sen line of kurtosis-after on kurtosis-before, at the "
+                "median, lies above it by more than the tolerance and by more than removing "
+                "the same number of images per class at random does (95%); WARN when merely "
+                "not reduced. Classes under 12 images are not measured.",
+            )
+        ],
+        description="Excess kurtosis of PC1-3 per class before and after removal, Theil-Sen "
+        "lines of after on before (the paper's Tables 2-3 and figures 1-3), the entropy of "
+        "the spline marginals before and after, and the kurtosis gate.",
     )
+    def kurtosis_report(
+        context: dg.AssetExecutionContext, storage: DedupStorage, settings: DedupSettings
+    ) -> dg.MaterializeResult:
+        layout = storage.layout()
+        threshold = context.partition_key
+        current = CurrentInputs.of(layout, settings)
+        class_keys = sorted(current.class_digests)
+        for k in class_keys:
+            require_current(
+                layout.spline_scores(k),
+                current.fit(k),
+                f"spline fit scores of class {k}",
+                "materialize spline_fits for this class first",
+            )
+        provenance = current.keep_list(threshold)
+        require_current(
+            layout.keep_list(threshold),
+            provenance,
+            f"keep list T={threshold}",
+            "materialize keep_list for this threshold first",
+        )
+        classes = read_classes(layout)
+        report = build_report(
+            threshold,
+            read_scores(layout, class_keys),
+            read_keep_list(layout.keep_list(threshold)),
+            bin_rule=settings.bin_rule,
+            tolerance=settings.kurtosis_tolerance,
+            method=settings.label(),
+            empty_classes=classes.filter(pl.col("images") == 0)["class"].to_list(),
+        )
+        summary = report.summary(threshold) | {"keep_list": digest(provenance)}
+        with atomic_dir(layout.report_dir(threshold)) as tmp:
+            (tmp / "report.md").write_text(report.markdown)
+            for name, png in report.figures.items():
+                (tmp / name).write_bytes(png)
+            report.table.join(report.entropy, on="class").write_csv(tmp / "per_class.csv")
+            (tmp / layout.report_summary(threshold).name).write_text(json.dumps(summary, indent=2))
+        metadata = {
+            "report": dg.MetadataValue.md(report.markdown.split("![")[0]),
+            "gate": report.gate.severity.upper(),
+            "path": dg.MetadataValue.path(str(layout.report_dir(threshold) / "report.md")),
+        }
+        for c, reg in enumerate(report.regressions, start=1):
+            metadata[f"pc{c}_slope"] = reg.slope
+            metadata[f"pc{c}_intercept"] = reg.intercept
+            metadata[f"pc{c}_classes_reduced"] = reg.fraction_reduced
+            metadata[f"pc{c}_figure"] = dg.MetadataValue.md(
+                md_image(report.figures[f"kurtosis_pc{c}.png"])
+            )
+            metadata[f"pc{c}_densities"] = dg.MetadataValue.md(
+                md_image(report.figures[f"density_pc{c}.png"])
+            )
+        context.log.info(
+            f"T={threshold}: gate {report.gate.severity.upper()}; Theil-Sen "
+            + ", ".join(f"PC{c}: {r.equation()}" for c, r in enumerate(report.regressions, 1))
+        )
+        return dg.MaterializeResult(
+            metadata=metadata, check_results=[gate_check_result(summary, report.table)]
+        )
+
+    @dg.asset(
+        group_name="reports",
+        kinds={"markdown"},
+        deps=[dg.AssetDep(kurtosis_report, partition_mapping=dg.AllPartitionMapping())],
+        description="Tables 2 and 3 for this dataset across every threshold, beside the paper's.",
+    )
+    def dedup_summary(
+        context: dg.AssetExecutionContext, storage: DedupStorage, settings: DedupSettings
+    ) -> dg.MaterializeResult:
+        layout = storage.layout()
+        current = CurrentInputs.of(layout, settings)
+        summaries = []
+        for threshold in thresholds_def.get_partition_keys():
+            path = layout.report_summary(threshold)
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"no kurtosis report for T={threshold}: materialize kurtosis_report first"
+                )
+            summary = json.loads(path.read_text())
+            if summary.get("keep_list") != digest(current.keep_list(threshold)):
+                raise RuntimeError(
+                    f"the kurtosis report for T={threshold} is stale (made from an earlier "
+                    "keep list): materialize kurtosis_report for it first"
+                )
+            summaries.append(summary)
+        text = summary_markdown(summaries)
+        path = write_text(text, layout.summary)
+        context.log.info(f"summary of {len(summaries)} thresholds: {path}")
+        return dg.MaterializeResult(
+            metadata={
+                "summary": dg.MetadataValue.md(text),
+                "path": dg.MetadataValue.path(str(path)),
+            }
+        )
+
+    return kurtosis_report, dedup_summary

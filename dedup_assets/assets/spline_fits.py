@@ -8,10 +8,14 @@ import polars as pl
 
 from dedup_assets.assets.latents import class_latents
 from dedup_assets.core import plots
-from dedup_assets.core.artifacts import read_latents
-from dedup_assets.core.atomic_io import write_parquet
+from dedup_assets.core.artifacts import (
+    CurrentInputs,
+    class_names,
+    read_latents,
+    require_current,
+    write_table,
+)
 from dedup_assets.core.class_density import fit_class_density
-from dedup_assets.core.image_folder import class_name_from_key
 from dedup_assets.core.pca import components_for_variance
 from dedup_assets.partitions import class_partitions
 from dedup_assets.ui import image_metadata, md_table
@@ -32,31 +36,40 @@ REPORTED_COMPONENTS = 3
 def spline_fits(
     context: dg.AssetExecutionContext, storage: DedupStorage, settings: DedupSettings
 ) -> dg.MaterializeResult:
-    settings.validate()
     layout = storage.layout()
     key = context.partition_key
-    table, latents = read_latents(layout.latents(key))
+    current = CurrentInputs.of(layout, settings)
+    path = require_current(
+        layout.latents(key),
+        current.latents(key),
+        f"latents of class {key}",
+        "materialize class_latents for this class first",
+    )
+    table, latents = read_latents(path)
     start = time.perf_counter()
     model = fit_class_density(latents, settings.n_components, settings.bin_rule)
     scores = model.scores(latents)
     log_density = model.log_density(latents)
     seconds = time.perf_counter() - start
-    model.save(layout.spline_fit(key))
+    provenance = current.fit(key)
+    model.save(layout.spline_fit(key), provenance)
     per_image = table.select("image_id", "path").with_columns(
         pl.Series("log_density", log_density.astype(np.float64)),
         *[
             pl.Series(
-                f"pc{c + 1}", scores[:, c] if c < scores.shape[1] else np.full(len(table), np.nan)
+                f"pc{c + 1}",
+                scores[:, c] if c < scores.shape[1] else np.full(len(table), np.nan),
+                dtype=pl.Float64,
             )
             for c in range(REPORTED_COMPONENTS)
         ],
     )
-    write_parquet(per_image, layout.spline_scores(key))
+    write_table(per_image, layout.spline_scores(key), provenance)
     k = model.n_components
     metadata: dict = {
         "images": len(latents),
         "components": k,
-        "bin_rule": settings.bin_rule,
+        "bin_rule": str(settings.bin_rule),
         "fit_seconds": round(seconds, 3),
         "path": dg.MetadataValue.path(str(layout.spline_fit(key))),
     }
@@ -86,7 +99,8 @@ def spline_fits(
                 plots.marginal_densities(
                     model.density.marginals[:shown],
                     [scores[:, c] for c in range(shown)],
-                    f"{class_name_from_key(key)}: spline marginals of the leading components",
+                    f"{class_names(layout).get(key, key)}: spline marginals of the leading "
+                    "components",
                 ),
                 "marginal densities",
             ),

@@ -1,27 +1,187 @@
-"""Reading and writing the pipeline's stored tables, in one place for every asset."""
+"""Reading and writing the pipeline's stored tables, and proving they are current.
+
+Every per-class file records its provenance: the inputs it was computed from (the class's
+content digest in the catalog, the model file's digest, the settings that shape it, and
+the provenance of the file it was computed from). A reader compares that record with what
+the current catalog, model and settings would give, so a file left by an earlier run, or
+by a run whose upstream stage failed, is refused with the stage to re-run instead of being
+silently used. Records chain, so one comparison checks the whole path back to the images.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import polars as pl
 
-from dedup_assets.core.atomic_io import write_parquet
+from dedup_assets.core.atomic_io import PROVENANCE_KEY, atomic_path
 from dedup_assets.core.layout import OutputLayout
 
-KEEP_LIST_COLUMNS = ("image_id", "class", "path", "kept", "duplicate_of", "similarity")
+if TYPE_CHECKING:
+    from dedup_assets.core.class_decision import ClassData
+
+KEEP_LIST_COLUMNS = (
+    "image_id",
+    "class",
+    "path",
+    "kept",
+    "duplicate_of",
+    "similarity",
+    "match",
+)
+
+
+class MissingArtifact(FileNotFoundError):
+    """An upstream file does not exist yet."""
+
+
+class StaleArtifact(RuntimeError):
+    """An upstream file was computed from inputs that are no longer current."""
+
+
+def digest(obj: Any) -> str:
+    """A short stable digest of a JSON-able value."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    """Digest of a file's bytes (the model)."""
+    h = hashlib.sha1()
+    with open(_require(path, "file"), "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def _require(path: Path, what: str) -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"{what} not found at {path}: materialize it first")
+        raise MissingArtifact(f"{what} not found at {path}: materialize it first")
     return path
+
+
+# ---------------------------------------------------------------------------- provenance
+
+
+class MethodSettings(Protocol):
+    n_components: int
+    bin_rule: str
+    similarity_space: str
+    keep_policy: str
+
+
+def latents_provenance(class_digest: str, model_digest: str) -> dict[str, str]:
+    return {"kind": "latents", "class": class_digest, "model": model_digest}
+
+
+def fit_provenance(latents: dict, settings: MethodSettings) -> dict[str, Any]:
+    return {
+        "kind": "spline_fit",
+        "latents": digest(latents),
+        "n_components": int(settings.n_components),
+        "bin_rule": str(settings.bin_rule),
+    }
+
+
+def keep_provenance(fit: dict, settings: MethodSettings, threshold: str) -> dict[str, Any]:
+    return {
+        "kind": "keep",
+        "fit": digest(fit),
+        "space": str(settings.similarity_space),
+        "policy": str(settings.keep_policy),
+        "threshold": threshold,
+    }
+
+
+@dataclass(frozen=True)
+class CurrentInputs:
+    """What every per-class file should have been computed from, right now."""
+
+    class_digests: dict[str, str]
+    model_digest: str
+    settings: MethodSettings
+
+    @classmethod
+    def of(cls, layout: OutputLayout, settings: MethodSettings) -> CurrentInputs:
+        return cls(class_digests(layout), file_digest(layout.model), settings)
+
+    def latents(self, key: str) -> dict:
+        return latents_provenance(self.class_digests[key], self.model_digest)
+
+    def fit(self, key: str) -> dict:
+        return fit_provenance(self.latents(key), self.settings)
+
+    def keep(self, key: str, threshold: str) -> dict:
+        return keep_provenance(self.fit(key), self.settings, threshold)
+
+    def keep_list(self, threshold: str) -> dict:
+        """The combined keep list: one record over every class with images."""
+        keys = sorted(self.class_digests)
+        return {
+            "kind": "keep_list",
+            "threshold": threshold,
+            "classes": {k: digest(self.keep(k, threshold)) for k in keys},
+        }
+
+
+def read_provenance(path: Path) -> dict | None:
+    """The provenance record stored in a parquet or npz file, or None."""
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            text = str(z[PROVENANCE_KEY]) if PROVENANCE_KEY in z.files else None
+    else:
+        text = pl.read_parquet_metadata(path).get(PROVENANCE_KEY)
+    return json.loads(text) if text else None
+
+
+def require_current(path: Path, expected: dict, what: str, fix: str) -> Path:
+    """Refuse a missing file or one whose provenance differs from `expected`."""
+    _require(path, what)
+    found = read_provenance(path)
+    if found != expected:
+        raise StaleArtifact(
+            f"{what} at {path} is stale: it was computed from other inputs than the current "
+            f"catalog, model and settings; {fix}"
+        )
+    return path
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def write_table(df: pl.DataFrame, path: Path | str, provenance: dict | None = None) -> Path:
+    """Write parquet atomically, with its provenance record when given."""
+    meta = {PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)} if provenance else None
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp, metadata=meta)
+    return Path(path)
 
 
 def read_catalog(layout: OutputLayout) -> pl.DataFrame:
     """The image catalog: every scanned file, decoded or quarantined."""
     return pl.read_parquet(_require(layout.catalog, "image catalog"))
+
+
+def read_classes(layout: OutputLayout) -> pl.DataFrame:
+    """One row per class with decoded images: class_key, class, images, digest."""
+    return pl.read_parquet(_require(layout.classes, "class table of the image catalog"))
+
+
+def class_digests(layout: OutputLayout) -> dict[str, str]:
+    """Content digest of every class with decoded images, by partition key."""
+    classes = read_classes(layout).filter(pl.col("images") > 0)
+    return dict(zip(classes["class_key"].to_list(), classes["digest"].to_list(), strict=True))
+
+
+def class_names(layout: OutputLayout) -> dict[str, str]:
+    """Partition key -> class folder name (keys are length-bounded, names are not)."""
+    classes = read_classes(layout)
+    return dict(zip(classes["class_key"].to_list(), classes["class"].to_list(), strict=True))
 
 
 def catalog_images(catalog: pl.DataFrame, class_key: str | None = None) -> pl.DataFrame:
@@ -34,7 +194,7 @@ def catalog_images(catalog: pl.DataFrame, class_key: str | None = None) -> pl.Da
 
 def catalog_class_keys(layout: OutputLayout) -> list[str]:
     """Partition keys of the classes that have decoded images, sorted."""
-    return sorted(catalog_images(read_catalog(layout))["class_key"].unique().to_list())
+    return sorted(read_classes(layout).filter(pl.col("images") > 0)["class_key"].to_list())
 
 
 def open_pixels(layout: OutputLayout) -> np.ndarray:
@@ -42,24 +202,80 @@ def open_pixels(layout: OutputLayout) -> np.ndarray:
     return np.load(_require(layout.pixels, "pixel store"), mmap_mode="r")
 
 
-def write_latents(path: Path, image_ids: list[str], paths: list[str], latents: np.ndarray) -> Path:
+def write_latents(
+    path: Path,
+    image_ids: list[str],
+    paths: list[str],
+    latents: np.ndarray,
+    provenance: dict,
+) -> Path:
     df = pl.DataFrame(
         {
-            "image_id": image_ids,
-            "path": paths,
+            "image_id": pl.Series(image_ids, dtype=pl.String),
+            "path": pl.Series(paths, dtype=pl.String),
             "latent": pl.Series(
-                "latent", latents.astype(np.float32), dtype=pl.Array(pl.Float32, latents.shape[1])
+                "latent",
+                latents.astype(np.float32).reshape(len(image_ids), -1),
+                dtype=pl.Array(pl.Float32, latents.shape[1] if latents.ndim == 2 else 0),
             ),
         }
     )
-    return write_parquet(df, path)
+    return write_table(df, path, provenance)
 
 
 def read_latents(path: Path) -> tuple[pl.DataFrame, np.ndarray]:
     """(image_id, path) table and the (n, 1024) float32 latent matrix of one class."""
     df = pl.read_parquet(_require(path, "class latents"))
-    latents = df["latent"].to_numpy().astype(np.float32, copy=False).reshape(len(df), -1)
+    width = df.schema["latent"].size if df.height == 0 else None
+    latents = df["latent"].to_numpy().astype(np.float32, copy=False).reshape(len(df), width or -1)
     return df.drop("latent"), latents
+
+
+def load_class_data(
+    layout: OutputLayout,
+    key: str,
+    current: CurrentInputs | None = None,
+    *,
+    with_pixels: bool = False,
+    catalog: pl.DataFrame | None = None,
+) -> tuple[pl.DataFrame, ClassData]:
+    """One class's (image_id, path) table and what deciding it needs (`class_decision`).
+
+    With `current`, the latents and the fit must be current; otherwise they are read as is
+    (benchmarks and analyses of an output folder).
+    """
+    from dedup_assets.core.class_decision import ClassData
+    from dedup_assets.core.class_density import ClassDensityModel
+
+    if current is not None:
+        require_current(
+            layout.latents(key),
+            current.latents(key),
+            f"latents of class {key}",
+            "materialize class_latents for this class first",
+        )
+        require_current(
+            layout.spline_fit(key),
+            current.fit(key),
+            f"spline fit of class {key}",
+            "materialize spline_fits for this class first",
+        )
+    table, latents = read_latents(layout.latents(key))
+    images = catalog_images(read_catalog(layout) if catalog is None else catalog, key)
+    joined = table.join(images.select("image_id", "pixel_hash", "row"), on="image_id", how="left")
+    if joined["pixel_hash"].is_null().any():
+        raise StaleArtifact(f"latents of class {key} name images the catalog does not hold")
+    pixels = None
+    if with_pixels:
+        pixels = np.asarray(open_pixels(layout)[joined["row"].to_numpy()])
+    data = ClassData(
+        table["image_id"].to_numpy().astype(str),
+        joined["pixel_hash"].to_numpy().astype(str),
+        latents,
+        ClassDensityModel.load(layout.spline_fit(key)),
+        pixels,
+    )
+    return table, data
 
 
 def read_keep_list(path: Path) -> pl.DataFrame:
@@ -68,19 +284,19 @@ def read_keep_list(path: Path) -> pl.DataFrame:
 
 def read_scores(layout: OutputLayout, class_keys: list[str]) -> pl.DataFrame:
     """Per-image leading component scores and log-density of the given classes, with class."""
-    from dedup_assets.core.image_folder import class_name_from_key
-
+    names = class_names(layout)
     frames = [
         pl.read_parquet(_require(layout.spline_scores(k), "spline fit scores")).with_columns(
-            pl.lit(class_name_from_key(k)).alias("class")
+            pl.lit(names[k]).alias("class")
         )
         for k in class_keys
     ]
-    return pl.concat(frames) if frames else pl.DataFrame()
+    return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
 
 
 def read_class_keep_lists(
     layout: OutputLayout, threshold: str, class_keys: list[str]
 ) -> pl.DataFrame:
     """The per-class keep lists of one threshold, concatenated in class order."""
-    return pl.concat([read_keep_list(layout.class_keep_list(threshold, k)) for k in class_keys])
+    frames = [read_keep_list(layout.class_keep_list(threshold, k)) for k in class_keys]
+    return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()

@@ -1,14 +1,21 @@
 """Atomic writes: every output appears whole or not at all.
 
 Files are written to a temporary sibling and moved into place with `os.replace`, which is
-atomic on POSIX file systems; folders are built beside their destination and swapped in.
-An interrupted run therefore never leaves a half-written asset behind.
+atomic on POSIX file systems. Folders are built beside their destination and swapped in
+with one `renameat2(RENAME_EXCHANGE)` where the kernel has it (Linux), so the path always
+holds the old or the new tree; elsewhere two renames are used and `sweep_interrupted`
+puts a tree stranded between them back. An interrupted run therefore never leaves a
+half-written asset, and the next run sweeps what it left (`.tmp` files, `.old` trees).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -37,12 +44,33 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         raise
 
 
+PROVENANCE_KEY = "latent_dedup_provenance"  # where stored files keep their provenance record
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+
+
+def exchange_paths(a: Path | str, b: Path | str) -> bool:
+    """Swap two existing paths in one atomic step; False where the system cannot."""
+    if _renameat2 is None:
+        return False
+    result = _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 @contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Yield a fresh hidden sibling folder to fill; on success it takes the place of `path`.
 
     On any exception (KeyboardInterrupt included) the temporary tree is removed and an
-    existing `path` is left as it was; if the final swap fails, the old tree is put back.
+    existing `path` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,7 +78,11 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     tmp.chmod(0o755)
     try:
         yield tmp
-        if path.exists():
+        if not path.exists():
+            os.replace(tmp, path)
+        elif exchange_paths(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)  # now holds the old tree
+        else:
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "tree")
             try:
@@ -59,11 +91,46 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
                 os.replace(old / "tree", path)
                 raise
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# `.<name>.<8 random chars>.tmp` / `.old`, as tempfile.mkstemp/mkdtemp name them above.
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.(?P<kind>tmp|old)$")
+
+
+def sweep_interrupted(root: Path | str, *, skip: tuple[str, ...] = (".dagster",)) -> list[str]:
+    """Remove what an interrupted write left under `root`; restore stranded trees.
+
+    A `.old` tree whose destination is missing was moved aside by a swap that never
+    finished: it goes back into place. Every other leftover is deleted. Returns what was
+    done, one line per path. Only call while no other process writes under `root`.
+    """
+    root = Path(root)
+    done: list[str] = []
+    if not root.is_dir():
+        return done
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root:
+            dirnames[:] = [d for d in dirnames if d not in skip]
+        for name in [*dirnames, *filenames]:
+            match = _LEFTOVER.match(name)
+            if match is None:
+                continue
+            leftover = Path(dirpath, name)
+            target = Path(dirpath, match["name"])
+            if match["kind"] == "old" and (leftover / "tree").exists() and not target.exists():
+                os.replace(leftover / "tree", target)
+                done.append(f"restored {target} from an interrupted swap")
+            else:
+                done.append(f"removed {leftover} left by an interrupted write")
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+        dirnames[:] = [d for d in dirnames if not _LEFTOVER.match(d)]
+    return done
 
 
 def write_parquet(df: pl.DataFrame, path: Path | str) -> Path:

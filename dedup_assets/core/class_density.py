@@ -7,12 +7,13 @@ stored, so new images of the class can be scored and embedded later without refi
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dedup_assets.core.atomic_io import save_npz
+from dedup_assets.core.atomic_io import PROVENANCE_KEY, save_npz
 from dedup_assets.core.pca import PCAFit, fit_pca
 from dedup_assets.core.spline import BinRule, ProductSplineDensity
 
@@ -38,7 +39,8 @@ class ClassDensityModel:
             return np.zeros(len(latents))
         return self.density.logpdf(self.scores(latents))
 
-    def save(self, path: Path | str) -> Path:
+    def save(self, path: Path | str, provenance: dict | None = None) -> Path:
+        """Store the fit (npz, no pickles), with the provenance record when given."""
         arrays = {
             "pca_mean": self.pca.mean,
             "pca_components": self.pca.components,
@@ -49,6 +51,8 @@ class ClassDensityModel:
         }
         if self.density is not None:
             arrays |= {f"spline_{k}": v for k, v in self.density.to_arrays().items()}
+        if provenance is not None:
+            arrays[PROVENANCE_KEY] = np.array(json.dumps(provenance, sort_keys=True))
         return save_npz(path, **arrays)
 
     @classmethod

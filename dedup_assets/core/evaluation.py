@@ -12,19 +12,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dedup_assets.core.keep_policy import greedy_keep
+from dedup_assets.core.class_decision import keep_decisions
 from dedup_assets.core.similarity import DEFAULT_BLOCK, count_pairs_above, iter_similarity_blocks
 
 
 @dataclass(frozen=True)
 class ClassPairs:
-    """One class's unit vectors, its known positive pairs (i < j) and visit order."""
+    """One class's unit vectors, its known positive pairs (i < j) and visit order.
+
+    pixel_hashes: decoded-pixel hashes, so exact copies are removed as the pipeline does;
+    None treats every image as distinct.
+    """
 
     name: str
     vectors: np.ndarray
     positives: np.ndarray  # (p, 2) int indices, i < j
     order: np.ndarray
     in_ground_truth: np.ndarray  # (n,) bool: image takes part in a known pair
+    pixel_hashes: np.ndarray | None = None
+
+    def hashes(self) -> np.ndarray:
+        if self.pixel_hashes is not None:
+            return np.asarray(self.pixel_hashes, dtype=str)
+        return np.arange(len(self.vectors)).astype(str)
 
 
 def positive_pairs(n: int, edges: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -105,11 +115,15 @@ def evaluate_method(
     ap = float(precision.mean()) if len(pos) else float("nan")
 
     evaluation = MethodEvaluation(name, ap, len(pos), n_pairs, recall, precision)
-    for t, flagged in zip(thresholds, above_t, strict=True):
+    decided = [
+        keep_decisions(c.vectors, c.order, c.hashes(), thresholds, block=min(block, 2048))
+        for c in classes
+    ]
+    for k, (t, flagged) in enumerate(zip(thresholds, above_t, strict=True)):
         tp = int((pos > t).sum())
         removed = removed_known = kept_clean = n_clean = 0
-        for c in classes:
-            decision = greedy_keep(c.vectors, c.order, t, block=min(block, 2048))
+        for c, decisions in zip(classes, decided, strict=True):
+            decision = decisions[k]
             gone = ~decision.kept
             removed += int(gone.sum())
             removed_known += int((gone & c.in_ground_truth).sum())
@@ -161,46 +175,44 @@ def evaluate_against_ground_truth(
     methods: Sequence[str] = METHODS,
     keep_policy: str = "density",
     block: int = DEFAULT_BLOCK,
+    current=None,
     log=None,
 ) -> tuple[list[MethodEvaluation], dict]:
-    """Score every similarity space and the pHash baseline on the same images."""
-    from dedup_assets.core.artifacts import catalog_images, open_pixels, read_catalog, read_latents
-    from dedup_assets.core.class_density import ClassDensityModel
-    from dedup_assets.core.keep_policy import visit_order
-    from dedup_assets.core.phash import hash_vectors, phash_bits
-    from dedup_assets.core.planting import read_ground_truth
-    from dedup_assets.core.similarity import embed
+    """Score every similarity space and the pHash baseline on the same images.
 
-    catalog = catalog_images(read_catalog(layout))
-    class_key_of = dict(
-        zip(catalog["class"].to_list(), catalog["class_key"].to_list(), strict=True)
+    current: a CurrentInputs; when given, latents and fits must be current (not stale).
+    """
+    from dedup_assets.core.artifacts import (
+        catalog_images,
+        class_names,
+        load_class_data,
+        read_catalog,
     )
+    from dedup_assets.core.class_decision import class_order, vectorise
+    from dedup_assets.core.planting import read_ground_truth
+
+    full_catalog = read_catalog(layout)
+    catalog = catalog_images(full_catalog)
+    class_key_of = {name: key for key, name in class_names(layout).items()}
     edges, unmatched = ground_truth_edges(
         catalog, read_ground_truth(ground_truth_path), class_key_of
     )
-    pixels = open_pixels(layout)
-    row_of = dict(zip(catalog["image_id"].to_list(), catalog["row"].to_list(), strict=True))
     per_method: dict[str, list[ClassPairs]] = {m: [] for m in methods}
-    for key in sorted(set(class_key_of.values())):
-        table, latents = read_latents(layout.latents(key))
-        ids = table["image_id"].to_list()
+    for key in sorted(set(catalog["class_key"].to_list())):
+        _, data = load_class_data(
+            layout, key, current, with_pixels="phash" in methods, catalog=full_catalog
+        )
+        ids = data.image_ids.tolist()
         index = {i: k for k, i in enumerate(ids)}
         pairs, involved = positive_pairs(
             len(ids),
             [(index[a], index[b]) for a, b in edges.get(key, []) if a in index and b in index],
         )
-        model = ClassDensityModel.load(layout.spline_fit(key))
-        density_order = visit_order(
-            ids, keep_policy, model.log_density(latents) if keep_policy == "density" else None
-        )
+        order = class_order(data, keep_policy)
         for method in methods:
-            if method == "phash":
-                vectors = hash_vectors(phash_bits(np.asarray(pixels[[row_of[i] for i in ids]])))
-                order = visit_order(ids, "first")
-            else:
-                vectors = embed(latents, method, model)
-                order = density_order
-            per_method[method].append(ClassPairs(key, vectors, pairs, order, involved))
+            per_method[method].append(
+                ClassPairs(key, vectorise(data, method), pairs, order, involved, data.pixel_hashes)
+            )
         if log is not None:
             log(f"evaluation: prepared {key} ({len(ids)} images, {len(pairs)} known pairs)")
     results = [evaluate_method(m, per_method[m], thresholds, block=block) for m in methods]

@@ -1,7 +1,10 @@
 """Reading a labelled ImageFolder (`<root>/<class>/<image>`) into one uint8 pixel store.
 
 Every image is decoded once to 64x64 RGB; files that cannot be read are quarantined
-with their reason instead of stopping the run. Image ids are content hashes, so the same
+with their reason instead of stopping the run, and entries that are not images of a class
+are reported as skipped, never dropped silently (only hidden entries are). Paths are kept as
+the exact bytes the file system returned, so any name it allows can be read back; the
+strings for display are always valid UTF-8. Image ids are content hashes, so the same
 picture keeps its id when files are renamed, listed in another order or re-scanned.
 """
 
@@ -9,65 +12,296 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import multiprocessing
 import os
+import re
+import stat
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import quote, unquote
+from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+_IMAGE_EXTENSIONS_B = frozenset(os.fsencode(e) for e in IMAGE_EXTENSIONS)
+# Files in the root that belong to the dataset but are not images (not reported as skipped).
+IGNORED_ROOT_FILES = frozenset({"ground_truth.csv"})
+_IGNORED_ROOT_FILES_B = frozenset(os.fsencode(n) for n in IGNORED_ROOT_FILES)
+# Files larger than this are quarantined unread: no real image is this big, a mistake could be.
+DEFAULT_MAX_FILE_BYTES = 256 * 2**20
 IMAGE_SIZE = 64
 # Resampling used when an image is not already 64x64: the whole frame is kept (no crop).
 RESAMPLE = Image.Resampling.BICUBIC
 
+StrPath = str | bytes | os.PathLike
 
-def class_key(class_name: str) -> str:
-    """A partition key and file name for a class: percent-encodes all but [A-Za-z0-9_-].
+_PLAIN_KEY = re.compile(rb"[A-Za-z0-9_-]{1,64}")
+_MAX_KEY = 64
+_HASHED_KEY_PREFIX = 40
 
-    Dagster forbids some substrings in partition keys ("...", control characters, and
-    the multi-partition separators); file systems forbid others. The encoding is
-    reversible with `class_name_from_key`.
+
+def _display(raw: bytes) -> str:
+    """Valid UTF-8 text for a raw file name or path; undecodable bytes become `\\xNN`."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def class_key(raw_name: bytes | str) -> str:
+    """A Dagster partition key and file-name stem for a class folder name.
+
+    Names of at most 64 characters from [A-Za-z0-9_-] are kept as they are. Others are the
+    percent-encoded bytes (`.` and `~` included), reversible with `unquote_to_bytes`; when
+    that is longer than 64 characters, its first (at most) 40 characters, `~` and 16 hex of
+    the name's sha1. Keys thus use only [A-Za-z0-9_%~-], are at most 64 characters and
+    differ for different names.
     """
-    return quote(class_name, safe="").replace(".", "%2E").replace("~", "%7E")
-
-
-def class_name_from_key(key: str) -> str:
-    """Inverse of `class_key`."""
-    return unquote(key)
+    raw = os.fsencode(raw_name)
+    if not raw:
+        raise ValueError("a class name cannot be empty")
+    if _PLAIN_KEY.fullmatch(raw):
+        return raw.decode("ascii")
+    encoded = quote(raw, safe="").replace(".", "%2E").replace("~", "%7E")
+    if len(encoded) <= _MAX_KEY:
+        return encoded
+    prefix = encoded[:_HASHED_KEY_PREFIX]
+    cut = prefix.rfind("%", len(prefix) - 2)  # a %XX triple cut short at the end
+    if cut >= 0:
+        prefix = prefix[:cut]
+    return f"{prefix}~{hashlib.sha1(raw).hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)
 class ImageFile:
-    """One candidate image file: its class folder and path relative to the root."""
+    """One image file of a class: display strings, partition key and the exact path bytes."""
 
-    class_name: str
-    rel_path: str
+    class_name: str  # class folder name, valid UTF-8 (undecodable bytes as \xNN)
+    class_key: str  # see class_key()
+    rel_path: str  # '/'-separated path below the root, valid UTF-8 (undecodable bytes as \xNN)
+    raw_path: bytes  # the exact path bytes below the root: the only thing used to open the file
+
+    def source_path(self, root: StrPath) -> str:
+        """The path to open, exact also for names that are not valid UTF-8."""
+        return os.fsdecode(os.path.join(os.fsencode(root), self.raw_path))
 
 
-def scan_image_folder(root: Path | str) -> list[ImageFile]:
-    """Every image file under `<root>/<class>/`, sorted by path; hidden entries skipped.
+@dataclass(frozen=True)
+class SkippedPath:
+    """An entry below the root that is not read as an image, and why."""
 
-    Images in nested folders below a class folder belong to that class.
+    path: str  # display path below the root, valid UTF-8
+    raw_path: bytes
+    class_name: str | None  # None for entries directly in the root
+    reason: str
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """The image files of a folder and the entries skipped, each sorted by raw path;
+    `classes` maps the key of every class folder (empty ones too) to its display name."""
+
+    files: list[ImageFile]
+    skipped: list[SkippedPath]
+    classes: dict[str, str] = field(default_factory=dict)
+
+
+_TYPE_NAMES = (
+    (stat.S_ISDIR, "folder"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISLNK, "symbolic link"),
+)
+
+
+def _type_name(mode: int) -> str:
+    return next((name for test, name in _TYPE_NAMES if test(mode)), "special file")
+
+
+def _list_dir(path: bytes) -> list[os.DirEntry[bytes]]:
+    """The entries of a folder (any order); OSError when it cannot be read."""
+    with os.scandir(path) as it:
+        return list(it)
+
+
+def _folder_skip(raw_rel: bytes, class_name: str | None, exc: OSError) -> SkippedPath:
+    """A folder whose listing failed, reported instead of silently missing its images."""
+    return SkippedPath(
+        _display(raw_rel),
+        raw_rel,
+        class_name,
+        f"folder could not be read: {exc.strerror or exc}",
+    )
+
+
+def _classify(entry: os.DirEntry[bytes]) -> tuple[str, str | None]:
+    """("file" | "dir" | "linkdir" | "skip", reason): regular files, folders, links to them."""
+    try:
+        if entry.is_symlink():
+            try:
+                mode = os.stat(entry.path).st_mode
+            except FileNotFoundError:
+                return "skip", "broken symbolic link (its target does not exist): skipped"
+            except OSError as exc:
+                return (
+                    "skip",
+                    f"symbolic link could not be followed ({exc.strerror or exc}): skipped",
+                )
+            if stat.S_ISREG(mode):
+                return "file", None
+            if stat.S_ISDIR(mode):
+                return "linkdir", None
+            return "skip", f"symbolic link to a {_type_name(mode)}, not a regular file: skipped"
+        # d_type answers these without a system call for ordinary entries.
+        if entry.is_dir(follow_symlinks=False):
+            return "dir", None
+        if entry.is_file(follow_symlinks=False):
+            return "file", None
+        mode = entry.stat(follow_symlinks=False).st_mode
+        return "skip", f"not a regular file ({_type_name(mode)}): skipped"
+    except OSError as exc:
+        return "skip", f"could not be inspected ({exc.strerror or exc}): skipped"
+
+
+def _image_extension_problem(name: bytes) -> str | None:
+    """None for an image file name, else why it is not read as one."""
+    ext = os.path.splitext(name)[1].lower()
+    if ext in _IMAGE_EXTENSIONS_B:
+        return None
+    if not ext:
+        return "no file extension, so not an image: skipped"
+    return f"file extension '{_display(ext)}' is not an image extension: skipped"
+
+
+def scan_image_folder(root: StrPath) -> FolderScan:
+    """Every image file under `<root>/<class>/`, and every other entry with why it is skipped.
+
+    Images in nested folders below a class folder belong to that class. Hidden entries
+    (names starting with `.`) and IGNORED_ROOT_FILES in the root are skipped silently. A
+    class folder may be a symbolic link to a folder; links to folders below it are not
+    followed (no loops). Only regular files, or links to them, are listed as images.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image source {root} is not a directory")
+    root_b = os.fsencode(root)
+    shown = _display(root_b)
+    try:
+        mode = os.stat(root_b).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image source {shown} does not exist") from None
+    except OSError as exc:
+        raise type(exc)(f"image source {shown} could not be read: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(mode):
+        raise NotADirectoryError(f"image source {shown} is not a directory")
+    try:
+        entries = _list_dir(root_b)
+    except OSError as exc:
+        raise type(exc)(f"image source {shown} could not be read: {exc.strerror or exc}") from exc
+
     files: list[ImageFile] = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for dirpath, dirnames, filenames in os.walk(class_dir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in filenames:
-                if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+    skipped: list[SkippedPath] = []
+    classes: dict[str, str] = {}
+    for entry in entries:
+        name = entry.name
+        if name.startswith(b"."):
+            continue
+        kind, reason = _classify(entry)
+        if kind in ("dir", "linkdir"):
+            classes[class_key(name)] = _display(name)
+            _scan_class(root_b, name, files, skipped)
+            continue
+        if kind == "file":
+            if name in _IGNORED_ROOT_FILES_B:
+                continue
+            if _image_extension_problem(name) is None:
+                reason = "image directly in the source root, not in a class folder: skipped"
+            else:
+                reason = "file directly in the source root, not in a class folder: skipped"
+        skipped.append(SkippedPath(_display(name), name, None, str(reason)))
+    files.sort(key=lambda f: f.raw_path)
+    skipped.sort(key=lambda s: s.raw_path)
+    return FolderScan(files, skipped, dict(sorted(classes.items())))
+
+
+def _scan_class(
+    root_b: bytes, class_raw: bytes, files: list[ImageFile], skipped: list[SkippedPath]
+) -> None:
+    """Add the images below one class folder (any depth) and the entries skipped there."""
+    class_name = _display(class_raw)
+    key = class_key(class_raw)
+    pending = [class_raw]
+    while pending:
+        rel_dir = pending.pop()
+        try:
+            entries = _list_dir(os.path.join(root_b, rel_dir))
+        except OSError as exc:
+            skipped.append(_folder_skip(rel_dir, class_name, exc))
+            continue
+        for entry in entries:
+            name = entry.name
+            if name.startswith(b"."):
+                continue
+            rel = rel_dir + b"/" + name
+            kind, reason = _classify(entry)
+            if kind == "dir":
+                pending.append(rel)
+                continue
+            if kind == "linkdir":
+                reason = "symbolic link to a folder inside a class folder: not followed"
+            elif kind == "file":
+                reason = _image_extension_problem(name)
+                if reason is None:
+                    files.append(ImageFile(class_name, key, _display(rel), rel))
                     continue
-                rel = Path(dirpath, name).relative_to(root).as_posix()
-                files.append(ImageFile(class_dir.name, rel))
-    files.sort(key=lambda f: f.rel_path)
-    return files
+            skipped.append(SkippedPath(_display(rel), rel, class_name, str(reason)))
+
+
+class SourceFileError(Exception):
+    """A source file that is not a readable regular file within the size limit."""
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | os.O_CLOEXEC
+_READ_MORE = 1 << 16
+
+
+def read_source_file(path: StrPath, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; SourceFileError(reason) otherwise.
+
+    Opened non-blocking and checked with fstat before reading, so a FIFO, a device or a
+    folder named like an image fails at once instead of hanging or reading forever.
+    Symbolic links to regular files are followed.
+    """
+    too_large = f"larger than the limit of {max_bytes} bytes (max_file_bytes)"
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise SourceFileError("file not found (removed, or a broken symbolic link)") from None
+    except OSError as exc:
+        raise SourceFileError(f"file could not be opened: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceFileError(f"not a regular file ({_type_name(st.st_mode)})")
+        if st.st_size > max_bytes:
+            raise SourceFileError(too_large)
+        limit = max_bytes + 1  # one byte more shows a file that grew past the limit
+        chunks: list[bytes] = []
+        total = 0
+        want = st.st_size + 1  # the whole file in one read, then the empty read at its end
+        while total < limit:
+            chunk = os.read(fd, min(want, limit - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            want = _READ_MORE
+        if total > max_bytes:
+            raise SourceFileError(too_large)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except OSError as exc:
+        raise SourceFileError(f"file could not be read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -88,45 +322,66 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """Result of decoding one file: pixels or the reason it failed."""
+    """Result of reading and decoding one file: pixels or the reason it failed."""
 
-    content_hash: str
+    content_hash: str  # sha1 of the file bytes, 16 hex ("" when the file could not be read)
     size_bytes: int
     width: int
     height: int
     mode: str
-    pixels: np.ndarray | None
+    pixels: np.ndarray | None  # (64, 64, 3) uint8
     error: str | None
+    pixel_hash: str | None  # blake2b of the pixels, 16 hex: equal means identical after decoding
+    note: str | None = None  # e.g. that only the first frame of an animation was used
+
+
+def pixel_hash(pixels: np.ndarray) -> str:
+    """16 hex of blake2b over the decoded uint8 pixels."""
+    return hashlib.blake2b(np.ascontiguousarray(pixels).data, digest_size=8).hexdigest()
+
+
+_ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})
+
+
+def _frames_note(img: Image.Image) -> str | None:
+    """A note for a multi-frame file (its first frame is decoded), None for a still image."""
+    try:
+        if not getattr(img, "is_animated", False):
+            return None
+        frames = f" ({int(img.n_frames)} frames)"
+    except Exception:  # noqa: BLE001 - a broken later frame does not spoil the first
+        frames = ""
+    kind = "animated" if img.format in _ANIMATED_FORMATS else "multi-frame"
+    return f"{kind} image{frames}: the first frame was used"
+
+
+def _error(reason: str, content_hash: str = "", size_bytes: int = 0) -> DecodedImage:
+    return DecodedImage(content_hash, size_bytes, 0, 0, "", None, reason, None)
 
 
 def decode_image_bytes(data: bytes) -> DecodedImage:
-    """Decode one file's bytes to 64x64x3 uint8; errors are returned, not raised."""
+    """Decode one file's bytes to 64x64x3 uint8 (first frame); errors are returned, not raised."""
     digest = hashlib.sha1(data).hexdigest()[:16]
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            mode, (width, height) = img.mode, img.size
-            img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img)
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            mode, (width, height) = opened.mode, opened.size
+            rgb = _to_rgb(ImageOps.exif_transpose(opened))
             if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
                 rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), RESAMPLE)
             pixels = np.asarray(rgb, dtype=np.uint8).copy()
+            # After the pixels are taken: counting frames seeks through the file.
+            note = _frames_note(opened)
     except Image.UnidentifiedImageError:
-        return DecodedImage(
-            digest,
-            len(data),
-            0,
-            0,
-            "",
-            None,
-            "not a readable image (unknown format or corrupt data)",
-        )
+        return _error("not a readable image (unknown format or corrupt data)", digest, len(data))
     except Exception as exc:  # noqa: BLE001 - any decoder failure quarantines the file
         reason = f"{type(exc).__name__}: {exc}".strip()
-        return DecodedImage(digest, len(data), 0, 0, "", None, reason or "unreadable")
+        return _error(reason or "unreadable", digest, len(data))
     if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        return DecodedImage(digest, len(data), width, height, mode, None, "bad shape")
-    return DecodedImage(digest, len(data), width, height, mode, pixels, None)
+        return DecodedImage(digest, len(data), width, height, mode, None, "bad shape", None, note)
+    return DecodedImage(
+        digest, len(data), width, height, mode, pixels, None, pixel_hash(pixels), note
+    )
 
 
 # Below this many files decoding stays in-process; above, worker processes share it (Pillow's
@@ -135,44 +390,48 @@ PROCESS_POOL_MIN_FILES = 2000
 CHUNK_FILES = 500
 
 
-def _read_decode_chunk(paths: list[str]) -> list[DecodedImage]:
-    """Worker: read and decode a chunk of files (a module-level function, so it pickles)."""
-    return [_read_decode(Path(p)) for p in paths]
-
-
-def _read_decode(path: Path) -> DecodedImage:
+def _read_decode(path: bytes, max_bytes: int) -> DecodedImage:
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return DecodedImage("", 0, 0, 0, "", None, f"unreadable file: {exc}")
+        data = read_source_file(path, max_bytes)
+    except SourceFileError as exc:
+        return _error(str(exc))
     return decode_image_bytes(data)
 
 
+def _read_decode_chunk(paths: list[bytes], max_bytes: int) -> list[DecodedImage]:
+    """Worker: read and decode a chunk of files (a module-level function, so it pickles)."""
+    return [_read_decode(p, max_bytes) for p in paths]
+
+
 def read_and_decode(
-    root: Path | str,
+    root: StrPath,
     files: Iterable[ImageFile],
     *,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     known: Callable[[str, int], DecodedImage | None] | None = None,
     workers: int | None = None,
 ) -> list[DecodedImage]:
     """Read and decode files, in input order; failures come back as errors, never raised.
 
-    `known(content_hash, size_bytes)` may return the image as an earlier run decoded it,
-    so unchanged images are not decoded again. Large jobs are spread over `workers`
-    processes (default: one per CPU), each reading and decoding chunks of files.
+    Files are opened by their raw path with `read_source_file` (regular files of at most
+    `max_file_bytes`). `known(content_hash, size_bytes)` may return the image as an
+    earlier run decoded it, returned as is, so unchanged images are not decoded again.
+    Large jobs are spread over `workers` processes (default: one per CPU), each reading
+    and decoding chunks of files.
     """
-    root = Path(root)
+    root_b = os.fsencode(root)
     files = list(files)
+    paths = [os.path.join(root_b, f.raw_path) for f in files]
     results: list[DecodedImage | None] = [None] * len(files)
     todo: list[int] = []
-    for i, f in enumerate(files):
+    for i, path in enumerate(paths):
         if known is None:
             todo.append(i)
             continue
         try:
-            data = (root / f.rel_path).read_bytes()
-        except OSError as exc:
-            results[i] = DecodedImage("", 0, 0, 0, "", None, f"unreadable file: {exc}")
+            data = read_source_file(path, max_file_bytes)
+        except SourceFileError as exc:
+            results[i] = _error(str(exc))
             continue
         cached = known(hashlib.sha1(data).hexdigest()[:16], len(data))
         if cached is not None:
@@ -185,15 +444,16 @@ def read_and_decode(
     can_fork = "fork" in multiprocessing.get_all_start_methods()
     if can_fork and workers > 1 and len(todo) >= PROCESS_POOL_MIN_FILES:
         chunks = [todo[k : k + CHUNK_FILES] for k in range(0, len(todo), CHUNK_FILES)]
-        paths = [[str(root / files[i].rel_path) for i in chunk] for chunk in chunks]
+        chunk_paths = [[paths[i] for i in chunk] for chunk in chunks]
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for chunk, decoded in zip(chunks, pool.map(_read_decode_chunk, paths), strict=True):
-                for i, d in zip(chunk, decoded, strict=True):
+            decoded = pool.map(_read_decode_chunk, chunk_paths, itertools.repeat(max_file_bytes))
+            for chunk, part in zip(chunks, decoded, strict=True):
+                for i, d in zip(chunk, part, strict=True):
                     results[i] = d
     else:
         for i in todo:
-            results[i] = _read_decode(root / files[i].rel_path)
+            results[i] = _read_decode(paths[i], max_file_bytes)
     return results  # type: ignore[return-value]
 
 

@@ -36,8 +36,9 @@ def latent_problems(
 def keep_list_problems(keep: pl.DataFrame, catalog_ok: pl.DataFrame, threshold: float) -> list[str]:
     """A keep list must account for every image once, empty no class, and justify each removal.
 
-    catalog_ok: the decoded images (columns image_id, class). Every removed image must name
-    a kept image of the same class with similarity > threshold.
+    catalog_ok: the decoded images (columns image_id, class, optionally pixel_hash). Every
+    removed image must name a kept image of the same class with similarity > threshold; an
+    exact copy must have the same pixels as the image it names, and similarity 1.0.
     """
     problems: list[str] = []
     missing_cols = [c for c in KEEP_LIST_COLUMNS if c not in keep.columns]
@@ -93,4 +94,23 @@ def keep_list_problems(keep: pl.DataFrame, catalog_ok: pl.DataFrame, threshold: 
     weak = removed.filter(pl.col("similarity").is_null() | (pl.col("similarity") <= threshold))
     if weak.height:
         problems.append(f"{weak.height} removed images have similarity <= T = {threshold}")
+    if "pixel_hash" in catalog_ok.columns:
+        hashes = catalog_ok.select("image_id", "pixel_hash")
+        exact = (
+            removed.filter(pl.col("match") == "exact")
+            .join(hashes, on="image_id", how="left")
+            .join(
+                hashes.rename({"image_id": "duplicate_of", "pixel_hash": "kept_hash"}),
+                on="duplicate_of",
+                how="left",
+            )
+        )
+        wrong = exact.filter(
+            (pl.col("pixel_hash") != pl.col("kept_hash")) | (pl.col("similarity") != 1.0)
+        )
+        if wrong.height:
+            problems.append(
+                f"{wrong.height} images marked exact copies differ in pixels from the image "
+                "they name or do not have similarity 1.0"
+            )
     return problems

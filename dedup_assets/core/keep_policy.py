@@ -18,14 +18,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from enum import StrEnum
 
 import numpy as np
 
 from dedup_assets.core.similarity import MAX_SLAB_BYTES
 
-KeepPolicy = Literal["first", "density"]
-KEEP_POLICIES: tuple[str, ...] = ("first", "density")
+
+class KeepPolicy(StrEnum):
+    """The order in which the greedy policy visits a class (see the module docstring)."""
+
+    first = "first"
+    density = "density"
+
+
+KEEP_POLICIES: tuple[str, ...] = tuple(p.value for p in KeepPolicy)
 
 
 @dataclass(frozen=True)

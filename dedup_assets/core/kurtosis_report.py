@@ -3,6 +3,7 @@ components per class, before and after, with Theil-Sen lines (Tables 2-3, figure
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +12,11 @@ import polars as pl
 from dedup_assets.core import plots
 from dedup_assets.core.spline import SplineDensity1D
 from dedup_assets.core.statistics import (
+    CHANCE_DRAWS,
+    CHANCE_QUANTILE,
+    MIN_IMAGES_MEASURED,
     ComponentRegression,
+    KurtosisGate,
     excess_kurtosis,
     kurtosis_gate,
     random_removal_excess,
@@ -28,8 +33,11 @@ PAPER_TABLE_3 = {
 }
 
 
-def kurtosis_by_class(scores: pl.DataFrame, keep: pl.DataFrame) -> pl.DataFrame:
-    """Per class: images and excess kurtosis of PC1-3 before and after removal.
+def kurtosis_by_class(
+    scores: pl.DataFrame, keep: pl.DataFrame, min_images: int = MIN_IMAGES_MEASURED
+) -> pl.DataFrame:
+    """Per class: images, excess kurtosis of PC1-3 before and after removal, and whether
+    the class is large enough to measure (`measured`; `note` says why not).
 
     scores: class, image_id, pc1..pc3 (on the class's original axes); keep: image_id, kept.
     """
@@ -39,34 +47,51 @@ def kurtosis_by_class(scores: pl.DataFrame, keep: pl.DataFrame) -> pl.DataFrame:
         raise ValueError(f"{missing} scored images are absent from the keep list")
     rows = []
     for (name,), group in joined.sort("class").group_by("class", maintain_order=True):
-        z = group.select(COMPONENTS).to_numpy()
+        z = group.select(COMPONENTS).cast(pl.Float64).to_numpy()
         kept = group["kept"].to_numpy()
+        n_before, n_after = len(z), int(kept.sum())
         before, after = excess_kurtosis(z), excess_kurtosis(z[kept])
+        finite = bool(np.isfinite(before).all() and np.isfinite(after).all())
+        if n_before < min_images or n_after < min_images:
+            note = (
+                f"{n_before} images, {n_after} kept: statistics need at least {min_images} "
+                "before and after removal (3 principal components at 4 images each)"
+            )
+        elif not finite:
+            note = "a leading component is constant: kurtosis undefined"
+        else:
+            note = ""
         rows.append(
-            {"class": name, "n_before": len(z), "n_after": int(kept.sum())}
+            {"class": name, "n_before": n_before, "n_after": n_after, "measured": not note}
             | {f"k{c + 1}_before": float(before[c]) for c in range(3)}
             | {f"k{c + 1}_after": float(after[c]) for c in range(3)}
+            | {"note": note}
         )
-    return pl.DataFrame(rows)
+    schema = {"class": pl.String, "n_before": pl.Int64, "n_after": pl.Int64, "measured": pl.Boolean}
+    schema |= {f"k{c}_{w}": pl.Float64 for w in ("before", "after") for c in (1, 2, 3)}
+    return pl.DataFrame(rows, schema=schema | {"note": pl.String})
 
 
 def random_removal_baseline(
-    scores: pl.DataFrame, keep: pl.DataFrame, draws: int = 200
+    scores: pl.DataFrame, keep: pl.DataFrame, measured: list[str], draws: int = CHANCE_DRAWS
 ) -> np.ndarray:
-    """95% quantile of the gate's excess at the median under random removal of the same counts."""
-    joined = scores.join(keep.select("image_id", "kept"), on="image_id", how="left").sort("class")
+    """The gate's excess at the median that removing the same number of images from each
+    measured class at random stays under (quantile CHANCE_QUANTILE): chance alone."""
+    joined = scores.join(keep.select("image_id", "kept"), on="image_id", how="left")
+    joined = joined.filter(pl.col("class").is_in(measured)).sort("class")
     groups, counts = [], []
     for _, group in joined.group_by("class", maintain_order=True):
-        groups.append(group.select(COMPONENTS).to_numpy())
+        groups.append(group.select(COMPONENTS).cast(pl.Float64).to_numpy())
         counts.append(int(group["kept"].sum()))
     return random_removal_excess(groups, counts, draws=draws)
 
 
 def gate_arrays(table: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(classes, 3) arrays of kurtosis before and after, in table order."""
-    before = table.select([f"k{c}_before" for c in (1, 2, 3)]).to_numpy()
-    after = table.select([f"k{c}_after" for c in (1, 2, 3)]).to_numpy()
-    return before, after
+    """(classes, 3) arrays of kurtosis before and after of the measured classes."""
+    measured = table.filter(pl.col("measured"))
+    before = measured.select([f"k{c}_before" for c in (1, 2, 3)]).to_numpy()
+    after = measured.select([f"k{c}_after" for c in (1, 2, 3)]).to_numpy()
+    return before.reshape(-1, 3), after.reshape(-1, 3)
 
 
 def entropy_by_class(scores: pl.DataFrame, keep: pl.DataFrame, bin_rule: str) -> pl.DataFrame:
@@ -74,14 +99,17 @@ def entropy_by_class(scores: pl.DataFrame, keep: pl.DataFrame, bin_rule: str) ->
     joined = scores.join(keep.select("image_id", "kept"), on="image_id", how="left")
     rows = []
     for (name,), group in joined.sort("class").group_by("class", maintain_order=True):
-        z = group.select(COMPONENTS).to_numpy()
+        z = group.select(COMPONENTS).cast(pl.Float64).to_numpy()
         kept = group["kept"].to_numpy()
         row = {"class": name}
         for c in range(3):
             row[f"h{c + 1}_before"] = _entropy(z[:, c], bin_rule)
             row[f"h{c + 1}_after"] = _entropy(z[kept, c], bin_rule)
         rows.append(row)
-    return pl.DataFrame(rows)
+    schema = {"class": pl.String} | {
+        f"h{c}_{w}": pl.Float64 for c in (1, 2, 3) for w in ("before", "after")
+    }
+    return pl.DataFrame(rows, schema=schema)
 
 
 def _entropy(x: np.ndarray, bin_rule: str) -> float:
@@ -91,20 +119,42 @@ def _entropy(x: np.ndarray, bin_rule: str) -> float:
     return SplineDensity1D.fit(x, rule=bin_rule).entropy()
 
 
+def _mean(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(values)
+    return float(values[ok].mean()) if ok.any() else float("nan")
+
+
 @dataclass(frozen=True)
 class KurtosisReport:
+    """One threshold's evaluation: markdown, figures, tables and the gate, computed once."""
+
     markdown: str
     figures: dict[str, bytes]
-    regressions: tuple[ComponentRegression, ...]
+    gate: KurtosisGate
+    chance: np.ndarray
+    tolerance: float
     table: pl.DataFrame
     entropy: pl.DataFrame
 
+    @property
+    def regressions(self) -> tuple[ComponentRegression, ...]:
+        return self.gate.regressions
+
     def summary(self, threshold: str) -> dict:
-        """The numbers behind Tables 2 and 3 for this threshold, JSON-ready."""
+        """The numbers behind Tables 2 and 3 and the gate for this threshold, JSON-ready."""
         return {
             "threshold": threshold,
             "images_before": int(self.table["n_before"].sum()),
             "images_after": int(self.table["n_after"].sum()),
+            "classes_measured": int(self.table["measured"].sum()),
+            "classes_not_measured": self.table.filter(~pl.col("measured"))["class"].to_list(),
+            "gate": {
+                "severity": self.gate.severity,
+                "reasons": list(self.gate.reasons),
+                "tolerance": self.tolerance,
+                "random_removal_excess_95": [float(v) for v in self.chance],
+            },
             "regressions": [
                 {
                     "component": r.component,
@@ -113,12 +163,12 @@ class KurtosisReport:
                     "equation": r.equation(),
                     "fraction_reduced": r.fraction_reduced,
                     "excess_at_median": r.excess_at_median,
+                    "classes": r.n_classes,
                 }
                 for r in self.regressions
             ],
             "entropy_change": [
-                float(np.nanmean(self.entropy[f"h{c}_after"] - self.entropy[f"h{c}_before"]))
-                for c in (1, 2, 3)
+                _mean(self.entropy[f"h{c}_after"] - self.entropy[f"h{c}_before"]) for c in (1, 2, 3)
             ],
         }
 
@@ -131,14 +181,20 @@ def build_report(
     bin_rule: str = "fd",
     tolerance: float = 0.0,
     method: str = "",
+    empty_classes: Sequence[str] = (),
+    draws: int = CHANCE_DRAWS,
 ) -> KurtosisReport:
-    """Markdown and figures of one threshold's removal (the paper's section 5)."""
+    """Markdown, figures and the kurtosis gate of one threshold's removal (section 5).
+
+    empty_classes: class folders with no readable image, listed with their reason.
+    """
     table = kurtosis_by_class(scores, keep)
     entropy = entropy_by_class(scores, keep, bin_rule)
+    measured = table.filter(pl.col("measured"))
     before, after = gate_arrays(table)
-    gate = kurtosis_gate(before, after, tolerance)
-    chance = random_removal_baseline(scores, keep)
-    labels = table["class"].to_list()
+    chance = random_removal_baseline(scores, keep, measured["class"].to_list(), draws=draws)
+    gate = kurtosis_gate(before, after, tolerance, chance)
+    labels = measured["class"].to_list()
     figures = {}
     for c, reg in enumerate(gate.regressions):
         figures[f"kurtosis_pc{c + 1}.png"] = plots.kurtosis_scatter(
@@ -153,7 +209,11 @@ def build_report(
         f"# Kurtosis report, T = {threshold}",
         "",
         f"Method: {method}" if method else "",
+        "",
         f"Gate: **{gate.severity.upper()}** (tolerance {tolerance}). " + "; ".join(gate.reasons),
+        "",
+        f"Measured: {measured.height} of {table.height} classes "
+        f"(a class needs {MIN_IMAGES_MEASURED} images before and after removal).",
         "",
         "## Images left (the paper's Table 2)",
         "",
@@ -170,14 +230,15 @@ def build_report(
         "## Theil-Sen lines, kurtosis after on before (the paper's Table 3)",
         "",
         "| component | this dataset | slope 95% CI | classes reduced | line - median at median "
-        "| same at random removal (95%) | paper |",
+        f"| same at random removal ({CHANCE_QUANTILE:.1%}) | paper |",
         "|---|---|---|---|---|---|---|",
     ]
     for c, reg in enumerate(gate.regressions):
         paper = PAPER_TABLE_3.get(threshold, ("n/a",) * 3)[c]
+        reduced = f"{reg.fraction_reduced:.0%}" if np.isfinite(reg.fraction_reduced) else "n/a"
         lines.append(
             f"| PC{c + 1} | {reg.equation()} | [{reg.slope_low:.2f}, {reg.slope_high:.2f}] | "
-            f"{reg.fraction_reduced:.0%} | {reg.excess_at_median:+.3f} | {chance[c]:+.3f} | {paper} |"
+            f"{reduced} | {reg.excess_at_median:+.3f} | {chance[c]:+.3f} | {paper} |"
         )
     lines += [
         "",
@@ -189,24 +250,39 @@ def build_report(
     for c in range(1, 4):
         b, a = entropy[f"h{c}_before"].to_numpy(), entropy[f"h{c}_after"].to_numpy()
         ok = np.isfinite(a) & np.isfinite(b)
-        rose = float(np.mean(a[ok] > b[ok])) if ok.any() else float("nan")
-        lines.append(
-            f"| PC{c} | {np.nanmean(b):.4f} | {np.nanmean(a):.4f} | {np.nanmean(a - b):+.4f} | {rose:.0%} |"
-        )
+        rose = f"{np.mean(a[ok] > b[ok]):.0%}" if ok.any() else "n/a"
+        lines.append(f"| PC{c} | {_mean(b):.4f} | {_mean(a):.4f} | {_mean(a - b):+.4f} | {rose} |")
     lines += ["", "## Per class", "", _class_table(table, entropy), ""]
+    not_measured = table.filter(~pl.col("measured"))
+    if not_measured.height or empty_classes:
+        lines += ["## Classes without statistics", ""]
+        lines += [f"- {row['class']}: {row['note']}" for row in not_measured.iter_rows(named=True)]
+        lines += [
+            f"- {name}: no readable image (see catalog/quarantine.csv)" for name in empty_classes
+        ]
+        lines.append("")
     lines += [f"![{name}]({name})" for name in figures]
-    return KurtosisReport("\n".join(lines) + "\n", figures, gate.regressions, table, entropy)
+    return KurtosisReport("\n".join(lines) + "\n", figures, gate, chance, tolerance, table, entropy)
+
+
+def _num(value: float) -> str:
+    return f"{value:.3f}" if value is not None and np.isfinite(value) else "n/a"
 
 
 def _class_table(table: pl.DataFrame, entropy: pl.DataFrame) -> str:
-    head = "| class | images | kept | PC1 kurt. before -> after | PC2 | PC3 | PC1 entropy before -> after |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    head = (
+        "| class | images | kept | measured | PC1 kurt. before -> after | PC2 | PC3 "
+        "| PC1 entropy before -> after |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for row, ent in zip(table.iter_rows(named=True), entropy.iter_rows(named=True), strict=True):
-        cells = [f"{row[f'k{c}_before']:.3f} -> {row[f'k{c}_after']:.3f}" for c in (1, 2, 3)]
+        cells = [f"{_num(row[f'k{c}_before'])} -> {_num(row[f'k{c}_after'])}" for c in (1, 2, 3)]
         lines.append(
             f"| {row['class']} | {row['n_before']:,} | {row['n_after']:,} | "
+            + ("yes" if row["measured"] else "no")
+            + " | "
             + " | ".join(cells)
-            + f" | {ent['h1_before']:.3f} -> {ent['h1_after']:.3f} |"
+            + f" | {_num(ent['h1_before'])} -> {_num(ent['h1_after'])} |"
         )
     return "\n".join(lines)
 
@@ -218,7 +294,7 @@ def _density_grid(joined: pl.DataFrame, component: int, threshold: str, bin_rule
         x = group[COMPONENTS[component]].to_numpy()
         kept = group["kept"].to_numpy()
         x_after = x[kept]
-        if len(x) < 2 or np.ptp(x) == 0 or len(x_after) < 2 or np.ptp(x_after) == 0:
+        if not np.isfinite(x).all() or len(x_after) < 2 or np.ptp(x) == 0 or np.ptp(x_after) == 0:
             continue
         panels.append(
             (

@@ -5,12 +5,60 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+MARKER = ".latent-dedup"
+# Files and folders an output made by earlier versions holds (accepted without the marker).
+LEGACY_SIGNS = ("pipeline.json", "catalog", ".dagster")
+
+
+class OutputInUse(RuntimeError):
+    """The output folder holds something latent-dedup did not make."""
+
 
 @dataclass(frozen=True)
 class OutputLayout:
     """Paths of every stored artefact; thresholds appear in names exactly as configured."""
 
     root: Path
+
+    # ------------------------------------------------------------------ ownership
+
+    @property
+    def marker(self) -> Path:
+        return self.root / MARKER
+
+    def claim(self) -> None:
+        """Make the output folder ours, or refuse one that holds other files.
+
+        The pipeline replaces whole folders under its output (`clean/<T>`, `evaluation`,
+        ...), so a folder that already holds someone else's files is never written into.
+        """
+        if self.marker.is_file():
+            return
+        if self.root.exists():
+            entries = [p.name for p in self.root.iterdir()]
+            if entries and not any(sign in entries for sign in LEGACY_SIGNS):
+                shown = ", ".join(sorted(entries)[:3])
+                raise OutputInUse(
+                    f"output {self.root} is not empty and was not made by latent-dedup "
+                    f"(it holds {shown}{', ...' if len(entries) > 3 else ''}); "
+                    "choose a new or empty folder"
+                )
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.marker.write_text("This folder is written by latent-dedup.\n")
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def pipeline_file(self) -> Path:
+        return self.root / "pipeline.json"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / ".dagster"
+
+    # ------------------------------------------------------------------ catalog and model
 
     @property
     def catalog_dir(self) -> Path:
@@ -21,6 +69,11 @@ class OutputLayout:
         return self.catalog_dir / "catalog.parquet"
 
     @property
+    def classes(self) -> Path:
+        """One row per class: key, name, image counts and content digest."""
+        return self.catalog_dir / "classes.parquet"
+
+    @property
     def pixels(self) -> Path:
         return self.catalog_dir / "pixels.npy"
 
@@ -29,12 +82,18 @@ class OutputLayout:
         return self.catalog_dir / "quarantine.csv"
 
     @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
     def model(self) -> Path:
-        return self.root / "model" / "autoencoder.pt"
+        return self.model_dir / "autoencoder.pt"
 
     @property
     def training_log(self) -> Path:
-        return self.root / "model" / "training.json"
+        return self.model_dir / "training.json"
+
+    # ------------------------------------------------------------------ per class
 
     def latents(self, class_key: str) -> Path:
         return self.root / "latents" / f"{class_key}.parquet"
@@ -48,17 +107,40 @@ class OutputLayout:
     def class_keep_list(self, threshold: str, class_key: str) -> Path:
         return self.root / "keep_lists" / "by_class" / threshold / f"{class_key}.parquet"
 
+    # ------------------------------------------------------------------ per threshold
+
     def keep_list(self, threshold: str, suffix: str = "parquet") -> Path:
         return self.root / "keep_lists" / f"{threshold}.{suffix}"
 
     def duplicate_pairs_image(self, threshold: str) -> Path:
         return self.root / "keep_lists" / f"{threshold}_pairs.png"
 
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
     def report_dir(self, threshold: str) -> Path:
-        return self.root / "reports" / threshold
+        return self.reports_dir / threshold
+
+    def report_summary(self, threshold: str) -> Path:
+        return self.report_dir(threshold) / "summary.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.reports_dir / "summary.md"
 
     def clean_dir(self, threshold: str) -> Path:
         return self.root / "clean" / threshold
+
+    def clean_manifest(self, threshold: str) -> Path:
+        """Which keep list a clean copy was made from (inside the copy, hidden)."""
+        return self.clean_dir(threshold) / ".latent-dedup-clean.json"
+
+    def clean_stale_note(self, threshold: str) -> Path:
+        """Written into a clean copy that no longer matches its threshold's keep list."""
+        return self.clean_dir(threshold) / "STALE.txt"
+
+    # ------------------------------------------------------------------ whole run
 
     @property
     def evaluation_dir(self) -> Path:

@@ -200,29 +200,33 @@ def write_ground_truth(path: Path, rows: Iterable[GroundTruthPair | Sequence[str
 
 
 def read_ground_truth(path: Path) -> list[GroundTruthPair]:
-    """Read a ground-truth CSV written by :func:`write_ground_truth`.
+    """Read a ground-truth CSV: the columns ``class,original,copy``, in any order.
 
-    Raises ``ValueError`` if the header is not exactly ``class,original,copy`` or a row does
-    not have three non-empty fields, so a wrong file is not silently scored against.
+    Other columns (a ``transform``, a note) are ignored. Raises ``ValueError`` when one of
+    the three is missing or a row leaves one empty, so a wrong file is not silently scored.
     """
     path = Path(path)
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header) != GROUND_TRUTH_HEADER:
+        header = [h.strip() for h in next(reader, None) or []]
+        missing = [c for c in GROUND_TRUTH_HEADER if c not in header]
+        if missing:
             raise ValueError(
-                f"{path}: not a ground-truth file: expected header "
-                f"{','.join(GROUND_TRUTH_HEADER)!r}, got {','.join(header or [])!r}"
+                f"{path}: not a ground-truth file: expected the columns "
+                f"{','.join(GROUND_TRUTH_HEADER)}, missing {','.join(missing)} "
+                f"(header: {','.join(header)!r})"
             )
+        at = [header.index(c) for c in GROUND_TRUTH_HEADER]
         pairs: list[GroundTruthPair] = []
         for lineno, row in enumerate(reader, start=2):
             if not row:
                 continue
-            if len(row) != 3 or not all(row):
+            values = [row[i] if i < len(row) else "" for i in at]
+            if not all(values):
                 raise ValueError(
-                    f"{path}:{lineno}: expected 3 non-empty fields (class,original,copy), got {row!r}"
+                    f"{path}:{lineno}: class, original and copy must all be filled, got {row!r}"
                 )
-            pairs.append(GroundTruthPair(*row))
+            pairs.append(GroundTruthPair(*values))
     return pairs
 
 

@@ -17,9 +17,10 @@ from dedup_assets.core.statistics import ComponentRegression  # noqa: E402
 DPI = 80
 
 
-def _png(fig) -> bytes:
+def _png(fig, tight: bool = True) -> bytes:
+    """PNG bytes of a figure; `tight` crops to the drawn area (renders twice: slower)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return buf.getvalue()
 
@@ -122,8 +123,9 @@ def density_panels(
     fig.suptitle(
         f"PC{component} spline density before and after removal, T = {threshold}", fontsize=9
     )
-    fig.tight_layout()
-    return _png(fig)
+    # Fixed margins: tight_layout and a tight bounding box tripled the time of this figure.
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.08, top=0.85, wspace=0.3, hspace=0.5)
+    return _png(fig, tight=False)
 
 
 def kurtosis_scatter(

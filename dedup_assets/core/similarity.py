@@ -10,15 +10,24 @@ Three similarity spaces are offered (PAPER.md section 7 measures them):
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Literal
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:  # the join itself needs only numpy
     from dedup_assets.core.class_density import ClassDensityModel
 
-SimilaritySpace = Literal["raw", "whitened", "spline_copula"]
-SIMILARITY_SPACES: tuple[str, ...] = ("raw", "whitened", "spline_copula")
+
+class SimilaritySpace(StrEnum):
+    """Where cosine similarity is measured (member names equal values: Dagster shows names)."""
+
+    raw = "raw"
+    whitened = "whitened"
+    spline_copula = "spline_copula"
+
+
+SIMILARITY_SPACES: tuple[str, ...] = tuple(s.value for s in SimilaritySpace)
 DEFAULT_BLOCK = 2048
 MAX_SLAB_BYTES = 256 * 2**20  # one block of similarities: 256 MiB at most
 
@@ -30,27 +39,41 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
+def with_origin_axis(unit: np.ndarray) -> np.ndarray:
+    """Give zero rows a direction of their own, so they are identical to each other.
+
+    A zero embedding (an image exactly at the class mean of a centred space) has no
+    cosine with anything; left as is it would hide every copy of that image. An extra
+    axis, 1 for zero rows and 0 otherwise, makes zero rows similar (1.0) to each other
+    and to nothing else, and leaves every other similarity unchanged.
+    """
+    zero = ~np.any(unit != 0, axis=1)
+    if not zero.any():
+        return unit
+    return np.hstack([unit, zero[:, None].astype(unit.dtype)])
+
+
 def embed(
     latents: np.ndarray, space: SimilaritySpace, model: ClassDensityModel | None = None
 ) -> np.ndarray:
     """Unit vectors whose dot products are the cosine similarities of `space`.
 
     `whitened` and `spline_copula` need the class's density model (PCA + spline fits).
-    A class too small for any component embeds to zero vectors: nothing is similar.
+    Rows that would be zero (no direction) are handled by `with_origin_axis`.
     """
     if space == "raw":
-        return l2_normalize(latents)
+        return with_origin_axis(l2_normalize(latents))
     if space not in SIMILARITY_SPACES:
         raise ValueError(f"unknown similarity space {space!r}; choose one of {SIMILARITY_SPACES}")
     if model is None:
         raise ValueError(f"similarity space {space!r} needs the class's density model")
     if model.density is None:
-        return np.zeros((len(latents), 1), dtype=np.float32)
+        return with_origin_axis(np.zeros((len(latents), 1), dtype=np.float32))
     scores = model.scores(latents)
     if space == "whitened":
         std = np.sqrt(model.pca.variances).astype(np.float32)
-        return l2_normalize(scores / np.where(std > 0, std, 1.0))
-    return l2_normalize(model.density.normal_scores(scores))
+        return with_origin_axis(l2_normalize(scores / np.where(std > 0, std, 1.0)))
+    return with_origin_axis(l2_normalize(model.density.normal_scores(scores)))
 
 
 def block_rows(n: int, block: int = DEFAULT_BLOCK) -> int:

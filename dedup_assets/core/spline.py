@@ -24,8 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cached_property
-from typing import Literal, Self
+from typing import Self
 
 import numpy as np
 from scipy.special import ndtri
@@ -41,7 +42,14 @@ __all__ = [
     "grid_step",
 ]
 
-BinRule = Literal["fd", "scott", "sturges"]
+
+class BinRule(StrEnum):
+    """Histogram grid-step rule: Freedman-Diaconis, Scott or Sturges."""
+
+    fd = "fd"
+    scott = "scott"
+    sturges = "sturges"
+
 
 #: ``logpdf`` floors the density at this value so the log is finite everywhere
 #: (log(1e-300) ~ -690.8 per marginal outside the support).

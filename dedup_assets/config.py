@@ -1,0 +1,209 @@
+"""The pipeline's configuration: one validated value, built once and passed explicitly.
+
+`PipelineConfig` is built from the command line (`dedup run`), from the environment for
+`dagster dev` (`from_environment`: the output folder's saved `pipeline.json`, then the
+`DEDUP_*` variables), and handed to `build_definitions(config)`; no module reads
+configuration at import time. Pydantic checks every field when the value is built
+(thresholds in (0, 1), epochs >= 0, enums for device, precision, space, policy...), and the
+paths are checked against each other: the output folder never overlaps the source.
+
+`pipeline.json` is written only after a run succeeds and holds only what that run used;
+device and precision describe the machine, not the data, so they are never saved or
+inherited (a run with `--device cuda` does not make later runs ask for CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dedup_assets.core.image_folder import DEFAULT_MAX_FILE_BYTES
+from resources.compute_device import DEVICE_PATTERN, Precision
+from resources.settings import DedupSettings
+
+DEFAULT_THRESHOLDS = ("0.93", "0.95", "0.97")
+PIPELINE_FILE = "pipeline.json"
+FILE_VERSION = 1
+SAVED_FIELDS = ("source", "ground_truth", "thresholds", "max_file_bytes", "method")
+
+# Environment variables read by `from_environment` (the `dagster dev` path), by field.
+ENVIRONMENT = {
+    "DEDUP_SOURCE": "source",
+    "DEDUP_GROUND_TRUTH": "ground_truth",
+    "DEDUP_THRESHOLDS": "thresholds",
+    "DEDUP_DEVICE": "device",
+    "DEDUP_PRECISION": "precision",
+    "DEDUP_MAX_FILE_BYTES": "max_file_bytes",
+}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the setting or file at fault."""
+
+
+def parse_thresholds(value: str | Iterable[str | float] | None) -> tuple[str, ...]:
+    """Threshold keys from 'a,b,c' or a list, kept as written, sorted by value.
+
+    Each must be a number strictly between 0 and 1 (a cosine similarity above which two
+    images are duplicates); two keys with the same value are refused.
+    """
+    if value is None:
+        return DEFAULT_THRESHOLDS
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    keys = [t.strip() for t in items if t.strip()]
+    if not keys:
+        raise ValueError("at least one threshold is needed, e.g. 0.95")
+    by_value: dict[float, str] = {}
+    for key in keys:
+        try:
+            number = float(key)
+        except ValueError:
+            raise ValueError(f"threshold {key!r} is not a number") from None
+        if not 0.0 < number < 1.0:
+            raise ValueError(f"threshold {key} must lie strictly between 0 and 1")
+        if number in by_value and by_value[number] != key:
+            raise ValueError(f"thresholds {by_value[number]} and {key} are the same value")
+        by_value[number] = key
+    return tuple(by_value[v] for v in sorted(by_value))
+
+
+def _resolve(path: str) -> str:
+    return str(Path(path).expanduser().resolve()) if path else ""
+
+
+class PipelineConfig(BaseModel):
+    """Everything a run needs to know; see the module docstring."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(default="", description="ImageFolder root; empty = built-in demo")
+    output: str = "dedup_output"
+    ground_truth: str = ""
+    thresholds: tuple[str, ...] = DEFAULT_THRESHOLDS
+    device: str = Field(default="auto", pattern=DEVICE_PATTERN)
+    precision: Precision = Precision.auto
+    max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)
+    method: DedupSettings = Field(default_factory=DedupSettings)
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _thresholds(cls, value: Any) -> tuple[str, ...]:
+        return parse_thresholds(value)
+
+    @field_validator("source", "output", "ground_truth")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return _resolve(value)
+
+    @model_validator(mode="after")
+    def _paths(self) -> PipelineConfig:
+        out = Path(self.output)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"output {out} exists and is not a folder")
+        if self.source:
+            src = Path(self.source)
+            if not src.is_dir():
+                raise ValueError(f"source {src} does not exist or is not a folder")
+            if src == out:
+                raise ValueError(
+                    f"output {out} is the source folder: outputs would be written among "
+                    "the images and folders such as evaluation/ replaced; choose another folder"
+                )
+            if out.is_relative_to(src):
+                raise ValueError(
+                    f"output {out} is inside the source {src}: the next run would read the "
+                    "outputs as images; choose a folder outside the source"
+                )
+            if src.is_relative_to(out):
+                raise ValueError(
+                    f"source {src} is inside the output {out}: the pipeline replaces folders "
+                    "under its output and could delete source images; choose another output"
+                )
+        if self.ground_truth and not Path(self.ground_truth).is_file():
+            raise ValueError(f"ground truth file {self.ground_truth} does not exist")
+        return self
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def build(cls, **values: Any) -> PipelineConfig:
+        """Construct and validate; errors become one ConfigError naming each bad setting."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> PipelineConfig:
+        """The `dagster dev` configuration: DEDUP_OUTPUT (default ./dedup_output), the
+        settings its last successful run saved, then any DEDUP_* variable on top."""
+        env = os.environ if environ is None else environ
+        output = env.get("DEDUP_OUTPUT") or "dedup_output"
+        values = read_saved(Path(output))
+        values["output"] = output
+        for variable, field in ENVIRONMENT.items():
+            if env.get(variable):
+                values[field] = env[variable]
+        return cls.build(**values)
+
+    # ------------------------------------------------------------------ use
+
+    def saved(self) -> dict[str, Any]:
+        """What `pipeline.json` records: the data and method settings, not the machine's."""
+        data = self.model_dump(mode="json", include=set(SAVED_FIELDS))
+        return {"version": FILE_VERSION, **data}
+
+    def resources(self) -> dict[str, Any]:
+        """The Dagster resources of this configuration."""
+        from resources import ComputeDevice, DedupStorage, ImageSource
+
+        layout_root = Path(self.output)
+        return {
+            "image_source": ImageSource(
+                root=self.source,
+                ground_truth=self.ground_truth,
+                demo_dir=str(layout_root / "demo_dataset"),
+                max_file_bytes=self.max_file_bytes,
+            ),
+            "storage": DedupStorage(base_dir=self.output),
+            "compute": ComputeDevice(device=self.device, precision=self.precision),
+            "settings": self.method,
+        }
+
+
+def read_saved(output: Path) -> dict[str, Any]:
+    """The settings a successful run saved in `output/pipeline.json`, or {} if none."""
+    path = Path(output) / PIPELINE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"{path} is not valid JSON ({exc}); fix it or delete it to start from defaults"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} does not hold a settings object; fix it or delete it")
+    data.pop("version", None)
+    if "settings" in data:  # written by versions before the configuration object
+        data.setdefault("method", data.pop("settings"))
+    for machine in ("device", "precision", "output"):
+        data.pop(machine, None)
+    unknown = sorted(set(data) - set(SAVED_FIELDS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {unknown}; fix it or delete it")
+    return data
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if error["loc"] else message)
+    return "; ".join(parts)

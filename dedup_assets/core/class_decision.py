@@ -1,0 +1,171 @@
+"""Which images of one class survive: exact copies first, then the greedy similarity keep.
+
+The one function that decides a class, used by the keep-list assets, the evaluation and
+the benchmarks alike:
+
+1. **Exact copies.** Images whose decoded pixels are identical (same `pixel_hash`) form a
+   group; only its first image in visit order (the representative) goes on. Every other
+   member is removed at every threshold and in every space, naming the kept image with
+   similarity 1.0. When the representative itself is removed as a near-duplicate of a
+   kept image K, its copies name K with the representative's similarity to K. No
+   embedding can hide an exact copy this way, not even a zero one.
+2. **Near-duplicates.** The representatives are embedded in the chosen space (a small
+   registry of vectorisers: the three latent spaces and pHash) and kept greedily in the
+   policy's visit order (`keep_policy.greedy_keep`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dedup_assets.core.class_density import ClassDensityModel
+from dedup_assets.core.keep_policy import KeepDecision, greedy_keep, visit_order
+from dedup_assets.core.similarity import embed
+
+
+@dataclass(frozen=True)
+class ClassData:
+    """What deciding one class needs; `pixels` only for the pHash vectoriser."""
+
+    image_ids: np.ndarray
+    pixel_hashes: np.ndarray
+    latents: np.ndarray
+    model: ClassDensityModel
+    pixels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.image_ids)
+        if len(self.pixel_hashes) != n or len(self.latents) != n:
+            raise ValueError("image_ids, pixel_hashes and latents differ in length")
+
+
+def _phash_vectors(data: ClassData) -> np.ndarray:
+    from dedup_assets.core.phash import hash_vectors, phash_bits
+
+    if data.pixels is None:
+        raise ValueError("the phash space needs the class's pixels")
+    return hash_vectors(phash_bits(np.asarray(data.pixels)))
+
+
+VECTORISERS: dict[str, Callable[[ClassData], np.ndarray]] = {
+    "raw": lambda d: embed(d.latents, "raw"),
+    "whitened": lambda d: embed(d.latents, "whitened", d.model),
+    "spline_copula": lambda d: embed(d.latents, "spline_copula", d.model),
+    "phash": _phash_vectors,
+}
+
+
+def vectorise(data: ClassData, space: str) -> np.ndarray:
+    """Unit vectors of every image of the class in `space` (dot product = similarity)."""
+    if space not in VECTORISERS:
+        raise ValueError(f"unknown similarity space {space!r}; choose one of {list(VECTORISERS)}")
+    return VECTORISERS[space](data)
+
+
+def class_order(data: ClassData, policy: str) -> np.ndarray:
+    """Indices in the keep policy's visit order."""
+    log_density = data.model.log_density(data.latents) if policy == "density" else None
+    return visit_order(data.image_ids, policy, log_density)
+
+
+@dataclass(frozen=True)
+class ClassDecision:
+    """One threshold's decision for every image of a class (input order).
+
+    duplicate_of: index of the kept image a removed image duplicates (-1 if kept);
+    exact: removed as a pixel-identical copy of the kept image it names.
+    """
+
+    threshold: float
+    kept: np.ndarray
+    duplicate_of: np.ndarray
+    similarity: np.ndarray
+    exact: np.ndarray
+    rounds: int = 0
+
+    @property
+    def n_kept(self) -> int:
+        return int(self.kept.sum())
+
+
+def exact_groups(pixel_hashes: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(representative of each image's group, representatives in visit order).
+
+    The representative of a group of identical images is its first member in `order`.
+    """
+    n = len(pixel_hashes)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    _, group = np.unique(np.asarray(pixel_hashes, dtype=str), return_inverse=True)
+    by_group_then_rank = np.lexsort((rank, group))
+    first = np.ones(n, dtype=bool)
+    first[1:] = group[by_group_then_rank][1:] != group[by_group_then_rank][:-1]
+    rep_of_group = np.empty(group.max() + 1 if n else 0, dtype=np.int64)
+    rep_of_group[group[by_group_then_rank[first]]] = by_group_then_rank[first]
+    representative = rep_of_group[group]
+    reps = by_group_then_rank[first]
+    return representative, reps[np.argsort(rank[reps], kind="stable")]
+
+
+def keep_decisions(
+    vectors: np.ndarray,
+    order: np.ndarray,
+    pixel_hashes: np.ndarray,
+    thresholds: Sequence[float],
+    *,
+    block: int = 2048,
+) -> list[ClassDecision]:
+    """Exact copies first, then the greedy keep over `vectors` in `order`, per threshold."""
+    n = len(vectors)
+    if n == 0:
+        empty = np.zeros(0)
+        return [
+            ClassDecision(float(t), empty.astype(bool), empty.astype(np.int64), empty, empty)
+            for t in thresholds
+        ]
+    representative, reps = exact_groups(pixel_hashes, order)
+    rep_vectors = np.asarray(vectors)[reps]
+    copies = representative != np.arange(n)
+    decisions = []
+    for t in thresholds:
+        d: KeepDecision = greedy_keep(rep_vectors, np.arange(len(reps)), float(t), block=block)
+        kept = np.zeros(n, dtype=bool)
+        duplicate_of = np.full(n, -1, dtype=np.int64)
+        similarity = np.full(n, np.nan, dtype=np.float32)
+        kept[reps] = d.kept
+        has = d.duplicate_of >= 0
+        duplicate_of[reps[has]] = reps[d.duplicate_of[has]]
+        similarity[reps] = d.similarity
+        rep = representative[copies]
+        rep_kept = kept[rep]
+        duplicate_of[copies] = np.where(rep_kept, rep, duplicate_of[rep])
+        similarity[copies] = np.where(rep_kept, np.float32(1.0), similarity[rep])
+        exact = np.zeros(n, dtype=bool)
+        exact[np.flatnonzero(copies)[rep_kept]] = True
+        decisions.append(ClassDecision(float(t), kept, duplicate_of, similarity, exact, d.rounds))
+    return decisions
+
+
+def decide_class(
+    data: ClassData,
+    thresholds: Sequence[float],
+    *,
+    space: str,
+    policy: str,
+    block: int = 2048,
+) -> list[ClassDecision]:
+    """Decide every image of a class at each threshold; see the module docstring."""
+    if len(data.image_ids) == 0:
+        return keep_decisions(
+            np.zeros((0, 1)), np.zeros(0, np.int64), data.pixel_hashes, thresholds
+        )
+    return keep_decisions(
+        vectorise(data, space),
+        class_order(data, policy),
+        data.pixel_hashes,
+        thresholds,
+        block=block,
+    )

@@ -1,0 +1,162 @@
+"""The configuration object: validated once, built from the CLI, the environment or the
+saved file, and the only way settings reach the Definitions."""
+
+import json
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+
+from dedup_assets.config import (
+    DEFAULT_THRESHOLDS,
+    ConfigError,
+    PipelineConfig,
+    parse_thresholds,
+    read_saved,
+)
+from dedup_assets.core.layout import OutputInUse, OutputLayout
+from dedup_assets.definitions import build_definitions
+
+
+def test_thresholds_are_kept_as_written_sorted_and_validated():
+    assert parse_thresholds(None) == DEFAULT_THRESHOLDS
+    assert parse_thresholds("0.97, 0.9,0.950") == ("0.9", "0.950", "0.97")
+    assert parse_thresholds(["0.5", 0.25]) == ("0.25", "0.5")
+    for bad, message in [
+        ("0.9,high", "not a number"),
+        ("1.0", "strictly between 0 and 1"),
+        ("0", "strictly between 0 and 1"),
+        ("-0.5", "strictly between 0 and 1"),
+        ("0.95,0.950", "same value"),
+        (" , ", "at least one threshold"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_thresholds(bad)
+
+
+def test_every_setting_is_checked_when_the_config_is_built(tmp_path):
+    out = str(tmp_path / "out")
+    for values, where in [
+        ({"thresholds": "1.5"}, "thresholds"),
+        ({"device": "gpu0"}, "device"),
+        ({"precision": "fp8"}, "precision"),
+        ({"method": {"epochs": -1}}, "method.epochs"),
+        ({"method": {"similarity_space": "l2"}}, "method.similarity_space"),
+        ({"method": {"keep_policy": "random"}}, "method.keep_policy"),
+        ({"max_file_bytes": 0}, "max_file_bytes"),
+        ({"colour": "red"}, "colour"),
+    ]:
+        with pytest.raises(ConfigError, match=where):
+            PipelineConfig.build(output=out, **values)
+
+
+def test_source_and_output_never_overlap(tmp_path):
+    src = tmp_path / "images"
+    (src / "cats").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="is the source folder"):
+        PipelineConfig.build(source=str(src), output=str(src))
+    with pytest.raises(ConfigError, match="inside the source"):
+        PipelineConfig.build(source=str(src), output=str(src / "out"))
+    with pytest.raises(ConfigError, match="source .* is inside the output"):
+        PipelineConfig.build(source=str(src), output=str(tmp_path))
+    (tmp_path / "link").symlink_to(src)
+    with pytest.raises(ConfigError, match="is the source folder"):
+        PipelineConfig.build(source=str(src), output=str(tmp_path / "link"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        PipelineConfig.build(source=str(tmp_path / "missing"), output=str(tmp_path / "o"))
+    ok = PipelineConfig.build(source=str(src), output=str(tmp_path / "elsewhere"))
+    assert ok.source == str(src.resolve())
+
+
+def test_output_holding_foreign_files_is_refused(tmp_path):
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "evaluation").mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(OutputInUse, match="not made by latent-dedup"):
+        OutputLayout(foreign).claim()
+    fresh = OutputLayout(tmp_path / "new")
+    fresh.claim()
+    assert fresh.marker.is_file()
+    (fresh.root / "keep_lists").mkdir()
+    fresh.claim()  # ours: accepted again
+
+
+def test_saved_file_holds_only_data_settings(tmp_path):
+    config = PipelineConfig.build(
+        output=str(tmp_path / "o"), thresholds="0.9,0.99", device="cuda", precision="bf16"
+    )
+    saved = config.saved()
+    assert saved["thresholds"] == ["0.9", "0.99"]
+    assert "device" not in saved and "precision" not in saved and "output" not in saved
+
+
+def test_environment_config_reads_the_saved_file_then_variables(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    src = tmp_path / "src"
+    src.mkdir()
+    (out / "pipeline.json").write_text(
+        json.dumps(
+            {
+                "source": str(src),
+                "thresholds": ["0.9", "0.99"],
+                "device": "cuda",  # an old file: the machine's settings are not inherited
+                "settings": {"epochs": 7},
+            }
+        )
+    )
+    env = {"DEDUP_OUTPUT": str(out)}
+    config = PipelineConfig.from_environment(env)
+    assert config.thresholds == ("0.9", "0.99")
+    assert config.source == str(src)
+    assert config.method.epochs == 7
+    assert config.device == "auto"
+    config = PipelineConfig.from_environment(
+        env | {"DEDUP_THRESHOLDS": "0.5", "DEDUP_DEVICE": "cpu"}
+    )
+    assert config.thresholds == ("0.5",) and config.device == "cpu"
+
+
+def test_corrupt_saved_file_names_the_file(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pipeline.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"pipeline\.json is not valid JSON"):
+        read_saved(out)
+    (out / "pipeline.json").write_text('["a list"]')
+    with pytest.raises(ConfigError, match="does not hold a settings object"):
+        PipelineConfig.from_environment({"DEDUP_OUTPUT": str(out)})
+    (out / "pipeline.json").write_text('{"thresholds": ["2"]}')
+    with pytest.raises(ConfigError, match="strictly between 0 and 1"):
+        PipelineConfig.from_environment({"DEDUP_OUTPUT": str(out)})
+
+
+def test_definitions_take_their_thresholds_from_the_config_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEDUP_THRESHOLDS", "0.5,0.6")  # must not leak into an explicit config
+    config = PipelineConfig.build(output=str(tmp_path / "o"), thresholds="0.9,0.99")
+    defs = build_definitions(config)
+    graph = defs.resolve_asset_graph()
+    for name in ("keep_list", "kurtosis_report", "clean_dataset"):
+        partitions = graph.get(dg.AssetKey(name)).partitions_def
+        assert partitions.get_partition_keys() == ["0.9", "0.99"]
+    job = defs.resolve_job_def("threshold_job")
+    assert job.partitions_def.get_partition_keys() == ["0.9", "0.99"]
+
+
+def test_no_module_reads_configuration_at_import(tmp_path):
+    """Importing the code location with a broken environment must not fail: settings are
+    read when Dagster loads the location, not when Python imports the module."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pipeline.json").write_text("{broken")
+    code = (
+        "import dedup_assets.definitions, dedup_assets.partitions, dedup_assets.runner\n"
+        "assert not hasattr(dedup_assets.partitions, 'THRESHOLDS')\n"
+        "print('imported')\n"
+    )
+    env = {"DEDUP_OUTPUT": str(out), "DEDUP_THRESHOLDS": "7", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "imported" in done.stdout
