@@ -1,6 +1,6 @@
 """Encoding throughput: images/second of the encoder pass (the latents asset's work).
 
-python benchmarks/bench_encoding.py [--device cpu|cuda] [--images N] [--batch-size B]
+python benchmarks/bench_encoding.py [--device cpu|cuda] [--images N] [--batch-size B] [--out DIR]
 """
 
 import argparse
@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import table, write_result  # noqa: E402
+from benchmarks.common import add_out_option, table, write_result  # noqa: E402
 from dedup_assets.core.autoencoder import ConvAutoencoder, encode_images  # noqa: E402
 
 
@@ -24,6 +24,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--repeats", type=int, default=3)
+    add_out_option(p)
     args = p.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -42,9 +43,8 @@ def main() -> None:
         record[name] = rates
         rows.append([device.type, name, batch, n, statistics.median(rates)])
     print(table(["device", "precision", "batch", "images", "images/s"], rows))
-    print(
-        f"-> {write_result(f'encoding_{device.type}', {'batch_size': batch, 'images': n, 'images_per_second': record})}"
-    )
+    payload = {"batch_size": batch, "images": n, "images_per_second": record}
+    print(f"-> {write_result(f'encoding_{device.type}', payload, args.out)}")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,16 @@
 
 Ours, per stage, with the numerical core the assets run (no orchestration overhead):
 decode every file, encode with a trained autoencoder, fit each class's density model,
-and decide the keep list at one threshold. imagededup (PHash.find_duplicates, class by
+and decide the keep list at one threshold (`class_decision.decide_class`: exact copies
+first, then the greedy keep, as the pipeline does). imagededup (PHash.find_duplicates, class by
 class, as a user would run it on class folders) runs in its own virtual environment, in a
 subprocess of this same benchmark, on the same files.
 
     python benchmarks/bench_end_to_end.py --source DIR --model autoencoder.pt \
-        [--imagededup-python /path/to/venv/bin/python] [--threshold 0.95]
+        [--imagededup-python /path/to/venv/bin/python] [--threshold 0.95] [--space spline_copula]
+        [--policy density] [--components 64] [--out DIR]
+
+Without --imagededup-python only our side runs (no comparison).
 
 imagededup needs torchvision; install it beside the project, not into it:
     python3.11 -m venv /tmp/idd && /tmp/idd/bin/pip install torch==2.14.1 torchvision==0.29.1 imagededup
@@ -25,12 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import table, write_result  # noqa: E402
+from benchmarks.common import add_out_option, table, write_result  # noqa: E402
 from dedup_assets.core.autoencoder import cpu_supports_bf16, encode_images, load_state  # noqa: E402
+from dedup_assets.core.class_decision import VECTORISERS, ClassData, decide_class  # noqa: E402
 from dedup_assets.core.class_density import fit_class_density  # noqa: E402
 from dedup_assets.core.image_folder import read_and_decode, scan_image_folder  # noqa: E402
-from dedup_assets.core.keep_policy import greedy_keep, visit_order  # noqa: E402
-from dedup_assets.core.similarity import embed  # noqa: E402
+from dedup_assets.core.keep_policy import KEEP_POLICIES  # noqa: E402
 
 IMAGEDEDUP_SCRIPT = r"""
 import json, sys, time, logging
@@ -53,15 +57,25 @@ print(json.dumps(out))
 """
 
 
-def ours(source: Path, model_path: Path, threshold: float, space: str, device: str) -> dict:
+def ours(
+    source: Path,
+    model_path: Path,
+    threshold: float,
+    *,
+    space: str,
+    policy: str,
+    components: int,
+    device: str,
+) -> dict:
     stages: dict[str, float] = {}
     t = time.perf_counter()
-    files = scan_image_folder(source)
+    files = scan_image_folder(source).files
     decoded = read_and_decode(source, files)
     ok = [i for i, d in enumerate(decoded) if d.pixels is not None]
     pixels = np.stack([decoded[i].pixels for i in ok])
-    classes = np.array([files[i].class_name for i in ok])
+    classes = np.array([files[i].class_key for i in ok])
     ids = np.array([decoded[i].content_hash for i in ok])
+    pixel_hashes = np.array([decoded[i].pixel_hash for i in ok])
     stages["decode"] = time.perf_counter() - t
     t = time.perf_counter()
     model = load_state(model_path, device)
@@ -71,22 +85,33 @@ def ours(source: Path, model_path: Path, threshold: float, space: str, device: s
     )
     stages["encode"] = time.perf_counter() - t
     fit_s = join_s = 0.0
-    kept = 0
-    for name in sorted(set(classes)):
-        sel = classes == name
+    kept = exact = 0
+    for key in sorted(set(classes)):
+        sel = classes == key
         t = time.perf_counter()
-        density = fit_class_density(latents[sel], 64)
+        density = fit_class_density(latents[sel], components)
         fit_s += time.perf_counter() - t
+        data = ClassData(
+            ids[sel],
+            pixel_hashes[sel],
+            latents[sel],
+            density,
+            pixels[sel] if space == "phash" else None,
+        )
         t = time.perf_counter()
-        x = embed(latents[sel], space, density)
-        order = visit_order(ids[sel], "density", density.log_density(latents[sel]))
-        kept += greedy_keep(x, order, threshold).n_kept
+        (decision,) = decide_class(data, [threshold], space=space, policy=policy)
         join_s += time.perf_counter() - t
+        kept += decision.n_kept
+        exact += int(decision.exact.sum())
     stages["density fit"] = fit_s
     stages["join + keep"] = join_s
     return {
         "images": len(ok),
         "kept": kept,
+        "exact_copies_removed": exact,
+        "space": space,
+        "policy": policy,
+        "components": components,
         "stages": stages,
         "total_seconds": sum(stages.values()),
     }
@@ -98,11 +123,29 @@ def main() -> None:
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--imagededup-python", default=None)
     p.add_argument("--threshold", type=float, default=0.95)
-    p.add_argument("--space", default="spline_copula")
+    p.add_argument("--space", default="spline_copula", choices=list(VECTORISERS))
+    p.add_argument("--policy", default="density", choices=list(KEEP_POLICIES))
+    p.add_argument(
+        "--components",
+        type=int,
+        default=64,
+        help="principal components per class (64: the committed figures; the pipeline uses 128)",
+    )
     p.add_argument("--max-distance", type=int, default=10, help="imagededup's Hamming threshold")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_out_option(p)
     args = p.parse_args()
-    result = {"ours": ours(args.source, args.model, args.threshold, args.space, args.device)}
+    result = {
+        "ours": ours(
+            args.source,
+            args.model,
+            args.threshold,
+            space=args.space,
+            policy=args.policy,
+            components=args.components,
+            device=args.device,
+        )
+    }
     n = result["ours"]["images"]
     rows = [[f"latent-dedup: {k}", v, v / n * 1e3] for k, v in result["ours"]["stages"].items()]
     rows.append(
@@ -123,8 +166,9 @@ def main() -> None:
             ],
             capture_output=True,
             text=True,
-            check=True,
         )
+        if proc.returncode != 0:
+            sys.exit(f"imagededup failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         idd = json.loads(proc.stdout.strip().splitlines()[-1])
         idd["total_seconds"] = idd["encode_seconds"] + idd["search_seconds"]
         result["imagededup_phash"] = idd
@@ -151,9 +195,8 @@ def main() -> None:
     print(table(["stage", "seconds", "ms/image"], rows))
     if "speedup_per_image" in result:
         print(f"latent-dedup is {result['speedup_per_image']:.2f}x imagededup's pHash per image")
-    print(
-        f"-> {write_result(f'end_to_end_{args.device}', {'source': str(args.source), 'threshold': args.threshold, **result})}"
-    )
+    payload = {"source": str(args.source), "threshold": args.threshold, **result}
+    print(f"-> {write_result(f'end_to_end_{args.device}', payload, args.out)}")
 
 
 if __name__ == "__main__":

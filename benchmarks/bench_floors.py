@@ -1,7 +1,7 @@
 """The floors every other figure is read against: this machine's measured matrix-product
 rate (fp32 and bf16), its memory bandwidth, and the autoencoder's FLOPs per image.
 
-    python benchmarks/bench_floors.py [--device cpu|cuda]
+    python benchmarks/bench_floors.py [--device cpu|cuda] [--gemm-size N] [--out DIR]
 """
 
 import argparse
@@ -15,7 +15,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import table, write_result  # noqa: E402
+from benchmarks.common import add_out_option, table, write_result  # noqa: E402
 from dedup_assets.core.autoencoder import ConvAutoencoder  # noqa: E402
 
 
@@ -49,10 +49,12 @@ def best_time(fn, repeats: int = 5) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--gemm-size", type=int, default=None, help="n of the n x n products")
+    add_out_option(p)
     args = p.parse_args()
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    n = 8192 if dev.type == "cuda" else 2048
+    n = args.gemm_size or (8192 if dev.type == "cuda" else 2048)
     rates = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a = torch.randn(n, n, device=dev, dtype=dtype)
@@ -78,9 +80,8 @@ def main() -> None:
         ["encode images/s at fp32 GEMM peak", rates["gemm_fp32_gflops"] * 1e9 / flops["encode"]]
     )
     print(table(["quantity", "value"], rows))
-    print(
-        f"-> {write_result(f'floors_{dev.type}', {'rates': rates, 'model_flops_per_image': flops})}"
-    )
+    payload = {"gemm_size": n, "rates": rates, "model_flops_per_image": flops}
+    print(f"-> {write_result(f'floors_{dev.type}', payload, args.out)}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,11 @@ same vectors computed in the same row blocks (a single n x n product would need 
 40 GB at 100,000). Peak memory (tracemalloc, which sees numpy's buffers) must grow linearly
 with n. The ratio is floor time / join time: >= 0.8 is the goal.
 
-    python benchmarks/bench_join.py [--sizes 1000,3000,10000,30000,100000] [--dims 64]
+This measures the raw join on synthetic vectors, so it calls `keep_policy.greedy_keep`
+directly; a class's decision (exact copies first, then this keep) is
+`class_decision.decide_class`, which bench_end_to_end.py times on real images.
+
+    python benchmarks/bench_join.py [--sizes 1000,3000,10000,30000,100000] [--dims 64] [--out DIR]
 """
 
 import argparse
@@ -19,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import table, write_result  # noqa: E402
+from benchmarks.common import add_out_option, table, write_result  # noqa: E402
 from dedup_assets.core.keep_policy import greedy_keep  # noqa: E402
 from dedup_assets.core.similarity import DEFAULT_BLOCK, l2_normalize, pairs_above  # noqa: E402
 
@@ -71,6 +75,7 @@ def main() -> None:
     p.add_argument("--dims", default="64")
     p.add_argument("--threshold", type=float, default=0.95)
     p.add_argument("--block", type=int, default=DEFAULT_BLOCK)
+    add_out_option(p)
     args = p.parse_args()
     rows, records = [], []
     for d in [int(v) for v in args.dims.split(",")]:
@@ -127,9 +132,8 @@ def main() -> None:
             rows,
         )
     )
-    print(
-        f"-> {write_result('join', {'threshold': args.threshold, 'block': args.block, 'runs': records})}"
-    )
+    payload = {"threshold": args.threshold, "block": args.block, "runs": records}
+    print(f"-> {write_result('join', payload, args.out)}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ pre-scaled in float32 on the device; the pipeline stages the uint8 store and sca
 batch on the device.
 
     python benchmarks/bench_training.py [--device cpu|cuda] [--images N] [--batch-size B]
+        [--epochs E] [--precision bf16|fp32] [--repeats R] [--out DIR]
 """
 
 import argparse
@@ -21,7 +22,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import table, write_result  # noqa: E402
+from benchmarks.common import add_out_option, table, write_result  # noqa: E402
 from dedup_assets.core.autoencoder import ConvAutoencoder, make_optimizer, train_autoencoder  # noqa: E402
 
 
@@ -56,6 +57,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--repeats", type=int, default=3)
+    add_out_option(p)
     args = p.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -98,6 +100,7 @@ def main() -> None:
             "pipeline_images_per_second": pipeline_runs,
             "ratio_median": pipe / bare,
         },
+        args.out,
     )
     print(f"-> {path}")
 

@@ -1,5 +1,6 @@
 """Shared helpers of the benchmarks: machine description, JSON output, tables."""
 
+import argparse
 import json
 import os
 import platform
@@ -32,16 +33,30 @@ def machine() -> dict:
     return info
 
 
-def write_result(name: str, payload: dict) -> Path:
-    """Write results/<name>.json (with the machine and a timestamp) and return its path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def add_out_option(parser: argparse.ArgumentParser) -> None:
+    """`--out DIR`: where the result JSON goes (default: benchmarks/results)."""
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help="folder for the result JSON (default: benchmarks/results)",
+    )
+
+
+def write_result(name: str, payload: dict, out: Path | None = None) -> Path:
+    """Write <out>/<name>.json (with the machine and a timestamp) and return its path.
+
+    out: the folder, results/ by default.
+    """
+    folder = Path(out) if out is not None else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine(),
         **payload,
     }
-    path = RESULTS / f"{name}.json"
+    path = folder / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=float))
     return path
 

@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="open dagster dev on the output folder's instance")
     ui.add_argument("--output", default="dedup_output", help="the output folder of dedup run")
     ui.add_argument("--source", default=None, help="override the saved source folder")
+    ui.add_argument("--host", default="127.0.0.1", help="address the UI listens on")
+    ui.add_argument("--port", type=int, default=3000, help="port the UI listens on")
     ui.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     return parser
 
@@ -161,15 +163,18 @@ def config_from_args(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    from dedup_assets.core.layout import OutputInUse, OutputLayout
     from dedup_assets.runner import instance_for, run_pipeline
 
     output = Path(config.output)
+    layout = OutputLayout(output)
+    try:
+        layout.claim()
+    except OutputInUse as exc:
+        raise UsageError(str(exc)) from None
     say = lambda text: print(text, flush=True)  # noqa: E731 - progress lines, unbuffered
     say(f"latent-dedup: {config.source or 'built-in demo dataset'} -> {output}")
     instance = instance_for(output)
-    from dedup_assets.core.layout import OutputLayout
-
-    layout = OutputLayout(output)
     outcome = run_pipeline(
         config,
         instance,
@@ -181,7 +186,6 @@ def _run(args: argparse.Namespace) -> int:
     for s in outcome.stages:
         say(f"{s.name:<54} {s.runs:>4} {s.seconds:>9.1f}")
     say(f"{'total':<54} {'':>4} {outcome.total_seconds:>9.1f}")
-    failed_thresholds = {c.partition for c in outcome.check_failures}
     if not outcome.failures and not outcome.skipped:
         for t in outcome.thresholds:
             say(f"keep list T={t}: {layout.keep_list(t)} (+ .csv)")
@@ -190,9 +194,8 @@ def _run(args: argparse.Namespace) -> int:
     for c in outcome.check_failures:
         say(f"FAIL  {c.line()} (clean/{c.partition} not written)")
     for t in outcome.stale_clean:
-        note = "" if t in failed_thresholds else " "
         say(
-            f"STALE clean/{t}: made from an earlier keep list, kept as it was{note}"
+            f"STALE clean/{t}: made from an earlier keep list, left as it was "
             f"(see {layout.clean_stale_note(t)})"
         )
     for f in outcome.failures:
@@ -256,6 +259,7 @@ def _ui(args: argparse.Namespace) -> int:
     print(f"thresholds: {', '.join(config.thresholds)}; source: {config.source or 'demo'}")
     (output / ".dagster").mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "dedup_assets.definitions"]
+    cmd += ["-h", args.host, "-p", str(args.port)]
     print(" ".join(cmd), f"(DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
     os.execvpe(cmd[0], cmd, env)
     return EXIT_OK

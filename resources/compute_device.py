@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import torch
 from pydantic import Field
 
-from dedup_assets.core.autoencoder import cpu_supports_bf16
+if TYPE_CHECKING:  # torch is imported when a device is first used: settings load fast
+    import torch
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+)$"
 
@@ -37,6 +38,8 @@ class ComputeDevice(dg.ConfigurableResource):
     precision: Precision = Precision.auto
 
     def torch_device(self) -> torch.device:
+        import torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dev = torch.device(self.device)
@@ -54,6 +57,10 @@ class ComputeDevice(dg.ConfigurableResource):
         return dev
 
     def supports_bf16(self) -> bool:
+        import torch
+
+        from dedup_assets.core.autoencoder import cpu_supports_bf16
+
         dev = self.torch_device()
         if dev.type == "cuda":
             return bool(torch.cuda.is_bf16_supported())
@@ -61,6 +68,8 @@ class ComputeDevice(dg.ConfigurableResource):
 
     def amp_dtype(self) -> torch.dtype | None:
         """The autocast dtype for training and encoding, or None for plain fp32."""
+        import torch
+
         if self.precision == Precision.fp32:
             return None
         if self.precision == Precision.bf16:
@@ -72,6 +81,8 @@ class ComputeDevice(dg.ConfigurableResource):
         return torch.bfloat16 if self.supports_bf16() else None
 
     def describe(self) -> str:
+        import torch
+
         dev = self.torch_device()
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
         prec = "bf16 autocast" if self.amp_dtype() is not None else "fp32"

@@ -19,6 +19,7 @@ SCHEMA = {
     "duplicate_of": pl.String,
     "similarity": pl.Float32,
     "match": pl.String,
+    "space": pl.String,
 }
 
 # image_id, class, kept, duplicate_of, similarity
@@ -43,6 +44,7 @@ def _keep(rows=ROWS) -> pl.DataFrame:
             "duplicate_of": [r[3] for r in rows],
             "similarity": [r[4] for r in rows],
             "match": [None if r[2] else "near" for r in rows],
+            "space": ["spline_copula"] * len(rows),
         },
         schema=SCHEMA,
     )
@@ -211,6 +213,7 @@ def _decided_keep_list(seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
                     "duplicate_of": dup.tolist(),
                     "similarity": [None if np.isnan(v) else float(v) for v in d.similarity],
                     "match": np.where(d.kept, None, np.where(d.exact, "exact", "near")).tolist(),
+                    "space": ["raw"] * 60,
                 },
                 schema=SCHEMA,
             )

@@ -1,6 +1,7 @@
 """A small in-process materialization of the whole graph on a tiny demo dataset."""
 
 import hashlib
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -83,7 +84,7 @@ def test_whole_graph_materializes(tiny_run):
     assert outcome.check_failures == []
     assert len(outcome.classes) == 6
     assert [s.runs for s in outcome.stages] == [1, 1, 6, len(THRESHOLDS), 1]
-    saved = __import__("json").loads(tiny_run["layout"].pipeline_file.read_text())
+    saved = json.loads(tiny_run["layout"].pipeline_file.read_text())
     assert saved["thresholds"] == list(THRESHOLDS) and "device" not in saved
 
 
@@ -213,3 +214,52 @@ def test_failing_kurtosis_gate_blocks_the_clean_copy(tiny_run, monkeypatch):
     assert "kurtosis_report" in steps and "clean_dataset" not in steps
     assert marker.read_text() == "from the first run", "the blocked asset left it alone"
     marker.unlink()
+
+
+def test_a_clean_copy_older_than_its_keep_list_is_marked_stale(tiny_run):
+    layout = tiny_run["layout"]
+    t = THRESHOLDS[1]
+    manifest = layout.clean_manifest(t)
+    original = manifest.read_text()
+    manifest.write_text(json.dumps({"keep_list": "an-earlier-keep-list"}))
+    job = build_definitions(tiny_run["config"]).resolve_job_def("threshold_job")
+    run = job.execute_in_process(
+        partition_key=t, instance=tiny_run["instance"], asset_selection=[dg.AssetKey("keep_list")]
+    )
+    assert run.success
+    note = layout.clean_stale_note(t)
+    assert note.is_file() and "STALE" in note.read_text()
+    meta = run.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["clean_copy_stale"].value is True
+    run = job.execute_in_process(
+        partition_key=t,
+        instance=tiny_run["instance"],
+        asset_selection=[dg.AssetKey("kurtosis_report"), dg.AssetKey("clean_dataset")],
+    )
+    assert run.success
+    assert not note.exists(), "a fresh clean copy has no stale note"
+    assert json.loads(manifest.read_text())["keep_list"] == json.loads(original)["keep_list"]
+
+
+def test_pixel_cache_never_trusts_rows_out_of_step_with_the_catalog(tiny_run, tmp_path):
+    """The old failure: a pixel store whose rows no longer match its catalog gave images a
+    neighbour's pixels. The cache now checks each row's pixel hash and decodes again."""
+    import shutil
+
+    import numpy as np
+
+    from dedup_assets.assets.catalog import _previous_decodes
+    from dedup_assets.core.image_folder import read_and_decode, scan_image_folder
+
+    layout = OutputLayout(tmp_path / "out")
+    shutil.copytree(tiny_run["layout"].catalog_dir, layout.catalog_dir)
+    pixels = np.load(layout.pixels)
+    np.save(layout.pixels, np.roll(pixels, 1, axis=0))  # every row now holds a neighbour
+    scan = scan_image_folder(tiny_run["source"])
+    cached = read_and_decode(tiny_run["source"], scan.files, known=_previous_decodes(layout))
+    fresh = read_and_decode(tiny_run["source"], scan.files)
+    for c, f in zip(cached, fresh, strict=True):
+        assert (c.pixels is None) == (f.pixels is None)
+        if f.pixels is not None:
+            np.testing.assert_array_equal(c.pixels, f.pixels)
+            assert c.pixel_hash == f.pixel_hash

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dedup_assets.core.statistics import excess_kurtosis, kurtosis_gate, theil_sen
+from dedup_assets.core.statistics import (
+    excess_kurtosis,
+    kurtosis_gate,
+    random_removal_excess,
+    theil_sen,
+)
 
 
 def test_excess_kurtosis_of_normal_is_zero():
@@ -183,3 +188,50 @@ def test_gate_without_usable_classes_warns():
 def test_gate_rejects_shape_mismatch():
     with pytest.raises(ValueError):
         kurtosis_gate(np.zeros((4, 3)), np.zeros((4, 2)))
+
+
+def test_gate_errors_only_beyond_both_tolerance_and_chance():
+    after = BEFORE + 0.3
+    assert kurtosis_gate(BEFORE, after, 0.1).severity == "error"  # no chance given
+    assert kurtosis_gate(BEFORE, after, 0.1, np.array([0.5, 0.5, 0.5])).severity == "warn"
+    g = kurtosis_gate(BEFORE, after, 0.1, np.array([0.5, 0.2, 0.5]))
+    assert g.severity == "error"
+    assert g.reasons[1].startswith("PC2") and "+0.200 that random removal" in g.reasons[1]
+    assert "within what random removal reaches (+0.500)" in g.reasons[0]
+
+
+def test_random_removal_excess_matches_a_slow_reference():
+    """The vectorised draw equals, draw for draw in distribution, the gate's own reading."""
+    rng = np.random.default_rng(3)
+    groups = [rng.standard_t(5, size=(int(n), 3)) for n in rng.integers(40, 120, 7)]
+    counts = [len(g) - 10 for g in groups]
+    fast = random_removal_excess(groups, counts, draws=2000, quantile=0.9)
+    before = np.array([excess_kurtosis(g) for g in groups])
+    slow = []
+    for _ in range(400):
+        after = np.array(
+            [
+                excess_kurtosis(g[rng.permutation(len(g))[:k]])
+                for g, k in zip(groups, counts, strict=True)
+            ]
+        )
+        slow.append([r.excess_at_median for r in kurtosis_gate(before, after).regressions])
+    np.testing.assert_allclose(fast, np.quantile(np.array(slow), 0.9, axis=0), atol=0.05)
+
+
+def test_removing_planted_copies_does_not_fail_the_gate():
+    """Classes of real-looking scores with 5% planted copies (duplicated rows); the removal
+    takes exactly the copies away. That is correct work: the gate must not block it."""
+    rng = np.random.default_rng(11)
+    before, after, groups, counts = [], [], [], []
+    for _ in range(10):
+        z = rng.standard_t(8, size=(400, 3))
+        copies = z[rng.choice(400, 20, replace=False)] + rng.normal(0, 1e-3, (20, 3))
+        full = np.vstack([z, copies])
+        before.append(excess_kurtosis(full))
+        after.append(excess_kurtosis(z))
+        groups.append(full)
+        counts.append(400)
+    chance = random_removal_excess(groups, counts)
+    g = kurtosis_gate(np.array(before), np.array(after), 0.1, chance)
+    assert g.severity != "error", g.reasons

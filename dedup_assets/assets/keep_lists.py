@@ -44,7 +44,7 @@ def decide_class_keep_lists(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, pl.DataFrame]:
     """One class's keep list at every threshold, from its current latents and fit."""
-    table, data = load_class_data(layout, key, current)
+    table, data = load_class_data(layout, key, current, space=settings.similarity_space)
     start = time.perf_counter()
     decisions = decide_class(
         data,
@@ -71,11 +71,12 @@ def decide_class_keep_lists(
                     [None if np.isnan(s) else float(s) for s in d.similarity], dtype=pl.Float64
                 ),
                 "match": pl.Series(match.tolist(), dtype=pl.String),
+                "space": pl.Series([d.space] * len(ids), dtype=pl.String),
             }
         ).select(KEEP_LIST_COLUMNS)
         if log is not None:
             log(
-                f"{key} @ T={t}: kept {d.n_kept:,} of {len(ids):,} "
+                f"{key} @ T={t}: kept {d.n_kept:,} of {len(ids):,} in space {d.space} "
                 f"({int(d.exact.sum())} exact copies removed)"
             )
     if log is not None:
@@ -150,10 +151,12 @@ def build_keep_list_assets(
         )
         for t, keep in tables.items():
             write_table(keep, layout.class_keep_list(t, key), current.keep(key, t))
+        first = next(iter(tables.values()))
         return dg.MaterializeResult(
             metadata={
-                "images": next(iter(tables.values())).height,
+                "images": first.height,
                 "similarity_space": str(settings.similarity_space),
+                "space_used": first["space"][0] if first.height else str(settings.similarity_space),
                 "keep_policy": str(settings.keep_policy),
                 "kept_per_threshold": dg.MetadataValue.md(
                     md_table(
@@ -208,6 +211,7 @@ def build_keep_list_assets(
                 pl.len().alias("images"),
                 pl.col("kept").sum().alias("kept"),
                 (pl.col("match") == "exact").sum().alias("exact_copies"),
+                pl.col("space").first().alias("space"),
             )
             .with_columns((pl.col("images") - pl.col("kept")).alias("removed"))
             .sort("class")
@@ -236,8 +240,10 @@ def build_keep_list_assets(
             "clean_copy_stale": stale,
             "per_class": dg.MetadataValue.md(
                 md_table(
-                    ["class", "images", "kept", "removed", "exact copies"],
-                    per_class.select("class", "images", "kept", "removed", "exact_copies").rows(),
+                    ["class", "images", "kept", "removed", "exact copies", "space"],
+                    per_class.select(
+                        "class", "images", "kept", "removed", "exact_copies", "space"
+                    ).rows(),
                 )
             ),
             "path": dg.MetadataValue.path(str(layout.keep_list(threshold))),

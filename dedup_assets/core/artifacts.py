@@ -33,6 +33,7 @@ KEEP_LIST_COLUMNS = (
     "duplicate_of",
     "similarity",
     "match",
+    "space",
 )
 
 
@@ -237,14 +238,16 @@ def load_class_data(
     current: CurrentInputs | None = None,
     *,
     with_pixels: bool = False,
+    space: str | None = None,
     catalog: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, ClassData]:
     """One class's (image_id, path) table and what deciding it needs (`class_decision`).
 
     With `current`, the latents and the fit must be current; otherwise they are read as is
-    (benchmarks and analyses of an output folder).
+    (benchmarks and analyses of an output folder). Pixels are loaded when asked for, or
+    when deciding in `space` needs them (pHash, also the fallback of small classes).
     """
-    from dedup_assets.core.class_decision import ClassData
+    from dedup_assets.core.class_decision import ClassData, space_for
     from dedup_assets.core.class_density import ClassDensityModel
 
     if current is not None:
@@ -265,14 +268,15 @@ def load_class_data(
     joined = table.join(images.select("image_id", "pixel_hash", "row"), on="image_id", how="left")
     if joined["pixel_hash"].is_null().any():
         raise StaleArtifact(f"latents of class {key} name images the catalog does not hold")
+    model = ClassDensityModel.load(layout.spline_fit(key))
     pixels = None
-    if with_pixels:
+    if with_pixels or (space is not None and space_for(model, space) == "phash"):
         pixels = np.asarray(open_pixels(layout)[joined["row"].to_numpy()])
     data = ClassData(
         table["image_id"].to_numpy().astype(str),
         joined["pixel_hash"].to_numpy().astype(str),
         latents,
-        ClassDensityModel.load(layout.spline_fit(key)),
+        model,
         pixels,
     )
     return table, data

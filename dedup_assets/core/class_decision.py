@@ -12,6 +12,12 @@ the benchmarks alike:
 2. **Near-duplicates.** The representatives are embedded in the chosen space (a small
    registry of vectorisers: the three latent spaces and pHash) and kept greedily in the
    policy's visit order (`keep_policy.greedy_keep`).
+
+A class too small for the fitted spaces (fewer than MIN_FITTED_COMPONENTS principal
+components: under 32 images, or a class of copies with little variety) is decided by
+pHash instead of `whitened`/`spline_copula`: the cosine of k-dimensional centred vectors
+is meaningless for small k (in one dimension every pair on the same side of the mean has
+cosine 1, so distinct images would be removed). The decision records the space it used.
 """
 
 from __future__ import annotations
@@ -50,6 +56,18 @@ def _phash_vectors(data: ClassData) -> np.ndarray:
     return hash_vectors(phash_bits(np.asarray(data.pixels)))
 
 
+# Random directions in 8 dimensions have cosine > 0.9 with probability ~5e-4; in 2, 14%.
+MIN_FITTED_COMPONENTS = 8
+FITTED_SPACES = frozenset({"whitened", "spline_copula"})
+
+
+def space_for(model: ClassDensityModel | None, space: str) -> str:
+    """The space a class is decided in: `space`, or pHash for a class too small for it."""
+    if space in FITTED_SPACES and (model is None or model.n_components < MIN_FITTED_COMPONENTS):
+        return "phash"
+    return str(space)
+
+
 VECTORISERS: dict[str, Callable[[ClassData], np.ndarray]] = {
     "raw": lambda d: embed(d.latents, "raw"),
     "whitened": lambda d: embed(d.latents, "whitened", d.model),
@@ -59,10 +77,11 @@ VECTORISERS: dict[str, Callable[[ClassData], np.ndarray]] = {
 
 
 def vectorise(data: ClassData, space: str) -> np.ndarray:
-    """Unit vectors of every image of the class in `space` (dot product = similarity)."""
+    """Unit vectors of every image of the class (dot product = similarity), in `space` or
+    in the space `space_for` falls back to for a small class."""
     if space not in VECTORISERS:
         raise ValueError(f"unknown similarity space {space!r}; choose one of {list(VECTORISERS)}")
-    return VECTORISERS[space](data)
+    return VECTORISERS[space_for(data.model, space)](data)
 
 
 def class_order(data: ClassData, policy: str) -> np.ndarray:
@@ -76,7 +95,8 @@ class ClassDecision:
     """One threshold's decision for every image of a class (input order).
 
     duplicate_of: index of the kept image a removed image duplicates (-1 if kept);
-    exact: removed as a pixel-identical copy of the kept image it names.
+    exact: removed as a pixel-identical copy of the kept image it names;
+    space: the similarity space the near-duplicates were found in.
     """
 
     threshold: float
@@ -85,6 +105,7 @@ class ClassDecision:
     similarity: np.ndarray
     exact: np.ndarray
     rounds: int = 0
+    space: str = ""
 
     @property
     def n_kept(self) -> int:
@@ -117,13 +138,16 @@ def keep_decisions(
     thresholds: Sequence[float],
     *,
     block: int = 2048,
+    space: str = "",
 ) -> list[ClassDecision]:
     """Exact copies first, then the greedy keep over `vectors` in `order`, per threshold."""
     n = len(vectors)
     if n == 0:
         empty = np.zeros(0)
         return [
-            ClassDecision(float(t), empty.astype(bool), empty.astype(np.int64), empty, empty)
+            ClassDecision(
+                float(t), empty.astype(bool), empty.astype(np.int64), empty, empty, 0, space
+            )
             for t in thresholds
         ]
     representative, reps = exact_groups(pixel_hashes, order)
@@ -145,7 +169,9 @@ def keep_decisions(
         similarity[copies] = np.where(rep_kept, np.float32(1.0), similarity[rep])
         exact = np.zeros(n, dtype=bool)
         exact[np.flatnonzero(copies)[rep_kept]] = True
-        decisions.append(ClassDecision(float(t), kept, duplicate_of, similarity, exact, d.rounds))
+        decisions.append(
+            ClassDecision(float(t), kept, duplicate_of, similarity, exact, d.rounds, space)
+        )
     return decisions
 
 
@@ -158,9 +184,10 @@ def decide_class(
     block: int = 2048,
 ) -> list[ClassDecision]:
     """Decide every image of a class at each threshold; see the module docstring."""
+    used = space_for(data.model, space)
     if len(data.image_ids) == 0:
         return keep_decisions(
-            np.zeros((0, 1)), np.zeros(0, np.int64), data.pixel_hashes, thresholds
+            np.zeros((0, 1)), np.zeros(0, np.int64), data.pixel_hashes, thresholds, space=used
         )
     return keep_decisions(
         vectorise(data, space),
@@ -168,4 +195,5 @@ def decide_class(
         data.pixel_hashes,
         thresholds,
         block=block,
+        space=used,
     )

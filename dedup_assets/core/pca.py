@@ -11,6 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 _CHUNK = 8192
+# Components whose variance is below this fraction of the largest are numerical noise (the
+# covariance is accumulated from float32 products): a class of 500 copies of one image and
+# 11 others has rank 11, and its trailing "components" would be fitted to rounding error.
+RANK_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,8 @@ class PCAFit:
 
 
 def fit_pca(x: np.ndarray, n_components: int) -> PCAFit:
-    """Leading principal components; at most min(n - 1, d) of them.
+    """Leading principal components; at most min(n - 1, d) of them, and never beyond the
+    numerical rank of the data (see RANK_TOLERANCE).
 
     The covariance is accumulated in float64 over row chunks (memory stays O(d^2)), then
     diagonalised. Each component's sign is fixed so its largest loading is positive, which
@@ -58,7 +63,8 @@ def fit_pca(x: np.ndarray, n_components: int) -> PCAFit:
     cov /= max(n - 1, 1)
     evals, evecs = np.linalg.eigh(cov)
     evals, evecs = evals[::-1].clip(min=0.0), evecs[:, ::-1]
-    k = int(max(0, min(n_components, n - 1, d)))
+    rank = int((evals > RANK_TOLERANCE * evals[0]).sum()) if evals[0] > 0 else 0
+    k = int(max(0, min(n_components, n - 1, d, rank)))
     comps = evecs[:, :k].T.copy()
     signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
     comps *= np.where(signs == 0, 1.0, signs)[:, None]

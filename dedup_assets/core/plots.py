@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 
 import matplotlib
@@ -15,12 +16,15 @@ from dedup_assets.core.spline import SplineDensity1D  # noqa: E402
 from dedup_assets.core.statistics import ComponentRegression  # noqa: E402
 
 DPI = 80
+MAX_HISTOGRAM_BINS = 80
 
 
 def _png(fig, tight: bool = True) -> bytes:
     """PNG bytes of a figure; `tight` crops to the drawn area (renders twice: slower)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
+    with warnings.catch_warnings():  # class names in scripts the font lacks show as boxes
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return buf.getvalue()
 
@@ -85,9 +89,10 @@ def marginal_densities(
         t = np.linspace(lo, hi, 400)
         ax.hist(
             x,
-            bins=fit.nodes.size,
+            bins=min(fit.nodes.size, MAX_HISTOGRAM_BINS),
             range=(fit.nodes[0] - fit.step / 2, fit.nodes[-1] + fit.step / 2),
             density=True,
+            histtype="stepfilled",  # one patch, not one per bar
             alpha=0.35,
             color="tab:gray",
             label="histogram",

@@ -1,0 +1,62 @@
+"""Shared helpers: the real `dedup` command in a subprocess, and tree digests."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DEDUP = Path(sys.executable).with_name("dedup")
+
+
+def run_dedup(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """Run the installed `dedup` entry point as a user would; text output captured."""
+    env = dict(os.environ)
+    env.pop("DAGSTER_HOME", None)
+    for name in list(env):
+        if name.startswith("DEDUP_"):
+            env.pop(name)
+    return subprocess.run(
+        [str(DEDUP), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        **kwargs,
+    )
+
+
+def tree_digest(root: Path) -> str:
+    """Digest of every path (as raw bytes) and file content under root; links not followed."""
+    h = hashlib.sha1()
+    root_b = os.fsencode(root)
+    for dirpath, dirnames, filenames in os.walk(root_b):
+        dirnames.sort()
+        for name in sorted(
+            filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        ):
+            path = os.path.join(dirpath, name)
+            h.update(os.path.relpath(path, root_b) + b"\0")
+            if os.path.islink(path):
+                h.update(b"link:" + os.readlink(path))
+            elif os.path.isfile(path):
+                with open(path, "rb") as fh:
+                    h.update(hashlib.sha1(fh.read()).digest())
+    return h.hexdigest()
+
+
+def leftovers(root: Path) -> list[str]:
+    """Temporary files and half-swapped trees an interrupted write would leave."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            if name.startswith(".") and (name.endswith(".tmp") or name.endswith(".old")):
+                found.append(os.path.join(dirpath, name))
+    return found
+
+
+@pytest.fixture
+def dedup():
+    return run_dedup

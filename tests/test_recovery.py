@@ -1,0 +1,127 @@
+"""A run killed (SIGKILL) in any stage: the next run sweeps what it left, marks its Dagster
+run failed and gives the same keep lists as a run that was never interrupted."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import dagster as dg
+import polars as pl
+import pytest
+from conftest import DEDUP, leftovers, run_dedup
+
+from dedup_assets.config import PipelineConfig
+from dedup_assets.core.demo_data import generate_demo_dataset
+from dedup_assets.runner import run_pipeline
+
+ARGS = ("--thresholds", "0.95", "--epochs", "1", "--device", "cpu", "--precision", "fp32")
+STAGES = ["catalog", "training", "classes", "thresholds", "summary"]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    base = tmp_path_factory.mktemp("recovery")
+    source = base / "src"
+    generate_demo_dataset(source, seed=4, per_class=10, duplicate_fraction=0.3)
+    for extra in ("desert", "road", "urban"):  # three classes keep every run short
+        shutil.rmtree(source / extra)
+    done = run_dedup("run", "--source", str(source), "--output", str(base / "out"), *ARGS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {"source": source, "keep": pl.read_parquet(base / "out" / "keep_lists" / "0.95.parquet")}
+
+
+def _kill_in(stage: str, source, output) -> str:
+    """Start `dedup run` and SIGKILL its whole process group once `stage` has started."""
+    proc = subprocess.Popen(
+        [str(DEDUP), "run", "--source", str(source), "--output", str(output), *ARGS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(f"[{stage}") and "starting" in line:
+            time.sleep(0.3)  # into the stage's first run
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    return "".join(seen)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_sigkill_in_each_stage_then_the_next_run_recovers(baseline, stage, tmp_path):
+    output = tmp_path / "out"
+    _kill_in(stage, baseline["source"], output)
+    # The next run, in this process (what `dedup run --reuse-model` runs, without paying
+    # for another interpreter): a model the killed run finished was written atomically,
+    # whole or absent, so it is kept and only what was interrupted is redone.
+    config = PipelineConfig.build(
+        source=str(baseline["source"]),
+        output=str(output),
+        thresholds="0.95",
+        device="cpu",
+        precision="fp32",
+        method={"epochs": 1},
+    )
+    instance = dg.DagsterInstance.from_config(str(output / ".dagster"))
+    lines: list[str] = []
+    outcome = run_pipeline(
+        config, instance, train=not (output / "model" / "autoencoder.pt").exists(), log=lines.append
+    )
+    assert outcome.ok, (outcome.failures, outcome.skipped, outcome.check_failures)
+    keep = pl.read_parquet(output / "keep_lists" / "0.95.parquet")
+    assert keep.equals(baseline["keep"]), f"keep list differs after a kill in {stage}"
+    assert leftovers(output) == []
+    running = instance.get_runs(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING])
+    )
+    assert running == [], "a run of the killed process is still marked as running"
+    marked = [line for line in lines if "dead process" in line]
+    failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+    assert len(failed) == len(marked)
+
+
+BLOCKING_RUN = """
+import sys, time, dagster as dg
+from pathlib import Path
+from dedup_assets.runner import HOST_TAG, PID_TAG, instance_for
+import os, socket
+
+@dg.asset
+def slow() -> None:
+    Path(sys.argv[2]).write_text("started")
+    time.sleep(600)
+
+instance = instance_for(Path(sys.argv[1]))
+dg.materialize([slow], instance=instance,
+               tags={PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
+"""
+
+
+def test_runs_of_a_killed_process_are_marked_failed(tmp_path):
+    from dedup_assets.runner import fail_orphaned_runs, instance_for
+
+    out, ready = tmp_path / "out", tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", BLOCKING_RUN, str(out), str(ready)])
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    os.environ.pop("DAGSTER_HOME", None)
+    instance = instance_for(out)
+    started = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
+    assert len(instance.get_runs(filters=started)) == 1
+    done = fail_orphaned_runs(instance)
+    assert len(done) == 1 and f"dead process {proc.pid}" in done[0]
+    assert instance.get_runs(filters=started) == []
+    failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+    assert len(failed) == 1
+    assert fail_orphaned_runs(instance) == []  # nothing left to mark

@@ -1,0 +1,426 @@
+"""The trust battery: what the user asks for is what runs, exact copies always go, odd
+input never breaks a run, nothing is lost. Every case goes through the real `dedup`
+command, as a user meets it (tiny data, --epochs 1)."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import run_dedup, tree_digest
+from PIL import Image
+
+from dedup_assets.core.demo_data import generate_demo_dataset
+
+CJK_CLASS = "森林" * 15  # 30 characters, 90 bytes: percent-encoded it would be 270
+LATIN1_CLASS = b"caf\xe9"  # not UTF-8
+ODD_NAMES = ['a, b "quoted".png', "new\nline.png", "-dash.png", "100%.png", "sp ace.png"]
+FAST = ("--epochs", "1", "--device", "cpu", "--precision", "fp32")
+
+
+def _image(seed: int) -> Image.Image:
+    """A distinct 64x64 picture: smooth random structure, different for every seed."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((64, 64), Image.Resampling.BICUBIC)
+
+
+def _save(path, seed: int) -> None:
+    _image(seed).save(path, format="PNG")
+
+
+def build_nasty_source(root: Path) -> None:
+    """A demo dataset plus every kind of input that broke a run or was silently lost."""
+    generate_demo_dataset(root, seed=11, per_class=14, duplicate_fraction=0.2)
+    rows = list(csv.reader((root / "ground_truth.csv").open()))
+    with (root / "ground_truth.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["class", "original", "copy", "transform"])
+        for r in rows[1:]:
+            writer.writerow([*r, r[2].rsplit("__dup_", 1)[-1].split(".")[0]])
+    seed = 1000
+    many = root / "many_copies"
+    many.mkdir()
+    for i in range(12):
+        _save(many / f"distinct_{i:02d}.png", seed := seed + 1)
+    for i in range(500):
+        shutil.copyfile(many / "distinct_00.png", many / f"copy_{i:03d}.png")
+    only_copies = root / "copies15"
+    only_copies.mkdir()
+    _save(only_copies / "c00.png", seed := seed + 1)
+    for i in range(1, 15):
+        shutil.copyfile(only_copies / "c00.png", only_copies / f"c{i:02d}.png")
+    (root / "one").mkdir()
+    _save(root / "one" / "only.png", seed := seed + 1)
+    (root / "pair").mkdir()
+    _save(root / "pair" / "p1.png", seed := seed + 1)
+    shutil.copyfile(root / "pair" / "p1.png", root / "pair" / "p2.png")
+    (root / "five").mkdir()
+    for i in range(5):
+        _save(root / "five" / f"f{i}.png", seed := seed + 1)
+    (root / "empty").mkdir()
+    (root / "only_broken").mkdir()
+    (root / "only_broken" / "bad.png").write_bytes(b"\x89PNG not really")
+    (root / CJK_CLASS).mkdir()
+    for i in range(3):
+        _save(root / CJK_CLASS / f"画像{i}.png", seed := seed + 1)
+    latin = os.path.join(os.fsencode(root), LATIN1_CLASS)
+    os.mkdir(latin)
+    _image(seed := seed + 1).save(
+        os.path.join(latin, b"img\xff.png").decode("utf-8", "surrogateescape")
+    )
+    _image(seed := seed + 1).save(os.path.join(latin, b"b.png").decode("utf-8", "surrogateescape"))
+    for name in ODD_NAMES:
+        _save(root / "forest" / name, seed := seed + 1)
+    frames = [_image(seed + k) for k in range(3)]
+    frames[0].save(root / "forest" / "anim.gif", save_all=True, append_images=frames[1:])
+    (root / "forest" / "notes.txt").write_text("not an image")
+    _save(root / "root_image.png", seed := seed + 10)
+    os.mkfifo(root / "water" / "pipe.jpg")
+    (root / "water" / "zero.png").symlink_to("/dev/zero")
+    (root / "water" / "gone.png").symlink_to(root / "water" / "nowhere.png")
+
+
+@pytest.fixture(scope="module")
+def nasty(tmp_path_factory):
+    base = tmp_path_factory.mktemp("nasty")
+    source, output = base / "source", base / "out"
+    build_nasty_source(source)
+    before = tree_digest(source)
+    done = run_dedup(
+        "run", "--source", str(source), "--output", str(output), "--thresholds", "0.9,0.99", *FAST
+    )
+    return {"source": source, "output": output, "before": before, "done": done}
+
+
+def _keep(output: Path, t: str) -> pl.DataFrame:
+    return pl.read_parquet(output / "keep_lists" / f"{t}.parquet")
+
+
+def test_nasty_folder_runs_to_the_end(nasty):
+    done = nasty["done"]
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "ERROR" not in done.stdout and "SKIPPED" not in done.stdout
+    assert "report:" in done.stdout
+
+
+def test_thresholds_flag_writes_exactly_those_keep_lists(nasty):
+    out = nasty["output"]
+    assert sorted(p.name for p in (out / "keep_lists").glob("*.parquet")) == [
+        "0.9.parquet",
+        "0.99.parquet",
+    ]
+    assert sorted(p.name for p in (out / "clean").iterdir()) == ["0.9", "0.99"]
+    assert sorted(p.name for p in (out / "reports").iterdir() if p.is_dir()) == ["0.9", "0.99"]
+    saved = json.loads((out / "pipeline.json").read_text())
+    assert saved["thresholds"] == ["0.9", "0.99"]
+    assert "device" not in saved and "precision" not in saved
+
+
+@pytest.mark.parametrize("t", ["0.9", "0.99"])
+def test_500_and_15_exact_copies_leave_one(nasty, t):
+    keep = _keep(nasty["output"], t)
+    many = keep.filter(
+        (pl.col("class") == "many_copies")
+        & (pl.col("path").str.contains("copy_") | pl.col("path").str.ends_with("distinct_00.png"))
+    )
+    assert many.height == 501
+    assert many["kept"].sum() == 1
+    kept_id = many.filter(pl.col("kept"))["image_id"][0]
+    gone = many.filter(~pl.col("kept"))
+    assert (gone["duplicate_of"] == kept_id).all()
+    assert (gone["similarity"] == 1.0).all() and (gone["match"] == "exact").all()
+    fifteen = keep.filter(pl.col("class") == "copies15")
+    assert fifteen.height == 15 and fifteen["kept"].sum() == 1
+    pair = keep.filter(pl.col("class") == "pair")
+    assert pair["kept"].to_list().count(True) == 1
+
+
+def test_small_classes_get_keep_lists_and_a_report_line(nasty):
+    out = nasty["output"]
+    keep = _keep(out, "0.9")
+    sizes = dict(keep.group_by("class").len().iter_rows())
+    assert sizes["one"] == 1 and sizes["pair"] == 2 and sizes["five"] == 5
+    assert keep.filter(pl.col("class") == "one")["kept"].to_list() == [True]
+    report = (out / "reports" / "0.9" / "report.md").read_text()
+    section = report.split("## Classes without statistics", 1)[1]
+    for name in ("one", "pair", "five", "copies15"):
+        assert f"- {name}: " in section and "statistics need at least 12" in section
+    assert "- empty: no readable image" in section
+    assert "- only_broken: no readable image" in section
+    summary = json.loads((out / "reports" / "0.9" / "summary.json").read_text())
+    assert set(summary["classes_not_measured"]) >= {"one", "pair", "five", "copies15"}
+    assert "forest" not in summary["classes_not_measured"]
+
+
+def test_every_skipped_path_is_listed_with_its_reason(nasty):
+    q = pl.read_csv(nasty["output"] / "catalog" / "quarantine.csv")
+    reasons = dict(zip(q["path"], q["reason"], strict=True))
+    actions = dict(zip(q["path"], q["action"], strict=True))
+    assert "FIFO" in reasons["water/pipe.jpg"]
+    assert "character device" in reasons["water/zero.png"]
+    assert "broken symbolic link" in reasons["water/gone.png"]
+    assert "not in a class folder" in reasons["root_image.png"]
+    assert "'.txt' is not an image extension" in reasons["forest/notes.txt"]
+    assert "not a readable image" in reasons["only_broken/bad.png"]
+    assert "not a readable image" in reasons["urban/broken.png"]
+    assert actions["forest/anim.gif"] == "used"
+    assert reasons["forest/anim.gif"] == "animated image (3 frames): the first frame was used"
+    assert all(actions[p] == "skipped" for p in reasons if p != "forest/anim.gif")
+
+
+def test_odd_names_are_catalogued_losslessly_and_copied(nasty):
+    out = nasty["output"]
+    catalog = pl.read_parquet(out / "catalog" / "catalog.parquet")
+    raw = set(catalog["raw_path"].to_list())
+    assert b"caf\xe9/img\xff.png" in raw
+    assert "caf\\xe9/img\\xff.png" in catalog["path"].to_list()
+    for name in ODD_NAMES:
+        assert f"forest/{name}".encode() in raw
+    keys = catalog.filter(pl.col("class") == CJK_CLASS)["class_key"].unique().to_list()
+    assert len(keys) == 1 and len(keys[0]) <= 64
+    clean = os.fsencode(out / "clean" / "0.99")
+    assert os.path.isfile(os.path.join(clean, b"caf\xe9/img\xff.png"))
+    for name in ODD_NAMES:
+        assert (out / "clean" / "0.99" / "forest" / name).is_file()
+    assert len(list((out / "clean" / "0.99" / CJK_CLASS).iterdir())) == 3
+    csv_rows = pl.read_csv(out / "keep_lists" / "0.99.csv")
+    assert "forest/new\nline.png" in csv_rows["path"].to_list()
+
+
+def test_source_is_never_modified(nasty):
+    assert tree_digest(nasty["source"]) == nasty["before"]
+
+
+def test_ground_truth_with_extra_columns_is_scored(nasty):
+    table = pl.read_csv(nasty["output"] / "evaluation" / "evaluation.csv")
+    assert set(table["method"]) == {"raw", "whitened", "spline_copula", "phash"}
+    assert table["average_precision"].is_between(0, 1).all()
+
+
+# ------------------------------------------------------------------ refused before any work
+
+
+@pytest.fixture(scope="module")
+def small_source(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small") / "src"
+    generate_demo_dataset(root, seed=2, per_class=8, duplicate_fraction=0.25)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--thresholds", "1.5"], "thresholds: threshold 1.5 must lie strictly between 0 and 1"),
+        (["--thresholds", "0.9,high"], "threshold 'high' is not a number"),
+        (["--epochs", "-1"], "method.epochs: Input should be greater than or equal to 0"),
+        (["--device", "gpu0"], "device: String should match pattern"),
+        (["--precision", "fp8"], "precision: Input should be 'auto', 'fp32' or 'bf16'"),
+        (["--space", "l2"], "method.similarity_space: Input should be"),
+        (["--components", "0"], "method.n_components"),
+        (["--max-file-bytes", "0"], "max_file_bytes"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line(small_source, tmp_path, extra, message):
+    done = run_dedup("run", "--source", str(small_source), "--output", str(tmp_path / "o"), *extra)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dedup run: error: "), done.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "o").exists(), "nothing is written for a refused command"
+
+
+def test_output_overlapping_the_source_is_refused(small_source, tmp_path):
+    for output, why in [
+        (small_source, "is the source folder"),
+        (small_source / "forest" / "out", "is inside the source"),
+        (small_source.parent, "is inside the output"),
+    ]:
+        done = run_dedup("run", "--source", str(small_source), "--output", str(output))
+        assert done.returncode == 2 and why in done.stderr, done.stderr
+    assert (small_source / "forest").is_dir() and not (small_source / "forest" / "out").exists()
+
+
+def test_foreign_or_unusable_outputs_are_refused(small_source, tmp_path):
+    home = tmp_path / "home"
+    (home / "evaluation").mkdir(parents=True)
+    (home / "evaluation" / "mine.txt").write_text("keep me")
+    done = run_dedup("run", "--source", str(small_source), "--output", str(home))
+    assert done.returncode == 2 and "not made by latent-dedup" in done.stderr
+    assert (home / "evaluation" / "mine.txt").read_text() == "keep me"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    done = run_dedup("run", "--source", str(small_source), "--output", str(a_file))
+    assert done.returncode == 2 and "is not a folder" in done.stderr
+    done = run_dedup("run", "--source", str(small_source), "--output", "/proc/latent-dedup-out")
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+    done = run_dedup("run", "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "o"))
+    assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_corrupt_saved_settings_are_named(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pipeline.json").write_text("{oops")
+    done = run_dedup("ui", "--output", str(out))
+    assert done.returncode == 2
+    assert "pipeline.json is not valid JSON" in done.stderr and "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------ failures stop downstream
+
+
+def test_failed_stage_stops_downstream_and_nothing_is_rebuilt_from_stale_files(
+    small_source, tmp_path
+):
+    source = tmp_path / "src"
+    shutil.copytree(small_source, source)
+    out = tmp_path / "out"
+    one = ("--thresholds", "0.95", *FAST)
+    first = run_dedup("run", "--source", str(source), "--output", str(out), *one)
+    assert first.returncode == 0, first.stdout + first.stderr
+    keep_before = (out / "keep_lists" / "0.95.parquet").read_bytes()
+    saved_before = (out / "pipeline.json").read_text()
+
+    # A run asking for CUDA on a machine without it fails with one line, and is not sticky.
+    cuda = run_dedup(
+        "run",
+        "--source",
+        str(source),
+        "--output",
+        str(out),
+        "--thresholds",
+        "0.95",
+        "--device",
+        "cuda",
+    )
+    if not __import__("torch").cuda.is_available():
+        assert cuda.returncode == 1
+        assert "CUDA is not available" in cuda.stdout
+        assert "report:" not in cuda.stdout, "a failed run must not point at an old report"
+        assert (out / "pipeline.json").read_text() == saved_before
+
+    # An image disappears and the stored model is damaged: the class stage must fail, and
+    # no keep list may be rebuilt from the previous run's per-class files.
+    deleted = sorted((source / "forest").glob("*.png"))[0]
+    deleted.unlink()
+    (out / "model" / "autoencoder.pt").write_bytes(b"not a model")
+    broken = run_dedup("run", "--source", str(source), "--output", str(out), "--reuse-model", *FAST)
+    assert broken.returncode == 1
+    assert "cannot be loaded" in broken.stdout and "Traceback" not in broken.stdout
+    assert "SKIPPED keep lists, reports, clean copies and evaluation" in broken.stdout
+    assert "report:" not in broken.stdout
+    assert (out / "keep_lists" / "0.95.parquet").read_bytes() == keep_before
+
+    # The next good run recovers: the deleted image is gone from every keep list.
+    again = run_dedup("run", "--source", str(source), "--output", str(out), *one)
+    assert again.returncode == 0, again.stdout + again.stderr
+    paths = _keep(out, "0.95")["path"].to_list()
+    assert f"forest/{deleted.name}" not in paths and len(paths) > 0
+
+
+# ------------------------------------------------------------------ the same in dagster dev
+
+LAUNCH = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    import urllib.request
+
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())["data"]
+
+
+def test_dedup_ui_on_that_folder_has_exactly_those_thresholds(nasty):
+    """`dedup ui` on the output of `dedup run --thresholds 0.9,0.99`: the UI's partitions
+    are those thresholds, and a keep list materialized from the UI lands where the CLI's
+    did, with no other threshold appearing."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from conftest import DEDUP
+
+    out = nasty["output"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEDUP_", "DAGSTER_"))}
+    proc = subprocess.Popen(
+        [str(DEDUP), "ui", "--output", str(out), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, "dedup ui exited"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "dagster dev did not start"
+                time.sleep(0.5)
+        nodes = _graphql(port, "{ assetNodes { assetKey { path } partitionKeys } }")["assetNodes"]
+        keys = {n["assetKey"]["path"][0]: n["partitionKeys"] for n in nodes}
+        for name in ("keep_list", "kurtosis_report", "clean_dataset"):
+            assert keys[name] == ["0.9", "0.99"]
+        assert "many_copies" in keys["class_keep_lists"]
+        location = _graphql(
+            port, "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"
+        )["workspaceOrError"]["locationEntries"][0]["name"]
+        (out / "keep_lists" / "0.9.parquet").unlink()
+        params = {
+            "selector": {
+                "repositoryLocationName": location,
+                "repositoryName": "__repository__",
+                "jobName": "threshold_job",
+                "assetSelection": [{"path": ["keep_list"]}],
+            },
+            "mode": "default",
+            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "0.9"}]},
+        }
+        launched = _graphql(port, LAUNCH, {"params": params})["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id = launched["run"]["runId"]
+        status_query = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
+        while True:
+            status = _graphql(port, status_query, {"id": run_id})["runOrError"]["status"]
+            if status in ("SUCCESS", "FAILURE", "CANCELED"):
+                break
+            assert time.monotonic() < deadline + 180, f"run still {status}"
+            time.sleep(1)
+        assert status == "SUCCESS"
+        assert sorted(p.name for p in (out / "keep_lists").glob("*.parquet")) == [
+            "0.9.parquet",
+            "0.99.parquet",
+        ]
+        assert _keep(out, "0.9").height > 0
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
