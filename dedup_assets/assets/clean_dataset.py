@@ -13,7 +13,6 @@ from dedup_assets.core.artifacts import (
     digest,
     read_catalog,
     read_keep_list,
-    require_current,
 )
 from dedup_assets.core.atomic_io import atomic_dir
 from resources import DedupSettings, DedupStorage, ImageSource
@@ -49,13 +48,9 @@ def build_clean_dataset_asset(
     ) -> dg.MaterializeResult:
         layout = storage.layout()
         threshold = context.partition_key
-        provenance = CurrentInputs.of(layout, settings).keep_list(threshold)
-        require_current(
-            layout.keep_list(threshold),
-            provenance,
-            f"keep list T={threshold}",
-            "materialize keep_list for this threshold first",
-        )
+        current = CurrentInputs.of(layout, settings)
+        current.require_keep_list(layout, threshold)
+        provenance = current.keep_list(threshold)
         root = os.fsencode(image_source.resolve_root())
         kept = read_keep_list(layout.keep_list(threshold)).filter(pl.col("kept"))
         raw = kept.join(read_catalog(layout).select("image_id", "raw_path"), on="image_id")

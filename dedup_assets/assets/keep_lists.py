@@ -21,7 +21,6 @@ from dedup_assets.core.artifacts import (
     open_pixels,
     read_catalog,
     read_class_keep_lists,
-    require_current,
     write_table,
 )
 from dedup_assets.core.atomic_io import write_bytes, write_csv, write_json, write_text
@@ -194,13 +193,12 @@ def build_keep_list_assets(
         threshold = context.partition_key
         current = CurrentInputs.of(layout, settings)
         class_keys = sorted(current.class_digests)
-        for k in class_keys:
-            require_current(
-                layout.class_keep_list(threshold, k),
-                current.keep(k, threshold),
-                f"keep decisions of class {k} at T={threshold}",
-                "materialize class_keep_lists for this class first",
-            )
+        current.require_every_class(
+            lambda k: layout.class_keep_list(threshold, k),
+            lambda k: current.keep(k, threshold),
+            f"keep decisions at T={threshold}",
+            "class_keep_lists",
+        )
         keep = read_class_keep_lists(layout, threshold, class_keys).sort("class", "path")
         provenance = current.keep_list(threshold)
         write_table(keep, layout.keep_list(threshold, "parquet"), provenance)

@@ -12,7 +12,6 @@ from dedup_assets.core.artifacts import (
     read_classes,
     read_keep_list,
     read_scores,
-    require_current,
 )
 from dedup_assets.core.atomic_io import atomic_dir, write_text
 from dedup_assets.core.kurtosis_report import build_report, summary_markdown
@@ -79,8 +78,8 @@ def build_report_assets(
                 description="Removal must not make the classes' distributions more peaked: "
                 "ERROR when the Theil-Sen line of kurtosis-after on kurtosis-before, at the "
                 "median, lies above it by more than the tolerance and by more than removing "
-                "the same number of images per class at random does (95%); WARN when merely "
-                "not reduced. Classes under 12 images are not measured.",
+                "the same number of images per class at random does (98.3% quantile); WARN when "
+                "merely not reduced. Classes under 12 images are not measured.",
             )
         ],
         description="Excess kurtosis of PC1-3 per class before and after removal, Theil-Sen "
@@ -94,20 +93,11 @@ def build_report_assets(
         threshold = context.partition_key
         current = CurrentInputs.of(layout, settings)
         class_keys = sorted(current.class_digests)
-        for k in class_keys:
-            require_current(
-                layout.spline_scores(k),
-                current.fit(k),
-                f"spline fit scores of class {k}",
-                "materialize spline_fits for this class first",
-            )
-        provenance = current.keep_list(threshold)
-        require_current(
-            layout.keep_list(threshold),
-            provenance,
-            f"keep list T={threshold}",
-            "materialize keep_list for this threshold first",
+        current.require_every_class(
+            layout.spline_scores, current.fit, "spline fit scores", "spline_fits"
         )
+        provenance = current.keep_list(threshold)
+        current.require_keep_list(layout, threshold)
         classes = read_classes(layout)
         report = build_report(
             threshold,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -119,6 +120,27 @@ class CurrentInputs:
 
     def keep(self, key: str, threshold: str) -> dict:
         return keep_provenance(self.fit(key), self.settings, threshold)
+
+    def require_every_class(
+        self, path_of: Callable[[str], Path], expected: Callable[[str], dict], what: str, asset: str
+    ) -> None:
+        """Refuse unless every class's file is current (see `require_current`)."""
+        for key in sorted(self.class_digests):
+            require_current(
+                path_of(key),
+                expected(key),
+                f"{what} of class {key}",
+                f"materialize {asset} for this class first",
+            )
+
+    def require_keep_list(self, layout: OutputLayout, threshold: str) -> Path:
+        """The combined keep list of a threshold, refused unless it is current."""
+        return require_current(
+            layout.keep_list(threshold),
+            self.keep_list(threshold),
+            f"keep list T={threshold}",
+            "materialize keep_list for this threshold first",
+        )
 
     def keep_list(self, threshold: str) -> dict:
         """The combined keep list: one record over every class with images."""
