@@ -6,7 +6,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dedup_assets.core.atomic_io import atomic_dir, atomic_path, save_npy, write_parquet
+from dedup_assets.core.atomic_io import (
+    atomic_dir,
+    atomic_path,
+    exchange_paths,
+    save_npy,
+    sweep_interrupted,
+    write_parquet,
+)
 
 
 def test_atomic_path_replaces_only_on_success(tmp_path):
@@ -43,3 +50,45 @@ def test_writers_round_trip(tmp_path):
     np.testing.assert_array_equal(np.load(save_npy(arr, tmp_path / "x.npy")), arr)
     df = pl.DataFrame({"a": [1, 2], "b": ["x", None]})
     assert pl.read_parquet(write_parquet(df, tmp_path / "d" / "x.parquet")).equals(df)
+
+
+def test_folder_swap_is_one_atomic_exchange(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "f").write_text("A")
+    (b / "f").write_text("B")
+    assert exchange_paths(a, b)  # Linux has renameat2(RENAME_EXCHANGE)
+    assert (a / "f").read_text() == "B" and (b / "f").read_text() == "A"
+    target = tmp_path / "clean"
+    with atomic_dir(target) as tmp:
+        (tmp / "x").write_text("1")
+    with atomic_dir(target) as tmp:
+        (tmp / "y").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["y"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "clean"]
+
+
+def test_sweep_restores_a_tree_stranded_between_two_renames(tmp_path):
+    """Where the exchange is unavailable a swap takes two renames; a kill between them left
+    `clean/<T>` missing. The next run's sweep puts the old tree back."""
+    stranded = tmp_path / ".0.95.abcd1234.old" / "tree"
+    stranded.mkdir(parents=True)
+    (stranded / "img.png").write_bytes(b"kept image")
+    (tmp_path / ".0.97.wxyz_678.tmp").mkdir()  # a half-built new tree
+    (tmp_path / ".keep.parquet.0a1b2c3d.tmp").write_bytes(b"half a file")
+    done = sweep_interrupted(tmp_path)
+    assert (tmp_path / "0.95" / "img.png").read_bytes() == b"kept image"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.95"]
+    assert len(done) == 3 and any("restored" in line for line in done)
+    assert sweep_interrupted(tmp_path) == []
+
+
+def test_sweep_keeps_the_newer_tree_when_both_exist(tmp_path):
+    (tmp_path / "0.95").mkdir()
+    (tmp_path / "0.95" / "new").write_text("new")
+    old = tmp_path / ".0.95.abcd1234.old" / "tree"
+    old.mkdir(parents=True)
+    sweep_interrupted(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.95"]
+    assert (tmp_path / "0.95" / "new").read_text() == "new"
