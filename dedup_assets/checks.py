@@ -9,7 +9,7 @@ threshold (a preview feature of Dagster 1.13, see `partitions`).
 import dagster as dg
 
 from dedup_assets.assets.latents import class_latents
-from dedup_assets.core.artifacts import catalog_images, read_catalog, read_latents
+from dedup_assets.core.artifacts import catalog_images, read_class_images, read_latents
 from dedup_assets.core.integrity import latent_problems
 from dedup_assets.partitions import class_partitions
 from resources import DedupStorage
@@ -27,7 +27,7 @@ def latents_valid(
     layout = storage.layout()
     key = context.partition_key
     table, latents = read_latents(layout.latents(key))
-    expected = catalog_images(read_catalog(layout), key)["image_id"].to_list()
+    expected = catalog_images(read_class_images(layout, key))["image_id"].to_list()
     problems = latent_problems(table["image_id"].to_list(), latents, expected)
     return dg.AssetCheckResult(
         passed=not problems,

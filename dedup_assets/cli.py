@@ -89,9 +89,35 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
         help="files larger than this are skipped unread (default 268435456)",
     )
     p.add_argument(
-        "--reuse-model",
+        "--retrain-new-share",
+        type=float,
+        default=None,
+        help="retrain the autoencoder when this share of the images is new since training "
+        "(default 0.25)",
+    )
+    p.add_argument(
+        "--retrain-error-factor",
+        type=float,
+        default=None,
+        help="retrain when new images reconstruct this many times worse than the training "
+        "images (default 1.5)",
+    )
+    p.add_argument(
+        "--schedule",
+        default=None,
+        help="cron of the nightly_refresh and nightly_retraining schedules in the UI "
+        "(default '0 2 * * *')",
+    )
+    p.add_argument(
+        "--retrain",
         action="store_true",
-        help="keep the trained autoencoder in the output folder if there is one",
+        help="train the autoencoder again even if no retraining rule fires",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="recompute everything from scratch: decode, train, encode and decide again, "
+        "ignoring earlier decisions",
     )
     p.add_argument(
         "--verbose", action="store_true", help="Dagster's log and full tracebacks on errors"
@@ -144,6 +170,8 @@ def config_from_args(args: argparse.Namespace):
         "n_components": args.components,
         "kurtosis_tolerance": args.kurtosis_tolerance,
         "clean_copy_mode": args.clean_copy_mode,
+        "retrain_new_share": args.retrain_new_share,
+        "retrain_error_factor": args.retrain_error_factor,
     }
     values = {
         "source": getattr(args, "source", None) or "",
@@ -153,6 +181,7 @@ def config_from_args(args: argparse.Namespace):
         "device": args.device,
         "precision": args.precision,
         "max_file_bytes": args.max_file_bytes,
+        "schedule": args.schedule,
         "method": {k: v for k, v in method.items() if v is not None},
     }
     try:
@@ -178,10 +207,14 @@ def _run(args: argparse.Namespace) -> int:
     outcome = run_pipeline(
         config,
         instance,
-        train=not (args.reuse_model and layout.model.exists()),
+        retrain=args.retrain,
+        full=args.full,
         log=say,
         log_level="INFO" if args.verbose else "CRITICAL",
     )
+    if outcome.nothing_changed:
+        say("nothing changed: every output is up to date")
+        return EXIT_OK
     say("\nstage                                                  runs   seconds")
     for s in outcome.stages:
         say(f"{s.name:<54} {s.runs:>4} {s.seconds:>9.1f}")
@@ -190,9 +223,9 @@ def _run(args: argparse.Namespace) -> int:
         for t in outcome.thresholds:
             say(f"keep list T={t}: {layout.keep_list(t)} (+ .csv)")
     for c in outcome.check_warnings:
-        say(f"WARN  {c.line()}")
+        say(f"WARN  check failed, severity WARN (does not block): {c.line()}")
     for c in outcome.check_failures:
-        say(f"FAIL  {c.line()} (clean/{c.partition} not written)")
+        say(f"FAIL  check failed, severity ERROR (clean/{c.partition} not written): {c.line()}")
     for t in outcome.stale_clean:
         say(
             f"STALE clean/{t}: made from an earlier keep list, left as it was "

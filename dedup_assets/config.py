@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ from resources.settings import DedupSettings
 DEFAULT_THRESHOLDS = ("0.93", "0.95", "0.97")
 PIPELINE_FILE = "pipeline.json"
 FILE_VERSION = 1
-SAVED_FIELDS = ("source", "ground_truth", "thresholds", "max_file_bytes", "method")
+SAVED_FIELDS = ("source", "ground_truth", "thresholds", "max_file_bytes", "schedule", "method")
+DEFAULT_SCHEDULE = "0 2 * * *"  # nightly at 02:00
+_CRON = re.compile(r"^\S+(\s+\S+){4}$")
 
 # Environment variables read by `from_environment` (the `dagster dev` path), by field.
 ENVIRONMENT = {
@@ -39,6 +42,7 @@ ENVIRONMENT = {
     "DEDUP_DEVICE": "device",
     "DEDUP_PRECISION": "precision",
     "DEDUP_MAX_FILE_BYTES": "max_file_bytes",
+    "DEDUP_SCHEDULE": "schedule",
 }
 
 
@@ -88,12 +92,20 @@ class PipelineConfig(BaseModel):
     device: str = Field(default="auto", pattern=DEVICE_PATTERN)
     precision: Precision = Precision.auto
     max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)
+    schedule: str = Field(default=DEFAULT_SCHEDULE, description="cron of nightly_refresh")
     method: DedupSettings = Field(default_factory=DedupSettings)
 
     @field_validator("thresholds", mode="before")
     @classmethod
     def _thresholds(cls, value: Any) -> tuple[str, ...]:
         return parse_thresholds(value)
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if not _CRON.match(value.strip()):
+            raise ValueError(f"{value!r} is not a cron expression of five fields, e.g. 0 2 * * *")
+        return value.strip()
 
     @field_validator("source", "output", "ground_truth")
     @classmethod

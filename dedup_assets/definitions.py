@@ -12,23 +12,34 @@ from __future__ import annotations
 import dagster as dg
 
 from dedup_assets.assets.autoencoder import autoencoder
-from dedup_assets.assets.catalog import image_catalog
+from dedup_assets.assets.catalog import class_images, image_catalog
 from dedup_assets.assets.clean_dataset import build_clean_dataset_asset
 from dedup_assets.assets.evaluation import build_evaluation_asset
 from dedup_assets.assets.keep_lists import build_keep_list_assets
 from dedup_assets.assets.latents import class_latents
 from dedup_assets.assets.reports import build_report_assets
 from dedup_assets.assets.spline_fits import spline_fits
+from dedup_assets.automation import INDEX_JOB, TRAIN_JOB, UPDATE_CLASS_JOB, build_automation
 from dedup_assets.checks import latents_valid
 from dedup_assets.config import PipelineConfig
 from dedup_assets.partitions import threshold_partitions
 
 # The stages of the main job, in order; each is a named job of the code location.
 INGEST_JOB = "ingest_job"
-TRAIN_JOB = "train_job"
 CLASS_JOB = "class_job"
 THRESHOLD_JOB = "threshold_job"
 SUMMARY_JOB = "summary_job"
+__all__ = [
+    "CLASS_JOB",
+    "INDEX_JOB",
+    "INGEST_JOB",
+    "SUMMARY_JOB",
+    "THRESHOLD_JOB",
+    "TRAIN_JOB",
+    "UPDATE_CLASS_JOB",
+    "build_definitions",
+    "defs",
+]
 
 
 def build_definitions(config: PipelineConfig) -> dg.Definitions:
@@ -38,21 +49,35 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
     kurtosis_report, dedup_summary = build_report_assets(thresholds, keep_list)
     clean_dataset = build_clean_dataset_asset(thresholds, keep_list, kurtosis_report)
     dedup_evaluation = build_evaluation_asset(thresholds)
+    per_class = [class_latents, spline_fits, class_keep_lists]
     jobs = [
         dg.define_asset_job(
-            INGEST_JOB,
+            INDEX_JOB,
             selection=[image_catalog],
-            description="Scan the source, decode new images, register the class partitions.",
+            description="List the source (no file is read): class folders, root entries; "
+            "register the class partitions.",
+        ),
+        dg.define_asset_job(
+            INGEST_JOB,
+            selection=[class_images],
+            description="One class: decode its new and changed images.",
         ),
         dg.define_asset_job(
             TRAIN_JOB,
             selection=[autoencoder],
-            description="Train the autoencoder on every catalogued image.",
+            description="Keep the autoencoder, or train it again when a retraining rule fires.",
         ),
         dg.define_asset_job(
             CLASS_JOB,
-            selection=[class_latents, spline_fits, class_keep_lists],
-            description="One class: encode, fit the spline density, decide at every threshold.",
+            selection=per_class,
+            description="One class: encode new images, fit the spline density, decide at "
+            "every threshold.",
+        ),
+        dg.define_asset_job(
+            UPDATE_CLASS_JOB,
+            selection=[class_images, *per_class],
+            description="One class brought up to date with its folder, with the current "
+            "model: what the new-data sensor and the schedule request.",
         ),
         dg.define_asset_job(
             THRESHOLD_JOB,
@@ -65,9 +90,11 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
             description="Tables across thresholds and the ground-truth evaluation.",
         ),
     ]
+    sensors, schedules = build_automation(jobs, config.schedule)
     return dg.Definitions(
         assets=[
             image_catalog,
+            class_images,
             autoencoder,
             class_latents,
             spline_fits,
@@ -80,6 +107,8 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
         ],
         asset_checks=[latents_valid, keep_list_integrity],
         jobs=jobs,
+        sensors=sensors,
+        schedules=schedules,
         resources=config.resources(),
     )
 

@@ -23,18 +23,30 @@ from pathlib import Path
 
 import dagster as dg
 
+from dedup_assets.assets.autoencoder import RETRAIN_TAG
+from dedup_assets.assets.catalog import FULL_TAG
 from dedup_assets.config import PipelineConfig
+from dedup_assets.core.artifacts import (
+    CurrentInputs,
+    MissingArtifact,
+    catalogued_keys,
+    file_digest,
+    recorded_listings,
+    stale_classes,
+    stale_thresholds,
+)
 from dedup_assets.core.atomic_io import sweep_interrupted, write_json
 from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.source_index import changed_classes, list_source
 from dedup_assets.definitions import (
     CLASS_JOB,
+    INDEX_JOB,
     INGEST_JOB,
     SUMMARY_JOB,
     THRESHOLD_JOB,
     TRAIN_JOB,
     build_definitions,
 )
-from dedup_assets.partitions import class_partitions
 
 PID_TAG = "latent_dedup/pid"
 HOST_TAG = "latent_dedup/host"
@@ -81,6 +93,9 @@ class PipelineOutcome:
     classes: list[str] = field(default_factory=list)
     thresholds: list[str] = field(default_factory=list)
     summary_written: bool = False
+    changes: str = ""
+    training: str = ""
+    nothing_changed: bool = False
 
     @property
     def check_failures(self) -> list[CheckOutcome]:
@@ -181,11 +196,16 @@ def run_pipeline(
     config: PipelineConfig,
     instance: dg.DagsterInstance,
     *,
-    train: bool = True,
+    retrain: bool = False,
+    full: bool = False,
     log: Callable[[str], None] = print,
     log_level: str = "WARNING",
 ) -> PipelineOutcome:
-    """Materialize every asset and check, for every class and threshold partition."""
+    """Bring every asset and check up to date with the source, doing only what changed.
+
+    retrain: train the autoencoder again whatever the rules say; full: recompute everything
+    from scratch (decode, train, encode, decide), ignoring earlier work and decisions.
+    """
     layout = OutputLayout(Path(config.output))
     layout.claim()
     with output_lock(layout):
@@ -193,10 +213,33 @@ def run_pipeline(
         outcome.recovered = sweep_interrupted(layout.root) + fail_orphaned_runs(instance)
         for line in outcome.recovered:
             log(f"recovered: {line}")
-        _run_stages(config, instance, layout, outcome, train=train, log=log, log_level=log_level)
+        _run_stages(
+            config,
+            instance,
+            layout,
+            outcome,
+            retrain=retrain,
+            full=full,
+            log=log,
+            log_level=log_level,
+        )
         if not outcome.failures and not outcome.skipped:  # every stage ran to its end
             write_json(config.saved(), layout.pipeline_file)
         return outcome
+
+
+def _nothing_to_do(config: PipelineConfig, layout: OutputLayout, changes) -> bool:
+    """True when the source is unchanged and every output matches it and the settings."""
+    if changes.any or not layout.model.exists() or not layout.pipeline_file.exists():
+        return False
+    try:
+        current = CurrentInputs.of(layout, config.method)
+    except (MissingArtifact, OSError):
+        return False
+    thresholds = list(config.thresholds)
+    return not stale_classes(layout, current, thresholds) and not stale_thresholds(
+        layout, current, thresholds
+    )
 
 
 def _run_stages(
@@ -205,21 +248,27 @@ def _run_stages(
     layout: OutputLayout,
     outcome: PipelineOutcome,
     *,
-    train: bool,
+    retrain: bool,
+    full: bool,
     log: Callable[[str], None],
     log_level: str,
 ) -> None:
     defs = build_definitions(config)
     tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    if retrain:
+        tags[RETRAIN_TAG] = "1"
+    if full:
+        tags[FULL_TAG] = "1"
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    settings = config.method
 
     def stage(
         name: str, job_name: str, keys: Sequence[str | None], assets: list[str] | None = None
-    ) -> list[str | None]:
-        """Run one job per key; returns the keys whose run failed."""
+    ) -> tuple[list[str | None], list[dg.ExecuteInProcessResult]]:
+        """Run one job per key; returns the keys whose run failed, and every result."""
         log(f"[{name}] starting: {len(keys)} run(s)")
         job = defs.resolve_job_def(job_name)
-        failed = []
+        failed, results = [], []
         start = time.perf_counter()
         for key in keys:
             result = job.execute_in_process(
@@ -230,39 +279,85 @@ def _run_stages(
                 run_config=run_config,
                 asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
             )
+            results.append(result)
             if not _collect(result, name, key, outcome):
                 failed.append(key)
         seconds = time.perf_counter() - start
         outcome.stages.append(StageTiming(name, seconds, len(keys)))
         log(f"[{name}] {len(keys)} run(s) in {seconds:.1f}s")
-        return failed
+        return failed, results
 
-    if stage("catalog", INGEST_JOB, [None]):
+    root = config.resources()["image_source"].resolve_root()
+    _, listings = list_source(root)
+    changes = changed_classes({k: v.digest for k, v in listings.items()}, recorded_listings(layout))
+    outcome.changes = changes.describe()
+    if not full and not retrain and _nothing_to_do(config, layout, changes):
+        outcome.nothing_changed = True
+        log("nothing changed: the source and the settings are those of the outputs")
+        return
+    log(f"source: {outcome.changes}")
+    if stage("catalog", INDEX_JOB, [None])[0]:
         outcome.skipped.append("every later stage: the catalog failed")
         return
-    needs_training = train or not layout.model.exists()
-    if needs_training and stage("training", TRAIN_JOB, [None]):
+    to_ingest = sorted(listings) if full else list(changes.to_update)
+    if to_ingest:
+        failed, _ = stage("images", INGEST_JOB, to_ingest)
+        if failed:
+            outcome.skipped.append(
+                f"every later stage: decoding failed for {', '.join(str(k) for k in failed)}"
+            )
+            return
+    model_before = file_digest(layout.model) if layout.model.exists() else None
+    failed, results = stage("training", TRAIN_JOB, [None])
+    if failed:
         outcome.skipped.append("every later stage: training failed")
         return
-    outcome.classes = sorted(instance.get_dynamic_partitions(class_partitions.name))
-    failed = stage("classes: latents, spline fits, keep decisions", CLASS_JOB, outcome.classes)
-    if failed:
-        outcome.skipped.append(
-            f"keep lists, reports, clean copies and evaluation: the class stage failed for "
-            f"{', '.join(str(k) for k in failed)}"
+    outcome.training = _training_decision(results[0])
+    log(f"training: {outcome.training}")
+    retrained = file_digest(layout.model) != model_before
+    current = CurrentInputs.of(layout, settings)
+    thresholds = list(config.thresholds)
+    outcome.classes = catalogued_keys(layout)
+    if retrained or full:
+        to_process = outcome.classes
+    else:
+        pending = set(stale_classes(layout, current, thresholds)) | set(to_ingest)
+        to_process = [k for k in outcome.classes if k in pending]
+    if to_process:
+        failed, _ = stage("classes: latents, spline fits, keep decisions", CLASS_JOB, to_process)
+        if failed:
+            outcome.skipped.append(
+                f"keep lists, reports, clean copies and evaluation: the class stage failed for "
+                f"{', '.join(str(k) for k in failed)}"
+            )
+            return
+    to_threshold = thresholds if to_process else stale_thresholds(layout, current, thresholds)
+    failed = []
+    if to_threshold:
+        failed, _ = stage(
+            "thresholds: keep lists, gates, reports, clean copies", THRESHOLD_JOB, to_threshold
         )
-        return
-    failed = stage(
-        "thresholds: keep lists, gates, reports, clean copies", THRESHOLD_JOB, outcome.thresholds
-    )
-    outcome.stale_clean = [t for t in outcome.thresholds if layout.clean_stale_note(t).exists()]
+    outcome.stale_clean = [t for t in thresholds if layout.clean_stale_note(t).exists()]
     assets = ["dedup_evaluation"] + ([] if failed else ["dedup_summary"])
     if failed:
         outcome.skipped.append(
             f"the summary across thresholds: T={', '.join(str(t) for t in failed)} failed"
         )
-    if not stage("summary + evaluation", SUMMARY_JOB, [None], assets):
+    if not stage("summary + evaluation", SUMMARY_JOB, [None], assets)[0]:
         outcome.summary_written = "dedup_summary" in assets
+
+
+def _training_decision(result: dg.ExecuteInProcessResult) -> str:
+    """What the autoencoder asset decided: retrained (and why) or kept (and why)."""
+    for event in result.get_asset_materialization_events():
+        decision = event.materialization.metadata.get("decision")
+        if decision is not None:
+            return f"retrained: {decision.value}"
+    for event in result.get_asset_observation_events():
+        decision = event.asset_observation_data.asset_observation.metadata.get("decision")
+        if decision is not None:
+            return str(decision.value)
+    return "no decision recorded"
 
 
 def _collect(result: dg.ExecuteInProcessResult, stage: str, key, outcome: PipelineOutcome) -> bool:

@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from dedup_assets.core.keep_policy import KeepPolicy
+from dedup_assets.core.retraining import DEFAULT_ERROR_FACTOR, DEFAULT_MAX_NEW_SHARE
 from dedup_assets.core.similarity import SimilaritySpace
 from dedup_assets.core.spline import BinRule
 
@@ -43,6 +44,17 @@ class DedupSettings(dg.ConfigurableResource):
     kurtosis_tolerance: float = Field(default=0.1, ge=0)
     block_size: int = Field(default=2048, ge=16, le=65536)
     clean_copy_mode: CopyMode = CopyMode.copy
+    retrain_new_share: float = Field(
+        default=DEFAULT_MAX_NEW_SHARE,
+        gt=0,
+        le=1,
+        description="retrain when this share of the images is new since training",
+    )
+    retrain_error_factor: float = Field(
+        default=DEFAULT_ERROR_FACTOR,
+        gt=1,
+        description="retrain when new images reconstruct this many times worse than training",
+    )
 
     def resolved_epochs(self, n_images: int) -> int:
         """The number of training epochs for a dataset of n_images."""

@@ -20,6 +20,8 @@ SCHEMA = {
     "similarity": pl.Float32,
     "match": pl.String,
     "space": pl.String,
+    "decided_at": pl.String,
+    "decided_in": pl.String,
 }
 
 # image_id, class, kept, duplicate_of, similarity
@@ -45,6 +47,8 @@ def _keep(rows=ROWS) -> pl.DataFrame:
             "similarity": [r[4] for r in rows],
             "match": [None if r[2] else "near" for r in rows],
             "space": ["spline_copula"] * len(rows),
+            "decided_at": ["2026-11-27T00:00:00+00:00"] * len(rows),
+            "decided_in": ["run"] * len(rows),
         },
         schema=SCHEMA,
     )
@@ -214,6 +218,8 @@ def _decided_keep_list(seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
                     "similarity": [None if np.isnan(v) else float(v) for v in d.similarity],
                     "match": np.where(d.kept, None, np.where(d.exact, "exact", "near")).tolist(),
                     "space": ["raw"] * 60,
+                    "decided_at": ["2026-11-27T00:00:00+00:00"] * 60,
+                    "decided_in": ["run"] * 60,
                 },
                 schema=SCHEMA,
             )

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from dedup_assets.config import PipelineConfig
-from dedup_assets.core.artifacts import KEEP_LIST_COLUMNS
+from dedup_assets.core.artifacts import KEEP_LIST_COLUMNS, read_catalog
 from dedup_assets.core.demo_data import generate_demo_dataset
 from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.planting import read_ground_truth
@@ -60,6 +60,7 @@ def test_definitions_load_every_asset_check_and_job(tmp_path):
     names = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert names == {
         "image_catalog",
+        "class_images",
         "autoencoder",
         "class_latents",
         "spline_fits",
@@ -73,7 +74,18 @@ def test_definitions_load_every_asset_check_and_job(tmp_path):
     checks = {k.name for k in graph.asset_check_keys}
     assert checks == {"latents_valid", "keep_list_integrity", "kurtosis_reduction"}
     jobs = {j.name for j in defs.resolve_all_job_defs()} - {"__ASSET_JOB"}
-    assert jobs == {"ingest_job", "train_job", "class_job", "threshold_job", "summary_job"}
+    assert jobs == {
+        "index_job",
+        "ingest_job",
+        "train_job",
+        "class_job",
+        "update_class_job",
+        "threshold_job",
+        "summary_job",
+    }
+    repository = defs.get_repository_def()
+    assert {s.name for s in repository.sensor_defs} == {"new_images_sensor", "dedup_automation"}
+    assert {s.name for s in repository.schedule_defs} == {"nightly_refresh", "nightly_retraining"}
 
 
 def test_whole_graph_materializes(tiny_run):
@@ -83,7 +95,8 @@ def test_whole_graph_materializes(tiny_run):
     # Only planted copies and the demo's near-duplicates go: the gate must not block that.
     assert outcome.check_failures == []
     assert len(outcome.classes) == 6
-    assert [s.runs for s in outcome.stages] == [1, 1, 6, len(THRESHOLDS), 1]
+    assert [s.runs for s in outcome.stages] == [1, 6, 1, 6, len(THRESHOLDS), 1]
+    assert outcome.training == "retrained: no trained model yet"
     saved = json.loads(tiny_run["layout"].pipeline_file.read_text())
     assert saved["thresholds"] == list(THRESHOLDS) and "device" not in saved
 
@@ -93,7 +106,7 @@ def test_source_is_never_modified(tiny_run):
 
 
 def test_corrupt_file_quarantined_with_reason(tiny_run):
-    catalog = pl.read_parquet(tiny_run["layout"].catalog)
+    catalog = read_catalog(tiny_run["layout"])
     bad = catalog.filter(pl.col("status") == "quarantined")
     assert bad["path"].to_list() == ["urban/broken.png"]
     assert "not a readable image" in bad["reason"][0]
@@ -103,7 +116,7 @@ def test_corrupt_file_quarantined_with_reason(tiny_run):
 
 def test_keep_lists_follow_the_contract(tiny_run):
     layout = tiny_run["layout"]
-    catalog = pl.read_parquet(layout.catalog).filter(pl.col("status") == "ok")
+    catalog = read_catalog(layout).filter(pl.col("status") == "ok")
     for t in THRESHOLDS:
         keep = pl.read_parquet(layout.keep_list(t))
         assert tuple(keep.columns) == KEEP_LIST_COLUMNS
@@ -144,7 +157,7 @@ def test_clean_copy_holds_exactly_the_kept_images(tiny_run):
         files = sorted(
             p.relative_to(layout.clean_dir(t)).as_posix()
             for p in layout.clean_dir(t).rglob("*")
-            if p.is_file() and p != layout.clean_manifest(t)
+            if p.is_file() and not p.name.startswith(".latent-dedup-clean")
         )
         assert files == sorted(keep.filter(pl.col("kept"))["path"].to_list())
 
@@ -241,25 +254,28 @@ def test_a_clean_copy_older_than_its_keep_list_is_marked_stale(tiny_run):
     assert json.loads(manifest.read_text())["keep_list"] == json.loads(original)["keep_list"]
 
 
-def test_pixel_cache_never_trusts_rows_out_of_step_with_the_catalog(tiny_run, tmp_path):
-    """The old failure: a pixel store whose rows no longer match its catalog gave images a
-    neighbour's pixels. The cache now checks each row's pixel hash and decodes again."""
+def test_pixel_cache_never_trusts_a_store_out_of_step_with_its_table(tiny_run, tmp_path):
+    """The old failure: a pixel store whose rows no longer matched its catalog gave images
+    a neighbour's pixels. A class's store is reused only if it is the very store written
+    with its table (digest recorded in the table); otherwise every image is decoded again."""
     import shutil
 
     import numpy as np
 
-    from dedup_assets.assets.catalog import _previous_decodes
-    from dedup_assets.core.image_folder import read_and_decode, scan_image_folder
-
     layout = OutputLayout(tmp_path / "out")
-    shutil.copytree(tiny_run["layout"].catalog_dir, layout.catalog_dir)
-    pixels = np.load(layout.pixels)
-    np.save(layout.pixels, np.roll(pixels, 1, axis=0))  # every row now holds a neighbour
-    scan = scan_image_folder(tiny_run["source"])
-    cached = read_and_decode(tiny_run["source"], scan.files, known=_previous_decodes(layout))
-    fresh = read_and_decode(tiny_run["source"], scan.files)
-    for c, f in zip(cached, fresh, strict=True):
-        assert (c.pixels is None) == (f.pixels is None)
-        if f.pixels is not None:
-            np.testing.assert_array_equal(c.pixels, f.pixels)
-            assert c.pixel_hash == f.pixel_hash
+    shutil.copytree(tiny_run["layout"].root, layout.root, ignore=shutil.ignore_patterns(".dagster"))
+    store = layout.class_pixels("forest")
+    pixels = np.load(store)
+    np.save(store, np.roll(pixels, 1, axis=0))  # every row now holds a neighbour
+    job = build_definitions(
+        tiny_run["config"].model_copy(update={"output": str(layout.root)})
+    ).resolve_job_def("ingest_job")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("image_class", ["forest"])
+    run = job.execute_in_process(partition_key="forest", instance=instance)
+    meta = run.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["unchanged"].value == 0 and meta["read_and_decoded"].value == len(pixels)
+    np.testing.assert_array_equal(np.load(store), pixels)
+    run = job.execute_in_process(partition_key="forest", instance=instance)
+    meta = run.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["unchanged"].value == len(pixels) and meta["read_and_decoded"].value == 0

@@ -58,9 +58,9 @@ def _kill_in(stage: str, source, output) -> str:
 def test_sigkill_in_each_stage_then_the_next_run_recovers(baseline, stage, tmp_path):
     output = tmp_path / "out"
     _kill_in(stage, baseline["source"], output)
-    # The next run, in this process (what `dedup run --reuse-model` runs, without paying
-    # for another interpreter): a model the killed run finished was written atomically,
-    # whole or absent, so it is kept and only what was interrupted is redone.
+    # The next run, in this process (what `dedup run` runs, without paying for another
+    # interpreter): a model the killed run finished was written atomically, whole or
+    # absent, so it is kept and only what was interrupted is redone.
     config = PipelineConfig.build(
         source=str(baseline["source"]),
         output=str(output),
@@ -71,9 +71,7 @@ def test_sigkill_in_each_stage_then_the_next_run_recovers(baseline, stage, tmp_p
     )
     instance = dg.DagsterInstance.from_config(str(output / ".dagster"))
     lines: list[str] = []
-    outcome = run_pipeline(
-        config, instance, train=not (output / "model" / "autoencoder.pt").exists(), log=lines.append
-    )
+    outcome = run_pipeline(config, instance, log=lines.append)
     assert outcome.ok, (outcome.failures, outcome.skipped, outcome.check_failures)
     keep = pl.read_parquet(output / "keep_lists" / "0.95.parquet")
     assert keep.equals(baseline["keep"]), f"keep list differs after a kill in {stage}"

@@ -15,7 +15,9 @@ import pytest
 from conftest import run_dedup, tree_digest
 from PIL import Image
 
+from dedup_assets.core.artifacts import read_catalog
 from dedup_assets.core.demo_data import generate_demo_dataset
+from dedup_assets.core.layout import OutputLayout
 
 CJK_CLASS = "森林" * 15  # 30 characters, 90 bytes: percent-encoded it would be 270
 LATIN1_CLASS = b"caf\xe9"  # not UTF-8
@@ -177,7 +179,7 @@ def test_every_skipped_path_is_listed_with_its_reason(nasty):
 
 def test_odd_names_are_catalogued_losslessly_and_copied(nasty):
     out = nasty["output"]
-    catalog = pl.read_parquet(out / "catalog" / "catalog.parquet")
+    catalog = read_catalog(OutputLayout(out))
     raw = set(catalog["raw_path"].to_list())
     assert b"caf\xe9/img\xff.png" in raw
     assert "caf\\xe9/img\\xff.png" in catalog["path"].to_list()
@@ -289,41 +291,32 @@ def test_failed_stage_stops_downstream_and_nothing_is_rebuilt_from_stale_files(
     keep_before = (out / "keep_lists" / "0.95.parquet").read_bytes()
     saved_before = (out / "pipeline.json").read_text()
 
-    # A run asking for CUDA on a machine without it fails with one line, and is not sticky.
-    cuda = run_dedup(
-        "run",
-        "--source",
-        str(source),
-        "--output",
-        str(out),
-        "--thresholds",
-        "0.95",
-        "--device",
-        "cuda",
-    )
-    if not __import__("torch").cuda.is_available():
-        assert cuda.returncode == 1
-        assert "CUDA is not available" in cuda.stdout
-        assert "report:" not in cuda.stdout, "a failed run must not point at an old report"
-        assert (out / "pipeline.json").read_text() == saved_before
-
-    # An image disappears and the stored model is damaged: the class stage must fail, and
-    # no keep list may be rebuilt from the previous run's per-class files.
+    # An image disappears; a run then asks for CUDA on a machine without it. It fails with
+    # one line, stops every later stage (no keep list is rebuilt) and is not sticky.
     deleted = sorted((source / "forest").glob("*.png"))[0]
     deleted.unlink()
-    (out / "model" / "autoencoder.pt").write_bytes(b"not a model")
-    broken = run_dedup("run", "--source", str(source), "--output", str(out), "--reuse-model", *FAST)
-    assert broken.returncode == 1
-    assert "cannot be loaded" in broken.stdout and "Traceback" not in broken.stdout
-    assert "SKIPPED keep lists, reports, clean copies and evaluation" in broken.stdout
-    assert "report:" not in broken.stdout
-    assert (out / "keep_lists" / "0.95.parquet").read_bytes() == keep_before
+    if not __import__("torch").cuda.is_available():
+        cuda = run_dedup(
+            "run", "--source", str(source), "--output", str(out), "--device", "cuda", *one[:2]
+        )
+        assert cuda.returncode == 1
+        assert "CUDA is not available" in cuda.stdout and "Traceback" not in cuda.stdout
+        assert "SKIPPED every later stage: training failed" in cuda.stdout
+        assert "report:" not in cuda.stdout, "a failed run must not point at an old report"
+        assert (out / "pipeline.json").read_text() == saved_before
+        assert (out / "keep_lists" / "0.95.parquet").read_bytes() == keep_before
 
-    # The next good run recovers: the deleted image is gone from every keep list.
+    # The stored model is damaged too: the next run says so, retrains and recovers; the
+    # deleted image is gone from every keep list.
+    (out / "model" / "autoencoder.pt").write_bytes(b"not a model")
     again = run_dedup("run", "--source", str(source), "--output", str(out), *one)
     assert again.returncode == 0, again.stdout + again.stderr
+    assert "training: retrained: the stored model" in again.stdout
+    assert "cannot be loaded" in again.stdout
     paths = _keep(out, "0.95")["path"].to_list()
     assert f"forest/{deleted.name}" not in paths and len(paths) > 0
+    rerun = run_dedup("run", "--source", str(source), "--output", str(out), *one)
+    assert rerun.returncode == 0 and "nothing changed" in rerun.stdout
 
 
 # ------------------------------------------------------------------ the same in dagster dev

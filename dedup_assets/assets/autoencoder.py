@@ -1,40 +1,125 @@
-"""Asset: the paper's Table 1 autoencoder, trained on every catalogued image."""
+"""Asset: the paper's Table 1 autoencoder, trained on every catalogued image, and kept
+until a retraining rule fires (`core.retraining`)."""
+
+import json
 
 import dagster as dg
 import numpy as np
+import polars as pl
 
-from dedup_assets.assets.catalog import image_catalog
+from dedup_assets.assets.catalog import FULL_TAG, class_images
 from dedup_assets.core import plots
-from dedup_assets.core.artifacts import file_digest, open_pixels
-from dedup_assets.core.atomic_io import atomic_path, write_json
+from dedup_assets.core.artifacts import (
+    catalog_class_keys,
+    catalog_images,
+    file_digest,
+    gather_pixels,
+    read_catalog,
+)
+from dedup_assets.core.atomic_io import atomic_path, write_json, write_parquet
 from dedup_assets.core.autoencoder import (
     TOTAL_PARAMETERS,
+    load_state,
     reconstruct,
     save_state,
     train_autoencoder,
 )
+from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.retraining import RetrainDecision, decide_retraining
 from dedup_assets.ui import image_metadata
 from resources import ComputeDevice, DedupSettings, DedupStorage
 
+RETRAIN_TAG = "latent_dedup/retrain"
 GRID_IMAGES = 10
 EVAL_IMAGES = 2048
+
+
+def _sample(n: int) -> np.ndarray:
+    """At most EVAL_IMAGES evenly spaced indices of range(n)."""
+    return (
+        np.unique(np.linspace(0, n - 1, min(n, EVAL_IMAGES)).astype(int)) if n else np.zeros(0, int)
+    )
+
+
+def retraining_decision(
+    layout: OutputLayout,
+    images: pl.DataFrame,
+    settings: DedupSettings,
+    compute: ComputeDevice,
+    *,
+    forced: bool,
+) -> RetrainDecision:
+    """Should the model be trained again for these catalogued images? (see core.retraining)"""
+    model = None
+    device = compute.torch_device()  # an unavailable device fails here, not as a bad model
+    if layout.model.exists():
+        try:
+            model = load_state(layout.model, device)
+        except Exception:  # noqa: BLE001 - an unreadable model is retrained, and says so
+            return RetrainDecision(True, f"the stored model {layout.model} cannot be loaded")
+    trained: set[str] = set()
+    if layout.trained_images.exists():
+        trained = set(pl.read_parquet(layout.trained_images)["image_id"].to_list())
+    new = images.filter(~pl.col("image_id").is_in(list(trained)))
+    new_error = trained_error = None
+    if model is not None and new.height:
+        sample = new[_sample(new.height).tolist()]
+        _, new_error = reconstruct(
+            model, gather_pixels(layout, sample), device=compute.torch_device()
+        )
+        if layout.training_log.exists():
+            trained_error = json.loads(layout.training_log.read_text()).get(
+                "final_reconstruction_mse"
+            )
+    return decide_retraining(
+        model_exists=model is not None,
+        forced=forced,
+        n_images=images.height,
+        n_new=new.height,
+        new_error=new_error,
+        trained_error=trained_error,
+        max_new_share=settings.retrain_new_share,
+        error_factor=settings.retrain_error_factor,
+    )
 
 
 @dg.asset(
     group_name="model",
     kinds={"pytorch"},
-    deps=[image_catalog],
+    deps=[dg.AssetDep(class_images, partition_mapping=dg.AllPartitionMapping())],
+    output_required=False,
     description="Convolutional autoencoder of the paper's Table 1 (1,956,739 parameters), "
-    "trained with MSE + Adam on inputs scaled to [-1, 1]; stored as a state dict.",
+    "trained with MSE + Adam on inputs scaled to [-1, 1]; stored as a state dict. A run "
+    "keeps the stored model (an observation says why) unless a retraining rule fires: no "
+    "model, a share of new images, or new images it reconstructs badly.",
 )
 def autoencoder(
     context: dg.AssetExecutionContext,
     compute: ComputeDevice,
     storage: DedupStorage,
     settings: DedupSettings,
-) -> dg.MaterializeResult:
+):
     layout = storage.layout()
-    pixels = np.array(open_pixels(layout))  # in memory: training reads it many times
+    images = catalog_images(read_catalog(layout, catalog_class_keys(layout)))
+    if images.height == 0:
+        raise ValueError("no decoded image to train on: materialize class_images first")
+    forced = context.run.tags.get(RETRAIN_TAG) == "1" or context.run.tags.get(FULL_TAG) == "1"
+    decision = retraining_decision(layout, images, settings, compute, forced=forced)
+    context.log.info(("retraining: " if decision.retrain else "") + decision.reason)
+    if not decision.retrain:
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=context.asset_key,
+                metadata={
+                    "decision": decision.reason,
+                    "new_images": decision.new_images,
+                    "new_share": decision.new_share,
+                    "error_ratio": decision.error_ratio,
+                },
+            )
+        )
+        return
+    pixels = gather_pixels(layout, images)  # in memory: training reads it many times
     device, amp = compute.torch_device(), compute.amp_dtype()
     epochs = settings.resolved_epochs(len(pixels))
     context.log.info(
@@ -53,14 +138,15 @@ def autoencoder(
     )
     with atomic_path(layout.model) as tmp:
         save_state(result.model, tmp)
+    write_parquet(images.select("class_key", "image_id", "raw_path"), layout.trained_images)
 
     # Reconstruction error over an evenly spaced sample, and a picture of some of it.
-    step = max(1, len(pixels) // EVAL_IMAGES)
-    sample = pixels[::step][:EVAL_IMAGES]
+    sample = pixels[_sample(len(pixels))]
     recon, mse = reconstruct(result.model, sample, device=device)
     pick = np.linspace(0, len(sample) - 1, min(GRID_IMAGES, len(sample))).astype(int)
     grid = plots.image_rows([sample[pick], recon[pick]], ["originals", "reconstructions"])
     history = {
+        "decision": decision.reason,
         "epoch_losses": result.epoch_losses,
         "final_reconstruction_mse": mse,
         "images_per_second": result.images_per_second,
@@ -79,8 +165,9 @@ def autoencoder(
         f"trained in {result.train_seconds:.1f}s ({result.images_per_second:,.0f} images/s); "
         f"reconstruction MSE {mse:.5f}"
     )
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
+            "decision": decision.reason,
             "parameters": TOTAL_PARAMETERS,
             "images": len(pixels),
             "epochs": epochs,

@@ -1,159 +1,71 @@
-"""Asset: the image catalog, its class table, quarantine list and uint8 pixel store."""
+"""Assets: the index of the source (class folders, listings, root entries) and each class's
+catalog of decoded images (table, uint8 pixel store, quarantine list)."""
 
+import json
+import shutil
 import time
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
-from dedup_assets.core.artifacts import digest, open_pixels, read_catalog
-from dedup_assets.core.atomic_io import atomic_dir
-from dedup_assets.core.image_folder import (
-    DecodedImage,
-    FolderScan,
-    pixel_hash,
-    read_and_decode,
-    scan_image_folder,
-    unique_ids,
+from dedup_assets.core.artifacts import (
+    CLASS_SUMMARY_KEY,
+    catalogued_keys,
+    class_summary,
+    digest,
+    read_class_images,
+    recorded_listings,
 )
+from dedup_assets.core.atomic_io import atomic_dir, write_csv, write_parquet
+from dedup_assets.core.class_catalog import (
+    assemble_quarantine,
+    pixels_digest,
+    skipped_table,
+    update_class_catalog,
+)
+from dedup_assets.core.image_folder import FolderScan, find_class_folder, scan_class_folder
 from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.source_index import changed_classes, class_listings, index_table, list_source
 from dedup_assets.partitions import class_partitions
 from dedup_assets.ui import md_table
 from resources import DedupStorage, ImageSource
 
-
-def _previous_decodes(layout: OutputLayout):
-    """Lookup of images the last catalog decoded (content hash, size -> decoded image).
-
-    Keyed by content: a cached row is used only when its stored pixels still hash to the
-    pixel hash recorded for it, so a pixel store out of step with its catalog is never
-    trusted (the image is decoded again instead).
-    """
-    if not (layout.catalog.exists() and layout.pixels.exists()):
-        return None
-    try:
-        old = read_catalog(layout).filter(pl.col("status") == "ok")
-        pixels = open_pixels(layout)
-        columns = ("content_hash", "size_bytes", "row", "width", "height", "mode", "pixel_hash")
-        rows = old.select(columns).iter_rows()
-    except Exception:  # noqa: BLE001 - a damaged or older store just means decoding again
-        return None
-    by_hash = {(h, s): (r, w, hh, m, p) for h, s, r, w, hh, m, p in rows}
-
-    def known(content_hash: str, size: int) -> DecodedImage | None:
-        hit = by_hash.get((content_hash, size))
-        if hit is None or hit[0] >= len(pixels):
-            return None
-        row, w, h, mode, recorded = hit
-        px = np.array(pixels[row])
-        if pixel_hash(px) != recorded:
-            return None
-        return DecodedImage(content_hash, size, w, h, mode, px, None, recorded)
-
-    return known
+FULL_TAG = "latent_dedup/full"
 
 
-def build_catalog(scan: FolderScan, decoded: list[DecodedImage]) -> dict[str, pl.DataFrame]:
-    """The catalog, class table and quarantine list of a scan and its decoded files."""
-    files = scan.files
-    ok = [d.pixels is not None for d in decoded]
-    rows = np.cumsum(ok) - 1
-    ids = unique_ids(
-        [d.content_hash or f.rel_path for d, f in zip(decoded, files, strict=True)],
-        [f.rel_path for f in files],
+def refresh_quarantine(layout: OutputLayout) -> pl.DataFrame:
+    """Rewrite catalog/quarantine.csv from the root entries and every class's list."""
+    keys = catalogued_keys(layout)
+    return assemble_quarantine(
+        layout.quarantine,
+        layout.root_skipped,
+        [layout.class_quarantine(k) for k in keys],
+        layout.catalog_dir / ".quarantine.lock",
     )
-    catalog = pl.DataFrame(
-        {
-            "image_id": ids,
-            "class": [f.class_name for f in files],
-            "class_key": [f.class_key for f in files],
-            "path": [f.rel_path for f in files],
-            "raw_path": [f.raw_path for f in files],
-            "width": [d.width for d in decoded],
-            "height": [d.height for d in decoded],
-            "mode": [d.mode for d in decoded],
-            "size_bytes": [d.size_bytes for d in decoded],
-            "content_hash": [d.content_hash for d in decoded],
-            "pixel_hash": [d.pixel_hash for d in decoded],
-            "status": ["ok" if good else "quarantined" for good in ok],
-            "reason": [d.error for d in decoded],
-            "note": [d.note for d in decoded],
-            "row": [int(r) if good else None for r, good in zip(rows, ok, strict=True)],
-        },
-        schema_overrides={
-            "row": pl.Int64,
-            "reason": pl.String,
-            "note": pl.String,
-            "pixel_hash": pl.String,
-            "raw_path": pl.Binary,
-            "class": pl.String,
-            "class_key": pl.String,
-            "path": pl.String,
-            "image_id": pl.String,
-            "mode": pl.String,
-            "content_hash": pl.String,
-        },
-    )
-    quarantine = pl.concat(
-        [
-            catalog.filter(pl.col("status") != "ok").select(
-                "path", "class", pl.lit("skipped").alias("action"), "reason"
-            ),
-            catalog.filter(pl.col("note").is_not_null()).select(
-                "path", "class", pl.lit("used").alias("action"), pl.col("note").alias("reason")
-            ),
-            pl.DataFrame(
-                {
-                    "path": [s.path for s in scan.skipped],
-                    "class": [s.class_name for s in scan.skipped],
-                    "action": ["skipped"] * len(scan.skipped),
-                    "reason": [s.reason for s in scan.skipped],
-                },
-                schema={
-                    "path": pl.String,
-                    "class": pl.String,
-                    "action": pl.String,
-                    "reason": pl.String,
-                },
-            ),
-        ]
-    ).sort("path")
-    good = catalog.filter(pl.col("status") == "ok")
-    per_class = good.group_by("class_key").agg(
-        pl.len().alias("images"),
-        pl.struct("image_id", "pixel_hash", "path").sort_by("path").alias("members"),
-    )
-    digests = {
-        key: digest([list(m.values()) for m in members])
-        for key, members in zip(per_class["class_key"], per_class["members"].to_list(), strict=True)
-    }
-    classes = (
-        pl.DataFrame(
-            {"class_key": list(scan.classes), "class": list(scan.classes.values())},
-            schema={"class_key": pl.String, "class": pl.String},
-        )
-        .join(per_class.select("class_key", "images"), on="class_key", how="left")
-        .join(
-            catalog.filter(pl.col("status") != "ok").group_by("class_key").len("quarantined"),
-            on="class_key",
-            how="left",
-        )
-        .with_columns(
-            pl.col("images").fill_null(0).cast(pl.Int64),
-            pl.col("quarantined").fill_null(0).cast(pl.Int64),
-            pl.col("class_key").replace_strict(digests, default=None).alias("digest"),
-        )
-        .sort("class_key")
-    )
-    return {"catalog": catalog, "classes": classes, "quarantine": quarantine}
+
+
+def remove_class_outputs(layout: OutputLayout, key: str) -> None:
+    """Delete everything the pipeline derived from a class folder that no longer exists."""
+    for path in (layout.class_dir(key), layout.latents(key)):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    layout.spline_fit(key).unlink(missing_ok=True)
+    layout.spline_scores(key).unlink(missing_ok=True)
+    by_class = layout.root / "keep_lists" / "by_class"
+    if by_class.is_dir():
+        for threshold_dir in by_class.iterdir():
+            (threshold_dir / f"{key}.parquet").unlink(missing_ok=True)
 
 
 @dg.asset(
     group_name="ingest",
     kinds={"python", "parquet"},
-    description="Every image of the source decoded once to 64x64 RGB (uint8 store), with id, "
-    "class, path, size, pixel hash and status; everything skipped is listed with its reason "
-    "in catalog/quarantine.csv; classes are registered as partitions.",
+    description="The index of the source: every class folder (partition key, name, file "
+    "count, listing digest of paths, sizes and modification times) and every entry of the "
+    "root that is not a class folder; registers the class partitions. Reads no file.",
 )
 def image_catalog(
     context: dg.AssetExecutionContext, image_source: ImageSource, storage: DedupStorage
@@ -162,67 +74,41 @@ def image_catalog(
     layout.claim()
     root = image_source.resolve_root()
     start = time.perf_counter()
-    scan = scan_image_folder(root)
-    context.log.info(
-        f"scanning {root}: {len(scan.files):,} image files in {len(scan.classes)} class folders, "
-        f"{len(scan.skipped)} other paths skipped"
-    )
-    decoded = read_and_decode(
-        root,
-        scan.files,
-        max_file_bytes=image_source.max_file_bytes,
-        known=_previous_decodes(layout),
-    )
-    decode_seconds = time.perf_counter() - start
-    tables = build_catalog(scan, decoded)
-    catalog, classes, quarantine = tables["catalog"], tables["classes"], tables["quarantine"]
-    n_ok = int((catalog["status"] == "ok").sum())
-    if n_ok == 0:
-        shown = "; ".join(
-            f"{p}: {r}" for p, r in quarantine.select("path", "reason").head(3).rows()
-        )
-        raise ValueError(
-            f"no readable image under {root}: expected <root>/<class>/<image> files"
-            + (f" ({quarantine.height} paths skipped, e.g. {shown})" if quarantine.height else "")
-        )
-    pixels = np.stack([d.pixels for d in decoded if d.pixels is not None])
-    # One folder, swapped in whole: the pixel store never disagrees with its catalog.
-    with atomic_dir(layout.catalog_dir) as tmp:
-        with open(tmp / layout.pixels.name, "wb") as fh:
-            np.save(fh, pixels)
-        catalog.write_parquet(tmp / layout.catalog.name)
-        classes.write_parquet(tmp / layout.classes.name)
-        quarantine.write_csv(tmp / layout.quarantine.name)
-    for row in quarantine.iter_rows(named=True):
-        context.log.warning(f"{row['action']} {row['path']}: {row['reason']}")
-
-    keys = classes.filter(pl.col("images") > 0)["class_key"].to_list()
+    scan, listings = list_source(root)
+    if not listings:
+        raise ValueError(f"no class folder under {root}: expected <root>/<class>/<image> files")
+    changes = changed_classes({k: v.digest for k, v in listings.items()}, recorded_listings(layout))
+    write_parquet(index_table(listings), layout.index)
+    root_scan = FolderScan([], [s for s in scan.skipped if s.class_name is None])
+    write_csv(skipped_table(root_scan), layout.root_skipped)
+    for key in changes.removed:
+        context.log.info(f"class folder {key} is gone: removing what was derived from it")
+        remove_class_outputs(layout, key)
     existing = set(context.instance.get_dynamic_partitions(class_partitions.name))
-    new_keys = [k for k in keys if k not in existing]
+    new_keys = sorted(set(listings) - existing)
     if new_keys:
         context.instance.add_dynamic_partitions(class_partitions.name, new_keys)
-    for stale in sorted(existing - set(keys)):
-        context.log.info(f"class partition {stale} has no images any more: removing it")
+    for stale in sorted(existing - set(listings)):
         context.instance.delete_dynamic_partition(class_partitions.name, stale)
-
+    quarantine = refresh_quarantine(layout)
+    seconds = time.perf_counter() - start
     context.log.info(
-        f"catalogued {n_ok:,} images in {len(keys)} classes, {quarantine.height} paths "
-        f"skipped or noted, {decode_seconds:.1f}s"
+        f"indexed {len(scan.files):,} image files in {len(listings)} class folders in "
+        f"{seconds:.2f}s: {changes.describe()}"
     )
-    digests = dict(zip(classes["class_key"], classes["digest"], strict=True))
     return dg.MaterializeResult(
         metadata={
             "source": dg.MetadataValue.path(str(root)),
-            "images": n_ok,
-            "skipped": int((quarantine["action"] == "skipped").sum()),
-            "classes": len(keys),
-            "empty_classes": classes.filter(pl.col("images") == 0)["class"].to_list(),
-            "decode_seconds": round(decode_seconds, 3),
-            "images_per_second": round(len(scan.files) / max(decode_seconds, 1e-9), 1),
+            "classes": len(listings),
+            "image_files": len(scan.files),
+            "root_entries_skipped": len(root_scan.skipped),
+            "changes": changes.describe(),
+            "classes_to_update": list(changes.to_update),
+            "scan_seconds": round(seconds, 3),
             "per_class": dg.MetadataValue.md(
                 md_table(
-                    ["class", "partition key", "images", "quarantined"],
-                    classes.select("class", "class_key", "images", "quarantined").rows(),
+                    ["class", "partition key", "files", "listing digest"],
+                    [(v.name, v.key, v.files, v.digest) for v in listings.values()],
                 )
             ),
             "quarantine": dg.MetadataValue.md(
@@ -230,8 +116,80 @@ def image_catalog(
                 if quarantine.height
                 else "no file skipped"
             ),
-            "class_digests": dg.MetadataValue.json(digests),
-            "catalog_path": dg.MetadataValue.path(str(layout.catalog)),
+            "listing_digests": dg.MetadataValue.json({k: v.digest for k, v in listings.items()}),
         },
-        data_version=dg.DataVersion(digest(sorted(str(v) for v in digests.values()))),
+        data_version=dg.DataVersion(digest({k: v.digest for k, v in listings.items()})),
+    )
+
+
+@dg.asset(
+    group_name="ingest",
+    kinds={"python", "numpy"},
+    partitions_def=class_partitions,
+    deps=[image_catalog],
+    description="One class's images decoded once to 64x64 RGB: a table (id, path and its "
+    "exact bytes, size, content and pixel hashes, status and reason) and a uint8 pixel "
+    "store. Only new or changed files are read; unreadable ones are quarantined.",
+)
+def class_images(
+    context: dg.AssetExecutionContext, image_source: ImageSource, storage: DedupStorage
+) -> dg.MaterializeResult:
+    layout = storage.layout()
+    layout.claim()
+    key = context.partition_key
+    root = image_source.resolve_root()
+    start = time.perf_counter()
+    raw_name = find_class_folder(root, key)
+    if raw_name is None:
+        raise FileNotFoundError(f"no class folder with key {key!r} under {root}")
+    scan = scan_class_folder(root, raw_name)
+    listing = class_listings(scan)[key]
+    previous = previous_pixels = None
+    recorded = class_summary(layout, key) or {}
+    if layout.class_pixels(key).exists() and recorded.get("pixels_digest"):
+        try:
+            # Keyed by content: the stored pixels are reused only if they are the very
+            # store written with this table (a crash or an edit cannot mix two states).
+            if pixels_digest(layout.class_pixels(key)) == recorded["pixels_digest"]:
+                previous = read_class_images(layout, key)
+                previous_pixels = np.load(layout.class_pixels(key), mmap_mode="r")
+        except Exception:  # noqa: BLE001 - a damaged earlier catalog just means decoding again
+            previous = previous_pixels = None
+    full = context.run.tags.get(FULL_TAG) == "1"
+    catalog = update_class_catalog(
+        root, scan, previous, previous_pixels, max_file_bytes=image_source.max_file_bytes, full=full
+    )
+    summary = {
+        "class": listing.name,
+        "images": catalog.images,
+        "quarantined": int((catalog.table["status"] != "ok").sum()),
+        "digest": catalog.digest(),
+        "listing": listing.digest,
+    }
+    # One folder, swapped in whole: the pixel store never disagrees with its table.
+    with atomic_dir(layout.class_dir(key)) as tmp:
+        with open(tmp / layout.class_pixels(key).name, "wb") as fh:
+            np.save(fh, catalog.pixels)
+        summary["pixels_digest"] = pixels_digest(tmp / layout.class_pixels(key).name)
+        catalog.table.write_parquet(
+            tmp / layout.class_images(key).name, metadata={CLASS_SUMMARY_KEY: json.dumps(summary)}
+        )
+        catalog.quarantine.write_csv(tmp / layout.class_quarantine(key).name)
+    refresh_quarantine(layout)
+    for row in catalog.quarantine.iter_rows(named=True):
+        context.log.warning(f"{row['action']} {row['path']}: {row['reason']}")
+    seconds = time.perf_counter() - start
+    context.log.info(
+        f"{key}: {catalog.images:,} images ({catalog.reused:,} unchanged, {catalog.decoded:,} "
+        f"read and decoded), {catalog.quarantine.height} skipped or noted, {seconds:.2f}s"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **{k: v for k, v in summary.items() if k != "class"},
+            "unchanged": catalog.reused,
+            "read_and_decoded": catalog.decoded,
+            "seconds": round(seconds, 3),
+            "path": dg.MetadataValue.path(str(layout.class_images(key))),
+        },
+        data_version=dg.DataVersion(catalog.digest()),
     )

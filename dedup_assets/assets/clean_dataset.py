@@ -10,11 +10,14 @@ import polars as pl
 
 from dedup_assets.core.artifacts import (
     CurrentInputs,
+    catalog_images,
     digest,
     read_catalog,
     read_keep_list,
 )
 from dedup_assets.core.atomic_io import atomic_dir
+from dedup_assets.core.integrity import keep_list_problems
+from dedup_assets.core.layout import OutputLayout
 from resources import DedupSettings, DedupStorage, ImageSource
 
 _COPIERS = {
@@ -22,6 +25,32 @@ _COPIERS = {
     "hardlink": os.link,
     "symlink": os.symlink,
 }
+FILES_NAME = ".latent-dedup-clean.parquet"
+
+
+class GateBlocked(RuntimeError):
+    """A data-quality gate of this threshold failed: no clean copy is made."""
+
+
+def gate_verdict(layout: OutputLayout, threshold: str, keep_digest: str) -> None:
+    """Refuse when this keep list's gates failed, whichever run evaluated them.
+
+    Blocking checks stop downstream assets in the same run only; automation may run the
+    clean copy in a run of its own, so the verdicts are read from what the report stored.
+    """
+    path = layout.report_summary(threshold)
+    if not path.exists():
+        raise GateBlocked(f"no kurtosis report for T={threshold}: materialize kurtosis_report")
+    summary = json.loads(path.read_text())
+    if summary.get("keep_list") != keep_digest:
+        raise GateBlocked(
+            f"the kurtosis report for T={threshold} is older than its keep list: "
+            "materialize kurtosis_report first"
+        )
+    if summary["gate"]["severity"] == "error":
+        raise GateBlocked(
+            f"the kurtosis gate failed for T={threshold}: " + "; ".join(summary["gate"]["reasons"])
+        )
 
 
 def build_clean_dataset_asset(
@@ -36,9 +65,12 @@ def build_clean_dataset_asset(
         kinds={"python"},
         partitions_def=thresholds_def,
         deps=[keep_list, kurtosis_report],
-        description="The kept images copied into clean/&lt;T&gt;/&lt;class&gt;/..., same layout "
-        "as the source (which is never modified). Blocked when a gate on the keep list or the "
-        "kurtosis report fails; an older copy is then marked STALE.txt.",
+        automation_condition=dg.AutomationCondition.eager()
+        & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+        description="The kept images copied into `clean/<T>/<class>/...`, same layout as the "
+        "source (which is never modified). Blocked when a gate on the keep list or the "
+        "kurtosis report fails; an older copy is then marked `STALE.txt`. Files unchanged "
+        "since the last copy are hard-linked from it, not copied again.",
     )
     def clean_dataset(
         context: dg.AssetExecutionContext,
@@ -50,42 +82,69 @@ def build_clean_dataset_asset(
         threshold = context.partition_key
         current = CurrentInputs.of(layout, settings)
         current.require_keep_list(layout, threshold)
-        provenance = current.keep_list(threshold)
+        keep_digest = digest(current.keep_list(threshold))
+        gate_verdict(layout, threshold, keep_digest)
+        keep = read_keep_list(layout.keep_list(threshold))
+        catalog = catalog_images(read_catalog(layout))
+        problems = keep_list_problems(keep, catalog, float(threshold))
+        if problems:
+            raise GateBlocked(f"the keep list T={threshold} fails its integrity check: {problems}")
+        kept = keep.filter(pl.col("kept")).join(
+            catalog.select("image_id", "raw_path", "content_hash"), on="image_id"
+        )
+        mode = str(settings.clean_copy_mode)
+        copy = _COPIERS[mode]
         root = os.fsencode(image_source.resolve_root())
-        kept = read_keep_list(layout.keep_list(threshold)).filter(pl.col("kept"))
-        raw = kept.join(read_catalog(layout).select("image_id", "raw_path"), on="image_id")
-        copy = _COPIERS[str(settings.clean_copy_mode)]
+        old_dir = layout.clean_dir(threshold)
+        previous: dict[bytes, str] = {}
+        old_files = old_dir / FILES_NAME
+        if mode == "copy" and old_files.exists():
+            old = pl.read_parquet(old_files)
+            previous = dict(
+                zip(old["raw_path"].to_list(), old["content_hash"].to_list(), strict=True)
+            )
         start = time.perf_counter()
-        with atomic_dir(layout.clean_dir(threshold)) as tmp:
-            dest_root = os.fsencode(tmp)
+        linked = 0
+        with atomic_dir(old_dir) as tmp:
+            dest_root, old_root = os.fsencode(tmp), os.fsencode(old_dir)
             made: set[bytes] = set()
-            for rel in raw["raw_path"]:
+            for rel, content in kept.select("raw_path", "content_hash").iter_rows():
                 dest = os.path.join(dest_root, rel)
                 parent = os.path.dirname(dest)
                 if parent not in made:
                     os.makedirs(parent, exist_ok=True)
                     made.add(parent)
+                if previous.get(rel) == content:
+                    os.link(os.path.join(old_root, rel), dest)  # unchanged: no bytes copied
+                    linked += 1
+                    continue
                 copy(os.path.join(root, rel), dest)
-                if settings.clean_copy_mode == "copy":
+                if mode == "copy":
                     os.chmod(dest, 0o644)
+            kept.select("raw_path", "content_hash").write_parquet(tmp / FILES_NAME)
             (tmp / layout.clean_manifest(threshold).name).write_text(
                 json.dumps(
                     {
-                        "keep_list": digest(provenance),
+                        "keep_list": keep_digest,
                         "threshold": threshold,
-                        "images": raw.height,
+                        "images": kept.height,
+                        "mode": mode,
                         "run_id": context.run.run_id,
                     },
                     indent=2,
                 )
             )
         seconds = time.perf_counter() - start
-        context.log.info(f"T={threshold}: {raw.height:,} images -> {layout.clean_dir(threshold)}")
+        context.log.info(
+            f"T={threshold}: {kept.height:,} images -> {layout.clean_dir(threshold)} "
+            f"({linked:,} unchanged, linked from the previous copy)"
+        )
         return dg.MaterializeResult(
             metadata={
-                "images": raw.height,
-                "classes": raw["class"].n_unique(),
-                "mode": str(settings.clean_copy_mode),
+                "images": kept.height,
+                "unchanged_linked": linked,
+                "classes": kept["class"].n_unique(),
+                "mode": mode,
                 "seconds": round(seconds, 2),
                 "path": dg.MetadataValue.path(str(layout.clean_dir(threshold))),
             }

@@ -30,6 +30,7 @@ def build_evaluation_asset(
             dg.AssetDep(class_latents, partition_mapping=dg.AllPartitionMapping()),
             dg.AssetDep(spline_fits, partition_mapping=dg.AllPartitionMapping()),
         ],
+        automation_condition=dg.AutomationCondition.eager(),
         description="With a ground-truth CSV (class,original,copy): average precision over all "
         "within-class pairs, and recall, precision and images removed per threshold, for the "
         "raw, whitened and spline_copula spaces and imagehash's pHash; precision-recall plot.",

@@ -3,12 +3,13 @@
 import json
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
-from dedup_assets.assets.catalog import image_catalog
+from dedup_assets.assets.catalog import FULL_TAG, image_catalog
 from dedup_assets.assets.spline_fits import spline_fits
 from dedup_assets.core import plots
 from dedup_assets.core.artifacts import (
@@ -17,14 +18,16 @@ from dedup_assets.core.artifacts import (
     catalog_images,
     class_names,
     digest,
+    gather_pixels,
     load_class_data,
-    open_pixels,
     read_catalog,
     read_class_keep_lists,
+    read_keep_list,
+    read_provenance,
     write_table,
 )
 from dedup_assets.core.atomic_io import write_bytes, write_csv, write_json, write_text
-from dedup_assets.core.class_decision import decide_class
+from dedup_assets.core.class_decision import PriorDecision, decide_class
 from dedup_assets.core.integrity import keep_list_problems
 from dedup_assets.core.layout import OutputLayout
 from dedup_assets.partitions import class_partitions
@@ -34,16 +37,78 @@ from resources import DedupSettings, DedupStorage
 PAIRS_SHOWN = 8
 
 
+def prior_decisions(
+    layout: OutputLayout,
+    key: str,
+    thresholds: Sequence[str],
+    settings: DedupSettings,
+    image_ids: np.ndarray,
+) -> tuple[list[PriorDecision | None], dict[str, pl.DataFrame]]:
+    """The class's earlier decisions at each threshold, mapped onto the current images.
+
+    Only a keep list made with the same space, keep policy and threshold counts; each
+    earlier table is returned too, for the decision times it carries.
+    """
+    priors: list[PriorDecision | None] = []
+    tables: dict[str, pl.DataFrame] = {}
+    positions = pl.DataFrame(
+        {"image_id": image_ids.tolist(), "at": np.arange(len(image_ids))},
+        schema={"image_id": pl.String, "at": pl.Int64},
+    )
+    for t in thresholds:
+        path = layout.class_keep_list(t, key)
+        made = read_provenance(path) if path.exists() else None
+        same = made is not None and (
+            made.get("space"),
+            made.get("policy"),
+            made.get("threshold"),
+        ) == (
+            str(settings.similarity_space),
+            str(settings.keep_policy),
+            t,
+        )
+        if not same:
+            priors.append(None)
+            continue
+        old = read_keep_list(path)
+        tables[t] = old
+        prior = PriorDecision.none(len(image_ids))
+        mapped = old.join(positions, on="image_id", how="inner").join(
+            positions.rename({"image_id": "duplicate_of", "at": "named"}),
+            on="duplicate_of",
+            how="left",
+        )
+        at = mapped["at"].to_numpy()
+        prior.state[at] = np.where(mapped["kept"].to_numpy(), 1, 0)
+        prior.duplicate_of[at] = mapped["named"].fill_null(-1).to_numpy()
+        prior.similarity[at] = mapped["similarity"].fill_null(np.nan).to_numpy()
+        prior.exact[at] = (mapped["match"] == "exact").fill_null(False).to_numpy()
+        priors.append(prior)
+    return priors, tables
+
+
 def decide_class_keep_lists(
     layout: OutputLayout,
     key: str,
     thresholds: Sequence[str],
     settings: DedupSettings,
     current: CurrentInputs,
+    *,
+    run_id: str,
+    stable: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, pl.DataFrame]:
-    """One class's keep list at every threshold, from its current latents and fit."""
+    """One class's keep list at every threshold, from its current latents and fit.
+
+    With `stable` (the default), earlier decisions are kept and only new images are decided
+    (see `class_decision.keep_decisions`); each row says when and in which run it was made.
+    """
     table, data = load_class_data(layout, key, current, space=settings.similarity_space)
+    priors, earlier = (
+        prior_decisions(layout, key, thresholds, settings, data.image_ids)
+        if stable
+        else ([None] * len(thresholds), {})
+    )
     start = time.perf_counter()
     decisions = decide_class(
         data,
@@ -51,14 +116,40 @@ def decide_class_keep_lists(
         space=settings.similarity_space,
         policy=settings.keep_policy,
         block=settings.block_size,
+        prior=priors,
     )
     seconds = time.perf_counter() - start
     name = class_names(layout)[key]
     ids = data.image_ids
+    now = datetime.now(UTC).isoformat(timespec="seconds")
     out = {}
     for t, d in zip(thresholds, decisions, strict=True):
         dup = np.where(d.duplicate_of >= 0, ids[np.maximum(d.duplicate_of, 0)], None)
         match = np.where(d.kept, None, np.where(d.exact, "exact", "near"))
+        carried = d.carried if d.carried is not None else np.zeros(len(ids), bool)
+        made = pl.DataFrame({"image_id": ids.tolist(), "carried": carried.tolist()})
+        if t in earlier:
+            made = made.join(
+                earlier[t].select("image_id", "decided_at", "decided_in"),
+                on="image_id",
+                how="left",
+                maintain_order="left",
+            )
+        else:
+            made = made.with_columns(
+                pl.lit(None, pl.String).alias("decided_at"),
+                pl.lit(None, pl.String).alias("decided_in"),
+            )
+        made = made.with_columns(
+            pl.when(pl.col("carried") & pl.col("decided_at").is_not_null())
+            .then(pl.col("decided_at"))
+            .otherwise(pl.lit(now))
+            .alias("decided_at"),
+            pl.when(pl.col("carried") & pl.col("decided_in").is_not_null())
+            .then(pl.col("decided_in"))
+            .otherwise(pl.lit(run_id))
+            .alias("decided_in"),
+        )
         out[t] = pl.DataFrame(
             {
                 "image_id": pl.Series(ids.tolist(), dtype=pl.String),
@@ -71,12 +162,16 @@ def decide_class_keep_lists(
                 ),
                 "match": pl.Series(match.tolist(), dtype=pl.String),
                 "space": pl.Series([d.space] * len(ids), dtype=pl.String),
+                "decided_at": made["decided_at"],
+                "decided_in": made["decided_in"],
             }
         ).select(KEEP_LIST_COLUMNS)
         if log is not None:
+            carried = int(d.carried.sum()) if d.carried is not None else 0
             log(
                 f"{key} @ T={t}: kept {d.n_kept:,} of {len(ids):,} in space {d.space} "
-                f"({int(d.exact.sum())} exact copies removed)"
+                f"({int(d.exact.sum())} exact copies removed; {carried:,} earlier decisions "
+                f"kept, {len(ids) - carried:,} decided now)"
             )
     if log is not None:
         log(f"{key}: {len(thresholds)} thresholds decided in {seconds:.2f}s")
@@ -92,10 +187,17 @@ def _pairs_picture(layout: OutputLayout, keep: pl.DataFrame, catalog: pl.DataFra
     picked = pl.concat([removed.head(half), removed.tail(half)]).unique(
         "image_id", maintain_order=True
     )
-    rows = dict(zip(catalog["image_id"].to_list(), catalog["row"].to_list(), strict=True))
-    pixels = open_pixels(layout)
-    kept_px = np.stack([pixels[rows[i]] for i in picked["duplicate_of"]])
-    removed_px = np.stack([pixels[rows[i]] for i in picked["image_id"]])
+    rows = catalog.select("image_id", "class_key", "row")
+    kept_px = gather_pixels(
+        layout,
+        picked.select(pl.col("duplicate_of").alias("image_id")).join(
+            rows, on="image_id", how="left", maintain_order="left"
+        ),
+    )
+    removed_px = gather_pixels(
+        layout,
+        picked.select("image_id").join(rows, on="image_id", how="left", maintain_order="left"),
+    )
     captions = [
         f"{c[:12]}\n{p.rsplit('/', 1)[-1][:14]}"
         for c, p in zip(picked["class"], picked["path"], strict=True)
@@ -135,6 +237,7 @@ def build_keep_list_assets(
         kinds={"numpy", "parquet"},
         partitions_def=class_partitions,
         deps=[spline_fits],
+        automation_condition=dg.AutomationCondition.eager(),
         description="Per class, at every threshold T: pixel-identical copies removed first "
         "(similarity 1.0), then an image is removed when it is more similar than T to an "
         "image already kept (cosine in the configured space, blocked join).",
@@ -145,15 +248,29 @@ def build_keep_list_assets(
         layout = storage.layout()
         key = context.partition_key
         current = CurrentInputs.of(layout, settings)
+        if key not in current.class_digests:
+            context.log.info(f"{key}: no readable image, nothing to decide")
+            return dg.MaterializeResult(metadata={"images": 0, "note": "no readable image"})
         tables = decide_class_keep_lists(
-            layout, key, thresholds, settings, current, context.log.info
+            layout,
+            key,
+            thresholds,
+            settings,
+            current,
+            run_id=context.run.run_id,
+            stable=context.run.tags.get(FULL_TAG) != "1",
+            log=context.log.info,
         )
         for t, keep in tables.items():
             write_table(keep, layout.class_keep_list(t, key), current.keep(key, t))
         first = next(iter(tables.values()))
+        decided_now = {
+            t: int((k["decided_in"] == context.run.run_id).sum()) for t, k in tables.items()
+        }
         return dg.MaterializeResult(
             metadata={
                 "images": first.height,
+                "decided_now": dg.MetadataValue.json(decided_now),
                 "similarity_space": str(settings.similarity_space),
                 "space_used": first["space"][0] if first.height else str(settings.similarity_space),
                 "keep_policy": str(settings.keep_policy),
@@ -182,6 +299,7 @@ def build_keep_list_assets(
             image_catalog,
             dg.AssetDep(class_keep_lists, partition_mapping=dg.AllPartitionMapping()),
         ],
+        automation_condition=dg.AutomationCondition.eager(),
         description="The keep list for one threshold over all classes, as parquet and CSV "
         "(keep_lists/&lt;T&gt;.parquet): image_id, class, path, kept, duplicate_of, "
         "similarity, match (exact or near).",

@@ -29,6 +29,7 @@ REPORTED_COMPONENTS = 3
     kinds={"scipy", "numpy"},
     partitions_def=class_partitions,
     deps=[class_latents],
+    automation_condition=dg.AutomationCondition.eager(),
     description="Per class: principal components of the latents and a second-order "
     "B-spline density per leading component (grid origin, step, frequencies), with each "
     "image's log-density and leading component scores.",
@@ -39,6 +40,9 @@ def spline_fits(
     layout = storage.layout()
     key = context.partition_key
     current = CurrentInputs.of(layout, settings)
+    if key not in current.class_digests:
+        context.log.info(f"{key}: no readable image, nothing to fit")
+        return dg.MaterializeResult(metadata={"images": 0, "note": "no readable image"})
     path = require_current(
         layout.latents(key),
         current.latents(key),

@@ -35,6 +35,8 @@ KEEP_LIST_COLUMNS = (
     "similarity",
     "match",
     "space",
+    "decided_at",
+    "decided_in",
 )
 
 
@@ -152,6 +154,58 @@ class CurrentInputs:
         }
 
 
+def is_current(path: Path, expected: dict) -> bool:
+    """True when `path` exists and records exactly `expected` as its provenance."""
+    try:
+        return path.exists() and read_provenance(path) == expected
+    except Exception:  # noqa: BLE001 - an unreadable file is not current
+        return False
+
+
+def stale_classes(layout: OutputLayout, current: CurrentInputs, thresholds: list[str]) -> list[str]:
+    """Classes with images whose latents, fit or keep decisions are not current."""
+    stale = []
+    for key in sorted(current.class_digests):
+        files = [
+            (layout.latents(key), current.latents(key)),
+            (layout.spline_fit(key), current.fit(key)),
+            *((layout.class_keep_list(t, key), current.keep(key, t)) for t in thresholds),
+        ]
+        if not all(is_current(path, expected) for path, expected in files):
+            stale.append(key)
+    return stale
+
+
+def stale_thresholds(
+    layout: OutputLayout, current: CurrentInputs, thresholds: list[str]
+) -> list[str]:
+    """Thresholds whose keep list, report or clean copy does not match the current data.
+
+    A clean copy blocked by its gate counts as current: running again cannot change it.
+    """
+    stale = []
+    for t in thresholds:
+        expected = current.keep_list(t)
+        if not is_current(layout.keep_list(t), expected):
+            stale.append(t)
+            continue
+        try:
+            report = json.loads(layout.report_summary(t).read_text())
+        except (OSError, ValueError):
+            stale.append(t)
+            continue
+        if report.get("keep_list") != digest(expected):
+            stale.append(t)
+            continue
+        try:
+            clean = json.loads(layout.clean_manifest(t).read_text()).get("keep_list")
+        except (OSError, ValueError):
+            clean = None
+        if clean != digest(expected) and report["gate"]["severity"] != "error":
+            stale.append(t)
+    return stale
+
+
 def read_provenance(path: Path) -> dict | None:
     """The provenance record stored in a parquet or npz file, or None."""
     if path.suffix == ".npz":
@@ -185,14 +239,61 @@ def write_table(df: pl.DataFrame, path: Path | str, provenance: dict | None = No
     return Path(path)
 
 
-def read_catalog(layout: OutputLayout) -> pl.DataFrame:
-    """The image catalog: every scanned file, decoded or quarantined."""
-    return pl.read_parquet(_require(layout.catalog, "image catalog"))
+CLASS_SUMMARY_KEY = "latent_dedup_class"
+
+
+def read_index(layout: OutputLayout) -> pl.DataFrame:
+    """One row per class folder of the source: class_key, class, raw_name, files, digest."""
+    return pl.read_parquet(_require(layout.index, "image catalog (class index)"))
+
+
+def class_summary(layout: OutputLayout, key: str) -> dict | None:
+    """What a class's catalog records of itself (images, digests), or None if never built."""
+    path = layout.class_images(key)
+    if not path.exists():
+        return None
+    text = pl.read_parquet_metadata(path).get(CLASS_SUMMARY_KEY)
+    return json.loads(text) if text else None
+
+
+def catalogued_keys(layout: OutputLayout) -> list[str]:
+    """Keys of the classes that have a catalog (whatever their number of images), sorted."""
+    if not layout.classes_dir.is_dir():
+        return []
+    return sorted(p.name for p in layout.classes_dir.iterdir() if (p / "images.parquet").is_file())
 
 
 def read_classes(layout: OutputLayout) -> pl.DataFrame:
-    """One row per class with decoded images: class_key, class, images, digest."""
-    return pl.read_parquet(_require(layout.classes, "class table of the image catalog"))
+    """One row per catalogued class: key, name, images, quarantined, content digest and
+    the listing digest of the folder it was built from."""
+    rows = []
+    for key in catalogued_keys(layout):
+        summary = class_summary(layout, key) or {}
+        rows.append(
+            {
+                "class_key": key,
+                "class": summary.get("class", key),
+                "images": summary.get("images", 0),
+                "quarantined": summary.get("quarantined", 0),
+                "digest": summary.get("digest"),
+                "built_from": summary.get("listing"),
+            }
+        )
+    schema = {
+        "class_key": pl.String,
+        "class": pl.String,
+        "images": pl.Int64,
+        "quarantined": pl.Int64,
+        "digest": pl.String,
+        "built_from": pl.String,
+    }
+    return pl.DataFrame(rows, schema=schema)
+
+
+def recorded_listings(layout: OutputLayout) -> dict[str, str]:
+    """The listing digest each catalogued class was last built from, by key."""
+    classes = read_classes(layout)
+    return {k: v for k, v in zip(classes["class_key"], classes["built_from"], strict=True) if v}
 
 
 def class_digests(layout: OutputLayout) -> dict[str, str]:
@@ -207,22 +308,54 @@ def class_names(layout: OutputLayout) -> dict[str, str]:
     return dict(zip(classes["class_key"].to_list(), classes["class"].to_list(), strict=True))
 
 
+def read_class_images(layout: OutputLayout, key: str) -> pl.DataFrame:
+    """One class's catalog: every file of the class, decoded or quarantined."""
+    return pl.read_parquet(_require(layout.class_images(key), f"catalog of class {key}"))
+
+
+def read_catalog(layout: OutputLayout, keys: list[str] | None = None) -> pl.DataFrame:
+    """The catalogs of the given classes (default: every catalogued class) together.
+
+    `row` indexes each class's own pixel store (`open_pixels(layout, key)`).
+    """
+    if keys is None:
+        keys = catalogued_keys(layout)
+    frames = [read_class_images(layout, k) for k in keys]
+    if not frames:
+        from dedup_assets.core.class_catalog import CATALOG_SCHEMA
+
+        return pl.DataFrame(schema=CATALOG_SCHEMA)
+    return pl.concat(frames, how="vertical_relaxed")
+
+
 def catalog_images(catalog: pl.DataFrame, class_key: str | None = None) -> pl.DataFrame:
     """Decoded (status ok) images, optionally of one class, in pixel-store row order."""
     ok = catalog.filter(pl.col("status") == "ok")
     if class_key is not None:
         ok = ok.filter(pl.col("class_key") == class_key)
-    return ok.sort("row")
+    return ok.sort("class_key", "row")
 
 
 def catalog_class_keys(layout: OutputLayout) -> list[str]:
     """Partition keys of the classes that have decoded images, sorted."""
-    return sorted(read_classes(layout).filter(pl.col("images") > 0)["class_key"].to_list())
+    return sorted(class_digests(layout))
 
 
-def open_pixels(layout: OutputLayout) -> np.ndarray:
-    """The uint8 pixel store (N, 64, 64, 3), memory-mapped read-only."""
-    return np.load(_require(layout.pixels, "pixel store"), mmap_mode="r")
+def open_pixels(layout: OutputLayout, key: str) -> np.ndarray:
+    """One class's uint8 pixel store (N, 64, 64, 3), memory-mapped read-only."""
+    return np.load(_require(layout.class_pixels(key), f"pixel store of class {key}"), mmap_mode="r")
+
+
+def gather_pixels(layout: OutputLayout, images: pl.DataFrame) -> np.ndarray:
+    """Pixels of the given catalog rows (any classes), in the rows' order."""
+    out = np.empty((images.height, 64, 64, 3), dtype=np.uint8)
+    position = np.arange(images.height)
+    for (key,), group in images.with_columns(pl.Series("_at", position)).group_by(
+        "class_key", maintain_order=True
+    ):
+        store = open_pixels(layout, key)
+        out[group["_at"].to_numpy()] = store[group["row"].to_numpy()]
+    return out
 
 
 def write_latents(
@@ -238,8 +371,8 @@ def write_latents(
             "path": pl.Series(paths, dtype=pl.String),
             "latent": pl.Series(
                 "latent",
-                latents.astype(np.float32).reshape(len(image_ids), -1),
-                dtype=pl.Array(pl.Float32, latents.shape[1] if latents.ndim == 2 else 0),
+                latents.astype(np.float32).reshape(len(image_ids), latents.shape[1]),
+                dtype=pl.Array(pl.Float32, latents.shape[1]),
             ),
         }
     )
@@ -286,14 +419,19 @@ def load_class_data(
             "materialize spline_fits for this class first",
         )
     table, latents = read_latents(layout.latents(key))
-    images = catalog_images(read_catalog(layout) if catalog is None else catalog, key)
-    joined = table.join(images.select("image_id", "pixel_hash", "row"), on="image_id", how="left")
+    images = catalog_images(read_class_images(layout, key) if catalog is None else catalog, key)
+    joined = table.join(
+        images.select("image_id", "pixel_hash", "row"),
+        on="image_id",
+        how="left",
+        maintain_order="left",
+    )
     if joined["pixel_hash"].is_null().any():
         raise StaleArtifact(f"latents of class {key} name images the catalog does not hold")
     model = ClassDensityModel.load(layout.spline_fit(key))
     pixels = None
     if with_pixels or (space is not None and space_for(model, space) == "phash"):
-        pixels = np.asarray(open_pixels(layout)[joined["row"].to_numpy()])
+        pixels = np.asarray(open_pixels(layout, key)[joined["row"].to_numpy()])
     data = ClassData(
         table["image_id"].to_numpy().astype(str),
         joined["pixel_hash"].to_numpy().astype(str),

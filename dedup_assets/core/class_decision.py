@@ -96,7 +96,8 @@ class ClassDecision:
 
     duplicate_of: index of the kept image a removed image duplicates (-1 if kept);
     exact: removed as a pixel-identical copy of the kept image it names;
-    space: the similarity space the near-duplicates were found in.
+    space: the similarity space the near-duplicates were found in;
+    carried: the decision was carried over from an earlier one (not made now).
     """
 
     threshold: float
@@ -106,6 +107,7 @@ class ClassDecision:
     exact: np.ndarray
     rounds: int = 0
     space: str = ""
+    carried: np.ndarray | None = None
 
     @property
     def n_kept(self) -> int:
@@ -131,6 +133,48 @@ def exact_groups(pixel_hashes: np.ndarray, order: np.ndarray) -> tuple[np.ndarra
     return representative, reps[np.argsort(rank[reps], kind="stable")]
 
 
+@dataclass(frozen=True)
+class PriorDecision:
+    """An earlier decision of one threshold, mapped onto the current images (input order).
+
+    state: 1 kept, 0 removed, -1 new (no earlier decision); duplicate_of indexes the
+    current images (-1 when the image it named is gone).
+    """
+
+    state: np.ndarray
+    duplicate_of: np.ndarray
+    similarity: np.ndarray
+    exact: np.ndarray
+
+    @classmethod
+    def none(cls, n: int) -> PriorDecision:
+        return cls(
+            np.full(n, -1, np.int8),
+            np.full(n, -1, np.int64),
+            np.full(n, np.nan, np.float32),
+            np.zeros(n, bool),
+        )
+
+
+def _first_by_hash(
+    indices: np.ndarray, hashes: np.ndarray, rank: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique hashes, the first index in visit order holding each) of `indices`."""
+    if len(indices) == 0:
+        return np.zeros(0, dtype=hashes.dtype), np.zeros(0, np.int64)
+    ordered = indices[np.argsort(rank[indices], kind="stable")]
+    unique, first = np.unique(hashes[ordered], return_index=True)
+    return unique, ordered[first]
+
+
+def _lookup(unique: np.ndarray, holders: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """For each query hash, the holder index with that hash, or -1."""
+    if len(unique) == 0:
+        return np.full(len(query), -1, np.int64)
+    at = np.clip(np.searchsorted(unique, query), 0, len(unique) - 1)
+    return np.where(unique[at] == query, holders[at], -1)
+
+
 def keep_decisions(
     vectors: np.ndarray,
     order: np.ndarray,
@@ -139,38 +183,76 @@ def keep_decisions(
     *,
     block: int = 2048,
     space: str = "",
+    prior: Sequence[PriorDecision | None] | None = None,
 ) -> list[ClassDecision]:
-    """Exact copies first, then the greedy keep over `vectors` in `order`, per threshold."""
+    """Exact copies first, then the greedy keep over `vectors` in `order`, per threshold.
+
+    With `prior` (one per threshold), decisions are stable: an image kept before stays
+    kept, an image removed before stays removed while the image it names is kept, and
+    only the rest (new images, and those whose kept image is gone) are decided, against
+    the kept set: a new exact copy of a kept image is removed naming it.
+    """
     n = len(vectors)
+    thresholds = [float(t) for t in thresholds]
+    priors = list(prior) if prior is not None else [None] * len(thresholds)
     if n == 0:
         empty = np.zeros(0)
         return [
-            ClassDecision(
-                float(t), empty.astype(bool), empty.astype(np.int64), empty, empty, 0, space
-            )
+            ClassDecision(t, empty.astype(bool), empty.astype(np.int64), empty, empty, 0, space)
             for t in thresholds
         ]
-    representative, reps = exact_groups(pixel_hashes, order)
-    rep_vectors = np.asarray(vectors)[reps]
-    copies = representative != np.arange(n)
+    vectors = np.asarray(vectors)
+    hashes = np.asarray(pixel_hashes, dtype=str)
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.asarray(order)] = np.arange(n)
     decisions = []
-    for t in thresholds:
-        d: KeepDecision = greedy_keep(rep_vectors, np.arange(len(reps)), float(t), block=block)
-        kept = np.zeros(n, dtype=bool)
-        duplicate_of = np.full(n, -1, dtype=np.int64)
-        similarity = np.full(n, np.nan, dtype=np.float32)
-        kept[reps] = d.kept
-        has = d.duplicate_of >= 0
-        duplicate_of[reps[has]] = reps[d.duplicate_of[has]]
-        similarity[reps] = d.similarity
+    for t, p in zip(thresholds, priors, strict=True):
+        p = p if p is not None else PriorDecision.none(n)
+        fixed = p.state == 1
+        names = np.where(p.duplicate_of >= 0, p.duplicate_of, 0)
+        retained = (p.state == 0) & (p.duplicate_of >= 0) & fixed[names]
+        kept = fixed.copy()
+        duplicate_of = np.where(retained, p.duplicate_of, -1).astype(np.int64)
+        similarity = np.where(retained, p.similarity, np.nan).astype(np.float32)
+        exact = retained & p.exact
+        undecided = np.flatnonzero(~fixed & ~retained)
+        # A new image identical to an image decided before follows that image.
+        of_kept = _lookup(*_first_by_hash(np.flatnonzero(fixed), hashes, rank), hashes[undecided])
+        of_removed = _lookup(
+            *_first_by_hash(np.flatnonzero(retained), hashes, rank), hashes[undecided]
+        )
+        copy_of_kept = of_kept >= 0
+        duplicate_of[undecided[copy_of_kept]] = of_kept[copy_of_kept]
+        similarity[undecided[copy_of_kept]] = 1.0
+        exact[undecided[copy_of_kept]] = True
+        copy_of_removed = ~copy_of_kept & (of_removed >= 0)
+        source = of_removed[copy_of_removed]
+        duplicate_of[undecided[copy_of_removed]] = duplicate_of[source]
+        similarity[undecided[copy_of_removed]] = similarity[source]
+        fresh = undecided[~copy_of_kept & ~copy_of_removed]
+        # The rest: exact copies among themselves, then the greedy keep against the kept set.
+        representative, reps = exact_groups(hashes[fresh], np.argsort(rank[fresh], kind="stable"))
+        representative, reps = fresh[representative], fresh[reps]
+        kept_before = np.flatnonzero(fixed)
+        pool = np.concatenate([kept_before, reps])
+        d: KeepDecision = greedy_keep(
+            vectors[pool], np.arange(len(pool)), t, block=block, fixed=len(kept_before)
+        )
+        new = slice(len(kept_before), None)
+        kept[reps] = d.kept[new]
+        has = d.duplicate_of[new] >= 0
+        duplicate_of[reps[has]] = pool[d.duplicate_of[new][has]]
+        similarity[reps] = np.where(has, d.similarity[new], np.nan)
+        copies = representative != fresh
         rep = representative[copies]
         rep_kept = kept[rep]
-        duplicate_of[copies] = np.where(rep_kept, rep, duplicate_of[rep])
-        similarity[copies] = np.where(rep_kept, np.float32(1.0), similarity[rep])
-        exact = np.zeros(n, dtype=bool)
-        exact[np.flatnonzero(copies)[rep_kept]] = True
+        duplicate_of[fresh[copies]] = np.where(rep_kept, rep, duplicate_of[rep])
+        similarity[fresh[copies]] = np.where(rep_kept, np.float32(1.0), similarity[rep])
+        exact[fresh[copies]] = rep_kept
         decisions.append(
-            ClassDecision(float(t), kept, duplicate_of, similarity, exact, d.rounds, space)
+            ClassDecision(
+                t, kept, duplicate_of, similarity, exact, d.rounds, space, fixed | retained
+            )
         )
     return decisions
 
@@ -182,8 +264,10 @@ def decide_class(
     space: str,
     policy: str,
     block: int = 2048,
+    prior: Sequence[PriorDecision | None] | None = None,
 ) -> list[ClassDecision]:
-    """Decide every image of a class at each threshold; see the module docstring."""
+    """Decide every image of a class at each threshold; see the module docstring and
+    `keep_decisions` for `prior` (stable incremental decisions)."""
     used = space_for(data.model, space)
     if len(data.image_ids) == 0:
         return keep_decisions(
@@ -196,4 +280,5 @@ def decide_class(
         thresholds,
         block=block,
         space=used,
+        prior=prior,
     )

@@ -80,6 +80,8 @@ class ImageFile:
     class_key: str  # see class_key()
     rel_path: str  # '/'-separated path below the root, valid UTF-8 (undecodable bytes as \xNN)
     raw_path: bytes  # the exact path bytes below the root: the only thing used to open the file
+    size: int = field(default=-1, compare=False)  # bytes, from the scan's stat (-1: unknown)
+    mtime_ns: int = field(default=-1, compare=False)  # modification time, from the same stat
 
     def source_path(self, root: StrPath) -> str:
         """The path to open, exact also for names that are not valid UTF-8."""
@@ -104,6 +106,7 @@ class FolderScan:
     files: list[ImageFile]
     skipped: list[SkippedPath]
     classes: dict[str, str] = field(default_factory=dict)
+    raw_classes: dict[str, bytes] = field(default_factory=dict)  # key -> folder name bytes
 
 
 _TYPE_NAMES = (
@@ -200,14 +203,14 @@ def scan_image_folder(root: StrPath) -> FolderScan:
 
     files: list[ImageFile] = []
     skipped: list[SkippedPath] = []
-    classes: dict[str, str] = {}
+    classes: dict[str, bytes] = {}
     for entry in entries:
         name = entry.name
         if name.startswith(b"."):
             continue
         kind, reason = _classify(entry)
         if kind in ("dir", "linkdir"):
-            classes[class_key(name)] = _display(name)
+            classes[class_key(name)] = name
             _scan_class(root_b, name, files, skipped)
             continue
         if kind == "file":
@@ -220,7 +223,32 @@ def scan_image_folder(root: StrPath) -> FolderScan:
         skipped.append(SkippedPath(_display(name), name, None, str(reason)))
     files.sort(key=lambda f: f.raw_path)
     skipped.sort(key=lambda s: s.raw_path)
-    return FolderScan(files, skipped, dict(sorted(classes.items())))
+    ordered = dict(sorted(classes.items()))
+    return FolderScan(files, skipped, {k: _display(raw) for k, raw in ordered.items()}, ordered)
+
+
+def find_class_folder(root: StrPath, key: str) -> bytes | None:
+    """The exact name of the class folder whose partition key is `key`, or None."""
+    root_b = os.fsencode(root)
+    for entry in _list_dir(root_b):
+        if entry.name.startswith(b".") or _classify(entry)[0] not in ("dir", "linkdir"):
+            continue
+        if class_key(entry.name) == key:
+            return entry.name
+    return None
+
+
+def scan_class_folder(root: StrPath, class_raw: bytes) -> FolderScan:
+    """The images below one class folder (any depth) and the entries skipped there."""
+    root_b = os.fsencode(root)
+    files: list[ImageFile] = []
+    skipped: list[SkippedPath] = []
+    if os.path.isdir(os.path.join(root_b, class_raw)):
+        _scan_class(root_b, class_raw, files, skipped)
+    files.sort(key=lambda f: f.raw_path)
+    skipped.sort(key=lambda s: s.raw_path)
+    key = class_key(class_raw)
+    return FolderScan(files, skipped, {key: _display(class_raw)}, {key: class_raw})
 
 
 def _scan_class(
@@ -251,7 +279,12 @@ def _scan_class(
             elif kind == "file":
                 reason = _image_extension_problem(name)
                 if reason is None:
-                    files.append(ImageFile(class_name, key, _display(rel), rel))
+                    try:
+                        st = entry.stat()  # follows a link to its regular file
+                        size, mtime = st.st_size, st.st_mtime_ns
+                    except OSError:
+                        size, mtime = -1, -1
+                    files.append(ImageFile(class_name, key, _display(rel), rel, size, mtime))
                     continue
             skipped.append(SkippedPath(_display(rel), rel, class_name, str(reason)))
 

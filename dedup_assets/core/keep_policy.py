@@ -75,10 +75,13 @@ def greedy_keep(
     *,
     block: int = 1024,
     progress: Callable[[int, int], None] | None = None,
+    fixed: int = 0,
 ) -> KeepDecision:
     """Greedy keep over unit vectors `x` (n, d) visited in `order`; see the module doc.
 
     Every removed image names a kept image (same input array) with similarity > threshold.
+    The first `fixed` images of `order` are kept unconditionally: images kept by an earlier
+    decision, against which new images are decided (stable incremental decisions).
     """
     x = np.asarray(x, dtype=np.float32)
     n = len(x)
@@ -94,7 +97,12 @@ def greedy_keep(
     dup_o = np.full(n, -1, dtype=np.int64)  # visit position of the kept image
     sim_o = np.full(n, np.nan, dtype=np.float32)
     max_rounds = 0
-    for start in range(0, n, block):
+    fixed = int(min(max(fixed, 0), n))
+    kept_vecs[:fixed] = xo[:fixed]
+    kept_pos[:fixed] = np.arange(fixed)
+    kept_o[:fixed] = True
+    n_kept = fixed
+    for start in range(fixed, n, block):
         stop = min(start + block, n)
         xb = xo[start:stop]
         best = np.full(stop - start, -np.inf, dtype=np.float32)

@@ -65,21 +65,36 @@ class OutputLayout:
         return self.root / "catalog"
 
     @property
-    def catalog(self) -> Path:
-        return self.catalog_dir / "catalog.parquet"
+    def index(self) -> Path:
+        """One row per class folder: key, name, file count, listing digest."""
+        return self.catalog_dir / "index.parquet"
 
     @property
-    def classes(self) -> Path:
-        """One row per class: key, name, image counts and content digest."""
-        return self.catalog_dir / "classes.parquet"
-
-    @property
-    def pixels(self) -> Path:
-        return self.catalog_dir / "pixels.npy"
+    def root_skipped(self) -> Path:
+        """Entries of the source root that are not class folders, with the reason."""
+        return self.catalog_dir / "root_skipped.csv"
 
     @property
     def quarantine(self) -> Path:
+        """Every skipped or noted path of the source, root and classes together."""
         return self.catalog_dir / "quarantine.csv"
+
+    @property
+    def classes_dir(self) -> Path:
+        return self.catalog_dir / "classes"
+
+    def class_dir(self, class_key: str) -> Path:
+        """One class's decoded images: table, pixel store and quarantine, swapped in whole."""
+        return self.classes_dir / class_key
+
+    def class_images(self, class_key: str) -> Path:
+        return self.class_dir(class_key) / "images.parquet"
+
+    def class_pixels(self, class_key: str) -> Path:
+        return self.class_dir(class_key) / "pixels.npy"
+
+    def class_quarantine(self, class_key: str) -> Path:
+        return self.class_dir(class_key) / "quarantine.csv"
 
     @property
     def model_dir(self) -> Path:
@@ -92,6 +107,11 @@ class OutputLayout:
     @property
     def training_log(self) -> Path:
         return self.model_dir / "training.json"
+
+    @property
+    def trained_images(self) -> Path:
+        """The images the model was trained on (class key, image id)."""
+        return self.model_dir / "trained_images.parquet"
 
     # ------------------------------------------------------------------ per class
 

@@ -1,0 +1,171 @@
+"""Keeping the output clean as data arrives: a new-data sensor, a schedule, and the sensor
+that evaluates the assets' declarative automation conditions.
+
+- `new_images_sensor` lists the source (one `stat` per file, no file read) and compares
+  each class's listing digest with its cursor (at first, with what the catalog was built
+  from): new, changed and deleted files request `update_class_job` runs for exactly the
+  class partitions they touch; a new class folder becomes a new partition; classes added
+  or removed also refresh the index; nothing changed, nothing requested.
+- `nightly_refresh` (cron from the configuration) does the same against what the catalog
+  was built from, for the registered classes; `nightly_retraining` runs `train_job` at the
+  same time, whose asset keeps the model unless a retraining rule fires.
+- `dedup_automation` evaluates the assets' `AutomationCondition`s: keep lists, reports,
+  checks and clean copies follow when class partitions change; every class is encoded
+  again when the autoencoder is retrained.
+
+Sensors and schedules start stopped, as Dagster's do: turn them on in the UI's Automation
+page; they run in `dagster dev` (which starts the daemon) or under `dagster-daemon run`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import dagster as dg
+import polars as pl
+
+from dedup_assets.core.artifacts import digest, recorded_listings
+from dedup_assets.core.image_folder import FolderScan
+from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.source_index import SourceChanges, changed_classes, list_source
+from dedup_assets.partitions import class_partitions
+from resources import DedupSettings, DedupStorage, ImageSource
+
+INDEX_JOB = "index_job"
+UPDATE_CLASS_JOB = "update_class_job"
+TRAIN_JOB = "train_job"
+REASON_TAG = "latent_dedup/reason"
+
+
+def update_requests(changes: SourceChanges, listing: dict[str, str]) -> list[dg.RunRequest]:
+    """One update run per added or changed class; an index refresh when classes come or go."""
+    requests = [
+        dg.RunRequest(
+            job_name=UPDATE_CLASS_JOB,
+            partition_key=key,
+            run_key=f"{key}@{listing[key]}",
+            tags={REASON_TAG: "new or changed files"},
+        )
+        for key in changes.to_update
+    ]
+    if changes.added or changes.removed:
+        requests.insert(
+            0,
+            dg.RunRequest(
+                job_name=INDEX_JOB,
+                run_key=f"index@{digest(listing)}",
+                tags={REASON_TAG: "class folders added or removed"},
+            ),
+        )
+    return requests
+
+
+def partition_requests(changes: SourceChanges) -> list:
+    """Register new class folders as partitions and drop the ones that are gone."""
+    out = []
+    if changes.added:
+        out.append(class_partitions.build_add_request(list(changes.added)))
+    if changes.removed:
+        out.append(class_partitions.build_delete_request(list(changes.removed)))
+    return out
+
+
+def new_files_share(layout: OutputLayout, scan: FolderScan) -> float:
+    """Share of the source's image files the model was not trained on (by path)."""
+    if not layout.trained_images.exists() or not scan.files:
+        return 1.0
+    trained = set(pl.read_parquet(layout.trained_images, columns=["raw_path"])["raw_path"])
+    return sum(f.raw_path not in trained for f in scan.files) / len(scan.files)
+
+
+def build_automation(
+    jobs: Sequence[dg.UnresolvedAssetJobDefinition], schedule_cron: str
+) -> tuple[list[dg.SensorDefinition], list[dg.ScheduleDefinition]]:
+    """The new-data sensor, the automation-condition sensor and the nightly schedule."""
+    by_name = {j.name: j for j in jobs}
+    targets = [by_name[INDEX_JOB], by_name[UPDATE_CLASS_JOB], by_name[TRAIN_JOB]]
+
+    @dg.sensor(
+        name="new_images_sensor",
+        jobs=targets,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="New, changed and deleted files in the image source request runs of "
+        "update_class_job for exactly the class partitions they affect.",
+    )
+    def new_images_sensor(
+        context: dg.SensorEvaluationContext,
+        image_source: ImageSource,
+        storage: DedupStorage,
+        settings: DedupSettings,
+    ):
+        layout = storage.layout()
+        scan, listings = list_source(image_source.resolve_root())
+        listing = {k: v.digest for k, v in listings.items()}
+        baseline = json.loads(context.cursor) if context.cursor else recorded_listings(layout)
+        changes = changed_classes(listing, baseline)
+        if not changes.any:
+            return dg.SkipReason("nothing changed in the image source")
+        if not layout.model.exists():
+            return dg.SkipReason("no trained model yet: run `dedup run` (or materialize all) first")
+        requests = update_requests(changes, listing)
+        share = new_files_share(layout, scan)
+        if share >= settings.retrain_new_share:
+            requests.append(
+                dg.RunRequest(
+                    job_name=TRAIN_JOB,
+                    run_key=f"train@{digest(listing)}",
+                    tags={REASON_TAG: f"{share:.0%} of the image files are new since training"},
+                )
+            )
+        context.log.info(f"{changes.describe()}: {len(requests)} run(s) requested")
+        return dg.SensorResult(
+            run_requests=requests,
+            cursor=json.dumps(listing, sort_keys=True),
+            dynamic_partitions_requests=partition_requests(changes),
+        )
+
+    @dg.schedule(
+        name="nightly_refresh",
+        cron_schedule=schedule_cron,
+        job=by_name[UPDATE_CLASS_JOB],
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Brings every class whose files changed since its catalog was built up "
+        "to date (new class folders are registered by the sensor or `dedup run`).",
+    )
+    def nightly_refresh(
+        context: dg.ScheduleEvaluationContext, image_source: ImageSource, storage: DedupStorage
+    ):
+        layout = storage.layout()
+        _, listings = list_source(image_source.resolve_root())
+        listing = {k: v.digest for k, v in listings.items()}
+        changes = changed_classes(listing, recorded_listings(layout))
+        known = SourceChanges((), changes.changed, ())
+        if not known.any:
+            return dg.SkipReason(changes.describe())
+        return update_requests(known, listing)
+
+    @dg.schedule(
+        name="nightly_retraining",
+        cron_schedule=schedule_cron,
+        job=by_name[TRAIN_JOB],
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Asks the autoencoder asset whether a retraining rule fires (share of new "
+        "images, reconstruction error of new images); it keeps the model otherwise.",
+    )
+    def nightly_retraining(context: dg.ScheduleEvaluationContext):
+        tick = context.scheduled_execution_time
+        return dg.RunRequest(
+            run_key=f"train@{tick.isoformat() if tick else ''}", tags={REASON_TAG: "nightly"}
+        )
+
+    automation = dg.AutomationConditionSensorDefinition(
+        "dedup_automation",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        minimum_interval_seconds=30,
+        description="Evaluates the automation conditions: keep lists, reports, checks and "
+        "clean copies follow when class partitions change.",
+    )
+    return [new_images_sensor, automation], [nightly_refresh, nightly_retraining]

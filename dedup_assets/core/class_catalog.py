@@ -1,0 +1,239 @@
+"""One class's catalog: every image file of the class decoded once to 64x64 RGB.
+
+Incremental by construction: a file whose path, size and modification time match the
+previous catalog keeps its row and its stored pixels, without being read, provided those
+pixels still hash to the pixel hash recorded for them (so a pixel store out of step with
+its table is never trusted). Only new or changed files are read, hashed and decoded.
+
+Image ids are unique within the whole dataset and stable: a digest of the class key and
+the file's content hash (byte-identical files of a class get -2, -3... in path order), so
+an image keeps its id when renamed or re-scanned, and the same picture filed under two
+classes gets two ids (two labelled examples).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from dedup_assets.core.atomic_io import write_csv
+from dedup_assets.core.image_folder import (
+    FolderScan,
+    read_and_decode,
+    unique_ids,
+)
+
+CATALOG_SCHEMA = {
+    "image_id": pl.String,
+    "class": pl.String,
+    "class_key": pl.String,
+    "path": pl.String,
+    "raw_path": pl.Binary,
+    "size_bytes": pl.Int64,
+    "mtime_ns": pl.Int64,
+    "width": pl.Int64,
+    "height": pl.Int64,
+    "mode": pl.String,
+    "content_hash": pl.String,
+    "pixel_hash": pl.String,
+    "status": pl.String,
+    "reason": pl.String,
+    "note": pl.String,
+    "row": pl.Int64,
+}
+QUARANTINE_SCHEMA = {
+    "path": pl.String,
+    "class": pl.String,
+    "action": pl.String,
+    "reason": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class ClassCatalog:
+    """A class's table (every file, decoded or not), pixel store and quarantine rows."""
+
+    table: pl.DataFrame
+    pixels: np.ndarray
+    quarantine: pl.DataFrame
+    reused: int
+    decoded: int
+
+    @property
+    def images(self) -> int:
+        return int((self.table["status"] == "ok").sum())
+
+    def digest(self) -> str:
+        """Content digest of the class: which images, with which pixels, under which paths."""
+        return class_content_digest(self.table)
+
+
+def class_content_digest(table: pl.DataFrame) -> str:
+    ok = table.filter(pl.col("status") == "ok").sort("path")
+    h = hashlib.sha1()
+    for image_id, px, path in ok.select("image_id", "pixel_hash", "path").iter_rows():
+        h.update(f"{image_id}\0{px}\0{path}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _image_ids(class_key: str, content_hashes: list[str], paths: list[str]) -> list[str]:
+    salted = [
+        hashlib.sha1(f"{class_key}/{h}".encode()).hexdigest()[:16] if h else p
+        for h, p in zip(content_hashes, paths, strict=True)
+    ]
+    return unique_ids(salted, paths)
+
+
+def pixels_digest(path: Path) -> str:
+    """Digest of a stored pixel store's bytes (checked before its rows are reused)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+_DECODED_SCHEMA = {
+    "at": pl.Int64,
+    "content_hash": pl.String,
+    "size_bytes": pl.Int64,
+    "width": pl.Int64,
+    "height": pl.Int64,
+    "mode": pl.String,
+    "pixel_hash": pl.String,
+    "status": pl.String,
+    "reason": pl.String,
+    "note": pl.String,
+}
+
+
+def update_class_catalog(
+    root: str | Path,
+    scan: FolderScan,
+    previous: pl.DataFrame | None,
+    previous_pixels: np.ndarray | None,
+    *,
+    max_file_bytes: int,
+    full: bool = False,
+) -> ClassCatalog:
+    """Catalog one class from its scan, reusing the previous catalog where files are
+    unchanged (unless `full`). The caller vouches that `previous_pixels` is the store
+    written with `previous` (see `pixels_digest`)."""
+    files = scan.files
+    listing = pl.DataFrame(
+        {
+            "at": np.arange(len(files), dtype=np.int64),
+            "raw_path": [f.raw_path for f in files],
+            "size": [f.size for f in files],
+            "mtime": [f.mtime_ns for f in files],
+        },
+        schema={"at": pl.Int64, "raw_path": pl.Binary, "size": pl.Int64, "mtime": pl.Int64},
+    )
+    reused = pl.DataFrame(schema=_DECODED_SCHEMA | {"row": pl.Int64})
+    if previous is not None and previous_pixels is not None and not full:
+        reused = (
+            listing.join(previous.filter(pl.col("status") == "ok"), on="raw_path")
+            .filter(
+                (pl.col("size") == pl.col("size_bytes"))
+                & (pl.col("mtime") == pl.col("mtime_ns"))
+                & (pl.col("mtime") >= 0)
+                & (pl.col("row") < len(previous_pixels))
+            )
+            .select(*_DECODED_SCHEMA, "row")
+        )
+    todo = np.setdiff1d(np.arange(len(files)), reused["at"].to_numpy())
+    decoded = read_and_decode(root, [files[i] for i in todo], max_file_bytes=max_file_bytes)
+    fresh = pl.DataFrame(
+        {
+            "at": todo,
+            "content_hash": [d.content_hash for d in decoded],
+            "size_bytes": [d.size_bytes for d in decoded],
+            "width": [d.width for d in decoded],
+            "height": [d.height for d in decoded],
+            "mode": [d.mode for d in decoded],
+            "pixel_hash": [d.pixel_hash for d in decoded],
+            "status": ["ok" if d.pixels is not None else "quarantined" for d in decoded],
+            "reason": [d.error for d in decoded],
+            "note": [d.note for d in decoded],
+        },
+        schema=_DECODED_SCHEMA,
+    )
+    merged = pl.concat([reused.drop("row"), fresh], how="vertical_relaxed").sort("at")
+    ok = (merged["status"] == "ok").to_numpy()
+    pixels = np.empty((int(ok.sum()), 64, 64, 3), dtype=np.uint8)
+    slot = np.full(len(files), -1, dtype=np.int64)
+    slot[merged["at"].to_numpy()[ok]] = np.arange(int(ok.sum()))
+    if reused.height:
+        pixels[slot[reused["at"].to_numpy()]] = previous_pixels[reused["row"].to_numpy()]
+    for i, d in zip(todo, decoded, strict=True):
+        if d.pixels is not None:
+            pixels[slot[i]] = d.pixels
+    key = next(iter(scan.classes), files[0].class_key if files else "")
+    name = scan.classes.get(key, files[0].class_name if files else "")
+    paths = [f.rel_path for f in files]
+    table = merged.with_columns(
+        pl.Series("image_id", _image_ids(key, merged["content_hash"].to_list(), paths)),
+        pl.lit(name, pl.String).alias("class"),
+        pl.lit(key, pl.String).alias("class_key"),
+        pl.Series("path", paths, dtype=pl.String),
+        listing["raw_path"],
+        listing["mtime"].alias("mtime_ns"),
+        pl.when(pl.col("status") == "ok")
+        .then((pl.col("status") == "ok").cast(pl.Int64).cum_sum() - 1)
+        .alias("row"),
+    ).select(list(CATALOG_SCHEMA))
+    quarantine = pl.concat(
+        [
+            table.filter(pl.col("status") != "ok").select(
+                "path", "class", pl.lit("skipped").alias("action"), "reason"
+            ),
+            table.filter(pl.col("note").is_not_null()).select(
+                "path", "class", pl.lit("used").alias("action"), pl.col("note").alias("reason")
+            ),
+            skipped_table(scan),
+        ]
+    ).sort("path")
+    return ClassCatalog(table.cast(CATALOG_SCHEMA), pixels, quarantine, reused.height, len(todo))
+
+
+def skipped_table(scan: FolderScan) -> pl.DataFrame:
+    """The entries a scan skipped, as quarantine rows."""
+    return pl.DataFrame(
+        {
+            "path": [s.path for s in scan.skipped],
+            "class": [s.class_name for s in scan.skipped],
+            "action": ["skipped"] * len(scan.skipped),
+            "reason": [s.reason for s in scan.skipped],
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+
+
+def assemble_quarantine(
+    target: Path, root_rows: Path, class_files: list[Path], lock: Path
+) -> pl.DataFrame:
+    """Write the dataset's quarantine list from its parts (root entries and every class).
+
+    Class runs may finish concurrently; a file lock makes each rewrite see every part.
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            parts = [
+                pl.read_csv(p, schema=QUARANTINE_SCHEMA)
+                for p in [root_rows, *class_files]
+                if p.exists()
+            ]
+            table = (
+                pl.concat(parts).sort("path") if parts else pl.DataFrame(schema=QUARANTINE_SCHEMA)
+            )
+            write_csv(table, target)
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return table
