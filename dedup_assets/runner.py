@@ -94,6 +94,7 @@ class PipelineOutcome:
     thresholds: list[str] = field(default_factory=list)
     summary_written: bool = False
     changes: str = ""
+    updated: list[str] = field(default_factory=list)
     training: str = ""
     nothing_changed: bool = False
 
@@ -291,6 +292,7 @@ def _run_stages(
     _, listings = list_source(root)
     changes = changed_classes({k: v.digest for k, v in listings.items()}, recorded_listings(layout))
     outcome.changes = changes.describe()
+    outcome.updated = list(changes.to_update)
     if not full and not retrain and _nothing_to_do(config, layout, changes):
         outcome.nothing_changed = True
         log("nothing changed: the source and the settings are those of the outputs")

@@ -1,0 +1,275 @@
+"""Kept clean over time: the new-data sensor, the schedules, incremental and stable runs."""
+
+import shutil
+from datetime import UTC, datetime
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image, ImageEnhance
+
+from dedup_assets.config import PipelineConfig
+from dedup_assets.core.class_decision import PriorDecision, keep_decisions
+from dedup_assets.core.demo_data import generate_demo_dataset
+from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.retraining import decide_retraining
+from dedup_assets.definitions import build_definitions
+from dedup_assets.runner import run_pipeline
+
+T = "0.95"
+
+
+def _add_variants(folder, n: int, prefix: str = "new") -> list[str]:
+    """n new images: brightened versions of existing ones (new files, same look)."""
+    sources = sorted(folder.glob("*.png"))[:n]
+    names = []
+    for i, path in enumerate(sources):
+        with Image.open(path) as img:
+            out = ImageEnhance.Brightness(img.convert("RGB")).enhance(1.3 + 0.02 * i)
+        name = f"{prefix}_{i:02d}.png"
+        out.save(folder / name)
+        names.append(name)
+    return names
+
+
+@pytest.fixture(scope="module")
+def materialized(tmp_path_factory):
+    base = tmp_path_factory.mktemp("incremental")
+    source = base / "src"
+    generate_demo_dataset(source, seed=5, per_class=20, duplicate_fraction=0.2)
+    for extra in ("desert", "road", "urban"):
+        shutil.rmtree(source / extra)
+    config = PipelineConfig.build(
+        source=str(source),
+        output=str(base / "out"),
+        thresholds=T,
+        device="cpu",
+        precision="fp32",
+        method={"epochs": 1, "n_components": 8},
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    outcome = run_pipeline(config, instance, log=lambda _: None)
+    assert outcome.ok, (outcome.failures, outcome.skipped)
+    return {
+        "source": source,
+        "config": config,
+        "instance": instance,
+        "layout": OutputLayout(base / "out"),
+    }
+
+
+def _sensor_tick(defs, instance, config, cursor=None):
+    sensor = defs.get_repository_def().get_sensor_def("new_images_sensor")
+    with dg.build_sensor_context(
+        instance=instance, cursor=cursor, definitions=defs, resources=config.resources()
+    ) as context:
+        result = sensor(context)  # the sensor as the daemon calls it, result unprocessed
+    if isinstance(result, dg.SkipReason):
+        return dg.SensorResult(skip_reason=result)
+    return result
+
+
+def _latest(instance, asset: str, partition: str):
+    record = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
+    return record[0].storage_id if record else None
+
+
+def test_sensor_requests_the_changed_class_only_and_the_run_encodes_only_new_images(
+    materialized,
+):
+    instance, layout = materialized["instance"], materialized["layout"]
+    defs = build_definitions(materialized["config"])
+    first = _sensor_tick(defs, instance, materialized["config"])
+    assert not first.run_requests and "nothing changed" in first.skip_reason.skip_message
+    keep_path = layout.class_keep_list(T, "forest")
+    before = pl.read_parquet(keep_path)
+    untouched = {k: _latest(instance, "class_latents", k) for k in ("farmland", "water")}
+    water_keep = layout.class_keep_list(T, "water").read_bytes()
+
+    added = _add_variants(materialized["source"] / "forest", 10)
+    tick = _sensor_tick(defs, instance, materialized["config"])
+    assert [(r.job_name, r.partition_key) for r in tick.run_requests] == [
+        ("update_class_job", "forest")
+    ]
+    request = tick.run_requests[0]
+    run = defs.resolve_job_def("update_class_job").execute_in_process(
+        partition_key=request.partition_key, instance=instance, tags=request.tags
+    )
+    assert run.success
+    meta = {
+        e.asset_key.to_user_string(): e.materialization.metadata
+        for e in run.get_asset_materialization_events()
+    }
+    assert meta["class_images"]["read_and_decoded"].value == 10
+    assert meta["class_latents"]["encoded"].value == 10
+    assert meta["class_latents"]["reused"].value == before.height
+    after = pl.read_parquet(keep_path)
+    assert after.height == before.height + 10
+    assert set(after.filter(pl.col("path").str.contains("/new_"))["path"]) == {
+        f"forest/{n}" for n in added
+    }
+    old = before.select("image_id", "kept", "duplicate_of", "decided_in")
+    assert (
+        after.join(old, on="image_id", how="semi")
+        .sort("image_id")
+        .select(old.columns)
+        .equals(old.sort("image_id"))
+    ), "decisions about the images that were already there must not change"
+    new_rows = after.filter(pl.col("path").str.contains("/new_"))
+    assert (new_rows["decided_in"] == run.run_id).all()
+    assert {k: _latest(instance, "class_latents", k) for k in untouched} == untouched
+    assert layout.class_keep_list(T, "water").read_bytes() == water_keep
+
+    again = _sensor_tick(defs, instance, materialized["config"], cursor=tick.cursor)
+    assert not again.run_requests and "nothing changed" in again.skip_reason.skip_message
+
+
+def test_sensor_turns_a_new_class_folder_into_a_partition(materialized, tmp_path):
+    instance = materialized["instance"]
+    defs = build_definitions(materialized["config"])
+    new_class = materialized["source"] / "orchard"
+    new_class.mkdir()
+    try:
+        _add_variants(materialized["source"] / "water", 3, prefix="orchard")
+        for path in sorted((materialized["source"] / "water").glob("orchard_*.png")):
+            path.rename(new_class / path.name)
+        tick = _sensor_tick(defs, instance, materialized["config"])
+        jobs = [(r.job_name, r.partition_key) for r in tick.run_requests]
+        assert ("update_class_job", "orchard") in jobs and ("index_job", None) in jobs
+        added = [r for r in tick.dynamic_partitions_requests if r.partition_keys == ["orchard"]]
+        assert added and added[0].partitions_def_name == "image_class"
+    finally:
+        shutil.rmtree(new_class)
+
+
+def test_schedules_bring_changed_classes_up_to_date(materialized):
+    defs = build_definitions(materialized["config"])
+    repository = defs.get_repository_def()
+    refresh = repository.get_schedule_def("nightly_refresh")
+    assert refresh.cron_schedule == "0 2 * * *"
+    context = dg.build_schedule_context(
+        instance=materialized["instance"],
+        resources=materialized["config"].resources(),
+        scheduled_execution_time=datetime(2026, 11, 28, 2, 0, tzinfo=UTC),
+    )
+    _add_variants(materialized["source"] / "water", 2, prefix="late")
+    requests = refresh(context)
+    assert [(r.job_name, r.partition_key) for r in requests] == [("update_class_job", "water")]
+    retraining = repository.get_schedule_def("nightly_retraining")
+    request = retraining(context)
+    assert (
+        isinstance(request, dg.RunRequest) and request.run_key == "train@2026-11-28T02:00:00+00:00"
+    )
+    assert retraining.job_name == "train_job"
+
+
+def test_automation_conditions_make_threshold_assets_follow(materialized):
+    graph = build_definitions(materialized["config"]).resolve_asset_graph()
+    for name in (
+        "class_latents",
+        "spline_fits",
+        "class_keep_lists",
+        "keep_list",
+        "kurtosis_report",
+        "clean_dataset",
+        "dedup_summary",
+    ):
+        assert graph.get(dg.AssetKey(name)).automation_condition is not None, name
+    for name in ("image_catalog", "class_images", "autoencoder"):
+        assert graph.get(dg.AssetKey(name)).automation_condition is None, name
+
+
+def test_retraining_rules():
+    kept = decide_retraining(
+        model_exists=True,
+        forced=False,
+        n_images=1000,
+        n_new=100,
+        new_error=0.011,
+        trained_error=0.01,
+    )
+    assert not kept.retrain and kept.reason.startswith("model kept: 100 new images (10.0% < 25%)")
+    share = decide_retraining(
+        model_exists=True,
+        forced=False,
+        n_images=1000,
+        n_new=250,
+        new_error=0.01,
+        trained_error=0.01,
+    )
+    assert share.retrain and "25.0%) are new since training, >= 25%" in share.reason
+    error = decide_retraining(
+        model_exists=True, forced=False, n_images=1000, n_new=10, new_error=0.02, trained_error=0.01
+    )
+    assert error.retrain and "2.00x the training error, > 1.5x" in error.reason
+    assert (
+        decide_retraining(
+            model_exists=False,
+            forced=False,
+            n_images=5,
+            n_new=5,
+            new_error=None,
+            trained_error=None,
+        ).reason
+        == "no trained model yet"
+    )
+    forced = decide_retraining(
+        model_exists=True, forced=True, n_images=5, n_new=0, new_error=None, trained_error=0.1
+    )
+    assert forced.retrain and "--retrain" in forced.reason
+
+
+def _unit(rows):
+    x = np.asarray(rows, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_stable_decisions_keep_what_was_kept_and_decide_new_images_against_it():
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(6, 8))
+    vectors = _unit(base)
+    hashes = np.array([f"h{i}" for i in range(6)])
+    first = keep_decisions(vectors, np.arange(6), hashes, [0.9])[0]
+    assert first.kept.all()
+    # New: a near copy of image 2, an exact copy of image 4, a distinct image.
+    near = base[2] + 0.01 * rng.normal(size=8)
+    grown = _unit(np.vstack([base, near, base[4], rng.normal(size=8)]))
+    hashes2 = np.concatenate([hashes, ["n", "h4", "d"]])
+    prior = PriorDecision.none(9)
+    prior.state[:6] = 1
+    # Put the new images first in visit order: earlier decisions must still win.
+    order = np.array([6, 7, 8, 0, 1, 2, 3, 4, 5])
+    d = keep_decisions(grown, order, hashes2, [0.9], prior=[prior])[0]
+    assert d.kept[:6].all(), "an image kept before stays kept"
+    assert not d.kept[6] and d.duplicate_of[6] == 2 and not d.exact[6]
+    assert not d.kept[7] and d.duplicate_of[7] == 4 and d.exact[7] and d.similarity[7] == 1.0
+    assert d.kept[8]
+    assert d.carried.tolist() == [True] * 6 + [False] * 3
+
+
+def test_an_image_whose_kept_twin_is_deleted_is_decided_again():
+    vectors = _unit([[1, 0, 0], [1, 0.01, 0], [0, 1, 0]])
+    prior = PriorDecision.none(3)
+    prior.state[:] = [-1, 0, 1]  # image 0 is new; image 1 was removed as a copy of a deleted one
+    prior.duplicate_of[1] = -1
+    d = keep_decisions(vectors, np.arange(3), np.array(["a", "b", "c"]), [0.9], prior=[prior])[0]
+    assert d.kept.tolist() == [True, False, True] and d.duplicate_of[1] == 0
+    assert not d.carried[1]
+
+
+def test_cli_run_after_new_images_touches_only_their_class(materialized):
+    instance = materialized["instance"]
+    _add_variants(materialized["source"] / "farmland", 4, prefix="cli")
+    lines: list[str] = []
+    outcome = run_pipeline(materialized["config"], instance, log=lines.append)
+    assert outcome.ok
+    runs = {s.name.split(":")[0]: s.runs for s in outcome.stages}
+    assert runs["images"] >= 1 and "farmland" in outcome.changes
+    assert outcome.training.startswith("model kept")
+    assert "farmland" in outcome.updated
+    assert runs["classes"] == len(outcome.updated) == runs["images"]
+    again = run_pipeline(materialized["config"], instance, log=lines.append)
+    assert again.nothing_changed and again.stages == []
