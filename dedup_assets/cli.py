@@ -275,27 +275,53 @@ def _plant(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from dedup_assets.config import PIPELINE_FILE, PipelineConfig
+    """The Dagster webserver and daemon on the output folder's instance (what `dagster dev`
+    starts, without its deprecated command): the daemon runs sensors, schedules and
+    declarative automation."""
+    import signal
+    import subprocess
+
+    from dedup_assets.config import PIPELINE_FILE, ConfigError, PipelineConfig
+    from dedup_assets.runner import dagster_home
 
     output = Path(args.output).resolve()
-    env = dict(os.environ, DEDUP_OUTPUT=str(output), DAGSTER_HOME=str(output / ".dagster"))
+    env = dict(os.environ, DEDUP_OUTPUT=str(output), DAGSTER_HOME=str(dagster_home(output)))
     if args.source:
         env["DEDUP_SOURCE"] = str(Path(args.source).resolve())
-    from dedup_assets.config import ConfigError
-
     try:
-        config = PipelineConfig.from_environment(env)  # fail here, not inside dagster dev
+        config = PipelineConfig.from_environment(env)  # fail here, not inside the UI
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     if not (output / PIPELINE_FILE).is_file():
         print(f"note: no {PIPELINE_FILE} in {output}; the UI starts with default settings")
     print(f"thresholds: {', '.join(config.thresholds)}; source: {config.source or 'demo'}")
-    (output / ".dagster").mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "dedup_assets.definitions"]
-    cmd += ["-h", args.host, "-p", str(args.port)]
-    print(" ".join(cmd), f"(DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
-    os.execvpe(cmd[0], cmd, env)
-    return EXIT_OK
+    module = ["-m", "dedup_assets.definitions"]
+    bin_dir = Path(sys.executable).parent
+    daemon = [str(bin_dir / "dagster-daemon"), "run", *module]
+    webserver = [str(bin_dir / "dagster-webserver"), *module, "-h", args.host, "-p", str(args.port)]
+    print(
+        f"Dagster UI on http://{args.host}:{args.port} with its daemon (sensors, schedules, "
+        f"automation); DAGSTER_HOME={env['DAGSTER_HOME']}; Ctrl-C stops both",
+        flush=True,
+    )
+    def stop(signum, frame):  # SIGTERM stops both children, as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    processes = [subprocess.Popen(daemon, env=env), subprocess.Popen(webserver, env=env)]
+    try:
+        return processes[1].wait()
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        for proc in processes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in processes:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,15 +115,20 @@ class PipelineOutcome:
         return sum(s.seconds for s in self.stages)
 
 
+def dagster_home(output: Path) -> Path:
+    """<output>/.dagster, made if needed, with telemetry off: the instance of that folder."""
+    home = OutputLayout(Path(output).resolve()).dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+    return home
+
+
 def instance_for(output: Path) -> dg.DagsterInstance:
     """The persistent Dagster instance under <output>/.dagster (or $DAGSTER_HOME if set)."""
     if not os.environ.get("DAGSTER_HOME"):
-        home = OutputLayout(Path(output).resolve()).dagster_home
-        home.mkdir(parents=True, exist_ok=True)
-        config = home / "dagster.yaml"
-        if not config.exists():
-            config.write_text("telemetry:\n  enabled: false\n")
-        os.environ["DAGSTER_HOME"] = str(home)
+        os.environ["DAGSTER_HOME"] = str(dagster_home(output))
     return dg.DagsterInstance.get()
 
 

@@ -68,5 +68,6 @@ class DedupSettings(dg.ConfigurableResource):
         """One line naming the method, for reports."""
         return (
             f"similarity space `{self.similarity_space}`, keep policy `{self.keep_policy}`, "
-            f"up to {self.n_components} components per class, bin rule `{self.bin_rule}`"
+            f"up to {self.n_components} principal components per class (each class's count is "
+            f"in the per-class table), bin rule `{self.bin_rule}`"
         )

@@ -178,7 +178,17 @@ def decide_class_keep_lists(
     return out
 
 
-def _pairs_picture(layout: OutputLayout, keep: pl.DataFrame, catalog: pl.DataFrame) -> bytes | None:
+POLICY_NOTE = {
+    "density": "which image stays: the keep policy 'density' visits the lowest spline "
+    "log-density first, so the rarer-looking image of a pair is kept",
+    "first": "which image stays: the keep policy 'first' visits images by id (a content "
+    "hash), so the kept one is not chosen by name or by which file is the copy",
+}
+
+
+def _pairs_picture(
+    layout: OutputLayout, keep: pl.DataFrame, catalog: pl.DataFrame, policy: str
+) -> bytes | None:
     """The least and the most similar removed pairs: what a reviewer should look at."""
     removed = keep.filter(~pl.col("kept")).sort("similarity")
     if removed.height == 0:
@@ -187,22 +197,21 @@ def _pairs_picture(layout: OutputLayout, keep: pl.DataFrame, catalog: pl.DataFra
     picked = pl.concat([removed.head(half), removed.tail(half)]).unique(
         "image_id", maintain_order=True
     )
-    rows = catalog.select("image_id", "class_key", "row")
-    kept_px = gather_pixels(
-        layout,
-        picked.select(pl.col("duplicate_of").alias("image_id")).join(
-            rows, on="image_id", how="left", maintain_order="left"
-        ),
+    rows = catalog.select("image_id", "class_key", "row", "path")
+    kept_rows = picked.select(pl.col("duplicate_of").alias("image_id")).join(
+        rows, on="image_id", how="left", maintain_order="left"
     )
-    removed_px = gather_pixels(
-        layout,
-        picked.select("image_id").join(rows, on="image_id", how="left", maintain_order="left"),
+    removed_rows = picked.select("image_id").join(
+        rows, on="image_id", how="left", maintain_order="left"
     )
-    captions = [
-        f"{c[:12]}\n{p.rsplit('/', 1)[-1][:14]}"
-        for c, p in zip(picked["class"], picked["path"], strict=True)
-    ]
-    return plots.duplicate_pairs(kept_px, removed_px, picked["similarity"].to_list(), captions)
+    return plots.duplicate_pairs(
+        gather_pixels(layout, kept_rows),
+        gather_pixels(layout, removed_rows),
+        picked["similarity"].to_list(),
+        kept_rows["path"].to_list(),
+        removed_rows["path"].to_list(),
+        POLICY_NOTE.get(policy, ""),
+    )
 
 
 def mark_clean_copy_stale(layout: OutputLayout, threshold: str, keep_digest: str) -> bool:
@@ -301,7 +310,7 @@ def build_keep_list_assets(
         ],
         automation_condition=dg.AutomationCondition.eager(),
         description="The keep list for one threshold over all classes, as parquet and CSV "
-        "(keep_lists/&lt;T&gt;.parquet): image_id, class, path, kept, duplicate_of, "
+        "(`keep_lists/<T>.parquet`): image_id, class, path, kept, duplicate_of, "
         "similarity, match (exact or near).",
     )
     def keep_list(
@@ -365,7 +374,7 @@ def build_keep_list_assets(
             "path": dg.MetadataValue.path(str(layout.keep_list(threshold))),
         }
         catalog = catalog_images(read_catalog(layout))
-        picture = _pairs_picture(layout, keep, catalog)
+        picture = _pairs_picture(layout, keep, catalog, str(settings.keep_policy))
         if picture is not None:
             write_bytes(picture, layout.duplicate_pairs_image(threshold))
             metadata["duplicate_pairs"] = image_metadata(picture, "removed pairs to review")

@@ -4,6 +4,7 @@ summary across thresholds."""
 import json
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from dedup_assets.core.artifacts import (
@@ -11,10 +12,11 @@ from dedup_assets.core.artifacts import (
     digest,
     read_classes,
     read_keep_list,
+    read_latents,
     read_scores,
 )
 from dedup_assets.core.atomic_io import atomic_dir, write_text
-from dedup_assets.core.kurtosis_report import build_report, summary_markdown
+from dedup_assets.core.kurtosis_report import build_report, refit_kurtosis, summary_markdown
 from dedup_assets.ui import md_image, md_table
 from resources import DedupSettings, DedupStorage
 
@@ -100,14 +102,26 @@ def build_report_assets(
         provenance = current.keep_list(threshold)
         current.require_keep_list(layout, threshold)
         classes = read_classes(layout)
+        names = dict(zip(classes["class_key"], classes["class"], strict=True))
+        keep = read_keep_list(layout.keep_list(threshold))
+        kept_ids = set(keep.filter(pl.col("kept"))["image_id"].to_list())
+        latents, kept, components = {}, {}, {}
+        for key in class_keys:
+            table, x = read_latents(layout.latents(key))
+            latents[names[key]] = x
+            kept[names[key]] = table["image_id"].is_in(list(kept_ids)).to_numpy()
+            with np.load(layout.spline_fit(key)) as fit:
+                components[names[key]] = int(fit["pca_variances"].shape[0])
         report = build_report(
             threshold,
             read_scores(layout, class_keys),
-            read_keep_list(layout.keep_list(threshold)),
+            keep,
             bin_rule=settings.bin_rule,
             tolerance=settings.kurtosis_tolerance,
             method=settings.label(),
             empty_classes=classes.filter(pl.col("images") == 0)["class"].to_list(),
+            components=components,
+            refit=refit_kurtosis(latents, kept),
         )
         summary = report.summary(threshold) | {"keep_list": digest(provenance)}
         with atomic_dir(layout.report_dir(threshold)) as tmp:

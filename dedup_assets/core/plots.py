@@ -58,24 +58,42 @@ def image_rows(rows: Sequence[np.ndarray], labels: Sequence[str], scale: int = 2
     return _png(fig)
 
 
+def _wrap(text: str, width: int = 18, lines: int = 3) -> str:
+    """A file name broken into short lines (never cut silently: an ellipsis marks a cut)."""
+    parts = [text[i : i + width] for i in range(0, len(text), width)] or [""]
+    if len(parts) > lines:
+        parts = [*parts[: lines - 1], "..." + text[-(width - 3) :]]
+    return "\n".join(parts)
+
+
 def duplicate_pairs(
-    kept: np.ndarray, removed: np.ndarray, similarities: Sequence[float], captions: Sequence[str]
+    kept: np.ndarray,
+    removed: np.ndarray,
+    similarities: Sequence[float],
+    kept_names: Sequence[str],
+    removed_names: Sequence[str],
+    note: str,
 ) -> bytes:
-    """Kept image above the removed one it duplicates, with similarity and caption."""
+    """Each column: the kept image above the removed image that duplicates it, both named,
+    with their similarity; `note` says how the keep policy chose which one stays."""
     n = len(kept)
-    fig, axes = plt.subplots(2, max(n, 1), figsize=(max(n, 1) * 1.4, 3.4), squeeze=False)
+    fig, axes = plt.subplots(2, max(n, 1), figsize=(max(n, 1) * 1.7, 4.6), squeeze=False)
     for c in range(max(n, 1)):
         for r in range(2):
-            axes[r][c].axis("off")
+            axes[r][c].set_xticks([])
+            axes[r][c].set_yticks([])
         if c >= n:
             continue
         axes[0][c].imshow(kept[c], interpolation="nearest")
         axes[1][c].imshow(removed[c], interpolation="nearest")
-        axes[0][c].set_title(f"{similarities[c]:.3f}\n{captions[c]}", fontsize=6)
-    axes[0][0].text(-8, 32, "kept", rotation=90, va="center", ha="right", fontsize=8)
-    axes[1][0].text(-8, 32, "removed", rotation=90, va="center", ha="right", fontsize=8)
-    fig.subplots_adjust(wspace=0.05, hspace=0.05)
-    return _png(fig)
+        axes[0][c].set_title(f"similarity {similarities[c]:.3f}", fontsize=6)
+        axes[0][c].set_xlabel(_wrap(kept_names[c]), fontsize=5)
+        axes[1][c].set_xlabel(_wrap(removed_names[c]), fontsize=5)
+    axes[0][0].set_ylabel("kept", fontsize=8)
+    axes[1][0].set_ylabel("removed", fontsize=8)
+    fig.suptitle(note, fontsize=7)
+    fig.subplots_adjust(wspace=0.15, hspace=0.55, top=0.86, bottom=0.14)
+    return _png(fig, tight=False)
 
 
 def marginal_densities(
@@ -112,7 +130,7 @@ def density_panels(
     n = max(len(panels), 1)
     cols = min(n, 5)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.3 * rows + 0.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (name, before, after) in zip(axes.flat, panels, strict=False):
@@ -120,16 +138,20 @@ def density_panels(
         lo = min(before.support[0], after.support[0])
         hi = max(before.support[1], after.support[1])
         t = np.linspace(lo, hi, 400)
-        ax.plot(t, before.pdf(t), lw=1.2, label=f"before H={before.entropy():.2f}")
-        ax.plot(t, after.pdf(t), lw=1.2, label=f"after H={after.entropy():.2f}")
+        ax.plot(t, before.pdf(t), lw=1.2, label=f"before, H = {before.entropy():.2f}")
+        ax.plot(t, after.pdf(t), lw=1.2, label=f"after, H = {after.entropy():.2f}")
         ax.set_title(name, fontsize=8)
+        ax.set_xlabel(f"PC{component} score", fontsize=6)
+        ax.set_ylabel("density", fontsize=6)
         ax.tick_params(labelsize=6)
         ax.legend(fontsize=6)
     fig.suptitle(
-        f"PC{component} spline density before and after removal, T = {threshold}", fontsize=9
+        f"PC{component}: spline density of the class before and after removal, T = {threshold}"
+        "\nH: differential entropy of the density, in nats (higher = less peaked)",
+        fontsize=8,
     )
     # Fixed margins: tight_layout and a tight bounding box tripled the time of this figure.
-    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.08, top=0.85, wspace=0.3, hspace=0.5)
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.1, top=0.8, wspace=0.35, hspace=0.6)
     return _png(fig, tight=False)
 
 
@@ -140,18 +162,22 @@ def kurtosis_scatter(
     reg: ComponentRegression,
     threshold: str,
 ) -> bytes:
-    """The paper's figures 1-3: kurtosis after vs before, Theil-Sen line and y = x."""
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    """The paper's figures 1-3: kurtosis after vs before, Theil-Sen line and y = x.
+
+    Points carry numbers and the classes are listed beside the plot, so names never overlap.
+    """
+    fig, (ax, key) = plt.subplots(1, 2, figsize=(6.2, 3.6), gridspec_kw={"width_ratios": [3, 1.3]})
     ok = np.isfinite(before) & np.isfinite(after)
     ax.scatter(before[ok], after[ok], s=18, color="tab:blue", zorder=3)
-    for x, y, lab in zip(before[ok], after[ok], np.asarray(labels)[ok], strict=True):
-        ax.annotate(lab, (x, y), fontsize=6, alpha=0.7, xytext=(2, 2), textcoords="offset points")
+    numbered = [(i + 1, lab) for i, lab in enumerate(np.asarray(labels)[ok])]
+    for (number, _), x, y in zip(numbered, before[ok], after[ok], strict=True):
+        ax.annotate(str(number), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     if ok.any():
         lo = float(min(before[ok].min(), after[ok].min()))
         hi = float(max(before[ok].max(), after[ok].max()))
         pad = 0.05 * (hi - lo + 1e-9)
         t = np.linspace(lo - pad, hi + pad, 10)
-        ax.plot(t, t, "--", color="gray", label="y = x")
+        ax.plot(t, t, "--", color="gray", label="y = x (no change)")
         if np.isfinite(reg.slope):
             ax.plot(
                 t,
@@ -159,11 +185,22 @@ def kurtosis_scatter(
                 color="tab:red",
                 label=f"Theil-Sen {reg.equation()}",
             )
-    ax.set_xlabel("excess kurtosis before")
-    ax.set_ylabel("excess kurtosis after")
+    ax.set_xlabel("excess kurtosis before removal")
+    ax.set_ylabel("excess kurtosis after removal")
     ax.set_title(f"PC{reg.component}, T = {threshold}", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    key.axis("off")
+    shown = numbered[:30]
+    key.text(
+        0,
+        1,
+        "\n".join(f"{n}  {name[:22]}" for n, name in shown)
+        + (f"\n... and {len(numbered) - len(shown)} more" if len(numbered) > len(shown) else ""),
+        fontsize=6,
+        va="top",
+        family="monospace",
+    )
     return _png(fig)
 
 
