@@ -2,6 +2,7 @@
 input never breaks a run, nothing is lost. Every case goes through the real `dedup`
 command, as a user meets it (tiny data, --epochs 1)."""
 
+import contextlib
 import csv
 import json
 import os
@@ -343,10 +344,9 @@ def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
         return json.loads(response.read())["data"]
 
 
-def test_dedup_ui_on_that_folder_has_exactly_those_thresholds(nasty):
-    """`dedup ui` on the output of `dedup run --thresholds 0.9,0.99`: the UI's partitions
-    are those thresholds, and a keep list materialized from the UI lands where the CLI's
-    did, with no other threshold appearing."""
+@pytest.fixture(scope="module")
+def ui(nasty):
+    """`dedup ui` on the output of `dedup run --thresholds 0.9,0.99`, on a free port."""
     import socket
     import subprocess
     import time
@@ -354,66 +354,137 @@ def test_dedup_ui_on_that_folder_has_exactly_those_thresholds(nasty):
 
     from conftest import DEDUP
 
-    out = nasty["output"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEDUP_", "DAGSTER_"))}
     proc = subprocess.Popen(
-        [str(DEDUP), "ui", "--output", str(out), "--port", str(port)],
+        [str(DEDUP), "ui", "--output", str(nasty["output"]), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
         start_new_session=True,
     )
+    deadline = time.monotonic() + 180
     try:
-        deadline = time.monotonic() + 180
         while True:
             assert proc.poll() is None, "dedup ui exited"
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
                 break
             except OSError:
-                assert time.monotonic() < deadline, "dagster dev did not start"
+                assert time.monotonic() < deadline, "the Dagster UI did not start"
                 time.sleep(0.5)
-        nodes = _graphql(port, "{ assetNodes { assetKey { path } partitionKeys } }")["assetNodes"]
-        keys = {n["assetKey"]["path"][0]: n["partitionKeys"] for n in nodes}
-        for name in ("keep_list", "kurtosis_report", "clean_dataset"):
-            assert keys[name] == ["0.9", "0.99"]
-        assert "many_copies" in keys["class_keep_lists"]
-        location = _graphql(
-            port, "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"
-        )["workspaceOrError"]["locationEntries"][0]["name"]
-        (out / "keep_lists" / "0.9.parquet").unlink()
-        params = {
-            "selector": {
-                "repositoryLocationName": location,
-                "repositoryName": "__repository__",
-                "jobName": "threshold_job",
-                "assetSelection": [{"path": ["keep_list"]}],
-            },
-            "mode": "default",
-            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "0.9"}]},
-        }
-        launched = _graphql(port, LAUNCH, {"params": params})["launchRun"]
-        assert launched["__typename"] == "LaunchRunSuccess", launched
-        run_id = launched["run"]["runId"]
-        status_query = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
-        while True:
-            status = _graphql(port, status_query, {"id": run_id})["runOrError"]["status"]
-            if status in ("SUCCESS", "FAILURE", "CANCELED"):
-                break
-            assert time.monotonic() < deadline + 180, f"run still {status}"
-            time.sleep(1)
-        assert status == "SUCCESS"
-        assert sorted(p.name for p in (out / "keep_lists").glob("*.parquet")) == [
-            "0.9.parquet",
-            "0.99.parquet",
-        ]
-        assert _keep(out, "0.9").height > 0
+        yield {"port": port, "output": nasty["output"]}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_dedup_ui_on_that_folder_has_exactly_those_thresholds(ui):
+    """The UI's partitions are the run's thresholds, and a keep list materialized from the
+    UI lands where the CLI's did, with no other threshold appearing."""
+    import time
+
+    port, out = ui["port"], ui["output"]
+    nodes = _graphql(port, "{ assetNodes { assetKey { path } partitionKeys } }")["assetNodes"]
+    keys = {n["assetKey"]["path"][0]: n["partitionKeys"] for n in nodes}
+    for name in ("keep_list", "kurtosis_report", "clean_dataset"):
+        assert keys[name] == ["0.9", "0.99"]
+    assert "many_copies" in keys["class_keep_lists"]
+    location = _graphql(
+        port, "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"
+    )["workspaceOrError"]["locationEntries"][0]["name"]
+    (out / "keep_lists" / "0.9.parquet").unlink()
+    params = {
+        "selector": {
+            "repositoryLocationName": location,
+            "repositoryName": "__repository__",
+            "jobName": "threshold_job",
+            "assetSelection": [{"path": ["keep_list"]}],
+        },
+        "mode": "default",
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "0.9"}]},
+    }
+    launched = _graphql(port, LAUNCH, {"params": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    status_query = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
+    deadline = time.monotonic() + 300
+    while True:
+        status = _graphql(port, status_query, {"id": run_id})["runOrError"]["status"]
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        assert time.monotonic() < deadline, f"run still {status}"
+        time.sleep(1)
+    assert status == "SUCCESS"
+    assert sorted(p.name for p in (out / "keep_lists").glob("*.parquet")) == [
+        "0.9.parquet",
+        "0.99.parquet",
+    ]
+    assert _keep(out, "0.9").height > 0
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+
+def test_the_ui_shows_the_graph_checks_plots_and_automation(ui, tmp_path_factory):
+    """What a user opens in the browser, in headless Chromium: the asset graph, a keep list
+    partition with its checks, a report plot and the Automation page; screenshots saved."""
+    playwright = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
+    )
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it with apt-get)")
+    shots = Path(os.environ.get("DEDUP_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    base = f"http://127.0.0.1:{ui['port']}"
+    pages = [
+        ("lineage", "/asset-groups", ["deduplication", "reports", "ingest"]),
+        ("keep_list_checks", "/assets/keep_list?view=checks", ["keep_list_integrity"]),
+        ("keep_list_partitions", "/assets/keep_list?view=partitions", ["0.9", "0.99"]),
+        ("kurtosis_gate", "/assets/kurtosis_report?view=checks", ["kurtosis_reduction"]),
+        ("kurtosis_report_plot", "/assets/kurtosis_report", ["pc1_figure"]),
+        (
+            "automation",
+            "/automation",
+            ["new_images_sensor", "nightly_refresh", "nightly_retraining", "dedup_automation"],
+        ),
+    ]
+
+    def dismiss_welcome(page) -> None:
+        """Dagster's first-visit 'join the community' dialog covers the page once."""
+        with contextlib.suppress(playwright.TimeoutError):
+            page.get_by_role("button", name="Skip").click(timeout=4_000)
+
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        for name, path, texts in pages:
+            page.goto(base + path, timeout=120_000)
+            for text in texts:
+                page.get_by_text(text, exact=True).first.wait_for(timeout=90_000)
+            dismiss_welcome(page)
+            if name == "kurtosis_report_plot":  # the report's figures are in its metadata
+                row = page.locator("tr", has_text="pc1_figure")
+                row.get_by_text("[Show Markdown]").first.click()
+                page.locator("img[src^='data:image/png']").first.wait_for(timeout=90_000)
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(shots / f"{name}.png"))
+        browser.close()
+    saved = sorted(p.name for p in shots.glob("*.png"))
+    assert saved == sorted(f"{name}.png" for name, _, _ in pages)
+    print(f"screenshots: {shots}")

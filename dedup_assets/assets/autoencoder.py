@@ -57,10 +57,13 @@ def retraining_decision(
             model = load_state(layout.model, device)
         except Exception:  # noqa: BLE001 - an unreadable model is retrained, and says so
             return RetrainDecision(True, f"the stored model {layout.model} cannot be loaded")
-    trained: set[str] = set()
-    if layout.trained_images.exists():
-        trained = set(pl.read_parquet(layout.trained_images)["image_id"].to_list())
-    new = images.filter(~pl.col("image_id").is_in(list(trained)))
+    # A model copied in from elsewhere has no record of its training images: then the share
+    # rule cannot be read, and the error rule is applied to a sample of every image.
+    known = layout.trained_images.exists()
+    trained = (
+        pl.read_parquet(layout.trained_images, columns=["image_id"])["image_id"] if known else None
+    )
+    new = images.filter(~pl.col("image_id").is_in(trained)) if known else images
     new_error = trained_error = None
     if model is not None and new.height:
         sample = new[_sample(new.height).tolist()]
@@ -71,11 +74,16 @@ def retraining_decision(
             trained_error = json.loads(layout.training_log.read_text()).get(
                 "final_reconstruction_mse"
             )
+    if model is not None and not forced and not known and trained_error is None:
+        return RetrainDecision(
+            False,
+            "model kept: it has no record of its training (copied in?); --retrain trains anew",
+        )
     return decide_retraining(
         model_exists=model is not None,
         forced=forced,
         n_images=images.height,
-        n_new=new.height,
+        n_new=new.height if known else 0,
         new_error=new_error,
         trained_error=trained_error,
         max_new_share=settings.retrain_new_share,
