@@ -304,6 +304,7 @@ def _ui(args: argparse.Namespace) -> int:
         f"automation); DAGSTER_HOME={env['DAGSTER_HOME']}; Ctrl-C stops both",
         flush=True,
     )
+
     def stop(signum, frame):  # SIGTERM stops both children, as Ctrl-C does
         raise KeyboardInterrupt
 

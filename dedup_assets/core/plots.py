@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from dedup_assets.core.spline import SplineDensity1D  # noqa: E402
 from dedup_assets.core.statistics import ComponentRegression  # noqa: E402
@@ -137,14 +138,21 @@ def density_panels(
         ax.axis("on")
         lo = min(before.support[0], after.support[0])
         hi = max(before.support[1], after.support[1])
-        t = np.linspace(lo, hi, 400)
-        ax.plot(t, before.pdf(t), lw=1.2, label=f"before, H = {before.entropy():.2f}")
-        ax.plot(t, after.pdf(t), lw=1.2, label=f"after, H = {after.entropy():.2f}")
-        ax.set_title(name, fontsize=8)
+        t = np.linspace(lo, hi, 200)
+        ax.plot(t, before.pdf(t), lw=1.2, color="tab:blue")
+        ax.plot(t, after.pdf(t), lw=1.2, color="tab:orange")
+        ax.set_title(f"{name}\nH {before.entropy():.2f} -> {after.entropy():.2f}", fontsize=7)
         ax.set_xlabel(f"PC{component} score", fontsize=6)
         ax.set_ylabel("density", fontsize=6)
         ax.tick_params(labelsize=6)
-        ax.legend(fontsize=6)
+    fig.legend(
+        handles=[
+            Line2D([], [], color="tab:blue", label="before removal"),
+            Line2D([], [], color="tab:orange", label="after removal"),
+        ],
+        loc="upper right",
+        fontsize=7,
+    )
     fig.suptitle(
         f"PC{component}: spline density of the class before and after removal, T = {threshold}"
         "\nH: differential entropy of the density, in nats (higher = less peaked)",
