@@ -74,7 +74,8 @@ def test_sigkill_in_each_stage_then_the_next_run_recovers(baseline, stage, tmp_p
     outcome = run_pipeline(config, instance, log=lines.append)
     assert outcome.ok, (outcome.failures, outcome.skipped, outcome.check_failures)
     keep = pl.read_parquet(output / "keep_lists" / "0.95.parquet")
-    assert keep.equals(baseline["keep"]), f"keep list differs after a kill in {stage}"
+    when = ["decided_at", "decided_in"]  # the time and run of a decision differ, not the decision
+    assert keep.drop(when).equals(baseline["keep"].drop(when)), f"keep list differs ({stage})"
     assert leftovers(output) == []
     running = instance.get_runs(
         filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING])

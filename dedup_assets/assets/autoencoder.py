@@ -60,10 +60,13 @@ def retraining_decision(
     # A model copied in from elsewhere has no record of its training images: then the share
     # rule cannot be read, and the error rule is applied to a sample of every image.
     known = layout.trained_images.exists()
-    trained = (
-        pl.read_parquet(layout.trained_images, columns=["image_id"])["image_id"] if known else None
+    new = (
+        images.join(
+            pl.read_parquet(layout.trained_images, columns=["image_id"]), on="image_id", how="anti"
+        )
+        if known
+        else images
     )
-    new = images.filter(~pl.col("image_id").is_in(trained)) if known else images
     new_error = trained_error = None
     if model is not None and new.height:
         sample = new[_sample(new.height).tolist()]
