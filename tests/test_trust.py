@@ -6,6 +6,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -488,3 +489,117 @@ def test_the_ui_shows_the_graph_checks_plots_and_automation(ui, tmp_path_factory
     saved = sorted(p.name for p in shots.glob("*.png"))
     assert saved == sorted(f"{name}.png" for name, _, _ in pages)
     print(f"screenshots: {shots}")
+
+
+# ------------------------------------------------------------------ every option takes effect
+
+
+def test_every_run_option_takes_effect(tmp_path):
+    """Each `dedup run` option, given a value other than its default, changes what is
+    written: a flag that parses but is ignored is the worst kind of bug."""
+
+    source = tmp_path / "src"
+    generate_demo_dataset(source, seed=8, per_class=30, duplicate_fraction=0.2)
+    for extra in ("desert", "road", "urban", "water"):
+        shutil.rmtree(source / extra)
+    big = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    Image.fromarray(big).save(source / "forest" / "big.png")  # about 480 KB
+    truth = tmp_path / "truth.csv"
+    shutil.move(source / "ground_truth.csv", truth)
+    out = tmp_path / "out"
+    options = [
+        ("--ground-truth", str(truth)),
+        ("--thresholds", "0.91,0.96"),
+        ("--epochs", "1"),
+        ("--batch-size", "16"),
+        ("--learning-rate", "0.002"),
+        ("--seed", "3"),
+        ("--device", "cpu"),
+        ("--precision", "fp32"),
+        ("--space", "whitened"),
+        ("--policy", "first"),
+        ("--components", "9"),
+        ("--kurtosis-tolerance", "0.4"),
+        ("--clean-copy-mode", "symlink"),
+        ("--max-file-bytes", "100000"),
+        ("--retrain-new-share", "0.5"),
+        ("--retrain-error-factor", "3"),
+        ("--schedule", "30 4 * * 1"),
+    ]
+    args = [a for pair in options for a in pair]
+    done = run_dedup("run", "--source", str(source), "--output", str(out), *args, "--verbose")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "dagster - " in done.stdout + done.stderr, "--verbose shows Dagster's log"
+    layout = OutputLayout(out)
+    training = json.loads(layout.training_log.read_text())
+    assert (training["epochs"], training["batch_size"], training["seed"]) == (1, 16, 3)
+    assert training["learning_rate"] == 0.002 and training["precision"] == "fp32"
+    assert training["device"] == "cpu"
+    assert sorted(p.name for p in (out / "keep_lists").glob("*.parquet")) == [
+        "0.91.parquet",
+        "0.96.parquet",
+    ]
+    keep = _keep(out, "0.96")
+    assert set(keep["space"]) == {"whitened"}  # classes of 36 images: 9 components, fitted
+    with np.load(layout.spline_fit("forest")) as fit:
+        assert fit["pca_variances"].shape == (9,)
+    provenance = json.loads(
+        pl.read_parquet_metadata(layout.class_keep_list("0.96", "forest"))[
+            "latent_dedup_provenance"
+        ]
+    )
+    assert (provenance["space"], provenance["policy"]) == ("whitened", "first")
+    gate = json.loads(layout.report_summary("0.96").read_text())["gate"]
+    assert gate["tolerance"] == 0.4
+    clean = [p for p in layout.clean_dir("0.96").rglob("*.png")]
+    assert clean and all(p.is_symlink() for p in clean)
+    quarantine = pl.read_csv(layout.quarantine)
+    big_row = quarantine.filter(pl.col("path") == "forest/big.png")
+    assert "larger than the limit of 100000 bytes" in big_row["reason"][0]
+    assert (out / "evaluation" / "evaluation.csv").exists()
+    saved = json.loads(layout.pipeline_file.read_text())
+    assert saved["schedule"] == "30 4 * * 1" and saved["ground_truth"] == str(truth)
+    assert saved["method"]["retrain_new_share"] == 0.5
+    assert saved["method"]["retrain_error_factor"] == 3.0
+
+    # --retrain trains again although no rule fires; --full decodes and decides again.
+    again = run_dedup(
+        "run", "--source", str(source), "--output", str(out), *args, "--retrain", "--full"
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "training: retrained: retraining was asked for (--retrain)" in again.stdout
+    assert re.search(r"^images\s+2\s", again.stdout, re.M), "--full decodes every class"
+    decided = set(_keep(out, "0.96")["decided_in"])  # one run per class partition
+    assert len(decided) == 2 and decided.isdisjoint(set(keep["decided_in"]))
+
+
+def test_plant_options_take_effect(tmp_path):
+    source = tmp_path / "src"
+    generate_demo_dataset(source, seed=1, per_class=10, duplicate_fraction=0.0)
+    (source / "urban" / "broken.png").unlink()  # every class keeps 10 readable images
+    dest = tmp_path / "planted"
+    done = run_dedup(
+        "plant",
+        "--source",
+        str(source),
+        "--dest",
+        str(dest),
+        "--fraction",
+        "0.2",
+        "--per-class",
+        "8",
+        "--seed",
+        "4",
+        "--proportions",
+        "jpeg=1,noise=1",
+    )
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader((dest / "ground_truth.csv").open()))
+    assert len(rows) == 6 * 2  # 20% of the 8 sampled originals of each of 6 classes
+    assert {r["copy"].rsplit("__dup_", 1)[1].split(".")[0] for r in rows} <= {"jpeg", "noise"}
+    assert all(len(list((dest / c).iterdir())) == 8 + 2 for c in {r["class"] for r in rows})
+    assert "planted 12 near-duplicates" in done.stdout
+    bad = run_dedup(
+        "plant", "--source", str(source), "--dest", str(tmp_path / "x"), "--proportions", "blur=x"
+    )
+    assert bad.returncode == 2 and "is not a number" in bad.stderr
