@@ -1,0 +1,252 @@
+"""The command's contract: bad settings and overlapping or foreign folders are refused
+before any work, a failed stage stops everything after it, and every option of `dedup run`
+and `dedup plant` changes what is written. Through the real `dedup` command (tiny data)."""
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import run_dedup
+from PIL import Image
+
+from dedup_assets.core.demo_data import generate_demo_dataset
+from dedup_assets.core.layout import OutputLayout
+
+FAST = ("--epochs", "1", "--device", "cpu", "--precision", "fp32")
+
+
+def _keep(output: Path, t: str) -> pl.DataFrame:
+    return pl.read_parquet(output / "keep_lists" / f"{t}.parquet")
+
+
+# ------------------------------------------------------------------ refused before any work
+
+
+@pytest.fixture(scope="module")
+def small_source(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small") / "src"
+    generate_demo_dataset(root, seed=2, per_class=8, duplicate_fraction=0.25)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--thresholds", "1.5"], "thresholds: threshold 1.5 must lie strictly between 0 and 1"),
+        (["--thresholds", "0.9,high"], "threshold 'high' is not a number"),
+        (["--epochs", "-1"], "method.epochs: Input should be greater than or equal to 0"),
+        (["--device", "gpu0"], "device: String should match pattern"),
+        (["--precision", "fp8"], "precision: Input should be 'auto', 'fp32' or 'bf16'"),
+        (["--space", "l2"], "method.similarity_space: Input should be"),
+        (["--components", "0"], "method.n_components"),
+        (["--max-file-bytes", "0"], "max_file_bytes"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line(small_source, tmp_path, extra, message):
+    done = run_dedup("run", "--source", str(small_source), "--output", str(tmp_path / "o"), *extra)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dedup run: error: "), done.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "o").exists(), "nothing is written for a refused command"
+
+
+def test_output_overlapping_the_source_is_refused(small_source, tmp_path):
+    for output, why in [
+        (small_source, "is the source folder"),
+        (small_source / "forest" / "out", "is inside the source"),
+        (small_source.parent, "is inside the output"),
+    ]:
+        done = run_dedup("run", "--source", str(small_source), "--output", str(output))
+        assert done.returncode == 2 and why in done.stderr, done.stderr
+    assert (small_source / "forest").is_dir() and not (small_source / "forest" / "out").exists()
+
+
+def test_foreign_or_unusable_outputs_are_refused(small_source, tmp_path):
+    home = tmp_path / "home"
+    (home / "evaluation").mkdir(parents=True)
+    (home / "evaluation" / "mine.txt").write_text("keep me")
+    done = run_dedup("run", "--source", str(small_source), "--output", str(home))
+    assert done.returncode == 2 and "not made by latent-dedup" in done.stderr
+    assert (home / "evaluation" / "mine.txt").read_text() == "keep me"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    done = run_dedup("run", "--source", str(small_source), "--output", str(a_file))
+    assert done.returncode == 2 and "is not a folder" in done.stderr
+    done = run_dedup("run", "--source", str(small_source), "--output", "/proc/latent-dedup-out")
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+    done = run_dedup("run", "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "o"))
+    assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_corrupt_saved_settings_are_named(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pipeline.json").write_text("{oops")
+    done = run_dedup("ui", "--output", str(out))
+    assert done.returncode == 2
+    assert "pipeline.json is not valid JSON" in done.stderr and "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------ failures stop downstream
+
+
+def test_failed_stage_stops_downstream_and_nothing_is_rebuilt_from_stale_files(
+    small_source, tmp_path
+):
+    source = tmp_path / "src"
+    shutil.copytree(small_source, source)
+    out = tmp_path / "out"
+    one = ("--thresholds", "0.95", *FAST)
+    first = run_dedup("run", "--source", str(source), "--output", str(out), *one)
+    assert first.returncode == 0, first.stdout + first.stderr
+    keep_before = (out / "keep_lists" / "0.95.parquet").read_bytes()
+    saved_before = (out / "pipeline.json").read_text()
+
+    # An image disappears; a run then asks for CUDA on a machine without it. It fails with
+    # one line, stops every later stage (no keep list is rebuilt) and is not sticky.
+    deleted = sorted((source / "forest").glob("*.png"))[0]
+    deleted.unlink()
+    if not __import__("torch").cuda.is_available():
+        cuda = run_dedup(
+            "run", "--source", str(source), "--output", str(out), "--device", "cuda", *one[:2]
+        )
+        assert cuda.returncode == 1
+        assert "CUDA is not available" in cuda.stdout and "Traceback" not in cuda.stdout
+        assert "SKIPPED every later stage: training failed" in cuda.stdout
+        assert "report:" not in cuda.stdout, "a failed run must not point at an old report"
+        assert (out / "pipeline.json").read_text() == saved_before
+        assert (out / "keep_lists" / "0.95.parquet").read_bytes() == keep_before
+
+    # The stored model is damaged too: the next run says so, retrains and recovers; the
+    # deleted image is gone from every keep list.
+    (out / "model" / "autoencoder.pt").write_bytes(b"not a model")
+    again = run_dedup("run", "--source", str(source), "--output", str(out), *one)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "training: retrained: the stored model" in again.stdout
+    assert "cannot be loaded" in again.stdout
+    paths = _keep(out, "0.95")["path"].to_list()
+    assert f"forest/{deleted.name}" not in paths and len(paths) > 0
+    rerun = run_dedup("run", "--source", str(source), "--output", str(out), *one)
+    assert rerun.returncode == 0 and "nothing changed" in rerun.stdout
+
+
+# ------------------------------------------------------------------ every option takes effect
+
+
+def test_every_run_option_takes_effect(tmp_path):
+    """Each `dedup run` option, given a value other than its default, changes what is
+    written: a flag that parses but is ignored is the worst kind of bug."""
+
+    source = tmp_path / "src"
+    generate_demo_dataset(source, seed=8, per_class=30, duplicate_fraction=0.2)
+    for extra in ("desert", "road", "urban", "water"):
+        shutil.rmtree(source / extra)
+    big = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    Image.fromarray(big).save(source / "forest" / "big.png")  # about 480 KB
+    truth = tmp_path / "truth.csv"
+    shutil.move(source / "ground_truth.csv", truth)
+    out = tmp_path / "out"
+    options = [
+        ("--ground-truth", str(truth)),
+        ("--thresholds", "0.91,0.96"),
+        ("--epochs", "1"),
+        ("--training", "plain"),
+        ("--batch-size", "16"),
+        ("--learning-rate", "0.002"),
+        ("--seed", "3"),
+        ("--device", "cpu"),
+        ("--precision", "fp32"),
+        ("--space", "whitened"),
+        ("--policy", "first"),
+        ("--components", "9"),
+        ("--kurtosis-tolerance", "0.4"),
+        ("--clean-copy-mode", "symlink"),
+        ("--max-file-bytes", "100000"),
+        ("--retrain-new-share", "0.5"),
+        ("--retrain-error-factor", "3"),
+        ("--schedule", "30 4 * * 1"),
+    ]
+    args = [a for pair in options for a in pair]
+    done = run_dedup("run", "--source", str(source), "--output", str(out), *args, "--verbose")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "dagster - " in done.stdout + done.stderr, "--verbose shows Dagster's log"
+    layout = OutputLayout(out)
+    training = json.loads(layout.training_log.read_text())
+    assert (training["epochs"], training["batch_size"], training["seed"]) == (1, 16, 3)
+    assert training["learning_rate"] == 0.002 and training["precision"] == "fp32"
+    assert training["device"] == "cpu" and training["objective"] == "plain"
+    assert sorted(p.name for p in (out / "keep_lists").glob("*.parquet")) == [
+        "0.91.parquet",
+        "0.96.parquet",
+    ]
+    keep = _keep(out, "0.96")
+    assert set(keep["space"]) == {"whitened"}  # classes of 36 images: 9 components, fitted
+    with np.load(layout.spline_fit("forest")) as fit:
+        assert fit["pca_variances"].shape == (9,)
+    provenance = json.loads(
+        pl.read_parquet_metadata(layout.class_keep_list("0.96", "forest"))[
+            "latent_dedup_provenance"
+        ]
+    )
+    assert (provenance["space"], provenance["policy"]) == ("whitened", "first")
+    gate = json.loads(layout.report_summary("0.96").read_text())["gate"]
+    assert gate["tolerance"] == 0.4
+    clean = [p for p in layout.clean_dir("0.96").rglob("*.png")]
+    assert clean and all(p.is_symlink() for p in clean)
+    quarantine = pl.read_csv(layout.quarantine)
+    big_row = quarantine.filter(pl.col("path") == "forest/big.png")
+    assert "larger than the limit of 100000 bytes" in big_row["reason"][0]
+    assert (out / "evaluation" / "evaluation.csv").exists()
+    saved = json.loads(layout.pipeline_file.read_text())
+    assert saved["schedule"] == "30 4 * * 1" and saved["ground_truth"] == str(truth)
+    assert saved["method"]["retrain_new_share"] == 0.5
+    assert saved["method"]["retrain_error_factor"] == 3.0
+
+    # --retrain trains again although no rule fires; --full decodes and decides again.
+    again = run_dedup(
+        "run", "--source", str(source), "--output", str(out), *args, "--retrain", "--full"
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "training: retrained: retraining was asked for (--retrain)" in again.stdout
+    assert re.search(r"^images\s+2\s", again.stdout, re.M), "--full decodes every class"
+    decided = set(_keep(out, "0.96")["decided_in"])  # one run per class partition
+    assert len(decided) == 2 and decided.isdisjoint(set(keep["decided_in"]))
+
+
+def test_plant_options_take_effect(tmp_path):
+    source = tmp_path / "src"
+    generate_demo_dataset(source, seed=1, per_class=10, duplicate_fraction=0.0)
+    (source / "urban" / "broken.png").unlink()  # every class keeps 10 readable images
+    dest = tmp_path / "planted"
+    done = run_dedup(
+        "plant",
+        "--source",
+        str(source),
+        "--dest",
+        str(dest),
+        "--fraction",
+        "0.2",
+        "--per-class",
+        "8",
+        "--seed",
+        "4",
+        "--proportions",
+        "jpeg=1,noise=1",
+    )
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader((dest / "ground_truth.csv").open()))
+    assert len(rows) == 6 * 2  # 20% of the 8 sampled originals of each of 6 classes
+    assert {r["copy"].rsplit("__dup_", 1)[1].split(".")[0] for r in rows} <= {"jpeg", "noise"}
+    assert all(len(list((dest / c).iterdir())) == 8 + 2 for c in {r["class"] for r in rows})
+    assert "planted 12 near-duplicates" in done.stdout
+    bad = run_dedup(
+        "plant", "--source", str(source), "--dest", str(tmp_path / "x"), "--proportions", "blur=x"
+    )
+    assert bad.returncode == 2 and "is not a number" in bad.stderr
