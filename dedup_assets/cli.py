@@ -46,7 +46,18 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
         help="comma-separated cosine thresholds in (0, 1), one keep list each "
         "(default 0.93,0.95,0.97)",
     )
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 0 = auto)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs (default 0: until a held-out slice's loss stops improving)",
+    )
+    p.add_argument(
+        "--training",
+        default=None,
+        help="autoencoder objective: invariant (codes that see through crops, colour and "
+        "re-encoding) | plain (the paper's reconstruction) (default invariant)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="training batch (default 128)")
     p.add_argument(
         "--learning-rate", type=float, default=None, help="Adam learning rate (default 1e-3)"
@@ -162,6 +173,7 @@ def config_from_args(args: argparse.Namespace):
 
     method = {
         "epochs": args.epochs,
+        "training": args.training,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "seed": args.seed,

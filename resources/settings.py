@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from dedup_assets.core.keep_policy import KeepPolicy
+from dedup_assets.core.objective import TrainingObjective
 from dedup_assets.core.retraining import DEFAULT_ERROR_FACTOR, DEFAULT_MAX_NEW_SHARE
 from dedup_assets.core.similarity import SimilaritySpace
 from dedup_assets.core.spline import BinRule
@@ -29,11 +30,14 @@ class DedupSettings(dg.ConfigurableResource):
     """How the method runs; defaults are the measured choices (see README).
 
     Every field is checked by pydantic when the object is built, so a bad value fails
-    before any work starts. epochs = 0 means auto: enough epochs for about AUTO_MIN_STEPS
-    optimiser steps, between AUTO_MIN_EPOCHS and AUTO_MAX_EPOCHS.
+    before any work starts. epochs = 0 means auto: train until a held-out slice's loss
+    stops improving (core.autoencoder.EarlyStopping), at most `resolved_epochs` epochs.
     """
 
-    epochs: int = Field(default=0, ge=0, description="training epochs; 0 = auto")
+    epochs: int = Field(
+        default=0, ge=0, description="training epochs; 0 = until the held-out loss stalls"
+    )
+    training: TrainingObjective = TrainingObjective.invariant
     batch_size: int = Field(default=128, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
     seed: int = 0
@@ -57,7 +61,9 @@ class DedupSettings(dg.ConfigurableResource):
     )
 
     def resolved_epochs(self, n_images: int) -> int:
-        """The number of training epochs for a dataset of n_images."""
+        """The number of training epochs for a dataset of n_images (with epochs = 0, the
+        most early stopping may run: about AUTO_MIN_STEPS optimiser steps, between
+        AUTO_MIN_EPOCHS and AUTO_MAX_EPOCHS)."""
         if self.epochs > 0:
             return self.epochs
         steps_per_epoch = max(1, -(-n_images // self.batch_size))
@@ -67,6 +73,7 @@ class DedupSettings(dg.ConfigurableResource):
     def label(self) -> str:
         """One line naming the method, for reports."""
         return (
+            f"{self.training} training, "
             f"similarity space `{self.similarity_space}`, keep policy `{self.keep_policy}`, "
             f"up to {self.n_components} principal components per class (each class's count is "
             f"in the per-class table), bin rule `{self.bin_rule}`"

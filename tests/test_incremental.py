@@ -220,6 +220,16 @@ def test_retraining_rules():
         model_exists=True, forced=True, n_images=5, n_new=0, new_error=None, trained_error=0.1
     )
     assert forced.retrain and "--retrain" in forced.reason
+    same = dict(model_exists=True, forced=False, n_images=9, n_new=0, new_error=None)
+    other = decide_retraining(
+        **same, trained_error=0.1, trained_objective="plain", objective="invariant"
+    )
+    assert other.retrain and "trained with the plain objective" in other.reason
+    assert "for invariant" in other.reason
+    unchanged = decide_retraining(
+        **same, trained_error=0.1, trained_objective="invariant", objective="invariant"
+    )
+    assert not unchanged.retrain
 
 
 def _unit(rows):

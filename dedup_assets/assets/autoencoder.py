@@ -19,6 +19,7 @@ from dedup_assets.core.artifacts import (
 from dedup_assets.core.atomic_io import atomic_path, write_json, write_parquet
 from dedup_assets.core.autoencoder import (
     TOTAL_PARAMETERS,
+    EarlyStopping,
     load_state,
     reconstruct,
     save_state,
@@ -60,6 +61,7 @@ def retraining_decision(
     # A model copied in from elsewhere has no record of its training images: then the share
     # rule cannot be read, and the error rule is applied to a sample of every image.
     known = layout.trained_images.exists()
+    history = json.loads(layout.training_log.read_text()) if layout.training_log.exists() else {}
     new = (
         images.join(
             pl.read_parquet(layout.trained_images, columns=["image_id"]), on="image_id", how="anti"
@@ -73,10 +75,8 @@ def retraining_decision(
         _, new_error = reconstruct(
             model, gather_pixels(layout, sample), device=compute.torch_device()
         )
-        if layout.training_log.exists():
-            trained_error = json.loads(layout.training_log.read_text()).get(
-                "final_reconstruction_mse"
-            )
+        if history:
+            trained_error = history.get("final_reconstruction_mse")
     if model is not None and not forced and not known and trained_error is None:
         return RetrainDecision(
             False,
@@ -91,6 +91,9 @@ def retraining_decision(
         trained_error=trained_error,
         max_new_share=settings.retrain_new_share,
         error_factor=settings.retrain_error_factor,
+        # A log from before the objective was recorded was written by plain training.
+        trained_objective=history.get("objective", "plain") if history else None,
+        objective=str(settings.training),
     )
 
 
@@ -133,9 +136,15 @@ def autoencoder(
     pixels = gather_pixels(layout, images)  # in memory: training reads it many times
     device, amp = compute.torch_device(), compute.amp_dtype()
     epochs = settings.resolved_epochs(len(pixels))
+    early = EarlyStopping(max_epochs=epochs) if settings.epochs == 0 else None
     context.log.info(
-        f"training on {len(pixels):,} images for {epochs} epochs, "
-        f"batch {settings.batch_size}, lr {settings.learning_rate}: {compute.describe()}"
+        f"{settings.training} training on {len(pixels):,} images "
+        + (
+            f"until the held-out loss stalls (at most {epochs} epochs)"
+            if early
+            else f"for {epochs} epochs"
+        )
+        + f", batch {settings.batch_size}, lr {settings.learning_rate}: {compute.describe()}"
     )
     result = train_autoencoder(
         pixels,
@@ -145,6 +154,8 @@ def autoencoder(
         seed=settings.seed,
         device=device,
         amp_dtype=amp,
+        objective=settings.training,
+        early_stopping=early,
         log=context.log.info,
     )
     with atomic_path(layout.model) as tmp:
@@ -164,7 +175,11 @@ def autoencoder(
         "train_seconds": result.train_seconds,
         "device": result.device,
         "precision": result.precision,
-        "epochs": epochs,
+        "epochs": epochs if early is None else len(result.epoch_losses),
+        "objective": result.objective,
+        "images_seen": result.images_seen,
+        "stopped_because": result.stopped_because,
+        "holdout_losses": result.holdout_losses,
         "batch_size": settings.batch_size,
         "learning_rate": settings.learning_rate,
         "seed": settings.seed,
@@ -181,7 +196,10 @@ def autoencoder(
             "decision": decision.reason,
             "parameters": TOTAL_PARAMETERS,
             "images": len(pixels),
-            "epochs": epochs,
+            "objective": result.objective,
+            "epochs": history["epochs"],
+            "images_seen": result.images_seen,
+            "stopped_because": result.stopped_because,
             "final_loss": result.epoch_losses[-1],
             "reconstruction_mse": mse,
             "images_per_second": round(result.images_per_second, 1),

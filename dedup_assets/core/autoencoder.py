@@ -16,6 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from dedup_assets.core.augment import DEFAULT_AUGMENTATION, AugmentationMix, augment
+from dedup_assets.core.objective import TrainingObjective
+
 LATENT_DIM = 1024
 IMAGE_SIZE = 64
 
@@ -88,9 +91,33 @@ def to_unit_range(batch_u8: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when the loss on a held-out slice stops improving.
+
+    The slice is `holdout` of the images (between `min_holdout` and `max_holdout`), drawn
+    with the training seed and never trained on. It is scored every `check_every` images
+    seen (or once per epoch if that comes first); training stops when `patience` checks
+    in a row improve the best held-out loss by less than `min_delta` (relative), or after
+    `max_epochs`.
+    """
+
+    max_epochs: int = 60
+    holdout: float = 0.05
+    min_holdout: int = 32
+    max_holdout: int = 1024
+    check_every: int = 8192
+    patience: int = 2
+    min_delta: float = 0.01
+
+
 @dataclass
 class TrainingResult:
-    """What a training run produced: the model and its measured history."""
+    """What a training run produced: the model and its measured history.
+
+    epoch_losses: mean training loss per epoch (per check when training stops early);
+    holdout_losses: (images seen, held-out loss) at every early-stopping check.
+    """
 
     model: ConvAutoencoder
     epoch_losses: list[float] = field(default_factory=list)
@@ -99,6 +126,9 @@ class TrainingResult:
     device: str = "cpu"
     precision: str = "fp32"
     images_seen: int = 0
+    objective: str = "plain"
+    holdout_losses: list[tuple[int, float]] = field(default_factory=list)
+    stopped_because: str = ""
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -128,6 +158,45 @@ def stage_pixels(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
     return t.to(device, non_blocking=True) if device.type != "cpu" else t
 
 
+def contrastive_loss(za: torch.Tensor, zb: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE: the code of view a of image i should be nearer (cosine of the
+    batch-centred codes) to view b of image i than to view b of any other image."""
+    za, zb = za.flatten(1).float(), zb.flatten(1).float()
+    centre = torch.cat([za, zb]).mean(dim=0, keepdim=True)
+    za = nn.functional.normalize(za - centre, dim=1)
+    zb = nn.functional.normalize(zb - centre, dim=1)
+    logits = za @ zb.T / temperature
+    labels = torch.arange(len(za), device=za.device)
+    return 0.5 * (
+        nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits.T, labels)
+    )
+
+
+@dataclass(frozen=True)
+class InvariantLoss:
+    """Denoising reconstruction plus `contrast_weight` times the contrastive term."""
+
+    mix: AugmentationMix = DEFAULT_AUGMENTATION
+    contrast_weight: float = 0.05
+    temperature: float = 0.1
+
+    def __call__(
+        self, model: ConvAutoencoder, x: torch.Tensor, g: torch.Generator, amp
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            a, b = augment(x, g, self.mix), augment(x, g, self.mix)
+        with amp():
+            za = model.encoder(a)
+            zb = model.encoder(b)
+            rec = nn.functional.mse_loss(model.decoder(za).float(), x)
+        return rec + self.contrast_weight * contrastive_loss(za, zb, self.temperature)
+
+
+def _plain_loss(model: ConvAutoencoder, x: torch.Tensor, g: torch.Generator, amp):
+    with amp():
+        return nn.functional.mse_loss(model(x).float(), x)
+
+
 def train_autoencoder(
     pixels: np.ndarray,
     *,
@@ -137,55 +206,123 @@ def train_autoencoder(
     seed: int = 0,
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
+    objective: TrainingObjective | str = TrainingObjective.plain,
+    invariant: InvariantLoss | None = None,
+    early_stopping: EarlyStopping | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TrainingResult:
-    """Train Table 1 on reconstruction (MSE, Adam), shuffling with a seeded generator.
+    """Train Table 1 with Adam, shuffling with a seeded generator.
 
-    `pixels` is the uint8 store (N, 64, 64, 3). `amp_dtype=torch.bfloat16` turns on autocast.
+    `pixels` is the uint8 store (N, 64, 64, 3). `amp_dtype=torch.bfloat16` turns on
+    autocast. With `early_stopping`, `epochs` is ignored: training runs until the
+    held-out loss stops improving (see `EarlyStopping`); without it, exactly `epochs`.
     """
     if pixels.ndim != 4 or pixels.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
         raise ValueError(f"expected pixels of shape (N, 64, 64, 3), got {pixels.shape}")
     if len(pixels) == 0:
         raise ValueError("cannot train the autoencoder on zero images")
+    objective = TrainingObjective(objective)
     device = torch.device(device)
     torch.manual_seed(seed)
     model = ConvAutoencoder().to(device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, learning_rate, device)
     data = stage_pixels(pixels, device)
-    n = len(pixels)
     generator = torch.Generator(device="cpu").manual_seed(seed)
+    aug_generator = torch.Generator(device=device).manual_seed(seed + 1)
+    loss_fn = (invariant or InvariantLoss()) if objective == "invariant" else _plain_loss
     result = TrainingResult(
         model=model,
         device=str(device),
         precision="bf16" if amp_dtype == torch.bfloat16 else "fp32",
+        objective=str(objective),
     )
+
+    def amp():
+        return _autocast(device, amp_dtype)
+
+    train_idx = torch.arange(len(pixels))
+    holdout_idx = None
+    if early_stopping is not None and len(pixels) >= 2 * early_stopping.min_holdout:
+        es = early_stopping
+        k = int(min(es.max_holdout, max(es.min_holdout, round(es.holdout * len(pixels)))))
+        perm = torch.randperm(len(pixels), generator=generator)
+        holdout_idx, train_idx = perm[:k].sort().values, perm[k:].sort().values
+
+    def holdout_loss() -> float:
+        # The same augmented views at every check, so the checks compare like with like.
+        model.eval()
+        g = torch.Generator(device=device).manual_seed(seed + 2)
+        total = 0.0
+        with torch.no_grad():
+            for b in range(0, len(holdout_idx), batch_size):
+                idx = holdout_idx[b : b + batch_size].to(device)
+                x = to_unit_range(data[idx])
+                total += float(loss_fn(model, x, g, amp)) * len(idx)
+        model.train()
+        return total / len(holdout_idx)
+
+    n = len(train_idx)
     n_batches = math.ceil(n / batch_size)
+    max_epochs = epochs if early_stopping is None else early_stopping.max_epochs
+    check_every = min(early_stopping.check_every, n) if holdout_idx is not None else None
+    best, stale, since_check, seen = math.inf, 0, 0, 0
+    result.stopped_because = f"ran the {max_epochs} epochs asked for"
+    if early_stopping is not None and holdout_idx is None:
+        result.stopped_because = f"too few images for a held-out slice: ran {max_epochs} epochs"
     model.train()
     start = time.perf_counter()
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=generator).to(device)
+    stop = False
+    for epoch in range(max_epochs):
+        order = train_idx[torch.randperm(n, generator=generator)].to(device)
         total = torch.zeros((), device=device)
+        done_in_epoch = 0
         for b in range(n_batches):
             idx = order[b * batch_size : (b + 1) * batch_size]
             x = to_unit_range(data[idx])
-            with _autocast(device, amp_dtype):
-                loss = nn.functional.mse_loss(model(x).float(), x)
+            loss = loss_fn(model, x, aug_generator, amp)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(idx)
-        epoch_loss = float(total) / n
+            done_in_epoch += len(idx)
+            seen += len(idx)
+            since_check += len(idx)
+            if check_every is not None and since_check >= check_every:
+                since_check = 0
+                held = holdout_loss()
+                result.holdout_losses.append((seen, held))
+                if held < best * (1 - early_stopping.min_delta):
+                    best, stale = held, 0
+                else:
+                    stale += 1
+                if log is not None:
+                    log(
+                        f"{seen:,} images seen: held-out loss {held:.5f} "
+                        f"(best {best:.5f}, {stale}/{early_stopping.patience} without gain)"
+                    )
+                if stale >= early_stopping.patience:
+                    result.stopped_because = (
+                        f"held-out loss improved by less than {early_stopping.min_delta:.0%} "
+                        f"in {stale} checks in a row"
+                    )
+                    stop = True
+                    break
+        epoch_loss = float(total) / max(done_in_epoch, 1)
         result.epoch_losses.append(epoch_loss)
         if log is not None:
             elapsed = time.perf_counter() - start
             log(
-                f"epoch {epoch + 1}/{epochs}: loss {epoch_loss:.5f} "
-                f"({(epoch + 1) * n / elapsed:,.0f} images/s on {device}, {result.precision})"
+                f"epoch {epoch + 1}/{max_epochs}: {objective} loss {epoch_loss:.5f} "
+                f"({seen / elapsed:,.0f} images/s on {device}, {result.precision})"
             )
+        if stop:
+            break
+    if early_stopping is not None and not stop and holdout_idx is not None:
+        result.stopped_because = f"reached the limit of {max_epochs} epochs"
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result.train_seconds = time.perf_counter() - start
-    result.images_seen = epochs * n
+    result.images_seen = seen
     result.images_per_second = result.images_seen / max(result.train_seconds, 1e-9)
     model.eval()
     return result

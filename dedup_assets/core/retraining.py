@@ -5,6 +5,7 @@ similarity, while a few new images are encoded well by a model trained on the re
 trained again when any rule fires, and the decision says which:
 
 - there is no model yet (or it cannot be loaded), or retraining was asked for;
+- the model was trained with another objective than the settings name (plain/invariant);
 - at least `max_new_share` of the catalogued images are new since training (default 25%);
 - the mean reconstruction error of the new images exceeds the training error by more
   than `error_factor` (default 1.5x): the new images do not look like the old ones.
@@ -37,6 +38,8 @@ def decide_retraining(
     trained_error: float | None,
     max_new_share: float = DEFAULT_MAX_NEW_SHARE,
     error_factor: float = DEFAULT_ERROR_FACTOR,
+    trained_objective: str | None = None,
+    objective: str | None = None,
 ) -> RetrainDecision:
     """Apply the rules in the module docstring; `new_error` is None when nothing is new."""
     share = n_new / n_images if n_images else 0.0
@@ -49,6 +52,15 @@ def decide_retraining(
         return RetrainDecision(True, "no trained model yet", n_new, share, ratio)
     if forced:
         return RetrainDecision(True, "retraining was asked for (--retrain)", n_new, share, ratio)
+    if trained_objective and objective and trained_objective != objective:
+        return RetrainDecision(
+            True,
+            f"the model was trained with the {trained_objective} objective; the settings ask "
+            f"for {objective}",
+            n_new,
+            share,
+            ratio,
+        )
     if n_images and share >= max_new_share:
         return RetrainDecision(
             True,
