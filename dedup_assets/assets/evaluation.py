@@ -32,8 +32,10 @@ def build_evaluation_asset(
         ],
         automation_condition=dg.AutomationCondition.eager(),
         description="With a ground-truth CSV (class,original,copy): average precision over all "
-        "within-class pairs, and recall, precision and images removed per threshold, for the "
-        "raw, whitened and spline_copula spaces and imagehash's pHash; precision-recall plot.",
+        "within-class pairs, and per threshold recall (overall and per planted transform), "
+        "precision, images removed and the false-removal rate among unplanted images, for the "
+        "raw, whitened and spline_copula spaces and the pHash baseline; precision-recall and "
+        "recall-per-transform plots.",
     )
     def dedup_evaluation(
         context: dg.AssetExecutionContext,
@@ -82,14 +84,39 @@ def _evaluate(
     figure = plots.precision_recall(
         {r.name: (r.recall_curve, r.precision_curve, r.average_precision) for r in results}
     )
+    counts = results[0].transforms if results else {}
+    per_transform_figures = {
+        t: plots.recall_per_transform(
+            {
+                r["method"]: {n: r[f"recall_{n}"] for n in counts}
+                for r in rows
+                if r["threshold"] == t
+            },
+            t,
+            counts,
+        )
+        for t in thresholds
+        if counts
+    }
     with atomic_dir(layout.evaluation_dir) as tmp:
         table.write_csv(tmp / "evaluation.csv")
         (tmp / "precision_recall.png").write_bytes(figure)
+        for t, png in per_transform_figures.items():
+            (tmp / f"recall_per_transform_{t}.png").write_bytes(png)
     ap_table = md_table(
         ["method", "average precision"], [(r.name, r.average_precision) for r in results]
     )
     threshold_table = md_table(
-        ["method", "T", "recall", "precision", "pairs flagged", "images removed", "unrelated kept"],
+        [
+            "method",
+            "T",
+            "recall",
+            "precision",
+            "pairs flagged",
+            "images removed",
+            "false removals (unplanted)",
+        ]
+        + [f"recall {n}" for n in counts],
         [
             (
                 r["method"],
@@ -98,7 +125,8 @@ def _evaluate(
                 r["precision"],
                 r["pairs_flagged"],
                 r["images_removed"],
-                r["unrelated_kept_fraction"],
+                r["false_removal_rate"],
+                *(r[f"recall_{n}"] for n in counts),
             )
             for r in rows
         ],
@@ -114,6 +142,10 @@ def _evaluate(
             "average_precision": dg.MetadataValue.md(ap_table),
             "per_threshold": dg.MetadataValue.md(threshold_table),
             "precision_recall": image_metadata(figure, "precision-recall"),
+            **{
+                f"recall_per_transform_{t}": image_metadata(png, f"recall per transform, T={t}")
+                for t, png in per_transform_figures.items()
+            },
             **{f"ap_{r.name}": r.average_precision for r in results},
             "path": dg.MetadataValue.path(str(layout.evaluation_dir / "evaluation.csv")),
         }

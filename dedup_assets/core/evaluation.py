@@ -21,7 +21,8 @@ class ClassPairs:
     """One class's unit vectors, its known positive pairs (i < j) and visit order.
 
     pixel_hashes: decoded-pixel hashes, so exact copies are removed as the pipeline does;
-    None treats every image as distinct.
+    None treats every image as distinct. known/known_transforms: the (original, copy)
+    rows and their transforms, for recall per transform.
     """
 
     name: str
@@ -30,6 +31,8 @@ class ClassPairs:
     order: np.ndarray
     in_ground_truth: np.ndarray  # (n,) bool: image takes part in a known pair
     pixel_hashes: np.ndarray | None = None
+    known: np.ndarray | None = None  # (k, 2) the ground-truth rows themselves, i < j
+    known_transforms: tuple[str, ...] = ()  # the planted transform of each known row
 
     def hashes(self) -> np.ndarray:
         if self.pixel_hashes is not None:
@@ -73,6 +76,7 @@ class MethodEvaluation:
     recall_curve: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     precision_curve: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     per_threshold: list[dict] = field(default_factory=list)
+    transforms: dict[str, int] = field(default_factory=dict)  # known rows per transform
 
 
 def _pair_scores(x: np.ndarray, pairs: np.ndarray, block: int) -> np.ndarray:
@@ -115,6 +119,17 @@ def evaluate_method(
     ap = float(precision.mean()) if len(pos) else float("nan")
 
     evaluation = MethodEvaluation(name, ap, len(pos), n_pairs, recall, precision)
+    # Recall per planted transform: the share of its (original, copy) rows scoring above T.
+    by_transform: dict[str, list[np.ndarray]] = {}
+    for c in classes:
+        if c.known is None or not len(c.known):
+            continue
+        scores = _pair_scores(c.vectors, np.sort(c.known, axis=1), block)
+        for t in sorted(set(c.known_transforms)):
+            mask = np.asarray(c.known_transforms) == t
+            by_transform.setdefault(t, []).append(scores[mask])
+    transform_scores = {t: np.concatenate(v) for t, v in sorted(by_transform.items())}
+    evaluation.transforms = {t: len(v) for t, v in transform_scores.items()}
     decided = [
         keep_decisions(c.vectors, c.order, c.hashes(), thresholds, block=min(block, 2048))
         for c in classes
@@ -138,7 +153,9 @@ def evaluate_method(
                 "images_removed": removed,
                 "removed_in_ground_truth": removed_known,
                 "unrelated_kept_fraction": kept_clean / n_clean if n_clean else float("nan"),
+                "false_removal_rate": 1 - kept_clean / n_clean if n_clean else float("nan"),
             }
+            | {f"recall_{name}": float((v > t).mean()) for name, v in transform_scores.items()}
         )
     return evaluation
 
@@ -147,13 +164,16 @@ METHODS = ("raw", "whitened", "spline_copula", "phash")
 
 
 def ground_truth_edges(
-    catalog_ok, pairs: Sequence, class_key_of: dict[str, str]
-) -> tuple[dict[str, list[tuple[str, str]]], int]:
+    catalog_ok, pairs: Sequence, class_key_of: dict[str, str], *, with_transforms: bool = False
+) -> tuple[dict[str, list[tuple[str, ...]]], int]:
     """Known pairs as image-id edges per class key; also how many rows matched no image.
 
     catalog_ok: decoded images (class, path, image_id); pairs: GroundTruthPair rows whose
-    file names are relative to their class folder.
+    file names are relative to their class folder. with_transforms: each edge gets a third
+    element, the planted transform named in the copy's file name.
     """
+    from dedup_assets.core.planting import transform_of
+
     by_path = dict(zip(catalog_ok["path"].to_list(), catalog_ok["image_id"].to_list(), strict=True))
     edges: dict[str, list[tuple[str, str]]] = {}
     unmatched = 0
@@ -163,7 +183,8 @@ def ground_truth_edges(
         if a is None or b is None or row.class_name not in class_key_of:
             unmatched += 1
             continue
-        edges.setdefault(class_key_of[row.class_name], []).append((a, b))
+        edge = (a, b, transform_of(row.copy)) if with_transforms else (a, b)
+        edges.setdefault(class_key_of[row.class_name], []).append(edge)
     return edges, unmatched
 
 
@@ -195,7 +216,7 @@ def evaluate_against_ground_truth(
     catalog = catalog_images(full_catalog)
     class_key_of = {name: key for key, name in class_names(layout).items()}
     edges, unmatched = ground_truth_edges(
-        catalog, read_ground_truth(ground_truth_path), class_key_of
+        catalog, read_ground_truth(ground_truth_path), class_key_of, with_transforms=True
     )
     per_method: dict[str, list[ClassPairs]] = {m: [] for m in methods}
     for key in sorted(set(catalog["class_key"].to_list())):
@@ -204,14 +225,24 @@ def evaluate_against_ground_truth(
         )
         ids = data.image_ids.tolist()
         index = {i: k for k, i in enumerate(ids)}
-        pairs, involved = positive_pairs(
-            len(ids),
-            [(index[a], index[b]) for a, b in edges.get(key, []) if a in index and b in index],
-        )
+        rows = [
+            (index[a], index[b], t) for a, b, t in edges.get(key, []) if a in index and b in index
+        ]
+        known = np.array([(a, b) for a, b, _ in rows], dtype=np.int64).reshape(-1, 2)
+        pairs, involved = positive_pairs(len(ids), [(a, b) for a, b, _ in rows])
         order = class_order(data, keep_policy)
         for method in methods:
             per_method[method].append(
-                ClassPairs(key, vectorise(data, method), pairs, order, involved, data.pixel_hashes)
+                ClassPairs(
+                    key,
+                    vectorise(data, method),
+                    pairs,
+                    order,
+                    involved,
+                    data.pixel_hashes,
+                    known,
+                    tuple(t for _, _, t in rows),
+                )
             )
         if log is not None:
             log(f"evaluation: prepared {key} ({len(ids)} images, {len(pairs)} known pairs)")

@@ -224,3 +224,27 @@ def precision_recall(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) ->
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def recall_per_transform(
+    recalls: dict[str, dict[str, float]], threshold: float, counts: dict[str, int]
+) -> bytes:
+    """Grouped bars: per planted transform, each method's recall of its known pairs at T.
+
+    recalls: method -> transform -> recall; counts: known pairs per transform.
+    """
+    transforms = sorted(counts)
+    methods = list(recalls)
+    fig, ax = plt.subplots(figsize=(max(4.6, 0.9 * len(transforms) + 1.5), 3.4))
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(transforms))
+    for k, method in enumerate(methods):
+        values = [recalls[method].get(t, np.nan) for t in transforms]
+        ax.bar(x + (k - (len(methods) - 1) / 2) * width, values, width, label=method)
+    ax.set_xticks(x, [f"{t}\n({counts[t]} pairs)" for t in transforms], fontsize=7)
+    ax.set_ylabel(f"recall of known pairs at T = {threshold}")
+    ax.set_ylim(0, 1.05)
+    ax.axhline(0.9, color="grey", lw=0.8, ls="--")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncols=min(4, len(methods)))
+    return _png(fig)
