@@ -14,6 +14,7 @@ import dagster as dg
 from dedup_assets.assets.autoencoder import autoencoder
 from dedup_assets.assets.catalog import class_images, image_catalog
 from dedup_assets.assets.clean_dataset import build_clean_dataset_asset
+from dedup_assets.assets.cross_class import build_cross_class_asset
 from dedup_assets.assets.evaluation import build_evaluation_asset
 from dedup_assets.assets.keep_lists import build_keep_list_assets
 from dedup_assets.assets.latents import class_latents
@@ -49,6 +50,7 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
     kurtosis_report, dedup_summary = build_report_assets(thresholds, keep_list)
     clean_dataset = build_clean_dataset_asset(thresholds, keep_list, kurtosis_report)
     dedup_evaluation = build_evaluation_asset(thresholds)
+    cross_class_duplicates, no_cross_class_duplicates = build_cross_class_asset(thresholds)
     per_class = [class_latents, spline_fits, class_keep_lists]
     jobs = [
         dg.define_asset_job(
@@ -81,8 +83,9 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
         ),
         dg.define_asset_job(
             THRESHOLD_JOB,
-            selection=[keep_list, kurtosis_report, clean_dataset],
-            description="One threshold: keep list, gates, kurtosis report, clean copy.",
+            selection=[keep_list, kurtosis_report, clean_dataset, cross_class_duplicates],
+            description="One threshold: keep list, gates, kurtosis report, clean copy, "
+            "cross-class duplicates.",
         ),
         dg.define_asset_job(
             SUMMARY_JOB,
@@ -100,12 +103,13 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
             spline_fits,
             class_keep_lists,
             keep_list,
+            cross_class_duplicates,
             kurtosis_report,
             dedup_summary,
             clean_dataset,
             dedup_evaluation,
         ],
-        asset_checks=[latents_valid, keep_list_integrity],
+        asset_checks=[latents_valid, keep_list_integrity, no_cross_class_duplicates],
         jobs=jobs,
         sensors=sensors,
         schedules=schedules,

@@ -66,13 +66,19 @@ def test_definitions_load_every_asset_check_and_job(tmp_path):
         "spline_fits",
         "class_keep_lists",
         "keep_list",
+        "cross_class_duplicates",
         "kurtosis_report",
         "dedup_summary",
         "clean_dataset",
         "dedup_evaluation",
     }
     checks = {k.name for k in graph.asset_check_keys}
-    assert checks == {"latents_valid", "keep_list_integrity", "kurtosis_reduction"}
+    assert checks == {
+        "latents_valid",
+        "keep_list_integrity",
+        "kurtosis_reduction",
+        "no_cross_class_duplicates",
+    }
     jobs = {j.name for j in defs.resolve_all_job_defs()} - {"__ASSET_JOB"}
     assert jobs == {
         "index_job",

@@ -144,6 +144,15 @@ class CurrentInputs:
             "materialize keep_list for this threshold first",
         )
 
+    def cross_class(self, threshold: str) -> dict:
+        """Cross-class pairs: computed from every class's latents."""
+        keys = sorted(self.class_digests)
+        return {
+            "kind": "cross_class",
+            "threshold": threshold,
+            "latents": {k: digest(self.latents(k)) for k in keys},
+        }
+
     def keep_list(self, threshold: str) -> dict:
         """The combined keep list: one record over every class with images."""
         keys = sorted(self.class_digests)
@@ -186,7 +195,9 @@ def stale_thresholds(
     stale = []
     for t in thresholds:
         expected = current.keep_list(t)
-        if not is_current(layout.keep_list(t), expected):
+        if not is_current(layout.keep_list(t), expected) or not is_current(
+            layout.cross_class(t), current.cross_class(t)
+        ):
             stale.append(t)
             continue
         try:

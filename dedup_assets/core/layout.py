@@ -163,6 +163,14 @@ class OutputLayout:
     # ------------------------------------------------------------------ whole run
 
     @property
+    def cross_class_dir(self) -> Path:
+        return self.root / "cross_class"
+
+    def cross_class(self, threshold: str) -> Path:
+        """Pairs of near-identical images in different classes at one threshold."""
+        return self.cross_class_dir / f"{threshold}.parquet"
+
+    @property
     def evaluation_dir(self) -> Path:
         return self.root / "evaluation"
 

@@ -1,0 +1,166 @@
+"""Asset: near-identical images filed under different classes (likely label errors), per
+threshold, with a WARN check that lists them. The join is `core.cross_class`."""
+
+import time
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from dedup_assets.assets.catalog import image_catalog
+from dedup_assets.assets.latents import class_latents
+from dedup_assets.core.artifacts import (
+    CurrentInputs,
+    class_names,
+    require_current,
+    write_table,
+)
+from dedup_assets.core.artifacts import read_latents as read_class_latents
+from dedup_assets.core.cross_class import cross_class_pairs, shared_space
+from dedup_assets.ui import md_table
+from resources import DedupSettings, DedupStorage
+
+SHOWN = 20  # pairs listed in the UI; the parquet holds them all
+
+SCHEMA = {
+    "class_a": pl.String,
+    "path_a": pl.String,
+    "class_b": pl.String,
+    "path_b": pl.String,
+    "similarity": pl.Float32,
+    "match": pl.String,
+}
+
+
+def build_cross_class_asset(
+    thresholds_def: dg.StaticPartitionsDefinition,
+) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
+    """cross_class_duplicates and its warning check, partitioned by threshold."""
+
+    @dg.asset(
+        group_name="deduplication",
+        kinds={"numpy", "parquet"},
+        partitions_def=thresholds_def,
+        deps=[
+            image_catalog,
+            dg.AssetDep(class_latents, partition_mapping=dg.AllPartitionMapping()),
+        ],
+        automation_condition=dg.AutomationCondition.eager(),
+        description="Pairs of images in different classes with cosine > T in one space "
+        "shared by all classes (centred latents on their leading principal axes), exact "
+        "copies always: `cross_class/<T>.parquet` (class_a, path_a, class_b, path_b, "
+        "similarity, match). Near-identical images under two labels are likely label errors.",
+    )
+    def cross_class_duplicates(
+        context: dg.AssetExecutionContext, storage: DedupStorage, settings: DedupSettings
+    ) -> dg.MaterializeResult:
+        layout = storage.layout()
+        threshold = context.partition_key
+        current = CurrentInputs.of(layout, settings)
+        names = class_names(layout)
+        start = time.perf_counter()
+        tables, blocks, labels = [], [], []
+        for k, key in enumerate(sorted(current.class_digests)):
+            path = require_current(
+                layout.latents(key),
+                current.latents(key),
+                f"latents of class {key}",
+                "materialize class_latents for this class first",
+            )
+            table, latents = read_class_latents(path)
+            tables.append(
+                table.select("image_id", "path").with_columns(pl.lit(names[key]).alias("class"))
+            )
+            blocks.append(latents)
+            labels.append(np.full(len(latents), k, dtype=np.int32))
+        images = (
+            pl.concat(tables)
+            if tables
+            else pl.DataFrame(schema={"image_id": pl.String, "path": pl.String, "class": pl.String})
+        )
+        hashes = _pixel_hashes(layout, images)
+        latents = np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
+        vectors = shared_space(latents, seed=settings.seed)
+        found = cross_class_pairs(
+            vectors,
+            np.concatenate(labels) if labels else np.zeros(0, np.int32),
+            [float(threshold)],
+            pixel_hashes=hashes,
+            block=settings.block_size,
+        )[0]
+        seconds = time.perf_counter() - start
+        cls, paths = images["class"].to_numpy(), images["path"].to_numpy()
+        pairs = pl.DataFrame(
+            {
+                "class_a": cls[found.i].astype(str),
+                "path_a": paths[found.i].astype(str),
+                "class_b": cls[found.j].astype(str),
+                "path_b": paths[found.j].astype(str),
+                "similarity": found.similarity,
+                "match": np.where(found.exact, "exact", "near"),
+            },
+            schema=SCHEMA,
+        ).sort("similarity", "path_a", descending=[True, False])
+        write_table(pairs, layout.cross_class(threshold), current.cross_class(threshold))
+        context.log.info(
+            f"T={threshold}: {pairs.height:,} cross-class pairs among {len(vectors):,} images "
+            f"({seconds:.1f}s)"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "pairs": pairs.height,
+                "exact_pairs": int(found.exact.sum()),
+                "images": len(vectors),
+                "seconds": round(seconds, 2),
+                "pairs_shown": dg.MetadataValue.md(_pairs_table(pairs)),
+                "path": dg.MetadataValue.path(str(layout.cross_class(threshold))),
+            }
+        )
+
+    @dg.asset_check(
+        asset=cross_class_duplicates,
+        partitions_def=thresholds_def,
+        description="WARN when near-identical images sit in different classes: each is "
+        "likely a label error (the pairs are in `cross_class/<T>.parquet`). A warning, not a "
+        "gate: the keep lists are per class and stay valid.",
+    )
+    def no_cross_class_duplicates(
+        context: dg.AssetCheckExecutionContext, storage: DedupStorage
+    ) -> dg.AssetCheckResult:
+        path = storage.layout().cross_class(context.partition_key)
+        pairs = pl.read_parquet(path)
+        outcome = (
+            f"{pairs.height} pairs of near-identical images in different classes, likely "
+            f"label errors: {path}"
+            if pairs.height
+            else "no near-identical images in different classes"
+        )
+        return dg.AssetCheckResult(
+            passed=pairs.height == 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=outcome,
+            metadata={
+                "outcome": outcome,
+                "pairs": pairs.height,
+                "first_pairs": dg.MetadataValue.md(_pairs_table(pairs)),
+            },
+        )
+
+    return cross_class_duplicates, no_cross_class_duplicates
+
+
+def _pixel_hashes(layout, images: pl.DataFrame) -> np.ndarray:
+    from dedup_assets.core.artifacts import catalog_images, read_catalog
+
+    catalog = catalog_images(read_catalog(layout)).select("image_id", "pixel_hash")
+    joined = images.join(catalog, on="image_id", how="left", maintain_order="left")
+    return joined["pixel_hash"].fill_null("").to_numpy().astype(str)
+
+
+def _pairs_table(pairs: pl.DataFrame) -> str:
+    if pairs.height == 0:
+        return "none"
+    return md_table(
+        ["class", "image", "class", "image", "similarity", "match"],
+        pairs.head(SHOWN).rows(),
+    )

@@ -1,0 +1,102 @@
+"""Cross-class duplicates (likely label errors): the join, its edges, and the pipeline's
+warning check on a folder with planted cross-class copies."""
+
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import run_dedup
+from PIL import Image, ImageEnhance
+
+from dedup_assets.core.cross_class import cross_class_pairs, shared_space
+from dedup_assets.core.demo_data import generate_demo_dataset
+from dedup_assets.core.similarity import l2_normalize
+
+
+def _unit(rows) -> np.ndarray:
+    return l2_normalize(np.asarray(rows, dtype=np.float32))
+
+
+def test_only_pairs_of_different_classes_above_t():
+    v = _unit([[1, 0, 0], [1, 0.01, 0], [0, 1, 0], [0, 1, 0.02], [0, 0, 1]])
+    labels = np.array([0, 1, 1, 1, 0])
+    hi, lo = cross_class_pairs(v, labels, [0.999, 0.5], block=2)
+    # (0, 1): classes 0 and 1, cosine 0.99995; (2, 3) is in one class; nothing else is close.
+    assert list(zip(hi.i, hi.j, strict=True)) == [(0, 1)]
+    assert list(zip(lo.i, lo.j, strict=True)) == [(0, 1)]
+    assert hi.similarity[0] == pytest.approx(1 / np.sqrt(1 + 1e-4), abs=1e-6)
+    assert not hi.exact.any()
+
+
+def test_exact_copies_in_two_classes_are_reported_at_every_threshold():
+    # Exact copies may even sit far apart in a space (a zero vector): pixels decide.
+    v = _unit([[1, 0], [0, 1], [0, 1], [1, 1]])
+    labels = np.array([0, 1, 2, 2])
+    hashes = np.array(["a", "b", "b", "a"])
+    (at_99,) = cross_class_pairs(v, labels, [0.99], pixel_hashes=hashes)
+    pairs = sorted(zip(at_99.i.tolist(), at_99.j.tolist(), at_99.exact.tolist(), strict=True))
+    # (0, 3): exact, classes 0 and 2; (1, 2): exact and cosine 1, listed once; (1, 3) no.
+    assert pairs == [(0, 3, True), (1, 2, True)]
+    assert at_99.similarity.tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_tiny_inputs(n):
+    v = _unit(np.ones((n, 4))) if n else np.zeros((0, 4), np.float32)
+    labels = np.arange(n)
+    (found,) = cross_class_pairs(v, labels, [0.9], pixel_hashes=np.array(["h"] * n))
+    assert len(found.i) == (1 if n == 2 else 0)
+    assert shared_space(np.ones((n, 8), np.float32)).shape[0] == n
+
+
+def test_shared_space_is_unit_and_centred():
+    rng = np.random.default_rng(0)
+    latents = rng.normal(5.0, 1.0, (300, 64)).astype(np.float32)
+    v = shared_space(latents, n_components=16)
+    assert v.shape == (300, 16)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    # Centred: independent images are not all alike (raw cosines here are ~0.96).
+    off = (v @ v.T)[np.triu_indices(300, 1)]
+    assert abs(float(off.mean())) < 0.05
+
+
+def test_pipeline_warns_about_planted_cross_class_copies(tmp_path):
+    source = tmp_path / "src"
+    generate_demo_dataset(source, seed=6, per_class=12, duplicate_fraction=0.0)
+    for extra in ("road", "urban", "water"):
+        shutil.rmtree(source / extra)
+    forest = sorted((source / "forest").glob("forest_0*.png"))
+    shutil.copy(forest[0], source / "desert" / "mislabelled_exact.png")
+    with Image.open(forest[1]) as img:  # a near copy, 5% brighter, filed as farmland
+        ImageEnhance.Brightness(img.convert("RGB")).enhance(1.05).save(
+            source / "farmland" / "mislabelled_near.png"
+        )
+    out = tmp_path / "out"
+    done = run_dedup(
+        "run",
+        "--source",
+        str(source),
+        "--output",
+        str(out),
+        "--thresholds",
+        "0.9",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    pairs = pl.read_parquet(out / "cross_class" / "0.9.parquet")
+    found = {
+        frozenset([(a, pa.split("/")[-1]), (b, pb.split("/")[-1])]): m
+        for a, pa, b, pb, m in pairs.select(
+            "class_a", "path_a", "class_b", "path_b", "match"
+        ).iter_rows()
+    }
+    exact = frozenset([("forest", forest[0].name), ("desert", "mislabelled_exact.png")])
+    near = frozenset([("forest", forest[1].name), ("farmland", "mislabelled_near.png")])
+    assert found.get(exact) == "exact"
+    assert found.get(near) == "near", pairs
+    assert "no_cross_class_duplicates" in done.stdout and "WARN" in done.stdout
+    assert "likely label errors" in done.stdout
