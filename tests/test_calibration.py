@@ -1,0 +1,36 @@
+"""False-removal budgets (core/calibration.py): decoys, nearest-decoy similarity, quantiles."""
+
+import numpy as np
+import pytest
+
+from dedup_assets.core.calibration import budget_thresholds, mirrored, nearest_decoy_similarity
+from dedup_assets.core.similarity import l2_normalize
+
+
+def test_mirrored_flips_each_image_and_leaves_the_input():
+    px = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    before = px.copy()
+    lr, tb = mirrored(px), mirrored(px, vertical=True)
+    assert np.array_equal(lr[:, :, 0], px[:, :, 3]) and np.array_equal(tb[:, 0], px[:, 3])
+    assert lr.flags.c_contiguous and np.array_equal(px, before)
+
+
+def test_nearest_decoy_similarity_is_the_row_maximum_in_blocks():
+    rng = np.random.default_rng(0)
+    v = l2_normalize(rng.normal(size=(300, 8)))
+    d = l2_normalize(rng.normal(size=(250, 8)))
+    got = nearest_decoy_similarity(v, d, block=16)
+    np.testing.assert_allclose(got, (v @ d.T).max(axis=1), rtol=1e-6)
+    assert nearest_decoy_similarity(v[:0], d).shape == (0,)
+
+
+def test_budget_cosine_leaves_at_most_the_budget_above_it():
+    null = np.linspace(0.0, 0.99, 1000)
+    t1, t5 = budget_thresholds(null, [0.01, 0.05])
+    assert (null > t1).sum() <= 10 and (null > t5).sum() <= 50
+    assert (null >= t1).sum() == 11  # the cosine is a sample value: the next one is over
+    assert t1 > t5
+    assert budget_thresholds(np.array([]), [0.01]) == [1.0]
+    assert budget_thresholds(np.full(5, 0.7), [0.01]) == [0.7]  # all tied: none strictly above
+    with pytest.raises(ValueError, match="budget"):
+        budget_thresholds(null, [0.0])
