@@ -210,12 +210,14 @@ def train_autoencoder(
     invariant: InvariantLoss | None = None,
     early_stopping: EarlyStopping | None = None,
     log: Callable[[str], None] | None = None,
+    on_check: Callable[[ConvAutoencoder, int, float], None] | None = None,
 ) -> TrainingResult:
     """Train Table 1 with Adam, shuffling with a seeded generator.
 
     `pixels` is the uint8 store (N, 64, 64, 3). `amp_dtype=torch.bfloat16` turns on
     autocast. With `early_stopping`, `epochs` is ignored: training runs until the
     held-out loss stops improving (see `EarlyStopping`); without it, exactly `epochs`.
+    `on_check(model, images_seen, held_out_loss)` is called at every early-stopping check.
     """
     if pixels.ndim != 4 or pixels.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
         raise ValueError(f"expected pixels of shape (N, 64, 64, 3), got {pixels.shape}")
@@ -291,6 +293,9 @@ def train_autoencoder(
                 since_check = 0
                 held = holdout_loss()
                 result.holdout_losses.append((seen, held))
+                if on_check is not None:
+                    on_check(model, seen, held)
+                    model.train()
                 if held < best * (1 - early_stopping.min_delta):
                     best, stale = held, 0
                 else:
