@@ -10,6 +10,14 @@ import pytest
 
 DEDUP = Path(sys.executable).with_name("dedup")
 
+# Under pytest-xdist each worker is one process per core: one thread each (and in the
+# `dedup` processes they start) instead of every worker's torch taking every core.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
 
 def run_dedup(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
     """Run the installed `dedup` entry point as a user would; text output captured."""

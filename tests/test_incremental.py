@@ -275,7 +275,8 @@ def test_cli_run_after_new_images_touches_only_their_class(materialized):
     _add_variants(materialized["source"] / "farmland", 4, prefix="cli")
     lines: list[str] = []
     outcome = run_pipeline(materialized["config"], instance, log=lines.append)
-    assert outcome.ok
+    # Every stage ran (the kurtosis gate's verdict on four new images is not the point here).
+    assert outcome.failures == [] and outcome.skipped == []
     runs = {s.name.split(":")[0]: s.runs for s in outcome.stages}
     assert runs["images"] >= 1 and "farmland" in outcome.changes
     assert outcome.training.startswith("model kept")

@@ -56,13 +56,22 @@ def fit_pca(x: np.ndarray, n_components: int) -> PCAFit:
         raise ValueError("PCA input contains NaN or infinite values")
     n, d = x.shape
     mean = x.mean(axis=0, dtype=np.float64)
-    cov = np.zeros((d, d), dtype=np.float64)
-    for start in range(0, n, _CHUNK):
-        c = (x[start : start + _CHUNK] - mean).astype(np.float32)
-        cov += (c.T @ c).astype(np.float64)
-    cov /= max(n - 1, 1)
-    evals, evecs = np.linalg.eigh(cov)
-    evals, evecs = evals[::-1].clip(min=0.0), evecs[:, ::-1]
+    if n < d:
+        # Fewer images than dimensions: diagonalise the n x n Gram matrix instead of the
+        # d x d covariance (same non-zero spectrum, eigenvectors C^T u / sqrt(lambda)).
+        c = x - mean
+        evals, u = np.linalg.eigh((c @ c.T) / max(n - 1, 1))
+        evals, u = evals[::-1].clip(min=0.0), u[:, ::-1]
+        scale = np.sqrt(np.maximum(evals * max(n - 1, 1), np.finfo(np.float64).tiny))
+        evecs = (c.T @ u) / scale
+    else:
+        cov = np.zeros((d, d), dtype=np.float64)
+        for start in range(0, n, _CHUNK):
+            c = (x[start : start + _CHUNK] - mean).astype(np.float32)
+            cov += (c.T @ c).astype(np.float64)
+        cov /= max(n - 1, 1)
+        evals, evecs = np.linalg.eigh(cov)
+        evals, evecs = evals[::-1].clip(min=0.0), evecs[:, ::-1]
     rank = int((evals > RANK_TOLERANCE * evals[0]).sum()) if evals[0] > 0 else 0
     k = int(max(0, min(n_components, n - 1, d, rank)))
     comps = evecs[:, :k].T.copy()
