@@ -12,6 +12,7 @@ Two parts, both in this process or its `dedup run` children, on the same machine
 
     python benchmarks/bench_invariance.py --planted /tmp/p9/es /tmp/p9/hy \
         [--trainings plain invariant] [--thresholds 0.85,0.9,0.93,0.95,0.97] [--work DIR]
+        [--epochs N] [--skip-cost]
 """
 
 import argparse
@@ -58,7 +59,7 @@ def step_cost(n_images: int = 2048, steps: int = 12, rounds: int = 2) -> dict:
     }
 
 
-def run_one(planted: Path, output: Path, training: str, thresholds: str) -> dict:
+def run_one(planted: Path, output: Path, training: str, thresholds: str, extra: list[str]) -> dict:
     if output.exists():
         shutil.rmtree(output)
     start = time.perf_counter()
@@ -76,6 +77,7 @@ def run_one(planted: Path, output: Path, training: str, thresholds: str) -> dict
             training,
             "--thresholds",
             thresholds,
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -87,7 +89,7 @@ def run_one(planted: Path, output: Path, training: str, thresholds: str) -> dict
     rows = list(csv.DictReader((output / "evaluation" / "evaluation.csv").open()))
     for r in rows:
         for k, v in r.items():
-            if k != "method":
+            if k not in ("method", "threshold"):
                 r[k] = float(v) if v not in ("", "NaN", "nan") else float("nan")
     import polars as pl
 
@@ -115,14 +117,15 @@ def run_one(planted: Path, output: Path, training: str, thresholds: str) -> dict
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--planted", type=Path, nargs="+", required=True)
+    p.add_argument("--planted", type=Path, nargs="*", default=[])
     p.add_argument("--trainings", nargs="+", default=["plain", "invariant"])
     p.add_argument("--thresholds", default="0.85,0.9,0.93,0.95,0.97")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_invariance"))
     p.add_argument("--skip-cost", action="store_true", help="skip the per-epoch cost part")
+    p.add_argument("--epochs", default=None, help="passed to dedup run (default: early stopping)")
     add_out_option(p)
     args = p.parse_args()
-    result: dict = {"thresholds": args.thresholds}
+    result: dict = {"thresholds": args.thresholds, "epochs": args.epochs or "early stopping"}
     if not args.skip_cost:
         result["cost"] = step_cost()
         c = result["cost"]
@@ -136,7 +139,10 @@ def main() -> None:
     for planted in args.planted:
         for training in args.trainings:
             name = f"{planted.name}/{training}"
-            r = run_one(planted, args.work / planted.name / training, training, args.thresholds)
+            extra = ["--epochs", args.epochs] if args.epochs else []
+            r = run_one(
+                planted, args.work / planted.name / training, training, args.thresholds, extra
+            )
             runs[name] = r
             t = r["training"]
             print(
@@ -148,7 +154,7 @@ def main() -> None:
             rows = [
                 (
                     e["method"],
-                    e["threshold"],
+                    str(e["threshold"]),
                     f"{e['average_precision']:.3f}",
                     f"{e['recall']:.3f}",
                     f"{e['false_removal_rate']:.4f}",

@@ -1,7 +1,7 @@
 """`dedup`: the pipeline as one command, for the demo dataset or any ImageFolder.
 
 dedup demo                      # built-in demo dataset -> ./dedup_output
-dedup run --source DIR --output DIR [--thresholds 0.93,0.95,0.97] [--epochs N] [--device auto]
+dedup run --source DIR --output DIR [--thresholds 0.93,0.95,0.97,1%] [--epochs N] [--device auto]
 dedup plant --source DIR --dest DIR [--fraction 0.05]   # planted near-duplicates + ground truth
 dedup ui --output DIR           # dagster dev on the same instance and data
 
@@ -43,8 +43,9 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
     p.add_argument(
         "--thresholds",
         default=None,
-        help="comma-separated cosine thresholds in (0, 1), one keep list each "
-        "(default 0.93,0.95,0.97)",
+        help="comma-separated thresholds, one keep list each: cosines in (0, 1), the same "
+        "in every class, or false-removal budgets like 1%% (at most that share of images "
+        "with no duplicate removed, calibrated per class) (default 0.93,0.95,0.97,1%%)",
     )
     p.add_argument(
         "--epochs",

@@ -24,10 +24,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dedup_assets.core.image_folder import DEFAULT_MAX_FILE_BYTES
+from dedup_assets.core.thresholds import parse_key
 from resources.compute_device import DEVICE_PATTERN, Precision
 from resources.settings import DedupSettings
 
-DEFAULT_THRESHOLDS = ("0.93", "0.95", "0.97")
+DEFAULT_THRESHOLDS = ("0.93", "0.95", "0.97", "1%")
+"""The paper's three cosines, and a 1% false-removal budget calibrated per class."""
 PIPELINE_FILE = "pipeline.json"
 FILE_VERSION = 1
 SAVED_FIELDS = ("source", "ground_truth", "thresholds", "max_file_bytes", "schedule", "method")
@@ -51,29 +53,27 @@ class ConfigError(ValueError):
 
 
 def parse_thresholds(value: str | Iterable[str | float] | None) -> tuple[str, ...]:
-    """Threshold keys from 'a,b,c' or a list, kept as written, sorted by value.
+    """Threshold keys from 'a,b,c' or a list, kept as written: cosines sorted by value,
+    then false-removal budgets ("1%") sorted by value.
 
-    Each must be a number strictly between 0 and 1 (a cosine similarity above which two
-    images are duplicates); two keys with the same value are refused.
+    A cosine must lie strictly between 0 and 1 (the similarity above which two images are
+    duplicates), a budget strictly between 0% and 100% (`core.thresholds`); two keys with
+    the same value are refused.
     """
     if value is None:
         return DEFAULT_THRESHOLDS
     items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
     keys = [t.strip() for t in items if t.strip()]
     if not keys:
-        raise ValueError("at least one threshold is needed, e.g. 0.95")
-    by_value: dict[float, str] = {}
+        raise ValueError("at least one threshold is needed, e.g. 0.95 or 1%")
+    by_value: dict[tuple[str, float], str] = {}
     for key in keys:
-        try:
-            number = float(key)
-        except ValueError:
-            raise ValueError(f"threshold {key!r} is not a number") from None
-        if not 0.0 < number < 1.0:
-            raise ValueError(f"threshold {key} must lie strictly between 0 and 1")
-        if number in by_value and by_value[number] != key:
-            raise ValueError(f"thresholds {by_value[number]} and {key} are the same value")
-        by_value[number] = key
-    return tuple(by_value[v] for v in sorted(by_value))
+        kind, number = parse_key(key)
+        if (kind, number) in by_value and by_value[(kind, number)] != key:
+            raise ValueError(f"thresholds {by_value[(kind, number)]} and {key} are the same value")
+        by_value[(kind, number)] = key
+    order = sorted(by_value, key=lambda kv: (kv[0] == "budget", kv[1]))
+    return tuple(by_value[kv] for kv in order)
 
 
 def _resolve(path: str) -> str:

@@ -22,6 +22,13 @@ def test_nearest_decoy_similarity_is_the_row_maximum_in_blocks():
     got = nearest_decoy_similarity(v, d, block=16)
     np.testing.assert_allclose(got, (v @ d.T).max(axis=1), rtol=1e-6)
     assert nearest_decoy_similarity(v[:0], d).shape == (0,)
+    # Without its own decoy: row i never sees decoy i.
+    mirror = v.copy()
+    s = v @ mirror.T
+    np.fill_diagonal(s, -np.inf)
+    got = nearest_decoy_similarity(v, mirror, block=16, own=False)
+    np.testing.assert_allclose(got, s.max(axis=1), rtol=1e-6)
+    assert (got < 0.9999).all()
 
 
 def test_budget_cosine_leaves_at_most_the_budget_above_it():

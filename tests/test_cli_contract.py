@@ -41,6 +41,7 @@ def small_source(tmp_path_factory):
     [
         (["--thresholds", "1.5"], "thresholds: threshold 1.5 must lie strictly between 0 and 1"),
         (["--thresholds", "0.9,high"], "threshold 'high' is not a number"),
+        (["--thresholds", "0%"], "false-removal budget 0% must lie strictly between"),
         (["--epochs", "-1"], "method.epochs: Input should be greater than or equal to 0"),
         (["--device", "gpu0"], "device: String should match pattern"),
         (["--precision", "fp8"], "precision: Input should be 'auto', 'fp32' or 'bf16'"),

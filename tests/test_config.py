@@ -23,7 +23,13 @@ def test_thresholds_are_kept_as_written_sorted_and_validated():
     assert parse_thresholds(None) == DEFAULT_THRESHOLDS
     assert parse_thresholds("0.97, 0.9,0.950") == ("0.9", "0.950", "0.97")
     assert parse_thresholds(["0.5", 0.25]) == ("0.25", "0.5")
+    # False-removal budgets come after the cosines, smallest first.
+    assert parse_thresholds("2%,0.95,0.5%") == ("0.95", "0.5%", "2%")
     for bad, message in [
+        ("0%", "between 0% and 100%"),
+        ("100%", "between 0% and 100%"),
+        ("x%", "not a number or a percentage"),
+        ("1%,1.0%", "same value"),
         ("0.9,high", "not a number"),
         ("1.0", "strictly between 0 and 1"),
         ("0", "strictly between 0 and 1"),

@@ -20,6 +20,7 @@ SCHEMA = {
     "similarity": pl.Float32,
     "match": pl.String,
     "space": pl.String,
+    "cosine": pl.Float64,
     "decided_at": pl.String,
     "decided_in": pl.String,
 }
@@ -47,6 +48,7 @@ def _keep(rows=ROWS) -> pl.DataFrame:
             "similarity": [r[4] for r in rows],
             "match": [None if r[2] else "near" for r in rows],
             "space": ["spline_copula"] * len(rows),
+            "cosine": [T] * len(rows),
             "decided_at": ["2026-11-27T00:00:00+00:00"] * len(rows),
             "decided_in": ["run"] * len(rows),
         },
@@ -119,14 +121,37 @@ def test_removed_points_to_missing_id():
 @pytest.mark.parametrize("sim", [0.9, 0.5, -0.2, None])
 def test_removed_with_similarity_not_above_threshold(sim):
     rows = _edit("a2", similarity=sim)
-    _has(keep_list_problems(_keep(rows), _catalog(), T), "1 removed images have similarity <= T")
+    _has(
+        keep_list_problems(_keep(rows), _catalog(), T),
+        "1 removed images have similarity <= their class's cosine",
+    )
 
 
 def test_similarity_just_above_threshold_in_float32_is_accepted():
     above = float(np.nextafter(np.float32(T), np.float32(1)))
     assert keep_list_problems(_keep(_edit("a2", similarity=above)), _catalog(), T) == []
     equal = float(np.float32(T))  # 0.899999976 <= 0.9
-    _has(keep_list_problems(_keep(_edit("a2", similarity=equal)), _catalog(), T), "<= T")
+    _has(
+        keep_list_problems(_keep(_edit("a2", similarity=equal)), _catalog(), T),
+        "<= their class's cosine",
+    )
+
+
+def test_a_budget_keep_list_is_checked_against_each_class_cosine():
+    # A budget ("1%") resolves to one cosine per class: A at 0.94, B at 0.90.
+    keep = _keep().with_columns(
+        pl.when(pl.col("class") == "A").then(0.94).otherwise(0.90).alias("cosine")
+    )
+    assert keep_list_problems(keep, _catalog()) == []  # a2 0.95 > 0.94, b2 0.91 > 0.90
+    low = keep.with_columns(
+        pl.when(pl.col("image_id") == "a2")
+        .then(0.93)
+        .otherwise(pl.col("similarity"))
+        .alias("similarity")
+    )
+    _has(keep_list_problems(low, _catalog()), "1 removed images have similarity <=")
+    # Checked as a cosine key, rows decided at another cosine are a problem.
+    _has(keep_list_problems(keep, _catalog(), T), "rows were decided at a cosine other than")
 
 
 def test_missing_catalogued_image():
@@ -187,7 +212,7 @@ def test_every_defect_at_once_is_reported():
         "kept images must have empty duplicate_of",
         "1 removed images do not point",
         "1 removed images point to a kept image of another class",
-        "1 removed images have similarity <= T",
+        "1 removed images have similarity <= their class's cosine",
     )
 
 
@@ -218,6 +243,7 @@ def _decided_keep_list(seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
                     "similarity": [None if np.isnan(v) else float(v) for v in d.similarity],
                     "match": np.where(d.kept, None, np.where(d.exact, "exact", "near")).tolist(),
                     "space": ["raw"] * 60,
+                    "cosine": [T] * 60,
                     "decided_at": ["2026-11-27T00:00:00+00:00"] * 60,
                     "decided_in": ["run"] * 60,
                 },

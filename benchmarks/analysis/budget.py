@@ -70,7 +70,7 @@ def main() -> None:
             data, latents=encode_images(model, decoy_pixels), pixels=decoy_pixels
         )
         d = vectorise(decoy, args.space)
-        null = nearest_decoy_similarity(v, d)
+        null = nearest_decoy_similarity(v, d, own=False)
         index = {i: k for k, i in enumerate(data.image_ids.tolist())}
         rows = [
             (index[a], index[b], t) for a, b, t in edges.get(c.key, []) if a in index and b in index

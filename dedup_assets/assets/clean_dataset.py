@@ -18,6 +18,7 @@ from dedup_assets.core.artifacts import (
 from dedup_assets.core.atomic_io import atomic_dir
 from dedup_assets.core.integrity import keep_list_problems
 from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.thresholds import cosine_of
 from resources import DedupSettings, DedupStorage, ImageSource
 
 _COPIERS = {
@@ -86,7 +87,7 @@ def build_clean_dataset_asset(
         gate_verdict(layout, threshold, keep_digest)
         keep = read_keep_list(layout.keep_list(threshold))
         catalog = catalog_images(read_catalog(layout))
-        problems = keep_list_problems(keep, catalog, float(threshold))
+        problems = keep_list_problems(keep, catalog, cosine_of(threshold))
         if problems:
             raise GateBlocked(f"the keep list T={threshold} fails its integrity check: {problems}")
         kept = keep.filter(pl.col("kept")).join(

@@ -16,7 +16,8 @@ from dedup_assets.core.artifacts import (
     write_table,
 )
 from dedup_assets.core.artifacts import read_latents as read_class_latents
-from dedup_assets.core.cross_class import cross_class_pairs, shared_space
+from dedup_assets.core.cross_class import SharedSpace, cross_class_pairs
+from dedup_assets.core.thresholds import budget_of
 from dedup_assets.ui import md_table
 from resources import DedupSettings, DedupStorage
 
@@ -80,11 +81,18 @@ def build_cross_class_asset(
         )
         hashes = _pixel_hashes(layout, images)
         latents = np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
-        vectors = shared_space(latents, seed=settings.seed)
+        space = SharedSpace.fit(latents, seed=settings.seed) if len(latents) else None
+        vectors = space.project(latents) if space else np.zeros((0, 1), np.float32)
+        budget = budget_of(threshold)
+        cosine = (
+            float(threshold)
+            if budget is None
+            else _budget_cosine(layout, images, space, vectors, budget, settings.block_size)
+        )
         found = cross_class_pairs(
             vectors,
             np.concatenate(labels) if labels else np.zeros(0, np.int32),
-            [float(threshold)],
+            [cosine],
             pixel_hashes=hashes,
             block=settings.block_size,
         )[0]
@@ -109,6 +117,7 @@ def build_cross_class_asset(
         return dg.MaterializeResult(
             metadata={
                 "pairs": pairs.height,
+                "cosine": cosine,
                 "exact_pairs": int(found.exact.sum()),
                 "images": len(vectors),
                 "seconds": round(seconds, 2),
@@ -147,6 +156,35 @@ def build_cross_class_asset(
         )
 
     return cross_class_duplicates, no_cross_class_duplicates
+
+
+def _budget_cosine(layout, images: pl.DataFrame, space, vectors, budget: float, block: int):
+    """A budget in the shared space: the quantile of every image's similarity to the
+    nearest mirrored other image (`core.calibration`), over all classes together."""
+    from dedup_assets.core.artifacts import catalog_images, open_pixels, read_catalog
+    from dedup_assets.core.autoencoder import encode_images, load_state
+    from dedup_assets.core.calibration import (
+        budget_thresholds,
+        mirrored,
+        nearest_decoy_similarity,
+    )
+
+    if space is None or len(vectors) < 2:
+        return 1.0
+    model = load_state(layout.model)
+    rows = images.join(
+        catalog_images(read_catalog(layout)).select("image_id", "class_key", "row"),
+        on="image_id",
+        how="left",
+        maintain_order="left",
+    )
+    decoys = []
+    for key in rows["class_key"].unique(maintain_order=True).to_list():
+        at = rows.filter(pl.col("class_key") == key)["row"].to_numpy()
+        pixels = mirrored(np.asarray(open_pixels(layout, key)[at]))
+        decoys.append(space.project(encode_images(model, pixels)))
+    null = nearest_decoy_similarity(vectors, np.concatenate(decoys), block, own=False)
+    return budget_thresholds(null, [budget])[0]
 
 
 def _pixel_hashes(layout, images: pl.DataFrame) -> np.ndarray:

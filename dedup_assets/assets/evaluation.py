@@ -20,7 +20,7 @@ def build_evaluation_asset(
     thresholds_def: dg.StaticPartitionsDefinition,
 ) -> dg.AssetsDefinition:
     """dedup_evaluation, scored at the configured thresholds."""
-    thresholds = [float(t) for t in thresholds_def.get_partition_keys()]
+    thresholds = list(thresholds_def.get_partition_keys())
 
     @dg.asset(
         group_name="evaluation",
@@ -53,7 +53,7 @@ def _evaluate(
     image_source: ImageSource,
     storage: DedupStorage,
     settings: DedupSettings,
-    thresholds: list[float],
+    thresholds: list[str],
 ) -> dg.MaterializeResult:
     layout = storage.layout()
     gt = image_source.ground_truth_path()

@@ -27,9 +27,12 @@ from dedup_assets.core.artifacts import (
     write_table,
 )
 from dedup_assets.core.atomic_io import write_bytes, write_csv, write_json, write_text
+from dedup_assets.core.autoencoder import load_state
+from dedup_assets.core.calibration import class_budget_cosines
 from dedup_assets.core.class_decision import PriorDecision, decide_class
 from dedup_assets.core.integrity import keep_list_problems
 from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.thresholds import budget_of, cosine_of
 from dedup_assets.partitions import class_partitions
 from dedup_assets.ui import image_metadata, md_table
 from resources import DedupSettings, DedupStorage
@@ -87,6 +90,30 @@ def prior_decisions(
     return priors, tables
 
 
+def resolve_cosines(
+    layout: OutputLayout, data, thresholds: Sequence[str], settings: DedupSettings
+) -> list[float]:
+    """The cosine of each threshold key for this class: as written, or a budget ("1%")
+    calibrated on the class's mirrored images (`core.calibration`)."""
+    budgets = [budget_of(t) for t in thresholds]
+    wanted = [b for b in budgets if b is not None]
+    resolved: dict[float, float] = {}
+    if wanted:
+        model = load_state(layout.model)
+        resolved = dict(
+            zip(
+                wanted,
+                class_budget_cosines(
+                    data, model, settings.similarity_space, wanted, block=settings.block_size
+                ),
+                strict=True,
+            )
+        )
+    return [
+        float(t) if b is None else resolved[b] for t, b in zip(thresholds, budgets, strict=True)
+    ]
+
+
 def decide_class_keep_lists(
     layout: OutputLayout,
     key: str,
@@ -103,7 +130,15 @@ def decide_class_keep_lists(
     With `stable` (the default), earlier decisions are kept and only new images are decided
     (see `class_decision.keep_decisions`); each row says when and in which run it was made.
     """
-    table, data = load_class_data(layout, key, current, space=settings.similarity_space)
+    budgets = [budget_of(t) for t in thresholds]
+    table, data = load_class_data(
+        layout,
+        key,
+        current,
+        space=settings.similarity_space,
+        with_pixels=any(b is not None for b in budgets),
+    )
+    cosines = resolve_cosines(layout, data, thresholds, settings)
     priors, earlier = (
         prior_decisions(layout, key, thresholds, settings, data.image_ids)
         if stable
@@ -112,7 +147,7 @@ def decide_class_keep_lists(
     start = time.perf_counter()
     decisions = decide_class(
         data,
-        [float(t) for t in thresholds],
+        cosines,
         space=settings.similarity_space,
         policy=settings.keep_policy,
         block=settings.block_size,
@@ -162,14 +197,16 @@ def decide_class_keep_lists(
                 ),
                 "match": pl.Series(match.tolist(), dtype=pl.String),
                 "space": pl.Series([d.space] * len(ids), dtype=pl.String),
+                "cosine": pl.Series([d.threshold] * len(ids), dtype=pl.Float64),
                 "decided_at": made["decided_at"],
                 "decided_in": made["decided_in"],
             }
         ).select(KEEP_LIST_COLUMNS)
         if log is not None:
             carried = int(d.carried.sum()) if d.carried is not None else 0
+            at = f"{t} (cosine {d.threshold:.4f})" if budget_of(t) is not None else t
             log(
-                f"{key} @ T={t}: kept {d.n_kept:,} of {len(ids):,} in space {d.space} "
+                f"{key} @ T={at}: kept {d.n_kept:,} of {len(ids):,} in space {d.space} "
                 f"({int(d.exact.sum())} exact copies removed; {carried:,} earlier decisions "
                 f"kept, {len(ids) - carried:,} decided now)"
             )
@@ -398,7 +435,7 @@ def build_keep_list_assets(
         threshold = context.partition_key
         keep = pl.read_parquet(layout.keep_list(threshold))
         catalog = catalog_images(read_catalog(layout))
-        problems = keep_list_problems(keep, catalog, float(threshold))
+        problems = keep_list_problems(keep, catalog, cosine_of(threshold))
         return dg.AssetCheckResult(
             passed=not problems,
             metadata={

@@ -35,6 +35,7 @@ KEEP_LIST_COLUMNS = (
     "similarity",
     "match",
     "space",
+    "cosine",
     "decided_at",
     "decided_in",
 )

@@ -10,20 +10,27 @@ image is a plausible image of the class (aerial scenes and photos alike) with th
 statistics, and it is a duplicate of nothing: the invariant training never shows the
 model a flip unless `hflip` is turned on (then mirror top to bottom instead). So
 
-    null_i = max_j cos(v_i, decoy_j)        over all n decoys of the class,
+    null_i = max_{j != i} cos(v_i, decoy_j)      over the class's other decoys,
 
-is the similarity of image i to its nearest unrelated image among n, and the budget's
+is the similarity of image i to its nearest unrelated image among n - 1 (its own mirror is
+left out: a nearly symmetric scene is close to its mirror), and the budget's
 cosine is the (1 - b) quantile of null over the class: a share b of images without a
 duplicate would have a neighbour above it. The join is blocked like every other.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dedup_assets.core.similarity import DEFAULT_BLOCK, block_rows
+
+if TYPE_CHECKING:
+    from dedup_assets.core.autoencoder import ConvAutoencoder
+    from dedup_assets.core.class_decision import ClassData
 
 
 def mirrored(pixels: np.ndarray, vertical: bool = False) -> np.ndarray:
@@ -32,9 +39,13 @@ def mirrored(pixels: np.ndarray, vertical: bool = False) -> np.ndarray:
 
 
 def nearest_decoy_similarity(
-    vectors: np.ndarray, decoys: np.ndarray, block: int = DEFAULT_BLOCK
+    vectors: np.ndarray, decoys: np.ndarray, block: int = DEFAULT_BLOCK, *, own: bool = True
 ) -> np.ndarray:
-    """For each unit row of vectors, its largest cosine with any unit row of decoys."""
+    """For each unit row of vectors, its largest cosine with any unit row of decoys.
+
+    own=False skips decoy i for row i (decoys made from the rows themselves): an image's
+    own mirror is not an unrelated image when the scene is nearly symmetric.
+    """
     n = len(vectors)
     out = np.full(n, -1.0, dtype=np.float32)
     if n == 0 or len(decoys) == 0:
@@ -42,6 +53,9 @@ def nearest_decoy_similarity(
     rows = block_rows(len(decoys), block)
     for start in range(0, n, rows):
         s = vectors[start : start + rows] @ decoys.T
+        if not own:
+            r = np.arange(len(s))
+            s[r, start + r] = -np.inf
         out[start : start + len(s)] = s.max(axis=1)
     return out
 
@@ -49,9 +63,14 @@ def nearest_decoy_similarity(
 def budget_thresholds(null: np.ndarray, budgets: Sequence[float]) -> list[float]:
     """The cosine of each budget: the (1 - b) quantile of the nearest-decoy similarities
     (higher, never interpolated: at most a share b lies strictly above it)."""
+    null = np.asarray(null, dtype=np.float64)
+    null = null[np.isfinite(null)]  # an image with no other decoy (a class of one)
     if len(null) == 0:
+        for b in budgets:
+            if not 0.0 < b < 1.0:
+                raise ValueError(f"a false-removal budget must lie in (0, 1), got {b}")
         return [1.0 for _ in budgets]
-    ordered = np.sort(np.asarray(null, dtype=np.float64))
+    ordered = np.sort(null)
     out = []
     for b in budgets:
         if not 0.0 < b < 1.0:
@@ -59,3 +78,41 @@ def budget_thresholds(null: np.ndarray, budgets: Sequence[float]) -> list[float]
         allowed = int(np.floor(b * len(ordered)))  # images that may lie above the cosine
         out.append(float(min(1.0, ordered[len(ordered) - 1 - allowed])))
     return out
+
+
+def _same_width(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad the narrower of two embeddings (an origin axis may exist in one only)."""
+    width = max(a.shape[1], b.shape[1])
+    pad = [np.pad(x, ((0, 0), (0, width - x.shape[1]))) for x in (a, b)]
+    return pad[0], pad[1]
+
+
+def class_budget_cosines(
+    data: ClassData,
+    model: ConvAutoencoder,
+    space: str,
+    budgets: Sequence[float],
+    *,
+    vertical: bool = False,
+    device: str = "cpu",
+    block: int = DEFAULT_BLOCK,
+    decoy_latents: np.ndarray | None = None,
+) -> list[float]:
+    """The cosine of each budget for one class in `space` (or the space it falls back to):
+    its images' mirrors are encoded with `model` and embedded with the class's own fit,
+    and the budget's quantile of the nearest-mirror similarities is read (module doc).
+    `data.pixels` must be loaded; `decoy_latents` (the mirrors' latents, in input order)
+    saves encoding them again when several spaces are calibrated."""
+    from dedup_assets.core.autoencoder import encode_images
+    from dedup_assets.core.class_decision import vectorise
+
+    if data.pixels is None:
+        raise ValueError("budget cosines need the class's pixels")
+    if len(data.image_ids) < 2:
+        return budget_thresholds(np.zeros(0), budgets)
+    decoy_pixels = mirrored(np.asarray(data.pixels), vertical)
+    if decoy_latents is None:
+        decoy_latents = encode_images(model, decoy_pixels, device=device)
+    decoy = dataclasses.replace(data, latents=decoy_latents, pixels=decoy_pixels)
+    v, d = _same_width(vectorise(data, space), vectorise(decoy, space))
+    return budget_thresholds(nearest_decoy_similarity(v, d, block, own=False), budgets)

@@ -24,32 +24,54 @@ SAMPLE_FOR_AXES = 20_000
 DEFAULT_COMPONENTS = 128
 
 
+@dataclass(frozen=True)
+class SharedSpace:
+    """Centre and leading axes of every image's latents: one space for all classes."""
+
+    mean: np.ndarray
+    axes: np.ndarray | None  # (d, k); None: too few images for axes (centring only)
+
+    @classmethod
+    def fit(
+        cls, latents: np.ndarray, n_components: int = DEFAULT_COMPONENTS, seed: int = 0
+    ) -> SharedSpace:
+        x = np.asarray(latents, dtype=np.float32)
+        if len(x) == 0:
+            return cls(np.zeros(x.shape[1] if x.ndim == 2 else 1, np.float32), None)
+        rng = np.random.default_rng(seed)
+        sample = x if len(x) <= SAMPLE_FOR_AXES else x[rng.choice(len(x), SAMPLE_FOR_AXES, False)]
+        mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
+        centred = sample - mean
+        k = int(min(n_components, *centred.shape))
+        if k < 1:
+            return cls(mean, None)
+        # Randomized range finder with two power iterations: the sample's leading k axes.
+        q = centred.T @ rng.standard_normal((len(centred), k + 8)).astype(np.float32)
+        for _ in range(2):
+            q, _ = np.linalg.qr(q)
+            q = centred.T @ (centred @ q)
+        q, _ = np.linalg.qr(q)
+        _, _, vt = np.linalg.svd(centred @ q, full_matrices=False)
+        return cls(mean, (q @ vt.T)[:, :k])
+
+    def project(self, latents: np.ndarray) -> np.ndarray:
+        """Unit vectors of `latents` in this space (chunked: no N x 1024 temporary)."""
+        x = np.asarray(latents, dtype=np.float32)
+        if self.axes is None:
+            return l2_normalize(x - self.mean) if len(x) else np.zeros((0, 1), np.float32)
+        out = np.empty((len(x), self.axes.shape[1]), dtype=np.float32)
+        for start in range(0, len(x), 65_536):
+            out[start : start + 65_536] = (x[start : start + 65_536] - self.mean) @ self.axes
+        return l2_normalize(out)
+
+
 def shared_space(
     latents: np.ndarray, n_components: int = DEFAULT_COMPONENTS, seed: int = 0
 ) -> np.ndarray:
     """Unit vectors of every image in one space shared by all classes (see module doc)."""
-    x = np.asarray(latents, dtype=np.float32)
-    if len(x) == 0:
+    if len(latents) == 0:
         return np.zeros((0, 1), dtype=np.float32)
-    rng = np.random.default_rng(seed)
-    sample = x if len(x) <= SAMPLE_FOR_AXES else x[rng.choice(len(x), SAMPLE_FOR_AXES, False)]
-    mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
-    centred = sample - mean
-    k = int(min(n_components, *centred.shape))
-    if k < 1:
-        return l2_normalize(x - mean)
-    # Randomized range finder with two power iterations: the leading k axes of the sample.
-    q = centred.T @ rng.standard_normal((len(centred), k + 8)).astype(np.float32)
-    for _ in range(2):
-        q, _ = np.linalg.qr(q)
-        q = centred.T @ (centred @ q)
-    q, _ = np.linalg.qr(q)
-    _, _, vt = np.linalg.svd(centred @ q, full_matrices=False)
-    axes = (q @ vt.T)[:, :k]
-    out = np.empty((len(x), k), dtype=np.float32)
-    for start in range(0, len(x), 65_536):  # project in chunks: no N x 1024 temporary
-        out[start : start + 65_536] = (x[start : start + 65_536] - mean) @ axes
-    return l2_normalize(out)
+    return SharedSpace.fit(latents, n_components, seed).project(latents)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ negative. Average precision ranks all within-class pairs of all classes together
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,69 +93,87 @@ def _pair_scores(x: np.ndarray, pairs: np.ndarray, block: int) -> np.ndarray:
 def evaluate_method(
     name: str,
     classes: Sequence[ClassPairs],
-    thresholds: Sequence[float],
+    thresholds: Sequence[float | Mapping[str, float]],
     *,
     block: int = DEFAULT_BLOCK,
+    labels: Sequence[str] | None = None,
 ) -> MethodEvaluation:
-    """Average precision over all within-class pairs, and recall/precision/removals per T."""
-    pos_scores = [_pair_scores(c.vectors, c.positives, block) for c in classes if len(c.positives)]
-    pos = np.sort(np.concatenate(pos_scores))[::-1] if pos_scores else np.zeros(0, np.float32)
+    """Average precision over all within-class pairs, and recall/precision/removals per T.
+
+    A threshold is one cosine for every class, or a mapping class name -> cosine (a
+    false-removal budget resolved per class). labels: what each threshold is called in
+    the rows (default: the cosine).
+    """
+    class_pos = [_pair_scores(c.vectors, c.positives, block) for c in classes]
+    nonempty = [p for p in class_pos if len(p)]
+    pos = np.sort(np.concatenate(nonempty))[::-1] if nonempty else np.zeros(0, np.float32)
     n_pairs = sum(len(c.vectors) * (len(c.vectors) - 1) // 2 for c in classes)
-    thresholds = [float(t) for t in thresholds]
-    probe = np.concatenate([pos, np.nextafter(np.float32(thresholds), np.float32(2))]).astype(
-        np.float32
-    )
-    counts = np.zeros(len(probe), dtype=np.int64)
+    counts = np.zeros(len(pos), dtype=np.int64)
     for c in classes:
-        if len(c.vectors) > 1:
-            counts += count_pairs_above(c.vectors, probe, block, inclusive=True)
-    at_pos, above_t = counts[: len(pos)], counts[len(pos) :]
+        if len(c.vectors) > 1 and len(pos):
+            counts += count_pairs_above(c.vectors, pos, block, inclusive=True)
     # Positives scoring >= each positive: tied scores share one operating point, as in
     # scikit-learn's average_precision_score.
     ascending = pos[::-1]
     tp_at = len(pos) - np.searchsorted(ascending, pos, side="left")
-    precision = tp_at / np.maximum(at_pos, 1)
+    precision = tp_at / np.maximum(counts, 1)
     recall = tp_at / max(len(pos), 1)
     ap = float(precision.mean()) if len(pos) else float("nan")
-
     evaluation = MethodEvaluation(name, ap, len(pos), n_pairs, recall, precision)
-    # Recall per planted transform: the share of its (original, copy) rows scoring above T.
-    by_transform: dict[str, list[np.ndarray]] = {}
-    for c in classes:
-        if c.known is None or not len(c.known):
-            continue
-        scores = _pair_scores(c.vectors, np.sort(c.known, axis=1), block)
-        for t in sorted(set(c.known_transforms)):
-            mask = np.asarray(c.known_transforms) == t
-            by_transform.setdefault(t, []).append(scores[mask])
-    transform_scores = {t: np.concatenate(v) for t, v in sorted(by_transform.items())}
-    evaluation.transforms = {t: len(v) for t, v in transform_scores.items()}
-    decided = [
-        keep_decisions(c.vectors, c.order, c.hashes(), thresholds, block=min(block, 2048))
+
+    def cosine(t, c: ClassPairs) -> float:
+        return float(t[c.name]) if isinstance(t, Mapping) else float(t)
+
+    # Per class: its cosine at every threshold, pairs above each, known rows per transform.
+    per_class_t = [np.array([cosine(t, c) for t in thresholds], dtype=np.float64) for c in classes]
+    flagged = np.zeros(len(thresholds), dtype=np.int64)
+    for c, ts in zip(classes, per_class_t, strict=True):
+        if len(c.vectors) > 1 and len(ts):
+            probe = np.nextafter(ts.astype(np.float32), np.float32(2))
+            flagged += count_pairs_above(c.vectors, probe, block, inclusive=True)
+    known_scores = [
+        _pair_scores(c.vectors, np.sort(c.known, axis=1), block)
+        if c.known is not None and len(c.known)
+        else np.zeros(0, np.float32)
         for c in classes
     ]
-    for k, (t, flagged) in enumerate(zip(thresholds, above_t, strict=True)):
-        tp = int((pos > t).sum())
+    transforms = sorted({t for c in classes for t in c.known_transforms})
+    evaluation.transforms = {
+        t: sum(int((np.asarray(c.known_transforms) == t).sum()) for c in classes)
+        for t in transforms
+    }
+    decided = [
+        keep_decisions(c.vectors, c.order, c.hashes(), ts.tolist(), block=min(block, 2048))
+        for c, ts in zip(classes, per_class_t, strict=True)
+    ]
+    for k, t in enumerate(thresholds):
+        tp = sum(int((p > ts[k]).sum()) for p, ts in zip(class_pos, per_class_t, strict=True))
+        hits = dict.fromkeys(transforms, 0)
         removed = removed_known = kept_clean = n_clean = 0
-        for c, decisions in zip(classes, decided, strict=True):
+        for c, ts, scores, decisions in zip(
+            classes, per_class_t, known_scores, decided, strict=True
+        ):
+            for name_t, hit in zip(c.known_transforms, scores > ts[k], strict=True):
+                hits[name_t] += int(hit)
             decision = decisions[k]
             gone = ~decision.kept
             removed += int(gone.sum())
             removed_known += int((gone & c.in_ground_truth).sum())
             kept_clean += int((decision.kept & ~c.in_ground_truth).sum())
             n_clean += int((~c.in_ground_truth).sum())
+        n_flagged = int(flagged[k])
         evaluation.per_threshold.append(
             {
-                "threshold": t,
+                "threshold": labels[k] if labels is not None else float(t),
                 "recall": tp / max(len(pos), 1),
-                "precision": tp / flagged if flagged else float("nan"),
-                "pairs_flagged": int(flagged),
+                "precision": tp / n_flagged if n_flagged else float("nan"),
+                "pairs_flagged": n_flagged,
                 "images_removed": removed,
                 "removed_in_ground_truth": removed_known,
                 "unrelated_kept_fraction": kept_clean / n_clean if n_clean else float("nan"),
                 "false_removal_rate": 1 - kept_clean / n_clean if n_clean else float("nan"),
             }
-            | {f"recall_{name}": float((v > t).mean()) for name, v in transform_scores.items()}
+            | {f"recall_{n}": hits[n] / evaluation.transforms[n] for n in transforms}
         )
     return evaluation
 
@@ -191,7 +209,7 @@ def ground_truth_edges(
 def evaluate_against_ground_truth(
     layout,
     ground_truth_path,
-    thresholds: Sequence[float],
+    thresholds: Sequence[str | float],
     *,
     methods: Sequence[str] = METHODS,
     keep_policy: str = "density",
@@ -201,6 +219,9 @@ def evaluate_against_ground_truth(
 ) -> tuple[list[MethodEvaluation], dict]:
     """Score every similarity space and the pHash baseline on the same images.
 
+    thresholds: keys, cosines ("0.95") or false-removal budgets ("1%"); a budget is
+    resolved per class and per method (each space has its own scale), with the stored
+    model encoding the class's mirrored images (`core.calibration`).
     current: a CurrentInputs; when given, latents and fits must be current (not stale).
     """
     from dedup_assets.core.artifacts import (
@@ -209,8 +230,10 @@ def evaluate_against_ground_truth(
         load_class_data,
         read_catalog,
     )
+    from dedup_assets.core.calibration import class_budget_cosines
     from dedup_assets.core.class_decision import class_order, vectorise
     from dedup_assets.core.planting import read_ground_truth
+    from dedup_assets.core.thresholds import budget_of
 
     full_catalog = read_catalog(layout)
     catalog = catalog_images(full_catalog)
@@ -218,11 +241,41 @@ def evaluate_against_ground_truth(
     edges, unmatched = ground_truth_edges(
         catalog, read_ground_truth(ground_truth_path), class_key_of, with_transforms=True
     )
+    keys = [str(t) for t in thresholds]
+    budgets = [budget_of(k) for k in keys]
+    wanted = sorted({b for b in budgets if b is not None})
+    model = None
+    if wanted:
+        from dedup_assets.core.autoencoder import load_state
+
+        model = load_state(layout.model)
+    # method -> threshold index -> class key -> cosine (budget keys only)
+    resolved: dict[str, dict[int, dict[str, float]]] = {m: {} for m in methods}
     per_method: dict[str, list[ClassPairs]] = {m: [] for m in methods}
     for key in sorted(set(catalog["class_key"].to_list())):
         _, data = load_class_data(
-            layout, key, current, with_pixels="phash" in methods, catalog=full_catalog
+            layout,
+            key,
+            current,
+            with_pixels="phash" in methods or bool(wanted),
+            catalog=full_catalog,
         )
+        if wanted:
+            from dedup_assets.core.autoencoder import encode_images
+            from dedup_assets.core.calibration import mirrored
+
+            mirrors = encode_images(model, mirrored(np.asarray(data.pixels)))
+            for method in methods:
+                cos = dict(
+                    zip(
+                        wanted,
+                        class_budget_cosines(data, model, method, wanted, decoy_latents=mirrors),
+                        strict=True,
+                    )
+                )
+                for k, b in enumerate(budgets):
+                    if b is not None:
+                        resolved[method].setdefault(k, {})[key] = cos[b]
         ids = data.image_ids.tolist()
         index = {i: k for k, i in enumerate(ids)}
         rows = [
@@ -246,7 +299,19 @@ def evaluate_against_ground_truth(
             )
         if log is not None:
             log(f"evaluation: prepared {key} ({len(ids)} images, {len(pairs)} known pairs)")
-    results = [evaluate_method(m, per_method[m], thresholds, block=block) for m in methods]
+    results = [
+        evaluate_method(
+            m,
+            per_method[m],
+            [
+                float(k) if b is None else resolved[m][i]
+                for i, (k, b) in enumerate(zip(keys, budgets, strict=True))
+            ],
+            block=block,
+            labels=keys,
+        )
+        for m in methods
+    ]
     info = {
         "ground_truth_rows_unmatched": unmatched,
         "known_pairs": results[0].n_positive_pairs if results else 0,

@@ -33,12 +33,16 @@ def latent_problems(
     return problems
 
 
-def keep_list_problems(keep: pl.DataFrame, catalog_ok: pl.DataFrame, threshold: float) -> list[str]:
+def keep_list_problems(
+    keep: pl.DataFrame, catalog_ok: pl.DataFrame, threshold: float | None = None
+) -> list[str]:
     """A keep list must account for every image once, empty no class, and justify each removal.
 
     catalog_ok: the decoded images (columns image_id, class, optionally pixel_hash). Every
-    removed image must name a kept image of the same class with similarity > threshold; an
-    exact copy must have the same pixels as the image it names, and similarity 1.0.
+    removed image must name a kept image of the same class with similarity above its row's
+    `cosine` (the class's threshold: a budget resolves to one cosine per class); an exact
+    copy must have the same pixels as the image it names, and similarity 1.0. With
+    `threshold` (a cosine key), every row's cosine must also be that threshold.
     """
     problems: list[str] = []
     missing_cols = [c for c in KEEP_LIST_COLUMNS if c not in keep.columns]
@@ -91,9 +95,19 @@ def keep_list_problems(keep: pl.DataFrame, catalog_ok: pl.DataFrame, threshold: 
     )
     if cross.height:
         problems.append(f"{cross.height} removed images point to a kept image of another class")
-    weak = removed.filter(pl.col("similarity").is_null() | (pl.col("similarity") <= threshold))
+    if threshold is not None:
+        other = keep.filter((pl.col("cosine") - threshold).abs() > 1e-9)
+        if other.height:
+            problems.append(f"{other.height} rows were decided at a cosine other than {threshold}")
+    weak = removed.filter(
+        pl.col("similarity").is_null()
+        | pl.col("cosine").is_null()
+        | (pl.col("similarity") <= pl.col("cosine"))
+    )
     if weak.height:
-        problems.append(f"{weak.height} removed images have similarity <= T = {threshold}")
+        problems.append(
+            f"{weak.height} removed images have similarity <= their class's cosine threshold"
+        )
     if "pixel_hash" in catalog_ok.columns:
         hashes = catalog_ok.select("image_id", "pixel_hash")
         exact = (

@@ -390,8 +390,18 @@ def _density_grid(joined: pl.DataFrame, component: int, threshold: str, bin_rule
 
 
 def summary_markdown(summaries: list[dict]) -> str:
-    """Tables 2 and 3 across thresholds (highest T first), beside the paper's values."""
-    summaries = sorted(summaries, key=lambda s: -float(s["threshold"]))
+    """Tables 2 and 3 across thresholds (highest T first, then budgets, smallest first),
+    beside the paper's values."""
+    from dedup_assets.core.thresholds import budget_of, cosine_of
+
+    summaries = sorted(
+        summaries,
+        key=lambda s: (
+            (0, -cosine_of(s["threshold"]))
+            if budget_of(s["threshold"]) is None
+            else (1, budget_of(s["threshold"]))
+        ),
+    )
     n0 = summaries[0]["images_before"]
     p0 = PAPER_TABLE_2["no removal"]
     out = [
