@@ -1,6 +1,7 @@
 """AP of planted pairs against training images seen, for one objective, in process.
 
 python benchmarks/analysis/ap_vs_training.py PLANTED_DIR plain|invariant IMAGES [CHECK_EVERY]
+    [CONTRAST_WEIGHT] [TEMPERATURE]
 
 Decodes the planted folder (64x64, bilinear), trains the Table 1 network for about IMAGES
 images, and at every early-stopping check (every CHECK_EVERY images, default 2048; the
@@ -76,7 +77,14 @@ def main() -> None:
         patience=10**9,
         min_delta=0.0,
     )
-    A.train_autoencoder(pixels, objective=objective, early_stopping=rule, on_check=on_check)
+    loss = A.InvariantLoss(
+        contrast_weight=float(sys.argv[5]) if len(sys.argv) > 5 else 0.05,
+        temperature=float(sys.argv[6]) if len(sys.argv) > 6 else 0.1,
+    )
+    print(f"contrast weight {loss.contrast_weight}, temperature {loss.temperature}", flush=True)
+    A.train_autoencoder(
+        pixels, objective=objective, invariant=loss, early_stopping=rule, on_check=on_check
+    )
 
 
 if __name__ == "__main__":
