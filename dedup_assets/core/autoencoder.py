@@ -177,7 +177,7 @@ class InvariantLoss:
     """Denoising reconstruction plus `contrast_weight` times the contrastive term."""
 
     mix: AugmentationMix = DEFAULT_AUGMENTATION
-    contrast_weight: float = 0.2
+    contrast_weight: float = 0.05
     temperature: float = 0.1
 
     def __call__(
