@@ -12,7 +12,6 @@ from dedup_assets.assets.latents import class_latents
 from dedup_assets.core.artifacts import (
     CurrentInputs,
     class_names,
-    require_current,
     write_table,
 )
 from dedup_assets.core.artifacts import read_latents as read_class_latents
@@ -60,15 +59,10 @@ def build_cross_class_asset(
         current = CurrentInputs.of(layout, settings)
         names = class_names(layout)
         start = time.perf_counter()
+        current.require_every_class(layout.latents, current.latents, "latents", "class_latents")
         tables, blocks, labels = [], [], []
         for k, key in enumerate(sorted(current.class_digests)):
-            path = require_current(
-                layout.latents(key),
-                current.latents(key),
-                f"latents of class {key}",
-                "materialize class_latents for this class first",
-            )
-            table, latents = read_class_latents(path)
+            table, latents = read_class_latents(layout.latents(key))
             tables.append(
                 table.select("image_id", "path").with_columns(pl.lit(names[key]).alias("class"))
             )

@@ -193,8 +193,8 @@ TRANSFORM_NAMES: tuple[str, ...] = tuple(TRANSFORMS)
 class AugmentationMix:
     """The probability that each transform is applied to an image, in the listed order.
 
-    The defaults are the measured mix (README, "Invariant training"); `hflip` is off
-    because some datasets' classes depend on orientation.
+    The defaults are the one mix measured so far (benchmarks/README.md, "Invariant
+    training"); `hflip` is off because some datasets' classes depend on orientation.
     """
 
     crop_shift: float = 0.8
