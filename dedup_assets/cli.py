@@ -121,6 +121,23 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
         "(default '0 2 * * *')",
     )
     p.add_argument(
+        "--executor",
+        default=None,
+        help="where the per-class runs execute: in_process | processes (a pool of local "
+        "processes) | dask (the workers of --dask-address) (default in_process; never saved)",
+    )
+    p.add_argument(
+        "--dask-address",
+        default=None,
+        help="dask.distributed scheduler of --executor dask, e.g. tcp://10.0.0.5:8786",
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        help="class runs at once with --executor processes or dask (default 1)",
+    )
+    p.add_argument(
         "--retrain",
         action="store_true",
         help="train the autoencoder again even if no retraining rule fires",
@@ -195,6 +212,9 @@ def config_from_args(args: argparse.Namespace):
         "precision": args.precision,
         "max_file_bytes": args.max_file_bytes,
         "schedule": args.schedule,
+        "executor": args.executor,
+        "dask_address": args.dask_address,
+        "parallel": args.parallel,
         "method": {k: v for k, v in method.items() if v is not None},
     }
     try:

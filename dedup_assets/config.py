@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dedup_assets.core.image_folder import DEFAULT_MAX_FILE_BYTES
 from dedup_assets.core.thresholds import parse_key
+from dedup_assets.engines import Executor
 from resources.compute_device import DEVICE_PATTERN, Precision
 from resources.settings import DedupSettings
 
@@ -45,6 +46,9 @@ ENVIRONMENT = {
     "DEDUP_PRECISION": "precision",
     "DEDUP_MAX_FILE_BYTES": "max_file_bytes",
     "DEDUP_SCHEDULE": "schedule",
+    "DEDUP_EXECUTOR": "executor",
+    "DEDUP_DASK_ADDRESS": "dask_address",
+    "DEDUP_PARALLEL": "parallel",
 }
 
 
@@ -94,6 +98,10 @@ class PipelineConfig(BaseModel):
     max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)
     schedule: str = Field(default=DEFAULT_SCHEDULE, description="cron of nightly_refresh")
     method: DedupSettings = Field(default_factory=DedupSettings)
+    # Where steps run (`dedup_assets.engines`): the machine's, never saved, like device.
+    executor: Executor = Executor.in_process
+    dask_address: str = Field(default="", description="scheduler of --executor dask")
+    parallel: int = Field(default=1, ge=1, le=256, description="class partitions at once")
 
     @field_validator("thresholds", mode="before")
     @classmethod
@@ -136,6 +144,17 @@ class PipelineConfig(BaseModel):
                     f"source {src} is inside the output {out}: the pipeline replaces folders "
                     "under its output and could delete source images; choose another output"
                 )
+        if self.executor == Executor.dask and not self.dask_address:
+            raise ValueError(
+                "executor dask needs the scheduler's address (--dask-address tcp://host:8786)"
+            )
+        if self.dask_address and self.executor != Executor.dask:
+            raise ValueError("a dask address is only used with --executor dask")
+        if self.parallel > 1 and self.executor == Executor.in_process:
+            raise ValueError(
+                "parallel class runs need steps outside this process: "
+                "--executor processes or dask"
+            )
         if self.ground_truth and not Path(self.ground_truth).is_file():
             raise ValueError(f"ground truth file {self.ground_truth} does not exist")
         return self
@@ -204,7 +223,7 @@ def read_saved(output: Path) -> dict[str, Any]:
     data.pop("version", None)
     if "settings" in data:  # written by versions before the configuration object
         data.setdefault("method", data.pop("settings"))
-    for machine in ("device", "precision", "output"):
+    for machine in ("device", "precision", "output", "executor", "dask_address", "parallel"):
         data.pop(machine, None)
     unknown = sorted(set(data) - set(SAVED_FIELDS))
     if unknown:

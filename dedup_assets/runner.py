@@ -47,6 +47,7 @@ from dedup_assets.definitions import (
     TRAIN_JOB,
     build_definitions,
 )
+from dedup_assets.engines import CheckOutcome, ClassRunPool, Executor, RunReport
 
 PID_TAG = "latent_dedup/pid"
 HOST_TAG = "latent_dedup/host"
@@ -62,21 +63,6 @@ class StageTiming:
     name: str
     seconds: float
     runs: int
-
-
-@dataclass
-class CheckOutcome:
-    """A check that did not pass: which, on which partition, how bad and why."""
-
-    check: str
-    asset: str
-    partition: str | None
-    severity: str  # "ERROR" or "WARN"
-    reason: str
-
-    def line(self) -> str:
-        where = f" [{self.partition}]" if self.partition else ""
-        return f"{self.check} on {self.asset}{where}: {self.reason}"
 
 
 @dataclass
@@ -188,16 +174,6 @@ def fail_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     return done
 
 
-def root_cause(error) -> str:
-    """One line naming the real cause of a step failure (not Dagster's wrapper)."""
-    while error is not None and error.cause is not None and error.cls_name.startswith("Dagster"):
-        error = error.cause
-    if error is None:
-        return "failed"
-    lines = [line for line in error.message.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else error.cls_name
-
-
 def run_pipeline(
     config: PipelineConfig,
     instance: dg.DagsterInstance,
@@ -259,6 +235,31 @@ def _run_stages(
     log: Callable[[str], None],
     log_level: str,
 ) -> None:
+    options = {"retrain": retrain, "full": full, "log": log, "log_level": log_level}
+    if config.executor == Executor.in_process:
+        _stages(config, instance, layout, outcome, None, **options)
+        return
+    home = str(Path(os.environ["DAGSTER_HOME"]).resolve())
+    with ClassRunPool(config, home, verbose=log_level == "INFO") as pool:
+        log(
+            f"executor {config.executor}: up to {config.parallel} class run(s) at once on "
+            f"{', '.join(pool.workers())}"
+        )
+        _stages(config, instance, layout, outcome, pool, **options)
+
+
+def _stages(
+    config: PipelineConfig,
+    instance: dg.DagsterInstance,
+    layout: OutputLayout,
+    outcome: PipelineOutcome,
+    pool: ClassRunPool | None,
+    *,
+    retrain: bool,
+    full: bool,
+    log: Callable[[str], None],
+    log_level: str,
+) -> None:
     defs = build_definitions(config)
     tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     if retrain:
@@ -268,26 +269,44 @@ def _run_stages(
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     settings = config.method
 
+    per_class_jobs = {INGEST_JOB, CLASS_JOB}
+
     def stage(
         name: str, job_name: str, keys: Sequence[str | None], assets: list[str] | None = None
     ) -> tuple[list[str | None], list[dg.ExecuteInProcessResult]]:
-        """Run one job per key; returns the keys whose run failed, and every result."""
-        log(f"[{name}] starting: {len(keys)} run(s)")
-        job = defs.resolve_job_def(job_name)
+        """Run one job per key (several at once where the executor allows); returns the
+        keys whose run failed, and every in-process result."""
+        run_tags = {**tags, STAGE_TAG: name}
+        through_executor = pool is not None and job_name in per_class_jobs
+        at_once = config.parallel if through_executor else 1
+        log(
+            f"[{name}] starting: {len(keys)} run(s)"
+            + (f", {at_once} at once ({config.executor} executor)" if through_executor else "")
+        )
         failed, results = [], []
         start = time.perf_counter()
-        for key in keys:
-            result = job.execute_in_process(
-                partition_key=key,
-                instance=instance,
-                raise_on_error=False,
-                tags={**tags, STAGE_TAG: name},
-                run_config=run_config,
-                asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
-            )
-            results.append(result)
-            if not _collect(result, name, key, outcome):
+        if through_executor:
+            reports = pool.run_all(job_name, list(keys), run_tags, run_config, name)
+        else:
+            reports = []
+            for key in keys:
+                result = defs.resolve_job_def(job_name).execute_in_process(
+                    partition_key=key,
+                    instance=instance,
+                    raise_on_error=False,
+                    tags=run_tags,
+                    run_config=run_config,
+                    asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
+                )
+                results.append(result)
+                reports.append(RunReport.of(result, name, key))
+        for key, report in zip(keys, reports, strict=True):
+            outcome.checks.extend(report.checks)
+            outcome.failures.extend(report.failures)
+            if report.failures:
                 failed.append(key)
+            if through_executor:
+                log(f"[{name}] {key}: steps ran on {', '.join(report.workers) or '?'}")
         seconds = time.perf_counter() - start
         outcome.stages.append(StageTiming(name, seconds, len(keys)))
         log(f"[{name}] {len(keys)} run(s) in {seconds:.1f}s")
@@ -365,33 +384,3 @@ def _training_decision(result: dg.ExecuteInProcessResult) -> str:
         if decision is not None:
             return str(decision.value)
     return "no decision recorded"
-
-
-def _collect(result: dg.ExecuteInProcessResult, stage: str, key, outcome: PipelineOutcome) -> bool:
-    """Record failed steps and checks; True unless a step failed (a blocking check that
-    stopped a downstream asset is a verdict, not a failure of the stage)."""
-    for evaluation in result.get_asset_check_evaluations():
-        if evaluation.passed:
-            continue
-        meta = evaluation.metadata or {}
-        reason = meta.get("outcome") or meta.get("problems")
-        outcome.checks.append(
-            CheckOutcome(
-                check=evaluation.check_name,
-                asset=evaluation.asset_key.to_user_string(),
-                partition=key,
-                severity="ERROR" if evaluation.severity == dg.AssetCheckSeverity.ERROR else "WARN",
-                reason=str(reason.value) if reason is not None else "see the check's metadata",
-            )
-        )
-    where = f"{stage} [{key}]" if key is not None else stage
-    ran = True
-    for event in result.all_events:
-        if not event.is_step_failure:
-            continue
-        error = event.event_specific_data.error
-        if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
-            continue  # a blocking check stopped what depends on it: recorded above
-        outcome.failures.append(f"{where}: {event.step_key}: {root_cause(error)}")
-        ran = False
-    return ran

@@ -48,6 +48,11 @@ def small_source(tmp_path_factory):
         (["--space", "l2"], "method.similarity_space: Input should be"),
         (["--components", "0"], "method.n_components"),
         (["--max-file-bytes", "0"], "max_file_bytes"),
+        (["--executor", "spark"], "executor: Input should be 'in_process', 'processes' or 'dask'"),
+        (["--executor", "dask"], "executor dask needs the scheduler's address"),
+        (["--dask-address", "tcp://127.0.0.1:8786"], "only used with --executor dask"),
+        (["--parallel", "2"], "parallel class runs need steps outside this process"),
+        (["--executor", "processes", "--parallel", "0"], "parallel: Input should be greater"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line(small_source, tmp_path, extra, message):

@@ -27,6 +27,7 @@ from dedup_assets.core.class_catalog import (
 from dedup_assets.core.image_folder import FolderScan, find_class_folder, scan_class_folder
 from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.source_index import changed_classes, class_listings, index_table, list_source
+from dedup_assets.engines import WORKER_METADATA, worker_name
 from dedup_assets.partitions import class_partitions
 from dedup_assets.ui import md_table
 from resources import DedupStorage, ImageSource
@@ -186,6 +187,7 @@ def class_images(
     return dg.MaterializeResult(
         metadata={
             **{k: v for k, v in summary.items() if k != "class"},
+            WORKER_METADATA: worker_name(),
             "unchanged": catalog.reused,
             "read_and_decoded": catalog.decoded,
             "seconds": round(seconds, 3),

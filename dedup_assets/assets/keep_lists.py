@@ -33,6 +33,7 @@ from dedup_assets.core.class_decision import PriorDecision, decide_class
 from dedup_assets.core.integrity import keep_list_problems
 from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.thresholds import budget_of, cosine_of
+from dedup_assets.engines import WORKER_METADATA, worker_name
 from dedup_assets.partitions import class_partitions
 from dedup_assets.ui import image_metadata, md_table
 from resources import DedupSettings, DedupStorage
@@ -316,6 +317,7 @@ def build_keep_list_assets(
         return dg.MaterializeResult(
             metadata={
                 "images": first.height,
+                WORKER_METADATA: worker_name(),
                 "decided_now": dg.MetadataValue.json(decided_now),
                 "similarity_space": str(settings.similarity_space),
                 "space_used": first["space"][0] if first.height else str(settings.similarity_space),

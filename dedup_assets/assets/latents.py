@@ -19,6 +19,7 @@ from dedup_assets.core.artifacts import (
     write_latents,
 )
 from dedup_assets.core.autoencoder import LATENT_DIM, encode_images, load_state
+from dedup_assets.engines import WORKER_METADATA, worker_name
 from dedup_assets.partitions import class_partitions
 from resources import ComputeDevice, DedupStorage
 
@@ -101,6 +102,7 @@ def class_latents(
     return dg.MaterializeResult(
         metadata={
             "images": images.height,
+            WORKER_METADATA: worker_name(),
             "encoded": len(todo),
             "reused": int(reused.sum()),
             "encode_seconds": round(seconds, 3),

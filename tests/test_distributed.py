@@ -1,0 +1,91 @@
+"""Class runs on other processes and on a real dask.distributed cluster give the answer of
+the in-process run, and land on every worker."""
+
+import re
+import shutil
+
+import polars as pl
+import pytest
+from conftest import run_dedup
+from distributed import LocalCluster
+
+from dedup_assets.core.demo_data import generate_demo_dataset
+
+FAST = ("--epochs", "1", "--device", "cpu", "--precision", "fp32", "--thresholds", "0.9,2%")
+WORKER = re.compile(r"^\[classes: [^\]]*\] (\S+): steps ran on (.+)$", re.M)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist") / "src"
+    generate_demo_dataset(root, seed=5, per_class=16, duplicate_fraction=0.25)
+    for extra in ("desert", "road"):  # four classes: two rounds on two workers
+        shutil.rmtree(root / extra)
+    return root
+
+
+@pytest.fixture(scope="module")
+def in_process(source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist") / "in_process"
+    done = run_dedup("run", "--source", str(source), "--output", str(out), *FAST)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+def keep_lists(out):
+    return {
+        t: pl.read_parquet(out / "keep_lists" / f"{t}.parquet")
+        .sort("path")
+        .select("path", "kept", "duplicate_of", "cosine")
+        for t in ("0.9", "2%")
+    }
+
+
+def assert_same_decisions(out, reference):
+    mine, theirs = keep_lists(out), keep_lists(reference)
+    for t in mine:
+        assert mine[t]["path"].to_list() == theirs[t]["path"].to_list()
+        assert mine[t]["kept"].to_list() == theirs[t]["kept"].to_list(), t
+        assert mine[t]["duplicate_of"].to_list() == theirs[t]["duplicate_of"].to_list(), t
+    assert (~mine["0.9"]["kept"]).sum() > 0, "the planted duplicates are found"
+
+
+def test_dask_cluster_runs_every_class_on_both_workers(source, in_process, tmp_path):
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster:
+        workers = set(cluster.scheduler_info["workers"])
+        assert len(workers) == 2
+        out = tmp_path / "dask"
+        done = run_dedup(
+            "run", "--source", str(source), "--output", str(out), *FAST,
+            "--executor", "dask", "--dask-address", cluster.scheduler_address, "--parallel", "2",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    print(done.stdout)  # the log of the run, with the worker of every class
+    assert "executor dask: up to 2 class run(s) at once on" in done.stdout
+    placed = dict(WORKER.findall(done.stdout))
+    assert sorted(placed) == ["farmland", "forest", "urban", "water"]
+    assert set(placed.values()) == workers, "the class runs landed on both workers"
+    assert_same_decisions(out, in_process)
+
+
+def test_local_processes_give_the_in_process_answer(source, in_process, tmp_path):
+    out = tmp_path / "processes"
+    done = run_dedup(
+        "run", "--source", str(source), "--output", str(out), *FAST,
+        "--executor", "processes", "--parallel", "2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    placed = dict(WORKER.findall(done.stdout))
+    assert len(placed) == 4 and len(set(placed.values())) == 2, placed
+    assert_same_decisions(out, in_process)
+
+
+def test_an_absent_scheduler_is_named(source, tmp_path):
+    done = run_dedup(
+        "run", "--source", str(source), "--output", str(tmp_path / "o"), *FAST,
+        "--executor", "dask", "--dask-address", "tcp://127.0.0.1:9", timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "no dask scheduler answers at tcp://127.0.0.1:9" in done.stderr
