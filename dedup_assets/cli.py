@@ -124,7 +124,8 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
         "--executor",
         default=None,
         help="where the per-class runs execute: in_process | processes (a pool of local "
-        "processes) | dask (the workers of --dask-address) (default in_process; never saved)",
+        "processes) | dask (the workers of --dask-address) (default in_process; never saved; "
+        "k8s is for the deployment in deploy/k8s)",
     )
     p.add_argument(
         "--dask-address",
@@ -225,6 +226,11 @@ def config_from_args(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if config.executor == "k8s":
+        raise UsageError(
+            "executor k8s is for the code location of a Kubernetes deployment "
+            "(deploy/k8s, DEDUP_EXECUTOR=k8s); dedup run uses in_process, processes or dask"
+        )
     from dedup_assets.core.layout import OutputInUse, OutputLayout
     from dedup_assets.runner import instance_for, run_pipeline
 

@@ -148,12 +148,13 @@ class PipelineConfig(BaseModel):
             raise ValueError(
                 "executor dask needs the scheduler's address (--dask-address tcp://host:8786)"
             )
+        if self.executor == Executor.k8s and self.parallel > 1:
+            raise ValueError("with executor k8s, Kubernetes places the steps: no --parallel")
         if self.dask_address and self.executor != Executor.dask:
             raise ValueError("a dask address is only used with --executor dask")
         if self.parallel > 1 and self.executor == Executor.in_process:
             raise ValueError(
-                "parallel class runs need steps outside this process: "
-                "--executor processes or dask"
+                "parallel class runs need steps outside this process: --executor processes or dask"
             )
         if self.ground_truth and not Path(self.ground_truth).is_file():
             raise ValueError(f"ground truth file {self.ground_truth} does not exist")

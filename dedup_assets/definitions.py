@@ -23,6 +23,7 @@ from dedup_assets.assets.spline_fits import spline_fits
 from dedup_assets.automation import INDEX_JOB, TRAIN_JOB, UPDATE_CLASS_JOB, build_automation
 from dedup_assets.checks import latents_valid
 from dedup_assets.config import PipelineConfig
+from dedup_assets.engines import executor_definition
 from dedup_assets.partitions import threshold_partitions
 
 # The stages of the main job, in order; each is a named job of the code location.
@@ -114,6 +115,7 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
         sensors=sensors,
         schedules=schedules,
         resources=config.resources(),
+        executor=executor_definition(config.executor),
     )
 
 

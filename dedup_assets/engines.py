@@ -40,11 +40,41 @@ WORKER_TAG = "latent_dedup/worker"
 class Executor(StrEnum):
     """in_process: every run in the calling process (fastest for small data);
     processes: class runs in a pool of `parallel` local processes;
-    dask: class runs on the workers of an existing dask.distributed scheduler."""
+    dask: class runs on the workers of an existing dask.distributed scheduler;
+    k8s: every step its own Kubernetes job (dagster-k8s's k8s_job_executor), for the code
+    location of the deployment in deploy/k8s; not for `dedup run`."""
 
     in_process = "in_process"
     processes = "processes"
     dask = "dask"
+    k8s = "k8s"
+
+
+# What the training and encoding steps ask of Kubernetes (read by dagster-k8s only).
+GPU_OP_TAGS = {
+    "dagster-k8s/config": {
+        "container_config": {
+            "resources": {
+                "requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"},
+                "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"},
+            }
+        }
+    }
+}
+
+
+def executor_definition(executor: Executor) -> dg.ExecutorDefinition | None:
+    """The Dagster executor of the code location's jobs: k8s_job_executor on Kubernetes,
+    else Dagster's default (`dedup run` executes its runs itself, see ClassRunPool)."""
+    if executor != Executor.k8s:
+        return None
+    try:
+        from dagster_k8s import k8s_job_executor
+    except ImportError as exc:
+        raise EngineUnavailable(
+            "executor k8s needs dagster-k8s: pip install 'latent-dedup[kubernetes]'"
+        ) from exc
+    return k8s_job_executor
 
 
 class EngineUnavailable(RuntimeError):

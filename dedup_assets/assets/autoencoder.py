@@ -27,6 +27,7 @@ from dedup_assets.core.autoencoder import (
 )
 from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.retraining import RetrainDecision, decide_retraining
+from dedup_assets.engines import GPU_OP_TAGS
 from dedup_assets.ui import image_metadata
 from resources import ComputeDevice, DedupSettings, DedupStorage
 
@@ -100,6 +101,7 @@ def retraining_decision(
 @dg.asset(
     group_name="model",
     kinds={"pytorch"},
+    op_tags=GPU_OP_TAGS,
     deps=[dg.AssetDep(class_images, partition_mapping=dg.AllPartitionMapping())],
     output_required=False,
     description="Convolutional autoencoder of the paper's Table 1 (1,956,739 parameters), "

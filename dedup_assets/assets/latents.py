@@ -19,7 +19,7 @@ from dedup_assets.core.artifacts import (
     write_latents,
 )
 from dedup_assets.core.autoencoder import LATENT_DIM, encode_images, load_state
-from dedup_assets.engines import WORKER_METADATA, worker_name
+from dedup_assets.engines import GPU_OP_TAGS, WORKER_METADATA, worker_name
 from dedup_assets.partitions import class_partitions
 from resources import ComputeDevice, DedupStorage
 
@@ -31,6 +31,7 @@ class ModelUnreadable(RuntimeError):
 @dg.asset(
     group_name="latents",
     kinds={"pytorch", "parquet"},
+    op_tags=GPU_OP_TAGS,
     partitions_def=class_partitions,
     deps=[class_images, autoencoder],
     automation_condition=dg.AutomationCondition.eager(),
