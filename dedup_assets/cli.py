@@ -77,6 +77,19 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
     )
     p.add_argument("--policy", default=None, help="keep policy: first | density (default density)")
     p.add_argument(
+        "--join",
+        default=None,
+        help="similarity join of the keep decisions: auto (exact up to --ann-min-class-size "
+        "images a class, approximate above) | exact | ann (faiss IVF) (default auto)",
+    )
+    p.add_argument(
+        "--ann-min-class-size",
+        type=int,
+        default=None,
+        help="with --join auto, classes above this many images use the approximate join "
+        "(default 200000)",
+    )
+    p.add_argument(
         "--components",
         type=int,
         default=None,
@@ -198,6 +211,8 @@ def config_from_args(args: argparse.Namespace):
         "seed": args.seed,
         "similarity_space": args.space,
         "keep_policy": args.policy,
+        "join": args.join,
+        "ann_min_class_size": args.ann_min_class_size,
         "n_components": args.components,
         "kurtosis_tolerance": args.kurtosis_tolerance,
         "clean_copy_mode": args.clean_copy_mode,

@@ -7,6 +7,7 @@ from enum import StrEnum
 import dagster as dg
 from pydantic import Field
 
+from dedup_assets.core.ann_join import DEFAULT_ANN_MIN_CLASS_SIZE, DEFAULT_NPROBE, JoinMethod
 from dedup_assets.core.keep_policy import KeepPolicy
 from dedup_assets.core.objective import TrainingObjective
 from dedup_assets.core.retraining import DEFAULT_ERROR_FACTOR, DEFAULT_MAX_NEW_SHARE
@@ -47,6 +48,13 @@ class DedupSettings(dg.ConfigurableResource):
     keep_policy: KeepPolicy = KeepPolicy.density
     kurtosis_tolerance: float = Field(default=0.1, ge=0)
     block_size: int = Field(default=2048, ge=16, le=65536)
+    join: JoinMethod = JoinMethod.auto
+    ann_min_class_size: int = Field(
+        default=DEFAULT_ANN_MIN_CLASS_SIZE,
+        ge=1,
+        description="with join auto, classes above this size use the approximate join",
+    )
+    ann_nprobe: int = Field(default=DEFAULT_NPROBE, ge=1, le=4096, description="IVF cells probed")
     clean_copy_mode: CopyMode = CopyMode.copy
     retrain_new_share: float = Field(
         default=DEFAULT_MAX_NEW_SHARE,

@@ -175,6 +175,8 @@ def test_every_run_option_takes_effect(tmp_path):
         ("--space", "whitened"),
         ("--policy", "first"),
         ("--components", "9"),
+        ("--join", "auto"),
+        ("--ann-min-class-size", "20"),
         ("--kurtosis-tolerance", "0.4"),
         ("--clean-copy-mode", "symlink"),
         ("--max-file-bytes", "100000"),
@@ -205,6 +207,8 @@ def test_every_run_option_takes_effect(tmp_path):
         ]
     )
     assert (provenance["space"], provenance["policy"]) == ("whitened", "first")
+    # Classes of 36 images are above --ann-min-class-size 20: the approximate join decided.
+    assert set(keep["join"]) == {"ann"} and "auto above 20" in provenance["join"]
     gate = json.loads(layout.report_summary("0.96").read_text())["gate"]
     assert gate["tolerance"] == 0.4
     clean = [p for p in layout.clean_dir("0.96").rglob("*.png")]

@@ -20,6 +20,7 @@ SCHEMA = {
     "similarity": pl.Float32,
     "match": pl.String,
     "space": pl.String,
+    "join": pl.String,
     "cosine": pl.Float64,
     "decided_at": pl.String,
     "decided_in": pl.String,
@@ -48,6 +49,7 @@ def _keep(rows=ROWS) -> pl.DataFrame:
             "similarity": [r[4] for r in rows],
             "match": [None if r[2] else "near" for r in rows],
             "space": ["spline_copula"] * len(rows),
+            "join": ["exact"] * len(rows),
             "cosine": [T] * len(rows),
             "decided_at": ["2026-11-27T00:00:00+00:00"] * len(rows),
             "decided_in": ["run"] * len(rows),
@@ -77,6 +79,11 @@ def _has(problems: list[str], *fragments: str) -> None:
     assert len(problems) == len(fragments), problems
     for frag in fragments:
         assert any(frag in p for p in problems), (frag, problems)
+
+
+def test_unknown_join_is_a_problem():
+    keep = _keep().with_columns(pl.Series("join", ["exact"] * 6 + ["lsh"]))
+    assert any("join" in p and "lsh" in p for p in keep_list_problems(keep, _catalog(), None))
 
 
 def test_valid_keep_list_has_no_problems():
@@ -243,6 +250,7 @@ def _decided_keep_list(seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
                     "similarity": [None if np.isnan(v) else float(v) for v in d.similarity],
                     "match": np.where(d.kept, None, np.where(d.exact, "exact", "near")).tolist(),
                     "space": ["raw"] * 60,
+                    "join": ["exact"] * 60,
                     "cosine": [T] * 60,
                     "decided_at": ["2026-11-27T00:00:00+00:00"] * 60,
                     "decided_in": ["run"] * 60,

@@ -9,13 +9,15 @@ import polars as pl
 
 from dedup_assets.assets.catalog import image_catalog
 from dedup_assets.assets.latents import class_latents
+from dedup_assets.core.ann_join import resolve_join
 from dedup_assets.core.artifacts import (
     CurrentInputs,
     class_names,
+    read_latent_ids,
     write_table,
 )
 from dedup_assets.core.artifacts import read_latents as read_class_latents
-from dedup_assets.core.cross_class import SharedSpace, cross_class_pairs
+from dedup_assets.core.cross_class import SharedSpace, cross_class_pairs, stratified_sample
 from dedup_assets.core.thresholds import budget_of
 from dedup_assets.ui import md_table
 from resources import DedupSettings, DedupStorage
@@ -60,23 +62,38 @@ def build_cross_class_asset(
         names = class_names(layout)
         start = time.perf_counter()
         current.require_every_class(layout.latents, current.latents, "latents", "class_latents")
-        tables, blocks, labels = [], [], []
-        for k, key in enumerate(sorted(current.class_digests)):
-            table, latents = read_class_latents(layout.latents(key))
+        keys = sorted(current.class_digests)
+        # Two passes over the latents, one class at a time: a sample for the shared axes,
+        # then every image projected (N x 128 in memory, never N x 1024).
+        tables, labels = [], []
+        for k, key in enumerate(keys):
+            table = read_latent_ids(layout.latents(key))
             tables.append(
                 table.select("image_id", "path").with_columns(pl.lit(names[key]).alias("class"))
             )
-            blocks.append(latents)
-            labels.append(np.full(len(latents), k, dtype=np.int32))
+            labels.append(np.full(table.height, k, dtype=np.int32))
         images = (
             pl.concat(tables)
             if tables
             else pl.DataFrame(schema={"image_id": pl.String, "path": pl.String, "class": pl.String})
         )
         hashes = _pixel_hashes(layout, images)
-        latents = np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
-        space = SharedSpace.fit(latents, seed=settings.seed) if len(latents) else None
-        vectors = space.project(latents) if space else np.zeros((0, 1), np.float32)
+        picks = stratified_sample([t.height for t in tables], seed=settings.seed)
+        sample = [
+            read_class_latents(layout.latents(key))[1][at]
+            for key, at in zip(keys, picks, strict=True)
+        ]
+        sample = np.concatenate(sample) if sample else np.zeros((0, 1), np.float32)
+        space = SharedSpace.fit(sample, seed=settings.seed) if len(sample) else None
+        del sample
+        vectors = (
+            np.concatenate(
+                [space.project(read_class_latents(layout.latents(key))[1]) for key in keys]
+            )
+            if space
+            else np.zeros((0, 1), np.float32)
+        )
+        join = resolve_join(settings.join, len(vectors), settings.ann_min_class_size)
         budget = budget_of(threshold)
         cosine = (
             float(threshold)
@@ -89,6 +106,8 @@ def build_cross_class_asset(
             [cosine],
             pixel_hashes=hashes,
             block=settings.block_size,
+            join=join,
+            nprobe=settings.ann_nprobe,
         )[0]
         seconds = time.perf_counter() - start
         cls, paths = images["class"].to_numpy(), images["path"].to_numpy()
@@ -114,6 +133,7 @@ def build_cross_class_asset(
                 "cosine": cosine,
                 "exact_pairs": int(found.exact.sum()),
                 "images": len(vectors),
+                "join": join,
                 "seconds": round(seconds, 2),
                 "pairs_shown": dg.MetadataValue.md(_pairs_table(pairs)),
                 "path": dg.MetadataValue.path(str(layout.cross_class(threshold))),

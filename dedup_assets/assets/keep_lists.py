@@ -153,6 +153,9 @@ def decide_class_keep_lists(
         policy=settings.keep_policy,
         block=settings.block_size,
         prior=priors,
+        join=settings.join,
+        ann_min_class_size=settings.ann_min_class_size,
+        nprobe=settings.ann_nprobe,
     )
     seconds = time.perf_counter() - start
     name = class_names(layout)[key]
@@ -165,8 +168,11 @@ def decide_class_keep_lists(
         carried = d.carried if d.carried is not None else np.zeros(len(ids), bool)
         made = pl.DataFrame({"image_id": ids.tolist(), "carried": carried.tolist()})
         if t in earlier:
+            before = earlier[t]
+            if "join" not in before.columns:  # written before the join was recorded
+                before = before.with_columns(pl.lit("exact").alias("join"))
             made = made.join(
-                earlier[t].select("image_id", "decided_at", "decided_in"),
+                before.select("image_id", "decided_at", "decided_in", "join"),
                 on="image_id",
                 how="left",
                 maintain_order="left",
@@ -175,6 +181,7 @@ def decide_class_keep_lists(
             made = made.with_columns(
                 pl.lit(None, pl.String).alias("decided_at"),
                 pl.lit(None, pl.String).alias("decided_in"),
+                pl.lit(None, pl.String).alias("join"),
             )
         made = made.with_columns(
             pl.when(pl.col("carried") & pl.col("decided_at").is_not_null())
@@ -185,6 +192,11 @@ def decide_class_keep_lists(
             .then(pl.col("decided_in"))
             .otherwise(pl.lit(run_id))
             .alias("decided_in"),
+            # Which join made each decision: this run's for those made now.
+            pl.when(pl.col("carried") & pl.col("join").is_not_null())
+            .then(pl.col("join"))
+            .otherwise(pl.lit(d.join))
+            .alias("join"),
         )
         out[t] = pl.DataFrame(
             {
@@ -193,12 +205,11 @@ def decide_class_keep_lists(
                 "path": table["path"],
                 "kept": pl.Series(d.kept.tolist(), dtype=pl.Boolean),
                 "duplicate_of": pl.Series(dup.tolist(), dtype=pl.String),
-                "similarity": pl.Series(
-                    [None if np.isnan(s) else float(s) for s in d.similarity], dtype=pl.Float64
-                ),
+                "similarity": pl.Series(d.similarity.astype(np.float64)).fill_nan(None),
                 "match": pl.Series(match.tolist(), dtype=pl.String),
-                "space": pl.Series([d.space] * len(ids), dtype=pl.String),
-                "cosine": pl.Series([d.threshold] * len(ids), dtype=pl.Float64),
+                "space": pl.repeat(d.space, len(ids), dtype=pl.String, eager=True),
+                "join": made["join"],
+                "cosine": pl.repeat(d.threshold, len(ids), dtype=pl.Float64, eager=True),
                 "decided_at": made["decided_at"],
                 "decided_in": made["decided_in"],
             }

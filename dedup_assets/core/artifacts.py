@@ -35,6 +35,7 @@ KEEP_LIST_COLUMNS = (
     "similarity",
     "match",
     "space",
+    "join",
     "cosine",
     "decided_at",
     "decided_in",
@@ -78,6 +79,9 @@ class MethodSettings(Protocol):
     bin_rule: str
     similarity_space: str
     keep_policy: str
+    join: str
+    ann_min_class_size: int
+    ann_nprobe: int
 
 
 def latents_provenance(class_digest: str, model_digest: str) -> dict[str, str]:
@@ -100,6 +104,7 @@ def keep_provenance(fit: dict, settings: MethodSettings, threshold: str) -> dict
         "space": str(settings.similarity_space),
         "policy": str(settings.keep_policy),
         "threshold": threshold,
+        "join": f"{settings.join} above {settings.ann_min_class_size}, nprobe {settings.ann_nprobe}",
     }
 
 
@@ -397,6 +402,11 @@ def read_latents(path: Path) -> tuple[pl.DataFrame, np.ndarray]:
     width = df.schema["latent"].size if df.height == 0 else None
     latents = df["latent"].to_numpy().astype(np.float32, copy=False).reshape(len(df), width or -1)
     return df.drop("latent"), latents
+
+
+def read_latent_ids(path: Path) -> pl.DataFrame:
+    """The (image_id, path) table of one class's latents, without the latents."""
+    return pl.read_parquet(_require(path, "class latents"), columns=["image_id", "path"])
 
 
 def load_class_data(

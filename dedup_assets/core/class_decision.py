@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dedup_assets.core.ann_join import DEFAULT_ANN_MIN_CLASS_SIZE, DEFAULT_NPROBE, resolve_join
 from dedup_assets.core.class_density import ClassDensityModel
 from dedup_assets.core.keep_policy import KeepDecision, greedy_keep, visit_order
 from dedup_assets.core.similarity import embed
@@ -108,6 +109,7 @@ class ClassDecision:
     rounds: int = 0
     space: str = ""
     carried: np.ndarray | None = None
+    join: str = "exact"
 
     @property
     def n_kept(self) -> int:
@@ -184,6 +186,8 @@ def keep_decisions(
     block: int = 2048,
     space: str = "",
     prior: Sequence[PriorDecision | None] | None = None,
+    join: str = "exact",
+    nprobe: int = 16,
 ) -> list[ClassDecision]:
     """Exact copies first, then the greedy keep over `vectors` in `order`, per threshold.
 
@@ -198,7 +202,9 @@ def keep_decisions(
     if n == 0:
         empty = np.zeros(0)
         return [
-            ClassDecision(t, empty.astype(bool), empty.astype(np.int64), empty, empty, 0, space)
+            ClassDecision(
+                t, empty.astype(bool), empty.astype(np.int64), empty, empty, 0, space, None, join
+            )
             for t in thresholds
         ]
     vectors = np.asarray(vectors)
@@ -236,7 +242,13 @@ def keep_decisions(
         kept_before = np.flatnonzero(fixed)
         pool = np.concatenate([kept_before, reps])
         d: KeepDecision = greedy_keep(
-            vectors[pool], np.arange(len(pool)), t, block=block, fixed=len(kept_before)
+            vectors[pool],
+            np.arange(len(pool)),
+            t,
+            block=block,
+            fixed=len(kept_before),
+            join=join,
+            nprobe=nprobe,
         )
         new = slice(len(kept_before), None)
         kept[reps] = d.kept[new]
@@ -251,7 +263,7 @@ def keep_decisions(
         exact[fresh[copies]] = rep_kept
         decisions.append(
             ClassDecision(
-                t, kept, duplicate_of, similarity, exact, d.rounds, space, fixed | retained
+                t, kept, duplicate_of, similarity, exact, d.rounds, space, fixed | retained, join
             )
         )
     return decisions
@@ -265,9 +277,13 @@ def decide_class(
     policy: str,
     block: int = 2048,
     prior: Sequence[PriorDecision | None] | None = None,
+    join: str = "auto",
+    ann_min_class_size: int = DEFAULT_ANN_MIN_CLASS_SIZE,
+    nprobe: int = DEFAULT_NPROBE,
 ) -> list[ClassDecision]:
     """Decide every image of a class at each threshold; see the module docstring and
-    `keep_decisions` for `prior` (stable incremental decisions)."""
+    `keep_decisions` for `prior` (stable incremental decisions). join: exact, ann, or
+    auto (approximate for classes above ann_min_class_size images, `core.ann_join`)."""
     used = space_for(data.model, space)
     if len(data.image_ids) == 0:
         return keep_decisions(
@@ -281,4 +297,6 @@ def decide_class(
         block=block,
         space=used,
         prior=prior,
+        join=resolve_join(join, len(data.image_ids), ann_min_class_size),
+        nprobe=nprobe,
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dedup_assets.core.ann_join import ann_pairs_above
 from dedup_assets.core.similarity import DEFAULT_BLOCK, iter_similarity_blocks, l2_normalize
 
 SAMPLE_FOR_AXES = 20_000
@@ -65,6 +66,22 @@ class SharedSpace:
         return l2_normalize(out)
 
 
+def stratified_sample(sizes: Sequence[int], total: int = SAMPLE_FOR_AXES, seed: int = 0):
+    """Row indices per group, about `total` in all, in proportion to each group's size
+    (every row when the groups hold no more than `total`): a sample for the shared axes
+    that never needs every latent in memory at once."""
+    n = int(sum(sizes))
+    rng = np.random.default_rng(seed)
+    out = []
+    for size in sizes:
+        if n <= total:
+            out.append(np.arange(size))
+            continue
+        take = int(min(size, max(1, round(total * size / n))))
+        out.append(np.sort(rng.choice(size, take, replace=False)))
+    return out
+
+
 def shared_space(
     latents: np.ndarray, n_components: int = DEFAULT_COMPONENTS, seed: int = 0
 ) -> np.ndarray:
@@ -91,17 +108,24 @@ def cross_class_pairs(
     *,
     pixel_hashes: np.ndarray | None = None,
     block: int = DEFAULT_BLOCK,
+    join: str = "exact",
+    nprobe: int = 16,
 ) -> list[CrossClassPairs]:
     """For each threshold, every pair of images in different classes with cosine > T.
 
     vectors: unit rows (N, d); labels: class index per row. Pairs with equal
-    pixel_hashes are reported at every threshold with similarity 1.0.
+    pixel_hashes are reported at every threshold with similarity 1.0. join "ann": range
+    search on an IVF index (`core.ann_join`) instead of the exact blocked join.
     """
     labels = np.asarray(labels)
     n = len(vectors)
     lowest = float(min(thresholds)) if len(thresholds) else 1.0
     ii, jj, ss = [], [], []
-    if n > 1 and len(thresholds):
+    if n > 1 and len(thresholds) and join == "ann":
+        i, j, s = ann_pairs_above(vectors, lowest, nprobe=nprobe)
+        other = labels[i] != labels[j]
+        ii, jj, ss = [i[other]], [j[other]], [s[other]]
+    elif n > 1 and len(thresholds):
         for row0, col0, s in iter_similarity_blocks(np.asarray(vectors, np.float32), block):
             flat = np.flatnonzero(s > lowest)
             r, c = np.divmod(flat, s.shape[1])

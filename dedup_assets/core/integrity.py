@@ -48,6 +48,9 @@ def keep_list_problems(
     missing_cols = [c for c in KEEP_LIST_COLUMNS if c not in keep.columns]
     if missing_cols:
         return [f"keep list lacks columns {missing_cols}"]
+    joins = set(keep["join"].drop_nulls().unique().to_list()) - {"exact", "ann"}
+    if joins or keep["join"].null_count():
+        problems.append(f"rows without a known join (exact or ann): {sorted(joins) or 'null'}")
     n_rows, n_ids = keep.height, keep["image_id"].n_unique()
     if n_ids != n_rows:
         problems.append(f"{n_rows - n_ids} image ids appear more than once")

@@ -68,6 +68,36 @@ def visit_order(
     raise ValueError(f"unknown keep policy {policy!r}; choose one of {KEEP_POLICIES}")
 
 
+class ExactKeptIndex:
+    """The kept set as a growing matrix: every visitor compared with every kept image, in
+    products of at most MAX_SLAB_BYTES (the exact join)."""
+
+    def __init__(self, n: int, d: int, block: int):
+        self.vecs = np.empty((n, d), dtype=np.float32)
+        self.pos = np.empty(n, dtype=np.int64)
+        self.size = 0
+        self.chunk = max(block, MAX_SLAB_BYTES // (4 * block))
+
+    def add(self, vectors: np.ndarray, positions: np.ndarray) -> None:
+        self.vecs[self.size : self.size + len(vectors)] = vectors
+        self.pos[self.size : self.size + len(vectors)] = positions
+        self.size += len(vectors)
+
+    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(best similarity, position of that kept image) per query; -inf/-1 if none."""
+        best = np.full(len(queries), -np.inf, dtype=np.float32)
+        best_at = np.full(len(queries), -1, dtype=np.int64)
+        for k0 in range(0, self.size, self.chunk):
+            k1 = min(k0 + self.chunk, self.size)
+            s = queries @ self.vecs[k0:k1].T
+            arg = s.argmax(axis=1)
+            val = s[np.arange(len(s)), arg]
+            better = val > best
+            best[better] = val[better]
+            best_at[better] = self.pos[k0 + arg[better]]
+        return best, best_at
+
+
 def greedy_keep(
     x: np.ndarray,
     order: np.ndarray,
@@ -76,12 +106,17 @@ def greedy_keep(
     block: int = 1024,
     progress: Callable[[int, int], None] | None = None,
     fixed: int = 0,
+    join: str = "exact",
+    nprobe: int = 16,
 ) -> KeepDecision:
     """Greedy keep over unit vectors `x` (n, d) visited in `order`; see the module doc.
 
     Every removed image names a kept image (same input array) with similarity > threshold.
     The first `fixed` images of `order` are kept unconditionally: images kept by an earlier
     decision, against which new images are decided (stable incremental decisions).
+    join: "exact" compares each block with every kept image; "ann" asks an IVF index of
+    the kept images (`core.ann_join`, `nprobe` cells per query) for the most similar one.
+    Inside a block the comparison is always exact.
     """
     x = np.asarray(x, dtype=np.float32)
     n = len(x)
@@ -89,32 +124,25 @@ def greedy_keep(
     if len(order) != n or not np.array_equal(np.sort(order), np.arange(n)):
         raise ValueError("order must be a permutation of range(len(x))")
     xo = x[order]
-    chunk = max(block, MAX_SLAB_BYTES // (4 * block))  # kept images compared per product
-    kept_vecs = np.empty_like(xo)
-    kept_pos = np.empty(n, dtype=np.int64)  # visit positions of kept images
-    n_kept = 0
+    if join == "ann" and n:
+        from dedup_assets.core.ann_join import AnnKeptIndex
+
+        kept_index = AnnKeptIndex(xo, nprobe)
+    elif join in ("exact", "ann"):
+        kept_index = ExactKeptIndex(n, x.shape[1] if x.ndim == 2 else 1, block)
+    else:
+        raise ValueError(f"unknown join {join!r}: exact or ann")
     kept_o = np.zeros(n, dtype=bool)
     dup_o = np.full(n, -1, dtype=np.int64)  # visit position of the kept image
     sim_o = np.full(n, np.nan, dtype=np.float32)
     max_rounds = 0
     fixed = int(min(max(fixed, 0), n))
-    kept_vecs[:fixed] = xo[:fixed]
-    kept_pos[:fixed] = np.arange(fixed)
+    kept_index.add(xo[:fixed], np.arange(fixed))
     kept_o[:fixed] = True
-    n_kept = fixed
     for start in range(fixed, n, block):
         stop = min(start + block, n)
         xb = xo[start:stop]
-        best = np.full(stop - start, -np.inf, dtype=np.float32)
-        best_at = np.full(stop - start, -1, dtype=np.int64)
-        for k0 in range(0, n_kept, chunk):
-            k1 = min(k0 + chunk, n_kept)
-            s = xb @ kept_vecs[k0:k1].T
-            arg = s.argmax(axis=1)
-            val = s[np.arange(len(s)), arg]
-            better = val > best
-            best[better] = val[better]
-            best_at[better] = kept_pos[k0 + arg[better]]
+        best, best_at = kept_index.nearest(xb)
         s_block = xb @ xb.T
         cand = np.flatnonzero(best <= threshold)  # not removed by an earlier block
         kept_block = np.zeros(stop - start, dtype=bool)
@@ -133,9 +161,7 @@ def greedy_keep(
         dup_o[pos[gone]] = np.where(use_local, start + local_at, best_at)[gone]
         sim_o[pos[gone]] = np.where(use_local, local_best, best)[gone]
         new = pos[kept_block]
-        kept_vecs[n_kept : n_kept + len(new)] = xo[new]
-        kept_pos[n_kept : n_kept + len(new)] = new
-        n_kept += len(new)
+        kept_index.add(xo[new], new)
         if progress is not None:
             progress(stop, n)
     kept = np.zeros(n, dtype=bool)

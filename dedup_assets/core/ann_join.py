@@ -1,0 +1,113 @@
+"""The approximate similarity join, for classes too big for the exact blocked one.
+
+An inverted-file index (faiss `IndexIVFFlat`, inner product over the same unit vectors)
+splits the space into about sqrt(n) cells by k-means and compares a query only with the
+vectors of its `nprobe` nearest cells. Two uses:
+- `AnnKeptIndex`: the greedy keep's "most similar kept image so far", the kept set
+  growing as the visit goes (`core.keep_policy.greedy_keep(join="ann")`);
+- `ann_pairs_above`: every pair above a threshold by range search (cross-class pairs, and
+  the benchmark's recall of the exact pairs).
+
+Every similarity it reports is the exact inner product of the two vectors: an approximate
+join can miss a duplicate (the image is kept), never remove an image for a similarity it
+does not have.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import numpy as np
+
+DEFAULT_ANN_MIN_CLASS_SIZE = 200_000
+"""Classes up to this size use the exact join (measured in benchmarks/bench_scale.py)."""
+DEFAULT_NPROBE = 16
+TRAIN_SAMPLE = 100_000
+
+
+class JoinMethod(StrEnum):
+    """auto: exact up to `ann_min_class_size` images, approximate above; or either always."""
+
+    auto = "auto"
+    exact = "exact"
+    ann = "ann"
+
+
+def resolve_join(setting: str, n: int, min_size: int = DEFAULT_ANN_MIN_CLASS_SIZE) -> str:
+    """The join a class of n images gets: "exact" or "ann"."""
+    if setting == JoinMethod.auto:
+        return JoinMethod.ann.value if n > min_size else JoinMethod.exact.value
+    if setting not in (JoinMethod.exact, JoinMethod.ann):
+        raise ValueError(f"unknown join {setting!r}; choose auto, exact or ann")
+    return str(setting)
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise RuntimeError("the approximate join needs faiss-cpu: pip install faiss-cpu") from exc
+    return faiss
+
+
+def ivf_index(x: np.ndarray, nprobe: int = DEFAULT_NPROBE, seed: int = 0):
+    """An empty IVF index over unit vectors like `x`, its cells trained on (a sample of) x."""
+    faiss = _faiss()
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    nlist = int(max(1, min(np.sqrt(max(n, 1)), n // 39 if n >= 39 else 1)))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    sample = x
+    if n > TRAIN_SAMPLE:
+        rng = np.random.default_rng(seed)
+        sample = x[np.sort(rng.choice(n, TRAIN_SAMPLE, replace=False))]
+    index.train(sample)
+    index.nprobe = int(min(max(1, nprobe), nlist))
+    return index
+
+
+class AnnKeptIndex:
+    """The kept set of the greedy keep as an IVF index: add kept vectors, ask each visitor
+    for its most similar kept image."""
+
+    def __init__(self, x: np.ndarray, nprobe: int = DEFAULT_NPROBE):
+        self.index = ivf_index(x, nprobe)
+
+    def add(self, vectors: np.ndarray, positions: np.ndarray) -> None:
+        if len(vectors):
+            self.index.add_with_ids(
+                np.ascontiguousarray(vectors, dtype=np.float32), positions.astype(np.int64)
+            )
+
+    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(best similarity, position of that kept image) per query; -inf/-1 if none."""
+        m = len(queries)
+        if self.index.ntotal == 0 or m == 0:
+            return np.full(m, -np.inf, np.float32), np.full(m, -1, np.int64)
+        sim, at = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)
+        found = at[:, 0] >= 0
+        return np.where(found, sim[:, 0], -np.inf).astype(np.float32), at[:, 0].astype(np.int64)
+
+
+def ann_pairs_above(
+    x: np.ndarray, threshold: float, *, nprobe: int = DEFAULT_NPROBE, chunk: int = 16_384
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs i < j with cosine > threshold found by range search, as (i, j, similarity);
+    memory is the index (n x d) plus the pairs of one chunk of queries."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = len(x)
+    if n < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    index = ivf_index(x, nprobe)
+    index.add(x)
+    ii, jj, ss = [], [], []
+    for start in range(0, n, chunk):
+        lims, sims, ids = index.range_search(x[start : start + chunk], float(threshold))
+        rows = start + np.repeat(np.arange(len(lims) - 1), np.diff(lims).astype(np.int64))
+        keep = (ids > rows) & (sims > threshold)
+        ii.append(rows[keep])
+        jj.append(ids[keep].astype(np.int64))
+        ss.append(sims[keep].astype(np.float32))
+    return np.concatenate(ii), np.concatenate(jj), np.concatenate(ss)
