@@ -41,3 +41,17 @@ def test_budget_cosine_leaves_at_most_the_budget_above_it():
     assert budget_thresholds(np.full(5, 0.7), [0.01]) == [0.7]  # all tied: none strictly above
     with pytest.raises(ValueError, match="budget"):
         budget_thresholds(null, [0.0])
+
+
+def test_sampled_queries_skip_their_own_mirror_as_the_full_pass_does():
+    from dedup_assets.core.calibration import nearest_decoy_similarity
+    from dedup_assets.core.similarity import l2_normalize
+
+    rng = np.random.default_rng(4)
+    v = l2_normalize(rng.standard_normal((300, 8)).astype(np.float32))
+    d = l2_normalize(v + 0.01 * rng.standard_normal(v.shape).astype(np.float32))
+    full = nearest_decoy_similarity(v, d, 64, own=False)
+    picks = np.sort(rng.choice(300, 40, replace=False))
+    sampled = nearest_decoy_similarity(v[picks], d, 64, own=False, query_index=picks)
+    np.testing.assert_array_equal(sampled, full[picks])
+    assert (full < 0.99).all(), "an image's own near-identical mirror is never its match"

@@ -178,6 +178,8 @@ def _budget_cosine(layout, images: pl.DataFrame, space, vectors, budget: float, 
     from dedup_assets.core.artifacts import catalog_images, open_pixels, read_catalog
     from dedup_assets.core.autoencoder import encode_images, load_state
     from dedup_assets.core.calibration import (
+        CHUNK,
+        MAX_QUERIES,
         budget_thresholds,
         mirrored,
         nearest_decoy_similarity,
@@ -195,9 +197,16 @@ def _budget_cosine(layout, images: pl.DataFrame, space, vectors, budget: float, 
     decoys = []
     for key in rows["class_key"].unique(maintain_order=True).to_list():
         at = rows.filter(pl.col("class_key") == key)["row"].to_numpy()
-        pixels = mirrored(np.asarray(open_pixels(layout, key)[at]))
-        decoys.append(space.project(encode_images(model, pixels)))
-    null = nearest_decoy_similarity(vectors, np.concatenate(decoys), block, own=False)
+        store = open_pixels(layout, key)
+        for start in range(0, len(at), CHUNK):  # mirrored and encoded a chunk at a time
+            pixels = mirrored(np.asarray(store[at[start : start + CHUNK]]))
+            decoys.append(space.project(encode_images(model, pixels)))
+    queries = np.arange(len(vectors))
+    if len(queries) > MAX_QUERIES:  # the quantile from a sample, against every mirror
+        queries = np.sort(np.random.default_rng(0).choice(len(queries), MAX_QUERIES, False))
+    null = nearest_decoy_similarity(
+        vectors[queries], np.concatenate(decoys), block, own=False, query_index=queries
+    )
     return budget_thresholds(null, [budget])[0]
 
 

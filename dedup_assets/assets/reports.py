@@ -2,6 +2,7 @@
 summary across thresholds."""
 
 import json
+from collections.abc import Mapping
 
 import dagster as dg
 import numpy as np
@@ -12,6 +13,7 @@ from dedup_assets.core.artifacts import (
     digest,
     read_classes,
     read_keep_list,
+    read_latent_ids,
     read_latents,
     read_scores,
 )
@@ -105,10 +107,10 @@ def build_report_assets(
         names = dict(zip(classes["class_key"], classes["class"], strict=True))
         keep = read_keep_list(layout.keep_list(threshold))
         kept_ids = set(keep.filter(pl.col("kept"))["image_id"].to_list())
-        latents, kept, components = {}, {}, {}
+        latents, kept, components = _LatentsByClass(layout), {}, {}
         for key in class_keys:
-            table, x = read_latents(layout.latents(key))
-            latents[names[key]] = x
+            table = read_latent_ids(layout.latents(key))
+            latents.keys_by_name[names[key]] = key
             kept[names[key]] = table["image_id"].is_in(list(kept_ids)).to_numpy()
             with np.load(layout.spline_fit(key)) as fit:
                 components[names[key]] = int(fit["pca_variances"].shape[0])
@@ -190,3 +192,20 @@ def build_report_assets(
         )
 
     return kurtosis_report, dedup_summary
+
+
+class _LatentsByClass(Mapping):
+    """Class name -> latents, read from disk when asked for: one class in memory at a time
+    while the report refits each class's axes (a million latents would be 4 GB)."""
+
+    def __init__(self, layout):
+        self.layout, self.keys_by_name = layout, {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return read_latents(self.layout.latents(self.keys_by_name[name]))[1]
+
+    def __iter__(self):
+        return iter(self.keys_by_name)
+
+    def __len__(self) -> int:
+        return len(self.keys_by_name)

@@ -453,7 +453,11 @@ def load_class_data(
     model = ClassDensityModel.load(layout.spline_fit(key))
     pixels = None
     if with_pixels or (space is not None and space_for(model, space) == "phash"):
-        pixels = np.asarray(open_pixels(layout, key)[joined["row"].to_numpy()])
+        store, rows = open_pixels(layout, key), joined["row"].to_numpy()
+        # The memory-mapped store itself when the rows are all of it in order (the usual
+        # case): large classes are then read in chunks by whoever uses them.
+        same = len(rows) == len(store) and np.array_equal(rows, np.arange(len(store)))
+        pixels = store if same else np.asarray(store[rows])
     data = ClassData(
         table["image_id"].to_numpy().astype(str),
         joined["pixel_hash"].to_numpy().astype(str),

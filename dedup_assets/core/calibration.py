@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from dedup_assets.core.autoencoder import ConvAutoencoder
     from dedup_assets.core.class_decision import ClassData
 
+CHUNK = 16_384  # images mirrored and encoded at a time
+MAX_QUERIES = 50_000  # images whose nearest mirror is measured, at most (a random sample)
+
 
 def mirrored(pixels: np.ndarray, vertical: bool = False) -> np.ndarray:
     """Decoy pixels: each uint8 NHWC image mirrored left-right (top-bottom if vertical)."""
@@ -39,23 +42,30 @@ def mirrored(pixels: np.ndarray, vertical: bool = False) -> np.ndarray:
 
 
 def nearest_decoy_similarity(
-    vectors: np.ndarray, decoys: np.ndarray, block: int = DEFAULT_BLOCK, *, own: bool = True
+    vectors: np.ndarray,
+    decoys: np.ndarray,
+    block: int = DEFAULT_BLOCK,
+    *,
+    own: bool = True,
+    query_index: np.ndarray | None = None,
 ) -> np.ndarray:
     """For each unit row of vectors, its largest cosine with any unit row of decoys.
 
     own=False skips decoy i for row i (decoys made from the rows themselves): an image's
-    own mirror is not an unrelated image when the scene is nearly symmetric.
+    own mirror is not an unrelated image when the scene is nearly symmetric. With
+    `query_index`, row k of vectors is image query_index[k] (a sample of the images).
     """
     n = len(vectors)
     out = np.full(n, -1.0, dtype=np.float32)
     if n == 0 or len(decoys) == 0:
         return out
+    index = np.arange(n) if query_index is None else np.asarray(query_index)
     rows = block_rows(len(decoys), block)
     for start in range(0, n, rows):
         s = vectors[start : start + rows] @ decoys.T
         if not own:
             r = np.arange(len(s))
-            s[r, start + r] = -np.inf
+            s[r, index[start + r]] = -np.inf
         out[start : start + len(s)] = s.max(axis=1)
     return out
 
@@ -110,9 +120,26 @@ def class_budget_cosines(
         raise ValueError("budget cosines need the class's pixels")
     if len(data.image_ids) < 2:
         return budget_thresholds(np.zeros(0), budgets)
-    decoy_pixels = mirrored(np.asarray(data.pixels), vertical)
-    if decoy_latents is None:
-        decoy_latents = encode_images(model, decoy_pixels, device=device)
+    from dedup_assets.core.class_decision import space_for
+
+    n = len(data.image_ids)
+    if decoy_latents is None:  # mirrored and encoded a chunk at a time (pixels may be mmap)
+        decoy_latents = np.concatenate(
+            [
+                encode_images(
+                    model,
+                    mirrored(np.asarray(data.pixels[at : at + CHUNK]), vertical),
+                    device=device,
+                )
+                for at in range(0, n, CHUNK)
+            ]
+        )
+    on_pixels = space_for(data.model, space) == "phash"  # a class too small for a fit
+    decoy_pixels = mirrored(np.asarray(data.pixels), vertical) if on_pixels else None
     decoy = dataclasses.replace(data, latents=decoy_latents, pixels=decoy_pixels)
     v, d = _same_width(vectorise(data, space), vectorise(decoy, space))
-    return budget_thresholds(nearest_decoy_similarity(v, d, block, own=False), budgets)
+    queries = np.arange(n)
+    if n > MAX_QUERIES:  # the quantile from a sample of images, against every mirror
+        queries = np.sort(np.random.default_rng(0).choice(n, MAX_QUERIES, replace=False))
+    null = nearest_decoy_similarity(v[queries], d, block, own=False, query_index=queries)
+    return budget_thresholds(null, budgets)

@@ -73,6 +73,9 @@ class ClassCatalog:
         return class_content_digest(self.table)
 
 
+DECODE_CHUNK = 8192
+
+
 def class_content_digest(table: pl.DataFrame) -> str:
     ok = table.filter(pl.col("status") == "ok").sort("path")
     h = hashlib.sha1()
@@ -147,32 +150,37 @@ def update_class_catalog(
             .select(*_DECODED_SCHEMA, "row")
         )
     todo = np.setdiff1d(np.arange(len(files)), reused["at"].to_numpy())
-    decoded = read_and_decode(root, [files[i] for i in todo], max_file_bytes=max_file_bytes)
-    fresh = pl.DataFrame(
-        {
-            "at": todo,
-            "content_hash": [d.content_hash for d in decoded],
-            "size_bytes": [d.size_bytes for d in decoded],
-            "width": [d.width for d in decoded],
-            "height": [d.height for d in decoded],
-            "mode": [d.mode for d in decoded],
-            "pixel_hash": [d.pixel_hash for d in decoded],
-            "status": ["ok" if d.pixels is not None else "quarantined" for d in decoded],
-            "reason": [d.error for d in decoded],
-            "note": [d.note for d in decoded],
-        },
-        schema=_DECODED_SCHEMA,
-    )
+    # Decoded DECODE_CHUNK files at a time straight into one store (a slot per file):
+    # memory is the store plus one chunk, not a list of every decoded image beside it.
+    store = np.empty((len(files), 64, 64, 3), dtype=np.uint8)
+    meta: dict[str, list] = {name: [] for name in _DECODED_SCHEMA if name != "at"}
+    for start in range(0, len(todo), DECODE_CHUNK):
+        part = todo[start : start + DECODE_CHUNK]
+        decoded = read_and_decode(root, [files[i] for i in part], max_file_bytes=max_file_bytes)
+        for i, d in zip(part, decoded, strict=True):
+            if d.pixels is not None:
+                store[i] = d.pixels
+        meta["content_hash"] += [d.content_hash for d in decoded]
+        meta["size_bytes"] += [d.size_bytes for d in decoded]
+        meta["width"] += [d.width for d in decoded]
+        meta["height"] += [d.height for d in decoded]
+        meta["mode"] += [d.mode for d in decoded]
+        meta["pixel_hash"] += [d.pixel_hash for d in decoded]
+        meta["status"] += ["ok" if d.pixels is not None else "quarantined" for d in decoded]
+        meta["reason"] += [d.error for d in decoded]
+        meta["note"] += [d.note for d in decoded]
+        del decoded
+    fresh = pl.DataFrame({"at": todo, **meta}, schema=_DECODED_SCHEMA)
     merged = pl.concat([reused.drop("row"), fresh], how="vertical_relaxed").sort("at")
     ok = (merged["status"] == "ok").to_numpy()
-    pixels = np.empty((int(ok.sum()), 64, 64, 3), dtype=np.uint8)
-    slot = np.full(len(files), -1, dtype=np.int64)
-    slot[merged["at"].to_numpy()[ok]] = np.arange(int(ok.sum()))
     if reused.height:
-        pixels[slot[reused["at"].to_numpy()]] = previous_pixels[reused["row"].to_numpy()]
-    for i, d in zip(todo, decoded, strict=True):
-        if d.pixels is not None:
-            pixels[slot[i]] = d.pixels
+        store[reused["at"].to_numpy()] = previous_pixels[reused["row"].to_numpy()]
+    # Compact in place to the ok files, in file order (each slot moves down or stays).
+    sources = merged["at"].to_numpy()[ok]
+    for start in range(0, len(sources), DECODE_CHUNK):
+        chunk = sources[start : start + DECODE_CHUNK]
+        store[start : start + len(chunk)] = store[chunk]
+    pixels = store[: len(sources)]
     key = next(iter(scan.classes), files[0].class_key if files else "")
     name = scan.classes.get(key, files[0].class_name if files else "")
     paths = [f.rel_path for f in files]
