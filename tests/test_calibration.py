@@ -53,5 +53,5 @@ def test_sampled_queries_skip_their_own_mirror_as_the_full_pass_does():
     full = nearest_decoy_similarity(v, d, 64, own=False)
     picks = np.sort(rng.choice(300, 40, replace=False))
     sampled = nearest_decoy_similarity(v[picks], d, 64, own=False, query_index=picks)
-    np.testing.assert_array_equal(sampled, full[picks])
+    np.testing.assert_allclose(sampled, full[picks], atol=1e-6)  # same up to BLAS rounding
     assert (full < 0.99).all(), "an image's own near-identical mirror is never its match"
