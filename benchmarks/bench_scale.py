@@ -119,7 +119,9 @@ def measured(cmd: list[str], env: dict | None = None) -> tuple[str, dict[str, fl
     """Run cmd; (stdout, peak RSS in MiB per stage it logged, wall seconds)."""
     import psutil
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     stage = {"name": "start"}
     peaks: dict[str, float] = {}
     lines: list[str] = []
@@ -221,11 +223,18 @@ def ann_vs_exact(out: Path, n: int, threshold: float = 0.95) -> dict:
     rng = np.random.default_rng(0)
     reps = math.ceil(n / len(latents))
     x = np.concatenate(
-        [latents + (0.0 if r == 0 else 0.05) * rng.standard_normal(latents.shape).astype(np.float32) * latents.std(0)
-         for r in range(reps)]
+        [
+            latents
+            + (0.0 if r == 0 else 0.05)
+            * rng.standard_normal(latents.shape).astype(np.float32)
+            * latents.std(0)
+            for r in range(reps)
+        ]
     )[:n]
     centred = x - x.mean(0)
-    _, _, vt = np.linalg.svd(centred[rng.choice(len(x), 20_000, replace=False)], full_matrices=False)
+    _, _, vt = np.linalg.svd(
+        centred[rng.choice(len(x), 20_000, replace=False)], full_matrices=False
+    )
     v = l2_normalize(centred @ vt[:128].T)
     order = rng.permutation(n)
     result = {"n": n, "threshold": threshold, "dims": int(v.shape[1])}
@@ -303,7 +312,9 @@ def main() -> None:
     names = sorted({s for r in results["sizes"] for s in r["ours"]["stages"]} - {"total"})
     ns = [r["images"] for r in results["sizes"]]
     results["exponents"] = {
-        s: exponents(ns, [r["ours"]["stages"].get(s, {}).get("seconds", 0) for r in results["sizes"]])
+        s: exponents(
+            ns, [r["ours"]["stages"].get(s, {}).get("seconds", 0) for r in results["sizes"]]
+        )
         for s in [*names, "total"]
     }
     path = write_result("scale", results, args.out)
@@ -312,10 +323,21 @@ def main() -> None:
         st = r["ours"]["stages"]
         rows.append(
             [r["images"], r["ours"]["wall_seconds"], r["ours"]["peak_rss_mib"]]
-            + [f"{st.get(s, {}).get('seconds', 0):.1f}/{st.get(s, {}).get('peak_rss_mib', 0):.0f}" for s in names]
-            + [r.get("imagededup_phash", {}).get("wall_seconds", "-"), r.get("speedup_vs_phash", "-")]
+            + [
+                f"{st.get(s, {}).get('seconds', 0):.1f}/{st.get(s, {}).get('peak_rss_mib', 0):.0f}"
+                for s in names
+            ]
+            + [
+                r.get("imagededup_phash", {}).get("wall_seconds", "-"),
+                r.get("speedup_vs_phash", "-"),
+            ]
         )
-    print(table(["images", "wall s", "peak MiB", *[f"{s} s/MiB" for s in names], "pHash s", "x pHash"], rows))
+    print(
+        table(
+            ["images", "wall s", "peak MiB", *[f"{s} s/MiB" for s in names], "pHash s", "x pHash"],
+            rows,
+        )
+    )
     print("growth exponents:", results["exponents"])
     print(f"wrote {path}")
 
