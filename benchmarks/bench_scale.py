@@ -174,8 +174,11 @@ def stage_table(stdout: str) -> dict[str, dict]:
 
 
 def run_ours(source: Path, out: Path, model: Path, extra: list[str]) -> dict:
+    from dedup_assets.core.layout import OutputLayout
+
     if out.exists():
         shutil.rmtree(out)
+    OutputLayout(out).claim()  # a new output folder of latent-dedup, the model copied in
     (out / "model").mkdir(parents=True)
     shutil.copyfile(model, out / "model" / "autoencoder.pt")
     cmd = [str(DEDUP), "run", "--source", str(source), "--output", str(out), *extra]
@@ -233,7 +236,7 @@ def ann_vs_exact(out: Path, n: int, threshold: float = 0.95) -> dict:
     )[:n]
     centred = x - x.mean(0)
     _, _, vt = np.linalg.svd(
-        centred[rng.choice(len(x), 20_000, replace=False)], full_matrices=False
+        centred[rng.choice(len(x), min(20_000, len(x)), replace=False)], full_matrices=False
     )
     v = l2_normalize(centred @ vt[:128].T)
     order = rng.permutation(n)

@@ -13,11 +13,19 @@ from dedup_assets.core.ann_join import resolve_join
 from dedup_assets.core.artifacts import (
     CurrentInputs,
     class_names,
+    digest,
     read_latent_ids,
     write_table,
 )
 from dedup_assets.core.artifacts import read_latents as read_class_latents
-from dedup_assets.core.cross_class import SharedSpace, cross_class_pairs, stratified_sample
+from dedup_assets.core.atomic_io import atomic_path
+from dedup_assets.core.cross_class import (
+    NearestOther,
+    SharedSpace,
+    cross_class_pairs,
+    nearest_other_class,
+    stratified_sample,
+)
 from dedup_assets.core.thresholds import budget_of
 from dedup_assets.ui import md_table
 from resources import DedupSettings, DedupStorage
@@ -63,8 +71,6 @@ def build_cross_class_asset(
         start = time.perf_counter()
         current.require_every_class(layout.latents, current.latents, "latents", "class_latents")
         keys = sorted(current.class_digests)
-        # Two passes over the latents, one class at a time: a sample for the shared axes,
-        # then every image projected (N x 128 in memory, never N x 1024).
         tables, labels = [], []
         for k, key in enumerate(keys):
             table = read_latent_ids(layout.latents(key))
@@ -78,53 +84,61 @@ def build_cross_class_asset(
             else pl.DataFrame(schema={"image_id": pl.String, "path": pl.String, "class": pl.String})
         )
         hashes = _pixel_hashes(layout, images)
-        picks = stratified_sample([t.height for t in tables], seed=settings.seed)
-        sample = [
-            read_class_latents(layout.latents(key))[1][at]
-            for key, at in zip(keys, picks, strict=True)
-        ]
-        sample = np.concatenate(sample) if sample else np.zeros((0, 1), np.float32)
-        space = SharedSpace.fit(sample, seed=settings.seed) if len(sample) else None
-        del sample
-        vectors = (
-            np.concatenate(
-                [space.project(read_class_latents(layout.latents(key))[1]) for key in keys]
-            )
-            if space
-            else np.zeros((0, 1), np.float32)
-        )
-        join = resolve_join(settings.join, len(vectors), settings.ann_min_class_size)
+        labels = np.concatenate(labels) if labels else np.zeros(0, np.int32)
+        join = resolve_join(settings.join, images.height, settings.ann_min_class_size)
         budget = budget_of(threshold)
+        # Every threshold partition needs the same nearest-other-class join: the first one
+        # computes it, the others read it (keyed by every class's latents and the settings).
+        cache_key = digest(
+            {
+                **current.cross_class("any"),
+                "seed": settings.seed,
+                "join": join,
+                "nprobe": settings.ann_nprobe,
+            }
+        )
+        nearest = _cached_nearest(layout, cache_key) if budget is None else None
+        space = vectors = None
+        if nearest is None:
+            space, vectors = _shared_vectors(
+                layout, keys, [t.height for t in tables], settings.seed
+            )
+            nearest = nearest_other_class(
+                vectors, labels, block=settings.block_size, join=join, nprobe=settings.ann_nprobe
+            )
+            _store_nearest(layout, cache_key, nearest)
         cosine = (
             float(threshold)
             if budget is None
             else _budget_cosine(layout, images, space, vectors, budget, settings.block_size)
         )
         found = cross_class_pairs(
-            vectors,
-            np.concatenate(labels) if labels else np.zeros(0, np.int32),
+            np.zeros((images.height, 1), np.float32),  # unused: `nearest` is given
+            labels,
             [cosine],
             pixel_hashes=hashes,
-            block=settings.block_size,
-            join=join,
-            nprobe=settings.ann_nprobe,
+            nearest=nearest,
         )[0]
         seconds = time.perf_counter() - start
-        cls, paths = images["class"].to_numpy(), images["path"].to_numpy()
-        pairs = pl.DataFrame(
-            {
-                "class_a": cls[found.i].astype(str),
-                "path_a": paths[found.i].astype(str),
-                "class_b": cls[found.j].astype(str),
-                "path_b": paths[found.j].astype(str),
-                "similarity": found.similarity,
-                "match": np.where(found.exact, "exact", "near"),
-            },
-            schema=SCHEMA,
-        ).sort("similarity", "path_a", descending=[True, False])
+        side = images.select("class", "path").with_row_index("at")
+        pairs = (
+            pl.DataFrame(
+                {
+                    "i": found.i.astype(np.uint32),
+                    "j": found.j.astype(np.uint32),
+                    "similarity": found.similarity,
+                    "match": np.where(found.exact, "exact", "near"),
+                }
+            )
+            .join(side.rename({"class": "class_a", "path": "path_a"}), left_on="i", right_on="at")
+            .join(side.rename({"class": "class_b", "path": "path_b"}), left_on="j", right_on="at")
+            .select(list(SCHEMA))
+            .cast(SCHEMA)
+            .sort("similarity", "path_a", descending=[True, False])
+        )
         write_table(pairs, layout.cross_class(threshold), current.cross_class(threshold))
         context.log.info(
-            f"T={threshold}: {pairs.height:,} cross-class pairs among {len(vectors):,} images "
+            f"T={threshold}: {pairs.height:,} cross-class pairs among {images.height:,} images "
             f"({seconds:.1f}s)"
         )
         return dg.MaterializeResult(
@@ -132,7 +146,7 @@ def build_cross_class_asset(
                 "pairs": pairs.height,
                 "cosine": cosine,
                 "exact_pairs": int(found.exact.sum()),
-                "images": len(vectors),
+                "images": images.height,
                 "join": join,
                 "seconds": round(seconds, 2),
                 "pairs_shown": dg.MetadataValue.md(_pairs_table(pairs)),
@@ -170,6 +184,44 @@ def build_cross_class_asset(
         )
 
     return cross_class_duplicates, no_cross_class_duplicates
+
+
+def _shared_vectors(layout, keys: list[str], sizes: list[int], seed: int):
+    """The shared space and every image's unit vector in it, in two passes over the
+    latents one class at a time: a sample for the axes, then every image projected (N x
+    128 in memory, never N x 1024)."""
+    picks = stratified_sample(sizes, seed=seed)
+    sample = [
+        read_class_latents(layout.latents(k))[1][at] for k, at in zip(keys, picks, strict=True)
+    ]
+    sample = np.concatenate(sample) if sample else np.zeros((0, 1), np.float32)
+    if not len(sample):
+        return None, np.zeros((0, 1), np.float32)
+    space = SharedSpace.fit(sample, seed=seed)
+    del sample
+    return space, np.concatenate(
+        [space.project(read_class_latents(layout.latents(k))[1]) for k in keys]
+    )
+
+
+def _nearest_path(layout):
+    return layout.cross_class_dir / ".nearest_other_class.npz"
+
+
+def _cached_nearest(layout, key: str) -> NearestOther | None:
+    try:
+        with np.load(_nearest_path(layout)) as f:
+            if str(f["key"]) == key:
+                return NearestOther(f["partner"], f["similarity"])
+    except (OSError, KeyError, ValueError):
+        pass
+    return None
+
+
+def _store_nearest(layout, key: str, nearest: NearestOther) -> None:
+    layout.cross_class_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(_nearest_path(layout)) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, key=np.array(key), partner=nearest.partner, similarity=nearest.similarity)
 
 
 def _budget_cosine(layout, images: pl.DataFrame, space, vectors, budget: float, block: int):
