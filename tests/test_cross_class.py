@@ -112,3 +112,24 @@ def test_pipeline_warns_about_cross_class_copies_and_resolves_budgets(tmp_path):
     assert set(evaluation["threshold"].cast(pl.String)) == {"0.9", "2%"}
     assert (out / "evaluation" / "recall_per_transform_2%.png").stat().st_size > 1000
     assert "2%" in (out / "reports" / "summary.md").read_text()
+
+
+def test_at_most_one_partner_per_image_however_many_look_alike():
+    """Many alike images in two classes: each is listed with its nearest other-class image
+    only, so the table grows with N, not N^2 (EuroSAT: 2.2 million pairs otherwise)."""
+    from dedup_assets.core.cross_class import nearest_other_class
+
+    rng = np.random.default_rng(0)
+    v = _unit(np.ones((400, 6)) + 0.01 * rng.standard_normal((400, 6)))
+    labels = np.repeat([0, 1], 200)
+    (found,) = cross_class_pairs(v, labels, [0.9], block=64)
+    assert 0 < len(found.i) <= 400
+    assert (labels[found.i] != labels[found.j]).all() and (found.i < found.j).all()
+    full = v @ v.T
+    other = np.where(labels[:, None] != labels[None, :], full, -np.inf)
+    nearest = nearest_other_class(v, labels, block=64)
+    np.testing.assert_array_equal(nearest.partner, other.argmax(axis=1))
+    np.testing.assert_allclose(nearest.similarity, other.max(axis=1), atol=1e-6)
+    ann = nearest_other_class(v, labels, join="ann", nprobe=4)
+    assert (ann.partner >= 0).all() and (labels[ann.partner] != labels).all()
+    np.testing.assert_allclose(ann.similarity, full[np.arange(400), ann.partner], atol=1e-5)
