@@ -235,3 +235,21 @@ def test_removing_planted_copies_does_not_fail_the_gate():
     chance = random_removal_excess(groups, counts)
     g = kurtosis_gate(np.array(before), np.array(after), 0.1, chance)
     assert g.severity != "error", g.reasons
+
+
+@pytest.mark.parametrize("k", [480, 30])  # few removed (sums over them) / few kept
+def test_random_subset_kurtosis_matches_drawing_the_subsets(k):
+    from dedup_assets.core.statistics import _kurtosis_of_subsets
+
+    z = np.random.default_rng(1).standard_t(5, (500, 3))
+    fast = _kurtosis_of_subsets(z, k, 2000, np.random.default_rng(0))
+    slow = np.array(
+        [
+            excess_kurtosis(z[np.random.default_rng(i).choice(500, k, replace=False)])
+            for i in range(2000)
+        ]
+    )
+    from scipy.stats import ks_2samp
+
+    for c in range(3):  # the same distribution of draws (two-sample Kolmogorov-Smirnov)
+        assert ks_2samp(fast[:, c], slow[:, c]).pvalue > 0.001, c
