@@ -216,10 +216,10 @@ def run_imagededup(python: str, source: Path) -> dict:
 def ann_vs_exact(out: Path, n: int, threshold: float = 0.95) -> dict:
     """Exact and approximate keep and pair joins on n spline-copula vectors made from the
     latents of a measured run (tiled with small noise up to n: one big class)."""
-    from dedup_assets.core.ann_join import ann_pairs_above
+    from dedup_assets.core.ann_join import ivf_index
     from dedup_assets.core.artifacts import read_latents
     from dedup_assets.core.keep_policy import greedy_keep
-    from dedup_assets.core.similarity import l2_normalize, pairs_above
+    from dedup_assets.core.similarity import l2_normalize
 
     blocks = [read_latents(p)[1] for p in sorted((out / "latents").glob("*.parquet"))]
     latents = np.concatenate(blocks)
@@ -252,14 +252,28 @@ def ann_vs_exact(out: Path, n: int, threshold: float = 0.95) -> dict:
     result["ann_removed"] = int(removed_a.sum())
     result["keep_agreement"] = float((exact.kept == ann.kept).mean())
     result["removal_recall"] = float((removed_e & removed_a).sum() / max(1, removed_e.sum()))
+    # Pair recall on a sample of query images (all pairs would not fit: near-uniform tiles
+    # make hundreds of millions of pairs), the exact side as products of 512 queries.
+    queries = np.sort(rng.choice(n, min(n, 2_000), replace=False))
     t = time.perf_counter()
-    i, j, _ = pairs_above(v, threshold)
+    exact_pairs = set()
+    for q0 in range(0, len(queries), 512):
+        q = queries[q0 : q0 + 512]
+        r, c = np.nonzero(v[q] @ v.T > threshold)
+        exact_pairs |= {(int(a), int(b)) for a, b in zip(q[r], c, strict=True) if a != b}
     result["exact_pairs_seconds"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
-    ai, aj, _ = ann_pairs_above(v, threshold)
+    index = ivf_index(v)
+    index.add(v)
+    lims, _, ids = index.range_search(np.ascontiguousarray(v[queries]), float(threshold))
+    found = {
+        (int(queries[k]), int(b))
+        for k in range(len(queries))
+        for b in ids[lims[k] : lims[k + 1]]
+        if b != queries[k]
+    }
     result["ann_pairs_seconds"] = round(time.perf_counter() - t, 2)
-    exact_pairs = set(zip(i.tolist(), j.tolist(), strict=True))
-    found = set(zip(ai.tolist(), aj.tolist(), strict=True))
+    result["pair_queries"] = len(queries)
     result["exact_pairs"] = len(exact_pairs)
     result["pair_recall"] = len(exact_pairs & found) / max(1, len(exact_pairs))
     result["keep_speedup"] = round(result["exact_keep_seconds"] / result["ann_keep_seconds"], 2)
@@ -285,10 +299,16 @@ def main() -> None:
     p.add_argument("--imagededup-python", default=None)
     p.add_argument("--ann-sizes", default="", help="class sizes for the ANN comparison")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--ann-from", type=Path, default=None, help="output of an earlier run: ANN only")
     p.add_argument("--extra", default="", help="more `dedup run` options, space-separated")
     add_out_option(p)
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.ann_from:
+        ann = [ann_vs_exact(args.ann_from, int(n)) for n in args.ann_sizes.split(",") if n]
+        print(json.dumps(ann, indent=1))
+        write_result("scale_ann", {"ann": ann}, args.out)
+        return
     files = build_pool(args.source, args.work / "pool", max(sizes), args.workers)
     results = {"sizes": [], "ann": []}
     last_out = None
