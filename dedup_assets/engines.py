@@ -20,6 +20,7 @@ folder and its Dagster instance at the same paths (a shared filesystem on a real
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import socket
@@ -154,8 +155,10 @@ def root_cause(error: Any) -> str:
     return lines[-1] if lines else error.cls_name
 
 
+@functools.lru_cache(maxsize=16)
 def job_for(config_json: str, job_name: str) -> dg.JobDefinition:
-    """Rebuild a named job from a configuration's JSON, in whatever process runs it."""
+    """Rebuild a named job from a configuration's JSON, in whatever process runs it (once
+    per process: a worker runs many class partitions of the same job)."""
     from dedup_assets.config import PipelineConfig
     from dedup_assets.definitions import build_definitions
 

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,142 +235,131 @@ def _run_stages(
     log: Callable[[str], None],
     log_level: str,
 ) -> None:
-    options = {"retrain": retrain, "full": full, "log": log, "log_level": log_level}
-    if config.executor == Executor.in_process:
-        _stages(config, instance, layout, outcome, None, **options)
-        return
-    home = str(Path(os.environ["DAGSTER_HOME"]).resolve())
-    with ClassRunPool(config, home, verbose=log_level == "INFO") as pool:
-        log(
-            f"executor {config.executor}: up to {config.parallel} class run(s) at once on "
-            f"{', '.join(pool.workers())}"
-        )
-        _stages(config, instance, layout, outcome, pool, **options)
+    in_process = config.executor == Executor.in_process
+    home = "" if in_process else str(Path(os.environ["DAGSTER_HOME"]).resolve())
+    with (
+        nullcontext(None) if in_process else ClassRunPool(config, home, log_level == "INFO")
+    ) as pool:
+        if pool is not None:
+            log(
+                f"executor {config.executor}: up to {config.parallel} class run(s) at once on "
+                f"{', '.join(pool.workers())}"
+            )
+        defs = build_definitions(config)
+        tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+        if retrain:
+            tags[RETRAIN_TAG] = "1"
+        if full:
+            tags[FULL_TAG] = "1"
+        run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+        settings = config.method
 
+        per_class_jobs = {INGEST_JOB, CLASS_JOB}
 
-def _stages(
-    config: PipelineConfig,
-    instance: dg.DagsterInstance,
-    layout: OutputLayout,
-    outcome: PipelineOutcome,
-    pool: ClassRunPool | None,
-    *,
-    retrain: bool,
-    full: bool,
-    log: Callable[[str], None],
-    log_level: str,
-) -> None:
-    defs = build_definitions(config)
-    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-    if retrain:
-        tags[RETRAIN_TAG] = "1"
-    if full:
-        tags[FULL_TAG] = "1"
-    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    settings = config.method
-
-    per_class_jobs = {INGEST_JOB, CLASS_JOB}
-
-    def stage(
-        name: str, job_name: str, keys: Sequence[str | None], assets: list[str] | None = None
-    ) -> tuple[list[str | None], list[dg.ExecuteInProcessResult]]:
-        """Run one job per key (several at once where the executor allows); returns the
-        keys whose run failed, and every in-process result."""
-        run_tags = {**tags, STAGE_TAG: name}
-        through_executor = pool is not None and job_name in per_class_jobs
-        at_once = config.parallel if through_executor else 1
-        log(
-            f"[{name}] starting: {len(keys)} run(s)"
-            + (f", {at_once} at once ({config.executor} executor)" if through_executor else "")
-        )
-        failed, results = [], []
-        start = time.perf_counter()
-        if through_executor:
-            reports = pool.run_all(job_name, list(keys), run_tags, run_config, name)
-        else:
-            reports = []
-            for key in keys:
-                result = defs.resolve_job_def(job_name).execute_in_process(
-                    partition_key=key,
-                    instance=instance,
-                    raise_on_error=False,
-                    tags=run_tags,
-                    run_config=run_config,
-                    asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
-                )
-                results.append(result)
-                reports.append(RunReport.of(result, name, key))
-        for key, report in zip(keys, reports, strict=True):
-            outcome.checks.extend(report.checks)
-            outcome.failures.extend(report.failures)
-            if report.failures:
-                failed.append(key)
+        def stage(
+            name: str, job_name: str, keys: Sequence[str | None], assets: list[str] | None = None
+        ) -> tuple[list[str | None], list[dg.ExecuteInProcessResult]]:
+            """Run one job per key (several at once where the executor allows); returns the
+            keys whose run failed, and every in-process result."""
+            run_tags = {**tags, STAGE_TAG: name}
+            through_executor = pool is not None and job_name in per_class_jobs
+            at_once = config.parallel if through_executor else 1
+            log(
+                f"[{name}] starting: {len(keys)} run(s)"
+                + (f", {at_once} at once ({config.executor} executor)" if through_executor else "")
+            )
+            failed, results = [], []
+            start = time.perf_counter()
             if through_executor:
-                log(f"[{name}] {key}: steps ran on {', '.join(report.workers) or '?'}")
-        seconds = time.perf_counter() - start
-        outcome.stages.append(StageTiming(name, seconds, len(keys)))
-        log(f"[{name}] {len(keys)} run(s) in {seconds:.1f}s")
-        return failed, results
+                reports = pool.run_all(job_name, list(keys), run_tags, run_config, name)
+            else:
+                reports = []
+                for key in keys:
+                    result = defs.resolve_job_def(job_name).execute_in_process(
+                        partition_key=key,
+                        instance=instance,
+                        raise_on_error=False,
+                        tags=run_tags,
+                        run_config=run_config,
+                        asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
+                    )
+                    results.append(result)
+                    reports.append(RunReport.of(result, name, key))
+            for key, report in zip(keys, reports, strict=True):
+                outcome.checks.extend(report.checks)
+                outcome.failures.extend(report.failures)
+                if report.failures:
+                    failed.append(key)
+                if through_executor:
+                    log(f"[{name}] {key}: steps ran on {', '.join(report.workers) or '?'}")
+            seconds = time.perf_counter() - start
+            outcome.stages.append(StageTiming(name, seconds, len(keys)))
+            log(f"[{name}] {len(keys)} run(s) in {seconds:.1f}s")
+            return failed, results
 
-    root = config.resources()["image_source"].resolve_root()
-    _, listings = list_source(root)
-    changes = changed_classes({k: v.digest for k, v in listings.items()}, recorded_listings(layout))
-    outcome.changes = changes.describe()
-    outcome.updated = list(changes.to_update)
-    if not full and not retrain and _nothing_to_do(config, layout, changes):
-        outcome.nothing_changed = True
-        log("nothing changed: the source and the settings are those of the outputs")
-        return
-    log(f"source: {outcome.changes}")
-    if stage("catalog", INDEX_JOB, [None])[0]:
-        outcome.skipped.append("every later stage: the catalog failed")
-        return
-    to_ingest = sorted(listings) if full else list(changes.to_update)
-    if to_ingest:
-        failed, _ = stage("images", INGEST_JOB, to_ingest)
+        root = config.resources()["image_source"].resolve_root()
+        _, listings = list_source(root)
+        changes = changed_classes(
+            {k: v.digest for k, v in listings.items()}, recorded_listings(layout)
+        )
+        outcome.changes = changes.describe()
+        outcome.updated = list(changes.to_update)
+        if not full and not retrain and _nothing_to_do(config, layout, changes):
+            outcome.nothing_changed = True
+            log("nothing changed: the source and the settings are those of the outputs")
+            return
+        log(f"source: {outcome.changes}")
+        if stage("catalog", INDEX_JOB, [None])[0]:
+            outcome.skipped.append("every later stage: the catalog failed")
+            return
+        to_ingest = sorted(listings) if full else list(changes.to_update)
+        if to_ingest:
+            failed, _ = stage("images", INGEST_JOB, to_ingest)
+            if failed:
+                outcome.skipped.append(
+                    f"every later stage: decoding failed for {', '.join(str(k) for k in failed)}"
+                )
+                return
+        model_before = file_digest(layout.model) if layout.model.exists() else None
+        failed, results = stage("training", TRAIN_JOB, [None])
+        if failed:
+            outcome.skipped.append("every later stage: training failed")
+            return
+        outcome.training = _training_decision(results[0])
+        log(f"training: {outcome.training}")
+        retrained = file_digest(layout.model) != model_before
+        current = CurrentInputs.of(layout, settings)
+        thresholds = list(config.thresholds)
+        outcome.classes = catalogued_keys(layout)
+        if retrained or full:
+            to_process = outcome.classes
+        else:
+            pending = set(stale_classes(layout, current, thresholds)) | set(to_ingest)
+            to_process = [k for k in outcome.classes if k in pending]
+        if to_process:
+            failed, _ = stage(
+                "classes: latents, spline fits, keep decisions", CLASS_JOB, to_process
+            )
+            if failed:
+                outcome.skipped.append(
+                    f"keep lists, reports, clean copies and evaluation: the class stage failed for "
+                    f"{', '.join(str(k) for k in failed)}"
+                )
+                return
+        to_threshold = thresholds if to_process else stale_thresholds(layout, current, thresholds)
+        failed = []
+        if to_threshold:
+            failed, _ = stage(
+                "thresholds: keep lists, gates, reports, clean copies", THRESHOLD_JOB, to_threshold
+            )
+        outcome.stale_clean = [t for t in thresholds if layout.clean_stale_note(t).exists()]
+        assets = ["dedup_evaluation"] + ([] if failed else ["dedup_summary"])
         if failed:
             outcome.skipped.append(
-                f"every later stage: decoding failed for {', '.join(str(k) for k in failed)}"
+                f"the summary across thresholds: T={', '.join(str(t) for t in failed)} failed"
             )
-            return
-    model_before = file_digest(layout.model) if layout.model.exists() else None
-    failed, results = stage("training", TRAIN_JOB, [None])
-    if failed:
-        outcome.skipped.append("every later stage: training failed")
-        return
-    outcome.training = _training_decision(results[0])
-    log(f"training: {outcome.training}")
-    retrained = file_digest(layout.model) != model_before
-    current = CurrentInputs.of(layout, settings)
-    thresholds = list(config.thresholds)
-    outcome.classes = catalogued_keys(layout)
-    if retrained or full:
-        to_process = outcome.classes
-    else:
-        pending = set(stale_classes(layout, current, thresholds)) | set(to_ingest)
-        to_process = [k for k in outcome.classes if k in pending]
-    if to_process:
-        failed, _ = stage("classes: latents, spline fits, keep decisions", CLASS_JOB, to_process)
-        if failed:
-            outcome.skipped.append(
-                f"keep lists, reports, clean copies and evaluation: the class stage failed for "
-                f"{', '.join(str(k) for k in failed)}"
-            )
-            return
-    to_threshold = thresholds if to_process else stale_thresholds(layout, current, thresholds)
-    failed = []
-    if to_threshold:
-        failed, _ = stage(
-            "thresholds: keep lists, gates, reports, clean copies", THRESHOLD_JOB, to_threshold
-        )
-    outcome.stale_clean = [t for t in thresholds if layout.clean_stale_note(t).exists()]
-    assets = ["dedup_evaluation"] + ([] if failed else ["dedup_summary"])
-    if failed:
-        outcome.skipped.append(
-            f"the summary across thresholds: T={', '.join(str(t) for t in failed)} failed"
-        )
-    if not stage("summary + evaluation", SUMMARY_JOB, [None], assets)[0]:
-        outcome.summary_written = "dedup_summary" in assets
+        if not stage("summary + evaluation", SUMMARY_JOB, [None], assets)[0]:
+            outcome.summary_written = "dedup_summary" in assets
 
 
 def _training_decision(result: dg.ExecuteInProcessResult) -> str:

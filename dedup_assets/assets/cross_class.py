@@ -113,7 +113,7 @@ def build_cross_class_asset(
             else _budget_cosine(layout, images, space, vectors, budget, settings.block_size)
         )
         found = cross_class_pairs(
-            np.zeros((images.height, 1), np.float32),  # unused: `nearest` is given
+            None,  # `nearest` is given
             labels,
             [cosine],
             pixel_hashes=hashes,

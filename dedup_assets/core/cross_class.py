@@ -159,7 +159,7 @@ def nearest_other_class(
 
 
 def cross_class_pairs(
-    vectors: np.ndarray,
+    vectors: np.ndarray | None,
     labels: np.ndarray,
     thresholds: Sequence[float],
     *,
@@ -174,10 +174,11 @@ def cross_class_pairs(
     alike across classes (2.2 million pairs above 0.93 among EuroSAT's 27,000 in the shared
     space, mostly dark Forest and SeaLake tiles). Pixel-identical images in different
     classes are always listed, with similarity 1.0. `nearest` (from `nearest_other_class`
-    on the same vectors) saves the join when several thresholds are asked in turn.
+    on the same vectors) saves the join when several thresholds are asked in turn; then
+    `vectors` may be None.
     """
     labels = np.asarray(labels)
-    n = len(vectors)
+    n = len(labels)
     if nearest is None:
         nearest = nearest_other_class(vectors, labels, block=block, join=join, nprobe=nprobe)
     has = np.flatnonzero(nearest.partner >= 0)
