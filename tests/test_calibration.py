@@ -55,3 +55,28 @@ def test_sampled_queries_skip_their_own_mirror_as_the_full_pass_does():
     sampled = nearest_decoy_similarity(v[picks], d, 64, own=False, query_index=picks)
     np.testing.assert_allclose(sampled, full[picks], atol=1e-6)  # same up to BLAS rounding
     assert (full < 0.99).all(), "an image's own near-identical mirror is never its match"
+
+
+def test_mirror_latents_are_encoded_once_per_latents(tmp_path):
+    """Stored under the latents' provenance: read back while it holds, encoded anew when
+    the latents change (new images or a new model), never for the wrong latents."""
+    from dedup_assets.core.artifacts import mirror_latents
+    from dedup_assets.core.layout import OutputLayout
+
+    layout = OutputLayout(tmp_path)
+    calls = []
+
+    def encode(value: float):
+        def run():
+            calls.append(value)
+            return np.full((3, 4), value, np.float32)
+
+        return run
+
+    first = mirror_latents(layout, "forest", {"class": "a", "model": "m"}, encode(1.0))
+    again = mirror_latents(layout, "forest", {"class": "a", "model": "m"}, encode(2.0))
+    assert calls == [1.0] and np.array_equal(first, again)
+    changed = mirror_latents(layout, "forest", {"class": "a", "model": "m2"}, encode(3.0))
+    assert calls == [1.0, 3.0] and (changed == 3.0).all()
+    layout.mirror_latents("forest").write_bytes(b"torn")  # unreadable: encoded again
+    assert (mirror_latents(layout, "forest", {"class": "a", "model": "m2"}, encode(4.0)) == 4).all()

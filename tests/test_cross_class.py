@@ -113,6 +113,19 @@ def test_pipeline_warns_about_cross_class_copies_and_resolves_budgets(tmp_path):
     assert (out / "evaluation" / "recall_per_transform_2%.png").stat().st_size > 1000
     assert "2%" in (out / "reports" / "summary.md").read_text()
 
+    # The mirrors are encoded once, by each class's calibration, and read by the
+    # cross-class one: stored beside the latents, stamped with the latents they mirror.
+    from dedup_assets.core.artifacts import digest, read_latent_ids, read_provenance
+    from dedup_assets.core.layout import OutputLayout
+
+    layout = OutputLayout(out)
+    for latents in sorted((out / "latents").glob("*.parquet")):
+        key = latents.stem
+        with np.load(layout.mirror_latents(key)) as stored:
+            assert str(stored["latents"]) == digest(read_provenance(latents))
+            assert stored["mirrors"].shape == (read_latent_ids(latents).height, 1024)
+    assert (out / "cross_class" / ".mirror_null.npz").is_file()
+
 
 def test_at_most_one_partner_per_image_however_many_look_alike():
     """Many alike images in two classes: each is listed with its nearest other-class image

@@ -168,6 +168,25 @@ def test_clean_copy_holds_exactly_the_kept_images(tiny_run):
         assert files == sorted(keep.filter(pl.col("kept"))["path"].to_list())
 
 
+def test_clean_copies_share_one_copy_of_each_file_and_never_the_source(tiny_run):
+    """Every threshold's copy holds the source's bytes, so a file kept at several
+    thresholds is copied once and hard-linked into the others; never linked to the source."""
+    layout, source = tiny_run["layout"], tiny_run["source"]
+    inodes: dict[str, set[int]] = {}
+    for t in THRESHOLDS:
+        for p in layout.clean_dir(t).rglob("*.png"):
+            rel = p.relative_to(layout.clean_dir(t)).as_posix()
+            assert p.read_bytes() == (source / rel).read_bytes()
+            assert p.stat().st_ino != (source / rel).stat().st_ino
+            inodes.setdefault(rel, set()).add(p.stat().st_ino)
+    shared = [rel for rel, ino in inodes.items() if len(ino) == 1]
+    assert len(shared) == len(inodes), "one inode per file, whatever the thresholds"
+    assert any(
+        len([t for t in THRESHOLDS if (layout.clean_dir(t) / rel).exists()]) == len(THRESHOLDS)
+        for rel in inodes
+    ), "some file is kept at every threshold"
+
+
 def test_reports_and_summary_written(tiny_run):
     layout = tiny_run["layout"]
     for t in THRESHOLDS:
@@ -285,3 +304,26 @@ def test_pixel_cache_never_trusts_a_store_out_of_step_with_its_table(tiny_run, t
     run = job.execute_in_process(partition_key="forest", instance=instance)
     meta = run.get_asset_materialization_events()[0].materialization.metadata
     assert meta["unchanged"].value == len(pixels) and meta["read_and_decoded"].value == 0
+
+
+def test_an_edited_clean_file_is_copied_anew_not_linked(tiny_run):
+    """A file someone edited in a clean copy (its size or mtime no longer the source's) is
+    not linked into the next copy: that copy takes the source's bytes again."""
+    import os
+
+    layout, source = tiny_run["layout"], tiny_run["source"]
+    t = THRESHOLDS[2]
+    rel = sorted(p.relative_to(layout.clean_dir(t)) for p in layout.clean_dir(t).rglob("*.png"))[0]
+    edited = layout.clean_dir(t) / rel
+    os.unlink(edited)  # an in-place edit would reach the other thresholds' links too
+    edited.write_bytes(b"edited by hand")
+    job = build_definitions(tiny_run["config"]).resolve_job_def("threshold_job")
+    run = job.execute_in_process(
+        partition_key=t,
+        instance=tiny_run["instance"],
+        asset_selection=[dg.AssetKey("kurtosis_report"), dg.AssetKey("clean_dataset")],
+    )
+    assert run.success
+    assert edited.read_bytes() == (source / rel).read_bytes()
+    meta = run.get_asset_materialization_events()[-1].materialization.metadata
+    assert meta["unchanged_linked"].value == meta["images"].value - 1

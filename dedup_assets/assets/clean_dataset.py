@@ -31,6 +31,16 @@ FILES_NAME = ".latent-dedup-clean.parquet"
 COPY_THREADS = 8
 
 
+def _donor_copies(layout: OutputLayout, thresholds: list[str]) -> list[tuple[str, str]]:
+    """(folder, file list) of every existing clean copy, in the order given."""
+    out = []
+    for t in thresholds:
+        folder = layout.clean_dir(t)
+        if (folder / FILES_NAME).exists():
+            out.append((str(folder), str(folder / FILES_NAME)))
+    return out
+
+
 class GateBlocked(RuntimeError):
     """A data-quality gate of this threshold failed: no clean copy is made."""
 
@@ -73,7 +83,8 @@ def build_clean_dataset_asset(
         description="The kept images copied into `clean/<T>/<class>/...`, same layout as the "
         "source (which is never modified). Blocked when a gate on the keep list or the "
         "kurtosis report fails; an older copy is then marked `STALE.txt`. Files unchanged "
-        "since the last copy are hard-linked from it, not copied again.",
+        "since the last copy, or already copied for another threshold, are hard-linked from "
+        "that copy, not copied again (every clean copy holds the source's bytes).",
     )
     def clean_dataset(
         context: dg.AssetExecutionContext,
@@ -98,28 +109,55 @@ def build_clean_dataset_asset(
         mode = str(settings.clean_copy_mode)
         copy = _COPIERS[mode]
         root = os.fsencode(image_source.resolve_root())
-        old_dir = layout.clean_dir(threshold)
-        previous: dict[bytes, str] = {}
-        old_files = old_dir / FILES_NAME
-        if mode == "copy" and old_files.exists():
-            old = pl.read_parquet(old_files)
-            previous = dict(
-                zip(old["raw_path"].to_list(), old["content_hash"].to_list(), strict=True)
+        # Copies that already hold a file with the same bytes: this threshold's previous
+        # copy first, then the other thresholds' (all are copies of one source). A file
+        # found there is hard-linked, not copied again.
+        donors = (
+            _donor_copies(
+                layout,
+                [threshold, *(t for t in thresholds_def.get_partition_keys() if t != threshold)],
             )
+            if mode == "copy"
+            else []
+        )
+        if donors:
+            held = pl.concat(
+                [
+                    pl.read_parquet(f).with_columns(pl.lit(k).alias("donor"))
+                    for k, (_, f) in enumerate(donors)
+                ]
+            ).unique("raw_path", keep="first", maintain_order=True)
+            kept = kept.join(
+                held.select("raw_path", "content_hash", "donor"),
+                on=["raw_path", "content_hash"],
+                how="left",
+                maintain_order="left",
+            )
+        else:
+            kept = kept.with_columns(pl.lit(None, pl.Int64).alias("donor"))
+        donor_roots = [os.fsencode(d) for d, _ in donors]
         start = time.perf_counter()
-        with atomic_dir(old_dir) as tmp:
-            dest_root, old_root = os.fsencode(tmp), os.fsencode(old_dir)
-            rows = kept.select("raw_path", "content_hash").rows()
+        with atomic_dir(layout.clean_dir(threshold)) as tmp:
+            dest_root = os.fsencode(tmp)
+            rows = kept.select("raw_path", "donor").rows()
             for parent in {os.path.dirname(os.path.join(dest_root, rel)) for rel, _ in rows}:
                 os.makedirs(parent, exist_ok=True)
 
-            def place(row: tuple[bytes, str]) -> bool:
-                rel, content = row
-                dest = os.path.join(dest_root, rel)
-                if previous.get(rel) == content:
-                    os.link(os.path.join(old_root, rel), dest)  # unchanged: no bytes copied
-                    return True
-                copy(os.path.join(root, rel), dest)
+            def place(row: tuple[bytes, int | None]) -> bool:
+                rel, donor = row
+                dest, src = os.path.join(dest_root, rel), os.path.join(root, rel)
+                if donor is not None:
+                    held = os.path.join(donor_roots[donor], rel)
+                    try:
+                        a, b = os.stat(held), os.stat(src)
+                        # Same size and modification time as the source: the copy was
+                        # made from these bytes and not edited since (copy2 keeps mtime).
+                        if (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns):
+                            os.link(held, dest)
+                            return True
+                    except OSError:
+                        pass  # gone (that copy is being replaced) or unreadable: copy
+                copy(src, dest)
                 if mode == "copy":
                     os.chmod(dest, 0o644)
                 return False
@@ -143,7 +181,7 @@ def build_clean_dataset_asset(
         seconds = time.perf_counter() - start
         context.log.info(
             f"T={threshold}: {kept.height:,} images -> {layout.clean_dir(threshold)} "
-            f"({linked:,} unchanged, linked from the previous copy)"
+            f"({linked:,} linked from an existing copy of the same bytes)"
         )
         return dg.MaterializeResult(
             metadata={

@@ -19,6 +19,7 @@ from dedup_assets.core.artifacts import (
 )
 from dedup_assets.core.artifacts import read_latents as read_class_latents
 from dedup_assets.core.atomic_io import atomic_path
+from dedup_assets.core.calibration import budget_thresholds
 from dedup_assets.core.cross_class import (
     NearestOther,
     SharedSpace,
@@ -97,27 +98,42 @@ def build_cross_class_asset(
                 "nprobe": settings.ann_nprobe,
             }
         )
-        nearest = _cached_nearest(layout, cache_key) if budget is None else None
-        space = vectors = None
-        if nearest is None:
+        # The budget's null (each image's most similar mirrored image of another class) is
+        # the same for every budget: cached beside the nearest pairs, under the same key.
+        nearest = _cached(_nearest_path(layout), cache_key)
+        null = _cached(_null_path(layout), cache_key) if budget is not None else None
+        if nearest is None or (budget is not None and null is None):
             space, vectors = _shared_vectors(
                 layout, keys, [t.height for t in tables], settings.seed
             )
-            nearest = nearest_other_class(
-                vectors, labels, block=settings.block_size, join=join, nprobe=settings.ann_nprobe
-            )
-            _store_nearest(layout, cache_key, nearest)
+            if nearest is None:
+                found_nearest = nearest_other_class(
+                    vectors,
+                    labels,
+                    block=settings.block_size,
+                    join=join,
+                    nprobe=settings.ann_nprobe,
+                )
+                nearest = {
+                    "partner": found_nearest.partner,
+                    "similarity": found_nearest.similarity,
+                }
+                _store(_nearest_path(layout), cache_key, nearest)
+            if budget is not None and null is None:
+                null = {
+                    "null": _mirror_null(layout, current, keys, space, vectors, settings.block_size)
+                }
+                _store(_null_path(layout), cache_key, null)
+            del vectors
         cosine = (
-            float(threshold)
-            if budget is None
-            else _budget_cosine(layout, images, space, vectors, budget, settings.block_size)
+            float(threshold) if budget is None else budget_thresholds(null["null"], [budget])[0]
         )
         found = cross_class_pairs(
             None,  # `nearest` is given
             labels,
             [cosine],
             pixel_hashes=hashes,
-            nearest=nearest,
+            nearest=NearestOther(nearest["partner"], nearest["similarity"]),
         )[0]
         seconds = time.perf_counter() - start
         side = images.select("class", "path").with_row_index("at")
@@ -208,58 +224,75 @@ def _nearest_path(layout):
     return layout.cross_class_dir / ".nearest_other_class.npz"
 
 
-def _cached_nearest(layout, key: str) -> NearestOther | None:
+def _null_path(layout):
+    return layout.cross_class_dir / ".mirror_null.npz"
+
+
+def _cached(path, key: str) -> dict[str, np.ndarray] | None:
+    """The arrays stored at path under `key`, or None when absent, stale or unreadable."""
     try:
-        with np.load(_nearest_path(layout)) as f:
+        with np.load(path) as f:
             if str(f["key"]) == key:
-                return NearestOther(f["partner"], f["similarity"])
+                return {name: f[name] for name in f.files if name != "key"}
     except (OSError, KeyError, ValueError):
         pass
     return None
 
 
-def _store_nearest(layout, key: str, nearest: NearestOther) -> None:
-    layout.cross_class_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(_nearest_path(layout)) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, key=np.array(key), partner=nearest.partner, similarity=nearest.similarity)
+def _store(path, key: str, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, key=np.array(key), **arrays)
 
 
-def _budget_cosine(layout, images: pl.DataFrame, space, vectors, budget: float, block: int):
-    """A budget in the shared space: the quantile of every image's similarity to the
-    nearest mirrored other image (`core.calibration`), over all classes together."""
-    from dedup_assets.core.artifacts import catalog_images, open_pixels, read_catalog
-    from dedup_assets.core.autoencoder import encode_images, load_state
-    from dedup_assets.core.calibration import (
-        CHUNK,
-        MAX_QUERIES,
-        budget_thresholds,
-        mirrored,
-        nearest_decoy_similarity,
+def _mirror_null(layout, current, keys: list[str], space, vectors, block: int) -> np.ndarray:
+    """Every sampled image's similarity to its most similar mirrored image of the whole set
+    in the shared space (`core.calibration`); the mirrors' latents are the ones the class
+    calibrations stored, encoded here only when missing."""
+    from dedup_assets.core.artifacts import (
+        catalog_images,
+        mirror_latents,
+        open_pixels,
+        read_class_images,
     )
+    from dedup_assets.core.autoencoder import load_state
+    from dedup_assets.core.calibration import MAX_QUERIES, encode_mirrors, nearest_decoy_similarity
 
     if space is None or len(vectors) < 2:
-        return 1.0
-    model = load_state(layout.model)
-    rows = images.join(
-        catalog_images(read_catalog(layout)).select("image_id", "class_key", "row"),
-        on="image_id",
-        how="left",
-        maintain_order="left",
+        return np.zeros(0, np.float32)
+    model = []  # loaded once, only when some class's mirrors must be encoded
+
+    def encoder(key: str):
+        def encode() -> np.ndarray:
+            if not model:
+                model.append(load_state(layout.model))
+            rows = (
+                read_latent_ids(layout.latents(key))
+                .select("image_id")
+                .join(
+                    catalog_images(read_class_images(layout, key)).select("image_id", "row"),
+                    on="image_id",
+                    how="left",
+                    maintain_order="left",
+                )["row"]
+                .to_numpy()
+            )
+            store = open_pixels(layout, key)
+            same = len(rows) == len(store) and np.array_equal(rows, np.arange(len(store)))
+            return encode_mirrors(model[0], store if same else np.asarray(store[rows]))
+
+        return encode
+
+    decoys = np.concatenate(
+        [
+            space.project(mirror_latents(layout, key, current.latents(key), encoder(key)))
+            for key in keys
+        ]
     )
-    decoys = []
-    for key in rows["class_key"].unique(maintain_order=True).to_list():
-        at = rows.filter(pl.col("class_key") == key)["row"].to_numpy()
-        store = open_pixels(layout, key)
-        for start in range(0, len(at), CHUNK):  # mirrored and encoded a chunk at a time
-            pixels = mirrored(np.asarray(store[at[start : start + CHUNK]]))
-            decoys.append(space.project(encode_images(model, pixels)))
     queries = np.arange(len(vectors))
     if len(queries) > MAX_QUERIES:  # the quantile from a sample, against every mirror
         queries = np.sort(np.random.default_rng(0).choice(len(queries), MAX_QUERIES, False))
-    null = nearest_decoy_similarity(
-        vectors[queries], np.concatenate(decoys), block, own=False, query_index=queries
-    )
-    return budget_thresholds(null, [budget])[0]
+    return nearest_decoy_similarity(vectors[queries], decoys, block, own=False, query_index=queries)
 
 
 def _pixel_hashes(layout, images: pl.DataFrame) -> np.ndarray:

@@ -20,6 +20,7 @@ from dedup_assets.core.artifacts import (
     digest,
     gather_pixels,
     load_class_data,
+    mirror_latents,
     read_catalog,
     read_class_keep_lists,
     read_keep_list,
@@ -28,7 +29,7 @@ from dedup_assets.core.artifacts import (
 )
 from dedup_assets.core.atomic_io import write_bytes, write_csv, write_json, write_text
 from dedup_assets.core.autoencoder import load_state
-from dedup_assets.core.calibration import class_budget_cosines
+from dedup_assets.core.calibration import class_budget_cosines, encode_mirrors
 from dedup_assets.core.class_decision import PriorDecision, decide_class
 from dedup_assets.core.integrity import keep_list_problems
 from dedup_assets.core.layout import OutputLayout
@@ -92,20 +93,34 @@ def prior_decisions(
 
 
 def resolve_cosines(
-    layout: OutputLayout, data, thresholds: Sequence[str], settings: DedupSettings
+    layout: OutputLayout,
+    key: str,
+    data,
+    thresholds: Sequence[str],
+    settings: DedupSettings,
+    current: CurrentInputs,
 ) -> list[float]:
     """The cosine of each threshold key for this class: as written, or a budget ("1%")
-    calibrated on the class's mirrored images (`core.calibration`)."""
+    calibrated on the class's mirrored images (`core.calibration`), whose latents are
+    stored for the cross-class calibration to read."""
     budgets = [budget_of(t) for t in thresholds]
     wanted = [b for b in budgets if b is not None]
     resolved: dict[float, float] = {}
     if wanted:
         model = load_state(layout.model)
+        mirrors = mirror_latents(
+            layout, key, current.latents(key), lambda: encode_mirrors(model, data.pixels)
+        )
         resolved = dict(
             zip(
                 wanted,
                 class_budget_cosines(
-                    data, model, settings.similarity_space, wanted, block=settings.block_size
+                    data,
+                    model,
+                    settings.similarity_space,
+                    wanted,
+                    block=settings.block_size,
+                    decoy_latents=mirrors,
                 ),
                 strict=True,
             )
@@ -139,7 +154,7 @@ def decide_class_keep_lists(
         space=settings.similarity_space,
         with_pixels=any(b is not None for b in budgets),
     )
-    cosines = resolve_cosines(layout, data, thresholds, settings)
+    cosines = resolve_cosines(layout, key, data, thresholds, settings, current)
     priors, earlier = (
         prior_decisions(layout, key, thresholds, settings, data.image_ids)
         if stable

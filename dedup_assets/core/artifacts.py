@@ -404,6 +404,27 @@ def read_latents(path: Path) -> tuple[pl.DataFrame, np.ndarray]:
     return df.drop("latent"), latents
 
 
+def mirror_latents(
+    layout: OutputLayout, key: str, latents: dict, encode: Callable[[], np.ndarray]
+) -> np.ndarray:
+    """The latents of a class's mirrored images (`core.calibration`), in the order of its
+    latents table: read when stored for the same latents (`latents` is their provenance:
+    class content and model), else `encode()`d and stored. The class's own budget
+    calibration and the cross-class one then encode the mirrors once between them."""
+    path, stamp = layout.mirror_latents(key), digest(latents)
+    try:
+        with np.load(path) as stored:
+            if str(stored["latents"]) == stamp:
+                return stored["mirrors"]
+    except (OSError, KeyError, ValueError):
+        pass  # absent, stale or unreadable: encode anew
+    mirrors = np.ascontiguousarray(encode(), dtype=np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, latents=np.array(stamp), mirrors=mirrors)
+    return mirrors
+
+
 def read_latent_ids(path: Path) -> pl.DataFrame:
     """The (image_id, path) table of one class's latents, without the latents."""
     return pl.read_parquet(_require(path, "class latents"), columns=["image_id", "path"])

@@ -41,6 +41,30 @@ def mirrored(pixels: np.ndarray, vertical: bool = False) -> np.ndarray:
     return np.ascontiguousarray(pixels[:, ::-1] if vertical else pixels[:, :, ::-1])
 
 
+def encode_mirrors(
+    model: ConvAutoencoder,
+    pixels: np.ndarray,
+    *,
+    vertical: bool = False,
+    device: str = "cpu",
+) -> np.ndarray:
+    """The latents of every image's mirror, CHUNK images at a time: `pixels` may be a
+    memory-mapped store, and memory stays flat whatever its size."""
+    from dedup_assets.core.autoencoder import LATENT_DIM, encode_images
+
+    n = len(pixels)
+    if n == 0:
+        return np.zeros((0, LATENT_DIM), np.float32)
+    return np.concatenate(
+        [
+            encode_images(
+                model, mirrored(np.asarray(pixels[at : at + CHUNK]), vertical), device=device
+            )
+            for at in range(0, n, CHUNK)
+        ]
+    )
+
+
 def nearest_decoy_similarity(
     vectors: np.ndarray,
     decoys: np.ndarray,
@@ -113,7 +137,6 @@ def class_budget_cosines(
     and the budget's quantile of the nearest-mirror similarities is read (module doc).
     `data.pixels` must be loaded; `decoy_latents` (the mirrors' latents, in input order)
     saves encoding them again when several spaces are calibrated."""
-    from dedup_assets.core.autoencoder import encode_images
     from dedup_assets.core.class_decision import vectorise
 
     if data.pixels is None:
@@ -123,17 +146,8 @@ def class_budget_cosines(
     from dedup_assets.core.class_decision import space_for
 
     n = len(data.image_ids)
-    if decoy_latents is None:  # mirrored and encoded a chunk at a time (pixels may be mmap)
-        decoy_latents = np.concatenate(
-            [
-                encode_images(
-                    model,
-                    mirrored(np.asarray(data.pixels[at : at + CHUNK]), vertical),
-                    device=device,
-                )
-                for at in range(0, n, CHUNK)
-            ]
-        )
+    if decoy_latents is None:
+        decoy_latents = encode_mirrors(model, data.pixels, vertical=vertical, device=device)
     on_pixels = space_for(data.model, space) == "phash"  # a class too small for a fit
     decoy_pixels = mirrored(np.asarray(data.pixels), vertical) if on_pixels else None
     decoy = dataclasses.replace(data, latents=decoy_latents, pixels=decoy_pixels)

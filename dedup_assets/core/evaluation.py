@@ -261,10 +261,18 @@ def evaluate_against_ground_truth(
             catalog=full_catalog,
         )
         if wanted:
-            from dedup_assets.core.autoencoder import encode_images
-            from dedup_assets.core.calibration import mirrored
+            from dedup_assets.core.artifacts import mirror_latents
+            from dedup_assets.core.calibration import encode_mirrors
 
-            mirrors = encode_images(model, mirrored(np.asarray(data.pixels)))
+            def encode(data=data) -> np.ndarray:
+                return encode_mirrors(model, data.pixels)
+
+            # The mirrors the class's calibration stored when the latents are current.
+            mirrors = (
+                mirror_latents(layout, key, current.latents(key), encode)
+                if current is not None
+                else encode()
+            )
             for method in methods:
                 cos = dict(
                     zip(

@@ -118,6 +118,11 @@ class OutputLayout:
     def latents(self, class_key: str) -> Path:
         return self.root / "latents" / f"{class_key}.parquet"
 
+    def mirror_latents(self, class_key: str) -> Path:
+        """The latents of the class's mirrored images (calibration decoys), in the order
+        of its latents table: encoded once, read by every budget calibration."""
+        return self.root / "latents" / f"{class_key}.mirrors.npz"
+
     def spline_fit(self, class_key: str) -> Path:
         return self.root / "spline_fits" / f"{class_key}.npz"
 
