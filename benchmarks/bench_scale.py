@@ -11,8 +11,10 @@ tile k >= 1 a perturbed copy of each (shift of up to 3 pixels, brightness +-8%, 
 JPEG quality 90), so a tiled set holds real near-duplicates at every size. Sets are nested:
 the first N/10 files of each class.
 
-Memory is the resident set of the `dedup run` process and its children, sampled every
-0.2 s and attributed to the stage its log says is running. The copied-in model is kept
+Memory is summed over the `dedup run` process and its children, sampled every 0.2 s and
+attributed to the stage its log says is running: PSS (shared pages split between the
+processes that share them: what the tree holds) and the RSS sum (which counts the pages a
+forked decoder shares with its parent once per process). The copied-in model is kept
 (a model without a record of its training is never retrained by the rules).
 """
 
@@ -115,29 +117,49 @@ def make_set(files: dict[str, list[Path]], dest: Path, n: int) -> int:
 # ------------------------------------------------------------------ one measured run
 
 
-def measured(cmd: list[str], env: dict | None = None) -> tuple[str, dict[str, float], float]:
-    """Run cmd; (stdout, peak RSS in MiB per stage it logged, wall seconds)."""
+def measured(
+    cmd: list[str], env: dict | None = None
+) -> tuple[str, dict[str, dict[str, float]], float]:
+    """Run cmd; (stdout, peak memory in MiB per stage it logged, wall seconds).
+
+    Two sums over the process and its children: RSS (pages shared by forked workers are
+    counted once per process) and PSS (each shared page split between its sharers, so the
+    sum is what the process tree really holds)."""
     import psutil
 
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
     stage = {"name": "start"}
-    peaks: dict[str, float] = {}
+    peaks: dict[str, dict[str, float]] = {}
     lines: list[str] = []
     done = threading.Event()
 
+    def pss(pid: int) -> int:
+        """Proportional set size in bytes, from the kernel's one-line summary (psutil's
+        memory_full_info parses the whole smaps in Python: a measurable share of a core)."""
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
     def sample() -> None:
         root = psutil.Process(proc.pid)
+        tick = 0
         while not done.is_set():
+            rss = tree_pss = 0
             try:
-                rss = root.memory_info().rss + sum(
-                    c.memory_info().rss for c in root.children(recursive=True)
-                )
-            except psutil.Error:
-                rss = 0
-            name = stage["name"]
-            peaks[name] = max(peaks.get(name, 0.0), rss / 2**20)
+                tree = [root, *root.children(recursive=True)]
+                rss = sum(p.memory_info().rss for p in tree)
+                if tick % 5 == 0:  # PSS once a second, RSS five times
+                    tree_pss = sum(pss(p.pid) for p in tree)
+            except (psutil.Error, OSError):
+                pass
+            peak = peaks.setdefault(stage["name"], {"rss": 0.0, "pss": 0.0})
+            peak["rss"] = max(peak["rss"], rss / 2**20)
+            peak["pss"] = max(peak["pss"], tree_pss / 2**20)
+            tick += 1
             time.sleep(0.2)
 
     start = time.perf_counter()
@@ -185,13 +207,15 @@ def run_ours(source: Path, out: Path, model: Path, extra: list[str]) -> dict:
     stdout, peaks, wall = measured(cmd)
     stages = stage_table(stdout)
     for name, row in stages.items():
-        row["peak_rss_mib"] = round(peaks.get(name, 0.0), 1)
+        row["peak_rss_mib"] = round(peaks.get(name, {}).get("rss", 0.0), 1)
+        row["peak_pss_mib"] = round(peaks.get(name, {}).get("pss", 0.0), 1)
     if "keeps the model" not in stdout and "model kept" not in stdout:
         training = [ln for ln in stdout.splitlines() if ln.startswith("training:")]
         print("note:", training)
     return {
         "wall_seconds": round(wall, 2),
-        "peak_rss_mib": round(max(peaks.values()), 1),
+        "peak_rss_mib": round(max(p["rss"] for p in peaks.values()), 1),
+        "peak_pss_mib": round(max(p["pss"] for p in peaks.values()), 1),
         "stages": stages,
         "command": " ".join(cmd[1:]),
     }
@@ -345,9 +369,14 @@ def main() -> None:
     for r in results["sizes"]:
         st = r["ours"]["stages"]
         rows.append(
-            [r["images"], r["ours"]["wall_seconds"], r["ours"]["peak_rss_mib"]]
+            [
+                r["images"],
+                r["ours"]["wall_seconds"],
+                r["ours"].get("peak_pss_mib", "-"),
+                r["ours"]["peak_rss_mib"],
+            ]
             + [
-                f"{st.get(s, {}).get('seconds', 0):.1f}/{st.get(s, {}).get('peak_rss_mib', 0):.0f}"
+                f"{st.get(s, {}).get('seconds', 0):.1f}/{st.get(s, {}).get('peak_pss_mib', 0):.0f}"
                 for s in names
             ]
             + [
@@ -357,7 +386,15 @@ def main() -> None:
         )
     print(
         table(
-            ["images", "wall s", "peak MiB", *[f"{s} s/MiB" for s in names], "pHash s", "x pHash"],
+            [
+                "images",
+                "wall s",
+                "peak PSS MiB",
+                "peak RSS-sum MiB",
+                *[f"{s} s/PSS MiB" for s in names],
+                "pHash s",
+                "x pHash",
+            ],
             rows,
         )
     )

@@ -19,7 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dedup_assets.core.similarity import DEFAULT_BLOCK, iter_similarity_blocks, l2_normalize
+from dedup_assets.core.similarity import (
+    DEFAULT_BLOCK,
+    block_rows,
+    l2_normalize,
+)
 
 SAMPLE_FOR_AXES = 20_000
 DEFAULT_COMPONENTS = 128
@@ -142,19 +146,33 @@ def nearest_other_class(
             best[rows] = sims[np.arange(len(rows)), pick]
             at[rows] = np.where(np.isfinite(best[rows]), ids[np.arange(len(rows)), pick], -1)
         return NearestOther(at, best)
-    for row0, col0, s in iter_similarity_blocks(x, block):
-        rows = np.arange(row0, row0 + len(s))
-        cols = np.arange(col0, n)
-        valid = (cols[None, :] > rows[:, None]) & (labels[rows][:, None] != labels[cols][None, :])
-        s = np.where(valid, s, -np.inf)
-        r_at = s.argmax(axis=1)
-        r_val = s[np.arange(len(rows)), r_at]
-        better = r_val > best[rows]
-        best[rows[better]], at[rows[better]] = r_val[better], cols[r_at[better]]
-        c_at = s.argmax(axis=0)
-        c_val = s[c_at, np.arange(len(cols))]
-        better = c_val > best[cols]
-        best[cols[better]], at[cols[better]] = c_val[better], rows[c_at[better]]
+    # Exact: images sorted by class, each class's rows against the columns of every later
+    # class only (a product per pair of classes, no same-class mask), each slab updating
+    # its rows' and its columns' best.
+    order = np.argsort(labels, kind="stable")
+    xs, ls = x[order], labels[order]
+    starts = np.flatnonzero(np.r_[True, ls[1:] != ls[:-1]])
+    ends = np.r_[starts[1:], n]
+    best_s = np.full(n, -np.inf, dtype=np.float32)
+    at_s = np.full(n, -1, dtype=np.int64)
+    step = block_rows(n, block)
+    for a, b in zip(starts, ends, strict=True):
+        if b == n:
+            break  # the last class met every other as columns
+        cols = np.arange(b, n)
+        for r0 in range(a, b, step):
+            r1 = min(r0 + step, b)
+            s = xs[r0:r1] @ xs[b:].T
+            r_at = s.argmax(axis=1)
+            r_val = s[np.arange(r1 - r0), r_at]
+            better = r_val > best_s[r0:r1]
+            best_s[r0:r1][better], at_s[r0:r1][better] = r_val[better], b + r_at[better]
+            c_at = s.argmax(axis=0)
+            c_val = s[c_at, np.arange(len(cols))]
+            better = c_val > best_s[b:]
+            best_s[cols[better]], at_s[cols[better]] = c_val[better], r0 + c_at[better]
+    best[order] = best_s
+    at[order] = np.where(at_s >= 0, order[np.maximum(at_s, 0)], -1)
     return NearestOther(at, best)
 
 
