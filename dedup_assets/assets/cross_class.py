@@ -252,7 +252,7 @@ def _mirror_null(layout, current, keys: list[str], space, vectors, block: int) -
     from dedup_assets.core.artifacts import (
         catalog_images,
         mirror_latents,
-        open_pixels,
+        pixels_of_rows,
         read_class_images,
     )
     from dedup_assets.core.autoencoder import load_state
@@ -277,9 +277,7 @@ def _mirror_null(layout, current, keys: list[str], space, vectors, block: int) -
                 )["row"]
                 .to_numpy()
             )
-            store = open_pixels(layout, key)
-            same = len(rows) == len(store) and np.array_equal(rows, np.arange(len(store)))
-            return encode_mirrors(model[0], store if same else np.asarray(store[rows]))
+            return encode_mirrors(model[0], pixels_of_rows(layout, key, rows))
 
         return encode
 

@@ -363,6 +363,15 @@ def open_pixels(layout: OutputLayout, key: str) -> np.ndarray:
     return np.load(_require(layout.class_pixels(key), f"pixel store of class {key}"), mmap_mode="r")
 
 
+def pixels_of_rows(layout: OutputLayout, key: str, rows: np.ndarray) -> np.ndarray:
+    """A class's pixels at its store's `rows`, in that order: the memory-mapped store itself
+    when the rows are all of it in order (the usual case), so large classes are read in
+    chunks by whoever uses them; a copy of those rows otherwise."""
+    store = open_pixels(layout, key)
+    same = len(rows) == len(store) and np.array_equal(rows, np.arange(len(store)))
+    return store if same else np.asarray(store[rows])
+
+
 def gather_pixels(layout: OutputLayout, images: pl.DataFrame) -> np.ndarray:
     """Pixels of the given catalog rows (any classes), in the rows' order."""
     out = np.empty((images.height, 64, 64, 3), dtype=np.uint8)
@@ -474,11 +483,7 @@ def load_class_data(
     model = ClassDensityModel.load(layout.spline_fit(key))
     pixels = None
     if with_pixels or (space is not None and space_for(model, space) == "phash"):
-        store, rows = open_pixels(layout, key), joined["row"].to_numpy()
-        # The memory-mapped store itself when the rows are all of it in order (the usual
-        # case): large classes are then read in chunks by whoever uses them.
-        same = len(rows) == len(store) and np.array_equal(rows, np.arange(len(store)))
-        pixels = store if same else np.asarray(store[rows])
+        pixels = pixels_of_rows(layout, key, joined["row"].to_numpy())
     data = ClassData(
         table["image_id"].to_numpy().astype(str),
         joined["pixel_hash"].to_numpy().astype(str),
