@@ -67,16 +67,92 @@ def test_mirror_latents_are_encoded_once_per_latents(tmp_path):
     calls = []
 
     def encode(value: float):
-        def run():
+        def run(rows):
             calls.append(value)
-            return np.full((3, 4), value, np.float32)
+            return np.full((len(rows), 4), value, np.float32)
 
         return run
 
-    first = mirror_latents(layout, "forest", {"class": "a", "model": "m"}, encode(1.0))
-    again = mirror_latents(layout, "forest", {"class": "a", "model": "m"}, encode(2.0))
-    assert calls == [1.0] and np.array_equal(first, again)
-    changed = mirror_latents(layout, "forest", {"class": "a", "model": "m2"}, encode(3.0))
+    rows, first = mirror_latents(layout, "forest", {"class": "a", "model": "m"}, 3, encode(1.0))
+    _, again = mirror_latents(layout, "forest", {"class": "a", "model": "m"}, 3, encode(2.0))
+    assert calls == [1.0] and np.array_equal(first, again) and rows.tolist() == [0, 1, 2]
+    _, changed = mirror_latents(layout, "forest", {"class": "a", "model": "m2"}, 3, encode(3.0))
     assert calls == [1.0, 3.0] and (changed == 3.0).all()
     layout.mirror_latents("forest").write_bytes(b"torn")  # unreadable: encoded again
-    assert (mirror_latents(layout, "forest", {"class": "a", "model": "m2"}, encode(4.0)) == 4).all()
+    _, torn = mirror_latents(layout, "forest", {"class": "a", "model": "m2"}, 3, encode(4.0))
+    assert (torn == 4).all()
+    with pytest.raises(ValueError, match="mirror latents"):  # an encoder that lost rows
+        mirror_latents(layout, "oak", {"class": "b"}, 3, lambda rows: np.zeros((2, 4)))
+
+
+def test_large_classes_mirror_a_seeded_sample(monkeypatch):
+    """Up to MAX_MIRRORS every image is mirrored; above it a sorted seeded sample of
+    exactly MAX_MIRRORS rows, the same on every call (the stored mirrors stay valid)."""
+    from dedup_assets.core import calibration
+
+    assert calibration.mirror_rows(0).tolist() == []
+    assert calibration.mirror_rows(1).tolist() == [0]
+    full = calibration.mirror_rows(calibration.MAX_MIRRORS)
+    assert np.array_equal(full, np.arange(calibration.MAX_MIRRORS))
+    big = calibration.mirror_rows(50_000)
+    assert len(big) == calibration.MAX_MIRRORS == len(np.unique(big))
+    assert (np.diff(big) > 0).all() and big.max() < 50_000
+    assert np.array_equal(big, calibration.mirror_rows(50_000))
+
+
+def test_sampled_mirrors_read_the_null_from_the_mirrors_side():
+    """With a sample of mirrors, each mirror's nearest image other than its source: the
+    columns of the same image-by-mirror comparison the full pass reads by rows."""
+    from dedup_assets.core.calibration import mirror_null
+
+    rng = np.random.default_rng(5)
+    v = l2_normalize(rng.standard_normal((400, 8)).astype(np.float32))
+    d = l2_normalize(v + 0.3 * rng.standard_normal(v.shape).astype(np.float32))
+    s = v @ d.T  # image i against mirror j
+    np.fill_diagonal(s, -np.inf)
+    full = mirror_null(v, d, np.arange(400), block=32)
+    np.testing.assert_allclose(full, s.max(axis=1), atol=1e-6)
+    rows = np.sort(rng.choice(400, 50, replace=False))
+    sampled = mirror_null(v, d[rows], rows, block=32)
+    np.testing.assert_allclose(sampled, s[:, rows].max(axis=0), atol=1e-6)
+    # Both read the same distribution: their medians agree closely on 400 images.
+    assert abs(np.median(sampled) - np.median(full)) < 0.05
+
+
+@pytest.mark.parametrize("space", ["spline_copula", "raw", "phash"])
+def test_a_class_above_max_mirrors_encodes_only_its_sample(monkeypatch, space):
+    """Above MAX_MIRRORS a class's budget mirrors (and encodes) only the sampled images,
+    and the cosine it resolves reads the same distribution as mirroring every image."""
+    import torch
+
+    from dedup_assets.core import calibration
+    from dedup_assets.core.autoencoder import ConvAutoencoder, encode_images
+    from dedup_assets.core.class_decision import ClassData
+    from dedup_assets.core.class_density import fit_class_density
+
+    torch.manual_seed(0)
+    model = ConvAutoencoder()
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (120, 64, 64, 3), dtype=np.uint8)
+    latents = encode_images(model, pixels)
+    data = ClassData(
+        np.array([f"{i:03d}" for i in range(120)]),
+        np.array([f"h{i}" for i in range(120)]),
+        latents,
+        fit_class_density(latents, 16),
+        pixels,
+    )
+    full = calibration.class_budget_cosines(data, model, space, [0.05, 0.2])
+    encoded = []
+    real = calibration.encode_mirrors
+
+    def counting(model, pixels, rows=None, **kw):
+        encoded.append(len(pixels) if rows is None else len(rows))
+        return real(model, pixels, rows, **kw)
+
+    monkeypatch.setattr(calibration, "encode_mirrors", counting)
+    monkeypatch.setattr(calibration, "MAX_MIRRORS", 60)
+    sampled = calibration.class_budget_cosines(data, model, space, [0.05, 0.2])
+    assert encoded == [60]
+    assert sampled[0] >= sampled[1] and all(-1.0 <= c <= 1.0 for c in sampled)
+    assert abs(sampled[1] - full[1]) < 0.1, (sampled, full)

@@ -121,7 +121,15 @@ def build_cross_class_asset(
                 _store(_nearest_path(layout), cache_key, nearest)
             if budget is not None and null is None:
                 null = {
-                    "null": _mirror_null(layout, current, keys, space, vectors, settings.block_size)
+                    "null": _mirror_null(
+                        layout,
+                        current,
+                        keys,
+                        [t.height for t in tables],
+                        space,
+                        vectors,
+                        settings.block_size,
+                    )
                 }
                 _store(_null_path(layout), cache_key, null)
             del vectors
@@ -245,10 +253,13 @@ def _store(path, key: str, arrays: dict[str, np.ndarray]) -> None:
         np.savez(fh, key=np.array(key), **arrays)
 
 
-def _mirror_null(layout, current, keys: list[str], space, vectors, block: int) -> np.ndarray:
-    """Every sampled image's similarity to its most similar mirrored image of the whole set
-    in the shared space (`core.calibration`); the mirrors' latents are the ones the class
-    calibrations stored, encoded here only when missing."""
+def _mirror_null(
+    layout, current, keys: list[str], sizes: list[int], space, vectors, block: int
+) -> np.ndarray:
+    """The nearest-unrelated similarities of the whole set in the shared space
+    (`core.calibration.mirror_null`, the classes' mirrors as one set of decoys); the
+    mirrors' latents are the ones the class calibrations stored, encoded here only when
+    missing."""
     from dedup_assets.core.artifacts import (
         catalog_images,
         mirror_latents,
@@ -256,14 +267,14 @@ def _mirror_null(layout, current, keys: list[str], space, vectors, block: int) -
         read_class_images,
     )
     from dedup_assets.core.autoencoder import load_state
-    from dedup_assets.core.calibration import MAX_QUERIES, encode_mirrors, nearest_decoy_similarity
+    from dedup_assets.core.calibration import encode_mirrors, mirror_null
 
     if space is None or len(vectors) < 2:
         return np.zeros(0, np.float32)
     model = []  # loaded once, only when some class's mirrors must be encoded
 
     def encoder(key: str):
-        def encode() -> np.ndarray:
+        def encode(mirror_at: np.ndarray) -> np.ndarray:
             if not model:
                 model.append(load_state(layout.model))
             rows = (
@@ -277,20 +288,17 @@ def _mirror_null(layout, current, keys: list[str], space, vectors, block: int) -
                 )["row"]
                 .to_numpy()
             )
-            return encode_mirrors(model[0], pixels_of_rows(layout, key, rows))
+            return encode_mirrors(model[0], pixels_of_rows(layout, key, rows[mirror_at]))
 
         return encode
 
-    decoys = np.concatenate(
-        [
-            space.project(mirror_latents(layout, key, current.latents(key), encoder(key)))
-            for key in keys
-        ]
-    )
-    queries = np.arange(len(vectors))
-    if len(queries) > MAX_QUERIES:  # the quantile from a sample, against every mirror
-        queries = np.sort(np.random.default_rng(0).choice(len(queries), MAX_QUERIES, False))
-    return nearest_decoy_similarity(vectors[queries], decoys, block, own=False, query_index=queries)
+    decoys, at, offset = [], [], 0
+    for key, size in zip(keys, sizes, strict=True):
+        rows, mirrors = mirror_latents(layout, key, current.latents(key), size, encoder(key))
+        decoys.append(space.project(mirrors))
+        at.append(offset + rows)
+        offset += size
+    return mirror_null(vectors, np.concatenate(decoys), np.concatenate(at), block)
 
 
 def _pixel_hashes(layout, images: pl.DataFrame) -> np.ndarray:

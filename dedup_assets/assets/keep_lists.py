@@ -108,8 +108,12 @@ def resolve_cosines(
     resolved: dict[float, float] = {}
     if wanted:
         model = load_state(layout.model)
-        mirrors = mirror_latents(
-            layout, key, current.latents(key), lambda: encode_mirrors(model, data.pixels)
+        rows, mirrors = mirror_latents(
+            layout,
+            key,
+            current.latents(key),
+            len(data.image_ids),
+            lambda rows: encode_mirrors(model, data.pixels, rows),
         )
         resolved = dict(
             zip(
@@ -121,6 +125,7 @@ def resolve_cosines(
                     wanted,
                     block=settings.block_size,
                     decoy_latents=mirrors,
+                    decoy_rows=rows,
                 ),
                 strict=True,
             )

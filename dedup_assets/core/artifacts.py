@@ -414,24 +414,34 @@ def read_latents(path: Path) -> tuple[pl.DataFrame, np.ndarray]:
 
 
 def mirror_latents(
-    layout: OutputLayout, key: str, latents: dict, encode: Callable[[], np.ndarray]
-) -> np.ndarray:
-    """The latents of a class's mirrored images (`core.calibration`), in the order of its
-    latents table: read when stored for the same latents (`latents` is their provenance:
-    class content and model), else `encode()`d and stored. The class's own budget
-    calibration and the cross-class one then encode the mirrors once between them."""
+    layout: OutputLayout,
+    key: str,
+    latents: dict,
+    n: int,
+    encode: Callable[[np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, mirror latents) of a class of n images (`core.calibration`): the rows of its
+    latents table whose mirrors are used (`mirror_rows`) and their latents, read when stored
+    for the same latents (`latents` is their provenance: class content and model), else
+    `encode(rows)`d and stored. The class's own budget calibration and the cross-class one
+    then encode the mirrors once between them."""
+    from dedup_assets.core.calibration import mirror_rows
+
     path, stamp = layout.mirror_latents(key), digest(latents)
+    rows = mirror_rows(n)
     try:
         with np.load(path) as stored:
-            if str(stored["latents"]) == stamp:
-                return stored["mirrors"]
+            if str(stored["latents"]) == stamp and np.array_equal(stored["rows"], rows):
+                return rows, stored["mirrors"]
     except (OSError, KeyError, ValueError):
-        pass  # absent, stale or unreadable: encode anew
-    mirrors = np.ascontiguousarray(encode(), dtype=np.float32)
+        pass  # absent, stale, of an older layout or unreadable: encode anew
+    mirrors = np.ascontiguousarray(encode(rows), dtype=np.float32)
+    if len(mirrors) != len(rows):
+        raise ValueError(f"{len(mirrors)} mirror latents for {len(rows)} mirrored images")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, latents=np.array(stamp), mirrors=mirrors)
-    return mirrors
+        np.savez(fh, latents=np.array(stamp), rows=rows, mirrors=mirrors)
+    return rows, mirrors
 
 
 def read_latent_ids(path: Path) -> pl.DataFrame:

@@ -16,6 +16,16 @@ is the similarity of image i to its nearest unrelated image among n - 1 (its own
 left out: a nearly symmetric scene is close to its mirror), and the budget's
 cosine is the (1 - b) quantile of null over the class: a share b of images without a
 duplicate would have a neighbour above it. The join is blocked like every other.
+
+A class of more than MAX_MIRRORS images has only a seeded sample of its images mirrored
+(encoding every mirror doubled the encoding work), and the same statistic is read from the
+mirrors' side of the same n x n comparison: each sampled mirror's nearest image of the
+class, its own source left out,
+
+    null_j = max_{i != j} cos(decoy_j, v_i)      over the class's other images,
+
+again an unrelated image's nearest neighbour among n - 1, its quantile read from
+MAX_MIRRORS draws (41 above the 1% budget's cosine).
 """
 
 from __future__ import annotations
@@ -34,6 +44,15 @@ if TYPE_CHECKING:
 
 CHUNK = 16_384  # images mirrored and encoded at a time
 MAX_QUERIES = 50_000  # images whose nearest mirror is measured, at most (a random sample)
+MAX_MIRRORS = 4_096  # images mirrored per class, at most (a seeded sample above it)
+
+
+def mirror_rows(n: int) -> np.ndarray:
+    """The rows (in latents order) whose mirrors a class of n images uses: all of them up to
+    MAX_MIRRORS, else a seeded sorted sample of MAX_MIRRORS (the same for the same n)."""
+    if n <= MAX_MIRRORS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, MAX_MIRRORS, replace=False))
 
 
 def mirrored(pixels: np.ndarray, vertical: bool = False) -> np.ndarray:
@@ -44,25 +63,49 @@ def mirrored(pixels: np.ndarray, vertical: bool = False) -> np.ndarray:
 def encode_mirrors(
     model: ConvAutoencoder,
     pixels: np.ndarray,
+    rows: np.ndarray | None = None,
     *,
     vertical: bool = False,
     device: str = "cpu",
 ) -> np.ndarray:
-    """The latents of every image's mirror, CHUNK images at a time: `pixels` may be a
-    memory-mapped store, and memory stays flat whatever its size."""
+    """The latents of the mirrors of `pixels[rows]` (every image without rows), CHUNK images
+    at a time: `pixels` may be a memory-mapped store, and memory stays flat whatever its
+    size."""
     from dedup_assets.core.autoencoder import LATENT_DIM, encode_images
 
-    n = len(pixels)
-    if n == 0:
+    rows = np.arange(len(pixels)) if rows is None else np.asarray(rows)
+    if len(rows) == 0:
         return np.zeros((0, LATENT_DIM), np.float32)
     return np.concatenate(
         [
             encode_images(
-                model, mirrored(np.asarray(pixels[at : at + CHUNK]), vertical), device=device
+                model, mirrored(np.asarray(pixels[rows[at : at + CHUNK]]), vertical), device=device
             )
-            for at in range(0, n, CHUNK)
+            for at in range(0, len(rows), CHUNK)
         ]
     )
+
+
+def mirror_null(
+    vectors: np.ndarray,
+    decoys: np.ndarray,
+    rows: np.ndarray,
+    block: int = DEFAULT_BLOCK,
+) -> np.ndarray:
+    """The nearest-unrelated similarities whose quantile is a budget's cosine (module doc):
+    `decoys[k]` is the mirror of `vectors[rows[k]]`. With every image mirrored, each image
+    against the other images' mirrors (a sample of MAX_QUERIES images above it); with a
+    sample of mirrors, each mirror against the images other than its source."""
+    n = len(vectors)
+    rows = np.asarray(rows)
+    if len(rows) == n and np.array_equal(rows, np.arange(n)):
+        queries = np.arange(n)
+        if n > MAX_QUERIES:  # the quantile from a sample of images, against every mirror
+            queries = np.sort(np.random.default_rng(0).choice(n, MAX_QUERIES, replace=False))
+        return nearest_decoy_similarity(
+            vectors[queries], decoys, block, own=False, query_index=queries
+        )
+    return nearest_decoy_similarity(decoys, vectors, block, own=False, query_index=rows)
 
 
 def nearest_decoy_similarity(
@@ -131,12 +174,14 @@ def class_budget_cosines(
     device: str = "cpu",
     block: int = DEFAULT_BLOCK,
     decoy_latents: np.ndarray | None = None,
+    decoy_rows: np.ndarray | None = None,
 ) -> list[float]:
     """The cosine of each budget for one class in `space` (or the space it falls back to):
-    its images' mirrors are encoded with `model` and embedded with the class's own fit,
-    and the budget's quantile of the nearest-mirror similarities is read (module doc).
-    `data.pixels` must be loaded; `decoy_latents` (the mirrors' latents, in input order)
-    saves encoding them again when several spaces are calibrated."""
+    the mirrors of its images (of `mirror_rows` of them) are encoded with `model` and
+    embedded with the class's own fit, and the budget's quantile of the nearest-unrelated
+    similarities is read (module doc). `data.pixels` must be loaded; `decoy_latents` (the
+    mirrors' latents of `decoy_rows`, default every image in input order) saves encoding
+    them again when several spaces are calibrated."""
     from dedup_assets.core.class_decision import vectorise
 
     if data.pixels is None:
@@ -147,13 +192,23 @@ def class_budget_cosines(
 
     n = len(data.image_ids)
     if decoy_latents is None:
-        decoy_latents = encode_mirrors(model, data.pixels, vertical=vertical, device=device)
+        decoy_rows = mirror_rows(n)
+        decoy_latents = encode_mirrors(
+            model, data.pixels, decoy_rows, vertical=vertical, device=device
+        )
+    rows = np.arange(n) if decoy_rows is None else np.asarray(decoy_rows)
+    if len(rows) != len(decoy_latents):
+        raise ValueError("decoy_rows and decoy_latents differ in length")
     on_pixels = space_for(data.model, space) == "phash"  # a class too small for a fit
-    decoy_pixels = mirrored(np.asarray(data.pixels), vertical) if on_pixels else None
-    decoy = dataclasses.replace(data, latents=decoy_latents, pixels=decoy_pixels)
+    decoy_pixels = mirrored(np.asarray(data.pixels[rows]), vertical) if on_pixels else None
+    # The decoys pass through the class's vectoriser as a class of their own (its fit, not
+    # refitted): ids and hashes are placeholders of the right length.
+    decoy = dataclasses.replace(
+        data,
+        image_ids=data.image_ids[rows],
+        pixel_hashes=data.pixel_hashes[rows],
+        latents=decoy_latents,
+        pixels=decoy_pixels,
+    )
     v, d = _same_width(vectorise(data, space), vectorise(decoy, space))
-    queries = np.arange(n)
-    if n > MAX_QUERIES:  # the quantile from a sample of images, against every mirror
-        queries = np.sort(np.random.default_rng(0).choice(n, MAX_QUERIES, replace=False))
-    null = nearest_decoy_similarity(v[queries], d, block, own=False, query_index=queries)
-    return budget_thresholds(null, budgets)
+    return budget_thresholds(mirror_null(v, d, rows, block), budgets)

@@ -147,19 +147,21 @@ def nearest_other_class(
             at[rows] = np.where(np.isfinite(best[rows]), ids[np.arange(len(rows)), pick], -1)
         return NearestOther(at, best)
     # Exact: images sorted by class, each class's rows against the columns of every later
-    # class only (a product per pair of classes, no same-class mask), each slab updating
-    # its rows' and its columns' best.
+    # class only (a product per pair of classes, no same-class mask). A slab updates its
+    # rows' best (value and partner) and its columns' best value; a column remembers the
+    # row block its best came from, and its partner is found in that block at the end
+    # (numpy's argmax down a column of a slab cost four times the product itself).
     order = np.argsort(labels, kind="stable")
     xs, ls = x[order], labels[order]
     starts = np.flatnonzero(np.r_[True, ls[1:] != ls[:-1]])
     ends = np.r_[starts[1:], n]
     best_s = np.full(n, -np.inf, dtype=np.float32)
     at_s = np.full(n, -1, dtype=np.int64)
+    from_block = np.full(n, -1, dtype=np.int64)  # row block of a best found as a column
     step = block_rows(n, block)
     for a, b in zip(starts, ends, strict=True):
         if b == n:
             break  # the last class met every other as columns
-        cols = np.arange(b, n)
         for r0 in range(a, b, step):
             r1 = min(r0 + step, b)
             s = xs[r0:r1] @ xs[b:].T
@@ -167,10 +169,17 @@ def nearest_other_class(
             r_val = s[np.arange(r1 - r0), r_at]
             better = r_val > best_s[r0:r1]
             best_s[r0:r1][better], at_s[r0:r1][better] = r_val[better], b + r_at[better]
-            c_at = s.argmax(axis=0)
-            c_val = s[c_at, np.arange(len(cols))]
-            better = c_val > best_s[b:]
-            best_s[cols[better]], at_s[cols[better]] = c_val[better], r0 + c_at[better]
+            from_block[r0:r1][better] = -1
+            c_val = s.max(axis=0)
+            better = np.flatnonzero(c_val > best_s[b:])
+            best_s[b + better], from_block[b + better] = c_val[better], r0
+    pending = np.flatnonzero(from_block >= 0)
+    if len(pending):
+        blocks, first = np.unique(from_block[pending], return_inverse=True)
+        for k, r0 in enumerate(blocks):
+            cols = pending[first == k]
+            r1 = min(r0 + step, ends[np.searchsorted(starts, r0, side="right") - 1])
+            at_s[cols] = r0 + (xs[cols] @ xs[r0:r1].T).argmax(axis=1)
     best[order] = best_s
     at[order] = np.where(at_s >= 0, order[np.maximum(at_s, 0)], -1)
     return NearestOther(at, best)

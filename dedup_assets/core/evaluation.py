@@ -262,22 +262,30 @@ def evaluate_against_ground_truth(
         )
         if wanted:
             from dedup_assets.core.artifacts import mirror_latents
-            from dedup_assets.core.calibration import encode_mirrors
+            from dedup_assets.core.calibration import encode_mirrors, mirror_rows
 
-            def encode(data=data) -> np.ndarray:
-                return encode_mirrors(model, data.pixels)
+            def encode(rows: np.ndarray, data=data) -> np.ndarray:
+                return encode_mirrors(model, data.pixels, rows)
 
             # The mirrors the class's calibration stored when the latents are current.
-            mirrors = (
-                mirror_latents(layout, key, current.latents(key), encode)
+            n = len(data.image_ids)
+            mirrored_rows, mirrors = (
+                mirror_latents(layout, key, current.latents(key), n, encode)
                 if current is not None
-                else encode()
+                else (mirror_rows(n), encode(mirror_rows(n)))
             )
             for method in methods:
                 cos = dict(
                     zip(
                         wanted,
-                        class_budget_cosines(data, model, method, wanted, decoy_latents=mirrors),
+                        class_budget_cosines(
+                            data,
+                            model,
+                            method,
+                            wanted,
+                            decoy_latents=mirrors,
+                            decoy_rows=mirrored_rows,
+                        ),
                         strict=True,
                     )
                 )
