@@ -22,8 +22,33 @@ from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.thresholds import cosine_of
 from resources import DedupSettings, DedupStorage, ImageSource
 
+
+def _copy_file(src: bytes, dest: bytes) -> None:
+    """The bytes and modification time of src into a new file dest, mode 0644: the syscalls
+    a clean copy needs (shutil.copy2 also copies permission bits and extended attributes,
+    and took about 1.5x as long per 64x64 image)."""
+    with open(src, "rb") as fin:
+        st = os.fstat(fin.fileno())
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with open(fd, "wb", closefd=False) as fout:
+                try:
+                    left = st.st_size
+                    while left > 0 and (n := os.copy_file_range(fin.fileno(), fd, left)):
+                        left -= n
+                except (OSError, AttributeError):  # unsupported here (file systems, OS): plain copy
+                    fin.seek(0)
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    shutil.copyfileobj(fin, fout)
+            os.fchmod(fd, 0o644)
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(fd)
+
+
 _COPIERS = {
-    "copy": shutil.copy2,
+    "copy": _copy_file,
     "hardlink": os.link,
     "symlink": os.symlink,
 }
@@ -158,8 +183,6 @@ def build_clean_dataset_asset(
                     except OSError:
                         pass  # gone (that copy is being replaced) or unreadable: copy
                 copy(src, dest)
-                if mode == "copy":
-                    os.chmod(dest, 0o644)
                 return False
 
             # File copies wait on the disk, not the CPU: a few threads keep it busy.
