@@ -156,3 +156,23 @@ def test_a_class_above_max_mirrors_encodes_only_its_sample(monkeypatch, space):
     assert encoded == [60]
     assert sampled[0] >= sampled[1] and all(-1.0 <= c <= 1.0 for c in sampled)
     assert abs(sampled[1] - full[1]) < 0.1, (sampled, full)
+
+
+def test_at_most_max_queries_are_measured_either_way(monkeypatch):
+    """Above MAX_QUERIES images (full mirrors) or mirrors (sampled), a seeded sample of
+    exactly MAX_QUERIES is measured, each value the one the unsampled pass gives it."""
+    from dedup_assets.core import calibration
+
+    rng = np.random.default_rng(6)
+    v = l2_normalize(rng.standard_normal((300, 8)).astype(np.float32))
+    d = l2_normalize(v + 0.3 * rng.standard_normal(v.shape).astype(np.float32))
+    rows = np.sort(rng.choice(300, 120, replace=False))
+    full_side = calibration.mirror_null(v, d, np.arange(300), block=32)
+    mirror_side = calibration.mirror_null(v, d[rows], rows, block=32)
+    monkeypatch.setattr(calibration, "MAX_QUERIES", 50)
+    few_full = calibration.mirror_null(v, d, np.arange(300), block=32)
+    few_mirrors = calibration.mirror_null(v, d[rows], rows, block=32)
+    assert len(few_full) == len(few_mirrors) == 50
+    for few, every in ((few_full, full_side), (few_mirrors, mirror_side)):
+        assert np.abs(few[:, None] - every[None, :]).min(axis=1).max() < 1e-5  # BLAS rounding
+    assert np.array_equal(few_mirrors, calibration.mirror_null(v, d[rows], rows, block=32))
