@@ -176,3 +176,18 @@ def test_at_most_max_queries_are_measured_either_way(monkeypatch):
     for few, every in ((few_full, full_side), (few_mirrors, mirror_side)):
         assert np.abs(few[:, None] - every[None, :]).min(axis=1).max() < 1e-5  # BLAS rounding
     assert np.array_equal(few_mirrors, calibration.mirror_null(v, d[rows], rows, block=32))
+
+
+def test_proportional_mirrors_weigh_each_class_by_its_size(monkeypatch):
+    """A 100,000-image class with 4,096 mirrors beside a fully mirrored class of 1,000:
+    the same share of each is measured, so the big class weighs 100 times the small one."""
+    from dedup_assets.core import calibration
+
+    picks = calibration.proportional_mirrors([100_000, 1_000], [4_096, 1_000])
+    assert [len(p) for p in picks] == [4_096, 41]
+    assert len(np.unique(picks[1])) == 41 and picks[1].max() < 1_000
+    monkeypatch.setattr(calibration, "MAX_QUERIES", 1_010)  # the query cap binds first
+    picks = calibration.proportional_mirrors([100_000, 1_000], [4_096, 1_000])
+    assert [len(p) for p in picks] == [1_000, 10]
+    assert [len(p) for p in calibration.proportional_mirrors([0, 5], [0, 5])] == [0, 5]
+    assert calibration.proportional_mirrors([], []) == []

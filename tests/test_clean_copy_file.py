@@ -7,7 +7,7 @@ import pytest
 from dedup_assets.assets.clean_dataset import _copy_file
 
 
-@pytest.mark.parametrize("fallback", [False, True])
+@pytest.mark.parametrize("fallback", ["none", "refused", "copies_nothing"])
 @pytest.mark.parametrize("size", [0, 1, 70_000])
 def test_copy_keeps_bytes_and_mtime_and_sets_0644(tmp_path, monkeypatch, fallback, size):
     src = tmp_path / "ñame with space.png"
@@ -15,12 +15,14 @@ def test_copy_keeps_bytes_and_mtime_and_sets_0644(tmp_path, monkeypatch, fallbac
     src.write_bytes(data)
     os.chmod(src, 0o400)
     os.utime(src, ns=(1_600_000_000_123_456_789, 1_700_000_000_987_654_321))
-    if fallback:  # a file system pair copy_file_range refuses: a plain copy instead
+    if fallback == "refused":  # a file system pair copy_file_range refuses: a plain copy
 
         def refuse(*args, **kwargs):
             raise OSError(18, "Invalid cross-device link")
 
         monkeypatch.setattr(os, "copy_file_range", refuse)
+    if fallback == "copies_nothing":  # returns 0 before the end: never a short copy
+        monkeypatch.setattr(os, "copy_file_range", lambda *args, **kwargs: 0)
     old = os.umask(0o077)
     try:
         _copy_file(os.fsencode(src), os.fsencode(tmp_path / "copy.png"))

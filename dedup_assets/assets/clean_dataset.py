@@ -36,6 +36,8 @@ def _copy_file(src: bytes, dest: bytes) -> None:
                     left = st.st_size
                     while left > 0 and (n := os.copy_file_range(fin.fileno(), fd, left)):
                         left -= n
+                    if left:  # nothing more came (a file system that copies nothing)
+                        raise OSError(f"copy_file_range stopped {left} bytes short")
                 except (OSError, AttributeError):  # unsupported here (file systems, OS): plain copy
                     fin.seek(0)
                     os.ftruncate(fd, 0)
@@ -176,7 +178,7 @@ def build_clean_dataset_asset(
                     try:
                         a, b = os.stat(held), os.stat(src)
                         # Same size and modification time as the source: the copy was
-                        # made from these bytes and not edited since (copy2 keeps mtime).
+                        # made from these bytes and not edited since (_copy_file keeps mtime).
                         if (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns):
                             os.link(held, dest)
                             return True

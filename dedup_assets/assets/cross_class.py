@@ -19,7 +19,7 @@ from dedup_assets.core.artifacts import (
 )
 from dedup_assets.core.artifacts import read_latents as read_class_latents
 from dedup_assets.core.atomic_io import atomic_path
-from dedup_assets.core.calibration import budget_thresholds
+from dedup_assets.core.calibration import MAX_MIRRORS, MAX_QUERIES, budget_thresholds
 from dedup_assets.core.cross_class import (
     NearestOther,
     SharedSpace,
@@ -98,10 +98,12 @@ def build_cross_class_asset(
                 "nprobe": settings.ann_nprobe,
             }
         )
-        # The budget's null (each image's most similar mirrored image of another class) is
-        # the same for every budget: cached beside the nearest pairs, under the same key.
+        # The budget's null (each image's similarity to its most similar mirror of another
+        # image, `core.calibration.mirror_null`) is the same for every budget: cached beside
+        # the nearest pairs, keyed by the same inputs and by how the null is sampled.
+        null_key = digest({"nearest": cache_key, "null": [2, MAX_MIRRORS, MAX_QUERIES]})
         nearest = _cached(_nearest_path(layout), cache_key)
-        null = _cached(_null_path(layout), cache_key) if budget is not None else None
+        null = _cached(_null_path(layout), null_key) if budget is not None else None
         if nearest is None or (budget is not None and null is None):
             space, vectors = _shared_vectors(
                 layout, keys, [t.height for t in tables], settings.seed
@@ -131,7 +133,7 @@ def build_cross_class_asset(
                         settings.block_size,
                     )
                 }
-                _store(_null_path(layout), cache_key, null)
+                _store(_null_path(layout), null_key, null)
             del vectors
         cosine = (
             float(threshold) if budget is None else budget_thresholds(null["null"], [budget])[0]
@@ -267,7 +269,11 @@ def _mirror_null(
         read_class_images,
     )
     from dedup_assets.core.autoencoder import load_state
-    from dedup_assets.core.calibration import encode_mirrors, mirror_null
+    from dedup_assets.core.calibration import (
+        encode_mirrors,
+        mirror_null,
+        proportional_mirrors,
+    )
 
     if space is None or len(vectors) < 2:
         return np.zeros(0, np.float32)
@@ -292,13 +298,23 @@ def _mirror_null(
 
         return encode
 
-    decoys, at, offset = [], [], 0
-    for key, size in zip(keys, sizes, strict=True):
-        rows, mirrors = mirror_latents(layout, key, current.latents(key), size, encoder(key))
-        decoys.append(space.project(mirrors))
-        at.append(offset + rows)
-        offset += size
-    return mirror_null(vectors, np.concatenate(decoys), np.concatenate(at), block)
+    stored = [
+        mirror_latents(layout, key, current.latents(key), size, encoder(key))
+        for key, size in zip(keys, sizes, strict=True)
+    ]
+    if all(len(rows) == size for (rows, _), size in zip(stored, sizes, strict=True)):
+        decoys, at = [m for _, m in stored], [r for r, _ in stored]
+    else:  # some classes mirror a sample: the same share of every class's mirrors
+        picks = proportional_mirrors(sizes, [len(r) for r, _ in stored])
+        decoys = [m[p] for (_, m), p in zip(stored, picks, strict=True)]
+        at = [r[p] for (r, _), p in zip(stored, picks, strict=True)]
+    offsets = np.cumsum([0, *sizes[:-1]])
+    return mirror_null(
+        vectors,
+        np.concatenate([space.project(d) for d in decoys]),
+        np.concatenate([o + r for o, r in zip(offsets, at, strict=True)]),
+        block,
+    )
 
 
 def _pixel_hashes(layout, images: pl.DataFrame) -> np.ndarray:

@@ -18,14 +18,16 @@ cosine is the (1 - b) quantile of null over the class: a share b of images witho
 duplicate would have a neighbour above it. The join is blocked like every other.
 
 A class of more than MAX_MIRRORS images has only a seeded sample of its images mirrored
-(encoding every mirror doubled the encoding work), and the same statistic is read from the
+(encoding every mirror doubled the encoding work), and the statistic is read from the
 mirrors' side of the same n x n comparison: each sampled mirror's nearest image of the
 class, its own source left out,
 
     null_j = max_{i != j} cos(decoy_j, v_i)      over the class's other images,
 
-again an unrelated image's nearest neighbour among n - 1, its quantile read from
-MAX_MIRRORS draws (41 above the 1% budget's cosine).
+again an unrelated image's nearest neighbour among n - 1 (the transpose of the full
+pass's comparison: the same distribution where mirroring is symmetric in the space,
+approximately so in the fitted ones, which are fitted on the real images only), its
+quantile read from MAX_MIRRORS draws (40 strictly above the 1% budget's cosine).
 """
 
 from __future__ import annotations
@@ -111,6 +113,28 @@ def mirror_null(
     if len(pick) > MAX_QUERIES:
         pick = np.sort(np.random.default_rng(0).choice(len(pick), MAX_QUERIES, replace=False))
     return nearest_decoy_similarity(decoys[pick], vectors, block, own=False, query_index=rows[pick])
+
+
+def proportional_mirrors(sizes: Sequence[int], mirrored: Sequence[int]) -> list[np.ndarray]:
+    """Which of each group's mirrors to measure so that every group weighs in proportion to
+    its size (indices into each group's mirrors, seeded): the same share f of every group,
+    f at most MAX_QUERIES / total and at most each group's mirrored share. A set mixing
+    sampled and fully mirrored classes (the cross-class calibration) then reads its
+    quantile over images, not over classes."""
+    total = int(sum(sizes))
+    if total == 0:
+        return [np.arange(0) for _ in sizes]
+    share = min(
+        1.0,
+        MAX_QUERIES / total,
+        *(m / n for n, m in zip(sizes, mirrored, strict=True) if n > 0),
+    )
+    rng = np.random.default_rng(0)
+    out = []
+    for n, m in zip(sizes, mirrored, strict=True):
+        take = int(min(m, round(share * n)))
+        out.append(np.sort(rng.choice(m, take, replace=False)) if take < m else np.arange(m))
+    return out
 
 
 def nearest_decoy_similarity(

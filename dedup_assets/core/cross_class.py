@@ -179,7 +179,10 @@ def nearest_other_class(
         for k, r0 in enumerate(blocks):
             cols = pending[first == k]
             r1 = min(r0 + step, ends[np.searchsorted(starts, r0, side="right") - 1])
-            at_s[cols] = r0 + (xs[cols] @ xs[r0:r1].T).argmax(axis=1)
+            sims = xs[cols] @ xs[r0:r1].T
+            pick = sims.argmax(axis=1)
+            # Value and partner from one product (the slab's may differ in the last bit).
+            at_s[cols], best_s[cols] = r0 + pick, sims[np.arange(len(cols)), pick]
     best[order] = best_s
     at[order] = np.where(at_s >= 0, order[np.maximum(at_s, 0)], -1)
     return NearestOther(at, best)
