@@ -77,6 +77,13 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
     )
     p.add_argument("--policy", default=None, help="keep policy: first | density (default density)")
     p.add_argument(
+        "--budget-scaling",
+        default=None,
+        help="what a budget threshold (1%%) resolves to: local (one margin per class, each "
+        "pair's cosine threshold raised by how close unrelated images come to its two "
+        "images) | uniform (one cosine per class) (default local)",
+    )
+    p.add_argument(
         "--join",
         default=None,
         help="similarity join of the keep decisions: auto (exact up to --ann-min-class-size "
@@ -211,6 +218,7 @@ def config_from_args(args: argparse.Namespace):
         "seed": args.seed,
         "similarity_space": args.space,
         "keep_policy": args.policy,
+        "budget_scaling": args.budget_scaling,
         "join": args.join,
         "ann_min_class_size": args.ann_min_class_size,
         "n_components": args.components,

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from dedup_assets.core.ann_join import DEFAULT_ANN_MIN_CLASS_SIZE, DEFAULT_NPROBE, JoinMethod
 from dedup_assets.core.keep_policy import KeepPolicy
+from dedup_assets.core.local_scaling import BudgetScaling
 from dedup_assets.core.objective import TrainingObjective
 from dedup_assets.core.retraining import DEFAULT_ERROR_FACTOR, DEFAULT_MAX_NEW_SHARE
 from dedup_assets.core.similarity import SimilaritySpace
@@ -46,6 +47,11 @@ class DedupSettings(dg.ConfigurableResource):
     bin_rule: BinRule = BinRule.fd
     similarity_space: SimilaritySpace = SimilaritySpace.spline_copula
     keep_policy: KeepPolicy = KeepPolicy.density
+    budget_scaling: BudgetScaling = Field(
+        default=BudgetScaling.local,
+        description="a budget threshold: one margin above each pair's local levels, or one "
+        "cosine per class",
+    )
     kurtosis_tolerance: float = Field(default=0.1, ge=0)
     block_size: int = Field(default=2048, ge=16, le=65536)
     join: JoinMethod = JoinMethod.auto

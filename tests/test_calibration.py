@@ -119,10 +119,11 @@ def test_sampled_mirrors_read_the_null_from_the_mirrors_side():
     assert abs(np.median(sampled) - np.median(full)) < 0.05
 
 
+@pytest.mark.parametrize("scaling", ["uniform", "local"])
 @pytest.mark.parametrize("space", ["spline_copula", "raw", "phash"])
-def test_a_class_above_max_mirrors_encodes_only_its_sample(monkeypatch, space):
+def test_a_class_above_max_mirrors_encodes_only_its_sample(monkeypatch, space, scaling):
     """Above MAX_MIRRORS a class's budget mirrors (and encodes) only the sampled images,
-    and the cosine it resolves reads the same distribution as mirroring every image."""
+    and the threshold it resolves reads the same distribution as mirroring every image."""
     import torch
 
     from dedup_assets.core import calibration
@@ -142,7 +143,7 @@ def test_a_class_above_max_mirrors_encodes_only_its_sample(monkeypatch, space):
         fit_class_density(latents, 16),
         pixels,
     )
-    full = calibration.class_budget_cosines(data, model, space, [0.05, 0.2])
+    full = calibration.class_budgets(data, model, space, [0.05, 0.2], scaling=scaling)
     encoded = []
     real = calibration.encode_mirrors
 
@@ -152,10 +153,14 @@ def test_a_class_above_max_mirrors_encodes_only_its_sample(monkeypatch, space):
 
     monkeypatch.setattr(calibration, "encode_mirrors", counting)
     monkeypatch.setattr(calibration, "MAX_MIRRORS", 60)
-    sampled = calibration.class_budget_cosines(data, model, space, [0.05, 0.2])
+    resolution = calibration.class_budgets(data, model, space, [0.05, 0.2], scaling=scaling)
+    sampled = resolution.thresholds
     assert encoded == [60]
     assert sampled[0] >= sampled[1] and all(-1.0 <= c <= 1.0 for c in sampled)
-    assert abs(sampled[1] - full[1]) < 0.1, (sampled, full)
+    assert abs(sampled[1] - full.thresholds[1]) < 0.1, (sampled, full.thresholds)
+    assert (resolution.levels is None) == (scaling == "uniform") == (full.levels is None)
+    if scaling == "local":  # levels of every image, each read against the 60 mirrors
+        assert len(resolution.levels) == 120 and np.all(resolution.levels.source >= 0)
 
 
 def test_at_most_max_queries_are_measured_either_way(monkeypatch):

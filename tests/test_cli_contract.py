@@ -46,6 +46,7 @@ def small_source(tmp_path_factory):
         (["--device", "gpu0"], "device: String should match pattern"),
         (["--precision", "fp8"], "precision: Input should be 'auto', 'fp32' or 'bf16'"),
         (["--space", "l2"], "method.similarity_space: Input should be"),
+        (["--budget-scaling", "global"], "method.budget_scaling: Input should be 'local' or"),
         (["--components", "0"], "method.n_components"),
         (["--max-file-bytes", "0"], "max_file_bytes"),
         (["--executor", "spark"], "Input should be 'in_process', 'processes', 'dask' or 'k8s'"),
@@ -164,7 +165,7 @@ def test_every_run_option_takes_effect(tmp_path):
     out = tmp_path / "out"
     options = [
         ("--ground-truth", str(truth)),
-        ("--thresholds", "0.91,0.96"),
+        ("--thresholds", "0.91,0.96,1%"),
         ("--epochs", "1"),
         ("--training", "plain"),
         ("--batch-size", "16"),
@@ -174,6 +175,7 @@ def test_every_run_option_takes_effect(tmp_path):
         ("--precision", "fp32"),
         ("--space", "whitened"),
         ("--policy", "first"),
+        ("--budget-scaling", "uniform"),
         ("--components", "9"),
         ("--join", "auto"),
         ("--ann-min-class-size", "20"),
@@ -196,7 +198,15 @@ def test_every_run_option_takes_effect(tmp_path):
     assert sorted(p.name for p in (out / "keep_lists").glob("*.parquet")) == [
         "0.91.parquet",
         "0.96.parquet",
+        "1%.parquet",
     ]
+    # --budget-scaling uniform: the 1% budget is one cosine per class, for every row.
+    budget = _keep(out, "1%")
+    assert budget.group_by("class").agg(pl.col("cosine").n_unique())["cosine"].to_list() == [1, 1]
+    scaled = json.loads(
+        pl.read_parquet_metadata(layout.class_keep_list("1%", "forest"))["latent_dedup_provenance"]
+    )
+    assert scaled["scaling"] == "uniform"
     keep = _keep(out, "0.96")
     assert set(keep["space"]) == {"whitened"}  # classes of 36 images: 9 components, fitted
     with np.load(layout.spline_fit("forest")) as fit:

@@ -130,7 +130,7 @@ def test_removed_with_similarity_not_above_threshold(sim):
     rows = _edit("a2", similarity=sim)
     _has(
         keep_list_problems(_keep(rows), _catalog(), T),
-        "1 removed images have similarity <= their class's cosine",
+        "1 removed images have similarity <= the cosine they were decided at",
     )
 
 
@@ -140,7 +140,7 @@ def test_similarity_just_above_threshold_in_float32_is_accepted():
     equal = float(np.float32(T))  # 0.899999976 <= 0.9
     _has(
         keep_list_problems(_keep(_edit("a2", similarity=equal)), _catalog(), T),
-        "<= their class's cosine",
+        "<= the cosine they were decided at",
     )
 
 
@@ -219,7 +219,7 @@ def test_every_defect_at_once_is_reported():
         "kept images must have empty duplicate_of",
         "1 removed images do not point",
         "1 removed images point to a kept image of another class",
-        "1 removed images have similarity <= their class's cosine",
+        "1 removed images have similarity <= the cosine they were decided at",
     )
 
 

@@ -70,20 +70,32 @@ def _evaluate(
         gt,
         thresholds,
         keep_policy=settings.keep_policy,
+        budget_scaling=settings.budget_scaling,
         block=settings.block_size,
         current=CurrentInputs.of(layout, settings),
         log=context.log.info,
     )
     seconds = time.perf_counter() - start
     rows = [
-        {"method": r.name, "average_precision": r.average_precision} | p
+        {
+            "method": r.name,
+            "average_precision": r.average_precision,
+            "average_precision_local": r.average_precision_local,
+        }
+        | p
         for r in results
         for p in r.per_threshold
     ]
     table = pl.DataFrame(rows)
-    figure = plots.precision_recall(
-        {r.name: (r.recall_curve, r.precision_curve, r.average_precision) for r in results}
-    )
+    curves = {r.name: (r.recall_curve, r.precision_curve, r.average_precision) for r in results}
+    for r in results:  # margins over local levels, where budgets are scaled locally
+        if len(r.recall_curve_local):
+            curves[f"{r.name} (local)"] = (
+                r.recall_curve_local,
+                r.precision_curve_local,
+                r.average_precision_local,
+            )
+    figure = plots.precision_recall(curves)
     counts = results[0].transforms if results else {}
     per_transform_figures = {
         t: plots.recall_per_transform(
@@ -104,7 +116,8 @@ def _evaluate(
         for t, png in per_transform_figures.items():
             (tmp / f"recall_per_transform_{t}.png").write_bytes(png)
     ap_table = md_table(
-        ["method", "average precision"], [(r.name, r.average_precision) for r in results]
+        ["method", "average precision (cosine)", "average precision (margin, local levels)"],
+        [(r.name, r.average_precision, r.average_precision_local) for r in results],
     )
     threshold_table = md_table(
         [
@@ -132,7 +145,10 @@ def _evaluate(
         ],
     )
     context.log.info(
-        "average precision: " + ", ".join(f"{r.name} {r.average_precision:.3f}" for r in results)
+        "average precision (cosine / margin): "
+        + ", ".join(
+            f"{r.name} {r.average_precision:.3f} / {r.average_precision_local:.3f}" for r in results
+        )
     )
     return dg.MaterializeResult(
         metadata={
@@ -147,6 +163,11 @@ def _evaluate(
                 for t, png in per_transform_figures.items()
             },
             **{f"ap_{r.name}": r.average_precision for r in results},
+            **{
+                f"ap_local_{r.name}": r.average_precision_local
+                for r in results
+                if r.average_precision_local == r.average_precision_local  # not NaN
+            },
             "path": dg.MetadataValue.path(str(layout.evaluation_dir / "evaluation.csv")),
         }
     )

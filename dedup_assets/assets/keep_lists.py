@@ -29,7 +29,7 @@ from dedup_assets.core.artifacts import (
 )
 from dedup_assets.core.atomic_io import write_bytes, write_csv, write_json, write_text
 from dedup_assets.core.autoencoder import load_state
-from dedup_assets.core.calibration import class_budget_cosines, encode_mirrors
+from dedup_assets.core.calibration import class_budgets, encode_mirrors
 from dedup_assets.core.class_decision import PriorDecision, decide_class
 from dedup_assets.core.integrity import keep_list_problems
 from dedup_assets.core.layout import OutputLayout
@@ -51,8 +51,9 @@ def prior_decisions(
 ) -> tuple[list[PriorDecision | None], dict[str, pl.DataFrame]]:
     """The class's earlier decisions at each threshold, mapped onto the current images.
 
-    Only a keep list made with the same space, keep policy and threshold counts; each
-    earlier table is returned too, for the decision times it carries.
+    Only a keep list made with the same space, keep policy, threshold and (for a budget)
+    budget scaling counts; each earlier table is returned too, for the decision times and
+    cosines it carries.
     """
     priors: list[PriorDecision | None] = []
     tables: dict[str, pl.DataFrame] = {}
@@ -63,14 +64,17 @@ def prior_decisions(
     for t in thresholds:
         path = layout.class_keep_list(t, key)
         made = read_provenance(path) if path.exists() else None
+        scaling = str(settings.budget_scaling) if budget_of(t) is not None else None
         same = made is not None and (
             made.get("space"),
             made.get("policy"),
             made.get("threshold"),
+            made.get("scaling"),
         ) == (
             str(settings.similarity_space),
             str(settings.keep_policy),
             t,
+            scaling,
         )
         if not same:
             priors.append(None)
@@ -88,24 +92,26 @@ def prior_decisions(
         prior.duplicate_of[at] = mapped["named"].fill_null(-1).to_numpy()
         prior.similarity[at] = mapped["similarity"].fill_null(np.nan).to_numpy()
         prior.exact[at] = (mapped["match"] == "exact").fill_null(False).to_numpy()
+        prior.cosine[at] = mapped["cosine"].fill_null(np.nan).to_numpy()
         priors.append(prior)
     return priors, tables
 
 
-def resolve_cosines(
+def resolve_thresholds(
     layout: OutputLayout,
     key: str,
     data,
     thresholds: Sequence[str],
     settings: DedupSettings,
     current: CurrentInputs,
-) -> list[float]:
-    """The cosine of each threshold key for this class: as written, or a budget ("1%")
-    calibrated on the class's mirrored images (`core.calibration`), whose latents are
-    stored for the cross-class calibration to read."""
+) -> tuple[list[float], list[np.ndarray | None]]:
+    """Each threshold key's threshold for this class and the offsets it is applied with: a
+    cosine key as written (no offsets); a budget ("1%") calibrated on the class's mirrored
+    images (`core.calibration`), a margin over the images' local levels or, with uniform
+    scaling, one cosine. The mirrors' latents are stored for the cross-class calibration."""
     budgets = [budget_of(t) for t in thresholds]
     wanted = [b for b in budgets if b is not None]
-    resolved: dict[float, float] = {}
+    resolution = None
     if wanted:
         model = load_state(layout.model)
         rows, mirrors = mirror_latents(
@@ -115,24 +121,22 @@ def resolve_cosines(
             len(data.image_ids),
             lambda rows: encode_mirrors(model, data.pixels, rows),
         )
-        resolved = dict(
-            zip(
-                wanted,
-                class_budget_cosines(
-                    data,
-                    model,
-                    settings.similarity_space,
-                    wanted,
-                    block=settings.block_size,
-                    decoy_latents=mirrors,
-                    decoy_rows=rows,
-                ),
-                strict=True,
-            )
+        resolution = class_budgets(
+            data,
+            model,
+            settings.similarity_space,
+            wanted,
+            scaling=settings.budget_scaling,
+            block=settings.block_size,
+            decoy_latents=mirrors,
+            decoy_rows=rows,
         )
-    return [
+    resolved = dict(zip(wanted, resolution.thresholds, strict=True)) if resolution else {}
+    values = [
         float(t) if b is None else resolved[b] for t, b in zip(thresholds, budgets, strict=True)
     ]
+    offsets = [None if b is None else resolution.offsets for b in budgets]
+    return values, offsets
 
 
 def decide_class_keep_lists(
@@ -159,7 +163,7 @@ def decide_class_keep_lists(
         space=settings.similarity_space,
         with_pixels=any(b is not None for b in budgets),
     )
-    cosines = resolve_cosines(layout, key, data, thresholds, settings, current)
+    values, offsets = resolve_thresholds(layout, key, data, thresholds, settings, current)
     priors, earlier = (
         prior_decisions(layout, key, thresholds, settings, data.image_ids)
         if stable
@@ -168,7 +172,7 @@ def decide_class_keep_lists(
     start = time.perf_counter()
     decisions = decide_class(
         data,
-        cosines,
+        values,
         space=settings.similarity_space,
         policy=settings.keep_policy,
         block=settings.block_size,
@@ -176,6 +180,7 @@ def decide_class_keep_lists(
         join=settings.join,
         ann_min_class_size=settings.ann_min_class_size,
         nprobe=settings.ann_nprobe,
+        offsets=offsets,
     )
     seconds = time.perf_counter() - start
     name = class_names(layout)[key]
@@ -229,14 +234,16 @@ def decide_class_keep_lists(
                 "match": pl.Series(match.tolist(), dtype=pl.String),
                 "space": pl.repeat(d.space, len(ids), dtype=pl.String, eager=True),
                 "join": made["join"],
-                "cosine": pl.repeat(d.threshold, len(ids), dtype=pl.Float64, eager=True),
+                "cosine": pl.Series(d.cosines(), dtype=pl.Float64),
                 "decided_at": made["decided_at"],
                 "decided_in": made["decided_in"],
             }
         ).select(KEEP_LIST_COLUMNS)
         if log is not None:
             carried = int(d.carried.sum()) if d.carried is not None else 0
-            at = f"{t} (cosine {d.threshold:.4f})" if budget_of(t) is not None else t
+            local = str(settings.budget_scaling) == "local"
+            kind = "margin over the local levels" if local else "cosine"
+            at = f"{t} ({kind} {d.threshold:.4f})" if budget_of(t) is not None else t
             log(
                 f"{key} @ T={at}: kept {d.n_kept:,} of {len(ids):,} in space {d.space} "
                 f"({int(d.exact.sum())} exact copies removed; {carried:,} earlier decisions "

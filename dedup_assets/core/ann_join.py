@@ -68,25 +68,54 @@ def ivf_index(x: np.ndarray, nprobe: int = DEFAULT_NPROBE, seed: int = 0):
     return index
 
 
+def _as_keys(x: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:
+    """Index vectors whose inner product with `_as_queries` is the margin
+    x_q . x_k - o_q - o_k: [x_k, -o_k, -1] (unchanged without offsets)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if offsets is None:
+        return x
+    o = np.asarray(offsets, dtype=np.float32)[:, None]
+    return np.ascontiguousarray(np.hstack([x, -o, -np.ones_like(o)]))
+
+
+def _as_queries(x: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:
+    """Query vectors [x_q, 1, o_q] (see `_as_keys`)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if offsets is None:
+        return x
+    o = np.asarray(offsets, dtype=np.float32)[:, None]
+    return np.ascontiguousarray(np.hstack([x, np.ones_like(o), o]))
+
+
 class AnnKeptIndex:
     """The kept set of the greedy keep as an IVF index: add kept vectors, ask each visitor
-    for its most similar kept image."""
+    for its most similar kept image (its best margin, with offsets: the index then holds
+    `_as_keys` vectors, whose inner products with `_as_queries` are margins)."""
 
-    def __init__(self, x: np.ndarray, nprobe: int = DEFAULT_NPROBE):
-        self.index = ivf_index(x, nprobe)
+    def __init__(
+        self, x: np.ndarray, nprobe: int = DEFAULT_NPROBE, offsets: np.ndarray | None = None
+    ):
+        self.with_offsets = offsets is not None
+        self.index = ivf_index(_as_keys(x, offsets), nprobe)
 
-    def add(self, vectors: np.ndarray, positions: np.ndarray) -> None:
+    def add(
+        self, vectors: np.ndarray, positions: np.ndarray, offsets: np.ndarray | None = None
+    ) -> None:
         if len(vectors):
             self.index.add_with_ids(
-                np.ascontiguousarray(vectors, dtype=np.float32), positions.astype(np.int64)
+                _as_keys(vectors, offsets if self.with_offsets else None),
+                positions.astype(np.int64),
             )
 
-    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(best similarity, position of that kept image) per query; -inf/-1 if none."""
+    def nearest(
+        self, queries: np.ndarray, offsets: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(best score, position of that kept image) per query; -inf/-1 if none."""
         m = len(queries)
         if self.index.ntotal == 0 or m == 0:
             return np.full(m, -np.inf, np.float32), np.full(m, -1, np.int64)
-        sim, at = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)
+        q = _as_queries(queries, offsets if self.with_offsets else None)
+        sim, at = self.index.search(q, 1)
         found = at[:, 0] >= 0
         return np.where(found, sim[:, 0], -np.inf).astype(np.float32), at[:, 0].astype(np.int64)
 

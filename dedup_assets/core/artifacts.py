@@ -22,6 +22,7 @@ import polars as pl
 
 from dedup_assets.core.atomic_io import PROVENANCE_KEY, atomic_path
 from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.thresholds import budget_of
 
 if TYPE_CHECKING:
     from dedup_assets.core.class_decision import ClassData
@@ -79,6 +80,7 @@ class MethodSettings(Protocol):
     bin_rule: str
     similarity_space: str
     keep_policy: str
+    budget_scaling: str
     join: str
     ann_min_class_size: int
     ann_nprobe: int
@@ -98,7 +100,7 @@ def fit_provenance(latents: dict, settings: MethodSettings) -> dict[str, Any]:
 
 
 def keep_provenance(fit: dict, settings: MethodSettings, threshold: str) -> dict[str, Any]:
-    return {
+    made = {
         "kind": "keep",
         "fit": digest(fit),
         "space": str(settings.similarity_space),
@@ -106,6 +108,9 @@ def keep_provenance(fit: dict, settings: MethodSettings, threshold: str) -> dict
         "threshold": threshold,
         "join": f"{settings.join} above {settings.ann_min_class_size}, nprobe {settings.ann_nprobe}",
     }
+    if budget_of(threshold) is not None:  # how a budget resolves; a cosine key is one cosine
+        made["scaling"] = str(settings.budget_scaling)
+    return made
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dedup_assets.core.local_scaling import LocalLevels, local_levels, null_margins
 from dedup_assets.core.similarity import DEFAULT_BLOCK, block_rows
 
 if TYPE_CHECKING:
@@ -193,33 +194,53 @@ def _same_width(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pad[0], pad[1]
 
 
-def class_budget_cosines(
+@dataclasses.dataclass(frozen=True)
+class BudgetResolution:
+    """What a class's budgets resolve to: one threshold per budget, a cosine with uniform
+    scaling, a margin with local scaling (then `levels` holds each image's level, and a
+    pair's own cosine is the margin plus both images' offsets; `core.local_scaling`)."""
+
+    thresholds: list[float]
+    levels: LocalLevels | None = None
+
+    @property
+    def offsets(self) -> np.ndarray | None:
+        return None if self.levels is None else self.levels.offsets
+
+
+def class_budgets(
     data: ClassData,
     model: ConvAutoencoder,
     space: str,
     budgets: Sequence[float],
     *,
+    scaling: str = "local",
     vertical: bool = False,
     device: str = "cpu",
     block: int = DEFAULT_BLOCK,
     decoy_latents: np.ndarray | None = None,
     decoy_rows: np.ndarray | None = None,
-) -> list[float]:
-    """The cosine of each budget for one class in `space` (or the space it falls back to):
+) -> BudgetResolution:
+    """Each budget's threshold for one class in `space` (or the space it falls back to):
     the mirrors of its images (of `mirror_rows` of them) are encoded with `model` and
-    embedded with the class's own fit, and the budget's quantile of the nearest-unrelated
-    similarities is read (module doc). `data.pixels` must be loaded; `decoy_latents` (the
-    mirrors' latents of `decoy_rows`, default every image in input order) saves encoding
-    them again when several spaces are calibrated."""
-    from dedup_assets.core.class_decision import vectorise
+    embedded with the class's own fit, and the budget's quantile of what an unrelated
+    image's best pair scores is read (module doc): its cosine (`scaling="uniform"`) or its
+    margin above the two images' local levels (`"local"`, `core.local_scaling`).
+    `data.pixels` must be loaded; `decoy_latents` (the mirrors' latents of `decoy_rows`,
+    default every image in input order) saves encoding them again when several spaces are
+    calibrated."""
+    from dedup_assets.core.class_decision import space_for, vectorise
 
+    if scaling not in ("local", "uniform"):
+        raise ValueError(f"unknown budget scaling {scaling!r}: local or uniform")
     if data.pixels is None:
-        raise ValueError("budget cosines need the class's pixels")
-    if len(data.image_ids) < 2:
-        return budget_thresholds(np.zeros(0), budgets)
-    from dedup_assets.core.class_decision import space_for
-
+        raise ValueError("budget thresholds need the class's pixels")
     n = len(data.image_ids)
+    if n < 2:
+        return BudgetResolution(
+            budget_thresholds(np.zeros(0), budgets),
+            None if scaling == "uniform" else local_levels(np.zeros((n, 1)), np.zeros((0, 1)), []),
+        )
     if decoy_latents is None:
         decoy_rows = mirror_rows(n)
         decoy_latents = encode_mirrors(
@@ -240,4 +261,8 @@ def class_budget_cosines(
         pixels=decoy_pixels,
     )
     v, d = _same_width(vectorise(data, space), vectorise(decoy, space))
-    return budget_thresholds(mirror_null(v, d, rows, block), budgets)
+    if scaling == "uniform":
+        return BudgetResolution(budget_thresholds(mirror_null(v, d, rows, block), budgets))
+    levels = local_levels(v, d, rows, block=block)
+    null = null_margins(v, d, rows, levels, block=block)
+    return BudgetResolution(budget_thresholds(null, budgets), levels)

@@ -95,10 +95,17 @@ def class_order(data: ClassData, policy: str) -> np.ndarray:
 class ClassDecision:
     """One threshold's decision for every image of a class (input order).
 
+    threshold: the class's threshold (a cosine, or with levels the margin a pair must
+    exceed, `core.local_scaling`);
     duplicate_of: index of the kept image a removed image duplicates (-1 if kept);
+    similarity: the cosine of a removed image with the image it names;
     exact: removed as a pixel-identical copy of the kept image it names;
     space: the similarity space the near-duplicates were found in;
-    carried: the decision was carried over from an earlier one (not made now).
+    carried: the decision was carried over from an earlier one (not made now);
+    cosine: the cosine each row was decided at: `threshold` itself without levels; with
+    them, a removed image's pair threshold (threshold + the two offsets) and a kept image's
+    threshold against an image of its own level (threshold + twice its offset). None
+    means `threshold` for every row.
     """
 
     threshold: float
@@ -110,6 +117,13 @@ class ClassDecision:
     space: str = ""
     carried: np.ndarray | None = None
     join: str = "exact"
+    cosine: np.ndarray | None = None
+
+    def cosines(self) -> np.ndarray:
+        """The cosine of every row (see the class doc)."""
+        if self.cosine is not None:
+            return self.cosine
+        return np.full(len(self.kept), self.threshold, dtype=np.float64)
 
     @property
     def n_kept(self) -> int:
@@ -140,13 +154,15 @@ class PriorDecision:
     """An earlier decision of one threshold, mapped onto the current images (input order).
 
     state: 1 kept, 0 removed, -1 new (no earlier decision); duplicate_of indexes the
-    current images (-1 when the image it named is gone).
+    current images (-1 when the image it named is gone); cosine: the cosine each row was
+    decided at (NaN where unknown), carried with the decision.
     """
 
     state: np.ndarray
     duplicate_of: np.ndarray
     similarity: np.ndarray
     exact: np.ndarray
+    cosine: np.ndarray | None = None
 
     @classmethod
     def none(cls, n: int) -> PriorDecision:
@@ -155,6 +171,7 @@ class PriorDecision:
             np.full(n, -1, np.int64),
             np.full(n, np.nan, np.float32),
             np.zeros(n, bool),
+            np.full(n, np.nan, np.float64),
         )
 
 
@@ -188,17 +205,21 @@ def keep_decisions(
     prior: Sequence[PriorDecision | None] | None = None,
     join: str = "exact",
     nprobe: int = 16,
+    offsets: Sequence[np.ndarray | None] | None = None,
 ) -> list[ClassDecision]:
     """Exact copies first, then the greedy keep over `vectors` in `order`, per threshold.
 
     With `prior` (one per threshold), decisions are stable: an image kept before stays
     kept, an image removed before stays removed while the image it names is kept, and
     only the rest (new images, and those whose kept image is gone) are decided, against
-    the kept set: a new exact copy of a kept image is removed naming it.
+    the kept set: a new exact copy of a kept image is removed naming it. With `offsets`
+    (one per threshold, None for a plain cosine), that threshold is a margin
+    (`core.local_scaling`).
     """
     n = len(vectors)
     thresholds = [float(t) for t in thresholds]
     priors = list(prior) if prior is not None else [None] * len(thresholds)
+    per_offsets = list(offsets) if offsets is not None else [None] * len(thresholds)
     if n == 0:
         empty = np.zeros(0)
         return [
@@ -212,14 +233,15 @@ def keep_decisions(
     rank = np.empty(n, dtype=np.int64)
     rank[np.asarray(order)] = np.arange(n)
     decisions = []
-    for t, p in zip(thresholds, priors, strict=True):
+    for t, p, off in zip(thresholds, priors, per_offsets, strict=True):
         p = p if p is not None else PriorDecision.none(n)
+        off = None if off is None else np.asarray(off, dtype=np.float32)
         fixed = p.state == 1
         names = np.where(p.duplicate_of >= 0, p.duplicate_of, 0)
         retained = (p.state == 0) & (p.duplicate_of >= 0) & fixed[names]
         kept = fixed.copy()
         duplicate_of = np.where(retained, p.duplicate_of, -1).astype(np.int64)
-        similarity = np.where(retained, p.similarity, np.nan).astype(np.float32)
+        similarity = np.where(retained, p.similarity, np.nan).astype(np.float64)
         exact = retained & p.exact
         undecided = np.flatnonzero(~fixed & ~retained)
         # A new image identical to an image decided before follows that image.
@@ -249,21 +271,43 @@ def keep_decisions(
             fixed=len(kept_before),
             join=join,
             nprobe=nprobe,
+            offsets=None if off is None else off[pool],
         )
         new = slice(len(kept_before), None)
         kept[reps] = d.kept[new]
         has = d.duplicate_of[new] >= 0
         duplicate_of[reps[has]] = pool[d.duplicate_of[new][has]]
-        similarity[reps] = np.where(has, d.similarity[new], np.nan)
+        score = d.similarity[new].astype(np.float64)
+        if off is not None:  # a margin back to a cosine: plus the pair's two offsets
+            pair = off[reps].astype(np.float64) + off[np.maximum(duplicate_of[reps], 0)]
+            score = score + np.where(has, pair, 0.0)
+        similarity[reps] = np.where(has, score, np.nan)
         copies = representative != fresh
         rep = representative[copies]
         rep_kept = kept[rep]
         duplicate_of[fresh[copies]] = np.where(rep_kept, rep, duplicate_of[rep])
-        similarity[fresh[copies]] = np.where(rep_kept, np.float32(1.0), similarity[rep])
+        similarity[fresh[copies]] = np.where(rep_kept, 1.0, similarity[rep])
         exact[fresh[copies]] = rep_kept
+        cosine = np.full(n, t, dtype=np.float64)
+        if off is not None:  # the pair's threshold: the margin plus both offsets
+            named = np.where(duplicate_of >= 0, duplicate_of, np.arange(n))
+            cosine = t + off.astype(np.float64) + off[named].astype(np.float64)
+        carried = fixed | retained
+        if p.cosine is not None:  # a carried decision keeps the cosine it was made at
+            recorded = carried & np.isfinite(p.cosine)
+            cosine = np.where(recorded, p.cosine, cosine)
         decisions.append(
             ClassDecision(
-                t, kept, duplicate_of, similarity, exact, d.rounds, space, fixed | retained, join
+                t,
+                kept,
+                duplicate_of,
+                similarity,
+                exact,
+                d.rounds,
+                space,
+                carried,
+                join,
+                cosine,
             )
         )
     return decisions
@@ -280,10 +324,12 @@ def decide_class(
     join: str = "auto",
     ann_min_class_size: int = DEFAULT_ANN_MIN_CLASS_SIZE,
     nprobe: int = DEFAULT_NPROBE,
+    offsets: Sequence[np.ndarray | None] | None = None,
 ) -> list[ClassDecision]:
     """Decide every image of a class at each threshold; see the module docstring and
-    `keep_decisions` for `prior` (stable incremental decisions). join: exact, ann, or
-    auto (approximate for classes above ann_min_class_size images, `core.ann_join`)."""
+    `keep_decisions` for `prior` (stable incremental decisions) and `offsets` (margins).
+    join: exact, ann, or auto (approximate for classes above ann_min_class_size images,
+    `core.ann_join`)."""
     used = space_for(data.model, space)
     if len(data.image_ids) == 0:
         return keep_decisions(
@@ -299,4 +345,5 @@ def decide_class(
         prior=prior,
         join=resolve_join(join, len(data.image_ids), ann_min_class_size),
         nprobe=nprobe,
+        offsets=offsets,
     )

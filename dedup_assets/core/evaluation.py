@@ -2,7 +2,9 @@
 
 Known pairs are grouped within their class (A~B and A~C make {A, B, C} one group), and
 every pair inside a group counts as a positive. Every other within-class pair is a
-negative. Average precision ranks all within-class pairs of all classes together.
+negative. Average precision ranks all within-class pairs of all classes together, by
+cosine and, where local levels are known (`core.local_scaling`), by margin as well: the
+score a budget threshold with local scaling decides on.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ class ClassPairs:
 
     pixel_hashes: decoded-pixel hashes, so exact copies are removed as the pipeline does;
     None treats every image as distinct. known/known_transforms: the (original, copy)
-    rows and their transforms, for recall per transform.
+    rows and their transforms, for recall per transform. offsets: each image's offset
+    (half its local level), for the thresholds that are margins.
     """
 
     name: str
@@ -33,6 +36,7 @@ class ClassPairs:
     pixel_hashes: np.ndarray | None = None
     known: np.ndarray | None = None  # (k, 2) the ground-truth rows themselves, i < j
     known_transforms: tuple[str, ...] = ()  # the planted transform of each known row
+    offsets: np.ndarray | None = None
 
     def hashes(self) -> np.ndarray:
         if self.pixel_hashes is not None:
@@ -77,17 +81,50 @@ class MethodEvaluation:
     precision_curve: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     per_threshold: list[dict] = field(default_factory=list)
     transforms: dict[str, int] = field(default_factory=dict)  # known rows per transform
+    average_precision_local: float = float("nan")  # ranked by margin (local levels)
+    recall_curve_local: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    precision_curve_local: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
 
 
-def _pair_scores(x: np.ndarray, pairs: np.ndarray, block: int) -> np.ndarray:
-    """Similarities of given pairs (i < j), taken from the same blocked products as the
-    counts, so a pair's score compares with itself exactly (no rounding mismatch)."""
+def _pair_scores(
+    x: np.ndarray, pairs: np.ndarray, block: int, offsets: np.ndarray | None = None
+) -> np.ndarray:
+    """Similarities (margins, with offsets) of given pairs (i < j), taken from the same
+    blocked products as the counts, so a pair's score compares with itself exactly."""
     i, j = pairs[:, 0], pairs[:, 1]
     out = np.empty(len(pairs), dtype=np.float32)
-    for row0, col0, s in iter_similarity_blocks(x, block):
+    for row0, col0, s in iter_similarity_blocks(x, block, offsets):
         sel = (i >= row0) & (i < row0 + len(s))
         out[sel] = s[i[sel] - row0, j[sel] - col0]
     return out
+
+
+def _average_precision(
+    classes: Sequence[ClassPairs], block: int, by_margin: bool
+) -> tuple[float, np.ndarray, np.ndarray, int, int]:
+    """(AP, recall curve, precision curve, positive pairs, all pairs) over every
+    within-class pair of every class, ranked by cosine or by margin."""
+    class_pos = [
+        _pair_scores(c.vectors, c.positives, block, c.offsets if by_margin else None)
+        for c in classes
+    ]
+    nonempty = [p for p in class_pos if len(p)]
+    pos = np.sort(np.concatenate(nonempty))[::-1] if nonempty else np.zeros(0, np.float32)
+    n_pairs = sum(len(c.vectors) * (len(c.vectors) - 1) // 2 for c in classes)
+    counts = np.zeros(len(pos), dtype=np.int64)
+    for c in classes:
+        if len(c.vectors) > 1 and len(pos):
+            counts += count_pairs_above(
+                c.vectors, pos, block, inclusive=True, offsets=c.offsets if by_margin else None
+            )
+    # Positives scoring >= each positive: tied scores share one operating point, as in
+    # scikit-learn's average_precision_score.
+    ascending = pos[::-1]
+    tp_at = len(pos) - np.searchsorted(ascending, pos, side="left")
+    precision = tp_at / np.maximum(counts, 1)
+    recall = tp_at / max(len(pos), 1)
+    ap = float(precision.mean()) if len(pos) else float("nan")
+    return ap, recall, precision, len(pos), n_pairs
 
 
 def evaluate_method(
@@ -97,56 +134,87 @@ def evaluate_method(
     *,
     block: int = DEFAULT_BLOCK,
     labels: Sequence[str] | None = None,
+    local: Sequence[bool] | None = None,
 ) -> MethodEvaluation:
     """Average precision over all within-class pairs, and recall/precision/removals per T.
 
-    A threshold is one cosine for every class, or a mapping class name -> cosine (a
-    false-removal budget resolved per class). labels: what each threshold is called in
-    the rows (default: the cosine).
+    A threshold is one cosine for every class, or a mapping class name -> threshold (a
+    false-removal budget resolved per class). local: per threshold, whether it is a
+    margin over the classes' offsets (a budget with local scaling) rather than a cosine.
+    labels: what each threshold is called in the rows (default: the value). With every
+    class's offsets, the margin AP is reported too (`average_precision_local`).
     """
-    class_pos = [_pair_scores(c.vectors, c.positives, block) for c in classes]
-    nonempty = [p for p in class_pos if len(p)]
-    pos = np.sort(np.concatenate(nonempty))[::-1] if nonempty else np.zeros(0, np.float32)
-    n_pairs = sum(len(c.vectors) * (len(c.vectors) - 1) // 2 for c in classes)
-    counts = np.zeros(len(pos), dtype=np.int64)
-    for c in classes:
-        if len(c.vectors) > 1 and len(pos):
-            counts += count_pairs_above(c.vectors, pos, block, inclusive=True)
-    # Positives scoring >= each positive: tied scores share one operating point, as in
-    # scikit-learn's average_precision_score.
-    ascending = pos[::-1]
-    tp_at = len(pos) - np.searchsorted(ascending, pos, side="left")
-    precision = tp_at / np.maximum(counts, 1)
-    recall = tp_at / max(len(pos), 1)
-    ap = float(precision.mean()) if len(pos) else float("nan")
-    evaluation = MethodEvaluation(name, ap, len(pos), n_pairs, recall, precision)
+    ap, recall, precision, n_positive, n_pairs = _average_precision(classes, block, False)
+    evaluation = MethodEvaluation(name, ap, n_positive, n_pairs, recall, precision)
+    margins = [bool(m) for m in local] if local is not None else [False] * len(thresholds)
+    if len(margins) != len(thresholds):
+        raise ValueError("local must say, for every threshold, whether it is a margin")
+    if classes and all(c.offsets is not None for c in classes):
+        ap_local, r_local, p_local, _, _ = _average_precision(classes, block, True)
+        evaluation.average_precision_local = ap_local
+        evaluation.recall_curve_local, evaluation.precision_curve_local = r_local, p_local
+    elif any(margins):
+        raise ValueError("margin thresholds need every class's offsets")
 
     def cosine(t, c: ClassPairs) -> float:
         return float(t[c.name]) if isinstance(t, Mapping) else float(t)
 
-    # Per class: its cosine at every threshold, pairs above each, known rows per transform.
+    def offsets_at(k: int, c: ClassPairs) -> np.ndarray | None:
+        return c.offsets if margins[k] else None
+
+    # Per class: its threshold at every T, pairs above each (one blocked pass for the
+    # cosines, one for the margins), known rows' scores both ways.
     per_class_t = [np.array([cosine(t, c) for t in thresholds], dtype=np.float64) for c in classes]
     flagged = np.zeros(len(thresholds), dtype=np.int64)
+    kinds = [(m, np.flatnonzero(np.array(margins, bool) == m)) for m in (False, True)]
     for c, ts in zip(classes, per_class_t, strict=True):
-        if len(c.vectors) > 1 and len(ts):
-            probe = np.nextafter(ts.astype(np.float32), np.float32(2))
-            flagged += count_pairs_above(c.vectors, probe, block, inclusive=True)
-    known_scores = [
-        _pair_scores(c.vectors, np.sort(c.known, axis=1), block)
-        if c.known is not None and len(c.known)
-        else np.zeros(0, np.float32)
-        for c in classes
-    ]
+        for by_margin, ks in kinds:
+            if len(c.vectors) > 1 and len(ks):
+                probe = np.nextafter(ts[ks].astype(np.float32), np.float32(2))
+                flagged[ks] += count_pairs_above(
+                    c.vectors,
+                    probe,
+                    block,
+                    inclusive=True,
+                    offsets=c.offsets if by_margin else None,
+                )
+
+    def scores(pairs_of, by_margin: bool) -> list[np.ndarray]:
+        out = []
+        for c in classes:
+            pairs = pairs_of(c)
+            off = c.offsets if by_margin else None
+            out.append(
+                _pair_scores(c.vectors, pairs, block, off)
+                if len(pairs)
+                else np.zeros(0, np.float32)
+            )
+        return out
+
+    def known_of(c: ClassPairs) -> np.ndarray:
+        return np.sort(c.known, axis=1) if c.known is not None else np.zeros((0, 2), np.int64)
+
+    both = (False, True) if any(margins) else (False,)
+    positive_scores = {m: scores(lambda c: c.positives, m) for m in both}
+    known_scores_by = {m: scores(known_of, m) for m in both}
     transforms = sorted({t for c in classes for t in c.known_transforms})
     evaluation.transforms = {
         t: sum(int((np.asarray(c.known_transforms) == t).sum()) for c in classes)
         for t in transforms
     }
     decided = [
-        keep_decisions(c.vectors, c.order, c.hashes(), ts.tolist(), block=min(block, 2048))
+        keep_decisions(
+            c.vectors,
+            c.order,
+            c.hashes(),
+            ts.tolist(),
+            block=min(block, 2048),
+            offsets=[offsets_at(k, c) for k in range(len(ts))],
+        )
         for c, ts in zip(classes, per_class_t, strict=True)
     ]
     for k, t in enumerate(thresholds):
+        class_pos, known_scores = positive_scores[margins[k]], known_scores_by[margins[k]]
         tp = sum(int((p > ts[k]).sum()) for p, ts in zip(class_pos, per_class_t, strict=True))
         hits = dict.fromkeys(transforms, 0)
         removed = removed_known = kept_clean = n_clean = 0
@@ -165,7 +233,7 @@ def evaluate_method(
         evaluation.per_threshold.append(
             {
                 "threshold": labels[k] if labels is not None else float(t),
-                "recall": tp / max(len(pos), 1),
+                "recall": tp / max(n_positive, 1),
                 "precision": tp / n_flagged if n_flagged else float("nan"),
                 "pairs_flagged": n_flagged,
                 "images_removed": removed,
@@ -213,6 +281,7 @@ def evaluate_against_ground_truth(
     *,
     methods: Sequence[str] = METHODS,
     keep_policy: str = "density",
+    budget_scaling: str = "local",
     block: int = DEFAULT_BLOCK,
     current=None,
     log=None,
@@ -221,7 +290,8 @@ def evaluate_against_ground_truth(
 
     thresholds: keys, cosines ("0.95") or false-removal budgets ("1%"); a budget is
     resolved per class and per method (each space has its own scale), with the stored
-    model encoding the class's mirrored images (`core.calibration`).
+    model encoding the class's mirrored images (`core.calibration`), as a margin over
+    local levels or one cosine (`budget_scaling`, as the keep lists resolve it).
     current: a CurrentInputs; when given, latents and fits must be current (not stale).
     """
     from dedup_assets.core.artifacts import (
@@ -230,7 +300,7 @@ def evaluate_against_ground_truth(
         load_class_data,
         read_catalog,
     )
-    from dedup_assets.core.calibration import class_budget_cosines
+    from dedup_assets.core.calibration import class_budgets
     from dedup_assets.core.class_decision import class_order, vectorise
     from dedup_assets.core.planting import read_ground_truth
     from dedup_assets.core.thresholds import budget_of
@@ -249,8 +319,10 @@ def evaluate_against_ground_truth(
         from dedup_assets.core.autoencoder import load_state
 
         model = load_state(layout.model)
-    # method -> threshold index -> class key -> cosine (budget keys only)
+    local = budget_scaling == "local"
+    # method -> threshold index -> class key -> threshold (budget keys only)
     resolved: dict[str, dict[int, dict[str, float]]] = {m: {} for m in methods}
+    offsets: dict[str, np.ndarray | None] = {}  # method -> this class's offsets
     per_method: dict[str, list[ClassPairs]] = {m: [] for m in methods}
     for key in sorted(set(catalog["class_key"].to_list())):
         _, data = load_class_data(
@@ -275,23 +347,20 @@ def evaluate_against_ground_truth(
                 else (mirror_rows(n), encode(mirror_rows(n)))
             )
             for method in methods:
-                cos = dict(
-                    zip(
-                        wanted,
-                        class_budget_cosines(
-                            data,
-                            model,
-                            method,
-                            wanted,
-                            decoy_latents=mirrors,
-                            decoy_rows=mirrored_rows,
-                        ),
-                        strict=True,
-                    )
+                resolution = class_budgets(
+                    data,
+                    model,
+                    method,
+                    wanted,
+                    scaling=budget_scaling,
+                    decoy_latents=mirrors,
+                    decoy_rows=mirrored_rows,
                 )
+                offsets[method] = resolution.offsets
+                at = dict(zip(wanted, resolution.thresholds, strict=True))
                 for k, b in enumerate(budgets):
                     if b is not None:
-                        resolved[method].setdefault(k, {})[key] = cos[b]
+                        resolved[method].setdefault(k, {})[key] = at[b]
         ids = data.image_ids.tolist()
         index = {i: k for k, i in enumerate(ids)}
         rows = [
@@ -311,6 +380,7 @@ def evaluate_against_ground_truth(
                     data.pixel_hashes,
                     known,
                     tuple(t for _, _, t in rows),
+                    offsets.get(method),
                 )
             )
         if log is not None:
@@ -325,6 +395,7 @@ def evaluate_against_ground_truth(
             ],
             block=block,
             labels=keys,
+            local=[b is not None and local for b in budgets],
         )
         for m in methods
     ]

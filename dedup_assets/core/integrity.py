@@ -39,10 +39,12 @@ def keep_list_problems(
     """A keep list must account for every image once, empty no class, and justify each removal.
 
     catalog_ok: the decoded images (columns image_id, class, optionally pixel_hash). Every
-    removed image must name a kept image of the same class with similarity above its row's
-    `cosine` (the class's threshold: a budget resolves to one cosine per class); an exact
-    copy must have the same pixels as the image it names, and similarity 1.0. With
-    `threshold` (a cosine key), every row's cosine must also be that threshold.
+    removed image must name a kept image of the same class; a near-duplicate with
+    similarity above its row's `cosine` (the threshold it was decided at: the cosine key,
+    a budget's cosine for its class, or with local levels its pair's own cosine), an exact
+    copy with the same pixels as the image it names and similarity 1.0 (exact copies go at
+    every threshold). With `threshold` (a cosine key), every row's cosine must also be that
+    threshold.
     """
     problems: list[str] = []
     missing_cols = [c for c in KEEP_LIST_COLUMNS if c not in keep.columns]
@@ -105,11 +107,11 @@ def keep_list_problems(
     weak = removed.filter(
         pl.col("similarity").is_null()
         | pl.col("cosine").is_null()
-        | (pl.col("similarity") <= pl.col("cosine"))
+        | ((pl.col("match") != "exact") & (pl.col("similarity") <= pl.col("cosine")))
     )
     if weak.height:
         problems.append(
-            f"{weak.height} removed images have similarity <= their class's cosine threshold"
+            f"{weak.height} removed images have similarity <= the cosine they were decided at"
         )
     if "pixel_hash" in catalog_ok.columns:
         hashes = catalog_ok.select("image_id", "pixel_hash")

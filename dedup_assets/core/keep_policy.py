@@ -9,6 +9,9 @@ Orders (the paper leaves the choice open):
 - `first`: ascending image id (a content hash), independent of file names and order;
 - `density`: ascending spline log-density, ties by id, so dense regions thin out first.
 
+With per-image `offsets` (`core.local_scaling`), the score of a pair is its margin,
+cos(i, j) - offsets[i] - offsets[j], instead of its cosine; everything else is the same.
+
 The join is blocked: a block of images in visit order is compared with the kept set so
 far, then resolved inside the block in a few vectorised rounds (greedy MIS needs few
 rounds on average, Blelloch, Fineman and Shun 2012), so memory is O(block x N).
@@ -75,21 +78,33 @@ class ExactKeptIndex:
     def __init__(self, n: int, d: int, block: int):
         self.vecs = np.empty((n, d), dtype=np.float32)
         self.pos = np.empty(n, dtype=np.int64)
+        self.offsets = np.zeros(n, dtype=np.float32)
         self.size = 0
         self.chunk = max(block, MAX_SLAB_BYTES // (4 * block))
 
-    def add(self, vectors: np.ndarray, positions: np.ndarray) -> None:
-        self.vecs[self.size : self.size + len(vectors)] = vectors
-        self.pos[self.size : self.size + len(vectors)] = positions
+    def add(
+        self, vectors: np.ndarray, positions: np.ndarray, offsets: np.ndarray | None = None
+    ) -> None:
+        at = slice(self.size, self.size + len(vectors))
+        self.vecs[at] = vectors
+        self.pos[at] = positions
+        if offsets is not None:
+            self.offsets[at] = offsets
         self.size += len(vectors)
 
-    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(best similarity, position of that kept image) per query; -inf/-1 if none."""
+    def nearest(
+        self, queries: np.ndarray, offsets: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(best score, position of that kept image) per query; -inf/-1 if none. The score
+        is the similarity, or with query `offsets` the margin (kept offsets as added)."""
         best = np.full(len(queries), -np.inf, dtype=np.float32)
         best_at = np.full(len(queries), -1, dtype=np.int64)
         for k0 in range(0, self.size, self.chunk):
             k1 = min(k0 + self.chunk, self.size)
             s = queries @ self.vecs[k0:k1].T
+            if offsets is not None:
+                s -= offsets[:, None]
+                s -= self.offsets[None, k0:k1]
             arg = s.argmax(axis=1)
             val = s[np.arange(len(s)), arg]
             better = val > best
@@ -108,10 +123,12 @@ def greedy_keep(
     fixed: int = 0,
     join: str = "exact",
     nprobe: int = 16,
+    offsets: np.ndarray | None = None,
 ) -> KeepDecision:
     """Greedy keep over unit vectors `x` (n, d) visited in `order`; see the module doc.
 
-    Every removed image names a kept image (same input array) with similarity > threshold.
+    Every removed image names a kept image (same input array) with similarity > threshold
+    (margin > threshold with `offsets`, one per row of x: then `similarity` holds margins).
     The first `fixed` images of `order` are kept unconditionally: images kept by an earlier
     decision, against which new images are decided (stable incremental decisions).
     join: "exact" compares each block with every kept image; "ann" asks an IVF index of
@@ -124,10 +141,13 @@ def greedy_keep(
     if len(order) != n or not np.array_equal(np.sort(order), np.arange(n)):
         raise ValueError("order must be a permutation of range(len(x))")
     xo = x[order]
+    oo = None if offsets is None else np.asarray(offsets, dtype=np.float32)[order]
+    if oo is not None and len(oo) != n:
+        raise ValueError("offsets must have one value per row of x")
     if join == "ann" and n:
         from dedup_assets.core.ann_join import AnnKeptIndex
 
-        kept_index = AnnKeptIndex(xo, nprobe)
+        kept_index = AnnKeptIndex(xo, nprobe, oo)
     elif join in ("exact", "ann"):
         kept_index = ExactKeptIndex(n, x.shape[1] if x.ndim == 2 else 1, block)
     else:
@@ -137,13 +157,21 @@ def greedy_keep(
     sim_o = np.full(n, np.nan, dtype=np.float32)
     max_rounds = 0
     fixed = int(min(max(fixed, 0), n))
-    kept_index.add(xo[:fixed], np.arange(fixed))
+
+    def part(a: int, b: int) -> np.ndarray | None:
+        return None if oo is None else oo[a:b]
+
+    kept_index.add(xo[:fixed], np.arange(fixed), part(0, fixed))
     kept_o[:fixed] = True
     for start in range(fixed, n, block):
         stop = min(start + block, n)
         xb = xo[start:stop]
-        best, best_at = kept_index.nearest(xb)
+        ob = part(start, stop)
+        best, best_at = kept_index.nearest(xb, ob)
         s_block = xb @ xb.T
+        if ob is not None:
+            s_block -= ob[:, None]
+            s_block -= ob[None, :]
         cand = np.flatnonzero(best <= threshold)  # not removed by an earlier block
         kept_block = np.zeros(stop - start, dtype=bool)
         if len(cand):
@@ -161,7 +189,7 @@ def greedy_keep(
         dup_o[pos[gone]] = np.where(use_local, start + local_at, best_at)[gone]
         sim_o[pos[gone]] = np.where(use_local, local_best, best)[gone]
         new = pos[kept_block]
-        kept_index.add(xo[new], new)
+        kept_index.add(xo[new], new, None if oo is None else oo[new])
         if progress is not None:
             progress(stop, n)
     kept = np.zeros(n, dtype=bool)

@@ -220,7 +220,8 @@ def precision_recall(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) ->
     """Precision-recall curves, one per method: name -> (recall, precision, AP)."""
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
     for name, (recall, precision, ap) in curves.items():
-        ax.plot(recall, precision, label=f"{name} (AP {ap:.3f})")
+        style = "--" if name.endswith("(local)") else "-"  # ranked by margin, not cosine
+        ax.plot(recall, precision, style, label=f"{name} (AP {ap:.3f})")
     ax.set_xlabel("recall of known duplicate pairs")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1.01)

@@ -82,30 +82,37 @@ def block_rows(n: int, block: int = DEFAULT_BLOCK) -> int:
 
 
 def iter_similarity_blocks(
-    x: np.ndarray, block: int = DEFAULT_BLOCK
+    x: np.ndarray, block: int = DEFAULT_BLOCK, offsets: np.ndarray | None = None
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield (row_start, col_start, S) where S = x[rows] @ x[col_start:].T, upper triangle only.
 
-    Peak memory is one block x N slab (see MAX_SLAB_BYTES); pairs are never computed twice.
+    With `offsets` (one per row of x), S[i, j] - offsets[i] - offsets[j] instead: the
+    margins of `core.local_scaling`. Peak memory is one block x N slab (see
+    MAX_SLAB_BYTES); pairs are never computed twice.
     """
     n = len(x)
     rows = block_rows(n, block)
     for start in range(0, n, rows):
         stop = min(start + rows, n)
-        yield start, start, x[start:stop] @ x[start:].T
+        s = x[start:stop] @ x[start:].T
+        if offsets is not None:
+            s -= offsets[start:stop, None]
+            s -= offsets[None, start:]
+        yield start, start, s
 
 
 def pairs_above(
-    x: np.ndarray, threshold: float, block: int = DEFAULT_BLOCK
+    x: np.ndarray, threshold: float, block: int = DEFAULT_BLOCK, offsets: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs i < j with cosine(x_i, x_j) > threshold, for unit rows x.
+    """All pairs i < j with cosine(x_i, x_j) > threshold, for unit rows x (with `offsets`,
+    margin > threshold; see `iter_similarity_blocks`).
 
-    Returns (i, j, similarity) arrays; memory is the output plus one block slab.
+    Returns (i, j, similarity or margin) arrays; memory is the output plus one block slab.
     """
     ii: list[np.ndarray] = []
     jj: list[np.ndarray] = []
     ss: list[np.ndarray] = []
-    for row0, col0, s in iter_similarity_blocks(x, block):
+    for row0, col0, s in iter_similarity_blocks(x, block, offsets):
         flat = np.flatnonzero(s > threshold)  # much faster than a 2-D nonzero
         r, c = np.divmod(flat, s.shape[1])
         upper = c > r  # the block's first columns are its own rows: keep j > i only
@@ -118,15 +125,21 @@ def pairs_above(
 
 
 def count_pairs_above(
-    x: np.ndarray, thresholds: np.ndarray, block: int = DEFAULT_BLOCK, *, inclusive: bool = False
+    x: np.ndarray,
+    thresholds: np.ndarray,
+    block: int = DEFAULT_BLOCK,
+    *,
+    inclusive: bool = False,
+    offsets: np.ndarray | None = None,
 ) -> np.ndarray:
-    """How many pairs i < j have similarity > each threshold (>= when `inclusive`).
+    """How many pairs i < j have similarity (margin, with `offsets`) > each threshold
+    (>= when `inclusive`).
 
     Exact and blocked: no pair list is kept, only each block's sorted similarities.
     """
     thresholds = np.asarray(thresholds, dtype=np.float32)
     counts = np.zeros(len(thresholds), dtype=np.int64)
-    for row0, col0, s in iter_similarity_blocks(x, block):
+    for row0, col0, s in iter_similarity_blocks(x, block, offsets):
         rows = np.arange(row0, row0 + len(s))
         cols = np.arange(col0, col0 + s.shape[1])
         vals = np.sort(s[cols[None, :] > rows[:, None]])
