@@ -40,7 +40,11 @@ def tiny_run(tmp_path_factory):
         thresholds=THRESHOLDS,
         device="cpu",
         precision="fp32",
-        method={"epochs": 2, "batch_size": 32, "n_components": 8},
+        # Six classes of 20 images: the kurtosis gate's verdict there is chance (it blocks
+        # random removal in up to 5% of thresholds by design, tested in test_statistics,
+        # and which draws it gets depends on the CPU's float rounding), so the plumbing
+        # runs with a wide tolerance; the gate's wiring is tested with a forced verdict.
+        method={"epochs": 2, "batch_size": 32, "n_components": 8, "kurtosis_tolerance": 1.0},
     )
     instance = dg.DagsterInstance.ephemeral()
     outcome = run_pipeline(config, instance, log=lambda _: None)
@@ -98,7 +102,6 @@ def test_whole_graph_materializes(tiny_run):
     outcome = tiny_run["outcome"]
     assert outcome.failures == []
     assert outcome.skipped == []
-    # Only planted copies and the demo's near-duplicates go: the gate must not block that.
     assert outcome.check_failures == []
     assert len(outcome.classes) == 6
     assert [s.runs for s in outcome.stages] == [1, 6, 1, 6, len(THRESHOLDS), 1]
