@@ -73,7 +73,9 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
     p.add_argument(
         "--space",
         default=None,
-        help="similarity space: raw | whitened | spline_copula (default spline_copula)",
+        help="similarity space: raw | whitened | spline_copula | spline_copula_dct (the "
+        "spline-copula latents joined with a low-frequency DCT descriptor of the pixels) "
+        "(default spline_copula_dct)",
     )
     p.add_argument("--policy", default=None, help="keep policy: first | density (default density)")
     p.add_argument(

@@ -45,7 +45,7 @@ class DedupSettings(dg.ConfigurableResource):
     seed: int = 0
     n_components: int = Field(default=128, ge=1, description="principal components per class")
     bin_rule: BinRule = BinRule.fd
-    similarity_space: SimilaritySpace = SimilaritySpace.spline_copula
+    similarity_space: SimilaritySpace = SimilaritySpace.spline_copula_dct
     keep_policy: KeepPolicy = KeepPolicy.density
     budget_scaling: BudgetScaling = Field(
         default=BudgetScaling.local,

@@ -129,3 +129,6 @@ def test_a_class_too_small_for_a_fitted_space_is_decided_by_phash():
             assert d.space == "phash"
             assert d.kept.all()
     assert decide_class(data, [0.9], space="raw", policy="first")[0].space == "raw"
+    # The joined space falls back to its own pixel part, the DCT descriptor.
+    joined = decide_class(data, [0.9], space="spline_copula_dct", policy="density")[0]
+    assert joined.space == "dct" and joined.kept.all()

@@ -7,6 +7,7 @@ import pytest
 
 from dedup_assets.core.class_density import fit_class_density
 from dedup_assets.core.similarity import (
+    LATENT_SPACES,
     SIMILARITY_SPACES,
     count_pairs_above,
     embed,
@@ -165,7 +166,7 @@ def _assert_unit_or_zero(e: np.ndarray) -> None:
     assert np.all((np.abs(norms - 1.0) < 1e-5) | (norms == 0.0))
 
 
-@pytest.mark.parametrize("space", SIMILARITY_SPACES)
+@pytest.mark.parametrize("space", LATENT_SPACES)
 def test_embed_returns_unit_rows(space, class_model):
     latents, model = class_model
     e = embed(latents, space, model)
@@ -218,7 +219,7 @@ def test_embed_spline_copula_uses_normal_scores(class_model):
 def test_embed_identical_latents_are_maximally_similar(class_model):
     latents, model = class_model
     x = np.concatenate([latents[:5], latents[:5]])
-    for space in SIMILARITY_SPACES:
+    for space in LATENT_SPACES:
         e = embed(x, space, model)
         np.testing.assert_allclose(np.einsum("ij,ij->i", e[:5], e[5:]), 1.0, atol=1e-6)
 

@@ -150,6 +150,8 @@ def main() -> None:
     p.add_argument("--objective", default="invariant")
     p.add_argument("--weight", type=float, default=A.InvariantLoss.contrast_weight)
     p.add_argument("--temperature", type=float, default=A.InvariantLoss.temperature)
+    p.add_argument("--views", default="two", choices=["one", "two"])
+    p.add_argument("--no-clean-grad", action="store_true")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--components", type=int, default=128)
@@ -191,7 +193,12 @@ def main() -> None:
         patience=10**9,
         min_delta=0.0,
     )
-    loss = A.InvariantLoss(contrast_weight=args.weight, temperature=args.temperature)
+    loss = A.InvariantLoss(
+        contrast_weight=args.weight,
+        temperature=args.temperature,
+        views=args.views,
+        clean_grad=not args.no_clean_grad,
+    )
     result = A.train_autoencoder(
         pixels,
         objective=args.objective,

@@ -467,9 +467,10 @@ def load_class_data(
 
     With `current`, the latents and the fit must be current; otherwise they are read as is
     (benchmarks and analyses of an output folder). Pixels are loaded when asked for, or
-    when deciding in `space` needs them (pHash, also the fallback of small classes).
+    when deciding in `space` needs them (the spaces of pixels, also the fallback of small
+    classes).
     """
-    from dedup_assets.core.class_decision import ClassData, space_for
+    from dedup_assets.core.class_decision import ClassData, needs_pixels
     from dedup_assets.core.class_density import ClassDensityModel
 
     if current is not None:
@@ -497,7 +498,7 @@ def load_class_data(
         raise StaleArtifact(f"latents of class {key} name images the catalog does not hold")
     model = ClassDensityModel.load(layout.spline_fit(key))
     pixels = None
-    if with_pixels or (space is not None and space_for(model, space) == "phash"):
+    if with_pixels or (space is not None and needs_pixels(model, space)):
         pixels = pixels_of_rows(layout, key, joined["row"].to_numpy())
     data = ClassData(
         table["image_id"].to_numpy().astype(str),

@@ -174,20 +174,37 @@ def contrastive_loss(za: torch.Tensor, zb: torch.Tensor, temperature: float) -> 
 
 @dataclass(frozen=True)
 class InvariantLoss:
-    """Denoising reconstruction plus `contrast_weight` times the contrastive term."""
+    """Denoising reconstruction plus `contrast_weight` times the contrastive term.
+
+    views: "two" contrasts two augmented views of each image; "one" contrasts one
+    augmented view with the image itself (what a near-duplicate is: a copy beside its
+    original), which augments half as much. clean_grad: whether the clean image's code
+    (views="one") is trained through the contrastive term too, or held as a target.
+    """
 
     mix: AugmentationMix = DEFAULT_AUGMENTATION
     contrast_weight: float = 0.05
     temperature: float = 0.1
+    views: str = "two"
+    clean_grad: bool = True
+
+    def __post_init__(self) -> None:
+        if self.views not in ("one", "two"):
+            raise ValueError(f"views must be 'one' or 'two', got {self.views!r}")
 
     def __call__(
         self, model: ConvAutoencoder, x: torch.Tensor, g: torch.Generator, amp
     ) -> torch.Tensor:
         with torch.no_grad():
-            a, b = augment(x, g, self.mix), augment(x, g, self.mix)
+            a = augment(x, g, self.mix)
+            b = augment(x, g, self.mix) if self.views == "two" else x
         with amp():
             za = model.encoder(a)
-            zb = model.encoder(b)
+            if self.views == "one" and not self.clean_grad:
+                with torch.no_grad():
+                    zb = model.encoder(b)
+            else:
+                zb = model.encoder(b)
             rec = nn.functional.mse_loss(model.decoder(za).float(), x)
         return rec + self.contrast_weight * contrastive_loss(za, zb, self.temperature)
 

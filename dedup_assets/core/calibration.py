@@ -229,7 +229,7 @@ def class_budgets(
     `data.pixels` must be loaded; `decoy_latents` (the mirrors' latents of `decoy_rows`,
     default every image in input order) saves encoding them again when several spaces are
     calibrated."""
-    from dedup_assets.core.class_decision import space_for, vectorise
+    from dedup_assets.core.class_decision import needs_pixels, vectorise
 
     if scaling not in ("local", "uniform"):
         raise ValueError(f"unknown budget scaling {scaling!r}: local or uniform")
@@ -249,7 +249,7 @@ def class_budgets(
     rows = np.arange(n) if decoy_rows is None else np.asarray(decoy_rows)
     if len(rows) != len(decoy_latents):
         raise ValueError("decoy_rows and decoy_latents differ in length")
-    on_pixels = space_for(data.model, space) == "phash"  # a class too small for a fit
+    on_pixels = needs_pixels(data.model, space)  # a pixel space, or a class too small for a fit
     decoy_pixels = mirrored(np.asarray(data.pixels[rows]), vertical) if on_pixels else None
     # The decoys pass through the class's vectoriser as a class of their own (its fit, not
     # refitted): ids and hashes are placeholders of the right length.

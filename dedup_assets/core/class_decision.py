@@ -30,7 +30,7 @@ import numpy as np
 from dedup_assets.core.ann_join import DEFAULT_ANN_MIN_CLASS_SIZE, DEFAULT_NPROBE, resolve_join
 from dedup_assets.core.class_density import ClassDensityModel
 from dedup_assets.core.keep_policy import KeepDecision, greedy_keep, visit_order
-from dedup_assets.core.similarity import embed
+from dedup_assets.core.similarity import embed, joined, with_origin_axis
 
 
 @dataclass(frozen=True)
@@ -49,30 +49,59 @@ class ClassData:
             raise ValueError("image_ids, pixel_hashes and latents differ in length")
 
 
+def _pixels(data: ClassData, space: str) -> np.ndarray:
+    if data.pixels is None:
+        raise ValueError(f"the {space} space needs the class's pixels")
+    return np.asarray(data.pixels)
+
+
 def _phash_vectors(data: ClassData) -> np.ndarray:
     from dedup_assets.core.phash import hash_vectors, phash_bits
 
-    if data.pixels is None:
-        raise ValueError("the phash space needs the class's pixels")
-    return hash_vectors(phash_bits(np.asarray(data.pixels)))
+    return hash_vectors(phash_bits(_pixels(data, "phash")))
+
+
+def _dct_vectors(data: ClassData) -> np.ndarray:
+    from dedup_assets.core.dct_descriptor import lowfreq_dct
+
+    return with_origin_axis(lowfreq_dct(_pixels(data, "dct")))
+
+
+def _joined_vectors(data: ClassData) -> np.ndarray:
+    from dedup_assets.core.dct_descriptor import lowfreq_dct
+
+    pixels = lowfreq_dct(_pixels(data, "spline_copula_dct"))
+    return joined(embed(data.latents, "spline_copula", data.model), pixels)
 
 
 # Random directions in 8 dimensions have cosine > 0.9 with probability ~5e-4; in 2, 14%.
 MIN_FITTED_COMPONENTS = 8
-FITTED_SPACES = frozenset({"whitened", "spline_copula"})
+FITTED_SPACES = frozenset({"whitened", "spline_copula", "spline_copula_dct"})
+# What a class too small for a fitted space is decided in: the pixel part of a joined space,
+# pHash for the latent-only ones.
+SMALL_CLASS_SPACE = {"spline_copula_dct": "dct"}
+PIXEL_SPACES = frozenset({"phash", "dct", "spline_copula_dct"})
 
 
 def space_for(model: ClassDensityModel | None, space: str) -> str:
-    """The space a class is decided in: `space`, or pHash for a class too small for it."""
+    """The space a class is decided in: `space`, or a space without a fit (the DCT
+    descriptor or pHash) for a class too small for it."""
     if space in FITTED_SPACES and (model is None or model.n_components < MIN_FITTED_COMPONENTS):
-        return "phash"
+        return SMALL_CLASS_SPACE.get(str(space), "phash")
     return str(space)
+
+
+def needs_pixels(model: ClassDensityModel | None, space: str) -> bool:
+    """Whether deciding a class in `space` reads its pixels."""
+    return space_for(model, space) in PIXEL_SPACES
 
 
 VECTORISERS: dict[str, Callable[[ClassData], np.ndarray]] = {
     "raw": lambda d: embed(d.latents, "raw"),
     "whitened": lambda d: embed(d.latents, "whitened", d.model),
     "spline_copula": lambda d: embed(d.latents, "spline_copula", d.model),
+    "spline_copula_dct": _joined_vectors,
+    "dct": _dct_vectors,
     "phash": _phash_vectors,
 }
 

@@ -232,7 +232,9 @@ def evaluate_method(
         n_flagged = int(flagged[k])
         evaluation.per_threshold.append(
             {
-                "threshold": labels[k] if labels is not None else float(t),
+                "threshold": labels[k]
+                if labels is not None
+                else (f"per class #{k}" if isinstance(t, Mapping) else float(t)),
                 "recall": tp / max(n_positive, 1),
                 "precision": tp / n_flagged if n_flagged else float("nan"),
                 "pairs_flagged": n_flagged,
@@ -246,7 +248,7 @@ def evaluate_method(
     return evaluation
 
 
-METHODS = ("raw", "whitened", "spline_copula", "phash")
+METHODS = ("raw", "whitened", "spline_copula", "spline_copula_dct", "dct", "phash")
 
 
 def ground_truth_edges(
@@ -301,7 +303,7 @@ def evaluate_against_ground_truth(
         read_catalog,
     )
     from dedup_assets.core.calibration import class_budgets
-    from dedup_assets.core.class_decision import class_order, vectorise
+    from dedup_assets.core.class_decision import PIXEL_SPACES, class_order, vectorise
     from dedup_assets.core.planting import read_ground_truth
     from dedup_assets.core.thresholds import budget_of
 
@@ -329,7 +331,7 @@ def evaluate_against_ground_truth(
             layout,
             key,
             current,
-            with_pixels="phash" in methods or bool(wanted),
+            with_pixels=bool(set(methods) & PIXEL_SPACES) or bool(wanted),
             catalog=full_catalog,
         )
         if wanted:

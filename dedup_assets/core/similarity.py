@@ -1,10 +1,17 @@
 """Cosine similarity within a class, computed in blocks so memory grows with N, not N^2.
 
-Three similarity spaces are offered (PAPER.md section 7 measures them):
+Four similarity spaces are offered (PAPER.md section 7 and benchmarks/README.md measure
+them):
 - `raw`: the paper as written, cosine of the 1024 post-ReLU latents;
 - `whitened`: cosine of the leading principal components divided by their std;
 - `spline_copula`: each leading component mapped through its spline CDF to a normal
-  score, then cosine (the default: it ranks near-duplicates best).
+  score, then cosine;
+- `spline_copula_dct` (the default): the spline-copula vector joined with the image's
+  low-frequency DCT descriptor (`core.dct_descriptor`), so the cosine is
+  LATENT_WEIGHT x the spline-copula cosine + (1 - LATENT_WEIGHT) x the DCT one. The
+  invariant codes see through crops and shifts, the DCT descriptor exactly through
+  brightness and contrast and nearly through noise; on planted EuroSAT the two together
+  ranked copies better than either (AP of margins 0.98 against 0.97 and 0.97).
 """
 
 from __future__ import annotations
@@ -25,9 +32,15 @@ class SimilaritySpace(StrEnum):
     raw = "raw"
     whitened = "whitened"
     spline_copula = "spline_copula"
+    spline_copula_dct = "spline_copula_dct"
 
 
 SIMILARITY_SPACES: tuple[str, ...] = tuple(s.value for s in SimilaritySpace)
+LATENT_SPACES: tuple[str, ...] = ("raw", "whitened", "spline_copula")  # what `embed` makes
+LATENT_WEIGHT = 0.7
+"""The spline-copula cosine's share of the joined space's (measured on two planted EuroSAT
+sets and planted hymenoptera: 0.7 found 96-97% of EuroSAT's copies at the 1% budget, 0.8
+94.7-96.3%, 0.5 97% with more false removals on the photos)."""
 DEFAULT_BLOCK = 2048
 MAX_SLAB_BYTES = 256 * 2**20  # one block of similarities: 256 MiB at most
 
@@ -65,6 +78,8 @@ def embed(
         return with_origin_axis(l2_normalize(latents))
     if space not in SIMILARITY_SPACES:
         raise ValueError(f"unknown similarity space {space!r}; choose one of {SIMILARITY_SPACES}")
+    if space == "spline_copula_dct":
+        raise ValueError("spline_copula_dct needs the pixels too: use class_decision.vectorise")
     if model is None:
         raise ValueError(f"similarity space {space!r} needs the class's density model")
     if model.density is None:
@@ -74,6 +89,16 @@ def embed(
         std = np.sqrt(model.pca.variances).astype(np.float32)
         return with_origin_axis(l2_normalize(scores / np.where(std > 0, std, 1.0)))
     return with_origin_axis(l2_normalize(model.density.normal_scores(scores)))
+
+
+def joined(
+    latent_vectors: np.ndarray, pixel_vectors: np.ndarray, weight: float = LATENT_WEIGHT
+) -> np.ndarray:
+    """Unit rows whose dot products are weight x the latent cosine + (1 - weight) x the
+    pixel descriptor's (both inputs unit or zero rows); a zero part counts as no vote."""
+    a = np.asarray(latent_vectors, dtype=np.float32) * np.float32(np.sqrt(weight))
+    b = np.asarray(pixel_vectors, dtype=np.float32) * np.float32(np.sqrt(1.0 - weight))
+    return with_origin_axis(l2_normalize(np.hstack([a, b])))
 
 
 def block_rows(n: int, block: int = DEFAULT_BLOCK) -> int:
@@ -90,6 +115,8 @@ def iter_similarity_blocks(
     margins of `core.local_scaling`. Peak memory is one block x N slab (see
     MAX_SLAB_BYTES); pairs are never computed twice.
     """
+    x = np.asarray(x, dtype=np.float32)  # scores are float32 everywhere (thresholds too)
+    offsets = None if offsets is None else np.asarray(offsets, dtype=np.float32)
     n = len(x)
     rows = block_rows(n, block)
     for start in range(0, n, rows):

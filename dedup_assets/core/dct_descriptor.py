@@ -1,0 +1,55 @@
+"""A low-frequency DCT descriptor of an image's pixels: what light, noise and re-encoding
+leave alone.
+
+The descriptor is the first step of a perceptual hash kept as numbers: the luma of the
+64x64 image averaged to 32x32, its orthonormal 2-D DCT-II, and the DCT_SIZE x DCT_SIZE
+lowest frequencies without the DC term, scaled to unit length. Dropping DC removes a
+brightness offset and the unit length removes a contrast or brightness factor, so both
+leave the descriptor exactly unchanged; noise and JPEG sit mostly in the high frequencies,
+blur removes only those. What it does not see through is a crop (the frequencies move),
+which is where the autoencoder's invariant codes are strong: `similarity` joins the two.
+
+pHash thresholds these same coefficients at their median into 64 bits; keeping them as
+numbers measured better on planted EuroSAT (AP of margins 0.968 against pHash's 0.885),
+and the computation is two small matrix products per image, batched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DCT_SIZE = 8
+DIMENSIONS = DCT_SIZE * DCT_SIZE - 1
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+CHUNK = 4096
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    """The orthonormal DCT-II matrix of size n (rows are frequencies)."""
+    k = np.arange(n)
+    m = np.cos((2 * k[None, :] + 1) * k[:, None] * np.pi / (2 * n)) * np.sqrt(2.0 / n)
+    m[0] /= np.sqrt(2.0)
+    return m.astype(np.float32)
+
+
+_D32 = _dct_matrix(32)
+
+
+def lowfreq_dct(pixels: np.ndarray) -> np.ndarray:
+    """(n, DIMENSIONS) float32 unit descriptors of uint8 NHWC images of 64x64 (a flat image,
+    with no low frequency but DC, gets a zero row). Chunked: `pixels` may be memory-mapped."""
+    n = len(pixels)
+    if n and pixels.shape[1:] != (64, 64, 3):
+        raise ValueError(f"expected pixels of shape (N, 64, 64, 3), got {pixels.shape}")
+    out = np.zeros((n, DIMENSIONS), dtype=np.float32)
+    low = _D32[:DCT_SIZE]
+    for start in range(0, n, CHUNK):
+        chunk = np.asarray(pixels[start : start + CHUNK], dtype=np.float32)
+        grey = chunk @ _LUMA  # (b, 64, 64)
+        grey = grey.reshape(len(grey), 32, 2, 32, 2).mean(axis=(2, 4))
+        coeff = low @ grey @ low.T  # (b, DCT_SIZE, DCT_SIZE)
+        flat = coeff.reshape(len(coeff), -1)[:, 1:]
+        norms = np.linalg.norm(flat, axis=1, keepdims=True)
+        # Below this the image is flat to rounding: no direction to compare.
+        np.divide(flat, norms, out=out[start : start + len(flat)], where=norms > 1e-3)
+    return out
