@@ -8,7 +8,6 @@ import pytest
 from dedup_assets.core.class_density import fit_class_density
 from dedup_assets.core.similarity import (
     LATENT_SPACES,
-    SIMILARITY_SPACES,
     count_pairs_above,
     embed,
     iter_similarity_blocks,
