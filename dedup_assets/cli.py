@@ -54,6 +54,13 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
         help="training epochs (default 0: until a held-out slice's loss stops improving)",
     )
     p.add_argument(
+        "--training-images",
+        type=int,
+        default=None,
+        help="with automatic epochs, train on at most this many images; the held-out loss "
+        "may stop it sooner (default 20480)",
+    )
+    p.add_argument(
         "--training",
         default=None,
         help="autoencoder objective: invariant (codes that see through crops, colour and "
@@ -215,6 +222,7 @@ def config_from_args(args: argparse.Namespace):
     method = {
         "epochs": args.epochs,
         "training": args.training,
+        "training_images": args.training_images,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "seed": args.seed,

@@ -255,6 +255,11 @@ def test_early_stopping_stops_when_the_held_out_loss_stalls(textures):
     # With too few images for a held-out slice, the epochs limit applies and it says so.
     few = train_autoencoder(textures[:10], batch_size=16, early_stopping=rule)
     assert few.images_seen == 50 * 10 and "too few images" in few.stopped_because
+    # A budget of images stops it first (checks still run every 64 images).
+    budget = EarlyStopping(max_epochs=50, check_every=64, patience=99, max_images=100)
+    capped = train_autoencoder(textures, batch_size=16, seed=1, early_stopping=budget)
+    assert 100 <= capped.images_seen < 100 + 16
+    assert capped.stopped_because == "reached the budget of 100 training images"
     # Without early stopping: exactly the epochs asked for.
     fixed = train_autoencoder(textures[:10], epochs=2, batch_size=16)
     assert fixed.images_seen == 20 and fixed.holdout_losses == []

@@ -243,6 +243,21 @@ def test_every_run_option_takes_effect(tmp_path):
     assert len(decided) == 2 and decided.isdisjoint(set(keep["decided_in"]))
 
 
+def test_training_images_caps_automatic_training(small_source, tmp_path):
+    """--training-images is the budget of automatic epochs (no --epochs): training stops
+    at it and says so (the every-option test fixes --epochs, which this would not affect)."""
+    out = tmp_path / "out"
+    args = ("--training-images", "48", "--batch-size", "16", "--thresholds", "0.95")
+    done = run_dedup("run", "--source", str(small_source), "--output", str(out), *args, *FAST[2:])
+    assert done.returncode == 0, done.stdout + done.stderr
+    training = json.loads(OutputLayout(out).training_log.read_text())
+    assert 48 <= training["images_seen"] < 48 + 16
+    assert training["stopped_because"] == "reached the budget of 48 training images"
+    assert (
+        json.loads(OutputLayout(out).pipeline_file.read_text())["method"]["training_images"] == 48
+    )
+
+
 def test_plant_options_take_effect(tmp_path):
     source = tmp_path / "src"
     generate_demo_dataset(source, seed=1, per_class=10, duplicate_fraction=0.0)

@@ -30,8 +30,10 @@ def test_precision_choice():
 
 def test_settings_are_validated_at_construction_and_auto_epochs():
     s = DedupSettings()
-    assert s.resolved_epochs(27_000) == 10  # 211 steps/epoch: 2,000 steps need 10 epochs
-    assert s.resolved_epochs(416) == 60  # 4 steps/epoch: capped at 60 epochs
+    assert s.training_images == 20_480
+    assert s.resolved_epochs(27_000) == 1  # a budget of 20,480 images: less than an epoch
+    assert s.resolved_epochs(416) == 50  # 20,480 / 416 = 49.2, rounded up
+    assert DedupSettings(training_images=100).resolved_epochs(0) == 100
     assert DedupSettings(epochs=3).resolved_epochs(27_000) == 3
     assert DedupSettings(similarity_space="raw").similarity_space == "raw"
     for bad in (
@@ -39,6 +41,7 @@ def test_settings_are_validated_at_construction_and_auto_epochs():
         {"keep_policy": "random"},
         {"bin_rule": "x"},
         {"epochs": -1},
+        {"training_images": 0},
         {"batch_size": 0},
         {"learning_rate": 0.0},
         {"n_components": 0},

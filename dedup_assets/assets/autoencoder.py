@@ -138,11 +138,15 @@ def autoencoder(
     pixels = gather_pixels(layout, images)  # in memory: training reads it many times
     device, amp = compute.torch_device(), compute.amp_dtype()
     epochs = settings.resolved_epochs(len(pixels))
-    early = EarlyStopping(max_epochs=epochs) if settings.epochs == 0 else None
+    early = (
+        EarlyStopping(max_epochs=epochs, max_images=settings.training_images)
+        if settings.epochs == 0
+        else None
+    )
     context.log.info(
         f"{settings.training} training on {len(pixels):,} images "
         + (
-            f"until the held-out loss stalls (at most {epochs} epochs)"
+            f"until the held-out loss stalls (at most {settings.training_images:,} images)"
             if early
             else f"for {epochs} epochs"
         )

@@ -98,7 +98,9 @@ class EarlyStopping:
     The slice is `holdout` of the images (between `min_holdout` and `max_holdout`), drawn
     with the training seed and never trained on. It is scored every `check_every` images
     seen (or once per epoch if that comes first); training stops when `patience` checks
-    in a row improve the best held-out loss by less than `min_delta` (relative), or after
+    in a row improve the best held-out loss by less than `min_delta` (relative), after
+    `max_images` training images (a budget: what finding duplicates needs is reached long
+    before the reconstruction stops improving, benchmarks/README.md), or after
     `max_epochs`.
     """
 
@@ -106,9 +108,10 @@ class EarlyStopping:
     holdout: float = 0.05
     min_holdout: int = 32
     max_holdout: int = 1024
-    check_every: int = 8192
+    check_every: int = 4096
     patience: int = 2
     min_delta: float = 0.01
+    max_images: int | None = None
 
 
 @dataclass
@@ -329,6 +332,11 @@ def train_autoencoder(
                     )
                     stop = True
                     break
+            budget = early_stopping.max_images if early_stopping is not None else None
+            if budget is not None and seen >= budget:
+                result.stopped_because = f"reached the budget of {budget:,} training images"
+                stop = True
+                break
         epoch_loss = float(total) / max(done_in_epoch, 1)
         result.epoch_losses.append(epoch_loss)
         if log is not None:
