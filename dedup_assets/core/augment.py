@@ -218,14 +218,21 @@ def augment(
     x: torch.Tensor, g: torch.Generator, mix: AugmentationMix = DEFAULT_AUGMENTATION
 ) -> torch.Tensor:
     """One random view of each image: every transform of `mix`, in order, applied to each
-    image with its probability (a transform is computed only if some image draws it)."""
+    image with its probability (a transform is computed only for the images that draw it:
+    JPEG, noise and blur at 0.3-0.5 cost a third to a half of the whole batch's)."""
     out = x
     for name, fn in TRANSFORMS.items():
         p = getattr(mix, name)
         if p <= 0:
             continue
         chosen = torch.rand(len(x), generator=g, device=g.device).to(x.device) < p
-        if not bool(chosen.any()):
+        at = chosen.nonzero().squeeze(1)
+        if len(at) == 0:
             continue
-        out = torch.where(_per_image(chosen), fn(out, g), out)
+        if len(at) == len(x):
+            out = fn(out, g)
+            continue
+        if out is x:
+            out = x.clone()
+        out[at] = fn(out[at], g)
     return out
