@@ -203,8 +203,9 @@ def test_reports_and_summary_written(tiny_run):
 
 def test_evaluation_scores_every_method(tiny_run):
     table = pl.read_csv(tiny_run["layout"].evaluation_dir / "evaluation.csv")
-    assert set(table["method"]) == {"raw", "whitened", "spline_copula", "phash"}
-    assert table.height == 4 * len(THRESHOLDS)
+    methods = {"raw", "whitened", "spline_copula", "spline_copula_dct", "dct", "phash"}
+    assert set(table["method"]) == methods
+    assert table.height == len(methods) * len(THRESHOLDS)
     assert table["average_precision"].is_between(0, 1).all()
 
 

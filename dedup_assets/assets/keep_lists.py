@@ -30,7 +30,7 @@ from dedup_assets.core.artifacts import (
 from dedup_assets.core.atomic_io import write_bytes, write_csv, write_json, write_text
 from dedup_assets.core.autoencoder import load_state
 from dedup_assets.core.calibration import class_budgets, encode_mirrors
-from dedup_assets.core.class_decision import PriorDecision, decide_class
+from dedup_assets.core.class_decision import PriorDecision, decide_class, vectorise
 from dedup_assets.core.integrity import keep_list_problems
 from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.thresholds import budget_of, cosine_of
@@ -104,6 +104,7 @@ def resolve_thresholds(
     thresholds: Sequence[str],
     settings: DedupSettings,
     current: CurrentInputs,
+    vectors: np.ndarray | None = None,
 ) -> tuple[list[float], list[np.ndarray | None]]:
     """Each threshold key's threshold for this class and the offsets it is applied with: a
     cosine key as written (no offsets); a budget ("1%") calibrated on the class's mirrored
@@ -130,6 +131,7 @@ def resolve_thresholds(
             block=settings.block_size,
             decoy_latents=mirrors,
             decoy_rows=rows,
+            vectors=vectors,
         )
     resolved = dict(zip(wanted, resolution.thresholds, strict=True)) if resolution else {}
     values = [
@@ -163,7 +165,8 @@ def decide_class_keep_lists(
         space=settings.similarity_space,
         with_pixels=any(b is not None for b in budgets),
     )
-    values, offsets = resolve_thresholds(layout, key, data, thresholds, settings, current)
+    vectors = vectorise(data, settings.similarity_space) if len(data.image_ids) else None
+    values, offsets = resolve_thresholds(layout, key, data, thresholds, settings, current, vectors)
     priors, earlier = (
         prior_decisions(layout, key, thresholds, settings, data.image_ids)
         if stable
@@ -181,6 +184,7 @@ def decide_class_keep_lists(
         ann_min_class_size=settings.ann_min_class_size,
         nprobe=settings.ann_nprobe,
         offsets=offsets,
+        vectors=vectors,
     )
     seconds = time.perf_counter() - start
     name = class_names(layout)[key]

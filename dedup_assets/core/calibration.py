@@ -220,6 +220,7 @@ def class_budgets(
     block: int = DEFAULT_BLOCK,
     decoy_latents: np.ndarray | None = None,
     decoy_rows: np.ndarray | None = None,
+    vectors: np.ndarray | None = None,
 ) -> BudgetResolution:
     """Each budget's threshold for one class in `space` (or the space it falls back to):
     the mirrors of its images (of `mirror_rows` of them) are encoded with `model` and
@@ -228,7 +229,8 @@ def class_budgets(
     margin above the two images' local levels (`"local"`, `core.local_scaling`).
     `data.pixels` must be loaded; `decoy_latents` (the mirrors' latents of `decoy_rows`,
     default every image in input order) saves encoding them again when several spaces are
-    calibrated."""
+    calibrated; `vectors` (the class's own, `class_decision.vectorise`) saves embedding
+    them again."""
     from dedup_assets.core.class_decision import needs_pixels, vectorise
 
     if scaling not in ("local", "uniform"):
@@ -260,7 +262,8 @@ def class_budgets(
         latents=decoy_latents,
         pixels=decoy_pixels,
     )
-    v, d = _same_width(vectorise(data, space), vectorise(decoy, space))
+    own = vectorise(data, space) if vectors is None else vectors
+    v, d = _same_width(own, vectorise(decoy, space))
     if scaling == "uniform":
         return BudgetResolution(budget_thresholds(mirror_null(v, d, rows, block), budgets))
     levels = local_levels(v, d, rows, block=block)

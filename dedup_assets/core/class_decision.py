@@ -354,9 +354,11 @@ def decide_class(
     ann_min_class_size: int = DEFAULT_ANN_MIN_CLASS_SIZE,
     nprobe: int = DEFAULT_NPROBE,
     offsets: Sequence[np.ndarray | None] | None = None,
+    vectors: np.ndarray | None = None,
 ) -> list[ClassDecision]:
     """Decide every image of a class at each threshold; see the module docstring and
-    `keep_decisions` for `prior` (stable incremental decisions) and `offsets` (margins).
+    `keep_decisions` for `prior` (stable incremental decisions) and `offsets` (margins);
+    `vectors`, the class's `vectorise(data, space)` when already made.
     join: exact, ann, or auto (approximate for classes above ann_min_class_size images,
     `core.ann_join`)."""
     used = space_for(data.model, space)
@@ -365,7 +367,7 @@ def decide_class(
             np.zeros((0, 1)), np.zeros(0, np.int64), data.pixel_hashes, thresholds, space=used
         )
     return keep_decisions(
-        vectorise(data, space),
+        vectorise(data, space) if vectors is None else vectors,
         class_order(data, policy),
         data.pixel_hashes,
         thresholds,

@@ -62,12 +62,15 @@ class LocalLevels:
     level: (n,) highest similarity to an allowed mirrored image (0 where none is allowed:
     a class of at most K_NEIGHBOURS + 1 images); second: the highest over allowed mirrors of
     other images than `source` (equal to `level` where there is none); source: the image
-    whose mirror gave `level` (-1 where none).
+    whose mirror gave `level` (-1 where none); excluded: (n, k + 1) the decoy columns each
+    image may not use (its own mirror's and its nearest images', -1 for none), kept so the
+    null reads the same ones.
     """
 
     level: np.ndarray
     second: np.ndarray
     source: np.ndarray
+    excluded: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.level)
@@ -89,38 +92,30 @@ class LocalLevels:
 
 def _excluded_columns(
     vectors: np.ndarray, rows: np.ndarray, sources: np.ndarray, column_of: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(row offsets, columns) of the decoys rows may not use: their own mirror and the
-    mirrors of their k most similar images among the decoys' sources."""
+) -> np.ndarray:
+    """(len(rows), k + 1) decoy columns rows may not use (-1: none): their own mirror's and
+    the mirrors of their k most similar images among the decoys' sources."""
     b = len(rows)
     near = vectors[rows] @ vectors[sources].T  # (b, m): each row against the decoys' sources
     own = column_of[rows]
     has_own = own >= 0
     near[np.flatnonzero(has_own), own[has_own]] = -np.inf
+    out = np.full((b, k + 1), -1, dtype=np.int64)
+    out[:, 0] = own
     kk = int(min(k, max(near.shape[1] - 1, 0)))
-    r_idx = [np.flatnonzero(has_own)]
-    c_idx = [own[has_own]]
     if kk > 0:
-        top = np.argpartition(-near, kk - 1, axis=1)[:, :kk]
-        r_idx.append(np.repeat(np.arange(b), kk))
-        c_idx.append(top.reshape(-1))
-    return np.concatenate(r_idx), np.concatenate(c_idx)
+        out[:, 1 : kk + 1] = np.argpartition(-near, kk - 1, axis=1)[:, :kk]
+    return out
 
 
 def _allowed_similarities(
-    vectors: np.ndarray,
-    decoys: np.ndarray,
-    sources: np.ndarray,
-    column_of: np.ndarray,
-    start: int,
-    stop: int,
-    k: int,
+    vectors: np.ndarray, decoys: np.ndarray, excluded: np.ndarray, start: int, stop: int
 ) -> np.ndarray:
-    """Images start:stop against every decoy, with the disallowed decoys at -inf."""
-    rows = np.arange(start, stop)
+    """Images start:stop against every decoy, with their excluded decoys at -inf."""
     s = vectors[start:stop] @ decoys.T
-    r, c = _excluded_columns(vectors, rows, sources, column_of, k)
-    s[r, c] = -np.inf
+    banned = excluded[start:stop]
+    r, c = np.nonzero(banned >= 0)
+    s[r, banned[r, c]] = -np.inf
     return s
 
 
@@ -141,14 +136,17 @@ def local_levels(
     level = np.zeros(n, np.float32)
     second = np.zeros(n, np.float32)
     source = np.full(n, -1, np.int64)
+    excluded = np.full((n, k + 1), -1, np.int64)
     if n == 0 or m == 0:
-        return LocalLevels(level, second, source)
+        return LocalLevels(level, second, source, excluded)
     column_of = np.full(n, -1, np.int64)
     column_of[sources] = np.arange(m)
     step = block_rows(m, block)
     for start in range(0, n, step):
         stop = min(start + step, n)
-        s = _allowed_similarities(vectors, decoys, sources, column_of, start, stop, k)
+        rows = np.arange(start, stop)
+        excluded[start:stop] = _excluded_columns(vectors, rows, sources, column_of, k)
+        s = _allowed_similarities(vectors, decoys, excluded, start, stop)
         at = np.arange(stop - start)
         best = s.argmax(axis=1)
         top = s[at, best]
@@ -158,7 +156,7 @@ def local_levels(
         level[start:stop] = np.where(found, top, 0.0)
         second[start:stop] = np.where(np.isfinite(nxt), nxt, level[start:stop])
         source[start:stop] = np.where(found, sources[best], -1)
-    return LocalLevels(level, second, source)
+    return LocalLevels(level, second, source, excluded)
 
 
 def null_margins(
@@ -179,7 +177,8 @@ def null_margins(
     level of the mirrored image in the mirrored class). With every image mirrored, each
     image's best pair over the decoys it may use; with a sample of mirrors, each mirror's
     best pair over the images that may use it (the same comparison read from the mirrors'
-    side, as `calibration.mirror_null` does)."""
+    side, as `calibration.mirror_null` does). The decoys each image may not use are the
+    ones its levels left out (`levels.excluded`, else found again with `k`)."""
     vectors = np.asarray(vectors, dtype=np.float32)
     decoys = np.asarray(decoys, dtype=np.float32)
     sources = np.asarray(decoy_rows, dtype=np.int64)
@@ -188,14 +187,22 @@ def null_margins(
     out = np.full(n if full else m, -np.inf, np.float32)
     if n == 0 or m == 0:
         return out
-    column_of = np.full(n, -1, np.int64)
-    column_of[sources] = np.arange(m)
-    half = np.float32(0.5)
     step = block_rows(m, block)
+    excluded = levels.excluded
+    if excluded is None or len(excluded) != n:
+        column_of = np.full(n, -1, np.int64)
+        column_of[sources] = np.arange(m)
+        excluded = np.concatenate(
+            [
+                _excluded_columns(vectors, np.arange(a, min(a + step, n)), sources, column_of, k)
+                for a in range(0, n, step)
+            ]
+        )
+    half = np.float32(0.5)
     for start in range(0, n, step):
         stop = min(start + step, n)
         rows = np.arange(start, stop)
-        s = _allowed_similarities(vectors, decoys, sources, column_of, start, stop, k)
+        s = _allowed_similarities(vectors, decoys, excluded, start, stop)
         mine = levels.without(rows[:, None], sources[None, :])
         theirs = levels.without(sources[None, :], rows[:, None])
         s -= half * (mine + theirs)

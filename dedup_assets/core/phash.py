@@ -23,10 +23,16 @@ def phash_bits(pixels: np.ndarray, workers: int = 2) -> np.ndarray:
     def one(img: np.ndarray) -> np.ndarray:
         return imagehash.phash(Image.fromarray(np.asarray(img))).hash.reshape(-1)
 
+    def many(chunk: np.ndarray) -> list[np.ndarray]:
+        return [one(img) for img in chunk]
+
     if len(pixels) == 0:
         return np.zeros((0, HASH_BITS), dtype=bool)
+    # In chunks: a thread pool's map ignores chunksize, and a task per image costs locks.
+    step = max(1, -(-len(pixels) // (4 * workers)))
+    chunks = [pixels[i : i + step] for i in range(0, len(pixels), step)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return np.stack(list(pool.map(one, pixels, chunksize=256)))
+        return np.stack([h for part in pool.map(many, chunks) for h in part])
 
 
 def hash_vectors(bits: np.ndarray) -> np.ndarray:

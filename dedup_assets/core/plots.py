@@ -121,7 +121,8 @@ def marginal_densities(
         ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.12, top=0.8, wspace=0.25)
+    return _png(fig, tight=False)
 
 
 def density_panels(
@@ -213,7 +214,9 @@ def kurtosis_scatter(
         va="top",
         family="monospace",
     )
-    return _png(fig)
+    # Fixed margins instead of a tight bounding box (which draws the figure twice).
+    fig.subplots_adjust(left=0.1, right=0.99, bottom=0.14, top=0.91, wspace=0.05)
+    return _png(fig, tight=False)
 
 
 def precision_recall(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> bytes:
