@@ -58,7 +58,7 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
         type=int,
         default=None,
         help="with automatic epochs, train on at most this many images; the held-out loss "
-        "may stop it sooner (default 16384)",
+        "may stop it sooner (default 12288)",
     )
     p.add_argument(
         "--training",

@@ -30,9 +30,9 @@ def test_precision_choice():
 
 def test_settings_are_validated_at_construction_and_auto_epochs():
     s = DedupSettings()
-    assert s.training_images == 16_384
-    assert s.resolved_epochs(27_000) == 1  # a budget of 16,384 images: less than an epoch
-    assert s.resolved_epochs(416) == 40  # 16,384 / 416 = 39.4, rounded up
+    assert s.training_images == 12_288
+    assert s.resolved_epochs(27_000) == 1  # a budget of 12,288 images: less than an epoch
+    assert s.resolved_epochs(416) == 30  # 12,288 / 416 = 29.5, rounded up
     assert DedupSettings(training_images=100).resolved_epochs(0) == 100
     assert DedupSettings(epochs=3).resolved_epochs(27_000) == 3
     assert DedupSettings(similarity_space="raw").similarity_space == "raw"

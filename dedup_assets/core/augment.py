@@ -3,7 +3,9 @@
 A near-duplicate is what a data pipeline's crop, resize, re-encode or colour step makes
 of an image. The invariant training objective (`core/autoencoder.py`) shows the encoder
 two such views of every image and asks for the same code, so each transform here mimics
-one of those steps, with ranges a little wider than `core/planting.py` plants:
+one of those steps, with ranges close to what `core/planting.py` plants (planted crops keep
+85-95% of a side and brightness and contrast change by 10-25%, a little beyond these; the
+measured recall per transform is in benchmarks/README.md):
 
 - `crop_shift`: keep 90-100% of each side at a random offset, shifted by up to 5% more,
   resampled back to the full size (bilinear, reflected at the border);

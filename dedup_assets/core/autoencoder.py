@@ -286,6 +286,10 @@ def train_autoencoder(
     n = len(train_idx)
     n_batches = math.ceil(n / batch_size)
     max_epochs = epochs if early_stopping is None else early_stopping.max_epochs
+    if early_stopping is not None and early_stopping.max_images is not None:
+        # The budget of images binds, not an epoch count made for all images (the held-out
+        # slice is never trained on).
+        max_epochs = max(max_epochs, math.ceil(early_stopping.max_images / max(n, 1)))
     check_every = min(early_stopping.check_every, n) if holdout_idx is not None else None
     best, stale, since_check, seen = math.inf, 0, 0, 0
     result.stopped_because = f"ran the {max_epochs} epochs asked for"

@@ -1,5 +1,9 @@
-"""Thresholds as a false-removal budget: which cosine removes at most a share b of the
+"""Thresholds as a false-removal budget: which threshold removes at most a share b of the
 images that have no duplicate, class by class.
+
+With local scaling (the default, `core.local_scaling`) the threshold is a margin over the
+two images' local levels and the statistic below is read on margins (`null_margins`);
+with uniform scaling it is one cosine per class, read as follows.
 
 An image is removed when its most similar kept neighbour scores above T, so the false
 removals at T are the images without a duplicate whose nearest unrelated neighbour scores
