@@ -11,18 +11,13 @@ command's own. Nothing here asserts a time.
 
 import argparse
 import json
-import re
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import add_out_option, table, write_result  # noqa: E402
-
-DEDUP = Path(sys.executable).with_name("dedup")
+from benchmarks.common import add_out_option, table, timed_dedup_run, write_result  # noqa: E402
 
 
 def small_set(source: Path, dest: Path, per_class: int = 360, side: int = 32) -> Path:
@@ -43,24 +38,12 @@ def small_set(source: Path, dest: Path, per_class: int = 360, side: int = 32) ->
 def first_run(source: Path, output: Path) -> dict:
     if output.exists():
         shutil.rmtree(output)
-    start = time.perf_counter()
-    done = subprocess.run(
-        [str(DEDUP), "run", "--source", str(source), "--output", str(output)],
-        capture_output=True,
-        text=True,
-    )
-    wall = time.perf_counter() - start
-    if done.returncode not in (0, 1):
-        raise SystemExit(done.stdout + done.stderr)
-    stages = {
-        m.group(1).strip(): float(m.group(3))
-        for m in re.finditer(r"^(\S.*?)\s{2,}(\d+)\s+([\d.]+)$", done.stdout, re.M)
-    }
+    done = timed_dedup_run(source, output)
     training = json.loads((output / "model" / "training.json").read_text())
     return {
-        "wall_seconds": round(wall, 1),
-        "exit": done.returncode,
-        "stages": stages,
+        "wall_seconds": done["wall_seconds"],
+        "exit": done["exit"],
+        "stages": {k: v["seconds"] for k, v in done["stages"].items()},
         "training": {
             k: training.get(k)
             for k in ("images", "images_seen", "stopped_because", "train_seconds", "precision")

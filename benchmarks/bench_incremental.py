@@ -12,18 +12,14 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import add_out_option, table, write_result  # noqa: E402
-
-DEDUP = Path(sys.executable).with_name("dedup")
+from benchmarks.common import add_out_option, table, timed_dedup_run, write_result  # noqa: E402
 
 
 def make_source(eurosat: Path, work: Path, changed_class: str) -> Path:
@@ -50,26 +46,14 @@ def add_images(folder: Path, n: int) -> None:
 
 
 def run(source: Path, output: Path, extra: list[str]) -> dict:
-    start = time.perf_counter()
-    done = subprocess.run(
-        [str(DEDUP), "run", "--source", str(source), "--output", str(output), *extra],
-        capture_output=True,
-        text=True,
-    )
-    wall = time.perf_counter() - start
-    if done.returncode not in (0, 1):
-        raise SystemExit(done.stdout + done.stderr)
-    stages = {
-        m.group(1).strip(): {"runs": int(m.group(2)), "seconds": float(m.group(3))}
-        for m in re.finditer(r"^(.+?)\s{2,}(\d+)\s+([\d.]+)$", done.stdout, re.M)
-    }
-    training = re.search(r"^training: (.+)$", done.stdout, re.M)
+    done = timed_dedup_run(source, output, extra)
+    training = re.search(r"^training: (.+)$", done["stdout"], re.M)
     return {
-        "wall_seconds": round(wall, 1),
-        "exit": done.returncode,
-        "nothing_changed": "nothing changed" in done.stdout,
+        "wall_seconds": done["wall_seconds"],
+        "exit": done["exit"],
+        "nothing_changed": "nothing changed" in done["stdout"],
         "training": training.group(1) if training else None,
-        "stages": stages,
+        "stages": done["stages"],
     }
 
 

@@ -72,3 +72,32 @@ def table(headers: list[str], rows: list[list]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join(lines)
+
+
+def timed_dedup_run(source: Path, output: Path, extra: list[str] | None = None) -> dict:
+    """The real `dedup run` (the one beside this Python) on source -> output: wall seconds,
+    exit status, stdout and the command's own stage table ({stage: {runs, seconds}})."""
+    import re
+    import subprocess
+    import sys
+
+    dedup = Path(sys.executable).with_name("dedup")
+    start = time.perf_counter()
+    done = subprocess.run(
+        [str(dedup), "run", "--source", str(source), "--output", str(output), *(extra or [])],
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - start
+    if done.returncode not in (0, 1):
+        raise SystemExit(done.stdout + done.stderr)
+    stages = {
+        m.group(1).strip(): {"runs": int(m.group(2)), "seconds": float(m.group(3))}
+        for m in re.finditer(r"^(.+?)\s{2,}(\d+)\s+([\d.]+)$", done.stdout, re.M)
+    }
+    return {
+        "wall_seconds": round(wall, 1),
+        "exit": done.returncode,
+        "stdout": done.stdout,
+        "stages": stages,
+    }
