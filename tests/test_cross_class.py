@@ -105,7 +105,7 @@ def test_pipeline_warns_about_cross_class_copies_and_resolves_budgets(tmp_path):
     made = OutputLayout(out).class_keep_list("2%", "forest")
     provenance = json.loads(pl.read_parquet_metadata(made)["latent_dedup_provenance"])
     assert provenance["scaling"] == "local"
-    assert set(keep["space"]) == {"spline_copula"}  # about 45 images a class: a fitted space
+    assert set(keep["space"]) == {"spline_copula_dct"}  # about 45 images a class: fitted
     removed = keep.filter(~pl.col("kept") & (pl.col("match") == "near"))
     assert (removed["similarity"] > removed["cosine"]).all()
     fixed = pl.read_parquet(out / "keep_lists" / "0.9.parquet")

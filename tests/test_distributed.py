@@ -11,7 +11,20 @@ from distributed import LocalCluster
 
 from dedup_assets.core.demo_data import generate_demo_dataset
 
-FAST = ("--epochs", "1", "--device", "cpu", "--precision", "fp32", "--thresholds", "0.9,2%")
+# Four classes of 20 images: the kurtosis gate's verdict there is chance (test_pipeline says
+# why), and these tests are about where class runs execute, so it runs with a wide tolerance.
+FAST = (
+    "--epochs",
+    "1",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--thresholds",
+    "0.9,2%",
+    "--kurtosis-tolerance",
+    "1.0",
+)
 WORKER = re.compile(r"^\[classes: [^\]]*\] (\S+): steps ran on (.+)$", re.M)
 
 

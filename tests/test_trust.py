@@ -203,7 +203,14 @@ def test_source_is_never_modified(nasty):
 
 def test_ground_truth_with_extra_columns_is_scored(nasty):
     table = pl.read_csv(nasty["output"] / "evaluation" / "evaluation.csv")
-    assert set(table["method"]) == {"raw", "whitened", "spline_copula", "phash"}
+    assert set(table["method"]) == {
+        "raw",
+        "whitened",
+        "spline_copula",
+        "spline_copula_dct",
+        "dct",
+        "phash",
+    }
     assert table["average_precision"].is_between(0, 1).all()
 
 
