@@ -263,3 +263,25 @@ def test_early_stopping_stops_when_the_held_out_loss_stalls(textures):
     # Without early stopping: exactly the epochs asked for.
     fixed = train_autoencoder(textures[:10], epochs=2, batch_size=16)
     assert fixed.images_seen == 20 and fixed.holdout_losses == []
+
+
+def test_invariant_loss_variants_train_and_refuse_unknown_views():
+    """views="one" contrasts an augmented view with the image itself; with clean_grad off
+    the clean code is a target only, so the encoder gets a different gradient."""
+    from dedup_assets.core.autoencoder import ConvAutoencoder, InvariantLoss, to_unit_range
+
+    x = to_unit_range(
+        torch.from_numpy(np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), np.uint8))
+    )
+    grads = []
+    for loss_fn in (InvariantLoss(views="one"), InvariantLoss(views="one", clean_grad=False)):
+        torch.manual_seed(0)
+        model = ConvAutoencoder()
+        g = torch.Generator().manual_seed(1)
+        loss = loss_fn(model, x, g, lambda: torch.autocast("cpu", enabled=False))
+        loss.backward()
+        assert torch.isfinite(loss)
+        grads.append(model.encoder[0].weight.grad.clone())
+    assert not torch.allclose(grads[0], grads[1])
+    with pytest.raises(ValueError, match="views must be"):
+        InvariantLoss(views="three")
