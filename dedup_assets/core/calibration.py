@@ -18,8 +18,9 @@ model a flip unless `hflip` is turned on (then mirror top to bottom instead). So
 
 is the similarity of image i to its nearest unrelated image among n - 1 (its own mirror is
 left out: a nearly symmetric scene is close to its mirror), and the budget's
-cosine is the (1 - b) quantile of null over the class: a share b of images without a
-duplicate would have a neighbour above it. The join is blocked like every other.
+cosine is the k-th highest null of the class, k = floor(b (n + 1)): an image without a
+duplicate has a neighbour above it with probability at most b (`budget_thresholds`). The
+join is blocked like every other.
 
 A class of more than MAX_MIRRORS images has only a seeded sample of its images mirrored
 (encoding every mirror doubled the encoding work), and the statistic is read from the
@@ -31,7 +32,7 @@ class, its own source left out,
 again an unrelated image's nearest neighbour among n - 1 (the transpose of the full
 pass's comparison: the same distribution where mirroring is symmetric in the space,
 approximately so in the fitted ones, which are fitted on the real images only), its
-quantile read from MAX_MIRRORS draws (40 strictly above the 1% budget's cosine).
+read from MAX_MIRRORS draws (40 strictly above the 1% budget's cosine).
 """
 
 from __future__ import annotations
@@ -172,22 +173,27 @@ def nearest_decoy_similarity(
 
 
 def budget_thresholds(null: np.ndarray, budgets: Sequence[float]) -> list[float]:
-    """The cosine of each budget: the (1 - b) quantile of the nearest-decoy similarities
-    (higher, never interpolated: at most a share b lies strictly above it)."""
+    """The threshold of each budget: the k-th highest of the n nearest-decoy values with
+    k = floor(b (n + 1)) (at least 1), never interpolated.
+
+    An unrelated image drawn like the decoys exceeds the k-th highest of n such values with
+    probability k / (n + 1) (order statistics, whatever the distribution), so this k keeps
+    the expected false-removal share at most b. Reading the (1 - b) sample quantile instead
+    (floor(b n) values above it) overshoots by one image in k: 7 / 601 = 1.16% for a class
+    of 600 at 1%. A class too small for the budget (n + 1 < 1 / b) gets its highest value."""
     null = np.asarray(null, dtype=np.float64)
     null = null[np.isfinite(null)]  # an image with no other decoy (a class of one)
-    if len(null) == 0:
-        for b in budgets:
-            if not 0.0 < b < 1.0:
-                raise ValueError(f"a false-removal budget must lie in (0, 1), got {b}")
-        return [1.0 for _ in budgets]
-    ordered = np.sort(null)
-    out = []
     for b in budgets:
         if not 0.0 < b < 1.0:
             raise ValueError(f"a false-removal budget must lie in (0, 1), got {b}")
-        allowed = int(np.floor(b * len(ordered)))  # images that may lie above the cosine
-        out.append(float(min(1.0, ordered[len(ordered) - 1 - allowed])))
+    if len(null) == 0:
+        return [1.0 for _ in budgets]
+    ordered = np.sort(null)
+    n = len(ordered)
+    out = []
+    for b in budgets:
+        k = min(n, max(1, int(np.floor(b * (n + 1) + 1e-9))))  # k - 1 values lie above it
+        out.append(float(min(1.0, ordered[n - k])))
     return out
 
 
