@@ -207,3 +207,23 @@ def test_proportional_mirrors_weigh_each_class_by_its_size(monkeypatch):
     assert [len(p) for p in picks] == [1_000, 10]
     assert [len(p) for p in calibration.proportional_mirrors([0, 5], [0, 5])] == [0, 5]
     assert calibration.proportional_mirrors([], []) == []
+
+
+def test_mirrors_are_encoded_with_the_precision_asked():
+    # Decoys must be encoded like the class's latents (the compute resource's precision).
+    import torch
+
+    from dedup_assets.core.autoencoder import ConvAutoencoder, encode_images
+    from dedup_assets.core.calibration import encode_mirrors
+
+    torch.manual_seed(0)
+    model = ConvAutoencoder().eval()
+    px = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    rows = np.array([4, 1])
+    fp32 = encode_mirrors(model, px, rows)
+    bf16 = encode_mirrors(model, px, rows, amp_dtype=torch.bfloat16)
+    np.testing.assert_array_equal(fp32, encode_images(model, mirrored(px[rows])))
+    np.testing.assert_array_equal(
+        bf16, encode_images(model, mirrored(px[rows]), amp_dtype=torch.bfloat16)
+    )
+    assert not np.array_equal(fp32, bf16)

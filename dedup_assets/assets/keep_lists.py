@@ -37,7 +37,7 @@ from dedup_assets.core.thresholds import budget_of, cosine_of
 from dedup_assets.engines import WORKER_METADATA, worker_name
 from dedup_assets.partitions import class_partitions
 from dedup_assets.ui import image_metadata, md_table
-from resources import DedupSettings, DedupStorage
+from resources import ComputeDevice, DedupSettings, DedupStorage
 
 PAIRS_SHOWN = 8
 
@@ -105,11 +105,13 @@ def resolve_thresholds(
     settings: DedupSettings,
     current: CurrentInputs,
     vectors: np.ndarray | None = None,
+    compute: ComputeDevice | None = None,
 ) -> tuple[list[float], list[np.ndarray | None]]:
     """Each threshold key's threshold for this class and the offsets it is applied with: a
     cosine key as written (no offsets); a budget ("1%") calibrated on the class's mirrored
     images (`core.calibration`), a margin over the images' local levels or, with uniform
-    scaling, one cosine. The mirrors' latents are stored for the cross-class calibration."""
+    scaling, one cosine. The mirrors' latents are stored for the cross-class calibration; they
+    are encoded on `compute`'s device and precision, those of the latents (CPU fp32 without)."""
     budgets = [budget_of(t) for t in thresholds]
     wanted = [b for b in budgets if b is not None]
     resolution = None
@@ -120,7 +122,13 @@ def resolve_thresholds(
             key,
             current.latents(key),
             len(data.image_ids),
-            lambda rows: encode_mirrors(model, data.pixels, rows),
+            lambda rows: encode_mirrors(
+                model,
+                data.pixels,
+                rows,
+                device=compute.torch_device() if compute else "cpu",
+                amp_dtype=compute.amp_dtype() if compute else None,
+            ),
         )
         resolution = class_budgets(
             data,
@@ -151,6 +159,7 @@ def decide_class_keep_lists(
     run_id: str,
     stable: bool = True,
     log: Callable[[str], None] | None = None,
+    compute: ComputeDevice | None = None,
 ) -> dict[str, pl.DataFrame]:
     """One class's keep list at every threshold, from its current latents and fit.
 
@@ -166,7 +175,9 @@ def decide_class_keep_lists(
         with_pixels=any(b is not None for b in budgets),
     )
     vectors = vectorise(data, settings.similarity_space) if len(data.image_ids) else None
-    values, offsets = resolve_thresholds(layout, key, data, thresholds, settings, current, vectors)
+    values, offsets = resolve_thresholds(
+        layout, key, data, thresholds, settings, current, vectors, compute
+    )
     priors, earlier = (
         prior_decisions(layout, key, thresholds, settings, data.image_ids)
         if stable
@@ -332,7 +343,10 @@ def build_keep_list_assets(
         "image already kept (cosine in the configured space, blocked join).",
     )
     def class_keep_lists(
-        context: dg.AssetExecutionContext, storage: DedupStorage, settings: DedupSettings
+        context: dg.AssetExecutionContext,
+        storage: DedupStorage,
+        settings: DedupSettings,
+        compute: ComputeDevice,
     ) -> dg.MaterializeResult:
         layout = storage.layout()
         key = context.partition_key
@@ -349,6 +363,7 @@ def build_keep_list_assets(
             run_id=context.run.run_id,
             stable=context.run.tags.get(FULL_TAG) != "1",
             log=context.log.info,
+            compute=compute,
         )
         for t, keep in tables.items():
             write_table(keep, layout.class_keep_list(t, key), current.keep(key, t))

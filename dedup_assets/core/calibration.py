@@ -47,6 +47,8 @@ from dedup_assets.core.local_scaling import LocalLevels, local_levels, null_marg
 from dedup_assets.core.similarity import DEFAULT_BLOCK, block_rows
 
 if TYPE_CHECKING:
+    import torch
+
     from dedup_assets.core.autoencoder import ConvAutoencoder
     from dedup_assets.core.class_decision import ClassData
 
@@ -76,11 +78,13 @@ def encode_mirrors(
     rows: np.ndarray | None = None,
     *,
     vertical: bool = False,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
+    amp_dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """The latents of the mirrors of `pixels[rows]` (every image without rows), CHUNK images
     at a time: `pixels` may be a memory-mapped store, and memory stays flat whatever its
-    size."""
+    size. Pass the device and precision the class's latents were encoded with, so decoys
+    and images are encoded alike."""
     from dedup_assets.core.autoencoder import LATENT_DIM, encode_images
 
     rows = np.arange(len(pixels)) if rows is None else np.asarray(rows)
@@ -89,7 +93,10 @@ def encode_mirrors(
     return np.concatenate(
         [
             encode_images(
-                model, mirrored(np.asarray(pixels[rows[at : at + CHUNK]]), vertical), device=device
+                model,
+                mirrored(np.asarray(pixels[rows[at : at + CHUNK]]), vertical),
+                device=device,
+                amp_dtype=amp_dtype,
             )
             for at in range(0, len(rows), CHUNK)
         ]

@@ -264,7 +264,7 @@ def build_report(
         )
     joined = scores.join(keep.select("image_id", "kept"), on="image_id")
     for c in range(3):
-        figures[f"density_pc{c + 1}.png"] = _density_grid(joined, c, threshold, bin_rule)
+        figures[f"density_pc{c + 1}.png"] = _density_ridges(joined, c, threshold, bin_rule)
 
     n_before, n_after = int(table["n_before"].sum()), int(table["n_after"].sum())
     lines = [
@@ -370,8 +370,8 @@ def _class_table(table: pl.DataFrame, entropy: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _density_grid(joined: pl.DataFrame, component: int, threshold: str, bin_rule: str) -> bytes:
-    """Small multiples: one class per panel, spline density of one component before/after."""
+def _density_ridges(joined: pl.DataFrame, component: int, threshold: str, bin_rule: str) -> bytes:
+    """One ridge per class: the spline density of one component before and after removal."""
     panels = []
     for (name,), group in joined.sort("class").group_by("class", maintain_order=True):
         x = group[COMPONENTS[component]].to_numpy()
