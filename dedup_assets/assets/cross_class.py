@@ -47,6 +47,7 @@ def build_cross_class_asset(
     thresholds_def: dg.StaticPartitionsDefinition,
 ) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
     """cross_class_duplicates and its warning check, partitioned by threshold."""
+    any_budget = any(budget_of(t) is not None for t in thresholds_def.get_partition_keys())
 
     @dg.asset(
         group_name="deduplication",
@@ -103,8 +104,11 @@ def build_cross_class_asset(
         # the nearest pairs, keyed by the same inputs and by how the null is sampled.
         null_key = digest({"nearest": cache_key, "null": [2, MAX_MIRRORS, MAX_QUERIES]})
         nearest = _cached(_nearest_path(layout), cache_key)
-        null = _cached(_null_path(layout), null_key) if budget is not None else None
-        if nearest is None or (budget is not None and null is None):
+        # The null is computed with the nearest pairs when any configured threshold is a
+        # budget, so the shared vectors are built once per run, not once per use.
+        wants_null = budget is not None or (nearest is None and any_budget)
+        null = _cached(_null_path(layout), null_key) if wants_null else None
+        if nearest is None or (wants_null and null is None):
             space, vectors = _shared_vectors(
                 layout, keys, [t.height for t in tables], settings.seed
             )
@@ -121,7 +125,7 @@ def build_cross_class_asset(
                     "similarity": found_nearest.similarity,
                 }
                 _store(_nearest_path(layout), cache_key, nearest)
-            if budget is not None and null is None:
+            if wants_null and null is None:
                 null = {
                     "null": _mirror_null(
                         layout,
