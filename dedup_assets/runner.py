@@ -254,15 +254,23 @@ def _run_stages(
         run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
         settings = config.method
 
-        per_class_jobs = {INGEST_JOB, CLASS_JOB}
+        # Jobs whose partitions may run at once on the executor's workers: per class, and
+        # per threshold (each threshold's keep list, report, clean copy and cross-class table
+        # are its own; the first threshold runs alone, see below).
+        per_partition_jobs = {INGEST_JOB, CLASS_JOB, THRESHOLD_JOB}
 
         def stage(
-            name: str, job_name: str, keys: Sequence[str | None], assets: list[str] | None = None
+            name: str,
+            job_name: str,
+            keys: Sequence[str | None],
+            assets: list[str] | None = None,
+            here: bool = False,
         ) -> tuple[list[str | None], list[dg.ExecuteInProcessResult]]:
-            """Run one job per key (several at once where the executor allows); returns the
-            keys whose run failed, and every in-process result."""
+            """Run one job per key (several at once where the executor allows, unless
+            `here`: in this process, with every core); returns the keys whose run failed,
+            and every in-process result."""
             run_tags = {**tags, STAGE_TAG: name}
-            through_executor = pool is not None and job_name in per_class_jobs
+            through_executor = pool is not None and job_name in per_partition_jobs and not here
             at_once = config.parallel if through_executor else 1
             log(
                 f"[{name}] starting: {len(keys)} run(s)"
@@ -349,9 +357,19 @@ def _run_stages(
         to_threshold = thresholds if to_process else stale_thresholds(layout, current, thresholds)
         failed = []
         if to_threshold:
-            failed, _ = stage(
-                "thresholds: keep lists, gates, reports, clean copies", THRESHOLD_JOB, to_threshold
-            )
+            # With workers, the first threshold runs alone: it computes the cross-class join
+            # every threshold reads and makes the clean copy the others hard-link from, so
+            # the rest, run at once, neither repeat the join nor copy every file again.
+            name = "thresholds: keep lists, gates, reports, clean copies"
+            if pool is None or len(to_threshold) < 2:
+                failed = stage(name, THRESHOLD_JOB, to_threshold)[0]
+            else:
+                failed = stage(name, THRESHOLD_JOB, to_threshold[:1], here=True)[0]
+                failed += stage(name, THRESHOLD_JOB, to_threshold[1:])[0]
+                rest = outcome.stages.pop()  # one row for the stage in the timings
+                outcome.stages[-1] = StageTiming(
+                    name, outcome.stages[-1].seconds + rest.seconds, len(to_threshold)
+                )
         outcome.stale_clean = [t for t in thresholds if layout.clean_stale_note(t).exists()]
         assets = ["dedup_evaluation"] + ([] if failed else ["dedup_summary"])
         if failed:

@@ -87,12 +87,36 @@ def test_local_processes_give_the_in_process_answer(source, in_process, tmp_path
     out = tmp_path / "processes"
     done = run_dedup(
         "run", "--source", str(source), "--output", str(out), *FAST,
-        "--executor", "processes", "--parallel", "2",
+        "--executor", "processes", "--parallel", "2", "--thresholds", "0.9,0.95,2%",
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     placed = dict(WORKER.findall(done.stdout))
     assert len(placed) == 4 and len(set(placed.values())) == 2, placed
     assert_same_decisions(out, in_process)
+    # The first threshold runs here; the others, two at once, on the pool's processes.
+    on_pool = dict(
+        re.findall(r"^\[thresholds: [^\]]*\] (\S+): steps ran on (.+)$", done.stdout, re.M)
+    )
+    assert sorted(on_pool) == ["0.95", "2%"], done.stdout
+    for t in ("0.9", "2%"):  # what each threshold wrote is what the in-process run wrote
+        for table in (f"cross_class/{t}.parquet", f"keep_lists/{t}.parquet"):
+            assert (
+                pl.read_parquet(out / table)
+                .sort("path" if "keep" in table else "path_a")[:, :4]
+                .equals(
+                    pl.read_parquet(in_process / table).sort(
+                        "path" if "keep" in table else "path_a"
+                    )[:, :4]
+                )
+            ), table
+        mine = sorted(p.relative_to(out / "clean" / t) for p in (out / "clean" / t).rglob("*.png"))
+        theirs = sorted(
+            p.relative_to(in_process / "clean" / t)
+            for p in (in_process / "clean" / t).rglob("*.png")
+        )
+        assert mine == theirs and len(mine) > 0, t
+    summary = (out / "reports" / "summary.md").read_text()
+    assert "| 0.95 |" in summary and "| 2% |" in summary
 
 
 def test_an_absent_scheduler_is_named(source, tmp_path):
