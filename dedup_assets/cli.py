@@ -152,9 +152,9 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
     p.add_argument(
         "--executor",
         default=None,
-        help="where the per-class runs execute: in_process | processes (a pool of local "
-        "processes) | dask (the workers of --dask-address) (default in_process; never saved; "
-        "k8s is for the deployment in deploy/k8s)",
+        help="where the per-class and per-threshold runs execute: in_process | processes (a "
+        "pool of local processes) | dask (the workers of --dask-address) (default in_process; "
+        "never saved; k8s is for the deployment in deploy/k8s)",
     )
     p.add_argument(
         "--dask-address",
@@ -165,7 +165,7 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
         "--parallel",
         type=int,
         default=None,
-        help="class runs at once with --executor processes or dask (default 1)",
+        help="class (and threshold) runs at once with --executor processes or dask (default 1)",
     )
     p.add_argument(
         "--retrain",

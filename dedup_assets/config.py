@@ -101,7 +101,9 @@ class PipelineConfig(BaseModel):
     # Where steps run (`dedup_assets.engines`): the machine's, never saved, like device.
     executor: Executor = Executor.in_process
     dask_address: str = Field(default="", description="scheduler of --executor dask")
-    parallel: int = Field(default=1, ge=1, le=256, description="class partitions at once")
+    parallel: int = Field(
+        default=1, ge=1, le=256, description="class and threshold partitions at once"
+    )
 
     @field_validator("thresholds", mode="before")
     @classmethod
