@@ -152,9 +152,10 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
     p.add_argument(
         "--executor",
         default=None,
-        help="where the per-class and per-threshold runs execute: in_process | processes (a "
-        "pool of local processes) | dask (the workers of --dask-address) (default in_process; "
-        "never saved; k8s is for the deployment in deploy/k8s)",
+        help="where the per-class and per-threshold runs execute: auto | in_process | "
+        "processes (a pool of local processes) | dask (the workers of --dask-address) (default "
+        "auto: 2 local processes for 20,000 files or more with at most 20,000 a class and 2 "
+        "cores, else in_process; never saved; k8s is for the deployment in deploy/k8s)",
     )
     p.add_argument(
         "--dask-address",
@@ -165,7 +166,8 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
         "--parallel",
         type=int,
         default=None,
-        help="class (and threshold) runs at once with --executor processes or dask (default 1)",
+        help="class (and threshold) runs at once with --executor processes or dask, or when "
+        "auto picks processes (default 1; auto: 2)",
     )
     p.add_argument(
         "--retrain",

@@ -99,7 +99,7 @@ class PipelineConfig(BaseModel):
     schedule: str = Field(default=DEFAULT_SCHEDULE, description="cron of nightly_refresh")
     method: DedupSettings = Field(default_factory=DedupSettings)
     # Where steps run (`dedup_assets.engines`): the machine's, never saved, like device.
-    executor: Executor = Executor.in_process
+    executor: Executor = Executor.auto
     dask_address: str = Field(default="", description="scheduler of --executor dask")
     parallel: int = Field(
         default=1, ge=1, le=256, description="class and threshold partitions at once"
@@ -154,7 +154,7 @@ class PipelineConfig(BaseModel):
             raise ValueError("with executor k8s, Kubernetes places the steps: no --parallel")
         if self.dask_address and self.executor != Executor.dask:
             raise ValueError("a dask address is only used with --executor dask")
-        if self.parallel > 1 and self.executor == Executor.in_process:
+        if self.parallel > 1 and self.executor == Executor.in_process:  # auto may use it
             raise ValueError(
                 "parallel class runs need steps outside this process: --executor processes or dask"
             )

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +47,7 @@ from dedup_assets.definitions import (
     TRAIN_JOB,
     build_definitions,
 )
-from dedup_assets.engines import CheckOutcome, ClassRunPool, Executor, RunReport
+from dedup_assets.engines import CheckOutcome, ClassRunPool, Executor, RunReport, resolve_auto
 
 PID_TAG = "latent_dedup/pid"
 HOST_TAG = "latent_dedup/host"
@@ -235,16 +235,34 @@ def _run_stages(
     log: Callable[[str], None],
     log_level: str,
 ) -> None:
+    root = config.resources()["image_source"].resolve_root()
+    _, listings = list_source(root)
+    executor, parallel, why = resolve_auto(
+        config.executor, config.parallel, [v.files for v in listings.values()]
+    )
+    if why:
+        log(
+            f"executor auto: {executor}"
+            + (f", {parallel} at once" if parallel > 1 else "")
+            + f" ({why})"
+        )
+        config = config.model_copy(update={"executor": executor, "parallel": parallel})
     in_process = config.executor == Executor.in_process
     home = "" if in_process else str(Path(os.environ["DAGSTER_HOME"]).resolve())
-    with (
-        nullcontext(None) if in_process else ClassRunPool(config, home, log_level == "INFO")
-    ) as pool:
-        if pool is not None:
-            log(
-                f"executor {config.executor}: up to {config.parallel} class run(s) at once on "
-                f"{', '.join(pool.workers())}"
-            )
+    with ExitStack() as stack:
+        workers: list[ClassRunPool] = []
+
+        def worker_pool() -> ClassRunPool:
+            """The executor's workers, started when a stage first needs them (a run with
+            nothing to do starts none)."""
+            if not workers:
+                workers.append(stack.enter_context(ClassRunPool(config, home, log_level == "INFO")))
+                log(
+                    f"executor {config.executor}: up to {config.parallel} class run(s) at once "
+                    f"on {', '.join(workers[0].workers())}"
+                )
+            return workers[0]
+
         defs = build_definitions(config)
         tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
         if retrain:
@@ -270,7 +288,7 @@ def _run_stages(
             `here`: in this process, with every core); returns the keys whose run failed,
             and every in-process result."""
             run_tags = {**tags, STAGE_TAG: name}
-            through_executor = pool is not None and job_name in per_partition_jobs and not here
+            through_executor = not in_process and job_name in per_partition_jobs and not here
             at_once = config.parallel if through_executor else 1
             log(
                 f"[{name}] starting: {len(keys)} run(s)"
@@ -279,7 +297,7 @@ def _run_stages(
             failed, results = [], []
             start = time.perf_counter()
             if through_executor:
-                reports = pool.run_all(job_name, list(keys), run_tags, run_config, name)
+                reports = worker_pool().run_all(job_name, list(keys), run_tags, run_config, name)
             else:
                 reports = []
                 for key in keys:
@@ -305,8 +323,6 @@ def _run_stages(
             log(f"[{name}] {len(keys)} run(s) in {seconds:.1f}s")
             return failed, results
 
-        root = config.resources()["image_source"].resolve_root()
-        _, listings = list_source(root)
         changes = changed_classes(
             {k: v.digest for k, v in listings.items()}, recorded_listings(layout)
         )
@@ -361,7 +377,7 @@ def _run_stages(
             # every threshold reads and makes the clean copy the others hard-link from, so
             # the rest, run at once, neither repeat the join nor copy every file again.
             name = "thresholds: keep lists, gates, reports, clean copies"
-            if pool is None or len(to_threshold) < 2:
+            if in_process or len(to_threshold) < 2:
                 failed = stage(name, THRESHOLD_JOB, to_threshold)[0]
             else:
                 failed = stage(name, THRESHOLD_JOB, to_threshold[:1], here=True)[0]

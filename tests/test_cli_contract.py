@@ -49,11 +49,14 @@ def small_source(tmp_path_factory):
         (["--budget-scaling", "global"], "method.budget_scaling: Input should be 'local' or"),
         (["--components", "0"], "method.n_components"),
         (["--max-file-bytes", "0"], "max_file_bytes"),
-        (["--executor", "spark"], "Input should be 'in_process', 'processes', 'dask' or 'k8s'"),
+        (["--executor", "spark"], "should be 'auto', 'in_process', 'processes', 'dask' or 'k8s'"),
         (["--executor", "k8s"], "executor k8s is for the code location of a Kubernetes"),
         (["--executor", "dask"], "executor dask needs the scheduler's address"),
         (["--dask-address", "tcp://127.0.0.1:8786"], "only used with --executor dask"),
-        (["--parallel", "2"], "parallel class runs need steps outside this process"),
+        (
+            ["--executor", "in_process", "--parallel", "2"],
+            "parallel class runs need steps outside this process",
+        ),
         (["--executor", "processes", "--parallel", "0"], "parallel: Input should be greater"),
     ],
 )

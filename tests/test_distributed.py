@@ -126,3 +126,54 @@ def test_an_absent_scheduler_is_named(source, tmp_path):
     )  # fmt: skip
     assert done.returncode == 1
     assert "no dask scheduler answers at tcp://127.0.0.1:9" in done.stderr
+
+
+def test_auto_executor_rule():
+    from dedup_assets.engines import (
+        AUTO_MAX_CLASS_IMAGES,
+        AUTO_MIN_IMAGES,
+        Executor,
+        resolve_auto,
+    )
+
+    many = [AUTO_MIN_IMAGES // 10] * 10  # EuroSAT-like: many images, small classes
+    assert resolve_auto(Executor.auto, 1, many, cores=2)[:2] == (Executor.processes, 2)
+    assert resolve_auto(Executor.auto, 1, many, cores=16)[:2] == (Executor.processes, 2)
+    assert resolve_auto(Executor.auto, 3, many, cores=16)[:2] == (Executor.processes, 3)
+    assert resolve_auto(Executor.auto, 1, many, cores=1)[:2] == (Executor.in_process, 1)
+    small = resolve_auto(Executor.auto, 1, [100, 200], cores=2)
+    assert small == (Executor.in_process, 1, "300 files (< 20,000)")
+    big = [AUTO_MAX_CLASS_IMAGES + 1, 10]  # a class too big to run two at once
+    assert resolve_auto(Executor.auto, 1, big, cores=2)[0] == Executor.in_process
+    assert resolve_auto(Executor.auto, 1, [], cores=2)[0] == Executor.in_process
+    # An executor asked for by name is used as asked, whatever the data.
+    assert resolve_auto(Executor.in_process, 1, many, cores=2) == (Executor.in_process, 1, "")
+    assert resolve_auto(Executor.processes, 4, [1], cores=2) == (Executor.processes, 4, "")
+
+
+def test_auto_executor_uses_worker_processes_for_many_images(
+    source, in_process, tmp_path, monkeypatch, capsys
+):
+    # The threshold lowered so the 82-file source counts as many: the default executor
+    # then runs classes and thresholds on two local processes, with the in-process answer.
+    import dedup_assets.engines as engines
+    from dedup_assets.cli import main
+
+    monkeypatch.setattr(engines, "AUTO_MIN_IMAGES", 10)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    out = tmp_path / "auto"
+    code = main(["run", "--source", str(source), "--output", str(out), *FAST])
+    log = capsys.readouterr().out
+    assert code == 0, log
+    assert re.search(
+        r"^executor auto: processes, 2 at once \(82 files, at most 21 a class\)$", log, re.M
+    ), log
+    assert len(set(dict(WORKER.findall(log)).values())) == 2, log
+    assert_same_decisions(out, in_process)
+
+
+def test_auto_executor_keeps_small_data_in_process(source, tmp_path):
+    done = run_dedup("run", "--source", str(source), "--output", str(tmp_path / "o"), *FAST)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "executor auto: in_process (82 files (< 20,000))" in done.stdout
+    assert "steps ran on" not in done.stdout
