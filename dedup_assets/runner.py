@@ -282,41 +282,43 @@ def _run_stages(
             job_name: str,
             keys: Sequence[str | None],
             assets: list[str] | None = None,
-            here: bool = False,
+            first_here: bool = False,
         ) -> tuple[list[str | None], list[dg.ExecuteInProcessResult]]:
-            """Run one job per key (several at once where the executor allows, unless
-            `here`: in this process, with every core); returns the keys whose run failed,
-            and every in-process result."""
+            """Run one job per key (several at once where the executor allows; with
+            `first_here`, the first key alone in this process, with every core, then the
+            others at once); returns the keys whose run failed, and every in-process result."""
             run_tags = {**tags, STAGE_TAG: name}
-            through_executor = not in_process and job_name in per_partition_jobs and not here
-            at_once = config.parallel if through_executor else 1
+            through_executor = not in_process and job_name in per_partition_jobs
+            keys = list(keys)
+            here = keys if not through_executor else keys[:1] if first_here else []
+            away = keys[len(here) :]
+            at_once = config.parallel if away else 1
             log(
                 f"[{name}] starting: {len(keys)} run(s)"
-                + (f", {at_once} at once ({config.executor} executor)" if through_executor else "")
+                + (f", {at_once} at once ({config.executor} executor)" if away else "")
             )
             failed, results = [], []
             start = time.perf_counter()
-            if through_executor:
-                reports = worker_pool().run_all(job_name, list(keys), run_tags, run_config, name)
-            else:
-                reports = []
-                for key in keys:
-                    result = defs.resolve_job_def(job_name).execute_in_process(
-                        partition_key=key,
-                        instance=instance,
-                        raise_on_error=False,
-                        tags=run_tags,
-                        run_config=run_config,
-                        asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
-                    )
-                    results.append(result)
-                    reports.append(RunReport.of(result, name, key))
-            for key, report in zip(keys, reports, strict=True):
+            reports = []
+            for key in here:
+                result = defs.resolve_job_def(job_name).execute_in_process(
+                    partition_key=key,
+                    instance=instance,
+                    raise_on_error=False,
+                    tags=run_tags,
+                    run_config=run_config,
+                    asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
+                )
+                results.append(result)
+                reports.append(RunReport.of(result, name, key))
+            if away:
+                reports += worker_pool().run_all(job_name, away, run_tags, run_config, name)
+            for at, (key, report) in enumerate(zip(keys, reports, strict=True)):
                 outcome.checks.extend(report.checks)
                 outcome.failures.extend(report.failures)
                 if report.failures:
                     failed.append(key)
-                if through_executor:
+                if at >= len(here):
                     log(f"[{name}] {key}: steps ran on {', '.join(report.workers) or '?'}")
             seconds = time.perf_counter() - start
             outcome.stages.append(StageTiming(name, seconds, len(keys)))
@@ -376,16 +378,12 @@ def _run_stages(
             # With workers, the first threshold runs alone: it computes the cross-class join
             # every threshold reads and makes the clean copy the others hard-link from, so
             # the rest, run at once, neither repeat the join nor copy every file again.
-            name = "thresholds: keep lists, gates, reports, clean copies"
-            if in_process or len(to_threshold) < 2:
-                failed = stage(name, THRESHOLD_JOB, to_threshold)[0]
-            else:
-                failed = stage(name, THRESHOLD_JOB, to_threshold[:1], here=True)[0]
-                failed += stage(name, THRESHOLD_JOB, to_threshold[1:])[0]
-                rest = outcome.stages.pop()  # one row for the stage in the timings
-                outcome.stages[-1] = StageTiming(
-                    name, outcome.stages[-1].seconds + rest.seconds, len(to_threshold)
-                )
+            failed = stage(
+                "thresholds: keep lists, gates, reports, clean copies",
+                THRESHOLD_JOB,
+                to_threshold,
+                first_here=True,
+            )[0]
         outcome.stale_clean = [t for t in thresholds if layout.clean_stale_note(t).exists()]
         assets = ["dedup_evaluation"] + ([] if failed else ["dedup_summary"])
         if failed:
