@@ -154,6 +154,9 @@ class RunReport:
             worker = event.materialization.metadata.get(WORKER_METADATA)
             if worker is not None and str(worker.value) not in report.workers:
                 report.workers.append(str(worker.value))
+        if not report.workers and WORKER_TAG in result.dagster_run.tags:
+            # Assets that do not record their worker (the threshold ones): the run's tag.
+            report.workers.append(result.dagster_run.tags[WORKER_TAG])
         for evaluation in result.get_asset_check_evaluations():
             if evaluation.passed:
                 continue

@@ -98,6 +98,7 @@ def test_local_processes_give_the_in_process_answer(source, in_process, tmp_path
         re.findall(r"^\[thresholds: [^\]]*\] (\S+): steps ran on (.+)$", done.stdout, re.M)
     )
     assert sorted(on_pool) == ["0.95", "2%"], done.stdout
+    assert "?" not in on_pool.values() and set(on_pool.values()) <= set(placed.values())
     for t in ("0.9", "2%"):  # what each threshold wrote is what the in-process run wrote
         for table in (f"cross_class/{t}.parquet", f"keep_lists/{t}.parquet"):
             assert (
