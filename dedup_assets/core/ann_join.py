@@ -5,8 +5,9 @@ splits the space into about sqrt(n) cells by k-means and compares a query only w
 vectors of its `nprobe` nearest cells. Two uses:
 - `AnnKeptIndex`: the greedy keep's "most similar kept image so far", the kept set
   growing as the visit goes (`core.keep_policy.greedy_keep(join="ann")`);
-- `ann_pairs_above`: every pair above a threshold by range search (cross-class pairs, and
-  the benchmark's recall of the exact pairs).
+- `ann_pairs_above`: every pair above a threshold by range search. Not used by the
+  pipeline (the cross-class check asks each image's nearest neighbours instead): its
+  recall falls where neighbourhoods are dense (benchmarks/README.md, *Scale*).
 
 Every similarity it reports is the exact inner product of the two vectors: an approximate
 join can miss a duplicate (the image is kept), never remove an image for a similarity it
