@@ -121,7 +121,9 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
     p.add_argument(
         "--clean-copy-mode",
         default=None,
-        help="how clean/<T> holds the kept images: copy | hardlink | symlink (default copy)",
+        help="how clean/<T> holds the kept images: copy (files of their own, the default) | "
+        "hardlink | symlink (the source's own files: editing a file in clean/<T> edits the "
+        "source)",
     )
     p.add_argument(
         "--max-file-bytes",
@@ -266,6 +268,7 @@ def _run(args: argparse.Namespace) -> int:
             "executor k8s is for the code location of a Kubernetes deployment "
             "(deploy/k8s, DEDUP_EXECUTOR=k8s); dedup run uses in_process, processes or dask"
         )
+    from dedup_assets.assets.clean_dataset import link_warning
     from dedup_assets.core.layout import OutputInUse, OutputLayout
     from dedup_assets.runner import instance_for, run_pipeline
 
@@ -286,8 +289,11 @@ def _run(args: argparse.Namespace) -> int:
         log=say,
         log_level="INFO" if args.verbose else "CRITICAL",
     )
+    warning = link_warning(str(config.method.clean_copy_mode))
     if outcome.nothing_changed:
         say("nothing changed: every output is up to date")
+        if warning:
+            say(f"NOTE  {warning}")
         return EXIT_OK
     say("\nstage                                                  runs   seconds")
     for s in outcome.stages:
@@ -296,6 +302,8 @@ def _run(args: argparse.Namespace) -> int:
     if not outcome.failures and not outcome.skipped:
         for t in outcome.thresholds:
             say(f"keep list T={t}: {layout.keep_list(t)} (+ .csv)")
+    if warning:
+        say(f"NOTE  {warning}")
     for c in outcome.check_warnings:
         say(f"WARN  check failed, severity WARN (does not block): {c.line()}")
     for c in outcome.check_failures:

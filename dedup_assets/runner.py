@@ -211,7 +211,8 @@ def run_pipeline(
 
 
 def _nothing_to_do(config: PipelineConfig, layout: OutputLayout, changes) -> bool:
-    """True when the source is unchanged and every output matches it and the settings."""
+    """True when the source is unchanged and every output matches it and the settings (a
+    clean copy made in another `--clean-copy-mode` is stale: `stale_thresholds`)."""
     if changes.any or not layout.model.exists() or not layout.pipeline_file.exists():
         return False
     try:

@@ -1,8 +1,16 @@
-"""Asset: a cleaned copy of the dataset per threshold, ready to train on."""
+"""Asset: a cleaned copy of the dataset per threshold, ready to train on.
+
+In copy mode (the default) a clean copy never shares a file with the source: files are
+copied, or hard-linked from an earlier copy mode clean copy whose file is itself a copy
+(never from a hardlink or symlink mode copy, and never a file with the source's inode, which
+a copy made before the mode was recorded may hold). The copy mode is part of what a clean
+copy is made from (`clean_copy_inputs`), so a run in another mode rebuilds it.
+"""
 
 import json
 import os
 import shutil
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +20,7 @@ import polars as pl
 from dedup_assets.core.artifacts import (
     CurrentInputs,
     catalog_images,
+    clean_copy_inputs,
     digest,
     read_catalog,
     read_keep_list,
@@ -59,13 +68,131 @@ COPY_THREADS = 8
 
 
 def _donor_copies(layout: OutputLayout, thresholds: list[str]) -> list[tuple[str, str]]:
-    """(folder, file list) of every existing clean copy, in the order given."""
+    """(folder, file list) of every existing copy mode clean copy, in the order given: a
+    hardlink or symlink mode copy holds the source's own files, never a donor."""
     out = []
     for t in thresholds:
         folder = layout.clean_dir(t)
-        if (folder / FILES_NAME).exists():
+        try:
+            made = json.loads(layout.clean_manifest(t).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(made, dict) and made.get("mode") == "copy" and (folder / FILES_NAME).exists():
             out.append((str(folder), str(folder / FILES_NAME)))
     return out
+
+
+def _reusable(held: bytes, src: bytes) -> bool:
+    """True when `held` (a file of an earlier clean copy) may be hard-linked in place of a
+    copy of `src`: a regular file, not a link (a symlink, or the source's own inode), with
+    the source's size and modification time (made from these bytes and not edited since;
+    `_copy_file` keeps mtime)."""
+    a, b = os.lstat(held), os.stat(src)
+    return (
+        stat.S_ISREG(a.st_mode)
+        and (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino)
+        and (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns)
+    )
+
+
+def write_clean_copy(
+    layout: OutputLayout,
+    threshold: str,
+    thresholds: list[str],
+    kept: pl.DataFrame,
+    root: bytes,
+    mode: str,
+    keep_digest: str,
+    run_id: str,
+) -> int:
+    """Replace `clean/<threshold>` with the `kept` files (`raw_path` relative to `root`,
+    `content_hash`) placed by `mode`, and its manifest; the number of files hard-linked
+    from an existing copy instead of copied.
+
+    In copy mode a file already held by a copy mode clean copy (this threshold's first,
+    then those of `thresholds`) is hard-linked from the first whose file is `_reusable`,
+    else copied.
+    """
+    copy = _COPIERS[mode]
+    # Copies that already hold a file with the same bytes: this threshold's previous
+    # copy first, then the other thresholds' (all are copies of one source).
+    donors = (
+        _donor_copies(layout, [threshold, *(t for t in thresholds if t != threshold)])
+        if mode == "copy"
+        else []
+    )
+    if donors:
+        held = (
+            pl.concat(
+                [
+                    pl.read_parquet(f, columns=["raw_path", "content_hash"]).with_columns(
+                        pl.lit(k, pl.Int64).alias("donors")
+                    )
+                    for k, (_, f) in enumerate(donors)
+                ]
+            )
+            .group_by("raw_path", "content_hash", maintain_order=True)
+            .agg("donors")
+        )
+        kept = kept.join(held, on=["raw_path", "content_hash"], how="left", maintain_order="left")
+    else:
+        kept = kept.with_columns(pl.lit(None, pl.List(pl.Int64)).alias("donors"))
+    donor_roots = [os.fsencode(d) for d, _ in donors]
+    with atomic_dir(layout.clean_dir(threshold)) as tmp:
+        dest_root = os.fsencode(tmp)
+        rows = kept.select("raw_path", "donors").rows()
+        for parent in {os.path.dirname(os.path.join(dest_root, rel)) for rel, _ in rows}:
+            os.makedirs(parent, exist_ok=True)
+
+        def place(row: tuple[bytes, list[int] | None]) -> bool:
+            rel, holders = row
+            dest, src = os.path.join(dest_root, rel), os.path.join(root, rel)
+            for donor in holders or ():
+                held = os.path.join(donor_roots[donor], rel)
+                try:
+                    if _reusable(held, src):
+                        os.link(held, dest)
+                        return True
+                except OSError:
+                    pass  # gone (that copy is being replaced) or unreadable: the next, or copy
+            copy(src, dest)
+            return False
+
+        def place_all(chunk: list[tuple[bytes, list[int] | None]]) -> int:
+            return sum(place(row) for row in chunk)
+
+        # File copies wait on the disk, not the CPU: a few threads keep it busy. Files go
+        # to the threads in chunks (a thread pool's map ignores its chunksize: a task per
+        # file cost more in locks than the links themselves, 11 s of 16 at 4 x 27,000).
+        step = max(1, -(-len(rows) // (4 * COPY_THREADS)))
+        chunks = [rows[i : i + step] for i in range(0, len(rows), step)]
+        with ThreadPoolExecutor(max_workers=COPY_THREADS) as pool:
+            linked = sum(pool.map(place_all, chunks))
+        kept.select("raw_path", "content_hash").write_parquet(tmp / FILES_NAME)
+        manifest = {
+            **clean_copy_inputs(keep_digest, mode),
+            "threshold": threshold,
+            "images": kept.height,
+            "run_id": run_id,
+        }
+        (tmp / layout.clean_manifest(threshold).name).write_text(json.dumps(manifest, indent=2))
+    return linked
+
+
+LINK_WARNING = {
+    "hardlink": "hard links to",
+    "symlink": "symbolic links to",
+}
+
+
+def link_warning(mode: str) -> str | None:
+    """The line a run in a linking mode prints: its clean copies are the source's files."""
+    if mode not in LINK_WARNING:
+        return None
+    return (
+        f"clean copies are {LINK_WARNING[mode]} the source (--clean-copy-mode {mode}): "
+        "editing a file in clean/<T> edits the source"
+    )
 
 
 class GateBlocked(RuntimeError):
@@ -111,7 +238,8 @@ def build_clean_dataset_asset(
         "source (which is never modified). Blocked when a gate on the keep list or the "
         "kurtosis report fails; an older copy is then marked `STALE.txt`. Files unchanged "
         "since the last copy, or already copied for another threshold, are hard-linked from "
-        "that copy, not copied again (every clean copy holds the source's bytes).",
+        "that copy, not copied again (every clean copy holds the source's bytes). In hardlink "
+        "or symlink mode the copy is the source's own files: editing one edits the source.",
     )
     def clean_dataset(
         context: dg.AssetExecutionContext,
@@ -134,82 +262,17 @@ def build_clean_dataset_asset(
             catalog.select("image_id", "raw_path", "content_hash"), on="image_id"
         )
         mode = str(settings.clean_copy_mode)
-        copy = _COPIERS[mode]
-        root = os.fsencode(image_source.resolve_root())
-        # Copies that already hold a file with the same bytes: this threshold's previous
-        # copy first, then the other thresholds' (all are copies of one source). A file
-        # found there is hard-linked, not copied again.
-        donors = (
-            _donor_copies(
-                layout,
-                [threshold, *(t for t in thresholds_def.get_partition_keys() if t != threshold)],
-            )
-            if mode == "copy"
-            else []
-        )
-        if donors:
-            held = pl.concat(
-                [
-                    pl.read_parquet(f).with_columns(pl.lit(k).alias("donor"))
-                    for k, (_, f) in enumerate(donors)
-                ]
-            ).unique("raw_path", keep="first", maintain_order=True)
-            kept = kept.join(
-                held.select("raw_path", "content_hash", "donor"),
-                on=["raw_path", "content_hash"],
-                how="left",
-                maintain_order="left",
-            )
-        else:
-            kept = kept.with_columns(pl.lit(None, pl.Int64).alias("donor"))
-        donor_roots = [os.fsencode(d) for d, _ in donors]
         start = time.perf_counter()
-        with atomic_dir(layout.clean_dir(threshold)) as tmp:
-            dest_root = os.fsencode(tmp)
-            rows = kept.select("raw_path", "donor").rows()
-            for parent in {os.path.dirname(os.path.join(dest_root, rel)) for rel, _ in rows}:
-                os.makedirs(parent, exist_ok=True)
-
-            def place(row: tuple[bytes, int | None]) -> bool:
-                rel, donor = row
-                dest, src = os.path.join(dest_root, rel), os.path.join(root, rel)
-                if donor is not None:
-                    held = os.path.join(donor_roots[donor], rel)
-                    try:
-                        a, b = os.stat(held), os.stat(src)
-                        # Same size and modification time as the source: the copy was
-                        # made from these bytes and not edited since (_copy_file keeps mtime).
-                        if (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns):
-                            os.link(held, dest)
-                            return True
-                    except OSError:
-                        pass  # gone (that copy is being replaced) or unreadable: copy
-                copy(src, dest)
-                return False
-
-            def place_all(chunk: list[tuple[bytes, int | None]]) -> int:
-                return sum(place(row) for row in chunk)
-
-            # File copies wait on the disk, not the CPU: a few threads keep it busy. Files go
-            # to the threads in chunks (a thread pool's map ignores its chunksize: a task per
-            # file cost more in locks than the links themselves, 11 s of 16 at 4 x 27,000).
-            step = max(1, -(-len(rows) // (4 * COPY_THREADS)))
-            chunks = [rows[i : i + step] for i in range(0, len(rows), step)]
-            with ThreadPoolExecutor(max_workers=COPY_THREADS) as pool:
-                linked = sum(pool.map(place_all, chunks))
-            kept.select("raw_path", "content_hash").write_parquet(tmp / FILES_NAME)
-            (tmp / layout.clean_manifest(threshold).name).write_text(
-                json.dumps(
-                    {
-                        "keep_list": keep_digest,
-                        "threshold": threshold,
-                        "images": kept.height,
-                        "mode": mode,
-                        "run_id": context.run.run_id,
-                    },
-                    indent=2,
-                )
-            )
+        linked = write_clean_copy(
+            layout,
+            threshold,
+            thresholds_def.get_partition_keys(),
+            kept,
+            os.fsencode(image_source.resolve_root()),
+            mode,
+            keep_digest,
+            context.run.run_id,
+        )
         seconds = time.perf_counter() - start
         context.log.info(
             f"T={threshold}: {kept.height:,} images -> {layout.clean_dir(threshold)} "

@@ -84,6 +84,7 @@ class MethodSettings(Protocol):
     join: str
     ann_min_class_size: int
     ann_nprobe: int
+    clean_copy_mode: str
 
 
 def latents_provenance(class_digest: str, model_digest: str) -> dict[str, str]:
@@ -199,7 +200,8 @@ def stale_classes(layout: OutputLayout, current: CurrentInputs, thresholds: list
 def stale_thresholds(
     layout: OutputLayout, current: CurrentInputs, thresholds: list[str]
 ) -> list[str]:
-    """Thresholds whose keep list, report or clean copy does not match the current data.
+    """Thresholds whose keep list, report or clean copy does not match the current data
+    (a clean copy also when it was made in another mode than `settings.clean_copy_mode`).
 
     A clean copy blocked by its gate counts as current: running again cannot change it.
     """
@@ -219,13 +221,31 @@ def stale_thresholds(
         if report.get("keep_list") != digest(expected):
             stale.append(t)
             continue
-        try:
-            clean = json.loads(layout.clean_manifest(t).read_text()).get("keep_list")
-        except (OSError, ValueError):
-            clean = None
-        if clean != digest(expected) and report["gate"]["severity"] != "error":
+        mode = str(current.settings.clean_copy_mode)
+        if not clean_copy_is_current(layout, t, digest(expected), mode) and (
+            report["gate"]["severity"] != "error"
+        ):
             stale.append(t)
     return stale
+
+
+def clean_copy_inputs(keep_list_digest: str, mode: str) -> dict[str, str]:
+    """What a clean copy is made from, as its manifest records it: the keep list and the
+    copy mode (a copy made by linking holds the source's own files, so a mode change makes
+    it stale)."""
+    return {"keep_list": keep_list_digest, "mode": str(mode)}
+
+
+def clean_copy_is_current(
+    layout: OutputLayout, threshold: str, keep_list_digest: str, mode: str
+) -> bool:
+    """True when `clean/<T>`'s manifest records this keep list and this copy mode."""
+    try:
+        made = json.loads(layout.clean_manifest(threshold).read_text())
+    except (OSError, ValueError):
+        return False
+    wanted = clean_copy_inputs(keep_list_digest, mode)
+    return isinstance(made, dict) and all(made.get(k) == v for k, v in wanted.items())
 
 
 def read_provenance(path: Path) -> dict | None:
