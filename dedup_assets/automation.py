@@ -28,7 +28,7 @@ import polars as pl
 from dedup_assets.core.artifacts import digest, recorded_listings
 from dedup_assets.core.image_folder import FolderScan
 from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.source_index import SourceChanges, changed_classes, list_source
+from dedup_assets.core.source_index import SourceChanges, changed_classes
 from dedup_assets.partitions import class_partitions
 from resources import DedupSettings, DedupStorage, ImageSource
 
@@ -101,7 +101,7 @@ def build_automation(
         settings: DedupSettings,
     ):
         layout = storage.layout()
-        scan, listings = list_source(image_source.resolve_root())
+        scan, listings = image_source.list_source()
         listing = {k: v.digest for k, v in listings.items()}
         baseline = json.loads(context.cursor) if context.cursor else recorded_listings(layout)
         changes = changed_classes(listing, baseline)
@@ -138,7 +138,7 @@ def build_automation(
         context: dg.ScheduleEvaluationContext, image_source: ImageSource, storage: DedupStorage
     ):
         layout = storage.layout()
-        _, listings = list_source(image_source.resolve_root())
+        _, listings = image_source.list_source()
         listing = {k: v.digest for k, v in listings.items()}
         changes = changed_classes(listing, recorded_listings(layout))
         known = SourceChanges((), changes.changed, ())

@@ -14,15 +14,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(Exception):
     """Bad arguments or settings: exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one line per usage error (what is wrong, and where help is), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
@@ -132,6 +141,12 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
         help="files larger than this are skipped unread (default 268435456)",
     )
     p.add_argument(
+        "--include-hidden",
+        action="store_true",
+        help="read hidden files and folders (names starting with '.') like any other; by "
+        "default they are skipped and listed in catalog/quarantine.csv",
+    )
+    p.add_argument(
         "--retrain-new-share",
         type=float,
         default=None,
@@ -188,7 +203,7 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dedup", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="dedup", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_options(
         sub.add_parser("demo", help="run everything on the built-in demo dataset"), False
@@ -249,6 +264,7 @@ def config_from_args(args: argparse.Namespace):
         "device": args.device,
         "precision": args.precision,
         "max_file_bytes": args.max_file_bytes,
+        "include_hidden": args.include_hidden,
         "schedule": args.schedule,
         "executor": args.executor,
         "dask_address": args.dask_address,
@@ -292,6 +308,7 @@ def _run(args: argparse.Namespace) -> int:
     warning = link_warning(str(config.method.clean_copy_mode))
     if outcome.nothing_changed:
         say("nothing changed: every output is up to date")
+        say(_catalog_line(layout))
         if warning:
             say(f"NOTE  {warning}")
         return EXIT_OK
@@ -299,6 +316,7 @@ def _run(args: argparse.Namespace) -> int:
     for s in outcome.stages:
         say(f"{s.name:<54} {s.runs:>4} {s.seconds:>9.1f}")
     say(f"{'total':<54} {'':>4} {outcome.total_seconds:>9.1f}")
+    say(_catalog_line(layout))
     if not outcome.failures and not outcome.skipped:
         for t in outcome.thresholds:
             say(f"keep list T={t}: {layout.keep_list(t)} (+ .csv)")
@@ -320,8 +338,26 @@ def _run(args: argparse.Namespace) -> int:
     if outcome.summary_written:
         say(f"\nreport: {layout.summary}")
         say(f"per-threshold reports: {layout.reports_dir}/<T>/report.md")
-    say(f"open in the UI: dedup ui --output {output}")
+    say(f"open in the UI: dedup ui --output {shlex.quote(str(output))}")
     return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def _catalog_line(layout) -> str:
+    """What the catalog holds and what it left out, counted by reason (catalog/quarantine.csv
+    has every path with its own)."""
+    import polars as pl
+
+    from dedup_assets.core.artifacts import read_classes
+    from dedup_assets.core.class_catalog import QUARANTINE_SCHEMA, quarantine_counts
+
+    images = int(read_classes(layout)["images"].sum())
+    if not layout.quarantine.is_file():
+        return f"catalog: {images:,} images"
+    counts = quarantine_counts(pl.read_csv(layout.quarantine, schema=QUARANTINE_SCHEMA))
+    listed = ", ".join(f"{n:,} {kind}" for kind, n in counts.items())
+    return f"catalog: {images:,} images; " + (
+        f"listed with the reason in {layout.quarantine}: {listed}" if counts else "nothing skipped"
+    )
 
 
 def _plant(args: argparse.Namespace) -> int:
@@ -336,6 +372,9 @@ def _plant(args: argparse.Namespace) -> int:
                 proportions[name.strip()] = float(weight or 1)
             except ValueError:
                 raise UsageError(f"--proportions: {weight!r} is not a number") from None
+    source = Path(args.source).expanduser().resolve()
+    if not source.is_dir():
+        raise UsageError(f"source {source} does not exist or is not a folder")
     try:
         summary = plant_duplicates(
             Path(args.source),
@@ -345,7 +384,7 @@ def _plant(args: argparse.Namespace) -> int:
             proportions=proportions,
             seed=args.seed,
         )
-    except ValueError as exc:
+    except (ValueError, FileExistsError) as exc:  # raised before anything is written
         raise UsageError(str(exc)) from None
     print(
         f"copied {summary.n_originals:,} originals and planted {summary.n_copies:,} near-duplicates "
@@ -364,9 +403,18 @@ def _ui(args: argparse.Namespace) -> int:
     import subprocess
 
     from dedup_assets.config import PIPELINE_FILE, ConfigError, PipelineConfig
+
+    output = Path(args.output).expanduser().resolve()
+    if not (output / PIPELINE_FILE).is_file():  # checked before .dagster is made there
+        folder = shlex.quote(str(output))
+        what = "holds no finished run of latent-dedup" if output.is_dir() else "does not exist"
+        raise UsageError(
+            f"{output} {what} (no {PIPELINE_FILE}): make a run there with "
+            f"`dedup run --source YOUR_IMAGES --output {folder}` or "
+            f"`dedup demo --output {folder}`"
+        )
     from dedup_assets.runner import dagster_home
 
-    output = Path(args.output).resolve()
     env = dict(os.environ, DEDUP_OUTPUT=str(output), DAGSTER_HOME=str(dagster_home(output)))
     if args.source:
         env["DEDUP_SOURCE"] = str(Path(args.source).resolve())
@@ -374,8 +422,6 @@ def _ui(args: argparse.Namespace) -> int:
         config = PipelineConfig.from_environment(env)  # fail here, not inside the UI
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    if not (output / PIPELINE_FILE).is_file():
-        print(f"note: no {PIPELINE_FILE} in {output}; the UI starts with default settings")
     print(f"thresholds: {', '.join(config.thresholds)}; source: {config.source or 'demo'}")
     module = ["-m", "dedup_assets.definitions"]
     bin_dir = Path(sys.executable).parent

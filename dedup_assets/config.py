@@ -33,7 +33,15 @@ DEFAULT_THRESHOLDS = ("0.93", "0.95", "0.97", "1%")
 """The paper's three cosines, and a 1% false-removal budget calibrated per class."""
 PIPELINE_FILE = "pipeline.json"
 FILE_VERSION = 1
-SAVED_FIELDS = ("source", "ground_truth", "thresholds", "max_file_bytes", "schedule", "method")
+SAVED_FIELDS = (
+    "source",
+    "ground_truth",
+    "thresholds",
+    "max_file_bytes",
+    "include_hidden",
+    "schedule",
+    "method",
+)
 DEFAULT_SCHEDULE = "0 2 * * *"  # nightly at 02:00
 _CRON = re.compile(r"^\S+(\s+\S+){4}$")
 
@@ -45,6 +53,7 @@ ENVIRONMENT = {
     "DEDUP_DEVICE": "device",
     "DEDUP_PRECISION": "precision",
     "DEDUP_MAX_FILE_BYTES": "max_file_bytes",
+    "DEDUP_INCLUDE_HIDDEN": "include_hidden",
     "DEDUP_SCHEDULE": "schedule",
     "DEDUP_EXECUTOR": "executor",
     "DEDUP_DASK_ADDRESS": "dask_address",
@@ -96,6 +105,9 @@ class PipelineConfig(BaseModel):
     device: str = Field(default="auto", pattern=DEVICE_PATTERN)
     precision: Precision = Precision.auto
     max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)
+    include_hidden: bool = Field(
+        default=False, description="read hidden entries (names starting with '.') too"
+    )
     schedule: str = Field(default=DEFAULT_SCHEDULE, description="cron of nightly_refresh")
     method: DedupSettings = Field(default_factory=DedupSettings)
     # Where steps run (`dedup_assets.engines`): the machine's, never saved, like device.
@@ -203,6 +215,7 @@ class PipelineConfig(BaseModel):
                 ground_truth=self.ground_truth,
                 demo_dir=str(layout_root / "demo_dataset"),
                 max_file_bytes=self.max_file_bytes,
+                include_hidden=self.include_hidden,
             ),
             "storage": DedupStorage(base_dir=self.output),
             "compute": ComputeDevice(device=self.device, precision=self.precision),

@@ -37,7 +37,7 @@ from dedup_assets.core.artifacts import (
 )
 from dedup_assets.core.atomic_io import sweep_interrupted, write_json
 from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.source_index import changed_classes, list_source
+from dedup_assets.core.source_index import changed_classes
 from dedup_assets.definitions import (
     CLASS_JOB,
     INDEX_JOB,
@@ -236,8 +236,7 @@ def _run_stages(
     log: Callable[[str], None],
     log_level: str,
 ) -> None:
-    root = config.resources()["image_source"].resolve_root()
-    _, listings = list_source(root)
+    _, listings = config.resources()["image_source"].list_source()
     executor, parallel, why = resolve_auto(
         config.executor, config.parallel, [v.files for v in listings.values()]
     )

@@ -8,7 +8,8 @@ import dagster as dg
 from pydantic import Field
 
 from dedup_assets.core.demo_data import generate_demo_dataset
-from dedup_assets.core.image_folder import DEFAULT_MAX_FILE_BYTES
+from dedup_assets.core.image_folder import DEFAULT_MAX_FILE_BYTES, FolderScan
+from dedup_assets.core.source_index import ClassListing, list_source
 
 GROUND_TRUTH_NAME = "ground_truth.csv"
 
@@ -21,6 +22,8 @@ class ImageSource(dg.ConfigurableResource):
     ground_truth: a CSV `class,original,copy` of known duplicate pairs; empty means
     `<root>/ground_truth.csv` when that file exists.
     max_file_bytes: files larger than this are quarantined unread.
+    include_hidden: read hidden entries (names starting with `.`) like any other; by
+    default they are skipped and listed in the quarantine.
     """
 
     root: str = ""
@@ -28,6 +31,7 @@ class ImageSource(dg.ConfigurableResource):
     demo_dir: str = "dedup_output/demo_dataset"
     demo_seed: int = 0
     max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)
+    include_hidden: bool = False
 
     @property
     def is_demo(self) -> bool:
@@ -42,6 +46,11 @@ class ImageSource(dg.ConfigurableResource):
         demo = Path(self.demo_dir).expanduser().resolve()
         generate_demo_dataset(demo, seed=self.demo_seed)
         return demo
+
+    def list_source(self) -> tuple[FolderScan, dict[str, ClassListing]]:
+        """The source's scan and class listings, as this source reads it (the one way
+        the catalog, `dedup run`, the sensor and the schedule list it)."""
+        return list_source(self.resolve_root(), include_hidden=self.include_hidden)
 
     def ground_truth_path(self) -> Path | None:
         if self.ground_truth:

@@ -20,8 +20,10 @@ from PIL import Image
 from dedup_assets.core import image_folder
 from dedup_assets.core.image_folder import (
     DEFAULT_MAX_FILE_BYTES,
-    IGNORED_ROOT_FILES,
+    HIDDEN_FILE,
+    HIDDEN_FOLDER,
     IMAGE_EXTENSIONS,
+    OWN_ROOT_FILES,
     DecodedImage,
     FolderScan,
     ImageFile,
@@ -113,6 +115,11 @@ def folder(tmp_path_factory) -> Path:
 
 # The entries of `folder` that are reported as skipped, with their reasons.
 FOLDER_SKIPPED = {
+    ".DS_Store": (None, HIDDEN_FILE),
+    ".hiddenclass": (None, HIDDEN_FOLDER),
+    "Forest/.hidden.png": ("Forest", HIDDEN_FILE),
+    "Forest/.hiddendir": ("Forest", HIDDEN_FOLDER),
+    "ground_truth.csv": (None, OWN_ROOT_FILES["ground_truth.csv"]),
     "Forest/noext": ("Forest", "no file extension, so not an image: skipped"),
     "Forest/notes.txt": ("Forest", "file extension '.txt' is not an image extension: skipped"),
     "README.md": (None, "file directly in the source root, not in a class folder: skipped"),
@@ -141,12 +148,12 @@ def test_scan_finds_exactly_the_image_files(folder):
 
 
 def test_scan_reports_skipped_entries_with_reasons(folder):
-    # Hidden entries (any level) and IGNORED_ROOT_FILES are the only silent skips.
+    # Nothing is skipped silently: hidden entries (a hidden folder as one entry) and the
+    # dataset's own files are listed too.
     skipped = scan_image_folder(folder).skipped
     got = {s.path: (s.class_name, s.reason) for s in skipped}
     assert got == FOLDER_SKIPPED
     assert [s.raw_path for s in skipped] == sorted(os.fsencode(p) for p in FOLDER_SKIPPED)
-    assert "ground_truth.csv" in IGNORED_ROOT_FILES
     assert ".gif" in IMAGE_EXTENSIONS
 
 
@@ -162,7 +169,10 @@ def test_ignored_root_file_is_reported_inside_a_class_folder(tmp_path):
             b"c/ground_truth.csv",
             "c",
             "file extension '.csv' is not an image extension: skipped",
-        )
+        ),
+        SkippedPath(
+            "ground_truth.csv", b"ground_truth.csv", None, OWN_ROOT_FILES["ground_truth.csv"]
+        ),
     ]
 
 
@@ -266,14 +276,12 @@ def test_palette_image_matches_its_rgb_conversion(decoded):
     np.testing.assert_array_equal(d.pixels, ref)
 
 
-def test_sixteen_bit_png_is_rescaled_to_full_range(decoded):
+def test_sixteen_bit_png_is_mapped_by_bit_depth(decoded):
     d = decoded["Sea Lake/sixteen.png"]
     assert d.mode.startswith("I")
-    a = U16.astype(np.float64)
-    ref = np.round((a - a.min()) * 255.0 / (a.max() - a.min())).astype(np.uint8)
+    ref = np.round(U16.astype(np.float64) / 257).astype(np.uint8)  # never stretched
     for c in range(3):
         np.testing.assert_array_equal(d.pixels[..., c], ref)
-    assert d.pixels.min() == 0 and d.pixels.max() == 255
 
 
 def test_wide_image_is_resized_whole(decoded):

@@ -76,7 +76,7 @@ def image_catalog(
     layout.claim()
     root = image_source.resolve_root()
     start = time.perf_counter()
-    scan, listings = list_source(root)
+    scan, listings = list_source(root, include_hidden=image_source.include_hidden)
     if not listings:
         raise ValueError(f"no class folder under {root}: expected <root>/<class>/<image> files")
     changes = changed_classes({k: v.digest for k, v in listings.items()}, recorded_listings(layout))
@@ -141,10 +141,11 @@ def class_images(
     key = context.partition_key
     root = image_source.resolve_root()
     start = time.perf_counter()
-    raw_name = find_class_folder(root, key)
+    hidden = image_source.include_hidden
+    raw_name = find_class_folder(root, key, include_hidden=hidden)
     if raw_name is None:
         raise FileNotFoundError(f"no class folder with key {key!r} under {root}")
-    scan = scan_class_folder(root, raw_name)
+    scan = scan_class_folder(root, raw_name, include_hidden=hidden)
     listing = class_listings(scan)[key]
     previous = previous_pixels = None
     recorded = class_summary(layout, key) or {}

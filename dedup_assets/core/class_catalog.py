@@ -3,7 +3,8 @@
 Incremental by construction: a file whose path, size and modification time match the
 previous catalog keeps its row and its stored pixels, without being read, provided those
 pixels still hash to the pixel hash recorded for them (so a pixel store out of step with
-its table is never trusted). Only new or changed files are read, hashed and decoded.
+its table is never trusted). Only new or changed files are read, hashed and decoded, and
+16-bit and float images always (rare, and earlier versions stretched them per image).
 
 Image ids are unique within the whole dataset and stable: a digest of the class key and
 the file's content hash (byte-identical files of a class get -2, -3... in path order), so
@@ -23,8 +24,10 @@ import polars as pl
 
 from dedup_assets.core.atomic_io import write_csv
 from dedup_assets.core.image_folder import (
+    SIXTEEN_BIT_MODES,
     FolderScan,
     read_and_decode,
+    reason_kind,
     unique_ids,
 )
 
@@ -146,6 +149,7 @@ def update_class_catalog(
                 & (pl.col("mtime") == pl.col("mtime_ns"))
                 & (pl.col("mtime") >= 0)
                 & (pl.col("row") < len(previous_pixels))
+                & ~pl.col("mode").is_in([*SIXTEEN_BIT_MODES, "F"])
             )
             .select(*_DECODED_SCHEMA, "row")
         )
@@ -220,6 +224,16 @@ def skipped_table(scan: FolderScan) -> pl.DataFrame:
         },
         schema=QUARANTINE_SCHEMA,
     )
+
+
+def quarantine_counts(table: pl.DataFrame) -> dict[str, int]:
+    """Rows of a quarantine table by kind (hidden, not an image, unreadable, ...; "used
+    with a note" for files catalogued with a note), most frequent first."""
+    counts: dict[str, int] = {}
+    for action, reason in table.select("action", "reason").iter_rows():
+        kind = "used with a note" if action == "used" else reason_kind(reason or "")
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def assemble_quarantine(

@@ -1,11 +1,17 @@
 """Reading a labelled ImageFolder (`<root>/<class>/<image>`) into one uint8 pixel store.
 
 Every image is decoded once to 64x64 RGB; files that cannot be read are quarantined
-with their reason instead of stopping the run, and entries that are not images of a class
-are reported as skipped, never dropped silently (only hidden entries are). Paths are kept as
-the exact bytes the file system returned, so any name it allows can be read back; the
-strings for display are always valid UTF-8. Image ids are content hashes, so the same
+with their reason instead of stopping the run, and every other entry under the source is
+reported as skipped with its reason, never dropped silently: hidden entries (names starting
+with `.`, read only with `include_hidden`), files that are not images, entries outside a
+class folder, the dataset's own files (`ground_truth.csv`, the demo's manifest). Paths are
+kept as the exact bytes the file system returned, so any name it allows can be read back;
+the strings for display are always valid UTF-8. Image ids are content hashes, so the same
 picture keeps its id when files are renamed, listed in another order or re-scanned.
+
+16-bit greyscale is mapped by its bit depth (value / 257, as libvips, ImageMagick and
+scikit-image do), never stretched per image: a dark and a bright copy of one picture stay
+different, as they are.
 """
 
 from __future__ import annotations
@@ -27,9 +33,20 @@ from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 _IMAGE_EXTENSIONS_B = frozenset(os.fsencode(e) for e in IMAGE_EXTENSIONS)
-# Files in the root that belong to the dataset but are not images (not reported as skipped).
-IGNORED_ROOT_FILES = frozenset({"ground_truth.csv"})
-_IGNORED_ROOT_FILES_B = frozenset(os.fsencode(n) for n in IGNORED_ROOT_FILES)
+# Files in the root that belong to the dataset but are not images: listed with this reason.
+# (planting.GROUND_TRUTH_FILENAME and demo_data.MANIFEST_FILENAME; a test keeps them equal.)
+OWN_ROOT_FILES = {
+    "ground_truth.csv": "the dataset's ground truth of known duplicates (read by the "
+    "evaluation unless --ground-truth names another file), not an image: skipped",
+    ".demo_manifest.json": "latent-dedup's own file (the demo dataset's manifest), not an image: "
+    "skipped",
+}
+_OWN_ROOT_FILES_B = {os.fsencode(n): r for n, r in OWN_ROOT_FILES.items()}
+HIDDEN_FILE = "hidden (its name starts with '.'): skipped; --include-hidden reads it"
+HIDDEN_FOLDER = (
+    "hidden folder (its name starts with '.'): skipped with everything in it; "
+    "--include-hidden reads it"
+)
 # Files larger than this are quarantined unread: no real image is this big, a mistake could be.
 DEFAULT_MAX_FILE_BYTES = 256 * 2**20
 IMAGE_SIZE = 64
@@ -178,13 +195,45 @@ def _image_extension_problem(name: bytes) -> str | None:
     return f"file extension '{_display(ext)}' is not an image extension: skipped"
 
 
-def scan_image_folder(root: StrPath) -> FolderScan:
+# The kind of each reason this module gives, by how the reason starts (first match wins);
+# any other reason (a decoder's error, a read that failed) means the file is unreadable.
+_REASON_KINDS = (
+    ("hidden", "hidden"),
+    ("the dataset's ground truth", "ground truth or manifest"),
+    ("latent-dedup's own file", "ground truth or manifest"),
+    ("image directly in the source root", "outside a class folder"),
+    ("file directly in the source root", "outside a class folder"),
+    ("no file extension", "not an image"),
+    ("file extension '", "not an image"),
+    ("larger than the limit", "too large"),
+    ("not a regular file", "not a regular file"),
+    ("symbolic link", "not a regular file"),
+    ("broken symbolic link", "not a regular file"),
+)
+
+
+def reason_kind(reason: str) -> str:
+    """A short kind of a skip reason, for counts: hidden, not an image, too large, ..."""
+    return next((kind for start, kind in _REASON_KINDS if reason.startswith(start)), "unreadable")
+
+
+def _hidden_skip(raw_rel: bytes, class_name: str | None, kind: str) -> SkippedPath:
+    """A hidden entry, listed once (a hidden folder with everything in it)."""
+    folder = kind in ("dir", "linkdir")
+    return SkippedPath(
+        _display(raw_rel), raw_rel, class_name, HIDDEN_FOLDER if folder else HIDDEN_FILE
+    )
+
+
+def scan_image_folder(root: StrPath, *, include_hidden: bool = False) -> FolderScan:
     """Every image file under `<root>/<class>/`, and every other entry with why it is skipped.
 
     Images in nested folders below a class folder belong to that class. Hidden entries
-    (names starting with `.`) and IGNORED_ROOT_FILES in the root are skipped silently. A
-    class folder may be a symbolic link to a folder; links to folders below it are not
-    followed (no loops). Only regular files, or links to them, are listed as images.
+    (names starting with `.`) are skipped and listed, a hidden folder as one entry, unless
+    `include_hidden`: then they are read like any other (a hidden folder in the root is a
+    class). OWN_ROOT_FILES in the root are listed with their own reason. A class folder may
+    be a symbolic link to a folder; links to folders below it are not followed (no loops).
+    Only regular files, or links to them, are listed as images.
     """
     root_b = os.fsencode(root)
     shown = _display(root_b)
@@ -206,16 +255,18 @@ def scan_image_folder(root: StrPath) -> FolderScan:
     classes: dict[str, bytes] = {}
     for entry in entries:
         name = entry.name
-        if name.startswith(b"."):
-            continue
         kind, reason = _classify(entry)
+        if kind == "file" and name in _OWN_ROOT_FILES_B:
+            skipped.append(SkippedPath(_display(name), name, None, _OWN_ROOT_FILES_B[name]))
+            continue
+        if name.startswith(b".") and not include_hidden:
+            skipped.append(_hidden_skip(name, None, kind))
+            continue
         if kind in ("dir", "linkdir"):
             classes[class_key(name)] = name
-            _scan_class(root_b, name, files, skipped)
+            _scan_class(root_b, name, files, skipped, include_hidden)
             continue
         if kind == "file":
-            if name in _IGNORED_ROOT_FILES_B:
-                continue
             if _image_extension_problem(name) is None:
                 reason = "image directly in the source root, not in a class folder: skipped"
             else:
@@ -227,24 +278,28 @@ def scan_image_folder(root: StrPath) -> FolderScan:
     return FolderScan(files, skipped, {k: _display(raw) for k, raw in ordered.items()}, ordered)
 
 
-def find_class_folder(root: StrPath, key: str) -> bytes | None:
-    """The exact name of the class folder whose partition key is `key`, or None."""
+def find_class_folder(root: StrPath, key: str, *, include_hidden: bool = False) -> bytes | None:
+    """The exact name of the class folder whose partition key is `key`, or None (a hidden
+    folder is a class only with `include_hidden`)."""
     root_b = os.fsencode(root)
     for entry in _list_dir(root_b):
-        if entry.name.startswith(b".") or _classify(entry)[0] not in ("dir", "linkdir"):
+        hidden = entry.name.startswith(b".") and not include_hidden
+        if hidden or _classify(entry)[0] not in ("dir", "linkdir"):
             continue
         if class_key(entry.name) == key:
             return entry.name
     return None
 
 
-def scan_class_folder(root: StrPath, class_raw: bytes) -> FolderScan:
+def scan_class_folder(
+    root: StrPath, class_raw: bytes, *, include_hidden: bool = False
+) -> FolderScan:
     """The images below one class folder (any depth) and the entries skipped there."""
     root_b = os.fsencode(root)
     files: list[ImageFile] = []
     skipped: list[SkippedPath] = []
     if os.path.isdir(os.path.join(root_b, class_raw)):
-        _scan_class(root_b, class_raw, files, skipped)
+        _scan_class(root_b, class_raw, files, skipped, include_hidden)
     files.sort(key=lambda f: f.raw_path)
     skipped.sort(key=lambda s: s.raw_path)
     key = class_key(class_raw)
@@ -252,7 +307,11 @@ def scan_class_folder(root: StrPath, class_raw: bytes) -> FolderScan:
 
 
 def _scan_class(
-    root_b: bytes, class_raw: bytes, files: list[ImageFile], skipped: list[SkippedPath]
+    root_b: bytes,
+    class_raw: bytes,
+    files: list[ImageFile],
+    skipped: list[SkippedPath],
+    include_hidden: bool,
 ) -> None:
     """Add the images below one class folder (any depth) and the entries skipped there."""
     class_name = _display(class_raw)
@@ -267,10 +326,11 @@ def _scan_class(
             continue
         for entry in entries:
             name = entry.name
-            if name.startswith(b"."):
-                continue
             rel = rel_dir + b"/" + name
             kind, reason = _classify(entry)
+            if name.startswith(b".") and not include_hidden:
+                skipped.append(_hidden_skip(rel, class_name, kind))
+                continue
             if kind == "dir":
                 pending.append(rel)
                 continue
@@ -337,13 +397,21 @@ def read_source_file(path: StrPath, max_bytes: int) -> bytes:
         os.close(fd)
 
 
+# Pillow's modes for 16-bit greyscale (PNG, TIFF; "I" is what its 16-bit readers of other
+# formats give), mapped from 0..65535 to 0..255, and its 32-bit float mode, read as 0..1.
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB: alpha is composited over white, 16-bit/float rescaled."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        img = Image.fromarray(arr.round().astype(np.uint8), mode="L")
+    """Convert any PIL mode to RGB: alpha is composited over white; 16-bit greyscale is
+    mapped by its bit depth (value / 257, clipped to 0..65535), float by 0..1 (x 255)."""
+    if img.mode in SIXTEEN_BIT_MODES or img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        if img.mode == "F":
+            arr = np.clip(arr, 0.0, 1.0) * 255.0
+        else:
+            arr = np.clip(arr, 0.0, 65535.0) / 257.0
+        img = Image.fromarray(arr.round().astype(np.uint8))
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):

@@ -49,9 +49,12 @@ def class_listings(scan: FolderScan) -> dict[str, ClassListing]:
     }
 
 
-def list_source(root) -> tuple[FolderScan, dict[str, ClassListing]]:
-    """Scan a source folder (one stat per file) and list its classes."""
-    scan = scan_image_folder(root)
+def list_source(
+    root, *, include_hidden: bool = False
+) -> tuple[FolderScan, dict[str, ClassListing]]:
+    """Scan a source folder (one stat per file) and list its classes; hidden entries are
+    listed as skipped unless `include_hidden` (so the setting is part of each digest)."""
+    scan = scan_image_folder(root, include_hidden=include_hidden)
     return scan, class_listings(scan)
 
 

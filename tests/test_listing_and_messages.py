@@ -1,0 +1,270 @@
+"""Nothing under the source is dropped without a word, 16-bit greyscale keeps its brightness,
+and the command's messages are one line (usage errors exit 2) with commands that paste.
+Through the real `dedup` command where a user meets it (tiny data, --epochs 1)."""
+
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import run_dedup
+from PIL import Image
+
+from dedup_assets.core import demo_data, planting
+from dedup_assets.core.artifacts import read_catalog
+from dedup_assets.core.class_catalog import QUARANTINE_SCHEMA
+from dedup_assets.core.demo_data import generate_demo_dataset
+from dedup_assets.core.image_folder import (
+    HIDDEN_FILE,
+    HIDDEN_FOLDER,
+    OWN_ROOT_FILES,
+    decode_image_bytes,
+    reason_kind,
+    scan_image_folder,
+)
+from dedup_assets.core.layout import OutputLayout
+
+FAST = ("--epochs", "1", "--device", "cpu", "--precision", "fp32", "--thresholds", "0.95")
+HIDDEN = {".DS_Store", ".hiddenclass", "forest/.hidden.png", "forest/.thumbs"}
+
+
+def _image(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((64, 64), Image.Resampling.BICUBIC)
+
+
+def _png16(values: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(values.astype(np.uint16)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ 16-bit greyscale
+
+
+def test_dark_and_bright_16_bit_copies_decode_to_different_pixels():
+    picture = np.tile(np.linspace(0.0, 1.0, 64), (64, 1))
+    dark, bright = (decode_image_bytes(_png16(picture * top)) for top in (8000, 60000))
+    assert dark.mode == bright.mode == "I;16"
+    assert dark.pixel_hash != bright.pixel_hash
+    np.testing.assert_array_equal(dark.pixels[..., 0], np.round(picture * 8000 / 257))
+    assert dark.pixels.max() == 31 and bright.pixels.max() == 233  # not both stretched to 255
+
+
+def test_a_16_bit_ramp_maps_by_bit_depth():
+    ramp = np.array([0, 128, 129, 257, 385, 386, 32896, 65278, 65535])
+    expected = [0, 0, 1, 1, 1, 2, 128, 254, 255]  # round(value / 257)
+    values = np.zeros((64, 64))
+    values[:, : ramp.size] = ramp
+    d = decode_image_bytes(_png16(values))
+    assert d.pixels[0, : ramp.size, 0].tolist() == expected
+    assert (d.pixels[..., 0] == d.pixels[..., 2]).all()
+
+
+def test_big_endian_16_bit_tiff_matches_the_png():
+    values = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    tiff = Image.frombytes("I;16B", (64, 64), values.astype(">u2").tobytes())
+    buf = io.BytesIO()
+    tiff.save(buf, "TIFF")
+    from_tiff = decode_image_bytes(buf.getvalue())
+    assert from_tiff.mode == "I;16B"
+    assert from_tiff.pixel_hash == decode_image_bytes(_png16(values)).pixel_hash
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P"])
+def test_8_bit_greyscale_and_palette_keep_their_values(mode):
+    grey = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))
+    img = Image.fromarray(grey).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    d = decode_image_bytes(buf.getvalue())
+    np.testing.assert_array_equal(d.pixels, np.asarray(img.convert("RGB")))
+
+
+# ------------------------------------------------------------------ every entry is accounted for
+
+
+def test_own_root_files_are_the_names_the_project_writes():
+    assert set(OWN_ROOT_FILES) == {planting.GROUND_TRUTH_FILENAME, demo_data.MANIFEST_FILENAME}
+    assert {reason_kind(r) for r in OWN_ROOT_FILES.values()} == {"ground truth or manifest"}
+    assert reason_kind(HIDDEN_FILE) == reason_kind(HIDDEN_FOLDER) == "hidden"
+    assert reason_kind("larger than the limit of 9 bytes (max_file_bytes)") == "too large"
+    assert reason_kind("OSError: broken data stream") == "unreadable"
+
+
+def _build_source(root: Path) -> None:
+    generate_demo_dataset(root, seed=2, per_class=8, duplicate_fraction=0.25)
+    for extra in ("desert", "road", "urban"):
+        shutil.rmtree(root / extra)
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    _image(1).save(root / "forest" / ".hidden.png")
+    (root / "forest" / ".thumbs").mkdir()
+    _image(2).save(root / "forest" / ".thumbs" / "t.png")
+    (root / ".hiddenclass").mkdir()
+    for i in range(3):
+        _image(10 + i).save(root / ".hiddenclass" / f"h{i}.png")
+
+
+def test_scan_lists_hidden_entries_and_reads_them_when_asked(tmp_path):
+    _build_source(tmp_path)
+    scan = scan_image_folder(tmp_path)
+    hidden = {s.path: s.reason for s in scan.skipped if reason_kind(s.reason) == "hidden"}
+    assert hidden == {
+        ".DS_Store": HIDDEN_FILE,
+        ".hiddenclass": HIDDEN_FOLDER,
+        "forest/.hidden.png": HIDDEN_FILE,
+        "forest/.thumbs": HIDDEN_FOLDER,
+    }
+    assert ".demo_manifest.json" in {s.path for s in scan.skipped}
+    assert not any("/." in f.rel_path for f in scan.files) and ".hiddenclass" not in scan.classes
+    both = scan_image_folder(tmp_path, include_hidden=True)
+    paths = {f.rel_path for f in both.files}
+    assert {"forest/.hidden.png", "forest/.thumbs/t.png", ".hiddenclass/h0.png"} <= paths
+    assert len(both.files) == len(scan.files) + 5
+    assert both.classes["%2Ehiddenclass"] == ".hiddenclass"
+    reasons = {s.path: s.reason for s in both.skipped}
+    assert reasons[".DS_Store"].startswith("file directly in the source root")
+    assert reasons[".demo_manifest.json"] == OWN_ROOT_FILES[".demo_manifest.json"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One source with hidden entries, run plainly and then with --include-hidden, into an
+    output whose path holds a space and a quote."""
+    base = tmp_path_factory.mktemp("listing")
+    source, output = base / "source", base / "out put's"
+    _build_source(source)
+    plain = run_dedup("run", "--source", str(source), "--output", str(output), *FAST)
+    quarantine = pl.read_csv(OutputLayout(output).quarantine, schema=QUARANTINE_SCHEMA)
+    catalog = read_catalog(OutputLayout(output))
+    hidden = run_dedup(
+        "run", "--source", str(source), "--output", str(output), *FAST, "--include-hidden"
+    )
+    return {
+        "source": source,
+        "output": output,
+        "plain": plain,
+        "plain_quarantine": quarantine,
+        "plain_catalog": catalog,
+        "hidden": hidden,
+    }
+
+
+def test_every_file_under_the_source_is_catalogued_or_listed(runs):
+    assert runs["plain"].returncode == 0, runs["plain"].stdout + runs["plain"].stderr
+    listed = dict(zip(*runs["plain_quarantine"].select("path", "reason"), strict=True))
+    assert {p for p, r in listed.items() if reason_kind(r) == "hidden"} == HIDDEN
+    assert listed[".hiddenclass"] == HIDDEN_FOLDER and listed[".DS_Store"] == HIDDEN_FILE
+    catalogued = set(runs["plain_catalog"]["path"])
+    source = runs["source"]
+    for path in source.rglob("*"):
+        rel = path.relative_to(source)
+        if path.is_file() and str(rel) not in catalogued:
+            ancestors = {str(rel), *(str(p) for p in rel.parents)}
+            assert ancestors & set(listed), f"{rel} is neither catalogued nor listed"
+
+
+def test_the_last_screen_counts_what_was_left_out(runs):
+    lines = runs["plain"].stdout.splitlines()
+    (line,) = [x for x in lines if x.startswith("catalog: ")]
+    assert lines.index(line) > lines.index(next(x for x in lines if x.startswith("total")))
+    images = runs["plain_catalog"].filter(pl.col("status") == "ok").height
+    assert line == (
+        f"catalog: {images} images; listed with the reason in "
+        f"{OutputLayout(runs['output'].resolve()).quarantine}: 4 hidden, "
+        "2 ground truth or manifest"
+    )
+
+
+def test_include_hidden_reads_hidden_files_and_is_saved(runs):
+    done, output = runs["hidden"], runs["output"]
+    assert done.returncode == 0, done.stdout + done.stderr
+    keep = pl.read_parquet(output / "keep_lists" / "0.95.parquet")
+    paths = set(keep["path"])
+    assert {"forest/.hidden.png", "forest/.thumbs/t.png", ".hiddenclass/h2.png"} <= paths
+    assert keep.height == runs["plain_catalog"].height + 5
+    q = pl.read_csv(OutputLayout(output).quarantine, schema=QUARANTINE_SCHEMA)
+    assert not any(reason_kind(r) == "hidden" for r in q["reason"])
+    assert "1 outside a class folder" in done.stdout  # .DS_Store, now read like any file
+    assert '"include_hidden": true' in (output / "pipeline.json").read_text()
+
+
+def test_the_ui_hint_pastes_back_to_the_same_folder(runs):
+    (line,) = [x for x in runs["plain"].stdout.splitlines() if x.startswith("open in the UI: ")]
+    command = line.removeprefix("open in the UI: ")
+    assert _pasted(command) == ["ui", "--output", str(runs["output"].resolve())]
+
+
+def _pasted(command: str) -> list[str]:
+    """The arguments `dedup` gets when `command` is pasted into bash."""
+    done = subprocess.run(
+        ["bash", "-c", 'dedup() { printf "%s\\0" "$@"; }; ' + command],
+        capture_output=True,
+        check=True,
+    )
+    return [os.fsdecode(a) for a in done.stdout.split(b"\0")[:-1]]
+
+
+# ------------------------------------------------------------------ messages
+
+
+def _one_line_usage_error(done: subprocess.CompletedProcess, command: str) -> str:
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{command}: error: "), done.stderr
+    assert "Traceback" not in done.stderr and "usage:" not in done.stderr
+    return lines[0]
+
+
+def test_run_without_source_says_so_in_one_line():
+    line = _one_line_usage_error(run_dedup("run"), "dedup run")
+    assert "--source" in line and "dedup run --help" in line
+
+
+def test_missing_source_folders_are_usage_errors_for_run_and_plant(tmp_path):
+    missing = str(tmp_path / "nonexistent")
+    done = run_dedup("plant", "--source", missing, "--dest", str(tmp_path / "x"))
+    assert "does not exist" in _one_line_usage_error(done, "dedup plant")
+    assert not (tmp_path / "x").exists()
+    done = run_dedup("run", "--source", missing, "--output", str(tmp_path / "o"))
+    assert "does not exist" in _one_line_usage_error(done, "dedup run")
+
+
+@pytest.mark.parametrize(
+    ("args", "command", "says"),
+    [
+        ((), "dedup", "command"),
+        (("bogus",), "dedup", "invalid choice"),
+        (("run", "--source", "{src}", "--epochs", "x"), "dedup run", "invalid int value"),
+        (("run", "--source", "{src}", "--nope"), "dedup", "unrecognized arguments"),
+        (("plant", "--source", "{src}"), "dedup plant", "--dest"),
+        (("plant", "--source", "{src}", "--dest", "{src}/in"), "dedup plant", "inside it"),
+        (("plant", "--source", "{src}", "--dest", "{full}"), "dedup plant", "already exists"),
+        (("ui", "--port", "x"), "dedup ui", "invalid int value"),
+    ],
+)
+def test_every_usage_error_is_one_line_and_exit_2(tmp_path, args, command, says):
+    (tmp_path / "src" / "c").mkdir(parents=True)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("keep")
+    args = [a.format(src=tmp_path / "src", full=tmp_path / "full") for a in args]
+    assert says in _one_line_usage_error(run_dedup(*args), command)
+    assert (tmp_path / "full" / "mine.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_ui_on_a_folder_without_a_run_refuses_in_one_line(tmp_path, exists):
+    output = tmp_path / "no run's here"
+    if exists:
+        output.mkdir()
+    line = _one_line_usage_error(run_dedup("ui", "--output", str(output), timeout=60), "dedup ui")
+    assert "no pipeline.json" in line and "dedup run --source" in line
+    assert ("holds no finished run" in line) == exists
+    suggested = line.split("`")[1]  # `dedup run --source YOUR_IMAGES --output ...`
+    assert _pasted(suggested)[-2:] == ["--output", str(output.resolve())]
+    assert not output.exists() or list(output.iterdir()) == [], "nothing written, no server"
