@@ -2,10 +2,12 @@
 that evaluates the assets' declarative automation conditions.
 
 - `new_images_sensor` lists the source (one `stat` per file, no file read) and compares
-  each class's listing digest with its cursor (at first, with what the catalog was built
-  from): new, changed and deleted files request `update_class_job` runs for exactly the
-  class partitions they touch; a new class folder becomes a new partition; classes added
-  or removed also refresh the index; nothing changed, nothing requested.
+  each class's listing digest with what its catalog was built from, less what an earlier
+  tick already requested at the same listing (its cursor): new, changed and deleted files
+  request `update_class_job` runs for exactly the class partitions they touch; a new class
+  folder becomes a new partition; classes added or removed also refresh the index; nothing
+  changed, nothing requested. With `verify` (`DEDUP_VERIFY`) every file is also read and
+  compared with what its catalog read (`source_index.verify_listings`).
 - `nightly_refresh` (cron from the configuration) does the same against what the catalog
   was built from, for the registered classes; `nightly_retraining` runs `train_job` at the
   same time, whose asset keeps the model unless a retraining rule fires.
@@ -39,7 +41,8 @@ REASON_TAG = "latent_dedup/reason"
 
 
 def update_requests(changes: SourceChanges, listing: dict[str, str]) -> list[dg.RunRequest]:
-    """One update run per added or changed class; an index refresh when classes come or go."""
+    """One update run per added or changed class (only those: a class whose listing did
+    not change is never requested); an index refresh when classes come or go."""
     requests = [
         dg.RunRequest(
             job_name=UPDATE_CLASS_JOB,
@@ -101,12 +104,15 @@ def build_automation(
         settings: DedupSettings,
     ):
         layout = storage.layout()
-        scan, listings = image_source.list_source()
+        scan, listings = image_source.list_source(layout)
         listing = {k: v.digest for k, v in listings.items()}
-        baseline = json.loads(context.cursor) if context.cursor else recorded_listings(layout)
-        changes = changed_classes(listing, baseline)
-        if not changes.any:
+        # What the outputs lack, less what an earlier tick requested at the same listing.
+        pending = changed_classes(listing, recorded_listings(layout))
+        changes = pending.unseen(listing, json.loads(context.cursor) if context.cursor else None)
+        if not pending.any:
             return dg.SkipReason("nothing changed in the image source")
+        if not changes.any:
+            return dg.SkipReason(f"already requested: {pending.describe()}")
         if not layout.model.exists():
             return dg.SkipReason("no trained model yet: run `dedup run` (or materialize all) first")
         requests = update_requests(changes, listing)
@@ -138,7 +144,7 @@ def build_automation(
         context: dg.ScheduleEvaluationContext, image_source: ImageSource, storage: DedupStorage
     ):
         layout = storage.layout()
-        _, listings = image_source.list_source()
+        _, listings = image_source.list_source(layout)
         listing = {k: v.digest for k, v in listings.items()}
         changes = changed_classes(listing, recorded_listings(layout))
         known = SourceChanges((), changes.changed, ())

@@ -198,6 +198,13 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
         "ignoring earlier decisions",
     )
     p.add_argument(
+        "--verify",
+        action="store_true",
+        help="read every file and compare its bytes with what the catalog read: notices a "
+        "file rewritten in place with the same size and modification time, which the "
+        "default check (paths, sizes and modification times, no file read) cannot see",
+    )
+    p.add_argument(
         "--verbose", action="store_true", help="Dagster's log and full tracebacks on errors"
     )
 
@@ -269,6 +276,7 @@ def config_from_args(args: argparse.Namespace):
         "executor": args.executor,
         "dask_address": args.dask_address,
         "parallel": args.parallel,
+        "verify": args.verify,
         "method": {k: v for k, v in method.items() if v is not None},
     }
     try:
@@ -295,7 +303,7 @@ def _run(args: argparse.Namespace) -> int:
     except OutputInUse as exc:
         raise UsageError(str(exc)) from None
     say = lambda text: print(text, flush=True)  # noqa: E731 - progress lines, unbuffered
-    say(f"latent-dedup: {config.source or 'built-in demo dataset'} -> {output}")
+    say(f"latent-dedup: {config.source or f'demo dataset {config.demo_source}'} -> {output}")
     instance = instance_for(output)
     outcome = run_pipeline(
         config,
@@ -311,6 +319,8 @@ def _run(args: argparse.Namespace) -> int:
         say(_catalog_line(layout))
         if warning:
             say(f"NOTE  {warning}")
+        for line in _demo_lines(config):
+            say(line)
         return EXIT_OK
     say("\nstage                                                  runs   seconds")
     for s in outcome.stages:
@@ -339,7 +349,23 @@ def _run(args: argparse.Namespace) -> int:
         say(f"\nreport: {layout.summary}")
         say(f"per-threshold reports: {layout.reports_dir}/<T>/report.md")
     say(f"open in the UI: dedup ui --output {shlex.quote(str(output))}")
+    for line in _demo_lines(config):
+        say(line)
     return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def _demo_lines(config) -> list[str]:
+    """Where the demo's source is, that it is the user's to add images to, and its state."""
+    if config.demo_source is None:
+        return []
+    from dedup_assets.core.demo_data import demo_state
+
+    again = f"dedup demo --output {shlex.quote(config.output)}"
+    return [
+        f"demo source: {config.demo_source} ({demo_state(config.demo_source)})",
+        "  it is yours and never regenerated: add images to a class folder there and run "
+        f"`{again}` again, or turn on new_images_sensor in the UI; only that class is processed",
+    ]
 
 
 def _catalog_line(layout) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dedup_assets.core.image_folder import DEFAULT_MAX_FILE_BYTES
+from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.thresholds import parse_key
 from dedup_assets.engines import Executor
 from resources.compute_device import DEVICE_PATTERN, Precision
@@ -54,6 +55,7 @@ ENVIRONMENT = {
     "DEDUP_PRECISION": "precision",
     "DEDUP_MAX_FILE_BYTES": "max_file_bytes",
     "DEDUP_INCLUDE_HIDDEN": "include_hidden",
+    "DEDUP_VERIFY": "verify",
     "DEDUP_SCHEDULE": "schedule",
     "DEDUP_EXECUTOR": "executor",
     "DEDUP_DASK_ADDRESS": "dask_address",
@@ -107,6 +109,11 @@ class PipelineConfig(BaseModel):
     max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)
     include_hidden: bool = Field(
         default=False, description="read hidden entries (names starting with '.') too"
+    )
+    verify: bool = Field(
+        default=False,
+        description="read every file and compare its bytes with what its catalog read, so a "
+        "file rewritten with the same size and modification time is noticed; never saved",
     )
     schedule: str = Field(default=DEFAULT_SCHEDULE, description="cron of nightly_refresh")
     method: DedupSettings = Field(default_factory=DedupSettings)
@@ -202,7 +209,15 @@ class PipelineConfig(BaseModel):
     def saved(self) -> dict[str, Any]:
         """What `pipeline.json` records: the data and method settings, not the machine's."""
         data = self.model_dump(mode="json", include=set(SAVED_FIELDS))
+        if self.demo_source is not None:  # where to add images; derived, never read back
+            data["demo_source"] = str(self.demo_source)
         return {"version": FILE_VERSION, **data}
+
+    @property
+    def demo_source(self) -> Path | None:
+        """The demo dataset's folder when no source is given (made on first use, then the
+        user's: never regenerated), else None."""
+        return None if self.source else OutputLayout(Path(self.output)).demo_dataset
 
     def resources(self) -> dict[str, Any]:
         """The Dagster resources of this configuration."""
@@ -213,9 +228,10 @@ class PipelineConfig(BaseModel):
             "image_source": ImageSource(
                 root=self.source,
                 ground_truth=self.ground_truth,
-                demo_dir=str(layout_root / "demo_dataset"),
+                demo_dir=str(OutputLayout(layout_root).demo_dataset),
                 max_file_bytes=self.max_file_bytes,
                 include_hidden=self.include_hidden,
+                verify=self.verify,
             ),
             "storage": DedupStorage(base_dir=self.output),
             "compute": ComputeDevice(device=self.device, precision=self.precision),
@@ -239,6 +255,7 @@ def read_saved(output: Path) -> dict[str, Any]:
     data.pop("version", None)
     if "settings" in data:  # written by versions before the configuration object
         data.setdefault("method", data.pop("settings"))
+    data.pop("demo_source", None)  # written for the user, derived from the output
     for machine in ("device", "precision", "output", "executor", "dask_address", "parallel"):
         data.pop(machine, None)
     unknown = sorted(set(data) - set(SAVED_FIELDS))

@@ -236,7 +236,7 @@ def _run_stages(
     log: Callable[[str], None],
     log_level: str,
 ) -> None:
-    _, listings = config.resources()["image_source"].list_source()
+    _, listings = config.resources()["image_source"].list_source(layout)
     executor, parallel, why = resolve_auto(
         config.executor, config.parallel, [v.files for v in listings.values()]
     )

@@ -7,9 +7,10 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from dedup_assets.core.demo_data import generate_demo_dataset
+from dedup_assets.core.demo_data import ensure_demo_dataset
 from dedup_assets.core.image_folder import DEFAULT_MAX_FILE_BYTES, FolderScan
-from dedup_assets.core.source_index import ClassListing, list_source
+from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.source_index import ClassListing, list_source, verify_listings
 
 GROUND_TRUTH_NAME = "ground_truth.csv"
 
@@ -18,10 +19,13 @@ class ImageSource(dg.ConfigurableResource):
     """An ImageFolder (`<root>/<class>/<image>`), read only; never modified.
 
     root: the dataset folder; empty means the built-in demo dataset, generated
-    deterministically from `demo_seed` into `demo_dir` on first use.
+    deterministically from `demo_seed` into `demo_dir` on first use and from then on the
+    user's: used as it is, never regenerated (images added there are picked up).
     ground_truth: a CSV `class,original,copy` of known duplicate pairs; empty means
     `<root>/ground_truth.csv` when that file exists.
     max_file_bytes: files larger than this are quarantined unread.
+    verify: also compare every file's bytes with what its class's catalog read, so a file
+    rewritten in place with the same size and modification time is noticed (`--verify`).
     include_hidden: read hidden entries (names starting with `.`) like any other; by
     default they are skipped and listed in the quarantine.
     """
@@ -32,6 +36,7 @@ class ImageSource(dg.ConfigurableResource):
     demo_seed: int = 0
     max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)
     include_hidden: bool = False
+    verify: bool = False
 
     @property
     def is_demo(self) -> bool:
@@ -43,14 +48,19 @@ class ImageSource(dg.ConfigurableResource):
             if not root.is_dir():
                 raise FileNotFoundError(f"image source {root} does not exist or is not a folder")
             return root
-        demo = Path(self.demo_dir).expanduser().resolve()
-        generate_demo_dataset(demo, seed=self.demo_seed)
-        return demo
+        return ensure_demo_dataset(Path(self.demo_dir), seed=self.demo_seed)
 
-    def list_source(self) -> tuple[FolderScan, dict[str, ClassListing]]:
+    def list_source(
+        self, against: OutputLayout | None = None
+    ) -> tuple[FolderScan, dict[str, ClassListing]]:
         """The source's scan and class listings, as this source reads it (the one way
-        the catalog, `dedup run`, the sensor and the schedule list it)."""
-        return list_source(self.resolve_root(), include_hidden=self.include_hidden)
+        the catalog, `dedup run`, the sensor and the schedule list it); with `verify` and
+        `against` (the output), content-checked against its catalogs (`verify_listings`)."""
+        root = self.resolve_root()
+        scan, listings = list_source(root, include_hidden=self.include_hidden)
+        if self.verify and against is not None:
+            listings = verify_listings(root, listings, against, self.max_file_bytes)
+        return scan, listings
 
     def ground_truth_path(self) -> Path | None:
         if self.ground_truth:

@@ -131,7 +131,7 @@ def test_deterministic_and_seed_dependent(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]  # no temp leftovers
 
 
-def test_reuse_and_regeneration(tmp_path: Path) -> None:
+def test_reused_and_never_rewritten(tmp_path: Path) -> None:
     dest = tmp_path / "demo"
     first = generate_demo_dataset(dest, per_class=6)
     mtime = (dest / MANIFEST_FILENAME).stat().st_mtime_ns
@@ -139,15 +139,16 @@ def test_reuse_and_regeneration(tmp_path: Path) -> None:
     assert not again.regenerated
     assert again == dataclasses.replace(first, regenerated=False)
     assert (dest / MANIFEST_FILENAME).stat().st_mtime_ns == mtime
-    # Damaged tree -> regenerated identically.
+    # Changed or damaged tree -> the user's: used as it is, nothing put back.
     victim = next((dest / "water").glob("*.png"))
     victim.unlink()
-    repaired = generate_demo_dataset(dest, per_class=6)
-    assert repaired.regenerated and victim.is_file() and repaired.digest == first.digest
-    # Different parameters -> replaced.
-    other = generate_demo_dataset(dest, per_class=7)
-    assert other.regenerated and other.originals_per_class["road"] == 7
-    assert len(_originals(dest, "road")) == 7
+    kept = generate_demo_dataset(dest, per_class=6)
+    assert not kept.regenerated and not victim.exists() and kept.digest == first.digest
+    # Different parameters -> refused, the tree untouched.
+    before = _tree(dest)
+    with pytest.raises(FileExistsError, match="never rewritten"):
+        generate_demo_dataset(dest, per_class=7)
+    assert _tree(dest) == before and len(_originals(dest, "road")) == 6
 
 
 def test_refuses_foreign_nonempty_dest(tmp_path: Path) -> None:

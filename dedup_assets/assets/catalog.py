@@ -26,7 +26,13 @@ from dedup_assets.core.class_catalog import (
 )
 from dedup_assets.core.image_folder import FolderScan, find_class_folder, scan_class_folder
 from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.source_index import changed_classes, class_listings, index_table, list_source
+from dedup_assets.core.source_index import (
+    changed_classes,
+    class_listings,
+    index_table,
+    list_source,
+    rewritten_files,
+)
 from dedup_assets.engines import WORKER_METADATA, worker_name
 from dedup_assets.partitions import class_partitions
 from dedup_assets.ui import md_table
@@ -158,6 +164,12 @@ def class_images(
                 previous_pixels = np.load(layout.class_pixels(key), mmap_mode="r")
         except Exception:  # noqa: BLE001 - a damaged earlier catalog just means decoding again
             previous = previous_pixels = None
+    if previous is not None and image_source.verify:  # --verify: no row whose bytes changed
+        ok = previous.filter(pl.col("status") == "ok").select("raw_path", "content_hash")
+        gone = rewritten_files(root, ok.iter_rows(), image_source.max_file_bytes)
+        previous = previous.filter(
+            ~pl.col("raw_path").is_in(pl.Series(list(gone), dtype=pl.Binary))
+        )
     full = context.run.tags.get(FULL_TAG) == "1"
     catalog = update_class_catalog(
         root, scan, previous, previous_pixels, max_file_bytes=image_source.max_file_bytes, full=full

@@ -14,16 +14,26 @@ On top of the originals the generator plants, reusing :mod:`dedup_assets.core.pl
 * one corrupt file, ``urban/broken.png`` (a few random bytes), so the pipeline's quarantine of
   unreadable files is exercised. It is *not* in the ground truth.
 
-Everything is deterministic in ``seed``. The tree is written atomically (temporary sibling +
-rename) and described by ``.demo_manifest.json`` (parameters, counts and a content digest); a
-second call with the same parameters on an intact tree returns without regenerating.
+Everything is deterministic in ``seed``. The tree is filled in a temporary sibling and renamed
+into place only where nothing is yet (a rename never replaces a folder that holds files), and
+described by ``.demo_manifest.json`` (parameters, counts and a content digest).
+
+Once made, the folder is the user's: they add images to it and watch the pipeline (or the
+new-images sensor) pick them up. Nothing here ever rewrites or deletes anything in it: a later
+call with the same parameters returns the manifest's summary, whatever was added, changed or
+removed since (:func:`demo_state` says whether the tree still is as generated), one with other
+parameters is refused, and :func:`ensure_demo_dataset` (the pipeline's resolver) uses any
+non-empty folder as it is.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import shutil
+import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +42,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dedup_assets.core.atomic_io import atomic_dir
 from dedup_assets.core.planting import (
     GROUND_TRUTH_FILENAME,
     TRANSFORMS,
@@ -48,7 +57,10 @@ __all__ = [
     "DEMO_CLASSES",
     "MANIFEST_FILENAME",
     "DemoSummary",
+    "demo_state",
+    "ensure_demo_dataset",
     "generate_demo_dataset",
+    "read_demo_dataset",
 ]
 
 SIZE = 64
@@ -59,7 +71,7 @@ N_EXACT = 2
 """Byte-identical ``__dup_exact`` copies planted, in distinct classes, of originals that have no
 transformed copy (fewer if no such original is left)."""
 _GENERATOR_TAG = "latent-dedup demo dataset"
-_FORMAT_VERSION = 1  # bump when the images change, so stale trees are regenerated
+_FORMAT_VERSION = 1  # recorded in the manifest; a tree of an earlier version is used as it is
 
 # Coordinate grids shared by all generators (pixel centres, 0..63).
 _YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
@@ -340,6 +352,38 @@ def _summary_from_manifest(dest: Path, manifest: dict, regenerated: bool) -> Dem
     )
 
 
+def read_demo_dataset(dest: Path) -> DemoSummary | None:
+    """The demo dataset at ``dest`` as its manifest describes it, or None when ``dest`` has no
+    readable demo manifest. Reads no image."""
+    dest = Path(dest).resolve()
+    manifest = _read_manifest(dest)
+    try:
+        return None if manifest is None else _summary_from_manifest(dest, manifest, False)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def demo_state(dest: Path) -> str:
+    """One line on the demo folder at ``dest``: as generated, or how it differs (reads every
+    file, to compare with the manifest's digest). Whatever it says, the folder is used as it is."""
+    summary = read_demo_dataset(dest)
+    if summary is None:
+        return f"no readable {MANIFEST_FILENAME}: used as it is, never regenerated"
+    if _tree_digest(summary.root) == summary.digest:
+        return "as generated"
+    return "differs from the generated set: images added, changed or removed; used as it is"
+
+
+def ensure_demo_dataset(dest: Path, *, seed: int = 0) -> Path:
+    """The demo source at ``dest``: generated on first use (default parameters), afterwards
+    used as it is. A folder there that holds anything is never rewritten, whatever it holds
+    (the user may have added images to watch the pipeline pick them up)."""
+    dest = Path(dest).expanduser().resolve()
+    if not dest.is_dir() or not any(dest.iterdir()):
+        generate_demo_dataset(dest, seed=seed)
+    return dest
+
+
 def generate_demo_dataset(
     dest: Path, *, seed: int = 0, per_class: int = 60, duplicate_fraction: float = 0.15
 ) -> DemoSummary:
@@ -347,9 +391,9 @@ def generate_demo_dataset(
 
     Layout: ``dest/<class>/<class>_<NNN>.png`` originals, planted copies next to them,
     ``dest/urban/broken.png`` (corrupt), ``dest/ground_truth.csv`` and
-    ``dest/.demo_manifest.json``. Returns immediately if ``dest`` already holds an intact
-    dataset made with the same parameters. A non-empty ``dest`` that is not a demo dataset is
-    refused (``FileExistsError``); a stale or damaged demo dataset is replaced atomically.
+    ``dest/.demo_manifest.json``. An existing demo dataset is never rewritten: with the same
+    parameters its summary is returned (``regenerated=False``) whatever changed in it since;
+    with other parameters, or when ``dest`` holds anything else, ``FileExistsError``.
     """
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
@@ -359,53 +403,77 @@ def generate_demo_dataset(
     params = _params(seed, per_class, duplicate_fraction)
 
     if dest.exists():
-        manifest = _read_manifest(dest)
-        if manifest is not None:
-            if all(manifest.get(k) == v for k, v in params.items()) and manifest.get(
-                "digest"
-            ) == _tree_digest(dest):
-                return _summary_from_manifest(dest, manifest, regenerated=False)
-        elif not dest.is_dir() or any(dest.iterdir()):
+        existing = read_demo_dataset(dest)
+        if existing is not None:
+            made = (existing.seed, existing.per_class, existing.duplicate_fraction)
+            if made != (seed, per_class, duplicate_fraction):
+                raise FileExistsError(
+                    f"{dest} holds a demo dataset made with seed {made[0]}, per_class {made[1]} "
+                    f"and duplicate_fraction {made[2]}; a demo dataset is never rewritten: use "
+                    "it as it is, or delete it or choose another folder for these parameters"
+                )
+            return existing
+        if not dest.is_dir() or any(dest.iterdir()):
             raise FileExistsError(
                 f"{dest} exists, is not empty and is not a demo dataset "
-                f"(no {MANIFEST_FILENAME}); refusing to overwrite"
+                f"(no readable {MANIFEST_FILENAME}); refusing to overwrite"
             )
 
-    width = max(3, len(str(per_class - 1)))
-    with atomic_dir(dest) as tmp:
-        originals: dict[str, list[str]] = {}
-        for class_name in DEMO_CLASSES:
-            (tmp / class_name).mkdir()
-            names = [f"{class_name}_{i:0{width}d}.png" for i in range(per_class)]
-            for i, name in enumerate(names):
-                Image.fromarray(_render(class_name, seed, i), mode="RGB").save(
-                    tmp / class_name / name
-                )
-            originals[class_name] = names
-
-        pairs = plant_copies(tmp, originals, fraction=duplicate_fraction, seed=seed)
-        pairs += _plant_exact(tmp, originals, pairs, seed)
-        pairs.sort()
-        write_ground_truth(tmp / GROUND_TRUTH_FILENAME, pairs)
-
-        rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB40CE2]))
-        (tmp / CORRUPT_FILE).write_bytes(rng.integers(0, 256, 37, dtype=np.uint8).tobytes())
-
-        copies_per_class = dict.fromkeys(DEMO_CLASSES, 0)
-        copies_per_transform = dict.fromkeys([*TRANSFORMS, "exact"], 0)
-        for pair in pairs:
-            copies_per_class[pair.class_name] += 1
-            copies_per_transform[transform_of(pair.copy)] += 1
-        manifest = {
-            **params,
-            "originals_per_class": {c: len(v) for c, v in originals.items()},
-            "copies_per_class": copies_per_class,
-            "copies_per_transform": copies_per_transform,
-            "corrupt_files": [CORRUPT_FILE],
-            "digest": _tree_digest(tmp),
-        }
-        (tmp / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Named as atomic_io names its temporary trees, so a killed run's leftover is swept.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        manifest = _write_tree(tmp, params)
+        tmp.chmod(0o755)
+        try:
+            os.rename(tmp, dest)  # onto nothing or an empty folder; never over files
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            # Made by someone else meanwhile: theirs stands (and is checked as above).
+            return generate_demo_dataset(
+                dest, seed=seed, per_class=per_class, duplicate_fraction=duplicate_fraction
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return _summary_from_manifest(dest, manifest, regenerated=True)
+
+
+def _write_tree(tmp: Path, params: dict) -> dict:
+    """Render, plant and describe the dataset into the empty folder ``tmp``; the manifest."""
+    seed, per_class = int(params["seed"]), int(params["per_class"])
+    width = max(3, len(str(per_class - 1)))
+    originals: dict[str, list[str]] = {}
+    for class_name in DEMO_CLASSES:
+        (tmp / class_name).mkdir()
+        names = [f"{class_name}_{i:0{width}d}.png" for i in range(per_class)]
+        for i, name in enumerate(names):
+            Image.fromarray(_render(class_name, seed, i), mode="RGB").save(tmp / class_name / name)
+        originals[class_name] = names
+
+    pairs = plant_copies(tmp, originals, fraction=float(params["duplicate_fraction"]), seed=seed)
+    pairs += _plant_exact(tmp, originals, pairs, seed)
+    pairs.sort()
+    write_ground_truth(tmp / GROUND_TRUTH_FILENAME, pairs)
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB40CE2]))
+    (tmp / CORRUPT_FILE).write_bytes(rng.integers(0, 256, 37, dtype=np.uint8).tobytes())
+
+    copies_per_class = dict.fromkeys(DEMO_CLASSES, 0)
+    copies_per_transform = dict.fromkeys([*TRANSFORMS, "exact"], 0)
+    for pair in pairs:
+        copies_per_class[pair.class_name] += 1
+        copies_per_transform[transform_of(pair.copy)] += 1
+    manifest = {
+        **params,
+        "originals_per_class": {c: len(v) for c, v in originals.items()},
+        "copies_per_class": copies_per_class,
+        "copies_per_transform": copies_per_transform,
+        "corrupt_files": [CORRUPT_FILE],
+        "digest": _tree_digest(tmp),
+    }
+    (tmp / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+    return manifest
 
 
 def _plant_exact(

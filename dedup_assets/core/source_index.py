@@ -5,16 +5,28 @@ files and the path and reason of each entry skipped there, so it changes when a 
 added, removed, replaced or touched, and costs one `stat` per file (no file is read).
 The sensor, the schedule and `dedup run` all compare listings the same way
 (`changed_classes`); content hashes are computed only for the files of changed classes.
+
+What stat fields cannot see: a file rewritten in place with the same size and modification
+time (a tool that restores the time, a copy with `cp -p`/`rsync -t` of a same-size file).
+`--verify` (`verify_listings`) reads every file of each class whose listing is unchanged and
+compares its bytes with the content hash its catalog recorded; one that differs changes the
+class's digest, so the class is reprocessed (and its catalog re-reads every file it reuses).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
+import stat
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import polars as pl
 
-from dedup_assets.core.image_folder import FolderScan, scan_image_folder
+from dedup_assets.core.artifacts import read_class_images, recorded_listings
+from dedup_assets.core.image_folder import FolderScan, StrPath, scan_image_folder
+from dedup_assets.core.layout import OutputLayout
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,76 @@ def list_source(
     return scan, class_listings(scan)
 
 
+HASH_CHUNK = 1 << 20
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | os.O_CLOEXEC
+
+
+def content_hash(path: StrPath, max_bytes: int) -> str:
+    """The catalog's content hash of a file (sha1 of its bytes, 16 hex; see
+    `image_folder.decode_image_bytes`), read in chunks of `HASH_CHUNK`; "" where the catalog
+    records "" too: not a regular file, larger than `max_bytes`, unreadable."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return ""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return ""
+        h, total = hashlib.sha1(), 0
+        while chunk := os.read(fd, HASH_CHUNK):
+            total += len(chunk)
+            if total > max_bytes:
+                return ""
+            h.update(chunk)
+        return h.hexdigest()[:16]
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+def rewritten_files(
+    root: StrPath, recorded: Iterable[tuple[bytes, str]], max_bytes: int
+) -> dict[bytes, str]:
+    """Of `(raw path, recorded content hash)` pairs, the files whose bytes now hash
+    differently: raw path -> hash now (every file is read)."""
+    root_b = os.fsencode(root)
+    changed = {}
+    for raw_path, recorded_hash in recorded:
+        now = content_hash(os.path.join(root_b, raw_path), max_bytes)
+        if now != (recorded_hash or ""):
+            changed[raw_path] = now
+    return changed
+
+
+def catalogued_content(layout: OutputLayout, key: str) -> list[tuple[bytes, str]]:
+    """`(raw path, content hash)` of every decoded image of a class's catalog."""
+    table = read_class_images(layout, key).filter(pl.col("status") == "ok")
+    return list(table.select("raw_path", "content_hash").iter_rows())
+
+
+def verify_listings(
+    root: StrPath, listings: dict[str, ClassListing], layout: OutputLayout, max_bytes: int
+) -> dict[str, ClassListing]:
+    """`--verify`: the listings, with the digest of every class whose listing is the one its
+    catalog was built from but whose files' bytes are not what the catalog read changed (to a
+    digest of the listing and the new content hashes), so it shows as changed. A class whose
+    listing already changed is not read here: it is reprocessed anyway."""
+    recorded = recorded_listings(layout)
+    checked = dict(listings)
+    for key, listing in listings.items():
+        if recorded.get(key) != listing.digest:
+            continue
+        changed = rewritten_files(root, catalogued_content(layout, key), max_bytes)
+        if changed:
+            h = hashlib.sha1(listing.digest.encode())
+            for raw_path, now in sorted(changed.items()):
+                h.update(b"c\0%s\0%s\n" % (raw_path, now.encode()))
+            checked[key] = dataclasses.replace(listing, digest=h.hexdigest()[:16])
+    return checked
+
+
 @dataclass(frozen=True)
 class SourceChanges:
     """Classes added, changed (any file added, removed, replaced or touched) and removed."""
@@ -73,6 +155,17 @@ class SourceChanges:
     @property
     def any(self) -> bool:
         return bool(self.added or self.changed or self.removed)
+
+    def unseen(self, current: Mapping[str, str], seen: Mapping[str, str] | None) -> SourceChanges:
+        """These changes less those an earlier look saw already: `seen` is the listing it
+        recorded (None: none yet); a class counts again only when its listing moved on."""
+        if seen is None:
+            return self
+        return SourceChanges(
+            added=tuple(k for k in self.added if seen.get(k) != current[k]),
+            changed=tuple(k for k in self.changed if seen.get(k) != current[k]),
+            removed=tuple(k for k in self.removed if k in seen),
+        )
 
     def describe(self) -> str:
         if not self.any:
