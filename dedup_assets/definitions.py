@@ -18,6 +18,7 @@ from dedup_assets.assets.cross_class import build_cross_class_asset
 from dedup_assets.assets.evaluation import build_evaluation_asset
 from dedup_assets.assets.keep_lists import build_keep_list_assets
 from dedup_assets.assets.latents import class_latents
+from dedup_assets.assets.reference_pool import reference_pool
 from dedup_assets.assets.reports import build_report_assets
 from dedup_assets.assets.spline_fits import spline_fits
 from dedup_assets.automation import INDEX_JOB, TRAIN_JOB, UPDATE_CLASS_JOB, build_automation
@@ -67,8 +68,9 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
         ),
         dg.define_asset_job(
             TRAIN_JOB,
-            selection=[autoencoder],
-            description="Keep the autoencoder, or train it again when a retraining rule fires.",
+            selection=[autoencoder, reference_pool],
+            description="Keep the autoencoder, or train it again when a retraining rule fires; "
+            "draw the reference pool for a new model.",
         ),
         dg.define_asset_job(
             CLASS_JOB,
@@ -100,6 +102,7 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
             image_catalog,
             class_images,
             autoencoder,
+            reference_pool,
             class_latents,
             spline_fits,
             class_keep_lists,

@@ -31,6 +31,7 @@ from dedup_assets.core.artifacts import (
     MissingArtifact,
     catalogued_keys,
     file_digest,
+    is_current,
     recorded_listings,
     stale_classes,
     stale_thresholds,
@@ -355,6 +356,12 @@ def _run_stages(
         log(f"training: {outcome.training}")
         retrained = file_digest(layout.model) != model_before
         current = CurrentInputs.of(layout, settings)
+        if not is_current(layout.reference_pool, current.reference_pool()):
+            # A kept model skips the training job's pool step: draw the pool on its own.
+            if stage("reference pool", TRAIN_JOB, [None], ["reference_pool"])[0]:
+                outcome.skipped.append("every later stage: drawing the reference pool failed")
+                return
+            current = CurrentInputs.of(layout, settings)
         thresholds = list(config.thresholds)
         outcome.classes = catalogued_keys(layout)
         if retrained or full:

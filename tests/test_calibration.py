@@ -39,10 +39,13 @@ def test_budget_cosine_leaves_at_most_the_budget_above_it():
     assert (null >= t1).sum() == 10 and (null >= t5).sum() == 50
     assert t1 > t5
     assert budget_thresholds(np.array([]), [0.01]) == [1.0]
-    assert budget_thresholds(np.full(5, 0.7), [0.01]) == [0.7]  # all tied: none strictly above
+    assert budget_thresholds(np.full(200, 0.7), [0.01]) == [0.7]  # all tied: none above
     with pytest.raises(ValueError, match="budget"):
         budget_thresholds(null, [0.0])
-    assert budget_thresholds(null[:50], [0.01]) == [null[49]]  # too small for 1%: the highest
+    # Too few values to show the top 1% (51 < 100): not the highest of them, which an
+    # unrelated image would exceed with probability 1/51, but 1.0 (no near removal).
+    assert budget_thresholds(null[:50], [0.01]) == [1.0]
+    assert budget_thresholds(null[:99], [0.01]) == [null[98]]  # k = floor(0.01 x 100) = 1
 
 
 def test_budget_cosine_holds_the_budget_in_expectation():
@@ -155,6 +158,7 @@ def test_a_class_above_max_mirrors_encodes_only_its_sample(monkeypatch, space, s
         pixels,
     )
     full = calibration.class_budgets(data, model, space, [0.05, 0.2], scaling=scaling)
+    assert [r.null for r in full] == ["class", "class"]  # 120 images: enough for 5%
     encoded = []
     real = calibration.encode_mirrors
 
@@ -165,13 +169,14 @@ def test_a_class_above_max_mirrors_encodes_only_its_sample(monkeypatch, space, s
     monkeypatch.setattr(calibration, "encode_mirrors", counting)
     monkeypatch.setattr(calibration, "MAX_MIRRORS", 60)
     resolution = calibration.class_budgets(data, model, space, [0.05, 0.2], scaling=scaling)
-    sampled = resolution.thresholds
+    sampled = [r.threshold for r in resolution]
     assert encoded == [60]
     assert sampled[0] >= sampled[1] and all(-1.0 <= c <= 1.0 for c in sampled)
-    assert abs(sampled[1] - full.thresholds[1]) < 0.1, (sampled, full.thresholds)
-    assert (resolution.levels is None) == (scaling == "uniform") == (full.levels is None)
-    if scaling == "local":  # levels of every image, each read against the 60 mirrors
-        assert len(resolution.levels) == 120 and np.all(resolution.levels.source >= 0)
+    assert abs(sampled[1] - full[1].threshold) < 0.1, (sampled, full)
+    offsets = resolution[0].offsets
+    assert (offsets is None) == (scaling == "uniform") == (full[0].offsets is None)
+    if scaling == "local":  # an offset for every image, each read against the 60 mirrors
+        assert len(offsets) == 120 and np.all(offsets > 0)
 
 
 def test_at_most_max_queries_are_measured_either_way(monkeypatch):

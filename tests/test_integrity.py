@@ -22,6 +22,7 @@ SCHEMA = {
     "space": pl.String,
     "join": pl.String,
     "cosine": pl.Float64,
+    "calibrated_on": pl.String,
     "decided_at": pl.String,
     "decided_in": pl.String,
 }
@@ -51,6 +52,7 @@ def _keep(rows=ROWS) -> pl.DataFrame:
             "space": ["spline_copula"] * len(rows),
             "join": ["exact"] * len(rows),
             "cosine": [T] * len(rows),
+            "calibrated_on": [None] * len(rows),
             "decided_at": ["2026-11-27T00:00:00+00:00"] * len(rows),
             "decided_in": ["run"] * len(rows),
         },
@@ -252,6 +254,7 @@ def _decided_keep_list(seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
                     "space": ["raw"] * 60,
                     "join": ["exact"] * 60,
                     "cosine": [T] * 60,
+                    "calibrated_on": [None] * 60,
                     "decided_at": ["2026-11-27T00:00:00+00:00"] * 60,
                     "decided_in": ["run"] * 60,
                 },

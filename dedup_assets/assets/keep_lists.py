@@ -10,9 +10,11 @@ import numpy as np
 import polars as pl
 
 from dedup_assets.assets.catalog import FULL_TAG, image_catalog
+from dedup_assets.assets.reference_pool import reference_pool
 from dedup_assets.assets.spline_fits import spline_fits
 from dedup_assets.core import plots
 from dedup_assets.core.artifacts import (
+    BUDGET_NULL,
     KEEP_LIST_COLUMNS,
     CurrentInputs,
     catalog_images,
@@ -25,12 +27,19 @@ from dedup_assets.core.artifacts import (
     read_class_keep_lists,
     read_keep_list,
     read_provenance,
+    read_reference_pool,
     write_table,
 )
 from dedup_assets.core.atomic_io import write_bytes, write_csv, write_json, write_text
 from dedup_assets.core.autoencoder import load_state
-from dedup_assets.core.calibration import class_budgets, encode_mirrors
-from dedup_assets.core.class_decision import PriorDecision, decide_class, vectorise
+from dedup_assets.core.calibration import (
+    BudgetThreshold,
+    NullSource,
+    encode_mirrors,
+    removals_against_budget,
+)
+from dedup_assets.core.class_decision import PriorDecision
+from dedup_assets.core.class_keep import decide_thresholds
 from dedup_assets.core.integrity import keep_list_problems
 from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.thresholds import budget_of, cosine_of
@@ -70,11 +79,13 @@ def prior_decisions(
             made.get("policy"),
             made.get("threshold"),
             made.get("scaling"),
+            made.get("null"),
         ) == (
             str(settings.similarity_space),
             str(settings.keep_policy),
             t,
             scaling,
+            BUDGET_NULL if scaling is not None else None,
         )
         if not same:
             priors.append(None)
@@ -95,58 +106,6 @@ def prior_decisions(
         prior.cosine[at] = mapped["cosine"].fill_null(np.nan).to_numpy()
         priors.append(prior)
     return priors, tables
-
-
-def resolve_thresholds(
-    layout: OutputLayout,
-    key: str,
-    data,
-    thresholds: Sequence[str],
-    settings: DedupSettings,
-    current: CurrentInputs,
-    vectors: np.ndarray | None = None,
-    compute: ComputeDevice | None = None,
-) -> tuple[list[float], list[np.ndarray | None]]:
-    """Each threshold key's threshold for this class and the offsets it is applied with: a
-    cosine key as written (no offsets); a budget ("1%") calibrated on the class's mirrored
-    images (`core.calibration`), a margin over the images' local levels or, with uniform
-    scaling, one cosine. The mirrors' latents are stored for the cross-class calibration; they
-    are encoded on `compute`'s device and precision, those of the latents (CPU fp32 without)."""
-    budgets = [budget_of(t) for t in thresholds]
-    wanted = [b for b in budgets if b is not None]
-    resolution = None
-    if wanted:
-        model = load_state(layout.model)
-        rows, mirrors = mirror_latents(
-            layout,
-            key,
-            current.latents(key),
-            len(data.image_ids),
-            lambda rows: encode_mirrors(
-                model,
-                data.pixels,
-                rows,
-                device=compute.torch_device() if compute else "cpu",
-                amp_dtype=compute.amp_dtype() if compute else None,
-            ),
-        )
-        resolution = class_budgets(
-            data,
-            model,
-            settings.similarity_space,
-            wanted,
-            scaling=settings.budget_scaling,
-            block=settings.block_size,
-            decoy_latents=mirrors,
-            decoy_rows=rows,
-            vectors=vectors,
-        )
-    resolved = dict(zip(wanted, resolution.thresholds, strict=True)) if resolution else {}
-    values = [
-        float(t) if b is None else resolved[b] for t, b in zip(thresholds, budgets, strict=True)
-    ]
-    offsets = [None if b is None else resolution.offsets for b in budgets]
-    return values, offsets
 
 
 def decide_class_keep_lists(
@@ -174,35 +133,56 @@ def decide_class_keep_lists(
         space=settings.similarity_space,
         with_pixels=any(b is not None for b in budgets),
     )
-    vectors = vectorise(data, settings.similarity_space) if len(data.image_ids) else None
-    values, offsets = resolve_thresholds(
-        layout, key, data, thresholds, settings, current, vectors, compute
-    )
+    model = pool = rows = mirrors = None
+    if any(b is not None for b in budgets):
+        # The mirrors' latents are stored for the cross-class calibration; they are encoded
+        # on `compute`'s device and precision, those of the latents (CPU fp32 without).
+        model = load_state(layout.model)
+        pool = read_reference_pool(layout, current)
+        rows, mirrors = mirror_latents(
+            layout,
+            key,
+            current.latents(key),
+            len(data.image_ids),
+            lambda rows: encode_mirrors(
+                model,
+                data.pixels,
+                rows,
+                device=compute.torch_device() if compute else "cpu",
+                amp_dtype=compute.amp_dtype() if compute else None,
+            ),
+        )
     priors, earlier = (
         prior_decisions(layout, key, thresholds, settings, data.image_ids)
         if stable
         else ([None] * len(thresholds), {})
     )
     start = time.perf_counter()
-    decisions = decide_class(
+    decided = decide_thresholds(
         data,
-        values,
+        thresholds,
         space=settings.similarity_space,
         policy=settings.keep_policy,
+        model=model,
+        pool=pool,
+        class_key=key,
+        scaling=settings.budget_scaling,
         block=settings.block_size,
-        prior=priors,
         join=settings.join,
         ann_min_class_size=settings.ann_min_class_size,
         nprobe=settings.ann_nprobe,
-        offsets=offsets,
-        vectors=vectors,
+        prior=priors,
+        decoy_latents=mirrors,
+        decoy_rows=rows,
     )
+    resolved = [d.resolved for d in decided]
+    decisions = [d.decision for d in decided]
     seconds = time.perf_counter() - start
     name = class_names(layout)[key]
     ids = data.image_ids
     now = datetime.now(UTC).isoformat(timespec="seconds")
     out = {}
-    for t, d in zip(thresholds, decisions, strict=True):
+    for t, d, r in zip(thresholds, decisions, resolved, strict=True):
         dup = np.where(d.duplicate_of >= 0, ids[np.maximum(d.duplicate_of, 0)], None)
         match = np.where(d.kept, None, np.where(d.exact, "exact", "near"))
         carried = d.carried if d.carried is not None else np.zeros(len(ids), bool)
@@ -250,15 +230,16 @@ def decide_class_keep_lists(
                 "space": pl.repeat(d.space, len(ids), dtype=pl.String, eager=True),
                 "join": made["join"],
                 "cosine": pl.Series(d.cosines(), dtype=pl.Float64),
+                "calibrated_on": pl.repeat(
+                    None if r is None else r.null, len(ids), dtype=pl.String, eager=True
+                ),
                 "decided_at": made["decided_at"],
                 "decided_in": made["decided_in"],
             }
         ).select(KEEP_LIST_COLUMNS)
         if log is not None:
             carried = int(d.carried.sum()) if d.carried is not None else 0
-            local = str(settings.budget_scaling) == "local"
-            kind = "margin over the local levels" if local else "cosine"
-            at = f"{t} ({kind} {d.threshold:.4f})" if budget_of(t) is not None else t
+            at = t if r is None else f"{t} ({_resolution_words(r)} {d.threshold:.4f})"
             log(
                 f"{key} @ T={at}: kept {d.n_kept:,} of {len(ids):,} in space {d.space} "
                 f"({int(d.exact.sum())} exact copies removed; {carried:,} earlier decisions "
@@ -267,6 +248,30 @@ def decide_class_keep_lists(
     if log is not None:
         log(f"{key}: {len(thresholds)} thresholds decided in {seconds:.2f}s")
     return out
+
+
+def _per_class_markdown(per_class: pl.DataFrame, budget: float | None) -> str:
+    """The keep list's per-class table for the UI; with a budget, the removals it allows to
+    be false beside the near-duplicates removed, and where its null was read."""
+    columns = ["class", "images", "kept", "exact_copies", "near_duplicates", "space"]
+    headers = ["class", "images", "kept", "exact copies", "near-duplicates", "space"]
+    if budget is not None:
+        columns += ["allowed_false", "chance_bound_99", "beyond_chance", "calibrated_on"]
+        headers += [f"allowed false ({budget:.2%} x images)", "chance 99%", "beyond chance", "null"]
+    rows = [
+        tuple(f"{v:.1f}" if isinstance(v, float) else v for v in row)
+        for row in per_class.select(columns).rows()
+    ]
+    return md_table(headers, rows)
+
+
+def _resolution_words(r: BudgetThreshold) -> str:
+    """How a budget was read for a class, for the log."""
+    if r.null == NullSource.NONE:
+        return f"not calibrated: {r.draws} null values cannot show the top {r.budget:.2%}; cosine"
+    where = "the class's mirrors" if r.null == NullSource.CLASS else "the run's reference pool"
+    kind = "margin over the local levels" if r.offsets is not None else f"cosine in {r.space}"
+    return f"{r.draws:,} null values from {where}; {kind}"
 
 
 POLICY_NOTE = {
@@ -336,7 +341,7 @@ def build_keep_list_assets(
         group_name="deduplication",
         kinds={"numpy", "parquet"},
         partitions_def=class_partitions,
-        deps=[spline_fits],
+        deps=[spline_fits, reference_pool],
         automation_condition=dg.AutomationCondition.eager(),
         description="Per class, at every threshold T: pixel-identical copies removed first "
         "(similarity 1.0), then an image is removed when it is more similar than T to an "
@@ -426,24 +431,17 @@ def build_keep_list_assets(
         provenance = current.keep_list(threshold)
         write_table(keep, layout.keep_list(threshold, "parquet"), provenance)
         write_csv(keep, layout.keep_list(threshold, "csv"))
-        per_class = (
-            keep.group_by("class")
-            .agg(
-                pl.len().alias("images"),
-                pl.col("kept").sum().alias("kept"),
-                (pl.col("match") == "exact").sum().alias("exact_copies"),
-                pl.col("space").first().alias("space"),
-            )
-            .with_columns((pl.col("images") - pl.col("kept")).alias("removed"))
-            .sort("class")
-        )
+        budget = budget_of(threshold)
+        per_class = removals_against_budget(keep, budget)
         kept_total = int(keep["kept"].sum())
         summary = {
             "threshold": threshold,
+            "budget": budget,
             "images": keep.height,
             "kept": kept_total,
             "removed": keep.height - kept_total,
             "exact_copies_removed": int((keep["match"] == "exact").sum()),
+            "near_duplicates_removed": int((keep["match"] == "near").sum()),
             "similarity_space": str(settings.similarity_space),
             "keep_policy": str(settings.keep_policy),
             "per_class": per_class.to_dicts(),
@@ -459,14 +457,7 @@ def build_keep_list_assets(
             "similarity_space": str(settings.similarity_space),
             "keep_policy": str(settings.keep_policy),
             "clean_copy_stale": stale,
-            "per_class": dg.MetadataValue.md(
-                md_table(
-                    ["class", "images", "kept", "removed", "exact copies", "space"],
-                    per_class.select(
-                        "class", "images", "kept", "removed", "exact_copies", "space"
-                    ).rows(),
-                )
-            ),
+            "per_class": dg.MetadataValue.md(_per_class_markdown(per_class, budget)),
             "path": dg.MetadataValue.path(str(layout.keep_list(threshold))),
         }
         catalog = catalog_images(read_catalog(layout))

@@ -18,6 +18,7 @@ from dedup_assets.core.artifacts import (
     read_scores,
 )
 from dedup_assets.core.atomic_io import atomic_dir, write_text
+from dedup_assets.core.calibration import budget_summary_markdown
 from dedup_assets.core.kurtosis_report import build_report, refit_kurtosis, summary_markdown
 from dedup_assets.ui import md_image, md_table
 from resources import DedupSettings, DedupStorage
@@ -181,7 +182,13 @@ def build_report_assets(
                     "keep list): materialize kurtosis_report for it first"
                 )
             summaries.append(summary)
-        text = summary_markdown(summaries)
+        keep_summaries = [
+            json.loads(layout.keep_list(t, "json").read_text())
+            for t in thresholds_def.get_partition_keys()
+            if layout.keep_list(t, "json").exists()
+        ]
+        budgets = budget_summary_markdown(keep_summaries)
+        text = summary_markdown(summaries) + (f"\n{budgets}" if budgets else "")
         path = write_text(text, layout.summary)
         context.log.info(f"summary of {len(summaries)} thresholds: {path}")
         return dg.MaterializeResult(

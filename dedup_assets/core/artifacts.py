@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import polars as pl
 
-from dedup_assets.core.atomic_io import PROVENANCE_KEY, atomic_path
+from dedup_assets.core.atomic_io import PROVENANCE_KEY, atomic_path, save_npz
 from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.reference_pool import ReferencePool
 from dedup_assets.core.thresholds import budget_of
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ KEEP_LIST_COLUMNS = (
     "space",
     "join",
     "cosine",
+    "calibrated_on",
     "decided_at",
     "decided_in",
 )
@@ -100,7 +102,27 @@ def fit_provenance(latents: dict, settings: MethodSettings) -> dict[str, Any]:
     }
 
 
-def keep_provenance(fit: dict, settings: MethodSettings, threshold: str) -> dict[str, Any]:
+BUDGET_NULL = "class mirrors if n + 1 >= 1/b, else the reference pool; k >= 1 or 1.0"
+"""The rule budgets are read by, recorded with budget keep lists: earlier decisions made by
+another rule (before 2026-12-03 a class too small for b took its highest null value) are
+not carried into a new run's keep list."""
+
+
+def reference_pool_provenance(model_digest: str) -> dict[str, Any]:
+    """The reference pool (`core.reference_pool`): drawn for a model, encoded with it."""
+    from dedup_assets.core.reference_pool import POOL_SIZE
+
+    return {
+        "kind": "reference_pool",
+        "model": model_digest,
+        "size": POOL_SIZE,
+        "holds": "latents, dct, phash",
+    }
+
+
+def keep_provenance(
+    fit: dict, settings: MethodSettings, threshold: str, pool: str = ""
+) -> dict[str, Any]:
     made = {
         "kind": "keep",
         "fit": digest(fit),
@@ -111,6 +133,8 @@ def keep_provenance(fit: dict, settings: MethodSettings, threshold: str) -> dict
     }
     if budget_of(threshold) is not None:  # how a budget resolves; a cosine key is one cosine
         made["scaling"] = str(settings.budget_scaling)
+        made["pool"] = pool  # the reference pool small classes read their budget from
+        made["null"] = BUDGET_NULL  # how budgets are read: decisions of another rule don't carry
     return made
 
 
@@ -121,10 +145,20 @@ class CurrentInputs:
     class_digests: dict[str, str]
     model_digest: str
     settings: MethodSettings
+    pool_digest: str = ""
 
     @classmethod
     def of(cls, layout: OutputLayout, settings: MethodSettings) -> CurrentInputs:
-        return cls(class_digests(layout), file_digest(layout.model), settings)
+        pool = layout.reference_pool
+        return cls(
+            class_digests(layout),
+            file_digest(layout.model),
+            settings,
+            file_digest(pool) if pool.exists() else "",
+        )
+
+    def reference_pool(self) -> dict:
+        return reference_pool_provenance(self.model_digest)
 
     def latents(self, key: str) -> dict:
         return latents_provenance(self.class_digests[key], self.model_digest)
@@ -133,7 +167,7 @@ class CurrentInputs:
         return fit_provenance(self.latents(key), self.settings)
 
     def keep(self, key: str, threshold: str) -> dict:
-        return keep_provenance(self.fit(key), self.settings, threshold)
+        return keep_provenance(self.fit(key), self.settings, threshold, self.pool_digest)
 
     def require_every_class(
         self, path_of: Callable[[str], Path], expected: Callable[[str], dict], what: str, asset: str
@@ -467,6 +501,23 @@ def mirror_latents(
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, latents=np.array(stamp), rows=rows, mirrors=mirrors)
     return rows, mirrors
+
+
+def read_reference_pool(layout: OutputLayout, current: CurrentInputs) -> ReferencePool:
+    """The run's reference pool, refused unless drawn for the current model."""
+    path = require_current(
+        layout.reference_pool,
+        current.reference_pool(),
+        "reference pool",
+        "materialize reference_pool (the training job) first",
+    )
+    with np.load(path, allow_pickle=False) as arrays:
+        return ReferencePool.from_arrays(arrays)
+
+
+def write_reference_pool(pool: ReferencePool, path: Path, provenance: dict) -> Path:
+    stamp = np.array(json.dumps(provenance, sort_keys=True))
+    return save_npz(path, **pool.to_arrays(), **{PROVENANCE_KEY: stamp})
 
 
 def read_latent_ids(path: Path) -> pl.DataFrame:

@@ -42,8 +42,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import polars as pl
 
-from dedup_assets.core.local_scaling import LocalLevels, local_levels, null_margins
+from dedup_assets.core.local_scaling import local_levels, null_margins, outsider_levels
+from dedup_assets.core.reference_pool import ReferencePool
 from dedup_assets.core.similarity import DEFAULT_BLOCK, block_rows
 
 if TYPE_CHECKING:
@@ -179,28 +181,62 @@ def nearest_decoy_similarity(
     return out
 
 
+def resolvable(draws: int, budget: float) -> bool:
+    """Whether `draws` null values can show a budget's threshold: k = floor(b (n + 1)) >= 1."""
+    return int(np.floor(budget * (draws + 1) + 1e-9)) >= 1
+
+
 def budget_thresholds(null: np.ndarray, budgets: Sequence[float]) -> list[float]:
     """The threshold of each budget: the k-th highest of the n nearest-decoy values with
-    k = floor(b (n + 1)) (at least 1), never interpolated.
+    k = floor(b (n + 1)), never interpolated.
 
     An unrelated image drawn like the decoys exceeds the k-th highest of n such values with
     probability k / (n + 1) (order statistics, whatever the distribution), so this k keeps
     the expected false-removal share at most b. Reading the (1 - b) sample quantile instead
     (floor(b n) values above it) overshoots by one image in k: 7 / 601 = 1.16% for a class
-    of 600 at 1%. A class too small for the budget (n + 1 < 1 / b) gets its highest value."""
+    of 600 at 1%. Too few values for the budget (n + 1 < 1 / b: k = 0) give 1.0, which no
+    near-duplicate exceeds: the highest of a handful of values would be exceeded with
+    probability 1 / (n + 1), a third for n = 2 (`class_budgets` borrows the run's pool
+    before it comes to that)."""
     null = np.asarray(null, dtype=np.float64)
     null = null[np.isfinite(null)]  # an image with no other decoy (a class of one)
     for b in budgets:
         if not 0.0 < b < 1.0:
             raise ValueError(f"a false-removal budget must lie in (0, 1), got {b}")
-    if len(null) == 0:
-        return [1.0 for _ in budgets]
     ordered = np.sort(null)
     n = len(ordered)
     out = []
     for b in budgets:
-        k = min(n, max(1, int(np.floor(b * (n + 1) + 1e-9))))  # k - 1 values lie above it
-        out.append(float(min(1.0, ordered[n - k])))
+        k = min(n, int(np.floor(b * (n + 1) + 1e-9)))  # k - 1 values lie above it
+        out.append(float(min(1.0, ordered[n - k])) if k >= 1 else 1.0)
+    return out
+
+
+def pool_null(
+    vectors: np.ndarray,
+    pool: np.ndarray,
+    block: int = DEFAULT_BLOCK,
+    offsets: np.ndarray | None = None,
+    pool_offsets: np.ndarray | None = None,
+) -> np.ndarray:
+    """What an unrelated image's best pair scores in the class, read against real images of
+    the run's other classes (`core.reference_pool`): each pool image's highest similarity
+    to the class's images (with offsets, its highest margin: cosine less both offsets).
+    One value per pool image, so a class of any size gets as many as the pool holds.
+    Blocked: memory is one block of pool images x the class."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    pool = np.asarray(pool, dtype=np.float32)
+    if len(vectors) == 0 or len(pool) == 0:
+        return np.zeros(0, np.float32)
+    v, p = _same_width(vectors, pool)
+    out = np.empty(len(p), np.float32)
+    rows = block_rows(len(v), block)
+    for start in range(0, len(p), rows):
+        s = p[start : start + rows] @ v.T
+        if offsets is not None:
+            s -= np.asarray(offsets, np.float32)[None, :]
+            s -= np.asarray(pool_offsets, np.float32)[start : start + rows, None]
+        out[start : start + len(s)] = s.max(axis=1)
     return out
 
 
@@ -211,23 +247,36 @@ def _same_width(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pad[0], pad[1]
 
 
+class NullSource:
+    """Which null set a budget's threshold (the keep list's `calibrated_on`)."""
+
+    CLASS = "class"  # the class's own images against their mirrors
+    POOL = "pool"  # the class's images against the run's other classes (reference pool)
+    NONE = "none"  # too few images in the class and the pool: exact copies only
+
+
 @dataclasses.dataclass(frozen=True)
-class BudgetResolution:
-    """What a class's budgets resolve to: one threshold per budget, a cosine with uniform
-    scaling, a margin with local scaling (then `levels` holds each image's level, and a
-    pair's own cosine is the margin plus both images' offsets; `core.local_scaling`)."""
+class BudgetThreshold:
+    """What one budget resolves to for one class.
 
-    thresholds: list[float]
-    levels: LocalLevels | None = None
+    threshold: a cosine, or with `offsets` a margin over the images' local levels (a pair's
+    own cosine is the margin plus both images' offsets, `core.local_scaling`); 1.0 when
+    nothing can be calibrated (then only exact copies go). space: the space the class is
+    decided in at this budget; null: the `NullSource` whose threshold was the higher (the
+    one that set it); draws: the null values it was read from.
+    """
 
-    @property
-    def offsets(self) -> np.ndarray | None:
-        return None if self.levels is None else self.levels.offsets
+    budget: float
+    threshold: float
+    space: str
+    null: str
+    draws: int
+    offsets: np.ndarray | None = None
 
 
 def class_budgets(
     data: ClassData,
-    model: ConvAutoencoder,
+    model: ConvAutoencoder | None,
     space: str,
     budgets: Sequence[float],
     *,
@@ -238,51 +287,198 @@ def class_budgets(
     decoy_latents: np.ndarray | None = None,
     decoy_rows: np.ndarray | None = None,
     vectors: np.ndarray | None = None,
-) -> BudgetResolution:
-    """Each budget's threshold for one class in `space` (or the space it falls back to):
-    the mirrors of its images (of `mirror_rows` of them) are encoded with `model` and
-    embedded with the class's own fit, and the budget's quantile of what an unrelated
-    image's best pair scores is read (module doc): its cosine (`scaling="uniform"`) or its
-    margin above the two images' local levels (`"local"`, `core.local_scaling`).
-    `data.pixels` must be loaded; `decoy_latents` (the mirrors' latents of `decoy_rows`,
-    default every image in input order) saves encoding them again when several spaces are
-    calibrated; `vectors` (the class's own, `class_decision.vectorise`) saves embedding
-    them again."""
-    from dedup_assets.core.class_decision import needs_pixels, vectorise
+    pool: ReferencePool | None = None,
+    class_key: str = "",
+) -> list[BudgetThreshold]:
+    """Each budget's threshold for one class (module doc).
+
+    Two null sets, each read by the k-th-highest rule: the class's images against their
+    mirrors (of `mirror_rows` of them, encoded with `model` unless `decoy_latents` of
+    `decoy_rows` are given), and the run's reference `pool` (real images of the classes
+    other than `class_key`) against the class's images (`pool_null`). A class that can read
+    a budget on its own (decided in its fitted space, and n + 1 >= 1/b) takes the higher of
+    the two thresholds in its own space: mirrors can be easier decoys than real neighbours
+    (in a fitted space they are out of its sample), the pool's images can be easier where
+    classes differ, and the higher is safe if either is right. A cosine (`scaling=
+    "uniform"`) or a margin above the two images' local levels (`"local"`; a pool image
+    takes the level it would have in the class). Any other class is decided at that budget
+    by the pool's cosine in `class_decision.unfitted_space`, where classes are comparable;
+    with too few pool images for b, its threshold is 1.0. `data.pixels` must be loaded;
+    `vectors` (the class's own, `class_decision.vectorise`) saves embedding them again."""
+    from dedup_assets.core.class_decision import (
+        needs_pixels,
+        space_for,
+        unfitted_space,
+        vectorise,
+        vectorise_as,
+    )
 
     if scaling not in ("local", "uniform"):
         raise ValueError(f"unknown budget scaling {scaling!r}: local or uniform")
     if data.pixels is None:
         raise ValueError("budget thresholds need the class's pixels")
+    budgets = [float(b) for b in budgets]
+    for b in budgets:
+        if not 0.0 < b < 1.0:
+            raise ValueError(f"a false-removal budget must lie in (0, 1), got {b}")
     n = len(data.image_ids)
-    if n < 2:
-        return BudgetResolution(
-            budget_thresholds(np.zeros(0), budgets),
-            None if scaling == "uniform" else local_levels(np.zeros((n, 1)), np.zeros((0, 1)), []),
-        )
-    if decoy_latents is None:
-        decoy_rows = mirror_rows(n)
-        decoy_latents = encode_mirrors(
-            model, data.pixels, decoy_rows, vertical=vertical, device=device
-        )
-    rows = np.arange(n) if decoy_rows is None else np.asarray(decoy_rows)
-    if len(rows) != len(decoy_latents):
-        raise ValueError("decoy_rows and decoy_latents differ in length")
-    on_pixels = needs_pixels(data.model, space)  # a pixel space, or a class too small for a fit
-    decoy_pixels = mirrored(np.asarray(data.pixels[rows]), vertical) if on_pixels else None
-    # The decoys pass through the class's vectoriser as a class of their own (its fit, not
-    # refitted): ids and hashes are placeholders of the right length.
-    decoy = dataclasses.replace(
-        data,
-        image_ids=data.image_ids[rows],
-        pixel_hashes=data.pixel_hashes[rows],
-        latents=decoy_latents,
-        pixels=decoy_pixels,
+    used = space_for(data.model, space)
+    unfitted = unfitted_space(space)
+    out: dict[float, BudgetThreshold] = {}
+    if n < 2:  # nothing to remove but exact copies, nothing to read
+        return [BudgetThreshold(b, 1.0, used, NullSource.NONE, 0) for b in budgets]
+    borrowed_rows = (
+        pool.others(class_key, data.pixel_hashes) if pool is not None and len(pool) else None
     )
-    own = vectorise(data, space) if vectors is None else vectors
-    v, d = _same_width(own, vectorise(decoy, space))
-    if scaling == "uniform":
-        return BudgetResolution(budget_thresholds(mirror_null(v, d, rows, block), budgets))
-    levels = local_levels(v, d, rows, block=block)
-    null = null_margins(v, d, rows, levels, block=block)
-    return BudgetResolution(budget_thresholds(null, budgets), levels)
+    has_pool = borrowed_rows is not None and bool(borrowed_rows.any())
+    own = [b for b in budgets if used == space and resolvable(n, b)]
+    borrowed = [b for b in budgets if b not in own]
+    if borrowed:
+        null = (
+            pool_null(
+                vectorise_as(data, unfitted),
+                vectorise_as(pool.as_class(data.model, borrowed_rows), unfitted),
+                block,
+            )
+            if has_pool
+            else np.zeros(0, np.float32)
+        )
+        for b, t in zip(borrowed, budget_thresholds(null, borrowed), strict=True):
+            source = NullSource.POOL if resolvable(len(null), b) else NullSource.NONE
+            out[b] = BudgetThreshold(b, t, unfitted, source, len(null))
+    if own:
+        if decoy_latents is None:
+            if model is None:
+                raise ValueError("the class's mirrors need the model (or their latents)")
+            decoy_rows = mirror_rows(n)
+            decoy_latents = encode_mirrors(
+                model, data.pixels, decoy_rows, vertical=vertical, device=device
+            )
+        rows = np.arange(n) if decoy_rows is None else np.asarray(decoy_rows)
+        if len(rows) != len(decoy_latents):
+            raise ValueError("decoy_rows and decoy_latents differ in length")
+        on_pixels = needs_pixels(data.model, space)  # a pixel space
+        decoy_pixels = mirrored(np.asarray(data.pixels[rows]), vertical) if on_pixels else None
+        # The decoys pass through the class's vectoriser as a class of their own (its fit,
+        # not refitted): ids and hashes are placeholders of the right length.
+        decoy = dataclasses.replace(
+            data,
+            image_ids=data.image_ids[rows],
+            pixel_hashes=data.pixel_hashes[rows],
+            latents=decoy_latents,
+            pixels=decoy_pixels,
+        )
+        mine = vectorise(data, space) if vectors is None else vectors
+        v, d = _same_width(mine, vectorise(decoy, space))
+        borrowed_vectors = (
+            _same_width(v, vectorise(pool.as_class(data.model, borrowed_rows), space))[1]
+            if has_pool
+            else np.zeros((0, v.shape[1]), np.float32)
+        )
+        if scaling == "uniform":
+            null = mirror_null(v, d, rows, block)
+            offsets = None
+            from_pool = pool_null(v, borrowed_vectors, block)
+        else:
+            levels = local_levels(v, d, rows, block=block)
+            null = null_margins(v, d, rows, levels, block=block)
+            offsets = levels.offsets
+            outside = outsider_levels(borrowed_vectors, v, d, rows, block=block)
+            half = np.float32(0.5)
+            from_pool = pool_null(v, borrowed_vectors, block, offsets, outside * half)
+        draws = int(np.isfinite(null).sum())
+        mirror_t = budget_thresholds(null, own)
+        pool_t = budget_thresholds(from_pool, own)
+        for b, tm, tp in zip(own, mirror_t, pool_t, strict=True):
+            if resolvable(len(from_pool), b) and tp > tm:
+                out[b] = BudgetThreshold(b, tp, used, NullSource.POOL, len(from_pool), offsets)
+            else:
+                out[b] = BudgetThreshold(b, tm, used, NullSource.CLASS, draws, offsets)
+    return [out[b] for b in budgets]
+
+
+def removals_against_budget(keep: pl.DataFrame, budget: float | None) -> pl.DataFrame:
+    """Per class of a keep list: images, removals (exact copies and near-duplicates apart),
+    and for a budget threshold the removals it allows to be false (b x the class's images),
+    the binomial 99% bound on them, and whether the near-duplicate removals exceed what
+    chance explains (then most of them are real duplicates: review them)."""
+    per_class = (
+        keep.group_by("class")
+        .agg(
+            pl.len().alias("images"),
+            pl.col("kept").sum().alias("kept"),
+            (pl.col("match") == "exact").sum().alias("exact_copies"),
+            (pl.col("match") == "near").sum().alias("near_duplicates"),
+            pl.col("space").first().alias("space"),
+            pl.col("calibrated_on").drop_nulls().first().alias("calibrated_on"),
+        )
+        .with_columns((pl.col("images") - pl.col("kept")).alias("removed"))
+        .sort("class")
+    )
+    if budget is None:
+        return per_class
+    from scipy.stats import binom
+
+    images = per_class["images"].to_numpy()
+    bound = binom.ppf(0.99, images, budget).astype(np.int64)
+    return per_class.with_columns(
+        pl.Series("allowed_false", images * budget, dtype=pl.Float64),
+        pl.Series("chance_bound_99", bound, dtype=pl.Int64),
+    ).with_columns((pl.col("near_duplicates") > pl.col("chance_bound_99")).alias("beyond_chance"))
+
+
+def budget_summary_markdown(keep_summaries: Sequence[dict], shown: int = 20) -> str:
+    """For the run's summary: per budget threshold, the near-duplicate removals beside the
+    removals the budget allows to be false, over all classes and for the classes whose
+    removals exceed what chance explains (`removals_against_budget`; keep-list JSONs)."""
+    budgets = [s for s in keep_summaries if s.get("budget") is not None]
+    if not budgets:
+        return ""
+    out = [
+        "## Removals against the false-removal budget",
+        "",
+        "A budget b allows, in a class of n images without duplicates, about b x n false "
+        "removals; more near-duplicate removals than the binomial 99% bound of that are more "
+        "than chance explains: most of them are real duplicates (review them). `null`: where "
+        "the class's threshold was read (`class`: its own mirrored images; `pool`: the run's "
+        "reference images of other classes, for a class under 1/b images; `none`: too few "
+        "images for b, only exact copies removed).",
+        "",
+        "| T | images | exact copies | near-duplicates | allowed false | classes beyond "
+        "chance | null: class / pool / none |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in budgets:
+        rows = s["per_class"]
+        nulls = [sum(r.get("calibrated_on") == k for r in rows) for k in ("class", "pool", "none")]
+        out.append(
+            f"| {s['threshold']} | {s['images']:,} | {s['exact_copies_removed']:,} | "
+            f"{s.get('near_duplicates_removed', 0):,} | "
+            f"{sum(r['allowed_false'] for r in rows):,.1f} | "
+            f"{sum(bool(r['beyond_chance']) for r in rows):,} | "
+            + " / ".join(f"{v:,}" for v in nulls)
+            + " |"
+        )
+    for s in budgets:
+        beyond = sorted(
+            (r for r in s["per_class"] if r["beyond_chance"]),
+            key=lambda r: r["near_duplicates"] - r["allowed_false"],
+            reverse=True,
+        )
+        if not beyond:
+            continue
+        out += [
+            "",
+            f"Classes beyond chance at {s['threshold']}"
+            + (f" ({shown} of {len(beyond)} shown)" if len(beyond) > shown else "")
+            + ":",
+            "",
+            "| class | images | near-duplicates | allowed false | chance 99% | null |",
+            "|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['class']} | {r['images']:,} | {r['near_duplicates']:,} | "
+            f"{r['allowed_false']:.1f} | {r['chance_bound_99']} | {r['calibrated_on']} |"
+            for r in beyond[:shown]
+        ]
+    return "\n".join(out) + "\n"

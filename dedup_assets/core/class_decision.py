@@ -22,7 +22,7 @@ cosine 1, so distinct images would be removed). The decision records the space i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,13 +35,16 @@ from dedup_assets.core.similarity import embed, joined, with_origin_axis
 
 @dataclass(frozen=True)
 class ClassData:
-    """What deciding one class needs; `pixels` only for the pHash vectoriser."""
+    """What deciding one class needs; `pixels` only for the pixel spaces (DCT, pHash), or
+    in their place `descriptors`: the images' "dct" (`dct_descriptor.lowfreq_dct`) and
+    "phash" bits, computed once (the reference pool stores them, not pixels)."""
 
     image_ids: np.ndarray
     pixel_hashes: np.ndarray
     latents: np.ndarray
     model: ClassDensityModel
     pixels: np.ndarray | None = None
+    descriptors: Mapping[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.image_ids)
@@ -55,22 +58,32 @@ def _pixels(data: ClassData, space: str) -> np.ndarray:
     return np.asarray(data.pixels)
 
 
-def _phash_vectors(data: ClassData) -> np.ndarray:
-    from dedup_assets.core.phash import hash_vectors, phash_bits
+def _descriptor(data: ClassData, name: str, space: str) -> np.ndarray:
+    """The images' pixel descriptor `name` ("dct" or "phash" bits): stored, or computed."""
+    if data.descriptors is not None and name in data.descriptors:
+        return np.asarray(data.descriptors[name])
+    pixels = _pixels(data, space)
+    if name == "phash":
+        from dedup_assets.core.phash import phash_bits
 
-    return hash_vectors(phash_bits(_pixels(data, "phash")))
+        return phash_bits(pixels)
+    from dedup_assets.core.dct_descriptor import lowfreq_dct
+
+    return lowfreq_dct(pixels)
+
+
+def _phash_vectors(data: ClassData) -> np.ndarray:
+    from dedup_assets.core.phash import hash_vectors
+
+    return hash_vectors(_descriptor(data, "phash", "phash"))
 
 
 def _dct_vectors(data: ClassData) -> np.ndarray:
-    from dedup_assets.core.dct_descriptor import lowfreq_dct
-
-    return with_origin_axis(lowfreq_dct(_pixels(data, "dct")))
+    return with_origin_axis(_descriptor(data, "dct", "dct"))
 
 
 def _joined_vectors(data: ClassData) -> np.ndarray:
-    from dedup_assets.core.dct_descriptor import lowfreq_dct
-
-    pixels = lowfreq_dct(_pixels(data, "spline_copula_dct"))
+    pixels = _descriptor(data, "dct", "spline_copula_dct")
     return joined(embed(data.latents, "spline_copula", data.model), pixels)
 
 
@@ -91,8 +104,18 @@ def space_for(model: ClassDensityModel | None, space: str) -> str:
     return str(space)
 
 
+def unfitted_space(space: str) -> str:
+    """The space without a class fit that `space` falls back to (`space` itself when it
+    has no fit): where images of different classes are comparable, so a class can borrow
+    the run's other classes as decoys (`core.reference_pool`)."""
+    if space in FITTED_SPACES:
+        return SMALL_CLASS_SPACE.get(str(space), "phash")
+    return str(space)
+
+
 def needs_pixels(model: ClassDensityModel | None, space: str) -> bool:
-    """Whether deciding a class in `space` reads its pixels."""
+    """Whether deciding a class in `space` reads its pixels (a budget that borrows the
+    run's pool reads them in the unfitted space too)."""
     return space_for(model, space) in PIXEL_SPACES
 
 
@@ -112,6 +135,14 @@ def vectorise(data: ClassData, space: str) -> np.ndarray:
     if space not in VECTORISERS:
         raise ValueError(f"unknown similarity space {space!r}; choose one of {list(VECTORISERS)}")
     return VECTORISERS[space_for(data.model, space)](data)
+
+
+def vectorise_as(data: ClassData, used: str) -> np.ndarray:
+    """Unit vectors of the class in exactly the space `used` (no fallback): a space that
+    `space_for` or `unfitted_space` has already chosen."""
+    if used not in VECTORISERS:
+        raise ValueError(f"unknown similarity space {used!r}; choose one of {list(VECTORISERS)}")
+    return VECTORISERS[used](data)
 
 
 def class_order(data: ClassData, policy: str) -> np.ndarray:
@@ -355,26 +386,49 @@ def decide_class(
     nprobe: int = DEFAULT_NPROBE,
     offsets: Sequence[np.ndarray | None] | None = None,
     vectors: np.ndarray | None = None,
+    spaces: Sequence[str | None] | None = None,
 ) -> list[ClassDecision]:
     """Decide every image of a class at each threshold; see the module docstring and
     `keep_decisions` for `prior` (stable incremental decisions) and `offsets` (margins);
     `vectors`, the class's `vectorise(data, space)` when already made.
     join: exact, ann, or auto (approximate for classes above ann_min_class_size images,
-    `core.ann_join`)."""
+    `core.ann_join`). spaces: per threshold, the space it is decided in when not the
+    class's own (a budget read from the run's pool is decided in `unfitted_space`)."""
     used = space_for(data.model, space)
+    n_t = len(thresholds)
+    per_space = [used if s is None else str(s) for s in (spaces or [None] * n_t)]
+    if len(per_space) != n_t:
+        raise ValueError("spaces must give one space (or None) per threshold")
     if len(data.image_ids) == 0:
-        return keep_decisions(
-            np.zeros((0, 1)), np.zeros(0, np.int64), data.pixel_hashes, thresholds, space=used
+        return [
+            keep_decisions(
+                np.zeros((0, 1)), np.zeros(0, np.int64), data.pixel_hashes, [t], space=s
+            )[0]
+            for t, s in zip(thresholds, per_space, strict=True)
+        ]
+    order = class_order(data, policy)
+    resolved_join = resolve_join(join, len(data.image_ids), ann_min_class_size)
+    priors = list(prior) if prior is not None else [None] * n_t
+    per_offsets = list(offsets) if offsets is not None else [None] * n_t
+    out: list[ClassDecision | None] = [None] * n_t
+    for s in dict.fromkeys(per_space):  # each space once, in the thresholds' order
+        at = [k for k in range(n_t) if per_space[k] == s]
+        if s == used:
+            vecs = vectorise(data, space) if vectors is None else vectors
+        else:
+            vecs = vectorise_as(data, s)
+        decided = keep_decisions(
+            vecs,
+            order,
+            data.pixel_hashes,
+            [thresholds[k] for k in at],
+            block=block,
+            space=s,
+            prior=[priors[k] for k in at],
+            join=resolved_join,
+            nprobe=nprobe,
+            offsets=[per_offsets[k] for k in at],
         )
-    return keep_decisions(
-        vectorise(data, space) if vectors is None else vectors,
-        class_order(data, policy),
-        data.pixel_hashes,
-        thresholds,
-        block=block,
-        space=used,
-        prior=prior,
-        join=resolve_join(join, len(data.image_ids), ann_min_class_size),
-        nprobe=nprobe,
-        offsets=offsets,
-    )
+        for k, d in zip(at, decided, strict=True):
+            out[k] = d
+    return [d for d in out if d is not None]

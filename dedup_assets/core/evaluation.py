@@ -37,6 +37,17 @@ class ClassPairs:
     known: np.ndarray | None = None  # (k, 2) the ground-truth rows themselves, i < j
     known_transforms: tuple[str, ...] = ()  # the planted transform of each known row
     offsets: np.ndarray | None = None
+    # Per threshold, (vectors, offsets) to judge it by instead, where the class resolved a
+    # budget in another space (read from the run's reference pool: one cosine, no offsets).
+    views: tuple[tuple[np.ndarray, np.ndarray | None] | None, ...] = ()
+
+    def view(self, k: int, margin: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """The vectors and offsets threshold k is judged by in this class."""
+        if k < len(self.views) and self.views[k] is not None:
+            return self.views[k]
+        if margin and self.offsets is None:
+            raise ValueError(f"a margin threshold needs class {self.name}'s offsets")
+        return self.vectors, self.offsets if margin else None
 
     def hashes(self) -> np.ndarray:
         if self.pixel_hashes is not None:
@@ -153,77 +164,58 @@ def evaluate_method(
         ap_local, r_local, p_local, _, _ = _average_precision(classes, block, True)
         evaluation.average_precision_local = ap_local
         evaluation.recall_curve_local, evaluation.precision_curve_local = r_local, p_local
-    elif any(margins):
-        raise ValueError("margin thresholds need every class's offsets")
 
     def cosine(t, c: ClassPairs) -> float:
         return float(t[c.name]) if isinstance(t, Mapping) else float(t)
 
-    def offsets_at(k: int, c: ClassPairs) -> np.ndarray | None:
-        return c.offsets if margins[k] else None
-
-    # Per class: its threshold at every T, pairs above each (one blocked pass for the
-    # cosines, one for the margins), known rows' scores both ways.
+    # Per class: its threshold at every T and the view each T is judged by; pairs above,
+    # known rows' scores and decisions computed once per distinct view.
     per_class_t = [np.array([cosine(t, c) for t in thresholds], dtype=np.float64) for c in classes]
-    flagged = np.zeros(len(thresholds), dtype=np.int64)
-    kinds = [(m, np.flatnonzero(np.array(margins, bool) == m)) for m in (False, True)]
-    for c, ts in zip(classes, per_class_t, strict=True):
-        for by_margin, ks in kinds:
-            if len(c.vectors) > 1 and len(ks):
+    n_t = len(thresholds)
+    flagged = np.zeros(n_t, dtype=np.int64)
+    pos_scores = [[np.zeros(0, np.float32)] * n_t for _ in classes]
+    known_scores = [[np.zeros(0, np.float32)] * n_t for _ in classes]
+    decided = [[None] * n_t for _ in classes]
+    for ci, (c, ts) in enumerate(zip(classes, per_class_t, strict=True)):
+        groups: dict[tuple[int, int], list[int]] = {}
+        for k in range(n_t):
+            vecs, off = c.view(k, margins[k])
+            groups.setdefault((id(vecs), id(off)), []).append(k)
+        known = np.sort(c.known, axis=1) if c.known is not None else np.zeros((0, 2), np.int64)
+        for ks in groups.values():
+            vecs, off = c.view(ks[0], margins[ks[0]])
+            if len(vecs) > 1:
                 probe = np.nextafter(ts[ks].astype(np.float32), np.float32(2))
-                flagged[ks] += count_pairs_above(
-                    c.vectors,
-                    probe,
-                    block,
-                    inclusive=True,
-                    offsets=c.offsets if by_margin else None,
-                )
-
-    def scores(pairs_of, by_margin: bool) -> list[np.ndarray]:
-        out = []
-        for c in classes:
-            pairs = pairs_of(c)
-            off = c.offsets if by_margin else None
-            out.append(
-                _pair_scores(c.vectors, pairs, block, off)
-                if len(pairs)
-                else np.zeros(0, np.float32)
+                flagged[ks] += count_pairs_above(vecs, probe, block, inclusive=True, offsets=off)
+            pos = _pair_scores(vecs, c.positives, block, off) if len(c.positives) else None
+            kno = _pair_scores(vecs, known, block, off) if len(known) else None
+            decisions = keep_decisions(
+                vecs,
+                c.order,
+                c.hashes(),
+                ts[ks].tolist(),
+                block=min(block, 2048),
+                offsets=[off] * len(ks),
             )
-        return out
-
-    def known_of(c: ClassPairs) -> np.ndarray:
-        return np.sort(c.known, axis=1) if c.known is not None else np.zeros((0, 2), np.int64)
-
-    both = (False, True) if any(margins) else (False,)
-    positive_scores = {m: scores(lambda c: c.positives, m) for m in both}
-    known_scores_by = {m: scores(known_of, m) for m in both}
+            for k, d in zip(ks, decisions, strict=True):
+                if pos is not None:
+                    pos_scores[ci][k] = pos
+                if kno is not None:
+                    known_scores[ci][k] = kno
+                decided[ci][k] = d
     transforms = sorted({t for c in classes for t in c.known_transforms})
     evaluation.transforms = {
         t: sum(int((np.asarray(c.known_transforms) == t).sum()) for c in classes)
         for t in transforms
     }
-    decided = [
-        keep_decisions(
-            c.vectors,
-            c.order,
-            c.hashes(),
-            ts.tolist(),
-            block=min(block, 2048),
-            offsets=[offsets_at(k, c) for k in range(len(ts))],
-        )
-        for c, ts in zip(classes, per_class_t, strict=True)
-    ]
     for k, t in enumerate(thresholds):
-        class_pos, known_scores = positive_scores[margins[k]], known_scores_by[margins[k]]
-        tp = sum(int((p > ts[k]).sum()) for p, ts in zip(class_pos, per_class_t, strict=True))
+        tp = sum(int((pos_scores[ci][k] > ts[k]).sum()) for ci, ts in enumerate(per_class_t))
         hits = dict.fromkeys(transforms, 0)
         removed = removed_known = kept_clean = n_clean = 0
-        for c, ts, scores, decisions in zip(
-            classes, per_class_t, known_scores, decided, strict=True
-        ):
-            for name_t, hit in zip(c.known_transforms, scores > ts[k], strict=True):
+        for ci, (c, ts) in enumerate(zip(classes, per_class_t, strict=True)):
+            for name_t, hit in zip(c.known_transforms, known_scores[ci][k] > ts[k], strict=True):
                 hits[name_t] += int(hit)
-            decision = decisions[k]
+            decision = decided[ci][k]
             gone = ~decision.kept
             removed += int(gone.sum())
             removed_known += int((gone & c.in_ground_truth).sum())
@@ -249,6 +241,36 @@ def evaluate_method(
 
 
 METHODS = ("raw", "whitened", "spline_copula", "spline_copula_dct", "dct", "phash")
+
+
+def _reference_pool(layout, model, current):
+    """The run's reference pool: the stored one where it is current (what the keep lists
+    used), else drawn now from the class stores the same way (`core.reference_pool`)."""
+    from dedup_assets.core.artifacts import (
+        MissingArtifact,
+        StaleArtifact,
+        catalog_class_keys,
+        catalog_images,
+        open_pixels,
+        read_catalog,
+        read_reference_pool,
+    )
+    from dedup_assets.core.autoencoder import encode_images
+    from dedup_assets.core.reference_pool import build_reference_pool
+
+    if current is not None:
+        try:
+            return read_reference_pool(layout, current)
+        except (MissingArtifact, StaleArtifact):
+            pass
+    keys = catalog_class_keys(layout)
+    catalog = catalog_images(read_catalog(layout, keys))
+    return build_reference_pool(
+        keys,
+        [open_pixels(layout, k) for k in keys],
+        [catalog.filter(catalog["class_key"] == k)["pixel_hash"].to_numpy() for k in keys],
+        lambda pixels: encode_images(model, pixels),
+    )
 
 
 def ground_truth_edges(
@@ -302,8 +324,13 @@ def evaluate_against_ground_truth(
         load_class_data,
         read_catalog,
     )
-    from dedup_assets.core.calibration import class_budgets
-    from dedup_assets.core.class_decision import PIXEL_SPACES, class_order, vectorise
+    from dedup_assets.core.calibration import NullSource, class_budgets
+    from dedup_assets.core.class_decision import (
+        PIXEL_SPACES,
+        class_order,
+        vectorise,
+        vectorise_as,
+    )
     from dedup_assets.core.planting import read_ground_truth
     from dedup_assets.core.thresholds import budget_of
 
@@ -324,8 +351,8 @@ def evaluate_against_ground_truth(
     local = budget_scaling == "local"
     # method -> threshold index -> class key -> threshold (budget keys only)
     resolved: dict[str, dict[int, dict[str, float]]] = {m: {} for m in methods}
-    offsets: dict[str, np.ndarray | None] = {}  # method -> this class's offsets
     per_method: dict[str, list[ClassPairs]] = {m: [] for m in methods}
+    pool = _reference_pool(layout, model, current) if wanted else None
     for key in sorted(set(catalog["class_key"].to_list())):
         _, data = load_class_data(
             layout,
@@ -334,6 +361,8 @@ def evaluate_against_ground_truth(
             with_pixels=bool(set(methods) & PIXEL_SPACES) or bool(wanted),
             catalog=full_catalog,
         )
+        # method -> (own offsets, per threshold the view of a budget read in another space)
+        views: dict[str, tuple[np.ndarray | None, list]] = {}
         if wanted:
             from dedup_assets.core.artifacts import mirror_latents
             from dedup_assets.core.calibration import encode_mirrors, mirror_rows
@@ -349,20 +378,33 @@ def evaluate_against_ground_truth(
                 else (mirror_rows(n), encode(mirror_rows(n)))
             )
             for method in methods:
-                resolution = class_budgets(
-                    data,
-                    model,
-                    method,
-                    wanted,
-                    scaling=budget_scaling,
-                    decoy_latents=mirrors,
-                    decoy_rows=mirrored_rows,
-                )
-                offsets[method] = resolution.offsets
-                at = dict(zip(wanted, resolution.thresholds, strict=True))
+                by_budget = {
+                    r.budget: r
+                    for r in class_budgets(
+                        data,
+                        model,
+                        method,
+                        wanted,
+                        scaling=budget_scaling,
+                        decoy_latents=mirrors,
+                        decoy_rows=mirrored_rows,
+                        pool=pool,
+                        class_key=key,
+                    )
+                }
+                own = next((r.offsets for r in by_budget.values() if r.offsets is not None), None)
+                per_t, vectors_in = [], {}
                 for k, b in enumerate(budgets):
-                    if b is not None:
-                        resolved[method].setdefault(k, {})[key] = at[b]
+                    r = by_budget.get(b) if b is not None else None
+                    if r is not None:
+                        resolved[method].setdefault(k, {})[key] = r.threshold
+                    moved = r is not None and r.null != NullSource.CLASS
+                    per_t.append(
+                        (vectors_in.setdefault(r.space, vectorise_as(data, r.space)), None)
+                        if moved
+                        else None
+                    )
+                views[method] = (own, per_t)
         ids = data.image_ids.tolist()
         index = {i: k for k, i in enumerate(ids)}
         rows = [
@@ -372,6 +414,7 @@ def evaluate_against_ground_truth(
         pairs, involved = positive_pairs(len(ids), [(a, b) for a, b, _ in rows])
         order = class_order(data, keep_policy)
         for method in methods:
+            own, per_t = views.get(method, (None, []))
             per_method[method].append(
                 ClassPairs(
                     key,
@@ -382,7 +425,8 @@ def evaluate_against_ground_truth(
                     data.pixel_hashes,
                     known,
                     tuple(t for _, _, t in rows),
-                    offsets.get(method),
+                    own,
+                    tuple(per_t),
                 )
             )
         if log is not None:

@@ -109,6 +109,11 @@ class OutputLayout:
         return self.model_dir / "training.json"
 
     @property
+    def reference_pool(self) -> Path:
+        """The run's reference images as vectors (`core.reference_pool`), kept with the model."""
+        return self.model_dir / "reference_pool.npz"
+
+    @property
     def trained_images(self) -> Path:
         """The images the model was trained on (class key, image id)."""
         return self.model_dir / "trained_images.parquet"

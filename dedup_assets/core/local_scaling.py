@@ -211,3 +211,41 @@ def null_margins(
         else:
             np.maximum(out, s.max(axis=0), out=out)
     return out
+
+
+def outsider_levels(
+    outsiders: np.ndarray,
+    vectors: np.ndarray,
+    decoys: np.ndarray,
+    decoy_rows: np.ndarray,
+    *,
+    k: int = K_NEIGHBOURS,
+    block: int = DEFAULT_BLOCK,
+) -> np.ndarray:
+    """The level images from outside the class (the reference pool, `core.reference_pool`)
+    would have in it: the highest similarity to one of the class's mirrors, leaving out the
+    mirrors of their k nearest images of the class, as an image of the class leaves them
+    out (they have no mirror of their own among the decoys). Blocked like `local_levels`."""
+    outsiders = np.asarray(outsiders, dtype=np.float32)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    decoys = np.asarray(decoys, dtype=np.float32)
+    sources = np.asarray(decoy_rows, dtype=np.int64)
+    level = np.zeros(len(outsiders), np.float32)
+    m = len(decoys)
+    if len(outsiders) == 0 or m == 0:
+        return level
+    column_of = np.full(len(vectors), -1, np.int64)
+    column_of[sources] = np.arange(m)
+    step = block_rows(max(m, len(vectors)), block)
+    kk = int(min(k, len(vectors)))
+    for start in range(0, len(outsiders), step):
+        part = outsiders[start : start + step]
+        s = part @ decoys.T
+        if kk > 0:
+            near = np.argpartition(-(part @ vectors.T), kk - 1, axis=1)[:, :kk]
+            banned = column_of[near]
+            r, c = np.nonzero(banned >= 0)
+            s[r, banned[r, c]] = -np.inf
+        top = s.max(axis=1)
+        level[start : start + len(part)] = np.where(np.isfinite(top), top, 0.0)
+    return level

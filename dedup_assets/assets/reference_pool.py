@@ -1,0 +1,74 @@
+"""Asset: the run's reference images (`core.reference_pool`), drawn when the model is
+trained, that classes too small to calibrate a budget on their own borrow as decoys."""
+
+import dagster as dg
+import numpy as np
+
+from dedup_assets.assets.autoencoder import autoencoder
+from dedup_assets.assets.catalog import FULL_TAG, class_images
+from dedup_assets.core.artifacts import (
+    CurrentInputs,
+    catalog_class_keys,
+    catalog_images,
+    is_current,
+    open_pixels,
+    read_catalog,
+    write_reference_pool,
+)
+from dedup_assets.core.autoencoder import encode_images, load_state
+from dedup_assets.core.reference_pool import build_reference_pool
+from resources import ComputeDevice, DedupSettings, DedupStorage
+
+
+@dg.asset(
+    group_name="model",
+    kinds={"numpy"},
+    deps=[autoencoder, dg.AssetDep(class_images, partition_mapping=dg.AllPartitionMapping())],
+    output_required=False,
+    description="A seeded sample of up to 4,096 images across the classes (latents, DCT "
+    "descriptors, pHash bits): real unrelated images every class's false-removal budget is "
+    "also read against, and the only ones for a class too small to read it on its own "
+    "(n + 1 < 1/b). Drawn for each trained model and kept with it, so new images change no "
+    "other class's budget.",
+)
+def reference_pool(
+    context: dg.AssetExecutionContext,
+    storage: DedupStorage,
+    settings: DedupSettings,
+    compute: ComputeDevice,
+):
+    layout = storage.layout()
+    current = CurrentInputs.of(layout, settings)
+    expected = current.reference_pool()
+    full = context.run.tags.get(FULL_TAG) == "1"
+    if not full and is_current(layout.reference_pool, expected):
+        context.log.info("reference pool kept: drawn for this model and space")
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=context.asset_key,
+                metadata={"status": "kept: drawn for the current model and space"},
+            )
+        )
+        return
+    keys = catalog_class_keys(layout)
+    catalog = catalog_images(read_catalog(layout, keys))
+    hashes = [
+        catalog.filter(catalog["class_key"] == k)["pixel_hash"].to_numpy().astype(str) for k in keys
+    ]
+    model = load_state(layout.model, compute.torch_device())
+
+    def encode(pixels: np.ndarray) -> np.ndarray:  # as the latents are: device and precision
+        return encode_images(
+            model, pixels, device=compute.torch_device(), amp_dtype=compute.amp_dtype()
+        )
+
+    pool = build_reference_pool(keys, [open_pixels(layout, k) for k in keys], hashes, encode)
+    write_reference_pool(pool, layout.reference_pool, expected)
+    context.log.info(f"reference pool: {len(pool):,} images of {len(keys):,} classes")
+    yield dg.MaterializeResult(
+        metadata={
+            "images": len(pool),
+            "classes": len(set(pool.class_keys.tolist())),
+            "path": dg.MetadataValue.path(str(layout.reference_pool)),
+        }
+    )

@@ -1,0 +1,103 @@
+"""Deciding one class at every threshold key: each budget ("1%") resolved to its threshold
+(`core.calibration`), then the keep decision (`core.class_decision`).
+
+The one function the keep-list asset, the calibration tests and the benchmarks call, so
+what they measure is what a run does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dedup_assets.core.ann_join import DEFAULT_ANN_MIN_CLASS_SIZE, DEFAULT_NPROBE
+from dedup_assets.core.autoencoder import ConvAutoencoder
+from dedup_assets.core.calibration import BudgetThreshold, class_budgets
+from dedup_assets.core.class_decision import (
+    ClassData,
+    ClassDecision,
+    PriorDecision,
+    decide_class,
+    vectorise,
+)
+from dedup_assets.core.reference_pool import ReferencePool
+from dedup_assets.core.thresholds import budget_of
+
+
+@dataclass(frozen=True)
+class ThresholdDecision:
+    """One threshold key's decision for a class: how it resolved (None for a cosine key)
+    and the decision itself."""
+
+    key: str
+    resolved: BudgetThreshold | None
+    decision: ClassDecision
+
+
+def decide_thresholds(
+    data: ClassData,
+    thresholds: Sequence[str],
+    *,
+    space: str,
+    policy: str,
+    model: ConvAutoencoder | None = None,
+    pool: ReferencePool | None = None,
+    class_key: str = "",
+    scaling: str = "local",
+    block: int = 2048,
+    join: str = "auto",
+    ann_min_class_size: int = DEFAULT_ANN_MIN_CLASS_SIZE,
+    nprobe: int = DEFAULT_NPROBE,
+    prior: Sequence[PriorDecision | None] | None = None,
+    decoy_latents: np.ndarray | None = None,
+    decoy_rows: np.ndarray | None = None,
+) -> list[ThresholdDecision]:
+    """Every threshold key's decision for one class, in the keys' order.
+
+    A cosine key is applied as written; the budgets are resolved together by
+    `calibration.class_budgets` (the class's mirrors, encoded with `model` unless
+    `decoy_latents` of `decoy_rows` are given, or the run's reference `pool` for a class too
+    small for a budget) and decided in the space and with the offsets they resolved to.
+    `data.pixels` must be loaded when there is a budget."""
+    budgets = [budget_of(t) for t in thresholds]
+    wanted = [b for b in budgets if b is not None]
+    vectors = vectorise(data, space) if len(data.image_ids) else None
+    by_budget: dict[float, BudgetThreshold] = {}
+    if wanted:
+        if model is None and decoy_latents is None:
+            raise ValueError("a budget threshold needs the model (or the mirrors' latents)")
+        resolved = class_budgets(
+            data,
+            model,  # type: ignore[arg-type]
+            space,
+            wanted,
+            scaling=scaling,
+            block=block,
+            decoy_latents=decoy_latents,
+            decoy_rows=decoy_rows,
+            vectors=vectors,
+            pool=pool,
+            class_key=class_key,
+        )
+        by_budget = {r.budget: r for r in resolved}
+    per_key = [None if b is None else by_budget[b] for b in budgets]
+    decisions = decide_class(
+        data,
+        [float(t) if r is None else r.threshold for t, r in zip(thresholds, per_key, strict=True)],
+        space=space,
+        policy=policy,
+        block=block,
+        prior=prior,
+        join=join,
+        ann_min_class_size=ann_min_class_size,
+        nprobe=nprobe,
+        offsets=[None if r is None else r.offsets for r in per_key],
+        vectors=vectors,
+        spaces=[None if r is None else r.space for r in per_key],
+    )
+    return [
+        ThresholdDecision(str(t), r, d)
+        for t, r, d in zip(thresholds, per_key, decisions, strict=True)
+    ]
