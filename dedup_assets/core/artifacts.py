@@ -582,7 +582,13 @@ def load_class_data(
 
 
 def read_keep_list(path: Path) -> pl.DataFrame:
-    return pl.read_parquet(_require(path, "keep list"))
+    """A keep list in today's columns: one written before a column existed gets it empty
+    (`calibrated_on`, 2026-12-03: a cosine key's decisions are still current without it)."""
+    keep = pl.read_parquet(_require(path, "keep list"))
+    if "calibrated_on" not in keep.columns and "cosine" in keep.columns:
+        keep = keep.with_columns(pl.lit(None, pl.String).alias("calibrated_on"))
+        keep = keep.select([c for c in KEEP_LIST_COLUMNS if c in keep.columns])
+    return keep
 
 
 def read_scores(layout: OutputLayout, class_keys: list[str]) -> pl.DataFrame:
