@@ -56,8 +56,9 @@ def _textures(n: int, seed: int) -> np.ndarray:
     for i in range(n):
         coarse = rng.standard_normal((rng.integers(2, 9), rng.integers(2, 9), 3))
         field = np.asarray(
-            Image.fromarray(((coarse - coarse.min()) / np.ptp(coarse) * 255).astype(np.uint8))
-            .resize((64, 64), Image.BICUBIC)
+            Image.fromarray(
+                ((coarse - coarse.min()) / np.ptp(coarse) * 255).astype(np.uint8)
+            ).resize((64, 64), Image.BICUBIC)
         ).astype(np.float32)
         angle, freq = rng.uniform(0, np.pi), rng.uniform(2, 20)
         stripes = np.sin(freq * (np.cos(angle) * xx + np.sin(angle) * yy) * 2 * np.pi)
@@ -98,7 +99,9 @@ def decide_unrelated(
     """Every class decided at every budget as a run does: {budget: {class: decision}}."""
     keys = sorted(classes)
     hashes = {
-        k: np.array([pixel_hash(p) for p in classes[k]] if extra_hashes is None else extra_hashes[k])
+        k: np.array(
+            [pixel_hash(p) for p in classes[k]] if extra_hashes is None else extra_hashes[k]
+        )
         for k in keys
     }
     if model is None:
@@ -165,6 +168,24 @@ def test_unrelated_synthetic_textures_hold_every_budget():
     for key in BUDGETS:
         big = decided[key]["s1000_000"].resolved
         assert big.space == SPACE and big.offsets is not None
+
+
+def test_classes_of_alike_images_that_differ_from_each_other_hold_every_budget():
+    """Each class one kind of scene (the demo's six renderers: forest, water, ...) and the
+    only class of its kind, so its unrelated images are closer to each other than to the
+    other classes' images, which the pooled null borrows: the class's own median shift must
+    make up for it. One run per class size (six classes each)."""
+    from dedup_assets.core.demo_data import DEMO_CLASSES, _render
+
+    decided: dict[str, dict[str, object]] = {b: {} for b in BUDGETS}
+    for size in (5, 10, 30, 60):
+        classes = {
+            f"s{size:04d}_{kind}": np.stack([_render(kind, size, i) for i in range(size)])
+            for kind in DEMO_CLASSES
+        }
+        for key, per_class in decide_unrelated(classes).items():
+            decided[key] |= per_class
+    assert not _check_budget(decided, "one kind per class")
 
 
 def test_a_class_too_small_for_the_pool_removes_only_exact_copies():

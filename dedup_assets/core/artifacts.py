@@ -102,7 +102,10 @@ def fit_provenance(latents: dict, settings: MethodSettings) -> dict[str, Any]:
     }
 
 
-BUDGET_NULL = "class mirrors if n + 1 >= 1/b, else the reference pool; k >= 1 or 1.0"
+BUDGET_NULL = (
+    "the higher of the class's mirrors and the reference pool if n + 1 >= 1/b, else the pool "
+    "raised by the class's median shift; k >= 1 or 1.0"
+)
 """The rule budgets are read by, recorded with budget keep lists: earlier decisions made by
 another rule (before 2026-12-03 a class too small for b took its highest null value) are
 not carried into a new run's keep list."""

@@ -1,26 +1,17 @@
-"""The run's reference images: a seeded sample of every class, kept with the model, that a
-class too small to calibrate a false-removal budget on its own borrows as decoys.
+"""The run's reference images: a seeded sample of every class, kept with the model, whose
+real images every class's false-removal budget is also read against (`core.calibration`).
 
-A budget b needs about 1/b draws of "an unrelated image's best pair" to read its threshold
-(`core.calibration`): a class of n images offers n of them, so a class with n + 1 < 1/b
-(fewer than 99 images at 1%, 999 at 0.1%) cannot show its own top b. It then reads the
-statistic from real images of the run's *other* classes, which are unrelated to its images
-by construction (an image identical to one of the class's is left out): each image's
-nearest among n - 1 of them, in every disjoint draw the pool allows, gives about POOL_SIZE
-draws instead of n (`calibration.pooled_null`). The class is then compared without a fit
-(`class_decision.unfitted_space`: the DCT descriptor for the joined space, pHash for the
-latent-only ones), where images of different classes are comparable, and mirrored images
-are not used (in the DCT space a mirror flips the sign of the odd horizontal frequencies
-and is an easy decoy).
-
-Measured (benchmarks/bench_budget.py): on unrelated EuroSAT images in classes of 2 to 300,
-drawn within one EuroSAT class each (the pool then holds the class's own kind of image)
-or across classes, and on photos, the pooled null kept the removed share at or below the
-budget where the class's own mirrors removed 7-13% in classes of 5 and 10.
+They are unrelated to a class's images by construction (a class never borrows its own
+images or an image identical to one of them), and they serve twice: a class of any size
+takes the higher of its mirror threshold and the pool's (mirrors can be easier decoys
+than real neighbours), and a class too small to read its own top b (n + 1 < 1/b: under
+99 images at 1%) reads b from the pool alone, in the space without a class fit, where
+images of different classes are comparable.
 
 The pool is drawn when the model is trained and kept until it is trained again: new
-images then change no class's null but their own class's, and every class of a run is
-calibrated against the same reference.
+images then change no class's budget but their own class's, and every class of a run is
+calibrated against the same reference. It holds latents and pixel descriptors (not
+pixels), so any class's space can be computed for it: 4,096 images are about 18 MB.
 """
 
 from __future__ import annotations
