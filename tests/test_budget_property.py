@@ -22,12 +22,9 @@ import torch
 from PIL import Image
 from scipy.stats import binom
 
-from dedup_assets.core.autoencoder import encode_images, train_autoencoder
-from dedup_assets.core.class_decision import ClassData
-from dedup_assets.core.class_density import fit_class_density
-from dedup_assets.core.class_keep import decide_thresholds
-from dedup_assets.core.image_folder import decode_image_bytes, pixel_hash
-from dedup_assets.core.reference_pool import build_reference_pool
+from dedup_assets.core.autoencoder import train_autoencoder
+from dedup_assets.core.class_keep import decide_in_memory
+from dedup_assets.core.image_folder import decode_image_bytes
 
 BUDGETS = ("0.1%", "0.5%", "1%", "5%")
 SPACE = "spline_copula_dct"
@@ -94,36 +91,12 @@ def _model(pixels: np.ndarray):
 
 
 def decide_unrelated(
-    classes: dict[str, np.ndarray], budgets=BUDGETS, model=None, extra_hashes=None
+    classes: dict[str, np.ndarray], budgets=BUDGETS, model=None
 ) -> dict[str, dict[str, object]]:
     """Every class decided at every budget as a run does: {budget: {class: decision}}."""
-    keys = sorted(classes)
-    hashes = {
-        k: np.array(
-            [pixel_hash(p) for p in classes[k]] if extra_hashes is None else extra_hashes[k]
-        )
-        for k in keys
-    }
     if model is None:
-        model = _model(np.concatenate([classes[k] for k in keys]))
-    pool = build_reference_pool(
-        keys,
-        [classes[k] for k in keys],
-        [hashes[k] for k in keys],
-        lambda px: encode_images(model, px),
-    )
-    out: dict[str, dict[str, object]] = {b: {} for b in budgets}
-    for k in keys:
-        px = classes[k]
-        latents = encode_images(model, px)
-        ids = np.array([f"{k}/{i}" for i in range(len(px))])
-        data = ClassData(ids, hashes[k], latents, fit_class_density(latents, 128), px)
-        decided = decide_thresholds(
-            data, list(budgets), space=SPACE, policy="density", model=model, pool=pool, class_key=k
-        )
-        for d in decided:
-            out[d.key][k] = d
-    return out
+        model = _model(np.concatenate([classes[k] for k in sorted(classes)]))
+    return decide_in_memory(classes, list(budgets), model, space=SPACE)
 
 
 def _check_budget(decided: dict, label: str) -> list[str]:
@@ -195,7 +168,7 @@ def test_a_class_too_small_for_the_pool_removes_only_exact_copies():
     px = _textures(4, seed=5)
     classes = {"a": px[:2], "b": np.concatenate([px[2:], px[2:3]])}
     decided = decide_unrelated(classes, ("1%",))["1%"]
-    for k, d in decided.items():
+    for d in decided.values():
         assert d.resolved.null == "none" and d.resolved.threshold == 1.0
     assert decided["a"].decision.kept.all()
     b = decided["b"].decision

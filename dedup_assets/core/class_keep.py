@@ -7,7 +7,7 @@ what they measure is what a run does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,3 +101,58 @@ def decide_thresholds(
         ThresholdDecision(str(t), r, d)
         for t, r, d in zip(thresholds, per_key, decisions, strict=True)
     ]
+
+
+def decide_in_memory(
+    classes: Mapping[str, np.ndarray],
+    thresholds: Sequence[str],
+    model: ConvAutoencoder,
+    *,
+    space: str = "spline_copula_dct",
+    policy: str = "density",
+    n_components: int = 128,
+    scaling: str = "local",
+    pixel_hashes: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, dict[str, ThresholdDecision]]:
+    """Classes of uint8 pixels (N, 64, 64, 3) decided as a run decides them, in memory:
+    latents by `model`, each class's fit, the reference pool drawn from these classes, and
+    `decide_thresholds` per class. {threshold key: {class: decision}}; for measuring the
+    method (the budget's calibration tests and benchmarks), not a replacement for a run
+    (no catalog, no provenance, nothing written)."""
+    from dedup_assets.core.autoencoder import encode_images
+    from dedup_assets.core.class_density import fit_class_density
+    from dedup_assets.core.image_folder import pixel_hash
+    from dedup_assets.core.reference_pool import build_reference_pool
+
+    keys = sorted(classes)
+    hashes = {
+        k: np.asarray(
+            [pixel_hash(p) for p in classes[k]] if pixel_hashes is None else pixel_hashes[k],
+            dtype=str,
+        )
+        for k in keys
+    }
+    pool = build_reference_pool(
+        keys,
+        [classes[k] for k in keys],
+        [hashes[k] for k in keys],
+        lambda pixels: encode_images(model, pixels),
+    )
+    out: dict[str, dict[str, ThresholdDecision]] = {str(t): {} for t in thresholds}
+    for k in keys:
+        pixels = np.asarray(classes[k])
+        latents = encode_images(model, pixels)
+        ids = np.array([f"{k}/{i}" for i in range(len(pixels))])
+        data = ClassData(ids, hashes[k], latents, fit_class_density(latents, n_components), pixels)
+        for d in decide_thresholds(
+            data,
+            thresholds,
+            space=space,
+            policy=policy,
+            model=model,
+            pool=pool,
+            class_key=k,
+            scaling=scaling,
+        ):
+            out[d.key][k] = d
+    return out
