@@ -91,12 +91,12 @@ def _model(pixels: np.ndarray):
 
 
 def decide_unrelated(
-    classes: dict[str, np.ndarray], budgets=BUDGETS, model=None
+    classes: dict[str, np.ndarray], budgets=BUDGETS, model=None, space=SPACE
 ) -> dict[str, dict[str, object]]:
     """Every class decided at every budget as a run does: {budget: {class: decision}}."""
     if model is None:
         model = _model(np.concatenate([classes[k] for k in sorted(classes)]))
-    return decide_in_memory(classes, list(budgets), model, space=SPACE)
+    return decide_in_memory(classes, list(budgets), model, space=space)
 
 
 def _check_budget(decided: dict, label: str) -> list[str]:
@@ -232,3 +232,24 @@ def test_unrelated_photos_hold_every_budget():
     pixels = np.stack([_decode(files[i].read_bytes()) for i in rng.permutation(len(files))])
     decided = decide_unrelated(_cut(pixels, {2: 29, 3: 20, 5: 12, 10: 6, 30: 2, 90: 1}))
     assert not _check_budget(decided, "photos")
+
+
+@pytest.mark.parametrize("space", [SPACE, "dct"])
+def test_flat_images_in_the_pool_or_the_class_do_not_break_a_budget(space):
+    """A flat image has no DCT direction (a zero row gets an origin axis of its own), so the
+    pool's vectors can be one column wider than a class's: both budget readings (a class of
+    120 reading 5% on its own and against the pool, classes of 3 borrowing the pool) and the
+    decision run, and the flat images are not removed as copies of anything else."""
+    px = _textures(400, seed=9)
+    flat = np.full((2, 64, 64, 3), 128, np.uint8)
+    flat[1] = 30
+    classes = {
+        "big": px[:120],
+        "small": px[120:123],
+        "flat": np.concatenate([flat, px[123:124]]),
+        "rest": px[124:400],
+    }
+    decided = decide_unrelated(classes, ("0.1%", "5%"), space=space)
+    assert decided["5%"]["big"].resolved.space == space
+    assert decided["5%"]["small"].resolved.null == "pool"
+    assert decided["5%"]["flat"].decision.kept[:2].all()  # two different flat greys

@@ -289,11 +289,11 @@ def pool_null(
     return out
 
 
-def _same_width(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-pad the narrower of two embeddings (an origin axis may exist in one only)."""
-    width = max(a.shape[1], b.shape[1])
-    pad = [np.pad(x, ((0, 0), (0, width - x.shape[1]))) for x in (a, b)]
-    return pad[0], pad[1]
+def _same_width(*parts: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Zero-pad the narrower embeddings to the widest (an origin axis, for flat images or
+    zero rows, may exist in some only; `similarity.with_origin_axis`)."""
+    width = max(x.shape[1] for x in parts)
+    return tuple(np.pad(x, ((0, 0), (0, width - x.shape[1]))) for x in parts)
 
 
 class NullSource:
@@ -419,12 +419,12 @@ def class_budgets(
             pixels=decoy_pixels,
         )
         mine = vectorise(data, space) if vectors is None else vectors
-        v, d = _same_width(mine, vectorise(decoy, space))
-        borrowed_vectors = (
-            _same_width(v, vectorise(pool.as_class(data.model, borrowed_rows), space))[1]
+        theirs = (
+            vectorise(pool.as_class(data.model, borrowed_rows), space)
             if has_pool
-            else np.zeros((0, v.shape[1]), np.float32)
+            else np.zeros((0, mine.shape[1]), np.float32)
         )
+        v, d, borrowed_vectors = _same_width(mine, vectorise(decoy, space), theirs)
         if scaling == "uniform":
             null = mirror_null(v, d, rows, block)
             offsets = None
