@@ -150,3 +150,56 @@ def test_at_most_one_partner_per_image_however_many_look_alike():
     ann = nearest_other_class(v, labels, join="ann", nprobe=4)
     assert (ann.partner >= 0).all() and (labels[ann.partner] != labels).all()
     np.testing.assert_allclose(ann.similarity, full[np.arange(400), ann.partner], atol=1e-5)
+
+
+@pytest.mark.skipif(
+    not __import__("dedup_assets.core.autoencoder").core.autoencoder.cpu_supports_bf16(),
+    reason="this CPU has no fast bf16: the run's precision would be fp32 either way",
+)
+def test_mirrors_missing_at_the_cross_class_step_are_encoded_like_the_latents(
+    tmp_path, monkeypatch
+):
+    """When a class's stored mirrors are gone, the cross-class budget encodes them again on
+    the run's device and at its precision (they ran on the CPU in fp32 before), and stores
+    them keyed like the latents."""
+    import dagster as dg
+    import torch
+
+    from dedup_assets.config import PipelineConfig
+    from dedup_assets.core import calibration
+    from dedup_assets.definitions import build_definitions
+    from dedup_assets.runner import run_pipeline
+
+    source = tmp_path / "src"
+    generate_demo_dataset(source, seed=4, per_class=12, duplicate_fraction=0.2)
+    config = PipelineConfig.build(
+        source=str(source),
+        output=str(tmp_path / "out"),
+        thresholds=("1%",),
+        device="cpu",
+        precision="bf16",
+        method={"epochs": 1, "batch_size": 32, "n_components": 8, "kurtosis_tolerance": 1.0},
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    run_pipeline(config, instance, log=lambda _: None)
+    layout = OutputLayout(tmp_path / "out")
+    for path in layout.root.glob("latents/*.mirrors.npz"):
+        path.unlink()
+    (layout.cross_class_dir / ".mirror_null.npz").unlink()
+    seen = []
+    real = calibration.encode_mirrors
+
+    def recording(model, pixels, rows=None, **kw):
+        seen.append((str(kw.get("device")), kw.get("amp_dtype")))
+        return real(model, pixels, rows, **kw)
+
+    monkeypatch.setattr(calibration, "encode_mirrors", recording)
+    job = build_definitions(config).resolve_job_def("threshold_job")
+    result = job.execute_in_process(
+        partition_key="1%",
+        instance=instance,
+        asset_selection=[dg.AssetKey("cross_class_duplicates")],
+    )
+    assert result.success
+    assert len(seen) == 6 and set(seen) == {("cpu", torch.bfloat16)}
+    assert len(list(layout.root.glob("latents/*.mirrors.npz"))) == 6

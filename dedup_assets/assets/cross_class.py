@@ -29,7 +29,7 @@ from dedup_assets.core.cross_class import (
 )
 from dedup_assets.core.thresholds import budget_of
 from dedup_assets.ui import md_table
-from resources import DedupSettings, DedupStorage
+from resources import ComputeDevice, DedupSettings, DedupStorage
 
 SHOWN = 20  # pairs listed in the UI; the parquet holds them all
 
@@ -64,7 +64,10 @@ def build_cross_class_asset(
         "similarity, match). Near-identical images under two labels are likely label errors.",
     )
     def cross_class_duplicates(
-        context: dg.AssetExecutionContext, storage: DedupStorage, settings: DedupSettings
+        context: dg.AssetExecutionContext,
+        storage: DedupStorage,
+        settings: DedupSettings,
+        compute: ComputeDevice,
     ) -> dg.MaterializeResult:
         layout = storage.layout()
         threshold = context.partition_key
@@ -135,6 +138,7 @@ def build_cross_class_asset(
                         space,
                         vectors,
                         settings.block_size,
+                        compute,
                     )
                 }
                 _store(_null_path(layout), null_key, null)
@@ -260,12 +264,13 @@ def _store(path, key: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _mirror_null(
-    layout, current, keys: list[str], sizes: list[int], space, vectors, block: int
+    layout, current, keys: list[str], sizes: list[int], space, vectors, block: int, compute
 ) -> np.ndarray:
     """The nearest-unrelated similarities of the whole set in the shared space
     (`core.calibration.mirror_null`, the classes' mirrors as one set of decoys); the
     mirrors' latents are the ones the class calibrations stored, encoded here only when
-    missing."""
+    missing, on `compute`'s device and precision as the class calibrations encode them (the
+    stored mirrors are keyed, like the latents, by the class's content and the model)."""
     from dedup_assets.core.artifacts import (
         catalog_images,
         mirror_latents,
@@ -286,7 +291,7 @@ def _mirror_null(
     def encoder(key: str):
         def encode(mirror_at: np.ndarray) -> np.ndarray:
             if not model:
-                model.append(load_state(layout.model))
+                model.append(load_state(layout.model, compute.torch_device()))
             rows = (
                 read_latent_ids(layout.latents(key))
                 .select("image_id")
@@ -298,7 +303,12 @@ def _mirror_null(
                 )["row"]
                 .to_numpy()
             )
-            return encode_mirrors(model[0], pixels_of_rows(layout, key, rows[mirror_at]))
+            return encode_mirrors(
+                model[0],
+                pixels_of_rows(layout, key, rows[mirror_at]),
+                device=compute.torch_device(),
+                amp_dtype=compute.amp_dtype(),
+            )
 
         return encode
 
