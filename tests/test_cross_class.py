@@ -10,6 +10,7 @@ import pytest
 from conftest import run_dedup
 from PIL import Image, ImageEnhance
 
+from dedup_assets.core.autoencoder import cpu_supports_bf16
 from dedup_assets.core.cross_class import cross_class_pairs, shared_space
 from dedup_assets.core.demo_data import generate_demo_dataset
 from dedup_assets.core.layout import OutputLayout
@@ -153,7 +154,7 @@ def test_at_most_one_partner_per_image_however_many_look_alike():
 
 
 @pytest.mark.skipif(
-    not __import__("dedup_assets.core.autoencoder").core.autoencoder.cpu_supports_bf16(),
+    not cpu_supports_bf16(),
     reason="this CPU has no fast bf16: the run's precision would be fp32 either way",
 )
 def test_mirrors_missing_at_the_cross_class_step_are_encoded_like_the_latents(
