@@ -291,3 +291,23 @@ def test_plant_options_take_effect(tmp_path):
         "plant", "--source", str(source), "--dest", str(tmp_path / "x"), "--proportions", "blur=x"
     )
     assert bad.returncode == 2 and "is not a number" in bad.stderr
+
+
+def test_join_exact_and_ann_decide_what_they_say(small_source, tmp_path):
+    """--join ann decides every class with the approximate join although every class is far
+    below --ann-min-class-size; --join exact keeps the exact one although every class is
+    above it; a second run in the same output with the other join decides again. The
+    keep lists' `join` column and provenance say which."""
+    out = tmp_path / "out"
+    base = ("run", "--source", str(small_source), "--output", str(out), "--thresholds", "0.95")
+    for join, limit in (("ann", "200000"), ("exact", "5")):
+        done = run_dedup(*base, "--join", join, "--ann-min-class-size", limit, *FAST)
+        assert done.returncode == 0, done.stdout + done.stderr
+        keep = _keep(out, "0.95")
+        assert set(keep["join"]) == {join}, join
+        made = json.loads(
+            pl.read_parquet_metadata(OutputLayout(out).class_keep_list("0.95", "forest"))[
+                "latent_dedup_provenance"
+            ]
+        )
+        assert made["join"].startswith(f"{join} above {limit}")

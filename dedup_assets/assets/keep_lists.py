@@ -21,6 +21,7 @@ from dedup_assets.core.artifacts import (
     class_names,
     digest,
     gather_pixels,
+    join_setting,
     load_class_data,
     mirror_latents,
     read_catalog,
@@ -60,9 +61,9 @@ def prior_decisions(
 ) -> tuple[list[PriorDecision | None], dict[str, pl.DataFrame]]:
     """The class's earlier decisions at each threshold, mapped onto the current images.
 
-    Only a keep list made with the same space, keep policy, threshold and (for a budget)
-    budget scaling counts; each earlier table is returned too, for the decision times and
-    cosines it carries.
+    Only a keep list made with the same space, keep policy, threshold, join settings and (for
+    a budget) budget scaling and rule counts; each earlier table is returned too, for the
+    decision times and cosines it carries.
     """
     priors: list[PriorDecision | None] = []
     tables: dict[str, pl.DataFrame] = {}
@@ -80,12 +81,14 @@ def prior_decisions(
             made.get("threshold"),
             made.get("scaling"),
             made.get("null"),
+            made.get("join"),
         ) == (
             str(settings.similarity_space),
             str(settings.keep_policy),
             t,
             scaling,
             BUDGET_NULL if scaling is not None else None,
+            join_setting(settings),
         )
         if not same:
             priors.append(None)

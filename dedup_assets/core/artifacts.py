@@ -123,6 +123,11 @@ def reference_pool_provenance(model_digest: str) -> dict[str, Any]:
     }
 
 
+def join_setting(settings: MethodSettings) -> str:
+    """The join settings a keep decision records (what was asked, not what each class used)."""
+    return f"{settings.join} above {settings.ann_min_class_size}, nprobe {settings.ann_nprobe}"
+
+
 def keep_provenance(
     fit: dict, settings: MethodSettings, threshold: str, pool: str = ""
 ) -> dict[str, Any]:
@@ -132,7 +137,7 @@ def keep_provenance(
         "space": str(settings.similarity_space),
         "policy": str(settings.keep_policy),
         "threshold": threshold,
-        "join": f"{settings.join} above {settings.ann_min_class_size}, nprobe {settings.ann_nprobe}",
+        "join": join_setting(settings),
     }
     if budget_of(threshold) is not None:  # how a budget resolves; a cosine key is one cosine
         made["scaling"] = str(settings.budget_scaling)
