@@ -245,6 +245,8 @@ def main() -> None:
                     ],
                 )
             )
+    if args.unrelated or both:
+        write_result("budget_calibration", result, args.out)  # part 1 kept if part 2 fails
     if args.planted or both:
         result["planted"] = planted(args.datasets, args.work, args.per_class)
         print("\nplanted copies: recall / false-removal rate")

@@ -256,3 +256,39 @@ def test_phash_bits_thread_pool_keeps_order():
     many = phash_bits(px, workers=3)
     np.testing.assert_array_equal(one, many)
     assert len({tuple(b) for b in one}) == 6
+
+
+def test_the_evaluation_decides_every_threshold_as_the_keep_lists_do(tmp_path):
+    """For the run's own space, the evaluation's images removed at each threshold equal the
+    keep list's, budgets included: classes read from their mirrors, from the pool in their
+    fitted space (a margin), or from the pool alone in the unfitted space (a cosine)."""
+    import dagster as dg
+    import polars as pl
+
+    from dedup_assets.config import PipelineConfig
+    from dedup_assets.core.demo_data import generate_demo_dataset
+    from dedup_assets.runner import run_pipeline
+
+    source = tmp_path / "src"
+    generate_demo_dataset(source, seed=6, per_class=50, duplicate_fraction=0.2)
+    thresholds = ("0.95", "1%", "5%", "20%")
+    config = PipelineConfig.build(
+        source=str(source),
+        output=str(tmp_path / "out"),
+        thresholds=thresholds,
+        device="cpu",
+        precision="fp32",
+        method={"epochs": 1, "batch_size": 32, "kurtosis_tolerance": 10.0},
+    )
+    run_pipeline(config, dg.DagsterInstance.ephemeral(), log=lambda _: None)
+    out = tmp_path / "out"
+    evaluation = pl.read_csv(out / "evaluation" / "evaluation.csv").filter(
+        pl.col("method") == "spline_copula_dct"
+    )
+    nulls = set()
+    for t in thresholds:
+        keep = pl.read_parquet(out / "keep_lists" / f"{t}.parquet")
+        nulls |= set(keep["calibrated_on"].drop_nulls())
+        row = evaluation.filter(pl.col("threshold") == t)
+        assert row["images_removed"][0] == int((~keep["kept"]).sum()), t
+    assert {"class", "pool"} <= nulls  # both kinds of budget were compared

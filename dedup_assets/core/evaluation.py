@@ -324,10 +324,11 @@ def evaluate_against_ground_truth(
         load_class_data,
         read_catalog,
     )
-    from dedup_assets.core.calibration import NullSource, class_budgets
+    from dedup_assets.core.calibration import class_budgets
     from dedup_assets.core.class_decision import (
         PIXEL_SPACES,
         class_order,
+        space_for,
         vectorise,
         vectorise_as,
     )
@@ -361,8 +362,9 @@ def evaluate_against_ground_truth(
             with_pixels=bool(set(methods) & PIXEL_SPACES) or bool(wanted),
             catalog=full_catalog,
         )
-        # method -> (own offsets, per threshold the view of a budget read in another space)
+        # method -> (own offsets, per threshold the view of a budget: vectors and offsets)
         views: dict[str, tuple[np.ndarray | None, list]] = {}
+        method_vectors = {m: vectorise(data, m) for m in methods}
         if wanted:
             from dedup_assets.core.artifacts import mirror_latents
             from dedup_assets.core.calibration import encode_mirrors, mirror_rows
@@ -393,17 +395,19 @@ def evaluate_against_ground_truth(
                     )
                 }
                 own = next((r.offsets for r in by_budget.values() if r.offsets is not None), None)
-                per_t, vectors_in = [], {}
+                # Each budget judged as the keep list judges it: in the space it resolved to,
+                # with its offsets (a margin) or without (a cosine).
+                vectors_in = {space_for(data.model, method): method_vectors[method]}
+                per_t = []
                 for k, b in enumerate(budgets):
                     r = by_budget.get(b) if b is not None else None
-                    if r is not None:
-                        resolved[method].setdefault(k, {})[key] = r.threshold
-                    moved = r is not None and r.null != NullSource.CLASS
-                    per_t.append(
-                        (vectors_in.setdefault(r.space, vectorise_as(data, r.space)), None)
-                        if moved
-                        else None
-                    )
+                    if r is None:
+                        per_t.append(None)
+                        continue
+                    resolved[method].setdefault(k, {})[key] = r.threshold
+                    if r.space not in vectors_in:
+                        vectors_in[r.space] = vectorise_as(data, r.space)
+                    per_t.append((vectors_in[r.space], r.offsets))
                 views[method] = (own, per_t)
         ids = data.image_ids.tolist()
         index = {i: k for k, i in enumerate(ids)}
@@ -418,7 +422,7 @@ def evaluate_against_ground_truth(
             per_method[method].append(
                 ClassPairs(
                     key,
-                    vectorise(data, method),
+                    method_vectors[method],
                     pairs,
                     order,
                     involved,
