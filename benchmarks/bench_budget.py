@@ -22,6 +22,7 @@ Two parts:
 
 import argparse
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -222,6 +223,10 @@ def main() -> None:
     both = not args.unrelated and not args.planted
     args.work.mkdir(parents=True, exist_ok=True)
     result: dict = {"budgets": BUDGETS}
+    earlier = Path(args.out) / "budget_calibration.json"
+    if not both and earlier.exists():  # one part run again: the other part's numbers stay
+        kept = json.loads(earlier.read_text())
+        result |= {k: kept[k] for k in ("unrelated", "planted") if k in kept}
     if args.unrelated or both:
         result["unrelated"] = unrelated(args.datasets, args.epochs)
         for name, rows in result["unrelated"].items():
