@@ -483,13 +483,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"demo": _run, "run": _run, "plant": _plant, "ui": _ui}
     try:
+        if args.command in ("demo", "run"):  # SIGINT/SIGTERM stop it: engines.Interrupted
+            from dedup_assets.engines import stop_on_signals
+
+            with stop_on_signals():
+                return handlers[args.command](args)
         return handlers[args.command](args)
     except UsageError as exc:
         print(f"dedup {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"dedup {args.command}: interrupted", file=sys.stderr)
-        return EXIT_FAILED
+    except KeyboardInterrupt as exc:  # engines.Interrupted says which signal and where
+        why = str(exc) or "interrupted; run the same command again to resume"
+        print(f"dedup {args.command}: {why}", file=sys.stderr)
+        return getattr(exc, "exit_status", 130)  # 128 + SIGINT, as a shell reports it
     except Exception as exc:  # noqa: BLE001 - one line for the user; --verbose for the rest
         if args.verbose:
             traceback.print_exc()

@@ -8,12 +8,20 @@ place (each reader checks provenance, see `core.artifacts`).
 
 Before it starts, a run takes the output folder's lock, sweeps what an interrupted run
 left (temporary files, half-swapped folders) and marks runs of a dead process as failed.
+
+SIGINT or SIGTERM stops it (`engines.stop_on_signals`): inside a Dagster run, Dagster's
+own handler turns the signal into an interrupted step and a failed run, and
+`execute_in_process` returns as if the data were at fault; the stage loop therefore checks
+for a signal between and after runs (`check_stop`), stops the executor's workers, marks the
+runs it leaves unfinished as canceled and raises `Interrupted`. Every output is written
+atomically, so the same command resumes where the signal stopped it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,7 +56,18 @@ from dedup_assets.definitions import (
     TRAIN_JOB,
     build_definitions,
 )
-from dedup_assets.engines import CheckOutcome, ClassRunPool, Executor, RunReport, resolve_auto
+from dedup_assets.engines import (
+    RUN_INSTANCE_FILE,
+    CheckOutcome,
+    ClassRunPool,
+    Executor,
+    Interrupted,
+    RunReport,
+    check_stop,
+    note_stage,
+    open_instance,
+    resolve_auto,
+)
 
 PID_TAG = "latent_dedup/pid"
 HOST_TAG = "latent_dedup/host"
@@ -103,12 +122,20 @@ class PipelineOutcome:
 
 
 def dagster_home(output: Path) -> Path:
-    """<output>/.dagster, made if needed, with telemetry off: the instance of that folder."""
+    """<output>/.dagster, made if needed, with telemetry off: the instance of that folder
+    (dagster.yaml for the UI; RUN_INSTANCE_FILE, the same without step output capture, for
+    `dedup run`)."""
     home = OutputLayout(Path(output).resolve()).dagster_home
     home.mkdir(parents=True, exist_ok=True)
+    telemetry = "telemetry:\n  enabled: false\n"
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+        config.write_text(telemetry)
+    if not (home / RUN_INSTANCE_FILE).exists():
+        (home / RUN_INSTANCE_FILE).write_text(
+            telemetry + "compute_logs:\n  module: dagster._core.storage.noop_compute_log_manager"
+            "\n  class: NoOpComputeLogManager\n"
+        )
     return home
 
 
@@ -116,7 +143,7 @@ def instance_for(output: Path) -> dg.DagsterInstance:
     """The persistent Dagster instance under <output>/.dagster (or $DAGSTER_HOME if set)."""
     if not os.environ.get("DAGSTER_HOME"):
         os.environ["DAGSTER_HOME"] = str(dagster_home(output))
-    return dg.DagsterInstance.get()
+    return open_instance(os.environ["DAGSTER_HOME"])
 
 
 @contextmanager
@@ -175,6 +202,26 @@ def fail_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     return done
 
 
+def cancel_unfinished_runs(instance: dg.DagsterInstance, reason: str) -> list[str]:
+    """Mark the runs this process started and left unfinished (a worker killed mid-run, a run
+    stopped before its first step) as canceled, so none stays STARTED; returns their ids."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(
+            statuses=[
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.QUEUED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED,
+                dg.DagsterRunStatus.CANCELING,
+            ],
+            tags={PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
+        )
+    )
+    for run in runs:
+        instance.report_run_canceled(run, f"dedup run was {reason}")
+    return [run.run_id for run in runs]
+
+
 def run_pipeline(
     config: PipelineConfig,
     instance: dg.DagsterInstance,
@@ -196,16 +243,21 @@ def run_pipeline(
         outcome.recovered = sweep_interrupted(layout.root) + fail_orphaned_runs(instance)
         for line in outcome.recovered:
             log(f"recovered: {line}")
-        _run_stages(
-            config,
-            instance,
-            layout,
-            outcome,
-            retrain=retrain,
-            full=full,
-            log=log,
-            log_level=log_level,
-        )
+        try:
+            _run_stages(
+                config,
+                instance,
+                layout,
+                outcome,
+                retrain=retrain,
+                full=full,
+                log=log,
+                log_level=log_level,
+            )
+        except KeyboardInterrupt as exc:  # the workers have stopped (ClassRunPool.__exit__)
+            cancel_unfinished_runs(instance, str(exc) or "interrupted")
+            raise
+        note_stage("")
         if not outcome.failures and not outcome.skipped:  # every stage ran to its end
             write_json(config.saved(), layout.pipeline_file)
         return outcome
@@ -288,6 +340,8 @@ def _run_stages(
             """Run one job per key (several at once where the executor allows; with
             `first_here`, the first key alone in this process, with every core, then the
             others at once); returns the keys whose run failed, and every in-process result."""
+            note_stage(name)
+            check_stop()
             run_tags = {**tags, STAGE_TAG: name}
             through_executor = not in_process and job_name in per_partition_jobs
             keys = list(keys)
@@ -302,6 +356,7 @@ def _run_stages(
             start = time.perf_counter()
             reports = []
             for key in here:
+                check_stop()
                 result = defs.resolve_job_def(job_name).execute_in_process(
                     partition_key=key,
                     instance=instance,
@@ -310,8 +365,11 @@ def _run_stages(
                     run_config=run_config,
                     asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
                 )
+                check_stop()  # a signal Dagster's handler took: the run ended as failed
                 results.append(result)
                 reports.append(RunReport.of(result, name, key))
+                if reports[-1].interrupted:  # a KeyboardInterrupt without stop_on_signals
+                    raise Interrupted(signal.SIGINT, name)
             if away:
                 reports += worker_pool().run_all(job_name, away, run_tags, run_config, name)
             for at, (key, report) in enumerate(zip(keys, reports, strict=True)):

@@ -27,7 +27,7 @@ from dedup_assets.core.autoencoder import (
 )
 from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.retraining import RetrainDecision, decide_retraining
-from dedup_assets.engines import GPU_OP_TAGS
+from dedup_assets.engines import GPU_OP_TAGS, stop_requested
 from dedup_assets.ui import image_metadata
 from resources import ComputeDevice, DedupSettings, DedupStorage
 
@@ -163,6 +163,7 @@ def autoencoder(
         objective=settings.training,
         early_stopping=early,
         log=context.log.info,
+        should_stop=stop_requested,  # Ctrl-C of `dedup run`, should a library swallow it
     )
     with atomic_path(layout.model) as tmp:
         save_state(result.model, tmp)

@@ -231,6 +231,7 @@ def train_autoencoder(
     early_stopping: EarlyStopping | None = None,
     log: Callable[[str], None] | None = None,
     on_check: Callable[[ConvAutoencoder, int, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainingResult:
     """Train Table 1 with Adam, shuffling with a seeded generator.
 
@@ -238,6 +239,8 @@ def train_autoencoder(
     autocast. With `early_stopping`, `epochs` is ignored: training runs until the
     held-out loss stops improving (see `EarlyStopping`); without it, exactly `epochs`.
     `on_check(model, images_seen, held_out_loss)` is called at every early-stopping check.
+    `should_stop()` is asked before every batch; when it says so, training ends at once with
+    KeyboardInterrupt (a stop asked for, e.g. by Ctrl-C, that a library swallowed on its way).
     """
     if pixels.ndim != 4 or pixels.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
         raise ValueError(f"expected pixels of shape (N, 64, 64, 3), got {pixels.shape}")
@@ -303,6 +306,8 @@ def train_autoencoder(
         total = torch.zeros((), device=device)
         done_in_epoch = 0
         for b in range(n_batches):
+            if should_stop is not None and should_stop():
+                raise KeyboardInterrupt("training stopped: a stop was asked for")
             idx = order[b * batch_size : (b + 1) * batch_size]
             x = to_unit_range(data[idx])
             loss = loss_fn(model, x, aug_generator, amp)
