@@ -479,11 +479,23 @@ def _ui(args: argparse.Namespace) -> int:
                 proc.kill()
 
 
+def _early_stop(signum: int, frame: object) -> None:
+    """SIGTERM before the run's own handling is in place (Dagster takes seconds to import):
+    stop with the same one line and exit status."""
+    stop = KeyboardInterrupt()
+    stop.exit_status = 128 + signum  # type: ignore[attr-defined]
+    raise stop
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"demo": _run, "run": _run, "plant": _plant, "ui": _ui}
     try:
         if args.command in ("demo", "run"):  # SIGINT/SIGTERM stop it: engines.Interrupted
+            import signal
+
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, _early_stop)
             from dedup_assets.engines import stop_on_signals
 
             with stop_on_signals():

@@ -28,6 +28,7 @@ from dedup_assets.core.artifacts import (
 from dedup_assets.core.atomic_io import atomic_dir
 from dedup_assets.core.integrity import keep_list_problems
 from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.pools import cancelling
 from dedup_assets.core.thresholds import cosine_of
 from resources import DedupSettings, DedupStorage, ImageSource
 
@@ -65,6 +66,7 @@ _COPIERS = {
 }
 FILES_NAME = ".latent-dedup-clean.parquet"
 COPY_THREADS = 8
+COPY_CHUNK = 512
 
 
 def _donor_copies(layout: OutputLayout, thresholds: list[str]) -> list[tuple[str, str]]:
@@ -164,9 +166,11 @@ def write_clean_copy(
         # File copies wait on the disk, not the CPU: a few threads keep it busy. Files go
         # to the threads in chunks (a thread pool's map ignores its chunksize: a task per
         # file cost more in locks than the links themselves, 11 s of 16 at 4 x 27,000).
-        step = max(1, -(-len(rows) // (4 * COPY_THREADS)))
+        # At most COPY_CHUNK files a chunk: an interrupt cancels the queued chunks and waits
+        # only for the running ones (`core.pools`).
+        step = max(1, min(COPY_CHUNK, -(-len(rows) // (4 * COPY_THREADS))))
         chunks = [rows[i : i + step] for i in range(0, len(rows), step)]
-        with ThreadPoolExecutor(max_workers=COPY_THREADS) as pool:
+        with cancelling(ThreadPoolExecutor(max_workers=COPY_THREADS)) as pool:
             linked = sum(pool.map(place_all, chunks))
         kept.select("raw_path", "content_hash").write_parquet(tmp / FILES_NAME)
         manifest = {

@@ -31,6 +31,8 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageOps
 
+from dedup_assets.core.pools import cancelling
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 _IMAGE_EXTENSIONS_B = frozenset(os.fsencode(e) for e in IMAGE_EXTENSIONS)
 # Files in the root that belong to the dataset but are not images: listed with this reason.
@@ -547,7 +549,7 @@ def read_and_decode(
         chunks = [todo[k : k + CHUNK_FILES] for k in range(0, len(todo), CHUNK_FILES)]
         chunk_paths = [[paths[i] for i in chunk] for chunk in chunks]
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with cancelling(ProcessPoolExecutor(max_workers=workers, mp_context=context)) as pool:
             decoded = pool.map(_read_decode_chunk, chunk_paths, itertools.repeat(max_file_bytes))
             for chunk, part in zip(chunks, decoded, strict=True):
                 for i, d in zip(chunk, part, strict=True):

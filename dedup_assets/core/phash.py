@@ -14,7 +14,10 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from dedup_assets.core.pools import cancelling
+
 HASH_BITS = 64
+CHUNK = 1024
 
 
 def phash_bits(pixels: np.ndarray, workers: int = 2) -> np.ndarray:
@@ -29,9 +32,10 @@ def phash_bits(pixels: np.ndarray, workers: int = 2) -> np.ndarray:
     if len(pixels) == 0:
         return np.zeros((0, HASH_BITS), dtype=bool)
     # In chunks: a thread pool's map ignores chunksize, and a task per image costs locks.
-    step = max(1, -(-len(pixels) // (4 * workers)))
+    # At most CHUNK images a chunk: an interrupt waits only for the running ones.
+    step = max(1, min(CHUNK, -(-len(pixels) // (4 * workers))))
     chunks = [pixels[i : i + step] for i in range(0, len(pixels), step)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with cancelling(ThreadPoolExecutor(max_workers=workers)) as pool:
         return np.stack([h for part in pool.map(many, chunks) for h in part])
 
 
