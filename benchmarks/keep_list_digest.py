@@ -52,9 +52,7 @@ def main() -> None:
     result: dict = {"label": args.label, "runs": {}}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
     result["commit"] = commit.stdout.strip()
-    runs = [("demo", ["demo"])] + [
-        (s.name, ["run", "--source", str(s)]) for s in args.source
-    ]
+    runs = [("demo", ["demo"])] + [(s.name, ["run", "--source", str(s)]) for s in args.source]
     for name, command in runs:
         output = args.work / f"{args.label}_{name}"
         shutil.rmtree(output, ignore_errors=True)
