@@ -31,13 +31,9 @@ from dedup_assets.core.artifacts import digest, recorded_listings
 from dedup_assets.core.image_folder import FolderScan
 from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.source_index import SourceChanges, changed_classes
+from dedup_assets.names import INDEX_JOB, REASON_TAG, TRAIN_JOB, UPDATE_CLASS_JOB
 from dedup_assets.partitions import class_partitions
 from resources import DedupSettings, DedupStorage, ImageSource
-
-INDEX_JOB = "index_job"
-UPDATE_CLASS_JOB = "update_class_job"
-TRAIN_JOB = "train_job"
-REASON_TAG = "latent_dedup/reason"
 
 
 def update_requests(changes: SourceChanges, listing: dict[str, str]) -> list[dg.RunRequest]:

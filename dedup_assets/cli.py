@@ -439,9 +439,10 @@ def _ui(args: argparse.Namespace) -> int:
             f"`dedup run --source YOUR_IMAGES --output {folder}` or "
             f"`dedup demo --output {folder}`"
         )
-    from dedup_assets.runner import dagster_home
+    from dedup_assets.core.layout import DAGSTER_HOME, prepare_dagster_home
 
-    env = dict(os.environ, DEDUP_OUTPUT=str(output), DAGSTER_HOME=str(dagster_home(output)))
+    env = dict(os.environ, DEDUP_OUTPUT=str(output))
+    env[DAGSTER_HOME] = str(prepare_dagster_home(output))
     if args.source:
         env["DEDUP_SOURCE"] = str(Path(args.source).resolve())
     try:
@@ -455,7 +456,7 @@ def _ui(args: argparse.Namespace) -> int:
     webserver = [str(bin_dir / "dagster-webserver"), *module, "-h", args.host, "-p", str(args.port)]
     print(
         f"Dagster UI on http://{args.host}:{args.port} with its daemon (sensors, schedules, "
-        f"automation); DAGSTER_HOME={env['DAGSTER_HOME']}; Ctrl-C stops both",
+        f"automation); DAGSTER_HOME={env[DAGSTER_HOME]}; Ctrl-C stops both",
         flush=True,
     )
 
@@ -491,12 +492,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"demo": _run, "run": _run, "plant": _plant, "ui": _ui}
     try:
-        if args.command in ("demo", "run"):  # SIGINT/SIGTERM stop it: engines.Interrupted
+        if args.command in ("demo", "run"):  # SIGINT/SIGTERM stop it: interrupts.Interrupted
             import signal
 
             if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
                 signal.signal(signal.SIGTERM, _early_stop)
-            from dedup_assets.engines import stop_on_signals
+            from dedup_assets.interrupts import stop_on_signals
 
             with stop_on_signals():
                 return handlers[args.command](args)
@@ -504,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"dedup {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt as exc:  # engines.Interrupted says which signal and where
+    except KeyboardInterrupt as exc:  # interrupts.Interrupted says which signal and where
         why = str(exc) or "interrupted; run the same command again to resume"
         print(f"dedup {args.command}: {why}", file=sys.stderr)
         return getattr(exc, "exit_status", 130)  # 128 + SIGINT, as a shell reports it

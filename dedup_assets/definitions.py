@@ -21,28 +21,20 @@ from dedup_assets.assets.latents import class_latents
 from dedup_assets.assets.reference_pool import reference_pool
 from dedup_assets.assets.reports import build_report_assets
 from dedup_assets.assets.spline_fits import spline_fits
-from dedup_assets.automation import INDEX_JOB, TRAIN_JOB, UPDATE_CLASS_JOB, build_automation
+from dedup_assets.automation import build_automation
 from dedup_assets.checks import latents_valid
 from dedup_assets.config import PipelineConfig
 from dedup_assets.engines import executor_definition
+from dedup_assets.names import (
+    CLASS_JOB,
+    INDEX_JOB,
+    INGEST_JOB,
+    SUMMARY_JOB,
+    THRESHOLD_JOB,
+    TRAIN_JOB,
+    UPDATE_CLASS_JOB,
+)
 from dedup_assets.partitions import threshold_partitions
-
-# The stages of the main job, in order; each is a named job of the code location.
-INGEST_JOB = "ingest_job"
-CLASS_JOB = "class_job"
-THRESHOLD_JOB = "threshold_job"
-SUMMARY_JOB = "summary_job"
-__all__ = [
-    "CLASS_JOB",
-    "INDEX_JOB",
-    "INGEST_JOB",
-    "SUMMARY_JOB",
-    "THRESHOLD_JOB",
-    "TRAIN_JOB",
-    "UPDATE_CLASS_JOB",
-    "build_definitions",
-    "defs",
-]
 
 
 def build_definitions(config: PipelineConfig) -> dg.Definitions:

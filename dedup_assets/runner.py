@@ -9,7 +9,7 @@ place (each reader checks provenance, see `core.artifacts`).
 Before it starts, a run takes the output folder's lock, sweeps what an interrupted run
 left (temporary files, half-swapped folders) and marks runs of a dead process as failed.
 
-SIGINT or SIGTERM stops it (`engines.stop_on_signals`): inside a Dagster run, Dagster's
+SIGINT or SIGTERM stops it (`interrupts.stop_on_signals`): inside a Dagster run, Dagster's
 own handler turns the signal into an interrupted step and a failed run, and
 `execute_in_process` returns as if the data were at fault; the stage loop therefore checks
 for a signal between and after runs (`check_stop`), stops the executor's workers, marks the
@@ -24,15 +24,13 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
-from dedup_assets.assets.autoencoder import RETRAIN_TAG
-from dedup_assets.assets.catalog import FULL_TAG
 from dedup_assets.config import PipelineConfig
 from dedup_assets.core.artifacts import (
     CurrentInputs,
@@ -45,33 +43,25 @@ from dedup_assets.core.artifacts import (
     stale_thresholds,
 )
 from dedup_assets.core.atomic_io import sweep_interrupted, write_json
-from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.source_index import changed_classes
-from dedup_assets.definitions import (
+from dedup_assets.core.layout import OutputLayout, resolve_dagster_home
+from dedup_assets.core.source_index import ClassListing, changed_classes
+from dedup_assets.definitions import build_definitions
+from dedup_assets.dispatch import CheckOutcome, ClassRunPool, RunReport, open_instance
+from dedup_assets.engines import Executor, resolve_auto
+from dedup_assets.interrupts import Interrupted, check_stop, note_stage
+from dedup_assets.names import (
     CLASS_JOB,
+    FULL_TAG,
+    HOST_TAG,
     INDEX_JOB,
     INGEST_JOB,
+    PID_TAG,
+    RETRAIN_TAG,
+    STAGE_TAG,
     SUMMARY_JOB,
     THRESHOLD_JOB,
     TRAIN_JOB,
-    build_definitions,
 )
-from dedup_assets.engines import (
-    RUN_INSTANCE_FILE,
-    CheckOutcome,
-    ClassRunPool,
-    Executor,
-    Interrupted,
-    RunReport,
-    check_stop,
-    note_stage,
-    open_instance,
-    resolve_auto,
-)
-
-PID_TAG = "latent_dedup/pid"
-HOST_TAG = "latent_dedup/host"
-STAGE_TAG = "latent_dedup/stage"
 
 
 class OutputLocked(RuntimeError):
@@ -121,29 +111,10 @@ class PipelineOutcome:
         return sum(s.seconds for s in self.stages)
 
 
-def dagster_home(output: Path) -> Path:
-    """<output>/.dagster, made if needed, with telemetry off: the instance of that folder
-    (dagster.yaml for the UI; RUN_INSTANCE_FILE, the same without step output capture, for
-    `dedup run`)."""
-    home = OutputLayout(Path(output).resolve()).dagster_home
-    home.mkdir(parents=True, exist_ok=True)
-    telemetry = "telemetry:\n  enabled: false\n"
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(telemetry)
-    if not (home / RUN_INSTANCE_FILE).exists():
-        (home / RUN_INSTANCE_FILE).write_text(
-            telemetry + "compute_logs:\n  module: dagster._core.storage.noop_compute_log_manager"
-            "\n  class: NoOpComputeLogManager\n"
-        )
-    return home
-
-
 def instance_for(output: Path) -> dg.DagsterInstance:
-    """The persistent Dagster instance under <output>/.dagster (or $DAGSTER_HOME if set)."""
-    if not os.environ.get("DAGSTER_HOME"):
-        os.environ["DAGSTER_HOME"] = str(dagster_home(output))
-    return open_instance(os.environ["DAGSTER_HOME"])
+    """The persistent Dagster instance under <output>/.dagster (or $DAGSTER_HOME if set:
+    `layout.resolve_dagster_home`)."""
+    return open_instance(str(resolve_dagster_home(output)))
 
 
 @contextmanager
@@ -278,6 +249,125 @@ def _nothing_to_do(config: PipelineConfig, layout: OutputLayout, changes) -> boo
     )
 
 
+class _Skipped(Exception):
+    """A stage failed: every stage after it is skipped, for the reason given."""
+
+
+# Jobs whose partitions may run at once on the executor's workers: per class, and per
+# threshold (each threshold's keep list, report, clean copy and cross-class table are its
+# own; the first threshold runs alone, see `_thresholds_and_summary`).
+PER_PARTITION_JOBS = frozenset({INGEST_JOB, CLASS_JOB, THRESHOLD_JOB})
+
+
+class _Stages:
+    """The named jobs of one `dedup run`, one stage at a time: a run per partition key, in
+    this process or on the executor's workers (started when a stage first needs them, so a
+    run with nothing to do starts none); each run's failures and checks go to `outcome`."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        instance: dg.DagsterInstance,
+        outcome: PipelineOutcome,
+        stack: ExitStack,
+        *,
+        tags: Mapping[str, str],
+        log: Callable[[str], None],
+        log_level: str,
+    ) -> None:
+        self.config, self.instance, self.outcome, self.log = config, instance, outcome, log
+        self.in_process = config.executor == Executor.in_process
+        self._home = "" if self.in_process else str(resolve_dagster_home(config.output).resolve())
+        self._stack, self._verbose = stack, log_level == "INFO"
+        self._pool: ClassRunPool | None = None
+        self.defs = build_definitions(config)
+        self.tags = dict(tags)
+        self.run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+
+    def pool(self) -> ClassRunPool:
+        """The executor's workers, started on first use."""
+        if self._pool is None:
+            pool = ClassRunPool(self.config, self._home, self._verbose)
+            self._pool = self._stack.enter_context(pool)
+            self.log(
+                f"executor {self.config.executor}: up to {self.config.parallel} class run(s) "
+                f"at once on {', '.join(self._pool.workers())}"
+            )
+        return self._pool
+
+    def run(
+        self,
+        name: str,
+        job_name: str,
+        keys: Sequence[str | None],
+        assets: list[str] | None = None,
+        first_here: bool = False,
+    ) -> tuple[list[str | None], list[dg.ExecuteInProcessResult]]:
+        """Run one job per key (several at once where the executor allows; with
+        `first_here`, the first key alone in this process, with every core, then the
+        others at once); returns the keys whose run failed, and every in-process result."""
+        note_stage(name)
+        check_stop()
+        run_tags = {**self.tags, STAGE_TAG: name}
+        through_executor = not self.in_process and job_name in PER_PARTITION_JOBS
+        keys = list(keys)
+        here = keys if not through_executor else keys[:1] if first_here else []
+        away = keys[len(here) :]
+        at_once = self.config.parallel if away else 1
+        self.log(
+            f"[{name}] starting: {len(keys)} run(s)"
+            + (f", {at_once} at once ({self.config.executor} executor)" if away else "")
+        )
+        start = time.perf_counter()
+        results = [self._run_here(name, job_name, key, run_tags, assets) for key in here]
+        reports = [report for _, report in results]
+        if away:
+            reports += self.pool().run_all(job_name, away, run_tags, self.run_config, name)
+        failed = self._record(name, keys, reports, len(here))
+        seconds = time.perf_counter() - start
+        self.outcome.stages.append(StageTiming(name, seconds, len(keys)))
+        self.log(f"[{name}] {len(keys)} run(s) in {seconds:.1f}s")
+        return failed, [result for result, _ in results]
+
+    def _run_here(
+        self,
+        name: str,
+        job_name: str,
+        key: str | None,
+        run_tags: dict[str, str],
+        assets: list[str] | None,
+    ) -> tuple[dg.ExecuteInProcessResult, RunReport]:
+        """One run in this process, and its report."""
+        check_stop()
+        result = self.defs.resolve_job_def(job_name).execute_in_process(
+            partition_key=key,
+            instance=self.instance,
+            raise_on_error=False,
+            tags=run_tags,
+            run_config=self.run_config,
+            asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
+        )
+        check_stop()  # a signal Dagster's handler took: the run ended as failed
+        report = RunReport.of(result, name, key)
+        if report.interrupted:  # a KeyboardInterrupt without stop_on_signals
+            raise Interrupted(signal.SIGINT, name)
+        return result, report
+
+    def _record(
+        self, name: str, keys: list[str | None], reports: list[RunReport], here: int
+    ) -> list[str | None]:
+        """Each run's checks and failures into the outcome; the keys whose run failed."""
+        failed = []
+        for at, (key, report) in enumerate(zip(keys, reports, strict=True)):
+            self.outcome.checks.extend(report.checks)
+            self.outcome.failures.extend(report.failures)
+            if report.failures:
+                failed.append(key)
+            if at >= here:
+                self.log(f"[{name}] {key}: steps ran on {', '.join(report.workers) or '?'}")
+        return failed
+
+
 def _run_stages(
     config: PipelineConfig,
     instance: dg.DagsterInstance,
@@ -289,101 +379,12 @@ def _run_stages(
     log: Callable[[str], None],
     log_level: str,
 ) -> None:
+    """The stages in order, each for what changed only; a failed stage skips the rest."""
     _, listings = config.resources()["image_source"].list_source(layout)
-    executor, parallel, why = resolve_auto(
-        config.executor, config.parallel, [v.files for v in listings.values()]
-    )
-    if why:
-        log(
-            f"executor auto: {executor}"
-            + (f", {parallel} at once" if parallel > 1 else "")
-            + f" ({why})"
-        )
-        config = config.model_copy(update={"executor": executor, "parallel": parallel})
-    in_process = config.executor == Executor.in_process
-    home = "" if in_process else str(Path(os.environ["DAGSTER_HOME"]).resolve())
+    config = _choose_executor(config, listings, log)
     with ExitStack() as stack:
-        workers: list[ClassRunPool] = []
-
-        def worker_pool() -> ClassRunPool:
-            """The executor's workers, started when a stage first needs them (a run with
-            nothing to do starts none)."""
-            if not workers:
-                workers.append(stack.enter_context(ClassRunPool(config, home, log_level == "INFO")))
-                log(
-                    f"executor {config.executor}: up to {config.parallel} class run(s) at once "
-                    f"on {', '.join(workers[0].workers())}"
-                )
-            return workers[0]
-
-        defs = build_definitions(config)
-        tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-        if retrain:
-            tags[RETRAIN_TAG] = "1"
-        if full:
-            tags[FULL_TAG] = "1"
-        run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-        settings = config.method
-
-        # Jobs whose partitions may run at once on the executor's workers: per class, and
-        # per threshold (each threshold's keep list, report, clean copy and cross-class table
-        # are its own; the first threshold runs alone, see below).
-        per_partition_jobs = {INGEST_JOB, CLASS_JOB, THRESHOLD_JOB}
-
-        def stage(
-            name: str,
-            job_name: str,
-            keys: Sequence[str | None],
-            assets: list[str] | None = None,
-            first_here: bool = False,
-        ) -> tuple[list[str | None], list[dg.ExecuteInProcessResult]]:
-            """Run one job per key (several at once where the executor allows; with
-            `first_here`, the first key alone in this process, with every core, then the
-            others at once); returns the keys whose run failed, and every in-process result."""
-            note_stage(name)
-            check_stop()
-            run_tags = {**tags, STAGE_TAG: name}
-            through_executor = not in_process and job_name in per_partition_jobs
-            keys = list(keys)
-            here = keys if not through_executor else keys[:1] if first_here else []
-            away = keys[len(here) :]
-            at_once = config.parallel if away else 1
-            log(
-                f"[{name}] starting: {len(keys)} run(s)"
-                + (f", {at_once} at once ({config.executor} executor)" if away else "")
-            )
-            failed, results = [], []
-            start = time.perf_counter()
-            reports = []
-            for key in here:
-                check_stop()
-                result = defs.resolve_job_def(job_name).execute_in_process(
-                    partition_key=key,
-                    instance=instance,
-                    raise_on_error=False,
-                    tags=run_tags,
-                    run_config=run_config,
-                    asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
-                )
-                check_stop()  # a signal Dagster's handler took: the run ended as failed
-                results.append(result)
-                reports.append(RunReport.of(result, name, key))
-                if reports[-1].interrupted:  # a KeyboardInterrupt without stop_on_signals
-                    raise Interrupted(signal.SIGINT, name)
-            if away:
-                reports += worker_pool().run_all(job_name, away, run_tags, run_config, name)
-            for at, (key, report) in enumerate(zip(keys, reports, strict=True)):
-                outcome.checks.extend(report.checks)
-                outcome.failures.extend(report.failures)
-                if report.failures:
-                    failed.append(key)
-                if at >= len(here):
-                    log(f"[{name}] {key}: steps ran on {', '.join(report.workers) or '?'}")
-            seconds = time.perf_counter() - start
-            outcome.stages.append(StageTiming(name, seconds, len(keys)))
-            log(f"[{name}] {len(keys)} run(s) in {seconds:.1f}s")
-            return failed, results
-
+        tags = _run_tags(retrain=retrain, full=full)
+        stages = _Stages(config, instance, outcome, stack, tags=tags, log=log, log_level=log_level)
         changes = changed_classes(
             {k: v.digest for k, v in listings.items()}, recorded_listings(layout)
         )
@@ -394,69 +395,134 @@ def _run_stages(
             log("nothing changed: the source and the settings are those of the outputs")
             return
         log(f"source: {outcome.changes}")
-        if stage("catalog", INDEX_JOB, [None])[0]:
-            outcome.skipped.append("every later stage: the catalog failed")
-            return
-        to_ingest = sorted(listings) if full else list(changes.to_update)
-        if to_ingest:
-            failed, _ = stage("images", INGEST_JOB, to_ingest)
-            if failed:
-                outcome.skipped.append(
-                    f"every later stage: decoding failed for {', '.join(str(k) for k in failed)}"
-                )
-                return
-        model_before = file_digest(layout.model) if layout.model.exists() else None
-        failed, results = stage("training", TRAIN_JOB, [None])
+        try:
+            to_ingest = _catalog_and_images(
+                stages, sorted(listings) if full else list(changes.to_update)
+            )
+            current, retrained = _training(stages, layout)
+            to_process = _classes(stages, layout, current, to_ingest, every=retrained or full)
+            _thresholds_and_summary(stages, layout, current, to_process)
+        except _Skipped as exc:
+            outcome.skipped.append(str(exc))
+
+
+def _choose_executor(
+    config: PipelineConfig, listings: Mapping[str, ClassListing], log: Callable[[str], None]
+) -> PipelineConfig:
+    """The configuration with `auto` resolved for these class sizes (and said why)."""
+    executor, parallel, why = resolve_auto(
+        config.executor, config.parallel, [v.files for v in listings.values()]
+    )
+    if not why:
+        return config
+    log(
+        f"executor auto: {executor}"
+        + (f", {parallel} at once" if parallel > 1 else "")
+        + f" ({why})"
+    )
+    return config.model_copy(update={"executor": executor, "parallel": parallel})
+
+
+def _run_tags(*, retrain: bool, full: bool) -> dict[str, str]:
+    """Every run's tags: who started it (for `fail_orphaned_runs`), and the run's options."""
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    if retrain:
+        tags[RETRAIN_TAG] = "1"
+    if full:
+        tags[FULL_TAG] = "1"
+    return tags
+
+
+def _catalog_and_images(stages: _Stages, to_ingest: list[str]) -> list[str]:
+    """List the source (the index), then decode the classes in `to_ingest`."""
+    if stages.run("catalog", INDEX_JOB, [None])[0]:
+        raise _Skipped("every later stage: the catalog failed")
+    if to_ingest:
+        failed, _ = stages.run("images", INGEST_JOB, to_ingest)
         if failed:
-            outcome.skipped.append("every later stage: training failed")
-            return
-        outcome.training = _training_decision(results[0])
-        log(f"training: {outcome.training}")
-        retrained = file_digest(layout.model) != model_before
+            raise _Skipped(
+                f"every later stage: decoding failed for {', '.join(str(k) for k in failed)}"
+            )
+    return to_ingest
+
+
+def _training(stages: _Stages, layout: OutputLayout) -> tuple[CurrentInputs, bool]:
+    """Keep the model or train it again, and draw the reference pool when it is not the
+    model's; the current inputs then, and whether the model changed."""
+    settings = stages.config.method
+    model_before = file_digest(layout.model) if layout.model.exists() else None
+    failed, results = stages.run("training", TRAIN_JOB, [None])
+    if failed:
+        raise _Skipped("every later stage: training failed")
+    stages.outcome.training = _training_decision(results[0])
+    stages.log(f"training: {stages.outcome.training}")
+    retrained = file_digest(layout.model) != model_before
+    current = CurrentInputs.of(layout, settings)
+    if not is_current(layout.reference_pool, current.reference_pool()):
+        # A kept model skips the training job's pool step: draw the pool on its own.
+        if stages.run("reference pool", TRAIN_JOB, [None], ["reference_pool"])[0]:
+            raise _Skipped("every later stage: drawing the reference pool failed")
         current = CurrentInputs.of(layout, settings)
-        if not is_current(layout.reference_pool, current.reference_pool()):
-            # A kept model skips the training job's pool step: draw the pool on its own.
-            if stage("reference pool", TRAIN_JOB, [None], ["reference_pool"])[0]:
-                outcome.skipped.append("every later stage: drawing the reference pool failed")
-                return
-            current = CurrentInputs.of(layout, settings)
-        thresholds = list(config.thresholds)
-        outcome.classes = catalogued_keys(layout)
-        if retrained or full:
-            to_process = outcome.classes
-        else:
-            pending = set(stale_classes(layout, current, thresholds)) | set(to_ingest)
-            to_process = [k for k in outcome.classes if k in pending]
-        if to_process:
-            failed, _ = stage(
-                "classes: latents, spline fits, keep decisions", CLASS_JOB, to_process
-            )
-            if failed:
-                outcome.skipped.append(
-                    f"keep lists, reports, clean copies and evaluation: the class stage failed for "
-                    f"{', '.join(str(k) for k in failed)}"
-                )
-                return
-        to_threshold = thresholds if to_process else stale_thresholds(layout, current, thresholds)
-        failed = []
-        if to_threshold:
-            # With workers, the first threshold runs alone: it computes the cross-class join
-            # every threshold reads and makes the clean copy the others hard-link from, so
-            # the rest, run at once, neither repeat the join nor copy every file again.
-            failed = stage(
-                "thresholds: keep lists, gates, reports, clean copies",
-                THRESHOLD_JOB,
-                to_threshold,
-                first_here=True,
-            )[0]
-        outcome.stale_clean = [t for t in thresholds if layout.clean_stale_note(t).exists()]
-        assets = ["dedup_evaluation"] + ([] if failed else ["dedup_summary"])
+    return current, retrained
+
+
+def _classes(
+    stages: _Stages,
+    layout: OutputLayout,
+    current: CurrentInputs,
+    ingested: list[str],
+    *,
+    every: bool,
+) -> list[str]:
+    """Encode, fit and decide the classes that need it (`every`: all of them); returns
+    those it ran."""
+    outcome = stages.outcome
+    outcome.classes = catalogued_keys(layout)
+    if every:
+        to_process = outcome.classes
+    else:
+        thresholds = list(stages.config.thresholds)
+        pending = set(stale_classes(layout, current, thresholds)) | set(ingested)
+        to_process = [k for k in outcome.classes if k in pending]
+    if to_process:
+        failed, _ = stages.run(
+            "classes: latents, spline fits, keep decisions", CLASS_JOB, to_process
+        )
         if failed:
-            outcome.skipped.append(
-                f"the summary across thresholds: T={', '.join(str(t) for t in failed)} failed"
+            raise _Skipped(
+                f"keep lists, reports, clean copies and evaluation: the class stage failed for "
+                f"{', '.join(str(k) for k in failed)}"
             )
-        if not stage("summary + evaluation", SUMMARY_JOB, [None], assets)[0]:
-            outcome.summary_written = "dedup_summary" in assets
+    return to_process
+
+
+def _thresholds_and_summary(
+    stages: _Stages, layout: OutputLayout, current: CurrentInputs, processed: list[str]
+) -> None:
+    """Every threshold again when classes changed, else the stale ones; then the summary
+    across thresholds (when every threshold succeeded) and the evaluation."""
+    outcome = stages.outcome
+    thresholds = list(stages.config.thresholds)
+    to_threshold = thresholds if processed else stale_thresholds(layout, current, thresholds)
+    failed = []
+    if to_threshold:
+        # With workers, the first threshold runs alone: it computes the cross-class join
+        # every threshold reads and makes the clean copy the others hard-link from, so
+        # the rest, run at once, neither repeat the join nor copy every file again.
+        failed = stages.run(
+            "thresholds: keep lists, gates, reports, clean copies",
+            THRESHOLD_JOB,
+            to_threshold,
+            first_here=True,
+        )[0]
+    outcome.stale_clean = [t for t in thresholds if layout.clean_stale_note(t).exists()]
+    assets = ["dedup_evaluation"] + ([] if failed else ["dedup_summary"])
+    if failed:
+        outcome.skipped.append(
+            f"the summary across thresholds: T={', '.join(str(t) for t in failed)} failed"
+        )
+    if not stages.run("summary + evaluation", SUMMARY_JOB, [None], assets)[0]:
+        outcome.summary_written = "dedup_summary" in assets
 
 
 def _training_decision(result: dg.ExecuteInProcessResult) -> str:

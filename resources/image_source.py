@@ -9,7 +9,7 @@ from pydantic import Field
 
 from dedup_assets.core.demo_data import ensure_demo_dataset
 from dedup_assets.core.image_folder import DEFAULT_MAX_FILE_BYTES, FolderScan
-from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.layout import DEFAULT_OUTPUT, OutputLayout
 from dedup_assets.core.source_index import ClassListing, list_source, verify_listings
 
 GROUND_TRUTH_NAME = "ground_truth.csv"
@@ -32,7 +32,7 @@ class ImageSource(dg.ConfigurableResource):
 
     root: str = ""
     ground_truth: str = ""
-    demo_dir: str = "dedup_output/demo_dataset"
+    demo_dir: str = str(OutputLayout(Path(DEFAULT_OUTPUT)).demo_dataset)
     demo_seed: int = 0
     max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)
     include_hidden: bool = False

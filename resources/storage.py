@@ -6,13 +6,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.layout import DEFAULT_OUTPUT, OutputLayout
 
 
 class DedupStorage(dg.ConfigurableResource):
     """The output folder; every asset's files live under it (see OutputLayout)."""
 
-    base_dir: str = "dedup_output"
+    base_dir: str = DEFAULT_OUTPUT
 
     def layout(self) -> OutputLayout:
         return OutputLayout(Path(self.base_dir).expanduser().resolve())

@@ -27,9 +27,8 @@ from dedup_assets.core.demo_data import (
     ensure_demo_dataset,
     generate_demo_dataset,
 )
-from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.layout import OutputLayout, prepare_dagster_home
 from dedup_assets.definitions import build_definitions
-from dedup_assets.runner import dagster_home
 from resources import ImageSource
 
 T = "0.95"
@@ -70,7 +69,7 @@ def demo(tmp_path_factory):
 def _sensor(out: Path, monkeypatch, *, verify: bool = False, cursor: str | None = None):
     """One evaluation of new_images_sensor as the code location of `dedup ui --output out`
     configures it (DEDUP_OUTPUT, DEDUP_VERIFY), on that folder's instance."""
-    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home(out)))
+    monkeypatch.setenv("DAGSTER_HOME", str(prepare_dagster_home(out)))
     env = {"DEDUP_OUTPUT": str(out), **({"DEDUP_VERIFY": "1"} if verify else {})}
     config = PipelineConfig.from_environment(env)
     defs = build_definitions(config)

@@ -26,8 +26,8 @@ from distributed import Client, LocalCluster
 
 from dedup_assets.core.demo_data import generate_demo_dataset
 from dedup_assets.core.layout import MARKER
-from dedup_assets.definitions import CLASS_JOB, THRESHOLD_JOB, TRAIN_JOB
-from dedup_assets.engines import runs_in_progress
+from dedup_assets.dispatch import runs_in_progress
+from dedup_assets.names import CLASS_JOB, THRESHOLD_JOB, TRAIN_JOB
 
 THRESHOLDS = ("0.9", "2%")
 FAST = (

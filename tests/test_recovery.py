@@ -89,7 +89,8 @@ def test_sigkill_in_each_stage_then_the_next_run_recovers(baseline, stage, tmp_p
 BLOCKING_RUN = """
 import sys, time, dagster as dg
 from pathlib import Path
-from dedup_assets.runner import HOST_TAG, PID_TAG, instance_for
+from dedup_assets.names import HOST_TAG, PID_TAG
+from dedup_assets.runner import instance_for
 import os, socket
 
 @dg.asset

@@ -7,7 +7,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from dedup_assets.assets.catalog import FULL_TAG, class_images
+from dedup_assets.assets.catalog import class_images
 from dedup_assets.core import plots
 from dedup_assets.core.artifacts import (
     catalog_class_keys,
@@ -27,11 +27,11 @@ from dedup_assets.core.autoencoder import (
 )
 from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.retraining import RetrainDecision, decide_retraining
-from dedup_assets.engines import GPU_OP_TAGS, stop_requested
+from dedup_assets.interrupts import stop_requested
+from dedup_assets.names import FULL_TAG, GPU_OP_TAGS, RETRAIN_TAG
 from dedup_assets.ui import image_metadata
 from resources import ComputeDevice, DedupSettings, DedupStorage
 
-RETRAIN_TAG = "latent_dedup/retrain"
 GRID_IMAGES = 10
 EVAL_IMAGES = 2048
 

@@ -33,12 +33,10 @@ from dedup_assets.core.source_index import (
     list_source,
     rewritten_files,
 )
-from dedup_assets.engines import WORKER_METADATA, worker_name
+from dedup_assets.names import FULL_TAG, WORKER_METADATA, worker_name
 from dedup_assets.partitions import class_partitions
 from dedup_assets.ui import md_table
 from resources import DedupStorage, ImageSource
-
-FULL_TAG = "latent_dedup/full"
 
 
 def refresh_quarantine(layout: OutputLayout) -> pl.DataFrame:

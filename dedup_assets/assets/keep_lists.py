@@ -9,7 +9,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from dedup_assets.assets.catalog import FULL_TAG, image_catalog
+from dedup_assets.assets.catalog import image_catalog
 from dedup_assets.assets.reference_pool import reference_pool
 from dedup_assets.assets.spline_fits import spline_fits
 from dedup_assets.core import plots
@@ -44,7 +44,7 @@ from dedup_assets.core.class_keep import decide_thresholds
 from dedup_assets.core.integrity import keep_list_problems
 from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.thresholds import budget_of, cosine_of
-from dedup_assets.engines import WORKER_METADATA, worker_name
+from dedup_assets.names import FULL_TAG, WORKER_METADATA, worker_name
 from dedup_assets.partitions import class_partitions
 from dedup_assets.ui import image_metadata, md_table
 from resources import ComputeDevice, DedupSettings, DedupStorage

@@ -6,7 +6,7 @@ import dagster as dg
 import numpy as np
 
 from dedup_assets.assets.autoencoder import autoencoder
-from dedup_assets.assets.catalog import FULL_TAG, class_images
+from dedup_assets.assets.catalog import class_images
 from dedup_assets.core.artifacts import (
     catalog_images,
     class_summary,
@@ -19,7 +19,7 @@ from dedup_assets.core.artifacts import (
     write_latents,
 )
 from dedup_assets.core.autoencoder import LATENT_DIM, encode_images, load_state
-from dedup_assets.engines import GPU_OP_TAGS, WORKER_METADATA, worker_name
+from dedup_assets.names import FULL_TAG, GPU_OP_TAGS, WORKER_METADATA, worker_name
 from dedup_assets.partitions import class_partitions
 from resources import ComputeDevice, DedupStorage
 

@@ -5,7 +5,7 @@ import dagster as dg
 import numpy as np
 
 from dedup_assets.assets.autoencoder import autoencoder
-from dedup_assets.assets.catalog import FULL_TAG, class_images
+from dedup_assets.assets.catalog import class_images
 from dedup_assets.core.artifacts import (
     CurrentInputs,
     catalog_class_keys,
@@ -17,6 +17,7 @@ from dedup_assets.core.artifacts import (
 )
 from dedup_assets.core.autoencoder import encode_images, load_state
 from dedup_assets.core.reference_pool import build_reference_pool
+from dedup_assets.names import FULL_TAG
 from resources import ComputeDevice, DedupSettings, DedupStorage
 
 

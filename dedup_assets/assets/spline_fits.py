@@ -17,7 +17,7 @@ from dedup_assets.core.artifacts import (
 )
 from dedup_assets.core.class_density import fit_class_density
 from dedup_assets.core.pca import components_for_variance
-from dedup_assets.engines import WORKER_METADATA, worker_name
+from dedup_assets.names import WORKER_METADATA, worker_name
 from dedup_assets.partitions import class_partitions
 from dedup_assets.ui import image_metadata, md_table
 from resources import DedupSettings, DedupStorage

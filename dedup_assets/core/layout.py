@@ -1,10 +1,13 @@
-"""Where each asset's files live under the output folder (one place, so nothing guesses)."""
+"""Where each asset's files live under the output folder, and where the Dagster instance
+of that folder is (one place, so nothing guesses)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+DEFAULT_OUTPUT = "dedup_output"  # the output folder when none is given
 MARKER = ".latent-dedup"
 # Files and folders an output made by earlier versions holds (accepted without the marker).
 LEGACY_SIGNS = ("pipeline.json", "catalog", ".dagster")
@@ -56,6 +59,7 @@ class OutputLayout:
 
     @property
     def dagster_home(self) -> Path:
+        """The instance of this folder (`resolve_dagster_home` says which one a run uses)."""
         return self.root / ".dagster"
 
     # ------------------------------------------------------------------ catalog and model
@@ -187,3 +191,52 @@ class OutputLayout:
     @property
     def demo_dataset(self) -> Path:
         return self.root / "demo_dataset"
+
+
+# ---------------------------------------------------------------------------- the instance
+
+DAGSTER_HOME = "DAGSTER_HOME"  # the variable Dagster reads its instance folder from
+INSTANCE_FILE = "dagster.yaml"  # the instance's settings: the UI's, where sensors log
+# `dedup run`'s instance file beside dagster.yaml: the same storage without Dagster's
+# capture of each run's stdout and stderr. Nothing here writes there (assets log to the
+# event log), and the capture starts a `tail` and a Python watcher per stream and run,
+# which print a traceback each when Ctrl-C reaches the process group.
+RUN_INSTANCE_FILE = "dedup-run.yaml"
+_TELEMETRY_OFF = "telemetry:\n  enabled: false\n"
+_NO_CAPTURE = (
+    "compute_logs:\n  module: dagster._core.storage.noop_compute_log_manager"
+    "\n  class: NoOpComputeLogManager\n"
+)
+
+
+def prepare_dagster_home(output: Path | str) -> Path:
+    """<output>/.dagster, made if needed, with telemetry off: the instance of that folder
+    (INSTANCE_FILE for the UI; RUN_INSTANCE_FILE, the same without step output capture, for
+    `dedup run`)."""
+    home = OutputLayout(Path(output).resolve()).dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / INSTANCE_FILE).exists():
+        (home / INSTANCE_FILE).write_text(_TELEMETRY_OFF)
+    if not (home / RUN_INSTANCE_FILE).exists():
+        (home / RUN_INSTANCE_FILE).write_text(_TELEMETRY_OFF + _NO_CAPTURE)
+    return home
+
+
+def resolve_dagster_home(output: Path | str) -> Path:
+    """The instance folder of a run writing to `output`: $DAGSTER_HOME when set (a
+    deployment's), else <output>/.dagster, prepared and then set as $DAGSTER_HOME, so that
+    this process and Dagster itself agree on it from then on."""
+    if not os.environ.get(DAGSTER_HOME):
+        use_dagster_home(prepare_dagster_home(output))
+    return Path(os.environ[DAGSTER_HOME])
+
+
+def use_dagster_home(home: Path | str) -> None:
+    """Make `home` this process's instance folder (a worker adopting its caller's)."""
+    os.environ[DAGSTER_HOME] = str(home)
+
+
+def instance_file(home: Path | str) -> str:
+    """The settings file `dedup run` opens in `home`: RUN_INSTANCE_FILE where it is, else
+    INSTANCE_FILE (an instance that `prepare_dagster_home` did not make)."""
+    return RUN_INSTANCE_FILE if (Path(home) / RUN_INSTANCE_FILE).exists() else INSTANCE_FILE

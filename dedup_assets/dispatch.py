@@ -1,0 +1,420 @@
+"""Dispatching the runs of `dedup run`: each partition of a named job as one Dagster run,
+here or on the chosen engine's workers (`engines`), and what each run did.
+
+The per-class stages (decoding, encoding, spline fits, keep decisions) are independent
+across classes, so the main job can run up to `parallel` class partitions at once. Each
+class partition is one Dagster run, executed whole by one worker (in-process there), in
+the instance of the output folder: the distribution is by run, as Dagster's own run
+launchers do it, not by step.
+
+A worker rebuilds the job from the pipeline configuration itself (`job_for` on the
+configuration's JSON), so it needs only the package installed and the source, the output
+folder and its Dagster instance at the same paths (a shared filesystem on a real cluster).
+This module therefore stands above the definitions: it builds them, nothing below it
+imports it.
+
+Stopping: `interrupts.stop_on_signals` turns the first SIGINT or SIGTERM of `dedup run` into
+`Interrupted`, which `ClassRunPool.run_all` raises between waits (`check_stop`). Then
+`ClassRunPool.stop` ends the runs elsewhere: a local process gets SIGTERM, which Dagster turns
+into an interrupted step and a failed run, and SIGKILL if it is still alive STOP_GRACE_S
+later. A Dask task cannot be killed, and cancelling its future leaves it running, so the
+run's thread on the worker gets a KeyboardInterrupt raised in it (`interrupt_runs`), with the
+same effect as SIGTERM has on a local process.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import functools
+import multiprocessing
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from dedup_assets.config import PipelineConfig
+from dedup_assets.core.layout import instance_file, use_dagster_home
+from dedup_assets.definitions import build_definitions
+from dedup_assets.engines import (
+    EngineUnavailable,
+    Executor,
+    init_pool_process,
+    threads_per_process,
+)
+from dedup_assets.interrupts import INTERRUPT_ERRORS, check_stop
+from dedup_assets.names import WORKER_METADATA, WORKER_TAG, worker_name
+
+# A stopped pool's processes get SIGTERM (again every 0.2 s: one that ends its interrupted
+# run and takes the next queued one stops at the next) and SIGKILL after STOP_GRACE_S.
+# Measured: two workers in the middle of class runs were gone 0.5 s after the first SIGTERM
+# (2 cores); `dedup run` exits about 1.5 s later (the interpreter's own shutdown).
+STOP_GRACE_S = 3.0
+POLL_S = 0.5  # how often a wait for runs elsewhere checks for a stop
+
+
+@dataclass
+class CheckOutcome:
+    """A check that did not pass: which, on which partition, how bad and why."""
+
+    check: str
+    asset: str
+    partition: str | None
+    severity: str  # "ERROR" or "WARN"
+    reason: str
+
+    def line(self) -> str:
+        where = f" [{self.partition}]" if self.partition else ""
+        return f"{self.check} on {self.asset}{where}: {self.reason}"
+
+    @classmethod
+    def of(cls, evaluation: dg.AssetCheckEvaluation, key: str | None) -> CheckOutcome:
+        meta = evaluation.metadata or {}
+        reason = meta.get("outcome") or meta.get("problems")
+        return cls(
+            check=evaluation.check_name,
+            asset=evaluation.asset_key.to_user_string(),
+            partition=key,
+            severity="ERROR" if evaluation.severity == dg.AssetCheckSeverity.ERROR else "WARN",
+            reason=str(reason.value) if reason is not None else "see the check's metadata",
+        )
+
+
+@dataclass
+class RunReport:
+    """What one run did, in a form that crosses process boundaries: failed steps, checks
+    that did not pass, and the workers that materialized its assets."""
+
+    failures: list[str] = field(default_factory=list)
+    checks: list[CheckOutcome] = field(default_factory=list)
+    workers: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    @classmethod
+    def of(cls, result: dg.ExecuteInProcessResult, stage: str, key: str | None) -> RunReport:
+        """Failed steps and checks of a run (a blocking check that stopped a downstream
+        asset is a verdict recorded as a check, not a failure of the stage)."""
+        report = cls(workers=_workers(result))
+        report.checks = [
+            CheckOutcome.of(e, key) for e in result.get_asset_check_evaluations() if not e.passed
+        ]
+        where = f"{stage} [{key}]" if key is not None else stage
+        report.interrupted = any(
+            (event.is_step_failure or event.is_job_failure)
+            and _interrupted(event.event_specific_data.error)
+            for event in result.all_events
+        )
+        if report.interrupted:  # not the data's fault: say so, not the step's traceback
+            on = f" on {', '.join(report.workers)}" if report.workers else ""
+            report.failures.append(
+                f"{where}: interrupted{on} (its process got a signal); run the same command "
+                "again to resume"
+            )
+            return report
+        for event in result.all_events:
+            if not event.is_step_failure:
+                continue
+            error = event.event_specific_data.error
+            if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
+                continue
+            report.failures.append(f"{where}: {event.step_key}: {root_cause(error)}")
+        blocked = any(c.severity == "ERROR" for c in report.checks)
+        if not result.success and not report.failures and not blocked:
+            report.failures.append(f"{where}: the run failed before or between its steps")
+        return report
+
+
+def _workers(result: dg.ExecuteInProcessResult) -> list[str]:
+    """Who materialized the run's assets (their WORKER_METADATA), else the run's tag."""
+    workers: list[str] = []
+    for event in result.get_asset_materialization_events():
+        worker = event.materialization.metadata.get(WORKER_METADATA)
+        if worker is not None and str(worker.value) not in workers:
+            workers.append(str(worker.value))
+    if not workers and WORKER_TAG in result.dagster_run.tags:
+        # Assets that do not record their worker (the threshold ones): the run's tag.
+        workers.append(result.dagster_run.tags[WORKER_TAG])
+    return workers
+
+
+def _interrupted(error: Any) -> bool:
+    """Whether a step's or run's error is an interruption (a signal), at any depth."""
+    while error is not None:
+        if error.cls_name in INTERRUPT_ERRORS:
+            return True
+        error = error.cause
+    return False
+
+
+def root_cause(error: Any) -> str:
+    """One line naming the real cause of a step failure (not Dagster's wrapper)."""
+    while error is not None and error.cause is not None and error.cls_name.startswith("Dagster"):
+        error = error.cause
+    if error is None:
+        return "failed"
+    lines = [line for line in error.message.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else error.cls_name
+
+
+def open_instance(dagster_home: str) -> dg.DagsterInstance:
+    """The Dagster instance at dagster_home as `dedup run` uses it (`layout.instance_file`)."""
+    return dg.DagsterInstance.from_config(dagster_home, config_filename=instance_file(dagster_home))
+
+
+@functools.lru_cache(maxsize=16)
+def job_for(config_json: str, job_name: str) -> dg.JobDefinition:
+    """Rebuild a named job from a configuration's JSON, in whatever process runs it (once
+    per process: a worker runs many class partitions of the same job)."""
+    config = PipelineConfig.model_validate_json(config_json)
+    return build_definitions(config).resolve_job_def(job_name)
+
+
+def run_partition(
+    config_json: str,
+    job_name: str,
+    key: str | None,
+    tags: dict[str, str],
+    run_config: dict,
+    stage: str,
+    dagster_home: str,
+    token: str = "",
+) -> RunReport:
+    """Run one partition of a named job in this process, in the instance at dagster_home
+    (the output folder's), and report what it did: what a pool process or a Dask worker
+    executes for each class. `token` names the pool that sent it, for `interrupt_runs`."""
+    try:
+        with _interruptible(token):
+            use_dagster_home(dagster_home)
+            job = job_for(config_json, job_name)
+            with open_instance(dagster_home) as instance:
+                result = job.execute_in_process(
+                    partition_key=key,
+                    instance=instance,
+                    raise_on_error=False,
+                    tags={**tags, WORKER_TAG: worker_name()},
+                    run_config=run_config,
+                )
+                return RunReport.of(result, stage, key)
+    except KeyboardInterrupt:  # interrupt_runs, outside the run's steps (or before it)
+        where = f"{stage} [{key}]" if key is not None else stage
+        return RunReport(failures=[f"{where}: interrupted before it ran"], interrupted=True)
+
+
+# Dask worker threads running class runs, by the token of the pool that sent them, and the
+# tokens whose pool has stopped (a run of theirs that starts late does not run).
+_RUNS_LOCK = threading.Lock()
+_RUNS: dict[str, set[int]] = {}
+_STOPPED: set[str] = set()
+
+
+def _async_raise(ident: int, exc: type[BaseException] | None) -> None:
+    """Raise exc in thread `ident` at its next Python instruction (None: cancel that)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(exc) if exc is not None else None
+    )
+
+
+@contextmanager
+def _interruptible(token: str) -> Iterator[None]:
+    """Register this thread as running a run of `token`'s pool while inside."""
+    ident = threading.get_ident()
+    with _RUNS_LOCK:
+        if token in _STOPPED:
+            raise KeyboardInterrupt
+        _RUNS.setdefault(token, set()).add(ident)
+
+    def leave() -> None:
+        with _RUNS_LOCK:
+            _RUNS.get(token, set()).discard(ident)
+            if not _RUNS.get(token):
+                _RUNS.pop(token, None)
+            _async_raise(ident, None)  # an interrupt sent as the run ended stays here
+
+    try:
+        yield
+    finally:
+        while True:  # an interrupt may land in leave() itself: the run is over, leave again
+            try:
+                leave()
+                break
+            except KeyboardInterrupt:
+                pass
+
+
+def interrupt_runs(token: str) -> int:
+    """Raise KeyboardInterrupt in the threads of this process that run `token`'s runs (on a
+    Dask worker, through `Client.run`): Dagster ends each as an interrupted, failed run, as
+    SIGTERM does in a local process. Later runs of the token do not start. Returns how many
+    were still running: call again until none is (an exception that lands in a finalizer or
+    a garbage-collection callback is printed and dropped there)."""
+    with _RUNS_LOCK:
+        _STOPPED.add(token)
+        idents = set(_RUNS.get(token, ()))
+        for ident in idents:
+            _async_raise(ident, KeyboardInterrupt)
+    return len(idents)
+
+
+def runs_in_progress(token: str | None = None) -> int:
+    """How many runs of `token`'s pool (None: of any pool) this process is still running."""
+    with _RUNS_LOCK:
+        if token is None:
+            return sum(len(idents) for idents in _RUNS.values())
+        return len(_RUNS.get(token, ()))
+
+
+def _reachable(address: str) -> None:
+    """Fail at once (OSError) when nothing listens at a tcp://host:port address."""
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    if host and port.isdigit():
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+
+
+class ClassRunPool:
+    """Runs class partitions `parallel` at a time on the configured engine; a context
+    manager that starts and stops the local processes or the Dask client. Left by an
+    exception (an interrupted `dedup run`), it stops every run it started (`stop`)."""
+
+    def __init__(self, config: PipelineConfig, dagster_home: str, verbose: bool = False):
+        self.config = config
+        self.dagster_home = dagster_home
+        self.verbose = verbose
+        self._pool: ProcessPoolExecutor | None = None
+        self._client = None
+        self._futures: list = []
+        self._token = uuid.uuid4().hex  # names this pool's runs on the Dask workers
+
+    def __enter__(self) -> ClassRunPool:
+        if self.config.executor == Executor.dask:
+            try:
+                from distributed import Client
+            except ImportError as exc:
+                raise EngineUnavailable(
+                    "--executor dask needs dask.distributed: pip install 'latent-dedup[distributed]'"
+                ) from exc
+            try:
+                _reachable(self.config.dask_address)
+                self._client = Client(self.config.dask_address, timeout=10)
+            except OSError as exc:
+                raise EngineUnavailable(
+                    f"no dask scheduler answers at {self.config.dask_address} ({exc})"
+                ) from None
+        else:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.config.parallel,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=init_pool_process,
+                initargs=(threads_per_process(self.config.parallel), self.verbose),
+            )
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is not None:
+            self.stop()
+            return
+        try:
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
+            if self._client is not None:
+                self._client.close()
+        except BaseException:  # interrupted while shutting down
+            self.stop()
+            raise
+
+    def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """Stop every run this pool started, within about `grace` seconds: no queued run
+        starts, a local process gets SIGTERM (Dagster records its run as failed) and SIGKILL
+        after `grace`, a Dask run gets KeyboardInterrupt in its thread (`interrupt_runs`)."""
+        deadline = time.monotonic() + grace
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            # The executor's own processes (no public accessor; CPython has kept this one).
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            # Queued runs are cancelled by the pool itself (a future cancelled here makes its
+            # manager thread fail when it finds the processes gone).
+            pool.shutdown(wait=False, cancel_futures=True)
+            signalled = 0.0
+            while processes and time.monotonic() < deadline:
+                if time.monotonic() - signalled >= 0.2:
+                    for proc in processes:
+                        proc.terminate()
+                    signalled = time.monotonic()
+                time.sleep(0.02)
+                processes = [p for p in processes if p.is_alive()]
+            for proc in processes:
+                proc.kill()
+                proc.join(1)
+        if self._client is not None:
+            try:
+                self._client.cancel(self._futures, force=True)
+                while any(
+                    self._client.run(interrupt_runs, self._token, on_error="ignore").values()
+                ) and (time.monotonic() < deadline):
+                    time.sleep(0.5)
+            finally:
+                self._client.close(timeout=max(1, int(deadline - time.monotonic())))
+                self._client = None
+
+    def workers(self) -> list[str]:
+        """The engine's workers: Dask worker addresses, or the local pool's size."""
+        if self._client is not None:
+            return sorted(self._client.scheduler_info()["workers"])
+        return [f"local process {i + 1}" for i in range(self.config.parallel)]
+
+    def run_all(
+        self,
+        job_name: str,
+        keys: list[str | None],
+        tags: dict[str, str],
+        run_config: dict,
+        stage: str,
+    ) -> list[RunReport]:
+        """One run per key, at most `parallel` at once; reports in the order of keys. Waits
+        in steps of POLL_S, checking for a stop (`check_stop`) between them."""
+        args = [
+            (self.config.model_dump_json(), job_name, key, tags, run_config, stage) for key in keys
+        ]
+        self._futures = []
+        if self._client is not None:
+            from distributed import wait
+
+            # At most `parallel` class runs at once across the cluster, whatever its size.
+            reports: list[RunReport | None] = [None] * len(args)
+            todo = iter(enumerate(args))
+            index: dict = {}
+            for _ in range(self.config.parallel):
+                self._submit_next(todo, index)
+            while index:
+                try:
+                    done = wait(list(index), timeout=POLL_S, return_when="FIRST_COMPLETED").done
+                except TimeoutError:
+                    done = set()
+                check_stop()
+                for future in done:
+                    reports[index.pop(future)] = future.result()
+                    self._submit_next(todo, index)
+            return reports  # type: ignore[return-value]
+        assert self._pool is not None
+        self._futures = [
+            self._pool.submit(run_partition, *a, self.dagster_home, self._token) for a in args
+        ]
+        while concurrent.futures.wait(self._futures, timeout=POLL_S).not_done:
+            check_stop()
+        check_stop()
+        return [f.result() for f in self._futures]
+
+    def _submit_next(self, todo, index: dict) -> None:
+        for i, a in todo:
+            future = self._client.submit(
+                run_partition, *a, self.dagster_home, self._token, pure=False
+            )
+            self._futures.append(future)
+            index[future] = i
+            return

@@ -1,0 +1,58 @@
+"""The names every layer shares: job names, run tags, the worker a step ran on, and what
+the GPU steps ask of Kubernetes.
+
+The assets write them, the definitions name their jobs with them, automation requests
+runs by them and the runner and dispatch read them back. They are plain values, so this
+module imports nothing of the project: it is the bottom of the house, and whatever
+imports it cannot make a circle through it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+# ---------------------------------------------------------------------------- jobs
+# The stages of the main job, in order, plus the one automation requests per class.
+INDEX_JOB = "index_job"
+INGEST_JOB = "ingest_job"
+TRAIN_JOB = "train_job"
+CLASS_JOB = "class_job"
+UPDATE_CLASS_JOB = "update_class_job"
+THRESHOLD_JOB = "threshold_job"
+SUMMARY_JOB = "summary_job"
+
+# ---------------------------------------------------------------------------- run tags
+FULL_TAG = "latent_dedup/full"  # "1": recompute everything, ignoring earlier work
+RETRAIN_TAG = "latent_dedup/retrain"  # "1": train the autoencoder again whatever the rules
+PID_TAG = "latent_dedup/pid"  # the `dedup run` process that started the run
+HOST_TAG = "latent_dedup/host"  # ... and its host (a dead one's runs are marked failed)
+STAGE_TAG = "latent_dedup/stage"  # the stage of the main job the run belongs to
+WORKER_TAG = "latent_dedup/worker"  # who ran a run sent to a worker
+REASON_TAG = "latent_dedup/reason"  # why a sensor or schedule requested the run
+
+# ---------------------------------------------------------------------------- workers
+WORKER_METADATA = "worker"  # materialization metadata: who ran the step (`worker_name`)
+
+
+def worker_name() -> str:
+    """Who runs the current step: the Dask worker's address, else host:pid."""
+    try:
+        from distributed import get_worker  # optional: only where dask is installed
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# What the training and encoding steps ask of Kubernetes (read by dagster-k8s only).
+GPU_OP_TAGS = {
+    "dagster-k8s/config": {
+        "container_config": {
+            "resources": {
+                "requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"},
+                "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"},
+            }
+        }
+    }
+}
