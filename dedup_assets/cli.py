@@ -6,8 +6,12 @@ dedup plant --source DIR --dest DIR [--fraction 0.05]   # planted near-duplicate
 dedup ui --output DIR           # dagster dev on the same instance and data
 
 Exit status: 0 when every stage ran and no blocking gate failed, 1 when a run failed or a
-gate blocked a clean copy, 2 for bad arguments or settings. Errors are one line naming
-the cause; `--verbose` adds tracebacks and Dagster's own log.
+gate blocked a clean copy, 2 for bad arguments or settings, 130 or 143 when SIGINT or
+SIGTERM stopped it. Errors are one line naming the cause; `--verbose` adds tracebacks and
+Dagster's own log.
+
+The options of `run` and `demo` are generated from `PipelineConfig`'s fields (name, type,
+default, choices and the description as help), so a default is written once, in the model.
 """
 
 from __future__ import annotations
@@ -15,10 +19,22 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import sys
+import textwrap
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, get_args, get_origin
+
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
+
+    from dedup_assets.config import PipelineConfig
+    from dedup_assets.core.layout import OutputLayout
+    from dedup_assets.runner import PipelineOutcome
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -34,158 +50,108 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
-    if with_source:
-        p.add_argument("--source", required=True, help="ImageFolder root: <source>/<class>/<image>")
-        p.add_argument(
-            "--ground-truth",
-            default=None,
-            help="CSV with columns class,original,copy of known duplicates "
-            "(default: <source>/ground_truth.csv when present)",
-        )
-    p.add_argument(
-        "--output",
-        default="dedup_output",
-        help="output folder, new or made by latent-dedup, outside the source "
-        "(default ./dedup_output)",
-    )
-    p.add_argument(
-        "--thresholds",
-        default=None,
-        help="comma-separated thresholds, one keep list each: cosines in (0, 1), the same "
-        "in every class, or false-removal budgets like 1%% (at most that share of images "
-        "with no duplicate removed, calibrated per class) (default 0.93,0.95,0.97,1%%)",
-    )
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help="training epochs (default 0: until a held-out slice's loss stops improving)",
-    )
-    p.add_argument(
-        "--training-images",
-        type=int,
-        default=None,
-        help="with automatic epochs, train on at most this many images; the held-out loss "
-        "may stop it sooner (default 12288)",
-    )
-    p.add_argument(
-        "--training",
-        default=None,
-        help="autoencoder objective: invariant (codes that see through crops, colour and "
-        "re-encoding) | plain (the paper's reconstruction) (default invariant)",
-    )
-    p.add_argument("--batch-size", type=int, default=None, help="training batch (default 128)")
-    p.add_argument(
-        "--learning-rate", type=float, default=None, help="Adam learning rate (default 1e-3)"
-    )
-    p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
-    p.add_argument(
-        "--device", default=None, help="auto | cpu | cuda | cuda:N (default auto; never saved)"
-    )
-    p.add_argument(
-        "--precision", default=None, help="auto | fp32 | bf16 (default auto; never saved)"
-    )
-    p.add_argument(
-        "--space",
-        default=None,
-        help="similarity space: raw | whitened | spline_copula | spline_copula_dct (the "
-        "spline-copula latents joined with a low-frequency DCT descriptor of the pixels) "
-        "(default spline_copula_dct)",
-    )
-    p.add_argument("--policy", default=None, help="keep policy: first | density (default density)")
-    p.add_argument(
-        "--budget-scaling",
-        default=None,
-        help="what a budget threshold (1%%) resolves to: local (one margin per class, each "
-        "pair's cosine threshold raised by how close unrelated images come to its two "
-        "images) | uniform (one cosine per class) (default local)",
-    )
-    p.add_argument(
-        "--join",
-        default=None,
-        help="similarity join of the keep decisions: auto (exact up to --ann-min-class-size "
-        "images a class, approximate above) | exact | ann (faiss IVF) (default auto)",
-    )
-    p.add_argument(
-        "--ann-min-class-size",
-        type=int,
-        default=None,
-        help="with --join auto, classes above this many images use the approximate join "
-        "(default 200000)",
-    )
-    p.add_argument(
-        "--components",
-        type=int,
-        default=None,
-        help="principal components per class, at most a quarter of its size (default 128)",
-    )
-    p.add_argument(
-        "--kurtosis-tolerance",
-        type=float,
-        default=None,
-        help="how far the kurtosis line may rise above the median before the gate fails, "
-        "on top of what random removal does (default 0.1)",
-    )
-    p.add_argument(
-        "--clean-copy-mode",
-        default=None,
-        help="how clean/<T> holds the kept images: copy (files of their own, the default) | "
-        "hardlink | symlink (the source's own files: editing a file in clean/<T> edits the "
-        "source)",
-    )
-    p.add_argument(
-        "--max-file-bytes",
-        type=int,
-        default=None,
-        help="files larger than this are skipped unread (default 268435456)",
-    )
-    p.add_argument(
-        "--include-hidden",
-        action="store_true",
-        help="read hidden files and folders (names starting with '.') like any other; by "
-        "default they are skipped and listed in catalog/quarantine.csv",
-    )
-    p.add_argument(
-        "--retrain-new-share",
-        type=float,
-        default=None,
-        help="retrain the autoencoder when this share of the images is new since training "
-        "(default 0.25)",
-    )
-    p.add_argument(
-        "--retrain-error-factor",
-        type=float,
-        default=None,
-        help="retrain when new images reconstruct this many times worse than the training "
-        "images (default 1.5)",
-    )
-    p.add_argument(
-        "--schedule",
-        default=None,
-        help="cron of the nightly_refresh and nightly_retraining schedules in the UI "
-        "(default '0 2 * * *')",
-    )
-    p.add_argument(
-        "--executor",
-        default=None,
-        help="where the per-class and per-threshold runs execute: auto | in_process | "
-        "processes (a pool of local processes) | dask (the workers of --dask-address) (default "
-        "auto: 2 local processes for 20,000 files or more with at most 20,000 a class and 2 "
-        "cores, else in_process; never saved; k8s is for the deployment in deploy/k8s)",
-    )
-    p.add_argument(
-        "--dask-address",
-        default=None,
-        help="dask.distributed scheduler of --executor dask, e.g. tcp://10.0.0.5:8786",
-    )
-    p.add_argument(
-        "--parallel",
-        type=int,
-        default=None,
-        help="class (and threshold) runs at once with --executor processes or dask, or when "
-        "auto picks processes (default 1; auto: 2)",
-    )
+# The option of a setting is its field's name (`--kurtosis-tolerance`), except these.
+RENAMED = {"similarity_space": "--space", "keep_policy": "--policy", "n_components": "--components"}
+NOT_OPTIONS = frozenset({"bin_rule", "block_size", "ann_nprobe"})
+"""Tuning settings with no option, as before: `dedup run` uses their defaults, `dagster dev`
+what `pipeline.json` says."""
+RUN_ONLY = frozenset({"source", "ground_truth"})  # `dedup demo` makes its own source
+
+RUN_ABOUT = (
+    "Find and remove duplicate and near-duplicate images in an ImageFolder dataset "
+    "(<source>/<class>/<image>), only reading it: train a convolutional autoencoder on the "
+    "images, compare their latent vectors within each class, and write under --output, for "
+    "each threshold, a keep list, a cleaned copy of the dataset and a report. Run the same "
+    "command again after adding images: only what changed is computed again."
+)
+DEMO_ABOUT = (
+    "Run everything, as `dedup run` does, on the built-in demo dataset: six classes of "
+    "synthetic aerial-like images with planted near-duplicates, made in <output>/demo_dataset "
+    "on first use and never regenerated, so you can add images to a class folder there and "
+    "run again."
+)
+EXIT_STATUSES = """exit status:
+  0    every stage ran and no blocking gate failed
+  1    a stage failed or a gate blocked a clean copy (the summary says which and why)
+  2    a bad option or setting (one line saying what is wrong)
+  130  stopped by Ctrl-C (SIGINT); the same command resumes
+  143  stopped by SIGTERM; the same command resumes"""
+
+
+@dataclass(frozen=True)
+class ConfigOption:
+    """One option of `dedup run`/`demo`: a field of PipelineConfig or of its `method`."""
+
+    name: str
+    field: FieldInfo
+    group: str | None = None  # "method" for the method's settings
+
+    @property
+    def flag(self) -> str:
+        """`--field-name`, or its name of earlier versions (RENAMED)."""
+        if self.field.annotation is bool and self.field.default is True:
+            return f"--no-{self.name.replace('_', '-')}"
+        return RENAMED.get(self.name, f"--{self.name.replace('_', '-')}")
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The values of a Literal or Enum field (PipelineConfig checks them), else ()."""
+        kind = self.field.annotation
+        if get_origin(kind) is Literal:
+            return tuple(str(c) for c in get_args(kind))
+        if isinstance(kind, type) and issubclass(kind, Enum):
+            return tuple(str(c.value) for c in kind)
+        return ()
+
+    def help(self, required: bool = False) -> str:
+        """The field's description, its choices and its default, for `--help`."""
+        text = self.field.description or self.name.replace("_", " ")
+        default = self.field.get_default(call_default_factory=True)
+        if isinstance(default, bool):
+            shown = "on" if default else "off"
+        elif isinstance(default, Enum):
+            shown = str(default.value)
+        elif isinstance(default, tuple):
+            shown = ",".join(map(str, default))
+        else:
+            shown = shlex.quote(str(default)) if default != "" else "none"
+        choices = f"{' | '.join(self.choices)}; " if self.choices else ""
+        text += " (required)" if required else f" ({choices}default {shown})"
+        return text.replace("%", "%%")  # argparse formats help with %
+
+    def add_to(self, parser: argparse.ArgumentParser, required: bool = False) -> None:
+        """Add the option; absent, it is None and the field keeps PipelineConfig's default."""
+        common = {"dest": self.name, "default": None, "help": self.help(required)}
+        if self.field.annotation is bool:  # a flag that turns the default around
+            store = "store_false" if self.field.default is True else "store_true"
+            parser.add_argument(self.flag, action=store, **common)
+            return
+        kind = self.field.annotation if self.field.annotation in (int, float) else str
+        metavar = self.flag.removeprefix("--").replace("-", "_").upper()
+        parser.add_argument(self.flag, type=kind, required=required, metavar=metavar, **common)
+
+
+def config_options(command: str = "run") -> list[ConfigOption]:
+    """The options of `dedup run` (or `demo`), generated from PipelineConfig's fields."""
+    from pydantic import BaseModel
+
+    from dedup_assets.config import PipelineConfig
+
+    options = []
+    for name, field in PipelineConfig.model_fields.items():
+        nested = field.annotation
+        if isinstance(nested, type) and issubclass(nested, BaseModel):
+            for inner, info in nested.model_fields.items():
+                if inner not in NOT_OPTIONS:
+                    options.append(ConfigOption(inner, info, name))
+        elif name not in NOT_OPTIONS and (command == "run" or name not in RUN_ONLY):
+            options.append(ConfigOption(name, field))
+    return options
+
+
+def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
+    for option in config_options(command):
+        option.add_to(p, required=option.name == "source")
     p.add_argument(
         "--retrain",
         action="store_true",
@@ -198,24 +164,27 @@ def _add_run_options(p: argparse.ArgumentParser, with_source: bool) -> None:
         "ignoring earlier decisions",
     )
     p.add_argument(
-        "--verify",
-        action="store_true",
-        help="read every file and compare its bytes with what the catalog read: notices a "
-        "file rewritten in place with the same size and modification time, which the "
-        "default check (paths, sizes and modification times, no file read) cannot see",
-    )
-    p.add_argument(
         "--verbose", action="store_true", help="Dagster's log and full tracebacks on errors"
     )
+
+
+def _run_parser(sub: argparse._SubParsersAction, command: str, summary: str, about: str) -> None:
+    """`dedup run` or `dedup demo`: what it does, its options, its exit statuses."""
+    p = sub.add_parser(
+        command,
+        help=summary,
+        description="\n".join(textwrap.wrap(about, shutil.get_terminal_size().columns - 2)),
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_run_options(p, command)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dedup", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_run_options(
-        sub.add_parser("demo", help="run everything on the built-in demo dataset"), False
-    )
-    _add_run_options(sub.add_parser("run", help="run everything on an ImageFolder dataset"), True)
+    _run_parser(sub, "demo", "run everything on the built-in demo dataset", DEMO_ABOUT)
+    _run_parser(sub, "run", "run everything on an ImageFolder dataset", RUN_ABOUT)
     plant = sub.add_parser(
         "plant", help="copy a dataset and plant near-duplicates with ground truth"
     )
@@ -241,46 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace):
-    """The PipelineConfig of `dedup run`/`demo`: command-line options over the defaults."""
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """The PipelineConfig of `dedup run`/`demo`: the options given, over the defaults."""
     from dedup_assets.config import ConfigError, PipelineConfig
 
-    method = {
-        "epochs": args.epochs,
-        "training": args.training,
-        "training_images": args.training_images,
-        "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
-        "seed": args.seed,
-        "similarity_space": args.space,
-        "keep_policy": args.policy,
-        "budget_scaling": args.budget_scaling,
-        "join": args.join,
-        "ann_min_class_size": args.ann_min_class_size,
-        "n_components": args.components,
-        "kurtosis_tolerance": args.kurtosis_tolerance,
-        "clean_copy_mode": args.clean_copy_mode,
-        "retrain_new_share": args.retrain_new_share,
-        "retrain_error_factor": args.retrain_error_factor,
-    }
-    values = {
-        "source": getattr(args, "source", None) or "",
-        "output": args.output,
-        "ground_truth": getattr(args, "ground_truth", None) or "",
-        "thresholds": args.thresholds,
-        "device": args.device,
-        "precision": args.precision,
-        "max_file_bytes": args.max_file_bytes,
-        "include_hidden": args.include_hidden,
-        "schedule": args.schedule,
-        "executor": args.executor,
-        "dask_address": args.dask_address,
-        "parallel": args.parallel,
-        "verify": args.verify,
-        "method": {k: v for k, v in method.items() if v is not None},
-    }
+    values: dict[str, Any] = {}
+    for option in config_options():  # `demo` has no source: None, as if not given
+        value = getattr(args, option.name, None)
+        if value is not None:
+            (values.setdefault(option.group, {}) if option.group else values)[option.name] = value
     try:
-        return PipelineConfig.build(**{k: v for k, v in values.items() if v is not None})
+        return PipelineConfig.build(**values)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
 
@@ -292,7 +232,6 @@ def _run(args: argparse.Namespace) -> int:
             "executor k8s is for the code location of a Kubernetes deployment "
             "(deploy/k8s, DEDUP_EXECUTOR=k8s); dedup run uses in_process, processes or dask"
         )
-    from dedup_assets.assets.clean_dataset import link_warning
     from dedup_assets.core.layout import OutputInUse, OutputLayout
     from dedup_assets.runner import instance_for, run_pipeline
 
@@ -313,6 +252,20 @@ def _run(args: argparse.Namespace) -> int:
         log=say,
         log_level="INFO" if args.verbose else "CRITICAL",
     )
+    return _report(outcome, config, layout, say)
+
+
+def _report(
+    outcome: PipelineOutcome,
+    config: PipelineConfig,
+    layout: OutputLayout,
+    say: Callable[[str], None],
+) -> int:
+    """The run's last screen (stage times, keep lists, checks, failures, where to look next)
+    and its exit status."""
+    from dedup_assets.assets.clean_dataset import link_warning
+
+    output = layout.root
     warning = link_warning(str(config.method.clean_copy_mode))
     if outcome.nothing_changed:
         say("nothing changed: every output is up to date")

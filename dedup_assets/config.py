@@ -100,28 +100,72 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    source: str = Field(default="", description="ImageFolder root; empty = built-in demo")
-    output: str = "dedup_output"
-    ground_truth: str = ""
-    thresholds: tuple[str, ...] = DEFAULT_THRESHOLDS
-    device: str = Field(default="auto", pattern=DEVICE_PATTERN)
-    precision: Precision = Precision.auto
-    max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)
+    source: str = Field(
+        default="",
+        description="ImageFolder root, <source>/<class>/<image>, only read; empty (dedup demo): "
+        "the built-in demo dataset",
+    )
+    output: str = Field(
+        default="dedup_output",
+        description="output folder, new or made by latent-dedup, outside the source",
+    )
+    ground_truth: str = Field(
+        default="",
+        description="CSV with columns class,original,copy of known duplicates, for the "
+        "evaluation; none given: <source>/ground_truth.csv where there is one",
+    )
+    thresholds: tuple[str, ...] = Field(
+        default=DEFAULT_THRESHOLDS,
+        description="comma-separated thresholds, one keep list each: cosines in (0, 1), the "
+        "same in every class, or false-removal budgets like 1% (at most that share of the "
+        "images with no duplicate removed, calibrated per class)",
+    )
+    device: str = Field(
+        default="auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda or cuda:N; never saved"
+    )
+    precision: Precision = Field(
+        default=Precision.auto,
+        description="auto: bf16 where the device has fast bf16, else fp32; never saved",
+    )
+    max_file_bytes: int = Field(
+        default=DEFAULT_MAX_FILE_BYTES,
+        ge=1,
+        description="files larger than this are skipped unread",
+    )
     include_hidden: bool = Field(
-        default=False, description="read hidden entries (names starting with '.') too"
+        default=False,
+        description="read hidden files and folders (names starting with '.') like any other; "
+        "otherwise they are skipped and listed in catalog/quarantine.csv",
     )
     verify: bool = Field(
         default=False,
-        description="read every file and compare its bytes with what its catalog read, so a "
-        "file rewritten with the same size and modification time is noticed; never saved",
+        description="read every file and compare its bytes with what the catalog read: notices "
+        "a file rewritten in place with the same size and modification time, which the default "
+        "check (paths, sizes and modification times, no file read) cannot see; never saved",
     )
-    schedule: str = Field(default=DEFAULT_SCHEDULE, description="cron of nightly_refresh")
+    schedule: str = Field(
+        default=DEFAULT_SCHEDULE,
+        description="cron of the nightly_refresh and nightly_retraining schedules in the UI",
+    )
     method: DedupSettings = Field(default_factory=DedupSettings)
     # Where steps run (`dedup_assets.engines`): the machine's, never saved, like device.
-    executor: Executor = Executor.auto
-    dask_address: str = Field(default="", description="scheduler of --executor dask")
+    executor: Executor = Field(
+        default=Executor.auto,
+        description="where the per-class and per-threshold runs execute: in_process, processes "
+        "(a pool of local processes), dask (the workers of --dask-address), or auto: 2 local "
+        "processes for 20,000 files or more with at most 20,000 a class and 2 cores, else "
+        "in_process; never saved; k8s is for the deployment in deploy/k8s",
+    )
+    dask_address: str = Field(
+        default="",
+        description="dask.distributed scheduler of --executor dask, e.g. tcp://10.0.0.5:8786",
+    )
     parallel: int = Field(
-        default=1, ge=1, le=256, description="class and threshold partitions at once"
+        default=1,
+        ge=1,
+        le=256,
+        description="class (and threshold) runs at once with --executor processes or dask, or "
+        "when auto picks processes (then 2)",
     )
 
     @field_validator("thresholds", mode="before")
