@@ -181,6 +181,8 @@ def _run_parser(sub: argparse._SubParsersAction, command: str, summary: str, abo
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dedup_assets.core.layout import DEFAULT_OUTPUT
+
     parser = _Parser(prog="dedup", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub, "demo", "run everything on the built-in demo dataset", DEMO_ABOUT)
@@ -202,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plant.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     ui = sub.add_parser("ui", help="open dagster dev on the output folder's instance")
-    ui.add_argument("--output", default="dedup_output", help="the output folder of dedup run")
+    ui.add_argument("--output", default=DEFAULT_OUTPUT, help="the output folder of dedup run")
     ui.add_argument("--source", default=None, help="override the saved source folder")
     ui.add_argument("--host", default="127.0.0.1", help="address the UI listens on")
     ui.add_argument("--port", type=int, default=3000, help="port the UI listens on")

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dedup_assets.core.image_folder import DEFAULT_MAX_FILE_BYTES
-from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.layout import DEFAULT_OUTPUT, OutputLayout
 from dedup_assets.core.thresholds import parse_key
 from dedup_assets.engines import Executor
 from resources.compute_device import DEVICE_PATTERN, Precision
@@ -106,7 +106,7 @@ class PipelineConfig(BaseModel):
         "the built-in demo dataset",
     )
     output: str = Field(
-        default="dedup_output",
+        default=DEFAULT_OUTPUT,
         description="output folder, new or made by latent-dedup, outside the source",
     )
     ground_truth: str = Field(
@@ -240,7 +240,7 @@ class PipelineConfig(BaseModel):
         """The `dagster dev` configuration: DEDUP_OUTPUT (default ./dedup_output), the
         settings its last successful run saved, then any DEDUP_* variable on top."""
         env = os.environ if environ is None else environ
-        output = env.get("DEDUP_OUTPUT") or "dedup_output"
+        output = env.get("DEDUP_OUTPUT") or DEFAULT_OUTPUT
         values = read_saved(Path(output))
         values["output"] = output
         for variable, field in ENVIRONMENT.items():
