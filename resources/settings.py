@@ -39,47 +39,85 @@ class DedupSettings(dg.ConfigurableResource):
     """
 
     epochs: int = Field(
-        default=0, ge=0, description="training epochs; 0 = until the held-out loss stalls"
+        default=0,
+        ge=0,
+        description="training epochs; 0: until a held-out slice's loss stops improving",
     )
-    training: TrainingObjective = TrainingObjective.invariant
+    training: TrainingObjective = Field(
+        default=TrainingObjective.invariant,
+        description="autoencoder objective: invariant (codes that see through crops, colour "
+        "and re-encoding) or plain (the paper's reconstruction)",
+    )
     training_images: int = Field(
         default=DEFAULT_TRAINING_IMAGES,
         ge=1,
-        description="with epochs 0: at most this many training images (early stopping may "
-        "stop sooner)",
+        description="with automatic epochs, train on at most this many images; the held-out "
+        "loss may stop it sooner",
     )
-    batch_size: int = Field(default=128, ge=1)
-    learning_rate: float = Field(default=1e-3, gt=0)
-    seed: int = 0
-    n_components: int = Field(default=128, ge=1, description="principal components per class")
-    bin_rule: BinRule = BinRule.fd
-    similarity_space: SimilaritySpace = SimilaritySpace.spline_copula_dct
-    keep_policy: KeepPolicy = KeepPolicy.density
+    batch_size: int = Field(default=128, ge=1, description="training batch")
+    learning_rate: float = Field(default=1e-3, gt=0, description="Adam learning rate")
+    seed: int = Field(default=0, description="training seed")
+    n_components: int = Field(
+        default=128,
+        ge=1,
+        description="principal components per class, at most a quarter of its size",
+    )
+    bin_rule: BinRule = Field(
+        default=BinRule.fd, description="grid-step rule of the spline densities' histograms"
+    )
+    similarity_space: SimilaritySpace = Field(
+        default=SimilaritySpace.spline_copula_dct,
+        description="similarity space; spline_copula_dct joins the spline-copula latents with a "
+        "low-frequency DCT descriptor of the pixels",
+    )
+    keep_policy: KeepPolicy = Field(
+        default=KeepPolicy.density,
+        description="the order in which a class's images are visited, each kept unless it "
+        "duplicates one kept before: density (the least dense first, so dense regions thin "
+        "out) or first (by image id, a content hash)",
+    )
     budget_scaling: BudgetScaling = Field(
         default=BudgetScaling.local,
-        description="a budget threshold: one margin above each pair's local levels, or one "
-        "cosine per class",
+        description="what a budget threshold (1%) resolves to: local (one margin per class, "
+        "each pair's cosine threshold raised by how close unrelated images come to its two "
+        "images) or uniform (one cosine per class)",
     )
-    kurtosis_tolerance: float = Field(default=0.1, ge=0)
-    block_size: int = Field(default=2048, ge=16, le=65536)
-    join: JoinMethod = JoinMethod.auto
+    kurtosis_tolerance: float = Field(
+        default=0.1,
+        ge=0,
+        description="how far the kurtosis line may rise above the median before the gate "
+        "fails, on top of what random removal does",
+    )
+    block_size: int = Field(
+        default=2048, ge=16, le=65536, description="images compared at once in the joins"
+    )
+    join: JoinMethod = Field(
+        default=JoinMethod.auto,
+        description="similarity join of the keep decisions: auto (exact up to "
+        "--ann-min-class-size images a class, approximate above), exact, or ann (faiss IVF)",
+    )
     ann_min_class_size: int = Field(
         default=DEFAULT_ANN_MIN_CLASS_SIZE,
         ge=1,
-        description="with join auto, classes above this size use the approximate join",
+        description="with join auto, classes above this many images use the approximate join",
     )
     ann_nprobe: int = Field(default=DEFAULT_NPROBE, ge=1, le=4096, description="IVF cells probed")
-    clean_copy_mode: CopyMode = CopyMode.copy
+    clean_copy_mode: CopyMode = Field(
+        default=CopyMode.copy,
+        description="how clean/<T> holds the kept images: copy (files of their own), hardlink "
+        "or symlink (the source's own files: editing a file in clean/<T> edits the source)",
+    )
     retrain_new_share: float = Field(
         default=DEFAULT_MAX_NEW_SHARE,
         gt=0,
         le=1,
-        description="retrain when this share of the images is new since training",
+        description="retrain the autoencoder when this share of the images is new since training",
     )
     retrain_error_factor: float = Field(
         default=DEFAULT_ERROR_FACTOR,
         gt=1,
-        description="retrain when new images reconstruct this many times worse than training",
+        description="retrain when new images reconstruct this many times worse than the "
+        "training images",
     )
 
     def resolved_epochs(self, n_images: int) -> int:

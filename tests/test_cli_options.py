@@ -169,5 +169,4 @@ def test_help_says_what_the_command_does_each_default_and_the_exit_statuses(caps
 def test_every_option_says_what_it_does():
     """Help is the field's description, written once beside its default in the model."""
     for option in config_options("run"):
-        if option.group is None:  # the method's settings: resources/settings.py
-            assert option.field.description, f"{option.flag}: give its field a description"
+        assert option.field.description, f"{option.flag}: give its field a description"
