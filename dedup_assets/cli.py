@@ -20,6 +20,7 @@ import argparse
 import os
 import shlex
 import shutil
+import signal
 import sys
 import textwrap
 import traceback
@@ -444,14 +445,18 @@ def _early_stop(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # Until the run's own handling is in place: building the parser imports the settings
+    # (and Dagster), about a second in which a SIGTERM must still end with the one line.
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _early_stop)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt as exc:
+        print("dedup: interrupted before it started; nothing was done", file=sys.stderr)
+        return getattr(exc, "exit_status", 130)
     handlers = {"demo": _run, "run": _run, "plant": _plant, "ui": _ui}
     try:
         if args.command in ("demo", "run"):  # SIGINT/SIGTERM stop it: interrupts.Interrupted
-            import signal
-
-            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-                signal.signal(signal.SIGTERM, _early_stop)
             from dedup_assets.interrupts import stop_on_signals
 
             with stop_on_signals():
