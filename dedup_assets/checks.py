@@ -1,6 +1,7 @@
-"""Asset checks on the class stage. The threshold gates live with their assets:
-`keep_list_integrity` in `assets/keep_lists.py`, the kurtosis gate is carried by the
-`kurtosis_report` asset (computed once, in the report).
+"""Asset checks on the class stage. The threshold gates are carried by their assets,
+each computed once and stored for the clean copy (`core.artifacts.ThresholdVerdict`):
+`keep_list_integrity` by `keep_list` (`assets/keep_lists.py`), the kurtosis gate by
+`kurtosis_report` (in the report).
 
 The checks are partitioned like their assets, so the UI shows a verdict per class or per
 threshold (a preview feature of Dagster 1.13, see `partitions`).

@@ -40,7 +40,7 @@ from dedup_assets.partitions import threshold_partitions
 def build_definitions(config: PipelineConfig) -> dg.Definitions:
     """Every asset, check, job and resource, for this configuration."""
     thresholds = threshold_partitions(config.thresholds)
-    class_keep_lists, keep_list, keep_list_integrity = build_keep_list_assets(thresholds)
+    class_keep_lists, keep_list = build_keep_list_assets(thresholds)
     kurtosis_report, dedup_summary = build_report_assets(thresholds, keep_list)
     clean_dataset = build_clean_dataset_asset(thresholds, keep_list, kurtosis_report)
     dedup_evaluation = build_evaluation_asset(thresholds)
@@ -105,7 +105,7 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
             clean_dataset,
             dedup_evaluation,
         ],
-        asset_checks=[latents_valid, keep_list_integrity, no_cross_class_duplicates],
+        asset_checks=[latents_valid, no_cross_class_duplicates],
         jobs=jobs,
         sensors=sensors,
         schedules=schedules,

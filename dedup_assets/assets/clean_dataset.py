@@ -23,13 +23,13 @@ from dedup_assets.core.artifacts import (
     clean_copy_inputs,
     digest,
     read_catalog,
+    read_clean_manifest,
     read_keep_list,
+    threshold_verdict,
 )
 from dedup_assets.core.atomic_io import atomic_dir
-from dedup_assets.core.integrity import keep_list_problems
 from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.pools import cancelling
-from dedup_assets.core.thresholds import cosine_of
 from resources import DedupSettings, DedupStorage, ImageSource
 
 
@@ -75,11 +75,8 @@ def _donor_copies(layout: OutputLayout, thresholds: list[str]) -> list[tuple[str
     out = []
     for t in thresholds:
         folder = layout.clean_dir(t)
-        try:
-            made = json.loads(layout.clean_manifest(t).read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(made, dict) and made.get("mode") == "copy" and (folder / FILES_NAME).exists():
+        made = read_clean_manifest(layout, t)
+        if made is not None and made.get("mode") == "copy" and (folder / FILES_NAME).exists():
             out.append((str(folder), str(folder / FILES_NAME)))
     return out
 
@@ -204,24 +201,16 @@ class GateBlocked(RuntimeError):
 
 
 def gate_verdict(layout: OutputLayout, threshold: str, keep_digest: str) -> None:
-    """Refuse when this keep list's gates failed, whichever run evaluated them.
+    """Refuse when this keep list's gates failed (its integrity, the kurtosis gate),
+    whichever run evaluated them.
 
     Blocking checks stop downstream assets in the same run only; automation may run the
-    clean copy in a run of its own, so the verdicts are read from what the report stored.
+    clean copy in a run of its own, so the verdicts are read from what the keep list and
+    the report stored (`threshold_verdict`).
     """
-    path = layout.report_summary(threshold)
-    if not path.exists():
-        raise GateBlocked(f"no kurtosis report for T={threshold}: materialize kurtosis_report")
-    summary = json.loads(path.read_text())
-    if summary.get("keep_list") != keep_digest:
-        raise GateBlocked(
-            f"the kurtosis report for T={threshold} is older than its keep list: "
-            "materialize kurtosis_report first"
-        )
-    if summary["gate"]["severity"] == "error":
-        raise GateBlocked(
-            f"the kurtosis gate failed for T={threshold}: " + "; ".join(summary["gate"]["reasons"])
-        )
+    reason = threshold_verdict(layout, threshold, keep_digest).blocked()
+    if reason:
+        raise GateBlocked(reason)
 
 
 def build_clean_dataset_asset(
@@ -259,9 +248,6 @@ def build_clean_dataset_asset(
         gate_verdict(layout, threshold, keep_digest)
         keep = read_keep_list(layout.keep_list(threshold))
         catalog = catalog_images(read_catalog(layout))
-        problems = keep_list_problems(keep, catalog, cosine_of(threshold))
-        if problems:
-            raise GateBlocked(f"the keep list T={threshold} fails its integrity check: {problems}")
         kept = keep.filter(pl.col("kept")).join(
             catalog.select("image_id", "raw_path", "content_hash"), on="image_id"
         )

@@ -1,6 +1,5 @@
 """Assets: every class's keep decisions at every threshold, and the keep list per threshold."""
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from dedup_assets.core.artifacts import (
     read_keep_list,
     read_provenance,
     read_reference_pool,
+    threshold_verdict,
     write_table,
 )
 from dedup_assets.core.atomic_io import write_bytes, write_csv, write_json, write_text
@@ -50,6 +50,7 @@ from dedup_assets.ui import image_metadata, md_table
 from resources import ComputeDevice, DedupSettings, DedupStorage
 
 PAIRS_SHOWN = 8
+INTEGRITY = "keep_list_integrity"
 
 
 def prior_decisions(
@@ -315,14 +316,9 @@ def _pairs_picture(
 
 def mark_clean_copy_stale(layout: OutputLayout, threshold: str, keep_digest: str) -> bool:
     """Say inside `clean/<T>` when it was made from another keep list than the current one."""
-    manifest = layout.clean_manifest(threshold)
     if not layout.clean_dir(threshold).is_dir():
         return False
-    try:
-        made_from = json.loads(manifest.read_text())["keep_list"]
-    except (OSError, ValueError, KeyError, TypeError):
-        made_from = None
-    if made_from == keep_digest:
+    if threshold_verdict(layout, threshold, keep_digest).clean_keep_list == keep_digest:
         return False
     write_text(
         "STALE: this copy was made from an earlier keep list than "
@@ -335,9 +331,9 @@ def mark_clean_copy_stale(layout: OutputLayout, threshold: str, keep_digest: str
 
 def build_keep_list_assets(
     thresholds_def: dg.StaticPartitionsDefinition,
-) -> tuple[dg.AssetsDefinition, dg.AssetsDefinition, dg.AssetChecksDefinition]:
-    """class_keep_lists (per class, every threshold), keep_list (per threshold) and its
-    integrity check, for the configured thresholds."""
+) -> tuple[dg.AssetsDefinition, dg.AssetsDefinition]:
+    """class_keep_lists (per class, every threshold) and keep_list (per threshold, which
+    carries its blocking integrity check), for the configured thresholds."""
     thresholds = thresholds_def.get_partition_keys()
 
     @dg.asset(
@@ -413,6 +409,18 @@ def build_keep_list_assets(
             dg.AssetDep(class_keep_lists, partition_mapping=dg.AllPartitionMapping()),
         ],
         automation_condition=dg.AutomationCondition.eager(),
+        check_specs=[
+            dg.AssetCheckSpec(
+                INTEGRITY,
+                asset="keep_list",
+                blocking=True,
+                partitions_def=thresholds_def,
+                description="No class emptied; every removed image points to a kept image of "
+                "the same class with similarity > T (exactly 1.0 for exact copies); counts add "
+                "up to the catalog. Checked once, as the keep list is written, and recorded in "
+                "its summary for the clean copy (`ThresholdVerdict`).",
+            )
+        ],
         description="The keep list for one threshold over all classes, as parquet and CSV "
         "(`keep_lists/<T>.parquet`): image_id, class, path, kept, duplicate_of, "
         "similarity, match (exact or near).",
@@ -437,6 +445,8 @@ def build_keep_list_assets(
         budget = budget_of(threshold)
         per_class = removals_against_budget(keep, budget)
         kept_total = int(keep["kept"].sum())
+        catalog = catalog_images(read_catalog(layout))
+        problems = keep_list_problems(keep, catalog, cosine_of(threshold))
         summary = {
             "threshold": threshold,
             "budget": budget,
@@ -448,6 +458,8 @@ def build_keep_list_assets(
             "similarity_space": str(settings.similarity_space),
             "keep_policy": str(settings.keep_policy),
             "per_class": per_class.to_dicts(),
+            "keep_list": digest(provenance),
+            "problems": problems,  # read back by `threshold_verdict`
         }
         write_json(summary, layout.keep_list(threshold, "json"))
         stale = mark_clean_copy_stale(layout, threshold, digest(provenance))
@@ -463,7 +475,6 @@ def build_keep_list_assets(
             "per_class": dg.MetadataValue.md(_per_class_markdown(per_class, budget)),
             "path": dg.MetadataValue.path(str(layout.keep_list(threshold))),
         }
-        catalog = catalog_images(read_catalog(layout))
         picture = _pairs_picture(layout, keep, catalog, str(settings.keep_policy))
         if picture is not None:
             write_bytes(picture, layout.duplicate_pairs_image(threshold))
@@ -471,31 +482,15 @@ def build_keep_list_assets(
         elif layout.duplicate_pairs_image(threshold).exists():
             layout.duplicate_pairs_image(threshold).unlink()
         context.log.info(f"T={threshold}: kept {kept_total:,} of {keep.height:,} images")
-        return dg.MaterializeResult(metadata=metadata)
-
-    @dg.asset_check(
-        asset=keep_list,
-        blocking=True,
-        partitions_def=thresholds_def,
-        description="No class emptied; every removed image points to a kept image of the "
-        "same class with similarity > T (exactly 1.0 for exact copies); counts add up to the "
-        "catalog.",
-    )
-    def keep_list_integrity(
-        context: dg.AssetCheckExecutionContext, storage: DedupStorage
-    ) -> dg.AssetCheckResult:
-        layout = storage.layout()
-        threshold = context.partition_key
-        keep = pl.read_parquet(layout.keep_list(threshold))
-        catalog = catalog_images(read_catalog(layout))
-        problems = keep_list_problems(keep, catalog, cosine_of(threshold))
-        return dg.AssetCheckResult(
+        integrity = dg.AssetCheckResult(
+            check_name=INTEGRITY,
             passed=not problems,
             metadata={
                 "images": keep.height,
-                "kept": int(keep["kept"].sum()),
+                "kept": kept_total,
                 "problems": "; ".join(problems) or "none",
             },
         )
+        return dg.MaterializeResult(metadata=metadata, check_results=[integrity])
 
-    return class_keep_lists, keep_list, keep_list_integrity
+    return class_keep_lists, keep_list

@@ -16,6 +16,7 @@ from dedup_assets.core.artifacts import (
     read_latent_ids,
     read_latents,
     read_scores,
+    threshold_verdict,
 )
 from dedup_assets.core.atomic_io import atomic_dir, write_text
 from dedup_assets.core.calibration import budget_summary_markdown
@@ -168,25 +169,24 @@ def build_report_assets(
     ) -> dg.MaterializeResult:
         layout = storage.layout()
         current = CurrentInputs.of(layout, settings)
-        summaries = []
-        for threshold in thresholds_def.get_partition_keys():
-            path = layout.report_summary(threshold)
-            if not path.exists():
-                raise FileNotFoundError(
-                    f"no kurtosis report for T={threshold}: materialize kurtosis_report first"
-                )
-            summary = json.loads(path.read_text())
-            if summary.get("keep_list") != digest(current.keep_list(threshold)):
-                raise RuntimeError(
-                    f"the kurtosis report for T={threshold} is stale (made from an earlier "
-                    "keep list): materialize kurtosis_report for it first"
-                )
-            summaries.append(summary)
-        keep_summaries = [
-            json.loads(layout.keep_list(t, "json").read_text())
+        verdicts = [
+            threshold_verdict(layout, t, digest(current.keep_list(t)))
             for t in thresholds_def.get_partition_keys()
-            if layout.keep_list(t, "json").exists()
         ]
+        summaries = []
+        for verdict in verdicts:
+            if verdict.report_summary is None:
+                raise FileNotFoundError(
+                    f"no kurtosis report for T={verdict.threshold}: materialize kurtosis_report "
+                    "first"
+                )
+            if verdict.report is None:
+                raise RuntimeError(
+                    f"the kurtosis report for T={verdict.threshold} is stale (made from an "
+                    "earlier keep list): materialize kurtosis_report for it first"
+                )
+            summaries.append(verdict.report)
+        keep_summaries = [v.keep_summary for v in verdicts if v.keep_summary is not None]
         budgets = budget_summary_markdown(keep_summaries)
         text = summary_markdown(summaries) + (f"\n{budgets}" if budgets else "")
         path = write_text(text, layout.summary)

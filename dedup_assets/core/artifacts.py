@@ -242,33 +242,23 @@ def stale_classes(layout: OutputLayout, current: CurrentInputs, thresholds: list
 def stale_thresholds(
     layout: OutputLayout, current: CurrentInputs, thresholds: list[str]
 ) -> list[str]:
-    """Thresholds whose keep list, report or clean copy does not match the current data
-    (a clean copy also when it was made in another mode than `settings.clean_copy_mode`).
-
-    A clean copy blocked by its gate counts as current: running again cannot change it.
-    """
+    """Thresholds whose keep list, cross-class table, report or clean copy does not match
+    the current data (a clean copy also when it was made in another mode than
+    `settings.clean_copy_mode`); see `ThresholdVerdict.current`."""
     stale = []
     for t in thresholds:
         expected = current.keep_list(t)
-        if not is_current(layout.keep_list(t), expected) or not is_current(
-            layout.cross_class(t), current.cross_class(t)
-        ):
-            stale.append(t)
-            continue
-        try:
-            report = json.loads(layout.report_summary(t).read_text())
-        except (OSError, ValueError):
-            stale.append(t)
-            continue
-        if report.get("keep_list") != digest(expected):
-            stale.append(t)
-            continue
-        mode = str(current.settings.clean_copy_mode)
-        if not clean_copy_is_current(layout, t, digest(expected), mode) and (
-            report["gate"]["severity"] != "error"
+        verdict = threshold_verdict(layout, t, digest(expected))
+        if not (
+            is_current(layout.keep_list(t), expected)
+            and is_current(layout.cross_class(t), current.cross_class(t))
+            and verdict.current(str(current.settings.clean_copy_mode))
         ):
             stale.append(t)
     return stale
+
+
+# ---------------------------------------------------------------------------- one threshold
 
 
 def clean_copy_inputs(keep_list_digest: str, mode: str) -> dict[str, str]:
@@ -278,16 +268,116 @@ def clean_copy_inputs(keep_list_digest: str, mode: str) -> dict[str, str]:
     return {"keep_list": keep_list_digest, "mode": str(mode)}
 
 
+def _read_object(path: Path) -> dict | None:
+    """The JSON object stored at `path`; None when missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_clean_manifest(layout: OutputLayout, threshold: str) -> dict | None:
+    """What `clean/<T>` records it was made from (`clean_copy_inputs`, ...), or None."""
+    return _read_object(layout.clean_manifest(threshold))
+
+
+def _made_from(manifest: dict | None, keep_list_digest: str, mode: str) -> bool:
+    wanted = clean_copy_inputs(keep_list_digest, mode)
+    return manifest is not None and all(manifest.get(k) == v for k, v in wanted.items())
+
+
 def clean_copy_is_current(
     layout: OutputLayout, threshold: str, keep_list_digest: str, mode: str
 ) -> bool:
     """True when `clean/<T>`'s manifest records this keep list and this copy mode."""
-    try:
-        made = json.loads(layout.clean_manifest(threshold).read_text())
-    except (OSError, ValueError):
-        return False
-    wanted = clean_copy_inputs(keep_list_digest, mode)
-    return isinstance(made, dict) and all(made.get(k) == v for k, v in wanted.items())
+    return _made_from(read_clean_manifest(layout, threshold), keep_list_digest, mode)
+
+
+@dataclass(frozen=True)
+class ThresholdVerdict:
+    """Is threshold T's output current for one keep list, and what did its gates say.
+
+    `threshold_verdict` reads it once from what the threshold's assets stored: the keep
+    list's summary (with the integrity problems found when it was written, the only time
+    `keep_list_problems` runs), the kurtosis report's summary (with the kurtosis gate) and
+    the clean copy's manifest. Everyone who asks reads it here: the runner (which thresholds
+    are stale), the clean copy (may it be made), the summary across thresholds (its
+    reports) and the keep list (is the clean copy an older one's). Each stored file is
+    held whichever keep list wrote it; the properties say what holds for this one.
+    """
+
+    threshold: str
+    keep_digest: str  # the keep list asked about: digest(CurrentInputs.keep_list(T))
+    keep_summary: dict | None  # keep_lists/<T>.json
+    report_summary: dict | None  # reports/<T>/summary.json
+    clean_manifest: dict | None  # clean/<T>/.latent-dedup-clean.json
+
+    @property
+    def report(self) -> dict | None:
+        """The kurtosis report's summary, when it was made from this keep list."""
+        summary = self.report_summary
+        return summary if summary and summary.get("keep_list") == self.keep_digest else None
+
+    @property
+    def gate(self) -> str:
+        """The kurtosis gate's severity (pass, warn, error); "" without a current report."""
+        return self.report["gate"]["severity"] if self.report else ""
+
+    @property
+    def problems(self) -> list[str] | None:
+        """This keep list's integrity problems as found when it was written (none: []);
+        None when its summary was not written with this keep list."""
+        summary = self.keep_summary
+        if not summary or summary.get("keep_list") != self.keep_digest:
+            return None
+        problems = summary.get("problems")
+        return list(problems) if isinstance(problems, list) else None
+
+    @property
+    def clean_keep_list(self) -> str | None:
+        """The digest of the keep list the clean copy was made from, if any."""
+        return self.clean_manifest.get("keep_list") if self.clean_manifest else None
+
+    def clean_copy_current(self, mode: str) -> bool:
+        """True when the clean copy was made from this keep list in this copy mode."""
+        return _made_from(self.clean_manifest, self.keep_digest, mode)
+
+    def current(self, mode: str) -> bool:
+        """The report is this keep list's, and so is the clean copy in this mode, unless
+        the kurtosis gate blocked it (running again cannot change that)."""
+        return self.report is not None and (self.clean_copy_current(mode) or self.gate == "error")
+
+    def blocked(self) -> str:
+        """Why no clean copy may be made from this keep list now ("" when it may)."""
+        t = self.threshold
+        if self.report_summary is None:
+            return f"no kurtosis report for T={t}: materialize kurtosis_report"
+        if self.report is None:
+            return (
+                f"the kurtosis report for T={t} is older than its keep list: "
+                "materialize kurtosis_report first"
+            )
+        if self.gate == "error":
+            return f"the kurtosis gate failed for T={t}: " + "; ".join(
+                self.report["gate"]["reasons"]
+            )
+        if self.problems is None:
+            return f"no integrity verdict recorded with the keep list T={t}: materialize keep_list"
+        if self.problems:
+            return f"the keep list T={t} fails its integrity check: {self.problems}"
+        return ""
+
+
+def threshold_verdict(layout: OutputLayout, threshold: str, keep_digest: str) -> ThresholdVerdict:
+    """What threshold T's stored outputs say about the keep list `keep_digest`."""
+    return ThresholdVerdict(
+        threshold,
+        keep_digest,
+        keep_summary=_read_object(layout.keep_list(threshold, "json")),
+        report_summary=_read_object(layout.report_summary(threshold)),
+        clean_manifest=read_clean_manifest(layout, threshold),
+    )
 
 
 def read_provenance(path: Path) -> dict | None:
