@@ -44,6 +44,7 @@ from dedup_assets.core.artifacts import (
 )
 from dedup_assets.core.atomic_io import sweep_interrupted, write_json
 from dedup_assets.core.layout import OutputLayout, resolve_dagster_home
+from dedup_assets.core.reference_pool import reference_pool_provenance
 from dedup_assets.core.source_index import ClassListing, changed_classes
 from dedup_assets.definitions import build_definitions
 from dedup_assets.dispatch import CheckOutcome, ClassRunPool, RunReport, open_instance
@@ -458,7 +459,7 @@ def _training(stages: _Stages, layout: OutputLayout) -> tuple[CurrentInputs, boo
     stages.log(f"training: {stages.outcome.training}")
     retrained = file_digest(layout.model) != model_before
     current = CurrentInputs.of(layout, settings)
-    if not is_current(layout.reference_pool, current.reference_pool()):
+    if not is_current(layout.reference_pool, reference_pool_provenance(current.model_digest)):
         # A kept model skips the training job's pool step: draw the pool on its own.
         if stages.run("reference pool", TRAIN_JOB, [None], ["reference_pool"])[0]:
             raise _Skipped("every later stage: drawing the reference pool failed")

@@ -74,7 +74,7 @@ def test_sampled_queries_skip_their_own_mirror_as_the_full_pass_does():
 def test_mirror_latents_are_encoded_once_per_latents(tmp_path):
     """Stored under the latents' provenance: read back while it holds, encoded anew when
     the latents change (new images or a new model), never for the wrong latents."""
-    from dedup_assets.core.artifacts import mirror_latents
+    from dedup_assets.core.calibration import mirror_latents
     from dedup_assets.core.layout import OutputLayout
 
     layout = OutputLayout(tmp_path)

@@ -1,7 +1,7 @@
 """Loading a `dedup run` output folder for the analyses: each class's decision data and
 its known pairs.
 
-A class is loaded with `artifacts.load_class_data`, the reader the pipeline's keep lists
+A class is loaded with `class_keep.load_class_data`, the reader the pipeline's keep lists
 use, so an analysis embeds, orders and decides exactly what the pipeline would
 (`class_decision`); only the ground truth is added here.
 """
@@ -19,11 +19,11 @@ from dedup_assets.core.artifacts import (
     catalog_class_keys,
     catalog_images,
     class_names,
-    load_class_data,
     read_catalog,
 )
 from dedup_assets.core.class_decision import ClassData
 from dedup_assets.core.class_density import fit_class_density
+from dedup_assets.core.class_keep import load_class_data
 from dedup_assets.core.evaluation import ground_truth_edges, positive_pairs
 from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.planting import GroundTruthPair

@@ -12,14 +12,27 @@ from dedup_assets.assets.latents import class_latents
 from dedup_assets.core.ann_join import resolve_join
 from dedup_assets.core.artifacts import (
     CurrentInputs,
+    catalog_images,
     class_names,
     digest,
+    pixels_of_rows,
+    read_catalog,
+    read_class_images,
     read_latent_ids,
     write_table,
 )
 from dedup_assets.core.artifacts import read_latents as read_class_latents
 from dedup_assets.core.atomic_io import atomic_path
-from dedup_assets.core.calibration import MAX_MIRRORS, MAX_QUERIES, budget_thresholds
+from dedup_assets.core.autoencoder import load_state
+from dedup_assets.core.calibration import (
+    MAX_MIRRORS,
+    MAX_QUERIES,
+    budget_thresholds,
+    encode_mirrors,
+    mirror_latents,
+    mirror_null,
+    proportional_mirrors,
+)
 from dedup_assets.core.cross_class import (
     NearestOther,
     SharedSpace,
@@ -271,19 +284,6 @@ def _mirror_null(
     mirrors' latents are the ones the class calibrations stored, encoded here only when
     missing, on `compute`'s device and precision as the class calibrations encode them (the
     stored mirrors are keyed, like the latents, by the class's content and the model)."""
-    from dedup_assets.core.artifacts import (
-        catalog_images,
-        mirror_latents,
-        pixels_of_rows,
-        read_class_images,
-    )
-    from dedup_assets.core.autoencoder import load_state
-    from dedup_assets.core.calibration import (
-        encode_mirrors,
-        mirror_null,
-        proportional_mirrors,
-    )
-
     if space is None or len(vectors) < 2:
         return np.zeros(0, np.float32)
     model = []  # loaded once, only when some class's mirrors must be encoded
@@ -332,8 +332,6 @@ def _mirror_null(
 
 
 def _pixel_hashes(layout, images: pl.DataFrame) -> np.ndarray:
-    from dedup_assets.core.artifacts import catalog_images, read_catalog
-
     catalog = catalog_images(read_catalog(layout)).select("image_id", "pixel_hash")
     joined = images.join(catalog, on="image_id", how="left", maintain_order="left")
     return joined["pixel_hash"].fill_null("").to_numpy().astype(str)

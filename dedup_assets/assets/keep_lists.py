@@ -21,13 +21,10 @@ from dedup_assets.core.artifacts import (
     digest,
     gather_pixels,
     join_setting,
-    load_class_data,
-    mirror_latents,
     read_catalog,
     read_class_keep_lists,
     read_keep_list,
     read_provenance,
-    read_reference_pool,
     threshold_verdict,
     write_table,
 )
@@ -37,12 +34,14 @@ from dedup_assets.core.calibration import (
     BudgetThreshold,
     NullSource,
     encode_mirrors,
+    mirror_latents,
     removals_against_budget,
 )
 from dedup_assets.core.class_decision import PriorDecision
-from dedup_assets.core.class_keep import decide_thresholds
+from dedup_assets.core.class_keep import decide_thresholds, load_class_data
 from dedup_assets.core.integrity import keep_list_problems
 from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.reference_pool import read_reference_pool
 from dedup_assets.core.thresholds import budget_of, cosine_of
 from dedup_assets.names import FULL_TAG, WORKER_METADATA, worker_name
 from dedup_assets.partitions import class_partitions

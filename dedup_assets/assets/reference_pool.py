@@ -13,10 +13,13 @@ from dedup_assets.core.artifacts import (
     is_current,
     open_pixels,
     read_catalog,
-    write_reference_pool,
 )
 from dedup_assets.core.autoencoder import encode_images, load_state
-from dedup_assets.core.reference_pool import build_reference_pool
+from dedup_assets.core.reference_pool import (
+    build_reference_pool,
+    reference_pool_provenance,
+    write_reference_pool,
+)
 from dedup_assets.names import FULL_TAG
 from resources import ComputeDevice, DedupSettings, DedupStorage
 
@@ -40,7 +43,7 @@ def reference_pool(
 ):
     layout = storage.layout()
     current = CurrentInputs.of(layout, settings)
-    expected = current.reference_pool()
+    expected = reference_pool_provenance(current.model_digest)
     full = context.run.tags.get(FULL_TAG) == "1"
     if not full and is_current(layout.reference_pool, expected):
         context.log.info("reference pool kept: drawn for this model and space")

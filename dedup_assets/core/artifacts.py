@@ -15,18 +15,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
 
-from dedup_assets.core.atomic_io import PROVENANCE_KEY, atomic_path, save_npz
+from dedup_assets.core.atomic_io import PROVENANCE_KEY, atomic_path
+from dedup_assets.core.class_catalog import CATALOG_SCHEMA
 from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.reference_pool import ReferencePool
 from dedup_assets.core.thresholds import budget_of
-
-if TYPE_CHECKING:
-    from dedup_assets.core.class_decision import ClassData
 
 KEEP_LIST_COLUMNS = (
     "image_id",
@@ -111,18 +108,6 @@ another rule (before 2026-12-03 a class too small for b took its highest null va
 not carried into a new run's keep list."""
 
 
-def reference_pool_provenance(model_digest: str) -> dict[str, Any]:
-    """The reference pool (`core.reference_pool`): drawn for a model, encoded with it."""
-    from dedup_assets.core.reference_pool import POOL_SIZE
-
-    return {
-        "kind": "reference_pool",
-        "model": model_digest,
-        "size": POOL_SIZE,
-        "holds": "latents, dct, phash",
-    }
-
-
 def join_setting(settings: MethodSettings) -> str:
     """The join settings a keep decision records (what was asked, not what each class used)."""
     return f"{settings.join} above {settings.ann_min_class_size}, nprobe {settings.ann_nprobe}"
@@ -164,9 +149,6 @@ class CurrentInputs:
             settings,
             file_digest(pool) if pool.exists() else "",
         )
-
-    def reference_pool(self) -> dict:
-        return reference_pool_provenance(self.model_digest)
 
     def latents(self, key: str) -> dict:
         return latents_provenance(self.class_digests[key], self.model_digest)
@@ -496,8 +478,6 @@ def read_catalog(layout: OutputLayout, keys: list[str] | None = None) -> pl.Data
         keys = catalogued_keys(layout)
     frames = [read_class_images(layout, k) for k in keys]
     if not frames:
-        from dedup_assets.core.class_catalog import CATALOG_SCHEMA
-
         return pl.DataFrame(schema=CATALOG_SCHEMA)
     return pl.concat(frames, how="vertical_relaxed")
 
@@ -570,113 +550,9 @@ def read_latents(path: Path) -> tuple[pl.DataFrame, np.ndarray]:
     return df.drop("latent"), latents
 
 
-def mirror_latents(
-    layout: OutputLayout,
-    key: str,
-    latents: dict,
-    n: int,
-    encode: Callable[[np.ndarray], np.ndarray],
-) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, mirror latents) of a class of n images (`core.calibration`): the rows of its
-    latents table whose mirrors are used (`mirror_rows`) and their latents, read when stored
-    for the same latents (`latents` is their provenance: class content and model), else
-    `encode(rows)`d and stored. The class's own budget calibration and the cross-class one
-    then encode the mirrors once between them."""
-    from dedup_assets.core.calibration import mirror_rows
-
-    path, stamp = layout.mirror_latents(key), digest(latents)
-    rows = mirror_rows(n)
-    try:
-        with np.load(path) as stored:
-            if str(stored["latents"]) == stamp and np.array_equal(stored["rows"], rows):
-                return rows, stored["mirrors"]
-    except (OSError, KeyError, ValueError):
-        pass  # absent, stale, of an older layout or unreadable: encode anew
-    mirrors = np.ascontiguousarray(encode(rows), dtype=np.float32)
-    if len(mirrors) != len(rows):
-        raise ValueError(f"{len(mirrors)} mirror latents for {len(rows)} mirrored images")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, latents=np.array(stamp), rows=rows, mirrors=mirrors)
-    return rows, mirrors
-
-
-def read_reference_pool(layout: OutputLayout, current: CurrentInputs) -> ReferencePool:
-    """The run's reference pool, refused unless drawn for the current model."""
-    path = require_current(
-        layout.reference_pool,
-        current.reference_pool(),
-        "reference pool",
-        "materialize reference_pool (the training job) first",
-    )
-    with np.load(path, allow_pickle=False) as arrays:
-        return ReferencePool.from_arrays(arrays)
-
-
-def write_reference_pool(pool: ReferencePool, path: Path, provenance: dict) -> Path:
-    stamp = np.array(json.dumps(provenance, sort_keys=True))
-    return save_npz(path, **pool.to_arrays(), **{PROVENANCE_KEY: stamp})
-
-
 def read_latent_ids(path: Path) -> pl.DataFrame:
     """The (image_id, path) table of one class's latents, without the latents."""
     return pl.read_parquet(_require(path, "class latents"), columns=["image_id", "path"])
-
-
-def load_class_data(
-    layout: OutputLayout,
-    key: str,
-    current: CurrentInputs | None = None,
-    *,
-    with_pixels: bool = False,
-    space: str | None = None,
-    catalog: pl.DataFrame | None = None,
-) -> tuple[pl.DataFrame, ClassData]:
-    """One class's (image_id, path) table and what deciding it needs (`class_decision`).
-
-    With `current`, the latents and the fit must be current; otherwise they are read as is
-    (benchmarks and analyses of an output folder). Pixels are loaded when asked for, or
-    when deciding in `space` needs them (the spaces of pixels, also the fallback of small
-    classes).
-    """
-    from dedup_assets.core.class_decision import ClassData, needs_pixels
-    from dedup_assets.core.class_density import ClassDensityModel
-
-    if current is not None:
-        require_current(
-            layout.latents(key),
-            current.latents(key),
-            f"latents of class {key}",
-            "materialize class_latents for this class first",
-        )
-        require_current(
-            layout.spline_fit(key),
-            current.fit(key),
-            f"spline fit of class {key}",
-            "materialize spline_fits for this class first",
-        )
-    table, latents = read_latents(layout.latents(key))
-    images = catalog_images(read_class_images(layout, key) if catalog is None else catalog, key)
-    joined = table.join(
-        images.select("image_id", "pixel_hash", "row"),
-        on="image_id",
-        how="left",
-        maintain_order="left",
-    )
-    if joined["pixel_hash"].is_null().any():
-        raise StaleArtifact(f"latents of class {key} name images the catalog does not hold")
-    model = ClassDensityModel.load(layout.spline_fit(key))
-    pixels = None
-    if with_pixels or (space is not None and needs_pixels(model, space)):
-        pixels = pixels_of_rows(layout, key, joined["row"].to_numpy())
-    data = ClassData(
-        table["image_id"].to_numpy().astype(str),
-        joined["pixel_hash"].to_numpy().astype(str),
-        latents,
-        model,
-        pixels,
-    )
-    return table, data
 
 
 def read_keep_list(path: Path) -> pl.DataFrame:

@@ -59,21 +59,31 @@ a few tiny classes) the threshold is 1.0: exact copies only. Measured on unrelat
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
+from dedup_assets.core.artifacts import digest
+from dedup_assets.core.atomic_io import atomic_path
+from dedup_assets.core.class_decision import (
+    ClassData,
+    needs_pixels,
+    space_for,
+    unfitted_space,
+    vectorise,
+    vectorise_as,
+)
+from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.local_scaling import local_levels, null_margins, outsider_levels
 from dedup_assets.core.reference_pool import ReferencePool
 from dedup_assets.core.similarity import DEFAULT_BLOCK, block_rows
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where mirrors are encoded (`encode_mirrors`)
     import torch
 
     from dedup_assets.core.autoencoder import ConvAutoencoder
-    from dedup_assets.core.class_decision import ClassData
 
 CHUNK = 16_384  # images mirrored and encoded at a time
 # Images (or mirrors) whose nearest unrelated image is measured, at most: a seeded sample
@@ -108,6 +118,7 @@ def encode_mirrors(
     at a time: `pixels` may be a memory-mapped store, and memory stays flat whatever its
     size. Pass the device and precision the class's latents were encoded with, so decoys
     and images are encoded alike."""
+    # deferred: torch loads only where mirrors are encoded, not with the module
     from dedup_assets.core.autoencoder import LATENT_DIM, encode_images
 
     rows = np.arange(len(pixels)) if rows is None else np.asarray(rows)
@@ -124,6 +135,35 @@ def encode_mirrors(
             for at in range(0, len(rows), CHUNK)
         ]
     )
+
+
+def mirror_latents(
+    layout: OutputLayout,
+    key: str,
+    latents: dict,
+    n: int,
+    encode: Callable[[np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, mirror latents) of a class of n images: the rows of its
+    latents table whose mirrors are used (`mirror_rows`) and their latents, read when stored
+    for the same latents (`latents` is their provenance: class content and model), else
+    `encode(rows)`d and stored. The class's own budget calibration and the cross-class one
+    then encode the mirrors once between them."""
+    path, stamp = layout.mirror_latents(key), digest(latents)
+    rows = mirror_rows(n)
+    try:
+        with np.load(path) as stored:
+            if str(stored["latents"]) == stamp and np.array_equal(stored["rows"], rows):
+                return rows, stored["mirrors"]
+    except (OSError, KeyError, ValueError):
+        pass  # absent, stale, of an older layout or unreadable: encode anew
+    mirrors = np.ascontiguousarray(encode(rows), dtype=np.float32)
+    if len(mirrors) != len(rows):
+        raise ValueError(f"{len(mirrors)} mirror latents for {len(rows)} mirrored images")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, latents=np.array(stamp), rows=rows, mirrors=mirrors)
+    return rows, mirrors
 
 
 def mirror_null(
@@ -354,14 +394,6 @@ def class_budgets(
     by the pool's cosine in `class_decision.unfitted_space`, where classes are comparable;
     with too few pool images for b, its threshold is 1.0. `data.pixels` must be loaded;
     `vectors` (the class's own, `class_decision.vectorise`) saves embedding them again."""
-    from dedup_assets.core.class_decision import (
-        needs_pixels,
-        space_for,
-        unfitted_space,
-        vectorise,
-        vectorise_as,
-    )
-
     if scaling not in ("local", "uniform"):
         raise ValueError(f"unknown budget scaling {scaling!r}: local or uniform")
     if data.pixels is None:
@@ -461,8 +493,6 @@ def _class_shift(
     of alike images (calm water, one texture) is not judged against a pool of other kinds.
     Mirrors are decoys of the class's own kind and never duplicates (a copy's mirror is not
     its copy); the median is what a class of n images can read."""
-    from dedup_assets.core.class_decision import vectorise_as
-
     n = len(data.image_ids)
     rows = mirror_rows(n) if decoy_rows is None else np.asarray(decoy_rows)
     if decoy_latents is None:

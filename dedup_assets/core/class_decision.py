@@ -29,7 +29,9 @@ import numpy as np
 
 from dedup_assets.core.ann_join import DEFAULT_ANN_MIN_CLASS_SIZE, DEFAULT_NPROBE, resolve_join
 from dedup_assets.core.class_density import ClassDensityModel
+from dedup_assets.core.dct_descriptor import lowfreq_dct
 from dedup_assets.core.keep_policy import KeepDecision, greedy_keep, visit_order
+from dedup_assets.core.phash import hash_vectors, phash_bits
 from dedup_assets.core.similarity import embed, joined, with_origin_axis
 
 
@@ -64,17 +66,11 @@ def _descriptor(data: ClassData, name: str, space: str) -> np.ndarray:
         return np.asarray(data.descriptors[name])
     pixels = _pixels(data, space)
     if name == "phash":
-        from dedup_assets.core.phash import phash_bits
-
         return phash_bits(pixels)
-    from dedup_assets.core.dct_descriptor import lowfreq_dct
-
     return lowfreq_dct(pixels)
 
 
 def _phash_vectors(data: ClassData) -> np.ndarray:
-    from dedup_assets.core.phash import hash_vectors
-
     return hash_vectors(_descriptor(data, "phash", "phash"))
 
 

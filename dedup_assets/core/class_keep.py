@@ -1,29 +1,100 @@
-"""Deciding one class at every threshold key: each budget ("1%") resolved to its threshold
-(`core.calibration`), then the keep decision (`core.class_decision`).
+"""Deciding one class at every threshold key: the class's stored data read back
+(`load_class_data`), each budget ("1%") resolved to its threshold (`core.calibration`),
+then the keep decision (`core.class_decision`).
 
-The one function the keep-list asset, the calibration tests and the benchmarks call, so
-what they measure is what a run does.
+The functions the keep-list asset, the evaluation, the calibration tests and the
+benchmarks call, so what they measure is what a run does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import polars as pl
 
 from dedup_assets.core.ann_join import DEFAULT_ANN_MIN_CLASS_SIZE, DEFAULT_NPROBE
-from dedup_assets.core.autoencoder import ConvAutoencoder
+from dedup_assets.core.artifacts import (
+    CurrentInputs,
+    StaleArtifact,
+    catalog_images,
+    pixels_of_rows,
+    read_class_images,
+    read_latents,
+    require_current,
+)
 from dedup_assets.core.calibration import BudgetThreshold, class_budgets
 from dedup_assets.core.class_decision import (
     ClassData,
     ClassDecision,
     PriorDecision,
     decide_class,
+    needs_pixels,
     vectorise,
 )
-from dedup_assets.core.reference_pool import ReferencePool
+from dedup_assets.core.class_density import ClassDensityModel, fit_class_density
+from dedup_assets.core.image_folder import pixel_hash
+from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.reference_pool import ReferencePool, build_reference_pool
 from dedup_assets.core.thresholds import budget_of
+
+if TYPE_CHECKING:  # torch is imported where images are encoded (`decide_in_memory`)
+    from dedup_assets.core.autoencoder import ConvAutoencoder
+
+
+def load_class_data(
+    layout: OutputLayout,
+    key: str,
+    current: CurrentInputs | None = None,
+    *,
+    with_pixels: bool = False,
+    space: str | None = None,
+    catalog: pl.DataFrame | None = None,
+) -> tuple[pl.DataFrame, ClassData]:
+    """One class's (image_id, path) table and what deciding it needs (`class_decision`).
+
+    With `current`, the latents and the fit must be current; otherwise they are read as is
+    (benchmarks and analyses of an output folder). Pixels are loaded when asked for, or
+    when deciding in `space` needs them (the spaces of pixels, also the fallback of small
+    classes).
+    """
+    if current is not None:
+        require_current(
+            layout.latents(key),
+            current.latents(key),
+            f"latents of class {key}",
+            "materialize class_latents for this class first",
+        )
+        require_current(
+            layout.spline_fit(key),
+            current.fit(key),
+            f"spline fit of class {key}",
+            "materialize spline_fits for this class first",
+        )
+    table, latents = read_latents(layout.latents(key))
+    images = catalog_images(read_class_images(layout, key) if catalog is None else catalog, key)
+    joined = table.join(
+        images.select("image_id", "pixel_hash", "row"),
+        on="image_id",
+        how="left",
+        maintain_order="left",
+    )
+    if joined["pixel_hash"].is_null().any():
+        raise StaleArtifact(f"latents of class {key} name images the catalog does not hold")
+    model = ClassDensityModel.load(layout.spline_fit(key))
+    pixels = None
+    if with_pixels or (space is not None and needs_pixels(model, space)):
+        pixels = pixels_of_rows(layout, key, joined["row"].to_numpy())
+    data = ClassData(
+        table["image_id"].to_numpy().astype(str),
+        joined["pixel_hash"].to_numpy().astype(str),
+        latents,
+        model,
+        pixels,
+    )
+    return table, data
 
 
 @dataclass(frozen=True)
@@ -119,10 +190,7 @@ def decide_in_memory(
     `decide_thresholds` per class. {threshold key: {class: decision}}; for measuring the
     method (the budget's calibration tests and benchmarks), not a replacement for a run
     (no catalog, no provenance, nothing written)."""
-    from dedup_assets.core.autoencoder import encode_images
-    from dedup_assets.core.class_density import fit_class_density
-    from dedup_assets.core.image_folder import pixel_hash
-    from dedup_assets.core.reference_pool import build_reference_pool
+    from dedup_assets.core.autoencoder import encode_images  # deferred: torch
 
     keys = sorted(classes)
     hashes = {

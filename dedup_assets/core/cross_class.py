@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dedup_assets.core.ann_join import ivf_index
 from dedup_assets.core.similarity import (
     DEFAULT_BLOCK,
     block_rows,
@@ -133,8 +134,6 @@ def nearest_other_class(
     if n < 2:
         return NearestOther(at, best)
     if join == "ann":
-        from dedup_assets.core.ann_join import ivf_index
-
         index = ivf_index(x, nprobe)
         index.add(x)
         for start in range(0, n, 16_384):

@@ -14,8 +14,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dedup_assets.core.class_decision import keep_decisions
+from dedup_assets.core.artifacts import (
+    MissingArtifact,
+    StaleArtifact,
+    catalog_class_keys,
+    catalog_images,
+    class_names,
+    open_pixels,
+    read_catalog,
+)
+from dedup_assets.core.calibration import class_budgets, encode_mirrors, mirror_latents, mirror_rows
+from dedup_assets.core.class_decision import (
+    PIXEL_SPACES,
+    class_order,
+    keep_decisions,
+    space_for,
+    vectorise,
+    vectorise_as,
+)
+from dedup_assets.core.class_keep import load_class_data
+from dedup_assets.core.planting import read_ground_truth, transform_of
+from dedup_assets.core.reference_pool import build_reference_pool, read_reference_pool
 from dedup_assets.core.similarity import DEFAULT_BLOCK, count_pairs_above, iter_similarity_blocks
+from dedup_assets.core.thresholds import budget_of
 
 
 @dataclass(frozen=True)
@@ -246,17 +267,7 @@ METHODS = ("raw", "whitened", "spline_copula", "spline_copula_dct", "dct", "phas
 def _reference_pool(layout, model, current):
     """The run's reference pool: the stored one where it is current (what the keep lists
     used), else drawn now from the class stores the same way (`core.reference_pool`)."""
-    from dedup_assets.core.artifacts import (
-        MissingArtifact,
-        StaleArtifact,
-        catalog_class_keys,
-        catalog_images,
-        open_pixels,
-        read_catalog,
-        read_reference_pool,
-    )
-    from dedup_assets.core.autoencoder import encode_images
-    from dedup_assets.core.reference_pool import build_reference_pool
+    from dedup_assets.core.autoencoder import encode_images  # deferred: torch
 
     if current is not None:
         try:
@@ -282,8 +293,6 @@ def ground_truth_edges(
     file names are relative to their class folder. with_transforms: each edge gets a third
     element, the planted transform named in the copy's file name.
     """
-    from dedup_assets.core.planting import transform_of
-
     by_path = dict(zip(catalog_ok["path"].to_list(), catalog_ok["image_id"].to_list(), strict=True))
     edges: dict[str, list[tuple[str, str]]] = {}
     unmatched = 0
@@ -318,23 +327,6 @@ def evaluate_against_ground_truth(
     local levels or one cosine (`budget_scaling`, as the keep lists resolve it).
     current: a CurrentInputs; when given, latents and fits must be current (not stale).
     """
-    from dedup_assets.core.artifacts import (
-        catalog_images,
-        class_names,
-        load_class_data,
-        read_catalog,
-    )
-    from dedup_assets.core.calibration import class_budgets
-    from dedup_assets.core.class_decision import (
-        PIXEL_SPACES,
-        class_order,
-        space_for,
-        vectorise,
-        vectorise_as,
-    )
-    from dedup_assets.core.planting import read_ground_truth
-    from dedup_assets.core.thresholds import budget_of
-
     full_catalog = read_catalog(layout)
     catalog = catalog_images(full_catalog)
     class_key_of = {name: key for key, name in class_names(layout).items()}
@@ -346,7 +338,7 @@ def evaluate_against_ground_truth(
     wanted = sorted({b for b in budgets if b is not None})
     model = None
     if wanted:
-        from dedup_assets.core.autoencoder import load_state
+        from dedup_assets.core.autoencoder import load_state  # deferred: torch
 
         model = load_state(layout.model)
     local = budget_scaling == "local"
@@ -366,8 +358,6 @@ def evaluate_against_ground_truth(
         views: dict[str, tuple[np.ndarray | None, list]] = {}
         method_vectors = {m: vectorise(data, m) for m in methods}
         if wanted:
-            from dedup_assets.core.artifacts import mirror_latents
-            from dedup_assets.core.calibration import encode_mirrors, mirror_rows
 
             def encode(rows: np.ndarray, data=data) -> np.ndarray:
                 return encode_mirrors(model, data.pixels, rows)

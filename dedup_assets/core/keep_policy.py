@@ -25,6 +25,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from dedup_assets.core.ann_join import AnnKeptIndex
 from dedup_assets.core.similarity import MAX_SLAB_BYTES
 
 
@@ -145,8 +146,6 @@ def greedy_keep(
     if oo is not None and len(oo) != n:
         raise ValueError("offsets must have one value per row of x")
     if join == "ann" and n:
-        from dedup_assets.core.ann_join import AnnKeptIndex
-
         kept_index = AnnKeptIndex(xo, nprobe, oo)
     elif join in ("exact", "ann"):
         kept_index = ExactKeptIndex(n, x.shape[1] if x.ndim == 2 else 1, block)

@@ -23,6 +23,7 @@ from dedup_assets.core.statistics import (
     random_removal_excess,
     theil_sen,
 )
+from dedup_assets.core.thresholds import budget_of, cosine_of
 
 COMPONENTS = ("pc1", "pc2", "pc3")
 
@@ -392,8 +393,6 @@ def _density_ridges(joined: pl.DataFrame, component: int, threshold: str, bin_ru
 def summary_markdown(summaries: list[dict]) -> str:
     """Tables 2 and 3 across thresholds (highest T first, then budgets, smallest first),
     beside the paper's values."""
-    from dedup_assets.core.thresholds import budget_of, cosine_of
-
     summaries = sorted(
         summaries,
         key=lambda s: (

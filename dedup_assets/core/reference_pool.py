@@ -16,14 +16,20 @@ pixels), so any class's space can be computed for it: 4,096 images are about 18 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from dedup_assets.core.artifacts import CurrentInputs, require_current
+from dedup_assets.core.atomic_io import PROVENANCE_KEY, save_npz
 from dedup_assets.core.class_decision import ClassData
 from dedup_assets.core.class_density import ClassDensityModel
 from dedup_assets.core.dct_descriptor import DIMENSIONS, lowfreq_dct
+from dedup_assets.core.layout import OutputLayout
 from dedup_assets.core.phash import HASH_BITS, phash_bits
 
 POOL_SIZE = 4_096
@@ -146,3 +152,33 @@ def build_reference_pool(
         keys,
         hashes,
     )
+
+
+# ---------------------------------------------------------------------------- stored
+
+
+def reference_pool_provenance(model_digest: str) -> dict[str, Any]:
+    """What the stored pool records it was made from: drawn for a model, encoded with it."""
+    return {
+        "kind": "reference_pool",
+        "model": model_digest,
+        "size": POOL_SIZE,
+        "holds": "latents, dct, phash",
+    }
+
+
+def read_reference_pool(layout: OutputLayout, current: CurrentInputs) -> ReferencePool:
+    """The run's reference pool, refused unless drawn for the current model."""
+    path = require_current(
+        layout.reference_pool,
+        reference_pool_provenance(current.model_digest),
+        "reference pool",
+        "materialize reference_pool (the training job) first",
+    )
+    with np.load(path, allow_pickle=False) as arrays:
+        return ReferencePool.from_arrays(arrays)
+
+
+def write_reference_pool(pool: ReferencePool, path: Path, provenance: dict) -> Path:
+    stamp = np.array(json.dumps(provenance, sort_keys=True))
+    return save_npz(path, **pool.to_arrays(), **{PROVENANCE_KEY: stamp})
