@@ -7,7 +7,7 @@ Two parts:
    downscaled to 32 px, and the hymenoptera photos, cut into classes of 2, 3, 5, 10, 30,
    100 and 1,000 images; plus the demo's six kinds of scene, one class per kind (classes of
    alike images that differ from each other). Each decided as a run decides
-   (`core.class_keep.decide_in_memory`) at 0.1%, 0.5%, 1% and 5%: every removal is false,
+   (`core.decision.class_keep.decide_in_memory`) at 0.1%, 0.5%, 1% and 5%: every removal is false,
    so the removed share per class size is the measured false-removal rate, beside the
    budget and the binomial 99% bound.
 2. Planted copies (`--planted`): `dedup plant` then the real `dedup run --thresholds
@@ -45,7 +45,7 @@ def _decode_files(files: list[Path], px: int) -> np.ndarray:
 
     from PIL import Image
 
-    from dedup_assets.core.image_folder import decode_image_bytes
+    from dedup_assets.core.data.image_folder import decode_image_bytes
 
     out = []
     for f in files:
@@ -112,7 +112,7 @@ def _tally(decided: dict) -> list[dict]:
 def _model(pixels: np.ndarray, epochs: int):
     import torch
 
-    from dedup_assets.core.autoencoder import cpu_supports_bf16, train_autoencoder
+    from dedup_assets.core.model.autoencoder import cpu_supports_bf16, train_autoencoder
 
     amp = torch.bfloat16 if cpu_supports_bf16() else None
     sample = pixels[np.random.default_rng(0).permutation(len(pixels))[:4096]]
@@ -123,8 +123,8 @@ def _model(pixels: np.ndarray, epochs: int):
 
 def unrelated(datasets: Path, epochs: int) -> dict:
     """The calibration table on every unrelated set."""
-    from dedup_assets.core.class_keep import decide_in_memory
-    from dedup_assets.core.demo_data import DEMO_CLASSES, _render
+    from dedup_assets.core.decision.class_keep import decide_in_memory
+    from dedup_assets.core.quality.demo_data import DEMO_CLASSES, _render
 
     out = {}
     sets = {}

@@ -9,7 +9,7 @@ recall, recall per planted transform and false-removal rate of the default space
 `reports/<T>/summary.json` each threshold's gate verdict; whether `clean/<T>` was written.
 
 The weight is no setting of the pipeline: `InvariantLoss.contrast_weight` in
-`dedup_assets/core/autoencoder.py`. The benchmark sets it in its own child processes only,
+`dedup_assets/core/model/autoencoder.py`. The benchmark sets it in its own child processes only,
 through a `sitecustomize` on their PYTHONPATH that changes that default when the module is
 imported and logs every loss built (so a run that did not use the weight is refused).
 
@@ -57,7 +57,7 @@ _LOG = os.environ.get("BENCH_CONTRASTIVE_LOG")
 
 
 def _is_target(name):
-    # dedup_assets.core.autoencoder, or wherever a regrouped core puts it
+    # dedup_assets.core.model.autoencoder (matched by its ends, wherever core files it)
     return name.startswith("dedup_assets.core") and name.endswith(".autoencoder")
 
 
@@ -187,7 +187,7 @@ TINY_SETTINGS = [
 
 def make_tiny(dest: Path) -> Path:
     """The demo set tests/test_pipeline.py runs on: seed 3, 16 per class, 25% planted."""
-    from dedup_assets.core.demo_data import generate_demo_dataset
+    from dedup_assets.core.quality.demo_data import generate_demo_dataset
 
     generate_demo_dataset(dest, seed=3, per_class=16, duplicate_fraction=0.25)
     return dest.resolve()

@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import add_out_option, table, write_result  # noqa: E402
-from dedup_assets.core.autoencoder import ConvAutoencoder, encode_images  # noqa: E402
+from dedup_assets.core.model.autoencoder import ConvAutoencoder, encode_images  # noqa: E402
 
 
 def main() -> None:

@@ -30,11 +30,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import add_out_option, table, write_result  # noqa: E402
-from dedup_assets.core.autoencoder import cpu_supports_bf16, encode_images, load_state  # noqa: E402
-from dedup_assets.core.class_decision import VECTORISERS, ClassData, decide_class  # noqa: E402
-from dedup_assets.core.class_density import fit_class_density  # noqa: E402
-from dedup_assets.core.image_folder import read_and_decode, scan_image_folder  # noqa: E402
-from dedup_assets.core.keep_policy import KEEP_POLICIES  # noqa: E402
+from dedup_assets.core.data.image_folder import read_and_decode, scan_image_folder  # noqa: E402
+from dedup_assets.core.decision.class_decision import VECTORISERS, ClassData, decide_class  # noqa: E402
+from dedup_assets.core.decision.keep_policy import KEEP_POLICIES  # noqa: E402
+from dedup_assets.core.density.class_density import fit_class_density  # noqa: E402
+from dedup_assets.core.model.autoencoder import cpu_supports_bf16, encode_images, load_state  # noqa: E402
 
 IMAGEDEDUP_SCRIPT = r"""
 import json, sys, time, logging

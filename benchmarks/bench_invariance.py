@@ -38,7 +38,7 @@ def step_cost(n_images: int = 2048, steps: int = 12, rounds: int = 3) -> dict:
     precision the pipeline trains in on this CPU (bf16 where it has bf16 units)."""
     import torch
 
-    from dedup_assets.core.autoencoder import cpu_supports_bf16, train_autoencoder
+    from dedup_assets.core.model.autoencoder import cpu_supports_bf16, train_autoencoder
 
     amp = torch.bfloat16 if cpu_supports_bf16() else None
     rng = np.random.default_rng(0)

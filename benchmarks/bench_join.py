@@ -24,8 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import add_out_option, table, write_result  # noqa: E402
-from dedup_assets.core.keep_policy import greedy_keep  # noqa: E402
-from dedup_assets.core.similarity import DEFAULT_BLOCK, l2_normalize, pairs_above  # noqa: E402
+from dedup_assets.core.decision.keep_policy import greedy_keep  # noqa: E402
+from dedup_assets.core.decision.similarity import DEFAULT_BLOCK, l2_normalize, pairs_above  # noqa: E402
 
 HEADERS = [
     "n",

@@ -197,7 +197,7 @@ def stage_table(stdout: str) -> dict[str, dict]:
 
 
 def run_ours(source: Path, out: Path, model: Path, extra: list[str]) -> dict:
-    from dedup_assets.core.layout import OutputLayout
+    from dedup_assets.core.data.layout import OutputLayout
 
     if out.exists():
         shutil.rmtree(out)
@@ -243,10 +243,10 @@ def ann_vs_exact(out: Path, n: int, threshold: float = 0.95, exact_keep: bool = 
     latents of a measured run (tiled with small noise up to n: one big class). Without
     `exact_keep` the exact greedy keep (quadratic) is skipped: pair recall and the
     approximate keep's time only."""
-    from dedup_assets.core.ann_join import ivf_index
-    from dedup_assets.core.artifacts import read_latents
-    from dedup_assets.core.keep_policy import greedy_keep
-    from dedup_assets.core.similarity import l2_normalize
+    from dedup_assets.core.data.artifacts import read_latents
+    from dedup_assets.core.decision.ann_join import ivf_index
+    from dedup_assets.core.decision.keep_policy import greedy_keep
+    from dedup_assets.core.decision.similarity import l2_normalize
 
     # Centred and projected on the 128 leading axes class by class (a million latents are
     # 4 GB): the mean and a 20,000-row sample for the axes first, then every class.

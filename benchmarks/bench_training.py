@@ -23,7 +23,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import add_out_option, table, write_result  # noqa: E402
-from dedup_assets.core.autoencoder import ConvAutoencoder, make_optimizer, train_autoencoder  # noqa: E402
+from dedup_assets.core.model.autoencoder import ConvAutoencoder, make_optimizer, train_autoencoder  # noqa: E402
 
 
 def bare_loop(

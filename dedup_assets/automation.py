@@ -27,10 +27,10 @@ from collections.abc import Sequence
 import dagster as dg
 import polars as pl
 
-from dedup_assets.core.artifacts import digest, recorded_listings
-from dedup_assets.core.image_folder import FolderScan
-from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.source_index import SourceChanges, changed_classes
+from dedup_assets.core.data.artifacts import digest, recorded_listings
+from dedup_assets.core.data.image_folder import FolderScan
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.source_index import SourceChanges, changed_classes
 from dedup_assets.names import INDEX_JOB, REASON_TAG, TRAIN_JOB, UPDATE_CLASS_JOB
 from dedup_assets.partitions import class_partitions
 from resources import DedupSettings, DedupStorage, ImageSource

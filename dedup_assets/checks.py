@@ -1,5 +1,5 @@
 """Asset checks on the class stage. The threshold gates are carried by their assets,
-each computed once and stored for the clean copy (`core.artifacts.ThresholdVerdict`):
+each computed once and stored for the clean copy (`core.data.artifacts.ThresholdVerdict`):
 `keep_list_integrity` by `keep_list` (`assets/keep_lists.py`), the kurtosis gate by
 `kurtosis_report` (in the report).
 
@@ -10,8 +10,8 @@ threshold (a preview feature of Dagster 1.13, see `partitions`).
 import dagster as dg
 
 from dedup_assets.assets.latents import class_latents
-from dedup_assets.core.artifacts import catalog_images, read_class_images, read_latents
-from dedup_assets.core.integrity import latent_problems
+from dedup_assets.core.data.artifacts import catalog_images, read_class_images, read_latents
+from dedup_assets.core.decision.integrity import latent_problems
 from dedup_assets.partitions import class_partitions
 from resources import DedupStorage
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
 
     from dedup_assets.config import PipelineConfig
-    from dedup_assets.core.layout import OutputLayout
+    from dedup_assets.core.data.layout import OutputLayout
     from dedup_assets.runner import PipelineOutcome
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -182,7 +182,7 @@ def _run_parser(sub: argparse._SubParsersAction, command: str, summary: str, abo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dedup_assets.core.layout import DEFAULT_OUTPUT
+    from dedup_assets.core.data.layout import DEFAULT_OUTPUT
 
     parser = _Parser(prog="dedup", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -235,7 +235,7 @@ def _run(args: argparse.Namespace) -> int:
             "executor k8s is for the code location of a Kubernetes deployment "
             "(deploy/k8s, DEDUP_EXECUTOR=k8s); dedup run uses in_process, processes or dask"
         )
-    from dedup_assets.core.layout import OutputInUse, OutputLayout
+    from dedup_assets.core.data.layout import OutputInUse, OutputLayout
     from dedup_assets.runner import instance_for, run_pipeline
 
     output = Path(config.output)
@@ -314,7 +314,7 @@ def _demo_lines(config) -> list[str]:
     """Where the demo's source is, that it is the user's to add images to, and its state."""
     if config.demo_source is None:
         return []
-    from dedup_assets.core.demo_data import demo_state
+    from dedup_assets.core.quality.demo_data import demo_state
 
     again = f"dedup demo --output {shlex.quote(config.output)}"
     return [
@@ -329,8 +329,8 @@ def _catalog_line(layout) -> str:
     has every path with its own)."""
     import polars as pl
 
-    from dedup_assets.core.artifacts import read_classes
-    from dedup_assets.core.class_catalog import QUARANTINE_SCHEMA, quarantine_counts
+    from dedup_assets.core.data.artifacts import read_classes
+    from dedup_assets.core.data.class_catalog import QUARANTINE_SCHEMA, quarantine_counts
 
     images = int(read_classes(layout)["images"].sum())
     if not layout.quarantine.is_file():
@@ -343,7 +343,7 @@ def _catalog_line(layout) -> str:
 
 
 def _plant(args: argparse.Namespace) -> int:
-    from dedup_assets.core.planting import plant_duplicates
+    from dedup_assets.core.quality.planting import plant_duplicates
 
     proportions = None
     if args.proportions:
@@ -395,7 +395,7 @@ def _ui(args: argparse.Namespace) -> int:
             f"`dedup run --source YOUR_IMAGES --output {folder}` or "
             f"`dedup demo --output {folder}`"
         )
-    from dedup_assets.core.layout import DAGSTER_HOME, prepare_dagster_home
+    from dedup_assets.core.data.layout import DAGSTER_HOME, prepare_dagster_home
 
     env = dict(os.environ, DEDUP_OUTPUT=str(output))
     env[DAGSTER_HOME] = str(prepare_dagster_home(output))

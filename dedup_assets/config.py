@@ -23,9 +23,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dedup_assets.core.image_folder import DEFAULT_MAX_FILE_BYTES
-from dedup_assets.core.layout import DEFAULT_OUTPUT, OutputLayout
-from dedup_assets.core.thresholds import parse_key
+from dedup_assets.core.data.image_folder import DEFAULT_MAX_FILE_BYTES
+from dedup_assets.core.data.layout import DEFAULT_OUTPUT, OutputLayout
+from dedup_assets.core.data.thresholds import parse_key
 from dedup_assets.engines import Executor
 from resources.compute_device import DEVICE_PATTERN, Precision
 from resources.settings import DedupSettings
@@ -72,7 +72,7 @@ def parse_thresholds(value: str | Iterable[str | float] | None) -> tuple[str, ..
     then false-removal budgets ("1%") sorted by value.
 
     A cosine must lie strictly between 0 and 1 (the similarity above which two images are
-    duplicates), a budget strictly between 0% and 100% (`core.thresholds`); two keys with
+    duplicates), a budget strictly between 0% and 100% (`core.data.thresholds`); two keys with
     the same value are refused.
     """
     if value is None:

@@ -41,7 +41,7 @@ from typing import Any
 import dagster as dg
 
 from dedup_assets.config import PipelineConfig
-from dedup_assets.core.layout import instance_file, use_dagster_home
+from dedup_assets.core.data.layout import instance_file, use_dagster_home
 from dedup_assets.definitions import build_definitions
 from dedup_assets.engines import (
     EngineUnavailable,

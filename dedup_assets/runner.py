@@ -4,7 +4,7 @@ Dagster runs one partition per run and the assets have four partitionings (none,
 threshold), so the main job runs the code location's named jobs in order against one
 persistent instance (the same one `dagster dev` shows). A stage that fails stops every
 stage downstream of it in this run; files left by earlier runs are never used in its
-place (each reader checks provenance, see `core.artifacts`).
+place (each reader checks provenance, see `core.data.artifacts`).
 
 Before it starts, a run takes the output folder's lock, sweeps what an interrupted run
 left (temporary files, half-swapped folders) and marks runs of a dead process as failed.
@@ -32,7 +32,7 @@ from pathlib import Path
 import dagster as dg
 
 from dedup_assets.config import PipelineConfig
-from dedup_assets.core.artifacts import (
+from dedup_assets.core.data.artifacts import (
     CurrentInputs,
     MissingArtifact,
     catalogued_keys,
@@ -42,10 +42,10 @@ from dedup_assets.core.artifacts import (
     stale_classes,
     stale_thresholds,
 )
-from dedup_assets.core.atomic_io import sweep_interrupted, write_json
-from dedup_assets.core.layout import OutputLayout, resolve_dagster_home
-from dedup_assets.core.reference_pool import reference_pool_provenance
-from dedup_assets.core.source_index import ClassListing, changed_classes
+from dedup_assets.core.data.atomic_io import sweep_interrupted, write_json
+from dedup_assets.core.data.layout import OutputLayout, resolve_dagster_home
+from dedup_assets.core.data.source_index import ClassListing, changed_classes
+from dedup_assets.core.decision.reference_pool import reference_pool_provenance
 from dedup_assets.definitions import build_definitions
 from dedup_assets.dispatch import CheckOutcome, ClassRunPool, RunReport, open_instance
 from dedup_assets.engines import Executor, resolve_auto

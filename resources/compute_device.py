@@ -59,7 +59,7 @@ class ComputeDevice(dg.ConfigurableResource):
     def supports_bf16(self) -> bool:
         import torch
 
-        from dedup_assets.core.autoencoder import cpu_supports_bf16
+        from dedup_assets.core.model.autoencoder import cpu_supports_bf16
 
         dev = self.torch_device()
         if dev.type == "cuda":

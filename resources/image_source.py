@@ -7,10 +7,10 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from dedup_assets.core.demo_data import ensure_demo_dataset
-from dedup_assets.core.image_folder import DEFAULT_MAX_FILE_BYTES, FolderScan
-from dedup_assets.core.layout import DEFAULT_OUTPUT, OutputLayout
-from dedup_assets.core.source_index import ClassListing, list_source, verify_listings
+from dedup_assets.core.data.image_folder import DEFAULT_MAX_FILE_BYTES, FolderScan
+from dedup_assets.core.data.layout import DEFAULT_OUTPUT, OutputLayout
+from dedup_assets.core.data.source_index import ClassListing, list_source, verify_listings
+from dedup_assets.core.quality.demo_data import ensure_demo_dataset
 
 GROUND_TRUTH_NAME = "ground_truth.csv"
 

@@ -7,13 +7,17 @@ from enum import StrEnum
 import dagster as dg
 from pydantic import Field
 
-from dedup_assets.core.ann_join import DEFAULT_ANN_MIN_CLASS_SIZE, DEFAULT_NPROBE, JoinMethod
-from dedup_assets.core.keep_policy import KeepPolicy
-from dedup_assets.core.local_scaling import BudgetScaling
-from dedup_assets.core.objective import TrainingObjective
-from dedup_assets.core.retraining import DEFAULT_ERROR_FACTOR, DEFAULT_MAX_NEW_SHARE
-from dedup_assets.core.similarity import SimilaritySpace
-from dedup_assets.core.spline import BinRule
+from dedup_assets.core.decision.ann_join import (
+    DEFAULT_ANN_MIN_CLASS_SIZE,
+    DEFAULT_NPROBE,
+    JoinMethod,
+)
+from dedup_assets.core.decision.keep_policy import KeepPolicy
+from dedup_assets.core.decision.local_scaling import BudgetScaling
+from dedup_assets.core.decision.similarity import SimilaritySpace
+from dedup_assets.core.density.spline import BinRule
+from dedup_assets.core.model.objective import TrainingObjective
+from dedup_assets.core.model.retraining import DEFAULT_ERROR_FACTOR, DEFAULT_MAX_NEW_SHARE
 
 DEFAULT_TRAINING_IMAGES = 12_288
 """Training images with automatic epochs (3 early-stopping checks of 4,096): on planted
@@ -35,7 +39,7 @@ class DedupSettings(dg.ConfigurableResource):
 
     Every field is checked by pydantic when the object is built, so a bad value fails
     before any work starts. epochs = 0 means auto: train until a held-out slice's loss
-    stops improving (core.autoencoder.EarlyStopping), on at most `training_images` images.
+    stops improving (core.model.autoencoder.EarlyStopping), on at most `training_images` images.
     """
 
     epochs: int = Field(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from dedup_assets.core.layout import DEFAULT_OUTPUT, OutputLayout
+from dedup_assets.core.data.layout import DEFAULT_OUTPUT, OutputLayout
 
 
 class DedupStorage(dg.ConfigurableResource):

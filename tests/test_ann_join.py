@@ -4,10 +4,10 @@ on clustered vectors, and that it never removes an image for a similarity it lac
 import numpy as np
 import pytest
 
-from dedup_assets.core.ann_join import ann_pairs_above, resolve_join
-from dedup_assets.core.class_decision import keep_decisions
-from dedup_assets.core.keep_policy import greedy_keep
-from dedup_assets.core.similarity import l2_normalize, pairs_above
+from dedup_assets.core.decision.ann_join import ann_pairs_above, resolve_join
+from dedup_assets.core.decision.class_decision import keep_decisions
+from dedup_assets.core.decision.keep_policy import greedy_keep
+from dedup_assets.core.decision.similarity import l2_normalize, pairs_above
 
 
 def clustered(n: int, d: int = 32, copies: float = 0.1, seed: int = 0) -> np.ndarray:

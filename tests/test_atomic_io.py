@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dedup_assets.core.atomic_io import (
+from dedup_assets.core.data.atomic_io import (
     atomic_dir,
     atomic_path,
     exchange_paths,

@@ -1,4 +1,4 @@
-"""Augmentations (core/augment.py): shape, range, dtype, seeding, and JPEG fidelity."""
+"""Augmentations (core/model/augment.py): shape, range, dtype, seeding, and JPEG fidelity."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dedup_assets.core import augment as A
-from dedup_assets.core.demo_data import generate_demo_dataset
+from dedup_assets.core.model import augment as A
+from dedup_assets.core.quality.demo_data import generate_demo_dataset
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for the paper's Table 1 autoencoder (dedup_assets.core.autoencoder)."""
+"""Tests for the paper's Table 1 autoencoder (dedup_assets.core.model.autoencoder)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dedup_assets.core.autoencoder import (
+from dedup_assets.core.model.autoencoder import (
     LATENT_DIM,
     TABLE_1,
     TOTAL_PARAMETERS,
@@ -215,7 +215,7 @@ def _shifted_pair_similarity(model: ConvAutoencoder, pixels: np.ndarray) -> tupl
 
 
 def test_invariant_objective_brings_a_shifted_pair_closer_than_plain(textures):
-    from dedup_assets.core.autoencoder import TrainingObjective
+    from dedup_assets.core.model.autoencoder import TrainingObjective
 
     kwargs = dict(epochs=4, batch_size=32, learning_rate=2e-3, seed=3)
     plain = train_autoencoder(textures, objective=TrainingObjective.plain, **kwargs)
@@ -233,7 +233,7 @@ def test_invariant_objective_brings_a_shifted_pair_closer_than_plain(textures):
 
 
 def test_contrastive_loss_is_low_for_matching_views_and_high_for_shuffled():
-    from dedup_assets.core.autoencoder import contrastive_loss
+    from dedup_assets.core.model.autoencoder import contrastive_loss
 
     z = torch.randn(16, 1024, generator=torch.Generator().manual_seed(0))
     matched = contrastive_loss(z, z + 0.01 * torch.randn(16, 1024), 0.1)
@@ -242,7 +242,7 @@ def test_contrastive_loss_is_low_for_matching_views_and_high_for_shuffled():
 
 
 def test_early_stopping_stops_when_the_held_out_loss_stalls(textures):
-    from dedup_assets.core.autoencoder import EarlyStopping
+    from dedup_assets.core.model.autoencoder import EarlyStopping
 
     # A gain of 90% per check is never reached: it stops after `patience` checks.
     rule = EarlyStopping(max_epochs=50, check_every=64, patience=2, min_delta=0.9, min_holdout=8)
@@ -268,7 +268,7 @@ def test_early_stopping_stops_when_the_held_out_loss_stalls(textures):
 def test_invariant_loss_variants_train_and_refuse_unknown_views():
     """views="one" contrasts an augmented view with the image itself; with clean_grad off
     the clean code is a target only, so the encoder gets a different gradient."""
-    from dedup_assets.core.autoencoder import ConvAutoencoder, InvariantLoss, to_unit_range
+    from dedup_assets.core.model.autoencoder import ConvAutoencoder, InvariantLoss, to_unit_range
 
     x = to_unit_range(
         torch.from_numpy(np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), np.uint8))

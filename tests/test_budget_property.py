@@ -2,9 +2,9 @@
 at most about b of their images, whatever the class size and the image size.
 
 Each set is cut into classes of 2, 3, 5, 10, 30, 100 (and 1,000 where the set is big
-enough) unrelated images and decided exactly as a run decides (`core.class_keep`, the
-reference pool of `core.reference_pool`, class fits of `core.class_density`), at the budgets
-0.1%, 0.5%, 1% and 5%. Every removal is false. Required: over all classes together the
+enough) unrelated images and decided exactly as a run decides (`core.decision.class_keep`,
+the reference pool of `core.decision.reference_pool`, class fits of
+`core.density.class_density`), at the budgets 0.1%, 0.5%, 1% and 5%. Every removal is false. Required: over all classes together the
 removed count is within the binomial 99% bound of b x images; for each class size at most
 twice b x its images or, where that is below one image's worth of chance, the size's own
 binomial 99% bound. Synthetic textures always run; EuroSAT at 64 px and downscaled to
@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 from scipy.stats import binom
 
-from dedup_assets.core.autoencoder import train_autoencoder
-from dedup_assets.core.class_keep import decide_in_memory
-from dedup_assets.core.image_folder import decode_image_bytes
+from dedup_assets.core.data.image_folder import decode_image_bytes
+from dedup_assets.core.decision.class_keep import decide_in_memory
+from dedup_assets.core.model.autoencoder import train_autoencoder
 
 BUDGETS = ("0.1%", "0.5%", "1%", "5%")
 SPACE = "spline_copula_dct"
@@ -148,7 +148,7 @@ def test_classes_of_alike_images_that_differ_from_each_other_hold_every_budget()
     only class of its kind, so its unrelated images are closer to each other than to the
     other classes' images, which the pooled null borrows: the class's own median shift must
     make up for it. One run per class size (six classes each)."""
-    from dedup_assets.core.demo_data import DEMO_CLASSES, _render
+    from dedup_assets.core.quality.demo_data import DEMO_CLASSES, _render
 
     decided: dict[str, dict[str, object]] = {b: {} for b in BUDGETS}
     for size in (5, 10, 30, 60):

@@ -1,10 +1,15 @@
-"""False-removal budgets (core/calibration.py): decoys, nearest-decoy similarity, quantiles."""
+"""False-removal budgets (core/decision/calibration.py): decoys, nearest-decoy similarity,
+quantiles."""
 
 import numpy as np
 import pytest
 
-from dedup_assets.core.calibration import budget_thresholds, mirrored, nearest_decoy_similarity
-from dedup_assets.core.similarity import l2_normalize
+from dedup_assets.core.decision.calibration import (
+    budget_thresholds,
+    mirrored,
+    nearest_decoy_similarity,
+)
+from dedup_assets.core.decision.similarity import l2_normalize
 
 
 def test_mirrored_flips_each_image_and_leaves_the_input():
@@ -58,8 +63,8 @@ def test_budget_cosine_holds_the_budget_in_expectation():
 
 
 def test_sampled_queries_skip_their_own_mirror_as_the_full_pass_does():
-    from dedup_assets.core.calibration import nearest_decoy_similarity
-    from dedup_assets.core.similarity import l2_normalize
+    from dedup_assets.core.decision.calibration import nearest_decoy_similarity
+    from dedup_assets.core.decision.similarity import l2_normalize
 
     rng = np.random.default_rng(4)
     v = l2_normalize(rng.standard_normal((300, 8)).astype(np.float32))
@@ -74,8 +79,8 @@ def test_sampled_queries_skip_their_own_mirror_as_the_full_pass_does():
 def test_mirror_latents_are_encoded_once_per_latents(tmp_path):
     """Stored under the latents' provenance: read back while it holds, encoded anew when
     the latents change (new images or a new model), never for the wrong latents."""
-    from dedup_assets.core.calibration import mirror_latents
-    from dedup_assets.core.layout import OutputLayout
+    from dedup_assets.core.data.layout import OutputLayout
+    from dedup_assets.core.decision.calibration import mirror_latents
 
     layout = OutputLayout(tmp_path)
     calls = []
@@ -102,7 +107,7 @@ def test_mirror_latents_are_encoded_once_per_latents(tmp_path):
 def test_large_classes_mirror_a_seeded_sample(monkeypatch):
     """Up to MAX_MIRRORS every image is mirrored; above it a sorted seeded sample of
     exactly MAX_MIRRORS rows, the same on every call (the stored mirrors stay valid)."""
-    from dedup_assets.core import calibration
+    from dedup_assets.core.decision import calibration
 
     assert calibration.mirror_rows(0).tolist() == []
     assert calibration.mirror_rows(1).tolist() == [0]
@@ -117,7 +122,7 @@ def test_large_classes_mirror_a_seeded_sample(monkeypatch):
 def test_sampled_mirrors_read_the_null_from_the_mirrors_side():
     """With a sample of mirrors, each mirror's nearest image other than its source: the
     columns of the same image-by-mirror comparison the full pass reads by rows."""
-    from dedup_assets.core.calibration import mirror_null
+    from dedup_assets.core.decision.calibration import mirror_null
 
     rng = np.random.default_rng(5)
     v = l2_normalize(rng.standard_normal((400, 8)).astype(np.float32))
@@ -140,10 +145,10 @@ def test_a_class_above_max_mirrors_encodes_only_its_sample(monkeypatch, space, s
     and the threshold it resolves reads the same distribution as mirroring every image."""
     import torch
 
-    from dedup_assets.core import calibration
-    from dedup_assets.core.autoencoder import ConvAutoencoder, encode_images
-    from dedup_assets.core.class_decision import ClassData
-    from dedup_assets.core.class_density import fit_class_density
+    from dedup_assets.core.decision import calibration
+    from dedup_assets.core.decision.class_decision import ClassData
+    from dedup_assets.core.density.class_density import fit_class_density
+    from dedup_assets.core.model.autoencoder import ConvAutoencoder, encode_images
 
     torch.manual_seed(0)
     model = ConvAutoencoder()
@@ -182,7 +187,7 @@ def test_a_class_above_max_mirrors_encodes_only_its_sample(monkeypatch, space, s
 def test_at_most_max_queries_are_measured_either_way(monkeypatch):
     """Above MAX_QUERIES images (full mirrors) or mirrors (sampled), a seeded sample of
     exactly MAX_QUERIES is measured, each value the one the unsampled pass gives it."""
-    from dedup_assets.core import calibration
+    from dedup_assets.core.decision import calibration
 
     rng = np.random.default_rng(6)
     v = l2_normalize(rng.standard_normal((300, 8)).astype(np.float32))
@@ -202,7 +207,7 @@ def test_at_most_max_queries_are_measured_either_way(monkeypatch):
 def test_proportional_mirrors_weigh_each_class_by_its_size(monkeypatch):
     """A 100,000-image class with 4,096 mirrors beside a fully mirrored class of 1,000:
     the same share of each is measured, so the big class weighs 100 times the small one."""
-    from dedup_assets.core import calibration
+    from dedup_assets.core.decision import calibration
 
     picks = calibration.proportional_mirrors([100_000, 1_000], [4_096, 1_000])
     assert [len(p) for p in picks] == [4_096, 41]
@@ -218,8 +223,8 @@ def test_mirrors_are_encoded_with_the_precision_asked():
     # Decoys must be encoded like the class's latents (the compute resource's precision).
     import torch
 
-    from dedup_assets.core.autoencoder import ConvAutoencoder, encode_images
-    from dedup_assets.core.calibration import encode_mirrors
+    from dedup_assets.core.decision.calibration import encode_mirrors
+    from dedup_assets.core.model.autoencoder import ConvAutoencoder, encode_images
 
     torch.manual_seed(0)
     model = ConvAutoencoder().eval()

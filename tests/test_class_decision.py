@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from dedup_assets.core.class_decision import (
+from dedup_assets.core.decision.class_decision import (
     ClassData,
     decide_class,
     exact_groups,
     keep_decisions,
 )
-from dedup_assets.core.class_density import fit_class_density
-from dedup_assets.core.keep_policy import KEEP_POLICIES
-from dedup_assets.core.similarity import SIMILARITY_SPACES
+from dedup_assets.core.decision.keep_policy import KEEP_POLICIES
+from dedup_assets.core.decision.similarity import SIMILARITY_SPACES
+from dedup_assets.core.density.class_density import fit_class_density
 
 THRESHOLDS = [0.5, 0.93, 0.97, 0.999]
 

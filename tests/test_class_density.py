@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dedup_assets.core.class_density import (
+from dedup_assets.core.density.class_density import (
     ClassDensityModel,
     effective_components,
     fit_class_density,

@@ -20,8 +20,8 @@ from conftest import run_dedup, tree_digest
 from PIL import Image
 
 from dedup_assets.assets.clean_dataset import FILES_NAME, link_warning, write_clean_copy
-from dedup_assets.core.artifacts import clean_copy_is_current
-from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.data.artifacts import clean_copy_is_current
+from dedup_assets.core.data.layout import OutputLayout
 
 MODES = ("copy", "hardlink", "symlink")
 THRESHOLDS = ["0.93", "0.97"]

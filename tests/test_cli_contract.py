@@ -14,8 +14,8 @@ import pytest
 from conftest import run_dedup
 from PIL import Image
 
-from dedup_assets.core.demo_data import generate_demo_dataset
-from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.quality.demo_data import generate_demo_dataset
 
 FAST = ("--epochs", "1", "--device", "cpu", "--precision", "fp32")
 

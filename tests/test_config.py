@@ -15,7 +15,7 @@ from dedup_assets.config import (
     parse_thresholds,
     read_saved,
 )
-from dedup_assets.core.layout import OutputInUse, OutputLayout
+from dedup_assets.core.data.layout import OutputInUse, OutputLayout
 from dedup_assets.definitions import build_definitions
 
 

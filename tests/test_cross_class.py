@@ -10,11 +10,11 @@ import pytest
 from conftest import run_dedup
 from PIL import Image, ImageEnhance
 
-from dedup_assets.core.autoencoder import cpu_supports_bf16
-from dedup_assets.core.cross_class import cross_class_pairs, shared_space
-from dedup_assets.core.demo_data import generate_demo_dataset
-from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.similarity import l2_normalize
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.decision.cross_class import cross_class_pairs, shared_space
+from dedup_assets.core.decision.similarity import l2_normalize
+from dedup_assets.core.model.autoencoder import cpu_supports_bf16
+from dedup_assets.core.quality.demo_data import generate_demo_dataset
 
 
 def _unit(rows) -> np.ndarray:
@@ -119,7 +119,7 @@ def test_pipeline_warns_about_cross_class_copies_and_resolves_budgets(tmp_path):
 
     # The mirrors are encoded once, by each class's calibration, and read by the
     # cross-class one: stored beside the latents, stamped with the latents they mirror.
-    from dedup_assets.core.artifacts import digest, read_latent_ids, read_provenance
+    from dedup_assets.core.data.artifacts import digest, read_latent_ids, read_provenance
 
     layout = OutputLayout(out)
     for latents in sorted((out / "latents").glob("*.parquet")):
@@ -136,7 +136,7 @@ def test_pipeline_warns_about_cross_class_copies_and_resolves_budgets(tmp_path):
 def test_at_most_one_partner_per_image_however_many_look_alike():
     """Many alike images in two classes: each is listed with its nearest other-class image
     only, so the table grows with N, not N^2 (EuroSAT: 2.2 million pairs otherwise)."""
-    from dedup_assets.core.cross_class import nearest_other_class
+    from dedup_assets.core.decision.cross_class import nearest_other_class
 
     rng = np.random.default_rng(0)
     v = _unit(np.ones((400, 6)) + 0.01 * rng.standard_normal((400, 6)))
@@ -168,7 +168,7 @@ def test_mirrors_missing_at_the_cross_class_step_are_encoded_like_the_latents(
     import torch
 
     from dedup_assets.config import PipelineConfig
-    from dedup_assets.core import calibration
+    from dedup_assets.core.decision import calibration
     from dedup_assets.definitions import build_definitions
     from dedup_assets.runner import run_pipeline
 

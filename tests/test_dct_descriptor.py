@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from dedup_assets.core.class_decision import ClassData, needs_pixels, vectorise
-from dedup_assets.core.class_density import fit_class_density
-from dedup_assets.core.dct_descriptor import DIMENSIONS, _dct_matrix, lowfreq_dct
-from dedup_assets.core.similarity import LATENT_WEIGHT, joined, l2_normalize
+from dedup_assets.core.decision.class_decision import ClassData, needs_pixels, vectorise
+from dedup_assets.core.decision.dct_descriptor import DIMENSIONS, _dct_matrix, lowfreq_dct
+from dedup_assets.core.decision.similarity import LATENT_WEIGHT, joined, l2_normalize
+from dedup_assets.core.density.class_density import fit_class_density
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:

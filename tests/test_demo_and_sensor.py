@@ -22,12 +22,12 @@ from conftest import run_dedup
 from PIL import Image
 
 from dedup_assets.config import PipelineConfig
-from dedup_assets.core.demo_data import (
+from dedup_assets.core.data.layout import OutputLayout, prepare_dagster_home
+from dedup_assets.core.quality.demo_data import (
     demo_state,
     ensure_demo_dataset,
     generate_demo_dataset,
 )
-from dedup_assets.core.layout import OutputLayout, prepare_dagster_home
 from dedup_assets.definitions import build_definitions
 from resources import ImageSource
 

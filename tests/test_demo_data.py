@@ -1,4 +1,4 @@
-"""Tests for dedup_assets.core.demo_data.generate_demo_dataset."""
+"""Tests for dedup_assets.core.quality.demo_data.generate_demo_dataset."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dedup_assets.core.demo_data import (
+from dedup_assets.core.quality.demo_data import (
     CORRUPT_FILE,
     DEMO_CLASSES,
     MANIFEST_FILENAME,
     DemoSummary,
     generate_demo_dataset,
 )
-from dedup_assets.core.planting import TRANSFORMS, plant_duplicates, read_ground_truth
+from dedup_assets.core.quality.planting import TRANSFORMS, plant_duplicates, read_ground_truth
 
 
 def _tree(root: Path) -> dict[str, str]:

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_dedup
 from distributed import LocalCluster
 
-from dedup_assets.core.demo_data import generate_demo_dataset
+from dedup_assets.core.quality.demo_data import generate_demo_dataset
 
 # Four classes of 20 images: the kurtosis gate's verdict there is chance (test_pipeline says
 # why), and these tests are about where class runs execute, so it runs with a wide tolerance.

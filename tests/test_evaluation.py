@@ -1,4 +1,5 @@
-"""Tests for scoring against known pairs (dedup_assets.core.evaluation) and pHash (phash.py)."""
+"""Tests for scoring against known pairs (dedup_assets.core.quality.evaluation) and pHash
+(phash.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dedup_assets.core.evaluation import ClassPairs, evaluate_method, positive_pairs
-from dedup_assets.core.keep_policy import greedy_keep
-from dedup_assets.core.phash import HASH_BITS, hamming_similarity, hash_vectors, phash_bits
+from dedup_assets.core.decision.keep_policy import greedy_keep
+from dedup_assets.core.decision.phash import HASH_BITS, hamming_similarity, hash_vectors, phash_bits
+from dedup_assets.core.quality.evaluation import ClassPairs, evaluate_method, positive_pairs
 
 
 def test_positive_pairs_groups_transitively():
@@ -266,7 +267,7 @@ def test_the_evaluation_decides_every_threshold_as_the_keep_lists_do(tmp_path):
     import polars as pl
 
     from dedup_assets.config import PipelineConfig
-    from dedup_assets.core.demo_data import generate_demo_dataset
+    from dedup_assets.core.quality.demo_data import generate_demo_dataset
     from dedup_assets.runner import run_pipeline
 
     source = tmp_path / "src"

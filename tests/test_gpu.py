@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dedup_assets.core.autoencoder import encode_images, stage_pixels, train_autoencoder
+from dedup_assets.core.model.autoencoder import encode_images, stage_pixels, train_autoencoder
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device on this machine"

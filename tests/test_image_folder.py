@@ -1,4 +1,4 @@
-"""Tests for reading a labelled ImageFolder (dedup_assets.core.image_folder)."""
+"""Tests for reading a labelled ImageFolder (dedup_assets.core.data.image_folder)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dedup_assets.core import image_folder
-from dedup_assets.core.image_folder import (
+from dedup_assets.core.data import image_folder
+from dedup_assets.core.data.image_folder import (
     DEFAULT_MAX_FILE_BYTES,
     HIDDEN_FILE,
     HIDDEN_FOLDER,

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from dedup_assets.config import PipelineConfig
-from dedup_assets.core.class_decision import PriorDecision, keep_decisions
-from dedup_assets.core.demo_data import generate_demo_dataset
-from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.retraining import decide_retraining
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.decision.class_decision import PriorDecision, keep_decisions
+from dedup_assets.core.model.retraining import decide_retraining
+from dedup_assets.core.quality.demo_data import generate_demo_dataset
 from dedup_assets.definitions import build_definitions
 from dedup_assets.runner import run_pipeline
 

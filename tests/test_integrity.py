@@ -1,4 +1,5 @@
-"""Tests for the data-quality rules on latents and keep lists (dedup_assets.core.integrity)."""
+"""Tests for the data-quality rules on latents and keep lists
+(dedup_assets.core.decision.integrity)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dedup_assets.core.artifacts import KEEP_LIST_COLUMNS
-from dedup_assets.core.class_decision import keep_decisions
-from dedup_assets.core.integrity import keep_list_problems, latent_problems
+from dedup_assets.core.data.artifacts import KEEP_LIST_COLUMNS
+from dedup_assets.core.decision.class_decision import keep_decisions
+from dedup_assets.core.decision.integrity import keep_list_problems, latent_problems
 
 T = 0.9
 SCHEMA = {

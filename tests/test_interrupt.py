@@ -24,8 +24,8 @@ import sqlalchemy.exc
 from conftest import DEDUP, leftovers, run_dedup
 from distributed import Client, LocalCluster
 
-from dedup_assets.core.demo_data import generate_demo_dataset
-from dedup_assets.core.layout import MARKER
+from dedup_assets.core.data.layout import MARKER
+from dedup_assets.core.quality.demo_data import generate_demo_dataset
 from dedup_assets.dispatch import runs_in_progress
 from dedup_assets.names import CLASS_JOB, THRESHOLD_JOB, TRAIN_JOB
 

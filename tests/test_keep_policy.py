@@ -1,11 +1,11 @@
-"""Tests for the greedy keep policy (dedup_assets.core.keep_policy)."""
+"""Tests for the greedy keep policy (dedup_assets.core.decision.keep_policy)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dedup_assets.core.keep_policy import greedy_keep, visit_order
+from dedup_assets.core.decision.keep_policy import greedy_keep, visit_order
 
 BLOCKS = (1, 3, 16, 1024)
 THRESHOLDS = (0.8, 0.9, 0.95)

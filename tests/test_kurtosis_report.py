@@ -5,7 +5,11 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from dedup_assets.core.kurtosis_report import build_report, kurtosis_by_class, summary_markdown
+from dedup_assets.core.quality.kurtosis_report import (
+    build_report,
+    kurtosis_by_class,
+    summary_markdown,
+)
 
 
 def _classes(seed: int = 0):
@@ -65,8 +69,8 @@ def test_report_states_reduction_entropy_and_figures():
 
 
 def test_random_removal_baseline_separates_chance_from_a_real_effect():
-    from dedup_assets.core.kurtosis_report import gate_arrays, random_removal_baseline
-    from dedup_assets.core.statistics import kurtosis_gate
+    from dedup_assets.core.quality.kurtosis_report import gate_arrays, random_removal_baseline
+    from dedup_assets.core.quality.statistics import kurtosis_gate
 
     rng = np.random.default_rng(1)
     rows, keep = [], []

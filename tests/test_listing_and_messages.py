@@ -14,11 +14,9 @@ import pytest
 from conftest import run_dedup
 from PIL import Image
 
-from dedup_assets.core import demo_data, planting
-from dedup_assets.core.artifacts import read_catalog
-from dedup_assets.core.class_catalog import QUARANTINE_SCHEMA
-from dedup_assets.core.demo_data import generate_demo_dataset
-from dedup_assets.core.image_folder import (
+from dedup_assets.core.data.artifacts import read_catalog
+from dedup_assets.core.data.class_catalog import QUARANTINE_SCHEMA
+from dedup_assets.core.data.image_folder import (
     HIDDEN_FILE,
     HIDDEN_FOLDER,
     OWN_ROOT_FILES,
@@ -26,7 +24,9 @@ from dedup_assets.core.image_folder import (
     reason_kind,
     scan_image_folder,
 )
-from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.quality import demo_data, planting
+from dedup_assets.core.quality.demo_data import generate_demo_dataset
 
 FAST = ("--epochs", "1", "--device", "cpu", "--precision", "fp32", "--thresholds", "0.95")
 HIDDEN = {".DS_Store", ".hiddenclass", "forest/.hidden.png", "forest/.thumbs"}

@@ -4,11 +4,16 @@ judged by, and margins find copies that one cosine per class cannot."""
 import numpy as np
 import pytest
 
-from dedup_assets.core.calibration import budget_thresholds, mirror_null
-from dedup_assets.core.class_decision import keep_decisions
-from dedup_assets.core.keep_policy import greedy_keep
-from dedup_assets.core.local_scaling import K_NEIGHBOURS, LocalLevels, local_levels, null_margins
-from dedup_assets.core.similarity import count_pairs_above, l2_normalize, pairs_above
+from dedup_assets.core.decision.calibration import budget_thresholds, mirror_null
+from dedup_assets.core.decision.class_decision import keep_decisions
+from dedup_assets.core.decision.keep_policy import greedy_keep
+from dedup_assets.core.decision.local_scaling import (
+    K_NEIGHBOURS,
+    LocalLevels,
+    local_levels,
+    null_margins,
+)
+from dedup_assets.core.decision.similarity import count_pairs_above, l2_normalize, pairs_above
 
 
 def _unit(rng, n, d=16):

@@ -1,11 +1,11 @@
-"""Tests for principal component analysis (dedup_assets.core.pca)."""
+"""Tests for principal component analysis (dedup_assets.core.density.pca)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dedup_assets.core.pca import PCAFit, components_for_variance, fit_pca
+from dedup_assets.core.density.pca import PCAFit, components_for_variance, fit_pca
 
 STDS = np.array([5.0, 3.0, 2.0, 1.0, 0.5, 0.25])
 D = len(STDS)
@@ -96,7 +96,7 @@ def test_transform_matches_projection(known):
 
 
 def test_chunked_covariance_matches_direct(monkeypatch):
-    import dedup_assets.core.pca as pca_mod
+    import dedup_assets.core.density.pca as pca_mod
 
     x = np.random.default_rng(5).normal(size=(1000, 5)) @ _rotation(5, 1) * [4, 3, 2, 1, 0.5]
     whole = fit_pca(x, 5)

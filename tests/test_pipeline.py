@@ -9,10 +9,10 @@ import polars as pl
 import pytest
 
 from dedup_assets.config import PipelineConfig
-from dedup_assets.core.artifacts import KEEP_LIST_COLUMNS, read_catalog
-from dedup_assets.core.demo_data import generate_demo_dataset
-from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.planting import read_ground_truth
+from dedup_assets.core.data.artifacts import KEEP_LIST_COLUMNS, read_catalog
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.quality.demo_data import generate_demo_dataset
+from dedup_assets.core.quality.planting import read_ground_truth
 from dedup_assets.definitions import build_definitions
 from dedup_assets.runner import run_pipeline
 
@@ -229,8 +229,8 @@ def test_checks_recorded_per_partition(tiny_run):
 def test_failing_kurtosis_gate_blocks_the_clean_copy(tiny_run, monkeypatch):
     """The wiring of the gate: an ERROR verdict of the kurtosis report stops clean_dataset
     and leaves the earlier copy as it was (the statistics are tested in test_statistics)."""
-    from dedup_assets.core import kurtosis_report
-    from dedup_assets.core.statistics import KurtosisGate
+    from dedup_assets.core.quality import kurtosis_report
+    from dedup_assets.core.quality.statistics import KurtosisGate
 
     real_gate = kurtosis_report.kurtosis_gate
 

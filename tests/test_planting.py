@@ -1,4 +1,4 @@
-"""Tests for dedup_assets.core.planting: transforms, ground truth and plant_duplicates."""
+"""Tests for dedup_assets.core.quality.planting: transforms, ground truth and plant_duplicates."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dedup_assets.core import planting
-from dedup_assets.core.planting import (
+from dedup_assets.core.quality import planting
+from dedup_assets.core.quality.planting import (
     DEFAULT_PROPORTIONS,
     GROUND_TRUTH_FILENAME,
     TRANSFORMS,

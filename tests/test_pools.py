@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dedup_assets.core.pools import cancelling
+from dedup_assets.core.data.pools import cancelling
 
 
 def test_an_interrupt_cancels_what_is_queued():

@@ -14,7 +14,7 @@ import pytest
 from conftest import DEDUP, leftovers, run_dedup
 
 from dedup_assets.config import PipelineConfig
-from dedup_assets.core.demo_data import generate_demo_dataset
+from dedup_assets.core.quality.demo_data import generate_demo_dataset
 from dedup_assets.runner import run_pipeline
 
 ARGS = ("--thresholds", "0.95", "--epochs", "1", "--device", "cpu", "--precision", "fp32")

@@ -1,12 +1,12 @@
-"""Tests for blocked cosine similarity and the similarity spaces (dedup_assets.core.similarity)."""
+"""Tests for blocked cosine similarity and the similarity spaces
+(dedup_assets.core.decision.similarity)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dedup_assets.core.class_density import fit_class_density
-from dedup_assets.core.similarity import (
+from dedup_assets.core.decision.similarity import (
     LATENT_SPACES,
     count_pairs_above,
     embed,
@@ -14,6 +14,7 @@ from dedup_assets.core.similarity import (
     l2_normalize,
     pairs_above,
 )
+from dedup_assets.core.density.class_density import fit_class_density
 
 
 def _unit(v) -> np.ndarray:

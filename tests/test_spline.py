@@ -1,4 +1,4 @@
-"""Tests for the quadratic B-spline density model (dedup_assets.core.spline)."""
+"""Tests for the quadratic B-spline density model (dedup_assets.core.density.spline)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from dedup_assets.core.spline import (
+from dedup_assets.core.density.spline import (
     MAX_NODES,
     PDF_FLOOR,
     ProductSplineDensity,

@@ -1,11 +1,12 @@
-"""Tests for kurtosis, Theil-Sen regression and the kurtosis gate (dedup_assets.core.statistics)."""
+"""Tests for kurtosis, Theil-Sen regression and the kurtosis gate
+(dedup_assets.core.quality.statistics)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dedup_assets.core.statistics import (
+from dedup_assets.core.quality.statistics import (
     excess_kurtosis,
     kurtosis_gate,
     random_removal_excess,
@@ -239,7 +240,7 @@ def test_removing_planted_copies_does_not_fail_the_gate():
 
 @pytest.mark.parametrize("k", [480, 30])  # few removed (sums over them) / few kept
 def test_random_subset_kurtosis_matches_drawing_the_subsets(k):
-    from dedup_assets.core.statistics import _kurtosis_of_subsets
+    from dedup_assets.core.quality.statistics import _kurtosis_of_subsets
 
     z = np.random.default_rng(1).standard_t(5, (500, 3))
     fast = _kurtosis_of_subsets(z, k, 2000, np.random.default_rng(0))

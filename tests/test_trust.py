@@ -16,9 +16,9 @@ import pytest
 from conftest import run_dedup, tree_digest
 from PIL import Image
 
-from dedup_assets.core.artifacts import read_catalog
-from dedup_assets.core.demo_data import generate_demo_dataset
-from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.data.artifacts import read_catalog
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.quality.demo_data import generate_demo_dataset
 
 CJK_CLASS = "森林" * 15  # 30 characters, 90 bytes: percent-encoded it would be 270
 LATIN1_CLASS = b"caf\xe9"  # not UTF-8

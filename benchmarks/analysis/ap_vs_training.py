@@ -20,10 +20,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from dedup_assets.core import autoencoder as A  # noqa: E402
-from dedup_assets.core.class_density import fit_class_density  # noqa: E402
-from dedup_assets.core.evaluation import ClassPairs, evaluate_method, positive_pairs  # noqa: E402
-from dedup_assets.core.similarity import embed  # noqa: E402
+from dedup_assets.core.decision.similarity import embed  # noqa: E402
+from dedup_assets.core.density.class_density import fit_class_density  # noqa: E402
+from dedup_assets.core.model import autoencoder as A  # noqa: E402
+from dedup_assets.core.quality.evaluation import ClassPairs, evaluate_method, positive_pairs  # noqa: E402
 
 
 def main() -> None:

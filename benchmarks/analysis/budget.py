@@ -1,5 +1,5 @@
 """False-removal budgets on an output folder: the cosine each budget maps to per class
-(from mirrored decoys, `core.calibration`), and what deciding at it finds.
+(from mirrored decoys, `core.decision.calibration`), and what deciding at it finds.
 
 python benchmarks/analysis/budget.py OUTPUT_DIR GROUND_TRUTH.csv [--budgets 0.005 0.01 0.02]
     [--space spline_copula] [--policy density]
@@ -20,16 +20,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.analysis.common import load_classes  # noqa: E402
-from dedup_assets.core.autoencoder import encode_images, load_state  # noqa: E402
-from dedup_assets.core.calibration import (  # noqa: E402
+from dedup_assets.core.data.layout import OutputLayout  # noqa: E402
+from dedup_assets.core.decision.calibration import (  # noqa: E402
     budget_thresholds,
     mirrored,
     nearest_decoy_similarity,
 )
-from dedup_assets.core.class_decision import class_order, keep_decisions, vectorise  # noqa: E402
-from dedup_assets.core.evaluation import ground_truth_edges  # noqa: E402
-from dedup_assets.core.layout import OutputLayout  # noqa: E402
-from dedup_assets.core.planting import read_ground_truth  # noqa: E402
+from dedup_assets.core.decision.class_decision import class_order, keep_decisions, vectorise  # noqa: E402
+from dedup_assets.core.model.autoencoder import encode_images, load_state  # noqa: E402
+from dedup_assets.core.quality.evaluation import ground_truth_edges  # noqa: E402
+from dedup_assets.core.quality.planting import read_ground_truth  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     layout = OutputLayout(args.output)
     model = load_state(layout.model)
     classes = load_classes(args.output, with_pixels=True)
-    from dedup_assets.core.artifacts import catalog_images, class_names, read_catalog
+    from dedup_assets.core.data.artifacts import catalog_images, class_names, read_catalog
 
     key_of = {name: key for key, name in class_names(layout).items()}
     edges = ground_truth_edges(

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from dedup_assets.core.artifacts import (
+from dedup_assets.core.data.artifacts import (
     catalog_class_keys,
     catalog_images,
     class_names,
     read_catalog,
 )
-from dedup_assets.core.class_decision import ClassData
-from dedup_assets.core.class_density import fit_class_density
-from dedup_assets.core.class_keep import load_class_data
-from dedup_assets.core.evaluation import ground_truth_edges, positive_pairs
-from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.planting import GroundTruthPair
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.decision.class_decision import ClassData
+from dedup_assets.core.decision.class_keep import load_class_data
+from dedup_assets.core.density.class_density import fit_class_density
+from dedup_assets.core.quality.evaluation import ground_truth_edges, positive_pairs
+from dedup_assets.core.quality.planting import GroundTruthPair
 
 
 @dataclass(frozen=True)

@@ -23,16 +23,16 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.analysis.common import load_classes  # noqa: E402
-from dedup_assets.core.artifacts import read_scores  # noqa: E402
-from dedup_assets.core.class_decision import VECTORISERS, decide_class  # noqa: E402
-from dedup_assets.core.keep_policy import KEEP_POLICIES  # noqa: E402
-from dedup_assets.core.kurtosis_report import (  # noqa: E402
+from dedup_assets.core.data.artifacts import read_scores  # noqa: E402
+from dedup_assets.core.data.layout import OutputLayout  # noqa: E402
+from dedup_assets.core.decision.class_decision import VECTORISERS, decide_class  # noqa: E402
+from dedup_assets.core.decision.keep_policy import KEEP_POLICIES  # noqa: E402
+from dedup_assets.core.quality.kurtosis_report import (  # noqa: E402
     gate_arrays,
     kurtosis_by_class,
     random_removal_baseline,
 )
-from dedup_assets.core.layout import OutputLayout  # noqa: E402
-from dedup_assets.core.statistics import CHANCE_DRAWS, kurtosis_gate  # noqa: E402
+from dedup_assets.core.quality.statistics import CHANCE_DRAWS, kurtosis_gate  # noqa: E402
 
 THRESHOLDS = [0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99]
 TARGETS = "8000,12000,16000"

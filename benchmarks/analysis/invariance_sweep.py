@@ -10,8 +10,9 @@ every check (every CHECK_EVERY images seen) scores the spline-copula space of th
 AP of the known pairs over all within-class pairs (by cosine and by margin over local
 levels), and recall / false removals (share of images in no known pair that the greedy keep
 removes) at cosines 0.9 and 0.95 and at the 1% and 2% false-removal budgets, each resolved
-per class from mirrored decoys (`core.calibration`, `core.local_scaling`) as `dedup run`
-resolves them, with uniform and with local scaling; recall per planted transform at each. The augmentation ranges can be overridden (`--crop`, `--shift`, `--light`) to
+per class from mirrored decoys (`core.decision.calibration`, `core.decision.local_scaling`)
+as `dedup run` resolves them, with uniform and with local scaling; recall per planted
+transform at each. The augmentation ranges can be overridden (`--crop`, `--shift`, `--light`) to
 measure a mix before it becomes the default.
 """
 
@@ -30,15 +31,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from dedup_assets.core import augment as AUG  # noqa: E402
-from dedup_assets.core import autoencoder as A  # noqa: E402
-from dedup_assets.core.calibration import budget_thresholds, mirror_null, mirrored  # noqa: E402
-from dedup_assets.core.class_density import fit_class_density  # noqa: E402
-from dedup_assets.core.evaluation import ClassPairs, evaluate_method, positive_pairs  # noqa: E402
-from dedup_assets.core.image_folder import decode_image_bytes  # noqa: E402
-from dedup_assets.core.local_scaling import local_levels, null_margins  # noqa: E402
-from dedup_assets.core.planting import transform_of  # noqa: E402
-from dedup_assets.core.similarity import embed  # noqa: E402
+from dedup_assets.core.data.image_folder import decode_image_bytes  # noqa: E402
+from dedup_assets.core.decision.calibration import budget_thresholds, mirror_null, mirrored  # noqa: E402
+from dedup_assets.core.decision.local_scaling import local_levels, null_margins  # noqa: E402
+from dedup_assets.core.decision.similarity import embed  # noqa: E402
+from dedup_assets.core.density.class_density import fit_class_density  # noqa: E402
+from dedup_assets.core.model import augment as AUG  # noqa: E402
+from dedup_assets.core.model import autoencoder as A  # noqa: E402
+from dedup_assets.core.quality.evaluation import ClassPairs, evaluate_method, positive_pairs  # noqa: E402
+from dedup_assets.core.quality.planting import transform_of  # noqa: E402
 
 
 def load_planted(root: Path):

@@ -15,10 +15,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.analysis.common import load_classes, with_ground_truth  # noqa: E402
-from dedup_assets.core.class_decision import class_order, vectorise  # noqa: E402
-from dedup_assets.core.evaluation import ClassPairs, evaluate_method  # noqa: E402
-from dedup_assets.core.keep_policy import KEEP_POLICIES  # noqa: E402
-from dedup_assets.core.planting import read_ground_truth, transform_of  # noqa: E402
+from dedup_assets.core.decision.class_decision import class_order, vectorise  # noqa: E402
+from dedup_assets.core.decision.keep_policy import KEEP_POLICIES  # noqa: E402
+from dedup_assets.core.quality.evaluation import ClassPairs, evaluate_method  # noqa: E402
+from dedup_assets.core.quality.planting import read_ground_truth, transform_of  # noqa: E402
 
 METHODS = ("whitened", "spline_copula", "phash")
 

@@ -1,5 +1,5 @@
 """Asset: the paper's Table 1 autoencoder, trained on every catalogued image, and kept
-until a retraining rule fires (`core.retraining`)."""
+until a retraining rule fires (`core.model.retraining`)."""
 
 import json
 
@@ -8,16 +8,16 @@ import numpy as np
 import polars as pl
 
 from dedup_assets.assets.catalog import class_images
-from dedup_assets.core import plots
-from dedup_assets.core.artifacts import (
+from dedup_assets.core.data.artifacts import (
     catalog_class_keys,
     catalog_images,
     file_digest,
     gather_pixels,
     read_catalog,
 )
-from dedup_assets.core.atomic_io import atomic_path, write_json, write_parquet
-from dedup_assets.core.autoencoder import (
+from dedup_assets.core.data.atomic_io import atomic_path, write_json, write_parquet
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.model.autoencoder import (
     TOTAL_PARAMETERS,
     EarlyStopping,
     load_state,
@@ -25,8 +25,8 @@ from dedup_assets.core.autoencoder import (
     save_state,
     train_autoencoder,
 )
-from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.retraining import RetrainDecision, decide_retraining
+from dedup_assets.core.model.retraining import RetrainDecision, decide_retraining
+from dedup_assets.core.quality import plots
 from dedup_assets.interrupts import stop_requested
 from dedup_assets.names import FULL_TAG, GPU_OP_TAGS, RETRAIN_TAG
 from dedup_assets.ui import image_metadata
@@ -51,7 +51,7 @@ def retraining_decision(
     *,
     forced: bool,
 ) -> RetrainDecision:
-    """Should the model be trained again for these catalogued images? (see core.retraining)"""
+    """Should the model be trained again for these catalogued images? (see core.model.retraining)"""
     model = None
     device = compute.torch_device()  # an unavailable device fails here, not as a bad model
     if layout.model.exists():

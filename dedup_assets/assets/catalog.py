@@ -9,7 +9,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from dedup_assets.core.artifacts import (
+from dedup_assets.core.data.artifacts import (
     CLASS_SUMMARY_KEY,
     catalogued_keys,
     class_summary,
@@ -17,16 +17,16 @@ from dedup_assets.core.artifacts import (
     read_class_images,
     recorded_listings,
 )
-from dedup_assets.core.atomic_io import atomic_dir, write_csv, write_parquet
-from dedup_assets.core.class_catalog import (
+from dedup_assets.core.data.atomic_io import atomic_dir, write_csv, write_parquet
+from dedup_assets.core.data.class_catalog import (
     assemble_quarantine,
     pixels_digest,
     skipped_table,
     update_class_catalog,
 )
-from dedup_assets.core.image_folder import FolderScan, find_class_folder, scan_class_folder
-from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.source_index import (
+from dedup_assets.core.data.image_folder import FolderScan, find_class_folder, scan_class_folder
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.source_index import (
     changed_classes,
     class_listings,
     index_table,

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import dagster as dg
 import polars as pl
 
-from dedup_assets.core.artifacts import (
+from dedup_assets.core.data.artifacts import (
     CurrentInputs,
     catalog_images,
     clean_copy_inputs,
@@ -27,9 +27,9 @@ from dedup_assets.core.artifacts import (
     read_keep_list,
     threshold_verdict,
 )
-from dedup_assets.core.atomic_io import atomic_dir
-from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.pools import cancelling
+from dedup_assets.core.data.atomic_io import atomic_dir
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.pools import cancelling
 from resources import DedupSettings, DedupStorage, ImageSource
 
 
@@ -164,7 +164,7 @@ def write_clean_copy(
         # to the threads in chunks (a thread pool's map ignores its chunksize: a task per
         # file cost more in locks than the links themselves, 11 s of 16 at 4 x 27,000).
         # At most COPY_CHUNK files a chunk: an interrupt cancels the queued chunks and waits
-        # only for the running ones (`core.pools`).
+        # only for the running ones (`core.data.pools`).
         step = max(1, min(COPY_CHUNK, -(-len(rows) // (4 * COPY_THREADS))))
         chunks = [rows[i : i + step] for i in range(0, len(rows), step)]
         with cancelling(ThreadPoolExecutor(max_workers=COPY_THREADS)) as pool:

@@ -1,5 +1,5 @@
 """Asset: near-identical images filed under different classes (likely label errors), per
-threshold, with a WARN check that lists them. The join is `core.cross_class`."""
+threshold, with a WARN check that lists them. The join is `core.decision.cross_class`."""
 
 import time
 
@@ -9,8 +9,7 @@ import polars as pl
 
 from dedup_assets.assets.catalog import image_catalog
 from dedup_assets.assets.latents import class_latents
-from dedup_assets.core.ann_join import resolve_join
-from dedup_assets.core.artifacts import (
+from dedup_assets.core.data.artifacts import (
     CurrentInputs,
     catalog_images,
     class_names,
@@ -21,10 +20,11 @@ from dedup_assets.core.artifacts import (
     read_latent_ids,
     write_table,
 )
-from dedup_assets.core.artifacts import read_latents as read_class_latents
-from dedup_assets.core.atomic_io import atomic_path
-from dedup_assets.core.autoencoder import load_state
-from dedup_assets.core.calibration import (
+from dedup_assets.core.data.artifacts import read_latents as read_class_latents
+from dedup_assets.core.data.atomic_io import atomic_path
+from dedup_assets.core.data.thresholds import budget_of
+from dedup_assets.core.decision.ann_join import resolve_join
+from dedup_assets.core.decision.calibration import (
     MAX_MIRRORS,
     MAX_QUERIES,
     budget_thresholds,
@@ -33,14 +33,14 @@ from dedup_assets.core.calibration import (
     mirror_null,
     proportional_mirrors,
 )
-from dedup_assets.core.cross_class import (
+from dedup_assets.core.decision.cross_class import (
     NearestOther,
     SharedSpace,
     cross_class_pairs,
     nearest_other_class,
     stratified_sample,
 )
-from dedup_assets.core.thresholds import budget_of
+from dedup_assets.core.model.autoencoder import load_state
 from dedup_assets.ui import md_table
 from resources import ComputeDevice, DedupSettings, DedupStorage
 
@@ -116,8 +116,9 @@ def build_cross_class_asset(
             }
         )
         # The budget's null (each image's similarity to its most similar mirror of another
-        # image, `core.calibration.mirror_null`) is the same for every budget: cached beside
-        # the nearest pairs, keyed by the same inputs and by how the null is sampled.
+        # image, `core.decision.calibration.mirror_null`) is the same for every budget:
+        # cached beside the nearest pairs, keyed by the same inputs and by how the null is
+        # sampled.
         null_key = digest({"nearest": cache_key, "null": [2, MAX_MIRRORS, MAX_QUERIES]})
         nearest = _cached(_nearest_path(layout), cache_key)
         # The null is computed with the nearest pairs when any configured threshold is a
@@ -280,7 +281,7 @@ def _mirror_null(
     layout, current, keys: list[str], sizes: list[int], space, vectors, block: int, compute
 ) -> np.ndarray:
     """The nearest-unrelated similarities of the whole set in the shared space
-    (`core.calibration.mirror_null`, the classes' mirrors as one set of decoys); the
+    (`core.decision.calibration.mirror_null`, the classes' mirrors as one set of decoys); the
     mirrors' latents are the ones the class calibrations stored, encoded here only when
     missing, on `compute`'s device and precision as the class calibrations encode them (the
     stored mirrors are keyed, like the latents, by the class's content and the model)."""

@@ -8,10 +8,10 @@ import polars as pl
 from dedup_assets.assets.catalog import image_catalog
 from dedup_assets.assets.latents import class_latents
 from dedup_assets.assets.spline_fits import spline_fits
-from dedup_assets.core import plots
-from dedup_assets.core.artifacts import CurrentInputs
-from dedup_assets.core.atomic_io import atomic_dir
-from dedup_assets.core.evaluation import evaluate_against_ground_truth
+from dedup_assets.core.data.artifacts import CurrentInputs
+from dedup_assets.core.data.atomic_io import atomic_dir
+from dedup_assets.core.quality import plots
+from dedup_assets.core.quality.evaluation import evaluate_against_ground_truth
 from dedup_assets.ui import image_metadata, md_table
 from resources import DedupSettings, DedupStorage, ImageSource
 

@@ -11,8 +11,7 @@ import polars as pl
 from dedup_assets.assets.catalog import image_catalog
 from dedup_assets.assets.reference_pool import reference_pool
 from dedup_assets.assets.spline_fits import spline_fits
-from dedup_assets.core import plots
-from dedup_assets.core.artifacts import (
+from dedup_assets.core.data.artifacts import (
     BUDGET_NULL,
     KEEP_LIST_COLUMNS,
     CurrentInputs,
@@ -28,21 +27,22 @@ from dedup_assets.core.artifacts import (
     threshold_verdict,
     write_table,
 )
-from dedup_assets.core.atomic_io import write_bytes, write_csv, write_json, write_text
-from dedup_assets.core.autoencoder import load_state
-from dedup_assets.core.calibration import (
+from dedup_assets.core.data.atomic_io import write_bytes, write_csv, write_json, write_text
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.thresholds import budget_of, cosine_of
+from dedup_assets.core.decision.calibration import (
     BudgetThreshold,
     NullSource,
     encode_mirrors,
     mirror_latents,
     removals_against_budget,
 )
-from dedup_assets.core.class_decision import PriorDecision
-from dedup_assets.core.class_keep import decide_thresholds, load_class_data
-from dedup_assets.core.integrity import keep_list_problems
-from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.reference_pool import read_reference_pool
-from dedup_assets.core.thresholds import budget_of, cosine_of
+from dedup_assets.core.decision.class_decision import PriorDecision
+from dedup_assets.core.decision.class_keep import decide_thresholds, load_class_data
+from dedup_assets.core.decision.integrity import keep_list_problems
+from dedup_assets.core.decision.reference_pool import read_reference_pool
+from dedup_assets.core.model.autoencoder import load_state
+from dedup_assets.core.quality import plots
 from dedup_assets.names import FULL_TAG, WORKER_METADATA, worker_name
 from dedup_assets.partitions import class_partitions
 from dedup_assets.ui import image_metadata, md_table

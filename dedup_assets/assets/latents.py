@@ -7,7 +7,7 @@ import numpy as np
 
 from dedup_assets.assets.autoencoder import autoencoder
 from dedup_assets.assets.catalog import class_images
-from dedup_assets.core.artifacts import (
+from dedup_assets.core.data.artifacts import (
     catalog_images,
     class_summary,
     file_digest,
@@ -18,7 +18,7 @@ from dedup_assets.core.artifacts import (
     read_provenance,
     write_latents,
 )
-from dedup_assets.core.autoencoder import LATENT_DIM, encode_images, load_state
+from dedup_assets.core.model.autoencoder import LATENT_DIM, encode_images, load_state
 from dedup_assets.names import FULL_TAG, GPU_OP_TAGS, WORKER_METADATA, worker_name
 from dedup_assets.partitions import class_partitions
 from resources import ComputeDevice, DedupStorage

@@ -1,4 +1,4 @@
-"""Asset: the run's reference images (`core.reference_pool`), drawn when the model is
+"""Asset: the run's reference images (`core.decision.reference_pool`), drawn when the model is
 trained, that classes too small to calibrate a budget on their own borrow as decoys."""
 
 import dagster as dg
@@ -6,7 +6,7 @@ import numpy as np
 
 from dedup_assets.assets.autoencoder import autoencoder
 from dedup_assets.assets.catalog import class_images
-from dedup_assets.core.artifacts import (
+from dedup_assets.core.data.artifacts import (
     CurrentInputs,
     catalog_class_keys,
     catalog_images,
@@ -14,12 +14,12 @@ from dedup_assets.core.artifacts import (
     open_pixels,
     read_catalog,
 )
-from dedup_assets.core.autoencoder import encode_images, load_state
-from dedup_assets.core.reference_pool import (
+from dedup_assets.core.decision.reference_pool import (
     build_reference_pool,
     reference_pool_provenance,
     write_reference_pool,
 )
+from dedup_assets.core.model.autoencoder import encode_images, load_state
 from dedup_assets.names import FULL_TAG
 from resources import ComputeDevice, DedupSettings, DedupStorage
 

@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from dedup_assets.core.artifacts import (
+from dedup_assets.core.data.artifacts import (
     CurrentInputs,
     digest,
     read_classes,
@@ -18,9 +18,9 @@ from dedup_assets.core.artifacts import (
     read_scores,
     threshold_verdict,
 )
-from dedup_assets.core.atomic_io import atomic_dir, write_text
-from dedup_assets.core.calibration import budget_summary_markdown
-from dedup_assets.core.kurtosis_report import build_report, refit_kurtosis, summary_markdown
+from dedup_assets.core.data.atomic_io import atomic_dir, write_text
+from dedup_assets.core.decision.calibration import budget_summary_markdown
+from dedup_assets.core.quality.kurtosis_report import build_report, refit_kurtosis, summary_markdown
 from dedup_assets.ui import md_image, md_table
 from resources import DedupSettings, DedupStorage
 

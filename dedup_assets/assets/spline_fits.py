@@ -7,16 +7,16 @@ import numpy as np
 import polars as pl
 
 from dedup_assets.assets.latents import class_latents
-from dedup_assets.core import plots
-from dedup_assets.core.artifacts import (
+from dedup_assets.core.data.artifacts import (
     CurrentInputs,
     class_names,
     read_latents,
     require_current,
     write_table,
 )
-from dedup_assets.core.class_density import fit_class_density
-from dedup_assets.core.pca import components_for_variance
+from dedup_assets.core.density.class_density import fit_class_density
+from dedup_assets.core.density.pca import components_for_variance
+from dedup_assets.core.quality import plots
 from dedup_assets.names import WORKER_METADATA, worker_name
 from dedup_assets.partitions import class_partitions
 from dedup_assets.ui import image_metadata, md_table

@@ -3,7 +3,7 @@
 Known pairs are grouped within their class (A~B and A~C make {A, B, C} one group), and
 every pair inside a group counts as a positive. Every other within-class pair is a
 negative. Average precision ranks all within-class pairs of all classes together, by
-cosine and, where local levels are known (`core.local_scaling`), by margin as well: the
+cosine and, where local levels are known (`core.decision.local_scaling`), by margin as well: the
 score a budget threshold with local scaling decides on.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dedup_assets.core.artifacts import (
+from dedup_assets.core.data.artifacts import (
     MissingArtifact,
     StaleArtifact,
     catalog_class_keys,
@@ -23,8 +23,14 @@ from dedup_assets.core.artifacts import (
     open_pixels,
     read_catalog,
 )
-from dedup_assets.core.calibration import class_budgets, encode_mirrors, mirror_latents, mirror_rows
-from dedup_assets.core.class_decision import (
+from dedup_assets.core.data.thresholds import budget_of
+from dedup_assets.core.decision.calibration import (
+    class_budgets,
+    encode_mirrors,
+    mirror_latents,
+    mirror_rows,
+)
+from dedup_assets.core.decision.class_decision import (
     PIXEL_SPACES,
     class_order,
     keep_decisions,
@@ -32,11 +38,14 @@ from dedup_assets.core.class_decision import (
     vectorise,
     vectorise_as,
 )
-from dedup_assets.core.class_keep import load_class_data
-from dedup_assets.core.planting import read_ground_truth, transform_of
-from dedup_assets.core.reference_pool import build_reference_pool, read_reference_pool
-from dedup_assets.core.similarity import DEFAULT_BLOCK, count_pairs_above, iter_similarity_blocks
-from dedup_assets.core.thresholds import budget_of
+from dedup_assets.core.decision.class_keep import load_class_data
+from dedup_assets.core.decision.reference_pool import build_reference_pool, read_reference_pool
+from dedup_assets.core.decision.similarity import (
+    DEFAULT_BLOCK,
+    count_pairs_above,
+    iter_similarity_blocks,
+)
+from dedup_assets.core.quality.planting import read_ground_truth, transform_of
 
 
 @dataclass(frozen=True)
@@ -266,8 +275,8 @@ METHODS = ("raw", "whitened", "spline_copula", "spline_copula_dct", "dct", "phas
 
 def _reference_pool(layout, model, current):
     """The run's reference pool: the stored one where it is current (what the keep lists
-    used), else drawn now from the class stores the same way (`core.reference_pool`)."""
-    from dedup_assets.core.autoencoder import encode_images  # deferred: torch
+    used), else drawn now from the class stores the same way (`core.decision.reference_pool`)."""
+    from dedup_assets.core.model.autoencoder import encode_images  # deferred: torch
 
     if current is not None:
         try:
@@ -323,7 +332,7 @@ def evaluate_against_ground_truth(
 
     thresholds: keys, cosines ("0.95") or false-removal budgets ("1%"); a budget is
     resolved per class and per method (each space has its own scale), with the stored
-    model encoding the class's mirrored images (`core.calibration`), as a margin over
+    model encoding the class's mirrored images (`core.decision.calibration`), as a margin over
     local levels or one cosine (`budget_scaling`, as the keep lists resolve it).
     current: a CurrentInputs; when given, latents and fits must be current (not stale).
     """
@@ -338,7 +347,7 @@ def evaluate_against_ground_truth(
     wanted = sorted({b for b in budgets if b is not None})
     model = None
     if wanted:
-        from dedup_assets.core.autoencoder import load_state  # deferred: torch
+        from dedup_assets.core.model.autoencoder import load_state  # deferred: torch
 
         model = load_state(layout.model)
     local = budget_scaling == "local"

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from dedup_assets.core.atomic_io import atomic_dir
+from dedup_assets.core.data.atomic_io import atomic_dir
 
 __all__ = [
     "DEFAULT_PROPORTIONS",

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from dedup_assets.core import plots
-from dedup_assets.core.spline import SplineDensity1D
-from dedup_assets.core.statistics import (
+from dedup_assets.core.data.thresholds import budget_of, cosine_of
+from dedup_assets.core.density.spline import SplineDensity1D
+from dedup_assets.core.quality import plots
+from dedup_assets.core.quality.statistics import (
     CHANCE_DRAWS,
     CHANCE_QUANTILE,
     MIN_IMAGES_FOR_KURTOSIS,
@@ -23,7 +24,6 @@ from dedup_assets.core.statistics import (
     random_removal_excess,
     theil_sen,
 )
-from dedup_assets.core.thresholds import budget_of, cosine_of
 
 COMPONENTS = ("pc1", "pc2", "pc3")
 

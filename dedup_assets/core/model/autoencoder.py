@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dedup_assets.core.augment import DEFAULT_AUGMENTATION, AugmentationMix, augment
-from dedup_assets.core.objective import TrainingObjective
+from dedup_assets.core.model.augment import DEFAULT_AUGMENTATION, AugmentationMix, augment
+from dedup_assets.core.model.objective import TrainingObjective
 
 LATENT_DIM = 1024
 IMAGE_SIZE = 64

@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from dedup_assets.core.spline import SplineDensity1D  # noqa: E402
-from dedup_assets.core.statistics import ComponentRegression  # noqa: E402
+from dedup_assets.core.density.spline import SplineDensity1D  # noqa: E402
+from dedup_assets.core.quality.statistics import ComponentRegression  # noqa: E402
 
 DPI = 80
 MAX_HISTOGRAM_BINS = 80

@@ -1,7 +1,7 @@
 """Thresholds as a false-removal budget: which threshold removes at most a share b of the
 images that have no duplicate, class by class.
 
-With local scaling (the default, `core.local_scaling`) the threshold is a margin over the
+With local scaling (the default, `core.decision.local_scaling`) the threshold is a margin over the
 two images' local levels and the statistic below is read on margins (`null_margins`);
 with uniform scaling it is one cosine per class, read as follows.
 
@@ -37,7 +37,7 @@ read from MAX_MIRRORS draws (40 strictly above the 1% budget's cosine).
 Mirrors are not always as close as real unrelated neighbours: on synthetic textures in a
 fitted space the top 1% of real nearest-neighbour cosines reached 0.645 and of mirrors
 0.607, and a class of 1,000 lost 1.3% at the 0.5% budget. So every class also reads the
-statistic against real images of the run's other classes (`core.reference_pool`), one
+statistic against real images of the run's other classes (`core.decision.reference_pool`), one
 value per pool image (`pool_null`), and takes the higher threshold: safe if either null
 is right (the pool is the easier one where classes differ, the mirrors where the space
 treats them as strangers).
@@ -65,9 +65,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from dedup_assets.core.artifacts import digest
-from dedup_assets.core.atomic_io import atomic_path
-from dedup_assets.core.class_decision import (
+from dedup_assets.core.data.artifacts import digest
+from dedup_assets.core.data.atomic_io import atomic_path
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.decision.class_decision import (
     ClassData,
     needs_pixels,
     space_for,
@@ -75,15 +76,14 @@ from dedup_assets.core.class_decision import (
     vectorise,
     vectorise_as,
 )
-from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.local_scaling import local_levels, null_margins, outsider_levels
-from dedup_assets.core.reference_pool import ReferencePool
-from dedup_assets.core.similarity import DEFAULT_BLOCK, block_rows
+from dedup_assets.core.decision.local_scaling import local_levels, null_margins, outsider_levels
+from dedup_assets.core.decision.reference_pool import ReferencePool
+from dedup_assets.core.decision.similarity import DEFAULT_BLOCK, block_rows
 
 if TYPE_CHECKING:  # torch is imported where mirrors are encoded (`encode_mirrors`)
     import torch
 
-    from dedup_assets.core.autoencoder import ConvAutoencoder
+    from dedup_assets.core.model.autoencoder import ConvAutoencoder
 
 CHUNK = 16_384  # images mirrored and encoded at a time
 # Images (or mirrors) whose nearest unrelated image is measured, at most: a seeded sample
@@ -119,7 +119,7 @@ def encode_mirrors(
     size. Pass the device and precision the class's latents were encoded with, so decoys
     and images are encoded alike."""
     # deferred: torch loads only where mirrors are encoded, not with the module
-    from dedup_assets.core.autoencoder import LATENT_DIM, encode_images
+    from dedup_assets.core.model.autoencoder import LATENT_DIM, encode_images
 
     rows = np.arange(len(pixels)) if rows is None else np.asarray(rows)
     if len(rows) == 0:
@@ -281,7 +281,7 @@ def pooled_null(
     seed: int = 0,
 ) -> np.ndarray:
     """What an unrelated image's best pair scores in a class of n_others + 1 images, read
-    against borrowed decoys (`core.reference_pool`): each image's highest similarity within
+    against borrowed decoys (`core.decision.reference_pool`): each image's highest similarity within
     each of the floor(P / n_others) disjoint draws of n_others decoys (a seeded shuffle of
     the P decoys), so a class of n images gets about n P / (n - 1) null values instead of n.
     Blocked: memory is one block of images x P similarities."""
@@ -309,7 +309,7 @@ def pool_null(
     pool_offsets: np.ndarray | None = None,
 ) -> np.ndarray:
     """What an unrelated image's best pair scores in the class, read against real images of
-    the run's other classes (`core.reference_pool`): each pool image's highest similarity
+    the run's other classes (`core.decision.reference_pool`): each pool image's highest similarity
     to the class's images (with offsets, its highest margin: cosine less both offsets).
     One value per pool image, so a class of any size gets as many as the pool holds.
     Blocked: memory is one block of pool images x the class."""
@@ -349,7 +349,7 @@ class BudgetThreshold:
     """What one budget resolves to for one class.
 
     threshold: a cosine, or with `offsets` a margin over the images' local levels (a pair's
-    own cosine is the margin plus both images' offsets, `core.local_scaling`); 1.0 when
+    own cosine is the margin plus both images' offsets, `core.decision.local_scaling`); 1.0 when
     nothing can be calibrated (then only exact copies go). space: the space the class is
     decided in at this budget; null: the `NullSource` whose threshold was the higher (the
     one that set it); draws: the null values it was read from.

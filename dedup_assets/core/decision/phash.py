@@ -14,7 +14,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from dedup_assets.core.pools import cancelling
+from dedup_assets.core.data.pools import cancelling
 
 HASH_BITS = 64
 CHUNK = 1024

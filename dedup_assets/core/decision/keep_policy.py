@@ -9,7 +9,7 @@ Orders (the paper leaves the choice open):
 - `first`: ascending image id (a content hash), independent of file names and order;
 - `density`: ascending spline log-density, ties by id, so dense regions thin out first.
 
-With per-image `offsets` (`core.local_scaling`), the score of a pair is its margin,
+With per-image `offsets` (`core.decision.local_scaling`), the score of a pair is its margin,
 cos(i, j) - offsets[i] - offsets[j], instead of its cosine; everything else is the same.
 
 The join is blocked: a block of images in visit order is compared with the kept set so
@@ -25,8 +25,8 @@ from enum import StrEnum
 
 import numpy as np
 
-from dedup_assets.core.ann_join import AnnKeptIndex
-from dedup_assets.core.similarity import MAX_SLAB_BYTES
+from dedup_assets.core.decision.ann_join import AnnKeptIndex
+from dedup_assets.core.decision.similarity import MAX_SLAB_BYTES
 
 
 class KeepPolicy(StrEnum):
@@ -133,7 +133,7 @@ def greedy_keep(
     The first `fixed` images of `order` are kept unconditionally: images kept by an earlier
     decision, against which new images are decided (stable incremental decisions).
     join: "exact" compares each block with every kept image; "ann" asks an IVF index of
-    the kept images (`core.ann_join`, `nprobe` cells per query) for the most similar one.
+    the kept images (`core.decision.ann_join`, `nprobe` cells per query) for the most similar one.
     Inside a block the comparison is always exact.
     """
     x = np.asarray(x, dtype=np.float32)

@@ -27,12 +27,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dedup_assets.core.ann_join import DEFAULT_ANN_MIN_CLASS_SIZE, DEFAULT_NPROBE, resolve_join
-from dedup_assets.core.class_density import ClassDensityModel
-from dedup_assets.core.dct_descriptor import lowfreq_dct
-from dedup_assets.core.keep_policy import KeepDecision, greedy_keep, visit_order
-from dedup_assets.core.phash import hash_vectors, phash_bits
-from dedup_assets.core.similarity import embed, joined, with_origin_axis
+from dedup_assets.core.decision.ann_join import (
+    DEFAULT_ANN_MIN_CLASS_SIZE,
+    DEFAULT_NPROBE,
+    resolve_join,
+)
+from dedup_assets.core.decision.dct_descriptor import lowfreq_dct
+from dedup_assets.core.decision.keep_policy import KeepDecision, greedy_keep, visit_order
+from dedup_assets.core.decision.phash import hash_vectors, phash_bits
+from dedup_assets.core.decision.similarity import embed, joined, with_origin_axis
+from dedup_assets.core.density.class_density import ClassDensityModel
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ def space_for(model: ClassDensityModel | None, space: str) -> str:
 def unfitted_space(space: str) -> str:
     """The space without a class fit that `space` falls back to (`space` itself when it
     has no fit): where images of different classes are comparable, so a class can borrow
-    the run's other classes as decoys (`core.reference_pool`)."""
+    the run's other classes as decoys (`core.decision.reference_pool`)."""
     if space in FITTED_SPACES:
         return SMALL_CLASS_SPACE.get(str(space), "phash")
     return str(space)
@@ -152,7 +156,7 @@ class ClassDecision:
     """One threshold's decision for every image of a class (input order).
 
     threshold: the class's threshold (a cosine, or with levels the margin a pair must
-    exceed, `core.local_scaling`);
+    exceed, `core.decision.local_scaling`);
     duplicate_of: index of the kept image a removed image duplicates (-1 if kept);
     similarity: the cosine of a removed image with the image it names;
     exact: removed as a pixel-identical copy of the kept image it names;
@@ -270,7 +274,7 @@ def keep_decisions(
     only the rest (new images, and those whose kept image is gone) are decided, against
     the kept set: a new exact copy of a kept image is removed naming it. With `offsets`
     (one per threshold, None for a plain cosine), that threshold is a margin
-    (`core.local_scaling`).
+    (`core.decision.local_scaling`).
     """
     n = len(vectors)
     thresholds = [float(t) for t in thresholds]
@@ -388,7 +392,7 @@ def decide_class(
     `keep_decisions` for `prior` (stable incremental decisions) and `offsets` (margins);
     `vectors`, the class's `vectorise(data, space)` when already made.
     join: exact, ann, or auto (approximate for classes above ann_min_class_size images,
-    `core.ann_join`). spaces: per threshold, the space it is decided in when not the
+    `core.decision.ann_join`). spaces: per threshold, the space it is decided in when not the
     class's own (a budget read from the run's pool is decided in `unfitted_space`)."""
     used = space_for(data.model, space)
     n_t = len(thresholds)

@@ -114,7 +114,8 @@ class OutputLayout:
 
     @property
     def reference_pool(self) -> Path:
-        """The run's reference images as vectors (`core.reference_pool`), kept with the model."""
+        """The run's reference images as vectors (`core.decision.reference_pool`), kept
+        with the model."""
         return self.model_dir / "reference_pool.npz"
 
     @property

@@ -8,7 +8,7 @@ O(N x components)), then scaled to unit length. Exact copies (same decoded pixel
 classes are always reported, with similarity 1.0.
 
 Each image is paired with its nearest image of another class (the blocked join of
-`core.similarity`, one block x N slab at a time, or an IVF index above the approximate
+`core.decision.similarity`, one block x N slab at a time, or an IVF index above the approximate
 join's size), so the table holds at most N pairs and memory grows with N.
 """
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dedup_assets.core.ann_join import ivf_index
-from dedup_assets.core.similarity import (
+from dedup_assets.core.decision.ann_join import ivf_index
+from dedup_assets.core.decision.similarity import (
     DEFAULT_BLOCK,
     block_rows,
     l2_normalize,

@@ -3,7 +3,7 @@
 A cosine removes an image whose similarity to a kept image of its class exceeds it, the
 same number in every class. A budget is resolved per class (and per similarity space) to
 the cosine at which at most that share of the images without a duplicate would be
-removed (`core.calibration`), so it means the same thing in every class and space.
+removed (`core.decision.calibration`), so it means the same thing in every class and space.
 """
 
 from __future__ import annotations

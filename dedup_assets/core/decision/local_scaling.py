@@ -8,7 +8,7 @@ pairs were each other's nearest neighbours while a single cosine per class found
 of them at 1% false removals: the ranking is right, the threshold is not.
 
 Each image gets a *local level*: its highest similarity to a mirrored image of its class
-(`core.calibration` explains the mirrors: plausible images of the class that duplicate
+(`core.decision.calibration` explains the mirrors: plausible images of the class that duplicate
 nothing), leaving out its own mirror and the mirrors of its K_NEIGHBOURS nearest images of
 the class (an image's copy has a mirror close to the image's own mirror, which for a
 nearly symmetric scene is close to the image itself, and would lift the level of exactly
@@ -34,7 +34,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from dedup_assets.core.similarity import DEFAULT_BLOCK, block_rows
+from dedup_assets.core.decision.similarity import DEFAULT_BLOCK, block_rows
 
 
 class BudgetScaling(StrEnum):
@@ -222,7 +222,7 @@ def outsider_levels(
     k: int = K_NEIGHBOURS,
     block: int = DEFAULT_BLOCK,
 ) -> np.ndarray:
-    """The level images from outside the class (the reference pool, `core.reference_pool`)
+    """The level images from outside the class (the reference pool, `core.decision.reference_pool`)
     would have in it: the highest similarity to one of the class's mirrors, leaving out the
     mirrors of their k nearest images of the class, as an image of the class leaves them
     out (they have no mirror of their own among the decoys). Blocked like `local_levels`."""

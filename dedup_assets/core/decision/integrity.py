@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from dedup_assets.core.artifacts import KEEP_LIST_COLUMNS
+from dedup_assets.core.data.artifacts import KEEP_LIST_COLUMNS
 
 
 def latent_problems(

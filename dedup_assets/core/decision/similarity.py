@@ -7,7 +7,7 @@ them):
 - `spline_copula`: each leading component mapped through its spline CDF to a normal
   score, then cosine;
 - `spline_copula_dct` (the default): the spline-copula vector joined with the image's
-  low-frequency DCT descriptor (`core.dct_descriptor`), so the cosine is
+  low-frequency DCT descriptor (`core.decision.dct_descriptor`), so the cosine is
   LATENT_WEIGHT x the spline-copula cosine + (1 - LATENT_WEIGHT) x the DCT one. The
   invariant codes see through crops and shifts, the DCT descriptor exactly through
   brightness and contrast and nearly through noise; on planted EuroSAT the two together
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # the join itself needs only numpy
-    from dedup_assets.core.class_density import ClassDensityModel
+    from dedup_assets.core.density.class_density import ClassDensityModel
 
 
 class SimilaritySpace(StrEnum):
@@ -112,7 +112,7 @@ def iter_similarity_blocks(
     """Yield (row_start, col_start, S) where S = x[rows] @ x[col_start:].T, upper triangle only.
 
     With `offsets` (one per row of x), S[i, j] - offsets[i] - offsets[j] instead: the
-    margins of `core.local_scaling`. Peak memory is one block x N slab (see
+    margins of `core.decision.local_scaling`. Peak memory is one block x N slab (see
     MAX_SLAB_BYTES); pairs are never computed twice.
     """
     x = np.asarray(x, dtype=np.float32)  # scores are float32 everywhere (thresholds too)

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from dedup_assets.core.artifacts import read_class_images, recorded_listings
-from dedup_assets.core.image_folder import FolderScan, StrPath, scan_image_folder
-from dedup_assets.core.layout import OutputLayout
+from dedup_assets.core.data.artifacts import read_class_images, recorded_listings
+from dedup_assets.core.data.image_folder import FolderScan, StrPath, scan_image_folder
+from dedup_assets.core.data.layout import OutputLayout
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 
-from dedup_assets.core.atomic_io import PROVENANCE_KEY, atomic_path
-from dedup_assets.core.class_catalog import CATALOG_SCHEMA
-from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.thresholds import budget_of
+from dedup_assets.core.data.atomic_io import PROVENANCE_KEY, atomic_path
+from dedup_assets.core.data.class_catalog import CATALOG_SCHEMA
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.thresholds import budget_of
 
 KEEP_LIST_COLUMNS = (
     "image_id",

@@ -4,7 +4,7 @@ An inverted-file index (faiss `IndexIVFFlat`, inner product over the same unit v
 splits the space into about sqrt(n) cells by k-means and compares a query only with the
 vectors of its `nprobe` nearest cells. Two uses:
 - `AnnKeptIndex`: the greedy keep's "most similar kept image so far", the kept set
-  growing as the visit goes (`core.keep_policy.greedy_keep(join="ann")`);
+  growing as the visit goes (`core.decision.keep_policy.greedy_keep(join="ann")`);
 - `ann_pairs_above`: every pair above a threshold by range search. Not used by the
   pipeline (the cross-class check asks each image's nearest neighbours instead): its
   recall falls where neighbourhoods are dense (benchmarks/README.md, *Scale*).

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dedup_assets.core.atomic_io import PROVENANCE_KEY, save_npz
-from dedup_assets.core.pca import PCAFit, fit_pca
-from dedup_assets.core.spline import BinRule, ProductSplineDensity
+from dedup_assets.core.data.atomic_io import PROVENANCE_KEY, save_npz
+from dedup_assets.core.density.pca import PCAFit, fit_pca
+from dedup_assets.core.density.spline import BinRule, ProductSplineDensity
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Seeded, batched image augmentations: the nuisances that make near-duplicates.
 
 A near-duplicate is what a data pipeline's crop, resize, re-encode or colour step makes
-of an image. The invariant training objective (`core/autoencoder.py`) shows the encoder
+of an image. The invariant training objective (`core/model/autoencoder.py`) shows the encoder
 two such views of every image and asks for the same code, so each transform here mimics
-one of those steps, with ranges close to what `core/planting.py` plants (planted crops keep
+one of those steps, with ranges close to what `core/quality/planting.py` plants (planted crops keep
 85-95% of a side and brightness and contrast change by 10-25%, a little beyond these; the
 measured recall per transform is in benchmarks/README.md):
 

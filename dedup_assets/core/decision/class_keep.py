@@ -1,6 +1,6 @@
 """Deciding one class at every threshold key: the class's stored data read back
-(`load_class_data`), each budget ("1%") resolved to its threshold (`core.calibration`),
-then the keep decision (`core.class_decision`).
+(`load_class_data`), each budget ("1%") resolved to its threshold (`core.decision.calibration`),
+then the keep decision (`core.decision.class_decision`).
 
 The functions the keep-list asset, the evaluation, the calibration tests and the
 benchmarks call, so what they measure is what a run does.
@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from dedup_assets.core.ann_join import DEFAULT_ANN_MIN_CLASS_SIZE, DEFAULT_NPROBE
-from dedup_assets.core.artifacts import (
+from dedup_assets.core.data.artifacts import (
     CurrentInputs,
     StaleArtifact,
     catalog_images,
@@ -25,8 +24,12 @@ from dedup_assets.core.artifacts import (
     read_latents,
     require_current,
 )
-from dedup_assets.core.calibration import BudgetThreshold, class_budgets
-from dedup_assets.core.class_decision import (
+from dedup_assets.core.data.image_folder import pixel_hash
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.thresholds import budget_of
+from dedup_assets.core.decision.ann_join import DEFAULT_ANN_MIN_CLASS_SIZE, DEFAULT_NPROBE
+from dedup_assets.core.decision.calibration import BudgetThreshold, class_budgets
+from dedup_assets.core.decision.class_decision import (
     ClassData,
     ClassDecision,
     PriorDecision,
@@ -34,14 +37,11 @@ from dedup_assets.core.class_decision import (
     needs_pixels,
     vectorise,
 )
-from dedup_assets.core.class_density import ClassDensityModel, fit_class_density
-from dedup_assets.core.image_folder import pixel_hash
-from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.reference_pool import ReferencePool, build_reference_pool
-from dedup_assets.core.thresholds import budget_of
+from dedup_assets.core.decision.reference_pool import ReferencePool, build_reference_pool
+from dedup_assets.core.density.class_density import ClassDensityModel, fit_class_density
 
 if TYPE_CHECKING:  # torch is imported where images are encoded (`decide_in_memory`)
-    from dedup_assets.core.autoencoder import ConvAutoencoder
+    from dedup_assets.core.model.autoencoder import ConvAutoencoder
 
 
 def load_class_data(
@@ -190,7 +190,7 @@ def decide_in_memory(
     `decide_thresholds` per class. {threshold key: {class: decision}}; for measuring the
     method (the budget's calibration tests and benchmarks), not a replacement for a run
     (no catalog, no provenance, nothing written)."""
-    from dedup_assets.core.autoencoder import encode_images  # deferred: torch
+    from dedup_assets.core.model.autoencoder import encode_images  # deferred: torch
 
     keys = sorted(classes)
     hashes = {

@@ -31,7 +31,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageOps
 
-from dedup_assets.core.pools import cancelling
+from dedup_assets.core.data.pools import cancelling
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 _IMAGE_EXTENSIONS_B = frozenset(os.fsencode(e) for e in IMAGE_EXTENSIONS)

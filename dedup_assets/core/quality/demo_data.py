@@ -6,7 +6,7 @@ numpy (smooth noise from upsampled random fields, sinusoids, masks). Every image
 scene (positions, angles, frequencies, colours and noise are random per image) so unplanted
 images are not near-duplicates of each other, while each class keeps a consistent look.
 
-On top of the originals the generator plants, reusing :mod:`dedup_assets.core.planting`:
+On top of the originals the generator plants, reusing :mod:`dedup_assets.core.quality.planting`:
 
 * transformed near-duplicates of ``duplicate_fraction`` of each class (``<stem>__dup_<t>.png``
   or ``.jpg``), listed in ``ground_truth.csv``;
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dedup_assets.core.planting import (
+from dedup_assets.core.quality.planting import (
     GROUND_TRUTH_FILENAME,
     TRANSFORMS,
     GroundTruthPair,

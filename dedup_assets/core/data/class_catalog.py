@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from dedup_assets.core.atomic_io import write_csv
-from dedup_assets.core.image_folder import (
+from dedup_assets.core.data.atomic_io import write_csv
+from dedup_assets.core.data.image_folder import (
     SIXTEEN_BIT_MODES,
     FolderScan,
     read_and_decode,

@@ -1,5 +1,5 @@
 """The run's reference images: a seeded sample of every class, kept with the model, whose
-real images every class's false-removal budget is also read against (`core.calibration`).
+real images every class's false-removal budget is also read against (`core.decision.calibration`).
 
 They are unrelated to a class's images by construction (a class never borrows its own
 images or an image identical to one of them), and they serve twice: a class of any size
@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from dedup_assets.core.artifacts import CurrentInputs, require_current
-from dedup_assets.core.atomic_io import PROVENANCE_KEY, save_npz
-from dedup_assets.core.class_decision import ClassData
-from dedup_assets.core.class_density import ClassDensityModel
-from dedup_assets.core.dct_descriptor import DIMENSIONS, lowfreq_dct
-from dedup_assets.core.layout import OutputLayout
-from dedup_assets.core.phash import HASH_BITS, phash_bits
+from dedup_assets.core.data.artifacts import CurrentInputs, require_current
+from dedup_assets.core.data.atomic_io import PROVENANCE_KEY, save_npz
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.decision.class_decision import ClassData
+from dedup_assets.core.decision.dct_descriptor import DIMENSIONS, lowfreq_dct
+from dedup_assets.core.decision.phash import HASH_BITS, phash_bits
+from dedup_assets.core.density.class_density import ClassDensityModel
 
 POOL_SIZE = 4_096
 """Images drawn across the run: enough for k = floor(b (draws + 1)) >= 4 at a 0.1% budget."""
