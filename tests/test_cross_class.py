@@ -167,6 +167,7 @@ def test_mirrors_missing_at_the_cross_class_step_are_encoded_like_the_latents(
     import dagster as dg
     import torch
 
+    from dedup_assets.assets import cross_class as cross_class_asset
     from dedup_assets.config import PipelineConfig
     from dedup_assets.core.decision import calibration
     from dedup_assets.definitions import build_definitions
@@ -195,7 +196,7 @@ def test_mirrors_missing_at_the_cross_class_step_are_encoded_like_the_latents(
         seen.append((str(kw.get("device")), kw.get("amp_dtype")))
         return real(model, pixels, rows, **kw)
 
-    monkeypatch.setattr(calibration, "encode_mirrors", recording)
+    monkeypatch.setattr(cross_class_asset, "encode_mirrors", recording)  # where it is called
     job = build_definitions(config).resolve_job_def("threshold_job")
     result = job.execute_in_process(
         partition_key="1%",
