@@ -1,6 +1,6 @@
 """Asset checks on the class stage. The threshold gates are carried by their assets,
 each computed once and stored for the clean copy (`core.data.artifacts.ThresholdVerdict`):
-`keep_list_integrity` by `keep_list` (`assets/keep_lists.py`), the kurtosis gate by
+`keep_list_integrity` by `keep_list` (`assets/keep_list.py`), the kurtosis gate by
 `kurtosis_report` (in the report).
 
 The checks are partitioned like their assets, so the UI shows a verdict per class or per

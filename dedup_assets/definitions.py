@@ -13,10 +13,11 @@ import dagster as dg
 
 from dedup_assets.assets.autoencoder import autoencoder
 from dedup_assets.assets.catalog import class_images, image_catalog
+from dedup_assets.assets.class_keep_lists import build_class_keep_lists_asset
 from dedup_assets.assets.clean_dataset import build_clean_dataset_asset
 from dedup_assets.assets.cross_class import build_cross_class_asset
 from dedup_assets.assets.evaluation import build_evaluation_asset
-from dedup_assets.assets.keep_lists import build_keep_list_assets
+from dedup_assets.assets.keep_list import build_keep_list_asset
 from dedup_assets.assets.latents import class_latents
 from dedup_assets.assets.reference_pool import reference_pool
 from dedup_assets.assets.reports import build_report_assets
@@ -40,7 +41,8 @@ from dedup_assets.partitions import threshold_partitions
 def build_definitions(config: PipelineConfig) -> dg.Definitions:
     """Every asset, check, job and resource, for this configuration."""
     thresholds = threshold_partitions(config.thresholds)
-    class_keep_lists, keep_list = build_keep_list_assets(thresholds)
+    class_keep_lists = build_class_keep_lists_asset(config.thresholds)
+    keep_list = build_keep_list_asset(thresholds, class_keep_lists)
     kurtosis_report, dedup_summary = build_report_assets(thresholds, keep_list)
     clean_dataset = build_clean_dataset_asset(thresholds, keep_list, kurtosis_report)
     dedup_evaluation = build_evaluation_asset(thresholds)

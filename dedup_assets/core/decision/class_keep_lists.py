@@ -1,0 +1,254 @@
+"""One class's keep lists as the tables a run writes: its decision at every threshold key
+(`class_keep.decide_thresholds`), earlier decisions carried over (`prior_decisions`), and
+each row stamped with its space, join, calibration and when and in which run it was made.
+
+What the `class_keep_lists` asset writes, as a plain function of the output folder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+from dedup_assets.core.data.artifacts import (
+    BUDGET_NULL,
+    KEEP_LIST_COLUMNS,
+    CurrentInputs,
+    MethodSettings,
+    class_names,
+    join_setting,
+    read_keep_list,
+    read_provenance,
+)
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.thresholds import budget_of
+from dedup_assets.core.decision.calibration import (
+    BudgetThreshold,
+    NullSource,
+    encode_mirrors,
+    mirror_latents,
+)
+from dedup_assets.core.decision.class_decision import PriorDecision
+from dedup_assets.core.decision.class_keep import decide_thresholds, load_class_data
+from dedup_assets.core.decision.reference_pool import read_reference_pool
+
+if TYPE_CHECKING:  # torch is imported where the model is loaded
+    import torch
+
+
+def prior_decisions(
+    layout: OutputLayout,
+    key: str,
+    thresholds: Sequence[str],
+    settings: MethodSettings,
+    image_ids: np.ndarray,
+) -> tuple[list[PriorDecision | None], dict[str, pl.DataFrame]]:
+    """The class's earlier decisions at each threshold, mapped onto the current images.
+
+    Only a keep list made with the same space, keep policy, threshold, join settings and (for
+    a budget) budget scaling and rule counts; each earlier table is returned too, for the
+    decision times and cosines it carries.
+    """
+    priors: list[PriorDecision | None] = []
+    tables: dict[str, pl.DataFrame] = {}
+    positions = pl.DataFrame(
+        {"image_id": image_ids.tolist(), "at": np.arange(len(image_ids))},
+        schema={"image_id": pl.String, "at": pl.Int64},
+    )
+    for t in thresholds:
+        path = layout.class_keep_list(t, key)
+        made = read_provenance(path) if path.exists() else None
+        scaling = str(settings.budget_scaling) if budget_of(t) is not None else None
+        same = made is not None and (
+            made.get("space"),
+            made.get("policy"),
+            made.get("threshold"),
+            made.get("scaling"),
+            made.get("null"),
+            made.get("join"),
+        ) == (
+            str(settings.similarity_space),
+            str(settings.keep_policy),
+            t,
+            scaling,
+            BUDGET_NULL if scaling is not None else None,
+            join_setting(settings),
+        )
+        if not same:
+            priors.append(None)
+            continue
+        old = read_keep_list(path)
+        tables[t] = old
+        prior = PriorDecision.none(len(image_ids))
+        mapped = old.join(positions, on="image_id", how="inner").join(
+            positions.rename({"image_id": "duplicate_of", "at": "named"}),
+            on="duplicate_of",
+            how="left",
+        )
+        at = mapped["at"].to_numpy()
+        prior.state[at] = np.where(mapped["kept"].to_numpy(), 1, 0)
+        prior.duplicate_of[at] = mapped["named"].fill_null(-1).to_numpy()
+        prior.similarity[at] = mapped["similarity"].fill_null(np.nan).to_numpy()
+        prior.exact[at] = (mapped["match"] == "exact").fill_null(False).to_numpy()
+        prior.cosine[at] = mapped["cosine"].fill_null(np.nan).to_numpy()
+        priors.append(prior)
+    return priors, tables
+
+
+def class_keep_lists(
+    layout: OutputLayout,
+    key: str,
+    thresholds: Sequence[str],
+    settings: MethodSettings,
+    current: CurrentInputs,
+    *,
+    run_id: str,
+    stable: bool = True,
+    log: Callable[[str], None] | None = None,
+    device: str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, pl.DataFrame]:
+    """One class's keep list at every threshold, from its current latents and fit.
+
+    With `stable` (the default), earlier decisions are kept and only new images are decided
+    (see `class_decision.keep_decisions`); each row says when and in which run it was made.
+    """
+    budgets = [budget_of(t) for t in thresholds]
+    table, data = load_class_data(
+        layout,
+        key,
+        current,
+        space=settings.similarity_space,
+        with_pixels=any(b is not None for b in budgets),
+    )
+    model = pool = rows = mirrors = None
+    if any(b is not None for b in budgets):
+        from dedup_assets.core.model.autoencoder import load_state  # deferred: torch
+
+        # The mirrors' latents are stored for the cross-class calibration; they are encoded
+        # on the run's device and precision, those of the latents.
+        model = load_state(layout.model)
+        pool = read_reference_pool(layout, current)
+        rows, mirrors = mirror_latents(
+            layout,
+            key,
+            current.latents(key),
+            len(data.image_ids),
+            lambda rows: encode_mirrors(
+                model,
+                data.pixels,
+                rows,
+                device=device,
+                amp_dtype=amp_dtype,
+            ),
+        )
+    priors, earlier = (
+        prior_decisions(layout, key, thresholds, settings, data.image_ids)
+        if stable
+        else ([None] * len(thresholds), {})
+    )
+    start = time.perf_counter()
+    decided = decide_thresholds(
+        data,
+        thresholds,
+        space=settings.similarity_space,
+        policy=settings.keep_policy,
+        model=model,
+        pool=pool,
+        class_key=key,
+        scaling=settings.budget_scaling,
+        block=settings.block_size,
+        join=settings.join,
+        ann_min_class_size=settings.ann_min_class_size,
+        nprobe=settings.ann_nprobe,
+        prior=priors,
+        decoy_latents=mirrors,
+        decoy_rows=rows,
+    )
+    resolved = [d.resolved for d in decided]
+    decisions = [d.decision for d in decided]
+    seconds = time.perf_counter() - start
+    name = class_names(layout)[key]
+    ids = data.image_ids
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    out = {}
+    for t, d, r in zip(thresholds, decisions, resolved, strict=True):
+        dup = np.where(d.duplicate_of >= 0, ids[np.maximum(d.duplicate_of, 0)], None)
+        match = np.where(d.kept, None, np.where(d.exact, "exact", "near"))
+        carried = d.carried if d.carried is not None else np.zeros(len(ids), bool)
+        made = pl.DataFrame({"image_id": ids.tolist(), "carried": carried.tolist()})
+        if t in earlier:
+            before = earlier[t]
+            if "join" not in before.columns:  # written before the join was recorded
+                before = before.with_columns(pl.lit("exact").alias("join"))
+            made = made.join(
+                before.select("image_id", "decided_at", "decided_in", "join"),
+                on="image_id",
+                how="left",
+                maintain_order="left",
+            )
+        else:
+            made = made.with_columns(
+                pl.lit(None, pl.String).alias("decided_at"),
+                pl.lit(None, pl.String).alias("decided_in"),
+                pl.lit(None, pl.String).alias("join"),
+            )
+        made = made.with_columns(
+            pl.when(pl.col("carried") & pl.col("decided_at").is_not_null())
+            .then(pl.col("decided_at"))
+            .otherwise(pl.lit(now))
+            .alias("decided_at"),
+            pl.when(pl.col("carried") & pl.col("decided_in").is_not_null())
+            .then(pl.col("decided_in"))
+            .otherwise(pl.lit(run_id))
+            .alias("decided_in"),
+            # Which join made each decision: this run's for those made now.
+            pl.when(pl.col("carried") & pl.col("join").is_not_null())
+            .then(pl.col("join"))
+            .otherwise(pl.lit(d.join))
+            .alias("join"),
+        )
+        out[t] = pl.DataFrame(
+            {
+                "image_id": pl.Series(ids.tolist(), dtype=pl.String),
+                "class": pl.Series([name] * len(ids), dtype=pl.String),
+                "path": table["path"],
+                "kept": pl.Series(d.kept.tolist(), dtype=pl.Boolean),
+                "duplicate_of": pl.Series(dup.tolist(), dtype=pl.String),
+                "similarity": pl.Series(d.similarity.astype(np.float64)).fill_nan(None),
+                "match": pl.Series(match.tolist(), dtype=pl.String),
+                "space": pl.repeat(d.space, len(ids), dtype=pl.String, eager=True),
+                "join": made["join"],
+                "cosine": pl.Series(d.cosines(), dtype=pl.Float64),
+                "calibrated_on": pl.repeat(
+                    None if r is None else r.null, len(ids), dtype=pl.String, eager=True
+                ),
+                "decided_at": made["decided_at"],
+                "decided_in": made["decided_in"],
+            }
+        ).select(KEEP_LIST_COLUMNS)
+        if log is not None:
+            carried = int(d.carried.sum()) if d.carried is not None else 0
+            at = t if r is None else f"{t} ({_resolution_words(r)} {d.threshold:.4f})"
+            log(
+                f"{key} @ T={at}: kept {d.n_kept:,} of {len(ids):,} in space {d.space} "
+                f"({int(d.exact.sum())} exact copies removed; {carried:,} earlier decisions "
+                f"kept, {len(ids) - carried:,} decided now)"
+            )
+    if log is not None:
+        log(f"{key}: {len(thresholds)} thresholds decided in {seconds:.2f}s")
+    return out
+
+
+def _resolution_words(r: BudgetThreshold) -> str:
+    """How a budget was read for a class, for the log."""
+    if r.null == NullSource.NONE:
+        return f"not calibrated: {r.draws} null values cannot show the top {r.budget:.2%}; cosine"
+    where = "the class's mirrors" if r.null == NullSource.CLASS else "the run's reference pool"
+    kind = "margin over the local levels" if r.offsets is not None else f"cosine in {r.space}"
+    return f"{r.draws:,} null values from {where}; {kind}"
