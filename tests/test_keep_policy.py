@@ -259,3 +259,87 @@ def test_empty_input_and_progress():
     x = _clustered(1, n=50)
     greedy_keep(x, np.arange(50), 0.9, block=16, progress=lambda a, b: calls.append((a, b)))
     assert calls == [(16, 50), (32, 50), (48, 50), (50, 50)]
+
+
+def _constrained_reference(
+    x: np.ndarray,
+    order: np.ndarray,
+    t: float,
+    forced: np.ndarray,
+    excluded: np.ndarray,
+    group: np.ndarray,
+    offsets: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sequential greedy with the rules of `Constraints`: forced rows kept or removed where
+    visited, excluded pairs never an edge, rows of one group duplicates (score +inf, named
+    first); a forced-removed row names its best kept image of the final set above T."""
+    s = _sim(x)
+    if offsets is not None:
+        s = s - offsets[:, None] - offsets[None, :]
+    same = (group[:, None] == group[None, :]) & (group[:, None] >= 0)
+    s = np.where(same, np.inf, s)
+    for a, b in excluded:
+        s[a, b] = s[b, a] = -np.inf
+    n = len(x)
+    kept = np.zeros(n, dtype=bool)
+    dup = np.full(n, -1, dtype=np.int64)
+    kept_so_far: list[int] = []
+    for i in order:
+        if forced[i] == -1:
+            continue
+        if forced[i] == 0 and kept_so_far:
+            sims = s[i, kept_so_far]
+            best = int(np.argmax(sims))
+            if sims[best] > t:
+                dup[i] = kept_so_far[best]
+                continue
+        kept[i] = True
+        kept_so_far.append(int(i))
+    for i in np.flatnonzero(forced == -1):
+        sims = s[i, kept_so_far]
+        if len(sims) and sims.max() > t:
+            dup[i] = kept_so_far[int(np.argmax(sims))]
+    return kept, dup
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("with_offsets", [False, True])
+def test_constraints_match_a_sequential_reference(block, with_offsets):
+    """Forced rows, excluded pairs and exact-copy groups, across block edges, give what the
+    plain sequential greedy with those rules gives: the kept set and every name."""
+    from dedup_assets.core.decision.keep_policy import Constraints
+
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        x = _clustered(seed, n=90)
+        n = len(x)
+        order = rng.permutation(n)
+        offsets = rng.uniform(-0.05, 0.05, n).astype(np.float32) if with_offsets else None
+        forced = np.zeros(n, np.int8)
+        picked = rng.choice(n, 12, replace=False)
+        forced[picked[:4]] = 1
+        forced[picked[4:8]] = -1
+        group = np.full(n, -1, np.int64)
+        group[rng.choice(n, 6, replace=False)] = rng.integers(0, 2, 6)
+        t = 0.9 if offsets is None else 0.8
+        s = _sim(x) if offsets is None else _sim(x) - offsets[:, None] - offsets[None, :]
+        close = np.argwhere(np.triu(s > t, 1))  # exclude some real duplicate edges
+        excluded = close[rng.choice(len(close), min(8, len(close)), replace=False)]
+        c = Constraints(forced=forced, excluded=excluded, group=group)
+        d = greedy_keep(x, order, t, block=block, constraints=c, offsets=offsets)
+        ref_kept, ref_dup = _constrained_reference(x, order, t, forced, excluded, group, offsets)
+        np.testing.assert_array_equal(d.kept, ref_kept)
+        np.testing.assert_array_equal(d.duplicate_of, ref_dup)
+        assert d.kept[forced == 1].all() and not d.kept[forced == -1].any()
+
+
+def test_empty_constraints_change_nothing():
+    from dedup_assets.core.decision.keep_policy import Constraints
+
+    x = _clustered(5)
+    order = np.random.default_rng(5).permutation(len(x))
+    plain = greedy_keep(x, order, 0.9, block=16)
+    ruled = greedy_keep(x, order, 0.9, block=16, constraints=Constraints())
+    np.testing.assert_array_equal(plain.kept, ruled.kept)
+    np.testing.assert_array_equal(plain.duplicate_of, ruled.duplicate_of)
+    np.testing.assert_array_equal(plain.similarity, ruled.similarity)

@@ -15,6 +15,15 @@ cos(i, j) - offsets[i] - offsets[j], instead of its cosine; everything else is t
 The join is blocked: a block of images in visit order is compared with the kept set so
 far, then resolved inside the block in a few vectorised rounds (greedy MIS needs few
 rounds on average, Blelloch, Fineman and Shun 2012), so memory is O(block x N).
+
+With `Constraints` (a user's corrections, `core.decision.overrides`) the same greedy honours
+rules on a few rows: a row forced kept is kept where it is visited (later images may name
+it), a row forced removed is never kept (so no image names it) and afterwards names its most
+similar kept image if that pair is above the threshold, an excluded pair is never an edge of
+the graph in either direction, and rows of one exact-copy group are duplicates of each other
+whatever their vectors (score +inf, so they name each other first). Only the constrained
+rows are compared again, exactly, against the kept set (a few matrix-vector products a
+block), so a class with no constraint runs exactly as before.
 """
 
 from __future__ import annotations
@@ -37,6 +46,77 @@ class KeepPolicy(StrEnum):
 
 
 KEEP_POLICIES: tuple[str, ...] = tuple(p.value for p in KeepPolicy)
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Rules on rows of the greedy's input (see the module docstring); all optional.
+
+    forced: per row, 1 kept, -1 removed, 0 decided by the greedy;
+    excluded: (k, 2) row pairs that are never a duplicate edge;
+    group: per row, an exact-copy label (-1 none): rows of one label are duplicates.
+    """
+
+    forced: np.ndarray | None = None
+    excluded: np.ndarray | None = None
+    group: np.ndarray | None = None
+
+
+class _Rules:
+    """`Constraints` in visit positions, applied to scores of the constrained rows."""
+
+    def __init__(self, c: Constraints, order: np.ndarray, n: int):
+        position = np.empty(n, dtype=np.int64)
+        position[order] = np.arange(n)
+        self.forced = np.zeros(n, np.int8)
+        if c.forced is not None:
+            self.forced = np.asarray(c.forced, dtype=np.int8)[order]
+        pairs = np.asarray(c.excluded if c.excluded is not None else [], dtype=np.int64)
+        pairs = position[pairs.reshape(-1, 2)]
+        self.partners: dict[int, set[int]] = {}
+        for a, b in pairs.tolist():
+            self.partners.setdefault(a, set()).add(b)
+            self.partners.setdefault(b, set()).add(a)
+        self.group = np.full(n, -1, np.int64)
+        if c.group is not None:
+            group = np.asarray(c.group, dtype=np.int64)[order]
+            labels, counts = np.unique(group[group >= 0], return_counts=True)
+            shared = np.isin(group, labels[counts > 1])
+            self.group[shared] = group[shared]
+        self.constrained = (self.forced != 0) | (self.group >= 0)
+        self.constrained[list(self.partners)] = True
+
+    def adjust(self, scores: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Scores (rows x cols, visit positions) with exact copies at +inf and excluded
+        pairs at -inf."""
+        same = (self.group[rows][:, None] == self.group[cols][None, :]) & (
+            self.group[rows][:, None] >= 0
+        )
+        scores = np.where(same, np.float32(np.inf), scores)
+        for r, row in enumerate(rows.tolist()):
+            partners = self.partners.get(row)
+            if partners:
+                scores[r, np.isin(cols, list(partners))] = -np.inf
+        return scores
+
+    def nearest(
+        self,
+        xo: np.ndarray,
+        oo: np.ndarray | None,
+        rows: np.ndarray,
+        kept: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(best score, its kept position) of each constrained row, against the kept
+        positions `kept` (exact products; -inf/-1 when none)."""
+        if len(kept) == 0 or len(rows) == 0:
+            return np.full(len(rows), -np.inf, np.float32), np.full(len(rows), -1, np.int64)
+        s = xo[rows] @ xo[kept].T
+        if oo is not None:
+            s -= oo[rows][:, None]
+            s -= oo[kept][None, :]
+        s = self.adjust(s, rows, kept)
+        at = s.argmax(axis=1)
+        return s[np.arange(len(rows)), at], kept[at]
 
 
 @dataclass(frozen=True)
@@ -125,6 +205,7 @@ def greedy_keep(
     join: str = "exact",
     nprobe: int = 16,
     offsets: np.ndarray | None = None,
+    constraints: Constraints | None = None,
 ) -> KeepDecision:
     """Greedy keep over unit vectors `x` (n, d) visited in `order`; see the module doc.
 
@@ -135,6 +216,10 @@ def greedy_keep(
     join: "exact" compares each block with every kept image; "ann" asks an IVF index of
     the kept images (`core.decision.ann_join`, `nprobe` cells per query) for the most similar one.
     Inside a block the comparison is always exact.
+    constraints: rows forced kept or removed, excluded pairs and exact-copy groups (see the
+    module docstring); a forced-removed row names its best kept image above the threshold
+    (-1 when none), and a row matched through its exact-copy group has score +inf. The
+    first `fixed` rows of `order` must not be forced removed.
     """
     x = np.asarray(x, dtype=np.float32)
     n = len(x)
@@ -160,6 +245,9 @@ def greedy_keep(
     def part(a: int, b: int) -> np.ndarray | None:
         return None if oo is None else oo[a:b]
 
+    rules = None if constraints is None else _Rules(constraints, order, n)
+    if rules is not None and (rules.forced[:fixed] == -1).any():
+        raise ValueError("a row kept by an earlier decision (fixed) cannot be forced removed")
     kept_index.add(xo[:fixed], np.arange(fixed), part(0, fixed))
     kept_o[:fixed] = True
     for start in range(fixed, n, block):
@@ -171,10 +259,25 @@ def greedy_keep(
         if ob is not None:
             s_block -= ob[:, None]
             s_block -= ob[None, :]
-        cand = np.flatnonzero(best <= threshold)  # not removed by an earlier block
+        forced = np.zeros(stop - start, np.int8)
+        if rules is not None:
+            forced = rules.forced[start:stop]
+            ruled = np.flatnonzero(rules.constrained[start:stop])
+            if len(ruled):  # compared again, exactly, with their rules applied
+                pos = start + ruled
+                best[ruled], best_at[ruled] = rules.nearest(
+                    xo, oo, pos, np.flatnonzero(kept_o[:start])
+                )
+                s_block[np.ix_(ruled, ruled)] = rules.adjust(
+                    s_block[np.ix_(ruled, ruled)], pos, pos
+                )
+        # Not removed by an earlier block (and not forced removed), or forced kept.
+        cand = np.flatnonzero(((best <= threshold) & (forced != -1)) | (forced == 1))
         kept_block = np.zeros(stop - start, dtype=bool)
         if len(cand):
-            kept_cand, rounds = _resolve_block(s_block[np.ix_(cand, cand)], threshold)
+            kept_cand, rounds = _resolve_block(
+                s_block[np.ix_(cand, cand)], threshold, forced[cand] == 1
+            )
             kept_block[cand[kept_cand]] = True
             max_rounds = max(max_rounds, rounds)
         # A removed image names the most similar image kept before it, in this block or earlier.
@@ -191,6 +294,12 @@ def greedy_keep(
         kept_index.add(xo[new], new, None if oo is None else oo[new])
         if progress is not None:
             progress(stop, n)
+    if rules is not None:  # a forced removal names its best kept image above the threshold
+        gone = np.flatnonzero(rules.forced == -1)
+        best, best_at = rules.nearest(xo, oo, gone, np.flatnonzero(kept_o))
+        above = best > threshold
+        dup_o[gone] = np.where(above, best_at, -1)
+        sim_o[gone] = np.where(above, best, np.nan)
     kept = np.zeros(n, dtype=bool)
     kept[order] = kept_o
     duplicate_of = np.full(n, -1, dtype=np.int64)
@@ -201,16 +310,19 @@ def greedy_keep(
     return KeepDecision(kept, duplicate_of, similarity, max_rounds)
 
 
-def _resolve_block(s: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
+def _resolve_block(
+    s: np.ndarray, threshold: float, forced: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
     """Greedy MIS inside one block, in vectorised rounds; s: similarities in visit order.
 
     A row is kept once every earlier neighbour is removed; it is removed as soon as one
-    earlier neighbour is kept. Each round decides at least the first undecided row.
+    earlier neighbour is kept. Each round decides at least the first undecided row. Rows
+    `forced` are kept from the start (their earlier neighbours do not depend on them).
     """
     m = len(s)
     adj = ((s > threshold) & np.tri(m, k=-1, dtype=bool)).astype(np.float32)  # j earlier than i
-    undecided = np.ones(m, dtype=bool)
-    kept = np.zeros(m, dtype=bool)
+    kept = np.zeros(m, dtype=bool) if forced is None else np.asarray(forced, dtype=bool).copy()
+    undecided = ~kept
     rounds = 0
     while undecided.any():
         rounds += 1
