@@ -26,6 +26,7 @@ SCHEMA = {
     "calibrated_on": pl.String,
     "decided_at": pl.String,
     "decided_in": pl.String,
+    "decided_by": pl.String,
 }
 
 # image_id, class, kept, duplicate_of, similarity
@@ -56,6 +57,7 @@ def _keep(rows=ROWS) -> pl.DataFrame:
             "calibrated_on": [None] * len(rows),
             "decided_at": ["2026-11-27T00:00:00+00:00"] * len(rows),
             "decided_in": ["run"] * len(rows),
+            "decided_by": ["model"] * len(rows),
         },
         schema=SCHEMA,
     )
@@ -258,6 +260,7 @@ def _decided_keep_list(seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
                     "calibrated_on": [None] * 60,
                     "decided_at": ["2026-11-27T00:00:00+00:00"] * 60,
                     "decided_in": ["run"] * 60,
+                    "decided_by": np.where(d.exact, "exact", "model").tolist(),
                 },
                 schema=SCHEMA,
             )
@@ -289,6 +292,59 @@ def test_exact_copy_naming_a_different_image_is_a_problem():
         "1 images marked exact copies differ in pixels from the image they name or do not "
         "have similarity 1.0"
     ]
+
+
+def _forced(rows, image_id: str, duplicate_of: str | None) -> pl.DataFrame:
+    """The keep list with `image_id` removed by an override naming `duplicate_of`."""
+    keep = _keep(rows)
+    this = pl.col("image_id") == image_id
+    return keep.with_columns(
+        pl.when(this).then(False).otherwise(pl.col("kept")).alias("kept"),
+        pl.when(this)
+        .then(pl.lit(duplicate_of))
+        .otherwise(pl.col("duplicate_of"))
+        .alias("duplicate_of"),
+        pl.when(this).then(None).otherwise(pl.col("similarity")).alias("similarity"),
+        pl.when(this).then(pl.lit("override")).otherwise(pl.col("match")).alias("match"),
+        pl.when(this).then(pl.lit("override")).otherwise(pl.col("decided_by")).alias("decided_by"),
+    )
+
+
+def test_a_removal_by_override_needs_no_similarity_and_may_name_nothing():
+    rows = [r for r in ROWS if r[0] != "a4"] + [("a4", "A", True, None, None)]
+    assert keep_list_problems(_forced(rows, "a4", None), _catalog(), T) == []
+    assert keep_list_problems(_forced(rows, "a4", "a1"), _catalog(), T) == []
+
+
+def test_a_removal_by_override_must_name_a_kept_image_of_its_class():
+    rows = [r for r in ROWS if r[0] != "a4"] + [("a4", "A", True, None, None)]
+    _has(
+        keep_list_problems(_forced(rows, "a4", "a2"), _catalog(), T),
+        "1 removed images do not point to a kept image",
+    )
+    _has(
+        keep_list_problems(_forced(rows, "a4", "b1"), _catalog(), T),
+        "1 removed images point to a kept image of another class",
+    )
+
+
+def test_override_rows_must_say_so_and_decided_by_must_be_known():
+    keep = _forced(ROWS, "c1", None).with_columns(
+        pl.when(pl.col("image_id") == "c1")
+        .then(pl.lit("model"))
+        .otherwise(pl.col("decided_by"))
+        .alias("decided_by")
+    )
+    problems = keep_list_problems(keep, _catalog(), T)
+    assert "1 removals by override are not decided_by override" in problems
+    unknown = _keep().with_columns(pl.lit("user").alias("decided_by"))
+    _has(keep_list_problems(unknown, _catalog(), T), "rows without a known decided_by")
+
+
+def test_a_class_emptied_by_overrides_alone_is_the_users_choice():
+    assert keep_list_problems(_forced(ROWS, "c1", None), _catalog(), T) == []
+    model = _keep(_edit("c1", kept=False, duplicate_of="c1", similarity=0.99))
+    assert any("emptied" in p for p in keep_list_problems(model, _catalog(), T))
 
 
 IDS = ["x1", "x2", "x3", "x4"]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,7 +39,12 @@ KEEP_LIST_COLUMNS = (
     "calibrated_on",
     "decided_at",
     "decided_in",
+    "decided_by",
 )
+DECIDED_BY = ("exact", "model", "override")
+"""Who decided a keep-list row: `exact` (a pixel-identical copy removed), `model` (the
+similarity decision) or `override` (the row's image is named in the user's overrides,
+`core.decision.overrides`)."""
 
 
 class MissingArtifact(FileNotFoundError):
@@ -114,8 +119,11 @@ def join_setting(settings: MethodSettings) -> str:
 
 
 def keep_provenance(
-    fit: dict, settings: MethodSettings, threshold: str, pool: str = ""
+    fit: dict, settings: MethodSettings, threshold: str, pool: str = "", overrides: str = ""
 ) -> dict[str, Any]:
+    """What a class's keep list at `threshold` is decided from; `overrides`: the digest of
+    the class's corrections (`core.decision.overrides`), recorded only when it has some, so
+    a class without corrections keeps the provenance it had before overrides existed."""
     made = {
         "kind": "keep",
         "fit": digest(fit),
@@ -128,26 +136,39 @@ def keep_provenance(
         made["scaling"] = str(settings.budget_scaling)
         made["pool"] = pool  # the reference pool small classes read their budget from
         made["null"] = BUDGET_NULL  # how budgets are read: decisions of another rule don't carry
+    if overrides:
+        made["overrides"] = overrides
     return made
 
 
 @dataclass(frozen=True)
 class CurrentInputs:
-    """What every per-class file should have been computed from, right now."""
+    """What every per-class file should have been computed from, right now.
+
+    override_digests: {class key: digest of its corrections} for the classes the user's
+    overrides touch (`core.decision.overrides.Overrides.digests`); their keep lists are
+    decided with them."""
 
     class_digests: dict[str, str]
     model_digest: str
     settings: MethodSettings
     pool_digest: str = ""
+    override_digests: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, layout: OutputLayout, settings: MethodSettings) -> CurrentInputs:
+    def of(
+        cls,
+        layout: OutputLayout,
+        settings: MethodSettings,
+        override_digests: Mapping[str, str] | None = None,
+    ) -> CurrentInputs:
         pool = layout.reference_pool
         return cls(
             class_digests(layout),
             file_digest(layout.model),
             settings,
             file_digest(pool) if pool.exists() else "",
+            dict(override_digests or {}),
         )
 
     def latents(self, key: str) -> dict:
@@ -157,7 +178,13 @@ class CurrentInputs:
         return fit_provenance(self.latents(key), self.settings)
 
     def keep(self, key: str, threshold: str) -> dict:
-        return keep_provenance(self.fit(key), self.settings, threshold, self.pool_digest)
+        return keep_provenance(
+            self.fit(key),
+            self.settings,
+            threshold,
+            self.pool_digest,
+            self.override_digests.get(key, ""),
+        )
 
     def require_every_class(
         self, path_of: Callable[[str], Path], expected: Callable[[str], dict], what: str, asset: str
@@ -556,11 +583,20 @@ def read_latent_ids(path: Path) -> pl.DataFrame:
 
 
 def read_keep_list(path: Path) -> pl.DataFrame:
-    """A keep list in today's columns: one written before a column existed gets it empty
-    (`calibrated_on`, 2026-12-03: a cosine key's decisions are still current without it)."""
+    """A keep list in today's columns: one written before a column existed gets it
+    (`calibrated_on` empty, 2026-12-03: a cosine key's decisions are still current without
+    it; `decided_by` from `match`, 2026-12: no override existed before it)."""
     keep = pl.read_parquet(_require(path, "keep list"))
+    added = []
     if "calibrated_on" not in keep.columns and "cosine" in keep.columns:
-        keep = keep.with_columns(pl.lit(None, pl.String).alias("calibrated_on"))
+        added.append(pl.lit(None, pl.String).alias("calibrated_on"))
+    if "decided_by" not in keep.columns and "match" in keep.columns:
+        exact = pl.col("match") == "exact"
+        added.append(
+            pl.when(exact).then(pl.lit("exact")).otherwise(pl.lit("model")).alias("decided_by")
+        )
+    if added:
+        keep = keep.with_columns(added)
         keep = keep.select([c for c in KEEP_LIST_COLUMNS if c in keep.columns])
     return keep
 

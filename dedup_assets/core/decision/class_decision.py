@@ -13,6 +13,22 @@ the benchmarks alike:
    registry of vectorisers: the three latent spaces and pHash) and kept greedily in the
    policy's visit order (`keep_policy.greedy_keep`).
 
+3. **Corrections** (`Corrections`, from a user's `overrides.csv`: `core.decision.overrides`)
+   are rules of the same greedy (`keep_policy.Constraints`), so what follows an override is
+   decided as consistently as the rest:
+   - `keep` X: X is kept at every threshold, where it is visited: images visited before it
+     keep their decision, images after it may be removed naming X. Copies of X follow it.
+   - `remove` X: X is never kept, so no image names it: an image that named X is decided
+     again (it names another kept image above the threshold, or is kept). X itself names its
+     most similar kept image when that pair is above the threshold (else nothing).
+   - `not_duplicate` X, Y: the pair is no edge of the similarity graph in either direction,
+     exact copies included; X and Y are each decided without it.
+   An image an override names is taken out of its exact-copy group's shortcut and decided
+   on its own, but a group's members stay duplicates of each other (score +inf), so a group
+   still keeps one member unless an override says otherwise (`keep` of a second member, or
+   `not_duplicate` between two). With `prior` (stable decisions), an image an override names
+   is always decided now, never carried, and so is every image that named it.
+
 A class too small for the fitted spaces (fewer than MIN_FITTED_COMPONENTS principal
 components: under 32 images, or a class of copies with little variety) is decided by
 pHash instead of `whitened`/`spline_copula`: the cosine of k-dimensional centred vectors
@@ -33,7 +49,12 @@ from dedup_assets.core.decision.ann_join import (
     resolve_join,
 )
 from dedup_assets.core.decision.dct_descriptor import lowfreq_dct
-from dedup_assets.core.decision.keep_policy import KeepDecision, greedy_keep, visit_order
+from dedup_assets.core.decision.keep_policy import (
+    Constraints,
+    KeepDecision,
+    greedy_keep,
+    visit_order,
+)
 from dedup_assets.core.decision.phash import hash_vectors, phash_bits
 from dedup_assets.core.decision.similarity import embed, joined, with_origin_axis
 from dedup_assets.core.density.class_density import ClassDensityModel
@@ -166,6 +187,8 @@ class ClassDecision:
     them, a removed image's pair threshold (threshold + the two offsets) and a kept image's
     threshold against an image of its own level (threshold + twice its offset). None
     means `threshold` for every row.
+    forced: per row, 1 kept and -1 removed by a correction, 0 otherwise (None: no
+    correction); overridden: the rows a correction names (None: none).
     """
 
     threshold: float
@@ -178,6 +201,8 @@ class ClassDecision:
     carried: np.ndarray | None = None
     join: str = "exact"
     cosine: np.ndarray | None = None
+    forced: np.ndarray | None = None
+    overridden: np.ndarray | None = None
 
     def cosines(self) -> np.ndarray:
         """The cosine of every row (see the class doc)."""
@@ -235,6 +260,49 @@ class PriorDecision:
         )
 
 
+@dataclass(frozen=True)
+class Corrections:
+    """A user's corrections of one class, as indices of its images (input order); see the
+    module docstring. keep, remove: image indices; not_duplicate: (k, 2) index pairs."""
+
+    keep: np.ndarray
+    remove: np.ndarray
+    not_duplicate: np.ndarray
+
+    @classmethod
+    def of(
+        cls,
+        keep: Sequence[int] = (),
+        remove: Sequence[int] = (),
+        not_duplicate: Sequence[tuple[int, int]] = (),
+    ) -> Corrections:
+        return cls(
+            np.asarray(keep, dtype=np.int64).reshape(-1),
+            np.asarray(remove, dtype=np.int64).reshape(-1),
+            np.asarray(not_duplicate, dtype=np.int64).reshape(-1, 2),
+        )
+
+    def __post_init__(self) -> None:
+        if np.intersect1d(self.keep, self.remove).size:
+            raise ValueError("an image cannot be both kept and removed by corrections")
+        if (self.not_duplicate[:, 0] == self.not_duplicate[:, 1]).any():
+            raise ValueError("an image cannot be marked not a duplicate of itself")
+
+    def __bool__(self) -> bool:
+        return bool(len(self.keep) or len(self.remove) or len(self.not_duplicate))
+
+    def named(self) -> np.ndarray:
+        """Every image a correction names, sorted."""
+        return np.unique(np.concatenate([self.keep, self.remove, self.not_duplicate.ravel()]))
+
+    def forced(self, n: int) -> np.ndarray:
+        """Per image of n: 1 kept, -1 removed, 0 free."""
+        out = np.zeros(n, np.int8)
+        out[self.keep] = 1
+        out[self.remove] = -1
+        return out
+
+
 def _first_by_hash(
     indices: np.ndarray, hashes: np.ndarray, rank: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -254,6 +322,24 @@ def _lookup(unique: np.ndarray, holders: np.ndarray, query: np.ndarray) -> np.nd
     return np.where(unique[at] == query, holders[at], -1)
 
 
+def _first_kept_copy(
+    copies: np.ndarray,
+    reps: np.ndarray,
+    kept_named: np.ndarray,
+    hashes: np.ndarray,
+    rank: np.ndarray,
+    kept: np.ndarray,
+) -> np.ndarray:
+    """Per copy, the image it follows: its representative when that is kept, else the first
+    image named by a correction, kept and with its pixels, visited before the copy, else
+    (none) its representative, whose removal it shares."""
+    out = reps.copy()
+    for k in kept_named[np.argsort(-rank[kept_named], kind="stable")]:  # last first: first wins
+        take = (hashes[copies] == hashes[k]) & (rank[k] < rank[copies])
+        out[take & (~kept[out] | (rank[k] < rank[out]))] = k
+    return out
+
+
 def keep_decisions(
     vectors: np.ndarray,
     order: np.ndarray,
@@ -266,6 +352,7 @@ def keep_decisions(
     join: str = "exact",
     nprobe: int = 16,
     offsets: Sequence[np.ndarray | None] | None = None,
+    corrections: Corrections | None = None,
 ) -> list[ClassDecision]:
     """Exact copies first, then the greedy keep over `vectors` in `order`, per threshold.
 
@@ -274,7 +361,8 @@ def keep_decisions(
     only the rest (new images, and those whose kept image is gone) are decided, against
     the kept set: a new exact copy of a kept image is removed naming it. With `offsets`
     (one per threshold, None for a plain cosine), that threshold is a margin
-    (`core.decision.local_scaling`).
+    (`core.decision.local_scaling`). With `corrections`, the user's rules hold at every
+    threshold (see the module docstring); without, the decision is exactly as before.
     """
     n = len(vectors)
     thresholds = [float(t) for t in thresholds]
@@ -292,18 +380,23 @@ def keep_decisions(
     hashes = np.asarray(pixel_hashes, dtype=str)
     rank = np.empty(n, dtype=np.int64)
     rank[np.asarray(order)] = np.arange(n)
+    rules = corrections if corrections is not None and corrections else None
+    named = rules.named() if rules is not None else np.zeros(0, np.int64)
+    is_named = np.zeros(n, bool)
+    is_named[named] = True
+    force = rules.forced(n) if rules is not None else None
     decisions = []
     for t, p, off in zip(thresholds, priors, per_offsets, strict=True):
         p = p if p is not None else PriorDecision.none(n)
         off = None if off is None else np.asarray(off, dtype=np.float32)
-        fixed = p.state == 1
+        fixed = (p.state == 1) & ~is_named  # a corrected image is decided now, never carried
         names = np.where(p.duplicate_of >= 0, p.duplicate_of, 0)
-        retained = (p.state == 0) & (p.duplicate_of >= 0) & fixed[names]
+        retained = (p.state == 0) & (p.duplicate_of >= 0) & fixed[names] & ~is_named
         kept = fixed.copy()
         duplicate_of = np.where(retained, p.duplicate_of, -1).astype(np.int64)
         similarity = np.where(retained, p.similarity, np.nan).astype(np.float64)
         exact = retained & p.exact
-        undecided = np.flatnonzero(~fixed & ~retained)
+        undecided = np.flatnonzero(~fixed & ~retained & ~is_named)
         # A new image identical to an image decided before follows that image.
         of_kept = _lookup(*_first_by_hash(np.flatnonzero(fixed), hashes, rank), hashes[undecided])
         of_removed = _lookup(
@@ -318,11 +411,24 @@ def keep_decisions(
         duplicate_of[undecided[copy_of_removed]] = duplicate_of[source]
         similarity[undecided[copy_of_removed]] = similarity[source]
         fresh = undecided[~copy_of_kept & ~copy_of_removed]
-        # The rest: exact copies among themselves, then the greedy keep against the kept set.
+        # The rest: exact copies among themselves, then the greedy keep against the kept set;
+        # each corrected image is visited on its own, with its group's copies as duplicates.
         representative, reps = exact_groups(hashes[fresh], np.argsort(rank[fresh], kind="stable"))
         representative, reps = fresh[representative], fresh[reps]
+        if rules is not None:
+            reps = np.concatenate([reps, named])
+            reps = reps[np.argsort(rank[reps], kind="stable")]
         kept_before = np.flatnonzero(fixed)
         pool = np.concatenate([kept_before, reps])
+        constraints = None
+        if rules is not None and force is not None:
+            at = np.full(n, -1, np.int64)
+            at[pool] = np.arange(len(pool))
+            constraints = Constraints(
+                forced=force[pool],
+                excluded=at[rules.not_duplicate],
+                group=np.unique(hashes[pool], return_inverse=True)[1],
+            )
         d: KeepDecision = greedy_keep(
             vectors[pool],
             np.arange(len(pool)),
@@ -332,6 +438,7 @@ def keep_decisions(
             join=join,
             nprobe=nprobe,
             offsets=None if off is None else off[pool],
+            constraints=constraints,
         )
         new = slice(len(kept_before), None)
         kept[reps] = d.kept[new]
@@ -342,12 +449,18 @@ def keep_decisions(
             pair = off[reps].astype(np.float64) + off[np.maximum(duplicate_of[reps], 0)]
             score = score + np.where(has, pair, 0.0)
         similarity[reps] = np.where(has, score, np.nan)
+        if force is not None:  # named through its exact-copy group (score +inf): a copy
+            copy = has & (hashes[reps] == hashes[np.maximum(duplicate_of[reps], 0)])
+            similarity[reps[copy]] = 1.0
+            exact[reps[copy & (force[reps] != -1)]] = True  # a forced removal stays one
         copies = representative != fresh
         rep = representative[copies]
+        if force is not None:  # a copy names the first kept member of its group before it
+            rep = _first_kept_copy(fresh[copies], rep, named[kept[named]], hashes, rank, kept)
         rep_kept = kept[rep]
         duplicate_of[fresh[copies]] = np.where(rep_kept, rep, duplicate_of[rep])
         similarity[fresh[copies]] = np.where(rep_kept, 1.0, similarity[rep])
-        exact[fresh[copies]] = rep_kept
+        exact[fresh[copies]] = rep_kept | exact[rep]
         cosine = np.full(n, t, dtype=np.float64)
         if off is not None:  # the pair's threshold: the margin plus both offsets
             named = np.where(duplicate_of >= 0, duplicate_of, np.arange(n))
@@ -368,6 +481,8 @@ def keep_decisions(
                 carried,
                 join,
                 cosine,
+                force,
+                is_named if rules is not None else None,
             )
         )
     return decisions
@@ -387,9 +502,11 @@ def decide_class(
     offsets: Sequence[np.ndarray | None] | None = None,
     vectors: np.ndarray | None = None,
     spaces: Sequence[str | None] | None = None,
+    corrections: Corrections | None = None,
 ) -> list[ClassDecision]:
     """Decide every image of a class at each threshold; see the module docstring and
-    `keep_decisions` for `prior` (stable incremental decisions) and `offsets` (margins);
+    `keep_decisions` for `prior` (stable incremental decisions), `offsets` (margins) and
+    `corrections` (a user's overrides);
     `vectors`, the class's `vectorise(data, space)` when already made.
     join: exact, ann, or auto (approximate for classes above ann_min_class_size images,
     `core.decision.ann_join`). spaces: per threshold, the space it is decided in when not the
@@ -428,6 +545,7 @@ def decide_class(
             join=resolved_join,
             nprobe=nprobe,
             offsets=[per_offsets[k] for k in at],
+            corrections=corrections,
         )
         for k, d in zip(at, decided, strict=True):
             out[k] = d

@@ -32,6 +32,7 @@ from dedup_assets.core.decision.calibration import BudgetThreshold, class_budget
 from dedup_assets.core.decision.class_decision import (
     ClassData,
     ClassDecision,
+    Corrections,
     PriorDecision,
     decide_class,
     needs_pixels,
@@ -124,6 +125,7 @@ def decide_thresholds(
     prior: Sequence[PriorDecision | None] | None = None,
     decoy_latents: np.ndarray | None = None,
     decoy_rows: np.ndarray | None = None,
+    corrections: Corrections | None = None,
 ) -> list[ThresholdDecision]:
     """Every threshold key's decision for one class, in the keys' order.
 
@@ -131,7 +133,9 @@ def decide_thresholds(
     `calibration.class_budgets` (the class's mirrors, encoded with `model` unless
     `decoy_latents` of `decoy_rows` are given, or the run's reference `pool` for a class too
     small for a budget) and decided in the space and with the offsets they resolved to.
-    `data.pixels` must be loaded when there is a budget."""
+    `data.pixels` must be loaded when there is a budget. `corrections`: the user's, applied
+    at every key (`class_decision`); budgets are resolved without them (the null
+    distribution is the class's, whatever a user says about a few of its pairs)."""
     budgets = [budget_of(t) for t in thresholds]
     wanted = [b for b in budgets if b is not None]
     vectors = vectorise(data, space) if len(data.image_ids) else None
@@ -167,6 +171,7 @@ def decide_thresholds(
         offsets=[None if r is None else r.offsets for r in per_key],
         vectors=vectors,
         spaces=[None if r is None else r.space for r in per_key],
+        corrections=corrections,
     )
     return [
         ThresholdDecision(str(t), r, d)

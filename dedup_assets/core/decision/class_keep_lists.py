@@ -1,6 +1,8 @@
 """One class's keep lists as the tables a run writes: its decision at every threshold key
-(`class_keep.decide_thresholds`), earlier decisions carried over (`prior_decisions`), and
-each row stamped with its space, join, calibration and when and in which run it was made.
+(`class_keep.decide_thresholds`), earlier decisions carried over (`prior_decisions`), the
+user's corrections applied (`core.decision.overrides`), and each row stamped with its space,
+join, calibration, when and in which run it was made, and who decided it (`decided_by`:
+`exact`, `model` or `override`; a removal an override forced has `match` `override`).
 
 What the `class_keep_lists` asset writes, as a plain function of the output folder.
 """
@@ -33,8 +35,9 @@ from dedup_assets.core.decision.calibration import (
     encode_mirrors,
     mirror_latents,
 )
-from dedup_assets.core.decision.class_decision import PriorDecision
+from dedup_assets.core.decision.class_decision import ClassDecision, PriorDecision
 from dedup_assets.core.decision.class_keep import decide_thresholds, load_class_data
+from dedup_assets.core.decision.overrides import ClassOverrides
 from dedup_assets.core.decision.reference_pool import read_reference_pool
 
 if TYPE_CHECKING:  # torch is imported where the model is loaded
@@ -52,7 +55,9 @@ def prior_decisions(
 
     Only a keep list made with the same space, keep policy, threshold, join settings and (for
     a budget) budget scaling and rule counts; each earlier table is returned too, for the
-    decision times and cosines it carries.
+    decision times and cosines it carries. A row an override decided (`decided_by`
+    `override`) is no earlier decision: the overrides of now decide it again, so an override
+    taken out of the file does not linger.
     """
     priors: list[PriorDecision | None] = []
     tables: dict[str, pl.DataFrame] = {}
@@ -85,7 +90,8 @@ def prior_decisions(
         old = read_keep_list(path)
         tables[t] = old
         prior = PriorDecision.none(len(image_ids))
-        mapped = old.join(positions, on="image_id", how="inner").join(
+        mapped = old.filter(pl.col("decided_by") != "override")
+        mapped = mapped.join(positions, on="image_id", how="inner").join(
             positions.rename({"image_id": "duplicate_of", "at": "named"}),
             on="duplicate_of",
             how="left",
@@ -112,12 +118,22 @@ def class_keep_lists(
     log: Callable[[str], None] | None = None,
     device: str = "cpu",
     amp_dtype: torch.dtype | None = None,
+    overrides: ClassOverrides | None = None,
 ) -> dict[str, pl.DataFrame]:
     """One class's keep list at every threshold, from its current latents and fit.
 
     With `stable` (the default), earlier decisions are kept and only new images are decided
     (see `class_decision.keep_decisions`); each row says when and in which run it was made.
+    overrides: the class's corrections (`Overrides.for_class`); they must be those `current`
+    records for the class (`CurrentInputs.override_digests`), so the tables match the
+    provenance they are written with. None or empty: decided exactly as without overrides.
     """
+    given = overrides.digest if overrides is not None else ""
+    if given != current.override_digests.get(key, ""):
+        raise ValueError(
+            f"the overrides given for class {key} are not those of the current inputs: build "
+            "CurrentInputs.of(..., override_digests=overrides.digests()) from the same file"
+        )
     budgets = [budget_of(t) for t in thresholds]
     table, data = load_class_data(
         layout,
@@ -152,6 +168,7 @@ def class_keep_lists(
         if stable
         else ([None] * len(thresholds), {})
     )
+    corrections = overrides.corrections(table["path"].to_list()) if overrides is not None else None
     start = time.perf_counter()
     decided = decide_thresholds(
         data,
@@ -169,6 +186,7 @@ def class_keep_lists(
         prior=priors,
         decoy_latents=mirrors,
         decoy_rows=rows,
+        corrections=corrections,
     )
     resolved = [d.resolved for d in decided]
     decisions = [d.decision for d in decided]
@@ -179,7 +197,7 @@ def class_keep_lists(
     out = {}
     for t, d, r in zip(thresholds, decisions, resolved, strict=True):
         dup = np.where(d.duplicate_of >= 0, ids[np.maximum(d.duplicate_of, 0)], None)
-        match = np.where(d.kept, None, np.where(d.exact, "exact", "near"))
+        match, decided_by = _who_decided(d)
         carried = d.carried if d.carried is not None else np.zeros(len(ids), bool)
         made = pl.DataFrame({"image_id": ids.tolist(), "carried": carried.tolist()})
         if t in earlier:
@@ -230,6 +248,7 @@ def class_keep_lists(
                 ),
                 "decided_at": made["decided_at"],
                 "decided_in": made["decided_in"],
+                "decided_by": pl.Series(decided_by.tolist(), dtype=pl.String),
             }
         ).select(KEEP_LIST_COLUMNS)
         if log is not None:
@@ -243,6 +262,19 @@ def class_keep_lists(
     if log is not None:
         log(f"{key}: {len(thresholds)} thresholds decided in {seconds:.2f}s")
     return out
+
+
+def _who_decided(d: ClassDecision) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's `match` (None kept, `exact`, `near`, or `override` for a removal an
+    override forced) and `decided_by` (`override` for an image an override names, else
+    `exact` for an exact copy removed, else `model`)."""
+    match = np.where(d.kept, None, np.where(d.exact, "exact", "near"))
+    if d.forced is not None:
+        match = np.where(d.forced == -1, "override", match)
+    decided_by = np.where(match == "exact", "exact", "model")
+    if d.overridden is not None:
+        decided_by = np.where(d.overridden, "override", decided_by)
+    return match, decided_by
 
 
 def _resolution_words(r: BudgetThreshold) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from dedup_assets.core.data.artifacts import KEEP_LIST_COLUMNS
+from dedup_assets.core.data.artifacts import DECIDED_BY, KEEP_LIST_COLUMNS
 
 
 def latent_problems(
@@ -43,8 +43,10 @@ def keep_list_problems(
     similarity above its row's `cosine` (the threshold it was decided at: the cosine key,
     a budget's cosine for its class, or with local levels its pair's own cosine), an exact
     copy with the same pixels as the image it names and similarity 1.0 (exact copies go at
-    every threshold). With `threshold` (a cosine key), every row's cosine must also be that
-    threshold.
+    every threshold). A removal an override forced (`match` `override`, `decided_by`
+    `override`) needs no similarity, and may name no image; one it names must be kept, of
+    its class. A class emptied only by such removals is the user's choice. With `threshold`
+    (a cosine key), every row's cosine must also be that threshold.
     """
     problems: list[str] = []
     missing_cols = [c for c in KEEP_LIST_COLUMNS if c not in keep.columns]
@@ -53,6 +55,13 @@ def keep_list_problems(
     joins = set(keep["join"].drop_nulls().unique().to_list()) - {"exact", "ann"}
     if joins or keep["join"].null_count():
         problems.append(f"rows without a known join (exact or ann): {sorted(joins) or 'null'}")
+    who = set(keep["decided_by"].drop_nulls().unique().to_list()) - set(DECIDED_BY)
+    if who or keep["decided_by"].null_count():
+        problems.append(f"rows without a known decided_by {DECIDED_BY}: {sorted(who) or 'null'}")
+    forced = (pl.col("match") == "override").fill_null(False)
+    unowned = keep.filter(forced & (pl.col("decided_by") != "override"))
+    if unowned.height:
+        problems.append(f"{unowned.height} removals by override are not decided_by override")
     n_rows, n_ids = keep.height, keep["image_id"].n_unique()
     if n_ids != n_rows:
         problems.append(f"{n_rows - n_ids} image ids appear more than once")
@@ -67,7 +76,9 @@ def keep_list_problems(
         .len("catalogued")
         .join(
             keep.group_by("class").agg(
-                pl.len().alias("listed"), pl.col("kept").sum().alias("kept")
+                pl.len().alias("listed"),
+                pl.col("kept").sum().alias("kept"),
+                forced.sum().alias("forced"),
             ),
             on="class",
             how="full",
@@ -75,7 +86,11 @@ def keep_list_problems(
         )
         .fill_null(0)
     )
-    emptied = per_class.filter((pl.col("kept") == 0) & (pl.col("catalogued") > 0))
+    emptied = per_class.filter(
+        (pl.col("kept") == 0)
+        & (pl.col("catalogued") > 0)
+        & ~((pl.col("forced") == pl.col("listed")) & (pl.col("listed") > 0))
+    )
     if emptied.height:
         problems.append(f"classes emptied by removal: {sorted(emptied['class'].to_list())}")
     off = per_class.filter(pl.col("listed") != pl.col("catalogued"))
@@ -92,7 +107,10 @@ def keep_list_problems(
         on="duplicate_of",
         how="left",
     )
-    no_target = target.filter(pl.col("target_class").is_null())
+    no_target = target.filter(
+        pl.col("target_class").is_null()
+        & ~((pl.col("match") == "override") & pl.col("duplicate_of").is_null()).fill_null(False)
+    )
     if no_target.height:
         problems.append(f"{no_target.height} removed images do not point to a kept image")
     cross = target.filter(
@@ -104,7 +122,7 @@ def keep_list_problems(
         other = keep.filter((pl.col("cosine") - threshold).abs() > 1e-9)
         if other.height:
             problems.append(f"{other.height} rows were decided at a cosine other than {threshold}")
-    weak = removed.filter(
+    weak = removed.filter(~forced).filter(
         pl.col("similarity").is_null()
         | pl.col("cosine").is_null()
         | ((pl.col("match") != "exact") & (pl.col("similarity") <= pl.col("cosine")))
