@@ -10,6 +10,10 @@ paths are checked against each other: the output folder never overlaps the sourc
 `pipeline.json` is written only after a run succeeds and holds only what that run used;
 device and precision describe the machine, not the data, so they are never saved or
 inherited (a run with `--device cuda` does not make later runs ask for CUDA).
+
+The user's corrections (`--overrides FILE`, else `<output>/overrides.csv` when it exists;
+`core.decision.overrides`) are read and checked by `load_overrides(config)` before any work;
+the file given is saved, so the UI's scheduled runs honour it too.
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dedup_assets.core.data.image_folder import DEFAULT_MAX_FILE_BYTES
 from dedup_assets.core.data.layout import DEFAULT_OUTPUT, OutputLayout
 from dedup_assets.core.data.thresholds import parse_key
+from dedup_assets.core.decision.overrides import (
+    Overrides,
+    OverridesError,
+    overrides_path,
+    read_overrides,
+)
 from dedup_assets.engines import Executor
 from resources.compute_device import DEVICE_PATTERN, Precision
 from resources.settings import DedupSettings
@@ -41,6 +51,7 @@ SAVED_FIELDS = (
     "max_file_bytes",
     "include_hidden",
     "schedule",
+    "overrides",
     "method",
 )
 DEFAULT_SCHEDULE = "0 2 * * *"  # nightly at 02:00
@@ -60,6 +71,7 @@ ENVIRONMENT = {
     "DEDUP_EXECUTOR": "executor",
     "DEDUP_DASK_ADDRESS": "dask_address",
     "DEDUP_PARALLEL": "parallel",
+    "DEDUP_OVERRIDES": "overrides",
 }
 
 
@@ -147,6 +159,14 @@ class PipelineConfig(BaseModel):
         default=DEFAULT_SCHEDULE,
         description="cron of the nightly_refresh and nightly_retraining schedules in the UI",
     )
+    overrides: str = Field(
+        default="",
+        json_schema_extra={"metavar": "FILE"},
+        description="CSV of corrections from the review page, columns path,decision,other "
+        "(paths relative to the source; keep, remove, or not_duplicate with the pair's other "
+        "image), honoured at every threshold by this and every later run; only the classes "
+        "it touches are decided again; none given: <output>/overrides.csv where there is one",
+    )
     method: DedupSettings = Field(default_factory=DedupSettings)
     # Where steps run (`dedup_assets.engines`): the machine's, never saved, like device.
     executor: Executor = Field(
@@ -180,7 +200,7 @@ class PipelineConfig(BaseModel):
             raise ValueError(f"{value!r} is not a cron expression of five fields, e.g. 0 2 * * *")
         return value.strip()
 
-    @field_validator("source", "output", "ground_truth")
+    @field_validator("source", "output", "ground_truth", "overrides")
     @classmethod
     def _absolute(cls, value: str) -> str:
         return _resolve(value)
@@ -223,6 +243,8 @@ class PipelineConfig(BaseModel):
             )
         if self.ground_truth and not Path(self.ground_truth).is_file():
             raise ValueError(f"ground truth file {self.ground_truth} does not exist")
+        if self.overrides and not Path(self.overrides).is_file():
+            raise ValueError(f"overrides file {self.overrides} does not exist")
         return self
 
     # ------------------------------------------------------------------ construction
@@ -277,10 +299,26 @@ class PipelineConfig(BaseModel):
                 include_hidden=self.include_hidden,
                 verify=self.verify,
             ),
-            "storage": DedupStorage(base_dir=self.output),
+            "storage": DedupStorage(base_dir=self.output, overrides=self.overrides),
             "compute": ComputeDevice(device=self.device, precision=self.precision),
             "settings": self.method,
         }
+
+
+def load_overrides(config: PipelineConfig) -> Overrides | None:
+    """The run's overrides (`--overrides`, else `<output>/overrides.csv` when it exists),
+    read and checked before any work: columns, decisions, paths inside the source (a link
+    out of it too), no contradiction; None without a file. A bad file raises ConfigError
+    naming the file and the line. The images are checked against the catalog once it is
+    built (`core.decision.overrides.check_known`)."""
+    try:
+        path = overrides_path(Path(config.output), config.overrides)
+        if path is None:
+            return None
+        root = Path(config.source or OutputLayout(Path(config.output)).demo_dataset)
+        return read_overrides(path, root)
+    except OverridesError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def read_saved(output: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Where the pipeline writes its artefacts."""
+"""Where the pipeline writes its artefacts, and the user's corrections it honours."""
 
 from __future__ import annotations
 
@@ -7,12 +7,28 @@ from pathlib import Path
 import dagster as dg
 
 from dedup_assets.core.data.layout import DEFAULT_OUTPUT, OutputLayout
+from dedup_assets.core.decision.overrides import Overrides, load_known_overrides, overrides_path
 
 
 class DedupStorage(dg.ConfigurableResource):
-    """The output folder; every asset's files live under it (see OutputLayout)."""
+    """The output folder; every asset's files live under it (see OutputLayout).
+
+    overrides: the user's corrections file (`--overrides`); empty means
+    `<base_dir>/overrides.csv` when that file exists (`core.decision.overrides`).
+    """
 
     base_dir: str = DEFAULT_OUTPUT
+    overrides: str = ""
 
     def layout(self) -> OutputLayout:
         return OutputLayout(Path(self.base_dir).expanduser().resolve())
+
+    def overrides_file(self) -> Path | None:
+        """The corrections file the run honours, or None."""
+        return overrides_path(self.layout().root, self.overrides)
+
+    def read_overrides(self, source_root: Path) -> Overrides | None:
+        """The corrections, read, checked and given their classes by the output's catalog
+        (OverridesError names the file and line of a problem); None without a file. Give
+        `CurrentInputs.of` their `digests()` and each class's decision `for_class(key)`."""
+        return load_known_overrides(self.layout().root, source_root, self.overrides)

@@ -32,6 +32,7 @@ FORMER = (
     "--retrain-new-share", "--retrain-error-factor", "--schedule", "--executor",
     "--dask-address", "--parallel", "--retrain", "--full", "--verify", "--verbose",
 )  # fmt: skip
+ADDED = ("--overrides",)  # options added since, beside the former ones
 # A valid value other than the default, for the fields whose type cannot give one.
 SAMPLES = {
     "source": "{tmp}/other_src",
@@ -41,6 +42,7 @@ SAMPLES = {
     "device": "cpu",
     "schedule": "30 4 * * 1",
     "dask_address": "tcp://127.0.0.1:8786",
+    "overrides": "{tmp}/overrides.csv",
 }
 # Settings that are only valid together with another (PipelineConfig's cross-checks).
 NEEDS = {
@@ -104,6 +106,7 @@ def test_every_option_given_another_value_reaches_the_config(tmp_path: Path, nam
     for folder in ("src", "other_src"):
         (tmp_path / folder / "cats").mkdir(parents=True)
     (tmp_path / "truth.csv").write_text("class,original,copy\n")
+    (tmp_path / "overrides.csv").write_text("path,decision,other\n")
     base = {"source": str(tmp_path / "src"), "output": str(tmp_path / "out")}
     given = {name: value.format(tmp=tmp_path) if isinstance(value, str) else value}
     given |= NEEDS.get(f"{option.flag}={value}", NEEDS.get(option.flag, {}))
@@ -132,9 +135,9 @@ def _subcommand(name: str) -> argparse.ArgumentParser:
 
 def test_no_option_changed_its_name():
     flags = {f for a in _subcommand("run")._actions for f in a.option_strings}
-    assert flags == {"-h", "--help", *FORMER}
+    assert flags == {"-h", "--help", *FORMER, *ADDED}
     flags = {f for a in _subcommand("demo")._actions for f in a.option_strings}
-    assert flags == {"-h", "--help", *FORMER} - {"--source", "--ground-truth"}
+    assert flags == {"-h", "--help", *FORMER, *ADDED} - {"--source", "--ground-truth"}
 
 
 def test_demo_builds_the_demo_config(tmp_path: Path):

@@ -12,6 +12,7 @@ from dedup_assets.config import (
     DEFAULT_THRESHOLDS,
     ConfigError,
     PipelineConfig,
+    load_overrides,
     parse_thresholds,
     read_saved,
 )
@@ -166,3 +167,44 @@ def test_no_module_reads_configuration_at_import(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "imported" in done.stdout
+
+
+def test_overrides_given_must_exist_resolve_from_here_and_are_saved(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    (src / "cats").mkdir(parents=True)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="overrides file .*fixes.csv does not exist"):
+        PipelineConfig.build(source=str(src), output=str(out), overrides="fixes.csv")
+    (tmp_path / "fixes.csv").write_text("path,decision,other\n")
+    monkeypatch.chdir(tmp_path)
+    config = PipelineConfig.build(source=str(src), output=str(out), overrides="fixes.csv")
+    assert config.overrides == str(tmp_path / "fixes.csv")
+    assert config.resources()["storage"].overrides_file() == tmp_path / "fixes.csv"
+    assert config.saved()["overrides"] == str(tmp_path / "fixes.csv")
+    env = {"DEDUP_OUTPUT": str(out), "DEDUP_SOURCE": str(src), "DEDUP_OVERRIDES": "fixes.csv"}
+    assert PipelineConfig.from_environment(env).overrides == config.overrides
+    plain = PipelineConfig.build(source=str(src), output=str(out))
+    assert plain.resources()["storage"].overrides_file() is None
+    out.mkdir()
+    (out / "overrides.csv").write_text("path,decision,other\n")
+    assert plain.resources()["storage"].overrides_file() == out / "overrides.csv"
+
+
+def test_load_overrides_checks_the_file_before_any_work(tmp_path):
+    src = tmp_path / "src"
+    (src / "cats").mkdir(parents=True)
+    out = tmp_path / "out"
+    config = PipelineConfig.build(source=str(src), output=str(out))
+    assert load_overrides(config) is None
+    out.mkdir()
+    (out / "overrides.csv").write_text("path,decision,other\ncats/a.png,keep,\n")
+    assert [r.path for r in load_overrides(config).rows] == ["cats/a.png"]
+    (out / "overrides.csv").write_text("path,decision,other\ncats/a.png,keep,\n../b.png,remove,\n")
+    with pytest.raises(ConfigError) as caught:
+        load_overrides(config)
+    assert str(caught.value).startswith(f"{out / 'overrides.csv'}, line 3: ")
+    assert "\n" not in str(caught.value)
+    given = tmp_path / "mine.csv"
+    given.write_text("path,decision\n")
+    with pytest.raises(ConfigError, match=r"mine\.csv, line 1: .*path,decision,other"):
+        load_overrides(config.model_copy(update={"overrides": str(given)}))

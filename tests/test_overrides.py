@@ -33,7 +33,7 @@ from dedup_assets.core.decision.overrides import (
     OverridesError,
     check_known,
     check_known_in,
-    load_overrides,
+    load_known_overrides,
     overrides_path,
     read_overrides,
 )
@@ -242,7 +242,7 @@ def test_the_file_in_the_output_or_given_is_loaded_against_the_output_catalog(tm
     layout = OutputLayout(tmp_path / "out")
     _class_catalog(layout, "cats", ["cats/img 1.png", "cats/c.png"])
     _class_catalog(layout, "dogs", ["dogs/d.png"])
-    assert overrides_path(layout.root) is None and load_overrides(layout.root, source) is None
+    assert overrides_path(layout.root) is None and load_known_overrides(layout.root, source) is None
     given = _write(tmp_path, HEADER + "cats/c.png,remove,\n")
     with pytest.raises(OverridesError, match="does not exist"):
         overrides_path(layout.root, tmp_path / "missing.csv")
@@ -250,8 +250,8 @@ def test_the_file_in_the_output_or_given_is_loaded_against_the_output_catalog(tm
     (layout.root / OVERRIDES_FILE).write_text(HEADER + "dogs/d.png,keep,\n")
     assert overrides_path(layout.root) == layout.root / OVERRIDES_FILE
     assert overrides_path(layout.root, given) == given  # the file given wins
-    assert load_overrides(layout.root, source).classes() == ["dogs"]
-    assert load_overrides(layout.root, source, given).classes() == ["cats"]
+    assert load_known_overrides(layout.root, source).classes() == ["dogs"]
+    assert load_known_overrides(layout.root, source, given).classes() == ["cats"]
     unknown = _write(
         tmp_path, HEADER + "cats/a,b.png,remove,\n".replace("cats/a,b.png", '"cats/a,b.png"')
     )

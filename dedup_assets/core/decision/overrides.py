@@ -349,7 +349,7 @@ def check_known_in(overrides: Overrides, layout: OutputLayout) -> Overrides:
     return check_known(overrides, read_catalog(layout, sorted(by_name)))
 
 
-def load_overrides(
+def load_known_overrides(
     output: Path, source_root: Path, given: str | Path | None = None
 ) -> Overrides | None:
     """The overrides of a run (`overrides_path`), read, checked and bound to the catalog's
