@@ -190,6 +190,25 @@ class OutputLayout:
         return self.root / "evaluation"
 
     @property
+    def review_dir(self) -> Path:
+        """The review page (`core.quality.review_page`): open `review_index` in a browser."""
+        return self.root / "review"
+
+    @property
+    def review_index(self) -> Path:
+        return self.review_dir / "index.html"
+
+    @property
+    def review_thumbs(self) -> Path:
+        """Thumbnails of reviewed images, named by pixel hash, kept across runs (a cache)."""
+        return self.review_dir / "thumbs"
+
+    @property
+    def review_pages(self) -> Path:
+        """The page data of each written review page, one folder per build."""
+        return self.review_dir / "pages"
+
+    @property
     def demo_dataset(self) -> Path:
         return self.root / "demo_dataset"
 

@@ -1,0 +1,477 @@
+"""The review page (`core.quality.review_page`, asset `review_page`) on a real run of a tiny
+dataset with hostile file and class names: every removed image beside its kept partner,
+borderline first, paged, thumbnails made once, cross-class pairs apart, names shown as
+text in a real browser, and the overrides a user downloads."""
+
+import csv
+import html
+import io
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from dedup_assets.core.data.artifacts import catalog_images, open_pixels, read_catalog
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.quality.demo_data import generate_demo_dataset
+from dedup_assets.core.quality.review_page import script_json, write_review_page
+
+THRESHOLDS = ("0.9", "1%")
+PAGE_SIZE = 3  # small: every view has several pages
+# A file name cannot hold "/", so this one is a folder '"><script>alert(1)<' below the class
+# holding 'script>.png': its path below the source reads as the hostile name.
+SCRIPT_NAME = '"><script>alert(1)</script>.png'
+IMG_NAME = "<img src=x onerror=alert(1)>.jpg"
+HOSTILE_CLASS = "<img src=x onerror=document.title='PWNED'>"
+SCRIPT_PATH = f"forest/{SCRIPT_NAME}"
+IMG_PATH = f"forest/{IMG_NAME}"
+TITLE = "latent-dedup review"
+
+
+def _picture(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((64, 64), Image.Resampling.BICUBIC)
+
+
+def build_source(root: Path) -> None:
+    """The demo set plus exact copies under hostile names (so they are removed or named as
+    kept, and shown), and a class with a hostile name holding a copy of a desert image (a
+    cross-class pair) and a copy of one of its own images."""
+    generate_demo_dataset(root, seed=5, per_class=10, duplicate_fraction=0.3)
+    forest = root / "forest"
+    folder, name = SCRIPT_NAME.rsplit("/", 1)
+    (forest / folder).mkdir()
+    shutil.copyfile(forest / "forest_000.png", forest / folder / name)
+    shutil.copyfile(forest / "forest_001.png", forest / IMG_NAME)
+    hostile = root / HOSTILE_CLASS
+    hostile.mkdir()
+    shutil.copyfile(root / "desert" / "desert_000.png", hostile / "from desert.png")
+    for i in range(3):
+        _picture(700 + i).save(hostile / f"own_{i}.png")
+    shutil.copyfile(hostile / "own_0.png", hostile / "own_0 again.png")
+
+
+@pytest.fixture(scope="module")
+def review(tmp_path_factory):
+    import dagster as dg
+
+    from dedup_assets.config import PipelineConfig
+    from dedup_assets.runner import run_pipeline
+
+    base = tmp_path_factory.mktemp("review")
+    source, output = base / "source", base / "out"
+    build_source(source)
+    config = PipelineConfig.build(
+        source=str(source),
+        output=str(output),
+        thresholds=THRESHOLDS,
+        device="cpu",
+        precision="fp32",
+        method={"epochs": 1, "batch_size": 32, "n_components": 8, "kurtosis_tolerance": 1.0},
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    outcome = run_pipeline(config, instance, log=lambda _: None)
+    assert not outcome.failures, outcome.failures
+    layout = OutputLayout(output)
+    first = write_review_page(layout, THRESHOLDS, source_root=source, page_size=PAGE_SIZE)
+    second = write_review_page(layout, THRESHOLDS, source_root=source, page_size=PAGE_SIZE)
+    data, pages = read_pages(layout)
+    return {
+        "source": source,
+        "layout": layout,
+        "config": config,
+        "instance": instance,
+        "first": first,
+        "second": second,
+        "data": data,
+        "pages": pages,
+    }
+
+
+def read_pages(layout: OutputLayout) -> tuple[dict, dict[str, list]]:
+    """The page's embedded data and every page's rows, by key `<t>/<view>/<n>`."""
+    text = layout.review_index.read_text()
+    found = re.search(
+        r'<script type="application/json" id="review-data">(.*?)</script>', text, re.S
+    )
+    assert found, "no data block"
+    data = json.loads(found.group(1))
+    pages = {data["first"]["key"]: data["first"]["rows"]} if data["first"]["rows"] else {}
+    folder = layout.review_dir / data["pages"]
+    for path in folder.rglob("*.js"):
+        body = path.read_text()
+        assert body.startswith("__reviewData(") and body.endswith(");\n")
+        key, rows = json.loads("[" + body[len("__reviewData(") : -3] + "]")
+        assert key == path.relative_to(folder).with_suffix("").as_posix()
+        pages[key] = rows
+    return data, pages
+
+
+def view_rows(data: dict, pages: dict, t: int, view: str) -> list[list]:
+    entry = data["thresholds"][t]
+    count = entry["pages"][view] if view in ("all", "x") else entry["classPages"][int(view[1:])]
+    return [row for n in range(count) for row in pages[f"{t}/{view}/{n}"]]
+
+
+def locate(data: dict, pages: dict, path: str, views=("all",)) -> str:
+    """The hash of the first page of those views that shows `path`."""
+    for key in sorted(pages):
+        t, view, n = key.split("/")
+        if view in views and any(path in row for row in pages[key]):
+            return f"#t={t}&v={view}&p={n}"
+    raise AssertionError(f"{path} is on no page")
+
+
+# ---------------------------------------------------------------------------- the content
+
+
+def test_every_removed_image_is_listed_beside_its_kept_image(review):
+    layout, data, pages = review["layout"], review["data"], review["pages"]
+    assert [t["key"] for t in data["thresholds"]] == list(THRESHOLDS)
+    for ti, t in enumerate(THRESHOLDS):
+        keep = pl.read_parquet(layout.keep_list(t))
+        path_of = dict(zip(keep["image_id"], keep["path"], strict=True))
+        removed = keep.filter(~pl.col("kept"))
+        expected = {
+            (r["path"], path_of[r["duplicate_of"]], r["match"]): (r["similarity"], r["cosine"])
+            for r in removed.iter_rows(named=True)
+        }
+        rows = view_rows(data, pages, ti, "all")
+        assert len(rows) == removed.height == review["second"].pairs[t] > 0
+        shown = {(r[1], r[2], r[7]): (r[5], r[6]) for r in rows}
+        assert shown.keys() == expected.keys()
+        for pair, (similarity, margin) in shown.items():
+            sim, cosine = expected[pair]
+            assert similarity == pytest.approx(sim, abs=1e-4)
+            assert margin == pytest.approx(sim - cosine, abs=2e-4)  # over its own threshold
+        assert {r[0] for r in rows} <= set(range(len(data["classes"])))
+        entry = data["thresholds"][ti]
+        assert (entry["removed"], entry["exact"], entry["near"]) == (
+            removed.height,
+            int((removed["match"] == "exact").sum()),
+            int((removed["match"] == "near").sum()),
+        )
+    # The hostile names were exact copies: shown in a pair at every threshold.
+    for ti in range(len(THRESHOLDS)):
+        names = {p for r in view_rows(data, pages, ti, "all") for p in r[1:3]}
+        assert {SCRIPT_PATH, IMG_PATH} <= names
+
+
+def test_borderline_pairs_come_first_and_exact_copies_last(review):
+    data, pages = review["data"], review["pages"]
+    for ti in range(len(THRESHOLDS)):
+        views = ["all"] + [f"c{k}" for k in range(len(data["classes"]))]
+        for view in views:
+            rows = view_rows(data, pages, ti, view)
+            kinds = [r[7] for r in rows]
+            assert kinds == sorted(kinds, key=lambda k: k == "exact"), view
+            margins = [r[6] for r in rows if r[7] == "near"]
+            assert margins == sorted(margins), view
+
+
+def test_pages_split_every_view_and_the_class_views_add_up(review):
+    data, pages = review["data"], review["pages"]
+    assert data["pageSize"] == PAGE_SIZE
+    assert all(len(rows) <= PAGE_SIZE for rows in pages.values())
+    for ti in range(len(THRESHOLDS)):
+        entry = data["thresholds"][ti]
+        assert entry["pages"]["all"] >= 2
+        everything = view_rows(data, pages, ti, "all")
+        by_class = [
+            row for k in range(len(data["classes"])) for row in view_rows(data, pages, ti, f"c{k}")
+        ]
+        assert sorted(map(json.dumps, by_class)) == sorted(map(json.dumps, everything))
+        for k in range(len(data["classes"])):
+            assert all(r[0] == k for r in view_rows(data, pages, ti, f"c{k}"))
+    # Only the first page is embedded; the others are small script files beside the page.
+    assert data["first"]["key"] == "0/all/0" and len(data["first"]["rows"]) == PAGE_SIZE
+    assert review["second"].page_files == len(pages) - 1
+
+
+def test_cross_class_pairs_have_their_own_pages(review):
+    layout, data, pages = review["layout"], review["data"], review["pages"]
+    for ti, t in enumerate(THRESHOLDS):
+        cross = pl.read_parquet(layout.cross_class(t))
+        rows = view_rows(data, pages, ti, "x")
+        assert len(rows) == cross.height == data["thresholds"][ti]["cross"] >= 1
+        pairs = {
+            frozenset(((data["classes"][r[0]], r[1]), (data["classes"][r[2]], r[3]))) for r in rows
+        }
+        assert (
+            frozenset(
+                (
+                    (HOSTILE_CLASS, f"{HOSTILE_CLASS}/from desert.png"),
+                    ("desert", "desert/desert_000.png"),
+                )
+            )
+            in pairs
+        )
+        margins = [r[7] for r in rows]
+        if t.endswith("%"):
+            assert margins == [None] * len(rows)  # the budget's cross-class cosine is not stored
+        else:
+            assert margins == pytest.approx([r[6] - float(t) for r in rows], abs=2e-4)
+
+
+def test_thumbnails_are_made_once_from_the_pixel_store(review):
+    layout, pages = review["layout"], review["pages"]
+    first, second = review["first"], review["second"]
+    needed = {
+        h
+        for key, rows in pages.items()
+        for r in rows
+        for h in ((r[3], r[4]) if key.split("/")[1] != "x" else (r[4], r[5]))
+        if h
+    }
+    assert first.thumbnails_written == len(needed) > 0 and first.thumbnails_reused == 0
+    assert second.thumbnails_written == 0 and second.thumbnails_reused == len(needed)
+    files = {p.stem for p in layout.review_thumbs.glob("*/*.png")}
+    assert files == needed
+    # Named by the pixel hash, never by a file name; the pixels are the catalog's own.
+    catalog = catalog_images(read_catalog(layout))
+    row = catalog.filter(pl.col("path") == IMG_PATH).row(0, named=True)
+    png = layout.review_thumbs / row["pixel_hash"][:2] / f"{row['pixel_hash']}.png"
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(png).convert("RGB")),
+        open_pixels(layout, row["class_key"])[row["row"]],
+    )
+    # A rerun makes only what is missing, and removes what no page shows.
+    png.unlink()
+    unused = layout.review_thumbs / "ff" / f"{'f' * 16}.png"
+    unused.parent.mkdir(exist_ok=True)
+    unused.write_bytes(b"")
+    third = write_review_page(layout, THRESHOLDS, source_root=review["source"], page_size=PAGE_SIZE)
+    assert (third.thumbnails_written, third.thumbnails_reused) == (1, len(needed) - 1)
+    assert third.thumbnails_removed == 1 and not unused.exists()
+    assert png.is_file() and third.build == second.build
+
+
+def test_names_never_reach_the_html_as_markup(review):
+    layout = review["layout"]
+    texts = [layout.review_index.read_text()] + [
+        p.read_text() for p in layout.review_pages.rglob("*.js")
+    ]
+    for text in texts:
+        for raw in ("<img src=x", "<script>alert", "<svg"):
+            assert raw not in text
+    data_block = re.search(r'id="review-data">(.*?)</script>', texts[0], re.S).group(1)
+    assert "<" not in data_block and ">" not in data_block and "&" not in data_block
+    assert script_json("</script><!--&\u2028") == '"\\u003c/script\\u003e\\u003c!--\\u0026\\u2028"'
+    assert json.loads(script_json([SCRIPT_NAME, HOSTILE_CLASS])) == [SCRIPT_NAME, HOSTILE_CLASS]
+    # The old builds' page folders are gone; the page shows only the current one.
+    assert [p.name for p in layout.review_pages.iterdir()] == [review["second"].build]
+
+
+def test_a_missing_keep_list_is_shown_as_missing(review, tmp_path):
+    layout = OutputLayout(tmp_path / "out")
+    shutil.copytree(review["layout"].catalog_dir, layout.catalog_dir)
+    (layout.root / "keep_lists").mkdir()
+    shutil.copyfile(review["layout"].keep_list("0.9"), layout.keep_list("0.9"))
+    page = write_review_page(layout, ["0.9", "0.95"], page_size=50)
+    assert page.missing == ["0.95"] and page.pairs["0.9"] > 0 and page.cross_pairs["0.9"] == 0
+    data, _ = read_pages(layout)
+    assert data["thresholds"][1] == {"key": "0.95", "kind": "cosine", "missing": True}
+    assert data["thresholds"][0]["cross"] is None  # not computed, not "none"
+    assert "did not finish" in layout.review_index.read_text()
+
+
+def test_the_asset_writes_the_page_and_links_it(review):
+    import dagster as dg
+
+    from dedup_assets.assets.review import build_review_asset
+    from dedup_assets.definitions import build_definitions
+    from dedup_assets.partitions import threshold_partitions
+
+    config = review["config"]
+    defs = build_definitions(config)
+    asset = build_review_asset(
+        threshold_partitions(config.thresholds),
+        defs.resolve_assets_def("keep_list"),
+        defs.resolve_assets_def("cross_class_duplicates"),
+    )
+    result = dg.materialize(
+        [asset], resources=config.resources(), instance=review["instance"], raise_on_error=True
+    )
+    metadata = result.asset_materializations_for_node("review_page")[0].metadata
+    index = review["layout"].review_index.resolve()
+    assert metadata["review_page"].value == index.as_uri()
+    assert metadata["removed_listed"].value == sum(review["second"].pairs.values())
+    assert metadata["thumbnails_written"].value == 0
+    # Back to the small pages the other tests read.
+    again = write_review_page(
+        review["layout"], THRESHOLDS, source_root=review["source"], page_size=PAGE_SIZE
+    )
+    assert again.build == review["second"].build
+
+
+# ---------------------------------------------------------------------------- in a browser
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def dump_dom(url: str, profile: Path) -> str:
+    """The page's DOM after its scripts ran (and loaded their page data)."""
+    exe = chromium()
+    if exe is None:
+        pytest.skip("no Chromium found (chromium, chromium-browser or google-chrome)")
+    done = subprocess.run(
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert "<html" in done.stdout, done.stderr[-2000:]
+    return done.stdout
+
+
+class _Dom(HTMLParser):
+    """Every element with its attributes, and the text, of a dumped DOM."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _assert_inert(dom: _Dom) -> None:
+    """No element or handler came from a name, and no injected script ran."""
+    for tag, attrs in dom.elements:
+        assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
+        assert not (tag == "img" and attrs.get("src") == "x"), attrs
+        assert tag != "svg"
+    scripts = [attrs for tag, attrs in dom.elements if tag == "script"]
+    assert all(s.get("src", "pages/").startswith("pages/") for s in scripts), scripts
+    assert sum("src" not in s for s in scripts) == 2  # the data block and the app
+
+
+def test_hostile_names_render_as_text_in_chromium(review, tmp_path):
+    """The pages showing each hostile name, opened in headless Chromium: the names are in
+    the DOM as text (serialized escaped), no element or handler came from them, no injected
+    script ran (the class's payload would set the title)."""
+    data, pages = review["data"], review["pages"]
+    index = review["layout"].review_index.resolve().as_uri()
+    hostile_class = f"c{data['classes'].index(HOSTILE_CLASS)}"
+    for target, views in (
+        (SCRIPT_PATH, ("all",)),
+        (IMG_PATH, ("all",)),
+        (f"{HOSTILE_CLASS}/own_0 again.png", (hostile_class,)),
+        (f"{HOSTILE_CLASS}/from desert.png", ("x",)),
+    ):
+        text = dump_dom(index + locate(data, pages, target, views), tmp_path / "profile")
+        assert f"<title>{TITLE}</title>" in text
+        dom = _Dom(text)
+        _assert_inert(dom)
+        visible = "".join(dom.text)
+        assert target in visible and HOSTILE_CLASS in visible  # the class filter names it
+        assert html.escape(target, quote=False) in text  # serialized as text, not markup
+
+
+def test_the_page_builds_and_reads_overrides_csv(review, tmp_path):
+    """#selftest: the page's own CSV writer and reader on awkward paths; the CSV it writes
+    is what Python's csv module reads back."""
+    text = dump_dom(review["layout"].review_index.resolve().as_uri() + "#selftest", tmp_path)
+    found = re.search(r'<pre id="selftest">(.*?)</pre>', text, re.S)
+    assert found, text[-2000:]
+    result = json.loads(html.unescape(found.group(1)))
+    rows = list(csv.reader(io.StringIO(result["csv"], newline="")))
+    assert rows == [
+        ["path", "decision", "other"],
+        [" cls/space .png", "keep", ""],
+        ['cls/"q".png', "remove", ""],
+        ["cls/a, b.png", "keep", ""],
+        ["cls/new\nline.png", "remove", ""],
+        ['cls/"><script>alert(1)</script>.png', "not_duplicate", "cls/k.png"],
+    ]
+    assert result["roundtrip"] and result["added"] == 5 and result["errors"] == []
+    assert [e.split(":")[0] for e in result["badErrors"]] == ["row 2", "row 3", "row 4"]
+    assert result["thresholds"] == list(THRESHOLDS) and result["firstRows"] == PAGE_SIZE
+
+
+def test_a_reviewer_marks_pages_and_downloads_overrides(review, tmp_path):
+    """In Chromium driven by Playwright: mark a pair "not a duplicate" and keep a removed
+    image, page away and back, reload, load an existing overrides.csv, download: the file
+    holds exactly those marks; no dialog ever opened."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    exe = chromium()
+    if exe is None:
+        pytest.skip("no Chromium found (chromium, chromium-browser or google-chrome)")
+    data, pages = review["data"], review["pages"]
+    url = review["layout"].review_index.resolve().as_uri()
+    first = pages["0/all/0"]
+    existing = tmp_path / "existing.csv"
+    existing.write_text(f"path,decision,other\n{IMG_PATH},remove,\n", encoding="utf-8")
+    dialogs = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        # Without the page's Content-Security-Policy (Playwright evaluates its waits as
+        # strings, which it forbids): the escaping alone keeps the names inert here.
+        page = browser.new_page(accept_downloads=True, bypass_csp=True)
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(url + "#t=0&v=all&p=0")
+        cards = page.locator("article.pair")
+        assert cards.count() == PAGE_SIZE
+        cards.nth(0).get_by_role("button", name="not a duplicate").click()
+        cards.nth(1).locator(".side").nth(1).get_by_role("button", name="keep this").click()
+        assert page.locator("#counter").inner_text() == "2 marks"
+        page.locator("#next").click()
+        page.wait_for_function("location.hash === '#t=0&v=all&p=1'")
+        page.locator("#prev").click()
+        page.wait_for_function("location.hash === '#t=0&v=all&p=0'")
+        page.reload()
+        cards = page.locator("article.pair")
+        pressed = cards.nth(0).get_by_role("button", name="not a duplicate")
+        assert pressed.get_attribute("aria-pressed") == "true"
+        assert "marked" in (cards.nth(1).get_attribute("class") or "")
+        page.locator("#load").set_input_files(str(existing))
+        page.wait_for_function("document.getElementById('counter').textContent === '3 marks'")
+        assert "loaded 1 marks" in page.locator("#status").inner_text()
+        page.goto(url + locate(data, pages, IMG_PATH))
+        card = page.locator("article.pair", has_text=IMG_PATH)
+        sync_api.expect(card).to_contain_text("your mark: remove")  # loaded from a page file
+        with page.expect_download() as download:
+            page.locator("#download").click()
+        saved = tmp_path / "overrides.csv"
+        download.value.save_as(saved)
+        browser.close()
+    assert dialogs == []
+    with saved.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["path", "decision", "other"]
+    assert sorted(rows[1:]) == sorted(
+        [
+            [first[0][1], "not_duplicate", first[0][2]],
+            [first[1][1], "keep", ""],
+            [IMG_PATH, "remove", ""],
+        ]
+    )
