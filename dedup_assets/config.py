@@ -27,12 +27,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dedup_assets.core.data.artifacts import CurrentInputs
 from dedup_assets.core.data.image_folder import DEFAULT_MAX_FILE_BYTES
 from dedup_assets.core.data.layout import DEFAULT_OUTPUT, OutputLayout
 from dedup_assets.core.data.thresholds import parse_key
 from dedup_assets.core.decision.overrides import (
     Overrides,
     OverridesError,
+    check_known_in,
     overrides_path,
     read_overrides,
 )
@@ -319,6 +321,29 @@ def load_overrides(config: PipelineConfig) -> Overrides | None:
         return read_overrides(path, root)
     except OverridesError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def known_overrides(config: PipelineConfig) -> Overrides | None:
+    """`load_overrides`, with every image checked against the output's catalog and given
+    its class (ConfigError, with the line, for an image the catalog does not hold)."""
+    overrides = load_overrides(config)
+    if overrides is None:
+        return None
+    try:
+        return check_known_in(overrides, OutputLayout(Path(config.output)))
+    except OverridesError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def current_inputs(config: PipelineConfig) -> CurrentInputs:
+    """What the output's per-class files should be computed from now, the run's overrides
+    included (`known_overrides`): `CurrentInputs.of` for the runner."""
+    overrides = known_overrides(config)
+    return CurrentInputs.of(
+        OutputLayout(Path(config.output)),
+        config.method,
+        overrides.digests() if overrides is not None else None,
+    )
 
 
 def read_saved(output: Path) -> dict[str, Any]:

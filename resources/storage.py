@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from dedup_assets.core.data.artifacts import CurrentInputs, MethodSettings
 from dedup_assets.core.data.layout import DEFAULT_OUTPUT, OutputLayout
 from dedup_assets.core.decision.overrides import Overrides, load_known_overrides, overrides_path
 
@@ -27,8 +28,19 @@ class DedupStorage(dg.ConfigurableResource):
         """The corrections file the run honours, or None."""
         return overrides_path(self.layout().root, self.overrides)
 
-    def read_overrides(self, source_root: Path) -> Overrides | None:
+    def read_overrides(self, source_root: Path | None = None) -> Overrides | None:
         """The corrections, read, checked and given their classes by the output's catalog
-        (OverridesError names the file and line of a problem); None without a file. Give
-        `CurrentInputs.of` their `digests()` and each class's decision `for_class(key)`."""
+        (OverridesError names the file and line of a problem); None without a file. With
+        `source_root`, a path that leaves the source through a link is refused too: give it
+        where the overrides are applied (`class_keep_lists`)."""
         return load_known_overrides(self.layout().root, source_root, self.overrides)
+
+    def current_inputs(
+        self, settings: MethodSettings, overrides: Overrides | None = None
+    ) -> CurrentInputs:
+        """`CurrentInputs.of` the output with the digests of the overrides the run honours:
+        those given (already read), else read now."""
+        if overrides is None:
+            overrides = self.read_overrides()
+        digests = overrides.digests() if overrides is not None else None
+        return CurrentInputs.of(self.layout(), settings, digests)

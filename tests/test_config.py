@@ -12,11 +12,14 @@ from dedup_assets.config import (
     DEFAULT_THRESHOLDS,
     ConfigError,
     PipelineConfig,
+    current_inputs,
+    known_overrides,
     load_overrides,
     parse_thresholds,
     read_saved,
 )
 from dedup_assets.core.data.layout import OutputInUse, OutputLayout
+from dedup_assets.core.decision.overrides import OverridesError
 from dedup_assets.definitions import build_definitions
 
 
@@ -208,3 +211,42 @@ def test_load_overrides_checks_the_file_before_any_work(tmp_path):
     given.write_text("path,decision\n")
     with pytest.raises(ConfigError, match=r"mine\.csv, line 1: .*path,decision,other"):
         load_overrides(config.model_copy(update={"overrides": str(given)}))
+
+
+def test_current_inputs_carry_the_digests_of_the_overrides_known_to_the_catalog(tmp_path):
+    import polars as pl
+
+    from dedup_assets.core.data.artifacts import CLASS_SUMMARY_KEY
+
+    src = tmp_path / "src"
+    (src / "cats").mkdir(parents=True)
+    out = tmp_path / "out"
+    layout = OutputLayout(out)
+    for key, paths in {"cats": ["cats/a.png", "cats/b.png"], "dogs": ["dogs/d.png"]}.items():
+        table = pl.DataFrame(
+            {"path": paths, "class_key": key, "status": "ok", "reason": None},
+            schema_overrides={"reason": pl.String},
+        )
+        summary = json.dumps({"class": key, "images": len(paths), "digest": f"d-{key}"})
+        layout.class_images(key).parent.mkdir(parents=True)
+        table.write_parquet(layout.class_images(key), metadata={CLASS_SUMMARY_KEY: summary})
+    layout.model.parent.mkdir(parents=True)
+    layout.model.write_bytes(b"model")
+    config = PipelineConfig.build(source=str(src), output=str(out))
+    assert known_overrides(config) is None and current_inputs(config).override_digests == {}
+    (out / "overrides.csv").write_text("path,decision,other\ncats/a.png,remove,\n")
+    digests = current_inputs(config).override_digests
+    assert list(digests) == ["cats"]
+    storage = config.resources()["storage"]
+    overrides = storage.read_overrides(src)
+    assert storage.current_inputs(config.method, overrides).override_digests == digests
+    assert storage.current_inputs(config.method).override_digests == digests  # read now
+    (src / "cats" / "out.png").symlink_to(tmp_path / "elsewhere.png")
+    (out / "overrides.csv").write_text("path,decision,other\ncats/out.png,remove,\n")
+    with pytest.raises(OverridesError, match="line 2: 'cats/out.png' resolves outside"):
+        storage.read_overrides(src)
+    (out / "overrides.csv").write_text(
+        "path,decision,other\ncats/a.png,remove,\ncats/z.png,keep,\n"
+    )
+    with pytest.raises(ConfigError, match=r"line 3: 'cats/z.png' is no image"):
+        current_inputs(config)

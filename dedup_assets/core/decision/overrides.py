@@ -21,10 +21,11 @@ lists write them (`cats/img 1.png`). Decisions:
 
 An exact-copy group keeps one member unless an override says otherwise. Every row an
 override names has `decided_by = override` in the keep list (`exact` for a pixel-identical
-copy removed, `model` for the rest); those rows are decided again by every run, never
-carried from an earlier keep list (`class_keep_lists.prior_decisions`), so an override taken
-out of the file is undone by the next run of its class, and no earlier decision outweighs an
-override.
+copy removed, `model` for the rest). Whenever its class is decided, such a row is decided
+again, never carried from the earlier keep list (`class_keep_lists.prior_decisions`), and so
+is every image that named it: no earlier decision outweighs an override, and an override
+taken out of the file is undone by the next run of its class (its images are decided
+against the decisions carried, which may differ from those before the override).
 
 Refused, with the file and the line (the first line of a record that spans several): a
 header other than `path,decision,other`, a line without exactly three fields, text that is
@@ -204,8 +205,9 @@ def overrides_path(output: Path, given: str | Path | None = None) -> Path | None
 # ---------------------------------------------------------------------------- reading
 
 
-def _path_problem(text: str, root: Path) -> str:
-    """Why `text` cannot name an image below `root` ("" when it can)."""
+def _path_problem(text: str, root: Path | None) -> str:
+    """Why `text` cannot name an image below `root` ("" when it can; without `root`, the
+    links are not followed)."""
     if not text:
         return "no path"
     if "\x00" in text:
@@ -219,6 +221,8 @@ def _path_problem(text: str, root: Path) -> str:
         return f"{text!r} is not written as the keep list writes it (a '.' or an empty part)"
     if len(parts) < 2:
         return f"{text!r} is not <class>/<image>"
+    if root is None:
+        return ""
     top = root.resolve()
     try:
         inside = (top / text).resolve().is_relative_to(top)
@@ -229,11 +233,13 @@ def _path_problem(text: str, root: Path) -> str:
     return ""
 
 
-def read_overrides(path: Path | str, source_root: Path | str) -> Overrides:
+def read_overrides(path: Path | str, source_root: Path | str | None) -> Overrides:
     """Read and check an overrides file (see the module docstring); raises OverridesError
-    naming the file and the line of every problem (the first in the message)."""
+    naming the file and the line of every problem (the first in the message). Without
+    `source_root` the paths are checked as text only (no link followed): for readers that
+    need the digests, not the decision."""
     path = Path(path)
-    root = Path(source_root)
+    root = Path(source_root) if source_root is not None else None
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -286,7 +292,7 @@ def read_overrides(path: Path | str, source_root: Path | str) -> Overrides:
     return Overrides(path, tuple(rows))
 
 
-def _row_problem(fields: list[str], root: Path) -> str:
+def _row_problem(fields: list[str], root: Path | None) -> str:
     """What is wrong with one record after the header ("" when nothing)."""
     if not fields:
         return ""
@@ -350,7 +356,7 @@ def check_known_in(overrides: Overrides, layout: OutputLayout) -> Overrides:
 
 
 def load_known_overrides(
-    output: Path, source_root: Path, given: str | Path | None = None
+    output: Path, source_root: Path | None, given: str | Path | None = None
 ) -> Overrides | None:
     """The overrides of a run (`overrides_path`), read, checked and bound to the catalog's
     classes; None without a file. What an asset calls before deciding or reading keep lists."""
