@@ -21,7 +21,12 @@ from PIL import Image
 from dedup_assets.core.data.artifacts import catalog_images, open_pixels, read_catalog
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.quality.demo_data import generate_demo_dataset
-from dedup_assets.core.quality.review_page import script_json, write_review_page
+from dedup_assets.core.quality.review_page import (
+    KIND_ORDER,
+    removed_pairs,
+    script_json,
+    write_review_page,
+)
 
 THRESHOLDS = ("0.9", "1%")
 PAGE_SIZE = 3  # small: every view has several pages
@@ -172,9 +177,29 @@ def test_borderline_pairs_come_first_and_exact_copies_last(review):
         for view in views:
             rows = view_rows(data, pages, ti, view)
             kinds = [r[7] for r in rows]
-            assert kinds == sorted(kinds, key=lambda k: k == "exact"), view
+            assert kinds == sorted(kinds, key=KIND_ORDER.__getitem__), view
             margins = [r[6] for r in rows if r[7] == "near"]
             assert margins == sorted(margins), view
+
+
+def test_removals_by_override_come_after_the_models_and_may_name_no_kept_image():
+    keep = pl.DataFrame(
+        {
+            "image_id": ["k", "n1", "n2", "o", "e"],
+            "class": ["c"] * 5,
+            "path": ["c/k.png", "c/n1.png", "c/n2.png", "c/o.png", "c/e.png"],
+            "kept": [True, False, False, False, False],
+            "duplicate_of": [None, "k", "k", None, "k"],
+            "similarity": [None, 0.99, 0.97, None, 1.0],
+            "match": [None, "near", "near", "override", "exact"],
+            "cosine": [0.95] * 5,
+        }
+    )
+    thumbs = pl.DataFrame({"image_id": ["k", "n1"], "thumb": ["ab" * 8, "cd" * 8]})
+    rows = removed_pairs(keep, thumbs, {"c": 0}).rows()
+    assert [r[1] for r in rows] == ["c/n2.png", "c/n1.png", "c/o.png", "c/e.png"]
+    assert rows[0][2:] == ("c/k.png", None, "ab" * 8, 0.97, pytest.approx(0.02), "near")
+    assert rows[2][2:] == (None, None, None, None, None, "override")
 
 
 def test_pages_split_every_view_and_the_class_views_add_up(review):

@@ -65,6 +65,9 @@ PAGE_SIZE = 200  # pairs per page: 400 thumbnails, about 60 KB of rows
 BORDERLINE = 0.02  # margins below this are highlighted on the page
 THUMB_CHUNK = 2048  # thumbnails decoded from the pixel stores at a time (25 MB)
 _HEX = r"^[0-9a-f]{16,64}$"  # what a pixel hash must look like to name a file
+# Order of the kinds of removal in a view: the model's near-duplicates (by margin), then
+# those the user's overrides removed, then exact copies (identical pixels, never in doubt).
+KIND_ORDER = {"near": 0, "override": 1, "exact": 2}
 
 # Columns of one row of a page, in order (the script reads them by position).
 PAIR_COLUMNS = ("cls", "path", "kept_path", "thumb", "kept_thumb", "similarity", "margin", "kind")
@@ -134,6 +137,10 @@ def thumbnail_table(catalog: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _kind_rank() -> pl.Expr:
+    return pl.col("kind").replace_strict(KIND_ORDER, default=0, return_dtype=pl.Int8)
+
+
 def _rounded(column: str) -> pl.Expr:
     return pl.col(column).cast(pl.Float64).fill_nan(None).round(4)
 
@@ -143,7 +150,8 @@ def removed_pairs(
 ) -> pl.DataFrame:
     """Every removed image of a keep list beside the kept image it duplicates
     (`PAIR_COLUMNS`), borderline first: near-duplicates by margin (`similarity - cosine`,
-    the cosine the row was decided at), then exact copies; ties by path."""
+    the cosine the row was decided at), then removals by override (`match` "override"; the
+    kept image they name, if any), then exact copies; ties by path."""
     ids = thumbs.select("image_id", "thumb")
     partner = keep.select(
         pl.col("image_id").alias("duplicate_of"), pl.col("path").alias("kept_path")
@@ -164,7 +172,7 @@ def removed_pairs(
         )
         .with_columns(_rounded("similarity"), _rounded("margin"))
         .sort(
-            [pl.col("kind") == "exact", pl.col("margin"), pl.col("path")],
+            [_kind_rank(), pl.col("margin"), pl.col("path")],
             nulls_last=True,
         )
         .select(PAIR_COLUMNS)
@@ -197,7 +205,7 @@ def cross_pairs(
         )
         .with_columns(_rounded("similarity"), _rounded("margin"))
         .sort(
-            [pl.col("kind") == "exact", pl.col("similarity"), pl.col("path_a")],
+            [_kind_rank(), pl.col("similarity"), pl.col("path_a")],
             nulls_last=True,
         )
         .select(CROSS_COLUMNS)
@@ -205,15 +213,15 @@ def cross_pairs(
 
 
 def class_counts(keep: pl.DataFrame, classes: Sequence[str]) -> list[list[int]]:
-    """[images, kept, exact copies, near-duplicates] of each class, in `classes` order."""
+    """[images, kept, exact copies, near-duplicates, removed by override] of each class,
+    in `classes` order."""
     counts = keep.group_by("class").agg(
         pl.len().alias("images"),
         pl.col("kept").sum().alias("kept"),
-        (pl.col("match") == "exact").sum().alias("exact"),
-        (pl.col("match") == "near").sum().alias("near"),
+        *((pl.col("match") == kind).sum().alias(kind) for kind in ("exact", "near", "override")),
     )
     by_class = {r[0]: [int(v) for v in r[1:]] for r in counts.rows()}
-    return [by_class.get(c, [0, 0, 0, 0]) for c in classes]
+    return [by_class.get(c, [0, 0, 0, 0, 0]) for c in classes]
 
 
 def _pages(
@@ -305,6 +313,7 @@ def _threshold_entry(key: str, keep: pl.DataFrame | None) -> dict:
         "removed": removed,
         "exact": int((keep["match"] == "exact").sum()),
         "near": int((keep["match"] == "near").sum()),
+        "override": int((keep["match"] == "override").sum()),
     }
 
 
@@ -452,14 +461,15 @@ def _counts_table(entries: list[dict]) -> str:
     e = html.escape
     head = (
         "<tr><th>threshold</th><th>kind</th><th>images</th><th>kept</th><th>removed</th>"
-        "<th>exact copies</th><th>near-duplicates</th><th>cross-class pairs</th></tr>"
+        "<th>exact copies</th><th>near-duplicates</th><th>by override</th>"
+        "<th>cross-class pairs</th></tr>"
     )
     rows = []
     for t in entries:
         if t["missing"]:
             rows.append(
                 f"<tr><td>{e(t['key'])}</td><td>{e(t['kind'])}</td>"
-                '<td colspan="6">no keep list: this threshold did not finish</td></tr>'
+                '<td colspan="7">no keep list: this threshold did not finish</td></tr>'
             )
             continue
         cross = "not computed" if t.get("cross") is None else f"{t['cross']:,}"
@@ -471,6 +481,7 @@ def _counts_table(entries: list[dict]) -> str:
             f"{t['removed']:,}",
             f"{t['exact']:,}",
             f"{t['near']:,}",
+            f"{t['override']:,}",
             e(cross),
         ]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
@@ -503,12 +514,13 @@ def render_index(data: dict, output: Path, source_root: Path | None, entries: li
 <ul>
 <li>Each row is one removed image (right) beside the kept image it duplicates (left), with
 their <b>similarity</b> (the cosine in the class's similarity space; 1.0 for an exact copy)
-and the <b>kind</b>: <i>exact</i> (identical decoded pixels: always removed) or <i>near</i>.</li>
+and the <b>kind</b>: <i>exact</i> (identical decoded pixels: always removed), <i>near</i>, or
+<i>override</i> (removed because an overrides.csv said so).</li>
 <li><b>margin</b> = similarity &minus; the cosine the pair was decided at (the keep list's
 <code>cosine</code> column): the threshold T itself for a cosine such as 0.95; for a budget
 such as 1%, the pair's own threshold (the class's margin plus both images' local levels).
 The smaller the margin, the closer the call: each view lists the smallest margins first,
-exact copies last. Margins under {BORDERLINE} are shown in orange.</li>
+then removals by override, exact copies last. Margins under {BORDERLINE} are shown in orange.</li>
 <li><b>Cross-class pairs</b> (their own view) are near-identical images filed under two
 classes: likely label errors. Their margin is over T; a budget's cross-class cosine is not
 stored with the pairs, so there they are ordered by similarity without a margin.</li>
@@ -530,11 +542,10 @@ decision saw, drawn at 128 px; <i>open</i> shows the original file.</li>
 <span class="pager"><button id="first" type="button" title="first page">&laquo;</button><button id="prev" type="button" title="previous page (&larr;)">&lsaquo; prev</button>
 <span id="pageinfo"></span>
 <button id="next" type="button" title="next page (&rarr;)">next &rsaquo;</button><button id="last" type="button" title="last page">&raquo;</button></span>
-<span class="spacer"></span>
-<span id="counter" class="counter">0 marks</span>
+<span class="marks"><span id="counter" class="counter">0 marks</span>
 <button id="download" type="button">download overrides.csv</button>
 <label class="filebutton">load overrides.csv <input id="load" type="file" accept=".csv,text/csv"></label>
-<button id="clear" type="button">clear marks</button>
+<button id="clear" type="button">clear marks</button></span>
 </div>
 <div id="status" class="status" role="status"></div>
 <div id="viewinfo" class="viewinfo"></div>
@@ -573,7 +584,7 @@ table.counts th:nth-child(2){text-align:left}
 padding:8px 20px;display:flex;flex-wrap:wrap;gap:8px 12px;align-items:center}
 .toolbar.bottom{position:static;border-bottom:0;border-top:1px solid var(--line)}
 .toolbar select{max-width:18em}
-.spacer{flex:1}
+.marks{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin-left:auto}
 .counter{font-weight:600}
 button,.filebutton{font:inherit;padding:3px 10px;border:1px solid var(--line);border-radius:6px;
 background:var(--card);color:var(--fg);cursor:pointer}
@@ -600,7 +611,9 @@ border:1px solid var(--line)}
 .borderline{color:var(--warn);font-weight:700}
 .kind{display:inline-block;padding:0 7px;border:1px solid var(--line);border-radius:9px;
 font-size:12px;width:max-content}
-.kind.exact{border-color:var(--gone)}
+.kind.exact{border-color:var(--gone)}.kind.override{border-color:var(--accent)}
+.side.none{align-items:center;justify-content:center;color:var(--muted);border:1px dashed var(--line);
+min-height:128px}
 .empty{padding:24px 20px;color:var(--muted)}
 a{color:var(--accent)}
 @media (max-width:900px){.pair{grid-template-columns:minmax(0,1fr)}}
@@ -823,16 +836,19 @@ function side(role, path, hash, className) {
   };
   return { box, update };
 }
+const KINDS = { exact: "exact copy", near: "near-duplicate", override: "removed by override" };
 function info(similarity, margin, kind) {
   const m = el("div", { class: "num", text: "margin " + fmt(margin, true) });
   if (margin !== null && margin < DATA.borderline) m.classList.add("borderline");
   return el("div", { class: "info" },
     el("div", { class: "num", text: "similarity " + fmt(similarity, false) }), m,
-    el("span", { class: "kind " + kind, text: kind === "exact" ? "exact copy" : "near-duplicate" }));
+    el("span", { class: "kind " + kind, text: KINDS[kind] || kind }));
 }
 function pairCard(row) {
   const [cls, path, keptPath, thumbRemoved, thumbKept, similarity, margin, kind] = row;
-  const kept = side("kept", keptPath || "", thumbKept, null);
+  const kept = keptPath
+    ? side("kept", keptPath, thumbKept, null)
+    : { box: el("div", { class: "side none", text: "no kept image named" }), update: () => false };
   const removed = side("removed", path, thumbRemoved, null);
   const notDup = el("button", { type: "button", text: "not a duplicate", "aria-pressed": "false" });
   notDup.addEventListener("click", () => toggleNotDuplicate(path, keptPath));
@@ -871,7 +887,7 @@ function fillSelects() {
   })];
   DATA.classes.forEach((name, k) => {
     const c = T && !T.missing ? T.classCounts[k] : null;
-    const removed = c ? c[2] + c[3] : 0;
+    const removed = c ? c[0] - c[1] : 0;
     options.push(el("option", { value: "c" + k, text: name + (c ? " (" + removed.toLocaleString() + ")" : "") }));
   });
   const cross = T && !T.missing && T.cross !== null ? " (" + T.cross.toLocaleString() + ")" : "";
@@ -889,12 +905,14 @@ function describeView(T) {
   const rows = state.v === "all" ? null : T.classCounts[Number(state.v.slice(1))];
   if (!rows) {
     return T.removed.toLocaleString() + " of " + T.images.toLocaleString() + " images removed at T=" + T.key +
-      " (" + T.exact.toLocaleString() + " exact copies, " + T.near.toLocaleString() + " near-duplicates), smallest margin first.";
+      " (" + T.exact.toLocaleString() + " exact copies, " + T.near.toLocaleString() + " near-duplicates" +
+      (T.override ? ", " + T.override.toLocaleString() + " by override" : "") + "), smallest margin first.";
   }
-  const [images, kept, exact, near] = rows;
+  const [images, kept, exact, near, override] = rows;
   return "class " + DATA.classes[Number(state.v.slice(1))] + ": " + (images - kept).toLocaleString() + " of " +
     images.toLocaleString() + " images removed at T=" + T.key + " (" + exact.toLocaleString() +
-    " exact copies, " + near.toLocaleString() + " near-duplicates), smallest margin first.";
+    " exact copies, " + near.toLocaleString() + " near-duplicates" +
+    (override ? ", " + override.toLocaleString() + " by override" : "") + "), smallest margin first.";
 }
 let drawing = 0;
 function render() {
