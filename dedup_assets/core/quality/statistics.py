@@ -172,7 +172,33 @@ def kurtosis_gate(
 # removal (Bonferroni), so removal at random fails the gate in at most 5% of runs, not 14%.
 CHANCE_QUANTILE = 1 - 0.05 / 3
 CHANCE_DRAWS = 1000
-_DRAW_BUDGET = 4_000_000  # scores gathered per chunk of draws (x 8 bytes x components)
+
+
+_DRAWS_AT_ONCE = 32
+_ROWS_AT_ONCE = 512  # x draws x 12 columns x 8 bytes: 1.5 MB, a core's cache
+
+
+def _sums_of_rows(powers: np.ndarray, draws: list[np.ndarray]) -> np.ndarray:
+    """(len(draws), columns): the sum of each draw's rows of `powers`, added one row after
+    another in the draw's order (what `powers[idx].sum(axis=1)` does, bit for bit).
+
+    The rows of all draws are taken a block at a time into one small buffer laid out (row,
+    draw, column), so each addition runs over draws x columns at once, and each block
+    continues the running sums (the buffer's first row) in order. Fancy indexing whole
+    draws took 13 s for 1,000 draws of 50,000 rows of a class of 100,000; this, about 1 s.
+    """
+    idx = np.stack(draws, axis=1)  # (rows, draws)
+    size, width = idx.shape[0], powers.shape[1]
+    buf = np.empty((min(size, _ROWS_AT_ONCE) + 1, idx.shape[1], width))
+    acc = None
+    for s0 in range(0, size, _ROWS_AT_ONCE):
+        block = idx[s0 : s0 + _ROWS_AT_ONCE]
+        first = 0 if acc is None else 1
+        if acc is not None:
+            buf[0] = acc
+        np.take(powers, block, axis=0, out=buf[first : first + len(block)], mode="clip")
+        acc = buf[: first + len(block)].sum(axis=0)
+    return acc
 
 
 def _kurtosis_of_subsets(z: np.ndarray, k: int, draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -192,24 +218,23 @@ def _kurtosis_of_subsets(z: np.ndarray, k: int, draws: int, rng: np.random.Gener
     powers = np.concatenate([x, x**2, x**3, x**4], axis=1)  # (n, 4m)
     total = powers.sum(axis=0)
     side = min(k, n - k)  # rows drawn per subset: the removed ones, or the kept ones
-    out = np.empty((draws, m))
-    step = max(1, _DRAW_BUDGET // max(side * powers.shape[1], 1))
-    for d0 in range(0, draws, step):
-        d1 = min(draws, d0 + step)
-        if side == 0:
-            sums = np.broadcast_to(total, (d1 - d0, len(total)))
-        else:
-            idx = np.stack(
-                [rng.choice(n, side, replace=False, shuffle=False) for _ in range(d1 - d0)]
-            )
-            drawn = powers[idx].sum(axis=1)
-            sums = drawn if side == k else total - drawn
-        e1, e2, e3, e4 = np.split(sums / k, 4, axis=1)
-        m2 = e2 - e1**2
-        m4 = e4 - 4 * e1 * e3 + 6 * e1**2 * e2 - 3 * e1**4
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[d0:d1] = np.where(m2 > 1e-12, m4 / m2**2 - 3.0, np.nan)
-    return out
+    if side == 0:
+        sums = np.broadcast_to(total, (draws, len(total)))
+    else:
+        drawn = np.concatenate(
+            [
+                _sums_of_rows(
+                    powers, [rng.choice(n, side, replace=False, shuffle=False) for _ in chunk]
+                )
+                for chunk in np.array_split(np.arange(draws), -(-draws // _DRAWS_AT_ONCE))
+            ]
+        )
+        sums = drawn if side == k else total - drawn
+    e1, e2, e3, e4 = np.split(sums / k, 4, axis=1)
+    m2 = e2 - e1**2
+    m4 = e4 - 4 * e1 * e3 + 6 * e1**2 * e2 - 3 * e1**4
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(m2 > 1e-12, m4 / m2**2 - 3.0, np.nan)
 
 
 def random_removal_excess(
