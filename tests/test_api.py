@@ -1,0 +1,234 @@
+"""`deduplicate`, the Python API: the same keep lists as `dedup run`, counts that add up, the
+planted duplicates found, usage errors raised before any work, a quiet second call.
+
+One run of each (the API in this process, the command in a subprocess at the same time)
+on the demo generator's 123 images, one epoch on the CPU: about 40 s on 2 shared cores.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import threading
+from contextlib import redirect_stderr, redirect_stdout
+
+import polars as pl
+import pytest
+from conftest import DEDUP
+from polars.testing import assert_frame_equal
+
+from dedup_assets import DedupResult, deduplicate
+from dedup_assets.api import _config, option_names
+from dedup_assets.cli import config_options
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.quality.demo_data import generate_demo_dataset
+from dedup_assets.core.quality.planting import read_ground_truth
+
+THRESHOLDS = ["0.95", "1%"]
+# The fast settings of test_pipeline's tiny run; a wide kurtosis tolerance, since the gate's
+# verdict on classes of 20 images is chance (see there). `components` is the option's name
+# of the setting n_components, as `dedup run --components` spells it.
+OPTIONS = {
+    "thresholds": THRESHOLDS,
+    "epochs": 1,
+    "device": "cpu",
+    "precision": "fp32",
+    "batch_size": 32,
+    "components": 8,
+    "kurtosis_tolerance": 1.0,
+    "executor": "in_process",
+}
+CLI_OPTIONS = [
+    "--thresholds=0.95,1%",
+    "--epochs=1",
+    "--device=cpu",
+    "--precision=fp32",
+    "--batch-size=32",
+    "--components=8",
+    "--kurtosis-tolerance=1.0",
+    "--executor=in_process",
+]
+RUN_COLUMNS = ["decided_at", "decided_in"]  # when and in which run: differ between runs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("api")
+    demo = generate_demo_dataset(base / "source", seed=3, per_class=16, duplicate_fraction=0.25)
+    env = {
+        k: v for k, v in os.environ.items() if k != "DAGSTER_HOME" and not k.startswith("DEDUP_")
+    }
+    command = [str(DEDUP), "run", "--source", str(demo.root), "--output", str(base / "cli")]
+    with open(base / "cli.log", "w") as cli_log:  # the command runs while the API does
+        cli = subprocess.Popen([*command, *CLI_OPTIONS], stdout=cli_log, stderr=cli_log, env=env)
+    home_before = os.environ.get("DAGSTER_HOME")
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            result = deduplicate(demo.root, output=base / "api", **OPTIONS)
+    finally:
+        status = cli.wait(timeout=600)
+    return {
+        "base": base,
+        "demo": demo,
+        "result": result,
+        "printed": out.getvalue() + err.getvalue(),
+        "home_before": home_before,
+        "home_after": os.environ.get("DAGSTER_HOME"),
+        "cli_status": status,
+        "cli_log": (base / "cli.log").read_text(),
+    }
+
+
+def test_the_keep_lists_are_those_dedup_run_writes(runs):
+    assert runs["cli_status"] == 0, runs["cli_log"]
+    result = runs["result"]
+    assert isinstance(result, DedupResult) and result.ok and not result.nothing_changed
+    assert list(result.keep_lists) == THRESHOLDS
+    cli = OutputLayout(runs["base"] / "cli")
+    for t in THRESHOLDS:
+        written = pl.read_parquet(cli.keep_list(t)).drop(RUN_COLUMNS)
+        assert_frame_equal(result.keep_lists[t].drop(RUN_COLUMNS), written)
+
+
+def test_the_planted_duplicates_are_found(runs):
+    result, demo = runs["result"], runs["demo"]
+    pairs = read_ground_truth(demo.ground_truth)
+    assert len(pairs) == sum(demo.copies_per_class.values())
+    planted = {f"{p.class_name}/{name}" for p in pairs for name in (p.original, p.copy)}
+    for t in THRESHOLDS:
+        keep = result.keep_lists[t]
+        row = {r["path"]: r for r in keep.iter_rows(named=True)}
+        split = []  # the pairs of which exactly one image is kept
+        for p in pairs:
+            a, b = row[f"{p.class_name}/{p.original}"], row[f"{p.class_name}/{p.copy}"]
+            if a["kept"] != b["kept"]:
+                split.append(p)
+            if "__dup_exact" in p.copy:  # byte-identical: gone at every threshold, as exact
+                removed, kept = (b, a) if a["kept"] else (a, b)
+                assert p in split and removed["match"] == "exact"
+                assert removed["duplicate_of"] == kept["image_id"]
+        # Measured on this data: 24 of 26 pairs at 0.95, 26 of 26 at 1%, nothing else removed.
+        assert len(split) >= 0.8 * len(pairs), f"T={t}: {len(split)} of {len(pairs)} found"
+        others = keep.filter(~pl.col("kept") & ~pl.col("path").is_in(sorted(planted)))
+        assert others.height <= 1, f"T={t}: removed outside the planted pairs: {others}"
+
+
+def test_the_counts_add_up(runs):
+    result = runs["result"]
+    counts = result.counts
+    assert counts["threshold"].to_list() == THRESHOLDS
+    for row in counts.iter_rows(named=True):
+        keep = result.keep_lists[row["threshold"]]
+        assert row["kept"] + row["removed"] == row["images"] == keep.height == result.images
+        assert row["kept"] == keep["kept"].sum()
+        assert row["exact_copies"] == (keep["match"] == "exact").sum() >= 2  # 2 planted
+        assert row["exact_copies"] + row["near_duplicates"] == row["removed"]  # no override
+        assert row["overrides"] == 0
+        assert (row["allowed_false"] is None) == (not row["threshold"].endswith("%"))
+    lines = repr(result).splitlines()
+    columns = ["images", "kept", "removed", "exact_copies", "near_duplicates", "overrides"]
+    for row in counts.iter_rows(named=True):
+        shown = next(line.split() for line in lines if line.split()[:1] == [row["threshold"]])
+        assert shown[1:7] == [f"{row[c]:,}" for c in columns]
+        assert f"| {row['threshold']} | {row['images']:,} | {row['kept']:,} |" in (
+            result._repr_markdown_()
+        )
+
+
+def test_the_paths_timings_and_checks(runs):
+    result, base = runs["result"], runs["base"]
+    layout = OutputLayout(base / "api")
+    assert result.output == layout.root and result.source == runs["demo"].root
+    assert result.keep_list_paths == {t: layout.keep_list(t) for t in THRESHOLDS}
+    assert result.clean_copies == {t: layout.clean_dir(t) for t in THRESHOLDS}
+    for t, folder in result.clean_copies.items():
+        files = {
+            p.relative_to(folder).as_posix()
+            for p in folder.rglob("*")
+            if p.is_file() and not p.name.startswith(".latent-dedup-clean")
+        }
+        assert files == set(result.keep_lists[t].filter("kept")["path"])
+    assert result.summary_report == layout.summary and layout.summary.is_file()
+    assert result.review_page in (None, layout.review_index)
+    assert result.stages and result.timings.height == len(result.stages)
+    assert result.timings["seconds"].sum() == pytest.approx(result.outcome.total_seconds)
+    assert not result.failures and not result.skipped
+    assert all(c.severity == "WARN" for c in result.checks)
+
+
+def test_quiet_by_default_and_the_process_left_as_it_was(runs):
+    assert runs["printed"] == ""
+    assert runs["home_after"] == runs["home_before"]  # $DAGSTER_HOME: no later call's
+
+
+def test_a_second_call_says_nothing_changed_and_returns_the_same_tables(runs, capfd):
+    first, lines = runs["result"], []
+    again = deduplicate(first.source, output=first.output, log=lines.append, **OPTIONS)
+    assert again.ok and again.nothing_changed and "nothing changed" in repr(again)
+    assert any(line.startswith("nothing changed") for line in lines)
+    for t in THRESHOLDS:
+        assert_frame_equal(again.keep_lists[t], first.keep_lists[t])
+    assert_frame_equal(again.counts, first.counts)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_every_option_of_dedup_run_is_a_keyword():
+    keywords = option_names()
+    for option in config_options("run"):
+        if option.name != "source":  # the first argument
+            short = option.flag.removeprefix("--").replace("-", "_")
+            assert keywords[option.name] == keywords[short] == (option.group, option.name)
+
+
+def test_no_source_is_the_demo_dataset_as_dedup_demo_makes_it(tmp_path):
+    config = _config(None, tmp_path / "out", {"space": "raw", "epochs": None})
+    assert config.source == "" and config.demo_source == tmp_path / "out" / "demo_dataset"
+    assert config.method.similarity_space == "raw" and config.method.epochs == 0  # default
+    with pytest.raises(ValueError, match="source is empty"):
+        _config("", tmp_path / "out", {})
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"thresholds": ["1.5"]}, "thresholds"),
+        ({"epochs": -1}, "epochs"),
+        ({"space": "nope"}, "similarity_space"),
+        ({"epoch": 1}, "unknown option 'epoch' (did you mean epochs?)"),
+        ({"space": "raw", "similarity_space": "raw"}, "same option"),
+        ({"executor": "k8s"}, "executor k8s"),
+    ],
+)
+def test_a_bad_option_raises_before_any_work(runs, options, message):
+    output = runs["base"] / "never"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        deduplicate(runs["demo"].root, output=output, **options)
+    assert not output.exists()
+
+
+def test_the_output_of_another_tool_is_refused(runs):
+    theirs = runs["base"] / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not made by latent-dedup"):
+        deduplicate(runs["demo"].root, output=theirs, **OPTIONS)
+    assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signals: main thread"
+)
+def test_ctrl_c_raises_keyboard_interrupt_and_restores_the_handlers(runs):
+    handler = signal.getsignal(signal.SIGINT)
+
+    def press_ctrl_c(line: str) -> None:
+        if line.startswith("[catalog] starting"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt, match=r"SIGINT during \[catalog\]"):
+        deduplicate(runs["demo"].root, output=runs["base"] / "stopped", log=press_ctrl_c, **OPTIONS)
+    assert signal.getsignal(signal.SIGINT) == handler
