@@ -44,7 +44,7 @@ from benchmarks.common import add_out_option, table, write_result  # noqa: E402
 
 DEDUP = Path(sys.executable).with_name("dedup")
 STAGE_START = re.compile(r"^\[(.+?)\] starting")
-STAGE_ROW = re.compile(r"^(.+?)\s{2,}(\d+)\s+([\d.]+)$")
+STAGE_ROW = re.compile(r"^(\S.+?)\s{2,}(\d+)\s+([\d.]+)$")
 
 
 # ------------------------------------------------------------------ the tiled set

@@ -93,11 +93,14 @@ def timed_dedup_run(source: Path, output: Path, extra: list[str] | None = None) 
         raise SystemExit(done.stdout + done.stderr)
     stages = {
         m.group(1).strip(): {"runs": int(m.group(2)), "seconds": float(m.group(3))}
-        for m in re.finditer(r"^(.+?)\s{2,}(\d+)\s+([\d.]+)$", done.stdout, re.M)
+        for m in re.finditer(r"^(\S.+?)\s{2,}(\d+)\s+([\d.]+)$", done.stdout, re.M)
     }
+    timings = Path(output) / "reports" / "timings.json"
     return {
         "wall_seconds": round(wall, 1),
         "exit": done.returncode,
         "stdout": done.stdout,
         "stages": stages,
+        # where the time went, per asset (the command's own table, `dedup_assets.timings`)
+        "work": json.loads(timings.read_text())["work"] if timings.exists() else [],
     }

@@ -4,7 +4,8 @@ that evaluates the assets' declarative automation conditions.
 - `new_images_sensor` lists the source (one `stat` per file, no file read) and compares
   each class's listing digest with what its catalog was built from, less what an earlier
   tick already requested at the same listing (its cursor): new, changed and deleted files
-  request `update_class_job` runs for exactly the class partitions they touch; a new class
+  request `update_class_job` runs for exactly the class partitions they touch (one run per
+  contiguous range of them); a new class
   folder becomes a new partition; classes added or removed also refresh the index; nothing
   changed, nothing requested. With `verify` (`DEDUP_VERIFY`) every file is also read and
   compared with what its catalog read (`source_index.verify_listings`).
@@ -32,22 +33,37 @@ from dedup_assets.core.data.image_folder import FolderScan
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.source_index import SourceChanges, changed_classes
 from dedup_assets.names import INDEX_JOB, REASON_TAG, TRAIN_JOB, UPDATE_CLASS_JOB
-from dedup_assets.partitions import class_partitions
+from dedup_assets.partitions import class_partitions, class_ranges
 from resources import DedupSettings, DedupStorage, ImageSource
 
 
-def update_requests(changes: SourceChanges, listing: dict[str, str]) -> list[dg.RunRequest]:
-    """One update run per added or changed class (only those: a class whose listing did
-    not change is never requested); an index refresh when classes come or go."""
-    requests = [
-        dg.RunRequest(
-            job_name=UPDATE_CLASS_JOB,
-            partition_key=key,
-            run_key=f"{key}@{listing[key]}",
-            tags={REASON_TAG: "new or changed files"},
-        )
-        for key in changes.to_update
-    ]
+def update_requests(
+    changes: SourceChanges, listing: dict[str, str], order: Sequence[str]
+) -> list[dg.RunRequest]:
+    """Update runs for exactly the added and changed classes (a class whose listing did not
+    change is never requested): one per range of them in the partitions' `order` (one class:
+    its partition key, several: a range run, `partitions.class_ranges`); an index refresh
+    when classes come or go."""
+    requests = []
+    for batch in class_ranges(changes.to_update, order):
+        tags = {REASON_TAG: "new or changed files"}
+        if batch.size == 1:
+            requests.append(
+                dg.RunRequest(
+                    job_name=UPDATE_CLASS_JOB,
+                    partition_key=batch.start,
+                    run_key=f"{batch.start}@{listing[batch.start]}",
+                    tags=tags,
+                )
+            )
+        else:
+            requests.append(
+                dg.RunRequest(
+                    job_name=UPDATE_CLASS_JOB,
+                    run_key=f"{batch}@{digest({k: listing[k] for k in changes.to_update})}",
+                    tags={**tags, **batch.tags()},
+                )
+            )
     if changes.added or changes.removed:
         requests.insert(
             0,
@@ -58,6 +74,16 @@ def update_requests(changes: SourceChanges, listing: dict[str, str]) -> list[dg.
             ),
         )
     return requests
+
+
+def partition_order(instance: dg.DagsterInstance, changes: SourceChanges) -> list[str]:
+    """The class partitions in the instance's order once this tick's requests are applied:
+    the registered ones, less those removed, then those added (appended in this order)."""
+    registered = instance.get_dynamic_partitions(class_partitions.name)
+    gone = set(changes.removed)
+    return [k for k in registered if k not in gone] + [
+        k for k in changes.added if k not in registered
+    ]
 
 
 def partition_requests(changes: SourceChanges) -> list:
@@ -111,7 +137,7 @@ def build_automation(
             return dg.SkipReason(f"already requested: {pending.describe()}")
         if not layout.model.exists():
             return dg.SkipReason("no trained model yet: run `dedup run` (or materialize all) first")
-        requests = update_requests(changes, listing)
+        requests = update_requests(changes, listing, partition_order(context.instance, changes))
         share = new_files_share(layout, scan)
         if share >= settings.retrain_new_share:
             requests.append(
@@ -146,7 +172,7 @@ def build_automation(
         known = SourceChanges((), changes.changed, ())
         if not known.any:
             return dg.SkipReason(changes.describe())
-        return update_requests(known, listing)
+        return update_requests(known, listing, partition_order(context.instance, known))
 
     @dg.schedule(
         name="nightly_retraining",

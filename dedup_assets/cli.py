@@ -282,6 +282,10 @@ def _report(
     for s in outcome.stages:
         say(f"{s.name:<54} {s.runs:>4} {s.seconds:>9.1f}")
     say(f"{'total':<54} {'':>4} {outcome.total_seconds:>9.1f}")
+    if outcome.work.seconds:
+        say("\nwhere the time went (step seconds, summed over workers):")
+        for line in outcome.work.lines():
+            say(f"  {line}")
     say(_catalog_line(layout))
     if not outcome.failures and not outcome.skipped:
         for t in outcome.thresholds:

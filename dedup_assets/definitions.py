@@ -23,7 +23,6 @@ from dedup_assets.assets.reference_pool import reference_pool
 from dedup_assets.assets.reports import build_report_assets
 from dedup_assets.assets.spline_fits import spline_fits
 from dedup_assets.automation import build_automation
-from dedup_assets.checks import latents_valid
 from dedup_assets.config import PipelineConfig
 from dedup_assets.engines import executor_definition
 from dedup_assets.names import (
@@ -107,7 +106,7 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
             clean_dataset,
             dedup_evaluation,
         ],
-        asset_checks=[latents_valid, no_cross_class_duplicates],
+        asset_checks=[no_cross_class_duplicates],
         jobs=jobs,
         sensors=sensors,
         schedules=schedules,

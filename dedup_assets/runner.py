@@ -1,8 +1,9 @@
 """The main job: every asset, check and partition, stage by stage, through the named jobs.
 
-Dagster runs one partition per run and the assets have four partitionings (none, class,
-threshold), so the main job runs the code location's named jobs in order against one
-persistent instance (the same one `dagster dev` shows). A stage that fails stops every
+A Dagster run covers one partition, or a range of class partitions, and the assets have
+three partitionings (none, class, threshold), so the main job runs the code location's
+named jobs in order, the per-class ones by ranges of classes, against one persistent
+instance (the same one `dagster dev` shows). A stage that fails stops every
 stage downstream of it in this run; files left by earlier runs are never used in its
 place (each reader checks provenance, see `core.data.artifacts`).
 
@@ -36,6 +37,7 @@ from dedup_assets.core.data.artifacts import (
     CurrentInputs,
     MissingArtifact,
     catalogued_keys,
+    class_summary,
     file_digest,
     is_current,
     recorded_listings,
@@ -47,7 +49,14 @@ from dedup_assets.core.data.layout import OutputLayout, resolve_dagster_home
 from dedup_assets.core.data.source_index import ClassListing, changed_classes
 from dedup_assets.core.decision.reference_pool import reference_pool_provenance
 from dedup_assets.definitions import build_definitions
-from dedup_assets.dispatch import CheckOutcome, ClassRunPool, RunReport, open_instance
+from dedup_assets.dispatch import (
+    CheckOutcome,
+    ClassRunPool,
+    RunReport,
+    Selection,
+    execute,
+    open_instance,
+)
 from dedup_assets.engines import Executor, resolve_auto
 from dedup_assets.interrupts import Interrupted, check_stop, note_stage
 from dedup_assets.names import (
@@ -63,6 +72,8 @@ from dedup_assets.names import (
     THRESHOLD_JOB,
     TRAIN_JOB,
 )
+from dedup_assets.partitions import CLASS_DIM, ClassRange, class_ranges
+from dedup_assets.timings import WorkTimes
 
 
 class OutputLocked(RuntimeError):
@@ -94,6 +105,7 @@ class PipelineOutcome:
     updated: list[str] = field(default_factory=list)
     training: str = ""
     nothing_changed: bool = False
+    work: WorkTimes = field(default_factory=WorkTimes)
 
     @property
     def check_failures(self) -> list[CheckOutcome]:
@@ -230,6 +242,8 @@ def run_pipeline(
             cancel_unfinished_runs(instance, str(exc) or "interrupted")
             raise
         note_stage("")
+        if outcome.stages:
+            write_json({"work": outcome.work.rows()}, layout.timings)
         if not outcome.failures and not outcome.skipped:  # every stage ran to its end
             write_json(config.saved(), layout.pipeline_file)
         return outcome
@@ -258,6 +272,9 @@ class _Skipped(Exception):
 # threshold (each threshold's keep list, report, clean copy and cross-class table are its
 # own; the first threshold runs alone, see `_thresholds_and_summary`).
 PER_PARTITION_JOBS = frozenset({INGEST_JOB, CLASS_JOB, THRESHOLD_JOB})
+# Jobs over class partitions: run by ranges of classes, each range one run.
+CLASS_JOBS = frozenset({INGEST_JOB, CLASS_JOB})
+THRESHOLD_ASSETS = ["keep_list", "cross_class_duplicates", "kurtosis_report", "clean_dataset"]
 
 
 class _Stages:
@@ -303,20 +320,22 @@ class _Stages:
         keys: Sequence[str | None],
         assets: list[str] | None = None,
         first_here: bool = False,
-    ) -> tuple[list[str | None], list[dg.ExecuteInProcessResult]]:
-        """Run one job per key (several at once where the executor allows; with
-        `first_here`, the first key alone in this process, with every core, then the
-        others at once); returns the keys whose run failed, and every in-process result."""
+    ) -> tuple[list[Selection], list[dg.ExecuteInProcessResult]]:
+        """Run one job per key, or per range of classes for a per-class job (several at
+        once where the executor allows; with `first_here`, the first key alone in this
+        process, with every core, then the others at once); returns the keys or ranges
+        whose run failed, and every in-process result."""
         note_stage(name)
         check_stop()
         run_tags = {**self.tags, STAGE_TAG: name}
         through_executor = not self.in_process and job_name in PER_PARTITION_JOBS
-        keys = list(keys)
-        here = keys if not through_executor else keys[:1] if first_here else []
-        away = keys[len(here) :]
+        runs = self._batches(keys, through_executor) if job_name in CLASS_JOBS else list(keys)
+        here = runs if not through_executor else runs[:1] if first_here else []
+        away = runs[len(here) :]
         at_once = self.config.parallel if away else 1
         self.log(
-            f"[{name}] starting: {len(keys)} run(s)"
+            f"[{name}] starting: {len(runs)} run(s)"
+            + (f" for {len(keys):,} classes" if job_name in CLASS_JOBS else "")
             + (f", {at_once} at once ({self.config.executor} executor)" if away else "")
         )
         start = time.perf_counter()
@@ -324,30 +343,31 @@ class _Stages:
         reports = [report for _, report in results]
         if away:
             reports += self.pool().run_all(job_name, away, run_tags, self.run_config, name)
-        failed = self._record(name, keys, reports, len(here))
+        failed = self._record(name, runs, reports, len(here))
         seconds = time.perf_counter() - start
-        self.outcome.stages.append(StageTiming(name, seconds, len(keys)))
-        self.log(f"[{name}] {len(keys)} run(s) in {seconds:.1f}s")
+        self.outcome.stages.append(StageTiming(name, seconds, len(runs)))
+        self.log(f"[{name}] {len(runs)} run(s) in {seconds:.1f}s")
         return failed, [result for result, _ in results]
+
+    def _batches(self, keys: Sequence[str | None], spread: bool) -> list[ClassRange]:
+        """The classes as ranges of the registered partitions: as few runs as possible,
+        one per worker at least when they are spread over the executor's workers."""
+        order = self.instance.get_dynamic_partitions(CLASS_DIM)
+        parts = self.config.parallel if spread else 1
+        return class_ranges([str(k) for k in keys], order, parts=parts)
 
     def _run_here(
         self,
         name: str,
         job_name: str,
-        key: str | None,
+        key: Selection,
         run_tags: dict[str, str],
         assets: list[str] | None,
     ) -> tuple[dg.ExecuteInProcessResult, RunReport]:
         """One run in this process, and its report."""
         check_stop()
-        result = self.defs.resolve_job_def(job_name).execute_in_process(
-            partition_key=key,
-            instance=self.instance,
-            raise_on_error=False,
-            tags=run_tags,
-            run_config=self.run_config,
-            asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
-        )
+        job = self.defs.resolve_job_def(job_name)
+        result = execute(job, key, self.instance, run_tags, self.run_config, assets)
         check_stop()  # a signal Dagster's handler took: the run ended as failed
         report = RunReport.of(result, name, key)
         if report.interrupted:  # a KeyboardInterrupt without stop_on_signals
@@ -355,12 +375,13 @@ class _Stages:
         return result, report
 
     def _record(
-        self, name: str, keys: list[str | None], reports: list[RunReport], here: int
-    ) -> list[str | None]:
+        self, name: str, keys: list[Selection], reports: list[RunReport], here: int
+    ) -> list[Selection]:
         """Each run's checks and failures into the outcome; the keys whose run failed."""
         failed = []
         for at, (key, report) in enumerate(zip(keys, reports, strict=True)):
             self.outcome.checks.extend(report.checks)
+            self.outcome.work.add(report.steps)
             self.outcome.failures.extend(report.failures)
             if report.failures:
                 failed.append(key)
@@ -398,7 +419,7 @@ def _run_stages(
         log(f"source: {outcome.changes}")
         try:
             to_ingest = _catalog_and_images(
-                stages, sorted(listings) if full else list(changes.to_update)
+                stages, sorted(listings) if full else list(changes.to_update), listings
             )
             current, retrained = _training(stages, layout)
             to_process = _classes(stages, layout, current, to_ingest, every=retrained or full)
@@ -434,8 +455,13 @@ def _run_tags(*, retrain: bool, full: bool) -> dict[str, str]:
     return tags
 
 
-def _catalog_and_images(stages: _Stages, to_ingest: list[str]) -> list[str]:
+def _catalog_and_images(
+    stages: _Stages, to_ingest: list[str], listings: Mapping[str, ClassListing]
+) -> list[str]:
     """List the source (the index), then decode the classes in `to_ingest`."""
+    work = stages.outcome.work
+    work.count(["image_catalog"], sum(v.files for v in listings.values()))
+    work.count(["class_images"], sum(listings[k].files for k in to_ingest if k in listings))
     if stages.run("catalog", INDEX_JOB, [None])[0]:
         raise _Skipped("every later stage: the catalog failed")
     if to_ingest:
@@ -486,6 +512,8 @@ def _classes(
         pending = set(stale_classes(layout, current, thresholds)) | set(ingested)
         to_process = [k for k in outcome.classes if k in pending]
     if to_process:
+        images = sum((class_summary(layout, k) or {}).get("images", 0) for k in to_process)
+        outcome.work.count(["class_latents", "spline_fits", "class_keep_lists"], images)
         failed, _ = stages.run(
             "classes: latents, spline fits, keep decisions", CLASS_JOB, to_process
         )
@@ -516,6 +544,10 @@ def _thresholds_and_summary(
             to_threshold,
             first_here=True,
         )[0]
+    images = sum((class_summary(layout, k) or {}).get("images", 0) for k in outcome.classes)
+    outcome.work.count(THRESHOLD_ASSETS, images * len(to_threshold))
+    outcome.work.count(["dedup_summary", "dedup_evaluation"], images)
+    write_json({"work": outcome.work.rows()}, layout.timings)  # for the summary to show
     outcome.stale_clean = [t for t in thresholds if layout.clean_stale_note(t).exists()]
     assets = ["dedup_evaluation"] + ([] if failed else ["dedup_summary"])
     if failed:

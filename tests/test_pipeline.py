@@ -105,10 +105,36 @@ def test_whole_graph_materializes(tiny_run):
     assert outcome.skipped == []
     assert outcome.check_failures == []
     assert len(outcome.classes) == 6
-    assert [s.runs for s in outcome.stages] == [1, 6, 1, 6, len(THRESHOLDS), 1]
+    # The six classes are decoded in one run and encoded, fitted and decided in another.
+    assert [s.runs for s in outcome.stages] == [1, 1, 1, 1, len(THRESHOLDS), 1]
     assert outcome.training == "retrained: no trained model yet"
     saved = json.loads(tiny_run["layout"].pipeline_file.read_text())
     assert saved["thresholds"] == list(THRESHOLDS) and "device" not in saved
+
+
+def test_every_class_partition_has_its_own_materialization_and_verdict(tiny_run):
+    """One run for all classes, yet the instance (what the UI reads) holds one
+    materialization per class with that class's own metadata, and one current
+    latents_valid verdict per class aimed at it."""
+    instance, layout = tiny_run["instance"], tiny_run["layout"]
+    classes = tiny_run["outcome"].classes
+    catalog = read_catalog(layout).filter(pl.col("status") == "ok")
+    for asset in ("class_images", "class_latents", "spline_fits", "class_keep_lists"):
+        assert instance.get_materialized_partitions(dg.AssetKey(asset)) == set(classes), asset
+    check = dg.AssetCheckKey(dg.AssetKey("class_latents"), "latents_valid")
+    history = instance.event_log_storage.get_asset_check_execution_history(check, limit=100)
+    assert sorted(r.partition for r in history) == sorted(classes)
+    for key in classes:
+        record = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("class_latents"), asset_partitions=[key]),
+            limit=1,
+        ).records[0]
+        images = catalog.filter(pl.col("class_key") == key).height
+        assert record.asset_materialization.metadata["images"].value == images
+        verdict = next(r for r in history if r.partition == key)
+        assert verdict.status.value == "SUCCEEDED"
+        target = verdict.event.dagster_event.asset_check_evaluation_data.target_materialization_data
+        assert target.storage_id == record.storage_id
 
 
 def test_source_is_never_modified(tiny_run):

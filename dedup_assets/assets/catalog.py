@@ -4,11 +4,14 @@ catalog of decoded images (table, uint8 pixel store, quarantine list)."""
 import json
 import shutil
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
+from dedup_assets.assets.class_batch import ClassOutcome, class_asset, materialize_classes
 from dedup_assets.core.data.artifacts import (
     CLASS_SUMMARY_KEY,
     catalogued_keys,
@@ -33,7 +36,7 @@ from dedup_assets.core.data.source_index import (
     list_source,
     rewritten_files,
 )
-from dedup_assets.names import FULL_TAG, WORKER_METADATA, worker_name
+from dedup_assets.names import FULL_TAG
 from dedup_assets.partitions import class_partitions
 from dedup_assets.ui import md_table
 from resources import DedupStorage, ImageSource
@@ -128,22 +131,44 @@ def image_catalog(
     )
 
 
-@dg.asset(
+@class_asset(
+    "class_images",
     group_name="ingest",
     kinds={"python", "numpy"},
-    partitions_def=class_partitions,
     deps=[image_catalog],
+    automation=False,
     description="One class's images decoded once to 64x64 RGB: a table (id, path and its "
     "exact bytes, size, content and pixel hashes, status and reason) and a uint8 pixel "
     "store. Only new or changed files are read; unreadable ones are quarantined.",
 )
 def class_images(
     context: dg.AssetExecutionContext, image_source: ImageSource, storage: DedupStorage
-) -> dg.MaterializeResult:
+):
     layout = storage.layout()
     layout.claim()
-    key = context.partition_key
     root = image_source.resolve_root()
+    full = context.run.tags.get(FULL_TAG) == "1"
+
+    def one(key: str, log: Callable[[str], None]) -> ClassOutcome:
+        return _decode_class(context, log, layout, root, key, image_source, full=full)
+
+    try:
+        yield from materialize_classes(context, "class_images", one)
+    finally:  # once per run: every class's quarantine list into the catalog's
+        refresh_quarantine(layout)
+
+
+def _decode_class(
+    context: dg.AssetExecutionContext,
+    log: Callable[[str], None],
+    layout: OutputLayout,
+    root: Path,
+    key: str,
+    image_source: ImageSource,
+    *,
+    full: bool,
+) -> ClassOutcome:
+    """One class folder listed again and its new or changed files decoded."""
     start = time.perf_counter()
     hidden = image_source.include_hidden
     raw_name = find_class_folder(root, key, include_hidden=hidden)
@@ -168,7 +193,6 @@ def class_images(
         previous = previous.filter(
             ~pl.col("raw_path").is_in(pl.Series(list(gone), dtype=pl.Binary))
         )
-    full = context.run.tags.get(FULL_TAG) == "1"
     catalog = update_class_catalog(
         root, scan, previous, previous_pixels, max_file_bytes=image_source.max_file_bytes, full=full
     )
@@ -188,22 +212,19 @@ def class_images(
             tmp / layout.class_images(key).name, metadata={CLASS_SUMMARY_KEY: json.dumps(summary)}
         )
         catalog.quarantine.write_csv(tmp / layout.class_quarantine(key).name)
-    refresh_quarantine(layout)
     for row in catalog.quarantine.iter_rows(named=True):
         context.log.warning(f"{row['action']} {row['path']}: {row['reason']}")
     seconds = time.perf_counter() - start
-    context.log.info(
+    log(
         f"{key}: {catalog.images:,} images ({catalog.reused:,} unchanged, {catalog.decoded:,} "
         f"read and decoded), {catalog.quarantine.height} skipped or noted, {seconds:.2f}s"
     )
-    return dg.MaterializeResult(
-        metadata={
+    return ClassOutcome(
+        {
             **{k: v for k, v in summary.items() if k != "class"},
-            WORKER_METADATA: worker_name(),
             "unchanged": catalog.reused,
             "read_and_decoded": catalog.decoded,
             "seconds": round(seconds, 3),
             "path": dg.MetadataValue.path(str(layout.class_images(key))),
-        },
-        data_version=dg.DataVersion(catalog.digest()),
+        }
     )

@@ -1,12 +1,22 @@
-"""Asset: per-class latent tables, the 1024-value encoder output of every image."""
+"""Asset: per-class latent tables, the 1024-value encoder output of every image, with the
+blocking check `latents_valid` (finite values, one row per catalogued image) per class."""
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 import numpy as np
 
 from dedup_assets.assets.autoencoder import autoencoder
 from dedup_assets.assets.catalog import class_images
+from dedup_assets.assets.class_batch import (
+    ClassOutcome,
+    class_asset,
+    class_check,
+    materialize_classes,
+)
 from dedup_assets.core.data.artifacts import (
     catalog_images,
     class_summary,
@@ -18,111 +28,149 @@ from dedup_assets.core.data.artifacts import (
     read_provenance,
     write_latents,
 )
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.decision.integrity import latent_problems
 from dedup_assets.core.model.autoencoder import LATENT_DIM, encode_images, load_state
-from dedup_assets.names import FULL_TAG, GPU_OP_TAGS, WORKER_METADATA, worker_name
-from dedup_assets.partitions import class_partitions
+from dedup_assets.names import FULL_TAG, GPU_OP_TAGS
 from resources import ComputeDevice, DedupStorage
 
 ENCODE_CHUNK = 16_384
+LATENTS_VALID = "latents_valid"
 
 
 class ModelUnreadable(RuntimeError):
     """The stored autoencoder cannot be loaded."""
 
 
-@dg.asset(
+@class_asset(
+    "class_latents",
     group_name="latents",
     kinds={"pytorch", "parquet"},
     op_tags=GPU_OP_TAGS,
-    partitions_def=class_partitions,
     deps=[class_images, autoencoder],
-    automation_condition=dg.AutomationCondition.eager(),
+    check=class_check(
+        LATENTS_VALID,
+        "class_latents",
+        "Latents are finite (no NaN/inf) and there is one row per catalogued image.",
+    ),
     description="One parquet table per class: image id, path and the 1024-value latent "
     "Code(x) of every decoded image of the class, stamped with the class's content digest "
     "and the model's digest. Only images not encoded by the same model before are encoded.",
 )
-def class_latents(
-    context: dg.AssetExecutionContext, compute: ComputeDevice, storage: DedupStorage
-) -> dg.MaterializeResult:
-    layout = storage.layout()
-    key = context.partition_key
-    summary = class_summary(layout, key)
-    if summary is None:
-        raise ValueError(f"class {key!r} has no catalog yet: materialize class_images first")
-    images = catalog_images(read_class_images(layout, key))
-    model_digest = file_digest(layout.model)
-    reused = np.zeros(images.height, dtype=bool)
-    latents = np.zeros((images.height, LATENT_DIM), dtype=np.float32)
-    previous = layout.latents(key)
-    full = context.run.tags.get(FULL_TAG) == "1"
-    same_model = (
-        previous.exists() and (read_provenance(previous) or {}).get("model") == model_digest
+def class_latents(context: dg.AssetExecutionContext, compute: ComputeDevice, storage: DedupStorage):
+    encoder = _ClassEncoder(
+        layout=storage.layout(),
+        device=compute.torch_device(),
+        amp_dtype=compute.amp_dtype(),
+        full=context.run.tags.get(FULL_TAG) == "1",
     )
-    if same_model and not full:
-        table, old = read_latents(previous)
-        hits = (
-            images.select("image_id")
-            .join(
-                table.select("image_id").with_row_index("old"),
-                on="image_id",
-                how="left",
-                maintain_order="left",
-            )["old"]
-            .to_numpy()
+    yield from materialize_classes(context, "class_latents", encoder.encode, check=LATENTS_VALID)
+
+
+@dataclass
+class _ClassEncoder:
+    """Encodes the classes of one run with one model, loaded once, on first need."""
+
+    layout: OutputLayout
+    device: str
+    amp_dtype: Any
+    full: bool
+    _model: Any = None
+
+    def __post_init__(self) -> None:
+        self.model_digest = file_digest(self.layout.model)
+
+    def model(self):
+        if self._model is None:
+            try:
+                self._model = load_state(self.layout.model, self.device)
+            except Exception as exc:  # noqa: BLE001 - any loader failure: the file is unusable
+                raise ModelUnreadable(
+                    f"the model {self.layout.model} cannot be loaded ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); retrain it "
+                    "(dedup run --retrain)"
+                ) from exc
+        return self._model
+
+    def encode(self, key: str, log: Callable[[str], None]) -> ClassOutcome:
+        """One class's latents: those of the same model reused, the rest encoded."""
+        summary = class_summary(self.layout, key)
+        if summary is None:
+            raise ValueError(f"class {key!r} has no catalog yet: materialize class_images first")
+        images = catalog_images(read_class_images(self.layout, key))
+        reused = np.zeros(images.height, dtype=bool)
+        latents = np.zeros((images.height, LATENT_DIM), dtype=np.float32)
+        previous = self.layout.latents(key)
+        same_model = (
+            previous.exists()
+            and (read_provenance(previous) or {}).get("model") == self.model_digest
         )
-        reused = ~np.isnan(hits.astype(np.float64))
-        if reused.any():
-            latents[reused] = old[hits[reused].astype(np.int64)]
-    todo = np.flatnonzero(~reused)
-    device = compute.torch_device()
-    start = time.perf_counter()
-    if len(todo):
-        try:
-            model = load_state(layout.model, device)
-        except Exception as exc:  # noqa: BLE001 - any loader failure means the file is unusable
-            raise ModelUnreadable(
-                f"the model {layout.model} cannot be loaded ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); retrain it "
-                "(dedup run --retrain)"
-            ) from exc
-        store, rows = open_pixels(layout, key), images["row"].to_numpy()[todo]
-        # Streamed from the memory-mapped store, ENCODE_CHUNK images at a time: memory stays
-        # flat whatever the class size. bf16 where the device has it: measured on planted
-        # EuroSAT, the latents' cosine to fp32's is 1 - 1e-5 and AP is unchanged (0.802/0.801).
-        for at in range(0, len(todo), ENCODE_CHUNK):
-            part = slice(at, at + ENCODE_CHUNK)
-            latents[todo[part]] = encode_images(
-                model, np.asarray(store[rows[part]]), device=device, amp_dtype=compute.amp_dtype()
+        if same_model and not self.full:
+            table, old = read_latents(previous)
+            hits = (
+                images.select("image_id")
+                .join(
+                    table.select("image_id").with_row_index("old"),
+                    on="image_id",
+                    how="left",
+                    maintain_order="left",
+                )["old"]
+                .to_numpy()
             )
-            if len(todo) > ENCODE_CHUNK:
-                context.log.info(
-                    f"{key}: encoded {min(at + ENCODE_CHUNK, len(todo)):,} of {len(todo):,}"
+            reused = ~np.isnan(hits.astype(np.float64))
+            if reused.any():
+                latents[reused] = old[hits[reused].astype(np.int64)]
+        todo = np.flatnonzero(~reused)
+        start = time.perf_counter()
+        if len(todo):
+            store, rows = open_pixels(self.layout, key), images["row"].to_numpy()[todo]
+            # Streamed from the memory-mapped store, ENCODE_CHUNK images at a time: memory stays
+            # flat whatever the class size. bf16 where the device has it: measured on planted
+            # EuroSAT, the latents' cosine to fp32's is 1 - 1e-5 and AP is unchanged (0.802/0.801).
+            for at in range(0, len(todo), ENCODE_CHUNK):
+                part = slice(at, at + ENCODE_CHUNK)
+                latents[todo[part]] = encode_images(
+                    self.model(),
+                    np.asarray(store[rows[part]]),
+                    device=self.device,
+                    amp_dtype=self.amp_dtype,
                 )
-    seconds = time.perf_counter() - start
-    path = write_latents(
-        layout.latents(key),
-        images["image_id"].to_list(),
-        images["path"].to_list(),
-        latents,
-        latents_provenance(summary["digest"], model_digest),
-    )
-    context.log.info(
-        f"{key}: encoded {len(todo):,} new images in {seconds:.2f}s on {device}, "
-        f"kept {int(reused.sum()):,} latents of the same model"
-    )
-    norms = np.linalg.norm(latents, axis=1) if len(latents) else np.zeros(0)
-    return dg.MaterializeResult(
-        metadata={
-            "images": images.height,
-            WORKER_METADATA: worker_name(),
-            "encoded": len(todo),
-            "reused": int(reused.sum()),
-            "encode_seconds": round(seconds, 3),
-            "mean_latent_norm": float(norms.mean()) if len(norms) else 0.0,
-            "dead_dimensions_fraction": float((latents.max(axis=0) <= 0).mean())
-            if len(latents)
-            else 0.0,
-            "model_digest": model_digest,
-            "path": dg.MetadataValue.path(str(path)),
-        }
-    )
+                if len(todo) > ENCODE_CHUNK:
+                    log(f"{key}: encoded {min(at + ENCODE_CHUNK, len(todo)):,} of {len(todo):,}")
+        seconds = time.perf_counter() - start
+        path = write_latents(
+            self.layout.latents(key),
+            images["image_id"].to_list(),
+            images["path"].to_list(),
+            latents,
+            latents_provenance(summary["digest"], self.model_digest),
+        )
+        log(
+            f"{key}: encoded {len(todo):,} new images in {seconds:.2f}s on {self.device}, "
+            f"kept {int(reused.sum()):,} latents of the same model"
+        )
+        norms = np.linalg.norm(latents, axis=1) if len(latents) else np.zeros(0)
+        expected = images["image_id"].to_list()
+        return ClassOutcome(
+            metadata={
+                "images": images.height,
+                "encoded": len(todo),
+                "reused": int(reused.sum()),
+                "encode_seconds": round(seconds, 3),
+                "mean_latent_norm": float(norms.mean()) if len(norms) else 0.0,
+                "dead_dimensions_fraction": float((latents.max(axis=0) <= 0).mean())
+                if len(latents)
+                else 0.0,
+                "model_digest": self.model_digest,
+                "path": dg.MetadataValue.path(str(path)),
+            },
+            # The check reads back what was written: the stored table is what later stages use.
+            problems=_stored_problems(self.layout, key, expected),
+            check_metadata={"catalogued": len(expected)},
+        )
+
+
+def _stored_problems(layout, key: str, expected: list[str]) -> list[str]:
+    """The stored latents' problems: non-finite values, rows not those of the catalog."""
+    table, latents = read_latents(layout.latents(key))
+    return latent_problems(table["image_id"].to_list(), latents, expected)

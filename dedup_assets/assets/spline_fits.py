@@ -1,49 +1,70 @@
 """Asset: per-class PCA + product spline density fits (the paper's formula (2))."""
 
 import time
+from collections.abc import Callable
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
+from dedup_assets.assets.class_batch import ClassOutcome, class_asset, materialize_classes
 from dedup_assets.assets.latents import class_latents
 from dedup_assets.core.data.artifacts import (
     CurrentInputs,
-    class_names,
+    class_name,
     read_latents,
     require_current,
     write_table,
 )
+from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.density.class_density import fit_class_density
 from dedup_assets.core.density.pca import components_for_variance
 from dedup_assets.core.quality import plots
-from dedup_assets.names import WORKER_METADATA, worker_name
-from dedup_assets.partitions import class_partitions
 from dedup_assets.ui import image_metadata, md_table
 from resources import DedupSettings, DedupStorage
 
 REPORTED_COMPONENTS = 3
+PLOTTED_CLASSES = 8  # marginal plots per run: a plot costs about 0.1 s, a user reads a few
 
 
-@dg.asset(
+@class_asset(
+    "spline_fits",
     group_name="density",
     kinds={"scipy", "numpy"},
-    partitions_def=class_partitions,
     deps=[class_latents],
-    automation_condition=dg.AutomationCondition.eager(),
     description="Per class: principal components of the latents and a second-order "
     "B-spline density per leading component (grid origin, step, frequencies), with each "
     "image's log-density and leading component scores.",
 )
-def spline_fits(
-    context: dg.AssetExecutionContext, storage: DedupStorage, settings: DedupSettings
-) -> dg.MaterializeResult:
+def spline_fits(context: dg.AssetExecutionContext, storage: DedupStorage, settings: DedupSettings):
     layout = storage.layout()
-    key = context.partition_key
     current = CurrentInputs.of(layout, settings)
+    plotted: list[str] = []
+
+    def one(key: str, log: Callable[[str], None]) -> ClassOutcome:
+        outcome = _fit_class(
+            log, layout, key, settings, current, draw=len(plotted) < PLOTTED_CLASSES
+        )
+        if not isinstance(outcome.metadata.get("marginal_densities", ""), str):
+            plotted.append(key)
+        return outcome
+
+    yield from materialize_classes(context, "spline_fits", one)
+
+
+def _fit_class(
+    log: Callable[[str], None],
+    layout: OutputLayout,
+    key: str,
+    settings: DedupSettings,
+    current: CurrentInputs,
+    *,
+    draw: bool,
+) -> ClassOutcome:
+    """One class's PCA and spline fit, its per-image scores, and (with `draw`) its plot."""
     if key not in current.class_digests:
-        context.log.info(f"{key}: no readable image, nothing to fit")
-        return dg.MaterializeResult(metadata={"images": 0, "note": "no readable image"})
+        log(f"{key}: no readable image, nothing to fit")
+        return ClassOutcome({"images": 0, "note": "no readable image"})
     path = require_current(
         layout.latents(key),
         current.latents(key),
@@ -100,15 +121,19 @@ def spline_fits(
                     ],
                 )
             ),
-            "marginal_densities": image_metadata(
+        }
+        metadata["marginal_densities"] = (
+            image_metadata(
                 plots.marginal_densities(
                     model.density.marginals[:shown],
                     [scores[:, c] for c in range(shown)],
-                    f"{class_names(layout).get(key, key)}: spline marginals of the leading "
-                    "components",
+                    f"{class_name(layout, key)}: spline marginals of the leading components",
                 ),
                 "marginal densities",
-            ),
-        }
-    context.log.info(f"{key}: PCA to {k} components and spline fits in {seconds:.2f}s")
-    return dg.MaterializeResult(metadata={**metadata, WORKER_METADATA: worker_name()})
+            )
+            if draw
+            else f"not drawn: a run draws the first {PLOTTED_CLASSES} classes it fits; "
+            "materialize this class alone to draw it"
+        )
+    log(f"{key}: PCA to {k} components and spline fits in {seconds:.2f}s")
+    return ClassOutcome(metadata)

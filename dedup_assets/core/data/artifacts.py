@@ -491,6 +491,12 @@ def class_names(layout: OutputLayout) -> dict[str, str]:
     return dict(zip(classes["class_key"].to_list(), classes["class"].to_list(), strict=True))
 
 
+def class_name(layout: OutputLayout, key: str) -> str:
+    """One class's folder name (its own catalog's record; the key when it has none): what a
+    per-class step reads, where `class_names` would read every class's catalog."""
+    return (class_summary(layout, key) or {}).get("class", key)
+
+
 def read_class_images(layout: OutputLayout, key: str) -> pl.DataFrame:
     """One class's catalog: every file of the class, decoded or quarantined."""
     return pl.read_parquet(_require(layout.class_images(key), f"catalog of class {key}"))

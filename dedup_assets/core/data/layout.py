@@ -164,6 +164,11 @@ class OutputLayout:
     def summary(self) -> Path:
         return self.reports_dir / "summary.md"
 
+    @property
+    def timings(self) -> Path:
+        """Where the last `dedup run`'s time went, per kind of work (`timings.WorkTimes`)."""
+        return self.reports_dir / "timings.json"
+
     def clean_dir(self, threshold: str) -> Path:
         return self.root / "clean" / threshold
 

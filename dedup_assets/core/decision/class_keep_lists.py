@@ -22,7 +22,7 @@ from dedup_assets.core.data.artifacts import (
     KEEP_LIST_COLUMNS,
     CurrentInputs,
     MethodSettings,
-    class_names,
+    class_name,
     join_setting,
     read_keep_list,
     read_provenance,
@@ -38,10 +38,12 @@ from dedup_assets.core.decision.calibration import (
 from dedup_assets.core.decision.class_decision import ClassDecision, PriorDecision
 from dedup_assets.core.decision.class_keep import decide_thresholds, load_class_data
 from dedup_assets.core.decision.overrides import ClassOverrides
-from dedup_assets.core.decision.reference_pool import read_reference_pool
+from dedup_assets.core.decision.reference_pool import ReferencePool, read_reference_pool
 
 if TYPE_CHECKING:  # torch is imported where the model is loaded
     import torch
+
+    from dedup_assets.core.model.autoencoder import ConvAutoencoder
 
 
 def prior_decisions(
@@ -119,6 +121,8 @@ def class_keep_lists(
     device: str = "cpu",
     amp_dtype: torch.dtype | None = None,
     overrides: ClassOverrides | None = None,
+    model: ConvAutoencoder | None = None,
+    pool: ReferencePool | None = None,
 ) -> dict[str, pl.DataFrame]:
     """One class's keep list at every threshold, from its current latents and fit.
 
@@ -127,6 +131,8 @@ def class_keep_lists(
     overrides: the class's corrections (`Overrides.for_class`); they must be those `current`
     records for the class (`CurrentInputs.override_digests`), so the tables match the
     provenance they are written with. None or empty: decided exactly as without overrides.
+    model, pool: the run's autoencoder and reference pool when a caller deciding many
+    classes has them loaded (read from the output otherwise, when a budget needs them).
     """
     given = overrides.digest if overrides is not None else ""
     if given != current.override_digests.get(key, ""):
@@ -142,14 +148,16 @@ def class_keep_lists(
         space=settings.similarity_space,
         with_pixels=any(b is not None for b in budgets),
     )
-    model = pool = rows = mirrors = None
+    rows = mirrors = None
     if any(b is not None for b in budgets):
-        from dedup_assets.core.model.autoencoder import load_state  # deferred: torch
+        if model is None:
+            from dedup_assets.core.model.autoencoder import load_state  # deferred: torch
 
+            model = load_state(layout.model)
+        if pool is None:
+            pool = read_reference_pool(layout, current)
         # The mirrors' latents are stored for the cross-class calibration; they are encoded
         # on the run's device and precision, those of the latents.
-        model = load_state(layout.model)
-        pool = read_reference_pool(layout, current)
         rows, mirrors = mirror_latents(
             layout,
             key,
@@ -191,7 +199,7 @@ def class_keep_lists(
     resolved = [d.resolved for d in decided]
     decisions = [d.decision for d in decided]
     seconds = time.perf_counter() - start
-    name = class_names(layout)[key]
+    name = class_name(layout, key)
     ids = data.image_ids
     now = datetime.now(UTC).isoformat(timespec="seconds")
     out = {}

@@ -1,0 +1,123 @@
+"""Many classes: the same images as a few big classes and as many small ones, with a
+trained model copied in, so the difference is what a class costs (orchestration, files).
+
+    python benchmarks/bench_many_classes.py [--source ../shared/datasets/eurosat] \
+        [--images 20000] [--classes 1000] [--work /tmp/many_classes]
+
+The images are EuroSAT's (the first images of each class folder, in name order) when
+--source is given, else generated textures; the few-classes layout has 10 classes, the
+many-classes layout `--classes` classes of the same files (hard links). A model is trained
+once (`dedup run --epochs 1` on the few-classes layout) and copied into both outputs, so
+both runs keep it. Target (issue 23): many classes within 1.5x of few.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import add_out_option, table, timed_dedup_run, write_result  # noqa: E402
+from dedup_assets.core.data.layout import OutputLayout  # noqa: E402
+
+FEW = 10
+
+
+def make_images(source: Path | None, n: int, dest: Path) -> list[Path]:
+    """n image files under dest/all (EuroSAT's first n / 10 per class, or textures)."""
+    from PIL import Image
+
+    folder = dest / "all"
+    if folder.is_dir() and len(list(folder.iterdir())) == n:
+        return sorted(folder.iterdir())
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    if source is not None:
+        classes = sorted(p for p in source.iterdir() if p.is_dir())
+        per = -(-n // len(classes))
+        files = [f for c in classes for f in sorted(c.iterdir())[:per]][:n]
+        for i, f in enumerate(files):
+            os.link(f, folder / f"{i:06d}{f.suffix}")
+    else:
+        rng = np.random.default_rng(0)
+        for i in range(n):
+            base = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(base).resize((32, 32)).save(folder / f"{i:06d}.png")
+    return sorted(folder.iterdir())
+
+
+def layout(files: list[Path], classes: int, dest: Path) -> Path:
+    """files spread over `classes` class folders of dest (hard links), in order."""
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    per = -(-len(files) // classes)
+    for i, f in enumerate(files):
+        folder = dest / f"class_{i // per:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        os.link(f, folder / f.name)
+    return dest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=None)
+    parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--classes", type=int, default=1_000)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/many_classes"))
+    parser.add_argument("--thresholds", default="0.95,1%")
+    add_out_option(parser)
+    args = parser.parse_args()
+    work = args.work
+    files = make_images(args.source, args.images, work)
+    few = layout(files, FEW, work / "few")
+    many = layout(files, args.classes, work / "many")
+    common = ["--thresholds", args.thresholds]
+    model_out = work / "model_run"
+    if not (model_out / "model" / "autoencoder.pt").exists():
+        shutil.rmtree(model_out, ignore_errors=True)
+        timed_dedup_run(few, model_out, [*common, "--epochs", "1"])
+    runs = {}
+    for name, source in (("few", few), ("many", many)):
+        out = work / f"out_{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        OutputLayout(out).claim()  # a new output folder of latent-dedup, the model copied in
+        (out / "model").mkdir(parents=True)
+        shutil.copy2(model_out / "model" / "autoencoder.pt", out / "model" / "autoencoder.pt")
+        runs[name] = timed_dedup_run(source, out, common)
+        runs[name]["classes"] = FEW if name == "few" else args.classes
+        runs[name]["again"] = timed_dedup_run(source, out, common)["wall_seconds"]
+    ratio = runs["many"]["wall_seconds"] / runs["few"]["wall_seconds"]
+    stages = list(dict.fromkeys(s for r in runs.values() for s in r["stages"]))
+    rows = [
+        [s, *(runs[n]["stages"].get(s, {}).get("seconds", float("nan")) for n in runs)]
+        for s in stages
+    ]
+    rows.append(["wall (command)", runs["few"]["wall_seconds"], runs["many"]["wall_seconds"]])
+    rows.append(["rerun, nothing new", runs["few"]["again"], runs["many"]["again"]])
+    print(table(["stage", f"{FEW} classes", f"{args.classes} classes"], rows))
+    print(f"many / few: {ratio:.2f} (target <= 1.5)")
+    for r in runs.values():
+        r.pop("stdout")
+    path = write_result(
+        "many_classes",
+        {
+            "images": args.images,
+            "source": str(args.source) if args.source else "textures",
+            "thresholds": args.thresholds,
+            "runs": runs,
+            "ratio_many_to_few": round(ratio, 3),
+            "target": 1.5,
+        },
+        args.out,
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
