@@ -92,3 +92,64 @@ def test_random_removal_baseline_separates_chance_from_a_real_effect():
     gate = kurtosis_gate(*gate_arrays(kurtosis_by_class(scores, keep)), 0.1, chance)
     assert gate.severity == "error"
     assert gate.regressions[0].excess_at_median > 3 * chance[0]
+
+
+def test_density_figures_show_at_most_a_dozen_classes_those_that_moved_most():
+    from dedup_assets.core.quality.kurtosis_report import MAX_RIDGES, _ridge_classes
+
+    rng = np.random.default_rng(3)
+    rows, keep = [], []
+    for c in range(20):
+        z = rng.standard_normal((60, 3))
+        drop = c % 4 == 0  # every fourth class loses its upper half of PC1: its entropy moves
+        for i, v in enumerate(z):
+            rows.append(
+                {
+                    "class": f"c{c:02d}",
+                    "image_id": f"{c}-{i}",
+                    "pc1": v[0],
+                    "pc2": v[1],
+                    "pc3": v[2],
+                }
+            )
+            keep.append({"image_id": f"{c}-{i}", "kept": not (drop and v[0] > 0)})
+    scores, keep = pl.DataFrame(rows), pl.DataFrame(keep)
+    report = build_report("0.95", scores, keep)
+    shown = _ridge_classes(report.entropy, 1)
+    assert len(shown) == MAX_RIDGES
+    assert {f"c{c:02d}" for c in range(0, 20, 4)} <= set(shown)
+    assert report.figures["density_pc1.png"][:4] == b"\x89PNG"
+    assert _ridge_classes(report.entropy.head(5), 1) == [f"c{c:02d}" for c in range(5)]
+
+
+def test_refit_of_several_thresholds_reads_each_class_once_and_equals_one_at_a_time():
+    from collections.abc import Mapping
+
+    from dedup_assets.core.quality.kurtosis_report import (
+        refit_kurtosis,
+        refit_kurtosis_by_threshold,
+    )
+
+    rng = np.random.default_rng(5)
+    stored = {f"c{c}": rng.standard_normal((80 + 10 * c, 16)).astype(np.float32) for c in range(4)}
+    reads = []
+
+    class Counted(Mapping):
+        def __getitem__(self, name):
+            reads.append(name)
+            return stored[name]
+
+        def __iter__(self):
+            return iter(stored)
+
+        def __len__(self):
+            return len(stored)
+
+    kept = {
+        t: {name: rng.random(len(x)) < share for name, x in stored.items()}
+        for t, share in (("0.9", 0.5), ("0.95", 0.8), ("1%", 0.97))
+    }
+    together = refit_kurtosis_by_threshold(Counted(), kept)
+    assert sorted(reads) == sorted(stored)  # every class read once for the three keep lists
+    for t, masks in kept.items():
+        assert together[t].equals(refit_kurtosis(stored, masks))

@@ -3,7 +3,7 @@ components per class, before and after, with Theil-Sen lines (Tables 2-3, figure
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,23 +102,39 @@ def leading_directions(centred: np.ndarray, k: int, seed: int = 0) -> np.ndarray
     return vt[: min(k, width)]
 
 
-def refit_kurtosis(latents: dict[str, np.ndarray], kept: dict[str, np.ndarray]) -> pl.DataFrame:
+REFIT_SCHEMA = {"class": pl.String} | {f"r{c}_after": pl.Float64 for c in (1, 2, 3)}
+
+
+def refit_kurtosis(
+    latents: Mapping[str, np.ndarray], kept: Mapping[str, np.ndarray]
+) -> pl.DataFrame:
     """Per class: excess kurtosis of PC1-3 of the kept images on principal axes refitted
     to them (the paper's likely reading: the cleaned set's own leading components).
 
     latents: class -> (n, d) latents; kept: class -> (n,) bool.
     """
-    rows = []
+    return refit_kurtosis_by_threshold(latents, {"": kept})[""]
+
+
+def refit_kurtosis_by_threshold(
+    latents: Mapping[str, np.ndarray], kept: Mapping[str, Mapping[str, np.ndarray]]
+) -> dict[str, pl.DataFrame]:
+    """`refit_kurtosis` for several keep lists at once (threshold -> class -> kept mask),
+    each class's latents fetched once for all of them (reading them costs about twice a
+    refit)."""
+    rows: dict[str, list[dict]] = {t: [] for t in kept}
     for name in sorted(latents):
-        x = latents[name][kept[name]].astype(np.float32)
-        k = np.full(3, np.nan)
-        if len(x) >= MIN_IMAGES_FOR_KURTOSIS:
-            centred = x - x.mean(axis=0)
-            scores = centred @ leading_directions(centred, 3).T
-            k[: scores.shape[1]] = excess_kurtosis(scores)
-        rows.append({"class": name} | {f"r{c + 1}_after": float(k[c]) for c in range(3)})
-    schema = {"class": pl.String} | {f"r{c}_after": pl.Float64 for c in (1, 2, 3)}
-    return pl.DataFrame(rows, schema=schema)
+        x_all = latents[name]
+        for t, masks in kept.items():
+            x = x_all[masks[name]].astype(np.float32)
+            k = np.full(3, np.nan)
+            if len(x) >= MIN_IMAGES_FOR_KURTOSIS:
+                centred = x - x.mean(axis=0)
+                scores = centred @ leading_directions(centred, 3).T
+                k[: scores.shape[1]] = excess_kurtosis(scores)
+            rows[t].append({"class": name} | {f"r{c + 1}_after": float(k[c]) for c in range(3)})
+        del x_all
+    return {t: pl.DataFrame(r, schema=REFIT_SCHEMA) for t, r in rows.items()}
 
 
 def gate_arrays(table: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -265,7 +281,10 @@ def build_report(
         )
     joined = scores.join(keep.select("image_id", "kept"), on="image_id")
     for c in range(3):
-        figures[f"density_pc{c + 1}.png"] = _density_ridges(joined, c, threshold, bin_rule)
+        shown = _ridge_classes(entropy, c + 1)
+        figures[f"density_pc{c + 1}.png"] = _density_ridges(
+            joined.filter(pl.col("class").is_in(shown)), c, threshold, bin_rule, entropy.height
+        )
 
     n_before, n_after = int(table["n_before"].sum()), int(table["n_after"].sum())
     lines = [
@@ -371,8 +390,27 @@ def _class_table(table: pl.DataFrame, entropy: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _density_ridges(joined: pl.DataFrame, component: int, threshold: str, bin_rule: str) -> bytes:
-    """One ridge per class: the spline density of one component before and after removal."""
+MAX_RIDGES = 12
+
+
+def _ridge_classes(entropy: pl.DataFrame, component: int, most: int = MAX_RIDGES) -> list[str]:
+    """The classes a density figure shows: every class up to `most`, else the `most` whose
+    entropy of this component changed most (a reader looks for what moved; one ridge per
+    class made the figure grow with the classes, 0.55 inch and a fit each)."""
+    if entropy.height <= most:
+        return entropy["class"].to_list()
+    change = (pl.col(f"h{component}_after") - pl.col(f"h{component}_before")).abs()
+    ranked = entropy.with_columns(change.fill_nan(None).alias("_change")).sort(
+        "_change", "class", descending=[True, False], nulls_last=True
+    )
+    return ranked.head(most)["class"].to_list()
+
+
+def _density_ridges(
+    joined: pl.DataFrame, component: int, threshold: str, bin_rule: str, classes: int = 0
+) -> bytes:
+    """One ridge per class: the spline density of one component before and after removal
+    (`classes`: how many the report has, when `joined` holds only some of them)."""
     panels = []
     for (name,), group in joined.sort("class").group_by("class", maintain_order=True):
         x = group[COMPONENTS[component]].to_numpy()
@@ -387,7 +425,14 @@ def _density_ridges(joined: pl.DataFrame, component: int, threshold: str, bin_ru
                 SplineDensity1D.fit(x_after, rule=bin_rule),
             )
         )
-    return plots.density_panels(panels, component + 1, threshold)
+    shown = joined["class"].n_unique()
+    note = (
+        f"{shown} of {classes} classes: those whose entropy changed most (every class: "
+        "per_class.csv)"
+        if classes > shown
+        else ""
+    )
+    return plots.density_panels(panels, component + 1, threshold, note)
 
 
 def summary_markdown(summaries: list[dict]) -> str:

@@ -126,7 +126,10 @@ def marginal_densities(
 
 
 def density_panels(
-    panels: Sequence[tuple[str, SplineDensity1D, SplineDensity1D]], component: int, threshold: str
+    panels: Sequence[tuple[str, SplineDensity1D, SplineDensity1D]],
+    component: int,
+    threshold: str,
+    note: str = "",
 ) -> bytes:
     """One component's spline density before and after removal, one ridge per class.
 
@@ -175,7 +178,8 @@ def density_panels(
     )
     ax.set_title(
         f"PC{component}: spline density of each class before and after removal, T = {threshold}"
-        "\nH: differential entropy of the density, in nats (higher = less peaked)",
+        "\nH: differential entropy of the density, in nats (higher = less peaked)"
+        + (f"\n{note}" if note else ""),
         fontsize=8,
     )
     fig.subplots_adjust(left=0.3, right=0.98, bottom=0.55 / (0.55 * n + 1.3) + 0.05, top=0.86)
