@@ -30,6 +30,7 @@ import functools
 import multiprocessing
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
+import sqlalchemy
 
 from dedup_assets.config import PipelineConfig
 from dedup_assets.core.data.layout import instance_file, use_dagster_home
@@ -64,6 +66,19 @@ Selection = str | ClassRange | None
 # class stage took 60 s with it and 127 s without (2 busy cores). Its cost: the classes of
 # a failed run are not marked failed in the UI (the run and its log name them).
 os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "1")
+
+
+@sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "connect")
+def _sqlite_commits_without_fsync(connection: Any, _record: Any) -> None:
+    """Dagster's SQLite storage (in WAL mode) commits every event with an fsync; with
+    synchronous=NORMAL a commit is not synced, the database stays consistent, and a power
+    cut may lose the last events of a run, which the next `dedup run` recomputes anyway
+    (every output carries its own provenance). Measured: decoding 300 classes of 20 images
+    in one run took 48.0 s with the default and 25.7 s with this (2 busy cores); a class's
+    events (materialization, check verdict) were most of the difference."""
+    if isinstance(connection, sqlite3.Connection):
+        connection.execute("PRAGMA synchronous=NORMAL")
+
 
 # A stopped pool's processes get SIGTERM (again every 0.2 s: one that ends its interrupted
 # run and takes the next queued one stops at the next) and SIGKILL after STOP_GRACE_S.

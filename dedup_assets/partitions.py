@@ -65,11 +65,12 @@ def class_ranges(
     order: Sequence[str],
     *,
     parts: int = 1,
-    max_size: int = MAX_CLASSES_PER_RUN,
+    max_size: int | None = None,
 ) -> list[ClassRange]:
     """The fewest ranges of `order` (the registered partitions, in the instance's order)
     that cover exactly the `wanted` classes, split into at least `parts` ranges where there
-    are that many classes (one per worker) and at most `max_size` classes each."""
+    are that many classes (one per worker) and at most `max_size` classes each (default:
+    MAX_CLASSES_PER_RUN)."""
     at = {key: i for i, key in enumerate(order)}
     unknown = [k for k in wanted if k not in at]
     if unknown:
@@ -81,7 +82,8 @@ def class_ranges(
             stretches[-1].append(p)
         else:
             stretches.append([p])
-    size = max(1, min(max_size, -(-len(positions) // max(parts, 1))))
+    limit = max_size or MAX_CLASSES_PER_RUN
+    size = max(1, min(limit, -(-len(positions) // max(parts, 1))))
     out = []
     for stretch in stretches:
         for s in range(0, len(stretch), size):

@@ -1,0 +1,194 @@
+"""Issue 23's targets on EuroSAT, in one benchmark run: the command against its own floor,
+a rerun with nothing new, and a rerun after 1% new images.
+
+    python benchmarks/bench_targets.py [--eurosat ../shared/datasets/eurosat] \
+        [--work /tmp/bench_targets] [--model autoencoder.pt] [--thresholds 0.95]
+
+- floor: the unavoidable work measured alone in the same benchmark run, each in its own
+  process as the command would do it: process start and imports (`python -c "import
+  dedup_assets.runner"`), and decode, encode, fit and decide with the numerical core
+  (`bench_end_to_end.py`'s stages, no orchestration, no files written);
+- first: `dedup run` with the trained model copied in (a model without a record of its
+  training is kept), at the same threshold;
+- again: the same command, nothing new (target: under 3 s plus listing the source);
+- +1%: 1% new images (a quarter turn of existing ones) in two classes (target: under 10%
+  of `first`), and the class keep lists of the other classes byte-identical.
+
+Without --model a model is trained once (`dedup run --epochs 1` into <work>/model_run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import add_out_option, table, timed_dedup_run, write_result  # noqa: E402
+from dedup_assets.core.data.image_folder import scan_image_folder  # noqa: E402
+from dedup_assets.core.data.layout import OutputLayout  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CHANGED = ("Forest", "River")
+
+
+def make_source(eurosat: Path, work: Path) -> Path:
+    """Links to EuroSAT's class folders; the CHANGED classes are real folders of links."""
+    source = work / "source"
+    shutil.rmtree(source, ignore_errors=True)
+    source.mkdir(parents=True)
+    for class_dir in sorted(p for p in eurosat.iterdir() if p.is_dir()):
+        if class_dir.name in CHANGED:
+            (source / class_dir.name).mkdir()
+            for f in class_dir.iterdir():
+                (source / class_dir.name / f.name).symlink_to(f.resolve())
+        else:
+            (source / class_dir.name).symlink_to(class_dir.resolve())
+    return source
+
+
+def add_images(folder: Path, n: int) -> None:
+    """n new images: existing ones of the class turned a quarter (new content, same look)."""
+    for i, path in enumerate(sorted(folder.glob("*.jpg"))[:n]):
+        with Image.open(path) as img:
+            img.rotate(90).save(folder / f"new_{i:04d}.jpg", quality=95)
+
+
+def seconds_of(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def floor(source: Path, model: Path, threshold: str, work: Path) -> dict:
+    """Imports, then decode + encode + fit + decide by the numerical core alone."""
+    imports = min(
+        seconds_of([sys.executable, "-c", "import dedup_assets.runner"]) for _ in range(2)
+    )
+    out = work / "floor"
+    subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "bench_end_to_end.py"),
+            "--source",
+            str(source),
+            "--model",
+            str(model),
+            "--threshold",
+            threshold,
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    core = json.loads((out / "end_to_end_cpu.json").read_text())
+    stages = core["ours"]["stages"] if "ours" in core else core["stages"]
+    parts = {k: float(v["seconds"] if isinstance(v, dict) else v) for k, v in stages.items()}
+    return {"imports": round(imports, 2), **parts, "total": round(imports + sum(parts.values()), 2)}
+
+
+def class_keep_digests(output: Path, threshold: str) -> dict[str, str]:
+    folder = output / "keep_lists" / "by_class" / threshold
+    return {
+        p.stem: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.parquet"))
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--eurosat", type=Path, default=Path("../shared/datasets/eurosat"))
+    p.add_argument("--work", type=Path, default=Path("/tmp/bench_targets"))
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--thresholds", default="0.95")
+    add_out_option(p)
+    args = p.parse_args()
+    if not args.eurosat.is_dir():
+        raise SystemExit(f"EuroSAT not found at {args.eurosat}")
+    work = args.work
+    source = make_source(args.eurosat, work)
+    common = ["--thresholds", args.thresholds]
+    model = args.model
+    if model is None:
+        model = work / "model_run" / "model" / "autoencoder.pt"
+        if not model.exists():
+            shutil.rmtree(work / "model_run", ignore_errors=True)
+            timed_dedup_run(source, work / "model_run", [*common, "--epochs", "1"])
+    out = work / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    OutputLayout(out).claim()  # a new output folder of latent-dedup, the model copied in
+    (out / "model").mkdir(parents=True)
+    shutil.copy2(model, out / "model" / "autoencoder.pt")
+
+    first = timed_dedup_run(source, out, common)
+    floor_parts = floor(source, model, args.thresholds.split(",")[0], work)
+    start = time.perf_counter()
+    scan_image_folder(source)
+    listing = time.perf_counter() - start
+    again = timed_dedup_run(source, out, common)
+    t = args.thresholds.split(",")[0]
+    before = class_keep_digests(out, t)
+    new = 27_000 // 100 // len(CHANGED)
+    for name in CHANGED:
+        add_images(source / name, new)
+    plus = timed_dedup_run(source, out, common)
+    after = class_keep_digests(out, t)
+    untouched = [k for k in before if k not in {c.lower() for c in CHANGED}]
+    identical = all(before[k] == after.get(k) for k in untouched)
+
+    ratio = first["wall_seconds"] / floor_parts["total"]
+    rows = [
+        ["first run / its floor", first["wall_seconds"], floor_parts["total"], ratio, "<= 1.25"],
+        [
+            "nothing new: wall - listing",
+            again["wall_seconds"],
+            listing,
+            again["wall_seconds"] - listing,
+            "< 3 s",
+        ],
+        [
+            f"+1% ({new * len(CHANGED)} images) / first",
+            plus["wall_seconds"],
+            first["wall_seconds"],
+            plus["wall_seconds"] / first["wall_seconds"],
+            "< 0.10",
+        ],
+    ]
+    print(table(["target", "measured s", "against s", "value", "target"], rows))
+    print(f"untouched classes' keep lists byte-identical: {identical} ({len(untouched)} classes)")
+    print("\nfloor parts (s):", json.dumps(floor_parts))
+    print("\nwhere the first run's time went:")
+    for r in first["work"]:
+        print(f"  {r['work']:<36} {r['seconds']:>8.1f}  {r['images_per_second'] or ''}")
+    for run in (first, again, plus):
+        run.pop("stdout")
+    path = write_result(
+        "targets_eurosat",
+        {
+            "images": 27_000,
+            "thresholds": args.thresholds,
+            "floor": floor_parts,
+            "listing_seconds": round(listing, 2),
+            "first": first,
+            "nothing_new": again,
+            "one_percent_new": plus,
+            "ratio_first_to_floor": round(ratio, 3),
+            "nothing_new_minus_listing": round(again["wall_seconds"] - listing, 2),
+            "ratio_one_percent_to_first": round(plus["wall_seconds"] / first["wall_seconds"], 3),
+            "untouched_identical": identical,
+        },
+        args.out,
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

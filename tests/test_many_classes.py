@@ -1,0 +1,65 @@
+"""Many classes in one `dedup run`: ranges of classes, not a run per class.
+
+Tiny images (one 16 px image per class folder), one threshold; the point is what a class
+costs the orchestration. The instance is in memory (the SQLite limits of a persistent
+instance are why a run covers at most `MAX_CLASSES_PER_RUN` classes; see partitions.py).
+
+The suite runs 600 classes in runs of at most 250 (three ranges). DEDUP_MANY_CLASSES=5000
+runs five thousand in runs of 1,000 (measured: 13.5 min on 2 cores busy with other work,
+too long for the suite's budget; a class still costs about 0.1 s of work and events).
+"""
+
+import os
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from PIL import Image
+
+from dedup_assets import partitions
+from dedup_assets.config import PipelineConfig
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.partitions import MAX_CLASSES_PER_RUN
+from dedup_assets.runner import run_pipeline
+
+CLASSES = int(os.environ.get("DEDUP_MANY_CLASSES", "600"))
+PER_RUN = MAX_CLASSES_PER_RUN if CLASSES >= 5 * MAX_CLASSES_PER_RUN else 250
+
+
+def test_many_classes_in_one_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(partitions, "MAX_CLASSES_PER_RUN", PER_RUN)
+    source = tmp_path / "source"
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (CLASSES, 4, 4, 3), dtype=np.uint8)
+    for i in range(CLASSES):
+        folder = source / f"c{i:05d}"
+        folder.mkdir(parents=True)
+        Image.fromarray(colours[i]).resize((16, 16)).save(folder / "a.png")
+    config = PipelineConfig.build(
+        source=str(source),
+        output=str(tmp_path / "out"),
+        thresholds=["0.95"],
+        device="cpu",
+        precision="fp32",
+        method={"epochs": 1, "batch_size": 256, "n_components": 4, "kurtosis_tolerance": 1.0},
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    lines: list[str] = []
+    outcome = run_pipeline(config, instance, log=lines.append)
+    assert outcome.failures == [] and outcome.skipped == [], outcome.failures
+    runs = {s.name.split(":")[0]: s.runs for s in outcome.stages}
+    batches = -(-CLASSES // PER_RUN)
+    assert runs["images"] == runs["classes"] == batches, runs
+    keys = instance.get_dynamic_partitions("image_class")
+    assert len(keys) == CLASSES
+    for asset in ("class_images", "class_latents", "spline_fits", "class_keep_lists"):
+        assert len(instance.get_materialized_partitions(dg.AssetKey(asset))) == CLASSES, asset
+    verdicts = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey("class_latents"), "latents_valid"), limit=CLASSES + 1
+    )
+    assert len(verdicts) == CLASSES and {v.status.value for v in verdicts} == {"SUCCEEDED"}
+    keep = pl.read_parquet(OutputLayout(tmp_path / "out").keep_list("0.95"))
+    assert keep.height == CLASSES and keep["kept"].all()  # one image a class: nothing to remove
+    # A rerun with nothing new does nothing.
+    again = run_pipeline(config, instance, log=lines.append)
+    assert again.nothing_changed and again.stages == []
