@@ -206,3 +206,36 @@ def test_mirrors_missing_at_the_cross_class_step_are_encoded_like_the_latents(
     assert result.success
     assert len(seen) == 6 and set(seen) == {("cpu", torch.bfloat16)}
     assert len(list(layout.root.glob("latents/*.mirrors.npz"))) == 6
+
+
+def test_approximate_join_finds_other_class_partners_crowded_by_own_class_copies():
+    """Each original has 40 near copies in its own class and one in another: the old
+    approximate join (an IVF index's 32 nearest, then the best of another class) found no
+    partner for such images. Comparing every image of the nearest cells finds them all,
+    with the exact similarity, wherever the exact join does."""
+    from dedup_assets.core.decision.cross_class import (
+        CELL_SIZE,
+        cell_centres,
+        nearest_other_class,
+    )
+
+    rng = np.random.default_rng(2)
+    originals = _unit(rng.standard_normal((120, 32)))
+    own = np.repeat(originals, 41, axis=0) + 0.01 * rng.standard_normal((120 * 41, 32))
+    other = originals + 0.02 * rng.standard_normal((120, 32))
+    v = _unit(np.vstack([own, other]).astype(np.float32))
+    labels = np.concatenate([np.repeat(np.arange(120) % 3, 41), (np.arange(120) % 3) + 3])
+    assert len(v) > 4 * CELL_SIZE  # several cells, each image compared in a few of them
+    exact = nearest_other_class(v, labels)
+    ann = nearest_other_class(v, labels, join="ann", nprobe=2)
+    listed = exact.similarity > 0.9
+    assert listed.sum() >= len(v) - 120
+    assert (ann.partner[listed] == exact.partner[listed]).mean() > 0.99
+    found = ann.partner >= 0
+    assert (labels[ann.partner[found]] != labels[found]).all()
+    np.testing.assert_allclose(
+        ann.similarity[found], np.sum(v[found] * v[ann.partner[found]], axis=1), atol=1e-5
+    )
+    centres = cell_centres(v, 5)
+    assert centres.shape == (5, 32)
+    np.testing.assert_allclose(np.linalg.norm(centres, axis=1), 1.0, atol=1e-5)

@@ -34,6 +34,7 @@ from dedup_assets.core.decision.calibration import (
     proportional_mirrors,
 )
 from dedup_assets.core.decision.cross_class import (
+    APPROXIMATE_JOIN,
     NearestOther,
     SharedSpace,
     cross_class_pairs,
@@ -107,14 +108,15 @@ def build_cross_class_asset(
         budget = budget_of(threshold)
         # Every threshold partition needs the same nearest-other-class join: the first one
         # computes it, the others read it (keyed by every class's latents and the settings).
-        cache_key = digest(
-            {
-                **current.cross_class("any"),
-                "seed": settings.seed,
-                "join": join,
-                "nprobe": settings.ann_nprobe,
-            }
-        )
+        computed_from = {
+            **current.cross_class("any"),
+            "seed": settings.seed,
+            "join": join,
+            "nprobe": settings.ann_nprobe,
+        }
+        if join == "ann":  # a result of an earlier approximate join (top-32 of an IVF index)
+            computed_from["approximate"] = APPROXIMATE_JOIN  # is not this one's
+        cache_key = digest(computed_from)
         # The budget's null (each image's similarity to its most similar mirror of another
         # image, `core.decision.calibration.mirror_null`) is the same for every budget:
         # cached beside the nearest pairs, keyed by the same inputs and by how the null is
