@@ -192,6 +192,9 @@ def density_panels(
     return _png(fig, tight=False)
 
 
+KEYED = 30  # classes named beside a kurtosis scatter
+
+
 def kurtosis_scatter(
     before: np.ndarray,
     after: np.ndarray,
@@ -201,13 +204,16 @@ def kurtosis_scatter(
 ) -> bytes:
     """The paper's figures 1-3: kurtosis after vs before, Theil-Sen line and y = x.
 
-    Points carry numbers and the classes are listed beside the plot, so names never overlap.
+    Points carry numbers and the classes are listed beside the plot, so names never overlap;
+    only the classes named in the key (the first KEYED) are numbered: a number per point
+    cost 1.5 ms, 8 s a figure for 5,000 classes; the others are plain points.
     """
     fig, (ax, key) = plt.subplots(1, 2, figsize=(6.2, 3.6), gridspec_kw={"width_ratios": [3, 1.3]})
     ok = np.isfinite(before) & np.isfinite(after)
     ax.scatter(before[ok], after[ok], s=18, color="tab:blue", zorder=3)
     numbered = [(i + 1, lab) for i, lab in enumerate(np.asarray(labels)[ok])]
-    for (number, _), x, y in zip(numbered, before[ok], after[ok], strict=True):
+    shown = numbered[:KEYED]
+    for (number, _), x, y in zip(shown, before[ok], after[ok], strict=False):
         ax.annotate(str(number), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     if ok.any():
         lo = float(min(before[ok].min(), after[ok].min()))
@@ -225,10 +231,10 @@ def kurtosis_scatter(
     ax.set_xlabel("excess kurtosis before removal")
     ax.set_ylabel("excess kurtosis after removal")
     ax.set_title(f"PC{reg.component}, T = {threshold}", fontsize=9)
-    ax.legend(fontsize=7)
+    # "best" placement scans every point: a fixed corner when there are many
+    ax.legend(fontsize=7, loc="best" if len(numbered) <= KEYED else "upper left")
     ax.grid(alpha=0.3)
     key.axis("off")
-    shown = numbered[:30]
     key.text(
         0,
         1,
