@@ -243,18 +243,14 @@ def _refit_key(current: CurrentInputs, threshold: str) -> str:
     return digest({"keep_list": digest(current.keep_list(threshold)), "refit": REFIT_VERSION})
 
 
-def _kept_masks(
-    layout, class_keys: list[str], names: dict[str, str], keep_of
-) -> dict[str, np.ndarray]:
-    """Class name -> kept mask over the class's latents rows, from `keep_of(key)`
-    (image_id, kept) of that class (image ids are salted with the class: a class's keep
-    rows are the only ones that can name its images)."""
-    masks = {}
-    for key in class_keys:
-        kept_ids = keep_of(key).filter(pl.col("kept"))["image_id"]
-        ids = read_latent_ids(layout.latents(key))["image_id"]
-        masks[names[key]] = ids.is_in(kept_ids).to_numpy()
-    return masks
+def _kept_masks(ids: dict[str, pl.Series], names: dict[str, str], keep_of) -> dict[str, np.ndarray]:
+    """Class name -> kept mask over the class's latents rows (`ids`, by key), from
+    `keep_of(key)` (image_id, kept) of that class (image ids are salted with the class: a
+    class's keep rows are the only ones that can name its images)."""
+    return {
+        names[key]: image_ids.is_in(keep_of(key).filter(pl.col("kept"))["image_id"]).to_numpy()
+        for key, image_ids in ids.items()
+    }
 
 
 def _refits(
@@ -283,19 +279,14 @@ def _refits(
     done = set() if cached is None else set(cached["key"].to_list())
     by_class = keep.partition_by("class", as_dict=True)
     empty = keep.clear()
-    kept = {
-        threshold: _kept_masks(
-            layout, class_keys, names, lambda k: by_class.get((names[k],), empty)
-        )
-    }
+    ids = {k: read_latent_ids(layout.latents(k))["image_id"] for k in class_keys}
+    kept = {threshold: _kept_masks(ids, names, lambda k: by_class.get((names[k],), empty))}
     for t in thresholds:
         if t == threshold or keys[t] in done:
             continue
         lists = {k: layout.class_keep_list(t, k) for k in class_keys}
         if all(is_current(p, current.keep(k, t)) for k, p in lists.items()):
-            kept[t] = _kept_masks(
-                layout, class_keys, names, lambda k, lists=lists: read_keep_list(lists[k])
-            )
+            kept[t] = _kept_masks(ids, names, lambda k, lists=lists: read_keep_list(lists[k]))
     keys_by_name = {names[k]: k for k in class_keys}
     refits = refit_kurtosis_by_threshold(_LatentsByClass(layout, keys_by_name), kept)
     rows = [
