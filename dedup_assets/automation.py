@@ -12,6 +12,10 @@ that evaluates the assets' declarative automation conditions.
 - `nightly_refresh` (cron from the configuration) does the same against what the catalog
   was built from, for the registered classes; `nightly_retraining` runs `train_job` at the
   same time, whose asset keeps the model unless a retraining rule fires.
+- Both also request the classes whose keep lists are stale while their latents and fits are
+  current: an edited `overrides.csv` (or `--overrides` file) decides exactly the classes
+  whose corrections changed again (`redecide_classes`), with a run key per version of what
+  their keep lists should record, so each edit is requested once.
 - `dedup_automation` evaluates the assets' `AutomationCondition`s: keep lists, reports,
   checks and clean copies follow when class partitions change; every class is encoded
   again when the autoencoder is retrained.
@@ -28,10 +32,17 @@ from collections.abc import Sequence
 import dagster as dg
 import polars as pl
 
-from dedup_assets.core.data.artifacts import digest, recorded_listings
+from dedup_assets.core.data.artifacts import (
+    MissingArtifact,
+    digest,
+    is_current,
+    recorded_listings,
+    stale_classes,
+)
 from dedup_assets.core.data.image_folder import FolderScan
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.source_index import SourceChanges, changed_classes
+from dedup_assets.core.decision.overrides import OverridesError
 from dedup_assets.names import INDEX_JOB, REASON_TAG, TRAIN_JOB, UPDATE_CLASS_JOB
 from dedup_assets.partitions import class_partitions, class_ranges
 from resources import DedupSettings, DedupStorage, ImageSource
@@ -86,6 +97,45 @@ def partition_order(instance: dg.DagsterInstance, changes: SourceChanges) -> lis
     ]
 
 
+def redecide_classes(
+    storage: DedupStorage, settings: DedupSettings, thresholds: Sequence[str]
+) -> dict[str, str]:
+    """Classes to decide again though their folders did not change: their keep lists are
+    not current while their latents and fits are (the user's overrides changed, or the
+    decision's settings), each with the digest of what its keep lists should now record (a
+    run key part: a later edit asks again, the same one never twice). A retrained model
+    makes latents stale: the automation sensor re-encodes those. {} before the first run;
+    OverridesError for a bad overrides file."""
+    layout = storage.layout()
+    if not layout.model.exists():
+        return {}
+    try:
+        current = storage.current_inputs(settings)
+        stale = stale_classes(layout, current, list(thresholds))
+    except (MissingArtifact, OSError):
+        return {}
+    return {
+        k: digest([current.keep(k, t) for t in thresholds])
+        for k in stale
+        if is_current(layout.latents(k), current.latents(k))
+        and is_current(layout.spline_fit(k), current.fit(k))
+    }
+
+
+def with_redecided(
+    changes: SourceChanges, listing: dict[str, str], redecide: dict[str, str]
+) -> tuple[SourceChanges, dict[str, str]]:
+    """`changes` with the classes to decide again among the changed ones, and the listing
+    their run keys are made of (a redecided class's listing joined with what it is decided
+    with). A class not in the listing (its folder is gone) is left out."""
+    extra = {k: v for k, v in redecide.items() if k in listing and k not in changes.to_update}
+    if not extra:
+        return changes, listing
+    changed = tuple(sorted({*changes.changed, *extra}))
+    keyed = {**listing, **{k: f"{listing[k]}+{v}" for k, v in extra.items()}}
+    return SourceChanges(changes.added, changed, changes.removed), keyed
+
+
 def partition_requests(changes: SourceChanges) -> list:
     """Register new class folders as partitions and drop the ones that are gone."""
     out = []
@@ -105,9 +155,13 @@ def new_files_share(layout: OutputLayout, scan: FolderScan) -> float:
 
 
 def build_automation(
-    jobs: Sequence[dg.UnresolvedAssetJobDefinition], schedule_cron: str
+    jobs: Sequence[dg.UnresolvedAssetJobDefinition],
+    schedule_cron: str,
+    thresholds: Sequence[str] = (),
 ) -> tuple[list[dg.SensorDefinition], list[dg.ScheduleDefinition]]:
-    """The new-data sensor, the automation-condition sensor and the nightly schedule."""
+    """The new-data sensor, the automation-condition sensor and the nightly schedule;
+    `thresholds`: the configured ones, whose keep lists the overrides can make stale."""
+    thresholds = list(thresholds)
     by_name = {j.name: j for j in jobs}
     targets = [by_name[INDEX_JOB], by_name[UPDATE_CLASS_JOB], by_name[TRAIN_JOB]]
 
@@ -117,7 +171,8 @@ def build_automation(
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.STOPPED,
         description="New, changed and deleted files in the image source request runs of "
-        "update_class_job for exactly the class partitions they affect.",
+        "update_class_job for exactly the class partitions they affect; so does an edited "
+        "overrides.csv, for the classes whose corrections changed.",
     )
     def new_images_sensor(
         context: dg.SensorEvaluationContext,
@@ -131,13 +186,18 @@ def build_automation(
         # What the outputs lack, less what an earlier tick requested at the same listing.
         pending = changed_classes(listing, recorded_listings(layout))
         changes = pending.unseen(listing, json.loads(context.cursor) if context.cursor else None)
-        if not pending.any:
+        try:
+            redecide = redecide_classes(storage, settings, thresholds)
+        except OverridesError as exc:
+            return dg.SkipReason(f"overrides refused, nothing requested: {exc}")
+        if not pending.any and not redecide:
             return dg.SkipReason("nothing changed in the image source")
-        if not changes.any:
+        if not changes.any and not redecide:
             return dg.SkipReason(f"already requested: {pending.describe()}")
         if not layout.model.exists():
             return dg.SkipReason("no trained model yet: run `dedup run` (or materialize all) first")
-        requests = update_requests(changes, listing, partition_order(context.instance, changes))
+        changes, keyed = with_redecided(changes, listing, redecide)
+        requests = update_requests(changes, keyed, partition_order(context.instance, changes))
         share = new_files_share(layout, scan)
         if share >= settings.retrain_new_share:
             requests.append(
@@ -160,19 +220,27 @@ def build_automation(
         job=by_name[UPDATE_CLASS_JOB],
         default_status=dg.DefaultScheduleStatus.STOPPED,
         description="Brings every class whose files changed since its catalog was built up "
-        "to date (new class folders are registered by the sensor or `dedup run`).",
+        "to date, and decides again the classes whose overrides changed (new class folders "
+        "are registered by the sensor or `dedup run`).",
     )
     def nightly_refresh(
-        context: dg.ScheduleEvaluationContext, image_source: ImageSource, storage: DedupStorage
+        context: dg.ScheduleEvaluationContext,
+        image_source: ImageSource,
+        storage: DedupStorage,
+        settings: DedupSettings,
     ):
         layout = storage.layout()
         _, listings = image_source.list_source(layout)
         listing = {k: v.digest for k, v in listings.items()}
         changes = changed_classes(listing, recorded_listings(layout))
-        known = SourceChanges((), changes.changed, ())
+        try:
+            redecide = redecide_classes(storage, settings, thresholds)
+        except OverridesError as exc:
+            return dg.SkipReason(f"overrides refused, nothing requested: {exc}")
+        known, keyed = with_redecided(SourceChanges((), changes.changed, ()), listing, redecide)
         if not known.any:
             return dg.SkipReason(changes.describe())
-        return update_requests(known, listing, partition_order(context.instance, known))
+        return update_requests(known, keyed, partition_order(context.instance, known))
 
     @dg.schedule(
         name="nightly_retraining",

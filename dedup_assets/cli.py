@@ -128,7 +128,10 @@ class ConfigOption:
             parser.add_argument(self.flag, action=store, **common)
             return
         kind = self.field.annotation if self.field.annotation in (int, float) else str
-        metavar = self.flag.removeprefix("--").replace("-", "_").upper()
+        extra = self.field.json_schema_extra
+        metavar = (extra.get("metavar") if isinstance(extra, dict) else None) or (
+            self.flag.removeprefix("--").replace("-", "_").upper()
+        )
         parser.add_argument(self.flag, type=kind, required=required, metavar=metavar, **common)
 
 
@@ -235,6 +238,7 @@ def _run(args: argparse.Namespace) -> int:
             "executor k8s is for the code location of a Kubernetes deployment "
             "(deploy/k8s, DEDUP_EXECUTOR=k8s); dedup run uses in_process, processes or dask"
         )
+    from dedup_assets.config import ConfigError
     from dedup_assets.core.data.layout import OutputInUse, OutputLayout
     from dedup_assets.runner import instance_for, run_pipeline
 
@@ -247,14 +251,17 @@ def _run(args: argparse.Namespace) -> int:
     say = lambda text: print(text, flush=True)  # noqa: E731 - progress lines, unbuffered
     say(f"latent-dedup: {config.source or f'demo dataset {config.demo_source}'} -> {output}")
     instance = instance_for(output)
-    outcome = run_pipeline(
-        config,
-        instance,
-        retrain=args.retrain,
-        full=args.full,
-        log=say,
-        log_level="INFO" if args.verbose else "CRITICAL",
-    )
+    try:
+        outcome = run_pipeline(
+            config,
+            instance,
+            retrain=args.retrain,
+            full=args.full,
+            log=say,
+            log_level="INFO" if args.verbose else "CRITICAL",
+        )
+    except ConfigError as exc:  # the overrides file: one line naming the file and the line
+        raise UsageError(str(exc)) from None
     return _report(outcome, config, layout, say)
 
 

@@ -339,10 +339,11 @@ def current_inputs(config: PipelineConfig) -> CurrentInputs:
     """What the output's per-class files should be computed from now, the run's overrides
     included (`known_overrides`): `CurrentInputs.of` for the runner."""
     overrides = known_overrides(config)
+    layout = OutputLayout(Path(config.output))
+    if overrides is None:
+        return CurrentInputs.of(layout, config.method)
     return CurrentInputs.of(
-        OutputLayout(Path(config.output)),
-        config.method,
-        overrides.digests() if overrides is not None else None,
+        layout, config.method, overrides.digests(), overrides.cross_class_pairs()
     )
 
 

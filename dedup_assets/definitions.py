@@ -89,7 +89,7 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
             description="Tables across thresholds and the ground-truth evaluation.",
         ),
     ]
-    sensors, schedules = build_automation(jobs, config.schedule)
+    sensors, schedules = build_automation(jobs, config.schedule, config.thresholds)
     return dg.Definitions(
         assets=[
             image_catalog,

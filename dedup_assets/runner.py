@@ -32,7 +32,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from dedup_assets.config import PipelineConfig
+from dedup_assets.config import PipelineConfig, current_inputs, known_overrides, load_overrides
 from dedup_assets.core.data.artifacts import (
     CurrentInputs,
     MissingArtifact,
@@ -219,7 +219,11 @@ def run_pipeline(
 
     retrain: train the autoencoder again whatever the rules say; full: recompute everything
     from scratch (decode, train, encode, decide), ignoring earlier work and decisions.
+    A malformed overrides file (`--overrides`, `<output>/overrides.csv`) raises ConfigError
+    before any work; one naming an image the catalog does not hold, once the catalog is
+    built (before any image is decoded).
     """
+    load_overrides(config)
     layout = OutputLayout(Path(config.output))
     layout.claim()
     with output_lock(layout):
@@ -255,7 +259,7 @@ def _nothing_to_do(config: PipelineConfig, layout: OutputLayout, changes) -> boo
     if changes.any or not layout.model.exists() or not layout.pipeline_file.exists():
         return False
     try:
-        current = CurrentInputs.of(layout, config.method)
+        current = current_inputs(config)
     except (MissingArtifact, OSError):
         return False
     thresholds = list(config.thresholds)
@@ -421,6 +425,7 @@ def _run_stages(
             to_ingest = _catalog_and_images(
                 stages, sorted(listings) if full else list(changes.to_update), listings
             )
+            known_overrides(config)  # an image the catalog does not hold: refused, with its line
             current, retrained = _training(stages, layout)
             to_process = _classes(stages, layout, current, to_ingest, every=retrained or full)
             _thresholds_and_summary(stages, layout, current, to_process)
@@ -476,7 +481,6 @@ def _catalog_and_images(
 def _training(stages: _Stages, layout: OutputLayout) -> tuple[CurrentInputs, bool]:
     """Keep the model or train it again, and draw the reference pool when it is not the
     model's; the current inputs then, and whether the model changed."""
-    settings = stages.config.method
     model_before = file_digest(layout.model) if layout.model.exists() else None
     failed, results = stages.run("training", TRAIN_JOB, [None])
     if failed:
@@ -484,12 +488,12 @@ def _training(stages: _Stages, layout: OutputLayout) -> tuple[CurrentInputs, boo
     stages.outcome.training = _training_decision(results[0])
     stages.log(f"training: {stages.outcome.training}")
     retrained = file_digest(layout.model) != model_before
-    current = CurrentInputs.of(layout, settings)
+    current = current_inputs(stages.config)
     if not is_current(layout.reference_pool, reference_pool_provenance(current.model_digest)):
         # A kept model skips the training job's pool step: draw the pool on its own.
         if stages.run("reference pool", TRAIN_JOB, [None], ["reference_pool"])[0]:
             raise _Skipped("every later stage: drawing the reference pool failed")
-        current = CurrentInputs.of(layout, settings)
+        current = current_inputs(stages.config)
     return current, retrained
 
 

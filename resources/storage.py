@@ -38,9 +38,13 @@ class DedupStorage(dg.ConfigurableResource):
     def current_inputs(
         self, settings: MethodSettings, overrides: Overrides | None = None
     ) -> CurrentInputs:
-        """`CurrentInputs.of` the output with the digests of the overrides the run honours:
-        those given (already read), else read now."""
+        """`CurrentInputs.of` the output with the digests of the overrides the run honours
+        and their pairs of two classes marked not a duplicate: those given (already read),
+        else read now."""
         if overrides is None:
             overrides = self.read_overrides()
-        digests = overrides.digests() if overrides is not None else None
-        return CurrentInputs.of(self.layout(), settings, digests)
+        if overrides is None:
+            return CurrentInputs.of(self.layout(), settings)
+        return CurrentInputs.of(
+            self.layout(), settings, overrides.digests(), overrides.cross_class_pairs()
+        )

@@ -152,13 +152,18 @@ def test_schedules_bring_changed_classes_up_to_date(materialized):
     assert refresh.cron_schedule == "0 2 * * *"
     registered = materialized["instance"].get_dynamic_partitions("image_class")
     # A schedule reads the partitions' order from a persistent instance, as the daemon's is.
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("image_class", registered)
-        context = dg.build_schedule_context(
+    # The context is closed inside the instance's block: an unclosed one enters its own
+    # instance and leaves Dagster's current defs-state storage pointing at a disposed one
+    # when it is garbage-collected later, which breaks every later `Definitions` load.
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_schedule_context(
             instance=instance,
             resources=materialized["config"].resources(),
             scheduled_execution_time=datetime(2026, 11, 28, 2, 0, tzinfo=UTC),
-        )
+        ) as context,
+    ):
+        instance.add_dynamic_partitions("image_class", registered)
         _add_variants(materialized["source"] / "water", 2, prefix="late")
         requests = refresh(context)
         assert [(r.job_name, r.partition_key) for r in requests] == [("update_class_job", "water")]
@@ -175,6 +180,9 @@ def test_schedules_bring_changed_classes_up_to_date(materialized):
         finally:
             for path in later:
                 path.unlink()
+    context = dg.build_schedule_context(
+        scheduled_execution_time=datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
+    )
     retraining = repository.get_schedule_def("nightly_retraining")
     request = retraining(context)
     assert (

@@ -7,14 +7,14 @@ import dagster as dg
 from dedup_assets.assets.class_batch import ClassOutcome, class_asset, materialize_classes
 from dedup_assets.assets.reference_pool import reference_pool
 from dedup_assets.assets.spline_fits import spline_fits
-from dedup_assets.core.data.artifacts import CurrentInputs, write_table
+from dedup_assets.core.data.artifacts import write_table
 from dedup_assets.core.data.thresholds import budget_of
 from dedup_assets.core.decision.class_keep_lists import class_keep_lists as decide_class
 from dedup_assets.core.decision.reference_pool import read_reference_pool
 from dedup_assets.core.model.autoencoder import load_state
 from dedup_assets.names import FULL_TAG
 from dedup_assets.ui import md_table
-from resources import ComputeDevice, DedupSettings, DedupStorage
+from resources import ComputeDevice, DedupSettings, DedupStorage, ImageSource
 
 
 def build_class_keep_lists_asset(thresholds: Sequence[str]) -> dg.AssetsDefinition:
@@ -28,16 +28,21 @@ def build_class_keep_lists_asset(thresholds: Sequence[str]) -> dg.AssetsDefiniti
         deps=[spline_fits, reference_pool],
         description="Per class, at every threshold T: pixel-identical copies removed first "
         "(similarity 1.0), then an image is removed when it is more similar than T to an "
-        "image already kept (cosine in the configured space, blocked join).",
+        "image already kept (cosine in the configured space, blocked join); the user's "
+        "overrides.csv (keep, remove, not_duplicate) honoured, its rows decided_by override.",
     )
     def class_keep_lists(
         context: dg.AssetExecutionContext,
         storage: DedupStorage,
         settings: DedupSettings,
         compute: ComputeDevice,
+        image_source: ImageSource,
     ):
         layout = storage.layout()
-        current = CurrentInputs.of(layout, settings)
+        # The user's corrections (overrides.csv), checked against the catalog and the
+        # source (a path that leaves it through a link is refused): read once a run.
+        overrides = storage.read_overrides(image_source.resolve_root())
+        current = storage.current_inputs(settings, overrides)
         run_id = context.run.run_id
         shared: dict = {}  # the model and the reference pool, read once a run if a budget needs them
 
@@ -63,6 +68,7 @@ def build_class_keep_lists_asset(thresholds: Sequence[str]) -> dg.AssetsDefiniti
                 log=log,
                 device=compute.torch_device(),
                 amp_dtype=compute.amp_dtype(),
+                overrides=overrides.for_class(key) if overrides is not None else None,
                 **model_and_pool(),
             )
             for t, keep in tables.items():
@@ -87,13 +93,14 @@ def _class_metadata(tables: dict, run_id: str, settings: DedupSettings) -> dict:
         "keep_policy": str(settings.keep_policy),
         "kept_per_threshold": dg.MetadataValue.md(
             md_table(
-                ["T", "kept", "removed", "exact copies"],
+                ["T", "kept", "removed", "exact copies", "decided by override"],
                 [
                     (
                         t,
                         int(k["kept"].sum()),
                         int((~k["kept"]).sum()),
                         int((k["match"] == "exact").sum()),
+                        int((k["decided_by"] == "override").sum()),
                     )
                     for t, k in tables.items()
                 ],

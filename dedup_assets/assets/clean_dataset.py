@@ -18,7 +18,6 @@ import dagster as dg
 import polars as pl
 
 from dedup_assets.core.data.artifacts import (
-    CurrentInputs,
     catalog_images,
     clean_copy_inputs,
     digest,
@@ -242,7 +241,7 @@ def build_clean_dataset_asset(
     ) -> dg.MaterializeResult:
         layout = storage.layout()
         threshold = context.partition_key
-        current = CurrentInputs.of(layout, settings)
+        current = storage.current_inputs(settings)  # the overrides in each class provenance
         current.require_keep_list(layout, threshold)
         keep_digest = digest(current.keep_list(threshold))
         gate_verdict(layout, threshold, keep_digest)

@@ -10,7 +10,6 @@ import polars as pl
 from dedup_assets.assets.catalog import image_catalog
 from dedup_assets.assets.latents import class_latents
 from dedup_assets.core.data.artifacts import (
-    CurrentInputs,
     catalog_images,
     class_names,
     digest,
@@ -41,6 +40,7 @@ from dedup_assets.core.decision.cross_class import (
     nearest_other_class,
     stratified_sample,
 )
+from dedup_assets.core.decision.overrides import without_pairs
 from dedup_assets.core.model.autoencoder import load_state
 from dedup_assets.ui import md_table
 from resources import ComputeDevice, DedupSettings, DedupStorage
@@ -85,7 +85,7 @@ def build_cross_class_asset(
     ) -> dg.MaterializeResult:
         layout = storage.layout()
         threshold = context.partition_key
-        current = CurrentInputs.of(layout, settings)
+        current = storage.current_inputs(settings)  # with the pairs marked not a duplicate
         names = class_names(layout)
         start = time.perf_counter()
         current.require_every_class(layout.latents, current.latents, "latents", "class_latents")
@@ -186,6 +186,7 @@ def build_cross_class_asset(
             .cast(SCHEMA)
             .sort("similarity", "path_a", descending=[True, False])
         )
+        pairs = without_pairs(pairs, current.not_duplicate)  # the user said: not duplicates
         write_table(pairs, layout.cross_class(threshold), current.cross_class(threshold))
         context.log.info(
             f"T={threshold}: {pairs.height:,} cross-class pairs among {images.height:,} images "

@@ -5,7 +5,6 @@ import polars as pl
 
 from dedup_assets.assets.catalog import image_catalog
 from dedup_assets.core.data.artifacts import (
-    CurrentInputs,
     catalog_images,
     digest,
     gather_pixels,
@@ -56,7 +55,8 @@ def _pairs_picture(
     layout: OutputLayout, keep: pl.DataFrame, catalog: pl.DataFrame, policy: str
 ) -> bytes | None:
     """The least and the most similar removed pairs: what a reviewer should look at."""
-    removed = keep.filter(~pl.col("kept")).sort("similarity")
+    # A removal by override may name no kept image: it has no pair to show.
+    removed = keep.filter(~pl.col("kept") & pl.col("duplicate_of").is_not_null()).sort("similarity")
     if removed.height == 0:
         return None
     half = PAIRS_SHOWN // 2
@@ -131,7 +131,7 @@ def build_keep_list_asset(
     ) -> dg.MaterializeResult:
         layout = storage.layout()
         threshold = context.partition_key
-        current = CurrentInputs.of(layout, settings)
+        current = storage.current_inputs(settings)  # the overrides in each class provenance
         class_keys = sorted(current.class_digests)
         current.require_every_class(
             lambda k: layout.class_keep_list(threshold, k),

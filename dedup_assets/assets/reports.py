@@ -106,7 +106,7 @@ def build_report_assets(
     ) -> dg.MaterializeResult:
         layout = storage.layout()
         threshold = context.partition_key
-        current = CurrentInputs.of(layout, settings)
+        current = storage.current_inputs(settings)  # the overrides in each class provenance
         class_keys = sorted(current.class_digests)
         current.require_every_class(
             layout.spline_scores, current.fit, "spline fit scores", "spline_fits"
@@ -174,7 +174,7 @@ def build_report_assets(
         context: dg.AssetExecutionContext, storage: DedupStorage, settings: DedupSettings
     ) -> dg.MaterializeResult:
         layout = storage.layout()
-        current = CurrentInputs.of(layout, settings)
+        current = storage.current_inputs(settings)
         verdicts = [
             threshold_verdict(layout, t, digest(current.keep_list(t)))
             for t in thresholds_def.get_partition_keys()

@@ -4,7 +4,7 @@ page is `core.quality.review_page`."""
 
 import dagster as dg
 
-from dedup_assets.core.data.artifacts import CurrentInputs, require_current
+from dedup_assets.core.data.artifacts import require_current
 from dedup_assets.core.quality.review_page import write_review_page
 from dedup_assets.ui import md_table
 from resources import DedupSettings, DedupStorage, ImageSource
@@ -40,7 +40,7 @@ def build_review_asset(
         image_source: ImageSource,
     ) -> dg.MaterializeResult:
         layout = storage.layout()
-        current = CurrentInputs.of(layout, settings)
+        current = storage.current_inputs(settings)  # the overrides in each class provenance
         for t in thresholds:
             current.require_keep_list(layout, t)
             require_current(

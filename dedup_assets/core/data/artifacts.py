@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -147,13 +147,15 @@ class CurrentInputs:
 
     override_digests: {class key: digest of its corrections} for the classes the user's
     overrides touch (`core.decision.overrides.Overrides.digests`); their keep lists are
-    decided with them."""
+    decided with them. not_duplicate: the pairs of images of two classes the user marked
+    "not a duplicate" (`Overrides.cross_class_pairs`), left out of the cross-class tables."""
 
     class_digests: dict[str, str]
     model_digest: str
     settings: MethodSettings
     pool_digest: str = ""
     override_digests: Mapping[str, str] = field(default_factory=dict)
+    not_duplicate: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(
@@ -161,6 +163,7 @@ class CurrentInputs:
         layout: OutputLayout,
         settings: MethodSettings,
         override_digests: Mapping[str, str] | None = None,
+        not_duplicate: Iterable[tuple[str, str]] = (),
     ) -> CurrentInputs:
         pool = layout.reference_pool
         return cls(
@@ -169,6 +172,7 @@ class CurrentInputs:
             settings,
             file_digest(pool) if pool.exists() else "",
             dict(override_digests or {}),
+            tuple(sorted(tuple(p) for p in not_duplicate)),
         )
 
     def latents(self, key: str) -> dict:
@@ -208,13 +212,17 @@ class CurrentInputs:
         )
 
     def cross_class(self, threshold: str) -> dict:
-        """Cross-class pairs: computed from every class's latents."""
+        """Cross-class pairs: computed from every class's latents, less the pairs marked
+        not a duplicate (recorded only when there are some)."""
         keys = sorted(self.class_digests)
-        return {
+        made = {
             "kind": "cross_class",
             "threshold": threshold,
             "latents": {k: digest(self.latents(k)) for k in keys},
         }
+        if self.not_duplicate:
+            made["not_duplicate"] = digest([list(p) for p in self.not_duplicate])
+        return made
 
     def keep_list(self, threshold: str) -> dict:
         """The combined keep list: one record over every class with images."""

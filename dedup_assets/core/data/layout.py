@@ -11,6 +11,9 @@ DEFAULT_OUTPUT = "dedup_output"  # the output folder when none is given
 MARKER = ".latent-dedup"
 # Files and folders an output made by earlier versions holds (accepted without the marker).
 LEGACY_SIGNS = ("pipeline.json", "catalog", ".dagster")
+OVERRIDES_FILE = "overrides.csv"
+"""The user's corrections every run of an output folder honours (`core.decision.overrides`):
+a new output folder may hold it before the first run."""
 
 
 class OutputInUse(RuntimeError):
@@ -33,13 +36,16 @@ class OutputLayout:
         """Make the output folder ours, or refuse one that holds other files.
 
         The pipeline replaces whole folders under its output (`clean/<T>`, `evaluation`,
-        ...), so a folder that already holds someone else's files is never written into.
+        ...), so a folder that already holds someone else's files is never written into. A
+        folder holding only `overrides.csv` is accepted: corrections put there before the
+        first run.
         """
         if self.marker.is_file():
             return
         if self.root.exists():
             entries = [p.name for p in self.root.iterdir()]
-            if entries and not any(sign in entries for sign in LEGACY_SIGNS):
+            foreign = [e for e in entries if e != OVERRIDES_FILE]
+            if foreign and not any(sign in entries for sign in LEGACY_SIGNS):
                 shown = ", ".join(sorted(entries)[:3])
                 raise OutputInUse(
                     f"output {self.root} is not empty and was not made by latent-dedup "
@@ -48,6 +54,12 @@ class OutputLayout:
                 )
         self.root.mkdir(parents=True, exist_ok=True)
         self.marker.write_text("This folder is written by latent-dedup.\n")
+
+    @property
+    def overrides(self) -> Path:
+        """The user's corrections, `overrides.csv` (honoured when present; `--overrides`
+        names another file)."""
+        return self.root / OVERRIDES_FILE
 
     @property
     def lock(self) -> Path:

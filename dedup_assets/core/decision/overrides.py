@@ -55,11 +55,10 @@ from pathlib import Path, PurePosixPath
 import polars as pl
 
 from dedup_assets.core.data.artifacts import digest, read_catalog, read_classes
+from dedup_assets.core.data.layout import OVERRIDES_FILE as OVERRIDES_FILE  # re-exported
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.decision.class_decision import Corrections
 
-OVERRIDES_FILE = "overrides.csv"
-"""The overrides every run of an output folder honours: `<output>/overrides.csv`."""
 COLUMNS = ("path", "decision", "other")
 DECISIONS = ("keep", "remove", "not_duplicate")
 KEEP, REMOVE, NOT_DUPLICATE = DECISIONS
@@ -190,6 +189,25 @@ class Overrides:
         return sorted(pairs)
 
 
+def without_pairs(
+    table: pl.DataFrame, pairs: Sequence[tuple[str, str]], a: str = "path_a", b: str = "path_b"
+) -> pl.DataFrame:
+    """`table` less its rows whose paths (columns `a`, `b`, either order) form one of
+    `pairs`: the cross-class pairs marked not a duplicate."""
+    if not pairs or table.is_empty():
+        return table
+    lo, hi = pl.min_horizontal(a, b), pl.max_horizontal(a, b)
+    marked = pl.DataFrame(
+        {"_lo": [p[0] for p in pairs], "_hi": [p[1] for p in pairs]},
+        schema={"_lo": pl.String, "_hi": pl.String},
+    )
+    return (
+        table.with_columns(lo.alias("_lo"), hi.alias("_hi"))
+        .join(marked, on=["_lo", "_hi"], how="anti", maintain_order="left")
+        .drop("_lo", "_hi")
+    )
+
+
 def overrides_path(output: Path, given: str | Path | None = None) -> Path | None:
     """The overrides a run honours: the file given (which must exist), else
     `<output>/overrides.csv` when there is one, else None."""
@@ -198,7 +216,7 @@ def overrides_path(output: Path, given: str | Path | None = None) -> Path | None
         if not path.is_file():
             raise OverridesError([f"overrides file {path} does not exist"])
         return path
-    default = Path(output) / OVERRIDES_FILE
+    default = OutputLayout(Path(output)).overrides
     return default if default.is_file() else None
 
 
