@@ -224,11 +224,13 @@ class _LatentsByClass(Mapping):
         return len(self.keys_by_name)
 
 
-# The refitted kurtosis of every threshold, computed by the first threshold's report from
-# one reading of the latents and read by the others: the keep decisions of every threshold
-# are known once the classes are decided (`keep_lists/by_class/<T>`), and each report read
-# every class's 1,024-d latents again (about 10 us a row: 0.2 s for a class of 20,000,
-# twice its refit's 0.1 s). Rows are keyed by what they were computed from.
+# The refitted kurtosis of every class at every threshold, computed by the first report
+# that needs it from one reading of each class's latents and read by the others: the keep
+# decisions of every threshold are known once the classes are decided
+# (`keep_lists/by_class/<T>`), and each report read every class's 1,024-d latents again
+# (about 10 us a row: 0.2 s for a class of 20,000, twice its refit's 0.1 s). Rows are
+# keyed by what each was computed from (the class's keep decisions at that threshold), so
+# after new images in one class only that class is read and refitted again.
 REFIT_CACHE = ".refit_kurtosis.parquet"
 REFIT_VERSION = 1
 
@@ -237,20 +239,10 @@ def _refit_path(layout) -> Path:
     return layout.reports_dir / REFIT_CACHE
 
 
-def _refit_key(current: CurrentInputs, threshold: str) -> str:
-    """What a threshold's refit is computed from: its keep list (whose provenance names
-    every class's latents, fit and keep decisions) and the refit's own version."""
-    return digest({"keep_list": digest(current.keep_list(threshold)), "refit": REFIT_VERSION})
-
-
-def _kept_masks(ids: dict[str, pl.Series], names: dict[str, str], keep_of) -> dict[str, np.ndarray]:
-    """Class name -> kept mask over the class's latents rows (`ids`, by key), from
-    `keep_of(key)` (image_id, kept) of that class (image ids are salted with the class: a
-    class's keep rows are the only ones that can name its images)."""
-    return {
-        names[key]: image_ids.is_in(keep_of(key).filter(pl.col("kept"))["image_id"]).to_numpy()
-        for key, image_ids in ids.items()
-    }
+def _refit_key(current: CurrentInputs, key: str, threshold: str) -> str:
+    """What one class's refit at one threshold is computed from: the class's keep
+    decisions (whose provenance names its latents and fit) and the refit's own version."""
+    return digest({"keep": digest(current.keep(key, threshold)), "refit": REFIT_VERSION})
 
 
 def _refits(
@@ -262,38 +254,55 @@ def _refits(
     names: dict[str, str],
     keep: pl.DataFrame,
 ) -> pl.DataFrame:
-    """`refit_kurtosis` of this threshold's keep list: from the cache when an earlier
-    threshold's report computed it, else computed here together with every other
-    threshold whose class keep decisions are current and not cached yet."""
+    """`refit_kurtosis` of this threshold's keep list: each class's row from the cache when
+    a report computed it from the same keep decisions, else computed here, together with
+    the missing rows of every other threshold whose keep decisions for the class are
+    current (one reading of the class's latents for all of them)."""
     path = _refit_path(layout)
-    keys = {t: _refit_key(current, t) for t in thresholds if t != threshold}
-    keys[threshold] = _refit_key(current, threshold)
+    wanted = {(t, k): _refit_key(current, k, t) for t in thresholds for k in class_keys}
     try:
-        cached = pl.read_parquet(path).filter(pl.col("key").is_in(list(keys.values())))
+        cached = pl.read_parquet(path).filter(pl.col("key").is_in(list(wanted.values())))
     except (OSError, pl.exceptions.PolarsError):
-        cached = None
-    if cached is not None:
-        mine = cached.filter(pl.col("key") == keys[threshold])
-        if sorted(mine["class"].to_list()) == sorted(names[k] for k in class_keys):
-            return mine.select(list(REFIT_SCHEMA)).sort("class")
-    done = set() if cached is None else set(cached["key"].to_list())
-    by_class = keep.partition_by("class", as_dict=True)
-    empty = keep.clear()
-    ids = {k: read_latent_ids(layout.latents(k))["image_id"] for k in class_keys}
-    kept = {threshold: _kept_masks(ids, names, lambda k: by_class.get((names[k],), empty))}
-    for t in thresholds:
-        if t == threshold or keys[t] in done:
-            continue
-        lists = {k: layout.class_keep_list(t, k) for k in class_keys}
-        if all(is_current(p, current.keep(k, t)) for k, p in lists.items()):
-            kept[t] = _kept_masks(ids, names, lambda k, lists=lists: read_keep_list(lists[k]))
-    keys_by_name = {names[k]: k for k in class_keys}
-    refits = refit_kurtosis_by_threshold(_LatentsByClass(layout, keys_by_name), kept)
-    rows = [
-        table.with_columns(pl.lit(t).alias("threshold"), pl.lit(keys[t]).alias("key"))
-        for t, table in refits.items()
-    ]
-    if cached is not None:
-        rows.append(cached.filter(~pl.col("key").is_in([keys[t] for t in refits])))
-    write_table(pl.concat(rows, how="diagonal_relaxed"), path)
-    return refits[threshold]
+        cached = pl.DataFrame(schema={**REFIT_SCHEMA, "threshold": pl.String, "key": pl.String})
+    done = set(cached["key"].to_list())
+    todo = {
+        t: [
+            k
+            for k in class_keys
+            if wanted[(t, k)] not in done
+            and (t == threshold or is_current(layout.class_keep_list(t, k), current.keep(k, t)))
+        ]
+        for t in thresholds
+    }
+    if todo[threshold]:
+        by_class = keep.partition_by("class", as_dict=True)
+        empty = keep.clear()
+        read = sorted({k for keys in todo.values() for k in keys})
+        ids = {k: read_latent_ids(layout.latents(k))["image_id"] for k in read}
+        kept = {}
+        for t, keys in todo.items():
+            if not keys:
+                continue
+            keep_of = (
+                (lambda k: by_class.get((names[k],), empty))
+                if t == threshold
+                else (lambda k, t=t: read_keep_list(layout.class_keep_list(t, k)))
+            )
+            kept[t] = {
+                names[k]: ids[k].is_in(keep_of(k).filter(pl.col("kept"))["image_id"]).to_numpy()
+                for k in keys
+            }
+        latents = _LatentsByClass(layout, {names[k]: k for k in read})
+        computed = []
+        for t, table in refit_kurtosis_by_threshold(latents, kept).items():
+            key_of = {names[k]: wanted[(t, k)] for k in todo[t]}
+            computed.append(
+                table.with_columns(
+                    pl.lit(t).alias("threshold"),
+                    pl.col("class").replace_strict(key_of, return_dtype=pl.String).alias("key"),
+                )
+            )
+        cached = pl.concat([cached, *computed], how="diagonal_relaxed")
+        write_table(cached, path)
+    mine = {wanted[(threshold, k)] for k in class_keys}
+    return cached.filter(pl.col("key").is_in(list(mine))).select(list(REFIT_SCHEMA)).sort("class")

@@ -119,13 +119,17 @@ def refit_kurtosis(
 def refit_kurtosis_by_threshold(
     latents: Mapping[str, np.ndarray], kept: Mapping[str, Mapping[str, np.ndarray]]
 ) -> dict[str, pl.DataFrame]:
-    """`refit_kurtosis` for several keep lists at once (threshold -> class -> kept mask),
-    each class's latents fetched once for all of them (reading them costs about twice a
-    refit)."""
+    """`refit_kurtosis` for several keep lists at once (threshold -> class -> kept mask;
+    a threshold may name only some of the classes), each class's latents fetched once for
+    all of them (reading them costs about twice a refit)."""
     rows: dict[str, list[dict]] = {t: [] for t in kept}
     for name in sorted(latents):
+        if not any(name in masks for masks in kept.values()):
+            continue
         x_all = latents[name]
         for t, masks in kept.items():
+            if name not in masks:
+                continue
             x = x_all[masks[name]].astype(np.float32)
             k = np.full(3, np.nan)
             if len(x) >= MIN_IMAGES_FOR_KURTOSIS:
