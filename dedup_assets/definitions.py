@@ -21,6 +21,7 @@ from dedup_assets.assets.keep_list import build_keep_list_asset
 from dedup_assets.assets.latents import class_latents
 from dedup_assets.assets.reference_pool import reference_pool
 from dedup_assets.assets.reports import build_report_assets
+from dedup_assets.assets.review import build_review_asset
 from dedup_assets.assets.spline_fits import spline_fits
 from dedup_assets.automation import build_automation
 from dedup_assets.config import PipelineConfig
@@ -46,6 +47,7 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
     clean_dataset = build_clean_dataset_asset(thresholds, keep_list, kurtosis_report)
     dedup_evaluation = build_evaluation_asset(thresholds)
     cross_class_duplicates, no_cross_class_duplicates = build_cross_class_asset(thresholds)
+    review_page = build_review_asset(thresholds, keep_list, cross_class_duplicates)
     per_class = [class_latents, spline_fits, class_keep_lists]
     jobs = [
         dg.define_asset_job(
@@ -85,8 +87,9 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
         ),
         dg.define_asset_job(
             SUMMARY_JOB,
-            selection=[dedup_summary, dedup_evaluation],
-            description="Tables across thresholds and the ground-truth evaluation.",
+            selection=[dedup_summary, dedup_evaluation, review_page],
+            description="Tables across thresholds, the ground-truth evaluation and the review "
+            "page (review/index.html).",
         ),
     ]
     sensors, schedules = build_automation(jobs, config.schedule, config.thresholds)
@@ -105,6 +108,7 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
             dedup_summary,
             clean_dataset,
             dedup_evaluation,
+            review_page,
         ],
         asset_checks=[no_cross_class_duplicates],
         jobs=jobs,

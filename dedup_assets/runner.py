@@ -533,7 +533,8 @@ def _thresholds_and_summary(
     stages: _Stages, layout: OutputLayout, current: CurrentInputs, processed: list[str]
 ) -> None:
     """Every threshold again when classes changed, else the stale ones; then the summary
-    across thresholds (when every threshold succeeded) and the evaluation."""
+    across thresholds and the review page (when every threshold succeeded) and the
+    evaluation."""
     outcome = stages.outcome
     thresholds = list(stages.config.thresholds)
     to_threshold = thresholds if processed else stale_thresholds(layout, current, thresholds)
@@ -553,12 +554,12 @@ def _thresholds_and_summary(
     outcome.work.count(["dedup_summary", "dedup_evaluation"], images)
     write_json({"work": outcome.work.rows()}, layout.timings)  # for the summary to show
     outcome.stale_clean = [t for t in thresholds if layout.clean_stale_note(t).exists()]
-    assets = ["dedup_evaluation"] + ([] if failed else ["dedup_summary"])
+    assets = ["dedup_evaluation"] + ([] if failed else ["dedup_summary", "review_page"])
     if failed:
         outcome.skipped.append(
             f"the summary across thresholds: T={', '.join(str(t) for t in failed)} failed"
         )
-    if not stages.run("summary + evaluation", SUMMARY_JOB, [None], assets)[0]:
+    if not stages.run("summary, evaluation, review page", SUMMARY_JOB, [None], assets)[0]:
         outcome.summary_written = "dedup_summary" in assets
 
 

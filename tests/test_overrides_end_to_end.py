@@ -16,14 +16,17 @@ from conftest import run_dedup, tree_digest
 
 from dedup_assets.cli import EXIT_OK, EXIT_USAGE
 from dedup_assets.config import PipelineConfig
-from dedup_assets.core.data.artifacts import catalog_class_keys, read_keep_list
-from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.artifacts import CurrentInputs, catalog_class_keys, read_keep_list
+from dedup_assets.core.data.layout import OutputInUse, OutputLayout
+from dedup_assets.core.decision.overrides import without_pairs
 from dedup_assets.core.quality.demo_data import generate_demo_dataset
 from dedup_assets.definitions import build_definitions
 from dedup_assets.runner import instance_for, run_pipeline
+from resources import DedupSettings
 
 THRESHOLDS = ("0.95", "1%")
 METHOD = {"epochs": 2, "batch_size": 32, "n_components": 8, "kurtosis_tolerance": 1.0}
+METHOD_SETTINGS = DedupSettings(**METHOD)
 # The same settings as `dedup run` options, so the command's runs need no other work.
 OPTIONS = [
     "--thresholds",
@@ -278,3 +281,38 @@ def test_dedup_run_undoes_an_override_taken_out(runs):
         "run", "--source", str(runs["source"]), "--output", str(layout.root), *OPTIONS
     )
     assert again.returncode == EXIT_OK and "nothing changed" in again.stdout, again.stdout
+
+
+def test_a_new_output_folder_holding_only_overrides_csv_is_accepted(tmp_path):
+    out = OutputLayout(tmp_path / "out")
+    out.root.mkdir()
+    _write(out.overrides, [("desert/a.png", "keep", "")])
+    out.claim()  # corrections put there before the first run
+    assert out.marker.is_file() and out.overrides.is_file()
+    other = OutputLayout(tmp_path / "other")
+    other.root.mkdir()
+    _write(other.overrides, [])
+    (other.root / "notes.txt").write_text("mine")
+    with pytest.raises(OutputInUse):
+        other.claim()
+
+
+def test_cross_class_pairs_marked_not_duplicate_leave_the_table_and_its_provenance_says_so():
+    pairs = pl.DataFrame(
+        {
+            "class_a": ["a", "a", "b"],
+            "path_a": ["a/1.png", "a/2.png", "b/3.png"],
+            "class_b": ["b", "c", "c"],
+            "path_b": ["b/3.png", "c/4.png", "c/5.png"],
+        }
+    )
+    marked = [("b/3.png", "c/5.png"), ("a/1.png", "b/3.png")]  # sorted pairs, either order
+    assert without_pairs(pairs, sorted(marked))["path_a"].to_list() == ["a/2.png"]
+    assert without_pairs(pairs, []).equals(pairs)
+    plain = CurrentInputs({"a": "1"}, "m", METHOD_SETTINGS)
+    marking = CurrentInputs({"a": "1"}, "m", METHOD_SETTINGS, not_duplicate=tuple(sorted(marked)))
+    assert "not_duplicate" not in plain.cross_class("0.95")  # as before overrides existed
+    assert marking.cross_class("0.95") != plain.cross_class("0.95")
+    assert {k: v for k, v in marking.cross_class("0.95").items() if k != "not_duplicate"} == (
+        plain.cross_class("0.95")
+    )

@@ -76,6 +76,7 @@ def test_definitions_load_every_asset_check_and_job(tmp_path):
         "dedup_summary",
         "clean_dataset",
         "dedup_evaluation",
+        "review_page",
     }
     checks = {k.name for k in graph.asset_check_keys}
     assert checks == {
@@ -226,6 +227,18 @@ def test_reports_and_summary_written(tiny_run):
             assert (layout.report_dir(t) / f"kurtosis_pc{c}.png").read_bytes()[:4] == b"\x89PNG"
     summary = (layout.root / "reports" / "summary.md").read_text()
     assert all(f"| {t} |" in summary for t in THRESHOLDS)
+
+
+def test_the_review_page_is_made_and_linked_from_the_ui(tiny_run):
+    """summary_job makes review/index.html; its materialization links to it (a URL the UI
+    opens) and counts what it lists."""
+    layout, instance = tiny_run["layout"], tiny_run["instance"]
+    assert layout.review_index.is_file()
+    record = instance.fetch_materializations(dg.AssetKey("review_page"), limit=1).records[0]
+    metadata = record.asset_materialization.metadata
+    assert metadata["review_page"].value == layout.review_index.resolve().as_uri()
+    removed = sum(int((~pl.read_parquet(layout.keep_list(t))["kept"]).sum()) for t in THRESHOLDS)
+    assert metadata["removed_listed"].value == removed
 
 
 def test_evaluation_scores_every_method(tiny_run):
