@@ -141,7 +141,7 @@ def main() -> None:
         add_images(source / name, new)
     plus = timed_dedup_run(source, out, common)
     after = class_keep_digests(out, t)
-    untouched = [k for k in before if k not in {c.lower() for c in CHANGED}]
+    untouched = [k for k in before if k not in CHANGED]  # class keys keep the folder case
     identical = all(before[k] == after.get(k) for k in untouched)
 
     ratio = first["wall_seconds"] / floor_parts["total"]
