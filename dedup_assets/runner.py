@@ -407,13 +407,17 @@ def _run_stages(
 ) -> None:
     """The stages in order, each for what changed only; a failed stage skips the rest."""
     _, listings = config.resources()["image_source"].list_source(layout)
-    config = _choose_executor(config, listings, log)
+    changes = changed_classes({k: v.digest for k, v in listings.items()}, recorded_listings(layout))
+    # Workers pay for themselves on many images: judged by the classes this run decodes
+    # (new files in two classes of a big dataset are done faster here than by starting
+    # processes), or by every class when all of them may be processed again.
+    updated = set(changes.to_update) if changes.to_update and not (full or retrain) else None
+    config = _choose_executor(
+        config, {k: v for k, v in listings.items() if updated is None or k in updated}, log
+    )
     with ExitStack() as stack:
         tags = _run_tags(retrain=retrain, full=full)
         stages = _Stages(config, instance, outcome, stack, tags=tags, log=log, log_level=log_level)
-        changes = changed_classes(
-            {k: v.digest for k, v in listings.items()}, recorded_listings(layout)
-        )
         outcome.changes = changes.describe()
         outcome.updated = list(changes.to_update)
         if not full and not retrain and _nothing_to_do(config, layout, changes):
