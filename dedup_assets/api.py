@@ -53,6 +53,7 @@ from dedup_assets.core.data.artifacts import (
 )
 from dedup_assets.core.data.class_catalog import QUARANTINE_SCHEMA, quarantine_counts
 from dedup_assets.core.data.layout import DAGSTER_HOME, OutputInUse, OutputLayout
+from dedup_assets.core.quality.run_summary import ThresholdCounts
 from dedup_assets.interrupts import stop_on_signals
 
 if TYPE_CHECKING:
@@ -401,35 +402,17 @@ def _current_keep_lists(
 
 
 def _counts(layout: OutputLayout, threshold: str, keep: pl.DataFrame) -> tuple:
-    """One row of `counts`: from the keep list's summary (`keep_lists/<T>.json`) when it
-    was written with this keep list, else from the table."""
+    """One row of `counts` (`core.quality.run_summary.ThresholdCounts`, as the last screen of
+    `dedup run` counts): the budget's numbers from the keep list's summary
+    (`keep_lists/<T>.json`) when it was written with this keep list."""
     summary = _read_json(layout.keep_list(threshold, "json"))
     provenance = read_provenance(layout.keep_list(threshold))
-    if summary is None or provenance is None or summary.get("keep_list") != digest(provenance):
-        kept = int(keep["kept"].sum())
-        summary = {
-            "images": keep.height,
-            "kept": kept,
-            "removed": keep.height - kept,
-            "exact_copies_removed": int((keep["match"] == "exact").sum()),
-            "near_duplicates_removed": int((keep["match"] == "near").sum()),
-        }
-    allowed = None
-    if summary.get("budget") is not None:
-        allowed = float(sum(c.get("allowed_false") or 0.0 for c in summary.get("per_class", [])))
-    overrides = 0
-    if "decided_by" in keep.columns:
-        overrides = int((keep["decided_by"] == "override").sum())
-    return (
-        threshold,
-        int(summary["images"]),
-        int(summary["kept"]),
-        int(summary["removed"]),
-        int(summary["exact_copies_removed"]),
-        int(summary["near_duplicates_removed"]),
-        overrides,
-        allowed,
-    )
+    if summary is not None and (
+        provenance is None or summary.get("keep_list") != digest(provenance)
+    ):
+        summary = None
+    c = ThresholdCounts.of(threshold, keep, summary)
+    return (threshold, c.images, c.kept, c.removed, c.exact, c.near, c.overrides, c.allowed_false)
 
 
 def _read_json(path: Path) -> dict | None:

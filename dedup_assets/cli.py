@@ -5,10 +5,11 @@ dedup run --source DIR --output DIR [--thresholds 0.93,0.95,0.97,1%] [--epochs N
 dedup plant --source DIR --dest DIR [--fraction 0.05]   # planted near-duplicates + ground truth
 dedup ui --output DIR           # dagster dev on the same instance and data
 
-Exit status: 0 when every stage ran and no blocking gate failed, 1 when a run failed or a
-gate blocked a clean copy, 2 for bad arguments or settings, 130 or 143 when SIGINT or
-SIGTERM stopped it. Errors are one line naming the cause; `--verbose` adds tracebacks and
-Dagster's own log.
+Exit status: 0 when every stage ran and no blocking gate held back a clean copy, 1 when a
+stage failed, 2 for bad arguments, settings or overrides, 3 when a blocking gate held back a
+clean copy, 130 or 143 when SIGINT or SIGTERM stopped it. Errors are one line naming the
+cause; `--verbose` adds tracebacks and Dagster's own log. The last lines of `run` and `demo`
+say what the run did, in counts and words (`core.quality.run_summary`).
 
 The options of `run` and `demo` are generated from `PipelineConfig`'s fields (name, type,
 default, choices and the description as help), so a default is written once, in the model.
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from dedup_assets.core.data.layout import OutputLayout
     from dedup_assets.runner import PipelineOutcome
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
 
 
 class UsageError(Exception):
@@ -62,8 +63,10 @@ RUN_ABOUT = (
     "Find and remove duplicate and near-duplicate images in an ImageFolder dataset "
     "(<source>/<class>/<image>), only reading it: train a convolutional autoencoder on the "
     "images, compare their latent vectors within each class, and write under --output, for "
-    "each threshold, a keep list, a cleaned copy of the dataset and a report. Run the same "
-    "command again after adding images: only what changed is computed again."
+    "each threshold, a keep list, a cleaned copy of the dataset and a report, and a review "
+    "page (review/index.html) where a removal can be corrected (overrides.csv). The last "
+    "lines say what it did. Run the same command again after adding images or corrections: "
+    "only what changed is computed again."
 )
 DEMO_ABOUT = (
     "Run everything, as `dedup run` does, on the built-in demo dataset: six classes of "
@@ -72,9 +75,11 @@ DEMO_ABOUT = (
     "run again."
 )
 EXIT_STATUSES = """exit status:
-  0    every stage ran and no blocking gate failed
-  1    a stage failed or a gate blocked a clean copy (the summary says which and why)
-  2    a bad option or setting (one line saying what is wrong)
+  0    done: every stage ran and no blocking gate held back a clean copy
+  1    an error: a stage failed, later stages were skipped (the last lines say which)
+  2    a bad option, setting or overrides file (one line saying what is wrong)
+  3    a blocking gate held back a clean copy (kurtosis raised beyond chance, or a keep
+       list that fails its integrity check); the keep lists are written
   130  stopped by Ctrl-C (SIGINT); the same command resumes
   143  stopped by SIGTERM; the same command resumes"""
 
@@ -177,6 +182,8 @@ def _run_parser(sub: argparse._SubParsersAction, command: str, summary: str, abo
     p = sub.add_parser(
         command,
         help=summary,
+        # One line of usage, so that what the command does is the first paragraph.
+        usage=f"%(prog)s {'--source DIR ' if command == 'run' else ''}[--output DIR] [options]",
         description="\n".join(textwrap.wrap(about, shutil.get_terminal_size().columns - 2)),
         epilog=EXIT_STATUSES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -271,38 +278,37 @@ def _report(
     layout: OutputLayout,
     say: Callable[[str], None],
 ) -> int:
-    """The run's last screen (stage times, keep lists, checks, failures, where to look next)
-    and its exit status."""
+    """The run's last screen and its exit status: the stage table and where the time went,
+    the paths and problems, then, as the last lines, what the run did in counts and words
+    (per threshold: kept and removed, exact copies and near-duplicates apart, overrides,
+    what a budget allows to be false, each gate's verdict, cross-class pairs, the clean
+    copy), what was left out of the catalog, where to look next, and the outcome."""
     from dedup_assets.assets.clean_dataset import link_warning
 
     output = layout.root
     warning = link_warning(str(config.method.clean_copy_mode))
     if outcome.nothing_changed:
         say("nothing changed: every output is up to date")
-        say(_catalog_line(layout))
-        if warning:
-            say(f"NOTE  {warning}")
-        for line in _demo_lines(config):
-            say(line)
-        return EXIT_OK
-    say("\nstage                                                  runs   seconds")
-    for s in outcome.stages:
-        say(f"{s.name:<54} {s.runs:>4} {s.seconds:>9.1f}")
-    say(f"{'total':<54} {'':>4} {outcome.total_seconds:>9.1f}")
-    if outcome.work.seconds:
-        say("\nwhere the time went (step seconds, summed over workers):")
-        for line in outcome.work.lines():
-            say(f"  {line}")
-    say(_catalog_line(layout))
-    if not outcome.failures and not outcome.skipped:
+    else:
+        say("\nstage                                                  runs   seconds")
+        for s in outcome.stages:
+            say(f"{s.name:<54} {s.runs:>4} {s.seconds:>9.1f}")
+        say(f"{'total':<54} {'':>4} {outcome.total_seconds:>9.1f}")
+        if outcome.work.seconds:
+            say("\nwhere the time went (step seconds, summed over workers):")
+            for line in outcome.work.lines():
+                say(f"  {line}")
+        say("")
+    finished = not outcome.failures and not outcome.skipped
+    if finished:
         for t in outcome.thresholds:
-            say(f"keep list T={t}: {layout.keep_list(t)} (+ .csv)")
+            say(f"keep list T={t}: {layout.keep_list(t)} (+ .csv, .json)")
     if warning:
         say(f"NOTE  {warning}")
-    for c in outcome.check_warnings:
-        say(f"WARN  check failed, severity WARN (does not block): {c.line()}")
-    for c in outcome.check_failures:
-        say(f"FAIL  check failed, severity ERROR (clean/{c.partition} not written): {c.line()}")
+    for c in outcome.checks:  # the threshold gates are said in words below
+        if c.check not in WORDED_CHECKS:
+            kind = "FAIL  (blocks)" if c.severity == "ERROR" else "WARN  (does not block)"
+            say(f"{kind} {c.line()}")
     for t in outcome.stale_clean:
         say(
             f"STALE clean/{t}: made from an earlier keep list, left as it was "
@@ -313,12 +319,66 @@ def _report(
     for s in outcome.skipped:
         say(f"SKIPPED {s}")
     if outcome.summary_written:
-        say(f"\nreport: {layout.summary}")
+        say(f"report: {layout.summary}")
         say(f"per-threshold reports: {layout.reports_dir}/<T>/report.md")
     say(f"open in the UI: dedup ui --output {shlex.quote(str(output))}")
     for line in _demo_lines(config):
         say(line)
-    return EXIT_OK if outcome.ok else EXIT_FAILED
+    summaries = _threshold_summaries(config, layout)
+    say(
+        "\nwhat the outputs hold (nothing was computed):"
+        if outcome.nothing_changed
+        else "\nwhat the run did:"
+    )
+    say(_catalog_line(layout))
+    for summary in summaries:
+        for line in summary.lines(layout):
+            say(line)
+    if (finished or outcome.nothing_changed) and layout.review_index.is_file():
+        say(
+            f"next: review the removals on {layout.review_index.as_uri()} (each beside the "
+            "image it duplicates, borderline first); mark mistakes there, save the downloaded "
+            f"overrides.csv as {layout.overrides} and run the same command again"
+        )
+    clean = [s.threshold for s in summaries if s.verdict.clean_copy_current(s.clean_mode)]
+    if clean:
+        say(f"train on: {', '.join(str(layout.clean_dir(t)) for t in clean)}")
+    blocked = [s.threshold for s in summaries if s.blocked]
+    if outcome.failures or outcome.skipped:
+        say(
+            f"exit {EXIT_FAILED}: a stage failed (ERROR above), later stages were skipped; "
+            "fix the cause and run the same command again: what finished is kept"
+        )
+        return EXIT_FAILED
+    if blocked or outcome.check_failures:
+        which = ", ".join(f"T={t}" for t in blocked) or "a check"
+        say(
+            f"exit {EXIT_GATE}: a blocking gate held back the clean copy of {which}; the keep "
+            "lists are written (see the kurtosis line above and the reports)"
+        )
+        return EXIT_GATE
+    say(f"done: every stage ran and no gate held back a clean copy (exit {EXIT_OK})")
+    return EXIT_OK
+
+
+WORDED_CHECKS = frozenset(
+    {"kurtosis_reduction", "keep_list_integrity", "no_cross_class_duplicates"}
+)
+"""Checks the last screen says in words per threshold (from what the assets stored)."""
+
+
+def _threshold_summaries(config: PipelineConfig, layout: OutputLayout) -> list:
+    """Each threshold's counts and verdicts against the output's current inputs (nothing
+    current when there is no catalog or model yet)."""
+    from dedup_assets.config import ConfigError, current_inputs
+    from dedup_assets.core.data.artifacts import MissingArtifact
+    from dedup_assets.core.quality.run_summary import threshold_summaries
+
+    try:
+        current = current_inputs(config)
+    except (MissingArtifact, ConfigError, OSError):
+        current = None
+    return threshold_summaries(layout, current, list(config.thresholds))
 
 
 def _demo_lines(config) -> list[str]:

@@ -22,6 +22,7 @@ WORK = {
     "class_keep_lists": "calibrating budgets + deciding",
     "keep_list": "keep lists + integrity check",
     "cross_class_duplicates": "cross-class pairs",
+    "cross_class_duplicates_no_cross_class_duplicates": "cross-class check",
     "kurtosis_report": "kurtosis reports + gate",
     "clean_dataset": "clean copies",
     "dedup_summary": "summary",

@@ -166,7 +166,7 @@ def test_help_says_what_the_command_does_each_default_and_the_exit_statuses(caps
     ):
         assert shown in solid
     statuses = re.findall(r"^  (\d+) ", text.split("exit status:")[1], re.M)
-    assert statuses == ["0", "1", "2", "130", "143"]
+    assert statuses == ["0", "1", "2", "3", "130", "143"]
 
 
 def test_every_option_says_what_it_does():

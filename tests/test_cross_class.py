@@ -82,7 +82,7 @@ def test_pipeline_warns_about_cross_class_copies_and_resolves_budgets(tmp_path):
     out = tmp_path / "out"
     args = ("--thresholds", "0.9,5%", "--epochs", "2", "--device", "cpu")
     done = run_dedup("run", "--source", str(source), "--output", str(out), *args)
-    assert done.returncode in (0, 1), done.stdout + done.stderr  # 1: a kurtosis gate verdict
+    assert done.returncode in (0, 3), done.stdout + done.stderr  # 3: a kurtosis gate verdict
     assert "ERROR " not in done.stdout and "SKIPPED" not in done.stdout, done.stdout
 
     pairs = pl.read_parquet(out / "cross_class" / "0.9.parquet")

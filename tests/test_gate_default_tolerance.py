@@ -123,6 +123,11 @@ def test_removing_one_of_every_pair_never_blocks(runs):
     for r in summary["regressions"]:
         assert abs(r["excess_at_median"]) < 1e-6, r
     assert done.returncode == 0, done.stdout + done.stderr
+    # The last screen says the verdict in words that do not read as a failure.
+    lines = done.stdout.splitlines()
+    (said,) = [x for x in lines if x.startswith("  kurtosis: ")]
+    assert "held back" not in said and "fail" not in said.replace("not a failure", ""), said
+    assert lines[-1].startswith("done: every stage ran"), lines[-1]
     clean = out / "clean" / THRESHOLD
     assert sorted(p.name for p in clean.iterdir() if p.is_dir()) == list(CLASSES)
     assert sum(1 for _ in clean.rglob("*.png")) == 20 * len(CLASSES)
@@ -139,9 +144,13 @@ def test_removing_copies_of_an_outlier_blocks_the_clean_copy(runs):
     assert gate["severity"] == "error", gate
     pc1 = summary["regressions"][0]["excess_at_median"]
     assert pc1 > 5 * max(gate["tolerance"], gate["random_removal_excess_95"][0]), summary
-    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.returncode == 3, done.stdout + done.stderr  # a blocking gate, not an error
     assert not (out / "clean" / THRESHOLD).exists()
-    assert "kurtosis" in (done.stdout + done.stderr).lower()
+    lines = done.stdout.splitlines()
+    (said,) = [x for x in lines if x.startswith("  kurtosis: ")]
+    assert said.startswith("  kurtosis: raised beyond chance, the clean copy is held back"), said
+    assert "  clean copy: held back by the gate above; none written" in lines
+    assert lines[-1].startswith("exit 3: a blocking gate held back the clean copy of T=")
 
 
 @pytest.mark.parametrize("make", [_every_image_twice, _copies_of_an_outlier])

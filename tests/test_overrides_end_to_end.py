@@ -268,6 +268,14 @@ def test_dedup_run_undoes_an_override_taken_out(runs):
     done = run_dedup("run", "--source", str(runs["source"]), "--output", str(layout.root), *OPTIONS)
     assert done.returncode == EXIT_OK, done.stdout + done.stderr
     assert "for 1 classes" in done.stdout and "model kept" in done.stdout, done.stdout
+    # The last lines say what the run did, the corrections among it, and where to look.
+    lines = done.stdout.splitlines()
+    said = lines[lines.index("what the run did:") :]
+    for t in THRESHOLDS:
+        (counted,) = [x for x in said if x.startswith(f"T={t}: kept ")]
+        assert "decided by overrides.csv" in counted, counted
+    assert any(x.startswith("next: review the removals on file://") for x in said)
+    assert said[-1].startswith("done: every stage ran"), said
     after = _keep_files(layout)
     changed = {k for (t, k) in before if before[(t, k)] != after[(t, k)]}
     assert len(changed) == 1
@@ -281,6 +289,8 @@ def test_dedup_run_undoes_an_override_taken_out(runs):
         "run", "--source", str(runs["source"]), "--output", str(layout.root), *OPTIONS
     )
     assert again.returncode == EXIT_OK and "nothing changed" in again.stdout, again.stdout
+    assert "what the outputs hold (nothing was computed):" in again.stdout
+    assert again.stdout.splitlines()[-1].startswith("done: ")
 
 
 def test_a_new_output_folder_holding_only_overrides_csv_is_accepted(tmp_path):

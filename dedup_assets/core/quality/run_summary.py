@@ -1,0 +1,282 @@
+"""What a run did, per threshold, in counts and words: the last screen of `dedup run` and
+`dedup demo`, and the counts of `deduplicate`'s result.
+
+Everything is read from what the threshold's assets stored for its *current* keep list
+(`core.data.artifacts.threshold_verdict`: the keep list's summary, the kurtosis report's
+summary with the gate, the clean copy's manifest), so an older file never speaks for this
+run. The words say what a verdict means for the user's data: a kurtosis gate that found
+no reduction within what removing as many images at random does is a note, not a failure
+("not reduced, no effect beyond chance"); only a blocking verdict holds a clean copy back,
+and it says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from dedup_assets.core.data.artifacts import (
+    CurrentInputs,
+    ThresholdVerdict,
+    digest,
+    is_current,
+    threshold_verdict,
+)
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.thresholds import budget_of
+
+
+@dataclass(frozen=True)
+class ThresholdCounts:
+    """One threshold's keep list in numbers. removed = exact + near + by_override;
+    overrides: the images whose decision an override made (kept or removed); for a budget,
+    allowed_false: the removals it allows to be false (b x images, summed over classes) and
+    beyond_chance: the classes whose near-duplicate removals exceed what chance explains."""
+
+    threshold: str
+    images: int
+    kept: int
+    removed: int
+    exact: int
+    near: int
+    by_override: int
+    overrides: int
+    budget: float | None = None
+    allowed_false: float | None = None
+    beyond_chance: int | None = None
+
+    @classmethod
+    def of(cls, threshold: str, keep: pl.DataFrame, summary: dict | None) -> ThresholdCounts:
+        """From the keep list (its columns kept, match, decided_by) and its stored summary
+        (`keep_lists/<T>.json`, for the budget's numbers; None: none)."""
+        kept = int(keep["kept"].sum())
+        overrides = 0
+        if "decided_by" in keep.columns:
+            overrides = int((keep["decided_by"] == "override").sum())
+        budget = budget_of(threshold)
+        allowed = beyond = None
+        if budget is not None and summary is not None:
+            per_class = summary.get("per_class") or []
+            allowed = float(sum(c.get("allowed_false") or 0.0 for c in per_class))
+            beyond = sum(bool(c.get("beyond_chance")) for c in per_class)
+        return cls(
+            threshold=threshold,
+            images=keep.height,
+            kept=kept,
+            removed=keep.height - kept,
+            exact=int((keep["match"] == "exact").sum()),
+            near=int((keep["match"] == "near").sum()),
+            by_override=int((keep["match"] == "override").sum()),
+            overrides=overrides,
+            budget=budget,
+            allowed_false=allowed,
+            beyond_chance=beyond,
+        )
+
+    def line(self) -> str:
+        """`kept 380 of 416, removed 36: 20 exact copies, 16 near-duplicates, ...`."""
+        parts = [
+            _n(self.exact, "exact copy", "exact copies"),
+            _n(self.near, "near-duplicate", "near-duplicates"),
+        ]
+        if self.by_override:
+            parts.append(f"{self.by_override:,} by your overrides")
+        text = f"kept {self.kept:,} of {self.images:,}, removed {self.removed:,}: " + ", ".join(
+            parts
+        )
+        if self.overrides:
+            text += f" ({self.overrides:,} decided by overrides.csv)"
+        return text
+
+    def budget_line(self) -> str:
+        """For a budget: the near-duplicate removals beside those it allows to be false."""
+        if self.budget is None or self.allowed_false is None:
+            return ""
+        text = (
+            f"budget {self.threshold}: about {self.allowed_false:,.1f} of the "
+            f"{self.near:,} near-duplicate removals are expected to be false (the budget x "
+            "the images)"
+        )
+        if self.beyond_chance:
+            text += (
+                f"; {self.beyond_chance:,} class(es) removed more than chance explains: "
+                "real duplicates, worth a look on the review page"
+            )
+        return text
+
+
+@dataclass(frozen=True)
+class ThresholdSummary:
+    """One threshold after a run: its counts (None without a current keep list), its
+    stored verdicts, and its cross-class pairs (None without a current table)."""
+
+    threshold: str
+    counts: ThresholdCounts | None
+    verdict: ThresholdVerdict
+    cross_class_pairs: int | None
+    clean_mode: str
+
+    @property
+    def blocked(self) -> bool:
+        """A blocking gate holds this keep list's clean copy back."""
+        problems = self.verdict.problems
+        return self.counts is not None and (self.verdict.gate == "error" or bool(problems))
+
+    def lines(self, layout: OutputLayout) -> list[str]:
+        """The threshold's lines of the last screen: counts, gates in words, clean copy."""
+        t = self.threshold
+        if self.counts is None:
+            return [f"T={t}: no current keep list (a stage before it failed or was skipped)"]
+        out = [f"T={t}: {self.counts.line()}"]
+        budget = self.counts.budget_line()
+        if budget:
+            out.append(f"  {budget}")
+        problems = self.verdict.problems
+        if problems is None:
+            out.append("  keep list: no integrity verdict recorded")
+        elif problems:
+            out.append(
+                f"  keep list: fails its integrity check, the clean copy is held back: "
+                f"{'; '.join(problems)}"
+            )
+        out.append(f"  kurtosis: {kurtosis_words(self.verdict.report)}")
+        if self.cross_class_pairs is not None:
+            out.append(f"  cross-class: {cross_class_words(self.cross_class_pairs, layout, t)}")
+        out.append(f"  clean copy: {self._clean_words(layout)}")
+        return out
+
+    def _clean_words(self, layout: OutputLayout) -> str:
+        t = self.threshold
+        if self.verdict.clean_copy_current(self.clean_mode):
+            return f"{layout.clean_dir(t)} ({self.counts.kept:,} images)" if self.counts else ""
+        held = "held back by the gate above"
+        if layout.clean_stale_note(t).exists():
+            return f"{held}; clean/{t} is an older copy (see {layout.clean_stale_note(t)})"
+        if self.blocked:
+            return f"{held}; none written"
+        return "not made from this keep list (a stage failed or was skipped)"
+
+
+def _n(count: int, one: str, many: str) -> str:
+    return f"{count:,} {one if count == 1 else many}"
+
+
+def kurtosis_words(report: dict | None) -> str:
+    """The kurtosis gate's verdict as a user reads it, from a current report's summary
+    (`reports/<T>/summary.json`): reduced (pass); not reduced within what removing as many
+    images at random does (warn: a note, not a failure); raised beyond that and the
+    tolerance (error: the clean copy is held back)."""
+    if report is None:
+        return "no current report (the threshold did not finish)"
+    gate = report.get("gate") or {}
+    severity = gate.get("severity", "")
+    chance = gate.get("random_removal_excess_95") or []
+    tolerance = gate.get("tolerance")
+    regressions = report.get("regressions") or []
+    # (component, excess at the median, what random removal reaches at the gate's quantile)
+    reduced, flat, tolerated, raised = [], [], [], []
+    for r in regressions:
+        c, excess = int(r["component"]), r.get("excess_at_median")
+        if excess is None or excess != excess:  # NaN: no class large enough
+            continue
+        limit = chance[c - 1] if c - 1 < len(chance) else float("nan")
+        if excess < 0:
+            reduced.append((c, excess, limit))
+        elif severity == "error" and tolerance is not None and excess > max(tolerance, limit):
+            raised.append((c, excess, limit))
+        elif limit == limit and excess > limit:  # beyond chance, within the tolerance
+            tolerated.append((c, excess, limit))
+        else:
+            flat.append((c, excess, limit))
+    if not (reduced or flat or tolerated or raised):
+        note = "not measured: no class has 12 images before and after removal"
+        return note + ("; the clean copy is held back" if severity == "error" else "")
+    said = []
+    if raised:
+        said.append(
+            f"{_pcs(raised)} {_excess(raised)} at the median, beyond the tolerance {tolerance} "
+            f"and the {_chance(raised)} that removing as many images at random stays under"
+        )
+    if tolerated:
+        said.append(
+            f"{_pcs(tolerated)} {_excess(tolerated)} at the median, beyond the "
+            f"{_chance(tolerated)} that removing as many images at random reaches but within "
+            f"the tolerance {tolerance}"
+        )
+    if flat:
+        said.append(
+            f"{_pcs(flat)} {_excess(flat)} at the median, within the {_chance(flat)} that "
+            "removing as many images at random reaches"
+        )
+    if reduced:
+        said.append(f"{_pcs(reduced)} reduced by {', '.join(f'{-e:.3f}' for _, e, _ in reduced)}")
+    details = "; ".join(said)
+    if severity == "error":
+        if not raised:  # a summary without the numbers: the gate's own reasons
+            details += "; " + "; ".join(gate.get("reasons") or ["beyond the tolerance"])
+        return (
+            "raised beyond chance, the clean copy is held back (kurtosis_reduction blocks): "
+            + details
+        )
+    if severity == "warn":
+        why = "" if tolerated else ", no effect beyond chance"
+        return f"not reduced{why}: a note, not a failure ({details})"
+    return f"reduced, as the paper expects ({details})"
+
+
+def _pcs(items: list[tuple[int, float, float]]) -> str:
+    return ", ".join(f"PC{c}" for c, _, _ in items)
+
+
+def _excess(items: list[tuple[int, float, float]]) -> str:
+    return ", ".join(f"{e:+.3f}" for _, e, _ in items)
+
+
+def _chance(items: list[tuple[int, float, float]]) -> str:
+    return ", ".join(f"{v:+.3f}" if v == v else "n/a" for _, _, v in items)
+
+
+def cross_class_words(pairs: int, layout: OutputLayout, threshold: str) -> str:
+    if not pairs:
+        return "no near-identical images in different classes"
+    return (
+        f"{pairs:,} pairs of near-identical images in different classes, likely label "
+        f"errors (no_cross_class_duplicates warns; {layout.cross_class(threshold)})"
+    )
+
+
+def threshold_summaries(
+    layout: OutputLayout, current: CurrentInputs | None, thresholds: list[str]
+) -> list[ThresholdSummary]:
+    """Every threshold's summary against the current inputs (None: nothing is current)."""
+    out = []
+    mode = str(current.settings.clean_copy_mode) if current is not None else ""
+    for t in thresholds:
+        expected = current.keep_list(t) if current is not None else None
+        keep_digest = digest(expected) if expected is not None else ""
+        verdict = threshold_verdict(layout, t, keep_digest)
+        counts = pairs = None
+        if expected is not None and is_current(layout.keep_list(t), expected):
+            keep = pl.read_parquet(
+                layout.keep_list(t), columns=_present(layout.keep_list(t), _COUNTED)
+            )
+            summary = verdict.keep_summary
+            if summary is not None and summary.get("keep_list") != keep_digest:
+                summary = None
+            counts = ThresholdCounts.of(t, keep, summary)
+            if is_current(layout.cross_class(t), current.cross_class(t)):
+                pairs = pl.scan_parquet(layout.cross_class(t)).select(pl.len()).collect().item()
+        out.append(ThresholdSummary(t, counts, verdict, pairs, mode))
+    return out
+
+
+_COUNTED = ("kept", "match", "decided_by")
+
+
+def _present(path: Path, columns: tuple[str, ...]) -> list[str]:
+    """The columns of `columns` a parquet file has (a keep list of an earlier version may
+    lack decided_by)."""
+    names = pl.read_parquet_schema(path)
+    return [c for c in columns if c in names]

@@ -1,0 +1,83 @@
+"""The last screen's counts and words (`core.quality.run_summary`): a kurtosis gate that
+found no reduction within chance reads as a note, never as a failure; only a blocking one
+says the clean copy is held back; counts keep exact copies, near-duplicates and overrides
+apart, and a budget says how many removals it allows to be false."""
+
+import polars as pl
+import pytest
+
+from dedup_assets.core.quality.run_summary import ThresholdCounts, kurtosis_words
+
+
+def _report(severity, excess, chance, tolerance=0.1):
+    return {
+        "gate": {
+            "severity": severity,
+            "tolerance": tolerance,
+            "random_removal_excess_95": chance,
+            "reasons": ["(the gate's own reason)"],
+        },
+        "regressions": [{"component": c + 1, "excess_at_median": e} for c, e in enumerate(excess)],
+    }
+
+
+def test_a_pass_says_reduced():
+    said = kurtosis_words(_report("pass", [-0.1, -0.02, -0.3], [0.1, 0.1, 0.1]))
+    assert said.startswith("reduced, as the paper expects")
+    assert "PC1, PC2, PC3 reduced by 0.100, 0.020, 0.300" in said
+
+
+def test_a_warning_within_chance_is_a_note_not_a_failure():
+    said = kurtosis_words(_report("warn", [0.124, 0.049, -0.01], [0.173, 0.1, 0.1]))
+    assert said.startswith("not reduced, no effect beyond chance: a note, not a failure")
+    assert "PC1, PC2 +0.124, +0.049 at the median, within the +0.173, +0.100" in said
+    assert "PC3 reduced by 0.010" in said
+    assert "held back" not in said and "fail" not in said.replace("not a failure", "")
+
+
+def test_a_warning_beyond_chance_but_within_the_tolerance_says_so():
+    said = kurtosis_words(_report("warn", [0.09, 0.0, -0.01], [0.05, 0.1, 0.1]))
+    assert said.startswith("not reduced: a note, not a failure")
+    assert "beyond the +0.050 that removing as many images at random reaches but within" in said
+
+
+def test_a_blocking_verdict_says_the_clean_copy_is_held_back():
+    said = kurtosis_words(_report("error", [0.33, 0.05, -0.01], [0.15, 0.1, 0.1]))
+    assert said.startswith("raised beyond chance, the clean copy is held back")
+    assert "PC1 +0.330 at the median, beyond the tolerance 0.1 and the +0.150" in said
+
+
+@pytest.mark.parametrize("report", [None, _report("warn", [float("nan")] * 3, [0.1] * 3)])
+def test_no_report_or_no_measured_class_is_said(report):
+    said = kurtosis_words(report)
+    assert said.startswith("no current report" if report is None else "not measured")
+
+
+def test_counts_keep_exact_near_and_overrides_apart_and_a_budget_says_what_it_allows():
+    keep = pl.DataFrame(
+        {
+            "kept": [True, True, False, False, False, True],
+            "match": [None, None, "exact", "near", "override", None],
+            "decided_by": ["model", "override", "exact", "model", "override", "model"],
+        }
+    )
+    summary = {
+        "per_class": [
+            {"allowed_false": 0.5, "beyond_chance": True},
+            {"allowed_false": 0.25, "beyond_chance": False},
+        ]
+    }
+    counts = ThresholdCounts.of("1%", keep, summary)
+    assert (counts.images, counts.kept, counts.removed) == (6, 3, 3)
+    assert (counts.exact, counts.near, counts.by_override, counts.overrides) == (1, 1, 1, 2)
+    assert counts.allowed_false == 0.75 and counts.beyond_chance == 1
+    assert counts.line() == (
+        "kept 3 of 6, removed 3: 1 exact copy, 1 near-duplicate, 1 by your overrides "
+        "(2 decided by overrides.csv)"
+    )
+    assert "about 0.8 of the 1 near-duplicate removals are expected to be false" in (
+        counts.budget_line()
+    )
+    assert "1 class(es) removed more than chance explains" in counts.budget_line()
+    cosine = ThresholdCounts.of("0.95", keep.drop("decided_by"), None)
+    assert cosine.allowed_false is None and cosine.budget_line() == "" and cosine.overrides == 0
