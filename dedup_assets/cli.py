@@ -477,10 +477,17 @@ def _ui(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     print(f"thresholds: {', '.join(config.thresholds)}; source: {config.source or 'demo'}")
-    module = ["-m", "dedup_assets.definitions"]
+    workspace = ["-w", str(_workspace_file(Path(env[DAGSTER_HOME])))]
     bin_dir = Path(sys.executable).parent
-    daemon = [str(bin_dir / "dagster-daemon"), "run", *module]
-    webserver = [str(bin_dir / "dagster-webserver"), *module, "-h", args.host, "-p", str(args.port)]
+    daemon = [str(bin_dir / "dagster-daemon"), "run", *workspace]
+    webserver = [
+        str(bin_dir / "dagster-webserver"),
+        *workspace,
+        "-h",
+        args.host,
+        "-p",
+        str(args.port),
+    ]
     print(
         f"Dagster UI on http://{args.host}:{args.port} with its daemon (sensors, schedules, "
         f"automation); DAGSTER_HOME={env[DAGSTER_HOME]}; Ctrl-C stops both",
@@ -505,6 +512,25 @@ def _ui(args: argparse.Namespace) -> int:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _workspace_file(home: Path) -> Path:
+    """The workspace `dedup ui` loads: the code location of the repository's workspace.yaml
+    (module `dedup_assets.definitions`, location `names.CODE_LOCATION`), written into the
+    instance folder, so the runs `dedup run` tags with that location are listed on their
+    jobs' pages whichever way the UI was started."""
+    from dedup_assets.core.data.atomic_io import write_text
+    from dedup_assets.names import CODE_LOCATION
+
+    path = home / "workspace.yaml"
+    write_text(
+        "load_from:\n"
+        "  - python_module:\n"
+        "      module_name: dedup_assets.definitions\n"
+        f"      location_name: {CODE_LOCATION}\n",
+        path,
+    )
+    return path
 
 
 def _early_stop(signum: int, frame: object) -> None:

@@ -22,6 +22,17 @@ UPDATE_CLASS_JOB = "update_class_job"
 THRESHOLD_JOB = "threshold_job"
 SUMMARY_JOB = "summary_job"
 
+# ---------------------------------------------------------------------------- code location
+# The code location the UI loads: workspace.yaml's `location_name`, and the one `dedup ui`
+# writes into its instance folder. A `Definitions` object's repository is `__repository__`.
+CODE_LOCATION = "latent_dedup"
+REPOSITORY = "__repository__"
+# The UI lists a job's runs (its Runs tab, the latest run in the Jobs list) by this hidden
+# tag, which Dagster sets only on runs it launches with a code location origin; a run of
+# `execute_in_process` has none (dagster issue #17707), so `dedup run` sets it on its own.
+UI_REPOSITORY_TAG = ".dagster/repository"
+UI_REPOSITORY_LABEL = f"{REPOSITORY}@{CODE_LOCATION}"
+
 # ---------------------------------------------------------------------------- run tags
 FULL_TAG = "latent_dedup/full"  # "1": recompute everything, ignoring earlier work
 RETRAIN_TAG = "latent_dedup/retrain"  # "1": train the autoencoder again whatever the rules

@@ -71,6 +71,8 @@ from dedup_assets.names import (
     SUMMARY_JOB,
     THRESHOLD_JOB,
     TRAIN_JOB,
+    UI_REPOSITORY_LABEL,
+    UI_REPOSITORY_TAG,
 )
 from dedup_assets.partitions import CLASS_DIM, ClassRange, class_ranges
 from dedup_assets.timings import WorkTimes
@@ -455,8 +457,14 @@ def _choose_executor(
 
 
 def _run_tags(*, retrain: bool, full: bool) -> dict[str, str]:
-    """Every run's tags: who started it (for `fail_orphaned_runs`), and the run's options."""
-    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    """Every run's tags: who started it (for `fail_orphaned_runs`), the run's options, and
+    the code location the UI lists the run under (`names.UI_REPOSITORY_TAG`), so `dedup
+    ui` shows it on its job's page."""
+    tags = {
+        PID_TAG: str(os.getpid()),
+        HOST_TAG: socket.gethostname(),
+        UI_REPOSITORY_TAG: UI_REPOSITORY_LABEL,
+    }
     if retrain:
         tags[RETRAIN_TAG] = "1"
     if full:

@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+import yaml
 
 from dedup_assets.config import PipelineConfig
 from dedup_assets.core.data.artifacts import KEEP_LIST_COLUMNS, read_catalog
@@ -14,6 +15,7 @@ from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.quality.demo_data import generate_demo_dataset
 from dedup_assets.core.quality.planting import read_ground_truth
 from dedup_assets.definitions import build_definitions
+from dedup_assets.names import CODE_LOCATION, UI_REPOSITORY_LABEL, UI_REPOSITORY_TAG
 from dedup_assets.runner import run_pipeline
 
 THRESHOLDS = ("0.93", "0.95", "0.97")
@@ -239,6 +241,20 @@ def test_the_review_page_is_made_and_linked_from_the_ui(tiny_run):
     assert metadata["review_page"].value == layout.review_index.resolve().as_uri()
     removed = sum(int((~pl.read_parquet(layout.keep_list(t))["kept"]).sum()) for t in THRESHOLDS)
     assert metadata["removed_listed"].value == removed
+
+
+def test_every_run_is_listed_under_its_job_in_the_ui(tiny_run):
+    """The UI lists a job's runs by job name and the code location's label (a hidden tag);
+    every run `dedup run` made carries the label of the location workspace.yaml and `dedup
+    ui` load, so each named job's page shows its runs."""
+    instance = tiny_run["instance"]
+    workspace = yaml.safe_load((Path(__file__).parents[1] / "workspace.yaml").read_text())
+    assert workspace["load_from"][0]["python_module"]["location_name"] == CODE_LOCATION
+    runs = instance.get_runs()
+    assert runs and all(r.tags.get(UI_REPOSITORY_TAG) == UI_REPOSITORY_LABEL for r in runs)
+    for job in ("index_job", "ingest_job", "train_job", "class_job", "threshold_job"):
+        listed = dg.RunsFilter(job_name=job, tags={UI_REPOSITORY_TAG: UI_REPOSITORY_LABEL})
+        assert instance.get_runs(filters=listed), job
 
 
 def test_evaluation_scores_every_method(tiny_run):

@@ -322,6 +322,28 @@ def test_dedup_ui_on_that_folder_has_exactly_those_thresholds(ui):
     assert _keep(out, "0.9").height > 0
 
 
+def test_dedup_runs_are_listed_on_their_jobs_pages(ui):
+    """`dedup ui` loads the code location workspace.yaml names, and the runs `dedup run`
+    made (in process, no code location origin) are on their jobs' pages: the query of a
+    job's Runs tab and of the latest run in the Jobs list."""
+    port = ui["port"]
+    location = _graphql(
+        port, "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"
+    )["workspaceOrError"]["locationEntries"][0]["name"]
+    assert location == "latent_dedup"
+    query = """query($params: PipelineSelector!) { pipelineOrError(params: $params) {
+        __typename ... on Pipeline { runs { runId status } } } }"""
+    for job in ("index_job", "ingest_job", "train_job", "class_job", "threshold_job"):
+        params = {
+            "repositoryLocationName": location,
+            "repositoryName": "__repository__",
+            "pipelineName": job,
+        }
+        found = _graphql(port, query, {"params": params})["pipelineOrError"]
+        assert found["__typename"] == "Pipeline", found
+        assert found["runs"] and found["runs"][0]["status"] == "SUCCESS", (job, found)
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
