@@ -69,11 +69,13 @@ class WorkTimes:
 
     def lines(self) -> list[str]:
         """The table as a user reads it at the end of a run."""
-        head = f"{'work':<36} {'asset':<24} {'seconds':>8} {'images':>9} {'images/s':>9}"
+        rows = self.rows()
+        wide = max([24, *(len(r["asset"]) for r in rows)])  # a check's step key is long
+        head = f"{'work':<36} {'asset':<{wide}} {'seconds':>8} {'images':>9} {'images/s':>9}"
         body = [
-            f"{r['work']:<36} {r['asset']:<24} {r['seconds']:>8.1f} "
+            f"{r['work']:<36} {r['asset']:<{wide}} {r['seconds']:>8.1f} "
             f"{'' if r['images'] is None else format(r['images'], ','):>9} "
             f"{'' if r['images_per_second'] is None else format(r['images_per_second'], ',.0f'):>9}"
-            for r in self.rows()
+            for r in rows
         ]
         return [head, *body]
