@@ -120,7 +120,9 @@ def stop_on_signals() -> Iterator[None]:
         for s, h in old.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
         signal.set_wakeup_fd(old_fd)
-        _STOP.wakeup = -1
+        # The signal belonged to this run: a later run in the same process (a notebook, a
+        # test) starts unstopped, also one that never enters this context.
+        _STOP.signum, _STOP.wakeup = None, -1
         os.close(read)
         os.close(write)
 

@@ -26,6 +26,7 @@ from dedup_assets.cli import config_options
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.quality.demo_data import generate_demo_dataset
 from dedup_assets.core.quality.planting import read_ground_truth
+from dedup_assets.interrupts import check_stop
 
 THRESHOLDS = ["0.95", "1%"]
 # The fast settings of test_pipeline's tiny run; a wide kurtosis tolerance, since the gate's
@@ -232,3 +233,4 @@ def test_ctrl_c_raises_keyboard_interrupt_and_restores_the_handlers(runs):
     with pytest.raises(KeyboardInterrupt, match=r"SIGINT during \[catalog\]"):
         deduplicate(runs["demo"].root, output=runs["base"] / "stopped", log=press_ctrl_c, **OPTIONS)
     assert signal.getsignal(signal.SIGINT) == handler
+    check_stop()  # the stop was that call's: a later run in this process starts unstopped
