@@ -241,9 +241,9 @@ def test_every_run_option_takes_effect(tmp_path):
     )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "training: retrained: retraining was asked for (--retrain)" in again.stdout
-    assert re.search(
-        r"^\[images\] starting: 1 run\(s\) for 2 classes", again.stdout, re.M
-    ), "--full decodes every class"
+    assert re.search(r"^\[images\] starting: 1 run\(s\) for 2 classes", again.stdout, re.M), (
+        "--full decodes every class"
+    )
     decided = set(_keep(out, "0.96")["decided_in"])  # one run for both class partitions
     assert len(decided) == 1 and decided.isdisjoint(set(keep["decided_in"]))
 
