@@ -103,7 +103,11 @@ def init_pool_process(threads: int, verbose: bool) -> None:
     """A process of the local pool, before its first run: its share of the cores, and
     (unless verbose) quiet, since what a run did comes back in its RunReport. Kept in this
     light module so that the process sets its threads before anything imports torch."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    # torch's and numpy's BLAS (OpenBLAS, MKL) read these as they load: set before either.
+    # Measured, a numpy QR of 10,000 x 11 took 0.13 s instead of 10 ms with OpenBLAS's
+    # threads spinning against a second worker on 2 cores.
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, str(threads))
     import torch
 
     torch.set_num_threads(threads)

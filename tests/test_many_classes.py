@@ -4,7 +4,7 @@ Tiny images (one 16 px image per class folder), one threshold; the point is what
 costs the orchestration. The instance is in memory (the SQLite limits of a persistent
 instance are why a run covers at most `MAX_CLASSES_PER_RUN` classes; see partitions.py).
 
-The suite runs 600 classes in runs of at most 250 (three ranges). DEDUP_MANY_CLASSES=5000
+The suite runs 300 classes in runs of at most 120 (three ranges). DEDUP_MANY_CLASSES=5000
 runs five thousand in runs of 1,000 (measured: 13.5 min on 2 cores busy with other work,
 too long for the suite's budget; a class still costs about 0.1 s of work and events).
 """
@@ -22,8 +22,8 @@ from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.partitions import MAX_CLASSES_PER_RUN
 from dedup_assets.runner import run_pipeline
 
-CLASSES = int(os.environ.get("DEDUP_MANY_CLASSES", "600"))
-PER_RUN = MAX_CLASSES_PER_RUN if CLASSES >= 5 * MAX_CLASSES_PER_RUN else 250
+CLASSES = int(os.environ.get("DEDUP_MANY_CLASSES", "300"))
+PER_RUN = MAX_CLASSES_PER_RUN if CLASSES >= 5 * MAX_CLASSES_PER_RUN else 120
 
 
 def test_many_classes_in_one_run(tmp_path, monkeypatch):

@@ -289,7 +289,9 @@ def _refits(
                 else (lambda k, t=t: read_keep_list(layout.class_keep_list(t, k)))
             )
             kept[t] = {
-                names[k]: ids[k].is_in(keep_of(k).filter(pl.col("kept"))["image_id"]).to_numpy()
+                names[k]: np.isin(
+                    ids[k].to_numpy(), keep_of(k).filter(pl.col("kept"))["image_id"].to_numpy()
+                )
                 for k in keys
             }
         latents = _LatentsByClass(layout, {names[k]: k for k in read})
