@@ -22,14 +22,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import add_out_option, table, timed_dedup_run, write_result  # noqa: E402
 
 
-def make_source(eurosat: Path, work: Path, changed_class: str) -> Path:
-    """Links to every EuroSAT class folder, except one real folder of links to its files."""
+def make_source(eurosat: Path, work: Path, changed_class: str | tuple[str, ...]) -> Path:
+    """Links to every EuroSAT class folder, except real folders of links to their files for
+    the changed class (or classes), so that images can be added to them."""
+    changed = {changed_class} if isinstance(changed_class, str) else set(changed_class)
     source = work / "source"
     if source.exists():
         shutil.rmtree(source)
     source.mkdir(parents=True)
     for class_dir in sorted(p for p in eurosat.iterdir() if p.is_dir()):
-        if class_dir.name == changed_class:
+        if class_dir.name in changed:
             (source / class_dir.name).mkdir()
             for f in class_dir.iterdir():
                 (source / class_dir.name / f.name).symlink_to(f.resolve())

@@ -28,38 +28,15 @@ import sys
 import time
 from pathlib import Path
 
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_incremental import add_images, make_source  # noqa: E402
 from benchmarks.common import add_out_option, table, timed_dedup_run, write_result  # noqa: E402
 from dedup_assets.core.data.image_folder import scan_image_folder  # noqa: E402
 from dedup_assets.core.data.layout import OutputLayout  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CHANGED = ("Forest", "River")
-
-
-def make_source(eurosat: Path, work: Path) -> Path:
-    """Links to EuroSAT's class folders; the CHANGED classes are real folders of links."""
-    source = work / "source"
-    shutil.rmtree(source, ignore_errors=True)
-    source.mkdir(parents=True)
-    for class_dir in sorted(p for p in eurosat.iterdir() if p.is_dir()):
-        if class_dir.name in CHANGED:
-            (source / class_dir.name).mkdir()
-            for f in class_dir.iterdir():
-                (source / class_dir.name / f.name).symlink_to(f.resolve())
-        else:
-            (source / class_dir.name).symlink_to(class_dir.resolve())
-    return source
-
-
-def add_images(folder: Path, n: int) -> None:
-    """n new images: existing ones of the class turned a quarter (new content, same look)."""
-    for i, path in enumerate(sorted(folder.glob("*.jpg"))[:n]):
-        with Image.open(path) as img:
-            img.rotate(90).save(folder / f"new_{i:04d}.jpg", quality=95)
 
 
 def seconds_of(command: list[str]) -> float:
@@ -114,7 +91,7 @@ def main() -> None:
     if not args.eurosat.is_dir():
         raise SystemExit(f"EuroSAT not found at {args.eurosat}")
     work = args.work
-    source = make_source(args.eurosat, work)
+    source = make_source(args.eurosat, work, CHANGED)
     common = ["--thresholds", args.thresholds]
     model = args.model
     if model is None:
