@@ -68,3 +68,16 @@ def leftovers(root: Path) -> list[str]:
 @pytest.fixture
 def dedup():
     return run_dedup
+
+
+@pytest.fixture(autouse=True)
+def _dagster_home_as_it_was():
+    """A test that runs the pipeline in this process sets $DAGSTER_HOME to its output's
+    instance (`layout.resolve_dagster_home`, as `dedup run` does for its own process); the
+    next test's `dedup` subprocesses must not inherit it and write to that instance."""
+    before = os.environ.get("DAGSTER_HOME")
+    yield
+    if before is None:
+        os.environ.pop("DAGSTER_HOME", None)
+    else:
+        os.environ["DAGSTER_HOME"] = before
