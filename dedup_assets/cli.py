@@ -336,7 +336,7 @@ def _report(
             say(line)
     if (finished or outcome.nothing_changed) and layout.review_index.is_file():
         say(
-            f"next: review the removals on {layout.review_index.as_uri()} (each beside the "
+            f"next: review the removals on {layout.review_index.resolve().as_uri()} (each beside the "
             "image it duplicates, borderline first); mark mistakes there, save the downloaded "
             f"overrides.csv as {layout.overrides} and run the same command again"
         )

@@ -167,3 +167,12 @@ def test_verify_notices_a_rewrite_that_keeps_size_and_mtime(demo, monkeypatch):
     # Reprocessed from the new bytes: verifying again finds nothing (no endless requests).
     settled = _sensor(out, monkeypatch, verify=True)
     assert "nothing changed" in settled.skip_reason.skip_message
+
+
+def test_a_relative_output_folder_ends_with_the_review_page_as_a_file_url(tmp_path):
+    """`dedup demo` in a fresh clone writes to ./dedup_output, a relative path: the last
+    screen's link to the review page must be an absolute file:// URL, not a crash."""
+    done = run_dedup("demo", "--output", "out", *FAST, *MACHINE, cwd=tmp_path)
+    assert done.returncode in (0, 3), done.stdout + done.stderr
+    page = (tmp_path / "out" / "review" / "index.html").resolve()
+    assert f"next: review the removals on {page.as_uri()}" in done.stdout, done.stdout
