@@ -33,6 +33,12 @@ def baseline(tmp_path_factory):
     return {"source": source, "keep": pl.read_parquet(base / "out" / "keep_lists" / "0.95.parquet")}
 
 
+def _own_env() -> dict[str, str]:
+    """The environment for a run of its own: without a $DAGSTER_HOME an earlier in-process
+    run of this worker left, so its instance is the output's (as a user's shell has it)."""
+    return {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+
+
 def _kill_in(stage: str, source, output) -> str:
     """Start `dedup run` and SIGKILL its whole process group once `stage` has started."""
     proc = subprocess.Popen(
@@ -41,6 +47,7 @@ def _kill_in(stage: str, source, output) -> str:
         stderr=subprocess.DEVNULL,
         text=True,
         start_new_session=True,
+        env=_own_env(),
     )
     seen = []
     for line in proc.stdout:
@@ -108,7 +115,9 @@ def test_runs_of_a_killed_process_are_marked_failed(tmp_path):
     from dedup_assets.runner import fail_orphaned_runs, instance_for
 
     out, ready = tmp_path / "out", tmp_path / "ready"
-    proc = subprocess.Popen([sys.executable, "-c", BLOCKING_RUN, str(out), str(ready)])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BLOCKING_RUN, str(out), str(ready)], env=_own_env()
+    )
     deadline = time.monotonic() + 120
     while not ready.exists():
         assert proc.poll() is None and time.monotonic() < deadline
