@@ -43,6 +43,10 @@ from typing import Any
 import dagster as dg
 import sqlalchemy
 
+# The origin a run launched from the code location records (no public API builds one).
+from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
+from dagster._core.workspace.load import location_origin_from_module_name
+
 from dedup_assets.config import PipelineConfig
 from dedup_assets.core.data.layout import instance_file, use_dagster_home
 from dedup_assets.definitions import build_definitions
@@ -53,7 +57,13 @@ from dedup_assets.engines import (
     threads_per_process,
 )
 from dedup_assets.interrupts import INTERRUPT_ERRORS, check_stop
-from dedup_assets.names import WORKER_METADATA, WORKER_TAG, worker_name
+from dedup_assets.names import (
+    CODE_LOCATION,
+    REPOSITORY,
+    WORKER_METADATA,
+    WORKER_TAG,
+    worker_name,
+)
 from dedup_assets.partitions import ClassRange
 
 # What one run covers: a partition key, a range of class partitions, or nothing.
@@ -215,6 +225,46 @@ def job_for(config_json: str, job_name: str) -> dg.JobDefinition:
     return build_definitions(config).resolve_job_def(job_name)
 
 
+@functools.lru_cache(maxsize=16)
+def remote_origin(job_name: str) -> RemoteJobOrigin:
+    """Where the UI finds the job `job_name`: the code location `names.CODE_LOCATION` that
+    workspace.yaml and `dedup ui` load (module `dedup_assets.definitions`), as the workspace
+    loader describes it. A run created with it is drawn on the Overview timeline, listed
+    on its job's page and in the Jobs list, and can be re-executed from the UI."""
+    location = location_origin_from_module_name(
+        module_name=build_definitions.__module__,
+        attribute=None,
+        working_directory=None,
+        location_name=CODE_LOCATION,
+    )
+    return RemoteJobOrigin(RemoteRepositoryOrigin(location, REPOSITORY), job_name)
+
+
+@contextmanager
+def _runs_with_origin(instance: dg.DagsterInstance, job_name: str) -> Iterator[None]:
+    """Runs this instance creates while inside carry `remote_origin(job_name)`.
+
+    `execute_in_process` creates its run without an origin and has no argument for one
+    (dagster issue #17707), and the UI's Overview timeline leaves out every run whose
+    `remote_job_origin` is unset (ui-core's useRunsForTimeline drops a run without
+    `repositoryOrigin`, which dagster-graphql reads from that field). Launching through the
+    code location would give one, at the price of a code server per `dedup run`; the run
+    is created here with the origin that launch would record, and executed in process as
+    before. Dagster then tags it with the location (`.dagster/repository`,
+    `dagster/code_location`) itself."""
+    create = instance.create_run_for_job
+
+    def create_with_origin(*args: Any, **kwargs: Any) -> dg.DagsterRun:
+        kwargs["remote_job_origin"] = kwargs.get("remote_job_origin") or remote_origin(job_name)
+        return create(*args, **kwargs)
+
+    instance.create_run_for_job = create_with_origin  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del instance.create_run_for_job
+
+
 def execute(
     job: dg.JobDefinition,
     key: Selection,
@@ -223,15 +273,17 @@ def execute(
     run_config: dict,
     assets: list[str] | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """One run of `job` for one partition key, a range of class partitions, or none."""
-    return job.execute_in_process(
-        partition_key=key if isinstance(key, str) else None,
-        instance=instance,
-        raise_on_error=False,
-        tags={**tags, **key.tags()} if isinstance(key, ClassRange) else tags,
-        run_config=run_config,
-        asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
-    )
+    """One run of `job` for one partition key, a range of class partitions, or none, in
+    this process, recorded with the code location's origin (`_runs_with_origin`)."""
+    with _runs_with_origin(instance, job.name):
+        return job.execute_in_process(
+            partition_key=key if isinstance(key, str) else None,
+            instance=instance,
+            raise_on_error=False,
+            tags={**tags, **key.tags()} if isinstance(key, ClassRange) else tags,
+            run_config=run_config,
+            asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
+        )
 
 
 def run_partition(
