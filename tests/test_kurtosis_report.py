@@ -153,3 +153,33 @@ def test_refit_of_several_thresholds_reads_each_class_once_and_equals_one_at_a_t
     assert sorted(reads) == sorted(stored)  # every class read once for the three keep lists
     for t, masks in kept.items():
         assert together[t].equals(refit_kurtosis(stored, masks))
+
+
+def test_summary_has_the_rows_on_refitted_axes_it_announces():
+    """summary.md announced lines on axes refitted to the kept images and had none: the
+    report computed them and dropped them before its summary. Refitted kurtosis shifted by
+    +0.5 in every class moves each line's intercept by +0.5 and leaves its slope."""
+    scores, keep = _classes()
+    table = kurtosis_by_class(scores, keep)
+    refit = table.select(
+        "class", *(pl.col(f"k{c}_after").add(0.5).alias(f"r{c}_after") for c in (1, 2, 3))
+    )
+    report = build_report("0.95", scores, keep, refit=refit, draws=50)
+    summary = report.summary("0.95")
+    rows = summary["regressions_refit"]
+    assert [r["component"] for r in rows] == [1, 2, 3]
+    for orig, ref in zip(summary["regressions"], rows, strict=True):
+        assert ref["slope"] == pytest.approx(orig["slope"])
+        assert ref["intercept"] == pytest.approx(orig["intercept"] + 0.5)
+    md = summary_markdown([summary])
+    assert "axes refitted to the kept images" in md
+    line = "| 0.95 | refit after removal | " + " | ".join(r["equation"] for r in rows) + " |"
+    assert line in md
+
+
+def test_summary_without_refitted_rows_does_not_announce_them():
+    scores, keep = _classes()
+    summary = build_report("0.95", scores, keep, draws=50).summary("0.95")
+    assert summary["regressions_refit"] == []
+    md = summary_markdown([summary])
+    assert "refit" not in md

@@ -368,7 +368,9 @@ def build_report(
         ]
         lines.append("")
     lines += [f"![{name}]({name})" for name in figures]
-    return KurtosisReport("\n".join(lines) + "\n", figures, gate, chance, tolerance, table, entropy)
+    return KurtosisReport(
+        "\n".join(lines) + "\n", figures, gate, chance, tolerance, table, entropy, refit_regs
+    )
 
 
 def _num(value: float) -> str:
@@ -467,12 +469,17 @@ def summary_markdown(summaries: list[dict]) -> str:
         out.append(
             f"| {s['threshold']} | {s['images_after']:,} | {s['images_after'] / max(n0, 1):.3f} | {pf} |"
         )
+    refitted = any(s.get("regressions_refit") for s in summaries)
     out += [
         "",
         "## Theil-Sen lines of kurtosis after on before (the paper's Table 3)",
         "",
         "On the class's original principal axes (the gate's reading: the same variable before "
-        "and after) and on axes refitted to the kept images (the paper's likely reading):",
+        + (
+            "and after) and on axes refitted to the kept images (the paper's likely reading):"
+            if refitted
+            else "and after):"
+        ),
         "",
         "| T | reading | PC1 | PC2 | PC3 | paper PC1 | paper PC2 | paper PC3 |",
         "|---|---|---|---|---|---|---|---|",
