@@ -449,8 +449,9 @@ def test_the_page_builds_and_reads_overrides_csv(review, tmp_path):
 
 def test_a_reviewer_marks_pages_and_downloads_overrides(review, tmp_path):
     """In Chromium driven by Playwright: mark a pair "not a duplicate" and keep a removed
-    image, page away and back, reload, load an existing overrides.csv, download: the file
-    holds exactly those marks; no dialog ever opened."""
+    image, page away and back, reload, load an existing overrides.csv, mark a cross-class
+    pair "not a duplicate", download: the file holds exactly those marks; no dialog ever
+    opened."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     exe = chromium()
     if exe is None:
@@ -488,6 +489,14 @@ def test_a_reviewer_marks_pages_and_downloads_overrides(review, tmp_path):
         page.goto(url + locate(data, pages, IMG_PATH))
         card = page.locator("article.pair", has_text=IMG_PATH)
         sync_api.expect(card).to_contain_text("your mark: remove")  # loaded from a page file
+        page.goto(url + "#t=0&v=x&p=0")
+        cross = pages["0/x/0"][0]
+        first_cross = page.locator("article.pair").nth(0)
+        sync_api.expect(first_cross).to_contain_text(cross[1])
+        first_cross.get_by_role("button", name="not a duplicate").click()
+        sync_api.expect(page.locator("#counter")).to_have_text("4 marks")
+        pressed = first_cross.get_by_role("button", name="not a duplicate")
+        assert pressed.get_attribute("aria-pressed") == "true"
         with page.expect_download() as download:
             page.locator("#download").click()
         saved = tmp_path / "overrides.csv"
@@ -502,5 +511,6 @@ def test_a_reviewer_marks_pages_and_downloads_overrides(review, tmp_path):
             [first[0][1], "not_duplicate", first[0][2]],
             [first[1][1], "keep", ""],
             [IMG_PATH, "remove", ""],
+            [cross[1], "not_duplicate", cross[3]],
         ]
     )

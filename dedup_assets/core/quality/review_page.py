@@ -523,7 +523,9 @@ The smaller the margin, the closer the call: each view lists the smallest margin
 then removals by override, exact copies last. Margins under {BORDERLINE} are shown in orange.</li>
 <li><b>Cross-class pairs</b> (their own view) are near-identical images filed under two
 classes: likely label errors. Their margin is over T; a budget's cross-class cosine is not
-stored with the pairs, so there they are ordered by similarity without a margin.</li>
+stored with the pairs, so there they are ordered by similarity without a margin. Marking one
+<i>not a duplicate</i> takes it out of the cross-class table of the next run (cross-class
+pairs never remove an image).</li>
 <li><b>Corrections</b>: <i>keep this</i> / <i>remove this</i> set an image's decision (at
 every threshold); <i>not a duplicate</i> says the pair's two images are different pictures.
 Your marks stay in this browser for this output folder while you page and filter (click a
@@ -869,8 +871,16 @@ function crossCard(row) {
   const [clsA, pathA, clsB, pathB, thumbA, thumbB, similarity, margin, kind] = row;
   const a = side("class a", pathA, thumbA, DATA.classes[clsA]);
   const b = side("class b", pathB, thumbB, DATA.classes[clsB]);
-  const card = el("article", { class: "pair" }, a.box, b.box, info(similarity, margin, kind));
-  const update = () => { const x = a.update(), y = b.update(); card.classList.toggle("marked", x || y); };
+  const notDup = el("button", { type: "button", text: "not a duplicate", "aria-pressed": "false" });
+  notDup.addEventListener("click", () => toggleNotDuplicate(pathA, pathB));
+  const meta = info(similarity, margin, kind);
+  meta.append(notDup);
+  const card = el("article", { class: "pair" }, a.box, b.box, meta);
+  const update = () => {
+    const x = a.update(), y = b.update(), z = hasPair(marks, pathA, pathB);
+    notDup.setAttribute("aria-pressed", String(z));
+    card.classList.toggle("marked", x || y || z);
+  };
   update();
   cards.push(update);
   return card;
