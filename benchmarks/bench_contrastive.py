@@ -154,7 +154,7 @@ def read_run(output: Path) -> dict:
         summary = json.loads(path.read_text())
         t = summary["threshold"]
         excess = [r["excess_at_median"] for r in summary["regressions"]]
-        chance = summary["gate"]["random_removal_excess_95"]
+        chance = summary["gate"]["random_removal_excess"]
         tolerance = summary["gate"]["tolerance"]
         gates[t] = {
             "severity": summary["gate"]["severity"],

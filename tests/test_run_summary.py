@@ -14,7 +14,7 @@ def _report(severity, excess, chance, tolerance=0.1):
         "gate": {
             "severity": severity,
             "tolerance": tolerance,
-            "random_removal_excess_95": chance,
+            "random_removal_excess": chance,
             "reasons": ["(the gate's own reason)"],
         },
         "regressions": [{"component": c + 1, "excess_at_median": e} for c, e in enumerate(excess)],
@@ -81,3 +81,13 @@ def test_counts_keep_exact_near_and_overrides_apart_and_a_budget_says_what_it_al
     assert "1 class(es) removed more than chance explains" in counts.budget_line()
     cosine = ThresholdCounts.of("0.95", keep.drop("decided_by"), None)
     assert cosine.allowed_false is None and cosine.budget_line() == "" and cosine.overrides == 0
+
+
+def test_a_report_written_before_the_rename_reads_the_same():
+    """Reports written before the key said its quantile (`random_removal_excess_95`, the
+    98.3% quantile) are worded from the same numbers."""
+    new = _report("warn", [0.124, 0.049, -0.01], [0.173, 0.1, 0.1])
+    old = {**new, "gate": dict(new["gate"])}
+    old["gate"]["random_removal_excess_95"] = old["gate"].pop("random_removal_excess")
+    assert kurtosis_words(old) == kurtosis_words(new)
+    assert "within the +0.173, +0.100" in kurtosis_words(old)
