@@ -16,9 +16,16 @@ that evaluates the assets' declarative automation conditions.
   current: an edited `overrides.csv` (or `--overrides` file) decides exactly the classes
   whose corrections changed again (`redecide_classes`), with a run key per version of what
   their keep lists should record, so each edit is requested once.
-- `dedup_automation` evaluates the assets' `AutomationCondition`s: keep lists, reports,
-  checks and clean copies follow when class partitions change; every class is encoded
-  again when the autoencoder is retrained.
+- `dedup_automation` requests what follows, by the named jobs `dedup run` runs, once no
+  run is in flight: `class_job` (by ranges of classes) for the classes whose latents or
+  spline fit no longer match the model (a retrained autoencoder), then `threshold_job`
+  for every threshold whose keep list, cross-class table, report or clean copy is stale
+  (the first alone when all are: it computes the cross-class join the others reuse),
+  then `summary_job` after threshold runs. Staleness is what `dedup run` reads
+  (`core.data.artifacts`), so both do the same work; each request's run key names the
+  inputs it was made for, so a failed run is not requested again until they change.
+  A plain sensor, not Dagster's automation-condition sensor: that one launches runs of the
+  implicit `__ASSET_JOB` (and backfills), which the UI lists under no named job.
 
 Sensors and schedules start stopped, as Dagster's do: turn them on in the UI's Automation
 page; they run in `dagster dev` (which starts the daemon) or under `dagster-daemon run`.
@@ -33,17 +40,27 @@ import dagster as dg
 import polars as pl
 
 from dedup_assets.core.data.artifacts import (
+    CurrentInputs,
     MissingArtifact,
     digest,
     is_current,
     recorded_listings,
     stale_classes,
+    stale_thresholds,
 )
 from dedup_assets.core.data.image_folder import FolderScan
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.source_index import SourceChanges, changed_classes
 from dedup_assets.core.decision.overrides import OverridesError
-from dedup_assets.names import INDEX_JOB, REASON_TAG, TRAIN_JOB, UPDATE_CLASS_JOB
+from dedup_assets.names import (
+    CLASS_JOB,
+    INDEX_JOB,
+    REASON_TAG,
+    SUMMARY_JOB,
+    THRESHOLD_JOB,
+    TRAIN_JOB,
+    UPDATE_CLASS_JOB,
+)
 from dedup_assets.partitions import class_partitions, class_ranges
 from resources import DedupSettings, DedupStorage, ImageSource
 
@@ -154,6 +171,115 @@ def new_files_share(layout: OutputLayout, scan: FolderScan) -> float:
     return sum(f.raw_path not in trained for f in scan.files) / len(scan.files)
 
 
+# Runs not yet ended: while any is, what follows from them waits (Dagster's own list).
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+RUN_KEY_TAG = "dagster/run_key"
+
+
+def reencode_classes(layout: OutputLayout, current: CurrentInputs) -> list[str]:
+    """Decoded classes whose latents or spline fit do not match the current model and
+    settings (a retrained autoencoder): `class_job` encodes, fits and decides them again.
+    A class whose keep lists alone are stale is the new-images sensor's (`redecide_classes`)."""
+    return [
+        k
+        for k in sorted(current.class_digests)
+        if not (
+            is_current(layout.latents(k), current.latents(k))
+            and is_current(layout.spline_fit(k), current.fit(k))
+        )
+    ]
+
+
+def summary_due(instance: dg.DagsterInstance) -> bool:
+    """Whether a threshold run succeeded after the latest summary run was created."""
+    done = instance.get_run_records(
+        dg.RunsFilter(job_name=THRESHOLD_JOB, statuses=[dg.DagsterRunStatus.SUCCESS]), limit=1
+    )
+    if not done or done[0].end_time is None:
+        return False
+    summary = instance.get_run_records(dg.RunsFilter(job_name=SUMMARY_JOB), limit=1)
+    return not summary or summary[0].create_timestamp.timestamp() < done[0].end_time
+
+
+def _requested(instance: dg.DagsterInstance, run_key: str | None) -> bool:
+    """Whether a run with this run key exists (requested before, for the same inputs)."""
+    return instance.get_runs_count(dg.RunsFilter(tags={RUN_KEY_TAG: str(run_key)})) > 0
+
+
+def follow_up_requests(
+    instance: dg.DagsterInstance,
+    layout: OutputLayout,
+    current: CurrentInputs,
+    thresholds: Sequence[str],
+) -> list[dg.RunRequest] | str:
+    """The runs of named jobs that bring the outputs after the classes up to date, one stage
+    at a time (classes, thresholds, summary), or why none is requested."""
+    reencode = reencode_classes(layout, current)
+    if reencode:
+        order = instance.get_dynamic_partitions(class_partitions.name)
+        keys = [k for k in reencode if k in order]
+        if not keys:
+            return f"classes not registered as partitions yet: {', '.join(reencode[:5])}"
+        tags = {REASON_TAG: "latents not computed with the current model"}
+        requests = [
+            dg.RunRequest(
+                job_name=CLASS_JOB,
+                partition_key=batch.start if batch.size == 1 else None,
+                run_key=f"classes {batch}@{digest([current.fit(k) for k in keys])}",
+                tags=tags if batch.size == 1 else {**tags, **batch.tags()},
+            )
+            for batch in class_ranges(keys, order)
+        ]
+        fresh = [r for r in requests if not _requested(instance, r.run_key)]
+        return fresh or (
+            f"{len(keys)} class(es) not current though already run for these inputs: see "
+            "the failed class_job runs"
+        )
+    waiting = stale_classes(layout, current, list(thresholds))
+    if waiting:
+        return (
+            f"{len(waiting)} class(es) to decide again first (new_images_sensor requests "
+            f"them): {', '.join(waiting[:5])}"
+        )
+    stale = stale_thresholds(layout, current, list(thresholds))
+    if stale:
+
+        def request(t: str) -> dg.RunRequest:
+            return dg.RunRequest(
+                job_name=THRESHOLD_JOB,
+                partition_key=t,
+                run_key=f"threshold {t}@{digest(current.keep_list(t))}",
+                tags={REASON_TAG: "keep list, report or clean copy not current"},
+            )
+
+        requests = [request(t) for t in stale]
+        fresh = [r for r in requests if not _requested(instance, r.run_key)]
+        if fresh and fresh[0] is requests[0] and len(stale) == len(thresholds):
+            return fresh[:1]  # the cross-class join and the clean copy the others reuse
+        if fresh:
+            return fresh
+        return (
+            f"T={', '.join(stale)} not current though already run for these inputs: "
+            "see the failed threshold_job runs"
+        )
+    if summary_due(instance):
+        made_from = digest([current.keep_list(t) for t in thresholds])
+        return [
+            dg.RunRequest(
+                job_name=SUMMARY_JOB,
+                run_key=f"summary@{made_from}",
+                tags={REASON_TAG: "thresholds brought up to date"},
+            )
+        ]
+    return "every class, threshold and the summary are current"
+
+
 def build_automation(
     jobs: Sequence[dg.UnresolvedAssetJobDefinition],
     schedule_cron: str,
@@ -256,12 +382,34 @@ def build_automation(
             run_key=f"train@{tick.isoformat() if tick else ''}", tags={REASON_TAG: "nightly"}
         )
 
-    automation = dg.AutomationConditionSensorDefinition(
-        "dedup_automation",
-        target=dg.AssetSelection.all(),
-        default_status=dg.DefaultSensorStatus.STOPPED,
+    @dg.sensor(
+        name="dedup_automation",
+        jobs=[by_name[CLASS_JOB], by_name[THRESHOLD_JOB], by_name[SUMMARY_JOB]],
         minimum_interval_seconds=30,
-        description="Evaluates the automation conditions: keep lists, reports, checks and "
-        "clean copies follow when class partitions change.",
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="What follows, once no run is in flight: class_job for the classes a "
+        "retrained model changes, threshold_job for every stale threshold (keep list, "
+        "gates, report, clean copy), then summary_job (tables, evaluation, review page).",
     )
-    return [new_images_sensor, automation], [nightly_refresh, nightly_retraining]
+    def dedup_automation(
+        context: dg.SensorEvaluationContext, storage: DedupStorage, settings: DedupSettings
+    ):
+        in_flight = context.instance.get_runs_count(dg.RunsFilter(statuses=IN_FLIGHT))
+        if in_flight:
+            return dg.SkipReason(f"waiting for {in_flight} run(s) in flight")
+        layout = storage.layout()
+        if not layout.model.exists():
+            return dg.SkipReason("no trained model yet: run `dedup run` (or materialize all) first")
+        try:
+            current = storage.current_inputs(settings)
+        except OverridesError as exc:
+            return dg.SkipReason(f"overrides refused, nothing requested: {exc}")
+        except (MissingArtifact, OSError) as exc:
+            return dg.SkipReason(f"outputs not readable yet: {exc}")
+        requests = follow_up_requests(context.instance, layout, current, thresholds)
+        if isinstance(requests, str):
+            return dg.SkipReason(requests)
+        context.log.info(f"{len(requests)} run(s) requested: {[r.run_key for r in requests]}")
+        return requests
+
+    return [new_images_sensor, dedup_automation], [nightly_refresh, nightly_retraining]

@@ -191,22 +191,6 @@ def test_schedules_bring_changed_classes_up_to_date(materialized):
     assert retraining.job_name == "train_job"
 
 
-def test_automation_conditions_make_threshold_assets_follow(materialized):
-    graph = build_definitions(materialized["config"]).resolve_asset_graph()
-    for name in (
-        "class_latents",
-        "spline_fits",
-        "class_keep_lists",
-        "keep_list",
-        "kurtosis_report",
-        "clean_dataset",
-        "dedup_summary",
-    ):
-        assert graph.get(dg.AssetKey(name)).automation_condition is not None, name
-    for name in ("image_catalog", "class_images", "autoencoder"):
-        assert graph.get(dg.AssetKey(name)).automation_condition is None, name
-
-
 def test_retraining_rules():
     kept = decide_retraining(
         model_exists=True,

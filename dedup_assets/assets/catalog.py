@@ -136,7 +136,6 @@ def image_catalog(
     group_name="ingest",
     kinds={"python", "numpy"},
     deps=[image_catalog],
-    automation=False,
     description="One class's images decoded once to 64x64 RGB: a table (id, path and its "
     "exact bytes, size, content and pixel hashes, status and reason) and a uint8 pixel "
     "store. Only new or changed files are read; unreadable ones are quarantined.",

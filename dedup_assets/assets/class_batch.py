@@ -77,7 +77,6 @@ def class_asset(
     kinds: set[str],
     check: dg.AssetCheckSpec | None = None,
     op_tags: dict[str, Any] | None = None,
-    automation: bool = True,
 ) -> Callable:
     """The decorator of a per-class asset: class partitions, run in batches."""
     return dg.multi_asset(
@@ -90,7 +89,6 @@ def class_asset(
                 group_name=group_name,
                 kinds=kinds,
                 partitions_def=class_partitions,
-                automation_condition=dg.AutomationCondition.eager() if automation else None,
             )
         ],
         check_specs=[check] if check is not None else None,

@@ -224,8 +224,6 @@ def build_clean_dataset_asset(
         kinds={"python"},
         partitions_def=thresholds_def,
         deps=[keep_list, kurtosis_report],
-        automation_condition=dg.AutomationCondition.eager()
-        & dg.AutomationCondition.all_deps_blocking_checks_passed(),
         description="The kept images copied into `clean/<T>/<class>/...`, same layout as the "
         "source (which is never modified). Blocked when a gate on the keep list or the "
         "kurtosis report fails; an older copy is then marked `STALE.txt`. Files unchanged "

@@ -71,7 +71,6 @@ def build_cross_class_asset(
             image_catalog,
             dg.AssetDep(class_latents, partition_mapping=dg.AllPartitionMapping()),
         ],
-        automation_condition=dg.AutomationCondition.eager(),
         description="Pairs of images in different classes with cosine > T in one space "
         "shared by all classes (centred latents on their leading principal axes), exact "
         "copies always: `cross_class/<T>.parquet` (class_a, path_a, class_b, path_b, "

@@ -30,7 +30,6 @@ def build_evaluation_asset(
             dg.AssetDep(class_latents, partition_mapping=dg.AllPartitionMapping()),
             dg.AssetDep(spline_fits, partition_mapping=dg.AllPartitionMapping()),
         ],
-        automation_condition=dg.AutomationCondition.eager(),
         description="With a ground-truth CSV (class,original,copy): average precision over all "
         "within-class pairs, and per threshold recall (overall and per planted transform), "
         "precision, images removed and the false-removal rate among unplanted images, for the "

@@ -109,7 +109,6 @@ def build_keep_list_asset(
             image_catalog,
             dg.AssetDep(class_keep_lists, partition_mapping=dg.AllPartitionMapping()),
         ],
-        automation_condition=dg.AutomationCondition.eager(),
         check_specs=[
             dg.AssetCheckSpec(
                 INTEGRITY,
