@@ -1,0 +1,600 @@
+"""Train/test leakage: every evaluation image (val, test) with an exact or near copy in the
+training split, in its own class or any other, at a calibrated false-flag budget.
+
+**Exact copies** are images whose decoded pixels are identical (the catalog's
+`pixel_hash`, as `class_decision` and `integrity` compare them): always flagged, kind
+`exact`, similarity 1.0, at every budget.
+
+**Near copies** are judged in one space shared by every class (an eval image's copy may sit
+in any class of train): the latents projected on the leading axes of the *training*
+images' latents (`cross_class.SharedSpace`, fitted on train only, so evaluation images
+never shape it), unit length, joined with the low-frequency DCT descriptor of the pixels
+(`similarity.joined`, the project's default weight: the latent codes see through crops,
+the DCT through light and noise). An eval image's score is its highest cosine with any
+training image; it is flagged when that is above the threshold T, and every training
+image above T is listed beside it.
+
+**The budget.** b means: of the evaluation images that have no copy in train, at most a
+share b is flagged. The false flags at T are the clean eval images whose *nearest unrelated
+training image* scores above T, so T is the k-th highest of n draws of that statistic,
+k = floor(b (n + 1)) (`calibration.budget_thresholds`: an exchangeable new draw exceeds it
+with probability at most k / (n + 1) <= b, whatever the distribution). The draws must be
+what a clean eval image meets, against the whole training split (the maximum over N
+training images grows with N, so a null against a subset would set T too low). The
+candidates considered:
+
+- *eval vs train, exact copies removed* reads the statistic on the very images being
+  judged, so the leaks it should find (5% in the benchmark, any share in a real set) sit in
+  its top tail and raise T exactly where it must stay low: circular.
+- *train vs train* (each training image's nearest other training image, or one half
+  against the other) is made of real images, but every near-duplicate pair inside train
+  (EuroSAT has about 28 images in pHash-near pairs within its classes; a scraped set
+  thousands) lands in the top tail; at b = 0.1% of 21,600 draws the threshold is the 21st
+  highest value, so a few dozen internal duplicates set T at the level of a copy.
+- *mirrored decoys against train* (chosen): the mirror of an image x (left-right; more
+  decoys below) is a plausible image of x's kind with x's statistics that duplicates
+  nothing in train, because training never shows the model a flip (`calibration` explains
+  the same decoys within a class). Its draw is its highest cosine with train, leaving out
+  x itself and x's exact copies, and, where x itself scores above a first threshold read
+  that way, x's K_NEIGHBOURS nearest training images (`budget_threshold`): a copy c of x
+  in train has cos(mirror x, c) ~ cos(mirror x, x), which for a nearly symmetric scene is
+  high, and would lift the draws of exactly the images that leak (the rule
+  `local_scaling` uses for the same reason; leaving them out for every x instead lowered
+  every draw, 1.2% flagged at a 1% budget against 100 training images). Internal duplicates of train do not enter a
+  decoy's draw; leaks in eval do not either. The decoys' sources are the evaluation images
+  (their distribution is the one judged), then the training images when the eval split is
+  too small to read b (k = floor(b (n + 1)) < MIN_DRAWS_K), then flipped top-bottom and
+  turned half round (DECOYS), as many as the budget needs.
+
+What mirrors may get wrong: a mirror is a little less similar to train than a real
+unrelated image (measured within classes, `calibration`'s doc), so T can be a little low;
+the benchmark reports the measured false rate beside the binomial bound
+(benchmarks/bench_leakage.py). The property test (tests/test_leakage.py) checks the rule on
+exchangeable draws: the flagged share of clean eval images stays within the binomial bound
+of b at every size.
+
+**Blocked.** Every comparison is a product of one block of queries against the training
+vectors (`similarity.block_rows`: a slab of at most MAX_SLAB_BYTES), so memory grows with
+N, never N^2; above the approximate join's size (`ann_join.DEFAULT_ANN_MIN_CLASS_SIZE`
+training images, `join="auto"`) each query is compared only with the training images in
+its `nprobe` nearest cells of about CELL_SIZE images (`cross_class.cell_centres`): linear
+in N; it may miss a copy, never flag an image for a similarity it does not have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dedup_assets.core.decision.ann_join import (
+    DEFAULT_ANN_MIN_CLASS_SIZE,
+    DEFAULT_NPROBE,
+    resolve_join,
+)
+from dedup_assets.core.decision.calibration import budget_thresholds, resolvable
+from dedup_assets.core.decision.cross_class import (
+    CELL_SIZE,
+    SLAB_VALUES,
+    SharedSpace,
+    cell_centres,
+)
+from dedup_assets.core.decision.dct_descriptor import lowfreq_dct
+from dedup_assets.core.decision.similarity import (
+    DEFAULT_BLOCK,
+    LATENT_WEIGHT,
+    block_rows,
+    joined,
+)
+
+DEFAULT_LEAKAGE_BUDGET = 0.001
+K_NEIGHBOURS = 2
+"""A decoy's source's nearest training images left out of its draw (its copies: module doc)."""
+MIN_DRAWS_K = 4
+"""Decoys are added until the budget's threshold is the 4th highest draw or beyond (or the
+decoys run out): a threshold read from the single highest draw swings with one image."""
+DECOYS = ("hflip", "vflip", "rot180")
+"""The decoy transforms, in the order they are added (module doc)."""
+MAX_DECOY_SOURCES = 20_000
+"""Images whose decoys are drawn, at most (a seeded sample above it: 20 draws above the
+0.1% budget's threshold)."""
+
+
+def decoy_pixels(pixels: np.ndarray, kind: str) -> np.ndarray:
+    """uint8 NHWC images flipped: hflip left-right, vflip top-bottom, rot180 both."""
+    if kind == "hflip":
+        out = pixels[:, :, ::-1]
+    elif kind == "vflip":
+        out = pixels[:, ::-1]
+    elif kind == "rot180":
+        out = pixels[:, ::-1, ::-1]
+    else:
+        raise ValueError(f"unknown decoy {kind!r}; choose one of {DECOYS}")
+    return np.ascontiguousarray(out)
+
+
+@dataclass(frozen=True)
+class DecoyPlan:
+    """Which decoys a budget needs: (source, kind) pairs in order, source "eval" or
+    "train", each with the rows of that split it mirrors."""
+
+    parts: tuple[tuple[str, str, np.ndarray], ...]
+
+    @property
+    def draws(self) -> int:
+        return int(sum(len(rows) for _, _, rows in self.parts))
+
+
+def plan_decoys(
+    n_eval: int,
+    n_train: int,
+    budget: float = DEFAULT_LEAKAGE_BUDGET,
+    *,
+    max_sources: int = MAX_DECOY_SOURCES,
+    seed: int = 0,
+) -> DecoyPlan:
+    """The decoys of the module doc: eval images mirrored, then train images, then the other
+    flips of both, until k = floor(b (draws + 1)) >= MIN_DRAWS_K; each split's sources a
+    seeded sample of at most `max_sources` (both splits' together at most that)."""
+    need = int(np.ceil(MIN_DRAWS_K / budget)) - 1
+    rng = np.random.default_rng(seed)
+
+    def sample(n: int, cap: int) -> np.ndarray:
+        if n <= cap:
+            return np.arange(n)
+        return np.sort(rng.choice(n, cap, replace=False))
+
+    eval_rows = sample(n_eval, max_sources)
+    train_rows = sample(n_train, max(0, max_sources - len(eval_rows)))
+    parts: list[tuple[str, str, np.ndarray]] = []
+    total = 0
+    for kind in DECOYS:
+        for source, rows in (("eval", eval_rows), ("train", train_rows)):
+            if total >= need or len(rows) == 0:
+                continue
+            parts.append((source, kind, rows))
+            total += len(rows)
+    return DecoyPlan(tuple(parts))
+
+
+# ------------------------------------------------------------------------- the space
+
+
+@dataclass(frozen=True)
+class LeakageSpace:
+    """Where eval and train images are compared (module doc): the training latents' shared
+    axes, joined with the DCT descriptor at `weight` (1.0: latents only)."""
+
+    shared: SharedSpace
+    weight: float = LATENT_WEIGHT
+
+    @classmethod
+    def fit(cls, train_latents: np.ndarray, weight: float = LATENT_WEIGHT) -> LeakageSpace:
+        return cls(SharedSpace.fit(train_latents), weight)
+
+    def vectors(self, latents: np.ndarray, pixels: np.ndarray | None) -> np.ndarray:
+        """Unit vectors of images: their latents, and pixels for the DCT part."""
+        latent = self.shared.project(latents)
+        if self.weight >= 1.0:
+            return latent
+        if pixels is None:
+            raise ValueError("the joined space needs the images' pixels")
+        return joined(latent, lowfreq_dct(pixels), self.weight)
+
+
+# ------------------------------------------------------------------------- the join
+
+
+def top_k(
+    queries: np.ndarray,
+    refs: np.ndarray,
+    k: int,
+    *,
+    join: str = "exact",
+    nprobe: int = DEFAULT_NPROBE,
+    block: int = DEFAULT_BLOCK,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's k most similar references: (similarities, indices), (n, k) each,
+    descending; -inf / -1 where fewer exist. Exact: blocks of queries against every
+    reference; "ann": against the references of the query's `nprobe` nearest cells."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    r = np.ascontiguousarray(refs, dtype=np.float32)
+    n, m = len(q), len(r)
+    k = int(max(1, k))
+    vals = np.full((n, k), -np.inf, np.float32)
+    idx = np.full((n, k), -1, np.int64)
+    if n == 0 or m == 0:
+        return vals, idx
+    if join == "ann":
+        return _top_k_in_cells(q, r, k, nprobe)
+    kk = min(k, m)
+    step = block_rows(m, block)
+    for start in range(0, n, step):
+        s = q[start : start + step] @ r.T
+        part = (
+            np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+            if kk < m
+            else np.tile(np.arange(m), (len(s), 1))
+        )
+        pv = np.take_along_axis(s, part, axis=1)
+        order = np.argsort(-pv, axis=1, kind="stable")
+        vals[start : start + len(s), :kk] = np.take_along_axis(pv, order, axis=1)
+        idx[start : start + len(s), :kk] = np.take_along_axis(part, order, axis=1)
+    return vals, idx
+
+
+def _merge_top(vals, idx, rows, new_vals, new_idx, k):
+    """Merge candidates (len(rows), c) into the running top k of `rows`."""
+    v = np.concatenate([vals[rows], new_vals], axis=1)
+    i = np.concatenate([idx[rows], new_idx], axis=1)
+    order = np.argsort(-v, axis=1, kind="stable")[:, :k]
+    vals[rows] = np.take_along_axis(v, order, axis=1)
+    idx[rows] = np.take_along_axis(i, order, axis=1)
+
+
+def _top_k_in_cells(q: np.ndarray, r: np.ndarray, k: int, nprobe: int):
+    """The approximate top k: references filed in cells of about CELL_SIZE (spherical
+    k-means on them, `cross_class.cell_centres`), each query compared with the references
+    of its `nprobe` nearest cells, by matrix products: work n x nprobe x CELL_SIZE."""
+    n, m = len(q), len(r)
+    vals = np.full((n, k), -np.inf, np.float32)
+    idx = np.full((n, k), -1, np.int64)
+    cells = int(max(1, m // CELL_SIZE))
+    centres = cell_centres(r, cells)
+    probes = min(max(1, nprobe), cells)
+    step = max(1, SLAB_VALUES // cells)
+    home = np.concatenate([(r[a : a + step] @ centres.T).argmax(axis=1) for a in range(0, m, step)])
+    near = np.empty((n, probes), np.int64)
+    for a in range(0, n, step):
+        s = q[a : a + step] @ centres.T
+        near[a : a + step] = (
+            np.argpartition(-s, probes - 1, axis=1)[:, :probes]
+            if probes < cells
+            else np.arange(cells)
+        )
+    members = np.argsort(home, kind="stable")
+    member_start = np.searchsorted(home[members], np.arange(cells + 1))
+    query_cell = near.ravel()
+    query_row = np.repeat(np.arange(n), probes)
+    by_cell = np.argsort(query_cell, kind="stable")
+    query_start = np.searchsorted(query_cell[by_cell], np.arange(cells + 1))
+    for cell in range(cells):
+        mem = members[member_start[cell] : member_start[cell + 1]]
+        rows_all = query_row[by_cell[query_start[cell] : query_start[cell + 1]]]
+        if not len(mem) or not len(rows_all):
+            continue
+        rm = r[mem]
+        kk = min(k, len(mem))
+        chunk = max(1, SLAB_VALUES // len(mem))
+        for a in range(0, len(rows_all), chunk):
+            rows = rows_all[a : a + chunk]
+            s = q[rows] @ rm.T
+            part = (
+                np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+                if kk < len(mem)
+                else np.tile(np.arange(len(mem)), (len(rows), 1))
+            )
+            _merge_top(vals, idx, rows, np.take_along_axis(s, part, axis=1), mem[part], k)
+    return vals, idx
+
+
+def _first_allowed(
+    vals: np.ndarray, idx: np.ndarray, banned: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the best (value, index) whose index is not in that row of `banned`
+    ((n, j) indices, -1 for none); -inf / -1 when every candidate is banned."""
+    ok = ~(idx[:, :, None] == banned[:, None, :]).any(axis=2) & (idx >= 0)
+    first = np.where(ok.any(axis=1), ok.argmax(axis=1), -1)
+    rows = np.arange(len(vals))
+    value = np.where(first >= 0, vals[rows, np.maximum(first, 0)], -np.inf).astype(np.float32)
+    index = np.where(first >= 0, idx[rows, np.maximum(first, 0)], -1)
+    return value, index
+
+
+# ------------------------------------------------------------------------- the budget
+
+
+@dataclass(frozen=True)
+class DecoyDraws:
+    """What the decoys of one set of sources meet in train: each decoy's `top` training
+    images (similarities `vals`, rows `idx`, descending), the training rows it may never be
+    compared with (`always`: its source itself and the source's exact copies, -1 for
+    none) and its source's nearest training images (`near_idx`, `near_sim`), left out only
+    where they are copies of the source at the cut (`null`)."""
+
+    vals: np.ndarray
+    idx: np.ndarray
+    always: np.ndarray
+    near_idx: np.ndarray
+    near_sim: np.ndarray
+
+    def null(self, cut: float = np.inf) -> np.ndarray:
+        """Each decoy's draw: its highest similarity with a training image other than its
+        `always` ones and its source's nearest images whose similarity to the source is
+        above `cut` (a source flagged at `cut` has those as copies)."""
+        copies = np.where(self.near_sim > cut, self.near_idx, -1)
+        return _first_allowed(self.vals, self.idx, np.concatenate([self.always, copies], axis=1))[0]
+
+
+def decoy_draws(
+    decoys: np.ndarray,
+    sources: np.ndarray,
+    train: np.ndarray,
+    *,
+    self_rows: np.ndarray | None = None,
+    source_hashes: np.ndarray | None = None,
+    train_hashes: np.ndarray | None = None,
+    k: int = K_NEIGHBOURS,
+    max_copies: int = 4,
+    join: str = "exact",
+    nprobe: int = DEFAULT_NPROBE,
+    block: int = DEFAULT_BLOCK,
+) -> DecoyDraws:
+    """The draws of `decoys` (unit rows; decoys[i] made from the image whose vector is
+    sources[i], a training image `self_rows[i]` or an eval one) against `train`: two blocked
+    top-k joins, decoys and sources against train."""
+    n = len(decoys)
+    always = [
+        np.full((n, 1), -1, np.int64)
+        if self_rows is None
+        else np.asarray(self_rows, np.int64)[:, None]
+    ]
+    if source_hashes is not None and train_hashes is not None:
+        copies = np.full((n, max_copies), -1, np.int64)
+        rows, cols = exact_matches(np.asarray(source_hashes), np.asarray(train_hashes))
+        for e, t in zip(rows.tolist(), cols.tolist(), strict=True):
+            free = np.flatnonzero(copies[e] < 0)
+            if len(free):
+                copies[e, free[0]] = t
+        always.append(copies)
+    always_rows = np.concatenate(always, axis=1)
+    near_sim, near_idx = top_k(sources, train, k + 1, join=join, nprobe=nprobe, block=block)
+    if self_rows is not None:  # a training source's nearest is itself: already left out
+        near_sim = np.where(near_idx == always_rows[:, :1], -np.inf, near_sim)
+    width = always_rows.shape[1] + near_idx.shape[1] + 1
+    vals, idx = top_k(decoys, train, width, join=join, nprobe=nprobe, block=block)
+    return DecoyDraws(vals, idx, always_rows, near_idx, near_sim.astype(np.float32))
+
+
+def budget_threshold(
+    draws: Sequence[DecoyDraws], budget: float = DEFAULT_LEAKAGE_BUDGET
+) -> tuple[float, np.ndarray]:
+    """The budget's cosine from every decoy's draw, in two passes: first with only the
+    sources' own pixels left out (T0), then also leaving out the nearest training images of
+    the sources flagged at T0 (their copies). Leaving out a source's nearest images
+    unconditionally would lower every draw a little (a maximum over fewer images: 1.2%
+    flagged at a 1% budget against trains of 100, measured); this way only the sources
+    that look copied lose their copies. Returns (threshold, the draws it was read from)."""
+    first = np.concatenate([d.null() for d in draws]) if draws else np.zeros(0, np.float32)
+    t0 = leakage_threshold(first, budget)
+    null = np.concatenate([d.null(t0) for d in draws]) if draws else first
+    return leakage_threshold(null, budget), null
+
+
+def leakage_threshold(null: np.ndarray, budget: float = DEFAULT_LEAKAGE_BUDGET) -> float:
+    """The budget's cosine: the k-th highest draw, k = floor(b (n + 1)); 1.0 (exact copies
+    only) when the draws cannot resolve b."""
+    null = np.asarray(null, dtype=np.float64)
+    null = null[np.isfinite(null)]
+    if not resolvable(len(null), budget):
+        return 1.0
+    return float(budget_thresholds(null, [budget])[0])
+
+
+# ------------------------------------------------------------------------- the leaks
+
+
+def exact_matches(
+    eval_hashes: np.ndarray, train_hashes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every (eval row, train row) with identical pixel hashes, sorted; empty hashes never
+    match. A sort and a merge: no pair of unequal images is visited."""
+    e = np.asarray(eval_hashes).astype(str)
+    t = np.asarray(train_hashes).astype(str)
+    order = np.argsort(t, kind="stable")
+    ts = t[order]
+    lo = np.searchsorted(ts, e, side="left")
+    hi = np.searchsorted(ts, e, side="right")
+    counts = np.where(e == "", 0, hi - lo)
+    rows = np.repeat(np.arange(len(e)), counts)
+    if not len(rows):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    offsets = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    cols = order[np.repeat(lo, counts) + offsets]
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Leaks:
+    """The flagged pairs and every eval image's nearest training image.
+
+    Pairs (one per eval image and training copy): eval row, train row, similarity, kind
+    ("exact" or "near"); `threshold` the near cosine they were judged at. `nearest` and
+    `nearest_similarity` (n_eval,): each eval image's most similar training image (1.0 for
+    an exact copy), what a different threshold would read.
+    """
+
+    eval_row: np.ndarray
+    train_row: np.ndarray
+    similarity: np.ndarray
+    kind: np.ndarray
+    threshold: float
+    nearest: np.ndarray
+    nearest_similarity: np.ndarray
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """Eval rows with at least one copy in train (sorted, unique)."""
+        return np.unique(self.eval_row)
+
+    def __len__(self) -> int:
+        return len(self.eval_row)
+
+
+def find_leaks(
+    eval_vectors: np.ndarray,
+    train_vectors: np.ndarray,
+    threshold: float,
+    *,
+    eval_hashes: np.ndarray | None = None,
+    train_hashes: np.ndarray | None = None,
+    join: str = "auto",
+    ann_min_size: int = DEFAULT_ANN_MIN_CLASS_SIZE,
+    nprobe: int = DEFAULT_NPROBE,
+    max_copies: int = 16,
+    block: int = DEFAULT_BLOCK,
+) -> Leaks:
+    """Every eval image with an exact copy in train (pixel hashes) or a training image whose
+    cosine is > threshold; each flagged eval image lists its exact copies and the training
+    images above the threshold (at most `max_copies` near ones, most similar first).
+    Blocked (exact) or by cells above `ann_min_size` training images (`join="auto"`)."""
+    method = resolve_join(join, len(train_vectors), ann_min_size)
+    n = len(eval_vectors)
+    vals, idx = top_k(
+        eval_vectors, train_vectors, max_copies, join=method, nprobe=nprobe, block=block
+    )
+    nearest, nearest_sim = idx[:, 0].copy(), vals[:, 0].copy()
+    rows, cols, sims, kinds = [], [], [], []
+    if eval_hashes is not None and train_hashes is not None:
+        er, tr = exact_matches(eval_hashes, train_hashes)
+        rows.append(er)
+        cols.append(tr)
+        sims.append(np.ones(len(er), np.float32))
+        kinds.append(np.full(len(er), "exact", dtype=object))
+        nearest[er], nearest_sim[er] = tr, 1.0
+        exact_key = set(zip(er.tolist(), tr.tolist(), strict=True))
+    else:
+        exact_key = set()
+    above = (vals > threshold) & (idx >= 0)
+    r, c = np.nonzero(above)
+    t = idx[r, c]
+    if exact_key:
+        keep = np.array(
+            [(a, b) not in exact_key for a, b in zip(r.tolist(), t.tolist(), strict=True)], bool
+        )
+        r, c, t = r[keep], c[keep], t[keep]
+    rows.append(r.astype(np.int64))
+    cols.append(t.astype(np.int64))
+    sims.append(vals[r, c].astype(np.float32))
+    kinds.append(np.full(len(r), "near", dtype=object))
+    er, tr = np.concatenate(rows), np.concatenate(cols)
+    sim, kind = np.concatenate(sims), np.concatenate(kinds).astype(str)
+    order = np.lexsort((-sim, er))
+    del n
+    return Leaks(
+        er[order], tr[order], sim[order], kind[order], float(threshold), nearest, nearest_sim
+    )
+
+
+# ------------------------------------------------------------------------- end to end
+
+
+@dataclass(frozen=True)
+class LeakageResult:
+    """What `detect_leakage` found and how its threshold was read."""
+
+    leaks: Leaks
+    threshold: float
+    budget: float
+    draws: int
+    decoys: tuple[tuple[str, str, int], ...]  # (source split, decoy kind, images)
+    join: str
+
+
+def detect_leakage(
+    eval_latents: np.ndarray,
+    eval_pixels: np.ndarray,
+    train_latents: np.ndarray,
+    train_pixels: np.ndarray,
+    encode: Callable[[np.ndarray], np.ndarray],
+    *,
+    eval_hashes: np.ndarray | None = None,
+    train_hashes: np.ndarray | None = None,
+    budget: float = DEFAULT_LEAKAGE_BUDGET,
+    weight: float = LATENT_WEIGHT,
+    join: str = "auto",
+    ann_min_size: int = DEFAULT_ANN_MIN_CLASS_SIZE,
+    nprobe: int = DEFAULT_NPROBE,
+    space: LeakageSpace | None = None,
+) -> LeakageResult:
+    """The whole check for one evaluation split against train (module doc): the space fitted
+    on train, the decoys (`plan_decoys`) encoded by `encode` (uint8 pixels -> latents, the
+    model the latents came from, at their device and precision), the budget's threshold
+    from their draws (`decoy_draws`, `budget_threshold`), then `find_leaks`. `eval_pixels`
+    and `train_pixels` may be memory-mapped stores."""
+    if not 0.0 < budget < 1.0:
+        raise ValueError(f"a leakage budget must lie in (0, 1), got {budget}")
+    space = space or LeakageSpace.fit(train_latents, weight)
+    method = resolve_join(join, len(train_latents), ann_min_size)
+    tv = space.vectors(train_latents, train_pixels)
+    ev = space.vectors(eval_latents, eval_pixels)
+    plan = plan_decoys(len(ev), len(tv), budget)
+    draws = []
+    for source, kind, rows in plan.parts:
+        pixels = eval_pixels if source == "eval" else train_pixels
+        own = ev if source == "eval" else tv
+        hashes = eval_hashes if source == "eval" else train_hashes
+        flipped = decoy_pixels(np.asarray(pixels[rows]), kind)
+        dv = space.vectors(np.asarray(encode(flipped), dtype=np.float32), flipped)
+        draws.append(
+            decoy_draws(
+                dv,
+                own[rows],
+                tv,
+                self_rows=rows if source == "train" else None,
+                source_hashes=None if hashes is None else np.asarray(hashes)[rows],
+                train_hashes=train_hashes,
+                join=method,
+                nprobe=nprobe,
+            )
+        )
+    threshold, null = budget_threshold(draws, budget)
+    leaks = find_leaks(
+        ev,
+        tv,
+        threshold,
+        eval_hashes=eval_hashes,
+        train_hashes=train_hashes,
+        join=method,
+        nprobe=nprobe,
+    )
+    return LeakageResult(
+        leaks,
+        threshold,
+        budget,
+        int(np.isfinite(null).sum()),
+        tuple((s, k, len(r)) for s, k, r in plan.parts),
+        method,
+    )
+
+
+def leakage_rows(
+    result: Leaks,
+    split: str,
+    eval_classes: Sequence[str],
+    eval_images: Sequence[str],
+    train_classes: Sequence[str],
+    train_images: Sequence[str],
+) -> list[dict]:
+    """The `leakage.csv` rows: split, class, image, train class, train image, similarity,
+    kind (exact / near), threshold; one per flagged pair, eval image order."""
+    return [
+        {
+            "split": split,
+            "class": eval_classes[e],
+            "image": eval_images[e],
+            "train_class": train_classes[t],
+            "train_image": train_images[t],
+            "similarity": float(s),
+            "kind": str(k),
+            "threshold": result.threshold,
+        }
+        for e, t, s, k in zip(
+            result.eval_row.tolist(),
+            result.train_row.tolist(),
+            result.similarity.tolist(),
+            result.kind.tolist(),
+            strict=True,
+        )
+    ]
