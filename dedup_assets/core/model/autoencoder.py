@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dedup_assets.core.data.progress import PROGRESS_EVERY_S, Throttle
 from dedup_assets.core.model.augment import DEFAULT_AUGMENTATION, AugmentationMix, augment
 from dedup_assets.core.model.objective import TrainingObjective
 
@@ -233,6 +234,7 @@ def train_autoencoder(
     log: Callable[[str], None] | None = None,
     on_check: Callable[[ConvAutoencoder, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    log_every_s: float = PROGRESS_EVERY_S,
 ) -> TrainingResult:
     """Train Table 1 with Adam, shuffling with a seeded generator.
 
@@ -242,6 +244,9 @@ def train_autoencoder(
     `on_check(model, images_seen, held_out_loss)` is called at every early-stopping check.
     `should_stop()` is asked before every batch; when it says so, training ends at once with
     KeyboardInterrupt (a stop asked for, e.g. by Ctrl-C, that a library swallowed on its way).
+    `log` gets a progress line (epoch, loss, held-out loss, rate) at most every
+    `log_every_s` seconds, and the last epoch's with why training stopped; every loss is in
+    the result (`epoch_losses`, `holdout_losses`).
     """
     if pixels.ndim != 4 or pixels.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
         raise ValueError(f"expected pixels of shape (N, 64, 64, 3), got {pixels.shape}")
@@ -302,6 +307,8 @@ def train_autoencoder(
     model.train()
     start = time.perf_counter()
     stop = False
+    progress = Throttle(log, log_every_s) if log is not None else None
+    held_out = ""  # the latest check, said with the next progress line
     for epoch in range(max_epochs):
         order = train_idx[torch.randperm(n, generator=generator)].to(device)
         total = torch.zeros((), device=device)
@@ -330,11 +337,12 @@ def train_autoencoder(
                     best, stale = held, 0
                 else:
                     stale += 1
-                if log is not None:
-                    log(
-                        f"{seen:,} images seen: held-out loss {held:.5f} "
-                        f"(best {best:.5f}, {stale}/{early_stopping.patience} without gain)"
-                    )
+                held_out = (
+                    f"; held-out loss {held:.5f} at {seen:,} images seen (best {best:.5f}, "
+                    f"{stale}/{early_stopping.patience} without gain)"
+                )
+                if progress is not None:  # an epoch of many images: say how far it is
+                    progress(f"epoch {epoch + 1}/{max_epochs}{held_out}")
                 if stale >= early_stopping.patience:
                     result.stopped_because = (
                         f"held-out loss improved by less than {early_stopping.min_delta:.0%} "
@@ -349,16 +357,19 @@ def train_autoencoder(
                 break
         epoch_loss = float(total) / max(done_in_epoch, 1)
         result.epoch_losses.append(epoch_loss)
-        if log is not None:
+        last = stop or epoch == max_epochs - 1
+        if last and early_stopping is not None and not stop and holdout_idx is not None:
+            result.stopped_because = f"reached the limit of {max_epochs} epochs"
+        if progress is not None:
             elapsed = time.perf_counter() - start
-            log(
+            progress(
                 f"epoch {epoch + 1}/{max_epochs}: {objective} loss {epoch_loss:.5f} "
-                f"({seen / elapsed:,.0f} images/s on {device}, {result.precision})"
+                f"({seen / elapsed:,.0f} images/s on {device}, {result.precision}){held_out}"
+                + (f"; stopped: {result.stopped_because}" if last else ""),
+                final=last,
             )
         if stop:
             break
-    if early_stopping is not None and not stop and holdout_idx is not None:
-        result.stopped_because = f"reached the limit of {max_epochs} epochs"
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result.train_seconds = time.perf_counter() - start
