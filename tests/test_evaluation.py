@@ -293,3 +293,80 @@ def test_the_evaluation_decides_every_threshold_as_the_keep_lists_do(tmp_path):
         row = evaluation.filter(pl.col("threshold") == t)
         assert row["images_removed"][0] == int((~keep["kept"]).sum()), t
     assert {"class", "pool"} <= nulls  # both kinds of budget were compared
+
+
+def _decided(kept: dict[str, bool], overridden: tuple[str, ...] = ()):
+    """A keep list of class c: its rows' paths, kept and who decided."""
+    import polars as pl
+
+    names = list(kept)
+    return pl.DataFrame(
+        {
+            "path": [f"c/{n}" for n in names],
+            "kept": [kept[n] for n in names],
+            "decided_by": ["override" if n in overridden else "model" for n in names],
+        }
+    )
+
+
+def test_the_keep_lists_are_scored_as_decided_overrides_included():
+    """Two planted pairs and two unrelated images: the model removes the blurred copy and
+    an unrelated image; the user's overrides keep that image and remove the JPEG copy the
+    model kept. The keep lists as decided score the corrections, not the model alone."""
+    from dedup_assets.core.quality.evaluation import score_keep_lists
+    from dedup_assets.core.quality.planting import GroundTruthPair
+
+    truth = [
+        GroundTruthPair("c", "a.png", "a__dup_blur.png"),
+        GroundTruthPair("c", "b.png", "b__dup_jpeg.png"),
+        GroundTruthPair("c", "gone.png", "gone__dup_blur.png"),  # not in the keep list
+    ]
+    model = {
+        "a.png": True,
+        "a__dup_blur.png": False,
+        "b.png": True,
+        "b__dup_jpeg.png": True,
+        "u1.png": False,
+        "u2.png": True,
+    }
+    corrected = model | {"u1.png": True, "b__dup_jpeg.png": False}
+    scores = score_keep_lists(
+        {
+            "model": _decided(model),
+            "decided": _decided(corrected, overridden=("u1.png", "b__dup_jpeg.png")),
+        },
+        truth,
+    )
+    by = {row["threshold"]: row for row in scores.iter_rows(named=True)}
+    m, d = by["model"], by["decided"]
+    assert (m["images_removed"], m["removed_in_ground_truth"]) == (2, 1)
+    assert m["false_removal_rate"] == 0.5 and m["recall"] == 0.5
+    assert (m["recall_blur"], m["recall_jpeg"]) == (1.0, 0.0)
+    assert m["decided_by_override"] == 0
+    assert (d["images_removed"], d["removed_in_ground_truth"]) == (2, 2)
+    assert d["false_removal_rate"] == 0.0 and d["recall"] == 1.0
+    assert (d["recall_blur"], d["recall_jpeg"]) == (1.0, 1.0)
+    assert d["decided_by_override"] == 2
+    assert m["ground_truth_rows_unmatched"] == d["ground_truth_rows_unmatched"] == 1
+    assert m["known_pairs"] == 2
+
+
+def test_a_known_group_counts_each_pair_left_with_both_images():
+    """A~B and A~C make {A, B, C} one group of three pairs: with A and B kept, one pair is
+    left duplicated."""
+    from dedup_assets.core.quality.evaluation import score_keep_lists
+    from dedup_assets.core.quality.planting import GroundTruthPair
+
+    truth = [GroundTruthPair("c", "a.png", "b.png"), GroundTruthPair("c", "a.png", "c.png")]
+    scores = score_keep_lists(
+        {"t": _decided({"a.png": True, "b.png": True, "c.png": False, "u.png": True})}, truth
+    )
+    row = scores.row(0, named=True)
+    assert row["known_pairs"] == 3 and row["recall"] == pytest.approx(2 / 3)
+    assert row["false_removal_rate"] == 0.0
+
+
+def test_no_keep_list_to_score_still_names_the_columns():
+    from dedup_assets.core.quality.evaluation import KEEP_LIST_SCORES, score_keep_lists
+
+    assert score_keep_lists({}, []).schema == KEEP_LIST_SCORES

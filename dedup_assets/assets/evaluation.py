@@ -8,10 +8,11 @@ import polars as pl
 from dedup_assets.assets.catalog import image_catalog
 from dedup_assets.assets.latents import class_latents
 from dedup_assets.assets.spline_fits import spline_fits
-from dedup_assets.core.data.artifacts import CurrentInputs
+from dedup_assets.core.data.artifacts import is_current, read_keep_list
 from dedup_assets.core.data.atomic_io import atomic_dir
 from dedup_assets.core.quality import plots
-from dedup_assets.core.quality.evaluation import evaluate_against_ground_truth
+from dedup_assets.core.quality.evaluation import evaluate_against_ground_truth, score_keep_lists
+from dedup_assets.core.quality.planting import read_ground_truth
 from dedup_assets.ui import image_metadata, md_table
 from resources import DedupSettings, DedupStorage, ImageSource
 
@@ -29,12 +30,16 @@ def build_evaluation_asset(
             image_catalog,
             dg.AssetDep(class_latents, partition_mapping=dg.AllPartitionMapping()),
             dg.AssetDep(spline_fits, partition_mapping=dg.AllPartitionMapping()),
+            # the keep lists as decided, overrides applied, are scored too
+            dg.AssetDep("keep_list", partition_mapping=dg.AllPartitionMapping()),
         ],
         description="With a ground-truth CSV (class,original,copy): average precision over all "
         "within-class pairs, and per threshold recall (overall and per planted transform), "
         "precision, images removed and the false-removal rate among unplanted images, for the "
-        "raw, whitened and spline_copula spaces and the pHash baseline; precision-recall and "
-        "recall-per-transform plots.",
+        "raw, whitened and spline_copula spaces and the pHash baseline, each deciding on its "
+        "own (`evaluation.csv`); the keep lists as finally decided, overrides applied "
+        "(`keep_lists.csv`: images removed, false removals, known pairs left with one image); "
+        "precision-recall and recall-per-transform plots.",
     )
     def dedup_evaluation(
         context: dg.AssetExecutionContext,
@@ -64,6 +69,7 @@ def _evaluate(
             }
         )
     start = time.perf_counter()
+    current = storage.current_inputs(settings)  # with the overrides the keep lists honour
     results, info = evaluate_against_ground_truth(
         layout,
         gt,
@@ -71,9 +77,20 @@ def _evaluate(
         keep_policy=settings.keep_policy,
         budget_scaling=settings.budget_scaling,
         block=settings.block_size,
-        current=CurrentInputs.of(layout, settings),
+        current=current,
         log=context.log.info,
     )
+    # The keep lists as decided (overrides applied); a threshold whose keep list is not
+    # current (its run failed) is left out rather than scored from an older one.
+    decided = [t for t in thresholds if is_current(layout.keep_list(t), current.keep_list(t))]
+    as_decided = score_keep_lists(
+        {t: read_keep_list(layout.keep_list(t)) for t in decided}, read_ground_truth(gt)
+    )
+    if len(decided) < len(thresholds):
+        context.log.info(
+            "keep lists not current, not scored as decided: T="
+            + ", ".join(t for t in thresholds if t not in decided)
+        )
     seconds = time.perf_counter() - start
     rows = [
         {
@@ -111,6 +128,7 @@ def _evaluate(
     }
     with atomic_dir(layout.evaluation_dir) as tmp:
         table.write_csv(tmp / "evaluation.csv")
+        as_decided.write_csv(tmp / "keep_lists.csv")
         (tmp / "precision_recall.png").write_bytes(figure)
         for t, png in per_transform_figures.items():
             (tmp / f"recall_per_transform_{t}.png").write_bytes(png)
@@ -156,6 +174,7 @@ def _evaluate(
             "seconds": round(seconds, 2),
             "average_precision": dg.MetadataValue.md(ap_table),
             "per_threshold": dg.MetadataValue.md(threshold_table),
+            "keep_lists_as_decided": dg.MetadataValue.md(_as_decided_table(as_decided)),
             "precision_recall": image_metadata(figure, "precision-recall"),
             **{
                 f"recall_per_transform_{t}": image_metadata(png, f"recall per transform, T={t}")
@@ -170,3 +189,17 @@ def _evaluate(
             "path": dg.MetadataValue.path(str(layout.evaluation_dir / "evaluation.csv")),
         }
     )
+
+
+def _as_decided_table(scores: pl.DataFrame) -> str:
+    """The keep lists as decided, overrides applied, against the ground truth."""
+    columns = [
+        ("threshold", "T"),
+        ("images_removed", "images removed"),
+        ("removed_in_ground_truth", "of them in a known group"),
+        ("false_removal_rate", "false removals (unplanted)"),
+        ("recall", "known pairs left with one image"),
+        ("decided_by_override", "rows decided by overrides"),
+    ]
+    present = [(c, h) for c, h in columns if c in scores.columns]
+    return md_table([h for _, h in present], scores.select([c for c, _ in present]).rows())

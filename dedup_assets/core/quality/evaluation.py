@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import polars as pl
 
 from dedup_assets.core.data.artifacts import (
     MissingArtifact,
@@ -23,6 +24,7 @@ from dedup_assets.core.data.artifacts import (
     open_pixels,
     read_catalog,
 )
+from dedup_assets.core.data.progress import Throttle
 from dedup_assets.core.data.thresholds import budget_of
 from dedup_assets.core.decision.calibration import (
     class_budgets,
@@ -45,7 +47,7 @@ from dedup_assets.core.decision.similarity import (
     count_pairs_above,
     iter_similarity_blocks,
 )
-from dedup_assets.core.quality.planting import read_ground_truth, transform_of
+from dedup_assets.core.quality.planting import GroundTruthPair, read_ground_truth, transform_of
 
 
 @dataclass(frozen=True)
@@ -355,7 +357,9 @@ def evaluate_against_ground_truth(
     resolved: dict[str, dict[int, dict[str, float]]] = {m: {} for m in methods}
     per_method: dict[str, list[ClassPairs]] = {m: [] for m in methods}
     pool = _reference_pool(layout, model, current) if wanted else None
-    for key in sorted(set(catalog["class_key"].to_list())):
+    class_keys = sorted(set(catalog["class_key"].to_list()))
+    progress = Throttle(log) if log is not None else None
+    for at, key in enumerate(class_keys, 1):
         _, data = load_class_data(
             layout,
             key,
@@ -432,8 +436,12 @@ def evaluate_against_ground_truth(
                     tuple(per_t),
                 )
             )
-        if log is not None:
-            log(f"evaluation: prepared {key} ({len(ids)} images, {len(pairs)} known pairs)")
+        if progress is not None:  # a line every PROGRESS_EVERY_S, not one per class
+            progress(
+                f"evaluation: prepared {at:,} of {len(class_keys):,} classes (the latest, "
+                f"{key}: {len(ids):,} images, {len(pairs):,} known pairs)",
+                final=at == len(class_keys),
+            )
     results = [
         evaluate_method(
             m,
@@ -454,3 +462,77 @@ def evaluate_against_ground_truth(
         "within_class_pairs": results[0].n_pairs if results else 0,
     }
     return results, info
+
+
+def score_keep_lists(
+    keep_lists: Mapping[str, pl.DataFrame], pairs: Sequence[GroundTruthPair]
+) -> pl.DataFrame:
+    """The keep lists as finally decided (overrides applied) against the ground truth.
+
+    The method rows of `evaluate_against_ground_truth` decide each space again on its own;
+    these read the stored keep lists, so a user's correction (`decided_by` `override`)
+    moves them as it moves the clean copy. Per threshold: images removed, those of them in
+    a known group, the false-removal rate among images in no known group, and the recall:
+    the share of known pairs (every pair inside a group, as `positive_pairs` forms them)
+    left with at most one image kept, overall and per planted transform of the ground-truth
+    rows; `decided_by_override`: the rows an override decided.
+
+    keep_lists: threshold -> keep list (path, kept, decided_by); pairs: the ground truth,
+    file names relative to their class folder.
+    """
+    rows = []
+    for threshold, keep in keep_lists.items():
+        paths = keep["path"].to_list()
+        index = {p: i for i, p in enumerate(paths)}
+        kept = keep["kept"].to_numpy().astype(bool)
+        known, transforms, unmatched = [], [], 0
+        for pair in pairs:
+            a = index.get(f"{pair.class_name}/{pair.original}")
+            b = index.get(f"{pair.class_name}/{pair.copy}")
+            if a is None or b is None or a == b:
+                unmatched += 1
+                continue
+            known.append((a, b))
+            transforms.append(transform_of(pair.copy))
+        positives, involved = positive_pairs(len(paths), known)
+        resolved = ~(kept[positives[:, 0]] & kept[positives[:, 1]])
+        removed = ~kept
+        clean = ~involved
+        row = {
+            "threshold": threshold,
+            "images": len(paths),
+            "images_removed": int(removed.sum()),
+            "removed_in_ground_truth": int((removed & involved).sum()),
+            "false_removal_rate": float((removed & clean).sum() / clean.sum())
+            if clean.any()
+            else float("nan"),
+            "known_pairs": len(positives),
+            "recall": float(resolved.mean()) if len(positives) else float("nan"),
+            "decided_by_override": int((keep["decided_by"] == "override").sum())
+            if "decided_by" in keep.columns
+            else 0,
+            "ground_truth_rows_unmatched": unmatched,
+        }
+        known_arr = np.array(known, dtype=np.int64).reshape(-1, 2)
+        known_resolved = ~(kept[known_arr[:, 0]] & kept[known_arr[:, 1]])
+        names = np.array(transforms, dtype=object)
+        for name in sorted(set(transforms)):
+            row[f"recall_{name}"] = float(known_resolved[names == name].mean())
+        rows.append(row)
+    if not rows:
+        return pl.DataFrame(schema=KEEP_LIST_SCORES)
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+KEEP_LIST_SCORES = {
+    "threshold": pl.String,
+    "images": pl.Int64,
+    "images_removed": pl.Int64,
+    "removed_in_ground_truth": pl.Int64,
+    "false_removal_rate": pl.Float64,
+    "known_pairs": pl.Int64,
+    "recall": pl.Float64,
+    "decided_by_override": pl.Int64,
+    "ground_truth_rows_unmatched": pl.Int64,
+}
+"""`score_keep_lists`'s columns before the recall per planted transform (`recall_<name>`)."""
