@@ -33,6 +33,10 @@ import dagster as dg
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData as _Target,
 )
+from dagster._core.execution.context.metadata_logging import (
+    AssetMetadataHandle,
+    OutputMetadataAccumulator,
+)
 
 from dedup_assets.names import WORKER_METADATA, worker_name
 from dedup_assets.partitions import class_partitions
@@ -150,8 +154,9 @@ def materialize_classes(
             f"{asset} failed for {len(failed)} of {len(keys)} class(es): "
             + "; ".join(f"{key}: {reason}" for key, reason in failed.items())
         )
-    for key, outcome in done.items():
-        context.add_asset_metadata({**outcome.metadata, **worker}, partition_key=key)
+    _attach_class_metadata(
+        context, asset, {key: {**o.metadata, **worker} for key, o in done.items()}
+    )
     yield dg.MaterializeResult(
         asset_key=asset,
         metadata={"classes_in_run": len(keys), "seconds": round(time.perf_counter() - start, 3)},
@@ -173,6 +178,32 @@ def materialize_classes(
             target_materialization_data=targets.get(key),
             metadata={**outcome.check_metadata, "problems": "; ".join(outcome.problems) or "none"},
         )
+
+
+def _attach_class_metadata(
+    context: dg.AssetExecutionContext, asset: str, metadata: dict[str, dict[str, Any]]
+) -> None:
+    """What `context.add_asset_metadata(m, partition_key=key)` does for every class, at once.
+
+    Dagster's own call checks that `key` is in the run's range by listing every key of the
+    dynamic partitions definition from the instance, one query per call, and copies all the
+    metadata gathered so far: quadratic in the classes of a run (measured on 300 classes: 107
+    of 552 s in those checks; 1,000 classes read a million keys). The keys here are the
+    run's own range, checked once against it; the accumulator is Dagster's private one
+    (1.13, pinned below 1.14 in pyproject.toml), set the way `add_asset_metadata` sets it."""
+    targeted = set(context.partition_keys)
+    stray = sorted(set(metadata) - targeted)
+    if stray:
+        raise dg.DagsterInvariantViolationError(
+            f"metadata for classes outside the run's range: {', '.join(stray[:5])}"
+        )
+    step = context.op_execution_context._step_execution_context  # noqa: SLF001
+    gathered = dict(step._metadata_accumulator.per_output_metadata)  # noqa: SLF001
+    asset_key = dg.AssetKey(asset)
+    for key, values in metadata.items():
+        handle = AssetMetadataHandle(asset_key=asset_key, partition_key=key)
+        gathered[handle] = {**gathered.get(handle, {}), **values}
+    step._metadata_accumulator = OutputMetadataAccumulator(per_output_metadata=gathered)  # noqa: SLF001
 
 
 def _latest_materializations(
