@@ -268,3 +268,17 @@ def test_ui_on_a_folder_without_a_run_refuses_in_one_line(tmp_path, exists):
     suggested = line.split("`")[1]  # `dedup run --source YOUR_IMAGES --output ...`
     assert _pasted(suggested)[-2:] == ["--output", str(output.resolve())]
     assert not output.exists() or list(output.iterdir()) == [], "nothing written, no server"
+
+
+def test_a_change_of_many_classes_names_ten_and_counts_them():
+    from dedup_assets.core.data.source_index import SourceChanges
+
+    keys = tuple(f"c{i:05d}" for i in range(300))
+    text = SourceChanges(added=keys, changed=("b",), removed=()).describe()
+    assert text == (
+        "new: 300 classes (c00000, c00001, c00002, c00003, c00004, c00005, c00006, c00007, "
+        "c00008, ..., c00299); changed: b"
+    )
+    few = SourceChanges(added=keys[:10], changed=(), removed=("x",)).describe()
+    assert few == "new: " + ", ".join(keys[:10]) + "; removed: x"
+    assert SourceChanges((), (), ()).describe() == "nothing changed"

@@ -140,6 +140,9 @@ def verify_listings(
     return checked
 
 
+NAMES_SHOWN = 10  # class names a change's description lists before it counts
+
+
 @dataclass(frozen=True)
 class SourceChanges:
     """Classes added, changed (any file added, removed, replaced or touched) and removed."""
@@ -167,7 +170,9 @@ class SourceChanges:
             removed=tuple(k for k in self.removed if k in seen),
         )
 
-    def describe(self) -> str:
+    def describe(self, shown: int = NAMES_SHOWN) -> str:
+        """One line: what is new, changed and removed, naming at most `shown` classes of
+        each (a thousand class names are not a line a user reads)."""
         if not self.any:
             return "nothing changed"
         parts = []
@@ -176,7 +181,10 @@ class SourceChanges:
             ("changed", self.changed),
             ("removed", self.removed),
         ):
-            if keys:
+            if len(keys) > shown:
+                head = ", ".join(keys[: shown - 1])
+                parts.append(f"{what}: {len(keys):,} classes ({head}, ..., {keys[-1]})")
+            elif keys:
                 parts.append(f"{what}: {', '.join(keys)}")
         return "; ".join(parts)
 
