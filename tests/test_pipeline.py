@@ -158,8 +158,15 @@ def test_keep_lists_follow_the_contract(tiny_run):
     catalog = read_catalog(layout).filter(pl.col("status") == "ok")
     for t in THRESHOLDS:
         keep = pl.read_parquet(layout.keep_list(t))
-        assert tuple(keep.columns) == KEEP_LIST_COLUMNS
-        assert pl.read_csv(layout.keep_list(t, "csv")).height == keep.height
+        assert tuple(keep.columns) == (*KEEP_LIST_COLUMNS, "duplicate_of_path")
+        csv = pl.read_csv(layout.keep_list(t, "csv"))
+        assert csv.height == keep.height and csv.columns == keep.columns
+        path_of = dict(keep.select("image_id", "path").iter_rows())
+        named = keep.filter(pl.col("duplicate_of").is_not_null())
+        assert named.height and named["duplicate_of_path"].to_list() == [
+            path_of[i] for i in named["duplicate_of"]
+        ]
+        assert keep["duplicate_of_path"].is_null().equals(keep["duplicate_of"].is_null())
         assert set(keep["match"].drop_nulls()) <= {"exact", "near"}
         assert keep.height == catalog.height
         removed = keep.filter(~pl.col("kept"))

@@ -19,6 +19,7 @@ from dedup_assets.core.data.thresholds import budget_of, cosine_of
 from dedup_assets.core.decision.calibration import (
     removals_against_budget,
 )
+from dedup_assets.core.decision.class_keep_lists import with_duplicate_paths
 from dedup_assets.core.decision.integrity import keep_list_problems
 from dedup_assets.core.quality import plots
 from dedup_assets.ui import image_metadata, md_table
@@ -123,7 +124,10 @@ def build_keep_list_asset(
         ],
         description="The keep list for one threshold over all classes, as parquet and CSV "
         "(`keep_lists/<T>.parquet`): image_id, class, path, kept, duplicate_of, "
-        "similarity, match (exact or near).",
+        "similarity, match (exact, near or override), space, join, cosine, calibrated_on, "
+        "decided_at, decided_in, decided_by (exact, model or override), and "
+        "duplicate_of_path: the path, relative to the source, of the kept image a removed "
+        "one duplicates (duplicate_of names it by image id).",
     )
     def keep_list(
         context: dg.AssetExecutionContext, storage: DedupStorage, settings: DedupSettings
@@ -138,7 +142,9 @@ def build_keep_list_asset(
             f"keep decisions at T={threshold}",
             "class_keep_lists",
         )
-        keep = read_class_keep_lists(layout, threshold, class_keys).sort("class", "path")
+        keep = with_duplicate_paths(
+            read_class_keep_lists(layout, threshold, class_keys).sort("class", "path")
+        )
         provenance = current.keep_list(threshold)
         write_table(keep, layout.keep_list(threshold, "parquet"), provenance)
         write_csv(keep, layout.keep_list(threshold, "csv"))

@@ -292,3 +292,23 @@ def _resolution_words(r: BudgetThreshold) -> str:
     where = "the class's mirrors" if r.null == NullSource.CLASS else "the run's reference pool"
     kind = "margin over the local levels" if r.offsets is not None else f"cosine in {r.space}"
     return f"{r.draws:,} null values from {where}; {kind}"
+
+
+DUPLICATE_OF_PATH = "duplicate_of_path"
+"""The keep list files' last column: the path, relative to the source, of the kept image a
+removed one duplicates (`duplicate_of` names it by image id, a content hash a user cannot
+open); empty where `duplicate_of` is (kept images, a removal by override naming none)."""
+
+
+def with_duplicate_paths(keep: pl.DataFrame) -> pl.DataFrame:
+    """The threshold's keep list as its files carry it: KEEP_LIST_COLUMNS, then
+    DUPLICATE_OF_PATH, looked up in the same class (where `duplicate_of` always lies)."""
+    paths = keep.select(
+        "class", pl.col("image_id").alias("duplicate_of"), pl.col("path").alias(DUPLICATE_OF_PATH)
+    )
+    joined = keep.drop(DUPLICATE_OF_PATH, strict=False).join(
+        paths, on=["class", "duplicate_of"], how="left", maintain_order="left"
+    )
+    if joined.height != keep.height:
+        raise ValueError("an image id appears twice in one class of the keep list")
+    return joined.select(*KEEP_LIST_COLUMNS, DUPLICATE_OF_PATH)
