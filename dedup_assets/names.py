@@ -28,8 +28,9 @@ SUMMARY_JOB = "summary_job"
 CODE_LOCATION = "latent_dedup"
 REPOSITORY = "__repository__"
 # The UI lists a job's runs (its Runs tab, the latest run in the Jobs list) by this hidden
-# tag, which Dagster sets only on runs it launches with a code location origin; a run of
-# `execute_in_process` has none (dagster issue #17707), so `dedup run` sets it on its own.
+# tag, which Dagster sets on runs with a code location origin; `dispatch.execute` gives
+# `dedup run`'s in-process runs that origin (dagster issue #17707), and the runner sets
+# the tag as well, for runs made before it did.
 UI_REPOSITORY_TAG = ".dagster/repository"
 UI_REPOSITORY_LABEL = f"{REPOSITORY}@{CODE_LOCATION}"
 
