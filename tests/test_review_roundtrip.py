@@ -145,10 +145,20 @@ def roundtrip(tmp_path_factory):
         shutil.copyfile(saved, layout.overrides)  # where the page tells the user to put it
 
         second = run_dedup("demo", "--output", str(out), *OPTIONS)
-        again = browser.new_page()  # the page the second run wrote, loaded afresh
+        assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+        # The page the second run wrote, in a browser context that never saw the marks (as
+        # another browser, or a colleague, would open it): it starts from the honoured file.
+        again = browser.new_page(accept_downloads=True)
+        again.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
         again.goto(url + "#t=0&v=all&p=0")
         sync_api.expect(again.locator("article.pair")).to_have_count(removed - 2)
         shown_after = _page_pairs(again)
+        sync_api.expect(again.locator("#counter")).to_have_text("2 marks")
+        status = again.locator("#status").inner_text()
+        with again.expect_download() as download_again:
+            again.locator("#download").click()
+        saved_again = base / "downloaded_again.csv"
+        download_again.value.save_as(saved_again)
         browser.close()
     return {
         "layout": layout,
@@ -164,6 +174,8 @@ def roundtrip(tmp_path_factory):
         "second": second,
         "shown_before": shown_before,
         "shown_after": shown_after,
+        "status_again": status,
+        "saved_again": saved_again,
     }
 
 
@@ -247,3 +259,13 @@ def test_the_new_review_page_lists_the_marked_images_no_more(roundtrip):
     assert sorted(after) == sorted(p for p in before if p[1] not in (x, w))
     keep = pl.read_parquet(roundtrip["layout"].keep_list(THRESHOLDS[0]))
     assert sorted(r for _, r in after) == sorted(keep.filter(~pl.col("kept"))["path"].to_list())
+
+
+def test_a_fresh_browser_starts_from_the_honoured_overrides(roundtrip):
+    """The page the second run wrote, opened where no marks were ever made, holds the
+    corrections of overrides.csv as marks: its download is the same file, so saving it over
+    overrides.csv undoes nothing."""
+    layout = roundtrip["layout"]
+    assert str(layout.overrides) in roundtrip["status_again"], roundtrip["status_again"]
+    assert roundtrip["saved_again"].read_bytes() == roundtrip["saved"].read_bytes()
+    assert "2 corrections honoured from" in layout.review_index.read_text(encoding="utf-8")

@@ -26,7 +26,6 @@ def build_review_asset(
             dg.AssetDep(keep_list, partition_mapping=dg.AllPartitionMapping()),
             dg.AssetDep(cross_class_duplicates, partition_mapping=dg.AllPartitionMapping()),
         ],
-        automation_condition=dg.AutomationCondition.eager(),
         description="`review/index.html`, opened from the file system (no server, no network): "
         "per threshold and class, every removed image beside the kept image it duplicates "
         "with similarity, margin over its threshold and kind (exact/near), borderline first, "
@@ -40,7 +39,8 @@ def build_review_asset(
         image_source: ImageSource,
     ) -> dg.MaterializeResult:
         layout = storage.layout()
-        current = storage.current_inputs(settings)  # the overrides in each class provenance
+        overrides = storage.read_overrides()  # shown on the page, among the user's marks
+        current = storage.current_inputs(settings, overrides)  # their digests per class
         for t in thresholds:
             current.require_keep_list(layout, t)
             require_current(
@@ -49,7 +49,9 @@ def build_review_asset(
                 f"cross-class pairs T={t}",
                 "materialize cross_class_duplicates for this threshold first",
             )
-        page = write_review_page(layout, thresholds, source_root=image_source.resolve_root())
+        page = write_review_page(
+            layout, thresholds, source_root=image_source.resolve_root(), overrides=overrides
+        )
         context.log.info(
             f"review page: {page.index} ({sum(page.pairs.values()):,} removed images over "
             f"{len(thresholds)} thresholds; {page.thumbnails_written:,} thumbnails made, "

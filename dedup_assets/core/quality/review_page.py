@@ -30,6 +30,9 @@ page shows no margin and orders those pairs by similarity.
 Corrections are made in the browser: marks (keep, remove, not a duplicate) are kept in
 `localStorage` under a key of the output folder while the user pages, and downloaded as
 `overrides.csv` (`path,decision,other`, paths relative to the source) built client-side.
+The corrections the run honoured are in the page's data and join the browser's marks once per
+version of the file, so the download is the whole file again even from a browser that never
+saw the earlier marks (replacing `overrides.csv` with it does not undo earlier corrections).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from dedup_assets.core.data.artifacts import (
 from dedup_assets.core.data.atomic_io import atomic_dir, write_bytes, write_text
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.thresholds import budget_of, cosine_of
+from dedup_assets.core.decision.overrides import Overrides
 
 PAGE_SIZE = 200  # pairs per page: 400 thumbnails, about 60 KB of rows
 BORDERLINE = 0.02  # margins below this are highlighted on the page
@@ -323,11 +327,14 @@ def write_review_page(
     *,
     source_root: Path | None = None,
     page_size: int = PAGE_SIZE,
+    overrides: Overrides | None = None,
 ) -> ReviewPage:
     """Write `review/index.html` for the keep lists and cross-class pairs of `thresholds`
     (a threshold whose keep list is missing is listed as missing); see the module doc.
 
     source_root: the source folder, for an "open original" link beside each image.
+    overrides: the corrections the run honoured; the page starts its marks from them, so a
+    download from another browser (or after its storage was cleared) still carries them.
     """
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size}")
@@ -418,6 +425,7 @@ def write_review_page(
         "classes": classes,
         "thresholds": entries,
         "first": {"key": first_key, "rows": first_rows},
+        "overrides": honoured_overrides(overrides),
     }
     text = render_index(data, layout.root, source_root, entries)
     write_text(text, layout.review_index)
@@ -443,6 +451,20 @@ def write_review_page(
         build=build,
         counts=counts,
     )
+
+
+def honoured_overrides(overrides: Overrides | None) -> dict | None:
+    """The page's record of the corrections a run honoured: the file, its rows
+    (`[path, decision, other]`, in file order) and their digest (the page merges a digest's
+    rows into the browser's marks once, so a mark the user takes back stays taken back)."""
+    if overrides is None or not len(overrides):
+        return None
+    rows = [[r.path, r.decision, r.other] for r in overrides.rows]
+    return {
+        "file": str(overrides.file),
+        "rows": rows,
+        "digest": hashlib.sha1(json.dumps(rows).encode()).hexdigest()[:16],
+    }
 
 
 def _csp() -> str:
@@ -494,6 +516,13 @@ def render_index(data: dict, output: Path, source_root: Path | None, entries: li
     e = html.escape
     written = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     source = f" · source <code>{e(str(source_root))}</code>" if source_root is not None else ""
+    honoured = data.get("overrides")
+    if honoured:
+        n = len(honoured["rows"])
+        source += (
+            f" · {n:,} correction{'s' if n != 1 else ''} honoured from "
+            f"<code>{e(honoured['file'])}</code>"
+        )
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -532,7 +561,9 @@ Your marks stay in this browser for this output folder while you page and filter
 pressed button again to undo). <b>Download overrides.csv</b> (columns
 <code>path,decision,other</code>, paths relative to the source folder) and put it in the
 output folder as <code>overrides.csv</code>, or pass <code>--overrides FILE</code>: the next
-run honours it. <b>Load overrides.csv</b> shows an existing file's marks here.</li>
+run honours it. The corrections the last run honoured are among your marks from the start,
+so the download replaces the file without losing them. <b>Load overrides.csv</b> shows another
+file's marks here.</li>
 <li>Keys: &larr; and &rarr; page back and forward. Thumbnails are the 64&times;64 pixels the
 decision saw, drawn at 128 px; <i>open</i> shows the original file.</li>
 </ul>
@@ -671,18 +702,43 @@ const marks = emptyMarks();
 const pairKey = (a, b) => a + "\u0000" + b;
 function hasPair(m, a, b) { return m.pairs.has(pairKey(a, b)) || m.pairs.has(pairKey(b, a)); }
 function markCount(m) { return m.decisions.size + m.pairs.size; }
+let honoured = "";  // digest of the honoured overrides already merged into the marks
 function loadMarks() {
+  let saved = null;
   try {
-    const saved = JSON.parse(localStorage.getItem(STORE) || "null");
-    if (!saved) return;
+    saved = JSON.parse(localStorage.getItem(STORE) || "null");
+  } catch (err) { /* nothing saved, or storage unavailable */ }
+  if (saved) {
     for (const [p, d] of saved.decisions || []) if (d === "keep" || d === "remove") marks.decisions.set(String(p), d);
     for (const [a, b] of saved.pairs || []) marks.pairs.set(pairKey(String(a), String(b)), [String(a), String(b)]);
-  } catch (err) { /* nothing saved, or storage unavailable */ }
+    honoured = String(saved.honoured || "");
+  }
+  const file = DATA.overrides;
+  if (!file || file.digest === honoured) return;
+  // The corrections the last run honoured, merged once per version of the file: a download
+  // from a fresh browser carries them, and a mark taken back here stays taken back. A path
+  // the user already marked here keeps the mark made here.
+  const added = mergeRows(file.rows, marks);
+  honoured = file.digest;
+  saveMarks();
+  setStatus(added + " of the " + file.rows.length + " corrections in " + file.file +
+    " (honoured by the last run) added to your marks: the download carries them");
+}
+function mergeRows(rows, m) {
+  let added = 0;
+  for (const [path, decision, other] of rows) {
+    if ((decision === "keep" || decision === "remove") && !m.decisions.has(path)) {
+      m.decisions.set(path, decision); added++;
+    } else if (decision === "not_duplicate" && other && !hasPair(m, path, other)) {
+      m.pairs.set(pairKey(path, other), [path, other]); added++;
+    }
+  }
+  return added;
 }
 function saveMarks() {
   try {
     localStorage.setItem(STORE, JSON.stringify({
-      decisions: Array.from(marks.decisions), pairs: Array.from(marks.pairs.values()),
+      decisions: Array.from(marks.decisions), pairs: Array.from(marks.pairs.values()), honoured,
     }));
   } catch (err) {
     setStatus("this browser does not keep marks for files: download overrides.csv before closing the page");
