@@ -426,6 +426,31 @@ def test_hostile_names_render_as_text_in_chromium(review, tmp_path):
         assert html.escape(target, quote=False) in text  # serialized as text, not markup
 
 
+def test_the_honoured_overrides_start_the_marks_and_stay_text(review, tmp_path):
+    """A page written with the run's overrides (hostile names among them), in a copy of the
+    output, opened in a browser that never saw a mark: the counter holds them, the header
+    and the status name the file, and nothing in them became markup."""
+    from dedup_assets.core.decision.overrides import read_overrides
+
+    copy = OutputLayout(tmp_path / "out")
+    shutil.copytree(review["layout"].root, copy.root, ignore=shutil.ignore_patterns(".dagster"))
+    shutil.rmtree(copy.review_dir)
+    rows = [(SCRIPT_PATH, "remove", ""), (IMG_PATH, "keep", "")]
+    with copy.overrides.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([("path", "decision", "other"), *rows])
+    overrides = read_overrides(copy.overrides, review["source"])
+    write_review_page(
+        copy, THRESHOLDS, source_root=review["source"], page_size=PAGE_SIZE, overrides=overrides
+    )
+    text = dump_dom(copy.review_index.resolve().as_uri(), tmp_path / "profile")
+    dom = _Dom(text)
+    _assert_inert(dom)
+    assert re.search(r'<span id="counter"[^>]*>2 marks</span>', text), text[-3000:]
+    visible = "".join(dom.text)
+    assert f"2 corrections honoured from {copy.overrides}" in visible
+    assert f"added 2 of the 2 corrections in {copy.overrides}" in visible
+
+
 def test_the_page_builds_and_reads_overrides_csv(review, tmp_path):
     """#selftest: the page's own CSV writer and reader on awkward paths; the CSV it writes
     is what Python's csv module reads back."""

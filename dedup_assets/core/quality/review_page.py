@@ -721,8 +721,10 @@ function loadMarks() {
   const added = mergeRows(file.rows, marks);
   honoured = file.digest;
   saveMarks();
-  setStatus(added + " of the " + file.rows.length + " corrections in " + file.file +
-    " (honoured by the last run) added to your marks: the download carries them");
+  if (added) {
+    setStatus("added " + added + " of the " + file.rows.length + " corrections in " + file.file +
+      " (honoured by the last run) to your marks: a download carries them");
+  }
 }
 function mergeRows(rows, m) {
   let added = 0;
