@@ -76,6 +76,10 @@ Selection = str | ClassRange | None
 # class stage took 60 s with it and 127 s without (2 busy cores). Its cost: the classes of
 # a failed run are not marked failed in the UI (the run and its log name them).
 os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "1")
+# A range's materializations (one per class and asset, at the end of its step) reach the
+# storage as batches of at most this many (`event_storage`: two transactions a batch with
+# `dedup run`'s instance, one event at a time with any other).
+os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")
 
 
 @sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "connect")

@@ -22,7 +22,7 @@ CORE_FLOORS = {"data": 0, "model": 1, "density": 1, "decision": 2, "quality": 3}
 # The top level of dedup_assets (and the resources package), bottom floor first: a unit
 # imports only units on lower floors, never one on its own floor or above.
 TOP_FLOORS = [
-    {"names", "interrupts", "engines", "partitions", "timings", "ui", "core"},
+    {"names", "interrupts", "engines", "partitions", "timings", "ui", "event_storage", "core"},
     {"resources"},
     {"config", "assets", "automation"},
     {"definitions"},

@@ -246,16 +246,32 @@ _NO_CAPTURE = (
 )
 
 
+# ... and with Dagster's own SQLite files written a batch of asset events at a time
+# (`dedup_assets.event_storage`; the directory is the one Dagster's default storage uses).
+_BATCHED_EVENTS = (
+    "event_log_storage:\n  module: dedup_assets.event_storage\n"
+    "  class: BatchedSqliteEventLogStorage\n  config:\n    base_dir: {events}\n"
+)
+
+
+def run_instance_text(home: Path) -> str:
+    """RUN_INSTANCE_FILE's content for the instance folder `home`."""
+    events = (home / "history" / "runs").resolve()
+    return _TELEMETRY_OFF + _NO_CAPTURE + _BATCHED_EVENTS.format(events=events)
+
+
 def prepare_dagster_home(output: Path | str) -> Path:
     """<output>/.dagster, made if needed, with telemetry off: the instance of that folder
-    (INSTANCE_FILE for the UI; RUN_INSTANCE_FILE, the same without step output capture, for
-    `dedup run`)."""
+    (INSTANCE_FILE for the UI; RUN_INSTANCE_FILE, the same files without step output
+    capture and with batched event writes, for `dedup run`, rewritten when an older version
+    wrote it otherwise)."""
     home = OutputLayout(Path(output).resolve()).dagster_home
     home.mkdir(parents=True, exist_ok=True)
     if not (home / INSTANCE_FILE).exists():
         (home / INSTANCE_FILE).write_text(_TELEMETRY_OFF)
-    if not (home / RUN_INSTANCE_FILE).exists():
-        (home / RUN_INSTANCE_FILE).write_text(_TELEMETRY_OFF + _NO_CAPTURE)
+    run_file, text = home / RUN_INSTANCE_FILE, run_instance_text(home)
+    if not run_file.exists() or run_file.read_text() != text:
+        run_file.write_text(text)
     return home
 
 
