@@ -288,18 +288,29 @@ def _binom_bound(n: int, b: float) -> int:
 # ------------------------------------------------------------------------------ main
 
 
-def train_model(s: SplitSet, images: int, seed: int = 0):
+def train_model(s: SplitSet, images: int, seed: int = 0, cache: Path | None = None):
     """The pipeline's training on the training split only (invariant objective, early
-    stopping within an image budget), bf16 where the CPU has it; (model, amp, seconds)."""
+    stopping within an image budget), bf16 where the CPU has it; (model, amp, seconds,
+    images seen). With `cache`, a model trained earlier on the same set and budget
+    (`<cache>/<set>_<images>.pt` and its .json: seconds and images seen) is reused."""
+    import json
+
     import torch
 
     from dedup_assets.core.model.autoencoder import (
+        ConvAutoencoder,
         EarlyStopping,
         cpu_supports_bf16,
         train_autoencoder,
     )
 
     amp = torch.bfloat16 if cpu_supports_bf16() else None
+    stored = None if cache is None else Path(cache) / f"{s.name}_{images}.pt"
+    if stored is not None and stored.exists():
+        model = ConvAutoencoder()
+        model.load_state_dict(torch.load(stored))
+        meta = json.loads(stored.with_suffix(".json").read_text())
+        return model.eval(), amp, meta["seconds"], meta["images_seen"]
     start = time.perf_counter()
     result = train_autoencoder(
         s.train,
@@ -308,7 +319,13 @@ def train_model(s: SplitSet, images: int, seed: int = 0):
         seed=seed,
         early_stopping=EarlyStopping(max_epochs=60, max_images=images),
     )
-    return result.model, amp, time.perf_counter() - start, result.images_seen
+    seconds = time.perf_counter() - start
+    if stored is not None:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(result.model.state_dict(), stored)
+        meta = {"seconds": seconds, "images_seen": result.images_seen}
+        stored.with_suffix(".json").write_text(json.dumps(meta))
+    return result.model, amp, seconds, result.images_seen
 
 
 def build_set(name: str, datasets: Path, per_class: int | None) -> SplitSet:
@@ -345,6 +362,12 @@ def main() -> None:
     )
     p.add_argument("--training-images", type=int, default=8192, help="training budget, images")
     p.add_argument("--budget", type=float, default=BUDGET)
+    p.add_argument(
+        "--model-cache",
+        type=Path,
+        default=None,
+        help="folder of trained models to reuse (same set and budget), or to fill",
+    )
     add_out_option(p)
     args = p.parse_args()
     results = {}
@@ -352,7 +375,7 @@ def main() -> None:
         start = time.perf_counter()
         s = build_set(name, args.datasets, args.per_class or None)
         prep = time.perf_counter() - start
-        model, amp, train_s, seen = train_model(s, args.training_images)
+        model, amp, train_s, seen = train_model(s, args.training_images, cache=args.model_cache)
         res = evaluate(s, model, amp, args.budget)
         res |= {
             "train_images": len(s.train),
