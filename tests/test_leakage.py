@@ -12,6 +12,7 @@ from dedup_assets.core.decision import leakage
 from dedup_assets.core.decision.leakage import (
     DECOYS,
     budget_threshold,
+    crop_views,
     decoy_draws,
     decoy_pixels,
     detect_leakage,
@@ -21,6 +22,7 @@ from dedup_assets.core.decision.leakage import (
     leakage_threshold,
     plan_decoys,
     top_k,
+    views_top_k,
 )
 from dedup_assets.core.decision.similarity import l2_normalize
 
@@ -168,8 +170,8 @@ def _textures(n: int, rng: np.random.Generator) -> np.ndarray:
 
 def test_detect_leakage_end_to_end_finds_planted_copies_within_the_budget():
     """A fixed random projection stands in for the encoder: copies (brightened, noisy,
-    exact; some in another class) of 20 of 600 eval images put into train are found, at
-    most the budget's share of the clean eval images is flagged."""
+    cropped, exact) of 20 of 600 eval images put into train are found, at most the
+    budget's share of the clean eval images is flagged."""
     rng = np.random.default_rng(3)
     train_px = _textures(900, rng)
     eval_px = _textures(600, rng)
@@ -183,7 +185,9 @@ def test_detect_leakage_end_to_end_finds_planted_copies_within_the_budget():
     copies = eval_px[leaked].astype(np.float32)
     copies[:7] = copies[:7] * 1.1 + 5
     copies[7:14] += rng.normal(0, 4, copies[7:14].shape)
-    copies = np.clip(copies, 0, 255).astype(np.uint8)  # 14-19: exact
+    copies = np.clip(copies, 0, 255).astype(np.uint8)
+    copies[14:17] = crop_views(eval_px[leaked[14:17]])[4]  # zoomed in on the centre, 14-16
+    # 17-19: exact
     train_px = np.concatenate([train_px, copies])
     hashes = lambda px: np.array([hash(x.tobytes()) for x in px]).astype(str)  # noqa: E731
     result = detect_leakage(
@@ -202,5 +206,25 @@ def test_detect_leakage_end_to_end_finds_planted_copies_within_the_budget():
     clean_flagged = len(flagged - set(leaked.tolist()))
     assert clean_flagged <= binom.ppf(0.99, 580, 0.01)
     exact = result.leaks.eval_row[result.leaks.kind == "exact"]
-    assert sorted(exact.tolist()) == sorted(leaked[14:].tolist())
+    assert sorted(exact.tolist()) == sorted(leaked[17:].tolist())
     assert 0.0 < result.threshold < 1.0
+
+
+def test_views_count_each_reference_once_at_its_best_view_and_match_plant_crops():
+    from PIL import Image
+
+    refs = l2_normalize(np.eye(6, dtype=np.float32)[:, :4] + 0.01)
+    a = l2_normalize(np.array([[1, 0.2, 0, 0], [0, 0, 1, 0.1]], np.float32))
+    b = l2_normalize(np.array([[1, 0.9, 0, 0], [0, 0.1, 1, 0]], np.float32))
+    vals, idx = views_top_k([a, b], refs, 3)
+    for row in range(2):
+        want = np.maximum(a[row] @ refs.T, b[row] @ refs.T)
+        assert idx[row].tolist() == np.argsort(-want)[:3].tolist()  # no reference twice
+        assert np.allclose(vals[row], np.sort(want)[::-1][:3])
+    # the views are the crops `dedup plant` makes: 90% of each side at a corner, the centre
+    px = _textures(2, np.random.default_rng(5))
+    views = crop_views(px)
+    assert len(views) == 9
+    for view, box in ((0, (0, 0, 58, 58)), (4, (3, 3, 61, 61)), (8, (6, 6, 64, 64))):
+        crop = np.asarray(Image.fromarray(px[1]).resize((64, 64), Image.BICUBIC, box=box))
+        assert np.array_equal(views[view][1], crop)
