@@ -46,6 +46,7 @@ from dedup_assets.core.data.artifacts import (
 )
 from dedup_assets.core.data.atomic_io import sweep_interrupted, write_json
 from dedup_assets.core.data.layout import OutputLayout, resolve_dagster_home
+from dedup_assets.core.data.run_fingerprint import discard_record
 from dedup_assets.core.data.source_index import ClassListing, changed_classes
 from dedup_assets.core.decision.reference_pool import reference_pool_provenance
 from dedup_assets.definitions import build_definitions
@@ -216,11 +217,15 @@ def run_pipeline(
     full: bool = False,
     log: Callable[[str], None] = print,
     log_level: str = "WARNING",
+    on_success: Callable[[PipelineOutcome], None] | None = None,
 ) -> PipelineOutcome:
     """Bring every asset and check up to date with the source, doing only what changed.
 
     retrain: train the autoencoder again whatever the rules say; full: recompute everything
     from scratch (decode, train, encode, decide), ignoring earlier work and decisions.
+    on_success: called with the outcome when every stage ran to its end, the output's lock
+    still held (`dedup run` records there what a rerun with nothing new answers from,
+    `core.data.run_fingerprint`; the record of an earlier run is dropped as this one starts).
     A malformed overrides file (`--overrides`, `<output>/overrides.csv`) raises ConfigError
     before any work; one naming an image the catalog does not hold, once the catalog is
     built (before any image is decoded).
@@ -229,6 +234,7 @@ def run_pipeline(
     layout = OutputLayout(Path(config.output))
     layout.claim()
     with output_lock(layout):
+        discard_record(layout.root)  # this run may change the outputs the record vouches for
         outcome = PipelineOutcome(output=layout.root, thresholds=list(config.thresholds))
         outcome.recovered = sweep_interrupted(layout.root) + fail_orphaned_runs(instance)
         for line in outcome.recovered:
@@ -252,6 +258,8 @@ def run_pipeline(
             write_json({"work": outcome.work.rows()}, layout.timings)
         if not outcome.failures and not outcome.skipped:  # every stage ran to its end
             write_json(config.saved(), layout.pipeline_file)
+            if on_success is not None:
+                on_success(outcome)
         return outcome
 
 

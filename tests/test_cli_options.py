@@ -32,7 +32,7 @@ FORMER = (
     "--retrain-new-share", "--retrain-error-factor", "--schedule", "--executor",
     "--dask-address", "--parallel", "--retrain", "--full", "--verify", "--verbose",
 )  # fmt: skip
-ADDED = ("--overrides",)  # options added since, beside the former ones
+ADDED = ("--overrides", "--force")  # options added since, beside the former ones
 # A valid value other than the default, for the fields whose type cannot give one.
 SAMPLES = {
     "source": "{tmp}/other_src",
