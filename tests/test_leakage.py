@@ -11,6 +11,7 @@ from scipy.stats import binom
 from dedup_assets.core.decision import leakage
 from dedup_assets.core.decision.leakage import (
     DECOYS,
+    MIN_DRAWS_K,
     budget_threshold,
     crop_views,
     decoy_draws,
@@ -228,3 +229,21 @@ def test_views_count_each_reference_once_at_its_best_view_and_match_plant_crops(
     for view, box in ((0, (0, 0, 58, 58)), (4, (3, 3, 61, 61)), (8, (6, 6, 64, 64))):
         crop = np.asarray(Image.fromarray(px[1]).resize((64, 64), Image.BICUBIC, box=box))
         assert np.array_equal(views[view][1], crop)
+
+
+def test_an_empty_split_flags_nothing_and_says_so():
+    rng = np.random.default_rng(4)
+    px = _textures(40, rng)
+    proj = rng.standard_normal((64 * 64 * 3, 16)).astype(np.float32)
+
+    def encode(p: np.ndarray) -> np.ndarray:
+        return (p.reshape(len(p), 64 * 64 * 3).astype(np.float32) / 255.0 - 0.5) @ proj
+
+    none = px[:0]
+    empty_eval = detect_leakage(encode(none), none, encode(px), px, encode, budget=0.05)
+    assert len(empty_eval.leaks) == 0 and empty_eval.leaks.nearest.shape == (0,)
+    # train's flips alone read the budget: as many as k = 4 needs (79 of its 120)
+    assert empty_eval.draws == int(np.ceil(MIN_DRAWS_K / 0.05)) - 1 == 79
+    empty_train = detect_leakage(encode(px), px, encode(none), none, encode, budget=0.05)
+    assert len(empty_train.leaks) == 0 and empty_train.threshold == 1.0  # nothing to read
+    assert (empty_train.leaks.nearest == -1).all()
