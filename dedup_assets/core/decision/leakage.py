@@ -43,8 +43,8 @@ candidates considered:
   in train has cos(mirror x, c) ~ cos(mirror x, x), which for a nearly symmetric scene is
   high, and would lift the draws of exactly the images that leak (the rule
   `local_scaling` uses for the same reason; leaving them out for every x instead lowered
-  every draw, 1.2% flagged at a 1% budget against 100 training images). Internal duplicates of train do not enter a
-  decoy's draw; leaks in eval do not either. The decoys' sources are the evaluation images
+  every draw, 1.2% flagged at a 1% budget against 100 training images). Internal
+  duplicates of train do not enter a decoy's draw; leaks in eval do not either. The decoys' sources are the evaluation images
   (their distribution is the one judged), then the training images when the eval split is
   too small to read b (k = floor(b (n + 1)) < MIN_DRAWS_K), then flipped top-bottom and
   turned half round (DECOYS), as many as the budget needs.
@@ -52,7 +52,8 @@ candidates considered:
 What mirrors may get wrong: a mirror is a little less similar to train than a real
 unrelated image (measured within classes, `calibration`'s doc), so T can be a little low;
 the benchmark reports the measured false rate beside the binomial bound
-(benchmarks/bench_leakage.py). The property test (tests/test_leakage.py) checks the rule on
+(benchmarks/bench_leakage.py; at b = 0.1%: 1 of 1,900 clean EuroSAT test images flagged,
+0 of 1,900 at 32 px, 0 of 145 hymenoptera photos; 99% bounds 6, 6 and 1). The property test (tests/test_leakage.py) checks the rule on
 exchangeable draws: the flagged share of clean eval images stays within the binomial bound
 of b at every size.
 
