@@ -285,3 +285,32 @@ def test_invariant_loss_variants_train_and_refuse_unknown_views():
     assert not torch.allclose(grads[0], grads[1])
     with pytest.raises(ValueError, match="views must be"):
         InvariantLoss(views="three")
+
+
+def test_a_small_batch_is_encoded_on_one_thread_and_the_setting_restored(monkeypatch):
+    import dedup_assets.core.model.autoencoder as ae
+
+    seen = []
+    real = ae.ConvAutoencoder.encode
+
+    def spy(self, x):
+        seen.append(torch.get_num_threads())
+        return real(self, x)
+
+    monkeypatch.setattr(ae.ConvAutoencoder, "encode", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = ae.ConvAutoencoder().eval()
+        rng = np.random.default_rng(0)
+        small = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+        big = rng.integers(0, 256, (ae.SMALL_BATCH, 64, 64, 3), dtype=np.uint8)
+        z_small = ae.encode_images(model, small)
+        assert seen == [1] and torch.get_num_threads() == 2
+        ae.encode_images(model, big, batch_size=ae.SMALL_BATCH)
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+        # The same vectors as on two threads, to float precision.
+        big[:3] = small
+        assert np.allclose(ae.encode_images(model, big)[:3], z_small, atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
