@@ -492,8 +492,10 @@ def exact_matches(
 class Leaks:
     """The flagged pairs and every eval image's nearest training image.
 
-    Pairs (one per eval image and training copy): eval row, train row, similarity, kind
-    ("exact" or "near"); `threshold` the near cosine they were judged at. `nearest` and
+    Pairs (one per eval image and training copy): eval row, train row, similarity (the
+    score the threshold reads: the cosine, less the hub penalty under `detect_leakage`;
+    1.0 for an exact copy), kind ("exact" or "near"); `threshold` the score they were
+    judged at. `nearest` and
     `nearest_similarity` (n_eval,): each eval image's most similar training image (1.0 for
     an exact copy), what a different threshold would read.
     """
