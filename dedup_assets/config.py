@@ -169,6 +169,14 @@ class PipelineConfig(BaseModel):
         "image), honoured at every threshold by this and every later run; only the classes "
         "it touches are decided again; none given: <output>/overrides.csv where there is one",
     )
+    splits: str = Field(
+        default="auto",
+        json_schema_extra={"metavar": "NAMES"},
+        description="the split folders of <source>/<split>/<class>/<image>, comma-separated, "
+        "training split first (e.g. train,val,test); auto: top folders named train, val, "
+        "valid, validation or test are splits, any other layout is <class>/<image>; none: the "
+        "top folders are classes whatever their names",
+    )
     method: DedupSettings = Field(default_factory=DedupSettings)
     # Where steps run (`dedup_assets.engines`): the machine's, never saved, like device.
     executor: Executor = Field(

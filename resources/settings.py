@@ -13,6 +13,7 @@ from dedup_assets.core.decision.ann_join import (
     JoinMethod,
 )
 from dedup_assets.core.decision.keep_policy import KeepPolicy
+from dedup_assets.core.decision.leakage import DEFAULT_LEAKAGE_BUDGET
 from dedup_assets.core.decision.local_scaling import BudgetScaling
 from dedup_assets.core.decision.similarity import SimilaritySpace
 from dedup_assets.core.density.spline import BinRule
@@ -24,6 +25,16 @@ DEFAULT_TRAINING_IMAGES = 12_288
 EuroSAT the margin AP of the spline-copula codes was 0.958 after 6,270 images, 0.964
 after 18,810 and 0.967 after 106,590 (benchmarks/README.md), so a first run trains under a
 minute on 2 CPU cores whatever the size of the data."""
+
+
+class LeakagePolicy(StrEnum):
+    """What the clean copy does with a training image whose copy is in an evaluation split:
+    drop the training copy (the evaluation set is never touched), drop the evaluation image,
+    or only report the pair."""
+
+    drop_train = "drop-train"
+    drop_test = "drop-test"
+    report = "report"
 
 
 class CopyMode(StrEnum):
@@ -110,6 +121,26 @@ class DedupSettings(dg.ConfigurableResource):
         default=CopyMode.copy,
         description="how clean/<T> holds the kept images: copy (files of their own), hardlink "
         "or symlink (the source's own files: editing a file in clean/<T> edits the source)",
+    )
+    leakage: LeakagePolicy = Field(
+        default=LeakagePolicy.drop_train,
+        description="with split folders (train, val, test), what the clean copy does with an "
+        "evaluation image that has a copy in train: drop-train removes the training copy (the "
+        "evaluation set is never touched), drop-test removes the evaluation image, report "
+        "only lists the pair in leakage.csv",
+    )
+    leakage_budget: float = Field(
+        default=DEFAULT_LEAKAGE_BUDGET,
+        gt=0,
+        lt=1,
+        description="share of the evaluation images without a copy in train that the leakage "
+        "check may flag (calibrated like the false-removal budget; 0.001 = 0.1%)",
+    )
+    leakage_tolerance: int = Field(
+        default=0,
+        ge=0,
+        description="evaluation images with a copy in train that each evaluation split's "
+        "blocking leakage check allows",
     )
     retrain_new_share: float = Field(
         default=DEFAULT_MAX_NEW_SHARE,

@@ -32,7 +32,14 @@ FORMER = (
     "--retrain-new-share", "--retrain-error-factor", "--schedule", "--executor",
     "--dask-address", "--parallel", "--retrain", "--full", "--verify", "--verbose",
 )  # fmt: skip
-ADDED = ("--overrides", "--force")  # options added since, beside the former ones
+ADDED = (
+    "--overrides",
+    "--force",
+    "--splits",
+    "--leakage",
+    "--leakage-budget",
+    "--leakage-tolerance",
+)  # options added since, beside the former ones
 # A valid value other than the default, for the fields whose type cannot give one.
 SAMPLES = {
     "source": "{tmp}/other_src",
@@ -43,6 +50,7 @@ SAMPLES = {
     "schedule": "30 4 * * 1",
     "dask_address": "tcp://127.0.0.1:8786",
     "overrides": "{tmp}/overrides.csv",
+    "splits": "train,test",
 }
 # Settings that are only valid together with another (PipelineConfig's cross-checks).
 NEEDS = {

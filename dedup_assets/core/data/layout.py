@@ -207,6 +207,12 @@ class OutputLayout:
         return self.root / "evaluation"
 
     @property
+    def leakage(self) -> Path:
+        """Evaluation images with a copy in train (`core.decision.leakage.leakage_rows`):
+        split, class, image, train class, train image, similarity, kind, threshold."""
+        return self.root / "leakage.csv"
+
+    @property
     def review_dir(self) -> Path:
         """The review page (`core.quality.review_page`): open `review_index` in a browser."""
         return self.root / "review"
