@@ -100,7 +100,6 @@ def build_report_assets(
         kinds={"scipy", "matplotlib"},
         partitions_def=thresholds_def,
         deps=[keep_list],
-        automation_condition=dg.AutomationCondition.eager(),
         check_specs=[
             dg.AssetCheckSpec(
                 GATE,
@@ -188,7 +187,6 @@ def build_report_assets(
         group_name="reports",
         kinds={"markdown"},
         deps=[dg.AssetDep(kurtosis_report, partition_mapping=dg.AllPartitionMapping())],
-        automation_condition=dg.AutomationCondition.eager(),
         description="Tables 2 and 3 for this dataset across every threshold, beside the paper's.",
     )
     def dedup_summary(
