@@ -168,6 +168,32 @@ def test_the_clean_copy_follows_the_overrides(runs):
         assert not (clean / chosen["z"]).exists(), f"removed by override, still in clean/{t}"
 
 
+def test_the_evaluation_scores_the_keep_lists_as_the_overrides_left_them(runs):
+    """(Before `test_dedup_run_undoes_an_override_taken_out`, which takes z's line out.)
+    `evaluation/keep_lists.csv` scores the stored keep lists against the demo's ground
+    truth: the image kept and the one removed by override count as decided."""
+    from dedup_assets.core.quality.planting import read_ground_truth
+
+    layout, chosen = runs["layout"], runs["chosen"]
+    scores = pl.read_csv(layout.evaluation_dir / "keep_lists.csv")
+    truth = read_ground_truth(runs["source"] / "ground_truth.csv")
+    known = [(f"{p.class_name}/{p.original}", f"{p.class_name}/{p.copy}") for p in truth]
+    for t in THRESHOLDS:
+        rows = _rows(layout, t)
+        planted = {path for pair in known if set(pair) <= set(rows) for path in pair}
+        removed = {path for path, r in rows.items() if not r["kept"]}
+        unplanted = set(rows) - planted
+        assert chosen["z"] in removed and chosen["v"] not in removed
+        row = scores.filter(pl.col("threshold").cast(pl.String) == t).row(0, named=True)
+        assert row["images_removed"] == len(removed), t
+        assert row["removed_in_ground_truth"] == len(removed & planted), t
+        assert row["false_removal_rate"] == pytest.approx(
+            len(removed & unplanted) / len(unplanted)
+        ), t
+        overridden = sum(r["decided_by"] == "override" for r in rows.values())
+        assert row["decided_by_override"] == overridden >= 3, t
+
+
 def test_the_sensor_and_the_schedule_request_the_classes_whose_overrides_changed(runs):
     """An edited overrides.csv with no run yet: the new-images sensor and nightly_refresh
     request update_class_job for exactly the class it changes (the source did not change),
@@ -326,28 +352,3 @@ def test_cross_class_pairs_marked_not_duplicate_leave_the_table_and_its_provenan
     assert {k: v for k, v in marking.cross_class("0.95").items() if k != "not_duplicate"} == (
         plain.cross_class("0.95")
     )
-
-
-def test_the_evaluation_scores_the_keep_lists_as_the_overrides_left_them(runs):
-    """`evaluation/keep_lists.csv` scores the stored keep lists against the demo's ground
-    truth: the image kept and the one removed by override count as decided."""
-    from dedup_assets.core.quality.planting import read_ground_truth
-
-    layout, chosen = runs["layout"], runs["chosen"]
-    scores = pl.read_csv(layout.evaluation_dir / "keep_lists.csv")
-    truth = read_ground_truth(runs["source"] / "ground_truth.csv")
-    known = [(f"{p.class_name}/{p.original}", f"{p.class_name}/{p.copy}") for p in truth]
-    for t in THRESHOLDS:
-        rows = _rows(layout, t)
-        planted = {path for pair in known if set(pair) <= set(rows) for path in pair}
-        removed = {path for path, r in rows.items() if not r["kept"]}
-        unplanted = set(rows) - planted
-        assert chosen["z"] in removed and chosen["v"] not in removed
-        row = scores.filter(pl.col("threshold").cast(pl.String) == t).row(0, named=True)
-        assert row["images_removed"] == len(removed), t
-        assert row["removed_in_ground_truth"] == len(removed & planted), t
-        assert row["false_removal_rate"] == pytest.approx(
-            len(removed & unplanted) / len(unplanted)
-        ), t
-        overridden = sum(r["decided_by"] == "override" for r in rows.values())
-        assert row["decided_by_override"] == overridden >= 3, t
