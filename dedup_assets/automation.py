@@ -21,9 +21,12 @@ that evaluates the assets' declarative automation conditions.
   spline fit no longer match the model (a retrained autoencoder), then `threshold_job`
   for every threshold whose keep list, cross-class table, report or clean copy is stale
   (the first alone when all are: it computes the cross-class join the others reuse),
-  then `summary_job` after threshold runs. Staleness is what `dedup run` reads
-  (`core.data.artifacts`), so both do the same work; each request's run key names the
-  inputs it was made for, so a failed run is not requested again until they change.
+  then `summary_job` after threshold runs. Before the thresholds, `summary_job`'s
+  `leakage` alone when the train/test leakage table is not current (its clean copies
+  apply `--leakage`), and the thresholds whose clean copy was made with another table.
+  Staleness is what `dedup run` reads (`core.data.artifacts`), so both do the same work;
+  each request's run key names the inputs it was made for, so a failed run is not
+  requested again until they change.
   A plain sensor, not Dagster's automation-condition sensor: that one launches runs of the
   implicit `__ASSET_JOB` (and backfills), which the UI lists under no named job.
 
@@ -51,6 +54,12 @@ from dedup_assets.core.data.artifacts import (
 from dedup_assets.core.data.image_folder import FolderScan
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.source_index import SourceChanges, changed_classes
+from dedup_assets.core.decision.leakage import (
+    clean_copies_behind,
+    clean_copy_leakage,
+    leakage_is_current,
+    leakage_made_from,
+)
 from dedup_assets.core.decision.overrides import OverridesError
 from dedup_assets.names import (
     CLASS_JOB,
@@ -247,14 +256,28 @@ def follow_up_requests(
             f"{len(waiting)} class(es) to decide again first (new_images_sensor requests "
             f"them): {', '.join(waiting[:5])}"
         )
+    if not leakage_is_current(layout, current):  # before the clean copies that apply it
+        run_key = f"leakage@{digest(leakage_made_from(current))}"
+        if not _requested(instance, run_key):
+            return [
+                dg.RunRequest(
+                    job_name=SUMMARY_JOB,
+                    asset_selection=[dg.AssetKey("leakage")],
+                    run_key=run_key,
+                    tags={REASON_TAG: "train/test leakage table not current"},
+                )
+            ]
     stale = stale_thresholds(layout, current, list(thresholds))
+    stale += [t for t in clean_copies_behind(layout, current, thresholds) if t not in stale]
+    leak = clean_copy_leakage(current, str(getattr(current.settings, "leakage", "")))
     if stale:
 
         def request(t: str) -> dg.RunRequest:
+            made = digest(current.keep_list(t)) + (f"+{digest(leak)}" if leak else "")
             return dg.RunRequest(
                 job_name=THRESHOLD_JOB,
                 partition_key=t,
-                run_key=f"threshold {t}@{digest(current.keep_list(t))}",
+                run_key=f"threshold {t}@{made}",
                 tags={REASON_TAG: "keep list, report or clean copy not current"},
             )
 

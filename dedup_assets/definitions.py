@@ -19,6 +19,7 @@ from dedup_assets.assets.cross_class import build_cross_class_asset
 from dedup_assets.assets.evaluation import build_evaluation_asset
 from dedup_assets.assets.keep_list import build_keep_list_asset
 from dedup_assets.assets.latents import class_latents
+from dedup_assets.assets.leakage import build_leakage_asset
 from dedup_assets.assets.reference_pool import reference_pool
 from dedup_assets.assets.reports import build_report_assets
 from dedup_assets.assets.review import build_review_asset
@@ -48,6 +49,7 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
     dedup_evaluation = build_evaluation_asset(thresholds)
     cross_class_duplicates, no_cross_class_duplicates = build_cross_class_asset(thresholds)
     review_page = build_review_asset(thresholds, keep_list, cross_class_duplicates)
+    leakage = build_leakage_asset(config.splits)
     per_class = [class_latents, spline_fits, class_keep_lists]
     jobs = [
         dg.define_asset_job(
@@ -87,9 +89,10 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
         ),
         dg.define_asset_job(
             SUMMARY_JOB,
-            selection=[dedup_summary, dedup_evaluation, review_page],
-            description="Tables across thresholds, the ground-truth evaluation and the review "
-            "page (review/index.html).",
+            selection=[dedup_summary, dedup_evaluation, review_page, leakage],
+            description="Tables across thresholds, the ground-truth evaluation, the review "
+            "page (review/index.html) and train/test leakage (leakage.csv; `dedup run` runs "
+            "it alone before the thresholds, whose clean copies apply --leakage).",
         ),
     ]
     sensors, schedules = build_automation(jobs, config.schedule, config.thresholds)
@@ -109,6 +112,7 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
             clean_dataset,
             dedup_evaluation,
             review_page,
+            leakage,
         ],
         asset_checks=[no_cross_class_duplicates],
         jobs=jobs,

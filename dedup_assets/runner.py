@@ -48,6 +48,13 @@ from dedup_assets.core.data.atomic_io import sweep_interrupted, write_json
 from dedup_assets.core.data.layout import OutputLayout, resolve_dagster_home
 from dedup_assets.core.data.run_fingerprint import discard_record
 from dedup_assets.core.data.source_index import ClassListing, changed_classes
+from dedup_assets.core.decision.leakage import (
+    clean_copies_behind,
+    gate_failures,
+    has_eval_splits,
+    leakage_is_current,
+    read_record,
+)
 from dedup_assets.core.decision.reference_pool import reference_pool_provenance
 from dedup_assets.definitions import build_definitions
 from dedup_assets.dispatch import (
@@ -273,8 +280,13 @@ def _nothing_to_do(config: PipelineConfig, layout: OutputLayout, changes) -> boo
     except (MissingArtifact, OSError):
         return False
     thresholds = list(config.thresholds)
-    return not stale_classes(layout, current, thresholds) and not stale_thresholds(
-        layout, current, thresholds
+    return (
+        not stale_classes(layout, current, thresholds)
+        and not stale_thresholds(layout, current, thresholds)
+        # the leakage table is current and its gate passed (a failed gate is said again)
+        and leakage_is_current(layout, current)
+        and not gate_failures(read_record(layout), config.method.leakage_tolerance)
+        and not clean_copies_behind(layout, current, thresholds)
     )
 
 
@@ -557,7 +569,16 @@ def _thresholds_and_summary(
     evaluation."""
     outcome = stages.outcome
     thresholds = list(stages.config.thresholds)
-    to_threshold = thresholds if processed else stale_thresholds(layout, current, thresholds)
+    if has_eval_splits(current) or not leakage_is_current(layout, current):
+        # Train/test leakage in a run of its own, before the clean copies that apply the
+        # --leakage policy (its blocking checks would hold them back in one run) and every
+        # time a source has evaluation splits, so its gate speaks for this run.
+        stages.run(
+            "leakage: evaluation images with a copy in train", SUMMARY_JOB, [None], ["leakage"]
+        )
+    stale = set(thresholds if processed else stale_thresholds(layout, current, thresholds))
+    stale |= set(clean_copies_behind(layout, current, thresholds))  # another leakage table
+    to_threshold = [t for t in thresholds if t in stale]
     failed = []
     if to_threshold:
         # With workers, the first threshold runs alone: it computes the cross-class join

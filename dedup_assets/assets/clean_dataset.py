@@ -29,6 +29,7 @@ from dedup_assets.core.data.artifacts import (
 from dedup_assets.core.data.atomic_io import atomic_dir
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.pools import cancelling
+from dedup_assets.core.decision.leakage import clean_copy_leakage, read_left_out
 from resources import DedupSettings, DedupStorage, ImageSource
 
 
@@ -102,10 +103,12 @@ def write_clean_copy(
     mode: str,
     keep_digest: str,
     run_id: str,
+    recorded: dict | None = None,
 ) -> int:
     """Replace `clean/<threshold>` with the `kept` files (`raw_path` relative to `root`,
-    `content_hash`) placed by `mode`, and its manifest; the number of files hard-linked
-    from an existing copy instead of copied.
+    `content_hash`) placed by `mode`, and its manifest (with `recorded` added: what else
+    the copy was made with, e.g. the leakage table); the number of files hard-linked from
+    an existing copy instead of copied.
 
     In copy mode a file already held by a copy mode clean copy (this threshold's first,
     then those of `thresholds`) is hard-linked from the first whose file is `_reusable`,
@@ -174,6 +177,7 @@ def write_clean_copy(
             "threshold": threshold,
             "images": kept.height,
             "run_id": run_id,
+            **(recorded or {}),
         }
         (tmp / layout.clean_manifest(threshold).name).write_text(json.dumps(manifest, indent=2))
     return linked
@@ -223,13 +227,15 @@ def build_clean_dataset_asset(
         group_name="deduplication",
         kinds={"python"},
         partitions_def=thresholds_def,
-        deps=[keep_list, kurtosis_report],
+        deps=[keep_list, kurtosis_report, "leakage"],
         description="The kept images copied into `clean/<T>/<class>/...`, same layout as the "
         "source (which is never modified). Blocked when a gate on the keep list or the "
         "kurtosis report fails; an older copy is then marked `STALE.txt`. Files unchanged "
         "since the last copy, or already copied for another threshold, are hard-linked from "
         "that copy, not copied again (every clean copy holds the source's bytes). In hardlink "
-        "or symlink mode the copy is the source's own files: editing one edits the source.",
+        "or symlink mode the copy is the source's own files: editing one edits the source. "
+        "With split folders, --leakage drop-train (default) leaves out the training copy of "
+        "each image of leakage.csv, drop-test the evaluation image, report nothing.",
     )
     def clean_dataset(
         context: dg.AssetExecutionContext,
@@ -248,6 +254,16 @@ def build_clean_dataset_asset(
         kept = keep.filter(pl.col("kept")).join(
             catalog.select("image_id", "raw_path", "content_hash"), on="image_id"
         )
+        # Train/test leakage (--leakage): drop-train leaves the training copy of each
+        # flagged pair out, drop-test the evaluation image, report nothing.
+        policy = str(settings.leakage)
+        leaks = read_left_out(layout, current, policy)
+        before = kept.height
+        if leaks:
+            kept = kept.filter(~pl.col("image_id").is_in(leaks))
+        left_out = before - kept.height
+        made_with = clean_copy_leakage(current, policy)
+        recorded = {"leakage": made_with, "left_out_for_leakage": left_out} if made_with else None
         mode = str(settings.clean_copy_mode)
         start = time.perf_counter()
         linked = write_clean_copy(
@@ -259,11 +275,13 @@ def build_clean_dataset_asset(
             mode,
             keep_digest,
             context.run.run_id,
+            recorded,
         )
         seconds = time.perf_counter() - start
         context.log.info(
             f"T={threshold}: {kept.height:,} images -> {layout.clean_dir(threshold)} "
             f"({linked:,} linked from an existing copy of the same bytes)"
+            + (f"; {left_out:,} left out for leakage ({policy})" if made_with else "")
         )
         return dg.MaterializeResult(
             metadata={
@@ -271,6 +289,11 @@ def build_clean_dataset_asset(
                 "unchanged_linked": linked,
                 "classes": kept["class"].n_unique(),
                 "mode": mode,
+                **(
+                    {"leakage_policy": policy, "left_out_for_leakage": left_out}
+                    if made_with
+                    else {}
+                ),
                 "seconds": round(seconds, 2),
                 "path": dg.MetadataValue.path(str(layout.clean_dir(threshold))),
             }

@@ -68,11 +68,28 @@ in N; it may miss a copy, never flag an image for a similarity it does not have.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import polars as pl
 
+from dedup_assets.core.data.artifacts import (
+    CurrentInputs,
+    catalog_images,
+    digest,
+    gather_pixels,
+    join_setting,
+    read_catalog,
+    read_latents,
+    require_current,
+    threshold_verdict,
+)
+from dedup_assets.core.data.atomic_io import write_json
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.splits import IMPLICIT, TRAIN
 from dedup_assets.core.decision.ann_join import (
     DEFAULT_ANN_MIN_CLASS_SIZE,
     DEFAULT_NPROBE,
@@ -711,3 +728,283 @@ def leakage_rows(
             strict=True,
         )
     ]
+
+
+# ------------------------------------------------------------------------- the pipeline's tables
+# What the `leakage` asset, the clean copy, the runner and the automation share: which class
+# partitions are training and evaluation classes, what a split's result is computed from
+# (its cache's provenance), the stored record of the last table, and what the clean copy
+# leaves out for it. Images are named by the latents' `path` (relative to the source).
+
+LEAKAGE_SCHEMA = {
+    "split": pl.String,
+    "class": pl.String,
+    "image": pl.String,
+    "train_class": pl.String,
+    "train_image": pl.String,
+    "similarity": pl.Float64,
+    "kind": pl.String,
+    "threshold": pl.Float64,
+}
+"""`leakage.csv`'s columns (`OutputLayout.leakage`)."""
+PAIR_SCHEMA = {**LEAKAGE_SCHEMA, "image_id": pl.String, "train_image_id": pl.String}
+"""A split's cached pairs: the csv's columns and both images' ids (what the clean copy
+leaves out by)."""
+LEAKAGE_RULE = "hub penalty 0.25 over 10 neighbours, 9 crop views, decoys hflip/vflip/rot180"
+"""How a split's threshold and pairs are read, recorded in its cache's provenance: a cache of
+another rule is not reused."""
+CACHE_DIR = ".leakage"
+RECORD_FILE = "record.json"
+
+
+def split_of(key: str) -> tuple[str, str]:
+    """(split, class key) of a class partition key: `splits.split_class_key` read back (a
+    key without a split is the implicit split's)."""
+    split, dot, rest = key.partition(".")
+    return (split, rest) if dot else (IMPLICIT, key)
+
+
+@dataclass(frozen=True)
+class SplitClasses:
+    """The class partitions of a source by role: the training split's (or the implicit
+    split's) and each evaluation split's, sorted."""
+
+    train: tuple[str, ...]
+    evals: dict[str, tuple[str, ...]]
+
+    @classmethod
+    def of(cls, keys: Sequence[str]) -> SplitClasses:
+        train, evals = [], {}
+        for key in sorted(keys):
+            split, _ = split_of(key)
+            if split in (TRAIN, IMPLICIT):
+                train.append(key)
+            else:
+                evals.setdefault(split, []).append(key)
+        return cls(tuple(train), {s: tuple(v) for s, v in sorted(evals.items())})
+
+
+def cache_dir(layout: OutputLayout) -> Path:
+    """Where each split's pairs and the table's record are kept, beside `leakage.csv`."""
+    return layout.leakage.parent / CACHE_DIR
+
+
+def split_cache(layout: OutputLayout, split: str) -> Path:
+    return cache_dir(layout) / f"{split}.parquet"
+
+
+def split_inputs(current: CurrentInputs, split: str, classes: SplitClasses) -> dict:
+    """What one evaluation split's pairs are computed from: the latents of every training
+    class and of the split's classes (each records the class's content and the model), the
+    budget and the join settings; overrides are applied after, so they are not in it."""
+    settings = current.settings
+    return {
+        "kind": "leakage",
+        "split": split,
+        "budget": float(getattr(settings, "leakage_budget", DEFAULT_LEAKAGE_BUDGET)),
+        "join": join_setting(settings),
+        "rule": LEAKAGE_RULE,
+        "train": {k: digest(current.latents(k)) for k in classes.train},
+        "eval": {k: digest(current.latents(k)) for k in classes.evals.get(split, ())},
+    }
+
+
+def leakage_made_from(current: CurrentInputs) -> dict:
+    """What `leakage.csv` is made from: each evaluation split's inputs and the pairs the
+    user marked not a duplicate (they are left out of the table)."""
+    classes = SplitClasses.of(list(current.class_digests))
+    return {
+        "splits": {s: digest(split_inputs(current, s, classes)) for s in classes.evals},
+        "not_duplicate": digest([list(p) for p in current.not_duplicate]),
+    }
+
+
+def read_record(layout: OutputLayout) -> dict | None:
+    """The stored record of the last `leakage.csv` (made_from, images and flagged images
+    per split), or None."""
+    try:
+        data = json.loads((cache_dir(layout) / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_record(layout: OutputLayout, record: dict) -> None:
+    write_json(record, cache_dir(layout) / RECORD_FILE)
+
+
+def has_eval_splits(current: CurrentInputs) -> bool:
+    return bool(SplitClasses.of(list(current.class_digests)).evals)
+
+
+def leakage_is_current(layout: OutputLayout, current: CurrentInputs) -> bool:
+    """`leakage.csv` was made from the current classes, model, settings and overrides; a
+    source without evaluation splits and without a table needs none."""
+    if not has_eval_splits(current) and not layout.leakage.exists():
+        return True
+    record = read_record(layout)
+    return (
+        record is not None
+        and layout.leakage.exists()
+        and record.get("made_from") == digest(leakage_made_from(current))
+    )
+
+
+def gate_failures(record: dict | None, tolerance: int) -> dict[str, int]:
+    """{evaluation split: images with a copy in train} where more than `tolerance` are, as
+    the record of the last table says."""
+    flagged = (record or {}).get("flagged") or {}
+    return {s: int(n) for s, n in sorted(flagged.items()) if int(n) > tolerance}
+
+
+def left_out(pairs: pl.DataFrame, policy: str) -> list[str]:
+    """The image ids the clean copy leaves out under `policy` (pairs: PAIR_SCHEMA rows):
+    drop-train the training copy of every flagged pair, drop-test the evaluation image,
+    report none. Sorted, unique."""
+    if pairs.is_empty() or policy == "report":
+        return []
+    column = {"drop-train": "train_image_id", "drop-test": "image_id"}.get(str(policy))
+    if column is None:
+        raise ValueError(f"unknown leakage policy {policy!r}: drop-train, drop-test or report")
+    return sorted(set(pairs[column].to_list()))
+
+
+def pairs_path(layout: OutputLayout) -> Path:
+    """Every split's pairs together with the images' ids, overrides applied: what the
+    clean copy reads (`leakage.csv` is the same rows without the ids)."""
+    return cache_dir(layout) / "pairs.parquet"
+
+
+def clean_copy_leakage(current: CurrentInputs, policy: str) -> dict | None:
+    """What a clean copy records of the leakage table it was made with (its manifest's
+    `leakage`): the policy and, unless it only reports, the table's inputs; None for a
+    source without evaluation splits (a clean copy made before splits existed stays
+    current)."""
+    if not has_eval_splits(current):
+        return None
+    made = {"policy": str(policy)}
+    if str(policy) != "report":
+        made["made_from"] = digest(leakage_made_from(current))
+    return made
+
+
+def read_left_out(layout: OutputLayout, current: CurrentInputs, policy: str) -> list[str]:
+    """The image ids the clean copy leaves out for leakage now: refused (StaleArtifact)
+    when the table is older than the classes, model, settings or overrides."""
+    if clean_copy_leakage(current, policy) is None or str(policy) == "report":
+        return []
+    path = require_current(
+        pairs_path(layout),
+        leakage_made_from(current),
+        "the leakage table",
+        "materialize leakage first",
+    )
+    return left_out(pl.read_parquet(path), policy)
+
+
+@dataclass(frozen=True)
+class SplitImages:
+    """The images of some class partitions, in class order: display class, id, path
+    (relative to the source), latents, pixels (uint8 NHWC) and pixel hash of each."""
+
+    classes: np.ndarray
+    ids: np.ndarray
+    paths: np.ndarray
+    latents: np.ndarray
+    pixels: np.ndarray
+    hashes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_split_images(
+    layout: OutputLayout, keys: Sequence[str], names: dict[str, str]
+) -> SplitImages:
+    """The stored latents of `keys` with their catalog rows' pixels and pixel hashes."""
+    tables, latents = [], []
+    for key in keys:
+        table, x = read_latents(layout.latents(key))
+        tables.append(
+            table.select("image_id", "path").with_columns(
+                pl.lit(key).alias("class_key"), pl.lit(names.get(key, key)).alias("class")
+            )
+        )
+        latents.append(x)
+    if not tables:
+        empty = np.zeros(0, dtype=str)
+        return SplitImages(
+            empty,
+            empty,
+            empty,
+            np.zeros((0, 1), np.float32),
+            np.zeros((0, 64, 64, 3), np.uint8),
+            empty,
+        )
+    images = pl.concat(tables)
+    catalog = catalog_images(read_catalog(layout, list(keys))).select(
+        "image_id", "row", "pixel_hash"
+    )
+    images = images.join(catalog, on="image_id", how="left", maintain_order="left")
+    return SplitImages(
+        images["class"].to_numpy().astype(str),
+        images["image_id"].to_numpy().astype(str),
+        images["path"].to_numpy().astype(str),
+        np.concatenate(latents),
+        gather_pixels(layout, images.select("class_key", "row")),
+        images["pixel_hash"].fill_null("").to_numpy().astype(str),
+    )
+
+
+def split_pairs(
+    split: str,
+    ev: SplitImages,
+    train: SplitImages,
+    encode: Callable[[np.ndarray], np.ndarray],
+    *,
+    budget: float = DEFAULT_LEAKAGE_BUDGET,
+    join: str = "auto",
+    ann_min_size: int = DEFAULT_ANN_MIN_CLASS_SIZE,
+    nprobe: int = DEFAULT_NPROBE,
+) -> tuple[pl.DataFrame, LeakageResult | None]:
+    """One evaluation split's flagged pairs (PAIR_SCHEMA) by `detect_leakage` against
+    train, and the result (None when either side is empty: nothing to compare)."""
+    if not len(ev) or not len(train):
+        return pl.DataFrame(schema=PAIR_SCHEMA), None
+    result = detect_leakage(
+        ev.latents,
+        ev.pixels,
+        train.latents,
+        train.pixels,
+        encode,
+        eval_hashes=ev.hashes,
+        train_hashes=train.hashes,
+        budget=budget,
+        join=join,
+        ann_min_size=ann_min_size,
+        nprobe=nprobe,
+    )
+    leaks = result.leaks
+    rows = leakage_rows(leaks, split, ev.classes, ev.paths, train.classes, train.paths)
+    table = pl.DataFrame(rows, schema=LEAKAGE_SCHEMA).with_columns(
+        pl.Series("image_id", ev.ids[leaks.eval_row], dtype=pl.String),
+        pl.Series("train_image_id", train.ids[leaks.train_row], dtype=pl.String),
+    )
+    return table, result
+
+
+def clean_copies_behind(
+    layout: OutputLayout, current: CurrentInputs, thresholds: Sequence[str]
+) -> list[str]:
+    """Thresholds whose clean copy is current for its keep list but was made with another
+    leakage table or policy (`clean_copy_leakage`): the runner and the automation make them
+    again (the keep list's own staleness is `artifacts.stale_thresholds`)."""
+    policy = str(getattr(current.settings, "leakage", "drop-train"))
+    wanted = clean_copy_leakage(current, policy)
+    mode = str(current.settings.clean_copy_mode)
+    behind = []
+    for t in thresholds:
+        verdict = threshold_verdict(layout, t, digest(current.keep_list(t)))
+        if verdict.clean_copy_current(mode) and verdict.clean_manifest.get("leakage") != wanted:
+            behind.append(t)
+    return behind

@@ -150,7 +150,18 @@ class ThresholdSummary:
     def _clean_words(self, layout: OutputLayout) -> str:
         t = self.threshold
         if self.verdict.clean_copy_current(self.clean_mode):
-            return f"{layout.clean_dir(t)} ({self.counts.kept:,} images)" if self.counts else ""
+            if not self.counts:
+                return ""
+            manifest = self.verdict.clean_manifest or {}
+            leakage = manifest.get("leakage")
+            if not leakage:
+                return f"{layout.clean_dir(t)} ({self.counts.kept:,} images)"
+            left = int(manifest.get("left_out_for_leakage") or 0)
+            images = manifest.get("images", self.counts.kept - left)
+            return (
+                f"{layout.clean_dir(t)} ({images:,} images; {left:,} left out for train/test "
+                f"leakage, --leakage {leakage.get('policy')})"
+            )
         held = "held back by the gate above"
         if layout.clean_stale_note(t).exists():
             return f"{held}; clean/{t} is an older copy (see {layout.clean_stale_note(t)})"
@@ -282,3 +293,19 @@ def _present(path: Path, columns: tuple[str, ...]) -> list[str]:
     lack decided_by)."""
     names = pl.read_parquet_schema(path)
     return [c for c in columns if c in names]
+
+
+def leakage_words(
+    split: str, flagged: int, exact: int, tolerance: int, layout: OutputLayout
+) -> str:
+    """One evaluation split's leakage verdict as the last screen says it: how many of its
+    images have a copy in train (exact and near apart), the tolerance, and where to look
+    (`leakage.csv`, the review page's leakage section)."""
+    if not flagged:
+        return f"no {split} image has a copy in train"
+    images = "image has" if flagged == 1 else "images have"
+    return (
+        f"{flagged:,} {split} {images} a copy in train ({exact:,} exact, {flagged - exact:,} "
+        f"near; tolerance {tolerance}): see {layout.leakage} and the leakage section of "
+        f"{layout.review_index}"
+    )
