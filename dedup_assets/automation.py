@@ -54,6 +54,7 @@ from dedup_assets.core.data.artifacts import (
 from dedup_assets.core.data.image_folder import FolderScan
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.source_index import SourceChanges, changed_classes
+from dedup_assets.core.data.splits import is_training_key
 from dedup_assets.core.decision.leakage import (
     clean_copies_behind,
     clean_copy_leakage,
@@ -173,11 +174,13 @@ def partition_requests(changes: SourceChanges) -> list:
 
 
 def new_files_share(layout: OutputLayout, scan: FolderScan) -> float:
-    """Share of the source's image files the model was not trained on (by path)."""
-    if not layout.trained_images.exists() or not scan.files:
+    """Share of the training split's image files (every file of an unsplit source) the
+    model was not trained on (by path): evaluation images are never trained on."""
+    files = [f for f in scan.files if is_training_key(f.class_key)]
+    if not layout.trained_images.exists() or not files:
         return 1.0
     trained = set(pl.read_parquet(layout.trained_images, columns=["raw_path"])["raw_path"])
-    return sum(f.raw_path not in trained for f in scan.files) / len(scan.files)
+    return sum(f.raw_path not in trained for f in files) / len(files)
 
 
 # Runs not yet ended: while any is, what follows from them waits (Dagster's own list).

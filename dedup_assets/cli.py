@@ -1,6 +1,6 @@
 """`dedup`: the pipeline as one command, for the demo dataset or any ImageFolder.
 
-dedup demo                      # built-in demo dataset -> ./dedup_output
+dedup demo [--splits]           # built-in demo dataset (--splits: train/test, with leaks)
 dedup run --source DIR --output DIR [--thresholds 0.93,0.95,0.97,1%] [--epochs N] [--device auto]
 dedup plant --source DIR --dest DIR [--fraction 0.05]   # planted near-duplicates + ground truth
 dedup ui --output DIR           # dagster dev on the same instance and data
@@ -62,14 +62,23 @@ class _Parser(argparse.ArgumentParser):
 
 # The option of a setting is its field's name (`--kurtosis-tolerance`), except these.
 RENAMED = {"similarity_space": "--space", "keep_policy": "--policy", "n_components": "--components"}
-NOT_OPTIONS = frozenset({"bin_rule", "block_size", "ann_nprobe"})
-"""Tuning settings with no option, as before: `dedup run` uses their defaults, `dagster dev`
-what `pipeline.json` says."""
-RUN_ONLY = frozenset({"source", "ground_truth"})  # `dedup demo` makes its own source
+NOT_OPTIONS = frozenset({"bin_rule", "block_size", "ann_nprobe", "demo_splits"})
+"""Settings with no option of their own: tuning settings, as before (`dedup run` uses their
+defaults, `dagster dev` what `pipeline.json` says), and `demo_splits`, which `dedup demo
+--splits` (DEMO_SPLITS) sets."""
+RUN_ONLY = frozenset({"source", "ground_truth", "splits"})  # `dedup demo` makes its own source
+DEMO_SPLITS = (
+    "--splits",
+    "run on the demo's split variant instead: <output>/demo_dataset_splits, train/ and test/ "
+    "with training copies of a few test images planted (leaks.csv lists them)",
+)
+"""`dedup demo --splits`: a flag (the split layout is the demo's own); `dedup run --splits
+NAMES` names a source's split folders."""
 
 RUN_ABOUT = (
     "Find and remove duplicate and near-duplicate images in an ImageFolder dataset "
-    "(<source>/<class>/<image>), only reading it: train a convolutional autoencoder on the "
+    "(<source>/<class>/<image>, or <source>/<split>/<class>/<image> with split folders "
+    "train, val, test), only reading it: train a convolutional autoencoder on the "
     "images, compare their latent vectors within each class, and write under --output, for "
     "each threshold, a keep list, a cleaned copy of the dataset and a report, and a review "
     "page (review/index.html) where a removal can be corrected (overrides.csv). The last "
@@ -80,7 +89,8 @@ DEMO_ABOUT = (
     "Run everything, as `dedup run` does, on the built-in demo dataset: six classes of "
     "synthetic aerial-like images with planted near-duplicates, made in <output>/demo_dataset "
     "on first use and never regenerated, so you can add images to a class folder there and "
-    "run again."
+    "run again. With --splits, its split variant: train/ and test/ folders of the same "
+    "classes, with training copies of a few test images (leaks.csv)."
 )
 EXIT_STATUSES = """exit status:
   0    done: every stage ran and no blocking gate held back a clean copy
@@ -187,6 +197,9 @@ PATH_OPTIONS = ("--source", "--output", "--ground-truth", "--overrides")
 def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
     for option in config_options(command):
         option.add_to(p, required=option.name == "source")
+    if command == "demo":
+        flag, text = DEMO_SPLITS
+        p.add_argument(flag, dest="demo_splits", action="store_true", help=text)
     for flag, text in RUN_FLAGS.items():
         p.add_argument(flag, action="store_true", help=text)
 
@@ -246,6 +259,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         value = getattr(args, option.name, None)
         if value is not None:
             (values.setdefault(option.group, {}) if option.group else values)[option.name] = value
+    if getattr(args, "demo_splits", False):
+        values["demo_splits"] = True
     try:
         return PipelineConfig.build(**values)
     except ConfigError as exc:
@@ -355,7 +370,9 @@ def _probe(argv: list[str]) -> _Probe | None:
         source = resolved(given["--source"])
         header = f"latent-dedup: {source} -> {output}"
     else:
-        source = OutputLayout(output).demo_dataset
+        demo = OutputLayout(output)
+        split = any(len(name) > 2 and DEMO_SPLITS[0].startswith(name) for name in given)
+        source = demo.demo_dataset_splits if split else demo.demo_dataset
         if not source.is_dir():
             return None
         header = f"latent-dedup: demo dataset {source} -> {output}"
@@ -536,7 +553,7 @@ def _demo_lines(config) -> list[str]:
         return []
     from dedup_assets.core.quality.demo_data import demo_state
 
-    again = f"dedup demo --output {shlex.quote(config.output)}"
+    again = f"dedup demo {'--splits ' if config.demo_splits else ''}--output {shlex.quote(config.output)}"
     return [
         f"demo source: {config.demo_source} ({demo_state(config.demo_source)})",
         "  it is yours and never regenerated: add images to a class folder there and run "

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dedup_assets.core.data.artifacts import CurrentInputs
 from dedup_assets.core.data.image_folder import DEFAULT_MAX_FILE_BYTES
 from dedup_assets.core.data.layout import DEFAULT_OUTPUT, OutputLayout
+from dedup_assets.core.data.splits import SplitLayoutError, detect_splits, parse_split_names
 from dedup_assets.core.data.thresholds import parse_key
 from dedup_assets.core.decision.overrides import (
     Overrides,
@@ -54,6 +55,8 @@ SAVED_FIELDS = (
     "include_hidden",
     "schedule",
     "overrides",
+    "splits",
+    "demo_splits",
     "method",
 )
 DEFAULT_SCHEDULE = "0 2 * * *"  # nightly at 02:00
@@ -74,6 +77,7 @@ ENVIRONMENT = {
     "DEDUP_DASK_ADDRESS": "dask_address",
     "DEDUP_PARALLEL": "parallel",
     "DEDUP_OVERRIDES": "overrides",
+    "DEDUP_SPLITS": "splits",
 }
 
 
@@ -177,6 +181,11 @@ class PipelineConfig(BaseModel):
         "valid, validation or test are splits, any other layout is <class>/<image>; none: the "
         "top folders are classes whatever their names",
     )
+    demo_splits: bool = Field(
+        default=False,
+        description="the demo's split variant (dedup demo --splits): <output>/demo_dataset_splits, "
+        "train/ and test/ with planted leaks (leaks.csv), instead of the plain demo",
+    )
     method: DedupSettings = Field(default_factory=DedupSettings)
     # Where steps run (`dedup_assets.engines`): the machine's, never saved, like device.
     executor: Executor = Field(
@@ -202,6 +211,15 @@ class PipelineConfig(BaseModel):
     @classmethod
     def _thresholds(cls, value: Any) -> tuple[str, ...]:
         return parse_thresholds(value)
+
+    @field_validator("splits")
+    @classmethod
+    def _splits(cls, value: str) -> str:
+        try:
+            parse_split_names(value)
+        except SplitLayoutError as exc:
+            raise ValueError(str(exc)) from None
+        return value.strip()
 
     @field_validator("schedule")
     @classmethod
@@ -239,6 +257,12 @@ class PipelineConfig(BaseModel):
                     f"source {src} is inside the output {out}: the pipeline replaces folders "
                     "under its output and could delete source images; choose another output"
                 )
+            try:  # checked before anything is written: a layout it refuses stops here
+                detect_splits(src, self.splits, include_hidden=self.include_hidden)
+            except SplitLayoutError as exc:
+                raise ValueError(str(exc)) from None
+            if self.demo_splits:
+                raise ValueError("the demo's split variant is the demo's source: no --source")
         if self.executor == Executor.dask and not self.dask_address:
             raise ValueError(
                 "executor dask needs the scheduler's address (--dask-address tcp://host:8786)"
@@ -293,21 +317,27 @@ class PipelineConfig(BaseModel):
     def demo_source(self) -> Path | None:
         """The demo dataset's folder when no source is given (made on first use, then the
         user's: never regenerated), else None."""
-        return None if self.source else OutputLayout(Path(self.output)).demo_dataset
+        if self.source:
+            return None
+        layout = OutputLayout(Path(self.output))
+        return layout.demo_dataset_splits if self.demo_splits else layout.demo_dataset
 
     def resources(self) -> dict[str, Any]:
         """The Dagster resources of this configuration."""
         from resources import ComputeDevice, DedupStorage, ImageSource
 
-        layout_root = Path(self.output)
+        layout = OutputLayout(Path(self.output))
+        demo = layout.demo_dataset_splits if self.demo_splits else layout.demo_dataset
         return {
             "image_source": ImageSource(
                 root=self.source,
                 ground_truth=self.ground_truth,
-                demo_dir=str(OutputLayout(layout_root).demo_dataset),
+                demo_dir=str(demo),
                 max_file_bytes=self.max_file_bytes,
                 include_hidden=self.include_hidden,
                 verify=self.verify,
+                splits=self.splits,
+                demo_splits=self.demo_splits,
             ),
             "storage": DedupStorage(base_dir=self.output, overrides=self.overrides),
             "compute": ComputeDevice(device=self.device, precision=self.precision),
@@ -325,7 +355,7 @@ def load_overrides(config: PipelineConfig) -> Overrides | None:
         path = overrides_path(Path(config.output), config.overrides)
         if path is None:
             return None
-        root = Path(config.source or OutputLayout(Path(config.output)).demo_dataset)
+        root = Path(config.source or config.demo_source)
         return read_overrides(path, root)
     except OverridesError as exc:
         raise ConfigError(str(exc)) from None

@@ -10,13 +10,15 @@ from pydantic import Field
 from dedup_assets.core.data.image_folder import DEFAULT_MAX_FILE_BYTES, FolderScan
 from dedup_assets.core.data.layout import DEFAULT_OUTPUT, OutputLayout
 from dedup_assets.core.data.source_index import ClassListing, list_source, verify_listings
+from dedup_assets.core.data.splits import SplitLayout, detect_splits
 from dedup_assets.core.quality.demo_data import ensure_demo_dataset
 
 GROUND_TRUTH_NAME = "ground_truth.csv"
 
 
 class ImageSource(dg.ConfigurableResource):
-    """An ImageFolder (`<root>/<class>/<image>`), read only; never modified.
+    """An ImageFolder (`<root>/<class>/<image>`, or `<root>/<split>/<class>/<image>`), read
+    only; never modified.
 
     root: the dataset folder; empty means the built-in demo dataset, generated
     deterministically from `demo_seed` into `demo_dir` on first use and from then on the
@@ -28,6 +30,9 @@ class ImageSource(dg.ConfigurableResource):
     rewritten in place with the same size and modification time is noticed (`--verify`).
     include_hidden: read hidden entries (names starting with `.`) like any other; by
     default they are skipped and listed in the quarantine.
+    splits: how the top folders are read (`core.data.splits.detect_splits`): "auto" (split
+    folders recognised by name), "none", or the split folders' names, comma-separated.
+    demo_splits: the demo's split variant (train/test with planted leaks) in `demo_dir`.
     """
 
     root: str = ""
@@ -37,6 +42,8 @@ class ImageSource(dg.ConfigurableResource):
     max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)
     include_hidden: bool = False
     verify: bool = False
+    splits: str = "auto"
+    demo_splits: bool = False
 
     @property
     def is_demo(self) -> bool:
@@ -48,7 +55,13 @@ class ImageSource(dg.ConfigurableResource):
             if not root.is_dir():
                 raise FileNotFoundError(f"image source {root} does not exist or is not a folder")
             return root
-        return ensure_demo_dataset(Path(self.demo_dir), seed=self.demo_seed)
+        return ensure_demo_dataset(
+            Path(self.demo_dir), seed=self.demo_seed, splits=self.demo_splits
+        )
+
+    def split_layout(self) -> SplitLayout:
+        """How the source is split (raises `SplitLayoutError` for a layout it refuses)."""
+        return detect_splits(self.resolve_root(), self.splits, include_hidden=self.include_hidden)
 
     def list_source(
         self, against: OutputLayout | None = None
@@ -57,7 +70,7 @@ class ImageSource(dg.ConfigurableResource):
         the catalog, `dedup run`, the sensor and the schedule list it); with `verify` and
         `against` (the output), content-checked against its catalogs (`verify_listings`)."""
         root = self.resolve_root()
-        scan, listings = list_source(root, include_hidden=self.include_hidden)
+        scan, listings = list_source(root, include_hidden=self.include_hidden, splits=self.splits)
         if self.verify and against is not None:
             listings = verify_listings(root, listings, against, self.max_file_bytes)
         return scan, listings

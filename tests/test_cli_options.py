@@ -52,6 +52,8 @@ SAMPLES = {
     "overrides": "{tmp}/overrides.csv",
     "splits": "train,test",
 }
+# The source's folders a value needs (PipelineConfig checks the layout): else one class.
+FOLDERS = {"splits": ("train/cats", "test/cats")}
 # Settings that are only valid together with another (PipelineConfig's cross-checks).
 NEEDS = {
     "--parallel": {"executor": "processes"},
@@ -112,7 +114,8 @@ def test_every_option_given_another_value_reaches_the_config(tmp_path: Path, nam
     option = OPTIONS[name]
     assert value is not None, f"add a valid value of {option.flag} to SAMPLES"
     for folder in ("src", "other_src"):
-        (tmp_path / folder / "cats").mkdir(parents=True)
+        for sub in FOLDERS.get(name, ("cats",)):
+            (tmp_path / folder / sub).mkdir(parents=True)
     (tmp_path / "truth.csv").write_text("class,original,copy\n")
     (tmp_path / "overrides.csv").write_text("path,decision,other\n")
     base = {"source": str(tmp_path / "src"), "output": str(tmp_path / "out")}
@@ -153,6 +156,25 @@ def test_demo_builds_the_demo_config(tmp_path: Path):
     config = config_from_args(args)
     assert config.source == "" and config.demo_source == tmp_path / "o" / "demo_dataset"
     assert config.method.similarity_space == "raw" and config.method.keep_policy == "density"
+    assert not config.demo_splits and config.resources()["image_source"].demo_splits is False
+
+
+def test_demo_splits_is_a_flag_of_demo_and_run_splits_names_folders(tmp_path: Path):
+    """`dedup demo --splits` takes no value and picks the demo's split variant; `dedup run
+    --splits NAMES` keeps its value (the split folders)."""
+    args = build_parser().parse_args(["demo", "--output", str(tmp_path / "o"), "--splits"])
+    config = config_from_args(args)
+    assert config.demo_splits and config.splits == "auto"
+    assert config.demo_source == tmp_path / "o" / "demo_dataset_splits"
+    source = config.resources()["image_source"]
+    assert source.demo_splits and source.demo_dir == str(config.demo_source)
+    (tmp_path / "src" / "train" / "cats").mkdir(parents=True)
+    (tmp_path / "src" / "holdout" / "cats").mkdir(parents=True)
+    run = ["run", "--source", str(tmp_path / "src"), "--output", str(tmp_path / "o2")]
+    config = config_from_args(build_parser().parse_args([*run, "--splits", "train,holdout"]))
+    assert config.splits == "train,holdout" and not config.demo_splits
+    with pytest.raises(SystemExit):  # a value is required
+        build_parser().parse_args([*run, "--splits"])
 
 
 @pytest.mark.parametrize("command", ["run", "demo"])

@@ -23,6 +23,7 @@ def _keep() -> pl.DataFrame:
     names = ("image_id", "class", "path", "kept", "duplicate_of", "similarity", "match")
     keep = pl.DataFrame([r[:7] for r in rows], schema=list(names), orient="row")
     return keep.with_columns(
+        pl.lit("all").alias("split"),
         pl.lit("raw").alias("space"),
         pl.lit("exact").alias("join"),
         pl.lit(0.95).alias("cosine"),

@@ -14,6 +14,7 @@ from dedup_assets.core.decision.integrity import keep_list_problems, latent_prob
 T = 0.9
 SCHEMA = {
     "image_id": pl.String,
+    "split": pl.String,
     "class": pl.String,
     "path": pl.String,
     "kept": pl.Boolean,
@@ -45,6 +46,7 @@ def _keep(rows=ROWS) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "image_id": [r[0] for r in rows],
+            "split": ["all"] * len(rows),
             "class": [r[1] for r in rows],
             "path": [f"{r[1]}/{r[0]}.png" for r in rows],
             "kept": [r[2] for r in rows],
@@ -248,6 +250,7 @@ def _decided_keep_list(seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
             pl.DataFrame(
                 {
                     "image_id": ids.tolist(),
+                    "split": ["all"] * 60,
                     "class": [name] * 60,
                     "path": [f"{name}/{i}.png" for i in ids],
                     "kept": d.kept.tolist(),

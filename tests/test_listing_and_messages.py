@@ -90,7 +90,11 @@ def test_8_bit_greyscale_and_palette_keep_their_values(mode):
 
 
 def test_own_root_files_are_the_names_the_project_writes():
-    assert set(OWN_ROOT_FILES) == {planting.GROUND_TRUTH_FILENAME, demo_data.MANIFEST_FILENAME}
+    assert set(OWN_ROOT_FILES) == {
+        planting.GROUND_TRUTH_FILENAME,
+        demo_data.MANIFEST_FILENAME,
+        demo_data.LEAKS_FILENAME,
+    }
     assert {reason_kind(r) for r in OWN_ROOT_FILES.values()} == {"ground truth or manifest"}
     assert reason_kind(HIDDEN_FILE) == reason_kind(HIDDEN_FOLDER) == "hidden"
     assert reason_kind("larger than the limit of 9 bytes (max_file_bytes)") == "too large"

@@ -311,6 +311,7 @@ def _table(d, hashes: np.ndarray) -> tuple[pl.DataFrame, pl.DataFrame]:
     keep = pl.DataFrame(
         {
             "image_id": ids.tolist(),
+            "split": ["all"] * n,
             "class": ["c"] * n,
             "path": [f"c/{i}.png" for i in ids],
             "kept": d.kept.tolist(),

@@ -1,5 +1,6 @@
-"""Asset: the paper's Table 1 autoencoder, trained on every catalogued image, and kept
-until a retraining rule fires (`core.model.retraining`)."""
+"""Asset: the paper's Table 1 autoencoder, trained on every catalogued image of the training
+split (every image of a source without split folders: evaluation images never shape the
+space), and kept until a retraining rule fires (`core.model.retraining`)."""
 
 import json
 
@@ -9,11 +10,11 @@ import polars as pl
 
 from dedup_assets.assets.catalog import class_images
 from dedup_assets.core.data.artifacts import (
-    catalog_class_keys,
     catalog_images,
     file_digest,
     gather_pixels,
     read_catalog,
+    training_class_keys,
 )
 from dedup_assets.core.data.atomic_io import atomic_path, write_json, write_parquet
 from dedup_assets.core.data.layout import OutputLayout
@@ -51,7 +52,8 @@ def retraining_decision(
     *,
     forced: bool,
 ) -> RetrainDecision:
-    """Should the model be trained again for these catalogued images? (see core.model.retraining)"""
+    """Should the model be trained again for these catalogued images (the training
+    split's)? (see core.model.retraining)"""
     model = None
     device = compute.torch_device()  # an unavailable device fails here, not as a bad model
     if layout.model.exists():
@@ -105,7 +107,8 @@ def retraining_decision(
     deps=[dg.AssetDep(class_images, partition_mapping=dg.AllPartitionMapping())],
     output_required=False,
     description="Convolutional autoencoder of the paper's Table 1 (1,956,739 parameters), "
-    "trained with MSE + Adam on inputs scaled to [-1, 1]; stored as a state dict. A run "
+    "trained with MSE + Adam on inputs scaled to [-1, 1] on the training split's images (all "
+    "images without split folders); stored as a state dict. A run "
     "keeps the stored model (an observation says why) unless a retraining rule fires: no "
     "model, a share of new images, or new images it reconstructs badly.",
 )
@@ -116,9 +119,12 @@ def autoencoder(
     settings: DedupSettings,
 ):
     layout = storage.layout()
-    images = catalog_images(read_catalog(layout, catalog_class_keys(layout)))
+    images = catalog_images(read_catalog(layout, training_class_keys(layout)))
     if images.height == 0:
-        raise ValueError("no decoded image to train on: materialize class_images first")
+        raise ValueError(
+            "no decoded image of the training split to train on: materialize class_images "
+            "first (a source with split folders needs images in train/<class>/)"
+        )
     forced = context.run.tags.get(RETRAIN_TAG) == "1" or context.run.tags.get(FULL_TAG) == "1"
     decision = retraining_decision(layout, images, settings, compute, forced=forced)
     context.log.info(("retraining: " if decision.retrain else "") + decision.reason)

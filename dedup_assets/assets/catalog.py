@@ -27,15 +27,15 @@ from dedup_assets.core.data.class_catalog import (
     skipped_table,
     update_class_catalog,
 )
-from dedup_assets.core.data.image_folder import FolderScan, find_class_folder, scan_class_folder
+from dedup_assets.core.data.image_folder import FolderScan
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.source_index import (
     changed_classes,
     class_listings,
     index_table,
-    list_source,
     rewritten_files,
 )
+from dedup_assets.core.data.splits import SplitLayout, scan_class
 from dedup_assets.names import FULL_TAG
 from dedup_assets.partitions import class_partitions
 from dedup_assets.ui import md_table
@@ -72,9 +72,11 @@ def remove_class_outputs(layout: OutputLayout, key: str) -> None:
 @dg.asset(
     group_name="ingest",
     kinds={"python", "parquet"},
-    description="The index of the source: every class folder (partition key, name, file "
-    "count, listing digest of paths, sizes and modification times) and every entry of the "
-    "root that is not a class folder; registers the class partitions. Reads no file.",
+    description="The index of the source: every class folder of every split (partition key "
+    "<split>.<class> for <source>/<split>/<class>/, <class> without split folders; split, "
+    "name, file count, listing digest of paths, sizes and modification times) and every entry "
+    "of the root that is not a class (or split) folder; registers the class partitions. Reads "
+    "no file.",
 )
 def image_catalog(
     context: dg.AssetExecutionContext, image_source: ImageSource, storage: DedupStorage
@@ -83,9 +85,14 @@ def image_catalog(
     layout.claim()
     root = image_source.resolve_root()
     start = time.perf_counter()
-    scan, listings = list_source(root, include_hidden=image_source.include_hidden)
+    scan, listings = image_source.list_source()
     if not listings:
-        raise ValueError(f"no class folder under {root}: expected <root>/<class>/<image> files")
+        raise ValueError(
+            f"no class folder under {root}: expected <root>/<class>/<image> or "
+            "<root>/<split>/<class>/<image> files"
+        )
+    for note in scan.notes:  # an empty split, a class in some splits only
+        context.log.info(f"splits: {note}")
     changes = changed_classes({k: v.digest for k, v in listings.items()}, recorded_listings(layout))
     write_parquet(index_table(listings), layout.index)
     root_scan = FolderScan([], [s for s in scan.skipped if s.class_name is None])
@@ -109,6 +116,8 @@ def image_catalog(
         metadata={
             "source": dg.MetadataValue.path(str(root)),
             "classes": len(listings),
+            "splits": sorted({v.split for v in listings.values()}),
+            "split_notes": "; ".join(scan.notes) or "none",
             "image_files": len(scan.files),
             "root_entries_skipped": len(root_scan.skipped),
             "changes": changes.describe(),
@@ -116,8 +125,8 @@ def image_catalog(
             "scan_seconds": round(seconds, 3),
             "per_class": dg.MetadataValue.md(
                 md_table(
-                    ["class", "partition key", "files", "listing digest"],
-                    [(v.name, v.key, v.files, v.digest) for v in listings.values()],
+                    ["split", "class", "partition key", "files", "listing digest"],
+                    [(v.split, v.name, v.key, v.files, v.digest) for v in listings.values()],
                 )
             ),
             "quarantine": dg.MetadataValue.md(
@@ -146,10 +155,11 @@ def class_images(
     layout = storage.layout()
     layout.claim()
     root = image_source.resolve_root()
+    splits = image_source.split_layout()
     full = context.run.tags.get(FULL_TAG) == "1"
 
     def one(key: str, log: Callable[[str], None]) -> ClassOutcome:
-        return _decode_class(context, log, layout, root, key, image_source, full=full)
+        return _decode_class(context, log, layout, root, splits, key, image_source, full=full)
 
     try:
         yield from materialize_classes(context, "class_images", one)
@@ -162,18 +172,17 @@ def _decode_class(
     log: Callable[[str], None],
     layout: OutputLayout,
     root: Path,
+    splits: SplitLayout,
     key: str,
     image_source: ImageSource,
     *,
     full: bool,
 ) -> ClassOutcome:
-    """One class folder listed again and its new or changed files decoded."""
+    """One class folder (of one split) listed again and its new or changed files decoded."""
     start = time.perf_counter()
-    hidden = image_source.include_hidden
-    raw_name = find_class_folder(root, key, include_hidden=hidden)
-    if raw_name is None:
+    scan = scan_class(root, splits, key, include_hidden=image_source.include_hidden)
+    if scan is None:
         raise FileNotFoundError(f"no class folder with key {key!r} under {root}")
-    scan = scan_class_folder(root, raw_name, include_hidden=hidden)
     listing = class_listings(scan)[key]
     previous = previous_pixels = None
     recorded = class_summary(layout, key) or {}
@@ -197,6 +206,7 @@ def _decode_class(
     )
     summary = {
         "class": listing.name,
+        "split": listing.split,
         "images": catalog.images,
         "quarantined": int((catalog.table["status"] != "ok").sum()),
         "digest": catalog.digest(),

@@ -123,7 +123,8 @@ def build_keep_list_asset(
             )
         ],
         description="The keep list for one threshold over all classes, as parquet and CSV "
-        "(`keep_lists/<T>.parquet`): image_id, class, path, kept, duplicate_of, "
+        "(`keep_lists/<T>.parquet`): image_id, split (the implicit split's name, all, for a "
+        "source without split folders), class, path, kept, duplicate_of, "
         "similarity, match (exact, near or override), space, join, cosine, calibrated_on, "
         "decided_at, decided_in, decided_by (exact, model or override), and "
         "duplicate_of_path: the path, relative to the source, of the kept image a removed "
@@ -143,7 +144,7 @@ def build_keep_list_asset(
             "class_keep_lists",
         )
         keep = with_duplicate_paths(
-            read_class_keep_lists(layout, threshold, class_keys).sort("class", "path")
+            read_class_keep_lists(layout, threshold, class_keys).sort("split", "class", "path")
         )
         provenance = current.keep_list(threshold)
         write_table(keep, layout.keep_list(threshold, "parquet"), provenance)

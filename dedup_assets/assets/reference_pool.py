@@ -8,11 +8,11 @@ from dedup_assets.assets.autoencoder import autoencoder
 from dedup_assets.assets.catalog import class_images
 from dedup_assets.core.data.artifacts import (
     CurrentInputs,
-    catalog_class_keys,
     catalog_images,
     is_current,
     open_pixels,
     read_catalog,
+    training_class_keys,
 )
 from dedup_assets.core.decision.reference_pool import (
     build_reference_pool,
@@ -29,7 +29,8 @@ from resources import ComputeDevice, DedupSettings, DedupStorage
     kinds={"numpy"},
     deps=[autoencoder, dg.AssetDep(class_images, partition_mapping=dg.AllPartitionMapping())],
     output_required=False,
-    description="A seeded sample of up to 4,096 images across the classes (latents, DCT "
+    description="A seeded sample of up to 4,096 images across the training split's classes "
+    "(every class without split folders; latents, DCT "
     "descriptors, pHash bits): real unrelated images every class's false-removal budget is "
     "also read against, and the only ones for a class too small to read it on its own "
     "(n + 1 < 1/b). Drawn for each trained model and kept with it, so new images change no "
@@ -54,7 +55,7 @@ def reference_pool(
             )
         )
         return
-    keys = catalog_class_keys(layout)
+    keys = training_class_keys(layout)  # evaluation images never shape a budget
     catalog = catalog_images(read_catalog(layout, keys))
     hashes = [
         catalog.filter(catalog["class_key"] == k)["pixel_hash"].to_numpy().astype(str) for k in keys

@@ -11,8 +11,10 @@ import polars as pl
 
 from dedup_assets.core.data.artifacts import (
     CurrentInputs,
+    class_labels,
     digest,
     is_current,
+    labelled_by_partition,
     read_classes,
     read_keep_list,
     read_latent_ids,
@@ -133,8 +135,8 @@ def build_report_assets(
         provenance = current.keep_list(threshold)
         current.require_keep_list(layout, threshold)
         classes = read_classes(layout)
-        names = dict(zip(classes["class_key"], classes["class"], strict=True))
-        keep = read_keep_list(layout.keep_list(threshold))
+        names = class_labels(layout)  # one per class partition: a split's classes apart
+        keep = labelled_by_partition(read_keep_list(layout.keep_list(threshold)))
         components = {}
         for key in class_keys:
             with np.load(layout.spline_fit(key)) as fit:
@@ -148,7 +150,7 @@ def build_report_assets(
             bin_rule=settings.bin_rule,
             tolerance=settings.kurtosis_tolerance,
             method=settings.label(),
-            empty_classes=classes.filter(pl.col("images") == 0)["class"].to_list(),
+            empty_classes=[names[k] for k in classes.filter(pl.col("images") == 0)["class_key"]],
             components=components,
             refit=refit,
         )

@@ -23,10 +23,12 @@ import polars as pl
 from dedup_assets.core.data.atomic_io import PROVENANCE_KEY, atomic_path
 from dedup_assets.core.data.class_catalog import CATALOG_SCHEMA
 from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.splits import IMPLICIT, class_label, is_training_key, key_split
 from dedup_assets.core.data.thresholds import budget_of
 
 KEEP_LIST_COLUMNS = (
     "image_id",
+    "split",
     "class",
     "path",
     "kept",
@@ -455,14 +457,15 @@ def catalogued_keys(layout: OutputLayout) -> list[str]:
 
 
 def read_classes(layout: OutputLayout) -> pl.DataFrame:
-    """One row per catalogued class: key, name, images, quarantined, content digest and
-    the listing digest of the folder it was built from."""
+    """One row per catalogued class (of each split): key, split, name, images, quarantined,
+    content digest and the listing digest of the folder it was built from."""
     rows = []
     for key in catalogued_keys(layout):
         summary = class_summary(layout, key) or {}
         rows.append(
             {
                 "class_key": key,
+                "split": key_split(key)[0],
                 "class": summary.get("class", key),
                 "images": summary.get("images", 0),
                 "quarantined": summary.get("quarantined", 0),
@@ -472,6 +475,7 @@ def read_classes(layout: OutputLayout) -> pl.DataFrame:
         )
     schema = {
         "class_key": pl.String,
+        "split": pl.String,
         "class": pl.String,
         "images": pl.Int64,
         "quarantined": pl.Int64,
@@ -499,6 +503,29 @@ def class_names(layout: OutputLayout) -> dict[str, str]:
     return dict(zip(classes["class_key"].to_list(), classes["class"].to_list(), strict=True))
 
 
+def class_labels(layout: OutputLayout) -> dict[str, str]:
+    """Partition key -> the class's label where every split's classes are listed together:
+    its folder name, `<split>/<class>` for a split's class (`splits.class_label`)."""
+    classes = read_classes(layout)
+    return {
+        key: class_label(split, name)
+        for key, split, name in classes.select("class_key", "split", "class").iter_rows()
+    }
+
+
+def labelled_by_partition(table: pl.DataFrame) -> pl.DataFrame:
+    """A table with `split` and `class` columns (a keep list) whose `class` is each row's
+    class label (`class_labels`), for what groups rows by class partition."""
+    if "split" not in table.columns:
+        return table
+    label = (
+        pl.when(pl.col("split") == IMPLICIT)
+        .then(pl.col("class"))
+        .otherwise(pl.concat_str("split", pl.lit("/"), "class"))
+    )
+    return table.with_columns(label.alias("class"))
+
+
 def class_name(layout: OutputLayout, key: str) -> str:
     """One class's folder name (its own catalog's record; the key when it has none): what a
     per-class step reads, where `class_names` would read every class's catalog."""
@@ -506,8 +533,13 @@ def class_name(layout: OutputLayout, key: str) -> str:
 
 
 def read_class_images(layout: OutputLayout, key: str) -> pl.DataFrame:
-    """One class's catalog: every file of the class, decoded or quarantined."""
-    return pl.read_parquet(_require(layout.class_images(key), f"catalog of class {key}"))
+    """One class's catalog: every file of the class, decoded or quarantined (one written
+    before catalogs carried the split gets its split, read from the key)."""
+    table = pl.read_parquet(_require(layout.class_images(key), f"catalog of class {key}"))
+    if "split" not in table.columns:
+        table = table.with_columns(pl.lit(key_split(key)[0], pl.String).alias("split"))
+        table = table.select([c for c in CATALOG_SCHEMA if c in table.columns])
+    return table
 
 
 def read_catalog(layout: OutputLayout, keys: list[str] | None = None) -> pl.DataFrame:
@@ -534,6 +566,13 @@ def catalog_images(catalog: pl.DataFrame, class_key: str | None = None) -> pl.Da
 def catalog_class_keys(layout: OutputLayout) -> list[str]:
     """Partition keys of the classes that have decoded images, sorted."""
     return sorted(class_digests(layout))
+
+
+def training_class_keys(layout: OutputLayout) -> list[str]:
+    """Partition keys of the training split's classes that have decoded images, sorted:
+    what the model and the reference pool are made from, so evaluation images (val, test)
+    never shape the space (every class of an unsplit source)."""
+    return [k for k in catalog_class_keys(layout) if is_training_key(k)]
 
 
 def open_pixels(layout: OutputLayout, key: str) -> np.ndarray:
@@ -599,9 +638,12 @@ def read_latent_ids(path: Path) -> pl.DataFrame:
 def read_keep_list(path: Path) -> pl.DataFrame:
     """A keep list in today's columns: one written before a column existed gets it
     (`calibrated_on` empty, 2026-12-03: a cosine key's decisions are still current without
-    it; `decided_by` from `match`, 2026-12: no override existed before it)."""
+    it; `decided_by` from `match`, 2026-12: no override existed before it; `split`, the
+    implicit split's name: splits came after, and a split source's keys are new ones)."""
     keep = pl.read_parquet(_require(path, "keep list"))
     added = []
+    if "split" not in keep.columns and "class" in keep.columns:
+        added.append(pl.lit(IMPLICIT, pl.String).alias("split"))
     if "calibrated_on" not in keep.columns and "cosine" in keep.columns:
         added.append(pl.lit(None, pl.String).alias("calibrated_on"))
     if "decided_by" not in keep.columns and "match" in keep.columns:
@@ -616,8 +658,9 @@ def read_keep_list(path: Path) -> pl.DataFrame:
 
 
 def read_scores(layout: OutputLayout, class_keys: list[str]) -> pl.DataFrame:
-    """Per-image leading component scores and log-density of the given classes, with class."""
-    names = class_names(layout)
+    """Per-image leading component scores and log-density of the given classes, with each
+    class's label (`class_labels`: one per class partition, a split's classes apart)."""
+    names = class_labels(layout)
     frames = [
         pl.read_parquet(_require(layout.spline_scores(k), "spline fit scores")).with_columns(
             pl.lit(names[k]).alias("class")

@@ -9,7 +9,9 @@ its table is never trusted). Only new or changed files are read, hashed and deco
 Image ids are unique within the whole dataset and stable: a digest of the class key and
 the file's content hash (byte-identical files of a class get -2, -3... in path order), so
 an image keeps its id when renamed or re-scanned, and the same picture filed under two
-classes gets two ids (two labelled examples).
+classes gets two ids (two labelled examples), as does one in two splits (the key holds the
+split: `splits.split_class_key`). Each row carries its split (`split`; `splits.IMPLICIT`
+for an unsplit source) and its class folder's name (`class`, without the split).
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from dedup_assets.core.data.image_folder import (
     reason_kind,
     unique_ids,
 )
+from dedup_assets.core.data.splits import key_split
 
 CATALOG_SCHEMA = {
     "image_id": pl.String,
+    "split": pl.String,
     "class": pl.String,
     "class_key": pl.String,
     "path": pl.String,
@@ -190,6 +194,7 @@ def update_class_catalog(
     paths = [f.rel_path for f in files]
     table = merged.with_columns(
         pl.Series("image_id", _image_ids(key, merged["content_hash"].to_list(), paths)),
+        pl.lit(key_split(key)[0], pl.String).alias("split"),
         pl.lit(name, pl.String).alias("class"),
         pl.lit(key, pl.String).alias("class_key"),
         pl.Series("path", paths, dtype=pl.String),

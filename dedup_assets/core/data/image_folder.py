@@ -36,10 +36,13 @@ from dedup_assets.core.data.pools import cancelling
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 _IMAGE_EXTENSIONS_B = frozenset(os.fsencode(e) for e in IMAGE_EXTENSIONS)
 # Files in the root that belong to the dataset but are not images: listed with this reason.
-# (planting.GROUND_TRUTH_FILENAME and demo_data.MANIFEST_FILENAME; a test keeps them equal.)
+# (planting.GROUND_TRUTH_FILENAME, demo_data.MANIFEST_FILENAME and demo_data.LEAKS_FILENAME;
+# a test keeps them equal.)
 OWN_ROOT_FILES = {
     "ground_truth.csv": "the dataset's ground truth of known duplicates (read by the "
     "evaluation unless --ground-truth names another file), not an image: skipped",
+    "leaks.csv": "the dataset's ground truth of known leaks (evaluation images with a copy in "
+    "train; the demo's split variant writes one), not an image: skipped",
     ".demo_manifest.json": "latent-dedup's own file (the demo dataset's manifest), not an image: "
     "skipped",
 }
@@ -113,8 +116,10 @@ class SkippedPath:
 
     path: str  # display path below the root, valid UTF-8
     raw_path: bytes
-    class_name: str | None  # None for entries directly in the root
+    class_name: str | None  # None for entries directly in the root (or a split's folder)
     reason: str
+    # The class partition it lies in (None: outside a class); the path says it already.
+    class_key: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,7 @@ class FolderScan:
     skipped: list[SkippedPath]
     classes: dict[str, str] = field(default_factory=dict)
     raw_classes: dict[str, bytes] = field(default_factory=dict)  # key -> folder name bytes
+    notes: tuple[str, ...] = ()  # what was accepted but is worth saying (`splits.SplitLayout`)
 
 
 _TYPE_NAMES = (
@@ -148,13 +154,16 @@ def _list_dir(path: bytes) -> list[os.DirEntry[bytes]]:
         return list(it)
 
 
-def _folder_skip(raw_rel: bytes, class_name: str | None, exc: OSError) -> SkippedPath:
+def _folder_skip(
+    raw_rel: bytes, class_name: str | None, exc: OSError, key: str | None = None
+) -> SkippedPath:
     """A folder whose listing failed, reported instead of silently missing its images."""
     return SkippedPath(
         _display(raw_rel),
         raw_rel,
         class_name,
         f"folder could not be read: {exc.strerror or exc}",
+        key,
     )
 
 
@@ -205,6 +214,8 @@ _REASON_KINDS = (
     ("latent-dedup's own file", "ground truth or manifest"),
     ("image directly in the source root", "outside a class folder"),
     ("file directly in the source root", "outside a class folder"),
+    ("image directly in split folder", "outside a class folder"),
+    ("file directly in split folder", "outside a class folder"),
     ("no file extension", "not an image"),
     ("file extension '", "not an image"),
     ("larger than the limit", "too large"),
@@ -219,24 +230,18 @@ def reason_kind(reason: str) -> str:
     return next((kind for start, kind in _REASON_KINDS if reason.startswith(start)), "unreadable")
 
 
-def _hidden_skip(raw_rel: bytes, class_name: str | None, kind: str) -> SkippedPath:
+def _hidden_skip(
+    raw_rel: bytes, class_name: str | None, kind: str, key: str | None = None
+) -> SkippedPath:
     """A hidden entry, listed once (a hidden folder with everything in it)."""
     folder = kind in ("dir", "linkdir")
     return SkippedPath(
-        _display(raw_rel), raw_rel, class_name, HIDDEN_FOLDER if folder else HIDDEN_FILE
+        _display(raw_rel), raw_rel, class_name, HIDDEN_FOLDER if folder else HIDDEN_FILE, key
     )
 
 
-def scan_image_folder(root: StrPath, *, include_hidden: bool = False) -> FolderScan:
-    """Every image file under `<root>/<class>/`, and every other entry with why it is skipped.
-
-    Images in nested folders below a class folder belong to that class. Hidden entries
-    (names starting with `.`) are skipped and listed, a hidden folder as one entry, unless
-    `include_hidden`: then they are read like any other (a hidden folder in the root is a
-    class). OWN_ROOT_FILES in the root are listed with their own reason. A class folder may
-    be a symbolic link to a folder; links to folders below it are not followed (no loops).
-    Only regular files, or links to them, are listed as images.
-    """
+def _open_root(root: StrPath) -> bytes:
+    """The source folder's path bytes, after checking it is a readable folder."""
     root_b = os.fsencode(root)
     shown = _display(root_b)
     try:
@@ -247,91 +252,161 @@ def scan_image_folder(root: StrPath, *, include_hidden: bool = False) -> FolderS
         raise type(exc)(f"image source {shown} could not be read: {exc.strerror or exc}") from exc
     if not stat.S_ISDIR(mode):
         raise NotADirectoryError(f"image source {shown} is not a directory")
-    try:
-        entries = _list_dir(root_b)
-    except OSError as exc:
-        raise type(exc)(f"image source {shown} could not be read: {exc.strerror or exc}") from exc
+    return root_b
 
-    files: list[ImageFile] = []
+
+def _top_entries(
+    root_b: bytes, within: bytes, include_hidden: bool, holds: str
+) -> tuple[list[bytes], list[SkippedPath]]:
+    """The folders directly in `root/within` (names), and every other entry there as
+    skipped with its reason; `holds`: what its folders are ("class" or "split"). The
+    dataset's own files (OWN_ROOT_FILES) are recognised in the source root only."""
+    here = os.path.join(root_b, within) if within else root_b
+    try:
+        entries = _list_dir(here)
+    except OSError as exc:
+        if not within:
+            shown = _display(root_b)
+            raise type(exc)(
+                f"image source {shown} could not be read: {exc.strerror or exc}"
+            ) from exc
+        return [], [_folder_skip(within, None, exc)]
+    where = f"split folder {_display(within)}" if within else "the source root"
+    folders: list[bytes] = []
     skipped: list[SkippedPath] = []
-    classes: dict[str, bytes] = {}
     for entry in entries:
         name = entry.name
+        rel = within + b"/" + name if within else name
         kind, reason = _classify(entry)
-        if kind == "file" and name in _OWN_ROOT_FILES_B:
+        if kind == "file" and not within and name in _OWN_ROOT_FILES_B:
             skipped.append(SkippedPath(_display(name), name, None, _OWN_ROOT_FILES_B[name]))
             continue
         if name.startswith(b".") and not include_hidden:
-            skipped.append(_hidden_skip(name, None, kind))
+            skipped.append(_hidden_skip(rel, None, kind))
             continue
         if kind in ("dir", "linkdir"):
-            classes[class_key(name)] = name
-            _scan_class(root_b, name, files, skipped, include_hidden)
+            folders.append(name)
             continue
         if kind == "file":
-            if _image_extension_problem(name) is None:
-                reason = "image directly in the source root, not in a class folder: skipped"
-            else:
-                reason = "file directly in the source root, not in a class folder: skipped"
-        skipped.append(SkippedPath(_display(name), name, None, str(reason)))
+            what = "image" if _image_extension_problem(name) is None else "file"
+            reason = f"{what} directly in {where}, not in a {holds} folder: skipped"
+        skipped.append(SkippedPath(_display(rel), rel, None, str(reason)))
+    return folders, skipped
+
+
+def scan_image_folder(
+    root: StrPath,
+    *,
+    include_hidden: bool = False,
+    within: bytes = b"",
+    key_of: Callable[[str], str] | None = None,
+) -> FolderScan:
+    """Every image file under `<root>/<class>/`, and every other entry with why it is skipped.
+
+    Images in nested folders below a class folder belong to that class. Hidden entries
+    (names starting with `.`) are skipped and listed, a hidden folder as one entry, unless
+    `include_hidden`: then they are read like any other (a hidden folder in the root is a
+    class). OWN_ROOT_FILES in the root are listed with their own reason. A class folder may
+    be a symbolic link to a folder; links to folders below it are not followed (no loops).
+    Only regular files, or links to them, are listed as images.
+
+    within: a folder below root whose folders are the classes (a split's, `core.data.splits`);
+    every path stays relative to root. key_of: a class key -> its partition key (a split's
+    `split_class_key`; default: the class key itself).
+    """
+    root_b = _open_root(root)
+    folders, skipped = _top_entries(root_b, within, include_hidden, "class")
+    files: list[ImageFile] = []
+    classes: dict[str, bytes] = {}
+    for name in folders:
+        key = class_key(name) if key_of is None else key_of(class_key(name))
+        classes[key] = name
+        rel = within + b"/" + name if within else name
+        _scan_class(root_b, rel, files, skipped, include_hidden, name=_display(name), key=key)
     files.sort(key=lambda f: f.raw_path)
     skipped.sort(key=lambda s: s.raw_path)
     ordered = dict(sorted(classes.items()))
     return FolderScan(files, skipped, {k: _display(raw) for k, raw in ordered.items()}, ordered)
 
 
-def find_class_folder(root: StrPath, key: str, *, include_hidden: bool = False) -> bytes | None:
-    """The exact name of the class folder whose partition key is `key`, or None (a hidden
-    folder is a class only with `include_hidden`)."""
+def root_entries(root: StrPath, *, include_hidden: bool = False) -> list[SkippedPath]:
+    """The entries of a split source's root other than its (split) folders, as skipped:
+    the dataset's own files, hidden entries, files outside a split folder."""
+    return _top_entries(_open_root(root), b"", include_hidden, "split")[1]
+
+
+def find_class_folder(
+    root: StrPath,
+    key: str,
+    *,
+    include_hidden: bool = False,
+    within: bytes = b"",
+    key_of: Callable[[str], str] | None = None,
+) -> bytes | None:
+    """The exact name of the class folder (in `root/within`) whose partition key is `key`,
+    or None (a hidden folder is a class only with `include_hidden`); `within` and `key_of`
+    as in `scan_image_folder`."""
     root_b = os.fsencode(root)
-    for entry in _list_dir(root_b):
+    for entry in _list_dir(os.path.join(root_b, within) if within else root_b):
         hidden = entry.name.startswith(b".") and not include_hidden
         if hidden or _classify(entry)[0] not in ("dir", "linkdir"):
             continue
-        if class_key(entry.name) == key:
+        found = class_key(entry.name) if key_of is None else key_of(class_key(entry.name))
+        if found == key:
             return entry.name
     return None
 
 
 def scan_class_folder(
-    root: StrPath, class_raw: bytes, *, include_hidden: bool = False
+    root: StrPath,
+    class_raw: bytes,
+    *,
+    include_hidden: bool = False,
+    within: bytes = b"",
+    key: str | None = None,
 ) -> FolderScan:
-    """The images below one class folder (any depth) and the entries skipped there."""
+    """The images below one class folder (any depth) and the entries skipped there; the
+    folder `class_raw` lies in `root/within`, its partition key is `key` (default: its
+    class key), paths are relative to root."""
     root_b = os.fsencode(root)
     files: list[ImageFile] = []
     skipped: list[SkippedPath] = []
-    if os.path.isdir(os.path.join(root_b, class_raw)):
-        _scan_class(root_b, class_raw, files, skipped, include_hidden)
+    key = class_key(class_raw) if key is None else key
+    rel = within + b"/" + class_raw if within else class_raw
+    if os.path.isdir(os.path.join(root_b, rel)):
+        _scan_class(root_b, rel, files, skipped, include_hidden, name=_display(class_raw), key=key)
     files.sort(key=lambda f: f.raw_path)
     skipped.sort(key=lambda s: s.raw_path)
-    key = class_key(class_raw)
     return FolderScan(files, skipped, {key: _display(class_raw)}, {key: class_raw})
 
 
 def _scan_class(
     root_b: bytes,
-    class_raw: bytes,
+    class_rel: bytes,
     files: list[ImageFile],
     skipped: list[SkippedPath],
     include_hidden: bool,
+    *,
+    name: str,
+    key: str,
 ) -> None:
-    """Add the images below one class folder (any depth) and the entries skipped there."""
-    class_name = _display(class_raw)
-    key = class_key(class_raw)
-    pending = [class_raw]
+    """Add the images below one class folder (`class_rel`, relative to the root; any depth)
+    and the entries skipped there, as class `name` with partition key `key`."""
+    class_name = name
+    pending = [class_rel]
     while pending:
         rel_dir = pending.pop()
         try:
             entries = _list_dir(os.path.join(root_b, rel_dir))
         except OSError as exc:
-            skipped.append(_folder_skip(rel_dir, class_name, exc))
+            skipped.append(_folder_skip(rel_dir, class_name, exc, key))
             continue
         for entry in entries:
             name = entry.name
             rel = rel_dir + b"/" + name
             kind, reason = _classify(entry)
             if name.startswith(b".") and not include_hidden:
-                skipped.append(_hidden_skip(rel, class_name, kind))
+                skipped.append(_hidden_skip(rel, class_name, kind, key))
                 continue
             if kind == "dir":
                 pending.append(rel)
@@ -348,7 +423,7 @@ def _scan_class(
                         size, mtime = -1, -1
                     files.append(ImageFile(class_name, key, _display(rel), rel, size, mtime))
                     continue
-            skipped.append(SkippedPath(_display(rel), rel, class_name, str(reason)))
+            skipped.append(SkippedPath(_display(rel), rel, class_name, str(reason), key))
 
 
 class SourceFileError(Exception):

@@ -235,6 +235,11 @@ class OutputLayout:
     def demo_dataset(self) -> Path:
         return self.root / "demo_dataset"
 
+    @property
+    def demo_dataset_splits(self) -> Path:
+        """The demo's split variant (`dedup demo --splits`): train/ and test/ with leaks."""
+        return self.root / "demo_dataset_splits"
+
 
 # ---------------------------------------------------------------------------- the instance
 

@@ -25,19 +25,23 @@ from dataclasses import dataclass
 import polars as pl
 
 from dedup_assets.core.data.artifacts import read_class_images, recorded_listings
-from dedup_assets.core.data.image_folder import FolderScan, StrPath, scan_image_folder
+from dedup_assets.core.data.image_folder import FolderScan, StrPath
 from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.splits import IMPLICIT, detect_splits, key_split, scan_source
 
 
 @dataclass(frozen=True)
 class ClassListing:
-    """One class folder: partition key, display and exact name, file count, digest."""
+    """One class folder of one split: partition key, display and exact name (of the class
+    folder, without its split's), file count, digest, and its split's name
+    (`splits.IMPLICIT` for an unsplit source)."""
 
     key: str
     name: str
     raw_name: bytes
     files: int
     digest: str
+    split: str = IMPLICIT
 
 
 def class_listings(scan: FolderScan) -> dict[str, ClassListing]:
@@ -47,26 +51,32 @@ def class_listings(scan: FolderScan) -> dict[str, ClassListing]:
     for f in scan.files:
         hashes[f.class_key].update(b"f\0%s\0%d\0%d\n" % (f.raw_path, f.size, f.mtime_ns))
         counts[f.class_key] += 1
-    key_of_name = {name: key for key, name in scan.classes.items()}
     for s in scan.skipped:
-        if s.class_name is not None and s.class_name in key_of_name:
-            hashes[key_of_name[s.class_name]].update(
-                b"s\0%s\0%s\n" % (s.raw_path, s.reason.encode("utf-8"))
-            )
+        if s.class_key is not None and s.class_key in hashes:
+            hashes[s.class_key].update(b"s\0%s\0%s\n" % (s.raw_path, s.reason.encode("utf-8")))
     return {
         key: ClassListing(
-            key, scan.classes[key], scan.raw_classes[key], counts[key], h.hexdigest()[:16]
+            key,
+            scan.classes[key],
+            scan.raw_classes[key],
+            counts[key],
+            h.hexdigest()[:16],
+            key_split(key)[0],
         )
         for key, h in hashes.items()
     }
 
 
 def list_source(
-    root, *, include_hidden: bool = False
+    root: StrPath, *, include_hidden: bool = False, splits: str | None = None
 ) -> tuple[FolderScan, dict[str, ClassListing]]:
-    """Scan a source folder (one stat per file) and list its classes; hidden entries are
-    listed as skipped unless `include_hidden` (so the setting is part of each digest)."""
-    scan = scan_image_folder(root, include_hidden=include_hidden)
+    """Scan a source folder (one stat per file) and list its classes, one per (split,
+    class) for a split source (`splits.detect_splits` by `splits`: None or "auto" to
+    recognise split folders by name, "none", or the folder names; a layout it refuses
+    raises `SplitLayoutError`); hidden entries are listed as skipped unless
+    `include_hidden` (so the setting is part of each digest)."""
+    layout = detect_splits(root, splits, include_hidden=include_hidden)
+    scan = scan_source(root, layout, include_hidden=include_hidden)
     return scan, class_listings(scan)
 
 
@@ -199,11 +209,12 @@ def changed_classes(current: dict[str, str], recorded: dict[str, str]) -> Source
 
 
 def index_table(listings: dict[str, ClassListing]) -> pl.DataFrame:
-    """The class index as a table (one row per class folder)."""
+    """The class index as a table (one row per class folder of each split)."""
     rows = list(listings.values())
     return pl.DataFrame(
         {
             "class_key": [r.key for r in rows],
+            "split": [r.split for r in rows],
             "class": [r.name for r in rows],
             "raw_name": [r.raw_name for r in rows],
             "files": [r.files for r in rows],
@@ -211,6 +222,7 @@ def index_table(listings: dict[str, ClassListing]) -> pl.DataFrame:
         },
         schema={
             "class_key": pl.String,
+            "split": pl.String,
             "class": pl.String,
             "raw_name": pl.Binary,
             "files": pl.Int64,

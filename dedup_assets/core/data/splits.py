@@ -26,11 +26,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from urllib.parse import unquote
 
 from dedup_assets.core.data.image_folder import (
     FolderScan,
     StrPath,
     class_key,
+    find_class_folder,
+    root_entries,
+    scan_class_folder,
     scan_image_folder,
 )
 
@@ -47,6 +51,10 @@ IMPLICIT = "all"
 """The name of the one split of a source without split folders."""
 NO_SPLITS = ("none",)
 """`--splits none`: read the top folders as classes even when they are named like splits."""
+AUTO = "auto"
+"""`--splits auto` (the default): splits recognised by their folders' names."""
+TRAINING_SPLITS = frozenset({TRAIN, IMPLICIT})
+"""The names a training split has: `train`, or the implicit split of an unsplit source."""
 
 
 class SplitRole(StrEnum):
@@ -133,15 +141,34 @@ class SplitLayout:
 
 def split_class_key(split: str, key: str) -> str:
     """A partition key for one class of one split: `<split>.<class key>`. Class keys never
-    hold `.` (`image_folder.class_key` encodes it), so the key splits back unambiguously;
-    the implicit split keeps the plain class key, so unsplit sources keep their keys."""
-    return key if split == IMPLICIT else f"{split}.{key}"
+    hold `.` (`image_folder.class_key` encodes it, and the split's name is encoded the same
+    way), so the key splits back unambiguously (`key_split`); the implicit split keeps the
+    plain class key, so unsplit sources keep their keys."""
+    return key if split == IMPLICIT else f"{class_key(split)}.{key}"
+
+
+def key_split(key: str) -> tuple[str, str]:
+    """A class partition key -> (its split's name, its class key): the inverse of
+    `split_class_key` (a key without `.` is a class of the implicit split)."""
+    split, dot, rest = key.partition(".")
+    return (unquote(split), rest) if dot else (IMPLICIT, key)
+
+
+def class_label(split: str, name: str) -> str:
+    """How a class partition is named where classes of every split are listed together (the
+    kurtosis report's rows): the class's name, `<split>/<class>` for a split's class."""
+    return name if split == IMPLICIT else f"{split}/{name}"
+
+
+def is_training_key(key: str) -> bool:
+    """Whether a class partition holds training images (the model is trained on them)."""
+    return key_split(key)[0] in TRAINING_SPLITS
 
 
 def parse_split_names(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
-    """`--splits` as given: None (detect), () for `none` (no splits), or the folder names
-    in order (`"train,val,test"`, blanks dropped). Repeated names are refused."""
-    if value is None:
+    """`--splits` as given: None (detect; also `auto`), () for `none` (no splits), or the
+    folder names in order (`"train,val,test"`, blanks dropped). Repeated names are refused."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == AUTO):
         return None
     names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
     names = [n for n in names if n]
@@ -294,6 +321,64 @@ def _notes(layout: SplitLayout) -> tuple[str, ...]:
     for key, holders in layout.classes_only_in().items():
         notes.append(f"class {layout.classes[key]} is only in {', '.join(holders)}")
     return tuple(notes)
+
+
+def scan_source(root: StrPath, layout: SplitLayout, *, include_hidden: bool = False) -> FolderScan:
+    """The whole source as one scan, every path relative to `root` (the split's folder
+    included) and each (split, class) its own class partition (`split_class_key`); entries
+    of the root that are not split folders are skipped with their reason. An unsplit source
+    is scanned exactly as before (`image_folder.scan_image_folder`). The layout's notes
+    travel with the scan."""
+    if layout.implicit:
+        scan = scan_image_folder(root, include_hidden=include_hidden)
+        return FolderScan(scan.files, scan.skipped, scan.classes, scan.raw_classes, layout.notes)
+    files, skipped = [], root_entries(root, include_hidden=include_hidden)
+    classes: dict[str, str] = {}
+    raw_classes: dict[str, bytes] = {}
+    for s in layout.splits:
+        part = scan_image_folder(
+            root,
+            include_hidden=include_hidden,
+            within=s.raw_folder,
+            key_of=lambda key, name=s.name: split_class_key(name, key),
+        )
+        files += part.files
+        skipped += part.skipped
+        classes |= part.classes
+        raw_classes |= part.raw_classes
+    files.sort(key=lambda f: f.raw_path)
+    skipped.sort(key=lambda s: s.raw_path)
+    order = sorted(classes)
+    return FolderScan(
+        files,
+        skipped,
+        {k: classes[k] for k in order},
+        {k: raw_classes[k] for k in order},
+        layout.notes,
+    )
+
+
+def scan_class(
+    root: StrPath, layout: SplitLayout, key: str, *, include_hidden: bool = False
+) -> FolderScan | None:
+    """One class partition's folder listed again (`scan_source`'s listing of it), or None
+    when no folder of the source has that key now."""
+    split_name, _ = key_split(key)
+    if layout.implicit:
+        if split_name != IMPLICIT:
+            return None
+        within, key_of = b"", None
+    else:
+        try:
+            split = layout.split(split_name)
+        except KeyError:
+            return None
+        within = split.raw_folder
+        key_of = lambda k: split_class_key(split.name, k)  # noqa: E731
+    raw = find_class_folder(root, key, include_hidden=include_hidden, within=within, key_of=key_of)
+    if raw is None:
+        return None
+    return scan_class_folder(root, raw, include_hidden=include_hidden, within=within, key=key)
 
 
 def scan_splits(layout: SplitLayout, *, include_hidden: bool = False) -> dict[str, FolderScan]:

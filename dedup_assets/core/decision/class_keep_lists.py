@@ -28,6 +28,7 @@ from dedup_assets.core.data.artifacts import (
     read_provenance,
 )
 from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.splits import key_split
 from dedup_assets.core.data.thresholds import budget_of
 from dedup_assets.core.decision.calibration import (
     BudgetThreshold,
@@ -200,6 +201,7 @@ def class_keep_lists(
     decisions = [d.decision for d in decided]
     seconds = time.perf_counter() - start
     name = class_name(layout, key)
+    split = key_split(key)[0]
     ids = data.image_ids
     now = datetime.now(UTC).isoformat(timespec="seconds")
     out = {}
@@ -242,6 +244,7 @@ def class_keep_lists(
         out[t] = pl.DataFrame(
             {
                 "image_id": pl.Series(ids.tolist(), dtype=pl.String),
+                "split": pl.Series([split] * len(ids), dtype=pl.String),
                 "class": pl.Series([name] * len(ids), dtype=pl.String),
                 "path": table["path"],
                 "kept": pl.Series(d.kept.tolist(), dtype=pl.Boolean),
@@ -302,12 +305,16 @@ open); empty where `duplicate_of` is (kept images, a removal by override naming 
 
 def with_duplicate_paths(keep: pl.DataFrame) -> pl.DataFrame:
     """The threshold's keep list as its files carry it: KEEP_LIST_COLUMNS, then
-    DUPLICATE_OF_PATH, looked up in the same class (where `duplicate_of` always lies)."""
+    DUPLICATE_OF_PATH, looked up in the same class of the same split (where `duplicate_of`
+    always lies)."""
     paths = keep.select(
-        "class", pl.col("image_id").alias("duplicate_of"), pl.col("path").alias(DUPLICATE_OF_PATH)
+        "split",
+        "class",
+        pl.col("image_id").alias("duplicate_of"),
+        pl.col("path").alias(DUPLICATE_OF_PATH),
     )
     joined = keep.drop(DUPLICATE_OF_PATH, strict=False).join(
-        paths, on=["class", "duplicate_of"], how="left", maintain_order="left"
+        paths, on=["split", "class", "duplicate_of"], how="left", maintain_order="left"
     )
     if joined.height != keep.height:
         raise ValueError("an image id appears twice in one class of the keep list")

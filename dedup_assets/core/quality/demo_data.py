@@ -18,6 +18,19 @@ Everything is deterministic in ``seed``. The tree is filled in a temporary sibli
 into place only where nothing is yet (a rename never replaces a folder that holds files), and
 described by ``.demo_manifest.json`` (parameters, counts and a content digest).
 
+**The split variant** (``splits=True``, ``dedup demo --splits``): the same renders as
+``train/<class>/`` (the first ``per_class - per_class // TEST_SHARE`` of each class, with
+the near-duplicates, exact copies and corrupt file planted among them) and ``test/<class>/``
+(the rest of each class, nothing planted among them), and a few planted LEAKS: training
+copies of test images, listed in ``leaks.csv`` (columns ``split, class, image, train_class,
+train_image, kind, transform``; the images' paths relative to the dataset root, as
+``leakage.csv`` writes them): a test image's
+exact copy in its own class of train, which itself has an exact copy there too (an image
+that is both an exact duplicate within train and a leak), a near copy of the same test
+image (a planting transform) in another class of train, and a near copy of another test
+image in its own class. The within-train planted pairs are listed in the manifest
+(``train_pairs``: class, original, copy; file names relative to ``train/<class>``).
+
 Once made, the folder is the user's: they add images to it and watch the pipeline (or the
 new-images sensor) pick them up. Nothing here ever rewrites or deletes anything in it: a later
 call with the same parameters returns the manifest's summary, whatever was added, changed or
@@ -28,6 +41,7 @@ non-empty folder as it is.
 
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
 import json
@@ -46,6 +60,7 @@ from dedup_assets.core.quality.planting import (
     GROUND_TRUTH_FILENAME,
     TRANSFORMS,
     GroundTruthPair,
+    apply_transform,
     duplicate_name,
     plant_copies,
     transform_of,
@@ -55,12 +70,16 @@ from dedup_assets.core.quality.planting import (
 __all__ = [
     "CORRUPT_FILE",
     "DEMO_CLASSES",
+    "LEAKS_FILENAME",
+    "LEAKS_HEADER",
     "MANIFEST_FILENAME",
+    "PlantedLeak",
     "DemoSummary",
     "demo_state",
     "ensure_demo_dataset",
     "generate_demo_dataset",
     "read_demo_dataset",
+    "read_leaks",
 ]
 
 SIZE = 64
@@ -70,6 +89,12 @@ CORRUPT_FILE = "urban/broken.png"
 N_EXACT = 2
 """Byte-identical ``__dup_exact`` copies planted, in distinct classes, of originals that have no
 transformed copy (fewer if no such original is left)."""
+LEAKS_FILENAME = "leaks.csv"
+"""The split variant's ground truth of planted leaks (`image_folder.OWN_ROOT_FILES`)."""
+LEAKS_HEADER = ("split", "class", "image", "train_class", "train_image", "kind", "transform")
+TEST_SHARE = 5
+"""The split variant puts per_class // TEST_SHARE renders of each class in test/ (20%)."""
+LEAK_MARKER = "__leak_"
 _GENERATOR_TAG = "latent-dedup demo dataset"
 _FORMAT_VERSION = 1  # recorded in the manifest; a tree of an earlier version is used as it is
 
@@ -281,7 +306,8 @@ class DemoSummary:
     ``originals_per_class`` counts generated originals (``broken.png`` excluded);
     ``copies_per_class`` / ``copies_per_transform`` count planted copies including the
     ``exact`` ones; ``corrupt_files`` are paths relative to ``root``; ``regenerated`` is False
-    when an intact tree with the same parameters was reused.
+    when an intact tree with the same parameters was reused. For the split variant
+    ``ground_truth`` is its ``leaks.csv``, and ``originals_per_class`` counts train and test.
     """
 
     root: Path
@@ -295,14 +321,22 @@ class DemoSummary:
     corrupt_files: tuple[str, ...]
     digest: str
     regenerated: bool
+    splits: bool = False  # the split variant: train/ and test/, with leaks.csv
+    leaks: int = 0  # planted leaks (rows of leaks.csv)
+
+    @property
+    def leaks_file(self) -> Path | None:
+        """The split variant's ground truth of planted leaks (None for the plain demo)."""
+        return self.root / LEAKS_FILENAME if self.splits else None
 
     @property
     def n_images(self) -> int:
-        """All image files written, corrupt ones included."""
+        """All image files written, corrupt ones and leaks' training copies included."""
         return (
             sum(self.originals_per_class.values())
             + sum(self.copies_per_class.values())
             + len(self.corrupt_files)
+            + self.leaks
         )
 
 
@@ -318,14 +352,19 @@ def _tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def _params(seed: int, per_class: int, duplicate_fraction: float) -> dict[str, object]:
-    return {
+def _params(
+    seed: int, per_class: int, duplicate_fraction: float, splits: bool = False
+) -> dict[str, object]:
+    params: dict[str, object] = {
         "generator": _GENERATOR_TAG,
         "version": _FORMAT_VERSION,
         "seed": seed,
         "per_class": per_class,
         "duplicate_fraction": duplicate_fraction,
     }
+    if splits:  # the plain demo's manifest stays as it was
+        params["splits"] = True
+    return params
 
 
 def _read_manifest(dest: Path) -> dict[str, object] | None:
@@ -337,9 +376,10 @@ def _read_manifest(dest: Path) -> dict[str, object] | None:
 
 
 def _summary_from_manifest(dest: Path, manifest: dict, regenerated: bool) -> DemoSummary:
+    splits = bool(manifest.get("splits", False))
     return DemoSummary(
         root=dest,
-        ground_truth=dest / GROUND_TRUTH_FILENAME,
+        ground_truth=dest / (LEAKS_FILENAME if splits else GROUND_TRUTH_FILENAME),
         seed=manifest["seed"],
         per_class=manifest["per_class"],
         duplicate_fraction=manifest["duplicate_fraction"],
@@ -349,6 +389,8 @@ def _summary_from_manifest(dest: Path, manifest: dict, regenerated: bool) -> Dem
         corrupt_files=tuple(manifest["corrupt_files"]),
         digest=manifest["digest"],
         regenerated=regenerated,
+        splits=splits,
+        leaks=int(manifest.get("leaks", 0)),
     )
 
 
@@ -374,43 +416,55 @@ def demo_state(dest: Path) -> str:
     return "differs from the generated set: images added, changed or removed; used as it is"
 
 
-def ensure_demo_dataset(dest: Path, *, seed: int = 0) -> Path:
-    """The demo source at ``dest``: generated on first use (default parameters), afterwards
-    used as it is. A folder there that holds anything is never rewritten, whatever it holds
-    (the user may have added images to watch the pipeline pick them up)."""
+def ensure_demo_dataset(dest: Path, *, seed: int = 0, splits: bool = False) -> Path:
+    """The demo source at ``dest`` (its split variant with ``splits``): generated on first
+    use (default parameters), afterwards used as it is. A folder there that holds anything
+    is never rewritten, whatever it holds (the user may have added images to watch the
+    pipeline pick them up)."""
     dest = Path(dest).expanduser().resolve()
     if not dest.is_dir() or not any(dest.iterdir()):
-        generate_demo_dataset(dest, seed=seed)
+        generate_demo_dataset(dest, seed=seed, splits=splits)
     return dest
 
 
 def generate_demo_dataset(
-    dest: Path, *, seed: int = 0, per_class: int = 60, duplicate_fraction: float = 0.15
+    dest: Path,
+    *,
+    seed: int = 0,
+    per_class: int = 60,
+    duplicate_fraction: float = 0.15,
+    splits: bool = False,
 ) -> DemoSummary:
     """Write the demo ImageFolder dataset to ``dest`` (deterministic in the arguments).
 
     Layout: ``dest/<class>/<class>_<NNN>.png`` originals, planted copies next to them,
     ``dest/urban/broken.png`` (corrupt), ``dest/ground_truth.csv`` and
-    ``dest/.demo_manifest.json``. An existing demo dataset is never rewritten: with the same
-    parameters its summary is returned (``regenerated=False``) whatever changed in it since;
-    with other parameters, or when ``dest`` holds anything else, ``FileExistsError``.
+    ``dest/.demo_manifest.json``; with ``splits``, the split variant (module doc) under
+    ``dest/train/`` and ``dest/test/``, with ``leaks.csv``. An existing demo dataset is never
+    rewritten: with the same parameters its summary is returned (``regenerated=False``)
+    whatever changed in it since; with other parameters, or when ``dest`` holds anything
+    else, ``FileExistsError``.
     """
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
     if not 0.0 <= duplicate_fraction <= 1.0:
         raise ValueError(f"duplicate_fraction must be in [0, 1], got {duplicate_fraction}")
+    if splits and per_class < TEST_SHARE:
+        raise ValueError(f"the split variant needs per_class >= {TEST_SHARE}, got {per_class}")
     dest = Path(dest).resolve()
-    params = _params(seed, per_class, duplicate_fraction)
+    params = _params(seed, per_class, duplicate_fraction, splits)
 
     if dest.exists():
         existing = read_demo_dataset(dest)
         if existing is not None:
             made = (existing.seed, existing.per_class, existing.duplicate_fraction)
-            if made != (seed, per_class, duplicate_fraction):
+            if made != (seed, per_class, duplicate_fraction) or existing.splits != splits:
+                variant = "split " if existing.splits else ""
                 raise FileExistsError(
-                    f"{dest} holds a demo dataset made with seed {made[0]}, per_class {made[1]} "
-                    f"and duplicate_fraction {made[2]}; a demo dataset is never rewritten: use "
-                    "it as it is, or delete it or choose another folder for these parameters"
+                    f"{dest} holds a {variant}demo dataset made with seed {made[0]}, per_class "
+                    f"{made[1]} and duplicate_fraction {made[2]}; a demo dataset is never "
+                    "rewritten: use it as it is, or delete it or choose another folder for "
+                    "these parameters"
                 )
             return existing
         if not dest.is_dir() or any(dest.iterdir()):
@@ -423,7 +477,7 @@ def generate_demo_dataset(
     # Named as atomic_io names its temporary trees, so a killed run's leftover is swept.
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        manifest = _write_tree(tmp, params)
+        manifest = _write_split_tree(tmp, params) if splits else _write_tree(tmp, params)
         tmp.chmod(0o755)
         try:
             os.rename(tmp, dest)  # onto nothing or an empty folder; never over files
@@ -432,7 +486,11 @@ def generate_demo_dataset(
                 raise
             # Made by someone else meanwhile: theirs stands (and is checked as above).
             return generate_demo_dataset(
-                dest, seed=seed, per_class=per_class, duplicate_fraction=duplicate_fraction
+                dest,
+                seed=seed,
+                per_class=per_class,
+                duplicate_fraction=duplicate_fraction,
+                splits=splits,
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -494,3 +552,147 @@ def _plant_exact(
         shutil.copyfile(root / class_name / original, root / class_name / copy)
         pairs.append(GroundTruthPair(class_name, original, copy))
     return pairs
+
+
+# --------------------------------------------------------------------------------------------
+# The split variant
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlantedLeak:
+    """One planted leak: a test image (its ``split``, ``class_name`` and path ``image``) and
+    its copy in train (``train_class``, path ``train_image``), exact or near (``transform``);
+    paths relative to the dataset root."""
+
+    split: str
+    class_name: str
+    image: str
+    train_class: str
+    train_image: str
+    kind: str  # exact | near
+    transform: str  # exact, or the planting transform of a near copy
+
+
+def read_leaks(path: Path) -> list[PlantedLeak]:
+    """The planted leaks of a ``leaks.csv`` (columns LEAKS_HEADER)."""
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in LEAKS_HEADER if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: not a leaks file: missing the columns {missing}")
+        return [PlantedLeak(*(row[c] for c in LEAKS_HEADER)) for row in reader]
+
+
+def _leak_name(image: str, transform: str) -> str:
+    """A training copy's file name: ``<stem>__leak_<transform>.png``."""
+    return f"{Path(image).stem}{LEAK_MARKER}{transform}.png"
+
+
+# (test class, near copy's transform, class of train its near copy goes in; None: its own)
+# The first also gets an exact copy in its own class, itself copied exactly within train.
+_LEAKS = (("forest", "brightness", "water"), ("road", "noise", None))
+
+
+def _write_split_tree(tmp: Path, params: dict) -> dict:
+    """The split variant (module doc) into the empty folder ``tmp``; the manifest."""
+    seed, per_class = int(params["seed"]), int(params["per_class"])
+    n_test = per_class // TEST_SHARE
+    width = max(3, len(str(per_class - 1)))
+    train_dir, test_dir = tmp / "train", tmp / "test"
+    originals: dict[str, list[str]] = {}
+    tests: dict[str, list[str]] = {}
+    for class_name in DEMO_CLASSES:
+        (train_dir / class_name).mkdir(parents=True)
+        (test_dir / class_name).mkdir(parents=True)
+        names = [f"{class_name}_{i:0{width}d}.png" for i in range(per_class)]
+        for i, name in enumerate(names):
+            folder = train_dir if i < per_class - n_test else test_dir
+            Image.fromarray(_render(class_name, seed, i), mode="RGB").save(
+                folder / class_name / name
+            )
+        originals[class_name] = names[: per_class - n_test]
+        tests[class_name] = names[per_class - n_test :]
+
+    pairs = plant_copies(
+        train_dir, originals, fraction=float(params["duplicate_fraction"]), seed=seed
+    )
+    pairs += _plant_exact(train_dir, originals, pairs, seed)
+    pairs.sort()
+    leaks, within = _plant_leaks(tmp, tests, seed)  # their copies are counted as leaks
+    with (tmp / LEAKS_FILENAME).open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(LEAKS_HEADER)
+        for leak in leaks:
+            writer.writerow([getattr(leak, f) for f in PlantedLeak.__dataclass_fields__])
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB40CE2]))
+    corrupt = f"train/{CORRUPT_FILE}"
+    (tmp / corrupt).write_bytes(rng.integers(0, 256, 37, dtype=np.uint8).tobytes())
+
+    copies_per_class = dict.fromkeys(DEMO_CLASSES, 0)
+    copies_per_transform = dict.fromkeys([*TRANSFORMS, "exact"], 0)
+    for pair in pairs:
+        copies_per_class[pair.class_name] += 1
+        copies_per_transform[transform_of(pair.copy)] += 1
+    manifest = {
+        **params,
+        "originals_per_class": {c: len(v) + len(tests[c]) for c, v in originals.items()},
+        "test_per_class": {c: len(v) for c, v in tests.items()},
+        "copies_per_class": copies_per_class,
+        "copies_per_transform": copies_per_transform,
+        "leaks": len(leaks),
+        "train_pairs": [list(p) for p in sorted(pairs + within)],
+        "corrupt_files": [corrupt],
+        "digest": _tree_digest(tmp),
+    }
+    (tmp / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+    return manifest
+
+
+def _plant_leaks(
+    root: Path, tests: dict[str, list[str]], seed: int
+) -> tuple[list[PlantedLeak], list[GroundTruthPair]]:
+    """Copies of test images into train (module doc), one test image per `_LEAKS` entry
+    drawn by ``seed``: the leaks (each training copy once), and the within-train pair of
+    the exact copy and its own exact copy."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x1EA4]))
+    leaks: list[PlantedLeak] = []
+    within: list[GroundTruthPair] = []
+    for at, (class_name, transform, other) in enumerate(_LEAKS):
+        image = tests[class_name][int(rng.integers(len(tests[class_name])))]
+        source = root / "test" / class_name / image
+        if at == 0:  # an exact copy in its own class, and that copy's exact copy in train
+            first = _leak_name(image, "exact")
+            second = duplicate_name(first, "exact")
+            for name in (first, second):
+                shutil.copyfile(source, root / "train" / class_name / name)
+                leaks.append(
+                    PlantedLeak(
+                        "test",
+                        class_name,
+                        f"test/{class_name}/{image}",
+                        class_name,
+                        f"train/{class_name}/{name}",
+                        "exact",
+                        "exact",
+                    )
+                )
+            within.append(GroundTruthPair(class_name, first, second))
+        near_class = other or class_name
+        with Image.open(source) as img:
+            copy = apply_transform(transform, img, rng)
+        name = _leak_name(image, transform)
+        copy.save(root / "train" / near_class / name, format="PNG")
+        leaks.append(
+            PlantedLeak(
+                "test",
+                class_name,
+                f"test/{class_name}/{image}",
+                near_class,
+                f"train/{near_class}/{name}",
+                "near",
+                transform,
+            )
+        )
+    return leaks, within
