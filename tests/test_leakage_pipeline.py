@@ -106,6 +106,7 @@ def runs(tmp_path_factory):
     done["new"] = _run(src, out)
     done["new_leaks"] = _leaks(out)
     done["new_recomputed"] = {s: _mtime(cache / f"{s}.parquet") != caches[s] for s in caches}
+    shutil.copytree(out / "review", base / "review_new")  # the page that lists these leaks
     with open(out / "overrides.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "decision", "other"])
@@ -206,6 +207,39 @@ def test_overrides_mark_the_leaks_not_duplicates(runs):
     kept = {p for p, k in runs["overridden_keep"].select("path", "kept").iter_rows() if k}
     assert runs["overridden_clean"] == kept - set(leaks["train_image"])
     assert TRAIN_COPIES & kept <= runs["overridden_clean"]  # no longer left out
+
+
+def test_the_review_page_lists_each_leak_and_marks_it_not_a_duplicate(runs, tmp_path):
+    """In Chromium: the leakage view shows every pair of leakage.csv side by side; marking
+    each "not a duplicate" downloads them as overrides.csv rows (other: the train image)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("no Chromium found")
+    leaks = runs["new_leaks"]
+    index = runs["out"].parent / "review_new" / "index.html"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(accept_downloads=True, bypass_csp=True)
+        page.goto(index.as_uri() + "#t=0&v=l&p=0")
+        cards = page.locator("article.pair")
+        sync_api.expect(cards).to_have_count(leaks.height)
+        shown = page.locator("#viewinfo").inner_text()
+        assert f"{leaks['image'].n_unique()} test" in shown, shown
+        for k in range(leaks.height):
+            cards.nth(k).get_by_role("button", name="not a duplicate").click()
+        sync_api.expect(page.locator("#counter")).to_have_text(f"{leaks.height} marks")
+        with page.expect_download() as download:
+            page.locator("#download").click()
+        saved = tmp_path / "overrides.csv"
+        download.value.save_as(saved)
+        browser.close()
+    with saved.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["path", "decision", "other"]
+    assert sorted(rows[1:]) == sorted(
+        [e, "not_duplicate", t] for e, t in leaks.select("image", "train_image").iter_rows()
+    )
 
 
 def test_an_unsplit_source_writes_no_leakage_table(runs, tmp_path):

@@ -30,7 +30,10 @@ def build_review_asset(
         "per threshold and class, every removed image beside the kept image it duplicates "
         "with similarity, margin over its threshold and kind (exact/near), borderline first, "
         "paged; cross-class pairs apart; thumbnails cached in `review/thumbs`. Marks (keep, "
-        "remove, not a duplicate) download as `overrides.csv` for the next run.",
+        "remove, not a duplicate) download as `overrides.csv` for the next run. With split "
+        "folders, a train/test leakage view lists `leakage.csv` (read as it stands: `dedup "
+        "run` makes it before, and a dependency would let its blocking checks hold the page "
+        "back).",
     )
     def review_page(
         context: dg.AssetExecutionContext,
@@ -66,6 +69,7 @@ def build_review_asset(
                 "thumbnails_written": page.thumbnails_written,
                 "thumbnails_reused": page.thumbnails_reused,
                 "page_files": page.page_files,
+                "leakage_pairs_listed": page.leak_pairs if page.leak_pairs is not None else "none",
                 "seconds": round(page.seconds, 2),
                 "per_threshold": dg.MetadataValue.md(
                     md_table(

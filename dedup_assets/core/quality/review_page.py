@@ -8,7 +8,10 @@ correct, opened from `file://` with no server and no network.
   in a `<script type="application/json">` block;
 - `pages/<build>/<t>/<view>/<n>.js`: the rows of every other page, one small script each
   (a `file://` page may load scripts, not `fetch` files). Views: `all` (every class, borderline
-  first), `c<k>` (one class) and `x` (cross-class pairs). `<build>` is a digest of the rows,
+  first), `c<k>` (one class) and `x` (cross-class pairs) per threshold, and `L/<n>.js`: the
+  train/test leakage pairs of `leakage.csv` (one list for every threshold: each evaluation
+  image beside its copy in train, with a "not a duplicate" mark whose `other` is the
+  training image). `<build>` is a digest of the rows,
   and `index.html` is replaced last, so an open page never mixes two builds;
 - `thumbs/<hh>/<pixel hash>.png`: the catalogued 64x64 pixels of each shown image (shown at
   128 px), named by the pixel hash (identical pixels share one file; never a file name), made
@@ -86,6 +89,21 @@ CROSS_COLUMNS = (
     "margin",
     "kind",
 )
+# Columns of one train/test leakage row (`leakage.csv`): the evaluation image, its copy in
+# train, and the pair's score less the split's threshold as the margin.
+LEAK_COLUMNS = (
+    "split",
+    "cls",
+    "path",
+    "train_cls",
+    "train_path",
+    "thumb",
+    "train_thumb",
+    "similarity",
+    "margin",
+    "kind",
+)
+LEAK_VIEW = "L"  # the leakage pages' key: one list for every threshold
 
 
 @dataclass(frozen=True)
@@ -104,6 +122,7 @@ class ReviewPage:
     seconds: float
     build: str = ""
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    leak_pairs: int | None = None  # train/test leakage pairs listed (None: no leakage.csv)
 
 
 # ---------------------------------------------------------------------------- the rows
@@ -213,6 +232,51 @@ def cross_pairs(
             nulls_last=True,
         )
         .select(CROSS_COLUMNS)
+    )
+
+
+def leak_pairs(
+    leaks: pl.DataFrame, thumbs: pl.DataFrame, class_index: dict[str, int]
+) -> pl.DataFrame:
+    """The train/test leakage pairs of `leakage.csv` (`LEAK_COLUMNS`), the evaluation image
+    beside its training copy, borderline first: near copies by margin (score less the
+    split's threshold), then exact copies; ties by split and path."""
+    side = thumbs.select("path", "thumb")
+    return (
+        leaks.join(side, left_on="image", right_on="path", how="left")
+        .join(
+            side.rename({"path": "train_image", "thumb": "train_thumb"}),
+            on="train_image",
+            how="left",
+        )
+        .with_columns(
+            pl.col("class").replace_strict(class_index, return_dtype=pl.Int32).alias("cls"),
+            pl.col("train_class")
+            .replace_strict(class_index, return_dtype=pl.Int32)
+            .alias("train_cls"),
+            (pl.col("similarity") - pl.col("threshold")).alias("margin"),
+            pl.col("image").alias("path"),
+            pl.col("train_image").alias("train_path"),
+        )
+        .with_columns(_rounded("similarity"), _rounded("margin"))
+        .sort([_kind_rank(), pl.col("margin"), pl.col("split"), pl.col("path")], nulls_last=True)
+        .select(LEAK_COLUMNS)
+    )
+
+
+def read_leakage(layout: OutputLayout) -> pl.DataFrame | None:
+    """`leakage.csv` as written by the leakage asset, or None where there is none."""
+    if not layout.leakage.is_file():
+        return None
+    return pl.read_csv(
+        layout.leakage,
+        schema_overrides={
+            "similarity": pl.Float64,
+            "threshold": pl.Float64,
+            **dict.fromkeys(
+                ("split", "class", "image", "train_class", "train_image", "kind"), pl.String
+            ),
+        },
     )
 
 
@@ -355,6 +419,9 @@ def write_review_page(
     for cross in crosses.values():
         if cross is not None:
             names.update(cross["class_a"].unique().to_list() + cross["class_b"].unique().to_list())
+    leaks = read_leakage(layout)
+    if leaks is not None:
+        names.update(leaks["class"].unique().to_list() + leaks["train_class"].unique().to_list())
     classes = sorted(names)
     class_index = {c: k for k, c in enumerate(classes)}
 
@@ -397,6 +464,25 @@ def write_review_page(
         for view, n, rows in _pages(listed, "x", page_size):
             pages.append((f"{ti}/{view}/{n}", rows))
 
+    leakage = None
+    if leaks is not None:
+        listed = leak_pairs(leaks, thumbs, class_index)
+        for column in ("thumb", "train_thumb"):
+            needed.update(listed[column].drop_nulls().to_list())
+        for _, n, rows in _pages(listed, LEAK_VIEW, page_size):
+            pages.append((f"{LEAK_VIEW}/{n}", rows))
+        leakage = {
+            "pairs": listed.height,
+            "pages": math.ceil(listed.height / page_size),
+            "flagged": {
+                s: int(n)
+                for s, n in leaks.group_by("split")
+                .agg(pl.col("image").n_unique())
+                .sort("split")
+                .rows()
+            },
+        }
+
     written = write_thumbnails(layout, thumbs, needed)
 
     texts = [
@@ -426,6 +512,7 @@ def write_review_page(
         "thresholds": entries,
         "first": {"key": first_key, "rows": first_rows},
         "overrides": honoured_overrides(overrides),
+        "leakage": leakage,
     }
     text = render_index(data, layout.root, source_root, entries)
     write_text(text, layout.review_index)
@@ -450,6 +537,7 @@ def write_review_page(
         seconds=time.perf_counter() - start,
         build=build,
         counts=counts,
+        leak_pairs=leakage["pairs"] if leakage is not None else None,
     )
 
 
@@ -555,6 +643,11 @@ classes: likely label errors. Their margin is over T; a budget's cross-class cos
 stored with the pairs, so there they are ordered by similarity without a margin. Marking one
 <i>not a duplicate</i> takes it out of the cross-class table of the next run (cross-class
 pairs never remove an image).</li>
+<li><b>Train/test leakage</b> (its own view, the same at every threshold; only for a
+source with split folders) lists each evaluation image (val, test) beside its copy in the
+training split, with the pair's score and its margin over the split's calibrated threshold
+(1.0 for an exact copy). Marking one <i>not a duplicate</i> says it is no leak: the next run
+leaves it out of <code>leakage.csv</code> and of the no_leak gate.</li>
 <li><b>Corrections</b>: <i>keep this</i> / <i>remove this</i> set an image's decision (at
 every threshold); <i>not a duplicate</i> says the pair's two images are different pictures.
 Your marks stay in this browser for this output folder while you page and filter (click a
@@ -834,6 +927,7 @@ function setStatus(text) { $("status").textContent = text; }
 const state = { t: 0, v: "all", p: 0 };
 function threshold() { return DATA.thresholds[state.t]; }
 function pagesOf(T, v) {
+  if (v === "l") return DATA.leakage ? DATA.leakage.pages : 0;
   if (!T || T.missing) return 0;
   if (v === "all") return T.pages.all;
   if (v === "x") return T.pages.x;
@@ -845,7 +939,7 @@ function readHash() {
   state.t = Number.isInteger(t) && t >= 0 && t < DATA.thresholds.length ? t : 0;
   const v = q.get("v") || "all";
   const k = /^c(\d+)$/.exec(v);
-  state.v = v === "all" || v === "x" || (k && Number(k[1]) < DATA.classes.length) ? v : "all";
+  state.v = v === "all" || v === "x" || (v === "l" && DATA.leakage) || (k && Number(k[1]) < DATA.classes.length) ? v : "all";
   const p = parseInt(q.get("p") || "0", 10);
   state.p = Number.isInteger(p) && p >= 0 ? p : 0;
 }
@@ -943,6 +1037,24 @@ function crossCard(row) {
   cards.push(update);
   return card;
 }
+function leakCard(row) {
+  const [split, cls, path, trainCls, trainPath, thumbEval, thumbTrain, similarity, margin, kind] = row;
+  const a = side(split + " image", path, thumbEval, DATA.classes[cls]);
+  const b = side("copy in train", trainPath, thumbTrain, DATA.classes[trainCls]);
+  const notDup = el("button", { type: "button", text: "not a duplicate", "aria-pressed": "false" });
+  notDup.addEventListener("click", () => toggleNotDuplicate(path, trainPath));
+  const meta = info(similarity, margin, kind);
+  meta.append(notDup);
+  const card = el("article", { class: "pair" }, a.box, b.box, meta);
+  const update = () => {
+    const x = a.update(), y = b.update(), z = hasPair(marks, path, trainPath);
+    notDup.setAttribute("aria-pressed", String(z));
+    card.classList.toggle("marked", x || y || z);
+  };
+  update();
+  cards.push(update);
+  return card;
+}
 function fillSelects() {
   const tSel = $("threshold");
   tSel.replaceChildren(...DATA.thresholds.map((T, i) => el("option", {
@@ -960,10 +1072,21 @@ function fillSelects() {
   });
   const cross = T && !T.missing && T.cross !== null ? " (" + T.cross.toLocaleString() + ")" : "";
   options.push(el("option", { value: "x", text: "cross-class pairs" + cross }));
+  if (DATA.leakage) {
+    options.push(el("option", { value: "l", text: "train/test leakage (" + DATA.leakage.pairs.toLocaleString() + ")" }));
+  }
   $("view").replaceChildren(...options);
   $("view").value = state.v;
 }
 function describeView(T) {
+  if (state.v === "l") {
+    const L = DATA.leakage;
+    const per = Object.entries(L.flagged).map(([s, n]) => n.toLocaleString() + " " + s).join(", ");
+    return L.pairs
+      ? "Evaluation images with a copy in train: " + per + " (" + L.pairs.toLocaleString() +
+        " pairs), each beside its training copy, smallest margin first; the same at every threshold."
+      : "No evaluation image has a copy in train.";
+  }
   if (!T || T.missing) return "No keep list for this threshold: its run did not finish.";
   if (state.v === "x") {
     return T.cross === null
@@ -999,15 +1122,16 @@ function render() {
   const token = ++drawing;
   if (!pages) {
     cards = [];
-    list.replaceChildren(el("div", { class: "empty", text: state.v === "x" ? "No cross-class pairs." : "Nothing removed here." }));
+    const empty = state.v === "x" ? "No cross-class pairs." : state.v === "l" ? "No evaluation image has a copy in train." : "Nothing removed here.";
+    list.replaceChildren(el("div", { class: "empty", text: empty }));
     return;
   }
-  const key = state.t + "/" + state.v + "/" + state.p;
+  const key = state.v === "l" ? "L/" + state.p : state.t + "/" + state.v + "/" + state.p;
   if (!cache.has(key)) list.replaceChildren(el("div", { class: "empty", text: "loading…" }));
   loadPage(key).then((rows) => {
     if (token !== drawing) return;
     cards = [];
-    const make = state.v === "x" ? crossCard : pairCard;
+    const make = state.v === "x" ? crossCard : state.v === "l" ? leakCard : pairCard;
     const frag = document.createDocumentFragment();
     for (const row of rows) frag.append(make(row));
     list.replaceChildren(frag);
