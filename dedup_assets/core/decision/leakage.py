@@ -89,7 +89,7 @@ from dedup_assets.core.data.artifacts import (
 )
 from dedup_assets.core.data.atomic_io import write_json
 from dedup_assets.core.data.layout import OutputLayout
-from dedup_assets.core.data.splits import IMPLICIT, TRAIN
+from dedup_assets.core.data.splits import TRAINING_SPLITS, key_split
 from dedup_assets.core.decision.ann_join import (
     DEFAULT_ANN_MIN_CLASS_SIZE,
     DEFAULT_NPROBE,
@@ -757,13 +757,6 @@ CACHE_DIR = ".leakage"
 RECORD_FILE = "record.json"
 
 
-def split_of(key: str) -> tuple[str, str]:
-    """(split, class key) of a class partition key: `splits.split_class_key` read back (a
-    key without a split is the implicit split's)."""
-    split, dot, rest = key.partition(".")
-    return (split, rest) if dot else (IMPLICIT, key)
-
-
 @dataclass(frozen=True)
 class SplitClasses:
     """The class partitions of a source by role: the training split's (or the implicit
@@ -776,8 +769,8 @@ class SplitClasses:
     def of(cls, keys: Sequence[str]) -> SplitClasses:
         train, evals = [], {}
         for key in sorted(keys):
-            split, _ = split_of(key)
-            if split in (TRAIN, IMPLICIT):
+            split, _ = key_split(key)
+            if split in TRAINING_SPLITS:
                 train.append(key)
             else:
                 evals.setdefault(split, []).append(key)
