@@ -368,6 +368,8 @@ def check_known_in(overrides: Overrides, layout: OutputLayout) -> Overrides:
     """`check_known` against the catalogs of the output folder, reading only the classes the
     paths can lie in (an image's class is its top folder)."""
     keys = read_classes(layout).select("class", "class_key")
+    if any("." in k for k in keys["class_key"].to_list()):  # <split>/<class>/<image> paths
+        return check_known(overrides, read_catalog(layout))
     wanted = {p.split("/", 1)[0] for p in overrides.paths()}
     by_name = keys.filter(pl.col("class").is_in(sorted(wanted)))["class_key"].to_list()
     return check_known(overrides, read_catalog(layout, sorted(by_name)))
