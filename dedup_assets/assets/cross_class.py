@@ -21,6 +21,7 @@ from dedup_assets.core.data.artifacts import (
 )
 from dedup_assets.core.data.artifacts import read_latents as read_class_latents
 from dedup_assets.core.data.atomic_io import atomic_path
+from dedup_assets.core.data.splits import key_split
 from dedup_assets.core.data.thresholds import budget_of
 from dedup_assets.core.decision.ann_join import resolve_join
 from dedup_assets.core.decision.calibration import (
@@ -89,17 +90,31 @@ def build_cross_class_asset(
         start = time.perf_counter()
         current.require_every_class(layout.latents, current.latents, "latents", "class_latents")
         keys = sorted(current.class_digests)
+        # A class is its name: `train/cats` and `test/cats` are one class (a copy across
+        # splits is the leakage check's, `assets/leakage.py`, and pairs across splits are
+        # left out below).
+        label_of: dict[str, int] = {}
         tables, labels = [], []
-        for k, key in enumerate(keys):
+        for key in keys:
             table = read_latent_ids(layout.latents(key))
             tables.append(
-                table.select("image_id", "path").with_columns(pl.lit(names[key]).alias("class"))
+                table.select("image_id", "path").with_columns(
+                    pl.lit(names[key]).alias("class"), pl.lit(key_split(key)[0]).alias("split")
+                )
             )
-            labels.append(np.full(table.height, k, dtype=np.int32))
+            label = label_of.setdefault(key_split(key)[1], len(label_of))
+            labels.append(np.full(table.height, label, dtype=np.int32))
         images = (
             pl.concat(tables)
             if tables
-            else pl.DataFrame(schema={"image_id": pl.String, "path": pl.String, "class": pl.String})
+            else pl.DataFrame(
+                schema={
+                    "image_id": pl.String,
+                    "path": pl.String,
+                    "class": pl.String,
+                    "split": pl.String,
+                }
+            )
         )
         hashes = _pixel_hashes(layout, images)
         labels = np.concatenate(labels) if labels else np.zeros(0, np.int32)
@@ -169,7 +184,7 @@ def build_cross_class_asset(
             nearest=NearestOther(nearest["partner"], nearest["similarity"]),
         )[0]
         seconds = time.perf_counter() - start
-        side = images.select("class", "path").with_row_index("at")
+        side = images.select("class", "path", "split").with_row_index("at")
         pairs = (
             pl.DataFrame(
                 {
@@ -179,8 +194,17 @@ def build_cross_class_asset(
                     "match": np.where(found.exact, "exact", "near"),
                 }
             )
-            .join(side.rename({"class": "class_a", "path": "path_a"}), left_on="i", right_on="at")
-            .join(side.rename({"class": "class_b", "path": "path_b"}), left_on="j", right_on="at")
+            .join(
+                side.rename({"class": "class_a", "path": "path_a", "split": "split_a"}),
+                left_on="i",
+                right_on="at",
+            )
+            .join(
+                side.rename({"class": "class_b", "path": "path_b", "split": "split_b"}),
+                left_on="j",
+                right_on="at",
+            )
+            .filter(pl.col("split_a") == pl.col("split_b"))
             .select(list(SCHEMA))
             .cast(SCHEMA)
             .sort("similarity", "path_a", descending=[True, False])
