@@ -79,6 +79,7 @@ def test_definitions_load_every_asset_check_and_job(tmp_path):
         "clean_dataset",
         "dedup_evaluation",
         "review_page",
+        "leakage",
     }
     checks = {k.name for k in graph.asset_check_keys}
     assert checks == {
@@ -86,6 +87,8 @@ def test_definitions_load_every_asset_check_and_job(tmp_path):
         "keep_list_integrity",
         "kurtosis_reduction",
         "no_cross_class_duplicates",
+        "no_leak_val",  # one blocking leakage check per evaluation split name
+        "no_leak_test",
     }
     jobs = {j.name for j in defs.resolve_all_job_defs()} - {"__ASSET_JOB"}
     assert jobs == {
