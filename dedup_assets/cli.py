@@ -495,6 +495,8 @@ def _report(
     held = "\nwhat the outputs hold (nothing was computed):"
     say(held if outcome.nothing_changed else "\nwhat the run did:", held)
     say(_catalog_line(layout))
+    for line in _leakage_lines(config, layout):
+        say(line)
     for summary in summaries:
         for line in summary.lines(layout):
             say(line)
@@ -515,6 +517,14 @@ def _report(
         )
         return EXIT_FAILED
     if blocked or outcome.check_failures:
+        leaks = sorted({c.check for c in outcome.check_failures if c.check.startswith("no_leak_")})
+        if leaks and not blocked:
+            splits = ", ".join(c.removeprefix("no_leak_") for c in leaks)
+            say(
+                f"exit {EXIT_GATE}: the leakage gate failed: {splits} images have copies in "
+                f"train beyond the tolerance (see the leakage line above and {layout.leakage})"
+            )
+            return EXIT_GATE
         which = ", ".join(f"T={t}" for t in blocked) or "a check"
         say(
             f"exit {EXIT_GATE}: a blocking gate held back the clean copy of {which}; the keep "
@@ -559,6 +569,31 @@ def _demo_lines(config) -> list[str]:
         "  it is yours and never regenerated: add images to a class folder there and run "
         f"`{again}` again, or turn on new_images_sensor in the UI; only that class is processed",
     ]
+
+
+def _leakage_lines(config: PipelineConfig, layout: OutputLayout) -> list[str]:
+    """Per evaluation split, how many of its images have a copy in train (`leakage.csv`),
+    in the last screen's words; nothing for a source without evaluation splits."""
+    import polars as pl
+
+    from dedup_assets.core.data.artifacts import read_classes
+    from dedup_assets.core.data.splits import IMPLICIT, TRAIN
+    from dedup_assets.core.quality.run_summary import leakage_words
+
+    if not layout.leakage.is_file():
+        return []
+    splits = sorted(set(read_classes(layout)["split"].to_list()) - {IMPLICIT, TRAIN})
+    if not splits:
+        return []
+    rows = pl.read_csv(layout.leakage, infer_schema_length=0)
+    lines = []
+    for split in splits:
+        mine = rows.filter(pl.col("split") == split) if rows.height else rows
+        flagged = mine["image"].n_unique() if mine.height else 0
+        exact = mine.filter(pl.col("kind") == "exact")["image"].n_unique() if mine.height else 0
+        words = leakage_words(split, flagged, exact, config.method.leakage_tolerance, layout)
+        lines.append(f"  leakage: {words}")
+    return lines
 
 
 def _catalog_line(layout) -> str:

@@ -145,6 +145,11 @@ def test_the_gate_fails_on_planted_leaks_and_says_where_to_look(runs):
     assert f"{flagged} test images have a copy in train" in line
     assert str(out / "leakage.csv") in line and "review" in line
     assert "no_leak_val" not in done.stdout  # val passed: nothing said as a failure
+    # "what the run did" says each evaluation split's verdict, the exit line names the gate.
+    assert "  leakage: no val image has a copy in train" in done.stdout
+    assert f"  leakage: {flagged} test images have a copy in train" in done.stdout
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("exit 3: the leakage gate failed: test images"), last
 
 
 def test_an_image_both_copied_within_train_and_leaked(runs):
