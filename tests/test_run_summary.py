@@ -3,6 +3,8 @@ found no reduction within chance reads as a note, never as a failure; only a blo
 says the clean copy is held back; counts keep exact copies, near-duplicates and overrides
 apart, and a budget says how many removals it allows to be false."""
 
+import dataclasses
+
 import polars as pl
 import pytest
 
@@ -79,6 +81,13 @@ def test_counts_keep_exact_near_and_overrides_apart_and_a_budget_says_what_it_al
         counts.budget_line()
     )
     assert "1 class(es) removed more than chance explains" in counts.budget_line()
+    # EuroSAT at 1%: the budget allows 270 false removals and 203 were made.
+    many = dataclasses.replace(counts, allowed_false=270.0, near=203)
+    assert (
+        "allows about 270.0 false removals (the budget x the images), no fewer than the "
+        "203 near-duplicates removed" in many.budget_line()
+    )
+    assert "of the 203 near-duplicate removals" not in many.budget_line()
     cosine = ThresholdCounts.of("0.95", keep.drop("decided_by"), None)
     assert cosine.allowed_false is None and cosine.budget_line() == "" and cosine.overrides == 0
 

@@ -94,11 +94,19 @@ class ThresholdCounts:
         """For a budget: the near-duplicate removals beside those it allows to be false."""
         if self.budget is None or self.allowed_false is None:
             return ""
-        text = (
-            f"budget {self.threshold}: about {self.allowed_false:,.1f} of the "
-            f"{self.near:,} near-duplicate removals are expected to be false (the budget x "
-            "the images)"
-        )
+        if self.allowed_false < self.near:
+            text = (
+                f"budget {self.threshold}: about {self.allowed_false:,.1f} of the "
+                f"{self.near:,} near-duplicate removals are expected to be false (the budget x "
+                "the images)"
+            )
+        else:  # "about 270 of the 203" is no sentence: the budget allows more than was removed
+            text = (
+                f"budget {self.threshold}: it allows about {self.allowed_false:,.1f} false "
+                f"removals (the budget x the images), no fewer than the {self.near:,} "
+                "near-duplicates removed: any of them may be an unrelated image unless its "
+                "class removed more than chance explains"
+            )
         if self.beyond_chance:
             text += (
                 f"; {self.beyond_chance:,} class(es) removed more than chance explains: "
