@@ -206,3 +206,17 @@ def test_nothing_new_answers_from_the_record_and_each_change_takes_the_full_path
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "SKIPPED every later stage: training failed" in failed.stdout
     assert _record(out) is None
+
+
+def test_a_record_of_another_versions_inputs_says_so_not_that_a_file_changed(tmp_path):
+    from dedup_assets.core.data.run_fingerprint import LastRun, RunInputs
+
+    old = RunInputs({"options": "o", "code": "c1"})
+    new = RunInputs({"options": "o", "code": "c2", "file source leaks.csv": "absent"})
+    record = LastRun(old.digest, dict(old.parts), "", "2026-12-03T16:00:00+00:00", 0)
+    why = record.differs(new, tmp_path)
+    assert why == (
+        "changed since the last run: latent-dedup's code, what a run records "
+        "(an earlier version's record)"
+    )
+    assert "leaks.csv" not in why

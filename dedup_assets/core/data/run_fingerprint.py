@@ -239,8 +239,9 @@ class LastRun:
         """Why a run with `inputs` could compute something else than this one left in
         `output` (the first difference found, in words), or None when nothing could."""
         if inputs.digest != self.inputs:
-            changed = [k for k, v in inputs.parts.items() if self.parts.get(k) != v]
-            changed += [k for k in self.parts if k not in inputs.parts]
+            changed = [k for k, v in inputs.parts.items() if k in self.parts and self.parts[k] != v]
+            if set(inputs.parts) != set(self.parts):  # a record of another version's inputs
+                changed.append("inputs recorded")
             return "changed since the last run: " + ", ".join(_WORDS.get(k, k) for k in changed)
         try:
             now = outputs_digest(output)
@@ -267,6 +268,7 @@ _WORDS = {
     "file ground_truth": "the ground truth file",
     **{f"file source {n}": f"the source's {n}" for n in OWN_ROOT_FILES},
     "code": "latent-dedup's code",
+    "inputs recorded": "what a run records (an earlier version's record)",
     "packages": "the installed packages",
     "output": "the output folder",
 }
