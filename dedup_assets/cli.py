@@ -578,6 +578,7 @@ def _leakage_lines(config: PipelineConfig, layout: OutputLayout) -> list[str]:
 
     from dedup_assets.core.data.artifacts import read_classes
     from dedup_assets.core.data.splits import IMPLICIT, TRAIN
+    from dedup_assets.core.decision.leakage import budget_note, read_record
     from dedup_assets.core.quality.run_summary import leakage_words
 
     if not layout.leakage.is_file():
@@ -586,12 +587,15 @@ def _leakage_lines(config: PipelineConfig, layout: OutputLayout) -> list[str]:
     if not splits:
         return []
     rows = pl.read_csv(layout.leakage, infer_schema_length=0)
+    facts = (read_record(layout) or {}).get("splits") or {}
     lines = []
     for split in splits:
         mine = rows.filter(pl.col("split") == split) if rows.height else rows
         flagged = mine["image"].n_unique() if mine.height else 0
         exact = mine.filter(pl.col("kind") == "exact")["image"].n_unique() if mine.height else 0
-        words = leakage_words(split, flagged, exact, config.method.leakage_tolerance, layout)
+        note = budget_note(split, facts.get(split))
+        tolerance = config.method.leakage_tolerance
+        words = leakage_words(split, flagged, exact, tolerance, layout, note)
         lines.append(f"  leakage: {words}")
     return lines
 

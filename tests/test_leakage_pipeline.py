@@ -10,6 +10,8 @@ writes no leakage table. One sequence of runs on one output (one training in all
 64 px images, one epoch."""
 
 import csv
+import json
+import math
 import shutil
 from pathlib import Path
 
@@ -116,6 +118,11 @@ def runs(tmp_path_factory):
     done["overridden_leaks"] = _leaks(out)
     done["overridden_clean"] = _clean(out)
     done["overridden_keep"] = pl.read_parquet(out / "keep_lists" / f"{T}.parquet")
+    # The default budget (0.1%) on these tiny splits: too few decoy draws to read it.
+    (out / "overrides.csv").unlink()
+    done["default"] = _run(src, out, "--leakage-budget", "0.001")
+    done["default_leaks"] = _leaks(out)
+    done["default_record"] = json.loads((cache / "record.json").read_text())
     return done
 
 
@@ -254,3 +261,41 @@ def test_an_unsplit_source_writes_no_leakage_table(runs, tmp_path):
     assert not (out / "leakage.csv").exists()
     for said in ("leakage: evaluation images", "no_leak_", "train/test leakage"):
         assert said not in done.stdout  # no leakage stage, check or clean-copy note
+
+
+def test_a_split_too_small_for_the_default_budget_says_only_exact_copies_were_flagged(runs):
+    """At 0.1% a threshold needs at least 999 decoy draws (k = floor(b (n + 1)) >= 1); each
+    split here gives 3 flips of each of its images and each training image, far fewer: the
+    threshold is 1.0, only the exact copies are flagged, and the last screen says so, with
+    the smallest budget these draws read steadily (its 4th highest draw)."""
+    done, src = runs["default"], runs["src"]
+    assert done.returncode == EXIT_GATE, done.stdout + done.stderr  # exact copies still leak
+    leaks = runs["default_leaks"]
+    exact = {e for (e, _), k in PLANTED.items() if k == "exact"} | {NEW_LEAK[0]}
+    assert set(leaks["kind"]) == {"exact"} and set(leaks["image"]) == exact
+    assert (leaks["threshold"] == 1.0).all()
+    n_train = sum(1 for p in (src / "train").rglob("*") if p.is_file())
+    facts = runs["default_record"]["splits"]
+    for split in ("val", "test"):
+        n_eval = sum(1 for p in (src / split).rglob("*") if p.is_file())
+        draws = 3 * (n_eval + n_train)  # hflip, vflip, rot180 of every image: all there is
+        assert facts[split]["draws"] == draws and facts[split]["readable"] is False
+        assert draws < 999
+        steady = min(
+            b for b in (0.002, 0.005, 0.01, 0.02, 0.05) if math.floor(b * (draws + 1)) >= 4
+        )
+        line = next(
+            x
+            for x in done.stdout.splitlines()
+            if x.startswith("  leakage: ") and f" {split} " in x
+        )
+        assert f"only exact copies were looked for in {split}" in line, line
+        assert "needs at least 999 decoy draws" in line and f"this split gives {draws:,}" in line
+        assert f"--leakage-budget {steady:g} reads near copies here" in line, line
+    assert "  leakage: no val image has a copy in train (only exact copies" in done.stdout
+    assert (
+        f"  leakage: {len(exact)} test images have a copy in train ({len(exact)} exact, 0 near"
+        in done.stdout
+    )
+    # The 2% budget of the earlier runs was read: no such note.
+    assert "only exact copies" not in runs["gate"].stdout

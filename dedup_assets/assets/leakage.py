@@ -42,13 +42,17 @@ from dedup_assets.core.decision.leakage import (
     LEAKAGE_SCHEMA,
     PAIR_SCHEMA,
     SplitClasses,
+    budget_facts,
+    budget_note,
     leakage_made_from,
     load_split_images,
     pairs_path,
+    read_split_facts,
     split_cache,
     split_inputs,
     split_pairs,
     write_record,
+    write_split_facts,
 )
 from dedup_assets.core.decision.overrides import without_pairs
 from dedup_assets.core.model.autoencoder import encode_images, load_state
@@ -139,7 +143,8 @@ def build_leakage_asset(splits: str | None = None) -> dg.AssetsDefinition:
         for split, keys in classes.evals.items():
             made_from = split_inputs(current, split, classes)
             cache = split_cache(layout, split)
-            if is_current(cache, made_from):
+            found, facts = read_split_facts(layout, split, made_from)
+            if found and is_current(cache, made_from):
                 table = pl.read_parquet(cache)
             else:
                 ev = images(keys)
@@ -153,15 +158,19 @@ def build_leakage_asset(splits: str | None = None) -> dg.AssetsDefinition:
                     ann_min_size=int(settings.ann_min_class_size),
                     nprobe=int(settings.ann_nprobe),
                 )
+                facts = (
+                    None
+                    if result is None
+                    else budget_facts(
+                        float(settings.leakage_budget), result.draws, result.threshold
+                    )
+                )
                 write_table(table, cache, made_from)
+                write_split_facts(layout, split, made_from, facts)
                 recomputed.append(split)
-                if result is not None:
-                    info[split] = {
-                        "threshold": round(result.threshold, 4),
-                        "draws": result.draws,
-                        "join": result.join,
-                    }
                 del ev
+            if facts is not None:
+                info[split] = facts
             tables.append(table)
         loaded.clear()
         pairs = pl.concat(tables) if tables else pl.DataFrame(schema=PAIR_SCHEMA)
@@ -177,8 +186,10 @@ def build_leakage_asset(splits: str | None = None) -> dg.AssetsDefinition:
                 "made_from": digest(made_from),
                 "flagged": flagged,
                 "pairs": {s: pairs.filter(pl.col("split") == s).height for s in classes.evals},
+                "splits": info,
             },
         )
+        budget_notes = {s: budget_note(s, info.get(s)) for s in classes.evals}
         seconds = time.perf_counter() - start
         tolerance = int(settings.leakage_tolerance)
         note = (
@@ -192,14 +203,28 @@ def build_leakage_asset(splits: str | None = None) -> dg.AssetsDefinition:
             or f"leakage: {', '.join(f'{s} {n} flagged' for s, n in flagged.items())}; "
             f"recomputed {', '.join(recomputed) or 'nothing'} ({seconds:.1f}s)"
         )
+        for words in budget_notes.values():
+            if words:
+                context.log.warning(words)
         checks = [
-            _check_result(s, s in classes.evals, flagged.get(s, 0), pairs, tolerance, layout, note)
+            _check_result(
+                s,
+                s in classes.evals,
+                flagged.get(s, 0),
+                pairs,
+                tolerance,
+                layout,
+                note,
+                budget_notes.get(s, ""),
+            )
             for s in checked
         ]
         per_split = [
             (
                 s,
-                info.get(s, {}).get("threshold", "cached"),
+                info.get(s, {}).get("threshold", "-"),
+                info.get(s, {}).get("draws", 0),
+                "no: exact copies only" if budget_notes[s] else "yes",
                 flagged[s],
                 pairs.filter((pl.col("split") == s) & (pl.col("kind") == "exact"))[
                     "image"
@@ -208,6 +233,7 @@ def build_leakage_asset(splits: str | None = None) -> dg.AssetsDefinition:
             )
             for s in classes.evals
         ]
+        said = [w for w in budget_notes.values() if w]
         return dg.MaterializeResult(
             metadata={
                 "flagged_images": sum(flagged.values()),
@@ -219,15 +245,25 @@ def build_leakage_asset(splits: str | None = None) -> dg.AssetsDefinition:
                 "seconds": round(seconds, 2),
                 "per_split": dg.MetadataValue.md(
                     md_table(
-                        ["split", "threshold", "flagged images", "exact copies", "recomputed"],
+                        [
+                            "split",
+                            "threshold",
+                            "decoy draws",
+                            "budget read",
+                            "flagged images",
+                            "exact copies",
+                            "recomputed",
+                        ],
                         per_split,
                     )
+                    + "".join(f"\n\n{w}" for w in said)
                     if per_split
                     else note
                 ),
                 "pairs_shown": dg.MetadataValue.md(_pairs_table(pairs)),
                 "path": dg.MetadataValue.path(str(layout.leakage)),
                 **({"note": note} if note else {}),
+                **({"budget_note": "\n".join(said)} if said else {}),
             },
             check_results=checks,
         )
@@ -243,6 +279,7 @@ def _check_result(
     tolerance: int,
     layout,
     note: str,
+    budget: str = "",
 ) -> dg.AssetCheckResult:
     name = check_name(split)
     if not present:
@@ -252,7 +289,7 @@ def _check_result(
         )
     mine = pairs.filter(pl.col("split") == split)
     exact = mine.filter(pl.col("kind") == "exact")["image"].n_unique()
-    outcome = leakage_words(split, flagged, exact, tolerance, layout)
+    outcome = leakage_words(split, flagged, exact, tolerance, layout, budget)
     return dg.AssetCheckResult(
         check_name=name,
         passed=flagged <= tolerance,

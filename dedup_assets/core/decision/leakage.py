@@ -482,6 +482,62 @@ def leakage_threshold(null: np.ndarray, budget: float = DEFAULT_LEAKAGE_BUDGET) 
     return float(budget_thresholds(null, [budget])[0])
 
 
+BUDGET_LADDER = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+"""The budgets `budget_facts` may suggest when a split's draws cannot read the one asked."""
+
+
+def draws_needed(budget: float, k: int = 1) -> int:
+    """The fewest draws from which `budget` reads its k-th highest (floor(b (n + 1)) >= k,
+    as `calibration.resolvable` counts): 999 at 0.1% for k = 1, 3,999 for MIN_DRAWS_K."""
+    n = int(np.ceil((k - 1e-9) / budget)) - 1
+    while n > 0 and int(np.floor(budget * n + 1e-9)) >= k:  # n - 1 draws already do
+        n -= 1
+    return max(0, n)
+
+
+def budget_facts(budget: float, draws: int, threshold: float) -> dict:
+    """How one split's threshold was read, for the record and the last screen: the budget,
+    the draws it was read from, whether they could read it (`resolvable`; else the
+    threshold is 1.0 and only exact copies are flagged), the draws it needs (at least, and
+    to read it steadily: MIN_DRAWS_K), and the smallest budget of BUDGET_LADDER these draws
+    read steadily (or at all; None when none can)."""
+    draws = int(draws)
+    readable = resolvable(draws, budget)
+    suggest = None
+    if not readable:
+        larger = [b for b in BUDGET_LADDER if b > budget]
+        steady = [b for b in larger if draws >= draws_needed(b, MIN_DRAWS_K)]
+        some = [b for b in larger if resolvable(draws, b)]
+        suggest = (steady or some or [None])[0]
+    return {
+        "budget": float(budget),
+        "draws": draws,
+        "threshold": round(float(threshold), 4),
+        "readable": bool(readable),
+        "needed": draws_needed(budget),
+        "needed_steady": draws_needed(budget, MIN_DRAWS_K),
+        "suggested_budget": suggest,
+    }
+
+
+def budget_note(split: str, facts: dict | None) -> str:
+    """ "" when `split`'s budget was read; else why only exact copies were flagged and the
+    budget that would read near copies (`budget_facts`)."""
+    if not facts or facts.get("readable", True):
+        return ""
+    b = float(facts["budget"])
+    words = (
+        f"only exact copies were looked for in {split}: the {b:.1%} leakage budget needs at "
+        f"least {facts['needed']:,} decoy draws to read a near-copy threshold (about "
+        f"{facts['needed_steady']:,} to read it steadily); this split gives "
+        f"{facts['draws']:,}, so the threshold fell back to 1.0"
+    )
+    suggest = facts.get("suggested_budget")
+    if suggest is None:
+        return words + "; no budget up to 50% can be read from so few images"
+    return words + f"; --leakage-budget {suggest:g} reads near copies here"
+
+
 # ------------------------------------------------------------------------- the leaks
 
 
@@ -784,6 +840,31 @@ def cache_dir(layout: OutputLayout) -> Path:
 
 def split_cache(layout: OutputLayout, split: str) -> Path:
     return cache_dir(layout) / f"{split}.parquet"
+
+
+def split_facts_path(layout: OutputLayout, split: str) -> Path:
+    """How a split's cached pairs were judged (`budget_facts`), beside its cache."""
+    return cache_dir(layout) / f"{split}.json"
+
+
+def write_split_facts(
+    layout: OutputLayout, split: str, made_from: dict, facts: dict | None
+) -> None:
+    """Store `facts` (None: nothing to compare) with the inputs they were read from."""
+    write_json({"made_from": digest(made_from), "facts": facts}, split_facts_path(layout, split))
+
+
+def read_split_facts(layout: OutputLayout, split: str, made_from: dict) -> tuple[bool, dict | None]:
+    """(found, facts) of a split's cache made from `made_from`; found is False when the
+    file is missing, unreadable or of other inputs (the split is then judged again)."""
+    try:
+        data = json.loads(split_facts_path(layout, split).read_text())
+    except (OSError, ValueError):
+        return False, None
+    if not isinstance(data, dict) or data.get("made_from") != digest(made_from):
+        return False, None
+    facts = data.get("facts")
+    return True, facts if isinstance(facts, dict) else None
 
 
 def split_inputs(current: CurrentInputs, split: str, classes: SplitClasses) -> dict:

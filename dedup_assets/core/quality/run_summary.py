@@ -304,16 +304,24 @@ def _present(path: Path, columns: tuple[str, ...]) -> list[str]:
 
 
 def leakage_words(
-    split: str, flagged: int, exact: int, tolerance: int, layout: OutputLayout
+    split: str,
+    flagged: int,
+    exact: int,
+    tolerance: int,
+    layout: OutputLayout,
+    budget_note: str = "",
 ) -> str:
     """One evaluation split's leakage verdict as the last screen says it: how many of its
     images have a copy in train (exact and near apart), the tolerance, and where to look
-    (`leakage.csv`, the review page's leakage section)."""
+    (`leakage.csv`, the review page's leakage section); then `budget_note`
+    (`leakage.budget_note`: the split too small to read the budget, only exact copies
+    looked for), so a clean verdict is never read as "no near copy either"."""
+    tail = f" ({budget_note})" if budget_note else ""
     if not flagged:
-        return f"no {split} image has a copy in train"
+        return f"no {split} image has a copy in train{tail}"
     images = "image has" if flagged == 1 else "images have"
     return (
         f"{flagged:,} {split} {images} a copy in train ({exact:,} exact, {flagged - exact:,} "
         f"near; tolerance {tolerance}): see {layout.leakage} and the leakage section of "
-        f"{layout.review_index}"
+        f"{layout.review_index}{tail}"
     )
