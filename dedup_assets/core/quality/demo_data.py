@@ -29,7 +29,8 @@ exact copy in its own class of train, which itself has an exact copy there too (
 that is both an exact duplicate within train and a leak), a near copy of the same test
 image (a planting transform) in another class of train, and a near copy of another test
 image in its own class. The within-train planted pairs are listed in the manifest
-(``train_pairs``: class, original, copy; file names relative to ``train/<class>``).
+(``train_pairs``: class, original, copy; file names relative to ``train/<class>``) and in
+``ground_truth.csv`` (class ``train/<class>``: the evaluation's pairs, split-aware).
 
 Once made, the folder is the user's: they add images to it and watch the pipeline (or the
 new-images sensor) pick them up. Nothing here ever rewrites or deletes anything in it: a later
@@ -620,6 +621,14 @@ def _write_split_tree(tmp: Path, params: dict) -> dict:
     pairs += _plant_exact(train_dir, originals, pairs, seed)
     pairs.sort()
     leaks, within = _plant_leaks(tmp, tests, seed)  # their copies are counted as leaks
+    # The within-train planted pairs as the evaluation reads them: the class column is the
+    # class folder relative to the root (`train/<class>`), as the catalog names images.
+    write_ground_truth(
+        tmp / GROUND_TRUTH_FILENAME,
+        sorted(
+            GroundTruthPair(f"train/{p.class_name}", p.original, p.copy) for p in pairs + within
+        ),
+    )
     with (tmp / LEAKS_FILENAME).open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(LEAKS_HEADER)

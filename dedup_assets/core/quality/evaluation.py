@@ -304,18 +304,34 @@ def ground_truth_edges(
     file names are relative to their class folder. with_transforms: each edge gets a third
     element, the planted transform named in the copy's file name.
     """
-    by_path = dict(zip(catalog_ok["path"].to_list(), catalog_ok["image_id"].to_list(), strict=True))
+    paths = catalog_ok["path"].to_list()
+    by_path = dict(zip(paths, catalog_ok["image_id"].to_list(), strict=True))
+    key_of_path = (
+        dict(zip(paths, catalog_ok["class_key"].to_list(), strict=True))
+        if "class_key" in catalog_ok.columns
+        else {}
+    )
     edges: dict[str, list[tuple[str, str]]] = {}
     unmatched = 0
     for row in pairs:
-        a = by_path.get(f"{row.class_name}/{row.original}")
-        b = by_path.get(f"{row.class_name}/{row.copy}")
-        if a is None or b is None or row.class_name not in class_key_of:
+        pa, pb = source_path_of(row, row.original), source_path_of(row, row.copy)
+        a, b = by_path.get(pa), by_path.get(pb)
+        # The partition of the images themselves: a class name is not a key once splits
+        # share it (train/cats and test/cats); the name decides only without keys.
+        key = key_of_path.get(pa) if key_of_path else class_key_of.get(row.class_name)
+        if a is None or b is None or key is None or key_of_path.get(pb, key) != key:
             unmatched += 1
             continue
         edge = (a, b, transform_of(row.copy)) if with_transforms else (a, b)
-        edges.setdefault(class_key_of[row.class_name], []).append(edge)
+        edges.setdefault(key, []).append(edge)
     return edges, unmatched
+
+
+def source_path_of(pair: GroundTruthPair, name: str) -> str:
+    """A ground-truth file's path relative to the source: `<class>/<file>`, where the class
+    column is the class folder relative to the source (`cats`, or `train/cats` in a split
+    source, as the catalog and keep lists name images)."""
+    return f"{pair.class_name.strip('/')}/{name}"
 
 
 def evaluate_against_ground_truth(
@@ -487,8 +503,8 @@ def score_keep_lists(
         kept = keep["kept"].to_numpy().astype(bool)
         known, transforms, unmatched = [], [], 0
         for pair in pairs:
-            a = index.get(f"{pair.class_name}/{pair.original}")
-            b = index.get(f"{pair.class_name}/{pair.copy}")
+            a = index.get(source_path_of(pair, pair.original))
+            b = index.get(source_path_of(pair, pair.copy))
             if a is None or b is None or a == b:
                 unmatched += 1
                 continue
