@@ -202,6 +202,7 @@ def test_the_demo_split_variant_plants_leaks_and_lists_them(tmp_path):
     root = one.root
     assert sorted(p.name for p in root.iterdir()) == [
         ".demo_manifest.json",
+        "ground_truth.csv",  # the within-train planted pairs, for the evaluation
         "leaks.csv",
         "test",
         "train",
