@@ -81,3 +81,29 @@ def _dagster_home_as_it_was():
         os.environ.pop("DAGSTER_HOME", None)
     else:
         os.environ["DAGSTER_HOME"] = before
+
+
+# The files whose tests take longest (each 40 s or more of one worker in a fresh clone,
+# 2026-12-03), run first: two workers take files in collection order (`--dist loadfile`),
+# so slow files collected last (the alphabet put test_splits_pipeline, test_trust and
+# test_ui_runs there) left one worker running them alone at the end.
+SLOW_FIRST = (
+    "test_fast_path.py",
+    "test_leakage_pipeline.py",
+    "test_interrupt.py",
+    "test_distributed.py",
+    "test_cli_contract.py",
+    "test_trust.py",
+    "test_recovery.py",
+    "test_splits_pipeline.py",
+    "test_review_roundtrip.py",
+    "test_demo_and_sensor.py",
+    "test_overrides_end_to_end.py",
+    "test_ui_runs.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow files first (SLOW_FIRST), each file's tests in their own order."""
+    rank = {name: at for at, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
