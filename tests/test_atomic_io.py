@@ -92,3 +92,16 @@ def test_sweep_keeps_the_newer_tree_when_both_exist(tmp_path):
     sweep_interrupted(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.95"]
     assert (tmp_path / "0.95" / "new").read_text() == "new"
+
+
+def test_a_class_being_written_elsewhere_is_not_a_catalogued_class(tmp_path):
+    """Another worker's class in its temporary folder (`.<key>.<random>.tmp`) is not listed."""
+    from dedup_assets.core.data.artifacts import catalogued_keys
+    from dedup_assets.core.data.layout import OutputLayout
+
+    layout = OutputLayout(tmp_path)
+    for name in ("forest", ".urban.7wkdbuqw.tmp", ".urban.abcdefgh.old"):
+        folder = layout.classes_dir / name
+        folder.mkdir(parents=True)
+        (folder / "images.parquet").write_bytes(b"")
+    assert catalogued_keys(layout) == ["forest"]

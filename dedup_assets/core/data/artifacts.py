@@ -450,10 +450,19 @@ def class_summary(layout: OutputLayout, key: str) -> dict | None:
 
 
 def catalogued_keys(layout: OutputLayout) -> list[str]:
-    """Keys of the classes that have a catalog (whatever their number of images), sorted."""
+    """Keys of the classes that have a catalog (whatever their number of images), sorted.
+
+    A class being written elsewhere sits in `.<key>.<random>.tmp` (`atomic_io`) until it is
+    swapped in; class keys never start with "." (`image_folder.class_key` encodes it), so
+    such a folder is never taken for a class (a worker listing the classes while another
+    wrote one read its half-made quarantine.csv as it was swapped away: FileNotFoundError)."""
     if not layout.classes_dir.is_dir():
         return []
-    return sorted(p.name for p in layout.classes_dir.iterdir() if (p / "images.parquet").is_file())
+    return sorted(
+        p.name
+        for p in layout.classes_dir.iterdir()
+        if not p.name.startswith(".") and (p / "images.parquet").is_file()
+    )
 
 
 def read_classes(layout: OutputLayout) -> pl.DataFrame:
