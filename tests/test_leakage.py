@@ -16,7 +16,6 @@ from dedup_assets.core.decision.leakage import (
     crop_views,
     decoy_draws,
     decoy_pixels,
-    detect_leakage,
     exact_matches,
     find_leaks,
     leakage_rows,
@@ -25,6 +24,7 @@ from dedup_assets.core.decision.leakage import (
     top_k,
     views_top_k,
 )
+from dedup_assets.core.decision.leakage_index import detect_leakage
 from dedup_assets.core.decision.similarity import l2_normalize
 
 

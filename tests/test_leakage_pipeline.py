@@ -41,6 +41,7 @@ PLANTED = {
 TRAIN_COPIES = {t for _, t in PLANTED}
 LEAKED_TEST = {e for e, _ in PLANTED}
 NEW_LEAK = ("test/road/road_new.png", "train/road/road_000.png")
+NEW_TRAIN_LEAK = ("test/road/road_009.png", "train/road/leak_new.jpg")  # JPEG: a near copy
 
 
 def _make_source(base: Path) -> Path:
@@ -109,10 +110,15 @@ def runs(tmp_path_factory):
     done["new_leaks"] = _leaks(out)
     done["new_recomputed"] = {s: _mtime(cache / f"{s}.parquet") != caches[s] for s in caches}
     shutil.copytree(out / "review", base / "review_new")  # the page that lists these leaks
+    # A new training image, a near copy of a test image: both splits' indexes updated.
+    Image.open(src / NEW_TRAIN_LEAK[0]).convert("RGB").save(src / NEW_TRAIN_LEAK[1], quality=85)
+    done["train_new"] = _run(src, out)
+    done["train_new_leaks"] = _leaks(out)
+    done["train_new_record"] = json.loads((cache / "record.json").read_text())
     with open(out / "overrides.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "decision", "other"])
-        for e, t in sorted({*PLANTED, NEW_LEAK}):
+        for e, t in sorted({*PLANTED, NEW_LEAK, NEW_TRAIN_LEAK}):
             writer.writerow([e, "not_duplicate", t])
     done["overridden"] = _run(src, out)
     done["overridden_leaks"] = _leaks(out)
@@ -209,6 +215,22 @@ def test_a_new_test_image_is_judged_without_the_other_split(runs):
     assert runs["new_recomputed"] == {"val": False, "test": True}
 
 
+def test_a_new_training_image_updates_each_split_and_its_leak_is_found(runs):
+    """A near copy of a test image added to train: each split's index is updated with the
+    one new training image (no evaluation image encoded again), not built again, and the
+    copy is flagged beside every leak found before."""
+    done = runs["train_new"]
+    assert done.returncode == EXIT_GATE, done.stdout
+    how = runs["train_new_record"]["this_run"]
+    for split in ("val", "test"):
+        assert how[split].startswith("updated: +1 train, +0/-0 evaluation images"), how
+    leaks = runs["train_new_leaks"]
+    row = leaks.filter(pl.col("train_image") == NEW_TRAIN_LEAK[1]).row(0, named=True)
+    assert (row["image"], row["kind"]) == (NEW_TRAIN_LEAK[0], "near")
+    before = set(runs["new_leaks"].select("image", "train_image").iter_rows())
+    assert before <= set(leaks.select("image", "train_image").iter_rows())
+
+
 def test_overrides_mark_the_leaks_not_duplicates(runs):
     done, leaks = runs["overridden"], runs["overridden_leaks"]
     # What is left is what run 1 flagged beyond the planted leaks (none on this data).
@@ -285,9 +307,7 @@ def test_a_split_too_small_for_the_default_budget_says_only_exact_copies_were_fl
             b for b in (0.002, 0.005, 0.01, 0.02, 0.05) if math.floor(b * (draws + 1)) >= 4
         )
         line = next(
-            x
-            for x in done.stdout.splitlines()
-            if x.startswith("  leakage: ") and f" {split} " in x
+            x for x in done.stdout.splitlines() if x.startswith("  leakage: ") and f" {split} " in x
         )
         assert f"only exact copies were looked for in {split}" in line, line
         assert "needs at least 999 decoy draws" in line and f"this split gives {draws:,}" in line

@@ -2,20 +2,21 @@
 in the training split, in `leakage.csv`, and a blocking check per evaluation split ("no test
 image has a copy in train"). The comparison is `core.decision.leakage`.
 
-Incremental. Each evaluation split's pairs are cached (`<output>/.leakage/<split>.parquet`)
-with what they were computed from (`core.decision.leakage.split_inputs`): the latents of
-every training class and of the split's classes (each records its class's content and the
-model), the budget, the join settings and the rule. A run then:
+Incremental. Each evaluation split keeps its pairs (`<output>/.leakage/<split>.parquet`)
+with what they were computed from (`core.decision.leakage.split_inputs`: the latents of
+every training class and of the split's classes, each recording its class's content and
+the model; the budget, the join settings and the rule), and its judgement's state
+(`<split>.index.npz`, `core.decision.leakage_index`). A run then:
 
-- recomputes nothing when no training class and none of a split's classes changed (the
-  split's cache is read; the table is written again from the caches, with the overrides);
-- recomputes a split whose classes changed (new, changed or removed evaluation images)
-  against the whole training split, and only that split: the other splits' caches stand;
-- recomputes every split when any training class changed, or the model, the budget or the
-  join: the shared space is fitted on train, each training image's density reads its
-  training neighbours, and the threshold's decoys meet the whole training split, so a
-  changed training image moves every split's threshold. New training images are therefore
-  not checked alone against the evaluation splits: the split is judged again whole.
+- reads a split's pairs as they are when none of its inputs changed;
+- otherwise updates the split's index: new training images are compared with the split's
+  images and decoys (and the densities they raise lowered in place), new evaluation images
+  are compared with train, removed ones dropped; only new images and new decoys are
+  encoded. The judgement is the one a build on the same space would give (the index's
+  module doc); the per-split table says what each update did;
+- builds a split's index again when a training image was removed or changed, the model,
+  budget, join or rule changed, or train grew past 1.25x the images its space was fitted
+  on;
 - never recomputes for overrides (pairs marked `not_duplicate` are left out of the table
   after the join) or for the tolerance (the checks count the table).
 
@@ -45,15 +46,15 @@ from dedup_assets.core.decision.leakage import (
     budget_facts,
     budget_note,
     leakage_made_from,
-    load_split_images,
     pairs_path,
     read_split_facts,
     split_cache,
     split_inputs,
-    split_pairs,
+    split_table,
     write_record,
     write_split_facts,
 )
+from dedup_assets.core.decision.leakage_index import SplitJudgement, judge_split
 from dedup_assets.core.decision.overrides import without_pairs
 from dedup_assets.core.model.autoencoder import encode_images, load_state
 from dedup_assets.core.quality.run_summary import leakage_words
@@ -125,7 +126,7 @@ def build_leakage_asset(splits: str | None = None) -> dg.AssetsDefinition:
         classes = SplitClasses.of(list(current.class_digests))
         names = class_names(layout)
         start = time.perf_counter()
-        model, loaded = [], {}
+        model, tables_of = [], {}
 
         def encode(pixels: np.ndarray) -> np.ndarray:
             if not model:
@@ -134,30 +135,33 @@ def build_leakage_asset(splits: str | None = None) -> dg.AssetsDefinition:
                 model[0], pixels, device=compute.torch_device(), amp_dtype=compute.amp_dtype()
             )
 
-        def images(keys: tuple[str, ...]):
-            if keys not in loaded:
-                loaded[keys] = load_split_images(layout, keys, names)
-            return loaded[keys]
+        def images(keys: tuple[str, ...]) -> pl.DataFrame:
+            if keys not in tables_of:
+                tables_of[keys] = split_table(layout, keys, names)
+            return tables_of[keys]
 
-        tables, info, recomputed = [], {}, []
+        tables, info, recomputed, hows = [], {}, [], {}
         for split, keys in classes.evals.items():
             made_from = split_inputs(current, split, classes)
             cache = split_cache(layout, split)
             found, facts = read_split_facts(layout, split, made_from)
             if found and is_current(cache, made_from):
                 table = pl.read_parquet(cache)
+                hows[split] = "unchanged"
             else:
-                ev = images(keys)
-                table, result = split_pairs(
+                judged = judge_split(
+                    layout,
                     split,
-                    ev,
                     images(classes.train),
+                    images(keys),
                     encode,
+                    model=current.model_digest,
                     budget=float(settings.leakage_budget),
                     join=str(settings.join),
                     ann_min_size=int(settings.ann_min_class_size),
                     nprobe=int(settings.ann_nprobe),
                 )
+                table, result = judged.table, judged.result
                 facts = (
                     None
                     if result is None
@@ -168,11 +172,12 @@ def build_leakage_asset(splits: str | None = None) -> dg.AssetsDefinition:
                 write_table(table, cache, made_from)
                 write_split_facts(layout, split, made_from, facts)
                 recomputed.append(split)
-                del ev
+                hows[split] = _how(judged)
+                context.log.info(f"leakage {split}: {hows[split]}")
             if facts is not None:
                 info[split] = facts
             tables.append(table)
-        loaded.clear()
+        tables_of.clear()
         pairs = pl.concat(tables) if tables else pl.DataFrame(schema=PAIR_SCHEMA)
         pairs = without_pairs(pairs, current.not_duplicate, "image", "train_image")
         pairs = pairs.sort("split", "class", "image", "similarity", descending=[False] * 3 + [True])
@@ -187,6 +192,7 @@ def build_leakage_asset(splits: str | None = None) -> dg.AssetsDefinition:
                 "flagged": flagged,
                 "pairs": {s: pairs.filter(pl.col("split") == s).height for s in classes.evals},
                 "splits": info,
+                "this_run": hows,
             },
         )
         budget_notes = {s: budget_note(s, info.get(s)) for s in classes.evals}
@@ -229,7 +235,7 @@ def build_leakage_asset(splits: str | None = None) -> dg.AssetsDefinition:
                 pairs.filter((pl.col("split") == s) & (pl.col("kind") == "exact"))[
                     "image"
                 ].n_unique(),
-                "yes" if s in recomputed else "no",
+                hows.get(s, "-"),
             )
             for s in classes.evals
         ]
@@ -252,7 +258,7 @@ def build_leakage_asset(splits: str | None = None) -> dg.AssetsDefinition:
                             "budget read",
                             "flagged images",
                             "exact copies",
-                            "recomputed",
+                            "this run",
                         ],
                         per_split,
                     )
@@ -269,6 +275,18 @@ def build_leakage_asset(splits: str | None = None) -> dg.AssetsDefinition:
         )
 
     return leakage
+
+
+def _how(judged: SplitJudgement) -> str:
+    """What one split's judgement did, in words (the log, the per-split table)."""
+    c = judged.counts
+    if judged.how != "updated" or c is None:
+        return judged.how
+    return (
+        f"updated: +{c.train_added} train, +{c.eval_added}/-{c.eval_removed} evaluation "
+        f"images, +{c.decoys_added}/-{c.decoys_removed} decoys, {c.encoded} views encoded, "
+        f"{judged.recompared} rows compared again with all of train"
+    )
 
 
 def _check_result(

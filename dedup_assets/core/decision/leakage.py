@@ -68,8 +68,9 @@ in N; it may miss a copy, never flag an image for a similarity it does not have.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,7 @@ from dedup_assets.core.data.artifacts import (
     gather_pixels,
     join_setting,
     read_catalog,
+    read_latent_ids,
     read_latents,
     require_current,
     threshold_verdict,
@@ -190,36 +192,51 @@ class DecoyPlan:
         return int(sum(len(rows) for _, _, rows in self.parts))
 
 
+def id_ranks(keys: Sequence[str]) -> np.ndarray:
+    """A stable pseudo-random rank of each key (a hash of it): a sample taken by smallest
+    rank keeps its members when keys are added."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "big") for k in keys],
+        dtype=np.uint64,
+    ).reshape(len(keys))
+
+
 def plan_decoys(
     n_eval: int,
     n_train: int,
     budget: float = DEFAULT_LEAKAGE_BUDGET,
     *,
     max_sources: int = MAX_DECOY_SOURCES,
-    seed: int = 0,
+    eval_keys: Sequence[str] | None = None,
+    train_keys: Sequence[str] | None = None,
 ) -> DecoyPlan:
     """The decoys of the module doc: eval images mirrored, then train images, then the other
     flips of both, until k = floor(b (draws + 1)) >= MIN_DRAWS_K (every eval image, but
-    only as many training images as that needs); each split's sources a seeded sample of at
-    most `max_sources` (both splits' together at most that)."""
+    only as many training images as that needs); each split's sources at most
+    `max_sources` (both splits' together at most that). A sample is the images with the
+    smallest hash of their key (image ids; row numbers when none are given), so that a
+    split that grows keeps its sample but for the new images that enter it
+    (`core.decision.leakage_index`)."""
     need = int(np.ceil(MIN_DRAWS_K / budget)) - 1
-    rng = np.random.default_rng(seed)
 
-    def sample(n: int, cap: int) -> np.ndarray:
-        if n <= cap:
-            return np.arange(n)
-        return np.sort(rng.choice(n, cap, replace=False))
+    def ranked(n: int, keys: Sequence[str] | None) -> np.ndarray:
+        keys = [str(i) for i in range(n)] if keys is None else [str(k) for k in keys]
+        return np.argsort(id_ranks(keys), kind="stable")
 
-    eval_rows = sample(n_eval, max_sources)
-    train_rows = sample(n_train, max(0, max_sources - len(eval_rows)))
+    def sample(order: np.ndarray, cap: int) -> np.ndarray:
+        return np.sort(order[: max(0, cap)])
+
+    eval_order, train_order = ranked(n_eval, eval_keys), ranked(n_train, train_keys)
+    eval_rows = sample(eval_order, max_sources)
+    train_order = train_order[: max(0, max_sources - len(eval_rows))]
     parts: list[tuple[str, str, np.ndarray]] = []
     total = 0
     for kind in DECOYS:
-        for source, rows in (("eval", eval_rows), ("train", train_rows)):
+        for source, rows in (("eval", eval_rows), ("train", np.sort(train_order))):
             if total >= need or len(rows) == 0:
                 continue
             if source == "train" and total + len(rows) > need:  # as many as the budget needs
-                rows = np.sort(rng.choice(rows, need - total, replace=False))
+                rows = sample(train_order, need - total)
             parts.append((source, kind, rows))
             total += len(rows)
     return DecoyPlan(tuple(parts))
@@ -612,6 +629,22 @@ def find_leaks(
     vals, idx = views_top_k(
         eval_vectors, train_vectors, max_copies, join=method, nprobe=nprobe, block=block
     )
+    return leaks_from_lists(
+        vals, idx, threshold, eval_hashes=eval_hashes, train_hashes=train_hashes
+    )
+
+
+def leaks_from_lists(
+    vals: np.ndarray,
+    idx: np.ndarray,
+    threshold: float,
+    *,
+    eval_hashes: np.ndarray | None = None,
+    train_hashes: np.ndarray | None = None,
+) -> Leaks:
+    """`find_leaks` from each eval image's top list against train (`vals` descending,
+    `idx` training rows, -inf / -1 where empty): its exact copies (pixel hashes) and every
+    listed training image above the threshold."""
     nearest, nearest_sim = idx[:, 0].copy(), vals[:, 0].copy()
     rows, cols, sims, kinds = [], [], [], []
     if eval_hashes is not None and train_hashes is not None:
@@ -647,11 +680,6 @@ def find_leaks(
 # ------------------------------------------------------------------------- end to end
 
 
-def _with_one(vectors: np.ndarray) -> np.ndarray:
-    """Query vectors [q, 1] against training vectors [t, -penalty x density] (HUB_PENALTY)."""
-    return np.hstack([vectors, np.ones((len(vectors), 1), np.float32)]).astype(np.float32)
-
-
 @dataclass(frozen=True)
 class LeakageResult:
     """What `detect_leakage` found and how its threshold was read."""
@@ -662,97 +690,6 @@ class LeakageResult:
     draws: int
     decoys: tuple[tuple[str, str, int], ...]  # (source split, decoy kind, images)
     join: str
-
-
-def detect_leakage(
-    eval_latents: np.ndarray,
-    eval_pixels: np.ndarray,
-    train_latents: np.ndarray,
-    train_pixels: np.ndarray,
-    encode: Callable[[np.ndarray], np.ndarray],
-    *,
-    eval_hashes: np.ndarray | None = None,
-    train_hashes: np.ndarray | None = None,
-    budget: float = DEFAULT_LEAKAGE_BUDGET,
-    weight: float = LEAKAGE_WEIGHT,
-    views: bool = True,
-    hub_penalty: float = HUB_PENALTY,
-    join: str = "auto",
-    ann_min_size: int = DEFAULT_ANN_MIN_CLASS_SIZE,
-    nprobe: int = DEFAULT_NPROBE,
-    space: LeakageSpace | None = None,
-) -> LeakageResult:
-    """The whole check for one evaluation split against train (module doc): the space fitted
-    on train, the decoys (`plan_decoys`) encoded by `encode` (uint8 pixels -> latents, the
-    model the latents came from, at their device and precision), each eval image and decoy
-    also seen in its `crop_views` (`views`), scores less `hub_penalty` x the training
-    image's density (HUB_PENALTY), the budget's threshold
-    from their draws (`decoy_draws`, `budget_threshold`), then `find_leaks`. `eval_pixels`
-    and `train_pixels` may be memory-mapped stores."""
-    if not 0.0 < budget < 1.0:
-        raise ValueError(f"a leakage budget must lie in (0, 1), got {budget}")
-    space = space or LeakageSpace.fit(train_latents, weight)
-    method = resolve_join(join, len(train_latents), ann_min_size)
-    tv = space.vectors(train_latents, train_pixels)
-    ev = space.vectors(eval_latents, eval_pixels)
-    plain_tv = tv
-    if hub_penalty > 0 and len(tv) > 1:
-        near, _ = top_k(tv, tv, DENSITY_NEIGHBOURS + 1, join=method, nprobe=nprobe)
-        near = np.where(np.isfinite(near[:, 1:]), near[:, 1:], np.nan)
-        density = np.nan_to_num(np.nanmean(near, axis=1), nan=0.0)
-        tv = np.hstack([tv, (-hub_penalty * density)[:, None]]).astype(np.float32)
-        ev = _with_one(ev)
-
-    def as_query(vectors: np.ndarray) -> np.ndarray:
-        return _with_one(vectors) if tv.shape[1] > vectors.shape[1] else vectors
-
-    def with_views(vectors: np.ndarray, pixels: np.ndarray) -> list[np.ndarray]:
-        if not views:
-            return [vectors]
-        return [vectors] + [
-            as_query(space.vectors(np.asarray(encode(v), dtype=np.float32), v))
-            for v in crop_views(pixels)
-        ]
-
-    train_queries = as_query(plain_tv)
-    plan = plan_decoys(len(ev), len(tv), budget)
-    draws = []
-    for source, kind, rows in plan.parts:
-        pixels = eval_pixels if source == "eval" else train_pixels
-        own = ev if source == "eval" else train_queries
-        hashes = eval_hashes if source == "eval" else train_hashes
-        flipped = decoy_pixels(np.asarray(pixels[rows]), kind)
-        dv = as_query(space.vectors(np.asarray(encode(flipped), dtype=np.float32), flipped))
-        draws.append(
-            decoy_draws(
-                with_views(dv, flipped),
-                own[rows],
-                tv,
-                self_rows=rows if source == "train" else None,
-                source_hashes=None if hashes is None else np.asarray(hashes)[rows],
-                train_hashes=train_hashes,
-                join=method,
-                nprobe=nprobe,
-            )
-        )
-    threshold, null = budget_threshold(draws, budget)
-    leaks = find_leaks(
-        with_views(ev, np.asarray(eval_pixels)),
-        tv,
-        threshold,
-        eval_hashes=eval_hashes,
-        train_hashes=train_hashes,
-        join=method,
-        nprobe=nprobe,
-    )
-    return LeakageResult(
-        leaks,
-        threshold,
-        budget,
-        int(np.isfinite(null).sum()),
-        tuple((s, k, len(r)) for s, k, r in plan.parts),
-        method,
-    )
 
 
 def leakage_rows(
@@ -992,20 +929,49 @@ class SplitImages:
         return len(self.ids)
 
 
-def load_split_images(
-    layout: OutputLayout, keys: Sequence[str], names: dict[str, str]
-) -> SplitImages:
-    """The stored latents of `keys` with their catalog rows' pixels and pixel hashes."""
-    tables, latents = [], []
-    for key in keys:
-        table, x = read_latents(layout.latents(key))
-        tables.append(
-            table.select("image_id", "path").with_columns(
-                pl.lit(key).alias("class_key"), pl.lit(names.get(key, key)).alias("class")
-            )
+def split_table(layout: OutputLayout, keys: Sequence[str], names: dict[str, str]) -> pl.DataFrame:
+    """The images of class partitions `keys`, in class order: class_key, class (display
+    name), image_id, path (relative to the source), row (in the class's pixel store) and
+    pixel_hash. Read from the latents' ids and the catalogs: no latents, no pixels."""
+    frames = [
+        read_latent_ids(layout.latents(key)).with_columns(
+            pl.lit(key).alias("class_key"), pl.lit(names.get(key, key)).alias("class")
         )
-        latents.append(x)
-    if not tables:
+        for key in keys
+    ]
+    if not frames:
+        return pl.DataFrame(schema=SPLIT_TABLE_SCHEMA)
+    catalog = catalog_images(read_catalog(layout, list(keys))).select(
+        "image_id", "row", "pixel_hash"
+    )
+    return (
+        pl.concat(frames)
+        .join(catalog, on="image_id", how="left", maintain_order="left")
+        .with_columns(pl.col("pixel_hash").fill_null(""))
+        .select(list(SPLIT_TABLE_SCHEMA))
+        .cast(SPLIT_TABLE_SCHEMA)
+    )
+
+
+SPLIT_TABLE_SCHEMA = {
+    "class_key": pl.String,
+    "class": pl.String,
+    "image_id": pl.String,
+    "path": pl.String,
+    "row": pl.Int64,
+    "pixel_hash": pl.String,
+}
+
+
+def in_order(table: pl.DataFrame, ids: Sequence[str]) -> pl.DataFrame:
+    """The rows of `table` (a `split_table`) of the image ids `ids`, in that order."""
+    wanted = pl.DataFrame({"image_id": pl.Series(list(ids), dtype=pl.String)})
+    return wanted.join(table, on="image_id", how="left", maintain_order="left")
+
+
+def load_images(layout: OutputLayout, table: pl.DataFrame) -> SplitImages:
+    """The images of rows of a `split_table`: their stored latents and pixels."""
+    if table.height == 0:
         empty = np.zeros(0, dtype=str)
         return SplitImages(
             empty,
@@ -1015,56 +981,26 @@ def load_split_images(
             np.zeros((0, 64, 64, 3), np.uint8),
             empty,
         )
-    images = pl.concat(tables)
-    catalog = catalog_images(read_catalog(layout, list(keys))).select(
-        "image_id", "row", "pixel_hash"
-    )
-    images = images.join(catalog, on="image_id", how="left", maintain_order="left")
+    position = pl.Series("_at", np.arange(table.height))
+    latents = None
+    for (key,), group in table.with_columns(position).group_by("class_key", maintain_order=True):
+        ids, x = read_latents(layout.latents(key))
+        found = (
+            ids.select("image_id")
+            .with_row_index("_r")
+            .join(group.select("image_id", "_at"), on="image_id", how="inner")
+        )
+        if latents is None:
+            latents = np.empty((table.height, x.shape[1]), np.float32)
+        latents[found["_at"].to_numpy()] = x[found["_r"].to_numpy()]
     return SplitImages(
-        images["class"].to_numpy().astype(str),
-        images["image_id"].to_numpy().astype(str),
-        images["path"].to_numpy().astype(str),
-        np.concatenate(latents),
-        gather_pixels(layout, images.select("class_key", "row")),
-        images["pixel_hash"].fill_null("").to_numpy().astype(str),
+        table["class"].to_numpy().astype(str),
+        table["image_id"].to_numpy().astype(str),
+        table["path"].to_numpy().astype(str),
+        latents,
+        gather_pixels(layout, table.select("class_key", "row")),
+        table["pixel_hash"].to_numpy().astype(str),
     )
-
-
-def split_pairs(
-    split: str,
-    ev: SplitImages,
-    train: SplitImages,
-    encode: Callable[[np.ndarray], np.ndarray],
-    *,
-    budget: float = DEFAULT_LEAKAGE_BUDGET,
-    join: str = "auto",
-    ann_min_size: int = DEFAULT_ANN_MIN_CLASS_SIZE,
-    nprobe: int = DEFAULT_NPROBE,
-) -> tuple[pl.DataFrame, LeakageResult | None]:
-    """One evaluation split's flagged pairs (PAIR_SCHEMA) by `detect_leakage` against
-    train, and the result (None when either side is empty: nothing to compare)."""
-    if not len(ev) or not len(train):
-        return pl.DataFrame(schema=PAIR_SCHEMA), None
-    result = detect_leakage(
-        ev.latents,
-        ev.pixels,
-        train.latents,
-        train.pixels,
-        encode,
-        eval_hashes=ev.hashes,
-        train_hashes=train.hashes,
-        budget=budget,
-        join=join,
-        ann_min_size=ann_min_size,
-        nprobe=nprobe,
-    )
-    leaks = result.leaks
-    rows = leakage_rows(leaks, split, ev.classes, ev.paths, train.classes, train.paths)
-    table = pl.DataFrame(rows, schema=LEAKAGE_SCHEMA).with_columns(
-        pl.Series("image_id", ev.ids[leaks.eval_row], dtype=pl.String),
-        pl.Series("train_image_id", train.ids[leaks.train_row], dtype=pl.String),
-    )
-    return table, result
 
 
 def clean_copies_behind(
