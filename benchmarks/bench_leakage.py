@@ -253,7 +253,7 @@ def hash_scores(s: SplitSet, kind: str) -> tuple[np.ndarray, float]:
 
 def evaluate(s: SplitSet, model, amp, budget: float = BUDGET) -> dict:
     """Every method on one set (module doc)."""
-    from dedup_assets.core.decision.leakage import detect_leakage
+    from dedup_assets.core.decision.leakage_index import detect_leakage
     from dedup_assets.core.model.autoencoder import encode_images
 
     clean = np.ones(len(s.test), bool)
@@ -303,6 +303,56 @@ def evaluate(s: SplitSet, model, amp, budget: float = BUDGET) -> dict:
         t = oracle_threshold(sc, clean, budget)
         out["oracle"][method] = _recall(sc > t, s) | {"threshold": t, "seconds": seconds[method]}
     return out
+
+
+def incremental(s: SplitSet, model, amp, budget: float, share: float, seed: int = 0) -> dict:
+    """New training images in an existing judgement: an index built without a random
+    `share` of train, then updated with it, against a build on all of train with the same
+    space (what the update promises to equal): seconds of each, the flagged test images
+    of both, the thresholds, rows compared again, views encoded."""
+    from dedup_assets.core.decision.leakage_index import LeakageIndex, _pixels_from, images_of
+    from dedup_assets.core.model.autoencoder import encode_images
+
+    def encode(px: np.ndarray) -> np.ndarray:
+        return encode_images(model, px, amp_dtype=amp)
+
+    rng = np.random.default_rng(seed)
+    n = len(s.train)
+    new = np.sort(rng.choice(n, max(1, int(round(share * n))), replace=False))
+    old = np.setdiff1d(np.arange(n), new)
+    train = images_of(encode(s.train), s.train, _hashes(s.train), "t")
+    test = images_of(encode(s.test), s.test, _hashes(s.test), "e")
+
+    def part(rows: np.ndarray):
+        from dedup_assets.core.decision.leakage import SplitImages
+
+        return SplitImages(*(getattr(train, f)[rows] for f in SplitImages.__dataclass_fields__))
+
+    index = LeakageIndex.build(part(old), test, encode, budget=budget)
+    start = time.perf_counter()
+    counts = index.update(part(new), None, (), encode, _pixels_from(train, test))
+    updated, recompared = index.judge()
+    update_s = time.perf_counter() - start
+    start = time.perf_counter()
+    full = LeakageIndex.build(train, test, encode, budget=budget, space=index.space)
+    built, _ = full.judge()
+    build_s = time.perf_counter() - start
+    ids = lambda idx, r: set(idx.eval_ids[r.leaks.flagged].tolist())  # noqa: E731
+    return {
+        "share": share,
+        "new_training_images": int(len(new)),
+        "update_seconds": update_s,
+        "build_seconds": build_s,
+        "ratio": update_s / build_s,
+        "same_flagged": ids(index, updated) == ids(full, built),
+        "flagged": len(ids(index, updated)),
+        "threshold_update": updated.threshold,
+        "threshold_build": built.threshold,
+        "recompared_rows": int(recompared),
+        "rows": int(len(index.eval_ids) + len(index.decoy_keys)),
+        "views_encoded": int(counts.encoded),
+        "decoys_added": int(counts.decoys_added),
+    }
 
 
 def _binom_bound(n: int, b: float) -> int:
@@ -471,6 +521,12 @@ def main() -> None:
         default=60,
         help="plant a set again (seeds 1, 2, ...) until its rounds hold this many leaks",
     )
+    p.add_argument(
+        "--incremental-share",
+        type=float,
+        default=0.01,
+        help="share of train added to an existing judgement, timed against a build",
+    )
     add_out_option(p)
     args = p.parse_args()
     results = {}
@@ -481,6 +537,8 @@ def main() -> None:
         prep = time.perf_counter() - start
         model, amp, train_s, seen = train_model(s, args.training_images, cache=args.model_cache)
         rounds, seed = [], 0
+        inc = incremental(s, model, amp, args.budget, args.incremental_share)
+        print(f"{name}: incremental {inc}", flush=True)
         while True:
             res = evaluate(s, model, amp, args.budget)
             res |= _set_facts(s) | {"seed": seed, "prepare_seconds": prep}
@@ -500,6 +558,7 @@ def main() -> None:
             "train_seconds": train_s,
             "images_seen": seen,
             "rounds": rounds,
+            "incremental": inc,
         }
         res["requirement"] = requirement(res)
         results[name] = res

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dedup_assets.core.decision.leakage import SplitImages, crop_views
+from dedup_assets.core.decision.leakage import LeakageSpace, SplitImages, crop_views
 from dedup_assets.core.decision.leakage_index import LeakageIndex, TopLists, _pixels_from
 
-BUDGET = 0.02  # 199 draws read it: small sets, every code path
+BUDGET = 0.05  # 79 draws read it: small sets; fewer eval images than that take train's
 
 
 def _textures(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -53,12 +53,12 @@ def _join(*parts: SplitImages) -> SplitImages:
 
 @pytest.fixture(scope="module")
 def sets():
-    """400 training images (20 of them copies of eval images: brightened, noisy, cropped,
-    exact) and 260 eval images."""
+    """220 training images (20 of them copies of eval images: brightened, noisy, cropped,
+    exact) and 130 eval images."""
     rng = np.random.default_rng(5)
-    train = _textures(380, rng)
-    ev = _textures(260, rng)
-    leaked = np.arange(0, 260, 13)[:20]
+    train = _textures(200, rng)
+    ev = _textures(130, rng)
+    leaked = np.arange(0, 130, 6)[:20]
     copies = ev[leaked].astype(np.float32)
     copies[:6] = copies[:6] * 1.1 + 5
     copies[6:12] += rng.normal(0, 4, copies[6:12].shape)
@@ -100,13 +100,13 @@ def _update(index, new_train=None, new_eval=None, removed=(), pool=()):
 
 @pytest.mark.parametrize(
     "first_train, first_eval",
-    [(200, 260), (330, 260), (2, 260), (1, 40), (0, 100), (400, 0)],
+    [(150, 130), (2, 130), (1, 40), (0, 60), (220, 0)],
 )
 def test_new_training_images_update_to_what_a_build_judges(sets, first_train, first_eval):
     """Train grows (from 0, 1, 2 images and from most of it) and eval is given: the
     updated index judges as a build on the same space, and finds the planted copies."""
     train, ev, leaked = sets
-    space_of = LeakageIndex.build(train, ev, _encode, budget=BUDGET).space
+    space_of = LeakageSpace.fit(train.latents)
     start = LeakageIndex.build(
         _take(train, range(first_train)),
         _take(ev, range(first_eval)),
@@ -132,22 +132,22 @@ def test_a_sequence_of_updates_in_any_order_judges_as_one_build(sets):
     """Add train, remove eval, add eval, add both, add nothing: after each step the index
     judges as a build of what it then holds."""
     train, ev, _ = sets
-    space = LeakageIndex.build(train, ev, _encode, budget=BUDGET).space
+    space = LeakageSpace.fit(train.latents)
     extra = _images(_textures(30, np.random.default_rng(9)), "x")
     pool = (train, _join(ev, extra))
-    held = (300, _join(_take(ev, range(200)), extra))
+    held = (150, _join(_take(ev, range(40)), extra))
     index = LeakageIndex.build(
         _take(train, range(held[0])), held[1], _encode, budget=BUDGET, space=space
     )
     steps = [
-        (dict(new_train=_take(train, range(300, 340))), (340, held[1])),
-        (dict(removed=list(extra.ids)), (340, _take(ev, range(200)))),
-        (dict(new_eval=_take(ev, range(200, 230))), (340, _take(ev, range(230)))),
+        (dict(new_train=_take(train, range(150, 180))), (180, held[1])),
+        (dict(removed=list(extra.ids)), (180, _take(ev, range(40)))),
+        (dict(new_eval=_take(ev, range(40, 100))), (180, _take(ev, range(100)))),
         (
-            dict(new_train=_take(train, range(340, 400)), new_eval=_take(ev, range(230, 260))),
-            (400, ev),
+            dict(new_train=_take(train, range(180, 220)), new_eval=_take(ev, range(100, 130))),
+            (220, ev),
         ),
-        (dict(), (400, ev)),
+        (dict(), (220, ev)),
     ]
     for step, (n_train, held_eval) in steps:
         _update(index, pool=pool, **step)
@@ -161,18 +161,23 @@ def test_an_update_encodes_and_compares_only_what_changed(sets):
     """1% more training images: no eval image is encoded again, only the decoys that the
     sample takes in, and few rows are compared with the whole training split."""
     train, ev, _ = sets
-    index = LeakageIndex.build(_take(train, range(396)), ev, _encode, budget=BUDGET)
-    counts = _update(index, _take(train, range(396, 400)), pool=(train, ev))
+    index = LeakageIndex.build(
+        _take(train, range(218)), _take(ev, range(40)), _encode, budget=BUDGET
+    )
+    assert any(s == "train" for s, _, _ in index.judge()[0].decoys)  # a sample of train
+    counts = _update(index, _take(train, range(218, 220)), pool=(train, ev))
     _, recompared = index.judge()
-    assert counts.eval_added == 0 and counts.train_added == 4
-    assert counts.encoded <= 10 * counts.decoys_added  # each new decoy and its 9 views
-    assert counts.decoys_added <= 4  # at most the new images enter the decoys' sample
+    assert counts.eval_added == 0 and counts.train_added == 2
+    assert counts.encoded == 10 * counts.decoys_added  # each new decoy and its 9 views
+    assert counts.decoys_added <= 2  # at most the new images enter the decoys' sample
     assert recompared < 0.1 * (len(index.eval_ids) + len(index.decoy_keys))
 
 
 def test_the_index_is_saved_and_read_back_whole(sets, tmp_path):
     train, ev, _ = sets
-    index = LeakageIndex.build(_take(train, range(100)), _take(ev, range(80)), _encode, budget=0.05)
+    index = LeakageIndex.build(
+        _take(train, range(100)), _take(ev, range(80)), _encode, budget=BUDGET
+    )
     path = index.save(tmp_path / "test.npz")
     again = LeakageIndex.load(path)
     _same(index, again)
@@ -233,10 +238,8 @@ def test_rows_whose_lists_no_longer_tell_are_compared_again(sets, monkeypatch):
     monkeypatch.setattr(leakage_index, "DECOY_WIDTH", 2)
     train, ev, _ = sets
     rng = np.random.default_rng(4)
-    base = _take(train, range(300))
-    twins = np.clip(
-        base.pixels[:120].astype(np.float32) + rng.normal(0, 3, (120, 64, 64, 3)), 0, 255
-    )
+    base = _take(train, range(150))
+    twins = np.clip(base.pixels[:60].astype(np.float32) + rng.normal(0, 3, (60, 64, 64, 3)), 0, 255)
     new = _images(twins.astype(np.uint8), "n")
     index = LeakageIndex.build(base, ev, _encode, budget=BUDGET)
     _update(index, new, pool=(_join(base, new), ev))
