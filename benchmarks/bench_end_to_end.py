@@ -31,7 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import add_out_option, table, write_result  # noqa: E402
 from dedup_assets.core.data.image_folder import read_and_decode, scan_image_folder  # noqa: E402
-from dedup_assets.core.decision.class_decision import VECTORISERS, ClassData, decide_class  # noqa: E402
+from dedup_assets.core.decision.class_decision import (  # noqa: E402
+    VECTORISERS,
+    ClassData,
+    decide_class,
+    needs_pixels,
+)
 from dedup_assets.core.decision.keep_policy import KEEP_POLICIES  # noqa: E402
 from dedup_assets.core.density.class_density import fit_class_density  # noqa: E402
 from dedup_assets.core.model.autoencoder import cpu_supports_bf16, encode_images, load_state  # noqa: E402
@@ -96,7 +101,7 @@ def ours(
             pixel_hashes[sel],
             latents[sel],
             density,
-            pixels[sel] if space == "phash" else None,
+            pixels[sel] if needs_pixels(density, space) else None,
         )
         t = time.perf_counter()
         (decision,) = decide_class(data, [threshold], space=space, policy=policy)

@@ -30,7 +30,7 @@ def _class(n_distinct: int, n_copies: int, seed: int = 0) -> ClassData:
 
 
 @pytest.mark.parametrize("policy", KEEP_POLICIES)
-@pytest.mark.parametrize("space", [*SIMILARITY_SPACES, "phash"])
+@pytest.mark.parametrize("space", [*SIMILARITY_SPACES, "phash", "pdq"])
 @pytest.mark.parametrize("n_distinct", [40, 1])
 def test_500_copies_leave_exactly_one(space, policy, n_distinct):
     data = _class(n_distinct, 500)

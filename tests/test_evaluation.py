@@ -293,6 +293,51 @@ def test_the_evaluation_decides_every_threshold_as_the_keep_lists_do(tmp_path):
         row = evaluation.filter(pl.col("threshold") == t)
         assert row["images_removed"][0] == int((~keep["kept"]).sum()), t
     assert {"class", "pool"} <= nulls  # both kinds of budget were compared
+    _check_pdq_rows(out, source / "ground_truth.csv", thresholds)
+
+
+def _check_pdq_rows(out, ground_truth, thresholds) -> None:
+    """The evaluation's PDQ baseline on the demo, beside pHash: its AP and its recall at
+    the cosine 0.95 equal those of pdqhash's own Hamming distances (similarity
+    1 - Hamming/256), counted pair by pair; its budgets are resolved like every method's."""
+    import pdqhash
+    import polars as pl
+
+    from dedup_assets.core.data.artifacts import catalog_images, class_names, read_catalog
+    from dedup_assets.core.data.layout import OutputLayout
+    from dedup_assets.core.decision.class_keep import load_class_data
+    from dedup_assets.core.quality.evaluation import ground_truth_edges
+    from dedup_assets.core.quality.planting import read_ground_truth
+
+    table = pl.read_csv(out / "evaluation" / "evaluation.csv")
+    methods = table["method"].unique(maintain_order=True).to_list()
+    assert methods[-2:] == ["phash", "pdq"]
+    pdq_rows = table.filter(pl.col("method") == "pdq")
+    assert pdq_rows["threshold"].cast(str).to_list() == list(thresholds)
+    assert pdq_rows["recall"].is_between(0, 1).all()
+    assert (pdq_rows["recall_exact"] == 1.0).all()  # an exact copy scores 1.0
+
+    layout = OutputLayout(out)
+    full_catalog = read_catalog(layout)
+    catalog = catalog_images(full_catalog)
+    class_key_of = {name: key for key, name in class_names(layout).items()}
+    edges, _ = ground_truth_edges(catalog, read_ground_truth(ground_truth), class_key_of)
+    all_s, pos_s = [], []
+    for key in sorted(set(catalog["class_key"].to_list())):
+        _, data = load_class_data(layout, key, with_pixels=True, catalog=full_catalog)
+        bits = np.stack(
+            [np.asarray(pdqhash.compute(np.ascontiguousarray(p))[0]) != 0 for p in data.pixels]
+        )
+        s = 1.0 - (bits[:, None, :] != bits[None, :, :]).sum(axis=2) / 256.0
+        index = {i: k for k, i in enumerate(data.image_ids.tolist())}
+        pairs, _ = positive_pairs(len(index), [(index[a], index[b]) for a, b in edges.get(key, [])])
+        all_s.append(s[np.triu_indices(len(s), 1)])
+        pos_s.extend(s[i, j] for i, j in pairs)
+    all_s, pos_s = np.concatenate(all_s), np.array(pos_s)
+    assert len(pos_s) > 20
+    assert pdq_rows["average_precision"][0] == pytest.approx(_brute_ap(all_s, pos_s), abs=1e-12)
+    at_095 = pdq_rows.filter(pl.col("threshold").cast(str) == "0.95")["recall"][0]
+    assert at_095 == pytest.approx(float((pos_s > 0.95).mean()), abs=1e-12)
 
 
 def _decided(kept: dict[str, bool], overridden: tuple[str, ...] = ()):

@@ -269,7 +269,7 @@ def test_every_run_is_listed_under_its_job_in_the_ui(tiny_run):
 
 def test_evaluation_scores_every_method(tiny_run):
     table = pl.read_csv(tiny_run["layout"].evaluation_dir / "evaluation.csv")
-    methods = {"raw", "whitened", "spline_copula", "spline_copula_dct", "dct", "phash"}
+    methods = {"raw", "whitened", "spline_copula", "spline_copula_dct", "dct", "phash", "pdq"}
     assert set(table["method"]) == methods
     assert table.height == len(methods) * len(THRESHOLDS)
     assert table["average_precision"].is_between(0, 1).all()

@@ -210,6 +210,7 @@ def test_ground_truth_with_extra_columns_is_scored(nasty):
         "spline_copula_dct",
         "dct",
         "phash",
+        "pdq",
     }
     assert table["average_precision"].is_between(0, 1).all()
 

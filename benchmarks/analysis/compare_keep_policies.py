@@ -42,7 +42,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("output", type=Path)
     parser.add_argument("result", type=Path, nargs="?", help="write the rows as JSON here")
-    parser.add_argument("--space", default="raw", choices=[s for s in VECTORISERS if s != "phash"])
+    parser.add_argument(  # the classes are loaded without pixels: the hashes need them
+        "--space", default="raw", choices=[s for s in VECTORISERS if s not in ("phash", "pdq")]
+    )
     parser.add_argument("--tolerance", type=float, default=0.1, help="the gate's tolerance")
     parser.add_argument("--draws", type=int, default=CHANCE_DRAWS, help="random-removal draws")
     parser.add_argument("--targets", default=TARGETS, help="numbers removed to compare at")

@@ -1,10 +1,10 @@
-"""Recall at one threshold and AP per planted transform: whitened, spline_copula and pHash.
+"""Recall at one threshold and AP per planted transform: whitened, spline_copula, pHash, PDQ.
 
 python benchmarks/analysis/per_transform.py OUTPUT_DIR GROUND_TRUTH.csv [N_COMPONENTS]
     [--threshold 0.95] [--policy first|density]
 
 Each class's density model is refitted to N_COMPONENTS (default 128); the vectors of every
-method, pHash included, come from `class_decision.vectorise`, so they are the ones the
+method, pHash and PDQ included, come from `class_decision.vectorise`, so they are the ones the
 pipeline decides with. Each class is loaded once; only the known pairs change per transform.
 """
 
@@ -20,7 +20,7 @@ from dedup_assets.core.decision.keep_policy import KEEP_POLICIES  # noqa: E402
 from dedup_assets.core.quality.evaluation import ClassPairs, evaluate_method  # noqa: E402
 from dedup_assets.core.quality.planting import read_ground_truth, transform_of  # noqa: E402
 
-METHODS = ("whitened", "spline_copula", "phash")
+METHODS = ("whitened", "spline_copula", "phash", "pdq")
 
 
 def main() -> None:

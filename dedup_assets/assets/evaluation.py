@@ -1,4 +1,5 @@
-"""Asset: ground-truth evaluation of every similarity space against the pHash baseline."""
+"""Asset: ground-truth evaluation of every similarity space against the pHash and PDQ
+baselines."""
 
 import time
 
@@ -36,7 +37,8 @@ def build_evaluation_asset(
         description="With a ground-truth CSV (class,original,copy): average precision over all "
         "within-class pairs, and per threshold recall (overall and per planted transform), "
         "precision, images removed and the false-removal rate among unplanted images, for the "
-        "raw, whitened and spline_copula spaces and the pHash baseline, each deciding on its "
+        "raw, whitened, spline_copula and spline_copula_dct spaces, the DCT descriptor and "
+        "the weight-free baselines pHash (64 bits) and PDQ (256 bits), each deciding on its "
         "own (`evaluation.csv`); the keep lists as finally decided, overrides applied "
         "(`keep_lists.csv`: images removed, false removals, known pairs left with one image); "
         "precision-recall and recall-per-transform plots.",

@@ -30,9 +30,9 @@ from resources import ComputeDevice, DedupSettings, DedupStorage
     deps=[autoencoder, dg.AssetDep(class_images, partition_mapping=dg.AllPartitionMapping())],
     output_required=False,
     description="A seeded sample of up to 4,096 images across the training split's classes "
-    "(every class without split folders; latents, DCT "
-    "descriptors, pHash bits): real unrelated images every class's false-removal budget is "
-    "also read against, and the only ones for a class too small to read it on its own "
+    "(every class without split folders; latents, DCT descriptors, pHash and PDQ bits): "
+    "real unrelated images every class's false-removal budget is also read against, and "
+    "the only ones for a class too small to read it on its own "
     "(n + 1 < 1/b). Drawn for each trained model and kept with it, so new images change no "
     "other class's budget.",
 )

@@ -10,8 +10,9 @@ the benchmarks alike:
    kept image K, its copies name K with the representative's similarity to K. No
    embedding can hide an exact copy this way, not even a zero one.
 2. **Near-duplicates.** The representatives are embedded in the chosen space (a small
-   registry of vectorisers: the three latent spaces and pHash) and kept greedily in the
-   policy's visit order (`keep_policy.greedy_keep`).
+   registry of vectorisers: the latent spaces, the DCT descriptor and the two hash
+   baselines, pHash and PDQ) and kept greedily in the policy's visit order
+   (`keep_policy.greedy_keep`).
 
 3. **Corrections** (`Corrections`, from a user's `overrides.csv`: `core.decision.overrides`)
    are rules of the same greedy (`keep_policy.Constraints`), so what follows an override is
@@ -55,6 +56,7 @@ from dedup_assets.core.decision.keep_policy import (
     greedy_keep,
     visit_order,
 )
+from dedup_assets.core.decision.pdq import pdq_hashes
 from dedup_assets.core.decision.phash import hash_vectors, phash_bits
 from dedup_assets.core.decision.similarity import embed, joined, with_origin_axis
 from dedup_assets.core.density.class_density import ClassDensityModel
@@ -62,9 +64,9 @@ from dedup_assets.core.density.class_density import ClassDensityModel
 
 @dataclass(frozen=True)
 class ClassData:
-    """What deciding one class needs; `pixels` only for the pixel spaces (DCT, pHash), or
-    in their place `descriptors`: the images' "dct" (`dct_descriptor.lowfreq_dct`) and
-    "phash" bits, computed once (the reference pool stores them, not pixels)."""
+    """What deciding one class needs; `pixels` only for the pixel spaces (DCT, pHash,
+    PDQ), or in their place `descriptors`: the images' "dct" (`dct_descriptor.lowfreq_dct`),
+    "phash" and "pdq" bits, computed once (the reference pool stores them, not pixels)."""
 
     image_ids: np.ndarray
     pixel_hashes: np.ndarray
@@ -86,17 +88,25 @@ def _pixels(data: ClassData, space: str) -> np.ndarray:
 
 
 def _descriptor(data: ClassData, name: str, space: str) -> np.ndarray:
-    """The images' pixel descriptor `name` ("dct" or "phash" bits): stored, or computed."""
+    """The images' pixel descriptor `name` ("dct", "phash" or "pdq" bits): stored, or
+    computed."""
     if data.descriptors is not None and name in data.descriptors:
         return np.asarray(data.descriptors[name])
     pixels = _pixels(data, space)
     if name == "phash":
         return phash_bits(pixels)
+    if name == "pdq":
+        return pdq_hashes(pixels).bits
     return lowfreq_dct(pixels)
 
 
 def _phash_vectors(data: ClassData) -> np.ndarray:
     return hash_vectors(_descriptor(data, "phash", "phash"))
+
+
+def _pdq_vectors(data: ClassData) -> np.ndarray:
+    """PDQ's 256 bits as unit vectors: dot product 1 - Hamming/256, pHash's scale."""
+    return hash_vectors(_descriptor(data, "pdq", "pdq"))
 
 
 def _dct_vectors(data: ClassData) -> np.ndarray:
@@ -114,7 +124,7 @@ FITTED_SPACES = frozenset({"whitened", "spline_copula", "spline_copula_dct"})
 # What a class too small for a fitted space is decided in: the pixel part of a joined space,
 # pHash for the latent-only ones.
 SMALL_CLASS_SPACE = {"spline_copula_dct": "dct"}
-PIXEL_SPACES = frozenset({"phash", "dct", "spline_copula_dct"})
+PIXEL_SPACES = frozenset({"phash", "pdq", "dct", "spline_copula_dct"})
 
 
 def space_for(model: ClassDensityModel | None, space: str) -> str:
@@ -147,6 +157,7 @@ VECTORISERS: dict[str, Callable[[ClassData], np.ndarray]] = {
     "spline_copula_dct": _joined_vectors,
     "dct": _dct_vectors,
     "phash": _phash_vectors,
+    "pdq": _pdq_vectors,
 }
 
 

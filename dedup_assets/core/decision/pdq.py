@@ -5,7 +5,9 @@ PDQ is the weight-free hash made for finding copies across collections (Meta's
 ThreatExchange matches it at distance <= 31 of 256): a 64x64 luma image after Jarosz
 filters, its 16x16 lowest DCT frequencies thresholded at their median. It stands beside
 pHash (`core.decision.phash`, 64 bits) as the strongest baseline without trained weights;
-the benchmarks compare the latent codes with both (benchmarks/bench_leakage.py).
+the benchmarks compare the latent codes with both (benchmarks/bench_leakage.py), and the
+ground-truth evaluation scores it as the method `pdq` (`class_decision`: its bits as unit
+vectors by `phash.hash_vectors`, dot product 1 - Hamming/256, `pdq_similarity`).
 
 Hashes are packed 8 bits a byte (`np.packbits`) and viewed as four uint64 words, so the
 Hamming distance of two images is four XORs and popcounts (`np.bitwise_count`); a block of
@@ -44,7 +46,7 @@ class PdqHashes:
 def pdq_hashes(pixels: np.ndarray) -> PdqHashes:
     """PDQ of each uint8 RGB image (n, H, W, 3); `pixels` may be memory-mapped (read one
     image at a time). About 50 us an image at 64x64."""
-    import pdqhash  # deferred: a baseline only the evaluation and the benchmarks compute
+    import pdqhash  # deferred: only the evaluation, its reference pool and the benchmarks
 
     n = len(pixels)
     bits = np.zeros((n, HASH_BITS), dtype=bool)

@@ -3,7 +3,9 @@
 To reuse the blocked cosine machinery, each 64-bit hash b is mapped to a unit vector
 v = [s / 16, s / 16, 1/2, 1/2] with s = 2b - 1 (+-1 per bit), for which
 v_i . v_j = s_i . s_j / 128 + 1/2 = 1 - Hamming(b_i, b_j) / 64, exactly in float32: every
-term is a multiple of 1/256.
+term is a multiple of 1/256. `hash_vectors` does the same for a hash of any n bits, with
+s / sqrt(4n) (1/32 for PDQ's 256 bits, `core.decision.pdq`): v_i . v_j = 1 - Hamming / n,
+exact whenever sqrt(4n) is a power of two (n = 64, 256, ...).
 """
 
 from __future__ import annotations
@@ -40,8 +42,13 @@ def phash_bits(pixels: np.ndarray, workers: int = 2) -> np.ndarray:
 
 
 def hash_vectors(bits: np.ndarray) -> np.ndarray:
-    """Unit vectors whose dot products equal 1 - Hamming/64 (see the module doc)."""
-    s = (bits.astype(np.float32) * 2.0 - 1.0) / 16.0
+    """Unit vectors whose dot products equal 1 - Hamming/n of (rows, n) hash bits: n = 64
+    for pHash, 256 for PDQ (see the module doc)."""
+    bits = np.asarray(bits, dtype=bool)
+    if bits.ndim != 2 or bits.shape[1] == 0:
+        raise ValueError(f"expected (n, bits) hash bits, got {bits.shape}")
+    scale = np.float32(np.sqrt(4.0 * bits.shape[1]))  # 16 for 64 bits, 32 for 256
+    s = (bits.astype(np.float32) * 2.0 - 1.0) / scale
     half = np.full((len(bits), 2), 0.5, dtype=np.float32)
     return np.concatenate([s, s, half], axis=1)
 

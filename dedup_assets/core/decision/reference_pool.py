@@ -11,7 +11,7 @@ images of different classes are comparable.
 The pool is drawn when the model is trained and kept until it is trained again: new
 images then change no class's budget but their own class's, and every class of a run is
 calibrated against the same reference. It holds latents and pixel descriptors (not
-pixels), so any class's space can be computed for it: 4,096 images are about 18 MB.
+pixels), so any class's space can be computed for it: 4,096 images are about 19 MB.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from dedup_assets.core.data.atomic_io import PROVENANCE_KEY, save_npz
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.decision.class_decision import ClassData
 from dedup_assets.core.decision.dct_descriptor import DIMENSIONS, lowfreq_dct
+from dedup_assets.core.decision.pdq import HASH_BITS as PDQ_BITS
+from dedup_assets.core.decision.pdq import pdq_hashes
 from dedup_assets.core.decision.phash import HASH_BITS, phash_bits
 from dedup_assets.core.density.class_density import ClassDensityModel
 
@@ -54,12 +56,13 @@ def pool_rows(sizes: Sequence[int], total: int = POOL_SIZE, seed: int = 0) -> li
 class ReferencePool:
     """The pool's images as what any space is computed from: latents (embedded with a
     class's own fit when that class reads its budget in its fitted space) and the pixel
-    descriptors ("dct", "phash"), with the class each came from and its pixel hash (a class
-    never borrows its own images or their exact copies)."""
+    descriptors ("dct", "phash", "pdq"), with the class each came from and its pixel hash
+    (a class never borrows its own images or their exact copies)."""
 
     latents: np.ndarray  # (P, 1024) float32
     dct: np.ndarray  # (P, 63) float32 (`dct_descriptor.lowfreq_dct`)
     phash: np.ndarray  # (P, 64) bool
+    pdq: np.ndarray  # (P, 256) bool (`pdq.pdq_hashes`)
     class_keys: np.ndarray  # (P,) str
     pixel_hashes: np.ndarray  # (P,) str
 
@@ -92,7 +95,7 @@ class ReferencePool:
             self.latents[take],
             model,  # type: ignore[arg-type]
             None,
-            {"dct": self.dct[take], "phash": self.phash[take]},
+            {"dct": self.dct[take], "phash": self.phash[take], "pdq": self.pdq[take]},
         )
 
     @classmethod
@@ -101,6 +104,7 @@ class ReferencePool:
             np.zeros((0, 1024), np.float32),  # the latent width (no torch import here)
             np.zeros((0, DIMENSIONS), np.float32),
             np.zeros((0, HASH_BITS), bool),
+            np.zeros((0, PDQ_BITS), bool),
             np.zeros(0, str),
             np.zeros(0, str),
         )
@@ -110,6 +114,7 @@ class ReferencePool:
             "latents": self.latents.astype(np.float32),
             "dct": self.dct.astype(np.float32),
             "phash": self.phash.astype(bool),
+            "pdq": self.pdq.astype(bool),
             "class_keys": self.class_keys.astype(str),
             "pixel_hashes": self.pixel_hashes.astype(str),
         }
@@ -120,6 +125,7 @@ class ReferencePool:
             np.asarray(arrays["latents"], dtype=np.float32),
             np.asarray(arrays["dct"], dtype=np.float32),
             np.asarray(arrays["phash"], dtype=bool),
+            np.asarray(arrays["pdq"], dtype=bool),
             np.asarray(arrays["class_keys"]).astype(str),
             np.asarray(arrays["pixel_hashes"]).astype(str),
         )
@@ -149,6 +155,7 @@ def build_reference_pool(
         np.asarray(encode(pixels), dtype=np.float32),
         lowfreq_dct(pixels),
         phash_bits(pixels),
+        pdq_hashes(pixels).bits,
         keys,
         hashes,
     )
@@ -163,7 +170,7 @@ def reference_pool_provenance(model_digest: str) -> dict[str, Any]:
         "kind": "reference_pool",
         "model": model_digest,
         "size": POOL_SIZE,
-        "holds": "latents, dct, phash",
+        "holds": "latents, dct, phash, pdq",
     }
 
 

@@ -272,7 +272,7 @@ def evaluate_method(
     return evaluation
 
 
-METHODS = ("raw", "whitened", "spline_copula", "spline_copula_dct", "dct", "phash")
+METHODS = ("raw", "whitened", "spline_copula", "spline_copula_dct", "dct", "phash", "pdq")
 
 
 def _reference_pool(layout, model, current):
@@ -346,7 +346,7 @@ def evaluate_against_ground_truth(
     current=None,
     log=None,
 ) -> tuple[list[MethodEvaluation], dict]:
-    """Score every similarity space and the pHash baseline on the same images.
+    """Score every similarity space and the pHash and PDQ baselines on the same images.
 
     thresholds: keys, cosines ("0.95") or false-removal budgets ("1%"); a budget is
     resolved per class and per method (each space has its own scale), with the stored
