@@ -319,3 +319,35 @@ def test_a_split_too_small_for_the_default_budget_says_only_exact_copies_were_fl
     )
     # The 2% budget of the earlier runs was read: no such note.
     assert "only exact copies" not in runs["gate"].stdout
+
+
+def test_the_automation_judges_leakage_again_when_its_table_is_not_current(runs):
+    """The follow-up sensor's step on a split source: with the settings the table was made
+    with it requests no leakage run; with another budget (as after new images or an edited
+    pipeline.json) it requests the `leakage` asset alone, before any threshold."""
+    import dagster as dg
+
+    from dedup_assets.automation import follow_up_requests
+    from dedup_assets.config import PipelineConfig
+    from dedup_assets.core.data.artifacts import CurrentInputs
+    from dedup_assets.core.data.layout import OutputLayout
+
+    out = runs["out"]
+    config = PipelineConfig.from_environment({"DEDUP_OUTPUT": str(out)})
+    layout = OutputLayout(out)
+    made_with = runs["default_record"]["splits"]["test"]["budget"]
+
+    def requests(budget: float):
+        method = config.method.model_copy(update={"leakage_budget": budget})
+        current = CurrentInputs.of(layout, method)
+        with dg.DagsterInstance.ephemeral() as instance:
+            return follow_up_requests(instance, layout, current, config.thresholds)
+
+    def asks_for_leakage(found) -> bool:
+        return not isinstance(found, str) and any(
+            r.asset_selection == [dg.AssetKey("leakage")] for r in found
+        )
+
+    assert not asks_for_leakage(requests(made_with))
+    again = requests(0.02)
+    assert asks_for_leakage(again) and len(again) == 1, again
