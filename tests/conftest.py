@@ -36,6 +36,19 @@ def run_dedup(*args: str, timeout: float = 600, **kwargs) -> subprocess.Complete
     )
 
 
+def smooth_textures(n: int, rng):
+    """n unrelated 64x64 RGB images with structure at low frequencies (random coarse
+    colour fields, bicubic-upscaled): stand-ins for photos in the leakage tests."""
+    import numpy as np
+    from PIL import Image
+
+    out = np.empty((n, 64, 64, 3), np.uint8)
+    for i in range(n):
+        coarse = rng.integers(0, 256, (rng.integers(3, 7), rng.integers(3, 7), 3), dtype=np.uint8)
+        out[i] = np.asarray(Image.fromarray(coarse).resize((64, 64), Image.BICUBIC))
+    return out
+
+
 def tree_digest(root: Path) -> str:
     """Digest of every path (as raw bytes) and file content under root; links not followed."""
     h = hashlib.sha1()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import smooth_textures
 from scipy.stats import binom
 
 from dedup_assets.core.decision import leakage
@@ -158,24 +159,13 @@ def test_decoys_are_added_until_the_budget_can_be_read():
     assert np.array_equal(decoy_pixels(px, "rot180")[:, 0, 0], px[:, -1, -1])
 
 
-def _textures(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Smooth random colour fields: unrelated, with structure at low frequencies."""
-    from PIL import Image
-
-    out = np.empty((n, 64, 64, 3), np.uint8)
-    for i in range(n):
-        coarse = rng.integers(0, 256, (rng.integers(3, 7), rng.integers(3, 7), 3), dtype=np.uint8)
-        out[i] = np.asarray(Image.fromarray(coarse).resize((64, 64), Image.BICUBIC))
-    return out
-
-
 def test_detect_leakage_end_to_end_finds_planted_copies_within_the_budget():
     """A fixed random projection stands in for the encoder: copies (brightened, noisy,
     cropped, exact) of 20 of 600 eval images put into train are found, at most the
     budget's share of the clean eval images is flagged."""
     rng = np.random.default_rng(3)
-    train_px = _textures(900, rng)
-    eval_px = _textures(600, rng)
+    train_px = smooth_textures(900, rng)
+    eval_px = smooth_textures(600, rng)
     proj = rng.standard_normal((64 * 64 * 3 // 16, 64)).astype(np.float32)
 
     def encode(px: np.ndarray) -> np.ndarray:
@@ -223,7 +213,7 @@ def test_views_count_each_reference_once_at_its_best_view_and_match_plant_crops(
         assert idx[row].tolist() == np.argsort(-want)[:3].tolist()  # no reference twice
         assert np.allclose(vals[row], np.sort(want)[::-1][:3])
     # the views are the crops `dedup plant` makes: 90% of each side at a corner, the centre
-    px = _textures(2, np.random.default_rng(5))
+    px = smooth_textures(2, np.random.default_rng(5))
     views = crop_views(px)
     assert len(views) == 9
     for view, box in ((0, (0, 0, 58, 58)), (4, (3, 3, 61, 61)), (8, (6, 6, 64, 64))):
@@ -233,7 +223,7 @@ def test_views_count_each_reference_once_at_its_best_view_and_match_plant_crops(
 
 def test_an_empty_split_flags_nothing_and_says_so():
     rng = np.random.default_rng(4)
-    px = _textures(40, rng)
+    px = smooth_textures(40, rng)
     proj = rng.standard_normal((64 * 64 * 3, 16)).astype(np.float32)
 
     def encode(p: np.ndarray) -> np.ndarray:

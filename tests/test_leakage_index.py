@@ -6,21 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import smooth_textures
 
 from dedup_assets.core.decision.leakage import LeakageSpace, SplitImages, crop_views
 from dedup_assets.core.decision.leakage_index import LeakageIndex, TopLists, _pixels_from
 
 BUDGET = 0.05  # 79 draws read it: small sets; fewer eval images than that take train's
-
-
-def _textures(n: int, rng: np.random.Generator) -> np.ndarray:
-    from PIL import Image
-
-    out = np.empty((n, 64, 64, 3), np.uint8)
-    for i in range(n):
-        coarse = rng.integers(0, 256, (rng.integers(3, 7), rng.integers(3, 7), 3), dtype=np.uint8)
-        out[i] = np.asarray(Image.fromarray(coarse).resize((64, 64), Image.BICUBIC))
-    return out
 
 
 _PROJ = np.random.default_rng(11).standard_normal((64 * 64 * 3 // 16, 48)).astype(np.float32)
@@ -56,8 +47,8 @@ def sets():
     """220 training images (20 of them copies of eval images: brightened, noisy, cropped,
     exact) and 130 eval images."""
     rng = np.random.default_rng(5)
-    train = _textures(200, rng)
-    ev = _textures(130, rng)
+    train = smooth_textures(200, rng)
+    ev = smooth_textures(130, rng)
     leaked = np.arange(0, 130, 6)[:20]
     copies = ev[leaked].astype(np.float32)
     copies[:6] = copies[:6] * 1.1 + 5
@@ -133,7 +124,7 @@ def test_a_sequence_of_updates_in_any_order_judges_as_one_build(sets):
     judges as a build of what it then holds."""
     train, ev, _ = sets
     space = LeakageSpace.fit(train.latents)
-    extra = _images(_textures(30, np.random.default_rng(9)), "x")
+    extra = _images(smooth_textures(30, np.random.default_rng(9)), "x")
     pool = (train, _join(ev, extra))
     held = (150, _join(_take(ev, range(40)), extra))
     index = LeakageIndex.build(
