@@ -12,6 +12,7 @@ from dedup_assets.core.data.atomic_io import (
     exchange_paths,
     save_npy,
     sweep_interrupted,
+    write_many,
     write_parquet,
 )
 
@@ -105,3 +106,37 @@ def test_a_class_being_written_elsewhere_is_not_a_catalogued_class(tmp_path):
         folder.mkdir(parents=True)
         (folder / "images.parquet").write_bytes(b"")
     assert catalogued_keys(layout) == ["forest"]
+
+
+def test_many_small_files_are_each_written_whole(tmp_path, monkeypatch):
+    """`write_many` (the review page's thumbnails): every file in place with its bytes, in
+    folders made as needed, rewritten whole; a write that fails midway leaves the file as it
+    was and no temporary file; one a killed process left is one `sweep_interrupted` knows."""
+    from dedup_assets.core.data import atomic_io
+
+    files = [(f"{i % 3:02x}/f{i}.png", bytes([i]) * (i + 1)) for i in range(7)]
+    assert write_many(files, tmp_path / "thumbs") == 7
+    for name, data in files:
+        assert (tmp_path / "thumbs" / name).read_bytes() == data
+    assert write_many([], tmp_path / "thumbs") == 0
+    assert write_many([("00/f0.png", b"new")], tmp_path / "thumbs") == 1
+    assert (tmp_path / "thumbs" / "00" / "f0.png").read_bytes() == b"new"
+
+    def broken(fd, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atomic_io.os, "write", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_many([("00/f0.png", b"half")], tmp_path / "thumbs")
+    monkeypatch.undo()
+    assert (tmp_path / "thumbs" / "00" / "f0.png").read_bytes() == b"new"
+    assert sorted(p.name for p in (tmp_path / "thumbs" / "00").iterdir()) == [
+        "f0.png",
+        "f3.png",
+        "f6.png",
+    ]
+    killed = tmp_path / "thumbs" / "00" / f".f3.png.{os.getpid() % 10**8:08d}.tmp"
+    killed.write_bytes(b"half")  # what a process killed between open and replace leaves
+    swept = sweep_interrupted(tmp_path)
+    assert len(swept) == 1 and not killed.exists()
+    assert (tmp_path / "thumbs" / "00" / "f3.png").read_bytes() == bytes([3]) * 4

@@ -10,6 +10,7 @@ half-written asset, and the next run sweeps what it left (`.tmp` files, `.old` t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -18,7 +19,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,41 @@ def write_bytes(data: bytes, path: Path | str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def write_many(files: Iterable[tuple[str, bytes]], folder: Path | str) -> int:
+    """Write many small files under `folder` (relative names), each atomically as
+    `write_bytes` does, with plain system calls: `write_bytes` costs about 0.35 ms a file
+    in `pathlib` and `mkstemp`, which a first review page pays 100,000 times. Each file goes
+    to `.<name>.<8 chars>.tmp` beside it (the name `sweep_interrupted` knows), then into
+    place with `os.replace`. Returns how many were written."""
+    root = os.fspath(folder)
+    token = f"{os.getpid() % 10**8:08d}"
+    made: set[str] = set()
+    count = 0
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+    for name, data in files:
+        target = os.path.join(root, name)
+        parent, base = os.path.split(target)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        tmp = os.path.join(parent, f".{base}.{token}.tmp")
+        fd = os.open(tmp, flags, 0o644)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        count += 1
+    return count
 
 
 def write_text(text: str, path: Path | str) -> Path:

@@ -63,7 +63,7 @@ from dedup_assets.core.data.artifacts import (
     read_catalog,
     read_keep_list,
 )
-from dedup_assets.core.data.atomic_io import atomic_dir, write_bytes, write_text
+from dedup_assets.core.data.atomic_io import atomic_dir, write_many, write_text
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.thresholds import budget_of, cosine_of
 from dedup_assets.core.decision.overrides import Overrides
@@ -309,10 +309,6 @@ def _pages(
 # ---------------------------------------------------------------------------- thumbnails
 
 
-def _thumb_path(folder: Path, thumb: str) -> Path:
-    return folder / thumb[:2] / f"{thumb}.png"
-
-
 def _chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
@@ -351,8 +347,8 @@ def write_thumbnails(layout: OutputLayout, thumbs: pl.DataFrame, needed: set[str
     for start in range(0, rows.height, THUMB_CHUNK):
         chunk = rows.slice(start, THUMB_CHUNK)
         files = png_files(gather_pixels(layout, chunk))
-        for thumb, data in zip(chunk["thumb"].to_list(), files, strict=True):
-            write_bytes(data, _thumb_path(layout.review_thumbs, thumb))
+        names = [f"{t[:2]}/{t}.png" for t in chunk["thumb"].to_list()]
+        write_many(zip(names, files, strict=True), layout.review_thumbs)
     return rows.height
 
 
