@@ -176,7 +176,7 @@ def measured(
     done.set()
     sampler.join()
     out = "".join(lines)
-    if proc.returncode not in (0, 1):  # 1: a WARN/ERROR gate, still a complete run
+    if proc.returncode not in (0, 3):  # 3: a blocking gate held a clean copy back: complete
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
     return out, peaks, wall
 
