@@ -13,6 +13,7 @@ import dagster as dg
 
 from dedup_assets.assets.autoencoder import autoencoder
 from dedup_assets.assets.catalog import class_images, image_catalog
+from dedup_assets.assets.class_batch import console_logger
 from dedup_assets.assets.class_keep_lists import build_class_keep_lists_asset
 from dedup_assets.assets.clean_dataset import build_clean_dataset_asset
 from dedup_assets.assets.cross_class import build_cross_class_asset
@@ -120,6 +121,7 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
         schedules=schedules,
         resources=config.resources(),
         executor=executor_definition(config.executor),
+        loggers={"console": console_logger},
     )
 
 

@@ -55,3 +55,37 @@ def test_tags_and_names():
 def test_an_unregistered_class_is_refused():
     with pytest.raises(KeyError, match="not registered"):
         class_ranges(["nope"], ORDER)
+
+
+def test_the_console_log_drops_only_the_note_about_per_class_check_outputs():
+    """`dedup run --verbose` prints Dagster's console log; a step with a per-class check
+    (class_latents' latents_valid, whose verdicts are per-partition evaluations) always gets
+    Dagster's note that it "did not yield" the check's output. That note alone is dropped:
+    one naming another output, and every other line, is printed."""
+    import logging
+
+    import dagster as dg
+
+    from dedup_assets.assets import latents  # noqa: F401 - its per-class check registers
+    from dedup_assets.assets.class_batch import console_logger
+
+    made = console_logger.logger_fn(
+        dg.build_init_logger_context(logger_config={"log_level": "INFO", "name": "dagster"})
+    )
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    made.handlers = [Keep()]
+    note = "op 'class_latents' did not yield or return expected outputs {%s}."
+    made.info(note % "'class_latents_latents_valid'")
+    made.info(note % "'result'")
+    made.info(note % "'class_latents_latents_valid', 'result'")
+    made.info("class_latents: encoded 40 new images")
+    assert seen == [
+        note % "'result'",
+        note % "'class_latents_latents_valid', 'result'",
+        "class_latents: encoded 40 new images",
+    ]
