@@ -140,3 +140,35 @@ def test_many_small_files_are_each_written_whole(tmp_path, monkeypatch):
     swept = sweep_interrupted(tmp_path)
     assert len(swept) == 1 and not killed.exists()
     assert (tmp_path / "thumbs" / "00" / "f3.png").read_bytes() == bytes([3]) * 4
+
+
+def test_stored_tables_are_read_once_while_the_file_is_the_same(tmp_path, monkeypatch):
+    """`read_latents` and `read_class_images` reuse a read while the file is the one read
+    (inode, size, modification time); a file replaced whole, as every stored table is, is
+    read again; a reused matrix cannot be written into; the kept reads stay under their cap."""
+    from dedup_assets.core.data import artifacts
+    from dedup_assets.core.data.artifacts import STORED_READS, read_latents, write_latents
+
+    STORED_READS.clear()
+    reads = []
+    real = artifacts.pl.read_parquet
+    monkeypatch.setattr(
+        artifacts.pl, "read_parquet", lambda p, *a, **k: reads.append(p) or real(p, *a, **k)
+    )
+    path = tmp_path / "latents" / "a.parquet"
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    write_latents(path, ["i0", "i1", "i2"], ["a/0.png", "a/1.png", "a/2.png"], x, {"m": 1})
+    first, again = read_latents(path), read_latents(path)
+    assert len(reads) == 1 and again[1] is first[1] and np.array_equal(first[1], x)
+    with pytest.raises(ValueError, match="read-only"):
+        first[1][0, 0] = 7.0
+    write_latents(path, ["i0"], ["a/0.png"], x[:1] + 1, {"m": 2})  # replaced whole
+    table, y = read_latents(path)
+    assert len(reads) == 2 and table["image_id"].to_list() == ["i0"] and y[0, 0] == 1.0
+    monkeypatch.setattr(STORED_READS, "MAX_BYTES", 4 * y.nbytes + 4 * table.estimated_size())
+    for i in range(12):
+        other = tmp_path / "latents" / f"b{i}.parquet"
+        write_latents(other, ["i0"], ["a/0.png"], x[:1], {"m": i})
+        read_latents(other)
+    assert STORED_READS._bytes <= STORED_READS.MAX_BYTES
+    STORED_READS.clear()

@@ -231,8 +231,10 @@ def kurtosis_scatter(
     ax.set_xlabel("excess kurtosis before removal")
     ax.set_ylabel("excess kurtosis after removal")
     ax.set_title(f"PC{reg.component}, T = {threshold}", fontsize=9)
-    # "best" placement scans every point: a fixed corner when there are many
-    ax.legend(fontsize=7, loc="best" if len(numbered) <= KEYED else "upper left")
+    # "best" placement scans every point: a fixed corner when there are many; no legend
+    # when nothing was drawn (no class with a finite kurtosis: Matplotlib would warn)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best" if len(numbered) <= KEYED else "upper left")
     ax.grid(alpha=0.3)
     key.axis("off")
     key.text(
