@@ -206,3 +206,11 @@ def test_the_automation_asks_for_stale_thresholds_then_the_summary(ran):
     job = build_definitions(ran["config"]).resolve_job_def(SUMMARY_JOB)
     assert execute(job, None, instance, tags={}, run_config={}).success
     assert isinstance(_evaluate(ran), dg.SkipReason)
+    # A keep list's csv export deleted: T is stale again, and its run writes the csv back.
+    exported = layout.keep_list(T, "csv")
+    exported.unlink()
+    requests = _evaluate(ran)
+    assert [(r.job_name, r.partition_key) for r in requests] == [(THRESHOLD_JOB, T)]
+    job = build_definitions(ran["config"]).resolve_job_def(THRESHOLD_JOB)
+    assert execute(job, T, instance, tags={}, run_config={}).success
+    assert exported.is_file()

@@ -266,13 +266,16 @@ def stale_thresholds(
 ) -> list[str]:
     """Thresholds whose keep list, cross-class table, report or clean copy does not match
     the current data (a clean copy also when it was made in another mode than
-    `settings.clean_copy_mode`); see `ThresholdVerdict.current`."""
+    `settings.clean_copy_mode`; a keep list also when its .csv or .json export is gone);
+    see `ThresholdVerdict.current`."""
     stale = []
     for t in thresholds:
         expected = current.keep_list(t)
         verdict = threshold_verdict(layout, t, digest(expected))
         if not (
             is_current(layout.keep_list(t), expected)
+            and layout.keep_list(t, "csv").exists()
+            and layout.keep_list(t, "json").exists()
             and is_current(layout.cross_class(t), current.cross_class(t))
             and verdict.current(str(current.settings.clean_copy_mode))
         ):
