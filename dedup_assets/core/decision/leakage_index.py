@@ -50,6 +50,7 @@ from dedup_assets.core.decision.ann_join import (
 )
 from dedup_assets.core.decision.cross_class import SharedSpace
 from dedup_assets.core.decision.leakage import (
+    DECOYS,
     DEFAULT_LEAKAGE_BUDGET,
     DENSITY_NEIGHBOURS,
     HUB_PENALTY,
@@ -101,8 +102,7 @@ class TopLists:
     @classmethod
     def fresh(cls, vals: np.ndarray, idx: np.ndarray) -> TopLists:
         """Lists computed against every training row: the floor is the k-th score."""
-        full = idx[:, -1] >= 0 if idx.shape[1] else np.zeros(len(idx), bool)
-        floor = np.where(full, vals[:, -1] if idx.shape[1] else 0.0, -np.inf)
+        floor = np.where(idx[:, -1] >= 0, vals[:, -1], -np.inf)
         return cls(vals.astype(np.float32), idx.astype(np.int64), floor.astype(np.float32))
 
     @classmethod
@@ -333,12 +333,7 @@ class LeakageIndex:
         refs = self._refs(rows)
         n = views.shape[1]
         if n == 0 or len(refs) == 0:
-            out = TopLists(
-                np.full((n, k), -np.inf, np.float32),
-                np.full((n, k), -1, np.int64),
-                np.full(n, -np.inf, np.float32),
-            )
-            return out
+            return TopLists.fresh(np.full((n, k), -np.inf, np.float32), np.full((n, k), -1))
         vals, idx = views_top_k(
             self._queries(views),
             refs,
@@ -570,7 +565,7 @@ class LeakageIndex:
             eval_hashes=self.eval_hashes,
             train_hashes=self.train_hashes,
         )
-        summary = tuple((s, k, len(r)) for s, k, r in self._plan().parts)
+        summary = self._decoy_summary()
         result = LeakageResult(
             leaks,
             float(threshold),
@@ -580,6 +575,15 @@ class LeakageIndex:
             self._method(len(self.train_ids)),
         )
         return result, recompared
+
+    def _decoy_summary(self) -> tuple[tuple[str, str, int], ...]:
+        """(source split, decoy kind, decoys) in the plan's order, from the decoys held
+        (after an update they are the plan's: no second ranking of every image id)."""
+        parts = [key.split("\t", 2)[:2] for key in self.decoy_keys.tolist()]
+        counts = {(s, k): 0 for k in DECOYS for s in ("eval", "train")}
+        for source, kind in parts:
+            counts[(source, kind)] += 1
+        return tuple((s, k, n) for (s, k), n in counts.items() if n)
 
     # -------------------------------------------------------------------- storage
 
