@@ -79,6 +79,7 @@ from dedup_assets.core.decision.class_decision import (
 from dedup_assets.core.decision.local_scaling import local_levels, null_margins, outsider_levels
 from dedup_assets.core.decision.reference_pool import ReferencePool
 from dedup_assets.core.decision.similarity import DEFAULT_BLOCK, block_rows
+from dedup_assets.core.quality.statistics import binomial_quantile
 
 if TYPE_CHECKING:  # torch is imported where mirrors are encoded (`encode_mirrors`)
     import torch
@@ -536,10 +537,8 @@ def removals_against_budget(keep: pl.DataFrame, budget: float | None) -> pl.Data
     )
     if budget is None:
         return per_class
-    from scipy.stats import binom
-
     images = per_class["images"].to_numpy()
-    bound = binom.ppf(0.99, images, budget).astype(np.int64)
+    bound = binomial_quantile(0.99, images, budget)
     return per_class.with_columns(
         pl.Series("allowed_false", images * budget, dtype=pl.Float64),
         pl.Series("chance_bound_99", bound, dtype=pl.Int64),
