@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dedup_assets.core.decision.calibration import binomial_quantile
 from dedup_assets.core.quality.statistics import (
-    binomial_quantile,
     excess_kurtosis,
     kurtosis_gate,
     random_removal_excess,

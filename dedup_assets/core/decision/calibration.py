@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+from scipy.special import bdtr
 
 from dedup_assets.core.data.artifacts import digest
 from dedup_assets.core.data.atomic_io import atomic_path
@@ -79,7 +80,6 @@ from dedup_assets.core.decision.class_decision import (
 from dedup_assets.core.decision.local_scaling import local_levels, null_margins, outsider_levels
 from dedup_assets.core.decision.reference_pool import ReferencePool
 from dedup_assets.core.decision.similarity import DEFAULT_BLOCK, block_rows
-from dedup_assets.core.quality.statistics import binomial_quantile
 
 if TYPE_CHECKING:  # torch is imported where mirrors are encoded (`encode_mirrors`)
     import torch
@@ -515,6 +515,20 @@ def _class_shift(
     if len(own) == 0 or len(pooled) == 0:
         return 0.0
     return max(0.0, float(np.median(own)) - float(np.median(pooled)))
+
+
+def binomial_quantile(q: float, n: np.ndarray, p: float) -> np.ndarray:
+    """The smallest k with P(Binomial(n, p) <= k) >= q, for each n (as
+    `scipy.stats.binom.ppf`), by bisection on the exact binomial distribution function."""
+    n = np.asarray(n, dtype=np.int64)
+    lo = np.zeros_like(n)  # P(X <= lo - 1) < q is known for lo = 0
+    hi = n.copy()  # P(X <= n) = 1 >= q
+    while np.any(lo < hi):
+        mid = (lo + hi) // 2
+        reached = bdtr(mid, n, p) >= q
+        hi = np.where(reached, mid, hi)
+        lo = np.where(reached, lo, mid + 1)
+    return hi
 
 
 def removals_against_budget(keep: pl.DataFrame, budget: float | None) -> pl.DataFrame:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from scipy.special import bdtr, ndtri
+from scipy.special import ndtri
 
 MIN_IMAGES_FOR_KURTOSIS = 4
 MIN_IMAGES_MEASURED = 12
@@ -71,20 +71,6 @@ def theil_sen_slopes(
     upper = min(int(np.round((count - z * sigma) / 2.0)), count - 1)
     lower = max(int(np.round((count + z * sigma) / 2.0)) - 1, 0)
     return slope, intercept, float(slopes[lower]), float(slopes[upper])
-
-
-def binomial_quantile(q: float, n: np.ndarray, p: float) -> np.ndarray:
-    """The smallest k with P(Binomial(n, p) <= k) >= q, for each n (as
-    `scipy.stats.binom.ppf`), by bisection on the exact binomial distribution function."""
-    n = np.asarray(n, dtype=np.int64)
-    lo = np.zeros_like(n)  # P(X <= lo - 1) < q is known for lo = 0
-    hi = n.copy()  # P(X <= n) = 1 >= q
-    while np.any(lo < hi):
-        mid = (lo + hi) // 2
-        reached = bdtr(mid, n, p) >= q
-        hi = np.where(reached, mid, hi)
-        lo = np.where(reached, lo, mid + 1)
-    return hi
 
 
 @dataclass(frozen=True)
