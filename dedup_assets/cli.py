@@ -34,6 +34,7 @@ import textwrap
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, get_args, get_origin
@@ -327,6 +328,14 @@ class _Probe:
     header: str  # the first line `_run` says
     quick: bool
     differs: str = ""
+    options: dict[str, str | None] = dataclass_field(default_factory=dict)  # as written, last wins
+
+    def option(self, flag: str) -> str | None:
+        """The value of `flag` as written, or of an abbreviation argparse would take for it."""
+        for name in (flag, *(n for n in self.options if len(n) > 2 and flag.startswith(n))):
+            if self.options.get(name):
+                return self.options[name]
+        return None
 
 
 def _options_as_written(words: list[str]) -> list[tuple[str, str | None]]:
@@ -403,7 +412,27 @@ def _probe(argv: list[str]) -> _Probe | None:
         )
     except (OSError, LookupError, ValueError):
         return None
-    return _Probe(inputs, output, header, quick)
+    return _Probe(inputs, output, header, quick, options=given)
+
+
+def _prestart_workers(probe: _Probe | None) -> None:
+    """When the listing says `dedup run` will use its pool of local processes (`--executor
+    processes`, or `auto` for these class sizes: `engines.resolve_auto`), start the pool's
+    worker server now (`engines.worker_context`), so that its imports share the cores
+    with this process's own instead of following them. A wrong guess costs nothing but the
+    server's imports, never a result: the run chooses its executor again from its listing."""
+    if probe is None or not probe.inputs.class_sizes:
+        return
+    from dedup_assets.engines import Executor, resolve_auto, threads_per_process, worker_context
+
+    try:
+        executor = Executor(probe.option("--executor") or Executor.auto)
+        parallel = int(probe.option("--parallel") or 1)
+    except ValueError:  # argparse says what is wrong
+        return
+    executor, parallel, _ = resolve_auto(executor, parallel, probe.inputs.class_sizes)
+    if executor == Executor.processes:
+        worker_context(threads_per_process(parallel))
 
 
 def _quick_rerun(probe: _Probe) -> int | None:
@@ -758,6 +787,7 @@ def main(argv: list[str] | None = None) -> int:
         probe = _probe(argv)
         if probe is not None and (status := _quick_rerun(probe)) is not None:
             return status
+        _prestart_workers(probe)
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt as exc:
         print("dedup: interrupted before it started; nothing was done", file=sys.stderr)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import functools
-import multiprocessing
 import os
 import socket
 import sqlite3
@@ -55,6 +54,7 @@ from dedup_assets.engines import (
     Executor,
     init_pool_process,
     threads_per_process,
+    worker_context,
 )
 from dedup_assets.interrupts import INTERRUPT_ERRORS, check_stop
 from dedup_assets.names import (
@@ -416,11 +416,12 @@ class ClassRunPool:
                     f"no dask scheduler answers at {self.config.dask_address} ({exc})"
                 ) from None
         else:
+            threads = threads_per_process(self.config.parallel)
             self._pool = ProcessPoolExecutor(
                 max_workers=self.config.parallel,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=worker_context(threads),
                 initializer=init_pool_process,
-                initargs=(threads_per_process(self.config.parallel), self.verbose),
+                initargs=(threads, self.verbose),
             )
         return self
 

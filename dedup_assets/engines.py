@@ -18,11 +18,17 @@ launchers do it, not by step (`dispatch`).
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.forkserver
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-import dagster as dg
+if TYPE_CHECKING:  # Dagster is imported where a definition needs it: `dedup run` reads
+    # this module to choose its executor before anything heavy is imported.
+    import dagster as dg
 
 
 class Executor(StrEnum):
@@ -94,6 +100,45 @@ def executor_definition(executor: Executor) -> dg.ExecutorDefinition | None:
     return k8s_job_executor
 
 
+# What the local pool's worker server imports once, so that every worker starts as a fork
+# of it with the pipeline's modules loaded (`worker_context`).
+WORKER_PRELOAD = ["dedup_assets.dispatch"]
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextmanager
+def _thread_settings(threads: int) -> Iterator[None]:
+    """The BLAS and OpenMP thread variables set to `threads` while inside, restored after."""
+    saved = {name: os.environ.get(name) for name in _THREAD_VARS}
+    os.environ.update({name: str(threads) for name in _THREAD_VARS})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def worker_context(threads: int) -> multiprocessing.context.BaseContext:
+    """How the local pool starts its processes, the server of `forkserver` started now if
+    it is not running yet (and the platform has it): that server imports the pipeline once
+    (`WORKER_PRELOAD`, with the workers' thread settings, which numpy's and torch's BLAS
+    read as they load), and each worker is a fork of it, not a fresh interpreter importing
+    Dagster, torch and polars (4-6 s of each worker on 2 cores, measured). The server runs
+    nothing but imports, so its forks start with no threads and no open database, as spawned
+    processes do. Started before the calling process's own imports (`dedup run` does, when
+    its listing says the pool will be used), both imports share the cores. Elsewhere: spawn."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_PRELOAD)
+    with _thread_settings(threads):  # the server's environment is copied as it starts
+        multiprocessing.forkserver.ensure_running()
+    return context
+
+
 def threads_per_process(parallel: int) -> int:
     """Torch threads for each of `parallel` concurrent run processes on this machine."""
     return max(1, (os.cpu_count() or 1) // max(1, parallel))
@@ -106,11 +151,14 @@ def init_pool_process(threads: int, verbose: bool) -> None:
     # torch's and numpy's BLAS (OpenBLAS, MKL) read these as they load: set before either.
     # Measured, a numpy QR of 10,000 x 11 took 0.13 s instead of 10 ms with OpenBLAS's
     # threads spinning against a second worker on 2 cores.
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for name in _THREAD_VARS:
         os.environ.setdefault(name, str(threads))
     import torch
 
+    from dedup_assets.core.data.pools import set_process_cores
+
     torch.set_num_threads(threads)
+    set_process_cores(threads)  # its own pools (decoding) too: no pool within the pool
     if not verbose:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)

@@ -294,3 +294,33 @@ def test_cli_run_after_new_images_touches_only_their_class(materialized):
     assert runs["classes"] == runs["images"] <= len(outcome.updated)
     again = run_pipeline(materialized["config"], instance, log=lines.append)
     assert again.nothing_changed and again.stages == []
+
+
+def test_a_model_copied_in_is_kept_without_reconstructing_anything(tmp_path, monkeypatch):
+    """A model with no record of its training (copied into a new output) is kept, and
+    decided before any image is reconstructed: without a training error there is nothing
+    to compare the new images' error with (measured: 3 s of a 27,000-image first run)."""
+    from dedup_assets.assets import autoencoder as asset
+    from dedup_assets.core.model.autoencoder import ConvAutoencoder, save_state
+    from resources import ComputeDevice, DedupSettings
+
+    layout = OutputLayout(tmp_path)
+    layout.model.parent.mkdir(parents=True)
+    save_state(ConvAutoencoder(), layout.model)
+    images = pl.DataFrame({"class_key": ["a"] * 3, "image_id": ["x", "y", "z"]})
+
+    def no_reconstruction(*args, **kwargs):
+        raise AssertionError("reconstructed images for a decision that cannot use them")
+
+    monkeypatch.setattr(asset, "reconstruct", no_reconstruction)
+    monkeypatch.setattr(
+        asset, "gather_pixels", lambda layout, frame: np.zeros((frame.height, 64, 64, 3), np.uint8)
+    )
+    settings, compute = DedupSettings(), ComputeDevice(device="cpu")
+    kept = asset.retraining_decision(layout, images, settings, compute, forced=False)
+    assert not kept.retrain and "no record of its training" in kept.reason
+    # With a record (its training log and images), new images are reconstructed and compared.
+    layout.training_log.write_text('{"final_reconstruction_mse": 0.01, "objective": "plain"}')
+    pl.DataFrame({"image_id": ["x"]}).write_parquet(layout.trained_images)
+    with pytest.raises(AssertionError, match="reconstructed images"):
+        asset.retraining_decision(layout, images, settings, compute, forced=False)

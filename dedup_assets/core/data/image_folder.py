@@ -31,7 +31,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageOps
 
-from dedup_assets.core.data.pools import cancelling
+from dedup_assets.core.data.pools import cancelling, process_cores
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 _IMAGE_EXTENSIONS_B = frozenset(os.fsencode(e) for e in IMAGE_EXTENSIONS)
@@ -594,7 +594,8 @@ def read_and_decode(
     Files are opened by their raw path with `read_source_file` (regular files of at most
     `max_file_bytes`). `known(content_hash, size_bytes)` may return the image as an
     earlier run decoded it, returned as is, so unchanged images are not decoded again.
-    Large jobs are spread over `workers` processes (default: one per CPU), each reading
+    Large jobs are spread over `workers` processes (default: this process's share of the
+    cores, `pools.process_cores`), each reading
     and decoding chunks of files.
     """
     root_b = os.fsencode(root)
@@ -616,7 +617,7 @@ def read_and_decode(
             results[i] = cached
         else:
             todo.append(i)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or process_cores()
     # Forked workers only decode with Pillow and numpy (no OpenMP, no torch), which is safe
     # in a child of a threaded process; spawn would re-import the caller's __main__.
     can_fork = "fork" in multiprocessing.get_all_start_methods()

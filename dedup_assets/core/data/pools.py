@@ -9,12 +9,30 @@ through `cancelling` drops what is queued, so only the chunks already running fi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from typing import TypeVar
 
 PoolT = TypeVar("PoolT", bound=Executor)
+
+_process_cores: int | None = None
+
+
+def set_process_cores(cores: int) -> None:
+    """This process's share of the machine's cores, for a process that runs beside others
+    (a worker of `dedup run`'s local pool): its own pools use that many, not one per CPU."""
+    global _process_cores
+    _process_cores = max(1, cores)
+
+
+def process_cores() -> int:
+    """How many processes or threads this process's own pools may use: its share
+    (`set_process_cores`), else every CPU. Measured on 2 cores, EuroSAT in two class runs at
+    once: each run's decoding step took 8.3 s with two forked decoders of its own, 5.2-5.6 s
+    decoding in its own process (the pixels no longer pickled back through a pipe)."""
+    return _process_cores or os.cpu_count() or 1
 
 
 @contextmanager

@@ -38,6 +38,7 @@ import json
 import os
 import stat
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -75,7 +76,13 @@ def _sha1(parts: Iterable[bytes]) -> str:
 def listing_digest(root: Path | str, *, include_hidden: bool = False) -> str:
     """The source as the catalog lists it (`scan_image_folder`): every class folder, every
     image file's path, size and modification time, every skipped entry and its reason."""
+    return _listing(root, include_hidden)[0]
+
+
+def _listing(root: Path | str, include_hidden: bool) -> tuple[str, tuple[int, ...]]:
+    """`listing_digest`, and the number of image files of each class folder."""
     scan = scan_image_folder(root, include_hidden=include_hidden)
+    sizes = Counter(f.class_key for f in scan.files)
 
     def parts() -> Iterator[bytes]:
         for key in sorted(scan.raw_classes):
@@ -85,7 +92,7 @@ def listing_digest(root: Path | str, *, include_hidden: bool = False) -> str:
         for s in scan.skipped:
             yield b"s\0%s\0%s\n" % (s.raw_path, s.reason.encode("utf-8"))
 
-    return _sha1(parts())
+    return _sha1(parts()), tuple(sizes[key] for key in sorted(scan.classes))
 
 
 def content_digest(path: Path | str | None) -> str:
@@ -145,6 +152,9 @@ class RunInputs:
     """Digests of what a run's results depend on, by part; `digest` covers them all."""
 
     parts: Mapping[str, str]
+    # Image files per class folder as listed (not part of the digest): what `dedup run`
+    # decides its executor from before anything heavy is imported (`engines.resolve_auto`).
+    class_sizes: tuple[int, ...] = field(default=(), compare=False)
 
     @classmethod
     def of(
@@ -161,15 +171,17 @@ class RunInputs:
         `files` the run reads by content (overrides, a ground truth given), the code and
         the installed packages."""
         files = {**files, **{f"source {n}": source / n for n in OWN_ROOT_FILES}}
+        listing, sizes = _listing(source, include_hidden)
         return cls(
             {
                 "options": _sha1([json.dumps(dict(options), sort_keys=True).encode()]),
-                "source": listing_digest(source, include_hidden=include_hidden),
+                "source": listing,
                 **{f"file {name}": content_digest(path) for name, path in sorted(files.items())},
                 "code": code_digest(),
                 "packages": environment_digest(),
                 "output": str(output),
-            }
+            },
+            sizes,
         )
 
     @property

@@ -1,0 +1,116 @@
+"""How `dedup run` starts its pool of local processes: forks of a server that imported the
+pipeline once, with the workers' thread settings, started while the command's own imports
+run when its listing says the pool will be used (`engines.worker_context`,
+`cli._prestart_workers`). Each case runs in its own interpreter: the server is one per
+process."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.skipif(
+    "forkserver" not in multiprocessing.get_all_start_methods() or not Path("/proc").is_dir(),
+    reason="the worker server is forkserver's, found through /proc (Linux)",
+)
+
+POOL_SCRIPT = r"""
+import json, os, sys
+from concurrent.futures import ProcessPoolExecutor
+from dedup_assets.engines import init_pool_process, worker_context
+
+before = os.environ.get("OMP_NUM_THREADS")
+context = worker_context(1)
+with ProcessPoolExecutor(2, mp_context=context, initializer=init_pool_process,
+                         initargs=(1, True)) as pool:
+    seen = [pool.submit(eval, expr).result() for expr in (
+        "'dagster' in __import__('sys').modules and 'polars' in __import__('sys').modules",
+        "__import__('os').environ.get('OMP_NUM_THREADS')",
+        "__import__('os').getppid()",
+        "__import__('dedup_assets.core.data.pools', fromlist=['_']).process_cores()",
+        "__import__('torch').get_num_threads()",
+    )]
+print(json.dumps({"method": context.get_start_method(), "parent_env": before,
+                  "after_env": os.environ.get("OMP_NUM_THREADS"), "me": os.getpid(),
+                  "seen": seen}))
+"""
+
+
+def test_pool_workers_are_forks_of_a_server_that_imported_the_pipeline():
+    proc = subprocess.run(
+        [sys.executable, "-c", POOL_SCRIPT], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    preloaded, env, parent, cores, threads = out["seen"]
+    assert out["method"] == "forkserver"
+    assert preloaded  # Dagster and polars were there before the worker's first task
+    assert parent != out["me"]  # forked by the server, not started by this process
+    assert env == "1" and cores == 1 and threads == 1  # one core's share each
+    # The caller's own environment is as it was: its BLAS keeps every core.
+    assert out["parent_env"] == out["after_env"]
+
+
+PRESTART_SCRIPT = r"""
+import json, os, sys
+from pathlib import Path
+from dedup_assets import cli
+
+probe = cli._probe(sys.argv[1:])
+cli._prestart_workers(probe)
+me = str(os.getpid())
+servers = []
+for stat in Path("/proc").glob("[0-9]*/stat"):
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        continue
+    if fields[1] == me and "forkserver" in cmdline:
+        servers.append(cmdline)
+print(json.dumps({"servers": len(servers), "heavy": "dagster" in sys.modules}))
+"""
+
+
+@pytest.fixture(scope="module")
+def small_source(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("prestart") / "source"
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("options", "started"),
+    [
+        ((), False),  # auto with 4 files: in process, no pool
+        (("--executor", "processes"), True),
+        (("--exec", "processes", "--parallel", "2"), True),  # an abbreviation argparse takes
+        (("--executor=processes",), True),
+        (("--executor", "in_process"), False),
+        (("--executor", "dask"), False),  # its workers are the cluster's
+        (("--executor", "nonsense"), False),  # argparse says what is wrong, later
+    ],
+)
+def test_the_server_starts_early_only_for_a_run_that_uses_the_pool(
+    small_source, tmp_path, options, started
+):
+    argv = ["run", "--source", str(small_source), "--output", str(tmp_path / "out"), *options]
+    proc = subprocess.run(
+        [sys.executable, "-c", PRESTART_SCRIPT, *argv], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["servers"] == (1 if started else 0)
+    assert not out["heavy"]  # decided from the listing, before this process imports Dagster
