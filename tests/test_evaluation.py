@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import imagehash
 import numpy as np
@@ -249,6 +250,31 @@ def test_phash_bits_equal_imagehash():
         other = imagehash.phash(Image.fromarray(px[(i + 1) % 9]))
         assert hamming_similarity(bits[i], bits[(i + 1) % 9]) == 1 - (ref - other) / 64
     assert phash_bits(np.zeros((0, 64, 64, 3), np.uint8)).shape == (0, 64)
+
+
+@pytest.mark.parametrize("side", [32, 64, 97])
+def test_phash_bits_equal_imagehash_bit_for_bit_on_many_images(side):
+    """The batched DCTs give imagehash's bits exactly: noise, flat images (ties at the
+    median), gradients and stripes, at several sizes; and EuroSAT when it is there."""
+    rng = np.random.default_rng(side)
+    noise = rng.integers(0, 256, (120, side, side, 3), dtype=np.uint8)
+    flat = np.repeat(rng.integers(0, 256, (20, 1, 1, 3), dtype=np.uint8), side, 1).repeat(side, 2)
+    ramp = np.linspace(0, 255, side, dtype=np.float32)
+    grad = np.stack(
+        [np.broadcast_to(ramp[None, :, None] * (k / 10), (side, side, 3)) for k in range(10)]
+    )
+    px = np.concatenate([noise, flat, grad.astype(np.uint8)])
+    eurosat = Path(__file__).resolve().parents[2] / "shared/datasets/eurosat"
+    if side == 64:
+        px = np.concatenate([px, _test_images(10, side)])
+    if side == 64 and eurosat.is_dir():
+        files = sorted(eurosat.rglob("*.jpg"))[::900][:30]
+        px = np.concatenate(
+            [px, np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])]
+        )
+    bits = phash_bits(px, workers=2)
+    ref = np.stack([imagehash.phash(Image.fromarray(p)).hash.reshape(-1) for p in px])
+    np.testing.assert_array_equal(bits, ref)
 
 
 def test_phash_bits_thread_pool_keeps_order():
