@@ -25,6 +25,7 @@ from dedup_assets.core.quality.review_page import (
     KIND_ORDER,
     removed_pairs,
     script_json,
+    shown_thumbnails,
     write_review_page,
 )
 
@@ -281,6 +282,61 @@ def test_thumbnails_are_made_once_from_the_pixel_store(review):
     assert (third.thumbnails_written, third.thumbnails_reused) == (1, len(needed) - 1)
     assert third.thumbnails_removed == 1 and not unused.exists()
     assert png.is_file() and third.build == second.build
+
+
+def _page_hashes(key: str, rows: list) -> list:
+    view = key.split("/")[1]
+    return [h for r in rows for h in ((r[4], r[5]) if view == "x" else (r[3], r[4]))]
+
+
+@pytest.mark.parametrize("cap", [0, 1, 5])
+def test_thumbnails_beyond_the_cap_are_the_source_files_of_the_later_pages(review, tmp_path, cap):
+    """At most `max_thumbnails` thumbnails, the first pages' first: an image left out is
+    shown from its source file (its row carries no thumbnail), and no page k + 1 of any list
+    has a thumbnail while a page k lacks one."""
+    layout = OutputLayout(tmp_path / "out")
+    shutil.copytree(review["layout"].root, layout.root, ignore=shutil.ignore_patterns(".dagster"))
+    shutil.rmtree(layout.review_dir)
+    full = review["first"].thumbnails_written
+    page = write_review_page(
+        layout, THRESHOLDS, source_root=review["source"], page_size=PAGE_SIZE, max_thumbnails=cap
+    )
+    data, pages = read_pages(layout)
+    files = {p.stem for p in layout.review_thumbs.glob("*/*.png")}
+    shown = {h for key, rows in pages.items() for h in _page_hashes(key, rows) if h}
+    assert len(files) == page.thumbnails_written == min(cap, full) and files == shown
+    assert page.thumbnails_left_out == full - min(cap, full) == data["thumbnailsLeftOut"]
+    # Every row is still there, with its path: the page shows the source file instead.
+    assert sum(len(rows) for rows in pages.values()) == sum(
+        len(rows) for rows in review["pages"].values()
+    )
+    assert data["source"] == review["source"].resolve().as_uri()
+    assert "thumb original" in layout.review_index.read_text()
+    # Page order: the latest page number with a thumbnail precedes every page lacking one
+    # (a page's number in its class list, where a removed pair appears earliest).
+    with_thumb = [int(k.rsplit("/", 1)[1]) for k, r in pages.items() if any(_page_hashes(k, r))]
+    lacking = [int(k.rsplit("/", 1)[1]) for k, r in pages.items() if not all(_page_hashes(k, r))]
+    if cap and lacking:
+        assert min(with_thumb) <= min(lacking)
+
+
+def test_shown_thumbnails_take_the_earliest_page_of_each_image():
+    # Removed pairs: ranked within their class; a cross-class list: by row.
+    pairs = pl.DataFrame(
+        {
+            "cls": [0, 0, 0, 1, 1],
+            "thumb": ["a", "b", "c", "d", "e"],
+            "kept_thumb": ["k", "k", "f", None, "g"],
+        }
+    )
+    cross = pl.DataFrame({"thumb_a": ["c", "h"], "thumb_b": ["i", "j"]})
+    every, left = shown_thumbnails([pairs, cross], page_size=1, limit=100)
+    assert every == set("abcdefghijk") and left == 0
+    # Page 0: a, k (class 0), d (class 1), c and i (cross row 0): five images.
+    first, left = shown_thumbnails([pairs, cross], page_size=1, limit=5)
+    assert first == {"a", "k", "d", "c", "i"} and left == 6
+    assert shown_thumbnails([pairs], page_size=2, limit=0) == (set(), 8)
+    assert shown_thumbnails([], page_size=2, limit=3) == (set(), 0)
 
 
 def test_names_never_reach_the_html_as_markup(review):

@@ -29,7 +29,8 @@ def build_review_asset(
         description="`review/index.html`, opened from the file system (no server, no network): "
         "per threshold and class, every removed image beside the kept image it duplicates "
         "with similarity, margin over its threshold and kind (exact/near), borderline first, "
-        "paged; cross-class pairs apart; thumbnails cached in `review/thumbs`. Marks (keep, "
+        "paged; cross-class pairs apart; thumbnails cached in `review/thumbs` (at most 20,000, for "
+        "the first pages of every list; later images are shown from their source files). Marks (keep, "
         "remove, not a duplicate) download as `overrides.csv` for the next run. With split "
         "folders, a train/test leakage view lists `leakage.csv` (read as it stands: `dedup "
         "run` makes it before, and a dependency would let its blocking checks hold the page "
@@ -58,7 +59,13 @@ def build_review_asset(
         context.log.info(
             f"review page: {page.index} ({sum(page.pairs.values()):,} removed images over "
             f"{len(thresholds)} thresholds; {page.thumbnails_written:,} thumbnails made, "
-            f"{page.thumbnails_reused:,} reused; {page.seconds:.1f}s)"
+            f"{page.thumbnails_reused:,} reused"
+            + (
+                f", {page.thumbnails_left_out:,} left out (shown from the source files)"
+                if page.thumbnails_left_out
+                else ""
+            )
+            + f"; {page.seconds:.1f}s)"
         )
         return dg.MaterializeResult(
             metadata={
@@ -68,6 +75,7 @@ def build_review_asset(
                 "cross_class_pairs_listed": sum(page.cross_pairs.values()),
                 "thumbnails_written": page.thumbnails_written,
                 "thumbnails_reused": page.thumbnails_reused,
+                "thumbnails_left_out": page.thumbnails_left_out,
                 "page_files": page.page_files,
                 "leakage_pairs_listed": page.leak_pairs if page.leak_pairs is not None else "none",
                 "seconds": round(page.seconds, 2),

@@ -15,7 +15,9 @@ correct, opened from `file://` with no server and no network.
   and `index.html` is replaced last, so an open page never mixes two builds;
 - `thumbs/<hh>/<pixel hash>.png`: the catalogued 64x64 pixels of each shown image (shown at
   128 px), named by the pixel hash (identical pixels share one file; never a file name), made
-  once and reused by every later run, and removed once no page shows them.
+  once and reused by every later run, and removed once no page shows them. At most
+  `MAX_THUMBNAILS`, those of the first pages of every list (`shown_thumbnails`); an image
+  beyond them is shown from its source file (`file://`, as the "open" link).
 
 Names reach the page as text only. The server side escapes what it writes into HTML with
 `html.escape` and writes data as JSON with `<`, `>` and `&` (and U+2028/9) escaped as
@@ -71,6 +73,11 @@ from dedup_assets.core.decision.overrides import Overrides
 PAGE_SIZE = 200  # pairs per page: 400 thumbnails, about 60 KB of rows
 BORDERLINE = 0.02  # margins below this are highlighted on the page
 THUMB_CHUNK = 2048  # thumbnails decoded from the pixel stores at a time (25 MB)
+# Thumbnails made at most, for the first pages of every list (`shown_thumbnails`): a set
+# whose removals run into the hundred thousands (EuroSAT tiled 5x: 127,000 images to show)
+# spent 51 s making them, for pages nobody reaches in order. 20,000 is 50 pages of every
+# class list of a 10-class set, about 4 s to make on 2 cores.
+MAX_THUMBNAILS = 20_000
 _HEX = r"^[0-9a-f]{16,64}$"  # what a pixel hash must look like to name a file
 # Order of the kinds of removal in a view: the model's near-duplicates (by margin), then
 # those the user's overrides removed, then exact copies (identical pixels, never in doubt).
@@ -118,6 +125,7 @@ class ReviewPage:
     thumbnails_written: int
     thumbnails_reused: int
     thumbnails_removed: int
+    thumbnails_left_out: int  # images beyond `max_thumbnails`: shown from the source file
     index_bytes: int
     seconds: float
     build: str = ""
@@ -308,6 +316,47 @@ def _pages(
 
 # ---------------------------------------------------------------------------- thumbnails
 
+_THUMB_COLUMNS = ("thumb", "kept_thumb", "thumb_a", "thumb_b", "train_thumb")
+
+
+def shown_thumbnails(
+    frames: Sequence[pl.DataFrame], page_size: int, limit: int
+) -> tuple[set[str], int]:
+    """The thumbnails to make for these lists (removed pairs, cross-class and leakage
+    pairs, each in page order) and how many are left out: every one if they are at most
+    `limit`, else those of the earliest pages. An image's page is the earliest on which any
+    list shows it (a removed pair's, in its class's list: never later than in "all"), so
+    page k of every list has its thumbnails before page k + 1 of any has one."""
+    parts = []
+    for frame in frames:
+        by_class = "cls" in frame.columns and "kept_thumb" in frame.columns
+        rank = pl.int_range(pl.len()).over("cls") if by_class else pl.int_range(pl.len())
+        ranked = frame.with_columns((rank // page_size).alias("_page"))
+        for column in _THUMB_COLUMNS:
+            if column in frame.columns:
+                parts.append(ranked.select(pl.col(column).cast(pl.String).alias("thumb"), "_page"))
+    if not parts:
+        return set(), 0
+    first = (
+        pl.concat(parts)
+        .drop_nulls("thumb")
+        .group_by("thumb")
+        .agg(pl.col("_page").min())
+        .sort("_page", "thumb")
+    )
+    return set(first["thumb"].head(max(0, limit)).to_list()), max(0, first.height - limit)
+
+
+def _only(frame: pl.DataFrame, shown: set[str]) -> pl.DataFrame:
+    """`frame` with the thumbnails not in `shown` set to null (the page then shows the
+    source file)."""
+    keep = sorted(shown)
+    return frame.with_columns(
+        pl.when(pl.col(c).is_in(keep)).then(pl.col(c)).otherwise(None).alias(c)
+        for c in _THUMB_COLUMNS
+        if c in frame.columns
+    )
+
 
 def _chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
@@ -388,6 +437,7 @@ def write_review_page(
     source_root: Path | None = None,
     page_size: int = PAGE_SIZE,
     overrides: Overrides | None = None,
+    max_thumbnails: int = MAX_THUMBNAILS,
 ) -> ReviewPage:
     """Write `review/index.html` for the keep lists and cross-class pairs of `thresholds`
     (a threshold whose keep list is missing is listed as missing); see the module doc.
@@ -395,6 +445,8 @@ def write_review_page(
     source_root: the source folder, for an "open original" link beside each image.
     overrides: the corrections the run honoured; the page starts its marks from them, so a
     download from another browser (or after its storage was cleared) still carries them.
+    max_thumbnails: at most this many thumbnails, those of the first pages of every list
+    (`shown_thumbnails`); an image beyond them is shown from its source file.
     """
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size}")
@@ -421,22 +473,38 @@ def write_review_page(
     classes = sorted(names)
     class_index = {c: k for k, c in enumerate(classes)}
 
-    entries, pages, needed = [], [], set()
+    entries, pages = [], []
     pairs_listed, cross_listed = {}, {}
+    views: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = {}
+    for t in thresholds:
+        keep, cross = keeps[t], crosses[t]
+        if keep is None:
+            continue
+        if "cosine" not in keep.columns:  # written before rows recorded their cosine
+            keep = keep.with_columns(pl.lit(cosine_of(t), pl.Float64).alias("cosine"))
+        views[t] = (
+            removed_pairs(keep, thumbs, class_index),
+            cross_pairs(cross, thumbs, class_index, cosine_of(t))
+            if cross is not None
+            else pl.DataFrame(schema=dict.fromkeys(CROSS_COLUMNS, pl.String)),
+        )
+    leak_listed = leak_pairs(leaks, thumbs, class_index) if leaks is not None else None
+    needed, capped = shown_thumbnails(
+        [frame for pair in views.values() for frame in pair]
+        + ([leak_listed] if leak_listed is not None else []),
+        page_size,
+        max_thumbnails,
+    )
+    views = {
+        t: (_only(pairs, needed), _only(listed, needed)) for t, (pairs, listed) in views.items()
+    }
     for ti, t in enumerate(thresholds):
         keep, cross = keeps[t], crosses[t]
         entry = _threshold_entry(t, keep)
         entries.append(entry)
         if keep is None:
             continue
-        if "cosine" not in keep.columns:  # written before rows recorded their cosine
-            keep = keep.with_columns(pl.lit(cosine_of(t), pl.Float64).alias("cosine"))
-        pairs = removed_pairs(keep, thumbs, class_index)
-        listed = (
-            cross_pairs(cross, thumbs, class_index, cosine_of(t))
-            if cross is not None
-            else pl.DataFrame(schema=dict.fromkeys(CROSS_COLUMNS, pl.String))
-        )
+        pairs, listed = views[t]
         pairs_listed[t], cross_listed[t] = pairs.height, listed.height
         entry["cross"] = listed.height if cross is not None else None
         entry["classCounts"] = class_counts(keep, classes)
@@ -449,10 +517,6 @@ def write_review_page(
             "all": math.ceil(pairs.height / page_size),
             "x": math.ceil(listed.height / page_size),
         }
-        for column in ("thumb", "kept_thumb"):
-            needed.update(pairs[column].drop_nulls().to_list())
-        for column in ("thumb_a", "thumb_b"):
-            needed.update(listed[column].drop_nulls().to_list())
         for view, n, rows in _pages(pairs, "all", page_size):
             pages.append((f"{ti}/{view}/{n}", rows))
         for view, n, rows in _pages(pairs, "c", page_size, group="cls"):
@@ -461,10 +525,8 @@ def write_review_page(
             pages.append((f"{ti}/{view}/{n}", rows))
 
     leakage = None
-    if leaks is not None:
-        listed = leak_pairs(leaks, thumbs, class_index)
-        for column in ("thumb", "train_thumb"):
-            needed.update(listed[column].drop_nulls().to_list())
+    if leaks is not None and leak_listed is not None:
+        listed = _only(leak_listed, needed)
         for _, n, rows in _pages(listed, LEAK_VIEW, page_size):
             pages.append((f"{LEAK_VIEW}/{n}", rows))
         leakage = {
@@ -503,6 +565,7 @@ def write_review_page(
         "thumbs": "thumbs",
         "source": Path(source_root).resolve().as_uri() if source_root is not None else None,
         "pageSize": page_size,
+        "thumbnailsLeftOut": capped,
         "borderline": BORDERLINE,
         "classes": classes,
         "thresholds": entries,
@@ -529,6 +592,7 @@ def write_review_page(
         thumbnails_written=written,
         thumbnails_reused=len(needed) - written,
         thumbnails_removed=removed,
+        thumbnails_left_out=capped,
         index_bytes=len(text.encode("utf-8")),
         seconds=time.perf_counter() - start,
         build=build,
@@ -721,6 +785,7 @@ padding:10px 20px;border-bottom:1px solid var(--line)}
 .side{display:flex;gap:10px;min-width:0}
 .thumb{width:128px;height:128px;flex:none;image-rendering:pixelated;background:var(--card);
 border:1px solid var(--line)}
+.thumb.original{object-fit:contain;image-rendering:auto}
 .text{min-width:0;display:flex;flex-direction:column;gap:4px}
 .path{overflow-wrap:anywhere;word-break:break-word}
 .role{font-size:11px;font-weight:700;letter-spacing:.05em;text-transform:uppercase}
@@ -950,6 +1015,13 @@ function fmt(x, sign) {
   return (sign && x >= 0 ? "+" : "") + x.toFixed(4);
 }
 function thumb(hash, path) {
+  if (!hash && DATA.source && path) {  // beyond the thumbnails made: the source file itself
+    return el("img", {
+      class: "thumb original", width: 128, height: 128, loading: "lazy", decoding: "async",
+      alt: path, title: "the source file (thumbnails are made for the first pages only)",
+      src: DATA.source + "/" + path.split("/").map(encodeURIComponent).join("/"),
+    });
+  }
   if (!hash) return el("div", { class: "thumb", title: "no thumbnail" });
   const img = el("img", {
     class: "thumb", width: 128, height: 128, loading: "lazy", decoding: "async",
