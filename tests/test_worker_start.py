@@ -74,8 +74,10 @@ for stat in Path("/proc").glob("[0-9]*/stat"):
     except OSError:
         continue
     if fields[1] == me and "forkserver" in cmdline:
-        servers.append(cmdline)
+        servers.append(int(stat.parent.name))
 print(json.dumps({"servers": len(servers), "heavy": "dagster" in sys.modules}))
+for pid in servers:  # its imports would go on after this process ends
+    os.kill(pid, 9)
 """
 
 
