@@ -22,8 +22,9 @@ CORE_FLOORS = {"data": 0, "model": 1, "density": 1, "decision": 2, "quality": 3}
 # The top level of dedup_assets (and the resources package), bottom floor first: a unit
 # imports only units on lower floors, never one on its own floor or above.
 TOP_FLOORS = [
-    {"names", "interrupts", "engines", "partitions", "timings", "ui", "event_storage", "core"},
-    {"resources"},
+    {"names", "interrupts", "partitions", "timings", "ui", "event_storage", "core"},
+    # engines sets core's share of the cores in a pool process (`pools.set_process_cores`)
+    {"resources", "engines"},
     {"config", "assets", "automation"},
     {"definitions"},
     {"dispatch"},
