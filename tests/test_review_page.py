@@ -482,6 +482,36 @@ def test_hostile_names_render_as_text_in_chromium(review, tmp_path):
         assert html.escape(target, quote=False) in text  # serialized as text, not markup
 
 
+def test_images_beyond_the_thumbnails_show_their_source_files_in_chromium(review, tmp_path):
+    """With no thumbnail made (a cap of 0), every image on a page is an <img> of its own
+    source file: a file:// URL of the source with each path segment encoded, one that
+    exists on disk, hostile names included, and nothing of a name became markup."""
+    from urllib.parse import unquote, urlparse
+
+    layout = OutputLayout(tmp_path / "out")
+    shutil.copytree(review["layout"].root, layout.root, ignore=shutil.ignore_patterns(".dagster"))
+    shutil.rmtree(layout.review_dir)
+    write_review_page(
+        layout, THRESHOLDS, source_root=review["source"], page_size=PAGE_SIZE, max_thumbnails=0
+    )
+    data, pages = read_pages(layout)
+    index = layout.review_index.resolve().as_uri()
+    text = dump_dom(index + locate(data, pages, SCRIPT_PATH), tmp_path / "profile")
+    dom = _Dom(text)
+    _assert_inert(dom)
+    shown = [a for tag, a in dom.elements if tag == "img" and "original" in a.get("class", "")]
+    assert len(shown) >= 2 and not any(a.get("src", "").startswith("thumbs") for a in shown)
+    source = review["source"].resolve()
+    for attrs in shown:
+        url = urlparse(attrs["src"])
+        assert url.scheme == "file" and "<" not in attrs["src"]
+        path = Path(unquote(url.path))
+        assert path.is_file() and path.is_relative_to(source), attrs["src"]
+    assert SCRIPT_PATH in {
+        Path(unquote(urlparse(a["src"]).path)).relative_to(source).as_posix() for a in shown
+    }
+
+
 def test_the_honoured_overrides_start_the_marks_and_stay_text(review, tmp_path):
     """A page written with the run's overrides (hostile names among them), in a copy of the
     output, opened in a browser that never saw a mark: the counter holds them, the header
