@@ -299,6 +299,7 @@ def run_partition(
     stage: str,
     dagster_home: str,
     token: str = "",
+    assets: list[str] | None = None,
 ) -> RunReport:
     """Run one partition (or range of class partitions) of a named job in this process, in
     the instance at dagster_home (the output folder's), and report what it did: what a pool
@@ -309,7 +310,7 @@ def run_partition(
             job = job_for(config_json, job_name)
             with open_instance(dagster_home) as instance:
                 tags = {**tags, WORKER_TAG: worker_name()}
-                result = execute(job, key, instance, tags, run_config)
+                result = execute(job, key, instance, tags, run_config, assets)
                 return RunReport.of(result, stage, key)
     except KeyboardInterrupt:  # interrupt_runs, outside the run's steps (or before it)
         where = f"{stage} [{key}]" if key is not None else stage
@@ -398,6 +399,7 @@ class ClassRunPool:
         self._pool: ProcessPoolExecutor | None = None
         self._client = None
         self._futures: list = []
+        self._beside: list = []  # runs started by `start`, waited for by `report`
         self._token = uuid.uuid4().hex  # names this pool's runs on the Dask workers
 
     def __enter__(self) -> ClassRunPool:
@@ -463,7 +465,7 @@ class ClassRunPool:
                 proc.join(1)
         if self._client is not None:
             try:
-                self._client.cancel(self._futures, force=True)
+                self._client.cancel([*self._futures, *self._beside], force=True)
                 while any(
                     self._client.run(interrupt_runs, self._token, on_error="ignore").values()
                 ) and (time.monotonic() < deadline):
@@ -519,6 +521,48 @@ class ClassRunPool:
             check_stop()
         check_stop()
         return [f.result() for f in self._futures]
+
+    def start(
+        self,
+        job_name: str,
+        key: Selection,
+        tags: dict[str, str],
+        run_config: dict,
+        stage: str,
+        assets: list[str],
+    ) -> Any:
+        """Start one run of `assets` of a job on a worker and return at once: its handle, for
+        `report`. The caller runs other steps of the same partition meanwhile."""
+        a = (self.config.model_dump_json(), job_name, key, tags, run_config, stage)
+        if self._client is not None:
+            future = self._client.submit(
+                run_partition, *a, self.dagster_home, self._token, assets, pure=False
+            )
+        else:
+            assert self._pool is not None
+            future = self._pool.submit(run_partition, *a, self.dagster_home, self._token, assets)
+        self._beside.append(future)
+        return future
+
+    def report(self, handle: Any) -> RunReport:
+        """The report of a run `start`ed, once it has ended; waits in steps of POLL_S,
+        checking for a stop (`check_stop`) between them."""
+        if self._client is not None:
+            from distributed import wait
+
+            while True:
+                try:
+                    if wait([handle], timeout=POLL_S).done:
+                        break
+                except TimeoutError:
+                    pass
+                check_stop()
+        else:
+            while concurrent.futures.wait([handle], timeout=POLL_S).not_done:
+                check_stop()
+        check_stop()
+        self._beside.remove(handle)
+        return handle.result()
 
     def _submit_next(self, todo, index: dict) -> None:
         for i, a in todo:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 # ---------------------------------------------------------------------------- jobs
 # The stages of the main job, in order, plus the one automation requests per class.
@@ -48,13 +49,17 @@ WORKER_METADATA = "worker"  # materialization metadata: who ran the step (`worke
 
 
 def worker_name() -> str:
-    """Who runs the current step: the Dask worker's address, else host:pid."""
-    try:
-        from distributed import get_worker  # optional: only where dask is installed
+    """Who runs the current step: the Dask worker's address, else host:pid.
 
-        return str(get_worker().address)
-    except (ImportError, ValueError):
-        return f"{socket.gethostname()}:{os.getpid()}"
+    A Dask worker has imported `distributed`; a process that has not is none, and is not
+    made to import it (0.46 s of every `dedup run` on one machine)."""
+    distributed = sys.modules.get("distributed")
+    if distributed is not None:
+        try:
+            return str(distributed.get_worker().address)
+        except ValueError:  # not in a worker's task
+            pass
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 # What the training and encoding steps ask of Kubernetes (read by dagster-k8s only).

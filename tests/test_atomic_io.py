@@ -172,3 +172,41 @@ def test_stored_tables_are_read_once_while_the_file_is_the_same(tmp_path, monkey
         read_latents(other)
     assert STORED_READS._bytes <= STORED_READS.MAX_BYTES
     STORED_READS.clear()
+
+
+def test_stored_reads_keep_what_fits_when_the_classes_are_read_again_in_order(
+    tmp_path, monkeypatch
+):
+    """Stages read every class in the same order, pass after pass: with room for k of n
+    classes, the first k are kept and every later pass reads only the other n - k (a
+    least-recently-used cache would read all n each pass); a file replaced whole lets its
+    older read go, so the room is used again."""
+    from dedup_assets.core.data import artifacts
+    from dedup_assets.core.data.artifacts import STORED_READS, read_latents, write_latents
+
+    STORED_READS.clear()
+    reads = []
+    real = artifacts.pl.read_parquet
+    monkeypatch.setattr(
+        artifacts.pl, "read_parquet", lambda p, *a, **k: reads.append(p) or real(p, *a, **k)
+    )
+    x = np.arange(64, dtype=np.float32).reshape(4, 16)
+    paths = [tmp_path / f"c{i}.parquet" for i in range(10)]
+    for i, path in enumerate(paths):
+        write_latents(path, [f"i{j}" for j in range(4)], [f"c{i}/{j}.png" for j in range(4)], x, {})
+    table, y = read_latents(paths[0])
+    one = table.estimated_size() + y.nbytes
+    STORED_READS.clear()
+    reads.clear()
+    monkeypatch.setattr(STORED_READS, "MAX_BYTES", 4 * one)  # room for 4 of 10
+    for _ in range(3):
+        for path in paths:
+            read_latents(path)
+    assert len(reads) == 10 + 2 * 6, len(reads)
+    assert STORED_READS._bytes == 4 * one
+    write_latents(paths[0], ["i0"], ["c0/0.png"], x[:1], {"v": 2})  # replaced whole
+    table, y = read_latents(paths[0])
+    assert table.height == 1 and STORED_READS._bytes == 3 * one + table.estimated_size() + y.nbytes
+    read_latents(paths[0])
+    assert len(reads) == 10 + 2 * 6 + 1
+    STORED_READS.clear()

@@ -12,12 +12,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dedup_assets.core.density.spline import SplineDensity1D  # noqa: E402
 from dedup_assets.core.quality.statistics import ComponentRegression  # noqa: E402
 
 DPI = 80
 MAX_HISTOGRAM_BINS = 80
+
+
+def _few_ticks(ax, x: int = 5, y: int = 4) -> None:
+    """At most x and y labelled ticks on a small panel: a tick label is text drawn glyph by
+    glyph, and the default locator put up to 9 on each axis of the marginal densities'
+    panels (measured in pairs, the figure took 0.61 of the time with these)."""
+    ax.xaxis.set_major_locator(MaxNLocator(x))
+    ax.yaxis.set_major_locator(MaxNLocator(y))
 
 
 def _png(fig, tight: bool = True) -> bytes:
@@ -125,6 +134,7 @@ def marginal_densities(
         ax.plot(t, fit.pdf(t), color="tab:blue", label="spline S2")
         ax.set_title(f"PC{k + 1}", fontsize=9)
         ax.tick_params(labelsize=7)
+        _few_ticks(ax)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.12, top=0.8, wspace=0.25)
