@@ -446,12 +446,20 @@ def read_index(layout: OutputLayout) -> pl.DataFrame:
 
 
 def class_summary(layout: OutputLayout, key: str) -> dict | None:
-    """What a class's catalog records of itself (images, digests), or None if never built."""
+    """What a class's catalog records of itself (images, digests), or None if never built.
+
+    Its text is reused while the catalog file is the same (`_StoredReads`): the stages list
+    the classes through it again and again (25,000 reads, 2.8 s, in the threshold stage of
+    a 1,000-class run); each call gets its own dict."""
     path = layout.class_images(key)
     if not path.exists():
         return None
-    text = pl.read_parquet_metadata(path).get(CLASS_SUMMARY_KEY)
+    text = STORED_READS.get(path, "class summary", _summary_text, lambda t: len(t) + 64)
     return json.loads(text) if text else None
+
+
+def _summary_text(path: Path) -> str:
+    return pl.read_parquet_metadata(path).get(CLASS_SUMMARY_KEY) or ""
 
 
 def catalogued_keys(layout: OutputLayout) -> list[str]:
