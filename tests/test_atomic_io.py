@@ -210,3 +210,40 @@ def test_stored_reads_keep_what_fits_when_the_classes_are_read_again_in_order(
     read_latents(paths[0])
     assert len(reads) == 10 + 2 * 6 + 1
     STORED_READS.clear()
+
+
+def test_a_class_summary_is_read_once_while_its_catalog_is_the_same(tmp_path, monkeypatch):
+    """`class_summary` reads a catalog's footer once while the file is the same, hands every
+    caller a dict of its own, reads a catalog replaced whole again, and says None for a
+    class never catalogued."""
+    import json
+
+    import polars as pl
+
+    from dedup_assets.core.data import artifacts
+    from dedup_assets.core.data.artifacts import CLASS_SUMMARY_KEY, STORED_READS, class_summary
+    from dedup_assets.core.data.atomic_io import atomic_path
+    from dedup_assets.core.data.layout import OutputLayout
+
+    STORED_READS.clear()
+    layout = OutputLayout(tmp_path)
+    reads = []
+    real = artifacts.pl.read_parquet_metadata
+    monkeypatch.setattr(artifacts.pl, "read_parquet_metadata", lambda p: reads.append(p) or real(p))
+
+    def catalog(images: int) -> None:
+        path = layout.class_images("cats")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            pl.DataFrame({"image_id": ["a"]}).write_parquet(
+                tmp, metadata={CLASS_SUMMARY_KEY: json.dumps({"images": images})}
+            )
+
+    assert class_summary(layout, "cats") is None
+    catalog(3)
+    first = class_summary(layout, "cats")
+    first["images"] = 99  # a caller's own dict
+    assert class_summary(layout, "cats") == {"images": 3} and len(reads) == 1
+    catalog(4)  # replaced whole
+    assert class_summary(layout, "cats") == {"images": 4} and len(reads) == 2
+    STORED_READS.clear()

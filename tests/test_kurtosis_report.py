@@ -183,3 +183,37 @@ def test_summary_without_refitted_rows_does_not_announce_them():
     assert summary["regressions_refit"] == []
     md = summary_markdown([summary])
     assert "refit" not in md
+
+
+@pytest.mark.parametrize("classes", [0, 1, 2, 7])
+def test_class_scores_are_each_class_rows_in_order(classes):
+    """`class_scores` gives each class (sorted by name; only those asked for) its own rows
+    of PC1-3 and kept flags, in the order the table holds them: what the per-class loops
+    it replaced read, for 0, 1, 2 and several classes of different sizes."""
+    from dedup_assets.core.quality.kurtosis_report import class_scores
+
+    rng = np.random.default_rng(classes)
+    sizes = rng.integers(1, 9, classes)
+    names = [f"c{c:02d}" for c in range(classes)][::-1]  # stored in reverse name order
+    labels = [n for n, size in zip(names, sizes, strict=True) for _ in range(size)]
+    order = rng.permutation(len(labels))  # the classes' rows interleaved
+    scores = pl.DataFrame(
+        {
+            "class": pl.Series([labels[i] for i in order], dtype=pl.String),
+            "image_id": [f"i{i}" for i in range(len(labels))],
+            "pc1": rng.standard_normal(len(labels)),
+            "pc2": rng.standard_normal(len(labels)),
+            "pc3": rng.standard_normal(len(labels)).astype(np.float32),
+        }
+    )
+    keep = pl.DataFrame({"image_id": scores["image_id"], "kept": rng.random(len(labels)) < 0.5})
+    groups = class_scores(scores, keep.reverse())
+    assert [name for name, _, _ in groups] == sorted(names)
+    for name, z, kept in groups:
+        rows = scores.with_row_index().filter(pl.col("class") == name)
+        assert z.dtype == np.float64 and z.shape == (rows.height, 3)
+        assert np.array_equal(z, rows.select("pc1", "pc2", "pc3").cast(pl.Float64).to_numpy())
+        expected = rows.join(keep, on="image_id", how="left").sort("index")["kept"].to_numpy()
+        assert np.array_equal(kept, expected)
+    asked = sorted(names)[1:2]
+    assert [name for name, _, _ in class_scores(scores, keep, asked)] == asked
