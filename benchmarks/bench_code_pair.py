@@ -4,11 +4,14 @@ commit's, a warm-up pair then A B A B ..., each pair's ratio of wall times (the 
 a ratio within a pair holds when the machine's speed drifts).
 
     python benchmarks/bench_code_pair.py --base 6ad5b0c --model MODEL \
-        [--eurosat ../shared/datasets/eurosat] [--pairs 3] [--work /tmp/bench_pair]
+        [--eurosat ../shared/datasets/eurosat | --source DIR] [--thresholds 0.95] \
+        [--pairs 3] [--work /tmp/bench_pair] [--name code_pair_first_run]
 
 The other commit is checked out as a git worktree under --work and run with this
 checkout's interpreter and packages (`PYTHONPATH`); every run is `dedup run` into a fresh
-output folder with the model copied in, threshold 0.95, on links to EuroSAT.
+output folder with the model copied in, at --thresholds, on links to EuroSAT (or on the
+ImageFolder --source, e.g. bench_many_classes.py's 1,000 classes); the result is
+results/<--name>.json.
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ def python_for(code: Path) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-P", "-c", RUN], env
 
 
-def one_run(code: Path, source: Path, output: Path, model: Path) -> tuple[float, str]:
+def one_run(
+    code: Path, source: Path, output: Path, model: Path, thresholds: str = "0.95"
+) -> tuple[float, str]:
     """Wall seconds of one first run with the code at `code`, and its stage lines."""
     shutil.rmtree(output, ignore_errors=True)
     OutputLayout(output).claim()
@@ -60,7 +65,7 @@ def one_run(code: Path, source: Path, output: Path, model: Path) -> tuple[float,
     argv = [*prefix, "run", "--source", str(source), "--output", str(output)]
     start = time.perf_counter()
     done = subprocess.run(
-        [*argv, "--thresholds", "0.95"], env=env, capture_output=True, text=True, check=False
+        [*argv, "--thresholds", thresholds], env=env, capture_output=True, text=True, check=False
     )
     wall = time.perf_counter() - start
     if done.returncode not in (0, 3):
@@ -80,14 +85,21 @@ def main() -> None:
     p.add_argument("--base", required=True, help="the commit to compare this checkout with")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--eurosat", type=Path, default=Path("../shared/datasets/eurosat"))
+    p.add_argument("--source", type=Path, default=None, help="an ImageFolder, used as is")
+    p.add_argument("--thresholds", default="0.95")
+    p.add_argument("--name", default="code_pair_first_run", help="the result's file name")
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_pair"))
     add_out_option(p)
     args = p.parse_args()
-    if not args.eurosat.is_dir():
-        raise SystemExit(f"EuroSAT not found at {args.eurosat}")
     work = args.work.resolve()
-    source = make_source(args.eurosat, work, ())
+    if args.source is not None:
+        source = args.source.resolve()
+    elif args.eurosat.is_dir():
+        source = make_source(args.eurosat, work, ())
+    else:
+        raise SystemExit(f"EuroSAT not found at {args.eurosat}")
+    images = sum(1 for f in source.rglob("*") if f.is_file())
     base = work / "base"
     if base.exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)])
@@ -101,11 +113,12 @@ def main() -> None:
     ).stdout.strip()
     runs: list[dict] = []
     try:
-        one_run(ROOT, source, work / "out_a", args.model)  # warm-up pair, not counted
-        one_run(base, source, work / "out_b", args.model)
+        t = args.thresholds
+        one_run(ROOT, source, work / "out_a", args.model, t)  # warm-up pair, not counted
+        one_run(base, source, work / "out_b", args.model, t)
         for n in range(args.pairs):
-            a, a_stages = one_run(ROOT, source, work / "out_a", args.model)
-            b, b_stages = one_run(base, source, work / "out_b", args.model)
+            a, a_stages = one_run(ROOT, source, work / "out_a", args.model, t)
+            b, b_stages = one_run(base, source, work / "out_b", args.model, t)
             runs.append({"pair": n, "a_seconds": round(a, 2), "b_seconds": round(b, 2)})
             print(f"pair {n}: this checkout {a:.1f} s, {args.base} {b:.1f} s, ratio {a / b:.3f}")
     finally:
@@ -133,11 +146,13 @@ def main() -> None:
     )
     print("last stages, this checkout:\n" + a_stages + f"\nlast stages, {args.base}:\n" + b_stages)
     path = write_result(
-        "code_pair_first_run",
+        args.name,
         {
             "a": commit,
             "b": args.base,
-            "images": 27_000,
+            "source": str(args.source) if args.source is not None else "EuroSAT (links)",
+            "thresholds": args.thresholds,
+            "images": images,
             "runs": runs,
             **summary,
             "stages_a": stage_seconds(a_stages),

@@ -247,3 +247,32 @@ def test_a_class_summary_is_read_once_while_its_catalog_is_the_same(tmp_path, mo
     catalog(4)  # replaced whole
     assert class_summary(layout, "cats") == {"images": 4} and len(reads) == 2
     STORED_READS.clear()
+
+
+def test_a_provenance_is_read_once_while_its_file_is_the_same(tmp_path, monkeypatch):
+    """`read_provenance` of a parquet table and of an npz file: read once while the file is
+    the same, again once it is replaced whole; every caller gets a dict of its own; a
+    missing file is still an error."""
+    from dedup_assets.core.data import artifacts
+    from dedup_assets.core.data.artifacts import STORED_READS, read_provenance, write_table
+    from dedup_assets.core.data.atomic_io import save_npz
+
+    STORED_READS.clear()
+    reads = []
+    real_meta, real_load = artifacts.pl.read_parquet_metadata, artifacts.np.load
+    monkeypatch.setattr(
+        artifacts.pl, "read_parquet_metadata", lambda p: reads.append(p) or real_meta(p)
+    )
+    monkeypatch.setattr(artifacts.np, "load", lambda p, **k: reads.append(p) or real_load(p, **k))
+    table, fit = tmp_path / "t.parquet", tmp_path / "f.npz"
+    write_table(pl.DataFrame({"a": [1]}), table, {"model": "m1"})
+    save_npz(fit, x=np.zeros(2), **{artifacts.PROVENANCE_KEY: np.array('{"fit": 1}')})
+    for _ in range(3):
+        assert read_provenance(table) == {"model": "m1"} and read_provenance(fit) == {"fit": 1}
+    read_provenance(table)["model"] = "changed"  # the caller's own dict
+    assert read_provenance(table) == {"model": "m1"} and len(reads) == 2
+    write_table(pl.DataFrame({"a": [2]}), table, {"model": "m2"})
+    assert read_provenance(table) == {"model": "m2"} and len(reads) == 3
+    with pytest.raises(FileNotFoundError):
+        read_provenance(tmp_path / "gone.npz")
+    STORED_READS.clear()

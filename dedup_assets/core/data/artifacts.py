@@ -405,13 +405,20 @@ def threshold_verdict(layout: OutputLayout, threshold: str, keep_digest: str) ->
 
 
 def read_provenance(path: Path) -> dict | None:
-    """The provenance record stored in a parquet or npz file, or None."""
+    """The provenance record stored in a parquet or npz file, or None.
+
+    Its text is reused while the file is the same (`_StoredReads`): every stage checks
+    every class's inputs (8,000 reads, 1.8 s, in the threshold stage of a 1,000-class run);
+    each call gets its own dict."""
+    text = STORED_READS.get(Path(path), "provenance", _provenance_text, lambda t: len(t) + 64)
+    return json.loads(text) if text else None
+
+
+def _provenance_text(path: Path) -> str:
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
-            text = str(z[PROVENANCE_KEY]) if PROVENANCE_KEY in z.files else None
-    else:
-        text = pl.read_parquet_metadata(path).get(PROVENANCE_KEY)
-    return json.loads(text) if text else None
+            return str(z[PROVENANCE_KEY]) if PROVENANCE_KEY in z.files else ""
+    return pl.read_parquet_metadata(path).get(PROVENANCE_KEY) or ""
 
 
 def require_current(path: Path, expected: dict, what: str, fix: str) -> Path:
