@@ -276,3 +276,55 @@ def test_a_provenance_is_read_once_while_its_file_is_the_same(tmp_path, monkeypa
     with pytest.raises(FileNotFoundError):
         read_provenance(tmp_path / "gone.npz")
     STORED_READS.clear()
+
+
+def test_latent_ids_come_from_the_latents_read_and_scores_are_read_once(tmp_path, monkeypatch):
+    """`read_latent_ids` answers from the latents already read while their file is the same
+    (no read at all), else reads the two columns once; `read_scores` reads each class's
+    scores once while the file is the same and labels every row with its class, for 0, 1
+    and 3 classes, an empty class among them."""
+    from dedup_assets.core.data import artifacts
+    from dedup_assets.core.data.artifacts import (
+        STORED_READS,
+        read_latent_ids,
+        read_latents,
+        read_scores,
+        write_latents,
+        write_table,
+    )
+    from dedup_assets.core.data.layout import OutputLayout
+
+    STORED_READS.clear()
+    reads = []
+    real = artifacts.pl.read_parquet
+    monkeypatch.setattr(
+        artifacts.pl, "read_parquet", lambda p, *a, **k: reads.append(p) or real(p, *a, **k)
+    )
+    path = tmp_path / "latents" / "a.parquet"
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    write_latents(path, ["i0", "i1"], ["a/0.png", "a/1.png"], x, {"m": 1})
+    ids = read_latent_ids(path)
+    assert ids.columns == ["image_id", "path"] and ids["image_id"].to_list() == ["i0", "i1"]
+    assert read_latent_ids(path).equals(ids) and len(reads) == 1  # the two columns, kept
+    read_latents(path)
+    assert len(reads) == 2 and read_latent_ids(path).equals(ids) and len(reads) == 2
+    write_latents(path, ["i9"], ["a/9.png"], x[:1], {"m": 2})  # replaced whole
+    assert read_latent_ids(path)["image_id"].to_list() == ["i9"] and len(reads) == 3
+
+    layout = OutputLayout(tmp_path / "out")
+    monkeypatch.setattr(artifacts, "class_labels", lambda _: {"k1": "one", "k2": "two", "k3": "3"})
+    for key, n in (("k1", 2), ("k2", 0), ("k3", 3)):
+        scores = pl.DataFrame(
+            {"image_id": [f"{key}-{i}" for i in range(n)], "pc1": [float(i) for i in range(n)]},
+            schema={"image_id": pl.String, "pc1": pl.Float64},
+        )
+        write_table(scores, layout.spline_scores(key), {"fit": key})
+    reads.clear()
+    assert read_scores(layout, []).height == 0
+    for _ in range(2):
+        got = read_scores(layout, ["k1", "k2", "k3"])
+        assert got["class"].to_list() == ["one", "one", "3", "3", "3"]
+        assert got["image_id"].to_list() == ["k1-0", "k1-1", "k3-0", "k3-1", "k3-2"]
+        assert read_scores(layout, ["k2"]).schema["class"] == pl.String
+    assert len(reads) == 3  # each class's file once over both passes
+    STORED_READS.clear()

@@ -94,18 +94,19 @@ def build_cross_class_asset(
         # splits is the leakage check's, `assets/leakage.py`, and pairs across splits are
         # left out below).
         label_of: dict[str, int] = {}
-        tables, labels = [], []
-        for key in keys:
-            table = read_latent_ids(layout.latents(key))
-            tables.append(
-                table.select("image_id", "path").with_columns(
-                    pl.lit(names[key]).alias("class"), pl.lit(key_split(key)[0]).alias("split")
-                )
-            )
-            label = label_of.setdefault(key_split(key)[1], len(label_of))
-            labels.append(np.full(table.height, label, dtype=np.int32))
+        tables = [read_latent_ids(layout.latents(key)).select("image_id", "path") for key in keys]
+        sizes = [t.height for t in tables]
+        labels = [
+            np.full(n, label_of.setdefault(key_split(key)[1], len(label_of)), dtype=np.int32)
+            for key, n in zip(keys, sizes, strict=True)
+        ]
         images = (
-            pl.concat(tables)
+            pl.concat(tables).with_columns(
+                pl.Series("class", np.repeat([names[k] for k in keys], sizes)).cast(pl.String),
+                pl.Series("split", np.repeat([key_split(k)[0] for k in keys], sizes)).cast(
+                    pl.String
+                ),
+            )
             if tables
             else pl.DataFrame(
                 schema={
@@ -142,9 +143,7 @@ def build_cross_class_asset(
         wants_null = budget is not None or (nearest is None and any_budget)
         null = _cached(_null_path(layout), null_key) if wants_null else None
         if nearest is None or (wants_null and null is None):
-            space, vectors = _shared_vectors(
-                layout, keys, [t.height for t in tables], settings.seed
-            )
+            space, vectors = _shared_vectors(layout, keys, sizes, settings.seed)
             if nearest is None:
                 found_nearest = nearest_other_class(
                     vectors,
@@ -164,7 +163,7 @@ def build_cross_class_asset(
                         layout,
                         current,
                         keys,
-                        [t.height for t in tables],
+                        sizes,
                         space,
                         vectors,
                         settings.block_size,

@@ -607,6 +607,19 @@ class _StoredReads:
                 self._bytes += n
         return value
 
+    def peek(self, path: Path, what: str) -> Any | None:
+        """The value kept for `path` read as `what` while the file is the same, else None
+        (nothing is read)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        with self._lock:
+            kept = self._kept.get((os.fspath(path), what))
+        if kept is None or kept[0] != (st.st_ino, st.st_size, st.st_mtime_ns):
+            return None
+        return kept[2]
+
     def clear(self) -> None:
         with self._lock:
             self._kept.clear()
@@ -735,8 +748,19 @@ def _latents(path: Path) -> tuple[pl.DataFrame, np.ndarray]:
 
 
 def read_latent_ids(path: Path) -> pl.DataFrame:
-    """The (image_id, path) table of one class's latents, without the latents."""
-    return pl.read_parquet(_require(path, "class latents"), columns=["image_id", "path"])
+    """The (image_id, path) table of one class's latents, without the latents: the table of
+    the latents already read (`read_latents`) while the file is the same, else those two
+    columns alone, kept too (the threshold stage asks for them per class and threshold)."""
+    path = _require(path, "class latents")
+    kept = STORED_READS.peek(path, "latents")
+    if kept is not None:
+        return kept[0]
+    return STORED_READS.get(
+        path,
+        "latent ids",
+        lambda p: pl.read_parquet(p, columns=["image_id", "path"]),
+        lambda t: t.estimated_size(),
+    )
 
 
 def read_keep_list(path: Path) -> pl.DataFrame:
@@ -766,12 +790,20 @@ def read_scores(layout: OutputLayout, class_keys: list[str]) -> pl.DataFrame:
     class's label (`class_labels`: one per class partition, a split's classes apart)."""
     names = class_labels(layout)
     frames = [
-        pl.read_parquet(_require(layout.spline_scores(k), "spline fit scores")).with_columns(
-            pl.lit(names[k]).alias("class")
+        STORED_READS.get(
+            _require(layout.spline_scores(k), "spline fit scores"),
+            "scores",
+            pl.read_parquet,
+            lambda t: t.estimated_size(),
         )
         for k in class_keys
     ]
-    return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
+    if not frames:
+        return pl.DataFrame()
+    labels = pl.Series(
+        "class", np.repeat([names[k] for k in class_keys], [f.height for f in frames])
+    )
+    return pl.concat(frames, how="vertical_relaxed").with_columns(labels.cast(pl.String))
 
 
 def read_class_keep_lists(

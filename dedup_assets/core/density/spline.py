@@ -22,6 +22,7 @@ independent, e.g. principal) components.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -127,7 +128,7 @@ def grid_step(x: np.ndarray, rule: BinRule = "fd") -> float:
             step = float(np.ptp(x)) / (np.ceil(np.log2(n)) + 1.0)
         return step if np.isfinite(step) and step > 0 else _fallback_step(x)
     if rule == "fd":
-        q25, q75 = np.percentile(x, [25.0, 75.0])
+        q25, q75 = quartiles(x)
         step = 2.0 * float(q75 - q25) * n ** (-1.0 / 3.0)
         if np.isfinite(step) and step > 0:
             return step
@@ -136,6 +137,32 @@ def grid_step(x: np.ndarray, rule: BinRule = "fd") -> float:
         std = float(np.std(x, ddof=1)) if n > 1 else 0.0
     step = 3.49 * std * n ** (-1.0 / 3.0)
     return step if np.isfinite(step) and step > 0 else _fallback_step(x)
+
+
+def quartiles(x: np.ndarray) -> tuple[float, float]:
+    """The 25th and 75th percentiles of a non-empty 1-D float64 sample, bit for bit what
+    `np.percentile(x, [25, 75])` gives (its linear method: the same index, weight and
+    interpolation, the same float operations), from a partition at four places. numpy's
+    call costs about 60 us on a small sample, and a report of a thousand classes fits twelve
+    thousand spline marginals."""
+    n = x.size
+    where = []
+    for q in (0.25, 0.75):
+        v = (n - 1) * q
+        i = n - 1 if v >= n - 1 else math.floor(v)
+        where.append((v, i))
+    places = sorted({j for _, i in where for j in (i, min(i + 1, n - 1))})
+    part = np.partition(x, places) if n > 4 else np.sort(x)
+    out = []
+    for v, i in where:
+        if i == n - 1:
+            out.append(float(part[n - 1]))
+            continue
+        a, b = float(part[i]), float(part[i + 1])
+        gamma = v - i
+        d = b - a
+        out.append(b - d * (1.0 - gamma) if gamma >= 0.5 else a + d * gamma)
+    return out[0], out[1]
 
 
 def _as_float_array(t: np.ndarray) -> np.ndarray:

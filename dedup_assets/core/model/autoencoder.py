@@ -395,7 +395,7 @@ def encode_images(
     contiguous weights and batches of 1,024.
     """
     device = torch.device(device)
-    model = model.to(device).to(memory_format=torch.channels_last).eval()
+    model = _channels_last_on(model, device).eval()
     out = np.empty((len(pixels), LATENT_DIM), dtype=np.float32)
     with _threads_for(len(pixels), device):
         for start in range(0, len(pixels), batch_size):
@@ -405,6 +405,17 @@ def encode_images(
                 z = model.encode(x)
             out[start : start + len(chunk)] = z.float().cpu().numpy()
     return out
+
+
+def _channels_last_on(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model on `device` with channels-last weights, converted only when some weight is
+    not: `.to()` walks every module and tensor even when nothing moves (measured: 0.33 ms a
+    call against 0.04 ms for this look, and a class makes two calls: latents and mirrors)."""
+    for p in model.parameters():
+        on = p.device == device or (device.index is None and p.device.type == device.type)
+        if not on or (p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last)):
+            return model.to(device).to(memory_format=torch.channels_last)
+    return model
 
 
 SMALL_BATCH = 64
