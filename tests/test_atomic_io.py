@@ -328,3 +328,58 @@ def test_latent_ids_come_from_the_latents_read_and_scores_are_read_once(tmp_path
         assert read_scores(layout, ["k2"]).schema["class"] == pl.String
     assert len(reads) == 3  # each class's file once over both passes
     STORED_READS.clear()
+
+
+def test_the_class_table_is_read_again_only_when_a_catalog_changes(tmp_path, monkeypatch):
+    """`read_classes` reuses its table while every class catalog is the file it read: a
+    catalog replaced whole, a class added or removed, each gives the new table; a folder
+    being written (`.<key>...tmp`) or without a catalog is no class; 0, 1 and 2 classes."""
+    import json
+    import shutil
+
+    from dedup_assets.core.data import artifacts
+    from dedup_assets.core.data.artifacts import CLASS_SUMMARY_KEY, fit_components, read_classes
+    from dedup_assets.core.data.layout import OutputLayout
+
+    layout = OutputLayout(tmp_path / "out")
+    assert read_classes(layout).height == 0  # no catalog folder yet
+    layout.classes_dir.mkdir(parents=True)
+    assert read_classes(layout).height == 0
+
+    def catalog(key: str, images: int) -> None:
+        layout.class_dir(key).mkdir(exist_ok=True)
+        summary = {"class": f"name {key}", "images": images, "digest": f"d{images}"}
+        tmp = layout.class_dir(key) / ".images.tmp"
+        pl.DataFrame({"a": [1]}).write_parquet(
+            tmp, metadata={CLASS_SUMMARY_KEY: json.dumps(summary)}
+        )
+        os.replace(tmp, layout.class_images(key))  # whole, as the pipeline writes it
+
+    summaries = []
+    real = artifacts.class_summary
+    monkeypatch.setattr(
+        artifacts, "class_summary", lambda lay, key: summaries.append(key) or real(lay, key)
+    )
+    catalog("k1", 3)
+    (layout.classes_dir / ".k9.x1.tmp").mkdir()  # a class being written elsewhere
+    (layout.classes_dir / "empty").mkdir()  # no catalog in it
+    first = read_classes(layout)
+    assert first["class_key"].to_list() == ["k1"] and first["images"].to_list() == [3]
+    assert read_classes(layout) is first and summaries == ["k1"]
+    catalog("k0", 5)
+    assert read_classes(layout)["class_key"].to_list() == ["k0", "k1"]
+    catalog("k1", 4)  # replaced whole: a new file
+    assert read_classes(layout)["images"].to_list() == [5, 4]
+    assert artifacts.class_digests(layout) == {"k0": "d5", "k1": "d4"}
+    shutil.rmtree(layout.class_dir("k0"))
+    assert read_classes(layout)["class_key"].to_list() == ["k1"]
+
+    fit = layout.spline_fit("k1")
+    fit.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(fit, pca_variances=np.ones(3))
+    assert fit_components(layout, "k1") == 3
+    np.savez(fit.with_suffix(".tmp.npz"), pca_variances=np.ones(2))
+    os.replace(fit.with_suffix(".tmp.npz"), fit)
+    assert fit_components(layout, "k1") == 2
+    with pytest.raises(FileNotFoundError):
+        fit_components(layout, "k0")

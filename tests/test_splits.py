@@ -130,3 +130,63 @@ def test_incomplete_or_doubled_splits_are_refused(tmp_path):
         detect_splits(root, "train,test")
     with pytest.raises(SplitLayoutError, match="more than once"):
         parse_split_names("train,Train")
+
+
+def test_each_class_is_found_by_its_key_as_the_source_changes(tmp_path):
+    """`scan_class` finds each class partition's folder as the whole source's listing keys
+    it, for plain, percent-encoded, hashed, hidden and linked folder names and split keys,
+    while folders are added, renamed, removed and replaced by files between calls (the
+    folder listing is kept between calls and must never answer for a folder gone)."""
+    from dedup_assets.core.data.image_folder import class_key
+    from dedup_assets.core.data.splits import scan_class, scan_source
+
+    def agrees(root: Path, include_hidden: bool = False) -> list[str]:
+        layout = detect_splits(root, include_hidden=include_hidden)
+        listed = {
+            f.class_key for f in scan_source(root, layout, include_hidden=include_hidden).files
+        }
+        for key in listed:
+            scan = scan_class(root, layout, key, include_hidden=include_hidden)
+            assert scan is not None and {f.class_key for f in scan.files} == {key}
+        for gone in ("nothing", "x" * 70, "%2E", "a.b"):
+            assert scan_class(root, layout, gone, include_hidden=include_hidden) is None
+        return sorted(listed)
+
+    long_name = "é" * 40  # percent-encoded beyond 64 characters: a hashed key
+    root = _tree(
+        tmp_path / "src",
+        ["cats/a.png", "my dogs/b.png", f"{long_name}/c.png", ".hidden/d.png", "odd~name/e.png"],
+    )
+    (root / "linked").symlink_to(root / "cats", target_is_directory=True)
+    keys = agrees(root)
+    assert keys == sorted(
+        class_key(n) for n in ["cats", "my dogs", long_name, "odd~name", "linked"]
+    )
+    assert class_key(".hidden") in agrees(root, include_hidden=True)
+    (root / "cats").rename(root / "kittens")  # the kept listing names a folder gone
+    assert "cats" not in agrees(root) and "kittens" in agrees(root)
+    layout = detect_splits(root)
+    assert scan_class(root, layout, "cats") is None
+    (root / "kittens" / "a.png").unlink()
+    (root / "kittens").rmdir()
+    (root / "kittens").write_bytes(b"now a file")
+    assert "kittens" not in agrees(root)
+    _image(root / "new" / "f.png")  # added after the listing was kept
+    assert "new" in agrees(root)
+    for folder in ("my dogs", long_name, "odd~name", "new"):  # "linked" lost its target
+        assert scan_class(root, layout, class_key(folder)) is not None
+
+    split_root = _tree(
+        tmp_path / "splits", ["train/cats/a.png", "test/cats/b.png", "test/d o/c.png"]
+    )
+    keys = agrees(split_root)
+    assert keys == sorted(
+        [
+            split_class_key("train", "cats"),
+            split_class_key("test", "cats"),
+            split_class_key("test", "d%20o"),
+        ]
+    )
+    layout = detect_splits(split_root)
+    assert scan_class(split_root, layout, split_class_key("train", "d%20o")) is None
+    assert scan_class(split_root, layout, "%74rain.cats") is None  # not the split's own key

@@ -13,6 +13,7 @@ from dedup_assets.core.data.artifacts import (
     CurrentInputs,
     class_labels,
     digest,
+    fit_components,
     is_current,
     labelled_by_partition,
     read_classes,
@@ -137,10 +138,7 @@ def build_report_assets(
         classes = read_classes(layout)
         names = class_labels(layout)  # one per class partition: a split's classes apart
         keep = labelled_by_partition(read_keep_list(layout.keep_list(threshold)))
-        components = {}
-        for key in class_keys:
-            with np.load(layout.spline_fit(key)) as fit:
-                components[names[key]] = int(fit["pca_variances"].shape[0])
+        components = {names[key]: fit_components(layout, key) for key in class_keys}
         thresholds = thresholds_def.get_partition_keys()
         refit = _refits(layout, current, threshold, thresholds, class_keys, names, keep)
         report = build_report(

@@ -363,19 +363,20 @@ def scan_class(
 ) -> FolderScan | None:
     """One class partition's folder listed again (`scan_source`'s listing of it), or None
     when no folder of the source has that key now."""
-    split_name, _ = key_split(key)
+    split_name, own_key = key_split(key)
     if layout.implicit:
         if split_name != IMPLICIT:
             return None
-        within, key_of = b"", None
+        within = b""
     else:
         try:
             split = layout.split(split_name)
         except KeyError:
             return None
+        if split_class_key(split.name, own_key) != key:  # not the key this split's class has
+            return None
         within = split.raw_folder
-        key_of = lambda k: split_class_key(split.name, k)  # noqa: E731
-    raw = find_class_folder(root, key, include_hidden=include_hidden, within=within, key_of=key_of)
+    raw = find_class_folder(root, own_key, include_hidden=include_hidden, within=within)
     if raw is None:
         return None
     return scan_class_folder(root, raw, include_hidden=include_hidden, within=within, key=key)
