@@ -52,12 +52,17 @@ class EngineUnavailable(RuntimeError):
 
 
 # `auto` runs class and threshold partitions on AUTO_WORKERS local processes when there are
-# at least AUTO_MIN_IMAGES images, no class holds more than AUTO_MAX_CLASS_IMAGES and the
-# machine has the cores (benchmarks/README.md, Scale: 2 workers at 13,500 images a class,
+# at least AUTO_MIN_IMAGES images or AUTO_MIN_CLASSES classes, no class holds more than
+# AUTO_MAX_CLASS_IMAGES and the machine has the cores (benchmarks/README.md, Scale: 2 workers at 13,500 images a class,
 # 173 s against 198 s in one process at 135,000 images, peak PSS 2.8 GiB against 1.5 GiB).
 # Bigger classes stay in one process: two of them at once would pass the 4 GiB a run may
 # take on a 2-core, 24 GiB machine (one process peaked at 3.7 GiB at 100,000 a class).
+# Many classes count as much as many images: a class costs its steps files, tables and
+# Dagster events whatever its size (about 45 ms of the class stage in one process), and two
+# workers share that (1,000 classes of one image, `dedup run --epochs 1`: 58.2 and 53.8 s
+# on two processes against 75.4 and 75.5 s in one; benchmarks/bench_auto_many_classes.py).
 AUTO_MIN_IMAGES = 20_000
+AUTO_MIN_CLASSES = 200
 AUTO_MAX_CLASS_IMAGES = 20_000
 AUTO_WORKERS = 2
 
@@ -75,15 +80,22 @@ def resolve_auto(
     workers = parallel if parallel > 1 else min(AUTO_WORKERS, cores)
     if cores < 2:
         return Executor.in_process, 1, "one core"
-    if total < AUTO_MIN_IMAGES:
-        return Executor.in_process, 1, f"{total:,} files (< {AUTO_MIN_IMAGES:,})"
+    classes = len(class_sizes)
+    if total < AUTO_MIN_IMAGES and classes < AUTO_MIN_CLASSES:
+        return (
+            Executor.in_process,
+            1,
+            f"{total:,} files (< {AUTO_MIN_IMAGES:,}) in {classes:,} classes "
+            f"(< {AUTO_MIN_CLASSES})",
+        )
     if largest > AUTO_MAX_CLASS_IMAGES:
         return (
             Executor.in_process,
             1,
             f"a class of {largest:,} files (> {AUTO_MAX_CLASS_IMAGES:,}): one at a time",
         )
-    return Executor.processes, workers, f"{total:,} files, at most {largest:,} a class"
+    why = f"{total:,} files" if total >= AUTO_MIN_IMAGES else f"{classes:,} classes"
+    return Executor.processes, workers, f"{why}, at most {largest:,} a class"
 
 
 def executor_definition(executor: Executor) -> dg.ExecutorDefinition | None:

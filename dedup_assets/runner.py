@@ -451,7 +451,10 @@ def _run_stages(
     # processes), or by every class when all of them may be processed again.
     updated = set(changes.to_update) if changes.to_update and not (full or retrain) else None
     config = _choose_executor(
-        config, {k: v for k, v in listings.items() if updated is None or k in updated}, log
+        config,
+        {k: v for k, v in listings.items() if updated is None or k in updated},
+        log,
+        shared=not instance.is_ephemeral,
     )
     with ExitStack() as stack:
         tags = _run_tags(retrain=retrain, full=full)
@@ -476,12 +479,21 @@ def _run_stages(
 
 
 def _choose_executor(
-    config: PipelineConfig, listings: Mapping[str, ClassListing], log: Callable[[str], None]
+    config: PipelineConfig,
+    listings: Mapping[str, ClassListing],
+    log: Callable[[str], None],
+    *,
+    shared: bool = True,
 ) -> PipelineConfig:
-    """The configuration with `auto` resolved for these class sizes (and said why)."""
-    executor, parallel, why = resolve_auto(
-        config.executor, config.parallel, [v.files for v in listings.values()]
-    )
+    """The configuration with `auto` resolved for these class sizes (and said why); in
+    process with an instance in memory (`shared` False), which worker processes could not
+    record their runs in."""
+    if config.executor == Executor.auto and not shared:
+        executor, parallel, why = Executor.in_process, 1, "an instance in memory"
+    else:
+        executor, parallel, why = resolve_auto(
+            config.executor, config.parallel, [v.files for v in listings.values()]
+        )
     if not why:
         return config
     log(

@@ -154,6 +154,7 @@ def test_an_absent_scheduler_is_named(source, tmp_path):
 def test_auto_executor_rule():
     from dedup_assets.engines import (
         AUTO_MAX_CLASS_IMAGES,
+        AUTO_MIN_CLASSES,
         AUTO_MIN_IMAGES,
         Executor,
         resolve_auto,
@@ -165,13 +166,54 @@ def test_auto_executor_rule():
     assert resolve_auto(Executor.auto, 3, many, cores=16)[:2] == (Executor.processes, 3)
     assert resolve_auto(Executor.auto, 1, many, cores=1)[:2] == (Executor.in_process, 1)
     small = resolve_auto(Executor.auto, 1, [100, 200], cores=2)
-    assert small == (Executor.in_process, 1, "300 files (< 20,000)")
+    assert small == (Executor.in_process, 1, "300 files (< 20,000) in 2 classes (< 200)")
+    # Many classes pay for the workers whatever their size (a class's fixed cost).
+    assert resolve_auto(Executor.auto, 1, [1] * AUTO_MIN_CLASSES, cores=2) == (
+        Executor.processes,
+        2,
+        "200 classes, at most 1 a class",
+    )
+    assert resolve_auto(Executor.auto, 1, [1] * (AUTO_MIN_CLASSES - 1), cores=2)[0] == (
+        Executor.in_process
+    )
+    assert resolve_auto(Executor.auto, 1, [1] * AUTO_MIN_CLASSES, cores=1)[0] == (
+        Executor.in_process
+    )
+    huge = [1] * AUTO_MIN_CLASSES + [AUTO_MAX_CLASS_IMAGES + 1]
+    assert resolve_auto(Executor.auto, 1, huge, cores=2)[0] == Executor.in_process
     big = [AUTO_MAX_CLASS_IMAGES + 1, 10]  # a class too big to run two at once
     assert resolve_auto(Executor.auto, 1, big, cores=2)[0] == Executor.in_process
     assert resolve_auto(Executor.auto, 1, [], cores=2)[0] == Executor.in_process
     # An executor asked for by name is used as asked, whatever the data.
     assert resolve_auto(Executor.in_process, 1, many, cores=2) == (Executor.in_process, 1, "")
     assert resolve_auto(Executor.processes, 4, [1], cores=2) == (Executor.processes, 4, "")
+
+
+def test_auto_keeps_many_classes_in_process_with_an_instance_in_memory(tmp_path, monkeypatch):
+    """With many classes `auto` picks workers, except for a caller's in-memory Dagster
+    instance (a notebook's, a test's): workers could not record their runs in it, so the
+    run stays in process and says why; an executor asked for by name is left as asked."""
+    from types import SimpleNamespace
+
+    import dedup_assets.engines as engines
+    from dedup_assets.config import PipelineConfig
+    from dedup_assets.engines import AUTO_MIN_CLASSES, Executor
+    from dedup_assets.runner import _choose_executor
+
+    monkeypatch.setattr(engines.os, "cpu_count", lambda: 2)
+    (tmp_path / "s").mkdir()
+    config = PipelineConfig.build(source=str(tmp_path / "s"), output=str(tmp_path / "o"))
+    listings = {f"c{i}": SimpleNamespace(files=1) for i in range(AUTO_MIN_CLASSES)}
+    lines: list[str] = []
+    shared = _choose_executor(config, listings, lines.append, shared=True)
+    memory = _choose_executor(config, listings, lines.append, shared=False)
+    assert shared.executor == Executor.processes and shared.parallel == 2
+    assert lines[0] == "executor auto: processes, 2 at once (200 classes, at most 1 a class)"
+    assert memory.executor == Executor.in_process and memory.parallel == 1
+    assert lines[-1] == "executor auto: in_process (an instance in memory)"
+    named = config.model_copy(update={"executor": Executor.processes, "parallel": 3})
+    kept = _choose_executor(named, listings, lines.append, shared=False)
+    assert kept.executor == Executor.processes and kept.parallel == 3
 
 
 def test_auto_executor_uses_worker_processes_for_many_images(
@@ -198,7 +240,7 @@ def test_auto_executor_uses_worker_processes_for_many_images(
 def test_auto_executor_keeps_small_data_in_process(source, tmp_path):
     done = run_dedup("run", "--source", str(source), "--output", str(tmp_path / "o"), *FAST)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "executor auto: in_process (82 files (< 20,000))" in done.stdout
+    assert "executor auto: in_process (82 files (< 20,000) in 4 classes (< 200))" in done.stdout
     assert "steps ran on" not in done.stdout
 
 
