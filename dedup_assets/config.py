@@ -192,7 +192,7 @@ class PipelineConfig(BaseModel):
         default=Executor.auto,
         description="where the per-class and per-threshold runs execute: in_process, processes "
         "(a pool of local processes), dask (the workers of --dask-address), or auto: 2 local "
-        "processes for 20,000 files or 200 classes or more with at most 20,000 a class and 2 "
+        "processes for 20,000 files or 500 classes or more with at most 20,000 a class and 2 "
         "cores, else in_process; never saved; k8s is for the deployment in deploy/k8s",
     )
     dask_address: str = Field(

@@ -60,9 +60,10 @@ class EngineUnavailable(RuntimeError):
 # Many classes count as much as many images: a class costs its steps files, tables and
 # Dagster events whatever its size (about 45 ms of the class stage in one process), and two
 # workers share that (1,000 classes of one image, `dedup run --epochs 1`: 58.2 and 53.8 s
-# on two processes against 75.4 and 75.5 s in one; benchmarks/bench_auto_many_classes.py).
+# on two processes against 75.4 and 75.5 s in one; 300 classes: 34.0 and 31.8 s against
+# 32.3 and 40.6 s, about even; benchmarks/bench_auto_many_classes.py).
 AUTO_MIN_IMAGES = 20_000
-AUTO_MIN_CLASSES = 200
+AUTO_MIN_CLASSES = 500
 AUTO_MAX_CLASS_IMAGES = 20_000
 AUTO_WORKERS = 2
 

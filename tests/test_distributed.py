@@ -166,12 +166,12 @@ def test_auto_executor_rule():
     assert resolve_auto(Executor.auto, 3, many, cores=16)[:2] == (Executor.processes, 3)
     assert resolve_auto(Executor.auto, 1, many, cores=1)[:2] == (Executor.in_process, 1)
     small = resolve_auto(Executor.auto, 1, [100, 200], cores=2)
-    assert small == (Executor.in_process, 1, "300 files (< 20,000) in 2 classes (< 200)")
+    assert small == (Executor.in_process, 1, "300 files (< 20,000) in 2 classes (< 500)")
     # Many classes pay for the workers whatever their size (a class's fixed cost).
     assert resolve_auto(Executor.auto, 1, [1] * AUTO_MIN_CLASSES, cores=2) == (
         Executor.processes,
         2,
-        "200 classes, at most 1 a class",
+        "500 classes, at most 1 a class",
     )
     assert resolve_auto(Executor.auto, 1, [1] * (AUTO_MIN_CLASSES - 1), cores=2)[0] == (
         Executor.in_process
@@ -208,7 +208,7 @@ def test_auto_keeps_many_classes_in_process_with_an_instance_in_memory(tmp_path,
     shared = _choose_executor(config, listings, lines.append, shared=True)
     memory = _choose_executor(config, listings, lines.append, shared=False)
     assert shared.executor == Executor.processes and shared.parallel == 2
-    assert lines[0] == "executor auto: processes, 2 at once (200 classes, at most 1 a class)"
+    assert lines[0] == "executor auto: processes, 2 at once (500 classes, at most 1 a class)"
     assert memory.executor == Executor.in_process and memory.parallel == 1
     assert lines[-1] == "executor auto: in_process (an instance in memory)"
     named = config.model_copy(update={"executor": Executor.processes, "parallel": 3})
@@ -240,7 +240,7 @@ def test_auto_executor_uses_worker_processes_for_many_images(
 def test_auto_executor_keeps_small_data_in_process(source, tmp_path):
     done = run_dedup("run", "--source", str(source), "--output", str(tmp_path / "o"), *FAST)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "executor auto: in_process (82 files (< 20,000) in 4 classes (< 200))" in done.stdout
+    assert "executor auto: in_process (82 files (< 20,000) in 4 classes (< 500))" in done.stdout
     assert "steps ran on" not in done.stdout
 
 
