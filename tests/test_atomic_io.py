@@ -142,19 +142,26 @@ def test_many_small_files_are_each_written_whole(tmp_path, monkeypatch):
     assert (tmp_path / "thumbs" / "00" / "f3.png").read_bytes() == bytes([3]) * 4
 
 
-def test_stored_tables_are_read_once_while_the_file_is_the_same(tmp_path, monkeypatch):
-    """`read_latents` and `read_class_images` reuse a read while the file is the one read
-    (inode, size, modification time); a file replaced whole, as every stored table is, is
-    read again; a reused matrix cannot be written into; the kept reads stay under their cap."""
+def _parquet_reads(monkeypatch) -> list:
+    """The paths `artifacts` reads parquet from from now on, with nothing kept before."""
     from dedup_assets.core.data import artifacts
-    from dedup_assets.core.data.artifacts import STORED_READS, read_latents, write_latents
 
-    STORED_READS.clear()
-    reads = []
+    artifacts.STORED_READS.clear()
+    reads: list = []
     real = artifacts.pl.read_parquet
     monkeypatch.setattr(
         artifacts.pl, "read_parquet", lambda p, *a, **k: reads.append(p) or real(p, *a, **k)
     )
+    return reads
+
+
+def test_stored_tables_are_read_once_while_the_file_is_the_same(tmp_path, monkeypatch):
+    """`read_latents` and `read_class_images` reuse a read while the file is the one read
+    (inode, size, modification time); a file replaced whole, as every stored table is, is
+    read again; a reused matrix cannot be written into; the kept reads stay under their cap."""
+    from dedup_assets.core.data.artifacts import STORED_READS, read_latents, write_latents
+
+    reads = _parquet_reads(monkeypatch)
     path = tmp_path / "latents" / "a.parquet"
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     write_latents(path, ["i0", "i1", "i2"], ["a/0.png", "a/1.png", "a/2.png"], x, {"m": 1})
@@ -181,15 +188,9 @@ def test_stored_reads_keep_what_fits_when_the_classes_are_read_again_in_order(
     classes, the first k are kept and every later pass reads only the other n - k (a
     least-recently-used cache would read all n each pass); a file replaced whole lets its
     older read go, so the room is used again."""
-    from dedup_assets.core.data import artifacts
     from dedup_assets.core.data.artifacts import STORED_READS, read_latents, write_latents
 
-    STORED_READS.clear()
-    reads = []
-    real = artifacts.pl.read_parquet
-    monkeypatch.setattr(
-        artifacts.pl, "read_parquet", lambda p, *a, **k: reads.append(p) or real(p, *a, **k)
-    )
+    reads = _parquet_reads(monkeypatch)
     x = np.arange(64, dtype=np.float32).reshape(4, 16)
     paths = [tmp_path / f"c{i}.parquet" for i in range(10)]
     for i, path in enumerate(paths):
@@ -294,12 +295,7 @@ def test_latent_ids_come_from_the_latents_read_and_scores_are_read_once(tmp_path
     )
     from dedup_assets.core.data.layout import OutputLayout
 
-    STORED_READS.clear()
-    reads = []
-    real = artifacts.pl.read_parquet
-    monkeypatch.setattr(
-        artifacts.pl, "read_parquet", lambda p, *a, **k: reads.append(p) or real(p, *a, **k)
-    )
+    reads = _parquet_reads(monkeypatch)
     path = tmp_path / "latents" / "a.parquet"
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     write_latents(path, ["i0", "i1"], ["a/0.png", "a/1.png"], x, {"m": 1})
