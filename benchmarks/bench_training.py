@@ -31,7 +31,7 @@ def bare_loop(
 ) -> float:
     """Images/second of the plainest loop: pre-scaled float data, random batches."""
     model = ConvAutoencoder().to(device).to(memory_format=torch.channels_last)
-    opt = make_optimizer(model, 1e-3, device)
+    opt = make_optimizer(model, 1e-3)
     n = len(data)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
