@@ -15,6 +15,8 @@ from torch import nn
 from dedup_assets.core.model.adam import Adam
 from dedup_assets.core.model.autoencoder import ConvAutoencoder
 
+STEPS = 12  # bias corrections change at every step; the first ones change the most
+
 
 def _pair(seed: int) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(seed)
@@ -29,21 +31,20 @@ def _same_bits(a: nn.Module, b: nn.Module) -> None:
         assert torch.equal(x, y), name
 
 
-@pytest.mark.parametrize("lr", [1e-3, 3e-4])
-@pytest.mark.parametrize("set_to_none", [True, False])
+@pytest.mark.parametrize(("lr", "set_to_none"), [(1e-3, True), (3e-4, False)])
 def test_the_same_bits_as_torch_adam_over_many_steps(lr, set_to_none):
     ours_model, theirs_model = _pair(seed=7)
     ours = Adam(ours_model.parameters(), lr=lr)
     theirs = torch.optim.Adam(theirs_model.parameters(), lr=lr)
     rng = np.random.default_rng(1)
-    for _ in range(25):
-        x = torch.from_numpy(rng.uniform(-1, 1, (4, 3, 64, 64)).astype(np.float32))
+    for _ in range(STEPS):
+        x = torch.from_numpy(rng.uniform(-1, 1, (2, 3, 64, 64)).astype(np.float32))
         for model, opt in ((ours_model, ours), (theirs_model, theirs)):
             opt.zero_grad(set_to_none=set_to_none)
             nn.functional.mse_loss(model(x), x).backward()
             opt.step()
         _same_bits(ours_model, theirs_model)
-    assert ours.steps == [25] * len(ours.params)
+    assert ours.steps == [STEPS] * len(ours.params)
     # The training moved the parameters: the comparison compared something.
     fresh, _ = _pair(seed=7)
     moved = [
