@@ -152,7 +152,7 @@ def cpu_supports_bf16() -> bool:
 
 
 def make_optimizer(model: nn.Module, learning_rate: float) -> Adam:
-    """Adam over the model's parameters (`adam.py`: torch.optim's without its 1.4 s import)."""
+    """Adam over the model's parameters (`adam.py`: torch.optim's without its 1.3 s import)."""
     return Adam(model.parameters(), lr=learning_rate)
 
 
