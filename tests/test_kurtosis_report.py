@@ -217,3 +217,60 @@ def test_class_scores_are_each_class_rows_in_order(classes):
         assert np.array_equal(kept, expected)
     asked = sorted(names)[1:2]
     assert [name for name, _, _ in class_scores(scores, keep, asked)] == asked
+
+
+def test_entropies_are_fitted_once_per_distinct_scores_and_equal_a_fresh_fit(monkeypatch):
+    """A marginal's entropy is kept by its scores' bytes: a class that loses nothing and a
+    second threshold's before-removal scores are not fitted again, and every value is what
+    a fit of its own gives."""
+    from dedup_assets.core.density.spline import SplineDensity1D
+    from dedup_assets.core.quality import kurtosis_report as kr
+
+    scores, keep = _classes(seed=4)
+    untouched = keep.with_columns(
+        pl.when(pl.col("image_id").str.starts_with("c0-"))
+        .then(True)
+        .otherwise(pl.col("kept"))
+        .alias("kept")
+    )  # c0 loses nothing, the other 4 classes lose their clump
+    fits = []
+    real_fit = SplineDensity1D.fit.__func__
+    monkeypatch.setattr(
+        SplineDensity1D,
+        "fit",
+        classmethod(lambda cls, x, **kw: fits.append(len(x)) or real_fit(cls, x, **kw)),
+    )
+    monkeypatch.setattr(kr, "_ENTROPIES", {})
+    first = kr.entropy_by_class(scores, untouched, "fd")
+    assert len(fits) == 3 * (1 + 2 * 4)  # c0's after is its before
+    second = kr.entropy_by_class(scores, keep, "fd")  # another threshold: c0 loses its clump
+    assert len(fits) == 27 + 3  # only c0's new after-removal marginals
+    assert second.select("class", "h1_before", "h2_before", "h3_before").equals(
+        first.select("class", "h1_before", "h2_before", "h3_before")
+    )
+    row = first.filter(pl.col("class") == "c0").row(0, named=True)
+    assert [row[f"h{c}_after"] for c in (1, 2, 3)] == [row[f"h{c}_before"] for c in (1, 2, 3)]
+    # Each kept value is the entropy a fit of its own scores gives, bit for bit.
+    monkeypatch.setattr(kr, "_ENTROPIES", {})
+    for name, z, kept in kr.class_scores(scores, keep):
+        got = second.filter(pl.col("class") == name).row(0, named=True)
+        for c in range(3):
+            assert (
+                got[f"h{c + 1}_before"] == real_fit(SplineDensity1D, z[:, c], rule="fd").entropy()
+            )
+            assert (
+                got[f"h{c + 1}_after"]
+                == real_fit(SplineDensity1D, np.ascontiguousarray(z[kept, c]), rule="fd").entropy()
+            )
+
+
+def test_the_kept_entropies_are_bounded(monkeypatch):
+    from dedup_assets.core.quality import kurtosis_report as kr
+
+    monkeypatch.setattr(kr, "ENTROPIES_KEPT", 4)
+    monkeypatch.setattr(kr, "_ENTROPIES", {})
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        kr._entropy(rng.standard_normal(50), "fd")
+        assert len(kr._ENTROPIES) <= 4
+    assert np.isnan(kr._entropy(np.ones(10), "fd")) and np.isnan(kr._entropy(np.ones(1), "fd"))

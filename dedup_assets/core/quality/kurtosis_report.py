@@ -3,6 +3,7 @@ components per class, before and after, with Theil-Sen lines (Tables 2-3, figure
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -186,11 +187,26 @@ def entropy_by_class(scores: pl.DataFrame, keep: pl.DataFrame, bin_rule: str) ->
     return pl.DataFrame(rows, schema=schema)
 
 
+ENTROPIES_KEPT = 65_536
+_ENTROPIES: dict[tuple[bytes, str], float] = {}
+
+
 def _entropy(x: np.ndarray, bin_rule: str) -> float:
-    x = x[np.isfinite(x)]
+    """The spline marginal's entropy of these scores, kept by their bytes: a class that
+    loses nothing has the same scores after as before, and the before-removal scores are
+    the same at every threshold (a 1,000-class report of two thresholds fitted 12,000
+    marginals, three quarters of them again)."""
+    x = np.ascontiguousarray(x[np.isfinite(x)])
     if len(x) < 2 or np.ptp(x) == 0:
         return float("nan")
-    return SplineDensity1D.fit(x, rule=bin_rule).entropy()
+    key = (hashlib.blake2b(x.tobytes(), digest_size=16).digest() + str(x.dtype).encode(), bin_rule)
+    found = _ENTROPIES.get(key)
+    if found is None:
+        found = SplineDensity1D.fit(x, rule=bin_rule).entropy()
+        if len(_ENTROPIES) >= ENTROPIES_KEPT:
+            _ENTROPIES.clear()
+        _ENTROPIES[key] = found
+    return found
 
 
 def _mean(values: np.ndarray) -> float:
