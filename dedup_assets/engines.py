@@ -53,8 +53,9 @@ class EngineUnavailable(RuntimeError):
 
 # `auto` runs class and threshold partitions on AUTO_WORKERS local processes when there are
 # at least AUTO_MIN_IMAGES images or AUTO_MIN_CLASSES classes, no class holds more than
-# AUTO_MAX_CLASS_IMAGES and the machine has the cores (benchmarks/README.md, Scale: 2 workers at 13,500 images a class,
-# 173 s against 198 s in one process at 135,000 images, peak PSS 2.8 GiB against 1.5 GiB).
+# AUTO_MAX_CLASS_IMAGES and the machine has the cores (benchmarks/README.md, Scale: 2
+# workers at 13,500 images a class, 173 s against 198 s in one process at 135,000 images,
+# peak PSS 2.8 GiB against 1.5 GiB).
 # Bigger classes stay in one process: two of them at once would pass the 4 GiB a run may
 # take on a 2-core, 24 GiB machine (one process peaked at 3.7 GiB at 100,000 a class).
 # Many classes count as much as many images: a class costs its steps files, tables and
