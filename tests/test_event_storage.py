@@ -1,11 +1,12 @@
-"""`dedup run`'s event log: a range's materializations stored as one batch, read back by the
-UI's plain SQLite storage as if written one at a time."""
+"""`dedup run`'s event log: a range's materializations and check verdicts stored as batches,
+read back by the UI's plain SQLite storage as if written one at a time."""
 
 import dagster as dg
 import pytest
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 import dedup_assets.dispatch  # noqa: F401 - sets DAGSTER_EVENT_BATCH_SIZE as `dedup run` does
+from dedup_assets import event_storage
 from dedup_assets.core.data.layout import (
     INSTANCE_FILE,
     RUN_INSTANCE_FILE,
@@ -16,6 +17,9 @@ from dedup_assets.event_storage import BatchedSqliteEventLogStorage
 
 KEYS = [f"k{i:03d}" for i in range(60)]
 parts = dg.DynamicPartitionsDefinition(name="things")
+CHECK = dg.AssetCheckKey(dg.AssetKey("checked"), "odd_square")
+SEEN_MID_STEP: list[int] = []  # verdicts a read in the step found, after each verdict
+READ_MID_STEP = {"on": False}
 
 
 @dg.asset(partitions_def=parts, backfill_policy=dg.BackfillPolicy.single_run())
@@ -24,16 +28,54 @@ def ranged(context: dg.AssetExecutionContext) -> None:
         context.add_asset_metadata({"key": key, "square": int(key[1:]) ** 2}, partition_key=key)
 
 
-defs = dg.Definitions(assets=[ranged], jobs=[dg.define_asset_job("ranged_job", [ranged])])
+@dg.multi_asset(
+    specs=[dg.AssetSpec("checked", partitions_def=parts)],
+    check_specs=[
+        dg.AssetCheckSpec("odd_square", asset="checked", blocking=True, partitions_def=parts)
+    ],
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    can_subset=True,
+)
+def checked(context: dg.AssetExecutionContext):
+    """A range with a verdict per partition, the way `class_batch` reports classes: every
+    third key fails (a non-blocking severity, so the run goes on)."""
+    keys = list(context.partition_keys)
+    yield dg.MaterializeResult(asset_key="checked", metadata={"n": len(keys)})
+    for key in keys:
+        yield dg.AssetCheckEvaluation(
+            asset_key=dg.AssetKey("checked"),
+            check_name="odd_square",
+            passed=int(key[1:]) % 3 != 0,
+            partition=key,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"square": int(key[1:]) ** 2},
+        )
+        if not READ_MID_STEP["on"]:
+            continue
+        history = context.instance.event_log_storage.get_asset_check_execution_history(
+            CHECK, limit=1000
+        )
+        SEEN_MID_STEP.append(
+            sum(r.event is not None and r.status.value != "PLANNED" for r in history)
+        )
 
 
-def _run(instance: dg.DagsterInstance) -> None:
-    instance.add_dynamic_partitions("things", KEYS)
-    result = defs.resolve_job_def("ranged_job").execute_in_process(
+defs = dg.Definitions(
+    assets=[ranged, checked],
+    jobs=[
+        dg.define_asset_job("ranged_job", [ranged]),
+        dg.define_asset_job("checked_job", [checked]),
+    ],
+)
+
+
+def _run(instance: dg.DagsterInstance, job: str = "ranged_job", keys: list[str] = KEYS) -> None:
+    instance.add_dynamic_partitions("things", keys)
+    result = defs.resolve_job_def(job).execute_in_process(
         instance=instance,
         tags={
-            "dagster/asset_partition_range_start": KEYS[0],
-            "dagster/asset_partition_range_end": KEYS[-1],
+            "dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[-1],
         },
     )
     assert result.success
@@ -86,6 +128,16 @@ def test_a_range_is_stored_in_batches_and_read_back_by_the_plain_storage(
     assert type(ui.event_log_storage) is SqliteEventLogStorage
     assert _stored(ui) == expected
     assert ui.get_materialized_partitions(dg.AssetKey("ranged")) == set(KEYS)
+    # The asset's entry holds its latest materialization (written once for the batch, from
+    # its last event), as the plain storage's does after writing it for every event.
+    latest = {}
+    for name, instance in (("batched", ui), ("plain", plain)):
+        (record,) = instance.get_asset_records([dg.AssetKey("ranged")])
+        entry = record.asset_entry.last_materialization_record
+        newest = instance.fetch_materializations(dg.AssetKey("ranged"), limit=1).records[0]
+        assert entry.storage_id == newest.storage_id, name
+        latest[name] = (entry.partition_key, entry.asset_materialization.metadata)
+    assert latest["batched"] == latest["plain"]  # the tags name each run's own versions
     # 60 materializations: two connections each one at a time, two for the batch.
     assert plain_connects - batched_connects >= 2 * len(KEYS) - 2, (
         plain_connects,
@@ -99,3 +151,125 @@ def test_an_older_run_instance_file_is_rewritten(tmp_path):
     prepare_dagster_home(tmp_path / "out")
     assert "BatchedSqliteEventLogStorage" in (home / RUN_INSTANCE_FILE).read_text()
     assert "BatchedSqliteEventLogStorage" not in (home / INSTANCE_FILE).read_text()
+
+
+def _verdicts(instance: dg.DagsterInstance) -> dict[str, tuple]:
+    history = instance.event_log_storage.get_asset_check_execution_history(CHECK, limit=1000)
+    out = {}
+    for record in history:
+        evaluation = record.event.get_dagster_event().event_specific_data
+        out[record.partition] = (
+            record.status.value,
+            evaluation.passed,
+            evaluation.metadata["square"].value,
+        )
+    return out
+
+
+def _runs_of(instance: dg.DagsterInstance) -> list[str]:
+    return [run.run_id for run in instance.get_runs()]
+
+
+def test_a_ranges_verdicts_are_stored_as_one_batch_and_read_back_by_the_plain_storage(
+    tmp_path, monkeypatch, counted_connects
+):
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    home = prepare_dagster_home(tmp_path / "out")
+    batched = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
+    _run(batched, "checked_job")
+    batched_connects = counted_connects["n"]
+
+    counted_connects["n"] = 0
+    plain_home = tmp_path / "plain"
+    plain_home.mkdir()
+    plain = dg.DagsterInstance.from_config(str(plain_home))
+    _run(plain, "checked_job")
+    plain_connects = counted_connects["n"]
+
+    expected = {
+        k: ("FAILED" if int(k[1:]) % 3 == 0 else "SUCCEEDED", int(k[1:]) % 3 != 0, int(k[1:]) ** 2)
+        for k in KEYS
+    }
+    assert _verdicts(plain) == expected
+    assert _verdicts(batched) == expected
+    ui = dg.DagsterInstance.from_config(str(home), config_filename=INSTANCE_FILE)
+    assert _verdicts(ui) == expected
+    # Each verdict's event is in the run's own log as well, in the order yielded, before the
+    # step's end.
+    run_id = _runs_of(ui)[0]
+    logged = [
+        e.dagster_event.event_specific_data.partition
+        for e in ui.all_logs(run_id)
+        if e.dagster_event is not None
+        and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    assert logged == KEYS
+    types = [e.dagster_event.event_type_value for e in ui.all_logs(run_id) if e.dagster_event]
+    last_verdict = max(i for i, t in enumerate(types) if t == "ASSET_CHECK_EVALUATION")
+    assert types.index("STEP_SUCCESS") > last_verdict
+    # The same asset entry (its latest materialization) either way.
+    entry = ui.get_latest_materialization_event(dg.AssetKey("checked"))
+    assert entry is not None and entry.asset_materialization.metadata["n"].value == len(KEYS)
+    # What a verdict costs: a range of 20 against the range of 60, each on its own instance.
+    # One at a time, three connections a verdict (run log, index, check execution; and a
+    # look for the checks' table); held, two for the whole range.
+    counted_connects["n"] = 0
+    batched_20 = dg.DagsterInstance.from_config(
+        str(prepare_dagster_home(tmp_path / "out20")), config_filename=RUN_INSTANCE_FILE
+    )
+    _run(batched_20, "checked_job", KEYS[:20])
+    batched_extra = batched_connects - counted_connects["n"]
+    counted_connects["n"] = 0
+    (tmp_path / "plain20").mkdir()
+    _run(dg.DagsterInstance.from_config(str(tmp_path / "plain20")), "checked_job", KEYS[:20])
+    plain_extra = plain_connects - counted_connects["n"]
+    assert plain_extra >= 3 * 40 and batched_extra <= 4, (plain_extra, batched_extra)
+
+
+def test_a_read_while_verdicts_are_held_sees_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    monkeypatch.setitem(READ_MID_STEP, "on", True)
+    home = prepare_dagster_home(tmp_path / "out")
+    batched = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
+    SEEN_MID_STEP.clear()
+    _run(batched, "checked_job")
+    # A read in this process while verdicts are held writes them first: each read, after
+    # each verdict, saw all the verdicts yielded so far.
+    assert list(range(1, len(KEYS) + 1)) == SEEN_MID_STEP
+
+
+def test_held_verdicts_are_written_on_dispose_and_at_most_held_verdicts_at_once(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    monkeypatch.setattr(event_storage, "HELD_VERDICTS", 7)
+    home = prepare_dagster_home(tmp_path / "out")
+    batched = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
+    storage = batched.event_log_storage
+    held_sizes: list[int] = []
+    original = BatchedSqliteEventLogStorage.store_held_verdicts
+
+    def recording(self):
+        held_sizes.append(len(self._held))
+        original(self)
+
+    monkeypatch.setattr(BatchedSqliteEventLogStorage, "store_held_verdicts", recording)
+    _run(batched, "checked_job")
+    assert max(held_sizes) == 7  # never more held than HELD_VERDICTS
+    assert storage._held == []
+    assert len(_verdicts(batched)) == len(KEYS)
+
+    # A verdict held when the instance is disposed is written, not lost.
+    run_id = _runs_of(batched)[0]
+    record = batched.all_logs(run_id)
+    verdict = next(
+        e
+        for e in record
+        if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+    )
+    before = len(batched.all_logs(run_id))
+    storage.store_event(verdict)
+    assert len(storage._held) == 1
+    batched.dispose()
+    ui = dg.DagsterInstance.from_config(str(home), config_filename=INSTANCE_FILE)
+    assert len(ui.all_logs(run_id)) == before + 1
