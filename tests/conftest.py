@@ -101,6 +101,7 @@ def _dagster_home_as_it_was():
 # so slow files collected last (the alphabet put test_splits_pipeline, test_trust and
 # test_ui_runs there) left one worker running them alone at the end.
 SLOW_FIRST = (
+    "test_many_classes.py",
     "test_fast_path.py",
     "test_leakage_pipeline.py",
     "test_interrupt.py",
