@@ -487,9 +487,11 @@ class ClassRunPool:
         tags: dict[str, str],
         run_config: dict,
         stage: str,
+        assets: list[str] | None = None,
     ) -> list[RunReport]:
         """One run per key (a partition, or a range of class partitions), at most `parallel` at once; reports in the order of keys. Waits
-        in steps of POLL_S, checking for a stop (`check_stop`) between them."""
+        in steps of POLL_S, checking for a stop (`check_stop`) between them. `assets`: only
+        those of the job (and their checks)."""
         args = [
             (self.config.model_dump_json(), job_name, key, tags, run_config, stage) for key in keys
         ]
@@ -502,7 +504,7 @@ class ClassRunPool:
             todo = iter(enumerate(args))
             index: dict = {}
             for _ in range(self.config.parallel):
-                self._submit_next(todo, index)
+                self._submit_next(todo, index, assets)
             while index:
                 try:
                     done = wait(list(index), timeout=POLL_S, return_when="FIRST_COMPLETED").done
@@ -511,11 +513,12 @@ class ClassRunPool:
                 check_stop()
                 for future in done:
                     reports[index.pop(future)] = future.result()
-                    self._submit_next(todo, index)
+                    self._submit_next(todo, index, assets)
             return reports  # type: ignore[return-value]
         assert self._pool is not None
         self._futures = [
-            self._pool.submit(run_partition, *a, self.dagster_home, self._token) for a in args
+            self._pool.submit(run_partition, *a, self.dagster_home, self._token, assets)
+            for a in args
         ]
         while concurrent.futures.wait(self._futures, timeout=POLL_S).not_done:
             check_stop()
@@ -564,10 +567,10 @@ class ClassRunPool:
         self._beside.remove(handle)
         return handle.result()
 
-    def _submit_next(self, todo, index: dict) -> None:
+    def _submit_next(self, todo, index: dict, assets: list[str] | None = None) -> None:
         for i, a in todo:
             future = self._client.submit(
-                run_partition, *a, self.dagster_home, self._token, pure=False
+                run_partition, *a, self.dagster_home, self._token, assets, pure=False
             )
             self._futures.append(future)
             index[future] = i

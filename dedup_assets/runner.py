@@ -347,12 +347,15 @@ class _Stages:
         assets: list[str] | None = None,
         first_here: bool = False,
         beside: list[str] | None = None,
+        early: list[str] | None = None,
     ) -> tuple[list[Selection], list[dg.ExecuteInProcessResult]]:
         """Run one job per key, or per range of classes for a per-class job (several at
         once where the executor allows; with `first_here`, the first key alone in this
         process, with every core, then the others at once; with `beside` as well, those
-        of its assets run on a worker meanwhile, the others here); returns the keys or
-        ranges whose run failed, and every in-process result."""
+        of its assets run on a worker meanwhile, the others here; with `early` as well,
+        those assets of the other keys start on the workers at once too, their other
+        assets once every run before has ended, for the keys whose early run succeeded);
+        returns the keys or ranges whose run failed, and every in-process result."""
         note_stage(name)
         check_stop()
         run_tags = {**self.tags, STAGE_TAG: name}
@@ -369,26 +372,55 @@ class _Stages:
             + (f"; {', '.join(beside or [])} of {here[0]} on a worker meanwhile" if split else "")
         )
         start = time.perf_counter()
-        handle, here_assets = None, assets
+        handle, here_assets, away_assets, started = None, assets, assets, []
         if split:
             handle = self.pool().start(job_name, here[0], run_tags, self.run_config, name, beside)
             job = self.defs.resolve_job_def(job_name)
             every = assets or sorted(
                 k.to_user_string() for k in job.asset_layer.selected_asset_keys
             )
-            here_assets = [a for a in every if a not in beside]
+            here_assets = [a for a in every if a not in (beside or [])]
+            if early and away:
+                # The cores the first key leaves free: the other keys' early assets, which
+                # need nothing of it, start now; their others wait for it.
+                firsts = [a for a in every if a in early]
+                away_assets = [a for a in every if a not in early]
+                started = [
+                    (k, self.pool().start(job_name, k, run_tags, self.run_config, name, firsts))
+                    for k in away
+                ]
         results = [self._run_here(name, job_name, key, run_tags, here_assets) for key in here]
         reports = [report for _, report in results]
         recorded = list(here)
         if handle is not None:
             reports.append(self.pool().report(handle))
             recorded.append(here[0])
-        if away:
-            reports += self.pool().run_all(job_name, away, run_tags, self.run_config, name)
-        failed = self._record(name, recorded + away, reports, len(here))
+        later: dict[tuple[str, ...] | None, list[Selection]] = {}
+        if started:
+            job = self.defs.resolve_job_def(job_name)
+            for key, h in started:
+                report = self.pool().report(h)
+                reports.append(report)
+                recorded.append(key)
+                if report.failures:
+                    continue  # what is left of it would fail on its inputs
+                # A blocking verdict of the early run holds back what is downstream of its
+                # asset, as it would have in one run (Dagster skips it there).
+                held = _downstream(job, {c.asset for c in report.checks if c.severity == "ERROR"})
+                rest = tuple(a for a in away_assets or [] if a not in held)
+                if rest:
+                    later.setdefault(rest, []).append(key)
+        elif away:
+            later[tuple(away_assets) if away_assets else None] = list(away)
+        for rest, keys in later.items():
+            reports += self.pool().run_all(
+                job_name, keys, run_tags, self.run_config, name, list(rest) if rest else None
+            )
+            recorded += keys
+        failed = self._record(name, recorded, reports, len(here))
         seconds = time.perf_counter() - start
-        self.outcome.stages.append(StageTiming(name, seconds, len(recorded + away)))
-        self.log(f"[{name}] {len(recorded + away)} run(s) in {seconds:.1f}s")
+        self.outcome.stages.append(StageTiming(name, seconds, len(recorded)))
+        self.log(f"[{name}] {len(recorded)} run(s) in {seconds:.1f}s")
         return list(dict.fromkeys(failed)), [result for result, _ in results]
 
     def _batches(self, keys: Sequence[str | None], spread: bool) -> list[ClassRange]:
@@ -430,6 +462,18 @@ class _Stages:
             if at >= here:
                 self.log(f"[{name}] {key}: steps ran on {', '.join(report.workers) or '?'}")
         return failed
+
+
+def _downstream(job: dg.JobDefinition, assets: set[str]) -> set[str]:
+    """The assets of `job` downstream of `assets`, however far."""
+    graph = job.asset_layer.asset_graph
+    todo, seen = [dg.AssetKey.from_user_string(a) for a in assets], set()
+    while todo:
+        for child in graph.get(todo.pop()).child_keys:
+            if child.to_user_string() not in seen:
+                seen.add(child.to_user_string())
+                todo.append(child)
+    return seen
 
 
 def _run_stages(
@@ -615,12 +659,16 @@ def _thresholds_and_summary(
         # With workers, the first threshold's cross-class join runs on one of them meanwhile:
         # nothing else of the threshold needs it, and this process is busy with the keep
         # list, the report and the clean copy (3.5 s of EuroSAT's 11.5 s were the join).
+        # The other thresholds' keep lists and reports need nothing of the first, so they
+        # start on the workers at once as well; their clean copies and cross-class tables
+        # (which read the first's) once it has ended.
         failed = stages.run(
             "thresholds: keep lists, gates, reports, clean copies",
             THRESHOLD_JOB,
             to_threshold,
             first_here=True,
             beside=["cross_class_duplicates"],
+            early=["keep_list", "kurtosis_report"],
         )[0]
     images = sum((class_summary(layout, k) or {}).get("images", 0) for k in outcome.classes)
     outcome.work.count(THRESHOLD_ASSETS, images * len(to_threshold))

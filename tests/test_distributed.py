@@ -5,7 +5,9 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
 from conftest import run_dedup
@@ -140,6 +142,41 @@ def test_local_processes_give_the_in_process_answer(source, in_process, tmp_path
         assert mine == theirs and len(mine) > 0, t
     summary = (out / "reports" / "summary.md").read_text()
     assert "| 0.95 |" in summary and "| 2% |" in summary
+    # The other thresholds' keep lists and reports started on the pool while the first
+    # threshold ran here; their clean copies and cross-class tables after it ended.
+    assert re.search(r"^\[thresholds: [^\]]*\] 6 run\(s\) in ", done.stdout, re.M), done.stdout
+    with dg.DagsterInstance.from_config(str(out / ".dagster")) as instance:
+        runs = {}
+        for record in instance.get_run_records(
+            dg.RunsFilter(job_name="threshold_job", statuses=[dg.DagsterRunStatus.SUCCESS])
+        ):
+            run = record.dagster_run
+            assets = frozenset(k.to_user_string() for k in run.asset_selection or [])
+            runs[(run.tags["dagster/partition"], assets)] = record
+    first_here = runs[("0.9", frozenset({"keep_list", "kurtosis_report", "clean_dataset"}))]
+    assert ("0.9", frozenset({"cross_class_duplicates"})) in runs
+    for t in ("0.95", "2%"):
+        early = runs[(t, frozenset({"keep_list", "kurtosis_report"}))]
+        late = runs[(t, frozenset({"clean_dataset", "cross_class_duplicates"}))]
+        assert early.start_time < first_here.end_time <= late.start_time, t
+    assert len(runs) == 6, sorted(runs)
+
+
+def test_a_blocking_verdict_of_an_early_run_holds_back_what_is_downstream():
+    """What a failed blocking check of a threshold's early run (keep list, report) holds
+    back of its later run: what Dagster would have skipped had they been one run."""
+    from dedup_assets.config import PipelineConfig
+    from dedup_assets.definitions import build_definitions
+    from dedup_assets.runner import _downstream
+
+    config = PipelineConfig.build(
+        source=str(Path(__file__).parent), output="/tmp/unused-out", thresholds=["0.9"]
+    )
+    job = build_definitions(config).resolve_job_def("threshold_job")
+    assert _downstream(job, {"keep_list"}) == {"kurtosis_report", "clean_dataset"}
+    assert _downstream(job, {"kurtosis_report"}) == {"clean_dataset"}
+    assert _downstream(job, {"cross_class_duplicates"}) == set()
+    assert _downstream(job, set()) == set()
 
 
 def test_an_absent_scheduler_is_named(source, tmp_path):
