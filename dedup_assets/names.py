@@ -42,6 +42,8 @@ PID_TAG = "latent_dedup/pid"  # the `dedup run` process that started the run
 HOST_TAG = "latent_dedup/host"  # ... and its host (a dead one's runs are marked failed)
 STAGE_TAG = "latent_dedup/stage"  # the stage of the main job the run belongs to
 WORKER_TAG = "latent_dedup/worker"  # who ran a run sent to a worker
+# "1": the thresholds' reports run at the same time (each refits its own threshold only)
+THRESHOLDS_AT_ONCE_TAG = "latent_dedup/thresholds_at_once"
 REASON_TAG = "latent_dedup/reason"  # why a sensor or schedule requested the run
 
 # ---------------------------------------------------------------------------- workers

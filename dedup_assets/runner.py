@@ -78,6 +78,7 @@ from dedup_assets.names import (
     STAGE_TAG,
     SUMMARY_JOB,
     THRESHOLD_JOB,
+    THRESHOLDS_AT_ONCE_TAG,
     TRAIN_JOB,
     UI_REPOSITORY_LABEL,
     UI_REPOSITORY_TAG,
@@ -383,6 +384,7 @@ class _Stages:
             if early and away:
                 # The cores the first key leaves free: the other keys' early assets, which
                 # need nothing of it, start now; their others wait for it.
+                run_tags[THRESHOLDS_AT_ONCE_TAG] = "1"
                 firsts = [a for a in every if a in early]
                 away_assets = [a for a in every if a not in early]
                 started = [

@@ -14,6 +14,7 @@ from conftest import run_dedup
 from distributed import LocalCluster
 
 from dedup_assets.core.quality.demo_data import generate_demo_dataset
+from dedup_assets.names import THRESHOLDS_AT_ONCE_TAG
 
 # Four classes of 20 images: the kurtosis gate's verdict there is chance (test_pipeline says
 # why), and these tests are about where class runs execute, so it runs with a wide tolerance.
@@ -160,6 +161,10 @@ def test_local_processes_give_the_in_process_answer(source, in_process, tmp_path
         late = runs[(t, frozenset({"clean_dataset", "cross_class_duplicates"}))]
         assert early.start_time < first_here.end_time <= late.start_time, t
     assert len(runs) == 6, sorted(runs)
+    # Each report, run at the same time as the others, refits its own threshold only.
+    for t, assets in runs:
+        if "kurtosis_report" in assets:
+            assert runs[(t, assets)].dagster_run.tags[THRESHOLDS_AT_ONCE_TAG] == "1", t
 
 
 def test_a_blocking_verdict_of_an_early_run_holds_back_what_is_downstream():
@@ -177,6 +182,36 @@ def test_a_blocking_verdict_of_an_early_run_holds_back_what_is_downstream():
     assert _downstream(job, {"kurtosis_report"}) == {"clean_dataset"}
     assert _downstream(job, {"cross_class_duplicates"}) == set()
     assert _downstream(job, set()) == set()
+
+
+@pytest.mark.parametrize("at_once", [False, True])
+def test_a_report_refits_every_thresholds_classes_unless_they_run_at_once(
+    source, in_process, tmp_path, at_once
+):
+    """One threshold's report, in a run of its own: it refits the other thresholds' classes
+    too (their reports then find them cached), unless its run says the thresholds' reports
+    run at the same time (THRESHOLDS_AT_ONCE_TAG), when each refits its own only."""
+    from dedup_assets.assets.reports import REFIT_CACHE
+    from dedup_assets.config import PipelineConfig
+    from dedup_assets.definitions import build_definitions
+    from dedup_assets.dispatch import execute
+    from dedup_assets.runner import instance_for
+
+    out = tmp_path / "out"
+    shutil.copytree(in_process, out, symlinks=True)
+    cache = out / "reports" / REFIT_CACHE
+    cache.unlink()
+    config = PipelineConfig.build(
+        source=str(source), output=str(out), thresholds=["0.9", "2%"], device="cpu",
+        precision="fp32", method={"kurtosis_tolerance": 1.0},
+    )  # fmt: skip
+    job = build_definitions(config).resolve_job_def("threshold_job")
+    tags = {THRESHOLDS_AT_ONCE_TAG: "1"} if at_once else {}
+    with instance_for(out) as instance:
+        result = execute(job, "0.9", instance, tags, {}, ["kurtosis_report"])
+    assert result.success
+    refitted = set(pl.read_parquet(cache)["threshold"].to_list())
+    assert refitted == ({"0.9"} if at_once else {"0.9", "2%"})
 
 
 def test_an_absent_scheduler_is_named(source, tmp_path):

@@ -38,6 +38,7 @@ from dedup_assets.core.quality.statistics import (
     CHANCE_QUANTILE,
     MIN_IMAGES_MEASURED,
 )
+from dedup_assets.names import THRESHOLDS_AT_ONCE_TAG
 from dedup_assets.ui import md_image, md_table
 from resources import DedupSettings, DedupStorage
 
@@ -139,7 +140,10 @@ def build_report_assets(
         names = class_labels(layout)  # one per class partition: a split's classes apart
         keep = labelled_by_partition(read_keep_list(layout.keep_list(threshold)))
         components = {names[key]: fit_components(layout, key) for key in class_keys}
-        thresholds = thresholds_def.get_partition_keys()
+        # Each report refits the other thresholds' classes too while it has their latents
+        # (the next reports find them cached), unless those reports run at the same time.
+        at_once = context.run.tags.get(THRESHOLDS_AT_ONCE_TAG) == "1"
+        thresholds = [threshold] if at_once else thresholds_def.get_partition_keys()
         refit = _refits(layout, current, threshold, thresholds, class_keys, names, keep)
         report = build_report(
             threshold,
