@@ -26,7 +26,7 @@ from __future__ import annotations
 import atexit
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -88,18 +88,27 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
             events, self._held = self._held, []
             if not events:
                 return
-            statements = [self.prepare_insert_event(event) for event in events]
-            with super()._connect(events[0].run_id) as conn:
-                for statement in statements:
-                    conn.execute(statement)
-            with super()._connect(INDEX_SHARD_NAME) as conn:
+            # Dagster's own connections: this storage's `_connect` would write them again.
+            with self._inserted(events, super()._connect) as (conn, ids):
                 self._open.index = conn
                 try:
-                    for event, statement in zip(events, statements, strict=True):
-                        event_id = conn.execute(statement).inserted_primary_key[0]
+                    for event, event_id in zip(events, ids, strict=True):
                         self.store_asset_check_event(event, event_id)
                 finally:
                     self._open.index = None
+
+    @contextmanager
+    def _inserted(
+        self, events: Sequence[EventLogEntry], connect: Callable[[str], Any]
+    ) -> Iterator[tuple[Any, list[int]]]:
+        """Insert one run's events into its database, then into the index: the index's open
+        transaction and each event's id there, for what else the index records of them."""
+        statements = [self.prepare_insert_event(event) for event in events]
+        with connect(events[0].run_id) as conn:
+            for statement in statements:
+                conn.execute(statement)
+        with connect(INDEX_SHARD_NAME) as conn:
+            yield conn, [conn.execute(s).inserted_primary_key[0] for s in statements]
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Any]:
@@ -120,15 +129,7 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         if len(events) < 2 or not _one_run_of_asset_events(events):
             super().store_event_batch(events)
             return
-        statements = [self.prepare_insert_event(event) for event in events]
-        with self.run_connection(events[0].run_id) as conn:
-            for statement in statements:
-                conn.execute(statement)
-        with self.index_transaction() as conn:
-            ids = []
-            for statement in statements:
-                result = conn.execute(statement)
-                ids.append(result.inserted_primary_key[0])
+        with self._inserted(events, self._connect) as (conn, ids):
             self._store_asset_event_tags(conn, events, ids)
             for at in _last_of_each_kind(events):
                 self._store_asset_event(conn, events[at], ids[at])

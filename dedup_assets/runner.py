@@ -468,14 +468,8 @@ class _Stages:
 
 def _downstream(job: dg.JobDefinition, assets: set[str]) -> set[str]:
     """The assets of `job` downstream of `assets`, however far."""
-    graph = job.asset_layer.asset_graph
-    todo, seen = [dg.AssetKey.from_user_string(a) for a in assets], set()
-    while todo:
-        for child in graph.get(todo.pop()).child_keys:
-            if child.to_user_string() not in seen:
-                seen.add(child.to_user_string())
-                todo.append(child)
-    return seen
+    below = dg.AssetSelection.assets(*assets).downstream(include_self=False)
+    return {key.to_user_string() for key in below.resolve(job.asset_layer.asset_graph)}
 
 
 def _run_stages(
