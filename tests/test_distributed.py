@@ -5,9 +5,11 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import polars as pl
 import pytest
 from conftest import run_dedup
@@ -186,13 +188,21 @@ def test_a_blocking_verdict_of_an_early_run_holds_back_what_is_downstream():
 
 @pytest.mark.parametrize("at_once", [False, True])
 def test_a_report_refits_every_thresholds_classes_unless_they_run_at_once(
-    source, in_process, tmp_path, at_once
+    source, in_process, tmp_path, at_once, monkeypatch
 ):
     """One threshold's report, in a run of its own: it refits the other thresholds' classes
     too (their reports then find them cached), unless its run says the thresholds' reports
     run at the same time (THRESHOLDS_AT_ONCE_TAG), when each refits its own only."""
     from dedup_assets.assets.reports import REFIT_CACHE
     from dedup_assets.config import PipelineConfig
+    from dedup_assets.core.data.artifacts import (
+        STORED_READS,
+        class_labels,
+        read_keep_list,
+        read_latents,
+    )
+    from dedup_assets.core.data.layout import OutputLayout
+    from dedup_assets.core.quality.kurtosis_report import refit_kurtosis
     from dedup_assets.definitions import build_definitions
     from dedup_assets.dispatch import execute
     from dedup_assets.runner import instance_for
@@ -207,11 +217,38 @@ def test_a_report_refits_every_thresholds_classes_unless_they_run_at_once(
     )  # fmt: skip
     job = build_definitions(config).resolve_job_def("threshold_job")
     tags = {THRESHOLDS_AT_ONCE_TAG: "1"} if at_once else {}
+    reads = Counter()
+    keep = STORED_READS.get
+
+    def counted(path, what, *args):
+        reads[(Path(path).name, what)] += 1
+        return keep(path, what, *args)
+
+    monkeypatch.setattr(STORED_READS, "get", counted)
     with instance_for(out) as instance:
         result = execute(job, "0.9", instance, tags, {}, ["kurtosis_report"])
     assert result.success
-    refitted = set(pl.read_parquet(cache)["threshold"].to_list())
-    assert refitted == ({"0.9"} if at_once else {"0.9", "2%"})
+    refitted = pl.read_parquet(cache)
+    assert set(refitted["threshold"].to_list()) == ({"0.9"} if at_once else {"0.9", "2%"})
+    # Each class's latents are read once for the refits, their image ids from that read.
+    layout = OutputLayout(out)
+    names = class_labels(layout)
+    keys = sorted(names)
+    assert {(layout.latents(k).name, "latents") for k in keys} <= set(reads)
+    assert all(reads[(layout.latents(k).name, "latents")] == 1 for k in keys), reads
+    assert not [r for r in reads if r[1] == "latent ids"], reads
+    # The refitted kurtosis is that of the kept latents, class by class.
+    kept_ids = read_keep_list(layout.keep_list("0.9")).filter(pl.col("kept"))["image_id"]
+    latents, masks = {}, {}
+    for k in keys:
+        table, x = read_latents(layout.latents(k))
+        latents[names[k]] = x
+        masks[names[k]] = np.isin(table["image_id"].to_numpy(), kept_ids.to_numpy())
+    expected = refit_kurtosis(latents, masks)
+    mine = refitted.filter(pl.col("threshold") == "0.9").sort("class")
+    assert mine["class"].to_list() == expected["class"].to_list()
+    for c in (1, 2, 3):
+        assert np.allclose(mine[f"r{c}_after"], expected[f"r{c}_after"], equal_nan=True)
 
 
 def test_an_absent_scheduler_is_named(source, tmp_path):
