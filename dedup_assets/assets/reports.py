@@ -25,6 +25,7 @@ from dedup_assets.core.data.artifacts import (
     write_table,
 )
 from dedup_assets.core.data.atomic_io import atomic_dir, write_text
+from dedup_assets.core.data.membership import among
 from dedup_assets.core.decision.calibration import budget_summary_markdown
 from dedup_assets.core.quality.kurtosis_report import (
     REFIT_SCHEMA,
@@ -258,9 +259,8 @@ class _KeptByClass(Mapping):
 
     def __getitem__(self, name: str) -> np.ndarray:
         key = self.keys_by_name[name]
-        ids = read_latent_ids(self.layout.latents(key))["image_id"].to_numpy()
-        kept = self.keep_of(key).filter(pl.col("kept"))["image_id"].to_numpy()
-        return np.isin(ids, kept)
+        ids = read_latent_ids(self.layout.latents(key))["image_id"]
+        return among(ids, self.keep_of(key).filter(pl.col("kept"))["image_id"])
 
     def __contains__(self, name: object) -> bool:
         return name in self.keys_by_name

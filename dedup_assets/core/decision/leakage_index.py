@@ -43,6 +43,7 @@ import polars as pl
 
 from dedup_assets.core.data.atomic_io import save_npz
 from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.membership import among
 from dedup_assets.core.decision.ann_join import (
     DEFAULT_ANN_MIN_CLASS_SIZE,
     DEFAULT_NPROBE,
@@ -295,10 +296,9 @@ class LeakageIndex:
         every indexed training image still there, and growth within REFIT_GROWTH."""
         if {k: self.settings.get(k) for k in settings} != dict(settings):
             return False
-        now = np.asarray(train_ids, dtype=str)
-        if not np.isin(self.train_ids, now).all():
+        if not among(self.train_ids, train_ids).all():
             return False
-        return len(now) <= REFIT_GROWTH * max(self.fitted_on, 1)
+        return len(train_ids) <= REFIT_GROWTH * max(self.fitted_on, 1)
 
     # -------------------------------------------------------------------- scores
 
@@ -376,7 +376,7 @@ class LeakageIndex:
         maps uint8 pixels to latents (the model the latents came from); `pixels_of(split,
         ids)` gives the pixels of stored images ("train" or "eval") a new decoy needs."""
         counts = UpdateCounts()
-        removed = np.isin(self.eval_ids, np.asarray(list(removed_eval), dtype=str))
+        removed = among(self.eval_ids, removed_eval)
         if removed.any():
             keep = np.flatnonzero(~removed)
             self.eval_ids, self.eval_hashes = self.eval_ids[keep], self.eval_hashes[keep]
@@ -456,7 +456,7 @@ class LeakageIndex:
         keys = np.array(
             [f"{s}\t{k}\t{i}" for s, k, ids in wanted for i in ids.tolist()], dtype=str
         ).reshape(-1)
-        keep = np.flatnonzero(np.isin(self.decoy_keys, keys))
+        keep = np.flatnonzero(among(self.decoy_keys, keys))
         counts.decoys_removed = len(self.decoy_keys) - len(keep)
         if counts.decoys_removed:
             self._take_decoys(keep)

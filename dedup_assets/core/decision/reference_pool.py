@@ -27,6 +27,7 @@ import numpy as np
 from dedup_assets.core.data.artifacts import CurrentInputs, require_current
 from dedup_assets.core.data.atomic_io import PROVENANCE_KEY, save_npz
 from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.membership import among
 from dedup_assets.core.decision.class_decision import ClassData
 from dedup_assets.core.decision.dct_descriptor import DIMENSIONS, lowfreq_dct
 from dedup_assets.core.decision.pdq import HASH_BITS as PDQ_BITS
@@ -74,7 +75,7 @@ class ReferencePool:
         whose pixels are not identical to one of the class's images."""
         other = self.class_keys != class_key
         if len(pixel_hashes):
-            other &= ~np.isin(self.pixel_hashes, np.asarray(pixel_hashes, dtype=str))
+            other &= ~among(self.pixel_hashes, pixel_hashes)
         return other
 
     def as_class(
