@@ -26,7 +26,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +65,7 @@ from dedup_assets.dispatch import (
     execute,
     open_instance,
 )
-from dedup_assets.engines import Executor, resolve_auto
+from dedup_assets.engines import Executor, blas_threads, resolve_auto, threads_per_process
 from dedup_assets.interrupts import Interrupted, check_stop, note_stage
 from dedup_assets.names import (
     CLASS_JOB,
@@ -391,7 +391,9 @@ class _Stages:
                     (k, self.pool().start(job_name, k, run_tags, self.run_config, name, firsts))
                     for k in away
                 ]
-        results = [self._run_here(name, job_name, key, run_tags, here_assets) for key in here]
+        # With runs on the workers meanwhile, this process takes its share of the cores.
+        with blas_threads(threads_per_process(self.config.parallel)) if split else nullcontext():
+            results = [self._run_here(name, job_name, key, run_tags, here_assets) for key in here]
         reports = [report for _, report in results]
         recorded = list(here)
         if handle is not None:

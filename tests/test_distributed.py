@@ -366,3 +366,40 @@ def test_a_step_outside_dask_is_named_by_host_and_pid_without_importing_dask():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "False"]
+
+
+def test_this_process_takes_its_share_of_blas_threads_beside_the_workers(
+    source, tmp_path, monkeypatch
+):
+    """While the first threshold runs here and the workers run its cross-class join and the
+    other thresholds' keep lists and reports, this process's numpy BLAS runs on its share of
+    the cores (one of two), not its default of every core, whose threads spun against the
+    workers'; its other runs, alone, keep the default."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import dedup_assets.engines as engines
+    from dedup_assets import runner
+    from dedup_assets.api import deduplicate
+
+    def blas() -> int:
+        return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    seen: list[tuple[str, int]] = []
+    original = runner._Stages._run_here
+
+    def recording(self, name, job_name, key, run_tags, assets):
+        seen.append((name.split(":")[0], blas()))
+        return original(self, name, job_name, key, run_tags, assets)
+
+    monkeypatch.setattr(runner._Stages, "_run_here", recording)
+    monkeypatch.setattr(engines.os, "cpu_count", lambda: 2)
+    with threadpool_limits(limits=2, user_api="blas"):  # a 2-core machine's default
+        result = deduplicate(
+            source, output=tmp_path / "out", thresholds=["0.9", "2%"], epochs=1,
+            device="cpu", precision="fp32", executor="processes", parallel=2,
+            kurtosis_tolerance=1.0,
+        )  # fmt: skip
+        assert blas() == 2  # restored after the stage
+    assert result.ok, result.failures
+    assert ("thresholds", 1) in seen, seen
+    assert [t for stage, t in seen if stage != "thresholds"] == [2] * (len(seen) - 1), seen
