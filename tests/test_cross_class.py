@@ -239,3 +239,111 @@ def test_approximate_join_finds_other_class_partners_crowded_by_own_class_copies
     centres = cell_centres(v, 5)
     assert centres.shape == (5, 32)
     np.testing.assert_allclose(np.linalg.norm(centres, axis=1), 1.0, atol=1e-5)
+
+
+def _nearest_one_slab_at_a_time(v: np.ndarray, labels: np.ndarray, block: int):
+    """The exact join as it ran before its slabs were spread over threads (one loop, each
+    slab updating the rows' and columns' best in turn): the answer the threads must give."""
+    from dedup_assets.core.decision.similarity import block_rows
+
+    x, labels, n = np.ascontiguousarray(v, dtype=np.float32), np.asarray(labels), len(v)
+    if n < 2:
+        return np.full(n, -1, np.int64), np.full(n, -np.inf, np.float32)
+    order = np.argsort(labels, kind="stable")
+    xs, ls = x[order], labels[order]
+    starts = np.flatnonzero(np.r_[True, ls[1:] != ls[:-1]])
+    ends = np.r_[starts[1:], n]
+    best = np.full(n, -np.inf, np.float32)
+    at = np.full(n, -1, np.int64)
+    came = np.full(n, -1, np.int64)
+    step = block_rows(n, block)
+    for a, b in zip(starts, ends, strict=True):
+        for r0 in range(a, b, step) if b < n else ():
+            r1 = min(r0 + step, b)
+            s = xs[r0:r1] @ xs[b:].T
+            r_at = s.argmax(axis=1)
+            r_val = s[np.arange(r1 - r0), r_at]
+            up = r_val > best[r0:r1]
+            best[r0:r1][up], at[r0:r1][up], came[r0:r1][up] = r_val[up], b + r_at[up], -1
+            c_val = s.max(axis=0)
+            up = np.flatnonzero(c_val > best[b:])
+            best[b + up], came[b + up] = c_val[up], r0
+    pending = np.flatnonzero(came >= 0)
+    for r0 in np.unique(came[pending]):  # the columns of one slab in one product
+        cols = pending[came[pending] == r0]
+        r1 = min(r0 + step, ends[np.searchsorted(starts, r0, side="right") - 1])
+        sims = xs[cols] @ xs[r0:r1].T
+        pick = sims.argmax(axis=1)
+        at[cols], best[cols] = r0 + pick, sims[np.arange(len(cols)), pick]
+    partner = np.full(n, -1, np.int64)
+    value = np.full(n, -np.inf, np.float32)
+    value[order] = best
+    partner[order] = np.where(at >= 0, order[np.maximum(at, 0)], -1)
+    return partner, value
+
+
+def _nearest_by_brute_force(v: np.ndarray, labels: np.ndarray):
+    full = v @ v.T
+    other = np.where(labels[:, None] != labels[None, :], full, -np.inf)
+    return other.argmax(axis=1), other.max(axis=1)
+
+
+@pytest.mark.parametrize("n, classes", [(0, 1), (1, 1), (2, 1), (2, 2), (3, 3), (97, 4), (700, 7)])
+def test_the_exact_join_on_threads_gives_the_answer_of_one_thread(n, classes):
+    """The blocked join's slabs spread over threads: the same partners and similarities,
+    bit for bit, as one thread, at every size, for 1 to 8 threads; and the brute force's."""
+    from dedup_assets.core.decision.cross_class import nearest_other_class
+
+    rng = np.random.default_rng(n)
+    v = _unit(rng.standard_normal((n, 12))) if n else np.zeros((0, 12), np.float32)
+    labels = rng.integers(0, classes, n)
+    one = nearest_other_class(v, labels, block=16, threads=1)
+    partner, value = _nearest_one_slab_at_a_time(v, labels, 16)
+    np.testing.assert_array_equal(one.partner, partner)
+    np.testing.assert_array_equal(one.similarity, value)
+    for threads in (2, 3, 8):
+        many = nearest_other_class(v, labels, block=16, threads=threads)
+        np.testing.assert_array_equal(many.partner, one.partner)
+        np.testing.assert_array_equal(many.similarity, one.similarity)
+    if n and len(set(labels.tolist())) > 1:
+        partner, value = _nearest_by_brute_force(v.astype(np.float32), labels)
+        np.testing.assert_array_equal(one.partner, partner)
+        np.testing.assert_allclose(one.similarity, value, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_the_exact_join_breaks_ties_the_same_way_on_any_threads(threads):
+    """Exact copies in several classes and identical images everywhere: every image's best
+    is 1.0 with many partners; the partner chosen is the same whatever the threads."""
+    from dedup_assets.core.decision.cross_class import nearest_other_class
+
+    base = _unit(np.random.default_rng(3).standard_normal((40, 8)))
+    copies = np.concatenate([base, base, base, base[:10]])
+    copy_labels = np.repeat([0, 1, 2, 3], [40, 40, 40, 10])
+    same = np.full((30, 4), 0.5, np.float32)
+    for v, labels in ((copies, copy_labels), (same, np.arange(30) % 3)):
+        one = _nearest_one_slab_at_a_time(v, labels, 8)
+        many = nearest_other_class(v, labels, block=8, threads=threads)
+        np.testing.assert_array_equal(many.partner, one[0])
+        np.testing.assert_array_equal(many.similarity, one[1])
+        one = nearest_other_class(v, labels, block=8, threads=1)
+        assert (labels[one.partner] != labels).all()
+        np.testing.assert_allclose(one.similarity, 1.0, atol=1e-6)
+
+
+def test_the_join_s_extra_threads_take_idle_cores_only(monkeypatch):
+    """Every thread of the join but the caller's asks for the lowest priority: beside other
+    work (the command's report and clean copy) the join takes only the cores left idle."""
+    import threading
+
+    from dedup_assets.core.decision import cross_class
+
+    asked = []
+    monkeypatch.setattr(cross_class, "_on_idle_cores", lambda: asked.append(threading.get_ident()))
+    rng = np.random.default_rng(0)
+    v, labels = _unit(rng.standard_normal((600, 8))), rng.integers(0, 3, 600)
+    cross_class.nearest_other_class(v, labels, block=16, threads=3)
+    assert len(asked) == 2 and threading.get_ident() not in asked
+    asked.clear()
+    cross_class.nearest_other_class(v, labels, block=16, threads=1)
+    assert asked == []

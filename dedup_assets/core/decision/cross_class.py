@@ -15,11 +15,16 @@ holds at most N pairs and memory grows with N.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from dedup_assets.core.data.pools import cancelling
 from dedup_assets.core.decision.similarity import (
     DEFAULT_BLOCK,
     block_rows,
@@ -121,11 +126,14 @@ def nearest_other_class(
     block: int = DEFAULT_BLOCK,
     join: str = "exact",
     nprobe: int = 16,
+    threads: int | None = None,
 ) -> NearestOther:
     """Each image's nearest image of another class. Exact: the blocked upper-triangle join,
-    each block updating its rows' and its columns' best; "ann": the most similar image of
-    another class in the image's `nprobe` nearest cells (`_nearest_other_in_cells`; none
-    if every image there shares its class)."""
+    each block updating its rows' and its columns' best, its blocks on `threads` threads
+    (default: one per CPU, all but one of them on cores left idle only) with the answer of
+    one (`_exact_slabs`); "ann": the most similar image of another class in the image's
+    `nprobe` nearest cells (`_nearest_other_in_cells`; none if every image there shares its
+    class)."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     labels = np.asarray(labels)
     n = len(x)
@@ -136,32 +144,18 @@ def nearest_other_class(
     if join == "ann":
         return _nearest_other_in_cells(x, labels, nprobe=nprobe)
     # Exact: images sorted by class, each class's rows against the columns of every later
-    # class only (a product per pair of classes, no same-class mask). A slab updates its
-    # rows' best (value and partner) and its columns' best value; a column remembers the
-    # row block its best came from, and its partner is found in that block at the end
+    # class only (a product per pair of classes, no same-class mask). A slab gives its rows
+    # their best (value and partner) and its columns their best value; a column remembers
+    # the row block its best came from, and its partner is found in that block at the end
     # (numpy's argmax down a column of a slab cost four times the product itself).
     order = np.argsort(labels, kind="stable")
     xs, ls = x[order], labels[order]
     starts = np.flatnonzero(np.r_[True, ls[1:] != ls[:-1]])
     ends = np.r_[starts[1:], n]
-    best_s = np.full(n, -np.inf, dtype=np.float32)
-    at_s = np.full(n, -1, dtype=np.int64)
-    from_block = np.full(n, -1, dtype=np.int64)  # row block of a best found as a column
+    # The slabs are the same whatever the threads (so is the answer); each thread holds one.
     step = block_rows(n, block)
-    for a, b in zip(starts, ends, strict=True):
-        if b == n:
-            break  # the last class met every other as columns
-        for r0 in range(a, b, step):
-            r1 = min(r0 + step, b)
-            s = xs[r0:r1] @ xs[b:].T
-            r_at = s.argmax(axis=1)
-            r_val = s[np.arange(r1 - r0), r_at]
-            better = r_val > best_s[r0:r1]
-            best_s[r0:r1][better], at_s[r0:r1][better] = r_val[better], b + r_at[better]
-            from_block[r0:r1][better] = -1
-            c_val = s.max(axis=0)
-            better = np.flatnonzero(c_val > best_s[b:])
-            best_s[b + better], from_block[b + better] = c_val[better], r0
+    threads = max(1, min(threads or os.cpu_count() or 1, 8))
+    best_s, at_s, from_block = _exact_slabs(xs, starts, ends, step, threads)
     pending = np.flatnonzero(from_block >= 0)
     if len(pending):
         blocks, first = np.unique(from_block[pending], return_inverse=True)
@@ -175,6 +169,84 @@ def nearest_other_class(
     best[order] = best_s
     at[order] = np.where(at_s >= 0, order[np.maximum(at_s, 0)], -1)
     return NearestOther(at, best)
+
+
+def _exact_slabs(
+    xs: np.ndarray, starts: np.ndarray, ends: np.ndarray, step: int, threads: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(best, partner, block) per row of `xs` (sorted by class; `starts`/`ends` its
+    classes) over every row of another class: the partner where the best came from a slab
+    of the row's own class, else -1 and the first row of the slab of an earlier class whose
+    column it was (its partner is found there afterwards).
+
+    The slabs are spread over `threads` threads (numpy's products and reductions release
+    the GIL: on 2 cores the join of the first threshold ran alone on one core for the last
+    half minute of a 135,000-image run). Every thread but the caller's runs at the lowest
+    priority (`_on_idle_cores`): the join runs beside other work (a worker process beside
+    the command's keep list, report and clean copy) and takes only the cores that work
+    leaves idle, never a share of its cores. The answer is the one slab-by-slab order gives,
+    whatever the threads: a row's own slab is the only one that gives it a partner
+    directly; among its columns' values the highest wins, the earliest slab on ties; and
+    the row's own best replaces them only when higher (the earlier classes' slabs come
+    first in that order). Each thread keeps its own columns' best, merged at the end, so
+    no two threads write the same value."""
+    n = len(xs)
+    row_best = np.full(n, -np.inf, dtype=np.float32)
+    row_at = np.full(n, -1, dtype=np.int64)
+    tasks = [
+        (r0, min(r0 + step, b), b)
+        for a, b in zip(starts, ends, strict=True)
+        if b < n  # the last class meets every other as columns
+        for r0 in range(a, b, step)
+    ]
+    k = max(1, min(threads, len(tasks)))
+    col_best = np.full((k, n), -np.inf, dtype=np.float32)
+    col_from = np.full((k, n), -1, dtype=np.int64)
+    lock = threading.Lock()
+    queue = iter(tasks)  # taken in order: each thread's slabs come in increasing rows
+
+    def work(t: int) -> None:
+        if t:
+            _on_idle_cores()
+        best, came = col_best[t], col_from[t]
+        while True:
+            with lock:
+                task = next(queue, None)
+            if task is None:
+                return
+            r0, r1, b = task
+            s = xs[r0:r1] @ xs[b:].T
+            r_at = s.argmax(axis=1)
+            row_best[r0:r1] = s[np.arange(r1 - r0), r_at]
+            row_at[r0:r1] = b + r_at
+            c_val = s.max(axis=0)
+            better = np.flatnonzero(c_val > best[b:])  # later slabs of this thread: strict
+            best[b + better], came[b + better] = c_val[better], r0
+
+    if k == 1:
+        work(0)
+    else:
+        with cancelling(ThreadPoolExecutor(max_workers=k)) as pool:
+            for done in [pool.submit(work, t) for t in range(k)]:
+                done.result()
+    # Each column's best over the threads, the earliest slab among equal values.
+    top = col_best.max(axis=0)
+    first = np.where(col_best == top, col_from, np.iinfo(np.int64).max).min(axis=0)
+    col_from_all = np.where(np.isneginf(top), -1, first)
+    own = row_best > top  # the row's own slab, only when higher
+    best = np.where(own, row_best, top)
+    at = np.where(own, row_at, -1)
+    return best, at, np.where(own, -1, col_from_all)
+
+
+def _on_idle_cores() -> None:
+    """This thread at the lowest scheduling priority (nice 19), where the system sets it per
+    thread (Linux): it then runs on a core no other runnable thread wants. Elsewhere, or
+    when refused, the thread runs as any other."""
+    if not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        return
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 CELL_SIZE = 1024  # images per cell of the approximate join, on average
