@@ -45,6 +45,11 @@ IMAGEDEDUP_SCRIPT = r"""
 import json, sys, time, logging
 logging.disable(logging.WARNING)
 from pathlib import Path
+# imagededup 0.3.3 builds its CNN method's MobileNetV3 with ImageNet weights when its
+# `methods` package is imported, a download; PHash never uses it, so it is built without.
+import torchvision.models as _models
+_mobilenet = _models.mobilenet_v3_small
+_models.mobilenet_v3_small = lambda *args, **kwargs: _mobilenet()
 from imagededup.methods import PHash
 root, max_distance = Path(sys.argv[1]), int(sys.argv[2])
 hasher = PHash(verbose=False)
