@@ -161,8 +161,11 @@ def blas_threads(threads: int) -> Iterator[None]:
     threshold here, its cross-class join and the other thresholds on the workers): the
     workers' BLAS runs one thread each (`init_pool_process`), and this process's would spin
     its default threads against them (the QR measured there: 0.13 s instead of 10 ms)."""
-    from threadpoolctl import threadpool_limits
-
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # an environment from before the dependency: as it was
+        yield
+        return
     with threadpool_limits(limits=threads, user_api="blas"):
         yield
 

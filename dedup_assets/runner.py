@@ -391,8 +391,10 @@ class _Stages:
                     (k, self.pool().start(job_name, k, run_tags, self.run_config, name, firsts))
                     for k in away
                 ]
-        # With runs on the workers meanwhile, this process takes its share of the cores.
-        with blas_threads(threads_per_process(self.config.parallel)) if split else nullcontext():
+        # With local workers running meanwhile, this process takes its share of the cores
+        # (a dask cluster's workers may be elsewhere).
+        local = split and self.config.executor == Executor.processes
+        with blas_threads(threads_per_process(self.config.parallel)) if local else nullcontext():
             results = [self._run_here(name, job_name, key, run_tags, here_assets) for key in here]
         reports = [report for _, report in results]
         recorded = list(here)

@@ -2,6 +2,7 @@
 warning check on a folder with planted cross-class copies."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -331,6 +332,108 @@ def test_the_exact_join_breaks_ties_the_same_way_on_any_threads(threads):
         np.testing.assert_allclose(one.similarity, 1.0, atol=1e-6)
 
 
+def _sorted_slabs(n: int, classes: int, block: int, seed: int):
+    """Rows sorted by class, their class bounds and the join's slab size (as the join makes
+    them), for calling `_exact_slabs` directly."""
+    from dedup_assets.core.decision.similarity import block_rows
+
+    rng = np.random.default_rng(seed)
+    labels = np.sort(rng.integers(0, classes, n))
+    xs = _unit(rng.standard_normal((n, 8)))
+    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    return xs, starts, np.r_[starts[1:], n], block_rows(n, block)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+def test_the_merge_of_the_threads_is_the_same_whoever_took_which_slab(threads):
+    """Slabs dealt to the threads round-robin, in reverse, or all to the last thread: the
+    same best, partner and block as one thread taking them in order (with ties: the rows
+    are copies of 12 vectors)."""
+    from dedup_assets.core.decision.cross_class import _exact_slabs
+
+    xs, starts, ends, step = _sorted_slabs(300, 4, 16, threads)
+    xs = xs[np.arange(300) % 12]  # copies: ties between slabs and threads
+    one = _exact_slabs(xs, starts, ends, step, 1)
+    tasks = sum(len(range(a, b, step)) for a, b in zip(starts, ends, strict=True) if b < 300)
+    deals = [
+        [list(range(t, tasks, threads)) for t in range(threads)],
+        [list(range(tasks))[::-1][t::threads] for t in range(threads)],
+        [[] for _ in range(threads - 1)] + [list(range(tasks))],
+    ]
+    for split in deals:
+        got = _exact_slabs(xs, starts, ends, step, threads, split=split)
+        for mine, theirs in zip(got, one, strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+
+
+def test_the_caller_does_not_wait_for_a_helper_that_gets_no_core(monkeypatch):
+    """A helper thread that holds a slab and never gets a core (at nice 19 beside busy
+    processes): the caller computes that slab too and returns the one-thread answer."""
+    import threading
+
+    from dedup_assets.core.decision import cross_class
+
+    xs, starts, ends, step = _sorted_slabs(400, 4, 16, 0)
+    one = cross_class._exact_slabs(xs, starts, ends, step, 1)
+    release, held = threading.Event(), threading.Event()
+    real = cross_class._slab
+
+    def slab(xs, r0, r1, b):
+        if threading.current_thread() is not threading.main_thread():
+            held.set()
+            release.wait(30)  # starved
+        return real(xs, r0, r1, b)
+
+    monkeypatch.setattr(cross_class, "_slab", slab)
+    try:
+        got = cross_class._exact_slabs(xs, starts, ends, step, 2)
+        assert held.is_set()  # the helper did take a slab, and still holds it
+    finally:
+        release.set()
+    for mine, theirs in zip(got, one, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_an_interrupt_stops_the_join_and_its_helpers(monkeypatch):
+    """Ctrl-C in the caller ends the join there, and its helpers after their slab."""
+    import threading
+    import time
+
+    from dedup_assets.core.decision import cross_class
+
+    xs, starts, ends, step = _sorted_slabs(400, 4, 8, 1)
+    real, calls = cross_class._slab, []
+
+    def slab(xs, r0, r1, b):
+        if threading.current_thread() is threading.main_thread():
+            calls.append(r0)
+            raise KeyboardInterrupt
+        time.sleep(0.05)  # the helpers are slow: the caller takes a slab too
+        return real(xs, r0, r1, b)
+
+    monkeypatch.setattr(cross_class, "_slab", slab)
+    with pytest.raises(KeyboardInterrupt):
+        cross_class._exact_slabs(xs, starts, ends, step, 3)
+    deadline = time.monotonic() + 10
+    while any(t.name.startswith("join-") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the join's helpers kept running"
+        time.sleep(0.01)
+
+
+def test_the_join_s_threads_fit_the_slab_memory():
+    from dedup_assets.core.decision.cross_class import JOIN_SLAB_BYTES, join_threads
+    from dedup_assets.core.decision.similarity import block_rows
+
+    assert join_threads(3, 1_000, 16) == 3
+    assert join_threads(64, 1_000, 16) == 8
+    assert join_threads(0, 1_000, 16) == 1
+    assert join_threads(None, 1_000, 16) >= 1
+    n = 135_000
+    step = block_rows(n)
+    assert join_threads(8, n, step) * 4 * step * n <= JOIN_SLAB_BYTES
+    assert join_threads(8, n, step) == 4
+
+
 def test_the_join_s_extra_threads_take_idle_cores_only(monkeypatch):
     """Every thread of the join but the caller's asks for the lowest priority: beside other
     work (the command's report and clean copy) the join takes only the cores left idle."""
@@ -347,3 +450,24 @@ def test_the_join_s_extra_threads_take_idle_cores_only(monkeypatch):
     asked.clear()
     cross_class.nearest_other_class(v, labels, block=16, threads=1)
     assert asked == []
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no per-thread priority here")
+def test_a_helper_thread_of_the_join_runs_at_the_lowest_priority():
+    """`_on_idle_cores` lowers the thread it runs in, not the process."""
+    import threading
+
+    from dedup_assets.core.decision.cross_class import _on_idle_cores
+
+    seen = []
+
+    def helper():
+        _on_idle_cores()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    thread = threading.Thread(target=helper)
+    thread.start()
+    thread.join()
+    assert seen == [19]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before

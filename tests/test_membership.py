@@ -26,3 +26,10 @@ def test_among_odd_strings_and_repeats():
     members = ["a b", "", "ä/ö", "ä/ö"]
     assert among(values, members).tolist() == [True, True, True, False, True, False]
     assert among(values, values).all()  # all identical to themselves
+
+
+@pytest.mark.parametrize("bad", ["ab", np.array("ab"), np.array([["a"], ["b"]])])
+def test_among_refuses_what_is_not_a_sequence_of_values(bad):
+    """A lone string would be taken letter by letter, a table row by row: refused."""
+    with pytest.raises(ValueError, match="1-D"):
+        among(bad, ["a"])

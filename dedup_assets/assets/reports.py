@@ -251,8 +251,8 @@ class _LatentsByClass(Mapping):
 class _KeptByClass(Mapping):
     """Class name -> which rows of its latents a keep list keeps, worked out when asked for,
     after the refit has read the class's latents (`_LatentsByClass`): their image ids are
-    then those of that read (`read_latent_ids`), not a second reading of the file (0.7 s of
-    a 1,000-class report)."""
+    then those of that read while the process keeps it (`read_latent_ids`; classes under a
+    quarter of its cache), not a second reading of the file (0.7 s of a 1,000-class report)."""
 
     def __init__(self, layout, keys_by_name: dict[str, str], keep_of):
         self.layout, self.keys_by_name, self.keep_of = layout, keys_by_name, keep_of

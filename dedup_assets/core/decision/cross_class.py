@@ -8,7 +8,7 @@ O(N x components)), then scaled to unit length. Exact copies (same decoded pixel
 classes are always reported, with similarity 1.0.
 
 Each image is paired with its nearest image of another class (the blocked join of
-`core.decision.similarity`, one block x N slab at a time, or above the approximate join's
+`core.decision.similarity`, one block x N slab per thread at a time, or above the approximate join's
 size the best among the images of its nearest cells, by matrix products), so the table
 holds at most N pairs and memory grows with N.
 """
@@ -19,14 +19,13 @@ import contextlib
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from dedup_assets.core.data.pools import cancelling
 from dedup_assets.core.decision.similarity import (
     DEFAULT_BLOCK,
+    MAX_SLAB_BYTES,
     block_rows,
     l2_normalize,
 )
@@ -130,8 +129,8 @@ def nearest_other_class(
 ) -> NearestOther:
     """Each image's nearest image of another class. Exact: the blocked upper-triangle join,
     each block updating its rows' and its columns' best, its blocks on `threads` threads
-    (default: one per CPU, all but one of them on cores left idle only) with the answer of
-    one (`_exact_slabs`); "ann": the most similar image of another class in the image's
+    (`join_threads`: by default one per CPU; all but the caller's on idle cores only) with
+    the answer of one (`_exact_slabs`); "ann": the most similar image of another class in the image's
     `nprobe` nearest cells (`_nearest_other_in_cells`; none if every image there shares its
     class)."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -154,8 +153,7 @@ def nearest_other_class(
     ends = np.r_[starts[1:], n]
     # The slabs are the same whatever the threads (so is the answer); each thread holds one.
     step = block_rows(n, block)
-    threads = max(1, min(threads or os.cpu_count() or 1, 8))
-    best_s, at_s, from_block = _exact_slabs(xs, starts, ends, step, threads)
+    best_s, at_s, from_block = _exact_slabs(xs, starts, ends, step, join_threads(threads, n, step))
     pending = np.flatnonzero(from_block >= 0)
     if len(pending):
         blocks, first = np.unique(from_block[pending], return_inverse=True)
@@ -171,25 +169,48 @@ def nearest_other_class(
     return NearestOther(at, best)
 
 
+JOIN_SLAB_BYTES = 4 * MAX_SLAB_BYTES
+"""The join's slabs held at once, all threads together: a thread each, fewer threads when
+the slabs are big (135,000 images: 268 MB a slab, four threads at most)."""
+
+
+def join_threads(threads: int | None, n: int, step: int) -> int:
+    """How many threads the exact join of `n` rows in slabs of `step` rows uses: `threads`,
+    by default the CPUs this process may run on, at most 8 and within JOIN_SLAB_BYTES."""
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        threads = threads or os.cpu_count() or 1
+    return max(1, min(threads, 8, JOIN_SLAB_BYTES // max(4 * step * n, 1)))
+
+
+def _slab(xs: np.ndarray, r0: int, r1: int, b: int) -> np.ndarray:
+    """One slab of the join: rows r0:r1 against every row from b on."""
+    return xs[r0:r1] @ xs[b:].T
+
+
 def _exact_slabs(
-    xs: np.ndarray, starts: np.ndarray, ends: np.ndarray, step: int, threads: int
+    xs: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    step: int,
+    threads: int,
+    split: list[list[int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(best, partner, block) per row of `xs` (sorted by class; `starts`/`ends` its
-    classes) over every row of another class: the partner where the best came from a slab
-    of the row's own class, else -1 and the first row of the slab of an earlier class whose
-    column it was (its partner is found there afterwards).
+    classes) over the rows of every other class: the partner when the best came from the
+    row's own slab, else -1 and the first row of the earlier class's slab whose column it
+    was (its partner is found there afterwards).
 
-    The slabs are spread over `threads` threads (numpy's products and reductions release
-    the GIL: on 2 cores the join of the first threshold ran alone on one core for the last
-    half minute of a 135,000-image run). Every thread but the caller's runs at the lowest
-    priority (`_on_idle_cores`): the join runs beside other work (a worker process beside
-    the command's keep list, report and clean copy) and takes only the cores that work
-    leaves idle, never a share of its cores. The answer is the one slab-by-slab order gives,
-    whatever the threads: a row's own slab is the only one that gives it a partner
-    directly; among its columns' values the highest wins, the earliest slab on ties; and
-    the row's own best replaces them only when higher (the earlier classes' slabs come
-    first in that order). Each thread keeps its own columns' best, merged at the end, so
-    no two threads write the same value."""
+    Why threads: numpy's products release the GIL, and at 135,000 images the first
+    threshold's join ran alone on one core for the last 32 s of its stage. The caller works
+    at its own priority; the other threads at the lowest (`_on_idle_cores`), on cores left
+    idle only, and the caller never waits for them: when no slab is left it computes again
+    any slab a helper still holds, and returns (a helper's later result is discarded). The
+    answer is that of one slab at a time, in any order: a column keeps its highest value,
+    from the earliest slab on ties; a row's own slab wins only when higher. BLAS runs one
+    thread per call meanwhile (its products are then the same on every thread: OpenBLAS
+    splits a product by rows and columns, never along the sum). `split` (tests): the slab
+    indices each thread computes, in order, with no taking from the others."""
     n = len(xs)
     row_best = np.full(n, -np.inf, dtype=np.float32)
     row_at = np.full(n, -1, dtype=np.int64)
@@ -199,44 +220,82 @@ def _exact_slabs(
         if b < n  # the last class meets every other as columns
         for r0 in range(a, b, step)
     ]
-    k = max(1, min(threads, len(tasks)))
+    k = len(split) if split is not None else max(1, min(threads, len(tasks)))
     col_best = np.full((k, n), -np.inf, dtype=np.float32)
-    col_from = np.full((k, n), -1, dtype=np.int64)
+    col_from = np.full((k, n), np.iinfo(np.int64).max, dtype=np.int64)
     lock = threading.Lock()
-    queue = iter(tasks)  # taken in order: each thread's slabs come in increasing rows
+    state = np.zeros(len(tasks), dtype=np.int8)  # 0 waiting, 1 taken, 2 done
+    closed = threading.Event()  # the caller has its answer: later results are dropped
 
-    def work(t: int) -> None:
-        if t:
-            _on_idle_cores()
-        best, came = col_best[t], col_from[t]
-        while True:
-            with lock:
-                task = next(queue, None)
-            if task is None:
+    def compute(t: int, i: int) -> None:
+        r0, r1, b = tasks[i]
+        s = _slab(xs, r0, r1, b)
+        r_at = s.argmax(axis=1)
+        r_val = s[np.arange(r1 - r0), r_at]
+        c_val = s.max(axis=0)
+        with lock:
+            if closed.is_set():
                 return
-            r0, r1, b = task
-            s = xs[r0:r1] @ xs[b:].T
-            r_at = s.argmax(axis=1)
-            row_best[r0:r1] = s[np.arange(r1 - r0), r_at]
-            row_at[r0:r1] = b + r_at
-            c_val = s.max(axis=0)
-            better = np.flatnonzero(c_val > best[b:])  # later slabs of this thread: strict
-            best[b + better], came[b + better] = c_val[better], r0
+            row_best[r0:r1], row_at[r0:r1] = r_val, b + r_at
+            best, came = col_best[t, b:], col_from[t, b:]
+            better = np.flatnonzero((c_val > best) | ((c_val == best) & (r0 < came)))
+            best[better], came[better] = c_val[better], r0
+            state[i] = 2
 
-    if k == 1:
-        work(0)
-    else:
-        with cancelling(ThreadPoolExecutor(max_workers=k)) as pool:
-            for done in [pool.submit(work, t) for t in range(k)]:
-                done.result()
+    def take(stealing: bool) -> int | None:
+        with lock:
+            waiting = np.flatnonzero(state == 0)
+            if len(waiting):
+                state[waiting[0]] = 1
+                return int(waiting[0])
+            held = np.flatnonzero(state == 1)
+            return int(held[0]) if stealing and len(held) else None
+
+    def helper(t: int) -> None:
+        _on_idle_cores()
+        try:
+            for i in split[t] if split is not None else iter(lambda: take(False), None):
+                if closed.is_set():
+                    return
+                compute(t, i)
+        except Exception:  # noqa: BLE001 - the caller computes what this thread held
+            return
+
+    with _one_blas_thread(k > 1):
+        helpers = [
+            threading.Thread(target=helper, args=(t,), name=f"join-{t}", daemon=True)
+            for t in range(1, k)
+        ]
+        for thread in helpers:
+            thread.start()
+        try:
+            if split is not None:
+                for i in split[0]:
+                    compute(0, i)
+                for thread in helpers:
+                    thread.join()
+            else:
+                while (i := take(True)) is not None:
+                    compute(0, i)
+        finally:
+            closed.set()  # an interrupt or an error here: the helpers stop after their slab
     # Each column's best over the threads, the earliest slab among equal values.
     top = col_best.max(axis=0)
     first = np.where(col_best == top, col_from, np.iinfo(np.int64).max).min(axis=0)
-    col_from_all = np.where(np.isneginf(top), -1, first)
+    col_first = np.where(np.isneginf(top), -1, first)
     own = row_best > top  # the row's own slab, only when higher
     best = np.where(own, row_best, top)
     at = np.where(own, row_at, -1)
-    return best, at, np.where(own, -1, col_from_all)
+    return best, at, np.where(own, -1, col_first)
+
+
+def _one_blas_thread(limit: bool):
+    """numpy's BLAS on one thread a call while the join's threads run (none: as it is)."""
+    if not limit:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _on_idle_cores() -> None:
