@@ -418,3 +418,34 @@ def test_this_process_takes_its_share_of_blas_threads_beside_the_workers(
     assert result.ok, result.failures
     assert ("thresholds", 1) in seen, seen
     assert [t for stage, t in seen if stage != "thresholds"] == [2] * (len(seen) - 1), seen
+
+
+def test_auto_judges_an_incremental_run_by_every_class(source, in_process, tmp_path, monkeypatch):
+    """New images in one class of a dataset: `auto` decides from every class's listing (the
+    threshold stage covers every image, and the command started the workers' server from
+    that listing), not from the one class the run decodes."""
+    from dedup_assets import runner
+    from dedup_assets.config import PipelineConfig
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    shutil.copytree(source, src)
+    shutil.copytree(in_process, out, symlinks=True)
+    first = sorted(p for p in (src / "forest").iterdir() if p.suffix == ".png")[0]
+    shutil.copy(first, src / "forest" / "new_copy.png")
+    seen = {}
+
+    class Chosen(Exception):
+        pass
+
+    def choose(config, listings, log, *, shared=True):
+        seen.update(listings)
+        raise Chosen
+
+    monkeypatch.setattr(runner, "_choose_executor", choose)
+    config = PipelineConfig.build(
+        source=str(src), output=str(out), device="cpu", method={"epochs": 1}
+    )
+    with runner.instance_for(out) as instance, pytest.raises(Chosen):
+        runner.run_pipeline(config, instance, log=lambda line: None)
+    assert sorted(seen) == sorted(p.name for p in src.iterdir() if p.is_dir())
+    assert len(seen) == 4  # the class with a new image and the three without
