@@ -153,23 +153,6 @@ def worker_context(threads: int) -> multiprocessing.context.BaseContext:
     return context
 
 
-@contextmanager
-def blas_threads(threads: int) -> Iterator[None]:
-    """numpy's BLAS (OpenBLAS, MKL) in this process limited to `threads` while inside.
-
-    For this process's steps while worker processes use the other cores (the first
-    threshold here, its cross-class join and the other thresholds on the workers): the
-    workers' BLAS runs one thread each (`init_pool_process`), and this process's would spin
-    its default threads against them (the QR measured there: 0.13 s instead of 10 ms)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # an environment from before the dependency: as it was
-        yield
-        return
-    with threadpool_limits(limits=threads, user_api="blas"):
-        yield
-
-
 def threads_per_process(parallel: int) -> int:
     """Torch threads for each of `parallel` concurrent run processes on this machine."""
     return max(1, (os.cpu_count() or 1) // max(1, parallel))

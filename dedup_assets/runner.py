@@ -46,6 +46,7 @@ from dedup_assets.core.data.artifacts import (
 )
 from dedup_assets.core.data.atomic_io import sweep_interrupted, write_json
 from dedup_assets.core.data.layout import OutputLayout, resolve_dagster_home
+from dedup_assets.core.data.pools import blas_threads
 from dedup_assets.core.data.run_fingerprint import discard_record
 from dedup_assets.core.data.source_index import ClassListing, changed_classes
 from dedup_assets.core.decision.leakage import (
@@ -65,7 +66,7 @@ from dedup_assets.dispatch import (
     execute,
     open_instance,
 )
-from dedup_assets.engines import Executor, blas_threads, resolve_auto, threads_per_process
+from dedup_assets.engines import Executor, resolve_auto, threads_per_process
 from dedup_assets.interrupts import Interrupted, check_stop, note_stage
 from dedup_assets.names import (
     CLASS_JOB,

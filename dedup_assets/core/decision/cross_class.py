@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dedup_assets.core.data.pools import blas_threads
 from dedup_assets.core.decision.similarity import (
     DEFAULT_BLOCK,
     MAX_SLAB_BYTES,
@@ -261,7 +262,7 @@ def _exact_slabs(
         except Exception:  # noqa: BLE001 - the caller computes what this thread held
             return
 
-    with _one_blas_thread(k > 1):
+    with blas_threads(1) if k > 1 else contextlib.nullcontext():
         helpers = [
             threading.Thread(target=helper, args=(t,), name=f"join-{t}", daemon=True)
             for t in range(1, k)
@@ -287,15 +288,6 @@ def _exact_slabs(
     best = np.where(own, row_best, top)
     at = np.where(own, row_at, -1)
     return best, at, np.where(own, -1, col_first)
-
-
-def _one_blas_thread(limit: bool):
-    """numpy's BLAS on one thread a call while the join's threads run (none: as it is)."""
-    if not limit:
-        return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _on_idle_cores() -> None:
