@@ -117,7 +117,10 @@ def executor_definition(executor: Executor) -> dg.ExecutorDefinition | None:
 # What the local pool's worker server imports once, so that every worker starts as a fork
 # of it with the pipeline's modules loaded (`worker_context`).
 WORKER_PRELOAD = ["dedup_assets.dispatch"]
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# Polars reads its variable when its pool starts (a process's first parallel operation; the
+# server runs none): a worker's two polars threads beside another worker's on 2 cores made a
+# small sort 5x and a small parquet read 3x slower (measured with a second process busy).
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS")
 
 
 @contextmanager
@@ -162,7 +165,8 @@ def init_pool_process(threads: int, verbose: bool) -> None:
     """A process of the local pool, before its first run: its share of the cores, and
     (unless verbose) quiet, since what a run did comes back in its RunReport. Kept in this
     light module so that the process sets its threads before anything imports torch."""
-    # torch's and numpy's BLAS (OpenBLAS, MKL) read these as they load: set before either.
+    # torch's and numpy's BLAS (OpenBLAS, MKL) read these as they load, polars as its pool
+    # starts: set before either.
     # Measured, a numpy QR of 10,000 x 11 took 0.13 s instead of 10 ms with OpenBLAS's
     # threads spinning against a second worker on 2 cores.
     for name in _THREAD_VARS:

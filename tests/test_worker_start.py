@@ -36,6 +36,7 @@ with ProcessPoolExecutor(2, mp_context=context, initializer=init_pool_process,
         "__import__('os').getppid()",
         "__import__('dedup_assets.core.data.pools', fromlist=['_']).process_cores()",
         "__import__('torch').get_num_threads()",
+        "__import__('polars').thread_pool_size()",
     )]
 print(json.dumps({"method": context.get_start_method(), "parent_env": before,
                   "after_env": os.environ.get("OMP_NUM_THREADS"), "me": os.getpid(),
@@ -49,11 +50,12 @@ def test_pool_workers_are_forks_of_a_server_that_imported_the_pipeline():
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    preloaded, env, parent, cores, threads = out["seen"]
+    preloaded, env, parent, cores, threads, polars_threads = out["seen"]
     assert out["method"] == "forkserver"
     assert preloaded  # Dagster and polars were there before the worker's first task
     assert parent != out["me"]  # forked by the server, not started by this process
     assert env == "1" and cores == 1 and threads == 1  # one core's share each
+    assert polars_threads == 1  # polars's pool too: it starts in the worker, not the server
     # The caller's own environment is as it was: its BLAS keeps every core.
     assert out["parent_env"] == out["after_env"]
 
