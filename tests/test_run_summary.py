@@ -100,3 +100,56 @@ def test_a_report_written_before_the_rename_reads_the_same():
     old["gate"]["random_removal_excess_95"] = old["gate"].pop("random_removal_excess")
     assert kurtosis_words(old) == kurtosis_words(new)
     assert "within the +0.173, +0.100" in kurtosis_words(old)
+
+
+def _classes(*sizes_spaces: tuple[str, str, int, str]) -> pl.DataFrame:
+    rows = [(split, name, space) for split, name, n, space in sizes_spaces for _ in range(n)]
+    return pl.DataFrame(
+        {
+            "kept": [True] * len(rows),
+            "match": [None] * len(rows),
+            "split": [r[0] for r in rows],
+            "class": [r[1] for r in rows],
+            "space": [r[2] for r in rows],
+        },
+        schema={
+            "kept": pl.Boolean,
+            "match": pl.String,
+            "split": pl.String,
+            "class": pl.String,
+            "space": pl.String,
+        },
+    )
+
+
+def test_classes_decided_without_a_fit_are_counted_by_the_space_they_used():
+    asked = "spline_copula_dct"
+    keep = _classes(
+        ("train", "cats", 40, asked),
+        ("test", "cats", 5, "dct"),  # the same name in another split: another class
+        ("train", "dogs", 3, "dct"),
+        ("train", "owls", 1, "phash"),
+    )
+    counts = ThresholdCounts.of("0.95", keep, None, asked)
+    assert counts.classes == 4
+    assert counts.other_spaces == (("dct", 2, 8), ("phash", 1, 1))
+    line = counts.space_line()
+    assert line.startswith(
+        "space: 3 of 4 classes (9 images) were decided without a fit, not in "
+        "spline_copula_dct: 2 classes in dct, 1 class in phash."
+    )
+    assert "at least 8 principal components" in line and "--components 8" in line
+
+
+def test_every_class_without_a_fit_says_all_and_none_says_nothing():
+    every = ThresholdCounts.of(
+        "1%", _classes(("", "a", 3, "dct"), ("", "b", 2, "dct")), None, "whitened"
+    )
+    assert every.space_line().startswith("space: all 2 classes (5 images) were decided")
+    fitted = ThresholdCounts.of("1%", _classes(("", "a", 40, "whitened")), None, "whitened")
+    assert fitted.other_spaces == () and fitted.space_line() == ""
+    # Not compared: no space given, or a keep list without the columns.
+    assert ThresholdCounts.of("1%", _classes(("", "a", 3, "dct")), None).space_line() == ""
+    bare = _classes(("", "a", 3, "dct")).drop("space")
+    assert ThresholdCounts.of("1%", bare, None, "whitened").space_line() == ""
+    assert ThresholdCounts.of("1%", _classes(), None, "whitened").space_line() == ""

@@ -160,6 +160,18 @@ def test_small_classes_get_keep_lists_and_a_report_line(nasty):
     summary = json.loads((out / "reports" / "0.9" / "summary.json").read_text())
     assert set(summary["classes_not_measured"]) >= {"one", "pair", "five", "copies15"}
     assert "forest" not in summary["classes_not_measured"]
+    # The last screen says how many classes were decided without a fit, as their rows do.
+    spaces = keep.group_by("class").agg(pl.col("space").unique())
+    assert (spaces["space"].list.len() == 1).all()  # one space a class
+    unfitted = spaces.filter(pl.col("space").list.first() != "spline_copula_dct")
+    assert {"one", "pair", "five"} <= set(unfitted["class"])  # under 32 images
+    images = keep.filter(pl.col("class").is_in(unfitted["class"].implode())).height
+    whole = "all" if unfitted.height == spaces.height else f"{unfitted.height} of"
+    line = (
+        f"space: {whole} {spaces.height} classes ({images} images) were decided "
+        "without a fit, not in spline_copula_dct: "
+    )
+    assert nasty["done"].stdout.count(line) == 2  # once for each threshold
 
 
 def test_every_skipped_path_is_listed_with_its_reason(nasty):

@@ -46,11 +46,21 @@ class ThresholdCounts:
     budget: float | None = None
     allowed_false: float | None = None
     beyond_chance: int | None = None
+    space: str | None = None
+    classes: int = 0
+    other_spaces: tuple[tuple[str, int, int], ...] = ()
 
     @classmethod
-    def of(cls, threshold: str, keep: pl.DataFrame, summary: dict | None) -> ThresholdCounts:
-        """From the keep list (its columns kept, match, decided_by) and its stored summary
-        (`keep_lists/<T>.json`, for the budget's numbers; None: none)."""
+    def of(
+        cls,
+        threshold: str,
+        keep: pl.DataFrame,
+        summary: dict | None,
+        space: str | None = None,
+    ) -> ThresholdCounts:
+        """From the keep list (its columns kept, match, decided_by; split, class and space
+        for `space_line`) and its stored summary (`keep_lists/<T>.json`, for the budget's
+        numbers; None: none). space: the space the run asked for (None: not compared)."""
         kept = int(keep["kept"].sum())
         overrides = 0
         if "decided_by" in keep.columns:
@@ -73,6 +83,7 @@ class ThresholdCounts:
             budget=budget,
             allowed_false=allowed,
             beyond_chance=beyond,
+            **_spaces(keep, space),
         )
 
     def line(self) -> str:
@@ -89,6 +100,30 @@ class ThresholdCounts:
         if self.overrides:
             text += f" ({self.overrides:,} decided by overrides.csv)"
         return text
+
+    def space_line(self) -> str:
+        """The classes decided in another space than the one asked for (a class too small
+        for a fitted space falls back to one without a fit), or "" when none was."""
+        if not self.other_spaces:
+            return ""
+        # Deferred: the decision modules import scipy, and a run with nothing new says its
+        # last screen without them.
+        from dedup_assets.core.decision.class_decision import MIN_FITTED_COMPONENTS
+        from dedup_assets.core.density.class_density import SAMPLES_PER_COMPONENT
+
+        classes = sum(c for _, c, _ in self.other_spaces)
+        images = sum(n for _, _, n in self.other_spaces)
+        where = ", ".join(
+            f"{_n(c, 'class', 'classes')} in {used}" for used, c, _ in self.other_spaces
+        )
+        whole = "all" if classes == self.classes else f"{classes:,} of"
+        return (
+            f"space: {whole} {self.classes:,} classes ({_n(images, 'image', 'images')}) were "
+            f"decided without a fit, not in {self.space}: {where}. A fitted space needs at "
+            f"least {MIN_FITTED_COMPONENTS} principal components (a class of "
+            f"{MIN_FITTED_COMPONENTS * SAMPLES_PER_COMPONENT} or more varied images and "
+            f"--components {MIN_FITTED_COMPONENTS} or more); the rows say so in `space`"
+        )
 
     def budget_line(self) -> str:
         """For a budget: the near-duplicate removals beside those it allows to be false."""
@@ -138,9 +173,9 @@ class ThresholdSummary:
         if self.counts is None:
             return [f"T={t}: no current keep list (a stage before it failed or was skipped)"]
         out = [f"T={t}: {self.counts.line()}"]
-        budget = self.counts.budget_line()
-        if budget:
-            out.append(f"  {budget}")
+        for extra in (self.counts.budget_line(), self.counts.space_line()):
+            if extra:
+                out.append(f"  {extra}")
         problems = self.verdict.problems
         if problems is None:
             out.append("  keep list: no integrity verdict recorded")
@@ -176,6 +211,29 @@ class ThresholdSummary:
         if self.blocked:
             return f"{held}; none written"
         return "not made from this keep list (a stage failed or was skipped)"
+
+
+def _spaces(keep: pl.DataFrame, space: str | None) -> dict:
+    """The keep list's classes, and those decided in another space than `space`, by the
+    space used: (space, classes, images), most classes first."""
+    if space is None or not {"class", "space"} <= set(keep.columns):
+        return {}
+    by = [c for c in ("split", "class") if c in keep.columns]
+    per_class = keep.group_by(by).agg(pl.col("space").first(), pl.len().alias("images"))
+    other = (
+        per_class.filter(pl.col("space") != space)
+        .group_by("space")
+        .agg(pl.len().alias("classes"), pl.col("images").sum())
+        .sort(["classes", "space"], descending=[True, False])
+    )
+    return {
+        "space": space,
+        "classes": per_class.height,
+        "other_spaces": tuple(
+            (str(s), int(c), int(n))
+            for s, c, n in other.select("space", "classes", "images").iter_rows()
+        ),
+    }
 
 
 def _n(count: int, one: str, many: str) -> str:
@@ -286,14 +344,14 @@ def threshold_summaries(
             summary = verdict.keep_summary
             if summary is not None and summary.get("keep_list") != keep_digest:
                 summary = None
-            counts = ThresholdCounts.of(t, keep, summary)
+            counts = ThresholdCounts.of(t, keep, summary, str(current.settings.similarity_space))
             if is_current(layout.cross_class(t), current.cross_class(t)):
                 pairs = pl.scan_parquet(layout.cross_class(t)).select(pl.len()).collect().item()
         out.append(ThresholdSummary(t, counts, verdict, pairs, mode))
     return out
 
 
-_COUNTED = ("kept", "match", "decided_by")
+_COUNTED = ("kept", "match", "decided_by", "split", "class", "space")
 
 
 def _present(path: Path, columns: tuple[str, ...]) -> list[str]:
