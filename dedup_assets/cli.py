@@ -432,7 +432,12 @@ def _prestart_workers(probe: _Probe | None) -> None:
         return
     executor, parallel, _ = resolve_auto(executor, parallel, probe.inputs.class_sizes)
     if executor == Executor.processes:
-        worker_context(threads_per_process(parallel))
+        threads = threads_per_process(parallel)
+        worker_context(threads)
+        # This process runs beside its workers too (the threshold stage's first threshold):
+        # polars's pool, which starts at its first parallel operation (after this), takes
+        # the workers' share of the cores, as the workers' own do (`engines._THREAD_VARS`).
+        os.environ.setdefault("POLARS_MAX_THREADS", str(threads))
 
 
 def _quick_rerun(probe: _Probe) -> int | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from dedup_assets.engines import threads_per_process
 
 pytestmark = pytest.mark.skipif(
     "forkserver" not in multiprocessing.get_all_start_methods() or not Path("/proc").is_dir(),
@@ -77,7 +80,11 @@ for stat in Path("/proc").glob("[0-9]*/stat"):
         continue
     if fields[1] == me and "forkserver" in cmdline:
         servers.append(int(stat.parent.name))
-print(json.dumps({"servers": len(servers), "heavy": "dagster" in sys.modules}))
+heavy = "dagster" in sys.modules
+import polars  # noqa: E402 - its pool starts at the first parallel operation: now
+print(json.dumps({"servers": len(servers), "heavy": heavy,
+                  "polars_env": os.environ.get("POLARS_MAX_THREADS"),
+                  "polars_threads": polars.thread_pool_size()}))
 for pid in servers:  # its imports would go on after this process ends
     os.kill(pid, 9)
 """
@@ -111,10 +118,21 @@ def test_the_server_starts_early_only_for_a_run_that_uses_the_pool(
     small_source, tmp_path, options, started
 ):
     argv = ["run", "--source", str(small_source), "--output", str(tmp_path / "out"), *options]
+    env = {k: v for k, v in os.environ.items() if k != "POLARS_MAX_THREADS"}
     proc = subprocess.run(
-        [sys.executable, "-c", PRESTART_SCRIPT, *argv], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", PRESTART_SCRIPT, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["servers"] == (1 if started else 0)
     assert not out["heavy"]  # decided from the listing, before this process imports Dagster
+    # Beside its workers this process's polars takes a worker's share of the cores too.
+    share = threads_per_process(2 if "2" in options else 1)
+    if started:
+        assert out["polars_env"] == str(share) and out["polars_threads"] == share
+    else:
+        assert out["polars_env"] is None
