@@ -192,3 +192,28 @@ def test_the_reference_pool_holds_pdq_bits_for_the_pdq_budget():
     assert ReferencePool.empty().pdq.shape == (0, HASH_BITS)
     with pytest.raises(ValueError, match="needs the class's pixels"):
         vectorise(ClassData(np.array(["x"]), np.array(["x"]), np.zeros((1, 8)), None), "pdq")
+
+
+@pytest.mark.parametrize("space", ["dct", "phash", "pdq"])
+def test_a_pool_borrowed_in_a_descriptor_space_leaves_its_latents_behind(space):
+    """A small class borrows the pool in its unfitted space: the pool's images come without
+    their latents (width 0, not copied), their vectors those of the images with them, and a
+    latent space refuses them rather than read zeros."""
+    pixels = _photo_tiles()
+    latents = np.random.default_rng(0).standard_normal((len(pixels), 1024)).astype(np.float32)
+    pool = build_reference_pool(
+        ["a", "b"],
+        [pixels[:5], pixels[5:]],
+        [np.array([f"a{i}" for i in range(5)]), np.array([f"b{i}" for i in range(5)])],
+        lambda px: latents[: len(px)],
+    )
+    rows = pool.others("a", np.array(["a0"]))
+    light = pool.as_class(None, rows, space)
+    assert light.latents.shape == (int(rows.sum()), 0)
+    full = pool.as_class(None, rows)
+    assert full.latents.shape == (int(rows.sum()), 1024)
+    np.testing.assert_array_equal(vectorise_as(light, space), vectorise_as(full, space))
+    for latent_space in ("raw", "whitened"):
+        with pytest.raises(ValueError, match="needs the images' latents"):
+            vectorise_as(light, latent_space)
+    assert pool.as_class(None, rows, "raw").latents.shape == (int(rows.sum()), 1024)

@@ -420,7 +420,10 @@ def class_budgets(
         if has_pool:
             mine = vectorise_as(data, unfitted)
             null = pooled_null(
-                mine, vectorise_as(pool.as_class(data.model, borrowed_rows), unfitted), n - 1, block
+                mine,
+                vectorise_as(pool.as_class(data.model, borrowed_rows, unfitted), unfitted),
+                n - 1,
+                block,
             )
             shift = _class_shift(data, unfitted, mine, null, decoy_latents, decoy_rows, block)
         for b, t in zip(borrowed, budget_thresholds(null, borrowed), strict=True):

@@ -72,8 +72,15 @@ def embed(
     """Unit vectors whose dot products are the cosine similarities of `space`.
 
     `whitened` and `spline_copula` need the class's density model (PCA + spline fits).
-    Rows that would be zero (no direction) are handled by `with_origin_axis`.
+    Rows that would be zero (no direction) are handled by `with_origin_axis`. Rows without
+    latents (width 0: a reference pool borrowed in a pixel descriptor space,
+    `ReferencePool.as_class`) are refused, not embedded as zeros.
     """
+    if np.ndim(latents) != 2 or (len(latents) and np.shape(latents)[1] == 0):
+        raise ValueError(
+            f"the {space} space needs the images' latents; these rows carry none "
+            f"(shape {np.shape(latents)})"
+        )
     if space == "raw":
         return with_origin_axis(l2_normalize(latents))
     if space not in SIMILARITY_SPACES:
