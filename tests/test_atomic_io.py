@@ -279,6 +279,52 @@ def test_a_provenance_is_read_once_while_its_file_is_the_same(tmp_path, monkeypa
     STORED_READS.clear()
 
 
+def test_a_fit_written_by_this_process_is_read_from_what_it_wrote(tmp_path, monkeypatch):
+    """`write_class_density` hands its fit, provenance and component count to this
+    process's later reads of the file (no read of the npz), each equal to what reading the
+    file gives; a file replaced since (by anyone) is read again, as is one read by a process
+    that did not write it (the stored reads cleared)."""
+    from dedup_assets.core.data import artifacts
+    from dedup_assets.core.data.artifacts import (
+        STORED_READS,
+        fit_components,
+        read_class_density,
+        read_provenance,
+        write_class_density,
+    )
+    from dedup_assets.core.data.layout import OutputLayout
+    from dedup_assets.core.density.class_density import fit_class_density
+
+    STORED_READS.clear()
+    layout = OutputLayout(tmp_path)
+    path = layout.spline_fit("c")
+    x = np.random.default_rng(0).standard_normal((60, 32)).astype(np.float32)
+    model = fit_class_density(x, 8)
+    assert write_class_density(model, path, {"fit": "f1"}) == path and path.is_file()
+    loads = []
+    real_load = artifacts.np.load  # numpy's: the fit's own loader reads through it too
+    monkeypatch.setattr(artifacts.np, "load", lambda p, **k: loads.append(p) or real_load(p, **k))
+    assert read_class_density(path) is model
+    assert read_provenance(path) == {"fit": "f1"}
+    assert fit_components(layout, "c") == model.n_components == 8
+    assert loads == []
+    # What was handed over is what the file holds.
+    STORED_READS.clear()
+    again = read_class_density(path)
+    assert again is not model and loads == [path]
+    np.testing.assert_array_equal(again.pca.components, model.pca.components)
+    np.testing.assert_array_equal(again.log_density(x), model.log_density(x))
+    assert read_provenance(path) == {"fit": "f1"} and fit_components(layout, "c") == 8
+    # Written here, then replaced by another writer: read again.
+    write_class_density(model, path, {"fit": "f1"})
+    other = fit_class_density(x[:40], 4)
+    other.save(path, {"fit": "f2"})
+    assert read_class_density(path) is not model
+    assert read_class_density(path).n_components == 4 and fit_components(layout, "c") == 4
+    assert read_provenance(path) == {"fit": "f2"}
+    STORED_READS.clear()
+
+
 def test_latent_ids_come_from_the_latents_read_and_scores_are_read_once(tmp_path, monkeypatch):
     """`read_latent_ids` answers from the latents already read while their file is the same
     (no read at all), else reads the two columns once; `read_scores` reads each class's

@@ -14,6 +14,7 @@ from dedup_assets.core.data.artifacts import (
     class_name,
     read_latents,
     require_current,
+    write_class_density,
     write_table,
 )
 from dedup_assets.core.data.layout import OutputLayout
@@ -78,7 +79,7 @@ def _fit_class(
     log_density = model.log_density(latents)
     seconds = time.perf_counter() - start
     provenance = current.fit(key)
-    model.save(layout.spline_fit(key), provenance)
+    write_class_density(model, layout.spline_fit(key), provenance)
     per_image = table.select("image_id", "path").with_columns(
         pl.Series("log_density", log_density.astype(np.float64)),
         *[

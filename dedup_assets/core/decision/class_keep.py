@@ -20,6 +20,7 @@ from dedup_assets.core.data.artifacts import (
     StaleArtifact,
     catalog_images,
     pixels_of_rows,
+    read_class_density,
     read_class_images,
     read_latents,
     require_current,
@@ -39,7 +40,7 @@ from dedup_assets.core.decision.class_decision import (
     vectorise,
 )
 from dedup_assets.core.decision.reference_pool import ReferencePool, build_reference_pool
-from dedup_assets.core.density.class_density import ClassDensityModel, fit_class_density
+from dedup_assets.core.density.class_density import fit_class_density
 
 if TYPE_CHECKING:  # torch is imported where images are encoded (`decide_in_memory`)
     from dedup_assets.core.model.autoencoder import ConvAutoencoder
@@ -84,7 +85,7 @@ def load_class_data(
     )
     if joined["pixel_hash"].is_null().any():
         raise StaleArtifact(f"latents of class {key} name images the catalog does not hold")
-    model = ClassDensityModel.load(layout.spline_fit(key))
+    model = read_class_density(layout.spline_fit(key))
     pixels = None
     if with_pixels or (space is not None and needs_pixels(model, space)):
         pixels = pixels_of_rows(layout, key, joined["row"].to_numpy())
