@@ -425,3 +425,44 @@ def test_the_class_table_is_read_again_only_when_a_catalog_changes(tmp_path, mon
     assert fit_components(layout, "k1") == 2
     with pytest.raises(FileNotFoundError):
         fit_components(layout, "k0")
+
+
+def test_a_class_s_decoded_images_are_filtered_once_while_its_catalog_is_the_same(tmp_path):
+    """`read_decoded_images`: the decoded rows of one class's catalog in pixel-store order
+    (as `catalog_images` gives them), the same table while the file is the same, the new
+    rows once it is replaced whole; a class without a catalog is an error that names it."""
+    from dedup_assets.core.data.artifacts import (
+        STORED_READS,
+        catalog_images,
+        read_class_images,
+        read_decoded_images,
+        write_table,
+    )
+    from dedup_assets.core.data.class_catalog import CATALOG_SCHEMA
+    from dedup_assets.core.data.layout import OutputLayout
+
+    STORED_READS.clear()
+    layout = OutputLayout(tmp_path)
+
+    def catalog(statuses: list[str], store_rows: list[int | None]) -> None:
+        n = len(statuses)
+        rows = {name: [None] * n for name in CATALOG_SCHEMA}
+        rows |= {
+            "image_id": [f"i{j}" for j in range(n)],
+            "class_key": ["k"] * n,
+            "status": statuses,
+            "row": store_rows,
+        }
+        write_table(pl.DataFrame(rows, schema=CATALOG_SCHEMA), layout.class_images("k"))
+
+    catalog(["ok", "quarantined", "ok", "ok"], [2, None, 1, 0])
+    decoded = read_decoded_images(layout, "k")
+    assert decoded.equals(catalog_images(read_class_images(layout, "k"), "k"))
+    assert decoded["row"].to_list() == [0, 1, 2] and decoded["status"].unique().to_list() == ["ok"]
+    assert decoded["image_id"].to_list() == ["i3", "i2", "i0"]
+    assert read_decoded_images(layout, "k") is decoded
+    catalog(["ok", "ok"], [1, 0])
+    assert read_decoded_images(layout, "k")["image_id"].to_list() == ["i1", "i0"]
+    with pytest.raises(FileNotFoundError, match="catalog of class gone"):
+        read_decoded_images(layout, "gone")
+    STORED_READS.clear()

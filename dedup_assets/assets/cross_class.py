@@ -15,7 +15,7 @@ from dedup_assets.core.data.artifacts import (
     digest,
     pixels_of_rows,
     read_catalog,
-    read_class_images,
+    read_decoded_images,
     read_latent_ids,
     write_table,
 )
@@ -322,7 +322,7 @@ def _mirror_null(
                 read_latent_ids(layout.latents(key))
                 .select("image_id")
                 .join(
-                    catalog_images(read_class_images(layout, key)).select("image_id", "row"),
+                    read_decoded_images(layout, key).select("image_id", "row"),
                     on="image_id",
                     how="left",
                     maintain_order="left",

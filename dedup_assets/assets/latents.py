@@ -18,12 +18,11 @@ from dedup_assets.assets.class_batch import (
     materialize_classes,
 )
 from dedup_assets.core.data.artifacts import (
-    catalog_images,
     class_summary,
     file_digest,
     latents_provenance,
     open_pixels,
-    read_class_images,
+    read_decoded_images,
     read_latents,
     read_provenance,
     write_latents,
@@ -97,7 +96,7 @@ class _ClassEncoder:
         summary = class_summary(self.layout, key)
         if summary is None:
             raise ValueError(f"class {key!r} has no catalog yet: materialize class_images first")
-        images = catalog_images(read_class_images(self.layout, key))
+        images = read_decoded_images(self.layout, key)
         reused = np.zeros(images.height, dtype=bool)
         latents = np.zeros((images.height, LATENT_DIM), dtype=np.float32)
         previous = self.layout.latents(key)

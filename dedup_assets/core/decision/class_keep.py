@@ -21,7 +21,7 @@ from dedup_assets.core.data.artifacts import (
     catalog_images,
     pixels_of_rows,
     read_class_density,
-    read_class_images,
+    read_decoded_images,
     read_latents,
     require_current,
 )
@@ -76,7 +76,7 @@ def load_class_data(
             "materialize spline_fits for this class first",
         )
     table, latents = read_latents(layout.latents(key))
-    images = catalog_images(read_class_images(layout, key) if catalog is None else catalog, key)
+    images = read_decoded_images(layout, key) if catalog is None else catalog_images(catalog, key)
     joined = table.join(
         images.select("image_id", "pixel_hash", "row"),
         on="image_id",
