@@ -1,5 +1,6 @@
 """Atomic writes: an interrupted write leaves the old file or folder, never half of a new one."""
 
+import json
 import os
 
 import numpy as np
@@ -271,9 +272,18 @@ def test_a_provenance_is_read_once_while_its_file_is_the_same(tmp_path, monkeypa
     for _ in range(3):
         assert read_provenance(table) == {"model": "m1"} and read_provenance(fit) == {"fit": 1}
     read_provenance(table)["model"] = "changed"  # the caller's own dict
-    assert read_provenance(table) == {"model": "m1"} and len(reads) == 2
+    # The table's record came from its writer in this process: only the npz was read.
+    assert read_provenance(table) == {"model": "m1"} and reads == [fit]
     write_table(pl.DataFrame({"a": [2]}), table, {"model": "m2"})
-    assert read_provenance(table) == {"model": "m2"} and len(reads) == 3
+    assert read_provenance(table) == {"model": "m2"} and reads == [fit]
+    # Replaced by another writer (another process): read again.
+    other = tmp_path / "other.parquet"
+    meta = {artifacts.PROVENANCE_KEY: json.dumps({"model": "m3"})}
+    pl.DataFrame({"a": [3]}).write_parquet(other, metadata=meta)
+    os.replace(other, table)
+    assert read_provenance(table) == {"model": "m3"} and reads == [fit, table]
+    STORED_READS.clear()
+    assert read_provenance(table) == {"model": "m3"} and len(reads) == 3
     with pytest.raises(FileNotFoundError):
         read_provenance(tmp_path / "gone.npz")
     STORED_READS.clear()
