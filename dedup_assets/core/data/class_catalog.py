@@ -179,7 +179,11 @@ def update_class_catalog(
         meta["note"] += [d.note for d in decoded]
         del decoded
     fresh = pl.DataFrame({"at": todo, **meta}, schema=_DECODED_SCHEMA)
-    merged = pl.concat([reused.drop("row"), fresh], how="vertical_relaxed").sort("at")
+    merged = (  # `todo` is sorted: with nothing reused, fresh is in file order already
+        pl.concat([reused.drop("row"), fresh], how="vertical_relaxed").sort("at")
+        if reused.height
+        else fresh
+    )
     ok = (merged["status"] == "ok").to_numpy()
     if reused.height:
         store[reused["at"].to_numpy()] = previous_pixels[reused["row"].to_numpy()]
@@ -204,17 +208,23 @@ def update_class_catalog(
         .then((pl.col("status") == "ok").cast(pl.Int64).cum_sum() - 1)
         .alias("row"),
     ).select(list(CATALOG_SCHEMA))
-    quarantine = pl.concat(
-        [
+    parts = [skipped_table(scan)]
+    if not bool(ok.all()):
+        parts.append(
             table.filter(pl.col("status") != "ok").select(
                 "path", "class", pl.lit("skipped").alias("action"), "reason"
-            ),
+            )
+        )
+    if table["note"].null_count() < table.height:
+        parts.append(
             table.filter(pl.col("note").is_not_null()).select(
                 "path", "class", pl.lit("used").alias("action"), pl.col("note").alias("reason")
-            ),
-            skipped_table(scan),
-        ]
-    ).sort("path")
+            )
+        )
+    # Most classes have nothing to say: their empty table of skipped entries as it is.
+    quarantine = (
+        parts[0] if len(parts) == 1 and parts[0].height < 2 else pl.concat(parts).sort("path")
+    )
     return ClassCatalog(table.cast(CATALOG_SCHEMA), pixels, quarantine, reused.height, len(todo))
 
 

@@ -1,0 +1,80 @@
+"""One class's catalog (`core.data.class_catalog.update_class_catalog`): every file a row,
+decoded or quarantined with its reason, the skipped entries and the files used with a note
+in the quarantine rows, sorted by path; a catalog updated from the previous one (files
+unchanged reused, new ones decoded) is the catalog made from scratch; 0, 1 and 2 files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from dedup_assets.core.data.class_catalog import update_class_catalog
+from dedup_assets.core.data.image_folder import scan_class_folder
+
+LIMIT = 2**28
+
+
+def _png(path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(path)
+
+
+def _catalog(root: Path, previous=None, pixels=None, full: bool = False):
+    scan = scan_class_folder(root, b"c")
+    return update_class_catalog(root, scan, previous, pixels, max_file_bytes=LIMIT, full=full)
+
+
+@pytest.mark.parametrize("good", [0, 1, 2])
+def test_a_clean_class_has_no_quarantine_rows_and_rows_in_store_order(tmp_path, good):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    for i in range(good):
+        _png(folder / f"{i}.png", i)
+    cat = _catalog(tmp_path)
+    assert cat.table.height == good and cat.images == good
+    assert cat.table["row"].to_list() == list(range(good))
+    assert cat.pixels.shape == (good, 64, 64, 3)
+    assert cat.quarantine.height == 0 and cat.quarantine.columns == [
+        "path",
+        "class",
+        "action",
+        "reason",
+    ]
+
+
+def test_every_entry_left_out_is_a_quarantine_row_sorted_by_path(tmp_path):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    for name, seed in (("b.png", 1), ("d.png", 2)):
+        _png(folder / name, seed)
+    (folder / "a_broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "c_notes.txt").write_text("not an image")
+    (folder / "e_empty.jpg").write_bytes(b"")
+    cat = _catalog(tmp_path)
+    q = cat.quarantine
+    assert q["path"].to_list() == sorted(q["path"].to_list())
+    assert set(q["path"]) >= {"c/a_broken.png", "c/c_notes.txt", "c/e_empty.jpg"}
+    assert (q["reason"].str.len_chars() > 0).all()
+    assert cat.images == 2 and cat.table.filter(pl.col("status") == "ok")["row"].to_list() == [0, 1]
+
+
+def test_an_updated_catalog_equals_one_made_from_scratch(tmp_path):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    for i in range(3):
+        _png(folder / f"{i}.png", i)
+    (folder / "x_broken.png").write_bytes(b"nope")
+    first = _catalog(tmp_path)
+    _png(folder / "1a.png", 10)  # new, between the others in path order
+    os.remove(folder / "2.png")
+    updated = _catalog(tmp_path, first.table, first.pixels)
+    scratch = _catalog(tmp_path, full=True)
+    assert updated.reused == 2 and updated.decoded == 2  # 0.png, 1.png kept; 1a and the broken
+    assert updated.table.equals(scratch.table)
+    np.testing.assert_array_equal(updated.pixels, scratch.pixels)
+    assert updated.quarantine.equals(scratch.quarantine)
