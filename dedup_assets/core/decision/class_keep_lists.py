@@ -209,8 +209,8 @@ def class_keep_lists(
         dup = np.where(d.duplicate_of >= 0, ids[np.maximum(d.duplicate_of, 0)], None)
         match, decided_by = _who_decided(d)
         carried = d.carried if d.carried is not None else np.zeros(len(ids), bool)
-        made = pl.DataFrame({"image_id": ids.tolist(), "carried": carried.tolist()})
         if t in earlier:
+            made = pl.DataFrame({"image_id": ids.tolist(), "carried": carried.tolist()})
             before = earlier[t]
             if "join" not in before.columns:  # written before the join was recorded
                 before = before.with_columns(pl.lit("exact").alias("join"))
@@ -219,28 +219,29 @@ def class_keep_lists(
                 on="image_id",
                 how="left",
                 maintain_order="left",
+            ).with_columns(
+                pl.when(pl.col("carried") & pl.col("decided_at").is_not_null())
+                .then(pl.col("decided_at"))
+                .otherwise(pl.lit(now))
+                .alias("decided_at"),
+                pl.when(pl.col("carried") & pl.col("decided_in").is_not_null())
+                .then(pl.col("decided_in"))
+                .otherwise(pl.lit(run_id))
+                .alias("decided_in"),
+                # Which join made each decision: this run's for those made now.
+                pl.when(pl.col("carried") & pl.col("join").is_not_null())
+                .then(pl.col("join"))
+                .otherwise(pl.lit(d.join))
+                .alias("join"),
             )
-        else:
-            made = made.with_columns(
-                pl.lit(None, pl.String).alias("decided_at"),
-                pl.lit(None, pl.String).alias("decided_in"),
-                pl.lit(None, pl.String).alias("join"),
+        else:  # nothing earlier to carry: every decision is this run's
+            made = pl.DataFrame(
+                {
+                    "decided_at": pl.repeat(now, len(ids), dtype=pl.String, eager=True),
+                    "decided_in": pl.repeat(run_id, len(ids), dtype=pl.String, eager=True),
+                    "join": pl.repeat(d.join, len(ids), dtype=pl.String, eager=True),
+                }
             )
-        made = made.with_columns(
-            pl.when(pl.col("carried") & pl.col("decided_at").is_not_null())
-            .then(pl.col("decided_at"))
-            .otherwise(pl.lit(now))
-            .alias("decided_at"),
-            pl.when(pl.col("carried") & pl.col("decided_in").is_not_null())
-            .then(pl.col("decided_in"))
-            .otherwise(pl.lit(run_id))
-            .alias("decided_in"),
-            # Which join made each decision: this run's for those made now.
-            pl.when(pl.col("carried") & pl.col("join").is_not_null())
-            .then(pl.col("join"))
-            .otherwise(pl.lit(d.join))
-            .alias("join"),
-        )
         out[t] = pl.DataFrame(
             {
                 "image_id": pl.Series(ids.tolist(), dtype=pl.String),
