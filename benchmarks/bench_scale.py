@@ -128,6 +128,10 @@ def measured(
     sum is what the process tree really holds)."""
     import psutil
 
+    # Unbuffered: the command's "[stage] starting" lines must arrive as they are printed, or
+    # a stage's memory is put down to the stage before (a pipe is block-buffered: until
+    # 2026-12-05 the classes stage's peak was read as the reference pool's).
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
