@@ -174,6 +174,7 @@ def test_stored_tables_are_read_once_while_the_file_is_the_same(tmp_path, monkey
     table, y = read_latents(path)
     assert len(reads) == 2 and table["image_id"].to_list() == ["i0"] and y[0, 0] == 1.0
     monkeypatch.setattr(STORED_READS, "MAX_BYTES", 4 * y.nbytes + 4 * table.estimated_size())
+    STORED_READS.clear()  # what was kept under the former cap
     for i in range(12):
         other = tmp_path / "latents" / f"b{i}.parquet"
         write_latents(other, ["i0"], ["a/0.png"], x[:1], {"m": i})

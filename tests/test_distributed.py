@@ -1,6 +1,7 @@
 """Class runs on other processes and on a real dask.distributed cluster give the answer of
 the in-process run, and land on every worker."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -210,7 +211,8 @@ def test_a_report_refits_every_thresholds_classes_unless_they_run_at_once(
     out = tmp_path / "out"
     shutil.copytree(in_process, out, symlinks=True)
     cache = out / "reports" / REFIT_CACHE
-    cache.unlink()
+    cache.unlink(missing_ok=True)
+    _without_stored_refits(out)  # keep lists written before their classes stored a refit
     config = PipelineConfig.build(
         source=str(source), output=str(out), thresholds=["0.9", "2%"], device="cpu",
         precision="fp32", method={"kurtosis_tolerance": 1.0},
@@ -259,6 +261,82 @@ def test_a_report_refits_every_thresholds_classes_unless_they_run_at_once(
         expected = refit_kurtosis(latents, masks)
         for c in (1, 2, 3):
             assert np.allclose(other[f"r{c}_after"], expected[f"r{c}_after"], equal_nan=True)
+
+
+def _without_stored_refits(out: Path) -> None:
+    """Every class keep list rewritten as before the classes stored their refit: the same
+    table and provenance, no refit in its metadata."""
+    from dedup_assets.core.data.artifacts import STORED_READS, read_provenance, write_table
+
+    for path in sorted((out / "keep_lists" / "by_class").rglob("*.parquet")):
+        write_table(pl.read_parquet(path), path, read_provenance(path))
+    STORED_READS.clear()
+
+
+def test_a_report_reads_each_class_s_refit_from_its_keep_list(
+    source, in_process, tmp_path, monkeypatch
+):
+    """The classes stage stores each class's refit in its keep list at every threshold:
+    the report reads no latents and writes no refit cache, and its refitted regressions are
+    those of a report that refits every class itself from the latents."""
+    from dedup_assets.assets.reports import REFIT_CACHE
+    from dedup_assets.config import PipelineConfig
+    from dedup_assets.core.data.artifacts import (
+        STORED_READS,
+        class_labels,
+        read_keep_list,
+        read_latents,
+        read_table_metadata,
+    )
+    from dedup_assets.core.data.layout import OutputLayout
+    from dedup_assets.core.quality.kurtosis_report import refit_row, stored_refit
+    from dedup_assets.definitions import build_definitions
+    from dedup_assets.dispatch import execute
+    from dedup_assets.runner import instance_for
+
+    summaries = {}
+    for stored in (True, False):
+        out = tmp_path / f"out_{stored}"
+        shutil.copytree(in_process, out, symlinks=True)
+        (out / "reports" / REFIT_CACHE).unlink(missing_ok=True)
+        layout = OutputLayout(out)
+        names = class_labels(layout)
+        if stored:  # each class keep list's refit is that of its kept latents
+            for t in ("0.9", "2%"):
+                for k in names:
+                    path = layout.class_keep_list(t, k)
+                    table, x = read_latents(layout.latents(k))
+                    kept = read_keep_list(path)
+                    assert kept["image_id"].to_list() == table["image_id"].to_list()
+                    np.testing.assert_array_equal(
+                        stored_refit(read_table_metadata(path)),
+                        refit_row(x, kept["kept"].to_numpy()),
+                    )
+        else:
+            _without_stored_refits(out)
+        STORED_READS.clear()
+        config = PipelineConfig.build(
+            source=str(source), output=str(out), thresholds=["0.9", "2%"], device="cpu",
+            precision="fp32", method={"kurtosis_tolerance": 1.0},
+        )  # fmt: skip
+        job = build_definitions(config).resolve_job_def("threshold_job")
+        reads = Counter()
+        keep = STORED_READS.get
+
+        def counted(path, what, *args, reads=reads, keep=keep):
+            reads[what] += 1
+            return keep(path, what, *args)
+
+        monkeypatch.setattr(STORED_READS, "get", counted)
+        with instance_for(out) as instance:
+            assert execute(job, "0.9", instance, {}, {}, ["kurtosis_report"]).success
+        monkeypatch.undo()
+        assert (reads["latents"] == 0) == stored, reads
+        assert (out / "reports" / REFIT_CACHE).exists() != stored
+        summary = json.loads((out / "reports" / "0.9" / "summary.json").read_text())
+        assert summary["regressions_refit"]
+        summaries[stored] = summary["regressions_refit"]
+    assert summaries[True] == summaries[False]
 
 
 def test_an_absent_scheduler_is_named(source, tmp_path):

@@ -12,6 +12,7 @@ from dedup_assets.core.data.thresholds import budget_of
 from dedup_assets.core.decision.class_keep_lists import class_keep_lists as decide_class
 from dedup_assets.core.decision.reference_pool import read_reference_pool
 from dedup_assets.core.model.autoencoder import load_state
+from dedup_assets.core.quality.kurtosis_report import refit_metadata
 from dedup_assets.names import FULL_TAG
 from dedup_assets.ui import md_table
 from resources import ComputeDevice, DedupSettings, DedupStorage, ImageSource
@@ -57,7 +58,7 @@ def build_class_keep_lists_asset(thresholds: Sequence[str]) -> dg.AssetsDefiniti
             if key not in current.class_digests:
                 log(f"{key}: no readable image, nothing to decide")
                 return ClassOutcome({"images": 0, "note": "no readable image"})
-            tables = decide_class(
+            tables, refits = decide_class(
                 layout,
                 key,
                 thresholds,
@@ -72,7 +73,12 @@ def build_class_keep_lists_asset(thresholds: Sequence[str]) -> dg.AssetsDefiniti
                 **model_and_pool(),
             )
             for t, keep in tables.items():
-                write_table(keep, layout.class_keep_list(t, key), current.keep(key, t))
+                write_table(
+                    keep,
+                    layout.class_keep_list(t, key),
+                    current.keep(key, t),
+                    refit_metadata(refits[t]),  # for the threshold's report
+                )
             return ClassOutcome(_class_metadata(tables, run_id, settings))
 
         yield from materialize_classes(context, "class_keep_lists", one)

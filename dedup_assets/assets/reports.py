@@ -21,6 +21,7 @@ from dedup_assets.core.data.artifacts import (
     read_latent_ids,
     read_latents,
     read_scores,
+    read_table_metadata,
     threshold_verdict,
     write_table,
 )
@@ -29,8 +30,10 @@ from dedup_assets.core.data.membership import among
 from dedup_assets.core.decision.calibration import budget_summary_markdown
 from dedup_assets.core.quality.kurtosis_report import (
     REFIT_SCHEMA,
+    REFIT_VERSION,
     build_report,
     refit_kurtosis_by_threshold,
+    stored_refit,
     summary_markdown,
 )
 from dedup_assets.core.quality.run_summary import kurtosis_words
@@ -280,7 +283,6 @@ class _KeptByClass(Mapping):
 # keyed by what each was computed from (the class's keep decisions at that threshold), so
 # after new images in one class only that class is read and refitted again.
 REFIT_CACHE = ".refit_kurtosis.parquet"
-REFIT_VERSION = 1
 
 
 def _refit_path(layout) -> Path:
@@ -302,10 +304,28 @@ def _refits(
     names: dict[str, str],
     keep: pl.DataFrame,
 ) -> pl.DataFrame:
-    """`refit_kurtosis` of this threshold's keep list: each class's row from the cache when
-    a report computed it from the same keep decisions, else computed here, together with
-    the missing rows of every other threshold whose keep decisions for the class are
-    current (one reading of the class's latents for all of them)."""
+    """`refit_kurtosis` of this threshold's keep list: each class's row as its current keep
+    list at the threshold stores it (`class_keep_lists` computes it while deciding), else
+    from the cache when a report computed it from the same keep decisions, else computed
+    here, together with the missing rows of every other threshold whose keep decisions for
+    the class are current (one reading of the class's latents for all of them)."""
+    stored, missing = [], []
+    for k in class_keys:
+        at = layout.class_keep_list(threshold, k)
+        values = (
+            stored_refit(read_table_metadata(at))
+            if is_current(at, current.keep(k, threshold))
+            else None
+        )
+        if values is None:
+            missing.append(k)
+        else:
+            stored.append({"class": names[k]} | {f"r{c + 1}_after": values[c] for c in range(3)})
+    found = pl.DataFrame(stored, schema=REFIT_SCHEMA)
+    if not missing:
+        return found.sort("class")
+    # Keep lists written before their classes stored a refit (or of another version).
+    class_keys = missing
     path = _refit_path(layout)
     wanted = {(t, k): _refit_key(current, k, t) for t in thresholds for k in class_keys}
     try:
@@ -349,4 +369,5 @@ def _refits(
         cached = pl.concat([cached, *computed], how="diagonal_relaxed")
         write_table(cached, path)
     mine = {wanted[(threshold, k)] for k in class_keys}
-    return cached.filter(pl.col("key").is_in(list(mine))).select(list(REFIT_SCHEMA)).sort("class")
+    computed_here = cached.filter(pl.col("key").is_in(list(mine))).select(list(REFIT_SCHEMA))
+    return pl.concat([found, computed_here]).sort("class")

@@ -4,6 +4,7 @@ components per class, before and after, with Theil-Sen lines (Tables 2-3, figure
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -126,6 +127,41 @@ def leading_directions(centred: np.ndarray, k: int, seed: int = 0) -> np.ndarray
 
 
 REFIT_SCHEMA = {"class": pl.String} | {f"r{c}_after": pl.Float64 for c in (1, 2, 3)}
+REFIT_VERSION = 1
+"""The version of `refit_row`'s computation: a stored refit of another version is redone."""
+REFIT_KEY = "latent_dedup_refit"
+"""Where a class's keep list at one threshold keeps its `refit_row` (parquet metadata)."""
+
+
+def refit_metadata(values: np.ndarray) -> dict[str, str]:
+    """A class keep list's metadata entry for its refit (NaN kept as NaN)."""
+    return {
+        REFIT_KEY: json.dumps({"version": REFIT_VERSION, "kurtosis": [float(v) for v in values]})
+    }
+
+
+def stored_refit(metadata: Mapping[str, str]) -> np.ndarray | None:
+    """The refit a class keep list's metadata holds, or None (none, or of another version)."""
+    text = metadata.get(REFIT_KEY)
+    if not text:
+        return None
+    record = json.loads(text)
+    if record.get("version") != REFIT_VERSION or len(record.get("kurtosis", ())) != 3:
+        return None
+    return np.array(record["kurtosis"], dtype=np.float64)
+
+
+def refit_row(latents: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Excess kurtosis of PC1-3 of one class's kept latents on principal axes refitted to
+    them (3 values; NaN for a component there is none of, or under
+    MIN_IMAGES_FOR_KURTOSIS images kept)."""
+    x = np.asarray(latents)[kept].astype(np.float32)
+    k = np.full(3, np.nan)
+    if len(x) >= MIN_IMAGES_FOR_KURTOSIS:
+        centred = x - x.mean(axis=0)
+        scores = centred @ leading_directions(centred, 3).T
+        k[: scores.shape[1]] = excess_kurtosis(scores)
+    return k
 
 
 def refit_kurtosis(
@@ -153,12 +189,7 @@ def refit_kurtosis_by_threshold(
         for t, masks in kept.items():
             if name not in masks:
                 continue
-            x = x_all[masks[name]].astype(np.float32)
-            k = np.full(3, np.nan)
-            if len(x) >= MIN_IMAGES_FOR_KURTOSIS:
-                centred = x - x.mean(axis=0)
-                scores = centred @ leading_directions(centred, 3).T
-                k[: scores.shape[1]] = excess_kurtosis(scores)
+            k = refit_row(x_all, masks[name])
             rows[t].append({"class": name} | {f"r{c + 1}_after": float(k[c]) for c in range(3)})
         del x_all
     return {t: pl.DataFrame(r, schema=REFIT_SCHEMA) for t, r in rows.items()}
