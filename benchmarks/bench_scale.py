@@ -137,6 +137,7 @@ def measured(
     )
     stage = {"name": "start"}
     peaks: dict[str, dict[str, float]] = {}
+    trace: list[tuple[float, str, float]] = []  # (seconds, stage, tree PSS MiB), once a second
     lines: list[str] = []
     done = threading.Event()
 
@@ -164,6 +165,9 @@ def measured(
             peak = peaks.setdefault(stage["name"], {"rss": 0.0, "pss": 0.0})
             peak["rss"] = max(peak["rss"], rss / 2**20)
             peak["pss"] = max(peak["pss"], tree_pss / 2**20)
+            if tick % 5 == 0:
+                at = round(time.perf_counter() - start, 1)
+                trace.append((at, stage["name"], round(tree_pss / 2**20)))
             tick += 1
             time.sleep(0.2)
 
@@ -182,6 +186,7 @@ def measured(
     out = "".join(lines)
     if proc.returncode not in (0, 3):  # 3: a blocking gate held a clean copy back: complete
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
+    peaks["_trace"] = trace  # type: ignore[assignment]
     return out, peaks, wall
 
 
@@ -210,6 +215,7 @@ def run_ours(source: Path, out: Path, model: Path, extra: list[str]) -> dict:
     shutil.copyfile(model, out / "model" / "autoencoder.pt")
     cmd = [str(DEDUP), "run", "--source", str(source), "--output", str(out), *extra]
     stdout, peaks, wall = measured(cmd)
+    trace = peaks.pop("_trace")
     stages = stage_table(stdout)
     for name, row in stages.items():
         row["peak_rss_mib"] = round(peaks.get(name, {}).get("rss", 0.0), 1)
@@ -223,6 +229,7 @@ def run_ours(source: Path, out: Path, model: Path, extra: list[str]) -> dict:
         "peak_pss_mib": round(max(p["pss"] for p in peaks.values()), 1),
         "stages": stages,
         "command": " ".join(cmd[1:]),
+        "memory_trace": trace,  # where the peak is: (seconds, stage, tree PSS MiB)
     }
 
 
