@@ -126,9 +126,52 @@ def leading_directions(centred: np.ndarray, k: int, seed: int = 0) -> np.ndarray
     return vt[: min(k, width)]
 
 
+def _chunked_leading_scores(
+    latents: np.ndarray, rows: np.ndarray, k: int, chunk: int, seed: int = 0
+) -> np.ndarray:
+    """`leading_directions` of the centred `rows` of `latents` and their scores on them, a
+    chunk of rows at a time (the same products, summed over chunks): memory is a chunk, not
+    a centred copy of the class (400 MB for 100,000 latents, beside what deciding holds)."""
+    n, d = len(rows), latents.shape[1]
+
+    def centred_chunks():
+        for at in range(0, n, chunk):
+            x = np.asarray(latents[rows[at : at + chunk]], dtype=np.float32)
+            yield at, x - mean
+
+    mean = np.zeros(d, np.float64)
+    for at in range(0, n, chunk):
+        mean += np.asarray(latents[rows[at : at + chunk]], dtype=np.float64).sum(axis=0)
+    mean = (mean / n).astype(np.float32)
+    width = min(k + 8, n, d)
+    g = np.random.default_rng(seed).standard_normal((d, width)).astype(np.float32)
+    y = np.empty((n, width), np.float32)
+    for at, c in centred_chunks():
+        y[at : at + len(c)] = c @ g
+    for _ in range(4):
+        z = np.zeros((d, width), np.float32)
+        for at, c in centred_chunks():
+            z += c.T @ y[at : at + len(c)]
+        for at, c in centred_chunks():
+            y[at : at + len(c)] = c @ z
+        y, _ = np.linalg.qr(y)
+    b = np.zeros((width, d), np.float32)
+    for at, c in centred_chunks():
+        b += y[at : at + len(c)].T @ c
+    _, _, vt = np.linalg.svd(b, full_matrices=False)
+    v = vt[: min(k, width)]
+    scores = np.empty((n, len(v)), np.float32)
+    for at, c in centred_chunks():
+        scores[at : at + len(c)] = c @ v.T
+    return scores
+
+
 REFIT_SCHEMA = {"class": pl.String} | {f"r{c}_after": pl.Float64 for c in (1, 2, 3)}
-REFIT_VERSION = 1
-"""The version of `refit_row`'s computation: a stored refit of another version is redone."""
+REFIT_VERSION = 2
+"""The version of `refit_row`'s computation: a stored refit of another version is redone
+(2: classes of more than REFIT_CHUNK kept images refitted a chunk at a time)."""
+REFIT_CHUNK = 8192
+"""Kept images above which a class is refitted a chunk of rows at a time."""
 REFIT_KEY = "latent_dedup_refit"
 """Where a class's keep list at one threshold keeps its `refit_row` (parquet metadata)."""
 
@@ -155,12 +198,19 @@ def refit_row(latents: np.ndarray, kept: np.ndarray) -> np.ndarray:
     """Excess kurtosis of PC1-3 of one class's kept latents on principal axes refitted to
     them (3 values; NaN for a component there is none of, or under
     MIN_IMAGES_FOR_KURTOSIS images kept)."""
-    x = np.asarray(latents)[kept].astype(np.float32)
+    latents = np.asarray(latents)
+    kept = np.asarray(kept)
+    rows = np.flatnonzero(kept) if kept.dtype == bool else kept.astype(np.int64)
     k = np.full(3, np.nan)
-    if len(x) >= MIN_IMAGES_FOR_KURTOSIS:
+    if len(rows) < MIN_IMAGES_FOR_KURTOSIS:
+        return k
+    if len(rows) > REFIT_CHUNK:
+        scores = _chunked_leading_scores(latents, rows, 3, REFIT_CHUNK)
+    else:
+        x = latents[rows].astype(np.float32)
         centred = x - x.mean(axis=0)
         scores = centred @ leading_directions(centred, 3).T
-        k[: scores.shape[1]] = excess_kurtosis(scores)
+    k[: scores.shape[1]] = excess_kurtosis(scores)
     return k
 
 
