@@ -47,8 +47,10 @@ import hashlib
 import html
 import json
 import math
+import os
 import shutil
 import struct
+import tempfile
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -473,7 +475,7 @@ def write_review_page(
     classes = sorted(names)
     class_index = {c: k for k, c in enumerate(classes)}
 
-    entries, pages = [], []
+    entries: list[dict] = []
     pairs_listed, cross_listed = {}, {}
     views: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = {}
     for t in thresholds:
@@ -498,7 +500,7 @@ def write_review_page(
     views = {
         t: (_only(pairs, needed), _only(listed, needed)) for t, (pairs, listed) in views.items()
     }
-    for ti, t in enumerate(thresholds):
+    for t in thresholds:
         keep, cross = keeps[t], crosses[t]
         entry = _threshold_entry(t, keep)
         entries.append(entry)
@@ -517,18 +519,27 @@ def write_review_page(
             "all": math.ceil(pairs.height / page_size),
             "x": math.ceil(listed.height / page_size),
         }
-        for view, n, rows in _pages(pairs, "all", page_size):
-            pages.append((f"{ti}/{view}/{n}", rows))
-        for view, n, rows in _pages(pairs, "c", page_size, group="cls"):
-            pages.append((f"{ti}/{view}/{n}", rows))
-        for view, n, rows in _pages(listed, "x", page_size):
-            pages.append((f"{ti}/{view}/{n}", rows))
+
+    def pages() -> Iterator[tuple[str, list]]:
+        """Every page's key and rows, in the page's order, made one at a time: a million
+        images' pages held at once took 5 GB."""
+        for ti, t in enumerate(thresholds):
+            if keeps[t] is None:
+                continue
+            pairs, listed = views[t]
+            for view, n, rows in _pages(pairs, "all", page_size):
+                yield f"{ti}/{view}/{n}", rows
+            for view, n, rows in _pages(pairs, "c", page_size, group="cls"):
+                yield f"{ti}/{view}/{n}", rows
+            for view, n, rows in _pages(listed, "x", page_size):
+                yield f"{ti}/{view}/{n}", rows
+        if leaks is not None and leak_listed is not None:
+            for _, n, rows in _pages(_only(leak_listed, needed), LEAK_VIEW, page_size):
+                yield f"{LEAK_VIEW}/{n}", rows
 
     leakage = None
     if leaks is not None and leak_listed is not None:
         listed = _only(leak_listed, needed)
-        for _, n, rows in _pages(listed, LEAK_VIEW, page_size):
-            pages.append((f"{LEAK_VIEW}/{n}", rows))
         leakage = {
             "pairs": listed.height,
             "pages": math.ceil(listed.height / page_size),
@@ -543,21 +554,32 @@ def write_review_page(
 
     written = write_thumbnails(layout, thumbs, needed)
 
-    texts = [
-        (key, f"__reviewData({script_json(key)},{script_json(rows)});\n") for key, rows in pages
-    ]
+    # Each page is written as it is made, into a folder named, once all are written, by
+    # the digest of their contents (a page changed is a new folder: no cached old page).
     h = hashlib.sha1(script_json([classes, entries, page_size]).encode())
-    for key, text in texts:
-        h.update(key.encode() + b"\0" + text.encode())
-    build = h.hexdigest()[:16]
     first_key = "0/all/0"
-    first_rows = next((rows for key, rows in pages if key == first_key), [])
-    with atomic_dir(layout.review_pages / build) as tmp:
-        for key, text in texts:
+    first_rows: list = []
+    page_count = 0
+    layout.review_pages.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".pages.", suffix=".tmp", dir=layout.review_pages))
+    staging.chmod(0o755)
+    try:
+        for key, rows in pages():
+            text = f"__reviewData({script_json(key)},{script_json(rows)});\n"
+            h.update(key.encode() + b"\0" + text.encode())
+            page_count += 1
             if key == first_key:
-                continue  # embedded in index.html
-            (tmp / key).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / f"{key}.js").write_text(text, encoding="utf-8")
+                first_rows = rows  # embedded in index.html
+                continue
+            (staging / key).parent.mkdir(parents=True, exist_ok=True)
+            (staging / f"{key}.js").write_text(text, encoding="utf-8")
+        build = h.hexdigest()[:16]
+        with atomic_dir(layout.review_pages / build) as tmp:
+            os.rmdir(tmp)
+            os.replace(staging, tmp)  # atomic_dir puts it in place of the build's folder
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     data = {
         "version": 1,
         "store": hashlib.sha1(str(layout.root.resolve()).encode()).hexdigest()[:16],
@@ -588,7 +610,7 @@ def write_review_page(
         pairs=pairs_listed,
         cross_pairs=cross_listed,
         missing=[e["key"] for e in entries if e["missing"]],
-        page_files=len(texts) - (1 if first_rows else 0),
+        page_files=page_count - (1 if first_rows else 0),
         thumbnails_written=written,
         thumbnails_reused=len(needed) - written,
         thumbnails_removed=removed,
