@@ -296,15 +296,13 @@ def test_a_fit_written_by_this_process_is_read_from_what_it_wrote(tmp_path, monk
     file gives; a file replaced since (by anyone) is read again, as is one read by a process
     that did not write it (the stored reads cleared)."""
     from dedup_assets.core.data import artifacts
-    from dedup_assets.core.data.artifacts import (
-        STORED_READS,
-        fit_components,
+    from dedup_assets.core.data.artifacts import STORED_READS, fit_components, read_provenance
+    from dedup_assets.core.data.layout import OutputLayout
+    from dedup_assets.core.density.class_density import (
+        fit_class_density,
         read_class_density,
-        read_provenance,
         write_class_density,
     )
-    from dedup_assets.core.data.layout import OutputLayout
-    from dedup_assets.core.density.class_density import fit_class_density
 
     STORED_READS.clear()
     layout = OutputLayout(tmp_path)

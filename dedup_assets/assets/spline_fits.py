@@ -14,11 +14,10 @@ from dedup_assets.core.data.artifacts import (
     class_name,
     read_latents,
     require_current,
-    write_class_density,
     write_table,
 )
 from dedup_assets.core.data.layout import OutputLayout
-from dedup_assets.core.density.class_density import fit_class_density
+from dedup_assets.core.density.class_density import fit_class_density, write_class_density
 from dedup_assets.core.density.pca import components_for_variance
 from dedup_assets.core.quality import plots
 from dedup_assets.ui import image_metadata, md_table

@@ -28,7 +28,6 @@ from dedup_assets.core.data.class_catalog import CATALOG_SCHEMA
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.splits import IMPLICIT, class_label, is_training_key, key_split
 from dedup_assets.core.data.thresholds import budget_of
-from dedup_assets.core.density.class_density import ClassDensityModel
 
 KEEP_LIST_COLUMNS = (
     "image_id",
@@ -900,34 +899,13 @@ def read_scores(layout: OutputLayout, class_keys: list[str]) -> pl.DataFrame:
     return pl.concat(frames, how="vertical_relaxed").with_columns(labels.cast(pl.String))
 
 
-def write_class_density(model: ClassDensityModel, path: Path, provenance: dict) -> Path:
-    """Store a class's fit (`ClassDensityModel.save`, atomically) and keep it, with its
-    provenance and component count, for this process's later reads of the same file: the
-    class's keep decisions read it next in the same run (a read of the npz cost 2 ms, 1.8 s
-    of a 1,000-class run's keep decisions)."""
-    with atomic_path(path) as tmp:
-        model.save(tmp, provenance)
-        written = os.stat(tmp)
+def written_fit(path: Path, written: os.stat_result, provenance: dict, components: int) -> None:
+    """A spline fit just written by this process (`class_density.write_class_density`):
+    its provenance record and component count kept for this process's later reads of the
+    file as written (`read_provenance`, `fit_components`)."""
     text = json.dumps(provenance, sort_keys=True)
-    STORED_READS.put(path, written, "density", model, _density_bytes(model))
     STORED_READS.put(path, written, "provenance", text, len(text) + 64)
-    STORED_READS.put(path, written, "components", int(model.pca.variances.shape[0]), 64)
-    return Path(path)
-
-
-def read_class_density(path: Path) -> ClassDensityModel:
-    """A class's stored fit, reused while the file is the one read or written
-    (`_StoredReads`); callers must not change its arrays."""
-    return STORED_READS.get(
-        _require(path, "spline fit"), "density", ClassDensityModel.load, _density_bytes
-    )
-
-
-def _density_bytes(model: ClassDensityModel) -> int:
-    arrays = [model.pca.mean, model.pca.components, model.pca.variances]
-    if model.density is not None:
-        arrays += list(model.density.to_arrays().values())
-    return sum(np.asarray(a).nbytes for a in arrays) + 1024
+    STORED_READS.put(path, written, "components", int(components), 64)
 
 
 def fit_components(layout: OutputLayout, key: str) -> int:

@@ -20,7 +20,6 @@ from dedup_assets.core.data.artifacts import (
     StaleArtifact,
     catalog_images,
     pixels_of_rows,
-    read_class_density,
     read_decoded_images,
     read_latents,
     require_current,
@@ -40,7 +39,7 @@ from dedup_assets.core.decision.class_decision import (
     vectorise,
 )
 from dedup_assets.core.decision.reference_pool import ReferencePool, build_reference_pool
-from dedup_assets.core.density.class_density import fit_class_density
+from dedup_assets.core.density.class_density import fit_class_density, read_class_density
 
 if TYPE_CHECKING:  # torch is imported where images are encoded (`decide_in_memory`)
     from dedup_assets.core.model.autoencoder import ConvAutoencoder

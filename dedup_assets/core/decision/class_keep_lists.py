@@ -40,7 +40,6 @@ from dedup_assets.core.decision.class_decision import ClassDecision, PriorDecisi
 from dedup_assets.core.decision.class_keep import decide_thresholds, load_class_data
 from dedup_assets.core.decision.overrides import ClassOverrides
 from dedup_assets.core.decision.reference_pool import ReferencePool, read_reference_pool
-from dedup_assets.core.quality.kurtosis_report import refit_row
 
 if TYPE_CHECKING:  # torch is imported where the model is loaded
     import torch
@@ -125,11 +124,8 @@ def class_keep_lists(
     overrides: ClassOverrides | None = None,
     model: ConvAutoencoder | None = None,
     pool: ReferencePool | None = None,
-) -> tuple[dict[str, pl.DataFrame], dict[str, np.ndarray]]:
-    """One class's keep list at every threshold, from its current latents and fit, and the
-    kurtosis of PC1-3 of the images each keeps, on axes refitted to them
-    (`kurtosis_report.refit_row`: what each threshold's report needs of the class,
-    computed here while its latents are in memory).
+) -> dict[str, pl.DataFrame]:
+    """One class's keep list at every threshold, from its current latents and fit.
 
     With `stable` (the default), earlier decisions are kept and only new images are decided
     (see `class_decision.keep_decisions`); each row says when and in which run it was made.
@@ -277,10 +273,7 @@ def class_keep_lists(
             )
     if log is not None:
         log(f"{key}: {len(thresholds)} thresholds decided in {seconds:.2f}s")
-    refits = {
-        t: refit_row(data.latents, d.kept) for t, d in zip(thresholds, decisions, strict=True)
-    }
-    return out, refits
+    return out
 
 
 def _who_decided(d: ClassDecision) -> tuple[np.ndarray, np.ndarray]:

@@ -8,12 +8,14 @@ stored, so new images of the class can be scored and embedded later without refi
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dedup_assets.core.data.atomic_io import PROVENANCE_KEY, save_npz
+from dedup_assets.core.data.artifacts import STORED_READS, written_fit
+from dedup_assets.core.data.atomic_io import PROVENANCE_KEY, atomic_path, save_npz
 from dedup_assets.core.density.pca import PCAFit, fit_pca
 from dedup_assets.core.density.spline import BinRule, ProductSplineDensity
 
@@ -68,6 +70,34 @@ class ClassDensityModel:
             spline = {k[len("spline_") :]: z[k] for k in z.files if k.startswith("spline_")}
             density = ProductSplineDensity.from_arrays(spline) if spline else None
             return cls(pca, density, str(z["bin_rule"]))
+
+
+def write_class_density(model: ClassDensityModel, path: Path, provenance: dict) -> Path:
+    """Store a class's fit (`ClassDensityModel.save`, atomically) and keep it, with its
+    provenance and component count, for this process's later reads of the same file: the
+    class's keep decisions read it next in the same run (a read of the npz cost 2 ms, 1.8 s
+    of a 1,000-class run's keep decisions)."""
+    with atomic_path(path) as tmp:
+        model.save(tmp, provenance)
+        written = os.stat(tmp)
+    STORED_READS.put(Path(path), written, "density", model, _density_bytes(model))
+    written_fit(Path(path), written, provenance, model.pca.variances.shape[0])
+    return Path(path)
+
+
+def read_class_density(path: Path) -> ClassDensityModel:
+    """A class's stored fit, reused while the file is the one read or written
+    (`artifacts._StoredReads`); callers must not change its arrays."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"spline fit not found: {path}")
+    return STORED_READS.get(Path(path), "density", ClassDensityModel.load, _density_bytes)
+
+
+def _density_bytes(model: ClassDensityModel) -> int:
+    arrays = [model.pca.mean, model.pca.components, model.pca.variances]
+    if model.density is not None:
+        arrays += list(model.density.to_arrays().values())
+    return sum(np.asarray(a).nbytes for a in arrays) + 1024
 
 
 # A class of n images supports at most n / SAMPLES_PER_COMPONENT components: beyond that
