@@ -433,4 +433,4 @@ def _catalogued(layout: OutputLayout) -> int:
 def _quarantined(layout: OutputLayout) -> dict[str, int]:
     if not layout.quarantine.is_file():
         return {}
-    return quarantine_counts(pl.read_csv(layout.quarantine, schema=QUARANTINE_SCHEMA))
+    return quarantine_counts(pl.read_csv(layout.quarantine, schema=QUARANTINE_SCHEMA, glob=False))

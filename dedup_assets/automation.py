@@ -179,7 +179,9 @@ def new_files_share(layout: OutputLayout, scan: FolderScan) -> float:
     files = [f for f in scan.files if is_training_key(f.class_key)]
     if not layout.trained_images.exists() or not files:
         return 1.0
-    trained = set(pl.read_parquet(layout.trained_images, columns=["raw_path"])["raw_path"])
+    trained = set(
+        pl.read_parquet(layout.trained_images, columns=["raw_path"], glob=False)["raw_path"]
+    )
     return sum(f.raw_path not in trained for f in files) / len(files)
 
 

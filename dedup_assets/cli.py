@@ -620,7 +620,7 @@ def _leakage_lines(config: PipelineConfig, layout: OutputLayout) -> list[str]:
     splits = sorted(set(read_classes(layout)["split"].to_list()) - {IMPLICIT, TRAIN})
     if not splits:
         return []
-    rows = pl.read_csv(layout.leakage, infer_schema_length=0)
+    rows = pl.read_csv(layout.leakage, infer_schema_length=0, glob=False)
     facts = (read_record(layout) or {}).get("splits") or {}
     lines = []
     for split in splits:
@@ -645,7 +645,7 @@ def _catalog_line(layout) -> str:
     images = int(read_classes(layout)["images"].sum())
     if not layout.quarantine.is_file():
         return f"catalog: {images:,} images"
-    counts = quarantine_counts(pl.read_csv(layout.quarantine, schema=QUARANTINE_SCHEMA))
+    counts = quarantine_counts(pl.read_csv(layout.quarantine, schema=QUARANTINE_SCHEMA, glob=False))
     listed = ", ".join(f"{n:,} {kind}" for kind, n in counts.items())
     return f"catalog: {images:,} images; " + (
         f"listed with the reason in {layout.quarantine}: {listed}" if counts else "nothing skipped"

@@ -92,7 +92,8 @@ def build_nasty_source(root: Path) -> None:
 @pytest.fixture(scope="module")
 def nasty(tmp_path_factory):
     base = tmp_path_factory.mktemp("nasty")
-    source, output = base / "source", base / "out"
+    # Folders named like glob patterns: every table is read as a path, not a pattern.
+    source, output = base / "source [a]", base / "out [1] *"
     build_nasty_source(source)
     before = tree_digest(source)
     done = run_dedup(
@@ -102,7 +103,7 @@ def nasty(tmp_path_factory):
 
 
 def _keep(output: Path, t: str) -> pl.DataFrame:
-    return pl.read_parquet(output / "keep_lists" / f"{t}.parquet")
+    return pl.read_parquet(output / "keep_lists" / f"{t}.parquet", glob=False)
 
 
 def test_nasty_folder_runs_to_the_end(nasty):
@@ -175,7 +176,7 @@ def test_small_classes_get_keep_lists_and_a_report_line(nasty):
 
 
 def test_every_skipped_path_is_listed_with_its_reason(nasty):
-    q = pl.read_csv(nasty["output"] / "catalog" / "quarantine.csv")
+    q = pl.read_csv(nasty["output"] / "catalog" / "quarantine.csv", glob=False)
     reasons = dict(zip(q["path"], q["reason"], strict=True))
     actions = dict(zip(q["path"], q["action"], strict=True))
     assert "FIFO" in reasons["water/pipe.jpg"]
@@ -205,7 +206,7 @@ def test_odd_names_are_catalogued_losslessly_and_copied(nasty):
     for name in ODD_NAMES:
         assert (out / "clean" / "0.99" / "forest" / name).is_file()
     assert len(list((out / "clean" / "0.99" / CJK_CLASS).iterdir())) == 3
-    csv_rows = pl.read_csv(out / "keep_lists" / "0.99.csv")
+    csv_rows = pl.read_csv(out / "keep_lists" / "0.99.csv", glob=False)
     assert "forest/new\nline.png" in csv_rows["path"].to_list()
 
 
@@ -214,7 +215,7 @@ def test_source_is_never_modified(nasty):
 
 
 def test_ground_truth_with_extra_columns_is_scored(nasty):
-    table = pl.read_csv(nasty["output"] / "evaluation" / "evaluation.csv")
+    table = pl.read_csv(nasty["output"] / "evaluation" / "evaluation.csv", glob=False)
     assert set(table["method"]) == {
         "raw",
         "whitened",

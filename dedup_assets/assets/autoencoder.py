@@ -67,7 +67,9 @@ def retraining_decision(
     history = json.loads(layout.training_log.read_text()) if layout.training_log.exists() else {}
     new = (
         images.join(
-            pl.read_parquet(layout.trained_images, columns=["image_id"]), on="image_id", how="anti"
+            pl.read_parquet(layout.trained_images, columns=["image_id"], glob=False),
+            on="image_id",
+            how="anti",
         )
         if known
         else images

@@ -126,9 +126,9 @@ def write_clean_copy(
         held = (
             pl.concat(
                 [
-                    pl.read_parquet(f, columns=["raw_path", "content_hash"]).with_columns(
-                        pl.lit(k, pl.Int64).alias("donors")
-                    )
+                    pl.read_parquet(
+                        f, columns=["raw_path", "content_hash"], glob=False
+                    ).with_columns(pl.lit(k, pl.Int64).alias("donors"))
                     for k, (_, f) in enumerate(donors)
                 ]
             )

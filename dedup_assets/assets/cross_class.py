@@ -238,7 +238,7 @@ def build_cross_class_asset(
         context: dg.AssetCheckExecutionContext, storage: DedupStorage
     ) -> dg.AssetCheckResult:
         path = storage.layout().cross_class(context.partition_key)
-        pairs = pl.read_parquet(path)
+        pairs = pl.read_parquet(path, glob=False)
         outcome = (
             f"{pairs.height} pairs of near-identical images in different classes, likely "
             f"label errors: {path}"

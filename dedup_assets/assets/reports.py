@@ -329,7 +329,9 @@ def _refits(
     path = _refit_path(layout)
     wanted = {(t, k): _refit_key(current, k, t) for t in thresholds for k in class_keys}
     try:
-        cached = pl.read_parquet(path).filter(pl.col("key").is_in(list(wanted.values())))
+        cached = pl.read_parquet(path, glob=False).filter(
+            pl.col("key").is_in(list(wanted.values()))
+        )
     except (OSError, pl.exceptions.PolarsError):
         cached = pl.DataFrame(schema={**REFIT_SCHEMA, "threshold": pl.String, "key": pl.String})
     done = set(cached["key"].to_list())

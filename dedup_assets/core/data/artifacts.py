@@ -480,7 +480,7 @@ CLASS_SUMMARY_KEY = "latent_dedup_class"
 
 def read_index(layout: OutputLayout) -> pl.DataFrame:
     """One row per class folder of the source: class_key, class, raw_name, files, digest."""
-    return pl.read_parquet(_require(layout.index, "image catalog (class index)"))
+    return pl.read_parquet(_require(layout.index, "image catalog (class index)"), glob=False)
 
 
 def class_summary(layout: OutputLayout, key: str) -> dict | None:
@@ -720,7 +720,7 @@ def read_class_images(layout: OutputLayout, key: str) -> pl.DataFrame:
 
 
 def _class_images(path: Path, key: str) -> pl.DataFrame:
-    table = pl.read_parquet(path)
+    table = pl.read_parquet(path, glob=False)
     if "split" not in table.columns:
         table = table.with_columns(pl.lit(key_split(key)[0], pl.String).alias("split"))
         table = table.select([c for c in CATALOG_SCHEMA if c in table.columns])
@@ -747,10 +747,43 @@ def read_catalog(layout: OutputLayout, keys: list[str] | None = None) -> pl.Data
     """
     if keys is None:
         keys = catalogued_keys(layout)
-    frames = [read_class_images(layout, k) for k in keys]
-    if not frames:
+    if not keys:
         return pl.DataFrame(schema=CATALOG_SCHEMA)
-    return pl.concat(frames, how="vertical_relaxed")
+    paths = [_require(layout.class_images(k), f"catalog of class {k}") for k in keys]
+    kept = [STORED_READS.peek(p, f"catalog {k}") for p, k in zip(paths, keys, strict=True)]
+    if any(frame is None for frame in kept):
+        together = read_tables(paths)
+        # A catalog written before catalogs carried the split is upgraded one by one.
+        if together is not None and "split" in together.columns:
+            return together
+        kept = [read_class_images(layout, k) for k in keys]
+    return pl.concat(kept, how="vertical_relaxed")
+
+
+BATCHED_READ_MIN = 8
+"""From this many files, a stage's read of every class's table is one polars read."""
+
+
+def _read_parquet(path: Path) -> pl.DataFrame:
+    """One parquet file; its path is a path, never a pattern (polars globs by default, and
+    an output folder named `out [1]` matched nothing)."""
+    return pl.read_parquet(path, glob=False)
+
+
+def read_tables(paths: list[Path], source: str | None = None) -> pl.DataFrame | None:
+    """Many class tables of one schema, concatenated in order, in one polars read: a small
+    parquet read costs its call's fixed cost (about 0.6 ms), so 1,000 classes' keep lists,
+    catalogs or scores took 0.5-0.6 s one by one and take 0.09-0.15 s together (measured,
+    one polars thread). None below BATCHED_READ_MIN files, or when their schemas differ
+    (a file written by an earlier version): the caller then reads them one by one, with its
+    upgrades of older files. With `source`, a column of that name holds each row's file."""
+    if len(paths) < BATCHED_READ_MIN:
+        return None
+    try:
+        # glob=False: an output folder named like a pattern (`out[1]`) is a plain path.
+        return pl.read_parquet(paths, include_file_paths=source, glob=False)
+    except pl.exceptions.PolarsError:
+        return None
 
 
 def catalog_images(catalog: pl.DataFrame, class_key: str | None = None) -> pl.DataFrame:
@@ -832,7 +865,7 @@ def read_latents(path: Path) -> tuple[pl.DataFrame, np.ndarray]:
 
 
 def _latents(path: Path) -> tuple[pl.DataFrame, np.ndarray]:
-    df = pl.read_parquet(path)
+    df = pl.read_parquet(path, glob=False)
     width = df.schema["latent"].size if df.height == 0 else None
     latents = df["latent"].to_numpy().astype(np.float32, copy=False).reshape(len(df), width or -1)
     latents = np.ascontiguousarray(latents)
@@ -851,7 +884,7 @@ def read_latent_ids(path: Path) -> pl.DataFrame:
     return STORED_READS.get(
         path,
         "latent ids",
-        lambda p: pl.read_parquet(p, columns=["image_id", "path"]),
+        lambda p: pl.read_parquet(p, columns=["image_id", "path"], glob=False),
         lambda t: t.estimated_size(),
     )
 
@@ -861,7 +894,12 @@ def read_keep_list(path: Path) -> pl.DataFrame:
     (`calibrated_on` empty, 2026-12-03: a cosine key's decisions are still current without
     it; `decided_by` from `match`, 2026-12: no override existed before it; `split`, the
     implicit split's name: splits came after, and a split source's keys are new ones)."""
-    keep = pl.read_parquet(_require(path, "keep list"))
+    return _keep_list_columns(pl.read_parquet(_require(path, "keep list"), glob=False))
+
+
+def _keep_list_columns(keep: pl.DataFrame) -> pl.DataFrame:
+    """`keep` with today's columns (`read_keep_list`): row by row, so a concatenation of
+    keep lists of one schema is upgraded as each of them would be."""
     added = []
     if "split" not in keep.columns and "class" in keep.columns:
         added.append(pl.lit(IMPLICIT, pl.String).alias("split"))
@@ -881,22 +919,23 @@ def read_keep_list(path: Path) -> pl.DataFrame:
 def read_scores(layout: OutputLayout, class_keys: list[str]) -> pl.DataFrame:
     """Per-image leading component scores and log-density of the given classes, with each
     class's label (`class_labels`: one per class partition, a split's classes apart)."""
-    names = class_labels(layout)
-    frames = [
-        STORED_READS.get(
-            _require(layout.spline_scores(k), "spline fit scores"),
-            "scores",
-            pl.read_parquet,
-            lambda t: t.estimated_size(),
-        )
-        for k in class_keys
-    ]
-    if not frames:
+    if not class_keys:
         return pl.DataFrame()
-    labels = pl.Series(
-        "class", np.repeat([names[k] for k in class_keys], [f.height for f in frames])
-    )
-    return pl.concat(frames, how="vertical_relaxed").with_columns(labels.cast(pl.String))
+    names = class_labels(layout)
+    paths = [_require(layout.spline_scores(k), "spline fit scores") for k in class_keys]
+    kept = [STORED_READS.peek(p, "scores") for p in paths]
+    if any(frame is None for frame in kept):
+        together = read_tables(paths, source="__source")
+        if together is not None:
+            label = {os.fspath(p): names[k] for p, k in zip(paths, class_keys, strict=True)}
+            by_file = pl.col("__source").replace_strict(label, return_dtype=pl.String)
+            return together.with_columns(by_file.alias("class")).drop("__source")
+        kept = [
+            STORED_READS.get(p, "scores", _read_parquet, lambda t: t.estimated_size())
+            for p in paths
+        ]
+    labels = pl.Series("class", np.repeat([names[k] for k in class_keys], [f.height for f in kept]))
+    return pl.concat(kept, how="vertical_relaxed").with_columns(labels.cast(pl.String))
 
 
 def written_fit(path: Path, written: os.stat_result, provenance: dict, components: int) -> None:
@@ -925,5 +964,9 @@ def read_class_keep_lists(
     layout: OutputLayout, threshold: str, class_keys: list[str]
 ) -> pl.DataFrame:
     """The per-class keep lists of one threshold, concatenated in class order."""
-    frames = [read_keep_list(layout.class_keep_list(threshold, k)) for k in class_keys]
+    paths = [_require(layout.class_keep_list(threshold, k), "keep list") for k in class_keys]
+    together = read_tables(paths)
+    if together is not None:
+        return _keep_list_columns(together)
+    frames = [read_keep_list(p) for p in paths]
     return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()

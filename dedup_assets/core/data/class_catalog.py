@@ -263,7 +263,7 @@ def assemble_quarantine(
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             parts = [
-                pl.read_csv(p, schema=QUARANTINE_SCHEMA)
+                pl.read_csv(p, schema=QUARANTINE_SCHEMA, glob=False)
                 for p in [root_rows, *class_files]
                 if p.exists()
             ]

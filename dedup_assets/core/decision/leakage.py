@@ -910,7 +910,7 @@ def read_left_out(layout: OutputLayout, current: CurrentInputs, policy: str) -> 
         "the leakage table",
         "materialize leakage first",
     )
-    return left_out(pl.read_parquet(path), policy)
+    return left_out(pl.read_parquet(path, glob=False), policy)
 
 
 @dataclass(frozen=True)

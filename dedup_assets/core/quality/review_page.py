@@ -280,6 +280,7 @@ def read_leakage(layout: OutputLayout) -> pl.DataFrame | None:
         return None
     return pl.read_csv(
         layout.leakage,
+        glob=False,
         schema_overrides={
             "similarity": pl.Float64,
             "threshold": pl.Float64,
@@ -459,7 +460,9 @@ def write_review_page(
         for t in thresholds
     }
     crosses = {
-        t: pl.read_parquet(layout.cross_class(t)) if layout.cross_class(t).exists() else None
+        t: pl.read_parquet(layout.cross_class(t), glob=False)
+        if layout.cross_class(t).exists()
+        else None
         for t in thresholds
     }
     names = set(thumbs["class"].unique().to_list())

@@ -339,14 +339,19 @@ def threshold_summaries(
         counts = pairs = None
         if expected is not None and is_current(layout.keep_list(t), expected):
             keep = pl.read_parquet(
-                layout.keep_list(t), columns=_present(layout.keep_list(t), _COUNTED)
+                layout.keep_list(t), columns=_present(layout.keep_list(t), _COUNTED), glob=False
             )
             summary = verdict.keep_summary
             if summary is not None and summary.get("keep_list") != keep_digest:
                 summary = None
             counts = ThresholdCounts.of(t, keep, summary, str(current.settings.similarity_space))
             if is_current(layout.cross_class(t), current.cross_class(t)):
-                pairs = pl.scan_parquet(layout.cross_class(t)).select(pl.len()).collect().item()
+                pairs = (
+                    pl.scan_parquet(layout.cross_class(t), glob=False)
+                    .select(pl.len())
+                    .collect()
+                    .item()
+                )
         out.append(ThresholdSummary(t, counts, verdict, pairs, mode))
     return out
 
@@ -357,7 +362,7 @@ _COUNTED = ("kept", "match", "decided_by", "split", "class", "space")
 def _present(path: Path, columns: tuple[str, ...]) -> list[str]:
     """The columns of `columns` a parquet file has (a keep list of an earlier version may
     lack decided_by)."""
-    names = pl.read_parquet_schema(path)
+    names = pl.scan_parquet(path, glob=False).collect_schema()
     return [c for c in columns if c in names]
 
 

@@ -1,0 +1,217 @@
+"""A stage's read of every class's table in one polars read (`artifacts.read_tables`): the
+same frame as the reads one by one, at 0 to many classes, in output folders and class keys
+with odd names, and with files of an earlier version (other columns) upgraded as before."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from dedup_assets.core.data import artifacts
+from dedup_assets.core.data.artifacts import (
+    BATCHED_READ_MIN,
+    STORED_READS,
+    read_catalog,
+    read_class_keep_lists,
+    read_keep_list,
+    read_scores,
+    read_tables,
+)
+from dedup_assets.core.data.class_catalog import CATALOG_SCHEMA
+from dedup_assets.core.data.layout import OutputLayout
+
+# Keys as `image_folder.class_key` makes them ([A-Za-z0-9_%~-]) and a split's prefix.
+KEYS = ["a", "B-2", "c_3", "%C3%A9t%C3%A9", "long~0123456789abcdef", "x%20y", "z%2E", "n9", "q"]
+ROOTS = ["out", "out [1]", "o%41 #;'é", "*?"]
+
+
+def _catalog(key: str, n: int, *, with_split: bool = True) -> pl.DataFrame:
+    rows = {
+        "image_id": [f"{key}-{i:04d}" for i in range(n)],
+        "split": ["all"] * n,
+        "class": [key] * n,
+        "class_key": [key] * n,
+        "path": [f"{key}/{i}.png" for i in range(n)],
+        "raw_path": [f"{key}/{i}.png".encode() for i in range(n)],
+        "size_bytes": list(range(n)),
+        "mtime_ns": list(range(n)),
+        "width": [32] * n,
+        "height": [32] * n,
+        "mode": ["RGB"] * n,
+        "content_hash": [f"c{i}" for i in range(n)],
+        "pixel_hash": [f"p{i}" for i in range(n)],
+        "status": ["ok" if i % 3 else "quarantined" for i in range(n)],
+        "reason": [None if i % 3 else "corrupt" for i in range(n)],
+        "note": [None] * n,
+        "row": list(range(n)),
+    }
+    frame = pl.DataFrame(rows, schema=CATALOG_SCHEMA)
+    return frame if with_split else frame.drop("split")
+
+
+def _keep(key: str, n: int, *, old: bool = False) -> pl.DataFrame:
+    frame = pl.DataFrame(
+        {
+            "image_id": [f"{key}-{i:04d}" for i in range(n)],
+            "split": ["all"] * n,
+            "class": [key] * n,
+            "path": [f"{key}/{i}.png" for i in range(n)],
+            "kept": [i % 2 == 0 for i in range(n)],
+            "duplicate_of": [None if i % 2 == 0 else f"{key}-{i - 1:04d}" for i in range(n)],
+            "similarity": [1.0 if i % 4 == 1 else 0.97 for i in range(n)],
+            "match": [
+                None if i % 2 == 0 else ("exact" if i % 4 == 1 else "near") for i in range(n)
+            ],
+            "space": ["latent"] * n,
+            "join": ["exact"] * n,
+            "cosine": [0.95] * n,
+            "calibrated_on": [None] * n,
+            "decided_at": ["2026-12-05T00:00:00"] * n,
+            "decided_in": ["run"] * n,
+            "decided_by": [None if i % 2 == 0 else "model" for i in range(n)],
+        },
+        schema_overrides={
+            "duplicate_of": pl.String,
+            "match": pl.String,
+            "calibrated_on": pl.String,
+            "decided_by": pl.String,
+        },
+    )
+    return frame.drop("calibrated_on", "decided_by") if old else frame
+
+
+def _layout(tmp_path: Path, root: str) -> OutputLayout:
+    STORED_READS.clear()
+    return OutputLayout(tmp_path / root)
+
+
+def _write(frame: pl.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(path)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, BATCHED_READ_MIN - 1, BATCHED_READ_MIN, 9])
+def test_read_tables_batches_from_its_minimum_and_keeps_order(tmp_path, count):
+    paths = []
+    for i in range(count):
+        paths.append(tmp_path / f"t{i}.parquet")
+        _write(
+            pl.DataFrame(
+                {"a": list(range(i)), "b": [str(i)] * i}, schema={"a": pl.Int64, "b": pl.String}
+            ),
+            paths[-1],
+        )
+    together = read_tables(paths)
+    if count < BATCHED_READ_MIN:
+        assert together is None
+        return
+    one_by_one = pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed")
+    assert together.equals(one_by_one)
+    assert together["a"].to_list() == [a for i in range(count) for a in range(i)]
+
+
+def test_read_tables_declines_files_whose_columns_differ(tmp_path):
+    paths = [tmp_path / f"t{i}.parquet" for i in range(BATCHED_READ_MIN)]
+    for i, p in enumerate(paths):
+        _write(pl.DataFrame({"a": [i], "b": ["x"]}) if i else pl.DataFrame({"a": [i]}), p)
+    assert read_tables(paths) is None
+    _write(pl.DataFrame({"a": [0.5], "b": ["x"]}), paths[0])  # another type
+    assert read_tables(paths) is None
+
+
+@pytest.mark.parametrize("root", ROOTS)
+@pytest.mark.parametrize("classes", [0, 1, 2, len(KEYS)])
+def test_catalog_read_together_equals_one_by_one(tmp_path, root, classes):
+    layout = _layout(tmp_path, root)
+    keys = sorted(KEYS[:classes])
+    for i, key in enumerate(keys):
+        _write(_catalog(key, i), layout.class_images(key))
+    together = read_catalog(layout)
+    one_by_one = pl.concat(
+        [artifacts._class_images(layout.class_images(k), k) for k in keys]
+        or [pl.DataFrame(schema=CATALOG_SCHEMA)],
+        how="vertical_relaxed",
+    )
+    assert together.equals(one_by_one)
+    assert together.schema == one_by_one.schema
+    assert together.height == sum(range(classes))
+
+
+def test_catalog_of_an_earlier_version_is_upgraded_whether_mixed_or_not(tmp_path):
+    layout = _layout(tmp_path, "out [x]")
+    keys = sorted(KEYS)
+    for i, key in enumerate(keys):  # every other catalog without its split column
+        _write(_catalog(key, 3, with_split=bool(i % 2)), layout.class_images(key))
+    mixed = read_catalog(layout)
+    assert mixed["split"].to_list() == ["all"] * 3 * len(keys)
+    assert mixed.columns == list(CATALOG_SCHEMA)
+    for key in keys:  # now none has one
+        _write(_catalog(key, 3, with_split=False), layout.class_images(key))
+    old = read_catalog(layout)
+    assert old.equals(mixed)
+
+
+def test_catalog_uses_this_process_reads_when_it_holds_them_all(tmp_path, monkeypatch):
+    layout = _layout(tmp_path, "out")
+    for key in KEYS:
+        _write(_catalog(key, 4), layout.class_images(key))
+    first = read_catalog(layout)
+    for key in KEYS:
+        artifacts.read_class_images(layout, key)  # every class read and kept
+    calls = []
+    monkeypatch.setattr(artifacts, "read_tables", lambda *a, **k: calls.append(a))
+    assert read_catalog(layout).equals(first)
+    assert calls == []
+
+
+@pytest.mark.parametrize("root", ROOTS)
+@pytest.mark.parametrize("classes", [1, 2, BATCHED_READ_MIN, len(KEYS)])
+def test_scores_read_together_carry_each_class_label(tmp_path, root, classes):
+    layout = _layout(tmp_path, root)
+    keys = sorted(KEYS[:classes])
+    rng = np.random.default_rng(classes)
+    for i, key in enumerate(keys):
+        n = (i * 7) % 5  # classes of 0 to 4 rows
+        _write(_catalog(key, n), layout.class_images(key))
+        _write(
+            pl.DataFrame(
+                {
+                    "image_id": [f"{key}-{j}" for j in range(n)],
+                    "path": [f"{key}/{j}.png" for j in range(n)],
+                    "log_density": rng.normal(size=n),
+                    "pc1": rng.normal(size=n),
+                    "pc2": rng.normal(size=n),
+                    "pc3": rng.normal(size=n),
+                },
+                schema_overrides={"image_id": pl.String, "path": pl.String},
+            ),
+            layout.spline_scores(key),
+        )
+    scores = read_scores(layout, keys)
+    assert scores.columns == ["image_id", "path", "log_density", "pc1", "pc2", "pc3", "class"]
+    # No catalog: a class's label is its key; every row labelled with its own file's class.
+    assert scores["class"].to_list() == [k for i, k in enumerate(keys) for _ in range((i * 7) % 5)]
+    STORED_READS.clear()
+    by_one = [read_scores(layout, [k]) for k in keys]
+    assert scores.equals(pl.concat(by_one, how="vertical_relaxed"))
+
+
+@pytest.mark.parametrize("old", ["none", "some", "all"])
+def test_class_keep_lists_read_together_are_upgraded_as_one_by_one(tmp_path, old):
+    layout = _layout(tmp_path, "o%41 #;'é")
+    keys = sorted(KEYS)
+    for i, key in enumerate(keys):
+        is_old = old == "all" or (old == "some" and i % 3 == 0)
+        _write(_keep(key, 5, old=is_old), layout.class_keep_list("1%", key))
+    together = read_class_keep_lists(layout, "1%", keys)
+    one_by_one = pl.concat(
+        [read_keep_list(layout.class_keep_list("1%", k)) for k in keys], how="vertical_relaxed"
+    )
+    assert together.equals(one_by_one)
+    assert together.columns == one_by_one.columns
+    if old != "none":  # an old removal is decided by the model, or an exact copy's by exact
+        assert set(together.filter(~pl.col("kept"))["decided_by"]) == {"exact", "model"}
+    assert read_class_keep_lists(layout, "1%", []).height == 0
