@@ -215,3 +215,31 @@ def test_class_keep_lists_read_together_are_upgraded_as_one_by_one(tmp_path, old
     if old != "none":  # an old removal is decided by the model, or an exact copy's by exact
         assert set(together.filter(~pl.col("kept"))["decided_by"]) == {"exact", "model"}
     assert read_class_keep_lists(layout, "1%", []).height == 0
+
+
+@pytest.mark.parametrize("root", ROOTS)
+@pytest.mark.parametrize("classes", [0, 1, 2, BATCHED_READ_MIN, len(KEYS)])
+def test_latent_ids_read_together_with_each_class_size(tmp_path, root, classes):
+    layout = _layout(tmp_path, root)
+    keys = sorted(KEYS[:classes])
+    rng = np.random.default_rng(classes)
+    sizes = [(i * 5) % 4 for i in range(classes)]  # 0 to 3 rows, an empty class among them
+    for key, n in zip(keys, sizes, strict=True):
+        artifacts.write_latents(
+            layout.latents(key),
+            [f"{key}-{j}" for j in range(n)],
+            [f"{key}/{j}.png" for j in range(n)],
+            rng.normal(size=(n, 8)).astype(np.float32),
+            {"class": key},
+        )
+    STORED_READS.clear()  # another process's files: none of them held
+    ids, counts = artifacts.read_class_latent_ids(layout, keys)
+    assert counts == sizes
+    assert ids.columns == ["image_id", "path"]
+    assert ids["image_id"].to_list() == [
+        f"{k}-{j}" for k, n in zip(keys, sizes, strict=True) for j in range(n)
+    ]
+    for key in keys:  # this process's reads, held: the same answer without a read of all
+        artifacts.read_latents(layout.latents(key))
+    held, held_counts = artifacts.read_class_latent_ids(layout, keys)
+    assert held.equals(ids) and held_counts == counts

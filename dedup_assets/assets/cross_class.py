@@ -15,6 +15,7 @@ from dedup_assets.core.data.artifacts import (
     digest,
     pixels_of_rows,
     read_catalog,
+    read_class_latent_ids,
     read_decoded_images,
     read_latent_ids,
     write_table,
@@ -94,28 +95,14 @@ def build_cross_class_asset(
         # splits is the leakage check's, `assets/leakage.py`, and pairs across splits are
         # left out below).
         label_of: dict[str, int] = {}
-        tables = [read_latent_ids(layout.latents(key)).select("image_id", "path") for key in keys]
-        sizes = [t.height for t in tables]
+        ids, sizes = read_class_latent_ids(layout, keys)
         labels = [
             np.full(n, label_of.setdefault(key_split(key)[1], len(label_of)), dtype=np.int32)
             for key, n in zip(keys, sizes, strict=True)
         ]
-        images = (
-            pl.concat(tables).with_columns(
-                pl.Series("class", np.repeat([names[k] for k in keys], sizes)).cast(pl.String),
-                pl.Series("split", np.repeat([key_split(k)[0] for k in keys], sizes)).cast(
-                    pl.String
-                ),
-            )
-            if tables
-            else pl.DataFrame(
-                schema={
-                    "image_id": pl.String,
-                    "path": pl.String,
-                    "class": pl.String,
-                    "split": pl.String,
-                }
-            )
+        images = ids.with_columns(
+            pl.Series("class", np.repeat([names[k] for k in keys], sizes), pl.String),
+            pl.Series("split", np.repeat([key_split(k)[0] for k in keys], sizes), pl.String),
         )
         hashes = _pixel_hashes(layout, images)
         labels = np.concatenate(labels) if labels else np.zeros(0, np.int32)

@@ -770,18 +770,23 @@ def _read_parquet(path: Path) -> pl.DataFrame:
     return pl.read_parquet(path, glob=False)
 
 
-def read_tables(paths: list[Path], source: str | None = None) -> pl.DataFrame | None:
+def read_tables(
+    paths: list[Path], source: str | None = None, columns: list[str] | None = None
+) -> pl.DataFrame | None:
     """Many class tables of one schema, concatenated in order, in one polars read: a small
     parquet read costs its call's fixed cost (about 0.6 ms), so 1,000 classes' keep lists,
     catalogs or scores took 0.5-0.6 s one by one and take 0.09-0.15 s together (measured,
     one polars thread). None below BATCHED_READ_MIN files, or when their schemas differ
     (a file written by an earlier version): the caller then reads them one by one, with its
-    upgrades of older files. With `source`, a column of that name holds each row's file."""
+    upgrades of older files. With `source`, a column of that name holds each row's file;
+    with `columns`, those alone are read."""
     if len(paths) < BATCHED_READ_MIN:
         return None
     try:
         # glob=False: an output folder named like a pattern (`out[1]`) is a plain path.
-        return pl.read_parquet(paths, include_file_paths=source, glob=False)
+        if columns is not None and source is not None:
+            columns = [*columns, source]  # else polars leaves the file column out
+        return pl.read_parquet(paths, columns=columns, include_file_paths=source, glob=False)
     except pl.exceptions.PolarsError:
         return None
 
@@ -887,6 +892,23 @@ def read_latent_ids(path: Path) -> pl.DataFrame:
         lambda p: pl.read_parquet(p, columns=["image_id", "path"], glob=False),
         lambda t: t.estimated_size(),
     )
+
+
+def read_class_latent_ids(layout: OutputLayout, keys: list[str]) -> tuple[pl.DataFrame, list[int]]:
+    """The (image_id, path) rows of the given classes' latents, in class order, and each
+    class's row count: this process's reads where it holds every class's (`read_latent_ids`),
+    else one read of all the files (`read_tables`)."""
+    paths = [_require(layout.latents(k), "class latents") for k in keys]
+    held = [STORED_READS.peek(p, "latents") for p in paths]
+    if any(h is None for h in held):
+        together = read_tables(paths, source="__source", columns=["image_id", "path"])
+        if together is not None:
+            counts = dict(together.group_by("__source").len().iter_rows())
+            return together.drop("__source"), [counts.get(os.fspath(p), 0) for p in paths]
+    tables = [read_latent_ids(p).select("image_id", "path") for p in paths]
+    if not tables:
+        return pl.DataFrame(schema={"image_id": pl.String, "path": pl.String}), []
+    return pl.concat(tables), [t.height for t in tables]
 
 
 def read_keep_list(path: Path) -> pl.DataFrame:
