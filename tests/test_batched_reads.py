@@ -243,3 +243,38 @@ def test_latent_ids_read_together_with_each_class_size(tmp_path, root, classes):
         artifacts.read_latents(layout.latents(key))
     held, held_counts = artifacts.read_class_latent_ids(layout, keys)
     assert held.equals(ids) and held_counts == counts
+
+
+@pytest.mark.parametrize("max_rows", [1, 3, 5, 100])
+@pytest.mark.parametrize("classes", [0, 1, 2, len(KEYS)])
+def test_latent_groups_are_each_class_matrix_in_order_within_the_row_cap(
+    tmp_path, max_rows, classes
+):
+    layout = _layout(tmp_path, "out [1]")
+    keys = sorted(KEYS[:classes])
+    sizes = [(i * 5) % 4 + (i == 1) * 4 for i in range(classes)]  # 0 to 7 rows
+    rng = np.random.default_rng(max_rows)
+    made = {}
+    for key, n in zip(keys, sizes, strict=True):
+        made[key] = rng.normal(size=(n, 6)).astype(np.float32)
+        artifacts.write_latents(
+            layout.latents(key),
+            [f"{key}-{j}" for j in range(n)],
+            [f"{key}/{j}.png" for j in range(n)],
+            made[key],
+            {"class": key},
+        )
+    STORED_READS.clear()
+    groups = list(artifacts.class_latent_groups(layout, keys, sizes, max_rows=max_rows))
+    flat = [m for g in groups for m in g]
+    assert len(flat) == len(keys)
+    for key, m in zip(keys, flat, strict=True):
+        assert m.dtype == np.float32 and np.array_equal(m, made[key])
+        assert not m.flags.writeable
+    for group in groups:  # within the cap, or one class bigger than it alone
+        rows = sum(len(m) for m in group)
+        assert rows <= max_rows or len(group) == 1
+    if classes and max_rows >= sum(sizes):
+        assert len(groups) == 1
+    if not classes:
+        assert groups == []

@@ -2,6 +2,7 @@
 threshold, with a WARN check that lists them. The join is `core.decision.cross_class`."""
 
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 import numpy as np
@@ -10,7 +11,9 @@ import polars as pl
 from dedup_assets.assets.catalog import image_catalog
 from dedup_assets.assets.latents import class_latents
 from dedup_assets.core.data.artifacts import (
+    LATENT_GROUP_ROWS,
     catalog_images,
+    class_latent_groups,
     class_names,
     digest,
     pixels_of_rows,
@@ -20,7 +23,6 @@ from dedup_assets.core.data.artifacts import (
     read_latent_ids,
     write_table,
 )
-from dedup_assets.core.data.artifacts import read_latents as read_class_latents
 from dedup_assets.core.data.atomic_io import atomic_path
 from dedup_assets.core.data.splits import key_split
 from dedup_assets.core.data.thresholds import budget_of
@@ -246,22 +248,32 @@ def build_cross_class_asset(
     return cross_class_duplicates, no_cross_class_duplicates
 
 
+HELD_LATENT_ROWS = 4 * LATENT_GROUP_ROWS
+
+
 def _shared_vectors(layout, keys: list[str], sizes: list[int], seed: int):
     """The shared space and every image's unit vector in it, in two passes over the
     latents one class at a time: a sample for the axes, then every image projected (N x
     128 in memory, never N x 1024)."""
     picks = stratified_sample(sizes, seed=seed)
-    sample = [
-        read_class_latents(layout.latents(k))[1][at] for k, at in zip(keys, picks, strict=True)
-    ]
+    # Read once and held where they fit in 256 MB (as the stored reads held them one class
+    # at a time before), else a group of classes at a time, twice.
+    held = None
+    if sum(sizes) <= HELD_LATENT_ROWS:
+        held = [m for group in class_latent_groups(layout, keys, sizes) for m in group]
+
+    def each() -> Iterator[np.ndarray]:
+        if held is not None:
+            return iter(held)
+        return (m for group in class_latent_groups(layout, keys, sizes) for m in group)
+
+    sample = [m[at] for m, at in zip(each(), picks, strict=True)]
     sample = np.concatenate(sample) if sample else np.zeros((0, 1), np.float32)
     if not len(sample):
         return None, np.zeros((0, 1), np.float32)
     space = SharedSpace.fit(sample, seed=seed)
     del sample
-    return space, np.concatenate(
-        [space.project(read_class_latents(layout.latents(k))[1]) for k in keys]
-    )
+    return space, np.concatenate([space.project(m) for m in each()])
 
 
 def _nearest_path(layout):
