@@ -70,16 +70,14 @@ from dedup_assets import cli
 
 probe = cli._probe(sys.argv[1:])
 cli._prestart_workers(probe)
-me = str(os.getpid())
+from multiprocessing import forkserver
+# The server this process started, as multiprocessing records it (a scan of /proc for
+# children running "forkserver" missed it once on a loaded machine), and alive.
+pid = forkserver._forkserver._forkserver_pid
 servers = []
-for stat in Path("/proc").glob("[0-9]*/stat"):
-    try:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-        cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        continue
-    if fields[1] == me and "forkserver" in cmdline:
-        servers.append(int(stat.parent.name))
+if pid is not None:
+    os.kill(pid, 0)  # raises if it is not running
+    servers.append(pid)
 heavy = "dagster" in sys.modules
 import polars  # noqa: E402 - its pool starts at the first parallel operation: now
 print(json.dumps({"servers": len(servers), "heavy": heavy,
