@@ -141,33 +141,53 @@ def measured(
     lines: list[str] = []
     done = threading.Event()
 
-    def pss(pid: int) -> int:
-        """Proportional set size in bytes, from the kernel's one-line summary (psutil's
-        memory_full_info parses the whole smaps in Python: a measurable share of a core)."""
+    def pss(pid: int) -> tuple[int, int]:
+        """Proportional set size and its anonymous part in bytes, from the kernel's summary
+        (psutil's memory_full_info parses the whole smaps in Python: a share of a core).
+        The rest of PSS is file pages mapped (memory-mapped pixel stores): page cache."""
+        total = anon = 0
         with open(f"/proc/{pid}/smaps_rollup") as fh:
             for line in fh:
                 if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+                    total = int(line.split()[1]) * 1024
+                elif line.startswith("Pss_Anon:"):
+                    anon = int(line.split()[1]) * 1024
+        return total, anon
 
     def sample() -> None:
         root = psutil.Process(proc.pid)
-        tick = 0
+        tick, second = 0, (0, 0, "")  # the highest sample of the current second
         while not done.is_set():
-            rss = tree_pss = 0
+            rss = tree_pss = tree_anon = 0
+            busiest = ""
             try:
                 tree = [root, *root.children(recursive=True)]
                 rss = sum(p.memory_info().rss for p in tree)
-                if tick % 5 == 0:  # PSS once a second, RSS five times
-                    tree_pss = sum(pss(p.pid) for p in tree)
-            except (psutil.Error, OSError):
+                each = [(pss(p.pid), p) for p in tree]  # five times a second
+                tree_pss = sum(t for (t, _), _ in each)
+                tree_anon = sum(a for (_, a), _ in each)
+                top = max(each, key=lambda e: e[0][0])[1]
+                busiest = f"{top.pid} {' '.join(top.cmdline()[:4])[-80:]}"
+            except (psutil.Error, OSError, ValueError):
                 pass
-            peak = peaks.setdefault(stage["name"], {"rss": 0.0, "pss": 0.0})
+            peak = peaks.setdefault(stage["name"], {"rss": 0.0, "pss": 0.0, "anon": 0.0})
             peak["rss"] = max(peak["rss"], rss / 2**20)
             peak["pss"] = max(peak["pss"], tree_pss / 2**20)
-            if tick % 5 == 0:
+            peak["anon"] = max(peak["anon"], tree_anon / 2**20)
+            if tree_pss > second[0]:
+                second = (tree_pss, tree_anon, busiest)
+            if tick % 5 == 4:  # once a second: that second's highest sample
                 at = round(time.perf_counter() - start, 1)
-                trace.append((at, stage["name"], round(tree_pss / 2**20)))
+                trace.append(
+                    (
+                        at,
+                        stage["name"],
+                        round(second[0] / 2**20),
+                        round(second[1] / 2**20),
+                        second[2],
+                    )
+                )
+                second = (0, 0, "")
             tick += 1
             time.sleep(0.2)
 
@@ -220,6 +240,7 @@ def run_ours(source: Path, out: Path, model: Path, extra: list[str]) -> dict:
     for name, row in stages.items():
         row["peak_rss_mib"] = round(peaks.get(name, {}).get("rss", 0.0), 1)
         row["peak_pss_mib"] = round(peaks.get(name, {}).get("pss", 0.0), 1)
+        row["peak_anon_mib"] = round(peaks.get(name, {}).get("anon", 0.0), 1)
     if "keeps the model" not in stdout and "model kept" not in stdout:
         training = [ln for ln in stdout.splitlines() if ln.startswith("training:")]
         print("note:", training)
@@ -227,9 +248,13 @@ def run_ours(source: Path, out: Path, model: Path, extra: list[str]) -> dict:
         "wall_seconds": round(wall, 2),
         "peak_rss_mib": round(max(p["rss"] for p in peaks.values()), 1),
         "peak_pss_mib": round(max(p["pss"] for p in peaks.values()), 1),
+        # PSS less the file pages mapped (memory-mapped pixel stores, page cache)
+        "peak_anon_mib": round(max(p.get("anon", 0.0) for p in peaks.values()), 1),
         "stages": stages,
         "command": " ".join(cmd[1:]),
-        "memory_trace": trace,  # where the peak is: (seconds, stage, tree PSS MiB)
+        # where the peak is: each second's highest sample (5 a second): seconds, stage,
+        # the tree's PSS and its anonymous part (MiB), the process holding the most
+        "memory_trace": trace,
     }
 
 
