@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dedup_assets.core.data.mapped import release_rows
+
 DCT_SIZE = 8
 DIMENSIONS = DCT_SIZE * DCT_SIZE - 1
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -54,4 +56,5 @@ def lowfreq_dct(pixels: np.ndarray) -> np.ndarray:
         norms = np.linalg.norm(flat, axis=1, keepdims=True)
         # Below this the image is flat to rounding: no direction to compare.
         np.divide(flat, norms, out=out[start : start + len(flat)], where=norms > 1e-3)
+        release_rows(pixels, start, start + CHUNK)  # a mapped store: hold a chunk, not all
     return out
