@@ -278,3 +278,25 @@ def test_latent_groups_are_each_class_matrix_in_order_within_the_row_cap(
         assert len(groups) == 1
     if not classes:
         assert groups == []
+
+
+def test_every_polars_read_of_the_package_takes_its_path_literally():
+    """polars globs a path by default: an output folder named `out [1]` matched nothing and
+    the run failed at training. Every read and scan of a file in the package says
+    glob=False (a call spanning lines is read to its closing parenthesis)."""
+    import re
+
+    package = Path(__file__).resolve().parents[1] / "dedup_assets"
+    call = re.compile(r"pl\.(read_parquet|scan_parquet|read_csv|scan_csv|read_parquet_schema)\(")
+    missing = []
+    for source in sorted(package.rglob("*.py")):
+        text = source.read_text()
+        for match in call.finditer(text):
+            depth, at = 1, match.end()
+            while depth and at < len(text):
+                depth += {"(": 1, ")": -1}.get(text[at], 0)
+                at += 1
+            if "glob=False" not in text[match.start() : at]:
+                line = text.count("\n", 0, match.start()) + 1
+                missing.append(f"{source.relative_to(package.parent)}:{line}")
+    assert not missing, "polars reads that glob their path: " + ", ".join(missing)

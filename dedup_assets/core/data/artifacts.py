@@ -750,8 +750,8 @@ def read_catalog(layout: OutputLayout, keys: list[str] | None = None) -> pl.Data
     if not keys:
         return pl.DataFrame(schema=CATALOG_SCHEMA)
     paths = [_require(layout.class_images(k), f"catalog of class {k}") for k in keys]
-    kept = [STORED_READS.peek(p, f"catalog {k}") for p, k in zip(paths, keys, strict=True)]
-    if any(frame is None for frame in kept):
+    kept = _held(paths, [f"catalog {k}" for k in keys])
+    if kept is None:
         together = read_tables(paths)
         # A catalog written before catalogs carried the split is upgraded one by one.
         if together is not None and "split" in together.columns:
@@ -762,6 +762,13 @@ def read_catalog(layout: OutputLayout, keys: list[str] | None = None) -> pl.Data
 
 BATCHED_READ_MIN = 8
 """From this many files, a stage's read of every class's table is one polars read."""
+
+
+def _held(paths: list[Path], whats: list[str]) -> list | None:
+    """What this process holds for every one of `paths` read as `whats` (`_StoredReads`),
+    or None when it lacks any: then one read of them all (`read_tables`) is cheaper."""
+    held = [STORED_READS.peek(p, w) for p, w in zip(paths, whats, strict=True)]
+    return None if any(h is None for h in held) else held
 
 
 def _read_parquet(path: Path) -> pl.DataFrame:
@@ -775,17 +782,17 @@ def read_tables(
 ) -> pl.DataFrame | None:
     """Many class tables of one schema, concatenated in order, in one polars read: a small
     parquet read costs its call's fixed cost (about 0.6 ms), so 1,000 classes' keep lists,
-    catalogs or scores took 0.5-0.6 s one by one and take 0.09-0.15 s together (measured,
-    one polars thread). None below BATCHED_READ_MIN files, or when their schemas differ
+    catalogs or scores took 0.59-0.67 s one by one and take 0.09-0.16 s together
+    (`benchmarks/bench_batched_reads.py`, one polars thread). None below BATCHED_READ_MIN files, or when their schemas differ
     (a file written by an earlier version): the caller then reads them one by one, with its
     upgrades of older files. With `source`, a column of that name holds each row's file;
     with `columns`, those alone are read."""
     if len(paths) < BATCHED_READ_MIN:
         return None
     try:
-        # glob=False: an output folder named like a pattern (`out[1]`) is a plain path.
         if columns is not None and source is not None:
             columns = [*columns, source]  # else polars leaves the file column out
+        # glob=False: a path is a path, never a pattern (`_read_parquet`).
         return pl.read_parquet(paths, columns=columns, include_file_paths=source, glob=False)
     except pl.exceptions.PolarsError:
         return None
@@ -892,8 +899,7 @@ def class_latent_groups(
 
 def _latent_group(layout: OutputLayout, keys: list[str], sizes: list[int]) -> list[np.ndarray]:
     paths = [_require(layout.latents(k), "class latents") for k in keys]
-    held = [STORED_READS.peek(p, "latents") for p in paths]
-    if any(h is None for h in held):
+    if _held(paths, ["latents"] * len(paths)) is None:
         together = read_tables(paths, columns=["latent"])
         if together is not None and together.height == sum(sizes):
             width = together.schema["latent"].size
@@ -934,8 +940,7 @@ def read_class_latent_ids(layout: OutputLayout, keys: list[str]) -> tuple[pl.Dat
     class's row count: this process's reads where it holds every class's (`read_latent_ids`),
     else one read of all the files (`read_tables`)."""
     paths = [_require(layout.latents(k), "class latents") for k in keys]
-    held = [STORED_READS.peek(p, "latents") for p in paths]
-    if any(h is None for h in held):
+    if _held(paths, ["latents"] * len(paths)) is None:
         together = read_tables(paths, source="__source", columns=["image_id", "path"])
         if together is not None:
             counts = dict(together.group_by("__source").len().iter_rows())
@@ -980,8 +985,8 @@ def read_scores(layout: OutputLayout, class_keys: list[str]) -> pl.DataFrame:
         return pl.DataFrame()
     names = class_labels(layout)
     paths = [_require(layout.spline_scores(k), "spline fit scores") for k in class_keys]
-    kept = [STORED_READS.peek(p, "scores") for p in paths]
-    if any(frame is None for frame in kept):
+    kept = _held(paths, ["scores"] * len(paths))
+    if kept is None:
         together = read_tables(paths, source="__source")
         if together is not None:
             label = {os.fspath(p): names[k] for p, k in zip(paths, class_keys, strict=True)}
