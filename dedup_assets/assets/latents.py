@@ -28,7 +28,7 @@ from dedup_assets.core.data.artifacts import (
     write_latents,
 )
 from dedup_assets.core.data.layout import OutputLayout
-from dedup_assets.core.data.mapped import release_rows
+from dedup_assets.core.data.mapped import take_rows
 from dedup_assets.core.decision.integrity import latent_problems
 from dedup_assets.core.model.autoencoder import LATENT_DIM, encode_images, load_state
 from dedup_assets.names import FULL_TAG, GPU_OP_TAGS
@@ -131,12 +131,10 @@ class _ClassEncoder:
                 part = slice(at, at + ENCODE_CHUNK)
                 latents[todo[part]] = encode_images(
                     self.model(),
-                    np.asarray(store[rows[part]]),
+                    take_rows(store, rows[part]),  # the chunk's pages let go (`mapped`)
                     device=self.device,
                     amp_dtype=self.amp_dtype,
                 )
-                if len(rows[part]):  # the store's pages of this chunk let go (`mapped`)
-                    release_rows(store, int(rows[part].min()), int(rows[part].max()) + 1)
                 if len(todo) > ENCODE_CHUNK:
                     log(f"{key}: encoded {min(at + ENCODE_CHUNK, len(todo)):,} of {len(todo):,}")
         seconds = time.perf_counter() - start

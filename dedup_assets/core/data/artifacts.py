@@ -26,6 +26,7 @@ import polars as pl
 from dedup_assets.core.data.atomic_io import PROVENANCE_KEY, atomic_path
 from dedup_assets.core.data.class_catalog import CATALOG_SCHEMA
 from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.mapped import take_rows
 from dedup_assets.core.data.splits import IMPLICIT, class_label, is_training_key, key_split
 from dedup_assets.core.data.thresholds import budget_of
 
@@ -829,7 +830,7 @@ def pixels_of_rows(layout: OutputLayout, key: str, rows: np.ndarray) -> np.ndarr
     chunks by whoever uses them; a copy of those rows otherwise."""
     store = open_pixels(layout, key)
     same = len(rows) == len(store) and np.array_equal(rows, np.arange(len(store)))
-    return store if same else np.asarray(store[rows])
+    return store if same else take_rows(store, rows)
 
 
 def gather_pixels(layout: OutputLayout, images: pl.DataFrame) -> np.ndarray:
@@ -840,7 +841,7 @@ def gather_pixels(layout: OutputLayout, images: pl.DataFrame) -> np.ndarray:
         "class_key", maintain_order=True
     ):
         store = open_pixels(layout, key)
-        out[group["_at"].to_numpy()] = store[group["row"].to_numpy()]
+        take_rows(store, group["row"].to_numpy(), out=out, at=group["_at"].to_numpy())
     return out
 
 

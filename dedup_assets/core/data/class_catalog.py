@@ -32,6 +32,7 @@ from dedup_assets.core.data.image_folder import (
     reason_kind,
     unique_ids,
 )
+from dedup_assets.core.data.mapped import take_rows
 from dedup_assets.core.data.splits import key_split
 
 CATALOG_SCHEMA = {
@@ -186,7 +187,7 @@ def update_class_catalog(
     )
     ok = (merged["status"] == "ok").to_numpy()
     if reused.height:
-        store[reused["at"].to_numpy()] = previous_pixels[reused["row"].to_numpy()]
+        take_rows(previous_pixels, reused["row"].to_numpy(), out=store, at=reused["at"].to_numpy())
     # Compact in place to the ok files, in file order (each slot moves down or stays).
     sources = merged["at"].to_numpy()[ok]
     for start in range(0, len(sources), DECODE_CHUNK):

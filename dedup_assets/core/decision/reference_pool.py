@@ -27,6 +27,7 @@ import numpy as np
 from dedup_assets.core.data.artifacts import CurrentInputs, require_current
 from dedup_assets.core.data.atomic_io import PROVENANCE_KEY, save_npz
 from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.mapped import take_rows
 from dedup_assets.core.data.membership import among
 from dedup_assets.core.decision.class_decision import ClassData
 from dedup_assets.core.decision.dct_descriptor import DIMENSIONS, lowfreq_dct
@@ -162,7 +163,7 @@ def build_reference_pool(
     keys = np.concatenate(
         [np.full(len(r), k, dtype=object) for k, r in zip(class_keys, rows, strict=True)]
     ).astype(str)
-    pixels = np.concatenate([np.asarray(s[r]) for s, r in zip(stores, rows, strict=True)])
+    pixels = np.concatenate([take_rows(s, r) for s, r in zip(stores, rows, strict=True)])
     hashes = np.concatenate(
         [np.asarray(h, dtype=str)[r] for h, r in zip(pixel_hashes, rows, strict=True)]
     )
