@@ -149,3 +149,22 @@ def test_reference_pool_draw_holds_no_store(tmp_path, written_store):
     )
     assert len(pool) == 600
     assert _rss_file_kib() - before < 4 * 1024
+
+
+def test_mirror_decoys_of_a_mapped_store_hold_no_store(written_store):
+    """A class's budget encodes the mirrors of scattered rows of its store (the decoys)."""
+    import torch
+
+    from dedup_assets.core.decision.calibration import encode_mirrors
+    from dedup_assets.core.model.autoencoder import ConvAutoencoder
+
+    torch.manual_seed(0)
+    model = ConvAutoencoder().eval()
+    path, pixels = written_store
+    mapped = np.load(path, mmap_mode="r")
+    rows = np.sort(np.random.default_rng(2).choice(len(pixels), 300, replace=False))
+    expected = encode_mirrors(model, pixels, rows)  # from memory; torch's code paged in
+    before = _rss_file_kib()
+    decoys = encode_mirrors(model, mapped, rows)
+    assert _rss_file_kib() - before < 4 * 1024
+    assert np.array_equal(decoys, expected)

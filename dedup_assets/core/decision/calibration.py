@@ -69,6 +69,7 @@ from scipy.special import bdtr
 from dedup_assets.core.data.artifacts import digest
 from dedup_assets.core.data.atomic_io import atomic_path
 from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.mapped import take_rows
 from dedup_assets.core.decision.class_decision import (
     ClassData,
     needs_pixels,
@@ -129,7 +130,7 @@ def encode_mirrors(
         [
             encode_images(
                 model,
-                mirrored(np.asarray(pixels[rows[at : at + CHUNK]]), vertical),
+                mirrored(take_rows(pixels, rows[at : at + CHUNK]), vertical),
                 device=device,
                 amp_dtype=amp_dtype,
             )
@@ -444,7 +445,7 @@ def class_budgets(
         if len(rows) != len(decoy_latents):
             raise ValueError("decoy_rows and decoy_latents differ in length")
         on_pixels = needs_pixels(data.model, space)  # a pixel space
-        decoy_pixels = mirrored(np.asarray(data.pixels[rows]), vertical) if on_pixels else None
+        decoy_pixels = mirrored(take_rows(data.pixels, rows), vertical) if on_pixels else None
         # The decoys pass through the class's vectoriser as a class of their own (its fit,
         # not refitted): ids and hashes are placeholders of the right length.
         decoy = dataclasses.replace(
@@ -510,7 +511,7 @@ def _class_shift(
         image_ids=data.image_ids[rows],
         pixel_hashes=data.pixel_hashes[rows],
         latents=latents,
-        pixels=mirrored(np.asarray(data.pixels[rows])),
+        pixels=mirrored(take_rows(data.pixels, rows)),
         descriptors=None,
     )
     own = mirror_null(*_same_width(vectors, vectorise_as(decoy, space)), rows, block)
