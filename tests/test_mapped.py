@@ -168,3 +168,37 @@ def test_mirror_decoys_of_a_mapped_store_hold_no_store(written_store):
     decoys = encode_mirrors(model, mapped, rows)
     assert _rss_file_kib() - before < 4 * 1024
     assert np.array_equal(decoys, expected)
+
+
+def test_asarray_of_a_map_is_released(store):
+    """`np.asarray(store)` is a plain ndarray over the map (how a class's pixels reach the
+    DCT pass): its rows are let go all the same."""
+    plain = np.asarray(np.load(store, mmap_mode="r"))
+    assert not isinstance(plain, np.memmap)
+    np.asarray(plain).sum()
+    before = _rss_file_kib()
+    assert release_rows(plain, 0, ROWS)
+    assert _rss_file_kib() < before - 0.9 * ROWS * 64 * 64 * 3 / 1024
+
+
+def test_a_read_only_view_of_a_copy_on_write_map_is_left_alone(store):
+    mapped = np.load(store, mmap_mode="c")
+    mapped[0] = 7  # written into a private page: dropping it would lose the write
+    view = mapped[:10]
+    view.setflags(write=False)
+    assert not release_rows(view, 0, 10)
+    assert np.array_equal(take_rows(view, np.array([0])), np.full((1, 64, 64, 3), 7, np.uint8))
+
+
+def test_the_dct_pass_over_a_class_holds_no_store(written_store):
+    """A class's DCT descriptors are computed over `np.asarray` of its mapped store
+    (`class_decision._descriptor`): the pass holds a chunk of it, not the file."""
+    from dedup_assets.core.decision.dct_descriptor import lowfreq_dct
+
+    path, pixels = written_store
+    expected = lowfreq_dct(pixels)
+    class_pixels = np.asarray(np.load(path, mmap_mode="r"))  # held, as a class's data is
+    before = _rss_file_kib()
+    got = lowfreq_dct(class_pixels)
+    assert _rss_file_kib() - before < 4 * 1024
+    assert np.array_equal(got, expected)

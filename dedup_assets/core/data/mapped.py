@@ -37,18 +37,28 @@ def _largest_folio() -> int:
 _FOLIO = _largest_folio()
 
 
+def _mapping(array: np.ndarray) -> mmap.mmap | None:
+    """The read-only file map under `array`: numpy's own (`np.load(mmap_mode="r")`), found
+    through any views of it, `np.asarray` of it among them (a plain ndarray whose base is
+    the map). None for anything else, a copy-on-write map above all (dropping its pages
+    would drop what was written into them)."""
+    seen = array
+    for _ in range(64):  # a chain of views; never a cycle, but bounded all the same
+        if isinstance(seen, np.memmap) and getattr(seen, "_mmap", None) is not None:
+            return seen._mmap if seen.mode == "r" else None
+        seen = getattr(seen, "base", None)
+        if seen is None:
+            return None
+    return None
+
+
 def _releasable(array: np.ndarray) -> bool:
-    """A read-only, C-ordered memory map of a file (or a view of one) on a platform with
-    madvise: dropping its pages loses nothing."""
-    mapping = getattr(array, "_mmap", None)
-    return (
-        isinstance(array, np.memmap)
-        and mapping is not None
-        and not array.flags.writeable
-        and array.flags.c_contiguous
-        and hasattr(mapping, "madvise")
-        and array.ndim > 0
-    )
+    """A read-only, C-ordered view of a file map on a platform with madvise: dropping its
+    pages loses nothing."""
+    if not isinstance(array, np.ndarray) or array.ndim == 0 or array.flags.writeable:
+        return False
+    mapping = _mapping(array)
+    return mapping is not None and array.flags.c_contiguous and hasattr(mapping, "madvise")
 
 
 def release_rows(array: np.ndarray, start: int, stop: int) -> bool:
@@ -58,7 +68,7 @@ def release_rows(array: np.ndarray, start: int, stop: int) -> bool:
     an array that is not a read-only map, an empty range, or a platform without madvise."""
     if not _releasable(array):
         return False
-    mapping = array._mmap  # numpy's own map of the file, views included
+    mapping = _mapping(array)
     start, stop = max(0, start), min(len(array), stop)
     if stop <= start:
         return False
