@@ -279,15 +279,18 @@ def test_removing_planted_copies_does_not_fail_the_gate():
     assert g.severity != "error", g.reasons
 
 
-@pytest.mark.parametrize("k", [480, 30])  # few removed (sums over them) / few kept
-def test_random_subset_kurtosis_matches_drawing_the_subsets(k):
+@pytest.mark.parametrize(
+    ("n", "k"),
+    [(500, 480), (500, 30), (200, 190), (200, 12), (24, 20)],  # few removed / few kept;
+)  # up to 256 rows a class's subsets are drawn at once (`_SMALL_CLASS`), above one by one
+def test_random_subset_kurtosis_matches_drawing_the_subsets(n, k):
     from dedup_assets.core.quality.statistics import _kurtosis_of_subsets
 
-    z = np.random.default_rng(1).standard_t(5, (500, 3))
+    z = np.random.default_rng(1).standard_t(5, (n, 3))
     fast = _kurtosis_of_subsets(z, k, 2000, np.random.default_rng(0))
     slow = np.array(
         [
-            excess_kurtosis(z[np.random.default_rng(i).choice(500, k, replace=False)])
+            excess_kurtosis(z[np.random.default_rng(i).choice(n, k, replace=False)])
             for i in range(2000)
         ]
     )
@@ -299,7 +302,11 @@ def test_random_subset_kurtosis_matches_drawing_the_subsets(k):
 
 def _subsets_by_blocks(z, k, draws, rng, budget=4_000_000):
     """`_kurtosis_of_subsets` as it was written before 2026-12-03: blocks of draws gathered
-    by fancy indexing and summed at once (kept to prove the faster loop changes no bit)."""
+    by fancy indexing and summed at once (kept to prove the faster loop changes no bit);
+    its subsets drawn as the function draws them (`rng.choice` per draw, or for a small
+    class one matrix of uniform numbers, drawn the same in blocks or at once)."""
+    from dedup_assets.core.quality.statistics import _SMALL_CLASS
+
     n, m = z.shape
     std = z.std(axis=0)
     x = (z - z.mean(axis=0)) / np.where(std > 0, std, 1.0)
@@ -313,9 +320,12 @@ def _subsets_by_blocks(z, k, draws, rng, budget=4_000_000):
         if side == 0:
             sums = np.broadcast_to(total, (d1 - d0, len(total)))
         else:
-            idx = np.stack(
-                [rng.choice(n, side, replace=False, shuffle=False) for _ in range(d1 - d0)]
-            )
+            if n <= _SMALL_CLASS:  # small classes: every draw's subset from one matrix
+                idx = np.argpartition(rng.random((d1 - d0, n)), side - 1, axis=1)[:, :side]
+            else:
+                idx = np.stack(
+                    [rng.choice(n, side, replace=False, shuffle=False) for _ in range(d1 - d0)]
+                )
             drawn = powers[idx].sum(axis=1)
             sums = drawn if side == k else total - drawn
         e1, e2, e3, e4 = np.split(sums / k, 4, axis=1)
@@ -335,6 +345,9 @@ def _subsets_by_blocks(z, k, draws, rng, budget=4_000_000):
         (600, 300, 5_000),
         (40, 40, 4_000_000),
         (60, 20, 100),
+        (20, 19, 4_000_000),
+        (256, 200, 1_000),
+        (257, 200, 1_000),
     ],
 )
 def test_random_subset_kurtosis_is_bit_identical_to_the_block_version(n, k, budget):
