@@ -47,6 +47,16 @@ KEEP_LIST_COLUMNS = (
     "decided_in",
     "decided_by",
 )
+KEEP_LIST_SCHEMA = {
+    name: pl.Boolean
+    if name == "kept"
+    else pl.Float64
+    if name in ("similarity", "cosine")
+    else pl.String
+    for name in KEEP_LIST_COLUMNS
+}
+"""Each keep-list column's type: `kept` a boolean, the similarity and the cosine floats (null
+or NaN where none), every other column a string."""
 DECIDED_BY = ("exact", "model", "override")
 """Who decided a keep-list row: `exact` (a pixel-identical copy removed), `model` (the
 similarity decision) or `override` (the row's image is named in the user's overrides,
