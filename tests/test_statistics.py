@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -357,3 +359,30 @@ def test_random_subset_kurtosis_is_bit_identical_to_the_block_version(n, k, budg
     fast = _kurtosis_of_subsets(z, k, 300, np.random.default_rng(7))
     blocks = _subsets_by_blocks(z, k, 300, np.random.default_rng(7), budget)
     assert np.array_equal(fast, blocks, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("shape", "missing"),
+    [
+        ((300, 700, 3), 0.0),
+        ((300, 700, 3), 0.2),
+        ((50, 601, 3), 0.9),
+        ((7, 5, 3), 0.3),
+        ((3, 1, 2), 0.0),
+        ((4, 2, 3), 1.0),
+        ((2, 0, 3), 0.0),
+        ((5, 4, 3), 0.5),
+    ],
+)
+def test_nanmedian_over_rows_is_numpys(shape, missing):
+    """The chance baseline's medians over classes: numpy's `nanmedian` to the bit, odd and
+    even counts, all-NaN columns, no classes at all."""
+    from dedup_assets.core.quality.statistics import nanmedian_over_rows
+
+    rng = np.random.default_rng(len(shape) + shape[1])
+    values = rng.standard_t(4, shape)
+    values[rng.random(shape) < missing] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.nanmedian(values, axis=1)
+    assert np.array_equal(nanmedian_over_rows(values), expected, equal_nan=True)
