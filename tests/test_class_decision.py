@@ -132,3 +132,22 @@ def test_a_class_too_small_for_a_fitted_space_is_decided_by_phash():
     # The joined space falls back to its own pixel part, the DCT descriptor.
     joined = decide_class(data, [0.9], space="spline_copula_dct", policy="density")[0]
     assert joined.space == "dct" and joined.kept.all()
+
+
+@pytest.mark.parametrize(
+    ("wanted", "ids", "expected"),
+    [
+        ([], [], []),
+        (["a"], [], [-1]),
+        ([], ["a"], []),
+        (["b", "a"], ["a", "b"], [1, 0]),
+        (["x/é 1.png", "x/é 10.png", "gone"], ["x/é 10.png", "z", "x/é 1.png"], [2, 0, -1]),
+        (["a", "a"], ["a"], [0, 0]),
+    ],
+)
+def test_latent_rows_find_their_catalog_rows(wanted, ids, expected):
+    """`load_class_data` places each latent row at its catalog row (-1: not catalogued)."""
+    from dedup_assets.core.decision.class_keep import _positions_of
+
+    got = _positions_of(np.array(wanted, dtype=str), np.array(ids, dtype=str))
+    assert got.tolist() == expected

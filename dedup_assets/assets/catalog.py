@@ -26,6 +26,7 @@ from dedup_assets.core.data.class_catalog import (
     pixels_digest,
     skipped_table,
     update_class_catalog,
+    write_quarantine,
 )
 from dedup_assets.core.data.image_folder import FolderScan
 from dedup_assets.core.data.layout import OutputLayout
@@ -220,7 +221,7 @@ def _decode_class(
         catalog.table.write_parquet(
             tmp / layout.class_images(key).name, metadata={CLASS_SUMMARY_KEY: json.dumps(summary)}
         )
-        catalog.quarantine.write_csv(tmp / layout.class_quarantine(key).name)
+        write_quarantine(catalog.quarantine, tmp / layout.class_quarantine(key).name)
     for row in catalog.quarantine.iter_rows(named=True):
         context.log.warning(f"{row['action']} {row['path']}: {row['reason']}")
     seconds = time.perf_counter() - start
