@@ -100,3 +100,37 @@ def test_a_quarantine_file_is_what_polars_writes(tmp_path, rows):
     assert (tmp_path / "ours.csv").read_bytes() == (tmp_path / "polars.csv").read_bytes()
     back = pl.read_csv(tmp_path / "ours.csv", schema=QUARANTINE_SCHEMA)
     assert back.equals(table)
+
+
+@pytest.mark.parametrize("with_rows", [(), (0,), (1, 3), (0, 1, 2, 3)])
+def test_the_dataset_quarantine_list_is_every_part_s_rows(tmp_path, with_rows):
+    """Parts without rows (header only) are skipped unread; the list is every other part's
+    rows sorted by path, the same as reading them all; a missing part is no part."""
+    from dedup_assets.core.data.class_catalog import (
+        QUARANTINE_SCHEMA,
+        assemble_quarantine,
+        write_quarantine,
+    )
+
+    parts = [tmp_path / f"part{i}.csv" for i in range(4)]
+    for i, p in enumerate(parts):
+        rows = 2 if i in with_rows else 0
+        write_quarantine(
+            pl.DataFrame(
+                {
+                    "path": [f"c{i}/z{j}.png" if j else f"c{i}/a,{j}.png" for j in range(rows)],
+                    "class": [f"c{i}"] * rows,
+                    "action": ["skipped"] * rows,
+                    "reason": ["corrupt"] * rows,
+                },
+                schema=QUARANTINE_SCHEMA,
+            ),
+            p,
+        )
+    missing = tmp_path / "gone.csv"
+    got = assemble_quarantine(
+        tmp_path / "all.csv", parts[0], [*parts[1:], missing], tmp_path / "lock"
+    )
+    expected = pl.concat([pl.read_csv(p, schema=QUARANTINE_SCHEMA) for p in parts]).sort("path")
+    assert got.equals(expected) and got.height == 2 * len(with_rows)
+    assert pl.read_csv(tmp_path / "all.csv", schema=QUARANTINE_SCHEMA).equals(expected)

