@@ -245,6 +245,7 @@ def test_approximate_join_finds_other_class_partners_crowded_by_own_class_copies
 def _nearest_one_slab_at_a_time(v: np.ndarray, labels: np.ndarray, block: int):
     """The exact join as it ran before its slabs were spread over threads (one loop, each
     slab updating the rows' and columns' best in turn): the answer the threads must give."""
+    from dedup_assets.core.decision.cross_class import _slab_tasks
     from dedup_assets.core.decision.similarity import block_rows
 
     x, labels, n = np.ascontiguousarray(v, dtype=np.float32), np.asarray(labels), len(v)
@@ -258,22 +259,30 @@ def _nearest_one_slab_at_a_time(v: np.ndarray, labels: np.ndarray, block: int):
     at = np.full(n, -1, np.int64)
     came = np.full(n, -1, np.int64)
     step = block_rows(n, block)
-    for a, b in zip(starts, ends, strict=True):
-        for r0 in range(a, b, step) if b < n else ():
-            r1 = min(r0 + step, b)
-            s = xs[r0:r1] @ xs[b:].T
-            r_at = s.argmax(axis=1)
-            r_val = s[np.arange(r1 - r0), r_at]
-            up = r_val > best[r0:r1]
-            best[r0:r1][up], at[r0:r1][up], came[r0:r1][up] = r_val[up], b + r_at[up], -1
-            c_val = s.max(axis=0)
-            up = np.flatnonzero(c_val > best[b:])
-            best[b + up], came[b + up] = c_val[up], r0
+    # The slabs as the join makes them: a class's blocks against the later classes, small
+    # classes together in one slab with each row's own class masked (`_slab_tasks`).
+    tasks = _slab_tasks(starts, ends, step)
+    for r0, r1, b, grouped in tasks:
+        s = xs[r0:r1] @ xs[b:].T
+        if grouped:
+            s[:, : r1 - r0][ls[r0:r1][:, None] == ls[r0:r1][None, :]] = -np.inf
+        # Columns first: a grouped slab's rows are among its columns, and a row's own side
+        # wins only when higher than every column value it has (the join's rule).
+        c_val = s.max(axis=0)
+        up = np.flatnonzero(c_val > best[b:])
+        best[b + up], came[b + up] = c_val[up], r0
+        r_at = s.argmax(axis=1)
+        r_val = s[np.arange(r1 - r0), r_at]
+        up = r_val > best[r0:r1]
+        best[r0:r1][up], at[r0:r1][up], came[r0:r1][up] = r_val[up], b + r_at[up], -1
+    rows_of = {r0: (r1, grouped) for r0, r1, _, grouped in tasks}
     pending = np.flatnonzero(came >= 0)
     for r0 in np.unique(came[pending]):  # the columns of one slab in one product
         cols = pending[came[pending] == r0]
-        r1 = min(r0 + step, ends[np.searchsorted(starts, r0, side="right") - 1])
+        r1, grouped = rows_of[int(r0)]
         sims = xs[cols] @ xs[r0:r1].T
+        if grouped:
+            sims[ls[cols][:, None] == ls[r0:r1][None, :]] = -np.inf
         pick = sims.argmax(axis=1)
         at[cols], best[cols] = r0 + pick, sims[np.arange(len(cols)), pick]
     partner = np.full(n, -1, np.int64)
@@ -471,3 +480,81 @@ def test_a_helper_thread_of_the_join_runs_at_the_lowest_priority():
     thread.join()
     assert seen == [19]
     assert os.getpriority(os.PRIO_PROCESS, 0) == before
+
+
+@pytest.mark.parametrize(
+    ("sizes", "step"),
+    [
+        ([20] * 50, 64),  # small classes: grouped up to the step
+        ([2000] * 10, 2048),  # one class a slab: the blocks of old
+        ([5, 300, 3, 3, 70, 1, 1, 1], 64),  # big classes split, small ones between
+        ([64, 64, 1], 64),  # exactly a step: alone
+        ([1], 64),
+        ([3, 4], 64),  # the last class in a group
+    ],
+)
+def test_the_join_s_slabs_cover_every_pair_of_classes_once_within_the_step(sizes, step):
+    """Every pair of rows of different classes is in some slab (as row and column), no
+    slab has more than `step` rows, a class bigger than `step` is split as before, and a
+    class alone keeps its old block (against the later classes only)."""
+    from dedup_assets.core.decision.cross_class import _slab_tasks
+
+    ends = np.cumsum(sizes)
+    starts = ends - np.asarray(sizes)
+    n = int(ends[-1])
+    label = np.repeat(np.arange(len(sizes)), sizes)
+    covered = np.zeros((n, n), bool)
+    for r0, r1, b, grouped in _slab_tasks(starts, ends, step):
+        assert 0 < r1 - r0 <= step and r0 < r1 <= n
+        assert (b == r0) if grouped else (b >= r1)
+        assert grouped == (len(set(label[r0:r1].tolist())) > 1)
+        covered[r0:r1, b:] = True
+    other = label[:, None] != label[None, :]
+    assert (covered | covered.T)[other].all()
+    if sizes == [2000] * 10:
+        old = [
+            (r0, min(r0 + step, b), b, False)
+            for a, b in zip(starts, ends, strict=True)
+            if b < n
+            for r0 in range(a, b, step)
+        ]
+        assert _slab_tasks(starts, ends, step) == old
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_many_small_classes_join_like_the_brute_force(threads):
+    """300 classes of 1-6 images (grouped slabs): each image's partner and cosine are the
+    brute force's, the same on every thread count, never of its own class."""
+    from dedup_assets.core.decision.cross_class import nearest_other_class
+
+    rng = np.random.default_rng(7)
+    labels = np.repeat(np.arange(300), rng.integers(1, 7, 300))
+    v = _unit(rng.standard_normal((len(labels), 16)))
+    got = nearest_other_class(v, labels, block=64, threads=threads)
+    partner, value = _nearest_by_brute_force(v, labels)
+    np.testing.assert_array_equal(got.partner, partner)
+    np.testing.assert_allclose(got.similarity, value, atol=1e-6)
+    assert (labels[got.partner] != labels).all()
+    one = _nearest_one_slab_at_a_time(v, labels, 64)
+    np.testing.assert_array_equal(got.partner, one[0])
+    np.testing.assert_array_equal(got.similarity, one[1])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_ties_among_small_grouped_classes_break_the_same_way_on_any_threads(threads):
+    """Copies of 6 vectors in 60 classes of 3 (grouped slabs, ties everywhere) and one
+    vector everywhere: the reference's partner on every thread count, never of its own
+    class, at similarity 1."""
+    from dedup_assets.core.decision.cross_class import nearest_other_class
+
+    base = _unit(np.random.default_rng(5).standard_normal((6, 8)))
+    copies = base[np.arange(180) % 6]
+    labels = np.arange(180) // 3
+    same = np.full((40, 4), 0.5, np.float32)
+    for v, lab in ((copies, labels), (same, np.arange(40) // 2)):
+        one = _nearest_one_slab_at_a_time(v, lab, 16)
+        got = nearest_other_class(v, lab, block=16, threads=threads)
+        np.testing.assert_array_equal(got.partner, one[0])
+        np.testing.assert_array_equal(got.similarity, one[1])
+        assert (lab[got.partner] != lab).all()
+        np.testing.assert_allclose(got.similarity, 1.0, atol=1e-6)

@@ -144,10 +144,11 @@ def nearest_other_class(
     if join == "ann":
         return _nearest_other_in_cells(x, labels, nprobe=nprobe)
     # Exact: images sorted by class, each class's rows against the columns of every later
-    # class only (a product per pair of classes, no same-class mask). A slab gives its rows
-    # their best (value and partner) and its columns their best value; a column remembers
-    # the row block its best came from, and its partner is found in that block at the end
-    # (numpy's argmax down a column of a slab cost four times the product itself).
+    # class only (no same-class mask), small classes together in one slab with their own
+    # classes masked (`_slab_tasks`). A slab gives its rows their best (value and partner)
+    # and its columns their best value; a column remembers the row block its best came
+    # from, and its partner is found in that block at the end (numpy's argmax down a column
+    # of a slab cost four times the product itself).
     order = np.argsort(labels, kind="stable")
     xs, ls = x[order], labels[order]
     starts = np.flatnonzero(np.r_[True, ls[1:] != ls[:-1]])
@@ -157,11 +158,14 @@ def nearest_other_class(
     best_s, at_s, from_block = _exact_slabs(xs, starts, ends, step, join_threads(threads, n, step))
     pending = np.flatnonzero(from_block >= 0)
     if len(pending):
+        rows_of = {r0: (r1, grouped) for r0, r1, _, grouped in _slab_tasks(starts, ends, step)}
         blocks, first = np.unique(from_block[pending], return_inverse=True)
         for k, r0 in enumerate(blocks):
             cols = pending[first == k]
-            r1 = min(r0 + step, ends[np.searchsorted(starts, r0, side="right") - 1])
+            r1, grouped = rows_of[int(r0)]
             sims = xs[cols] @ xs[r0:r1].T
+            if grouped:  # the block holds several classes: a column's own is no partner
+                sims[ls[cols][:, None] == ls[r0:r1][None, :]] = -np.inf
             pick = sims.argmax(axis=1)
             # Value and partner from one product (the slab's may differ in the last bit).
             at_s[cols], best_s[cols] = r0 + pick, sims[np.arange(len(cols)), pick]
@@ -187,6 +191,44 @@ def join_threads(threads: int | None, n: int, step: int) -> int:
 def _slab(xs: np.ndarray, r0: int, r1: int, b: int) -> np.ndarray:
     """One slab of the join: rows r0:r1 against every row from b on."""
     return xs[r0:r1] @ xs[b:].T
+
+
+def _slab_tasks(
+    starts: np.ndarray, ends: np.ndarray, step: int
+) -> list[tuple[int, int, int, bool]]:
+    """The join's slabs as (r0, r1, b, grouped), rows r0:r1 against the columns from b on.
+
+    A class of more than `step` rows: blocks of `step` of its rows against every later
+    class (b its end; the last class has none). Consecutive smaller classes share one slab
+    of at most `step` rows (`grouped`: b = r0, each row against the group's other classes
+    and every later one, its own class masked): a thousand classes of 20 rows were a
+    thousand thin products, each reading every later row. A class alone in its group is
+    the block it always was."""
+    n = int(ends[-1]) if len(ends) else 0
+    tasks: list[tuple[int, int, int, bool]] = []
+    group: list[int] = []  # [first row, end row, classes] of the open group
+
+    def close() -> None:
+        if group:
+            g0, g1, count = group
+            if count > 1:
+                tasks.append((g0, g1, g0, True))
+            elif g1 < n:
+                tasks.append((g0, g1, g1, False))
+            group.clear()
+
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        if b - a > step:
+            close()
+            if b < n:
+                tasks.extend((r0, min(r0 + step, b), b, False) for r0 in range(a, b, step))
+        elif group and b - group[0] <= step:
+            group[1], group[2] = b, group[2] + 1
+        else:
+            close()
+            group.extend([a, b, 1])
+    close()
+    return tasks
 
 
 def _exact_slabs(
@@ -215,12 +257,7 @@ def _exact_slabs(
     n = len(xs)
     row_best = np.full(n, -np.inf, dtype=np.float32)
     row_at = np.full(n, -1, dtype=np.int64)
-    tasks = [
-        (r0, min(r0 + step, b), b)
-        for a, b in zip(starts, ends, strict=True)
-        if b < n  # the last class meets every other as columns
-        for r0 in range(a, b, step)
-    ]
+    tasks = _slab_tasks(starts, ends, step)
     k = len(split) if split is not None else max(1, min(threads, len(tasks)))
     col_best = np.full((k, n), -np.inf, dtype=np.float32)
     col_from = np.full((k, n), np.iinfo(np.int64).max, dtype=np.int64)
@@ -229,8 +266,11 @@ def _exact_slabs(
     closed = threading.Event()  # the caller has its answer: later results are dropped
 
     def compute(t: int, i: int) -> None:
-        r0, r1, b = tasks[i]
+        r0, r1, b, grouped = tasks[i]
         s = _slab(xs, r0, r1, b)
+        if grouped:  # each row's own class (the group's first columns) is no partner
+            own = np.searchsorted(starts, np.arange(r0, r1), side="right")
+            s[:, : r1 - r0][own[:, None] == own[None, :]] = -np.inf
         r_at = s.argmax(axis=1)
         r_val = s[np.arange(r1 - r0), r_at]
         c_val = s.max(axis=0)
