@@ -196,9 +196,9 @@ def test_the_reference_pool_holds_pdq_bits_for_the_pdq_budget():
 
 @pytest.mark.parametrize("space", ["dct", "phash", "pdq"])
 def test_a_pool_borrowed_in_a_descriptor_space_leaves_its_latents_behind(space):
-    """A small class borrows the pool in its unfitted space: the pool's images come without
-    their latents (width 0, not copied), their vectors those of the images with them, and a
-    latent space refuses them rather than read zeros."""
+    """A small class borrows the pool in its unfitted space: the pool's images come with that
+    descriptor alone and without their latents (width 0, not copied), their vectors those
+    of the images with them, and a latent space refuses them rather than read zeros."""
     pixels = _photo_tiles()
     latents = np.random.default_rng(0).standard_normal((len(pixels), 1024)).astype(np.float32)
     pool = build_reference_pool(
@@ -210,6 +210,7 @@ def test_a_pool_borrowed_in_a_descriptor_space_leaves_its_latents_behind(space):
     rows = pool.others("a", np.array(["a0"]))
     light = pool.as_class(None, rows, space)
     assert light.latents.shape == (int(rows.sum()), 0)
+    assert set(light.descriptors) == {space}  # that descriptor alone is copied
     full = pool.as_class(None, rows)
     assert full.latents.shape == (int(rows.sum()), 1024)
     np.testing.assert_array_equal(vectorise_as(light, space), vectorise_as(full, space))
