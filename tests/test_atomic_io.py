@@ -166,11 +166,13 @@ def test_stored_tables_are_read_once_while_the_file_is_the_same(tmp_path, monkey
     path = tmp_path / "latents" / "a.parquet"
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     write_latents(path, ["i0", "i1", "i2"], ["a/0.png", "a/1.png", "a/2.png"], x, {"m": 1})
+    STORED_READS.clear()  # as in a process that did not write it
     first, again = read_latents(path), read_latents(path)
     assert len(reads) == 1 and again[1] is first[1] and np.array_equal(first[1], x)
     with pytest.raises(ValueError, match="read-only"):
         first[1][0, 0] = 7.0
     write_latents(path, ["i0"], ["a/0.png"], x[:1] + 1, {"m": 2})  # replaced whole
+    STORED_READS.clear()
     table, y = read_latents(path)
     assert len(reads) == 2 and table["image_id"].to_list() == ["i0"] and y[0, 0] == 1.0
     monkeypatch.setattr(STORED_READS, "MAX_BYTES", 4 * y.nbytes + 4 * table.estimated_size())
@@ -197,6 +199,7 @@ def test_stored_reads_keep_what_fits_when_the_classes_are_read_again_in_order(
     paths = [tmp_path / f"c{i}.parquet" for i in range(10)]
     for i, path in enumerate(paths):
         write_latents(path, [f"i{j}" for j in range(4)], [f"c{i}/{j}.png" for j in range(4)], x, {})
+    STORED_READS.clear()  # read by a process that did not write them
     table, y = read_latents(paths[0])
     one = table.estimated_size() + y.nbytes
     STORED_READS.clear()
@@ -211,7 +214,7 @@ def test_stored_reads_keep_what_fits_when_the_classes_are_read_again_in_order(
     table, y = read_latents(paths[0])
     assert table.height == 1 and STORED_READS._bytes == 3 * one + table.estimated_size() + y.nbytes
     read_latents(paths[0])
-    assert len(reads) == 10 + 2 * 6 + 1
+    assert len(reads) == 10 + 2 * 6  # written here: what it wrote, not read
     STORED_READS.clear()
 
 
@@ -334,6 +337,129 @@ def test_a_fit_written_by_this_process_is_read_from_what_it_wrote(tmp_path, monk
     STORED_READS.clear()
 
 
+@pytest.mark.parametrize("rows", [0, 1, 2, 20])
+def test_latents_written_by_this_process_are_read_from_what_it_wrote(tmp_path, monkeypatch, rows):
+    """`write_latents` hands its table and matrix to this process's later reads of the file
+    (no read): equal to what reading the file gives (values, dtypes, columns), read-only,
+    and the writer's own array stays its own; a file replaced since by another writer is
+    read again, for 0, 1, 2 and 20 rows and odd ids and paths."""
+    from dedup_assets.core.data import artifacts
+    from dedup_assets.core.data.artifacts import (
+        STORED_READS,
+        read_latent_ids,
+        read_latents,
+        write_latents,
+    )
+
+    reads = _parquet_reads(monkeypatch)
+    path = tmp_path / "latents" / "a b [1].parquet"
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 1024))  # float64: stored as float32
+    ids = [f"id é {i}" for i in range(rows)]
+    paths = [f"cls/ä [{i}].png" for i in range(rows)]
+    write_latents(path, ids, paths, x, {"model": "m1"})
+    table, matrix = read_latents(path)
+    assert reads == [] and read_latent_ids(path).equals(table)
+    assert not matrix.flags.writeable and matrix.dtype == np.float32
+    x[:] = 7.0  # the writer's array is its own
+    fresh_table, fresh = artifacts._latents(path)
+    assert len(reads) == 1
+    assert table.equals(fresh_table) and table.schema == fresh_table.schema
+    np.testing.assert_array_equal(matrix, fresh)
+    assert matrix.shape == (rows, 1024) and table["image_id"].to_list() == ids
+    # Replaced by another writer (another process): read again.
+    other = tmp_path / "other.parquet"
+    pl.DataFrame(
+        {"image_id": ["z"], "path": ["z.png"], "latent": [[1.0] * 1024]},
+        schema={"image_id": pl.String, "path": pl.String, "latent": pl.Array(pl.Float32, 1024)},
+    ).write_parquet(other)
+    os.replace(other, path)
+    table, matrix = read_latents(path)
+    assert table["image_id"].to_list() == ["z"] and matrix.shape == (1, 1024)
+    assert len(reads) == 2
+    STORED_READS.clear()
+
+
+def test_a_catalog_written_by_this_process_is_read_from_what_it_wrote(tmp_path, monkeypatch):
+    """A class's catalog written by the class_images asset (`written_catalog`) is handed to
+    this process's later reads (`read_class_images`, `class_summary`, `read_decoded_images`)
+    without a read, equal to what reading the file gives, for a class with an unreadable
+    file and odd names, an empty class, and a class decoded again after a change."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from dedup_assets.assets.catalog import _decode_class
+    from dedup_assets.core.data import artifacts
+    from dedup_assets.core.data.artifacts import (
+        STORED_READS,
+        class_summary,
+        read_class_images,
+        read_decoded_images,
+    )
+    from dedup_assets.core.data.layout import OutputLayout
+    from resources import ImageSource
+
+    source = tmp_path / "src [1]"
+    for key, n in (("cats é", 3), ("empty", 0)):
+        (source / key).mkdir(parents=True)
+        for i in range(n):
+            colour = (40 * i, 255 - 40 * i, 90)
+            Image.new("RGB", (20, 12), colour).save(source / key / f"im {i} [x].png")
+    (source / "cats é" / "broken.png").write_bytes(b"not a png")
+    image_source = ImageSource(root=str(source))
+    layout = OutputLayout(tmp_path / "out")
+    context = SimpleNamespace(log=SimpleNamespace(warning=lambda _: None))
+    reads = _parquet_reads(monkeypatch)
+    metadata_reads: list = []
+    real_meta = artifacts.pl.read_parquet_metadata
+    monkeypatch.setattr(
+        artifacts.pl,
+        "read_parquet_metadata",
+        lambda p, *a, **k: metadata_reads.append(p) or real_meta(p, *a, **k),
+    )
+
+    def decode(key: str) -> None:
+        _decode_class(
+            context,
+            lambda _: None,
+            layout,
+            source,
+            image_source.split_layout(),
+            key,
+            image_source,
+            full=False,
+        )
+
+    _, listings = image_source.list_source()
+    keys = {listing.name: key for key, listing in listings.items()}
+    assert sorted(keys) == ["cats é", "empty"]
+    for round_ in range(2):
+        for key in (keys["cats é"], keys["empty"]):
+            decode(key)  # a second round reads the class's earlier catalog to reuse it
+            reads.clear()
+            metadata_reads.clear()
+            table, summary = read_class_images(layout, key), class_summary(layout, key)
+            decoded = read_decoded_images(layout, key)
+            assert reads == [] and metadata_reads == []
+            STORED_READS.clear()  # what a process that did not write it reads
+            assert read_class_images(layout, key).equals(table)
+            assert read_class_images(layout, key).schema == table.schema
+            assert class_summary(layout, key) == summary
+            assert read_decoded_images(layout, key).equals(decoded)
+            assert len(reads) == 1 and len(metadata_reads) == 1
+            reads.clear()
+            metadata_reads.clear()
+        assert summary["images"] == 0 and table.height == 0
+        cats = read_class_images(layout, keys["cats é"])
+        assert cats.height == 4 + round_ and (cats["status"] == "ok").sum() == 3 + round_
+        reads.clear()
+        metadata_reads.clear()
+        STORED_READS.clear()
+        Image.new("RGB", (9, 9), (1, 2, 3)).save(source / "cats é" / "new [y].png")
+    STORED_READS.clear()
+
+
 def test_latent_ids_come_from_the_latents_read_and_scores_are_read_once(tmp_path, monkeypatch):
     """`read_latent_ids` answers from the latents already read while their file is the same
     (no read at all), else reads the two columns once; `read_scores` reads each class's
@@ -354,12 +480,15 @@ def test_latent_ids_come_from_the_latents_read_and_scores_are_read_once(tmp_path
     path = tmp_path / "latents" / "a.parquet"
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     write_latents(path, ["i0", "i1"], ["a/0.png", "a/1.png"], x, {"m": 1})
+    STORED_READS.clear()  # as in a process that did not write them
     ids = read_latent_ids(path)
     assert ids.columns == ["image_id", "path"] and ids["image_id"].to_list() == ["i0", "i1"]
     assert read_latent_ids(path).equals(ids) and len(reads) == 1  # the two columns, kept
     read_latents(path)
     assert len(reads) == 2 and read_latent_ids(path).equals(ids) and len(reads) == 2
-    write_latents(path, ["i9"], ["a/9.png"], x[:1], {"m": 2})  # replaced whole
+    write_latents(path, ["i9"], ["a/9.png"], x[:1], {"m": 2})  # replaced whole, here
+    assert read_latent_ids(path)["image_id"].to_list() == ["i9"] and len(reads) == 2
+    STORED_READS.clear()
     assert read_latent_ids(path)["image_id"].to_list() == ["i9"] and len(reads) == 3
 
     layout = OutputLayout(tmp_path / "out")

@@ -2,6 +2,7 @@
 catalog of decoded images (table, uint8 pixel store, quarantine list)."""
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from dedup_assets.core.data.artifacts import (
     digest,
     read_class_images,
     recorded_listings,
+    written_catalog,
 )
 from dedup_assets.core.data.atomic_io import atomic_dir, write_csv, write_parquet
 from dedup_assets.core.data.class_catalog import (
@@ -218,10 +220,11 @@ def _decode_class(
         with open(tmp / layout.class_pixels(key).name, "wb") as fh:
             np.save(fh, catalog.pixels)
         summary["pixels_digest"] = pixels_digest(tmp / layout.class_pixels(key).name)
-        catalog.table.write_parquet(
-            tmp / layout.class_images(key).name, metadata={CLASS_SUMMARY_KEY: json.dumps(summary)}
-        )
+        table_path, summary_text = tmp / layout.class_images(key).name, json.dumps(summary)
+        catalog.table.write_parquet(table_path, metadata={CLASS_SUMMARY_KEY: summary_text})
+        written = os.stat(table_path)
         write_quarantine(catalog.quarantine, tmp / layout.class_quarantine(key).name)
+    written_catalog(layout, key, written, catalog.table, summary_text)
     for row in catalog.quarantine.iter_rows(named=True):
         context.log.warning(f"{row['action']} {row['path']}: {row['reason']}")
     seconds = time.perf_counter() - start

@@ -164,13 +164,15 @@ class _ClassEncoder:
                 "model_digest": self.model_digest,
                 "path": dg.MetadataValue.path(str(path)),
             },
-            # The check reads back what was written: the stored table is what later stages use.
+            # The check reads the stored table as the later stages of this process read it
+            # (what the writer handed over for the file as written, `write_latents`).
             problems=_stored_problems(self.layout, key, expected),
             check_metadata={"catalogued": len(expected)},
         )
 
 
 def _stored_problems(layout, key: str, expected: list[str]) -> list[str]:
-    """The stored latents' problems: non-finite values, rows not those of the catalog."""
+    """The stored latents' problems (as `read_latents` gives them): non-finite values, rows
+    not those of the catalog."""
     table, latents = read_latents(layout.latents(key))
     return latent_problems(table["image_id"].to_list(), latents, expected)

@@ -458,6 +458,17 @@ def write_table(
     `metadata`; both are kept for this process's later reads of the file as written
     (`read_provenance`, `read_table_metadata`: the next steps of a class check it, 0.3 ms a
     read)."""
+    _write_table(df, path, provenance, metadata)
+    return Path(path)
+
+
+def _write_table(
+    df: pl.DataFrame,
+    path: Path | str,
+    provenance: dict | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> os.stat_result:
+    """`write_table`, giving the written file's stat (for a caller handing more over)."""
     meta = dict(metadata or {})
     if provenance:
         meta[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True)
@@ -467,7 +478,7 @@ def write_table(
     text = meta.get(PROVENANCE_KEY, "")
     STORED_READS.put(Path(path), written, "provenance", text, len(text) + 64)
     STORED_READS.put(Path(path), written, "metadata", meta, _metadata_bytes(meta))
-    return Path(path)
+    return written
 
 
 def read_table_metadata(path: Path) -> dict[str, str]:
@@ -862,18 +873,28 @@ def write_latents(
     latents: np.ndarray,
     provenance: dict,
 ) -> Path:
+    """Store one class's latents with their provenance, and hand the table and matrix as
+    written to this process's later reads of the file (`read_latents`): the class's check,
+    fit and keep decisions read them next in the same run, a read of 1-2 ms a small class
+    (a tenth of its latents step at 1,000 classes of 20)."""
+    # A copy of its own (as the read's is): the caller's array stays the caller's.
+    matrix = np.array(latents, dtype=np.float32, order="C").reshape(
+        len(image_ids), latents.shape[1]
+    )
+    matrix.setflags(write=False)
     df = pl.DataFrame(
         {
             "image_id": pl.Series(image_ids, dtype=pl.String),
             "path": pl.Series(paths, dtype=pl.String),
-            "latent": pl.Series(
-                "latent",
-                latents.astype(np.float32).reshape(len(image_ids), latents.shape[1]),
-                dtype=pl.Array(pl.Float32, latents.shape[1]),
-            ),
+            "latent": pl.Series("latent", matrix, dtype=pl.Array(pl.Float32, matrix.shape[1])),
         }
     )
-    return write_table(df, path, provenance)
+    written = _write_table(df, path, provenance)
+    table = df.drop("latent")
+    STORED_READS.put(
+        Path(path), written, "latents", (table, matrix), table.estimated_size() + matrix.nbytes
+    )
+    return Path(path)
 
 
 def read_latents(path: Path) -> tuple[pl.DataFrame, np.ndarray]:
@@ -1018,6 +1039,19 @@ def written_fit(path: Path, written: os.stat_result, provenance: dict, component
     text = json.dumps(provenance, sort_keys=True)
     STORED_READS.put(path, written, "provenance", text, len(text) + 64)
     STORED_READS.put(path, written, "components", int(components), 64)
+
+
+def written_catalog(
+    layout: OutputLayout, key: str, written: os.stat_result, table: pl.DataFrame, summary: str
+) -> None:
+    """A class's catalog just written by this process (the class_images asset): its table
+    and summary text kept for this process's later reads of the file as written
+    (`read_class_images`, `class_summary`); `written` is the file's stat before its folder
+    was swapped in (a folder's rename keeps its files' inodes). The class's latents read it
+    next in the same run (a read of about 1 ms a small class)."""
+    path = layout.class_images(key)
+    STORED_READS.put(path, written, f"catalog {key}", table, table.estimated_size())
+    STORED_READS.put(path, written, "class summary", summary, len(summary) + 64)
 
 
 def fit_components(layout: OutputLayout, key: str) -> int:
