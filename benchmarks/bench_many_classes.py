@@ -14,7 +14,8 @@ The two layouts run in turn, few then many, `--pairs` times (each into a fresh o
 and the ratio is the median of the pairs' ratios: the machines are shared and their speed
 drifts within minutes (three single pairs of the same code in a row on 2026-12-05 gave
 1.33, 1.72 and 1.54), and a pair's two runs see nearly the same machine. The table shows
-the median pair's runs; every pair is in the JSON.
+the median pair's runs; every pair is in the JSON. Each run starts after `sync`, the
+previous output deleted.
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ def main() -> None:
             OutputLayout(out).claim()  # a new output folder of latent-dedup, the model copied in
             (out / "model").mkdir(parents=True)
             shutil.copy2(model_out / "model" / "autoencoder.pt", out / "model" / "autoencoder.pt")
+            # The deleted output's blocks are given back (and discarded, on a disk mounted
+            # with `discard`) when the journal commits: sync first, so that happens before
+            # the timed run, not during its own file creations.
+            os.sync()
             runs[name] = timed_dedup_run(source, out, common)
             runs[name]["classes"] = FEW if name == "few" else args.classes
             runs[name].pop("stdout")
