@@ -218,3 +218,45 @@ def test_a_pool_borrowed_in_a_descriptor_space_leaves_its_latents_behind(space):
         with pytest.raises(ValueError, match="needs the images' latents"):
             vectorise_as(light, latent_space)
     assert pool.as_class(None, rows, "raw").latents.shape == (int(rows.sum()), 1024)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_pool_s_others_are_the_images_of_other_classes_without_the_class_s_pixels(seed):
+    """`ReferencePool.others` (looked up in the pool's index of keys and hashes) is, for
+    every class and any hashes, the pool images of other classes whose pixel hash is none
+    of the class's, as comparing every key and hash says: pools of 0, 1, 2 and many images,
+    one class or many, repeated hashes, odd keys, hashes absent from the pool, none given,
+    a key the pool does not hold; the index is built once and the pool left as it was."""
+    from dedup_assets.core.data.membership import among
+
+    rng = np.random.default_rng(seed)
+    size = [0, 1, 2, 50, 500, 4096][seed]
+    names = np.array(["a", "b b", "é/ü", "", "a.1", "[x]"])
+    keys = names[rng.integers(0, 1 if seed == 3 else len(names), size)]
+    hashes = np.array([f"h{i}" for i in rng.integers(0, max(1, size // 3), size)])
+    pool = ReferencePool(
+        np.zeros((size, 4), np.float32),
+        np.zeros((size, 63), np.float32),
+        np.zeros((size, 64), bool),
+        np.zeros((size, 256), bool),
+        keys.astype(str),
+        hashes.astype(str),
+    )
+    before = (pool.class_keys.copy(), pool.pixel_hashes.copy())
+    for key in [*names, "not in the pool"]:
+        for mine in (
+            np.array([], dtype=str),
+            hashes[rng.integers(0, max(1, size), 3)] if size else np.array(["h0"]),
+            np.array(["nowhere", "h0", "h0"]),
+            hashes,
+        ):
+            expected = pool.class_keys != key
+            if len(mine):
+                expected &= ~among(pool.pixel_hashes, mine)
+            got = pool.others(key, mine)
+            assert got.dtype == bool and got.shape == (size,)
+            np.testing.assert_array_equal(got, expected)
+    assert pool.__dict__["_rows_of"] is pool._rows_of  # built once
+    np.testing.assert_array_equal(pool.class_keys, before[0])
+    np.testing.assert_array_equal(pool.pixel_hashes, before[1])
+    assert ReferencePool.empty().others("a", np.array(["h"])).shape == (0,)
