@@ -237,3 +237,48 @@ def test_mirrors_are_encoded_with_the_precision_asked():
         bf16, encode_images(model, mirrored(px[rows]), amp_dtype=torch.bfloat16)
     )
     assert not np.array_equal(fp32, bf16)
+
+
+@pytest.mark.parametrize("n", [1, 2, 20])
+def test_stored_mirrors_are_handed_to_this_process_later_reads(tmp_path, monkeypatch, n):
+    """Mirrors encoded and stored by this process are what its next call for the same
+    latents gets, without opening the file: equal to what the file holds, read-only (the
+    caller's encoder output is not kept writable); a file replaced since by another writer
+    is opened again, and one holding other latents' mirrors is encoded anew."""
+    import os
+
+    from dedup_assets.core.data.artifacts import STORED_READS
+    from dedup_assets.core.data.layout import OutputLayout
+    from dedup_assets.core.decision import calibration
+
+    STORED_READS.clear()
+    layout = OutputLayout(tmp_path)
+    loads = []
+    real_load = calibration.np.load
+    monkeypatch.setattr(
+        calibration.np, "load", lambda p, *a, **k: loads.append(p) or real_load(p, *a, **k)
+    )
+    made = np.arange(n * 4, dtype=np.float64).reshape(n, 4)
+    rows, first = calibration.mirror_latents(layout, "k", {"c": 1}, n, lambda r: made[r])
+    assert loads == [layout.mirror_latents("k")]  # none stored yet: the failed open
+    loads.clear()
+    again_rows, again = calibration.mirror_latents(
+        layout, "k", {"c": 1}, n, lambda r: pytest.fail("encoded again")
+    )
+    assert loads == [] and again is first and again_rows is rows
+    assert first.dtype == np.float32 and not first.flags.writeable and not rows.flags.writeable
+    made[:] = -1.0  # the encoder's array is not what was kept
+    STORED_READS.clear()  # a process that did not write it opens the file
+    read_rows, read = calibration.mirror_latents(
+        layout, "k", {"c": 1}, n, lambda r: pytest.fail("encoded again")
+    )
+    assert len(loads) == 1 and not read.flags.writeable
+    np.testing.assert_array_equal(read, np.arange(n * 4, dtype=np.float32).reshape(n, 4))
+    np.testing.assert_array_equal(read_rows, rows)
+    # Replaced by another writer: opened again; other latents' mirrors: encoded anew.
+    other = tmp_path / "other.npz"
+    np.savez(other, latents=np.array("x"), rows=rows, mirrors=np.ones((n, 4), np.float32))
+    os.replace(other, layout.mirror_latents("k"))
+    _, fresh = calibration.mirror_latents(layout, "k", {"c": 1}, n, lambda r: np.zeros((n, 4)))
+    assert len(loads) == 2 and (fresh == 0).all()
+    STORED_READS.clear()

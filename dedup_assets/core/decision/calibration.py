@@ -59,14 +59,16 @@ a few tiny classes) the threshold is 1.0: exact copies only. Measured on unrelat
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 from scipy.special import bdtr
 
-from dedup_assets.core.data.artifacts import digest
+from dedup_assets.core.data.artifacts import STORED_READS, digest
 from dedup_assets.core.data.atomic_io import atomic_path
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.mapped import take_rows
@@ -150,22 +152,49 @@ def mirror_latents(
     latents table whose mirrors are used (`mirror_rows`) and their latents, read when stored
     for the same latents (`latents` is their provenance: class content and model), else
     `encode(rows)`d and stored. The class's own budget calibration and the cross-class one
-    then encode the mirrors once between them."""
+    then encode the mirrors once between them. What this process stored is handed to its
+    later reads of the file as written (`artifacts.STORED_READS`: the cross-class calibration
+    of the classes a worker decided opened each class's file again, 1 ms a small class);
+    the arrays returned are read-only."""
     path, stamp = layout.mirror_latents(key), digest(latents)
     rows = mirror_rows(n)
     try:
-        with np.load(path) as stored:
-            if str(stored["latents"]) == stamp and np.array_equal(stored["rows"], rows):
-                return rows, stored["mirrors"]
+        stored = STORED_READS.get(path, "mirrors", _read_mirrors, _mirrors_bytes)
+        if stored[0] == stamp and np.array_equal(stored[1], rows):
+            return stored[1], stored[2]
     except (OSError, KeyError, ValueError):
         pass  # absent, stale, of an older layout or unreadable: encode anew
-    mirrors = np.ascontiguousarray(encode(rows), dtype=np.float32)
+    mirrors = np.array(encode(rows), dtype=np.float32, order="C")
     if len(mirrors) != len(rows):
         raise ValueError(f"{len(mirrors)} mirror latents for {len(rows)} mirrored images")
+    rows, mirrors = _read_only(rows.copy()), _read_only(mirrors)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, latents=np.array(stamp), rows=rows, mirrors=mirrors)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, latents=np.array(stamp), rows=rows, mirrors=mirrors)
+        written = os.stat(tmp)
+    value = (stamp, rows, mirrors)
+    STORED_READS.put(path, written, "mirrors", value, _mirrors_bytes(value))
     return rows, mirrors
+
+
+def _read_mirrors(path: Path) -> tuple[str, np.ndarray, np.ndarray]:
+    """A class's stored mirrors: (the latents' stamp, rows, mirror latents), read-only."""
+    with np.load(path) as stored:
+        return (
+            str(stored["latents"]),
+            _read_only(stored["rows"]),
+            _read_only(np.ascontiguousarray(stored["mirrors"], dtype=np.float32)),
+        )
+
+
+def _mirrors_bytes(value: tuple[str, np.ndarray, np.ndarray]) -> int:
+    return len(value[0]) + value[1].nbytes + value[2].nbytes + 64
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
 
 
 def mirror_null(
