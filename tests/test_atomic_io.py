@@ -451,6 +451,15 @@ def test_a_catalog_written_by_this_process_is_read_from_what_it_wrote(tmp_path, 
             reads.clear()
             metadata_reads.clear()
         assert summary["images"] == 0 and table.height == 0
+        # A catalog above the handover cap is read by the next reader (its summary kept).
+        monkeypatch.setattr(artifacts, "HANDOVER_MAX_BYTES", 0)
+        decode(keys["cats é"])
+        reads.clear()
+        metadata_reads.clear()
+        read_class_images(layout, keys["cats é"])
+        class_summary(layout, keys["cats é"])
+        assert len(reads) == 1 and metadata_reads == []
+        monkeypatch.setattr(artifacts, "HANDOVER_MAX_BYTES", 4 * 2**20)
         cats = read_class_images(layout, keys["cats é"])
         assert cats.height == 4 + round_ and (cats["status"] == "ok").sum() == 3 + round_
         reads.clear()

@@ -730,6 +730,13 @@ class _StoredReads:
 
 STORED_READS = _StoredReads()
 
+HANDOVER_MAX_BYTES = 4 * 2**20
+"""The largest value a writer hands over to later reads of what it wrote when no read of it
+would have been kept before (a class's catalog in the process that decoded it, its mirror
+latents): the small classes', whose reads cost more than their bytes; a big class's read
+is cheap beside its work, and holding it would take memory the process did not hold before
+(a million images: 10 classes of 100,000, their catalogs and mirrors)."""
+
 
 def read_class_images(layout: OutputLayout, key: str) -> pl.DataFrame:
     """One class's catalog: every file of the class, decoded or quarantined (one written
@@ -1048,9 +1055,12 @@ def written_catalog(
     and summary text kept for this process's later reads of the file as written
     (`read_class_images`, `class_summary`); `written` is the file's stat before its folder
     was swapped in (a folder's rename keeps its files' inodes). The class's latents read it
-    next in the same run (a read of about 1 ms a small class)."""
+    next in the same run (a read of about 1 ms a small class); a table of more than
+    HANDOVER_MAX_BYTES is left to be read."""
     path = layout.class_images(key)
-    STORED_READS.put(path, written, f"catalog {key}", table, table.estimated_size())
+    size = table.estimated_size()
+    if size <= HANDOVER_MAX_BYTES:
+        STORED_READS.put(path, written, f"catalog {key}", table, size)
     STORED_READS.put(path, written, "class summary", summary, len(summary) + 64)
 
 

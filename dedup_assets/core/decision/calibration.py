@@ -68,7 +68,7 @@ import numpy as np
 import polars as pl
 from scipy.special import bdtr
 
-from dedup_assets.core.data.artifacts import STORED_READS, digest
+from dedup_assets.core.data.artifacts import HANDOVER_MAX_BYTES, STORED_READS, digest
 from dedup_assets.core.data.atomic_io import atomic_path
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.mapped import take_rows
@@ -154,8 +154,8 @@ def mirror_latents(
     `encode(rows)`d and stored. The class's own budget calibration and the cross-class one
     then encode the mirrors once between them. What this process stored is handed to its
     later reads of the file as written (`artifacts.STORED_READS`: the cross-class calibration
-    of the classes a worker decided opened each class's file again, 1 ms a small class);
-    the arrays returned are read-only."""
+    of the classes a worker decided opened each class's file again, 1 ms a small class) up
+    to `artifacts.HANDOVER_MAX_BYTES`; the arrays returned are read-only."""
     path, stamp = layout.mirror_latents(key), digest(latents)
     rows = mirror_rows(n)
     try:
@@ -174,7 +174,8 @@ def mirror_latents(
             np.savez(fh, latents=np.array(stamp), rows=rows, mirrors=mirrors)
         written = os.stat(tmp)
     value = (stamp, rows, mirrors)
-    STORED_READS.put(path, written, "mirrors", value, _mirrors_bytes(value))
+    if _mirrors_bytes(value) <= HANDOVER_MAX_BYTES:
+        STORED_READS.put(path, written, "mirrors", value, _mirrors_bytes(value))
     return rows, mirrors
 
 
