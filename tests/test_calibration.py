@@ -288,12 +288,13 @@ def test_mirrors_above_the_handover_cap_are_read_again(tmp_path, monkeypatch):
     """A class's mirrors bigger than `artifacts.HANDOVER_MAX_BYTES` are not kept by the
     process that stored them (a big class's read is cheap beside its work; holding them is
     memory): the next call opens the file, and gets what it holds."""
+    from dedup_assets.core.data import artifacts
     from dedup_assets.core.data.artifacts import STORED_READS
     from dedup_assets.core.data.layout import OutputLayout
     from dedup_assets.core.decision import calibration
 
     STORED_READS.clear()
-    monkeypatch.setattr(calibration, "HANDOVER_MAX_BYTES", 1024)
+    monkeypatch.setattr(artifacts, "HANDOVER_MAX_BYTES", 1024)
     layout = OutputLayout(tmp_path)
     made = np.ones((64, 8), np.float32)  # 2 KiB of mirrors
     calibration.mirror_latents(layout, "k", {"c": 1}, 64, lambda r: made[r])

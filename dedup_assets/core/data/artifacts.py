@@ -738,6 +738,14 @@ is cheap beside its work, and holding it would take memory the process did not h
 (a million images: 10 classes of 100,000, their catalogs and mirrors)."""
 
 
+def hand_over(path: Path, written: os.stat_result, what: str, value: Any, size: int) -> None:
+    """Keep `value`, just written to `path` by this process (`written`: the file's stat
+    before it replaced `path`), for this process's later reads of it as `what`, when it is
+    at most HANDOVER_MAX_BYTES."""
+    if size <= HANDOVER_MAX_BYTES:
+        STORED_READS.put(Path(path), written, what, value, size)
+
+
 def read_class_images(layout: OutputLayout, key: str) -> pl.DataFrame:
     """One class's catalog: every file of the class, decoded or quarantined (one written
     before catalogs carried the split gets its split, read from the key). Reused while the
@@ -1058,9 +1066,7 @@ def written_catalog(
     next in the same run (a read of about 1 ms a small class); a table of more than
     HANDOVER_MAX_BYTES is left to be read."""
     path = layout.class_images(key)
-    size = table.estimated_size()
-    if size <= HANDOVER_MAX_BYTES:
-        STORED_READS.put(path, written, f"catalog {key}", table, size)
+    hand_over(path, written, f"catalog {key}", table, table.estimated_size())
     STORED_READS.put(path, written, "class summary", summary, len(summary) + 64)
 
 

@@ -68,7 +68,7 @@ import numpy as np
 import polars as pl
 from scipy.special import bdtr
 
-from dedup_assets.core.data.artifacts import HANDOVER_MAX_BYTES, STORED_READS, digest
+from dedup_assets.core.data.artifacts import STORED_READS, digest, hand_over
 from dedup_assets.core.data.atomic_io import atomic_path
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.mapped import take_rows
@@ -155,7 +155,7 @@ def mirror_latents(
     then encode the mirrors once between them. What this process stored is handed to its
     later reads of the file as written (`artifacts.STORED_READS`: the cross-class calibration
     of the classes a worker decided opened each class's file again, 1 ms a small class) up
-    to `artifacts.HANDOVER_MAX_BYTES`; the arrays returned are read-only."""
+    to `artifacts.hand_over`'s cap; the arrays returned are read-only."""
     path, stamp = layout.mirror_latents(key), digest(latents)
     rows = mirror_rows(n)
     try:
@@ -168,14 +168,12 @@ def mirror_latents(
     if len(mirrors) != len(rows):
         raise ValueError(f"{len(mirrors)} mirror latents for {len(rows)} mirrored images")
     rows, mirrors = _read_only(rows.copy()), _read_only(mirrors)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # its folder made if missing
         with open(tmp, "wb") as fh:
             np.savez(fh, latents=np.array(stamp), rows=rows, mirrors=mirrors)
         written = os.stat(tmp)
     value = (stamp, rows, mirrors)
-    if _mirrors_bytes(value) <= HANDOVER_MAX_BYTES:
-        STORED_READS.put(path, written, "mirrors", value, _mirrors_bytes(value))
+    hand_over(path, written, "mirrors", value, _mirrors_bytes(value))
     return rows, mirrors
 
 
