@@ -12,6 +12,7 @@ from dedup_assets.core.decision.local_scaling import (
     LocalLevels,
     local_levels,
     null_margins,
+    outsider_levels,
 )
 from dedup_assets.core.decision.similarity import count_pairs_above, l2_normalize, pairs_above
 
@@ -66,6 +67,30 @@ def test_levels_and_null_match_their_definition(sampled):
     expected = e.max(axis=0) if sampled else e.max(axis=1)
     assert null.shape == expected.shape
     assert np.allclose(null, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_levels_with_tied_neighbours_leave_out_the_first_ones(sampled):
+    """Images repeated exactly (every tie in who is nearest): the levels still follow the
+    definition, the nearest of equal images taken in row order, and the pool's levels
+    (`outsider_levels`) leave out the same ones for a copy of an image of the class."""
+    rng = np.random.default_rng(3)
+    base = _unit(rng, 12)
+    v = base[rng.integers(0, 12, 60)]  # 60 images, 12 distinct: ties everywhere
+    rows = np.sort(rng.choice(60, 25, replace=False)) if sampled else np.arange(60)
+    d = l2_normalize(v[rows] + 0.8 * _unit(rng, len(rows)))
+    levels = local_levels(v, d, rows, block=16)
+    level, second, source = _dense_levels(v, d, rows)
+    assert np.allclose(levels.level, level, atol=1e-6)
+    assert np.allclose(levels.second, second, atol=1e-6)
+    assert np.array_equal(levels.source, source)
+    outsiders = v[:7]
+    outside = outsider_levels(outsiders, v, d, rows, block=16)
+    for q, o in enumerate(outsiders):
+        near = v @ o  # an outsider has no mirror of its own: its k nearest images only
+        banned = set(np.argsort(-near, kind="stable")[:K_NEIGHBOURS].tolist())
+        ok = [c for c in range(len(rows)) if rows[c] not in banned]
+        assert np.isclose(outside[q], (d[ok] @ o).max(), atol=1e-6)
 
 
 def test_a_copys_mirror_does_not_lift_the_level_of_a_symmetric_image():

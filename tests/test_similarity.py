@@ -13,6 +13,7 @@ from dedup_assets.core.decision.similarity import (
     iter_similarity_blocks,
     l2_normalize,
     pairs_above,
+    top_columns,
 )
 from dedup_assets.core.density.class_density import fit_class_density
 
@@ -249,3 +250,26 @@ def test_embed_missing_model_raises(space, class_model):
         embed(latents, space)
     with pytest.raises(ValueError):
         embed(latents, space, None)
+
+
+@pytest.mark.parametrize("rows, cols", [(0, 3), (1, 1), (1, 5), (2, 2), (7, 40), (64, 300)])
+def test_top_columns_are_the_stably_sorted_largest(rows, cols):
+    """Each row's k largest, highest first, equal values by lowest column: the first k of a
+    stable descending sort, for every k up to the row's width (past the argmax passes
+    too), on values with many ties and on -inf entries."""
+    rng = np.random.default_rng(rows * 1000 + cols)
+    values = rng.integers(0, 4, size=(rows, cols)).astype(np.float32)
+    values[rng.random((rows, cols)) < 0.1] = -np.inf
+    for k in range(0, cols + 1):
+        expected = np.argsort(-values, axis=1, kind="stable")[:, :k]
+        got = top_columns(values.copy(), k)
+        assert got.dtype == np.int64 and got.shape == (rows, k)
+        assert np.array_equal(got, expected), k
+
+
+def test_top_columns_of_identical_values_are_the_first_columns():
+    s = np.ones((3, 10), np.float32)
+    assert np.array_equal(top_columns(s, 2), np.tile([0, 1], (3, 1)))
+    assert np.array_equal(top_columns(np.ones((3, 10), np.float32), 9), np.tile(range(9), (3, 1)))
+    with pytest.raises(ValueError, match="k = 11"):
+        top_columns(np.ones((3, 10), np.float32), 11)

@@ -34,7 +34,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from dedup_assets.core.decision.similarity import DEFAULT_BLOCK, block_rows
+from dedup_assets.core.decision.similarity import DEFAULT_BLOCK, block_rows, top_columns
 
 
 class BudgetScaling(StrEnum):
@@ -104,7 +104,7 @@ def _excluded_columns(
     out[:, 0] = own
     kk = int(min(k, max(near.shape[1] - 1, 0)))
     if kk > 0:
-        out[:, 1 : kk + 1] = np.argpartition(-near, kk - 1, axis=1)[:, :kk]
+        out[:, 1 : kk + 1] = top_columns(near, kk)
     return out
 
 
@@ -242,7 +242,7 @@ def outsider_levels(
         part = outsiders[start : start + step]
         s = part @ decoys.T
         if kk > 0:
-            near = np.argpartition(-(part @ vectors.T), kk - 1, axis=1)[:, :kk]
+            near = top_columns(part @ vectors.T, kk)
             banned = column_of[near]
             r, c = np.nonzero(banned >= 0)
             s[r, banned[r, c]] = -np.inf

@@ -52,6 +52,34 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
+TOP_BY_PASSES = 8
+"""Up to this many columns a row, `top_columns` takes one argmax pass per column."""
+
+
+def top_columns(s: np.ndarray, k: int) -> np.ndarray:
+    """(rows, k) column indices of each row's k largest values of `s` (k <= its columns),
+    highest first, equal values by lowest column; `s` is overwritten (a caller's
+    temporary). For the few neighbours the levels leave out (k = 2) one argmax pass a
+    column: numpy's argpartition of a negated copy read a class's 15,000 x 4,096 products
+    about ten times slower, and was a quarter of a large class's keep decision."""
+    rows = len(s)
+    k = int(k)
+    if k <= 0:
+        return np.zeros((rows, 0), dtype=np.int64)
+    if k > s.shape[1]:
+        raise ValueError(f"k = {k} columns asked of a matrix of {s.shape[1]}")
+    if k > TOP_BY_PASSES:
+        return np.argsort(-s, axis=1, kind="stable")[:, :k].astype(np.int64)
+    out = np.empty((rows, k), dtype=np.int64)
+    r = np.arange(rows)
+    for j in range(k):
+        at = s.argmax(axis=1)
+        out[:, j] = at
+        if j + 1 < k:
+            s[r, at] = -np.inf
+    return out
+
+
 def with_origin_axis(unit: np.ndarray) -> np.ndarray:
     """Give zero rows a direction of their own, so they are identical to each other.
 
