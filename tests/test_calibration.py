@@ -6,6 +6,7 @@ import pytest
 
 from dedup_assets.core.decision.calibration import (
     budget_thresholds,
+    mirror_null,
     mirrored,
     nearest_decoy_similarity,
 )
@@ -34,6 +35,28 @@ def test_nearest_decoy_similarity_is_the_row_maximum_in_blocks():
     got = nearest_decoy_similarity(v, mirror, block=16, own=False)
     np.testing.assert_allclose(got, s.max(axis=1), rtol=1e-6)
     assert (got < 0.9999).all()
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2, 17, 300])
+def test_the_null_is_the_same_on_any_number_of_threads(rows):
+    """Blocks of the null also on idle-core threads (`threads`): the same values, bit for
+    bit, as one thread, with and without own decoys and a sample of queries, and through
+    `mirror_null` for every image mirrored and for a sample of mirrors."""
+    rng = np.random.default_rng(rows)
+    v = l2_normalize(rng.normal(size=(rows, 8)))
+    d = l2_normalize(v + 0.5 * rng.normal(size=(rows, 8))) if rows else v
+    index = rng.permutation(rows)
+    for own in (True, False):
+        one = nearest_decoy_similarity(v, d, block=16, own=own, query_index=index)
+        for threads in (2, 3, 8):
+            got = nearest_decoy_similarity(
+                v, d, block=16, own=own, query_index=index, threads=threads
+            )
+            np.testing.assert_array_equal(got, one)
+    sample = np.sort(rng.choice(rows, rows // 2, replace=False)) if rows else np.arange(0)
+    for mirrors in (np.arange(rows), sample):
+        one = mirror_null(v, d[mirrors], mirrors, block=16)
+        np.testing.assert_array_equal(mirror_null(v, d[mirrors], mirrors, 16, threads=3), one)
 
 
 def test_budget_cosine_leaves_at_most_the_budget_above_it():

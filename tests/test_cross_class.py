@@ -448,10 +448,11 @@ def test_the_join_s_extra_threads_take_idle_cores_only(monkeypatch):
     work (the command's report and clean copy) the join takes only the cores left idle."""
     import threading
 
+    from dedup_assets.core.data import pools
     from dedup_assets.core.decision import cross_class
 
     asked = []
-    monkeypatch.setattr(cross_class, "_on_idle_cores", lambda: asked.append(threading.get_ident()))
+    monkeypatch.setattr(pools, "on_idle_cores", lambda: asked.append(threading.get_ident()))
     rng = np.random.default_rng(0)
     v, labels = _unit(rng.standard_normal((600, 8))), rng.integers(0, 3, 600)
     cross_class.nearest_other_class(v, labels, block=16, threads=3)
@@ -463,15 +464,15 @@ def test_the_join_s_extra_threads_take_idle_cores_only(monkeypatch):
 
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no per-thread priority here")
 def test_a_helper_thread_of_the_join_runs_at_the_lowest_priority():
-    """`_on_idle_cores` lowers the thread it runs in, not the process."""
+    """`on_idle_cores` lowers the thread it runs in, not the process."""
     import threading
 
-    from dedup_assets.core.decision.cross_class import _on_idle_cores
+    from dedup_assets.core.data.pools import on_idle_cores
 
     seen = []
 
     def helper():
-        _on_idle_cores()
+        on_idle_cores()
         seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
 
     before = os.getpriority(os.PRIO_PROCESS, 0)

@@ -41,10 +41,12 @@ from dedup_assets.core.decision.cross_class import (
     NearestOther,
     SharedSpace,
     cross_class_pairs,
+    join_threads,
     nearest_other_class,
     stratified_sample,
 )
 from dedup_assets.core.decision.overrides import without_pairs
+from dedup_assets.core.decision.similarity import block_rows
 from dedup_assets.core.model.autoencoder import load_state
 from dedup_assets.ui import md_table
 from resources import ComputeDevice, DedupSettings, DedupStorage
@@ -348,11 +350,16 @@ def _mirror_null(
         decoys = [m[p] for (_, m), p in zip(stored, picks, strict=True)]
         at = [r[p] for (r, _), p in zip(stored, picks, strict=True)]
     offsets = np.cumsum([0, *sizes[:-1]])
+    projected = np.concatenate([space.project(d) for d in decoys])
+    # As the join, the blocks also on idle cores: at 135,000 images the null was one core's
+    # work of several seconds while the other sat idle (the other worker's reports done).
+    widest = max(len(vectors), len(projected))  # a block's columns, at most
     return mirror_null(
         vectors,
-        np.concatenate([space.project(d) for d in decoys]),
+        projected,
         np.concatenate([o + r for o, r in zip(offsets, at, strict=True)]),
         block,
+        threads=join_threads(None, widest, block_rows(widest, block)),
     )
 
 

@@ -9,13 +9,18 @@ through `cancelling` drops what is queued, so only the chunks already running fi
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from typing import TypeVar
 
+import numpy as np
+
 PoolT = TypeVar("PoolT", bound=Executor)
+T = TypeVar("T")
 
 _process_cores: int | None = None
 
@@ -62,3 +67,84 @@ def cancelling(pool: PoolT) -> Iterator[PoolT]:
         raise
     finally:
         pool.shutdown(wait=True)
+
+
+def on_idle_cores() -> None:
+    """This thread at the lowest scheduling priority (nice 19), where the system sets it per
+    thread (Linux): it then runs on a core no other runnable thread wants. Elsewhere, or
+    when refused, the thread runs as any other."""
+    if not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        return
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+def run_on_idle_cores(
+    count: int,
+    compute: Callable[[int], T],
+    store: Callable[[int, int, T], None],
+    threads: int,
+    split: Sequence[Sequence[int]] | None = None,
+    name: str = "idle",
+) -> None:
+    """`store(thread, i, compute(i))` for every task i in range(count), each store under one
+    lock: the caller at its own priority, `threads - 1` helper threads at the lowest
+    (`on_idle_cores`), so beside other work (the other worker's reports and clean copies)
+    they take only cores left idle. The caller never waits for a helper: when no task is
+    left it computes again any task a helper still holds, and returns; a helper's later
+    result is dropped. A task may thus be stored twice (by the same value), in any order,
+    so `store` must not depend on either. BLAS runs one thread per call meanwhile (numpy's
+    products then give the same bits on every thread: OpenBLAS splits a product by rows and
+    columns, never along the sum). `split` (tests): the tasks each thread computes, in
+    order, none taken from the others. Helper threads are named `<name>-<thread>`."""
+    k = len(split) if split is not None else max(1, min(threads, count))
+    if count == 0 and split is None:
+        return
+    lock = threading.Lock()
+    state = np.zeros(count, dtype=np.int8)  # 0 waiting, 1 taken, 2 done
+    closed = threading.Event()  # the caller has returned: later results are dropped
+
+    def run(t: int, i: int) -> None:
+        value = compute(i)
+        with lock:
+            if not closed.is_set():
+                store(t, i, value)
+                state[i] = 2
+
+    def take(stealing: bool) -> int | None:
+        with lock:
+            waiting = np.flatnonzero(state == 0)
+            if len(waiting):
+                state[waiting[0]] = 1
+                return int(waiting[0])
+            held = np.flatnonzero(state == 1)
+            return int(held[0]) if stealing and len(held) else None
+
+    def helper(t: int) -> None:
+        on_idle_cores()
+        try:
+            for i in split[t] if split is not None else iter(lambda: take(False), None):
+                if closed.is_set():
+                    return
+                run(t, i)
+        except Exception:  # noqa: BLE001 - the caller computes what this thread held
+            return
+
+    with blas_threads(1) if k > 1 else contextlib.nullcontext():
+        helpers = [
+            threading.Thread(target=helper, args=(t,), name=f"{name}-{t}", daemon=True)
+            for t in range(1, k)
+        ]
+        for thread in helpers:
+            thread.start()
+        try:
+            if split is not None:
+                for i in split[0]:
+                    run(0, i)
+                for thread in helpers:
+                    thread.join()
+            else:
+                while (i := take(True)) is not None:
+                    run(0, i)
+        finally:
+            closed.set()  # an interrupt or an error here: the helpers stop after their task

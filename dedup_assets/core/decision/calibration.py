@@ -72,6 +72,7 @@ from dedup_assets.core.data.artifacts import STORED_READS, digest, hand_over
 from dedup_assets.core.data.atomic_io import atomic_path
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.mapped import take_rows
+from dedup_assets.core.data.pools import run_on_idle_cores
 from dedup_assets.core.decision.class_decision import (
     ClassData,
     needs_pixels,
@@ -201,11 +202,13 @@ def mirror_null(
     decoys: np.ndarray,
     rows: np.ndarray,
     block: int = DEFAULT_BLOCK,
+    threads: int = 1,
 ) -> np.ndarray:
     """The nearest-unrelated similarities whose quantile is a budget's cosine (module doc):
     `decoys[k]` is the mirror of `vectors[rows[k]]`. With every image mirrored, each image
     against the other images' mirrors; with a sample of mirrors, each mirror against the
-    images other than its source (at most MAX_QUERIES images or mirrors, a seeded sample)."""
+    images other than its source (at most MAX_QUERIES images or mirrors, a seeded sample).
+    `threads`: as `nearest_decoy_similarity`'s."""
     n = len(vectors)
     rows = np.asarray(rows)
     if len(rows) == n and np.array_equal(rows, np.arange(n)):
@@ -213,12 +216,14 @@ def mirror_null(
         if n > MAX_QUERIES:  # the quantile from a sample of images, against every mirror
             queries = np.sort(np.random.default_rng(0).choice(n, MAX_QUERIES, replace=False))
         return nearest_decoy_similarity(
-            vectors[queries], decoys, block, own=False, query_index=queries
+            vectors[queries], decoys, block, own=False, query_index=queries, threads=threads
         )
     pick = np.arange(len(rows))
     if len(pick) > MAX_QUERIES:
         pick = np.sort(np.random.default_rng(0).choice(len(pick), MAX_QUERIES, replace=False))
-    return nearest_decoy_similarity(decoys[pick], vectors, block, own=False, query_index=rows[pick])
+    return nearest_decoy_similarity(
+        decoys[pick], vectors, block, own=False, query_index=rows[pick], threads=threads
+    )
 
 
 def proportional_mirrors(sizes: Sequence[int], mirrored: Sequence[int]) -> list[np.ndarray]:
@@ -250,12 +255,15 @@ def nearest_decoy_similarity(
     *,
     own: bool = True,
     query_index: np.ndarray | None = None,
+    threads: int = 1,
 ) -> np.ndarray:
     """For each unit row of vectors, its largest cosine with any unit row of decoys.
 
     own=False skips decoy i for row i (decoys made from the rows themselves): an image's
     own mirror is not an unrelated image when the scene is nearly symmetric. With
     `query_index`, row k of vectors is image query_index[k] (a sample of the images).
+    `threads` above 1: blocks of rows also on that many threads less one, on idle cores
+    only (`pools.run_on_idle_cores`; the same values whatever the threads).
     """
     n = len(vectors)
     out = np.full(n, -1.0, dtype=np.float32)
@@ -263,12 +271,19 @@ def nearest_decoy_similarity(
         return out
     index = np.arange(n) if query_index is None else np.asarray(query_index)
     rows = block_rows(len(decoys), block)
-    for start in range(0, n, rows):
+
+    def compute(i: int) -> np.ndarray:
+        start = i * rows
         s = vectors[start : start + rows] @ decoys.T
         if not own:
             r = np.arange(len(s))
             s[r, index[start + r]] = -np.inf
-        out[start : start + len(s)] = s.max(axis=1)
+        return s.max(axis=1)
+
+    def store(_thread: int, i: int, best: np.ndarray) -> None:
+        out[i * rows : i * rows + len(best)] = best
+
+    run_on_idle_cores(-(-n // rows), compute, store, threads, name="null")
     return out
 
 

@@ -15,15 +15,13 @@ holds at most N pairs and memory grows with N.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from dedup_assets.core.data.pools import blas_threads
+from dedup_assets.core.data.pools import run_on_idle_cores
 from dedup_assets.core.decision.similarity import (
     DEFAULT_BLOCK,
     MAX_SLAB_BYTES,
@@ -245,15 +243,12 @@ def _exact_slabs(
     was (its partner is found there afterwards).
 
     Why threads: numpy's products release the GIL, and at 135,000 images the first
-    threshold's join ran alone on one core for the last 32 s of its stage. The caller works
-    at its own priority; the other threads at the lowest (`_on_idle_cores`), on cores left
-    idle only, and the caller never waits for them: when no slab is left it computes again
-    any slab a helper still holds, and returns (a helper's later result is discarded). The
-    answer is that of one slab at a time, in any order: a column keeps its highest value,
-    from the earliest slab on ties; a row's own slab wins only when higher. BLAS runs one
-    thread per call meanwhile (its products are then the same on every thread: OpenBLAS
-    splits a product by rows and columns, never along the sum). `split` (tests): the slab
-    indices each thread computes, in order, with no taking from the others."""
+    threshold's join ran alone on one core for the last 32 s of its stage. The slabs run on
+    `pools.run_on_idle_cores` (the caller's thread, the others on idle cores only, a
+    helper's late result dropped); the answer is that of one slab at a time, in any order:
+    a column keeps its highest value, from the earliest slab on ties; a row's own slab wins
+    only when higher. `split` (tests): the slab indices each thread computes, in order,
+    with no taking from the others."""
     n = len(xs)
     row_best = np.full(n, -np.inf, dtype=np.float32)
     row_at = np.full(n, -1, dtype=np.int64)
@@ -261,65 +256,25 @@ def _exact_slabs(
     k = len(split) if split is not None else max(1, min(threads, len(tasks)))
     col_best = np.full((k, n), -np.inf, dtype=np.float32)
     col_from = np.full((k, n), np.iinfo(np.int64).max, dtype=np.int64)
-    lock = threading.Lock()
-    state = np.zeros(len(tasks), dtype=np.int8)  # 0 waiting, 1 taken, 2 done
-    closed = threading.Event()  # the caller has its answer: later results are dropped
 
-    def compute(t: int, i: int) -> None:
+    def compute(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         r0, r1, b, grouped = tasks[i]
         s = _slab(xs, r0, r1, b)
         if grouped:  # each row's own class (the group's first columns) is no partner
             own = np.searchsorted(starts, np.arange(r0, r1), side="right")
             s[:, : r1 - r0][own[:, None] == own[None, :]] = -np.inf
         r_at = s.argmax(axis=1)
-        r_val = s[np.arange(r1 - r0), r_at]
-        c_val = s.max(axis=0)
-        with lock:
-            if closed.is_set():
-                return
-            row_best[r0:r1], row_at[r0:r1] = r_val, b + r_at
-            best, came = col_best[t, b:], col_from[t, b:]
-            better = np.flatnonzero((c_val > best) | ((c_val == best) & (r0 < came)))
-            best[better], came[better] = c_val[better], r0
-            state[i] = 2
+        return r_at, s[np.arange(r1 - r0), r_at], s.max(axis=0)
 
-    def take(stealing: bool) -> int | None:
-        with lock:
-            waiting = np.flatnonzero(state == 0)
-            if len(waiting):
-                state[waiting[0]] = 1
-                return int(waiting[0])
-            held = np.flatnonzero(state == 1)
-            return int(held[0]) if stealing and len(held) else None
+    def store(t: int, i: int, result: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        r0, r1, b, _ = tasks[i]
+        r_at, r_val, c_val = result
+        row_best[r0:r1], row_at[r0:r1] = r_val, b + r_at
+        best, came = col_best[t, b:], col_from[t, b:]
+        better = np.flatnonzero((c_val > best) | ((c_val == best) & (r0 < came)))
+        best[better], came[better] = c_val[better], r0
 
-    def helper(t: int) -> None:
-        _on_idle_cores()
-        try:
-            for i in split[t] if split is not None else iter(lambda: take(False), None):
-                if closed.is_set():
-                    return
-                compute(t, i)
-        except Exception:  # noqa: BLE001 - the caller computes what this thread held
-            return
-
-    with blas_threads(1) if k > 1 else contextlib.nullcontext():
-        helpers = [
-            threading.Thread(target=helper, args=(t,), name=f"join-{t}", daemon=True)
-            for t in range(1, k)
-        ]
-        for thread in helpers:
-            thread.start()
-        try:
-            if split is not None:
-                for i in split[0]:
-                    compute(0, i)
-                for thread in helpers:
-                    thread.join()
-            else:
-                while (i := take(True)) is not None:
-                    compute(0, i)
-        finally:
-            closed.set()  # an interrupt or an error here: the helpers stop after their slab
+    run_on_idle_cores(len(tasks), compute, store, k, split, name="join")
     # Each column's best over the threads, the earliest slab among equal values.
     top = col_best.max(axis=0)
     first = np.where(col_best == top, col_from, np.iinfo(np.int64).max).min(axis=0)
@@ -328,16 +283,6 @@ def _exact_slabs(
     best = np.where(own, row_best, top)
     at = np.where(own, row_at, -1)
     return best, at, np.where(own, -1, col_first)
-
-
-def _on_idle_cores() -> None:
-    """This thread at the lowest scheduling priority (nice 19), where the system sets it per
-    thread (Linux): it then runs on a core no other runnable thread wants. Elsewhere, or
-    when refused, the thread runs as any other."""
-    if not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
-        return
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 CELL_SIZE = 1024  # images per cell of the approximate join, on average
