@@ -23,6 +23,8 @@ from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.quality.demo_data import generate_demo_dataset
 from dedup_assets.core.quality.review_page import (
     KIND_ORDER,
+    PNG_CHUNK,
+    png_files,
     removed_pairs,
     script_json,
     shown_thumbnails,
@@ -282,6 +284,21 @@ def test_thumbnails_are_made_once_from_the_pixel_store(review):
     assert (third.thumbnails_written, third.thumbnails_reused) == (1, len(needed) - 1)
     assert third.thumbnails_removed == 1 and not unused.exists()
     assert png.is_file() and third.build == second.build
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, PNG_CHUNK + 1, 3 * PNG_CHUNK])
+def test_thumbnails_are_the_same_pngs_on_any_number_of_threads(n):
+    """The PNGs compressed on several threads: the same bytes, in the image order, as on
+    one, and each decodes (Pillow) to its image's pixels exactly."""
+    rng = np.random.default_rng(n)
+    pixels = rng.integers(0, 256, (n, 9, 7, 3), dtype=np.uint8)
+    pixels[: n // 2] //= 32  # some compress well, some do not
+    one = png_files(pixels, threads=1)
+    assert len(one) == n
+    for threads in (2, 3, 8):
+        assert png_files(pixels, threads=threads) == one
+    for k in {k for k in (0, n // 2, n - 1) if 0 <= k < n}:
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(one[k]))), pixels[k])
 
 
 def _page_hashes(key: str, rows: list) -> list:
