@@ -277,9 +277,10 @@ def test_the_kept_entropies_are_bounded(monkeypatch):
 
 
 def test_a_large_class_is_refitted_a_chunk_at_a_time_with_the_same_kurtosis(monkeypatch):
-    """Above REFIT_CHUNK kept images, `refit_row` works a chunk of rows at a time: the same
-    kurtosis as the class refitted in one piece, and no centred copy of the class in memory
-    (what the keep decisions of a class of 100,000 held beside their own, 400 MB)."""
+    """Above REFIT_CHUNK_BYTES of kept latents, `refit_row` works a chunk of rows (that many
+    bytes) at a time: the same kurtosis as the class refitted in one piece, and no centred
+    copy of the class in memory (what the keep decisions of a class of 100,000 held beside
+    their own, 400 MB). Under it, one piece."""
     import tracemalloc
 
     from dedup_assets.core.quality import kurtosis_report as kr
@@ -289,9 +290,9 @@ def test_a_large_class_is_refitted_a_chunk_at_a_time_with_the_same_kurtosis(monk
     scale = np.linspace(3.0, 0.1, d).astype(np.float32)
     latents = (rng.standard_t(5, (n, d)) * scale).astype(np.float32)
     kept = rng.random(n) < 0.8
-    monkeypatch.setattr(kr, "REFIT_CHUNK", 10**9)
+    monkeypatch.setattr(kr, "REFIT_CHUNK_BYTES", 10**12)
     whole = kr.refit_row(latents, kept)
-    monkeypatch.setattr(kr, "REFIT_CHUNK", 1024)
+    monkeypatch.setattr(kr, "REFIT_CHUNK_BYTES", 1024 * d * 4)
     tracemalloc.start()
     chunked = kr.refit_row(latents, kept)
     peak = tracemalloc.get_traced_memory()[1]
@@ -303,3 +304,13 @@ def test_a_large_class_is_refitted_a_chunk_at_a_time_with_the_same_kurtosis(monk
     # Index rows give the mask's answer; under MIN_IMAGES_FOR_KURTOSIS kept: NaN.
     np.testing.assert_array_equal(kr.refit_row(latents, np.flatnonzero(kept)), chunked)
     assert np.isnan(kr.refit_row(latents, np.arange(3))).all()
+    # The default: 16,384 latents of 1,024 (64 MiB) in one piece, one more in chunks.
+    monkeypatch.undo()
+    chunks = []
+    monkeypatch.setattr(kr, "_chunked_leading_scores", lambda *a: chunks.append(a[3]) or 1 / 0)
+    wide = np.zeros((16_385, 1024), np.float32)
+    wide[:, :3] = rng.standard_t(5, (16_385, 3))
+    assert np.isfinite(kr.refit_row(wide, np.arange(16_384))).all() and chunks == []
+    with pytest.raises(ZeroDivisionError):
+        kr.refit_row(wide, np.arange(16_385))
+    assert chunks == [16_384]
