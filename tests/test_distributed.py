@@ -147,8 +147,9 @@ def test_local_processes_give_the_in_process_answer(source, in_process, tmp_path
     summary = (out / "reports" / "summary.md").read_text()
     assert "| 0.95 |" in summary and "| 2% |" in summary
     # The other thresholds' keep lists and reports started on the pool while the first
-    # threshold ran here; their clean copies and cross-class tables after it ended.
-    assert re.search(r"^\[thresholds: [^\]]*\] 6 run\(s\) in ", done.stdout, re.M), done.stdout
+    # threshold ran here; their clean copies once it had ended (they hard-link from its
+    # copy), their cross-class tables once its cross-class join had ended (they read it).
+    assert re.search(r"^\[thresholds: [^\]]*\] 8 run\(s\) in ", done.stdout, re.M), done.stdout
     with dg.DagsterInstance.from_config(str(out / ".dagster")) as instance:
         runs = {}
         for record in instance.get_run_records(
@@ -158,12 +159,15 @@ def test_local_processes_give_the_in_process_answer(source, in_process, tmp_path
             assets = frozenset(k.to_user_string() for k in run.asset_selection or [])
             runs[(run.tags["dagster/partition"], assets)] = record
     first_here = runs[("0.9", frozenset({"keep_list", "kurtosis_report", "clean_dataset"}))]
-    assert ("0.9", frozenset({"cross_class_duplicates"})) in runs
+    first_join = runs[("0.9", frozenset({"cross_class_duplicates"}))]
     for t in ("0.95", "2%"):
         early = runs[(t, frozenset({"keep_list", "kurtosis_report"}))]
-        late = runs[(t, frozenset({"clean_dataset", "cross_class_duplicates"}))]
-        assert early.start_time < first_here.end_time <= late.start_time, t
-    assert len(runs) == 6, sorted(runs)
+        copy = runs[(t, frozenset({"clean_dataset"}))]
+        pairs = runs[(t, frozenset({"cross_class_duplicates"}))]
+        assert early.start_time < first_here.end_time <= copy.start_time, t
+        assert early.end_time <= copy.start_time, t
+        assert first_join.end_time <= pairs.start_time, t
+    assert len(runs) == 8, sorted(runs)
     # Each report, run at the same time as the others, refits its own threshold only.
     for t, assets in runs:
         if "kurtosis_report" in assets:
