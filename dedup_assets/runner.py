@@ -50,6 +50,7 @@ from dedup_assets.core.data.layout import OutputLayout, resolve_dagster_home
 from dedup_assets.core.data.pools import blas_threads
 from dedup_assets.core.data.run_fingerprint import discard_record
 from dedup_assets.core.data.source_index import ClassListing, changed_classes
+from dedup_assets.core.data.thresholds import budget_of
 from dedup_assets.core.decision.leakage import (
     clean_copies_behind,
     gate_failures,
@@ -601,16 +602,23 @@ def _catalog_and_images(
 
 def _training(stages: _Stages, layout: OutputLayout) -> tuple[CurrentInputs, bool]:
     """Keep the model or train it again, and draw the reference pool when it is not the
-    model's; the current inputs then, and whether the model changed."""
+    model's and a false-removal budget will read it (only a budget does: with cosine
+    thresholds alone it is not drawn, 1.6 s of EuroSAT's first run, and a later run with a
+    budget draws it); the current inputs then, and whether the model changed."""
     model_before = file_digest(layout.model) if layout.model.exists() else None
-    failed, results = stages.run("training", TRAIN_JOB, [None])
+    needs_pool = any(budget_of(t) is not None for t in stages.config.thresholds)
+    failed, results = stages.run(
+        "training", TRAIN_JOB, [None], None if needs_pool else ["autoencoder"]
+    )
     if failed:
         raise _Skipped("every later stage: training failed")
     stages.outcome.training = _training_decision(results[0])
     stages.log(f"training: {stages.outcome.training}")
     retrained = file_digest(layout.model) != model_before
     current = current_inputs(stages.config)
-    if not is_current(layout.reference_pool, reference_pool_provenance(current.model_digest)):
+    if not needs_pool:
+        stages.log("reference pool: not drawn, no threshold is a false-removal budget")
+    elif not is_current(layout.reference_pool, reference_pool_provenance(current.model_digest)):
         # A kept model skips the training job's pool step: draw the pool on its own.
         if stages.run("reference pool", TRAIN_JOB, [None], ["reference_pool"])[0]:
             raise _Skipped("every later stage: drawing the reference pool failed")

@@ -118,6 +118,37 @@ def test_whole_graph_materializes(tiny_run):
     assert saved["thresholds"] == list(THRESHOLDS) and "device" not in saved
 
 
+def test_the_reference_pool_is_drawn_only_for_a_budget(tiny_run, tmp_path):
+    """Cosine thresholds alone read no reference pool: none is drawn (and none is
+    materialized). The same output run again with a budget added draws it then, and
+    decides the budget, while the cosine keep lists are kept as decided."""
+    import shutil
+
+    layout, instance = tiny_run["layout"], tiny_run["instance"]
+    assert not layout.reference_pool.exists()
+    assert not instance.fetch_materializations(dg.AssetKey("reference_pool"), limit=1).records
+    out = tmp_path / "out"
+    shutil.copytree(layout.root, out, ignore=shutil.ignore_patterns(".dagster"))
+    before = {t: pl.read_parquet(OutputLayout(out).keep_list(t)) for t in THRESHOLDS}
+    config = tiny_run["config"].model_copy(
+        update={"output": str(out), "thresholds": (*THRESHOLDS, "5%")}
+    )
+    lines = []
+    with dg.DagsterInstance.ephemeral() as again:
+        outcome = run_pipeline(config, again, log=lines.append)
+        assert outcome.failures == [] and outcome.skipped == []
+        assert again.fetch_materializations(dg.AssetKey("reference_pool"), limit=1).records
+    assert OutputLayout(out).reference_pool.is_file()
+    assert not any("reference pool: not drawn" in line for line in lines)
+    budget = pl.read_parquet(OutputLayout(out).keep_list("5%"))
+    assert budget.height == before["0.95"].height
+    for t in THRESHOLDS:  # the same decisions, made in the first run
+        after = pl.read_parquet(OutputLayout(out).keep_list(t))
+        assert after.select("path", "kept", "decided_in").equals(
+            before[t].select("path", "kept", "decided_in")
+        ), t
+
+
 def test_every_class_partition_has_its_own_materialization_and_verdict(tiny_run):
     """One run for all classes, yet the instance (what the UI reads) holds one
     materialization per class with that class's own metadata, and one current
