@@ -116,7 +116,7 @@ def executor_definition(executor: Executor) -> dg.ExecutorDefinition | None:
 
 # What the local pool's worker server imports once, so that every worker starts as a fork
 # of it with the pipeline's modules loaded (`worker_context`).
-WORKER_PRELOAD = ["dedup_assets.dispatch"]
+WORKER_PRELOAD = ["dedup_assets.dispatch", "dedup_assets.instance_imports"]
 # Polars reads its variable when its pool starts (a process's first parallel operation; the
 # server runs none): a worker's two polars threads beside another worker's on 2 cores made a
 # small sort 5x and a small parquet read 3x slower (measured with a second process busy).

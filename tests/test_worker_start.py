@@ -40,6 +40,8 @@ with ProcessPoolExecutor(2, mp_context=context, initializer=init_pool_process,
         "__import__('dedup_assets.core.data.pools', fromlist=['_']).process_cores()",
         "__import__('torch').get_num_threads()",
         "__import__('polars').thread_pool_size()",
+        "[m in __import__('sys').modules for m in "
+        "('dedup_assets.instance_imports', 'alembic.command', 'dagster._core.instance.factory')]",
     )]
 print(json.dumps({"method": context.get_start_method(), "parent_env": before,
                   "after_env": os.environ.get("OMP_NUM_THREADS"), "me": os.getpid(),
@@ -53,14 +55,57 @@ def test_pool_workers_are_forks_of_a_server_that_imported_the_pipeline():
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    preloaded, env, parent, cores, threads, polars_threads = out["seen"]
+    preloaded, env, parent, cores, threads, polars_threads, instance_modules = out["seen"]
     assert out["method"] == "forkserver"
     assert preloaded  # Dagster and polars were there before the worker's first task
     assert parent != out["me"]  # forked by the server, not started by this process
     assert env == "1" and cores == 1 and threads == 1  # one core's share each
     assert polars_threads == 1  # polars's pool too: it starts in the worker, not the server
+    # What opening the instance imports was imported by the server, before any task.
+    assert all(instance_modules), instance_modules
     # The caller's own environment is as it was: its BLAS keeps every core.
     assert out["parent_env"] == out["after_env"]
+
+
+def test_every_module_opening_the_instance_imports_is_still_there():
+    """`instance_imports` skips a module a Dagster release dropped; this says when one is
+    (the preload then does less)."""
+    import importlib
+
+    from dedup_assets.instance_imports import MODULES
+
+    for name in MODULES:
+        importlib.import_module(name)
+
+
+OPEN_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+import dedup_assets.dispatch
+if sys.argv[2] == "preloaded":
+    import dedup_assets.instance_imports
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.runner import instance_for
+OutputLayout(Path(sys.argv[1])).claim()
+before = set(sys.modules)
+with instance_for(Path(sys.argv[1])):
+    pass
+print(json.dumps(len(set(sys.modules) - before)))
+"""
+
+
+def test_a_preloaded_process_opens_its_instance_with_few_imports(tmp_path):
+    counts = {}
+    for how in ("plain", "preloaded"):
+        proc = subprocess.run(
+            [sys.executable, "-c", OPEN_SCRIPT, str(tmp_path / how), how],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        counts[how] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert counts["plain"] > 200 and counts["preloaded"] < counts["plain"] / 4, counts
 
 
 PRESTART_SCRIPT = r"""
