@@ -53,6 +53,13 @@ def test_the_null_is_the_same_on_any_number_of_threads(rows):
                 v, d, block=16, own=own, query_index=index, threads=threads
             )
             np.testing.assert_array_equal(got, one)
+    # A block of the null: at most NULL_SLAB_BYTES of similarities, whatever the threads.
+    from dedup_assets.core.decision.calibration import NULL_SLAB_BYTES, null_block_rows
+
+    assert null_block_rows(17, 16) == 16 and null_block_rows(0) == 2048
+    million = null_block_rows(1_000_000)
+    assert 4 * million * 1_000_000 <= NULL_SLAB_BYTES < 4 * (million + 1) * 1_000_000
+    assert null_block_rows(10**12) == 1
     sample = np.sort(rng.choice(rows, rows // 2, replace=False)) if rows else np.arange(0)
     for mirrors in (np.arange(rows), sample):
         one = mirror_null(v, d[mirrors], mirrors, block=16)

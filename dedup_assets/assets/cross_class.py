@@ -34,6 +34,7 @@ from dedup_assets.core.decision.calibration import (
     encode_mirrors,
     mirror_latents,
     mirror_null,
+    null_block_rows,
     proportional_mirrors,
 )
 from dedup_assets.core.decision.cross_class import (
@@ -46,7 +47,6 @@ from dedup_assets.core.decision.cross_class import (
     stratified_sample,
 )
 from dedup_assets.core.decision.overrides import without_pairs
-from dedup_assets.core.decision.similarity import block_rows
 from dedup_assets.core.model.autoencoder import load_state
 from dedup_assets.ui import md_table
 from resources import ComputeDevice, DedupSettings, DedupStorage
@@ -359,7 +359,7 @@ def _mirror_null(
         projected,
         np.concatenate([o + r for o, r in zip(offsets, at, strict=True)]),
         block,
-        threads=join_threads(None, widest, block_rows(widest, block)),
+        threads=join_threads(None, widest, null_block_rows(widest, block)),
     )
 
 

@@ -83,7 +83,7 @@ from dedup_assets.core.decision.class_decision import (
 )
 from dedup_assets.core.decision.local_scaling import local_levels, null_margins, outsider_levels
 from dedup_assets.core.decision.reference_pool import ReferencePool
-from dedup_assets.core.decision.similarity import DEFAULT_BLOCK, block_rows
+from dedup_assets.core.decision.similarity import DEFAULT_BLOCK, MAX_SLAB_BYTES, block_rows
 
 if TYPE_CHECKING:  # torch is imported where mirrors are encoded (`encode_mirrors`)
     import torch
@@ -248,6 +248,17 @@ def proportional_mirrors(sizes: Sequence[int], mirrored: Sequence[int]) -> list[
     return out
 
 
+NULL_SLAB_BYTES = MAX_SLAB_BYTES // 2
+"""Similarities one block of the null holds at most (two threads: one join slab's)."""
+
+
+def null_block_rows(decoys: int, block: int = DEFAULT_BLOCK) -> int:
+    """Rows of a block of the null against `decoys` columns: at most `block`, fewer for
+    many decoys so the block stays within NULL_SLAB_BYTES (one row at least). The same
+    whatever the threads, so the values are too."""
+    return int(max(1, min(block, NULL_SLAB_BYTES // (4 * max(decoys, 1)))))
+
+
 def nearest_decoy_similarity(
     vectors: np.ndarray,
     decoys: np.ndarray,
@@ -263,14 +274,16 @@ def nearest_decoy_similarity(
     own mirror is not an unrelated image when the scene is nearly symmetric. With
     `query_index`, row k of vectors is image query_index[k] (a sample of the images).
     `threads` above 1: blocks of rows also on that many threads less one, on idle cores
-    only (`pools.run_on_idle_cores`; the same values whatever the threads).
+    only (`pools.run_on_idle_cores`; the same values whatever the threads). A block holds
+    at most NULL_SLAB_BYTES of similarities (`null_block_rows`), so two threads hold what
+    one block of the join's size did (a million images' null: 256 MiB).
     """
     n = len(vectors)
     out = np.full(n, -1.0, dtype=np.float32)
     if n == 0 or len(decoys) == 0:
         return out
     index = np.arange(n) if query_index is None else np.asarray(query_index)
-    rows = block_rows(len(decoys), block)
+    rows = null_block_rows(len(decoys), block)
 
     def compute(i: int) -> np.ndarray:
         start = i * rows
