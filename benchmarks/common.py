@@ -4,10 +4,35 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def code_version() -> str | None:
+    """The checkout's commit (short), with "+changes" when its tracked files differ from
+    it; None outside a git checkout. Read when a benchmark starts (this module's import),
+    so a commit made while it runs is not what it names."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--"], cwd=root, capture_output=True
+        ).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
+
+
+CODE = code_version()
 
 
 def machine() -> dict:
@@ -44,7 +69,8 @@ def add_out_option(parser: argparse.ArgumentParser) -> None:
 
 
 def write_result(name: str, payload: dict, out: Path | None = None) -> Path:
-    """Write <out>/<name>.json (with the machine and a timestamp) and return its path.
+    """Write <out>/<name>.json (with the machine, a timestamp and the code measured,
+    `code_version` when the benchmark started) and return its path.
 
     out: the folder, results/ by default.
     """
@@ -53,6 +79,7 @@ def write_result(name: str, payload: dict, out: Path | None = None) -> Path:
     payload = {
         "benchmark": name,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "code": CODE,
         "machine": machine(),
         **payload,
     }
