@@ -23,8 +23,9 @@ CORE_FLOORS = {"data": 0, "model": 1, "density": 1, "decision": 2, "quality": 3}
 # imports only units on lower floors, never one on its own floor or above.
 TOP_FLOORS = [
     {"names", "interrupts", "partitions", "timings", "ui", "event_storage", "core"},
-    # engines sets core's share of the cores in a pool process (`pools.set_process_cores`)
-    {"resources", "engines"},
+    # engines sets core's share of the cores in a pool process (`pools.set_process_cores`);
+    # instance_imports is what its worker server preloads
+    {"resources", "engines", "instance_imports"},
     {"config", "assets", "automation"},
     {"definitions"},
     {"dispatch"},
