@@ -38,17 +38,23 @@ def _dense_levels(v, d, rows, k=K_NEIGHBOURS):
     return level, second, source
 
 
+def _checked_levels(v, d, rows):
+    """`local_levels` in blocks of 16, asserted equal to the definition; both returned."""
+    levels = local_levels(v, d, rows, block=16)
+    level, second, source = _dense_levels(v, d, rows)
+    assert np.allclose(levels.level, level, atol=1e-6)
+    assert np.allclose(levels.second, second, atol=1e-6)
+    assert np.array_equal(levels.source, source)
+    return levels, (level, second, source)
+
+
 @pytest.mark.parametrize("sampled", [False, True])
 def test_levels_and_null_match_their_definition(sampled):
     rng = np.random.default_rng(0)
     v = _unit(rng, 90)
     rows = np.sort(rng.choice(90, 40, replace=False)) if sampled else np.arange(90)
     d = l2_normalize(v[rows] + 0.8 * _unit(rng, len(rows)))
-    levels = local_levels(v, d, rows, block=16)
-    level, second, source = _dense_levels(v, d, rows)
-    assert np.allclose(levels.level, level, atol=1e-6)
-    assert np.allclose(levels.second, second, atol=1e-6)
-    assert np.array_equal(levels.source, source)
+    levels, (level, second, source) = _checked_levels(v, d, rows)
 
     # Null pairs: image i against decoy c (the mirror of s = rows[c]), both levels leaving
     # out the other's mirror; read per image (every image mirrored) or per decoy (a sample).
@@ -79,11 +85,7 @@ def test_levels_with_tied_neighbours_leave_out_the_first_ones(sampled):
     v = base[rng.integers(0, 12, 60)]  # 60 images, 12 distinct: ties everywhere
     rows = np.sort(rng.choice(60, 25, replace=False)) if sampled else np.arange(60)
     d = l2_normalize(v[rows] + 0.8 * _unit(rng, len(rows)))
-    levels = local_levels(v, d, rows, block=16)
-    level, second, source = _dense_levels(v, d, rows)
-    assert np.allclose(levels.level, level, atol=1e-6)
-    assert np.allclose(levels.second, second, atol=1e-6)
-    assert np.array_equal(levels.source, source)
+    _checked_levels(v, d, rows)
     outsiders = v[:7]
     outside = outsider_levels(outsiders, v, d, rows, block=16)
     for q, o in enumerate(outsiders):
