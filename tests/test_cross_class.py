@@ -559,3 +559,152 @@ def test_ties_among_small_grouped_classes_break_the_same_way_on_any_threads(thre
         np.testing.assert_array_equal(got.similarity, one[1])
         assert (lab[got.partner] != lab).all()
         np.testing.assert_allclose(got.similarity, 1.0, atol=1e-6)
+
+
+def _brute_nearest(v: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    full = v @ v.T
+    other = np.where(labels[:, None] != labels[None, :], full, -np.inf)
+    if not len(v):
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    return other.max(axis=1), other.argmax(axis=1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_an_updated_join_is_the_join_of_the_new_set_over_sequences_of_changes(seed):
+    """Runs after one another (images added, removed, moved to a new row order, classes
+    emptied or new), each join updated from the last one's: every image's nearest image of
+    another class is the brute force's, its value to 1e-5 and its partner one of equal
+    value, from 0 images on."""
+    from dedup_assets.core.decision.cross_class import (
+        nearest_other_class,
+        update_nearest_other,
+        update_share,
+    )
+
+    rng = np.random.default_rng(seed)
+    d = int(rng.integers(1, 8))
+    ids = np.zeros(0, np.int64)
+    v, labels = np.zeros((0, d), np.float32), np.zeros(0, np.int64)
+    nearest = nearest_other_class(v, labels)
+    next_id = 0
+    for step in range(12):
+        keep = rng.random(len(ids)) > rng.choice([0.0, 0.05, 0.5, 1.0])
+        add = int(rng.choice([0, 1, 2, 7, 60]))
+        new_v = _unit(rng.standard_normal((add, d)) + (step % 3 == 0))
+        new_labels = rng.integers(0, int(rng.integers(1, 5)), add)
+        if step % 4 == 1 and add:
+            new_v[0] = v[0] if len(v) else new_v[0]  # an exact copy: ties
+        order = rng.permutation(int(keep.sum()) + add)
+        was = np.concatenate([np.flatnonzero(keep), -np.ones(add, np.int64)])[order]
+        ids = np.concatenate([ids[keep], np.arange(next_id, next_id + add)])[order]
+        next_id += add
+        v = np.concatenate([v[keep], new_v])[order]
+        labels = np.concatenate([labels[keep], new_labels])[order]
+        share = update_share(was, nearest)
+        assert share >= 0 and (share == 0) == (add == 0 and _holds(was, nearest))
+        nearest = update_nearest_other(v, labels, was, nearest, block=int(rng.integers(1, 40)))
+        best, _ = _brute_nearest(v, labels)
+        np.testing.assert_allclose(nearest.similarity, best, atol=1e-5)
+        has = nearest.partner >= 0
+        np.testing.assert_array_equal(has, np.isfinite(best))
+        assert (labels[nearest.partner[has]] != labels[has]).all()
+        np.testing.assert_allclose(
+            (v[has] * v[nearest.partner[has]]).sum(axis=1), best[has], atol=1e-5
+        )
+
+
+def _holds(was: np.ndarray, nearest) -> bool:
+    """Every kept image's partner is kept too (nothing to compute again)."""
+    kept = was[was >= 0]
+    partners = nearest.partner[kept]
+    return bool(np.isin(partners[partners >= 0], kept).all())
+
+
+def test_an_update_computes_only_the_new_rows_and_those_whose_partner_left():
+    """Its products: new x N, orphaned x N and kept x new; nothing changed, none."""
+    from dedup_assets.core.decision.cross_class import (
+        nearest_other_class,
+        update_nearest_other,
+        update_share,
+    )
+
+    rng = np.random.default_rng(0)
+    v = _unit(rng.standard_normal((1000, 8)))
+    labels = np.repeat(np.arange(10), 100)
+    before = nearest_other_class(v, labels)
+    assert update_share(np.arange(1000), before) == 0
+    again = update_nearest_other(v, labels, np.arange(1000), before)
+    np.testing.assert_array_equal(again.partner, before.partner)
+    np.testing.assert_array_equal(again.similarity, before.similarity)
+    # 10 new images: 10 x 1,010 + 1,000 x 10 products of a full join's 1,010^2 / 2.
+    grown = np.concatenate([v, _unit(rng.standard_normal((10, 8)))])
+    was = np.r_[np.arange(1000), -np.ones(10, np.int64)]
+    assert update_share(was, before) == pytest.approx((10 * 1010 + 1000 * 10) / (1010**2 / 2))
+    grown_labels = np.r_[labels, np.arange(10)]
+    updated = update_nearest_other(grown, grown_labels, was, before)
+    np.testing.assert_allclose(
+        updated.similarity, _brute_nearest(grown, grown_labels)[0], atol=1e-5
+    )
+    # An image gone: those whose partner it was are compared with every image again.
+    orphans = int((before.partner == 0).sum())
+    share = update_share(np.r_[-1, np.arange(1, 1000)], before)
+    assert share == pytest.approx(((1 + orphans) * 1000 + (999 - orphans) * 1) / (1000**2 / 2))
+
+
+def test_the_join_state_is_stored_read_back_and_replaced_whole(tmp_path, monkeypatch):
+    """The state reads back (its vectors in chunks, any rows in any order); another key,
+    a missing vectors file or a broken state file reads as none; an interrupted save leaves
+    the previous state; a new one leaves one vectors file."""
+    from dedup_assets.core.decision import cross_class_state as state_module
+    from dedup_assets.core.decision.cross_class import NearestOther, SharedSpace
+    from dedup_assets.core.decision.cross_class_state import (
+        load_join_state,
+        previous_rows,
+        save_join_state,
+    )
+
+    monkeypatch.setattr(state_module, "ROWS_READ", 7)
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((50, 4)).astype(np.float32)
+    ids = np.array([f"c{i % 3}-img{i}" for i in range(50)], dtype=np.bytes_)
+    space = SharedSpace(np.ones(16, np.float32), rng.standard_normal((16, 4)).astype(np.float32))
+    nearest = NearestOther(np.arange(50)[::-1].copy(), rng.random(50).astype(np.float32))
+    save_join_state(tmp_path, "k1", space, ids, v, nearest)
+    state = load_join_state(tmp_path, "k1")
+    assert state is not None and state.width == 4
+    np.testing.assert_array_equal(state.space.axes, space.axes)
+    np.testing.assert_array_equal(state.nearest.partner, nearest.partner)
+    rows = rng.permutation(50)[:33]
+    out = np.zeros((40, 4), np.float32)
+    state.vectors_at(rows, out, np.arange(7, 40))
+    np.testing.assert_array_equal(out[7:], v[rows])
+    assert not out[:7].any()
+    assert load_join_state(tmp_path, "another key") is None
+    assert load_join_state(tmp_path / "nowhere", "k1") is None
+
+    def failing_save(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(state_module.np, "savez", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_join_state(tmp_path, "k2", space, ids[:3], v[:3], nearest)
+    monkeypatch.undo()
+    kept = load_join_state(tmp_path, "k1")
+    assert kept is not None and len(kept.image_ids) == 50  # the previous state, whole
+    save_join_state(
+        tmp_path,
+        "k3",
+        SharedSpace(np.zeros(4, np.float32), None),
+        ids[:2],
+        v[:2],
+        NearestOther(nearest.partner[:2], nearest.similarity[:2]),
+    )
+    assert load_join_state(tmp_path, "k3").space.axes is None
+    assert len(list(tmp_path.glob(state_module.VECTORS_GLOB))) == 1
+    (tmp_path / state_module.STATE_NAME).write_bytes(b"not a state")
+    assert load_join_state(tmp_path, "k3") is None
+    np.testing.assert_array_equal(
+        previous_rows(np.array([b"c1-img4", b"new", b"c0-img0"]), ids), [4, -1, 0]
+    )
+    assert previous_rows(np.array([b"x"]), np.zeros(0, np.bytes_)).tolist() == [-1]
+    assert previous_rows(np.zeros(0, np.bytes_), ids).tolist() == []

@@ -292,8 +292,33 @@ def test_cli_run_after_new_images_touches_only_their_class(materialized):
     assert "farmland" in outcome.updated
     # The updated classes are decoded in one run per range of them, and processed likewise.
     assert runs["classes"] == runs["images"] <= len(outcome.updated)
+    # One more image: the cross-class join of the last run is updated, not computed again.
+    _add_variants(materialized["source"] / "farmland", 1, prefix="cli_more")
+    assert run_pipeline(materialized["config"], instance, log=lines.append).failures == []
+    _assert_cross_class_join_updated(instance, materialized["layout"])
     again = run_pipeline(materialized["config"], instance, log=lines.append)
     assert again.nothing_changed and again.stages == []
+
+
+def _assert_cross_class_join_updated(instance, layout) -> None:
+    """The last cross-class run updated the join it stored (the new images against every
+    image, the others against the new) and the stored answer is the brute force's over the
+    stored vectors: every image's nearest image of another class."""
+    record = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("cross_class_duplicates")), limit=1
+    ).records[0]
+    how = record.asset_materialization.metadata["nearest"].value
+    assert how.startswith("updated ("), how
+    folder = layout.cross_class_dir
+    with np.load(folder / ".join_state.npz") as state:
+        ids, partner = state["image_ids"], state["partner"]
+        similarity, token = state["similarity"], str(state["token"])
+    v = np.load(folder / f".join_vectors-{token}.npy")
+    classes = np.array([i[:8] for i in ids])  # the class part of each row's id
+    sims = np.where(classes[:, None] != classes[None, :], v @ v.T, -np.inf)
+    np.testing.assert_allclose(similarity, sims.max(axis=1), atol=1e-5)
+    np.testing.assert_allclose(sims[np.arange(len(v)), partner], similarity, atol=1e-5)
+    assert len(list(folder.glob(".join_vectors-*.npy"))) == 1
 
 
 def test_a_model_copied_in_is_kept_without_reconstructing_anything(tmp_path, monkeypatch):

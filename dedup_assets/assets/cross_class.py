@@ -1,8 +1,9 @@
 """Asset: near-identical images filed under different classes (likely label errors), per
 threshold, with a WARN check that lists them. The join is `core.decision.cross_class`."""
 
+import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 import numpy as np
@@ -12,6 +13,7 @@ from dedup_assets.assets.catalog import image_catalog
 from dedup_assets.assets.latents import class_latents
 from dedup_assets.core.data.artifacts import (
     LATENT_GROUP_ROWS,
+    CurrentInputs,
     catalog_images,
     class_latent_groups,
     class_names,
@@ -21,6 +23,7 @@ from dedup_assets.core.data.artifacts import (
     read_class_latent_ids,
     read_decoded_images,
     read_latent_ids,
+    read_latents,
     write_table,
 )
 from dedup_assets.core.data.atomic_io import atomic_path
@@ -39,15 +42,25 @@ from dedup_assets.core.decision.calibration import (
 )
 from dedup_assets.core.decision.cross_class import (
     APPROXIMATE_JOIN,
+    DEFAULT_COMPONENTS,
+    SAMPLE_FOR_AXES,
     NearestOther,
     SharedSpace,
     cross_class_pairs,
     join_threads,
     nearest_other_class,
     stratified_sample,
+    update_nearest_other,
+    update_share,
+)
+from dedup_assets.core.decision.cross_class_state import (
+    load_join_state,
+    previous_rows,
+    save_join_state,
 )
 from dedup_assets.core.decision.overrides import without_pairs
 from dedup_assets.core.model.autoencoder import load_state
+from dedup_assets.names import FULL_TAG
 from dedup_assets.ui import md_table
 from resources import ComputeDevice, DedupSettings, DedupStorage
 
@@ -80,7 +93,9 @@ def build_cross_class_asset(
         description="Pairs of images in different classes with cosine > T in one space "
         "shared by all classes (centred latents on their leading principal axes), exact "
         "copies always: `cross_class/<T>.parquet` (class_a, path_a, class_b, path_b, "
-        "similarity, match). Near-identical images under two labels are likely label errors.",
+        "similarity, match). Near-identical images under two labels are likely label errors. "
+        "The space is kept while the model is, and a later run updates the stored join for "
+        "the images added or deleted (metadata `nearest`).",
     )
     def cross_class_duplicates(
         context: dg.AssetExecutionContext,
@@ -133,16 +148,22 @@ def build_cross_class_asset(
         # budget, so the shared vectors are built once per run, not once per use.
         wants_null = budget is not None or (nearest is None and any_budget)
         null = _cached(_null_path(layout), null_key) if wants_null else None
+        how = "stored"
         if nearest is None or (wants_null and null is None):
-            space, vectors = _shared_vectors(layout, keys, sizes, settings.seed)
+            joined = _Join(
+                layout,
+                keys,
+                sizes,
+                _row_ids(keys, sizes, ids),
+                labels,
+                settings,
+                join,
+                state_key=_state_key(current, settings, join),
+                full=context.run.tags.get(FULL_TAG) == "1",
+            )
+            space, vectors = joined.vectors(context.log.info)
             if nearest is None:
-                found_nearest = nearest_other_class(
-                    vectors,
-                    labels,
-                    block=settings.block_size,
-                    join=join,
-                    nprobe=settings.ann_nprobe,
-                )
+                found_nearest, how = joined.nearest(space, vectors)
                 nearest = {
                     "partner": found_nearest.partner,
                     "similarity": found_nearest.similarity,
@@ -203,7 +224,7 @@ def build_cross_class_asset(
         write_table(pairs, layout.cross_class(threshold), current.cross_class(threshold))
         context.log.info(
             f"T={threshold}: {pairs.height:,} cross-class pairs among {images.height:,} images "
-            f"({seconds:.1f}s)"
+            f"({seconds:.1f}s; nearest other-class images {how})"
         )
         return dg.MaterializeResult(
             metadata={
@@ -212,6 +233,7 @@ def build_cross_class_asset(
                 "exact_pairs": int(found.exact.sum()),
                 "images": images.height,
                 "join": join,
+                "nearest": how,
                 "seconds": round(seconds, 2),
                 "pairs_shown": dg.MetadataValue.md(_pairs_table(pairs)),
                 "path": dg.MetadataValue.path(str(layout.cross_class(threshold))),
@@ -251,6 +273,97 @@ def build_cross_class_asset(
 
 
 HELD_LATENT_ROWS = 4 * LATENT_GROUP_ROWS
+JOIN_STATE_VERSION = 1
+UPDATE_AT_MOST = 0.5  # of a full join's products: more, and the join is computed again
+
+
+def _state_key(current: CurrentInputs, settings, join: str) -> str:
+    """What a stored join state must have been made with to be updated: the model (the
+    latents of an image it kept are then the same bits), the seed and the space's shape,
+    and the join."""
+    return digest(
+        {
+            "version": JOIN_STATE_VERSION,
+            "model": current.model_digest,
+            "seed": settings.seed,
+            "space": [DEFAULT_COMPONENTS, SAMPLE_FOR_AXES],
+            "join": join,
+            "nprobe": settings.ann_nprobe,
+        }
+    )
+
+
+def _row_ids(keys: list[str], sizes: list[int], ids: pl.DataFrame) -> np.ndarray:
+    """Each row's identity across runs: its class (hashed, fixed width) and its image id
+    (the content of its file within the class)."""
+    tags = [hashlib.sha1(k.encode()).hexdigest()[:8] for k in keys]
+    both = pl.Series(np.repeat(np.array(tags, dtype=object), sizes), dtype=pl.String)
+    return (both + ids["image_id"]).to_numpy().astype(np.bytes_)
+
+
+class _Join:
+    """The shared space, every image's vector in it and each one's nearest image of another
+    class: from the stored state of an earlier run with the same model where there is one
+    (`core.decision.cross_class_state`: its space kept, its vectors read, only the new
+    images' latents read and projected, the join updated when that is less work), else
+    computed from every class's latents."""
+
+    def __init__(self, layout, keys, sizes, row_ids, labels, settings, join, *, state_key, full):
+        self.layout, self.keys, self.sizes = layout, keys, sizes
+        self.row_ids, self.labels, self.settings, self.join = row_ids, labels, settings, join
+        self.state_key = state_key
+        self.state = None if full else load_join_state(layout.cross_class_dir, state_key)
+        self.before: np.ndarray | None = None
+
+    def vectors(self, log: Callable[[str], None]) -> tuple[SharedSpace | None, np.ndarray]:
+        state = self.state
+        if state is None:
+            return _shared_vectors(self.layout, self.keys, self.sizes, self.settings.seed)
+        self.before = previous_rows(self.row_ids, state.image_ids)
+        vectors = np.empty((len(self.row_ids), state.width), dtype=np.float32)
+        kept = np.flatnonzero(self.before >= 0)
+        state.vectors_at(self.before[kept], vectors, kept)
+        new = np.flatnonzero(self.before < 0)
+        offsets = np.cumsum([0, *self.sizes])
+        first = np.searchsorted(offsets, new, side="right") - 1  # each new row's class
+        for c in np.unique(first):
+            rows = new[first == c]
+            latents = read_latents(self.layout.latents(self.keys[c]))[1]
+            vectors[rows] = state.space.project(latents[rows - offsets[c]])
+        log(
+            f"shared space kept from the last run with this model: {len(kept):,} vectors "
+            f"read, {len(new):,} new images projected"
+        )
+        return state.space, vectors
+
+    def nearest(self, space: SharedSpace | None, vectors: np.ndarray) -> tuple[NearestOther, str]:
+        """Each image's nearest of another class, and how it was found."""
+        state, before = self.state, self.before
+        if state is not None and before is not None:
+            share = update_share(before, state.nearest)
+            if share <= UPDATE_AT_MOST:
+                found = update_nearest_other(
+                    vectors, self.labels, before, state.nearest, block=self.settings.block_size
+                )
+                how = f"updated ({share:.1%} of a full join's products)"
+            else:
+                found, how = self._computed(vectors), "computed (too much changed to update)"
+        else:
+            found, how = self._computed(vectors), "computed"
+        if space is not None:
+            save_join_state(
+                self.layout.cross_class_dir, self.state_key, space, self.row_ids, vectors, found
+            )
+        return found, how
+
+    def _computed(self, vectors: np.ndarray) -> NearestOther:
+        return nearest_other_class(
+            vectors,
+            self.labels,
+            block=self.settings.block_size,
+            join=self.join,
+            nprobe=self.settings.ann_nprobe,
+        )
 
 
 def _shared_vectors(layout, keys: list[str], sizes: list[int], seed: int):

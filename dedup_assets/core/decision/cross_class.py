@@ -10,7 +10,9 @@ classes are always reported, with similarity 1.0.
 Each image is paired with its nearest image of another class (the blocked join of
 `core.decision.similarity`, one block x N slab per thread at a time, or above the approximate join's
 size the best among the images of its nearest cells, by matrix products), so the table
-holds at most N pairs and memory grows with N.
+holds at most N pairs and memory grows with N. After images are added or deleted,
+`update_nearest_other` brings an earlier answer up to date (the new images against all,
+the others against the new ones) in the same space.
 """
 
 from __future__ import annotations
@@ -170,6 +172,90 @@ def nearest_other_class(
     best[order] = best_s
     at[order] = np.where(at_s >= 0, order[np.maximum(at_s, 0)], -1)
     return NearestOther(at, best)
+
+
+def update_nearest_other(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    previous_row: np.ndarray,
+    previous: NearestOther,
+    *,
+    block: int = DEFAULT_BLOCK,
+) -> NearestOther:
+    """`nearest_other_class` of `vectors` from an earlier answer, computing only what changed.
+
+    previous_row[i]: the row image i had in the join that gave `previous` (its vector and
+    class then exactly as now), or -1 for an image new since. A kept image keeps its
+    partner unless that partner is gone, and is compared with the new images only; a new
+    image, and a kept one whose partner is gone, is compared with every image
+    (`update_share` says how much of a full join that is). Equal values keep the earlier
+    partner (a full join may name another among exact ties)."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    labels = np.asarray(labels)
+    n = len(x)
+    best = np.full(n, -np.inf, dtype=np.float32)
+    at = np.full(n, -1, dtype=np.int64)
+    if n < 2:
+        return NearestOther(at, best)
+    plan = _UpdatePlan.of(previous_row, previous)
+    best[plan.held] = previous.similarity[plan.previous_row[plan.held]]
+    at[plan.held] = plan.partner
+    step = block_rows(n, block)
+    everything = np.concatenate([plan.fresh, plan.orphaned])
+    for rows, cols in ((everything, None), (plan.held, plan.fresh)):
+        if not len(rows) or (cols is not None and not len(cols)):
+            continue
+        columns = x if cols is None else x[cols]
+        col_labels = labels if cols is None else labels[cols]
+        for a in range(0, len(rows), step):
+            r = rows[a : a + step]
+            sims = x[r] @ columns.T
+            sims[labels[r][:, None] == col_labels[None, :]] = -np.inf
+            pick = sims.argmax(axis=1)
+            value = sims[np.arange(len(r)), pick]
+            better = value > best[r]
+            best[r[better]] = value[better]
+            at[r[better]] = (pick if cols is None else cols[pick])[better]
+    return NearestOther(at, best)
+
+
+def update_share(previous_row: np.ndarray, previous: NearestOther) -> float:
+    """The products `update_nearest_other` computes, as a share of a full join's n^2 / 2:
+    (new + orphaned) x n + kept x new."""
+    plan = _UpdatePlan.of(previous_row, previous)
+    n = len(plan.previous_row)
+    work = (len(plan.fresh) + len(plan.orphaned)) * n + len(plan.held) * len(plan.fresh)
+    return work / max(n * n / 2, 1)
+
+
+@dataclass(frozen=True)
+class _UpdatePlan:
+    """Rows of an update: new (`fresh`), kept with their partner (`held`, `partner` their
+    partner now), kept with their partner gone (`orphaned`)."""
+
+    previous_row: np.ndarray
+    fresh: np.ndarray
+    held: np.ndarray
+    partner: np.ndarray
+    orphaned: np.ndarray
+
+    @classmethod
+    def of(cls, previous_row: np.ndarray, previous: NearestOther) -> _UpdatePlan:
+        previous_row = np.asarray(previous_row, dtype=np.int64)
+        kept = np.flatnonzero(previous_row >= 0)
+        now_of = np.full(len(previous.partner), -1, dtype=np.int64)  # previous row -> now
+        now_of[previous_row[kept]] = kept
+        was = previous.partner[previous_row[kept]]
+        partner = np.where(was >= 0, now_of[np.maximum(was, 0)], -1)
+        # No partner before (no image of another class then) holds too.
+        holds = (partner >= 0) | (was < 0)
+        return cls(
+            previous_row,
+            np.flatnonzero(previous_row < 0),
+            kept[holds],
+            partner[holds],
+            kept[~holds],
+        )
 
 
 JOIN_SLAB_BYTES = 4 * MAX_SLAB_BYTES
