@@ -202,20 +202,30 @@ def update_nearest_other(
     at[plan.held] = plan.partner
     step = block_rows(n, block)
     everything = np.concatenate([plan.fresh, plan.orphaned])
-    for rows, cols in ((everything, None), (plan.held, plan.fresh)):
-        if not len(rows) or (cols is not None and not len(cols)):
+    for rows, cols in ((everything, np.arange(n)), (plan.held, plan.fresh)):
+        if not len(rows) or not len(cols):
             continue
-        columns = x if cols is None else x[cols]
-        col_labels = labels if cols is None else labels[cols]
+        # The columns by class, so a row's own class is one slice of them (a mask of every
+        # pair's labels cost as much as the product itself).
+        cols = cols[np.argsort(labels[cols], kind="stable")]
+        columns = x[cols]
+        col_labels = labels[cols]
+        classes, lo = np.unique(col_labels, return_index=True)
+        hi = np.r_[lo[1:], len(cols)]
         for a in range(0, len(rows), step):
             r = rows[a : a + step]
             sims = x[r] @ columns.T
-            sims[labels[r][:, None] == col_labels[None, :]] = -np.inf
+            own = np.searchsorted(classes, labels[r])
+            present = (own < len(classes)) & (
+                classes[np.minimum(own, len(classes) - 1)] == labels[r]
+            )
+            for c in np.unique(own[present]):
+                sims[np.flatnonzero(present & (own == c)), lo[c] : hi[c]] = -np.inf
             pick = sims.argmax(axis=1)
             value = sims[np.arange(len(r)), pick]
             better = value > best[r]
             best[r[better]] = value[better]
-            at[r[better]] = (pick if cols is None else cols[pick])[better]
+            at[r[better]] = cols[pick][better]
     return NearestOther(at, best)
 
 
