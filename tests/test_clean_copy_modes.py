@@ -42,14 +42,24 @@ def _source(root: Path, classes: int = 3, per_class: int = 8) -> list[bytes]:
 
 
 def _kept(root: Path, rels: list[bytes]) -> pl.DataFrame:
+    """The kept files as the asset hands them over (with the catalog's size and time, by
+    which a copy mode copy moves its unchanged folders into the next)."""
+    stats = [os.stat(root / os.fsdecode(r)) for r in rels]
     return pl.DataFrame(
         {
             "raw_path": rels,
             "content_hash": [
                 hashlib.sha1((root / os.fsdecode(r)).read_bytes()).hexdigest()[:16] for r in rels
             ],
+            "size_bytes": [st.st_size for st in stats],
+            "mtime_ns": [st.st_mtime_ns for st in stats],
         },
-        schema={"raw_path": pl.Binary, "content_hash": pl.String},
+        schema={
+            "raw_path": pl.Binary,
+            "content_hash": pl.String,
+            "size_bytes": pl.Int64,
+            "mtime_ns": pl.Int64,
+        },
     )
 
 

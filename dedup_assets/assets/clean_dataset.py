@@ -7,6 +7,7 @@ a copy made before the mode was recorded may hold). The copy mode is part of wha
 copy is made from (`clean_copy_inputs`), so a run in another mode rebuilds it.
 """
 
+import bisect
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from dedup_assets.core.data.artifacts import (
@@ -106,13 +108,14 @@ def write_clean_copy(
     recorded: dict | None = None,
 ) -> int:
     """Replace `clean/<threshold>` with the `kept` files (`raw_path` relative to `root`,
-    `content_hash`) placed by `mode`, and its manifest (with `recorded` added: what else
-    the copy was made with, e.g. the leakage table); the number of files hard-linked from
-    an existing copy instead of copied.
+    `content_hash`, and the catalog's `size_bytes` and `mtime_ns` where known) placed by
+    `mode`, and its manifest (with `recorded` added: what else the copy was made with, e.g.
+    the leakage table); the number of files reused from an existing copy instead of copied.
 
-    In copy mode a file already held by a copy mode clean copy (this threshold's first,
-    then those of `thresholds`) is hard-linked from the first whose file is `_reusable`,
-    else copied.
+    In copy mode a folder of this threshold's copy that would come out the same
+    (`_unchanged_folders`) is moved into the new copy whole; a file already held by a copy
+    mode clean copy (this threshold's first, then those of `thresholds`) is hard-linked from
+    the first whose file is `_reusable`; the rest is copied.
     """
     copy = _COPIERS[mode]
     # Copies that already hold a file with the same bytes: this threshold's previous
@@ -139,9 +142,18 @@ def write_clean_copy(
     else:
         kept = kept.with_columns(pl.lit(None, pl.List(pl.Int64)).alias("donors"))
     donor_roots = [os.fsencode(d) for d, _ in donors]
-    with atomic_dir(layout.clean_dir(threshold)) as tmp:
+    # A folder whose files are those of this threshold's last copy, unchanged there and in
+    # the source, is moved into the new copy in one rename instead of linked file by file
+    # (270 new EuroSAT images re-linked 27,000 files, 1.2 s; 135,000 at 135k, 6.2 s).
+    carry = _unchanged_folders(layout, threshold, kept) if mode == "copy" else []
+    if carry:
+        moved = pl.Series("folder", carry, dtype=pl.Binary)
+        placed = kept.filter(~_folders(kept["raw_path"]).is_in(moved.implode()))
+    else:
+        placed = kept
+    with atomic_dir(layout.clean_dir(threshold), carry=carry) as tmp:
         dest_root = os.fsencode(tmp)
-        rows = kept.select("raw_path", "donors").rows()
+        rows = placed.select("raw_path", "donors").rows()
         for parent in {os.path.dirname(os.path.join(dest_root, rel)) for rel, _ in rows}:
             os.makedirs(parent, exist_ok=True)
 
@@ -171,7 +183,14 @@ def write_clean_copy(
         chunks = [rows[i : i + step] for i in range(0, len(rows), step)]
         with cancelling(ThreadPoolExecutor(max_workers=COPY_THREADS)) as pool:
             linked = sum(pool.map(place_all, chunks))
-        kept.select("raw_path", "content_hash").write_parquet(tmp / FILES_NAME)
+        # A copy mode copy records each file's size and modification time (the source's,
+        # which its copy keeps): what tells an unchanged folder of it on the next run.
+        listed = (
+            [*FILES_COLUMNS]
+            if mode == "copy" and set(FILES_COLUMNS) <= set(kept.columns)
+            else ["raw_path", "content_hash"]
+        )
+        kept.select(listed).write_parquet(tmp / FILES_NAME)
         manifest = {
             **clean_copy_inputs(keep_digest, mode),
             "threshold": threshold,
@@ -180,7 +199,97 @@ def write_clean_copy(
             **(recorded or {}),
         }
         (tmp / layout.clean_manifest(threshold).name).write_text(json.dumps(manifest, indent=2))
-    return linked
+    return linked + kept.height - placed.height  # the moved folders' files too
+
+
+FILES_COLUMNS = ("raw_path", "content_hash", "size_bytes", "mtime_ns")
+
+
+def _folders(raw_paths: pl.Series) -> pl.Series:
+    """Each path's folder (bytes, relative to the copy's root)."""
+    if raw_paths.len() == 0:
+        return pl.Series("folder", [], dtype=pl.Binary)
+    split = np.char.rpartition(np.array(raw_paths.to_list(), dtype=np.bytes_), b"/")[:, 0]
+    return pl.Series("folder", split.tolist(), dtype=pl.Binary)
+
+
+def _unchanged_folders(layout: OutputLayout, threshold: str, kept: pl.DataFrame) -> list[bytes]:
+    """The folders of the threshold's copy that a new copy of `kept` (raw_path, content_hash,
+    size_bytes, mtime_ns: the source's now) would hold unchanged, so they may be moved into
+    it: made by copy mode with the files manifest that records sizes and times; the same
+    files there as in `kept`, with the same content, size and time in both manifests; no
+    folder below them; and on disk exactly those names, each a regular file (not a link)
+    of the recorded size and time (an edit of a file in the copy changes its time)."""
+    clean = layout.clean_dir(threshold)
+    made = read_clean_manifest(layout, threshold)
+    if not set(FILES_COLUMNS) <= set(kept.columns) or made is None or made.get("mode") != "copy":
+        return []
+    try:
+        old = pl.read_parquet(clean / FILES_NAME, columns=[*FILES_COLUMNS], glob=False)
+    except (OSError, pl.exceptions.PolarsError):
+        return []
+    new = kept.select(FILES_COLUMNS).with_columns(_folders(kept["raw_path"]))
+    old = old.with_columns(_folders(old["raw_path"]))
+    same = new.join(old.drop("folder"), on=list(FILES_COLUMNS), how="semi")
+    counts = (
+        new.group_by("folder")
+        .len("new")
+        .join(old.group_by("folder").len("old"), on="folder", how="full", coalesce=True)
+        .join(same.group_by("folder").len("same"), on="folder", how="left")
+        .fill_null(0)
+    )
+    every = sorted(counts["folder"].to_list())
+    candidates = set(
+        counts.filter(
+            (pl.col("new") == pl.col("old"))
+            & (pl.col("new") == pl.col("same"))
+            & (pl.col("new") > 0)
+        )["folder"].to_list()
+    )
+    out = []
+    root = os.fsencode(clean)
+    by_folder = new.filter(
+        pl.col("folder").is_in(pl.Series(list(candidates), dtype=pl.Binary).implode())
+    )
+    for (folder,), group in by_folder.group_by("folder"):
+        if not folder or _has_subfolder(every, folder):
+            continue
+        names = [os.path.basename(r) for r in group["raw_path"].to_list()]
+        expected = dict(
+            zip(
+                names,
+                zip(group["size_bytes"].to_list(), group["mtime_ns"].to_list(), strict=True),
+                strict=True,
+            )
+        )
+        if _holds_exactly(os.path.join(root, folder), expected):
+            out.append(folder)
+    return sorted(out)
+
+
+def _has_subfolder(ordered: list[bytes], folder: bytes) -> bool:
+    """Whether some folder of `ordered` (sorted) lies below `folder`."""
+    prefix = folder + b"/"
+    at = bisect.bisect_left(ordered, prefix)
+    return at < len(ordered) and ordered[at].startswith(prefix)
+
+
+def _holds_exactly(folder: bytes, expected: dict[bytes, tuple[int, int]]) -> bool:
+    """Whether `folder` holds exactly the named regular files, each of its (size, time)."""
+    try:
+        with os.scandir(folder) as entries:
+            seen = 0
+            for entry in entries:
+                want = expected.get(entry.name)
+                if want is None or not entry.is_file(follow_symlinks=False):
+                    return False
+                st = entry.stat(follow_symlinks=False)
+                if (st.st_size, st.st_mtime_ns) != want:
+                    return False
+                seen += 1
+    except OSError:
+        return False
+    return seen == len(expected)
 
 
 LINK_WARNING = {
@@ -252,7 +361,8 @@ def build_clean_dataset_asset(
         keep = read_keep_list(layout.keep_list(threshold))
         catalog = catalog_images(read_catalog(layout))
         kept = keep.filter(pl.col("kept")).join(
-            catalog.select("image_id", "raw_path", "content_hash"), on="image_id"
+            catalog.select("image_id", "raw_path", "content_hash", "size_bytes", "mtime_ns"),
+            on="image_id",
         )
         # Train/test leakage (--leakage): drop-train leaves the training copy of each
         # flagged pair out, drop-test the evaluation image, report nothing.
@@ -280,7 +390,8 @@ def build_clean_dataset_asset(
         seconds = time.perf_counter() - start
         context.log.info(
             f"T={threshold}: {kept.height:,} images -> {layout.clean_dir(threshold)} "
-            f"({linked:,} linked from an existing copy of the same bytes)"
+            f"({linked:,} reused from an existing copy of the same bytes: hard-linked, or "
+            "moved with their unchanged folder)"
             + (f"; {left_out:,} left out for leakage ({policy})" if made_with else "")
         )
         return dg.MaterializeResult(

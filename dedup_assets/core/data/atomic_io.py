@@ -5,7 +5,8 @@ atomic on POSIX file systems. Folders are built beside their destination and swa
 with one `renameat2(RENAME_EXCHANGE)` where the kernel has it (Linux), so the path always
 holds the old or the new tree; elsewhere two renames are used and `sweep_interrupted`
 puts a tree stranded between them back. An interrupted run therefore never leaves a
-half-written asset, and the next run sweeps what it left (`.tmp` files, `.old` trees).
+half-written asset, and the next run sweeps what it left (`.tmp` files, `.old` trees,
+and the folders a `.carry` journal says were moved from the old tree into the new one).
 """
 
 from __future__ import annotations
@@ -67,21 +68,38 @@ def exchange_paths(a: Path | str, b: Path | str) -> bool:
 
 
 @contextmanager
-def atomic_dir(path: Path | str) -> Iterator[Path]:
+def atomic_dir(path: Path | str, carry: list[bytes] | None = None) -> Iterator[Path]:
     """Yield a fresh hidden sibling folder to fill; on success it takes the place of `path`.
 
     On any exception (KeyboardInterrupt included) the temporary tree is removed and an
     existing `path` is left as it was.
+
+    `carry`: folders of `path` (relative, as bytes) that the caller lists while filling the
+    new tree and does not fill: on success each is moved from `path` into the new tree
+    just before the swap (an unchanged folder of many files moved in one rename, not
+    rebuilt). A journal beside the new tree (`.<name>.<8 chars>.carry`) names them until
+    the swap is done: an exception meanwhile moves them back at once, a crash leaves the
+    journal for `sweep_interrupted`, which moves them back.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o755)
+    journal = tmp.with_name(tmp.name.removesuffix(".tmp") + ".carry")
+    moved: list[bytes] = []
     try:
         yield tmp
+        if carry and path.exists():
+            journal.write_bytes(b"\0".join(carry))
+            for rel in carry:
+                dest = os.path.join(os.fsencode(tmp), rel)
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                os.rename(os.path.join(os.fsencode(path), rel), dest)
+                moved.append(rel)
         if not path.exists():
             os.replace(tmp, path)
         elif exchange_paths(tmp, path):
+            moved.clear()  # in place now: the old tree (at tmp) no longer holds them
             shutil.rmtree(tmp, ignore_errors=True)  # now holds the old tree
         else:
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
@@ -91,22 +109,32 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
             except BaseException:
                 os.replace(old / "tree", path)
                 raise
+            moved.clear()
             shutil.rmtree(old, ignore_errors=True)
+        journal.unlink(missing_ok=True)
     except BaseException:
+        for rel in reversed(moved):  # back into the tree they came from, which stays
+            with contextlib.suppress(OSError):
+                os.rename(os.path.join(os.fsencode(tmp), rel), os.path.join(os.fsencode(path), rel))
         shutil.rmtree(tmp, ignore_errors=True)
+        journal.unlink(missing_ok=True)
         raise
 
 
-# `.<name>.<8 random chars>.tmp` / `.old`, as tempfile.mkstemp/mkdtemp name them above.
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.(?P<kind>tmp|old)$")
+# `.<name>.<8 random chars>.tmp` / `.old`, as tempfile.mkstemp/mkdtemp name them above, and
+# `.carry`, the journal of `atomic_dir`'s carried folders.
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<token>[A-Za-z0-9_]{8})\.(?P<kind>tmp|old|carry)$")
+_SWEEP_ORDER = {"old": 0, "carry": 1, "tmp": 2}  # a tree back in place before what goes into it
 
 
 def sweep_interrupted(root: Path | str, *, skip: tuple[str, ...] = (".dagster",)) -> list[str]:
     """Remove what an interrupted write left under `root`; restore stranded trees.
 
     A `.old` tree whose destination is missing was moved aside by a swap that never
-    finished: it goes back into place. Every other leftover is deleted. Returns what was
-    done, one line per path. Only call while no other process writes under `root`.
+    finished: it goes back into place. The folders a `.carry` journal names go back from
+    its new tree into the destination (where they are missing). Every other leftover is
+    deleted. Returns what was done, one line per path. Only call while no other process
+    writes under `root`.
     """
     root = Path(root)
     done: list[str] = []
@@ -115,15 +143,18 @@ def sweep_interrupted(root: Path | str, *, skip: tuple[str, ...] = (".dagster",)
     for dirpath, dirnames, filenames in os.walk(root):
         if Path(dirpath) == root:
             dirnames[:] = [d for d in dirnames if d not in skip]
-        for name in [*dirnames, *filenames]:
-            match = _LEFTOVER.match(name)
-            if match is None:
-                continue
+        found = [(m, name) for name in [*dirnames, *filenames] if (m := _LEFTOVER.match(name))]
+        for match, name in sorted(found, key=lambda f: (_SWEEP_ORDER[f[0]["kind"]], f[1])):
             leftover = Path(dirpath, name)
             target = Path(dirpath, match["name"])
             if match["kind"] == "old" and (leftover / "tree").exists() and not target.exists():
                 os.replace(leftover / "tree", target)
                 done.append(f"restored {target} from an interrupted swap")
+            elif match["kind"] == "carry":
+                tree = Path(dirpath, f".{match['name']}.{match['token']}.tmp")
+                back = _carry_back(leftover, tree, target)
+                if back:
+                    done.append(f"moved {back} folder(s) back into {target} (an interrupted swap)")
             else:
                 done.append(f"removed {leftover} left by an interrupted write")
             if leftover.is_dir() and not leftover.is_symlink():
@@ -132,6 +163,23 @@ def sweep_interrupted(root: Path | str, *, skip: tuple[str, ...] = (".dagster",)
                 leftover.unlink(missing_ok=True)
         dirnames[:] = [d for d in dirnames if not _LEFTOVER.match(d)]
     return done
+
+
+def _carry_back(journal: Path, tree: Path, target: Path) -> int:
+    """Move the folders `journal` names from `tree` back into `target` where `target` lacks
+    them; how many moved."""
+    try:
+        names = [n for n in journal.read_bytes().split(b"\0") if n]
+    except OSError:
+        return 0
+    moved = 0
+    for rel in names:
+        src, dest = os.path.join(os.fsencode(tree), rel), os.path.join(os.fsencode(target), rel)
+        if target.is_dir() and os.path.isdir(src) and not os.path.lexists(dest):
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.rename(src, dest)
+            moved += 1
+    return moved
 
 
 def write_parquet(df: pl.DataFrame, path: Path | str) -> Path:

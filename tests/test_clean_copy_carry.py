@@ -1,0 +1,195 @@
+"""A copy mode clean copy made again moves its unchanged folders into the new copy instead
+of linking their files one by one; only a folder that would come out the same is moved,
+and an interrupted or crashed swap puts every moved folder back."""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from dedup_assets.assets import clean_dataset
+from dedup_assets.assets.clean_dataset import FILES_NAME, write_clean_copy
+from dedup_assets.core.data.atomic_io import sweep_interrupted
+from dedup_assets.core.data.layout import OutputLayout
+
+T = "0.95"
+
+
+def _source(root: Path) -> None:
+    """Three class folders (one with a space and one not UTF-8 in its name), five files
+    each, and a subfolder in the first."""
+    for c, name in enumerate([b"class0", b"class 1", b"cl\xe9ss2"]):
+        folder = os.path.join(os.fsencode(root), name)
+        os.makedirs(folder)
+        for i in range(5):
+            with open(os.path.join(folder, b"img%d.png" % i), "wb") as fh:
+                fh.write(bytes([c, i]) * (50 + 10 * i))
+    os.makedirs(os.path.join(os.fsencode(root), b"class0", b"sub"))
+    (root / "class0" / "sub" / "deep.png").write_bytes(b"deep" * 30)
+
+
+def _kept(root: Path) -> pl.DataFrame:
+    """Every file under root, with what the catalog records of it."""
+    rows = []
+    base = os.fsencode(root)
+    for dirpath, _, names in os.walk(base):
+        for name in names:
+            full = os.path.join(dirpath, name)
+            st = os.stat(full)
+            with open(full, "rb") as fh:
+                content = hashlib.sha1(fh.read()).hexdigest()[:16]
+            rows.append((os.path.relpath(full, base), content, st.st_size, st.st_mtime_ns))
+    return pl.DataFrame(
+        rows,
+        schema={
+            "raw_path": pl.Binary,
+            "content_hash": pl.String,
+            "size_bytes": pl.Int64,
+            "mtime_ns": pl.Int64,
+        },
+        orient="row",
+    ).sort("raw_path")
+
+
+def _write(layout: OutputLayout, source: Path, run: str) -> int:
+    return write_clean_copy(
+        layout, T, [T], _kept(source), os.fsencode(source), "copy", f"keep-{run}", run
+    )
+
+
+def _inode(path: Path | bytes) -> int:
+    return os.stat(path).st_ino
+
+
+def _same_tree(clean: Path, source: Path) -> None:
+    """clean holds exactly the source's files, byte for byte, none of them the source's."""
+    meta = {FILES_NAME, ".latent-dedup-clean.json"}
+    held = sorted(
+        os.path.relpath(os.path.join(d, n), os.fsencode(clean))
+        for d, _, names in os.walk(os.fsencode(clean))
+        for n in names
+        if os.fsdecode(n) not in meta
+    )
+    assert held == sorted(_kept(source)["raw_path"].to_list())
+    for rel in held:
+        a, b = os.path.join(os.fsencode(clean), rel), os.path.join(os.fsencode(source), rel)
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            assert fa.read() == fb.read()
+        assert not os.path.islink(a) and _inode(a) != _inode(b)
+
+
+def test_unchanged_folders_move_and_changed_ones_are_made_again(tmp_path):
+    source, layout = tmp_path / "src", OutputLayout(tmp_path / "out")
+    _source(source)
+    clean = layout.clean_dir(T)
+    assert _write(layout, source, "r1") == 0  # a first copy: every file copied
+    files = pl.read_parquet(clean / FILES_NAME)
+    assert files.columns == ["raw_path", "content_hash", "size_bytes", "mtime_ns"]
+    c1 = os.path.join(os.fsencode(clean), b"class 1")
+    c2 = os.path.join(os.fsencode(clean), b"cl\xe9ss2")
+    inodes = {p: _inode(p) for p in (c1, c2, clean / "class0")}
+    file_inode = _inode(os.path.join(c1, b"img0.png"))
+
+    # A new image in class0: class 1 and cl\xe9ss2 move in whole (the same folders, the same
+    # files); class0 is made again (it also holds a subfolder, which moves: unchanged).
+    (source / "class0" / "new.png").write_bytes(b"new" * 40)
+    assert _write(layout, source, "r2") == 16  # 15 moved + class0/sub's one file
+    assert _inode(c1) == inodes[c1] and _inode(c2) == inodes[c2]
+    assert _inode(os.path.join(c1, b"img0.png")) == file_inode
+    assert _inode(clean / "class0") != inodes[clean / "class0"]
+    _same_tree(clean, source)
+    assert json.loads(layout.clean_manifest(T).read_text())["run_id"] == "r2"
+
+    # A file of the copy edited (its time changes), a file added to the copy, a link put in
+    # it: those folders are made again, as the source has them.
+    edited = os.path.join(c1, b"img1.png")
+    with open(edited, "r+b") as fh:
+        fh.write(b"edited by a user")
+    os.utime(edited, ns=(1, 1))
+    (clean / "class0" / "sub" / "extra.png").write_bytes(b"not from the source")
+    os.symlink(
+        os.path.join(os.fsencode(source), b"class 1", b"img0.png"), os.path.join(c2, b"a link")
+    )
+    # Their files are hard-linked from the copy before, one by one, but the edited one:
+    # copied from the source (17 files in all).
+    assert _write(layout, source, "r3") == 16
+    assert _inode(c1) != inodes[c1] and _inode(c2) != inodes[c2]
+    _same_tree(clean, source)
+
+    # A source file touched (a newer time, the same bytes): its folder is made again.
+    before = _inode(clean / "class0")
+    os.utime(source / "class0" / "img2.png", ns=(2, 2))
+    _write(layout, source, "r4")
+    assert _inode(clean / "class0") != before
+    _same_tree(clean, source)
+
+
+def test_a_copy_without_sizes_or_not_in_copy_mode_moves_nothing(tmp_path):
+    """A copy made by an earlier version (no sizes recorded) or in a linking mode: nothing is
+    moved from it; the copy mode copy made next holds files of its own."""
+    source, layout = tmp_path / "src", OutputLayout(tmp_path / "out")
+    _source(source)
+    root = os.fsencode(source)
+    write_clean_copy(layout, T, [T], _kept(source), root, "hardlink", "k1", "r1")
+    manifest = layout.clean_manifest(T)  # a linking copy whose manifest says copy
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "mode": "copy"}))
+    assert clean_dataset._unchanged_folders(layout, T, _kept(source)) == []
+    write_clean_copy(layout, T, [T], _kept(source), root, "copy", "k2", "r2")
+    _same_tree(layout.clean_dir(T), source)
+    clean = layout.clean_dir(T)
+    pl.read_parquet(clean / FILES_NAME).select("raw_path", "content_hash").write_parquet(
+        clean / FILES_NAME
+    )
+    assert clean_dataset._unchanged_folders(layout, T, _kept(source)) == []
+    assert clean_dataset._unchanged_folders(layout, T, _kept(source).drop("mtime_ns")) == []
+
+
+@pytest.mark.parametrize("fail_at", [0, 1, 2])
+def test_an_interrupt_while_folders_move_puts_them_back(tmp_path, monkeypatch, fail_at):
+    """Ctrl-C at the first, second or third folder's move: the copy is the one before, whole,
+    and nothing is left beside it."""
+    source, layout = tmp_path / "src", OutputLayout(tmp_path / "out")
+    _source(source)
+    _write(layout, source, "r1")
+    (source / "class0" / "new.png").write_bytes(b"new" * 40)
+    real, calls = os.rename, []
+
+    def rename(a, b):
+        if os.fsencode(a).endswith(b".tmp") is False and b".tmp" in os.fsencode(b):
+            calls.append(a)
+            if len(calls) == fail_at + 1:
+                raise KeyboardInterrupt
+        return real(a, b)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        _write(layout, source, "r2")
+    monkeypatch.undo()
+    (source / "class0" / "new.png").unlink()
+    _same_tree(layout.clean_dir(T), source)
+    assert json.loads(layout.clean_manifest(T).read_text())["run_id"] == "r1"
+    assert sorted(p.name for p in layout.clean_dir(T).parent.iterdir()) == [T]
+
+
+def test_a_crash_while_folders_move_is_put_right_by_the_next_sweep(tmp_path):
+    """The journal a crash leaves beside the new tree names the folders moved into it: the
+    sweep moves them back into the copy, then removes the tree and the journal."""
+    source, layout = tmp_path / "src", OutputLayout(tmp_path / "out")
+    _source(source)
+    _write(layout, source, "r1")
+    clean = layout.clean_dir(T)
+    tree = clean.parent / f".{T}.abcd1234.tmp"
+    tree.mkdir()
+    (tree / "class0").mkdir()
+    (tree / "class0" / "half.png").write_bytes(b"half")
+    os.rename(
+        os.path.join(os.fsencode(clean), b"class 1"), os.path.join(os.fsencode(tree), b"class 1")
+    )
+    (clean.parent / f".{T}.abcd1234.carry").write_bytes(b"class 1\0cl\xe9ss2")
+    done = sweep_interrupted(layout.root)
+    assert any("moved 1 folder(s) back" in line for line in done), done
+    _same_tree(clean, source)
+    assert sorted(p.name for p in clean.parent.iterdir()) == [T]
