@@ -649,6 +649,10 @@ def test_an_update_computes_only_the_new_rows_and_those_whose_partner_left():
     orphans = int((before.partner == 0).sum())
     share = update_share(np.r_[-1, np.arange(1, 1000)], before)
     assert share == pytest.approx(((1 + orphans) * 1000 + (999 - orphans) * 1) / (1000**2 / 2))
+    # Against the approximate join's n x nprobe x cell products (here every image: n^2).
+    assert update_share(was, before, "ann", 4) == pytest.approx(
+        (10 * 1010 + 1000 * 10) / (1010 * 1010)
+    )
 
 
 def test_the_join_state_is_stored_read_back_and_replaced_whole(tmp_path, monkeypatch):

@@ -340,7 +340,7 @@ class _Join:
         """Each image's nearest of another class, and how it was found."""
         state, before = self.state, self.before
         if state is not None and before is not None:
-            share = update_share(before, state.nearest)
+            share = update_share(before, state.nearest, self.join, self.settings.ann_nprobe)
             if share <= UPDATE_AT_MOST:
                 found = update_nearest_other(
                     vectors, self.labels, before, state.nearest, block=self.settings.block_size

@@ -229,13 +229,17 @@ def update_nearest_other(
     return NearestOther(at, best)
 
 
-def update_share(previous_row: np.ndarray, previous: NearestOther) -> float:
-    """The products `update_nearest_other` computes, as a share of a full join's n^2 / 2:
-    (new + orphaned) x n + kept x new."""
+def update_share(
+    previous_row: np.ndarray, previous: NearestOther, join: str = "exact", nprobe: int = 16
+) -> float:
+    """The products `update_nearest_other` computes ((new + orphaned) x n + kept x new), as a
+    share of those of a full `join`: n^2 / 2 exact; about n x nprobe x CELL_SIZE approximate
+    (a million images: 1% new is more work to update exactly than to join approximately)."""
     plan = _UpdatePlan.of(previous_row, previous)
     n = len(plan.previous_row)
     work = (len(plan.fresh) + len(plan.orphaned)) * n + len(plan.held) * len(plan.fresh)
-    return work / max(n * n / 2, 1)
+    full = n * n / 2 if join == "exact" else n * min(n, max(1, nprobe) * CELL_SIZE)
+    return work / max(full, 1)
 
 
 @dataclass(frozen=True)
