@@ -88,6 +88,7 @@ from dedup_assets.names import (
 )
 from dedup_assets.partitions import CLASS_DIM, ClassRange, class_ranges
 from dedup_assets.timings import WorkTimes
+from resources.image_source import one_listing_per_run
 
 
 class OutputLocked(RuntimeError):
@@ -509,6 +510,30 @@ def _run_stages(
     log_level: str,
 ) -> None:
     """The stages in order, each for what changed only; a failed stage skips the rest."""
+    with one_listing_per_run():  # the plan and the index from one listing of the source
+        _run_listed_stages(
+            config,
+            instance,
+            layout,
+            outcome,
+            retrain=retrain,
+            full=full,
+            log=log,
+            log_level=log_level,
+        )
+
+
+def _run_listed_stages(
+    config: PipelineConfig,
+    instance: dg.DagsterInstance,
+    layout: OutputLayout,
+    outcome: PipelineOutcome,
+    *,
+    retrain: bool,
+    full: bool,
+    log: Callable[[str], None],
+    log_level: str,
+) -> None:
     _, listings = config.resources()["image_source"].list_source(layout)
     changes = changed_classes({k: v.digest for k, v in listings.items()}, recorded_listings(layout))
     # Workers pay for themselves on a big dataset even when few of its classes changed: the

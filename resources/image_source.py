@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +16,30 @@ from dedup_assets.core.data.splits import SplitLayout, detect_splits
 from dedup_assets.core.quality.demo_data import ensure_demo_dataset
 
 GROUND_TRUTH_NAME = "ground_truth.csv"
+
+
+class _Snapshot:
+    """The listings this process took while `one_listing_per_run` is active."""
+
+    active = False
+    listings: dict[tuple[str, bool, str], tuple[FolderScan, dict[str, ClassListing]]] = {}
+
+
+_SNAPSHOT = _Snapshot()
+
+
+@contextmanager
+def one_listing_per_run() -> Iterator[None]:
+    """Within the block, a source is listed once in this process: the first listing of it
+    is what every later `ImageSource.list_source` of it gets (the one `dedup run` plans
+    from, then its index job's), so the index holds the same snapshot the run planned from
+    (a file added in between waits for the next run instead of entering the index only), and
+    a run lists its source once, not twice (1.4 s at 135,000 images)."""
+    _SNAPSHOT.active, _SNAPSHOT.listings = True, {}
+    try:
+        yield
+    finally:
+        _SNAPSHOT.active, _SNAPSHOT.listings = False, {}
 
 
 class ImageSource(dg.ConfigurableResource):
@@ -70,7 +96,13 @@ class ImageSource(dg.ConfigurableResource):
         the catalog, `dedup run`, the sensor and the schedule list it); with `verify` and
         `against` (the output), content-checked against its catalogs (`verify_listings`)."""
         root = self.resolve_root()
-        scan, listings = list_source(root, include_hidden=self.include_hidden, splits=self.splits)
+        key = (str(root), self.include_hidden, self.splits)
+        taken = _SNAPSHOT.listings.get(key) if _SNAPSHOT.active else None
+        if taken is None:
+            taken = list_source(root, include_hidden=self.include_hidden, splits=self.splits)
+            if _SNAPSHOT.active:
+                _SNAPSHOT.listings[key] = taken
+        scan, listings = taken[0], dict(taken[1])
         if self.verify and against is not None:
             listings = verify_listings(root, listings, against, self.max_file_bytes)
         return scan, listings

@@ -349,3 +349,36 @@ def test_a_model_copied_in_is_kept_without_reconstructing_anything(tmp_path, mon
     pl.DataFrame({"image_id": ["x"]}).write_parquet(layout.trained_images)
     with pytest.raises(AssertionError, match="reconstructed images"):
         asset.retraining_decision(layout, images, settings, compute, forced=False)
+
+
+def test_a_run_lists_the_source_once_and_indexes_what_it_planned_from(materialized, monkeypatch):
+    """`dedup run` lists the source once (its plan and its index job from one listing): a
+    file added while the run is under way enters neither, and the next run takes it."""
+    import resources.image_source as image_source
+
+    real, calls = image_source.list_source, []
+    source = materialized["source"] / "water"
+    added = []
+
+    def listing(*args, **kwargs):
+        calls.append(args[0])
+        found = real(*args, **kwargs)
+        if not added:  # a file arrives right after the run's listing
+            added.extend(_add_variants(source, 1, prefix="meanwhile"))
+        return found
+
+    _add_variants(materialized["source"] / "farmland", 1, prefix="planned")  # a run to do
+    monkeypatch.setattr(image_source, "list_source", listing)
+    outcome = run_pipeline(materialized["config"], materialized["instance"], log=lambda _: None)
+    assert outcome.failures == [] and "farmland" in outcome.updated and len(calls) == 1
+    index = pl.read_parquet(materialized["layout"].index)
+    water = index.filter(pl.col("class_key") == "water")["files"].item()
+    monkeypatch.undo()
+    later = run_pipeline(materialized["config"], materialized["instance"], log=lambda _: None)
+    assert "water" in later.updated
+    assert (
+        pl.read_parquet(materialized["layout"].index)
+        .filter(pl.col("class_key") == "water")["files"]
+        .item()
+        == water + 1
+    )

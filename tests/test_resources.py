@@ -50,3 +50,27 @@ def test_settings_are_validated_at_construction_and_auto_epochs():
     ):
         with pytest.raises(ValidationError):
             DedupSettings(**bad)
+
+
+def test_a_run_lists_its_source_once_and_keeps_that_snapshot(tmp_path):
+    """Inside `one_listing_per_run` every listing of a source is its first one (a file added
+    meanwhile waits for the next run); outside, and for another source, each lists anew."""
+    from resources.image_source import ImageSource, one_listing_per_run
+
+    for name in ("a", "b"):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        (tmp_path / "src" / name / "x.png").write_bytes(b"x")
+    (tmp_path / "other" / "c").mkdir(parents=True)
+    source = ImageSource(root=str(tmp_path / "src"))
+
+    def files(s: ImageSource) -> int:
+        return sum(v.files for v in s.list_source()[1].values())
+
+    with one_listing_per_run():
+        assert files(source) == 2
+        (tmp_path / "src" / "a" / "y.png").write_bytes(b"y")
+        assert files(source) == 2 and files(ImageSource(root=str(tmp_path / "src"))) == 2
+        assert files(ImageSource(root=str(tmp_path / "other"))) == 0
+        source.list_source()[1].clear()  # a caller's change to its dict is its own
+        assert files(source) == 2
+    assert files(source) == 3
