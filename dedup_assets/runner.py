@@ -88,7 +88,7 @@ from dedup_assets.names import (
 )
 from dedup_assets.partitions import CLASS_DIM, ClassRange, class_ranges
 from dedup_assets.timings import WorkTimes
-from resources.image_source import one_listing_per_run
+from resources.image_source import one_listing_per_run, release_listings
 
 
 class OutputLocked(RuntimeError):
@@ -614,7 +614,9 @@ def _catalog_and_images(
     work = stages.outcome.work
     work.count(["image_catalog"], sum(v.files for v in listings.values()))
     work.count(["class_images"], sum(listings[k].files for k in to_ingest if k in listings))
-    if stages.run("catalog", INDEX_JOB, [None])[0]:
+    failed_catalog = stages.run("catalog", INDEX_JOB, [None])[0]
+    release_listings()  # the index has it: the scan need not last the run (460 MB at 1M)
+    if failed_catalog:
         raise _Skipped("every later stage: the catalog failed")
     if to_ingest:
         failed, _ = stages.run("images", INGEST_JOB, to_ingest)

@@ -5,6 +5,7 @@ and an interrupted or crashed swap puts every moved folder back."""
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -12,7 +13,7 @@ import pytest
 
 from dedup_assets.assets import clean_dataset
 from dedup_assets.assets.clean_dataset import FILES_NAME, write_clean_copy
-from dedup_assets.core.data.atomic_io import sweep_interrupted
+from dedup_assets.core.data.atomic_io import sweep_interrupted, sweep_interrupted_at
 from dedup_assets.core.data.layout import OutputLayout
 
 T = "0.95"
@@ -147,10 +148,11 @@ def test_a_copy_without_sizes_or_not_in_copy_mode_moves_nothing(tmp_path):
     assert clean_dataset._unchanged_folders(layout, T, _kept(source).drop("mtime_ns")) == []
 
 
+@pytest.mark.parametrize("after", [False, True], ids=["before", "after"])
 @pytest.mark.parametrize("fail_at", [0, 1, 2])
-def test_an_interrupt_while_folders_move_puts_them_back(tmp_path, monkeypatch, fail_at):
-    """Ctrl-C at the first, second or third folder's move: the copy is the one before, whole,
-    and nothing is left beside it."""
+def test_an_interrupt_while_folders_move_puts_them_back(tmp_path, monkeypatch, fail_at, after):
+    """Ctrl-C just before or just after the first, second or third folder's move: the copy
+    is the one before, whole, and nothing is left beside it."""
     source, layout = tmp_path / "src", OutputLayout(tmp_path / "out")
     _source(source)
     _write(layout, source, "r1")
@@ -161,6 +163,8 @@ def test_an_interrupt_while_folders_move_puts_them_back(tmp_path, monkeypatch, f
         if os.fsencode(a).endswith(b".tmp") is False and b".tmp" in os.fsencode(b):
             calls.append(a)
             if len(calls) == fail_at + 1:
+                if after:
+                    real(a, b)
                 raise KeyboardInterrupt
         return real(a, b)
 
@@ -193,3 +197,52 @@ def test_a_crash_while_folders_move_is_put_right_by_the_next_sweep(tmp_path):
     assert any("moved 1 folder(s) back" in line for line in done), done
     _same_tree(clean, source)
     assert sorted(p.name for p in clean.parent.iterdir()) == [T]
+
+
+def test_the_clean_copy_step_repairs_its_own_interrupted_swap_only(tmp_path):
+    """A run from the UI does not sweep the output: the clean copy step puts its own
+    threshold's stranded folders back before it starts, and leaves another threshold's
+    leftovers (that one may be running) alone."""
+    source, layout = tmp_path / "src", OutputLayout(tmp_path / "out")
+    _source(source)
+    _write(layout, source, "r1")
+    clean = layout.clean_dir(T)
+    tree = clean.parent / f".{T}.abcd1234.tmp"
+    tree.mkdir()
+    os.rename(
+        os.path.join(os.fsencode(clean), b"class 1"), os.path.join(os.fsencode(tree), b"class 1")
+    )
+    (clean.parent / f".{T}.abcd1234.carry").write_bytes(b"class 1")
+    other = clean.parent / ".0.97.efgh5678.tmp"
+    other.mkdir()
+    done = sweep_interrupted_at(clean)
+    assert len(done) == 2 and "moved 1 folder(s) back" in done[0], done
+    _same_tree(clean, source)
+    assert sorted(p.name for p in clean.parent.iterdir()) == [other.name, T]
+    assert sweep_interrupted_at(clean) == []
+    assert sweep_interrupted_at(tmp_path / "nowhere" / T) == []
+
+
+@pytest.mark.parametrize("linked", ["class 1", "split"])
+def test_a_folder_reached_through_a_link_is_never_moved(tmp_path, linked):
+    """A folder of the copy that a user replaced by a symbolic link to the source's (or whose
+    parent is one) is not moved into the new copy: the source keeps every file, and the new
+    copy holds copies, none of them the source's files or links to them."""
+    source, layout = tmp_path / "src", OutputLayout(tmp_path / "out")
+    _source(source)
+    (source / "split" / "a").mkdir(parents=True)
+    for i in range(3):
+        (source / "split" / "a" / f"x{i}.png").write_bytes(bytes([i]) * 80)
+    _write(layout, source, "r1")
+    clean = layout.clean_dir(T)
+    shutil.rmtree(clean / linked)
+    (clean / linked).symlink_to(source / linked, target_is_directory=True)
+    before = _kept(source)
+    movable = [b"class 1", b"class0/sub", b"cl\xe9ss2", b"split/a"]
+    assert clean_dataset._unchanged_folders(layout, T, before) == [
+        f for f in movable if not f.startswith(linked.encode())
+    ]
+    _write(layout, source, "r2")
+    assert _kept(source).equals(before)
+    _same_tree(layout.clean_dir(T), source)
+    assert not any(os.path.islink(p) for p, _, _ in os.walk(layout.clean_dir(T)))

@@ -4,6 +4,7 @@ warning check on a folder with planted cross-class copies."""
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -673,9 +674,9 @@ def test_the_join_state_is_stored_read_back_and_replaced_whole(tmp_path, monkeyp
     ids = np.array([f"c{i % 3}-img{i}" for i in range(50)], dtype=np.bytes_)
     space = SharedSpace(np.ones(16, np.float32), rng.standard_normal((16, 4)).astype(np.float32))
     nearest = NearestOther(np.arange(50)[::-1].copy(), rng.random(50).astype(np.float32))
-    save_join_state(tmp_path, "k1", space, ids, v, nearest)
+    save_join_state(tmp_path, "k1", space, ids, v, nearest, fitted_on=50)
     state = load_join_state(tmp_path, "k1")
-    assert state is not None and state.width == 4
+    assert state is not None and state.width == 4 and state.fitted_on == 50
     np.testing.assert_array_equal(state.space.axes, space.axes)
     np.testing.assert_array_equal(state.nearest.partner, nearest.partner)
     rows = rng.permutation(50)[:33]
@@ -683,6 +684,17 @@ def test_the_join_state_is_stored_read_back_and_replaced_whole(tmp_path, monkeyp
     state.vectors_at(rows, out, np.arange(7, 40))
     np.testing.assert_array_equal(out[7:], v[rows])
     assert not out[:7].any()
+    # Another process saves a new state meanwhile (a threshold partition beside this one):
+    # the vectors file of this one is removed, and this one still reads its own.
+    save_join_state(tmp_path, "k1", space, ids[::-1], v[::-1], nearest, fitted_on=50)
+    assert not Path(state.vectors.name).exists()
+    again = np.zeros((50, 4), np.float32)
+    state.vectors_at(np.arange(50), again, np.arange(50))
+    np.testing.assert_array_equal(again, v)
+    state.close()
+    newer = load_join_state(tmp_path, "k1")
+    np.testing.assert_array_equal(newer.image_ids, ids[::-1])
+    newer.close()
     assert load_join_state(tmp_path, "another key") is None
     assert load_join_state(tmp_path / "nowhere", "k1") is None
 
@@ -691,10 +703,11 @@ def test_the_join_state_is_stored_read_back_and_replaced_whole(tmp_path, monkeyp
 
     monkeypatch.setattr(state_module.np, "savez", failing_save)
     with pytest.raises(KeyboardInterrupt):
-        save_join_state(tmp_path, "k2", space, ids[:3], v[:3], nearest)
+        save_join_state(tmp_path, "k2", space, ids[:3], v[:3], nearest, fitted_on=3)
     monkeypatch.undo()
     kept = load_join_state(tmp_path, "k1")
     assert kept is not None and len(kept.image_ids) == 50  # the previous state, whole
+    kept.close()
     save_join_state(
         tmp_path,
         "k3",
@@ -702,8 +715,11 @@ def test_the_join_state_is_stored_read_back_and_replaced_whole(tmp_path, monkeyp
         ids[:2],
         v[:2],
         NearestOther(nearest.partner[:2], nearest.similarity[:2]),
+        fitted_on=2,
     )
-    assert load_join_state(tmp_path, "k3").space.axes is None
+    last = load_join_state(tmp_path, "k3")
+    assert last.space.axes is None
+    last.close()
     assert len(list(tmp_path.glob(state_module.VECTORS_GLOB))) == 1
     (tmp_path / state_module.STATE_NAME).write_bytes(b"not a state")
     assert load_join_state(tmp_path, "k3") is None
@@ -712,3 +728,72 @@ def test_the_join_state_is_stored_read_back_and_replaced_whole(tmp_path, monkeyp
     )
     assert previous_rows(np.array([b"x"]), np.zeros(0, np.bytes_)).tolist() == [-1]
     assert previous_rows(np.zeros(0, np.bytes_), ids).tolist() == []
+
+
+@pytest.mark.parametrize(
+    ("fitted_on", "images", "outgrown"),
+    [
+        (20_000, 27_270, False),  # a full-size sample serves any size
+        (20_000, 1_000_000, False),
+        (30, 37, False),  # within 1.25x
+        (30, 38, True),
+        (30, 10_030, True),  # the 30 images of a first run, then 10,000 more
+        (0, 1, False),
+        (1, 2, True),
+        (15_000, 20_001, True),
+    ],
+)
+def test_a_kept_space_serves_until_the_images_outgrow_its_sample(fitted_on, images, outgrown):
+    from dedup_assets.core.decision.cross_class_state import space_outgrown
+
+    assert space_outgrown(fitted_on, images) is outgrown
+
+
+def test_a_join_on_a_space_fitted_on_too_few_images_fits_it_again(tmp_path):
+    """The asset's join keeps a stored space while the images have not outgrown it, and
+    fits a new one (saying why) when they have; under `--full` it reads no stored state."""
+    from dedup_assets.assets.cross_class import _Join
+    from dedup_assets.core.decision.cross_class import NearestOther, SharedSpace
+    from dedup_assets.core.decision.cross_class_state import save_join_state
+
+    layout = OutputLayout(tmp_path)
+    rng = np.random.default_rng(1)
+    ids = np.array([b"%08d" % i for i in range(200)])
+    v = rng.standard_normal((30, 4)).astype(np.float32)
+    space = SharedSpace(np.zeros(16, np.float32), rng.standard_normal((16, 4)).astype(np.float32))
+    near = NearestOther(np.zeros(30, np.int64), np.zeros(30, np.float32))
+    save_join_state(layout.cross_class_dir, "key", space, ids[:30], v, near, fitted_on=30)
+
+    def join(n: int, full: bool = False) -> _Join:
+        return _Join(
+            layout, [], [n], ids[:n], np.zeros(n, np.int32), None, "exact",
+            state_key="key", full=full,
+        )  # fmt: skip
+
+    kept = join(37)
+    assert kept.state is not None and kept.refit == ""
+    kept.state.close()
+    grown = join(200)
+    assert grown.state is None and "200 images against the 30" in grown.refit
+    assert join(30, full=True).state is None
+
+
+def test_nearest_pairs_stored_before_a_full_run_are_not_its_own():
+    """The stored nearest pairs' key: the same for the same latents and settings, another
+    under `--full` (even with the same latents), the same within one `--full` command."""
+    from types import SimpleNamespace
+
+    from dedup_assets.assets.cross_class import _nearest_key
+    from dedup_assets.names import FULL_TAG, HOST_TAG, PID_TAG
+
+    settings = SimpleNamespace(seed=0, ann_nprobe=8)
+    classes = {"a": "digest-a", "b": "digest-b"}
+    plain = _nearest_key(classes, settings, "exact", {}, "run-1")
+    assert plain == _nearest_key(classes, settings, "exact", {}, "run-2")
+    assert plain != _nearest_key({**classes, "b": "other"}, settings, "exact", {}, "run-1")
+    command = {FULL_TAG: "1", PID_TAG: "4242", HOST_TAG: "host"}
+    full = _nearest_key(classes, settings, "exact", command, "run-1")
+    assert full != plain
+    assert full == _nearest_key(classes, settings, "exact", command, "run-2")
+    assert full != _nearest_key(classes, settings, "exact", {**command, PID_TAG: "7"}, "run-1")
+    assert _nearest_key(classes, settings, "ann", {}, "r") != plain

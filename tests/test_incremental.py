@@ -367,10 +367,21 @@ def test_a_run_lists_the_source_once_and_indexes_what_it_planned_from(materializ
             added.extend(_add_variants(source, 1, prefix="meanwhile"))
         return found
 
+    # The listing is let go once the index holds it (its scan is 460 MB at a million images).
+    import dedup_assets.runner as runner
+
+    real_training, held = runner._training, []
+
+    def training(*args, **kwargs):
+        held.append(len(image_source._SNAPSHOT.listings))
+        return real_training(*args, **kwargs)
+
     _add_variants(materialized["source"] / "farmland", 1, prefix="planned")  # a run to do
     monkeypatch.setattr(image_source, "list_source", listing)
+    monkeypatch.setattr(runner, "_training", training)
     outcome = run_pipeline(materialized["config"], materialized["instance"], log=lambda _: None)
     assert outcome.failures == [] and "farmland" in outcome.updated and len(calls) == 1
+    assert held == [0]
     index = pl.read_parquet(materialized["layout"].index)
     water = index.filter(pl.col("class_key") == "water")["files"].item()
     monkeypatch.undo()

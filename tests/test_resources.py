@@ -55,7 +55,7 @@ def test_settings_are_validated_at_construction_and_auto_epochs():
 def test_a_run_lists_its_source_once_and_keeps_that_snapshot(tmp_path):
     """Inside `one_listing_per_run` every listing of a source is its first one (a file added
     meanwhile waits for the next run); outside, and for another source, each lists anew."""
-    from resources.image_source import ImageSource, one_listing_per_run
+    from resources.image_source import ImageSource, one_listing_per_run, release_listings
 
     for name in ("a", "b"):
         (tmp_path / "src" / name).mkdir(parents=True)
@@ -73,4 +73,8 @@ def test_a_run_lists_its_source_once_and_keeps_that_snapshot(tmp_path):
         assert files(ImageSource(root=str(tmp_path / "other"))) == 0
         source.list_source()[1].clear()  # a caller's change to its dict is its own
         assert files(source) == 2
-    assert files(source) == 3
+        release_listings()  # the snapshot let go early: each lists anew
+        assert files(source) == 3
+        (tmp_path / "src" / "a" / "z.png").write_bytes(b"z")
+        assert files(source) == 4
+    assert files(source) == 4

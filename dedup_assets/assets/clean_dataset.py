@@ -28,7 +28,7 @@ from dedup_assets.core.data.artifacts import (
     read_keep_list,
     threshold_verdict,
 )
-from dedup_assets.core.data.atomic_io import atomic_dir
+from dedup_assets.core.data.atomic_io import atomic_dir, sweep_interrupted_at
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.pools import cancelling
 from dedup_assets.core.decision.leakage import clean_copy_leakage, read_left_out
@@ -248,11 +248,16 @@ def _unchanged_folders(layout: OutputLayout, threshold: str, kept: pl.DataFrame)
     )
     out = []
     root = os.fsencode(clean)
+    real_root = os.fsencode(os.path.realpath(clean))
     by_folder = new.filter(
         pl.col("folder").is_in(pl.Series(list(candidates), dtype=pl.Binary).implode())
     )
     for (folder,), group in by_folder.group_by("folder"):
         if not folder or _has_subfolder(every, folder):
+            continue
+        # Only a real folder of the copy: one reached through a symbolic link may be the
+        # source's own, which a move would take out of the source.
+        if os.path.realpath(os.path.join(root, folder)) != os.path.join(real_root, folder):
             continue
         names = [os.path.basename(r) for r in group["raw_path"].to_list()]
         expected = dict(
@@ -376,6 +381,8 @@ def build_clean_dataset_asset(
         recorded = {"leakage": made_with, "left_out_for_leakage": left_out} if made_with else None
         mode = str(settings.clean_copy_mode)
         start = time.perf_counter()
+        for line in sweep_interrupted_at(layout.clean_dir(threshold)):
+            context.log.warning(f"recovered: {line}")
         linked = write_clean_copy(
             layout,
             threshold,

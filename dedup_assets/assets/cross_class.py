@@ -3,7 +3,7 @@ threshold, with a WARN check that lists them. The join is `core.decision.cross_c
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import dagster as dg
 import numpy as np
@@ -57,10 +57,11 @@ from dedup_assets.core.decision.cross_class_state import (
     load_join_state,
     previous_rows,
     save_join_state,
+    space_outgrown,
 )
 from dedup_assets.core.decision.overrides import without_pairs
 from dedup_assets.core.model.autoencoder import load_state
-from dedup_assets.names import FULL_TAG
+from dedup_assets.names import FULL_TAG, HOST_TAG, PID_TAG
 from dedup_assets.ui import md_table
 from resources import ComputeDevice, DedupSettings, DedupStorage
 
@@ -128,16 +129,11 @@ def build_cross_class_asset(
         join = resolve_join(settings.join, images.height, settings.ann_min_class_size)
         budget = budget_of(threshold)
         # Every threshold partition needs the same nearest-other-class join: the first one
-        # computes it, the others read it (keyed by every class's latents and the settings).
-        computed_from = {
-            **current.cross_class("any"),
-            "seed": settings.seed,
-            "join": join,
-            "nprobe": settings.ann_nprobe,
-        }
-        if join == "ann":  # a result of an earlier approximate join (top-32 of an IVF index)
-            computed_from["approximate"] = APPROXIMATE_JOIN  # is not this one's
-        cache_key = digest(computed_from)
+        # computes it, the others read it.
+        full = context.run.tags.get(FULL_TAG) == "1"
+        cache_key = _nearest_key(
+            current.cross_class("any"), settings, join, context.run.tags, context.run.run_id
+        )
         # The budget's null (each image's similarity to its most similar mirror of another
         # image, `core.decision.calibration.mirror_null`) is the same for every budget:
         # cached beside the nearest pairs, keyed by the same inputs and by how the null is
@@ -159,7 +155,7 @@ def build_cross_class_asset(
                 settings,
                 join,
                 state_key=_state_key(current, settings, join),
-                full=context.run.tags.get(FULL_TAG) == "1",
+                full=full,
             )
             space, vectors = joined.vectors(context.log.info)
             if nearest is None:
@@ -272,6 +268,19 @@ def build_cross_class_asset(
     return cross_class_duplicates, no_cross_class_duplicates
 
 
+def _nearest_key(classes: dict, settings, join: str, tags: Mapping[str, str], run_id: str) -> str:
+    """What the stored nearest pairs (and the null beside them) are keyed by: every class's
+    latents and the settings; under `--full` also the command that runs (its host and pid,
+    which its runs carry), so that no result stored before it is read (a retrained model may
+    give the same latents bit for bit) but its other threshold partitions read its own."""
+    computed_from = {**classes, "seed": settings.seed, "join": join, "nprobe": settings.ann_nprobe}
+    if join == "ann":  # a result of an earlier approximate join (top-32 of an IVF index)
+        computed_from["approximate"] = APPROXIMATE_JOIN  # is not this one's
+    if tags.get(FULL_TAG) == "1":
+        computed_from["full"] = [tags.get(HOST_TAG), tags[PID_TAG]] if PID_TAG in tags else run_id
+    return digest(computed_from)
+
+
 HELD_LATENT_ROWS = 4 * LATENT_GROUP_ROWS
 JOIN_STATE_VERSION = 1
 UPDATE_AT_MOST = 0.5  # of a full join's products: more, and the join is computed again
@@ -289,6 +298,7 @@ def _state_key(current: CurrentInputs, settings, join: str) -> str:
             "space": [DEFAULT_COMPONENTS, SAMPLE_FOR_AXES],
             "join": join,
             "nprobe": settings.ann_nprobe,
+            "approximate": APPROXIMATE_JOIN if join == "ann" else None,
         }
     )
 
@@ -313,16 +323,32 @@ class _Join:
         self.row_ids, self.labels, self.settings, self.join = row_ids, labels, settings, join
         self.state_key = state_key
         self.state = None if full else load_join_state(layout.cross_class_dir, state_key)
+        self.refit = ""  # why a stored space was not kept, if it was not
+        if self.state is not None and space_outgrown(self.state.fitted_on, len(row_ids)):
+            self.refit = (
+                f"the space fitted again: {len(row_ids):,} images against the "
+                f"{self.state.fitted_on:,} it was fitted on"
+            )
+            self.state.close()
+            self.state = None
+        self.fitted_on = 0
         self.before: np.ndarray | None = None
 
     def vectors(self, log: Callable[[str], None]) -> tuple[SharedSpace | None, np.ndarray]:
         state = self.state
         if state is None:
-            return _shared_vectors(self.layout, self.keys, self.sizes, self.settings.seed)
+            space, vectors, self.fitted_on = _shared_vectors(
+                self.layout, self.keys, self.sizes, self.settings.seed
+            )
+            return space, vectors
+        self.fitted_on = state.fitted_on
         self.before = previous_rows(self.row_ids, state.image_ids)
         vectors = np.empty((len(self.row_ids), state.width), dtype=np.float32)
         kept = np.flatnonzero(self.before >= 0)
-        state.vectors_at(self.before[kept], vectors, kept)
+        try:
+            state.vectors_at(self.before[kept], vectors, kept)
+        finally:
+            state.close()
         new = np.flatnonzero(self.before < 0)
         offsets = np.cumsum([0, *self.sizes])
         first = np.searchsorted(offsets, new, side="right") - 1  # each new row's class
@@ -349,10 +375,17 @@ class _Join:
             else:
                 found, how = self._computed(vectors), "computed (too much changed to update)"
         else:
-            found, how = self._computed(vectors), "computed"
+            found = self._computed(vectors)
+            how = f"computed ({self.refit})" if self.refit else "computed"
         if space is not None:
             save_join_state(
-                self.layout.cross_class_dir, self.state_key, space, self.row_ids, vectors, found
+                self.layout.cross_class_dir,
+                self.state_key,
+                space,
+                self.row_ids,
+                vectors,
+                found,
+                self.fitted_on,
             )
         return found, how
 
@@ -367,7 +400,8 @@ class _Join:
 
 
 def _shared_vectors(layout, keys: list[str], sizes: list[int], seed: int):
-    """The shared space and every image's unit vector in it, in two passes over the
+    """The shared space, every image's unit vector in it and how many images it was fitted
+    on, in two passes over the
     latents one class at a time: a sample for the axes, then every image projected (N x
     128 in memory, never N x 1024)."""
     picks = stratified_sample(sizes, seed=seed)
@@ -385,10 +419,10 @@ def _shared_vectors(layout, keys: list[str], sizes: list[int], seed: int):
     sample = [m[at] for m, at in zip(each(), picks, strict=True)]
     sample = np.concatenate(sample) if sample else np.zeros((0, 1), np.float32)
     if not len(sample):
-        return None, np.zeros((0, 1), np.float32)
-    space = SharedSpace.fit(sample, seed=seed)
+        return None, np.zeros((0, 1), np.float32), 0
+    space, fitted_on = SharedSpace.fit(sample, seed=seed), len(sample)
     del sample
-    return space, np.concatenate([space.project(m) for m in each()])
+    return space, np.concatenate([space.project(m) for m in each()]), fitted_on
 
 
 def _nearest_path(layout):

@@ -94,8 +94,8 @@ def atomic_dir(path: Path | str, carry: list[bytes] | None = None) -> Iterator[P
             for rel in carry:
                 dest = os.path.join(os.fsencode(tmp), rel)
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
+                moved.append(rel)  # before the rename: an interrupt right after it moves it back
                 os.rename(os.path.join(os.fsencode(path), rel), dest)
-                moved.append(rel)
         if not path.exists():
             os.replace(tmp, path)
         elif exchange_paths(tmp, path):
@@ -114,8 +114,10 @@ def atomic_dir(path: Path | str, carry: list[bytes] | None = None) -> Iterator[P
         journal.unlink(missing_ok=True)
     except BaseException:
         for rel in reversed(moved):  # back into the tree they came from, which stays
-            with contextlib.suppress(OSError):
-                os.rename(os.path.join(os.fsencode(tmp), rel), os.path.join(os.fsencode(path), rel))
+            src, dest = os.path.join(os.fsencode(tmp), rel), os.path.join(os.fsencode(path), rel)
+            if os.path.lexists(src) and not os.path.lexists(dest):
+                with contextlib.suppress(OSError):
+                    os.rename(src, dest)
         shutil.rmtree(tmp, ignore_errors=True)
         journal.unlink(missing_ok=True)
         raise
@@ -144,24 +146,46 @@ def sweep_interrupted(root: Path | str, *, skip: tuple[str, ...] = (".dagster",)
         if Path(dirpath) == root:
             dirnames[:] = [d for d in dirnames if d not in skip]
         found = [(m, name) for name in [*dirnames, *filenames] if (m := _LEFTOVER.match(name))]
-        for match, name in sorted(found, key=lambda f: (_SWEEP_ORDER[f[0]["kind"]], f[1])):
-            leftover = Path(dirpath, name)
-            target = Path(dirpath, match["name"])
-            if match["kind"] == "old" and (leftover / "tree").exists() and not target.exists():
-                os.replace(leftover / "tree", target)
-                done.append(f"restored {target} from an interrupted swap")
-            elif match["kind"] == "carry":
-                tree = Path(dirpath, f".{match['name']}.{match['token']}.tmp")
-                back = _carry_back(leftover, tree, target)
-                if back:
-                    done.append(f"moved {back} folder(s) back into {target} (an interrupted swap)")
-            else:
-                done.append(f"removed {leftover} left by an interrupted write")
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+        done += _sweep(dirpath, found)
         dirnames[:] = [d for d in dirnames if not _LEFTOVER.match(d)]
+    return done
+
+
+def sweep_interrupted_at(path: Path | str) -> list[str]:
+    """`sweep_interrupted` for one output's own leftovers (`.<name>.*.tmp|old|carry` beside
+    `path`): what a step that rewrites `path` calls first, so an interrupted earlier write
+    of it is repaired however the step is run (the command sweeps the whole output, a run
+    from the UI does not). Only call while no other process writes `path`."""
+    path = Path(path)
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return []
+    found = [(m, n) for n in names if (m := _LEFTOVER.match(n)) and m["name"] == path.name]
+    return _sweep(path.parent, found)
+
+
+def _sweep(dirpath: Path | str, found: list[tuple[re.Match, str]]) -> list[str]:
+    """Handle the leftovers `found` in `dirpath`: trees back in place first, then carried
+    folders back into them, then every leftover removed."""
+    done: list[str] = []
+    for match, name in sorted(found, key=lambda f: (_SWEEP_ORDER[f[0]["kind"]], f[1])):
+        leftover = Path(dirpath, name)
+        target = Path(dirpath, match["name"])
+        if match["kind"] == "old" and (leftover / "tree").exists() and not target.exists():
+            os.replace(leftover / "tree", target)
+            done.append(f"restored {target} from an interrupted swap")
+        elif match["kind"] == "carry":
+            tree = Path(dirpath, f".{match['name']}.{match['token']}.tmp")
+            back = _carry_back(leftover, tree, target)
+            if back:
+                done.append(f"moved {back} folder(s) back into {target} (an interrupted swap)")
+        else:
+            done.append(f"removed {leftover} left by an interrupted write")
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
     return done
 
 
