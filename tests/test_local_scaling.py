@@ -81,7 +81,11 @@ def test_levels_with_tied_neighbours_leave_out_the_first_ones(sampled):
     definition, the nearest of equal images taken in row order, and the pool's levels
     (`outsider_levels`) leave out the same ones for a copy of an image of the class."""
     rng = np.random.default_rng(3)
-    base = _unit(rng, 12)
+    # Unit vectors of +-1/4 in 16 dimensions: every product is a sum of +-1/16, exact in
+    # float32 whatever the order of the sums, so equal images tie exactly in any BLAS (a
+    # blocked product of generic vectors may differ in the last bit between equal columns,
+    # as this machine's OpenBLAS 0.3.31 (numpy 2.4.6) does: then "equal" is not a tie).
+    base = np.where(rng.random((12, 16)) < 0.5, -0.25, 0.25).astype(np.float32)
     v = base[rng.integers(0, 12, 60)]  # 60 images, 12 distinct: ties everywhere
     rows = np.sort(rng.choice(60, 25, replace=False)) if sampled else np.arange(60)
     d = l2_normalize(v[rows] + 0.8 * _unit(rng, len(rows)))
