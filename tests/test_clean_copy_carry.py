@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -13,7 +15,7 @@ import pytest
 
 from dedup_assets.assets import clean_dataset
 from dedup_assets.assets.clean_dataset import FILES_NAME, write_clean_copy
-from dedup_assets.core.data.atomic_io import sweep_interrupted, sweep_interrupted_at
+from dedup_assets.core.data.atomic_io import sweep_interrupted, sweep_interrupted_at, writing
 from dedup_assets.core.data.layout import OutputLayout
 
 T = "0.95"
@@ -200,9 +202,10 @@ def test_a_crash_while_folders_move_is_put_right_by_the_next_sweep(tmp_path):
 
 
 def test_the_clean_copy_step_repairs_its_own_interrupted_swap_only(tmp_path):
-    """A run from the UI does not sweep the output: the clean copy step puts its own
-    threshold's stranded folders back before it starts, and leaves another threshold's
-    leftovers (that one may be running) alone."""
+    """A run from the UI does not sweep the output, so the clean copy step sweeps its own
+    copy first (`sweep_interrupted_at`, under the copy's writer lock): its own threshold's
+    stranded folders go back, another threshold's leftovers (that one may be running) stay;
+    the lock makes a second writer of the same copy wait its turn."""
     source, layout = tmp_path / "src", OutputLayout(tmp_path / "out")
     _source(source)
     _write(layout, source, "r1")
@@ -221,6 +224,29 @@ def test_the_clean_copy_step_repairs_its_own_interrupted_swap_only(tmp_path):
     assert sorted(p.name for p in clean.parent.iterdir()) == [other.name, T]
     assert sweep_interrupted_at(clean) == []
     assert sweep_interrupted_at(tmp_path / "nowhere" / T) == []
+    lock = layout.writer_lock(f"clean-{T}")
+    with writing(lock):  # another process must wait for it
+        probe = subprocess.run(
+            [sys.executable, "-c", TRY_LOCK, str(lock)], capture_output=True, text=True
+        )
+        assert probe.stdout.strip() == "held", probe.stderr
+    probe = subprocess.run(
+        [sys.executable, "-c", TRY_LOCK, str(lock)], capture_output=True, text=True
+    )
+    assert probe.stdout.strip() == "taken", probe.stderr  # and may take it after
+    assert lock.parent != clean.parent  # not among the copies a user lists
+
+
+# In another process: try the copy's writer lock without waiting.
+TRY_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("taken")
+except BlockingIOError:
+    print("held")
+"""
 
 
 @pytest.mark.parametrize("linked", ["class 1", "split"])

@@ -778,7 +778,7 @@ def test_a_join_on_a_space_fitted_on_too_few_images_fits_it_again(tmp_path):
     assert join(30, full=True).state is None
 
 
-def test_nearest_pairs_stored_before_a_full_run_are_not_its_own():
+def test_nearest_pairs_stored_before_a_full_run_are_not_its_own(monkeypatch):
     """The stored nearest pairs' key: the same for the same latents and settings, another
     under `--full` (even with the same latents), the same within one `--full` command."""
     from types import SimpleNamespace
@@ -796,4 +796,16 @@ def test_nearest_pairs_stored_before_a_full_run_are_not_its_own():
     assert full != plain
     assert full == _nearest_key(classes, settings, "exact", command, "run-2")
     assert full != _nearest_key(classes, settings, "exact", {**command, PID_TAG: "7"}, "run-1")
-    assert _nearest_key(classes, settings, "ann", {}, "r") != plain
+    ann = _nearest_key(classes, settings, "ann", {}, "r")
+    assert ann != plain
+    # A result of another version of the approximate join is not this one's, in the stored
+    # pairs' key and in the join state's.
+    from dedup_assets.assets import cross_class as asset
+
+    current = SimpleNamespace(model_digest="m")
+    state = asset._state_key(current, settings, "ann")
+    assert asset._state_key(current, settings, "exact") != state
+    monkeypatch.setattr(asset, "APPROXIMATE_JOIN", "cells-another")
+    assert _nearest_key(classes, settings, "ann", {}, "r") != ann
+    assert asset._state_key(current, settings, "ann") != state
+    assert _nearest_key(classes, settings, "exact", {}, "r") == plain

@@ -28,7 +28,7 @@ from dedup_assets.core.data.artifacts import (
     read_keep_list,
     threshold_verdict,
 )
-from dedup_assets.core.data.atomic_io import atomic_dir, sweep_interrupted_at
+from dedup_assets.core.data.atomic_io import atomic_dir, sweep_interrupted_at, writing
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.pools import cancelling
 from dedup_assets.core.decision.leakage import clean_copy_leakage, read_left_out
@@ -381,19 +381,20 @@ def build_clean_dataset_asset(
         recorded = {"leakage": made_with, "left_out_for_leakage": left_out} if made_with else None
         mode = str(settings.clean_copy_mode)
         start = time.perf_counter()
-        for line in sweep_interrupted_at(layout.clean_dir(threshold)):
-            context.log.warning(f"recovered: {line}")
-        linked = write_clean_copy(
-            layout,
-            threshold,
-            thresholds_def.get_partition_keys(),
-            kept,
-            os.fsencode(image_source.resolve_root()),
-            mode,
-            keep_digest,
-            context.run.run_id,
-            recorded,
-        )
+        with writing(layout.writer_lock(f"clean-{threshold}")):  # one writer of this copy
+            for line in sweep_interrupted_at(layout.clean_dir(threshold)):
+                context.log.warning(f"recovered: {line}")
+            linked = write_clean_copy(
+                layout,
+                threshold,
+                thresholds_def.get_partition_keys(),
+                kept,
+                os.fsencode(image_source.resolve_root()),
+                mode,
+                keep_digest,
+                context.run.run_id,
+                recorded,
+            )
         seconds = time.perf_counter() - start
         context.log.info(
             f"T={threshold}: {kept.height:,} images -> {layout.clean_dir(threshold)} "

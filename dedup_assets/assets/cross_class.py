@@ -342,10 +342,10 @@ class _Join:
             )
             return space, vectors
         self.fitted_on = state.fitted_on
-        self.before = previous_rows(self.row_ids, state.image_ids)
-        vectors = np.empty((len(self.row_ids), state.width), dtype=np.float32)
-        kept = np.flatnonzero(self.before >= 0)
         try:
+            self.before = previous_rows(self.row_ids, state.image_ids)
+            vectors = np.empty((len(self.row_ids), state.width), dtype=np.float32)
+            kept = np.flatnonzero(self.before >= 0)
             state.vectors_at(self.before[kept], vectors, kept)
         finally:
             state.close()

@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import json
 import os
 import re
@@ -151,11 +152,27 @@ def sweep_interrupted(root: Path | str, *, skip: tuple[str, ...] = (".dagster",)
     return done
 
 
+@contextmanager
+def writing(lock: Path | str) -> Iterator[None]:
+    """Hold the exclusive flock of the file `lock` (an output's writer lock,
+    `OutputLayout.writer_lock`) for the block: two steps that rewrite the same output (a
+    run from the UI beside `dedup run`) take turns, so one's `sweep_interrupted_at` never
+    takes the other's work in progress for an interrupted write's leftovers."""
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def sweep_interrupted_at(path: Path | str) -> list[str]:
     """`sweep_interrupted` for one output's own leftovers (`.<name>.*.tmp|old|carry` beside
     `path`): what a step that rewrites `path` calls first, so an interrupted earlier write
     of it is repaired however the step is run (the command sweeps the whole output, a run
-    from the UI does not). Only call while no other process writes `path`."""
+    from the UI does not). Only call while no other process writes `path` (`writing`)."""
     path = Path(path)
     try:
         names = os.listdir(path.parent)

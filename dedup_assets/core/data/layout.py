@@ -65,6 +65,11 @@ class OutputLayout:
     def lock(self) -> Path:
         return self.root / ".lock"
 
+    def writer_lock(self, name: str) -> Path:
+        """The lock file of one output's writers (`core.data.atomic_io.writing`), kept out of
+        the folders users list."""
+        return self.root / ".locks" / f"{name}.lock"
+
     @property
     def pipeline_file(self) -> Path:
         return self.root / "pipeline.json"
