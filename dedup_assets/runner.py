@@ -252,16 +252,17 @@ def run_pipeline(
         for line in outcome.recovered:
             log(f"recovered: {line}")
         try:
-            _run_stages(
-                config,
-                instance,
-                layout,
-                outcome,
-                retrain=retrain,
-                full=full,
-                log=log,
-                log_level=log_level,
-            )
+            with one_listing_per_run():  # the plan and the index from one listing of the source
+                _run_stages(
+                    config,
+                    instance,
+                    layout,
+                    outcome,
+                    retrain=retrain,
+                    full=full,
+                    log=log,
+                    log_level=log_level,
+                )
         except KeyboardInterrupt as exc:  # the workers have stopped (ClassRunPool.__exit__)
             cancel_unfinished_runs(instance, str(exc) or "interrupted")
             raise
@@ -510,30 +511,6 @@ def _run_stages(
     log_level: str,
 ) -> None:
     """The stages in order, each for what changed only; a failed stage skips the rest."""
-    with one_listing_per_run():  # the plan and the index from one listing of the source
-        _run_listed_stages(
-            config,
-            instance,
-            layout,
-            outcome,
-            retrain=retrain,
-            full=full,
-            log=log,
-            log_level=log_level,
-        )
-
-
-def _run_listed_stages(
-    config: PipelineConfig,
-    instance: dg.DagsterInstance,
-    layout: OutputLayout,
-    outcome: PipelineOutcome,
-    *,
-    retrain: bool,
-    full: bool,
-    log: Callable[[str], None],
-    log_level: str,
-) -> None:
     _, listings = config.resources()["image_source"].list_source(layout)
     changes = changed_classes({k: v.digest for k, v in listings.items()}, recorded_listings(layout))
     # Workers pay for themselves on a big dataset even when few of its classes changed: the

@@ -180,21 +180,28 @@ def test_an_interrupt_while_folders_move_puts_them_back(tmp_path, monkeypatch, f
     assert sorted(p.name for p in layout.clean_dir(T).parent.iterdir()) == [T]
 
 
-def test_a_crash_while_folders_move_is_put_right_by_the_next_sweep(tmp_path):
-    """The journal a crash leaves beside the new tree names the folders moved into it: the
-    sweep moves them back into the copy, then removes the tree and the journal."""
+def _stranded(tmp_path: Path, journal: bytes) -> tuple[Path, OutputLayout, Path, Path]:
+    """A copy whose swap crashed after `class 1` was moved into the new tree, the journal
+    naming `journal`'s folders: (source, layout, the copy, the new tree)."""
     source, layout = tmp_path / "src", OutputLayout(tmp_path / "out")
     _source(source)
     _write(layout, source, "r1")
     clean = layout.clean_dir(T)
     tree = clean.parent / f".{T}.abcd1234.tmp"
     tree.mkdir()
-    (tree / "class0").mkdir()
-    (tree / "class0" / "half.png").write_bytes(b"half")
     os.rename(
         os.path.join(os.fsencode(clean), b"class 1"), os.path.join(os.fsencode(tree), b"class 1")
     )
-    (clean.parent / f".{T}.abcd1234.carry").write_bytes(b"class 1\0cl\xe9ss2")
+    (clean.parent / f".{T}.abcd1234.carry").write_bytes(journal)
+    return source, layout, clean, tree
+
+
+def test_a_crash_while_folders_move_is_put_right_by_the_next_sweep(tmp_path):
+    """The journal a crash leaves beside the new tree names the folders moved into it: the
+    sweep moves them back into the copy, then removes the tree and the journal."""
+    source, layout, clean, tree = _stranded(tmp_path, b"class 1\0cl\xe9ss2")
+    (tree / "class0").mkdir()
+    (tree / "class0" / "half.png").write_bytes(b"half")
     done = sweep_interrupted(layout.root)
     assert any("moved 1 folder(s) back" in line for line in done), done
     _same_tree(clean, source)
@@ -206,16 +213,7 @@ def test_the_clean_copy_step_repairs_its_own_interrupted_swap_only(tmp_path):
     copy first (`sweep_interrupted_at`, under the copy's writer lock): its own threshold's
     stranded folders go back, another threshold's leftovers (that one may be running) stay;
     the lock makes a second writer of the same copy wait its turn."""
-    source, layout = tmp_path / "src", OutputLayout(tmp_path / "out")
-    _source(source)
-    _write(layout, source, "r1")
-    clean = layout.clean_dir(T)
-    tree = clean.parent / f".{T}.abcd1234.tmp"
-    tree.mkdir()
-    os.rename(
-        os.path.join(os.fsencode(clean), b"class 1"), os.path.join(os.fsencode(tree), b"class 1")
-    )
-    (clean.parent / f".{T}.abcd1234.carry").write_bytes(b"class 1")
+    source, layout, clean, _ = _stranded(tmp_path, b"class 1")
     other = clean.parent / ".0.97.efgh5678.tmp"
     other.mkdir()
     done = sweep_interrupted_at(clean)
