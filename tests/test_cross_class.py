@@ -388,11 +388,11 @@ def test_the_caller_does_not_wait_for_a_helper_that_gets_no_core(monkeypatch):
     release, held = threading.Event(), threading.Event()
     real = cross_class._slab
 
-    def slab(xs, r0, r1, b):
+    def slab(xs, r0, r1, b, outputs):
         if threading.current_thread() is not threading.main_thread():
             held.set()
             release.wait(30)  # starved
-        return real(xs, r0, r1, b)
+        return real(xs, r0, r1, b, outputs)
 
     monkeypatch.setattr(cross_class, "_slab", slab)
     try:
@@ -414,12 +414,12 @@ def test_an_interrupt_stops_the_join_and_its_helpers(monkeypatch):
     xs, starts, ends, step = _sorted_slabs(400, 4, 8, 1)
     real, calls = cross_class._slab, []
 
-    def slab(xs, r0, r1, b):
+    def slab(xs, r0, r1, b, outputs):
         if threading.current_thread() is threading.main_thread():
             calls.append(r0)
             raise KeyboardInterrupt
         time.sleep(0.05)  # the helpers are slow: the caller takes a slab too
-        return real(xs, r0, r1, b)
+        return real(xs, r0, r1, b, outputs)
 
     monkeypatch.setattr(cross_class, "_slab", slab)
     with pytest.raises(KeyboardInterrupt):

@@ -273,3 +273,37 @@ def test_top_columns_of_identical_values_are_the_first_columns():
     assert np.array_equal(top_columns(np.ones((3, 10), np.float32), 9), np.tile(range(9), (3, 1)))
     with pytest.raises(ValueError, match="k = 11"):
         top_columns(np.ones((3, 10), np.float32), 11)
+
+
+def test_slab_outputs_give_the_operators_bits_in_one_buffer_per_thread():
+    import threading
+
+    from dedup_assets.core.decision.similarity import SlabOutputs
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 24)).astype(np.float32)
+    outputs = SlabOutputs()
+    first = outputs.product(x[:50], x[50:].T)
+    assert np.array_equal(first, x[:50] @ x[50:].T)  # the same bits as the operator
+    buffer = outputs.buffer
+    smaller = outputs.product(x[:10], x[100:].T)  # fits: written into the same memory
+    assert outputs.buffer is buffer and np.shares_memory(smaller, buffer)
+    assert np.array_equal(smaller, x[:10] @ x[100:].T)
+    bigger = outputs.product(x[:200], x.T)  # outgrows it: a new buffer
+    assert outputs.buffer is not buffer and np.array_equal(bigger, x[:200] @ x.T)
+    reserved = SlabOutputs(capacity=200 * 300)
+    reserved.product(x[:2], x[:3].T)
+    assert reserved.buffer.size == 200 * 300  # allocated once for the largest
+    seen = {}
+
+    def other_thread() -> None:
+        seen["result"] = outputs.product(x[:50], x[50:].T)
+        seen["buffer"] = outputs.buffer
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join()
+    assert seen["buffer"] is not outputs.buffer  # its own buffer: the caller's result stands
+    assert np.array_equal(bigger, x[:200] @ x.T)
+    assert np.array_equal(seen["result"], x[:50] @ x[50:].T)
+    assert not np.shares_memory(first, outputs.buffer)  # the first buffer, outgrown since

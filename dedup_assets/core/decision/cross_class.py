@@ -27,6 +27,7 @@ from dedup_assets.core.data.pools import run_on_idle_cores
 from dedup_assets.core.decision.similarity import (
     DEFAULT_BLOCK,
     MAX_SLAB_BYTES,
+    SlabOutputs,
     block_rows,
     l2_normalize,
 )
@@ -286,9 +287,10 @@ def join_threads(threads: int | None, n: int, step: int) -> int:
     return max(1, min(threads, 8, JOIN_SLAB_BYTES // max(4 * step * n, 1)))
 
 
-def _slab(xs: np.ndarray, r0: int, r1: int, b: int) -> np.ndarray:
-    """One slab of the join: rows r0:r1 against every row from b on."""
-    return xs[r0:r1] @ xs[b:].T
+def _slab(xs: np.ndarray, r0: int, r1: int, b: int, outputs: SlabOutputs) -> np.ndarray:
+    """One slab of the join: rows r0:r1 against every row from b on (in the thread's buffer
+    of `outputs`, valid until its next slab)."""
+    return outputs.product(xs[r0:r1], xs[b:].T)
 
 
 def _slab_tasks(
@@ -356,10 +358,11 @@ def _exact_slabs(
     k = len(split) if split is not None else max(1, min(threads, len(tasks)))
     col_best = np.full((k, n), -np.inf, dtype=np.float32)
     col_from = np.full((k, n), np.iinfo(np.int64).max, dtype=np.int64)
+    outputs = SlabOutputs()  # each thread's slab written into the same memory every time
 
     def compute(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         r0, r1, b, grouped = tasks[i]
-        s = _slab(xs, r0, r1, b)
+        s = _slab(xs, r0, r1, b, outputs)
         if grouped:  # each row's own class (the group's first columns) is no partner
             own = np.searchsorted(starts, np.arange(r0, r1), side="right")
             s[:, : r1 - r0][own[:, None] == own[None, :]] = -np.inf

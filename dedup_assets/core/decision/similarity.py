@@ -16,6 +16,7 @@ them):
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -43,6 +44,29 @@ sets and planted hymenoptera: 0.7 found 96-97% of EuroSAT's copies at the 1% bud
 94.7-96.3%, 0.5 97% with more false removals on the photos)."""
 DEFAULT_BLOCK = 2048
 MAX_SLAB_BYTES = 256 * 2**20  # one block of similarities: 256 MiB at most
+
+
+class SlabOutputs(threading.local):
+    """A reusable output for the products of a loop, one per thread.
+
+    A product's fresh result above glibc's mmap threshold is mapped anew and faulted in page
+    by page each time: a quarter of each 497 x 120,000 slab of the 135,000-image cross-class
+    join (0.18 s against 0.135 s written into a kept buffer). Each thread keeps one buffer,
+    as large as its largest product so far; a result is valid until that thread's next
+    product, so read it (or copy what is kept) before asking for another. `capacity`: the
+    values of the largest product expected, allocated on first use (products that grow, as
+    a kept set does, would otherwise each outgrow the last)."""
+
+    def __init__(self, capacity: int = 0) -> None:
+        self.capacity = int(capacity)
+
+    def product(self, a: np.ndarray, b_t: np.ndarray) -> np.ndarray:
+        """`a @ b_t` (float32; the same bits as the operator) in this thread's buffer."""
+        size = a.shape[0] * b_t.shape[1]
+        buffer = getattr(self, "buffer", None)
+        if buffer is None or buffer.size < size:
+            buffer = self.buffer = np.empty(max(size, self.capacity), dtype=np.float32)
+        return np.matmul(a, b_t, out=buffer[:size].reshape(a.shape[0], b_t.shape[1]))
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
