@@ -67,7 +67,13 @@ _COPIERS = {
     "symlink": os.symlink,
 }
 FILES_NAME = ".latent-dedup-clean.parquet"
-COPY_THREADS = 8
+COPY_THREADS = 1
+"""Threads placing files. One: a link or a copy of a small file into the page cache is a few
+syscalls of CPU, not a wait on the disk, and more threads only fought over the GIL between
+them. 60,000 EuroSAT files hard-linked (2026-12-05, `_reusable` checked): 0.52 s of CPU on one
+thread against 1.45-1.78 on two and 1.93-2.19 on eight (by class folder or not); copied:
+1.75-3.4 s of CPU on one, 4.2-20.5 on two, 3.7-17.0 on eight. The clean copy step runs
+beside the cross-class join, so its CPU is the run's."""
 COPY_CHUNK = 512
 
 
@@ -174,11 +180,10 @@ def write_clean_copy(
         def place_all(chunk: list[tuple[bytes, list[int] | None]]) -> int:
             return sum(place(row) for row in chunk)
 
-        # File copies wait on the disk, not the CPU: a few threads keep it busy. Files go
-        # to the threads in chunks (a thread pool's map ignores its chunksize: a task per
-        # file cost more in locks than the links themselves, 11 s of 16 at 4 x 27,000).
-        # At most COPY_CHUNK files a chunk: an interrupt cancels the queued chunks and waits
-        # only for the running ones (`core.data.pools`).
+        # Files go to the thread (COPY_THREADS) in chunks of at most COPY_CHUNK files (a
+        # task per file cost more in locks than the links themselves, 11 s of 16 at 4 x
+        # 27,000): an interrupt cancels the queued chunks and waits only for the running
+        # one (`core.data.pools`).
         step = max(1, min(COPY_CHUNK, -(-len(rows) // (4 * COPY_THREADS))))
         chunks = [rows[i : i + step] for i in range(0, len(rows), step)]
         with cancelling(ThreadPoolExecutor(max_workers=COPY_THREADS)) as pool:

@@ -83,7 +83,12 @@ from dedup_assets.core.decision.class_decision import (
 )
 from dedup_assets.core.decision.local_scaling import local_levels, null_margins, outsider_levels
 from dedup_assets.core.decision.reference_pool import ReferencePool
-from dedup_assets.core.decision.similarity import DEFAULT_BLOCK, MAX_SLAB_BYTES, block_rows
+from dedup_assets.core.decision.similarity import (
+    DEFAULT_BLOCK,
+    MAX_SLAB_BYTES,
+    SlabOutputs,
+    block_rows,
+)
 
 if TYPE_CHECKING:  # torch is imported where mirrors are encoded (`encode_mirrors`)
     import torch
@@ -284,10 +289,11 @@ def nearest_decoy_similarity(
         return out
     index = np.arange(n) if query_index is None else np.asarray(query_index)
     rows = null_block_rows(len(decoys), block)
+    outputs = SlabOutputs()  # each thread's blocks in one buffer
 
     def compute(i: int) -> np.ndarray:
         start = i * rows
-        s = vectors[start : start + rows] @ decoys.T
+        s = outputs.product(vectors[start : start + rows], decoys.T)
         if not own:
             r = np.arange(len(s))
             s[r, index[start + r]] = -np.inf
@@ -353,8 +359,9 @@ def pooled_null(
     picked = d[np.random.default_rng(seed).permutation(len(d))[: draws * r]]
     out = np.empty((len(v), draws), np.float32)
     rows = block_rows(len(picked), block)
+    outputs = SlabOutputs()
     for start in range(0, len(v), rows):
-        s = v[start : start + rows] @ picked.T
+        s = outputs.product(v[start : start + rows], picked.T)
         out[start : start + len(s)] = s.reshape(len(s), draws, r).max(axis=2)
     return out.ravel()
 
@@ -378,8 +385,9 @@ def pool_null(
     v, p = _same_width(vectors, pool)
     out = np.empty(len(p), np.float32)
     rows = block_rows(len(v), block)
+    outputs = SlabOutputs()
     for start in range(0, len(p), rows):
-        s = p[start : start + rows] @ v.T
+        s = outputs.product(p[start : start + rows], v.T)
         if offsets is not None:
             s -= np.asarray(offsets, np.float32)[None, :]
             s -= np.asarray(pool_offsets, np.float32)[start : start + rows, None]

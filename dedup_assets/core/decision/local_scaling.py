@@ -34,7 +34,12 @@ from enum import StrEnum
 
 import numpy as np
 
-from dedup_assets.core.decision.similarity import DEFAULT_BLOCK, block_rows, top_columns
+from dedup_assets.core.decision.similarity import (
+    DEFAULT_BLOCK,
+    SlabOutputs,
+    block_rows,
+    top_columns,
+)
 
 
 class BudgetScaling(StrEnum):
@@ -91,12 +96,19 @@ class LocalLevels:
 
 
 def _excluded_columns(
-    vectors: np.ndarray, rows: np.ndarray, sources: np.ndarray, column_of: np.ndarray, k: int
+    vectors: np.ndarray,
+    rows: np.ndarray,
+    sources: np.ndarray,
+    column_of: np.ndarray,
+    k: int,
+    outputs: SlabOutputs | None = None,
 ) -> np.ndarray:
     """(len(rows), k + 1) decoy columns rows may not use (-1: none): their own mirror's and
-    the mirrors of their k most similar images among the decoys' sources."""
+    the mirrors of their k most similar images among the decoys' sources. `outputs`: where
+    the block's products go (a new array without)."""
     b = len(rows)
-    near = vectors[rows] @ vectors[sources].T  # (b, m): each row against the decoys' sources
+    # (b, m): each row against the decoys' sources
+    near = (outputs or SlabOutputs()).product(vectors[rows], vectors[sources].T)
     own = column_of[rows]
     has_own = own >= 0
     near[np.flatnonzero(has_own), own[has_own]] = -np.inf
@@ -109,10 +121,16 @@ def _excluded_columns(
 
 
 def _allowed_similarities(
-    vectors: np.ndarray, decoys: np.ndarray, excluded: np.ndarray, start: int, stop: int
+    vectors: np.ndarray,
+    decoys: np.ndarray,
+    excluded: np.ndarray,
+    start: int,
+    stop: int,
+    outputs: SlabOutputs | None = None,
 ) -> np.ndarray:
-    """Images start:stop against every decoy, with their excluded decoys at -inf."""
-    s = vectors[start:stop] @ decoys.T
+    """Images start:stop against every decoy, with their excluded decoys at -inf (in the
+    buffer of `outputs`, valid until its next product, when given)."""
+    s = (outputs or SlabOutputs()).product(vectors[start:stop], decoys.T)
     banned = excluded[start:stop]
     r, c = np.nonzero(banned >= 0)
     s[r, banned[r, c]] = -np.inf
@@ -142,11 +160,12 @@ def local_levels(
     column_of = np.full(n, -1, np.int64)
     column_of[sources] = np.arange(m)
     step = block_rows(m, block)
+    outputs = SlabOutputs()  # one buffer for the blocks' products (each read before the next)
     for start in range(0, n, step):
         stop = min(start + step, n)
         rows = np.arange(start, stop)
-        excluded[start:stop] = _excluded_columns(vectors, rows, sources, column_of, k)
-        s = _allowed_similarities(vectors, decoys, excluded, start, stop)
+        excluded[start:stop] = _excluded_columns(vectors, rows, sources, column_of, k, outputs)
+        s = _allowed_similarities(vectors, decoys, excluded, start, stop, outputs)
         at = np.arange(stop - start)
         best = s.argmax(axis=1)
         top = s[at, best]
@@ -199,10 +218,11 @@ def null_margins(
             ]
         )
     half = np.float32(0.5)
+    outputs = SlabOutputs()
     for start in range(0, n, step):
         stop = min(start + step, n)
         rows = np.arange(start, stop)
-        s = _allowed_similarities(vectors, decoys, excluded, start, stop)
+        s = _allowed_similarities(vectors, decoys, excluded, start, stop, outputs)
         mine = levels.without(rows[:, None], sources[None, :])
         theirs = levels.without(sources[None, :], rows[:, None])
         s -= half * (mine + theirs)
@@ -238,11 +258,12 @@ def outsider_levels(
     column_of[sources] = np.arange(m)
     step = block_rows(max(m, len(vectors)), block)
     kk = int(min(k, len(vectors)))
+    outputs, nearest = SlabOutputs(), SlabOutputs()  # two products held at once
     for start in range(0, len(outsiders), step):
         part = outsiders[start : start + step]
-        s = part @ decoys.T
+        s = outputs.product(part, decoys.T)
         if kk > 0:
-            near = top_columns(part @ vectors.T, kk)
+            near = top_columns(nearest.product(part, vectors.T), kk)
             banned = column_of[near]
             r, c = np.nonzero(banned >= 0)
             s[r, banned[r, c]] = -np.inf
