@@ -96,11 +96,15 @@ def _refits(layout, key: str, tables: dict) -> dict:
     not the latents' (the report then refits it itself)."""
     table, latents = read_latents(layout.latents(key))
     ids = table["image_id"]
-    return {
-        t: refit_row(latents, keep["kept"].to_numpy())
-        for t, keep in tables.items()
-        if keep["image_id"].equals(ids)
-    }
+    out, by_kept = {}, {}  # thresholds that keep the same images share one refit
+    for t, keep in tables.items():
+        if keep["image_id"].equals(ids):
+            kept = keep["kept"].to_numpy()
+            mask = kept.tobytes()
+            if mask not in by_kept:
+                by_kept[mask] = refit_row(latents, kept)
+            out[t] = by_kept[mask]
+    return out
 
 
 def _class_metadata(tables: dict, run_id: str, settings: DedupSettings) -> dict:
