@@ -18,7 +18,9 @@ from PIL import Image
 
 from dedup_assets import partitions
 from dedup_assets.config import PipelineConfig
+from dedup_assets.core.data.artifacts import open_pixels, read_latents
 from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.model.autoencoder import encode_images, load_state
 from dedup_assets.engines import AUTO_MIN_CLASSES
 from dedup_assets.partitions import MAX_CLASSES_PER_RUN
 from dedup_assets.runner import instance_for, run_pipeline
@@ -75,7 +77,20 @@ def test_many_classes_in_one_run(tmp_path, monkeypatch):
         dg.AssetCheckKey(dg.AssetKey("class_latents"), "latents_valid"), limit=CLASSES + 1
     )
     assert len(verdicts) == CLASSES and {v.status.value for v in verdicts} == {"SUCCEEDED"}
-    keep = pl.read_parquet(OutputLayout(tmp_path / "out").keep_list("0.95"))
+    # The classes' single images were encoded together (`assets.latents.GROUP_IMAGES`), each
+    # class's latents the bits of its image encoded alone, and each class says so.
+    layout = OutputLayout(tmp_path / "out")
+    model = load_state(layout.model)
+    for key in (keys[0], keys[len(keys) // 2], keys[-1]):
+        _, stored = read_latents(layout.latents(key))
+        assert np.array_equal(stored, encode_images(model, np.asarray(open_pixels(layout, key))))
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("class_latents"), asset_partitions=[keys[1]]),
+        limit=1,
+    ).records
+    log = records[0].asset_materialization.metadata["log"].value
+    assert "in one batch" in log, log
+    keep = pl.read_parquet(layout.keep_list("0.95"))
     assert keep.height == CLASSES and keep["kept"].all()  # one image a class: nothing to remove
     # A rerun with nothing new does nothing.
     again = run_pipeline(config, instance, log=lines.append)

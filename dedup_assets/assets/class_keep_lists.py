@@ -7,11 +7,22 @@ import dagster as dg
 from dedup_assets.assets.class_batch import ClassOutcome, class_asset, materialize_classes
 from dedup_assets.assets.reference_pool import reference_pool
 from dedup_assets.assets.spline_fits import spline_fits
-from dedup_assets.core.data.artifacts import read_latents, write_table
+from dedup_assets.core.data.artifacts import (
+    class_summary,
+    read_latent_ids,
+    read_latents,
+    write_table,
+)
 from dedup_assets.core.data.thresholds import budget_of
+from dedup_assets.core.decision.calibration import store_small_mirrors
 from dedup_assets.core.decision.class_keep_lists import class_keep_lists as decide_class
 from dedup_assets.core.decision.reference_pool import read_reference_pool
-from dedup_assets.core.model.autoencoder import load_state
+from dedup_assets.core.model.autoencoder import (
+    GROUP_IMAGES,
+    SMALL_BATCH,
+    encode_images,
+    load_state,
+)
 from dedup_assets.core.quality.kurtosis_report import refit_metadata, refit_row
 from dedup_assets.names import FULL_TAG
 from dedup_assets.ui import md_table
@@ -53,6 +64,28 @@ def build_class_keep_lists_asset(thresholds: Sequence[str]) -> dg.AssetsDefiniti
                     model=load_state(layout.model), pool=read_reference_pool(layout, current)
                 )
             return shared
+
+        keys = [k for k in context.partition_keys if k in current.class_digests]
+        if len(keys) > 1 and model_and_pool():
+            # The mirrors of the run's small classes encoded together first (each class
+            # then finds its own stored): a class of 20 alone is a small convolution.
+            device, amp_dtype = compute.torch_device(), compute.amp_dtype()
+            small = [
+                (k, current.latents(k), read_latent_ids(layout.latents(k)).height)
+                for k in keys
+                if 0 < (class_summary(layout, k) or {}).get("images", 0) < SMALL_BATCH
+            ]
+            grouped = store_small_mirrors(
+                layout,
+                small,
+                lambda pixels: encode_images(
+                    shared["model"], pixels, device=device, amp_dtype=amp_dtype
+                ),
+                small=SMALL_BATCH,
+                group=GROUP_IMAGES,
+            )
+            if grouped:
+                context.log.info(f"mirrors of {grouped:,} small classes encoded together")
 
         def one(key: str, log: Callable[[str], None]) -> ClassOutcome:
             if key not in current.class_digests:

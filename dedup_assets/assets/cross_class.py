@@ -18,11 +18,8 @@ from dedup_assets.core.data.artifacts import (
     class_latent_groups,
     class_names,
     digest,
-    pixels_of_rows,
     read_catalog,
     read_class_latent_ids,
-    read_decoded_images,
-    read_latent_ids,
     read_latents,
     write_table,
 )
@@ -35,6 +32,7 @@ from dedup_assets.core.decision.calibration import (
     MAX_QUERIES,
     budget_thresholds,
     encode_mirrors,
+    latents_rows_pixels,
     mirror_latents,
     mirror_null,
     null_block_rows,
@@ -466,20 +464,9 @@ def _mirror_null(
         def encode(mirror_at: np.ndarray) -> np.ndarray:
             if not model:
                 model.append(load_state(layout.model, compute.torch_device()))
-            rows = (
-                read_latent_ids(layout.latents(key))
-                .select("image_id")
-                .join(
-                    read_decoded_images(layout, key).select("image_id", "row"),
-                    on="image_id",
-                    how="left",
-                    maintain_order="left",
-                )["row"]
-                .to_numpy()
-            )
             return encode_mirrors(
                 model[0],
-                pixels_of_rows(layout, key, rows[mirror_at]),
+                latents_rows_pixels(layout, key, mirror_at),
                 device=compute.torch_device(),
                 amp_dtype=compute.amp_dtype(),
             )

@@ -68,7 +68,14 @@ import numpy as np
 import polars as pl
 from scipy.special import bdtr
 
-from dedup_assets.core.data.artifacts import STORED_READS, digest, hand_over
+from dedup_assets.core.data.artifacts import (
+    STORED_READS,
+    digest,
+    hand_over,
+    pixels_of_rows,
+    read_decoded_images,
+    read_latent_ids,
+)
 from dedup_assets.core.data.atomic_io import atomic_path
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.mapped import take_rows
@@ -164,12 +171,9 @@ def mirror_latents(
     to `artifacts.hand_over`'s cap; the arrays returned are read-only."""
     path, stamp = layout.mirror_latents(key), digest(latents)
     rows = mirror_rows(n)
-    try:
-        stored = STORED_READS.get(path, "mirrors", _read_mirrors, _mirrors_bytes)
-        if stored[0] == stamp and np.array_equal(stored[1], rows):
-            return stored[1], stored[2]
-    except (OSError, KeyError, ValueError):
-        pass  # absent, stale, of an older layout or unreadable: encode anew
+    stored = _stored_mirrors(path, stamp, rows)
+    if stored is not None:
+        return stored
     mirrors = np.array(encode(rows), dtype=np.float32, order="C")
     if len(mirrors) != len(rows):
         raise ValueError(f"{len(mirrors)} mirror latents for {len(rows)} mirrored images")
@@ -181,6 +185,88 @@ def mirror_latents(
     value = (stamp, rows, mirrors)
     hand_over(path, written, "mirrors", value, _mirrors_bytes(value))
     return rows, mirrors
+
+
+def _stored_mirrors(
+    path: Path, stamp: str, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows, mirror latents) stored at `path` for latents `stamp` and these rows, else None
+    (absent, stale, of an older layout or unreadable: to encode anew)."""
+    try:
+        stored = STORED_READS.get(path, "mirrors", _read_mirrors, _mirrors_bytes)
+    except (OSError, KeyError, ValueError):
+        return None
+    if stored[0] == stamp and np.array_equal(stored[1], rows):
+        return stored[1], stored[2]
+    return None
+
+
+def latents_rows_pixels(layout: OutputLayout, key: str, at: np.ndarray) -> np.ndarray:
+    """The uint8 pixels of rows `at` of class `key`'s latents table (the order mirrors are
+    counted in), from the class's pixel store."""
+    rows = (
+        read_latent_ids(layout.latents(key))
+        .select("image_id")
+        .join(
+            read_decoded_images(layout, key).select("image_id", "row"),
+            on="image_id",
+            how="left",
+            maintain_order="left",
+        )["row"]
+        .to_numpy()
+    )
+    return pixels_of_rows(layout, key, rows[np.asarray(at, dtype=np.int64)])
+
+
+def store_small_mirrors(
+    layout: OutputLayout,
+    classes: Sequence[tuple[str, dict, int]],
+    encode: Callable[[np.ndarray], np.ndarray],
+    *,
+    small: int = 64,
+    group: int = 1_024,
+) -> int:
+    """Store the mirrors' latents of the classes of fewer than `small` images that have none
+    stored for their latents, encoded together, up to `group` images a call of `encode`
+    (mirrored uint8 pixels -> latents, the run's model, device and precision): a class of 20
+    alone is a small convolution on one thread (1,000 such classes: 3.3 s of mirrors). Each
+    class's file is the one `mirror_latents` writes, and later finds. classes: (key, latents
+    provenance, images) in the run's order. A class whose pixels cannot be read is left
+    to its own turn, which reports it. Returns how many classes were stored."""
+    pending: list[tuple[str, dict, int, np.ndarray]] = []
+    stored = 0
+
+    def flush() -> None:
+        if not pending:
+            return
+        encoded = encode(np.concatenate([p for *_, p in pending]))
+        at = 0
+        for key, latents, n, pixels in pending:
+            mine = encoded[at : at + len(pixels)]
+            at += len(pixels)
+            mirror_latents(layout, key, latents, n, lambda _rows, mine=mine: mine)
+        pending.clear()
+
+    total = 0
+    for key, latents, n in classes:
+        rows = mirror_rows(n)
+        if (
+            not 0 < n < small
+            or _stored_mirrors(layout.mirror_latents(key), digest(latents), rows) is not None
+        ):
+            continue
+        try:
+            pixels = mirrored(latents_rows_pixels(layout, key, rows))
+        except Exception:  # noqa: BLE001 - the class's own turn reports what is wrong
+            continue
+        if total + n > group:
+            flush()
+            total = 0
+        pending.append((key, latents, n, pixels))
+        total += n
+        stored += 1
+    flush()
+    return stored
 
 
 def _read_mirrors(path: Path) -> tuple[str, np.ndarray, np.ndarray]:
