@@ -276,8 +276,11 @@ def timed_only(source: Path, out: Path, model: Path, extra: list[str]) -> float:
     shutil.copyfile(model, out / "model" / "autoencoder.pt")
     cmd = [str(DEDUP), "run", "--source", str(source), "--output", str(out), *extra]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
-    return time.perf_counter() - start
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode not in (0, 3):  # 3: a blocking gate held a clean copy back: complete
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
+    return wall
 
 
 def run_imagededup(python: str, source: Path) -> dict:

@@ -12,7 +12,9 @@ from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.model.autoencoder import LATENT_DIM, SMALL_BATCH
 
 
-def _encoder(tmp_path, sizes: dict[str, int], broken: set[str] = frozenset(), done=()):
+def _encoder(
+    tmp_path, sizes: dict[str, int], broken: set[str] = frozenset(), done=(), no_pixels=()
+):
     """An encoder over fake classes: class k's image i has latent (k's number, i, 0...)."""
     layout = OutputLayout(tmp_path)
     layout.model.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +34,8 @@ def _encoder(tmp_path, sizes: dict[str, int], broken: set[str] = frozenset(), do
         )
 
     def pixels(key, p, part=None):
+        if key in no_pixels:
+            raise FileNotFoundError(f"pixel store of class {key}")
         rows = p.todo if part is None else p.todo[part]
         out = np.zeros((len(rows), 2), np.float32)
         out[:, 0], out[:, 1] = numbers[key], rows
@@ -56,13 +60,17 @@ def _run(enc, keys):
             got[key] = "failed"
             continue
         ahead = enc._ahead.pop(key, None)
-        if ahead is not None:
-            assert ahead[0] == p.images["image_id"].to_numpy()[p.todo].tolist()
-            p.latents[p.todo] = ahead[1]
-        elif 0 < len(p.todo) < SMALL_BATCH:
-            enc._with_next(key, p)
-        elif len(p.todo):
-            p.latents[p.todo] = enc._encode(enc._pixels(key, p))
+        try:
+            if ahead is not None:
+                assert ahead[0] == p.images["image_id"].to_numpy()[p.todo].tolist()
+                p.latents[p.todo] = ahead[1]
+            elif 0 < len(p.todo) < SMALL_BATCH:
+                enc._with_next(key, p)
+            elif len(p.todo):
+                p.latents[p.todo] = enc._encode(enc._pixels(key, p))
+        except FileNotFoundError:
+            got[key] = "failed"
+            continue
         got[key] = p.latents
     return got
 
@@ -86,13 +94,17 @@ def test_small_classes_share_batches_and_keep_their_own_latents(tmp_path, count)
 
 def test_a_big_class_a_done_class_and_a_broken_class_in_the_run(tmp_path):
     sizes = {"a": 10, "done": 10, "b": 5, "big": SMALL_BATCH, "c": 3, "broken": 4, "d": 7}
-    enc, batches, numbers = _encoder(tmp_path, sizes, broken={"broken"}, done={"done"})
+    sizes |= {"unread": 2, "e": 4}
+    enc, batches, numbers = _encoder(
+        tmp_path, sizes, broken={"broken"}, done={"done"}, no_pixels={"unread"}
+    )
     got = _run(enc, sizes)
     # a and b together (done has nothing to encode), big alone, c alone (broken stops the
-    # group and fails on its own turn), d alone.
-    assert batches == [15, SMALL_BATCH, 3, 7]
-    assert got["broken"] == "failed"
-    for k in ("a", "b", "big", "c", "d"):
+    # group and fails on its own turn), d alone (unread's pixels stop it; unread fails on
+    # its own turn), e alone.
+    assert batches == [15, SMALL_BATCH, 3, 7, 4]
+    assert got["broken"] == got["unread"] == "failed"
+    for k in ("a", "b", "big", "c", "d", "e"):
         assert _own(got[k], numbers[k], sizes[k]), k
     assert not got["done"].any()  # its latents are the reused ones (zero in this fake)
 
@@ -183,3 +195,23 @@ def test_a_run_of_small_classes_encodes_their_mirrors_together(tmp_path, monkeyp
     assert batches == [sizes[keys[0]] + sizes[keys[1]]]
     for k in keys[:2]:
         assert np.array_equal(_read_mirrors(layout.mirror_latents(k))[2], before[k])
+    # The asset's pass before deciding: a class whose latents are gone is left to its own
+    # turn (not failing the others), and a model that cannot be read leaves it to them all.
+    from types import SimpleNamespace
+
+    from dedup_assets.assets.class_keep_lists import _small_mirrors_together
+
+    compute = SimpleNamespace(torch_device=lambda: "cpu", amp_dtype=lambda: None)
+    layout.latents(keys[2]).unlink()
+    layout.mirror_latents(keys[3]).unlink()
+    untouched = layout.mirror_latents(keys[2]).stat().st_mtime_ns
+    shared = {"model": model, "pool": None}
+    assert _small_mirrors_together(layout, keys, inputs, compute, lambda: shared) == 1
+    assert layout.mirror_latents(keys[3]).exists()
+    assert layout.mirror_latents(keys[2]).stat().st_mtime_ns == untouched
+
+    def unreadable():
+        raise OSError("the model cannot be read")
+
+    layout.mirror_latents(keys[3]).unlink()
+    assert _small_mirrors_together(layout, keys, inputs, compute, unreadable) == 0

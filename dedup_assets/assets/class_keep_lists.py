@@ -65,27 +65,15 @@ def build_class_keep_lists_asset(thresholds: Sequence[str]) -> dg.AssetsDefiniti
                 )
             return shared
 
-        keys = [k for k in context.partition_keys if k in current.class_digests]
-        if len(keys) > 1 and model_and_pool():
-            # The mirrors of the run's small classes encoded together first (each class
-            # then finds its own stored): a class of 20 alone is a small convolution.
-            device, amp_dtype = compute.torch_device(), compute.amp_dtype()
-            small = [
-                (k, current.latents(k), read_latent_ids(layout.latents(k)).height)
-                for k in keys
-                if 0 < (class_summary(layout, k) or {}).get("images", 0) < SMALL_BATCH
-            ]
-            grouped = store_small_mirrors(
-                layout,
-                small,
-                lambda pixels: encode_images(
-                    shared["model"], pixels, device=device, amp_dtype=amp_dtype
-                ),
-                small=SMALL_BATCH,
-                group=GROUP_IMAGES,
-            )
-            if grouped:
-                context.log.info(f"mirrors of {grouped:,} small classes encoded together")
+        grouped = _small_mirrors_together(
+            layout,
+            [k for k in context.partition_keys if k in current.class_digests],
+            current,
+            compute,
+            model_and_pool,
+        )
+        if grouped:
+            context.log.info(f"mirrors of {grouped:,} small classes encoded together")
 
         def one(key: str, log: Callable[[str], None]) -> ClassOutcome:
             if key not in current.class_digests:
@@ -118,6 +106,38 @@ def build_class_keep_lists_asset(thresholds: Sequence[str]) -> dg.AssetsDefiniti
         yield from materialize_classes(context, "class_keep_lists", one)
 
     return class_keep_lists
+
+
+def _small_mirrors_together(
+    layout, keys: list[str], current, compute: ComputeDevice, model_and_pool: Callable
+) -> int:
+    """Store the mirrors of the run's small classes, encoded together, before any class is
+    decided (each then finds its own stored file): a class of 20 alone is a small
+    convolution. Only with a budget (the model loaded then) and several classes; a class
+    that cannot be read here is left out, and anything that fails here is left to the
+    classes' own turns, which report it class by class. Returns how many were stored."""
+    try:
+        if len(keys) < 2 or not model_and_pool():
+            return 0
+        small = []
+        for k in keys:
+            try:
+                if 0 < (class_summary(layout, k) or {}).get("images", 0) < SMALL_BATCH:
+                    n = read_latent_ids(layout.latents(k)).height
+                    small.append((k, current.latents(k), n))
+            except Exception:  # noqa: BLE001 - the class's own turn reports it
+                continue
+        model = model_and_pool()["model"]
+        device, amp_dtype = compute.torch_device(), compute.amp_dtype()
+        return store_small_mirrors(
+            layout,
+            small,
+            lambda pixels: encode_images(model, pixels, device=device, amp_dtype=amp_dtype),
+            small=SMALL_BATCH,
+            group=GROUP_IMAGES,
+        )
+    except Exception:  # noqa: BLE001 - the model or pool unreadable: each class says so
+        return 0
 
 
 def _refits(layout, key: str, tables: dict) -> dict:

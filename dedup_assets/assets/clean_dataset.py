@@ -73,7 +73,8 @@ syscalls of CPU, not a wait on the disk, and more threads only fought over the G
 them. 60,000 EuroSAT files hard-linked (2026-12-05, `_reusable` checked): 0.52 s of CPU on one
 thread against 1.45-1.78 on two and 1.93-2.19 on eight (by class folder or not); copied:
 1.75-3.4 s of CPU on one, 4.2-20.5 on two, 3.7-17.0 on eight. The clean copy step runs
-beside the cross-class join, so its CPU is the run's."""
+beside the cross-class join, so its CPU is the run's. (A source on a network file system or
+a cold disk would gain from threads overlapping the reads; not measured here.)"""
 COPY_CHUNK = 512
 
 

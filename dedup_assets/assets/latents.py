@@ -159,27 +159,27 @@ class _ClassEncoder:
     def _with_next(self, key: str, plan: _Plan) -> int:
         """Encode the small class `key` with the next small classes of the run (up to
         GROUP_IMAGES images in all), keeping theirs for when they come; how many joined. A
-        later class whose plan fails is left to fail on its own turn."""
-        group = [(key, plan)]
+        later class whose plan or pixels fail is left to fail on its own turn."""
+        group = [(key, plan, self._pixels(key, plan))]
         total = len(plan.todo)
         at = self._position.get(key, len(self.keys) - 1) + 1
         for other in self.keys[at:]:
             try:
+                # A class of SMALL_BATCH images or more ends the group unplanned.
+                if (class_summary(self.layout, other) or {}).get("images", 0) >= SMALL_BATCH:
+                    break
                 later = self.plan(other)
+                if not len(later.todo):
+                    continue
+                if len(later.todo) >= SMALL_BATCH or total + len(later.todo) > GROUP_IMAGES:
+                    break
+                group.append((other, later, self._pixels(other, later)))
             except Exception:  # noqa: BLE001 - reported when that class is encoded itself
                 break
-            if not len(later.todo):
-                continue
-            if len(later.todo) >= SMALL_BATCH or total + len(later.todo) > GROUP_IMAGES:
-                break
-            group.append((other, later))
             total += len(later.todo)
-        if len(group) == 1:
-            plan.latents[plan.todo] = self._encode(self._pixels(key, plan))
-            return 0
-        encoded = self._encode(np.concatenate([self._pixels(k, p) for k, p in group]))
+        encoded = self._encode(np.concatenate([px for *_, px in group]))
         start = 0
-        for k, p in group:
+        for k, p, _ in group:
             mine = encoded[start : start + len(p.todo)]
             start += len(p.todo)
             if k == key:

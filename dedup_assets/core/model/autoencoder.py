@@ -391,10 +391,13 @@ def encode_images(
     """Latent vectors (N, 1024) float32 of a uint8 store, in input order.
 
     Channels-last weights and batches of 256 measured 22% faster on the CPU than
-    contiguous weights and batches of 1,024. An image's latents are the same bits in any
-    batch: a batch of one image (which oneDNN convolves another way: other last bits in
-    fp32, measured 2026-12-05) is encoded beside a copy of itself, so a class encoded alone
-    or with others (`assets.latents`), whole or one new image at a time, gets the same.
+    contiguous weights and batches of 1,024. An image's latents do not depend on the batch
+    it is in, as measured on this project's CPU (fp32 and bf16, batches of 1 to 257, one or
+    two threads, 2026-12-05): only a batch of one image differed (oneDNN convolves it
+    another way: other last bits in fp32), so a lone image is encoded beside a copy of
+    itself, and a class encoded alone or with others (`assets.latents`), whole or one new
+    image at a time, gets the same bits. Other devices and libraries may choose kernels by
+    batch size: there the last bits may differ, never the latents' meaning.
     """
     device = torch.device(device)
     model = _channels_last_on(model, device).eval()
@@ -430,8 +433,8 @@ one-image classes spent 30 of its 152 s there."""
 GROUP_IMAGES = 1_024
 """Classes with fewer than SMALL_BATCH images to encode are encoded together, up to this many
 images a batch (`assets.latents`, `calibration.store_small_mirrors`): 1,000 classes of 20
-images were encoded in 2.5 s alone against 1.2 s in classes of 2,000 (2026-12-05); an
-image's latents are the same bits in any batch (`encode_images`)."""
+images were encoded in 2.5 s alone against 1.2 s in classes of 2,000 (2026-12-05); on the
+CPU an image's latents are the same bits in any batch (`encode_images`)."""
 
 
 @contextlib.contextmanager
