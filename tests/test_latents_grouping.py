@@ -60,11 +60,11 @@ def _run(enc, keys):
             got[key] = "failed"
             continue
         ahead = enc._ahead.pop(key, None)
+        if ahead is not None:  # planned and encoded with an earlier class, as `encode` takes it
+            got[key] = ahead.latents
+            continue
         try:
-            if ahead is not None:
-                assert ahead[0] == p.images["image_id"].to_numpy()[p.todo].tolist()
-                p.latents[p.todo] = ahead[1]
-            elif 0 < len(p.todo) < SMALL_BATCH:
+            if 0 < len(p.todo) < SMALL_BATCH:
                 enc._with_next(key, p)
             elif len(p.todo):
                 p.latents[p.todo] = enc._encode(enc._pixels(key, p))

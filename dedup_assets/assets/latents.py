@@ -98,8 +98,8 @@ class _ClassEncoder:
     full: bool
     keys: Sequence[str] = ()
     _model: Any = None
-    # class -> (image ids of its rows to encode, their latents), encoded with an earlier class
-    _ahead: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
+    # class -> its plan with its latents filled in, encoded with an earlier class
+    _ahead: dict[str, _Plan] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.model_digest = file_digest(self.layout.model)
@@ -182,15 +182,15 @@ class _ClassEncoder:
         for k, p, _ in group:
             mine = encoded[start : start + len(p.todo)]
             start += len(p.todo)
-            if k == key:
-                plan.latents[plan.todo] = mine
-            else:
-                self._ahead[k] = (p.images["image_id"].to_numpy()[p.todo].tolist(), mine)
+            p.latents[p.todo] = mine
+            if k != key:
+                self._ahead[k] = p
         return len(group) - 1
 
     def encode(self, key: str, log: Callable[[str], None]) -> ClassOutcome:
         """One class's latents: those of the same model reused, the rest encoded."""
-        plan = self.plan(key)
+        ahead = self._ahead.pop(key, None)  # planned and encoded with an earlier class
+        plan = ahead if ahead is not None else self.plan(key)
         summary, images, latents, reused, todo = (
             plan.summary,
             plan.images,
@@ -199,10 +199,8 @@ class _ClassEncoder:
             plan.todo,
         )
         start = time.perf_counter()
-        ahead = self._ahead.pop(key, None)
         how = ""
-        if ahead is not None and ahead[0] == images["image_id"].to_numpy()[todo].tolist():
-            latents[todo] = ahead[1]
+        if ahead is not None:
             how = " (with an earlier class, in one batch)"
         elif 0 < len(todo) < SMALL_BATCH:
             joined = self._with_next(key, plan)
