@@ -809,3 +809,25 @@ def test_nearest_pairs_stored_before_a_full_run_are_not_its_own(monkeypatch):
     assert _nearest_key(classes, settings, "ann", {}, "r") != ann
     assert asset._state_key(current, settings, "ann") != state
     assert _nearest_key(classes, settings, "exact", {}, "r") == plain
+
+
+@pytest.mark.parametrize("rows", [3, 5, 40, 3000])
+def test_shared_axes_are_the_samples_leading_principal_axes(rows):
+    """The fitted axes are orthonormal and span the sample's leading principal axes (those
+    of an exact SVD), for a sample smaller than the range finder's width and a large one."""
+    from dedup_assets.core.decision.cross_class import SharedSpace
+
+    rng = np.random.default_rng(rows)
+    d, k = 32, 6
+    scales = np.r_[np.geomspace(50, 5, k), np.full(d - k, 0.5)].astype(np.float32)
+    x = (rng.standard_normal((rows, d)) * scales + 3).astype(np.float32)
+    space = SharedSpace.fit(x, n_components=k)
+    want = min(k, rows, d)
+    assert space.axes.shape == (d, want)
+    np.testing.assert_allclose(space.axes.T @ space.axes, np.eye(want), atol=1e-5)
+    np.testing.assert_allclose(space.mean, x.mean(axis=0), rtol=1e-5, atol=1e-5)
+    _, _, vt = np.linalg.svd((x - x.mean(axis=0)).astype(np.float64), full_matrices=False)
+    top = min(want, rows - 1)  # a centred sample of n rows has rank n - 1 at most
+    # Cosines of the principal angles between the two subspaces: all 1.
+    cosines = np.linalg.svd(vt[:top] @ space.axes.astype(np.float64), compute_uv=False)
+    assert cosines.min() > 0.999

@@ -63,7 +63,11 @@ class SharedSpace:
             q, _ = np.linalg.qr(q)
             q = centred.T @ (centred @ q)
         q, _ = np.linalg.qr(q)
-        _, _, vt = np.linalg.svd(centred @ q, full_matrices=False)
+        # The right singular vectors of centred @ q from its R factor: the same axes (up to
+        # sign, which no cosine sees) without the SVD's (sample x k) left vectors, 0.05 s
+        # against 0.12-0.18 s at 20,000 x 136 on one core.
+        r = np.linalg.qr(centred @ q, mode="r")
+        _, _, vt = np.linalg.svd(r, full_matrices=False)
         return cls(mean, (q @ vt.T)[:, :k])
 
     def project(self, latents: np.ndarray) -> np.ndarray:
