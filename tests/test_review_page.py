@@ -22,11 +22,13 @@ from dedup_assets.core.data.artifacts import catalog_images, open_pixels, read_c
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.quality.demo_data import generate_demo_dataset
 from dedup_assets.core.quality.review_page import (
+    AS_SOURCE,
     KIND_ORDER,
     PNG_CHUNK,
     png_files,
     removed_pairs,
     script_json,
+    shown_as_source,
     shown_thumbnails,
     write_review_page,
 )
@@ -41,6 +43,7 @@ HOSTILE_CLASS = "<img src=x onerror=document.title='PWNED'>"
 SCRIPT_PATH = f"forest/{SCRIPT_NAME}"
 IMG_PATH = f"forest/{IMG_NAME}"
 TITLE = "latent-dedup review"
+THUMBS = {"sources_as_thumbnails": False}  # thumbnails even for 64x64 RGB source files
 
 
 def _picture(seed: int) -> Image.Image:
@@ -93,8 +96,13 @@ def review(tmp_path_factory):
     # this test's page size, to count the thumbnails a first page writes.
     assert layout.review_index.is_file()
     shutil.rmtree(layout.review_dir)
-    first = write_review_page(layout, THRESHOLDS, source_root=source, page_size=PAGE_SIZE)
-    second = write_review_page(layout, THRESHOLDS, source_root=source, page_size=PAGE_SIZE)
+    # Its images are 64x64 PNGs, shown from their source files by default
+    # (`test_source_files_holding_the_decisions_pixels_need_no_thumbnail`): the thumbnails
+    # are made here, as for any other images, to test them.
+    first = write_review_page(layout, THRESHOLDS, source_root=source, page_size=PAGE_SIZE, **THUMBS)
+    second = write_review_page(
+        layout, THRESHOLDS, source_root=source, page_size=PAGE_SIZE, **THUMBS
+    )
     data, pages = read_pages(layout)
     return {
         "source": source,
@@ -280,7 +288,9 @@ def test_thumbnails_are_made_once_from_the_pixel_store(review):
     unused = layout.review_thumbs / "ff" / f"{'f' * 16}.png"
     unused.parent.mkdir(exist_ok=True)
     unused.write_bytes(b"")
-    third = write_review_page(layout, THRESHOLDS, source_root=review["source"], page_size=PAGE_SIZE)
+    third = write_review_page(
+        layout, THRESHOLDS, source_root=review["source"], page_size=PAGE_SIZE, **THUMBS
+    )
     assert (third.thumbnails_written, third.thumbnails_reused) == (1, len(needed) - 1)
     assert third.thumbnails_removed == 1 and not unused.exists()
     assert png.is_file() and third.build == second.build
@@ -316,7 +326,12 @@ def test_thumbnails_beyond_the_cap_are_the_source_files_of_the_later_pages(revie
     shutil.rmtree(layout.review_dir)
     full = review["first"].thumbnails_written
     page = write_review_page(
-        layout, THRESHOLDS, source_root=review["source"], page_size=PAGE_SIZE, max_thumbnails=cap
+        layout,
+        THRESHOLDS,
+        source_root=review["source"],
+        page_size=PAGE_SIZE,
+        max_thumbnails=cap,
+        **THUMBS,
     )
     data, pages = read_pages(layout)
     files = {p.stem for p in layout.review_thumbs.glob("*/*.png")}
@@ -335,6 +350,163 @@ def test_thumbnails_beyond_the_cap_are_the_source_files_of_the_later_pages(revie
     lacking = [int(k.rsplit("/", 1)[1]) for k, r in pages.items() if not all(_page_hashes(k, r))]
     if cap and lacking:
         assert min(with_thumb) <= min(lacking)
+
+
+def test_shown_as_source_is_exactly_the_files_holding_the_decisions_pixels():
+    """A source file stands in for its thumbnail exactly when it is 64x64 (decoded with no
+    resize), RGB or grey (nothing a browser would show otherwise than the RGB conversion)
+    and a JPEG, PNG or WebP by its name (any case); every other combination is not."""
+    import itertools
+
+    sizes = [(64, 64), (63, 64), (64, 65), (128, 128), (32, 64), (None, None)]
+    modes = ["RGB", "L", "RGBA", "LA", "P", "CMYK", "I;16", "1", None]
+    names = [
+        "a.jpg",
+        "b.JPEG",
+        "c.png",
+        "d.webp",
+        "e.Png",
+        "f.gif",
+        "g.bmp",
+        "h.tif",
+        "i",
+        "j.jpg.txt",
+    ]
+    grid = list(itertools.product(sizes, modes, names))
+    frame = pl.DataFrame(
+        {
+            "width": [w for (w, _), _, _ in grid],
+            "height": [h for (_, h), _, _ in grid],
+            "mode": [m for _, m, _ in grid],
+            "path": [f"cls/{n}" for _, _, n in grid],
+        },
+        schema={"width": pl.Int64, "height": pl.Int64, "mode": pl.String, "path": pl.String},
+    )
+    got = frame.select(shown_as_source())[:, 0].to_list()
+    want = [
+        (w, h) == (64, 64)
+        and m in ("RGB", "L")
+        and n.lower().endswith((".jpg", ".jpeg", ".png", ".webp"))
+        for (w, h), m, n in grid
+    ]
+    assert got == want and sum(want) == 2 * 5
+
+
+def _listed_images(pages: dict) -> dict[str, str | None]:
+    """Every image shown on the pages, by path, with its thumbnail cell."""
+    shown = {}
+    for key, rows in pages.items():
+        view = key.split("/")[1]
+        for r in rows:
+            sides = ((r[1], r[4]), (r[3], r[5])) if view == "x" else ((r[1], r[3]), (r[2], r[4]))
+            shown.update((path, cell) for path, cell in sides if path)
+    return shown
+
+
+def test_source_files_holding_the_decisions_pixels_need_no_thumbnail(review, tmp_path):
+    """By default an image whose source file is already its 64x64 RGB pixels (every image
+    of this set) is shown from that file: no thumbnail is made, and a page made with
+    thumbnails before has them removed; with no source folder known, thumbnails are made."""
+    layout = OutputLayout(tmp_path / "out")
+    shutil.copytree(review["layout"].root, layout.root, ignore=shutil.ignore_patterns(".dagster"))
+    before = {p.stem for p in layout.review_thumbs.glob("*/*.png")}
+    assert len(before) == review["first"].thumbnails_written > 0
+    page = write_review_page(layout, THRESHOLDS, source_root=review["source"], page_size=PAGE_SIZE)
+    data, pages = read_pages(layout)
+    shown = _listed_images(pages)
+    assert set(shown.values()) == {AS_SOURCE}
+    assert page.shown_as_source == len(shown) > 0 and page.thumbnails_written == 0
+    assert page.thumbnails_removed == len(before)
+    assert not list(layout.review_thumbs.glob("*/*.png")) and page.thumbnails_left_out == 0
+    assert data["source"] == review["source"].resolve().as_uri()
+    # The same rows as with thumbnails, in the same order.
+    assert {k: [r[:3] for r in v] for k, v in pages.items()} == {
+        k: [r[:3] for r in v] for k, v in review["pages"].items()
+    }
+    # No source folder to show them from: a thumbnail for every image again.
+    again = write_review_page(layout, THRESHOLDS, page_size=PAGE_SIZE)
+    assert again.shown_as_source == 0 and again.thumbnails_written == len(before)
+
+
+def _mixed_source(root: Path) -> dict[str, bool]:
+    """Classes of 64x64 RGB PNGs, 64x64 grey JPEGs, 80x80 JPEGs and 64x64 RGBA PNGs, each
+    with an exact copy (removed at any threshold); whether each kind is shown as source."""
+    kinds = {
+        "rgb64": ("png", "RGB", 64, True),
+        "grey64": ("jpg", "L", 64, True),
+        "rgb80": ("jpg", "RGB", 80, False),
+        "rgba64": ("png", "RGBA", 64, False),
+    }
+    for k, (suffix, mode, side, _) in enumerate(kinds.values()):
+        folder = root / list(kinds)[k]
+        folder.mkdir(parents=True)
+        for i in range(6):
+            picture = _picture(100 * k + i).resize((side, side)).convert(mode)
+            picture.save(folder / f"img_{i}.{suffix}")
+        shutil.copyfile(folder / f"img_0.{suffix}", folder / f"copy of img_0.{suffix}")
+    return {name: as_source for name, (*_, as_source) in kinds.items()}
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """A real run over four kinds of files (`_mixed_source`), and its pages."""
+    import dagster as dg
+
+    from dedup_assets.config import PipelineConfig
+    from dedup_assets.runner import run_pipeline
+
+    base = tmp_path_factory.mktemp("mixed")
+    source, output = base / "source", base / "out"
+    kinds = _mixed_source(source)
+    config = PipelineConfig.build(
+        source=str(source),
+        output=str(output),
+        thresholds=("0.95",),
+        device="cpu",
+        precision="fp32",
+        method={"epochs": 1, "batch_size": 8, "n_components": 4},
+    )
+    outcome = run_pipeline(config, dg.DagsterInstance.ephemeral(), log=lambda _: None)
+    assert not outcome.failures, outcome.failures
+    layout = OutputLayout(output)
+    data, pages = read_pages(layout)
+    return {"source": source, "layout": layout, "kinds": kinds, "pages": pages}
+
+
+def test_a_run_shows_qualifying_source_files_and_makes_thumbnails_for_the_rest(mixed):
+    """The 64x64 RGB and grey files are shown from their source files, the 80x80 and the
+    RGBA ones from thumbnails of their decoded pixels, one file each."""
+    shown = _listed_images(mixed["pages"])
+    for name, as_source in mixed["kinds"].items():
+        cells = [cell for path, cell in shown.items() if path.startswith(f"{name}/")]
+        assert len(cells) >= 2, (name, shown)  # the copy beside the image it duplicates
+        assert all((cell == AS_SOURCE) is as_source and cell for cell in cells), (name, cells)
+    thumbs = {p.stem for p in mixed["layout"].review_thumbs.glob("*/*.png")}
+    assert thumbs and thumbs == {c for c in shown.values() if c != AS_SOURCE}
+
+
+def test_source_files_shown_as_thumbnails_are_the_files_in_chromium(mixed, tmp_path):
+    """In Chromium, an image shown as source is an <img class="thumb"> of its own source
+    file (file://, existing), the others <img> of their thumbnail files."""
+    from urllib.parse import unquote, urlparse
+
+    layout, source = mixed["layout"], mixed["source"].resolve()
+    text = dump_dom(layout.review_index.resolve().as_uri() + "#t=0&v=all&p=0", tmp_path / "p")
+    dom = _Dom(text)
+    _assert_inert(dom)
+    images = [a for tag, a in dom.elements if tag == "img" and "thumb" in a.get("class", "")]
+    from_source = set()
+    for a in images:
+        if a["src"].startswith("file:"):
+            assert a["class"] == "thumb"  # not the "original" of an image beyond the cap
+            path = Path(unquote(urlparse(a["src"]).path))
+            assert path.is_file()
+            from_source.add(path.relative_to(source).as_posix())
+    from_thumbs = {a["alt"] for a in images if a["src"].startswith("thumbs/")}
+    shown = _listed_images(mixed["pages"])
+    assert from_source and from_thumbs
+    assert all(shown[p] == AS_SOURCE for p in from_source)
+    assert all(shown[p] != AS_SOURCE for p in from_thumbs)
 
 
 def test_shown_thumbnails_take_the_earliest_page_of_each_image():
@@ -409,7 +581,7 @@ def test_the_asset_writes_the_page_and_links_it(review):
     assert metadata["thumbnails_written"].value == 0
     # Back to the small pages the other tests read.
     again = write_review_page(
-        review["layout"], THRESHOLDS, source_root=review["source"], page_size=PAGE_SIZE
+        review["layout"], THRESHOLDS, source_root=review["source"], page_size=PAGE_SIZE, **THUMBS
     )
     assert again.build == review["second"].build
 
@@ -509,7 +681,12 @@ def test_images_beyond_the_thumbnails_show_their_source_files_in_chromium(review
     shutil.copytree(review["layout"].root, layout.root, ignore=shutil.ignore_patterns(".dagster"))
     shutil.rmtree(layout.review_dir)
     write_review_page(
-        layout, THRESHOLDS, source_root=review["source"], page_size=PAGE_SIZE, max_thumbnails=0
+        layout,
+        THRESHOLDS,
+        source_root=review["source"],
+        page_size=PAGE_SIZE,
+        max_thumbnails=0,
+        **THUMBS,
     )
     data, pages = read_pages(layout)
     index = layout.review_index.resolve().as_uri()

@@ -5,6 +5,7 @@ page is `core.quality.review_page`."""
 import dagster as dg
 
 from dedup_assets.core.data.artifacts import require_current
+from dedup_assets.core.data.image_folder import IMAGE_SIZE
 from dedup_assets.core.quality.review_page import write_review_page
 from dedup_assets.ui import md_table
 from resources import DedupSettings, DedupStorage, ImageSource
@@ -30,7 +31,8 @@ def build_review_asset(
         "per threshold and class, every removed image beside the kept image it duplicates "
         "with similarity, margin over its threshold and kind (exact/near), borderline first, "
         "paged; cross-class pairs apart; thumbnails cached in `review/thumbs` (at most 20,000, for "
-        "the first pages of every list; later images are shown from their source files). Marks (keep, "
+        "the first pages of every list; later images, and those whose source file is already "
+        "the 64x64 pixels the decision saw, are shown from their source files). Marks (keep, "
         "remove, not a duplicate) download as `overrides.csv` for the next run. With split "
         "folders, a train/test leakage view lists `leakage.csv` (read as it stands: `dedup "
         "run` makes it before, and a dependency would let its blocking checks hold the page "
@@ -65,6 +67,12 @@ def build_review_asset(
                 if page.thumbnails_left_out
                 else ""
             )
+            + (
+                f"; {page.shown_as_source:,} images shown from their own source files "
+                f"(already the {IMAGE_SIZE}x{IMAGE_SIZE} pixels the decision saw)"
+                if page.shown_as_source
+                else ""
+            )
             + f"; {page.seconds:.1f}s)"
         )
         return dg.MaterializeResult(
@@ -76,6 +84,7 @@ def build_review_asset(
                 "thumbnails_written": page.thumbnails_written,
                 "thumbnails_reused": page.thumbnails_reused,
                 "thumbnails_left_out": page.thumbnails_left_out,
+                "shown_as_source": page.shown_as_source,
                 "page_files": page.page_files,
                 "leakage_pairs_listed": page.leak_pairs if page.leak_pairs is not None else "none",
                 "seconds": round(page.seconds, 2),

@@ -17,7 +17,11 @@ correct, opened from `file://` with no server and no network.
   128 px), named by the pixel hash (identical pixels share one file; never a file name), made
   once and reused by every later run, and removed once no page shows them. At most
   `MAX_THUMBNAILS`, those of the first pages of every list (`shown_thumbnails`); an image
-  beyond them is shown from its source file (`file://`, as the "open" link).
+  beyond them is shown from its source file (`file://`, as the "open" link). An image
+  whose source file already holds the pixels the decision saw (`shown_as_source`: 64x64,
+  RGB or grey, JPEG, PNG or WebP, as every EuroSAT image is) is shown from that file and
+  needs no thumbnail: on EuroSAT's first run the 6,072 thumbnails, one file each, were
+  1.2 s of its 14 s (`write_review_page(sources_as_thumbnails=False)` makes them anyway).
 
 Names reach the page as text only. The server side escapes what it writes into HTML with
 `html.escape` and writes data as JSON with `<`, `>` and `&` (and U+2028/9) escaped as
@@ -69,6 +73,7 @@ from dedup_assets.core.data.artifacts import (
     read_keep_list,
 )
 from dedup_assets.core.data.atomic_io import atomic_dir, write_many, write_text
+from dedup_assets.core.data.image_folder import IMAGE_SIZE
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.pools import cancelling, process_cores
 from dedup_assets.core.data.thresholds import budget_of, cosine_of
@@ -84,6 +89,14 @@ PNG_CHUNK = 256  # thumbnails a thread compresses at a time
 # class list of a 10-class set, about 4 s to make on 2 cores.
 MAX_THUMBNAILS = 20_000
 _HEX = r"^[0-9a-f]{16,64}$"  # what a pixel hash must look like to name a file
+# A row's thumbnail column when the image is shown from its source file as it is
+# (`shown_as_source`): no thumbnail file is made for it.
+AS_SOURCE = "="
+# Source files a browser shows with the pixels the decision saw, when IMAGE_SIZE square in
+# one of these modes: decoded as is (no resize), and no alpha or CMYK a browser would show
+# otherwise than the RGB conversion did.
+AS_SOURCE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+AS_SOURCE_MODES = ("RGB", "L")
 # Order of the kinds of removal in a view: the model's near-duplicates (by margin), then
 # those the user's overrides removed, then exact copies (identical pixels, never in doubt).
 KIND_ORDER = {"near": 0, "override": 1, "exact": 2}
@@ -136,6 +149,7 @@ class ReviewPage:
     build: str = ""
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     leak_pairs: int | None = None  # train/test leakage pairs listed (None: no leakage.csv)
+    shown_as_source: int = 0  # images whose source file is their thumbnail (`AS_SOURCE`)
 
 
 # ---------------------------------------------------------------------------- the rows
@@ -157,19 +171,32 @@ def script_json(value: object) -> str:
     return text
 
 
-def thumbnail_table(catalog: pl.DataFrame) -> pl.DataFrame:
+def shown_as_source() -> pl.Expr:
+    """Catalog rows whose source file a browser shows with the very pixels the decision saw:
+    IMAGE_SIZE on each side (decoded without a resize), RGB or grey, and a JPEG, PNG or
+    WebP file by its name."""
+    return (
+        (pl.col("width") == IMAGE_SIZE)
+        & (pl.col("height") == IMAGE_SIZE)
+        & pl.col("mode").is_in(AS_SOURCE_MODES)
+        & pl.any_horizontal(
+            pl.col("path").str.to_lowercase().str.ends_with(suffix) for suffix in AS_SOURCE_SUFFIXES
+        )
+    ).fill_null(False)
+
+
+def thumbnail_table(catalog: pl.DataFrame, sources: bool = False) -> pl.DataFrame:
     """Decoded catalog rows with `thumb`: the pixel hash that names the image's thumbnail
-    (null where it is not a plain hex digest, so no other text can become a file name)."""
+    (null where it is not a plain hex digest, so no other text can become a file name);
+    with `sources`, `AS_SOURCE` for an image its source file shows as it is
+    (`shown_as_source`)."""
+    thumb = (
+        pl.when(pl.col("pixel_hash").str.contains(_HEX)).then(pl.col("pixel_hash")).otherwise(None)
+    )
+    if sources:
+        thumb = pl.when(shown_as_source()).then(pl.lit(AS_SOURCE)).otherwise(thumb)
     return catalog_images(catalog).select(
-        "image_id",
-        "class",
-        "class_key",
-        "path",
-        "row",
-        pl.when(pl.col("pixel_hash").str.contains(_HEX))
-        .then(pl.col("pixel_hash"))
-        .otherwise(None)
-        .alias("thumb"),
+        "image_id", "class", "class_key", "path", "row", thumb.alias("thumb")
     )
 
 
@@ -346,6 +373,7 @@ def shown_thumbnails(
     first = (
         pl.concat(parts)
         .drop_nulls("thumb")
+        .filter(pl.col("thumb") != AS_SOURCE)  # its source file: nothing to make
         .group_by("thumb")
         .agg(pl.col("_page").min())
         .sort("_page", "thumb")
@@ -355,13 +383,29 @@ def shown_thumbnails(
 
 def _only(frame: pl.DataFrame, shown: set[str]) -> pl.DataFrame:
     """`frame` with the thumbnails not in `shown` set to null (the page then shows the
-    source file)."""
-    keep = sorted(shown)
+    source file); `AS_SOURCE` stays."""
+    keep = [*sorted(shown), AS_SOURCE]
     return frame.with_columns(
         pl.when(pl.col(c).is_in(keep)).then(pl.col(c)).otherwise(None).alias(c)
         for c in _THUMB_COLUMNS
         if c in frame.columns
     )
+
+
+def _count_as_source(frames: Sequence[pl.DataFrame]) -> int:
+    """How many distinct images of these lists are shown from their source file."""
+    paths: set[str] = set()
+    for frame in frames:
+        for thumb, path in (
+            ("thumb", "path"),
+            ("kept_thumb", "kept_path"),
+            ("thumb_a", "path_a"),
+            ("thumb_b", "path_b"),
+            ("train_thumb", "train_path"),
+        ):
+            if thumb in frame.columns and path in frame.columns:
+                paths.update(frame.filter(pl.col(thumb) == AS_SOURCE)[path].to_list())
+    return len(paths)
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:
@@ -456,6 +500,7 @@ def write_review_page(
     page_size: int = PAGE_SIZE,
     overrides: Overrides | None = None,
     max_thumbnails: int = MAX_THUMBNAILS,
+    sources_as_thumbnails: bool = True,
 ) -> ReviewPage:
     """Write `review/index.html` for the keep lists and cross-class pairs of `thresholds`
     (a threshold whose keep list is missing is listed as missing); see the module doc.
@@ -465,11 +510,16 @@ def write_review_page(
     download from another browser (or after its storage was cleared) still carries them.
     max_thumbnails: at most this many thumbnails, those of the first pages of every list
     (`shown_thumbnails`); an image beyond them is shown from its source file.
+    sources_as_thumbnails: with a `source_root`, an image whose source file holds the
+    decision's pixels (`shown_as_source`) is shown from it, no thumbnail made; False makes
+    thumbnails for every shown image (up to `max_thumbnails`).
     """
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size}")
     start = time.perf_counter()
-    thumbs = thumbnail_table(read_catalog(layout))
+    thumbs = thumbnail_table(
+        read_catalog(layout), sources=sources_as_thumbnails and source_root is not None
+    )
     # A keep list is read whole once, below, and let go once its pairs, counts and totals
     # are taken: the four of a million images held at once took 0.8 GB of the page's peak.
     present = {t for t in thresholds if layout.keep_list(t).exists()}
@@ -578,6 +628,10 @@ def write_review_page(
         }
 
     written = write_thumbnails(layout, thumbs, needed)
+    as_source = _count_as_source(
+        [f for pair in views.values() for f in pair]
+        + ([leak_listed] if leak_listed is not None else [])
+    )
 
     # Each page is written as it is made, into a folder named, once all are written, by
     # the digest of their contents (a page changed is a new folder: no cached old page).
@@ -640,6 +694,7 @@ def write_review_page(
         thumbnails_reused=len(needed) - written,
         thumbnails_removed=removed,
         thumbnails_left_out=capped,
+        shown_as_source=as_source,
         index_bytes=len(text.encode("utf-8")),
         seconds=time.perf_counter() - start,
         build=build,
@@ -1062,6 +1117,14 @@ function fmt(x, sign) {
   return (sign && x >= 0 ? "+" : "") + x.toFixed(4);
 }
 function thumb(hash, path) {
+  if (hash === "=" && DATA.source && path) {  // the source file holds the decision's pixels
+    return el("img", {
+      class: "thumb", width: 128, height: 128, loading: "lazy", decoding: "async",
+      alt: path, title: "the source file: its own pixels are those the decision saw",
+      src: DATA.source + "/" + path.split("/").map(encodeURIComponent).join("/"),
+    });
+  }
+  if (hash === "=") hash = null;
   if (!hash && DATA.source && path) {  // beyond the thumbnails made: the source file itself
     return el("img", {
       class: "thumb original", width: 128, height: 128, loading: "lazy", decoding: "async",
