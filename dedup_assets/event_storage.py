@@ -9,6 +9,9 @@ transactions: every row into the run's database, then every row, tag and asset e
 the index, the same statements Dagster's `SqliteEventLogStorage.store_event` runs per
 event. Anything else (mixed runs, other event types) is stored event by event, as before.
 
+A planned check's rows (one per class of the run) hold the same serialized event; Dagster
+serializes it again for each row, here once (`_store_asset_check_evaluation_planned`).
+
 A range's check verdicts (one `AssetCheckEvaluation` per class) are not batched by Dagster
 at all: each was stored on its own, two databases opened and committed three times, about
 14 ms a verdict (a third of what a 1,000-class range spent in its step). They are held here
@@ -32,10 +35,13 @@ from typing import Any
 
 from dagster._core.events import ASSET_EVENTS, DagsterEventType
 from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SqliteEventLogStorage,
 )
+from dagster._serdes import serialize_value
 
 MODULE = __name__
 CLASS = "BatchedSqliteEventLogStorage"
@@ -120,6 +126,34 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
             self.store_held_verdicts()
         with super()._connect(shard) as conn:
             yield conn
+
+    def _store_asset_check_evaluation_planned(
+        self, event: EventLogEntry, event_id: int | None
+    ) -> None:
+        """A planned check's execution rows, one per partition of the run, as Dagster writes
+        them, with the event serialized once: Dagster serializes it again for every row, and
+        the event holds the run's whole partition subset (a range of 500 classes: 500
+        serializations of 500 keys, 0.45 s of a 1,000-class run's 7 planned checks)."""
+        planned = event.get_dagster_event().event_specific_data
+        subset = planned.partitions_subset
+        keys = subset.get_partition_keys() if subset else [None]
+        text = serialize_value(event)
+        timestamp = self._event_insert_timestamp(event)
+        rows = [
+            {
+                "asset_key": planned.asset_key.to_string(),
+                "check_name": planned.check_name,
+                "partition": key,
+                "run_id": event.run_id,
+                "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+                "evaluation_event": text,
+                "evaluation_event_timestamp": timestamp,
+                "evaluation_event_storage_id": event_id,
+            }
+            for key in keys
+        ]
+        with self.index_connection() as conn:
+            conn.execute(AssetCheckExecutionsTable.insert().values(rows))
 
     def dispose(self) -> None:
         self.store_held_verdicts()

@@ -273,3 +273,68 @@ def test_held_verdicts_are_written_on_dispose_and_at_most_held_verdicts_at_once(
     batched.dispose()
     ui = dg.DagsterInstance.from_config(str(home), config_filename=INSTANCE_FILE)
     assert len(ui.all_logs(run_id)) == before + 1
+
+
+def _planned_rows(storage) -> list[tuple]:
+    from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
+
+    t = AssetCheckExecutionsTable.c
+    query = AssetCheckExecutionsTable.select().order_by(t.partition)
+    with storage.index_connection() as conn:
+        return [
+            (
+                r.asset_key,
+                r.check_name,
+                r.partition,
+                r.run_id,
+                r.execution_status,
+                r.evaluation_event,
+                r.evaluation_event_timestamp,
+                r.evaluation_event_storage_id,
+            )
+            for r in conn.execute(query)
+        ]
+
+
+@pytest.mark.parametrize("keys", [0, 1, 2, 60])
+def test_a_planned_check_is_serialized_once_into_the_rows_dagster_writes(
+    tmp_path, monkeypatch, keys
+):
+    """A planned check over a range: one PLANNED row per partition (or one without a
+    partition), the same rows as Dagster's own storage writes, from one serialization of
+    the event instead of one per row."""
+    from dagster._core.events import AssetCheckEvaluationPlanned, DagsterEvent, DagsterEventType
+    from dagster._core.events.log import EventLogEntry
+
+    subset = parts.empty_subset().with_partition_keys(KEYS[:keys]) if keys else None
+    event = EventLogEntry(
+        error_info=None,
+        level=10,
+        user_message="",
+        run_id="r" * 32,
+        timestamp=1_700_000_000.0,
+        dagster_event=DagsterEvent(
+            event_type_value=DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED.value,
+            job_name="checked_job",
+            event_specific_data=AssetCheckEvaluationPlanned(
+                asset_key=CHECK.asset_key, check_name=CHECK.name, partitions_subset=subset
+            ),
+        ),
+    )
+    batched = BatchedSqliteEventLogStorage(str(tmp_path / "batched"))
+    plain = SqliteEventLogStorage(str(tmp_path / "plain"))
+    calls = {"n": 0}
+    counting = event_storage.serialize_value
+
+    def counted(value):
+        calls["n"] += 1
+        return counting(value)
+
+    monkeypatch.setattr(event_storage, "serialize_value", counted)
+    batched.store_event(event)
+    plain.store_event(event)
+    rows = _planned_rows(batched)
+    assert rows == _planned_rows(plain)
+    assert [r[2] for r in rows] == (sorted(KEYS[:keys]) if keys else [None])
+    assert {r[4] for r in rows} == {"PLANNED"} and len({r[5] for r in rows}) == 1
+    assert calls["n"] == 1
