@@ -23,7 +23,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def timeline(output: Path, last: int | None = None) -> list[dict]:
     """Runs (oldest first; the `last` N only when given), each with its steps, in seconds
-    from the first run shown."""
+    from the first run shown. $DAGSTER_HOME is left as it was (`instance_for` sets it to the
+    output's instance, which a later `dedup run` started from this process would inherit)."""
+    before = os.environ.get("DAGSTER_HOME")
+    try:
+        return _timeline(output, last)
+    finally:
+        if before is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = before
+
+
+def _timeline(output: Path, last: int | None) -> list[dict]:
     from dedup_assets.runner import instance_for
 
     with instance_for(output) as instance:
