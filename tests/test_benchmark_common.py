@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -40,3 +41,38 @@ def test_outside_a_checkout_the_code_is_unknown(monkeypatch, tmp_path):
     fake.write_text("")
     monkeypatch.setattr(common, "__file__", str(fake))
     assert common.code_version() is None
+
+
+def test_reading_a_timeline_leaves_dagster_home_as_it_was(tmp_path, monkeypatch):
+    """`run_timeline.timeline` opens the output's instance, which sets $DAGSTER_HOME; a
+    `dedup run` started later from the same process must not inherit it (it would record
+    its runs in the first output's instance)."""
+    from benchmarks.run_timeline import timeline
+    from dedup_assets.core.data.layout import prepare_dagster_home
+
+    out = tmp_path / "out"
+    prepare_dagster_home(out)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert timeline(out) == []
+    assert "DAGSTER_HOME" not in os.environ
+    elsewhere = tmp_path / "elsewhere"
+    prepare_dagster_home(elsewhere)
+    monkeypatch.setenv("DAGSTER_HOME", str(elsewhere / ".dagster"))
+    assert timeline(out) == []
+    assert os.environ["DAGSTER_HOME"] == str(elsewhere / ".dagster")
+
+
+def test_a_runs_shape_counts_time_outside_and_between_runs():
+    """bench_run_cpu's reading of a timeline: runs overlapping, a gap, steps summed."""
+    from benchmarks.bench_run_cpu import shape
+
+    runs = [
+        {"start": 0.0, "end": 1.0, "steps": [{"step": "a", "start": 0.1, "end": 0.9}]},
+        {"start": 0.5, "end": 2.0, "steps": [{"step": "b", "start": 0.6, "end": 1.9}]},
+        {"start": 2.5, "end": 3.0, "steps": [{"step": "a", "start": 2.6, "end": 2.9}]},
+    ]
+    got = shape(runs, wall=4.0)
+    assert got["dagster_runs"] == 3 and got["runs_span_seconds"] == 3.0
+    assert got["between_runs_seconds"] == 0.5 and got["outside_runs_seconds"] == 1.0
+    assert got["step_seconds"] == {"a": 1.1, "b": 1.3}
+    assert shape([], wall=1.0) == {}
