@@ -21,7 +21,8 @@ correct, opened from `file://` with no server and no network.
   whose source file already holds the pixels the decision saw (`shown_as_source`: 64x64,
   RGB or grey, JPEG, PNG or WebP, as every EuroSAT image is) is shown from that file and
   needs no thumbnail: on EuroSAT's first run the 6,072 thumbnails, one file each, were
-  1.2 s of its 14 s (`write_review_page(sources_as_thumbnails=False)` makes them anyway).
+  the page's 0.95 s of a 14.4 s run, 0.07 s without them
+  (`write_review_page(sources_as_thumbnails=False)` makes them anyway).
 
 Names reach the page as text only. The server side escapes what it writes into HTML with
 `html.escape` and writes data as JSON with `<`, `>` and `&` (and U+2028/9) escaped as
