@@ -509,6 +509,31 @@ def test_source_files_shown_as_thumbnails_are_the_files_in_chromium(mixed, tmp_p
     assert all(shown[p] != AS_SOURCE for p in from_thumbs)
 
 
+def test_a_source_file_that_is_gone_shows_as_a_box_saying_so_in_chromium(mixed, tmp_path):
+    """The page opened where its source folder is not (another machine, the source moved):
+    each image drawn from a source file becomes a box saying the file was not found, with
+    its path, instead of a broken image; images with thumbnails still show them."""
+    layout = OutputLayout(tmp_path / "out")
+    shutil.copytree(mixed["layout"].root, layout.root, ignore=shutil.ignore_patterns(".dagster"))
+    gone = tmp_path / "moved away"
+    write_review_page(layout, ("0.95",), source_root=gone)
+    data, pages = read_pages(layout)
+    shown = _listed_images(pages)
+    text = dump_dom(layout.review_index.resolve().as_uri() + "#t=0&v=all&p=0", tmp_path / "p")
+    dom = _Dom(text)
+    _assert_inert(dom)
+    boxes = [a for tag, a in dom.elements if tag == "div" and a.get("class") == "thumb missing"]
+    on_page = [p for p in shown if p in "".join(dom.text)]
+    expected = {p for p in on_page if shown[p] == AS_SOURCE}
+    assert expected and len(boxes) >= len(expected)
+    prefix = "not found: " + data["source"] + "/"
+    assert {b["title"].removeprefix(prefix) for b in boxes} >= expected
+    assert "source file not found" in "".join(dom.text)
+    images = [a for tag, a in dom.elements if tag == "img" and "thumb" in a.get("class", "")]
+    assert not [a for a in images if a["src"].startswith("file:")]  # every one replaced
+    assert [a for a in images if a["src"].startswith("thumbs/")]  # thumbnails still shown
+
+
 def test_shown_thumbnails_take_the_earliest_page_of_each_image():
     # Removed pairs: ranked within their class; a cross-class list: by row.
     pairs = pl.DataFrame(

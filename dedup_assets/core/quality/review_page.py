@@ -889,6 +889,8 @@ padding:10px 20px;border-bottom:1px solid var(--line)}
 .thumb{width:128px;height:128px;flex:none;image-rendering:pixelated;background:var(--card);
 border:1px solid var(--line)}
 .thumb.original{object-fit:contain;image-rendering:auto}
+.thumb.missing{display:flex;align-items:center;justify-content:center;text-align:center;
+font-size:11px;color:var(--muted)}
 .text{min-width:0;display:flex;flex-direction:column;gap:4px}
 .path{overflow-wrap:anywhere;word-break:break-word}
 .role{font-size:11px;font-weight:700;letter-spacing:.05em;text-transform:uppercase}
@@ -1117,21 +1119,29 @@ function fmt(x, sign) {
   if (x === null || x === undefined) return "n/a";
   return (sign && x >= 0 ? "+" : "") + x.toFixed(4);
 }
+function fromSource(path, className, title) {
+  // An image drawn from the source folder; where that folder is not (the output opened on
+  // another machine, the source moved), a box that says so instead of a broken image.
+  const img = el("img", {
+    class: className, width: 128, height: 128, loading: "lazy", decoding: "async",
+    alt: path, title: title,
+    src: DATA.source + "/" + path.split("/").map(encodeURIComponent).join("/"),
+  });
+  img.addEventListener("error", () => img.replaceWith(el("div", {
+    class: "thumb missing", title: "not found: " + DATA.source + "/" + path,
+    text: "source file not found",
+  })), { once: true });
+  return img;
+}
 function thumb(hash, path) {
   if (hash === "=" && DATA.source && path) {  // the source file holds the decision's pixels
-    return el("img", {
-      class: "thumb", width: 128, height: 128, loading: "lazy", decoding: "async",
-      alt: path, title: "the source file: its own pixels are those the decision saw",
-      src: DATA.source + "/" + path.split("/").map(encodeURIComponent).join("/"),
-    });
+    return fromSource(path, "thumb", "the source file: its own pixels are those the decision saw");
   }
   if (hash === "=") hash = null;
   if (!hash && DATA.source && path) {  // beyond the thumbnails made: the source file itself
-    return el("img", {
-      class: "thumb original", width: 128, height: 128, loading: "lazy", decoding: "async",
-      alt: path, title: "the source file (thumbnails are made for the first pages only)",
-      src: DATA.source + "/" + path.split("/").map(encodeURIComponent).join("/"),
-    });
+    return fromSource(
+      path, "thumb original", "the source file (thumbnails are made for the first pages only)"
+    );
   }
   if (!hash) return el("div", { class: "thumb", title: "no thumbnail" });
   const img = el("img", {
