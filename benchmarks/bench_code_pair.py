@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -29,8 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_incremental import make_source  # noqa: E402
-from benchmarks.common import add_out_option, table, write_result  # noqa: E402
-from dedup_assets.core.data.layout import OutputLayout  # noqa: E402
+from benchmarks.common import add_out_option, output_with_model, table, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "from dedup_assets.cli import entry; entry()"
@@ -57,10 +55,7 @@ def one_run(
     code: Path, source: Path, output: Path, model: Path, thresholds: str = "0.95"
 ) -> tuple[float, str]:
     """Wall seconds of one first run with the code at `code`, and its stage lines."""
-    shutil.rmtree(output, ignore_errors=True)
-    OutputLayout(output).claim()
-    (output / "model").mkdir(parents=True)
-    shutil.copy2(model, output / "model" / "autoencoder.pt")
+    output_with_model(output, model)
     prefix, env = python_for(code)
     argv = [*prefix, "run", "--source", str(source), "--output", str(output)]
     start = time.perf_counter()

@@ -26,8 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_code_pair import STAGE_LINE, stage_seconds  # noqa: E402
 from benchmarks.bench_incremental import add_images, make_source  # noqa: E402
-from benchmarks.common import add_out_option, table, write_result  # noqa: E402
-from dedup_assets.core.data.layout import OutputLayout  # noqa: E402
+from benchmarks.common import add_out_option, output_with_model, table, write_result  # noqa: E402
 
 DEDUP = Path(sys.executable).with_name("dedup")
 EXECUTORS = {
@@ -65,9 +64,7 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     source = make_source(args.eurosat, args.work, ("Forest", "River"))
     base = args.work / "base"
-    OutputLayout(base).claim()
-    (base / "model").mkdir(parents=True)
-    shutil.copy2(args.model, base / "model" / "autoencoder.pt")
+    output_with_model(base, args.model)
     first, _ = dedup_run(source, base, [])
     before = sum(len(list((source / c).glob("*.jpg"))) for c in ("Forest", "River"))
     for name in ("Forest", "River"):

@@ -31,8 +31,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import add_out_option, table, timed_dedup_run, write_result  # noqa: E402
-from dedup_assets.core.data.layout import OutputLayout  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_out_option,
+    output_with_model,
+    table,
+    timed_dedup_run,
+    write_result,
+)
 
 FEW = 10
 
@@ -96,10 +101,7 @@ def main() -> None:
         runs = {}
         for name, source in (("few", few), ("many", many)):
             out = work / f"out_{name}"
-            shutil.rmtree(out, ignore_errors=True)
-            OutputLayout(out).claim()  # a new output folder of latent-dedup, the model copied in
-            (out / "model").mkdir(parents=True)
-            shutil.copy2(model_out / "model" / "autoencoder.pt", out / "model" / "autoencoder.pt")
+            output_with_model(out, model_out / "model" / "autoencoder.pt")
             # The deleted output's blocks are given back (and discarded, on a disk mounted
             # with `discard`) when the journal commits: sync first, so that happens before
             # the timed run, not during its own file creations.

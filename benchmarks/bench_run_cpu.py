@@ -25,17 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import add_out_option, table, write_result  # noqa: E402
+from benchmarks.common import add_out_option, output_with_model, table, write_result  # noqa: E402
 from benchmarks.run_timeline import timeline  # noqa: E402
-from dedup_assets.core.data.layout import OutputLayout  # noqa: E402
 
 
 def fresh_output(out: Path, model: Path) -> None:
     """A new output folder of latent-dedup with `model` copied in (kept, not retrained)."""
-    shutil.rmtree(out, ignore_errors=True)
-    OutputLayout(out).claim()
-    (out / "model").mkdir(parents=True)
-    shutil.copy2(model, out / "model" / "autoencoder.pt")
+    output_with_model(out, model)
     subprocess.run(["sync"], check=False)
 
 

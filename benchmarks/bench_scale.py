@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_end_to_end import IMAGEDEDUP_SCRIPT  # noqa: E402
-from benchmarks.common import add_out_option, table, write_result  # noqa: E402
+from benchmarks.common import add_out_option, output_with_model, table, write_result  # noqa: E402
 
 DEDUP = Path(sys.executable).with_name("dedup")
 STAGE_START = re.compile(r"^\[(.+?)\] starting")
@@ -230,13 +230,7 @@ def stage_table(stdout: str) -> dict[str, dict]:
 
 
 def run_ours(source: Path, out: Path, model: Path, extra: list[str]) -> dict:
-    from dedup_assets.core.data.layout import OutputLayout
-
-    if out.exists():
-        shutil.rmtree(out)
-    OutputLayout(out).claim()  # a new output folder of latent-dedup, the model copied in
-    (out / "model").mkdir(parents=True)
-    shutil.copyfile(model, out / "model" / "autoencoder.pt")
+    output_with_model(out, model)
     cmd = [str(DEDUP), "run", "--source", str(source), "--output", str(out), *extra]
     stdout, peaks, wall = measured(cmd)
     trace = peaks.pop("_trace")
@@ -267,13 +261,7 @@ def timed_only(source: Path, out: Path, model: Path, extra: list[str]) -> float:
     sampling it: imagededup is timed so, and the 5-a-second memory sampling of `measured`
     (each sample reads every process's smaps_rollup) took 79.0 against 84.6 s at 135,000
     images on 2026-12-05 (two runs of one build, one of each)."""
-    from dedup_assets.core.data.layout import OutputLayout
-
-    if out.exists():
-        shutil.rmtree(out)
-    OutputLayout(out).claim()
-    (out / "model").mkdir(parents=True)
-    shutil.copyfile(model, out / "model" / "autoencoder.pt")
+    output_with_model(out, model)
     cmd = [str(DEDUP), "run", "--source", str(source), "--output", str(out), *extra]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -31,9 +31,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_incremental import add_images, make_source  # noqa: E402
-from benchmarks.common import add_out_option, table, timed_dedup_run, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_out_option,
+    output_with_model,
+    table,
+    timed_dedup_run,
+    write_result,
+)
 from dedup_assets.core.data.image_folder import scan_image_folder  # noqa: E402
-from dedup_assets.core.data.layout import OutputLayout  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CHANGED = ("Forest", "River")
@@ -100,10 +105,7 @@ def main() -> None:
             shutil.rmtree(work / "model_run", ignore_errors=True)
             timed_dedup_run(source, work / "model_run", [*common, "--epochs", "1"])
     out = work / "out"
-    shutil.rmtree(out, ignore_errors=True)
-    OutputLayout(out).claim()  # a new output folder of latent-dedup, the model copied in
-    (out / "model").mkdir(parents=True)
-    shutil.copy2(model, out / "model" / "autoencoder.pt")
+    output_with_model(out, model)
 
     first = timed_dedup_run(source, out, common)
     floor_parts = floor(source, model, args.thresholds.split(",")[0], work)

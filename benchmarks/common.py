@@ -131,3 +131,17 @@ def timed_dedup_run(source: Path, output: Path, extra: list[str] | None = None) 
         # where the time went, per asset (the command's own table, `dedup_assets.timings`)
         "work": json.loads(timings.read_text())["work"] if timings.exists() else [],
     }
+
+
+def output_with_model(out: Path, model: Path) -> Path:
+    """A new output folder of latent-dedup at `out` (any earlier one removed) with `model`
+    copied in, which `dedup run` then keeps: a first run that does not train."""
+    import shutil
+
+    from dedup_assets.core.data.layout import OutputLayout
+
+    shutil.rmtree(out, ignore_errors=True)
+    OutputLayout(out).claim()
+    (out / "model").mkdir(parents=True)
+    shutil.copy2(model, out / "model" / "autoencoder.pt")
+    return out

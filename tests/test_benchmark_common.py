@@ -76,3 +76,19 @@ def test_a_runs_shape_counts_time_outside_and_between_runs():
     assert got["between_runs_seconds"] == 0.5 and got["outside_runs_seconds"] == 1.0
     assert got["step_seconds"] == {"a": 1.1, "b": 1.3}
     assert shape([], wall=1.0) == {}
+
+
+def test_an_output_with_a_model_is_new_and_holds_the_model(tmp_path):
+    """The benchmarks' first runs start from this: an earlier output removed, the folder
+    claimed as latent-dedup's, the model's bytes copied in."""
+    from dedup_assets.core.data.layout import OutputLayout
+
+    model = tmp_path / "autoencoder.pt"
+    model.write_bytes(b"weights")
+    out = tmp_path / "out"
+    (out / "stale").mkdir(parents=True)
+    common.output_with_model(out, model)
+    assert not (out / "stale").exists()
+    assert (out / "model" / "autoencoder.pt").read_bytes() == b"weights"
+    OutputLayout(out).claim()  # already latent-dedup's: claiming it again is allowed
+    assert {p.name for p in out.iterdir()} >= {"model"}
