@@ -153,3 +153,35 @@ def test_every_class_without_a_fit_says_all_and_none_says_nothing():
     bare = _classes(("", "a", 3, "dct")).drop("space")
     assert ThresholdCounts.of("1%", bare, None, "whitened").space_line() == ""
     assert ThresholdCounts.of("1%", _classes(), None, "whitened").space_line() == ""
+
+
+@pytest.mark.parametrize("budget", [0.5, 0.1, 0.03, 0.02, 0.01, 0.005, 0.001, 0.0001])
+def test_own_images_is_the_fewest_a_class_reads_its_budget_on(budget):
+    from dedup_assets.core.decision.calibration import resolvable
+    from dedup_assets.core.quality.run_summary import own_images
+
+    n = own_images(budget)
+    assert resolvable(n, budget) and (n == 1 or not resolvable(n - 1, budget))
+
+
+def test_a_budget_says_which_classes_it_could_not_be_read_on():
+    """Classes whose budget had nothing to be read on (`calibrated_on` "none": too few images
+    of their own and in the run's other classes) lost exact copies only: the last screen
+    counts them, and says a budget's own condition for its space beside the fit's."""
+    keep = _classes(("", "a", 30, "phash"), ("", "b", 20, "phash"), ("", "c", 150, "whitened"))
+    keep = keep.with_columns(
+        pl.Series("calibrated_on", ["none"] * 30 + ["none"] * 20 + ["class"] * 150)
+    )
+    counts = ThresholdCounts.of("1%", keep, None, "whitened")
+    assert counts.unread == (2, 50)
+    assert counts.unread_line() == (
+        "budget 1%: 2 classes (50 images) had too few images, of their own and in the run's "
+        "other classes, to read it (99 or more): only their exact copies were removed"
+    )
+    assert "at a budget of 1%, 99 or more images of its own" in counts.space_line()
+    cosine = ThresholdCounts.of("0.95", keep, None, "whitened")
+    assert cosine.unread == (0, 0) and cosine.unread_line() == ""
+    assert "budget" not in cosine.space_line()
+    read = keep.with_columns(pl.lit("pool").alias("calibrated_on"))
+    assert ThresholdCounts.of("1%", read, None, "whitened").unread_line() == ""
+    assert ThresholdCounts.of("1%", keep.drop("calibrated_on"), None).unread == (0, 0)

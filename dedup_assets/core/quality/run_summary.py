@@ -12,6 +12,7 @@ and it says so.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class ThresholdCounts:
     space: str | None = None
     classes: int = 0
     other_spaces: tuple[tuple[str, int, int], ...] = ()
+    unread: tuple[int, int] = (0, 0)  # a budget's (classes, images) with nothing to read it on
 
     @classmethod
     def of(
@@ -83,6 +85,7 @@ class ThresholdCounts:
             budget=budget,
             allowed_false=allowed,
             beyond_chance=beyond,
+            unread=_unread(keep) if budget is not None else (0, 0),
             **_spaces(keep, space),
         )
 
@@ -122,7 +125,28 @@ class ThresholdCounts:
             f"decided without a fit, not in {self.space}: {where}. A fitted space needs at "
             f"least {MIN_FITTED_COMPONENTS} principal components (a class of "
             f"{MIN_FITTED_COMPONENTS * SAMPLES_PER_COMPONENT} or more varied images and "
-            f"--components {MIN_FITTED_COMPONENTS} or more); the rows say so in `space`"
+            f"--components {MIN_FITTED_COMPONENTS} or more)"
+            + (
+                f" and, at a budget of {self.threshold}, {own_images(self.budget):,} or more "
+                "images of its own (a smaller class is decided against the run's other "
+                "classes, in the space without a fit)"
+                if self.budget is not None
+                else ""
+            )
+            + "; the rows say so in `space`"
+        )
+
+    def unread_line(self) -> str:
+        """For a budget: the classes it could not be read on, in the class or the run's other
+        classes (the keep list's `calibrated_on` "none"), which lost exact copies only."""
+        classes, images = self.unread
+        if self.budget is None or not classes:
+            return ""
+        return (
+            f"budget {self.threshold}: {_n(classes, 'class', 'classes')} "
+            f"({_n(images, 'image', 'images')}) had too few images, of their own and in the "
+            f"run's other classes, to read it ({own_images(self.budget):,} or more): only "
+            "their exact copies were removed"
         )
 
     def budget_line(self) -> str:
@@ -173,7 +197,11 @@ class ThresholdSummary:
         if self.counts is None:
             return [f"T={t}: no current keep list (a stage before it failed or was skipped)"]
         out = [f"T={t}: {self.counts.line()}"]
-        for extra in (self.counts.budget_line(), self.counts.space_line()):
+        for extra in (
+            self.counts.budget_line(),
+            self.counts.space_line(),
+            self.counts.unread_line(),
+        ):
             if extra:
                 out.append(f"  {extra}")
         problems = self.verdict.problems
@@ -234,6 +262,25 @@ def _spaces(keep: pl.DataFrame, space: str | None) -> dict:
             for s, c, n in other.select("space", "classes", "images").iter_rows()
         ),
     }
+
+
+def _unread(keep: pl.DataFrame) -> tuple[int, int]:
+    """(classes, images) whose budget had nothing to be read on (`calibrated_on` "none")."""
+    if not {"class", "calibrated_on"} <= set(keep.columns):
+        return (0, 0)
+    by = [c for c in ("split", "class") if c in keep.columns]
+    none = (
+        keep.group_by(by)
+        .agg(pl.col("calibrated_on").first(), pl.len().alias("images"))
+        .filter(pl.col("calibrated_on") == "none")
+    )
+    return (none.height, int(none["images"].sum()))
+
+
+def own_images(budget: float) -> int:
+    """The fewest images a class reads `budget` on by itself: n with floor(b (n + 1)) >= 1
+    (`core.decision.calibration.resolvable`), 99 for 1%."""
+    return max(1, math.ceil(1.0 / budget - 1e-9) - 1)
 
 
 def _n(count: int, one: str, many: str) -> str:
@@ -356,7 +403,7 @@ def threshold_summaries(
     return out
 
 
-_COUNTED = ("kept", "match", "decided_by", "split", "class", "space")
+_COUNTED = ("kept", "match", "decided_by", "split", "class", "space", "calibrated_on")
 
 
 def _present(path: Path, columns: tuple[str, ...]) -> list[str]:
