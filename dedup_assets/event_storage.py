@@ -9,8 +9,11 @@ transactions: every row into the run's database, then every row, tag and asset e
 the index, the same statements Dagster's `SqliteEventLogStorage.store_event` runs per
 event. Anything else (mixed runs, other event types) is stored event by event, as before.
 
-A planned check's rows (one per class of the run) hold the same serialized event; Dagster
-serializes it again for each row, here once (`_store_asset_check_evaluation_planned`).
+Within those transactions the rows go in as one statement each (an `executemany` into the
+run's database, an insert returning the new ids into the index): one statement per event
+cost about 0.1 ms of SQLAlchemy's work each, twice. A planned check's rows (one per class
+of the run) hold the same serialized event; Dagster serializes it again for each row, here
+once (`_store_asset_check_evaluation_planned`).
 
 A range's check verdicts (one `AssetCheckEvaluation` per class) are not batched by Dagster
 at all: each was stored on its own, two databases opened and committed three times, about
@@ -19,6 +22,13 @@ instead and written in one transaction per database, with Dagster's own statemen
 as anything else touches the storage: the step's next event (a step always ends with a
 success or failure event), any read, `dispose`, the interpreter's exit, or
 `HELD_VERDICTS` of them. Nothing in this process reads the storage without seeing them.
+A partition's verdict updates its planned row with the text already serialized for its
+event (Dagster serializes it again) in one statement for the whole batch.
+
+The storage ids of the materializations it stored last (one run's) are kept for
+`stored_materialization`: a range's verdicts name each class's new materialization as their
+target, which `class_batch` read back from the database (a query and a deserialized record
+per class) before.
 
 The files are Dagster's own: the UI, the daemon and an instance configured without this
 class read them as they are.
@@ -33,10 +43,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import sqlalchemy as db
+from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.events import ASSET_EVENTS, DagsterEventType
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
+from dagster._core.storage.event_log.schema import (
+    AssetCheckExecutionsTable,
+    SqlEventLogStorageTable,
+)
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SqliteEventLogStorage,
@@ -63,6 +78,9 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         self._held_lock = threading.RLock()
         self._open = threading.local()  # the index connection a flush has open, per thread
         self._checks_table = False
+        # (asset key, partition) -> (storage id, run id, timestamp) of the last run's
+        # materializations stored here (`stored_materialization`)
+        self._materialized: dict[tuple[str, str | None], tuple[int, str, float]] = {}
         super().__init__(*args, **kwargs)  # opens the databases: after the attributes above
         ref = weakref.ref(self)
         atexit.register(lambda: (held := ref()) is not None and held.store_held_verdicts())
@@ -88,33 +106,115 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
 
     def store_held_verdicts(self) -> None:
         """Write the held check verdicts: every event into the run's database, then into the
-        index with Dagster's own update of each verdict's check execution, one transaction
-        each."""
+        index with Dagster's own update of each verdict's check execution (a partition's
+        in one statement for all, `_update_partition_verdicts`), one transaction each."""
         with self._held_lock:
             events, self._held = self._held, []
             if not events:
                 return
             # Dagster's own connections: this storage's `_connect` would write them again.
-            with self._inserted(events, super()._connect) as (conn, ids):
+            with self._inserted(events, super()._connect) as (conn, ids, rows):
                 self._open.index = conn
                 try:
-                    for event, event_id in zip(events, ids, strict=True):
-                        self.store_asset_check_event(event, event_id)
+                    ranged = [
+                        at
+                        for at, event in enumerate(events)
+                        if event.get_dagster_event().event_specific_data.partition is not None
+                    ]
+                    self._update_partition_verdicts(
+                        conn, [(events[at], ids[at], rows[at]["event"]) for at in ranged]
+                    )
+                    alone = set(range(len(events))) - set(ranged)
+                    for at in sorted(alone):
+                        self.store_asset_check_event(events[at], ids[at])
                 finally:
                     self._open.index = None
+
+    def _update_partition_verdicts(
+        self, conn: Any, verdicts: Sequence[tuple[EventLogEntry, int, str]]
+    ) -> None:
+        """Dagster's `_update_asset_check_evaluation` for verdicts of partitions, as one
+        statement: each updates the row its planned event made (asset, check, run and
+        partition), with the event's text as already serialized. A verdict without such a
+        row goes through Dagster's own method (which inserts one)."""
+        if not verdicts:
+            return
+        table = AssetCheckExecutionsTable
+        statement = (
+            table.update()
+            .where(
+                db.and_(
+                    table.c.asset_key == db.bindparam("b_asset_key"),
+                    table.c.check_name == db.bindparam("b_check_name"),
+                    table.c.run_id == db.bindparam("b_run_id"),
+                    table.c.partition == db.bindparam("b_partition"),
+                )
+            )
+            .values(
+                execution_status=db.bindparam("b_status"),
+                evaluation_event=db.bindparam("b_event"),
+                evaluation_event_timestamp=db.bindparam("b_timestamp"),
+                evaluation_event_storage_id=db.bindparam("b_storage_id"),
+                materialization_event_storage_id=db.bindparam("b_target"),
+            )
+        )
+        params = []
+        for event, event_id, text in verdicts:
+            evaluation = event.get_dagster_event().event_specific_data
+            target = evaluation.target_materialization_data
+            params.append(
+                {
+                    "b_asset_key": evaluation.asset_key.to_string(),
+                    "b_check_name": evaluation.check_name,
+                    "b_run_id": event.run_id,
+                    "b_partition": evaluation.partition,
+                    "b_status": (
+                        AssetCheckExecutionRecordStatus.SUCCEEDED.value
+                        if evaluation.passed
+                        else AssetCheckExecutionRecordStatus.FAILED.value
+                    ),
+                    "b_event": text,
+                    "b_timestamp": self._event_insert_timestamp(event),
+                    "b_storage_id": event_id,
+                    "b_target": target.storage_id if target else None,
+                }
+            )
+        if conn.execute(statement, params).rowcount == len(verdicts):
+            return
+        # Rare: a verdict with no planned row, which Dagster's method inserts (the table's
+        # unique index on asset, check, run and partition allows no second planned row).
+        # Which ones, by the storage ids just written.
+        written = set(
+            conn.execute(
+                db.select(table.c.evaluation_event_storage_id).where(
+                    table.c.evaluation_event_storage_id.in_([i for _, i, _ in verdicts])
+                )
+            ).scalars()
+        )
+        for event, event_id, _ in verdicts:
+            if event_id not in written:
+                self.store_asset_check_event(event, event_id)
 
     @contextmanager
     def _inserted(
         self, events: Sequence[EventLogEntry], connect: Callable[[str], Any]
-    ) -> Iterator[tuple[Any, list[int]]]:
-        """Insert one run's events into its database, then into the index: the index's open
-        transaction and each event's id there, for what else the index records of them."""
-        statements = [self.prepare_insert_event(event) for event in events]
+    ) -> Iterator[tuple[Any, list[int], list[dict]]]:
+        """Insert one run's events into its database, then into the index, one statement
+        each: the index's open transaction, each event's id there and its row (the event's
+        serialized text among it), for what else the index records of them."""
+        rows = [self._event_to_row(event) for event in events]
         with connect(events[0].run_id) as conn:
-            for statement in statements:
-                conn.execute(statement)
+            conn.execute(SqlEventLogStorageTable.insert(), rows)
+        returning = SqlEventLogStorageTable.insert().returning(
+            SqlEventLogStorageTable.c.id, sort_by_parameter_order=True
+        )
         with connect(INDEX_SHARD_NAME) as conn:
-            yield conn, [conn.execute(s).inserted_primary_key[0] for s in statements]
+            ids = [int(i) for i in conn.execute(returning, rows).scalars()]
+            if len(ids) != len(rows):
+                raise DagsterInvariantViolationError(
+                    f"stored {len(rows)} events in the index, {len(ids)} ids came back"
+                )
+            yield conn, ids, rows
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Any]:
@@ -163,10 +263,31 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         if len(events) < 2 or not _one_run_of_asset_events(events):
             super().store_event_batch(events)
             return
-        with self._inserted(events, self._connect) as (conn, ids):
+        with self._inserted(events, self._connect) as (conn, ids, _):
             self._store_asset_event_tags(conn, events, ids)
             for at in _last_of_each_kind(events):
                 self._store_asset_event(conn, events[at], ids[at])
+        self._remember_materializations(events, ids)
+
+    def _remember_materializations(self, events: Sequence[EventLogEntry], ids: list[int]) -> None:
+        if self._materialized and next(iter(self._materialized.values()))[1] != events[0].run_id:
+            self._materialized = {}  # another run's: only the last run's are asked for
+        for event, event_id in zip(events, ids, strict=True):
+            if event.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION:
+                dagster_event = event.get_dagster_event()
+                key = (dagster_event.asset_key.to_string(), dagster_event.partition)
+                self._materialized[key] = (event_id, event.run_id, event.timestamp)
+
+    def stored_materialization(
+        self, run_id: str, asset_key: str, partition: str | None
+    ) -> tuple[int, float] | None:
+        """The storage id and timestamp of the materialization of `asset_key`'s `partition`
+        that run `run_id` stored here in a batch, if it was among the last run's; None
+        otherwise (the caller asks the database)."""
+        found = self._materialized.get((asset_key, partition))
+        if found is None or found[1] != run_id:
+            return None
+        return found[0], found[2]
 
 
 def _last_of_each_kind(events: Sequence[EventLogEntry]) -> list[int]:

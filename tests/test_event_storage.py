@@ -338,3 +338,130 @@ def test_a_planned_check_is_serialized_once_into_the_rows_dagster_writes(
     assert [r[2] for r in rows] == (sorted(KEYS[:keys]) if keys else [None])
     assert {r[4] for r in rows} == {"PLANNED"} and len({r[5] for r in rows}) == 1
     assert calls["n"] == 1
+
+
+def test_the_storage_keeps_the_ids_of_the_last_runs_materializations(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    home = prepare_dagster_home(tmp_path / "out")
+    batched = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
+    storage = batched.event_log_storage
+    _run(batched)
+    first = _runs_of(batched)[0]
+    name = dg.AssetKey("ranged").to_string()
+    for record in batched.fetch_materializations(dg.AssetKey("ranged"), limit=1000).records:
+        kept = storage.stored_materialization(first, name, record.partition_key)
+        assert kept == (record.storage_id, record.timestamp)
+    assert storage.stored_materialization("another run", name, KEYS[0]) is None
+    assert storage.stored_materialization(first, name, "not a key") is None
+    # A second run's batch replaces the first's.
+    _run(batched, keys=KEYS[:3])
+    second = next(r for r in _runs_of(batched) if r != first)
+    assert storage.stored_materialization(first, name, KEYS[0]) is None
+    for record in batched.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("ranged"), asset_partitions=KEYS[:3]),
+        limit=3,
+    ).records:
+        assert record.run_id == second
+        kept = storage.stored_materialization(second, name, record.partition_key)
+        assert kept == (record.storage_id, record.timestamp)
+    assert storage.stored_materialization(second, name, KEYS[3]) is None
+
+
+def _verdict_event(instance: dg.DagsterInstance, run_id: str, key: str):
+    return next(
+        e
+        for e in instance.all_logs(run_id)
+        if e.dagster_event is not None
+        and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+        and e.dagster_event.event_specific_data.partition == key
+    )
+
+
+def test_a_held_verdict_without_a_planned_row_is_inserted(tmp_path, monkeypatch):
+    """The batched update of a range's verdicts handles what Dagster's one-at-a-time update
+    does when a verdict has no planned row: Dagster's method inserts one."""
+
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    home = prepare_dagster_home(tmp_path / "out")
+    batched = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
+    _run(batched, "checked_job", KEYS[:4])
+    run_id = _runs_of(batched)[0]
+    storage = batched.event_log_storage
+    # A verdict of a run that planned nothing: stored, and its execution row inserted.
+    orphan = _verdict_event(batched, run_id, KEYS[1])._replace(run_id="r-orphan")
+    paired = _verdict_event(batched, run_id, KEYS[2])._replace(run_id="r-orphan")
+    storage.store_event(orphan)
+    storage.store_event(paired)
+    storage.store_held_verdicts()
+    rows = [
+        r
+        for r in storage.get_asset_check_execution_history(CHECK, limit=100)
+        if r.run_id == "r-orphan"
+    ]
+    assert sorted(r.partition for r in rows) == [KEYS[1], KEYS[2]]
+    assert {r.status.value for r in rows} == {"SUCCEEDED"}  # keys 1 and 2: not a multiple of 3
+
+
+def test_a_ranges_verdicts_target_the_stored_materializations_without_reading_them_back(
+    tmp_path, monkeypatch
+):
+    """`class_batch` aims each class's verdict at the materialization just stored, from the
+    ids this storage kept of its batch: no query for them, the same targets."""
+    from dedup_assets.assets.class_batch import (
+        ClassOutcome,
+        class_asset,
+        class_check,
+        materialize_classes,
+    )
+    from dedup_assets.partitions import CLASS_DIM
+
+    verdict = class_check("small", "counted", "the class number is under 50")
+
+    @class_asset(
+        "counted", deps=[], description="", group_name="g", kinds={"python"}, check=verdict
+    )
+    def counted(context: dg.AssetExecutionContext):
+        def one(key, log):
+            number = int(key[1:])
+            return ClassOutcome({"number": number}, [] if number < 50 else ["50 or more"])
+
+        yield from materialize_classes(context, "counted", one, check="small")
+
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    home = prepare_dagster_home(tmp_path / "out")
+    batched = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
+    batched.add_dynamic_partitions(CLASS_DIM, KEYS)
+    fetches = {"n": 0}
+    original = dg.DagsterInstance.fetch_materializations
+
+    def counting(self, *args, **kwargs):
+        fetches["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(dg.DagsterInstance, "fetch_materializations", counting)
+    job = dg.Definitions(
+        assets=[counted], jobs=[dg.define_asset_job("counted_job", [counted])]
+    ).resolve_job_def("counted_job")
+    result = job.execute_in_process(
+        instance=batched,
+        tags={
+            "dagster/asset_partition_range_start": KEYS[0],
+            "dagster/asset_partition_range_end": KEYS[-1],
+        },
+        raise_on_error=False,
+    )
+    assert not result.success  # keys 50-59 fail their blocking check
+    assert fetches["n"] == 0
+    monkeypatch.setattr(dg.DagsterInstance, "fetch_materializations", original)
+    check = dg.AssetCheckKey(dg.AssetKey("counted"), "small")
+    history = batched.event_log_storage.get_asset_check_execution_history(check, limit=100)
+    assert sorted(r.partition for r in history) == KEYS
+    for record in batched.fetch_materializations(dg.AssetKey("counted"), limit=100).records:
+        row = next(r for r in history if r.partition == record.partition_key)
+        target = row.event.dagster_event.asset_check_evaluation_data.target_materialization_data
+        assert (target.storage_id, target.run_id, target.timestamp) == (
+            record.storage_id,
+            record.run_id,
+            record.timestamp,
+        )
+        assert row.status.value == ("SUCCEEDED" if int(record.partition_key[1:]) < 50 else "FAILED")

@@ -243,10 +243,22 @@ def _attach_class_metadata(
 def _latest_materializations(
     context: dg.AssetExecutionContext, asset: str, keys: list[str]
 ) -> dict[str, _Target]:
-    """Each class's newest materialization of `asset` (the one this step just recorded)."""
+    """Each class's newest materialization of `asset` (the one this step just recorded):
+    from what `dedup run`'s event storage kept of the batch it stored
+    (`BatchedSqliteEventLogStorage.stored_materialization`), else from the database (a
+    query and a deserialized record per class: 0.37 s of a 1,000-class run)."""
     out: dict[str, _Target] = {}
-    for at in range(0, len(keys), FETCH_CHUNK):
-        chunk = keys[at : at + FETCH_CHUNK]
+    storage = context.instance.event_log_storage
+    kept = getattr(storage, "stored_materialization", None)
+    if kept is not None:
+        name = dg.AssetKey(asset).to_string()
+        for key in keys:
+            found = kept(context.run_id, name, key)
+            if found is not None:
+                out[key] = _Target(storage_id=found[0], run_id=context.run_id, timestamp=found[1])
+    missing = [k for k in keys if k not in out]
+    for at in range(0, len(missing), FETCH_CHUNK):
+        chunk = missing[at : at + FETCH_CHUNK]
         records = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=chunk),
             limit=len(chunk),
