@@ -386,3 +386,18 @@ def test_nanmedian_over_rows_is_numpys(shape, missing):
         warnings.simplefilter("ignore", RuntimeWarning)
         expected = np.nanmedian(values, axis=1)
     assert np.array_equal(nanmedian_over_rows(values), expected, equal_nan=True)
+
+
+@pytest.mark.parametrize("n", [4, 20, 300, 1000])
+def test_a_class_that_loses_nothing_reads_its_own_kurtosis_in_every_draw(n):
+    """Nothing removed: every draw is the whole class, its kurtosis the class's own; no
+    random number is drawn, so the classes after it draw what they drew before."""
+    from dedup_assets.core.quality.statistics import _kurtosis_of_subsets
+
+    z = np.random.default_rng(n).standard_t(5, (n, 3))
+    rng = np.random.default_rng(0)
+    out = _kurtosis_of_subsets(z, n, 500, rng)
+    assert out.shape == (500, 3)
+    assert (out == out[0]).all()
+    np.testing.assert_allclose(out[0], excess_kurtosis(z), rtol=1e-9, atol=1e-12)
+    assert rng.random() == np.random.default_rng(0).random()

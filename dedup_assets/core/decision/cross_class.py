@@ -368,8 +368,7 @@ def _exact_slabs(
         r0, r1, b, grouped = tasks[i]
         s = _slab(xs, r0, r1, b, outputs)
         if grouped:  # each row's own class (the group's first columns) is no partner
-            own = np.searchsorted(starts, np.arange(r0, r1), side="right")
-            s[:, : r1 - r0][own[:, None] == own[None, :]] = -np.inf
+            _mask_own_classes(s, starts, ends, r0, r1)
         r_at = s.argmax(axis=1)
         return r_at, s[np.arange(r1 - r0), r_at], s.max(axis=0)
 
@@ -390,6 +389,17 @@ def _exact_slabs(
     best = np.where(own, row_best, top)
     at = np.where(own, row_at, -1)
     return best, at, np.where(own, -1, col_first)
+
+
+def _mask_own_classes(
+    s: np.ndarray, starts: np.ndarray, ends: np.ndarray, r0: int, r1: int
+) -> None:
+    """Set to -inf, in the slab `s` of rows r0:r1 against the columns from r0 on, each
+    row's similarities to its own class: the diagonal blocks of the whole classes the group
+    holds (a (rows x rows) mask of class labels was 0.4 s of a 1,000-class join)."""
+    first, last = np.searchsorted(starts, [r0, r1], side="left")
+    for a, b in zip(starts[first:last].tolist(), ends[first:last].tolist(), strict=True):
+        s[a - r0 : b - r0, a - r0 : b - r0] = -np.inf
 
 
 CELL_SIZE = 1024  # images per cell of the approximate join, on average
