@@ -573,3 +573,30 @@ def test_a_classs_keep_provenance_changes_only_with_its_own_overrides(tmp_path):
     both = _inputs({"cats": cats.digest, "dogs": ClassOverrides(keep=("dogs/d.png",)).digest})
     assert stale_classes(layout, both, thresholds) == ["dogs"]
     assert none.keep_list("0.95") != one.keep_list("0.95")  # the clean copy follows
+
+
+def test_current_inputs_make_each_record_once_and_hand_out_copies():
+    """The records a stage asks for again and again are made once: the same values as made
+    afresh, a caller's change to one not seen by the next caller."""
+    from dedup_assets.core.data.artifacts import digest, fit_provenance, latents_provenance
+
+    current = _inputs({"dogs": "o1"})
+    first = current.keep("dogs", "1%")
+    assert first == keep_provenance(
+        fit_provenance(latents_provenance("d2", "m"), current.settings),
+        current.settings,
+        "1%",
+        "",
+        "o1",
+    )
+    first["threshold"] = "changed by a caller"
+    assert current.keep("dogs", "1%")["threshold"] == "1%"
+    assert current.fit("cats") is not current.fit("cats")
+    assert current.keep_list("0.95")["classes"] == {
+        k: digest(current.keep(k, "0.95")) for k in ("cats", "dogs")
+    }
+    assert current.cross_class("0.95")["latents"] == {
+        k: digest(current.latents(k)) for k in ("cats", "dogs")
+    }
+    # Inputs that differ only in what was made so far are equal.
+    assert current == _inputs({"dogs": "o1"})

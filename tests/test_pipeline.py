@@ -185,6 +185,13 @@ def test_corrupt_file_quarantined_with_reason(tiny_run):
     assert "not a readable image" in bad["reason"][0]
     ok = catalog.filter(pl.col("status") == "ok")
     assert ok.height == catalog.height - 1
+    # Only the class with something to say keeps a quarantine file of its own; the
+    # dataset's list is its rows.
+    layout = tiny_run["layout"]
+    have = {k for k in tiny_run["outcome"].classes if layout.class_quarantine(k).exists()}
+    assert have == {bad["class_key"][0]}
+    listed = pl.read_csv(layout.quarantine)
+    assert "urban/broken.png" in listed["path"].to_list()  # beside the root's own entries
 
 
 def test_keep_lists_follow_the_contract(tiny_run):

@@ -223,7 +223,8 @@ def _decode_class(
         table_path, summary_text = tmp / layout.class_images(key).name, json.dumps(summary)
         catalog.table.write_parquet(table_path, metadata={CLASS_SUMMARY_KEY: summary_text})
         written = os.stat(table_path)
-        write_quarantine(catalog.quarantine, tmp / layout.class_quarantine(key).name)
+        if catalog.quarantine.height:  # most classes have none: no file (no part, to its reader)
+            write_quarantine(catalog.quarantine, tmp / layout.class_quarantine(key).name)
     written_catalog(layout, key, written, catalog.table, summary_text)
     for row in catalog.quarantine.iter_rows(named=True):
         context.log.warning(f"{row['action']} {row['path']}: {row['reason']}")
