@@ -300,3 +300,60 @@ def test_every_polars_read_of_the_package_takes_its_path_literally():
                 line = text.count("\n", 0, match.start()) + 1
                 missing.append(f"{source.relative_to(package.parent)}:{line}")
     assert not missing, "polars reads that glob their path: " + ", ".join(missing)
+
+
+@pytest.mark.parametrize("root", ROOTS)
+@pytest.mark.parametrize("classes", [0, 1, BATCHED_READ_MIN - 1, BATCHED_READ_MIN, len(KEYS)])
+def test_holding_a_ranges_catalogs_gives_what_reading_each_gives(tmp_path, root, classes):
+    """`hold_class_images`: one read of the range's small catalogs, then each class's
+    catalog and decoded images are what a read of its own file gives (quarantined rows,
+    a class with none decoded, another class's stray row all as they would be)."""
+    import json
+
+    from dedup_assets.core.data.artifacts import (
+        CLASS_SUMMARY_KEY,
+        HELD_CLASS_IMAGES,
+        catalog_images,
+        hold_class_images,
+        read_class_images,
+        read_decoded_images,
+    )
+
+    layout = _layout(tmp_path, root)
+    keys = sorted(KEYS[:classes])
+    sizes = {k: i + 1 for i, k in enumerate(keys)}
+    if keys:
+        sizes[keys[-1]] = HELD_CLASS_IMAGES  # a big class: left to its own read
+    for key in keys:
+        frame = _catalog(key, min(sizes[key], 5))
+        if key == keys[0]:  # a stray row of another class, as `catalog_images` filters it
+            frame = pl.concat([frame, _catalog("stray", 2).with_columns(pl.lit(3, pl.Int64).alias("row"))])
+        path = layout.class_images(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        summary = json.dumps({"images": sizes[key]})
+        frame.write_parquet(path, metadata={CLASS_SUMMARY_KEY: summary})
+    expected = {
+        k: (
+            artifacts._class_images(layout.class_images(k), k),
+            catalog_images(artifacts._class_images(layout.class_images(k), k), k),
+        )
+        for k in keys
+    }
+    STORED_READS.clear()
+    small = [k for k in keys if sizes[k] < HELD_CLASS_IMAGES]
+    held = hold_class_images(layout, [*keys, "not catalogued"])
+    assert held == (len(small) if len(small) >= BATCHED_READ_MIN else 0)
+    if held:  # nothing is read again
+        for key in small:
+            assert STORED_READS.peek(layout.class_images(key), f"decoded {key}") is not None
+        assert STORED_READS.peek(layout.class_images(keys[-1]), f"decoded {keys[-1]}") is None
+    for key in keys:
+        table, decoded = read_class_images(layout, key), read_decoded_images(layout, key)
+        assert table.equals(expected[key][0]) and table.schema == expected[key][0].schema
+        assert decoded.equals(expected[key][1]) and decoded.schema == expected[key][1].schema
+    # A catalog rewritten after the hold is read again.
+    if held:
+        key = small[0]
+        fresh = _catalog(key, 2)
+        fresh.write_parquet(layout.class_images(key))
+        assert read_class_images(layout, key).equals(fresh)

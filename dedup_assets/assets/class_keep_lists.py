@@ -9,6 +9,7 @@ from dedup_assets.assets.reference_pool import reference_pool
 from dedup_assets.assets.spline_fits import spline_fits
 from dedup_assets.core.data.artifacts import (
     class_summary,
+    hold_class_images,
     read_latent_ids,
     read_latents,
     write_table,
@@ -65,6 +66,9 @@ def build_class_keep_lists_asset(thresholds: Sequence[str]) -> dg.AssetsDefiniti
                 )
             return shared
 
+        hold_class_images(
+            layout, list(context.partition_keys)
+        )  # a range's small catalogs, one read
         grouped = _small_mirrors_together(
             layout,
             [k for k in context.partition_keys if k in current.class_digests],

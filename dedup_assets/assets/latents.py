@@ -20,6 +20,7 @@ from dedup_assets.assets.class_batch import (
 from dedup_assets.core.data.artifacts import (
     class_summary,
     file_digest,
+    hold_class_images,
     latents_provenance,
     open_pixels,
     read_decoded_images,
@@ -64,6 +65,7 @@ class ModelUnreadable(RuntimeError):
     "and the model's digest. Only images not encoded by the same model before are encoded.",
 )
 def class_latents(context: dg.AssetExecutionContext, compute: ComputeDevice, storage: DedupStorage):
+    hold_class_images(storage.layout(), list(context.partition_keys))  # small catalogs, one read
     encoder = _ClassEncoder(
         layout=storage.layout(),
         device=compute.torch_device(),
