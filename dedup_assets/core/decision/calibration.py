@@ -204,17 +204,18 @@ def _stored_mirrors(
 def latents_rows_pixels(layout: OutputLayout, key: str, at: np.ndarray) -> np.ndarray:
     """The uint8 pixels of rows `at` of class `key`'s latents table (the order mirrors are
     counted in), from the class's pixel store."""
-    rows = (
-        read_latent_ids(layout.latents(key))
-        .select("image_id")
-        .join(
-            read_decoded_images(layout, key).select("image_id", "row"),
-            on="image_id",
-            how="left",
-            maintain_order="left",
-        )["row"]
-        .to_numpy()
-    )
+    ids = read_latent_ids(layout.latents(key))["image_id"]
+    decoded = read_decoded_images(layout, key)
+    if ids.equals(decoded["image_id"]):  # as the latents are written: the catalog's order
+        rows = decoded["row"].to_numpy()
+    else:  # a join (0.4 ms a class of 20, 0.4 s of 1,000 classes' mirrors)
+        rows = (
+            ids.to_frame()
+            .join(
+                decoded.select("image_id", "row"), on="image_id", how="left", maintain_order="left"
+            )["row"]
+            .to_numpy()
+        )
     return pixels_of_rows(layout, key, rows[np.asarray(at, dtype=np.int64)])
 
 
