@@ -134,3 +134,67 @@ def test_the_dataset_quarantine_list_is_every_part_s_rows(tmp_path, with_rows):
     expected = pl.concat([pl.read_csv(p, schema=QUARANTINE_SCHEMA) for p in parts]).sort("path")
     assert got.equals(expected) and got.height == 2 * len(with_rows)
     assert pl.read_csv(tmp_path / "all.csv", schema=QUARANTINE_SCHEMA).equals(expected)
+
+
+@pytest.mark.parametrize("kind", ["none", "one", "two", "all broken", "mixed"])
+def test_a_catalog_decoded_at_once_is_built_as_a_merged_one_is(tmp_path, kind):
+    """A class decoded whole is built in one construction (`_decoded_table`); the builder
+    of a catalog that reuses rows (`_merged_table`) makes the same table from the same rows:
+    ids, rows (none for a quarantined file), split, names, paths, notes."""
+    from dedup_assets.core.data.class_catalog import _DECODED_SCHEMA, _merged_table
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    if kind in ("one", "two", "mixed"):
+        for i in range(1 if kind == "one" else 2):
+            _png(folder / f"{i} é,x.png", i)
+    if kind in ("all broken", "mixed"):
+        (folder / "a_broken.png").write_bytes(b"\x89PNG not really")
+        (folder / "e_empty.jpg").write_bytes(b"")
+    if kind == "mixed":
+        frames = [Image.new("RGB", (20, 20), (40 * i, 0, 0)) for i in range(3)]
+        frames[0].save(folder / "g.gif", save_all=True, append_images=frames[1:])  # a note
+        _png(folder / "1.png", 0)  # a copy of 0's pixels
+    scan = scan_class_folder(tmp_path, b"c")
+    cat = update_class_catalog(tmp_path, scan, None, None, max_file_bytes=LIMIT)
+    files = scan.files
+    listing = pl.DataFrame(
+        {"raw_path": [f.raw_path for f in files], "mtime": [f.mtime_ns for f in files]},
+        schema={"raw_path": pl.Binary, "mtime": pl.Int64},
+    )
+    merged = cat.table.select([c for c in _DECODED_SCHEMA if c != "at"]).with_row_index("at")
+    key, name = files[0].class_key if files else "c", files[0].class_name if files else "c"
+    again = _merged_table(key, name, [f.rel_path for f in files], listing, merged)
+    assert cat.table.equals(again) and cat.table.schema == again.schema
+    ok = cat.table["status"] == "ok"
+    assert cat.table.filter(ok)["row"].to_list() == list(range(int(ok.sum())))
+    assert cat.table.filter(~ok)["row"].null_count() == int((~ok).sum())
+    if kind == "mixed":
+        assert cat.table["note"].null_count() < cat.table.height
+
+
+def test_the_content_digest_is_the_one_polars_sorting_made():
+    """`class_content_digest` orders paths as polars does (code points: UTF-8 bytes), so
+    every catalog written before keeps its digest (else every class would look changed)."""
+    import hashlib
+
+    from dedup_assets.core.data.class_catalog import class_content_digest
+
+    names = ["b.png", "B.png", "é.png", "e\u0301.png", "z/a.png", "ß", "\uffff", "😀.jpg", "a b"]
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        order = rng.permutation(len(names))
+        table = pl.DataFrame(
+            {
+                "image_id": [f"id{i}" for i in order],
+                "pixel_hash": [f"px{i * 7 % 5}" for i in order],
+                "path": [names[i] for i in order],
+                "status": ["ok" if (i + trial) % 4 else "quarantined" for i in order],
+            }
+        )
+        ok = table.filter(pl.col("status") == "ok").sort("path")
+        h = hashlib.sha1()
+        for image_id, px, path in ok.select("image_id", "pixel_hash", "path").iter_rows():
+            h.update(f"{image_id}\0{px}\0{path}\n".encode())
+        assert class_content_digest(table) == h.hexdigest()[:16]
+    assert class_content_digest(table.clear()) == hashlib.sha1().hexdigest()[:16]
