@@ -327,7 +327,9 @@ def test_holding_a_ranges_catalogs_gives_what_reading_each_gives(tmp_path, root,
     for key in keys:
         frame = _catalog(key, min(sizes[key], 5))
         if key == keys[0]:  # a stray row of another class, as `catalog_images` filters it
-            frame = pl.concat([frame, _catalog("stray", 2).with_columns(pl.lit(3, pl.Int64).alias("row"))])
+            frame = pl.concat(
+                [frame, _catalog("stray", 2).with_columns(pl.lit(3, pl.Int64).alias("row"))]
+            )
         path = layout.class_images(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         summary = json.dumps({"images": sizes[key]})
