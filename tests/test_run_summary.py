@@ -168,11 +168,18 @@ def test_a_budget_says_which_classes_it_could_not_be_read_on():
     """Classes whose budget had nothing to be read on (`calibrated_on` "none": too few images
     of their own and in the run's other classes) lost exact copies only: the last screen
     counts them, and says a budget's own condition for its space beside the fit's."""
-    keep = _classes(("", "a", 30, "phash"), ("", "b", 20, "phash"), ("", "c", 150, "whitened"))
+    keep = _classes(
+        ("", "a", 30, "phash"),
+        ("", "b", 20, "phash"),
+        ("", "c", 150, "whitened"),
+        ("", "d", 1, "phash"),
+    )
     keep = keep.with_columns(
-        pl.Series("calibrated_on", ["none"] * 30 + ["none"] * 20 + ["class"] * 150)
+        pl.Series("calibrated_on", ["none"] * 30 + ["none"] * 20 + ["class"] * 150 + ["none"])
     )
     counts = ThresholdCounts.of("1%", keep, None, "whitened")
+    # d, a class of one image, has nothing to remove and no pair to read a budget for: not
+    # among the classes the budget could not be read on (the run's others had 200 images).
     assert counts.unread == (2, 50)
     assert counts.unread_line() == (
         "budget 1%: 2 classes (50 images) had too few images, of their own and in the run's "

@@ -265,14 +265,16 @@ def _spaces(keep: pl.DataFrame, space: str | None) -> dict:
 
 
 def _unread(keep: pl.DataFrame) -> tuple[int, int]:
-    """(classes, images) whose budget had nothing to be read on (`calibrated_on` "none")."""
+    """(classes, images) whose budget had nothing to be read on (`calibrated_on` "none"); a
+    class of one image is not among them: it has nothing to remove, and no pair to read a
+    budget for (`calibration.class_budgets` records it "none" too)."""
     if not {"class", "calibrated_on"} <= set(keep.columns):
         return (0, 0)
     by = [c for c in ("split", "class") if c in keep.columns]
     none = (
         keep.group_by(by)
         .agg(pl.col("calibrated_on").first(), pl.len().alias("images"))
-        .filter(pl.col("calibrated_on") == "none")
+        .filter((pl.col("calibrated_on") == "none") & (pl.col("images") >= 2))
     )
     return (none.height, int(none["images"].sum()))
 
