@@ -205,11 +205,8 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         rows = [self._event_to_row(event) for event in events]
         with connect(events[0].run_id) as conn:
             conn.execute(SqlEventLogStorageTable.insert(), rows)
-        returning = SqlEventLogStorageTable.insert().returning(
-            SqlEventLogStorageTable.c.id, sort_by_parameter_order=True
-        )
         with connect(INDEX_SHARD_NAME) as conn:
-            ids = [int(i) for i in conn.execute(returning, rows).scalars()]
+            ids = _insert_returning_ids(conn, rows)
             if len(ids) != len(rows):
                 raise DagsterInvariantViolationError(
                     f"stored {len(rows)} events in the index, {len(ids)} ids came back"
@@ -290,6 +287,19 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         if found is None or found[1] != run_id:
             return None
         return found[0], found[2]
+
+
+def _insert_returning_ids(conn: Any, rows: list[dict]) -> list[int]:
+    """Insert event rows into the index, returning their ids in order: one statement where
+    SQLite has RETURNING (3.35 on), else one insert a row (an older SQLite, e.g. Ubuntu
+    20.04's 3.31, where SQLAlchemy turns RETURNING off)."""
+    table = SqlEventLogStorageTable
+    if not conn.dialect.insert_returning:
+        return [
+            int(conn.execute(table.insert().values(**row)).inserted_primary_key[0]) for row in rows
+        ]
+    returning = table.insert().returning(table.c.id, sort_by_parameter_order=True)
+    return [int(i) for i in conn.execute(returning, rows).scalars()]
 
 
 def _last_of_each_kind(events: Sequence[EventLogEntry]) -> list[int]:

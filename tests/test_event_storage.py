@@ -465,3 +465,22 @@ def test_a_ranges_verdicts_target_the_stored_materializations_without_reading_th
             record.timestamp,
         )
         assert row.status.value == ("SUCCEEDED" if int(record.partition_key[1:]) < 50 else "FAILED")
+
+
+def test_a_batch_is_stored_the_same_where_sqlite_has_no_returning(tmp_path, monkeypatch):
+    """An SQLite before 3.35 has no RETURNING (SQLAlchemy turns it off): the batch's index
+    rows go in one at a time, with the same ids and the same reads back."""
+    from sqlalchemy.dialects.sqlite.base import SQLiteDialect
+
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    monkeypatch.setattr(SQLiteDialect, "insert_returning", False)
+    home = prepare_dagster_home(tmp_path / "out")
+    batched = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
+    _run(batched)
+    expected = {k: {"key": k, "square": int(k[1:]) ** 2} for k in KEYS}
+    assert _stored(batched) == expected
+    run_id = _runs_of(batched)[0]
+    name = dg.AssetKey("ranged").to_string()
+    for record in batched.fetch_materializations(dg.AssetKey("ranged"), limit=1000).records:
+        kept = batched.event_log_storage.stored_materialization(run_id, name, record.partition_key)
+        assert kept == (record.storage_id, record.timestamp)
