@@ -61,6 +61,7 @@ from dagster._serdes import serialize_value
 MODULE = __name__
 CLASS = "BatchedSqliteEventLogStorage"
 HELD_VERDICTS = 1_000  # verdicts held at most before they are written
+IN_CHUNK = 500  # ids in one IN (...): an SQLite before 3.32 binds at most 999 values
 
 
 class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
@@ -184,13 +185,16 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         # Rare: a verdict with no planned row, which Dagster's method inserts (the table's
         # unique index on asset, check, run and partition allows no second planned row).
         # Which ones, by the storage ids just written.
-        written = set(
-            conn.execute(
-                db.select(table.c.evaluation_event_storage_id).where(
-                    table.c.evaluation_event_storage_id.in_([i for _, i, _ in verdicts])
-                )
-            ).scalars()
-        )
+        ids = [i for _, i, _ in verdicts]
+        written: set[int] = set()
+        for at in range(0, len(ids), IN_CHUNK):
+            written.update(
+                conn.execute(
+                    db.select(table.c.evaluation_event_storage_id).where(
+                        table.c.evaluation_event_storage_id.in_(ids[at : at + IN_CHUNK])
+                    )
+                ).scalars()
+            )
         for event, event_id, _ in verdicts:
             if event_id not in written:
                 self.store_asset_check_event(event, event_id)

@@ -382,6 +382,7 @@ def test_a_held_verdict_without_a_planned_row_is_inserted(tmp_path, monkeypatch)
     does when a verdict has no planned row: Dagster's method inserts one."""
 
     monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    monkeypatch.setattr(event_storage, "IN_CHUNK", 1)  # the look-up in several queries too
     home = prepare_dagster_home(tmp_path / "out")
     batched = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
     _run(batched, "checked_job", KEYS[:4])
