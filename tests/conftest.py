@@ -1,4 +1,5 @@
-"""Shared helpers: the real `dedup` command in a subprocess, and tree digests."""
+"""Shared helpers: the real `dedup` command in a subprocess, tree digests, and a class
+catalog table to write as test data."""
 
 import hashlib
 import os
@@ -121,3 +122,42 @@ def pytest_collection_modifyitems(config, items):
     """Slow files first (SLOW_FIRST), each file's tests in their own order."""
     rank = {name: at for at, name in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
+
+
+def catalog_frame(
+    key: str,
+    status: list[str],
+    row: list[int | None],
+    *,
+    image_id: str = "{key}-{i:04d}",
+    width: int = 32,
+):
+    """A class catalog (`CATALOG_SCHEMA`) of len(status) files `key/<i>.png`: the given
+    status (a quarantined file's reason "corrupt") and pixel-store rows, the rest filler."""
+    import polars as pl
+
+    from dedup_assets.core.data.class_catalog import CATALOG_SCHEMA
+
+    n = len(status)
+    return pl.DataFrame(
+        {
+            "image_id": [image_id.format(key=key, i=i) for i in range(n)],
+            "split": ["all"] * n,
+            "class": [key] * n,
+            "class_key": [key] * n,
+            "path": [f"{key}/{i}.png" for i in range(n)],
+            "raw_path": [f"{key}/{i}.png".encode() for i in range(n)],
+            "size_bytes": list(range(n)),
+            "mtime_ns": list(range(n)),
+            "width": [width] * n,
+            "height": [width] * n,
+            "mode": ["RGB"] * n,
+            "content_hash": [f"c{i}" for i in range(n)],
+            "pixel_hash": [f"p{i}" for i in range(n)],
+            "status": status,
+            "reason": [None if s == "ok" else "corrupt" for s in status],
+            "note": [None] * n,
+            "row": row,
+        },
+        schema=CATALOG_SCHEMA,
+    )

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from conftest import catalog_frame
 
 from dedup_assets.core.data import artifacts
 from dedup_assets.core.data.artifacts import (
@@ -29,26 +30,7 @@ ROOTS = ["out", "out [1]", "o%41 #;'é", "*?"]
 
 
 def _catalog(key: str, n: int, *, with_split: bool = True) -> pl.DataFrame:
-    rows = {
-        "image_id": [f"{key}-{i:04d}" for i in range(n)],
-        "split": ["all"] * n,
-        "class": [key] * n,
-        "class_key": [key] * n,
-        "path": [f"{key}/{i}.png" for i in range(n)],
-        "raw_path": [f"{key}/{i}.png".encode() for i in range(n)],
-        "size_bytes": list(range(n)),
-        "mtime_ns": list(range(n)),
-        "width": [32] * n,
-        "height": [32] * n,
-        "mode": ["RGB"] * n,
-        "content_hash": [f"c{i}" for i in range(n)],
-        "pixel_hash": [f"p{i}" for i in range(n)],
-        "status": ["ok" if i % 3 else "quarantined" for i in range(n)],
-        "reason": [None if i % 3 else "corrupt" for i in range(n)],
-        "note": [None] * n,
-        "row": list(range(n)),
-    }
-    frame = pl.DataFrame(rows, schema=CATALOG_SCHEMA)
+    frame = catalog_frame(key, ["ok" if i % 3 else "quarantined" for i in range(n)], list(range(n)))
     return frame if with_split else frame.drop("split")
 
 

@@ -222,38 +222,17 @@ def test_mirror_pixels_are_those_of_the_latents_rows_in_either_order(tmp_path, o
     """`latents_rows_pixels`: the pixels of the latents table's rows `at`, whether the table
     is in the catalog's order (as written: no join) or not (an older file: joined by id)."""
     import polars as pl
+    from conftest import catalog_frame
 
     from dedup_assets.core.data.artifacts import STORED_READS, write_latents
-    from dedup_assets.core.data.class_catalog import CATALOG_SCHEMA
     from dedup_assets.core.decision.calibration import latents_rows_pixels
 
     STORED_READS.clear()
     layout = OutputLayout(tmp_path / "out")
-    key, n = "k", 7
+    key = "k"
     status = ["ok", "ok", "quarantined", "ok", "ok", "ok", "ok"]
     store_row = [0, 1, None, 5, 2, 3, 4]  # pixel-store rows, not in file order
-    catalog = pl.DataFrame(
-        {
-            "image_id": [f"i{j}" for j in range(n)],
-            "split": ["all"] * n,
-            "class": [key] * n,
-            "class_key": [key] * n,
-            "path": [f"{key}/{j}.png" for j in range(n)],
-            "raw_path": [f"{key}/{j}.png".encode() for j in range(n)],
-            "size_bytes": [1] * n,
-            "mtime_ns": [1] * n,
-            "width": [64] * n,
-            "height": [64] * n,
-            "mode": ["RGB"] * n,
-            "content_hash": [f"c{j}" for j in range(n)],
-            "pixel_hash": [f"p{j}" for j in range(n)],
-            "status": status,
-            "reason": [None if s == "ok" else "corrupt" for s in status],
-            "note": [None] * n,
-            "row": store_row,
-        },
-        schema=CATALOG_SCHEMA,
-    )
+    catalog = catalog_frame(key, status, store_row, image_id="i{i}", width=64)
     layout.class_images(key).parent.mkdir(parents=True, exist_ok=True)
     catalog.write_parquet(layout.class_images(key))
     pixels = np.stack([np.full((64, 64, 3), 10 * r, np.uint8) for r in range(6)])
