@@ -117,17 +117,15 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
             with self._inserted(events, super()._connect) as (conn, ids, rows):
                 self._open.index = conn
                 try:
-                    ranged = [
-                        at
-                        for at, event in enumerate(events)
-                        if event.get_dagster_event().event_specific_data.partition is not None
-                    ]
-                    self._update_partition_verdicts(
-                        conn, [(events[at], ids[at], rows[at]["event"]) for at in ranged]
-                    )
-                    alone = set(range(len(events))) - set(ranged)
-                    for at in sorted(alone):
-                        self.store_asset_check_event(events[at], ids[at])
+                    ranged, alone = [], []
+                    for event, event_id, row in zip(events, ids, rows, strict=True):
+                        if event.get_dagster_event().event_specific_data.partition is None:
+                            alone.append((event, event_id))
+                        else:
+                            ranged.append((event, event_id, row["event"]))
+                    self._update_partition_verdicts(conn, ranged)
+                    for event, event_id in alone:
+                        self.store_asset_check_event(event, event_id)
                 finally:
                     self._open.index = None
 
