@@ -9,13 +9,15 @@ from typing import Any
 import dagster as dg
 
 
-def md_image(png: bytes, alt: str = "figure") -> str:
-    """Markdown embedding a PNG inline, which the Dagster UI renders."""
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+def md_image(figure: bytes, alt: str = "figure") -> str:
+    """Markdown embedding a PNG or SVG figure inline, which the Dagster UI renders (its
+    Markdown allows `data:` image sources)."""
+    kind = "svg+xml" if figure.lstrip()[:4] == b"<svg" else "png"
+    return f"![{alt}](data:image/{kind};base64,{base64.b64encode(figure).decode('ascii')})"
 
 
-def image_metadata(png: bytes, alt: str) -> dg.MetadataValue:
-    return dg.MetadataValue.md(md_image(png, alt))
+def image_metadata(figure: bytes, alt: str) -> dg.MetadataValue:
+    return dg.MetadataValue.md(md_image(figure, alt))
 
 
 def _cell(value: Any) -> str:

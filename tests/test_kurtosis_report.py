@@ -58,9 +58,9 @@ def test_report_states_reduction_entropy_and_figures():
     for c in (1, 2, 3):
         assert (report.entropy[f"h{c}_after"] > report.entropy[f"h{c}_before"]).all()
     assert sorted(report.figures) == sorted(
-        [f"kurtosis_pc{c}.png" for c in (1, 2, 3)] + [f"density_pc{c}.png" for c in (1, 2, 3)]
+        [f"kurtosis_pc{c}.svg" for c in (1, 2, 3)] + [f"density_pc{c}.svg" for c in (1, 2, 3)]
     )
-    assert all(png[:4] == b"\x89PNG" for png in report.figures.values())
+    assert all(svg.startswith(b"<svg") for svg in report.figures.values())
     summary = report.summary("0.95")
     assert summary["images_before"] == 2250 and summary["images_after"] == 1500
     assert all(v > 0 for v in summary["entropy_change"])
@@ -118,7 +118,8 @@ def test_density_figures_show_at_most_a_dozen_classes_those_that_moved_most():
     shown = _ridge_classes(report.entropy, 1)
     assert len(shown) == MAX_RIDGES
     assert {f"c{c:02d}" for c in range(0, 20, 4)} <= set(shown)
-    assert report.figures["density_pc1.png"][:4] == b"\x89PNG"
+    ridges = report.figures["density_pc1.svg"]
+    assert ridges.startswith(b"<svg") and ridges.count(b"<polyline") == 2 * MAX_RIDGES
     assert _ridge_classes(report.entropy.head(5), 1) == [f"c{c:02d}" for c in range(5)]
 
 

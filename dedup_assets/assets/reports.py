@@ -163,8 +163,8 @@ def build_report_assets(
         summary = report.summary(threshold) | {"keep_list": digest(provenance)}
         with atomic_dir(layout.report_dir(threshold)) as tmp:
             (tmp / "report.md").write_text(report.markdown)
-            for name, png in report.figures.items():
-                (tmp / name).write_bytes(png)
+            for name, figure in report.figures.items():
+                (tmp / name).write_bytes(figure)
             report.table.join(report.entropy, on="class").write_csv(tmp / "per_class.csv")
             (tmp / layout.report_summary(threshold).name).write_text(json.dumps(summary, indent=2))
         metadata = {
@@ -178,10 +178,10 @@ def build_report_assets(
             metadata[f"pc{c}_intercept"] = reg.intercept
             metadata[f"pc{c}_classes_reduced"] = reg.fraction_reduced
             metadata[f"pc{c}_figure"] = dg.MetadataValue.md(
-                md_image(report.figures[f"kurtosis_pc{c}.png"])
+                md_image(report.figures[f"kurtosis_pc{c}.svg"])
             )
             metadata[f"pc{c}_densities"] = dg.MetadataValue.md(
-                md_image(report.figures[f"density_pc{c}.png"])
+                md_image(report.figures[f"density_pc{c}.svg"])
             )
         context.log.info(
             f"T={threshold}: gate {report.gate.severity.upper()}; Theil-Sen "

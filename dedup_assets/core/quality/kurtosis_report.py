@@ -404,13 +404,13 @@ def build_report(
     labels = measured["class"].to_list()
     figures = {}
     for c, reg in enumerate(gate.regressions):
-        figures[f"kurtosis_pc{c + 1}.png"] = plots.kurtosis_scatter(
+        figures[f"kurtosis_pc{c + 1}.svg"] = plots.kurtosis_scatter(
             before[:, c], after[:, c], labels, reg, threshold
         )
     joined = scores.join(keep.select("image_id", "kept"), on="image_id")
     for c in range(3):
         shown = _ridge_classes(entropy, c + 1)
-        figures[f"density_pc{c + 1}.png"] = _density_ridges(
+        figures[f"density_pc{c + 1}.svg"] = _density_ridges(
             joined.filter(pl.col("class").is_in(shown)), c, threshold, bin_rule, entropy.height
         )
 

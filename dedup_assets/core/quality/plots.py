@@ -1,4 +1,5 @@
-"""Figures for the UI and the reports, rendered off-screen to PNG bytes."""
+"""Figures for the UI and the reports: pictures of images and the evaluation's curves as PNG
+bytes (Matplotlib, off-screen), the density and kurtosis figures as SVG (`svg_figure`)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dedup_assets.core.density.spline import SplineDensity1D  # noqa: E402
 from dedup_assets.core.quality.statistics import ComponentRegression  # noqa: E402
+from dedup_assets.core.quality.svg_figure import (  # noqa: E402
+    BLUE,
+    GRAY,
+    MONO,
+    ORANGE,
+    RED,
+    SvgFigure,
+)
 
 DPI = 80
 MAX_HISTOGRAM_BINS = 80
-
-
-def _few_ticks(ax, x: int = 5, y: int = 4) -> None:
-    """At most x and y labelled ticks on a small panel: a tick label is text drawn glyph by
-    glyph, and the default locator put up to 9 on each axis of the marginal densities'
-    panels (measured in pairs, the figure took 0.61 of the time with these)."""
-    ax.xaxis.set_major_locator(MaxNLocator(x))
-    ax.yaxis.set_major_locator(MaxNLocator(y))
 
 
 def _png(fig, tight: bool = True) -> bytes:
@@ -121,30 +120,37 @@ def duplicate_pairs(
 def marginal_densities(
     fits: Sequence[SplineDensity1D], samples: Sequence[np.ndarray], title: str
 ) -> bytes:
-    """Spline densities of the leading components over the histogram of their scores."""
-    fig, axes = plt.subplots(1, len(fits), figsize=(3.2 * len(fits), 2.6), squeeze=False)
+    """Spline densities of the leading components over the histogram of their scores (SVG:
+    `svg_figure`)."""
+    cell, left, top, height = 250.0, 44.0, 44.0, 130.0
+    fig = SvgFigure(cell * max(len(fits), 1) + 8, top + height + 30)
+    fig.text(fig.width / 2, 15, title, 9, "middle")
     for k, (fit, x) in enumerate(zip(fits, samples, strict=True)):
-        ax = axes[0][k]
         lo, hi = fit.support
         t = np.linspace(lo, hi, 400)
-        ax.hist(
-            x,
+        density = fit.pdf(t)
+        x = np.asarray(x, float)
+        counts, edges = np.histogram(
+            x[np.isfinite(x)],
             bins=min(fit.nodes.size, MAX_HISTOGRAM_BINS),
             range=(fit.nodes[0] - fit.step / 2, fit.nodes[-1] + fit.step / 2),
             density=True,
-            histtype="stepfilled",  # one patch, not one per bar
-            alpha=0.35,
-            color="tab:gray",
-            label="histogram",
         )
-        ax.plot(t, fit.pdf(t), color="tab:blue", label="spline S2")
-        ax.set_title(f"PC{k + 1}", fontsize=9)
-        ax.tick_params(labelsize=7)
-        _few_ticks(ax)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.12, top=0.8, wspace=0.25)
-    return _png(fig, tight=False)
+        peak = max(float(density.max(initial=0.0)), float(counts.max(initial=0.0)), 1e-12)
+        panel = fig.panel(
+            k * cell + left,
+            top,
+            cell - left - 14,
+            height,
+            (min(lo, float(edges[0])), max(hi, float(edges[-1]))),
+            (0.0, 1.05 * peak),
+        )
+        panel.area(np.repeat(edges, 2), np.r_[0.0, np.repeat(counts, 2), 0.0], GRAY)
+        panel.line(t, density, BLUE)
+        panel.frame(title=f"PC{k + 1}")
+        if k == 0:
+            panel.legend([("histogram", GRAY, "area"), ("spline S2", BLUE, "line")])
+    return fig.to_bytes()
 
 
 def density_panels(
@@ -153,14 +159,22 @@ def density_panels(
     threshold: str,
     note: str = "",
 ) -> bytes:
-    """One component's spline density before and after removal, one ridge per class.
+    """One component's spline density before and after removal, one ridge per class (SVG).
 
     Each class's scores are shown in units of its own before-removal standard deviation
-    around its mean (class axes differ in scale), each ridge scaled to its before-peak. One
-    axes for every class: ten small axes took 0.7 s a figure, most of a report's time."""
+    around its mean (class axes differ in scale), each ridge scaled to its before-peak."""
     n = max(len(panels), 1)
-    fig, ax = plt.subplots(figsize=(7.0, 0.55 * n + 1.3))
-    for row, (name, before, after) in enumerate(reversed(list(panels))):
+    row, left, width = 40.0, 250.0, 420.0
+    heading = [
+        f"PC{component}: spline density of each class before and after removal, T = {threshold}",
+        "H: differential entropy of the density, in nats (higher = less peaked)",
+        *([note] if note else []),
+    ]
+    top = 14.0 + 12.0 * len(heading)
+    fig = SvgFigure(left + width + 20, top + row * n + 44)
+    fig.text(left + width / 2, 14, "\n".join(heading), 8, "middle")
+    panel = fig.panel(left, top, width, row * n, (-4.0, 4.0), (-0.1, n + 0.1))
+    for k, (name, before, after) in enumerate(reversed(list(panels))):
         lo = min(before.support[0], after.support[0])
         hi = max(before.support[1], after.support[1])
         t = np.linspace(lo, hi, 300)
@@ -171,41 +185,23 @@ def density_panels(
         sd = float(np.sqrt(max(((t - mean) ** 2 * p_before).sum() * dt / mass, 1e-24)))
         z = (t - mean) / sd
         scale = 0.9 / max(float(p_before.max()), float(p_after.max()), 1e-12)
-        ax.plot(z, row + p_before * scale, lw=1.0, color="tab:blue")
-        ax.plot(z, row + p_after * scale, lw=1.0, color="tab:orange")
-        ax.text(
-            -4.1,
-            row + 0.15,
+        panel.line(z, k + p_before * scale, BLUE, 1.0)
+        panel.line(z, k + p_after * scale, ORANGE, 1.0)
+        panel.label(
+            -4.0,
+            k + 0.15,
             f"{name}  H {before.entropy():.2f} -> {after.entropy():.2f}",
-            fontsize=6,
-            ha="right",
+            7,
+            dx=-6,
+            anchor="end",
         )
-    ax.set_xlim(-4, 4)
-    ax.set_ylim(-0.1, n + 0.1)
-    ax.set_yticks([])
-    ax.set_xlabel(
-        f"PC{component} score, in standard deviations of the class before removal", fontsize=7
+    panel.frame(
+        xlabel=f"PC{component} score, in standard deviations of the class before removal",
+        yticks=0,
+        sides="b",
     )
-    ax.tick_params(labelsize=6)
-    for side in ("left", "right", "top"):
-        ax.spines[side].set_visible(False)
-    ax.legend(
-        handles=[
-            Line2D([], [], color="tab:blue", label="before removal"),
-            Line2D([], [], color="tab:orange", label="after removal"),
-        ],
-        loc="upper right",
-        fontsize=6,
-        frameon=False,
-    )
-    ax.set_title(
-        f"PC{component}: spline density of each class before and after removal, T = {threshold}"
-        "\nH: differential entropy of the density, in nats (higher = less peaked)"
-        + (f"\n{note}" if note else ""),
-        fontsize=8,
-    )
-    fig.subplots_adjust(left=0.3, right=0.98, bottom=0.55 / (0.55 * n + 1.3) + 0.05, top=0.86)
-    return _png(fig, tight=False)
+    panel.legend([("before removal", BLUE, "line"), ("after removal", ORANGE, "line")])
+    return fig.to_bytes()
 
 
 KEYED = 30  # classes named beside a kurtosis scatter
@@ -218,53 +214,49 @@ def kurtosis_scatter(
     reg: ComponentRegression,
     threshold: str,
 ) -> bytes:
-    """The paper's figures 1-3: kurtosis after vs before, Theil-Sen line and y = x.
+    """The paper's figures 1-3: kurtosis after vs before, Theil-Sen line and y = x (SVG).
 
     Points carry numbers and the classes are listed beside the plot, so names never overlap;
-    only the classes named in the key (the first KEYED) are numbered: a number per point
-    cost 1.5 ms, 8 s a figure for 5,000 classes; the others are plain points.
+    only the classes named in the key (the first KEYED) are numbered, the others are plain
+    points (one path for all of them: 5,000 classes stay a small figure).
     """
-    fig, (ax, key) = plt.subplots(1, 2, figsize=(6.2, 3.6), gridspec_kw={"width_ratios": [3, 1.3]})
+    fig = SvgFigure(620, 360)
     ok = np.isfinite(before) & np.isfinite(after)
-    ax.scatter(before[ok], after[ok], s=18, color="tab:blue", zorder=3)
+    xb, ya = np.asarray(before, float)[ok], np.asarray(after, float)[ok]
+    if ok.any():
+        lo, hi = float(min(xb.min(), ya.min())), float(max(xb.max(), ya.max()))
+        pad = 0.05 * (hi - lo + 1e-9)
+        lo, hi = lo - pad, hi + pad
+    else:
+        lo, hi = 0.0, 1.0
+    panel = fig.panel(62, 30, 360, 270, (lo, hi), (lo, hi))
+    panel.frame(
+        xlabel="excess kurtosis before removal",
+        ylabel="excess kurtosis after removal",
+        title=f"PC{reg.component}, T = {threshold}",
+        grid=True,
+    )
+    keyed: list[tuple[str, str, str]] = []
+    if ok.any():
+        t = np.array([lo, hi])
+        panel.line(t, t, GRAY, 1.0, dash="4 2")
+        keyed.append(("y = x (no change)", GRAY, "dash"))
+        if np.isfinite(reg.slope):
+            panel.line(t, reg.slope * t + reg.intercept, RED, 1.2)
+            keyed.append((f"Theil-Sen {reg.equation()}", RED, "line"))
+    panel.points(xb, ya, BLUE)
     numbered = [(i + 1, lab) for i, lab in enumerate(np.asarray(labels)[ok])]
     shown = numbered[:KEYED]
-    for (number, _), x, y in zip(shown, before[ok], after[ok], strict=False):
-        ax.annotate(str(number), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    if ok.any():
-        lo = float(min(before[ok].min(), after[ok].min()))
-        hi = float(max(before[ok].max(), after[ok].max()))
-        pad = 0.05 * (hi - lo + 1e-9)
-        t = np.linspace(lo - pad, hi + pad, 10)
-        ax.plot(t, t, "--", color="gray", label="y = x (no change)")
-        if np.isfinite(reg.slope):
-            ax.plot(
-                t,
-                reg.slope * t + reg.intercept,
-                color="tab:red",
-                label=f"Theil-Sen {reg.equation()}",
-            )
-    ax.set_xlabel("excess kurtosis before removal")
-    ax.set_ylabel("excess kurtosis after removal")
-    ax.set_title(f"PC{reg.component}, T = {threshold}", fontsize=9)
-    # "best" placement scans every point: a fixed corner when there are many; no legend
-    # when nothing was drawn (no class with a finite kurtosis: Matplotlib would warn)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best" if len(numbered) <= KEYED else "upper left")
-    ax.grid(alpha=0.3)
-    key.axis("off")
-    key.text(
-        0,
-        1,
-        "\n".join(f"{n}  {name[:22]}" for n, name in shown)
-        + (f"\n... and {len(numbered) - len(shown)} more" if len(numbered) > len(shown) else ""),
-        fontsize=6,
-        va="top",
-        family="monospace",
-    )
-    # Fixed margins instead of a tight bounding box (which draws the figure twice).
-    fig.subplots_adjust(left=0.1, right=0.99, bottom=0.14, top=0.91, wspace=0.05)
-    return _png(fig, tight=False)
+    for (number, _), x, y in zip(shown, xb.tolist(), ya.tolist(), strict=False):
+        panel.label(x, y, str(number), 6, dx=3, dy=-3)
+    if keyed:
+        panel.legend(keyed, corner="upper left")
+    lines = [f"{n}  {str(name)[:22]}" for n, name in shown]
+    if len(numbered) > len(shown):
+        lines.append(f"... and {len(numbered) - len(shown)} more")
+    if lines:
+        fig.text(436, 38, "\n".join(lines), 6.5, family=MONO)
+    return fig.to_bytes()
 
 
 def precision_recall(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> bytes:
