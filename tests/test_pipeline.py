@@ -275,7 +275,7 @@ def test_reports_and_summary_written(tiny_run):
         assert f"T = {t}" in report and "Theil-Sen" in report
         for c in (1, 2, 3):
             figure = (layout.report_dir(t) / f"kurtosis_pc{c}.svg").read_bytes()
-            assert figure.startswith(b"<svg") and b"<path d=\"M" in figure  # the classes' points
+            assert figure.startswith(b"<svg") and b'<path d="M' in figure  # the classes' points
     summary = (layout.root / "reports" / "summary.md").read_text()
     assert all(f"| {t} |" in summary for t in THRESHOLDS)
 

@@ -24,7 +24,8 @@ from dedup_assets.ui import image_metadata, md_table
 from resources import DedupSettings, DedupStorage
 
 REPORTED_COMPONENTS = 3
-PLOTTED_CLASSES = 8  # marginal plots per run: about 24 KB of SVG each in the event log; a user reads a few
+# Marginal plots per run: about 24 KB of SVG each in the event log; a user reads a few.
+PLOTTED_CLASSES = 8
 
 
 @class_asset(
