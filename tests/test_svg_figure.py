@@ -185,3 +185,21 @@ def test_markdown_image_names_the_figure_kind():
     assert base64.b64decode(md.split(",", 1)[1][:-1]) == svg
     png = plots.loss_curve([1.0, 0.5])
     assert md_image(png).startswith("![figure](data:image/png;base64,")
+
+
+def test_the_pipeline_loads_without_matplotlib_until_a_png_is_drawn():
+    """The command and its workers' server import the definitions before any work; pyplot
+    (about 0.13 s) is imported by the first PNG figure only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dedup_assets.runner, dedup_assets.dispatch, dedup_assets.instance_imports\n"
+        "assert 'matplotlib' not in sys.modules, 'imported at load'\n"
+        "from dedup_assets.core.quality import plots\n"
+        "png = plots.loss_curve([1.0, 0.5])\n"
+        "assert png[:4] == b'\\x89PNG' and 'matplotlib.pyplot' in sys.modules\n"
+        "assert __import__('matplotlib').get_backend().lower() == 'agg'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
