@@ -246,6 +246,7 @@ def test_approximate_join_finds_other_class_partners_crowded_by_own_class_copies
 def _nearest_one_slab_at_a_time(v: np.ndarray, labels: np.ndarray, block: int):
     """The exact join as it ran before its slabs were spread over threads (one loop, each
     slab updating the rows' and columns' best in turn): the answer the threads must give."""
+    from dedup_assets.core.data.pools import blas_threads
     from dedup_assets.core.decision.cross_class import _slab_tasks
     from dedup_assets.core.decision.similarity import block_rows
 
@@ -264,7 +265,8 @@ def _nearest_one_slab_at_a_time(v: np.ndarray, labels: np.ndarray, block: int):
     # classes together in one slab with each row's own class masked (`_slab_tasks`).
     tasks = _slab_tasks(starts, ends, step)
     for r0, r1, b, grouped in tasks:
-        s = xs[r0:r1] @ xs[b:].T
+        with blas_threads(1):  # as the join computes each product (`run_on_idle_cores`)
+            s = xs[r0:r1] @ xs[b:].T
         if grouped:
             s[:, : r1 - r0][ls[r0:r1][:, None] == ls[r0:r1][None, :]] = -np.inf
         # Columns first: a grouped slab's rows are among its columns, and a row's own side
@@ -831,3 +833,27 @@ def test_shared_axes_are_the_samples_leading_principal_axes(rows):
     # Cosines of the principal angles between the two subspaces: all 1.
     cosines = np.linalg.svd(vt[:top] @ space.axes.astype(np.float64), compute_uv=False)
     assert cosines.min() > 0.999
+
+
+@pytest.mark.parametrize("blas", [1, 2])
+def test_the_join_and_the_null_give_the_same_bits_on_any_threads_whatever_blas_has(blas):
+    """One thread or several, the same bits, with BLAS free to use one or two threads of its
+    own: a join asked for one thread ran its products on BLAS's threads and gave other last
+    bits than on two (the partners equal, some cosines one ulp apart)."""
+    from threadpoolctl import threadpool_limits
+
+    from dedup_assets.core.decision.calibration import nearest_decoy_similarity
+    from dedup_assets.core.decision.cross_class import nearest_other_class
+
+    rng = np.random.default_rng(7)
+    labels = np.repeat(np.arange(300), rng.integers(1, 7, 300))
+    v = _unit(rng.standard_normal((len(labels), 16)))
+    decoys = _unit(rng.standard_normal((len(labels), 16)))
+    with threadpool_limits(limits=blas, user_api="blas"):
+        joins = [nearest_other_class(v, labels, block=64, threads=t) for t in (1, 2, 3)]
+        nulls = [nearest_decoy_similarity(v, decoys, 16, own=False, threads=t) for t in (1, 2, 3)]
+    for other in joins[1:]:
+        np.testing.assert_array_equal(other.partner, joins[0].partner)
+        np.testing.assert_array_equal(other.similarity, joins[0].similarity)
+    for other in nulls[1:]:
+        np.testing.assert_array_equal(other, nulls[0])

@@ -93,9 +93,11 @@ def run_on_idle_cores(
     they take only cores left idle. The caller never waits for a helper: when no task is
     left it computes again any task a helper still holds, and returns; a helper's later
     result is dropped. A task may thus be stored twice (by the same value), in any order,
-    so `store` must not depend on either. BLAS runs one thread per call meanwhile (numpy's
-    products then give the same bits on every thread: OpenBLAS splits a product by rows and
-    columns, never along the sum). `split` (tests): the tasks each thread computes, in
+    so `store` must not depend on either. BLAS runs one thread per call meanwhile, with one
+    thread as with several: a product then gives the same bits whichever thread computes it
+    and however many there are (OpenBLAS on several threads of its own gave some products
+    other last bits: a join asked for one thread differed from the same join on two, on a
+    machine whose BLAS had two threads free). `split` (tests): the tasks each thread computes, in
     order, none taken from the others. Helper threads are named `<name>-<thread>`."""
     k = len(split) if split is not None else max(1, min(threads, count))
     if count == 0 and split is None:
@@ -130,7 +132,7 @@ def run_on_idle_cores(
         except Exception:  # noqa: BLE001 - the caller computes what this thread held
             return
 
-    with blas_threads(1) if k > 1 else contextlib.nullcontext():
+    with blas_threads(1):
         helpers = [
             threading.Thread(target=helper, args=(t,), name=f"{name}-{t}", daemon=True)
             for t in range(1, k)

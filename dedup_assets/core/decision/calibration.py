@@ -79,7 +79,7 @@ from dedup_assets.core.data.artifacts import (
 from dedup_assets.core.data.atomic_io import atomic_path
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.mapped import take_rows
-from dedup_assets.core.data.pools import run_on_idle_cores
+from dedup_assets.core.data.pools import process_cores, run_on_idle_cores
 from dedup_assets.core.decision.class_decision import (
     ClassData,
     needs_pixels,
@@ -614,7 +614,7 @@ def class_budgets(
         )
         v, d, borrowed_vectors = _same_width(mine, vectorise(decoy, space), theirs)
         if scaling == "uniform":
-            null = mirror_null(v, d, rows, block)
+            null = mirror_null(v, d, rows, block, threads=process_cores())
             offsets = None
             from_pool = pool_null(v, borrowed_vectors, block)
         else:
@@ -665,7 +665,9 @@ def _class_shift(
         pixels=mirrored(take_rows(data.pixels, rows)),
         descriptors=None,
     )
-    own = mirror_null(*_same_width(vectors, vectorise_as(decoy, space)), rows, block)
+    own = mirror_null(
+        *_same_width(vectors, vectorise_as(decoy, space)), rows, block, threads=process_cores()
+    )
     own = own[np.isfinite(own)]
     if len(own) == 0 or len(pooled) == 0:
         return 0.0
