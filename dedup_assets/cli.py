@@ -279,6 +279,8 @@ def _run(args: argparse.Namespace, probe: _Probe | None = None) -> int:
     from dedup_assets.core.data.layout import OutputInUse, OutputLayout
     from dedup_assets.runner import instance_for, run_pipeline
 
+    _prefork(args.verbose)  # before this process opens a database or starts a thread pool
+
     output = Path(config.output)
     layout = OutputLayout(output)
     try:
@@ -336,6 +338,12 @@ class _Probe:
             if self.options.get(name):
                 return self.options[name]
         return None
+
+    def flag(self, flag: str) -> bool:
+        """Whether `flag` (or an abbreviation argparse would take for it) is given."""
+        return any(
+            name == flag or (len(name) > 2 and flag.startswith(name)) for name in self.options
+        )
 
 
 def _options_as_written(words: list[str]) -> list[tuple[str, str | None]]:
@@ -415,15 +423,22 @@ def _probe(argv: list[str]) -> _Probe | None:
     return _Probe(inputs, output, header, quick, options=given)
 
 
+_PLANNED_POOL: int | None = None
+"""The local pool's size when `dedup run` will use it (`_prestart_workers`), for `_run` to
+fork it once its imports are done (`dispatch.prefork_pool`)."""
+
+
 def _prestart_workers(probe: _Probe | None) -> None:
     """When the listing says `dedup run` will use its pool of local processes (`--executor
-    processes`, or `auto` for these class sizes: `engines.resolve_auto`), start the pool's
-    worker server now (`engines.worker_context`), so that its imports share the cores
-    with this process's own instead of following them. A wrong guess costs nothing but the
-    server's imports, never a result: the run chooses its executor again from its listing."""
+    processes`, or `auto` for these class sizes: `engines.resolve_auto`), plan the pool
+    (forked from this process once its imports are done: `_run`) and, for a first run,
+    start decoding beside those imports (`_start_decoding`). A wrong guess costs nothing
+    but an unused pool or decoder, never a result: the run chooses its executor again from
+    its listing and reads decoded files only where they are what its settings would read."""
+    global _PLANNED_POOL
     if probe is None or not probe.inputs.class_sizes:
         return
-    from dedup_assets.engines import Executor, resolve_auto, threads_per_process, worker_context
+    from dedup_assets.engines import Executor, resolve_auto, threads_per_process
 
     try:
         executor = Executor(probe.option("--executor") or Executor.auto)
@@ -433,11 +448,70 @@ def _prestart_workers(probe: _Probe | None) -> None:
     executor, parallel, _ = resolve_auto(executor, parallel, probe.inputs.class_sizes)
     if executor == Executor.processes:
         threads = threads_per_process(parallel)
-        worker_context(threads)
+        _PLANNED_POOL = parallel
+        _start_decoding(probe, parallel)
         # This process runs beside its workers too (the threshold stage's first threshold):
         # polars's pool, which starts at its first parallel operation (after this), takes
         # the workers' share of the cores, as the workers' own do (`engines._THREAD_VARS`).
         os.environ.setdefault("POLARS_MAX_THREADS", str(threads))
+
+
+_OWN_PROCESS = False
+"""Set by `entry`: this process is the `dedup` command, nothing else ran in it. Only then is
+the pool forked from it; `main` called in another program (a test, a notebook) whose
+threads and pools a fork would copy half-way uses the workers' server as before."""
+
+
+def _prefork(verbose: bool) -> None:
+    """The planned pool forked now (`dispatch.prefork_pool`), with the storage modules the
+    instance imports when it opens loaded first, so that the workers have them too."""
+    import threading
+
+    if _PLANNED_POOL is None or not _OWN_PROCESS or threading.active_count() > 1:
+        return
+    import dedup_assets.instance_imports  # noqa: F401 - loaded before the fork, for both sides
+    from dedup_assets.dispatch import prefork_pool
+
+    prefork_pool(_PLANNED_POOL, verbose)
+
+
+def _start_decoding(probe: _Probe, parallel: int) -> None:
+    """A first run's classes decoded beside the imports (`core.data.predecode`): for `dedup
+    run` into an output with no catalog yet that `OutputLayout.claim` would accept, without
+    --full. The reading options go as written; where the run resolves them otherwise
+    (another environment variable, say), its workers just decode as they would have.
+    DEDUP_NO_PREDECODE=1 turns it off."""
+    from dedup_assets.core.data import predecode
+    from dedup_assets.core.data.image_folder import DEFAULT_MAX_FILE_BYTES
+    from dedup_assets.core.data.layout import OVERRIDES_FILE, OutputLayout
+
+    source, layout = probe.option("--source"), OutputLayout(probe.output)
+    if os.environ.get(predecode.ENV_OFF) == "1" or not source or probe.flag("--full"):
+        return
+    if layout.catalog_dir.exists():
+        return
+    if (
+        layout.root.exists()
+        and not layout.marker.is_file()
+        and any(entry.name != OVERRIDES_FILE for entry in layout.root.iterdir())
+    ):
+        return  # not ours (yet): `claim` decides, nothing is written into it first
+    try:
+        max_bytes = int(
+            probe.option("--max-file-bytes")
+            or os.environ.get("DEDUP_MAX_FILE_BYTES")
+            or DEFAULT_MAX_FILE_BYTES
+        )
+    except ValueError:  # argparse says what is wrong
+        return
+    predecode.start(
+        Path(source).expanduser().resolve(),
+        probe.output,
+        max_file_bytes=max_bytes,
+        include_hidden=probe.flag("--include-hidden"),
+        splits=probe.option("--splits") or os.environ.get("DEDUP_SPLITS") or "auto",
+        parts=parallel,
+    )
 
 
 def _quick_rerun(probe: _Probe) -> int | None:
@@ -800,10 +874,16 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"demo": _run, "run": _run, "plant": _plant, "ui": _ui}
     try:
         if args.command in ("demo", "run"):  # SIGINT/SIGTERM stop it: interrupts.Interrupted
+            from dedup_assets.core.data import predecode
+            from dedup_assets.dispatch import release_preforked
             from dedup_assets.interrupts import stop_on_signals
 
-            with stop_on_signals():
-                return _run(args, probe)
+            try:
+                with stop_on_signals():
+                    return _run(args, probe)
+            finally:
+                predecode.finish()  # normally done after the images stage already
+                release_preforked()  # a pool the run did not take (another executor)
         return handlers[args.command](args)
     except UsageError as exc:
         print(f"dedup {args.command}: error: {exc}", file=sys.stderr)
@@ -828,6 +908,8 @@ def entry() -> NoReturn:
     import contextlib
     import threading
 
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
     status = main()
     if threading.active_count() > 1:
         sys.exit(status)

@@ -181,3 +181,22 @@ def init_pool_process(threads: int, verbose: bool) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
+
+
+def init_forked_process(threads: int, verbose: bool) -> None:
+    """A pool process forked from `dedup run` itself (`dispatch.prefork_pool`), before its
+    first run: the signal handling of a new process (the command's handlers and its wakeup
+    pipe are the command's, not the worker's: a SIGTERM that stops a worker must not read
+    as the command's own), BLAS held to its share (numpy loaded it before the fork with
+    every core), then as any pool process."""
+    import signal
+
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    init_pool_process(threads, verbose)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # an environment from before the dependency: as it was
+        return
+    threadpool_limits(limits=threads, user_api="blas")

@@ -34,6 +34,7 @@ from typing import Any
 import dagster as dg
 
 from dedup_assets.config import PipelineConfig, current_inputs, known_overrides, load_overrides
+from dedup_assets.core.data import predecode
 from dedup_assets.core.data.artifacts import (
     CurrentInputs,
     MissingArtifact,
@@ -531,9 +532,12 @@ def _run_stages(
             return
         log(f"source: {outcome.changes}")
         try:
-            to_ingest = _catalog_and_images(
-                stages, sorted(listings) if full else list(changes.to_update), listings
-            )
+            try:
+                to_ingest = _catalog_and_images(
+                    stages, sorted(listings) if full else list(changes.to_update), listings
+                )
+            finally:  # a first run's decoder and its cache: every class is decoded now
+                predecode.finish()
             known_overrides(config)  # an image the catalog does not hold: refused, with its line
             current, retrained = _training(stages, layout)
             to_process = _classes(stages, layout, current, to_ingest, every=retrained or full)

@@ -20,13 +20,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-def run_dedup(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-    """Run the installed `dedup` entry point as a user would; text output captured."""
+def run_dedup(
+    *args: str, timeout: float = 600, env_extra: dict[str, str] | None = None, **kwargs
+) -> subprocess.CompletedProcess:
+    """Run the installed `dedup` entry point as a user would; text output captured (no
+    DEDUP_ variable of this process's environment, only those of `env_extra`)."""
     env = dict(os.environ)
     env.pop("DAGSTER_HOME", None)
     for name in list(env):
         if name.startswith("DEDUP_"):
             env.pop(name)
+    env.update(env_extra or {})
     return subprocess.run(
         [str(DEDUP), *args],
         capture_output=True,

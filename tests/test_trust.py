@@ -416,7 +416,11 @@ def test_the_ui_shows_the_graph_checks_plots_and_automation(ui, tmp_path_factory
             if name == "kurtosis_report_plot":  # the report's figures are in its metadata
                 row = page.locator("tr", has_text="pc1_figure")
                 row.get_by_text("[Show Markdown]").first.click()
-                page.locator("img[src^='data:image/png']").first.wait_for(timeout=90_000)
+                figure = page.locator("img[src^='data:image/svg+xml']").first
+                figure.wait_for(timeout=90_000)  # an SVG figure (`svg_figure`), drawn:
+                page.wait_for_function(
+                    "img => img.complete && img.naturalWidth > 0", arg=figure.element_handle()
+                )
             page.wait_for_timeout(1500)
             page.screenshot(path=str(shots / f"{name}.png"))
         browser.close()

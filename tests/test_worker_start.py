@@ -1,8 +1,8 @@
-"""How `dedup run` starts its pool of local processes: forks of a server that imported the
-pipeline once, with the workers' thread settings, started while the command's own imports
-run when its listing says the pool will be used (`engines.worker_context`,
-`cli._prestart_workers`). Each case runs in its own interpreter: the server is one per
-process."""
+"""How `dedup run` starts its pool of local processes: planned from the listing before any
+heavy import (`cli._prestart_workers`) and forked from the command itself once its imports
+are done (`cli._prefork`, `dispatch.prefork_pool`), with the workers' thread settings;
+elsewhere forks of a server that imported the pipeline once (`engines.worker_context`).
+Each case runs in its own interpreter: the server and the pool are one per process."""
 
 from __future__ import annotations
 
@@ -116,20 +116,48 @@ from dedup_assets import cli
 probe = cli._probe(sys.argv[1:])
 cli._prestart_workers(probe)
 from multiprocessing import forkserver
-# The server this process started, as multiprocessing records it (a scan of /proc for
-# children running "forkserver" missed it once on a loaded machine), and alive.
-pid = forkserver._forkserver._forkserver_pid
-servers = []
-if pid is not None:
-    os.kill(pid, 0)  # raises if it is not running
-    servers.append(pid)
 heavy = "dagster" in sys.modules
 import polars  # noqa: E402 - its pool starts at the first parallel operation: now
-print(json.dumps({"servers": len(servers), "heavy": heavy,
+print(json.dumps({"planned": cli._PLANNED_POOL,
+                  "server": forkserver._forkserver._forkserver_pid is not None,
+                  "heavy": heavy,
                   "polars_env": os.environ.get("POLARS_MAX_THREADS"),
                   "polars_threads": polars.thread_pool_size()}))
-for pid in servers:  # its imports would go on after this process ends
-    os.kill(pid, 9)
+"""
+
+PREFORK_SCRIPT = r"""
+import json, os, signal, sys
+# As `cli._prestart_workers` does before the command imports polars (which fixes its pool's
+# size as it loads): the command beside its workers takes a worker's share too.
+from dedup_assets.engines import threads_per_process
+os.environ["POLARS_MAX_THREADS"] = str(threads_per_process(2))
+from dedup_assets import cli, dispatch
+from dedup_assets.interrupts import stop_on_signals
+
+cli._OWN_PROCESS, cli._PLANNED_POOL = sys.argv[1] == "own", 2
+with stop_on_signals():  # as `dedup run` forks them: inside its signal handling
+    cli._prefork(verbose=True)
+pool = dispatch._preforked[1] if dispatch._preforked else None
+seen = None
+if pool is not None:
+    probes = (
+        "[m in __import__('sys').modules for m in ('dagster', 'torch', 'polars', "
+        "'dedup_assets.instance_imports', 'dagster._core.instance.factory')]",
+        "__import__('os').getppid()",
+        "__import__('os').environ.get('OMP_NUM_THREADS')",
+        "__import__('dedup_assets.core.data.pools', fromlist=['_']).process_cores()",
+        "__import__('torch').get_num_threads()",
+        "__import__('polars').thread_pool_size()",
+        "[i['num_threads'] for i in __import__('threadpoolctl').threadpool_info() "
+        "if i['user_api'] == 'blas']",
+        "[__import__('signal').getsignal(2) is __import__('signal').default_int_handler, "
+        "__import__('signal').getsignal(15) == __import__('signal').SIG_DFL, "
+        "__import__('signal').set_wakeup_fd(-1)]",
+    )
+    seen = [pool.submit(eval, p).result() for p in probes]
+    pids = {pool.submit(os.getpid).result() for _ in range(8)}
+    dispatch.release_preforked()
+print(json.dumps({"me": os.getpid(), "seen": seen}))
 """
 
 
@@ -157,7 +185,7 @@ def small_source(tmp_path_factory) -> Path:
         (("--executor", "nonsense"), False),  # argparse says what is wrong, later
     ],
 )
-def test_the_server_starts_early_only_for_a_run_that_uses_the_pool(
+def test_the_pool_is_planned_early_only_for_a_run_that_uses_it(
     small_source, tmp_path, options, started
 ):
     argv = ["run", "--source", str(small_source), "--output", str(tmp_path / "out"), *options]
@@ -171,7 +199,9 @@ def test_the_server_starts_early_only_for_a_run_that_uses_the_pool(
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["servers"] == (1 if started else 0)
+    # Planned, to be forked from the command once its imports are done; no server started.
+    assert out["planned"] == ((2 if "2" in options else 1) if started else None)
+    assert not out["server"]
     assert not out["heavy"]  # decided from the listing, before this process imports Dagster
     # Beside its workers this process's polars takes a worker's share of the cores too.
     share = threads_per_process(2 if "2" in options else 1)
@@ -179,3 +209,31 @@ def test_the_server_starts_early_only_for_a_run_that_uses_the_pool(
         assert out["polars_env"] == str(share) and out["polars_threads"] == share
     else:
         assert out["polars_env"] is None
+
+
+def test_the_command_forks_its_workers_from_itself_with_their_share_of_the_cores():
+    """`dedup run` (only the command itself: `cli._OWN_PROCESS`) forks its pool's
+    processes once its imports are done: each has the pipeline imported, one core's share
+    for torch, polars and BLAS (loaded before the fork with every core), and a new
+    process's signal handling, not the command's handlers and wakeup pipe. Called inside
+    another program, it forks nothing (the server of `worker_context` is used)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PREFORK_SCRIPT, "own"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    loaded, parent, env, cores, torch_threads, polars_threads, blas, signals = out["seen"]
+    assert all(loaded), loaded
+    assert parent == out["me"]  # forked by the command itself
+    share = threads_per_process(2)
+    assert env == str(share) and cores == share and torch_threads == share
+    assert polars_threads == share and blas and set(blas) == {share}
+    assert signals == [True, True, -1]
+    other = subprocess.run(
+        [sys.executable, "-c", PREFORK_SCRIPT, "library"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert other.returncode == 0, other.stderr
+    assert json.loads(other.stdout.strip().splitlines()[-1])["seen"] is None

@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from dedup_assets.assets.class_batch import ClassOutcome, class_asset, materialize_classes
+from dedup_assets.core.data import predecode
 from dedup_assets.core.data.artifacts import (
     CLASS_SUMMARY_KEY,
     catalogued_keys,
@@ -198,6 +199,15 @@ def _decode_class(
                 previous_pixels = np.load(layout.class_pixels(key), mmap_mode="r")
         except Exception:  # noqa: BLE001 - a damaged earlier catalog just means decoding again
             previous = previous_pixels = None
+    if previous is None and not full:  # a first run: what its decoder has done already
+        cached = predecode.cached_class(
+            key,
+            predecode.settings_of(
+                image_source.max_file_bytes, image_source.include_hidden, image_source.splits
+            ),
+        )
+        if cached is not None:
+            previous, previous_pixels = cached
     if previous is not None and image_source.verify:  # --verify: no row whose bytes changed
         ok = previous.filter(pl.col("status") == "ok").select("raw_path", "content_hash")
         gone = rewritten_files(root, ok.iter_rows(), image_source.max_file_bytes)
@@ -226,6 +236,7 @@ def _decode_class(
         if catalog.quarantine.height:  # most classes have none: no file (no part, to its reader)
             write_quarantine(catalog.quarantine, tmp / layout.class_quarantine(key).name)
     written_catalog(layout, key, written, catalog.table, summary_text)
+    predecode.discard(key)
     for row in catalog.quarantine.iter_rows(named=True):
         context.log.warning(f"{row['action']} {row['path']}: {row['reason']}")
     seconds = time.perf_counter() - start

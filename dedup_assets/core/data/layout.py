@@ -14,6 +14,9 @@ LEGACY_SIGNS = ("pipeline.json", "catalog", ".dagster")
 OVERRIDES_FILE = "overrides.csv"
 """The user's corrections every run of an output folder honours (`core.decision.overrides`):
 a new output folder may hold it before the first run."""
+PREDECODE = ".predecode-"
+"""A first run's decoding cache in the output (`core.data.predecode`): PREDECODE + the
+command's process id, removed once the classes are decoded."""
 
 
 class OutputInUse(RuntimeError):
@@ -44,7 +47,8 @@ class OutputLayout:
             return
         if self.root.exists():
             entries = [p.name for p in self.root.iterdir()]
-            foreign = [e for e in entries if e != OVERRIDES_FILE]
+            # A first run's decoder (`predecode`) may have made its cache folder already.
+            foreign = [e for e in entries if e != OVERRIDES_FILE and not e.startswith(PREDECODE)]
             if foreign and not any(sign in entries for sign in LEGACY_SIGNS):
                 shown = ", ".join(sorted(entries)[:3])
                 raise OutputInUse(

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from dedup_assets.core.data.image_folder import OWN_ROOT_FILES, scan_image_folder
-from dedup_assets.core.data.layout import OVERRIDES_FILE, OutputLayout
+from dedup_assets.core.data.layout import OVERRIDES_FILE, PREDECODE, OutputLayout
 
 FINGERPRINT_FILE = ".latent-dedup-last-run.json"
 """Beside the outputs: what the last successful run ran on (`LastRun`)."""
@@ -201,7 +201,9 @@ def _output_stats(root: Path) -> Iterator[bytes]:
             entries = sorted(it, key=lambda e: e.name)
         for entry in entries:
             name = entry.name
-            if depth == 0 and os.fsdecode(name) in _NOT_OUTPUTS:
+            if depth == 0 and (
+                os.fsdecode(name) in _NOT_OUTPUTS or name.startswith(PREDECODE.encode())
+            ):
                 continue
             path_rel = rel + b"/" + name if rel else name
             st = entry.stat(follow_symlinks=False)

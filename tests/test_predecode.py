@@ -1,0 +1,308 @@
+"""A first run's decoder (`core.data.predecode`): what a class's catalog holds when its files
+come from the decoder's cache is what decoding them then gives, file by file (odd names,
+broken and 16-bit files, a file rewritten after it was decoded); a class is decoded by one
+process; the command starts the decoder only into an output it may write, and removes its
+cache, and a run with the cache leaves the outputs of a run without it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from dedup_assets.core.data import predecode
+from dedup_assets.core.data.class_catalog import update_class_catalog
+from dedup_assets.core.data.layout import PREDECODE
+from dedup_assets.core.data.splits import detect_splits, scan_class
+
+SETTINGS = predecode.settings_of(256 * 2**20, False, "auto")
+CATS, DOGS, ONE = "cats%20%C3%A9", "dogs%20%5Bx%5D", "one"  # the partition keys of the names
+
+
+def _source(root: Path, classes: dict[str, int], seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for c, (name, n) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(0, 256, (20 + i % 7, 24, 3), dtype=np.uint8)
+            Image.fromarray(img).save(folder / f"im {i} [é] {c}.png")
+    return root
+
+
+@pytest.fixture
+def odd_source(tmp_path):
+    root = _source(tmp_path / "src", {"cats é": 9, "dogs [x]": 7, "one": 1})
+    (root / "cats é" / "broken.png").write_bytes(b"\x89PNG not really")
+    sixteen = (np.arange(24 * 20).reshape(20, 24) * 97 % 65535).astype(np.uint16)
+    Image.fromarray(sixteen).save(root / "dogs [x]" / "sixteen.png")
+    Image.open(root / "dogs [x]" / "im 0 [é] 1.png").save(root / "dogs [x]" / "copy.png")
+    return root
+
+
+def _decode_all(source: Path, cache: Path, parts: int = 2) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dedup_assets.core.data.predecode",
+            str(source),
+            str(cache),
+            json.dumps(SETTINGS),
+            str(parts),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _catalog(source: Path, key: str, previous=None):
+    scan = scan_class(source, detect_splits(source, "auto"), key)
+    prev, pixels = previous if previous is not None else (None, None)
+    return update_class_catalog(source, scan, prev, pixels, max_file_bytes=256 * 2**20)
+
+
+def _same(a, b) -> None:
+    assert a.table.equals(b.table)
+    np.testing.assert_array_equal(np.asarray(a.pixels), np.asarray(b.pixels))
+    assert a.quarantine.equals(b.quarantine)
+    assert a.digest() == b.digest()
+
+
+def test_a_class_read_through_the_cache_is_the_class_decoded_directly(
+    odd_source, tmp_path, monkeypatch
+):
+    cache = tmp_path / "out" / f"{PREDECODE}1"
+    _decode_all(odd_source, cache)
+    monkeypatch.setenv(predecode.ENV_DIR, str(cache))
+    for key in (CATS, DOGS, ONE):
+        cached = predecode.cached_class(key, SETTINGS)
+        assert cached is not None, key
+        direct = _catalog(odd_source, key)
+        through = _catalog(odd_source, key, cached)
+        _same(through, direct)
+        ok = int((direct.table["status"] == "ok").sum())
+        sixteen = int(direct.table["mode"].is_in(["I;16", "I;16B", "I;16L", "I", "F"]).sum())
+        # every readable 8-bit file taken from the cache; the broken file and the 16-bit
+        # one (never reused: `update_class_catalog`) read again
+        assert (
+            through.reused == ok - sixteen and through.decoded == len(direct.table) - through.reused
+        )
+    assert (direct.table["status"] != "ok").sum() == 0  # "one": nothing broken
+    predecode.discard(ONE)
+    assert predecode.cached_class(ONE, SETTINGS) is None  # gone: decoded as usual
+
+
+def test_a_file_rewritten_after_decoding_is_read_again(odd_source, tmp_path, monkeypatch):
+    cache = tmp_path / "out" / f"{PREDECODE}1"
+    _decode_all(odd_source, cache)
+    path = odd_source / "cats é" / "im 3 [é] 0.png"
+    Image.fromarray(np.full((30, 30, 3), 7, np.uint8)).save(path)  # other size and time
+    monkeypatch.setenv(predecode.ENV_DIR, str(cache))
+    through = _catalog(odd_source, CATS, predecode.cached_class(CATS, SETTINGS))
+    _same(through, _catalog(odd_source, CATS))
+    row = through.table.filter(pl.col("path") == "cats é/im 3 [é] 0.png")
+    assert row["width"].item() == 30  # the new file's, not the one decoded before
+
+
+def test_a_cache_of_other_reading_settings_or_none_is_not_used(odd_source, tmp_path, monkeypatch):
+    cache = tmp_path / "out" / f"{PREDECODE}1"
+    _decode_all(odd_source, cache)
+    monkeypatch.setenv(predecode.ENV_DIR, str(cache))
+    for other in (
+        predecode.settings_of(1000, False, "auto"),
+        predecode.settings_of(256 * 2**20, True, "auto"),
+        predecode.settings_of(256 * 2**20, False, "none"),
+    ):
+        assert predecode.cached_class(CATS, other) is None
+    assert predecode.cached_class(CATS, SETTINGS) is not None
+    monkeypatch.delenv(predecode.ENV_DIR)
+    assert predecode.cached_class(CATS, SETTINGS) is None
+
+
+def test_a_class_claimed_by_a_worker_is_left_to_it_and_never_waited_for(
+    odd_source, tmp_path, monkeypatch
+):
+    cache = tmp_path / "out" / f"{PREDECODE}1"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv(predecode.ENV_DIR, str(cache))
+    # A worker reaches "dogs [x]" first: it claims it and decodes it itself.
+    assert predecode.cached_class(DOGS, SETTINGS) is None
+    _decode_all(odd_source, cache)
+    assert predecode.cached_class(DOGS, SETTINGS) is None  # the decoder left it
+    assert predecode.cached_class(CATS, SETTINGS) is not None
+    # Claimed by the decoder and not written yet: the worker does not wait for it.
+    (cache / f"{predecode._entry('other')}.claim").touch()
+    assert predecode.cached_class("other", SETTINGS) is None
+
+
+@pytest.mark.parametrize(
+    ("sizes", "parts", "order"),
+    [
+        ([1] * 10, 2, [4, 9, 3, 8, 2, 7, 1, 6, 0, 5]),
+        ([1] * 5, 2, [2, 4, 1, 3, 0]),
+        ([1] * 3, 1, [2, 1, 0]),
+        ([1], 4, [0]),
+        ([], 2, []),
+        # above MAX_CLASS_IMAGES or past MAX_IMAGES: left to the workers
+        ([150_000, 20_000, 10, 10], 2, [1, 3, 2]),
+        ([20_000, 20_000, 20_000, 20_000], 2, [1, 3, 0]),
+        ([20_001, 5], 1, [1]),
+    ],
+)
+def test_the_decoder_starts_at_the_end_of_each_worker_range(sizes, parts, order):
+    keys = [f"k{i}" for i in range(len(sizes))]
+    assert predecode.decoding_order(keys, sizes, parts) == [f"k{i}" for i in order]
+
+
+def test_start_decodes_every_class_and_finish_removes_the_cache(odd_source, tmp_path):
+    output = tmp_path / "out"
+    (output / f"{PREDECODE}999999999").mkdir(parents=True)  # a killed command's
+    try:
+        assert predecode.start(
+            odd_source,
+            output,
+            max_file_bytes=256 * 2**20,
+            include_hidden=False,
+            splits="auto",
+            parts=2,
+        )
+        folder = Path(os.environ[predecode.ENV_DIR])
+        assert folder == output / f"{PREDECODE}{os.getpid()}"
+        assert not (output / f"{PREDECODE}999999999").exists()  # swept
+        assert predecode._started.wait(120) == 0
+        for key in (CATS, DOGS, ONE):
+            assert predecode.cached_class(key, SETTINGS) is not None
+    finally:
+        predecode.finish()
+    assert predecode.ENV_DIR not in os.environ
+    assert [p.name for p in output.iterdir()] == []
+    predecode.finish()  # twice: nothing left to do
+
+
+def _keep_lists(output: Path) -> dict[str, pl.DataFrame]:
+    return {
+        p.name: pl.read_parquet(p, glob=False)
+        .drop("decided_at", "decided_in", strict=False)
+        .sort("path")
+        for p in sorted((output / "keep_lists").glob("*.parquet"))
+    }
+
+
+def _catalogs(output: Path) -> dict[str, object]:
+    """Each class's catalog table, pixel store and quarantine list."""
+    out: dict[str, object] = {}
+    for folder in sorted((output / "catalog" / "classes").iterdir()):
+        out[folder.name] = (
+            pl.read_parquet(folder / "images.parquet", glob=False),
+            np.load(folder / "pixels.npy").tobytes(),
+            sorted(p.name for p in folder.iterdir()),
+        )
+    out["quarantine"] = (output / "catalog" / "quarantine.csv").read_text()
+    return out
+
+
+def test_a_run_with_the_decoder_leaves_the_outputs_of_a_run_without(odd_source, tmp_path, dedup):
+    """The command's own decoder (however much of the source it decoded before the
+    workers started) and a cache decoded whole beforehand give the catalogs and keep lists
+    of a run with no decoder; no cache is left behind; the source is untouched."""
+    common = [
+        "--source",
+        str(odd_source),
+        "--thresholds",
+        "0.9",
+        "--epochs",
+        "1",
+        "--executor",
+        "processes",
+        "--parallel",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in odd_source.rglob("*"))
+    plain = dedup(
+        "run", *common, "--output", str(tmp_path / "plain"), env_extra={predecode.ENV_OFF: "1"}
+    )
+    assert plain.returncode == 0, plain.stderr
+    own = dedup("run", *common, "--output", str(tmp_path / "own"))
+    assert own.returncode == 0, own.stderr
+    # A cache decoded whole before the run, handed to it: every file from the cache.
+    ready = tmp_path / "ready" / f"{PREDECODE}1"
+    _decode_all(odd_source, ready)
+    given = dedup(
+        "run",
+        *common,
+        "--output",
+        str(tmp_path / "given"),
+        env_extra={predecode.ENV_OFF: "1", predecode.ENV_DIR: str(ready)},
+    )
+    assert given.returncode == 0, given.stderr
+    for name in ("own", "given"):
+        out = tmp_path / name
+        mine, theirs = _catalogs(out), _catalogs(tmp_path / "plain")
+        assert mine.keys() == theirs.keys() and len(mine) == 4  # 3 classes, the quarantine
+        for k, value in mine.items():
+            if k == "quarantine":
+                assert value == theirs[k] and "broken.png" in value
+                continue
+            assert value[0].equals(theirs[k][0]) and value[1:] == theirs[k][1:], (name, k)
+        assert _keep_lists(out).keys() == _keep_lists(tmp_path / "plain").keys()
+        for k, table in _keep_lists(out).items():
+            assert table.equals(_keep_lists(tmp_path / "plain")[k]), (name, k)
+        assert not [p for p in out.iterdir() if p.name.startswith(PREDECODE)]
+    # the given cache was read (each class's cache is dropped once its catalog is written)
+    assert not [p for p in ready.iterdir() if p.is_dir()]
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in odd_source.rglob("*")) == before
+
+
+def test_no_decoder_writes_into_a_folder_that_is_not_an_output(odd_source, tmp_path, dedup):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("someone's")
+    done = dedup(
+        "run",
+        "--source",
+        str(odd_source),
+        "--output",
+        str(foreign),
+        "--executor",
+        "processes",
+        "--parallel",
+        "2",
+        "--epochs",
+        "1",
+    )
+    assert done.returncode != 0 and "not empty" in done.stderr
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_finish_removes_the_folders_start_made_for_a_refused_command(odd_source, tmp_path):
+    """A command refused after the decoder started (a bad setting is found once the
+    settings are read) leaves no output folder: those the cache made are removed while
+    nothing else is in them; a folder that was there stays."""
+    nested = tmp_path / "a" / "b" / "out"
+    try:
+        assert predecode.start(
+            odd_source, nested, max_file_bytes=1, include_hidden=False, splits="auto", parts=1
+        )
+        assert (nested / f"{PREDECODE}{os.getpid()}").is_dir()
+    finally:
+        predecode.finish()
+    assert not (tmp_path / "a").exists() and tmp_path.is_dir()
+    kept = tmp_path / "kept"
+    try:
+        assert predecode.start(
+            odd_source, kept, max_file_bytes=1, include_hidden=False, splits="auto", parts=1
+        )
+        (kept / "pipeline.json").write_text("{}")  # the run wrote into it meanwhile
+    finally:
+        predecode.finish()
+    assert [p.name for p in kept.iterdir()] == ["pipeline.json"]
