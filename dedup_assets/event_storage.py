@@ -30,6 +30,14 @@ The storage ids of the materializations it stored last (one run's) are kept for
 target, which `class_batch` read back from the database (a query and a deserialized record
 per class) before.
 
+Opening a database the first time in a process, Dagster reads its alembic revision and
+then loads alembic's migration scripts (some fifty Python files, executed) to learn the
+head revision, and for a run's new database loads them twice more to stamp it: 22-38 ms a
+run, 9 ms an index, 0.31 CPU-seconds of EuroSAT's first run. Here a database already
+stamped is left as it is without the scripts (Dagster does nothing more to it either), and a
+new run's database gets Dagster's tables and the head revision, read once per process
+(`_initdb`).
+
 The files are Dagster's own: the UI, the daemon and an instance configured without this
 class read them as they are.
 """
@@ -37,6 +45,7 @@ class read them as they are.
 from __future__ import annotations
 
 import atexit
+import functools
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +59,7 @@ from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.event_log.schema import (
     AssetCheckExecutionsTable,
+    SqlEventLogStorageMetadata,
     SqlEventLogStorageTable,
 )
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
@@ -85,6 +95,26 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         super().__init__(*args, **kwargs)  # opens the databases: after the attributes above
         ref = weakref.ref(self)
         atexit.register(lambda: (held := ref()) is not None and held.store_held_verdicts())
+
+    def _initdb(self, engine: Any, for_index_shard: bool = False) -> None:
+        """Dagster's `_initdb` without loading alembic's scripts where they change nothing
+        (module doc): a stamped database is left as it is, as Dagster leaves it; a new,
+        empty one gets the tables, WAL and the head revision; anything else (an index of
+        an older layout, a database half made) goes to Dagster's own."""
+        from alembic.runtime.migration import MigrationContext
+
+        with engine.connect() as conn:
+            if MigrationContext.configure(conn).get_current_revision() is not None:
+                return
+            if not for_index_shard and not db.inspect(conn).get_table_names():
+                SqlEventLogStorageMetadata.create_all(conn)
+                conn.execute(db.text("PRAGMA journal_mode=WAL;"))
+                version = _alembic_version_table()
+                version.create(conn)
+                conn.execute(version.insert().values(version_num=_alembic_head()))
+                conn.commit()
+                return
+        super()._initdb(engine, for_index_shard)
 
     @property
     def supports_asset_checks(self) -> bool:  # ty: ignore[invalid-method-override]
@@ -343,4 +373,25 @@ def storage_yaml(base_dir: str) -> str:
         f"  class: {CLASS}\n"
         "  config:\n"
         f"    base_dir: {base_dir}\n"
+    )
+
+
+@functools.cache
+def _alembic_head() -> str:
+    """The head revision of Dagster's SQLite event log migrations (read once per process)."""
+    from alembic.script import ScriptDirectory
+    from dagster._core.storage.event_log.sqlite import sqlite_event_log
+    from dagster._core.storage.sql import get_alembic_config
+
+    config = get_alembic_config(sqlite_event_log.__file__)
+    return str(ScriptDirectory.from_config(config).as_revision_number("head"))
+
+
+def _alembic_version_table() -> db.Table:
+    """Alembic's own version table, as `alembic stamp` creates it."""
+    return db.Table(
+        "alembic_version",
+        db.MetaData(),
+        db.Column("version_num", db.String(32), nullable=False),
+        db.PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
     )

@@ -485,3 +485,55 @@ def test_a_batch_is_stored_the_same_where_sqlite_has_no_returning(tmp_path, monk
     for record in batched.fetch_materializations(dg.AssetKey("ranged"), limit=1000).records:
         kept = batched.event_log_storage.stored_materialization(run_id, name, record.partition_key)
         assert kept == (record.storage_id, record.timestamp)
+
+
+def _schema(path) -> tuple:
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    try:
+        master = sorted(con.execute("select type, name, tbl_name, sql from sqlite_master"))
+        mode = con.execute("pragma journal_mode").fetchone()[0]
+        version = con.execute("select version_num from alembic_version").fetchall()
+    finally:
+        con.close()
+    return master, mode, version
+
+
+def test_a_new_runs_database_is_made_as_dagster_makes_it_without_alembics_scripts(
+    tmp_path, monkeypatch
+):
+    """A run's new database: the same tables, indexes, WAL mode and alembic revision as
+    Dagster's own `_initdb` makes, with alembic's scripts loaded once per process (not two
+    or three times a database); a database already stamped is left without loading them."""
+    import alembic.script
+
+    ours = BatchedSqliteEventLogStorage(str(tmp_path / "ours"))
+    plain = SqliteEventLogStorage(str(tmp_path / "plain"))
+    event_storage._alembic_head()  # the process's one load, before counting
+    loads = []
+    real = alembic.script.ScriptDirectory.from_config
+    monkeypatch.setattr(
+        alembic.script.ScriptDirectory,
+        "from_config",
+        staticmethod(lambda *a, **k: loads.append(1) or real(*a, **k)),
+    )
+    for run in ("run-a", "run-b"):
+        with ours.run_connection(run):
+            pass
+    assert loads == []
+    with plain.run_connection("run-a"):
+        pass
+    assert loads  # Dagster's own loads them for every new database
+    assert _schema(tmp_path / "ours" / "run-a.db") == _schema(tmp_path / "plain" / "run-a.db")
+    master, mode, version = _schema(tmp_path / "ours" / "run-b.db")
+    assert mode == "wal" and version == [(event_storage._alembic_head(),)]
+    assert any(name == "event_logs" for _, name, _, _ in master)
+    # A stamped database (the index, a run's once made) opened by a new storage: no load.
+    loads.clear()
+    again = BatchedSqliteEventLogStorage(str(tmp_path / "ours"))
+    with again.run_connection("run-a"):
+        pass
+    with again.index_connection():
+        pass
+    assert loads == []
