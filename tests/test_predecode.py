@@ -56,6 +56,7 @@ def _decode_all(source: Path, cache: Path, parts: int = 2) -> None:
             str(cache),
             json.dumps(SETTINGS),
             str(parts),
+            "1",  # every class, however small (the command's decoder skips small ones)
         ],
         capture_output=True,
         timeout=120,
@@ -159,7 +160,15 @@ def test_a_class_claimed_by_a_worker_is_left_to_it_and_never_waited_for(
 )
 def test_the_decoder_starts_at_the_end_of_each_worker_range(sizes, parts, order):
     keys = [f"k{i}" for i in range(len(sizes))]
-    assert predecode.decoding_order(keys, sizes, parts) == [f"k{i}" for i in order]
+    assert predecode.decoding_order(keys, sizes, parts, smallest=1) == [f"k{i}" for i in order]
+
+
+def test_the_decoder_leaves_small_classes_to_the_workers():
+    """A class under MIN_CLASS_IMAGES costs more through the cache than decoded."""
+    small = predecode.MIN_CLASS_IMAGES
+    sizes = [10, 300, small - 1, small]
+    assert predecode.decoding_order([f"k{i}" for i in range(4)], sizes, 1) == ["k3", "k1"]
+    assert predecode.decoding_order(["a"] * 0, [], 2) == []
 
 
 def test_start_decodes_every_class_and_finish_removes_the_cache(odd_source, tmp_path):
@@ -173,6 +182,7 @@ def test_start_decodes_every_class_and_finish_removes_the_cache(odd_source, tmp_
             include_hidden=False,
             splits="auto",
             parts=2,
+            smallest=1,
         )
         folder = Path(os.environ[predecode.ENV_DIR])
         assert folder == output / f"{PREDECODE}{os.getpid()}"
