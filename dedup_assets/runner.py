@@ -48,7 +48,7 @@ from dedup_assets.core.data.artifacts import (
 )
 from dedup_assets.core.data.atomic_io import sweep_interrupted, write_json
 from dedup_assets.core.data.layout import OutputLayout, resolve_dagster_home
-from dedup_assets.core.data.pools import blas_threads
+from dedup_assets.core.data.pools import blas_threads, process_alive
 from dedup_assets.core.data.run_fingerprint import discard_record
 from dedup_assets.core.data.source_index import ClassListing, changed_classes
 from dedup_assets.core.data.thresholds import budget_of
@@ -172,16 +172,6 @@ def output_lock(layout: OutputLayout) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def fail_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     """Mark runs this host started and whose process has died (SIGKILL, crash) as failed."""
     host = socket.gethostname()
@@ -194,7 +184,7 @@ def fail_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     done = []
     for run in runs:
         pid = int(run.tags.get(PID_TAG, "0") or 0)
-        if pid and pid != os.getpid() and not _process_alive(pid):
+        if pid and pid != os.getpid() and not process_alive(pid):
             instance.report_run_failed(
                 run, f"the process that ran it (pid {pid}) ended without finishing the run"
             )

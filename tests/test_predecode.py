@@ -316,3 +316,29 @@ def test_finish_removes_the_folders_start_made_for_a_refused_command(odd_source,
     finally:
         predecode.finish()
     assert [p.name for p in kept.iterdir()] == ["pipeline.json"]
+
+
+@pytest.mark.parametrize(
+    ("n", "identical"), [(1, False), (2, False), (2, True), (3, True), (257, False)]
+)
+def test_through_the_cache_or_not_every_class_size_gives_one_catalog(
+    tmp_path, monkeypatch, n, identical
+):
+    """The cache's promise over class sizes (one image, two, all identical, past the
+    decoder's smallest class): the catalog read through it is the catalog decoded."""
+    root = tmp_path / "src"
+    folder = root / "only"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(n)
+    same = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    for i in range(n):
+        pixels = same if identical else rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:04d} [é].png")
+    cache = tmp_path / "out" / f"{PREDECODE}1"
+    _decode_all(root, cache, parts=1)
+    monkeypatch.setenv(predecode.ENV_DIR, str(cache))
+    cached = predecode.cached_class("only", SETTINGS)
+    assert cached is not None
+    through = _catalog(root, "only", cached)
+    _same(through, _catalog(root, "only"))
+    assert through.reused == n and through.decoded == 0

@@ -69,6 +69,17 @@ def cancelling(pool: PoolT) -> Iterator[PoolT]:
         pool.shutdown(wait=True)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (another user's counts: it is not ours to judge)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def on_idle_cores() -> None:
     """This thread at the lowest scheduling priority (nice 19), where the system sets it per
     thread (Linux): it then runs on a core no other runnable thread wants. Elsewhere, or

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from dedup_assets.core.data.layout import PREDECODE
+from dedup_assets.core.data.pools import process_alive
 
 ENV_DIR = "DEDUP_PREDECODE_DIR"
 ENV_OFF = "DEDUP_NO_PREDECODE"  # "1": `dedup run` starts no decoder
@@ -161,18 +162,10 @@ def _sweep(output: Path) -> None:
     with contextlib.suppress(OSError):
         for entry in output.iterdir():
             pid = entry.name[len(PREDECODE) :]
-            if entry.name.startswith(PREDECODE) and (not pid.isdigit() or not _running(int(pid))):
+            if entry.name.startswith(PREDECODE) and (
+                not pid.isdigit() or not process_alive(int(pid))
+            ):
                 shutil.rmtree(entry, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: not ours to judge
-        return True
-    return True
 
 
 def _lowest_priority() -> None:
@@ -237,6 +230,7 @@ def decoding_order(
 def _decode_into(
     folder: Path, source: Path, settings: dict, parts: int, smallest: int = MIN_CLASS_IMAGES
 ) -> None:
+    from dedup_assets.core.data.atomic_io import atomic_dir
     from dedup_assets.core.data.class_catalog import update_class_catalog
     from dedup_assets.core.data.pools import set_process_cores
     from dedup_assets.core.data.splits import detect_splits, scan_class, scan_source
@@ -261,13 +255,11 @@ def _decode_into(
         catalog = update_class_catalog(
             source, one, None, None, max_file_bytes=settings["max_file_bytes"]
         )
-        tmp = folder / f"{_entry(key)}.tmp"
-        tmp.mkdir()
-        with open(tmp / "pixels.npy", "wb") as fh:
-            np.save(fh, np.ascontiguousarray(catalog.pixels))
-        catalog.table.write_parquet(tmp / "table.parquet")
-        (tmp / "settings.json").write_text(json.dumps({"key": key, **settings}))
-        os.rename(tmp, folder / _entry(key))
+        with atomic_dir(folder / _entry(key)) as tmp:
+            with open(tmp / "pixels.npy", "wb") as fh:
+                np.save(fh, np.ascontiguousarray(catalog.pixels))
+            catalog.table.write_parquet(tmp / "table.parquet")
+            (tmp / "settings.json").write_text(json.dumps({"key": key, **settings}))
 
 
 def main(argv: list[str]) -> int:
