@@ -25,6 +25,7 @@ it needs when it runs.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shlex
 import shutil
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
 
     from dedup_assets.config import PipelineConfig
+    from dedup_assets.core.data.image_folder import FolderScan
     from dedup_assets.core.data.layout import OutputLayout
     from dedup_assets.core.data.run_fingerprint import RunInputs
     from dedup_assets.runner import PipelineOutcome
@@ -313,6 +315,7 @@ def _run(args: argparse.Namespace, probe: _Probe | None = None) -> int:
             log=say,
             log_level="INFO" if args.verbose else "CRITICAL",
             on_success=finished,
+            scanned=probe.take_scan() if probe is not None else None,
         )
     except ConfigError as exc:  # the overrides file: one line naming the file and the line
         raise UsageError(str(exc)) from None
@@ -331,6 +334,14 @@ class _Probe:
     quick: bool
     differs: str = ""
     options: dict[str, str | None] = dataclass_field(default_factory=dict)  # as written, last wins
+    # (source, include_hidden, its scan): the run's listing when its settings read the same
+    # (`one_listing_per_run`); handed over once (`take_scan`), not held for the whole run
+    # (about 460 MB at a million images).
+    scanned: tuple[Path, bool, FolderScan] | None = None
+
+    def take_scan(self) -> tuple[Path, bool, FolderScan] | None:
+        scanned, self.scanned = self.scanned, None
+        return scanned
 
     def option(self, flag: str) -> str | None:
         """The value of `flag` as written, or of an abbreviation argparse would take for it."""
@@ -368,6 +379,7 @@ def _probe(argv: list[str]) -> _Probe | None:
     source's listing and the files it reads; None for another command, for `run` without
     `--source`, before the demo dataset is made, or when the source cannot be listed (the
     full path says why)."""
+    from dedup_assets.core.data.image_folder import scan_image_folder
     from dedup_assets.core.data.layout import DEFAULT_OUTPUT, OVERRIDES_FILE, OutputLayout
     from dedup_assets.core.data.run_fingerprint import RunInputs
 
@@ -406,21 +418,24 @@ def _probe(argv: list[str]) -> _Probe | None:
         len(name) > 2 and flag.startswith(name) for name, _ in pairs for flag in NO_QUICK_RERUN
     )
     overrides, truth = given.get("--overrides"), given.get("--ground-truth")
+    hidden = "--include-hidden" in given
     try:
+        scan = scan_image_folder(source, include_hidden=hidden)
         inputs = RunInputs.of(
             {"command": command, "cwd": str(Path.cwd()), "options": options},
             source=source,
             output=output,
-            include_hidden="--include-hidden" in given,
+            include_hidden=hidden,
             files={
                 "overrides": resolved(overrides) if overrides else None,
                 "output overrides": output / OVERRIDES_FILE,
                 "ground_truth": resolved(truth) if truth else None,
             },
+            scan=scan,
         )
     except (OSError, LookupError, ValueError):
         return None
-    return _Probe(inputs, output, header, quick, options=given)
+    return _Probe(inputs, output, header, quick, options=given, scanned=(source, hidden, scan))
 
 
 _PLANNED_POOL: int | None = None
@@ -462,14 +477,28 @@ the pool forked from it; `main` called in another program (a test, a notebook) w
 threads and pools a fork would copy half-way uses the workers' server as before."""
 
 
+def _imports_done() -> None:
+    """The garbage collector back on, after the command's imports (`entry` paused it), with
+    every object made so far frozen (`gc.freeze`): later collections skip them, and a worker
+    forked from here shares their pages. Those imports make few cycles, yet the collector
+    ran six full collections during them, each walking every object torch and Dagster had
+    made so far: 0.55-0.6 s of the 1.85 s that `import dedup_assets.runner` takes on 2
+    cores. A no-op where the collector was on (`main` called in another program)."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def _prefork(verbose: bool) -> None:
     """The planned pool forked now (`dispatch.prefork_pool`), with the storage modules the
     instance imports when it opens loaded first, so that the workers have them too."""
     import threading
 
+    import dedup_assets.instance_imports  # noqa: F401 - loaded before the fork, for both sides
+
+    _imports_done()
     if _PLANNED_POOL is None or not _OWN_PROCESS or threading.active_count() > 1:
         return
-    import dedup_assets.instance_imports  # noqa: F401 - loaded before the fork, for both sides
     from dedup_assets.dispatch import prefork_pool
 
     prefork_pool(_PLANNED_POOL, verbose)
@@ -884,6 +913,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 predecode.finish()  # normally done after the images stage already
                 release_preforked()  # a pool the run did not take (another executor)
+        _imports_done()  # `dedup ui` runs for hours
         return handlers[args.command](args)
     except UsageError as exc:
         print(f"dedup {args.command}: error: {exc}", file=sys.stderr)
@@ -910,6 +940,7 @@ def entry() -> NoReturn:
 
     global _OWN_PROCESS
     _OWN_PROCESS = True
+    gc.disable()  # while the command imports: `_imports_done`
     status = main()
     if threading.active_count() > 1:
         sys.exit(status)

@@ -47,6 +47,7 @@ from dedup_assets.core.data.artifacts import (
     stale_thresholds,
 )
 from dedup_assets.core.data.atomic_io import sweep_interrupted, write_json
+from dedup_assets.core.data.image_folder import FolderScan
 from dedup_assets.core.data.layout import OutputLayout, resolve_dagster_home
 from dedup_assets.core.data.pools import blas_threads, process_alive
 from dedup_assets.core.data.run_fingerprint import discard_record
@@ -221,6 +222,7 @@ def run_pipeline(
     log: Callable[[str], None] = print,
     log_level: str = "WARNING",
     on_success: Callable[[PipelineOutcome], None] | None = None,
+    scanned: tuple[Path, bool, FolderScan] | None = None,
 ) -> PipelineOutcome:
     """Bring every asset and check up to date with the source, doing only what changed.
 
@@ -229,6 +231,8 @@ def run_pipeline(
     on_success: called with the outcome when every stage ran to its end, the output's lock
     still held (`dedup run` records there what a rerun with nothing new answers from,
     `core.data.run_fingerprint`; the record of an earlier run is dropped as this one starts).
+    scanned: (root, include_hidden, `scan_image_folder` of it) the caller took already, the
+    run's listing of that source when it reads it the same way and it is not split.
     A malformed overrides file (`--overrides`, `<output>/overrides.csv`) raises ConfigError
     before any work; one naming an image the catalog does not hold, once the catalog is
     built (before any image is decoded).
@@ -243,7 +247,9 @@ def run_pipeline(
         for line in outcome.recovered:
             log(f"recovered: {line}")
         try:
-            with one_listing_per_run():  # the plan and the index from one listing of the source
+            # The plan and the index from one listing of the source (`scanned`: the scan the
+            # caller took of it, `one_listing_per_run`).
+            with one_listing_per_run(scanned):
                 _run_stages(
                     config,
                     instance,

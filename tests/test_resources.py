@@ -78,3 +78,49 @@ def test_a_run_lists_its_source_once_and_keeps_that_snapshot(tmp_path):
         (tmp_path / "src" / "a" / "z.png").write_bytes(b"z")
         assert files(source) == 4
     assert files(source) == 4
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_a_run_lists_its_source_from_the_scan_it_was_given(tmp_path, hidden):
+    """`one_listing_per_run((root, include_hidden, scan))`: the first listing of that source
+    is that scan (a file added since waits for the next run), with the same classes, files,
+    skipped entries and digests as a listing taken when the scan was; another reading of
+    the source (hidden entries, another folder, a split source) lists anew."""
+    from dedup_assets.core.data.image_folder import scan_image_folder
+    from dedup_assets.core.data.source_index import list_source
+    from resources.image_source import ImageSource, one_listing_per_run
+
+    src = tmp_path / "src"
+    for name in ("Forêt é [x]", "b", ".hidden"):
+        (src / name).mkdir(parents=True)
+        (src / name / "é 1.png").write_bytes(b"x")
+    (src / "b" / "notes.txt").write_text("not an image")
+    (src / "b" / ".x.png").write_bytes(b"h")
+    scan = scan_image_folder(src, include_hidden=hidden)
+    then = list_source(src, include_hidden=hidden)[1]
+    (src / "b" / "new.png").write_bytes(b"n")  # after the scan
+    now = list_source(src, include_hidden=hidden)[1]
+    assert now["b"].digest != then["b"].digest
+
+    def listing(include_hidden: bool, root=src) -> dict:
+        return ImageSource(root=str(root), include_hidden=include_hidden).list_source()[1]
+
+    with one_listing_per_run((src.resolve(), hidden, scan)):
+        assert listing(hidden) == then
+        assert listing(not hidden) == list_source(src, include_hidden=not hidden)[1]
+    with one_listing_per_run((src.resolve(), hidden, scan)):  # the other reading first
+        assert listing(not hidden) != then
+        assert listing(hidden) == then
+    assert listing(hidden) == now  # outside: anew
+
+    # A split source: the unsplit scan of its root is not its listing.
+    split = tmp_path / "split"
+    for part in ("train", "test"):
+        (split / part / "cats").mkdir(parents=True)
+        (split / part / "cats" / "1.png").write_bytes(part.encode())
+    unsplit = scan_image_folder(split)
+    with one_listing_per_run((split.resolve(), False, unsplit)):
+        assert set(listing(False, split)) == set(list_source(split)[1]) == {
+            "train.cats",
+            "test.cats",
+        }

@@ -237,3 +237,79 @@ def test_the_command_forks_its_workers_from_itself_with_their_share_of_the_cores
     )
     assert other.returncode == 0, other.stderr
     assert json.loads(other.stdout.strip().splitlines()[-1])["seen"] is None
+
+
+GC_SCRIPT = r"""
+import atexit, gc, json, sys
+from dedup_assets import cli
+
+def seen():
+    print(json.dumps({"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}), flush=True)
+
+atexit.register(seen)
+sys.argv = ["dedup", *sys.argv[1:]]
+cli.entry()
+"""
+
+
+@pytest.mark.parametrize("command", ["run", "plant"])
+def test_the_command_collects_garbage_again_once_its_imports_are_done(
+    small_source, tmp_path, command
+):
+    """`dedup` pauses the garbage collector while it imports (six full collections of
+    every object torch and Dagster made: a third of the import time) and turns it on again,
+    those objects frozen, before any work: a run, and a command that is not a run."""
+    if command == "run":
+        argv = ["run", "--source", str(small_source), "--output", str(tmp_path / "out")]
+        argv += ["--epochs", "1", "--executor", "processes", "--parallel", "2"]
+    else:
+        argv = ["plant", "--source", str(small_source), "--dest", str(tmp_path / "planted")]
+    proc = subprocess.run(
+        [sys.executable, "-c", GC_SCRIPT, *argv], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["enabled"]
+    assert out["frozen"] > 100_000  # what the imports made (Dagster's and torch's objects)
+    if command == "run":
+        assert (tmp_path / "out" / "keep_lists").is_dir()
+    else:
+        assert (tmp_path / "planted").is_dir()
+
+
+SCANS_SCRIPT = r"""
+import atexit, json, os, sys
+import dedup_assets.core.data.image_folder as image_folder
+
+me, scans = os.getpid(), []
+scan = image_folder.scan_image_folder
+
+def counted(root, **kwargs):
+    if os.getpid() == me:
+        scans.append(os.fsdecode(root))
+    return scan(root, **kwargs)
+
+image_folder.scan_image_folder = counted  # before any module binds the name
+atexit.register(lambda: print(json.dumps({"scans": scans}), flush=True))
+from dedup_assets import cli
+sys.argv = ["dedup", *sys.argv[1:]]
+cli.entry()
+"""
+
+
+@pytest.mark.parametrize("options", [(), ("--include-hidden",), ("--executor", "processes")])
+def test_the_command_lists_its_source_once(small_source, tmp_path, options):
+    """The listing `dedup run` takes before its imports (to answer a rerun with nothing new
+    and plan its workers) is its run's listing too: the source is scanned once, and the
+    catalog holds every file of it."""
+    out = tmp_path / "out"
+    argv = ["run", "--source", str(small_source), "--output", str(out), "--epochs", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-c", SCANS_SCRIPT, *argv, *options],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["scans"] == [str(small_source)]
+    assert "catalog: 4 images" in proc.stdout

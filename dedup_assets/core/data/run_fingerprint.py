@@ -45,7 +45,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dedup_assets.core.data.image_folder import OWN_ROOT_FILES, scan_image_folder
+from dedup_assets.core.data.image_folder import OWN_ROOT_FILES, FolderScan, scan_image_folder
 from dedup_assets.core.data.layout import OVERRIDES_FILE, PREDECODE, OutputLayout
 
 FINGERPRINT_FILE = ".latent-dedup-last-run.json"
@@ -79,9 +79,13 @@ def listing_digest(root: Path | str, *, include_hidden: bool = False) -> str:
     return _listing(root, include_hidden)[0]
 
 
-def _listing(root: Path | str, include_hidden: bool) -> tuple[str, tuple[int, ...]]:
-    """`listing_digest`, and the number of image files of each class folder."""
-    scan = scan_image_folder(root, include_hidden=include_hidden)
+def _listing(
+    root: Path | str, include_hidden: bool, scan: FolderScan | None = None
+) -> tuple[str, tuple[int, ...]]:
+    """`listing_digest`, and the number of image files of each class folder (of `scan`,
+    the root's `scan_image_folder` with `include_hidden`, when given)."""
+    if scan is None:
+        scan = scan_image_folder(root, include_hidden=include_hidden)
     sizes = Counter(f.class_key for f in scan.files)
 
     def parts() -> Iterator[bytes]:
@@ -165,13 +169,15 @@ class RunInputs:
         output: Path,
         include_hidden: bool,
         files: Mapping[str, Path | None],
+        scan: FolderScan | None = None,
     ) -> RunInputs:
         """The inputs of `dedup run` with these `options` (as written, paths resolved):
-        the source's listing and its own files (`OWN_ROOT_FILES`: its ground truth), the
-        `files` the run reads by content (overrides, a ground truth given), the code and
-        the installed packages."""
+        the source's listing (`scan`: its `scan_image_folder` with `include_hidden`, taken
+        already) and its own files (`OWN_ROOT_FILES`: its ground truth), the `files` the
+        run reads by content (overrides, a ground truth given), the code and the installed
+        packages."""
         files = {**files, **{f"source {n}": source / n for n in OWN_ROOT_FILES}}
-        listing, sizes = _listing(source, include_hidden)
+        listing, sizes = _listing(source, include_hidden, scan)
         return cls(
             {
                 "options": _sha1([json.dumps(dict(options), sort_keys=True).encode()]),

@@ -68,15 +68,26 @@ def class_listings(scan: FolderScan) -> dict[str, ClassListing]:
 
 
 def list_source(
-    root: StrPath, *, include_hidden: bool = False, splits: str | None = None
+    root: StrPath,
+    *,
+    include_hidden: bool = False,
+    splits: str | None = None,
+    scanned: FolderScan | None = None,
 ) -> tuple[FolderScan, dict[str, ClassListing]]:
     """Scan a source folder (one stat per file) and list its classes, one per (split,
     class) for a split source (`splits.detect_splits` by `splits`: None or "auto" to
     recognise split folders by name, "none", or the folder names; a layout it refuses
     raises `SplitLayoutError`); hidden entries are listed as skipped unless
-    `include_hidden` (so the setting is part of each digest)."""
+    `include_hidden` (so the setting is part of each digest). `scanned`: the source's
+    `scan_image_folder` with the same `include_hidden`, taken already (`dedup run`'s
+    first look at the source), used as the scan when the source is not split."""
     layout = detect_splits(root, splits, include_hidden=include_hidden)
-    scan = scan_source(root, layout, include_hidden=include_hidden)
+    if scanned is not None and layout.implicit:
+        scan = FolderScan(
+            scanned.files, scanned.skipped, scanned.classes, scanned.raw_classes, layout.notes
+        )
+    else:
+        scan = scan_source(root, layout, include_hidden=include_hidden)
     return scan, class_listings(scan)
 
 
