@@ -5,9 +5,9 @@ a rerun with nothing new, and a rerun after 1% new images.
         [--work /tmp/bench_targets] [--model autoencoder.pt] [--thresholds 0.95]
 
 - floor: the unavoidable work measured alone in the same benchmark run, each in its own
-  process as the command would do it: process start and imports (`python -c "import gc;
-  gc.disable(); import dedup_assets.runner"`: the command pauses the garbage collector while
-  it imports, `cli._imports_done`; 0.6 s less than with it on), and decode, encode, fit and
+  process as the command would do it: process start and imports (`IMPORTS`: the garbage
+  collector paused and no teardown, as the command does, 1.1-1.2 s; `python -c "import
+  dedup_assets.runner"` took 1.9-2.0 s before 2026-12-06), and decode, encode, fit and
   decide with the numerical core (`bench_end_to_end.py`'s stages, no orchestration, no
   files written) at the command's defaults (space, components, keep policy: until
   2026-12-06 the script's own, spline_copula in 64 components, less work than the
@@ -47,6 +47,10 @@ from resources.settings import DedupSettings  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULTS = DedupSettings()
+# As the command imports: the garbage collector paused (`cli._imports_done`), and no
+# interpreter teardown after (`cli.entry` ends with os._exit; the teardown of torch and
+# Dagster is 0.3-0.4 s of a process that only imports them).
+IMPORTS = "import gc, os; gc.disable(); import dedup_assets.runner; os._exit(0)"
 CHANGED = ("Forest", "River")
 
 
@@ -58,10 +62,7 @@ def seconds_of(command: list[str]) -> float:
 
 def floor(source: Path, model: Path, threshold: str, work: Path) -> dict:
     """Imports, then decode + encode + fit + decide by the numerical core alone."""
-    imports = min(
-        seconds_of([sys.executable, "-c", "import gc; gc.disable(); import dedup_assets.runner"])
-        for _ in range(2)
-    )
+    imports = min(seconds_of([sys.executable, "-c", IMPORTS]) for _ in range(2))
     out = work / "floor"
     subprocess.run(
         [
