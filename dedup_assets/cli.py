@@ -543,6 +543,14 @@ def _start_decoding(probe: _Probe, parallel: int) -> None:
     )
 
 
+def _stop_decoding() -> None:
+    """A first run's decoder stopped and its cache removed (with the output folder it made)
+    when the command ends before its run: a refused command line, --help, an interrupt."""
+    predecode = sys.modules.get("dedup_assets.core.data.predecode")
+    if predecode is not None:
+        predecode.finish()
+
+
 def _quick_rerun(probe: _Probe) -> int | None:
     """A rerun with nothing new: the last run's last screen after one line saying so, and
     its exit status; None (and `probe.differs` says why, when there was a record) when the
@@ -897,7 +905,10 @@ def main(argv: list[str] | None = None) -> int:
             return status
         _prestart_workers(probe)
         args = build_parser().parse_args(argv)
-    except KeyboardInterrupt as exc:
+    except BaseException as exc:  # a usage error or --help exits here too (SystemExit)
+        _stop_decoding()
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
         print("dedup: interrupted before it started; nothing was done", file=sys.stderr)
         return getattr(exc, "exit_status", 130)
     handlers = {"demo": _run, "run": _run, "plant": _plant, "ui": _ui}

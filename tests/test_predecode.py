@@ -342,3 +342,34 @@ def test_through_the_cache_or_not_every_class_size_gives_one_catalog(
     through = _catalog(root, "only", cached)
     _same(through, _catalog(root, "only"))
     assert through.reused == n and through.decoded == 0
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [("--epochs", "many"), ("--help",), ("--thresholds", "0.95", "--nonsense")],
+)
+def test_a_command_line_refused_after_the_decoder_started_leaves_nothing(
+    odd_source, tmp_path, dedup, refusal
+):
+    """The decoder starts before the command line is parsed in full (beside the imports);
+    a usage error or --help found then stops it and removes its cache and the output
+    folders it made: nothing is left, no process decodes on."""
+    out = tmp_path / "new" / "out"
+    argv = ["--source", str(odd_source), "--output", str(out), "--executor", "processes"]
+    done = dedup("run", *argv, *refusal)
+    assert done.returncode == (0 if refusal == ("--help",) else 2), done.stderr
+    assert not (tmp_path / "new").exists()
+    assert not _processes_naming(out)
+
+
+def _processes_naming(path: Path) -> list[str]:
+    """Command lines of this machine's processes that name `path` (Linux: /proc)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            line = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if str(path) in line:
+            found.append(line)
+    return found
