@@ -8,7 +8,7 @@ from dedup_assets.assets.clean_dataset import _copy_file
 
 
 @pytest.mark.parametrize("fallback", ["none", "refused", "copies_nothing"])
-@pytest.mark.parametrize("size", [0, 1, 70_000])
+@pytest.mark.parametrize("size", [0, 1, 70_000, 2_500_000])  # the last: chunks in a plain copy
 def test_copy_keeps_bytes_and_mtime_and_sets_0644(tmp_path, monkeypatch, fallback, size):
     src = tmp_path / "ñame with space.png"
     data = os.urandom(size)

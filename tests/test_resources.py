@@ -120,7 +120,11 @@ def test_a_run_lists_its_source_from_the_scan_it_was_given(tmp_path, hidden):
         (split / part / "cats" / "1.png").write_bytes(part.encode())
     unsplit = scan_image_folder(split)
     with one_listing_per_run((split.resolve(), False, unsplit)):
-        assert set(listing(False, split)) == set(list_source(split)[1]) == {
-            "train.cats",
-            "test.cats",
-        }
+        assert (
+            set(listing(False, split))
+            == set(list_source(split)[1])
+            == {
+                "train.cats",
+                "test.cats",
+            }
+        )
