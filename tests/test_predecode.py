@@ -373,3 +373,46 @@ def _processes_naming(path: Path) -> list[str]:
         if str(path) in line:
             found.append(line)
     return found
+
+
+def test_a_class_taken_from_the_cache_links_its_store_instead_of_writing_it(
+    odd_source, tmp_path, monkeypatch
+):
+    """`link_store`: the catalog's store is the cached file itself (one inode, the bytes
+    `np.save` of the directly decoded pixels would write, the digest of those bytes) when
+    the pixels are the cached ones; otherwise nothing is linked and the caller writes."""
+    import io
+
+    from dedup_assets.core.data.class_catalog import pixels_digest
+
+    cache = tmp_path / "out" / f"{PREDECODE}1"
+    _decode_all(odd_source, cache)
+    monkeypatch.setenv(predecode.ENV_DIR, str(cache))
+    for n, key in enumerate((CATS, DOGS, ONE)):
+        cached = predecode.cached_class(key, SETTINGS)
+        through = _catalog(odd_source, key, cached)
+        target = tmp_path / f"store{n}.npy"
+        digest = predecode.link_store(cached[1], through.pixels, target)
+        assert digest == pixels_digest(target)
+        assert target.stat().st_ino == Path(cached[1].filename).stat().st_ino
+        saved = io.BytesIO()
+        np.save(saved, _catalog(odd_source, key).pixels)
+        assert target.read_bytes() == saved.getvalue()
+
+    cached = predecode.cached_class(CATS, SETTINGS)
+    pixels = np.array(cached[1])
+    other = pixels.copy()
+    other.flat[-1] ^= 1  # one bit of one pixel
+    for given, wanted in (
+        (None, pixels),  # not read through the cache
+        (pixels, pixels),  # an array of its own, no file behind it
+        (cached[1], other),
+        (cached[1], pixels[:-1]),
+        (cached[1], pixels.astype(np.uint16)),
+    ):
+        target = tmp_path / "not.npy"
+        assert predecode.link_store(given, wanted, target) is None
+        assert not target.exists()
+    (Path(cached[1].filename).parent / predecode.STORE_DIGEST).unlink()  # an older cache
+    assert predecode.link_store(cached[1], pixels, tmp_path / "old.npy") is None
+    assert not (tmp_path / "old.npy").exists()

@@ -188,7 +188,7 @@ def _decode_class(
     if scan is None:
         raise FileNotFoundError(f"no class folder with key {key!r} under {root}")
     listing = class_listings(scan)[key]
-    previous = previous_pixels = None
+    previous = previous_pixels = from_cache = None
     recorded = class_summary(layout, key) or {}
     if layout.class_pixels(key).exists() and recorded.get("pixels_digest"):
         try:
@@ -208,6 +208,7 @@ def _decode_class(
         )
         if cached is not None:
             previous, previous_pixels = cached
+            from_cache = previous_pixels
     if previous is not None and image_source.verify:  # --verify: no row whose bytes changed
         ok = previous.filter(pl.col("status") == "ok").select("raw_path", "content_hash")
         gone = rewritten_files(root, ok.iter_rows(), image_source.max_file_bytes)
@@ -227,9 +228,14 @@ def _decode_class(
     }
     # One folder, swapped in whole: the pixel store never disagrees with its table.
     with atomic_dir(layout.class_dir(key)) as tmp:
-        with open(tmp / layout.class_pixels(key).name, "wb") as fh:
-            np.save(fh, catalog.pixels)
-        summary["pixels_digest"] = pixels_digest(tmp / layout.class_pixels(key).name)
+        stored = tmp / layout.class_pixels(key).name
+        # A class taken whole from a first run's decoder: its store, linked, not written again.
+        digest = predecode.link_store(from_cache, catalog.pixels, stored)
+        if digest is None:
+            with open(stored, "wb") as fh:
+                np.save(fh, catalog.pixels)
+            digest = pixels_digest(stored)
+        summary["pixels_digest"] = digest
         table_path, summary_text = tmp / layout.class_images(key).name, json.dumps(summary)
         catalog.table.write_parquet(table_path, metadata={CLASS_SUMMARY_KEY: summary_text})
         written = os.stat(table_path)
