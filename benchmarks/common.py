@@ -124,7 +124,7 @@ def timed_dedup_run(source: Path, output: Path, extra: list[str] | None = None) 
     }
     timings = Path(output) / "reports" / "timings.json"
     return {
-        "wall_seconds": round(wall, 1),
+        "wall_seconds": round(wall, 2),
         "exit": done.returncode,
         "stdout": done.stdout,
         "stages": stages,
