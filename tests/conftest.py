@@ -41,6 +41,17 @@ def run_dedup(
     )
 
 
+def run_python(code: str, timeout: float = 300) -> str:
+    """`code` run by a fresh interpreter (nothing this test process has imported carries
+    over: what a module imports is seen whole); its standard output. A failure fails the
+    test with its standard error."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def smooth_textures(n: int, rng):
     """n unrelated 64x64 RGB images with structure at low frequencies (random coarse
     colour fields, bicubic-upscaled): stand-ins for photos in the leakage tests."""

@@ -4,12 +4,10 @@ import of `torch._dynamo` its construction costs), over many steps, with paramet
 skip a step, and with gradients zeroed in place; it refuses what it cannot optimize; and a
 process that trains the autoencoder never imports `torch._dynamo`."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
+from conftest import run_python
 from torch import nn
 
 from dedup_assets.core.model.adam import Adam
@@ -96,6 +94,4 @@ def test_training_the_autoencoder_does_not_import_torch_dynamo():
         "assert len(result.epoch_losses) == 1\n"
         "print('torch._dynamo' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert run_python(code).strip() == "False"

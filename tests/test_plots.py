@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 import pytest
+from conftest import run_python
 from PIL import Image
 
 from dedup_assets.core.quality.plots import PAIR_CELL, PAIR_MARGIN, duplicate_pairs, image_rows
@@ -95,9 +96,6 @@ def test_grey_odd_shaped_and_float_images_are_drawn_whole():
 def test_the_pairs_picture_needs_no_matplotlib():
     """Drawn in the command's process beside the cross-class join: Matplotlib's import was
     most of the keep list's time (a fresh interpreter: nothing imports it)."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, numpy as np\n"
         "from dedup_assets.core.quality.plots import duplicate_pairs\n"
@@ -106,6 +104,4 @@ def test_the_pairs_picture_needs_no_matplotlib():
         "assert png[:8] == b'\\x89PNG\\r\\n\\x1a\\n'\n"
         "print('matplotlib' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert run_python(code).strip() == "False"

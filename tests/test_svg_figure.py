@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+from conftest import run_python
 
 from dedup_assets.core.density.spline import SplineDensity1D
 from dedup_assets.core.quality import plots
@@ -190,9 +191,6 @@ def test_markdown_image_names_the_figure_kind():
 def test_the_pipeline_loads_without_matplotlib_until_a_png_is_drawn():
     """The command and its workers' server import the definitions before any work; pyplot
     (about 0.13 s) is imported by the first PNG figure only."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, dedup_assets.runner, dedup_assets.dispatch, dedup_assets.instance_imports\n"
         "assert 'matplotlib' not in sys.modules, 'imported at load'\n"
@@ -201,5 +199,4 @@ def test_the_pipeline_loads_without_matplotlib_until_a_png_is_drawn():
         "assert png[:4] == b'\\x89PNG' and 'matplotlib.pyplot' in sys.modules\n"
         "assert __import__('matplotlib').get_backend().lower() == 'agg'\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    run_python(code)
