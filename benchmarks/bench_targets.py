@@ -2,7 +2,7 @@
 a rerun with nothing new, and a rerun after 1% new images.
 
     python benchmarks/bench_targets.py [--eurosat ../shared/datasets/eurosat] \
-        [--work /tmp/bench_targets] [--model autoencoder.pt] [--thresholds 0.95]
+        [--work /dev/shm/bench_targets] [--model autoencoder.pt] [--thresholds 0.95]
 
 - floor: the unavoidable work measured alone in the same benchmark run, each in its own
   process as the command would do it: process start and imports (`IMPORTS`: the garbage
@@ -19,6 +19,13 @@ a rerun with nothing new, and a rerun after 1% new images.
   of `first`), and the class keep lists of the other classes byte-identical.
 
 Without --model a model is trained once (`dedup run --epochs 1` into <work>/model_run).
+
+The source links and every output are made under --work, by default in memory
+(`common.scratch_root`: /dev/shm where it is a tmpfs), and the result names its file
+system. Until 2026-12-06 they were on this machine's disk (ext4 without a journal), where
+the first run came right after the benchmark had removed its previous output, and its
+clean copy paid for that: each new file skips the inodes deleted in the last 60-360 s
+(`bench_file_creation.py`). `--work` on a disk folder measures there.
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_incremental import add_images, make_source  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     add_out_option,
+    filesystem_of,
     output_with_model,
+    scratch_root,
     table,
     timed_dedup_run,
     write_result,
@@ -104,7 +113,7 @@ def class_keep_digests(output: Path, threshold: str) -> dict[str, str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--eurosat", type=Path, default=Path("../shared/datasets/eurosat"))
-    p.add_argument("--work", type=Path, default=Path("/tmp/bench_targets"))
+    p.add_argument("--work", type=Path, default=scratch_root() / "bench_targets")
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--thresholds", default="0.95")
     add_out_option(p)
@@ -170,6 +179,8 @@ def main() -> None:
         {
             "images": 27_000,
             "thresholds": args.thresholds,
+            "work": str(work),
+            "work_filesystem": filesystem_of(work),
             "floor": floor_parts,
             "listing_seconds": round(listing, 2),
             "first": first,

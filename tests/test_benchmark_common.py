@@ -92,3 +92,44 @@ def test_an_output_with_a_model_is_new_and_holds_the_model(tmp_path):
     assert (out / "model" / "autoencoder.pt").read_bytes() == b"weights"
     OutputLayout(out).claim()  # already latent-dedup's: claiming it again is allowed
     assert {p.name for p in out.iterdir()} >= {"model"}
+
+
+def test_the_file_system_of_a_path_is_its_longest_mount(monkeypatch, tmp_path):
+    """`filesystem_of` reads the mount table: the deepest mount above the path counts (not a
+    mount whose name merely starts the same), a space is written \\040 there, and without
+    a table the answer is "unknown"."""
+    table = tmp_path / "mounts"
+    table.write_text(
+        "/dev/vda / ext4 rw 0 0\n"
+        "tmpfs /dev/shm tmpfs rw 0 0\n"
+        "tmpfs /data/my\\040disk tmpfs rw 0 0\n"
+        "/dev/vdb /data/my xfs rw 0 0\n"
+        "broken\n"
+    )
+    real = Path.read_text
+    monkeypatch.setattr(
+        Path,
+        "read_text",
+        lambda self, *a, **k: real(table) if str(self) == "/proc/self/mounts" else real(self),
+    )
+    monkeypatch.setattr(common.os.path, "realpath", lambda p: str(p))
+    assert common.filesystem_of(Path("/dev/shm/bench_targets")) == "tmpfs"
+    assert common.filesystem_of(Path("/dev/shmx")) == "ext4"
+    assert common.filesystem_of(Path("/data/my disk/out")) == "tmpfs"
+    assert common.filesystem_of(Path("/data/my/out")) == "xfs"
+    assert common.filesystem_of(Path("/data/myother")) == "ext4"
+    assert common.filesystem_of(Path("/")) == "ext4"
+    table.unlink()
+    assert common.filesystem_of(Path("/dev/shm")) == "unknown"
+
+
+def test_benchmarks_work_in_memory_where_there_is_a_tmpfs(monkeypatch):
+    """`scratch_root`: /dev/shm when it is a tmpfs, else the temporary folder."""
+    import tempfile
+
+    monkeypatch.setattr(common, "filesystem_of", lambda p: "tmpfs")
+    shm = Path("/dev/shm")
+    expected = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    assert common.scratch_root() == expected
+    monkeypatch.setattr(common, "filesystem_of", lambda p: "ext4")
+    assert common.scratch_root() == Path(tempfile.gettempdir())
