@@ -2,7 +2,7 @@
 trained model copied in, so the difference is what a class costs (orchestration, files).
 
     python benchmarks/bench_many_classes.py [--source ../shared/datasets/eurosat] \
-        [--images 20000] [--classes 1000] [--work /tmp/many_classes]
+        [--images 20000] [--classes 1000] [--work /dev/shm/many_classes]
 
 The images are EuroSAT's (the first images of each class folder, in name order) when
 --source is given, else generated textures; the few-classes layout has 10 classes, the
@@ -15,7 +15,10 @@ and the ratio is the median of the pairs' ratios: the machines are shared and th
 drifts within minutes (three single pairs of the same code in a row on 2026-12-05 gave
 1.33, 1.72 and 1.54), and a pair's two runs see nearly the same machine. The table shows
 the median pair's runs; every pair is in the JSON. Each run starts after `sync`, the
-previous output deleted.
+previous output deleted. The files and outputs are made under --work, by default in memory
+(`common.scratch_root`; the result names its file system): on this machine's disk (ext4
+without a journal) every new file first skips the inodes deleted in the last 60-360 s, and
+each run here comes right after its previous output was deleted (`bench_file_creation.py`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
     add_out_option,
+    filesystem_of,
     output_with_model,
+    scratch_root,
     table,
     timed_dedup_run,
     write_result,
@@ -56,7 +61,10 @@ def make_images(source: Path | None, n: int, dest: Path) -> list[Path]:
         per = -(-n // len(classes))
         files = [f for c in classes for f in sorted(c.iterdir())[:per]][:n]
         for i, f in enumerate(files):
-            os.link(f, folder / f"{i:06d}{f.suffix}")
+            try:
+                os.link(f, folder / f"{i:06d}{f.suffix}")
+            except OSError:  # another file system (--work in memory): a copy
+                shutil.copyfile(f, folder / f"{i:06d}{f.suffix}")
     else:
         rng = np.random.default_rng(0)
         for i in range(n):
@@ -82,7 +90,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=None)
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--classes", type=int, default=1_000)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/many_classes"))
+    parser.add_argument("--work", type=Path, default=scratch_root() / "many_classes")
     parser.add_argument("--thresholds", default="0.95,1%")
     parser.add_argument("--pairs", type=int, default=3, help="few/many pairs, in turn")
     add_out_option(parser)
@@ -145,6 +153,8 @@ def main() -> None:
             "images": args.images,
             "source": str(args.source) if args.source else "textures",
             "thresholds": args.thresholds,
+            "work": str(work),
+            "work_filesystem": filesystem_of(work),
             "runs": runs,
             "pairs": pairs,
             "ratios": ratios,
