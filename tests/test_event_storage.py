@@ -1,6 +1,11 @@
 """`dedup run`'s event log: a range's materializations and check verdicts stored as batches,
 read back by the UI's plain SQLite storage as if written one at a time."""
 
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
 import dagster as dg
 import pytest
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
@@ -91,15 +96,37 @@ def _stored(instance: dg.DagsterInstance) -> dict[str, dict]:
 
 @pytest.fixture
 def counted_connects(monkeypatch):
+    """Transactions on a shard: Dagster's `_connect`, and the batched storage's
+    `_open_shard` (its `_connect` on a kept engine)."""
     count = {"n": 0}
-    original = SqliteEventLogStorage._connect
+    for cls, name in (
+        (SqliteEventLogStorage, "_connect"),
+        (BatchedSqliteEventLogStorage, "_open_shard"),
+    ):
+        original = getattr(cls, name)
 
-    def counting(self, shard):
-        count["n"] += 1
-        return original(self, shard)
+        def counting(self, shard, original=original):
+            count["n"] += 1
+            return original(self, shard)
 
-    monkeypatch.setattr(SqliteEventLogStorage, "_connect", counting)
+        monkeypatch.setattr(cls, name, counting)
     return count
+
+
+@pytest.fixture
+def sqlite_opens():
+    """The file of every SQLite connection opened (beneath SQLAlchemy's pools), in order."""
+    import sqlalchemy as db
+
+    opened: list[str] = []
+
+    def record(connection, _record):
+        if isinstance(connection, sqlite3.Connection):
+            opened.append(connection.execute("PRAGMA database_list").fetchall()[0][2])
+
+    db.event.listen(db.engine.Engine, "connect", record)
+    yield opened
+    db.event.remove(db.engine.Engine, "connect", record)
 
 
 def test_a_range_is_stored_in_batches_and_read_back_by_the_plain_storage(
@@ -537,3 +564,139 @@ def test_a_new_runs_database_is_made_as_dagster_makes_it_without_alembics_script
     with again.index_connection():
         pass
     assert loads == []
+
+
+def test_each_database_is_opened_once_a_process_not_once_a_statement(
+    tmp_path, monkeypatch, sqlite_opens
+):
+    """The batched storage keeps each database's engine with a connection open: a run opens
+    the index and its own database once (Dagster's storage opens them for every event and
+    every read, and SQLite checkpoints its log on each last close)."""
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    home = prepare_dagster_home(tmp_path / "out")
+    batched = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
+    base = Path(batched.event_log_storage._base_dir)
+    sqlite_opens.clear()
+    _run(batched)
+    _run(batched, "checked_job")
+    ours = [Path(f) for f in sqlite_opens if Path(f).parent == base]
+    (first, second) = _runs_of(batched)[::-1]
+    for name in ("index.db", f"{first}.db", f"{second}.db"):
+        assert 1 <= sum(f.name == name for f in ours) <= 2, (name, ours)  # 2: one nested
+    plain_home = tmp_path / "plain"
+    plain_home.mkdir()
+    plain = dg.DagsterInstance.from_config(str(plain_home))
+    sqlite_opens.clear()
+    _run(plain)
+    plain_base = Path(plain.event_log_storage._base_dir)
+    assert sum(Path(f).parent == plain_base for f in sqlite_opens) > 4 * len(ours)
+    assert _stored(batched) == _stored(plain)
+
+
+def test_kept_engines_are_bounded_and_closed_by_wipe_and_dispose(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    home = prepare_dagster_home(tmp_path / "out")
+    batched = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
+    storage = batched.event_log_storage
+    for k in range(event_storage.ENGINES_HELD + 2):
+        _run(batched, keys=KEYS[k : k + 3])
+    assert len(storage._engines) == event_storage.ENGINES_HELD
+    assert "index" in storage._engines  # used by every event: never the least recent
+    runs = _runs_of(batched)
+    assert runs[0] in storage._engines and runs[-1] not in storage._engines
+    # An old run's log read again: its engine made again, the least recent let go.
+    assert batched.all_logs(runs[-1])
+    assert runs[-1] in storage._engines and len(storage._engines) == event_storage.ENGINES_HELD
+    # wipe deletes the run databases: nothing stays open on them, and storing goes on.
+    storage.wipe()
+    assert set(storage._engines) <= {"index"}  # the index emptied anew, its file kept
+    assert not list(Path(storage._base_dir).glob("*-*.db"))
+    batched.wipe()
+    _run(batched, keys=KEYS[:2])
+    assert set(_stored(batched)) == set(KEYS[:2])
+    assert storage._engines
+    batched.dispose()
+    assert not storage._engines
+
+
+def test_two_processes_storages_each_keeping_connections_see_each_others_events(
+    tmp_path, monkeypatch
+):
+    """`dedup run` and its workers each keep the index open: what one stores, the other
+    reads at once, in both directions, and the plain storage reads it all."""
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    home = prepare_dagster_home(tmp_path / "out")
+    a = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
+    b = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
+    _run(a, keys=KEYS[:5])
+    assert set(_stored(b)) == set(KEYS[:5])
+    _run(b, keys=KEYS[5:9])
+    assert set(_stored(a)) == set(KEYS[:9])
+    _run(a, keys=KEYS[9:12])
+    assert set(_stored(b)) == set(KEYS[:12])
+    ui = dg.DagsterInstance.from_config(str(home), config_filename=INSTANCE_FILE)
+    assert set(_stored(ui)) == set(KEYS[:12])
+
+
+def test_threads_share_a_storages_kept_connections(tmp_path, monkeypatch):
+    """Reads from other threads while this one stores a run (Dagster's own threads do: the
+    UI's event watcher, a run's heartbeat): each waits for the storage's lock, none fails
+    on SQLite's same-thread rule, every read sees whole runs."""
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    home = prepare_dagster_home(tmp_path / "out")
+    batched = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
+    _run(batched, keys=KEYS[:10])
+    errors: list[BaseException] = []
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                seen.append(len(_stored(batched)))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        _run(batched, keys=KEYS[10:30])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert seen and set(seen) <= {10, 30}
+    assert len(_stored(batched)) == 30
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_neither_uses_nor_closes_its_parents_connections(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    home = prepare_dagster_home(tmp_path / "out")
+    batched = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
+    storage = batched.event_log_storage
+    _run(batched, keys=KEYS[:5])
+    kept = dict(storage._engines)
+    assert kept
+    pid = os.fork()
+    if pid == 0:  # the child: its own engines, the parent's never closed
+        status = 1
+        try:
+            fresh = not storage._engines
+            read = set(_stored(batched)) == set(KEYS[:5])
+            ok = (
+                fresh
+                and read
+                and not set(map(id, storage._engines.values())) & set(map(id, kept.values()))
+            )
+            status = 0 if ok else 1
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert storage._engines == kept  # the parent goes on with its own
+    _run(batched, keys=KEYS[5:8])
+    ui = dg.DagsterInstance.from_config(str(home), config_filename=INSTANCE_FILE)
+    assert set(_stored(ui)) == set(KEYS[:8])
