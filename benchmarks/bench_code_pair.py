@@ -5,7 +5,7 @@ a ratio within a pair holds when the machine's speed drifts).
 
     python benchmarks/bench_code_pair.py --base 6ad5b0c --model MODEL \
         [--eurosat ../shared/datasets/eurosat | --source DIR] [--thresholds 0.95] \
-        [--pairs 3] [--work /tmp/bench_pair] [--name code_pair_first_run]
+        [--pairs 3] [--work /dev/shm/bench_pair] [--name code_pair_first_run]
 
 The other commit is checked out as a git worktree under --work and run with this
 checkout's interpreter and packages (`PYTHONPATH`); every run is `dedup run` into a fresh
@@ -28,7 +28,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_incremental import make_source  # noqa: E402
-from benchmarks.common import add_out_option, output_with_model, table, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_out_option,
+    filesystem_of,
+    output_with_model,
+    scratch_root,
+    table,
+    write_result,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "from dedup_assets.cli import entry; entry()"
@@ -84,7 +91,7 @@ def main() -> None:
     p.add_argument("--thresholds", default="0.95")
     p.add_argument("--name", default="code_pair_first_run", help="the result's file name")
     p.add_argument("--pairs", type=int, default=3)
-    p.add_argument("--work", type=Path, default=Path("/tmp/bench_pair"))
+    p.add_argument("--work", type=Path, default=scratch_root() / "bench_pair")
     add_out_option(p)
     args = p.parse_args()
     work = args.work.resolve()
@@ -148,6 +155,7 @@ def main() -> None:
             "source": str(args.source) if args.source is not None else "EuroSAT (links)",
             "thresholds": args.thresholds,
             "images": images,
+            "work_filesystem": filesystem_of(args.work),
             "runs": runs,
             **summary,
             "stages_a": stage_seconds(a_stages),
