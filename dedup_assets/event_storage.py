@@ -38,13 +38,17 @@ stamped is left as it is without the scripts (Dagster does nothing more to it ei
 new run's database gets Dagster's tables and the head revision, read once per process
 (`_initdb`).
 
-Each database's engine is kept (the index and the last `ENGINES_HELD` run databases), with
-one connection open in its pool: Dagster creates an engine and opens and closes a connection
+Each database's engine is kept (the index, and a run's database until the run's end is
+stored, at most `ENGINES_HELD` of them), with one connection open in its pool: Dagster creates an engine and opens and closes a connection
 for every statement it stores or reads, about 570 times in EuroSAT's first run across its
 three processes, and SQLite checkpoints its write-ahead log, with an fsync, each time the
 last connection to a database closes. A first run took 0.978 of its time with the engines
-kept (alternated, by hand, before this change). A forked child never closes or uses the
-parent's connections (`_forget_engines_in_child`); `wipe` and `dispose` close them first.
+kept (alternated, by hand, before this change). A run's database is closed when its end is
+stored, and every database at the interpreter's exit (the command's exit handlers run before
+its `os._exit`), so that SQLite folds each write-ahead log into its database and deletes it:
+kept open to the end, each run left a log of up to 1.7 MB beside its database. A forked
+child never closes or uses the parent's connections (`_forget_engines_in_child`); `wipe` and
+`dispose` close them first.
 
 The files are Dagster's own: the UI, the daemon and an instance configured without this
 class read them as they are.
@@ -84,7 +88,12 @@ MODULE = __name__
 CLASS = "BatchedSqliteEventLogStorage"
 HELD_VERDICTS = 1_000  # verdicts held at most before they are written
 IN_CHUNK = 500  # ids in one IN (...): an SQLite before 3.32 binds at most 999 values
-ENGINES_HELD = 4  # databases whose engine and open connection are kept, the index among them
+ENGINES_HELD = 3  # run databases whose engine and open connection are kept, besides the index
+RUN_ENDS = {
+    DagsterEventType.RUN_SUCCESS,
+    DagsterEventType.RUN_FAILURE,
+    DagsterEventType.RUN_CANCELED,
+}
 
 
 class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
@@ -108,9 +117,10 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         self._engines: OrderedDict[str, db.Engine] = OrderedDict()  # by shard, last used last
         self._engines_lock = threading.Lock()  # `has_table` runs inside `_connect` too
         self._tables: set[str] = set()  # tables the index is known to have
+        self._pid = os.getpid()  # the process whose engines these are
         super().__init__(*args, **kwargs)  # opens the databases: after the attributes above
         ref = weakref.ref(self)
-        atexit.register(lambda: (held := ref()) is not None and held.store_held_verdicts())
+        atexit.register(lambda: (held := ref()) is not None and held._at_exit())
         _STORAGES.add(self)
 
     def _initdb(self, engine: Any, for_index_shard: bool = False) -> None:
@@ -144,6 +154,8 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
     def store_event(self, event: EventLogEntry) -> None:
         if not _run_check_verdict(event):
             super().store_event(event)  # `_connect` writes held verdicts first
+            if event.is_dagster_event and event.dagster_event_type in RUN_ENDS:
+                self._close_engine(event.run_id)  # its log folded in, the file deleted
             return
         with self._held_lock:
             if self._held and self._held[0].run_id != event.run_id:
@@ -286,8 +298,8 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
                 yield conn
 
     def _engine(self, shard: str) -> db.Engine:
-        """The shard's engine, made on first use; the least recently used beyond
-        ENGINES_HELD closed. Its pool keeps one connection open (more while a caller nests
+        """The shard's engine, made on first use; the index's kept, the least recently
+        used run database's closed beyond ENGINES_HELD. Its pool keeps one connection open (more while a caller nests
         connections, closed as they end); the storage's lock serializes their use across
         threads."""
         with self._engines_lock:
@@ -304,14 +316,27 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
                     },
                 )
             self._engines[shard] = engine
-            while len(self._engines) > ENGINES_HELD:
-                self._engines.popitem(last=False)[1].dispose()
+            while len(self._engines) > ENGINES_HELD + (INDEX_SHARD_NAME in self._engines):
+                oldest = next(k for k in self._engines if k != INDEX_SHARD_NAME)
+                self._engines.pop(oldest).dispose()
             return engine
+
+    def _close_engine(self, shard: str) -> None:
+        with self._db_lock, self._engines_lock:
+            engine = self._engines.pop(shard, None)
+            if engine is not None:
+                engine.dispose()
 
     def _close_engines(self) -> None:
         with self._db_lock, self._engines_lock:
             while self._engines:
                 self._engines.popitem()[1].dispose()
+
+    def _at_exit(self) -> None:
+        if os.getpid() != self._pid:  # a forked child's copy: its parent's to close
+            return
+        self.store_held_verdicts()
+        self._close_engines()
 
     def has_table(self, table_name: str) -> bool:
         """Dagster's check on the index's kept engine, a table once found remembered (it
@@ -402,13 +427,18 @@ _INHERITED: list[OrderedDict] = []  # a forked child's copies of its parent's en
 
 
 def _forget_engines_in_child() -> None:
-    """In a forked child, each storage starts with no engine: its parent's stay referenced
-    here, never used or closed (closing a copied SQLite connection can checkpoint and delete
-    the write-ahead log the parent is writing)."""
+    """In a forked child, each storage starts with no engine and no held verdict: its
+    parent's engines stay referenced here, never used or closed (closing a copied SQLite
+    connection can checkpoint and delete the write-ahead log the parent is writing), and the
+    verdicts it held are the parent's to write; locks another thread held are new."""
     for storage in list(_STORAGES):
         _INHERITED.append(storage._engines)
         storage._engines = OrderedDict()
+        storage._pid = os.getpid()
+        storage._held = []  # the parent's to write
+        storage._held_lock = threading.RLock()
         storage._engines_lock = threading.Lock()  # one another thread held at the fork
+        storage._db_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

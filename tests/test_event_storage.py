@@ -593,30 +593,65 @@ def test_each_database_is_opened_once_a_process_not_once_a_statement(
     assert _stored(batched) == _stored(plain)
 
 
-def test_kept_engines_are_bounded_and_closed_by_wipe_and_dispose(tmp_path, monkeypatch):
+def test_kept_engines_are_bounded_and_closed_by_a_runs_end_wipe_and_dispose(tmp_path, monkeypatch):
+    """A run's database stays open while the run stores events and is closed at its end
+    (SQLite folds its log into it and deletes it); reads keep the last ENGINES_HELD run
+    databases open, and the index; wipe and dispose close every one."""
     monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
     home = prepare_dagster_home(tmp_path / "out")
     batched = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
     storage = batched.event_log_storage
+    base = Path(storage._base_dir)
     for k in range(event_storage.ENGINES_HELD + 2):
         _run(batched, keys=KEYS[k : k + 3])
-    assert len(storage._engines) == event_storage.ENGINES_HELD
-    assert "index" in storage._engines  # used by every event: never the least recent
-    runs = _runs_of(batched)
-    assert runs[0] in storage._engines and runs[-1] not in storage._engines
-    # An old run's log read again: its engine made again, the least recent let go.
-    assert batched.all_logs(runs[-1])
-    assert runs[-1] in storage._engines and len(storage._engines) == event_storage.ENGINES_HELD
+        assert list(storage._engines) == ["index"]  # the run's own closed at its end
+        assert [f.name for f in base.glob("*-wal")] == ["index.db-wal"]
+    runs = _runs_of(batched)  # newest first
+    for run in runs:
+        assert batched.all_logs(run)
+    # the index kept (it was open), the last ENGINES_HELD run databases read
+    assert list(storage._engines) == ["index", *runs[-event_storage.ENGINES_HELD :]]
     # wipe deletes the run databases: nothing stays open on them, and storing goes on.
     storage.wipe()
     assert set(storage._engines) <= {"index"}  # the index emptied anew, its file kept
-    assert not list(Path(storage._base_dir).glob("*-*.db"))
+    assert not list(base.glob("*-*.db"))
     batched.wipe()
     _run(batched, keys=KEYS[:2])
     assert set(_stored(batched)) == set(KEYS[:2])
-    assert storage._engines
+    batched.all_logs(_runs_of(batched)[0])
+    assert len(storage._engines) == 2
     batched.dispose()
     assert not storage._engines
+    assert not list(base.glob("*-wal")) and not list(base.glob("*-shm"))
+
+
+def test_the_command_leaves_no_write_ahead_log(tmp_path):
+    """A process that ends through its exit handlers (`dedup run` runs them before its
+    `os._exit`) closes what it kept open: no log left beside any database."""
+    import subprocess
+    import sys
+
+    home = prepare_dagster_home(tmp_path / "out")
+    script = f"""
+import os, atexit, sys
+os.environ["DAGSTER_EVENT_BATCH_SIZE"] = "1000"
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import dagster as dg
+import test_event_storage as t
+instance = dg.DagsterInstance.from_config({str(home)!r}, config_filename={RUN_INSTANCE_FILE!r})
+t._run(instance, keys=t.KEYS[:4])
+instance.all_logs(instance.get_runs()[0].run_id)
+assert instance.event_log_storage._engines
+atexit._run_exitfuncs()
+os._exit(0)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = home / "history" / "runs"
+    assert len(list(runs.glob("*-*.db"))) == 1
+    assert not list(runs.glob("*-wal")) and not list(runs.glob("*-shm"))
+    ui = dg.DagsterInstance.from_config(str(home), config_filename=INSTANCE_FILE)
+    assert set(_stored(ui)) == set(KEYS[:4])
 
 
 def test_two_processes_storages_each_keeping_connections_see_each_others_events(
@@ -673,30 +708,42 @@ def test_threads_share_a_storages_kept_connections(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_neither_uses_nor_closes_its_parents_connections(tmp_path, monkeypatch):
+    """A child forked from a process with the storage open gets no engine and no held
+    verdict of its parent's: it opens its own, ending it (its exit handlers) neither closes
+    the parent's connections nor writes the parent's held verdicts a second time."""
     monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
     home = prepare_dagster_home(tmp_path / "out")
     batched = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
     storage = batched.event_log_storage
-    _run(batched, keys=KEYS[:5])
+    _run(batched, "checked_job")
+    run_id = _runs_of(batched)[0]
+    verdict = next(
+        e
+        for e in batched.all_logs(run_id)
+        if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+    )
+    before = len(batched.all_logs(run_id))
+    storage.store_event(verdict)  # held, not yet written
+    assert len(storage._held) == 1
     kept = dict(storage._engines)
     assert kept
     pid = os.fork()
-    if pid == 0:  # the child: its own engines, the parent's never closed
+    if pid == 0:  # the child
         status = 1
         try:
-            fresh = not storage._engines
-            read = set(_stored(batched)) == set(KEYS[:5])
-            ok = (
-                fresh
-                and read
-                and not set(map(id, storage._engines.values())) & set(map(id, kept.values()))
-            )
-            status = 0 if ok else 1
+            fresh = not storage._engines and not storage._held
+            read = set(_verdicts(batched)) == set(KEYS)
+            own = not set(map(id, storage._engines.values())) & set(map(id, kept.values()))
+            storage._at_exit()  # what its exit handlers do
+            status = 0 if fresh and read and own else 1
         finally:
             os._exit(status)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert storage._engines == kept  # the parent goes on with its own
-    _run(batched, keys=KEYS[5:8])
+    assert len(storage._held) == 1
+    _run(batched, keys=KEYS[:3])
+    assert set(_stored(batched)) == set(KEYS[:3])
+    batched.dispose()
     ui = dg.DagsterInstance.from_config(str(home), config_filename=INSTANCE_FILE)
-    assert set(_stored(ui)) == set(KEYS[:8])
+    assert len(ui.all_logs(run_id)) == before + 1  # the held verdict, written once
