@@ -38,17 +38,21 @@ stamped is left as it is without the scripts (Dagster does nothing more to it ei
 new run's database gets Dagster's tables and the head revision, read once per process
 (`_initdb`).
 
-Each database's engine is kept (the index, and a run's database until the run's end is
-stored, at most `ENGINES_HELD` of them), with one connection open in its pool: Dagster creates an engine and opens and closes a connection
-for every statement it stores or reads, about 570 times in EuroSAT's first run across its
-three processes, and SQLite checkpoints its write-ahead log, with an fsync, each time the
-last connection to a database closes. A first run took 0.978 of its time with the engines
-kept (alternated, by hand, before this change). A run's database is closed when its end is
-stored, and every database at the interpreter's exit (the command's exit handlers run before
-its `os._exit`), so that SQLite folds each write-ahead log into its database and deletes it:
+Each database's engine is kept, with one connection open in its pool: the index's, and a
+run's until the run's end is stored (at most `ENGINES_HELD` run databases). Dagster creates
+an engine and opens and closes a connection for every statement it stores or reads, about
+570 times in EuroSAT's first run across its three processes, SQLite checkpoints its
+write-ahead log with an fsync each time the last connection to a database closes, and
+Dagster's `has_table` opened the index once more before every dynamic partition lookup
+(here on the kept engine, a table once found remembered). EuroSAT's first run took 0.956 of
+its time with the engines kept, the 1,000-class run of `bench_many_classes.py` 0.951
+(alternated on tmpfs, benchmarks/results/code_pair_event_log_1216.json and
+code_pair_engines_many_1216.json). A run's database is closed when its end is stored, and
+every database at the interpreter's exit (the command's exit handlers run before its
+`os._exit`), so that SQLite folds each write-ahead log into its database and deletes it:
 kept open to the end, each run left a log of up to 1.7 MB beside its database. A forked
-child never closes or uses the parent's connections (`_forget_engines_in_child`); `wipe` and
-`dispose` close them first.
+child never closes or uses the parent's connections (`_forget_engines_in_child`); `wipe`
+and `dispose` close them first.
 
 The files are Dagster's own: the UI, the daemon and an instance configured without this
 class read them as they are.
@@ -299,9 +303,9 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
 
     def _engine(self, shard: str) -> db.Engine:
         """The shard's engine, made on first use; the index's kept, the least recently
-        used run database's closed beyond ENGINES_HELD. Its pool keeps one connection open (more while a caller nests
-        connections, closed as they end); the storage's lock serializes their use across
-        threads."""
+        used run database's closed beyond ENGINES_HELD. Its pool keeps one connection open
+        (more while a caller nests connections, closed as they end); the storage's lock
+        serializes their use across threads."""
         with self._engines_lock:
             engine = self._engines.pop(shard, None)
             if engine is None:
