@@ -114,7 +114,6 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         self._held: list[EventLogEntry] = []
         self._held_lock = threading.RLock()
         self._open = threading.local()  # the index connection a flush has open, per thread
-        self._checks_table = False
         # (asset key, partition) -> (storage id, run id, timestamp) of the last run's
         # materializations stored here (`stored_materialization`)
         self._materialized: dict[tuple[str, str | None], tuple[int, str, float]] = {}
@@ -146,14 +145,6 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
                 conn.commit()
                 return
         super()._initdb(engine, for_index_shard)
-
-    @property
-    def supports_asset_checks(self) -> bool:  # ty: ignore[invalid-method-override]
-        # Dagster asks for every verdict, each time opening the index to look for the table;
-        # a table once there stays there.
-        if not self._checks_table:
-            self._checks_table = bool(super().supports_asset_checks)
-        return self._checks_table
 
     def store_event(self, event: EventLogEntry) -> None:
         if not _run_check_verdict(event):
@@ -344,8 +335,9 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
 
     def has_table(self, table_name: str) -> bool:
         """Dagster's check on the index's kept engine, a table once found remembered (it
-        stays): Dagster asks before every dynamic partition lookup, a new engine and
-        connection each time, 126 times for one run over a range of 60 partitions."""
+        stays): Dagster asks before every dynamic partition lookup and every check verdict
+        (`supports_asset_checks`), a new engine and connection each time, 126 times for one
+        run over a range of 60 partitions."""
         if table_name in self._tables:
             return True
         engine = self._engine(INDEX_SHARD_NAME)
