@@ -3,6 +3,8 @@
 dedup demo [--splits]           # built-in demo dataset (--splits: train/test, with leaks)
 dedup run --source DIR --output DIR [--thresholds 0.93,0.95,0.97,1%] [--epochs N] [--device auto]
 dedup plant --source DIR --dest DIR [--fraction 0.05]   # planted near-duplicates + ground truth
+dedup watch --source DIR --output DIR [run options] [--interval 2] [--settle 1]
+                                # run, then again whenever the source changes
 dedup ui --output DIR           # dagster dev on the same instance and data
 
 Exit status: 0 when every stage ran and no blocking gate held back a clean copy, 1 when a
@@ -33,7 +35,7 @@ import signal
 import sys
 import textwrap
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from enum import Enum
@@ -95,6 +97,26 @@ DEMO_ABOUT = (
     "run again. With --splits, its split variant: train/ and test/ folders of the same "
     "classes, with training copies of a few test images (leaks.csv)."
 )
+WATCH_ABOUT = (
+    "Keep an output up to date with its source: run as `dedup run` does with the same "
+    "options, then list the source every --interval seconds and, when an image is added, "
+    "changed or removed (or the overrides file changes), run again in this same process "
+    "once the listing has stayed the same for --settle seconds (files still being copied "
+    "are not read half-written). Each update is a `dedup run` of what changed, with its last "
+    "screen; it skips the 1-2 s of imports a new command pays, so a few new images take "
+    "seconds. A later `dedup run` with the same options answers from the last update. "
+    "Ctrl-C stops it; an update it interrupts resumes with the same command."
+)
+WATCH_OPTIONS = {
+    "--interval": (2.0, "seconds between two listings of the source while nothing changes"),
+    "--settle": (
+        1.0,
+        "seconds a changed listing must stay the same before an update starts (0: at once)",
+    ),
+    "--updates": (None, "stop after this many updates, the first included"),
+}
+"""The options of `dedup watch` beside those of `run`: when to look and when to stop, not
+what a run computes (left out of the run's record, `_probe`)."""
 EXIT_STATUSES = """exit status:
   0    done: every stage ran and no blocking gate held back a clean copy
   1    an error: a stage failed, later stages were skipped (the last lines say which)
@@ -207,18 +229,43 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
         p.add_argument(flag, action="store_true", help=text)
 
 
-def _run_parser(sub: argparse._SubParsersAction, command: str, summary: str, about: str) -> None:
-    """`dedup run` or `dedup demo`: what it does, its options, its exit statuses."""
+def _run_parser(
+    sub: argparse._SubParsersAction, command: str, summary: str, about: str
+) -> argparse.ArgumentParser:
+    """`dedup run`, `demo` or `watch`: what it does, its options, its exit statuses."""
+    takes = "demo" if command == "demo" else "run"  # watch takes run's options
     p = sub.add_parser(
         command,
         help=summary,
         # One line of usage, so that what the command does is the first paragraph.
-        usage=f"%(prog)s {'--source DIR ' if command == 'run' else ''}[--output DIR] [options]",
+        usage=f"%(prog)s {'--source DIR ' if takes == 'run' else ''}[--output DIR] [options]",
         description="\n".join(textwrap.wrap(about, shutil.get_terminal_size().columns - 2)),
         epilog=EXIT_STATUSES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_run_options(p, command)
+    _add_run_options(p, takes)
+    return p
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: not a positive number of seconds")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: not a number of seconds >= 0")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: not a count >= 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub, "demo", "run everything on the built-in demo dataset", DEMO_ABOUT)
     _run_parser(sub, "run", "run everything on an ImageFolder dataset", RUN_ABOUT)
+    watch = _run_parser(
+        sub, "watch", "run, then again in the same process whenever the source changes", WATCH_ABOUT
+    )
+    for flag, kind in zip(WATCH_OPTIONS, (_positive_seconds, _seconds, _count), strict=True):
+        default, text = WATCH_OPTIONS[flag]
+        shown = "until stopped" if default is None else f"{default:g}"
+        watch.add_argument(flag, type=kind, default=default, help=f"{text} (default: {shown})")
     plant = sub.add_parser(
         "plant", help="copy a dataset and plant near-duplicates with ground truth"
     )
@@ -319,6 +373,8 @@ def _run(args: argparse.Namespace, probe: _Probe | None = None) -> int:
         )
     except ConfigError as exc:  # the overrides file: one line naming the file and the line
         raise UsageError(str(exc)) from None
+    finally:
+        instance.dispose()  # its databases closed: `dedup watch` opens one per update
     return reported[0] if reported else _report(outcome, config, layout, say)
 
 
@@ -334,6 +390,7 @@ class _Probe:
     quick: bool
     differs: str = ""
     options: dict[str, str | None] = dataclass_field(default_factory=dict)  # as written, last wins
+    source: Path | None = None
     # (source, include_hidden, its scan): the run's listing when its settings read the same
     # (`one_listing_per_run`); handed over once (`take_scan`), not held for the whole run
     # (about 460 MB at a million images).
@@ -355,6 +412,11 @@ class _Probe:
         return any(
             name == flag or (len(name) > 2 and flag.startswith(name)) for name in self.options
         )
+
+
+def _is_option(name: str, flags: Iterable[str]) -> bool:
+    """Whether `name` as written is one of `flags` or an abbreviation argparse takes for one."""
+    return any(name == flag or (len(name) > 2 and flag.startswith(name)) for flag in flags)
 
 
 def _options_as_written(words: list[str]) -> list[tuple[str, str | None]]:
@@ -384,9 +446,12 @@ def _probe(argv: list[str]) -> _Probe | None:
     from dedup_assets.core.data.run_fingerprint import RunInputs
 
     command = argv[0] if argv else ""
-    if command not in ("run", "demo"):
+    if command not in ("run", "demo", "watch"):
         return None
     pairs = _options_as_written(argv[1:])
+    if command == "watch":  # its updates are runs: the same record, without when to look
+        command = "run"
+        pairs = [(n, v) for n, v in pairs if not _is_option(n, WATCH_OPTIONS)]
     given = dict(pairs)  # the last of a repeated option counts, as in argparse
 
     def resolved(path: str) -> Path:
@@ -435,7 +500,9 @@ def _probe(argv: list[str]) -> _Probe | None:
         )
     except (OSError, LookupError, ValueError):
         return None
-    return _Probe(inputs, output, header, quick, options=given, scanned=(source, hidden, scan))
+    return _Probe(
+        inputs, output, header, quick, options=given, scanned=(source, hidden, scan), source=source
+    )
 
 
 _PLANNED_POOL: int | None = None
@@ -477,6 +544,13 @@ the pool forked from it; `main` called in another program (a test, a notebook) w
 threads and pools a fork would copy half-way uses the workers' server as before."""
 
 
+_RAN = False
+"""Set once this process has run a pipeline (`dedup watch`'s first update): polars's and
+torch's thread pools may be running then, not Python threads, and a child forked from it
+inherits their locks held and hangs at its first parallel read (seen: both workers of a
+second update stopped in `read_parquet`). Later updates use the workers' server instead."""
+
+
 def _imports_done() -> None:
     """The garbage collector back on, after the command's imports (`entry` paused it), with
     every object made so far frozen (`gc.freeze`): later collections skip them, and a worker
@@ -497,7 +571,7 @@ def _prefork(verbose: bool) -> None:
     import dedup_assets.instance_imports  # noqa: F401 - loaded before the fork, for both sides
 
     _imports_done()
-    if _PLANNED_POOL is None or not _OWN_PROCESS or threading.active_count() > 1:
+    if _PLANNED_POOL is None or not _OWN_PROCESS or _RAN or threading.active_count() > 1:
         return
     from dedup_assets.dispatch import prefork_pool
 
@@ -883,6 +957,168 @@ def _workspace_file(home: Path) -> Path:
     return path
 
 
+def _run_stoppable(args: argparse.Namespace, probe: _Probe | None) -> int:
+    """`_run`, which SIGINT and SIGTERM stop (`interrupts.Interrupted`), and what it may
+    have started beside it (a first run's decoder, a forked pool) ended after."""
+    from dedup_assets.core.data import predecode
+    from dedup_assets.dispatch import release_preforked
+    from dedup_assets.interrupts import stop_on_signals
+
+    global _RAN
+    try:
+        with stop_on_signals():
+            return _run(args, probe)
+    finally:
+        _RAN = True
+        predecode.finish()  # normally done after the images stage already
+        release_preforked()  # a pool the run did not take (another executor)
+
+
+def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> int:
+    """`dedup watch`: an update as `dedup run` with the same options would do it (a quick
+    answer when nothing changed), then another each time the source's listing (or a file
+    the run reads: overrides, ground truth) differs from what the last update ran on and
+    has stayed so for --settle seconds. A later update that fails says why in one line and
+    the watch goes on (an overrides file saved half-edited, say); it returns the last
+    update's exit status when --updates is reached, 128 + the signal when stopped."""
+    import time
+
+    updates, status, updating = 0, EXIT_OK, False
+    say = lambda text: print(text, flush=True)  # noqa: E731
+    try:
+        while True:
+            seen = probe.inputs if probe is not None else None  # what this update runs on
+            looking = _SourceWatch(argv, probe, time.monotonic) if probe is not None else None
+            updating = True
+            try:
+                status = _update(args, probe)
+            except Exception as exc:  # noqa: BLE001 - said, and the watch goes on
+                if not updates or probe is None:
+                    raise  # the first: the command line or the source is at fault
+                if args.verbose:
+                    traceback.print_exc()
+                status = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
+                print(f"dedup watch: update {updates + 1} failed: {exc}", file=sys.stderr)
+            updating = False
+            updates += 1
+            if probe is None or (args.updates is not None and updates >= args.updates):
+                return status
+            if _PLANNED_POOL is not None:
+                # Later updates start their pool from the workers' server (`_RAN`): start it
+                # now, while nothing is to do, not in the next update (2-3 s on 2 cores).
+                from dedup_assets.engines import threads_per_process, worker_context
+
+                worker_context(threads_per_process(_PLANNED_POOL))
+            say(
+                f"update {updates} ended with exit {status}; watching {probe.source} for new, "
+                f"changed or removed images every {args.interval:g}s (Ctrl-C stops)"
+            )
+            probe = _next_change(looking, args.interval, args.settle, time.sleep)
+            say(f"\n{time.strftime('%H:%M:%S')} update {updates + 1}: {_what_changed(seen, probe)}")
+    except KeyboardInterrupt as exc:
+        if updating:
+            raise  # `interrupts.Interrupted` says during which stage; the same command resumes
+        print(
+            f"dedup watch: stopped after {updates} update(s); the outputs are those of the last, "
+            f"which ended with exit {status}",
+            file=sys.stderr,
+        )
+        return getattr(exc, "exit_status", 130)
+
+
+def _update(args: argparse.Namespace, probe: _Probe | None) -> int:
+    """One update of `dedup watch`: what `dedup run` with its options does."""
+    if probe is not None and (status := _quick_rerun(probe)) is not None:
+        return status
+    _prestart_workers(probe)
+    return _run_stoppable(args, probe)
+
+
+FULL_LISTING_EVERY = 60.0
+"""Seconds after which `dedup watch` lists the source in full even though no folder
+changed: an image rewritten in place under its name changes no folder's time."""
+
+
+class _SourceWatch:
+    """When to list the source again: each look stats the folders the last listing found
+    images in, the source and what it holds directly, and the files the run reads by
+    content (a few hundred stats for EuroSAT, against 0.3-0.4 s to list its 27,000 files);
+    only when one of them changed, or FULL_LISTING_EVERY seconds passed, is it listed in
+    full (`_probe`) and compared with what the last update ran on, as is the first look."""
+
+    def __init__(self, argv: list[str], probe: _Probe, clock: Callable[[], float]) -> None:
+        self.argv, self.clock = argv, clock
+        self.seen = probe.inputs.digest
+        self.root = os.fsencode(probe.source or "")
+        scan = probe.scanned[2] if probe.scanned is not None else None
+        folders = {os.path.dirname(f.raw_path) for f in scan.files} if scan else set()
+        self.folders = sorted(os.path.join(self.root, f) for f in folders)
+        self.files = [probe.output / "overrides.csv"] + [
+            Path(value).expanduser().resolve()
+            for flag in ("--overrides", "--ground-truth")
+            if (value := probe.option(flag))
+        ]
+        # None: the first look lists in full, which sees what changed since `probe` was
+        # listed, before any signature was taken (during the update).
+        self.signature: tuple | None = None
+        self.listed = clock()
+
+    def look(self) -> tuple:
+        """The times and sizes of everything `__init__` names (None where gone)."""
+
+        def stat_of(path: bytes | Path) -> tuple[int, int, int] | None:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            return st.st_mtime_ns, st.st_ino, st.st_size
+
+        try:
+            with os.scandir(self.root) as it:
+                top = sorted(e.path for e in it)
+        except OSError:
+            top = []
+        paths = [self.root, *top, *self.folders, *self.files]
+        return tuple(stat_of(p) for p in paths)
+
+    def changed(self) -> _Probe | None:
+        """The source's listing when it differs from what the last update ran on."""
+        signature = self.look()
+        if signature == self.signature and self.clock() - self.listed < FULL_LISTING_EVERY:
+            return None
+        probe = _probe(self.argv)
+        self.signature, self.listed = signature, self.clock()
+        return probe if probe is not None and probe.inputs.digest != self.seen else None
+
+
+def _next_change(
+    watch: _SourceWatch, interval: float, settle: float, sleep: Callable[[float], None]
+) -> _Probe:
+    """The first listing, one look each `interval`, whose inputs differ from what the last
+    update ran on and that a listing `settle` seconds later finds the same (files still
+    arriving wait); a source that cannot be listed for now (a folder being moved) is
+    looked at again."""
+    while True:
+        sleep(interval)
+        probe = watch.changed()
+        while probe is not None:
+            if not settle:
+                return probe
+            sleep(settle)
+            again = _probe(watch.argv)
+            if again is not None and again.inputs.digest == probe.inputs.digest:
+                return again
+            probe = again if again is not None and again.inputs.digest != watch.seen else None
+
+
+def _what_changed(before: RunInputs, now: _Probe) -> str:
+    """What differs between the inputs of the last update and those of the next, in words."""
+    from dedup_assets.core.data.run_fingerprint import changed_parts
+
+    images = f"{sum(before.class_sizes):,} -> {sum(now.inputs.class_sizes):,} images listed"
+    return f"{changed_parts(now.inputs.parts, before.parts)} changed ({images})"
+
+
 def _early_stop(signum: int, frame: object) -> None:
     """SIGTERM before the run's own handling is in place (Dagster takes seconds to import):
     stop with the same one line and exit status."""
@@ -901,9 +1137,11 @@ def main(argv: list[str] | None = None) -> int:
         # A rerun with nothing new is answered before the parser (which imports the
         # settings, and with them Dagster) is built.
         probe = _probe(argv)
-        if probe is not None and (status := _quick_rerun(probe)) is not None:
+        watch = bool(argv) and argv[0] == "watch"  # its first update does this: `_watch`
+        if not watch and probe is not None and (status := _quick_rerun(probe)) is not None:
             return status
-        _prestart_workers(probe)
+        if not watch:
+            _prestart_workers(probe)
         args = build_parser().parse_args(argv)
     except BaseException as exc:  # a usage error or --help exits here too (SystemExit)
         _stop_decoding()
@@ -914,16 +1152,9 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"demo": _run, "run": _run, "plant": _plant, "ui": _ui}
     try:
         if args.command in ("demo", "run"):  # SIGINT/SIGTERM stop it: interrupts.Interrupted
-            from dedup_assets.core.data import predecode
-            from dedup_assets.dispatch import release_preforked
-            from dedup_assets.interrupts import stop_on_signals
-
-            try:
-                with stop_on_signals():
-                    return _run(args, probe)
-            finally:
-                predecode.finish()  # normally done after the images stage already
-                release_preforked()  # a pool the run did not take (another executor)
+            return _run_stoppable(args, probe)
+        if args.command == "watch":
+            return _watch(args, argv, probe)
         _imports_done()  # `dedup ui` runs for hours
         return handlers[args.command](args)
     except UsageError as exc:

@@ -149,6 +149,8 @@ def test_no_option_changed_its_name():
     assert flags == {"-h", "--help", *FORMER, *ADDED}
     flags = {f for a in _subcommand("demo")._actions for f in a.option_strings}
     assert flags == {"-h", "--help", *FORMER, *ADDED} - {"--source", "--ground-truth"}
+    flags = {f for a in _subcommand("watch")._actions for f in a.option_strings}
+    assert flags == {"-h", "--help", *FORMER, *ADDED, "--interval", "--settle", "--updates"}
 
 
 def test_demo_builds_the_demo_config(tmp_path: Path):
@@ -177,16 +179,22 @@ def test_demo_splits_is_a_flag_of_demo_and_run_splits_names_folders(tmp_path: Pa
         build_parser().parse_args([*run, "--splits"])
 
 
-@pytest.mark.parametrize("command", ["run", "demo"])
+ABOUT = {"run": "Find and remove", "demo": "Run everything", "watch": "Keep an output up to date"}
+
+
+@pytest.mark.parametrize("command", ["run", "demo", "watch"])
 def test_help_says_what_the_command_does_each_default_and_the_exit_statuses(capsys, command):
     with pytest.raises(SystemExit) as stopped:
         main([command, "--help"])
     assert stopped.value.code == 0
     text = capsys.readouterr().out
     about = text.split("\n\n")[1]
-    assert about.startswith("Find and remove" if command == "run" else "Run everything")
+    assert about.startswith(ABOUT[command])
     solid = re.sub(r"\s+", "", text)  # argparse wraps lines at spaces and hyphens
-    for option in config_options(command):
+    if command == "watch":
+        for shown in ("(default:2)", "(default:1)", "(default:untilstopped)"):
+            assert shown in solid
+    for option in config_options("demo" if command == "demo" else "run"):
         assert re.sub(r"\s+", "", option.help(option.name == "source")).replace("%%", "%") in solid
     for shown in (
         "(raw|whitened|spline_copula|spline_copula_dct;defaultspline_copula_dct)",

@@ -85,7 +85,7 @@ def test_every_dedup_option_the_documents_show_exists():
     import subprocess
 
     helps = ""
-    for command in ("demo", "run", "plant", "ui"):
+    for command in ("demo", "run", "watch", "plant", "ui"):
         helps += subprocess.run(
             [str(ROOT / ".venv" / "bin" / "dedup"), command, "--help"],
             capture_output=True,

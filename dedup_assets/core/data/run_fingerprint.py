@@ -259,10 +259,7 @@ class LastRun:
         """Why a run with `inputs` could compute something else than this one left in
         `output` (the first difference found, in words), or None when nothing could."""
         if inputs.digest != self.inputs:
-            changed = [k for k, v in inputs.parts.items() if k in self.parts and self.parts[k] != v]
-            if set(inputs.parts) != set(self.parts):  # a record of another version's inputs
-                changed.append("inputs recorded")
-            return "changed since the last run: " + ", ".join(_WORDS.get(k, k) for k in changed)
+            return "changed since the last run: " + changed_parts(inputs.parts, self.parts)
         try:
             now = outputs_digest(output)
         except OSError:  # a file went while it was listed: a run or a user at work there
@@ -292,6 +289,14 @@ _WORDS = {
     "packages": "the installed packages",
     "output": "the output folder",
 }
+
+
+def changed_parts(now: Mapping[str, str], before: Mapping[str, str]) -> str:
+    """Which inputs differ between two `RunInputs.parts`, in words ("the source's files")."""
+    changed = [k for k, v in now.items() if k in before and before[k] != v]
+    if set(now) != set(before):  # a record of another version's inputs
+        changed.append("inputs recorded")
+    return ", ".join(_WORDS.get(k, k) for k in changed)
 
 
 def record_run(

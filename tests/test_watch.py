@@ -1,0 +1,314 @@
+"""`dedup watch`: a run, then an update in the same process each time the source changes;
+through the real command (tiny data), and its change detection (`cli._SourceWatch`) alone."""
+
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import DEDUP, run_dedup
+
+from dedup_assets import cli
+from dedup_assets.core.quality.demo_data import generate_demo_dataset
+
+FAST = ("--epochs", "1", "--device", "cpu", "--precision", "fp32", "--thresholds", "0.95")
+UPDATE_ENDED = re.compile(r"^update (\d+) ended with exit (\d+);")
+
+
+@pytest.fixture
+def source(tmp_path):
+    root = tmp_path / "src"
+    generate_demo_dataset(root, seed=3, per_class=8, duplicate_fraction=0.25)
+    for extra in ("desert", "road", "urban"):  # three classes: fewer runs, same behaviour
+        shutil.rmtree(root / extra)
+    return root
+
+
+class Watch:
+    """`dedup watch` in a subprocess; its lines read as they come."""
+
+    def __init__(self, source: Path, output: Path, *extra: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DEDUP_")}
+        env.pop("DAGSTER_HOME", None)
+        self.proc = subprocess.Popen(
+            [str(DEDUP), "watch", "--source", str(source), "--output", str(output), *FAST]
+            + list(extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,  # its workers too are stopped if a test fails (`end`)
+        )
+        self.lines: queue.Queue = queue.Queue()
+        self.out: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def until(self, pattern: re.Pattern | str, timeout: float = 240) -> re.Match:
+        """Read lines until one matches `pattern`; fails on the end of output or timeout."""
+        pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                raise AssertionError(f"no {pattern.pattern!r}:\n" + "\n".join(self.out)) from None
+            assert line is not None, f"ended before {pattern.pattern!r}:\n" + "\n".join(self.out)
+            self.out.append(line)
+            if m := pattern.search(line):
+                return m
+
+    def end(self, timeout: float = 240) -> tuple[int, str, str]:
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise
+        while (line := self.lines.get(timeout=10)) is not None:
+            self.out.append(line)
+        return rc, "\n".join(self.out), self.proc.stderr.read()
+
+
+def _copy_as(src: Path, dest: Path) -> None:
+    dest.write_bytes(src.read_bytes())
+
+
+def _keep(output: Path) -> pl.DataFrame:
+    return pl.read_parquet(output / "keep_lists" / "0.95.parquet")
+
+
+def test_watch_updates_when_an_image_arrives_and_a_run_then_answers_from_it(source, tmp_path):
+    out = tmp_path / "out"
+    # One epoch's model reconstructs a single new image 0.5x to 2x as well as its training
+    # set: the retraining rule (which redoes every class) is not what this test is about.
+    keep_model = ("--retrain-error-factor", "100")
+    # Local worker processes: later updates start them from the workers' server, not by
+    # forking this process, whose polars and torch pools have run (`cli._RAN`: such a
+    # fork hung in its first parallel read).
+    workers = ("--executor", "processes", "--parallel", "2")
+    watch = Watch(
+        source, out, "--interval", "0.2", "--settle", "0.5", "--updates", "2", *keep_model, *workers
+    )
+    assert watch.until(UPDATE_ENDED).groups() == ("1", "0")
+    by_class = {
+        p.stem: p.read_bytes() for p in (out / "keep_lists" / "by_class" / "0.95").iterdir()
+    }
+    first = sorted((source / "forest").glob("*.png"))[0]
+    _copy_as(first, source / "forest" / "zz copy of first.png")  # an exact copy, an odd name
+    rc, stdout, stderr = watch.end(timeout=120)
+    assert rc == 0, stderr
+    listed = re.search(
+        r"update 2: the source's files changed \((\d+) -> (\d+) images listed\)", stdout
+    )
+    assert listed, stdout
+    assert re.search(r"\[images\] forest: steps ran on ", stdout[listed.end() :]), stdout
+    before, images = map(int, listed.groups())
+    assert images == before + 1
+    assert "quick check: changed since the last run: the source's files" in stdout
+    keep = _keep(out)
+    assert len(keep) == images
+    copy = keep.filter(pl.col("path") == "forest/zz copy of first.png")
+    assert copy["kept"].to_list() == [False], copy  # the exact copy is removed ...
+    assert copy["decided_by"].to_list() == ["exact"]
+    assert copy["duplicate_of_path"].to_list() == [f"forest/{first.name}"]  # ... as a copy of it
+    # The classes that did not change were not decided again.
+    after = {p.stem: p.read_bytes() for p in (out / "keep_lists" / "by_class" / "0.95").iterdir()}
+    training = re.findall(r"^training: .*", stdout, re.M)
+    assert {k for k in by_class if after[k] != by_class[k]} == {"forest"}, training
+    # The watch's record is the run's: the same options without the watch's answer at once.
+    again = run_dedup("run", "--source", str(source), "--output", str(out), *FAST, *keep_model)
+    assert again.returncode == 0, again.stderr
+    assert "nothing changed: every output is up to date" in again.stdout
+
+
+def test_settle_waits_for_files_still_arriving(source, tmp_path):
+    out = tmp_path / "out"
+    watch = Watch(source, out, "--interval", "0.2", "--settle", "4", "--updates", "2")
+    watch.until(UPDATE_ENDED)
+    pngs = sorted((source / "water").glob("*.png"))
+    _copy_as(pngs[0], source / "water" / "late 1.png")
+    time.sleep(1.5)  # within --settle: the same update takes both
+    _copy_as(pngs[1], source / "water" / "late 2.png")
+    rc, stdout, stderr = watch.end()
+    assert rc == 0, stderr
+    listed = re.search(
+        r"update 2: the source's files changed \((\d+) -> (\d+) images listed\)", stdout
+    )
+    assert listed, stdout
+    before, after = map(int, listed.groups())
+    assert after == before + 2  # one update for both
+    assert {"water/late 1.png", "water/late 2.png"} <= set(_keep(out)["path"])
+
+
+def test_a_failed_update_is_said_and_the_watch_goes_on(source, tmp_path):
+    out = tmp_path / "out"
+    watch = Watch(source, out, "--interval", "0.2", "--settle", "0", "--updates", "3")
+    watch.until(UPDATE_ENDED)
+    (out / "overrides.csv").write_text("path,decision\n")  # not the header a review page writes
+    watch.until(r"update 2: the output's overrides.csv changed")
+    watch.until(r"^update 2 ended with exit 2;")
+    (out / "overrides.csv").unlink()
+    watch.until(r"update 3: the output's overrides.csv changed")
+    rc, stdout, stderr = watch.end(timeout=120)
+    assert rc == 0, stderr
+    assert re.search(r"dedup watch: update 2 failed: .*overrides.csv.*path,decision,other", stderr)
+    assert stdout.rstrip().endswith(
+        "done: every stage ran and no gate held back a clean copy (exit 0)"
+    )
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_between_updates_stops_it_and_interval_spaces_the_looks(
+    source, tmp_path, signum, status
+):
+    out = tmp_path / "out"
+    watch = Watch(source, out, "--interval", "30")
+    watch.until(UPDATE_ENDED)
+    _copy_as(sorted((source / "forest").glob("*.png"))[0], source / "forest" / "new.png")
+    time.sleep(2)  # no look before 30 s: the new image waits
+    watch.proc.send_signal(signum)
+    rc, stdout, stderr = watch.end(timeout=60)
+    assert rc == status
+    assert "update 2" not in stdout
+    assert "dedup watch: stopped after 1 update(s); the outputs are those of the last" in stderr
+    assert not list(out.rglob("*-wal"))  # every database closed
+    # What the stopped watch left is complete: a run takes the new image from there.
+    done = run_dedup("run", "--source", str(source), "--output", str(out), *FAST)
+    assert done.returncode == 0, done.stderr
+    assert "forest/new.png" in set(_keep(out)["path"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--interval", "0"], "--interval: 0: not a positive number of seconds"),
+        (["--interval", "nan"], "--interval: nan: not a positive number of seconds"),
+        (["--settle", "-1"], "--settle: -1: not a number of seconds >= 0"),
+        (["--updates", "0"], "--updates: 0: not a count >= 1"),
+    ],
+)
+def test_bad_watch_options_exit_2_with_one_line(source, tmp_path, extra, message):
+    done = run_dedup("watch", "--source", str(source), "--output", str(tmp_path / "o"), *extra)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_updates_1_is_one_run(source, tmp_path):
+    done = run_dedup(
+        "watch", "--source", str(source), "--output", str(tmp_path / "o"), *FAST, "--updates", "1"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "done: every stage ran" in done.stdout
+    assert "watching" not in done.stdout
+
+
+# ------------------------------------------------------------------ when it lists the source
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def watch_inputs(source: Path, out: Path):
+    return cli._probe(["watch", "--source", str(source), "--output", str(out)]).inputs
+
+
+def _looking(source: Path, out: Path, monkeypatch, *extra: str):
+    argv = ["watch", "--source", str(source), "--output", str(out), *extra]
+    clock = FakeClock()
+    watch = cli._SourceWatch(argv, cli._probe(argv), clock)
+    listings = []
+    real = cli._probe
+    monkeypatch.setattr(cli, "_probe", lambda a: listings.append(a) or real(a))
+    return watch, clock, listings
+
+
+def test_an_unchanged_source_is_not_listed_until_the_full_listing_is_due(
+    source, tmp_path, monkeypatch
+):
+    watch, clock, listings = _looking(source, tmp_path / "out", monkeypatch)
+    for _ in range(5):
+        assert watch.changed() is None
+    assert len(listings) == 1  # the first look: what changed since the update listed it
+    clock.now = cli.FULL_LISTING_EVERY
+    assert watch.changed() is None  # listed in full, and the same
+    assert len(listings) == 2
+
+
+def test_a_change_made_during_the_update_is_seen_at_the_first_look(source, tmp_path):
+    argv = ["watch", "--source", str(source), "--output", str(tmp_path / "out")]
+    ran_on = cli._probe(argv)  # what the update lists and runs on ...
+    _copy_as(next((source / "water").glob("*.png")), source / "water" / "during.png")
+    watch = cli._SourceWatch(argv, ran_on, FakeClock())  # ... and the watch made after it
+    assert watch.changed() is not None
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["new image", "removed image", "new class folder", "output overrides", "overrides given"],
+)
+def test_each_change_is_seen_at_the_next_look(source, tmp_path, monkeypatch, change):
+    given = tmp_path / "my overrides.csv"
+    given.write_text("path,decision,other\n")
+    watch, _, listings = _looking(source, tmp_path / "out", monkeypatch, "--overrides", str(given))
+    assert watch.changed() is None
+    if change == "new image":
+        _copy_as(next((source / "water").glob("*.png")), source / "water" / "é new [1].png")
+    elif change == "removed image":
+        next((source / "water").glob("*.png")).unlink()
+    elif change == "new class folder":
+        (source / "lake").mkdir()
+        _copy_as(next((source / "water").glob("*.png")), source / "lake" / "a.png")
+    elif change == "output overrides":
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "overrides.csv").write_text("path,decision,other\nwater/a.png,keep,\n")
+    else:
+        given.write_text("path,decision,other\nwater/x.png,keep,\n")
+    assert watch.changed() is not None and len(listings) == 2
+
+
+def test_an_image_rewritten_in_place_is_seen_at_the_full_listing(source, tmp_path, monkeypatch):
+    watch, clock, listings = _looking(source, tmp_path / "out", monkeypatch)
+    assert watch.changed() is None
+    path = next((source / "water").glob("*.png"))
+    folder_time = os.stat(path.parent).st_mtime_ns
+    path.write_bytes(path.read_bytes() + b"\0")  # same name: no folder changes
+    os.utime(path.parent, ns=(folder_time, folder_time))
+    assert watch.changed() is None and len(listings) == 1
+    clock.now = cli.FULL_LISTING_EVERY + 1
+    assert watch.changed() is not None
+
+
+def test_settle_returns_the_listing_once_it_stays_the_same(source, tmp_path, monkeypatch):
+    watch, _, _ = _looking(source, tmp_path / "out", monkeypatch)
+    before = sum(watch_inputs(source, tmp_path / "out").class_sizes)
+    pngs = sorted((source / "water").glob("*.png"))
+    arrivals = [source / "water" / f"late {i}.png" for i in range(3)]
+    sleeps = []
+
+    def sleep(seconds: float) -> None:  # a file lands during each of the first waits
+        sleeps.append(seconds)
+        if len(sleeps) <= len(arrivals):
+            _copy_as(pngs[0], arrivals[len(sleeps) - 1])
+
+    probe = cli._next_change(watch, 0.5, 2.0, sleep)
+    assert sleeps == [0.5, 2.0, 2.0, 2.0]
+    assert sum(probe.inputs.class_sizes) == before + 3
