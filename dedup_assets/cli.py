@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, get_args, get_origin
 
 if TYPE_CHECKING:
+    import dagster as dg
     from pydantic.fields import FieldInfo
 
     from dedup_assets.config import PipelineConfig
@@ -324,7 +325,13 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         raise UsageError(str(exc)) from None
 
 
-def _run(args: argparse.Namespace, probe: _Probe | None = None) -> int:
+def _run(
+    args: argparse.Namespace,
+    probe: _Probe | None = None,
+    instance: dg.DagsterInstance | None = None,
+) -> int:
+    """`dedup run` (or `demo`), in the output's instance (`instance`: one the caller keeps
+    open, `dedup watch` for its later updates; else one opened and closed here)."""
     config = config_from_args(args)
     if config.executor == "k8s":
         raise UsageError(
@@ -347,7 +354,9 @@ def _run(args: argparse.Namespace, probe: _Probe | None = None) -> int:
     say(f"latent-dedup: {config.source or f'demo dataset {config.demo_source}'} -> {output}")
     if probe is not None and probe.differs:
         say(f"quick check: {probe.differs}; checking every stage")
-    instance = instance_for(output)
+    own = instance is None
+    if instance is None:
+        instance = instance_for(output)
     reported: list[int] = []
 
     def finished(outcome: PipelineOutcome) -> None:
@@ -374,7 +383,8 @@ def _run(args: argparse.Namespace, probe: _Probe | None = None) -> int:
     except ConfigError as exc:  # the overrides file: one line naming the file and the line
         raise UsageError(str(exc)) from None
     finally:
-        instance.dispose()  # its databases closed: `dedup watch` opens one per update
+        if own:
+            instance.dispose()  # its databases closed (the files a UI reads complete)
     return reported[0] if reported else _report(outcome, config, layout, say)
 
 
@@ -518,17 +528,10 @@ def _prestart_workers(probe: _Probe | None) -> None:
     but an unused pool or decoder, never a result: the run chooses its executor again from
     its listing and reads decoded files only where they are what its settings would read."""
     global _PLANNED_POOL
-    if probe is None or not probe.inputs.class_sizes:
-        return
-    from dedup_assets.engines import Executor, resolve_auto, threads_per_process
+    parallel = _planned_pool(probe)
+    if parallel is not None:
+        from dedup_assets.engines import threads_per_process
 
-    try:
-        executor = Executor(probe.option("--executor") or Executor.auto)
-        parallel = int(probe.option("--parallel") or 1)
-    except ValueError:  # argparse says what is wrong
-        return
-    executor, parallel, _ = resolve_auto(executor, parallel, probe.inputs.class_sizes)
-    if executor == Executor.processes:
         threads = threads_per_process(parallel)
         _PLANNED_POOL = parallel
         _start_decoding(probe, parallel)
@@ -536,6 +539,23 @@ def _prestart_workers(probe: _Probe | None) -> None:
         # polars's pool, which starts at its first parallel operation (after this), takes
         # the workers' share of the cores, as the workers' own do (`engines._THREAD_VARS`).
         os.environ.setdefault("POLARS_MAX_THREADS", str(threads))
+
+
+def _planned_pool(probe: _Probe | None) -> int | None:
+    """The size of the pool of local processes `dedup run` with these options will use on
+    this listing (`--executor processes`, or `auto` for these class sizes:
+    `engines.resolve_auto`), None when it will use none (or the options are wrong)."""
+    if probe is None or not probe.inputs.class_sizes:
+        return None
+    from dedup_assets.engines import Executor, resolve_auto
+
+    try:
+        executor = Executor(probe.option("--executor") or Executor.auto)
+        parallel = int(probe.option("--parallel") or 1)
+    except ValueError:  # argparse says what is wrong
+        return None
+    executor, parallel, _ = resolve_auto(executor, parallel, probe.inputs.class_sizes)
+    return parallel if executor == Executor.processes else None
 
 
 _OWN_PROCESS = False
@@ -957,7 +977,9 @@ def _workspace_file(home: Path) -> Path:
     return path
 
 
-def _run_stoppable(args: argparse.Namespace, probe: _Probe | None) -> int:
+def _run_stoppable(
+    args: argparse.Namespace, probe: _Probe | None, instance: dg.DagsterInstance | None = None
+) -> int:
     """`_run`, which SIGINT and SIGTERM stop (`interrupts.Interrupted`), and what it may
     have started beside it (a first run's decoder, a forked pool) ended after."""
     from dedup_assets.core.data import predecode
@@ -967,7 +989,7 @@ def _run_stoppable(args: argparse.Namespace, probe: _Probe | None) -> int:
     global _RAN
     try:
         with stop_on_signals():
-            return _run(args, probe)
+            return _run(args, probe, instance)
     finally:
         _RAN = True
         predecode.finish()  # normally done after the images stage already
@@ -983,15 +1005,21 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
     update's exit status when --updates is reached, 128 + the signal when stopped."""
     import time
 
+    from dedup_assets.dispatch import keep_pools
+
     updates, status, updating = 0, EXIT_OK, False
     say = lambda text: print(text, flush=True)  # noqa: E731
+    keep_pools(True)  # an update's local workers serve the next one
+    # The first update opens its own instance, after the pool it may fork (`_prefork`);
+    # the later ones share one, opened once.
+    instance: dg.DagsterInstance | None = None
     try:
         while True:
             seen = probe.inputs if probe is not None else None  # what this update runs on
             looking = _SourceWatch(argv, probe, time.monotonic) if probe is not None else None
             updating = True
             try:
-                status = _update(args, probe)
+                status = _update(args, probe, instance)
             except Exception as exc:  # noqa: BLE001 - said, and the watch goes on
                 if not updates or probe is None:
                     raise  # the first: the command line or the source is at fault
@@ -1001,14 +1029,19 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
                 print(f"dedup watch: update {updates + 1} failed: {exc}", file=sys.stderr)
             updating = False
             updates += 1
+            if instance is None and probe is not None:
+                from dedup_assets.runner import instance_for
+
+                instance = instance_for(probe.output)
             if probe is None or (args.updates is not None and updates >= args.updates):
                 return status
-            if _PLANNED_POOL is not None:
+            if (parallel := _planned_pool(probe)) is not None:
                 # Later updates start their pool from the workers' server (`_RAN`): start it
-                # now, while nothing is to do, not in the next update (2-3 s on 2 cores).
+                # now, while nothing is to do, not in the next update (2-3 s on 2 cores;
+                # after an update that answered "nothing changed" no pool was planned).
                 from dedup_assets.engines import threads_per_process, worker_context
 
-                worker_context(threads_per_process(_PLANNED_POOL))
+                worker_context(threads_per_process(parallel))
             say(
                 f"update {updates} ended with exit {status}; watching {probe.source} for new, "
                 f"changed or removed images every {args.interval:g}s (Ctrl-C stops)"
@@ -1024,14 +1057,20 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
             file=sys.stderr,
         )
         return getattr(exc, "exit_status", 130)
+    finally:
+        keep_pools(False)
+        if instance is not None:
+            instance.dispose()
 
 
-def _update(args: argparse.Namespace, probe: _Probe | None) -> int:
+def _update(
+    args: argparse.Namespace, probe: _Probe | None, instance: dg.DagsterInstance | None
+) -> int:
     """One update of `dedup watch`: what `dedup run` with its options does."""
     if probe is not None and (status := _quick_rerun(probe)) is not None:
         return status
     _prestart_workers(probe)
-    return _run_stoppable(args, probe)
+    return _run_stoppable(args, probe, instance)
 
 
 FULL_LISTING_EVERY = 60.0

@@ -314,13 +314,37 @@ def run_partition(
         with _interruptible(token):
             use_dagster_home(dagster_home)
             job = job_for(config_json, job_name)
-            with open_instance(dagster_home) as instance:
+            with _worker_instance(dagster_home) as instance:
                 tags = {**tags, WORKER_TAG: worker_name()}
                 result = execute(job, key, instance, tags, run_config, assets)
                 return RunReport.of(result, stage, key)
     except KeyboardInterrupt:  # interrupt_runs, outside the run's steps (or before it)
         where = f"{stage} [{key}]" if key is not None else stage
         return RunReport(failures=[f"{where}: interrupted before it ran"], interrupted=True)
+
+
+_instances: dict[str, dg.DagsterInstance] = {}
+
+
+@contextmanager
+def _worker_instance(dagster_home: str) -> Iterator[dg.DagsterInstance]:
+    """The instance a run in this process records into: in a local pool's process (its
+    runs one at a time, in its main thread) one kept open for every run there, since
+    opening one is 0.1-0.2 s of a worker's CPU (Dagster validates its configuration and
+    opens each storage); elsewhere (a Dask worker's threads) one per run, closed after."""
+    if threading.current_thread() is not threading.main_thread():
+        with open_instance(dagster_home) as instance:
+            yield instance
+        return
+    instance = _instances.get(dagster_home)
+    if instance is None:
+        instance = _instances[dagster_home] = open_instance(dagster_home)
+    try:
+        yield instance
+    except BaseException:
+        _instances.pop(dagster_home, None)  # a run that ended this way: the next opens anew
+        instance.dispose()
+        raise
 
 
 # Dask worker threads running class runs, by the token of the pool that sent them, and the
@@ -428,6 +452,34 @@ def release_preforked() -> None:
         _preforked = None
 
 
+_kept: tuple[tuple[int, int, bool], ProcessPoolExecutor] | None = None
+_keeping = False
+
+
+def keep_pools(keep: bool) -> None:
+    """With `keep` (`dedup watch`), a local pool that ends without error is kept for the
+    next `ClassRunPool` of the same size, threads and verbosity: its processes have
+    imported the pipeline, built its jobs and opened the instance (`_worker_instance`)
+    already, which an update would otherwise pay again. False: the kept pool shut down."""
+    global _keeping, _kept
+    _keeping = keep
+    if not keep and _kept is not None:
+        pool, _kept = _kept[1], None
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _take_kept(shape: tuple[int, int, bool]) -> ProcessPoolExecutor | None:
+    global _kept
+    if _kept is None:
+        return None
+    kept_shape, pool = _kept
+    _kept = None
+    if kept_shape == shape and not getattr(pool, "_broken", False):
+        return pool
+    pool.shutdown(wait=True, cancel_futures=True)
+    return None
+
+
 def _take_preforked(parallel: int) -> ProcessPoolExecutor | None:
     global _preforked
     if _preforked is None:
@@ -472,19 +524,29 @@ class ClassRunPool:
                 ) from None
         else:
             threads = threads_per_process(self.config.parallel)
-            self._pool = _take_preforked(self.config.parallel) or ProcessPoolExecutor(
-                max_workers=self.config.parallel,
-                mp_context=worker_context(threads),
-                initializer=init_pool_process,
-                initargs=(threads, self.verbose),
+            self._pool = (
+                _take_kept(self._shape())
+                or _take_preforked(self.config.parallel)
+                or ProcessPoolExecutor(
+                    max_workers=self.config.parallel,
+                    mp_context=worker_context(threads),
+                    initializer=init_pool_process,
+                    initargs=(threads, self.verbose),
+                )
             )
         return self
+
+    def _shape(self) -> tuple[int, int, bool]:
+        return self.config.parallel, threads_per_process(self.config.parallel), self.verbose
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         if exc_type is not None:
             self.stop()
             return
+        global _kept
         try:
+            if self._pool is not None and _keeping and _kept is None:
+                _kept, self._pool = (self._shape(), self._pool), None
             if self._pool is not None:
                 self._pool.shutdown(cancel_futures=True)
             if self._client is not None:

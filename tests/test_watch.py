@@ -113,7 +113,11 @@ def test_watch_updates_when_an_image_arrives_and_a_run_then_answers_from_it(sour
         r"update 2: the source's files changed \((\d+) -> (\d+) images listed\)", stdout
     )
     assert listed, stdout
-    assert re.search(r"\[images\] forest: steps ran on ", stdout[listed.end() :]), stdout
+    # ... and on the processes of the first update, kept (`dispatch.keep_pools`).
+    first_workers = set(re.findall(r"steps ran on (\S+)", stdout[: listed.start()]))
+    later = re.search(r"\[images\] forest: steps ran on (\S+)", stdout[listed.end() :])
+    assert later and first_workers, stdout
+    assert later.group(1) in first_workers, (later.group(1), first_workers)
     before, images = map(int, listed.groups())
     assert images == before + 1
     assert "quick check: changed since the last run: the source's files" in stdout
@@ -135,11 +139,11 @@ def test_watch_updates_when_an_image_arrives_and_a_run_then_answers_from_it(sour
 
 def test_settle_waits_for_files_still_arriving(source, tmp_path):
     out = tmp_path / "out"
-    watch = Watch(source, out, "--interval", "0.2", "--settle", "4", "--updates", "2")
+    watch = Watch(source, out, "--interval", "0.2", "--settle", "2.5", "--updates", "2")
     watch.until(UPDATE_ENDED)
     pngs = sorted((source / "water").glob("*.png"))
     _copy_as(pngs[0], source / "water" / "late 1.png")
-    time.sleep(1.5)  # within --settle: the same update takes both
+    time.sleep(0.8)  # within --settle: the same update takes both
     _copy_as(pngs[1], source / "water" / "late 2.png")
     rc, stdout, stderr = watch.end()
     assert rc == 0, stderr
@@ -169,18 +173,15 @@ def test_a_failed_update_is_said_and_the_watch_goes_on(source, tmp_path):
     )
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_between_updates_stops_it_and_interval_spaces_the_looks(
-    source, tmp_path, signum, status
-):
+def test_a_signal_between_updates_stops_it_and_interval_spaces_the_looks(source, tmp_path):
     out = tmp_path / "out"
     watch = Watch(source, out, "--interval", "30")
     watch.until(UPDATE_ENDED)
     _copy_as(sorted((source / "forest").glob("*.png"))[0], source / "forest" / "new.png")
     time.sleep(2)  # no look before 30 s: the new image waits
-    watch.proc.send_signal(signum)
+    watch.proc.send_signal(signal.SIGTERM)  # as Ctrl-C (SIGINT: 130); the same handling
     rc, stdout, stderr = watch.end(timeout=60)
-    assert rc == status
+    assert rc == 143
     assert "update 2" not in stdout
     assert "dedup watch: stopped after 1 update(s); the outputs are those of the last" in stderr
     assert not list(out.rglob("*-wal"))  # every database closed
@@ -205,15 +206,6 @@ def test_bad_watch_options_exit_2_with_one_line(source, tmp_path, extra, message
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
-
-
-def test_updates_1_is_one_run(source, tmp_path):
-    done = run_dedup(
-        "watch", "--source", str(source), "--output", str(tmp_path / "o"), *FAST, "--updates", "1"
-    )
-    assert done.returncode == 0, done.stderr
-    assert "done: every stage ran" in done.stdout
-    assert "watching" not in done.stdout
 
 
 # ------------------------------------------------------------------ when it lists the source
@@ -312,3 +304,55 @@ def test_settle_returns_the_listing_once_it_stays_the_same(source, tmp_path, mon
     probe = cli._next_change(watch, 0.5, 2.0, sleep)
     assert sleeps == [0.5, 2.0, 2.0, 2.0]
     assert sum(probe.inputs.class_sizes) == before + 3
+
+
+# ------------------------------------------------------------------ what a worker keeps
+
+
+class FakeInstance:
+    opened = 0
+
+    def __init__(self) -> None:
+        FakeInstance.opened += 1
+        self.disposed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.dispose()
+
+    def dispose(self) -> None:
+        self.disposed = True
+
+
+def test_a_pool_process_keeps_its_instance_and_a_thread_does_not(monkeypatch, tmp_path):
+    from dedup_assets import dispatch
+
+    FakeInstance.opened = 0
+    monkeypatch.setattr(dispatch, "_instances", {})
+    monkeypatch.setattr(dispatch, "open_instance", lambda home: FakeInstance())
+    home = str(tmp_path)
+    with dispatch._worker_instance(home) as first:
+        pass
+    with dispatch._worker_instance(home) as second:
+        pass
+    assert first is second and FakeInstance.opened == 1 and not first.disposed
+    with pytest.raises(RuntimeError), dispatch._worker_instance(home) as failing:
+        raise RuntimeError("a run that ended badly")
+    assert failing.disposed  # dropped: the next run opens anew
+    with dispatch._worker_instance(home) as third:
+        pass
+    assert third is not first and FakeInstance.opened == 2
+    # A Dask worker runs tasks in threads: one instance per run there, closed after.
+    seen = []
+
+    def in_thread() -> None:
+        with dispatch._worker_instance(home) as instance:
+            seen.append(instance)
+
+    for _ in range(2):
+        t = threading.Thread(target=in_thread)
+        t.start()
+        t.join()
+    assert len({id(i) for i in seen}) == 2 and all(i.disposed for i in seen)
