@@ -1001,13 +1001,15 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
     answer when nothing changed), then another each time the source's listing (or a file
     the run reads: overrides, ground truth) differs from what the last update ran on and
     has stayed so for --settle seconds. A later update that fails says why in one line and
-    the watch goes on (an overrides file saved half-edited, say); it returns the last
-    update's exit status when --updates is reached, 128 + the signal when stopped."""
+    the watch goes on (an overrides file saved half-edited, say); one that finds another
+    `dedup run` writing to the output waits for it. It returns the last update's exit
+    status when --updates is reached, 128 + the signal when stopped."""
     import time
 
     from dedup_assets.dispatch import keep_pools
+    from dedup_assets.runner import OutputLocked
 
-    updates, status, updating = 0, EXIT_OK, False
+    updates, status, updating, waiting = 0, EXIT_OK, False, False
     say = lambda text: print(text, flush=True)  # noqa: E731
     keep_pools(True)  # an update's local workers serve the next one
     # The first update opens its own instance, after the pool it may fork (`_prefork`);
@@ -1020,6 +1022,21 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
             updating = True
             try:
                 status = _update(args, probe, instance)
+            except OutputLocked as exc:
+                if not updates or probe is None:
+                    raise
+                # Another `dedup run` writes there now: this update waits for it, listing
+                # the source again each time, and is not counted until it has run.
+                if not waiting:
+                    print(
+                        f"dedup watch: update {updates + 1} waits: {exc} (trying again every "
+                        f"{args.interval:g}s)",
+                        file=sys.stderr,
+                    )
+                updating, waiting = False, True
+                time.sleep(args.interval)
+                probe = _probe(argv) or probe
+                continue
             except Exception as exc:  # noqa: BLE001 - said, and the watch goes on
                 if not updates or probe is None:
                     raise  # the first: the command line or the source is at fault
@@ -1027,7 +1044,7 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
                     traceback.print_exc()
                 status = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
                 print(f"dedup watch: update {updates + 1} failed: {exc}", file=sys.stderr)
-            updating = False
+            updating, waiting = False, False
             updates += 1
             if instance is None and probe is not None:
                 from dedup_assets.runner import instance_for

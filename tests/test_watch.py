@@ -191,6 +191,28 @@ def test_a_signal_between_updates_stops_it_and_interval_spaces_the_looks(source,
     assert "forest/new.png" in set(_keep(out)["path"])
 
 
+def test_an_update_waits_while_another_run_writes_the_output(source, tmp_path):
+    import fcntl
+
+    from dedup_assets.core.data.layout import OutputLayout
+
+    out = tmp_path / "out"
+    watch = Watch(source, out, "--interval", "0.2", "--settle", "0", "--updates", "2")
+    watch.until(UPDATE_ENDED)
+    with open(OutputLayout(out).lock, "a+") as held:  # as a `dedup run` holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _copy_as(sorted((source / "forest").glob("*.png"))[0], source / "forest" / "later.png")
+        watch.until(r"update 2: the source's files changed")
+        time.sleep(2)  # ten looks at least, each finding the output in use
+        assert watch.proc.poll() is None
+        fcntl.flock(held, fcntl.LOCK_UN)
+    rc, stdout, stderr = watch.end()
+    assert rc == 0, stderr
+    assert stderr.count("dedup watch: update 2 waits: output") == 1, stderr
+    assert "in use by another dedup run" in stderr
+    assert "forest/later.png" in set(_keep(out)["path"])
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
