@@ -1034,7 +1034,7 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
                         file=sys.stderr,
                     )
                 updating, waiting = False, True
-                time.sleep(args.interval)
+                _sleep(args.interval)
                 probe = _probe(argv) or probe
                 continue
             except Exception as exc:  # noqa: BLE001 - said, and the watch goes on
@@ -1063,7 +1063,7 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
                 f"update {updates} ended with exit {status}; watching {probe.source} for new, "
                 f"changed or removed images every {args.interval:g}s (Ctrl-C stops)"
             )
-            probe = _next_change(looking, args.interval, args.settle, time.sleep)
+            probe = _next_change(looking, args.interval, args.settle, _sleep)
             say(f"\n{time.strftime('%H:%M:%S')} update {updates + 1}: {_what_changed(seen, probe)}")
     except KeyboardInterrupt as exc:
         if updating:
@@ -1078,6 +1078,22 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
         keep_pools(False)
         if instance is not None:
             instance.dispose()
+
+
+SLEEP_SLICE = 0.1
+"""Seconds `dedup watch` sleeps at a time while it waits (`_sleep`)."""
+
+
+def _sleep(seconds: float) -> None:
+    """`time.sleep` in slices of SLEEP_SLICE. A signal sent to the process may be taken by
+    any of its threads (Dagster's, SQLAlchemy's); Python then runs the handler in the main
+    thread only once that thread's sleep returns: with one 30 s sleep a SIGTERM stopped the
+    watch up to 30 s late (seen in a test, 34.5 s where 14 s is usual)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, SLEEP_SLICE))
 
 
 def _update(

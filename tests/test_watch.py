@@ -48,7 +48,10 @@ class Watch:
         )
         self.lines: queue.Queue = queue.Queue()
         self.out: list[str] = []
+        self.err: list[str] = []  # read as it comes too: a full pipe would block the watch
         threading.Thread(target=self._read, daemon=True).start()
+        self._errors = threading.Thread(target=self.err.extend, args=(self.proc.stderr,))
+        self._errors.start()
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -75,10 +78,13 @@ class Watch:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            raise
+            raise AssertionError(
+                f"still running after {timeout} s:\n" + "\n".join(self.out) + "".join(self.err)
+            ) from None
         while (line := self.lines.get(timeout=10)) is not None:
             self.out.append(line)
-        return rc, "\n".join(self.out), self.proc.stderr.read()
+        self._errors.join(timeout=10)
+        return rc, "\n".join(self.out), "".join(self.err)
 
 
 def _copy_as(src: Path, dest: Path) -> None:
@@ -180,7 +186,11 @@ def test_a_signal_between_updates_stops_it_and_interval_spaces_the_looks(source,
     _copy_as(sorted((source / "forest").glob("*.png"))[0], source / "forest" / "new.png")
     time.sleep(2)  # no look before 30 s: the new image waits
     watch.proc.send_signal(signal.SIGTERM)  # as Ctrl-C (SIGINT: 130); the same handling
+    sent = time.monotonic()
     rc, stdout, stderr = watch.end(timeout=60)
+    # At once, not when the 30 s wait ends: the signal may reach another thread of the
+    # watch, and the main thread acts on it only between two slices of its wait.
+    assert time.monotonic() - sent < 10
     assert rc == 143
     assert "update 2" not in stdout
     assert "dedup watch: stopped after 1 update(s); the outputs are those of the last" in stderr
