@@ -31,6 +31,17 @@ def source(tmp_path):
     return root
 
 
+def _signals_as_a_shell_leaves_them() -> None:
+    """SIGINT and SIGTERM at their defaults in the watch, as a terminal starts a command.
+    A signal ignored when a process starts stays ignored there (`interrupts`), and this
+    test process may ignore SIGTERM: started without job control (CI in the background)
+    it ignores SIGINT, and Dagster, run in it by another test, sets SIGTERM's handler to
+    SIGINT's (`dagster._utils.interrupts.setup_interrupt_handlers`). The watch then took
+    no notice of SIGTERM (twice in CI's full suite, never alone)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class Watch:
     """`dedup watch` in a subprocess; its lines read as they come."""
 
@@ -45,6 +56,7 @@ class Watch:
             text=True,
             env=env,
             start_new_session=True,  # its workers too are stopped if a test fails (`end`)
+            preexec_fn=_signals_as_a_shell_leaves_them,
         )
         self.lines: queue.Queue = queue.Queue()
         self.out: list[str] = []
@@ -78,6 +90,8 @@ class Watch:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
+            while not self.lines.empty():  # what it printed that `until` had not read
+                self.out.append(str(self.lines.get()))
             raise AssertionError(
                 f"still running after {timeout} s:\n" + "\n".join(self.out) + "".join(self.err)
             ) from None
