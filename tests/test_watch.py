@@ -402,3 +402,35 @@ def test_a_pool_process_keeps_its_instance_and_a_thread_does_not(monkeypatch, tm
         t.start()
         t.join()
     assert len({id(i) for i in seen}) == 2 and all(i.disposed for i in seen)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_settle_over_sequences_of_arrivals(source, tmp_path, monkeypatch, seed):
+    """Whatever lands during which waits: nothing is returned before a look finds the
+    source changed, nor until a settle wait passes with nothing landing, and what is
+    returned is the source as it then is."""
+    import random
+
+    rng = random.Random(seed)
+    watch, _, _ = _looking(source, tmp_path / "out", monkeypatch)
+    before = sum(watch_inputs(source, tmp_path / "out").class_sizes)
+    png = next((source / "water").glob("*.png"))
+    # Files landing during each wait: quiet looks first, then a burst over settles.
+    plan = [0] * rng.randint(0, 3) + [rng.randint(1, 3)] + [rng.randint(0, 2) for _ in range(6)]
+    plan += [0]  # the source goes quiet at last
+    sleeps, landed = [], [0]
+
+    def sleep(seconds: float) -> None:
+        n = plan[len(sleeps)] if len(sleeps) < len(plan) else 0
+        sleeps.append((seconds, n))
+        for _ in range(n):
+            _copy_as(png, source / "water" / f"land {landed[0]}.png")
+            landed[0] += 1
+
+    probe = cli._next_change(watch, 0.5, 2.0, sleep)
+    assert sum(probe.inputs.class_sizes) == before + landed[0]  # as the source is now
+    quiet = next(i for i, n in enumerate(plan) if n)  # the looks before anything landed
+    assert [s for s, _ in sleeps[: quiet + 1]] == [0.5] * (quiet + 1)
+    settles = sleeps[quiet + 1 :]
+    assert all(s == 2.0 for s, _ in settles)
+    assert settles[-1][1] == 0 and all(n for _, n in settles[:-1])  # ends at the first quiet settle
