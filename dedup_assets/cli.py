@@ -419,9 +419,7 @@ class _Probe:
 
     def flag(self, flag: str) -> bool:
         """Whether `flag` (or an abbreviation argparse would take for it) is given."""
-        return any(
-            name == flag or (len(name) > 2 and flag.startswith(name)) for name in self.options
-        )
+        return any(_is_option(name, (flag,)) for name in self.options)
 
 
 def _is_option(name: str, flags: Iterable[str]) -> bool:
@@ -489,9 +487,7 @@ def _probe(argv: list[str]) -> _Probe | None:
         key=lambda pair: pair[0],  # stable: a repeated option keeps its order
     )
     # An abbreviation of an option that asks for work (`--forc`) counts as that option.
-    quick = not any(
-        len(name) > 2 and flag.startswith(name) for name, _ in pairs for flag in NO_QUICK_RERUN
-    )
+    quick = not any(_is_option(name, NO_QUICK_RERUN) for name, _ in pairs)
     overrides, truth = given.get("--overrides"), given.get("--ground-truth")
     hidden = "--include-hidden" in given
     try:
