@@ -13,7 +13,13 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from dedup_assets.core.data.class_catalog import update_class_catalog
+from dedup_assets.core.data.class_catalog import (
+    pixels_digest,
+    save_pixels,
+    store_matches,
+    store_stat,
+    update_class_catalog,
+)
 from dedup_assets.core.data.image_folder import scan_class_folder
 
 LIMIT = 2**28
@@ -198,3 +204,35 @@ def test_the_content_digest_is_the_one_polars_sorting_made():
             h.update(f"{image_id}\0{px}\0{path}\n".encode())
         assert class_content_digest(table) == h.hexdigest()[:16]
     assert class_content_digest(table.clear()) == hashlib.sha1().hexdigest()[:16]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 50])
+def test_a_saved_store_s_digest_is_that_of_its_file(tmp_path, n):
+    """`save_pixels` hashes what it writes: the digest a reader computes from the file."""
+    pixels = np.random.default_rng(n).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+    store = tmp_path / "pixels.npy"
+    assert save_pixels(store, pixels) == pixels_digest(store)
+    np.testing.assert_array_equal(np.load(store), pixels)
+
+
+def test_a_store_is_trusted_by_its_stat_or_else_by_its_digest(tmp_path):
+    """The stat as written vouches for a store; an edit in place that keeps its size and
+    sets its modification time back is still seen (its change time moved), and a copy of
+    the output folder (another inode) is trusted by its digest."""
+    import shutil
+    import time
+
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 64, 64, 3), dtype=np.uint8)
+    store = tmp_path / "pixels.npy"
+    recorded = {"pixels_digest": save_pixels(store, pixels), "pixels_stat": store_stat(store)}
+    assert store_matches(store, recorded)
+    copied = tmp_path / "copy.npy"
+    shutil.copy2(store, copied)
+    assert store_stat(copied) != recorded["pixels_stat"] and store_matches(copied, recorded)
+    before = os.stat(store)
+    time.sleep(0.01)
+    np.save(store, np.roll(pixels, 1, axis=0))  # the same size, rows moved
+    os.utime(store, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(store).st_size == before.st_size
+    assert not store_matches(store, recorded)
+    assert not store_matches(store, {"pixels_stat": store_stat(store)})  # no digest: never

@@ -135,7 +135,7 @@ def test_watch_updates_when_an_image_arrives_and_a_run_then_answers_from_it(sour
     assert listed, stdout
     # ... and on the processes of the first update, kept (`dispatch.keep_pools`).
     first_workers = set(re.findall(r"steps ran on (\S+)", stdout[: listed.start()]))
-    later = re.search(r"\[images\] forest: steps ran on (\S+)", stdout[listed.end() :])
+    later = re.search(r"\[images[^]]*\] forest: steps ran on (\S+)", stdout[listed.end() :])
     assert later and first_workers, stdout
     assert later.group(1) in first_workers, (later.group(1), first_workers)
     before, images = map(int, listed.groups())

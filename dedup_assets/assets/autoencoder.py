@@ -103,6 +103,33 @@ def retraining_decision(
     )
 
 
+def kept_observation(decision: RetrainDecision) -> dg.AssetObservation:
+    """What the UI shows on the autoencoder when a run keeps the stored model: why."""
+    return dg.AssetObservation(
+        asset_key="autoencoder",
+        metadata={
+            "decision": decision.reason,
+            "new_images": decision.new_images,
+            "new_share": decision.new_share,
+            "error_ratio": decision.error_ratio,
+        },
+    )
+
+
+def decide_for_run(
+    layout: OutputLayout, settings: DedupSettings, compute: ComputeDevice
+) -> RetrainDecision | None:
+    """The decision a training run not forced would make now, for the catalogued images of
+    the training split (None without a stored model or an image to train on: a run says
+    why): `dedup run` asks first and starts no training run to keep a model."""
+    if not layout.model.exists():
+        return None
+    images = catalog_images(read_catalog(layout, training_class_keys(layout)))
+    if images.height == 0:
+        return None
+    return retraining_decision(layout, images, settings, compute, forced=False)
+
+
 @dg.asset(
     group_name="model",
     kinds={"pytorch"},
@@ -132,17 +159,7 @@ def autoencoder(
     decision = retraining_decision(layout, images, settings, compute, forced=forced)
     context.log.info(("retraining: " if decision.retrain else "") + decision.reason)
     if not decision.retrain:
-        context.log_event(
-            dg.AssetObservation(
-                asset_key=context.asset_key,
-                metadata={
-                    "decision": decision.reason,
-                    "new_images": decision.new_images,
-                    "new_share": decision.new_share,
-                    "error_ratio": decision.error_ratio,
-                },
-            )
-        )
+        context.log_event(kept_observation(decision))
         return
     pixels = gather_pixels(layout, images)  # in memory: training reads it many times
     device, amp = compute.torch_device(), compute.amp_dtype()

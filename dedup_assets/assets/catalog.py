@@ -26,8 +26,10 @@ from dedup_assets.core.data.artifacts import (
 from dedup_assets.core.data.atomic_io import atomic_dir, write_csv, write_parquet
 from dedup_assets.core.data.class_catalog import (
     assemble_quarantine,
-    pixels_digest,
+    save_pixels,
     skipped_table,
+    store_matches,
+    store_stat,
     update_class_catalog,
     write_quarantine,
 )
@@ -192,9 +194,9 @@ def _decode_class(
     recorded = class_summary(layout, key) or {}
     if layout.class_pixels(key).exists() and recorded.get("pixels_digest"):
         try:
-            # Keyed by content: the stored pixels are reused only if they are the very
-            # store written with this table (a crash or an edit cannot mix two states).
-            if pixels_digest(layout.class_pixels(key)) == recorded["pixels_digest"]:
+            # The stored pixels are reused only if they are the very store written with
+            # this table (a crash or an edit cannot mix two states).
+            if store_matches(layout.class_pixels(key), recorded):
                 previous = read_class_images(layout, key)
                 previous_pixels = np.load(layout.class_pixels(key), mmap_mode="r")
         except Exception:  # noqa: BLE001 - a damaged earlier catalog just means decoding again
@@ -232,10 +234,8 @@ def _decode_class(
         # A class taken whole from a first run's decoder: its store, linked, not written again.
         digest = predecode.link_store(from_cache, catalog.pixels, stored)
         if digest is None:
-            with open(stored, "wb") as fh:
-                np.save(fh, catalog.pixels)
-            digest = pixels_digest(stored)
-        summary["pixels_digest"] = digest
+            digest = save_pixels(stored, catalog.pixels)
+        summary["pixels_digest"], summary["pixels_stat"] = digest, store_stat(stored)
         table_path, summary_text = tmp / layout.class_images(key).name, json.dumps(summary)
         catalog.table.write_parquet(table_path, metadata={CLASS_SUMMARY_KEY: summary_text})
         written = os.stat(table_path)

@@ -1,9 +1,9 @@
 """One class's catalog: every image file of the class decoded once to 64x64 RGB.
 
 Incremental by construction: a file whose path, size and modification time match the
-previous catalog keeps its row and its stored pixels, without being read, provided those
-pixels still hash to the pixel hash recorded for them (so a pixel store out of step with
-its table is never trusted). Only new or changed files are read, hashed and decoded, and
+previous catalog keeps its row and its stored pixels, without being read, provided the
+store is the one written with that table (`store_matches`: its stat as written, else its
+digest), so a pixel store out of step with its table is never trusted. Only new or changed files are read, hashed and decoded, and
 16-bit and float images always (rare, and earlier versions stretched them per image).
 
 Image ids are unique within the whole dataset and stable: a digest of the class key and
@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -129,6 +131,44 @@ def pixels_digest(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
+
+
+class _Hashing:
+    """A file being written, and the digest of what was written to it."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.hash = fh, hashlib.sha1()
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        return self.fh.write(data)
+
+
+def save_pixels(path: Path, pixels: np.ndarray) -> str:
+    """Write a pixel store (.npy); its `pixels_digest`, taken from the bytes as they are
+    written instead of reading the file again."""
+    with open(path, "wb") as fh:
+        out = _Hashing(fh)
+        np.save(out, pixels)  # type: ignore[arg-type]  (a writer is all np.save needs)
+    return out.hash.hexdigest()[:16]
+
+
+def store_stat(path: Path) -> list[int]:
+    """What a store's stat says of it: size, modification and change times, inode and
+    device (a write changes the change time, which no one can set back)."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def store_matches(path: Path, recorded: dict) -> bool:
+    """Whether the store at `path` is the one `recorded` (a class summary) was written with:
+    the same stat as when written (the file was written once, atomically; an edit in place
+    changes its change time), else the same digest (a copied output folder: other inodes)."""
+    if not recorded.get("pixels_digest"):
+        return False
+    if recorded.get("pixels_stat") == store_stat(path):
+        return True
+    return pixels_digest(path) == recorded["pixels_digest"]
 
 
 _DECODED_SCHEMA = {

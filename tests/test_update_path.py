@@ -1,0 +1,107 @@
+"""A run with new images and a stored model (`runner._run_stages`): the classes decoded and
+processed in one run each, the model kept without a training run (its decision recorded
+on the asset), and a retraining rule that fires after all retrains and redoes every class."""
+
+import shutil
+
+import dagster as dg
+import pytest
+
+from dedup_assets.config import PipelineConfig, current_inputs
+from dedup_assets.core.data.artifacts import file_digest, stale_classes
+from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.quality.demo_data import generate_demo_dataset
+from dedup_assets.runner import run_pipeline
+
+T = "0.95"
+MERGED = "images, latents, spline fits, keep decisions"
+CLASSES = "classes: latents, spline fits, keep decisions"
+
+
+@pytest.fixture
+def first(tmp_path):
+    """A finished first run on three small classes, in memory."""
+    source = tmp_path / "src"
+    generate_demo_dataset(source, seed=11, per_class=12, duplicate_fraction=0.2)
+    for extra in ("desert", "road", "urban", "water"):
+        shutil.rmtree(source / extra)
+    config = _config(source, tmp_path / "out")
+    instance = dg.DagsterInstance.ephemeral()
+    outcome = run_pipeline(config, instance, log=lambda _: None)
+    assert outcome.ok, (outcome.failures, outcome.skipped)
+    return source, config, instance, OutputLayout(tmp_path / "out")
+
+
+def _config(source, output, **method) -> PipelineConfig:
+    return PipelineConfig.build(
+        source=str(source),
+        output=str(output),
+        thresholds=T,
+        device="cpu",
+        precision="fp32",
+        method={"epochs": 1, "n_components": 8, **method},
+    )
+
+
+def _exact_copy(source, cls: str, name: str) -> str:
+    original = sorted((source / cls).glob("*.png"))[0]
+    shutil.copyfile(original, source / cls / name)
+    return f"{cls}/{original.name}"
+
+
+def _runs(outcome) -> dict[str, int]:
+    return {s.name: s.runs for s in outcome.stages}
+
+
+def test_a_kept_model_is_decided_without_a_run_and_recorded_on_the_asset(first):
+    source, config, instance, layout = first
+    config = _config(source, layout.root, retrain_error_factor=1e6)
+    model = file_digest(layout.model)
+    original = _exact_copy(source, "forest", "zz copy [1].png")
+    outcome = run_pipeline(config, instance, log=lambda _: None)
+    assert outcome.ok, (outcome.failures, outcome.skipped)
+    assert _runs(outcome) == {
+        "catalog": 1,
+        MERGED: 1,  # the one class with a new image, decoded and processed in one run
+        "training: model kept, no run": 0,
+        "thresholds: keep lists, gates, reports, clean copies": 1,
+        "summary, evaluation, review page": 1,
+    }
+    assert outcome.training.startswith("model kept: 1 new images")
+    assert file_digest(layout.model) == model
+    assert len(instance.get_runs(dg.RunsFilter(job_name="train_job"))) == 1  # the first run's
+    latest = instance.fetch_observations(dg.AssetKey("autoencoder"), limit=1).records[0]
+    assert latest.run_id == ""  # a decision of `dedup run`, not of a run
+    assert latest.asset_observation.metadata["decision"].value == outcome.training
+    assert latest.asset_observation.metadata["new_images"].value == 1
+    # The copy was found in that run.
+    keep = (layout.keep_list(T).with_suffix(".csv")).read_text()
+    row = next(line for line in keep.splitlines() if "zz copy [1].png" in line)
+    assert ",false," in row.lower() and original in row
+    assert not stale_classes(layout, current_inputs(config), [T])
+
+
+def test_a_rule_that_fires_after_the_merged_run_retrains_and_redoes_every_class(first):
+    source, config, instance, layout = first
+    config = _config(source, layout.root, retrain_new_share=0.01)  # 1 new of 31: 3.2%
+    model = file_digest(layout.model)
+    _exact_copy(source, "forest", "copy.png")
+    outcome = run_pipeline(config, instance, log=lambda _: None)
+    assert outcome.ok, (outcome.failures, outcome.skipped)
+    runs = _runs(outcome)
+    assert runs[MERGED] == 1 and runs["training"] == 1 and runs[CLASSES] >= 1, runs
+    assert outcome.training.startswith("retrained: 1 of ") and ">= 1%" in outcome.training
+    assert file_digest(layout.model) != model
+    assert sorted(outcome.classes) == ["farmland", "forest"]
+    # Every class is current for the new model: none was left with the old one's latents.
+    assert not stale_classes(layout, current_inputs(config), [T])
+
+
+def test_retrain_and_full_never_take_the_merged_path(first):
+    source, config, instance, layout = first
+    _exact_copy(source, "forest", "copy.png")
+    outcome = run_pipeline(config, instance, retrain=True, log=lambda _: None)
+    assert outcome.ok, (outcome.failures, outcome.skipped)
+    runs = _runs(outcome)
+    assert MERGED not in runs and runs["images"] == 1 and runs["training"] == 1
+    assert outcome.training.startswith("retrained: retraining was asked for")
