@@ -251,7 +251,8 @@ def run_pipeline(
     with output_lock(layout):
         discard_record(layout.root)  # this run may change the outputs the record vouches for
         outcome = PipelineOutcome(output=layout.root, thresholds=list(config.thresholds))
-        outcome.recovered = sweep_interrupted(layout.root) + fail_orphaned_runs(instance)
+        swept = sweep_interrupted(layout.root, swapped_whole=(layout.clean_root.name,))
+        outcome.recovered = swept + fail_orphaned_runs(instance)
         for line in outcome.recovered:
             log(f"recovered: {line}")
         try:

@@ -613,3 +613,22 @@ def test_a_class_s_decoded_images_are_filtered_once_while_its_catalog_is_the_sam
     with pytest.raises(FileNotFoundError, match="catalog of class gone"):
         read_decoded_images(layout, "gone")
     STORED_READS.clear()
+
+
+def test_a_folder_swapped_whole_is_swept_beside_not_walked(tmp_path):
+    """`swapped_whole` (the clean copies): the leftovers of their own swaps beside them are
+    swept, nothing inside a copy is looked at (a name there that looks like a leftover is a
+    user's file of the copy), and every other folder is walked as before."""
+    copies = tmp_path / "clean"
+    (copies / "0.95" / "forest").mkdir(parents=True)
+    inside = copies / "0.95" / "forest" / ".img.png.abcd1234.tmp"  # an odd image name
+    inside.write_bytes(b"an image")
+    (copies / ".0.97.wxyz_678.tmp").mkdir()  # a half-built copy
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / ".report.md.0a1b2c3d.tmp").write_bytes(b"half a file")
+    done = sweep_interrupted(tmp_path, swapped_whole=("clean",))
+    assert len(done) == 2, done
+    assert inside.read_bytes() == b"an image"
+    assert sorted(p.name for p in copies.iterdir()) == ["0.95"]
+    assert list((tmp_path / "reports").iterdir()) == []
+    assert len(sweep_interrupted(tmp_path)) == 1  # walked: the name inside taken for one

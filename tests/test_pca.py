@@ -164,3 +164,24 @@ def test_components_for_variance_on_a_real_fit(known):
     assert components_for_variance(fit, 0.8) == 2
     assert components_for_variance(fit, 0.9) == 3
     assert components_for_variance(fit, 0.99) == int(np.searchsorted(np.cumsum(ratios), 0.99) + 1)
+
+
+@pytest.mark.parametrize("asked", [1, 5, 12, 39])
+def test_the_leading_components_alone_equal_those_of_the_whole_spectrum(asked):
+    """Fewer components than dimensions are found alone (`scipy.linalg.eigh` by index);
+    they, their variances and the total variance are those of the whole decomposition (a
+    fit asking for every dimension), and the rank cap still holds (a rank-12 cloud)."""
+    rng = np.random.default_rng(3)
+    for x, rank in (
+        (rng.normal(size=(300, 40)) * np.linspace(3, 0.1, 40), 40),
+        (rng.normal(size=(300, 12)) @ rng.normal(size=(12, 40)), 12),
+    ):
+        whole, fit = fit_pca(x, 40), fit_pca(x, asked)
+        k = min(asked, rank)
+        assert whole.n_components == rank and fit.n_components == k
+        np.testing.assert_allclose(fit.variances, whole.variances[:k], rtol=1e-10)
+        np.testing.assert_allclose(fit.components, whole.components[:k], atol=1e-8)
+        # The trace, against the sum of the eigenvalues clipped at 0: the covariance of float32
+        # products has rounding-noise eigenvalues of either sign (1e-7 of it here).
+        assert fit.total_variance == pytest.approx(whole.total_variance, rel=1e-6)
+        assert fit.total_variance == pytest.approx(np.trace(np.cov(x.T)), rel=1e-6)

@@ -130,25 +130,33 @@ _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<token>[A-Za-z0-9_]{8})\.(?P<kind>t
 _SWEEP_ORDER = {"old": 0, "carry": 1, "tmp": 2}  # a tree back in place before what goes into it
 
 
-def sweep_interrupted(root: Path | str, *, skip: tuple[str, ...] = (".dagster",)) -> list[str]:
+def sweep_interrupted(
+    root: Path | str,
+    *,
+    skip: tuple[str, ...] = (".dagster",),
+    swapped_whole: tuple[str, ...] = (),
+) -> list[str]:
     """Remove what an interrupted write left under `root`; restore stranded trees.
 
     A `.old` tree whose destination is missing was moved aside by a swap that never
     finished: it goes back into place. The folders a `.carry` journal names go back from
     its new tree into the destination (where they are missing). Every other leftover is
     deleted. Returns what was done, one line per path. Only call while no other process
-    writes under `root`.
+    writes under `root`. The folders of `swapped_whole` (relative to `root`) hold only trees
+    written whole by `atomic_dir`, whose leftovers lie beside them: they are swept, not
+    walked (the clean copies: 27,000 files a run at EuroSAT).
     """
     root = Path(root)
     done: list[str] = []
     if not root.is_dir():
         return done
+    whole = {os.path.join(root, d) for d in swapped_whole}
     for dirpath, dirnames, filenames in os.walk(root):
         if Path(dirpath) == root:
             dirnames[:] = [d for d in dirnames if d not in skip]
         found = [(m, name) for name in [*dirnames, *filenames] if (m := _LEFTOVER.match(name))]
         done += _sweep(dirpath, found)
-        dirnames[:] = [d for d in dirnames if not _LEFTOVER.match(d)]
+        dirnames[:] = [] if dirpath in whole else [d for d in dirnames if not _LEFTOVER.match(d)]
     return done
 
 

@@ -190,8 +190,13 @@ class OutputLayout:
         """Where the last `dedup run`'s time went, per kind of work (`timings.WorkTimes`)."""
         return self.reports_dir / "timings.json"
 
+    @property
+    def clean_root(self) -> Path:
+        """Where the clean copies lie, one folder per threshold."""
+        return self.root / "clean"
+
     def clean_dir(self, threshold: str) -> Path:
-        return self.root / "clean" / threshold
+        return self.clean_root / threshold
 
     def clean_manifest(self, threshold: str) -> Path:
         """Which keep list a clean copy was made from (inside the copy, hidden)."""
