@@ -236,3 +236,30 @@ def test_a_store_is_trusted_by_its_stat_or_else_by_its_digest(tmp_path):
     assert os.stat(store).st_size == before.st_size
     assert not store_matches(store, recorded)
     assert not store_matches(store, {"pixels_stat": store_stat(store)})  # no digest: never
+
+
+@pytest.mark.parametrize("broken", [(), (0,), (2,), (5,), (0, 1, 4), (0, 1, 2, 3, 4)])
+@pytest.mark.parametrize("updated", [False, True])
+def test_the_store_holds_the_readable_files_in_order_wherever_the_broken_ones_lie(
+    tmp_path, broken, updated
+):
+    """The store is compacted to the readable files from the first that moves: its rows are
+    those of a class holding the readable files alone, whichever positions the unreadable
+    ones take (none, first, middle, last, most), decoded at once or reusing a catalog."""
+    folder, alone = tmp_path / "c", tmp_path / "alone" / "c"
+    folder.mkdir()
+    alone.mkdir(parents=True)
+    for i in range(6):
+        if i in broken:
+            (folder / f"{i}.png").write_bytes(b"\x89PNG not really")
+        else:
+            _png(folder / f"{i}.png", i)
+            _png(alone / f"{i}.png", i)
+    cat = _catalog(tmp_path)
+    if updated:
+        _png(folder / "6.png", 6)
+        _png(alone / "6.png", 6)
+        cat = _catalog(tmp_path, cat.table, cat.pixels)
+    expected = _catalog(tmp_path / "alone")
+    assert cat.images == expected.images == (6 + updated) - len(broken)
+    np.testing.assert_array_equal(cat.pixels, expected.pixels)

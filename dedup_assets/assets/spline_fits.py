@@ -76,7 +76,7 @@ def _fit_class(
     start = time.perf_counter()
     model = fit_class_density(latents, settings.n_components, settings.bin_rule)
     scores = model.scores(latents)
-    log_density = model.log_density(latents)
+    log_density = model.log_density_of_scores(scores)
     seconds = time.perf_counter() - start
     provenance = current.fit(key)
     write_class_density(model, layout.spline_fit(key), provenance)

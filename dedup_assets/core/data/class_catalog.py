@@ -252,8 +252,11 @@ def update_class_catalog(
         merged = None
         ok = np.array([status == "ok" for status in meta["status"]], dtype=bool)
         sources = np.flatnonzero(ok)
-    # Compact in place to the ok files, in file order (each slot moves down or stays).
-    for start in range(0, len(sources), DECODE_CHUNK):
+    # Compact in place to the ok files, in file order (each slot moves down or stays), from
+    # the first slot that moves: with every file readable, none (a copy of the whole store
+    # onto itself, 75 ms of a 3,000-image class's update, before).
+    moved = np.flatnonzero(sources != np.arange(len(sources)))
+    for start in range(int(moved[0]) if len(moved) else len(sources), len(sources), DECODE_CHUNK):
         chunk = sources[start : start + DECODE_CHUNK]
         store[start : start + len(chunk)] = store[chunk]
     pixels = store[: len(sources)]

@@ -37,9 +37,13 @@ class ClassDensityModel:
 
     def log_density(self, latents: np.ndarray) -> np.ndarray:
         """Spline log-density of each latent (sum of marginal log-densities)."""
+        return self.log_density_of_scores(self.scores(latents))
+
+    def log_density_of_scores(self, scores: np.ndarray) -> np.ndarray:
+        """`log_density` of latents whose component scores (`scores`) are known already."""
         if self.density is None:
-            return np.zeros(len(latents))
-        return self.density.logpdf(self.scores(latents))
+            return np.zeros(len(scores))
+        return self.density.logpdf(scores)
 
     def save(self, path: Path | str, provenance: dict | None = None) -> Path:
         """Store the fit (npz, no pickles), with the provenance record when given."""
