@@ -105,3 +105,26 @@ def test_retrain_and_full_never_take_the_merged_path(first):
     runs = _runs(outcome)
     assert MERGED not in runs and runs["images"] == 1 and runs["training"] == 1
     assert outcome.training.startswith("retrained: retraining was asked for")
+
+
+def test_a_file_digest_kept_for_its_stat_sees_every_rewrite(tmp_path):
+    """`file_digest` answers from its process's memory while the file's stat is the same;
+    a rewrite in place of the same size with its modification time set back is still seen
+    (its change time moved), and so is a new file renamed over it."""
+    import os
+    import time
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"a" * 1000)
+    first = file_digest(path)
+    assert file_digest(path) == first
+    before = os.stat(path)
+    time.sleep(0.01)
+    path.write_bytes(b"b" * 1000)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    second = file_digest(path)
+    assert second != first
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"a" * 1000)
+    os.replace(other, path)
+    assert file_digest(path) == first
