@@ -148,10 +148,14 @@ def test_local_processes_give_the_in_process_answer(source, in_process, tmp_path
     assert "| 0.95 |" in summary and "| 2% |" in summary
     # The other thresholds' keep lists and reports started on the pool while the first
     # threshold ran here (or, once that ran faster than the pool could take them all, with
-    # the pool full when it ended: they never waited for it); their clean copies once it
-    # had ended (they hard-link from its copy), their cross-class tables once its
-    # cross-class join had ended (they read it).
-    assert re.search(r"^\[thresholds: [^\]]*\] 8 run\(s\) in ", done.stdout, re.M), done.stdout
+    # the pool full when it ended: they never waited for it); their cross-class tables once
+    # its cross-class join had ended (they read it). Then the clean copies, the first here
+    # and the others once it had ended (they hard-link from its copy), the summary on a
+    # pool process meanwhile.
+    assert re.search(r"^\[thresholds: [^\]]*\] 6 run\(s\) in ", done.stdout, re.M), done.stdout
+    assert re.search(r"^\[clean copies\] 3 run\(s\) in ", done.stdout, re.M), done.stdout
+    summary_on = re.findall(r"^\[summary, [^\]]*\] steps ran on (.+)$", done.stdout, re.M)
+    assert len(summary_on) == 1 and summary_on[0] in set(placed.values()), done.stdout
     with dg.DagsterInstance.from_config(str(out / ".dagster")) as instance:
         runs = {}
         for record in instance.get_run_records(
@@ -160,19 +164,25 @@ def test_local_processes_give_the_in_process_answer(source, in_process, tmp_path
             run = record.dagster_run
             assets = frozenset(k.to_user_string() for k in run.asset_selection or [])
             runs[(run.tags["dagster/partition"], assets)] = record
-    first_here = runs[("0.9", frozenset({"keep_list", "kurtosis_report", "clean_dataset"}))]
+    first_here = runs[("0.9", frozenset({"keep_list", "kurtosis_report"}))]
     first_join = runs[("0.9", frozenset({"cross_class_duplicates"}))]
-    ended = first_here.end_time
+    first_copy = runs[("0.9", frozenset({"clean_dataset"}))]
     earlies = [runs[(t, frozenset({"keep_list", "kurtosis_report"}))] for t in ("0.95", "2%")]
-    assert min(r.start_time for r in earlies) < ended
+    assert min(r.start_time for r in earlies) < first_here.end_time
     for t in ("0.95", "2%"):
         early = runs[(t, frozenset({"keep_list", "kurtosis_report"}))]
         copy = runs[(t, frozenset({"clean_dataset"}))]
         pairs = runs[(t, frozenset({"cross_class_duplicates"}))]
-        assert ended <= copy.start_time, t
+        assert first_copy.end_time <= copy.start_time, t
         assert early.end_time <= copy.start_time, t
         assert first_join.end_time <= pairs.start_time, t
-    assert len(runs) == 8, sorted(runs)
+    assert len(runs) == 9, sorted(runs)  # the first threshold: keep list and report, copy apart
+    with dg.DagsterInstance.from_config(str(out / ".dagster")) as instance:
+        (summary_run,) = instance.get_run_records(dg.RunsFilter(job_name="summary_job"))
+    # The summary started before the last clean copy had ended: it reads none of them.
+    assert summary_run.start_time < max(
+        runs[(t, frozenset({"clean_dataset"}))].end_time for t in ("0.9", "0.95", "2%")
+    )
     # Each report, run at the same time as the others, refits its own threshold only.
     for t, assets in runs:
         if "kurtosis_report" in assets:

@@ -11,7 +11,7 @@ from dedup_assets.config import PipelineConfig, current_inputs
 from dedup_assets.core.data.artifacts import file_digest, stale_classes
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.quality.demo_data import generate_demo_dataset
-from dedup_assets.runner import run_pipeline
+from dedup_assets.runner import instance_for, run_pipeline
 
 T = "0.95"
 MERGED = "images, latents, spline fits, keep decisions"
@@ -128,3 +128,47 @@ def test_a_file_digest_kept_for_its_stat_sees_every_rewrite(tmp_path):
     other.write_bytes(b"a" * 1000)
     os.replace(other, path)
     assert file_digest(path) == first
+
+
+@pytest.mark.parametrize("executor", ["in_process", "processes"])
+def test_a_blocking_gate_holds_back_the_clean_copy_with_either_executor(
+    tmp_path, monkeypatch, executor
+):
+    """With workers the clean copies run apart from their thresholds' gates (and the summary
+    beside them): a gate that blocks still holds its copy back, as Dagster does in the one
+    run of the in-process executor, and nothing else changes: no failure, the summary made."""
+    from dedup_assets.core.quality import kurtosis_report, statistics
+
+    def blocked(*args, **kwargs):
+        gate = statistics.kurtosis_gate(*args, **kwargs)
+        return statistics.KurtosisGate("error", gate.regressions, ("forced by the test",))
+
+    monkeypatch.setattr(kurtosis_report, "kurtosis_gate", blocked)  # in forked workers too
+    source = tmp_path / "src"
+    generate_demo_dataset(source, seed=11, per_class=12, duplicate_fraction=0.2)
+    config = PipelineConfig.build(
+        source=str(source),
+        output=str(tmp_path / "out"),
+        thresholds="0.9,0.95",
+        device="cpu",
+        precision="fp32",
+        executor=executor,
+        method={"epochs": 1, "n_components": 8},
+        **({"parallel": 2} if executor == "processes" else {}),
+    )
+    instance = instance_for(tmp_path / "out")
+    try:
+        outcome = run_pipeline(config, instance, log=lambda _: None)
+    finally:
+        instance.dispose()
+    assert outcome.failures == [] and outcome.skipped == []
+    assert {c.asset for c in outcome.check_failures} == {"kurtosis_report"}
+    blocked = {c.partition for c in outcome.check_failures}
+    # The first threshold runs in this process, patched; with workers the other runs in a
+    # worker process that was not: one held back, one made, each as its gate said.
+    assert blocked == ({"0.9"} if executor == "processes" else {"0.9", "0.95"})
+    layout = OutputLayout(tmp_path / "out")
+    for t in ("0.9", "0.95"):
+        assert layout.clean_dir(t).exists() == (t not in blocked), t
+        assert layout.keep_list(t).exists()
+    assert outcome.summary_written
