@@ -47,3 +47,17 @@ def test_fit_rejects_non_finite_latents():
     bad[3, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         fit_class_density(bad, 4)
+
+
+@pytest.mark.parametrize("n", [1, 2, 40, 300])
+def test_the_scores_a_fit_returns_are_the_model_s_own(n):
+    """`fit_with_scores` hands back the scores it fitted the splines to: bit for bit those of
+    `ClassDensityModel.scores`, with the model `fit_class_density` makes."""
+    from dedup_assets.core.density.class_density import fit_with_scores
+
+    latents = np.random.default_rng(n).normal(size=(n, 12)).astype(np.float32)
+    model, scores = fit_with_scores(latents, 8)
+    np.testing.assert_array_equal(scores, model.scores(latents))
+    again = fit_class_density(latents, 8)
+    np.testing.assert_array_equal(again.pca.components, model.pca.components)
+    np.testing.assert_array_equal(again.log_density(latents), model.log_density_of_scores(scores))

@@ -17,7 +17,7 @@ from dedup_assets.core.data.artifacts import (
     write_table,
 )
 from dedup_assets.core.data.layout import OutputLayout
-from dedup_assets.core.density.class_density import fit_class_density, write_class_density
+from dedup_assets.core.density.class_density import fit_with_scores, write_class_density
 from dedup_assets.core.density.pca import components_for_variance
 from dedup_assets.core.quality import plots
 from dedup_assets.ui import image_metadata, md_table
@@ -74,8 +74,7 @@ def _fit_class(
     )
     table, latents = read_latents(path)
     start = time.perf_counter()
-    model = fit_class_density(latents, settings.n_components, settings.bin_rule)
-    scores = model.scores(latents)
+    model, scores = fit_with_scores(latents, settings.n_components, settings.bin_rule)
     log_density = model.log_density_of_scores(scores)
     seconds = time.perf_counter() - start
     provenance = current.fit(key)

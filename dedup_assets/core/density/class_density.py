@@ -119,8 +119,17 @@ def fit_class_density(
     latents: np.ndarray, n_components: int, bin_rule: BinRule = "fd"
 ) -> ClassDensityModel:
     """PCA to the class's effective number of axes, then one spline marginal per axis."""
+    return fit_with_scores(latents, n_components, bin_rule)[0]
+
+
+def fit_with_scores(
+    latents: np.ndarray, n_components: int, bin_rule: BinRule = "fd"
+) -> tuple[ClassDensityModel, np.ndarray]:
+    """`fit_class_density` and the latents' component scores it fitted the splines to
+    (`ClassDensityModel.scores` of them, not computed twice)."""
     pca = fit_pca(latents, effective_components(len(latents), n_components))
+    scores = pca.transform(latents)
     if pca.n_components == 0:
-        return ClassDensityModel(pca, None, bin_rule)
-    density = ProductSplineDensity.fit(pca.transform(latents), rule=bin_rule)
-    return ClassDensityModel(pca, density, bin_rule)
+        return ClassDensityModel(pca, None, bin_rule), scores
+    density = ProductSplineDensity.fit(scores, rule=bin_rule)
+    return ClassDensityModel(pca, density, bin_rule), scores
