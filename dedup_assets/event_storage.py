@@ -149,8 +149,13 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
     def store_event(self, event: EventLogEntry) -> None:
         if not _run_check_verdict(event):
             super().store_event(event)  # `_connect` writes held verdicts first
-            if event.is_dagster_event and event.dagster_event_type in RUN_ENDS:
-                self._close_engine(event.run_id)  # its log folded in, the file deleted
+            if not event.run_id or (
+                event.is_dagster_event and event.dagster_event_type in RUN_ENDS
+            ):
+                # A run's end, or an event of no run (`dedup run`'s decision to keep the
+                # model, stored in Dagster's database of runless events): its log folded
+                # in, the file deleted.
+                self._close_engine(event.run_id)
             return
         with self._held_lock:
             if self._held and self._held[0].run_id != event.run_id:

@@ -747,3 +747,22 @@ def test_a_forked_child_neither_uses_nor_closes_its_parents_connections(tmp_path
     batched.dispose()
     ui = dg.DagsterInstance.from_config(str(home), config_filename=INSTANCE_FILE)
     assert len(ui.all_logs(run_id)) == before + 1  # the held verdict, written once
+
+
+def test_an_event_of_no_run_leaves_no_write_ahead_log(tmp_path):
+    """An observation reported outside any run (`dedup run` keeping the model) goes to
+    Dagster's database of runless events, closed at once like a finished run's: no log
+    beside it while the process goes on; the UI's plain storage reads it back."""
+    home = prepare_dagster_home(tmp_path / "out")
+    batched = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
+    for n in range(2):
+        batched.report_runless_asset_event(
+            dg.AssetObservation(asset_key="autoencoder", metadata={"decision": f"kept {n}"})
+        )
+    runs = Path(batched.event_log_storage._base_dir)
+    assert (runs / ".db").exists() and not list(runs.glob(".db-*"))
+    assert "" not in batched.event_log_storage._engines
+    ui = dg.DagsterInstance.from_config(str(home), config_filename=INSTANCE_FILE)
+    records = ui.fetch_observations(dg.AssetKey("autoencoder"), limit=5).records
+    assert [r.asset_observation.metadata["decision"].value for r in records] == ["kept 1", "kept 0"]
+    batched.dispose()
