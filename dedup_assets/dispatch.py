@@ -140,6 +140,7 @@ class RunReport:
     workers: list[str] = field(default_factory=list)
     interrupted: bool = False
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step (asset)
+    failed_steps: list[str] = field(default_factory=list)  # the steps (assets) that failed
 
     @classmethod
     def of(cls, result: dg.ExecuteInProcessResult, stage: str, key: Selection) -> RunReport:
@@ -169,6 +170,7 @@ class RunReport:
             if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
                 continue
             report.failures.append(f"{where}: {event.step_key}: {root_cause(error)}")
+            report.failed_steps.append(str(event.step_key))
         blocked = any(c.severity == "ERROR" for c in report.checks)
         if not result.success and not report.failures and not blocked:
             report.failures.append(f"{where}: the run failed before or between its steps")

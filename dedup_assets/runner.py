@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import polars as pl
 
 from dedup_assets.assets.autoencoder import decide_for_run, kept_observation
 from dedup_assets.config import (
@@ -340,6 +341,8 @@ class _Stages:
         self.defs = build_definitions(config)
         self.tags = dict(tags)
         self.forced = RETRAIN_TAG in tags or FULL_TAG in tags  # train whatever the rules say
+        # key -> the steps of its runs that failed (None: a run failed outside its steps)
+        self.failed_steps: dict[Selection, set[str] | None] = {}
         self.run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
 
     def pool(self) -> ClassRunPool:
@@ -460,6 +463,12 @@ class _Stages:
         self.log(f"[{name}] {len(recorded)} run(s) in {seconds:.1f}s")
         return list(dict.fromkeys(failed)), [result for result, _ in results]
 
+    def failed_only(self, key: Selection, steps: set[str] | frozenset[str]) -> bool:
+        """Whether every step that failed in `key`'s runs is one of `steps` (False when one
+        of its runs failed outside its steps)."""
+        failed = self.failed_steps.get(key, set())
+        return failed is not None and failed <= set(steps)
+
     def start(
         self, name: str, job_name: str, key: Selection, assets: list[str]
     ) -> tuple[str, Selection, float, Any]:
@@ -519,6 +528,12 @@ class _Stages:
             self.outcome.failures.extend(report.failures)
             if report.failures:
                 failed.append(key)
+                # The steps that failed; None where the run failed outside a step
+                steps = self.failed_steps.setdefault(key, set())
+                if steps is not None:
+                    steps.update(report.failed_steps)
+                    if len(report.failed_steps) < len(report.failures):
+                        self.failed_steps[key] = None
             if at >= here:
                 where = "" if key is None else f" {key}:"
                 self.log(f"[{name}]{where} steps ran on {', '.join(report.workers) or '?'}")
@@ -569,12 +584,17 @@ def _run_stages(
                 # New images for a model the rules are likely to keep: each class decoded,
                 # encoded, fitted and decided in one run (a rule that fires after all
                 # trains, and every class runs again with the new model).
-                merged = bool(to_ingest) and not (full or retrain) and _may_merge(stages, layout)
+                listed = sum(v.files for v in listings.values())
+                merged = (
+                    bool(to_ingest) and not (full or retrain) and _may_merge(stages, layout, listed)
+                )
                 _images(stages, to_ingest, listings, merged=merged)
             finally:  # a first run's decoder and its cache: every class is decoded now
                 predecode.finish()
             known_overrides(config)  # an image the catalog does not hold: refused, with its line
             current, retrained = _training(stages, layout)
+            if merged and retrained:  # every class runs again: the old model's verdicts go
+                outcome.checks = [c for c in outcome.checks if c.asset not in CLASS_ASSETS]
             to_process = _classes(
                 stages, layout, current, [] if merged else to_ingest, every=retrained or full
             )
@@ -635,16 +655,22 @@ def _catalog(stages: _Stages, listings: Mapping[str, ClassListing]) -> None:
         raise _Skipped("every later stage: the catalog failed")
 
 
-def _may_merge(stages: _Stages, layout: OutputLayout) -> bool:
+def _may_merge(stages: _Stages, layout: OutputLayout, listed: int) -> bool:
     """Whether the classes may be decoded and processed in the same run: a stored model the
-    rules will likely keep (a share of new images decides after), and everything the class
-    stage reads current now (the overrides, known to the catalog; the reference pool of a
-    false-removal budget)."""
+    rules will likely keep (not when the `listed` files exceed those it was trained on by
+    the share that retrains: every class would run twice, with the old model and the new;
+    its reconstruction error decides after), and everything the class stage reads current
+    now (the overrides, known to the catalog; the reference pool of a false-removal
+    budget)."""
     if not layout.model.exists() or not layout.pipeline_file.exists():
         return False
     try:
         current = current_inputs(stages.config)
         stages.config.resources()["compute"].torch_device()  # no such device: training says
+        if layout.trained_images.exists() and listed:
+            trained = pl.scan_parquet(layout.trained_images).select(pl.len()).collect().item()
+            if (listed - trained) / listed >= stages.config.method.retrain_new_share:
+                return False
     except Exception:  # noqa: BLE001 - the runs that decode and train first say why
         return False
     if any(budget_of(t) is not None for t in stages.config.thresholds):
@@ -672,6 +698,10 @@ def _images(
         "images, latents, spline fits, keep decisions", UPDATE_CLASS_JOB, to_ingest
     )
     if failed:
+        # An overrides file naming an image the new catalog no longer holds fails the
+        # decisions: refused as such (ConfigError, with its line), as when decoding ran
+        # alone and the check came before any decision.
+        known_overrides(stages.config)
         raise _Skipped(
             f"every later stage: decoding or the class stage failed for "
             f"{', '.join(str(k) for k in failed)}"
@@ -790,14 +820,14 @@ def _thresholds_and_summary(
     failed = []
     if to_threshold:
         # With workers, the first threshold runs alone: it computes the cross-class join
-        # every threshold reads and makes the clean copy the others hard-link from, so
-        # the rest, run at once, neither repeat the join nor copy every file again.
-        # With workers, the first threshold's cross-class join runs on one of them meanwhile:
-        # nothing else of the threshold needs it, and this process is busy with the keep
-        # list, the report and the clean copy (3.5 s of EuroSAT's 11.5 s were the join).
-        # The other thresholds' keep lists and reports need nothing of the first, so they
-        # start on the workers at once as well; their clean copies and cross-class tables
-        # (which read the first's) once it has ended.
+        # every threshold reads, so the rest, run at once, do not repeat it; its
+        # cross-class join runs on one of them meanwhile: nothing else of the threshold
+        # needs it, and this process is busy with the keep list and the report (3.5 s of
+        # EuroSAT's 11.5 s were the join). The other thresholds' keep lists and reports
+        # need nothing of the first, so they start on the workers at once as well; their
+        # cross-class tables (which read the first's) once it has ended. Then the clean
+        # copies: the first threshold's alone, which the others hard-link from, so they
+        # do not copy every file again.
         failed = stages.run(
             "thresholds: keep lists, gates, reports" + ("" if apart else ", clean copies"),
             THRESHOLD_JOB,
@@ -807,20 +837,29 @@ def _thresholds_and_summary(
             beside=["cross_class_duplicates"],
             early=["keep_list", "kurtosis_report"],
         )[0]
-    assets = ["dedup_evaluation"] + ([] if failed else ["dedup_summary", "review_page"])
-    if failed:
+    # The summary reads the keep lists, reports and cross-class tables, never a clean copy:
+    # a threshold whose clean copy alone failed does not hold it back.
+    holding = [t for t in failed if not stages.failed_only(t, {"clean_dataset"})]
+    assets = ["dedup_evaluation"] + ([] if holding else ["dedup_summary", "review_page"])
+    if holding:
         outcome.skipped.append(
-            f"the summary across thresholds: T={', '.join(str(t) for t in failed)} failed"
+            f"the summary across thresholds: T={', '.join(str(t) for t in holding)} failed"
         )
     summary = "summary, evaluation, review page"
+    to_copy: list[Selection] = []
     if apart:
-        started = stages.start(summary, SUMMARY_JOB, None, assets)
-        # A blocking gate of a threshold holds its clean copy back, as in one run.
+        # A blocking gate of a threshold holds its clean copy back, as in one run; so does
+        # a failed keep list or report (its cross-class table alone does not).
         gates = ("keep_list", "kurtosis_report")
         held = {c.partition for c in outcome.checks if c.severity == "ERROR" and c.asset in gates}
-        to_copy = [t for t in to_threshold if t not in failed and t not in held]
-        if to_copy:
-            stages.run("clean copies", THRESHOLD_JOB, to_copy, ["clean_dataset"], first_here=True)
+        to_copy = [
+            t
+            for t in to_threshold
+            if t not in held and (t not in failed or stages.failed_only(t, CROSS_CLASS_STEPS))
+        ]
+    if to_copy:
+        started = stages.start(summary, SUMMARY_JOB, None, assets)
+        stages.run("clean copies", THRESHOLD_JOB, to_copy, ["clean_dataset"], first_here=True)
         summary_failed = stages.finish(started)
     else:
         summary_failed = stages.run(summary, SUMMARY_JOB, [None], assets)[0]
@@ -828,6 +867,11 @@ def _thresholds_and_summary(
     outcome.stale_clean = [t for t in thresholds if layout.clean_stale_note(t).exists()]
     if not summary_failed:
         outcome.summary_written = "dedup_summary" in assets
+
+
+CROSS_CLASS_STEPS = frozenset(
+    {"cross_class_duplicates", "cross_class_duplicates_no_cross_class_duplicates"}
+)
 
 
 def _training_decision(result: dg.ExecuteInProcessResult) -> str:

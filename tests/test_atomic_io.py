@@ -624,11 +624,13 @@ def test_a_folder_swapped_whole_is_swept_beside_not_walked(tmp_path):
     inside = copies / "0.95" / "forest" / ".img.png.abcd1234.tmp"  # an odd image name
     inside.write_bytes(b"an image")
     (copies / ".0.97.wxyz_678.tmp").mkdir()  # a half-built copy
+    (copies / "0.95" / ".STALE.txt.5e6f7a8b.tmp").write_text("half a note")  # at its top
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / ".report.md.0a1b2c3d.tmp").write_bytes(b"half a file")
     done = sweep_interrupted(tmp_path, swapped_whole=("clean",))
-    assert len(done) == 2, done
+    assert len(done) == 3, done
     assert inside.read_bytes() == b"an image"
     assert sorted(p.name for p in copies.iterdir()) == ["0.95"]
+    assert sorted(p.name for p in (copies / "0.95").iterdir()) == ["forest"]
     assert list((tmp_path / "reports").iterdir()) == []
     assert len(sweep_interrupted(tmp_path)) == 1  # walked: the name inside taken for one

@@ -82,18 +82,42 @@ def test_a_kept_model_is_decided_without_a_run_and_recorded_on_the_asset(first):
 
 
 def test_a_rule_that_fires_after_the_merged_run_retrains_and_redoes_every_class(first):
+    """A new image the model reconstructs far worse than its training images (noise): the
+    error rule, which needs the image decoded, fires after the merged run; the model is
+    trained again and every class runs again with it."""
+    import numpy as np
+    from PIL import Image
+
+    source, config, instance, layout = first
+    config = _config(source, layout.root, retrain_error_factor=1.05)  # one epoch: 1.29x
+    model = file_digest(layout.model)
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(source / "forest" / "noise.png")
+    outcome = run_pipeline(config, instance, log=lambda _: None)
+    assert outcome.ok, (outcome.failures, outcome.skipped)
+    runs = _runs(outcome)
+    assert outcome.training.startswith("retrained: the new images' reconstruction error"), (
+        outcome.training
+    )
+    assert runs[MERGED] == 1 and runs["training"] == 1 and runs[CLASSES] >= 1, runs
+    assert file_digest(layout.model) != model
+    assert sorted(outcome.classes) == ["farmland", "forest"]
+    # Every class is current for the new model: none was left with the old one's latents.
+    assert not stale_classes(layout, current_inputs(config), [T])
+
+
+def test_a_share_of_new_images_that_retrains_is_not_merged(first):
+    """Enough new files to pass the share rule (here 1%): the model is retrained before any
+    class is processed, so no class runs twice."""
     source, config, instance, layout = first
     config = _config(source, layout.root, retrain_new_share=0.01)  # 1 new of 31: 3.2%
-    model = file_digest(layout.model)
     _exact_copy(source, "forest", "copy.png")
     outcome = run_pipeline(config, instance, log=lambda _: None)
     assert outcome.ok, (outcome.failures, outcome.skipped)
     runs = _runs(outcome)
-    assert runs[MERGED] == 1 and runs["training"] == 1 and runs[CLASSES] >= 1, runs
+    assert MERGED not in runs and runs["images"] == 1 and runs["training"] == 1, runs
+    assert runs[CLASSES] >= 1
     assert outcome.training.startswith("retrained: 1 of ") and ">= 1%" in outcome.training
-    assert file_digest(layout.model) != model
-    assert sorted(outcome.classes) == ["farmland", "forest"]
-    # Every class is current for the new model: none was left with the old one's latents.
     assert not stale_classes(layout, current_inputs(config), [T])
 
 
@@ -172,3 +196,80 @@ def test_a_blocking_gate_holds_back_the_clean_copy_with_either_executor(
         assert layout.clean_dir(t).exists() == (t not in blocked), t
         assert layout.keep_list(t).exists()
     assert outcome.summary_written
+
+
+def test_an_override_of_an_image_deleted_since_is_refused_as_before(first):
+    """The merged run decides with the overrides; one naming an image the user deleted since
+    (a new image beside it, so its class changes) is refused with its file and line
+    (ConfigError, exit 2), as when decoding ran alone, not reported as a failed stage."""
+    import csv
+
+    from dedup_assets.config import ConfigError
+
+    source, config, instance, layout = first
+    victim = sorted((source / "forest").glob("*.png"))[-1]
+    with open(layout.overrides, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "decision", "other"])
+        writer.writerow([f"forest/{victim.name}", "remove", ""])
+    assert run_pipeline(config, instance, log=lambda _: None).ok
+    victim.unlink()
+    _exact_copy(source, "forest", "zz copy.png")
+    with pytest.raises(ConfigError, match=r"overrides\.csv, line 2: .* is no image of the"):
+        run_pipeline(config, instance, log=lambda _: None)
+
+
+@pytest.mark.parametrize("executor", ["in_process", "processes"])
+def test_a_failed_clean_copy_fails_the_run_but_not_the_summary(tmp_path, monkeypatch, executor):
+    """The summary reads no clean copy: with either executor a clean copy that fails (here
+    the first threshold's, made in this process) is a failure of the run, and the summary
+    and review page are made all the same."""
+    from dedup_assets.assets import clean_dataset
+
+    def broken(*args, **kwargs):
+        raise OSError("no space left on the device (the test)")
+
+    monkeypatch.setattr(clean_dataset, "write_clean_copy", broken)
+    source = tmp_path / "src"
+    generate_demo_dataset(source, seed=11, per_class=12, duplicate_fraction=0.2)
+    config = PipelineConfig.build(
+        source=str(source),
+        output=str(tmp_path / "out"),
+        thresholds="0.9,0.95",
+        device="cpu",
+        precision="fp32",
+        executor=executor,
+        method={"epochs": 1, "n_components": 8},
+        **({"parallel": 2} if executor == "processes" else {}),
+    )
+    instance = instance_for(tmp_path / "out")
+    try:
+        outcome = run_pipeline(config, instance, log=lambda _: None)
+    finally:
+        instance.dispose()
+    assert any("clean_dataset: OSError: no space left" in f for f in outcome.failures)
+    assert outcome.skipped == [] and outcome.summary_written
+    assert not OutputLayout(tmp_path / "out").clean_dir("0.9").exists()
+
+
+def test_only_a_failed_cross_class_table_lets_a_threshold_s_clean_copy_be_made():
+    """`_Stages.failed_only`: the steps that failed in a key's runs, against those allowed;
+    a run that failed outside its steps allows nothing."""
+    from dedup_assets.dispatch import RunReport
+    from dedup_assets.runner import CROSS_CLASS_STEPS, PipelineOutcome, _Stages
+
+    stages = object.__new__(_Stages)
+    stages.outcome, stages.failed_steps, stages.log = PipelineOutcome(output=None), {}, print
+    join = RunReport(failures=["T [0.9]: cross_class_duplicates: MemoryError"])
+    join.failed_steps = ["cross_class_duplicates"]
+    keep = RunReport(failures=["T [0.95]: keep_list: OSError"], failed_steps=["keep_list"])
+    outside = RunReport(failures=["T [2%]: the run failed before or between its steps"])
+    assert stages._record("T", ["0.9", "0.95", "2%"], [join, keep, outside], 3) == [
+        "0.9",
+        "0.95",
+        "2%",
+    ]
+    assert stages.failed_only("0.9", CROSS_CLASS_STEPS)
+    assert not stages.failed_only("0.95", CROSS_CLASS_STEPS)
+    assert not stages.failed_only("2%", CROSS_CLASS_STEPS)
+    assert stages.failed_only("0.97", CROSS_CLASS_STEPS)  # nothing failed

@@ -235,6 +235,8 @@ def _decode_class(
         digest = predecode.link_store(from_cache, catalog.pixels, stored)
         if digest is None:
             digest = save_pixels(stored, catalog.pixels)
+        else:  # the cache's own name unlinked now, not after: that changes the store's stat
+            predecode.discard(key)
         summary["pixels_digest"], summary["pixels_stat"] = digest, store_stat(stored)
         table_path, summary_text = tmp / layout.class_images(key).name, json.dumps(summary)
         catalog.table.write_parquet(table_path, metadata={CLASS_SUMMARY_KEY: summary_text})

@@ -15,7 +15,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
-import numpy as np
 import polars as pl
 
 from dedup_assets.core.data.artifacts import (
@@ -222,10 +221,8 @@ FILES_COLUMNS = ("raw_path", "content_hash", "size_bytes", "mtime_ns")
 
 def _folders(raw_paths: pl.Series) -> pl.Series:
     """Each path's folder (bytes, relative to the copy's root)."""
-    if raw_paths.len() == 0:
-        return pl.Series("folder", [], dtype=pl.Binary)
-    split = np.char.rpartition(np.array(raw_paths.to_list(), dtype=np.bytes_), b"/")[:, 0]
-    return pl.Series("folder", split.tolist(), dtype=pl.Binary)
+    folders = [path.rpartition(b"/")[0] for path in raw_paths.to_list()]
+    return pl.Series("folder", folders, dtype=pl.Binary)
 
 
 def _unchanged_folders(layout: OutputLayout, threshold: str, kept: pl.DataFrame) -> list[bytes]:
@@ -264,25 +261,21 @@ def _unchanged_folders(layout: OutputLayout, threshold: str, kept: pl.DataFrame)
     out = []
     root = os.fsencode(clean)
     real_root = os.fsencode(os.path.realpath(clean))
-    by_folder = new.filter(
+    rows = new.filter(
         pl.col("folder").is_in(pl.Series(list(candidates), dtype=pl.Binary).implode())
-    )
-    for (folder,), group in by_folder.group_by("folder"):
+    ).select("folder", "raw_path", "size_bytes", "mtime_ns")
+    # Each candidate's files by name, with their (size, time): one pass over the rows.
+    expected: dict[bytes, dict[bytes, tuple[int, int]]] = {}
+    for folder, path, size, mtime in rows.iter_rows():
+        expected.setdefault(folder, {})[path.rpartition(b"/")[2]] = (size, mtime)
+    for folder, files in expected.items():
         if not folder or _has_subfolder(every, folder):
             continue
         # Only a real folder of the copy: one reached through a symbolic link may be the
         # source's own, which a move would take out of the source.
         if os.path.realpath(os.path.join(root, folder)) != os.path.join(real_root, folder):
             continue
-        names = [os.path.basename(r) for r in group["raw_path"].to_list()]
-        expected = dict(
-            zip(
-                names,
-                zip(group["size_bytes"].to_list(), group["mtime_ns"].to_list(), strict=True),
-                strict=True,
-            )
-        )
-        if _holds_exactly(os.path.join(root, folder), expected):
+        if _holds_exactly(os.path.join(root, folder), files):
             out.append(folder)
     return sorted(out)
 

@@ -142,9 +142,10 @@ def sweep_interrupted(
     finished: it goes back into place. The folders a `.carry` journal names go back from
     its new tree into the destination (where they are missing). Every other leftover is
     deleted. Returns what was done, one line per path. Only call while no other process
-    writes under `root`. The folders of `swapped_whole` (relative to `root`) hold only trees
-    written whole by `atomic_dir`, whose leftovers lie beside them: they are swept, not
-    walked (the clean copies: 27,000 files a run at EuroSAT).
+    writes under `root`. The folders of `swapped_whole` (relative to `root`) hold trees
+    written whole by `atomic_dir`, whose leftovers lie beside them, with files of their own
+    at their top (a clean copy's `STALE.txt`): each tree's top is swept, not what lies
+    below it (the clean copies: 27,000 files a run at EuroSAT).
     """
     root = Path(root)
     done: list[str] = []
@@ -156,7 +157,8 @@ def sweep_interrupted(
             dirnames[:] = [d for d in dirnames if d not in skip]
         found = [(m, name) for name in [*dirnames, *filenames] if (m := _LEFTOVER.match(name))]
         done += _sweep(dirpath, found)
-        dirnames[:] = [] if dirpath in whole else [d for d in dirnames if not _LEFTOVER.match(d)]
+        top_of_tree = os.path.dirname(dirpath) in whole
+        dirnames[:] = [] if top_of_tree else [d for d in dirnames if not _LEFTOVER.match(d)]
     return done
 
 
