@@ -668,7 +668,9 @@ def _may_merge(stages: _Stages, layout: OutputLayout, listed: int) -> bool:
         current = current_inputs(stages.config)
         stages.config.resources()["compute"].torch_device()  # no such device: training says
         if layout.trained_images.exists() and listed:
-            trained = pl.scan_parquet(layout.trained_images).select(pl.len()).collect().item()
+            trained = (
+                pl.scan_parquet(layout.trained_images, glob=False).select(pl.len()).collect().item()
+            )
             if (listed - trained) / listed >= stages.config.method.retrain_new_share:
                 return False
     except Exception:  # noqa: BLE001 - the runs that decode and train first say why
