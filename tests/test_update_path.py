@@ -18,13 +18,18 @@ MERGED = "images, latents, spline fits, keep decisions"
 CLASSES = "classes: latents, spline fits, keep decisions"
 
 
-@pytest.fixture
-def first(tmp_path):
-    """A finished first run on three small classes, in memory."""
-    source = tmp_path / "src"
+def _two_classes(source):
+    """The demo dataset's farmland and forest, 12 images each (with planted copies)."""
     generate_demo_dataset(source, seed=11, per_class=12, duplicate_fraction=0.2)
     for extra in ("desert", "road", "urban", "water"):
         shutil.rmtree(source / extra)
+    return source
+
+
+@pytest.fixture
+def first(tmp_path):
+    """A finished first run on two small classes, in memory."""
+    source = _two_classes(tmp_path / "src")
     config = _config(source, tmp_path / "out")
     instance = dg.DagsterInstance.ephemeral()
     outcome = run_pipeline(config, instance, log=lambda _: None)
@@ -168,8 +173,7 @@ def test_a_blocking_gate_holds_back_the_clean_copy_with_either_executor(
         return statistics.KurtosisGate("error", gate.regressions, ("forced by the test",))
 
     monkeypatch.setattr(kurtosis_report, "kurtosis_gate", blocked)  # in forked workers too
-    source = tmp_path / "src"
-    generate_demo_dataset(source, seed=11, per_class=12, duplicate_fraction=0.2)
+    source = _two_classes(tmp_path / "src")
     config = PipelineConfig.build(
         source=str(source),
         output=str(tmp_path / "out"),
@@ -230,8 +234,7 @@ def test_a_failed_clean_copy_fails_the_run_but_not_the_summary(tmp_path, monkeyp
         raise OSError("no space left on the device (the test)")
 
     monkeypatch.setattr(clean_dataset, "write_clean_copy", broken)
-    source = tmp_path / "src"
-    generate_demo_dataset(source, seed=11, per_class=12, duplicate_fraction=0.2)
+    source = _two_classes(tmp_path / "src")
     config = PipelineConfig.build(
         source=str(source),
         output=str(tmp_path / "out"),
