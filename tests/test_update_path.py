@@ -159,6 +159,26 @@ def test_a_file_digest_kept_for_its_stat_sees_every_rewrite(tmp_path):
     assert file_digest(path) == first
 
 
+def _first_run(tmp_path, executor: str):
+    """A first run on two small classes at two thresholds, the instance on disk (workers
+    record their runs in it)."""
+    config = PipelineConfig.build(
+        source=str(_two_classes(tmp_path / "src")),
+        output=str(tmp_path / "out"),
+        thresholds="0.9,0.95",
+        device="cpu",
+        precision="fp32",
+        executor=executor,
+        method={"epochs": 1, "n_components": 8},
+        **({"parallel": 2} if executor == "processes" else {}),
+    )
+    instance = instance_for(tmp_path / "out")
+    try:
+        return run_pipeline(config, instance, log=lambda _: None)
+    finally:
+        instance.dispose()
+
+
 @pytest.mark.parametrize("executor", ["in_process", "processes"])
 def test_a_blocking_gate_holds_back_the_clean_copy_with_either_executor(
     tmp_path, monkeypatch, executor
@@ -173,22 +193,7 @@ def test_a_blocking_gate_holds_back_the_clean_copy_with_either_executor(
         return statistics.KurtosisGate("error", gate.regressions, ("forced by the test",))
 
     monkeypatch.setattr(kurtosis_report, "kurtosis_gate", blocked)  # in forked workers too
-    source = _two_classes(tmp_path / "src")
-    config = PipelineConfig.build(
-        source=str(source),
-        output=str(tmp_path / "out"),
-        thresholds="0.9,0.95",
-        device="cpu",
-        precision="fp32",
-        executor=executor,
-        method={"epochs": 1, "n_components": 8},
-        **({"parallel": 2} if executor == "processes" else {}),
-    )
-    instance = instance_for(tmp_path / "out")
-    try:
-        outcome = run_pipeline(config, instance, log=lambda _: None)
-    finally:
-        instance.dispose()
+    outcome = _first_run(tmp_path, executor)
     assert outcome.failures == [] and outcome.skipped == []
     assert {c.asset for c in outcome.check_failures} == {"kurtosis_report"}
     blocked = {c.partition for c in outcome.check_failures}
@@ -234,22 +239,7 @@ def test_a_failed_clean_copy_fails_the_run_but_not_the_summary(tmp_path, monkeyp
         raise OSError("no space left on the device (the test)")
 
     monkeypatch.setattr(clean_dataset, "write_clean_copy", broken)
-    source = _two_classes(tmp_path / "src")
-    config = PipelineConfig.build(
-        source=str(source),
-        output=str(tmp_path / "out"),
-        thresholds="0.9,0.95",
-        device="cpu",
-        precision="fp32",
-        executor=executor,
-        method={"epochs": 1, "n_components": 8},
-        **({"parallel": 2} if executor == "processes" else {}),
-    )
-    instance = instance_for(tmp_path / "out")
-    try:
-        outcome = run_pipeline(config, instance, log=lambda _: None)
-    finally:
-        instance.dispose()
+    outcome = _first_run(tmp_path, executor)
     assert any("clean_dataset: OSError: no space left" in f for f in outcome.failures)
     assert outcome.skipped == [] and outcome.summary_written
     assert not OutputLayout(tmp_path / "out").clean_dir("0.9").exists()
