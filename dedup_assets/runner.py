@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import polars as pl
 
-from dedup_assets.assets.autoencoder import decide_for_run, kept_observation
+from dedup_assets.assets.autoencoder import decide_for_run, kept_observation, likely_kept
 from dedup_assets.config import (
     PipelineConfig,
     current_inputs,
@@ -667,12 +666,8 @@ def _may_merge(stages: _Stages, layout: OutputLayout, listed: int) -> bool:
     try:
         current = current_inputs(stages.config)
         stages.config.resources()["compute"].torch_device()  # no such device: training says
-        if layout.trained_images.exists() and listed:
-            trained = (
-                pl.scan_parquet(layout.trained_images, glob=False).select(pl.len()).collect().item()
-            )
-            if (listed - trained) / listed >= stages.config.method.retrain_new_share:
-                return False
+        if not likely_kept(layout, stages.config.method, listed):
+            return False
     except Exception:  # noqa: BLE001 - the runs that decode and train first say why
         return False
     if any(budget_of(t) is not None for t in stages.config.thresholds):

@@ -116,6 +116,31 @@ def kept_observation(decision: RetrainDecision) -> dg.AssetObservation:
     )
 
 
+def likely_kept(layout: OutputLayout, settings: DedupSettings, listed: int) -> bool:
+    """Whether the retraining rules that need no image decoded (the share of new images,
+    the objective) keep the stored model, the `listed` files standing for the images: then
+    `dedup run` processes new images with it at once, and the error rule decides after."""
+    history = json.loads(layout.training_log.read_text()) if layout.training_log.exists() else {}
+    trained = (
+        pl.scan_parquet(layout.trained_images, glob=False).select(pl.len()).collect().item()
+        if layout.trained_images.exists()
+        else None
+    )
+    decision = decide_retraining(
+        model_exists=True,
+        forced=False,
+        n_images=listed,
+        n_new=max(listed - trained, 0) if trained is not None else 0,
+        new_error=None,
+        trained_error=None,
+        max_new_share=settings.retrain_new_share,
+        error_factor=settings.retrain_error_factor,
+        trained_objective=history.get("objective", "plain") if history else None,
+        objective=str(settings.training),
+    )
+    return not decision.retrain
+
+
 def decide_for_run(
     layout: OutputLayout, settings: DedupSettings, compute: ComputeDevice
 ) -> RetrainDecision | None:
