@@ -61,3 +61,111 @@ def test_the_scores_a_fit_returns_are_the_model_s_own(n):
     again = fit_class_density(latents, 8)
     np.testing.assert_array_equal(again.pca.components, model.pca.components)
     np.testing.assert_array_equal(again.log_density(latents), model.log_density_of_scores(scores))
+
+
+# --- A stored fit kept while a class's images stay close to those it was fitted on --------
+
+
+def _ids(n: int, start: int = 0) -> np.ndarray:
+    return np.array([f"img é {i:05d}" for i in range(start, start + n)])
+
+
+@pytest.mark.parametrize(
+    ("fitted", "now", "share"),
+    [
+        (0, 0, float("inf")),  # a fit on no image: always refitted
+        (1, 1, 0.0),
+        (1, 0, 1.0),
+        (2, 1, 0.5),
+        (2, 3, 0.5),
+        (10, 11, 0.1),
+        (1000, 1000, 0.0),
+    ],
+)
+def test_changed_share_counts_added_and_removed_images_against_the_fitted(fitted, now, share):
+    from dedup_assets.core.density.class_density import changed_share
+
+    assert changed_share(_ids(fitted), _ids(now)) == share
+
+
+def test_changed_share_sees_replaced_images_with_the_same_count():
+    """Ten removed and ten added: 20% changed, though the count is the same."""
+    from dedup_assets.core.density.class_density import changed_share
+
+    assert changed_share(_ids(100), _ids(100, start=10)) == pytest.approx(0.2)
+
+
+def _stored(tmp_path, n: int, digest: str = "m1", components: int = 8, rule: str = "fd"):
+    from dedup_assets.core.density.class_density import FitBasis, write_class_density
+
+    latents = np.random.default_rng(n).normal(size=(n, 24)).astype(np.float32)
+    model = fit_class_density(latents, components, rule)
+    basis = FitBasis(digest, components, rule, _ids(n))
+    path = tmp_path / f"fit{n}.npz"
+    write_class_density(model, path, {"fit": "f1"}, basis)
+    return path, model, basis
+
+
+@pytest.mark.parametrize("n", [2, 20, 300, 1000])
+def test_a_stored_fit_is_kept_up_to_the_refit_share_and_refitted_beyond(tmp_path, n):
+    """For class sizes 2 to 1,000: the stored fit stands for images that differ from those
+    it was fitted on by at most REFIT_SHARE (added plus removed), never beyond."""
+    from dedup_assets.core.density.class_density import (
+        REFIT_SHARE,
+        FitBasis,
+        read_fit_basis,
+        reusable_fit,
+    )
+
+    path, model, basis = _stored(tmp_path, n)
+    stored = read_fit_basis(path)
+    assert stored is not None and stored.same_source(basis)
+    np.testing.assert_array_equal(stored.image_ids, basis.image_ids)  # odd names round trip
+
+    def now(ids):
+        return FitBasis("m1", 8, "fd", ids)
+
+    same = reusable_fit(path, now(_ids(n)))
+    assert same is not None and same.share == 0.0
+    np.testing.assert_array_equal(same.model.pca.components, model.pca.components)
+    allowed = int(np.floor(REFIT_SHARE * n))
+    grown = reusable_fit(path, now(_ids(n + allowed)))
+    assert grown is not None and grown.share <= REFIT_SHARE
+    assert reusable_fit(path, now(_ids(n + allowed + 1))) is None  # one more: refitted
+    assert reusable_fit(path, now(_ids(n - allowed - 1))) is None  # removed beyond the share
+    if allowed:
+        kept = reusable_fit(path, now(_ids(n - allowed)))
+        assert kept is not None and kept.basis.image_ids.size == n  # still the fitted ids
+        assert kept.describe(n - allowed).startswith(f"kept: fitted on {n:,} images")
+
+
+def test_a_stored_fit_is_refitted_for_another_model_other_settings_or_no_record(tmp_path):
+    from dedup_assets.core.density.class_density import (
+        ClassDensityModel,
+        FitBasis,
+        reusable_fit,
+    )
+
+    path, model, _ = _stored(tmp_path, 300)
+    ids = _ids(300)
+    assert reusable_fit(path, FitBasis("m1", 8, "fd", ids)) is not None
+    assert reusable_fit(path, FitBasis("m2", 8, "fd", ids)) is None  # a new model
+    assert reusable_fit(path, FitBasis("m1", 16, "fd", ids)) is None  # --components
+    assert reusable_fit(path, FitBasis("m1", 8, "scott", ids)) is None  # --bin-rule
+    older = tmp_path / "older.npz"  # stored before fits recorded what they were made from
+    model.save(older, {"fit": "f1"})
+    assert ClassDensityModel.load(older).n_components == model.n_components
+    assert reusable_fit(older, FitBasis("m1", 8, "fd", ids)) is None
+    assert reusable_fit(tmp_path / "missing.npz", FitBasis("m1", 8, "fd", ids)) is None
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    assert reusable_fit(tmp_path / "broken.npz", FitBasis("m1", 8, "fd", ids)) is None
+
+
+def test_small_additions_add_up_to_a_refit(tmp_path):
+    """The share is counted against the images fitted on, not the last run's: five
+    additions of 3% each keep the fit three times, then refit."""
+    from dedup_assets.core.density.class_density import FitBasis, reusable_fit
+
+    path, _, _ = _stored(tmp_path, 100)
+    kept = [reusable_fit(path, FitBasis("m1", 8, "fd", _ids(100 + 3 * k))) for k in range(1, 6)]
+    assert [k is not None for k in kept] == [True, True, True, False, False]

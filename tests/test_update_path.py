@@ -136,6 +136,61 @@ def test_retrain_and_full_never_take_the_merged_path(first):
     assert outcome.training.startswith("retrained: retraining was asked for")
 
 
+def _fit_said(instance, key: str) -> str:
+    """What the newest materialization of `key`'s spline fit says of its fit."""
+    record = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("spline_fits"), asset_partitions=[key]),
+        limit=1,
+    ).records[0]
+    return record.asset_materialization.metadata["fit"].value
+
+
+def test_a_class_s_fit_is_kept_for_a_few_new_images_then_refitted(first):
+    """One new image in a class of 14 (7%): its stored fit is kept (the same components and
+    splines, still on the images it was fitted on) and the new image is decided in it; two
+    more (21% since the fit) refit it; `--full` refits every class."""
+    import numpy as np
+
+    from dedup_assets.core.density.class_density import ClassDensityModel, read_fit_basis
+
+    source, config, instance, layout = first
+    config = _config(source, layout.root, retrain_error_factor=1e6)
+    fitted = read_fit_basis(layout.spline_fit("forest"))
+    before = ClassDensityModel.load(layout.spline_fit("forest"))
+    assert fitted is not None and _fit_said(instance, "forest").startswith("fitted now on")
+    _exact_copy(source, "forest", "zz copy [1].png")
+    outcome = run_pipeline(config, instance, log=lambda _: None)
+    assert outcome.ok, (outcome.failures, outcome.skipped)
+    after = ClassDensityModel.load(layout.spline_fit("forest"))
+    np.testing.assert_array_equal(after.pca.components, before.pca.components)
+    np.testing.assert_array_equal(
+        after.density.to_arrays()["freqs"], before.density.to_arrays()["freqs"]
+    )
+    kept = read_fit_basis(layout.spline_fit("forest"))
+    np.testing.assert_array_equal(kept.image_ids, fitted.image_ids)
+    n = len(fitted.image_ids)
+    assert _fit_said(instance, "forest") == (
+        f"kept: fitted on {n:,} images, {1 / n:.1%} of them added or removed since "
+        f"(refitted beyond 10%); {n + 1:,} now"
+    )
+    keep = (layout.keep_list(T).with_suffix(".csv")).read_text()
+    assert ",false," in next(r for r in keep.splitlines() if "zz copy [1].png" in r).lower()
+    assert not stale_classes(layout, current_inputs(config), [T])
+
+    for name in ("zz copy [2].png", "zz copy [3].png"):
+        _exact_copy(source, "forest", name)
+    outcome = run_pipeline(config, instance, log=lambda _: None)
+    assert outcome.ok, (outcome.failures, outcome.skipped)
+    assert _fit_said(instance, "forest") == f"fitted now on {n + 3:,} images"
+    assert len(read_fit_basis(layout.spline_fit("forest")).image_ids) == n + 3
+
+    _exact_copy(source, "farmland", "zz copy [1].png")  # 1 of farmland's: would be kept
+    outcome = run_pipeline(config, instance, full=True, log=lambda _: None)
+    assert outcome.ok, (outcome.failures, outcome.skipped)
+    assert _fit_said(instance, "farmland").startswith("fitted now on")
+    assert _fit_said(instance, "forest").startswith("fitted now on")
+
+
 def test_a_file_digest_kept_for_its_stat_sees_every_rewrite(tmp_path):
     """`file_digest` answers from its process's memory while the file's stat is the same;
     a rewrite in place of the same size with its modification time set back is still seen

@@ -17,9 +17,15 @@ from dedup_assets.core.data.artifacts import (
     write_table,
 )
 from dedup_assets.core.data.layout import OutputLayout
-from dedup_assets.core.density.class_density import fit_with_scores, write_class_density
+from dedup_assets.core.density.class_density import (
+    FitBasis,
+    fit_with_scores,
+    reusable_fit,
+    write_class_density,
+)
 from dedup_assets.core.density.pca import components_for_variance
 from dedup_assets.core.quality import plots
+from dedup_assets.names import FULL_TAG
 from dedup_assets.ui import image_metadata, md_table
 from resources import DedupSettings, DedupStorage
 
@@ -41,10 +47,11 @@ def spline_fits(context: dg.AssetExecutionContext, storage: DedupStorage, settin
     layout = storage.layout()
     current = CurrentInputs.of(layout, settings)
     plotted: list[str] = []
+    full = context.run.tags.get(FULL_TAG) == "1"  # every class refitted
 
     def one(key: str, log: Callable[[str], None]) -> ClassOutcome:
         outcome = _fit_class(
-            log, layout, key, settings, current, draw=len(plotted) < PLOTTED_CLASSES
+            log, layout, key, settings, current, draw=len(plotted) < PLOTTED_CLASSES, full=full
         )
         if not isinstance(outcome.metadata.get("marginal_densities", ""), str):
             plotted.append(key)
@@ -61,8 +68,11 @@ def _fit_class(
     current: CurrentInputs,
     *,
     draw: bool,
+    full: bool = False,
 ) -> ClassOutcome:
-    """One class's PCA and spline fit, its per-image scores, and (with `draw`) its plot."""
+    """One class's PCA and spline fit (the stored one kept while the class's images are
+    close to those it was fitted on, `class_density.reusable_fit`; not with `full`), its
+    per-image scores, and (with `draw`) its plot."""
     if key not in current.class_digests:
         log(f"{key}: no readable image, nothing to fit")
         return ClassOutcome({"images": 0, "note": "no readable image"})
@@ -74,11 +84,23 @@ def _fit_class(
     )
     table, latents = read_latents(path)
     start = time.perf_counter()
-    model, scores = fit_with_scores(latents, settings.n_components, settings.bin_rule)
+    now = FitBasis(
+        current.model_digest,
+        int(settings.n_components),
+        str(settings.bin_rule),
+        table["image_id"].to_numpy().astype(str),
+    )
+    kept = None if full else reusable_fit(layout.spline_fit(key), now)
+    if kept is not None:
+        model, basis, scores = kept.model, kept.basis, kept.model.scores(latents)
+        fit_words = kept.describe(len(latents))
+    else:
+        model, scores = fit_with_scores(latents, settings.n_components, settings.bin_rule)
+        basis, fit_words = now, f"fitted now on {len(latents):,} images"
     log_density = model.log_density_of_scores(scores)
     seconds = time.perf_counter() - start
     provenance = current.fit(key)
-    write_class_density(model, layout.spline_fit(key), provenance)
+    write_class_density(model, layout.spline_fit(key), provenance, basis)
     per_image = table.select("image_id", "path").with_columns(
         pl.Series("log_density", log_density.astype(np.float64)),
         *[
@@ -94,6 +116,7 @@ def _fit_class(
     k = model.n_components
     metadata: dict = {
         "images": len(latents),
+        "fit": fit_words,
         "components": k,
         "bin_rule": str(settings.bin_rule),
         "fit_seconds": round(seconds, 3),
@@ -135,5 +158,8 @@ def _fit_class(
             else f"not drawn: a run draws the first {PLOTTED_CLASSES} classes it fits; "
             "materialize this class alone to draw it"
         )
-    log(f"{key}: PCA to {k} components and spline fits in {seconds:.2f}s")
+    if kept is not None:
+        log(f"{key}: spline fit {fit_words} ({seconds:.2f}s)")
+    else:
+        log(f"{key}: PCA to {k} components and spline fits in {seconds:.2f}s")
     return ClassOutcome(metadata)
