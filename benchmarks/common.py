@@ -169,9 +169,17 @@ def timed_dedup_run(source: Path, output: Path, extra: list[str] | None = None) 
     }
 
 
-def output_with_model(out: Path, model: Path) -> Path:
+TRAINING_RECORD = ("training.json", "trained_images.parquet")
+"""What a run that trained a model writes beside it (`OutputLayout.training_log`,
+`trained_images`): with them the retraining rules read the images it was trained on."""
+
+
+def output_with_model(out: Path, model: Path, *, record: bool = False) -> bool:
     """A new output folder of latent-dedup at `out` (any earlier one removed) with `model`
-    copied in, which `dedup run` then keeps: a first run that does not train."""
+    copied in, which `dedup run` then keeps: a first run that does not train. With
+    `record`, the model's training record beside it is copied too where it has one (as a
+    model the first run had trained: the share and error rules then apply to new images);
+    returns whether it was."""
     import shutil
 
     from dedup_assets.core.data.layout import OutputLayout
@@ -180,4 +188,9 @@ def output_with_model(out: Path, model: Path) -> Path:
     OutputLayout(out).claim()
     (out / "model").mkdir(parents=True)
     shutil.copy2(model, out / "model" / "autoencoder.pt")
-    return out
+    beside = [model.parent / name for name in TRAINING_RECORD]
+    if not record or not all(p.is_file() for p in beside):
+        return False
+    for path in beside:
+        shutil.copy2(path, out / "model" / path.name)
+    return True

@@ -92,6 +92,16 @@ def test_an_output_with_a_model_is_new_and_holds_the_model(tmp_path):
     assert (out / "model" / "autoencoder.pt").read_bytes() == b"weights"
     OutputLayout(out).claim()  # already latent-dedup's: claiming it again is allowed
     assert {p.name for p in out.iterdir()} >= {"model"}
+    # Its training record goes along only when asked for and the model has one, whole.
+    assert common.output_with_model(out, model, record=True) is False
+    (tmp_path / "training.json").write_text("{}")
+    assert common.output_with_model(out, model, record=True) is False  # half a record
+    (tmp_path / "trained_images.parquet").write_bytes(b"ids")
+    assert common.output_with_model(out, model) is False
+    assert not (out / "model" / "training.json").exists()
+    assert common.output_with_model(out, model, record=True) is True
+    assert (out / "model" / "trained_images.parquet").read_bytes() == b"ids"
+    assert (out / "model" / "training.json").read_text() == "{}"
 
 
 def test_the_file_system_of_a_path_is_its_longest_mount(monkeypatch, tmp_path):

@@ -343,13 +343,15 @@ def test_a_model_copied_in_is_kept_without_reconstructing_anything(tmp_path, mon
         raise AssertionError("reconstructed images for a decision that cannot use them")
 
     monkeypatch.setattr(asset, "reconstruct", no_reconstruction)
+    monkeypatch.setattr(asset, "reconstruction_errors", no_reconstruction)
     monkeypatch.setattr(
         asset, "gather_pixels", lambda layout, frame: np.zeros((frame.height, 64, 64, 3), np.uint8)
     )
     settings, compute = DedupSettings(), ComputeDevice(device="cpu")
     kept = asset.retraining_decision(layout, images, settings, compute, forced=False)
     assert not kept.retrain and "no record of its training" in kept.reason
-    # With a record (its training log and images), new images are reconstructed and compared.
+    # With a record (its training log and images), new images are reconstructed and compared
+    # (none of them has an error stored by a class run here).
     layout.training_log.write_text('{"final_reconstruction_mse": 0.01, "objective": "plain"}')
     pl.DataFrame({"image_id": ["x"]}).write_parquet(layout.trained_images)
     with pytest.raises(AssertionError, match="reconstructed images"):

@@ -2,9 +2,11 @@
 processed in one run each, the model kept without a training run (its decision recorded
 on the asset), and a retraining rule that fires after all retrains and redoes every class."""
 
+import json
 import shutil
 
 import dagster as dg
+import polars as pl
 import pytest
 
 from dedup_assets.config import PipelineConfig, current_inputs
@@ -58,10 +60,21 @@ def _runs(outcome) -> dict[str, int]:
     return {s.name: s.runs for s in outcome.stages}
 
 
-def test_a_kept_model_is_decided_without_a_run_and_recorded_on_the_asset(first):
+def test_a_kept_model_is_decided_without_a_run_and_recorded_on_the_asset(first, monkeypatch):
+    """The model kept without a training run, its decision on the asset; the class run
+    stored the reconstruction error of its image new since training (with the model's
+    digest), which the error rule then reads instead of reconstructing it again."""
+    import numpy as np
+
+    from dedup_assets.assets import autoencoder as asset
+    from dedup_assets.core.data.artifacts import catalog_images, read_catalog
+    from dedup_assets.core.model.autoencoder import load_state, reconstruction_errors
+    from dedup_assets.core.model.new_image_errors import read_new_image_errors
+
     source, config, instance, layout = first
     config = _config(source, layout.root, retrain_error_factor=1e6)
     model = file_digest(layout.model)
+    assert not layout.new_image_errors("forest").exists()  # all trained on: nothing new
     original = _exact_copy(source, "forest", "zz copy [1].png")
     outcome = run_pipeline(config, instance, log=lambda _: None)
     assert outcome.ok, (outcome.failures, outcome.skipped)
@@ -84,6 +97,25 @@ def test_a_kept_model_is_decided_without_a_run_and_recorded_on_the_asset(first):
     row = next(line for line in keep.splitlines() if "zz copy [1].png" in line)
     assert ",false," in row.lower() and original in row
     assert not stale_classes(layout, current_inputs(config), [T])
+    stored = read_new_image_errors(layout.new_image_errors("forest"), model)
+    assert not layout.new_image_errors("farmland").exists()
+    new = catalog_images(read_catalog(layout)).filter(pl.col("path").str.contains("zz copy"))
+    assert list(stored) == new["image_id"].to_list()
+    pixels = np.load(layout.class_pixels("forest"), mmap_mode="r")[new["row"].to_numpy()]
+    again = reconstruction_errors(load_state(layout.model), pixels, amp_dtype=None)
+    assert stored[new["image_id"][0]] == pytest.approx(float(again[0]), rel=1e-6)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the rule reconstructed an image whose error is stored")
+
+    monkeypatch.setattr(asset, "reconstruction_errors", refuse)
+    resources = config.resources()
+    decision = asset.decide_for_run(layout, resources["settings"], resources["compute"])
+    assert decision is not None and not decision.retrain and decision.new_images == 1
+    assert decision.error_ratio == pytest.approx(
+        float(again[0]) / json.loads(layout.training_log.read_text())["final_reconstruction_mse"],
+        rel=1e-6,
+    )
 
 
 def test_a_rule_that_fires_after_the_merged_run_retrains_and_redoes_every_class(first):

@@ -23,9 +23,11 @@ from dedup_assets.core.model.autoencoder import (
     EarlyStopping,
     load_state,
     reconstruct,
+    reconstruction_errors,
     save_state,
     train_autoencoder,
 )
+from dedup_assets.core.model.new_image_errors import mean_error, read_new_image_errors
 from dedup_assets.core.model.retraining import RetrainDecision, decide_retraining
 from dedup_assets.core.quality import plots
 from dedup_assets.interrupts import stop_requested
@@ -85,9 +87,25 @@ def retraining_decision(
     new_error = None
     if model is not None and new.height:
         sample = new[_sample(new.height).tolist()]
-        _, new_error = reconstruct(
-            model, gather_pixels(layout, sample), device=compute.torch_device()
+        # The errors the class runs stored as they encoded these images (with this model);
+        # the others reconstructed here (`core.model.new_image_errors`).
+        digest = file_digest(layout.model)
+        stored = (
+            [
+                read_new_image_errors(layout.new_image_errors(k), digest)
+                for k in sample["class_key"].unique(maintain_order=True).to_list()
+            ]
+            if known
+            else []
         )
+
+        def reconstructed(ids: list[str]) -> np.ndarray:
+            rows = sample.filter(pl.col("image_id").is_in(ids))
+            return reconstruction_errors(
+                model, gather_pixels(layout, rows), device=device, amp_dtype=compute.amp_dtype()
+            )
+
+        new_error = mean_error(sample["image_id"].to_list(), stored, reconstructed)
     return decide_retraining(
         model_exists=model is not None,
         forced=forced,

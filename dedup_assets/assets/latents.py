@@ -8,6 +8,7 @@ from typing import Any
 
 import dagster as dg
 import numpy as np
+import polars as pl
 
 from dedup_assets.assets.autoencoder import autoencoder
 from dedup_assets.assets.catalog import class_images
@@ -37,7 +38,9 @@ from dedup_assets.core.model.autoencoder import (
     SMALL_BATCH,
     encode_images,
     load_state,
+    reconstruction_errors,
 )
+from dedup_assets.core.model.new_image_errors import update_new_image_errors
 from dedup_assets.names import FULL_TAG, GPU_OP_TAGS
 from resources import ComputeDevice, DedupStorage
 
@@ -102,6 +105,7 @@ class _ClassEncoder:
     _model: Any = None
     # class -> its plan with its latents filled in, encoded with an earlier class
     _ahead: dict[str, _Plan] = field(default_factory=dict)
+    _trained: Any = None  # the model's training images (ids), read once a run
 
     def __post_init__(self) -> None:
         self.model_digest = file_digest(self.layout.model)
@@ -189,6 +193,40 @@ class _ClassEncoder:
                 self._ahead[k] = p
         return len(group) - 1
 
+    def _new_errors(self, key: str, images: Any, latents: np.ndarray) -> int:
+        """Store the reconstruction errors of the class's images new since the model was
+        trained (`core.model.new_image_errors`, read by its retraining rule); how many were
+        computed now. None without a record of the training images (a model copied in)."""
+        path = self.layout.new_image_errors(key)
+        if self._trained is None:
+            known = self.layout.trained_images
+            self._trained = (
+                pl.read_parquet(known, columns=["image_id"], glob=False)
+                if known.exists()
+                else False
+            )
+        if self._trained is False:
+            path.unlink(missing_ok=True)
+            return 0
+        new = (
+            images.select("image_id", "row")
+            .with_row_index("at")
+            .join(self._trained, on="image_id", how="anti", maintain_order="left")
+        )
+
+        def compute(ids: list[str]) -> np.ndarray:
+            todo = new.filter(pl.col("image_id").is_in(ids))
+            pixels = take_rows(open_pixels(self.layout, key), todo["row"].to_numpy())
+            return reconstruction_errors(
+                self.model(),
+                pixels,
+                device=self.device,
+                amp_dtype=self.amp_dtype,
+                latents=latents[todo["at"].to_numpy()],
+            )
+
+        return update_new_image_errors(path, self.model_digest, new["image_id"].to_list(), compute)
+
     def encode(self, key: str, log: Callable[[str], None]) -> ClassOutcome:
         """One class's latents: those of the same model reused, the rest encoded."""
         ahead = self._ahead.pop(key, None)  # planned and encoded with an earlier class
@@ -227,6 +265,7 @@ class _ClassEncoder:
             f"{key}: encoded {len(todo):,} new images in {seconds:.2f}s on {self.device}{how}, "
             f"kept {int(reused.sum()):,} latents of the same model"
         )
+        errors = self._new_errors(key, images, latents)
         norms = np.linalg.norm(latents, axis=1) if len(latents) else np.zeros(0)
         expected = images["image_id"].to_list()
         return ClassOutcome(
@@ -235,6 +274,7 @@ class _ClassEncoder:
                 "encoded": len(todo),
                 "reused": int(reused.sum()),
                 "encode_seconds": round(seconds, 3),
+                "new_image_errors_computed": errors,
                 "mean_latent_norm": float(norms.mean()) if len(norms) else 0.0,
                 "dead_dimensions_fraction": float((latents.max(axis=0) <= 0).mean())
                 if len(latents)

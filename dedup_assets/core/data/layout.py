@@ -149,6 +149,11 @@ class OutputLayout:
     def latents(self, class_key: str) -> Path:
         return self.root / "latents" / f"{class_key}.parquet"
 
+    def new_image_errors(self, class_key: str) -> Path:
+        """The reconstruction errors of the class's images that are new since the model was
+        trained (`core.model.new_image_errors`), computed once as they are encoded."""
+        return self.root / "latents" / f"{class_key}.new_errors.npz"
+
     def mirror_latents(self, class_key: str) -> Path:
         """The latents of the class's mirrored images (calibration decoys), in the order
         of its latents table: encoded once, read by every budget calibration."""

@@ -465,6 +465,36 @@ def reconstruct(
     return images.cpu().numpy(), mse
 
 
+@torch.no_grad()
+def reconstruction_errors(
+    model: ConvAutoencoder,
+    pixels: np.ndarray,
+    *,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    latents: np.ndarray | None = None,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Each image's mean squared reconstruction error on the [-1, 1] scale (float32), at the
+    precision `amp_dtype` (as the run encodes). With `latents` (the images' own, from
+    `encode_images` at that precision) only the decoder runs: the same computation, half of
+    it already done."""
+    device = torch.device(device)
+    model = _channels_last_on(model, device).eval()
+    out = np.empty(len(pixels), dtype=np.float32)
+    for start in range(0, len(pixels), batch_size):
+        chunk = np.ascontiguousarray(pixels[start : start + batch_size])
+        x = to_unit_range(torch.from_numpy(chunk).to(device))
+        with _autocast(device, amp_dtype):
+            if latents is None:
+                y = model(x)
+            else:
+                z = torch.from_numpy(np.ascontiguousarray(latents[start : start + len(chunk)]))
+                y = model.decoder(z.to(device).view(len(chunk), -1, 2, 2))
+        out[start : start + len(chunk)] = ((y.float() - x) ** 2).mean(dim=(1, 2, 3)).cpu().numpy()
+    return out
+
+
 def save_state(model: ConvAutoencoder, path) -> None:
     """Store only the state dict (tensors), never a pickled module."""
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
