@@ -36,7 +36,10 @@ def test_errors_from_the_latents_are_those_of_the_whole_model(model, n, amp):
     latents = encode_images(model, pixels, amp_dtype=amp)
     halves = reconstruction_errors(model, pixels, amp_dtype=amp, latents=latents)
     assert whole.shape == (n,) and whole.dtype == np.float32
-    np.testing.assert_array_equal(whole, halves)
+    if n == 1:  # a lone image is encoded beside a copy of itself: kernels may differ by CPU
+        np.testing.assert_allclose(whole, halves, rtol=1e-5)
+    else:
+        np.testing.assert_array_equal(whole, halves)
     if amp is None:
         assert whole.mean() == pytest.approx(reconstruct(model, pixels)[1], rel=1e-6)
 
@@ -80,3 +83,23 @@ def test_the_mean_error_reads_what_is_stored_and_computes_the_rest(stored_share)
     assert mean_error(ids, [stored, {}], compute) == pytest.approx(4.5)
     assert asked == ([] if stored_share == 1.0 else [ids[len(stored) :]])
     assert np.isnan(mean_error([], [], compute))
+
+
+def test_errors_are_keyed_by_model_and_precision():
+    from dedup_assets.core.model.new_image_errors import errors_key
+
+    assert errors_key("m1") == errors_key("m1", None) == "m1/fp32"
+    assert errors_key("m1", torch.bfloat16) == "m1/bfloat16"
+    assert len({errors_key("m1"), errors_key("m2"), errors_key("m1", torch.bfloat16)}) == 3
+
+
+def test_a_removed_class_takes_its_stored_errors_along(tmp_path):
+    from dedup_assets.assets.catalog import remove_class_outputs
+    from dedup_assets.core.data.layout import OutputLayout
+
+    layout = OutputLayout(tmp_path)
+    layout.new_image_errors("gone").parent.mkdir(parents=True)
+    update_new_image_errors(layout.new_image_errors("gone"), "m1", ["a"], lambda ids: [1.0])
+    update_new_image_errors(layout.new_image_errors("kept"), "m1", ["b"], lambda ids: [1.0])
+    remove_class_outputs(layout, "gone")
+    assert not layout.new_image_errors("gone").exists() and layout.new_image_errors("kept").exists()

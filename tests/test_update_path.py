@@ -50,8 +50,8 @@ def _config(source, output, **method) -> PipelineConfig:
     )
 
 
-def _exact_copy(source, cls: str, name: str) -> str:
-    original = sorted((source / cls).glob("*.png"))[0]
+def _exact_copy(source, cls: str, name: str, original=None) -> str:
+    original = original or sorted((source / cls).glob("*.png"))[0]
     shutil.copyfile(original, source / cls / name)
     return f"{cls}/{original.name}"
 
@@ -69,7 +69,7 @@ def test_a_kept_model_is_decided_without_a_run_and_recorded_on_the_asset(first, 
     from dedup_assets.assets import autoencoder as asset
     from dedup_assets.core.data.artifacts import catalog_images, read_catalog
     from dedup_assets.core.model.autoencoder import load_state, reconstruction_errors
-    from dedup_assets.core.model.new_image_errors import read_new_image_errors
+    from dedup_assets.core.model.new_image_errors import errors_key, read_new_image_errors
 
     source, config, instance, layout = first
     config = _config(source, layout.root, retrain_error_factor=1e6)
@@ -97,7 +97,7 @@ def test_a_kept_model_is_decided_without_a_run_and_recorded_on_the_asset(first, 
     row = next(line for line in keep.splitlines() if "zz copy [1].png" in line)
     assert ",false," in row.lower() and original in row
     assert not stale_classes(layout, current_inputs(config), [T])
-    stored = read_new_image_errors(layout.new_image_errors("forest"), model)
+    stored = read_new_image_errors(layout.new_image_errors("forest"), errors_key(model))
     assert not layout.new_image_errors("farmland").exists()
     new = catalog_images(read_catalog(layout)).filter(pl.col("path").str.contains("zz copy"))
     assert list(stored) == new["image_id"].to_list()
@@ -116,6 +116,36 @@ def test_a_kept_model_is_decided_without_a_run_and_recorded_on_the_asset(first, 
         float(again[0]) / json.loads(layout.training_log.read_text())["final_reconstruction_mse"],
         rel=1e-6,
     )
+
+
+def test_stored_errors_only_for_training_images_and_never_a_failed_class(first, monkeypatch):
+    """Evaluation classes (a split's val/test) store no errors, the rule never samples them;
+    a failure storing them costs the class nothing: its latents stand, the rule
+    reconstructs."""
+    import numpy as np
+
+    from dedup_assets.assets import latents as latents_asset
+    from dedup_assets.assets.latents import _ClassEncoder
+    from dedup_assets.core.model.new_image_errors import update_new_image_errors
+
+    source, config, instance, layout = first
+    encoder = _ClassEncoder(layout=layout, device="cpu", amp_dtype=None, full=False)
+    stale = layout.new_image_errors("test.forest")
+    update_new_image_errors(stale, "m", ["a"], lambda ids: [1.0])
+    images = pl.DataFrame({"image_id": ["a"], "row": [0]})
+    assert encoder._new_errors("test.forest", images, np.zeros((1, 1024), np.float32)) == 0
+    assert not stale.exists()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(latents_asset, "update_new_image_errors", broken)
+    config = _config(source, layout.root, retrain_error_factor=1e6)
+    _exact_copy(source, "forest", "zz copy [1].png")
+    outcome = run_pipeline(config, instance, log=lambda _: None)
+    assert outcome.ok, (outcome.failures, outcome.skipped)
+    assert not layout.new_image_errors("forest").exists()
+    assert outcome.training.startswith("model kept: 1 new images"), outcome.training
 
 
 def test_a_rule_that_fires_after_the_merged_run_retrains_and_redoes_every_class(first):
@@ -190,7 +220,10 @@ def test_a_class_s_fit_is_kept_for_a_few_new_images_then_refitted(first):
     fitted = read_fit_basis(layout.spline_fit("forest"))
     before = ClassDensityModel.load(layout.spline_fit("forest"))
     assert fitted is not None and _fit_said(instance, "forest").startswith("fitted now on")
-    _exact_copy(source, "forest", "zz copy [1].png")
+    # A copy of the class's likeliest image: a new image like those fitted (the fit is kept).
+    scores = pl.read_parquet(layout.spline_scores("forest"))
+    likeliest = scores.sort("log_density", descending=True)["path"][0]
+    _exact_copy(source, "forest", "zz copy [1].png", source / likeliest)
     outcome = run_pipeline(config, instance, log=lambda _: None)
     assert outcome.ok, (outcome.failures, outcome.skipped)
     after = ClassDensityModel.load(layout.spline_fit("forest"))
@@ -210,11 +243,38 @@ def test_a_class_s_fit_is_kept_for_a_few_new_images_then_refitted(first):
     assert not stale_classes(layout, current_inputs(config), [T])
 
     for name in ("zz copy [2].png", "zz copy [3].png"):
-        _exact_copy(source, "forest", name)
+        _exact_copy(source, "forest", name, source / likeliest)
     outcome = run_pipeline(config, instance, log=lambda _: None)
     assert outcome.ok, (outcome.failures, outcome.skipped)
     assert _fit_said(instance, "forest") == f"fitted now on {n + 3:,} images"
     assert len(read_fit_basis(layout.spline_fit("forest")).image_ids) == n + 3
+
+    # New images unlike the class (noise), few enough for the share: refitted all the same.
+    from PIL import Image
+
+    stripes = np.zeros((64, 64, 3), dtype=np.uint8)
+    stripes[::2] = 255  # nothing like a forest
+    Image.fromarray(stripes).save(source / "forest" / "zz stripes.png")
+    outcome = run_pipeline(config, instance, log=lambda _: None)
+    assert outcome.ok, (outcome.failures, outcome.skipped)
+    assert _fit_said(instance, "forest") == (
+        f"fitted now on {n + 4:,} images (100% of the new images less likely under the stored "
+        "fit than 99% of the images it was fitted on)"
+    )
+
+    # --full refits a fit that would be kept, with the same model and images.
+    from dedup_assets.assets.spline_fits import _fit_class
+    from dedup_assets.core.data.artifacts import CurrentInputs
+
+    settings = config.resources()["settings"]
+    current = CurrentInputs.of(layout, settings)
+    said = {
+        full: _fit_class(
+            lambda _: None, layout, "forest", settings, current, draw=False, full=full
+        ).metadata["fit"]
+        for full in (False, True)
+    }
+    assert said[False].startswith("kept:") and said[True] == f"fitted now on {n + 4:,} images"
 
     _exact_copy(source, "farmland", "zz copy [1].png")  # 1 of farmland's: would be kept
     outcome = run_pipeline(config, instance, full=True, log=lambda _: None)

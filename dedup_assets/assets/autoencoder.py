@@ -27,7 +27,11 @@ from dedup_assets.core.model.autoencoder import (
     save_state,
     train_autoencoder,
 )
-from dedup_assets.core.model.new_image_errors import mean_error, read_new_image_errors
+from dedup_assets.core.model.new_image_errors import (
+    errors_key,
+    mean_error,
+    read_new_image_errors,
+)
 from dedup_assets.core.model.retraining import RetrainDecision, decide_retraining
 from dedup_assets.core.quality import plots
 from dedup_assets.interrupts import stop_requested
@@ -89,7 +93,7 @@ def retraining_decision(
         sample = new[_sample(new.height).tolist()]
         # The errors the class runs stored as they encoded these images (with this model);
         # the others reconstructed here (`core.model.new_image_errors`).
-        digest = file_digest(layout.model)
+        digest = errors_key(file_digest(layout.model), compute.amp_dtype())
         stored = (
             [
                 read_new_image_errors(layout.new_image_errors(k), digest)

@@ -18,8 +18,11 @@ from dedup_assets.core.data.artifacts import (
 )
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.density.class_density import (
+    OUTLIER_QUANTILE,
+    OUTLIER_SHARE,
     FitBasis,
     fit_with_scores,
+    new_images_share_unlikely,
     reusable_fit,
     write_class_density,
 )
@@ -91,13 +94,25 @@ def _fit_class(
         table["image_id"].to_numpy().astype(str),
     )
     kept = None if full else reusable_fit(layout.spline_fit(key), now)
+    unlikely = None
     if kept is not None:
-        model, basis, scores = kept.model, kept.basis, kept.model.scores(latents)
-        fit_words = kept.describe(len(latents))
+        scores = kept.model.scores(latents)
+        log_density = kept.model.log_density_of_scores(scores)
+        fitted = np.isin(now.image_ids, kept.basis.image_ids)
+        unlikely = new_images_share_unlikely(log_density, fitted)
+        if unlikely > OUTLIER_SHARE:  # new images the kept fit has no room for: refitted
+            kept = None
+    if kept is not None:
+        model, basis, fit_words = kept.model, kept.basis, kept.describe(len(latents))
     else:
         model, scores = fit_with_scores(latents, settings.n_components, settings.bin_rule)
+        log_density = model.log_density_of_scores(scores)
         basis, fit_words = now, f"fitted now on {len(latents):,} images"
-    log_density = model.log_density_of_scores(scores)
+        if unlikely is not None:
+            fit_words += (
+                f" ({unlikely:.0%} of the new images less likely under the stored fit than "
+                f"{1 - OUTLIER_QUANTILE:.0%} of the images it was fitted on)"
+            )
     seconds = time.perf_counter() - start
     provenance = current.fit(key)
     write_class_density(model, layout.spline_fit(key), provenance, basis)

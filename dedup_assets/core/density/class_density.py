@@ -168,7 +168,8 @@ class FitBasis:
             "basis_model": np.array(self.model_digest),
             "basis_n_components": np.array(int(self.n_components)),
             "basis_bin_rule": np.array(self.bin_rule),
-            "basis_image_ids": np.asarray(self.image_ids, dtype=str),
+            # UTF-8 bytes: numpy's str arrays take 4 bytes a character (7 MB at 100,000)
+            "basis_image_ids": np.char.encode(np.asarray(self.image_ids, dtype=str), "utf-8"),
         }
 
     def same_source(self, other: FitBasis) -> bool:
@@ -191,7 +192,7 @@ def read_fit_basis(path: Path) -> FitBasis | None:
                 str(z["basis_model"]),
                 int(z["basis_n_components"]),
                 str(z["basis_bin_rule"]),
-                z["basis_image_ids"],
+                np.char.decode(z["basis_image_ids"], "utf-8"),
             )
     except (OSError, ValueError, KeyError):
         return None
@@ -205,6 +206,26 @@ def changed_share(fitted_ids: np.ndarray, ids: np.ndarray) -> float:
         return float("inf")
     same = np.intersect1d(fitted, now, assume_unique=True).size
     return (len(fitted) - same + len(now) - same) / len(fitted)
+
+
+# A kept fit must still describe the class's new images: it is refitted when more than
+# OUTLIER_SHARE of them are less likely under it than all but OUTLIER_QUANTILE of the images
+# it was fitted on (about OUTLIER_QUANTILE of them are, when they are like those). New
+# images unlike the class (beyond a marginal's support, at the floor density, sharing one
+# clipped coordinate there in the copula space) would otherwise be decided in a space that
+# has no room for them.
+OUTLIER_QUANTILE = 0.01
+OUTLIER_SHARE = 0.1
+
+
+def new_images_share_unlikely(log_density: np.ndarray, fitted: np.ndarray) -> float:
+    """The share of the new images (`~fitted`) whose log-density under a kept fit is below
+    the OUTLIER_QUANTILE quantile of the fitted images' (0 when either side is empty)."""
+    log_density, fitted = np.asarray(log_density, dtype=np.float64), np.asarray(fitted, bool)
+    if fitted.all() or not fitted.any():
+        return 0.0
+    low = np.quantile(log_density[fitted], OUTLIER_QUANTILE)
+    return float((log_density[~fitted] < low).mean())
 
 
 @dataclass(frozen=True)

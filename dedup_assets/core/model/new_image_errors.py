@@ -20,9 +20,15 @@ import numpy as np
 from dedup_assets.core.data.atomic_io import save_npz
 
 
+def errors_key(model_digest: str, amp_dtype: object = None) -> str:
+    """What stored errors are made with and read for: the model and the precision (an
+    error made in bf16 is not reused by a run in fp32)."""
+    return f"{model_digest}/{str(amp_dtype or 'fp32').removeprefix('torch.')}"
+
+
 def read_new_image_errors(path: Path, model_digest: str) -> dict[str, float]:
-    """Image id -> stored error, for errors made with the model `model_digest` (none for a
-    file of another model, a missing or an unreadable one)."""
+    """Image id -> stored error, for errors made with `model_digest` (an `errors_key`; none
+    for a file of another model or precision, a missing or an unreadable one)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z["model"]) != model_digest:
