@@ -152,6 +152,15 @@ def test_a_stored_fit_is_refitted_for_another_model_other_settings_or_no_record(
     assert reusable_fit(path, FitBasis("m2", 8, "fd", ids)) is None  # a new model
     assert reusable_fit(path, FitBasis("m1", 16, "fd", ids)) is None  # --components
     assert reusable_fit(path, FitBasis("m1", 8, "scott", ids)) is None  # --bin-rule
+    # Fitted ids stored as str (the first files with a basis did): read the same.
+    arrays = dict(np.load(path, allow_pickle=False))
+    arrays["basis_image_ids"] = np.asarray(ids, dtype=str)
+    as_str = tmp_path / "as_str.npz"
+    np.savez(as_str, **arrays)
+    assert reusable_fit(as_str, FitBasis("m1", 8, "fd", ids)).share == 0.0
+    arrays["basis_image_ids"] = np.zeros(3)  # nonsense where the ids go: refitted
+    np.savez(tmp_path / "nonsense.npz", **arrays)
+    assert reusable_fit(tmp_path / "nonsense.npz", FitBasis("m1", 8, "fd", ids)) is None
     older = tmp_path / "older.npz"  # stored before fits recorded what they were made from
     model.save(older, {"fit": "f1"})
     assert ClassDensityModel.load(older).n_components == model.n_components

@@ -192,10 +192,15 @@ def read_fit_basis(path: Path) -> FitBasis | None:
                 str(z["basis_model"]),
                 int(z["basis_n_components"]),
                 str(z["basis_bin_rule"]),
-                np.char.decode(z["basis_image_ids"], "utf-8"),
+                _ids_of(z["basis_image_ids"]),
             )
-    except (OSError, ValueError, KeyError):
+    except Exception:  # noqa: BLE001 - whatever is wrong with it, the class is refitted
         return None
+
+
+def _ids_of(stored: np.ndarray) -> np.ndarray:
+    """Stored ids as str: UTF-8 bytes, or str as fits of 2026-12-06 before 11:45 stored them."""
+    return np.char.decode(stored, "utf-8") if stored.dtype.kind == "S" else stored.astype(str)
 
 
 def changed_share(fitted_ids: np.ndarray, ids: np.ndarray) -> float:
