@@ -117,12 +117,20 @@ def retraining_decision(
         n_new=new.height if known else 0,
         new_error=new_error,
         trained_error=trained_error,
-        max_new_share=settings.retrain_new_share,
-        error_factor=settings.retrain_error_factor,
-        # A log from before the objective was recorded was written by plain training.
-        trained_objective=history.get("objective", "plain") if history else None,
-        objective=str(settings.training),
+        **_rule_settings(settings, history),
     )
+
+
+def _rule_settings(settings: DedupSettings, history: dict) -> dict:
+    """What the retraining rules take from the settings and the training log, for both of
+    their callers (`retraining_decision`, `likely_kept`)."""
+    return {
+        "max_new_share": settings.retrain_new_share,
+        "error_factor": settings.retrain_error_factor,
+        # A log from before the objective was recorded was written by plain training.
+        "trained_objective": history.get("objective", "plain") if history else None,
+        "objective": str(settings.training),
+    }
 
 
 def kept_observation(decision: RetrainDecision) -> dg.AssetObservation:
@@ -155,10 +163,7 @@ def likely_kept(layout: OutputLayout, settings: DedupSettings, listed: int) -> b
         n_new=max(listed - trained, 0) if trained is not None else 0,
         new_error=None,
         trained_error=None,
-        max_new_share=settings.retrain_new_share,
-        error_factor=settings.retrain_error_factor,
-        trained_objective=history.get("objective", "plain") if history else None,
-        objective=str(settings.training),
+        **_rule_settings(settings, history),
     )
     return not decision.retrain
 
