@@ -327,12 +327,13 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 def _run(
     args: argparse.Namespace,
+    config: PipelineConfig,
     probe: _Probe | None = None,
     instance: dg.DagsterInstance | None = None,
 ) -> int:
-    """`dedup run` (or `demo`), in the output's instance (`instance`: one the caller keeps
-    open, `dedup watch` for its later updates; else one opened and closed here)."""
-    config = config_from_args(args)
+    """`dedup run` (or `demo`) with `config` (`config_from_args`), in the output's instance
+    (`instance`: one the caller keeps open, `dedup watch` for its later updates; else one
+    opened and closed here)."""
     if config.executor == "k8s":
         raise UsageError(
             "executor k8s is for the code location of a Kubernetes deployment "
@@ -979,17 +980,21 @@ def _run_stoppable(
     """`_run`, which SIGINT and SIGTERM stop (`interrupts.Interrupted`), and what it may
     have started beside it (a first run's decoder, a forked pool) ended after."""
     from dedup_assets.core.data import predecode
-    from dedup_assets.dispatch import release_preforked
     from dedup_assets.interrupts import stop_on_signals
 
     global _RAN
     try:
+        # Settings are checked before the run's modules are imported: a refused setting
+        # says so in about a second on 2 cores, not two.
+        config = config_from_args(args)
         with stop_on_signals():
-            return _run(args, probe, instance)
+            return _run(args, config, probe, instance)
     finally:
         _RAN = True
         predecode.finish()  # normally done after the images stage already
-        release_preforked()  # a pool the run did not take (another executor)
+        dispatch = sys.modules.get("dedup_assets.dispatch")
+        if dispatch is not None:  # a pool is forked only once it is imported (`_prefork`)
+            dispatch.release_preforked()  # a pool the run did not take (another executor)
 
 
 def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> int:
