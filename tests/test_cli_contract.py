@@ -69,6 +69,27 @@ def test_bad_settings_exit_2_with_one_line(small_source, tmp_path, extra, messag
     assert not (tmp_path / "o").exists(), "nothing is written for a refused command"
 
 
+@pytest.mark.parametrize("extra", [["--thresholds", "1.5"], ["--executor", "k8s"]])
+def test_a_refused_setting_is_said_before_the_run_is_imported(small_source, tmp_path, extra):
+    """The settings are checked before the run's modules (torch, the workers' dispatch):
+    a refused setting costs the settings' imports alone."""
+    done = run_dedup(
+        "run",
+        "--source",
+        str(small_source),
+        "--output",
+        str(tmp_path / "o"),
+        *extra,
+        env_extra={"PYTHONPROFILEIMPORTTIME": "1"},
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("dedup run: error: "), lines[-1]
+    imported = {m.split("|")[-1].strip() for m in lines[:-1]}
+    assert "dedup_assets.config" in imported  # the report is what it says it is
+    assert not imported & {"torch", "dedup_assets.dispatch", "dedup_assets.runner"}
+
+
 def test_output_overlapping_the_source_is_refused(small_source, tmp_path):
     for output, why in [
         (small_source, "is the source folder"),
