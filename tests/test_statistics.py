@@ -401,3 +401,52 @@ def test_a_class_that_loses_nothing_reads_its_own_kurtosis_in_every_draw(n):
     assert (out == out[0]).all()
     np.testing.assert_allclose(out[0], excess_kurtosis(z), rtol=1e-9, atol=1e-12)
     assert rng.random() == np.random.default_rng(0).random()
+
+
+def test_a_class_s_chance_draws_are_its_own_and_kept(monkeypatch):
+    """`class_subset_draws` depends on the class alone (its rows, k, draws, seed): the same
+    numbers drawn afresh, whatever else was drawn before; kept and handed out read-only; a
+    changed row or k draws anew; the kept draws stay within their byte budget."""
+    from dedup_assets.core.quality import statistics as st
+
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_t(5, (300, 3)), rng.standard_t(5, (40, 3))
+    monkeypatch.setattr(st, "_draws_kept", st.OrderedDict())
+    first = st.class_subset_draws(a, 280, 500)
+    assert first.shape == (500, 3) and not first.flags.writeable
+    assert st.class_subset_draws(a, 280, 500) is first  # kept
+    st._draws_kept.clear()
+    st.class_subset_draws(b, 30, 500)  # another class drawn first: a's draws are a's
+    again = st.class_subset_draws(a, 280, 500)
+    assert again is not first and np.array_equal(again, first)
+    moved = a.copy()
+    moved[0, 0] += 1e-9
+    assert not np.array_equal(st.class_subset_draws(moved, 280, 500), first)
+    assert not np.array_equal(st.class_subset_draws(a, 279, 500), first)
+    assert not np.array_equal(st.class_subset_draws(a, 280, 500, seed=1), first)
+    # nothing removed: every draw is the class itself, a row of its own per draw
+    whole = st.class_subset_draws(b, 40, 500)
+    assert np.allclose(whole, excess_kurtosis(b)) and not whole.flags.writeable
+    monkeypatch.setattr(st, "_DRAWS_KEPT_BYTES", 2 * first.nbytes)
+    for k in range(250, 260):
+        st.class_subset_draws(a, k, 500)
+    assert sum(v.nbytes for v in st._draws_kept.values()) <= 2 * first.nbytes
+    assert len(st._draws_kept) == 2  # the newest two
+
+
+def test_the_chance_baseline_of_unchanged_classes_does_not_move():
+    """A class's contribution to the chance baseline is drawn from the class alone: with one
+    class changed, every other class's draws are those of the report before."""
+    from dedup_assets.core.quality import statistics as st
+
+    rng = np.random.default_rng(8)
+    groups = [rng.standard_t(6, (int(n), 3)) for n in rng.integers(60, 200, 6)]
+    counts = [len(g) - 5 for g in groups]
+    before = [st.class_subset_draws(g, k, 300).copy() for g, k in zip(groups, counts, strict=True)]
+    st._draws_kept.clear()
+    groups[2] = rng.standard_t(6, (150, 3))
+    counts[2] = 140
+    random_removal_excess(groups, counts, draws=300)
+    for i, (g, k) in enumerate(zip(groups, counts, strict=True)):
+        same = np.array_equal(st.class_subset_draws(g, k, 300), before[i])
+        assert same == (i != 2), i

@@ -160,17 +160,19 @@ def write_clean_copy(
     # A folder whose files are those of this threshold's last copy, unchanged there and in
     # the source, is moved into the new copy in one rename instead of linked file by file
     # (270 new EuroSAT images re-linked 27,000 files, 1.2 s; 135,000 at 135k, 6.2 s).
-    carry = _unchanged_folders(layout, threshold, kept) if mode == "copy" else []
+    folders = _folders(kept["raw_path"])  # each file's, once: 27,000 paths split in Python
+    carry = _unchanged_folders(layout, threshold, kept, folders) if mode == "copy" else []
     if carry:
         moved = pl.Series("folder", carry, dtype=pl.Binary)
-        placed = kept.filter(~_folders(kept["raw_path"]).is_in(moved.implode()))
+        placing = ~folders.is_in(moved.implode())
+        placed, placed_folders = kept.filter(placing), folders.filter(placing)
     else:
-        placed = kept
+        placed, placed_folders = kept, folders
     with atomic_dir(layout.clean_dir(threshold), carry=carry) as tmp:
         dest_root = os.fsencode(tmp)
         rows = placed.select("raw_path", "donors").rows()
-        for parent in {os.path.dirname(os.path.join(dest_root, rel)) for rel, _ in rows}:
-            os.makedirs(parent, exist_ok=True)
+        for folder in placed_folders.unique().to_list():
+            os.makedirs(os.path.join(dest_root, folder), exist_ok=True)
 
         def place(row: tuple[bytes, list[int] | None]) -> bool:
             rel, holders = row
@@ -225,10 +227,12 @@ def _folders(raw_paths: pl.Series) -> pl.Series:
     return pl.Series("folder", folders, dtype=pl.Binary)
 
 
-def _unchanged_folders(layout: OutputLayout, threshold: str, kept: pl.DataFrame) -> list[bytes]:
+def _unchanged_folders(
+    layout: OutputLayout, threshold: str, kept: pl.DataFrame, folders: pl.Series | None = None
+) -> list[bytes]:
     """The folders of the threshold's copy that a new copy of `kept` (raw_path, content_hash,
-    size_bytes, mtime_ns: the source's now) would hold unchanged, so they may be moved into
-    it: made by copy mode with the files manifest that records sizes and times; the same
+    size_bytes, mtime_ns: the source's now; `folders`: its rows' `_folders`, when known)
+    would hold unchanged, so they may be moved into it: made by copy mode with the files manifest that records sizes and times; the same
     files there as in `kept`, with the same content, size and time in both manifests; no
     folder below them; and on disk exactly those names, each a regular file (not a link)
     of the recorded size and time (an edit of a file in the copy changes its time)."""
@@ -240,7 +244,9 @@ def _unchanged_folders(layout: OutputLayout, threshold: str, kept: pl.DataFrame)
         old = pl.read_parquet(clean / FILES_NAME, columns=[*FILES_COLUMNS], glob=False)
     except (OSError, pl.exceptions.PolarsError):
         return []
-    new = kept.select(FILES_COLUMNS).with_columns(_folders(kept["raw_path"]))
+    new = kept.select(FILES_COLUMNS).with_columns(
+        _folders(kept["raw_path"]) if folders is None else folders
+    )
     old = old.with_columns(_folders(old["raw_path"]))
     same = new.join(old.drop("folder"), on=list(FILES_COLUMNS), how="semi")
     counts = (

@@ -67,18 +67,22 @@ def class_scores(
 
 
 def kurtosis_by_class(
-    scores: pl.DataFrame, keep: pl.DataFrame, min_images: int = MIN_IMAGES_MEASURED
+    scores: pl.DataFrame,
+    keep: pl.DataFrame,
+    min_images: int = MIN_IMAGES_MEASURED,
+    groups: list[tuple[str, np.ndarray, np.ndarray]] | None = None,
 ) -> pl.DataFrame:
     """Per class: images, excess kurtosis of PC1-3 before and after removal, and whether
     the class is large enough to measure (`measured`; `note` says why not).
 
-    scores: class, image_id, pc1..pc3 (on the class's original axes); keep: image_id, kept.
+    scores: class, image_id, pc1..pc3 (on the class's original axes); keep: image_id, kept;
+    groups: their `class_scores`, when the caller has them already.
     """
     kept_of = scores.select("image_id").join(keep, on="image_id", how="left")["kept"]
     if kept_of.null_count():
         raise ValueError(f"{kept_of.null_count()} scored images are absent from the keep list")
     rows = []
-    for name, z, kept in class_scores(scores, keep):
+    for name, z, kept in class_scores(scores, keep) if groups is None else groups:
         n_before, n_after = len(z), int(kept.sum())
         before, after = excess_kurtosis(z), excess_kurtosis(z[kept])
         finite = bool(np.isfinite(before).all() and np.isfinite(after).all())
@@ -103,11 +107,20 @@ def kurtosis_by_class(
 
 
 def random_removal_baseline(
-    scores: pl.DataFrame, keep: pl.DataFrame, measured: list[str], draws: int = CHANCE_DRAWS
+    scores: pl.DataFrame,
+    keep: pl.DataFrame,
+    measured: list[str],
+    draws: int = CHANCE_DRAWS,
+    groups: list[tuple[str, np.ndarray, np.ndarray]] | None = None,
 ) -> np.ndarray:
     """The gate's excess at the median that removing the same number of images from each
-    measured class at random stays under (quantile CHANCE_QUANTILE): chance alone."""
-    groups = class_scores(scores, keep, measured)
+    measured class at random stays under (quantile CHANCE_QUANTILE): chance alone. groups:
+    every class's `class_scores`, when the caller has them already."""
+    if groups is None:
+        groups = class_scores(scores, keep, measured)
+    else:
+        wanted = set(measured)
+        groups = [g for g in groups if g[0] in wanted]
     return random_removal_excess(
         [z for _, z, _ in groups], [int(kept.sum()) for _, _, kept in groups], draws=draws
     )
@@ -382,7 +395,8 @@ def build_report(
     components: principal components each class used; refit: `refit_kurtosis` output,
     the after-kurtosis on axes refitted to the kept images (reported beside the gate's).
     """
-    table = kurtosis_by_class(scores, keep)
+    groups = class_scores(scores, keep)  # once for the table and the chance baseline
+    table = kurtosis_by_class(scores, keep, groups=groups)
     if components is not None:
         table = table.with_columns(
             pl.col("class")
@@ -392,7 +406,9 @@ def build_report(
     entropy = entropy_by_class(scores, keep, bin_rule)
     measured = table.filter(pl.col("measured"))
     before, after = gate_arrays(table)
-    chance = random_removal_baseline(scores, keep, measured["class"].to_list(), draws=draws)
+    chance = random_removal_baseline(
+        scores, keep, measured["class"].to_list(), draws=draws, groups=groups
+    )
     gate = kurtosis_gate(before, after, tolerance, chance)
     refit_regs: tuple[ComponentRegression, ...] = ()
     if refit is not None:
