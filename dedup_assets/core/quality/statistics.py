@@ -13,10 +13,7 @@ Decisions the paper leaves open (PAPER.md section 6), made here:
 
 from __future__ import annotations
 
-import hashlib
-import threading
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -280,44 +277,6 @@ def _kurtosis_of_subsets(z: np.ndarray, k: int, draws: int, rng: np.random.Gener
     return _kurtosis_of_sums(drawn if side == k else total - drawn, k)
 
 
-_DRAWS_KEPT_BYTES = 64 * 2**20
-"""At most this many bytes of classes' draws are kept (`class_subset_draws`): 24 KB a class
-at the default draws, so some 2,700 classes; the oldest go first."""
-_draws_kept: OrderedDict[tuple, np.ndarray] = OrderedDict()
-_draws_lock = threading.Lock()
-
-
-def class_subset_draws(z: np.ndarray, k: int, draws: int, seed: int = 0) -> np.ndarray:
-    """(draws, components) excess kurtosis of random k-subsets of one class's rows z
-    (float64), drawn with a generator seeded by `seed` and the class's own rows and k.
-
-    A class's draws therefore depend on nothing but that class: a class that did not change
-    contributes the same draws to the next report whatever happened to the others, and its
-    draws are kept in this process (up to `_DRAWS_KEPT_BYTES`) instead of drawn again. A
-    running `dedup watch` reports every threshold again after each update; most classes are
-    untouched (EuroSAT with 1% new images in two of ten classes: the chance baseline's draws
-    0.05-0.07 s of the report, for two classes' worth of new numbers)."""
-    z = np.ascontiguousarray(z, dtype=np.float64)
-    digest = hashlib.blake2b(z.tobytes(), digest_size=16)
-    digest.update(np.array([*z.shape, k, draws], dtype=np.int64).tobytes())
-    key = (digest.digest(), seed)
-    with _draws_lock:
-        kept = _draws_kept.get(key)
-        if kept is not None:
-            _draws_kept.move_to_end(key)
-            return kept
-    words = np.frombuffer(key[0], dtype=np.uint32).tolist()
-    drawn = _kurtosis_of_subsets(z, k, draws, np.random.default_rng([seed, *words]))
-    drawn = np.array(drawn)  # its own (a class that lost nothing broadcasts one row)
-    drawn.setflags(write=False)
-    with _draws_lock:
-        _draws_kept[key] = drawn
-        total = sum(v.nbytes for v in _draws_kept.values())
-        while total > _DRAWS_KEPT_BYTES and _draws_kept:
-            total -= _draws_kept.popitem(last=False)[1].nbytes
-    return drawn
-
-
 def _kurtosis_of_sums(sums: np.ndarray, k: int) -> np.ndarray:
     """Excess kurtosis per row of (rows, 4m) power sums over k standardised rows."""
     e1, e2, e3, e4 = np.split(sums / k, 4, axis=1)
@@ -361,10 +320,11 @@ def random_removal_excess(
     """
     if not groups:
         return np.full(3, np.nan)
+    rng = np.random.default_rng(seed)
     groups = [np.asarray(z, dtype=np.float64) for z in groups]
     before = np.array([excess_kurtosis(z) for z in groups])  # (classes, m)
     after = np.stack(
-        [class_subset_draws(z, k, draws, seed) for z, k in zip(groups, kept_counts, strict=True)],
+        [_kurtosis_of_subsets(z, k, draws, rng) for z, k in zip(groups, kept_counts, strict=True)],
         axis=1,
     )  # (draws, classes, m)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
