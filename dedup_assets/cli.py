@@ -1007,6 +1007,7 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
     status when --updates is reached, 128 + the signal when stopped."""
     import time
 
+    config_from_args(args)  # a refused setting said before the run's modules are imported
     from dedup_assets.dispatch import keep_pools
     from dedup_assets.runner import OutputLocked
 

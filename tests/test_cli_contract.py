@@ -69,12 +69,21 @@ def test_bad_settings_exit_2_with_one_line(small_source, tmp_path, extra, messag
     assert not (tmp_path / "o").exists(), "nothing is written for a refused command"
 
 
-@pytest.mark.parametrize("extra", [["--thresholds", "1.5"], ["--executor", "k8s"]])
-def test_a_refused_setting_is_said_before_the_run_is_imported(small_source, tmp_path, extra):
+@pytest.mark.parametrize(
+    ("command", "extra"),
+    [
+        ("run", ["--thresholds", "1.5"]),
+        ("run", ["--executor", "k8s"]),
+        ("watch", ["--thresholds", "1.5"]),
+    ],
+)
+def test_a_refused_setting_is_said_before_the_run_is_imported(
+    small_source, tmp_path, command, extra
+):
     """The settings are checked before the run's modules (torch, the workers' dispatch):
     a refused setting costs the settings' imports alone."""
     done = run_dedup(
-        "run",
+        command,
         "--source",
         str(small_source),
         "--output",
@@ -84,7 +93,7 @@ def test_a_refused_setting_is_said_before_the_run_is_imported(small_source, tmp_
     )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert lines[-1].startswith("dedup run: error: "), lines[-1]
+    assert lines[-1].startswith(f"dedup {command}: error: "), lines[-1]
     imported = {m.split("|")[-1].strip() for m in lines[:-1]}
     assert "dedup_assets.config" in imported  # the report is what it says it is
     assert not imported & {"torch", "dedup_assets.dispatch", "dedup_assets.runner"}
