@@ -12,6 +12,8 @@ from PIL import Image, ImageEnhance
 from dedup_assets.config import PipelineConfig
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.decision.class_decision import PriorDecision, keep_decisions
+from dedup_assets.core.decision.class_keep import load_class_data
+from dedup_assets.core.decision.dct_descriptor import lowfreq_dct
 from dedup_assets.core.model.retraining import decide_retraining
 from dedup_assets.core.quality.demo_data import generate_demo_dataset
 from dedup_assets.definitions import build_definitions
@@ -301,8 +303,22 @@ def test_cli_run_after_new_images_touches_only_their_class(materialized):
     _add_variants(materialized["source"] / "farmland", 1, prefix="cli_more")
     assert run_pipeline(materialized["config"], instance, log=lines.append).failures == []
     _assert_cross_class_join_updated(instance, materialized["layout"])
+    _assert_stored_descriptors_are_the_computed_ones(materialized["layout"], "farmland")
     again = run_pipeline(materialized["config"], instance, log=lines.append)
     assert again.nothing_changed and again.stages == []
+
+
+def _assert_stored_descriptors_are_the_computed_ones(layout, key: str) -> None:
+    """The class's stored DCT descriptors, read by the update's keep decisions in place of
+    its pixels, are those of its images now, exactly as computed from their pixels."""
+    _, data = load_class_data(
+        layout, key, space="spline_copula_dct", dct_store=layout.class_dct(key)
+    )
+    assert data.pixels is None and data.descriptors is not None
+    _, with_pixels = load_class_data(layout, key, with_pixels=True)
+    np.testing.assert_array_equal(data.descriptors["dct"], lowfreq_dct(with_pixels.pixels))
+    with np.load(layout.class_dct(key)) as stored:
+        assert sorted(stored["pixel_hashes"].tolist()) == sorted(set(data.pixel_hashes))
 
 
 def _assert_cross_class_join_updated(instance, layout) -> None:

@@ -69,6 +69,7 @@ def remove_class_outputs(layout: OutputLayout, key: str) -> None:
     layout.spline_fit(key).unlink(missing_ok=True)
     layout.mirror_latents(key).unlink(missing_ok=True)
     layout.new_image_errors(key).unlink(missing_ok=True)
+    layout.class_dct(key).unlink(missing_ok=True)
     layout.spline_scores(key).unlink(missing_ok=True)
     by_class = layout.root / "keep_lists" / "by_class"
     if by_class.is_dir():

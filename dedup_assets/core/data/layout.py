@@ -159,6 +159,11 @@ class OutputLayout:
         of its latents table: encoded once, read by every budget calibration."""
         return self.root / "latents" / f"{class_key}.mirrors.npz"
 
+    def class_dct(self, class_key: str) -> Path:
+        """The DCT descriptors of the class's images by pixel hash (`core.decision.dct_store`),
+        kept so that an update computes those of its new images only."""
+        return self.root / "latents" / f"{class_key}.dct.npz"
+
     def spline_fit(self, class_key: str) -> Path:
         return self.root / "spline_fits" / f"{class_key}.npz"
 

@@ -605,6 +605,7 @@ def class_budgets(
             pixel_hashes=data.pixel_hashes[rows],
             latents=decoy_latents,
             pixels=decoy_pixels,
+            descriptors=None,  # the mirrors' own, from their pixels, not the class's
         )
         mine = vectorise(data, space) if vectors is None else vectors
         theirs = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,8 +37,10 @@ from dedup_assets.core.decision.class_decision import (
     PriorDecision,
     decide_class,
     needs_pixels,
+    space_for,
     vectorise,
 )
+from dedup_assets.core.decision.dct_store import class_descriptors
 from dedup_assets.core.decision.reference_pool import ReferencePool, build_reference_pool
 from dedup_assets.core.density.class_density import fit_class_density, read_class_density
 
@@ -53,13 +56,16 @@ def load_class_data(
     with_pixels: bool = False,
     space: str | None = None,
     catalog: pl.DataFrame | None = None,
+    dct_store: Path | None = None,
 ) -> tuple[pl.DataFrame, ClassData]:
     """One class's (image_id, path) table and what deciding it needs (`class_decision`).
 
     With `current`, the latents and the fit must be current; otherwise they are read as is
     (benchmarks and analyses of an output folder). Pixels are loaded when asked for, or
     when deciding in `space` needs them (the spaces of pixels, also the fallback of small
-    classes).
+    classes). With `dct_store` (`OutputLayout.class_dct`), a space whose only pixel part is
+    the DCT descriptor takes the stored descriptors instead (`dct_store`: computed for new
+    images only), and reads no pixels unless asked for.
     """
     if current is not None:
         require_current(
@@ -83,17 +89,22 @@ def load_class_data(
     if (at < 0).any() or images["pixel_hash"].is_null().to_numpy()[at].any():
         raise StaleArtifact(f"latents of class {key} name images the catalog does not hold")
     model = read_class_density(layout.spline_fit(key))
+    rows = images["row"].to_numpy()[at]
+    hashes = images["pixel_hash"].to_numpy().astype(str)[at]
+    descriptors = None
+    if dct_store is not None and space is not None and space_for(model, space) in DCT_SPACES:
+        descriptors = {
+            "dct": class_descriptors(
+                dct_store, hashes, lambda i: pixels_of_rows(layout, key, rows[i])
+            )
+        }
     pixels = None
-    if with_pixels or (space is not None and needs_pixels(model, space)):
-        pixels = pixels_of_rows(layout, key, images["row"].to_numpy()[at])
-    data = ClassData(
-        ids,
-        images["pixel_hash"].to_numpy().astype(str)[at],
-        latents,
-        model,
-        pixels,
-    )
-    return table, data
+    if with_pixels or (space is not None and needs_pixels(model, space) and not descriptors):
+        pixels = pixels_of_rows(layout, key, rows)
+    return table, ClassData(ids, hashes, latents, model, pixels, descriptors)
+
+
+DCT_SPACES = frozenset({"dct", "spline_copula_dct"})  # whose only pixel part is the DCT
 
 
 def _positions_of(wanted: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -151,6 +151,7 @@ def class_keep_lists(
         current,
         space=settings.similarity_space,
         with_pixels=any(b is not None for b in budgets),
+        dct_store=layout.class_dct(key),
     )
     rows = mirrors = None
     if any(b is not None for b in budgets):

@@ -43,14 +43,18 @@ _LOW = (_dct_matrix(32)[:DCT_SIZE] @ np.repeat(np.eye(32, dtype=np.float32), 2, 
 
 def lowfreq_dct(pixels: np.ndarray) -> np.ndarray:
     """(n, DIMENSIONS) float32 unit descriptors of uint8 NHWC images of 64x64 (a flat image,
-    with no low frequency but DC, gets a zero row). Chunked: `pixels` may be memory-mapped."""
+    with no low frequency but DC, gets a zero row), each a function of its image alone, to
+    the bit. Chunked: `pixels` may be memory-mapped."""
     n = len(pixels)
     if n and pixels.shape[1:] != (64, 64, 3):
         raise ValueError(f"expected pixels of shape (N, 64, 64, 3), got {pixels.shape}")
     out = np.zeros((n, DIMENSIONS), dtype=np.float32)
     for start in range(0, n, CHUNK):
-        chunk = np.asarray(pixels[start : start + CHUNK])
-        grey = (chunk.reshape(-1, 3).astype(np.float32) @ _LUMA).reshape(len(chunk), 64, 64)
+        chunk = np.asarray(pixels[start : start + CHUNK]).astype(np.float32)
+        # Element by element, not a matrix-vector product (whose rounding follows the
+        # chunk's size): an image's descriptor is the same whatever images share its chunk,
+        # so one stored by `dct_store` is the one computing it again gives.
+        grey = chunk[..., 0] * _LUMA[0] + chunk[..., 1] * _LUMA[1] + chunk[..., 2] * _LUMA[2]
         coeff = np.matmul(np.matmul(_LOW, grey), _LOW.T)  # (b, DCT_SIZE, DCT_SIZE)
         flat = coeff.reshape(len(coeff), -1)[:, 1:]
         norms = np.linalg.norm(flat, axis=1, keepdims=True)
