@@ -1,6 +1,7 @@
 """A copy mode clean copy made again moves its unchanged folders into the new copy instead
-of linking their files one by one; only a folder that would come out the same is moved,
-and an interrupted or crashed swap puts every moved folder back."""
+of linking their files one by one, and patches a folder that changed in a few files; only a
+folder whose files on disk are those its copy recorded is moved, and an interrupted or
+crashed swap puts every moved folder back as it was."""
 
 import hashlib
 import json
@@ -14,7 +15,7 @@ import polars as pl
 import pytest
 
 from dedup_assets.assets import clean_dataset
-from dedup_assets.assets.clean_dataset import FILES_NAME, write_clean_copy
+from dedup_assets.assets.clean_dataset import FILES_NAME, FolderReuse, write_clean_copy
 from dedup_assets.core.data.atomic_io import sweep_interrupted, sweep_interrupted_at, writing
 from dedup_assets.core.data.layout import OutputLayout
 
@@ -139,15 +140,17 @@ def test_a_copy_without_sizes_or_not_in_copy_mode_moves_nothing(tmp_path):
     write_clean_copy(layout, T, [T], _kept(source), root, "hardlink", "k1", "r1")
     manifest = layout.clean_manifest(T)  # a linking copy whose manifest says copy
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "mode": "copy"}))
-    assert clean_dataset._unchanged_folders(layout, T, _kept(source)) == []
+    assert clean_dataset._reusable_folders(layout, T, _kept(source)) == FolderReuse()
     write_clean_copy(layout, T, [T], _kept(source), root, "copy", "k2", "r2")
     _same_tree(layout.clean_dir(T), source)
     clean = layout.clean_dir(T)
     pl.read_parquet(clean / FILES_NAME).select("raw_path", "content_hash").write_parquet(
         clean / FILES_NAME
     )
-    assert clean_dataset._unchanged_folders(layout, T, _kept(source)) == []
-    assert clean_dataset._unchanged_folders(layout, T, _kept(source).drop("mtime_ns")) == []
+    assert clean_dataset._reusable_folders(layout, T, _kept(source)) == FolderReuse()
+    assert (
+        clean_dataset._reusable_folders(layout, T, _kept(source).drop("mtime_ns")) == FolderReuse()
+    )
 
 
 @pytest.mark.parametrize("after", [False, True], ids=["before", "after"])
@@ -263,10 +266,147 @@ def test_a_folder_reached_through_a_link_is_never_moved(tmp_path, linked):
     (clean / linked).symlink_to(source / linked, target_is_directory=True)
     before = _kept(source)
     movable = [b"class 1", b"class0/sub", b"cl\xe9ss2", b"split/a"]
-    assert clean_dataset._unchanged_folders(layout, T, before) == [
+    assert clean_dataset._reusable_folders(layout, T, before).carry == [
         f for f in movable if not f.startswith(linked.encode())
     ]
     _write(layout, source, "r2")
     assert _kept(source).equals(before)
     _same_tree(layout.clean_dir(T), source)
     assert not any(os.path.islink(p) for p, _, _ in os.walk(layout.clean_dir(T)))
+
+
+def _change_class_1(source: Path) -> None:
+    """class 1 gains a file, loses one and has one rewritten: 3 of its 5 files stay."""
+    c1 = os.path.join(os.fsencode(source), b"class 1")
+    with open(os.path.join(c1, b"new.png"), "wb") as fh:
+        fh.write(b"new" * 40)
+    os.unlink(os.path.join(c1, b"img4.png"))
+    with open(os.path.join(c1, b"img3.png"), "wb") as fh:
+        fh.write(b"rewritten" * 9)
+
+
+def test_a_folder_that_changed_in_a_few_files_is_patched_in_place(tmp_path):
+    source, layout = tmp_path / "src", OutputLayout(tmp_path / "out")
+    _source(source)
+    _write(layout, source, "r1")
+    clean = layout.clean_dir(T)
+    c1 = os.path.join(os.fsencode(clean), b"class 1")
+    folder, kept_file = _inode(c1), _inode(os.path.join(c1, b"img0.png"))
+    rewritten = _inode(os.path.join(c1, b"img3.png"))
+    _change_class_1(source)
+    reuse = clean_dataset._reusable_folders(layout, T, _kept(source))
+    assert reuse.carry == [b"class0/sub", b"cl\xe9ss2"]
+    assert reuse.patch == {b"class 1": [b"img3.png", b"img4.png"]}
+    assert reuse.added == {b"class 1/img3.png", b"class 1/new.png"}
+    # 5 moved in cl\xe9ss2, 1 in class0/sub, 3 kept in class 1, class0's 5 linked back.
+    assert _write(layout, source, "r2") == 14
+    assert _inode(c1) == folder and _inode(os.path.join(c1, b"img0.png")) == kept_file
+    assert _inode(os.path.join(c1, b"img3.png")) != rewritten
+    _same_tree(clean, source)
+    assert sorted(p.name for p in clean.parent.iterdir()) == [T]  # no stage left beside it
+    # More than half of a folder changed: made again, not patched.
+    for i in range(3):
+        (source / "class 1" / f"img{i}.png").write_bytes(bytes([9, i]) * 70)
+    reuse = clean_dataset._reusable_folders(layout, T, _kept(source))
+    assert b"class 1" not in reuse.patch and b"class 1" not in reuse.carry
+    _write(layout, source, "r3")
+    assert _inode(c1) != folder
+    _same_tree(clean, source)
+
+
+def test_a_folder_edited_in_the_copy_is_made_again_not_patched(tmp_path):
+    """A file of the copy's folder edited by a user (or one added to it): the folder is not
+    trusted for a patch either, and the new copy holds the source's bytes."""
+    source, layout = tmp_path / "src", OutputLayout(tmp_path / "out")
+    _source(source)
+    _write(layout, source, "r1")
+    clean = layout.clean_dir(T)
+    c1 = os.path.join(os.fsencode(clean), b"class 1")
+    edited = os.path.join(c1, b"img1.png")
+    with open(edited, "r+b") as fh:
+        fh.write(b"edited by a user")
+    (clean / "cl\xe9ss2".encode("latin-1").decode("utf-8", "surrogateescape")).joinpath(
+        "extra.png"
+    ).write_bytes(b"not from the source")
+    _change_class_1(source)
+    (
+        source / "cl\xe9ss2".encode("latin-1").decode("utf-8", "surrogateescape") / "more.png"
+    ).write_bytes(b"more" * 20)
+    reuse = clean_dataset._reusable_folders(layout, T, _kept(source))
+    assert reuse.patch == {} and reuse.carry == [b"class0/sub"]
+    _write(layout, source, "r2")
+    _same_tree(clean, source)
+
+
+def _snapshot(source: Path, to: Path) -> None:
+    shutil.copytree(source, to, symlinks=True)
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before", "after"])
+@pytest.mark.parametrize("fail_at", range(7))
+def test_an_interrupt_while_a_folder_is_patched_puts_it_back_as_it_was(
+    tmp_path, monkeypatch, fail_at, after
+):
+    """Ctrl-C before or after any step of the swap: the moves of the folders, a file taken
+    out of the patched folder, a file linked into it. The copy is the one before, whole,
+    and nothing is left beside it."""
+    from dedup_assets.core.data import atomic_io
+
+    source, layout = tmp_path / "src", OutputLayout(tmp_path / "out")
+    _source(source)
+    _write(layout, source, "r1")
+    _snapshot(source, tmp_path / "r1")
+    _change_class_1(source)
+    real_rename, real_link, calls = os.rename, os.link, []
+
+    def commit_step(real, a: bytes, b: bytes) -> bool:
+        """A move of a folder out of the copy, or a step of its patch."""
+        a, b = os.fsencode(a), os.fsencode(b)
+        if real is real_link:
+            return b".stage/add/" in a
+        return (b"/clean/" + T.encode() + b"/" in a and b".tmp" in b) or b".stage/del/" in b
+
+    def step(real):
+        def wrapped(a, b):
+            if commit_step(real, a, b):
+                calls.append((a, b))
+                if len(calls) == fail_at + 1:
+                    if after:
+                        real(a, b)
+                    raise KeyboardInterrupt
+            return real(a, b)
+
+        return wrapped
+
+    monkeypatch.setattr(atomic_io.os, "rename", step(real_rename))
+    monkeypatch.setattr(atomic_io.os, "link", step(real_link))
+    with pytest.raises(KeyboardInterrupt):
+        _write(layout, source, "r2")
+    monkeypatch.undo()
+    assert len(calls) == fail_at + 1
+    _same_tree(layout.clean_dir(T), tmp_path / "r1")
+    assert json.loads(layout.clean_manifest(T).read_text())["run_id"] == "r1"
+    assert sorted(p.name for p in layout.clean_dir(T).parent.iterdir()) == [T]
+    _write(layout, source, "r2")  # and the next copy is made right
+    _same_tree(layout.clean_dir(T), source)
+
+
+def test_a_crash_in_a_patch_is_undone_by_the_next_sweep(tmp_path):
+    """A crash after class 1 was moved into the new tree, one of its files taken out into the
+    stage and a staged file linked in: the sweep undoes the patch, moves the folder back,
+    and removes the tree, the stage and the journal."""
+    source, layout, clean, tree = _stranded(tmp_path, b"class 1")
+    stage = clean.parent / f".{T}.abcd1234.stage"
+    c1 = os.path.join(os.fsencode(tree), b"class 1")
+    taken = os.path.join(os.fsencode(stage), b"del", b"class 1")
+    added = os.path.join(os.fsencode(stage), b"add", b"class 1")
+    os.makedirs(taken)
+    os.makedirs(added)
+    os.rename(os.path.join(c1, b"img4.png"), os.path.join(taken, b"img4.png"))
+    with open(os.path.join(added, b"new.png"), "wb") as fh:
+        fh.write(b"new" * 40)
+    os.link(os.path.join(added, b"new.png"), os.path.join(c1, b"new.png"))
+    done = sweep_interrupted(layout.root)
+    assert any("moved 1 folder(s) back" in line for line in done), done
+    _same_tree(clean, source)
+    assert sorted(p.name for p in clean.parent.iterdir()) == [T]

@@ -6,7 +6,8 @@ with one `renameat2(RENAME_EXCHANGE)` where the kernel has it (Linux), so the pa
 holds the old or the new tree; elsewhere two renames are used and `sweep_interrupted`
 puts a tree stranded between them back. An interrupted run therefore never leaves a
 half-written asset, and the next run sweeps what it left (`.tmp` files, `.old` trees,
-and the folders a `.carry` journal says were moved from the old tree into the new one).
+and the folders a `.carry` journal says were moved from the old tree into the new one,
+each patch of them undone from its `.stage`).
 """
 
 from __future__ import annotations
@@ -68,8 +69,19 @@ def exchange_paths(a: Path | str, b: Path | str) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def patch_stage(tree: Path | str) -> Path:
+    """Where the caller of `atomic_dir(..., patch=)` puts the files its patched folders gain
+    (`<stage>/<folder>/<name>`), beside the new tree `tree` it was given."""
+    tree = Path(tree)
+    return tree.with_name(tree.name.removesuffix(".tmp") + ".stage") / "add"
+
+
 @contextmanager
-def atomic_dir(path: Path | str, carry: list[bytes] | None = None) -> Iterator[Path]:
+def atomic_dir(
+    path: Path | str,
+    carry: list[bytes] | None = None,
+    patch: dict[bytes, list[bytes]] | None = None,
+) -> Iterator[Path]:
     """Yield a fresh hidden sibling folder to fill; on success it takes the place of `path`.
 
     On any exception (KeyboardInterrupt included) the temporary tree is removed and an
@@ -81,22 +93,36 @@ def atomic_dir(path: Path | str, carry: list[bytes] | None = None) -> Iterator[P
     rebuilt). A journal beside the new tree (`.<name>.<8 chars>.carry`) names them until
     the swap is done: an exception meanwhile moves them back at once, a crash leaves the
     journal for `sweep_interrupted`, which moves them back.
+
+    `patch`: folders of `path` moved in the same way and then changed in the new tree: the
+    files named (names within the folder) taken out, and the files the caller put in
+    `patch_stage(tree)/<folder>/` linked in (a folder of 3,000 files that gained 135,
+    patched instead of rebuilt). What a patch took out waits beside the new tree until the
+    swap is done, and what it linked in is still in the stage, so an exception, or the sweep
+    after a crash, undoes the patch (`_unpatch`) before it moves the folder back.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o755)
     journal = tmp.with_name(tmp.name.removesuffix(".tmp") + ".carry")
+    stage = patch_stage(tmp).parent
+    if patch:
+        patch_stage(tmp).mkdir(parents=True)
     moved: list[bytes] = []
     try:
         yield tmp
-        if carry and path.exists():
-            journal.write_bytes(b"\0".join(carry))
-            for rel in carry:
+        patch = patch or {}
+        every = [*(carry or []), *patch]
+        if every and path.exists():
+            journal.write_bytes(b"\0".join(every))
+            for rel in every:
                 dest = os.path.join(os.fsencode(tmp), rel)
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 moved.append(rel)  # before the rename: an interrupt right after it moves it back
                 os.rename(os.path.join(os.fsencode(path), rel), dest)
+                if rel in patch:
+                    _patch(dest, stage, rel, patch[rel])
         if not path.exists():
             os.replace(tmp, path)
         elif exchange_paths(tmp, path):
@@ -118,16 +144,54 @@ def atomic_dir(path: Path | str, carry: list[bytes] | None = None) -> Iterator[P
             src, dest = os.path.join(os.fsencode(tmp), rel), os.path.join(os.fsencode(path), rel)
             if os.path.lexists(src) and not os.path.lexists(dest):
                 with contextlib.suppress(OSError):
+                    _unpatch(src, stage, rel)
                     os.rename(src, dest)
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
         journal.unlink(missing_ok=True)
         raise
+    shutil.rmtree(stage, ignore_errors=True)  # what the patches took out, and the stage
 
 
-# `.<name>.<8 random chars>.tmp` / `.old`, as tempfile.mkstemp/mkdtemp name them above, and
-# `.carry`, the journal of `atomic_dir`'s carried folders.
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<token>[A-Za-z0-9_]{8})\.(?P<kind>tmp|old|carry)$")
-_SWEEP_ORDER = {"old": 0, "carry": 1, "tmp": 2}  # a tree back in place before what goes into it
+def _patch(folder: bytes, stage: Path, rel: bytes, removed: list[bytes]) -> None:
+    """Take the files `removed` out of `folder` (into the stage's `del/<rel>/`), then link
+    in what the stage's `add/<rel>/` holds: each step leaves what `_unpatch` undoes."""
+    taken = os.path.join(os.fsencode(stage), b"del", rel)
+    if removed:
+        os.makedirs(taken, exist_ok=True)
+    for name in removed:
+        os.rename(os.path.join(folder, name), os.path.join(taken, name))
+    added = os.path.join(os.fsencode(stage), b"add", rel)
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(added):
+            os.link(os.path.join(added, name), os.path.join(folder, name))
+
+
+def _unpatch(folder: bytes, stage: Path, rel: bytes) -> None:
+    """Undo what `_patch` did to `folder`, whatever part of it was done: the files it linked
+    in (those that are the stage's own) unlinked, the files it took out put back."""
+    added = os.path.join(os.fsencode(stage), b"add", rel)
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(added):
+            here = os.path.join(folder, name)
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.lstat(here), os.lstat(os.path.join(added, name))):
+                    os.unlink(here)
+    taken = os.path.join(os.fsencode(stage), b"del", rel)
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(taken):
+            if not os.path.lexists(os.path.join(folder, name)):
+                os.rename(os.path.join(taken, name), os.path.join(folder, name))
+
+
+# `.<name>.<8 random chars>.tmp` / `.old`, as tempfile.mkstemp/mkdtemp name them above,
+# `.carry`, the journal of `atomic_dir`'s carried folders, and `.stage`, its patches' files.
+_LEFTOVER = re.compile(
+    r"^\.(?P<name>.+)\.(?P<token>[A-Za-z0-9_]{8})\.(?P<kind>tmp|old|carry|stage)$"
+)
+# A tree back in place before what goes into it; a patch's stage kept until the folders
+# it patched are back.
+_SWEEP_ORDER = {"old": 0, "carry": 1, "stage": 2, "tmp": 3}
 
 
 def sweep_interrupted(
@@ -204,7 +268,8 @@ def _sweep(dirpath: Path | str, found: list[tuple[re.Match, str]]) -> list[str]:
             done.append(f"restored {target} from an interrupted swap")
         elif match["kind"] == "carry":
             tree = Path(dirpath, f".{match['name']}.{match['token']}.tmp")
-            back = _carry_back(leftover, tree, target)
+            stage = Path(dirpath, f".{match['name']}.{match['token']}.stage")
+            back = _carry_back(leftover, tree, target, stage)
             if back:
                 done.append(f"moved {back} folder(s) back into {target} (an interrupted swap)")
         else:
@@ -216,9 +281,9 @@ def _sweep(dirpath: Path | str, found: list[tuple[re.Match, str]]) -> list[str]:
     return done
 
 
-def _carry_back(journal: Path, tree: Path, target: Path) -> int:
+def _carry_back(journal: Path, tree: Path, target: Path, stage: Path) -> int:
     """Move the folders `journal` names from `tree` back into `target` where `target` lacks
-    them; how many moved."""
+    them, each patch undone first (`stage`: the patches' files); how many moved."""
     try:
         names = [n for n in journal.read_bytes().split(b"\0") if n]
     except OSError:
@@ -227,6 +292,7 @@ def _carry_back(journal: Path, tree: Path, target: Path) -> int:
     for rel in names:
         src, dest = os.path.join(os.fsencode(tree), rel), os.path.join(os.fsencode(target), rel)
         if target.is_dir() and os.path.isdir(src) and not os.path.lexists(dest):
+            _unpatch(src, stage, rel)
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             os.rename(src, dest)
             moved += 1
