@@ -168,6 +168,16 @@ def test_save_load_round_trip(trained, tmp_path):
     np.testing.assert_array_equal(
         encode_images(loaded, pixels[:6]), encode_images(result.model, pixels[:6])
     )
+    # Loaded again, the same file gives the model this process holds; a file written since
+    # (a model trained again) is read anew, whatever its name.
+    assert load_state(path) is loaded
+    other = ConvAutoencoder()
+    save_state(other, path)
+    again = load_state(path)
+    assert again is not loaded
+    np.testing.assert_array_equal(
+        encode_images(again, pixels[:6]), encode_images(other.eval(), pixels[:6])
+    )
 
 
 @pytest.mark.parametrize(

@@ -413,3 +413,108 @@ def test_only_a_failed_cross_class_table_lets_a_threshold_s_clean_copy_be_made()
     assert not stages.failed_only("0.95", CROSS_CLASS_STEPS)
     assert not stages.failed_only("2%", CROSS_CLASS_STEPS)
     assert stages.failed_only("0.97", CROSS_CLASS_STEPS)  # nothing failed
+
+
+def _update_with_workers(tmp_path, log: list[str]):
+    """A first run with two workers, then new images in both classes (an exact copy each):
+    the update's outcome."""
+    _first_run(tmp_path, "processes")
+    source = tmp_path / "src"
+    _exact_copy(source, "farmland", "zz new copy.png")
+    _exact_copy(source, "forest", "zz new copy.png")
+    config = PipelineConfig.build(
+        source=str(source),
+        output=str(tmp_path / "out"),
+        thresholds="0.9,0.95",
+        device="cpu",
+        precision="fp32",
+        executor="processes",
+        parallel=2,
+        method={"epochs": 1, "n_components": 8},
+    )
+    instance = instance_for(tmp_path / "out")
+    try:
+        return run_pipeline(config, instance, log=log.append), instance
+    finally:
+        instance.dispose()
+
+
+def test_an_update_s_class_runs_start_before_its_index_which_records_the_planned_changes(
+    tmp_path,
+):
+    """With workers, an update of classes already known starts their runs first and writes
+    the index meanwhile; the index records the changes the run planned from (both classes),
+    not what the class runs had rebuilt by the time it looked; the copies are removed."""
+    lines: list[str] = []
+    outcome, _ = _update_with_workers(tmp_path, lines)
+    assert outcome.ok, (outcome.failures, outcome.skipped)
+    started = [i for i, line in enumerate(lines) if line.startswith(f"[{MERGED}] starting")]
+    catalog = [i for i, line in enumerate(lines) if line.startswith("[catalog] starting")]
+    assert len(started) == 1 and len(catalog) == 1 and started[0] < catalog[0]
+    assert "the catalog meanwhile" in lines[started[0]]
+    assert [s.name for s in outcome.stages][:2] == ["catalog", MERGED]
+    assert _runs(outcome)[MERGED] == 2
+    layout = OutputLayout(tmp_path / "out")
+    instance = instance_for(tmp_path / "out")
+    try:
+        event = instance.get_latest_materialization_event(dg.AssetKey("image_catalog"))
+        metadata = event.asset_materialization.metadata
+        assert sorted(metadata["classes_to_update"].value) == ["farmland", "forest"]
+    finally:
+        instance.dispose()
+    for t in ("0.9", "0.95"):
+        keep = pl.read_parquet(layout.keep_list(t))
+        removed = keep.filter(pl.col("path").str.ends_with("zz new copy.png"))
+        assert removed.height == 2 and not removed["kept"].any(), t
+        assert removed["duplicate_of"].null_count() == 0, t
+
+
+def test_a_failed_index_waits_for_the_class_runs_started_beside_it(tmp_path, monkeypatch):
+    """The index failing while the update's class runs go on: the command waits for them,
+    says what they did, and skips every later stage for the catalog's failure."""
+    from dedup_assets.assets import catalog
+
+    lines: list[str] = []
+    _first_run(tmp_path, "processes")
+
+    def broken(*args, **kwargs):
+        raise OSError("the index cannot be written (the test)")
+
+    monkeypatch.setattr(catalog, "write_parquet", broken)
+    source = tmp_path / "src"
+    _exact_copy(source, "forest", "zz new copy.png")
+    config = PipelineConfig.build(
+        source=str(source),
+        output=str(tmp_path / "out"),
+        thresholds="0.9,0.95",
+        device="cpu",
+        precision="fp32",
+        executor="processes",
+        parallel=2,
+        method={"epochs": 1, "n_components": 8},
+    )
+    instance = instance_for(tmp_path / "out")
+    try:
+        outcome = run_pipeline(config, instance, log=lines.append)
+    finally:
+        instance.dispose()
+    assert outcome.skipped == ["every later stage: the catalog failed"]
+    assert any("the index cannot be written" in f for f in outcome.failures)
+    assert [s.name for s in outcome.stages] == ["catalog", MERGED]
+    assert any(line.startswith(f"[{MERGED}] 1 run(s) in") for line in lines)
+
+
+def test_recorded_listings_within_a_plan_are_those_it_began_with(first):
+    """`planned_listings`: what the index of an update compares the source with is the state
+    the update planned from, whatever its class runs change meanwhile; after the block, the
+    state as it is."""
+    from dedup_assets.core.data.artifacts import planned_listings, recorded_listings
+
+    _, _, _, layout = first
+    before = recorded_listings(layout)
+    assert set(before) == {"farmland", "forest"}
+    with planned_listings(layout) as planned:
+        assert planned == before
+        shutil.rmtree(layout.class_dir("forest"))  # a class run rebuilding it, say
+        assert recorded_listings(layout) == before
+    assert set(recorded_listings(layout)) == {"farmland"}
