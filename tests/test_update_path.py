@@ -518,3 +518,29 @@ def test_recorded_listings_within_a_plan_are_those_it_began_with(first):
         shutil.rmtree(layout.class_dir("forest"))  # a class run rebuilding it, say
         assert recorded_listings(layout) == before
     assert set(recorded_listings(layout)) == {"farmland"}
+
+
+def test_the_pairs_picture_is_drawn_again_only_when_what_it_shows_changed(first, monkeypatch):
+    """The keep list's picture of removed pairs: the stored one when the pairs, their
+    similarities as drawn and the note are those it was drawn from; drawn again otherwise."""
+    from dedup_assets.assets import keep_list as keep_list_asset
+    from dedup_assets.core.data.artifacts import catalog_images, read_catalog, read_keep_list
+    from dedup_assets.core.quality import plots
+
+    _, _, _, layout = first
+    stored = layout.duplicate_pairs_image(T)
+    keep = read_keep_list(layout.keep_list(T))
+    catalog = catalog_images(read_catalog(layout))
+    assert plots.pairs_stamp(stored)  # drawn by the run, stamped
+    drawn = []
+    real = plots.duplicate_pairs
+    monkeypatch.setattr(plots, "duplicate_pairs", lambda *a: drawn.append(a) or real(*a))
+    same = keep_list_asset._pairs_picture(layout, T, keep, catalog, "density")
+    assert same == stored.read_bytes() and drawn == []
+    moved = keep.with_columns(
+        pl.when(~pl.col("kept")).then(pl.col("similarity") - 0.01).otherwise(pl.col("similarity"))
+    )
+    again = keep_list_asset._pairs_picture(layout, T, moved, catalog, "density")
+    assert len(drawn) == 1 and again != same
+    assert keep_list_asset._pairs_picture(layout, T, keep, catalog, "first") != same
+    assert len(drawn) == 2  # another note: drawn again

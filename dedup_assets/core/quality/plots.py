@@ -100,9 +100,11 @@ def duplicate_pairs(
     kept_names: Sequence[str],
     removed_names: Sequence[str],
     note: str,
+    stamp: str = "",
 ) -> bytes:
     """Each column: the kept image above the removed image that duplicates it, both named,
-    with their similarity; `note` says how the keep policy chose which one stays (PNG).
+    with their similarity; `note` says how the keep policy chose which one stays (PNG, with
+    `stamp` in its text chunk PAIRS_STAMP: what the caller drew it from, `pairs_stamp`).
 
     Drawn with Pillow, images pasted and text set in its own font: Matplotlib's import
     and rendering were 0.3 s of the keep list's 0.44 s on EuroSAT, in the command's
@@ -135,9 +137,29 @@ def duplicate_pairs(
         word = word.rotate(90, expand=True)
         canvas.paste(word, (6, top + (PAIR_IMAGE - word.height) // 2))
     draw.text((width // 2, 12), note, "black", label, "ma")
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    if stamp:
+        info.add_text(PAIRS_STAMP, stamp)
     buf = io.BytesIO()
-    canvas.save(buf, format="PNG")
+    canvas.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
+
+
+PAIRS_STAMP = "latent-dedup-pairs"
+
+
+def pairs_stamp(path) -> str | None:
+    """The stamp a `duplicate_pairs` picture at `path` was drawn with (None: no picture
+    there, or none readable)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.text.get(PAIRS_STAMP)  # type: ignore[attr-defined]
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _font(size: int):
