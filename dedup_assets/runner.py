@@ -48,7 +48,6 @@ from dedup_assets.core.data.artifacts import (
     class_summary,
     file_digest,
     is_current,
-    planned_listings,
     recorded_listings,
     stale_classes,
     stale_thresholds,
@@ -314,7 +313,6 @@ PER_PARTITION_JOBS = frozenset({INGEST_JOB, CLASS_JOB, UPDATE_CLASS_JOB, THRESHO
 # Jobs over class partitions: run by ranges of classes, each range one run.
 CLASS_JOBS = frozenset({INGEST_JOB, CLASS_JOB, UPDATE_CLASS_JOB})
 CLASS_ASSETS = ["class_latents", "spline_fits", "class_keep_lists"]
-MERGED = "images, latents, spline fits, keep decisions"  # the class stage of an update
 THRESHOLD_ASSETS = ["keep_list", "cross_class_duplicates", "kurtosis_report", "clean_dataset"]
 
 
@@ -493,41 +491,6 @@ class _Stages:
         self.log(f"[{name}] 1 run(s) in {end - start:.1f}s, {end - waited:.1f}s of it waited for")
         return failed
 
-    def start_classes(
-        self, name: str, job_name: str, keys: Sequence[str]
-    ) -> tuple[str, list[ClassRange], float, list[Any]] | None:
-        """Start a per-class job's runs (one per range of `keys`) on the workers and return
-        at once, for `finish_classes`; None (nothing started) in process, for a class not
-        registered yet, or with more ranges than workers (the stage then runs as usual)."""
-        if self.in_process or job_name not in CLASS_JOBS or not keys:
-            return None
-        if not set(keys) <= set(self.instance.get_dynamic_partitions(CLASS_DIM)):
-            return None
-        runs = self._batches(keys, True)
-        if len(runs) > self.config.parallel:
-            return None
-        note_stage(name)
-        check_stop()
-        tags = {**self.tags, STAGE_TAG: name}
-        self.log(
-            f"[{name}] starting: {len(runs)} run(s) for {len(keys):,} classes, "
-            f"{len(runs)} at once ({self.config.executor} executor), the catalog meanwhile"
-        )
-        handles = [self.pool().start(job_name, r, tags, self.run_config, name, None) for r in runs]
-        return name, runs, time.perf_counter(), handles
-
-    def finish_classes(self, started: tuple[str, list[ClassRange], float, Any]) -> list[Selection]:
-        """Wait for the runs `start_classes` started and record them as their stage; the
-        ranges whose run failed."""
-        name, runs, start, handles = started
-        note_stage(name)
-        reports = [self.pool().report(h) for h in handles]
-        failed = self._record(name, list(runs), reports, 0)
-        seconds = time.perf_counter() - start
-        self.outcome.stages.append(StageTiming(name, seconds, len(runs)))
-        self.log(f"[{name}] {len(runs)} run(s) in {seconds:.1f}s")
-        return list(dict.fromkeys(failed))
-
     def _batches(self, keys: Sequence[str | None], spread: bool) -> list[ClassRange]:
         """The classes as ranges of the registered partitions: as few runs as possible,
         one per worker at least when they are spread over the executor's workers."""
@@ -616,6 +579,7 @@ def _run_stages(
         try:
             to_ingest = sorted(listings) if full else list(changes.to_update)
             try:
+                _catalog(stages, listings)
                 # New images for a model the rules are likely to keep: each class decoded,
                 # encoded, fitted and decided in one run (a rule that fires after all
                 # trains, and every class runs again with the new model).
@@ -623,29 +587,7 @@ def _run_stages(
                 merged = (
                     bool(to_ingest) and not (full or retrain) and _may_merge(stages, layout, listed)
                 )
-                with planned_listings(layout):  # what the index records as the changes
-                    # Classes already registered: their runs start on the workers now, and
-                    # the index is written here meanwhile (nothing of a class run reads
-                    # it): 0.06 s of an update of EuroSAT by 1% off its critical path.
-                    started = (
-                        stages.start_classes(MERGED, UPDATE_CLASS_JOB, to_ingest)
-                        if merged
-                        else None
-                    )
-                    try:
-                        _catalog(stages, listings)
-                    except BaseException:
-                        if started is not None:  # they end, and what they did is said
-                            stages.finish_classes(started)
-                        raise
-                if started is None:
-                    _images(stages, to_ingest, listings, merged=merged)
-                else:
-                    outcome.work.count(
-                        ["class_images", *CLASS_ASSETS],
-                        sum(listings[k].files for k in to_ingest if k in listings),
-                    )
-                    _class_stage_failed(stages, stages.finish_classes(started))
+                _images(stages, to_ingest, listings, merged=merged)
             finally:  # a first run's decoder and its cache: every class is decoded now
                 predecode.finish()
             known_overrides(config)  # an image the catalog does not hold: refused, with its line
@@ -749,11 +691,9 @@ def _images(
             )
         return
     stages.outcome.work.count(["class_images", *CLASS_ASSETS], images)
-    _class_stage_failed(stages, stages.run(MERGED, UPDATE_CLASS_JOB, to_ingest)[0])
-
-
-def _class_stage_failed(stages: _Stages, failed: list[Selection]) -> None:
-    """Skip every later stage when a run of the merged class stage failed."""
+    failed, _ = stages.run(
+        "images, latents, spline fits, keep decisions", UPDATE_CLASS_JOB, to_ingest
+    )
     if failed:
         # An overrides file naming an image the new catalog no longer holds fails the
         # decisions: refused as such (ConfigError, with its line), as when decoding ran

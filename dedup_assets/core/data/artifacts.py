@@ -16,7 +16,6 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -641,29 +640,9 @@ def read_classes(layout: OutputLayout) -> pl.DataFrame:
 
 
 def recorded_listings(layout: OutputLayout) -> dict[str, str]:
-    """The listing digest each catalogued class was last built from, by key (within
-    `planned_listings` of this output, what they were when the block began)."""
-    held = _PLANNED.get(os.fspath(layout.root))
-    if held is not None:
-        return dict(held)
+    """The listing digest each catalogued class was last built from, by key."""
     classes = read_classes(layout)
     return {k: v for k, v in zip(classes["class_key"], classes["built_from"], strict=True) if v}
-
-
-_PLANNED: dict[str, dict[str, str]] = {}
-
-
-@contextmanager
-def planned_listings(layout: OutputLayout) -> Iterator[dict[str, str]]:
-    """`recorded_listings` of the output as it is now, and the same for every call of it in
-    this process within the block: what `dedup run` planned from, which its index records
-    as the changes while the class runs it started beside (elsewhere) rebuild classes."""
-    recorded = recorded_listings(layout)
-    _PLANNED[os.fspath(layout.root)] = recorded
-    try:
-        yield dict(recorded)
-    finally:
-        _PLANNED.pop(os.fspath(layout.root), None)
 
 
 def class_digests(layout: OutputLayout) -> dict[str, str]:
