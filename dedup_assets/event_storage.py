@@ -63,6 +63,8 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import shutil
+import tempfile
 import threading
 import weakref
 from collections import OrderedDict
@@ -290,12 +292,32 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         """Dagster's `_connect` (a transaction on the shard's database, the database made
         first where new) on the shard's kept engine instead of a new one each time."""
         with self._db_lock:
+            if shard not in self._initialized_dbs and shard != INDEX_SHARD_NAME:
+                self._copy_empty_run_database(shard)
             engine = self._engine(shard)
             if shard not in self._initialized_dbs:
                 self._initdb(engine)
                 self._initialized_dbs.add(shard)
             with engine.connect() as conn, conn.begin():
                 yield conn
+
+    def _copy_empty_run_database(self, shard: str) -> None:
+        """A new run's database as a copy of an empty one this process made once with
+        Dagster's tables, WAL and head revision (`_empty_run_database`): making them cost
+        8-12 ms a run (`create_all`, seven runs an update of `dedup watch`), a copy 0.2 ms.
+        An existing database is left as it is, for `_initdb`; so is one another process
+        makes meanwhile (the copy is linked into place, never over a file)."""
+        path = self.path_for_shard(shard)
+        if os.path.exists(path):
+            return
+        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+        shutil.copyfile(_empty_run_database(), tmp)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
 
     def _engine(self, shard: str) -> db.Engine:
         """The shard's engine, made on first use; the index's kept, the least recently
@@ -510,6 +532,36 @@ def _alembic_head() -> str:
 
     config = get_alembic_config(sqlite_event_log.__file__)
     return str(ScriptDirectory.from_config(config).as_revision_number("head"))
+
+
+_EMPTY_RUN_DATABASE: dict[int, str] = {}  # by the process that made it
+
+
+def _empty_run_database() -> str:
+    """The path of an empty run database this process made (in a folder of its own,
+    removed at its exit): Dagster's tables, WAL, and its head revision stamped, as
+    `_initdb` makes a new one; closed, so its bytes are the whole database. Made again
+    where it is gone; a forked child makes its own."""
+    pid = os.getpid()
+    path = _EMPTY_RUN_DATABASE.get(pid)
+    if path is not None and os.path.exists(path):
+        return path
+    folder = tempfile.mkdtemp(prefix="latent-dedup-run-db-")
+    atexit.register(lambda: os.getpid() == pid and shutil.rmtree(folder, ignore_errors=True))
+    path = os.path.join(folder, "run.db")
+    engine = db.create_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            SqlEventLogStorageMetadata.create_all(conn)
+            conn.execute(db.text("PRAGMA journal_mode=WAL;"))
+            version = _alembic_version_table()
+            version.create(conn)
+            conn.execute(version.insert().values(version_num=_alembic_head()))
+            conn.commit()
+    finally:
+        engine.dispose()
+    _EMPTY_RUN_DATABASE[pid] = path
+    return path
 
 
 def _alembic_version_table() -> db.Table:

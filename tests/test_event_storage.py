@@ -766,3 +766,34 @@ def test_an_event_of_no_run_leaves_no_write_ahead_log(tmp_path):
     records = ui.fetch_observations(dg.AssetKey("autoencoder"), limit=5).records
     assert [r.asset_observation.metadata["decision"].value for r in records] == ["kept 1", "kept 0"]
     batched.dispose()
+
+
+def test_new_run_databases_are_copies_of_one_made_once_a_process(tmp_path, monkeypatch):
+    """Dagster's tables are made once a process (an empty run database), each new run's
+    database a copy of it: the same schema as Dagster's own; one gone is made again."""
+    from dagster._core.storage.event_log.schema import SqlEventLogStorageMetadata
+
+    made = []
+    real = SqlEventLogStorageMetadata.create_all
+    monkeypatch.setattr(
+        SqlEventLogStorageMetadata, "create_all", lambda *a, **k: made.append(1) or real(*a, **k)
+    )
+    monkeypatch.setattr(event_storage, "_EMPTY_RUN_DATABASE", {})
+    ours = BatchedSqliteEventLogStorage(str(tmp_path / "ours"))
+    made.clear()  # the index's own tables
+    for run in ("run-a", "run-b", "run-c"):
+        with ours.run_connection(run):
+            pass
+    assert made == [1]
+    plain = SqliteEventLogStorage(str(tmp_path / "plain"))
+    with plain.run_connection("run-a"):
+        pass
+    assert _schema(tmp_path / "ours" / "run-c.db") == _schema(tmp_path / "plain" / "run-a.db")
+    assert not [p for p in os.listdir(tmp_path / "ours") if p.endswith(".tmp")]
+    template = event_storage._empty_run_database()
+    os.unlink(template)  # removed under the process (a forked child's exit, say)
+    made.clear()
+    with ours.run_connection("run-d"):
+        pass
+    assert made == [1]
+    assert _schema(tmp_path / "ours" / "run-d.db") == _schema(tmp_path / "plain" / "run-a.db")
