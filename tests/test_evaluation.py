@@ -285,12 +285,18 @@ def test_phash_bits_thread_pool_keeps_order():
     assert len({tuple(b) for b in one}) == 6
 
 
-def test_the_evaluation_decides_every_threshold_as_the_keep_lists_do(tmp_path):
+def test_the_evaluation_decides_every_threshold_as_the_keep_lists_do(tmp_path, monkeypatch):
     """For the run's own space, the evaluation's images removed at each threshold equal the
     keep list's, budgets included: classes read from their mirrors, from the pool in their
-    fitted space (a margin), or from the pool alone in the unfitted space (a cosine)."""
+    fitted space (a margin), or from the pool alone in the unfitted space (a cosine). The
+    keep lists take their DCT descriptors from the class's store (as a big class does), the
+    evaluation computes them from the pixels."""
     import dagster as dg
     import polars as pl
+
+    from dedup_assets.core.decision import class_keep
+
+    monkeypatch.setattr(class_keep, "DCT_STORE_MIN_IMAGES", 0)
 
     from dedup_assets.config import PipelineConfig
     from dedup_assets.core.quality.demo_data import generate_demo_dataset
@@ -319,6 +325,7 @@ def test_the_evaluation_decides_every_threshold_as_the_keep_lists_do(tmp_path):
         row = evaluation.filter(pl.col("threshold") == t)
         assert row["images_removed"][0] == int((~keep["kept"]).sum()), t
     assert {"class", "pool"} <= nulls  # both kinds of budget were compared
+    assert len(list((out / "latents").glob("*.dct.npz"))) == 6  # every class's store
     _check_pdq_rows(out, source / "ground_truth.csv", thresholds)
 
 

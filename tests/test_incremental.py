@@ -284,7 +284,12 @@ def test_an_image_whose_kept_twin_is_deleted_is_decided_again():
 MERGED = "images, latents, spline fits, keep decisions"
 
 
-def test_cli_run_after_new_images_touches_only_their_class(materialized):
+def test_cli_run_after_new_images_touches_only_their_class(materialized, monkeypatch):
+    from dedup_assets.core.decision import class_keep
+
+    # Classes this small compute their DCT descriptors each time, storing none ...
+    assert not list(materialized["layout"].root.glob("latents/*.dct.npz"))
+    monkeypatch.setattr(class_keep, "DCT_STORE_MIN_IMAGES", 0)  # ... unless told to here
     instance = materialized["instance"]
     _add_variants(materialized["source"] / "farmland", 4, prefix="cli")
     lines: list[str] = []

@@ -63,9 +63,10 @@ def load_class_data(
     With `current`, the latents and the fit must be current; otherwise they are read as is
     (benchmarks and analyses of an output folder). Pixels are loaded when asked for, or
     when deciding in `space` needs them (the spaces of pixels, also the fallback of small
-    classes). With `dct_store` (`OutputLayout.class_dct`), a space whose only pixel part is
-    the DCT descriptor takes the stored descriptors instead (`dct_store`: computed for new
-    images only), and reads no pixels unless asked for.
+    classes). With `dct_store` (`OutputLayout.class_dct`), a class of DCT_STORE_MIN_IMAGES
+    images or more in a space whose only pixel part is the DCT descriptor takes the stored
+    descriptors instead (`dct_store`: computed for new images only), and reads no pixels
+    unless asked for.
     """
     if current is not None:
         require_current(
@@ -92,7 +93,8 @@ def load_class_data(
     rows = images["row"].to_numpy()[at]
     hashes = images["pixel_hash"].to_numpy().astype(str)[at]
     descriptors = None
-    if dct_store is not None and space is not None and space_for(model, space) in DCT_SPACES:
+    stored = dct_store is not None and len(hashes) >= DCT_STORE_MIN_IMAGES
+    if stored and space is not None and space_for(model, space) in DCT_SPACES:
         descriptors = {
             "dct": class_descriptors(
                 dct_store, hashes, lambda i: pixels_of_rows(layout, key, rows[i])
@@ -105,6 +107,9 @@ def load_class_data(
 
 
 DCT_SPACES = frozenset({"dct", "spline_copula_dct"})  # whose only pixel part is the DCT
+# Below this a class's descriptors are computed, not stored: a few milliseconds, against a
+# file more a class (5,000 more files for 5,000 classes of 20).
+DCT_STORE_MIN_IMAGES = 256
 
 
 def _positions_of(wanted: np.ndarray, ids: np.ndarray) -> np.ndarray:
