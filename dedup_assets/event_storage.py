@@ -139,12 +139,7 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
             if MigrationContext.configure(conn).get_current_revision() is not None:
                 return
             if not for_index_shard and not db.inspect(conn).get_table_names():
-                SqlEventLogStorageMetadata.create_all(conn)
-                conn.execute(db.text("PRAGMA journal_mode=WAL;"))
-                version = _alembic_version_table()
-                version.create(conn)
-                conn.execute(version.insert().values(version_num=_alembic_head()))
-                conn.commit()
+                _make_run_tables(conn)
                 return
         super()._initdb(engine, for_index_shard)
 
@@ -552,16 +547,22 @@ def _empty_run_database() -> str:
     engine = db.create_engine(f"sqlite:///{path}")
     try:
         with engine.connect() as conn:
-            SqlEventLogStorageMetadata.create_all(conn)
-            conn.execute(db.text("PRAGMA journal_mode=WAL;"))
-            version = _alembic_version_table()
-            version.create(conn)
-            conn.execute(version.insert().values(version_num=_alembic_head()))
-            conn.commit()
+            _make_run_tables(conn)
     finally:
         engine.dispose()
     _EMPTY_RUN_DATABASE[pid] = path
     return path
+
+
+def _make_run_tables(conn: Any) -> None:
+    """Make an empty database a run's, as Dagster's `_initdb` does: its tables, WAL, and
+    the head revision stamped (without loading alembic's scripts again); committed."""
+    SqlEventLogStorageMetadata.create_all(conn)
+    conn.execute(db.text("PRAGMA journal_mode=WAL;"))
+    version = _alembic_version_table()
+    version.create(conn)
+    conn.execute(version.insert().values(version_num=_alembic_head()))
+    conn.commit()
 
 
 def _alembic_version_table() -> db.Table:

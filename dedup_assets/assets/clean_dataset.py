@@ -299,22 +299,11 @@ def _reusable_folders(
         old.filter(in_candidates).select("folder", "raw_path", "size_bytes", "mtime_ns").iter_rows()
     ):
         expected.setdefault(folder, {})[path.rpartition(b"/")[2]] = (size, mtime)
-    gone: dict[bytes, list[bytes]] = {}
-    for folder, path in (
-        old.filter(in_candidates)
-        .join(new.drop("folder"), on=list(FILES_COLUMNS), how="anti")
-        .select("folder", "raw_path")
-        .iter_rows()
-    ):
-        gone.setdefault(folder, []).append(path.rpartition(b"/")[2])
-    fresh: dict[bytes, list[bytes]] = {}
-    for folder, path in (
-        new.filter(in_candidates)
-        .join(old.drop("folder"), on=list(FILES_COLUMNS), how="anti")
-        .select("folder", "raw_path")
-        .iter_rows()
-    ):
-        fresh.setdefault(folder, []).append(path)
+    gone = {  # file names, within their folder
+        folder: [path.rpartition(b"/")[2] for path in paths]
+        for folder, paths in _lacking(old.filter(in_candidates), new).items()
+    }
+    fresh = _lacking(new.filter(in_candidates), old)  # raw paths
     out = FolderReuse()
     for folder, files in expected.items():
         if not folder or _has_subfolder(every, folder):
@@ -331,6 +320,19 @@ def _reusable_folders(
         else:
             out.carry.append(folder)
     out.carry.sort()
+    return out
+
+
+def _lacking(rows: pl.DataFrame, other: pl.DataFrame) -> dict[bytes, list[bytes]]:
+    """The raw paths of `rows` that `other` does not hold with the same content, size and
+    time, by folder."""
+    out: dict[bytes, list[bytes]] = {}
+    for folder, path in (
+        rows.join(other.drop("folder"), on=list(FILES_COLUMNS), how="anti")
+        .select("folder", "raw_path")
+        .iter_rows()
+    ):
+        out.setdefault(folder, []).append(path)
     return out
 
 
