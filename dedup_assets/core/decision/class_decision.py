@@ -125,6 +125,9 @@ FITTED_SPACES = frozenset({"whitened", "spline_copula", "spline_copula_dct"})
 # pHash for the latent-only ones.
 SMALL_CLASS_SPACE = {"spline_copula_dct": "dct"}
 PIXEL_SPACES = frozenset({"phash", "pdq", "dct", "spline_copula_dct"})
+# The pixel spaces whose only pixel part is the DCT descriptor (`_descriptor(..., "dct")`):
+# stored descriptors stand in for their pixels (`class_keep.load_class_data`).
+DCT_SPACES = frozenset({"dct", "spline_copula_dct"})
 
 
 def space_for(model: ClassDensityModel | None, space: str) -> str:

@@ -31,6 +31,7 @@ from dedup_assets.core.data.thresholds import budget_of
 from dedup_assets.core.decision.ann_join import DEFAULT_ANN_MIN_CLASS_SIZE, DEFAULT_NPROBE
 from dedup_assets.core.decision.calibration import BudgetThreshold, class_budgets
 from dedup_assets.core.decision.class_decision import (
+    DCT_SPACES,
     ClassData,
     ClassDecision,
     Corrections,
@@ -106,7 +107,6 @@ def load_class_data(
     return table, ClassData(ids, hashes, latents, model, pixels, descriptors)
 
 
-DCT_SPACES = frozenset({"dct", "spline_copula_dct"})  # whose only pixel part is the DCT
 # Below this a class's descriptors are computed, not stored: a few milliseconds, against a
 # file more a class (5,000 more files for 5,000 classes of 20).
 DCT_STORE_MIN_IMAGES = 256
