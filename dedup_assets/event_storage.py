@@ -322,16 +322,7 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         with self._engines_lock:
             engine = self._engines.pop(shard, None)
             if engine is None:
-                engine = db.create_engine(
-                    self.conn_string_for_shard(shard),
-                    poolclass=QueuePool,
-                    pool_size=1,
-                    max_overflow=-1,
-                    connect_args={
-                        "timeout": SQLITE_BUSY_TIMEOUT_SECONDS,
-                        "check_same_thread": False,
-                    },
-                )
+                engine = kept_engine(self.conn_string_for_shard(shard))
             self._engines[shard] = engine
             while len(self._engines) > ENGINES_HELD + (INDEX_SHARD_NAME in self._engines):
                 oldest = next(k for k in self._engines if k != INDEX_SHARD_NAME)
@@ -438,6 +429,19 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         if found is None or found[1] != run_id:
             return None
         return found[0], found[2]
+
+
+def kept_engine(conn_string: str) -> db.Engine:
+    """An engine for a SQLite database whose pool keeps one connection open between
+    statements (more while callers overlap, closed as they end), usable from any thread
+    (the storages' locks serialize their use)."""
+    return db.create_engine(
+        conn_string,
+        poolclass=QueuePool,
+        pool_size=1,
+        max_overflow=-1,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+    )
 
 
 _STORAGES: weakref.WeakSet[BatchedSqliteEventLogStorage] = weakref.WeakSet()

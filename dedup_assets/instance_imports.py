@@ -14,6 +14,7 @@ import importlib
 
 MODULES = (
     "dedup_assets.event_storage",
+    "dedup_assets.run_storage",
     "dagster._core.storage.runs.sqlite.sqlite_run_storage",
     "dagster._core.storage.schedules.sqlite.sqlite_schedule_storage",
     "dagster._core.storage.noop_compute_log_manager",

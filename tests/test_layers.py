@@ -24,8 +24,9 @@ CORE_FLOORS = {"data": 0, "model": 1, "density": 1, "decision": 2, "quality": 3}
 TOP_FLOORS = [
     {"names", "interrupts", "partitions", "timings", "ui", "event_storage", "core"},
     # engines sets core's share of the cores in a pool process (`pools.set_process_cores`);
-    # instance_imports is what its worker server preloads
-    {"resources", "engines", "instance_imports"},
+    # instance_imports is what its worker server preloads; run_storage keeps its engine
+    # as event_storage does
+    {"resources", "engines", "instance_imports", "run_storage"},
     {"config", "assets", "automation"},
     {"definitions"},
     {"dispatch"},

@@ -289,10 +289,24 @@ _BATCHED_EVENTS = (
 )
 
 
+# ... and its runs kept on one open SQLite connection (`dedup_assets.run_storage`; the
+# directory is the one Dagster's default storage uses).
+_KEPT_RUNS = (
+    "run_storage:\n  module: dedup_assets.run_storage\n"
+    "  class: KeptSqliteRunStorage\n  config:\n    base_dir: {runs}\n"
+)
+
+
 def run_instance_text(home: Path) -> str:
     """RUN_INSTANCE_FILE's content for the instance folder `home`."""
     events = (home / "history" / "runs").resolve()
-    return _TELEMETRY_OFF + _NO_CAPTURE + _BATCHED_EVENTS.format(events=events)
+    runs = str((home / "history").resolve()) + os.sep
+    return (
+        _TELEMETRY_OFF
+        + _NO_CAPTURE
+        + _BATCHED_EVENTS.format(events=events)
+        + _KEPT_RUNS.format(runs=runs)
+    )
 
 
 def prepare_dagster_home(output: Path | str) -> Path:
