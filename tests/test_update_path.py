@@ -79,7 +79,7 @@ def test_a_kept_model_is_decided_without_a_run_and_recorded_on_the_asset(first, 
     outcome = run_pipeline(config, instance, log=lambda _: None)
     assert outcome.ok, (outcome.failures, outcome.skipped)
     assert _runs(outcome) == {
-        "catalog": 1,
+        "catalog: indexed, no run": 0,
         MERGED: 1,  # the one class with a new image, decoded and processed in one run
         "training: model kept, no run": 0,
         "thresholds: keep lists, gates, reports, clean copies": 1,
@@ -116,6 +116,51 @@ def test_a_kept_model_is_decided_without_a_run_and_recorded_on_the_asset(first, 
         float(again[0]) / json.loads(layout.training_log.read_text())["final_reconstruction_mse"],
         rel=1e-6,
     )
+
+
+def test_an_indexed_output_is_indexed_again_without_a_run(first, monkeypatch):
+    """An output indexed before is indexed in the command's process: the catalog written,
+    a class folder that went and one that came registered, and the asset's materialization
+    reported without a run, with the metadata and data version its run would record. An
+    index that fails there is made in a run, which says why."""
+    from dedup_assets.assets import catalog
+    from dedup_assets.core.data.artifacts import digest, recorded_listings
+    from dedup_assets.partitions import class_partitions
+
+    source, config, instance, layout = first
+    runs = len(instance.get_runs(dg.RunsFilter(job_name="index_job")))
+    (source / "farmland").rename(source / "farm land")  # one class gone, one new
+    outcome = run_pipeline(config, instance, log=lambda _: None)
+    assert outcome.ok, (outcome.failures, outcome.skipped)
+    assert _runs(outcome)["catalog: indexed, no run"] == 0
+    assert len(instance.get_runs(dg.RunsFilter(job_name="index_job"))) == runs
+    assert not layout.latents("farmland").exists()
+    record = instance.fetch_materializations(dg.AssetKey("image_catalog"), limit=1).records[0]
+    assert record.run_id == ""
+    listings = recorded_listings(layout)
+    assert sorted(listings) == ["farm%20land", "forest"]  # keys: the folder names, quoted
+    assert sorted(instance.get_dynamic_partitions(class_partitions.name)) == sorted(listings)
+    meta = record.asset_materialization.metadata
+    files = sum(len(list((source / c).iterdir())) for c in ("farm land", "forest"))
+    assert meta["classes"].value == 2 and meta["image_files"].value == files
+    assert meta["listing_digests"].value == listings
+    assert record.asset_materialization.tags["dagster/data_version"] == digest(listings)
+    kept = pl.read_parquet(layout.keep_list(T))
+    assert kept["class"].unique().sort().to_list() == [
+        "farm land",
+        "forest",
+    ]
+
+    def broken(*args, **kwargs):
+        raise OSError("the disk is gone")
+
+    monkeypatch.setattr(catalog, "write_parquet", broken)
+    shutil.copyfile(sorted((source / "forest").glob("*.png"))[0], source / "forest" / "zz.png")
+    outcome = run_pipeline(config, instance, log=lambda _: None)
+    assert not outcome.ok
+    assert _runs(outcome) == {"catalog": 1}  # the run, which failed and said why
+    assert any("the disk is gone" in f for f in outcome.failures), outcome.failures
+    assert len(instance.get_runs(dg.RunsFilter(job_name="index_job"))) == runs + 1
 
 
 def test_stored_errors_only_for_training_images_and_never_a_failed_class(first, monkeypatch):

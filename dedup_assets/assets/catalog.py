@@ -11,6 +11,10 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import polars as pl
+from dagster._core.definitions.data_version import (
+    DATA_VERSION_IS_USER_PROVIDED_TAG,
+    DATA_VERSION_TAG,
+)
 
 from dedup_assets.assets.class_batch import ClassOutcome, class_asset, materialize_classes
 from dedup_assets.core.data import predecode
@@ -84,12 +88,27 @@ def remove_class_outputs(layout: OutputLayout, key: str) -> None:
     "<split>.<class> for <source>/<split>/<class>/, <class> without split folders; split, "
     "name, file count, listing digest of paths, sizes and modification times) and every entry "
     "of the root that is not a class (or split) folder; registers the class partitions. Reads "
-    "no file.",
+    "no file. `dedup run` indexes an output it has indexed before without a run and reports "
+    "the materialization (`index_source`).",
 )
 def image_catalog(
     context: dg.AssetExecutionContext, image_source: ImageSource, storage: DedupStorage
 ) -> dg.MaterializeResult:
-    layout = storage.layout()
+    metadata, version = index_source(
+        image_source, storage.layout(), context.instance, context.log.info
+    )
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
+
+
+def index_source(
+    image_source: ImageSource,
+    layout: OutputLayout,
+    instance: dg.DagsterInstance,
+    log: Callable[[str], None],
+) -> tuple[dict, str]:
+    """What `image_catalog` does, in whatever process calls it: the index written, the
+    outputs of class folders gone removed, the class partitions registered; returns the
+    asset's metadata and its data version (the digest of every class's listing)."""
     layout.claim()
     root = image_source.resolve_root()
     start = time.perf_counter()
@@ -100,51 +119,59 @@ def image_catalog(
             "<root>/<split>/<class>/<image> files"
         )
     for note in scan.notes:  # an empty split, a class in some splits only
-        context.log.info(f"splits: {note}")
+        log(f"splits: {note}")
     changes = changed_classes({k: v.digest for k, v in listings.items()}, recorded_listings(layout))
     write_parquet(index_table(listings), layout.index)
     root_scan = FolderScan([], [s for s in scan.skipped if s.class_name is None])
     write_csv(skipped_table(root_scan), layout.root_skipped)
     for key in changes.removed:
-        context.log.info(f"class folder {key} is gone: removing what was derived from it")
+        log(f"class folder {key} is gone: removing what was derived from it")
         remove_class_outputs(layout, key)
-    existing = set(context.instance.get_dynamic_partitions(class_partitions.name))
+    existing = set(instance.get_dynamic_partitions(class_partitions.name))
     new_keys = sorted(set(listings) - existing)
     if new_keys:
-        context.instance.add_dynamic_partitions(class_partitions.name, new_keys)
+        instance.add_dynamic_partitions(class_partitions.name, new_keys)
     for stale in sorted(existing - set(listings)):
-        context.instance.delete_dynamic_partition(class_partitions.name, stale)
+        instance.delete_dynamic_partition(class_partitions.name, stale)
     quarantine = refresh_quarantine(layout)
     seconds = time.perf_counter() - start
-    context.log.info(
+    log(
         f"indexed {len(scan.files):,} image files in {len(listings)} class folders in "
         f"{seconds:.2f}s: {changes.describe()}"
     )
-    return dg.MaterializeResult(
-        metadata={
-            "source": dg.MetadataValue.path(str(root)),
-            "classes": len(listings),
-            "splits": sorted({v.split for v in listings.values()}),
-            "split_notes": "; ".join(scan.notes) or "none",
-            "image_files": len(scan.files),
-            "root_entries_skipped": len(root_scan.skipped),
-            "changes": changes.describe(),
-            "classes_to_update": list(changes.to_update),
-            "scan_seconds": round(seconds, 3),
-            "per_class": dg.MetadataValue.md(
-                md_table(
-                    ["split", "class", "partition key", "files", "listing digest"],
-                    [(v.split, v.name, v.key, v.files, v.digest) for v in listings.values()],
-                )
-            ),
-            "quarantine": dg.MetadataValue.md(
-                md_table(["path", "class", "action", "reason"], quarantine.head(50).rows())
-                if quarantine.height
-                else "no file skipped"
-            ),
-            "listing_digests": dg.MetadataValue.json({k: v.digest for k, v in listings.items()}),
-        },
-        data_version=dg.DataVersion(digest({k: v.digest for k, v in listings.items()})),
+    metadata = {
+        "source": dg.MetadataValue.path(str(root)),
+        "classes": len(listings),
+        "splits": sorted({v.split for v in listings.values()}),
+        "split_notes": "; ".join(scan.notes) or "none",
+        "image_files": len(scan.files),
+        "root_entries_skipped": len(root_scan.skipped),
+        "changes": changes.describe(),
+        "classes_to_update": list(changes.to_update),
+        "scan_seconds": round(seconds, 3),
+        "per_class": dg.MetadataValue.md(
+            md_table(
+                ["split", "class", "partition key", "files", "listing digest"],
+                [(v.split, v.name, v.key, v.files, v.digest) for v in listings.values()],
+            )
+        ),
+        "quarantine": dg.MetadataValue.md(
+            md_table(["path", "class", "action", "reason"], quarantine.head(50).rows())
+            if quarantine.height
+            else "no file skipped"
+        ),
+        "listing_digests": dg.MetadataValue.json({k: v.digest for k, v in listings.items()}),
+    }
+    return metadata, digest({k: v.digest for k, v in listings.items()})
+
+
+def index_materialization(metadata: dict, version: str) -> dg.AssetMaterialization:
+    """`image_catalog`'s materialization as `dedup run` reports it without a run: the
+    asset's own metadata and data version (a run records it as provided by the asset)."""
+    return dg.AssetMaterialization(
+        asset_key="image_catalog",
+        metadata=metadata,
+        tags={DATA_VERSION_TAG: version, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"},
     )
 
 

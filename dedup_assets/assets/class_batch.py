@@ -253,9 +253,11 @@ def _latest_materializations(
     if kept is not None:
         name = dg.AssetKey(asset).to_string()
         for key in keys:
-            found = kept(context.run_id, name, key)
+            found = kept(context.run.run_id, name, key)
             if found is not None:
-                out[key] = _Target(storage_id=found[0], run_id=context.run_id, timestamp=found[1])
+                out[key] = _Target(
+                    storage_id=found[0], run_id=context.run.run_id, timestamp=found[1]
+                )
     missing = [k for k in keys if k not in out]
     for at in range(0, len(missing), FETCH_CHUNK):
         chunk = missing[at : at + FETCH_CHUNK]
