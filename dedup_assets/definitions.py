@@ -38,6 +38,7 @@ from dedup_assets.names import (
     UPDATE_CLASS_JOB,
 )
 from dedup_assets.partitions import threshold_partitions
+from dedup_assets.step_signals import step_succeeded
 
 
 def build_definitions(config: PipelineConfig) -> dg.Definitions:
@@ -85,6 +86,7 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
         dg.define_asset_job(
             THRESHOLD_JOB,
             selection=[keep_list, kurtosis_report, clean_dataset, cross_class_duplicates],
+            hooks={step_succeeded},
             description="One threshold: keep list, gates, kurtosis report, clean copy, "
             "cross-class duplicates.",
         ),

@@ -24,6 +24,7 @@ import fcntl
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -79,7 +80,7 @@ from dedup_assets.dispatch import (
     open_instance,
 )
 from dedup_assets.engines import Executor, resolve_auto, threads_per_process
-from dedup_assets.interrupts import Interrupted, check_stop, note_stage
+from dedup_assets.interrupts import Interrupted, check_stop, note_stage, stop_requested
 from dedup_assets.names import (
     CLASS_JOB,
     FULL_TAG,
@@ -98,6 +99,7 @@ from dedup_assets.names import (
     UPDATE_CLASS_JOB,
 )
 from dedup_assets.partitions import CLASS_DIM, ClassRange, class_ranges
+from dedup_assets.step_signals import listening
 from dedup_assets.timings import WorkTimes
 from resources.image_source import one_listing_per_run, release_listings
 
@@ -315,6 +317,7 @@ PER_PARTITION_JOBS = frozenset({INGEST_JOB, CLASS_JOB, UPDATE_CLASS_JOB, THRESHO
 CLASS_JOBS = frozenset({INGEST_JOB, CLASS_JOB, UPDATE_CLASS_JOB})
 CLASS_ASSETS = ["class_latents", "spline_fits", "class_keep_lists"]
 THRESHOLD_ASSETS = ["keep_list", "cross_class_duplicates", "kurtosis_report", "clean_dataset"]
+SUMMARY_ASSETS = ["dedup_evaluation", "dedup_summary", "review_page"]
 
 
 class _Stages:
@@ -365,6 +368,7 @@ class _Stages:
         first_here: bool = False,
         beside: list[str] | None = None,
         early: list[str] | None = None,
+        summary: _EarlySummary | None = None,
     ) -> tuple[list[Selection], list[dg.ExecuteInProcessResult]]:
         """Run one job per key, or per range of classes for a per-class job (several at
         once where the executor allows; with `first_here`, the first key alone in this
@@ -372,7 +376,9 @@ class _Stages:
         of its assets run on a worker meanwhile, the others here; with `early` as well,
         those assets of the other keys start on the workers at once too, their other
         assets once every run before has ended, for the keys whose early run succeeded);
-        returns the keys or ranges whose run failed, and every in-process result."""
+        with `summary` too, it may start on a worker from within the first key's run here,
+        `_EarlySummary`); returns the keys or ranges whose run failed, and every in-process
+        result."""
         note_stage(name)
         check_stop()
         run_tags = {**self.tags, STAGE_TAG: name}
@@ -392,6 +398,8 @@ class _Stages:
         handle, here_assets, away_assets, started = None, assets, assets, []
         if split:
             handle = self.pool().start(job_name, here[0], run_tags, self.run_config, name, beside)
+            if summary is not None:
+                summary.beside = handle
             job = self.defs.resolve_job_def(job_name)
             every = assets or sorted(
                 k.to_user_string() for k in job.asset_layer.selected_asset_keys
@@ -410,7 +418,11 @@ class _Stages:
         # With local workers running meanwhile, this process takes its share of the cores
         # (a dask cluster's workers may be elsewhere).
         local = split and self.config.executor == Executor.processes
-        with blas_threads(threads_per_process(self.config.parallel)) if local else nullcontext():
+        listener = summary.step_ended if summary is not None and split else None
+        with (
+            blas_threads(threads_per_process(self.config.parallel)) if local else nullcontext(),
+            listening(listener),
+        ):
             results = [self._run_here(name, job_name, key, run_tags, here_assets) for key in here]
         reports = [report for _, report in results]
         recorded = list(here)
@@ -843,6 +855,13 @@ def _thresholds_and_summary(
     # copies, which nothing of the summary reads (0.2 s of an update of EuroSAT by 1%);
     # in one process, each threshold's clean copy is made in its threshold's run.
     apart = not stages.in_process
+    summary = "summary, evaluation, review page"
+    # One threshold with workers: its clean copy in its own run here, after its report,
+    # and the summary started on a worker from within that run as soon as the report and
+    # the cross-class join beside it have ended (`_EarlySummary`): a run of its own for
+    # the clean copy made the update wait for one run to end and the next to start.
+    alone = apart and len(to_threshold) == 1
+    early = _EarlySummary(stages, summary, SUMMARY_ASSETS) if alone else None
     failed = []
     if to_threshold:
         # With workers, the first threshold runs alone: it computes the cross-class join
@@ -855,25 +874,27 @@ def _thresholds_and_summary(
         # copies: the first threshold's alone, which the others hard-link from, so they
         # do not copy every file again.
         failed = stages.run(
-            "thresholds: keep lists, gates, reports" + ("" if apart else ", clean copies"),
+            "thresholds: keep lists, gates, reports"
+            + ("" if apart and not alone else ", clean copies"),
             THRESHOLD_JOB,
             to_threshold,
-            [a for a in THRESHOLD_ASSETS if a != "clean_dataset"] if apart else None,
+            [a for a in THRESHOLD_ASSETS if a != "clean_dataset"] if apart and not alone else None,
             first_here=True,
             beside=["cross_class_duplicates"],
             early=["keep_list", "kurtosis_report"],
+            summary=early,
         )[0]
     # The summary reads the keep lists, reports and cross-class tables, never a clean copy:
     # a threshold whose clean copy alone failed does not hold it back.
     holding = [t for t in failed if not stages.failed_only(t, {"clean_dataset"})]
-    assets = ["dedup_evaluation"] + ([] if holding else ["dedup_summary", "review_page"])
+    assets = ["dedup_evaluation"] if holding else SUMMARY_ASSETS
     if holding:
         outcome.skipped.append(
             f"the summary across thresholds: T={', '.join(str(t) for t in holding)} failed"
         )
-    summary = "summary, evaluation, review page"
     to_copy: list[Selection] = []
-    if apart:
+    started = early.started() if early is not None else None
+    if apart and not alone:
         # A blocking gate of a threshold holds its clean copy back, as in one run; so does
         # a failed keep list or report (its cross-class table alone does not).
         gates = ("keep_list", "kurtosis_report")
@@ -883,7 +904,9 @@ def _thresholds_and_summary(
             for t in to_threshold
             if t not in held and (t not in failed or stages.failed_only(t, CROSS_CLASS_STEPS))
         ]
-    if to_copy:
+    if started is not None:  # every threshold held nothing back: its assets are these
+        summary_failed = stages.finish(started)
+    elif to_copy:
         started = stages.start(summary, SUMMARY_JOB, None, assets)
         stages.run("clean copies", THRESHOLD_JOB, to_copy, ["clean_dataset"], first_here=True)
         summary_failed = stages.finish(started)
@@ -893,6 +916,55 @@ def _thresholds_and_summary(
     outcome.stale_clean = [t for t in thresholds if layout.clean_stale_note(t).exists()]
     if not summary_failed:
         outcome.summary_written = "dedup_summary" in assets
+
+
+class _EarlySummary:
+    """The summary started on a worker from within a threshold's run here: once its report
+    step has succeeded (`step_signals`) and its cross-class run beside has ended without a
+    failure, while the run goes on to the clean copy, which the summary never reads. Not
+    started otherwise (its report failed or was held back, the cross-class run failed, a
+    stop): the summary then runs after the threshold's run, as it would have anyway."""
+
+    REPORT_STEP = "kurtosis_report"
+
+    def __init__(self, stages: _Stages, name: str, assets: list[str]) -> None:
+        self.stages, self.name, self.assets = stages, name, assets
+        self.beside: Any = None  # the cross-class run's handle, once started
+        self._started: tuple[str, Selection, float, Any] | None = None
+        self._waiting: threading.Thread | None = None
+
+    def step_ended(self, step: str) -> None:
+        """The hook's listener: after the report step, wait for the cross-class run on a
+        thread of its own (this one goes on with the run's next step)."""
+        if step != self.REPORT_STEP or self.beside is None or self._waiting is not None:
+            return
+        self._waiting = threading.Thread(target=self._start, name="early summary", daemon=True)
+        self._waiting.start()
+
+    def _start(self) -> None:
+        try:
+            report = self.beside.result()  # a local or a Dask future
+        except BaseException:  # noqa: BLE001 - stopped or broken: the stage says so itself
+            return
+        if report.failures or stop_requested():
+            return
+        stages = self.stages
+        tags = {**stages.tags, STAGE_TAG: self.name}
+        try:
+            handle = stages.pool().start(
+                SUMMARY_JOB, None, tags, stages.run_config, self.name, self.assets
+            )
+        except Exception:  # noqa: BLE001 - the pool stopping: the summary runs after, or not
+            return
+        self._started = (self.name, None, time.perf_counter(), handle)
+        stages.log(f"[{self.name}] starting: 1 run(s) on a worker meanwhile")
+
+    def started(self) -> tuple[str, Selection, float, Any] | None:
+        """The summary's run, for `_Stages.finish`, once the run here has ended; None if it
+        was not started."""
+        if self._waiting is not None:
+            self._waiting.join()
+        return self._started
 
 
 CROSS_CLASS_STEPS = frozenset(

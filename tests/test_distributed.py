@@ -546,3 +546,54 @@ def test_auto_judges_an_incremental_run_by_every_class(source, in_process, tmp_p
         runner.run_pipeline(config, instance, log=lambda line: None)
     assert sorted(seen) == sorted(p.name for p in src.iterdir() if p.is_dir())
     assert len(seen) == 4  # the class with a new image and the three without
+
+
+def test_one_threshold_starts_the_summary_from_within_its_run(source, in_process, tmp_path):
+    """With workers and one threshold, its clean copy is made in its own run here, after
+    its report, and the summary starts on a worker from within that run (once the report
+    and the cross-class join beside it have ended), not after it: same decisions, same
+    clean copy, and the summary's run began before the threshold's run ended."""
+    out = tmp_path / "processes"
+    done = run_dedup(
+        "run", "--source", str(source), "--output", str(out), *FAST,
+        "--executor", "processes", "--parallel", "2", "--thresholds", "0.9",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    log = done.stdout
+    stage = "[thresholds: keep lists, gates, reports, clean copies]"
+    assert f"{stage} starting: 2 run(s); cross_class_duplicates of 0.9 on a worker" in log
+    started = log.index("[summary, evaluation, review page] starting: 1 run(s) on a worker")
+    assert started < log.index(f"{stage} 2 run(s) in "), log
+    assert "[clean copies]" not in log, log
+    mine = pl.read_parquet(out / "keep_lists" / "0.9.parquet").sort("path")
+    theirs = pl.read_parquet(in_process / "keep_lists" / "0.9.parquet").sort("path")
+    assert mine.select("path", "kept", "duplicate_of").equals(
+        theirs.select("path", "kept", "duplicate_of")
+    )
+    copied = sorted(
+        p.relative_to(out / "clean" / "0.9")
+        for p in (out / "clean" / "0.9").rglob("*")
+        if p.is_file() and not p.name.startswith(".")  # the copy's manifest
+    )
+    made = sorted(
+        p.relative_to(in_process / "clean" / "0.9")
+        for p in (in_process / "clean" / "0.9").rglob("*")
+        if p.is_file() and not p.name.startswith(".")  # the copy's manifest
+    )
+    assert copied == made and len(copied) == int(mine["kept"].sum())
+    assert "| 0.9 |" in (out / "reports" / "summary.md").read_text()
+    with dg.DagsterInstance.from_config(str(out / ".dagster")) as instance:
+        here = [
+            r
+            for r in instance.get_run_records(dg.RunsFilter(job_name="threshold_job"))
+            if "clean_dataset" in {k.to_user_string() for k in r.dagster_run.asset_selection or []}
+        ]
+        assert len(here) == 1 and {
+            k.to_user_string() for k in here[0].dagster_run.asset_selection
+        } == {"keep_list", "kurtosis_report", "clean_dataset"}
+        (summary,) = [
+            r
+            for r in instance.get_run_records(dg.RunsFilter(job_name="summary_job"))
+            if "dedup_summary" in {k.to_user_string() for k in r.dagster_run.asset_selection or []}
+        ]
+        assert summary.start_time < here[0].end_time

@@ -22,7 +22,7 @@ CORE_FLOORS = {"data": 0, "model": 1, "density": 1, "decision": 2, "quality": 3}
 # The top level of dedup_assets (and the resources package), bottom floor first: a unit
 # imports only units on lower floors, never one on its own floor or above.
 TOP_FLOORS = [
-    {"names", "interrupts", "partitions", "timings", "ui", "event_storage", "core"},
+    {"names", "interrupts", "partitions", "timings", "ui", "event_storage", "step_signals", "core"},
     # engines sets core's share of the cores in a pool process (`pools.set_process_cores`);
     # instance_imports is what its worker server preloads; run_storage keeps its engine
     # as event_storage does
