@@ -90,8 +90,6 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
 from dagster._serdes import serialize_value
 from sqlalchemy.pool import QueuePool
 
-MODULE = __name__
-CLASS = "BatchedSqliteEventLogStorage"
 HELD_VERDICTS = 1_000  # verdicts held at most before they are written
 IN_CHUNK = 500  # ids in one IN (...): an SQLite before 3.32 binds at most 999 values
 ENGINES_HELD = 3  # run databases whose engine and open connection are kept, besides the index
@@ -508,17 +506,6 @@ def _one_run_of_asset_events(events: Sequence[EventLogEntry]) -> bool:
         and event.is_dagster_event
         and event.dagster_event_type in ASSET_EVENTS
         for event in events
-    )
-
-
-def storage_yaml(base_dir: str) -> str:
-    """The instance file lines that make an instance store its events with this class."""
-    return (
-        "event_log_storage:\n"
-        f"  module: {MODULE}\n"
-        f"  class: {CLASS}\n"
-        "  config:\n"
-        f"    base_dir: {base_dir}\n"
     )
 
 

@@ -625,13 +625,13 @@ def test_kept_engines_are_bounded_and_closed_by_a_runs_end_wipe_and_dispose(tmp_
     assert not list(base.glob("*-wal")) and not list(base.glob("*-shm"))
 
 
-def test_the_command_leaves_no_write_ahead_log(tmp_path):
-    """A process that ends through its exit handlers (`dedup run` runs them before its
-    `os._exit`) closes what it kept open: no log left beside any database."""
+def run_as_the_command(home: Path, lines: str) -> None:
+    """In a new process, `instance` opened on `home` as `dedup run` opens it and four
+    partitions run (`_run`), then `lines`, then its end as the command's: the exit handlers
+    run, then `os._exit`."""
     import subprocess
     import sys
 
-    home = prepare_dagster_home(tmp_path / "out")
     script = f"""
 import os, atexit, sys
 os.environ["DAGSTER_EVENT_BATCH_SIZE"] = "1000"
@@ -640,13 +640,23 @@ import dagster as dg
 import test_event_storage as t
 instance = dg.DagsterInstance.from_config({str(home)!r}, config_filename={RUN_INSTANCE_FILE!r})
 t._run(instance, keys=t.KEYS[:4])
-instance.all_logs(instance.get_runs()[0].run_id)
-assert instance.event_log_storage._engines
+{lines}
 atexit._run_exitfuncs()
 os._exit(0)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_command_leaves_no_write_ahead_log(tmp_path):
+    """A process that ends through its exit handlers (`dedup run` runs them before its
+    `os._exit`) closes what it kept open: no log left beside any database."""
+    home = prepare_dagster_home(tmp_path / "out")
+    run_as_the_command(
+        home,
+        "instance.all_logs(instance.get_runs()[0].run_id)\n"
+        "assert instance.event_log_storage._engines",
+    )
     runs = home / "history" / "runs"
     assert len(list(runs.glob("*-*.db"))) == 1
     assert not list(runs.glob("*-wal")) and not list(runs.glob("*-shm"))

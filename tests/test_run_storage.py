@@ -2,13 +2,11 @@
 files read as they are by the UI's plain instance."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from test_event_storage import KEYS, _run, _runs_of
+from test_event_storage import KEYS, _run, _runs_of, run_as_the_command
 from test_event_storage import sqlite_opens as sqlite_opens  # a fixture
 
 from dedup_assets.core.data.layout import INSTANCE_FILE, RUN_INSTANCE_FILE, prepare_dagster_home
@@ -96,21 +94,10 @@ def test_dispose_and_the_commands_exit_leave_no_write_ahead_log(tmp_path):
     """The kept connection is closed by `dispose` and by the exit handlers that `dedup run`
     runs before its `os._exit`: SQLite folds its log into `runs.db` and deletes it."""
     home = prepare_dagster_home(tmp_path / "out")
-    script = f"""
-import os, atexit, sys
-os.environ["DAGSTER_EVENT_BATCH_SIZE"] = "1000"
-sys.path.insert(0, {str(Path(__file__).parent)!r})
-import dagster as dg
-import test_event_storage as t
-instance = dg.DagsterInstance.from_config({str(home)!r}, config_filename={RUN_INSTANCE_FILE!r})
-t._run(instance, keys=t.KEYS[:4])
-assert instance.run_storage._kept is not None
-assert os.path.exists({str(home / "history" / "runs.db-wal")!r})
-atexit._run_exitfuncs()
-os._exit(0)
-"""
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
+    wal = home / "history" / "runs.db-wal"
+    run_as_the_command(
+        home, f"assert instance.run_storage._kept is not None\nassert os.path.exists({str(wal)!r})"
+    )
     history = home / "history"
     assert not list(history.glob("runs.db-wal")) and not list(history.glob("runs.db-shm"))
     ui = dg.DagsterInstance.from_config(str(home), config_filename=INSTANCE_FILE)
