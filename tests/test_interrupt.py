@@ -251,8 +251,10 @@ def assert_resumes_to_reference(source: Path, out: Path, reference: Path, *extra
 def test_in_process_stops_at_every_stage_and_resumes(source, reference, tmp_path):
     out = tmp_path / "out"
     INT, TERM = signal.SIGINT, signal.SIGTERM
+    # Fifty epochs for the interrupted command alone: one epoch of 120 images could end
+    # before a loaded machine's observer sees its step start (the signal then comes late).
     interrupt_at(
-        source, out, "in_process training", INT, True, "training",
+        source, out, "in_process training", INT, True, "training", "--epochs", "50",
         job=TRAIN_JOB, step="autoencoder",
     )  # fmt: skip
     assert not (out / "model" / "autoencoder.pt").exists()
