@@ -335,8 +335,11 @@ def _worker_instance(dagster_home: str) -> Iterator[dg.DagsterInstance]:
     opening one is 0.1-0.2 s of a worker's CPU (Dagster validates its configuration and
     opens each storage); elsewhere (a Dask worker's threads) one per run, closed after."""
     if threading.current_thread() is not threading.main_thread():
-        with open_instance(dagster_home) as instance:
+        instance = open_instance(dagster_home)
+        try:
             yield instance
+        finally:
+            _dispose_through_interrupts(instance)
         return
     instance = _instances.get(dagster_home)
     if instance is None:
@@ -347,6 +350,19 @@ def _worker_instance(dagster_home: str) -> Iterator[dg.DagsterInstance]:
         _instances.pop(dagster_home, None)  # a run that ended this way: the next opens anew
         instance.dispose()
         raise
+
+
+def _dispose_through_interrupts(instance: dg.DagsterInstance) -> None:
+    """Dispose a Dask worker thread's instance to the end, its databases closed (with any
+    connection an interrupt left inside a transaction: `event_storage.close_engine`) before
+    the thread leaves its run: `interrupt_runs` is sent again until it has, and one that
+    lands in the middle of disposing starts it again (each part is a no-op when done)."""
+    while True:
+        try:
+            instance.dispose()
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 # Dask worker threads running class runs, by the token of the pool that sent them, and the

@@ -61,6 +61,7 @@ class read them as they are.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import shutil
@@ -88,6 +89,7 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SqliteEventLogStorage,
 )
 from dagster._serdes import serialize_value
+from sqlalchemy import event as dbevent
 from sqlalchemy.pool import QueuePool
 
 HELD_VERDICTS = 1_000  # verdicts held at most before they are written
@@ -324,19 +326,19 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
             self._engines[shard] = engine
             while len(self._engines) > ENGINES_HELD + (INDEX_SHARD_NAME in self._engines):
                 oldest = next(k for k in self._engines if k != INDEX_SHARD_NAME)
-                self._engines.pop(oldest).dispose()
+                close_engine(self._engines.pop(oldest))
             return engine
 
     def _close_engine(self, shard: str) -> None:
         with self._db_lock, self._engines_lock:
             engine = self._engines.pop(shard, None)
             if engine is not None:
-                engine.dispose()
+                close_engine(engine)
 
     def _close_engines(self) -> None:
         with self._db_lock, self._engines_lock:
             while self._engines:
-                self._engines.popitem()[1].dispose()
+                close_engine(self._engines.popitem()[1])
 
     def _at_exit(self) -> None:
         if os.getpid() != self._pid:  # a forked child's copy: its parent's to close
@@ -432,14 +434,40 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
 def kept_engine(conn_string: str) -> db.Engine:
     """An engine for a SQLite database whose pool keeps one connection open between
     statements (more while callers overlap, closed as they end), usable from any thread
-    (the storages' locks serialize their use)."""
-    return db.create_engine(
+    (the storages' locks serialize their use). Close it with `close_engine`."""
+    engine = db.create_engine(
         conn_string,
         poolclass=QueuePool,
         pool_size=1,
         max_overflow=-1,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
     )
+    out: set[Any] = set()  # the pool's records of the connections checked out now
+    _CHECKED_OUT[engine] = out
+    dbevent.listen(engine, "checkout", lambda _conn, record, _proxy: out.add(record))
+    dbevent.listen(engine, "checkin", lambda _conn, record: out.discard(record))
+    return engine
+
+
+_CHECKED_OUT: weakref.WeakKeyDictionary[db.Engine, set[Any]] = weakref.WeakKeyDictionary()
+
+
+def close_engine(engine: db.Engine) -> None:
+    """Close a `kept_engine`: its pool's connections, and any its callers never gave back.
+    A Dask worker's run is stopped by a KeyboardInterrupt raised in its thread
+    (`dispatch.interrupt_runs`, sent again every half second until the run ends); one that
+    lands while SQLAlchemy ends a transaction can leave its connection checked out, inside
+    the transaction, holding the database's write lock until it is garbage-collected: the
+    command then waited SQLite's 30 s busy timeout to record the run as canceled, and
+    failed with "database is locked". Closing that connection rolls the transaction back.
+    Called where no caller can be inside a transaction (the storages' locks are held, or
+    the instance is being disposed)."""
+    for record in list(_CHECKED_OUT.pop(engine, ())):
+        # Invalidated, not just closed: the pool then neither resets nor reuses it when
+        # the connection left behind is collected.
+        with contextlib.suppress(Exception):  # closed already: nothing is held
+            record.invalidate()
+    engine.dispose()
 
 
 _STORAGES: weakref.WeakSet[BatchedSqliteEventLogStorage] = weakref.WeakSet()

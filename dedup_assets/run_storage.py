@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as db
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 
-from dedup_assets.event_storage import kept_engine
+from dedup_assets.event_storage import close_engine, kept_engine
 
 
 class KeptSqliteRunStorage(SqliteRunStorage):
@@ -65,7 +65,7 @@ class KeptSqliteRunStorage(SqliteRunStorage):
         with self._kept_lock:
             engine, self._kept = self._kept, None
             if engine is not None and self._kept_pid == os.getpid():
-                engine.dispose()
+                close_engine(engine)
 
     def dispose(self) -> None:
         self._close()

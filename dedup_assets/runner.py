@@ -206,7 +206,10 @@ def fail_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
 
 def cancel_unfinished_runs(instance: dg.DagsterInstance, reason: str) -> list[str]:
     """Mark the runs this process started and left unfinished (a worker killed mid-run, a run
-    stopped before its first step) as canceled, so none stays STARTED; returns their ids."""
+    stopped before its first step) as canceled, so none stays STARTED; returns their ids.
+    One that cannot be marked (its database locked by a worker stopped mid-write) is left
+    to the next run of the output, which marks it failed (`fail_orphaned_runs`): the
+    command still stops as interrupted."""
     runs = instance.get_runs(
         filters=dg.RunsFilter(
             statuses=[
@@ -219,9 +222,14 @@ def cancel_unfinished_runs(instance: dg.DagsterInstance, reason: str) -> list[st
             tags={PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
         )
     )
+    canceled = []
     for run in runs:
-        instance.report_run_canceled(run, f"dedup run was {reason}")
-    return [run.run_id for run in runs]
+        try:
+            instance.report_run_canceled(run, f"dedup run was {reason}")
+        except Exception:  # noqa: BLE001 - a locked database: the next run fails it (`fail_orphaned_runs`)
+            continue
+        canceled.append(run.run_id)
+    return canceled
 
 
 def run_pipeline(

@@ -807,3 +807,49 @@ def test_new_run_databases_are_copies_of_one_made_once_a_process(tmp_path, monke
         pass
     assert made == [1]
     assert _schema(tmp_path / "ours" / "run-d.db") == _schema(tmp_path / "plain" / "run-a.db")
+
+
+def test_close_engine_rolls_back_a_connection_an_interrupt_left_in_a_transaction(tmp_path):
+    """A Dask run stopped by a KeyboardInterrupt raised in its thread can leave a connection
+    checked out inside a write: the database stays locked, and `dedup run` failed with
+    "database is locked" recording the run as canceled (tests/test_interrupt.py, under
+    load). Disposing the engine leaves such a connection open; `close_engine` closes it."""
+    path = tmp_path / "run.db"
+    engine = event_storage.kept_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        conn.commit()
+    left = engine.connect()  # never given back: its thread was interrupted
+    left.begin()
+    left.exec_driver_sql("INSERT INTO t VALUES (1)")
+    other = sqlite3.connect(path, timeout=0.05)
+
+    def write() -> None:
+        other.execute("INSERT INTO t VALUES (2)")
+        other.commit()
+
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        write()
+    other.rollback()
+    engine.dispose()  # SQLAlchemy's own: only the connections given back are closed
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        write()
+    other.rollback()
+    event_storage.close_engine(engine)
+    write()
+    assert other.execute("SELECT x FROM t").fetchall() == [(2,)]  # the interrupted write undone
+    other.close()
+    event_storage.close_engine(engine)  # again: nothing left to close
+
+
+def test_close_engine_leaves_given_back_connections_to_the_pool(tmp_path):
+    engine = event_storage.kept_engine(f"sqlite:///{tmp_path / 'run.db'}")
+    for _ in range(3):
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    assert event_storage._CHECKED_OUT[engine] == set()
+    with engine.connect() as conn:
+        assert len(event_storage._CHECKED_OUT[engine]) == 1
+    assert event_storage._CHECKED_OUT[engine] == set()
+    event_storage.close_engine(engine)
+    assert engine not in event_storage._CHECKED_OUT
