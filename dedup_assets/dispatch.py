@@ -25,7 +25,6 @@ same effect as SIGTERM has on a local process.
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import functools
 import os
 import socket
@@ -56,7 +55,12 @@ from dedup_assets.engines import (
     threads_per_process,
     worker_context,
 )
-from dedup_assets.interrupts import INTERRUPT_ERRORS, check_stop
+from dedup_assets.interrupts import (
+    INTERRUPT_ERRORS,
+    cancel_thread_interrupt,
+    check_stop,
+    interrupt_thread,
+)
 from dedup_assets.names import (
     CODE_LOCATION,
     REPOSITORY,
@@ -372,13 +376,6 @@ _RUNS: dict[str, set[int]] = {}
 _STOPPED: set[str] = set()
 
 
-def _async_raise(ident: int, exc: type[BaseException] | None) -> None:
-    """Raise exc in thread `ident` at its next Python instruction (None: cancel that)."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(ident), ctypes.py_object(exc) if exc is not None else None
-    )
-
-
 @contextmanager
 def _interruptible(token: str) -> Iterator[None]:
     """Register this thread as running a run of `token`'s pool while inside."""
@@ -393,7 +390,7 @@ def _interruptible(token: str) -> Iterator[None]:
             _RUNS.get(token, set()).discard(ident)
             if not _RUNS.get(token):
                 _RUNS.pop(token, None)
-            _async_raise(ident, None)  # an interrupt sent as the run ended stays here
+            cancel_thread_interrupt(ident)  # an interrupt sent as the run ended stays here
 
     try:
         yield
@@ -416,7 +413,7 @@ def interrupt_runs(token: str) -> int:
         _STOPPED.add(token)
         idents = set(_RUNS.get(token, ()))
         for ident in idents:
-            _async_raise(ident, KeyboardInterrupt)
+            interrupt_thread(ident)
     return len(idents)
 
 

@@ -92,6 +92,8 @@ from dagster._serdes import serialize_value
 from sqlalchemy import event as dbevent
 from sqlalchemy.pool import QueuePool
 
+from dedup_assets.interrupts import shielded
+
 HELD_VERDICTS = 1_000  # verdicts held at most before they are written
 IN_CHUNK = 500  # ids in one IN (...): an SQLite before 3.32 binds at most 999 values
 ENGINES_HELD = 3  # run databases whose engine and open connection are kept, besides the index
@@ -143,6 +145,7 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
                 return
         super()._initdb(engine, for_index_shard)
 
+    @shielded()
     def store_event(self, event: EventLogEntry) -> None:
         if not _run_check_verdict(event):
             super().store_event(event)  # `_connect` writes held verdicts first
@@ -161,6 +164,7 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
             if len(self._held) >= HELD_VERDICTS:
                 self.store_held_verdicts()
 
+    @shielded()
     def store_held_verdicts(self) -> None:
         """Write the held check verdicts: every event into the run's database, then into the
         index with Dagster's own update of each verdict's check execution (a partition's
@@ -286,7 +290,7 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
     def _open_shard(self, shard: str) -> Iterator[Any]:
         """Dagster's `_connect` (a transaction on the shard's database, the database made
         first where new) on the shard's kept engine instead of a new one each time."""
-        with self._db_lock:
+        with shielded(), self._db_lock:  # no thread interrupt inside (`interrupts.shielded`)
             if shard not in self._initialized_dbs and shard != INDEX_SHARD_NAME:
                 self._copy_empty_run_database(shard)
             engine = self._engine(shard)
@@ -395,11 +399,13 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
             # to compile, each time.
             conn.execute(AssetCheckExecutionsTable.insert(), rows)
 
+    @shielded()
     def dispose(self) -> None:
         self.store_held_verdicts()
         self._close_engines()
         super().dispose()
 
+    @shielded()
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         if len(events) < 2 or not _one_run_of_asset_events(events):
             super().store_event_batch(events)

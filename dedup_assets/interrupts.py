@@ -152,3 +152,68 @@ def check_stop() -> None:
     """Raise `Interrupted` if `stop_requested`."""
     if stop_requested():
         raise Interrupted(_STOP.signum or signal.SIGINT, _STOP.stage)
+
+
+# ---------------------------------------------------------------- a thread's interrupt
+
+# A Dask worker runs a class run in one of its threads; `dispatch.interrupt_runs` stops it
+# by raising KeyboardInterrupt in that thread, sent again every half second until the run
+# has ended. One that lands while the thread is inside a database's transaction, or inside
+# SQLAlchemy's pool (its own locks), can leave the transaction open and the database locked
+# for good, or a lock of the pool held: the command then waited SQLite's 30 s busy timeout
+# to record the run as canceled, and one worker hung until its nanny killed it (seen in
+# tests/test_interrupt.py under load). The storages mark those sections `shielded`: an
+# interrupt sent meanwhile is held and raised as the outermost section ends.
+_THREADS_LOCK = threading.Lock()
+_SHIELDED: dict[int, int] = {}  # thread ident -> depth of nested shielded sections
+_HELD: set[int] = set()  # threads whose interrupt waits for the end of their section
+
+
+def _async_raise(ident: int, exc: type[BaseException] | None) -> None:
+    """Raise exc in thread `ident` at its next Python instruction (None: cancel that)."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(exc) if exc is not None else None
+    )
+
+
+def interrupt_thread(ident: int) -> None:
+    """KeyboardInterrupt in thread `ident`: at its next instruction, or, while it is inside
+    a `shielded` section, as that section ends."""
+    with _THREADS_LOCK:
+        if _SHIELDED.get(ident):
+            _HELD.add(ident)
+        else:
+            _async_raise(ident, KeyboardInterrupt)
+
+
+def cancel_thread_interrupt(ident: int) -> None:
+    """Drop an interrupt sent to thread `ident` that it has not raised yet."""
+    with _THREADS_LOCK:
+        _HELD.discard(ident)
+        _async_raise(ident, None)
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """A section that `interrupt_thread` does not interrupt (a database's transaction): an
+    interrupt sent meanwhile is raised as the outermost section ends. The main thread is
+    never sent one (signals reach it instead): nothing is counted there."""
+    if threading.current_thread() is threading.main_thread():
+        yield
+        return
+    ident = threading.get_ident()
+    with _THREADS_LOCK:
+        _SHIELDED[ident] = _SHIELDED.get(ident, 0) + 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            depth = _SHIELDED.pop(ident) - 1
+            if depth:
+                _SHIELDED[ident] = depth
+            held = not depth and ident in _HELD
+            _HELD.discard(ident) if held else None
+        if held:
+            raise KeyboardInterrupt

@@ -28,6 +28,7 @@ import sqlalchemy as db
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 
 from dedup_assets.event_storage import close_engine, kept_engine
+from dedup_assets.interrupts import shielded
 
 
 class KeptSqliteRunStorage(SqliteRunStorage):
@@ -58,8 +59,8 @@ class KeptSqliteRunStorage(SqliteRunStorage):
     @contextmanager
     def connect(self) -> Iterator[Any]:
         """Dagster's `connect` (a transaction) on the kept engine instead of a new one."""
-        with self._engine().connect() as conn, conn.begin():
-            yield conn
+        with shielded(), self._engine().connect() as conn, conn.begin():
+            yield conn  # no thread interrupt inside (`interrupts.shielded`)
 
     def _close(self) -> None:
         with self._kept_lock:
@@ -67,6 +68,7 @@ class KeptSqliteRunStorage(SqliteRunStorage):
             if engine is not None and self._kept_pid == os.getpid():
                 close_engine(engine)
 
+    @shielded()
     def dispose(self) -> None:
         self._close()
         super().dispose()

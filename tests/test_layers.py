@@ -22,11 +22,13 @@ CORE_FLOORS = {"data": 0, "model": 1, "density": 1, "decision": 2, "quality": 3}
 # The top level of dedup_assets (and the resources package), bottom floor first: a unit
 # imports only units on lower floors, never one on its own floor or above.
 TOP_FLOORS = [
-    {"names", "interrupts", "partitions", "timings", "ui", "event_storage", "step_signals", "core"},
+    # interrupts: the storages hold a thread's interrupt while they write (`shielded`)
+    {"interrupts"},
+    {"names", "partitions", "timings", "ui", "event_storage", "step_signals", "core"},
     # engines sets core's share of the cores in a pool process (`pools.set_process_cores`);
     # instance_imports is what its worker server preloads; run_storage keeps its engine
-    # as event_storage does
-    {"resources", "engines", "instance_imports", "run_storage"},
+    # as event_storage does; watch_handoff names its socket by the output's layout
+    {"resources", "engines", "instance_imports", "run_storage", "watch_handoff"},
     {"config", "assets", "automation"},
     {"definitions"},
     {"dispatch"},
