@@ -22,7 +22,10 @@ a rerun with nothing new, and a rerun after 1% new images.
 - +1%: 1% new images (a quarter turn of existing ones) in two classes (target: under 10%
   of `first`), and the class keep lists of the other classes byte-identical;
 - the same +1% as an update of `dedup watch`, already running (`watch_updates`), against
-  the same `first`: the update's own time, and apart how long the watch took to see it.
+  the same `first`: the update's own time, and apart how long the watch took to see it;
+- the same +1% by the command with a `dedup watch` serving the output (`handed_runs`: the
+  command hands the update to the watch, `dedup_assets/watch_handoff.py`), against the same
+  `first`: the command's whole wall time, its listing of the source included.
 
 Without --model a model is trained once (`dedup run --epochs 1` into <work>/model_run).
 
@@ -181,6 +184,67 @@ def watch_updates(
     return {"idle_seconds": idle, "trials": rows}
 
 
+def handed_runs(
+    source: Path, out: Path, common: list[str], new: list[Path], trials: int, idle: float
+) -> dict:
+    """The same +1% by `dedup run` with a `dedup watch` serving the output (`--interval 600`:
+    the watch updates only when a command asks), `trials` times, each from the outputs as
+    they were before the +1% in a new watch: `idle` seconds after its first update the new
+    images are linked in and the command run (2: the watch's workers started then), then
+    taken out (3) and linked in again (4: a watch that has updated before), each followed by
+    the command. Each: the command's wall seconds and exit status; the watch must say that
+    each of those updates was asked for by the command."""
+    import queue
+    import signal
+    import threading
+
+    dedup = Path(sys.executable).with_name("dedup")
+    aside = out.parent / "new_images"
+
+    def move(into_source: bool) -> None:
+        for path in new:
+            elsewhere = aside / path.parent.name / path.name
+            (elsewhere.rename(path) if into_source else path.rename(elsewhere))
+
+    def until(lines: queue.Queue, pattern: str, seen: list[str]) -> None:
+        while True:
+            _, line = lines.get(timeout=600)
+            seen.append(line)
+            if re.search(pattern, line):
+                return
+
+    rows = []
+    for _ in range(trials):
+        shutil.rmtree(aside, ignore_errors=True)
+        for name in {p.parent.name for p in new}:
+            (aside / name).mkdir(parents=True)
+        move(into_source=False)
+        shutil.rmtree(out)
+        shutil.copytree(out.with_name(out.name + ".before"), out, symlinks=True)
+        command = [str(dedup), "watch", "--source", str(source), "--output", str(out), *common]
+        command += ["--interval", "600", "--settle", "0"]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=_timed_lines, args=(proc.stdout, lines), daemon=True).start()
+        seen: list[str] = []
+        until(lines, r"^update 1 ended", seen)
+        row = {}
+        for number, into in ((2, True), (3, False), (4, True)):
+            time.sleep(idle)
+            move(into_source=into)
+            run = timed_dedup_run(source, out, common)
+            until(lines, rf"^update {number} ended with exit", seen)
+            asked = any(re.search(rf" update {number}: asked by dedup run", x) for x in seen)
+            if not asked:
+                proc.kill()
+                raise SystemExit(f"update {number} was not the command's:\n" + "".join(seen))
+            row[number] = {"wall_seconds": run["wall_seconds"], "exit": run["exit"]}
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        rows.append({"first_change": row[2], "taken_out": row[3], "later_change": row[4]})
+    return {"idle_seconds": idle, "trials": rows}
+
+
 def class_keep_digests(output: Path, threshold: str) -> dict[str, str]:
     folder = output / "keep_lists" / "by_class" / threshold
     return {
@@ -248,6 +312,15 @@ def main() -> None:
     later = sorted(r["later_change"]["update"] for r in watched["trials"])
     first_change = sorted(r["first_change"]["update"] for r in watched["trials"])
     update, update_first = later[len(later) // 2], first_change[len(first_change) // 2]
+    handed = handed_runs(source, out, common, added, args.watch_trials, args.watch_idle)
+    handed_after = class_keep_digests(out, t)
+    handed_identical = all(before[k] == handed_after.get(k) for k in untouched) and all(
+        after[k] == handed_after.get(k) for k in untouched
+    )
+    by_command = sorted(r["later_change"]["wall_seconds"] for r in handed["trials"])
+    by_command_first = sorted(r["first_change"]["wall_seconds"] for r in handed["trials"])
+    handed_wall = by_command[len(by_command) // 2]
+    handed_first = by_command_first[len(by_command_first) // 2]
     shutil.rmtree(snapshot)
 
     ratio = first["wall_seconds"] / floor_parts["total"]
@@ -281,6 +354,27 @@ def main() -> None:
             update_first / first["wall_seconds"],
             "",
         ],
+        [
+            f"+1% by the command, a watch serving (median of {len(handed['trials'])}) / first",
+            handed_wall,
+            first["wall_seconds"],
+            handed_wall / first["wall_seconds"],
+            "< 0.10",
+        ],
+        [
+            "  the same, its listing of the source aside / first",
+            handed_wall - listing,
+            first["wall_seconds"],
+            (handed_wall - listing) / first["wall_seconds"],
+            "",
+        ],
+        [
+            "  the first change a new watch is asked for / first",
+            handed_first,
+            first["wall_seconds"],
+            handed_first / first["wall_seconds"],
+            "",
+        ],
     ]
     print(table(["target", "measured s", "against s", "value", "target"], rows))
     print(f"untouched classes' keep lists byte-identical: {identical} ({len(untouched)} classes)")
@@ -292,6 +386,15 @@ def main() -> None:
             for r in watched["trials"]
         )
         + f"; untouched classes byte-identical: {watch_identical}"
+    )
+    print(
+        "dedup run with a watch serving, +1% (first change; taken out; later change): "
+        + ", ".join(
+            f"{r['first_change']['wall_seconds']} s; {r['taken_out']['wall_seconds']} s; "
+            f"{r['later_change']['wall_seconds']} s"
+            for r in handed["trials"]
+        )
+        + f"; untouched classes byte-identical: {handed_identical}"
     )
     print("\nfloor parts (s):", json.dumps(floor_parts))
     print("\nwhere the first run's time went:")
@@ -327,6 +430,15 @@ def main() -> None:
             "ratio_watch_first_change_to_first": round(update_first / first["wall_seconds"], 3),
             "ratio_watch_update_to_first": round(update / first["wall_seconds"], 3),
             "watch_untouched_identical": watch_identical,
+            "handed": handed,
+            "handed_command_seconds": handed_wall,
+            "handed_first_change_seconds": handed_first,
+            "ratio_handed_command_to_first": round(handed_wall / first["wall_seconds"], 3),
+            "ratio_handed_command_minus_listing_to_first": round(
+                (handed_wall - listing) / first["wall_seconds"], 3
+            ),
+            "ratio_handed_first_change_to_first": round(handed_first / first["wall_seconds"], 3),
+            "handed_untouched_identical": handed_identical,
         },
         args.out,
     )

@@ -34,6 +34,7 @@ import shutil
 import signal
 import sys
 import textwrap
+import threading
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -105,8 +106,10 @@ WATCH_ABOUT = (
     "once the listing has stayed the same for --settle seconds (files still being copied "
     "are not read half-written). Each update is a `dedup run` of what changed, with its last "
     "screen; it skips the 1-2 s of imports a new command pays, so a few new images take "
-    "seconds. A later `dedup run` with the same options answers from the last update. "
-    "Ctrl-C stops it; an update it interrupts resumes with the same command."
+    "seconds. While it runs, a `dedup run` with the same options (and DEDUP_* environment) "
+    "is answered by an update of the watch at once, which the command prints as its own; "
+    "after it stops, such a run answers from the last update. Ctrl-C stops it; an update it "
+    "interrupts resumes with the same command."
 )
 WATCH_OPTIONS = {
     "--interval": (2.0, "seconds between two listings of the source while nothing changes"),
@@ -509,6 +512,76 @@ def _probe(argv: list[str]) -> _Probe | None:
         return None
     return _Probe(
         inputs, output, header, quick, options=given, scanned=(source, hidden, scan), source=source
+    )
+
+
+def _handoff_settings(argv: list[str], cwd: str, env: dict[str, str]) -> dict | None:
+    """What a `dedup run` (or `dedup watch`) command line, run in `cwd` with `env`, runs
+    with, for handing it to a watch (`watch_handoff`): its options as written without the
+    watch's own and those that change no result, path options resolved in `cwd`, and the
+    DEDUP_* environment; None for a command line a watch never runs (another command, no
+    `--source`, an option that asks for work or checks, or none the parser takes)."""
+    from dedup_assets.core.data.layout import DEFAULT_OUTPUT
+    from dedup_assets.watch_handoff import settings_environment
+
+    if not argv or argv[0] not in ("run", "watch"):
+        return None
+    pairs = _options_as_written(argv[1:])
+    if any(not name or _is_option(name, ("--help", *NO_QUICK_RERUN)) for name, _ in pairs):
+        return None
+    if argv[0] == "watch":
+        pairs = [(n, v) for n, v in pairs if not _is_option(n, WATCH_OPTIONS)]
+
+    def resolved(name: str, value: str | None) -> str | None:
+        if value is None or not _is_option(name, PATH_OPTIONS):
+            return value
+        return str((Path(cwd) / Path(value).expanduser()).resolve())
+
+    outputs = [resolved(n, v) for n, v in pairs if _is_option(n, ("--output",))]
+    options = dict(
+        sorted(
+            (
+                (name, resolved(name, value))
+                for name, value in pairs
+                if name not in NOT_IN_RESULTS and not _is_option(name, ("--output",))
+            ),
+            key=lambda pair: pair[0],
+        )
+    )
+    sources = [value for name, value in pairs if _is_option(name, ("--source",))]
+    if not sources or not sources[-1]:
+        return None
+    options["--output"] = outputs[-1] if outputs else resolved("--output", DEFAULT_OUTPUT)
+    if options["--output"] is None:
+        return None  # argparse says what is wrong
+    return {"options": options, "env": settings_environment(env)}
+
+
+def _handoff_refusal(own: dict, request: dict) -> str | None:
+    """Why a watch whose settings are `own` (`_handoff_settings`) does not run the update
+    `request` asks for; None when it does."""
+    asked = _handoff_settings(
+        list(request.get("argv") or []), str(request.get("cwd") or "/"), request.get("env") or {}
+    )
+    if asked is None:
+        return "not a dedup run it runs"
+    for part, words in (("options", "other options"), ("env", "another environment")):
+        ours, theirs = own[part], asked[part]
+        if differ := sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k)):
+            return f"{words}: {', '.join(differ)}"
+    return None
+
+
+def _hand_to_watch(argv: list[str]) -> int | None:
+    """`dedup run` answered by a `dedup watch` serving its output with its settings: the
+    watch's exit status, None when this command runs the update itself (`watch_handoff`)."""
+    from dedup_assets.watch_handoff import hand_over
+
+    settings = _handoff_settings(argv, os.getcwd(), dict(os.environ))
+    if settings is None:
+        return None
+    return hand_over(
+        Path(settings["options"]["--output"]), argv, lambda text: print(text, file=sys.stderr)
     )
 
 
@@ -1003,15 +1076,21 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
     the run reads: overrides, ground truth) differs from what the last update ran on and
     has stayed so for --settle seconds. A later update that fails says why in one line and
     the watch goes on (an overrides file saved half-edited, say); one that finds another
-    `dedup run` writing to the output waits for it. It returns the last update's exit
-    status when --updates is reached, 128 + the signal when stopped."""
+    `dedup run` writing to the output waits for it. A `dedup run` with the watch's settings
+    is answered by an update at once, which it prints as its own (`watch_handoff`). It
+    returns the last update's exit status when --updates is reached, 128 + the signal when
+    stopped."""
+    import functools
     import time
 
     config_from_args(args)  # a refused setting said before the run's modules are imported
     from dedup_assets.dispatch import keep_pools
     from dedup_assets.runner import OutputLocked
+    from dedup_assets.watch_handoff import Handoff, WatchServer, relayed
 
     updates, status, updating, waiting = 0, EXIT_OK, False, False
+    server: WatchServer | None = None
+    serving: list[Handoff] = []  # the commands the update running now answers
     say = lambda text: print(text, flush=True)  # noqa: E731
     keep_pools(True)  # an update's local workers serve the next one
     # The first update opens its own instance, after the pool it may fork (`_prefork`);
@@ -1019,11 +1098,14 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
     instance: dg.DagsterInstance | None = None
     try:
         while True:
+            if server is None and probe is not None and _owned(probe.output):
+                server = _serve_commands(argv, probe.output, say)
             seen = probe.inputs if probe is not None else None  # what this update runs on
             looking = _SourceWatch(argv, probe, time.monotonic) if probe is not None else None
             updating = True
             try:
-                status = _update(args, probe, instance)
+                with relayed(serving):
+                    status = _update(args, probe, instance)
             except OutputLocked as exc:
                 if not updates or probe is None:
                     raise
@@ -1042,16 +1124,22 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
             except Exception as exc:  # noqa: BLE001 - said, and the watch goes on
                 if not updates or probe is None:
                     raise  # the first: the command line or the source is at fault
-                if args.verbose:
-                    traceback.print_exc()
-                status = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
-                print(f"dedup watch: update {updates + 1} failed: {exc}", file=sys.stderr)
+                with relayed(serving):
+                    if args.verbose:
+                        traceback.print_exc()
+                    status = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
+                    print(f"dedup watch: update {updates + 1} failed: {exc}", file=sys.stderr)
             updating, waiting = False, False
             updates += 1
+            for handoff in serving:
+                handoff.finish(status)
+            serving = []
             if instance is None and probe is not None:
                 from dedup_assets.runner import instance_for
 
                 instance = instance_for(probe.output)
+            if server is None and probe is not None and _owned(probe.output):
+                server = _serve_commands(argv, probe.output, say)
             if probe is None or (args.updates is not None and updates >= args.updates):
                 return status
             if (parallel := _planned_pool(probe)) is not None:
@@ -1065,8 +1153,16 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
                 f"update {updates} ended with exit {status}; watching {probe.source} for new, "
                 f"changed or removed images every {args.interval:g}s (Ctrl-C stops)"
             )
-            probe = _next_change(looking, args.interval, args.settle, _sleep)
-            say(f"\n{time.strftime('%H:%M:%S')} update {updates + 1}: {_what_changed(seen, probe)}")
+            wake = server.wake if server is not None else None
+            asked = server.requested if server is not None else None
+            sleep = functools.partial(_sleep, wake=wake)
+            probe = _next_change(looking, args.interval, args.settle, sleep, asked)
+            serving = server.take() if server is not None else []
+            why = _what_changed(seen, probe)
+            if serving:
+                pids = ", ".join(str(h.pid) for h in serving)
+                why = f"asked by dedup run (pid {pids}); {why}"
+            say(f"\n{time.strftime('%H:%M:%S')} update {updates + 1}: {why}")
     except KeyboardInterrupt as exc:
         if updating:
             raise  # `interrupts.Interrupted` says during which stage; the same command resumes
@@ -1077,25 +1173,56 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
         )
         return getattr(exc, "exit_status", 130)
     finally:
+        for handoff in serving:  # stopped during their update: each runs it itself
+            handoff.close()
+        if server is not None:
+            server.close()
         keep_pools(False)
         if instance is not None:
             instance.dispose()
+
+
+def _owned(output: Path) -> bool:
+    """Whether `output` is an output folder latent-dedup made (its marker is there)."""
+    from dedup_assets.core.data.layout import OutputLayout
+
+    return OutputLayout(output).marker.is_file()
+
+
+def _serve_commands(argv: list[str], output: Path, say: Callable[[str], None]):
+    """Listen for `dedup run` commands the watch runs for them (`watch_handoff`), with its
+    own settings; None, said in one line, where it cannot."""
+    from dedup_assets.watch_handoff import WatchServer
+
+    own = _handoff_settings(argv, os.getcwd(), dict(os.environ))
+    if own is None:
+        return None
+    server = WatchServer(output, lambda request: _handoff_refusal(own, request))
+    why = server.start()
+    if why is not None:
+        say(f"dedup run on {output} runs on its own, not through this watch: {why}")
+        return None
+    return server
 
 
 SLEEP_SLICE = 0.1
 """Seconds `dedup watch` sleeps at a time while it waits (`_sleep`)."""
 
 
-def _sleep(seconds: float) -> None:
-    """`time.sleep` in slices of SLEEP_SLICE. A signal sent to the process may be taken by
-    any of its threads (Dagster's, SQLAlchemy's); Python then runs the handler in the main
-    thread only once that thread's sleep returns: with one 30 s sleep a SIGTERM stopped the
-    watch up to 30 s late (seen in a test, 34.5 s where 14 s is usual)."""
+def _sleep(seconds: float, wake: threading.Event | None = None) -> None:
+    """`time.sleep` in slices of SLEEP_SLICE, ended early once `wake` is set (a `dedup run`
+    asks the watch for an update). A signal sent to the process may be taken by any of its
+    threads (Dagster's, SQLAlchemy's); Python then runs the handler in the main thread only
+    once that thread's sleep returns: with one 30 s sleep a SIGTERM stopped the watch up to
+    30 s late (seen in a test, 34.5 s where 14 s is usual)."""
     import time
 
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
-        time.sleep(min(left, SLEEP_SLICE))
+        if wake is None:
+            time.sleep(min(left, SLEEP_SLICE))
+        elif wake.wait(min(left, SLEEP_SLICE)):
+            return
 
 
 def _update(
@@ -1166,19 +1293,32 @@ class _SourceWatch:
 
 
 def _next_change(
-    watch: _SourceWatch, interval: float, settle: float, sleep: Callable[[float], None]
+    watch: _SourceWatch,
+    interval: float,
+    settle: float,
+    sleep: Callable[[float], None],
+    asked: Callable[[], bool] | None = None,
 ) -> _Probe:
     """The first listing, one look each `interval`, whose inputs differ from what the last
     update ran on and that a listing `settle` seconds later finds the same (files still
     arriving wait); a source that cannot be listed for now (a folder being moved) is
-    looked at again."""
+    looked at again. Once `asked` (a `dedup run` waits for an update), the listing of the
+    source as it is then, changed or not, without waiting for it to settle."""
+
+    def now_asked() -> _Probe | None:
+        return _probe(watch.argv) if asked is not None and asked() else None
+
     while True:
         sleep(interval)
+        if (probe := now_asked()) is not None:
+            return probe
         probe = watch.changed()
         while probe is not None:
             if not settle:
                 return probe
             sleep(settle)
+            if (asked_now := now_asked()) is not None:
+                return asked_now
             again = _probe(watch.argv)
             if again is not None and again.inputs.digest == probe.inputs.digest:
                 return again
@@ -1190,7 +1330,9 @@ def _what_changed(before: RunInputs, now: _Probe) -> str:
     from dedup_assets.core.data.run_fingerprint import changed_parts
 
     images = f"{sum(before.class_sizes):,} -> {sum(now.inputs.class_sizes):,} images listed"
-    return f"{changed_parts(now.inputs.parts, before.parts)} changed ({images})"
+    if not (changed := changed_parts(now.inputs.parts, before.parts)):
+        return f"nothing changed ({sum(now.inputs.class_sizes):,} images listed)"
+    return f"{changed} changed ({images})"
 
 
 def _early_stop(signum: int, frame: object) -> None:
@@ -1208,8 +1350,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _early_stop)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        # A rerun with nothing new is answered before the parser (which imports the
+        # A `dedup watch` serving the output with these settings runs the update; else a
+        # rerun with nothing new is answered before the parser (which imports the
         # settings, and with them Dagster) is built.
+        if argv and argv[0] == "run" and (status := _hand_to_watch(argv)) is not None:
+            return status
         probe = _probe(argv)
         watch = bool(argv) and argv[0] == "watch"  # its first update does this: `_watch`
         if not watch and probe is not None and (status := _quick_rerun(probe)) is not None:

@@ -157,6 +157,54 @@ def test_watch_updates_when_an_image_arrives_and_a_run_then_answers_from_it(sour
     assert "nothing changed: every output is up to date" in again.stdout
 
 
+def test_a_run_with_the_watchs_settings_is_its_update_and_others_run_on_their_own(source, tmp_path):
+    out = tmp_path / "out"
+    # --interval 60: the watch would not look at the source on its own during the test.
+    watch = Watch(source, out, "--interval", "60", "--settle", "5")
+    watch.until(UPDATE_ENDED)
+    assert (out / ".watch.sock").exists()
+    first = sorted((source / "forest").glob("*.png"))[0]
+    _copy_as(first, source / "forest" / "zz copy of first.png")
+    run = ("run", "--source", str(source), "--output", str(out), *FAST)
+    done = run_dedup(*run)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith(f"latent-dedup: {source} -> {out}\n")
+    assert "quick check: changed since the last run: the source's files" in done.stdout
+    assert done.stdout.rstrip().endswith(
+        "done: every stage ran and no gate held back a clean copy (exit 0)"
+    )
+    asked = watch.until(r"update 2: asked by dedup run \(pid (\d+)\); the source's files changed")
+    watch.until(r"^update 2 ended with exit 0;")
+    copy = _keep(out).filter(pl.col("path") == "forest/zz copy of first.png")
+    assert copy["kept"].to_list() == [False], copy
+    # Nothing new: the watch answers with the last run's screen.
+    again = run_dedup(*run)
+    assert again.returncode == 0, again.stderr
+    assert "nothing changed: every output is up to date" in again.stdout
+    watch.until(r"update 3: asked by dedup run \(pid \d+\); nothing changed \(\d+ images listed\)")
+    watch.until(r"^update 3 ended with exit 0;")
+    # The update's exit status is the command's: a malformed overrides file, exit 2.
+    (out / "overrides.csv").write_text("path,decision\n")
+    bad = run_dedup(*run)
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert re.search(r"dedup watch: update 4 failed: .*overrides.csv", bad.stderr), bad.stderr
+    watch.until(r"^update 4 ended with exit 2;")
+    (out / "overrides.csv").unlink()
+    # Other options: refused, and the command runs the update itself.
+    other = run_dedup(*run, "--clean-copy-mode", "symlink")
+    assert other.returncode == 0, other.stderr
+    assert other.stderr == (
+        f"dedup run: the dedup watch on {out} does not run this update "
+        "(other options: --clean-copy-mode); running it here\n"
+    )
+    assert "update 5" not in "\n".join(watch.out)
+    watch.proc.send_signal(signal.SIGTERM)
+    rc, stdout, stderr = watch.end(timeout=60)
+    assert rc == 143, stderr
+    assert int(asked.group(1)) != watch.proc.pid
+    assert not (out / ".watch.sock").exists()  # removed as the watch stopped
+
+
 def test_settle_waits_for_files_still_arriving(source, tmp_path):
     out = tmp_path / "out"
     watch = Watch(source, out, "--interval", "0.2", "--settle", "2.5", "--updates", "2")
@@ -402,6 +450,64 @@ def test_a_pool_process_keeps_its_instance_and_a_thread_does_not(monkeypatch, tm
         t.start()
         t.join()
     assert len({id(i) for i in seen}) == 2 and all(i.disposed for i in seen)
+
+
+def test_a_dask_threads_instance_is_disposed_through_interrupts(monkeypatch, tmp_path):
+    """`interrupt_runs` sends a KeyboardInterrupt into a Dask run's thread every half second
+    until it has left its run: one that lands while its instance is disposed starts the
+    disposal again, so the run's databases are closed before the command records the run
+    as canceled."""
+    from dedup_assets import dispatch
+
+    class Interrupted(FakeInstance):
+        def dispose(self) -> None:
+            self.tries = getattr(self, "tries", 0) + 1
+            if self.tries < 3:
+                raise KeyboardInterrupt
+            super().dispose()
+
+    monkeypatch.setattr(dispatch, "open_instance", lambda home: Interrupted())
+    seen = []
+
+    def in_thread() -> None:
+        with dispatch._worker_instance(str(tmp_path)) as instance:
+            seen.append(instance)
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join()
+    assert seen[0].disposed and seen[0].tries == 3
+
+
+def test_a_run_that_cannot_be_marked_canceled_does_not_stop_the_others(tmp_path, monkeypatch):
+    """The command records the runs it leaves unfinished as canceled as it stops; one it
+    cannot (its database locked) is left STARTED for the next run to fail, and the others
+    are still recorded, and the command still stops as interrupted."""
+    import socket as socket_module
+
+    import dagster as dg
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from dedup_assets.runner import HOST_TAG, PID_TAG, cancel_unfinished_runs
+
+    instance = dg.DagsterInstance.ephemeral()
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket_module.gethostname()}
+    for run_id in ("locked", "free"):
+        started = DagsterRun(
+            job_name="j", run_id=run_id, tags=tags, status=dg.DagsterRunStatus.STARTED
+        )
+        instance.add_run(started)
+    real = instance.report_run_canceled
+
+    def report(run, message):
+        if run.run_id == "locked":
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return real(run, message)
+
+    monkeypatch.setattr(instance, "report_run_canceled", report)
+    assert cancel_unfinished_runs(instance, "interrupted") == ["free"]
+    status = {r: instance.get_run_by_id(r).status for r in ("locked", "free")}
+    assert status == {"locked": dg.DagsterRunStatus.STARTED, "free": dg.DagsterRunStatus.CANCELED}
 
 
 @pytest.mark.parametrize("seed", range(4))

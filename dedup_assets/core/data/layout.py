@@ -14,6 +14,9 @@ LEGACY_SIGNS = ("pipeline.json", "catalog", ".dagster")
 OVERRIDES_FILE = "overrides.csv"
 """The user's corrections every run of an output folder honours (`core.decision.overrides`):
 a new output folder may hold it before the first run."""
+WATCH_SOCKET = ".watch.sock"
+"""The socket on which a `dedup watch` serving the output takes `dedup run` commands
+(`watch_handoff`); there only while such a watch runs."""
 PREDECODE = ".predecode-"
 """A first run's decoding cache in the output (`core.data.predecode`): PREDECODE + the
 command's process id, removed once the classes are decoded."""
@@ -68,6 +71,10 @@ class OutputLayout:
     @property
     def lock(self) -> Path:
         return self.root / ".lock"
+
+    @property
+    def watch_socket(self) -> Path:
+        return self.root / WATCH_SOCKET
 
     def writer_lock(self, name: str) -> Path:
         """The lock file of one output's writers (`core.data.atomic_io.writing`), kept out of

@@ -46,14 +46,16 @@ from pathlib import Path
 from typing import Any
 
 from dedup_assets.core.data.image_folder import OWN_ROOT_FILES, FolderScan, scan_image_folder
-from dedup_assets.core.data.layout import OVERRIDES_FILE, PREDECODE, OutputLayout
+from dedup_assets.core.data.layout import OVERRIDES_FILE, PREDECODE, WATCH_SOCKET, OutputLayout
 
 FINGERPRINT_FILE = ".latent-dedup-last-run.json"
 """Beside the outputs: what the last successful run ran on (`LastRun`)."""
 FILE_VERSION = 1
 # Not outputs of a run: the instance, the lock, this record, the user's corrections (an
 # input, digested by content) and the demo's source.
-_NOT_OUTPUTS = frozenset({".dagster", ".lock", FINGERPRINT_FILE, OVERRIDES_FILE, "demo_dataset"})
+_NOT_OUTPUTS = frozenset(
+    {".dagster", ".lock", FINGERPRINT_FILE, OVERRIDES_FILE, WATCH_SOCKET, "demo_dataset"}
+)
 _CLEAN = "clean"
 _PROJECT_PACKAGES = ("dedup_assets", "resources")
 
