@@ -1202,6 +1202,7 @@ def _serve_commands(argv: list[str], output: Path, say: Callable[[str], None]):
     if why is not None:
         say(f"dedup run on {output} runs on its own, not through this watch: {why}")
         return None
+    say(f"a dedup run with these options is answered by this watch (through {server.path})")
     return server
 
 

@@ -161,6 +161,9 @@ def test_a_run_with_the_watchs_settings_is_its_update_and_others_run_on_their_ow
     out = tmp_path / "out"
     # --interval 60: the watch would not look at the source on its own during the test.
     watch = Watch(source, out, "--interval", "60", "--settle", "5")
+    watch.until(
+        f"a dedup run with these options is answered by this watch \\(through {out}/.watch.sock\\)"
+    )
     watch.until(UPDATE_ENDED)
     assert (out / ".watch.sock").exists()
     first = sorted((source / "forest").glob("*.png"))[0]
