@@ -1124,11 +1124,13 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
             except Exception as exc:  # noqa: BLE001 - said, and the watch goes on
                 if not updates or probe is None:
                     raise  # the first: the command line or the source is at fault
-                with relayed(serving):
-                    if args.verbose:
+                if args.verbose:
+                    with relayed(serving):
                         traceback.print_exc()
-                    status = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
-                    print(f"dedup watch: update {updates + 1} failed: {exc}", file=sys.stderr)
+                status = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
+                print(f"dedup watch: update {updates + 1} failed: {exc}", file=sys.stderr)
+                for handoff in serving:  # what `dedup run` says of the same failure
+                    handoff.send({"err": f"dedup run: error: {exc}\n"})
             updating, waiting = False, False
             updates += 1
             for handoff in serving:

@@ -38,6 +38,9 @@ MAX_SOCKET_PATH = 100
 a watch whose output path is longer serves no command, and says so."""
 REPLY_TIMEOUT_S = 5.0
 """Seconds the command waits for the watch's accepting or refusing its request."""
+SEND_TIMEOUT_S = 10.0
+"""Seconds the watch waits to hand a line to a command that does not read it (suspended,
+say) before it drops that command; the update goes on."""
 ENV_PREFIX = "DEDUP_"
 """Environment variables that change a run's settings: a handed-over run needs the same."""
 
@@ -127,7 +130,7 @@ class WatchServer:
         conn.settimeout(REPLY_TIMEOUT_S)
         with conn.makefile("rb") as lines:
             request = json.loads(lines.readline() or b"null")
-        conn.settimeout(None)
+        conn.settimeout(SEND_TIMEOUT_S)  # a command that stops reading never stalls the watch
         why = "not a request" if not isinstance(request, dict) else self.refusal(request)
         pid = request.get("pid") if isinstance(request, dict) else None
         handoff = Handoff(conn, pid if isinstance(pid, int) else None)

@@ -190,7 +190,7 @@ def test_a_run_with_the_watchs_settings_is_its_update_and_others_run_on_their_ow
     (out / "overrides.csv").write_text("path,decision\n")
     bad = run_dedup(*run)
     assert bad.returncode == 2, bad.stdout + bad.stderr
-    assert re.search(r"dedup watch: update 4 failed: .*overrides.csv", bad.stderr), bad.stderr
+    assert re.fullmatch(r"dedup run: error: .*overrides.csv.*\n", bad.stderr), bad.stderr
     watch.until(r"^update 4 ended with exit 2;")
     (out / "overrides.csv").unlink()
     # Other options: refused, and the command runs the update itself.

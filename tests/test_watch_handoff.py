@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dedup_assets import cli
+from dedup_assets import cli, watch_handoff
 from dedup_assets.watch_handoff import MAX_SOCKET_PATH, WatchServer, relayed, socket_path
 
 RUN = ["run", "--source", "src", "--output", "out", "--thresholds", "0.95"]
@@ -146,7 +146,7 @@ class FakeWatch:
         assert self.server.start() is None
         self.release = threading.Event()  # set: the update may end
         self.release.set()
-        self.status, self.stop_midway, self.served = 0, False, 0
+        self.status, self.stop_midway, self.served, self.more = 0, False, 0, 0
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
@@ -158,6 +158,8 @@ class FakeWatch:
             with relayed(handoffs):
                 print("latent-dedup: an update")
                 print("a warning", file=sys.stderr)
+                for _ in range(self.more):
+                    print("x" * 100)
             self.release.wait(30)
             self.served += 1
             for handoff in handoffs:
@@ -287,3 +289,20 @@ def test_a_request_that_is_not_one_is_refused_and_the_watch_goes_on(output):
     finally:
         watch.close()
     assert stdout.endswith("status: 0\n")
+
+
+def test_a_command_that_stops_reading_is_dropped_and_the_update_goes_on(output, monkeypatch):
+    monkeypatch.setattr(watch_handoff, "SEND_TIMEOUT_S", 0.5)
+    watch = FakeWatch(output)
+    watch.more = 50_000  # 5 MB: more than the socket holds
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(str(socket_path(output)))
+            conn.sendall(json.dumps({"argv": ["run"]}).encode() + b"\n")  # then never reads
+            for _ in range(200):
+                if watch.served:
+                    break
+                threading.Event().wait(0.05)
+            assert watch.served == 1
+    finally:
+        watch.close()
