@@ -118,6 +118,27 @@ def _timed_lines(stream, lines) -> None:
         lines.put((time.perf_counter(), line))
 
 
+class _NewImages:
+    """The +1% images, moved between the source and a folder `aside` of the same classes."""
+
+    def __init__(self, new: list[Path], aside: Path) -> None:
+        self.new, self.aside = new, aside
+
+    def move(self, into_source: bool) -> None:
+        for name in {p.parent.name for p in self.new}:
+            (self.aside / name).mkdir(parents=True, exist_ok=True)
+        for path in self.new:
+            elsewhere = self.aside / path.parent.name / path.name
+            (elsewhere.rename(path) if into_source else path.rename(elsewhere))
+
+
+def _as_before(out: Path, move) -> None:
+    """The source and `out` as they were before the +1% (`out`'s copy in `<out>.before`)."""
+    move(into_source=False)
+    shutil.rmtree(out)
+    shutil.copytree(out.with_name(out.name + ".before"), out, symlinks=True)
+
+
 def watch_updates(
     source: Path, out: Path, common: list[str], new: list[Path], trials: int, idle: float
 ) -> dict:
@@ -133,21 +154,11 @@ def watch_updates(
     import threading
 
     dedup = Path(sys.executable).with_name("dedup")
-    aside = out.parent / "new_images"
-
-    def move(into_source: bool) -> None:
-        for path in new:
-            elsewhere = aside / path.parent.name / path.name
-            (elsewhere.rename(path) if into_source else path.rename(elsewhere))
+    move = _NewImages(new, out.parent / "new_images").move
 
     rows = []
     for _ in range(trials):
-        shutil.rmtree(aside, ignore_errors=True)
-        for name in {p.parent.name for p in new}:
-            (aside / name).mkdir(parents=True)
-        move(into_source=False)  # the source as the outputs saw it
-        shutil.rmtree(out)
-        shutil.copytree(out.with_name(out.name + ".before"), out, symlinks=True)
+        _as_before(out, move)
         command = [str(dedup), "watch", "--source", str(source), "--output", str(out), *common]
         command += ["--interval", "0.2", "--settle", "0", "--updates", "4"]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -199,12 +210,7 @@ def handed_runs(
     import threading
 
     dedup = Path(sys.executable).with_name("dedup")
-    aside = out.parent / "new_images"
-
-    def move(into_source: bool) -> None:
-        for path in new:
-            elsewhere = aside / path.parent.name / path.name
-            (elsewhere.rename(path) if into_source else path.rename(elsewhere))
+    move = _NewImages(new, out.parent / "new_images").move
 
     def until(lines: queue.Queue, pattern: str, seen: list[str]) -> None:
         while True:
@@ -215,12 +221,7 @@ def handed_runs(
 
     rows = []
     for _ in range(trials):
-        shutil.rmtree(aside, ignore_errors=True)
-        for name in {p.parent.name for p in new}:
-            (aside / name).mkdir(parents=True)
-        move(into_source=False)
-        shutil.rmtree(out)
-        shutil.copytree(out.with_name(out.name + ".before"), out, symlinks=True)
+        _as_before(out, move)
         command = [str(dedup), "watch", "--source", str(source), "--output", str(out), *common]
         command += ["--interval", "600", "--settle", "0"]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
