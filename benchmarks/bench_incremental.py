@@ -22,9 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import add_out_option, table, timed_dedup_run, write_result  # noqa: E402
 
 
-def make_source(eurosat: Path, work: Path, changed_class: str | tuple[str, ...]) -> Path:
+def make_source(
+    eurosat: Path, work: Path, changed_class: str | tuple[str, ...], *, copies: bool = False
+) -> Path:
     """Links to every EuroSAT class folder, except real folders of links to their files for
-    the changed class (or classes), so that images can be added to them."""
+    the changed class (or classes), so that images can be added to them; `copies`: of
+    copies of their files instead (times kept), as a user's folder holds, which a watch's
+    live listing trusts (`core.data.live_listing`: a folder of links is listed every time)."""
     changed = {changed_class} if isinstance(changed_class, str) else set(changed_class)
     source = work / "source"
     if source.exists():
@@ -34,7 +38,10 @@ def make_source(eurosat: Path, work: Path, changed_class: str | tuple[str, ...])
         if class_dir.name in changed:
             (source / class_dir.name).mkdir()
             for f in class_dir.iterdir():
-                (source / class_dir.name / f.name).symlink_to(f.resolve())
+                if copies:
+                    shutil.copy2(f, source / class_dir.name / f.name)
+                else:
+                    (source / class_dir.name / f.name).symlink_to(f.resolve())
         else:
             (source / class_dir.name).symlink_to(class_dir.resolve())
     return source

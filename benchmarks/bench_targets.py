@@ -29,7 +29,9 @@ a rerun with nothing new, and a rerun after 1% new images.
 
 Without --model a model is trained once (`dedup run --epochs 1` into <work>/model_run).
 
-The source links and every output are made under --work, by default in memory
+The source (links to EuroSAT's class folders, and copies of the two changed classes'
+files: a watch lists a class folder of links again at each look, `core.data.live_listing`;
+until 2026-12-06 at 409aeeb links to those files too) and every output are made under --work, by default in memory
 (`common.scratch_root`: /dev/shm where it is a tmpfs), and the result names its file
 system. Until 2026-12-06 they were on this machine's disk (ext4 without a journal), where
 the first run came right after the benchmark had removed its previous output, and its
@@ -268,7 +270,7 @@ def main() -> None:
     if not args.eurosat.is_dir():
         raise SystemExit(f"EuroSAT not found at {args.eurosat}")
     work = args.work
-    source = make_source(args.eurosat, work, CHANGED)
+    source = make_source(args.eurosat, work, CHANGED, copies=True)
     common = ["--thresholds", args.thresholds]
     model = args.model
     if model is None:

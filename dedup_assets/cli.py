@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from dedup_assets.config import PipelineConfig
     from dedup_assets.core.data.image_folder import FolderScan
     from dedup_assets.core.data.layout import OutputLayout
+    from dedup_assets.core.data.live_listing import LiveListing
     from dedup_assets.core.data.run_fingerprint import RunInputs
     from dedup_assets.runner import PipelineOutcome
 
@@ -446,13 +447,16 @@ def _options_as_written(words: list[str]) -> list[tuple[str, str | None]]:
     return pairs
 
 
-def _probe(argv: list[str]) -> _Probe | None:
+def _probe(
+    argv: list[str], listing: LiveListing | None = None, *, full: bool = False
+) -> _Probe | None:
     """The inputs of a `dedup run` or `dedup demo` command line (`RunInputs`): its options
     as written (path options resolved, the order of different options ignored, as argparse
     does), the working folder (an abbreviated path option is not resolved here), the
     source's listing and the files it reads; None for another command, for `run` without
     `--source`, before the demo dataset is made, or when the source cannot be listed (the
-    full path says why)."""
+    full path says why). `listing`: the watch's live listing of the source, which lists
+    again only what changed (`full`: everything), used when it lists this source."""
     from dedup_assets.core.data.image_folder import scan_image_folder
     from dedup_assets.core.data.layout import DEFAULT_OUTPUT, OVERRIDES_FILE, OutputLayout
     from dedup_assets.core.data.run_fingerprint import RunInputs
@@ -495,7 +499,10 @@ def _probe(argv: list[str]) -> _Probe | None:
     overrides, truth = given.get("--overrides"), given.get("--ground-truth")
     hidden = "--include-hidden" in given
     try:
-        scan = scan_image_folder(source, include_hidden=hidden)
+        if listing is not None and listing.lists(source, hidden):
+            scan = listing.scan(full=full)
+        else:
+            scan = scan_image_folder(source, include_hidden=hidden)
         inputs = RunInputs.of(
             {"command": command, "cwd": str(Path.cwd()), "options": options},
             source=source,
@@ -1084,6 +1091,7 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
     import time
 
     config_from_args(args)  # a refused setting said before the run's modules are imported
+    from dedup_assets.core.data.live_listing import LiveListing
     from dedup_assets.dispatch import keep_pools
     from dedup_assets.runner import OutputLocked
     from dedup_assets.watch_handoff import Handoff, WatchServer, relayed
@@ -1096,12 +1104,24 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
     # The first update opens its own instance, after the pool it may fork (`_prefork`);
     # the later ones share one, opened once.
     instance: dg.DagsterInstance | None = None
+    # The source as listed, kept current by change events: each later look lists again
+    # only the class folders that changed (`live_listing`).
+    listing: LiveListing | None = None
+    if probe is not None and probe.source is not None and probe.scanned is not None:
+        listing = LiveListing(probe.source, include_hidden=probe.scanned[1])
+        try:
+            listing.scan()  # its watches in place before the first update reads the source
+        except OSError:
+            listing.close()
+            listing = None
     try:
         while True:
             if server is None and probe is not None and _owned(probe.output):
                 server = _serve_commands(argv, probe.output, say)
             seen = probe.inputs if probe is not None else None  # what this update runs on
-            looking = _SourceWatch(argv, probe, time.monotonic) if probe is not None else None
+            looking = (
+                _SourceWatch(argv, probe, time.monotonic, listing) if probe is not None else None
+            )
             updating = True
             try:
                 with relayed(serving):
@@ -1119,7 +1139,7 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
                     )
                 updating, waiting = False, True
                 _sleep(args.interval)
-                probe = _probe(argv) or probe
+                probe = _probe(argv, listing) or probe
                 continue
             except Exception as exc:  # noqa: BLE001 - said, and the watch goes on
                 if not updates or probe is None:
@@ -1180,6 +1200,8 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
         if server is not None:
             server.close()
         keep_pools(False)
+        if listing is not None:
+            listing.close()
         if instance is not None:
             instance.dispose()
 
@@ -1248,10 +1270,19 @@ class _SourceWatch:
     images in, the source and what it holds directly, and the files the run reads by
     content (a few hundred stats for EuroSAT, against 0.3-0.4 s to list its 27,000 files);
     only when one of them changed, or FULL_LISTING_EVERY seconds passed, is it listed in
-    full (`_probe`) and compared with what the last update ran on, as is the first look."""
+    full (`_probe`) and compared with what the last update ran on, as is the first look.
+    With the watch's `listing` (change events at hand) a look also asks it whether a
+    class folder changed (an image rewritten in place is seen at once), and a listing
+    lists again only what changed, except each FULL_LISTING_EVERY seconds."""
 
-    def __init__(self, argv: list[str], probe: _Probe, clock: Callable[[], float]) -> None:
-        self.argv, self.clock = argv, clock
+    def __init__(
+        self,
+        argv: list[str],
+        probe: _Probe,
+        clock: Callable[[], float],
+        listing: LiveListing | None = None,
+    ) -> None:
+        self.argv, self.clock, self.listing = argv, clock, listing
         self.seen = probe.inputs.digest
         self.root = os.fsencode(probe.source or "")
         scan = probe.scanned[2] if probe.scanned is not None else None
@@ -1285,13 +1316,21 @@ class _SourceWatch:
         paths = [self.root, *top, *self.folders, *self.files]
         return tuple(stat_of(p) for p in paths)
 
+    def probe(self) -> _Probe | None:
+        """The source's listing now, through the live listing where there is one."""
+        return _probe(self.argv, self.listing)
+
     def changed(self) -> _Probe | None:
         """The source's listing when it differs from what the last update ran on."""
         signature = self.look()
-        if signature == self.signature and self.clock() - self.listed < FULL_LISTING_EVERY:
+        events = self.listing is not None and self.listing.pending()
+        due = self.clock() - self.listed >= FULL_LISTING_EVERY
+        if signature == self.signature and not events and not due:
             return None
-        probe = _probe(self.argv)
-        self.signature, self.listed = signature, self.clock()
+        probe = _probe(self.argv, self.listing, full=due)
+        self.signature = signature
+        if due or self.listing is None or not self.listing.live:  # a full listing it was
+            self.listed = self.clock()
         return probe if probe is not None and probe.inputs.digest != self.seen else None
 
 
@@ -1309,7 +1348,7 @@ def _next_change(
     source as it is then, changed or not, without waiting for it to settle."""
 
     def now_asked() -> _Probe | None:
-        return _probe(watch.argv) if asked is not None and asked() else None
+        return watch.probe() if asked is not None and asked() else None
 
     while True:
         sleep(interval)
@@ -1322,7 +1361,7 @@ def _next_change(
             sleep(settle)
             if (asked_now := now_asked()) is not None:
                 return asked_now
-            again = _probe(watch.argv)
+            again = watch.probe()
             if again is not None and again.inputs.digest == probe.inputs.digest:
                 return again
             probe = again if again is not None and again.inputs.digest != watch.seen else None

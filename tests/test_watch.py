@@ -16,6 +16,8 @@ import pytest
 from conftest import DEDUP, run_dedup
 
 from dedup_assets import cli
+from dedup_assets.core.data.image_folder import scan_image_folder
+from dedup_assets.core.data.live_listing import LiveListing
 from dedup_assets.core.quality.demo_data import generate_demo_dataset
 
 FAST = ("--epochs", "1", "--device", "cpu", "--precision", "fp32", "--thresholds", "0.95")
@@ -320,13 +322,18 @@ def watch_inputs(source: Path, out: Path):
     return cli._probe(["watch", "--source", str(source), "--output", str(out)]).inputs
 
 
-def _looking(source: Path, out: Path, monkeypatch, *extra: str):
+def _looking(source: Path, out: Path, monkeypatch, *extra: str, listing=None):
     argv = ["watch", "--source", str(source), "--output", str(out), *extra]
     clock = FakeClock()
-    watch = cli._SourceWatch(argv, cli._probe(argv), clock)
+    watch = cli._SourceWatch(argv, cli._probe(argv), clock, listing)
     listings = []
     real = cli._probe
-    monkeypatch.setattr(cli, "_probe", lambda a: listings.append(a) or real(a))
+
+    def counted(a, *rest, **kw):
+        listings.append(a)
+        return real(a, *rest, **kw)
+
+    monkeypatch.setattr(cli, "_probe", counted)
     return watch, clock, listings
 
 
@@ -384,6 +391,32 @@ def test_an_image_rewritten_in_place_is_seen_at_the_full_listing(source, tmp_pat
     assert watch.changed() is None and len(listings) == 1
     clock.now = cli.FULL_LISTING_EVERY + 1
     assert watch.changed() is not None
+
+
+def test_with_change_events_a_rewrite_in_place_is_seen_at_the_next_look(
+    source, tmp_path, monkeypatch
+):
+    listing = LiveListing(source)
+    listing.scan()
+    if not listing.live:
+        pytest.skip("no change events on this machine (inotify): the full listing sees it")
+    watch, clock, listings = _looking(source, tmp_path / "out", monkeypatch, listing=listing)
+    assert watch.changed() is None and len(listings) == 1
+    for _ in range(3):
+        assert watch.changed() is None  # no event, no listing
+    assert len(listings) == 1
+    path = next((source / "water").glob("*.png"))
+    folder_time = os.stat(path.parent).st_mtime_ns
+    path.write_bytes(path.read_bytes() + b"\0")  # same name: no folder changes
+    os.utime(path.parent, ns=(folder_time, folder_time))
+    probe = watch.changed()
+    assert probe is not None and len(listings) == 2
+    assert listing.listed == [b"water"]  # only the folder that changed was listed again
+    fresh = scan_image_folder(source)
+    assert [(f.raw_path, f.size, f.mtime_ns) for f in probe.take_scan()[2].files] == [
+        (f.raw_path, f.size, f.mtime_ns) for f in fresh.files
+    ]
+    listing.close()
 
 
 def test_settle_returns_the_listing_once_it_stays_the_same(source, tmp_path, monkeypatch):

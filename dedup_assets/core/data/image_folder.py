@@ -402,21 +402,30 @@ def _scan_class(
     *,
     name: str,
     key: str,
+    on_folder: Callable[[bytes], None] | None = None,
+    on_link: Callable[[bytes], None] | None = None,
 ) -> None:
     """Add the images below one class folder (`class_rel`, relative to the root; any depth)
-    and the entries skipped there, as class `name` with partition key `key`."""
+    and the entries skipped there, as class `name` with partition key `key`. `on_folder`
+    is given each folder's path before it is listed, `on_link` each symbolic link's path
+    (`live_listing` watches the one, and cannot trust a watch for the other)."""
     class_name = name
     pending = [class_rel]
     while pending:
         rel_dir = pending.pop()
+        here = os.path.join(root_b, rel_dir)
+        if on_folder is not None:
+            on_folder(here)
         try:
-            entries = _list_dir(os.path.join(root_b, rel_dir))
+            entries = _list_dir(here)
         except OSError as exc:
             skipped.append(_folder_skip(rel_dir, class_name, exc, key))
             continue
         for entry in entries:
             name = entry.name
             rel = rel_dir + b"/" + name
+            if on_link is not None and entry.is_symlink():
+                on_link(entry.path)
             kind, reason = _classify(entry)
             if name.startswith(b".") and not include_hidden:
                 skipped.append(_hidden_skip(rel, class_name, kind, key))
