@@ -1111,6 +1111,7 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
         listing = LiveListing(probe.source, include_hidden=probe.scanned[1])
         try:
             listing.scan()  # its watches in place before the first update reads the source
+            say(listing.describe())
         except OSError:
             listing.close()
             listing = None

@@ -290,3 +290,19 @@ def test_filesystem_types_from_mountinfo(tmp_path):
     }
     assert filesystem_types(str(tmp_path / "absent")) == {}
     assert "nfs4" not in dir_events.LOCAL_FILESYSTEMS and "ext4" in dir_events.LOCAL_FILESYSTEMS
+
+
+def test_it_says_how_it_sees_changes(tmp_path, monkeypatch):
+    root = make_source(tmp_path / "src")
+    with LiveListing(root, events=False) as listing:
+        listing.scan()
+        assert listing.describe().startswith("change events: none here (no inotify)")
+    with LiveListing(root) as listing:
+        live_or_skip(listing)
+        listing.scan()
+        assert listing.describe() == "change events: 4 of 4 class folder(s) watched (inotify)"
+        (root / "b" / "linked.png").symlink_to(root / "a" / "0.png")
+        listing.scan()
+        assert listing.describe().startswith(
+            "change events: 3 of 4 class folder(s) watched (inotify); 1 listed in full at each look"
+        )

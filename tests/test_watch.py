@@ -163,6 +163,10 @@ def test_a_run_with_the_watchs_settings_is_its_update_and_others_run_on_their_ow
     out = tmp_path / "out"
     # --interval 60: the watch would not look at the source on its own during the test.
     watch = Watch(source, out, "--interval", "60", "--settle", "5")
+    # How it sees changes, said once: each class folder watched where inotify is at hand.
+    watch.until(
+        r"^change events: (\d+) of \1 class folder\(s\) watched \(inotify\)$|^change events: none"
+    )
     watch.until(
         f"a dedup run with these options is answered by this watch \\(through {out}/.watch.sock\\)"
     )

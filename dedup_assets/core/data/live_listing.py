@@ -65,6 +65,24 @@ class LiveListing:
         """Whether change events are at hand (else each `scan` lists everything)."""
         return self._events is not None
 
+    def describe(self) -> str:
+        """One line on how changes are seen, for the watch to say once."""
+        if self._events is None:
+            return (
+                "change events: none here (no inotify): a look compares folder times, and "
+                "the source is listed in full when one changed"
+            )
+        folders = len(self._folders)
+        every = sum(not f.trusted for f in self._folders.values())
+        line = f"change events: {folders - every} of {folders} class folder(s) watched (inotify)"
+        if every:
+            line += (
+                f"; {every} listed in full at each look (a symbolic link inside, a "
+                "filesystem that may not report changes such as NFS, or no watch left: "
+                "fs.inotify.max_user_watches)"
+            )
+        return line
+
     def pending(self) -> bool:
         """Whether a class folder listed before has changed since the last `scan` (False
         without change events: then only a `scan` can tell)."""
