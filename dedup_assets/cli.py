@@ -113,7 +113,11 @@ WATCH_ABOUT = (
     "interrupts resumes with the same command."
 )
 WATCH_OPTIONS = {
-    "--interval": (2.0, "seconds between two listings of the source while nothing changes"),
+    "--interval": (
+        2.0,
+        "seconds between two looks at the source while nothing changes (on Linux a change "
+        "the kernel reports is looked at sooner)",
+    ),
     "--settle": (
         1.0,
         "seconds a changed listing must stay the same before an update starts (0: at once)",
@@ -1179,7 +1183,10 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
             wake = server.wake if server is not None else None
             asked = server.requested if server is not None else None
             sleep = functools.partial(_sleep, wake=wake)
-            probe = _next_change(looking, args.interval, args.settle, sleep, asked)
+            # Between looks it also wakes when the kernel reports a change in the source.
+            ready = listing.readable if listing is not None else None
+            wait = functools.partial(_sleep, wake=wake, ready=ready)
+            probe = _next_change(looking, args.interval, args.settle, sleep, asked, wait)
             serving = server.take() if server is not None else []
             why = _what_changed(seen, probe)
             if serving:
@@ -1232,19 +1239,31 @@ def _serve_commands(argv: list[str], output: Path, say: Callable[[str], None]):
 
 
 SLEEP_SLICE = 0.1
+EARLIEST_LOOK = 0.5
+"""Seconds a wait between looks lasts at least when the kernel reports changes (`_sleep`'s
+`ready`): a file written again and again in the source is listed twice a second, not at
+every slice."""
 """Seconds `dedup watch` sleeps at a time while it waits (`_sleep`)."""
 
 
-def _sleep(seconds: float, wake: threading.Event | None = None) -> None:
+def _sleep(
+    seconds: float,
+    wake: threading.Event | None = None,
+    ready: Callable[[], bool] | None = None,
+) -> None:
     """`time.sleep` in slices of SLEEP_SLICE, ended early once `wake` is set (a `dedup run`
-    asks the watch for an update). A signal sent to the process may be taken by any of its
+    asks the watch for an update) or `ready()` says so (the kernel reported a change in the
+    source: the watch looks at once, not at the end of its --interval). A signal sent to the process may be taken by any of its
     threads (Dagster's, SQLAlchemy's); Python then runs the handler in the main thread only
     once that thread's sleep returns: with one 30 s sleep a SIGTERM stopped the watch up to
     30 s late (seen in a test, 34.5 s where 14 s is usual)."""
     import time
 
-    deadline = time.monotonic() + seconds
+    start = time.monotonic()
+    deadline = start + seconds
     while (left := deadline - time.monotonic()) > 0:
+        if ready is not None and time.monotonic() - start >= EARLIEST_LOOK and ready():
+            return
         if wake is None:
             time.sleep(min(left, SLEEP_SLICE))
         elif wake.wait(min(left, SLEEP_SLICE)):
@@ -1341,18 +1360,22 @@ def _next_change(
     settle: float,
     sleep: Callable[[float], None],
     asked: Callable[[], bool] | None = None,
+    wait: Callable[[float], None] | None = None,
 ) -> _Probe:
     """The first listing, one look each `interval`, whose inputs differ from what the last
     update ran on and that a listing `settle` seconds later finds the same (files still
     arriving wait); a source that cannot be listed for now (a folder being moved) is
     looked at again. Once `asked` (a `dedup run` waits for an update), the listing of the
-    source as it is then, changed or not, without waiting for it to settle."""
+    source as it is then, changed or not, without waiting for it to settle. `wait`: the wait
+    between looks (default `sleep`), which may end early (a change reported by the kernel);
+    the wait for the listing to settle is always whole."""
 
     def now_asked() -> _Probe | None:
         return watch.probe() if asked is not None and asked() else None
 
+    wait = sleep if wait is None else wait
     while True:
-        sleep(interval)
+        wait(interval)
         if (probe := now_asked()) is not None:
             return probe
         probe = watch.changed()

@@ -159,6 +159,23 @@ def test_watch_updates_when_an_image_arrives_and_a_run_then_answers_from_it(sour
     assert "nothing changed: every output is up to date" in again.stdout
 
 
+def test_a_change_is_seen_before_the_interval_ends_where_the_kernel_reports_it(source, tmp_path):
+    with LiveListing(source) as listing:
+        listing.scan()
+        if not listing.live:
+            pytest.skip("no change events on this machine (inotify): only --interval looks")
+    out = tmp_path / "out"
+    # --interval 600: without the kernel's events it would not look again in this test.
+    keep_model = ("--retrain-error-factor", "100")  # one new image: no retraining
+    watch = Watch(source, out, "--interval", "600", "--settle", "0", "--updates", "2", *keep_model)
+    watch.until(UPDATE_ENDED)
+    first = sorted((source / "forest").glob("*.png"))[0]
+    _copy_as(first, source / "forest" / "zz arrived.png")
+    watch.until(r"update 2: the source's files changed", timeout=120)
+    rc, stdout, stderr = watch.end(timeout=120)
+    assert rc == 0, stderr
+
+
 def test_a_run_with_the_watchs_settings_is_its_update_and_others_run_on_their_own(source, tmp_path):
     out = tmp_path / "out"
     # --interval 60: the watch would not look at the source on its own during the test.
@@ -250,12 +267,11 @@ def test_a_failed_update_is_said_and_the_watch_goes_on(source, tmp_path):
     )
 
 
-def test_a_signal_between_updates_stops_it_and_interval_spaces_the_looks(source, tmp_path):
+def test_a_signal_between_updates_stops_it_at_once(source, tmp_path):
     out = tmp_path / "out"
     watch = Watch(source, out, "--interval", "30")
     watch.until(UPDATE_ENDED)
-    _copy_as(sorted((source / "forest").glob("*.png"))[0], source / "forest" / "new.png")
-    time.sleep(2)  # no look before 30 s: the new image waits
+    time.sleep(2)  # in its 30 s wait between looks (nothing changed: nothing wakes it)
     watch.proc.send_signal(signal.SIGTERM)  # as Ctrl-C (SIGINT: 130); the same handling
     sent = time.monotonic()
     rc, stdout, stderr = watch.end(timeout=60)
@@ -266,7 +282,8 @@ def test_a_signal_between_updates_stops_it_and_interval_spaces_the_looks(source,
     assert "update 2" not in stdout
     assert "dedup watch: stopped after 1 update(s); the outputs are those of the last" in stderr
     assert not list(out.rglob("*-wal"))  # every database closed
-    # What the stopped watch left is complete: a run takes the new image from there.
+    # What the stopped watch left is complete: a run takes a new image from there.
+    _copy_as(sorted((source / "forest").glob("*.png"))[0], source / "forest" / "new.png")
     done = run_dedup("run", "--source", str(source), "--output", str(out), *FAST)
     assert done.returncode == 0, done.stderr
     assert "forest/new.png" in set(_keep(out)["path"])
@@ -421,6 +438,32 @@ def test_with_change_events_a_rewrite_in_place_is_seen_at_the_next_look(
         (f.raw_path, f.size, f.mtime_ns) for f in fresh.files
     ]
     listing.close()
+
+
+def test_a_wait_between_looks_ends_early_on_a_reported_change_but_not_at_once():
+    start = time.monotonic()
+    asked: list[float] = []
+
+    def ready() -> bool:
+        asked.append(time.monotonic() - start)
+        return True  # a change reported all along
+
+    cli._sleep(30.0, ready=ready)
+    # Asked only once EARLIEST_LOOK has passed, and the first answer ends the wait.
+    assert len(asked) == 1 and asked[0] >= cli.EARLIEST_LOOK
+    asked.clear()
+    start = time.monotonic()
+    cli._sleep(1.0, ready=lambda: asked.append(0) is not None and False)
+    assert time.monotonic() - start >= 1.0  # nothing reported: the whole wait
+    assert asked  # ... asked at each slice after the earliest look
+
+
+def test_next_change_waits_whole_for_the_listing_to_settle(source, tmp_path, monkeypatch):
+    watch, _, _ = _looking(source, tmp_path / "out", monkeypatch)
+    waits, sleeps = [], []
+    _copy_as(next((source / "water").glob("*.png")), source / "water" / "new one.png")
+    cli._next_change(watch, 30.0, 2.0, sleeps.append, wait=waits.append)
+    assert waits == [30.0] and sleeps == [2.0]  # the look's wait may end early, settle's not
 
 
 def test_settle_returns_the_listing_once_it_stays_the_same(source, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import select
 import struct
 import sys
 from collections.abc import Iterable
@@ -152,6 +153,15 @@ class DirEvents:
             if mask & IN_IGNORED:  # the folder is gone (or unwatched): forget its watch
                 self._owners.pop(wd, None)
         return owners
+
+    def readable(self) -> bool:
+        """Whether events are queued (without reading them)."""
+        if self._fd < 0:
+            return False
+        try:
+            return bool(select.select([self._fd], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
 
     def drain(self) -> None:
         """Read and drop whatever is queued (after an overflow: everything is listed again)."""

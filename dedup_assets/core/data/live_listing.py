@@ -83,6 +83,11 @@ class LiveListing:
             )
         return line
 
+    def readable(self) -> bool:
+        """Whether the kernel has reported something since events were last read (cheap:
+        nothing is read; a watch waiting between looks wakes on it)."""
+        return self._events is not None and self._events.readable()
+
     def pending(self) -> bool:
         """Whether a class folder listed before has changed since the last `scan` (False
         without change events: then only a `scan` can tell)."""
