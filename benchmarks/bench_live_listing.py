@@ -1,7 +1,9 @@
 """The watch's live listing (`core.data.live_listing`) against a full listing of the
 source (`scan_image_folder`), after 1% new images in two classes: what a `dedup run`
-answered by a watch waits for before its update starts. EuroSAT copied as real files
-(a class folder of links is listed in full each time, see the module), rounds alternated
+answered by a watch waits for before its update starts; and the listing digest from the
+digest lines the live listing keeps per class folder against formatting them all. EuroSAT
+copied as real files (a class folder of links is listed in full each time, see the
+module), rounds alternated
 in one process; each round adds the new images and then takes them out again, so both
 arms list the same two states. Also the listing with nothing changed.
 
@@ -28,6 +30,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from dedup_assets.core.data.image_folder import scan_image_folder  # noqa: E402
 from dedup_assets.core.data.live_listing import LiveListing  # noqa: E402
+from dedup_assets.core.data.run_fingerprint import _listing  # noqa: E402
 
 CHANGED = ("Forest", "River")
 
@@ -37,8 +40,11 @@ def make_source(eurosat: Path, work: Path) -> tuple[Path, list[Path], Path]:
     wait in `aside` to be moved in."""
     source, aside = work / "source", work / "aside"
     if not source.is_dir():
+        shutil.rmtree(aside, ignore_errors=True)
         shutil.copytree(eurosat, work / "partial", copy_function=shutil.copy2)
         (work / "partial").rename(source)
+    for waiting in sorted(aside.glob("*/*")):  # a run before left them aside: back first
+        waiting.rename(source / waiting.parent.name / waiting.name)
     shutil.rmtree(aside, ignore_errors=True)
     new: list[Path] = []
     per_class = 27_000 // 100 // len(CHANGED)
@@ -67,7 +73,13 @@ def main() -> None:
         raise SystemExit(f"EuroSAT not found at {args.eurosat}")
     args.work.mkdir(parents=True, exist_ok=True)
     source, new, aside = make_source(args.eurosat, args.work)
-    times: dict[str, list[float]] = {"full": [], "live": [], "live, nothing changed": []}
+    times: dict[str, list[float]] = {
+        "full": [],
+        "live": [],
+        "live, nothing changed": [],
+        "listing digest, lines formatted": [],
+        "listing digest, lines kept": [],
+    }
     relisted: list[int] = []
     with LiveListing(source) as live:
         if not live.live:
@@ -88,8 +100,16 @@ def main() -> None:
                 if results["full"] != results["live"]:
                     raise SystemExit("the live listing differs from the full one")
                 start = time.perf_counter()
-                live.scan()
+                scan = live.scan()
                 times["live, nothing changed"].append(time.perf_counter() - start)
+                start = time.perf_counter()
+                formatted = _listing(source, False, scan)
+                times["listing digest, lines formatted"].append(time.perf_counter() - start)
+                start = time.perf_counter()
+                kept = _listing(source, False, scan, live.lines)
+                times["listing digest, lines kept"].append(time.perf_counter() - start)
+                if formatted != kept:
+                    raise SystemExit("the listing digest from the kept lines differs")
         files = len(scan_image_folder(source).files)
     medians = {arm: statistics.median(t) for arm, t in times.items()}
     rows = [[arm, medians[arm], min(t), max(t)] for arm, t in times.items()]
@@ -99,6 +119,10 @@ def main() -> None:
     )
     print(table(["listing", "median s", "min s", "max s"], rows))
     print(f"live / full: {medians['live'] / medians['full']:.3f}")
+    digest_ratio = (
+        medians["listing digest, lines kept"] / medians["listing digest, lines formatted"]
+    )
+    print(f"listing digest, kept / formatted: {digest_ratio:.3f}")
     path = write_result(
         "live_listing",
         {
@@ -111,6 +135,7 @@ def main() -> None:
             "seconds": {arm: [round(x, 4) for x in t] for arm, t in times.items()},
             "median_seconds": {arm: round(m, 4) for arm, m in medians.items()},
             "ratio_live_to_full": round(medians["live"] / medians["full"], 3),
+            "ratio_digest_kept_to_formatted": round(digest_ratio, 3),
         },
         args.out,
     )

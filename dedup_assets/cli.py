@@ -503,8 +503,9 @@ def _probe(
     overrides, truth = given.get("--overrides"), given.get("--ground-truth")
     hidden = "--include-hidden" in given
     try:
+        lines = None  # the listing digest's lines of its files, kept by the live listing
         if listing is not None and listing.lists(source, hidden):
-            scan = listing.scan(full=full)
+            scan, lines = listing.scan(full=full), listing.lines
         else:
             scan = scan_image_folder(source, include_hidden=hidden)
         inputs = RunInputs.of(
@@ -518,6 +519,7 @@ def _probe(
                 "ground_truth": resolved(truth) if truth else None,
             },
             scan=scan,
+            lines=lines,
         )
     except (OSError, LookupError, ValueError):
         return None

@@ -15,6 +15,7 @@ from dedup_assets.core.data import dir_events
 from dedup_assets.core.data.dir_events import DirEvents, filesystem_types
 from dedup_assets.core.data.image_folder import FolderScan, scan_image_folder
 from dedup_assets.core.data.live_listing import LiveListing
+from dedup_assets.core.data.run_fingerprint import _listing, file_lines
 
 
 def state(scan: FolderScan) -> tuple:
@@ -57,6 +58,8 @@ OPS = (
     "move between classes",
     "add nested",
     "remove nested folder",
+    "move nested folder out",
+    "move a folder in",
     "add class",
     "remove class",
     "rename class",
@@ -101,6 +104,13 @@ def apply(op: str, root: Path, outside: Path, rng: random.Random, n: int) -> Non
         subs = [p for p in c.iterdir() if p.is_dir() and not p.is_symlink()]
         if subs:
             shutil.rmtree(rng.choice(subs))
+    elif op == "move nested folder out":
+        subs = [p for p in c.iterdir() if p.is_dir() and not p.is_symlink()]
+        if subs:
+            rng.choice(subs).rename(outside / f"moved out {n}")
+    elif op == "move a folder in":
+        write(outside / f"prepared {n}" / "inner" / "p.png", b"p" * n)
+        (outside / f"prepared {n}").rename(c / f"moved in {n}")
     elif op == "add class":
         write(root / f"class {n}" / "z.png", b"z")
     elif op == "remove class":
@@ -158,6 +168,10 @@ def test_equals_a_full_listing_after_every_change(tmp_path, seed, hidden):
             live = listing.scan()
             full = scan_image_folder(root, include_hidden=hidden)
             assert state(live) == state(full), (seed, n, ops)
+            # The digest lines it keeps per class folder are those of the files it returns,
+            # and the listing digest from them that of a full listing.
+            assert listing.lines == file_lines(live.files), (seed, n, ops)
+            assert _listing(root, hidden, live, listing.lines) == _listing(root, hidden), ops
 
 
 def test_lists_again_only_the_class_folders_that_changed(tmp_path):
@@ -173,8 +187,12 @@ def test_lists_again_only_the_class_folders_that_changed(tmp_path):
         write(root / "b" / "new.png", b"n")
         assert listing.pending()
         listing.scan()
-        assert listing.listed == [b"b"]
+        # A file's events name it: it alone is looked at again, not its folder.
+        assert listing.listed == [] and listing.inspected == [b"b/new.png"]
         write(root / "a" / "nested" / "deep" / "x.jpg", b"rewritten in a nested folder")
+        listing.scan()
+        assert listing.listed == [] and listing.inspected == [b"a/nested/deep/x.jpg"]
+        (root / "a" / "nested" / "more").mkdir()  # a folder: its class folder listed again
         listing.scan()
         assert listing.listed == [b"a"]
         listing.scan(full=True)
@@ -219,7 +237,7 @@ def test_an_overflowed_event_queue_lists_everything(tmp_path, monkeypatch):
     with LiveListing(root) as listing:
         live_or_skip(listing)
         listing.scan()
-        monkeypatch.setattr(DirEvents, "changed", lambda self: None)
+        monkeypatch.setattr(DirEvents, "read", lambda self: None)
         assert listing.pending()
         listing.scan()
         assert len(listing.listed) == 4

@@ -30,6 +30,7 @@ IN_DELETE_SELF = 0x400
 IN_MOVE_SELF = 0x800
 IN_Q_OVERFLOW = 0x4000
 IN_IGNORED = 0x8000
+IN_ISDIR = 0x40000000
 IN_ONLYDIR = 0x1000000
 WATCHED = (
     IN_MODIFY
@@ -74,8 +75,8 @@ def filesystem_types(mountinfo: str = "/proc/self/mountinfo") -> dict[int, str]:
 
 class DirEvents:
     """Watches on folders, each for a set of owners (any hashable: `live_listing` uses a
-    class folder's name); `changed()` says which owners' folders changed since it was last
-    asked, or None for "all of them" (the queue overflowed, or could not be read)."""
+    class folder's name); `read()` gives what happened since it was last asked, event by
+    event, or None for "assume everything" (the queue overflowed, or could not be read)."""
 
     def __init__(self, fd: int, libc: ctypes.CDLL) -> None:
         self._fd, self._libc = fd, libc
@@ -121,38 +122,40 @@ class DirEvents:
                 del self._owners[wd]
                 self._libc.inotify_rm_watch(self._fd, wd)  # gone already: EINVAL, ignored
 
-    def changed(self) -> set | None:
-        """The owners whose folders had an event since the last call; None: assume all."""
-        owners: set = set()
+    def read(self) -> list[tuple[frozenset, int, int, bytes]] | None:
+        """The events since the last call, each (its folder's owners, watch descriptor,
+        mask, the entry's name: b"" for the folder itself); None: assume everything."""
+        events: list[tuple[frozenset, int, int, bytes]] = []
         while True:
             try:
                 buf = os.read(self._fd, _READ)
             except BlockingIOError:
-                return owners
+                return events
             except OSError as exc:
                 if exc.errno == errno.EINTR:
                     continue
                 return None
             if not buf:
-                return owners
-            if (seen := self.parse(buf)) is None:
+                return events
+            if (more := self.parse(buf)) is None:
                 self.drain()
                 return None
-            owners |= seen
+            events += more
 
-    def parse(self, buf: bytes) -> set | None:
-        """The owners named by a buffer of events; None when the queue overflowed."""
-        owners: set = set()
+    def parse(self, buf: bytes) -> list[tuple[frozenset, int, int, bytes]] | None:
+        """The events of a buffer read from the queue (see `read`); None when it overflowed."""
+        events = []
         at = 0
         while at + _EVENT.size <= len(buf):
             wd, mask, _, length = _EVENT.unpack_from(buf, at)
+            name = buf[at + _EVENT.size : at + _EVENT.size + length].rstrip(b"\0")
             at += _EVENT.size + length
             if mask & IN_Q_OVERFLOW:
                 return None
-            owners |= self._owners.get(wd, set())
+            events.append((frozenset(self._owners.get(wd, ())), wd, mask, name))
             if mask & IN_IGNORED:  # the folder is gone (or unwatched): forget its watch
                 self._owners.pop(wd, None)
-        return owners
+        return events
 
     def readable(self) -> bool:
         """Whether events are queued (without reading them)."""

@@ -402,12 +402,13 @@ def _scan_class(
     *,
     name: str,
     key: str,
-    on_folder: Callable[[bytes], None] | None = None,
+    on_folder: Callable[[bytes, bytes], None] | None = None,
     on_link: Callable[[bytes], None] | None = None,
 ) -> None:
     """Add the images below one class folder (`class_rel`, relative to the root; any depth)
     and the entries skipped there, as class `name` with partition key `key`. `on_folder`
-    is given each folder's path before it is listed, `on_link` each symbolic link's path
+    is given each folder's path (and that path below the root) before it is listed,
+    `on_link` each symbolic link's path
     (`live_listing` watches the one, and cannot trust a watch for the other)."""
     class_name = name
     pending = [class_rel]
@@ -415,7 +416,7 @@ def _scan_class(
         rel_dir = pending.pop()
         here = os.path.join(root_b, rel_dir)
         if on_folder is not None:
-            on_folder(here)
+            on_folder(here, rel_dir)
         try:
             entries = _list_dir(here)
         except OSError as exc:

@@ -45,7 +45,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dedup_assets.core.data.image_folder import OWN_ROOT_FILES, FolderScan, scan_image_folder
+from dedup_assets.core.data.image_folder import (
+    OWN_ROOT_FILES,
+    FolderScan,
+    ImageFile,
+    scan_image_folder,
+)
 from dedup_assets.core.data.layout import OVERRIDES_FILE, PREDECODE, WATCH_SOCKET, OutputLayout
 
 FINGERPRINT_FILE = ".latent-dedup-last-run.json"
@@ -81,11 +86,21 @@ def listing_digest(root: Path | str, *, include_hidden: bool = False) -> str:
     return _listing(root, include_hidden)[0]
 
 
+def file_lines(files: Iterable[ImageFile]) -> bytes:
+    """The listing digest's lines of these image files, in their order (`_listing`); a
+    live listing keeps each class folder's (`live_listing`)."""
+    return b"".join(b"f\0%s\0%d\0%d\n" % (f.raw_path, f.size, f.mtime_ns) for f in files)
+
+
 def _listing(
-    root: Path | str, include_hidden: bool, scan: FolderScan | None = None
+    root: Path | str,
+    include_hidden: bool,
+    scan: FolderScan | None = None,
+    lines: bytes | None = None,
 ) -> tuple[str, tuple[int, ...]]:
     """`listing_digest`, and the number of image files of each class folder (of `scan`,
-    the root's `scan_image_folder` with `include_hidden`, when given)."""
+    the root's `scan_image_folder` with `include_hidden`, when given; `lines`: its files'
+    `file_lines`, when the caller kept them)."""
     if scan is None:
         scan = scan_image_folder(root, include_hidden=include_hidden)
     sizes = Counter(f.class_key for f in scan.files)
@@ -93,8 +108,7 @@ def _listing(
     def parts() -> Iterator[bytes]:
         for key in sorted(scan.raw_classes):
             yield b"c\0%s\0%s\n" % (key.encode(), scan.raw_classes[key])
-        for f in scan.files:
-            yield b"f\0%s\0%d\0%d\n" % (f.raw_path, f.size, f.mtime_ns)
+        yield file_lines(scan.files) if lines is None else lines
         for s in scan.skipped:
             yield b"s\0%s\0%s\n" % (s.raw_path, s.reason.encode("utf-8"))
 
@@ -172,14 +186,15 @@ class RunInputs:
         include_hidden: bool,
         files: Mapping[str, Path | None],
         scan: FolderScan | None = None,
+        lines: bytes | None = None,
     ) -> RunInputs:
         """The inputs of `dedup run` with these `options` (as written, paths resolved):
         the source's listing (`scan`: its `scan_image_folder` with `include_hidden`, taken
-        already) and its own files (`OWN_ROOT_FILES`: its ground truth), the `files` the
+        already; `lines`: its files' `file_lines`, kept by a live listing) and its own files (`OWN_ROOT_FILES`: its ground truth), the `files` the
         run reads by content (overrides, a ground truth given), the code and the installed
         packages."""
         files = {**files, **{f"source {n}": source / n for n in OWN_ROOT_FILES}}
-        listing, sizes = _listing(source, include_hidden, scan)
+        listing, sizes = _listing(source, include_hidden, scan, lines)
         return cls(
             {
                 "options": _sha1([json.dumps(dict(options), sort_keys=True).encode()]),
