@@ -201,8 +201,8 @@ def watch_updates(
 def handed_runs(
     source: Path, out: Path, common: list[str], new: list[Path], trials: int, idle: float
 ) -> dict:
-    """The same +1% by `dedup run` with a `dedup watch` serving the output (`--interval 600`:
-    the watch updates only when a command asks), `trials` times, each from the outputs as
+    """The same +1% by `dedup run` with a `dedup watch` serving the output (`--interval 600
+    --settle 600`: the watch updates only when a command asks), `trials` times, each from the outputs as
     they were before the +1% in a new watch: `idle` seconds after its first update the new
     images are linked in and the command run (2: the watch's workers started then), then
     taken out (3) and linked in again (4: a watch that has updated before), each followed by
@@ -226,7 +226,10 @@ def handed_runs(
     for _ in range(trials):
         _as_before(out, move)
         command = [str(dedup), "watch", "--source", str(source), "--output", str(out), *common]
-        command += ["--interval", "600", "--settle", "0"]
+        # --interval and --settle 600: the watch updates only when the command asks (a change
+        # the kernel reports ends the wait between looks early, and the wait to settle
+        # ends when a command asks).
+        command += ["--interval", "600", "--settle", "600"]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=_timed_lines, args=(proc.stdout, lines), daemon=True).start()

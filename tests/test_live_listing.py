@@ -70,6 +70,8 @@ OPS = (
     "link to a file outside",
     "change a linked file's target",
     "broken link then its target",
+    "hard link to a file outside",
+    "write through the other hard link",
     "class linked elsewhere",
     "point the class link elsewhere",
     "touch",
@@ -134,6 +136,14 @@ def apply(op: str, root: Path, outside: Path, rng: random.Random, n: int) -> Non
         targets = sorted(outside.glob("target*.png"))
         if targets:
             rng.choice(targets).write_bytes(os.urandom(rng.randint(1, 80)))
+    elif op == "hard link to a file outside":
+        write(outside / f"linked{n}.png", b"h" * n)
+        os.link(outside / f"linked{n}.png", c / f"hard {n}.png")
+    elif op == "write through the other hard link":
+        others = sorted(outside.glob("linked*.png"))
+        if others:  # in place: the class folder's name for it sees no event
+            with open(rng.choice(others), "r+b") as fh:
+                fh.write(os.urandom(rng.randint(1, 90)))
     elif op == "broken link then its target":
         (c / f"broken {n}.png").symlink_to(outside / f"later{n}.png")
         write(outside / f"later{n}.png", b"later")
@@ -212,6 +222,22 @@ def test_a_class_folder_holding_a_link_is_listed_every_time(tmp_path):
         target.write_bytes(b"longer now")
         files = {f.raw_path: f.size for f in listing.scan().files}
         assert files[b"b/linked.png"] == len(b"longer now")
+
+
+def test_a_class_folder_holding_an_image_with_another_hard_link_is_listed_every_time(tmp_path):
+    root = make_source(tmp_path / "src")
+    other = tmp_path / "other name.png"
+    other.write_bytes(b"1")
+    os.link(other, root / "d-e" / "hard.png")
+    with LiveListing(root) as listing:
+        live_or_skip(listing)
+        listing.scan()
+        listing.scan()
+        assert listing.listed == [b"d-e"]  # written through its other name: no event here
+        with open(other, "r+b") as fh:
+            fh.write(b"rewritten in place, longer")
+        files = {f.raw_path: f.size for f in listing.scan().files}
+        assert files[b"d-e/hard.png"] == len(b"rewritten in place, longer")
 
 
 def test_without_change_events_every_look_is_a_full_listing(tmp_path):

@@ -408,7 +408,7 @@ def _scan_class(
     """Add the images below one class folder (`class_rel`, relative to the root; any depth)
     and the entries skipped there, as class `name` with partition key `key`. `on_folder`
     is given each folder's path (and that path below the root) before it is listed,
-    `on_link` each symbolic link's path
+    `on_link` each symbolic link's path and each image's with another hard link
     (`live_listing` watches the one, and cannot trust a watch for the other)."""
     class_name = name
     pending = [class_rel]
@@ -442,6 +442,8 @@ def _scan_class(
                     try:
                         st = entry.stat()  # follows a link to its regular file
                         size, mtime = st.st_size, st.st_mtime_ns
+                        if on_link is not None and st.st_nlink > 1:
+                            on_link(entry.path)
                     except OSError:
                         size, mtime = -1, -1
                     files.append(ImageFile(class_name, key, _display(rel), rel, size, mtime))

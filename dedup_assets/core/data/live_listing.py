@@ -12,7 +12,9 @@ listed; a later look
   renamed below it, or the class folder itself), whose folder is another one now (renamed
   over, a link pointed elsewhere), where an entry turned out to be a folder or a symbolic
   link, or that cannot be trusted: one holding a symbolic link (its target may change
-  elsewhere), one on a network filesystem, one a watch was refused for;
+  elsewhere) or an image with another hard link (written through its other name, it
+  changes without an event here: a hardlink-mode clean copy makes every source image
+  one), one on a network filesystem, one a watch was refused for;
 - lists the source's own folder every time (a few entries), and everything after the
   kernel's event queue overflowed or a look was cut short by an error.
 Without change events every look is a full listing.
@@ -226,6 +228,9 @@ class LiveListing:
             if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
                 return False
             entry = rel.rpartition(b"/")[2]
+            image = stat.S_ISREG(st.st_mode) and _image_extension_problem(entry) is None
+            if image and st.st_nlink > 1 and (self.include_hidden or not entry.startswith(b".")):
+                return False  # another name for it may be written unseen: list it again
             if entry.startswith(b".") and not self.include_hidden:
                 folder.skipped[rel] = _hidden_skip(rel, shown, "file", folder.key)
                 continue
