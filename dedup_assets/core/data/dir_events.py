@@ -1,5 +1,5 @@
-"""Which watched folders changed, from the kernel's change events (Linux inotify, through
-ctypes: no dependency), for `live_listing` to list again only those.
+"""What changed in watched folders, from the kernel's change events (Linux inotify, through
+ctypes: no dependency), for `live_listing` to look again only there.
 
 A folder's watch reports what happens to the entries directly in it (created, removed,
 renamed, written, closed after writing, attributes changed) and to the folder itself. A

@@ -81,7 +81,8 @@ class _ClassFolder:
             self._lines = file_lines(self.sorted_files())
         return self._lines
 
-    def changed(self) -> None:
+    def drop_caches(self) -> None:
+        """Its files changed: sort them and make their digest lines again when asked."""
         self._sorted = self._lines = None
 
 
@@ -210,7 +211,7 @@ class LiveListing:
             self.inspected.append(rel)
             folder.files.pop(rel, None)
             folder.skipped.pop(rel, None)
-            folder.changed()
+            folder.drop_caches()
             try:
                 st = os.lstat(os.path.join(root_b, rel))
             except FileNotFoundError:
