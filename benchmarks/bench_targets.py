@@ -252,6 +252,17 @@ def handed_runs(
     return {"idle_seconds": idle, "trials": rows}
 
 
+def _still_identical(now: dict, untouched: list[str], *earlier: dict) -> bool:
+    """Whether the untouched classes' keep lists are now byte for byte as in each of `earlier`."""
+    return all(then[k] == now.get(k) for then in earlier for k in untouched)
+
+
+def _median(trials: list[dict], change: str, measure: str) -> float:
+    """The median (the upper one of an even count) of one measure of one change over trials."""
+    values = sorted(r[change][measure] for r in trials)
+    return values[len(values) // 2]
+
+
 def class_keep_digests(output: Path, threshold: str) -> dict[str, str]:
     folder = output / "keep_lists" / "by_class" / threshold
     return {
@@ -312,22 +323,13 @@ def main() -> None:
     identical = all(before[k] == after.get(k) for k in untouched)
     added = sorted(p for name in CHANGED for p in set((source / name).iterdir()) - listed[name])
     watched = watch_updates(source, out, common, added, args.watch_trials, args.watch_idle)
-    watch_after = class_keep_digests(out, t)
-    watch_identical = all(before[k] == watch_after.get(k) for k in untouched) and all(
-        after[k] == watch_after.get(k) for k in untouched
-    )
-    later = sorted(r["later_change"]["update"] for r in watched["trials"])
-    first_change = sorted(r["first_change"]["update"] for r in watched["trials"])
-    update, update_first = later[len(later) // 2], first_change[len(first_change) // 2]
+    watch_identical = _still_identical(class_keep_digests(out, t), untouched, before, after)
+    update = _median(watched["trials"], "later_change", "update")
+    update_first = _median(watched["trials"], "first_change", "update")
     handed = handed_runs(source, out, common, added, args.watch_trials, args.watch_idle)
-    handed_after = class_keep_digests(out, t)
-    handed_identical = all(before[k] == handed_after.get(k) for k in untouched) and all(
-        after[k] == handed_after.get(k) for k in untouched
-    )
-    by_command = sorted(r["later_change"]["wall_seconds"] for r in handed["trials"])
-    by_command_first = sorted(r["first_change"]["wall_seconds"] for r in handed["trials"])
-    handed_wall = by_command[len(by_command) // 2]
-    handed_first = by_command_first[len(by_command_first) // 2]
+    handed_identical = _still_identical(class_keep_digests(out, t), untouched, before, after)
+    handed_wall = _median(handed["trials"], "later_change", "wall_seconds")
+    handed_first = _median(handed["trials"], "first_change", "wall_seconds")
     shutil.rmtree(snapshot)
 
     ratio = first["wall_seconds"] / floor_parts["total"]
