@@ -124,9 +124,9 @@ class LiveListing:
         line = f"change events: {folders - every} of {folders} class folder(s) watched (inotify)"
         if every:
             line += (
-                f"; {every} listed in full at each look (a symbolic link inside, a "
-                "filesystem that may not report changes such as NFS, or no watch left: "
-                "fs.inotify.max_user_watches)"
+                f"; {every} listed in full at each look (a symbolic link or an image with "
+                "another hard link inside, a filesystem that may not report changes such as "
+                "NFS, or no watch left: fs.inotify.max_user_watches)"
             )
         return line
 
