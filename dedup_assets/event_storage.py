@@ -310,7 +310,8 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         if os.path.exists(path):
             return
         tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-        shutil.copyfile(_empty_run_database(), tmp)
+        with open(tmp, "wb") as file:
+            file.write(_empty_run_database())
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -554,29 +555,27 @@ def _alembic_head() -> str:
     return str(ScriptDirectory.from_config(config).as_revision_number("head"))
 
 
-_EMPTY_RUN_DATABASE: dict[int, str] = {}  # by the process that made it
-
-
-def _empty_run_database() -> str:
-    """The path of an empty run database this process made (in a folder of its own,
-    removed at its exit): Dagster's tables, WAL, and its head revision stamped, as
-    `_initdb` makes a new one; closed, so its bytes are the whole database. Made again
-    where it is gone; a forked child makes its own."""
-    pid = os.getpid()
-    path = _EMPTY_RUN_DATABASE.get(pid)
-    if path is not None and os.path.exists(path):
-        return path
+@functools.cache
+def _empty_run_database() -> bytes:
+    """The bytes of an empty run database, made once a process (a forked child inherits
+    them): Dagster's tables, WAL, and its head revision stamped, as `_initdb` makes a new
+    one; closed, so its file is the whole database. Made in a folder of its own, removed
+    at once: a folder kept for the process's life was left behind by every process that
+    ends without its exit handlers (a pool's forked worker, a killed one), 674 of them in
+    /tmp after a day of test runs."""
     folder = tempfile.mkdtemp(prefix="latent-dedup-run-db-")
-    atexit.register(lambda: os.getpid() == pid and shutil.rmtree(folder, ignore_errors=True))
-    path = os.path.join(folder, "run.db")
-    engine = db.create_engine(f"sqlite:///{path}")
     try:
-        with engine.connect() as conn:
-            _make_run_tables(conn)
+        path = os.path.join(folder, "run.db")
+        engine = db.create_engine(f"sqlite:///{path}")
+        try:
+            with engine.connect() as conn:
+                _make_run_tables(conn)
+        finally:
+            engine.dispose()
+        with open(path, "rb") as file:
+            return file.read()
     finally:
-        engine.dispose()
-    _EMPTY_RUN_DATABASE[pid] = path
-    return path
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _make_run_tables(conn: Any) -> None:

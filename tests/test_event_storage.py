@@ -3,6 +3,9 @@ read back by the UI's plain SQLite storage as if written one at a time."""
 
 import os
 import sqlite3
+import subprocess
+import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -780,7 +783,9 @@ def test_an_event_of_no_run_leaves_no_write_ahead_log(tmp_path):
 
 def test_new_run_databases_are_copies_of_one_made_once_a_process(tmp_path, monkeypatch):
     """Dagster's tables are made once a process (an empty run database), each new run's
-    database a copy of it: the same schema as Dagster's own; one gone is made again."""
+    database a copy of it: the same schema as Dagster's own; and nothing of it is left in
+    the temporary folder, whether or not the process's exit handlers ever run (a pool's
+    forked worker ends without them: 674 folders were left in /tmp by a day of tests)."""
     from dagster._core.storage.event_log.schema import SqlEventLogStorageMetadata
 
     made = []
@@ -788,25 +793,49 @@ def test_new_run_databases_are_copies_of_one_made_once_a_process(tmp_path, monke
     monkeypatch.setattr(
         SqlEventLogStorageMetadata, "create_all", lambda *a, **k: made.append(1) or real(*a, **k)
     )
-    monkeypatch.setattr(event_storage, "_EMPTY_RUN_DATABASE", {})
-    ours = BatchedSqliteEventLogStorage(str(tmp_path / "ours"))
-    made.clear()  # the index's own tables
-    for run in ("run-a", "run-b", "run-c"):
-        with ours.run_connection(run):
-            pass
-    assert made == [1]
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    event_storage._empty_run_database.cache_clear()
+    try:
+        ours = BatchedSqliteEventLogStorage(str(tmp_path / "ours"))
+        made.clear()  # the index's own tables
+        for run in ("run-a", "run-b", "run-c"):
+            with ours.run_connection(run):
+                pass
+        assert made == [1]
+        assert list(temp.iterdir()) == []
+    finally:
+        event_storage._empty_run_database.cache_clear()
     plain = SqliteEventLogStorage(str(tmp_path / "plain"))
     with plain.run_connection("run-a"):
         pass
     assert _schema(tmp_path / "ours" / "run-c.db") == _schema(tmp_path / "plain" / "run-a.db")
     assert not [p for p in os.listdir(tmp_path / "ours") if p.endswith(".tmp")]
-    template = event_storage._empty_run_database()
-    os.unlink(template)  # removed under the process (a forked child's exit, say)
-    made.clear()
-    with ours.run_connection("run-d"):
-        pass
-    assert made == [1]
-    assert _schema(tmp_path / "ours" / "run-d.db") == _schema(tmp_path / "plain" / "run-a.db")
+
+
+def test_a_forked_worker_that_ends_without_exit_handlers_leaves_no_temporary_folder(tmp_path):
+    """The way a pool's worker ends (`os._exit`, no exit handlers) after storing a run of
+    its own: the temporary folder is as it was."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    script = (
+        "import os, tempfile\n"
+        f"tempfile.tempdir = {str(temp)!r}\n"
+        "from dedup_assets.event_storage import BatchedSqliteEventLogStorage\n"
+        f"storage = BatchedSqliteEventLogStorage({str(tmp_path / 'events')!r})\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    with storage.run_connection('run-in-child'):\n"
+        "        pass\n"
+        "    os._exit(0)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "os._exit(os.waitstatus_to_exitcode(status))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "events" / "run-in-child.db").exists()
+    assert list(temp.iterdir()) == []
 
 
 def test_close_engine_rolls_back_a_connection_an_interrupt_left_in_a_transaction(tmp_path):
