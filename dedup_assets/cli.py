@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
 
     from dedup_assets.config import PipelineConfig
+    from dedup_assets.core.data.folder_trust import FolderTrust
     from dedup_assets.core.data.image_folder import FolderScan
     from dedup_assets.core.data.layout import OutputLayout
     from dedup_assets.core.data.live_listing import LiveListing
@@ -1097,6 +1098,7 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
     import time
 
     config_from_args(args)  # a refused setting said before the run's modules are imported
+    from dedup_assets.core.data import folder_trust
     from dedup_assets.core.data.live_listing import LiveListing
     from dedup_assets.dispatch import keep_pools
     from dedup_assets.runner import OutputLocked
@@ -1121,6 +1123,11 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
         except OSError:
             listing.close()
             listing = None
+    # The clean copies' folders it verified, known unchanged since by change events: the
+    # next update moves them into its copy without stat'ing each file (`folder_trust`).
+    trust = folder_trust.FolderTrust.open() if probe is not None else None
+    folder_trust.install(trust)
+    tick = _TrustRefresh(trust, probe.output) if trust is not None and probe is not None else None
     try:
         while True:
             if server is None and probe is not None and _owned(probe.output):
@@ -1182,12 +1189,14 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
                 f"update {updates} ended with exit {status}; watching {probe.source} for new, "
                 f"changed or removed images every {args.interval:g}s (Ctrl-C stops)"
             )
+            if tick is not None:  # after the update's last line: the next one's head start
+                tick(force=True)
             wake = server.wake if server is not None else None
             asked = server.requested if server is not None else None
-            sleep = functools.partial(_sleep, wake=wake)
+            sleep = functools.partial(_sleep, wake=wake, tick=tick)
             # Between looks it also wakes when the kernel reports a change in the source.
             ready = listing.readable if listing is not None else None
-            wait = functools.partial(_sleep, wake=wake, ready=ready)
+            wait = functools.partial(_sleep, wake=wake, ready=ready, tick=tick)
             probe = _next_change(looking, args.interval, args.settle, sleep, asked, wait)
             serving = server.take() if server is not None else []
             why = _what_changed(seen, probe)
@@ -1210,6 +1219,9 @@ def _watch(args: argparse.Namespace, argv: list[str], probe: _Probe | None) -> i
         if server is not None:
             server.close()
         keep_pools(False)
+        folder_trust.install(None)
+        if trust is not None:
+            trust.close()
         if listing is not None:
             listing.close()
         if instance is not None:
@@ -1252,24 +1264,55 @@ def _sleep(
     seconds: float,
     wake: threading.Event | None = None,
     ready: Callable[[], bool] | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> None:
     """`time.sleep` in slices of SLEEP_SLICE, ended early once `wake` is set (a `dedup run`
     asks the watch for an update) or `ready()` says so (the kernel reported a change in the
     source: the watch looks at once, not at the end of its --interval). A signal sent to the process may be taken by any of its
     threads (Dagster's, SQLAlchemy's); Python then runs the handler in the main thread only
     once that thread's sleep returns: with one 30 s sleep a SIGTERM stopped the watch up to
-    30 s late (seen in a test, 34.5 s where 14 s is usual)."""
+    30 s late (seen in a test, 34.5 s where 14 s is usual). `tick`: called at each slice
+    (the watch's upkeep of what it trusts, which returns at once when nothing is due)."""
     import time
 
     start = time.monotonic()
     deadline = start + seconds
     while (left := deadline - time.monotonic()) > 0:
+        if tick is not None:
+            tick()
         if ready is not None and time.monotonic() - start >= EARLIEST_LOOK and ready():
             return
         if wake is None:
             time.sleep(min(left, SLEEP_SLICE))
         elif wake.wait(min(left, SLEEP_SLICE)):
             return
+
+
+class _TrustRefresh:
+    """The watch's upkeep of the clean copies' folders it trusts (`folder_trust`): verify
+    what is not trusted, after each update and whenever events come (what an update wrote
+    or moved, an edit in a clean copy), and at least every half `REVERIFY_EVERY`; a call
+    between those returns at once."""
+
+    def __init__(self, trust: FolderTrust, output: Path) -> None:
+        self.trust, self.output, self.next = trust, output, 0.0
+
+    def __call__(self, force: bool = False) -> None:
+        import time
+
+        from dedup_assets.core.data.folder_trust import REVERIFY_EVERY
+
+        now = time.monotonic()
+        if not force and now < self.next and not self.trust.pending():
+            return
+        from dedup_assets.assets.clean_dataset import trust_clean_copies
+        from dedup_assets.core.data.layout import OutputLayout
+
+        try:
+            trust_clean_copies(OutputLayout(self.output), self.trust)
+        except Exception:  # noqa: BLE001 - nothing trusted: each update checks every file
+            self.trust.keep_only(set())
+        self.next = time.monotonic() + REVERIFY_EVERY / 2
 
 
 def _update(

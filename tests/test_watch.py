@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
 from conftest import DEDUP, run_dedup
@@ -19,6 +20,7 @@ from dedup_assets import cli
 from dedup_assets.core.data.image_folder import scan_image_folder
 from dedup_assets.core.data.live_listing import LiveListing
 from dedup_assets.core.quality.demo_data import generate_demo_dataset
+from dedup_assets.runner import instance_for
 
 FAST = ("--epochs", "1", "--device", "cpu", "--precision", "fp32", "--thresholds", "0.95")
 UPDATE_ENDED = re.compile(r"^update (\d+) ended with exit (\d+);")
@@ -127,6 +129,12 @@ def test_watch_updates_when_an_image_arrives_and_a_run_then_answers_from_it(sour
     by_class = {
         p.stem: p.read_bytes() for p in (out / "keep_lists" / "by_class" / "0.95").iterdir()
     }
+    # A file of the clean copy edited between updates (of a class that does not change),
+    # once the watch has verified the copy's folders (milliseconds after its line here).
+    time.sleep(1.0)
+    edited = sorted((out / "clean" / "0.95" / "water").glob("*.png"))[0]
+    with open(edited, "ab") as fh:
+        fh.write(b"edited")
     first = sorted((source / "forest").glob("*.png"))[0]
     _copy_as(first, source / "forest" / "zz copy of first.png")  # an exact copy, an odd name
     rc, stdout, stderr = watch.end(timeout=120)
@@ -153,6 +161,16 @@ def test_watch_updates_when_an_image_arrives_and_a_run_then_answers_from_it(sour
     after = {p.stem: p.read_bytes() for p in (out / "keep_lists" / "by_class" / "0.95").iterdir()}
     training = re.findall(r"^training: .*", stdout, re.M)
     assert {k for k in by_class if after[k] != by_class[k]} == {"forest"}, training
+    # Its clean copy took every class folder but the edited one on the watch's word
+    # (verified after update 1, no change event since: `folder_trust`), and holds the
+    # source's files, the edited one's again.
+    with instance_for(out) as instance:
+        made = instance.fetch_materializations(dg.AssetKey("clean_dataset"), limit=1).records
+    trusted = made[0].asset_materialization.metadata["folders_known_unchanged"].value
+    assert trusted == len([d for d in source.iterdir() if d.is_dir()]) - 1
+    clean = out / "clean" / "0.95"
+    for row in keep.filter(pl.col("kept")).iter_rows(named=True):
+        assert (clean / row["path"]).read_bytes() == (source / row["path"]).read_bytes()
     # The watch's record is the run's: the same options without the watch's answer at once.
     again = run_dedup("run", "--source", str(source), "--output", str(out), *FAST, *keep_model)
     assert again.returncode == 0, again.stderr
