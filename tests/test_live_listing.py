@@ -16,6 +16,7 @@ from dedup_assets.core.data.dir_events import DirEvents, filesystem_types
 from dedup_assets.core.data.image_folder import FolderScan, scan_image_folder
 from dedup_assets.core.data.live_listing import LiveListing
 from dedup_assets.core.data.run_fingerprint import _listing, file_lines
+from dedup_assets.core.data.source_index import class_listings
 
 
 def state(scan: FolderScan) -> tuple:
@@ -182,6 +183,9 @@ def test_equals_a_full_listing_after_every_change(tmp_path, seed, hidden):
             # and the listing digest from them that of a full listing.
             assert listing.lines == file_lines(live.files), (seed, n, ops)
             assert _listing(root, hidden, live, listing.lines) == _listing(root, hidden), ops
+            # ... and each class's listing digest from its kept lines a full listing's.
+            assert live.class_lines is not None
+            assert class_listings(live) == class_listings(full), (seed, n, ops)
 
 
 def test_lists_again_only_the_class_folders_that_changed(tmp_path):

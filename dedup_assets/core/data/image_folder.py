@@ -132,6 +132,10 @@ class FolderScan:
     classes: dict[str, str] = field(default_factory=dict)
     raw_classes: dict[str, bytes] = field(default_factory=dict)  # key -> folder name bytes
     notes: tuple[str, ...] = ()  # what was accepted but is worth saying (`splits.SplitLayout`)
+    # Per class key, its image files' count and digest lines (`run_fingerprint.file_lines`,
+    # in `files` order), where the lister kept them (`live_listing`): the class listings'
+    # digests are taken from them without formatting every file again.
+    class_lines: dict[str, tuple[int, bytes]] | None = field(default=None, compare=False)
 
 
 _TYPE_NAMES = (

@@ -201,7 +201,9 @@ class LiveListing:
         self.lines = b"".join(self._folders[name].lines() for name in order)
         ordered = dict(sorted(classes.items()))
         self._all = False
-        return FolderScan(files, skipped, {k: _display(r) for k, r in ordered.items()}, ordered)
+        lines = {f.key: (len(f.files), f.lines()) for f in map(self._folders.get, folders)}
+        displayed = {k: _display(r) for k, r in ordered.items()}
+        return FolderScan(files, skipped, displayed, ordered, class_lines=lines)
 
     def _inspect(self, root_b: bytes, folder: _ClassFolder, paths: set[bytes]) -> bool:
         """Look again at these entries of a class folder, as its listing would have seen

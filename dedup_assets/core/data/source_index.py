@@ -45,12 +45,19 @@ class ClassListing:
 
 
 def class_listings(scan: FolderScan) -> dict[str, ClassListing]:
-    """The listing of every class folder of a scan (empty folders included), by key."""
-    hashes = {key: hashlib.sha1() for key in scan.classes}
-    counts = dict.fromkeys(scan.classes, 0)
-    for f in scan.files:
-        hashes[f.class_key].update(b"f\0%s\0%d\0%d\n" % (f.raw_path, f.size, f.mtime_ns))
-        counts[f.class_key] += 1
+    """The listing of every class folder of a scan (empty folders included), by key; from
+    the digest lines its lister kept where it did (`FolderScan.class_lines`: 24 ms a
+    EuroSAT update formatted every file's line here)."""
+    kept = scan.class_lines
+    if kept is not None and set(kept) == set(scan.classes):
+        hashes = {key: hashlib.sha1(kept[key][1]) for key in scan.classes}
+        counts = {key: kept[key][0] for key in scan.classes}
+    else:
+        hashes = {key: hashlib.sha1() for key in scan.classes}
+        counts = dict.fromkeys(scan.classes, 0)
+        for f in scan.files:  # each file's line as `run_fingerprint.file_lines` has it
+            hashes[f.class_key].update(b"f\0%s\0%d\0%d\n" % (f.raw_path, f.size, f.mtime_ns))
+            counts[f.class_key] += 1
     for s in scan.skipped:
         if s.class_key is not None and s.class_key in hashes:
             hashes[s.class_key].update(b"s\0%s\0%s\n" % (s.raw_path, s.reason.encode("utf-8")))
@@ -84,7 +91,12 @@ def list_source(
     layout = detect_splits(root, splits, include_hidden=include_hidden)
     if scanned is not None and layout.implicit:
         scan = FolderScan(
-            scanned.files, scanned.skipped, scanned.classes, scanned.raw_classes, layout.notes
+            scanned.files,
+            scanned.skipped,
+            scanned.classes,
+            scanned.raw_classes,
+            layout.notes,
+            scanned.class_lines,
         )
     else:
         scan = scan_source(root, layout, include_hidden=include_hidden)
