@@ -5,6 +5,7 @@ unchanged reused, new ones decoded) is the catalog made from scratch; 0, 1 and 2
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -14,13 +15,13 @@ import pytest
 from PIL import Image
 
 from dedup_assets.core.data.class_catalog import (
+    ROWS_DIGEST,
     pixels_digest,
     save_pixels,
     store_matches,
-    store_stat,
     update_class_catalog,
 )
-from dedup_assets.core.data.image_folder import scan_class_folder
+from dedup_assets.core.data.image_folder import pixel_hash, scan_class_folder
 
 LIMIT = 2**28
 
@@ -182,7 +183,6 @@ def test_a_catalog_decoded_at_once_is_built_as_a_merged_one_is(tmp_path, kind):
 def test_the_content_digest_is_the_one_polars_sorting_made():
     """`class_content_digest` orders paths as polars does (code points: UTF-8 bytes), so
     every catalog written before keeps its digest (else every class would look changed)."""
-    import hashlib
 
     from dedup_assets.core.data.class_catalog import class_content_digest
 
@@ -206,36 +206,36 @@ def test_the_content_digest_is_the_one_polars_sorting_made():
     assert class_content_digest(table.clear()) == hashlib.sha1().hexdigest()[:16]
 
 
+def _hashes(pixels: np.ndarray) -> list[str]:
+    return [pixel_hash(row) for row in pixels]
+
+
 @pytest.mark.parametrize("n", [0, 1, 2, 50])
 def test_a_saved_store_s_digest_is_that_of_its_file(tmp_path, n):
-    """`save_pixels` hashes what it writes: the digest a reader computes from the file."""
+    """`save_pixels` takes its digest from the rows' pixel hashes: the digest a reader
+    computes from the file, row by row; another row, one row moved, one more or fewer,
+    another type give another."""
     pixels = np.random.default_rng(n).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
     store = tmp_path / "pixels.npy"
-    assert save_pixels(store, pixels) == pixels_digest(store)
+    digest = save_pixels(store, pixels, _hashes(pixels))
+    assert digest.startswith(ROWS_DIGEST)
+    assert pixels_digest(store, digest) == digest
     np.testing.assert_array_equal(np.load(store), pixels)
-
-
-def test_a_store_is_trusted_by_its_stat_or_else_by_its_digest(tmp_path):
-    """The stat as written vouches for a store; an edit in place that keeps its size and
-    sets its modification time back is still seen (its change time moved), and a copy of
-    the output folder (another inode) is trusted by its digest."""
-    import shutil
-    import time
-
-    pixels = np.random.default_rng(0).integers(0, 256, (20, 64, 64, 3), dtype=np.uint8)
-    store = tmp_path / "pixels.npy"
-    recorded = {"pixels_digest": save_pixels(store, pixels), "pixels_stat": store_stat(store)}
-    assert store_matches(store, recorded)
-    copied = tmp_path / "copy.npy"
-    shutil.copy2(store, copied)
-    assert store_stat(copied) != recorded["pixels_stat"] and store_matches(copied, recorded)
-    before = os.stat(store)
-    time.sleep(0.01)
-    np.save(store, np.roll(pixels, 1, axis=0))  # the same size, rows moved
-    os.utime(store, ns=(before.st_atime_ns, before.st_mtime_ns))
-    assert os.stat(store).st_size == before.st_size
-    assert not store_matches(store, recorded)
-    assert not store_matches(store, {"pixels_stat": store_stat(store)})  # no digest: never
+    others = [np.concatenate([pixels, pixels[:1]]) if n else pixels[:0].astype(np.uint16)]
+    if n:
+        changed = pixels.copy()
+        changed[-1, 0, 0, 0] ^= 1
+        others += [pixels[:-1], changed]
+    if n > 1:
+        others.append(pixels[::-1])
+    for other in others:
+        np.save(store, other)
+        assert pixels_digest(store, digest) != digest
+    # A store recorded before (the sha1 of its bytes) is checked as it was recorded.
+    np.save(store, pixels)
+    legacy = hashlib.sha1(store.read_bytes()).hexdigest()[:16]
+    assert pixels_digest(store, legacy) == legacy
+    assert store_matches(store, {"pixels_digest": legacy})
 
 
 @pytest.mark.parametrize("broken", [(), (0,), (2,), (5,), (0, 1, 4), (0, 1, 2, 3, 4)])

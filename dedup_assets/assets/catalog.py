@@ -33,6 +33,7 @@ from dedup_assets.core.data.class_catalog import (
     save_pixels,
     skipped_table,
     store_matches,
+    store_pixel_hashes,
     store_stat,
     update_class_catalog,
     write_quarantine,
@@ -263,7 +264,7 @@ def _decode_class(
         # A class taken whole from a first run's decoder: its store, linked, not written again.
         digest = predecode.link_store(from_cache, catalog.pixels, stored)
         if digest is None:
-            digest = save_pixels(stored, catalog.pixels)
+            digest = save_pixels(stored, catalog.pixels, store_pixel_hashes(catalog.table))
         else:  # the cache's own name unlinked now, not after: that changes the store's stat
             predecode.discard(key)
         summary["pixels_digest"], summary["pixels_stat"] = digest, store_stat(stored)

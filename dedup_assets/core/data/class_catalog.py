@@ -19,9 +19,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -30,6 +30,7 @@ from dedup_assets.core.data.atomic_io import write_csv
 from dedup_assets.core.data.image_folder import (
     SIXTEEN_BIT_MODES,
     FolderScan,
+    pixel_hash,
     read_and_decode,
     reason_kind,
     unique_ids,
@@ -124,8 +125,30 @@ def write_quarantine(quarantine: pl.DataFrame, path: Path) -> None:
         Path(path).write_text(",".join(quarantine.columns) + "\n", encoding="utf-8")
 
 
-def pixels_digest(path: Path) -> str:
-    """Digest of a stored pixel store's bytes (checked before its rows are reused)."""
+ROWS_DIGEST = "rows:"
+"""The prefix of a pixel store's digest taken from its rows' pixel hashes (`rows_digest`);
+a store recorded without it was digested as bytes (sha1 of the file)."""
+
+
+def rows_digest(pixel_hashes: Iterable[str | None], shape: tuple[int, ...], dtype: str) -> str:
+    """A pixel store's digest from each row's `image_folder.pixel_hash` (in store order),
+    its shape and type: taken from the catalog's hashes when the store is written (the
+    sha1 of 38 MB, and a copy of it for the hash, were a fifth of a EuroSAT class's
+    update), and from the rows themselves when a store is checked (`pixels_digest`)."""
+    h = hashlib.sha1(f"{tuple(shape)} {dtype}\n".encode())
+    h.update("\n".join(x or "" for x in pixel_hashes).encode())
+    return ROWS_DIGEST + h.hexdigest()[:16]
+
+
+def pixels_digest(path: Path, like: str = "") -> str:
+    """The digest of a stored pixel store, of the kind `like` (a recorded digest) is: its
+    rows hashed one by one for a `rows_digest`, else the sha1 of its bytes (a store
+    recorded before)."""
+    if like.startswith(ROWS_DIGEST):
+        store = np.load(path, mmap_mode="r", allow_pickle=False)
+        if store.ndim == 0:
+            return ""
+        return rows_digest((pixel_hash(row) for row in store), store.shape, str(store.dtype))
     h = hashlib.sha1()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
@@ -133,24 +156,18 @@ def pixels_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-class _Hashing:
-    """A file being written, and the digest of what was written to it."""
-
-    def __init__(self, fh: Any) -> None:
-        self.fh, self.hash = fh, hashlib.sha1()
-
-    def write(self, data: bytes) -> int:
-        self.hash.update(data)
-        return self.fh.write(data)
-
-
-def save_pixels(path: Path, pixels: np.ndarray) -> str:
-    """Write a pixel store (.npy); its `pixels_digest`, taken from the bytes as they are
-    written instead of reading the file again."""
+def save_pixels(path: Path, pixels: np.ndarray, pixel_hashes: Iterable[str | None]) -> str:
+    """Write a pixel store (.npy) of rows whose pixel hashes are `pixel_hashes` (the
+    catalog's, in store order); its `rows_digest`."""
+    pixels = np.ascontiguousarray(pixels)
     with open(path, "wb") as fh:
-        out = _Hashing(fh)
-        np.save(out, pixels)  # type: ignore[arg-type]  (a writer is all np.save needs)
-    return out.hash.hexdigest()[:16]
+        np.save(fh, pixels)
+    return rows_digest(pixel_hashes, pixels.shape, str(pixels.dtype))
+
+
+def store_pixel_hashes(table: pl.DataFrame) -> list[str | None]:
+    """The pixel hashes of a class catalog's stored rows, in store order."""
+    return table.filter(pl.col("row").is_not_null()).sort("row")["pixel_hash"].to_list()
 
 
 def store_stat(path: Path) -> list[int]:
@@ -168,7 +185,7 @@ def store_matches(path: Path, recorded: dict) -> bool:
         return False
     if recorded.get("pixels_stat") == store_stat(path):
         return True
-    return pixels_digest(path) == recorded["pixels_digest"]
+    return pixels_digest(path, recorded["pixels_digest"]) == recorded["pixels_digest"]
 
 
 _DECODED_SCHEMA = {

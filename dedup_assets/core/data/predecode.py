@@ -258,7 +258,11 @@ def _decode_into(
     folder: Path, source: Path, settings: dict, parts: int, smallest: int = MIN_CLASS_IMAGES
 ) -> None:
     from dedup_assets.core.data.atomic_io import atomic_dir
-    from dedup_assets.core.data.class_catalog import pixels_digest, update_class_catalog
+    from dedup_assets.core.data.class_catalog import (
+        save_pixels,
+        store_pixel_hashes,
+        update_class_catalog,
+    )
     from dedup_assets.core.data.pools import set_process_cores
     from dedup_assets.core.data.splits import detect_splits, scan_class, scan_source
 
@@ -283,9 +287,8 @@ def _decode_into(
             source, one, None, None, max_file_bytes=settings["max_file_bytes"]
         )
         with atomic_dir(folder / _entry(key)) as tmp:
-            with open(tmp / "pixels.npy", "wb") as fh:
-                np.save(fh, np.ascontiguousarray(catalog.pixels))
-            (tmp / STORE_DIGEST).write_text(pixels_digest(tmp / "pixels.npy"))
+            hashes = store_pixel_hashes(catalog.table)
+            (tmp / STORE_DIGEST).write_text(save_pixels(tmp / "pixels.npy", catalog.pixels, hashes))
             catalog.table.write_parquet(tmp / "table.parquet")
             (tmp / "settings.json").write_text(json.dumps({"key": key, **settings}))
 
