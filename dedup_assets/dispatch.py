@@ -234,6 +234,13 @@ def _definitions_for(config_json: str) -> dg.Definitions:
     return build_definitions(PipelineConfig.model_validate_json(config_json))
 
 
+def definitions_for(config: PipelineConfig) -> dg.Definitions:
+    """The code location's definitions for `config`, the same object for the same
+    configuration in this process (as a worker's): a `dedup watch` builds them once, not
+    once an update, and its runs' in-process jobs with them (`_in_process_job`)."""
+    return _definitions_for(config.model_dump_json())
+
+
 @functools.lru_cache(maxsize=16)
 def job_for(config_json: str, job_name: str) -> dg.JobDefinition:
     """Rebuild a named job from a configuration's JSON, in whatever process runs it (once
@@ -290,16 +297,61 @@ def execute(
     assets: list[str] | None = None,
 ) -> dg.ExecuteInProcessResult:
     """One run of `job` for one partition key, a range of class partitions, or none, in
-    this process, recorded with the code location's origin (`_runs_with_origin`)."""
+    this process, recorded with the code location's origin (`_runs_with_origin`): what
+    `JobDefinition.execute_in_process` does, on its in-process job for this asset selection
+    made once (`_in_process_job`)."""
+    from dagster._core.definitions.partitions.context import partition_loading_context
+    from dagster._core.execution.execute_in_process import (
+        core_execute_in_process,
+        merge_run_tags,
+    )
+
+    partition_key = key if isinstance(key, str) else None
+    run_tags = {**tags, **key.tags()} if isinstance(key, ClassRange) else tags
+    selection = [dg.AssetKey(a) for a in assets] if assets else []
+    in_process, wrapped = _in_process_job(job, tuple(assets or ()))
     with _runs_with_origin(instance, job.name):
-        return job.execute_in_process(
-            partition_key=key if isinstance(key, str) else None,
-            instance=instance,
-            raise_on_error=False,
-            tags={**tags, **key.tags()} if isinstance(key, ClassRange) else tags,
+        if partition_key and in_process.partitions_def:
+            with partition_loading_context(dynamic_partitions_store=instance) as ctx:
+                in_process.validate_partition_key(
+                    partition_key=partition_key, selected_asset_keys=set(selection), context=ctx
+                )
+        if not run_config and in_process.partitioned_config and partition_key:
+            run_config = in_process.partitioned_config.get_run_config_for_partition_key(
+                partition_key
+            )
+        return core_execute_in_process(
+            job=wrapped,
             run_config=run_config,
-            asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
+            instance=instance,
+            output_capturing_enabled=True,
+            raise_on_error=False,
+            run_tags=merge_run_tags(
+                job_def=job,
+                partition_key=partition_key,
+                tags=run_tags,
+                asset_selection=selection,
+                instance=instance,
+                run_config=run_config,
+            ),
+            run_id=None,
+            asset_selection=frozenset(selection),
         )
+
+
+@functools.lru_cache(maxsize=32)
+def _in_process_job(job: dg.JobDefinition, assets: tuple[str, ...]) -> tuple[Any, Any]:
+    """`execute_in_process`'s job for `job` with these assets selected (every one when
+    none), and its wrapper, made once a process: Dagster makes them, and the job's
+    snapshot with them, again for every run (20-30 ms of each class run on a worker)."""
+    from dagster._core.definitions.job_base import InMemoryJob
+
+    in_process = job.as_ephemeral_job(
+        resource_defs={},
+        input_values={},
+        asset_selection=[dg.AssetKey(a) for a in assets] or None,
+    )
+    return in_process, InMemoryJob(job_def=in_process)
 
 
 def run_partition(

@@ -70,12 +70,12 @@ from dedup_assets.core.decision.leakage import (
 )
 from dedup_assets.core.decision.reference_pool import reference_pool_provenance
 from dedup_assets.core.model.retraining import RetrainDecision
-from dedup_assets.definitions import build_definitions
 from dedup_assets.dispatch import (
     CheckOutcome,
     ClassRunPool,
     RunReport,
     Selection,
+    definitions_for,
     execute,
     open_instance,
 )
@@ -349,7 +349,7 @@ class _Stages:
         self._home = "" if self.in_process else str(resolve_dagster_home(config.output).resolve())
         self._stack, self.verbose = stack, log_level == "INFO"
         self._pool: ClassRunPool | None = None
-        self.defs = build_definitions(config)
+        self.defs = definitions_for(config)
         self.tags = dict(tags)
         self.forced = RETRAIN_TAG in tags or FULL_TAG in tags  # train whatever the rules say
         # key -> the steps of its runs that failed (None: a run failed outside its steps)
