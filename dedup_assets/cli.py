@@ -1350,9 +1350,10 @@ class _SourceWatch:
         self.argv, self.clock, self.listing = argv, clock, listing
         self.seen = probe.inputs.digest
         self.root = os.fsencode(probe.source or "")
-        scan = probe.scanned[2] if probe.scanned is not None else None
-        folders = {os.path.dirname(f.raw_path) for f in scan.files} if scan else set()
-        self.folders = sorted(os.path.join(self.root, f) for f in folders)
+        # The folders images lie in, found at the first look (after the update, not before
+        # it: 27,000 paths split on the critical path of a command the watch answers).
+        self._scan = probe.scanned[2] if probe.scanned is not None else None
+        self._folders: list[bytes] | None = None
         self.files = [probe.output / "overrides.csv"] + [
             Path(value).expanduser().resolve()
             for flag in ("--overrides", "--ground-truth")
@@ -1362,6 +1363,14 @@ class _SourceWatch:
         # listed, before any signature was taken (during the update).
         self.signature: tuple | None = None
         self.listed = clock()
+
+    def folders(self) -> list[bytes]:
+        """The folders the listing the watch was made from found images in."""
+        if self._folders is None:
+            scan, self._scan = self._scan, None
+            found = {os.path.dirname(f.raw_path) for f in scan.files} if scan else set()
+            self._folders = sorted(os.path.join(self.root, f) for f in found)
+        return self._folders
 
     def look(self) -> tuple:
         """The times and sizes of everything `__init__` names (None where gone)."""
@@ -1378,7 +1387,7 @@ class _SourceWatch:
                 top = sorted(e.path for e in it)
         except OSError:
             top = []
-        paths = [self.root, *top, *self.folders, *self.files]
+        paths = [self.root, *top, *self.folders(), *self.files]
         return tuple(stat_of(p) for p in paths)
 
     def probe(self) -> _Probe | None:
