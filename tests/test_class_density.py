@@ -210,3 +210,25 @@ def test_new_images_like_the_fitted_ones_keep_the_fit_and_unlike_ones_refit_it(n
     assert np.mean(np.array(alike_shares) <= OUTLIER_SHARE) >= 0.6, alike_shares
     assert new_images_share_unlikely(np.zeros(5), np.ones(5, bool)) == 0.0  # nothing new
     assert new_images_share_unlikely(np.zeros(5), np.zeros(5, bool)) == 0.0  # nothing fitted
+
+
+def test_scores_are_computed_once_for_the_same_array_and_again_for_any_other():
+    """Deciding a class asks for the same latents' scores twice: the second answer is the
+    first, never one for another array (equal values, a view, a new array at the same
+    address once the first is gone)."""
+    rng = np.random.default_rng(0)
+    latents = rng.normal(size=(200, 16)).astype(np.float32)
+    model = fit_class_density(latents, 8)
+    calls = []
+    transform = model.pca.transform
+    object.__setattr__(model.pca, "transform", lambda x: calls.append(1) or transform(x))
+    first = model.scores(latents)
+    assert model.scores(latents) is first and len(calls) == 1
+    copy = latents.copy()
+    np.testing.assert_array_equal(model.scores(copy), first)
+    assert len(calls) == 2
+    assert model.scores(latents[:10]).shape == (10, 8) and len(calls) == 3
+    del copy, latents
+    other = rng.normal(size=(200, 16)).astype(np.float32)
+    assert not np.array_equal(model.scores(other), first)
+    assert model.scores([[0.0] * 16]).shape == (1, 8)  # not an array: computed, not kept
