@@ -315,3 +315,19 @@ def test_a_large_class_is_refitted_a_chunk_at_a_time_with_the_same_kurtosis(monk
     with pytest.raises(ZeroDivisionError):
         kr.refit_row(wide, np.arange(16_385))
     assert chunks == [16_384]
+
+
+def test_a_ridge_fit_is_kept_by_its_scores_and_is_the_fit_of_them():
+    """`_ridge_fit` answers equal scores (another array) with the fit it kept, and that fit
+    is the one a fit of them makes; other scores get their own."""
+    from dedup_assets.core.density.spline import SplineDensity1D
+    from dedup_assets.core.quality import kurtosis_report
+
+    x = np.random.default_rng(3).standard_t(5, 500)
+    first = kurtosis_report._ridge_fit(x, "fd")
+    assert kurtosis_report._ridge_fit(x.copy(), "fd") is first
+    grid = np.linspace(x.min(), x.max(), 50)
+    np.testing.assert_array_equal(first.pdf(grid), SplineDensity1D.fit(x, rule="fd").pdf(grid))
+    other = kurtosis_report._ridge_fit(x[:-1], "fd")
+    assert other is not first
+    assert kurtosis_report._ridge_fit(x, "sturges") is not first

@@ -283,8 +283,9 @@ def test_removing_planted_copies_does_not_fail_the_gate():
 
 @pytest.mark.parametrize(
     ("n", "k"),
-    [(500, 480), (500, 30), (200, 190), (200, 12), (24, 20)],  # few removed / few kept;
-)  # up to 256 rows a class's subsets are drawn at once (`_SMALL_CLASS`), above one by one
+    [(500, 480), (500, 30), (200, 190), (200, 12), (24, 20), (3000, 2999), (3000, 2997)],
+)  # few removed / few kept; up to 256 rows a class's subsets are drawn at once
+# (`_SMALL_CLASS`), above one by one, or at once for a few rows a draw (`draw_few`)
 def test_random_subset_kurtosis_matches_drawing_the_subsets(n, k):
     from dedup_assets.core.quality.statistics import _kurtosis_of_subsets
 
@@ -307,7 +308,7 @@ def _subsets_by_blocks(z, k, draws, rng, budget=4_000_000):
     by fancy indexing and summed at once (kept to prove the faster loop changes no bit);
     its subsets drawn as the function draws them (`rng.choice` per draw, or for a small
     class one matrix of uniform numbers, drawn the same in blocks or at once)."""
-    from dedup_assets.core.quality.statistics import _SMALL_CLASS
+    from dedup_assets.core.quality.statistics import _FEW_DRAWN, _SMALL_CLASS, draw_few
 
     n, m = z.shape
     std = z.std(axis=0)
@@ -324,6 +325,8 @@ def _subsets_by_blocks(z, k, draws, rng, budget=4_000_000):
         else:
             if n <= _SMALL_CLASS:  # small classes: every draw's subset from one matrix
                 idx = np.argpartition(rng.random((d1 - d0, n)), side - 1, axis=1)[:, :side]
+            elif side <= _FEW_DRAWN:  # few rows a draw: every draw at once
+                idx = draw_few(rng, n, side, d1 - d0)
             else:
                 idx = np.stack(
                     [rng.choice(n, side, replace=False, shuffle=False) for _ in range(d1 - d0)]
@@ -350,6 +353,7 @@ def _subsets_by_blocks(z, k, draws, rng, budget=4_000_000):
         (20, 19, 4_000_000),
         (256, 200, 1_000),
         (257, 200, 1_000),
+        (3_000, 2_998, 4_000_000),
     ],
 )
 def test_random_subset_kurtosis_is_bit_identical_to_the_block_version(n, k, budget):
@@ -401,3 +405,23 @@ def test_a_class_that_loses_nothing_reads_its_own_kurtosis_in_every_draw(n):
     assert (out == out[0]).all()
     np.testing.assert_allclose(out[0], excess_kurtosis(z), rtol=1e-9, atol=1e-12)
     assert rng.random() == np.random.default_rng(0).random()
+
+
+@pytest.mark.parametrize(("n", "side"), [(2, 1), (2, 2), (3, 2), (300, 1), (300, 8), (5, 5)])
+def test_a_few_rows_drawn_at_once_are_distinct_and_uniform(n, side):
+    """`draw_few`: each row a set of `side` distinct indices below n, every index as likely
+    (chi-square over 20,000 rows), every unordered pair as likely for a small n."""
+    from scipy.stats import chisquare
+
+    from dedup_assets.core.quality.statistics import draw_few
+
+    rows = draw_few(np.random.default_rng(n * 10 + side), n, side, 20_000)
+    assert rows.shape == (20_000, side)
+    assert ((rows >= 0) & (rows < n)).all()
+    assert (np.sort(rows, axis=1)[:, 1:] != np.sort(rows, axis=1)[:, :-1]).all()
+    if side < n:
+        counts = np.bincount(rows.ravel(), minlength=n)
+        assert chisquare(counts).pvalue > 0.001
+    if 2 < n <= 5 and side == 2:
+        pairs = np.unique(np.sort(rows, axis=1), axis=0, return_counts=True)[1]
+        assert len(pairs) == n * (n - 1) // 2 and chisquare(pairs).pvalue > 0.001
