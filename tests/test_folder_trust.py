@@ -5,6 +5,7 @@ stat'ing their files, never to keep a folder that changed."""
 import itertools
 import os
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -390,3 +391,69 @@ def test_thresholds_sharing_files_are_trusted_and_an_edit_in_one_undoes_both(tmp
     for t in pair:
         clean_dataset.write_clean_copy(layout, t, pair, kept, root, "copy", "k2", "r2")
         _same_tree(layout.clean_dir(t), source)
+
+
+def test_pending_only_after_an_event_dropped_a_record(tmp_path, trust):
+    """The watch checks again when `pending`: after an event in a trusted folder, not after
+    a folder that failed its check (its watch removed: the kernel's IN_IGNORED for it made
+    the watch check that folder again at every slice of its wait, 0.1 s apart)."""
+    good, bad = _folder(tmp_path, "good"), _folder(tmp_path, "bad")
+    want = _expected(bad)
+    (bad / "extra.png").write_bytes(b"x")
+    assert trust.verify(os.fsencode(good), "good", _expected(good))
+    assert not trust.verify(os.fsencode(bad), "bad", want)
+    trust.link_check()
+    trust.refresh_done()
+    for _ in range(3):
+        assert not trust.pending()
+        assert not trust.verify(os.fsencode(bad), "bad", want)  # failing again and again
+        trust.refresh_done()
+    _write_into(good)
+    assert trust.pending()
+    trust.refresh_done()
+    assert not trust.pending()
+
+
+def test_a_run_takes_the_folders_the_watch_vouches_for_and_never_an_edited_one(
+    tmp_path, installed, monkeypatch, capsys
+):
+    """The wiring `dedup watch` relies on, in one process: after the watch's check of the
+    clean copy (`trust_clean_copies`), a run's clean copy takes every class folder on the
+    trust's word (`folders_known_unchanged`); a folder edited after the check is not, and
+    comes out as the source has it."""
+    import dagster as dg
+
+    from dedup_assets.cli import main
+    from dedup_assets.core.quality.demo_data import generate_demo_dataset
+    from dedup_assets.runner import instance_for
+
+    source, out = tmp_path / "src", tmp_path / "out"
+    generate_demo_dataset(source, seed=3, per_class=8, duplicate_fraction=0.25)
+    for extra in ("desert", "road", "urban"):
+        shutil.rmtree(source / extra)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    fast = ["--epochs", "1", "--device", "cpu", "--precision", "fp32", "--thresholds", "0.95"]
+    run = ["run", "--source", str(source), "--output", str(out), *fast]
+    run += ["--executor", "in_process", "--retrain-error-factor", "100"]
+
+    def trusted() -> int:
+        with instance_for(out) as instance:
+            made = instance.fetch_materializations(dg.AssetKey("clean_dataset"), limit=1)
+        return made.records[0].asset_materialization.metadata["folders_known_unchanged"].value
+
+    assert main(run) == 0, capsys.readouterr().out
+    layout = OutputLayout(out)
+    assert clean_dataset.trust_clean_copies(layout, installed) == 3
+    first = sorted((source / "forest").glob("*.png"))[0]
+    (source / "forest" / "zz new.png").write_bytes(first.read_bytes())
+    assert main(run) == 0, capsys.readouterr().out
+    assert trusted() == 3
+    clean = layout.clean_dir("0.95")
+    assert clean_dataset.trust_clean_copies(layout, installed) == 3  # a new manifest
+    edited = sorted((clean / "water").glob("*.png"))[0]
+    with open(edited, "ab") as fh:
+        fh.write(b"edited")
+    (source / "forest" / "zz new.png").unlink()
+    assert main(run) == 0, capsys.readouterr().out
+    assert trusted() == 2  # forest and farmland; water made again
+    assert edited.read_bytes() == (source / "water" / edited.name).read_bytes()

@@ -425,6 +425,7 @@ def trust_clean_copies(layout: OutputLayout, trust: FolderTrust) -> int:
             verified += 1
     trust.keep_only(wanted)
     trust.link_check()
+    trust.refresh_done()
     return verified
 
 

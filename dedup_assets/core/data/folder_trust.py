@@ -56,6 +56,7 @@ class FolderTrust:
         self._clock = clock
         self._records: dict[Hashable, _Record] = {}
         self._spoiled: set[Hashable] = set()  # records an event dropped, until verified again
+        self._dirty = False  # a record dropped by an event since the last round (`pending`)
         self._pid = os.getpid()
         self.answered = 0  # folders `unchanged` vouched for, in all
 
@@ -160,8 +161,17 @@ class FolderTrust:
         return record is None or self._clock() - record.at >= REVERIFY_EVERY
 
     def pending(self) -> bool:
-        """Whether events are queued (a record may have to be dropped and verified again)."""
-        return self._events.readable()
+        """Whether an event dropped a record since the last `verify` round (`refresh_done`):
+        one to verify again. Events of no record (a watch this trust removed, a folder that
+        failed its check) are not: a folder that keeps failing is not checked at every
+        slice of the watch's wait."""
+        if self._events.readable():
+            self._apply_events()
+        return self._dirty
+
+    def refresh_done(self) -> None:
+        """A round of `verify` calls has ended: nothing pending until another event."""
+        self._dirty = False
 
     def keep_only(self, keys: set) -> None:
         """Forget every record whose key is not in `keys` (folders gone, manifests replaced)."""
@@ -182,6 +192,7 @@ class FolderTrust:
     def _apply_events(self) -> None:
         events = self._events.read()
         if events is None:  # overflowed or unreadable: nothing is known
+            self._dirty = self._dirty or bool(self._records)
             for key in list(self._records):
                 self.forget(key)
             return
@@ -196,6 +207,7 @@ class FolderTrust:
         if record is None:
             return
         self._spoiled.add(key)
+        self._dirty = True
         self.forget(key, tied=False)
         for other in record.linked:
             self._spoil(other)
