@@ -184,19 +184,104 @@ def test_markdown_image_names_the_figure_kind():
     md = md_image(svg, "alt")
     assert md.startswith("![alt](data:image/svg+xml;base64,")
     assert base64.b64decode(md.split(",", 1)[1][:-1]) == svg
-    png = plots.loss_curve([1.0, 0.5])
+    png = plots.image_rows([np.zeros((2, 8, 8, 3), np.uint8)], ["row"])
     assert md_image(png).startswith("![figure](data:image/png;base64,")
 
 
-def test_the_pipeline_loads_without_matplotlib_until_a_png_is_drawn():
-    """The command and its workers' server import the definitions before any work; pyplot
-    (about 0.13 s) is imported by the first PNG figure only."""
-    code = (
-        "import sys, dedup_assets.runner, dedup_assets.dispatch, dedup_assets.instance_imports\n"
-        "assert 'matplotlib' not in sys.modules, 'imported at load'\n"
-        "from dedup_assets.core.quality import plots\n"
-        "png = plots.loss_curve([1.0, 0.5])\n"
-        "assert png[:4] == b'\\x89PNG' and 'matplotlib.pyplot' in sys.modules\n"
-        "assert __import__('matplotlib').get_backend().lower() == 'agg'\n"
+def _curve_points(root: ET.Element) -> list[np.ndarray]:
+    return [_points(p) for p in root.findall(".//s:polyline", NS)]
+
+
+@pytest.mark.parametrize(
+    "losses", [[0.5], [0.2, 0.1], [1.0, 0.3, 0.05, 0.004, 0.0039], [0.1, math.nan, 0.05]]
+)
+def test_the_loss_curve_draws_each_epoch_once_lower_losses_lower(losses):
+    root = _parse(plots.loss_curve(losses))
+    finite = [v for v in losses if math.isfinite(v)]
+    path = root.find(".//s:path", NS).get("d")  # the markers: one per finite epoch
+    marks = np.array([[float(v) for v in m.split()] for m in re.findall(r"M([^h]+)h0", path)])
+    assert len(marks) == len(finite)
+    # x increases with the epoch; a lower loss is drawn lower (pixels count downwards).
+    assert np.all(np.diff(marks[:, 0]) > 0)
+    order = np.argsort(finite)
+    assert np.all(np.diff(marks[order, 1]) <= 0)
+    # One line through consecutive finite epochs (none across the gap of a NaN).
+    lines = _curve_points(root)
+    if all(math.isfinite(v) for v in losses) and len(losses) > 1:
+        assert len(lines) == 1 and np.allclose(lines[0], marks, atol=0.11)
+    else:
+        assert lines == []
+    texts = _texts(root)
+    assert "epoch" in texts and "autoencoder training loss" in texts
+    if max(finite) / min(finite) > 10:  # more than a decade: powers of ten
+        assert any(t.startswith("1e") for t in texts)
+
+
+def test_the_loss_curve_of_no_epoch_is_a_figure():
+    root = _parse(plots.loss_curve([]))
+    assert "autoencoder training loss" in _texts(root)
+
+
+def _bars(root: ET.Element, colour: str) -> list[float]:
+    """Heights (pixels) of the bars of one colour, left to right."""
+    rects = [r for r in root.findall(".//s:g/s:rect", NS) if r.get("fill") == colour]
+    rects.sort(key=lambda r: float(r.get("x")))
+    return [float(r.get("height")) for r in rects]
+
+
+def test_recall_per_transform_draws_a_bar_per_method_and_transform_as_high_as_its_recall():
+    recalls = {
+        "ours": {"crop": 1.0, "jpeg": 0.5, "blur": 0.25},
+        "phash": {"crop": 0.0, "jpeg": 1.0},
+    }
+    counts = {"crop": 4, "jpeg": 2, "blur": 8}
+    root = _parse(plots.recall_per_transform(recalls, "2%", counts))
+    ours, phash = _bars(root, "#1f77b4"), _bars(root, "#ff7f0e")
+    # sorted transforms: blur, crop, jpeg; phash has no blur (not drawn) and a zero bar
+    assert len(ours) == 3 and len(phash) == 2
+    unit = ours[1]  # recall 1.0
+    assert ours == pytest.approx([0.25 * unit, unit, 0.5 * unit], abs=0.15)
+    assert phash == pytest.approx([0.0, unit], abs=0.15)
+    texts = _texts(root)
+    assert "crop(4 pairs)" in texts and "blur(8 pairs)" in texts
+    assert "recall of known pairs at T = 2%" in texts and {"ours", "phash"} <= set(texts)
+
+
+def test_precision_recall_draws_each_curve_its_local_one_dashed_in_the_same_colour():
+    r = np.linspace(0, 1, 11)
+    curves = {
+        "ours": (r, 1 - 0.5 * r, 0.75),
+        "ours (local)": (r, 1 - 0.25 * r, 0.875),
+        ODD: (r, np.full(11, 0.5), 0.5),
+    }
+    root = _parse(plots.precision_recall(curves))
+    lines = root.findall(".//s:g/s:polyline", NS)
+    assert len(lines) == 3
+    assert lines[0].get("stroke") == lines[1].get("stroke") != lines[2].get("stroke")
+    assert lines[1].get("stroke-dasharray") and not lines[0].get("stroke-dasharray")
+    first = _points(lines[0])
+    assert (
+        len(first) == 11 and np.all(np.diff(first[:, 0]) > 0) and np.all(np.diff(first[:, 1]) > 0)
     )
-    run_python(code)
+    texts = _texts(root)
+    assert "ours (AP 0.750)" in texts and f"{ODD} (AP 0.500)" in texts
+    assert "precision" in texts and "recall of known duplicate pairs" in texts
+    assert _parse(plots.precision_recall({})) is not None
+
+
+def test_no_figure_imports_matplotlib():
+    """Matplotlib's import and Agg rendering were about 1.2 s of a first run on the demo
+    (training's picture and loss curve, the evaluation's curves): every figure is drawn
+    without it, in a fresh interpreter that imports the command's modules first."""
+    code = (
+        "import sys, numpy as np, dedup_assets.runner, dedup_assets.dispatch\n"
+        "import dedup_assets.instance_imports\n"
+        "from dedup_assets.core.quality import plots\n"
+        "x = np.zeros((2, 8, 8, 3), np.uint8)\n"
+        "plots.loss_curve([1.0, 0.5]); plots.image_rows([x, x], ['a', 'b'])\n"
+        "plots.precision_recall({'m': (np.r_[0, 1.0], np.r_[1, 0.5], 0.7)})\n"
+        "plots.recall_per_transform({'m': {'crop': 0.5}}, '0.95', {'crop': 2})\n"
+        "plots.duplicate_pairs(x, x, [0.9, 0.95], ['a', 'b'], ['c', 'd'], 'note')\n"
+        "print('matplotlib' in sys.modules)\n"
+    )
+    assert run_python(code).strip() == "False"

@@ -26,7 +26,7 @@ def build_evaluation_asset(
 
     @dg.asset(
         group_name="evaluation",
-        kinds={"numpy", "matplotlib"},
+        kinds={"numpy", "svg"},
         deps=[
             image_catalog,
             dg.AssetDep(class_latents, partition_mapping=dg.AllPartitionMapping()),
@@ -131,9 +131,9 @@ def _evaluate(
     with atomic_dir(layout.evaluation_dir) as tmp:
         table.write_csv(tmp / "evaluation.csv")
         as_decided.write_csv(tmp / "keep_lists.csv")
-        (tmp / "precision_recall.png").write_bytes(figure)
-        for t, png in per_transform_figures.items():
-            (tmp / f"recall_per_transform_{t}.png").write_bytes(png)
+        (tmp / "precision_recall.svg").write_bytes(figure)
+        for t, svg in per_transform_figures.items():
+            (tmp / f"recall_per_transform_{t}.svg").write_bytes(svg)
     ap_table = md_table(
         ["method", "average precision (cosine)", "average precision (margin, local levels)"],
         [(r.name, r.average_precision, r.average_precision_local) for r in results],
@@ -179,8 +179,8 @@ def _evaluate(
             "keep_lists_as_decided": dg.MetadataValue.md(_as_decided_table(as_decided)),
             "precision_recall": image_metadata(figure, "precision-recall"),
             **{
-                f"recall_per_transform_{t}": image_metadata(png, f"recall per transform, T={t}")
-                for t, png in per_transform_figures.items()
+                f"recall_per_transform_{t}": image_metadata(svg, f"recall per transform, T={t}")
+                for t, svg in per_transform_figures.items()
             },
             **{f"ap_{r.name}": r.average_precision for r in results},
             **{

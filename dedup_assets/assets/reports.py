@@ -105,7 +105,7 @@ def build_report_assets(
 
     @dg.asset(
         group_name="reports",
-        kinds={"scipy", "matplotlib"},
+        kinds={"scipy", "svg"},
         partitions_def=thresholds_def,
         deps=[keep_list],
         check_specs=[

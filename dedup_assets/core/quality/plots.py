@@ -1,10 +1,10 @@
-"""Figures for the UI and the reports: pictures of images and the evaluation's curves as PNG
-bytes (Matplotlib, off-screen), the density and kurtosis figures as SVG (`svg_figure`)."""
+"""Figures for the UI and the reports: pictures of images as PNG bytes (Pillow), curves,
+bars, densities and kurtosis as SVG (`svg_figure`). Nothing here imports Matplotlib: its
+import and Agg rendering were about 1.2 s of a 5 s first run on the demo."""
 
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,70 +19,65 @@ from dedup_assets.core.quality.svg_figure import (
     ORANGE,
     RED,
     SvgFigure,
+    nice_ticks,
 )
 
-DPI = 80
 MAX_HISTOGRAM_BINS = 80
 
 
-def _pyplot():
-    """Matplotlib's pyplot on the off-screen Agg backend, imported at the first PNG figure:
-    the command's process and its workers' server import these modules before any work
-    (about 0.13 s each on 2 busy cores), and most runs draw no PNG in most processes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig, tight: bool = True) -> bytes:
-    """PNG bytes of a figure; `tight` crops to the drawn area (renders twice: slower)."""
-    plt = _pyplot()
-    buf = io.BytesIO()
-    with warnings.catch_warnings():  # class names in scripts the font lacks show as boxes
-        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def loss_curve(losses: Sequence[float]) -> bytes:
-    """Reconstruction loss per epoch."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(np.arange(1, len(losses) + 1), losses, marker="o")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE (images in [-1, 1])")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.set_title("autoencoder training loss")
-    return _png(fig)
+    """Reconstruction loss per epoch (SVG), on a log scale: ticks at powers of ten, or at
+    the lowest and highest loss when they share a decade."""
+    values = np.asarray(losses, dtype=np.float64)
+    ok = np.isfinite(values) & (values > 0)
+    logged = np.full(len(values), np.nan)
+    logged[ok] = np.log10(values[ok])
+    lo, hi = (float(logged[ok].min()), float(logged[ok].max())) if ok.any() else (0.0, 0.0)
+    pad = max(0.08 * (hi - lo), 0.05)
+    decades = np.arange(np.ceil(lo - pad), np.floor(hi + pad) + 1).tolist()
+    yticks = [(d, f"1e{int(d)}") for d in decades]
+    if len(yticks) < 2:  # within about a decade: the lowest and highest loss too
+        yticks += [(v, f"{10**v:.2g}") for v in sorted({lo, hi}) if v not in decades]
+    epochs = np.arange(1, len(values) + 1)
+    shown = nice_ticks(1, max(len(values), 1), 6)
+    xticks = [(float(e), str(int(e))) for e in shown.tolist() if float(e).is_integer()]
+    fig = SvgFigure(400, 240)
+    panel = fig.panel(64, 28, 316, 160, (0.5, max(len(values), 1) + 0.5), (lo - pad, hi + pad))
+    panel.line(epochs, logged, BLUE)
+    panel.points(epochs, logged, BLUE, 3.0)
+    panel.frame(
+        xlabel="epoch",
+        ylabel="MSE (images in [-1, 1])",
+        title="autoencoder training loss",
+        xticks=xticks,
+        yticks=yticks,
+        grid=True,
+    )
+    return fig.to_bytes()
 
 
 def image_rows(rows: Sequence[np.ndarray], labels: Sequence[str], scale: int = 2) -> bytes:
-    """Rows of uint8 images (each row (n, H, W, 3)) stacked into one picture with labels.
+    """Rows of images (each row (n, H, W[, C])) stacked into one PNG, each row under its
+    label, every image in a square of one size (`_thumbnail`).
 
-    One axes in inches, each image an extent in it (as `duplicate_pairs`): an axes per
-    image made the training picture's 20 images cost about 0.5 s."""
-    plt = _pyplot()
-    n = max(len(r) for r in rows)
-    size, gap, label = 0.57 * scale, 0.03 * scale, 0.2 * scale  # inches
-    width, row_height = max(n, 1) * (size + gap), size + label
-    height = len(rows) * row_height
-    fig = plt.figure(figsize=(width, height))
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_xlim(0, width)
-    ax.set_ylim(0, height)
-    ax.axis("off")
+    Drawn with Pillow, as `duplicate_pairs`: with Matplotlib the training asset's picture
+    and loss curve were about 0.7 s of a first run on the demo (its import included)."""
+    from PIL import Image, ImageDraw
+
+    side, gap, label = 46 * scale, 3 * scale, 16 * scale  # pixels
+    n = max((len(r) for r in rows), default=0)
+    width, row_height = max(n, 1) * (side + gap), side + label
+    canvas = Image.new("RGB", (width, max(len(rows), 1) * row_height), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = _font(5 * scale + 1)
     for r, (row, text) in enumerate(zip(rows, labels, strict=True)):
-        top = height - r * row_height
-        ax.text(gap, top - label * 0.15, text, fontsize=8, ha="left", va="top")
+        top = r * row_height
+        draw.text((gap, top + 2), text, "black", font)
         for c, image in enumerate(row):
-            x0, y0 = c * (size + gap) + gap / 2, top - label - size
-            ax.imshow(image, extent=(x0, x0 + size, y0, y0 + size), interpolation="nearest")
-    return _png(fig, tight=False)
+            canvas.paste(_thumbnail(image, side), (gap // 2 + c * (side + gap), top + label))
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _wrap(text: str, width: int = 18, lines: int = 3) -> str:
@@ -181,9 +176,9 @@ PAIR_MARGIN, PAIR_CELL, PAIR_IMAGE, PAIR_HEIGHT = 24, 136, 112, 368  # pixels
 PAIR_KEPT_TOP, PAIR_REMOVED_TOP = 52, 212
 
 
-def _thumbnail(image: np.ndarray):
+def _thumbnail(image: np.ndarray, side: int = PAIR_IMAGE):
     """An image (H x W, H x W x 1/3/4; uint8, or floats in [0, 1]) scaled to fit a
-    PAIR_IMAGE square, pixels kept sharp, centred on white."""
+    `side` square, pixels kept sharp, centred on white."""
     from PIL import Image
 
     a = np.asarray(image)
@@ -192,12 +187,12 @@ def _thumbnail(image: np.ndarray):
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     picture = Image.fromarray(a).convert("RGB")
-    scale = PAIR_IMAGE / max(picture.width, picture.height, 1)
+    scale = side / max(picture.width, picture.height, 1)
     size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
-    box = Image.new("RGB", (PAIR_IMAGE, PAIR_IMAGE), "white")
+    box = Image.new("RGB", (side, side), "white")
     box.paste(
         picture.resize(size, Image.Resampling.NEAREST),
-        ((PAIR_IMAGE - size[0]) // 2, (PAIR_IMAGE - size[1]) // 2),
+        ((side - size[0]) // 2, (side - size[1]) // 2),
     )
     return box
 
@@ -344,42 +339,60 @@ def kurtosis_scatter(
     return fig.to_bytes()
 
 
+CURVE_COLOURS = (BLUE, ORANGE, "#2ca02c", RED, "#9467bd", "#8c564b", "#e377c2", GRAY)
+
+
 def precision_recall(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> bytes:
-    """Precision-recall curves, one per method: name -> (recall, precision, AP)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    """Precision-recall curves, one per method: name -> (recall, precision, AP) (SVG; a
+    method ranked by margin over local levels, "(local)", dashed in its method's colour)."""
+    fig = SvgFigure(420, 330)
+    panel = fig.panel(52, 24, 352, 250, (0, 1.01), (0, 1.01))
+    keyed, colours = [], {}
     for name, (recall, precision, ap) in curves.items():
-        style = "--" if name.endswith("(local)") else "-"  # ranked by margin, not cosine
-        ax.plot(recall, precision, style, label=f"{name} (AP {ap:.3f})")
-    ax.set_xlabel("recall of known duplicate pairs")
-    ax.set_ylabel("precision")
-    ax.set_xlim(0, 1.01)
-    ax.set_ylim(0, 1.01)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _png(fig)
+        method = name.removesuffix(" (local)")
+        colour = colours.setdefault(method, CURVE_COLOURS[len(colours) % len(CURVE_COLOURS)])
+        dashed = name.endswith("(local)")
+        panel.line(recall, precision, colour, 1.4, "4 2" if dashed else None)
+        keyed.append((f"{name} (AP {ap:.3f})", colour, "dash" if dashed else "line"))
+    panel.frame(xlabel="recall of known duplicate pairs", ylabel="precision", grid=True, yticks=5)
+    if keyed:
+        panel.legend(keyed, corner="lower left")
+    return fig.to_bytes()
 
 
 def recall_per_transform(
     recalls: dict[str, dict[str, float]], threshold: float, counts: dict[str, int]
 ) -> bytes:
-    """Grouped bars: per planted transform, each method's recall of its known pairs at T.
+    """Grouped bars: per planted transform, each method's recall of its known pairs at T
+    (SVG), with a dashed line at 0.9.
 
     recalls: method -> transform -> recall; counts: known pairs per transform.
     """
-    plt = _pyplot()
     transforms = sorted(counts)
     methods = list(recalls)
-    fig, ax = plt.subplots(figsize=(max(4.6, 0.9 * len(transforms) + 1.5), 3.4))
-    width = 0.8 / max(len(methods), 1)
-    x = np.arange(len(transforms))
+    width = max(420.0, 76.0 * len(transforms) + 120)
+    fig = SvgFigure(width, 290)
+    panel = fig.panel(56, 16, width - 72, 210, (-0.5, max(len(transforms), 1) - 0.5), (0, 1.05))
+    bar = 0.8 / max(len(methods), 1)
+    x = np.arange(len(transforms), dtype=np.float64)
+    keyed = []
     for k, method in enumerate(methods):
+        colour = CURVE_COLOURS[k % len(CURVE_COLOURS)]
         values = [recalls[method].get(t, np.nan) for t in transforms]
-        ax.bar(x + (k - (len(methods) - 1) / 2) * width, values, width, label=method)
-    ax.set_xticks(x, [f"{t}\n({counts[t]} pairs)" for t in transforms], fontsize=7)
-    ax.set_ylabel(f"recall of known pairs at T = {threshold}")
-    ax.set_ylim(0, 1.05)
-    ax.axhline(0.9, color="grey", lw=0.8, ls="--")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncols=min(4, len(methods)))
-    return _png(fig)
+        panel.bars(x + (k - (len(methods) - 1) / 2) * bar, values, bar, colour)
+        keyed.append((method, colour, "bar"))
+    panel.line(np.array(panel.xlim), np.array([0.9, 0.9]), GRAY, 0.8, "4 2")
+    panel.frame(
+        ylabel=f"recall of known pairs at T = {threshold}",
+        xticks=[(float(i), f"{t}\n({counts[t]} pairs)") for i, t in enumerate(transforms)],
+        yticks=6,
+        grid=False,
+    )
+    x0 = panel.left  # the key in a row under the axis, clear of the bars
+    for method, colour, _ in keyed:
+        fig.parts.append(
+            f'<rect x="{x0:.1f}" y="{fig.height - 17:.1f}" width="16" height="6" fill="{colour}"/>'
+        )
+        fig.text(x0 + 20, fig.height - 11.5, method, 7)
+        x0 += 32 + 4.2 * len(method)
+    return fig.to_bytes()

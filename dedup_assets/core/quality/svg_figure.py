@@ -125,6 +125,20 @@ class Panel:
             f'<path d="{d}" stroke="{color}" stroke-width="{2 * radius}" stroke-linecap="round"/>'
         )
 
+    def bars(self, xs, heights, width: float, color: str, base: float = 0.0) -> None:
+        """A bar from `base` to each finite height, `width` wide in data units, centred on x."""
+        xs, hs = np.asarray(xs, float), np.asarray(heights, float)
+        ok = np.isfinite(xs) & np.isfinite(hs)
+        left, right = self.x(xs[ok] - width / 2), self.x(xs[ok] + width / 2)
+        top, floor = self.y(np.maximum(hs[ok], base)), self.y(np.minimum(hs[ok], base))
+        for x0, x1, y0, y1 in zip(
+            left.tolist(), right.tolist(), top.tolist(), floor.tolist(), strict=True
+        ):
+            self._clipped(
+                f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{x1 - x0:.1f}" '
+                f'height="{y1 - y0:.1f}" fill="{color}"/>'
+            )
+
     def label(
         self,
         x: float,
@@ -144,13 +158,14 @@ class Panel:
         xlabel: str = "",
         ylabel: str = "",
         title: str = "",
-        xticks: int = 5,
-        yticks: int = 4,
+        xticks: int | Sequence[tuple[float, str]] = 5,
+        yticks: int | Sequence[tuple[float, str]] = 4,
         size: float = 7,
         grid: bool = False,
         sides: str = "lrtb",
     ) -> None:
-        """Axes lines on `sides`, ticks with labels (yticks=0: none), labels and a title."""
+        """Axes lines on `sides`, ticks with labels, labels and a title. A tick count gives
+        round values (yticks=0: none); a sequence of (value, label) gives those ticks."""
         f, right, bottom = self.figure, self.left + self.width, self.top + self.height
         edges = {
             "l": (self.left, self.top, self.left, bottom),
@@ -164,15 +179,8 @@ class Panel:
                 f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" '
                 'stroke="#333" stroke-width="0.8"/>'
             )
-        for ticks, axis in (
-            (nice_ticks(*self.xlim, xticks), "x"),
-            (nice_ticks(*self.ylim, yticks), "y"),
-        ):
-            if not len(ticks) or (axis == "y" and not yticks):
-                continue
-            step = float(ticks[1] - ticks[0]) if len(ticks) > 1 else 1.0
-            for value in ticks.tolist():
-                text = tick_label(value, step)
+        for marks, axis in ((_marks(xticks, self.xlim), "x"), (_marks(yticks, self.ylim), "y")):
+            for value, text in marks:
                 if axis == "x":
                     px = float(self.x(value))
                     f.parts.append(
@@ -214,7 +222,8 @@ class Panel:
     def legend(
         self, entries: Sequence[tuple[str, str, str]], corner: str = "upper right", size: float = 7
     ) -> None:
-        """A key of (label, colour, kind: "line", "dash", "area" or "point") in a corner."""
+        """A key of (label, colour, kind: "line", "dash", "area", "bar" or "point") in a
+        corner."""
         row = size + 4
         longest = max((len(label) for label, _, _ in entries), default=0)
         box = 26 + 0.6 * size * longest
@@ -230,10 +239,11 @@ class Panel:
         )
         for k, (label, color, kind) in enumerate(entries):
             cy = y + k * row + row / 2
-            if kind == "area":
+            if kind in ("area", "bar"):
+                opacity = 0.35 if kind == "area" else 1.0
                 self.figure.parts.append(
                     f'<rect x="{x:.1f}" y="{cy - 3:.1f}" width="16" height="6" fill="{color}" '
-                    'fill-opacity="0.35"/>'
+                    f'fill-opacity="{opacity}"/>'
                 )
             elif kind == "point":
                 self.figure.parts.append(
@@ -310,6 +320,19 @@ class SvgFigure:
             f'<rect width="100%" height="100%" fill="white"/>'
         )
         return (head + "".join(self.parts) + "</svg>\n").encode("utf-8")
+
+
+def _marks(
+    ticks: int | Sequence[tuple[float, str]], lim: tuple[float, float]
+) -> list[tuple[float, str]]:
+    """(value, label) of each tick: those given, or `ticks` round values in `lim`."""
+    if not isinstance(ticks, int):
+        return [(float(v), str(t)) for v, t in ticks]
+    if ticks <= 0:
+        return []
+    values = nice_ticks(*lim, ticks)
+    step = float(values[1] - values[0]) if len(values) > 1 else 1.0
+    return [(v, tick_label(v, step)) for v in values.tolist()]
 
 
 def _limits(lim: tuple[float, float]) -> tuple[float, float]:
