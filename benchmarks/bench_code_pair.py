@@ -4,8 +4,12 @@ commit's, a warm-up pair then A B A B ..., each pair's ratio of wall times (the 
 a ratio within a pair holds when the machine's speed drifts).
 
     python benchmarks/bench_code_pair.py --base 6ad5b0c --model MODEL \
-        [--eurosat ../shared/datasets/eurosat | --source DIR] [--thresholds 0.95] \
+        [--eurosat ../shared/datasets/eurosat | --source DIR | --demo] [--thresholds 0.95] \
         [--pairs 3] [--work /dev/shm/bench_pair] [--name code_pair_first_run]
+
+Without --model each run trains its own (`--epochs 1`, fp32 on the CPU: what a first run
+of the test suite does); --demo runs on the built-in demo dataset (seed 0, 12 images a
+class: the suite's size).
 
 The other commit is checked out as a git worktree under --work and run with this
 checkout's interpreter and packages (`PYTHONPATH`); every run is `dedup run` into a fresh
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,13 +63,22 @@ def python_for(code: Path) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-P", "-c", RUN], env
 
 
+TRAIN = ("--epochs", "1", "--device", "cpu", "--precision", "fp32")
+
+
 def one_run(
-    code: Path, source: Path, output: Path, model: Path, thresholds: str = "0.95"
+    code: Path, source: Path, output: Path, model: Path | None, thresholds: str = "0.95"
 ) -> tuple[float, str]:
-    """Wall seconds of one first run with the code at `code`, and its stage lines."""
-    output_with_model(output, model)
+    """Wall seconds of one first run with the code at `code`, and its stage lines (with
+    the model at `model` copied in; None: trained by the run, `TRAIN`)."""
+    if model is not None:
+        output_with_model(output, model)
+    else:
+        shutil.rmtree(output, ignore_errors=True)
     prefix, env = python_for(code)
     argv = [*prefix, "run", "--source", str(source), "--output", str(output)]
+    if model is None:
+        argv += TRAIN
     start = time.perf_counter()
     done = subprocess.run(
         [*argv, "--thresholds", thresholds], env=env, capture_output=True, text=True, check=False
@@ -85,9 +99,10 @@ def stage_seconds(lines: str) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", required=True, help="the commit to compare this checkout with")
-    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--model", type=Path, default=None, help="none: every run trains one")
     p.add_argument("--eurosat", type=Path, default=Path("../shared/datasets/eurosat"))
     p.add_argument("--source", type=Path, default=None, help="an ImageFolder, used as is")
+    p.add_argument("--demo", action="store_true", help="the built-in demo dataset (seed 0)")
     p.add_argument("--thresholds", default="0.95")
     p.add_argument("--name", default="code_pair_first_run", help="the result's file name")
     p.add_argument("--pairs", type=int, default=3)
@@ -95,7 +110,13 @@ def main() -> None:
     add_out_option(p)
     args = p.parse_args()
     work = args.work.resolve()
-    if args.source is not None:
+    if args.demo:
+        from dedup_assets.core.quality.demo_data import generate_demo_dataset
+
+        source = work / "demo"
+        shutil.rmtree(source, ignore_errors=True)
+        generate_demo_dataset(source, seed=0, per_class=12)
+    elif args.source is not None:
         source = args.source.resolve()
     elif args.eurosat.is_dir():
         source = make_source(args.eurosat, work, ())
@@ -152,7 +173,12 @@ def main() -> None:
         {
             "a": commit,
             "b": args.base,
-            "source": str(args.source) if args.source is not None else "EuroSAT (links)",
+            "source": "demo (seed 0, 12 a class)"
+            if args.demo
+            else str(args.source)
+            if args.source is not None
+            else "EuroSAT (links)",
+            "model": "trained by each run (--epochs 1)" if args.model is None else str(args.model),
             "thresholds": args.thresholds,
             "images": images,
             "work_filesystem": filesystem_of(args.work),

@@ -11,6 +11,7 @@ import time
 import dagster as dg
 import polars as pl
 import pytest
+import sqlalchemy.exc
 from conftest import DEDUP, leftovers, run_dedup
 
 from dedup_assets.config import PipelineConfig
@@ -39,6 +40,23 @@ def _own_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
 
 
+def _until_a_run_started(output, timeout: float = 30.0) -> None:
+    """Until the output's instance holds a run STARTED (the stage's first: the earlier
+    stages' runs have ended), polled: a fixed sleep after the stage's first line was
+    sometimes the whole of a short stage."""
+    started = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
+    deadline = time.monotonic() + timeout
+    with dg.DagsterInstance.from_config(str(output / ".dagster")) as instance:
+        while time.monotonic() < deadline:
+            try:
+                if instance.get_runs(filters=started, limit=1):
+                    return
+            except sqlalchemy.exc.OperationalError:  # the command holds the database
+                pass
+            time.sleep(0.01)
+    raise AssertionError(f"no run started in {output} within {timeout} s")
+
+
 def _kill_in(stage: str, source, output) -> str:
     """Start `dedup run` and SIGKILL its whole process group once `stage` has started."""
     proc = subprocess.Popen(
@@ -53,7 +71,7 @@ def _kill_in(stage: str, source, output) -> str:
     for line in proc.stdout:
         seen.append(line)
         if line.startswith(f"[{stage}") and "starting" in line:
-            time.sleep(0.3)  # into the stage's first run
+            _until_a_run_started(output)  # into the stage's first run
             os.killpg(proc.pid, signal.SIGKILL)
             break
     proc.wait(timeout=120)

@@ -1,6 +1,7 @@
 """Figures for the UI and the reports: pictures of images as PNG bytes (Pillow), curves,
 bars, densities and kurtosis as SVG (`svg_figure`). Nothing here imports Matplotlib: its
-import and Agg rendering were about 1.2 s of a 5 s first run on the demo."""
+import and Agg rendering were about a fifth of a first run on the demo (4.88 s against
+3.8 s without, benchmarks/results/code_pair_demo_figures_1226.json)."""
 
 from __future__ import annotations
 
@@ -60,8 +61,8 @@ def image_rows(rows: Sequence[np.ndarray], labels: Sequence[str], scale: int = 2
     """Rows of images (each row (n, H, W[, C])) stacked into one PNG, each row under its
     label, every image in a square of one size (`_thumbnail`).
 
-    Drawn with Pillow, as `duplicate_pairs`: with Matplotlib the training asset's picture
-    and loss curve were about 0.7 s of a first run on the demo (its import included)."""
+    Drawn with Pillow, as `duplicate_pairs`: with Matplotlib this picture and the loss curve
+    were about 0.7 s of the training step of a first run on the demo, its import included."""
     from PIL import Image, ImageDraw
 
     side, gap, label = 46 * scale, 3 * scale, 16 * scale  # pixels
