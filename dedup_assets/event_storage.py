@@ -578,6 +578,14 @@ def _empty_run_database() -> bytes:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def prepare_run_databases() -> None:
+    """Make the empty run database's bytes now (`_empty_run_database`), in a process about
+    to fork the workers that will store runs: each worker would otherwise make them at its
+    first run, on the critical path of the class stage (alembic's head revision and
+    Dagster's tables: 50 ms idle, several times that on 2 busy cores)."""
+    _empty_run_database()
+
+
 def _make_run_tables(conn: Any) -> None:
     """Make an empty database a run's, as Dagster's `_initdb` does: its tables, WAL, and
     the head revision stamped (without loading alembic's scripts again); committed."""

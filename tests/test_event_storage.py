@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from conftest import run_python
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 import dedup_assets.dispatch  # noqa: F401 - sets DAGSTER_EVENT_BATCH_SIZE as `dedup run` does
@@ -812,6 +813,33 @@ def test_new_run_databases_are_copies_of_one_made_once_a_process(tmp_path, monke
         pass
     assert _schema(tmp_path / "ours" / "run-c.db") == _schema(tmp_path / "plain" / "run-a.db")
     assert not [p for p in os.listdir(tmp_path / "ours") if p.endswith(".tmp")]
+
+
+def test_a_worker_forked_after_the_preload_makes_no_empty_run_database_of_its_own(tmp_path):
+    """`instance_imports`, which the command and the workers' server import before they
+    fork, makes the empty run database: a forked child's first run copies those bytes
+    and never makes Dagster's tables itself (each worker did, on the class stage's
+    critical path)."""
+    script = (
+        "import os\n"
+        "from dagster._core.storage.event_log.schema import SqlEventLogStorageMetadata\n"
+        "import dedup_assets.instance_imports\n"
+        "from dedup_assets import event_storage\n"
+        "assert event_storage._empty_run_database.cache_info().currsize == 1\n"
+        "made = []\n"
+        "real = SqlEventLogStorageMetadata.create_all\n"
+        "SqlEventLogStorageMetadata.create_all = lambda *a, **k: made.append(1) or real(*a, **k)\n"
+        f"storage = event_storage.BatchedSqliteEventLogStorage({str(tmp_path / 'events')!r})\n"
+        "made.clear()  # the index's own tables\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    with storage.run_connection('run-in-child'):\n"
+        "        pass\n"
+        "    os._exit(3 if made else 0)\n"
+        "print(os.waitpid(pid, 0)[1] >> 8)\n"
+    )
+    assert run_python(script).strip() == "0"
+    assert (tmp_path / "events" / "run-in-child.db").is_file()
 
 
 def test_a_forked_worker_that_ends_without_exit_handlers_leaves_no_temporary_folder(tmp_path):
