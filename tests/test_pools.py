@@ -107,3 +107,37 @@ def test_an_interrupt_in_the_caller_stops_the_helpers():
     while any(t.name.startswith("stopping-") for t in threading.enumerate()):
         assert time.monotonic() < deadline, "the helpers kept running"
         time.sleep(0.01)
+
+
+def test_blas_threads_limits_numpys_blas_inside_and_restores_it_after(monkeypatch):
+    """numpy's BLAS has the asked number of threads inside (nested too), what it had after;
+    the libraries are looked up once a process, not at every call (each look walked every
+    loaded library: 0.6 ms, thousands of calls in a run of many small classes)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from dedup_assets.core.data import pools
+
+    def blas() -> list[int]:
+        return [
+            i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"
+        ]
+
+    if not blas():
+        pytest.skip("threadpoolctl finds no BLAS library in this numpy: nothing to limit")
+    before = blas()
+
+    def walked(*args, **kwargs):
+        raise AssertionError("threadpool_limits looks up every loaded library at each call")
+
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", walked)
+    pools._blas_controller.cache_clear()
+    try:
+        for _ in range(5):
+            with pools.blas_threads(1):
+                assert blas() == [1] * len(before)
+                with pools.blas_threads(2):
+                    assert blas() == [2] * len(before)
+                assert blas() == [1] * len(before)
+            assert blas() == before
+        assert pools._blas_controller.cache_info().misses == 1
+    finally:
+        pools._blas_controller.cache_clear()
