@@ -263,3 +263,28 @@ def test_the_store_holds_the_readable_files_in_order_wherever_the_broken_ones_li
     expected = _catalog(tmp_path / "alone")
     assert cat.images == expected.images == (6 + updated) - len(broken)
     np.testing.assert_array_equal(cat.pixels, expected.pixels)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 20, 500])
+@pytest.mark.parametrize("in_order", [True, False])
+def test_store_pixel_hashes_are_the_stored_rows_hashes_in_store_order(n, in_order):
+    """The hashes of the rows with a store row, ordered by it, as the frame query gives them
+    (rows not stored and hashes missing among them), whatever the catalog's order."""
+    from dedup_assets.core.data.class_catalog import store_pixel_hashes
+
+    rng = np.random.default_rng(n + 7 * in_order)
+    rows = np.arange(n) if in_order else rng.permutation(n)
+    stored = rng.random(n) > 0.2
+    table = pl.DataFrame(
+        {
+            "row": pl.Series(
+                [int(r) if s else None for r, s in zip(rows, stored, strict=True)], dtype=pl.Int64
+            ),
+            "pixel_hash": pl.Series(
+                [None if k % 5 == 3 else f"h{k}" for k in range(n)], dtype=pl.Utf8
+            ),
+        }
+    )
+    expected = table.filter(pl.col("row").is_not_null()).sort("row")["pixel_hash"].to_list()
+    assert store_pixel_hashes(table) == expected
+    assert len(expected) == int(stored.sum())

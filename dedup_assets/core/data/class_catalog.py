@@ -166,8 +166,18 @@ def save_pixels(path: Path, pixels: np.ndarray, pixel_hashes: Iterable[str | Non
 
 
 def store_pixel_hashes(table: pl.DataFrame) -> list[str | None]:
-    """The pixel hashes of a class catalog's stored rows, in store order."""
-    return table.filter(pl.col("row").is_not_null()).sort("row")["pixel_hash"].to_list()
+    """The pixel hashes of a class catalog's stored rows, in store order.
+
+    On the columns as Series, not a frame's `filter` and `sort`: those go through polars's
+    query engine, about 0.5 ms a call whatever the size, 8% of a 20-image class's images
+    step (1,000 such classes a run)."""
+    row = table.get_column("row")
+    stored = row.is_not_null()
+    rows = row.filter(stored).to_numpy()
+    hashes = table.get_column("pixel_hash").filter(stored).to_list()
+    if len(rows) < 2 or bool((rows[1:] > rows[:-1]).all()):  # in store order already
+        return hashes
+    return [hashes[i] for i in np.argsort(rows, kind="stable").tolist()]
 
 
 def store_stat(path: Path) -> list[int]:
