@@ -341,3 +341,33 @@ def test_holding_a_ranges_catalogs_gives_what_reading_each_gives(tmp_path, root,
         fresh = _catalog(key, 2)
         fresh.write_parquet(layout.class_images(key))
         assert read_class_images(layout, key).equals(fresh)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 20, 500])
+@pytest.mark.parametrize("classes", [1, 2, 7, 60])
+def test_column_by_class_equals_a_filter_per_class(n, classes):
+    """Each class's values from one pass over a table sorted by class (`catalog_images`'s
+    order), as a filter per class gives them, in the keys' order: classes with no row
+    (empty), keys with odd names, classes of one row; a table out of class order refused."""
+    from dedup_assets.core.data.artifacts import column_by_class
+
+    rng = np.random.default_rng(n * 100 + classes)
+    names = (KEYS * (classes // len(KEYS) + 1))[:classes]
+    names = [f"{k}{i}" for i, k in enumerate(names)]
+    table = pl.DataFrame(
+        {
+            "class_key": pl.Series(rng.choice(names, n) if n else [], dtype=pl.Utf8),
+            "row": np.arange(n, dtype=np.int64),
+            "pixel_hash": [f"h{i}" for i in rng.permutation(n)],
+        }
+    ).sort("class_key", "row")
+    keys = [*rng.permutation(names).tolist(), "absent"]
+    got = column_by_class(table, "pixel_hash", keys)
+    assert len(got) == len(keys)
+    for key, values in zip(keys, got, strict=True):
+        expected = table.filter(pl.col("class_key") == key)["pixel_hash"].to_list()
+        assert values.tolist() == expected
+    assert sum(len(v) for v in got) == n
+    split = pl.DataFrame({"class_key": ["a", "b", "a"], "pixel_hash": ["1", "2", "3"]})
+    with pytest.raises(ValueError, match="sorted by class_key"):
+        column_by_class(split, "pixel_hash", ["a", "b"])

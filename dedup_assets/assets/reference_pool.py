@@ -9,6 +9,7 @@ from dedup_assets.assets.catalog import class_images
 from dedup_assets.core.data.artifacts import (
     CurrentInputs,
     catalog_images,
+    column_by_class,
     is_current,
     open_pixels,
     read_catalog,
@@ -57,9 +58,7 @@ def reference_pool(
         return
     keys = training_class_keys(layout)  # evaluation images never shape a budget
     catalog = catalog_images(read_catalog(layout, keys))
-    hashes = [
-        catalog.filter(catalog["class_key"] == k)["pixel_hash"].to_numpy().astype(str) for k in keys
-    ]
+    hashes = [h.astype(str) for h in column_by_class(catalog, "pixel_hash", keys)]
     model = load_state(layout.model, compute.torch_device())
 
     def encode(pixels: np.ndarray) -> np.ndarray:  # as the latents are: device and precision

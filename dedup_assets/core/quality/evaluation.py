@@ -21,6 +21,7 @@ from dedup_assets.core.data.artifacts import (
     catalog_class_keys,
     catalog_images,
     class_names,
+    column_by_class,
     open_pixels,
     read_catalog,
 )
@@ -290,7 +291,7 @@ def _reference_pool(layout, model, current):
     return build_reference_pool(
         keys,
         [open_pixels(layout, k) for k in keys],
-        [catalog.filter(catalog["class_key"] == k)["pixel_hash"].to_numpy() for k in keys],
+        column_by_class(catalog, "pixel_hash", keys),
         lambda pixels: encode_images(model, pixels),
     )
 
