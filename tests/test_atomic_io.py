@@ -634,3 +634,51 @@ def test_a_folder_swapped_whole_is_swept_beside_not_walked(tmp_path):
     assert sorted(p.name for p in (copies / "0.95").iterdir()) == ["forest"]
     assert list((tmp_path / "reports").iterdir()) == []
     assert len(sweep_interrupted(tmp_path)) == 1  # walked: the name inside taken for one
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_savez_writes_what_np_savez_writes(tmp_path, big):
+    """An archive np.load reads back array for array (names, dtypes, shapes, values; 0-d,
+    strings, bytes, empty): a small one built in memory and handed to the file in one write
+    with no seek (zipfile's seeks flushed the file's buffer at every member), a large one
+    (over NPZ_IN_MEMORY) written by np.savez as it goes."""
+    import io
+
+    from dedup_assets.core.data.atomic_io import NPZ_IN_MEMORY, savez
+
+    arrays = {
+        "scalar": np.array(3.5),
+        "text": np.array("ünï code"),
+        "ids": np.array([b"a" * 16, b"b" * 16]),
+        "empty": np.zeros((0, 4), np.float32),
+        "matrix": np.arange(12, dtype=np.int64).reshape(3, 4),
+    }
+    if big:
+        arrays["large"] = np.ones(NPZ_IN_MEMORY // 8 + 1, np.float64)
+
+    class Counting(io.BytesIO):
+        writes = seeks = 0
+
+        def write(self, b):
+            Counting.writes += 1
+            return super().write(b)
+
+        def seek(self, *a):
+            Counting.seeks += 1
+            return super().seek(*a)
+
+    out = Counting()
+    savez(out, **arrays)
+    if not big:
+        assert (Counting.writes, Counting.seeks) == (1, 0)
+    else:
+        assert Counting.writes > 1
+    path = tmp_path / "a.npz"
+    path.write_bytes(out.getvalue())
+    reference = io.BytesIO()
+    np.savez(reference, **arrays)
+    with np.load(path) as got, np.load(io.BytesIO(reference.getvalue())) as expected:
+        assert got.files == expected.files == list(arrays)
+        for name in arrays:
+            assert got[name].dtype == expected[name].dtype
+            np.testing.assert_array_equal(got[name], expected[name])

@@ -23,7 +23,7 @@ from dedup_assets.core.data.artifacts import (
     read_latents,
     write_table,
 )
-from dedup_assets.core.data.atomic_io import atomic_path
+from dedup_assets.core.data.atomic_io import atomic_path, savez
 from dedup_assets.core.data.splits import key_split
 from dedup_assets.core.data.thresholds import budget_of
 from dedup_assets.core.decision.ann_join import resolve_join
@@ -445,7 +445,7 @@ def _cached(path, key: str) -> dict[str, np.ndarray] | None:
 def _store(path, key: str, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, key=np.array(key), **arrays)
+        savez(fh, key=np.array(key), **arrays)
 
 
 def _mirror_null(

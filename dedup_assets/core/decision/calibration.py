@@ -76,7 +76,7 @@ from dedup_assets.core.data.artifacts import (
     read_decoded_images,
     read_latent_ids,
 )
-from dedup_assets.core.data.atomic_io import atomic_path
+from dedup_assets.core.data.atomic_io import atomic_path, savez
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.mapped import take_rows
 from dedup_assets.core.data.pools import process_cores, run_on_idle_cores
@@ -180,7 +180,7 @@ def mirror_latents(
     rows, mirrors = _read_only(rows.copy()), _read_only(mirrors)
     with atomic_path(path) as tmp:  # its folder made if missing
         with open(tmp, "wb") as fh:
-            np.savez(fh, latents=np.array(stamp), rows=rows, mirrors=mirrors)
+            savez(fh, latents=np.array(stamp), rows=rows, mirrors=mirrors)
         written = os.stat(tmp)
     value = (stamp, rows, mirrors)
     hand_over(path, written, "mirrors", value, _mirrors_bytes(value))

@@ -30,7 +30,7 @@ try:
 except ImportError:  # not POSIX: no lock (concurrent saves may cost a later run a full join)
     fcntl = None
 
-from dedup_assets.core.data.atomic_io import atomic_path
+from dedup_assets.core.data.atomic_io import atomic_path, savez
 from dedup_assets.core.decision.cross_class import SAMPLE_FOR_AXES, NearestOther, SharedSpace
 
 STATE_NAME = ".join_state.npz"
@@ -156,7 +156,7 @@ def save_join_state(
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32))
         with atomic_path(folder / STATE_NAME) as tmp, open(tmp, "wb") as fh:
-            np.savez(
+            savez(
                 fh,
                 key=np.array(key),
                 token=np.array(token),

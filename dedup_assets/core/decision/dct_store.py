@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dedup_assets.core.data.atomic_io import atomic_path
+from dedup_assets.core.data.atomic_io import atomic_path, savez
 from dedup_assets.core.decision.dct_descriptor import DCT_SIZE, DIMENSIONS, lowfreq_dct
 
 VERSION = f"lowfreq_dct {DCT_SIZE}x{DCT_SIZE} luma, 32x32 average, unit length"
@@ -66,5 +66,5 @@ def class_descriptors(
     unique, first = np.unique(hashes, return_index=True)
     if stored is None or len(missing) or not np.array_equal(stored[0], unique):
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, version=np.array(VERSION), pixel_hashes=unique, descriptors=out[first])
+            savez(fh, version=np.array(VERSION), pixel_hashes=unique, descriptors=out[first])
     return out
