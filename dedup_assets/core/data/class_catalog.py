@@ -172,9 +172,12 @@ def store_pixel_hashes(table: pl.DataFrame) -> list[str | None]:
     query engine, about 0.5 ms a call whatever the size, 8% of a 20-image class's images
     step (1,000 such classes a run)."""
     row = table.get_column("row")
-    stored = row.is_not_null()
-    rows = row.filter(stored).to_numpy()
-    hashes = table.get_column("pixel_hash").filter(stored).to_list()
+    if row.null_count():  # rows without a store row (quarantined): `is_not_null` is a query
+        stored = row.is_not_null()
+        rows = row.filter(stored).to_numpy()
+        hashes = table.get_column("pixel_hash").filter(stored).to_list()
+    else:
+        rows, hashes = row.to_numpy(), table.get_column("pixel_hash").to_list()
     if len(rows) < 2 or bool((rows[1:] > rows[:-1]).all()):  # in store order already
         return hashes
     return [hashes[i] for i in np.argsort(rows, kind="stable").tolist()]

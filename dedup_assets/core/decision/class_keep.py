@@ -88,7 +88,8 @@ def load_class_data(
     # Each latent row's catalog row, in numpy: a polars join per class was one of a small
     # class's costliest steps at 1,000 classes.
     at = _positions_of(ids, images["image_id"].to_numpy().astype(str))
-    if (at < 0).any() or images["pixel_hash"].is_null().to_numpy()[at].any():
+    hash_column = images["pixel_hash"]  # `is_null` is a query (0.15 ms); most have none
+    if (at < 0).any() or (hash_column.null_count() and hash_column.is_null().to_numpy()[at].any()):
         raise StaleArtifact(f"latents of class {key} name images the catalog does not hold")
     model = read_class_density(layout.spline_fit(key))
     rows = images["row"].to_numpy()[at]
