@@ -331,3 +331,26 @@ def test_a_ridge_fit_is_kept_by_its_scores_and_is_the_fit_of_them():
     other = kurtosis_report._ridge_fit(x[:-1], "fd")
     assert other is not first
     assert kurtosis_report._ridge_fit(x, "sturges") is not first
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [4, 11, 20, 300])
+def test_leading_directions_are_those_of_a_fresh_seeded_draw(n, dtype):
+    """The range finder's Gaussian is drawn once a process and reused: the same directions,
+    bit for bit, as a draw made for each class (two classes in a row, two seeds)."""
+    from dedup_assets.core.quality.kurtosis_report import leading_directions
+
+    def fresh(centred, k, seed=0):
+        n_, d = centred.shape
+        width = min(k + 8, n_, d)
+        g = np.random.default_rng(seed).standard_normal((d, width)).astype(centred.dtype)
+        y = centred @ g
+        for _ in range(4):
+            y, _ = np.linalg.qr(centred @ (centred.T @ y))
+        return np.linalg.svd(y.T @ centred, full_matrices=False)[2][: min(k, width)]
+
+    rng = np.random.default_rng(n)
+    for seed in (0, 0, 3):
+        x = rng.normal(size=(n, 64)).astype(dtype)
+        centred = x - x.mean(axis=0)
+        np.testing.assert_array_equal(leading_directions(centred, 3, seed), fresh(centred, 3, seed))
