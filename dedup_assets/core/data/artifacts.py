@@ -1009,7 +1009,7 @@ def write_latents(
         }
     )
     written = _write_table(df, path, provenance)
-    table = df.drop("latent")
+    table = pl.DataFrame([df.get_column("image_id"), df.get_column("path")])  # no query
     STORED_READS.put(
         Path(path), written, "latents", (table, matrix), table.estimated_size() + matrix.nbytes
     )
