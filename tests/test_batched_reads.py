@@ -371,3 +371,40 @@ def test_column_by_class_equals_a_filter_per_class(n, classes):
     split = pl.DataFrame({"class_key": ["a", "b", "a"], "pixel_hash": ["1", "2", "3"]})
     with pytest.raises(ValueError, match="sorted by class_key"):
         column_by_class(split, "pixel_hash", ["a", "b"])
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("n", [0, 1, 2, 20, 300])
+def test_one_class_decoded_images_equal_the_query(seed, n):
+    """A class catalog's decoded images in store order, as the filter and sort give them,
+    whether the table is the usual one (every row decoded, in store order: given back as
+    it is) or not (quarantined rows without a store row, rows out of order, another
+    class's rows)."""
+    from dedup_assets.core.data.artifacts import catalog_images
+
+    rng = np.random.default_rng(seed * 1000 + n)
+    kind = seed % 4  # 0: the usual; 1: some quarantined; 2: out of order; 3: another class
+    status = ["ok"] * n
+    row: list = list(range(n))
+    keys = ["c%20x"] * n
+    if kind == 1 and n:
+        for i in rng.choice(n, max(1, n // 5), replace=False):
+            status[i], row[i] = "unreadable", None
+    if kind == 2 and n > 1:
+        row = rng.permutation(n).tolist()
+    if kind == 3 and n:
+        keys[int(rng.integers(n))] = "other"
+    table = pl.DataFrame(
+        {
+            "image_id": [f"i{i}" for i in range(n)],
+            "class_key": pl.Series(keys, dtype=pl.Utf8),
+            "status": pl.Series(status, dtype=pl.Utf8),
+            "row": pl.Series(row, dtype=pl.Int64),
+        }
+    )
+    expected = table.filter((pl.col("status") == "ok") & (pl.col("class_key") == "c%20x")).sort(
+        "class_key", "row"
+    )
+    got = catalog_images(table, "c%20x")
+    assert got.equals(expected)
+    assert got["image_id"].to_list() == expected["image_id"].to_list()

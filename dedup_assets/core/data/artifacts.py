@@ -926,10 +926,27 @@ def read_tables(
 
 def catalog_images(catalog: pl.DataFrame, class_key: str | None = None) -> pl.DataFrame:
     """Decoded (status ok) images, optionally of one class, in pixel-store row order."""
+    if class_key is not None and _one_class_decoded_in_order(catalog, class_key):
+        return catalog  # the usual class catalog: two filters and a sort, 0.7 ms, find it so
     ok = catalog.filter(pl.col("status") == "ok")
     if class_key is not None:
         ok = ok.filter(pl.col("class_key") == class_key)
     return ok.sort("class_key", "row")
+
+
+def _one_class_decoded_in_order(catalog: pl.DataFrame, class_key: str) -> bool:
+    """Every row of `catalog` decoded (status ok), of `class_key`, in increasing store row."""
+    if catalog.height > 4_096:  # a whole catalog: the query is cheaper than this look
+        return False
+    rows = catalog.get_column("row")
+    if rows.null_count():
+        return False
+    rows = rows.to_numpy()
+    return bool(
+        (catalog.get_column("status").to_numpy() == "ok").all()
+        and (catalog.get_column("class_key").to_numpy() == class_key).all()
+        and (rows[1:] > rows[:-1]).all()
+    )
 
 
 def column_by_class(images: pl.DataFrame, column: str, keys: Sequence[str]) -> list[np.ndarray]:
