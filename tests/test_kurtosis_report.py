@@ -354,3 +354,50 @@ def test_leading_directions_are_those_of_a_fresh_seeded_draw(n, dtype):
         x = rng.normal(size=(n, 64)).astype(dtype)
         centred = x - x.mean(axis=0)
         np.testing.assert_array_equal(leading_directions(centred, 3, seed), fresh(centred, 3, seed))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stored_entropies_give_the_report_the_entropies_it_computes(seed):
+    """A class's before-removal entropies stored with its scores (`scores_summary`, of the
+    scores as the table holds them) and read back make the same entropy table as fitting
+    every marginal again: classes that kept all, lost some, lost all but a few, have one
+    or two components (NaN columns) or a constant one; a class without a stored record is
+    computed; another bin rule's record is not used."""
+    import json
+
+    from dedup_assets.core.quality.kurtosis_report import (
+        SCORES_SUMMARY_KEY,
+        entropy_by_class,
+        scores_summary,
+        stored_scores_summary,
+    )
+
+    rng = np.random.default_rng(seed)
+    frames, keeps, stored = [], [], {}
+    for c in range(int(rng.integers(1, 25))):
+        n = int(rng.choice([1, 2, 3, 5, 20, 64]))
+        z = rng.standard_t(4, size=(n, 3))
+        components = int(rng.choice([1, 2, 3, 8]))
+        z[:, min(components, 3) :] = np.nan
+        if rng.random() < 0.15:
+            z[:, 0] = 2.0
+        name = f"class {c} ü"
+        ids = [f"{c}-{i}" for i in range(n)]
+        frames.append(
+            pl.DataFrame({"class": [name] * n, "image_id": ids}).with_columns(
+                [pl.Series(f"pc{k + 1}", z[:, k]) for k in range(3)]
+            )
+        )
+        kept = rng.random(n) > rng.choice([0.0, 0.1, 0.9])
+        keeps.append(pl.DataFrame({"image_id": ids, "kept": kept}))
+        if rng.random() < 0.8:  # some classes written before the record
+            meta = scores_summary(z, components, "fd")
+            assert stored_scores_summary(meta, "scott") is None
+            assert json.loads(meta[SCORES_SUMMARY_KEY])["components"] == components
+            got = stored_scores_summary(meta, "fd")
+            assert got is not None and got[0] == components
+            stored[name] = got[1]
+    scores, keep = pl.concat(frames), pl.concat(keeps)
+    expected = entropy_by_class(scores, keep, "fd")
+    with_stored = entropy_by_class(scores, keep, "fd", before=stored)
+    assert with_stored.equals(expected, null_equal=True)

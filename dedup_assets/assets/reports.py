@@ -34,6 +34,7 @@ from dedup_assets.core.quality.kurtosis_report import (
     build_report,
     refit_kurtosis_by_threshold,
     stored_refit,
+    stored_scores_summary,
     summary_markdown,
 )
 from dedup_assets.core.quality.run_summary import kurtosis_words
@@ -143,7 +144,7 @@ def build_report_assets(
         classes = read_classes(layout)
         names = class_labels(layout)  # one per class partition: a split's classes apart
         keep = labelled_by_partition(read_keep_list(layout.keep_list(threshold)))
-        components = {names[key]: fit_components(layout, key) for key in class_keys}
+        components, entropy_before = _stored_summaries(layout, class_keys, names, settings)
         # Each report refits the other thresholds' classes too while it has their latents
         # (the next reports find them cached), unless those reports run at the same time.
         at_once = context.run.tags.get(THRESHOLDS_AT_ONCE_TAG) == "1"
@@ -159,6 +160,7 @@ def build_report_assets(
             empty_classes=[names[k] for k in classes.filter(pl.col("images") == 0)["class_key"]],
             components=components,
             refit=refit,
+            entropy_before=entropy_before,
         )
         summary = report.summary(threshold) | {"keep_list": digest(provenance)}
         with atomic_dir(layout.report_dir(threshold)) as tmp:
@@ -293,6 +295,24 @@ def _refit_key(current: CurrentInputs, key: str, threshold: str) -> str:
     """What one class's refit at one threshold is computed from: the class's keep
     decisions (whose provenance names its latents and fit) and the refit's own version."""
     return digest({"keep": digest(current.keep(key, threshold)), "refit": REFIT_VERSION})
+
+
+def _stored_summaries(
+    layout, class_keys: list[str], names: dict[str, str], settings: DedupSettings
+) -> tuple[dict[str, int], dict[str, list[float]]]:
+    """Each class's component count, and its before-removal entropies where its current
+    scores table stores them (`scores_summary`, read with the provenance just checked);
+    the count from the fit itself for a table written without them."""
+    components, entropy = {}, {}
+    for key in class_keys:
+        stored = stored_scores_summary(
+            read_table_metadata(layout.spline_scores(key)), str(settings.bin_rule)
+        )
+        if stored is None:
+            components[names[key]] = fit_components(layout, key)
+        else:
+            components[names[key]], entropy[names[key]] = stored
+    return components, entropy
 
 
 def _refits(

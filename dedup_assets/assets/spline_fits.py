@@ -28,6 +28,7 @@ from dedup_assets.core.density.class_density import (
 )
 from dedup_assets.core.density.pca import components_for_variance
 from dedup_assets.core.quality import plots
+from dedup_assets.core.quality.kurtosis_report import scores_summary
 from dedup_assets.names import FULL_TAG
 from dedup_assets.ui import image_metadata, md_table
 from resources import DedupSettings, DedupStorage
@@ -133,8 +134,16 @@ def _fit_class(
             ],
         ]
     )
-    write_table(per_image, layout.spline_scores(key), provenance)
     k = model.n_components
+    reported = np.column_stack(
+        [per_image.get_column(f"pc{c + 1}").to_numpy() for c in range(REPORTED_COMPONENTS)]
+    )
+    write_table(
+        per_image,
+        layout.spline_scores(key),
+        provenance,
+        scores_summary(reported, k, str(settings.bin_rule)),
+    )
     metadata: dict = {
         "images": len(latents),
         "fit": fit_words,
