@@ -467,3 +467,25 @@ def test_a_few_rows_drawn_at_once_are_distinct_and_uniform(n, side):
     if 2 < n <= 5 and side == 2:
         pairs = np.unique(np.sort(rows, axis=1), axis=0, return_counts=True)[1]
         assert len(pairs) == n * (n - 1) // 2 and chisquare(pairs).pvalue > 0.001
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_excess_kurtosis_of_groups_is_each_groups_bit_for_bit(seed):
+    """Groups of one size computed together give each group's own `excess_kurtosis`, bit
+    for bit: sizes 0 to 300 in any order, constant columns (NaN), scales far apart."""
+    from dedup_assets.core.quality.statistics import excess_kurtosis_of_groups
+
+    rng = np.random.default_rng(seed)
+    groups = []
+    for _ in range(int(rng.integers(1, 60))):
+        n = int(rng.choice([0, 1, 3, 4, 5, 20, 20, 21, 300]))
+        z = rng.standard_t(5, size=(n, 3)) * rng.choice([1e-4, 1.0, 1e4])
+        if n and rng.random() < 0.2:
+            z[:, int(rng.integers(3))] = -0.5
+        groups.append(z)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        together = excess_kurtosis_of_groups(groups)
+        alone = np.array([excess_kurtosis(z) for z in groups])
+    np.testing.assert_array_equal(together, alone)
+    assert excess_kurtosis_of_groups([]).shape == (0, 3)

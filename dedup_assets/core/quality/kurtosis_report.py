@@ -23,6 +23,7 @@ from dedup_assets.core.quality.statistics import (
     ComponentRegression,
     KurtosisGate,
     excess_kurtosis,
+    excess_kurtosis_of_groups,
     kurtosis_gate,
     random_removal_excess,
     theil_sen,
@@ -83,9 +84,12 @@ def kurtosis_by_class(
     if kept_of.null_count():
         raise ValueError(f"{kept_of.null_count()} scored images are absent from the keep list")
     rows = []
-    for name, z, kept in class_scores(scores, keep) if groups is None else groups:
+    groups = class_scores(scores, keep) if groups is None else groups
+    # Before for every class at once (by size); after only where something was removed.
+    befores = excess_kurtosis_of_groups([z for _, z, _ in groups])
+    for (name, z, kept), before in zip(groups, befores, strict=True):
         n_before, n_after = len(z), int(kept.sum())
-        before, after = excess_kurtosis(z), excess_kurtosis(z[kept])
+        after = before if n_after == n_before else excess_kurtosis(z[kept])
         finite = bool(np.isfinite(before).all() and np.isfinite(after).all())
         if n_before < min_images or n_after < min_images:
             note = (

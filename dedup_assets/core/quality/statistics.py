@@ -14,6 +14,7 @@ Decisions the paper leaves open (PAPER.md section 6), made here:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -295,6 +296,21 @@ def _kurtosis_of_subsets(z: np.ndarray, k: int, draws: int, rng: np.random.Gener
             ]
         )
     return _kurtosis_of_sums(drawn if side == k else total - drawn, k)
+
+
+def excess_kurtosis_of_groups(groups: Sequence[np.ndarray]) -> np.ndarray:
+    """(groups, m): `excess_kurtosis` of each (n, m) group, the same bits, computed for all
+    the groups of one size at once (a thousand classes of 20 took a thousand calls)."""
+    groups = [np.asarray(z, dtype=np.float64) for z in groups]
+    if not groups:
+        return np.zeros((0, 3))
+    out = np.empty((len(groups), groups[0].shape[1]))
+    sizes: dict[int, list[int]] = {}
+    for at, z in enumerate(groups):
+        sizes.setdefault(len(z), []).append(at)
+    for ats in sizes.values():
+        out[ats] = _excess_kurtosis_stacked(np.stack([groups[at] for at in ats]))
+    return out
 
 
 def _excess_kurtosis_stacked(z: np.ndarray) -> np.ndarray:
