@@ -570,7 +570,13 @@ def class_budgets(
     if borrowed:
         null, shift = np.zeros(0, np.float32), 0.0
         if has_pool:
-            mine = vectorise_as(data, unfitted)
+            # The class's own vectors when its space is the unfitted one (the same function
+            # of the same images: a small class's DCT computed twice, 0.4 ms a class).
+            mine = (
+                vectors
+                if vectors is not None and used == unfitted
+                else vectorise_as(data, unfitted)
+            )
             null = pooled_null(
                 mine,
                 vectorise_as(pool.as_class(data.model, borrowed_rows, unfitted), unfitted),
