@@ -1,6 +1,7 @@
 """A run killed (SIGKILL) in any stage: the next run sweeps what it left, marks its Dagster
 run failed and gives the same keep lists as a run that was never interrupted."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -152,3 +153,78 @@ def test_runs_of_a_killed_process_are_marked_failed(tmp_path):
     failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
     assert len(failed) == 1
     assert fail_orphaned_runs(instance) == []  # nothing left to mark
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        return fh.read()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process tree from /proc")
+def test_pool_processes_end_when_the_command_is_killed_alone(baseline, tmp_path):
+    """`dedup run` killed outright by itself (the out-of-memory killer's way, not its
+    process group): its pool's processes, waiting for the next run on a queue they all hold
+    open, end within seconds instead of living on with their memory."""
+    from dedup_assets.engines import PARENT_CHECK_S
+
+    output = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            str(DEDUP),
+            "run",
+            "--source",
+            str(baseline["source"]),
+            "--output",
+            str(output),
+            *ARGS,
+            "--executor",
+            "processes",
+            "--parallel",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        env=_own_env(),
+    )
+    try:
+        workers: list[int] = []
+        for line in proc.stdout:
+            if line.startswith("[classes") and "starting" in line:
+                _until_a_run_started(output)
+                workers = [p for p in _children(proc.pid) if b"predecode" not in _cmdline(p)]
+                os.kill(proc.pid, signal.SIGKILL)  # the command alone
+                break
+        proc.wait(timeout=60)
+        assert len(workers) == 2, workers
+        deadline = time.monotonic() + 20 * PARENT_CHECK_S + 10
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in workers), "pool processes outlived the command"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
