@@ -338,3 +338,28 @@ def test_mirrors_above_the_handover_cap_are_read_again(tmp_path, monkeypatch):
     )
     assert loads == [layout.mirror_latents("k")] and (again == 1).all()
     STORED_READS.clear()
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 20])
+@pytest.mark.parametrize("kind", ["contiguous", "strided", "mapped", "float"])
+def test_mirrored_is_the_flip_of_each_image(tmp_path, n, kind):
+    """Mirrored decoys are each image flipped left-right (top-bottom with `vertical`), a new
+    C-ordered array of the input's dtype and shape, whatever the input: in memory, a view
+    with strides, a memory-mapped store, floats."""
+    from dedup_assets.core.decision.calibration import mirrored
+
+    rng = np.random.default_rng(n)
+    pixels = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+    if kind == "strided":
+        pixels = rng.integers(0, 256, (2 * n, 64, 64, 3), dtype=np.uint8)[::2]
+    elif kind == "mapped":
+        np.save(tmp_path / "p.npy", pixels)
+        pixels = np.load(tmp_path / "p.npy", mmap_mode="r")
+    elif kind == "float":
+        pixels = pixels.astype(np.float32) / 255
+    for vertical in (False, True):
+        got = mirrored(pixels, vertical)
+        expected = np.asarray(pixels)[:, ::-1] if vertical else np.asarray(pixels)[:, :, ::-1]
+        assert got.flags.c_contiguous and got.dtype == pixels.dtype and got.shape == pixels.shape
+        np.testing.assert_array_equal(got, expected)
+        assert not np.shares_memory(got, pixels)

@@ -59,6 +59,7 @@ a few tiny classes) the threshold is 1.0: exact copies only. Measured on unrelat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -78,7 +79,7 @@ from dedup_assets.core.data.artifacts import (
 )
 from dedup_assets.core.data.atomic_io import atomic_path, savez
 from dedup_assets.core.data.layout import OutputLayout
-from dedup_assets.core.data.mapped import take_rows
+from dedup_assets.core.data.mapped import TAKE_CHUNK, take_rows
 from dedup_assets.core.data.pools import process_cores, run_on_idle_cores
 from dedup_assets.core.decision.class_decision import (
     ClassData,
@@ -118,8 +119,17 @@ def mirror_rows(n: int) -> np.ndarray:
 
 
 def mirrored(pixels: np.ndarray, vertical: bool = False) -> np.ndarray:
-    """Decoy pixels: each uint8 NHWC image mirrored left-right (top-bottom if vertical)."""
-    return np.ascontiguousarray(pixels[:, ::-1] if vertical else pixels[:, :, ::-1])
+    """Decoy pixels: each uint8 NHWC image mirrored left-right (top-bottom if vertical).
+
+    Left-right, each pixel's channels are moved as one item (a void of their bytes): numpy
+    copied 3-byte runs in reverse at a third of the speed (0.37 against 0.17 ms a class of
+    20 images)."""
+    if vertical or pixels.ndim != 4:
+        return np.ascontiguousarray(pixels[:, ::-1] if vertical else pixels[:, :, ::-1])
+    whole = np.ascontiguousarray(pixels)
+    pixel = np.dtype((np.void, whole.shape[-1] * whole.itemsize))
+    flipped = np.ascontiguousarray(whole.view(pixel)[:, :, ::-1])
+    return flipped.view(whole.dtype).reshape(whole.shape)
 
 
 def encode_mirrors(
@@ -424,6 +434,15 @@ def budget_thresholds(null: np.ndarray, budgets: Sequence[float]) -> list[float]
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _permutation(n: int, seed: int) -> np.ndarray:
+    """`default_rng(seed).permutation(n)`, drawn once a process: every small class shuffles a
+    pool of about the same size (read-only)."""
+    order = np.random.default_rng(seed).permutation(n)
+    order.setflags(write=False)
+    return order
+
+
 def pooled_null(
     vectors: np.ndarray,
     decoys: np.ndarray,
@@ -443,7 +462,7 @@ def pooled_null(
     if len(vectors) == 0 or draws == 0:
         return np.zeros(0, np.float32)
     v, d = _same_width(vectors, decoys)
-    picked = d[np.random.default_rng(seed).permutation(len(d))[: draws * r]]
+    picked = d[_permutation(len(d), seed)[: draws * r]]
     out = np.empty((len(v), draws), np.float32)
     rows = block_rows(len(picked), block)
     outputs = SlabOutputs()
@@ -486,7 +505,9 @@ def _same_width(*parts: np.ndarray) -> tuple[np.ndarray, ...]:
     """Zero-pad the narrower embeddings to the widest (an origin axis, for flat images or
     zero rows, may exist in some only; `similarity.with_origin_axis`)."""
     width = max(x.shape[1] for x in parts)
-    return tuple(np.pad(x, ((0, 0), (0, width - x.shape[1]))) for x in parts)
+    return tuple(
+        x if x.shape[1] == width else np.pad(x, ((0, 0), (0, width - x.shape[1]))) for x in parts
+    )
 
 
 class NullSource:
@@ -664,12 +685,15 @@ def _class_shift(
             return 0.0  # mirrors' latents not at hand: no shift (the pool alone)
     else:
         latents = decoy_latents
+    # A small class's every row, in order, mirrored straight from its store (the copy the
+    # chunked `take_rows` makes is for stores too big to map whole).
+    whole = len(rows) == n and n <= TAKE_CHUNK and np.array_equal(rows, np.arange(n))
     decoy = dataclasses.replace(
         data,
         image_ids=data.image_ids[rows],
         pixel_hashes=data.pixel_hashes[rows],
         latents=latents,
-        pixels=mirrored(take_rows(data.pixels, rows)),
+        pixels=mirrored(data.pixels if whole else take_rows(data.pixels, rows)),
         descriptors=None,
     )
     own = mirror_null(
