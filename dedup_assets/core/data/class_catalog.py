@@ -77,7 +77,8 @@ class ClassCatalog:
 
     @property
     def images(self) -> int:
-        return int((self.table["status"] == "ok").sum())
+        """Decoded images (status ok): counted in numpy, a Series comparison is a query."""
+        return int((self.table.get_column("status").to_numpy() == "ok").sum())
 
     def digest(self) -> str:
         """Content digest of the class: which images, with which pixels, under which paths."""
