@@ -30,16 +30,7 @@ def excess_kurtosis(z: np.ndarray) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     if z.ndim == 1:
         z = z[:, None]
-    if len(z) < MIN_IMAGES_FOR_KURTOSIS:
-        return np.full(z.shape[1], np.nan)
-    centred = z - z.mean(axis=0)
-    squares = centred * centred
-    m2 = squares.mean(axis=0)
-    m4 = (squares * squares).mean(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        k = m4 / (m2 * m2) - 3.0
-    k[z.std(axis=0) == 0] = np.nan
-    return k
+    return _excess_kurtosis_stacked(z[None])[0]
 
 
 def theil_sen_slopes(
@@ -314,8 +305,8 @@ def excess_kurtosis_of_groups(groups: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _excess_kurtosis_stacked(z: np.ndarray) -> np.ndarray:
-    """`excess_kurtosis` of each class of a (classes, n, m) stack, (classes, m): the same
-    operations along axis 1, so the same bits as one class at a time."""
+    """Excess kurtosis of each column of each class of a (classes, n, m) stack, (classes, m);
+    NaN when n < 4 or a column is constant (`excess_kurtosis` is a stack of one class)."""
     if z.shape[1] < MIN_IMAGES_FOR_KURTOSIS:
         return np.full((z.shape[0], z.shape[2]), np.nan)
     centred = z - z.mean(axis=1, keepdims=True)
