@@ -45,7 +45,9 @@ def odd_source(tmp_path):
     return root
 
 
-def _decode_all(source: Path, cache: Path, parts: int = 2) -> None:
+def _decode_all(source: Path, cache: Path, parts: int = 2, smallest: int = 1) -> None:
+    """The decoder run whole into `cache`: with `smallest` 1 every class into its own
+    cache, with MIN_CLASS_IMAGES the small classes into groups (as the command does)."""
     cache.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
         [
@@ -56,7 +58,7 @@ def _decode_all(source: Path, cache: Path, parts: int = 2) -> None:
             str(cache),
             json.dumps(SETTINGS),
             str(parts),
-            "1",  # every class, however small (the command's decoder skips small ones)
+            str(smallest),
         ],
         capture_output=True,
         timeout=120,
@@ -64,10 +66,10 @@ def _decode_all(source: Path, cache: Path, parts: int = 2) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _catalog(source: Path, key: str, previous=None):
+def _catalog(source: Path, key: str, previous=None, ahead=None):
     scan = scan_class(source, detect_splits(source, "auto"), key)
     prev, pixels = previous if previous is not None else (None, None)
-    return update_class_catalog(source, scan, prev, pixels, max_file_bytes=256 * 2**20)
+    return update_class_catalog(source, scan, prev, pixels, max_file_bytes=256 * 2**20, ahead=ahead)
 
 
 def _same(a, b) -> None:
@@ -160,15 +162,100 @@ def test_a_class_claimed_by_a_worker_is_left_to_it_and_never_waited_for(
 )
 def test_the_decoder_starts_at_the_end_of_each_worker_range(sizes, parts, order):
     keys = [f"k{i}" for i in range(len(sizes))]
-    assert predecode.decoding_order(keys, sizes, parts, smallest=1) == [f"k{i}" for i in order]
+    assert predecode.decoding_order(keys, sizes, parts, smallest=1) == [[f"k{i}"] for i in order]
 
 
-def test_the_decoder_leaves_small_classes_to_the_workers():
-    """A class under MIN_CLASS_IMAGES costs more through the cache than decoded."""
+@pytest.mark.parametrize(
+    ("sizes", "parts", "units"),
+    [
+        # under MIN_CLASS_IMAGES: together, from the range's end back, until a group holds it
+        ([10, 300, 255, 256], 1, [[3], [1], [2, 0]]),
+        ([100] * 6, 1, [[5, 4, 3], [2, 1, 0]]),
+        ([100] * 6, 2, [[2, 1, 0], [5, 4, 3]]),
+        ([20] * 30, 2, [list(range(14, 1, -1)), list(range(29, 16, -1)), [1, 0], [16, 15]]),
+        ([0, 5, 0], 1, [[1]]),  # empty classes: nothing to decode
+        ([1], 3, [[0]]),
+        ([], 2, []),
+        # the cap on images holds for groups too
+        ([20_000, 20_000, 255, 255, 20_000], 1, [[4], [3, 2], [1]]),
+    ],
+)
+def test_the_decoder_takes_small_classes_in_groups(sizes, parts, units):
+    """A class under MIN_CLASS_IMAGES costs more through its own cache than decoded: small
+    classes of a worker's range share one (`_decode_group`), read once by the worker."""
+    keys = [f"k{i}" for i in range(len(sizes))]
+    assert predecode.decoding_order(keys, sizes, parts) == [[f"k{i}" for i in u] for u in units]
     small = predecode.MIN_CLASS_IMAGES
-    sizes = [10, 300, small - 1, small]
-    assert predecode.decoding_order([f"k{i}" for i in range(4)], sizes, 1) == ["k3", "k1"]
-    assert predecode.decoding_order(["a"] * 0, [], 2) == []
+    for unit in predecode.decoding_order(keys, sizes, parts):
+        held = [sizes[keys.index(k)] for k in unit]
+        assert len(unit) == 1 or max(held) < small  # a large class is never in a group
+
+
+def test_a_small_class_read_through_its_group_is_the_class_decoded_directly(
+    odd_source, tmp_path, monkeypatch
+):
+    """The command's decoder puts its small classes (here all three) in groups: each class's
+    catalog made with the group's files is the catalog decoded then, file for file (odd
+    names, a broken file and a 16-bit one); the broken file is read again, as decoding it
+    directly would (nothing of it is in the group)."""
+    cache = tmp_path / "out" / f"{PREDECODE}1"
+    _decode_all(odd_source, cache, parts=1, smallest=predecode.MIN_CLASS_IMAGES)
+    groups = [p for p in cache.iterdir() if p.is_dir() and not p.is_symlink()]
+    assert [p.name[: len(predecode.GROUP)] for p in groups] == [predecode.GROUP]
+    monkeypatch.setenv(predecode.ENV_DIR, str(cache))
+    for key in (CATS, DOGS, ONE):
+        assert predecode.cached_class(key, SETTINGS) is None  # no cache of its own
+        ahead = predecode.grouped_files(key, SETTINGS)
+        assert ahead is not None, key
+        direct = _catalog(odd_source, key)
+        through = _catalog(odd_source, key, ahead=ahead)
+        _same(through, direct)
+        assert (through.reused, through.decoded) == (direct.reused, direct.decoded)
+        assert len(ahead) == int((direct.table["status"] == "ok").sum())
+    for key in (CATS, DOGS, ONE):  # as a worker does: each class dropped once written
+        assert groups[0].is_dir()
+        predecode.discard(key)
+    assert not groups[0].exists()  # its last class dropped: the group with it
+    assert predecode.grouped_files(CATS, SETTINGS) is None
+
+
+def test_a_file_rewritten_after_its_group_was_decoded_is_read_again(
+    odd_source, tmp_path, monkeypatch
+):
+    cache = tmp_path / "out" / f"{PREDECODE}1"
+    _decode_all(odd_source, cache, smallest=predecode.MIN_CLASS_IMAGES)
+    path = odd_source / "cats é" / "im 3 [é] 0.png"
+    Image.fromarray(np.full((30, 30, 3), 7, np.uint8)).save(path)  # other size and time
+    os.utime(odd_source / "cats é" / "im 4 [é] 0.png", ns=(1, 1))  # same bytes, other time
+    monkeypatch.setenv(predecode.ENV_DIR, str(cache))
+    ahead = predecode.grouped_files(CATS, SETTINGS)
+    through = _catalog(odd_source, CATS, ahead=ahead)
+    _same(through, _catalog(odd_source, CATS))
+    row = through.table.filter(pl.col("path") == "cats é/im 3 [é] 0.png")
+    assert row["width"].item() == 30  # the new file's, not the one decoded before
+
+
+def test_a_group_of_other_reading_settings_or_claimed_classes_is_not_used(
+    odd_source, tmp_path, monkeypatch
+):
+    cache = tmp_path / "out" / f"{PREDECODE}1"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv(predecode.ENV_DIR, str(cache))
+    # A worker reaches "dogs [x]" first: it claims it, and the decoder's group leaves it out.
+    assert predecode.cached_class(DOGS, SETTINGS) is None
+    _decode_all(odd_source, cache, parts=1, smallest=predecode.MIN_CLASS_IMAGES)
+    assert predecode.grouped_files(DOGS, SETTINGS) is None
+    assert predecode.grouped_files(CATS, SETTINGS) is not None
+    for other in (
+        predecode.settings_of(1000, False, "auto"),
+        predecode.settings_of(256 * 2**20, True, "auto"),
+        predecode.settings_of(256 * 2**20, False, "none"),
+    ):
+        assert predecode.grouped_files(ONE, other) is None
+        assert predecode.grouped_files(CATS, other) is None  # a group already read, too
+    assert predecode.grouped_files(ONE, SETTINGS) is not None
+    monkeypatch.delenv(predecode.ENV_DIR)
+    assert predecode.grouped_files(ONE, SETTINGS) is None
 
 
 def test_start_decodes_every_class_and_finish_removes_the_cache(odd_source, tmp_path):
@@ -244,18 +331,23 @@ def test_a_run_with_the_decoder_leaves_the_outputs_of_a_run_without(odd_source, 
     assert plain.returncode == 0, plain.stderr
     own = dedup("run", *common, "--output", str(tmp_path / "own"))
     assert own.returncode == 0, own.stderr
-    # A cache decoded whole before the run, handed to it: every file from the cache.
+    # A cache decoded whole before the run, handed to it: every file from the cache, each
+    # class's own or (as the command's decoder does with small classes) groups.
     ready = tmp_path / "ready" / f"{PREDECODE}1"
     _decode_all(odd_source, ready)
-    given = dedup(
-        "run",
-        *common,
-        "--output",
-        str(tmp_path / "given"),
-        env_extra={predecode.ENV_OFF: "1", predecode.ENV_DIR: str(ready)},
-    )
-    assert given.returncode == 0, given.stderr
-    for name in ("own", "given"):
+    grouped = tmp_path / "grouped" / f"{PREDECODE}1"
+    _decode_all(odd_source, grouped, smallest=predecode.MIN_CLASS_IMAGES)
+    assert len(list(grouped.glob("*.group"))) == 3
+    for name, cache in (("given", ready), ("given_grouped", grouped)):
+        given = dedup(
+            "run",
+            *common,
+            "--output",
+            str(tmp_path / name),
+            env_extra={predecode.ENV_OFF: "1", predecode.ENV_DIR: str(cache)},
+        )
+        assert given.returncode == 0, given.stderr
+    for name in ("own", "given", "given_grouped"):
         out = tmp_path / name
         mine, theirs = _catalogs(out), _catalogs(tmp_path / "plain")
         assert mine.keys() == theirs.keys() and len(mine) == 4  # 3 classes, the quarantine
@@ -270,6 +362,7 @@ def test_a_run_with_the_decoder_leaves_the_outputs_of_a_run_without(odd_source, 
         assert not [p for p in out.iterdir() if p.name.startswith(PREDECODE)]
     # the given cache was read (each class's cache is dropped once its catalog is written)
     assert not [p for p in ready.iterdir() if p.is_dir()]
+    assert not list(grouped.glob("*.group"))  # every class took its files from its group
     assert sorted((p.name, p.stat().st_mtime_ns) for p in odd_source.rglob("*")) == before
 
 
@@ -318,14 +411,16 @@ def test_finish_removes_the_folders_start_made_for_a_refused_command(odd_source,
     assert [p.name for p in kept.iterdir()] == ["pipeline.json"]
 
 
+@pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize(
     ("n", "identical"), [(1, False), (2, False), (2, True), (3, True), (257, False)]
 )
 def test_through_the_cache_or_not_every_class_size_gives_one_catalog(
-    tmp_path, monkeypatch, n, identical
+    tmp_path, monkeypatch, n, identical, grouped
 ):
     """The cache's promise over class sizes (one image, two, all identical, past the
-    decoder's smallest class): the catalog read through it is the catalog decoded."""
+    decoder's smallest class), through a class's own cache or a group: the catalog read
+    through it is the catalog decoded."""
     root = tmp_path / "src"
     folder = root / "only"
     folder.mkdir(parents=True)
@@ -335,13 +430,19 @@ def test_through_the_cache_or_not_every_class_size_gives_one_catalog(
         pixels = same if identical else rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"{i:04d} [é].png")
     cache = tmp_path / "out" / f"{PREDECODE}1"
-    _decode_all(root, cache, parts=1)
+    smallest = n + 1 if grouped else 1
+    _decode_all(root, cache, parts=1, smallest=smallest)
     monkeypatch.setenv(predecode.ENV_DIR, str(cache))
-    cached = predecode.cached_class("only", SETTINGS)
-    assert cached is not None
-    through = _catalog(root, "only", cached)
+    if grouped:
+        assert predecode.cached_class("only", SETTINGS) is None
+        through = _catalog(root, "only", ahead=predecode.grouped_files("only", SETTINGS))
+        assert through.reused == 0 and through.decoded == n  # decoded in this run
+    else:
+        cached = predecode.cached_class("only", SETTINGS)
+        assert cached is not None
+        through = _catalog(root, "only", cached)
+        assert through.reused == n and through.decoded == 0
     _same(through, _catalog(root, "only"))
-    assert through.reused == n and through.decoded == 0
 
 
 @pytest.mark.parametrize(

@@ -220,7 +220,7 @@ def _decode_class(
     if scan is None:
         raise FileNotFoundError(f"no class folder with key {key!r} under {root}")
     listing = class_listings(scan)[key]
-    previous = previous_pixels = from_cache = None
+    previous = previous_pixels = from_cache = ahead = None
     recorded = class_summary(layout, key) or {}
     if layout.class_pixels(key).exists() and recorded.get("pixels_digest"):
         try:
@@ -232,15 +232,15 @@ def _decode_class(
         except Exception:  # noqa: BLE001 - a damaged earlier catalog just means decoding again
             previous = previous_pixels = None
     if previous is None and not full:  # a first run: what its decoder has done already
-        cached = predecode.cached_class(
-            key,
-            predecode.settings_of(
-                image_source.max_file_bytes, image_source.include_hidden, image_source.splits
-            ),
+        reading = predecode.settings_of(
+            image_source.max_file_bytes, image_source.include_hidden, image_source.splits
         )
+        cached = predecode.cached_class(key, reading)
         if cached is not None:
             previous, previous_pixels = cached
             from_cache = previous_pixels
+        else:  # a small class: decoded in a group, if at all
+            ahead = predecode.grouped_files(key, reading)
     if previous is not None and image_source.verify:  # --verify: no row whose bytes changed
         ok = previous.filter(pl.col("status") == "ok").select("raw_path", "content_hash")
         gone = rewritten_files(root, ok.iter_rows(), image_source.max_file_bytes)
@@ -248,7 +248,13 @@ def _decode_class(
             ~pl.col("raw_path").is_in(pl.Series(list(gone), dtype=pl.Binary))
         )
     catalog = update_class_catalog(
-        root, scan, previous, previous_pixels, max_file_bytes=image_source.max_file_bytes, full=full
+        root,
+        scan,
+        previous,
+        previous_pixels,
+        max_file_bytes=image_source.max_file_bytes,
+        full=full,
+        ahead=ahead,
     )
     summary = {
         "class": listing.name,

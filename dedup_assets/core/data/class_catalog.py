@@ -19,7 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,9 @@ import polars as pl
 from dedup_assets.core.data.atomic_io import write_csv
 from dedup_assets.core.data.image_folder import (
     SIXTEEN_BIT_MODES,
+    DecodedImage,
     FolderScan,
+    ImageFile,
     pixel_hash,
     read_and_decode,
     reason_kind,
@@ -202,6 +204,34 @@ def store_matches(path: Path, recorded: dict) -> bool:
     return pixels_digest(path, recorded["pixels_digest"]) == recorded["pixels_digest"]
 
 
+DecodedAhead = Mapping[bytes, tuple[int, int, DecodedImage]]
+"""Files decoded earlier in this run, by raw path: (size, modification time in ns, as
+the decoder's scan saw them) and what decoding gave."""
+
+
+def decoded_files(
+    root: str | Path, files: list[ImageFile], ahead: DecodedAhead | None, max_file_bytes: int
+) -> list[DecodedImage]:
+    """`read_and_decode` of `files`, where a file of `ahead` with the scan's size and
+    modification time is taken as it was decoded (the same function on the same bytes, so
+    the same result) and only the rest read now."""
+    if not ahead:
+        return read_and_decode(root, files, max_file_bytes=max_file_bytes)
+    out: list[DecodedImage | None] = [None] * len(files)
+    rest: list[int] = []
+    for i, f in enumerate(files):
+        got = ahead.get(f.raw_path)
+        if got is not None and got[0] == f.size and got[1] == f.mtime_ns and f.mtime_ns >= 0:
+            out[i] = got[2]
+        else:
+            rest.append(i)
+    if rest:
+        read = read_and_decode(root, [files[i] for i in rest], max_file_bytes=max_file_bytes)
+        for i, d in zip(rest, read, strict=True):
+            out[i] = d
+    return out  # type: ignore[return-value] - every slot filled
+
+
 _DECODED_SCHEMA = {
     "at": pl.Int64,
     "content_hash": pl.String,
@@ -224,10 +254,13 @@ def update_class_catalog(
     *,
     max_file_bytes: int,
     full: bool = False,
+    ahead: DecodedAhead | None = None,
 ) -> ClassCatalog:
     """Catalog one class from its scan, reusing the previous catalog where files are
     unchanged (unless `full`). The caller vouches that `previous_pixels` is the store
-    written with `previous` (see `pixels_digest`)."""
+    written with `previous` (see `pixels_digest`). `ahead` holds files this run decoded
+    already (a first run's decoder, `predecode`): each is taken as decoded now where its
+    path, size and modification time are the scan's (`decoded_files`)."""
     files = scan.files
     listing = None
     reused = pl.DataFrame(schema=_DECODED_SCHEMA | {"row": pl.Int64})
@@ -259,7 +292,7 @@ def update_class_catalog(
     meta: dict[str, list] = {name: [] for name in _DECODED_SCHEMA if name != "at"}
     for start in range(0, len(todo), DECODE_CHUNK):
         part = todo[start : start + DECODE_CHUNK]
-        decoded = read_and_decode(root, [files[i] for i in part], max_file_bytes=max_file_bytes)
+        decoded = decoded_files(root, [files[i] for i in part], ahead, max_file_bytes)
         for i, d in zip(part, decoded, strict=True):
             if d.pixels is not None:
                 store[i] = d.pixels
