@@ -408,3 +408,21 @@ def test_one_class_decoded_images_equal_the_query(seed, n):
     got = catalog_images(table, "c%20x")
     assert got.equals(expected)
     assert got["image_id"].to_list() == expected["image_id"].to_list()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_value_by_file_equals_the_mapping_of_each_row(seed):
+    """`by_file`: each row's value of its file from the file column's runs, as mapping each
+    row gives, for 0 to 30 files of 0 to 6 rows (empty files among them) and odd paths."""
+    rng = np.random.default_rng(seed)
+    files = [
+        f"{ROOTS[i % len(ROOTS)]}/c{i}/scores.parquet" for i in range(int(rng.integers(0, 31)))
+    ]
+    sizes = rng.integers(0, 7, len(files))
+    column = [f for f, n in zip(files, sizes, strict=True) for _ in range(n)]
+    frame = pl.DataFrame(
+        {"__source": column, "x": np.arange(len(column))}, schema_overrides={"__source": pl.String}
+    )
+    values = {f: f"label {i} é" for i, f in enumerate(files)}
+    got = artifacts.by_file(frame, "__source", values)
+    assert got.tolist() == [values[f] for f in column]
