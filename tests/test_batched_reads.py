@@ -122,6 +122,47 @@ def test_catalog_read_together_equals_one_by_one(tmp_path, root, classes):
     assert together.height == sum(range(classes))
 
 
+@pytest.mark.parametrize("change", ["rewritten", "swapped", "added", "removed", "other keys"])
+def test_a_catalog_read_is_kept_only_while_its_files_are_the_ones_read(tmp_path, change):
+    """`read_catalog` keeps its last read of many classes for the next one, and reads again
+    when any file is not the one read: rewritten in place (same size), its folder swapped,
+    a class added or removed, or other classes asked for."""
+    import os
+
+    layout = _layout(tmp_path, "o%41 #;'é")
+    keys = sorted(KEYS)
+    for i, key in enumerate(keys):
+        _write(_catalog(key, i + 1), layout.class_images(key))
+    first = read_catalog(layout)
+    assert read_catalog(layout) is first  # kept: the same files
+    key = keys[3]
+    if change == "rewritten":
+        path = layout.class_images(key)
+        _write(_catalog(key, 4).with_columns(pl.lit("moved").alias("note")), path)
+        os.utime(path, ns=(1, 1))  # a time of its own, whatever the clock's grain
+        wanted = keys
+    elif change == "swapped":
+        new = layout.class_images(key).parent.with_name(".tmp")
+        _write(_catalog(key, 2), new / "images.parquet")
+        os.replace(layout.class_images(key).parent, tmp_path / "old")
+        os.replace(new, layout.class_images(key).parent)
+        wanted = keys
+    elif change == "added":
+        _write(_catalog("zz", 2), layout.class_images("zz"))
+        wanted = [*keys, "zz"]
+    elif change == "removed":
+        os.remove(layout.class_images(key))
+        wanted = [k for k in keys if k != key]
+    else:
+        wanted = keys[1:]
+    again = read_catalog(layout) if change != "other keys" else read_catalog(layout, wanted)
+    assert again is not first
+    one_by_one = pl.concat(
+        [artifacts._class_images(layout.class_images(k), k) for k in wanted], how="vertical_relaxed"
+    )
+    assert again.equals(one_by_one)
+
+
 def test_catalog_of_an_earlier_version_is_upgraded_whether_mixed_or_not(tmp_path):
     layout = _layout(tmp_path, "out [x]")
     keys = sorted(KEYS)

@@ -878,12 +878,37 @@ def read_catalog(layout: OutputLayout, keys: list[str] | None = None) -> pl.Data
     paths = [_require(layout.class_images(k), f"catalog of class {k}") for k in keys]
     kept = _held(paths, [f"catalog {k}" for k in keys])
     if kept is None:
+        stamps = _file_stamps(paths)  # before the read: a file replaced meanwhile is read again
+        last = _CATALOG_READ.get(os.fspath(layout.classes_dir))
+        if last is not None and stamps is not None and last[0] == stamps:
+            return last[1]
         together = read_tables(paths)
         # A catalog written before catalogs carried the split is upgraded one by one.
         if together is not None and "split" in together.columns:
+            if stamps is not None and together.estimated_size() <= CATALOG_KEPT_MAX_BYTES:
+                _CATALOG_READ[os.fspath(layout.classes_dir)] = (stamps, together)
             return together
         kept = [read_class_images(layout, k) for k in keys]
     return pl.concat(kept, how="vertical_relaxed")
+
+
+_CATALOG_READ: dict[str, tuple[tuple, pl.DataFrame]] = {}
+CATALOG_KEPT_MAX_BYTES = 64 * 2**20
+"""The largest catalog read of many classes (`read_tables`) a process keeps for its next read
+of the same files (the last one read, while each file is the one read: `_file_stamps`): the
+main process of a run read 1,000 classes' catalogs in four stages, 0.15 s each. Callers read
+it; none changes it in place."""
+
+
+def _file_stamps(paths: list[Path]) -> tuple | None:
+    """(path, inode, size, mtime) of each file, or None if one is missing."""
+    try:
+        return tuple(
+            (os.fspath(p), st.st_ino, st.st_size, st.st_mtime_ns)
+            for p, st in ((p, os.stat(p)) for p in paths)
+        )
+    except OSError:
+        return None
 
 
 BATCHED_READ_MIN = 8
