@@ -309,6 +309,70 @@ def test_exif_orientation_is_applied(tmp_path):
     assert px[32, 3, 2] > 200 and px[32, 3, 0] < 60
 
 
+def _decoded_as_before(data: bytes) -> np.ndarray:
+    """The pixels as decoding took them before it skipped exif_transpose's and convert's
+    copies of an image they leave as it is."""
+    from PIL import ImageOps
+
+    from dedup_assets.core.data.image_folder import IMAGE_SIZE, RESAMPLE, SIXTEEN_BIT_MODES
+
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()
+        img = ImageOps.exif_transpose(opened)
+        if img.mode in SIXTEEN_BIT_MODES or img.mode == "F":
+            arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+            arr = (
+                np.clip(arr, 0.0, 1.0) * 255.0 if img.mode == "F" else np.clip(arr, 0, 65535) / 257
+            )
+            img = Image.fromarray(arr.round().astype(np.uint8))
+        if img.mode == "P":
+            img = img.convert("RGBA")
+        if img.mode in ("RGBA", "LA", "PA"):
+            background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, img.convert("RGBA"))
+        rgb = img.convert("RGB")
+        if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
+            rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), RESAMPLE)
+        return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+@pytest.mark.parametrize("orientation", [None, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "L", "LA", "I;16", "F", "CMYK"])
+def test_every_orientation_and_mode_decodes_as_exif_transpose_and_convert_did(
+    tmp_path, orientation, mode
+):
+    """Upright images are no longer copied by exif_transpose and convert: the pixels are
+    what those copies gave, for every EXIF orientation (none, upright, the seven turns, out
+    of range) and the modes decoding converts, in a non-square image (a turn shows)."""
+    rng = np.random.default_rng(sum(map(ord, mode)))
+    base = Image.fromarray(rng.integers(0, 256, (40, 70, 3), dtype=np.uint8))
+    if mode in ("I;16", "F"):
+        grey = rng.random((40, 70))
+        img = (
+            Image.fromarray((grey * 65535).astype(np.uint16))
+            if mode == "I;16"
+            else Image.fromarray(grey.astype(np.float32))
+        )
+    else:
+        img = base.convert(mode)
+    fmt = "JPEG" if mode in ("RGB", "L", "CMYK") else ("TIFF" if mode in ("F", "CMYK") else "PNG")
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    img.save(buffer, fmt, exif=exif)
+    data = buffer.getvalue()
+    d = decode_image_bytes(data)
+    assert d.error is None, d.error
+    np.testing.assert_array_equal(d.pixels, _decoded_as_before(data))
+    if orientation in (5, 6, 7, 8):  # a quarter turn: the stored image was taken turned
+        with Image.open(io.BytesIO(data)) as opened:
+            assert opened.getexif().get(0x0112) == orientation
+        buffer = io.BytesIO()
+        img.save(buffer, fmt)
+        assert not np.array_equal(d.pixels, decode_image_bytes(buffer.getvalue()).pixels)
+
+
 def test_byte_identical_files_get_suffixed_ids(decoded):
     h1 = decoded["Sea Lake/copy1.png"].content_hash
     h2 = decoded["Sea Lake/copy2.png"].content_hash
