@@ -219,6 +219,40 @@ def test_a_small_class_read_through_its_group_is_the_class_decoded_directly(
     assert predecode.grouped_files(CATS, SETTINGS) is None
 
 
+def test_a_group_is_dropped_after_its_last_class_even_one_with_nothing_readable(
+    tmp_path, monkeypatch
+):
+    """A group's folder goes once every class of it is written, the last one a class whose
+    only file is broken (nothing of it in the group); a damaged group is not read: its
+    classes are decoded as usual."""
+    root = _source(tmp_path / "src", {"a": 2})
+    (root / "b").mkdir()
+    (root / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    cache = tmp_path / "out" / f"{PREDECODE}1"
+    _decode_all(root, cache, parts=1, smallest=predecode.MIN_CLASS_IMAGES)
+    monkeypatch.setenv(predecode.ENV_DIR, str(cache))
+    group = next(p for p in cache.iterdir() if p.is_dir() and not p.is_symlink())
+    assert len(predecode.grouped_files("a", SETTINGS)) == 2
+    predecode.discard("a")
+    assert group.is_dir()  # "b" still to come
+    assert predecode.grouped_files("b", SETTINGS) is None  # nothing of it decoded
+    predecode.discard("b")
+    assert not group.exists()
+
+    damaged = tmp_path / "out2" / f"{PREDECODE}1"
+    _decode_all(root, damaged, parts=1, smallest=predecode.MIN_CLASS_IMAGES)
+    monkeypatch.setenv(predecode.ENV_DIR, str(damaged))
+    group = next(p for p in damaged.iterdir() if p.is_dir() and not p.is_symlink())
+    (group / "files.parquet").write_bytes(b"PAR1 not a table")
+    assert predecode.grouped_files("a", SETTINGS) is None
+    (group / "files.parquet").unlink()
+    _decode_all(root, tmp_path / "fresh", parts=1, smallest=predecode.MIN_CLASS_IMAGES)
+    fresh = next(p for p in (tmp_path / "fresh").iterdir() if p.is_dir() and not p.is_symlink())
+    (fresh / "files.parquet").rename(group / "files.parquet")
+    (group / "pixels.npy").write_bytes(b"")  # an empty store
+    assert predecode.grouped_files("a", SETTINGS) is None
+
+
 def test_a_file_rewritten_after_its_group_was_decoded_is_read_again(
     odd_source, tmp_path, monkeypatch
 ):
@@ -364,6 +398,33 @@ def test_a_run_with_the_decoder_leaves_the_outputs_of_a_run_without(odd_source, 
     assert not [p for p in ready.iterdir() if p.is_dir()]
     assert not list(grouped.glob("*.group"))  # every class took its files from its group
     assert sorted((p.name, p.stat().st_mtime_ns) for p in odd_source.rglob("*")) == before
+
+
+def test_verify_reads_again_what_a_group_decoded(odd_source, tmp_path, dedup):
+    """--verify reads every file again: a file rewritten after its group was decoded, with
+    the same size and modification time (`cp -p`, `rsync -t`), is caught, not taken from
+    the group."""
+    grouped = tmp_path / "grouped" / f"{PREDECODE}1"
+    _decode_all(odd_source, grouped, smallest=predecode.MIN_CLASS_IMAGES)
+    path = odd_source / "cats é" / "im 3 [é] 0.png"
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF  # same size, other bytes: a chunk's checksum no longer holds
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    done = dedup(
+        "run",
+        *["--source", str(odd_source), "--output", str(tmp_path / "out"), "--verify"],
+        *["--thresholds", "0.9", "--epochs", "1", "--device", "cpu"],
+        *["--executor", "processes", "--parallel", "2"],
+        env_extra={predecode.ENV_OFF: "1", predecode.ENV_DIR: str(grouped)},
+    )
+    assert done.returncode == 0, done.stderr
+    table = pl.read_parquet(tmp_path / "out" / "catalog" / "classes" / CATS / "images.parquet")
+    row = table.filter(pl.col("path") == "cats é/im 3 [é] 0.png")
+    direct = _catalog(odd_source, CATS).table.filter(pl.col("path") == "cats é/im 3 [é] 0.png")
+    assert row["content_hash"].item() == direct["content_hash"].item()
+    assert row["status"].item() == direct["status"].item()
 
 
 def test_no_decoder_writes_into_a_folder_that_is_not_an_output(odd_source, tmp_path, dedup):

@@ -239,7 +239,8 @@ def _decode_class(
         if cached is not None:
             previous, previous_pixels = cached
             from_cache = previous_pixels
-        else:  # a small class: decoded in a group, if at all
+        elif not image_source.verify:  # a small class: decoded in a group, if at all
+            # (--verify reads every file again, which a group's files would skip)
             ahead = predecode.grouped_files(key, reading)
     if previous is not None and image_source.verify:  # --verify: no row whose bytes changed
         ok = previous.filter(pl.col("status") == "ok").select("raw_path", "content_hash")

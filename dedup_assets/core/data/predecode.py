@@ -114,7 +114,7 @@ def cached_class(key: str, settings: dict):
             return None
         table = pl.read_parquet(done / "table.parquet", glob=False)
         pixels = np.load(done / "pixels.npy", mmap_mode="r")
-    except (OSError, ValueError):  # removed meanwhile, or damaged: decode as usual
+    except Exception:  # noqa: BLE001 - removed meanwhile, or damaged: a hint, decode as usual
         return None
     return table, pixels
 
@@ -136,6 +136,8 @@ def grouped_files(key: str, settings: dict) -> DecodedAhead | None:
     try:
         name = os.readlink(Path(folder) / f"{_entry(key)}.group")
     except OSError:
+        if _group is not None and not _group[0].parent.is_dir():
+            _group = None  # the command removed the cache: a long-lived worker lets it go
         return None
     path = Path(folder) / name
     if _group is None or _group[0] != path or _group[3] != settings:
@@ -159,7 +161,7 @@ def _read_group(path: Path, settings: dict) -> tuple[list[str], dict[str, dict]]
             return None
         table = pl.read_parquet(path / "files.parquet", glob=False)
         pixels = np.load(path / "pixels.npy", mmap_mode="r")
-    except (OSError, ValueError, KeyError):  # removed meanwhile, or damaged: decode as usual
+    except Exception:  # noqa: BLE001 - removed meanwhile, or damaged: a hint, decode as usual
         return None
     if len(pixels) != table.height:
         return None
@@ -316,7 +318,7 @@ def discard(key: str) -> None:
     shutil.rmtree(Path(folder) / _entry(key), ignore_errors=True)
     with contextlib.suppress(OSError):
         (Path(folder) / f"{_entry(key)}.group").unlink()
-    if _group is not None and key in _group[2]:
+    if _group is not None and key in _group[1]:  # its classes, with readable files or not
         path, keys = _group[:2]
         if not any(os.path.lexists(Path(folder) / f"{_entry(k)}.group") for k in keys):
             _group = None
@@ -458,9 +460,12 @@ def _decode_group(folder: Path, source: Path, layout, settings: dict, keys: list
         np.save(tmp / "pixels.npy", pixels)
         pl.DataFrame(columns, schema_overrides=schema).write_parquet(tmp / "files.parquet")
         (tmp / "settings.json").write_text(json.dumps({"keys": keys, **settings}))
-    for key in keys:
-        with contextlib.suppress(OSError):  # the cache removed meanwhile: no one reads it
-            os.symlink(name, folder / f"{_entry(key)}.group")
+        # Every class's link before the group is swapped in (they dangle until then, and a
+        # worker that meets one decodes the class itself): a worker done with the group's
+        # first class finds the others' links, so it does not remove the group under them.
+        for key in keys:
+            with contextlib.suppress(OSError):  # the cache removed meanwhile: no one reads it
+                os.symlink(name, folder / f"{_entry(key)}.group")
 
 
 def main(argv: list[str]) -> int:
