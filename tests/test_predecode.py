@@ -45,6 +45,21 @@ def odd_source(tmp_path):
     return root
 
 
+OTHER_SETTINGS = (  # another --max-file-bytes, --include-hidden, --splits than SETTINGS
+    predecode.settings_of(1000, False, "auto"),
+    predecode.settings_of(256 * 2**20, True, "auto"),
+    predecode.settings_of(256 * 2**20, False, "none"),
+)
+
+
+def _empty_cache(tmp_path: Path, monkeypatch) -> Path:
+    """A decoder's cache folder with nothing in it yet, given to this process's reads."""
+    cache = tmp_path / "out" / f"{PREDECODE}1"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv(predecode.ENV_DIR, str(cache))
+    return cache
+
+
 def _decode_all(source: Path, cache: Path, parts: int = 2, smallest: int = 1) -> None:
     """The decoder run whole into `cache`: with `smallest` 1 every class into its own
     cache, with MIN_CLASS_IMAGES the small classes into groups (as the command does)."""
@@ -119,11 +134,7 @@ def test_a_cache_of_other_reading_settings_or_none_is_not_used(odd_source, tmp_p
     cache = tmp_path / "out" / f"{PREDECODE}1"
     _decode_all(odd_source, cache)
     monkeypatch.setenv(predecode.ENV_DIR, str(cache))
-    for other in (
-        predecode.settings_of(1000, False, "auto"),
-        predecode.settings_of(256 * 2**20, True, "auto"),
-        predecode.settings_of(256 * 2**20, False, "none"),
-    ):
+    for other in OTHER_SETTINGS:
         assert predecode.cached_class(CATS, other) is None
     assert predecode.cached_class(CATS, SETTINGS) is not None
     monkeypatch.delenv(predecode.ENV_DIR)
@@ -133,9 +144,7 @@ def test_a_cache_of_other_reading_settings_or_none_is_not_used(odd_source, tmp_p
 def test_a_class_claimed_by_a_worker_is_left_to_it_and_never_waited_for(
     odd_source, tmp_path, monkeypatch
 ):
-    cache = tmp_path / "out" / f"{PREDECODE}1"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv(predecode.ENV_DIR, str(cache))
+    cache = _empty_cache(tmp_path, monkeypatch)
     # A worker reaches "dogs [x]" first: it claims it and decodes it itself.
     assert predecode.cached_class(DOGS, SETTINGS) is None
     _decode_all(odd_source, cache)
@@ -272,19 +281,13 @@ def test_a_file_rewritten_after_its_group_was_decoded_is_read_again(
 def test_a_group_of_other_reading_settings_or_claimed_classes_is_not_used(
     odd_source, tmp_path, monkeypatch
 ):
-    cache = tmp_path / "out" / f"{PREDECODE}1"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv(predecode.ENV_DIR, str(cache))
+    cache = _empty_cache(tmp_path, monkeypatch)
     # A worker reaches "dogs [x]" first: it claims it, and the decoder's group leaves it out.
     assert predecode.cached_class(DOGS, SETTINGS) is None
     _decode_all(odd_source, cache, parts=1, smallest=predecode.MIN_CLASS_IMAGES)
     assert predecode.grouped_files(DOGS, SETTINGS) is None
     assert predecode.grouped_files(CATS, SETTINGS) is not None
-    for other in (
-        predecode.settings_of(1000, False, "auto"),
-        predecode.settings_of(256 * 2**20, True, "auto"),
-        predecode.settings_of(256 * 2**20, False, "none"),
-    ):
+    for other in OTHER_SETTINGS:
         assert predecode.grouped_files(ONE, other) is None
         assert predecode.grouped_files(CATS, other) is None  # a group already read, too
     assert predecode.grouped_files(ONE, SETTINGS) is not None
