@@ -70,6 +70,11 @@ from dedup_assets.core.decision.leakage import (
 )
 from dedup_assets.core.decision.reference_pool import reference_pool_provenance
 from dedup_assets.core.model.retraining import RetrainDecision
+from dedup_assets.core.quality.summary_inputs import (
+    forget_summary_inputs,
+    summary_inputs,
+    summary_outputs_current,
+)
 from dedup_assets.dispatch import (
     CheckOutcome,
     ClassRunPool,
@@ -310,7 +315,26 @@ def _nothing_to_do(config: PipelineConfig, layout: OutputLayout, changes) -> boo
         and leakage_is_current(layout, current)
         and not gate_failures(read_record(layout), config.method.leakage_tolerance)
         and not clean_copies_behind(layout, current, thresholds)
+        # the summary, evaluation and review page too: a run stopped among them, or a
+        # ground truth changed, left them behind the rest
+        and _summary_current(config, layout, current, thresholds)
     )
+
+
+def _summary_current(
+    config: PipelineConfig, layout: OutputLayout, current: CurrentInputs, thresholds: list[str]
+) -> bool:
+    """The outputs across thresholds record the inputs of now (`summary_inputs`); a ground
+    truth file given but missing is not current (the run that follows says so)."""
+    resources = config.resources()
+    try:
+        ground_truth = resources["image_source"].ground_truth_path()
+    except OSError:
+        return False
+    inputs = summary_inputs(
+        layout, current, thresholds, ground_truth, resources["storage"].overrides_file()
+    )
+    return summary_outputs_current(layout, inputs)
 
 
 class _Skipped(Exception):
@@ -597,6 +621,7 @@ def _run_stages(
             log("nothing changed: the source and the settings are those of the outputs")
             return
         log(f"source: {outcome.changes}")
+        forget_summary_inputs(layout)  # this run writes them again: only what it ends comes back
         try:
             to_ingest = sorted(listings) if full else list(changes.to_update)
             try:

@@ -180,6 +180,33 @@ def test_failed_stage_stops_downstream_and_nothing_is_rebuilt_from_stale_files(
     assert rerun.returncode == 0 and "nothing changed" in rerun.stdout
 
 
+def test_a_new_ground_truth_is_scored_on_a_rerun(small_source, tmp_path):
+    """Nothing else changed, the ground truth did: the evaluation is scored against the new
+    file (it kept the old one's, and a rerun said every output was up to date), and a
+    malformed one fails the run as it does on a fresh output."""
+    out = tmp_path / "out"
+    run = ("run", "--source", str(small_source), "--output", str(out), "--thresholds", "0.95")
+    first = run_dedup(*run, *FAST)
+    assert first.returncode == 0, first.stdout + first.stderr
+    scored = pl.read_csv(out / "evaluation" / "keep_lists.csv")
+    header, *rows = (small_source / "ground_truth.csv").read_text().splitlines()
+    rows = [r for r in rows if (small_source / r.split(",")[0]).is_dir()]  # classes kept
+    assert scored["known_pairs"][0] == len(rows) > 1
+    one = tmp_path / "one.csv"
+    one.write_text(f"{header}\n{rows[0]}\n")
+    again = run_dedup(*run, *FAST, "--ground-truth", str(one))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "nothing changed:" not in again.stdout
+    assert pl.read_csv(out / "evaluation" / "keep_lists.csv")["known_pairs"][0] == 1
+    same = run_dedup(*run, *FAST, "--ground-truth", str(one))
+    assert same.returncode == 0 and "nothing changed:" in same.stdout, same.stdout
+    bad = tmp_path / "bad.csv"
+    bad.write_text("cls,orig,cp\nforest,a,b\n")
+    wrong = run_dedup(*run, *FAST, "--ground-truth", str(bad))
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    assert "not a ground-truth file" in wrong.stdout
+
+
 # ------------------------------------------------------------------ every option takes effect
 
 

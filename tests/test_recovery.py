@@ -58,8 +58,9 @@ def _until_a_run_started(output, timeout: float = 30.0) -> None:
     raise AssertionError(f"no run started in {output} within {timeout} s")
 
 
-def _kill_in(stage: str, source, output) -> str:
-    """Start `dedup run` and SIGKILL its whole process group once `stage` has started."""
+def _kill_in(stage: str, source, output, *, into_a_run: bool = True) -> str:
+    """Start `dedup run` and SIGKILL its whole process group once `stage` has started (its
+    first run started, unless not `into_a_run`: as soon as the stage's line is out)."""
     proc = subprocess.Popen(
         [str(DEDUP), "run", "--source", str(source), "--output", str(output), *ARGS],
         stdout=subprocess.PIPE,
@@ -72,7 +73,8 @@ def _kill_in(stage: str, source, output) -> str:
     for line in proc.stdout:
         seen.append(line)
         if line.startswith(f"[{stage}") and "starting" in line:
-            _until_a_run_started(output)  # into the stage's first run
+            if into_a_run:
+                _until_a_run_started(output)  # into the stage's first run
             os.killpg(proc.pid, signal.SIGKILL)
             break
     proc.wait(timeout=120)
@@ -110,6 +112,47 @@ def test_sigkill_in_each_stage_then_the_next_run_recovers(baseline, stage, tmp_p
     marked = [line for line in lines if "dead process" in line]
     failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
     assert len(failed) == len(marked)
+
+
+def _review_text(output) -> str:
+    """Every file of the review page, as one text (the page and its paged data)."""
+    return "".join(
+        p.read_text(errors="replace")
+        for p in sorted((output / "review").rglob("*"))
+        if p.is_file() and p.suffix in (".html", ".js")
+    )
+
+
+def test_a_run_killed_in_its_summary_is_finished_by_the_next(baseline, tmp_path):
+    """Killed among the summary, evaluation and review page, after every keep list was
+    written: the next run makes those three again, not "nothing changed" (it said so, and
+    the page went on without the new image)."""
+    source, output = tmp_path / "src", tmp_path / "out"
+    shutil.copytree(baseline["source"], source)
+    done = run_dedup("run", "--source", str(source), "--output", str(output), *ARGS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    folder = sorted(p for p in source.iterdir() if p.is_dir())[0]
+    original = sorted(folder.iterdir())[0]
+    shutil.copyfile(original, folder / f"zz_copy{original.suffix}")
+    # At the stage's line: a short stage's run may end before a look at the instance sees it
+    _kill_in("summary", source, output, into_a_run=False)
+    assert "zz_copy" not in _review_text(output)  # the page of the run before, as killed
+    config = PipelineConfig.build(
+        source=str(source),
+        output=str(output),
+        thresholds="0.95",
+        device="cpu",
+        precision="fp32",
+        method={"epochs": 1},
+    )
+    lines: list[str] = []
+    with dg.DagsterInstance.from_config(str(output / ".dagster")) as instance:
+        outcome = run_pipeline(config, instance, log=lines.append)
+    assert outcome.ok and not outcome.nothing_changed, lines
+    assert outcome.summary_written
+    assert "zz_copy" in _review_text(output)
+    again = run_dedup("run", "--source", str(source), "--output", str(output), *ARGS)
+    assert again.returncode == 0 and "nothing changed" in again.stdout, again.stdout
 
 
 BLOCKING_RUN = """

@@ -14,6 +14,7 @@ from dedup_assets.core.data.atomic_io import atomic_dir
 from dedup_assets.core.quality import plots
 from dedup_assets.core.quality.evaluation import evaluate_against_ground_truth, score_keep_lists
 from dedup_assets.core.quality.planting import read_ground_truth
+from dedup_assets.core.quality.summary_inputs import record_summary_inputs, summary_inputs
 from dedup_assets.ui import image_metadata, md_table
 from resources import DedupSettings, DedupStorage, ImageSource
 
@@ -63,15 +64,17 @@ def _evaluate(
 ) -> dg.MaterializeResult:
     layout = storage.layout()
     gt = image_source.ground_truth_path()
+    current = storage.current_inputs(settings)  # with the overrides the keep lists honour
+    made_from = summary_inputs(layout, current, thresholds, gt, storage.overrides_file())
     if gt is None:
         context.log.info("no ground truth configured or found: nothing to evaluate")
+        record_summary_inputs(layout, "dedup_evaluation", made_from)
         return dg.MaterializeResult(
             metadata={
                 "status": "no ground truth: set ImageSource.ground_truth or add ground_truth.csv"
             }
         )
     start = time.perf_counter()
-    current = storage.current_inputs(settings)  # with the overrides the keep lists honour
     results, info = evaluate_against_ground_truth(
         layout,
         gt,
@@ -134,6 +137,7 @@ def _evaluate(
         (tmp / "precision_recall.svg").write_bytes(figure)
         for t, svg in per_transform_figures.items():
             (tmp / f"recall_per_transform_{t}.svg").write_bytes(svg)
+    record_summary_inputs(layout, "dedup_evaluation", made_from)
     ap_table = md_table(
         ["method", "average precision (cosine)", "average precision (margin, local levels)"],
         [(r.name, r.average_precision, r.average_precision_local) for r in results],

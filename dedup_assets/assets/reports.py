@@ -43,9 +43,10 @@ from dedup_assets.core.quality.statistics import (
     CHANCE_QUANTILE,
     MIN_IMAGES_MEASURED,
 )
+from dedup_assets.core.quality.summary_inputs import record_summary_inputs, summary_inputs
 from dedup_assets.names import THRESHOLDS_AT_ONCE_TAG
 from dedup_assets.ui import md_image, md_table
-from resources import DedupSettings, DedupStorage
+from resources import DedupSettings, DedupStorage, ImageSource
 
 GATE = "kurtosis_reduction"
 
@@ -200,14 +201,15 @@ def build_report_assets(
         description="Tables 2 and 3 for this dataset across every threshold, beside the paper's.",
     )
     def dedup_summary(
-        context: dg.AssetExecutionContext, storage: DedupStorage, settings: DedupSettings
+        context: dg.AssetExecutionContext,
+        storage: DedupStorage,
+        settings: DedupSettings,
+        image_source: ImageSource,
     ) -> dg.MaterializeResult:
         layout = storage.layout()
         current = storage.current_inputs(settings)
-        verdicts = [
-            threshold_verdict(layout, t, digest(current.keep_list(t)))
-            for t in thresholds_def.get_partition_keys()
-        ]
+        thresholds = thresholds_def.get_partition_keys()
+        verdicts = [threshold_verdict(layout, t, digest(current.keep_list(t))) for t in thresholds]
         summaries = []
         for verdict in verdicts:
             if verdict.report_summary is None:
@@ -225,6 +227,17 @@ def build_report_assets(
         budgets = budget_summary_markdown(keep_summaries)
         text = summary_markdown(summaries) + (f"\n{budgets}" if budgets else "")
         path = write_text(text, layout.summary)
+        record_summary_inputs(
+            layout,
+            "dedup_summary",
+            summary_inputs(
+                layout,
+                current,
+                thresholds,
+                image_source.ground_truth_path(),
+                storage.overrides_file(),
+            ),
+        )
         context.log.info(f"summary of {len(summaries)} thresholds: {path}")
         return dg.MaterializeResult(
             metadata={

@@ -202,6 +202,11 @@ class OutputLayout:
     def summary(self) -> Path:
         return self.reports_dir / "summary.md"
 
+    def summary_record(self, asset: str) -> Path:
+        """What an output across thresholds (the summary, the evaluation, the review page)
+        was made from (`core.quality.summary_inputs`)."""
+        return self.reports_dir / f".{asset}.made_from.json"
+
     @property
     def timings(self) -> Path:
         """Where the last `dedup run`'s time went, per kind of work (`timings.WorkTimes`)."""
