@@ -238,6 +238,13 @@ class PipelineConfig(BaseModel):
         out = Path(self.output)
         if out.exists() and not out.is_dir():
             raise ValueError(f"output {out} exists and is not a folder")
+        escaped = re.search(r"%[0-9A-Fa-f]{2}", str(out))
+        if escaped:  # SQLAlchemy unquotes the database path of a sqlite:/// address
+            raise ValueError(
+                f"output {out} holds {escaped.group()!r}, which the run history's SQLite "
+                "address reads as an escaped character (its databases would go to another "
+                "folder); choose a folder without '%' followed by two hex digits"
+            )
         if self.source:
             src = Path(self.source)
             if not src.is_dir():

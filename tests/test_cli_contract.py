@@ -69,6 +69,17 @@ def test_bad_settings_exit_2_with_one_line(small_source, tmp_path, extra, messag
     assert not (tmp_path / "o").exists(), "nothing is written for a refused command"
 
 
+@pytest.mark.parametrize("name", ["o%41b", "o%2fb", "100%20"])
+def test_an_output_the_history_database_would_misplace_is_refused(small_source, tmp_path, name):
+    """SQLite's address unquotes `%41` to `A`: the run failed with a raw SQLite error (its
+    databases' folder did not exist). Refused with one line, nothing written."""
+    done = run_dedup("run", "--source", str(small_source), "--output", str(tmp_path / name))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "which the run history's SQLite address reads" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("command", "extra"),
     [

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 from conftest import run_python
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
@@ -182,6 +183,24 @@ def test_an_older_run_instance_file_is_rewritten(tmp_path):
     prepare_dagster_home(tmp_path / "out")
     assert "BatchedSqliteEventLogStorage" in (home / RUN_INSTANCE_FILE).read_text()
     assert "BatchedSqliteEventLogStorage" not in (home / INSTANCE_FILE).read_text()
+
+
+@pytest.mark.parametrize(
+    "name", ["out odd #2", "a: b", 'quote\'s "x"', "back\\slash", "ünï #{x}", "- lead", "@home"]
+)
+def test_the_run_instance_file_names_the_output_s_own_folders(tmp_path, name):
+    """Every path of the run instance file is the output's own, whatever its name: an
+    output `x #2` was read as `x` with a comment, its history written beside it."""
+    home = prepare_dagster_home(tmp_path / name)
+    settings = yaml.safe_load((home / RUN_INSTANCE_FILE).read_text())
+    history = (home / "history").resolve()
+    assert settings["event_log_storage"]["config"]["base_dir"] == str(history / "runs")
+    assert settings["run_storage"]["config"]["base_dir"] == str(history) + os.sep
+    instance = dg.DagsterInstance.from_config(str(home), config_filename=RUN_INSTANCE_FILE)
+    with instance:
+        _run(instance, "checked_job")
+        assert len(instance.get_runs()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # nothing beside the output
 
 
 def _verdicts(instance: dg.DagsterInstance) -> dict[str, tuple]:

@@ -3,6 +3,7 @@ of that folder is (one place, so nothing guesses)."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,9 +311,11 @@ _KEPT_RUNS = (
 
 
 def run_instance_text(home: Path) -> str:
-    """RUN_INSTANCE_FILE's content for the instance folder `home`."""
-    events = (home / "history" / "runs").resolve()
-    runs = str((home / "history").resolve()) + os.sep
+    """RUN_INSTANCE_FILE's content for the instance folder `home`. Its paths are quoted (a
+    JSON string is a YAML one): unquoted, an output named `x #2` was read as `x` and a
+    comment, so the run history went to a folder beside the output."""
+    events = json.dumps(str((home / "history" / "runs").resolve()))
+    runs = json.dumps(str((home / "history").resolve()) + os.sep)
     return (
         _TELEMETRY_OFF
         + _NO_CAPTURE
