@@ -359,6 +359,7 @@ def test_shown_as_source_is_exactly_the_files_holding_the_decisions_pixels():
     import itertools
 
     sizes = [(64, 64), (63, 64), (64, 65), (128, 128), (32, 64), (None, None)]
+    raw = {"k.jpg": b"k\xff.jpg"}  # not UTF-8: shown as k\xff.jpg, which names no file
     modes = ["RGB", "L", "RGBA", "LA", "P", "CMYK", "I;16", "1", None]
     names = [
         "a.jpg",
@@ -371,6 +372,7 @@ def test_shown_as_source_is_exactly_the_files_holding_the_decisions_pixels():
         "h.tif",
         "i",
         "j.jpg.txt",
+        "k.jpg",
     ]
     grid = list(itertools.product(sizes, modes, names))
     frame = pl.DataFrame(
@@ -379,14 +381,22 @@ def test_shown_as_source_is_exactly_the_files_holding_the_decisions_pixels():
             "height": [h for (_, h), _, _ in grid],
             "mode": [m for _, m, _ in grid],
             "path": [f"cls/{n}" for _, _, n in grid],
+            "raw_path": [b"cls/" + raw.get(n, n.encode()) for _, _, n in grid],
         },
-        schema={"width": pl.Int64, "height": pl.Int64, "mode": pl.String, "path": pl.String},
+        schema={
+            "width": pl.Int64,
+            "height": pl.Int64,
+            "mode": pl.String,
+            "path": pl.String,
+            "raw_path": pl.Binary,
+        },
     )
     got = frame.select(shown_as_source())[:, 0].to_list()
     want = [
         (w, h) == (64, 64)
         and m in ("RGB", "L")
         and n.lower().endswith((".jpg", ".jpeg", ".png", ".webp"))
+        and n not in raw
         for (w, h), m, n in grid
     ]
     assert got == want and sum(want) == 2 * 5

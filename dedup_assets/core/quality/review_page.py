@@ -174,10 +174,12 @@ def script_json(value: object) -> str:
 
 def shown_as_source() -> pl.Expr:
     """Catalog rows whose source file a browser shows with the very pixels the decision saw:
-    IMAGE_SIZE on each side (decoded without a resize), RGB or grey, and a JPEG, PNG or
-    WebP file by its name."""
+    IMAGE_SIZE on each side (decoded without a resize), RGB or grey, a JPEG, PNG or WebP
+    file by its name, and a name the page can address: its shown path is its path (a name
+    that is not UTF-8 is shown with `\\xNN` escapes, which address no file: a thumbnail)."""
     return (
-        (pl.col("width") == IMAGE_SIZE)
+        (pl.col("path").cast(pl.Binary) == pl.col("raw_path"))
+        & (pl.col("width") == IMAGE_SIZE)
         & (pl.col("height") == IMAGE_SIZE)
         & pl.col("mode").is_in(AS_SOURCE_MODES)
         & pl.any_horizontal(
