@@ -35,7 +35,9 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,6 +240,7 @@ def deduplicate(
     Dagster's log. Raises `ConfigError` (a ValueError) for a bad option or an output
     folder not ours, `KeyboardInterrupt` when interrupted; see the module docstring.
     """
+    _not_in_a_starting_worker()
     # Dagster and torch load here, when a run starts, not when the package is imported.
     from dedup_assets.config import ConfigError
     from dedup_assets.runner import instance_for, run_pipeline
@@ -266,9 +269,39 @@ def deduplicate(
                 log=say,
                 log_level="INFO" if verbose else "CRITICAL",
             )
+        except BrokenProcessPool as exc:
+            raise RuntimeError(_broken_pool_words()) from exc
         finally:
             instance.dispose()
     return _result(config, layout, outcome)
+
+
+def _not_in_a_starting_worker() -> None:
+    """Refuse a call made while this process starts as a worker of another's pool: Python
+    starts a worker (`executor="processes"`, or `auto` on a big dataset) by running the
+    caller's script again, so a call at a script's top level ran again in every worker,
+    found the output locked by the first, and broke the pool with a long traceback.
+    (`_inheriting` is how multiprocessing itself tells, for the same mistake with a pool of
+    the script's own.)"""
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(
+            "deduplicate() was called while a worker process started: in a script, call it "
+            'under `if __name__ == "__main__":` (each worker runs the script again to start), '
+            'or pass executor="in_process"'
+        )
+
+
+def _broken_pool_words() -> str:
+    """Why a worker of the local pool may have ended as it started, for the caller."""
+    script = getattr(sys.modules.get("__main__"), "__file__", None)
+    return "a worker process of the run ended abruptly (its own message, if any, is above)" + (
+        f"; if {script} calls deduplicate() at its top level, call it under "
+        '`if __name__ == "__main__":` (each worker runs the script again to start)'
+        if script
+        else ""
+    )
 
 
 def _quiet(line: str) -> None:

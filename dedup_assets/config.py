@@ -85,8 +85,8 @@ class ConfigError(ValueError):
     """A setting that cannot be used; the message names the setting or file at fault."""
 
 
-def parse_thresholds(value: str | Iterable[str | float] | None) -> tuple[str, ...]:
-    """Threshold keys from 'a,b,c' or a list, kept as written: cosines sorted by value,
+def parse_thresholds(value: str | float | Iterable[str | float] | None) -> tuple[str, ...]:
+    """Threshold keys from 'a,b,c', one number or a list, kept as written: cosines sorted by value,
     then false-removal budgets ("1%") sorted by value.
 
     A cosine must lie strictly between 0 and 1 (the similarity above which two images are
@@ -95,6 +95,8 @@ def parse_thresholds(value: str | Iterable[str | float] | None) -> tuple[str, ..
     """
     if value is None:
         return DEFAULT_THRESHOLDS
+    if isinstance(value, int | float):  # one number (`thresholds=0.95` in Python)
+        value = [value]
     items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
     keys = [t.strip() for t in items if t.strip()]
     if not keys:

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 from contextlib import redirect_stderr, redirect_stdout
 
@@ -185,6 +186,20 @@ def test_every_option_of_dedup_run_is_a_keyword():
             assert keywords[option.name] == keywords[short] == (option.group, option.name)
 
 
+@pytest.mark.parametrize(
+    ("given", "keys"),
+    [
+        (0.95, ("0.95",)),
+        ([0.9, "1%"], ("0.9", "1%")),
+        ((0.97,), ("0.97",)),
+        ("0.95,1%", ("0.95", "1%")),
+    ],
+)
+def test_thresholds_as_a_number_a_list_or_text(tmp_path, given, keys):
+    """`thresholds=0.95` is one threshold (it raised a TypeError, not iterable)."""
+    assert _config(None, tmp_path / "out", {"thresholds": given}).thresholds == keys
+
+
 def test_no_source_is_the_demo_dataset_as_dedup_demo_makes_it(tmp_path):
     config = _config(None, tmp_path / "out", {"space": "raw", "epochs": None})
     assert config.source == "" and config.demo_source == tmp_path / "out" / "demo_dataset"
@@ -271,3 +286,38 @@ def test_a_process_started_ignoring_sigint_is_not_stopped_by_it(runs, sigint):
     )
     assert result.ok and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     check_stop()
+
+
+UNGUARDED = """
+from dedup_assets import deduplicate
+deduplicate({source!r}, output={output!r}, thresholds="0.95", epochs=1, device="cpu",
+            precision="fp32", executor="processes", parallel=2)
+"""
+GUARDED = """
+from dedup_assets import deduplicate
+if __name__ == "__main__":
+    deduplicate({source!r}, output={output!r}, thresholds="0.95", epochs=1, device="cpu",
+                precision="fp32", executor="processes", parallel=2)
+"""
+
+
+def test_a_script_calling_it_unguarded_with_workers_is_told_why(runs, tmp_path):
+    """Python starts each worker by running the calling script again: a call at a script's
+    top level ran again in every worker, and the run broke with a long traceback ending in
+    BrokenProcessPool. The worker refuses the call and the caller names the guard."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED.format(source=str(runs["demo"].root), output=str(tmp_path / "out")))
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 1
+    assert "deduplicate() was called while a worker process started" in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: a worker process of the run ended abruptly")
+    assert f"if {script} calls deduplicate() at its top level" in last
+    script.write_text(GUARDED.format(source=str(runs["demo"].root), output=str(tmp_path / "out")))
+    again = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert again.returncode == 0, again.stderr
