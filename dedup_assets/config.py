@@ -61,6 +61,10 @@ SAVED_FIELDS = (
 )
 DEFAULT_SCHEDULE = "0 2 * * *"  # nightly at 02:00
 _CRON = re.compile(r"^\S+(\s+\S+){4}$")
+# scheme://host:port, the scheme optional (dask reads tcp://), an IPv6 host in brackets
+_DASK_ADDRESS = re.compile(
+    r"(?:[a-z][a-z0-9+.-]*://)?(?:\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):(?P<port>\d{1,5})"
+)
 
 # Environment variables read by `from_environment` (the `dagster dev` path), by field.
 ENVIRONMENT = {
@@ -172,7 +176,8 @@ class PipelineConfig(BaseModel):
         json_schema_extra={"metavar": "FILE"},
         description="CSV of corrections from the review page, columns path,decision,other "
         "(paths relative to the source; keep, remove, or not_duplicate with the pair's other "
-        "image), honoured at every threshold by this and every later run; only the classes "
+        "image), honoured at every threshold by this run (a later run given no file reads "
+        "<output>/overrides.csv: save it there to keep the corrections); only the classes "
         "it touches are decided again; none given: <output>/overrides.csv where there is one",
     )
     splits: str = Field(
@@ -223,11 +228,32 @@ class PipelineConfig(BaseModel):
             raise ValueError(str(exc)) from None
         return value.strip()
 
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_address(cls, value: str) -> str:
+        value = value.strip()
+        found = _DASK_ADDRESS.fullmatch(value)
+        if value and not (found and 0 < int(found.group("port")) < 65536):
+            raise ValueError(
+                f"{value!r} is not a scheduler address: give host and port, e.g. "
+                "tcp://10.0.0.5:8786"
+            )
+        return value
+
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
         if not _CRON.match(value.strip()):
             raise ValueError(f"{value!r} is not a cron expression of five fields, e.g. 0 2 * * *")
+        import dagster as dg  # loaded already (resources.settings): its own check of the fields
+
+        try:
+            dg.ScheduleDefinition(name="check", cron_schedule=value.strip(), job_name="check")
+        except dg.DagsterInvalidDefinitionError:
+            raise ValueError(
+                f"{value!r} is not a cron schedule Dagster runs: minute 0-59, hour 0-23, day "
+                "1-31, month 1-12, weekday 0-6 (e.g. 0 2 * * *)"
+            ) from None
         return value.strip()
 
     @field_validator("source", "output", "ground_truth", "overrides")

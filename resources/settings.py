@@ -70,8 +70,10 @@ class DedupSettings(dg.ConfigurableResource):
         "loss may stop it sooner",
     )
     batch_size: int = Field(default=128, ge=1, description="training batch")
-    learning_rate: float = Field(default=1e-3, gt=0, description="Adam learning rate")
-    seed: int = Field(default=0, description="training seed")
+    learning_rate: float = Field(
+        default=1e-3, gt=0, allow_inf_nan=False, description="Adam learning rate"
+    )
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="training seed, 0 to 2^32 - 1")
     n_components: int = Field(
         default=128,
         ge=1,
@@ -100,6 +102,7 @@ class DedupSettings(dg.ConfigurableResource):
     kurtosis_tolerance: float = Field(
         default=0.1,
         ge=0,
+        allow_inf_nan=False,
         description="how far the kurtosis line may rise above the median before the gate "
         "fails, on top of what random removal does",
     )
@@ -151,6 +154,7 @@ class DedupSettings(dg.ConfigurableResource):
     retrain_error_factor: float = Field(
         default=DEFAULT_ERROR_FACTOR,
         gt=1,
+        allow_inf_nan=False,
         description="retrain when new images reconstruct this many times worse than the "
         "training images",
     )

@@ -58,6 +58,16 @@ def small_source(tmp_path_factory):
             "parallel class runs need steps outside this process",
         ),
         (["--executor", "processes", "--parallel", "0"], "parallel: Input should be greater"),
+        # refused here, not in the stage that meets them (numpy's, torch's or Dagster's
+        # error, exit 1, after work was done and the output folder made)
+        (["--seed", "-1"], "method.seed: Input should be greater than or equal to 0"),
+        (["--seed", "99999999999999999999"], "method.seed: Input should be less than or equal"),
+        (["--learning-rate", "inf"], "method.learning_rate: Input should be a finite number"),
+        (["--kurtosis-tolerance", "inf"], "kurtosis_tolerance: Input should be a finite number"),
+        (["--retrain-error-factor", "inf"], "retrain_error_factor: Input should be a finite"),
+        (["--schedule", "0 25 * * *"], "is not a cron schedule Dagster runs"),
+        (["--schedule", "*/0 * * * *"], "is not a cron schedule Dagster runs"),
+        (["--executor", "dask", "--dask-address", "foo"], "'foo' is not a scheduler address"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line(small_source, tmp_path, extra, message):
@@ -308,7 +318,7 @@ def test_every_run_option_takes_effect(tmp_path):
         "run", "--source", str(source), "--output", str(out), *args, "--retrain", "--full"
     )
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "training: retrained: retraining was asked for (--retrain)" in again.stdout
+    assert "training: retrained: retraining was asked for (--retrain or --full)" in again.stdout
     assert re.search(r"^\[images\] starting: 1 run\(s\) for 2 classes", again.stdout, re.M), (
         "--full decodes every class"
     )

@@ -51,7 +51,9 @@ def decide_retraining(
     if not model_exists:
         return RetrainDecision(True, "no trained model yet", n_new, share, ratio)
     if forced:
-        return RetrainDecision(True, "retraining was asked for (--retrain)", n_new, share, ratio)
+        return RetrainDecision(
+            True, "retraining was asked for (--retrain or --full)", n_new, share, ratio
+        )
     if trained_objective and objective and trained_objective != objective:
         return RetrainDecision(
             True,
