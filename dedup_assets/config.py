@@ -39,8 +39,10 @@ from dedup_assets.core.decision.overrides import (
     overrides_path,
     read_overrides,
 )
+from dedup_assets.core.quality.planting import read_ground_truth
 from dedup_assets.engines import Executor
 from resources.compute_device import DEVICE_PATTERN, Precision
+from resources.image_source import GROUND_TRUTH_NAME
 from resources.settings import DedupSettings
 
 DEFAULT_THRESHOLDS = ("0.93", "0.95", "0.97", "1%")
@@ -228,6 +230,27 @@ class PipelineConfig(BaseModel):
             raise ValueError(str(exc)) from None
         return value.strip()
 
+    def _check_ground_truth(self) -> None:
+        """The ground truth the evaluation will score against (--ground-truth, else the
+        source's ground_truth.csv), read now: a wrong file failed the evaluation after all
+        the work, exit 1, where a wrong overrides file is refused before any."""
+        if self.ground_truth:
+            truth = Path(self.ground_truth)
+            if not truth.is_file():
+                raise ValueError(f"ground truth file {truth} does not exist")
+        elif self.source:
+            truth = Path(self.source) / GROUND_TRUTH_NAME
+            if not truth.is_file():
+                return
+        else:
+            return
+        try:
+            read_ground_truth(truth)
+        except UnicodeDecodeError:
+            raise ValueError(f"{truth}: not a ground-truth file: not UTF-8 text") from None
+        except (OSError, ValueError) as exc:
+            raise ValueError(str(exc)) from None
+
     @field_validator("dask_address")
     @classmethod
     def _dask_address(cls, value: str) -> str:
@@ -298,6 +321,7 @@ class PipelineConfig(BaseModel):
                 raise ValueError(str(exc)) from None
             if self.demo_splits:
                 raise ValueError("the demo's split variant is the demo's source: no --source")
+        self._check_ground_truth()
         if self.executor == Executor.dask and not self.dask_address:
             raise ValueError(
                 "executor dask needs the scheduler's address (--dask-address tcp://host:8786)"

@@ -204,7 +204,7 @@ def test_failed_stage_stops_downstream_and_nothing_is_rebuilt_from_stale_files(
 def test_a_new_ground_truth_is_scored_on_a_rerun(small_source, tmp_path):
     """Nothing else changed, the ground truth did: the evaluation is scored against the new
     file (it kept the old one's, and a rerun said every output was up to date), and a
-    malformed one fails the run as it does on a fresh output."""
+    malformed one is refused before any work (it failed the evaluation, after the rest)."""
     out = tmp_path / "out"
     run = ("run", "--source", str(small_source), "--output", str(out), "--thresholds", "0.95")
     first = run_dedup(*run, *FAST)
@@ -224,8 +224,8 @@ def test_a_new_ground_truth_is_scored_on_a_rerun(small_source, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("cls,orig,cp\nforest,a,b\n")
     wrong = run_dedup(*run, *FAST, "--ground-truth", str(bad))
-    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
-    assert "not a ground-truth file" in wrong.stdout
+    assert wrong.returncode == 2, wrong.stdout + wrong.stderr  # refused before any work
+    assert "not a ground-truth file" in wrong.stderr and wrong.stdout == ""
 
 
 # ------------------------------------------------------------------ every option takes effect

@@ -118,6 +118,22 @@ def test_duplicate_name() -> None:
     assert duplicate_name("x.png", "exact") == "x__dup_exact.png"
 
 
+@pytest.mark.parametrize(
+    ("copy", "transform"),
+    [
+        ("Forest_1__dup_jpeg.jpg", "jpeg"),
+        ("a.b__dup_noise-2.png", "noise"),  # a clash suffix
+        ("huge.jpg", planting.OTHER_TRANSFORM),  # a user's own copy: no transform named
+        ("s3.jpg", planting.OTHER_TRANSFORM),
+        ("x__dup_.png", planting.OTHER_TRANSFORM),
+    ],
+)
+def test_transform_of_names_a_planted_copy_s_transform_and_groups_the_rest(copy, transform):
+    """A ground truth of the user's own gave one recall column per copy's file name."""
+    assert planting.transform_of(copy) == transform
+    assert planting.transform_of(duplicate_name("a.png", "blur")) == "blur"
+
+
 # -------------------------------------------------------------------------------- ground truth
 
 

@@ -470,8 +470,16 @@ def plant_duplicates(
     )
 
 
+OTHER_TRANSFORM = "other"
+"""The transform of a copy whose name does not say one (a ground truth of the user's own):
+one group for all, where the copy's whole name made a recall column of its own each."""
+
+
 def transform_of(copy_name: str) -> str:
     """Transform name encoded in a copy's file name (inverse of :func:`duplicate_name`,
-    ignoring any ``-N`` clash suffix); e.g. ``"a__dup_blur.png" -> "blur"``."""
-    tail = Path(copy_name).stem.rsplit(DUP_MARKER, 1)[-1]
-    return tail.split("-", 1)[0]
+    ignoring any ``-N`` clash suffix); e.g. ``"a__dup_blur.png" -> "blur"``; OTHER_TRANSFORM
+    for a name without the marker."""
+    stem = Path(copy_name).stem
+    if DUP_MARKER not in stem:
+        return OTHER_TRANSFORM
+    return stem.rsplit(DUP_MARKER, 1)[-1].split("-", 1)[0] or OTHER_TRANSFORM
