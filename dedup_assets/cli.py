@@ -216,9 +216,11 @@ RUN_FLAGS = {
     "--full": "recompute everything from scratch: decode, train, encode and decide again, "
     "ignoring earlier decisions",
     "--force": "check every stage against the source and the settings even when nothing "
-    "changed since the last run (by default a rerun whose options, source listing (paths, "
-    "sizes, modification times), overrides, code and outputs are those of the last run that "
-    "ended with exit 0 repeats that run's last lines and exits at once)",
+    "changed since the last run, and every file of the clean copies (a copy with a file "
+    "deleted, added or rewritten in it is made again; by default a rerun whose options, "
+    "source listing (paths, sizes, modification times), overrides, code and outputs are "
+    "those of the last run that ended with exit 0 repeats that run's last lines and exits "
+    "at once, and a clean copy is judged by its manifest)",
     "--verbose": "Dagster's log and full tracebacks on errors",
 }
 """The options of `run` and `demo` that are not settings: flags, off by default."""
@@ -389,6 +391,7 @@ def _run(
             log_level="INFO" if args.verbose else "CRITICAL",
             on_success=finished,
             scanned=probe.take_scan() if probe is not None else None,
+            check_clean_files=bool(getattr(args, "force", False)),
         )
     except ConfigError as exc:  # the overrides file: one line naming the file and the line
         raise UsageError(str(exc)) from None

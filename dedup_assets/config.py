@@ -167,7 +167,8 @@ class PipelineConfig(BaseModel):
         default=False,
         description="read every file and compare its bytes with what the catalog read: notices "
         "a file rewritten in place with the same size and modification time, which the default "
-        "check (paths, sizes and modification times, no file read) cannot see; never saved",
+        "check (paths, sizes and modification times, no file read) cannot see; the clean "
+        "copies' files are checked too, as with --force; never saved",
     )
     schedule: str = Field(
         default=DEFAULT_SCHEDULE,

@@ -36,6 +36,7 @@ import dagster as dg
 
 from dedup_assets.assets.autoencoder import decide_for_run, kept_observation, likely_kept
 from dedup_assets.assets.catalog import index_materialization, index_source
+from dedup_assets.assets.clean_dataset import clean_copies_damaged
 from dedup_assets.config import (
     PipelineConfig,
     current_inputs,
@@ -247,6 +248,7 @@ def run_pipeline(
     log_level: str = "WARNING",
     on_success: Callable[[PipelineOutcome], None] | None = None,
     scanned: tuple[Path, bool, FolderScan] | None = None,
+    check_clean_files: bool = False,
 ) -> PipelineOutcome:
     """Bring every asset and check up to date with the source, doing only what changed.
 
@@ -257,6 +259,8 @@ def run_pipeline(
     `core.data.run_fingerprint`; the record of an earlier run is dropped as this one starts).
     scanned: (root, include_hidden, `scan_image_folder` of it) the caller took already, the
     run's listing of that source when it reads it the same way and it is not split.
+    check_clean_files: look at every file of the copy mode clean copies too (`--force`,
+    `--verify`; `clean_copies_damaged`), and make a damaged one again.
     A malformed overrides file (`--overrides`, `<output>/overrides.csv`) raises ConfigError
     before any work; one naming an image the catalog does not hold, once the catalog is
     built (before any image is decoded).
@@ -284,6 +288,7 @@ def run_pipeline(
                     full=full,
                     log=log,
                     log_level=log_level,
+                    check_clean_files=check_clean_files or config.verify,
                 )
         except KeyboardInterrupt as exc:  # the workers have stopped (ClassRunPool.__exit__)
             cancel_unfinished_runs(instance, str(exc) or "interrupted")
@@ -298,9 +303,12 @@ def run_pipeline(
         return outcome
 
 
-def _nothing_to_do(config: PipelineConfig, layout: OutputLayout, changes) -> bool:
+def _nothing_to_do(
+    config: PipelineConfig, layout: OutputLayout, changes, check_clean_files: bool = False
+) -> bool:
     """True when the source is unchanged and every output matches it and the settings (a
-    clean copy made in another `--clean-copy-mode` is stale: `stale_thresholds`)."""
+    clean copy made in another `--clean-copy-mode` is stale: `stale_thresholds`; with
+    `check_clean_files`, one whose files changed since it was made too)."""
     if changes.any or not layout.model.exists() or not layout.pipeline_file.exists():
         return False
     try:
@@ -318,6 +326,7 @@ def _nothing_to_do(config: PipelineConfig, layout: OutputLayout, changes) -> boo
         # the summary, evaluation and review page too: a run stopped among them, or a
         # ground truth changed, left them behind the rest
         and _summary_current(config, layout, current, thresholds)
+        and not (check_clean_files and clean_copies_damaged(layout, thresholds))
     )
 
 
@@ -379,6 +388,7 @@ class _Stages:
         # key -> the steps of its runs that failed (None: a run failed outside its steps)
         self.failed_steps: dict[Selection, set[str] | None] = {}
         self.run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+        self.check_clean_files = False  # look at the clean copies' files (`clean_copies_damaged`)
 
     def pool(self) -> ClassRunPool:
         """The executor's workers, started on first use."""
@@ -600,6 +610,7 @@ def _run_stages(
     full: bool,
     log: Callable[[str], None],
     log_level: str,
+    check_clean_files: bool = False,
 ) -> None:
     """The stages in order, each for what changed only; a failed stage skips the rest."""
     _, listings = config.resources()["image_source"].list_source(layout)
@@ -614,9 +625,10 @@ def _run_stages(
     with ExitStack() as stack:
         tags = _run_tags(retrain=retrain, full=full)
         stages = _Stages(config, instance, outcome, stack, tags=tags, log=log, log_level=log_level)
+        stages.check_clean_files = check_clean_files
         outcome.changes = changes.describe()
         outcome.updated = list(changes.to_update)
-        if not full and not retrain and _nothing_to_do(config, layout, changes):
+        if not full and not retrain and _nothing_to_do(config, layout, changes, check_clean_files):
             outcome.nothing_changed = True
             log("nothing changed: the source and the settings are those of the outputs")
             return
@@ -880,6 +892,14 @@ def _thresholds_and_summary(
         )
     stale = set(thresholds if processed else stale_thresholds(layout, current, thresholds))
     stale |= set(clean_copies_behind(layout, current, thresholds))  # another leakage table
+    if stages.check_clean_files:
+        damaged = [t for t in clean_copies_damaged(layout, thresholds) if t not in stale]
+        for t in damaged:
+            stages.log(
+                f"clean copy T={t}: its files changed since it was made (one deleted, added or "
+                "rewritten): made again"
+            )
+        stale |= set(damaged)
     to_threshold = [t for t in thresholds if t in stale]
     images = sum((class_summary(layout, k) or {}).get("images", 0) for k in outcome.classes)
     outcome.work.count(THRESHOLD_ASSETS, images * len(to_threshold))

@@ -195,3 +195,35 @@ def test_only_the_linking_modes_warn():
     for mode, links in (("hardlink", "hard links"), ("symlink", "symbolic links")):
         line = link_warning(mode)
         assert f"{links} to the source" in line and "edits the source" in line
+
+
+def test_force_and_verify_remake_a_clean_copy_damaged_since_it_was_made(tmp_path):
+    """A file deleted from clean/<T>, another rewritten there, one added: `--force` and
+    `--verify` look at the copy's files and make it again (they said "nothing changed",
+    and the last screen counted a file that was gone); the default rerun reads only the
+    copy's manifest, as documented."""
+    source, out = tmp_path / "src", tmp_path / "out"
+    _pngs(source)
+    run = ("run", "--source", str(source), "--output", str(out), "--epochs", "1")
+    run += ("--device", "cpu", "--precision", "fp32", "--thresholds", "0.95")
+    first = run_dedup(*run)
+    assert first.returncode == 0, first.stdout + first.stderr
+    clean = OutputLayout(out).clean_dir("0.95")
+    made = {p: p.read_bytes() for p in _clean_files(clean)}
+    assert len(made) > 2
+    for damage, flag in (("delete", "--force"), ("rewrite", "--verify"), ("add", "--force")):
+        victim = sorted(made)[1]
+        if damage == "delete":
+            victim.unlink()
+        elif damage == "rewrite":
+            victim.write_bytes(b"edited")
+        else:
+            (victim.parent / "stray.png").write_bytes(b"not ours")
+        plain = run_dedup(*run)
+        assert "nothing changed" in plain.stdout, plain.stdout  # the manifest alone: as it says
+        again = run_dedup(*run, flag)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "clean copy T=0.95: its files changed since it was made" in again.stdout, damage
+        assert {p: p.read_bytes() for p in _clean_files(clean)} == made, damage
+        quiet = run_dedup(*run, flag)
+        assert "nothing changed: every output" in quiet.stdout, (damage, quiet.stdout)

@@ -429,6 +429,62 @@ def trust_clean_copies(layout: OutputLayout, trust: FolderTrust) -> int:
     return verified
 
 
+def clean_copies_damaged(layout: OutputLayout, thresholds: list[str]) -> list[str]:
+    """The thresholds whose copy mode clean copy no longer holds exactly the files its
+    manifest lists (one deleted, added or rewritten in it since it was made), one stat a
+    file; for `--force` and `--verify`, since the default check reads the manifests alone
+    and so a damaged copy was reported as current. A copy in a linking mode holds the
+    source's own files: not looked at."""
+    damaged = []
+    for t in thresholds:
+        clean = layout.clean_dir(t)
+        made = read_clean_manifest(layout, t)
+        if made is None or made.get("mode") != "copy":
+            continue
+        try:
+            old = pl.read_parquet(
+                clean / FILES_NAME, columns=["raw_path", "size_bytes", "mtime_ns"], glob=False
+            )
+        except (OSError, pl.exceptions.PolarsError):
+            damaged.append(t)
+            continue
+        old = old.with_columns(_folders(old["raw_path"]))
+        folders = sorted(f for f in old["folder"].unique().to_list() if f)
+        root = os.fsencode(clean)
+        expected = _expected_files(old, folders)
+        below: dict[bytes, set[bytes]] = {}  # folder -> names of the folders just below it
+        for f in folders:
+            parts = f.split(b"/")
+            for depth in range(1, len(parts)):
+                below.setdefault(b"/".join(parts[:depth]), set()).add(parts[depth])
+        if not all(
+            _folder_holds(os.path.join(root, f), expected[f], below.get(f, set())) for f in folders
+        ):
+            damaged.append(t)
+    return damaged
+
+
+def _folder_holds(folder: bytes, expected: Expected, subfolders: set[bytes]) -> bool:
+    """Whether `folder` holds exactly the named regular files, each of its (size, time),
+    beside the named subfolders."""
+    seen = 0
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name in subfolders and entry.is_dir(follow_symlinks=False):
+                    continue
+                want = expected.get(entry.name)
+                if want is None or not entry.is_file(follow_symlinks=False):
+                    return False
+                st = entry.stat(follow_symlinks=False)
+                if (st.st_size, st.st_mtime_ns) != want:
+                    return False
+                seen += 1
+    except OSError:
+        return False
+    return seen == len(expected)
+
+
 LINK_WARNING = {
     "hardlink": "hard links to",
     "symlink": "symbolic links to",
