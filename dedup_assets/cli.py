@@ -807,6 +807,11 @@ def _report(
             f"STALE clean/{t}: made from an earlier keep list, left as it was "
             f"(see {layout.clean_stale_note(t)})"
         )
+    for t in outcome.unlisted_clean:
+        say(
+            f"NOTE  clean/{t} is not updated: {t} is not among --thresholds "
+            f"(see {layout.clean_unlisted_note(t)})"
+        )
     for f in outcome.failures:
         say(f"ERROR {f}")
     for s in outcome.skipped:

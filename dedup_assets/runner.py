@@ -55,7 +55,7 @@ from dedup_assets.core.data.artifacts import (
     stale_classes,
     stale_thresholds,
 )
-from dedup_assets.core.data.atomic_io import sweep_interrupted, write_json
+from dedup_assets.core.data.atomic_io import sweep_interrupted, write_json, write_text
 from dedup_assets.core.data.image_folder import FolderScan
 from dedup_assets.core.data.layout import OutputLayout, resolve_dagster_home
 from dedup_assets.core.data.pools import blas_threads, process_alive
@@ -132,6 +132,8 @@ class PipelineOutcome:
     skipped: list[str] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
     stale_clean: list[str] = field(default_factory=list)
+    # clean copies of thresholds not among this run's: left as they were, marked not updated
+    unlisted_clean: list[str] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
     thresholds: list[str] = field(default_factory=list)
     summary_written: bool = False
@@ -626,6 +628,7 @@ def _run_stages(
         tags = _run_tags(retrain=retrain, full=full)
         stages = _Stages(config, instance, outcome, stack, tags=tags, log=log, log_level=log_level)
         stages.check_clean_files = check_clean_files
+        outcome.unlisted_clean = _note_unlisted_clean_copies(layout, list(config.thresholds))
         outcome.changes = changes.describe()
         outcome.updated = list(changes.to_update)
         if not full and not retrain and _nothing_to_do(config, layout, changes, check_clean_files):
@@ -659,6 +662,31 @@ def _run_stages(
             _thresholds_and_summary(stages, layout, current, processed)
         except _Skipped as exc:
             outcome.skipped.append(str(exc))
+
+
+def _note_unlisted_clean_copies(layout: OutputLayout, thresholds: list[str]) -> list[str]:
+    """Mark each clean copy whose threshold is not among `thresholds` (a run with other
+    --thresholds than before) with a note that no run keeps it up to date, and take the note
+    out of a copy whose threshold is listed again; the unlisted thresholds, sorted. Such a
+    copy was left as it was, with nothing to tell it from a current one."""
+    try:
+        present = sorted(e.name for e in os.scandir(layout.clean_root) if e.is_dir())
+    except OSError:
+        return []
+    unlisted = [t for t in present if t not in thresholds and not t.startswith(".")]
+    for t in present:
+        note = layout.clean_unlisted_note(t)
+        if t in thresholds:
+            note.unlink(missing_ok=True)
+        elif t in unlisted and not note.exists():
+            write_text(
+                f"T={t} is not among the thresholds of this output's runs since "
+                f"{time.strftime('%Y-%m-%d %H:%M')} (--thresholds {','.join(thresholds)}): this "
+                "copy is as an earlier run made it and no run keeps it up to date with the "
+                f"source. Delete this folder, or run again with {t} among --thresholds.\n",
+                note,
+            )
+    return unlisted
 
 
 def _choose_executor(

@@ -228,6 +228,31 @@ def test_a_new_ground_truth_is_scored_on_a_rerun(small_source, tmp_path):
     assert "not a ground-truth file" in wrong.stderr and wrong.stdout == ""
 
 
+def test_outputs_of_settings_no_longer_given_are_not_left_as_current(small_source, tmp_path):
+    """A threshold dropped from --thresholds leaves its clean copy marked not updated (it
+    stayed, with nothing to tell it from a current one), the mark gone once the threshold is
+    back; a ground truth no longer given takes its evaluation away (its scores stayed)."""
+    source, out = tmp_path / "src", tmp_path / "out"
+    shutil.copytree(small_source, source)
+    truth = tmp_path / "truth.csv"
+    shutil.move(source / "ground_truth.csv", truth)
+    run = ("run", "--source", str(source), "--output", str(out), *FAST)
+    both = run_dedup(*run, "--thresholds", "0.95,0.97", "--ground-truth", str(truth))
+    assert both.returncode == 0, both.stdout + both.stderr
+    assert (out / "evaluation" / "keep_lists.csv").is_file()
+    note = out / "clean" / "0.97" / "NOT_UPDATED.txt"
+    one = run_dedup(*run, "--thresholds", "0.95")
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert "NOTE  clean/0.97 is not updated: 0.97 is not among --thresholds" in one.stdout
+    assert "run again with 0.97 among --thresholds" in note.read_text()
+    assert not (out / "clean" / "0.95" / "NOT_UPDATED.txt").exists()
+    assert not (out / "evaluation").exists()
+    again = run_dedup(*run, "--thresholds", "0.95,0.97")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not note.exists() and "not updated" not in again.stdout
+    assert "STALE" not in again.stdout
+
+
 # ------------------------------------------------------------------ every option takes effect
 
 

@@ -1,6 +1,7 @@
 """Asset: ground-truth evaluation of every similarity space against the pHash and PDQ
 baselines."""
 
+import shutil
 import time
 
 import dagster as dg
@@ -68,6 +69,11 @@ def _evaluate(
     made_from = summary_inputs(layout, current, thresholds, gt, storage.overrides_file())
     if gt is None:
         context.log.info("no ground truth configured or found: nothing to evaluate")
+        if layout.evaluation_dir.exists():  # scores of a ground truth no longer given
+            with atomic_dir(layout.evaluation_dir):
+                pass  # swapped whole for an empty folder, then that removed: never half of it
+            shutil.rmtree(layout.evaluation_dir, ignore_errors=True)
+            context.log.info("the evaluation against an earlier ground truth was removed")
         record_summary_inputs(layout, "dedup_evaluation", made_from)
         return dg.MaterializeResult(
             metadata={

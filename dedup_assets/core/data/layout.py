@@ -225,6 +225,11 @@ class OutputLayout:
         """Which keep list a clean copy was made from (inside the copy, hidden)."""
         return self.clean_dir(threshold) / ".latent-dedup-clean.json"
 
+    def clean_unlisted_note(self, threshold: str) -> Path:
+        """Written into a clean copy whose threshold is not among the run's thresholds: no
+        run keeps it up to date until it is again (`runner._note_unlisted_clean_copies`)."""
+        return self.clean_dir(threshold) / "NOT_UPDATED.txt"
+
     def clean_stale_note(self, threshold: str) -> Path:
         """Written into a clean copy that no longer matches its threshold's keep list."""
         return self.clean_dir(threshold) / "STALE.txt"
