@@ -314,3 +314,29 @@ def test_plant_from_eurosat_sample(tmp_path: Path) -> None:
         ):
             assert a.size == b.size == (64, 64)
             assert _mad(a.convert("RGB"), b.convert("RGB")) < 60
+
+
+def test_a_split_or_empty_source_is_refused_with_the_way_to_plant(tmp_path: Path) -> None:
+    """A source of split folders (train/<class>/...) planted nothing and wrote an empty
+    ground truth, exit 0; now refused, naming a split to plant into."""
+    split = tmp_path / "split"
+    for name in ("train", "val"):
+        (split / name / "ants").mkdir(parents=True)
+        Image.fromarray(_texture(7)).save(split / name / "ants" / "a.png")
+    with pytest.raises(ValueError, match=r"split folders \(train, val\); plant into one split"):
+        plant_duplicates(split, tmp_path / "out")
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images in the class folders"):
+        plant_duplicates(tmp_path / "empty", tmp_path / "out2")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
+
+
+def test_every_image_the_pipeline_reads_is_copied(tmp_path: Path) -> None:
+    """A GIF, which `dedup run` reads, was left out of the planted copy without a word."""
+    root = tmp_path / "src" / "cls"
+    root.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(_texture(i)).save(root / f"p{i}.png")
+    Image.fromarray(_texture(9)).save(root / "anim.gif")
+    s = plant_duplicates(tmp_path / "src", tmp_path / "out", fraction=0.0)
+    assert s.originals_per_class == {"cls": 4} and (s.dest / "cls" / "anim.gif").is_file()

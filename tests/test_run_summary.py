@@ -43,6 +43,15 @@ def test_a_warning_beyond_chance_but_within_the_tolerance_says_so():
     assert "beyond the +0.050 that removing as many images at random reaches but within" in said
 
 
+def test_nothing_removed_says_so_not_a_change_within_chance():
+    """It read "not reduced ... +0.000 beyond the -0.000 that random removal reaches"."""
+    report = _report("warn", [0.0, 0.0, 0.0], [-0.0, -0.0, -0.0])
+    said = kurtosis_words(report | {"images_before": 40, "images_after": 40})
+    assert said == "unchanged: nothing was removed (a note, not a failure)"
+    one_gone = kurtosis_words(report | {"images_before": 40, "images_after": 39})
+    assert one_gone.startswith("not reduced")
+
+
 def test_a_blocking_verdict_says_the_clean_copy_is_held_back():
     said = kurtosis_words(_report("error", [0.33, 0.05, -0.01], [0.15, 0.1, 0.1]))
     assert said.startswith("raised beyond chance, the clean copy is held back")

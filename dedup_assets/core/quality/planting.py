@@ -28,6 +28,8 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from dedup_assets.core.data.atomic_io import atomic_dir
+from dedup_assets.core.data.image_folder import IMAGE_EXTENSIONS as _PIPELINE_EXTENSIONS
+from dedup_assets.core.data.splits import SplitLayoutError, detect_splits
 
 __all__ = [
     "DEFAULT_PROPORTIONS",
@@ -49,10 +51,10 @@ __all__ = [
     "write_ground_truth",
 ]
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-)
-"""Image suffixes recognised in a dataset (compared case-insensitively)."""
+IMAGE_EXTENSIONS: frozenset[str] = _PIPELINE_EXTENSIONS
+"""Image suffixes recognised in a dataset (compared case-insensitively): the pipeline's own,
+so a planted copy of a dataset holds every image `dedup run` reads in it (a GIF was left out
+of the copy without a word)."""
 
 GROUND_TRUTH_FILENAME = "ground_truth.csv"
 GROUND_TRUTH_HEADER: tuple[str, str, str] = ("class", "original", "copy")
@@ -426,6 +428,21 @@ def plant_duplicates(
     _validate_proportions(proportions)
 
     classes = list_class_images(src, extensions)
+    if not any(classes.values()):
+        try:
+            layout = detect_splits(src)
+        except SplitLayoutError as exc:
+            raise ValueError(f"no images in the class folders of {src}: {exc}") from None
+        hint = (
+            f": it has split folders ({', '.join(s.folder for s in layout.splits)}); plant "
+            f"into one split, e.g. --source {src / layout.splits[0].folder}"
+            if not layout.implicit
+            else ""
+        )
+        raise ValueError(
+            f"no images in the class folders of {src} (dedup plant takes "
+            f"<source>/<class>/<image>){hint}"
+        )
     skipped: list[SkippedFile] = []
     copied: dict[str, list[str]] = {}
     with atomic_dir(dst) as tmp:
