@@ -363,3 +363,31 @@ def test_mirrored_is_the_flip_of_each_image(tmp_path, n, kind):
         assert got.flags.c_contiguous and got.dtype == pixels.dtype and got.shape == pixels.shape
         np.testing.assert_array_equal(got, expected)
         assert not np.shares_memory(got, pixels)
+
+
+def test_removals_against_budget_counts_each_split_s_class_apart():
+    """With split folders a class of each split is decided on its own: one row each (a
+    row of both counted 204 bees where the training class had 121, and gave the
+    training class's null to the evaluation images)."""
+    import polars as pl
+
+    from dedup_assets.core.decision.calibration import removals_against_budget, shown_class
+
+    keep = pl.DataFrame(
+        {
+            "split": ["train"] * 3 + ["val"] * 2 + ["all"],
+            "class": ["bees"] * 5 + ["ants"],
+            "kept": [True, False, True, True, True, True],
+            "match": [None, "near", None, None, None, None],
+            "space": ["spline_copula_dct"] * 3 + ["dct"] * 2 + ["dct"],
+            "calibrated_on": ["class"] * 3 + ["pool"] * 2 + ["pool"],
+        }
+    )
+    rows = removals_against_budget(keep, 0.01).to_dicts()
+    got = {shown_class(r): (r["images"], r["near_duplicates"], r["calibrated_on"]) for r in rows}
+    assert got == {
+        "train/bees": (3, 1, "class"),
+        "val/bees": (2, 0, "pool"),
+        "ants": (1, 0, "pool"),
+    }
+    assert removals_against_budget(keep.drop("split"), None)["images"].to_list() == [1, 5]

@@ -18,6 +18,7 @@ from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.thresholds import budget_of, cosine_of
 from dedup_assets.core.decision.calibration import (
     removals_against_budget,
+    shown_class,
 )
 from dedup_assets.core.decision.class_keep_lists import with_duplicate_paths
 from dedup_assets.core.decision.integrity import keep_list_problems
@@ -38,8 +39,10 @@ def _per_class_markdown(per_class: pl.DataFrame, budget: float | None) -> str:
         columns += ["allowed_false", "chance_bound_99", "beyond_chance", "calibrated_on"]
         headers += [f"allowed false ({budget:.2%} x images)", "chance 99%", "beyond chance", "null"]
     rows = [
-        tuple(f"{v:.1f}" if isinstance(v, float) else v for v in row)
-        for row in per_class.select(columns).rows()
+        (shown_class(row), *(f"{v:.1f}" if isinstance(v, float) else v for v in values))
+        for row, values in zip(
+            per_class.to_dicts(), per_class.select(columns[1:]).rows(), strict=True
+        )
     ]
     return md_table(headers, rows)
 

@@ -61,9 +61,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -723,9 +723,13 @@ def removals_against_budget(keep: pl.DataFrame, budget: float | None) -> pl.Data
     """Per class of a keep list: images, removals (exact copies and near-duplicates apart),
     and for a budget threshold the removals it allows to be false (b x the class's images),
     the binomial 99% bound on them, and whether the near-duplicate removals exceed what
-    chance explains (then most of them are real duplicates: review them)."""
+    chance explains (then most of them are real duplicates: review them). With split
+    folders, a class of each split is a row of its own (`split` beside `class`): each is
+    decided on its own, and a row of both counted the evaluation images as the training
+    images' and gave the training class's space and null to both."""
+    keys = ["split", "class"] if "split" in keep.columns else ["class"]
     per_class = (
-        keep.group_by("class")
+        keep.group_by(keys)
         .agg(
             pl.len().alias("images"),
             pl.col("kept").sum().alias("kept"),
@@ -735,7 +739,7 @@ def removals_against_budget(keep: pl.DataFrame, budget: float | None) -> pl.Data
             pl.col("calibrated_on").drop_nulls().first().alias("calibrated_on"),
         )
         .with_columns((pl.col("images") - pl.col("kept")).alias("removed"))
-        .sort("class")
+        .sort(keys)
     )
     if budget is None:
         return per_class
@@ -745,6 +749,12 @@ def removals_against_budget(keep: pl.DataFrame, budget: float | None) -> pl.Data
         pl.Series("allowed_false", images * budget, dtype=pl.Float64),
         pl.Series("chance_bound_99", bound, dtype=pl.Int64),
     ).with_columns((pl.col("near_duplicates") > pl.col("chance_bound_99")).alias("beyond_chance"))
+
+
+def shown_class(row: Mapping[str, Any]) -> str:
+    """A per-class row's class as a user reads it: `<split>/<class>` with split folders."""
+    split = row.get("split")
+    return row["class"] if split in (None, "", "all") else f"{split}/{row['class']}"
 
 
 def budget_summary_markdown(keep_summaries: Sequence[dict], shown: int = 20) -> str:
@@ -797,7 +807,7 @@ def budget_summary_markdown(keep_summaries: Sequence[dict], shown: int = 20) -> 
             "|---|---|---|---|---|---|",
         ]
         out += [
-            f"| {r['class']} | {r['images']:,} | {r['near_duplicates']:,} | "
+            f"| {shown_class(r)} | {r['images']:,} | {r['near_duplicates']:,} | "
             f"{r['allowed_false']:.1f} | {r['chance_bound_99']} | {r['calibrated_on']} |"
             for r in beyond[:shown]
         ]
