@@ -349,7 +349,10 @@ def build_automation(
         if not changes.any and not redecide:
             return dg.SkipReason(f"already requested: {pending.describe()}")
         if not layout.model.exists():
-            return dg.SkipReason("no trained model yet: run `dedup run` (or materialize all) first")
+            return dg.SkipReason(
+                "no trained model yet: run `dedup run` first (or, in the UI, materialize "
+                "image_catalog, which registers the classes, then every asset)"
+            )
         changes, keyed = with_redecided(changes, listing, redecide)
         requests = update_requests(changes, keyed, partition_order(context.instance, changes))
         share = new_files_share(layout, scan)
@@ -427,7 +430,10 @@ def build_automation(
             return dg.SkipReason(f"waiting for {in_flight} run(s) in flight")
         layout = storage.layout()
         if not layout.model.exists():
-            return dg.SkipReason("no trained model yet: run `dedup run` (or materialize all) first")
+            return dg.SkipReason(
+                "no trained model yet: run `dedup run` first (or, in the UI, materialize "
+                "image_catalog, which registers the classes, then every asset)"
+            )
         try:
             current = storage.current_inputs(settings)
         except OverridesError as exc:

@@ -214,3 +214,18 @@ def test_the_automation_asks_for_stale_thresholds_then_the_summary(ran):
     job = build_definitions(ran["config"]).resolve_job_def(THRESHOLD_JOB)
     assert execute(job, T, instance, tags={}, run_config={}).success
     assert exported.is_file()
+
+
+def test_the_threshold_steps_reading_the_model_wait_for_it(tmp_path):
+    """keep_list and cross_class_duplicates read the model (its digest names every keep
+    record and latents): upstream of them, so a new output's "Materialize all", planned
+    before the catalog registered any class, skips them when the model fails instead of
+    running them to fail on a missing file."""
+    from dedup_assets.config import PipelineConfig
+    from dedup_assets.definitions import build_definitions
+
+    config = PipelineConfig.build(source="", output=str(tmp_path / "out"), thresholds="0.95")
+    graph = build_definitions(config).resolve_asset_graph()
+    model = dg.AssetKey("autoencoder")
+    for name in ("keep_list", "cross_class_duplicates"):
+        assert model in graph.get(dg.AssetKey(name)).parent_keys, name

@@ -9,6 +9,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from dedup_assets.assets.autoencoder import autoencoder
 from dedup_assets.assets.catalog import image_catalog
 from dedup_assets.assets.latents import class_latents
 from dedup_assets.core.data.artifacts import (
@@ -87,6 +88,7 @@ def build_cross_class_asset(
         partitions_def=thresholds_def,
         deps=[
             image_catalog,
+            autoencoder,  # the model of every class's latents (see keep_list's deps)
             dg.AssetDep(class_latents, partition_mapping=dg.AllPartitionMapping()),
         ],
         description="Pairs of images in different classes with cosine > T in one space "

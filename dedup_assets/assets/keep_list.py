@@ -3,6 +3,7 @@
 import dagster as dg
 import polars as pl
 
+from dedup_assets.assets.autoencoder import autoencoder
 from dedup_assets.assets.catalog import image_catalog
 from dedup_assets.core.data.artifacts import (
     catalog_images,
@@ -130,6 +131,10 @@ def build_keep_list_asset(
         partitions_def=thresholds_def,
         deps=[
             image_catalog,
+            # the model, whose digest every class's keep record names: a backfill planned
+            # before the catalog had registered any class (a new output's "Materialize all")
+            # ran this step before the model existed and failed on its file
+            autoencoder,
             dg.AssetDep(class_keep_lists, partition_mapping=dg.AllPartitionMapping()),
         ],
         check_specs=[
