@@ -457,32 +457,12 @@ def clean_copies_damaged(layout: OutputLayout, thresholds: list[str]) -> list[st
             parts = f.split(b"/")
             for depth in range(1, len(parts)):
                 below.setdefault(b"/".join(parts[:depth]), set()).add(parts[depth])
-        if not all(
-            _folder_holds(os.path.join(root, f), expected[f], below.get(f, set())) for f in folders
+        if any(
+            holds_exactly(os.path.join(root, f), expected[f], below.get(f, set())) is None
+            for f in folders
         ):
             damaged.append(t)
     return damaged
-
-
-def _folder_holds(folder: bytes, expected: Expected, subfolders: set[bytes]) -> bool:
-    """Whether `folder` holds exactly the named regular files, each of its (size, time),
-    beside the named subfolders."""
-    seen = 0
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.name in subfolders and entry.is_dir(follow_symlinks=False):
-                    continue
-                want = expected.get(entry.name)
-                if want is None or not entry.is_file(follow_symlinks=False):
-                    return False
-                st = entry.stat(follow_symlinks=False)
-                if (st.st_size, st.st_mtime_ns) != want:
-                    return False
-                seen += 1
-    except OSError:
-        return False
-    return seen == len(expected)
 
 
 LINK_WARNING = {

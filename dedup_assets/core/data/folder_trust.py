@@ -214,15 +214,18 @@ class FolderTrust:
 
 
 def holds_exactly(
-    folder: bytes, expected: Expected
+    folder: bytes, expected: Expected, subfolders: frozenset[bytes] | set[bytes] = frozenset()
 ) -> tuple[list[tuple[int, int]], list[int]] | None:
-    """Whether `folder` holds exactly the named regular files, each of its (size, time):
-    their (device, inode) and link counts when it does, else None."""
+    """Whether `folder` holds exactly the named regular files, each of its (size, time),
+    beside the named `subfolders`: their (device, inode) and link counts when it does, else
+    None."""
     files: list[tuple[int, int]] = []
     links: list[int] = []
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
+                if entry.name in subfolders and entry.is_dir(follow_symlinks=False):
+                    continue
                 want = expected.get(entry.name)
                 if want is None or not entry.is_file(follow_symlinks=False):
                     return None
