@@ -73,7 +73,6 @@ from dedup_assets.core.decision.reference_pool import reference_pool_provenance
 from dedup_assets.core.model.retraining import RetrainDecision
 from dedup_assets.core.quality.summary_inputs import (
     forget_summary_inputs,
-    summary_inputs,
     summary_outputs_current,
 )
 from dedup_assets.dispatch import (
@@ -342,9 +341,7 @@ def _summary_current(
         ground_truth = resources["image_source"].ground_truth_path()
     except OSError:
         return False
-    inputs = summary_inputs(
-        layout, current, thresholds, ground_truth, resources["storage"].overrides_file()
-    )
+    inputs = resources["storage"].summary_inputs(current, thresholds, ground_truth)
     return summary_outputs_current(layout, inputs)
 
 

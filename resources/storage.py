@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -9,6 +10,7 @@ import dagster as dg
 from dedup_assets.core.data.artifacts import CurrentInputs, MethodSettings
 from dedup_assets.core.data.layout import DEFAULT_OUTPUT, OutputLayout
 from dedup_assets.core.decision.overrides import Overrides, load_known_overrides, overrides_path
+from dedup_assets.core.quality.summary_inputs import summary_inputs
 
 
 class DedupStorage(dg.ConfigurableResource):
@@ -34,6 +36,15 @@ class DedupStorage(dg.ConfigurableResource):
         `source_root`, a path that leaves the source through a link is refused too: give it
         where the overrides are applied (`class_keep_lists`)."""
         return load_known_overrides(self.layout().root, source_root, self.overrides)
+
+    def summary_inputs(
+        self, current: CurrentInputs, thresholds: Sequence[str], ground_truth: Path | None
+    ) -> dict:
+        """What the summary, the evaluation and the review page are made from now
+        (`core.quality.summary_inputs`), with the corrections file this output reads."""
+        return summary_inputs(
+            self.layout(), current, thresholds, ground_truth, self.overrides_file()
+        )
 
     def current_inputs(
         self, settings: MethodSettings, overrides: Overrides | None = None

@@ -15,7 +15,7 @@ from dedup_assets.core.data.atomic_io import atomic_dir
 from dedup_assets.core.quality import plots
 from dedup_assets.core.quality.evaluation import evaluate_against_ground_truth, score_keep_lists
 from dedup_assets.core.quality.planting import read_ground_truth
-from dedup_assets.core.quality.summary_inputs import record_summary_inputs, summary_inputs
+from dedup_assets.core.quality.summary_inputs import record_summary_inputs
 from dedup_assets.ui import image_metadata, md_table
 from resources import DedupSettings, DedupStorage, ImageSource
 
@@ -66,7 +66,7 @@ def _evaluate(
     layout = storage.layout()
     gt = image_source.ground_truth_path()
     current = storage.current_inputs(settings)  # with the overrides the keep lists honour
-    made_from = summary_inputs(layout, current, thresholds, gt, storage.overrides_file())
+    made_from = storage.summary_inputs(current, thresholds, gt)
     if gt is None:
         context.log.info("no ground truth configured or found: nothing to evaluate")
         if layout.evaluation_dir.exists():  # scores of a ground truth no longer given

@@ -43,7 +43,7 @@ from dedup_assets.core.quality.statistics import (
     CHANCE_QUANTILE,
     MIN_IMAGES_MEASURED,
 )
-from dedup_assets.core.quality.summary_inputs import record_summary_inputs, summary_inputs
+from dedup_assets.core.quality.summary_inputs import record_summary_inputs
 from dedup_assets.names import THRESHOLDS_AT_ONCE_TAG
 from dedup_assets.ui import md_image, md_table
 from resources import DedupSettings, DedupStorage, ImageSource
@@ -227,17 +227,8 @@ def build_report_assets(
         budgets = budget_summary_markdown(keep_summaries)
         text = summary_markdown(summaries) + (f"\n{budgets}" if budgets else "")
         path = write_text(text, layout.summary)
-        record_summary_inputs(
-            layout,
-            "dedup_summary",
-            summary_inputs(
-                layout,
-                current,
-                thresholds,
-                image_source.ground_truth_path(),
-                storage.overrides_file(),
-            ),
-        )
+        made_from = storage.summary_inputs(current, thresholds, image_source.ground_truth_path())
+        record_summary_inputs(layout, "dedup_summary", made_from)
         context.log.info(f"summary of {len(summaries)} thresholds: {path}")
         return dg.MaterializeResult(
             metadata={

@@ -7,7 +7,7 @@ import dagster as dg
 from dedup_assets.core.data.artifacts import require_current
 from dedup_assets.core.data.image_folder import IMAGE_SIZE
 from dedup_assets.core.quality.review_page import write_review_page
-from dedup_assets.core.quality.summary_inputs import record_summary_inputs, summary_inputs
+from dedup_assets.core.quality.summary_inputs import record_summary_inputs
 from dedup_assets.ui import md_table
 from resources import DedupSettings, DedupStorage, ImageSource
 
@@ -59,17 +59,8 @@ def build_review_asset(
         page = write_review_page(
             layout, thresholds, source_root=image_source.resolve_root(), overrides=overrides
         )
-        record_summary_inputs(
-            layout,
-            "review_page",
-            summary_inputs(
-                layout,
-                current,
-                thresholds,
-                image_source.ground_truth_path(),
-                storage.overrides_file(),
-            ),
-        )
+        made_from = storage.summary_inputs(current, thresholds, image_source.ground_truth_path())
+        record_summary_inputs(layout, "review_page", made_from)
         context.log.info(
             f"review page: {page.index} ({sum(page.pairs.values()):,} removed images over "
             f"{len(thresholds)} thresholds; {page.thumbnails_written:,} thumbnails made, "
