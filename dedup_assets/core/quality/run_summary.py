@@ -310,11 +310,13 @@ def kurtosis_words(report: dict | None) -> str:
         if excess is None or excess != excess:  # NaN: no class large enough
             continue
         limit = chance[c - 1] if c - 1 < len(chance) else float("nan")
-        if excess < 0:
+        # compared as printed (three decimals): "+0.000 beyond the -0.000" said nothing
+        shown, shown_limit = round(excess, 3), round(limit, 3)
+        if shown < 0:
             reduced.append((c, excess, limit))
         elif severity == "error" and tolerance is not None and excess > max(tolerance, limit):
             raised.append((c, excess, limit))
-        elif limit == limit and excess > limit:  # beyond chance, within the tolerance
+        elif shown_limit == shown_limit and shown > shown_limit:  # beyond chance, tolerated
             tolerated.append((c, excess, limit))
         else:
             flat.append((c, excess, limit))
