@@ -10,6 +10,8 @@ from dedup_assets.core.decision.keep_policy import greedy_keep
 from dedup_assets.core.decision.local_scaling import (
     K_NEIGHBOURS,
     LocalLevels,
+    best_with_cap,
+    ceiling_of,
     local_levels,
     null_margins,
     outsider_levels,
@@ -226,3 +228,121 @@ def test_margins_find_copies_in_a_sparse_region_that_one_cosine_misses():
     expected = margin + levels.offsets[gone] + levels.offsets[named]
     assert np.allclose(local.cosine[gone], expected, atol=1e-6)
     assert np.all(local.similarity[gone] > local.cosine[gone])
+
+
+def test_the_ceiling_lies_halfway_from_the_highest_null_cosine_to_one():
+    assert ceiling_of(0.9) == pytest.approx(0.95)
+    assert ceiling_of(0.5) == pytest.approx(0.75)
+    assert ceiling_of(1.0) == 1.0 and ceiling_of(1.5) == 1.0
+    assert ceiling_of(float("nan")) == 1.0 and ceiling_of(-np.inf) == 1.0
+
+
+def _dense_capped(x, offsets, cap):
+    """Every pair's score by the definition: max(margin, cosine - cap)."""
+    s = x @ x.T
+    return np.maximum(s - offsets[:, None] - offsets[None, :], s - np.float32(cap))
+
+
+@pytest.mark.parametrize("join", ["exact", "ann"])
+def test_greedy_keep_with_a_ceiling_matches_the_dense_rule(join):
+    """High offsets (levels near 1) put most pairs' own threshold above 1: only the cap
+    (ceiling less margin) lets their near-identical copies go, and the greedy, its names
+    and its scores follow max(margin, cosine - cap) exactly, in either join."""
+    rng = np.random.default_rng(7)
+    base = _unit(rng, 300)
+    x = np.vstack([base, l2_normalize(base[:80] + 0.02 * _unit(rng, 80))])
+    offsets = rng.uniform(0.46, 0.5, len(x)).astype(np.float32)
+    order = rng.permutation(len(x))
+    t, cap = 0.1, 0.8  # a pair is removed at cos > 0.9 whatever its offsets
+    d = greedy_keep(x, order, t, block=64, offsets=offsets, offset_cap=cap, join=join, nprobe=64)
+    s = _dense_capped(x, offsets, cap)
+    kept = np.zeros(len(x), bool)
+    for i in order:
+        k = np.flatnonzero(kept)
+        kept[i] = not (len(k) and s[i, k].max() > t)
+    assert np.array_equal(d.kept, kept)
+    uncapped = greedy_keep(x, order, t, block=64, offsets=offsets, join=join, nprobe=64)
+    assert (~d.kept).sum() == 80 and (~uncapped.kept).sum() == 0  # the cap finds them
+    gone = np.flatnonzero(~d.kept)
+    named = d.duplicate_of[gone]
+    assert np.all(d.kept[named])
+    assert np.allclose(d.similarity[gone], s[gone, named], atol=1e-5)
+    assert np.allclose(d.similarity[gone], s[gone][:, d.kept].max(axis=1), atol=1e-5)
+
+
+def test_pair_counts_with_a_ceiling_match_the_dense_rule():
+    rng = np.random.default_rng(8)
+    base = _unit(rng, 100, 8)
+    x = np.vstack([base, l2_normalize(base[:30] + 0.05 * _unit(rng, 30, 8))])
+    offsets = rng.uniform(0.2, 0.5, len(x)).astype(np.float32)
+    iu = np.triu_indices(len(x), 1)
+    for t, cap in [(0.1, 0.8), (0.3, 0.5), (0.2, 2.0)]:
+        s = _dense_capped(x, offsets, cap)
+        got = count_pairs_above(x, [t], 32, offsets=offsets, offset_cap=cap)[0]
+        assert got == int((s[iu] > t).sum())
+    assert best_with_cap(np.zeros((3, 0), np.float32), np.zeros(3), np.zeros(0), 0.5)[
+        1
+    ].tolist() == [
+        -1,
+        -1,
+        -1,
+    ]
+
+
+def _dense_class(rng, n_dense, n_sparse, d=32):
+    """Latents of a class whose first n_dense images lie in one tight cluster (unrelated
+    images at cosine ~0.995, like calm water) and the rest scattered, and decoys drawn
+    alike (what mirrors are: plausible images of the class that copy nothing)."""
+    centre = _unit(rng, 1, d)[0]
+
+    def cluster(n):
+        return l2_normalize(centre + 0.07 * rng.standard_normal((n, d)).astype(np.float32))
+
+    latents = np.vstack([cluster(n_dense), _unit(rng, n_sparse, d)])
+    decoys = np.vstack([cluster(n_dense), _unit(rng, n_sparse, d)])
+    return latents, decoys
+
+
+def test_a_near_identical_copy_in_a_dense_region_is_removed_at_a_budget():
+    """Levels near 1 put the pair threshold (margin + both levels) above 1: no pair could
+    reach it, and a re-encoded copy (cosine 0.99995) of a calm-water image stayed. The
+    budget's ceiling, above every cosine its null reached, removes it; unrelated images
+    are removed no more than before, and every removed row records its own threshold."""
+    from dedup_assets.core.decision.class_decision import ClassData
+    from dedup_assets.core.decision.class_keep import decide_thresholds
+    from dedup_assets.core.density.class_density import fit_class_density
+
+    rng = np.random.default_rng(11)
+    latents, decoys = _dense_class(rng, 300, 200)
+    originals = np.arange(0, 300, 30)  # ten images in the cluster
+    copies = l2_normalize(latents[originals] + 0.003 * _unit(rng, 10, 32))
+    x = np.vstack([latents, copies])
+    n = len(x)
+    cos = np.einsum("ij,ij->i", l2_normalize(x[originals]), l2_normalize(copies))
+    assert np.all(cos > 0.9999)
+    ids = np.array([f"{i:04d}" for i in range(n)])
+    data = ClassData(ids, ids.copy(), x, fit_class_density(x, 16), np.zeros((n, 8, 8, 3), np.uint8))
+    rows = np.arange(len(decoys))  # decoy k mirrors image k (the copies have none)
+    (decided,) = decide_thresholds(
+        data, ["2%"], space="raw", policy="first", decoy_latents=decoys, decoy_rows=rows
+    )
+    r = decided.resolved
+    assert r.offsets is not None and r.ceiling is not None
+    levels = 2 * r.offsets
+    assert r.ceiling > levels.max() and r.ceiling == pytest.approx((1 + levels.max()) / 2)
+    assert r.offset_cap == pytest.approx(r.ceiling - r.threshold)
+    pair_threshold = r.threshold + r.offsets[originals] + r.offsets[500:]
+    assert np.all(pair_threshold > 1.0)  # without the ceiling no copy could go
+    k = decided.decision
+    found = [
+        int(not k.kept[a] or not k.kept[b]) for a, b in zip(originals, range(500, n), strict=True)
+    ]
+    assert sum(found) == 10
+    clean = np.ones(n, bool)
+    clean[originals] = clean[500:] = False
+    assert (~k.kept & clean).sum() <= 0.02 * clean.sum()
+    gone = np.flatnonzero(~k.kept)
+    named = k.duplicate_of[gone]
+    own = np.minimum(r.threshold + r.offsets[gone] + r.offsets[named], r.ceiling)
+    assert np.allclose(k.cosine[gone], own, atol=1e-6) and np.all(k.cosine <= r.ceiling + 1e-6)
+    assert np.all(k.similarity[gone] > k.cosine[gone] - 1e-6)

@@ -135,11 +135,13 @@ def fit_provenance(latents: dict, settings: MethodSettings) -> dict[str, Any]:
 
 BUDGET_NULL = (
     "the higher of the class's mirrors and the reference pool if n + 1 >= 1/b, else the pool "
-    "raised by the class's median shift; k >= 1 or 1.0"
+    "raised by the class's median shift; k >= 1 or 1.0; margins capped at a ceiling halfway "
+    "from the highest null cosine to 1"
 )
 """The rule budgets are read by, recorded with budget keep lists: earlier decisions made by
-another rule (before 2026-12-03 a class too small for b took its highest null value) are
-not carried into a new run's keep list."""
+another rule are not carried into a new run's keep list (before 2026-12-03 a class too
+small for b took its highest null value; before 2026-12-07 a margin had no ceiling, so a
+pair's own threshold could pass 1 and a near-identical copy in a dense region stayed)."""
 
 
 def join_setting(settings: MethodSettings) -> str:

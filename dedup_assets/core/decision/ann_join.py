@@ -91,34 +91,53 @@ def _as_queries(x: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:
 class AnnKeptIndex:
     """The kept set of the greedy keep as an IVF index: add kept vectors, ask each visitor
     for its most similar kept image (its best margin, with offsets: the index then holds
-    `_as_keys` vectors, whose inner products with `_as_queries` are margins)."""
+    `_as_keys` vectors, whose inner products with `_as_queries` are margins). With offsets
+    and a `cap` on a pair's two offsets (`core.decision.keep_policy`), a second index of the
+    plain vectors gives each visitor's best cosine: its score is the higher of the best
+    margin and the best cosine less the cap."""
 
     def __init__(
-        self, x: np.ndarray, nprobe: int = DEFAULT_NPROBE, offsets: np.ndarray | None = None
+        self,
+        x: np.ndarray,
+        nprobe: int = DEFAULT_NPROBE,
+        offsets: np.ndarray | None = None,
+        cap: float | None = None,
     ):
         self.with_offsets = offsets is not None
         self.index = ivf_index(_as_keys(x, offsets), nprobe)
+        self.cap = cap if self.with_offsets else None
+        self.plain = ivf_index(_as_keys(x, None), nprobe) if self.cap is not None else None
 
     def add(
         self, vectors: np.ndarray, positions: np.ndarray, offsets: np.ndarray | None = None
     ) -> None:
         if len(vectors):
-            self.index.add_with_ids(
-                _as_keys(vectors, offsets if self.with_offsets else None),
-                positions.astype(np.int64),
-            )
+            ids = positions.astype(np.int64)
+            self.index.add_with_ids(_as_keys(vectors, offsets if self.with_offsets else None), ids)
+            if self.plain is not None:
+                self.plain.add_with_ids(_as_keys(vectors, None), ids)
 
     def nearest(
-        self, queries: np.ndarray, offsets: np.ndarray | None = None
+        self, queries: np.ndarray, offsets: np.ndarray | None = None, cap: float | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(best score, position of that kept image) per query; -inf/-1 if none."""
+        """(best score, position of that kept image) per query; -inf/-1 if none. `cap`
+        must be the index's own (it is given to the exact index the same way)."""
         m = len(queries)
         if self.index.ntotal == 0 or m == 0:
             return np.full(m, -np.inf, np.float32), np.full(m, -1, np.int64)
+        if cap != self.cap and self.with_offsets:
+            raise ValueError("the offsets' cap differs from the one the index was built for")
         q = _as_queries(queries, offsets if self.with_offsets else None)
         sim, at = self.index.search(q, 1)
-        found = at[:, 0] >= 0
-        return np.where(found, sim[:, 0], -np.inf).astype(np.float32), at[:, 0].astype(np.int64)
+        best = np.where(at[:, 0] >= 0, sim[:, 0], -np.inf).astype(np.float32)
+        best_at = at[:, 0].astype(np.int64)
+        if self.plain is not None and self.cap is not None:
+            raw, raw_at = self.plain.search(_as_keys(queries, None), 1)
+            capped = np.where(raw_at[:, 0] >= 0, raw[:, 0] - np.float32(self.cap), -np.inf)
+            higher = capped > best
+            best = np.where(higher, capped, best).astype(np.float32)
+            best_at = np.where(higher, raw_at[:, 0], best_at).astype(np.int64)
+        return best, best_at
 
 
 def ann_pairs_above(

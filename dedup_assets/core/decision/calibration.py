@@ -89,7 +89,12 @@ from dedup_assets.core.decision.class_decision import (
     vectorise,
     vectorise_as,
 )
-from dedup_assets.core.decision.local_scaling import local_levels, null_margins, outsider_levels
+from dedup_assets.core.decision.local_scaling import (
+    ceiling_of,
+    local_levels,
+    null_margins,
+    outsider_levels,
+)
 from dedup_assets.core.decision.reference_pool import ReferencePool
 from dedup_assets.core.decision.similarity import (
     DEFAULT_BLOCK,
@@ -478,12 +483,15 @@ def pool_null(
     block: int = DEFAULT_BLOCK,
     offsets: np.ndarray | None = None,
     pool_offsets: np.ndarray | None = None,
+    highest: list[float] | None = None,
 ) -> np.ndarray:
     """What an unrelated image's best pair scores in the class, read against real images of
     the run's other classes (`core.decision.reference_pool`): each pool image's highest similarity
     to the class's images (with offsets, its highest margin: cosine less both offsets).
     One value per pool image, so a class of any size gets as many as the pool holds.
-    Blocked: memory is one block of pool images x the class."""
+    `highest`, when given, gets the highest cosine any pool image reached (a budget's
+    ceiling, `local_scaling.ceiling_of`, must lie above it). Blocked: memory is one block of
+    pool images x the class."""
     vectors = np.asarray(vectors, dtype=np.float32)
     pool = np.asarray(pool, dtype=np.float32)
     if len(vectors) == 0 or len(pool) == 0:
@@ -492,12 +500,17 @@ def pool_null(
     out = np.empty(len(p), np.float32)
     rows = block_rows(len(v), block)
     outputs = SlabOutputs()
+    top = -np.inf
     for start in range(0, len(p), rows):
         s = outputs.product(p[start : start + rows], v.T)
+        if highest is not None:
+            top = max(top, float(s.max()))
         if offsets is not None:
             s -= np.asarray(offsets, np.float32)[None, :]
             s -= np.asarray(pool_offsets, np.float32)[start : start + rows, None]
         out[start : start + len(s)] = s.max(axis=1)
+    if highest is not None:
+        highest.append(top)
     return out
 
 
@@ -526,7 +539,10 @@ class BudgetThreshold:
     own cosine is the margin plus both images' offsets, `core.decision.local_scaling`); 1.0 when
     nothing can be calibrated (then only exact copies go). space: the space the class is
     decided in at this budget; null: the `NullSource` whose threshold was the higher (the
-    one that set it); draws: the null values it was read from.
+    one that set it); draws: the null values it was read from. ceiling: with `offsets`,
+    the cosine above which a pair is removed whatever its images' levels
+    (`local_scaling.ceiling_of`: above every cosine its null reached), so no pair's own
+    threshold passes it; None for a cosine threshold.
     """
 
     budget: float
@@ -535,6 +551,15 @@ class BudgetThreshold:
     null: str
     draws: int
     offsets: np.ndarray | None = None
+    ceiling: float | None = None
+
+    @property
+    def offset_cap(self) -> float | None:
+        """The most a pair's two offsets take from its cosine together: the ceiling less
+        the margin threshold (None without a ceiling)."""
+        if self.offsets is None or self.ceiling is None:
+            return None
+        return float(self.ceiling - self.threshold)
 
 
 def class_budgets(
@@ -643,7 +668,7 @@ def class_budgets(
         v, d, borrowed_vectors = _same_width(mine, vectorise(decoy, space), theirs)
         if scaling == "uniform":
             null = mirror_null(v, d, rows, block, threads=process_cores())
-            offsets = None
+            offsets, ceiling = None, None
             from_pool = pool_null(v, borrowed_vectors, block)
         else:
             levels = local_levels(v, d, rows, block=block)
@@ -651,15 +676,19 @@ def class_budgets(
             offsets = levels.offsets
             outside = outsider_levels(borrowed_vectors, v, d, rows, block=block)
             half = np.float32(0.5)
-            from_pool = pool_null(v, borrowed_vectors, block, offsets, outside * half)
+            highest = [float(levels.level.max())]  # a level: the best decoy's cosine
+            from_pool = pool_null(v, borrowed_vectors, block, offsets, outside * half, highest)
+            ceiling = ceiling_of(max(highest))
         draws = int(np.isfinite(null).sum())
         mirror_t = budget_thresholds(null, own)
         pool_t = budget_thresholds(from_pool, own)
         for b, tm, tp in zip(own, mirror_t, pool_t, strict=True):
             if resolvable(len(from_pool), b) and tp > tm:
-                out[b] = BudgetThreshold(b, tp, used, NullSource.POOL, len(from_pool), offsets)
+                out[b] = BudgetThreshold(
+                    b, tp, used, NullSource.POOL, len(from_pool), offsets, ceiling
+                )
             else:
-                out[b] = BudgetThreshold(b, tm, used, NullSource.CLASS, draws, offsets)
+                out[b] = BudgetThreshold(b, tm, used, NullSource.CLASS, draws, offsets, ceiling)
     return [out[b] for b in budgets]
 
 

@@ -367,6 +367,7 @@ def keep_decisions(
     nprobe: int = 16,
     offsets: Sequence[np.ndarray | None] | None = None,
     corrections: Corrections | None = None,
+    offset_caps: Sequence[float | None] | None = None,
 ) -> list[ClassDecision]:
     """Exact copies first, then the greedy keep over `vectors` in `order`, per threshold.
 
@@ -375,13 +376,17 @@ def keep_decisions(
     only the rest (new images, and those whose kept image is gone) are decided, against
     the kept set: a new exact copy of a kept image is removed naming it. With `offsets`
     (one per threshold, None for a plain cosine), that threshold is a margin
-    (`core.decision.local_scaling`). With `corrections`, the user's rules hold at every
+    (`core.decision.local_scaling`), and `offset_caps` (one per threshold, None for none)
+    the most a pair's two offsets count together (a budget's ceiling less its margin). With `corrections`, the user's rules hold at every
     threshold (see the module docstring); without, the decision is exactly as before.
     """
     n = len(vectors)
     thresholds = [float(t) for t in thresholds]
     priors = list(prior) if prior is not None else [None] * len(thresholds)
     per_offsets = list(offsets) if offsets is not None else [None] * len(thresholds)
+    per_cap = list(offset_caps) if offset_caps is not None else [None] * len(thresholds)
+    if len(per_cap) != len(thresholds):
+        raise ValueError("offset_caps must give one cap (or None) per threshold")
     if n == 0:
         empty = np.zeros(0)
         return [
@@ -400,7 +405,7 @@ def keep_decisions(
     is_named[named] = True
     force = rules.forced(n) if rules is not None else None
     decisions = []
-    for t, p, off in zip(thresholds, priors, per_offsets, strict=True):
+    for t, p, off, cap in zip(thresholds, priors, per_offsets, per_cap, strict=True):
         p = p if p is not None else PriorDecision.none(n)
         off = None if off is None else np.asarray(off, dtype=np.float32)
         fixed = (p.state == 1) & ~is_named  # a corrected image is decided now, never carried
@@ -452,6 +457,7 @@ def keep_decisions(
             join=join,
             nprobe=nprobe,
             offsets=None if off is None else off[pool],
+            offset_cap=cap,
             constraints=constraints,
         )
         new = slice(len(kept_before), None)
@@ -460,7 +466,7 @@ def keep_decisions(
         duplicate_of[reps[has]] = pool[d.duplicate_of[new][has]]
         score = d.similarity[new].astype(np.float64)
         if off is not None:  # a margin back to a cosine: plus the pair's two offsets
-            pair = off[reps].astype(np.float64) + off[np.maximum(duplicate_of[reps], 0)]
+            pair = _pair_offset(off, reps, np.maximum(duplicate_of[reps], 0), cap)
             score = score + np.where(has, pair, 0.0)
         similarity[reps] = np.where(has, score, np.nan)
         if force is not None:  # named through its exact-copy group (score +inf): a copy
@@ -476,9 +482,9 @@ def keep_decisions(
         similarity[fresh[copies]] = np.where(rep_kept, 1.0, similarity[rep])
         exact[fresh[copies]] = rep_kept | exact[rep]
         cosine = np.full(n, t, dtype=np.float64)
-        if off is not None:  # the pair's threshold: the margin plus both offsets
+        if off is not None:  # the pair's threshold: the margin plus both offsets (capped)
             named = np.where(duplicate_of >= 0, duplicate_of, np.arange(n))
-            cosine = t + off.astype(np.float64) + off[named].astype(np.float64)
+            cosine = t + _pair_offset(off, np.arange(n), named, cap)
         carried = fixed | retained
         if p.cosine is not None:  # a carried decision keeps the cosine it was made at
             recorded = carried & np.isfinite(p.cosine)
@@ -502,6 +508,12 @@ def keep_decisions(
     return decisions
 
 
+def _pair_offset(off: np.ndarray, a: np.ndarray, b: np.ndarray, cap: float | None) -> np.ndarray:
+    """What pairs (a[k], b[k]) lose from their cosine: both offsets, at most `cap`."""
+    pair = off[a].astype(np.float64) + off[b].astype(np.float64)
+    return pair if cap is None else np.minimum(pair, float(np.float32(cap)))
+
+
 def decide_class(
     data: ClassData,
     thresholds: Sequence[float],
@@ -517,10 +529,11 @@ def decide_class(
     vectors: np.ndarray | None = None,
     spaces: Sequence[str | None] | None = None,
     corrections: Corrections | None = None,
+    offset_caps: Sequence[float | None] | None = None,
 ) -> list[ClassDecision]:
     """Decide every image of a class at each threshold; see the module docstring and
-    `keep_decisions` for `prior` (stable incremental decisions), `offsets` (margins) and
-    `corrections` (a user's overrides);
+    `keep_decisions` for `prior` (stable incremental decisions), `offsets` (margins),
+    `offset_caps` (their ceilings) and `corrections` (a user's overrides);
     `vectors`, the class's `vectorise(data, space)` when already made.
     join: exact, ann, or auto (approximate for classes above ann_min_class_size images,
     `core.decision.ann_join`). spaces: per threshold, the space it is decided in when not the
@@ -541,6 +554,7 @@ def decide_class(
     resolved_join = resolve_join(join, len(data.image_ids), ann_min_class_size)
     priors = list(prior) if prior is not None else [None] * n_t
     per_offsets = list(offsets) if offsets is not None else [None] * n_t
+    per_cap = list(offset_caps) if offset_caps is not None else [None] * n_t
     out: list[ClassDecision | None] = [None] * n_t
     for s in dict.fromkeys(per_space):  # each space once, in the thresholds' order
         at = [k for k in range(n_t) if per_space[k] == s]
@@ -560,6 +574,7 @@ def decide_class(
             nprobe=nprobe,
             offsets=[per_offsets[k] for k in at],
             corrections=corrections,
+            offset_caps=[per_cap[k] for k in at],
         )
         for k, d in zip(at, decided, strict=True):
             out[k] = d

@@ -194,6 +194,7 @@ def decide_thresholds(
         ann_min_class_size=ann_min_class_size,
         nprobe=nprobe,
         offsets=[None if r is None else r.offsets for r in per_key],
+        offset_caps=[None if r is None else r.offset_cap for r in per_key],
         vectors=vectors,
         spaces=[None if r is None else r.space for r in per_key],
         corrections=corrections,

@@ -302,7 +302,11 @@ def _resolution_words(r: BudgetThreshold) -> str:
     if r.null == NullSource.NONE:
         return f"not calibrated: {r.draws} null values cannot show the top {r.budget:.2%}; cosine"
     where = "the class's mirrors" if r.null == NullSource.CLASS else "the run's reference pool"
-    kind = "margin over the local levels" if r.offsets is not None else f"cosine in {r.space}"
+    kind = f"cosine in {r.space}"
+    if r.offsets is not None:
+        kind = "margin over the local levels" + (
+            f", ceiling {r.ceiling:.4f}" if r.ceiling is not None else ""
+        )
     return f"{r.draws:,} null values from {where}; {kind}"
 
 

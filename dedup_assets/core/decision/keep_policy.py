@@ -10,7 +10,9 @@ Orders (the paper leaves the choice open):
 - `density`: ascending spline log-density, ties by id, so dense regions thin out first.
 
 With per-image `offsets` (`core.decision.local_scaling`), the score of a pair is its margin,
-cos(i, j) - offsets[i] - offsets[j], instead of its cosine; everything else is the same.
+cos(i, j) - offsets[i] - offsets[j], instead of its cosine; with an `offset_cap` as well
+(a budget's ceiling less its margin), the two offsets take at most the cap together, so a
+pair above the ceiling is removed whatever its levels. Everything else is the same.
 
 The join is blocked: a block of images in visit order is compared with the kept set so
 far, then resolved inside the block in a few vectorised rounds (greedy MIS needs few
@@ -35,7 +37,8 @@ from enum import StrEnum
 import numpy as np
 
 from dedup_assets.core.decision.ann_join import AnnKeptIndex
-from dedup_assets.core.decision.similarity import MAX_SLAB_BYTES, SlabOutputs
+from dedup_assets.core.decision.local_scaling import best_with_cap
+from dedup_assets.core.decision.similarity import MAX_SLAB_BYTES, SlabOutputs, pair_offsets
 
 
 class KeepPolicy(StrEnum):
@@ -105,6 +108,7 @@ class _Rules:
         oo: np.ndarray | None,
         rows: np.ndarray,
         kept: np.ndarray,
+        cap: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(best score, its kept position) of each constrained row, against the kept
         positions `kept` (exact products; -inf/-1 when none)."""
@@ -112,8 +116,7 @@ class _Rules:
             return np.full(len(rows), -np.inf, np.float32), np.full(len(rows), -1, np.int64)
         s = xo[rows] @ xo[kept].T
         if oo is not None:
-            s -= oo[rows][:, None]
-            s -= oo[kept][None, :]
+            s -= pair_offsets(oo[rows], oo[kept], cap)
         s = self.adjust(s, rows, kept)
         at = s.argmax(axis=1)
         return s[np.arange(len(rows)), at], kept[at]
@@ -176,20 +179,21 @@ class ExactKeptIndex:
         self.size += len(vectors)
 
     def nearest(
-        self, queries: np.ndarray, offsets: np.ndarray | None = None
+        self, queries: np.ndarray, offsets: np.ndarray | None = None, cap: float | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(best score, position of that kept image) per query; -inf/-1 if none. The score
-        is the similarity, or with query `offsets` the margin (kept offsets as added)."""
+        is the similarity, or with query `offsets` the margin (kept offsets as added; the
+        two at most `cap` together)."""
         best = np.full(len(queries), -np.inf, dtype=np.float32)
         best_at = np.full(len(queries), -1, dtype=np.int64)
         for k0 in range(0, self.size, self.chunk):
             k1 = min(k0 + self.chunk, self.size)
             s = self.outputs.product(queries, self.vecs[k0:k1].T)
             if offsets is not None:
-                s -= offsets[:, None]
-                s -= self.offsets[None, k0:k1]
-            arg = s.argmax(axis=1)
-            val = s[np.arange(len(s)), arg]
+                val, arg = best_with_cap(s, offsets, self.offsets[k0:k1], cap)
+            else:
+                arg = s.argmax(axis=1)
+                val = s[np.arange(len(s)), arg]
             better = val > best
             best[better] = val[better]
             best_at[better] = self.pos[k0 + arg[better]]
@@ -207,12 +211,14 @@ def greedy_keep(
     join: str = "exact",
     nprobe: int = 16,
     offsets: np.ndarray | None = None,
+    offset_cap: float | None = None,
     constraints: Constraints | None = None,
 ) -> KeepDecision:
     """Greedy keep over unit vectors `x` (n, d) visited in `order`; see the module doc.
 
     Every removed image names a kept image (same input array) with similarity > threshold
-    (margin > threshold with `offsets`, one per row of x: then `similarity` holds margins).
+    (margin > threshold with `offsets`, one per row of x: then `similarity` holds margins;
+    with `offset_cap`, a pair's two offsets count at most that much together).
     The first `fixed` images of `order` are kept unconditionally: images kept by an earlier
     decision, against which new images are decided (stable incremental decisions).
     join: "exact" compares each block with every kept image; "ann" asks an IVF index of
@@ -232,8 +238,9 @@ def greedy_keep(
     oo = None if offsets is None else np.asarray(offsets, dtype=np.float32)[order]
     if oo is not None and len(oo) != n:
         raise ValueError("offsets must have one value per row of x")
+    cap = None if oo is None or offset_cap is None else float(offset_cap)
     if join == "ann" and n:
-        kept_index = AnnKeptIndex(xo, nprobe, oo)
+        kept_index = AnnKeptIndex(xo, nprobe, oo, cap)
     elif join in ("exact", "ann"):
         kept_index = ExactKeptIndex(n, x.shape[1] if x.ndim == 2 else 1, block)
     else:
@@ -256,13 +263,12 @@ def greedy_keep(
         stop = min(start + block, n)
         xb = xo[start:stop]
         ob = part(start, stop)
-        best, best_at = kept_index.nearest(xb, ob)
+        best, best_at = kept_index.nearest(xb, ob, cap)
         # A copy of the block as the other factor: `xb @ xb.T` is BLAS's symmetric product
         # (syrk), twice as slow here as the general one (19 against 10 ms, 2048 x 128).
         s_block = xb @ np.ascontiguousarray(xb.T)
         if ob is not None:
-            s_block -= ob[:, None]
-            s_block -= ob[None, :]
+            s_block -= pair_offsets(ob, ob, cap)
         forced = np.zeros(stop - start, np.int8)
         if rules is not None:
             forced = rules.forced[start:stop]
@@ -270,7 +276,7 @@ def greedy_keep(
             if len(ruled):  # compared again, exactly, with their rules applied
                 pos = start + ruled
                 best[ruled], best_at[ruled] = rules.nearest(
-                    xo, oo, pos, np.flatnonzero(kept_o[:start])
+                    xo, oo, pos, np.flatnonzero(kept_o[:start]), cap
                 )
                 s_block[np.ix_(ruled, ruled)] = rules.adjust(
                     s_block[np.ix_(ruled, ruled)], pos, pos
@@ -300,7 +306,7 @@ def greedy_keep(
             progress(stop, n)
     if rules is not None:  # a forced removal names its best kept image above the threshold
         gone = np.flatnonzero(rules.forced == -1)
-        best, best_at = rules.nearest(xo, oo, gone, np.flatnonzero(kept_o))
+        best, best_at = rules.nearest(xo, oo, gone, np.flatnonzero(kept_o), cap)
         above = best > threshold
         dup_o[gone] = np.where(above, best_at, -1)
         sim_o[gone] = np.where(above, best, np.nan)

@@ -165,14 +165,27 @@ def block_rows(n: int, block: int = DEFAULT_BLOCK) -> int:
     return int(max(1, min(block, max(64, MAX_SLAB_BYTES // (4 * max(n, 1))))))
 
 
+def pair_offsets(rows: np.ndarray, cols: np.ndarray, cap: float | None = None) -> np.ndarray:
+    """(len(rows), len(cols)): what each pair's score loses, rows[i] + cols[j], at most
+    `cap` (a budget's ceiling less its margin, `core.decision.local_scaling`; None: no cap)."""
+    out = np.add.outer(np.asarray(rows, np.float32), np.asarray(cols, np.float32))
+    if cap is not None:
+        np.minimum(out, np.float32(cap), out=out)
+    return out
+
+
 def iter_similarity_blocks(
-    x: np.ndarray, block: int = DEFAULT_BLOCK, offsets: np.ndarray | None = None
+    x: np.ndarray,
+    block: int = DEFAULT_BLOCK,
+    offsets: np.ndarray | None = None,
+    offset_cap: float | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield (row_start, col_start, S) where S = x[rows] @ x[col_start:].T, upper triangle only.
 
     With `offsets` (one per row of x), S[i, j] - offsets[i] - offsets[j] instead: the
-    margins of `core.decision.local_scaling`. Peak memory is one block x N slab (see
-    MAX_SLAB_BYTES); pairs are never computed twice.
+    margins of `core.decision.local_scaling` (the two offsets at most `offset_cap`
+    together, when given). Peak memory is one block x N slab (see MAX_SLAB_BYTES; twice
+    that with a cap); pairs are never computed twice.
     """
     x = np.asarray(x, dtype=np.float32)  # scores are float32 everywhere (thresholds too)
     offsets = None if offsets is None else np.asarray(offsets, dtype=np.float32)
@@ -181,7 +194,9 @@ def iter_similarity_blocks(
     for start in range(0, n, rows):
         stop = min(start + rows, n)
         s = x[start:stop] @ x[start:].T
-        if offsets is not None:
+        if offsets is not None and offset_cap is not None:
+            s -= pair_offsets(offsets[start:stop], offsets[start:], offset_cap)
+        elif offsets is not None:
             s -= offsets[start:stop, None]
             s -= offsets[None, start:]
         yield start, start, s
@@ -217,15 +232,16 @@ def count_pairs_above(
     *,
     inclusive: bool = False,
     offsets: np.ndarray | None = None,
+    offset_cap: float | None = None,
 ) -> np.ndarray:
-    """How many pairs i < j have similarity (margin, with `offsets`) > each threshold
-    (>= when `inclusive`).
+    """How many pairs i < j have similarity (margin, with `offsets`, capped by `offset_cap`
+    as `iter_similarity_blocks` says) > each threshold (>= when `inclusive`).
 
     Exact and blocked: no pair list is kept, only each block's sorted similarities.
     """
     thresholds = np.asarray(thresholds, dtype=np.float32)
     counts = np.zeros(len(thresholds), dtype=np.int64)
-    for row0, col0, s in iter_similarity_blocks(x, block, offsets):
+    for row0, col0, s in iter_similarity_blocks(x, block, offsets, offset_cap):
         rows = np.arange(row0, row0 + len(s))
         cols = np.arange(col0, col0 + s.shape[1])
         vals = np.sort(s[cols[None, :] > rows[:, None]])

@@ -70,17 +70,18 @@ class ClassPairs:
     known: np.ndarray | None = None  # (k, 2) the ground-truth rows themselves, i < j
     known_transforms: tuple[str, ...] = ()  # the planted transform of each known row
     offsets: np.ndarray | None = None
-    # Per threshold, (vectors, offsets) to judge it by instead, where the class resolved a
-    # budget in another space (read from the run's reference pool: one cosine, no offsets).
-    views: tuple[tuple[np.ndarray, np.ndarray | None] | None, ...] = ()
+    # Per threshold, (vectors, offsets, offset cap) to judge it by instead: where the class
+    # resolved a budget in another space (read from the run's reference pool: one cosine,
+    # no offsets), or with the budget's ceiling (`calibration.BudgetThreshold.offset_cap`).
+    views: tuple[tuple[np.ndarray, np.ndarray | None, float | None] | None, ...] = ()
 
-    def view(self, k: int, margin: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """The vectors and offsets threshold k is judged by in this class."""
+    def view(self, k: int, margin: bool) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+        """The vectors, offsets and offset cap threshold k is judged by in this class."""
         if k < len(self.views) and self.views[k] is not None:
             return self.views[k]
         if margin and self.offsets is None:
             raise ValueError(f"a margin threshold needs class {self.name}'s offsets")
-        return self.vectors, self.offsets if margin else None
+        return self.vectors, self.offsets if margin else None, None
 
     def hashes(self) -> np.ndarray:
         if self.pixel_hashes is not None:
@@ -131,13 +132,18 @@ class MethodEvaluation:
 
 
 def _pair_scores(
-    x: np.ndarray, pairs: np.ndarray, block: int, offsets: np.ndarray | None = None
+    x: np.ndarray,
+    pairs: np.ndarray,
+    block: int,
+    offsets: np.ndarray | None = None,
+    offset_cap: float | None = None,
 ) -> np.ndarray:
-    """Similarities (margins, with offsets) of given pairs (i < j), taken from the same
-    blocked products as the counts, so a pair's score compares with itself exactly."""
+    """Similarities (margins, with offsets, capped by `offset_cap`) of given pairs (i < j),
+    taken from the same blocked products as the counts, so a pair's score compares with
+    itself exactly."""
     i, j = pairs[:, 0], pairs[:, 1]
     out = np.empty(len(pairs), dtype=np.float32)
-    for row0, col0, s in iter_similarity_blocks(x, block, offsets):
+    for row0, col0, s in iter_similarity_blocks(x, block, offsets, offset_cap):
         sel = (i >= row0) & (i < row0 + len(s))
         out[sel] = s[i[sel] - row0, j[sel] - col0]
     return out
@@ -210,18 +216,20 @@ def evaluate_method(
     known_scores = [[np.zeros(0, np.float32)] * n_t for _ in classes]
     decided = [[None] * n_t for _ in classes]
     for ci, (c, ts) in enumerate(zip(classes, per_class_t, strict=True)):
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[int, int, float | None], list[int]] = {}
         for k in range(n_t):
-            vecs, off = c.view(k, margins[k])
-            groups.setdefault((id(vecs), id(off)), []).append(k)
+            vecs, off, cap = c.view(k, margins[k])
+            groups.setdefault((id(vecs), id(off), cap), []).append(k)
         known = np.sort(c.known, axis=1) if c.known is not None else np.zeros((0, 2), np.int64)
         for ks in groups.values():
-            vecs, off = c.view(ks[0], margins[ks[0]])
+            vecs, off, cap = c.view(ks[0], margins[ks[0]])
             if len(vecs) > 1:
                 probe = np.nextafter(ts[ks].astype(np.float32), np.float32(2))
-                flagged[ks] += count_pairs_above(vecs, probe, block, inclusive=True, offsets=off)
-            pos = _pair_scores(vecs, c.positives, block, off) if len(c.positives) else None
-            kno = _pair_scores(vecs, known, block, off) if len(known) else None
+                flagged[ks] += count_pairs_above(
+                    vecs, probe, block, inclusive=True, offsets=off, offset_cap=cap
+                )
+            pos = _pair_scores(vecs, c.positives, block, off, cap) if len(c.positives) else None
+            kno = _pair_scores(vecs, known, block, off, cap) if len(known) else None
             decisions = keep_decisions(
                 vecs,
                 c.order,
@@ -229,6 +237,7 @@ def evaluate_method(
                 ts[ks].tolist(),
                 block=min(block, 2048),
                 offsets=[off] * len(ks),
+                offset_caps=[cap] * len(ks),
             )
             for k, d in zip(ks, decisions, strict=True):
                 if pos is not None:
@@ -427,7 +436,7 @@ def evaluate_against_ground_truth(
                     resolved[method].setdefault(k, {})[key] = r.threshold
                     if r.space not in vectors_in:
                         vectors_in[r.space] = vectorise_as(data, r.space)
-                    per_t.append((vectors_in[r.space], r.offsets))
+                    per_t.append((vectors_in[r.space], r.offsets, r.offset_cap))
                 views[method] = (own, per_t)
         ids = data.image_ids.tolist()
         index = {i: k for k, i in enumerate(ids)}

@@ -33,7 +33,7 @@ injected handler would not run.
 
 Margins. A removed row's `cosine` in the keep list is the cosine it was decided at (T for a
 cosine key; for a budget, the pair's own threshold: the class's margin plus both images'
-local levels), so its margin is `similarity - cosine`, exactly the quantity the decision
+offsets, at most the class's ceiling), so its margin is `similarity - cosine`, exactly the quantity the decision
 compared. The cross-class table stores no cosine: for a cosine key it is T; for a budget the
 page shows no margin and orders those pairs by similarity.
 
@@ -800,7 +800,8 @@ and the <b>kind</b>: <i>exact</i> (identical decoded pixels: always removed), <i
 <i>override</i> (removed because an overrides.csv said so).</li>
 <li><b>margin</b> = similarity &minus; the cosine the pair was decided at (the keep list's
 <code>cosine</code> column): the threshold T itself for a cosine such as 0.95; for a budget
-such as 1%, the pair's own threshold (the class's margin plus both images' local levels).
+such as 1%, the pair's own threshold (the class's margin plus half of each image's local
+level, at most the class's ceiling).
 The smaller the margin, the closer the call: each view lists the smallest margins first,
 then removals by override, exact copies last. Margins under {BORDERLINE} are shown in orange.</li>
 <li><b>Cross-class pairs</b> (their own view) are near-identical images filed under two
