@@ -76,6 +76,47 @@ def test_big_endian_16_bit_tiff_matches_the_png():
     assert from_tiff.pixel_hash == decode_image_bytes(_png16(values)).pixel_hash
 
 
+def _saved(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("mode", "scale", "fmt"),
+    [
+        ("F", 1.0, "TIFF"),  # float scans in 0..255 (decoded white: clipped to 0..1 before)
+        ("I", 1.0, "TIFF"),  # 32-bit integers holding 8-bit values (decoded 0 and 1 before)
+        ("I;16", 1.0, "PNG"),  # cv2.imwrite(a.astype(uint16)): 8-bit values, 16-bit file
+        ("F", 1 / 255, "TIFF"),  # float 0..1: the usual range, as before
+    ],
+)
+def test_wide_images_holding_narrower_values_keep_them(mode, scale, fmt):
+    """Different pictures stored as float or 16/32-bit files holding 0..255 (or 0..1)
+    values decode to their own pixels, as their 8-bit versions do, with a note saying
+    how they were read; before, every float one decoded white and every integer one black,
+    so distinct images were removed as exact copies of each other."""
+    pictures = [np.asarray(_image(seed).convert("L"), dtype=np.float64) for seed in range(3)]
+    decoded = []
+    for grey in pictures:
+        values = grey * scale
+        if mode == "F":
+            img = Image.fromarray(values.astype(np.float32), mode="F")
+        elif mode == "I":
+            img = Image.fromarray(values.astype(np.int32), mode="I")
+        else:
+            img = Image.fromarray(values.astype(np.uint16))
+        decoded.append(decode_image_bytes(_saved(img, fmt)))
+    assert len({d.pixel_hash for d in decoded}) == 3
+    for d, grey in zip(decoded, pictures, strict=True):
+        assert d.error is None
+        assert np.abs(d.pixels[..., 0].astype(int) - grey).max() <= 1
+    usual = mode == "F" and scale != 1.0
+    assert all((d.note is None) == usual for d in decoded), [d.note for d in decoded]
+    if not usual:
+        assert "0..255" in decoded[0].note and "read as that range" in decoded[0].note
+
+
 @pytest.mark.parametrize("mode", ["L", "LA", "P"])
 def test_8_bit_greyscale_and_palette_keep_their_values(mode):
     grey = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))

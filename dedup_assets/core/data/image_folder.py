@@ -503,20 +503,48 @@ def read_source_file(path: StrPath, max_bytes: int) -> bytes:
         os.close(fd)
 
 
-# Pillow's modes for 16-bit greyscale (PNG, TIFF; "I" is what its 16-bit readers of other
-# formats give), mapped from 0..65535 to 0..255, and its 32-bit float mode, read as 0..1.
+# Pillow's modes for 16-bit greyscale (PNG, TIFF; "I" is also its 32-bit integer mode), and
+# its 32-bit float mode "F": values are mapped to 0..255 by the range they are written in.
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+# The conventional ranges a wide image's values are written in, narrowest first: float
+# images come as 0..1 (or 0..255), 16-bit ones as 0..65535 (or 8-bit values in a 16-bit
+# file, as `cv2.imwrite(a.astype(uint16))` writes them), 32-bit integer ones as either.
+_RANGES = {"F": (1.0, 255.0, 65535.0), "int": (255.0, 65535.0, 2.0**32 - 1)}
+
+
+def _value_range(mode: str, arr: np.ndarray) -> float:
+    """The full-scale value of a wide image: the narrowest conventional range its largest
+    value fits (a fixed scale, not the image's own maximum, so an image and a darker copy
+    stay different pixels)."""
+    ranges = _RANGES["F" if mode == "F" else "int"]
+    top = float(arr.max()) if arr.size else 0.0
+    return next((r for r in ranges if top <= r), ranges[-1])
+
+
+def wide_range_note(img: Image.Image) -> str | None:
+    """A note for a wide image read by a range other than its mode's usual one (16-bit
+    values all below 256, float values above 1): how it was read."""
+    if img.mode not in SIXTEEN_BIT_MODES and img.mode != "F":
+        return None
+    arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+    usual = 1.0 if img.mode == "F" else (2.0**32 - 1 if img.mode == "I" else 65535.0)
+    used = _value_range(img.mode, arr)
+    if img.mode == "I" and used == 65535.0:
+        return None  # a 16-bit file Pillow opened as "I" (PNG, some TIFFs): the usual case
+    if used == usual:
+        return None
+    kind = "float" if img.mode == "F" else f"{img.mode} integer"
+    return f"{kind} values all within 0..{used:g}: read as that range"
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB: alpha is composited over white; 16-bit greyscale is
-    mapped by its bit depth (value / 257, clipped to 0..65535), float by 0..1 (x 255)."""
+    """Convert any PIL mode to RGB: alpha is composited over white; 16-bit, 32-bit and
+    float greyscale are mapped from the narrowest conventional range their values fit
+    (`_value_range`: float 0..1 or 0..255, integers 0..255, 0..65535 or 32-bit)."""
     if img.mode in SIXTEEN_BIT_MODES or img.mode == "F":
         arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
-        if img.mode == "F":
-            arr = np.clip(arr, 0.0, 1.0) * 255.0
-        else:
-            arr = np.clip(arr, 0.0, 65535.0) / 257.0
+        full = _value_range(img.mode, arr)
+        arr = np.clip(arr, 0.0, full) * (255.0 / full)
         img = Image.fromarray(arr.round().astype(np.uint8))
     if img.mode == "P":
         img = img.convert("RGBA")
@@ -590,7 +618,8 @@ def decode_image_bytes(data: bytes) -> DecodedImage:
                 rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), RESAMPLE)
             pixels = np.asarray(rgb, dtype=np.uint8).copy()
             # After the pixels are taken: counting frames seeks through the file.
-            note = _frames_note(opened)
+            notes = [wide_range_note(opened), _frames_note(opened)]
+            note = "; ".join(n for n in notes if n) or None
     except Image.UnidentifiedImageError:
         return _error("not a readable image (unknown format or corrupt data)", digest, len(data))
     except Exception as exc:  # noqa: BLE001 - any decoder failure quarantines the file
