@@ -29,7 +29,9 @@ SEQUENCES = [s for n in (2, 3) for s in itertools.product(MODES, repeat=n)]
 
 
 def _source(root: Path, classes: int = 3, per_class: int = 8) -> list[bytes]:
-    """A few small files in `classes` class folders; their paths relative to root."""
+    """A few small files in `classes` class folders, and in each a relative symlink to one
+    of them (a kept symlink must reach its file from the clean copy in every mode); their
+    paths relative to root."""
     rng = np.random.default_rng(0)
     rels = []
     for c in range(classes):
@@ -38,6 +40,8 @@ def _source(root: Path, classes: int = 3, per_class: int = 8) -> list[bytes]:
             rel = f"class{c}/img {i:02d}.png"
             (root / rel).write_bytes(rng.bytes(int(rng.integers(10, 400))))
             rels.append(os.fsencode(rel))
+        (root / f"class{c}" / "link.png").symlink_to("img 00.png")
+        rels.append(os.fsencode(f"class{c}/link.png"))
     return rels
 
 

@@ -77,9 +77,16 @@ def _copy_file(src: bytes, dest: bytes) -> None:
 COPY_BUFFER = 1 << 20
 
 
+def _hard_link(src: bytes, dest: bytes) -> None:
+    """A hard link to the file src names: to a symlink's target, not the symlink (Linux's
+    link(2), which os.link calls whatever its follow_symlinks, links the symlink itself,
+    and a relative one then points nowhere from the clean copy)."""
+    os.link(os.path.realpath(src), dest)
+
+
 _COPIERS = {
     "copy": _copy_file,
-    "hardlink": os.link,
+    "hardlink": _hard_link,
     "symlink": os.symlink,
 }
 FILES_NAME = ".latent-dedup-clean.parquet"
