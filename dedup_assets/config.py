@@ -167,8 +167,9 @@ class PipelineConfig(BaseModel):
         default=False,
         description="read every file and compare its bytes with what the catalog read: notices "
         "a file rewritten in place with the same size and modification time, which the default "
-        "check (paths, sizes and modification times, no file read) cannot see; the clean "
-        "copies' files are checked too, as with --force; never saved",
+        "check (paths, sizes and modification times, no file read) cannot see, and reads again "
+        "a file it could not read before (its permissions fixed since); the clean copies' "
+        "files are checked too, as with --force; never saved",
     )
     schedule: str = Field(
         default=DEFAULT_SCHEDULE,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from conftest import run_dedup
+from conftest import DEDUP, run_dedup
 from PIL import Image
 
 from dedup_assets.core.data.artifacts import read_catalog
@@ -327,3 +327,58 @@ def test_a_change_of_many_classes_names_ten_and_counts_them():
     few = SourceChanges(added=keys[:10], changed=(), removed=("x",)).describe()
     assert few == "new: " + ", ".join(keys[:10]) + "; removed: x"
     assert SourceChanges((), (), ()).describe() == "nothing changed"
+
+
+def _unprivileged() -> list[str] | None:
+    """A prefix that runs a command bound by file permissions (root is not: it drops the
+    capabilities that let it read any file), or None where none can be made."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return None
+    caps = "-dac_override,-dac_read_search,-fowner"
+    prefix = [setpriv, "--bounding-set", caps, "--inh-caps", caps]
+    probe = subprocess.run([*prefix, "true"], capture_output=True)
+    return prefix if probe.returncode == 0 else None
+
+
+def test_verify_reads_again_a_file_whose_permissions_were_fixed(tmp_path):
+    """An unreadable file is quarantined; `chmod` changes no size or time, so the default
+    check cannot see it fixed, and before, even --verify left it quarantined (and its exact
+    copy never found). --verify now reads it again."""
+    prefix = _unprivileged()
+    if prefix is None:
+        pytest.skip("cannot run a command bound by file permissions here (root without setpriv)")
+    source = tmp_path / "src"
+    for c in ("a", "b"):
+        (source / c).mkdir(parents=True)
+        for i in range(5):
+            _image(10 * (c == "b") + i).save(source / c / f"{c}{i}.png")
+    locked = source / "a" / "copy.png"
+    shutil.copyfile(source / "a" / "a0.png", locked)
+    locked.chmod(0o000)
+    out = tmp_path / "out"
+    dedup = str(DEDUP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEDUP_")}
+    env.pop("DAGSTER_HOME", None)
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        args = [*prefix, dedup, "run", "--source", str(source), "--output", str(out), *FAST]
+        return subprocess.run([*args, *extra], capture_output=True, text=True, env=env)
+
+    first = run()
+    assert first.returncode in (0, 3), first.stdout + first.stderr
+    quarantine = pl.read_csv(OutputLayout(out).quarantine, schema=QUARANTINE_SCHEMA)
+    assert "a/copy.png" in quarantine["path"].to_list()
+    locked.chmod(0o644)
+    verified = run("--verify")
+    assert verified.returncode in (0, 3), verified.stdout + verified.stderr
+    assert "source: changed: a\n" in verified.stdout, verified.stdout
+    quarantine = pl.read_csv(OutputLayout(out).quarantine, schema=QUARANTINE_SCHEMA)
+    assert "a/copy.png" not in quarantine["path"].to_list()
+    keep = pl.read_parquet(OutputLayout(out).keep_list("0.95")).filter(
+        pl.col("path").is_in(["a/a0.png", "a/copy.png"])
+    )
+    assert keep.height == 2 and keep["kept"].sum() == 1
+    assert keep.filter(~pl.col("kept"))["match"].to_list() == ["exact"]

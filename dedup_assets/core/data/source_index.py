@@ -11,6 +11,8 @@ time (a tool that restores the time, a copy with `cp -p`/`rsync -t` of a same-si
 `--verify` (`verify_listings`) reads every file of each class whose listing is unchanged and
 compares its bytes with the content hash its catalog recorded; one that differs changes the
 class's digest, so the class is reprocessed (and its catalog re-reads every file it reuses).
+A file the catalog could not read at all (a permission since fixed: chmod changes no size
+or modification time) is tried again the same way.
 """
 
 from __future__ import annotations
@@ -147,9 +149,13 @@ def rewritten_files(
 
 
 def catalogued_content(layout: OutputLayout, key: str) -> list[tuple[bytes, str]]:
-    """`(raw path, content hash)` of every decoded image of a class's catalog."""
-    table = read_class_images(layout, key).filter(pl.col("status") == "ok")
-    return list(table.select("raw_path", "content_hash").iter_rows())
+    """`(raw path, content hash)` of every decoded image of a class's catalog, and of every
+    file it could not read at all (content hash ""): one readable now (its permissions
+    fixed) hashes differently, so `--verify` reads it again."""
+    table = read_class_images(layout, key).filter(
+        (pl.col("status") == "ok") | (pl.col("content_hash").fill_null("") == "")
+    )
+    return list(table.select("raw_path", pl.col("content_hash").fill_null("")).iter_rows())
 
 
 def verify_listings(
