@@ -271,6 +271,25 @@ def test_stable_decisions_keep_what_was_kept_and_decide_new_images_against_it():
     assert d.carried.tolist() == [True] * 6 + [False] * 3
 
 
+def test_a_new_copy_of_a_removed_image_carries_the_cosine_that_image_was_judged_at():
+    """A byte-identical copy of an image removed earlier follows it (name, similarity):
+    it must also carry the cosine that similarity passed, not the class's threshold now.
+    Before, a class whose budget moved to 1.0 (too few null values after new images)
+    recorded the copy's 0.9999 against 1.0, and the keep list failed its own integrity
+    gate on every later run."""
+    vectors = _unit([[1, 0, 0], [1, 0.01, 0], [0, 1, 0], [1, 0.01, 0]])
+    hashes = np.array(["a", "b", "c", "b"])  # image 3: a new copy of image 1
+    prior = PriorDecision.none(4)
+    prior.state[:3] = [1, 0, 1]
+    prior.duplicate_of[1] = 0
+    prior.similarity[1] = float(vectors[0] @ vectors[1])
+    prior.cosine[:3] = [0.95, 0.95, 0.95]
+    d = keep_decisions(vectors, np.arange(4), hashes, [1.0], prior=[prior])[0]
+    assert d.kept.tolist() == [True, False, True, False]
+    assert d.duplicate_of[3] == 0 and d.similarity[3] == pytest.approx(d.similarity[1])
+    assert d.cosine[3] == 0.95 and d.similarity[3] > d.cosine[3]
+
+
 def test_an_image_whose_kept_twin_is_deleted_is_decided_again():
     vectors = _unit([[1, 0, 0], [1, 0.01, 0], [0, 1, 0]])
     prior = PriorDecision.none(3)

@@ -489,6 +489,9 @@ def keep_decisions(
         if p.cosine is not None:  # a carried decision keeps the cosine it was made at
             recorded = carried & np.isfinite(p.cosine)
             cosine = np.where(recorded, p.cosine, cosine)
+        # A new copy of a removed image follows it: its name, similarity and the cosine
+        # that similarity was judged against (the class's threshold now may be another).
+        cosine[undecided[copy_of_removed]] = cosine[source]
         decisions.append(
             ClassDecision(
                 t,
