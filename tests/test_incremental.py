@@ -464,3 +464,41 @@ def test_keep_decisions_refuse_latents_of_images_the_catalog_lacks(materialized)
     for broken in (without_hash, without_image):
         with pytest.raises(StaleArtifact, match="the catalog does not hold"):
             load_class_data(layout, key, catalog=broken)
+
+
+def test_a_keep_list_held_back_by_its_integrity_gate_leaves_a_summary_of_the_rest(
+    tmp_path, monkeypatch
+):
+    """When `keep_list_integrity` fails for one threshold its kurtosis report is never made:
+    the summary across thresholds covers the others and names the one held back. Before,
+    it raised "the kurtosis report for T is stale" and every later run failed (exit 1)
+    instead of reporting a held-back clean copy (exit 3)."""
+    from dedup_assets.assets import keep_list
+
+    source = tmp_path / "src"
+    generate_demo_dataset(source, seed=3, per_class=12, duplicate_fraction=0.2)
+    for extra in ("desert", "road", "urban", "forest"):
+        shutil.rmtree(source / extra)
+    config = PipelineConfig.build(
+        source=str(source),
+        output=str(tmp_path / "out"),
+        thresholds="0.9,0.95",
+        device="cpu",
+        precision="fp32",
+        method={"epochs": 1, "n_components": 8},
+    )
+    real = keep_list.keep_list_problems
+
+    def failing_at_095(keep, catalog, threshold, *args, **kwargs):
+        found = real(keep, catalog, threshold, *args, **kwargs)
+        return [*found, "a planted problem"] if threshold == 0.95 else found
+
+    monkeypatch.setattr(keep_list, "keep_list_problems", failing_at_095)
+    for _ in range(2):  # the run that makes the keep list, then a rerun
+        outcome = run_pipeline(config, dg.DagsterInstance.ephemeral(), log=lambda _: None)
+        assert outcome.failures == [], outcome.failures
+    layout = OutputLayout(tmp_path / "out")
+    summary = layout.summary.read_text()
+    assert "## Thresholds held back" in summary and "T=0.95: no report" in summary
+    assert "a planted problem" in summary and "0.9" in summary
+    assert (layout.clean_dir("0.9") / "water").is_dir()

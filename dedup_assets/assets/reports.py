@@ -210,8 +210,14 @@ def build_report_assets(
         current = storage.current_inputs(settings)
         thresholds = thresholds_def.get_partition_keys()
         verdicts = [threshold_verdict(layout, t, digest(current.keep_list(t))) for t in thresholds]
-        summaries = []
+        summaries, held = [], []
         for verdict in verdicts:
+            if verdict.report is None and verdict.problems:  # its gate stopped the report
+                held.append(
+                    f"- T={verdict.threshold}: no report; its keep list fails its integrity "
+                    f"check ({'; '.join(verdict.problems)}), so its clean copy is held back"
+                )
+                continue
             if verdict.report_summary is None:
                 raise FileNotFoundError(
                     f"no kurtosis report for T={verdict.threshold}: materialize kurtosis_report "
@@ -226,6 +232,8 @@ def build_report_assets(
         keep_summaries = [v.keep_summary for v in verdicts if v.keep_summary is not None]
         budgets = budget_summary_markdown(keep_summaries)
         text = summary_markdown(summaries) + (f"\n{budgets}" if budgets else "")
+        if held:
+            text += "\n## Thresholds held back\n\n" + "\n".join(held) + "\n"
         path = write_text(text, layout.summary)
         made_from = storage.summary_inputs(current, thresholds, image_source.ground_truth_path())
         record_summary_inputs(layout, "dedup_summary", made_from)
