@@ -309,7 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     plant.add_argument(
         "--proportions", default=None, help="transform weights, e.g. jpeg=1,brightness=1,noise=2"
     )
-    plant.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
+    plant.add_argument(
+        "--verbose",
+        action="store_true",
+        help="full tracebacks on errors; every skipped source entry with its reason",
+    )
     ui = sub.add_parser("ui", help="open dagster dev on the output folder's instance")
     ui.add_argument("--output", default=DEFAULT_OUTPUT, help="the output folder of dedup run")
     ui.add_argument("--source", default=None, help="override the saved source folder")
@@ -950,7 +954,12 @@ def _catalog_line(layout) -> str:
 
 
 def _plant(args: argparse.Namespace) -> int:
-    from dedup_assets.core.quality.planting import plant_duplicates
+    from dedup_assets.core.quality.planting import (
+        DestNotEmptyError,
+        PlantSettingError,
+        describe_left_out,
+        plant_duplicates,
+    )
 
     proportions = None
     if args.proportions:
@@ -973,14 +982,22 @@ def _plant(args: argparse.Namespace) -> int:
             proportions=proportions,
             seed=args.seed,
         )
-    except (ValueError, FileExistsError) as exc:  # raised before anything is written
+    except (PlantSettingError, DestNotEmptyError) as exc:  # raised before anything is written
         raise UsageError(str(exc)) from None
     print(
         f"copied {summary.n_originals:,} originals and planted {summary.n_copies:,} near-duplicates "
         f"into {summary.dest}; ground truth: {summary.ground_truth}"
     )
-    for path, reason in summary.skipped:
-        print(f"skipped {path}: {reason}")
+    left_out = summary.skipped + summary.left_out  # what dedup run would not read either
+    if left_out:
+        how = "each with its reason" if args.verbose else "--verbose lists each with its reason"
+        print(f"left out of the copy: {len(left_out):,} source entries ({how})")
+        if args.verbose:
+            lines = [f"{path}: {reason}" for path, reason in left_out]
+        else:
+            lines = describe_left_out(left_out)
+        for line in lines:
+            print(f"  {line}")
     return EXIT_OK
 
 

@@ -10,13 +10,25 @@ Copies are named ``<stem>__dup_<transform>.<png|jpg>`` (``.jpg`` only for the ``
 transform, so the compression artefacts are what is stored). Each transform draws its
 parameters from a :class:`numpy.random.Generator` within the ranges documented on it; the
 ranges are chosen so that a copy is visibly the same scene but never pixel-identical.
+
+What an image of a class is, and how it is decoded, is the pipeline's own
+(`core.data.image_folder`): the source is listed by `scan_image_folder` (images in nested
+folders of a class belong to it; hidden entries, non-images and files outside a class folder
+are left out and reported), and a copy is made from the pixels `dedup run` decodes (EXIF
+orientation applied, alpha composited over white, 16-bit mapped by its bit depth). A copy
+made from Pillow's plain ``convert("RGB")`` of a phone photo stored sideways was found by
+no threshold (recall 0.0; RGBA cut-outs 0.35, 16-bit greyscale 0.25). Originals are copied
+byte for byte.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
+import os
+import posixpath
 import shutil
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,6 +40,19 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from dedup_assets.core.data.atomic_io import atomic_dir
+from dedup_assets.core.data.image_folder import (
+    DEFAULT_MAX_FILE_BYTES,
+    HIDDEN_FILE,
+    HIDDEN_FOLDER,
+    SourceFileError,
+    _display,
+    _to_rgb,
+    _upright,
+    decode_image_bytes,
+    read_source_file,
+    reason_kind,
+    scan_image_folder,
+)
 from dedup_assets.core.data.image_folder import IMAGE_EXTENSIONS as _PIPELINE_EXTENSIONS
 from dedup_assets.core.data.splits import SplitLayoutError, detect_splits
 
@@ -37,11 +62,16 @@ __all__ = [
     "GROUND_TRUTH_FILENAME",
     "GROUND_TRUTH_HEADER",
     "IMAGE_EXTENSIONS",
+    "NAME_MAX",
     "TRANSFORMS",
+    "DestNotEmptyError",
     "GroundTruthPair",
+    "PlantSettingError",
     "PlantingSummary",
     "SkippedFile",
     "apply_transform",
+    "decode_upright_rgb",
+    "describe_left_out",
     "duplicate_name",
     "list_class_images",
     "plant_copies",
@@ -60,6 +90,19 @@ GROUND_TRUTH_FILENAME = "ground_truth.csv"
 GROUND_TRUTH_HEADER: tuple[str, str, str] = ("class", "original", "copy")
 DUP_MARKER = "__dup_"
 """Separator between the original's stem and the transform name in a copy's file name."""
+NAME_MAX = 255
+"""Longest file name (bytes) a copy gets: the limit of ext4, XFS, btrfs, APFS and NTFS. A
+245-character original plus ``__dup_brightness`` aborted the whole copy with ENAMETOOLONG."""
+
+
+class PlantSettingError(ValueError):
+    """A setting of plant (fraction, proportions, per-class count, source or dest) that
+    cannot work; raised before anything is written. Other errors are failures, not these."""
+
+
+class DestNotEmptyError(FileExistsError):
+    """The dest folder exists and is not empty: plant never writes into it."""
+
 
 # Private key under which the jpeg transform keeps its encoded bytes in ``Image.info``, so the
 # copy on disk is exactly that encoding rather than a second re-encode of the decoded pixels.
@@ -148,11 +191,15 @@ def apply_transform(name: str, img: Image.Image, rng: np.random.Generator) -> Im
     return fn(img.convert("RGB"), rng)
 
 
-def duplicate_name(original: str, transform: str) -> str:
+def duplicate_name(original: str, transform: str, attempt: int = 1) -> str:
     """File name of a planted copy: ``<stem>__dup_<transform>.<png|jpg>``.
 
     ``.jpg`` for the ``jpeg`` transform (so its artefacts are what is stored), ``.png``
-    (lossless) otherwise. Other names (e.g. ``exact``) keep the original's suffix.
+    (lossless) otherwise. Other names (e.g. ``exact``) keep the original's suffix. ``attempt``
+    > 1 (a name already taken) adds ``-<attempt>`` before the suffix. A name longer than
+    NAME_MAX bytes has its stem cut (at a character) and ``~`` and 12 hex of the stem's sha1
+    appended to what is left, so the name fits, stays unique and still ends in
+    ``__dup_<transform>`` (:func:`transform_of`).
     """
     p = Path(original)
     if transform == "jpeg":
@@ -161,7 +208,20 @@ def duplicate_name(original: str, transform: str) -> str:
         suffix = ".png"
     else:
         suffix = p.suffix
-    return f"{p.stem}{DUP_MARKER}{transform}{suffix}"
+    clash = f"-{attempt}" if attempt > 1 else ""
+    tail = f"{DUP_MARKER}{transform}{clash}{suffix}"
+    stem = p.stem
+    if len(os.fsencode(stem + tail)) <= NAME_MAX:
+        return stem + tail
+    tag = "~" + hashlib.sha1(os.fsencode(stem)).hexdigest()[:12]
+    budget = NAME_MAX - len(os.fsencode(tag + tail))
+    used = 0
+    for i, char in enumerate(stem):  # surrogate escapes (undecodable bytes) are one byte
+        used += len(os.fsencode(char))
+        if used > budget:
+            stem = stem[:i]
+            break
+    return stem + tag + tail
 
 
 def _save_copy(img: Image.Image, path: Path) -> None:
@@ -238,62 +298,93 @@ def read_ground_truth(path: Path) -> list[GroundTruthPair]:
 
 
 class SkippedFile(NamedTuple):
-    """A source file that could not be read as an image; ``path`` is relative to the root."""
+    """A source entry not copied, and why; ``path`` is relative to the root (valid UTF-8,
+    undecodable bytes as ``\\xNN``, as `dedup run` shows it)."""
 
     path: str
     reason: str
 
 
-def _normalise_extensions(extensions: Iterable[str]) -> frozenset[str]:
-    exts = frozenset(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
-    if not exts:
-        raise ValueError("extensions must not be empty")
-    return exts
+def _shown(name: str) -> str:
+    """A file-system name (undecodable bytes as surrogate escapes) as `dedup run` shows it
+    and names it in its catalog: valid UTF-8, undecodable bytes as ``\\xNN``."""
+    return _display(os.fsencode(name))
 
 
-def list_class_images(
-    root: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS
-) -> dict[str, list[str]]:
-    """Map each class folder of ``root`` to its sorted image file names.
+_HIDDEN = (HIDDEN_FILE, HIDDEN_FOLDER)
 
-    Only non-hidden subfolders count as classes and only non-hidden files with a supported
-    suffix (case-insensitive) as images; top-level files (e.g. ``ground_truth.csv``) are ignored.
+
+def _list_source(root: Path) -> tuple[dict[str, list[str]], list[SkippedFile]]:
+    """The source as `dedup run` lists it (`scan_image_folder`): class folder -> its image
+    paths below it ('/'-separated, nested folders included, sorted by their bytes), both as
+    file-system names; and every other entry with the pipeline's reason for leaving it out.
     """
-    exts = _normalise_extensions(extensions)
-    root = Path(root)
-    classes: dict[str, list[str]] = {}
-    for class_dir in sorted(root.iterdir(), key=lambda p: p.name):
-        if class_dir.name.startswith(".") or not class_dir.is_dir():
-            continue
-        classes[class_dir.name] = sorted(
-            f.name
-            for f in class_dir.iterdir()
-            if not f.name.startswith(".") and f.suffix.lower() in exts and f.is_file()
-        )
-    return classes
+    scan = scan_image_folder(root)
+    classes = {key: os.fsdecode(raw) for key, raw in scan.raw_classes.items()}
+    images: dict[str, list[str]] = {name: [] for name in classes.values()}
+    for f in scan.files:
+        prefix = os.fsencode(classes[f.class_key]) + b"/"
+        images[classes[f.class_key]].append(os.fsdecode(f.raw_path.removeprefix(prefix)))
+    # Plant has no --include-hidden: the pipeline's hint to it is left off its reason.
+    left_out = [
+        SkippedFile(s.path, s.reason.partition(";")[0] if s.reason in _HIDDEN else s.reason)
+        for s in scan.skipped
+    ]
+    return dict(sorted(images.items(), key=lambda kv: os.fsencode(kv[0]))), left_out
+
+
+def list_class_images(root: Path) -> dict[str, list[str]]:
+    """Map each class folder of ``root`` to its image paths below it, as `dedup run` reads
+    them: images in nested folders of a class count (``sub/x.jpg``), with any suffix of
+    IMAGE_EXTENSIONS (case-insensitive); hidden entries and files directly in the root are
+    not images of a class. Names are file-system strings (undecodable bytes as surrogate
+    escapes), so they open the file."""
+    return _list_source(Path(root))[0]
+
+
+def describe_left_out(skipped: Sequence[SkippedFile], examples: int = 3) -> list[str]:
+    """Lines saying what was not copied: a count per kind (`image_folder.reason_kind`) with
+    up to ``examples`` paths each, the reason beside those whose kind does not say it."""
+    by_kind: dict[str, list[SkippedFile]] = {}
+    for entry in skipped:
+        by_kind.setdefault(reason_kind(entry.reason), []).append(entry)
+    lines = []
+    for kind, entries in sorted(by_kind.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        said = kind not in ("unreadable", "too large", "not a regular file")
+        shown = [e.path if said else f"{e.path} ({e.reason})" for e in entries[:examples]]
+        more = f", and {len(entries) - examples:,} more" if len(entries) > examples else ""
+        lines.append(f"{len(entries):,} {kind}: {', '.join(shown)}{more}")
+    return lines
 
 
 def _class_rng(seed: int, class_name: str, stream: int) -> np.random.Generator:
     """Independent generator per (seed, class, purpose): classes don't shift each other."""
-    key = zlib.crc32(class_name.encode("utf-8"))
+    key = zlib.crc32(os.fsencode(class_name))  # any folder name, not only valid UTF-8
     return np.random.default_rng(np.random.SeedSequence([seed, key, stream]))
 
 
+def decode_upright_rgb(data: bytes) -> Image.Image:
+    """A file's first frame as `dedup run` decodes it (`image_folder.decode_image_bytes`),
+    at full size: turned by its EXIF orientation, then the pipeline's RGB conversion (alpha
+    over white, 16-bit and float by their range). Raises on a file it cannot decode."""
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()
+        return _to_rgb(_upright(opened))  # a new image: both copy what they do not change
+
+
 def _load_rgb(path: Path) -> Image.Image:
-    """Fully decode an image (so truncated files fail here) and return it as RGB."""
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
+    """The image at ``path`` decoded as the pipeline decodes it (:func:`decode_upright_rgb`)."""
+    return decode_upright_rgb(read_source_file(path, DEFAULT_MAX_FILE_BYTES))
 
 
 def _validate_proportions(proportions: Mapping[str, float] | None) -> tuple[list[str], np.ndarray]:
     props = dict(DEFAULT_PROPORTIONS if proportions is None else proportions)
     unknown = sorted(set(props) - set(TRANSFORMS))
     if unknown:
-        raise ValueError(f"unknown transform(s) {unknown}; known: {sorted(TRANSFORMS)}")
+        raise PlantSettingError(f"unknown transform(s) {unknown}; known: {sorted(TRANSFORMS)}")
     names = [n for n in TRANSFORMS if props.get(n, 0.0) > 0]
     if any(not math.isfinite(v) or v < 0 for v in props.values()) or not names:
-        raise ValueError(f"proportions must be finite, >= 0 and not all zero, got {props}")
+        raise PlantSettingError(f"proportions must be finite, >= 0 and not all zero, got {props}")
     weights = np.array([props[n] for n in names], dtype=np.float64)
     return names, weights / weights.sum()
 
@@ -315,15 +406,17 @@ def plant_copies(
 ) -> list[GroundTruthPair]:
     """Plant transformed copies of ``fraction`` of each class's ``originals`` inside ``root``.
 
-    ``originals`` maps class -> readable image names already in ``root/<class>``. Per class,
-    round-half-up(fraction * n) originals (at least 1 if fraction > 0) are sampled with a
-    generator seeded by (seed, class), each gets one transform drawn by ``proportions``, and the
-    copy is written next to it. A name clash gets a ``-2``, ``-3``... suffix before the extension.
-    Returns the pairs by class, in the order of ``originals``. Works in place (used by the demo generator
-    on its own temporary tree).
+    ``originals`` maps class -> readable images already below ``root/<class>`` (file-system
+    names; a path ``sub/x.jpg`` in a nested folder). Per class, round-half-up(fraction * n)
+    originals (at least 1 if fraction > 0) are sampled with a generator seeded by (seed,
+    class), each gets one transform drawn by ``proportions``, and the copy is written next to
+    it, made from the original's pixels as the pipeline decodes them. A name clash gets a
+    ``-2``, ``-3``... suffix before the extension (:func:`duplicate_name`). Returns the pairs by
+    class, in the order of ``originals``, with names as `dedup run` shows them (valid UTF-8).
+    Works in place (used by the demo generator on its own temporary tree).
     """
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+        raise PlantSettingError(f"fraction must be in [0, 1], got {fraction}")
     names, probs = _validate_proportions(proportions)
     pairs: list[GroundTruthPair] = []
     for class_name in sorted(originals):
@@ -332,22 +425,23 @@ def plant_copies(
         if k == 0:
             continue
         class_dir = Path(root) / class_name
-        taken = {p.name for p in class_dir.iterdir()}
+        taken: dict[str, set[str]] = {}  # folder below the class -> the names in it
         rng = _class_rng(seed, class_name, stream=1)
         chosen = sorted(rng.choice(len(files), size=k, replace=False).tolist())
         for idx in chosen:
             original = files[idx]
+            folder, name = posixpath.split(original)
+            if folder not in taken:
+                taken[folder] = {p.name for p in (class_dir / folder).iterdir()}
             transform = names[int(rng.choice(len(names), p=probs))]
-            copy_name = duplicate_name(original, transform)
-            stem, suffix = copy_name.rsplit(".", 1)
-            n = 2
-            while copy_name in taken:
-                copy_name = f"{stem}-{n}.{suffix}"
-                n += 1
-            taken.add(copy_name)
+            attempt = 1
+            while (copy_name := duplicate_name(name, transform, attempt)) in taken[folder]:
+                attempt += 1
+            taken[folder].add(copy_name)
+            copy = posixpath.join(folder, copy_name)
             out = apply_transform(transform, _load_rgb(class_dir / original), rng)
-            _save_copy(out, class_dir / copy_name)
-            pairs.append(GroundTruthPair(class_name, original, copy_name))
+            _save_copy(out, class_dir / copy)
+            pairs.append(GroundTruthPair(_shown(class_name), _shown(original), _shown(copy)))
     return pairs
 
 
@@ -357,10 +451,31 @@ def _check_source_dest(source: Path, dest: Path) -> tuple[Path, Path]:
     if not src.is_dir():
         raise FileNotFoundError(f"source dataset folder not found: {src}")
     if dst == src or dst.is_relative_to(src):
-        raise ValueError(f"dest {dst} must not be the source folder or inside it ({src})")
+        raise PlantSettingError(f"dest {dst} must not be the source folder or inside it ({src})")
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise FileExistsError(f"dest {dst} already exists and is not an empty folder; refusing")
+        raise DestNotEmptyError(f"dest {dst} already exists and is not an empty folder; refusing")
     return src, dst
+
+
+def _refuse_split_source(src: Path, found_images: bool) -> None:
+    """A source of split folders (``train/<class>/...``) is refused, naming a split to plant
+    into: its splits would be planted as classes, their class folders as nested folders. A
+    layout the split detection cannot read is refused only when no images were found."""
+    try:
+        layout = detect_splits(src)
+    except SplitLayoutError as exc:
+        if found_images:
+            return
+        raise PlantSettingError(f"no images in the class folders of {src}: {exc}") from None
+    if not layout.implicit:
+        raise PlantSettingError(
+            f"{src} has split folders ({', '.join(s.folder for s in layout.splits)}); plant "
+            f"into one split, e.g. --source {src / layout.splits[0].folder}"
+        )
+    if not found_images:
+        raise PlantSettingError(
+            f"no images in the class folders of {src} (dedup plant takes <source>/<class>/<image>)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,7 +489,10 @@ class PlantingSummary:
 
     ``originals_per_class`` counts copied originals, ``copies_per_class`` and
     ``copies_per_transform`` the planted copies (every class / transform present, zeros
-    included); ``skipped`` lists unreadable source files (not copied) with the reason.
+    included); ``skipped`` lists image files that could not be read (not copied) with the
+    reason, ``left_out`` every other source entry not copied because `dedup run` does not
+    read it as an image of a class (hidden, not an image, outside a class folder...), with the
+    pipeline's reason. Class names are as `dedup run` shows them (valid UTF-8).
     """
 
     source: Path
@@ -387,6 +505,7 @@ class PlantingSummary:
     copies_per_transform: dict[str, int]
     pairs: tuple[GroundTruthPair, ...] = ()
     skipped: tuple[SkippedFile, ...] = ()
+    left_out: tuple[SkippedFile, ...] = ()
 
     @property
     def n_originals(self) -> int:
@@ -399,6 +518,24 @@ class PlantingSummary:
         return sum(self.copies_per_class.values())
 
 
+def _copy_readable(src: Path, dst: Path, skipped: list[SkippedFile], shown: str) -> bool:
+    """Copy ``src`` to ``dst`` byte for byte (times kept) if the pipeline can decode it,
+    else add it to ``skipped`` with the pipeline's reason; whether it was copied."""
+    try:
+        data = read_source_file(src, DEFAULT_MAX_FILE_BYTES)
+    except SourceFileError as exc:
+        skipped.append(SkippedFile(shown, str(exc)))
+        return False
+    decoded = decode_image_bytes(data)
+    if decoded.error is not None:
+        skipped.append(SkippedFile(shown, decoded.error))
+        return False
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(data)
+    shutil.copystat(src, dst)
+    return True
+
+
 def plant_duplicates(
     source: Path,
     dest: Path,
@@ -407,42 +544,30 @@ def plant_duplicates(
     per_class: int | None = None,
     proportions: Mapping[str, float] | None = None,
     seed: int = 0,
-    extensions: Iterable[str] = IMAGE_EXTENSIONS,
 ) -> PlantingSummary:
     """Copy the ImageFolder ``source`` to ``dest`` and plant near-duplicates with ground truth.
 
-    With ``per_class`` set, only that many images per class are copied, sampled (seeded per
-    class) from the sorted file list. Unreadable files are skipped and reported. Then
-    :func:`plant_copies` plants copies of ``fraction`` of each class's originals and
-    ``dest/ground_truth.csv`` is written. The tree is built in a temporary sibling and renamed
-    into place, so ``dest`` appears complete or not at all. ``source`` is only read.
+    The source is listed as `dedup run` lists it (:func:`list_class_images`; what is not an
+    image of a class is reported in ``left_out``). With ``per_class`` set, only that many
+    images per class are copied, sampled (seeded per class) from the sorted list. Files the
+    pipeline cannot decode are skipped and reported. Then :func:`plant_copies` plants copies
+    of ``fraction`` of each class's originals and ``dest/ground_truth.csv`` is written. The
+    tree is built in a temporary sibling and renamed into place, so ``dest`` appears complete
+    or not at all. ``source`` is only read.
 
-    Raises ``ValueError`` if ``dest`` is ``source`` or inside it, ``FileExistsError`` if
-    ``dest`` exists and is not an empty folder.
+    Raises PlantSettingError (a ValueError) for a setting that cannot work, among them a
+    ``dest`` that is ``source`` or inside it, and a source with no images or of split folders;
+    DestNotEmptyError (a FileExistsError) if ``dest`` exists and is not an empty folder.
     """
     src, dst = _check_source_dest(source, dest)
     if per_class is not None and per_class < 1:
-        raise ValueError(f"per_class must be >= 1 or None, got {per_class}")
+        raise PlantSettingError(f"per_class must be >= 1 or None, got {per_class}")
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+        raise PlantSettingError(f"fraction must be in [0, 1], got {fraction}")
     _validate_proportions(proportions)
 
-    classes = list_class_images(src, extensions)
-    if not any(classes.values()):
-        try:
-            layout = detect_splits(src)
-        except SplitLayoutError as exc:
-            raise ValueError(f"no images in the class folders of {src}: {exc}") from None
-        hint = (
-            f": it has split folders ({', '.join(s.folder for s in layout.splits)}); plant "
-            f"into one split, e.g. --source {src / layout.splits[0].folder}"
-            if not layout.implicit
-            else ""
-        )
-        raise ValueError(
-            f"no images in the class folders of {src} (dedup plant takes "
-            f"<source>/<class>/<image>){hint}"
-        )
+    classes, left_out = _list_source(src)
+    _refuse_split_source(src, any(classes.values()))
     skipped: list[SkippedFile] = []
     copied: dict[str, list[str]] = {}
     with atomic_dir(dst) as tmp:
@@ -451,24 +576,21 @@ def plant_duplicates(
                 rng = _class_rng(seed, class_name, stream=0)
                 keep = sorted(rng.choice(len(files), size=per_class, replace=False).tolist())
                 files = [files[i] for i in keep]
-            out_dir = tmp / class_name
-            out_dir.mkdir()
-            ok: list[str] = []
-            for name in files:
-                try:
-                    _load_rgb(src / class_name / name)
-                except Exception as exc:  # any failure to open or decode means "skip"
-                    skipped.append(
-                        SkippedFile(f"{class_name}/{name}", f"{type(exc).__name__}: {exc}")
-                    )
-                    continue
-                shutil.copy2(src / class_name / name, out_dir / name)
-                ok.append(name)
-            copied[class_name] = ok
+            (tmp / class_name).mkdir()
+            copied[class_name] = [
+                name
+                for name in files
+                if _copy_readable(
+                    src / class_name / name,
+                    tmp / class_name / name,
+                    skipped,
+                    _shown(f"{class_name}/{name}"),
+                )
+            ]
         pairs = plant_copies(tmp, copied, fraction=fraction, proportions=proportions, seed=seed)
         write_ground_truth(tmp / GROUND_TRUTH_FILENAME, pairs)
 
-    copies_per_class = dict.fromkeys(classes, 0)
+    copies_per_class = {_shown(c): 0 for c in classes}
     copies_per_transform = dict.fromkeys(TRANSFORMS, 0)
     for pair in pairs:
         copies_per_class[pair.class_name] += 1
@@ -479,11 +601,12 @@ def plant_duplicates(
         ground_truth=dst / GROUND_TRUTH_FILENAME,
         seed=seed,
         fraction=fraction,
-        originals_per_class={c: len(v) for c, v in copied.items()},
+        originals_per_class={_shown(c): len(v) for c, v in copied.items()},
         copies_per_class=copies_per_class,
         copies_per_transform=copies_per_transform,
         pairs=tuple(pairs),
         skipped=tuple(skipped),
+        left_out=tuple(left_out),
     )
 
 
