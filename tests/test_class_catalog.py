@@ -148,7 +148,7 @@ def test_a_catalog_decoded_at_once_is_built_as_a_merged_one_is(tmp_path, kind):
     """A class decoded whole is built in one construction (`_decoded_table`); the builder
     of a catalog that reuses rows (`_merged_table`) makes the same table from the same rows:
     ids, rows (none for a quarantined file), split, names, paths, notes."""
-    from dedup_assets.core.data.class_catalog import _DECODED_SCHEMA, _merged_table
+    from dedup_assets.core.data.class_catalog import _DECODED_SCHEMA, _image_ids, _merged_table
 
     folder = tmp_path / "c"
     folder.mkdir()
@@ -171,7 +171,9 @@ def test_a_catalog_decoded_at_once_is_built_as_a_merged_one_is(tmp_path, kind):
     )
     merged = cat.table.select([c for c in _DECODED_SCHEMA if c != "at"]).with_row_index("at")
     key, name = files[0].class_key if files else "c", files[0].class_name if files else "c"
-    again = _merged_table(key, name, [f.rel_path for f in files], listing, merged)
+    paths = [f.rel_path for f in files]
+    ids = _image_ids(key, merged["content_hash"].to_list(), paths)
+    again = _merged_table(key, name, paths, listing, merged, ids)
     assert cat.table.equals(again) and cat.table.schema == again.schema
     ok = cat.table["status"] == "ok"
     assert cat.table.filter(ok)["row"].to_list() == list(range(int(ok.sum())))
@@ -288,3 +290,26 @@ def test_store_pixel_hashes_are_the_stored_rows_hashes_in_store_order(n, in_orde
     expected = table.filter(pl.col("row").is_not_null()).sort("row")["pixel_hash"].to_list()
     assert store_pixel_hashes(table) == expected
     assert len(expected) == int(stored.sum())
+
+
+def test_image_ids_stay_with_the_files_that_had_them():
+    """With the earlier catalog: unchanged files keep their ids whatever sorts first now,
+    a new byte-identical copy takes a suffix no earlier file had (not a deleted file's,
+    whose decision would follow), a rewritten file gets the id of its new bytes."""
+    from dedup_assets.core.data.class_catalog import _image_ids
+
+    paths = ["c/b.png", "c/c.png", "c/d.png"]
+    raw = [p.encode() for p in paths]
+    first = _image_ids("c", ["h1", "h1", "h2"], paths)
+    earlier = pl.DataFrame(
+        {"raw_path": raw, "content_hash": ["h1", "h1", "h2"], "image_id": first},
+        schema={"raw_path": pl.Binary, "content_hash": pl.String, "image_id": pl.String},
+    )
+    # c/a.png: a new copy of h1 sorting first; c/c.png deleted; c/d.png rewritten to h3.
+    now_paths = ["c/a.png", "c/b.png", "c/d.png"]
+    now = _image_ids("c", ["h1", "h1", "h3"], now_paths, [p.encode() for p in now_paths], earlier)
+    assert now[1] == first[0]  # b keeps the bare id it had
+    assert now[0] not in first and now[0].startswith(first[0] + "-")  # not c's "-2"
+    assert now[2] == _image_ids("c", ["h3"], ["c/d.png"])[0]
+    assert len(set(now)) == 3
+    assert _image_ids("c", ["h1", "h1", "h2"], paths, raw, earlier) == first

@@ -502,3 +502,46 @@ def test_a_keep_list_held_back_by_its_integrity_gate_leaves_a_summary_of_the_res
     assert "## Thresholds held back" in summary and "T=0.95: no report" in summary
     assert "a planted problem" in summary and "0.9" in summary
     assert (layout.clean_dir("0.9") / "water").is_dir()
+
+
+def test_a_new_copy_that_sorts_first_does_not_take_over_its_original_s_decision(tmp_path):
+    """Decisions are carried by image id (content hash, -2, -3... for byte-identical files).
+    Ids were given in path order, so a new exact copy whose name sorts before its original
+    took the original's id and its kept decision (with the first run's time), and the
+    unchanged original was removed as its copy. Ids now stay with the files that had them."""
+    source = tmp_path / "src"
+    generate_demo_dataset(source, seed=4, per_class=10, duplicate_fraction=0.0)
+    for extra in ("desert", "road", "urban", "forest"):
+        shutil.rmtree(source / extra)
+    config = PipelineConfig.build(
+        source=str(source),
+        output=str(tmp_path / "out"),
+        thresholds=T,
+        device="cpu",
+        precision="fp32",
+        method={"epochs": 1, "n_components": 8},
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_pipeline(config, instance, log=lambda _: None).failures == []
+    layout = OutputLayout(tmp_path / "out")
+    first = pl.read_parquet(layout.keep_list(T))
+    original = first.filter(pl.col("kept") & (pl.col("class") == "water"))["path"].sort()[-1]
+    shutil.copyfile(source / original, source / "water" / "AAA_copy.png")
+    assert run_pipeline(config, instance, log=lambda _: None).failures == []
+    now = pl.read_parquet(layout.keep_list(T))
+    before = first.filter(pl.col("path") == original).row(0, named=True)
+    after = now.filter(pl.col("path") == original).row(0, named=True)
+    assert after["kept"] and after["image_id"] == before["image_id"]
+    assert after["decided_at"] == before["decided_at"]
+    copy = now.filter(pl.col("path") == "water/AAA_copy.png").row(0, named=True)
+    assert not copy["kept"] and copy["match"] == "exact"
+    assert copy["duplicate_of"] == before["image_id"]
+    unchanged = first.filter(pl.col("path") != original).select("path", "image_id", "kept")
+    assert (
+        now.join(unchanged, on="path")
+        .filter(
+            (pl.col("image_id") != pl.col("image_id_right"))
+            | (pl.col("kept") != pl.col("kept_right"))
+        )
+        .is_empty()
+    )
