@@ -329,6 +329,24 @@ def test_a_change_of_many_classes_names_ten_and_counts_them():
     assert SourceChanges((), (), ()).describe() == "nothing changed"
 
 
+def test_a_change_names_classes_by_their_folders_not_their_partition_keys():
+    """The last screen's `source:` line showed keys (`class%20with%20space`, `bad%FFclass`,
+    `train.river`); it names the folders as the user wrote them."""
+    from dedup_assets.core.data.image_folder import class_key
+    from dedup_assets.core.data.source_index import SourceChanges
+    from dedup_assets.core.data.splits import split_class_key
+
+    names = [b"class with space", "klasse \u00fc \u65e5".encode(), b"bad\xffclass", b"x" * 90]
+    keys = tuple(class_key(n) for n in names)
+    assert keys[0] == "class%20with%20space" and "~" in keys[3]
+    text = SourceChanges(added=keys, changed=(split_class_key("train", "river"),), removed=())
+    assert text.describe() == (
+        "new: class with space, klasse \u00fc \u65e5, bad\\xffclass, "
+        + "x" * 40
+        + "…; changed: train/river"
+    )
+
+
 def _unprivileged() -> list[str] | None:
     """A prefix that runs a command bound by file permissions (root is not: it drops the
     capabilities that let it read any file), or None where none can be made."""

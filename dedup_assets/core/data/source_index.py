@@ -29,7 +29,13 @@ import polars as pl
 from dedup_assets.core.data.artifacts import read_class_images, recorded_listings
 from dedup_assets.core.data.image_folder import FolderScan, StrPath
 from dedup_assets.core.data.layout import OutputLayout
-from dedup_assets.core.data.splits import IMPLICIT, detect_splits, key_split, scan_source
+from dedup_assets.core.data.splits import (
+    IMPLICIT,
+    detect_splits,
+    key_label,
+    key_split,
+    scan_source,
+)
 
 
 @dataclass(frozen=True)
@@ -211,15 +217,17 @@ class SourceChanges:
 
     def describe(self, shown: int = NAMES_SHOWN) -> str:
         """One line: what is new, changed and removed, naming at most `shown` classes of
-        each (a thousand class names are not a line a user reads)."""
+        each (a thousand class names are not a line a user reads), by the names of their
+        folders (`splits.key_label`), not their partition keys."""
         if not self.any:
             return "nothing changed"
         parts = []
-        for what, keys in (
+        for what, partition_keys in (
             ("new", self.added),
             ("changed", self.changed),
             ("removed", self.removed),
         ):
+            keys = [key_label(k) for k in partition_keys]  # as the user names the classes
             if len(keys) > shown:
                 head = ", ".join(keys[: shown - 1])
                 parts.append(f"{what}: {len(keys):,} classes ({head}, ..., {keys[-1]})")

@@ -26,11 +26,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 from dedup_assets.core.data.image_folder import (
     FolderScan,
     StrPath,
+    _display,
     class_key,
     find_class_folder,
     root_entries,
@@ -158,6 +159,16 @@ def class_label(split: str, name: str) -> str:
     """How a class partition is named where classes of every split are listed together (the
     kurtosis report's rows): the class's name, `<split>/<class>` for a split's class."""
     return name if split == IMPLICIT else f"{split}/{name}"
+
+
+def key_label(key: str) -> str:
+    """A class partition key as a user names the class (`class_label` of its split and
+    folder name): `class%20with%20space` is `class with space`; a long name's hashed key
+    shows its kept prefix and `…`."""
+    split, key_of_class = key_split(key)
+    prefix, hashed, _ = key_of_class.partition("~")
+    name = _display(unquote_to_bytes(prefix)) + ("…" if hashed else "")
+    return class_label(split, name)
 
 
 def is_training_key(key: str) -> bool:
