@@ -67,6 +67,9 @@ def test_every_entry_left_out_is_a_quarantine_row_sorted_by_path(tmp_path):
     assert q["path"].to_list() == sorted(q["path"].to_list())
     assert set(q["path"]) >= {"c/a_broken.png", "c/c_notes.txt", "c/e_empty.jpg"}
     assert (q["reason"].str.len_chars() > 0).all()
+    reasons = dict(zip(q["path"], q["reason"], strict=True))
+    assert reasons["c/e_empty.jpg"] == "empty file (0 bytes)"
+    assert reasons["c/a_broken.png"].startswith("not a readable image")
     assert cat.images == 2 and cat.table.filter(pl.col("status") == "ok")["row"].to_list() == [0, 1]
 
 

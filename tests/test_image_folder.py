@@ -157,6 +157,19 @@ def test_scan_reports_skipped_entries_with_reasons(folder):
     assert ".gif" in IMAGE_EXTENSIONS
 
 
+@pytest.mark.parametrize(("name", "fmt"), [("a.jfif", "JPEG"), ("b.JPE", "JPEG"), ("c.ppm", "PPM")])
+def test_other_names_of_jpeg_and_netpbm_files_are_images(tmp_path, name, fmt):
+    """`.jfif`/`.jpe` (JPEG under other names, as browsers save them) and Netpbm files were
+    skipped as "not an image extension" though Pillow reads them: lost images."""
+    (tmp_path / "c").mkdir()
+    img = Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3))
+    img.save(tmp_path / "c" / name, fmt)
+    scan = scan_image_folder(tmp_path)
+    assert [f.rel_path for f in scan.files] == [f"c/{name}"] and not scan.skipped
+    decoded = decode_image_bytes((tmp_path / "c" / name).read_bytes())
+    assert decoded.error is None and decoded.pixels.shape == (64, 64, 3)
+
+
 def test_ignored_root_file_is_reported_inside_a_class_folder(tmp_path):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "ground_truth.csv").write_text("x")

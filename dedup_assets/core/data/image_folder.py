@@ -33,7 +33,10 @@ from PIL import ExifTags, Image, ImageOps
 
 from dedup_assets.core.data.pools import cancelling, process_cores
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+    | {".ppm", ".pgm", ".pbm", ".pnm"}  # Netpbm, as scientific and vision tools write it
+)
 _IMAGE_EXTENSIONS_B = frozenset(os.fsencode(e) for e in IMAGE_EXTENSIONS)
 # Files in the root that belong to the dataset but are not images: listed with this reason.
 # (planting.GROUND_TRUTH_FILENAME, demo_data.MANIFEST_FILENAME and demo_data.LEAKS_FILENAME;
@@ -621,6 +624,8 @@ def decode_image_bytes(data: bytes) -> DecodedImage:
             notes = [wide_range_note(opened), _frames_note(opened)]
             note = "; ".join(n for n in notes if n) or None
     except Image.UnidentifiedImageError:
+        if not data:
+            return _error("empty file (0 bytes)", digest, 0)
         return _error("not a readable image (unknown format or corrupt data)", digest, len(data))
     except Exception as exc:  # noqa: BLE001 - any decoder failure quarantines the file
         reason = f"{type(exc).__name__}: {exc}".strip()
