@@ -31,7 +31,7 @@ from dedup_assets.core.data.artifacts import CurrentInputs
 from dedup_assets.core.data.image_folder import DEFAULT_MAX_FILE_BYTES
 from dedup_assets.core.data.layout import DEFAULT_OUTPUT, OutputLayout
 from dedup_assets.core.data.splits import SplitLayoutError, detect_splits, parse_split_names
-from dedup_assets.core.data.thresholds import parse_key
+from dedup_assets.core.data.thresholds import canonical_key, parse_key
 from dedup_assets.core.decision.overrides import (
     Overrides,
     OverridesError,
@@ -92,7 +92,8 @@ class ConfigError(ValueError):
 
 
 def parse_thresholds(value: str | float | Iterable[str | float] | None) -> tuple[str, ...]:
-    """Threshold keys from 'a,b,c', one number or a list, kept as written: cosines sorted by value,
+    """Threshold keys from 'a,b,c', one number or a list, each in its one spelling
+    (`thresholds.canonical_key`: "0.950" is "0.95", "1.0%" is "1%"): cosines sorted by value,
     then false-removal budgets ("1%") sorted by value.
 
     A cosine must lie strictly between 0 and 1 (the similarity above which two images are
@@ -114,7 +115,7 @@ def parse_thresholds(value: str | float | Iterable[str | float] | None) -> tuple
             raise ValueError(f"thresholds {by_value[(kind, number)]} and {key} are the same value")
         by_value[(kind, number)] = key
     order = sorted(by_value, key=lambda kv: (kv[0] == "budget", kv[1]))
-    return tuple(by_value[kv] for kv in order)
+    return tuple(canonical_key(by_value[kv]) for kv in order)
 
 
 def _resolve(path: str) -> str:

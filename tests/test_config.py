@@ -23,9 +23,13 @@ from dedup_assets.core.decision.overrides import OverridesError
 from dedup_assets.definitions import build_definitions
 
 
-def test_thresholds_are_kept_as_written_sorted_and_validated():
+def test_thresholds_are_spelled_one_way_sorted_and_validated():
     assert parse_thresholds(None) == DEFAULT_THRESHOLDS
-    assert parse_thresholds("0.97, 0.9,0.950") == ("0.9", "0.950", "0.97")
+    # One spelling per value: `--thresholds 0.950,1.0%` after `0.95,1%` made new keep lists
+    # and clean copies decided from scratch, and marked the earlier ones not updated.
+    assert parse_thresholds("0.97, 0.9,0.950") == ("0.9", "0.95", "0.97")
+    assert parse_thresholds(".95,1.0%,0.50%") == ("0.95", "0.5%", "1%")
+    assert parse_thresholds("0.9500001,0.07%") == ("0.9500001", "0.07%")
     assert parse_thresholds(["0.5", 0.25]) == ("0.25", "0.5")
     # False-removal budgets come after the cosines, smallest first.
     assert parse_thresholds("2%,0.95,0.5%") == ("0.95", "0.5%", "2%")

@@ -41,3 +41,16 @@ def parse_key(key: str) -> tuple[str, float]:
     if not 0.0 < number < 1.0:
         raise ValueError(f"threshold {key} must lie strictly between 0 and 1")
     return "cosine", number
+
+
+def canonical_key(key: str) -> str:
+    """The one spelling of a key's value (checked by `parse_key`): the shortest decimal
+    that reads back as the same number, "%" for a budget, without a trailing ".0":
+    "0.950" and ".95" are "0.95", "1.0%" is "1%". A run's keep lists, clean copies and
+    partitions are named by it, so the same threshold written two ways is one threshold."""
+    kind, number = parse_key(key)
+    # A budget by its percentage as written, not share * 100's rounding (0.07 * 100).
+    value = float(key.strip()[:-1]) if kind == "budget" else number
+    text = repr(value)
+    text = text[:-2] if text.endswith(".0") else text
+    return f"{text}%" if kind == "budget" else text
