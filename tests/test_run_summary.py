@@ -190,15 +190,29 @@ def test_a_budget_says_which_classes_it_could_not_be_read_on():
     counts = ThresholdCounts.of("1%", keep, None, "whitened")
     # d, a class of one image, has nothing to remove and no pair to read a budget for: not
     # among the classes the budget could not be read on (the run's others had 200 images).
-    assert counts.unread == (2, 50)
+    assert counts.unread == (2, 50, 0)
     assert counts.unread_line() == (
         "budget 1%: 2 classes (50 images) had too few images, of their own and in the run's "
         "other classes, to read it (99 or more): only their exact copies were removed"
     )
+    # A class that grew out of reading it keeps the near-duplicate removals made when it
+    # could: the line no longer says only exact copies went.
+    carried = keep.with_columns(
+        pl.when(pl.int_range(pl.len()) < 3)
+        .then(pl.lit("near"))
+        .otherwise(pl.col("match"))
+        .alias("match")
+    )
+    grown = ThresholdCounts.of("1%", carried, None, "whitened")
+    assert grown.unread == (2, 50, 3)
+    assert grown.unread_line().endswith(
+        "(99 or more): nothing but exact copies was removed now; the 3 near-duplicates "
+        "removed there by earlier runs stay removed"
+    )
     assert "at a budget of 1%, 99 or more images of its own" in counts.space_line()
     cosine = ThresholdCounts.of("0.95", keep, None, "whitened")
-    assert cosine.unread == (0, 0) and cosine.unread_line() == ""
+    assert cosine.unread == (0, 0, 0) and cosine.unread_line() == ""
     assert "budget" not in cosine.space_line()
     read = keep.with_columns(pl.lit("pool").alias("calibrated_on"))
     assert ThresholdCounts.of("1%", read, None, "whitened").unread_line() == ""
-    assert ThresholdCounts.of("1%", keep.drop("calibrated_on"), None).unread == (0, 0)
+    assert ThresholdCounts.of("1%", keep.drop("calibrated_on"), None).unread == (0, 0, 0)

@@ -50,7 +50,9 @@ class ThresholdCounts:
     space: str | None = None
     classes: int = 0
     other_spaces: tuple[tuple[str, int, int], ...] = ()
-    unread: tuple[int, int] = (0, 0)  # a budget's (classes, images) with nothing to read it on
+    # A budget's (classes, images) with nothing to read it on, and the near-duplicate
+    # removals earlier runs decided there, which stay.
+    unread: tuple[int, int, int] = (0, 0, 0)
 
     @classmethod
     def of(
@@ -85,7 +87,7 @@ class ThresholdCounts:
             budget=budget,
             allowed_false=allowed,
             beyond_chance=beyond,
-            unread=_unread(keep) if budget is not None else (0, 0),
+            unread=_unread(keep) if budget is not None else (0, 0, 0),
             **_spaces(keep, space),
         )
 
@@ -139,14 +141,19 @@ class ThresholdCounts:
     def unread_line(self) -> str:
         """For a budget: the classes it could not be read on, in the class or the run's other
         classes (the keep list's `calibrated_on` "none"), which lost exact copies only."""
-        classes, images = self.unread
+        classes, images, carried = self.unread
         if self.budget is None or not classes:
             return ""
+        what = (
+            f"nothing but exact copies was removed now; the {_n(carried, 'near-duplicate', 'near-duplicates')} "
+            "removed there by earlier runs stay removed"
+            if carried
+            else "only their exact copies were removed"
+        )
         return (
             f"budget {self.threshold}: {_n(classes, 'class', 'classes')} "
             f"({_n(images, 'image', 'images')}) had too few images, of their own and in the "
-            f"run's other classes, to read it ({own_images(self.budget):,} or more): only "
-            "their exact copies were removed"
+            f"run's other classes, to read it ({own_images(self.budget):,} or more): {what}"
         )
 
     def budget_line(self) -> str:
@@ -264,19 +271,23 @@ def _spaces(keep: pl.DataFrame, space: str | None) -> dict:
     }
 
 
-def _unread(keep: pl.DataFrame) -> tuple[int, int]:
-    """(classes, images) whose budget had nothing to be read on (`calibrated_on` "none"); a
-    class of one image is not among them: it has nothing to remove, and no pair to read a
-    budget for (`calibration.class_budgets` records it "none" too)."""
+def _unread(keep: pl.DataFrame) -> tuple[int, int, int]:
+    """(classes, images, near-duplicate removals) of the classes whose budget had nothing to
+    be read on (`calibrated_on` "none"): those removals were decided by earlier runs, when
+    the class could read it (a class that grew can fall back to none: the pool's null is
+    read in sets of n - 1). A class of one image is not among them: it has nothing to
+    remove, and no pair to read a budget for (`calibration.class_budgets` records it "none"
+    too)."""
     if not {"class", "calibrated_on"} <= set(keep.columns):
-        return (0, 0)
+        return (0, 0, 0)
     by = [c for c in ("split", "class") if c in keep.columns]
+    near = (pl.col("match") == "near").sum() if "match" in keep.columns else pl.lit(0)
     none = (
         keep.group_by(by)
-        .agg(pl.col("calibrated_on").first(), pl.len().alias("images"))
+        .agg(pl.col("calibrated_on").first(), pl.len().alias("images"), near.alias("near"))
         .filter((pl.col("calibrated_on") == "none") & (pl.col("images") >= 2))
     )
-    return (none.height, int(none["images"].sum()))
+    return (none.height, int(none["images"].sum()), int(none["near"].sum()))
 
 
 def own_images(budget: float) -> int:
