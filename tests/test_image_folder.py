@@ -929,3 +929,31 @@ def test_worker_processes_keep_order_and_apply_the_limits(tmp_path, monkeypatch)
     assert [d.error for d in read_and_decode(tmp_path, files, workers=1, max_file_bytes=limit)] == [
         d.error for d in out
     ]
+
+
+def test_very_large_images_get_a_note_or_a_reason_not_a_stray_warning():
+    """Above Pillow's decompression-bomb size an image was decoded with a warning on stderr
+    naming no file; above twice that it was quarantined with Pillow's words. The first gets a
+    note, the second a reason that says what the limit is (a fresh interpreter: pytest
+    resets warning filters)."""
+    code = """
+import io
+from PIL import Image
+from dedup_assets.core.data.image_folder import decode_image_bytes
+Image.MAX_IMAGE_PIXELS = 1000
+def png(side):
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (10, 20, 30)).save(buf, "PNG")
+    return buf.getvalue()
+large = decode_image_bytes(png(40))  # 1,600 pixels: above 1,000, below 2,000
+refused = decode_image_bytes(png(50))  # 2,500 pixels
+print(large.error, "|", large.note, "|", refused.pixels is None, "|", refused.error)
+"""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    error, note, no_pixels, reason = done.stdout.strip().split(" | ")
+    assert error == "None" and note.startswith("very large image") and no_pixels == "True"
+    assert reason.startswith("image too large to decode safely: more than 0 megapixels")

@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import re
 import stat
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -593,6 +594,20 @@ def pixel_hash(pixels: np.ndarray) -> str:
 _ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})
 
 
+# Pillow warns (on stderr, naming no file) about images of more than MAX_IMAGE_PIXELS and
+# refuses those of more than twice that. The warning becomes the image's note instead, and
+# the refusal its quarantine reason (`_large_note`, `decode_image_bytes`).
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+def _large_note(width: int, height: int) -> str | None:
+    """A note for an image above Pillow's decompression-bomb warning size (decoded whole)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or width * height <= limit:
+        return None
+    return f"very large image ({width * height / 1e6:,.0f} megapixels): decoded whole"
+
+
 def _frames_note(img: Image.Image) -> str | None:
     """A note for a multi-frame file (its first frame is decoded), None for a still image."""
     try:
@@ -621,8 +636,12 @@ def decode_image_bytes(data: bytes) -> DecodedImage:
                 rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), RESAMPLE)
             pixels = np.asarray(rgb, dtype=np.uint8).copy()
             # After the pixels are taken: counting frames seeks through the file.
-            notes = [wide_range_note(opened), _frames_note(opened)]
+            notes = [wide_range_note(opened), _large_note(width, height), _frames_note(opened)]
             note = "; ".join(n for n in notes if n) or None
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        reason = f"image too large to decode safely: more than {limit:,.0f} megapixels"
+        return _error(f"{reason} (Pillow's guard against decompression bombs)", digest, len(data))
     except Image.UnidentifiedImageError:
         if not data:
             return _error("empty file (0 bytes)", digest, 0)
