@@ -366,6 +366,8 @@ def _run(
         layout.claim()
     except OutputInUse as exc:
         raise UsageError(str(exc)) from None
+    except OSError as exc:  # a folder it may not write: one line, exit 2, nothing done
+        raise UsageError(f"output {output} cannot be written: {exc.strerror or exc}") from None
     say = lambda text: print(text, flush=True)  # noqa: E731 - progress lines, unbuffered
     say(f"latent-dedup: {config.source or f'demo dataset {config.demo_source}'} -> {output}")
     if probe is not None and probe.differs:

@@ -400,3 +400,41 @@ def test_verify_reads_again_a_file_whose_permissions_were_fixed(tmp_path):
     )
     assert keep.height == 2 and keep["kept"].sum() == 1
     assert keep.filter(~pl.col("kept"))["match"].to_list() == ["exact"]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_an_output_it_may_not_write_is_refused_in_one_line(tmp_path, existing):
+    """An output folder the user may not write (new, below a read-only folder, or an
+    earlier output made read-only) ended in `[Errno 13] Permission denied` with exit 1;
+    it is a setting to change: exit 2, one line naming the folder, nothing done."""
+    prefix = _unprivileged()
+    if prefix is None:
+        pytest.skip("cannot run a command bound by file permissions here (root without setpriv)")
+    source = tmp_path / "src"
+    (source / "a").mkdir(parents=True)
+    for i in range(3):
+        _image(i).save(source / "a" / f"{i}.png")
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    out = parent / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEDUP_")}
+    env.pop("DAGSTER_HOME", None)
+    args = [*prefix, str(DEDUP), "run", "--source", str(source), "--output", str(out), *FAST]
+    if existing:
+        made = subprocess.run(args, capture_output=True, text=True, env=env)
+        assert made.returncode in (0, 3), made.stdout + made.stderr
+        (source / "a" / "3.png").write_bytes((source / "a" / "0.png").read_bytes())
+        out.chmod(0o555)
+    else:
+        parent.chmod(0o555)
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, env=env)
+    finally:
+        parent.chmod(0o755)
+        if out.exists():
+            out.chmod(0o755)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip() == (
+        f"dedup run: error: output {out} cannot be written: Permission denied"
+    ), done.stderr
+    assert existing == out.exists()

@@ -3,6 +3,7 @@ of that folder is (one place, so nothing guesses)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class OutputLayout:
         first run.
         """
         if self.marker.is_file():
+            if not os.access(self.root, os.W_OK | os.X_OK):  # refused now, not mid-run
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.root))
             return
         if self.root.exists():
             entries = [p.name for p in self.root.iterdir()]
