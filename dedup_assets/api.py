@@ -70,14 +70,26 @@ COUNT_COLUMNS = (
     "removed",
     "exact_copies",
     "near_duplicates",
+    "removed_by_override",
     "overrides",
     "allowed_false",
 )
-"""`DedupResult.counts`, one row per threshold: removed = exact copies + near-duplicates +
-removals an override made; `overrides`: images whose decision an override made (kept or
-removed); `allowed_false`: for a budget, the removals it allows to be false (b x images,
+"""`DedupResult.counts`, one row per threshold: removed = exact_copies + near_duplicates +
+removed_by_override (the removals an override made, as the last screen's "by your
+overrides"); `overrides`: images whose decision an override made (kept or removed);
+`allowed_false`: for a budget, the removals it allows to be false (b x images,
 summed over classes), else null."""
-_COUNT_HEADERS = ("T", "images", "kept", "removed", "exact", "near", "overrides", "allowed false")
+_COUNT_HEADERS = (
+    "T",
+    "images",
+    "kept",
+    "removed",
+    "exact",
+    "near",
+    "by override",
+    "overrides",
+    "allowed false",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -417,7 +429,7 @@ def _result(config: PipelineConfig, layout: OutputLayout, outcome: PipelineOutco
     )
 
 
-_COUNT_TYPES = (pl.String, *(pl.Int64,) * 6, pl.Float64)
+_COUNT_TYPES = (pl.String, *(pl.Int64,) * 7, pl.Float64)
 
 
 def _current_keep_lists(
@@ -445,7 +457,17 @@ def _counts(layout: OutputLayout, threshold: str, keep: pl.DataFrame) -> tuple:
     ):
         summary = None
     c = ThresholdCounts.of(threshold, keep, summary)
-    return (threshold, c.images, c.kept, c.removed, c.exact, c.near, c.overrides, c.allowed_false)
+    return (
+        threshold,
+        c.images,
+        c.kept,
+        c.removed,
+        c.exact,
+        c.near,
+        c.by_override,
+        c.overrides,
+        c.allowed_false,
+    )
 
 
 def _read_json(path: Path) -> dict | None:

@@ -22,7 +22,7 @@ from conftest import DEDUP
 from polars.testing import assert_frame_equal
 
 from dedup_assets import DedupResult, deduplicate
-from dedup_assets.api import _config, option_names
+from dedup_assets.api import COUNT_COLUMNS, _config, option_names
 from dedup_assets.cli import config_options
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.quality.demo_data import generate_demo_dataset
@@ -129,13 +129,21 @@ def test_the_counts_add_up(runs):
         assert row["kept"] == keep["kept"].sum()
         assert row["exact_copies"] == (keep["match"] == "exact").sum() >= 2  # 2 planted
         assert row["exact_copies"] + row["near_duplicates"] == row["removed"]  # no override
-        assert row["overrides"] == 0
+        assert row["overrides"] == row["removed_by_override"] == 0
         assert (row["allowed_false"] is None) == (not row["threshold"].endswith("%"))
     lines = repr(result).splitlines()
-    columns = ["images", "kept", "removed", "exact_copies", "near_duplicates", "overrides"]
+    columns = [
+        "images",
+        "kept",
+        "removed",
+        "exact_copies",
+        "near_duplicates",
+        "removed_by_override",
+        "overrides",
+    ]
     for row in counts.iter_rows(named=True):
         shown = next(line.split() for line in lines if line.split()[:1] == [row["threshold"]])
-        assert shown[1:7] == [f"{row[c]:,}" for c in columns]
+        assert shown[1:8] == [f"{row[c]:,}" for c in columns]
         assert f"| {row['threshold']} | {row['images']:,} | {row['kept']:,} |" in (
             result._repr_markdown_()
         )
@@ -321,3 +329,29 @@ def test_a_script_calling_it_unguarded_with_workers_is_told_why(runs, tmp_path):
         [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env
     )
     assert again.returncode == 0, again.stderr
+
+
+def test_the_counts_add_up_with_overrides(tmp_path):
+    """removed = exact_copies + near_duplicates + removed_by_override, as the last screen
+    counts "N by your overrides"; `overrides` counts every image an override decided (one
+    kept, one removed here), which did not add up with the others before."""
+    from dedup_assets.api import _counts
+    from dedup_assets.core.data.layout import OutputLayout
+
+    keep = pl.DataFrame(
+        {
+            "kept": [True, False, False, True, False],
+            "match": [None, "exact", "near", None, "override"],
+            "decided_by": ["model", "exact", "model", "override", "override"],
+        }
+    )
+    layout = OutputLayout(tmp_path)
+    layout.keep_list("0.95").parent.mkdir(parents=True)
+    keep.write_parquet(layout.keep_list("0.95"))  # a keep list file without a record
+    row = dict(zip(COUNT_COLUMNS, _counts(layout, "0.95", keep), strict=True))
+    assert (
+        row["removed"]
+        == 3
+        == row["exact_copies"] + row["near_duplicates"] + row["removed_by_override"]
+    )
+    assert row["removed_by_override"] == 1 and row["overrides"] == 2
