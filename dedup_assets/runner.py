@@ -662,27 +662,41 @@ def _run_stages(
 
 
 def _note_unlisted_clean_copies(layout: OutputLayout, thresholds: list[str]) -> list[str]:
-    """Mark each clean copy whose threshold is not among `thresholds` (a run with other
-    --thresholds than before) with a note that no run keeps it up to date, and take the note
-    out of a copy whose threshold is listed again; the unlisted thresholds, sorted. Such a
-    copy was left as it was, with nothing to tell it from a current one."""
+    """Mark each clean copy and keep list whose threshold is not among `thresholds` (a run
+    with other --thresholds than before) with a note that no run keeps it up to date, and
+    take the note out where the threshold is listed again; the unlisted thresholds, sorted.
+    Such a copy (or keep list) was left as it was, with nothing to tell it from a current
+    one."""
     try:
-        present = sorted(e.name for e in os.scandir(layout.clean_root) if e.is_dir())
+        copies = {e.name for e in os.scandir(layout.clean_root) if e.is_dir()}
     except OSError:
-        return []
+        copies = set()
+    try:
+        suffix = ".parquet"
+        folder = layout.keep_list("x").parent
+        lists = {e.name[: -len(suffix)] for e in os.scandir(folder) if e.name.endswith(suffix)}
+    except OSError:
+        lists = set()
+    present = sorted(copies | lists)
     unlisted = [t for t in present if t not in thresholds and not t.startswith(".")]
+    stamp = time.strftime("%Y-%m-%d %H:%M")
     for t in present:
-        note = layout.clean_unlisted_note(t)
-        if t in thresholds:
-            note.unlink(missing_ok=True)
-        elif t in unlisted and not note.exists():
-            write_text(
-                f"T={t} is not among the thresholds of this output's runs since "
-                f"{time.strftime('%Y-%m-%d %H:%M')} (--thresholds {','.join(thresholds)}): this "
-                "copy is as an earlier run made it and no run keeps it up to date with the "
-                f"source. Delete this folder, or run again with {t} among --thresholds.\n",
-                note,
-            )
+        notes = []
+        if t in copies:
+            notes.append((layout.clean_unlisted_note(t), "copy", "Delete this folder"))
+        if t in lists:
+            notes.append((layout.keep_list_unlisted_note(t), "keep list", "Delete its files"))
+        for note, what, delete in notes:
+            if t in thresholds:
+                note.unlink(missing_ok=True)
+            elif t in unlisted and not note.exists():
+                write_text(
+                    f"T={t} is not among the thresholds of this output's runs since {stamp} "
+                    f"(--thresholds {','.join(thresholds)}): this {what} is as an earlier run "
+                    "made it and no run keeps it up to date with the source. "
+                    f"{delete}, or run again with {t} among --thresholds.\n",
+                    note,
+                )
     return unlisted
 
 

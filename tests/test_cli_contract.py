@@ -243,13 +243,19 @@ def test_outputs_of_settings_no_longer_given_are_not_left_as_current(small_sourc
     note = out / "clean" / "0.97" / "NOT_UPDATED.txt"
     one = run_dedup(*run, "--thresholds", "0.95")
     assert one.returncode == 0, one.stdout + one.stderr
-    assert "NOTE  clean/0.97 is not updated: 0.97 is not among --thresholds" in one.stdout
+    assert (
+        "NOTE  keep_lists/0.97 and clean/0.97 not updated: 0.97 is not among --thresholds"
+        in one.stdout
+    )
     assert "run again with 0.97 among --thresholds" in note.read_text()
+    listed = out / "keep_lists" / "0.97.NOT_UPDATED.txt"  # the keep list too, not only its copy
+    assert "this keep list is as an earlier run made it" in listed.read_text()
     assert not (out / "clean" / "0.95" / "NOT_UPDATED.txt").exists()
+    assert not (out / "keep_lists" / "0.95.NOT_UPDATED.txt").exists()
     assert not (out / "evaluation").exists()
     again = run_dedup(*run, "--thresholds", "0.95,0.97")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert not note.exists() and "not updated" not in again.stdout
+    assert not note.exists() and not listed.exists() and "not updated" not in again.stdout
     assert "STALE" not in again.stdout
 
 

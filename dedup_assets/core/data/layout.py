@@ -189,6 +189,11 @@ class OutputLayout:
     def keep_list(self, threshold: str, suffix: str = "parquet") -> Path:
         return self.root / "keep_lists" / f"{threshold}.{suffix}"
 
+    def keep_list_unlisted_note(self, threshold: str) -> Path:
+        """Written beside a keep list whose threshold is not among the run's thresholds, as
+        `clean_unlisted_note` is into its clean copy."""
+        return self.root / "keep_lists" / f"{threshold}.NOT_UPDATED.txt"
+
     def duplicate_pairs_image(self, threshold: str) -> Path:
         return self.root / "keep_lists" / f"{threshold}_pairs.png"
 
