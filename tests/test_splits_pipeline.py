@@ -126,7 +126,7 @@ def test_a_new_test_image_recomputes_only_its_partition(split_run):
     with Image.open(next(iter(sorted((source / "test" / "farmland").glob("*.png"))))) as img:
         ImageEnhance.Brightness(img.convert("RGB")).enhance(1.4).save(new)
     stdout = _run(source, out)
-    assert "source: changed: test.farmland" in stdout
+    assert "source: changed: test/farmland" in stdout
     for k in keys:
         if k == "test.farmland":
             assert layout.class_images(k).stat().st_mtime_ns != catalogs[k]
