@@ -61,7 +61,7 @@ from dedup_assets.core.data.layout import OutputLayout, resolve_dagster_home
 from dedup_assets.core.data.pools import blas_threads, process_alive
 from dedup_assets.core.data.run_fingerprint import discard_record
 from dedup_assets.core.data.source_index import ClassListing, changed_classes
-from dedup_assets.core.data.thresholds import budget_of
+from dedup_assets.core.data.thresholds import budget_of, canonical_key
 from dedup_assets.core.decision.leakage import (
     clean_copies_behind,
     gate_failures,
@@ -625,6 +625,7 @@ def _run_stages(
         tags = _run_tags(retrain=retrain, full=full)
         stages = _Stages(config, instance, outcome, stack, tags=tags, log=log, log_level=log_level)
         stages.check_clean_files = check_clean_files
+        _adopt_spellings(layout, list(config.thresholds), log)
         outcome.unlisted_clean = _note_unlisted_clean_copies(layout, list(config.thresholds))
         outcome.changes = changes.describe()
         outcome.updated = list(changes.to_update)
@@ -659,6 +660,40 @@ def _run_stages(
             _thresholds_and_summary(stages, layout, current, processed)
         except _Skipped as exc:
             outcome.skipped.append(str(exc))
+
+
+def _adopt_spellings(
+    layout: OutputLayout, thresholds: list[str], log: Callable[[str], None]
+) -> None:
+    """Rename what an output stores under another spelling of a listed threshold (`0.950`,
+    `1.0%`, written as given before thresholds had one spelling) to the listed one, so its
+    decisions carry on (`class_keep_lists.prior_decisions` compares thresholds by value)
+    instead of being made again under a new name beside the old."""
+    names: set[str] = set()
+    for folder, files in (
+        (layout.root / "keep_lists" / "by_class", False),
+        (layout.clean_root, False),
+        (layout.reports_dir, False),
+        (layout.keep_list("x").parent, True),
+    ):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            if files and e.name.endswith(".parquet") and e.is_file():
+                names.add(e.name.removesuffix(".parquet"))
+            elif not files and e.is_dir():
+                names.add(e.name)
+    for name in sorted(names - set(thresholds)):
+        try:
+            spelled = canonical_key(name)
+        except ValueError:
+            continue  # not a threshold's name
+        if spelled in thresholds and layout.adopt_spelling(name, spelled):
+            log(
+                f"T={name} is now spelled {spelled}: its keep lists, reports and clean copy renamed"
+            )
 
 
 def _note_unlisted_clean_copies(layout: OutputLayout, thresholds: list[str]) -> list[str]:

@@ -545,3 +545,50 @@ def test_a_new_copy_that_sorts_first_does_not_take_over_its_original_s_decision(
         )
         .is_empty()
     )
+
+
+def test_an_output_of_a_threshold_spelled_otherwise_is_renamed_and_its_decisions_carried(
+    tmp_path, monkeypatch
+):
+    """An output made before thresholds had one spelling holds `0.950/` (keep lists, clean
+    copy, reports). The same command after the upgrade asks for `0.95`: the output's files
+    are renamed and every decision carried, not made again beside the old ones (which were
+    then marked not updated although the user gave that very threshold)."""
+    from dedup_assets import config as config_module
+
+    source = tmp_path / "src"
+    generate_demo_dataset(source, seed=6, per_class=12, duplicate_fraction=0.3)
+    for extra in ("desert", "road", "urban", "forest"):
+        shutil.rmtree(source / extra)
+
+    def build():
+        return PipelineConfig.build(
+            source=str(source),
+            output=str(tmp_path / "out"),
+            thresholds="0.950",
+            device="cpu",
+            precision="fp32",
+            method={"epochs": 1, "n_components": 8},
+        )
+
+    with monkeypatch.context() as m:  # the code before: thresholds kept as written
+        m.setattr(config_module, "canonical_key", lambda key: key.strip())
+        old = build()
+        assert old.thresholds == ("0.950",)
+        assert run_pipeline(old, dg.DagsterInstance.ephemeral(), log=lambda _: None).ok
+    layout = OutputLayout(tmp_path / "out")
+    before = pl.read_parquet(layout.keep_list("0.950"))
+    assert (~before["kept"]).sum() > 0 and (layout.clean_dir("0.950") / "water").is_dir()
+    lines: list[str] = []
+    new = build()
+    assert new.thresholds == ("0.95",)
+    outcome = run_pipeline(new, dg.DagsterInstance.ephemeral(), log=lines.append)
+    assert outcome.failures == [] and outcome.unlisted_clean == []
+    assert "T=0.950 is now spelled 0.95: its keep lists, reports and clean copy renamed" in lines
+    assert not any(p.exists() for p in layout.threshold_paths("0.950"))
+    after = pl.read_parquet(layout.keep_list("0.95"))
+    joined = after.join(before, on="path", suffix="_before")
+    assert joined.height == before.height == after.height
+    assert (joined["kept"] == joined["kept_before"]).all()
+    assert (joined["decided_in"] == joined["decided_in_before"]).all()  # carried, not redone
+    assert (layout.clean_dir("0.95") / "water").is_dir()

@@ -194,6 +194,38 @@ class OutputLayout:
         `clean_unlisted_note` is into its clean copy."""
         return self.root / "keep_lists" / f"{threshold}.NOT_UPDATED.txt"
 
+    def threshold_paths(self, threshold: str) -> list[Path]:
+        """Everything stored under one threshold's name, its per-class keep lists (the
+        decisions) first (`adopt_spelling` renames it whole)."""
+        return [
+            self.root / "keep_lists" / "by_class" / threshold,
+            *(self.keep_list(threshold, suffix) for suffix in ("parquet", "csv", "json")),
+            self.keep_list_unlisted_note(threshold),
+            self.duplicate_pairs_image(threshold),
+            self.report_dir(threshold),
+            self.clean_dir(threshold),
+            self.cross_class(threshold),
+        ]
+
+    def adopt_spelling(self, old: str, new: str) -> bool:
+        """Rename what is stored under threshold name `old` to `new` (the same value in its
+        one spelling, `thresholds.canonical_key`); whether anything was renamed. Nothing is
+        renamed where both names hold decisions (per-class keep lists): `new`'s are the
+        current ones. Path by path, decisions first, so a rename cut short is finished by
+        the next call."""
+        paths = list(zip(self.threshold_paths(old), self.threshold_paths(new), strict=True))
+        if paths[0][0].exists() and paths[0][1].exists():
+            return False
+        moved = False
+        for was, now in paths:
+            if was.exists() and not now.exists():
+                now.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(was, now)
+                moved = True
+        self.clean_unlisted_note(new).unlink(missing_ok=True)
+        self.keep_list_unlisted_note(new).unlink(missing_ok=True)
+        return moved
+
     def duplicate_pairs_image(self, threshold: str) -> Path:
         return self.root / "keep_lists" / f"{threshold}_pairs.png"
 

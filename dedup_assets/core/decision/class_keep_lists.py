@@ -30,7 +30,7 @@ from dedup_assets.core.data.artifacts import (
 )
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.splits import key_split
-from dedup_assets.core.data.thresholds import budget_of
+from dedup_assets.core.data.thresholds import budget_of, canonical_key
 from dedup_assets.core.decision.calibration import (
     BudgetThreshold,
     NullSource,
@@ -73,14 +73,14 @@ def prior_decisions(
         same = made is not None and (
             made.get("space"),
             made.get("policy"),
-            made.get("threshold"),
+            _spelled(made.get("threshold")),  # "0.950" before thresholds had one spelling
             made.get("scaling"),
             made.get("null"),
             made.get("join"),
         ) == (
             str(settings.similarity_space),
             str(settings.keep_policy),
-            t,
+            _spelled(t),
             scaling,
             BUDGET_NULL if scaling is not None else None,
             join_setting(settings),
@@ -282,6 +282,15 @@ def class_keep_lists(
     if log is not None:
         log(f"{key}: {len(thresholds)} thresholds decided in {seconds:.2f}s")
     return out
+
+
+def _spelled(threshold: object) -> object:
+    """A threshold key in its one spelling (`thresholds.canonical_key`); anything else as
+    it is."""
+    try:
+        return canonical_key(str(threshold))
+    except ValueError:
+        return threshold
 
 
 def _who_decided(d: ClassDecision) -> tuple[np.ndarray, np.ndarray]:
