@@ -11,7 +11,9 @@ picture keeps its id when files are renamed, listed in another order or re-scann
 
 16-bit greyscale is mapped by its bit depth (value / 257, as libvips, ImageMagick and
 scikit-image do), never stretched per image: a dark and a bright copy of one picture stay
-different, as they are.
+different, as they are; but values that all fit a narrower conventional range are read by
+it (`_value_range`: 8-bit values in a 16-bit file, float images in 0..255), with a note, so
+different such images do not all decode black (or white) into one exact-copy group.
 """
 
 from __future__ import annotations
