@@ -90,7 +90,7 @@ def test_counts_keep_exact_near_and_overrides_apart_and_a_budget_says_what_it_al
     assert "about 0.8 of the 1 near-duplicate removals are expected to be false" in (
         counts.budget_line()
     )
-    assert "1 class(es) removed more than chance explains" in counts.budget_line()
+    assert "1 class removed more than chance explains" in counts.budget_line()
     # EuroSAT at 1%: the budget allows 270 false removals and 203 were made.
     many = dataclasses.replace(counts, allowed_false=270.0, near=203)
     assert (
@@ -206,8 +206,8 @@ def test_a_budget_says_which_classes_it_could_not_be_read_on():
     grown = ThresholdCounts.of("1%", carried, None, "whitened")
     assert grown.unread == (2, 50, 3)
     assert grown.unread_line().endswith(
-        "(99 or more): nothing but exact copies was removed now; the 3 near-duplicates "
-        "removed there by earlier runs stay removed"
+        "(99 or more): nothing but exact copies was removed by it now; the 3 near-duplicate "
+        "removals there follow earlier runs' decisions and stay"
     )
     assert "at a budget of 1%, 99 or more images of its own" in counts.space_line()
     cosine = ThresholdCounts.of("0.95", keep, None, "whitened")

@@ -249,7 +249,8 @@ def build_cross_class_asset(
         path = storage.layout().cross_class(context.partition_key)
         pairs = pl.read_parquet(path, glob=False)
         outcome = (
-            f"{pairs.height} pairs of near-identical images in different classes, likely "
+            f"{pairs.height} {'pair' if pairs.height == 1 else 'pairs'} of near-identical "
+            "images in different classes, likely "
             f"label errors: {path}"
             if pairs.height
             else "no near-identical images in different classes"

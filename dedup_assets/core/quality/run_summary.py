@@ -145,8 +145,9 @@ class ThresholdCounts:
         if self.budget is None or not classes:
             return ""
         what = (
-            f"nothing but exact copies was removed now; the {_n(carried, 'near-duplicate', 'near-duplicates')} "
-            "removed there by earlier runs stay removed"
+            "nothing but exact copies was removed by it now; the "
+            f"{_n(carried, 'near-duplicate removal', 'near-duplicate removals')} there follow "
+            "earlier runs' decisions and stay"
             if carried
             else "only their exact copies were removed"
         )
@@ -175,7 +176,8 @@ class ThresholdCounts:
             )
         if self.beyond_chance:
             text += (
-                f"; {self.beyond_chance:,} class(es) removed more than chance explains: "
+                f"; {_n(self.beyond_chance, 'class', 'classes')} removed more than chance "
+                "explains: "
                 "real duplicates, worth a look on the review page"
             )
         return text
@@ -387,7 +389,7 @@ def cross_class_words(pairs: int, layout: OutputLayout, threshold: str) -> str:
     if not pairs:
         return "no near-identical images in different classes"
     return (
-        f"{pairs:,} pairs of near-identical images in different classes, likely label "
+        f"{_n(pairs, 'pair', 'pairs')} of near-identical images in different classes, likely label "
         f"errors (no_cross_class_duplicates warns; {layout.cross_class(threshold)})"
     )
 
