@@ -143,7 +143,8 @@ def test_foreign_or_unusable_outputs_are_refused(small_source, tmp_path):
     done = run_dedup("run", "--source", str(small_source), "--output", str(a_file))
     assert done.returncode == 2 and "is not a folder" in done.stderr
     done = run_dedup("run", "--source", str(small_source), "--output", "/proc/latent-dedup-out")
-    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1  # a setting
+    assert "output /proc/latent-dedup-out cannot be written" in done.stderr
     assert "Traceback" not in done.stderr
     done = run_dedup("run", "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "o"))
     assert done.returncode == 2 and "does not exist" in done.stderr
