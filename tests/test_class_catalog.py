@@ -316,3 +316,31 @@ def test_image_ids_stay_with_the_files_that_had_them():
     assert now[2] == _image_ids("c", ["h3"], ["c/d.png"])[0]
     assert len(set(now)) == 3
     assert _image_ids("c", ["h1", "h1", "h2"], paths, raw, earlier) == first
+
+
+def test_an_exact_copy_group_keeps_the_file_not_a_link_to_it(tmp_path):
+    """A symbolic link to an image of the class and the image itself are one exact-copy
+    group. The link sorted first (`A_link.png`), took the bare id and was kept, the file
+    was removed: a user deleting the removed files broke the link and lost the image. The
+    file now takes the bare id (visited first, kept), whatever the names, and the link
+    keeps its own id on later runs."""
+    from dedup_assets.core.decision.class_decision import keep_decisions
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    _png(folder / "Forest_1.png", 1)
+    _png(folder / "other.png", 2)
+    (folder / "A_link.png").symlink_to("Forest_1.png")
+    cat = _catalog(tmp_path)
+    table = cat.table.sort("path")
+    ids = dict(zip(table["path"], table["image_id"], strict=True))
+    assert ids["c/A_link.png"] == ids["c/Forest_1.png"] + "-2"
+    ok = table.filter(pl.col("status") == "ok")
+    order = np.argsort(ok["image_id"].to_numpy(), kind="stable")  # the `first` policy
+    (d,) = keep_decisions(
+        np.eye(len(ok), 4, dtype=np.float32), order, ok["pixel_hash"].to_numpy(), [0.95]
+    )
+    kept = dict(zip(ok["path"], d.kept, strict=True))
+    assert kept["c/Forest_1.png"] and not kept["c/A_link.png"] and kept["c/other.png"]
+    again = _catalog(tmp_path, cat.table, cat.pixels)  # ids stay with their files
+    assert dict(zip(again.table["path"], again.table["image_id"], strict=True)) == ids

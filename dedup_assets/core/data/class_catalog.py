@@ -117,6 +117,7 @@ def _image_ids(
     paths: list[str],
     raw_paths: list[bytes] | None = None,
     earlier: pl.DataFrame | None = None,
+    links: list[bool] | None = None,
 ) -> list[str]:
     """Each file's image id: its class-salted content hash, suffixed -2, -3... for
     byte-identical files (`image_folder.unique_ids`). With the class's `earlier` catalog, a
@@ -128,8 +129,9 @@ def _image_ids(
         hashlib.sha1(f"{class_key}/{h}".encode()).hexdigest()[:16] if h else p
         for h, p in zip(content_hashes, paths, strict=True)
     ]
+    link = links if links is not None else [False] * len(paths)
     if earlier is None or earlier.height == 0 or raw_paths is None:
-        return unique_ids(salted, paths)
+        return unique_ids(salted, paths, link)
     had = {
         (raw, h): i
         for raw, h, i in earlier.select("raw_path", "content_hash", "image_id").iter_rows()
@@ -142,7 +144,7 @@ def _image_ids(
         return ids  # type: ignore[return-value]
     taken = set(earlier["image_id"].drop_nulls().to_list()) | {i for i in ids if i}
     for at in sorted(
-        (k for k, i in enumerate(ids) if i is None), key=lambda k: (salted[k], paths[k])
+        (k for k, i in enumerate(ids) if i is None), key=lambda k: (salted[k], link[k], paths[k])
     ):
         candidate, n = salted[at], 1
         while candidate in taken:
@@ -362,7 +364,8 @@ def update_class_catalog(
     name = scan.classes.get(key, files[0].class_name if files else "")
     paths = [f.rel_path for f in files]
     hashes = meta["content_hash"] if merged is None else merged["content_hash"].to_list()
-    ids = _image_ids(key, hashes, paths, [f.raw_path for f in files], previous)
+    raw = [f.raw_path for f in files]
+    ids = _image_ids(key, hashes, paths, raw, previous, [f.link for f in files])
     if merged is None:
         table = _decoded_table(key, name, files, paths, meta, ok, ids)
     else:

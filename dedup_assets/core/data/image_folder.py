@@ -110,6 +110,7 @@ class ImageFile:
     raw_path: bytes  # the exact path bytes below the root: the only thing used to open the file
     size: int = field(default=-1, compare=False)  # bytes, from the scan's stat (-1: unknown)
     mtime_ns: int = field(default=-1, compare=False)  # modification time, from the same stat
+    link: bool = field(default=False, compare=False)  # a symbolic link to the file
 
     def source_path(self, root: StrPath) -> str:
         """The path to open, exact also for names that are not valid UTF-8."""
@@ -456,7 +457,8 @@ def _scan_class(
                             on_link(entry.path)
                     except OSError:
                         size, mtime = -1, -1
-                    files.append(ImageFile(class_name, key, _display(rel), rel, size, mtime))
+                    link = entry.is_symlink()
+                    files.append(ImageFile(class_name, key, _display(rel), rel, size, mtime, link))
                     continue
             skipped.append(SkippedPath(_display(rel), rel, class_name, str(reason), key))
 
@@ -732,9 +734,17 @@ def read_and_decode(
     return results  # type: ignore[return-value]
 
 
-def unique_ids(content_hashes: list[str], rel_paths: list[str]) -> list[str]:
-    """Image ids: the content hash, suffixed -2, -3... for byte-identical files (path order)."""
-    order = sorted(range(len(content_hashes)), key=lambda i: (content_hashes[i], rel_paths[i]))
+def unique_ids(
+    content_hashes: list[str], rel_paths: list[str], links: list[bool] | None = None
+) -> list[str]:
+    """Image ids: the content hash, suffixed -2, -3... for byte-identical files, in path
+    order with symbolic links after the files themselves (`links`): the bare id is visited
+    first, so an exact-copy group keeps a real file rather than a link to a removed one,
+    which a user deleting the removed files would break."""
+    link = links if links is not None else [False] * len(content_hashes)
+    order = sorted(
+        range(len(content_hashes)), key=lambda i: (content_hashes[i], link[i], rel_paths[i])
+    )
     ids = [""] * len(content_hashes)
     seen: dict[str, int] = {}
     for i in order:
