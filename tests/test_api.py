@@ -132,15 +132,7 @@ def test_the_counts_add_up(runs):
         assert row["overrides"] == row["removed_by_override"] == 0
         assert (row["allowed_false"] is None) == (not row["threshold"].endswith("%"))
     lines = repr(result).splitlines()
-    columns = [
-        "images",
-        "kept",
-        "removed",
-        "exact_copies",
-        "near_duplicates",
-        "removed_by_override",
-        "overrides",
-    ]
+    columns = list(COUNT_COLUMNS[1:-1])  # as repr shows them, between T and allowed false
     for row in counts.iter_rows(named=True):
         shown = next(line.split() for line in lines if line.split()[:1] == [row["threshold"]])
         assert shown[1:8] == [f"{row[c]:,}" for c in columns]

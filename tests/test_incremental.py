@@ -2,6 +2,7 @@
 
 import shutil
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -466,6 +467,27 @@ def test_keep_decisions_refuse_latents_of_images_the_catalog_lacks(materialized)
             load_class_data(layout, key, catalog=broken)
 
 
+def _water_and_farmland(tmp_path, seed: int, per_class: int, duplicates: float) -> Path:
+    """A small demo source of two classes (water, farmland) under tmp_path/src."""
+    source = tmp_path / "src"
+    generate_demo_dataset(source, seed=seed, per_class=per_class, duplicate_fraction=duplicates)
+    for extra in ("desert", "road", "urban", "forest"):
+        shutil.rmtree(source / extra)
+    return source
+
+
+def _small_config(source: Path, output: Path, thresholds: str) -> PipelineConfig:
+    """One epoch on the CPU, 8 components: the settings of this file's own runs."""
+    return PipelineConfig.build(
+        source=str(source),
+        output=str(output),
+        thresholds=thresholds,
+        device="cpu",
+        precision="fp32",
+        method={"epochs": 1, "n_components": 8},
+    )
+
+
 def test_a_keep_list_held_back_by_its_integrity_gate_leaves_a_summary_of_the_rest(
     tmp_path, monkeypatch
 ):
@@ -475,18 +497,8 @@ def test_a_keep_list_held_back_by_its_integrity_gate_leaves_a_summary_of_the_res
     instead of reporting a held-back clean copy (exit 3)."""
     from dedup_assets.assets import keep_list
 
-    source = tmp_path / "src"
-    generate_demo_dataset(source, seed=3, per_class=12, duplicate_fraction=0.2)
-    for extra in ("desert", "road", "urban", "forest"):
-        shutil.rmtree(source / extra)
-    config = PipelineConfig.build(
-        source=str(source),
-        output=str(tmp_path / "out"),
-        thresholds="0.9,0.95",
-        device="cpu",
-        precision="fp32",
-        method={"epochs": 1, "n_components": 8},
-    )
+    source = _water_and_farmland(tmp_path, seed=3, per_class=12, duplicates=0.2)
+    config = _small_config(source, tmp_path / "out", "0.9,0.95")
     real = keep_list.keep_list_problems
 
     def failing_at_095(keep, catalog, threshold, *args, **kwargs):
@@ -509,18 +521,8 @@ def test_a_new_copy_that_sorts_first_does_not_take_over_its_original_s_decision(
     Ids were given in path order, so a new exact copy whose name sorts before its original
     took the original's id and its kept decision (with the first run's time), and the
     unchanged original was removed as its copy. Ids now stay with the files that had them."""
-    source = tmp_path / "src"
-    generate_demo_dataset(source, seed=4, per_class=10, duplicate_fraction=0.0)
-    for extra in ("desert", "road", "urban", "forest"):
-        shutil.rmtree(source / extra)
-    config = PipelineConfig.build(
-        source=str(source),
-        output=str(tmp_path / "out"),
-        thresholds=T,
-        device="cpu",
-        precision="fp32",
-        method={"epochs": 1, "n_components": 8},
-    )
+    source = _water_and_farmland(tmp_path, seed=4, per_class=10, duplicates=0.0)
+    config = _small_config(source, tmp_path / "out", T)
     instance = dg.DagsterInstance.ephemeral()
     assert run_pipeline(config, instance, log=lambda _: None).failures == []
     layout = OutputLayout(tmp_path / "out")
@@ -556,20 +558,10 @@ def test_an_output_of_a_threshold_spelled_otherwise_is_renamed_and_its_decisions
     then marked not updated although the user gave that very threshold)."""
     from dedup_assets import config as config_module
 
-    source = tmp_path / "src"
-    generate_demo_dataset(source, seed=6, per_class=12, duplicate_fraction=0.3)
-    for extra in ("desert", "road", "urban", "forest"):
-        shutil.rmtree(source / extra)
+    source = _water_and_farmland(tmp_path, seed=6, per_class=12, duplicates=0.3)
 
     def build():
-        return PipelineConfig.build(
-            source=str(source),
-            output=str(tmp_path / "out"),
-            thresholds="0.950",
-            device="cpu",
-            precision="fp32",
-            method={"epochs": 1, "n_components": 8},
-        )
+        return _small_config(source, tmp_path / "out", "0.950")
 
     with monkeypatch.context() as m:  # the code before: thresholds kept as written
         m.setattr(config_module, "canonical_key", lambda key: key.strip())
