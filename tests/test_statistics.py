@@ -245,6 +245,18 @@ def test_gate_errors_only_beyond_both_tolerance_and_chance():
     assert "within what random removal reaches (+0.500)" in g.reasons[0]
 
 
+def test_gate_does_not_fail_on_a_chance_level_equal_but_for_rounding():
+    """One exact copy removed: random removal of one image a class often removes the same
+    image, so its quantile equals the observed excess, computed by another sum: the two
+    came out 8e-16 apart and the gate held the clean copy back (exit 3) for no effect."""
+    after = BEFORE + 0.3
+    g = kurtosis_gate(BEFORE, after, 0.1)
+    excess = np.array([r.excess_at_median for r in g.regressions])
+    below = np.nextafter(excess, -np.inf)  # random removal reached the same, a bit under
+    assert kurtosis_gate(BEFORE, after, 0.1, below).severity == "warn"
+    assert kurtosis_gate(BEFORE, after, 0.1, excess - 1e-3).severity == "error"
+
+
 def test_random_removal_excess_matches_a_slow_reference():
     """The vectorised draw equals, draw for draw in distribution, the gate's own reading."""
     rng = np.random.default_rng(3)
