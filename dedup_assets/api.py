@@ -268,6 +268,10 @@ def deduplicate(
         layout.claim()
     except OutputInUse as exc:
         raise ConfigError(str(exc)) from None
+    except OSError as exc:  # as the command refuses it (exit 2): a setting, before any work
+        raise ConfigError(
+            f"output {layout.root} cannot be written: {exc.strerror or exc}"
+        ) from None
     say = log if log is not None else print if verbose else _quiet
     say(f"latent-dedup: {config.source or f'demo dataset {config.demo_source}'} -> {layout.root}")
     with _instance_folder_for_this_call(), stop_on_signals():

@@ -24,6 +24,7 @@ from polars.testing import assert_frame_equal
 from dedup_assets import DedupResult, deduplicate
 from dedup_assets.api import COUNT_COLUMNS, _config, option_names
 from dedup_assets.cli import config_options
+from dedup_assets.config import ConfigError
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.quality.demo_data import generate_demo_dataset
 from dedup_assets.core.quality.planting import read_ground_truth
@@ -233,6 +234,13 @@ def test_the_output_of_another_tool_is_refused(runs):
     with pytest.raises(ValueError, match="not made by latent-dedup"):
         deduplicate(runs["demo"].root, output=theirs, **OPTIONS)
     assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+    # An output that cannot be made: refused as the command refuses it (exit 2), not a raw
+    # FileNotFoundError / NotADirectoryError from deep inside.
+    a_file = runs["base"] / "a_file"
+    a_file.write_text("x")
+    for output in ("/proc/latent-dedup-out", a_file / "out"):
+        with pytest.raises(ConfigError, match=f"output {output} cannot be written"):
+            deduplicate(runs["demo"].root, output=output, **OPTIONS)
 
 
 @pytest.fixture
