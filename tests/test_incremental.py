@@ -516,6 +516,28 @@ def test_a_keep_list_held_back_by_its_integrity_gate_leaves_a_summary_of_the_res
     assert (layout.clean_dir("0.9") / "water").is_dir()
 
 
+def test_a_clean_copy_held_back_by_the_kurtosis_gate_is_named_in_the_summary(tmp_path, monkeypatch):
+    """The summary names every threshold whose clean copy a gate held back: the kurtosis
+    gate's too, not only the keep list's integrity check."""
+    from dedup_assets.core.quality import kurtosis_report, statistics
+
+    source = _water_and_farmland(tmp_path, seed=3, per_class=12, duplicates=0.2)
+    config = _small_config(source, tmp_path / "out", "0.9,0.95")
+    real = statistics.kurtosis_gate
+
+    def failing(before, after, tolerance=0.0, chance=None):
+        gate = real(before, after, tolerance, chance)
+        return statistics.KurtosisGate("error", gate.regressions, ("PC1: planted",))
+
+    monkeypatch.setattr(kurtosis_report, "kurtosis_gate", failing)
+    outcome = run_pipeline(config, dg.DagsterInstance.ephemeral(), log=lambda _: None)
+    assert outcome.failures == [], outcome.failures
+    summary = OutputLayout(tmp_path / "out").summary.read_text()
+    assert "## Thresholds held back" in summary
+    for t in ("0.9", "0.95"):
+        assert f"- T={t}: its kurtosis gate failed (see " in summary
+
+
 def test_a_new_copy_that_sorts_first_does_not_take_over_its_original_s_decision(tmp_path):
     """Decisions are carried by image id (content hash, -2, -3... for byte-identical files).
     Ids were given in path order, so a new exact copy whose name sorts before its original

@@ -229,6 +229,12 @@ def build_report_assets(
                     "earlier keep list): materialize kurtosis_report for it first"
                 )
             summaries.append(verdict.report)
+            if verdict.gate == "error":  # reported, and its clean copy held back
+                held.append(
+                    f"- T={verdict.threshold}: its kurtosis gate failed (see "
+                    f"{layout.report_dir(verdict.threshold) / 'report.md'}), so its clean "
+                    "copy is held back"
+                )
         keep_summaries = [v.keep_summary for v in verdicts if v.keep_summary is not None]
         budgets = budget_summary_markdown(keep_summaries)
         text = summary_markdown(summaries) + (f"\n{budgets}" if budgets else "")

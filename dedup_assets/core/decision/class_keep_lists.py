@@ -273,11 +273,12 @@ def class_keep_lists(
         )
         if log is not None:
             carried = int(d.carried.sum()) if d.carried is not None else 0
-            at = t if r is None else f"{t} ({_resolution_words(r)} {d.threshold:.4f})"
+            at = t if r is None else f"{t} ({_resolution_words(r, d.threshold)})"
+            exact = int(d.exact.sum())
             log(
                 f"{key} @ T={at}: kept {d.n_kept:,} of {len(ids):,} in space {d.space} "
-                f"({int(d.exact.sum())} exact copies removed; {carried:,} earlier decisions "
-                f"kept, {len(ids) - carried:,} decided now)"
+                f"({exact} exact {'copy' if exact == 1 else 'copies'} removed; {carried:,} "
+                f"earlier decisions kept, {len(ids) - carried:,} decided now)"
             )
     if log is not None:
         log(f"{key}: {len(thresholds)} thresholds decided in {seconds:.2f}s")
@@ -306,14 +307,17 @@ def _who_decided(d: ClassDecision) -> tuple[np.ndarray, np.ndarray]:
     return match, decided_by
 
 
-def _resolution_words(r: BudgetThreshold) -> str:
-    """How a budget was read for a class, for the log."""
+def _resolution_words(r: BudgetThreshold, threshold: float) -> str:
+    """How a budget was read for a class and what it resolved to (`threshold`), for the log."""
     if r.null == NullSource.NONE:
-        return f"not calibrated: {r.draws} null values cannot show the top {r.budget:.2%}; cosine"
+        return (
+            f"not calibrated: {r.draws} null values cannot show the top {r.budget:.2%}; "
+            f"cosine {threshold:.4f}"
+        )
     where = "the class's mirrors" if r.null == NullSource.CLASS else "the run's reference pool"
-    kind = f"cosine in {r.space}"
+    kind = f"cosine in {r.space} {threshold:.4f}"
     if r.offsets is not None:
-        kind = "margin over the local levels" + (
+        kind = f"margin over the local levels {threshold:.4f}" + (
             f", ceiling {r.ceiling:.4f}" if r.ceiling is not None else ""
         )
     return f"{r.draws:,} null values from {where}; {kind}"
