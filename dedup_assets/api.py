@@ -401,17 +401,48 @@ def _instance_folder_for_this_call() -> Iterator[None]:
             os.environ[DAGSTER_HOME] = before
 
 
+class ByThreshold(dict):
+    """{threshold key: value}, looked up by any spelling of a threshold (`"0.950"`, `"1.0%"`
+    find `"0.95"`, `"1%"`: `thresholds.canonical_key`), as the call accepted them."""
+
+    @staticmethod
+    def _spelled(key: object) -> object:
+        from dedup_assets.core.data.thresholds import canonical_key
+
+        try:
+            return canonical_key(str(key))
+        except ValueError:
+            return key
+
+    def __missing__(self, key: object) -> Any:
+        spelled = self._spelled(key)
+        if spelled != key and dict.__contains__(self, spelled):
+            return self[spelled]
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or dict.__contains__(self, self._spelled(key))
+
+    def get(self, key: object, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
 def _result(config: PipelineConfig, layout: OutputLayout, outcome: PipelineOutcome) -> DedupResult:
     """The call's result, read from what the run left in the output folder."""
     thresholds = list(config.thresholds)
     current = thresholds if outcome.ok else _current_keep_lists(config, layout, thresholds)
-    keep_lists = {t: read_keep_list(layout.keep_list(t)) for t in current}
+    keep_lists = ByThreshold({t: read_keep_list(layout.keep_list(t)) for t in current})
     stale = tuple(t for t in thresholds if layout.clean_stale_note(t).exists())
-    clean = {
-        t: layout.clean_dir(t)
-        for t in current
-        if t not in stale and layout.clean_manifest(t).is_file()
-    }
+    clean = ByThreshold(
+        {
+            t: layout.clean_dir(t)
+            for t in current
+            if t not in stale and layout.clean_manifest(t).is_file()
+        }
+    )
     return DedupResult(
         output=layout.root,
         source=Path(config.source) if config.source else Path(config.demo_source or ""),
@@ -423,7 +454,7 @@ def _result(config: PipelineConfig, layout: OutputLayout, outcome: PipelineOutco
             schema=dict(zip(COUNT_COLUMNS, _COUNT_TYPES, strict=True)),
             orient="row",
         ),
-        keep_list_paths={t: layout.keep_list(t) for t in keep_lists},
+        keep_list_paths=ByThreshold({t: layout.keep_list(t) for t in keep_lists}),
         clean_copies=clean,
         stale_clean=stale,
         summary_report=layout.summary if layout.summary.is_file() else None,

@@ -355,3 +355,15 @@ def test_the_counts_add_up_with_overrides(tmp_path):
         == row["exact_copies"] + row["near_duplicates"] + row["removed_by_override"]
     )
     assert row["removed_by_override"] == 1 and row["overrides"] == 2
+
+
+def test_results_are_found_by_any_spelling_of_a_threshold(runs):
+    """A call given `thresholds="0.950,1.0%"` gets keys `0.95`, `1%` (one spelling); its
+    results are found by the spelling it was given too, not a KeyError."""
+    result = runs["result"]
+    assert result.keep_lists["0.950"] is result.keep_lists["0.95"]
+    assert "1.0%" in result.keep_lists and "0.96" not in result.keep_lists
+    assert result.clean_copies.get("1.0%") == result.clean_copies["1%"]
+    assert result.keep_list_paths["0.950"].name == "0.95.parquet"
+    with pytest.raises(KeyError):
+        result.keep_lists["0.97"]
