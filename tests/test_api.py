@@ -367,3 +367,20 @@ def test_results_are_found_by_any_spelling_of_a_threshold(runs):
     assert result.keep_list_paths["0.950"].name == "0.95.parquet"
     with pytest.raises(KeyError):
         result.keep_lists["0.97"]
+
+
+def test_a_result_says_which_outputs_its_thresholds_no_longer_keep_up_to_date(runs, tmp_path):
+    """A call without a threshold an earlier run had leaves that threshold's keep list and
+    clean copy as they were, marked NOT_UPDATED.txt; its result says so, as the command's
+    last screen does."""
+    import shutil
+
+    output = tmp_path / "api"
+    shutil.copytree(runs["base"] / "api", output)
+    options = {**OPTIONS, "thresholds": "0.95"}
+    result = deduplicate(runs["demo"].root, output=output, **options)
+    assert result.outcome.unlisted_clean == ["1%"]
+    assert "NOTE  keep_lists/1% and clean/1% not updated: 1% is not among the thresholds" in (
+        repr(result)
+    )
+    assert (output / "keep_lists" / "1%.NOT_UPDATED.txt").is_file()
