@@ -291,6 +291,20 @@ def test_a_new_copy_of_a_removed_image_carries_the_cosine_that_image_was_judged_
     assert d.cosine[3] == 0.95 and d.similarity[3] > d.cosine[3]
 
 
+def test_a_carried_decision_keeps_its_similarity_to_the_last_bit():
+    """A class decided again with every decision carried (a UI class run) wrote a carried
+    row's similarity through float32 (0.9815578609704971 became 0.9815578460693359), so its
+    keep list differed from the one `dedup run` left, decisions unchanged."""
+    vectors = _unit([[1, 0, 0], [1, 0.2, 0]])
+    prior = PriorDecision.none(2)
+    prior.state[:] = [1, 0]
+    prior.duplicate_of[1] = 0
+    prior.similarity[1] = 0.9815578609704971
+    prior.cosine[:] = [0.95, 0.95]
+    d = keep_decisions(vectors, np.arange(2), np.array(["a", "b"]), [0.95], prior=[prior])[0]
+    assert d.similarity[1] == 0.9815578609704971 and d.carried.all()
+
+
 def test_an_image_whose_kept_twin_is_deleted_is_decided_again():
     vectors = _unit([[1, 0, 0], [1, 0.01, 0], [0, 1, 0]])
     prior = PriorDecision.none(3)

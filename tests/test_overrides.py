@@ -408,7 +408,7 @@ def _prior(d) -> PriorDecision:
     return PriorDecision(
         np.where(d.kept, 1, 0).astype(np.int8),
         d.duplicate_of.copy(),
-        d.similarity.astype(np.float32),
+        d.similarity.astype(np.float64),
         d.exact.copy(),
         d.cosines().copy(),
     )

@@ -268,7 +268,7 @@ class PriorDecision:
         return cls(
             np.full(n, -1, np.int8),
             np.full(n, -1, np.int64),
-            np.full(n, np.nan, np.float32),
+            np.full(n, np.nan, np.float64),  # as the keep list stores it: carried exactly
             np.zeros(n, bool),
             np.full(n, np.nan, np.float64),
         )
