@@ -199,18 +199,10 @@ class DedupResult:
             lines.append(f"no current keep list for T={', '.join(missing)}")
         lines += [f"STALE clean/{t}: made from an earlier keep list" for t in self.stale_clean]
         layout = OutputLayout(self.output)
-        for t in getattr(self.outcome, "unlisted_clean", []):  # as the command's last screen
-            kept = [
-                f"{what}/{t}"
-                for what, path in (
-                    ("keep_lists", layout.keep_list(t)),
-                    ("clean", layout.clean_dir(t)),
-                )
-                if path.exists()
-            ]
-            lines.append(
-                f"NOTE  {' and '.join(kept) or t} not updated: {t} is not among the thresholds"
-            )
+        lines += [  # as the command's last screen says it
+            f"NOTE  {layout.unlisted_words(t)} not updated: {t} is not among the thresholds"
+            for t in getattr(self.outcome, "unlisted_clean", [])
+        ]
         lines += [f"{c.severity} {c.line()}" for c in self.checks]
         lines += [f"FAILED {f}" for f in self.failures]
         lines += [f"SKIPPED {s}" for s in self.skipped]

@@ -814,15 +814,10 @@ def _report(
             f"(see {layout.clean_stale_note(t)})"
         )
     for t in outcome.unlisted_clean:
-        kept = [
-            f"{what}/{t}"
-            for what, path in (("keep_lists", layout.keep_list(t)), ("clean", layout.clean_dir(t)))
-            if path.exists()
-        ]
         note = layout.clean_unlisted_note(t)
         note = note if note.exists() else layout.keep_list_unlisted_note(t)
         say(
-            f"NOTE  {' and '.join(kept) or t} not updated: {t} is not among --thresholds "
+            f"NOTE  {layout.unlisted_words(t)} not updated: {t} is not among --thresholds "
             f"(see {note})"
         )
     for f in outcome.failures:

@@ -226,6 +226,19 @@ class OutputLayout:
         self.keep_list_unlisted_note(new).unlink(missing_ok=True)
         return moved
 
+    def unlisted_words(self, threshold: str) -> str:
+        """What a run that does not list `threshold` left not updated, as the last screen and
+        the API's result name it: `keep_lists/<T> and clean/<T>` (those that exist)."""
+        held = [
+            f"{what}/{threshold}"
+            for what, path in (
+                ("keep_lists", self.keep_list(threshold)),
+                ("clean", self.clean_dir(threshold)),
+            )
+            if path.exists()
+        ]
+        return " and ".join(held) or threshold
+
     def duplicate_pairs_image(self, threshold: str) -> Path:
         return self.root / "keep_lists" / f"{threshold}_pairs.png"
 
