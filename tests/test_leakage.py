@@ -143,6 +143,40 @@ def test_too_few_draws_for_the_budget_flag_exact_copies_only():
     assert leakage_threshold(np.array([np.nan, -np.inf]), 0.5) == 1.0
 
 
+def test_a_threshold_read_from_its_few_highest_draws_is_said_to_be_unsteady():
+    """Below about 4,000 draws at 0.1% the threshold is the single highest (k = 1, 2 or 3):
+    one decoy that copies a training image (the mirror of a mirrored copy) lifts it over
+    every near copy, so the note says so and names the budget that reads it steadily (its
+    4th highest draw); from MIN_DRAWS_K on, nothing is said; below 999, exact copies only."""
+    unsteady = leakage.budget_facts(0.001, 1773, 0.91484)
+    assert unsteady["readable"] and not unsteady["steady"]
+    assert unsteady["from_highest"] == 1 and unsteady["suggested_budget"] == 0.005
+    assert 0.005 * (1773 + 1) >= MIN_DRAWS_K > 0.002 * (1773 + 1)  # 0.2% reads only its 3rd
+    note = leakage.budget_note("test", unsteady)
+    assert note.startswith("the near-copy threshold of test (0.9148) was read from its highest")
+    assert "decoy draw of 1,773 (about 3,999 read the 0.1% budget steadily)" in note
+    assert note.endswith("; --leakage-budget 0.005 reads it steadily")
+    assert leakage.budget_read_words(unsteady) == "yes, from its 1 highest draw(s): not steady"
+    three = leakage.budget_facts(0.001, 3998, 0.8)
+    assert three["from_highest"] == 3 and "from its 3 highest decoy draws" in leakage.budget_note(
+        "val", three
+    )
+    steady = leakage.budget_facts(0.001, 3999, 0.8)
+    assert steady["steady"] and steady["from_highest"] == MIN_DRAWS_K
+    assert leakage.budget_note("test", steady) == "" and leakage.budget_read_words(steady) == "yes"
+    unread = leakage.budget_facts(0.001, 998, 1.0)
+    assert not unread["readable"] and unread["from_highest"] == 0
+    assert leakage.budget_note("test", unread).startswith("only exact copies were looked for")
+    assert leakage.budget_read_words(unread) == "no: exact copies only"
+    # a record written before `steady` existed says nothing new
+    assert leakage.budget_note("test", {"budget": 0.001, "readable": True}) == ""
+    # the smallest larger budget that reads its 4th highest draw; none above 50%
+    assert leakage.budget_facts(0.05, 40, 0.9)["suggested_budget"] == 0.1  # floor(0.1 x 41)
+    last = leakage.budget_facts(0.5, 6, 0.9)  # floor(0.5 x 7) = 3: readable, not steady
+    assert last["readable"] and not last["steady"] and last["suggested_budget"] is None
+    assert leakage.budget_note("test", last).endswith("can hide near copies")
+
+
 def test_decoys_are_added_until_the_budget_can_be_read():
     plan = plan_decoys(5000, 20000, 0.001)
     assert [(s, k) for s, k, _ in plan.parts] == [("eval", "hflip")]  # 5,000 >= 3,999 draws

@@ -45,6 +45,7 @@ from dedup_assets.core.decision.leakage import (
     SplitClasses,
     budget_facts,
     budget_note,
+    budget_read_words,
     leakage_made_from,
     pairs_path,
     read_split_facts,
@@ -230,7 +231,7 @@ def build_leakage_asset(splits: str | None = None) -> dg.AssetsDefinition:
                 s,
                 info.get(s, {}).get("threshold", "-"),
                 info.get(s, {}).get("draws", 0),
-                "no: exact copies only" if budget_notes[s] else "yes",
+                budget_read_words(info.get(s)),
                 flagged[s],
                 pairs.filter((pl.col("split") == s) & (pl.col("kind") == "exact"))[
                     "image"
