@@ -21,7 +21,9 @@ What `dedup run` reports by its exit status the call reports by what it raises o
   call resumes;
 - another run writing to the same output: `runner.OutputLocked` (a `RuntimeError`);
 - a failed stage or a blocking gate: no exception; `DedupResult.ok` is False and its
-  `failures`, `checks` and `skipped` say which and why (exit status 1 of `dedup run`).
+  `failures`, `checks` and `skipped` say which and why, `held_back` which clean copies a
+  gate holds back, also on a later call with nothing to do (exit status 1 or 3 of
+  `dedup run`).
 
 Quiet by default: `log=print` (or any callable taking a line) receives the progress lines
 `dedup run` prints; `verbose=True` prints them and Dagster's own log. A keep list is
@@ -100,7 +102,8 @@ class DedupResult:
     for the thresholds whose keep list is current; counts: one row per threshold (see
     `COUNT_COLUMNS`); keep_list_paths / clean_copies: the parquet files and the clean
     copies (`clean/<T>`, made from the current keep list; a copy a gate left stale is in
-    `stale_clean` instead); quarantined: files the catalog left out or used with a note,
+    `stale_clean` instead; held_back: the thresholds whose clean copy a blocking gate holds
+    back, this call's or an earlier one's); quarantined: files the catalog left out or used with a note,
     by reason (`catalog/quarantine.csv` has each path); outcome: the runner's
     `PipelineOutcome` (stage timings, failures, checks, what was skipped).
     """
@@ -118,11 +121,14 @@ class DedupResult:
     review_page: Path | None = None
     images: int = 0
     quarantined: Mapping[str, int] = field(default_factory=dict)
+    held_back: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """Every stage ran and no blocking gate failed (exit status 0 of `dedup run`)."""
-        return self.outcome.ok
+        """Every stage ran, no blocking gate failed and none still holds a clean copy back
+        (exit status 0 of `dedup run`; a call that found nothing to do is not ok while a
+        gate of an earlier one holds a copy back: `held_back`)."""
+        return self.outcome.ok and not self.held_back
 
     @property
     def nothing_changed(self) -> bool:
@@ -198,6 +204,10 @@ class DedupResult:
         if missing:
             lines.append(f"no current keep list for T={', '.join(missing)}")
         lines += [f"STALE clean/{t}: made from an earlier keep list" for t in self.stale_clean]
+        lines += [
+            f"HELD BACK clean/{t}: a blocking gate failed on its keep list (see the reports)"
+            for t in self.held_back
+        ]
         layout = OutputLayout(self.output)
         lines += [  # as the command's last screen says it
             f"NOTE  {layout.unlisted_words(t)} not updated: {t} is not among the thresholds"
@@ -437,8 +447,11 @@ class ByThreshold(dict):
 
 def _result(config: PipelineConfig, layout: OutputLayout, outcome: PipelineOutcome) -> DedupResult:
     """The call's result, read from what the run left in the output folder."""
+    from dedup_assets.config import threshold_summaries_now
+
     thresholds = list(config.thresholds)
     current = thresholds if outcome.ok else _current_keep_lists(config, layout, thresholds)
+    held_back = tuple(s.threshold for s in threshold_summaries_now(config, layout) if s.blocked)
     keep_lists = ByThreshold({t: read_keep_list(layout.keep_list(t)) for t in current})
     stale = tuple(t for t in thresholds if layout.clean_stale_note(t).exists())
     clean = ByThreshold(
@@ -466,6 +479,7 @@ def _result(config: PipelineConfig, layout: OutputLayout, outcome: PipelineOutco
         review_page=layout.review_index if layout.review_index.is_file() else None,
         images=_catalogued(layout),
         quarantined=_quarantined(layout),
+        held_back=held_back,
     )
 
 

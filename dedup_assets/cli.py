@@ -830,7 +830,9 @@ def _report(
     say(f"open in the UI: dedup ui --output {shlex.quote(str(output))}")
     for line in _demo_lines(config):
         say(line)
-    summaries = _threshold_summaries(config, layout)
+    from dedup_assets.config import threshold_summaries_now
+
+    summaries = threshold_summaries_now(config, layout)
     held = "\nwhat the outputs hold (nothing was computed):"
     say(held if outcome.nothing_changed else "\nwhat the run did:", held)
     say(_catalog_line(layout))
@@ -880,20 +882,6 @@ WORDED_CHECKS = frozenset(
     {"kurtosis_reduction", "keep_list_integrity", "no_cross_class_duplicates"}
 )
 """Checks the last screen says in words per threshold (from what the assets stored)."""
-
-
-def _threshold_summaries(config: PipelineConfig, layout: OutputLayout) -> list:
-    """Each threshold's counts and verdicts against the output's current inputs (nothing
-    current when there is no catalog or model yet)."""
-    from dedup_assets.config import ConfigError, current_inputs
-    from dedup_assets.core.data.artifacts import MissingArtifact
-    from dedup_assets.core.quality.run_summary import threshold_summaries
-
-    try:
-        current = current_inputs(config)
-    except (MissingArtifact, ConfigError, OSError):
-        current = None
-    return threshold_summaries(layout, current, list(config.thresholds))
 
 
 def _demo_lines(config) -> list[str]:

@@ -447,6 +447,21 @@ def current_inputs(config: PipelineConfig) -> CurrentInputs:
     )
 
 
+def threshold_summaries_now(config: PipelineConfig, layout: OutputLayout) -> list:
+    """Each threshold's counts and stored verdicts against the output's current inputs
+    (`run_summary.threshold_summaries`; nothing current without a catalog or model yet):
+    what the last screen and the API's result both say, a clean copy a gate holds back
+    included, also on a run that found nothing to do."""
+    from dedup_assets.core.data.artifacts import MissingArtifact
+    from dedup_assets.core.quality.run_summary import threshold_summaries
+
+    try:
+        current = current_inputs(config)
+    except (MissingArtifact, ConfigError, OSError):
+        current = None
+    return threshold_summaries(layout, current, list(config.thresholds))
+
+
 def read_saved(output: Path) -> dict[str, Any]:
     """The settings a successful run saved in `output/pipeline.json`, or {} if none."""
     path = Path(output) / PIPELINE_FILE

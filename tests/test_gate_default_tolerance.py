@@ -167,3 +167,35 @@ def test_constructions_are_exact_copies_only(tmp_path, make):
             assert groups == [2] * 20
         else:
             assert groups == [1] * 24 + [18]
+
+
+@pytest.mark.parametrize("which", ["outlier", "twice"])
+def test_a_later_call_with_nothing_to_do_is_ok_only_when_no_gate_holds_a_copy_back(runs, which):
+    """`deduplicate` on an output whose gate held the clean copy back, with nothing new: not
+    ok, the threshold named in `held_back` and the repr, as `dedup run` exits 3 again (it
+    said ok, with no word of the missing copy); where the gate passed, ok."""
+    from dedup_assets import deduplicate
+
+    _, _, _, out = runs[which]
+    again = deduplicate(
+        out.parent / "source",
+        output=out,
+        thresholds=[THRESHOLD],
+        epochs=1,
+        batch_size=32,
+        device="cpu",
+        precision="fp32",
+    )
+    assert again.nothing_changed, repr(again)
+    if which == "outlier":
+        assert not again.ok and again.held_back == (THRESHOLD,)
+        assert THRESHOLD not in again.clean_copies
+        assert f"HELD BACK clean/{THRESHOLD}: a blocking gate failed" in repr(again)
+        assert repr(again).startswith(f"latent-dedup {out.parent / 'source'} -> {out}: NOT ok")
+        done = run_dedup(
+            "run", "--source", str(out.parent / "source"), "--output", str(out),
+            "--thresholds", THRESHOLD, *FAST,
+        )  # fmt: skip
+        assert done.returncode == 3, done.stdout + done.stderr
+    else:
+        assert again.ok and again.held_back == () and THRESHOLD in again.clean_copies
