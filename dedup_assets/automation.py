@@ -338,7 +338,7 @@ def build_automation(
         scan, listings = image_source.list_source(layout)
         listing = {k: v.digest for k, v in listings.items()}
         # What the outputs lack, less what an earlier tick requested at the same listing.
-        pending = changed_classes(listing, recorded_listings(layout))
+        pending = changed_classes(listing, recorded_listings(layout, image_source.max_file_bytes))
         changes = pending.unseen(listing, json.loads(context.cursor) if context.cursor else None)
         try:
             redecide = redecide_classes(storage, settings, thresholds)
@@ -389,7 +389,7 @@ def build_automation(
         layout = storage.layout()
         _, listings = image_source.list_source(layout)
         listing = {k: v.digest for k, v in listings.items()}
-        changes = changed_classes(listing, recorded_listings(layout))
+        changes = changed_classes(listing, recorded_listings(layout, image_source.max_file_bytes))
         try:
             redecide = redecide_classes(storage, settings, thresholds)
         except OverridesError as exc:

@@ -613,7 +613,10 @@ def _run_stages(
 ) -> None:
     """The stages in order, each for what changed only; a failed stage skips the rest."""
     _, listings = config.resources()["image_source"].list_source(layout)
-    changes = changed_classes({k: v.digest for k, v in listings.items()}, recorded_listings(layout))
+    changes = changed_classes(
+        {k: v.digest for k, v in listings.items()},
+        recorded_listings(layout, config.max_file_bytes),
+    )
     # Workers pay for themselves on a big dataset even when few of its classes changed: the
     # threshold stage covers every image (its cross-class pairs beside the keep list, report
     # and clean copy), and the command started their server from the same listing

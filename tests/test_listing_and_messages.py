@@ -438,3 +438,45 @@ def test_an_output_it_may_not_write_is_refused_in_one_line(tmp_path, existing):
         f"dedup run: error: output {out} cannot be written: Permission denied"
     ), done.stderr
     assert existing == out.exists()
+
+
+def test_a_new_max_file_bytes_takes_effect_on_a_rerun_both_ways(tmp_path):
+    """`--max-file-bytes` changed on a rerun of the same output: a file the old limit skipped
+    is read, one the new limit excludes is skipped and leaves the keep list and the clean
+    copy; files below both limits keep their rows. It said "nothing changed" and kept the
+    first run's catalog, either way."""
+    source, out = tmp_path / "src", tmp_path / "out"
+    sizes = {}
+    for name in ("forest", "river"):
+        (source / name).mkdir(parents=True)
+        for i in range(8):
+            path = source / name / f"{name}_{i}.png"
+            if i < 2:  # fine noise: a large PNG
+                rng = np.random.default_rng(100 * len(name) + i)
+                Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(path)
+            else:
+                _image(10 * len(name) + i).save(path)
+            sizes[f"{name}/{path.name}"] = path.stat().st_size
+    large = sorted(p for p, n in sizes.items() if n > 20_000)
+    assert len(large) == 4 and max(n for p, n in sizes.items() if p not in large) < 20_000
+
+    def run(*limit: str) -> tuple[set[str], set[str]]:
+        done = run_dedup("run", "--source", str(source), "--output", str(out), *FAST, *limit)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "nothing changed" not in done.stdout, done.stdout
+        keep = pl.read_csv(out / "keep_lists" / "0.95.csv")
+        quarantine = pl.read_csv(out / "catalog" / "quarantine.csv")
+        too_large = set(quarantine.filter(pl.col("reason").str.contains("larger than"))["path"])
+        clean = {
+            p.relative_to(out / "clean" / "0.95").as_posix()
+            for p in (out / "clean" / "0.95").rglob("*.png")
+        }
+        assert clean == set(keep.filter(pl.col("kept"))["path"])
+        return set(keep["path"]), too_large
+
+    listed, skipped = run("--max-file-bytes", "20000")
+    assert skipped == set(large) and listed == set(sizes) - set(large)
+    listed, skipped = run()  # the default limit: the large files are read now
+    assert skipped == set() and listed == set(sizes)
+    listed, skipped = run("--max-file-bytes", "20000")  # and skipped again
+    assert skipped == set(large) and listed == set(sizes) - set(large)

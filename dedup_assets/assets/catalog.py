@@ -38,7 +38,7 @@ from dedup_assets.core.data.class_catalog import (
     update_class_catalog,
     write_quarantine,
 )
-from dedup_assets.core.data.image_folder import FolderScan
+from dedup_assets.core.data.image_folder import DEFAULT_MAX_FILE_BYTES, FolderScan
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.source_index import (
     changed_classes,
@@ -121,7 +121,10 @@ def index_source(
         )
     for note in scan.notes:  # an empty split, a class in some splits only
         log(f"splits: {note}")
-    changes = changed_classes({k: v.digest for k, v in listings.items()}, recorded_listings(layout))
+    changes = changed_classes(
+        {k: v.digest for k, v in listings.items()},
+        recorded_listings(layout, image_source.max_file_bytes),
+    )
     write_parquet(index_table(listings), layout.index)
     root_scan = FolderScan([], [s for s in scan.skipped if s.class_name is None])
     write_csv(skipped_table(root_scan), layout.root_skipped)
@@ -242,6 +245,13 @@ def _decode_class(
         elif not image_source.verify:  # a small class: decoded in a group, if at all
             # (--verify reads every file again, which a group's files would skip)
             ahead = predecode.grouped_files(key, reading)
+    read_with = int(recorded.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES))
+    if previous is not None and read_with != image_source.max_file_bytes:
+        # Another size limit: every file above the smaller of the two is judged again (read
+        # now, or skipped as too large); those below both keep their rows.
+        previous = previous.filter(
+            pl.col("size_bytes") <= min(read_with, image_source.max_file_bytes)
+        )
     if previous is not None and image_source.verify:  # --verify: no row whose bytes changed
         ok = previous.filter(pl.col("status") == "ok").select("raw_path", "content_hash")
         gone = rewritten_files(root, ok.iter_rows(), image_source.max_file_bytes)
@@ -264,6 +274,7 @@ def _decode_class(
         "quarantined": int((catalog.table["status"] != "ok").sum()),
         "digest": catalog.digest(),
         "listing": listing.digest,
+        "max_file_bytes": int(image_source.max_file_bytes),
     }
     # One folder, swapped in whole: the pixel store never disagrees with its table.
     with atomic_dir(layout.class_dir(key)) as tmp:

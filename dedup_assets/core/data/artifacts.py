@@ -25,6 +25,7 @@ import polars as pl
 
 from dedup_assets.core.data.atomic_io import PROVENANCE_KEY, atomic_path
 from dedup_assets.core.data.class_catalog import CATALOG_SCHEMA
+from dedup_assets.core.data.image_folder import DEFAULT_MAX_FILE_BYTES
 from dedup_assets.core.data.layout import OutputLayout
 from dedup_assets.core.data.mapped import take_rows
 from dedup_assets.core.data.splits import IMPLICIT, class_label, is_training_key, key_split
@@ -625,6 +626,9 @@ def read_classes(layout: OutputLayout) -> pl.DataFrame:
                 "quarantined": summary.get("quarantined", 0),
                 "digest": summary.get("digest"),
                 "built_from": summary.get("listing"),
+                # the size limit it was read with (a catalog from before it was recorded:
+                # the default, which is what nearly every run used)
+                "max_file_bytes": summary.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES),
             }
         )
     schema = {
@@ -635,16 +639,28 @@ def read_classes(layout: OutputLayout) -> pl.DataFrame:
         "quarantined": pl.Int64,
         "digest": pl.String,
         "built_from": pl.String,
+        "max_file_bytes": pl.Int64,
     }
     table = pl.DataFrame(rows, schema=schema)
     _CLASSES_READ[os.fspath(layout.classes_dir)] = (stamps, table)
     return table
 
 
-def recorded_listings(layout: OutputLayout) -> dict[str, str]:
-    """The listing digest each catalogued class was last built from, by key."""
+def recorded_listings(layout: OutputLayout, max_file_bytes: int | None = None) -> dict[str, str]:
+    """The listing digest each catalogued class was last built from, by key. Given the
+    size limit files are read with now (`--max-file-bytes`), a class read with another
+    limit has a digest no listing has: it is catalogued again (a file the old limit
+    skipped is read, one the new limit excludes is skipped)."""
     classes = read_classes(layout)
-    return {k: v for k, v in zip(classes["class_key"], classes["built_from"], strict=True) if v}
+    out = {}
+    for key, built, limit in zip(
+        classes["class_key"], classes["built_from"], classes["max_file_bytes"], strict=True
+    ):
+        if not built:
+            continue
+        stale = max_file_bytes is not None and int(limit) != int(max_file_bytes)
+        out[key] = f"{built} read with max_file_bytes={limit}" if stale else built
+    return out
 
 
 def class_digests(layout: OutputLayout) -> dict[str, str]:
