@@ -128,11 +128,12 @@ WATCH_OPTIONS = {
 """The options of `dedup watch` beside those of `run`: when to look and when to stop, not
 what a run computes (left out of the run's record, `_probe`)."""
 EXIT_STATUSES = """exit status:
-  0    done: every stage ran and no blocking gate held back a clean copy
+  0    done: every stage ran and no blocking gate failed
   1    an error: a stage failed, later stages were skipped (the last lines say which)
   2    a bad option, setting or overrides file (one line saying what is wrong)
-  3    a blocking gate held back a clean copy (kurtosis raised beyond chance, or a keep
-       list that fails its integrity check); the keep lists are written
+  3    a blocking gate failed: it held back a clean copy (kurtosis raised beyond chance,
+       or a keep list that fails its integrity check; the keep lists are written), or
+       evaluation images have copies in train (the leakage gate; clean copies are made)
   130  stopped by Ctrl-C (SIGINT); the same command resumes
   143  stopped by SIGTERM; the same command resumes"""
 
@@ -838,6 +839,8 @@ def _report(
     say(_catalog_line(layout))
     for line in _leakage_lines(config, layout):
         say(line)
+    for line in _evaluation_lines(config, layout):
+        say(line)
     for summary in summaries:
         for line in summary.lines(layout):
             say(line)
@@ -896,6 +899,34 @@ def _demo_lines(config) -> list[str]:
         "  it is yours and never regenerated: add images to a class folder there and run "
         f"`{again}` again, or turn on new_images_sensor in the UI; only that class is processed",
     ]
+
+
+def _evaluation_lines(config: PipelineConfig, layout: OutputLayout) -> list[str]:
+    """What the ground truth says of the keep lists (`evaluation/keep_lists.csv`): the
+    share of its known pairs each listed threshold resolved, and the rows that named no
+    image, which were not scored (a file naming paths another way scored nothing, silently)."""
+    import polars as pl
+
+    scores = layout.evaluation_dir / "keep_lists.csv"
+    if not scores.is_file():
+        return []
+    table = pl.read_csv(scores, schema_overrides={"threshold": pl.String}, glob=False)
+    table = table.filter(pl.col("threshold").is_in(list(config.thresholds)))
+    if not table.height:
+        return []
+    known = int(table["known_pairs"].max())
+    recalls = ", ".join(
+        f"T={t} {r:.3f}" if r == r else f"T={t} -"
+        for t, r in zip(table["threshold"], table["recall"], strict=True)
+    )
+    lines = [f"  evaluation: share of the {known:,} known pairs resolved: {recalls} (see {scores})"]
+    unmatched = int(table["ground_truth_rows_unmatched"].max())
+    if unmatched:
+        lines.append(
+            f"  evaluation: {unmatched:,} ground-truth row(s) name no catalogued image and were "
+            "not scored: `class` is the class folder, `original` and `copy` file names in it"
+        )
+    return lines
 
 
 def _leakage_lines(config: PipelineConfig, layout: OutputLayout) -> list[str]:

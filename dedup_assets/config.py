@@ -248,11 +248,17 @@ class PipelineConfig(BaseModel):
         else:
             return
         try:
-            read_ground_truth(truth)
+            pairs = read_ground_truth(truth)
         except UnicodeDecodeError:
             raise ValueError(f"{truth}: not a ground-truth file: not UTF-8 text") from None
         except (OSError, ValueError) as exc:
             raise ValueError(str(exc)) from None
+        if self.source and pairs and not any(_names_two_files(Path(self.source), p) for p in pairs):
+            raise ValueError(
+                f"{truth}: none of its {len(pairs):,} rows names two files of the source "
+                f"{self.source}: `class` is the class folder (`train/cats` in a split source) "
+                "and `original`, `copy` are file names inside it (e.g. cats,a.jpg,b.jpg)"
+            )
 
     @field_validator("dask_address")
     @classmethod
@@ -445,6 +451,19 @@ def current_inputs(config: PipelineConfig) -> CurrentInputs:
     return CurrentInputs.of(
         layout, config.method, overrides.digests(), overrides.cross_class_pairs()
     )
+
+
+def _names_two_files(source: Path, pair: Any) -> bool:
+    """Whether a ground-truth row names two existing files of the source, in either
+    spelling the evaluation accepts (`evaluation.source_path_of`)."""
+    folder = pair.class_name.strip("/")
+
+    def found(name: str) -> bool:
+        return (source / folder / name).is_file() or (
+            name.startswith(f"{folder}/") and (source / name).is_file()
+        )
+
+    return found(pair.original) and found(pair.copy)
 
 
 def threshold_summaries_now(config: PipelineConfig, layout: OutputLayout) -> list:

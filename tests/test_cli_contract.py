@@ -212,8 +212,42 @@ def test_a_new_ground_truth_is_scored_on_a_rerun(small_source, tmp_path):
     assert first.returncode == 0, first.stdout + first.stderr
     scored = pl.read_csv(out / "evaluation" / "keep_lists.csv")
     header, *rows = (small_source / "ground_truth.csv").read_text().splitlines()
+    all_rows = len(rows)
     rows = [r for r in rows if (small_source / r.split(",")[0]).is_dir()]  # classes kept
     assert scored["known_pairs"][0] == len(rows) > 1
+    # the last screen says what the ground truth found, and the rows it could not score
+    recall = scored["recall"][0]
+    assert (
+        f"  evaluation: share of the {len(rows)} known pairs resolved: T=0.95 {recall:.3f}"
+        in first.stdout
+    ), first.stdout
+    assert all_rows > len(rows) and (
+        f"  evaluation: {all_rows - len(rows)} ground-truth row(s) name no catalogued image"
+        in first.stdout
+    )
+    # paths written from the source (`forest/a.png`, as keep lists spell them) match too;
+    # they matched nothing, silently (recall NaN)
+    prefixed = tmp_path / "prefixed.csv"
+    at = header.split(",")
+    spelled = []
+    for r in rows:
+        values = r.split(",")
+        cls = values[at.index("class")]
+        for column in ("original", "copy"):
+            values[at.index(column)] = f"{cls}/{values[at.index(column)]}"
+        spelled.append(",".join(values))
+    prefixed.write_text("\n".join([header, *spelled]) + "\n")
+    moved = run_dedup(*run, *FAST, "--ground-truth", str(prefixed))
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    rescored = pl.read_csv(out / "evaluation" / "keep_lists.csv")
+    assert rescored["known_pairs"][0] == len(rows) and rescored["recall"][0] == recall
+    assert "ground-truth row(s) name no catalogued image" not in moved.stdout
+    # a file none of whose rows names two files of the source is refused before any work
+    nowhere = tmp_path / "nowhere.csv"
+    nowhere.write_text("class,original,copy\nforest,nope.png,nope_copy.png\n")
+    refused = run_dedup(*run, *FAST, "--ground-truth", str(nowhere))
+    assert refused.returncode == 2 and refused.stdout == "", refused.stdout + refused.stderr
+    assert "none of its 1 rows names two files of the source" in refused.stderr
     one = tmp_path / "one.csv"
     one.write_text(f"{header}\n{rows[0]}\n")
     again = run_dedup(*run, *FAST, "--ground-truth", str(one))

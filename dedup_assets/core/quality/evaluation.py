@@ -9,7 +9,7 @@ score a budget threshold with local scaling decides on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -324,7 +324,7 @@ def ground_truth_edges(
     edges: dict[str, list[tuple[str, str]]] = {}
     unmatched = 0
     for row in pairs:
-        pa, pb = source_path_of(row, row.original), source_path_of(row, row.copy)
+        pa, pb = source_path_of(row, row.original, by_path), source_path_of(row, row.copy, by_path)
         a, b = by_path.get(pa), by_path.get(pb)
         # The partition of the images themselves: a class name is not a key once splits
         # share it (train/cats and test/cats); the name decides only without keys.
@@ -337,11 +337,16 @@ def ground_truth_edges(
     return edges, unmatched
 
 
-def source_path_of(pair: GroundTruthPair, name: str) -> str:
+def source_path_of(pair: GroundTruthPair, name: str, known: Container[str] = ()) -> str:
     """A ground-truth file's path relative to the source: `<class>/<file>`, where the class
     column is the class folder relative to the source (`cats`, or `train/cats` in a split
-    source, as the catalog and keep lists name images)."""
-    return f"{pair.class_name.strip('/')}/{name}"
+    source, as the catalog and keep lists name images). A name already written from the
+    source (`cats/x.png`, as keep lists and overrides.csv spell paths) is taken as it is
+    where `<class>/<name>` is not among the `known` paths and it is."""
+    path = f"{pair.class_name.strip('/')}/{name}"
+    if path not in known and name in known and name.startswith(f"{pair.class_name.strip('/')}/"):
+        return name
+    return path
 
 
 def evaluate_against_ground_truth(
@@ -513,8 +518,8 @@ def score_keep_lists(
         kept = keep["kept"].to_numpy().astype(bool)
         known, transforms, unmatched = [], [], 0
         for pair in pairs:
-            a = index.get(source_path_of(pair, pair.original))
-            b = index.get(source_path_of(pair, pair.copy))
+            a = index.get(source_path_of(pair, pair.original, index))
+            b = index.get(source_path_of(pair, pair.copy, index))
             if a is None or b is None or a == b:
                 unmatched += 1
                 continue
