@@ -252,6 +252,7 @@ def deduplicate(
     output: str | os.PathLike[str] | None = None,
     retrain: bool = False,
     full: bool = False,
+    force: bool = False,
     verbose: bool = False,
     log: Callable[[str], None] | None = None,
     **options: Any,
@@ -260,7 +261,9 @@ def deduplicate(
 
     source: the ImageFolder root (`<source>/<class>/<image>`), only read; None: the
     built-in demo dataset, as `dedup demo`. output: the output folder, new or made by
-    latent-dedup (default `./dedup_output`). retrain, full: as `--retrain`, `--full`.
+    latent-dedup (default `./dedup_output`). retrain, full, force: as `--retrain`,
+    `--full`, `--force` (a call always checks every stage; force also looks at every file
+    of the copy-mode clean copies).
     options: any option of `dedup run --help`, by its setting's name or its option's
     (`thresholds=["0.95", "1%"]`, `epochs=5`, `device="cpu"`, `space="raw"`...).
     log: a callable given each progress line (`log=print`); verbose: print them, with
@@ -297,6 +300,7 @@ def deduplicate(
                 instance,
                 retrain=retrain,
                 full=full,
+                check_clean_files=force,
                 log=say,
                 log_level="INFO" if verbose else "CRITICAL",
             )

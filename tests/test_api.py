@@ -180,11 +180,18 @@ def test_a_second_call_says_nothing_changed_and_returns_the_same_tables(runs, ca
 
 
 def test_every_option_of_dedup_run_is_a_keyword():
+    import inspect
+
+    from dedup_assets.cli import RUN_FLAGS
+
     keywords = option_names()
     for option in config_options("run"):
         if option.name != "source":  # the first argument
             short = option.flag.removeprefix("--").replace("-", "_")
             assert keywords[option.name] == keywords[short] == (option.group, option.name)
+    # and every flag (`force=True` raised "unknown option 'force'")
+    params = inspect.signature(deduplicate).parameters
+    assert {f.removeprefix("--") for f in RUN_FLAGS} <= set(params)
 
 
 @pytest.mark.parametrize(
@@ -384,3 +391,16 @@ def test_a_result_says_which_outputs_its_thresholds_no_longer_keep_up_to_date(ru
         repr(result)
     )
     assert (output / "keep_lists" / "1%.NOT_UPDATED.txt").is_file()
+
+
+def test_force_looks_at_every_file_of_the_clean_copies(runs):
+    """`force=True`, as `dedup run --force`: a file deleted from a clean copy is copied
+    again; without it the copy is judged by its manifest (the call refused `force`)."""
+    out = runs["base"] / "api"
+    clean = out / "clean" / THRESHOLDS[0]
+    victim = sorted(p for p in clean.rglob("*") if p.is_file() and not p.name.startswith("."))[0]
+    victim.unlink()
+    plain = deduplicate(runs["demo"].root, output=out, **OPTIONS)
+    assert plain.ok and not victim.exists()
+    forced = deduplicate(runs["demo"].root, output=out, force=True, **OPTIONS)
+    assert forced.ok and victim.is_file()
