@@ -929,6 +929,23 @@ def _evaluation_lines(config: PipelineConfig, layout: OutputLayout) -> list[str]
     return lines
 
 
+def _empty_evaluation_splits(config: PipelineConfig, classes) -> list[str]:
+    """The evaluation splits of the source's layout with no catalogued image (an empty
+    `test/`): the leakage check has nothing of them to judge, which a clean verdict must
+    not hide."""
+    from dedup_assets.core.data.splits import SplitLayoutError, SplitRole, detect_splits
+
+    root = config.source or config.demo_source
+    if root is None:
+        return []
+    try:
+        layout = detect_splits(root, config.splits, include_hidden=config.include_hidden)
+    except (SplitLayoutError, OSError):
+        return []
+    with_images = set(classes.filter(classes["images"] > 0)["split"].to_list())
+    return [s.name for s in layout.splits if s.role == SplitRole.eval and s.name not in with_images]
+
+
 def _leakage_lines(config: PipelineConfig, layout: OutputLayout) -> list[str]:
     """Per evaluation split, how many of its images have a copy in train (`leakage.csv`),
     in the last screen's words; nothing for a source without evaluation splits."""
@@ -939,14 +956,17 @@ def _leakage_lines(config: PipelineConfig, layout: OutputLayout) -> list[str]:
     from dedup_assets.core.decision.leakage import budget_note, read_record
     from dedup_assets.core.quality.run_summary import leakage_words
 
+    lines = [
+        f"  leakage: the {name} split holds no image: nothing of it was compared with train"
+        for name in _empty_evaluation_splits(config, read_classes(layout))
+    ]
     if not layout.leakage.is_file():
-        return []
+        return lines
     splits = sorted(set(read_classes(layout)["split"].to_list()) - {IMPLICIT, TRAIN})
     if not splits:
         return []
     rows = pl.read_csv(layout.leakage, infer_schema_length=0, glob=False)
     facts = (read_record(layout) or {}).get("splits") or {}
-    lines = []
     for split in splits:
         mine = rows.filter(pl.col("split") == split) if rows.height else rows
         flagged = mine["image"].n_unique() if mine.height else 0

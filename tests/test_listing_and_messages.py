@@ -480,3 +480,25 @@ def test_a_new_max_file_bytes_takes_effect_on_a_rerun_both_ways(tmp_path):
     assert skipped == set() and listed == set(sizes)
     listed, skipped = run("--max-file-bytes", "20000")  # and skipped again
     assert skipped == set(large) and listed == set(sizes) - set(large)
+
+
+def test_an_empty_evaluation_split_is_said_on_the_last_screen(tmp_path):
+    """`test/` with no image: the run goes on (exit 0) and the last screen says nothing of
+    it was compared with train (it said nothing, as if the check had passed); once it holds
+    an image the line is gone."""
+    source, out = tmp_path / "src", tmp_path / "out"
+    for name in ("forest", "river"):
+        (source / "train" / name).mkdir(parents=True)
+        for i in range(6):
+            _image(20 * len(name) + i).save(source / "train" / name / f"{name}_{i}.png")
+    (source / "test").mkdir()
+    run = ("run", "--source", str(source), "--output", str(out), *FAST)
+    done = run_dedup(*run)
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = "  leakage: the test split holds no image: nothing of it was compared with train"
+    assert said in done.stdout.splitlines(), done.stdout
+    (source / "test" / "forest").mkdir()
+    _image(999).save(source / "test" / "forest" / "new.png")
+    again = run_dedup(*run)
+    assert again.returncode in (0, 3), again.stdout + again.stderr
+    assert "holds no image" not in again.stdout and "  leakage: " in again.stdout
