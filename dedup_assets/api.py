@@ -275,6 +275,16 @@ def deduplicate(
     from dedup_assets.config import ConfigError
     from dedup_assets.runner import instance_for, run_pipeline
 
+    for name, flag in (
+        ("retrain", retrain),
+        ("full", full),
+        ("force", force),
+        ("verbose", verbose),
+    ):
+        if not isinstance(flag, bool):  # "no" is truthy: it retrained
+            raise ConfigError(f"{name} must be True or False, got {flag!r}")
+    if log is not None and not callable(log):  # found after the output was claimed
+        raise ConfigError(f"log must be a callable taking a line (log=print), got {log!r}")
     config = _config(source, output, options)
     if config.executor == "k8s":
         raise ConfigError(
@@ -378,6 +388,9 @@ def _config(
     it from the command line (`cli.config_from_args`); ConfigError for a bad one."""
     from dedup_assets.config import ConfigError, PipelineConfig
 
+    for what, value in (("source", source), ("output", output)):
+        if value is not None and not isinstance(value, str | os.PathLike):
+            raise ConfigError(f"{what} must be a path (str or os.PathLike), got {value!r}")
     if source is not None and not os.fspath(source):
         raise ConfigError("source is empty: give an ImageFolder, or None for the demo dataset")
     values: dict[str, Any] = {"source": "" if source is None else os.fspath(source)}

@@ -225,12 +225,26 @@ def test_no_source_is_the_demo_dataset_as_dedup_demo_makes_it(tmp_path):
         ({"epoch": 1}, "unknown option 'epoch' (did you mean epochs?)"),
         ({"space": "raw", "similarity_space": "raw"}, "same option"),
         ({"executor": "k8s"}, "executor k8s"),
+        # a flag or log of the wrong type: "no" is truthy (it retrained), log=5 failed after
+        # the output folder was made
+        ({"retrain": "no"}, "retrain must be True or False, got 'no'"),
+        ({"verbose": 1}, "verbose must be True or False"),
+        ({"log": 5}, "log must be a callable taking a line"),
     ],
 )
 def test_a_bad_option_raises_before_any_work(runs, options, message):
     output = runs["base"] / "never"
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         deduplicate(runs["demo"].root, output=output, **options)
+    assert not output.exists()
+
+
+def test_a_source_or_output_that_is_no_path_raises_a_config_error(runs):
+    output = runs["base"] / "never"
+    with pytest.raises(ConfigError, match="source must be a path"):
+        deduplicate(123, output=output)
+    with pytest.raises(ConfigError, match="output must be a path"):
+        deduplicate(runs["demo"].root, output=["x"])
     assert not output.exists()
 
 
