@@ -192,8 +192,10 @@ def test_a_budget_says_which_classes_it_could_not_be_read_on():
     # among the classes the budget could not be read on (the run's others had 200 images).
     assert counts.unread == (2, 50, 0)
     assert counts.unread_line() == (
-        "budget 1%: 2 classes (50 images) had too few images, of their own and in the run's "
-        "other classes, to read it (99 or more): only their exact copies were removed"
+        "budget 1%: 2 classes (50 images) could not read it: a class needs 99 images of its "
+        "own, or, of n images, ceil(99 / n) x (n - 1) in the run's other classes (their "
+        "disjoint draws of its size); only their exact copies were removed; a larger budget "
+        "or a cosine threshold removes near copies there"
     )
     # A class that grew out of reading it keeps the near-duplicate removals made when it
     # could: the line no longer says only exact copies went.
@@ -206,8 +208,9 @@ def test_a_budget_says_which_classes_it_could_not_be_read_on():
     grown = ThresholdCounts.of("1%", carried, None, "whitened")
     assert grown.unread == (2, 50, 3)
     assert grown.unread_line().endswith(
-        "(99 or more): nothing but exact copies was removed by it now; the 3 near-duplicate "
-        "removals there follow earlier runs' decisions and stay"
+        "draws of its size); nothing but exact copies was removed by it now; the 3 "
+        "near-duplicate removals there follow earlier runs' decisions and stay; a larger "
+        "budget or a cosine threshold removes near copies there"
     )
     assert "at a budget of 1%, 99 or more images of its own" in counts.space_line()
     cosine = ThresholdCounts.of("0.95", keep, None, "whitened")

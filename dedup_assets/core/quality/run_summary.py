@@ -151,10 +151,13 @@ class ThresholdCounts:
             if carried
             else "only their exact copies were removed"
         )
+        own = own_images(self.budget)
         return (
             f"budget {self.threshold}: {_n(classes, 'class', 'classes')} "
-            f"({_n(images, 'image', 'images')}) had too few images, of their own and in the "
-            f"run's other classes, to read it ({own_images(self.budget):,} or more): {what}"
+            f"({_n(images, 'image', 'images')}) could not read it: a class needs {own:,} images "
+            f"of its own, or, of n images, ceil({own:,} / n) x (n - 1) in the run's other "
+            f"classes (their disjoint draws of its size); {what}; a larger budget or a cosine "
+            "threshold removes near copies there"
         )
 
     def budget_line(self) -> str:
