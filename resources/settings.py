@@ -91,7 +91,8 @@ class DedupSettings(dg.ConfigurableResource):
         default=KeepPolicy.density,
         description="the order in which a class's images are visited, each kept unless it "
         "duplicates one kept before: density (the least dense first, so dense regions thin "
-        "out) or first (by image id, a content hash)",
+        "out), first (by image id, a content hash) or quality (the best version of each "
+        "group kept: colour, then the most pixels, then the largest file)",
     )
     budget_scaling: BudgetScaling = Field(
         default=BudgetScaling.local,

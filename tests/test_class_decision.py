@@ -26,7 +26,8 @@ def _class(n_distinct: int, n_copies: int, seed: int = 0) -> ClassData:
     pixels = rng.integers(0, 256, (n_distinct, 64, 64, 3), dtype=np.uint8)
     pixels = np.vstack([pixels, np.repeat(pixels[:1], n_copies, axis=0)])
     model = fit_class_density(latents, 16)
-    return ClassData(ids, hashes, latents, model, pixels)
+    quality = np.column_stack([np.ones(len(ids)), np.full(len(ids), 4096.0), np.arange(len(ids))])
+    return ClassData(ids, hashes, latents, model, pixels, None, quality)
 
 
 @pytest.mark.parametrize("policy", KEEP_POLICIES)

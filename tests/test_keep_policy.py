@@ -199,6 +199,23 @@ def test_visit_order_density_ascending_ties_by_id():
     assert sorted(order.tolist()) == list(range(200))
 
 
+def test_visit_order_quality_colour_then_pixels_then_bytes_then_id():
+    ids = ["e", "d", "c", "b", "a", "f"]
+    quality = np.array(
+        [
+            [1, 4096, 900],  # e: colour, small
+            [0, 1e6, 9e5],  # d: greyscale, however large
+            [1, 1e6, 5e5],  # c: colour, full size
+            [1, 1e6, 8e5],  # b: colour, full size, larger file
+            [1, 4096, 900],  # a: as e, first by id
+            [0, 4096, 100],  # f: greyscale, small
+        ]
+    )
+    assert visit_order(ids, "quality", quality=quality).tolist() == [3, 2, 4, 0, 1, 5]
+    with pytest.raises(ValueError, match="'quality' keep policy needs"):
+        visit_order(ids, "quality")
+
+
 def test_visit_order_errors():
     with pytest.raises(ValueError):
         visit_order(["a", "b"], "random")

@@ -74,6 +74,7 @@ class ClassData:
     model: ClassDensityModel
     pixels: np.ndarray | None = None
     descriptors: Mapping[str, np.ndarray] | None = None
+    quality: np.ndarray | None = None  # (n, 3): colour, stored pixels, bytes (`keep_policy`)
 
     def __post_init__(self) -> None:
         n = len(self.image_ids)
@@ -183,7 +184,7 @@ def vectorise_as(data: ClassData, used: str) -> np.ndarray:
 def class_order(data: ClassData, policy: str) -> np.ndarray:
     """Indices in the keep policy's visit order."""
     log_density = data.model.log_density(data.latents) if policy == "density" else None
-    return visit_order(data.image_ids, policy, log_density)
+    return visit_order(data.image_ids, policy, log_density, data.quality)
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,24 @@ def load_class_data(
     pixels = None
     if with_pixels or (space is not None and needs_pixels(model, space) and not descriptors):
         pixels = pixels_of_rows(layout, key, rows)
-    return table, ClassData(ids, hashes, latents, model, pixels, descriptors)
+    return table, ClassData(
+        ids, hashes, latents, model, pixels, descriptors, image_quality(images, at)
+    )
+
+
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;L"})
+"""Pillow modes of greyscale images, as the catalog records a file's own mode."""
+
+
+def image_quality(images: pl.DataFrame, at: np.ndarray) -> np.ndarray:
+    """(n, 3) per catalog row `at`: colour (1 unless its mode is greyscale), pixels as
+    stored (width x height) and file bytes: what the `quality` keep policy ranks by."""
+    mode = images["mode"].fill_null("").to_numpy().astype(str)[at]
+    width = images["width"].fill_null(0).to_numpy()[at].astype(np.float64)
+    height = images["height"].fill_null(0).to_numpy()[at].astype(np.float64)
+    size = images["size_bytes"].fill_null(0).to_numpy()[at].astype(np.float64)
+    colour = (~np.isin(mode, list(GREY_MODES))).astype(np.float64)
+    return np.column_stack([colour, width * height, size])
 
 
 # Below this a class's descriptors are computed, not stored: a few milliseconds, against a
@@ -242,7 +259,12 @@ def decide_in_memory(
         pixels = np.asarray(classes[k])
         latents = encode_images(model, pixels)
         ids = np.array([f"{k}/{i}" for i in range(len(pixels))])
-        data = ClassData(ids, hashes[k], latents, fit_class_density(latents, n_components), pixels)
+        # in memory there are no files: colour from the pixels, sizes all equal
+        grey = (pixels[..., :1] == pixels).all(axis=(1, 2, 3)) if len(pixels) else np.zeros(0)
+        quality = np.column_stack([~grey, np.zeros((len(pixels), 2))]).astype(np.float64)
+        data = ClassData(
+            ids, hashes[k], latents, fit_class_density(latents, n_components), pixels, None, quality
+        )
         for d in decide_thresholds(
             data,
             thresholds,

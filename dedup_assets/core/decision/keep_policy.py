@@ -7,7 +7,11 @@ image. The kept set is the lexicographically-first maximal independent set of th
 
 Orders (the paper leaves the choice open):
 - `first`: ascending image id (a content hash), independent of file names and order;
-- `density`: ascending spline log-density, ties by id, so dense regions thin out first.
+- `density`: ascending spline log-density, ties by id, so dense regions thin out first;
+- `quality`: the best version first, so it is the one kept: colour before greyscale,
+  then more pixels (as stored, before decoding to the model's size), then the larger
+  file, ties by id. A photo's downscaled, cropped or greyscale copy is removed, not the
+  original (with `density` the original went in about half of such pairs of photos).
 
 With per-image `offsets` (`core.decision.local_scaling`), the score of a pair is its margin,
 cos(i, j) - offsets[i] - offsets[j], instead of its cosine; with an `offset_cap` as well
@@ -46,6 +50,7 @@ class KeepPolicy(StrEnum):
 
     first = "first"
     density = "density"
+    quality = "quality"
 
 
 KEEP_POLICIES: tuple[str, ...] = tuple(p.value for p in KeepPolicy)
@@ -140,11 +145,18 @@ def visit_order(
     image_ids: np.ndarray | list[str],
     policy: KeepPolicy,
     log_density: np.ndarray | None = None,
+    quality: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Indices in the order the greedy policy visits them."""
+    """Indices in the order the greedy policy visits them. `quality`: (n, 3) per image,
+    colour (1, else 0), stored pixels and file bytes, for the `quality` policy."""
     ids = np.asarray(image_ids, dtype=object).astype(str)
     if policy == "first":
         return np.argsort(ids, kind="stable")
+    if policy == "quality":
+        if quality is None:
+            raise ValueError("the 'quality' keep policy needs each image's colour, size and bytes")
+        q = np.asarray(quality, dtype=np.float64).reshape(len(ids), 3)
+        return np.lexsort((ids, -q[:, 2], -q[:, 1], -q[:, 0]))
     if policy == "density":
         if log_density is None:
             raise ValueError("the 'density' keep policy needs each image's log-density")
