@@ -924,7 +924,8 @@ def _evaluation_lines(config: PipelineConfig, layout: OutputLayout) -> list[str]
     if unmatched:
         lines.append(
             f"  evaluation: {unmatched:,} ground-truth row(s) name no catalogued image and were "
-            "not scored: `class` is the class folder, `original` and `copy` file names in it"
+            "not scored: `class` is the class folder (`train/cats` in a split source), "
+            "`original` and `copy` file names in it or paths from the source"
         )
     return lines
 
@@ -956,15 +957,16 @@ def _leakage_lines(config: PipelineConfig, layout: OutputLayout) -> list[str]:
     from dedup_assets.core.decision.leakage import budget_note, read_record
     from dedup_assets.core.quality.run_summary import leakage_words
 
+    empty = _empty_evaluation_splits(config, read_classes(layout))
     lines = [
         f"  leakage: the {name} split holds no image: nothing of it was compared with train"
-        for name in _empty_evaluation_splits(config, read_classes(layout))
+        for name in empty
     ]
     if not layout.leakage.is_file():
         return lines
-    splits = sorted(set(read_classes(layout)["split"].to_list()) - {IMPLICIT, TRAIN})
+    splits = sorted(set(read_classes(layout)["split"].to_list()) - {IMPLICIT, TRAIN, *empty})
     if not splits:
-        return []
+        return lines
     rows = pl.read_csv(layout.leakage, infer_schema_length=0, glob=False)
     facts = (read_record(layout) or {}).get("splits") or {}
     for split in splits:

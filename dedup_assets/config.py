@@ -453,17 +453,28 @@ def current_inputs(config: PipelineConfig) -> CurrentInputs:
     )
 
 
+class _SourceFiles:
+    """The files of a source by their path from it, as the catalog names them: a path with
+    `.` or `..` in it names none (the evaluation matches paths as text)."""
+
+    def __init__(self, source: Path):
+        self.source = source
+
+    def __contains__(self, path: object) -> bool:
+        text = str(path)
+        parts = text.split("/")
+        if not text or "." in parts or ".." in parts or "" in parts:
+            return False
+        return (self.source / text).is_file()
+
+
 def _names_two_files(source: Path, pair: Any) -> bool:
-    """Whether a ground-truth row names two existing files of the source, in either
-    spelling the evaluation accepts (`evaluation.source_path_of`)."""
-    folder = pair.class_name.strip("/")
+    """Whether a ground-truth row names two existing files of the source, as the
+    evaluation resolves its paths (`evaluation.source_path_of`)."""
+    from dedup_assets.core.quality.evaluation import source_path_of
 
-    def found(name: str) -> bool:
-        return (source / folder / name).is_file() or (
-            name.startswith(f"{folder}/") and (source / name).is_file()
-        )
-
-    return found(pair.original) and found(pair.copy)
+    files = _SourceFiles(source)
+    return all(source_path_of(pair, name, files) in files for name in (pair.original, pair.copy))
 
 
 def threshold_summaries_now(config: PipelineConfig, layout: OutputLayout) -> list:

@@ -242,12 +242,16 @@ def test_a_new_ground_truth_is_scored_on_a_rerun(small_source, tmp_path):
     rescored = pl.read_csv(out / "evaluation" / "keep_lists.csv")
     assert rescored["known_pairs"][0] == len(rows) and rescored["recall"][0] == recall
     assert "ground-truth row(s) name no catalogued image" not in moved.stdout
-    # a file none of whose rows names two files of the source is refused before any work
-    nowhere = tmp_path / "nowhere.csv"
-    nowhere.write_text("class,original,copy\nforest,nope.png,nope_copy.png\n")
-    refused = run_dedup(*run, *FAST, "--ground-truth", str(nowhere))
-    assert refused.returncode == 2 and refused.stdout == "", refused.stdout + refused.stderr
-    assert "none of its 1 rows names two files of the source" in refused.stderr
+    # a file none of whose rows names two files of the source is refused before any work,
+    # also where the files exist under a spelling the evaluation cannot match (`./forest`)
+    cls, original, copy = (rows[0].split(",")[at.index(c)] for c in ("class", "original", "copy"))
+    assert (small_source / cls / original).is_file() and (small_source / cls / copy).is_file()
+    for text in ("forest,nope.png,nope_copy.png", f"./{cls},{original},{copy}"):
+        nowhere = tmp_path / "nowhere.csv"
+        nowhere.write_text(f"class,original,copy\n{text}\n")
+        refused = run_dedup(*run, *FAST, "--ground-truth", str(nowhere))
+        assert refused.returncode == 2 and refused.stdout == "", refused.stdout + refused.stderr
+        assert "none of its 1 rows names two files of the source" in refused.stderr
     one = tmp_path / "one.csv"
     one.write_text(f"{header}\n{rows[0]}\n")
     again = run_dedup(*run, *FAST, "--ground-truth", str(one))
@@ -457,3 +461,42 @@ def test_join_exact_and_ann_decide_what_they_say(small_source, tmp_path):
             ]
         )
         assert made["join"].startswith(f"{join} above {limit}")
+
+
+def test_policy_quality_keeps_the_original_of_each_photo_and_removes_its_lesser_copies(tmp_path):
+    """`--policy quality`: of each group, the colour, largest, biggest file is kept. With
+    the default policy the original photo was removed in about half of its pairs with a
+    downscaled, cropped or greyscale copy (helper, hymenoptera), and nothing could ask for
+    the best version. Whatever pairs the one-epoch model finds, the original stays."""
+    rng = np.random.default_rng(7)
+    source = tmp_path / "src"
+    originals, copies = [], {}
+    for cls in ("ants", "bees"):
+        (source / cls).mkdir(parents=True)
+        for i in range(14):
+            coarse = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
+            img = Image.fromarray(coarse).resize((160, 160), Image.BICUBIC)
+            # names that sort (and hash) every way: the policy, not the name, decides
+            name = f"{cls}/{'z' if i % 2 else 'a'}_photo_{i}.png"
+            img.save(source / name)
+            originals.append(name)
+            if i < 4:
+                small = f"{cls}/copy_small_{i}.png"
+                img.resize((80, 80), Image.LANCZOS).save(source / small)
+                grey = f"{cls}/copy_grey_{i}.png"
+                img.convert("L").save(source / grey)
+                copies[small], copies[grey] = name, name
+    out = tmp_path / "out"
+    done = run_dedup(
+        "run", "--source", str(source), "--output", str(out), "--thresholds", "0.9",
+        "--policy", "quality", *FAST,
+    )  # fmt: skip
+    assert done.returncode in (0, 3), done.stdout + done.stderr
+    keep = _keep(out, "0.9")
+    kept = dict(zip(keep["path"], keep["kept"], strict=True))
+    found = [c for c, o in copies.items() if kept[c] != kept[o]]
+    assert len(found) >= len(copies) // 2, f"found {found}"
+    for copy in found:
+        assert kept[copies[copy]] and not kept[copy], (copy, copies[copy])
+    assert all(kept[c] or kept[copies[c]] for c in copies)  # never both of a pair gone
+    assert json.loads((out / "pipeline.json").read_text())["method"]["keep_policy"] == "quality"

@@ -448,3 +448,48 @@ def test_no_keep_list_to_score_still_names_the_columns():
     from dedup_assets.core.quality.evaluation import KEEP_LIST_SCORES, score_keep_lists
 
     assert score_keep_lists({}, []).schema == KEEP_LIST_SCORES
+
+
+def test_a_ground_truth_path_is_read_in_every_spelling_a_user_copies():
+    """File names in the class folder; paths from the source as keep lists spell them, with
+    or without a split folder; never a spelling the catalog does not hold."""
+    from dedup_assets.core.quality.evaluation import source_path_of
+    from dedup_assets.core.quality.planting import GroundTruthPair
+
+    known = {"cats/a.png", "train/cats/b.png", "cats/sub/c.png", "dogs/cats/d.png"}
+    assert source_path_of(GroundTruthPair("cats", "a.png", "x"), "a.png", known) == "cats/a.png"
+    assert source_path_of(GroundTruthPair("cats", "a", "x"), "cats/a.png", known) == "cats/a.png"
+    split = GroundTruthPair("cats", "train/cats/b.png", "x")
+    assert source_path_of(split, "train/cats/b.png", known) == "train/cats/b.png"
+    assert source_path_of(GroundTruthPair("train/cats", "b.png", "x"), "b.png", known) == (
+        "train/cats/b.png"
+    )
+    assert source_path_of(GroundTruthPair("cats", "sub/c.png", "x"), "sub/c.png", known) == (
+        "cats/sub/c.png"
+    )
+    # a path of another class is not taken for this one
+    assert source_path_of(GroundTruthPair("dogs", "x", "x"), "cats/a.png", known) == (
+        "dogs/cats/a.png"
+    )
+    assert source_path_of(GroundTruthPair("cats", "x", "x"), "nope.png", known) == "cats/nope.png"
+
+
+def test_the_ground_truth_check_matches_paths_as_the_evaluation_does(tmp_path):
+    from dedup_assets.config import ConfigError, PipelineConfig
+
+    for name in ("train/cats/a.png", "train/cats/b.png", "test/cats/c.png"):
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "src" / name)
+    truth = tmp_path / "truth.csv"
+
+    def check(rows: str) -> None:
+        truth.write_text("class,original,copy\n" + rows)
+        PipelineConfig.build(
+            source=str(tmp_path / "src"), output=str(tmp_path / "out"), ground_truth=str(truth)
+        )
+
+    check("train/cats,a.png,b.png\n")
+    check("cats,train/cats/a.png,train/cats/b.png\n")  # as the keep list spells them
+    for wrong in ("./train/cats,a.png,b.png\n", "train/cats,a.png,../../test/cats/c.png\n"):
+        with pytest.raises(ConfigError, match="none of its 1 rows names two files"):
+            check(wrong)

@@ -502,3 +502,10 @@ def test_an_empty_evaluation_split_is_said_on_the_last_screen(tmp_path):
     again = run_dedup(*run)
     assert again.returncode in (0, 3), again.stdout + again.stderr
     assert "holds no image" not in again.stdout and "  leakage: " in again.stdout
+    # emptied again after a run that judged it: the line comes back, alone (it was gone,
+    # or beside "no test image has a copy in train")
+    (source / "test" / "forest" / "new.png").unlink()
+    emptied = run_dedup(*run)
+    assert emptied.returncode == 0, emptied.stdout + emptied.stderr
+    leakage = [x for x in emptied.stdout.splitlines() if x.startswith("  leakage: ")]
+    assert leakage == [said], emptied.stdout

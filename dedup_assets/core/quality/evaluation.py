@@ -341,10 +341,12 @@ def source_path_of(pair: GroundTruthPair, name: str, known: Container[str] = ())
     """A ground-truth file's path relative to the source: `<class>/<file>`, where the class
     column is the class folder relative to the source (`cats`, or `train/cats` in a split
     source, as the catalog and keep lists name images). A name already written from the
-    source (`cats/x.png`, as keep lists and overrides.csv spell paths) is taken as it is
-    where `<class>/<name>` is not among the `known` paths and it is."""
-    path = f"{pair.class_name.strip('/')}/{name}"
-    if path not in known and name in known and name.startswith(f"{pair.class_name.strip('/')}/"):
+    source (`cats/x.png`, or `train/cats/x.png` for class `cats` of a split source, as keep
+    lists and overrides.csv spell paths) is taken as it is where `<class>/<name>` is not
+    among the `known` paths and it is, with the class folder among its folders."""
+    folder = pair.class_name.strip("/")
+    path = f"{folder}/{name}"
+    if path not in known and name in known and f"/{folder}/" in f"/{name}":
         return name
     return path
 
