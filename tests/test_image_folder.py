@@ -957,3 +957,6 @@ print(large.error, "|", large.note, "|", refused.pixels is None, "|", refused.er
     error, note, no_pixels, reason = done.stdout.strip().split(" | ")
     assert error == "None" and note.startswith("very large image") and no_pixels == "True"
     assert reason.startswith("image too large to decode safely: more than 0 megapixels")
+    from dedup_assets.core.data.image_folder import reason_kind
+
+    assert reason_kind(reason) == "too large"  # counted as unreadable, as a corrupt file

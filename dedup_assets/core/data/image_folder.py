@@ -230,6 +230,7 @@ _REASON_KINDS = (
     ("no file extension", "not an image"),
     ("file extension '", "not an image"),
     ("larger than the limit", "too large"),
+    ("image too large to decode safely", "too large"),  # Pillow's bomb guard: not corrupt
     ("not a regular file", "not a regular file"),
     ("symbolic link", "not a regular file"),
     ("broken symbolic link", "not a regular file"),
