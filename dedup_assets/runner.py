@@ -59,6 +59,7 @@ from dedup_assets.core.data.atomic_io import sweep_interrupted, write_json, writ
 from dedup_assets.core.data.image_folder import FolderScan
 from dedup_assets.core.data.layout import OutputLayout, resolve_dagster_home
 from dedup_assets.core.data.pools import blas_threads, process_alive
+from dedup_assets.core.data.progress import progress_to
 from dedup_assets.core.data.run_fingerprint import discard_record
 from dedup_assets.core.data.source_index import ClassListing, changed_classes
 from dedup_assets.core.data.thresholds import budget_of, canonical_key
@@ -625,6 +626,8 @@ def _run_stages(
     # it judged by the two classes decoded (`benchmarks/bench_incremental_executor.py`).
     config = _choose_executor(config, listings, log, shared=not instance.is_ephemeral)
     with ExitStack() as stack:
+        if log_level != "INFO":  # with --verbose Dagster's log shows them already
+            stack.enter_context(progress_to(lambda line: log(f"  {line}")))
         tags = _run_tags(retrain=retrain, full=full)
         stages = _Stages(config, instance, outcome, stack, tags=tags, log=log, log_level=log_level)
         stages.check_clean_files = check_clean_files

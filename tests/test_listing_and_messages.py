@@ -464,6 +464,9 @@ def test_a_new_max_file_bytes_takes_effect_on_a_rerun_both_ways(tmp_path):
         done = run_dedup("run", "--source", str(source), "--output", str(out), *FAST, *limit)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "nothing changed" not in done.stdout, done.stdout
+        trained = "[training] starting" in done.stdout
+        progress = [x for x in done.stdout.splitlines() if x.startswith("  [training] epoch 1/1")]
+        assert len(progress) == trained, done.stdout  # its last line, once: not a heartbeat
         keep = pl.read_csv(out / "keep_lists" / "0.95.csv")
         quarantine = pl.read_csv(out / "catalog" / "quarantine.csv")
         too_large = set(quarantine.filter(pl.col("reason").str.contains("larger than"))["path"])
@@ -476,6 +479,7 @@ def test_a_new_max_file_bytes_takes_effect_on_a_rerun_both_ways(tmp_path):
 
     listed, skipped = run("--max-file-bytes", "20000")
     assert skipped == set(large) and listed == set(sizes) - set(large)
+    # (the first run trains: its progress is on the screen without --verbose)
     listed, skipped = run()  # the default limit: the large files are read now
     assert skipped == set() and listed == set(sizes)
     listed, skipped = run("--max-file-bytes", "20000")  # and skipped again

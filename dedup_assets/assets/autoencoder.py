@@ -18,6 +18,7 @@ from dedup_assets.core.data.artifacts import (
 )
 from dedup_assets.core.data.atomic_io import atomic_path, write_json, write_parquet
 from dedup_assets.core.data.layout import OutputLayout
+from dedup_assets.core.data.progress import with_sinks
 from dedup_assets.core.model.autoencoder import (
     TOTAL_PARAMETERS,
     EarlyStopping,
@@ -240,7 +241,7 @@ def autoencoder(
         amp_dtype=amp,
         objective=settings.training,
         early_stopping=early,
-        log=context.log.info,
+        log=with_sinks(context.log.info, "training"),
         should_stop=stop_requested,  # Ctrl-C of `dedup run`, should a library swallow it
     )
     with atomic_path(layout.model) as tmp:

@@ -11,7 +11,8 @@ step is, every so often, and how it ended.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 PROGRESS_EVERY_S = 10.0
 
@@ -39,3 +40,30 @@ class Throttle:
             return True
         self.dropped += 1
         return False
+
+
+_SINKS: list[Callable[[str], None]] = []
+
+
+def with_sinks(log: Callable[[str], None], stage: str) -> Callable[[str], None]:
+    """`log`, and every sink this process's command registered (`progress_to`) given the
+    line with its stage, `[training] ...`: a step's progress lines are Dagster events the
+    command's screen shows only with --verbose, so a long training sat silent there."""
+
+    def both(line: str) -> None:
+        log(line)
+        for sink in list(_SINKS):
+            sink(f"[{stage}] {line}")
+
+    return both
+
+
+@contextmanager
+def progress_to(sink: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, the progress lines of steps run in this process (`with_sinks`)
+    also go to `sink`."""
+    _SINKS.append(sink)
+    try:
+        yield
+    finally:
+        _SINKS.remove(sink)
