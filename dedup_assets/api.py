@@ -38,6 +38,7 @@ import difflib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -302,7 +303,13 @@ def deduplicate(
         ) from None
     say = log if log is not None else print if verbose else _quiet
     say(f"latent-dedup: {config.source or f'demo dataset {config.demo_source}'} -> {layout.root}")
-    with _instance_folder_for_this_call(), stop_on_signals():
+    with _instance_folder_for_this_call(), stop_on_signals(), warnings.catch_warnings():
+        # Called from a running event loop (Jupyter, asyncio.run), Dagster's cleanup of its
+        # own loop cannot run and drops the coroutine: a RuntimeWarning per step, nothing
+        # wrong (dagster/_core/execution/context_creation_job.py ignores the RuntimeError).
+        warnings.filterwarnings(
+            "ignore", "coroutine 'BaseEventLoop.shutdown_asyncgens' was never awaited"
+        )
         instance = instance_for(layout.root)
         try:
             outcome = run_pipeline(

@@ -301,10 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     plant.add_argument("--source", required=True, help="ImageFolder to copy (only read)")
     plant.add_argument("--dest", required=True, help="new folder for the copy with plants")
     plant.add_argument(
-        "--fraction", type=float, default=0.05, help="fraction of originals copied per class"
+        "--fraction",
+        type=float,
+        default=0.05,
+        help="share of each class's originals that get a planted copy (every original is copied)",
     )
     plant.add_argument(
-        "--per-class", type=int, default=None, help="sample this many originals per class"
+        "--per-class",
+        type=int,
+        default=None,
+        help="copy only this many originals of each class (a seeded sample; the rest of the "
+        "class, its unreadable files included, is left out unread)",
     )
     plant.add_argument("--seed", type=int, default=0, help="seed of the sampling and transforms")
     plant.add_argument(

@@ -418,3 +418,20 @@ def test_force_looks_at_every_file_of_the_clean_copies(runs):
     assert plain.ok and not victim.exists()
     forced = deduplicate(runs["demo"].root, output=out, force=True, **OPTIONS)
     assert forced.ok and victim.is_file()
+
+
+def test_a_call_from_a_running_event_loop_is_quiet(runs, tmp_path):
+    """As from a Jupyter cell (a running asyncio loop): no RuntimeWarning from Dagster's
+    cleanup of its own loop ("coroutine ... shutdown_asyncgens was never awaited", one per
+    step on stderr) reaches the caller."""
+    import asyncio
+    import warnings
+
+    async def cell():
+        return deduplicate(runs["demo"].root, output=tmp_path / "out", **OPTIONS)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = asyncio.run(cell())
+    assert result.ok
+    assert not [w for w in caught if "shutdown_asyncgens" in str(w.message)], caught
