@@ -213,8 +213,29 @@ def test_removals_by_override_come_after_the_models_and_may_name_no_kept_image()
     thumbs = pl.DataFrame({"image_id": ["k", "n1"], "thumb": ["ab" * 8, "cd" * 8]})
     rows = removed_pairs(keep, thumbs, {"c": 0}).rows()
     assert [r[1] for r in rows] == ["c/n2.png", "c/n1.png", "c/o.png", "c/e.png"]
-    assert rows[0][2:] == ("c/k.png", None, "ab" * 8, 0.97, pytest.approx(0.02), "near")
-    assert rows[2][2:] == (None, None, None, None, None, "override")
+    assert rows[0][2:8] == ("c/k.png", None, "ab" * 8, 0.97, pytest.approx(0.02), "near")
+    assert rows[2][2:8] == (None, None, None, None, None, "override")
+    # each side's size as stored, so the original and its lesser copy can be told apart
+    sized = thumbs.with_columns(pl.Series("size", ["4000×3000 · 2.3 MB", "800×600 · 91 KB"]))
+    rows = removed_pairs(keep, sized, {"c": 0}).rows(named=True)
+    assert (rows[1]["path"], rows[1]["size"], rows[1]["kept_size"]) == (
+        "c/n1.png",
+        "800×600 · 91 KB",
+        "4000×3000 · 2.3 MB",
+    )
+
+
+def test_a_file_s_size_is_its_pixels_as_stored_and_its_bytes():
+    from dedup_assets.core.quality.review_page import file_size_words
+
+    table = pl.DataFrame(
+        {"width": [4000, 64, 1], "height": [3000, 64, 1], "size_bytes": [2_400_000, 12_300, 0]}
+    )
+    assert table.select(file_size_words())["size"].to_list() == [
+        "4000×3000 · 2.3 MB",
+        "64×64 · 12 KB",
+        "1×1 · 0 KB",
+    ]
 
 
 def test_pages_split_every_view_and_the_class_views_add_up(review):

@@ -103,7 +103,20 @@ AS_SOURCE_MODES = ("RGB", "L")
 KIND_ORDER = {"near": 0, "override": 1, "exact": 2}
 
 # Columns of one row of a page, in order (the script reads them by position).
-PAIR_COLUMNS = ("cls", "path", "kept_path", "thumb", "kept_thumb", "similarity", "margin", "kind")
+PAIR_COLUMNS = (
+    "cls",
+    "path",
+    "kept_path",
+    "thumb",
+    "kept_thumb",
+    "similarity",
+    "margin",
+    "kind",
+    "size",
+    "kept_size",
+)
+"""`size`: the file's pixels as stored and its bytes (`file_size_words`), so a reviewer
+sees which of a pair is the original and which the smaller or recompressed copy."""
 CROSS_COLUMNS = (
     "cls_a",
     "path_a",
@@ -199,8 +212,20 @@ def thumbnail_table(catalog: pl.DataFrame, sources: bool = False) -> pl.DataFram
     if sources:
         thumb = pl.when(shown_as_source()).then(pl.lit(AS_SOURCE)).otherwise(thumb)
     return catalog_images(catalog).select(
-        "image_id", "class", "class_key", "path", "row", thumb.alias("thumb")
+        "image_id", "class", "class_key", "path", "row", thumb.alias("thumb"), file_size_words()
     )
+
+
+def file_size_words() -> pl.Expr:
+    """`size`: "1024×768 · 182 KB" (the catalog's width, height and bytes of a file)."""
+    kb = (pl.col("size_bytes") / 1024).round(0).cast(pl.Int64)
+    mb = (pl.col("size_bytes") / 1_048_576).round(1)
+    amount = (
+        pl.when(pl.col("size_bytes") < 1_048_576)
+        .then(pl.format("{} KB", kb))
+        .otherwise(pl.format("{} MB", mb))
+    )
+    return pl.format("{}×{} · {}", pl.col("width"), pl.col("height"), amount).alias("size")
 
 
 def _kind_rank() -> pl.Expr:
@@ -218,7 +243,11 @@ def removed_pairs(
     (`PAIR_COLUMNS`), borderline first: near-duplicates by margin (`similarity - cosine`,
     the cosine the row was decided at), then removals by override (`match` "override"; the
     kept image they name, if any), then exact copies; ties by path."""
-    ids = thumbs.select("image_id", "thumb")
+    ids = thumbs.select(
+        "image_id",
+        "thumb",
+        pl.col("size") if "size" in thumbs.columns else pl.lit(None, pl.String).alias("size"),
+    )
     partner = keep.select(
         pl.col("image_id").alias("duplicate_of"), pl.col("path").alias("kept_path")
     )
@@ -227,7 +256,7 @@ def removed_pairs(
         .join(partner, on="duplicate_of", how="left")
         .join(ids, on="image_id", how="left")
         .join(
-            ids.rename({"image_id": "duplicate_of", "thumb": "kept_thumb"}),
+            ids.rename({"image_id": "duplicate_of", "thumb": "kept_thumb", "size": "kept_size"}),
             on="duplicate_of",
             how="left",
         )
@@ -824,7 +853,9 @@ run honours it. The corrections the last run honoured are among your marks from 
 so the download replaces the file without losing them. <b>Load overrides.csv</b> shows another
 file's marks here.</li>
 <li>Keys: &larr; and &rarr; page back and forward. Thumbnails are the 64&times;64 pixels the
-decision saw, drawn at 128 px; <i>open</i> shows the original file.</li>
+decision saw, drawn at 128 px; under a removed image and its kept one, each file's own size
+and bytes (which one is the original, which the smaller or recompressed copy: <code>--policy
+quality</code> keeps the larger); <i>open</i> shows the original file.</li>
 </ul>
 </details>
 </header>
@@ -896,6 +927,7 @@ border:1px solid var(--line)}
 font-size:11px;color:var(--muted)}
 .text{min-width:0;display:flex;flex-direction:column;gap:4px}
 .path{overflow-wrap:anywhere;word-break:break-word}
+.dims{font-size:11px;color:var(--muted)}
 .role{font-size:11px;font-weight:700;letter-spacing:.05em;text-transform:uppercase}
 .role.kept{color:var(--kept)}.role.removed{color:var(--gone)}
 .role .yours{color:var(--accent);text-transform:none;letter-spacing:0;margin-left:6px}
@@ -1160,7 +1192,7 @@ function originalLink(path) {
     target: "_blank", rel: "noopener noreferrer", text: "open",
   });
 }
-function side(role, path, hash, className) {
+function side(role, path, hash, className, size) {
   const roleLine = el("div", { class: "role " + role, text: role });
   const yours = el("span", { class: "yours" });
   roleLine.append(yours);
@@ -1170,6 +1202,7 @@ function side(role, path, hash, className) {
   remove.addEventListener("click", () => setDecision(path, "remove"));
   const text = el("div", { class: "text" }, roleLine,
     el("div", { class: "path", title: path, text: path }),
+    size ? el("div", { class: "dims", text: size }) : null,
     className === null ? null : el("div", { class: "cls", title: className, text: "class " + className }),
     el("div", { class: "buttons" }, keep, remove, originalLink(path)));
   const box = el("div", { class: "side" }, thumb(hash, path), text);
@@ -1191,11 +1224,11 @@ function info(similarity, margin, kind) {
     el("span", { class: "kind " + kind, text: KINDS[kind] || kind }));
 }
 function pairCard(row) {
-  const [cls, path, keptPath, thumbRemoved, thumbKept, similarity, margin, kind] = row;
+  const [cls, path, keptPath, thumbRemoved, thumbKept, similarity, margin, kind, size, keptSize] = row;
   const kept = keptPath
-    ? side("kept", keptPath, thumbKept, null)
+    ? side("kept", keptPath, thumbKept, null, keptSize)
     : { box: el("div", { class: "side none", text: "no kept image named" }), update: () => false };
-  const removed = side("removed", path, thumbRemoved, null);
+  const removed = side("removed", path, thumbRemoved, null, size);
   const notDup = el("button", { type: "button", text: "not a duplicate", "aria-pressed": "false" });
   notDup.addEventListener("click", () => toggleNotDuplicate(path, keptPath));
   notDup.disabled = !keptPath;
