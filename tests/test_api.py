@@ -409,29 +409,25 @@ def test_a_result_says_which_outputs_its_thresholds_no_longer_keep_up_to_date(ru
 
 def test_force_looks_at_every_file_of_the_clean_copies(runs):
     """`force=True`, as `dedup run --force`: a file deleted from a clean copy is copied
-    again; without it the copy is judged by its manifest (the call refused `force`)."""
+    again; without it the copy is judged by its manifest (the call refused `force`). The
+    forced call is made as from a Jupyter cell (a running asyncio loop): no RuntimeWarning
+    from Dagster's cleanup of its own loop ("coroutine ... shutdown_asyncgens was never
+    awaited", one per step on stderr) reaches the caller."""
+    import asyncio
+    import warnings
+
     out = runs["base"] / "api"
     clean = out / "clean" / THRESHOLDS[0]
     victim = sorted(p for p in clean.rglob("*") if p.is_file() and not p.name.startswith("."))[0]
     victim.unlink()
     plain = deduplicate(runs["demo"].root, output=out, **OPTIONS)
     assert plain.ok and not victim.exists()
-    forced = deduplicate(runs["demo"].root, output=out, force=True, **OPTIONS)
-    assert forced.ok and victim.is_file()
-
-
-def test_a_call_from_a_running_event_loop_is_quiet(runs, tmp_path):
-    """As from a Jupyter cell (a running asyncio loop): no RuntimeWarning from Dagster's
-    cleanup of its own loop ("coroutine ... shutdown_asyncgens was never awaited", one per
-    step on stderr) reaches the caller."""
-    import asyncio
-    import warnings
 
     async def cell():
-        return deduplicate(runs["demo"].root, output=tmp_path / "out", **OPTIONS)
+        return deduplicate(runs["demo"].root, output=out, force=True, **OPTIONS)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = asyncio.run(cell())
-    assert result.ok
+        forced = asyncio.run(cell())
+    assert forced.ok and victim.is_file()
     assert not [w for w in caught if "shutdown_asyncgens" in str(w.message)], caught
