@@ -348,7 +348,14 @@ def _not_in_a_starting_worker() -> None:
 def _broken_pool_words() -> str:
     """Why a worker of the local pool may have ended as it started, for the caller."""
     script = getattr(sys.modules.get("__main__"), "__file__", None)
-    return "a worker process of the run ended abruptly (its own message, if any, is above)" + (
+    words = "a worker process of the run ended abruptly (its own message, if any, is above)"
+    if script and not os.path.isfile(script):  # `python - < script.py`: "<stdin>"
+        return words + (
+            f"; a worker starts by running the caller's script again, and {script} is no "
+            "file it can run (a script read from standard input): save it to a file and run "
+            'that, or pass executor="in_process"'
+        )
+    return words + (
         f"; if {script} calls deduplicate() at its top level, call it under "
         '`if __name__ == "__main__":` (each worker runs the script again to start)'
         if script

@@ -431,3 +431,17 @@ def test_force_looks_at_every_file_of_the_clean_copies(runs):
         forced = asyncio.run(cell())
     assert forced.ok and victim.is_file()
     assert not [w for w in caught if "shutdown_asyncgens" in str(w.message)], caught
+
+
+def test_a_broken_pool_from_a_script_on_standard_input_is_told_what_to_do(monkeypatch):
+    """`python - < script.py` with workers: each worker starts by running `<stdin>`, which is
+    no file; the advice was to add the `__main__` guard the script already had."""
+    from dedup_assets.api import _broken_pool_words
+
+    main = sys.modules["__main__"]
+    monkeypatch.setattr(main, "__file__", "<stdin>", raising=False)
+    words = _broken_pool_words()
+    assert "<stdin> is no file it can run (a script read from standard input)" in words
+    assert 'executor="in_process"' in words and "__main__" not in words
+    monkeypatch.setattr(main, "__file__", __file__, raising=False)
+    assert 'call it under `if __name__ == "__main__":`' in _broken_pool_words()
